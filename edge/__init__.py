@@ -1,0 +1,1 @@
+"""The Outpost agent: the daemon on each device. It never imports the hub."""

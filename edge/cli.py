@@ -1,0 +1,111 @@
+"""`outpost-agent`: enroll this device with a hub, then run the agent daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edge.agent import Agent
+from edge.config import SECTION, AgentConfig
+from edge.enroll import EnrollError, enroll
+from edge.identity import DevicePaths, Identity, NotEnrolledError
+from edge.profile import ProfileError, load_profile
+from outpost import logs, settings
+
+logger = logging.getLogger("edge")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `outpost-agent` command."""
+    args = _parser().parse_args(argv)
+    logs.configure(getattr(args, "log_level", None) or "info")
+    try:
+        return int(args.func(args))
+    except (EnrollError, ProfileError, NotEnrolledError, settings.SettingsError) as exc:
+        print(f"outpost-agent: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="outpost-agent", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("enroll", help="get this device's certificate from the hub")
+    token = p.add_mutually_exclusive_group(required=True)
+    token.add_argument("--token", help="bootstrap token from `outpost-hub enroll-token`")
+    token.add_argument(
+        "--token-file", type=Path, help="file holding the token (keeps it out of the process list)"
+    )
+    p.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        required=True,
+        help="device profile, e.g. firmware-configs/raspberry-pi-4.toml",
+    )
+    p.set_defaults(func=_enroll)
+
+    p = sub.add_parser("run", help="run the agent daemon")
+    p.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="settings file (default: agent.toml in the data folder, if present)",
+    )
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
+    p.add_argument("--broker", help="override the broker, mqtts://HOST:PORT")
+    p.add_argument("--log-level", help="debug, info, warning or error")
+    p.set_defaults(func=_run)
+    return parser
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    token = args.token
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise EnrollError(f"cannot read {args.token_file}: {exc.strerror}") from exc
+    identity = asyncio.run(enroll(token, DevicePaths(args.data), args.profile))
+    print(f"enrolled as {identity.device_id}; broker {identity.broker_url}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    paths = DevicePaths(args.data)
+    path = args.config if args.config else (paths.config if paths.config.exists() else None)
+    config = settings.load_file(
+        AgentConfig,
+        path,
+        SECTION,
+        {
+            "heartbeat_interval": args.heartbeat_interval,
+            "broker": args.broker,
+            "log_level": args.log_level,
+        },
+    )
+    logs.configure(config.log_level)
+    identity = Identity.load(paths)
+    profile = load_profile(paths.profile)
+    return asyncio.run(_serve(Agent(paths, config, identity, profile)))
+
+
+async def _serve(agent: Agent) -> int:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await agent.run()
+    except asyncio.CancelledError:
+        logger.info("agent stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

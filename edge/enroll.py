@@ -1,0 +1,191 @@
+"""First contact with the hub: make a key here, send a CSR, keep the certificate.
+
+The token pins the fleet CA by fingerprint: the agent downloads the CA, checks it against
+the pin, and only then talks to the hub over TLS verified against that CA. The private
+key is created on the device and never leaves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edge.identity import DevicePaths, Identity
+from edge.profile import parse_profile
+from outpost import files, tls
+
+logger = logging.getLogger(__name__)
+
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+class EnrollError(RuntimeError):
+    """Enrollment failed; the message says why and what to do."""
+
+
+async def enroll(token: str, paths: DevicePaths, profile_file: Path) -> Identity:
+    """Enroll this device with the hub named in `token`; return its new identity."""
+    try:
+        profile_text = await asyncio.to_thread(profile_file.read_text, "utf-8")
+    except OSError as exc:
+        raise EnrollError(f"cannot read profile {profile_file}: {exc.strerror}") from exc
+    profile = parse_profile(profile_text, str(profile_file))  # refuse it before the hub
+    if paths.identity.exists():
+        raise EnrollError(f"{paths.root} is already enrolled; use a fresh data folder")
+    hub_url, pin = _read_token(token)
+
+    paths.identity_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = await asyncio.to_thread(_device_key, paths)
+    csr = _csr(key)
+
+    ca_pem = await _fetch_ca(hub_url)
+    if tls.fingerprint(ca_pem) != pin:
+        raise EnrollError(
+            f"the hub at {hub_url} presents a CA whose fingerprint does not match the token; "
+            "refusing to enroll (wrong hub, or someone in between)"
+        )
+    reply = await _post_csr(hub_url, ca_pem, token, csr, profile.name)
+
+    cert_pem = str(reply.get("certificate", "")).encode()
+    device_id = str(reply.get("device_id", ""))
+    _check_certificate(cert_pem, ca_pem, key, device_id)
+    identity = Identity(
+        device_id=device_id,
+        broker_url=str(reply["broker_url"]),
+        hub_url=hub_url,
+        enrolled_at=time.time(),
+        cert_not_after=float(reply["not_after"]),
+    )
+    signing_pub = str(reply["signing_public_key"]).encode()
+    await asyncio.to_thread(
+        _save, paths, identity, cert_pem, ca_pem, signing_pub, profile_text.encode()
+    )
+    logger.info("enrolled as %s", device_id)
+    return identity
+
+
+def _save(
+    paths: DevicePaths,
+    identity: Identity,
+    cert_pem: bytes,
+    ca_pem: bytes,
+    signing_pub: bytes,
+    profile: bytes,
+) -> None:
+    files.replace(paths.cert, cert_pem, files.PUBLIC)
+    files.replace(paths.ca_cert, ca_pem, files.PUBLIC)
+    files.replace(paths.hub_signing_pub, signing_pub, files.PUBLIC)
+    files.replace(paths.profile, profile, files.PUBLIC)
+    identity.save(paths)  # last: its presence marks the enrollment complete
+
+
+def _read_token(token: str) -> tuple[str, str]:
+    """Read the hub URL and CA pin from the token (the hub checks its signature)."""
+    try:
+        claims = jwt.decode(token.strip(), options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise EnrollError(f"the bootstrap token is malformed: {exc}") from exc
+    url, pin, exp = claims.get("url"), claims.get("caf"), claims.get("exp")
+    if not isinstance(url, str) or not url.startswith("https://"):
+        raise EnrollError("the bootstrap token names no https:// hub URL")
+    if not isinstance(pin, str) or not pin.startswith("sha256:"):
+        raise EnrollError("the bootstrap token carries no CA fingerprint")
+    if isinstance(exp, (int, float)) and exp <= time.time():
+        raise EnrollError("the bootstrap token has expired; ask for a new one")
+    return url.rstrip("/"), pin
+
+
+def _device_key(paths: DevicePaths) -> ec.EllipticCurvePrivateKey:
+    """Load the device key, or create it (0600) if an earlier attempt did not."""
+    if paths.key.exists():
+        key = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise EnrollError(f"{paths.key} is not an EC key")
+        return key
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    files.write_new(paths.key, pem, files.PRIVATE)
+    return key
+
+
+def _csr(key: ec.EllipticCurvePrivateKey) -> bytes:
+    # The CN is a placeholder: the hub assigns the device id and puts it in the certificate.
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "outpost-device")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+async def _fetch_ca(hub_url: str) -> bytes:
+    # Unverified on purpose: we hold no trust root yet. What comes back is checked
+    # against the fingerprint pinned in the token before anything is trusted or sent.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session,
+            session.get(f"{hub_url}/api/v1/enroll/ca", ssl=context) as response,
+        ):
+            if response.status != 200:
+                raise EnrollError(f"the hub answered {response.status} for its CA")
+            return await response.read()
+    except aiohttp.ClientError as exc:
+        raise EnrollError(f"cannot reach the hub at {hub_url}: {exc}") from exc
+
+
+async def _post_csr(
+    hub_url: str, ca_pem: bytes, token: str, csr: bytes, profile: str
+) -> dict[str, Any]:
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    body = {"token": token.strip(), "csr": csr.decode(), "profile": profile}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session,
+            session.post(f"{hub_url}/api/v1/enroll", json=body, ssl=context) as response,
+        ):
+            reply = await response.json(content_type=None)
+            if response.status != 201:
+                message = reply.get("error", {}).get("message", response.reason)
+                raise EnrollError(f"the hub refused enrollment ({response.status}): {message}")
+    except aiohttp.ClientError as exc:
+        raise EnrollError(f"enrollment request to {hub_url} failed: {exc}") from exc
+    if not isinstance(reply, dict):
+        raise EnrollError("the hub's reply is not a JSON object")
+    return reply
+
+
+def _check_certificate(
+    cert_pem: bytes, ca_pem: bytes, key: ec.EllipticCurvePrivateKey, device_id: str
+) -> None:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    except (ValueError, TypeError) as exc:
+        raise EnrollError(f"the hub returned an invalid certificate: {exc}") from exc
+    mine = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    theirs = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if mine != theirs:
+        raise EnrollError("the hub returned a certificate for another key")
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not cn or cn[0].value != device_id:
+        raise EnrollError("the certificate's CN is not the device id the hub assigned")

@@ -1,0 +1,78 @@
+"""The device's identity in its data folder: key, certificate, CA and hub signing key."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from outpost import files
+
+
+class NotEnrolledError(FileNotFoundError):
+    """The data folder holds no completed enrollment."""
+
+
+@dataclass(frozen=True)
+class DevicePaths:
+    """The layout of an agent data folder."""
+
+    root: Path
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.root / "identity"
+
+    @property
+    def key(self) -> Path:
+        return self.identity_dir / "device.key"
+
+    @property
+    def cert(self) -> Path:
+        return self.identity_dir / "device.crt"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.identity_dir / "ca.crt"
+
+    @property
+    def hub_signing_pub(self) -> Path:
+        return self.identity_dir / "hub-signing.pub"
+
+    @property
+    def identity(self) -> Path:
+        """Written last at enrollment: its presence means the enrollment completed."""
+        return self.identity_dir / "identity.json"
+
+    @property
+    def profile(self) -> Path:
+        return self.root / "profile.toml"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "agent.toml"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this device is and where its hub and broker are."""
+
+    device_id: str
+    broker_url: str
+    hub_url: str
+    enrolled_at: float
+    cert_not_after: float
+
+    def save(self, paths: DevicePaths) -> None:
+        data = json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+        files.replace(paths.identity, data, files.PRIVATE)
+
+    @classmethod
+    def load(cls, paths: DevicePaths) -> Identity:
+        try:
+            data = json.loads(paths.identity.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise NotEnrolledError(
+                f"{paths.root} holds no enrollment: run `outpost-agent enroll` first"
+            ) from exc
+        return cls(**data)

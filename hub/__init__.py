@@ -1,0 +1,1 @@
+"""The Outpost hub: fleet registry, enrollment, the managed broker and the web endpoint."""

@@ -1,0 +1,79 @@
+"""The hub daemon's lifecycle: steps in, in order; the reverse on the way out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from hub.broker import BrokerSupervisor
+from hub.config import HubConfig
+from hub.enrollment import Enrollment
+from hub.ingest import Ingest
+from hub.link import HubLink
+from hub.paths import HubPaths
+from hub.store import HubStore
+from hub.web import WebServer
+
+logger = logging.getLogger(__name__)
+
+LIVENESS_PERIOD_S = 1.0
+
+
+class Hub:
+    """Store, managed broker, MQTT link, web endpoint and liveness sweep, as one unit."""
+
+    def __init__(self, paths: HubPaths, config: HubConfig) -> None:
+        self.paths = paths
+        self.config = config
+        self.ready = asyncio.Event()
+        self.store: HubStore | None = None
+        self.broker: BrokerSupervisor | None = None
+        self.ingest: Ingest | None = None
+        self.link: HubLink | None = None
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        if not self.paths.ca_key.exists():
+            raise FileNotFoundError(
+                f"{self.paths.root} is not a hub data folder: run `outpost-hub init` first"
+            )
+        async with contextlib.AsyncExitStack() as stack:
+            self.store = store = HubStore(self.paths.database)
+            stack.callback(store.close)
+
+            if self.config.managed_broker:
+                host, port = self.config.broker_address
+                self.broker = BrokerSupervisor(
+                    self.paths,
+                    program=self.config.mosquitto,
+                    host=host,
+                    port=port,
+                    max_packet_bytes=self.config.max_payload_bytes,
+                )
+                await self.broker.start()
+                stack.push_async_callback(self.broker.stop)
+
+            enrollment = await asyncio.to_thread(Enrollment, self.paths, self.config, store)
+            web = WebServer(self.paths, self.config, enrollment)
+            await web.start()
+            stack.push_async_callback(web.stop)
+
+            self.ingest = Ingest(store, max_payload_bytes=self.config.max_payload_bytes)
+            self.link = HubLink(self.paths, self.config, self.ingest)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.link.run(), name="hub.mqtt-link")
+                tasks.create_task(self._liveness(store), name="hub.liveness")
+                self.ready.set()
+                logger.info("hub running (data %s)", self.paths.root)
+
+    async def _liveness(self, store: HubStore) -> None:
+        """Mark devices offline whose heartbeats stopped without a last will (a cut link)."""
+        while True:
+            await asyncio.sleep(LIVENESS_PERIOD_S)
+            silent = await store.expire_silent(
+                now=time.time(), intervals=self.config.offline_after_heartbeats
+            )
+            for device_id in silent:
+                logger.info("%s offline (no heartbeat)", device_id)

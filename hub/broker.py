@@ -1,0 +1,220 @@
+"""The managed Mosquitto: its configuration, and a supervisor that keeps it running.
+
+The broker is the fleet's only door: mutual TLS on one listener (loopback unless
+configured), identity from the certificate's CN, and an ACL that confines each device to
+its own topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import getpass
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from hub.paths import HUB_CLIENT_CN, HubPaths
+from outpost import backoff, files
+from outpost.wire import TOPIC_PREFIX
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+RESTART_BACKOFF_CAP = 10.0
+
+
+class BrokerStartError(RuntimeError):
+    """Mosquitto did not start listening; the message carries its last log lines."""
+
+
+def acl_text() -> str:
+    """Return the ACL: the hub reads every device's `up`, writes every `down`; a device
+    writes only its own `up/#` and reads only its own `down/#`."""
+    return (
+        f"user {HUB_CLIENT_CN}\n"
+        f"topic read {TOPIC_PREFIX}/+/up/#\n"
+        f"topic write {TOPIC_PREFIX}/+/down/#\n"
+        "\n"
+        "# every client, by the CN of its certificate (%u):\n"
+        f"pattern write {TOPIC_PREFIX}/%u/up/#\n"
+        f"pattern read {TOPIC_PREFIX}/%u/down/#\n"
+    )
+
+
+def config_text(paths: HubPaths, *, host: str, port: int, max_packet_bytes: int) -> str:
+    """Return mosquitto.conf for the managed broker."""
+    d = paths.broker_dir
+    return "\n".join(
+        [
+            "# Written by outpost-hub at each start; edits are overwritten.",
+            "per_listener_settings false",
+            "allow_anonymous false",
+            # Run as whoever runs the hub, so Mosquitto can read the keys (0600) it owns.
+            f"user {getpass.getuser()}",
+            "persistence true",
+            f"persistence_location {d}/",
+            "autosave_interval 30",
+            f"log_dest file {d / 'mosquitto.log'}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            f"acl_file {d / 'acl'}",
+            # Headroom over the hub's own limit so the hub sees and counts oversized
+            # payloads instead of the broker silently dropping the connection.
+            f"max_packet_size {max_packet_bytes * 4 + 1024}",
+            "set_tcp_nodelay true",
+            "",
+            f"listener {port} {host}",
+            f"cafile {paths.ca_cert}",
+            f"certfile {paths.server_cert}",
+            f"keyfile {paths.server_key}",
+            "tls_version tlsv1.2",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "",
+        ]
+    )
+
+
+def write_config(paths: HubPaths, *, host: str, port: int, max_packet_bytes: int) -> Path:
+    """Write mosquitto.conf and the ACL into the broker folder; return the config path."""
+    paths.broker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.replace(paths.broker_dir / "acl", acl_text().encode(), files.PRIVATE)
+    conf = paths.broker_dir / "mosquitto.conf"
+    text = config_text(paths, host=host, port=port, max_packet_bytes=max_packet_bytes)
+    files.replace(conf, text.encode(), files.PRIVATE)
+    return conf
+
+
+class BrokerSupervisor:
+    """Runs Mosquitto as a child, restarts it when it dies, stops it on exit."""
+
+    def __init__(
+        self, paths: HubPaths, *, program: str, host: str, port: int, max_packet_bytes: int
+    ) -> None:
+        self._paths = paths
+        self._program = program
+        self._host = host
+        self._port = port
+        self._max_packet_bytes = max_packet_bytes
+        self._process: asyncio.subprocess.Process | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> None:
+        """Write the config, start Mosquitto and return once it accepts connections."""
+        self._conf = await asyncio.to_thread(
+            write_config,
+            self._paths,
+            host=self._host,
+            port=self._port,
+            max_packet_bytes=self._max_packet_bytes,
+        )
+        await self._spawn()
+        self._watcher = asyncio.create_task(self._watch(), name="hub.broker-supervisor")
+
+    async def stop(self) -> None:
+        """Stop Mosquitto (SIGTERM, then SIGKILL after a grace period)."""
+        self._stopping.set()
+        if self._watcher:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        process = self._process
+        if process and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                logger.warning("mosquitto did not stop in %.0f s; killing it", STOP_TIMEOUT)
+                process.kill()
+                await process.wait()
+        logger.info("broker stopped")
+
+    async def _spawn(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            self._program,
+            "-c",
+            str(self._conf),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        await self._wait_listening(self._process)
+        logger.info(
+            "broker listening on %s:%d (mosquitto pid %d)",
+            self._host,
+            self._port,
+            self._process.pid,
+        )
+
+    async def _wait_listening(self, process: asyncio.subprocess.Process) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.returncode is not None:
+                break
+            try:
+                _, writer = await asyncio.open_connection(self._host, self._port)
+            except OSError:
+                await asyncio.sleep(0.05)  # poll: Mosquitto has no readiness signal
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise BrokerStartError(
+            f"mosquitto did not start listening on {self._host}:{self._port}: "
+            f"{await asyncio.to_thread(self._log_tail)}"
+        )
+
+    async def _watch(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            assert self._process is not None
+            code = await self._process.wait()
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            logger.error("mosquitto exited with status %s; restarting it", code)
+            while not self._stopping.is_set():
+                await asyncio.sleep(backoff.delay(attempt, cap=RESTART_BACKOFF_CAP))
+                attempt += 1
+                try:
+                    await self._spawn()
+                except (BrokerStartError, OSError) as exc:
+                    logger.error("broker restart failed: %s", exc)
+                    continue
+                attempt = 0
+                break
+
+    def _log_tail(self) -> str:
+        log = self._paths.broker_dir / "mosquitto.log"
+        try:
+            lines = log.read_text(errors="replace").splitlines()[-5:]
+        except FileNotFoundError:
+            return "no log written"
+        return " | ".join(lines) or "log is empty"
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the child if the hub dies (even by kill -9)."""
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    os.setpgid(0, 0)  # own process group: a Ctrl-C meant for the hub does not reach it

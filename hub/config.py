@@ -1,0 +1,91 @@
+"""The hub's settings: `[hub]` in `hub.toml` of its data folder, overridden by flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from outpost import schema
+from outpost.settings import check_log_level, parse_broker_url
+
+SECTION = "hub"
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Every hub setting, with its default and what it is for."""
+
+    broker: str = schema.setting(
+        "",
+        help="external broker as mqtts://HOST:PORT; empty runs the managed Mosquitto",
+        max_len=256,
+    )
+    mqtt_host: str = schema.setting(
+        "127.0.0.1",
+        help="address the managed Mosquitto listens on (loopback by default)",
+        max_len=255,
+    )
+    mqtt_port: int = schema.setting(8883, help="port of the managed Mosquitto", min=1, max=65535)
+    broker_public_url: str = schema.setting(
+        "",
+        help="broker address given to devices at enrollment; empty derives it from the listener",
+        max_len=256,
+    )
+    mosquitto: str = schema.setting("mosquitto", help="Mosquitto program to run", max_len=4096)
+    web_host: str = schema.setting(
+        "127.0.0.1", help="address of the HTTPS endpoint (loopback by default)", max_len=255
+    )
+    web_port: int = schema.setting(8443, help="port of the HTTPS endpoint", min=1, max=65535)
+    public_url: str = schema.setting(
+        "",
+        help="hub URL written into enrollment tokens; empty derives it from web_host/web_port",
+        max_len=256,
+    )
+    device_cert_days: float = schema.setting(
+        90.0, help="lifetime of device certificates, in days", min=1 / 24, max=3650
+    )
+    enroll_token_ttl: float = schema.setting(
+        3600.0, help="default lifetime of a bootstrap token, in seconds", min=1, max=30 * 86400
+    )
+    offline_after_heartbeats: float = schema.setting(
+        3.0,
+        help="mark a device offline when no heartbeat came for this many of its intervals",
+        min=1.5,
+        max=100,
+    )
+    max_payload_bytes: int = schema.setting(
+        256 * 1024, help="largest MQTT payload accepted from a device", min=1024, max=16 << 20
+    )
+    log_level: str = schema.setting("info", help="debug, info, warning or error", max_len=16)
+
+    def __post_init__(self) -> None:
+        check_log_level(self.log_level, "hub.log_level")
+        if self.broker:
+            parse_broker_url(self.broker, "hub.broker")
+
+    @property
+    def managed_broker(self) -> bool:
+        return not self.broker
+
+    @property
+    def broker_address(self) -> tuple[str, int]:
+        """Where the hub itself connects."""
+        if self.broker:
+            return parse_broker_url(self.broker, "hub.broker")
+        return self.mqtt_host, self.mqtt_port
+
+    @property
+    def device_broker_url(self) -> str:
+        """The broker URL handed to devices at enrollment."""
+        if self.broker_public_url:
+            return self.broker_public_url
+        host, port = self.broker_address
+        return f"mqtts://{_url_host(host)}:{port}"
+
+    @property
+    def hub_url(self) -> str:
+        """The hub URL written into bootstrap tokens."""
+        return self.public_url or f"https://{_url_host(self.web_host)}:{self.web_port}"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,122 @@
+"""Turn a bootstrap token and a device's CSR into a device certificate and a registry row."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from hub import bootstrap, pki
+from hub.config import HubConfig
+from hub.paths import HubPaths
+from hub.store import Device, HubStore, TokenRefusedError
+
+logger = logging.getLogger(__name__)
+
+
+class EnrollmentRefusedError(ValueError):
+    """Enrollment was refused; the message says why and is safe to show the device."""
+
+
+class BadTokenError(EnrollmentRefusedError):
+    """The bootstrap token is invalid, expired or already used."""
+
+
+class BadCsrError(EnrollmentRefusedError):
+    """The certificate signing request is malformed or its key is weak."""
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """What a newly enrolled device receives."""
+
+    device_id: str
+    certificate_pem: bytes
+    ca_pem: bytes
+    signing_public_pem: bytes
+    broker_url: str
+    not_after: float
+
+
+class Enrollment:
+    """Issues device identities; holds the CA key in memory while the hub runs."""
+
+    def __init__(self, paths: HubPaths, config: HubConfig, store: HubStore) -> None:
+        self._config = config
+        self._store = store
+        self._ca_key, self._ca_cert = pki.load_ca(
+            paths.ca_key.read_bytes(), paths.ca_cert.read_bytes()
+        )
+        self.ca_pem = paths.ca_cert.read_bytes()
+        self._signing_public_pem = paths.signing_pub.read_bytes()
+        self._token_public = _load_ed25519(paths.token_key).public_key()
+
+    async def enroll(self, *, token: str, csr_pem: bytes, profile: str) -> Enrolled:
+        """Check token and CSR, use the token up, issue the certificate, register the device."""
+        try:
+            claims = bootstrap.verify(token, self._token_public)
+        except bootstrap.BootstrapTokenError as exc:
+            raise BadTokenError(str(exc)) from exc
+        try:
+            public_key = pki.check_csr(csr_pem)
+        except pki.CsrError as exc:
+            raise BadCsrError(str(exc)) from exc
+        now = time.time()
+        try:
+            labels = await self._store.consume_enroll_token(claims.jti, now=now)
+        except TokenRefusedError as exc:
+            raise BadTokenError(f"bootstrap token refused: {exc}") from exc
+
+        device_id = "dev-" + secrets.token_hex(6)
+        issued = pki.issue(
+            self._ca_key,
+            self._ca_cert,
+            common_name=device_id,
+            public_key=public_key,
+            days=self._config.device_cert_days,
+        )
+        await self._store.add_device(
+            Device(
+                device_id=device_id,
+                profile=profile,
+                labels=labels,
+                online=False,
+                last_seen=None,
+                last_heartbeat=None,
+                heartbeat_interval=None,
+                agent_version=None,
+                capabilities={},
+                load={},
+                enrolled_at=now,
+                cert_serial=format(issued.serial, "x"),
+                cert_not_before=issued.not_before.timestamp(),
+                cert_not_after=issued.not_after.timestamp(),
+            )
+        )
+        await self._store.bind_enroll_token(claims.jti, device_id)
+        logger.info("enrolled %s (profile %s, labels %s)", device_id, profile, labels)
+        return Enrolled(
+            device_id=device_id,
+            certificate_pem=issued.pem,
+            ca_pem=self.ca_pem,
+            signing_public_pem=self._signing_public_pem,
+            broker_url=self._config.device_broker_url,
+            not_after=issued.not_after.timestamp(),
+        )
+
+
+def _load_ed25519(path: Path) -> ed25519.Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def load_token_key(paths: HubPaths) -> ed25519.Ed25519PrivateKey:
+    """Load the key that signs bootstrap tokens."""
+    return _load_ed25519(paths.token_key)

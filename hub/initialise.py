@@ -1,0 +1,70 @@
+"""`outpost-hub init`: create a hub data folder with the fleet's keys and certificates."""
+
+from __future__ import annotations
+
+import logging
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from hub import pki
+from hub.paths import HUB_CLIENT_CN, HubPaths
+from outpost import files
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SERVER_NAMES = ["localhost", "127.0.0.1", "::1"]
+HUB_CLIENT_DAYS = 825
+
+
+class AlreadyInitialisedError(RuntimeError):
+    """The data folder already holds a fleet CA; init never overwrites keys."""
+
+
+def initialise(paths: HubPaths, *, server_names: list[str], fleet_name: str = "Outpost") -> None:
+    """Create the CA, server and hub-client certificates, and the signing keys."""
+    if paths.ca_key.exists() or paths.ca_cert.exists():
+        raise AlreadyInitialisedError(
+            f"{paths.root} is already initialised (found {paths.ca_key.name}); "
+            "refusing to overwrite its keys"
+        )
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.pki.mkdir(exist_ok=True, mode=0o700)
+
+    ca_key, ca_cert = pki.make_ca(f"{fleet_name} fleet CA")
+    files.write_new(paths.ca_key, pki.key_pem(ca_key))
+    files.write_new(paths.ca_cert, pki.cert_pem(ca_cert), files.PUBLIC)
+
+    names = list(dict.fromkeys(DEFAULT_SERVER_NAMES + server_names))
+    server_key = pki.new_ec_key()
+    server = pki.issue(
+        ca_key,
+        ca_cert,
+        common_name=names[0],
+        public_key=server_key.public_key(),
+        days=pki.SERVER_DAYS,
+        server_names=names,
+    )
+    files.write_new(paths.server_key, pki.key_pem(server_key))
+    files.write_new(paths.server_cert, server.pem, files.PUBLIC)
+
+    client_key = pki.new_ec_key()
+    client = pki.issue(
+        ca_key,
+        ca_cert,
+        common_name=HUB_CLIENT_CN,
+        public_key=client_key.public_key(),
+        days=HUB_CLIENT_DAYS,
+    )
+    files.write_new(paths.client_key, pki.key_pem(client_key))
+    files.write_new(paths.client_cert, client.pem, files.PUBLIC)
+
+    for key_path, pub_path in ((paths.signing_key, paths.signing_pub), (paths.token_key, None)):
+        key = ed25519.Ed25519PrivateKey.generate()
+        files.write_new(key_path, pki.key_pem(key))
+        if pub_path is not None:
+            pub = key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            files.write_new(pub_path, pub, files.PUBLIC)
+    logger.info("initialised hub data in %s (server names: %s)", paths.root, ", ".join(names))

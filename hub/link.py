@@ -1,0 +1,78 @@
+"""The hub's MQTT session: subscribe to every device's `up` topics and feed the ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import NoReturn
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from hub.config import HubConfig
+from hub.ingest import Ingest
+from hub.paths import HUB_CLIENT_CN, HubPaths
+from outpost import tls, wire
+from outpost.mqtt import NODELAY, LinkState, run_forever
+
+logger = logging.getLogger(__name__)
+
+# The broker keeps the hub's subscription and queues QoS 1 messages for this long while
+# the hub is away (a restart, an upgrade), so nothing sent meanwhile is lost.
+SESSION_EXPIRY_S = 7 * 24 * 3600
+RECONNECT_CAP_S = 10.0
+
+
+class HubLink:
+    """Owns the hub's connection to the broker."""
+
+    def __init__(self, paths: HubPaths, config: HubConfig, ingest: Ingest) -> None:
+        self._paths = paths
+        self._config = config
+        self._ingest = ingest
+        self.state = LinkState(logger, "hub link")
+        self.client: aiomqtt.Client | None = None
+
+    async def run(self) -> NoReturn:
+        # Loading certificates reads files: keep it off the event loop.
+        context = await asyncio.to_thread(
+            tls.client_context,
+            self._paths.ca_cert,
+            self._paths.client_cert,
+            self._paths.client_key,
+        )
+        host, port = self._config.broker_address
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+
+        def make_client() -> aiomqtt.Client:
+            return aiomqtt.Client(
+                host,
+                port,
+                identifier=HUB_CLIENT_CN,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                tls_context=context,
+                clean_start=False,
+                properties=properties,
+                socket_options=NODELAY,
+                keepalive=30,
+                logger=logging.getLogger("mqtt.hub"),
+            )
+
+        await run_forever(
+            make_client,
+            self._session,
+            self.state,
+            address=f"{host}:{port}",
+            backoff_cap=RECONNECT_CAP_S,
+        )
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        try:
+            await client.subscribe(wire.UP_WILDCARD, qos=1)
+            async for message in client.messages:
+                await self._ingest.handle(message.topic.value, message.payload)
+        finally:
+            self.client = None

@@ -1,0 +1,71 @@
+"""Where the hub keeps its files inside its data folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+HUB_CLIENT_CN = "outpost-hub"
+
+
+@dataclass(frozen=True)
+class HubPaths:
+    """The layout of a hub data folder."""
+
+    root: Path
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.pki / "ca.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.pki / "ca.crt"
+
+    @property
+    def server_key(self) -> Path:
+        """Key of the TLS server certificate used by the broker and the web endpoint."""
+        return self.pki / "server.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.pki / "server.crt"
+
+    @property
+    def client_key(self) -> Path:
+        """Key of the hub's own MQTT client certificate (CN = outpost-hub)."""
+        return self.pki / "hub-client.key"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.pki / "hub-client.crt"
+
+    @property
+    def signing_key(self) -> Path:
+        """Ed25519 key that signs policy and model manifests (its public half goes to devices)."""
+        return self.pki / "signing.key"
+
+    @property
+    def signing_pub(self) -> Path:
+        return self.pki / "signing.pub"
+
+    @property
+    def token_key(self) -> Path:
+        """Ed25519 key that signs tokens (bootstrap tokens now, API tokens later)."""
+        return self.pki / "token.key"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "hub.db"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "hub.toml"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.root / "broker"

@@ -1,0 +1,93 @@
+"""SQLite under asyncio: WAL, named migrations, and one writer thread per database.
+
+Every statement runs on a single dedicated thread (after Datasette's design): SQLite
+allows one writer at a time anyway, so one thread serialises writes without locks and
+keeps blocking I/O off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Migration = tuple[str, Callable[[sqlite_utils.Database], None]]
+
+
+class StoreClosedError(RuntimeError):
+    """The store was used after it was closed."""
+
+
+def open_database(path: Path, *, synchronous: str = "NORMAL") -> sqlite_utils.Database:
+    """Open `path` in WAL mode with the given `synchronous` level.
+
+    `check_same_thread=False` because the connection is made on the caller's thread but
+    used only from the store's one worker thread afterwards.
+    """
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return sqlite_utils.Database(conn)
+
+
+def migrate(db: sqlite_utils.Database, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded, each in its own transaction, in order."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for name, step in migrations:
+        if name in done:
+            continue
+        with db.conn:  # one transaction: the step and its record land together
+            db.conn.execute("BEGIN IMMEDIATE")
+            step(db)
+            db.conn.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time())
+            )
+        logger.info("applied migration %s", name)
+        applied.append(name)
+    return applied
+
+
+class SerialDatabase:
+    """A database whose every call runs on one worker thread, awaited from asyncio."""
+
+    def __init__(self, db: sqlite_utils.Database, name: str) -> None:
+        self._db = db
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-db")
+        self._closed = False
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(db, *args)` on the worker thread and return its result."""
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._db, *args)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(db, *args)` on the worker thread, blocking (for CLIs, not the loop)."""
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        return self._executor.submit(fn, self._db, *args).result()
+
+    def close(self) -> None:
+        """Finish queued work and close the connection; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.submit(self._db.conn.close).result()
+        self._executor.shutdown(wait=True)

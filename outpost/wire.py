@@ -1,0 +1,207 @@
+"""The wire contract between agent and hub: topics, the msgpack envelope, message bodies.
+
+Topics: ``outpost/v1/dev/{device_id}/up/{kind}`` (device to hub) and
+``outpost/v1/dev/{device_id}/down/{kind}`` (hub to device). The broker's ACL lets a
+device write only its own ``up/#`` and read only its own ``down/#``.
+
+Every payload is a msgpack map ``{v, kind, id, ts, body}``. A payload that is too large,
+not msgpack, of an unknown version or kind, or whose body does not match its schema is
+refused with a `WireError` whose `reason` is a short stable code (used in metrics) and
+whose text says what was wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from outpost import schema
+
+VERSION: Final = 1
+MAX_PAYLOAD_BYTES: Final = 256 * 1024
+TOPIC_PREFIX: Final = "outpost/v1/dev"
+UP_WILDCARD: Final = f"{TOPIC_PREFIX}/+/up/#"
+
+# Device ids are assigned by the hub; the pattern keeps them safe as a topic level and
+# as a certificate CN (no MQTT wildcards, no separators).
+DEVICE_ID_PATTERN: Final = re.compile(r"^dev-[a-z0-9]{6,32}$")
+_KIND_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class WireError(ValueError):
+    """A message broke the wire contract; `reason` is a short code for counting."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------- topics
+
+
+def up_topic(device_id: str, kind: str) -> str:
+    """Return the topic on which `device_id` sends messages of `kind` to the hub."""
+    return f"{TOPIC_PREFIX}/{device_id}/up/{kind}"
+
+
+def down_topic(device_id: str, kind: str) -> str:
+    """Return the topic on which the hub sends messages of `kind` to `device_id`."""
+    return f"{TOPIC_PREFIX}/{device_id}/down/{kind}"
+
+
+def parse_topic(topic: str) -> tuple[str, str, str]:
+    """Split a device topic into (device_id, direction, kind), refusing anything else."""
+    prefix = TOPIC_PREFIX + "/"
+    parts = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
+    if len(parts) != 3 or parts[1] not in ("up", "down"):
+        raise WireError("topic", f"not a device topic: {topic!r}")
+    device_id, direction, kind = parts
+    if not DEVICE_ID_PATTERN.match(device_id):
+        raise WireError("topic", f"bad device id in topic: {device_id!r}")
+    if not _KIND_PATTERN.match(kind):
+        raise WireError("topic", f"bad kind in topic: {kind!r}")
+    return device_id, direction, kind
+
+
+# ---------------------------------------------------------------------------- bodies
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a device can run: measured by the agent, accelerator from its profile."""
+
+    cores: int = schema.setting(help="logical CPU cores", min=1, max=4096)
+    memory_bytes: int = schema.setting(help="total memory", min=0)
+    disk_bytes: int = schema.setting(help="size of the data folder's file system", min=0)
+    accelerator: str = schema.setting("none", help="accelerator named by the profile", max_len=64)
+    arch: str = schema.setting("", help="machine architecture, e.g. aarch64", max_len=32)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Sent on every connection: who the device is and what it can do."""
+
+    conn: str = schema.setting(help="id of this MQTT connection", max_len=64)
+    agent_version: str = schema.setting(help="version of the agent", max_len=32)
+    profile: str = schema.setting(help="name of the device profile", max_len=64)
+    heartbeat_interval: float = schema.setting(help="seconds between heartbeats", min=0.1)
+    capabilities: Capabilities = schema.setting(help="what the device can run")
+
+
+@dataclass(frozen=True)
+class Load:
+    """How busy a device is right now."""
+
+    cpu_percent: float = schema.setting(help="CPU use over the last interval", min=0, max=100)
+    memory_percent: float = schema.setting(help="memory in use", min=0, max=100)
+    disk_percent: float = schema.setting(help="data folder's file system in use", min=0, max=100)
+    rss_bytes: int = schema.setting(help="the agent's own resident memory", min=0)
+    temperature_c: float | None = schema.setting(None, help="hottest sensor, if any")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent every heartbeat interval while connected."""
+
+    conn: str = schema.setting(help="id of this MQTT connection", max_len=64)
+    uptime_s: float = schema.setting(help="seconds since the agent started", min=0)
+    heartbeat_interval: float = schema.setting(help="seconds between heartbeats", min=0.1)
+    load: Load = schema.setting(help="current load")
+
+
+@dataclass(frozen=True)
+class Status:
+    """Online on connect, offline as the last will (both retained, keyed by `conn`)."""
+
+    conn: str = schema.setting(help="id of the MQTT connection this is about", max_len=64)
+    online: bool = schema.setting(help="whether that connection is up")
+
+
+Body = Hello | Heartbeat | Status
+
+# kind -> body type, for each direction. Both sides refuse kinds not listed here.
+UP_KINDS: Final[dict[str, type[Any]]] = {
+    "hello": Hello,
+    "heartbeat": Heartbeat,
+    "status": Status,
+}
+DOWN_KINDS: Final[dict[str, type[Any]]] = {}
+
+
+# ---------------------------------------------------------------------------- envelope
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded message: version, kind, message id, sender's time (ms) and body."""
+
+    v: int
+    kind: str
+    id: str
+    ts: int
+    body: Any
+
+
+def new_message_id() -> str:
+    """Return a fresh random message id."""
+    return secrets.token_hex(8)
+
+
+def encode(kind: str, body: Body, *, ts_ms: int | None = None, msg_id: str | None = None) -> bytes:
+    """Encode `body` as a versioned envelope of `kind`."""
+    envelope = {
+        "v": VERSION,
+        "kind": kind,
+        "id": msg_id or new_message_id(),
+        "ts": ts_ms if ts_ms is not None else int(time.time() * 1000),
+        "body": dataclasses.asdict(body),
+    }
+    packed: bytes = msgpack.packb(envelope, use_bin_type=True)
+    return packed
+
+
+def decode(
+    payload: bytes,
+    *,
+    kinds: dict[str, type[Any]],
+    expected_kind: str | None = None,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+) -> Envelope:
+    """Decode and validate one payload; raise `WireError` saying what was wrong."""
+    if len(payload) > max_bytes:
+        raise WireError("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise WireError("malformed", f"not a msgpack payload: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise WireError("malformed", f"envelope must be a map, got {type(raw).__name__}")
+    version = raw.get("v")
+    if version != VERSION:
+        raise WireError("version", f"unsupported envelope version {version!r} (want {VERSION})")
+    kind = raw.get("kind")
+    if expected_kind is not None and kind != expected_kind:
+        raise WireError("kind", f"envelope kind {kind!r} does not match topic kind")
+    if not isinstance(kind, str) or kind not in kinds:
+        raise WireError("kind", f"unknown message kind {kind!r}")
+    try:
+        header = schema.load(_Header, {k: raw.get(k) for k in ("id", "ts")}, "envelope")
+        body = schema.load(kinds[kind], raw.get("body"), f"{kind}.body")
+    except schema.SchemaError as exc:
+        raise WireError("schema", str(exc)) from exc
+    extra = sorted(set(raw) - {"v", "kind", "id", "ts", "body"})
+    if extra:
+        raise WireError("schema", f"envelope has unknown fields: {', '.join(map(str, extra))}")
+    return Envelope(v=version, kind=kind, id=header.id, ts=header.ts, body=body)
+
+
+@dataclass(frozen=True)
+class _Header:
+    id: str = schema.setting(help="message id", max_len=64)
+    ts: int = schema.setting(help="sender's clock, ms since the epoch", min=0)
