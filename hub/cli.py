@@ -98,12 +98,13 @@ def _config(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> HubConfig:
+def load_config(
+    data: Path, config: Path | None = None, overrides: dict[str, Any] | None = None
+) -> HubConfig:
     """Load the hub's settings: file (explicit, or hub.toml in the data folder), then flags."""
-    path = args.config
-    if path is None and HubPaths(args.data).config.exists():
-        path = HubPaths(args.data).config
-    return settings.load_file(HubConfig, path, SECTION, overrides or {})
+    if config is None and HubPaths(data).config.exists():
+        config = HubPaths(data).config
+    return settings.load_file(HubConfig, config, SECTION, overrides or {})
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -116,7 +117,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _enroll_token(args: argparse.Namespace) -> int:
     paths = HubPaths(args.data)
-    config = load_config(args)
+    config = load_config(args.data, args.config)
     labels = dict(_label(item) for item in args.label)
     ttl = args.ttl if args.ttl is not None else config.enroll_token_ttl
     token, claims = bootstrap.mint(
@@ -153,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
         "web_port": args.web_port,
         "log_level": args.log_level,
     }
-    config = load_config(args, overrides)
+    config = load_config(args.data, args.config, overrides)
     logs.configure(config.log_level)
     hub = Hub(HubPaths(args.data), config)
     return asyncio.run(_serve(hub))

@@ -1,0 +1,92 @@
+"""Fixtures: a real hub (with its managed, mTLS Mosquitto on a free loopback port),
+enrolled devices, and agents running as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.enroll import enroll
+from edge.identity import DevicePaths, Identity
+from hub.app import Hub
+from hub.cli import load_config
+from hub.initialise import initialise
+from hub.paths import HubPaths
+from tests.support import PROFILES, AgentProcess, free_port, mint_token
+
+
+@pytest.fixture
+def hub_paths(tmp_path: Path) -> HubPaths:
+    """An initialised hub data folder whose hub.toml names free loopback ports."""
+    paths = HubPaths(tmp_path / "hub")
+    initialise(paths, server_names=[])
+    paths.config.write_text(
+        "[hub]\n"
+        f"mqtt_port = {free_port()}\n"
+        f"web_port = {free_port()}\n"
+        "offline_after_heartbeats = 3\n"
+    )
+    return paths
+
+
+@pytest.fixture
+async def hub(hub_paths: HubPaths) -> AsyncIterator[Hub]:
+    """A running hub, connected to its own broker."""
+    running = Hub(hub_paths, load_config(hub_paths.root))
+    task = asyncio.create_task(running.run(), name="test-hub")
+    ready = asyncio.create_task(running.ready.wait())
+    done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        ready.cancel()
+        task.result()  # raises the hub's start-up error
+    assert ready in done, "hub did not become ready"
+    assert running.link is not None
+    await asyncio.wait_for(running.link.state.connected.wait(), 10)
+    yield running
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+Enroller = Callable[..., Awaitable[tuple[DevicePaths, Identity]]]
+
+
+@pytest.fixture
+def enroll_device(hub: Hub, tmp_path: Path) -> Enroller:
+    """Enroll a fresh device folder with a profile; return its paths and identity."""
+    count = 0
+
+    async def _enroll(
+        profile: str = "generic", labels: dict[str, str] | None = None
+    ) -> tuple[DevicePaths, Identity]:
+        nonlocal count
+        count += 1
+        paths = DevicePaths(tmp_path / f"device-{count}")
+        token = await mint_token(hub, labels=labels)
+        identity = await enroll(token, paths, PROFILES / f"{profile}.toml")
+        return paths, identity
+
+    return _enroll
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Start agents as child processes; every one is killed when the test ends."""
+    started: list[AgentProcess] = []
+
+    def _start(paths: DevicePaths, heartbeat_interval: float = 0.5) -> AgentProcess:
+        agent = AgentProcess(
+            paths.root,
+            heartbeat_interval=heartbeat_interval,
+            log=tmp_path / f"agent-{len(started)}.log",
+        )
+        started.append(agent)
+        return agent
+
+    yield _start
+    for agent in started:
+        agent.stop()

@@ -1,0 +1,222 @@
+"""Enrollment over HTTPS against a running hub: the happy path and every refusal."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import stat
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from edge.enroll import EnrollError, enroll
+from edge.identity import DevicePaths, Identity
+from hub.app import Hub
+from hub.initialise import AlreadyInitialisedError, initialise
+from tests.support import PROFILES, mint_token
+
+
+def _mode(path: Any) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def _post_enroll(hub: Hub, body: Any, *, raw: bytes | None = None) -> tuple[int, Any]:
+    context = ssl.create_default_context(cafile=str(hub.paths.ca_cert))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{hub.config.hub_url}/api/v1/enroll",
+            data=raw if raw is not None else json.dumps(body).encode(),
+            ssl=context,
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+def _csr(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+async def test_enrollment_round_trip(hub: Hub, tmp_path: Any) -> None:
+    token = await mint_token(hub, labels={"site": "north", "line": "2"})
+    paths = DevicePaths(tmp_path / "device")
+
+    identity = await enroll(token, paths, PROFILES / "raspberry-pi-4.toml")
+
+    assert identity.device_id.startswith("dev-")
+    assert _mode(paths.key) == 0o600
+    assert _mode(paths.identity) == 0o600
+    cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == identity.device_id
+    lifetime_days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
+    assert 89 <= lifetime_days <= 91, "default device certificate lifetime is 90 days"
+    assert paths.hub_signing_pub.read_bytes() == hub.paths.signing_pub.read_bytes()
+    assert Identity.load(paths) == identity
+    assert identity.broker_url == f"mqtts://127.0.0.1:{hub.config.mqtt_port}"
+
+    assert hub.store is not None
+    device = await hub.store.device(identity.device_id)
+    assert device is not None
+    assert device.labels == {"site": "north", "line": "2"}
+    assert device.profile == "raspberry-pi-4"
+    assert device.cert_not_after == pytest.approx(cert.not_valid_after_utc.timestamp(), abs=1)
+    assert device.cert_serial == format(cert.serial_number, "x")
+
+
+async def test_the_private_key_never_leaves_the_device(hub: Hub, tmp_path: Any) -> None:
+    token = await mint_token(hub)
+    paths = DevicePaths(tmp_path / "device")
+    await enroll(token, paths, PROFILES / "generic.toml")
+    key_pem = paths.key.read_bytes()
+    assert b"PRIVATE KEY" in key_pem
+    for path in hub.paths.root.rglob("*"):
+        if path.is_file():
+            assert key_pem not in path.read_bytes(), f"device key found in {path}"
+
+
+async def test_reused_token_is_refused(hub: Hub, tmp_path: Any) -> None:
+    token = await mint_token(hub)
+    await enroll(token, DevicePaths(tmp_path / "first"), PROFILES / "generic.toml")
+
+    with pytest.raises(EnrollError, match="already used"):
+        await enroll(token, DevicePaths(tmp_path / "second"), PROFILES / "generic.toml")
+
+    assert hub.store is not None
+    assert len(await hub.store.devices()) == 1
+    assert not DevicePaths(tmp_path / "second").identity.exists()
+
+
+async def test_expired_token_is_refused_by_agent_and_hub(hub: Hub, tmp_path: Any) -> None:
+    token = await mint_token(hub, ttl=60, now=time.time() - 3600)
+
+    with pytest.raises(EnrollError, match="expired"):
+        await enroll(token, DevicePaths(tmp_path / "device"), PROFILES / "generic.toml")
+
+    # The hub refuses it too, for a client that does not check expiry itself.
+    key = ec.generate_private_key(ec.SECP256R1())
+    status, body = await _post_enroll(hub, {"token": token, "csr": _csr(key), "profile": "generic"})
+    assert status == 401
+    assert "expired" in body["error"]["message"]
+
+
+def _tamper(token: str, change: dict[str, Any]) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(change)
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+async def test_tampered_token_is_refused(hub: Hub, tmp_path: Any) -> None:
+    token = await mint_token(hub, labels={"site": "north"})
+    forged = _tamper(token, {"labels": {"site": "hq", "role": "admin"}})
+
+    with pytest.raises(EnrollError, match="signature"):
+        await enroll(forged, DevicePaths(tmp_path / "device"), PROFILES / "generic.toml")
+
+    assert hub.store is not None
+    assert await hub.store.devices() == []
+    # The genuine token was not used up by the forgery.
+    await enroll(token, DevicePaths(tmp_path / "genuine"), PROFILES / "generic.toml")
+
+
+async def test_token_pinning_another_ca_is_refused_before_sending_anything(
+    hub: Hub, tmp_path: Any
+) -> None:
+    token = await mint_token(hub)
+    wrong_pin = _tamper(token, {"caf": "sha256:" + "0" * 64})
+
+    with pytest.raises(EnrollError, match="fingerprint does not match"):
+        await enroll(wrong_pin, DevicePaths(tmp_path / "device"), PROFILES / "generic.toml")
+
+    assert hub.store is not None
+    assert await hub.store.devices() == []
+
+
+async def test_weak_csr_is_refused_and_keeps_the_token(hub: Hub) -> None:
+    token = await mint_token(hub)
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+    status, body = await _post_enroll(hub, {"token": token, "csr": _csr(weak), "profile": "x"})
+
+    assert status == 422
+    assert "weak key" in body["error"]["message"]
+    strong = ec.generate_private_key(ec.SECP256R1())
+    status, body = await _post_enroll(
+        hub, {"token": token, "csr": _csr(strong), "profile": "generic"}
+    )
+    assert status == 201, body
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b"not json", None),
+        (b"[1, 2]", "body"),
+        (json.dumps({"token": "t", "csr": "c"}).encode(), "body.profile"),
+        (json.dumps({"token": "t", "csr": "c", "profile": 3}).encode(), "body.profile"),
+        (json.dumps({"token": "t", "csr": "c", "profile": "p", "x": 1}).encode(), "body.x"),
+    ],
+)
+async def test_malformed_enrollment_requests_name_the_field(
+    hub: Hub, raw: bytes, field: str | None
+) -> None:
+    status, body = await _post_enroll(hub, None, raw=raw)
+
+    assert status == 400
+    assert set(body["error"]) == {"code", "message", "details"}
+    if field is not None:
+        assert body["error"]["details"]["field"] == field
+
+
+async def test_oversized_enrollment_body_is_refused(hub: Hub) -> None:
+    status, body = await _post_enroll(hub, None, raw=b"x" * (256 * 1024))
+    assert status == 413
+    assert body["error"]["code"] == "too_large"
+
+
+async def test_bad_profile_is_refused_before_contacting_the_hub(hub: Hub, tmp_path: Any) -> None:
+    token = await mint_token(hub)
+    profile = tmp_path / "bad.toml"
+    profile.write_text((PROFILES / "generic.toml").read_text().replace("cores = 1", "cores = 0"))
+
+    with pytest.raises(ValueError, match="capabilities.cores"):
+        await enroll(token, DevicePaths(tmp_path / "device"), profile)
+
+    # The token is still good.
+    await enroll(token, DevicePaths(tmp_path / "device2"), PROFILES / "generic.toml")
+
+
+def test_init_refuses_to_overwrite_and_keeps_keys_private(tmp_path: Any) -> None:
+    from hub.paths import HubPaths
+
+    paths = HubPaths(tmp_path / "hub")
+    initialise(paths, server_names=["hub.example"])
+    ca_before = paths.ca_key.read_bytes()
+
+    with pytest.raises(AlreadyInitialisedError):
+        initialise(paths, server_names=[])
+
+    assert paths.ca_key.read_bytes() == ca_before
+    for key in (
+        paths.ca_key,
+        paths.server_key,
+        paths.client_key,
+        paths.signing_key,
+        paths.token_key,
+    ):
+        assert _mode(key) == 0o600, key
+    server = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "hub.example" in names.get_values_for_type(x509.DNSName)

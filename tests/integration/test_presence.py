@@ -1,0 +1,142 @@
+"""Agents as real processes: online, heartbeats, offline on kill -9, stop, silence, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from hub.app import Hub
+from tests.conftest import Enroller
+from tests.support import AgentProcess, device_online, eventually
+
+
+async def test_agent_is_online_within_two_seconds_and_sends_heartbeats(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, identity = await enroll_device("raspberry-pi-5", labels={"site": "north"})
+    started = time.monotonic()
+    agents(paths, heartbeat_interval=0.3)
+
+    await eventually(
+        lambda: device_online(hub, identity.device_id), timeout=2.0, what="device online"
+    )
+    assert time.monotonic() - started < 2.0
+
+    assert hub.store is not None
+    first = await hub.store.device(identity.device_id)
+    assert first is not None
+    assert first.profile == "raspberry-pi-5"
+    assert first.capabilities["cores"] >= 1
+    assert first.capabilities["memory_bytes"] > 0
+
+    async def beat_after_hello() -> bool:
+        assert hub.store is not None
+        device = await hub.store.device(identity.device_id)
+        assert device is not None and first.last_heartbeat is not None
+        return bool(device.load) and (device.last_heartbeat or 0) > first.last_heartbeat
+
+    await eventually(beat_after_hello, timeout=3.0, what="a heartbeat")
+    device = await hub.store.device(identity.device_id)
+    assert device is not None
+    assert device.load["rss_bytes"] > 1 << 20
+    assert 0 <= device.load["cpu_percent"] <= 100
+    assert device.heartbeat_interval == pytest.approx(0.3)
+
+
+async def test_kill_9_marks_the_device_offline_within_seconds(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, identity = await enroll_device()
+    # A long heartbeat interval: only the broker's last will can be this quick.
+    agent = agents(paths, heartbeat_interval=60)
+    await eventually(lambda: device_online(hub, identity.device_id), what="device online")
+
+    agent.signal(signal.SIGKILL)
+    killed = time.monotonic()
+
+    async def offline() -> bool:
+        return not await device_online(hub, identity.device_id)
+
+    await eventually(offline, timeout=5.0, what="device offline")
+    assert time.monotonic() - killed < 5.0
+
+
+async def test_sigterm_stops_the_agent_and_says_goodbye(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, identity = await enroll_device()
+    agent = agents(paths, heartbeat_interval=60)
+    await eventually(lambda: device_online(hub, identity.device_id), what="device online")
+
+    agent.signal(signal.SIGTERM)
+
+    assert agent.wait(timeout=5) == 0
+
+    async def offline() -> bool:
+        return not await device_online(hub, identity.device_id)
+
+    await eventually(offline, timeout=3.0, what="device offline after a clean stop")
+    assert "agent stopped" in agent.output()
+
+
+async def test_a_silent_device_goes_offline_and_comes_back(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, identity = await enroll_device()
+    agent = agents(paths, heartbeat_interval=0.3)
+    await eventually(lambda: device_online(hub, identity.device_id), what="device online")
+
+    # Frozen, its TCP connection stays open (no will), but its heartbeats stop.
+    agent.signal(signal.SIGSTOP)
+    try:
+
+        async def offline() -> bool:
+            return not await device_online(hub, identity.device_id)
+
+        await eventually(offline, timeout=5.0, what="silent device marked offline")
+    finally:
+        agent.signal(signal.SIGCONT)
+    await eventually(
+        lambda: device_online(hub, identity.device_id),
+        timeout=5.0,
+        what="device back online after its next heartbeat",
+    )
+
+
+async def test_broker_death_is_survived_by_hub_and_agents(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, identity = await enroll_device()
+    agent = agents(paths, heartbeat_interval=0.3)
+    await eventually(lambda: device_online(hub, identity.device_id), what="device online")
+    assert hub.broker is not None and hub.broker.pid is not None and hub.link is not None
+    old_pid = hub.broker.pid
+    assert hub.ingest is not None
+    hellos = hub.ingest.outcomes[("hello", "accepted")]
+
+    os.kill(old_pid, signal.SIGKILL)
+
+    async def restarted() -> bool:
+        assert hub.broker is not None
+        return hub.broker.restarts == 1 and hub.broker.pid != old_pid
+
+    await eventually(restarted, timeout=15.0, what="broker restarted by the hub")
+    await eventually(lambda: _connected(hub), timeout=15.0, what="hub link reconnected")
+    # The agent reconnects on its own and says hello again.
+
+    async def hello_again() -> bool:
+        assert hub.ingest is not None
+        return hub.ingest.outcomes[("hello", "accepted")] > hellos
+
+    await eventually(hello_again, timeout=20.0, what="agent reconnected")
+    assert await device_online(hub, identity.device_id)
+    assert "broker link disconnected" in agent.output()
+
+
+async def _connected(hub: Hub) -> bool:
+    assert hub.link is not None
+    return hub.link.state.connected.is_set()

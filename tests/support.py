@@ -1,0 +1,117 @@
+"""Helpers shared by the integration tests: free ports, polling with a deadline, agents."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from hub import bootstrap
+from hub.app import Hub
+from hub.enrollment import load_token_key
+from outpost import tls
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = REPO / "firmware-configs"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 5.0,
+    every: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+class AgentProcess:
+    """An `outpost-agent run` child process, killed at the end of the test."""
+
+    def __init__(self, data: Path, *, heartbeat_interval: float = 0.5, log: Path) -> None:
+        self.log = log
+        self._log_file = log.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge.cli",
+                "run",
+                "--data",
+                str(data),
+                "--heartbeat-interval",
+                str(heartbeat_interval),
+                "--log-level",
+                "debug",
+            ],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log_file.close()
+
+
+async def mint_token(
+    hub: Hub, *, ttl: float = 600, labels: dict[str, str] | None = None, now: float | None = None
+) -> str:
+    """Mint a bootstrap token and record it, as `outpost-hub enroll-token` does."""
+    issued = time.time() if now is None else now
+    token, claims = bootstrap.mint(
+        load_token_key(hub.paths),
+        hub_url=hub.config.hub_url,
+        ca_fingerprint=tls.fingerprint(hub.paths.ca_cert.read_bytes()),
+        ttl=ttl,
+        labels=labels or {},
+        now=issued,
+    )
+    assert hub.store is not None
+    await hub.store.add_enroll_token(
+        claims.jti, now=issued, expires_at=claims.expires_at, labels=labels or {}
+    )
+    return token
+
+
+async def device_online(hub: Hub, device_id: str) -> bool:
+    assert hub.store is not None
+    device = await hub.store.device(device_id)
+    return bool(device and device.online)
