@@ -13,6 +13,7 @@ import ctypes
 import getpass
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -115,6 +116,7 @@ class BrokerSupervisor:
 
     async def start(self) -> None:
         """Write the config, start Mosquitto and return once it accepts connections."""
+        self._program = find_program(self._program)
         self._conf = await asyncio.to_thread(
             write_config,
             self._paths,
@@ -210,6 +212,17 @@ class BrokerSupervisor:
         except FileNotFoundError:
             return "no log written"
         return " | ".join(lines) or "log is empty"
+
+
+def find_program(program: str) -> str:
+    """Resolve the Mosquitto program; Debian installs it in /usr/sbin, often not on PATH."""
+    found = shutil.which(program) or shutil.which(program, path="/usr/local/sbin:/usr/sbin")
+    if found is None:
+        raise BrokerStartError(
+            f"cannot find {program!r}: install Debian's `mosquitto` package "
+            "(sudo apt-get install mosquitto) or set `mosquitto` in hub.toml"
+        )
+    return found
 
 
 def _die_with_parent() -> None:

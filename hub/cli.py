@@ -14,6 +14,7 @@ from typing import Any
 
 from hub import bootstrap
 from hub.app import Hub
+from hub.broker import BrokerStartError
 from hub.config import SECTION, HubConfig
 from hub.enrollment import load_token_key
 from hub.initialise import AlreadyInitialisedError, initialise
@@ -30,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(getattr(args, "log_level", None) or "info")
     try:
         return int(args.func(args))
-    except (settings.SettingsError, AlreadyInitialisedError, FileNotFoundError, ValueError) as exc:
+    except (
+        settings.SettingsError, AlreadyInitialisedError, BrokerStartError, FileNotFoundError,
+        ValueError,
+    ) as exc:
         print(f"outpost-hub: error: {exc}", file=sys.stderr)
         return 2
 

@@ -174,4 +174,6 @@ def _type_name(value: Any) -> str:
 
 
 def _type_label(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(map(str, get_args(tp)))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

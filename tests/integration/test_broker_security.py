@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import aiomqtt
-import pytest
 
 from edge.identity import DevicePaths
 from hub import pki
@@ -143,7 +142,8 @@ async def test_device_cannot_publish_into_another_devices_topics(
 ) -> None:
     paths_a, a = await enroll_device()
     _, b = await enroll_device()
-    assert hub.ingest is not None and hub.store is not None
+    assert hub.ingest is not None
+    assert hub.store is not None
 
     async with _client(hub, _device_context(paths_a), a.device_id) as client:
         # Impersonation attempt: B's hello, sent with A's certificate.

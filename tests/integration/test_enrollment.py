@@ -191,7 +191,7 @@ async def test_bad_profile_is_refused_before_contacting_the_hub(hub: Hub, tmp_pa
     profile = tmp_path / "bad.toml"
     profile.write_text((PROFILES / "generic.toml").read_text().replace("cores = 1", "cores = 0"))
 
-    with pytest.raises(ValueError, match="capabilities.cores"):
+    with pytest.raises(ValueError, match=r"capabilities\.cores"):
         await enroll(token, DevicePaths(tmp_path / "device"), profile)
 
     # The token is still good.

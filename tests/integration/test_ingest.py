@@ -90,5 +90,6 @@ async def test_bad_payload_is_rejected_with_reason_and_hub_keeps_serving(
     assert identity.device_id in rejections[0].getMessage()
     assert hub.store is not None
     device = await hub.store.device(identity.device_id)
-    assert device is not None and device.online
+    assert device is not None
+    assert device.online
     assert device.capabilities["cores"] == 2

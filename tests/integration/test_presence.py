@@ -36,7 +36,8 @@ async def test_agent_is_online_within_two_seconds_and_sends_heartbeats(
     async def beat_after_hello() -> bool:
         assert hub.store is not None
         device = await hub.store.device(identity.device_id)
-        assert device is not None and first.last_heartbeat is not None
+        assert device is not None
+        assert first.last_heartbeat is not None
         return bool(device.load) and (device.last_heartbeat or 0) > first.last_heartbeat
 
     await eventually(beat_after_hello, timeout=3.0, what="a heartbeat")
@@ -113,7 +114,9 @@ async def test_broker_death_is_survived_by_hub_and_agents(
     paths, identity = await enroll_device()
     agent = agents(paths, heartbeat_interval=0.3)
     await eventually(lambda: device_online(hub, identity.device_id), what="device online")
-    assert hub.broker is not None and hub.broker.pid is not None and hub.link is not None
+    assert hub.broker is not None
+    assert hub.broker.pid is not None
+    assert hub.link is not None
     old_pid = hub.broker.pid
     assert hub.ingest is not None
     hellos = hub.ingest.outcomes[("hello", "accepted")]

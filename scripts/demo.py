@@ -1,0 +1,205 @@
+"""The local demo: a hub, its managed Mosquitto and three agents with different profiles.
+
+Everything lives in ./demo-data (made afresh each run). The fleet table refreshes until
+Ctrl-C (or --duration), then every process the demo started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hub.cli import render_fleet  # noqa: E402 - after the path tweak, for a plain checkout
+from hub.paths import HubPaths  # noqa: E402
+from hub.store import HubStore  # noqa: E402
+
+BIN = Path(sys.executable).parent
+AGENTS = [
+    ("pump-station", "raspberry-pi-4", {"site": "north", "group": "pumps"}),
+    ("camera-gate", "jetson-orin-nano", {"site": "north", "group": "cameras"}),
+    ("line-3-gateway", "x86-gateway", {"site": "south", "group": "lines"}),
+]
+HEARTBEAT_S = 2.0
+
+
+def step(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def run(*args: str) -> str:
+    """Run an Outpost command to completion and return its standard output."""
+    done = subprocess.run(args, check=False, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        sys.exit(f"demo: {' '.join(args[:2])} failed:\n{done.stderr.strip()}")
+    return done.stdout
+
+
+def wait_healthy(url: str, ca: Path, hub: subprocess.Popen[bytes], log: Path) -> None:
+    context = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if hub.poll() is not None:
+            sys.exit(f"demo: the hub exited; its log ({log}):\n{log.read_text()[-2000:]}")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{url}/api/v1/health", context=context, timeout=2),  # noqa: S310 - our own https URL
+        ):
+            return
+        time.sleep(0.1)  # polling the hub's health route until it answers
+    sys.exit(f"demo: the hub did not answer within 20 s; see {log}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=0,
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=REPO / "demo-data", help="data folder (wiped and made afresh)"
+    )
+    args = parser.parse_args()
+
+    data: Path = args.data
+    if data.exists():
+        shutil.rmtree(data)
+    logs = data / "logs"
+    logs.mkdir(parents=True)
+    hub_dir = data / "hub"
+    children: list[subprocess.Popen[bytes]] = []
+
+    def stop(signum: int = 0, frame: FrameType | None = None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        step(f"initialising the hub in {hub_dir}")
+        run(str(BIN / "outpost-hub"), "init", "--data", str(hub_dir))
+        mqtt_port, web_port = free_port(), free_port()
+        HubPaths(hub_dir).config.write_text(
+            f"[hub]\nmqtt_port = {mqtt_port}\nweb_port = {web_port}\n"
+        )
+        step(
+            f"starting the hub: broker mqtts://127.0.0.1:{mqtt_port}, "
+            f"web https://127.0.0.1:{web_port} (log: {logs / 'hub.log'})"
+        )
+        hub_log = logs / "hub.log"
+        hub = subprocess.Popen(
+            [str(BIN / "outpost-hub"), "run", "--data", str(hub_dir)],
+            stdout=hub_log.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        children.append(hub)
+        wait_healthy(f"https://127.0.0.1:{web_port}", HubPaths(hub_dir).ca_cert, hub, hub_log)
+
+        for name, profile, labels in AGENTS:
+            agent_dir = data / "agents" / name
+            label_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+            token = run(
+                str(BIN / "outpost-hub"),
+                "enroll-token",
+                "--data",
+                str(hub_dir),
+                "--ttl",
+                "10m",
+                *label_args,
+            ).strip()
+            agent_dir.mkdir(parents=True)
+            token_file = agent_dir / "bootstrap.token"
+            token_file.write_text(token)
+            token_file.chmod(0o600)
+            out = run(
+                str(BIN / "outpost-agent"),
+                "enroll",
+                "--token-file",
+                str(token_file),
+                "--data",
+                str(agent_dir),
+                "--profile",
+                str(REPO / "firmware-configs" / f"{profile}.toml"),
+            )
+            token_file.unlink()
+            step(f"{name} ({profile}): {out.strip()}")
+            children.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "outpost-agent"),
+                        "run",
+                        "--data",
+                        str(agent_dir),
+                        "--heartbeat-interval",
+                        str(HEARTBEAT_S),
+                    ],
+                    stdout=(logs / f"{name}.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO,
+                )
+            )
+        step("fleet (refreshing every second; Ctrl-C stops everything)")
+        show_fleet(HubPaths(hub_dir), args.duration, children)
+    except KeyboardInterrupt:
+        print()
+    finally:
+        stopped = stop_all(children)
+        step(f"stopped {stopped} processes (agents, then the hub and its broker)")
+    return 0
+
+
+def show_fleet(paths: HubPaths, duration: float, children: list[subprocess.Popen[bytes]]) -> None:
+    store = HubStore(paths.database)
+    tty = sys.stdout.isatty()
+    started = time.monotonic()
+    try:
+        while not duration or time.monotonic() - started < duration:
+            table = render_fleet(store.devices_sync(), now=time.time())
+            alive = sum(c.poll() is None for c in children)
+            stamp = time.strftime("%H:%M:%S")
+            if tty:
+                print("\x1b[H\x1b[2J", end="")
+            print(f"Outpost fleet at {stamp} ({alive} of {len(children)} processes up)")
+            print(table, flush=True)
+            print()
+            time.sleep(1)  # the demo's refresh period
+    finally:
+        store.close()
+
+
+def stop_all(children: list[subprocess.Popen[bytes]]) -> int:
+    """Stop the agents first (each says goodbye to the hub), the hub last (it stops its
+    broker)."""
+    for child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return len(children)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

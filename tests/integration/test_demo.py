@@ -1,0 +1,36 @@
+"""The README's demo, run for a few seconds: three agents enroll, come online, all stop."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import REPO
+
+
+def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "--duration", "5",
+         "--data", str(data)],
+        capture_output=True, text=True, timeout=90, check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    last_table = done.stdout.rsplit("Outpost fleet at", 1)[1]
+    rows = [line for line in last_table.splitlines() if line.startswith("dev-")]
+    assert len(rows) == 3, last_table
+    assert all(re.search(r"\s+yes\s+\d+\.\d s ago", row) for row in rows), last_table
+    assert {"raspberry-pi-4", "jetson-orin-nano", "x86-gateway"} == {
+        row.split()[1] for row in rows
+    }
+    assert "stopped 4 processes" in done.stdout
+    hub_log = (data / "logs" / "hub.log").read_text()
+    assert "broker stopped" in hub_log
+    assert "hub stopped" in hub_log
+    for name in ("pump-station", "camera-gate", "line-3-gateway"):
+        assert "agent stopped" in (data / "logs" / f"{name}.log").read_text()
+    # No bootstrap token is left lying around in the agents' folders.
+    assert not list(data.rglob("bootstrap.token"))
