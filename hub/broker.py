@@ -71,6 +71,11 @@ def config_text(paths: HubPaths, *, host: str, port: int, max_packet_bytes: int)
             # payloads instead of the broker silently dropping the connection.
             f"max_packet_size {max_packet_bytes * 4 + 1024}",
             "set_tcp_nodelay true",
+            # Mosquitto's default queue of 1000 messages per client silently drops QoS 1
+            # messages for the hub when it falls behind or restarts; allow far more. The
+            # agent keeps what the hub has not acknowledged, so a drop is never a loss,
+            # but each one costs a resend.
+            "max_queued_messages 200000",
             "",
             f"listener {port} {host}",
             f"cafile {paths.ca_cert}",

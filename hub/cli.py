@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (
-        settings.SettingsError, AlreadyInitialisedError, BrokerStartError, FileNotFoundError,
+        settings.SettingsError,
+        AlreadyInitialisedError,
+        BrokerStartError,
+        FileNotFoundError,
         ValueError,
     ) as exc:
         print(f"outpost-hub: error: {exc}", file=sys.stderr)

@@ -1,7 +1,9 @@
-"""Validate every message a device sends and hand it to the handler for its kind.
+"""Validate every message a device sends and apply it to the registry, in batches.
 
-A payload that breaks the wire contract is logged with its reason and dropped; a handler
-that fails is logged too. Nothing a device sends can stop the dispatch of the next one.
+A payload that breaks the wire contract is logged with its reason, counted and dropped.
+Valid messages of one batch are applied in one store call (a thread hop costs more than
+the SQL); if that call fails, each message is retried on its own so that one bad
+message cannot sink its neighbours. Nothing a device sends stops the next message.
 """
 
 from __future__ import annotations
@@ -10,14 +12,12 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 
-from hub.store import HubStore
+from hub.store import ConnectionLost, HeartbeatSeen, HelloSeen, HubStore, PresenceEvent
 from outpost import wire
 
 logger = logging.getLogger(__name__)
-
-Handler = Callable[[str, wire.Envelope], Awaitable[None]]
 
 
 class Ingest:
@@ -26,17 +26,49 @@ class Ingest:
     def __init__(self, store: HubStore, *, max_payload_bytes: int) -> None:
         self._store = store
         self._max_payload_bytes = max_payload_bytes
-        self._handlers: dict[str, Handler] = {
-            "hello": self._on_hello,
-            "heartbeat": self._on_heartbeat,
-            "status": self._on_status,
-        }
         # Outcome counts by (kind, outcome); the web endpoint exports them later.
         self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.on_accepted: Callable[[str, wire.Envelope], None] | None = None
 
     async def handle(self, topic: str, payload: bytes) -> None:
-        """Validate and dispatch one message; never raises."""
+        """Validate and apply one message; never raises."""
+        await self.handle_batch([(topic, payload)])
+
+    async def handle_batch(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Validate and apply messages in arrival order; never raises."""
+        now = time.time()
+        events: list[tuple[str, PresenceEvent | None]] = []
+        for topic, payload in messages:
+            envelope, device_id = self._validate(topic, payload)
+            if envelope is not None:
+                events.append((envelope.kind, _event(device_id, envelope, now)))
+        presence = [(kind, event) for kind, event in events if event is not None]
+        for kind, event in events:
+            if event is None:  # nothing to store (an "online" status: hello says it all)
+                self.outcomes[(kind, "accepted")] += 1
+        if not presence:
+            return
+        try:
+            changed = await self._store.record_presence([e for _, e in presence])
+        except Exception:
+            logger.exception(
+                "storing a batch of %d messages failed; retrying one by one", len(presence)
+            )
+            await self._one_by_one(presence)
+            return
+        for (kind, event), flipped in zip(presence, changed, strict=True):
+            self._accepted(kind, event, flipped)
+
+    async def _one_by_one(self, presence: list[tuple[str, PresenceEvent]]) -> None:
+        for kind, event in presence:
+            try:
+                (flipped,) = await self._store.record_presence([event])
+            except Exception:
+                self.outcomes[(kind, "error")] += 1
+                logger.exception("storing %s from %s failed", kind, event.device_id)
+                continue
+            self._accepted(kind, event, flipped)
+
+    def _validate(self, topic: str, payload: bytes) -> tuple[wire.Envelope | None, str]:
         kind = "?"
         try:
             device_id, direction, kind = wire.parse_topic(topic)
@@ -51,45 +83,39 @@ class Ingest:
         except wire.WireError as exc:
             self.outcomes[(kind, f"rejected:{exc.reason}")] += 1
             logger.warning("rejected message on %s: %s: %s", topic, exc.reason, exc)
-            return
-        try:
-            await self._handlers[kind](device_id, envelope)
-        except Exception:
-            self.outcomes[(kind, "error")] += 1
-            logger.exception("handler for %s from %s failed", kind, device_id)
-            return
+            return None, ""
+        return envelope, device_id
+
+    def _accepted(self, kind: str, event: PresenceEvent, flipped: bool) -> None:
         self.outcomes[(kind, "accepted")] += 1
-        if self.on_accepted is not None:
-            self.on_accepted(device_id, envelope)
+        if not flipped:
+            return
+        if isinstance(event, ConnectionLost):
+            logger.info("%s offline (connection lost)", event.device_id)
+        else:
+            logger.info("%s online", event.device_id)
 
-    async def _on_hello(self, device_id: str, envelope: wire.Envelope) -> None:
-        hello: wire.Hello = envelope.body
-        await self._store.record_hello(
-            device_id,
-            conn=hello.conn,
-            now=time.time(),
-            profile=hello.profile,
-            agent_version=hello.agent_version,
-            heartbeat_interval=hello.heartbeat_interval,
-            capabilities=dataclasses.asdict(hello.capabilities),
-        )
-        logger.info(
-            "%s online (profile %s, agent %s)", device_id, hello.profile, hello.agent_version
-        )
 
-    async def _on_heartbeat(self, device_id: str, envelope: wire.Envelope) -> None:
-        beat: wire.Heartbeat = envelope.body
-        await self._store.record_heartbeat(
-            device_id,
-            conn=beat.conn,
-            now=time.time(),
-            heartbeat_interval=beat.heartbeat_interval,
-            load=dataclasses.asdict(beat.load),
+def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent | None:
+    body = envelope.body
+    if isinstance(body, wire.Hello):
+        return HelloSeen(
+            device_id=device_id,
+            conn=body.conn,
+            now=now,
+            profile=body.profile,
+            agent_version=body.agent_version,
+            heartbeat_interval=body.heartbeat_interval,
+            capabilities=dataclasses.asdict(body.capabilities),
         )
-
-    async def _on_status(self, device_id: str, envelope: wire.Envelope) -> None:
-        status: wire.Status = envelope.body
-        if status.online:
-            return  # `hello` carries everything an online status would
-        if await self._store.record_offline(device_id, conn=status.conn, now=time.time()):
-            logger.info("%s offline (connection lost)", device_id)
+    if isinstance(body, wire.Heartbeat):
+        return HeartbeatSeen(
+            device_id=device_id,
+            conn=body.conn,
+            now=now,
+            heartbeat_interval=body.heartbeat_interval,
+            load=dataclasses.asdict(body.load),
+        )
+    if isinstance(body, wire.Status) and not body.online:
+        return ConnectionLost(device_id=device_id, conn=body.conn, now=now)
+    return None

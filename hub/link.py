@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 # the hub is away (a restart, an upgrade), so nothing sent meanwhile is lost.
 SESSION_EXPIRY_S = 7 * 24 * 3600
 RECONNECT_CAP_S = 10.0
+# Messages applied per store call: large enough to amortise the thread hop, small
+# enough that a batch never holds the event loop for long.
+MAX_BATCH = 500
 
 
 class HubLink:
@@ -72,7 +75,13 @@ class HubLink:
         self.client = client
         try:
             await client.subscribe(wire.UP_WILDCARD, qos=1)
-            async for message in client.messages:
-                await self._ingest.handle(message.topic.value, message.payload)
+            messages = client.messages
+            async for message in messages:
+                # Take what else is already queued too: one store call for the batch.
+                batch = [(message.topic.value, message.payload)]
+                for _ in range(min(len(messages), MAX_BATCH - 1)):
+                    queued = await anext(messages)
+                    batch.append((queued.topic.value, queued.payload))
+                await self._ingest.handle_batch(batch)
         finally:
             self.client = None

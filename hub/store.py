@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from outpost.sqlite import Migration, SerialDatabase, migrate, open_database
+from outpost.sqlite import Migration, SerialDatabase, migrate, open_database, soft_state
 
 
 class TokenRefusedError(ValueError):
@@ -95,6 +96,42 @@ class Device:
         )
 
 
+@dataclass(frozen=True)
+class HelloSeen:
+    """A device connected and said who it is."""
+
+    device_id: str
+    conn: str
+    now: float
+    profile: str
+    agent_version: str
+    heartbeat_interval: float
+    capabilities: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HeartbeatSeen:
+    """A device is alive and this busy."""
+
+    device_id: str
+    conn: str
+    now: float
+    heartbeat_interval: float
+    load: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    """A device's connection `conn` ended (its last will, or its goodbye)."""
+
+    device_id: str
+    conn: str
+    now: float
+
+
+PresenceEvent = HelloSeen | HeartbeatSeen | ConnectionLost
+
+
 class HubStore:
     """Registry of devices and bootstrap tokens, awaited from the event loop."""
 
@@ -135,42 +172,10 @@ class HubStore:
     async def add_device(self, device: Device) -> None:
         await self._db.run(_add_device, device)
 
-    async def record_hello(
-        self,
-        device_id: str,
-        *,
-        conn: str,
-        now: float,
-        profile: str,
-        agent_version: str,
-        heartbeat_interval: float,
-        capabilities: dict[str, Any],
-    ) -> None:
-        await self._db.run(
-            _record_hello,
-            device_id,
-            conn,
-            now,
-            profile,
-            agent_version,
-            heartbeat_interval,
-            capabilities,
-        )
-
-    async def record_heartbeat(
-        self,
-        device_id: str,
-        *,
-        conn: str,
-        now: float,
-        heartbeat_interval: float,
-        load: dict[str, Any],
-    ) -> None:
-        await self._db.run(_record_heartbeat, device_id, conn, now, heartbeat_interval, load)
-
-    async def record_offline(self, device_id: str, *, conn: str, now: float) -> bool:
-        """Mark the device offline if `conn` is its current connection; say if it was."""
-        return await self._db.run(_record_offline, device_id, conn, now)
+    async def record_presence(self, events: Sequence[PresenceEvent]) -> list[bool]:
+        """Apply presence events in order, in one transaction (one thread hop for a whole
+        batch); return, for each, whether it changed the device's online state."""
+        return await self._db.run(_record_presence, list(events))
 
     async def expire_silent(self, *, now: float, intervals: float) -> list[str]:
         """Mark offline every online device silent for `intervals` heartbeat intervals."""
@@ -232,16 +237,36 @@ def _add_device(db: sqlite_utils.Database, d: Device) -> None:
     )
 
 
-def _record_hello(
-    db: sqlite_utils.Database,
-    device_id: str,
-    conn: str,
-    now: float,
-    profile: str,
-    agent_version: str,
-    heartbeat_interval: float,
-    capabilities: dict[str, Any],
-) -> None:
+def _record_presence(db: sqlite_utils.Database, events: list[PresenceEvent]) -> list[bool]:
+    changed = []
+    with soft_state(db), db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        for event in events:
+            row = db.execute(
+                "SELECT online, conn FROM devices WHERE device_id = ?", (event.device_id,)
+            ).fetchone()
+            was_online = bool(row and row["online"])
+            match event:
+                case HelloSeen():
+                    _apply_hello(db, event)
+                    changed.append(not was_online)
+                case HeartbeatSeen():
+                    _apply_heartbeat(db, event)
+                    changed.append(row is not None and not was_online)
+                case ConnectionLost():
+                    # Only the current connection's will counts: the will of an older
+                    # connection can arrive after the device has already reconnected.
+                    lost = was_online and row["conn"] == event.conn
+                    if lost:
+                        db.execute(
+                            "UPDATE devices SET online = 0 WHERE device_id = ?",
+                            (event.device_id,),
+                        )
+                    changed.append(lost)
+    return changed
+
+
+def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
     # A device we did not enroll (say the database was restored from an older backup)
     # still holds a certificate of our CA, or the broker would not have let it in:
     # register it with empty labels rather than ignore it.
@@ -255,42 +280,32 @@ def _record_hello(
                heartbeat_interval = excluded.heartbeat_interval,
                agent_version = excluded.agent_version, capabilities = excluded.capabilities""",
         (
-            device_id,
-            profile,
-            conn,
-            now,
-            now,
-            heartbeat_interval,
-            agent_version,
-            json.dumps(capabilities, sort_keys=True),
+            e.device_id,
+            e.profile,
+            e.conn,
+            e.now,
+            e.now,
+            e.heartbeat_interval,
+            e.agent_version,
+            json.dumps(e.capabilities, sort_keys=True),
         ),
     )
 
 
-def _record_heartbeat(
-    db: sqlite_utils.Database,
-    device_id: str,
-    conn: str,
-    now: float,
-    heartbeat_interval: float,
-    load: dict[str, Any],
-) -> None:
+def _apply_heartbeat(db: sqlite_utils.Database, e: HeartbeatSeen) -> None:
     db.execute(
         """UPDATE devices SET online = 1, conn = ?, last_seen = ?, last_heartbeat = ?,
                heartbeat_interval = ?, load = ?
            WHERE device_id = ?""",
-        (conn, now, now, heartbeat_interval, json.dumps(load, sort_keys=True), device_id),
+        (
+            e.conn,
+            e.now,
+            e.now,
+            e.heartbeat_interval,
+            json.dumps(e.load, sort_keys=True),
+            e.device_id,
+        ),
     )
-
-
-def _record_offline(db: sqlite_utils.Database, device_id: str, conn: str, now: float) -> bool:
-    # Only the current connection's will counts: the will of an older connection can
-    # arrive after the device has already reconnected.
-    cursor = db.execute(
-        "UPDATE devices SET online = 0 WHERE device_id = ? AND online = 1 AND conn = ?",
-        (device_id, conn),
-    )
-    return bool(cursor.rowcount)
 
 
 def _expire_silent(db: sqlite_utils.Database, now: float, intervals: float) -> list[str]:

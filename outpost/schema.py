@@ -8,13 +8,15 @@ the error knows exactly what to fix. Inside the program the dataclasses are trus
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class SchemaError(ValueError):
@@ -44,27 +46,16 @@ def setting(
 
 def load(cls: type[T], data: Any, where: str) -> T:
     """Build `cls` from a mapping, refusing unknown keys, missing keys and bad values."""
-    if not isinstance(data, Mapping):
-        raise SchemaError(where, f"expected a table, got {_type_name(data)}")
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not a dataclass")
-    hints = typing.get_type_hints(cls)
-    declared = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in data if k not in declared)
-    if unknown:
-        raise SchemaError(
-            _join(where, unknown[0]),
-            f"unknown key (known keys: {', '.join(sorted(declared))})",
-        )
-    kwargs: dict[str, Any] = {}
-    for name, f in declared.items():
-        path = _join(where, name)
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise SchemaError(path, "required key is missing")
-            continue
-        kwargs[name] = _convert(hints[name], data[name], path, f.metadata)
-    return cls(**kwargs)
+    result: T = _compile_class(cls)(data, where)
+    return result
+
+
+def dump(obj: Any) -> dict[str, Any]:
+    """Return a dataclass as plain dicts and lists (the inverse of `load`)."""
+    return {
+        name: _plain(getattr(obj, name)) if nested else getattr(obj, name)
+        for name, nested in _dump_plan(type(obj))
+    }
 
 
 def describe(cls: type[Any], prefix: str = "") -> list[tuple[str, str, Any, str]]:
@@ -87,86 +78,211 @@ def describe(cls: type[Any], prefix: str = "") -> list[tuple[str, str, Any, str]
     return rows
 
 
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+# Converters are compiled once per type: each field's checks become one small closure,
+# because wire messages are validated on the hub's hot path.
+Converter = Callable[[Any, str], Any]
+_Meta = tuple[float | None, float | None, int | None]  # min, max, max_len
 
 
-def _convert(tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
+def _per_class(fn: Callable[[Any], R]) -> Callable[[Any], R]:
+    """Memoise `fn` by class (classes are hashable; typeshed's `cache` cannot say so)."""
+    return functools.cache(fn)
+
+
+@_per_class
+def _plan(cls: Any) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """Resolve a dataclass's type hints and fields once (resolving hints is slow)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _meta(metadata: Mapping[str, Any]) -> _Meta:
+    return (metadata.get("min"), metadata.get("max"), metadata.get("max_len"))
+
+
+@_per_class
+def _compile_class(cls: type[Any]) -> Converter:
+    hints, declared = _plan(cls)
+    plan = [
+        (
+            name,
+            _compile(hints[name], _meta(f.metadata)),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for name, f in declared.items()
+    ]
+    known = frozenset(declared)
+    known_text = ", ".join(sorted(declared))
+
+    def convert(data: Any, where: str) -> Any:
+        if not isinstance(data, Mapping):
+            raise SchemaError(where, f"expected a table, got {_type_name(data)}")
+        if not known.issuperset(data.keys()):
+            unknown = sorted(str(k) for k in data if k not in known)
+            raise SchemaError(_join(where, unknown[0]), f"unknown key (known keys: {known_text})")
+        kwargs: dict[str, Any] = {}
+        for name, field_converter, required in plan:
+            if name in data:
+                kwargs[name] = field_converter(data[name], _join(where, name))
+            elif required:
+                raise SchemaError(_join(where, name), "required key is missing")
+        return cls(**kwargs)
+
+    return convert
+
+
+@functools.cache
+def _compile(tp: Any, meta: _Meta) -> Converter:
     origin = get_origin(tp)
     if tp is Any:
-        return value
+        return lambda value, path: value
     if origin in (Union, types.UnionType):
-        options = [a for a in get_args(tp) if a is not type(None)]
-        if value is None and len(options) < len(get_args(tp)):
-            return None
-        if len(options) != 1:
-            raise TypeError(f"unsupported union at {path}: {tp!r}")
-        return _convert(options[0], value, path, meta)
+        return _compile_optional(tp, meta)
     if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            raise SchemaError(
-                path, f"must be one of {', '.join(map(repr, choices))}, got {value!r}"
-            )
-        return value
+        return _compile_literal(get_args(tp))
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return load(tp, value, path)
+        return _compile_class(tp)
     if origin in (list, tuple):
+        return _compile_list(tp, meta)
+    if origin is dict:
+        return _compile_dict(tp, meta)
+    if tp is bool:
+        return _compile_bool()
+    if tp in (int, float):
+        return _compile_number(tp, meta)
+    if tp is str:
+        return _compile_str(meta)
+    raise TypeError(f"unsupported type in a schema: {tp!r}")
+
+
+def _compile_optional(tp: Any, meta: _Meta) -> Converter:
+    options = [a for a in get_args(tp) if a is not type(None)]
+    if len(options) != 1:
+        raise TypeError(f"unsupported union in a schema: {tp!r}")
+    inner = _compile(options[0], meta)
+    nullable = len(options) < len(get_args(tp))
+
+    def convert(value: Any, path: str) -> Any:
+        if value is None and nullable:
+            return None
+        return inner(value, path)
+
+    return convert
+
+
+def _compile_literal(choices: tuple[Any, ...]) -> Converter:
+    text = ", ".join(map(repr, choices))
+
+    def convert(value: Any, path: str) -> Any:
+        if value not in choices:
+            raise SchemaError(path, f"must be one of {text}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _compile_list(tp: Any, meta: _Meta) -> Converter:
+    as_tuple = get_origin(tp) is tuple
+    item = _compile(get_args(tp)[0], (None, None, None))
+    limit = meta[2]
+
+    def convert(value: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise SchemaError(path, f"expected a list, got {_type_name(value)}")
-        (item_tp, *_) = get_args(tp)
-        items = [_convert(item_tp, v, f"{path}[{i}]", {}) for i, v in enumerate(value)]
-        _check_len(items, path, meta)
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        key_tp, val_tp = get_args(tp)
+        if limit is not None and len(value) > limit:
+            raise SchemaError(path, f"longer than {limit}")
+        items = [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if as_tuple else items
+
+    return convert
+
+
+def _compile_dict(tp: Any, meta: _Meta) -> Converter:
+    key_tp, value_tp = get_args(tp)
+    key = _compile(key_tp, (None, None, 128))
+    item = _compile(value_tp, (None, None, meta[2]))
+
+    def convert(value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise SchemaError(path, f"expected a table, got {_type_name(value)}")
         out = {}
         for k, v in value.items():
-            _convert(key_tp, k, f"{path} key {k!r}", {"max_len": 128})
-            out[k] = _convert(val_tp, v, _join(path, str(k)), {"max_len": meta.get("max_len")})
+            key(k, f"{path} key {k!r}")
+            out[k] = item(v, _join(path, str(k)))
         return out
-    return _convert_scalar(tp, value, path, meta)
+
+    return convert
 
 
-def _convert_scalar(tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
-    if tp is bool:
+def _compile_bool() -> Converter:
+    def convert(value: Any, path: str) -> Any:
         if not isinstance(value, bool):
             raise SchemaError(path, f"expected true or false, got {_type_name(value)}")
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SchemaError(path, f"expected an integer, got {_type_name(value)}")
-        _check_range(value, path, meta)
+
+    return convert
+
+
+def _compile_number(tp: type[Any], meta: _Meta) -> Converter:
+    low, high, _ = meta
+    is_float = tp is float
+    accepted = (int, float) if is_float else (int,)
+    expected = "a number" if is_float else "an integer"
+
+    def convert(value: Any, path: str) -> Any:
+        if not isinstance(value, accepted) or isinstance(value, bool):
+            raise SchemaError(path, f"expected {expected}, got {_type_name(value)}")
+        if is_float:
+            if not math.isfinite(value):
+                raise SchemaError(path, "expected a finite number")
+            value = float(value)
+        if low is not None and value < low:
+            raise SchemaError(path, f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise SchemaError(path, f"must be at most {high}, got {value}")
         return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SchemaError(path, f"expected a number, got {_type_name(value)}")
-        if not math.isfinite(value):
-            raise SchemaError(path, "expected a finite number")
-        _check_range(value, path, meta)
-        return float(value)
-    if tp is str:
+
+    return convert
+
+
+def _compile_str(meta: _Meta) -> Converter:
+    limit = meta[2]
+
+    def convert(value: Any, path: str) -> Any:
         if not isinstance(value, str):
             raise SchemaError(path, f"expected a string, got {_type_name(value)}")
-        _check_len(value, path, meta)
+        if limit is not None and len(value) > limit:
+            raise SchemaError(path, f"longer than {limit}")
         return value
-    raise TypeError(f"unsupported type at {path}: {tp!r}")
+
+    return convert
 
 
-def _check_range(value: float, path: str, meta: Mapping[str, Any]) -> None:
-    low, high = meta.get("min"), meta.get("max")
-    if low is not None and value < low:
-        raise SchemaError(path, f"must be at least {low}, got {value}")
-    if high is not None and value > high:
-        raise SchemaError(path, f"must be at most {high}, got {value}")
+@_per_class
+def _dump_plan(cls: type[Any]) -> list[tuple[str, bool]]:
+    hints, declared = _plan(cls)
+    return [(name, _holds_dataclass(hints[name])) for name in declared]
 
 
-def _check_len(value: str | list[Any], path: str, meta: Mapping[str, Any]) -> None:
-    limit = meta.get("max_len")
-    if limit is not None and len(value) > limit:
-        raise SchemaError(path, f"longer than {limit}")
+def _holds_dataclass(tp: Any) -> bool:
+    if dataclasses.is_dataclass(tp):
+        return True
+    return any(_holds_dataclass(arg) for arg in get_args(tp))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dump(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def _type_name(value: Any) -> str:

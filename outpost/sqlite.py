@@ -8,10 +8,11 @@ keeps blocking I/O off the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,6 +62,22 @@ def migrate(db: sqlite_utils.Database, migrations: Sequence[Migration]) -> list[
         logger.info("applied migration %s", name)
         applied.append(name)
     return applied
+
+
+@contextlib.contextmanager
+def soft_state(db: sqlite_utils.Database) -> Iterator[None]:
+    """Commit the enclosed writes without waiting for the disk (`synchronous=NORMAL`).
+
+    For state that the next message rewrites anyway (heartbeats, presence): in WAL mode
+    a power cut can lose only the last such commits, never corrupt the file, and the
+    next durable commit syncs them along with its own.
+    """
+    (previous,) = db.execute("PRAGMA synchronous").fetchone()
+    db.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        db.execute(f"PRAGMA synchronous={int(previous)}")
 
 
 class SerialDatabase:

@@ -12,7 +12,6 @@ whose text says what was wrong.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import secrets
 import time
@@ -160,7 +159,7 @@ def encode(kind: str, body: Body, *, ts_ms: int | None = None, msg_id: str | Non
         "kind": kind,
         "id": msg_id or new_message_id(),
         "ts": ts_ms if ts_ms is not None else int(time.time() * 1000),
-        "body": dataclasses.asdict(body),
+        "body": schema.dump(body),
     }
     packed: bytes = msgpack.packb(envelope, use_bin_type=True)
     return packed

@@ -1,0 +1,31 @@
+"""Run every benchmark and print Outpost's figures next to the raw limits: `scripts/bench`."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from tests.bench import bench_codec, bench_footprint, bench_ingest
+from tests.bench.common import HEADER
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    print(f"# {platform.machine()}, {psutil.cpu_count()} cores, Python {platform.python_version()}")
+    print(HEADER)
+    with tempfile.TemporaryDirectory(prefix="outpost-bench-") as tmp:
+        root = Path(tmp)
+        for result in [
+            *bench_codec.run(),
+            *bench_ingest.run(root / "ingest"),
+            *bench_footprint.run(root / "footprint"),
+        ]:
+            print(result.line(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Shared pieces of the benchmarks: a hub in a temporary folder, device certificates,
+timing and the report table."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hub import pki
+from hub.cli import load_config
+from hub.config import HubConfig
+from hub.initialise import initialise
+from hub.paths import HubPaths
+from outpost import files
+from tests.support import free_port
+
+
+@dataclass(frozen=True)
+class Result:
+    """One line of the report: our figure, the raw limit, and their ratio."""
+
+    name: str
+    ours: float
+    raw: float | None
+    unit: str
+    note: str = ""
+
+    def line(self) -> str:
+        ratio = f"{self.ours / self.raw:6.2f}x" if self.raw else "      -"
+        raw = f"{self.raw:12,.1f}" if self.raw is not None else f"{'-':>12}"
+        return f"{self.name:<44} {self.ours:12,.1f} {raw} {ratio}  {self.unit}  {self.note}"
+
+
+HEADER = f"{'benchmark':<44} {'outpost':>12} {'raw limit':>12} {'ratio':>7}  unit"
+
+
+def make_hub(root: Path) -> tuple[HubPaths, HubConfig]:
+    """Initialise a hub data folder on free loopback ports."""
+    paths = HubPaths(root)
+    initialise(paths, server_names=[])
+    paths.config.write_text(f"[hub]\nmqtt_port = {free_port()}\nweb_port = {free_port()}\n")
+    return paths, load_config(paths.root)
+
+
+def device_cert(paths: HubPaths, device_id: str, folder: Path) -> tuple[Path, Path]:
+    """Issue a device certificate straight from the CA (no enrollment round trip)."""
+    ca_key, ca_cert = pki.load_ca(paths.ca_key.read_bytes(), paths.ca_cert.read_bytes())
+    key = pki.new_ec_key()
+    issued = pki.issue(ca_key, ca_cert, common_name=device_id, public_key=key.public_key(),
+                       days=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    files.write_new(folder / f"{device_id}.key", pki.key_pem(key))
+    files.write_new(folder / f"{device_id}.crt", issued.pem)
+    return folder / f"{device_id}.crt", folder / f"{device_id}.key"
+
+
+def per_second(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def median_time(fn: Callable[[], object], *, repeat: int = 5) -> float:
+    """Median wall time of `fn()` over `repeat` runs, in seconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
