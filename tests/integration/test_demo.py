@@ -13,9 +13,11 @@ from tests.support import REPO
 def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> None:
     data = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "demo.py"), "--duration", "5",
-         "--data", str(data)],
-        capture_output=True, text=True, timeout=90, check=False,
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "--duration", "5", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -23,9 +25,7 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
     rows = [line for line in last_table.splitlines() if line.startswith("dev-")]
     assert len(rows) == 3, last_table
     assert all(re.search(r"\s+yes\s+\d+\.\d s ago", row) for row in rows), last_table
-    assert {"raspberry-pi-4", "jetson-orin-nano", "x86-gateway"} == {
-        row.split()[1] for row in rows
-    }
+    assert {"raspberry-pi-4", "jetson-orin-nano", "x86-gateway"} == {row.split()[1] for row in rows}
     assert "stopped 4 processes" in done.stdout
     hub_log = (data / "logs" / "hub.log").read_text()
     assert "broker stopped" in hub_log

@@ -1,0 +1,122 @@
+"""The two commands as a user meets them: clear errors that name what was wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jwt
+
+from tests.support import REPO
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def test_hub_init_twice_refuses(tmp_path: Path) -> None:
+    first = _run("hub.cli", "init", "--data", str(tmp_path / "hub"))
+    second = _run("hub.cli", "init", "--data", str(tmp_path / "hub"))
+
+    assert first.returncode == 0, first.stderr
+    assert "fleet CA fingerprint: sha256:" in first.stdout
+    assert second.returncode == 2
+    assert "refusing to overwrite" in second.stderr
+
+
+def test_hub_settings_errors_name_the_key(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    assert _run("hub.cli", "init", "--data", str(data)).returncode == 0
+
+    (data / "hub.toml").write_text("[hub]\ncolour = 'blue'\n")
+    unknown = _run("hub.cli", "run", "--data", str(data))
+    (data / "hub.toml").write_text("[hub]\nmqtt_port = 70000\n")
+    out_of_range = _run("hub.cli", "run", "--data", str(data))
+    (data / "hub.toml").write_text("[hub]\nweb_port = 8443\n")
+    bad_flag = _run("hub.cli", "run", "--data", str(data), "--broker", "mqtt://plain:1883")
+
+    assert unknown.returncode == 2
+    assert "hub.colour: unknown key" in unknown.stderr
+    assert out_of_range.returncode == 2
+    assert "hub.mqtt_port: must be at most 65535" in out_of_range.stderr
+    assert bad_flag.returncode == 2
+    assert "hub.broker: expected mqtts://HOST:PORT" in bad_flag.stderr
+
+
+def test_enroll_token_carries_url_pin_and_labels(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    assert _run("hub.cli", "init", "--data", str(data)).returncode == 0
+    (data / "hub.toml").write_text("[hub]\npublic_url = 'https://hub.example:9443'\n")
+
+    done = _run(
+        "hub.cli", "enroll-token", "--data", str(data), "--ttl", "30m", "--label", "site=north"
+    )
+    bad = _run("hub.cli", "enroll-token", "--data", str(data), "--label", "no-equals-sign")
+
+    assert done.returncode == 0, done.stderr
+    claims = jwt.decode(done.stdout.strip(), options={"verify_signature": False})
+    assert claims["url"] == "https://hub.example:9443"
+    assert claims["caf"].startswith("sha256:")
+    assert claims["labels"] == {"site": "north"}
+    assert 1790 <= claims["exp"] - claims["iat"] <= 1800
+    assert bad.returncode == 2
+    assert "--label wants KEY=VALUE" in bad.stderr
+
+
+def test_agent_errors_are_clear(tmp_path: Path) -> None:
+    not_enrolled = _run("edge.cli", "run", "--data", str(tmp_path / "device"))
+    (tmp_path / "agent.toml").write_text("[agent]\nheartbeat_interval = 'often'\n")
+    bad_setting = _run(
+        "edge.cli",
+        "run",
+        "--data",
+        str(tmp_path / "device"),
+        "--config",
+        str(tmp_path / "agent.toml"),
+    )
+    bad_token = _run(
+        "edge.cli",
+        "enroll",
+        "--token",
+        "not-a-token",
+        "--data",
+        str(tmp_path / "device"),
+        "--profile",
+        str(REPO / "firmware-configs" / "generic.toml"),
+    )
+
+    assert not_enrolled.returncode == 2
+    assert "holds no enrollment" in not_enrolled.stderr
+    assert bad_setting.returncode == 2
+    assert "agent.heartbeat_interval: expected a number" in bad_setting.stderr
+    assert bad_token.returncode == 2
+    assert "bootstrap token is malformed" in bad_token.stderr
+
+
+def test_devices_lists_the_registry(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    assert _run("hub.cli", "init", "--data", str(data)).returncode == 0
+
+    done = _run("hub.cli", "devices", "--data", str(data))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        "DEVICE",
+        "PROFILE",
+        "ONLINE",
+        "LAST",
+        "HEARTBEAT",
+        "CPU",
+        "%",
+        "RSS",
+        "MiB",
+        "LABELS",
+    ]
