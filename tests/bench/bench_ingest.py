@@ -78,7 +78,8 @@ async def _through_hub(root: Path) -> float:
     task = asyncio.create_task(hub.run())
     try:
         await asyncio.wait_for(hub.ready.wait(), 20)
-        assert hub.link is not None and hub.ingest is not None
+        assert hub.link is not None
+        assert hub.ingest is not None
         await asyncio.wait_for(hub.link.state.connected.wait(), 20)
         cert, key = device_cert(paths, DEVICE, root / "certs")
         device_ctx = tls.client_context(paths.ca_cert, cert, key)
