@@ -38,8 +38,8 @@ async def enroll(token: str, paths: DevicePaths, profile_file: Path) -> Identity
     """Enroll this device with the hub named in `token`; return its new identity."""
     try:
         profile_text = await asyncio.to_thread(profile_file.read_text, "utf-8")
-    except OSError as exc:
-        raise EnrollError(f"cannot read profile {profile_file}: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EnrollError(f"cannot read profile {profile_file}: {exc}") from exc
     profile = parse_profile(profile_text, str(profile_file))  # refuse it before the hub
     if paths.identity.exists():
         raise EnrollError(f"{paths.root} is already enrolled; use a fresh data folder")

@@ -107,6 +107,6 @@ def load_profile(path: Path) -> DeviceProfile:
     """Read and validate a profile file."""
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc}") from exc
     return parse_profile(text, str(path))

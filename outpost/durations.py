@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -14,6 +15,6 @@ def parse(text: str) -> float:
     if not match:
         raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 1h, 90d)")
     seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"duration must be positive: {text!r}")
     return seconds

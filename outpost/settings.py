@@ -27,12 +27,17 @@ def load_file(cls: type[T], path: Path | None, section: str, overrides: Mapping[
             document = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise SettingsError(f"settings file not found: {path}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
         unknown = sorted(set(document) - {section})
         if unknown:
             raise SettingsError(f"{path}: unknown table [{unknown[0]}] (expected [{section}])")
-        table = dict(document.get(section, {}))
+        found = document.get(section, {})
+        if not isinstance(found, dict):
+            raise SettingsError(f"{path}: [{section}] must be a table, got {type(found).__name__}")
+        table = dict(found)
     table.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return schema.load(cls, table, where)

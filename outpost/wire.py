@@ -61,9 +61,9 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
     if len(parts) != 3 or parts[1] not in ("up", "down"):
         raise WireError("topic", f"not a device topic: {topic!r}")
     device_id, direction, kind = parts
-    if not DEVICE_ID_PATTERN.match(device_id):
+    if not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise WireError("topic", f"bad device id in topic: {device_id!r}")
-    if not _KIND_PATTERN.match(kind):
+    if not _KIND_PATTERN.fullmatch(kind):
         raise WireError("topic", f"bad kind in topic: {kind!r}")
     return device_id, direction, kind
 
@@ -182,7 +182,7 @@ def decode(
     if not isinstance(raw, dict):
         raise WireError("malformed", f"envelope must be a map, got {type(raw).__name__}")
     version = raw.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise WireError("version", f"unsupported envelope version {version!r} (want {VERSION})")
     kind = raw.get("kind")
     if expected_kind is not None and kind != expected_kind:

@@ -61,8 +61,18 @@ def run(root: Path) -> list[Result]:
     floor = _rss_of(LIBRARIES)
     agent, enroll_ms = asyncio.run(_agent_rss(root))
     return [
-        Result("agent RSS, online, heartbeating", agent, floor, "MiB",
-               f"raw = python + the agent's imports ({floor:.1f}); bare python {bare:.1f}"),
-        Result("enrollment, token to certificate on disk", enroll_ms, None, "ms",
-               "includes key generation and two HTTPS round trips"),
+        Result(
+            "agent RSS, online, heartbeating",
+            agent,
+            floor,
+            "MiB",
+            f"raw = python + the agent's imports ({floor:.1f}); bare python {bare:.1f}",
+        ),
+        Result(
+            "enrollment, token to certificate on disk",
+            enroll_ms,
+            None,
+            "ms",
+            "includes key generation and two HTTPS round trips",
+        ),
     ]

@@ -24,9 +24,15 @@ DEVICE = "dev-bench000001"
 
 
 def _client(port: int, context: ssl.SSLContext, identifier: str) -> aiomqtt.Client:
-    client = aiomqtt.Client("127.0.0.1", port, identifier=identifier, tls_context=context,
-                            protocol=aiomqtt.ProtocolVersion.V5, socket_options=NODELAY,
-                            max_inflight_messages=WINDOW)
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=identifier,
+        tls_context=context,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        socket_options=NODELAY,
+        max_inflight_messages=WINDOW,
+    )
     client.pending_calls_threshold = WINDOW + 1  # a full window is intended, not a leak
     return client
 
@@ -43,8 +49,13 @@ async def _publish_all(client: aiomqtt.Client, topic: str, payloads: list[bytes]
 
 async def _bare(root: Path) -> float:
     paths, config = make_hub(root)
-    broker = BrokerSupervisor(paths, program=config.mosquitto, host="127.0.0.1",
-                              port=config.mqtt_port, max_packet_bytes=config.max_payload_bytes)
+    broker = BrokerSupervisor(
+        paths,
+        program=config.mosquitto,
+        host="127.0.0.1",
+        port=config.mqtt_port,
+        max_packet_bytes=config.max_payload_bytes,
+    )
     await broker.start()
     try:
         cert, key = device_cert(paths, DEVICE, root / "certs")
@@ -52,8 +63,10 @@ async def _bare(root: Path) -> float:
         hub_ctx = tls.client_context(paths.ca_cert, paths.client_cert, paths.client_key)
         topic = wire.up_topic(DEVICE, "heartbeat")
         payloads = [wire.encode("heartbeat", BEAT) for _ in range(N)]
-        async with (_client(config.mqtt_port, hub_ctx, "outpost-hub") as sub,
-                    _client(config.mqtt_port, device_ctx, DEVICE) as pub):
+        async with (
+            _client(config.mqtt_port, hub_ctx, "outpost-hub") as sub,
+            _client(config.mqtt_port, device_ctx, DEVICE) as pub,
+        ):
             await sub.subscribe(wire.UP_WILDCARD, qos=1)
 
             async def receive() -> None:
@@ -101,5 +114,12 @@ async def _through_hub(root: Path) -> float:
 def run(root: Path) -> list[Result]:
     bare = asyncio.run(_bare(root / "bare"))
     ours = asyncio.run(_through_hub(root / "hub"))
-    return [Result("hub ingest: heartbeats validated and stored", ours, bare, "msg/s",
-                   "raw = same payloads, aiomqtt -> Mosquitto -> aiomqtt")]
+    return [
+        Result(
+            "hub ingest: heartbeats validated and stored",
+            ours,
+            bare,
+            "msg/s",
+            "raw = same payloads, aiomqtt -> Mosquitto -> aiomqtt",
+        )
+    ]

@@ -49,8 +49,7 @@ def device_cert(paths: HubPaths, device_id: str, folder: Path) -> tuple[Path, Pa
     """Issue a device certificate straight from the CA (no enrollment round trip)."""
     ca_key, ca_cert = pki.load_ca(paths.ca_key.read_bytes(), paths.ca_cert.read_bytes())
     key = pki.new_ec_key()
-    issued = pki.issue(ca_key, ca_cert, common_name=device_id, public_key=key.public_key(),
-                       days=1)
+    issued = pki.issue(ca_key, ca_cert, common_name=device_id, public_key=key.public_key(), days=1)
     folder.mkdir(parents=True, exist_ok=True)
     files.write_new(folder / f"{device_id}.key", pki.key_pem(key))
     files.write_new(folder / f"{device_id}.crt", issued.pem)

@@ -1,0 +1,332 @@
+"""Unit tests of outpost/schema.py: strict loading of plain data into dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytest
+
+from outpost import schema
+from outpost.schema import SchemaError
+
+
+@dataclass(frozen=True)
+class Leaf:
+    c: int = schema.setting(help="a bounded integer", min=0, max=10)
+    label: str = schema.setting("", help="a short label", max_len=5)
+
+
+@dataclass(frozen=True)
+class Middle:
+    b: Leaf = schema.setting(help="the leaf table")
+    ratio: float = schema.setting(0.5, help="a bounded number", min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class Root:
+    a: Middle = schema.setting(help="the middle table")
+    name: str = schema.setting(help="a required name", max_len=8)
+    enabled: bool = schema.setting(False, help="a flag")
+    mode: Literal["fast", "slow"] = schema.setting("fast", help="a choice")
+    limit: int | None = schema.setting(None, help="an optional bounded integer", min=1, max=5)
+    tags: list[str] = schema.setting([], help="a short list", max_len=3)
+    labels: dict[str, str] = schema.setting({}, help="string labels", max_len=4)
+
+
+def valid() -> dict[str, Any]:
+    return {
+        "a": {"b": {"c": 3, "label": "abc"}, "ratio": 0.25},
+        "name": "root",
+        "enabled": True,
+        "mode": "slow",
+        "limit": 2,
+        "tags": ["x", "y"],
+        "labels": {"site": "n1"},
+    }
+
+
+def refusal(data: Any, where: str = "cfg") -> SchemaError:
+    with pytest.raises(SchemaError) as info:
+        schema.load(Root, data, where)
+    return info.value
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """Return valid() with the dotted `path` set to `value`."""
+    data = valid()
+    *parents, last = path.split(".")
+    table = data
+    for key in parents:
+        table = table[key]
+    table[last] = value
+    return data
+
+
+def without(path: str) -> dict[str, Any]:
+    data = valid()
+    *parents, last = path.split(".")
+    table = data
+    for key in parents:
+        table = table[key]
+    del table[last]
+    return data
+
+
+# ---------------------------------------------------------------------------- accepted
+
+
+def test_load_accepts_valid_nested_data() -> None:
+    root = schema.load(Root, valid(), "cfg")
+    assert root == Root(
+        a=Middle(b=Leaf(c=3, label="abc"), ratio=0.25),
+        name="root",
+        enabled=True,
+        mode="slow",
+        limit=2,
+        tags=["x", "y"],
+        labels={"site": "n1"},
+    )
+    assert isinstance(root.a, Middle)
+    assert isinstance(root.a.b, Leaf)
+
+
+def test_load_fills_defaults_for_optional_keys() -> None:
+    root = schema.load(Root, {"a": {"b": {"c": 0}}, "name": "n"}, "cfg")
+    assert root.enabled is False
+    assert root.mode == "fast"
+    assert root.limit is None
+    assert root.tags == []
+    assert root.labels == {}
+    assert root.a.ratio == 0.5
+    assert root.a.b.label == ""
+
+
+def test_list_defaults_are_not_shared_between_loads() -> None:
+    first = schema.load(Root, {"a": {"b": {"c": 0}}, "name": "n"}, "cfg")
+    second = schema.load(Root, {"a": {"b": {"c": 0}}, "name": "n"}, "cfg")
+    first.tags.append("x")
+    assert second.tags == []
+
+
+def test_int_is_accepted_as_float_and_converted() -> None:
+    root = schema.load(Root, with_change("a.ratio", 1), "cfg")
+    assert root.a.ratio == 1.0
+    assert type(root.a.ratio) is float
+
+
+def test_optional_accepts_none() -> None:
+    assert schema.load(Root, with_change("limit", None), "cfg").limit is None
+
+
+def test_bounds_are_inclusive() -> None:
+    assert schema.load(Root, with_change("a.b.c", 0), "cfg").a.b.c == 0
+    assert schema.load(Root, with_change("a.b.c", 10), "cfg").a.b.c == 10
+    assert schema.load(Root, with_change("a.ratio", 1.0), "cfg").a.ratio == 1.0
+
+
+def test_max_len_is_inclusive() -> None:
+    assert schema.load(Root, with_change("name", "x" * 8), "cfg").name == "x" * 8
+    assert schema.load(Root, with_change("tags", ["a", "b", "c"]), "cfg").tags == ["a", "b", "c"]
+
+
+def test_empty_where_gives_bare_key_paths() -> None:
+    error = refusal(with_change("a.b.c", "3"), where="")
+    assert error.path == "a.b.c"
+
+
+def test_dump_is_the_inverse_of_load() -> None:
+    root = schema.load(Root, valid(), "cfg")
+    assert schema.dump(root) == valid()
+
+
+# ---------------------------------------------------------------------------- refused
+
+
+def test_unknown_top_level_key_is_refused_with_its_path() -> None:
+    data = valid()
+    data["colour"] = "red"
+    error = refusal(data)
+    assert error.path == "cfg.colour"
+    assert "cfg.colour" in str(error)
+    assert "unknown key" in str(error)
+
+
+def test_unknown_nested_key_is_refused_with_its_dotted_path() -> None:
+    error = refusal(with_change("a.b.extra", 1))
+    assert error.path == "cfg.a.b.extra"
+    assert "cfg.a.b.extra" in str(error)
+
+
+def test_unknown_key_message_lists_known_keys() -> None:
+    error = refusal(with_change("a.b.extra", 1))
+    assert "c" in error.message
+    assert "label" in error.message
+
+
+@pytest.mark.parametrize("path", ["name", "a", "a.b", "a.b.c"])
+def test_missing_required_key_is_refused(path: str) -> None:
+    error = refusal(without(path))
+    assert error.path == f"cfg.{path}"
+    assert "missing" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("a.b.c", True),  # bool is not an int
+        ("a.b.c", False),
+        ("a.b.c", 3.0),  # a float is not an int
+        ("a.b.c", "3"),  # a string is not an int
+        ("a.b.c", None),  # None only where Optional
+        ("a.ratio", True),  # bool is not a number either
+        ("a.ratio", "0.5"),
+        ("name", 5),
+        ("name", b"root"),
+        ("name", None),
+        ("enabled", 1),
+        ("enabled", "true"),
+        ("limit", "2"),
+        ("limit", 2.0),
+        ("tags", "x"),
+        ("tags", [1]),
+        ("labels", ["site", "n1"]),
+        ("a", "table"),
+        ("a.b", 3),
+    ],
+)
+def test_wrong_type_is_refused_with_its_path(path: str, value: Any) -> None:
+    error = refusal(with_change(path, value))
+    assert error.path.startswith(f"cfg.{path}")
+    assert str(error).startswith(f"cfg.{path}")
+
+
+def test_wrong_type_message_names_the_type() -> None:
+    error = refusal(with_change("a.b.c", "3"))
+    assert "str" in error.message
+    assert "integer" in error.message
+
+
+def test_list_item_of_wrong_type_names_its_index() -> None:
+    error = refusal(with_change("tags", ["ok", 7]))
+    assert error.path == "cfg.tags[1]"
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("a.b.c", -1),
+        ("a.b.c", 11),
+        ("a.ratio", -0.001),
+        ("a.ratio", 1.5),
+        ("a.ratio", float("nan")),
+        ("a.ratio", float("inf")),
+        ("limit", 0),
+        ("limit", 6),
+    ],
+)
+def test_out_of_bounds_is_refused(path: str, value: Any) -> None:
+    error = refusal(with_change(path, value))
+    assert error.path == f"cfg.{path}"
+
+
+def test_bound_message_names_the_bound() -> None:
+    assert "at most 10" in refusal(with_change("a.b.c", 11)).message
+    assert "at least 0" in refusal(with_change("a.b.c", -1)).message
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("name", "x" * 9),
+        ("a.b.label", "abcdef"),
+        ("tags", ["a", "b", "c", "d"]),
+        ("labels", {"k": "vvvvv"}),  # max_len applies to the values of a dict
+    ],
+)
+def test_max_len_is_enforced(path: str, value: Any) -> None:
+    error = refusal(with_change(path, value))
+    assert error.path.startswith(f"cfg.{path}")
+    assert "longer than" in error.message
+
+
+@pytest.mark.parametrize("value", ["medium", "FAST", "", None, 1])
+def test_literal_refuses_other_choices(value: Any) -> None:
+    error = refusal(with_change("mode", value))
+    assert error.path == "cfg.mode"
+    assert "'fast'" in error.message
+    assert "'slow'" in error.message
+
+
+def test_literal_accepts_each_choice() -> None:
+    for choice in ("fast", "slow"):
+        assert schema.load(Root, with_change("mode", choice), "cfg").mode == choice
+
+
+def test_dict_values_must_be_strings() -> None:
+    error = refusal(with_change("labels", {"site": 1}))
+    assert error.path == "cfg.labels.site"
+
+
+def test_dict_keys_must_be_strings() -> None:
+    error = refusal(with_change("labels", {1: "x"}))
+    assert error.path.startswith("cfg.labels")
+
+
+def test_top_level_must_be_a_table() -> None:
+    not_tables: list[Any] = [None, [], "x", 3]
+    for data in not_tables:
+        error = refusal(data)
+        assert error.path == "cfg"
+        assert "table" in error.message
+
+
+def test_schema_error_is_a_value_error() -> None:
+    assert issubclass(SchemaError, ValueError)
+    error = SchemaError("x.y", "bad")
+    assert error.path == "x.y"
+    assert error.message == "bad"
+    assert str(error) == "x.y: bad"
+
+
+def test_load_refuses_a_class_that_is_not_a_dataclass() -> None:
+    class NotADataclass:
+        pass
+
+    with pytest.raises(TypeError):
+        schema.load(NotADataclass, {}, "cfg")
+
+
+# ---------------------------------------------------------------------------- describe
+
+
+def test_describe_flattens_nested_tables() -> None:
+    rows = schema.describe(Root)
+    keys = [key for key, _type, _default, _help in rows]
+    assert keys == [
+        "a.b.c",
+        "a.b.label",
+        "a.ratio",
+        "name",
+        "enabled",
+        "mode",
+        "limit",
+        "tags",
+        "labels",
+    ]
+
+
+def test_describe_reports_type_default_and_help() -> None:
+    rows = {key: (tp, default, help_text) for key, tp, default, help_text in schema.describe(Root)}
+    assert rows["a.ratio"] == ("float", 0.5, "a bounded number")
+    assert rows["enabled"] == ("bool", False, "a flag")
+    assert rows["name"] == ("str", None, "a required name")
+    assert rows["tags"][1] == []
+    assert rows["labels"][1] == {}
+    assert "fast" in rows["mode"][0]
+    assert "slow" in rows["mode"][0]
+
+
+def test_describe_with_prefix() -> None:
+    keys = [row[0] for row in schema.describe(Leaf, "x.y")]
+    assert keys == ["x.y.c", "x.y.label"]
