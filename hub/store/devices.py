@@ -1,60 +1,18 @@
-"""The hub's persistence: the one module that speaks SQL (SQLite now, PostgreSQL later).
+"""Devices in the registry: enrollment rows, presence (hello, heartbeats, wills), queries.
 
-The database, not memory, is the truth: every handler goes through these methods, and
-each method is a whole unit of work, so several hub replicas could share one database.
+Each function runs on the store's worker thread as one unit of work.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from outpost.sqlite import Migration, SerialDatabase, migrate, open_database, soft_state
-
-
-class TokenRefusedError(ValueError):
-    """A bootstrap token is unknown, already used or expired."""
-
-
-def _m001_registry(db: sqlite_utils.Database) -> None:
-    db.execute(
-        """CREATE TABLE enroll_tokens (
-            jti TEXT PRIMARY KEY,
-            created_at REAL NOT NULL,
-            expires_at REAL NOT NULL,
-            labels TEXT NOT NULL,
-            used_at REAL,
-            device_id TEXT
-        )"""
-    )
-    db.execute(
-        """CREATE TABLE devices (
-            device_id TEXT PRIMARY KEY,
-            profile TEXT NOT NULL,
-            labels TEXT NOT NULL,
-            enrolled_at REAL,
-            cert_serial TEXT,
-            cert_not_before REAL,
-            cert_not_after REAL,
-            online INTEGER NOT NULL DEFAULT 0,
-            conn TEXT,
-            last_seen REAL,
-            last_heartbeat REAL,
-            heartbeat_interval REAL,
-            agent_version TEXT,
-            capabilities TEXT,
-            load TEXT
-        )"""
-    )
-
-
-MIGRATIONS: list[Migration] = [("001_registry", _m001_registry)]
+from outpost.sqlite import soft_state
 
 
 @dataclass(frozen=True)
@@ -132,95 +90,7 @@ class ConnectionLost:
 PresenceEvent = HelloSeen | HeartbeatSeen | ConnectionLost
 
 
-class HubStore:
-    """Registry of devices and bootstrap tokens, awaited from the event loop."""
-
-    def __init__(self, path: Path) -> None:
-        db = open_database(path, synchronous="FULL")  # the hub acknowledges what it stores
-        db.conn.row_factory = sqlite3.Row
-        migrate(db, MIGRATIONS)
-        self._db = SerialDatabase(db, "hub")
-
-    def close(self) -> None:
-        self._db.close()
-
-    # -------------------------------------------------------------- enrollment tokens
-
-    async def add_enroll_token(
-        self, jti: str, *, now: float, expires_at: float, labels: dict[str, str]
-    ) -> None:
-        await self._db.run(_add_enroll_token, jti, now, expires_at, labels)
-
-    def add_enroll_token_sync(
-        self, jti: str, *, now: float, expires_at: float, labels: dict[str, str]
-    ) -> None:
-        self._db.run_sync(_add_enroll_token, jti, now, expires_at, labels)
-
-    async def consume_enroll_token(self, jti: str, *, now: float) -> dict[str, str]:
-        """Mark the token used and return its labels, or raise `TokenRefusedError`."""
-        return await self._db.run(_consume_enroll_token, jti, now)
-
-    async def bind_enroll_token(self, jti: str, device_id: str) -> None:
-        await self._db.run(
-            lambda db: db.execute(
-                "UPDATE enroll_tokens SET device_id = ? WHERE jti = ?", (device_id, jti)
-            )
-        )
-
-    # -------------------------------------------------------------- devices
-
-    async def add_device(self, device: Device) -> None:
-        await self._db.run(_add_device, device)
-
-    async def record_presence(self, events: Sequence[PresenceEvent]) -> list[bool]:
-        """Apply presence events in order, in one transaction (one thread hop for a whole
-        batch); return, for each, whether it changed the device's online state."""
-        return await self._db.run(_record_presence, list(events))
-
-    async def expire_silent(self, *, now: float, intervals: float) -> list[str]:
-        """Mark offline every online device silent for `intervals` heartbeat intervals."""
-        return await self._db.run(_expire_silent, now, intervals)
-
-    async def devices(self) -> list[Device]:
-        return await self._db.run(_devices)
-
-    def devices_sync(self) -> list[Device]:
-        return self._db.run_sync(_devices)
-
-    async def device(self, device_id: str) -> Device | None:
-        return await self._db.run(_device, device_id)
-
-
-# Each function below runs on the store's worker thread, one transaction each.
-
-
-def _add_enroll_token(
-    db: sqlite_utils.Database, jti: str, now: float, expires_at: float, labels: dict[str, str]
-) -> None:
-    db.execute(
-        "INSERT INTO enroll_tokens (jti, created_at, expires_at, labels) VALUES (?, ?, ?, ?)",
-        (jti, now, expires_at, json.dumps(labels, sort_keys=True)),
-    )
-
-
-def _consume_enroll_token(db: sqlite_utils.Database, jti: str, now: float) -> dict[str, str]:
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
-        row = db.execute(
-            "SELECT expires_at, labels, used_at FROM enroll_tokens WHERE jti = ?", (jti,)
-        ).fetchone()
-        if row is None:
-            raise TokenRefusedError("unknown token (not issued by this hub)")
-        if row["used_at"] is not None:
-            raise TokenRefusedError("token already used")
-        if row["expires_at"] <= now:
-            raise TokenRefusedError("token expired")
-        db.execute("UPDATE enroll_tokens SET used_at = ? WHERE jti = ?", (now, jti))
-    labels: dict[str, str] = json.loads(row["labels"])
-    return labels
-
-
-def _add_device(db: sqlite_utils.Database, d: Device) -> None:
+def add_device(db: sqlite_utils.Database, d: Device) -> None:
     db.execute(
         """INSERT INTO devices (device_id, profile, labels, enrolled_at, cert_serial,
                cert_not_before, cert_not_after, online)
@@ -237,7 +107,7 @@ def _add_device(db: sqlite_utils.Database, d: Device) -> None:
     )
 
 
-def _record_presence(db: sqlite_utils.Database, events: list[PresenceEvent]) -> list[bool]:
+def record_presence(db: sqlite_utils.Database, events: list[PresenceEvent]) -> list[bool]:
     changed = []
     with soft_state(db), db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
@@ -308,7 +178,7 @@ def _apply_heartbeat(db: sqlite_utils.Database, e: HeartbeatSeen) -> None:
     )
 
 
-def _expire_silent(db: sqlite_utils.Database, now: float, intervals: float) -> list[str]:
+def expire_silent(db: sqlite_utils.Database, now: float, intervals: float) -> list[str]:
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
         rows = db.execute(
@@ -324,11 +194,78 @@ def _expire_silent(db: sqlite_utils.Database, now: float, intervals: float) -> l
     return ids
 
 
-def _devices(db: sqlite_utils.Database) -> list[Device]:
+def all_devices(db: sqlite_utils.Database) -> list[Device]:
     rows = db.execute("SELECT * FROM devices ORDER BY device_id").fetchall()
     return [Device.from_row(r) for r in rows]
 
 
-def _device(db: sqlite_utils.Database, device_id: str) -> Device | None:
+def get_device(db: sqlite_utils.Database, device_id: str) -> Device | None:
     row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     return Device.from_row(row) if row else None
+
+
+def list_devices(
+    db: sqlite_utils.Database,
+    *,
+    online: bool | None,
+    profile: str | None,
+    labels: dict[str, str],
+    after: str | None,
+    limit: int,
+) -> list[Device]:
+    """A page of devices in id order, after the id `after` (keyset: stable under inserts)."""
+    where: list[str] = ["1 = 1"]
+    params: list[str | int] = []
+    if online is not None:
+        where.append("online = ?")
+        params.append(int(online))
+    if profile is not None:
+        where.append("profile = ?")
+        params.append(profile)
+    for key, value in sorted(labels.items()):
+        where.append("json_extract(labels, ?) = ?")
+        params.extend([_json_path(key), value])
+    if after is not None:
+        where.append("device_id > ?")
+        params.append(after)
+    rows = db.execute(
+        f"SELECT * FROM devices WHERE {' AND '.join(where)} ORDER BY device_id LIMIT ?",  # noqa: S608 - only fixed fragments; values are bound
+        [*params, limit],
+    ).fetchall()
+    return [Device.from_row(r) for r in rows]
+
+
+def update_labels(
+    db: sqlite_utils.Database, device_id: str, changes: dict[str, str | None]
+) -> Device | None:
+    """Merge `changes` into the device's labels (None deletes a label); None if unknown."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        row = db.execute("SELECT labels FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        if row is None:
+            return None
+        labels = json.loads(row["labels"])
+        for key, value in changes.items():
+            if value is None:
+                labels.pop(key, None)
+            else:
+                labels[key] = value
+        db.execute(
+            "UPDATE devices SET labels = ? WHERE device_id = ?",
+            (json.dumps(labels, sort_keys=True), device_id),
+        )
+    return get_device(db, device_id)
+
+
+def fleet_counts(db: sqlite_utils.Database) -> list[tuple[bool, str, int]]:
+    """(online, profile, number of devices) for every combination present."""
+    rows = db.execute(
+        "SELECT online, profile, COUNT(*) AS n FROM devices GROUP BY online, profile"
+    ).fetchall()
+    return [(bool(r["online"]), r["profile"], r["n"]) for r in rows]
+
+
+def _json_path(key: str) -> str:
+    # Label keys are checked where they enter (letters, digits, . _ -), so quoting the
+    # key as a JSON path member is safe.
+    return f'$."{key}"'

@@ -1,0 +1,143 @@
+"""The hub's persistence: the one package that speaks SQL (SQLite now, PostgreSQL later).
+
+The database, not memory, is the truth: every handler goes through `HubStore`, and each
+method is a whole unit of work, so several hub replicas could share one database. The
+SQL lives in one module per concern (devices, tokens, audit); this facade runs it on the
+store's single writer thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from hub.store import audit, devices, tokens
+from hub.store.audit import AuditEntry
+from hub.store.devices import ConnectionLost, Device, HeartbeatSeen, HelloSeen, PresenceEvent
+from hub.store.migrations import MIGRATIONS
+from hub.store.tokens import ApiTokenRecord, TokenRefusedError
+from outpost.sqlite import SerialDatabase, migrate, open_database
+
+__all__ = [
+    "ApiTokenRecord",
+    "AuditEntry",
+    "ConnectionLost",
+    "Device",
+    "HeartbeatSeen",
+    "HelloSeen",
+    "HubStore",
+    "PresenceEvent",
+    "TokenRefusedError",
+]
+
+
+class HubStore:
+    """Registry, tokens and audit log, awaited from the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        # FULL: what the hub confirms (a used token, a new device) must survive a power
+        # cut. Soft state (presence) opts out per write, see `soft_state`.
+        db = open_database(path, synchronous="FULL")
+        db.conn.row_factory = sqlite3.Row
+        migrate(db, MIGRATIONS)
+        self._db = SerialDatabase(db, "hub")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------ bootstrap tokens
+
+    async def add_enroll_token(
+        self, jti: str, *, now: float, expires_at: float, labels: dict[str, str]
+    ) -> None:
+        await self._db.run(tokens.add_enroll_token, jti, now, expires_at, labels)
+
+    def add_enroll_token_sync(
+        self, jti: str, *, now: float, expires_at: float, labels: dict[str, str]
+    ) -> None:
+        self._db.run_sync(tokens.add_enroll_token, jti, now, expires_at, labels)
+
+    async def consume_enroll_token(self, jti: str, *, now: float) -> dict[str, str]:
+        """Mark the token used and return its labels, or raise `TokenRefusedError`."""
+        return await self._db.run(tokens.consume_enroll_token, jti, now)
+
+    async def bind_enroll_token(self, jti: str, device_id: str) -> None:
+        await self._db.run(tokens.bind_enroll_token, jti, device_id)
+
+    # ------------------------------------------------------------ API tokens
+
+    async def add_api_token(self, record: ApiTokenRecord) -> None:
+        await self._db.run(tokens.add_api_token, record)
+
+    def add_api_token_sync(self, record: ApiTokenRecord) -> None:
+        self._db.run_sync(tokens.add_api_token, record)
+
+    async def api_token_state(self, jti: str) -> str:
+        return await self._db.run(tokens.api_token_state, jti)
+
+    async def revoke_api_token(self, jti: str, *, now: float) -> str:
+        return await self._db.run(tokens.revoke_api_token, jti, now)
+
+    def revoke_api_token_sync(self, jti: str, *, now: float) -> str:
+        return self._db.run_sync(tokens.revoke_api_token, jti, now)
+
+    async def api_tokens(self, *, after: int | None, limit: int) -> list[ApiTokenRecord]:
+        return await self._db.run(lambda db: tokens.list_api_tokens(db, after=after, limit=limit))
+
+    # ------------------------------------------------------------ devices
+
+    async def add_device(self, device: Device) -> None:
+        await self._db.run(devices.add_device, device)
+
+    async def record_presence(self, events: Sequence[PresenceEvent]) -> list[bool]:
+        """Apply presence events in order, in one transaction (one thread hop for a whole
+        batch); return, for each, whether it changed the device's online state."""
+        return await self._db.run(devices.record_presence, list(events))
+
+    async def expire_silent(self, *, now: float, intervals: float) -> list[str]:
+        """Mark offline every online device silent for `intervals` heartbeat intervals."""
+        return await self._db.run(devices.expire_silent, now, intervals)
+
+    async def devices(self) -> list[Device]:
+        return await self._db.run(devices.all_devices)
+
+    def devices_sync(self) -> list[Device]:
+        return self._db.run_sync(devices.all_devices)
+
+    async def device(self, device_id: str) -> Device | None:
+        return await self._db.run(devices.get_device, device_id)
+
+    async def list_devices(
+        self,
+        *,
+        online: bool | None = None,
+        profile: str | None = None,
+        labels: dict[str, str] | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> list[Device]:
+        return await self._db.run(
+            lambda db: devices.list_devices(
+                db,
+                online=online,
+                profile=profile,
+                labels=labels or {},
+                after=after,
+                limit=limit,
+            )
+        )
+
+    async def update_labels(self, device_id: str, changes: dict[str, str | None]) -> Device | None:
+        return await self._db.run(devices.update_labels, device_id, changes)
+
+    async def fleet_counts(self) -> list[tuple[bool, str, int]]:
+        return await self._db.run(devices.fleet_counts)
+
+    # ------------------------------------------------------------ audit
+
+    async def audit(self, entry: AuditEntry) -> None:
+        await self._db.run(audit.record, entry)
+
+    async def audit_log(self, *, before: int | None, limit: int) -> list[AuditEntry]:
+        return await self._db.run(lambda db: audit.newest_first(db, before=before, limit=limit))
