@@ -7,14 +7,17 @@ import contextlib
 import logging
 import time
 
+from hub.api.context import ApiContext
+from hub.api.server import WebServer
 from hub.broker import BrokerSupervisor
 from hub.config import HubConfig
-from hub.enrollment import Enrollment
+from hub.enrollment import Enrollment, load_token_key
 from hub.ingest import Ingest
 from hub.link import HubLink
+from hub.metrics import HubMetrics
 from hub.paths import HubPaths
 from hub.store import HubStore
-from hub.web import WebServer
+from outpost import tls
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ class Hub:
         self.broker: BrokerSupervisor | None = None
         self.ingest: Ingest | None = None
         self.link: HubLink | None = None
+        self.metrics: HubMetrics | None = None
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -55,18 +59,38 @@ class Hub:
                 await self.broker.start()
                 stack.push_async_callback(self.broker.stop)
 
-            enrollment = await asyncio.to_thread(Enrollment, self.paths, self.config, store)
-            web = WebServer(self.paths, self.config, enrollment)
+            self.metrics = metrics = HubMetrics(
+                broker_restarts=lambda: self.broker.restarts if self.broker else 0
+            )
+            self.ingest = Ingest(
+                store,
+                max_payload_bytes=self.config.max_payload_bytes,
+                outcomes=metrics.messages,
+                observe_batch=metrics.ingest_seconds.observe,
+            )
+            context = await asyncio.to_thread(self._api_context, store, metrics)
+            web = WebServer(self.paths, context)
             await web.start()
             stack.push_async_callback(web.stop)
 
-            self.ingest = Ingest(store, max_payload_bytes=self.config.max_payload_bytes)
             self.link = HubLink(self.paths, self.config, self.ingest)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.link.run(), name="hub.mqtt-link")
                 tasks.create_task(self._liveness(store), name="hub.liveness")
                 self.ready.set()
                 logger.info("hub running (data %s)", self.paths.root)
+
+    def _api_context(self, store: HubStore, metrics: HubMetrics) -> ApiContext:
+        """Load keys and the CA for the web API (reads files: run in a thread)."""
+        return ApiContext(
+            store=store,
+            config=self.config,
+            enrollment=Enrollment(self.paths, self.config, store),
+            token_key=load_token_key(self.paths),
+            ca_fingerprint=tls.fingerprint(self.paths.ca_cert.read_bytes()),
+            metrics=metrics,
+            broker=self.broker,
+        )
 
     async def _liveness(self, store: HubStore) -> None:
         """Mark devices offline whose heartbeats stopped without a last will (a cut link)."""

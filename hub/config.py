@@ -55,6 +55,18 @@ class HubConfig:
     max_payload_bytes: int = schema.setting(
         256 * 1024, help="largest MQTT payload accepted from a device", min=1024, max=16 << 20
     )
+    api_max_body_bytes: int = schema.setting(
+        64 * 1024, help="largest request body the web API accepts", min=1024, max=16 << 20
+    )
+    api_rate_per_s: float = schema.setting(
+        20.0, help="sustained API requests per second allowed to each token subject", min=0.1
+    )
+    api_rate_burst: int = schema.setting(
+        40, help="API requests a token subject may make in a burst", min=1, max=100_000
+    )
+    auth_failures_per_min: int = schema.setting(
+        30, help="failed authentications per minute from one address before 429", min=1
+    )
     log_level: str = schema.setting("info", help="debug, info, warning or error", max_len=16)
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hub.store import ConnectionLost, HeartbeatSeen, HelloSeen, HubStore, PresenceEvent
 from outpost import wire
@@ -23,11 +23,20 @@ logger = logging.getLogger(__name__)
 class Ingest:
     """Routes `up` messages from devices to the registry."""
 
-    def __init__(self, store: HubStore, *, max_payload_bytes: int) -> None:
+    def __init__(
+        self,
+        store: HubStore,
+        *,
+        max_payload_bytes: int,
+        outcomes: collections.Counter[tuple[str, str]] | None = None,
+        observe_batch: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
         self._store = store
         self._max_payload_bytes = max_payload_bytes
-        # Outcome counts by (kind, outcome); the web endpoint exports them later.
-        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._observe_batch = observe_batch
+        # Counts by (kind, outcome), exported as a Prometheus counter. Kinds outside the
+        # wire contract count as "other", so a device cannot mint new series.
+        self.outcomes = outcomes if outcomes is not None else collections.Counter()
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """Validate and apply one message; never raises."""
@@ -35,6 +44,13 @@ class Ingest:
 
     async def handle_batch(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Validate and apply messages in arrival order; never raises."""
+        started = time.perf_counter()
+        try:
+            await self._handle_batch(messages)
+        finally:
+            self._observe_batch(time.perf_counter() - started)
+
+    async def _handle_batch(self, messages: Sequence[tuple[str, bytes]]) -> None:
         now = time.time()
         events: list[tuple[str, PresenceEvent | None]] = []
         for topic, payload in messages:
@@ -81,7 +97,8 @@ class Ingest:
                 max_bytes=self._max_payload_bytes,
             )
         except wire.WireError as exc:
-            self.outcomes[(kind, f"rejected:{exc.reason}")] += 1
+            label = kind if kind in wire.UP_KINDS else "other"
+            self.outcomes[(label, f"rejected:{exc.reason}")] += 1
             logger.warning("rejected message on %s: %s: %s", topic, exc.reason, exc)
             return None, ""
         return envelope, device_id

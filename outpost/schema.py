@@ -58,6 +58,62 @@ def dump(obj: Any) -> dict[str, Any]:
     }
 
 
+def json_schema(cls: type[Any]) -> dict[str, Any]:
+    """Return the JSON Schema (OpenAPI 3.0 dialect) that `load` enforces for `cls`."""
+    hints, declared = _plan(cls)
+    properties = {
+        name: {**_json_type(hints[name], f.metadata), "description": f.metadata.get("help", "")}
+        for name, f in declared.items()
+    }
+    required = [
+        name
+        for name, f in declared.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    result: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+    }
+    if cls.__doc__:
+        result["description"] = cls.__doc__.strip().splitlines()[0]
+    if required:
+        result["required"] = required
+    return result
+
+
+def _json_type(tp: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    origin = get_origin(tp)
+    if tp is Any:
+        return {}
+    if origin in (Union, types.UnionType):
+        (inner,) = [a for a in get_args(tp) if a is not type(None)]
+        return {**_json_type(inner, meta), "nullable": True}
+    if origin is Literal:
+        return {"enum": list(get_args(tp))}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return json_schema(tp)
+    if origin in (list, tuple):
+        out: dict[str, Any] = {"type": "array", "items": _json_type(get_args(tp)[0], {})}
+        if meta.get("max_len") is not None:
+            out["maxItems"] = meta["max_len"]
+        return out
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _json_type(get_args(tp)[1], meta)}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp in (int, float):
+        out = {"type": "integer" if tp is int else "number"}
+        if meta.get("min") is not None:
+            out["minimum"] = meta["min"]
+        if meta.get("max") is not None:
+            out["maximum"] = meta["max"]
+        return out
+    if tp is str:
+        return {"type": "string", **({"maxLength": meta["max_len"]} if meta.get("max_len") else {})}
+    raise TypeError(f"unsupported type in a schema: {tp!r}")
+
+
 def describe(cls: type[Any], prefix: str = "") -> list[tuple[str, str, Any, str]]:
     """List (key, type, default, help) of every setting, nested tables flattened."""
     rows: list[tuple[str, str, Any, str]] = []

@@ -118,9 +118,6 @@ async def test_broker_death_is_survived_by_hub_and_agents(
     assert hub.broker.pid is not None
     assert hub.link is not None
     old_pid = hub.broker.pid
-    assert hub.ingest is not None
-    hellos = hub.ingest.outcomes[("hello", "accepted")]
-
     os.kill(old_pid, signal.SIGKILL)
 
     async def restarted() -> bool:
@@ -129,14 +126,18 @@ async def test_broker_death_is_survived_by_hub_and_agents(
 
     await eventually(restarted, timeout=15.0, what="broker restarted by the hub")
     await eventually(lambda: _connected(hub), timeout=15.0, what="hub link reconnected")
-    # The agent reconnects on its own and says hello again.
+    # The agent reconnects on its own: it logs a second connection, and its heartbeats
+    # reach the hub again. (Its hello may land before the hub has resubscribed to the
+    # fresh broker, so the test does not insist on the hello.)
+    killed_at = time.time()
 
-    async def hello_again() -> bool:
-        assert hub.ingest is not None
-        return hub.ingest.outcomes[("hello", "accepted")] > hellos
+    async def agent_back() -> bool:
+        assert hub.store is not None
+        device = await hub.store.device(identity.device_id)
+        reconnected = agent.output().count("broker link connected") >= 2
+        return reconnected and bool(device and (device.last_heartbeat or 0) > killed_at)
 
-    await eventually(hello_again, timeout=20.0, what="agent reconnected")
-    assert await device_online(hub, identity.device_id)
+    await eventually(agent_back, timeout=20.0, what="agent reconnected and heard")
     assert "broker link disconnected" in agent.output()
 
 

@@ -1,0 +1,26 @@
+"""What the route handlers share: the store, settings, keys and metrics of one hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from hub.broker import BrokerSupervisor
+from hub.config import HubConfig
+from hub.enrollment import Enrollment
+from hub.metrics import HubMetrics
+from hub.store import HubStore
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """Everything a handler may use; built once by the hub at start."""
+
+    store: HubStore
+    config: HubConfig
+    enrollment: Enrollment
+    token_key: ed25519.Ed25519PrivateKey
+    ca_fingerprint: str
+    metrics: HubMetrics
+    broker: BrokerSupervisor | None

@@ -1,0 +1,76 @@
+"""Enrollment routes: the only route that takes a bootstrap token instead of a bearer
+token, and the public CA certificate a device pins before trusting anything else."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from hub.api import params
+from hub.api.context import ApiContext
+from hub.api.errors import ApiError
+from hub.api.models import Enrolled, EnrollRequest, Health
+from hub.api.routing import AUDIT_DETAIL, Route
+from hub.enrollment import BadTokenError, EnrollmentRefusedError
+from outpost import schema
+
+logger = logging.getLogger(__name__)
+
+
+def routes(ctx: ApiContext) -> list[Route]:
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response(schema.dump(Health("ok")))
+
+    async def ca(request: web.Request) -> web.Response:
+        return web.Response(body=ctx.enrollment.ca_pem, content_type="application/x-pem-file")
+
+    async def enroll(request: web.Request) -> web.Response:
+        body = await params.json_body(request, EnrollRequest)
+        try:
+            enrolled = await ctx.enrollment.enroll(
+                token=body.token, csr_pem=body.csr.encode(), profile=body.profile
+            )
+        except EnrollmentRefusedError as exc:
+            logger.warning("enrollment refused: %s", exc)
+            request[AUDIT_DETAIL] = {"refused": str(exc)}
+            status = 401 if isinstance(exc, BadTokenError) else 422
+            raise ApiError(status, "enrollment_refused", str(exc)) from exc
+        request[AUDIT_DETAIL] = {"device": enrolled.device_id, "profile": body.profile}
+        out = Enrolled(
+            device_id=enrolled.device_id,
+            certificate=enrolled.certificate_pem.decode(),
+            ca=enrolled.ca_pem.decode(),
+            signing_public_key=enrolled.signing_public_pem.decode(),
+            broker_url=enrolled.broker_url,
+            not_after=enrolled.not_after,
+        )
+        return web.json_response(schema.dump(out), status=201)
+
+    return [
+        Route(
+            "GET", "/api/v1/health", "public", health, "Liveness check", "public", response=Health
+        ),
+        Route(
+            "GET",
+            "/api/v1/enroll/ca",
+            "public",
+            ca,
+            "The fleet CA certificate (PEM)",
+            "enrollment",
+            content_type="application/x-pem-file",
+        ),
+        Route(
+            "POST",
+            "/api/v1/enroll",
+            "bootstrap",
+            enroll,
+            "Exchange a bootstrap token and a CSR for a device certificate",
+            "enrollment",
+            action="device.enroll",
+            body=EnrollRequest,
+            response=Enrolled,
+            status=201,
+            errors=(401, 422),
+        ),
+    ]

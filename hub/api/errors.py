@@ -1,0 +1,53 @@
+"""JSON errors: ``{"error": {"code", "message", "details"}}`` with the right status."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+
+class ApiError(Exception):
+    """An error answered as JSON; `details` may name the field that was wrong."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.details = details
+
+    def response(self) -> web.Response:
+        body = {"error": {"code": self.code, "message": self.message, "details": self.details}}
+        return web.json_response(body, status=self.status, headers=self.headers)
+
+
+def bad_field(field: str, message: str) -> ApiError:
+    """A 400 naming the field (``body.x``, ``query.limit``, ...) that was wrong."""
+    return ApiError(400, "bad_field", message, field=field)
+
+
+@web.middleware
+async def errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Answer every error, the router's own 404 and 405 included, in the JSON shape."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = (exc.reason or "error").lower().replace(" ", "_")
+        return ApiError(exc.status, code, exc.reason or "error").response()

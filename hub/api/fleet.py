@@ -1,0 +1,96 @@
+"""Fleet routes: list, read and label devices."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hub import labels
+from hub.api import params
+from hub.api.context import ApiContext
+from hub.api.errors import ApiError, bad_field
+from hub.api.models import DeviceOut, DevicePatch
+from hub.api.routing import AUDIT_DETAIL, Param, Route
+from outpost import schema
+
+
+def routes(ctx: ApiContext) -> list[Route]:
+    async def list_devices(request: web.Request) -> web.Response:
+        size = params.limit(request)
+        try:
+            selector = labels.parse_selector(request.query.getall("label", []), "query.label")
+        except ValueError as exc:
+            raise bad_field("query.label", str(exc)) from exc
+        found = await ctx.store.list_devices(
+            online=params.boolean(request, "online"),
+            profile=request.query.get("profile"),
+            labels=selector,
+            after=params.decode_cursor(request, str),
+            limit=size + 1,
+        )
+        items = [schema.dump(DeviceOut.of(d)) for d in found]
+        last = found[min(size, len(found)) - 1].device_id if found else None
+        return web.json_response(params.page(items, size, last))
+
+    async def get_device(request: web.Request) -> web.Response:
+        device = await ctx.store.device(request.match_info["id"])
+        if device is None:
+            raise ApiError(404, "not_found", f"no device {request.match_info['id']!r}")
+        return web.json_response(schema.dump(DeviceOut.of(device)))
+
+    async def patch_device(request: web.Request) -> web.Response:
+        patch = await params.json_body(request, DevicePatch)
+        try:
+            labels.check(patch.labels, "body.labels")
+        except ValueError as exc:
+            raise bad_field("body.labels", str(exc)) from exc
+        device_id = request.match_info["id"]
+        request[AUDIT_DETAIL] = {"device": device_id, "labels": patch.labels}
+        device = await ctx.store.update_labels(device_id, patch.labels)
+        if device is None:
+            raise ApiError(404, "not_found", f"no device {device_id!r}")
+        return web.json_response(schema.dump(DeviceOut.of(device)))
+
+    device_id = Param("id", "path", "device id")
+    return [
+        Route(
+            "GET",
+            "/api/v1/devices",
+            "viewer",
+            list_devices,
+            "List devices",
+            "fleet",
+            response=DeviceOut,
+            paginated=True,
+            params=(
+                Param(
+                    "online", "query", "only online (true) or offline (false) devices", "boolean"
+                ),
+                Param("profile", "query", "only devices of this profile"),
+                Param("label", "query", "KEY=VALUE; repeat to require several", repeated=True),
+            ),
+        ),
+        Route(
+            "GET",
+            "/api/v1/devices/{id}",
+            "viewer",
+            get_device,
+            "Read a device",
+            "fleet",
+            response=DeviceOut,
+            params=(device_id,),
+            errors=(404,),
+        ),
+        Route(
+            "PATCH",
+            "/api/v1/devices/{id}",
+            "admin",
+            patch_device,
+            "Change a device's labels",
+            "fleet",
+            action="device.update",
+            body=DevicePatch,
+            response=DeviceOut,
+            params=(device_id,),
+            errors=(404,),
+        ),
+    ]

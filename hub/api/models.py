@@ -1,0 +1,194 @@
+"""What the API takes and answers: typed models, checked on the way in, dumped on the way
+out, and turned into the OpenAPI document's schemas."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hub.apitokens import API_KEY_TTL_DEFAULT, Kind, Role
+from hub.store import ApiTokenRecord, AuditEntry, Device
+from outpost import schema
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    """A device asks for its certificate."""
+
+    token: str = schema.setting(help="one-time bootstrap token", max_len=4096)
+    csr: str = schema.setting(help="PEM certificate signing request", max_len=16384)
+    profile: str = schema.setting(help="name of the device's profile", max_len=64)
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """A new device identity."""
+
+    device_id: str = schema.setting(help="id the hub assigned (the certificate's CN)")
+    certificate: str = schema.setting(help="the device certificate, PEM")
+    ca: str = schema.setting(help="the fleet CA certificate, PEM")
+    signing_public_key: str = schema.setting(help="the hub's Ed25519 signing key, PEM")
+    broker_url: str = schema.setting(help="where the device connects, mqtts://HOST:PORT")
+    not_after: float = schema.setting(help="certificate expiry, seconds since the epoch")
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A device certificate's identity and validity window."""
+
+    serial: str | None = schema.setting(help="serial number, hex")
+    not_before: float | None = schema.setting(help="start of validity, epoch seconds")
+    not_after: float | None = schema.setting(help="end of validity, epoch seconds")
+
+
+@dataclass(frozen=True)
+class DeviceOut:
+    """A device as the registry knows it."""
+
+    id: str = schema.setting(help="device id")
+    profile: str = schema.setting(help="device profile")
+    labels: dict[str, str] = schema.setting(help="labels (site, group, ...)")
+    online: bool = schema.setting(help="connected now")
+    last_seen: float | None = schema.setting(help="last message, epoch seconds")
+    last_heartbeat: float | None = schema.setting(help="last heartbeat, epoch seconds")
+    heartbeat_interval: float | None = schema.setting(help="seconds between its heartbeats")
+    agent_version: str | None = schema.setting(help="version of its agent")
+    capabilities: dict[str, Any] = schema.setting(help="cores, memory, disk, accelerator")
+    load: dict[str, Any] = schema.setting(help="CPU, memory, disk, RSS, temperature")
+    enrolled_at: float | None = schema.setting(help="enrollment time, epoch seconds")
+    certificate: Certificate = schema.setting(help="its certificate")
+
+    @classmethod
+    def of(cls, d: Device) -> DeviceOut:
+        return cls(
+            id=d.device_id,
+            profile=d.profile,
+            labels=d.labels,
+            online=d.online,
+            last_seen=d.last_seen,
+            last_heartbeat=d.last_heartbeat,
+            heartbeat_interval=d.heartbeat_interval,
+            agent_version=d.agent_version,
+            capabilities=d.capabilities,
+            load=d.load,
+            enrolled_at=d.enrolled_at,
+            certificate=Certificate(d.cert_serial, d.cert_not_before, d.cert_not_after),
+        )
+
+
+@dataclass(frozen=True)
+class DevicePatch:
+    """Changes to a device: labels are merged; a null value removes that label."""
+
+    labels: dict[str, str | None] = schema.setting(help="labels to set (or remove with null)")
+
+
+@dataclass(frozen=True)
+class EnrollTokenRequest:
+    """Ask for a one-time bootstrap token."""
+
+    ttl_s: float | None = schema.setting(
+        None,
+        help="lifetime in seconds (default: the hub's enroll_token_ttl)",
+        min=1,
+        max=30 * 86400,
+    )
+    labels: dict[str, str] = schema.setting({}, help="labels the enrolled device will carry")
+
+
+@dataclass(frozen=True)
+class EnrollTokenOut:
+    """A bootstrap token; shown once, stored by the hub only as its id."""
+
+    token: str = schema.setting(help="the token (give it to one device)")
+    jti: str = schema.setting(help="token id")
+    expires_at: float = schema.setting(help="expiry, epoch seconds")
+    hub_url: str = schema.setting(help="the hub URL the token names")
+
+
+@dataclass(frozen=True)
+class ApiKeyRequest:
+    """Ask for a long-lived API key for automation."""
+
+    subject: str = schema.setting(help="who or what will use it, e.g. ci-deployer", max_len=64)
+    role: Role = schema.setting(help="viewer, operator or admin")
+    ttl_s: float = schema.setting(
+        API_KEY_TTL_DEFAULT, help="lifetime in seconds (default 90 days)", min=1
+    )
+
+
+@dataclass(frozen=True)
+class TokenOut:
+    """An issued API token (its id and grant, never the token itself)."""
+
+    jti: str = schema.setting(help="token id (what `revoke` takes)")
+    subject: str = schema.setting(help="who it speaks for")
+    role: Role = schema.setting(help="its role")
+    kind: Kind = schema.setting(help="session (short-lived) or api-key")
+    issued_at: float = schema.setting(help="epoch seconds")
+    expires_at: float = schema.setting(help="epoch seconds")
+    revoked_at: float | None = schema.setting(help="epoch seconds, if revoked")
+
+    @classmethod
+    def of(cls, r: ApiTokenRecord) -> TokenOut:
+        row = {
+            k: getattr(r, k)
+            for k in ("jti", "subject", "role", "kind", "issued_at", "expires_at", "revoked_at")
+        }
+        return schema.load(cls, row, "api_tokens row")  # checks role and kind too
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """A newly minted API key; the token is shown once."""
+
+    token: str = schema.setting(help="the bearer token")
+    grant: TokenOut = schema.setting(help="what it grants")
+
+
+@dataclass(frozen=True)
+class AuditOut:
+    """One audited request."""
+
+    id: int = schema.setting(help="entry id")
+    at: float = schema.setting(help="epoch seconds")
+    subject: str = schema.setting(help="who (token subject, or anonymous@address)")
+    role: str | None = schema.setting(help="their role")
+    method: str = schema.setting(help="HTTP method")
+    path: str = schema.setting(help="request path")
+    action: str = schema.setting(help="what was attempted")
+    status: int = schema.setting(help="HTTP status of the answer")
+    detail: dict[str, Any] = schema.setting(help="what was changed (never a secret)")
+
+    @classmethod
+    def of(cls, e: AuditEntry) -> AuditOut:
+        return cls(
+            e.id,
+            e.at,
+            e.subject,
+            e.role,
+            e.method,
+            e.path,
+            e.action,
+            e.status,
+            json.loads(e.detail),
+        )
+
+
+@dataclass(frozen=True)
+class WhoAmI:
+    """The caller, as its token says."""
+
+    subject: str = schema.setting(help="token subject")
+    role: Role = schema.setting(help="token role")
+    kind: Kind = schema.setting(help="session or api-key")
+    jti: str = schema.setting(help="token id")
+    expires_at: float = schema.setting(help="epoch seconds")
+
+
+@dataclass(frozen=True)
+class Health:
+    """The hub answers."""
+
+    status: str = schema.setting(help="always ok")

@@ -1,0 +1,156 @@
+"""The OpenAPI 3 document, generated from the route table with apispec: every route is
+described because every route comes from the same table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apispec import APISpec
+
+from hub.api.routing import Route
+from outpost import __version__, schema
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {"type": "string", "description": "stable machine-readable code"},
+                "message": {"type": "string", "description": "what was wrong, for people"},
+                "details": {"type": "object", "description": "e.g. the field that was wrong"},
+            },
+        }
+    },
+}
+ERROR_TEXT = {
+    400: "a field or parameter is wrong (details.field names it)",
+    401: "missing, expired, tampered, revoked or unknown token",
+    403: "the token's role is too small for this route",
+    404: "no such object",
+    409: "conflicts with the current state",
+    413: "request body too large",
+    422: "well-formed but refused",
+    429: "rate limited; see Retry-After",
+}
+
+
+def build(routes: list[Route]) -> dict[str, Any]:
+    """Return the OpenAPI document for `routes`."""
+    spec = APISpec(
+        title="Outpost hub API",
+        version=__version__,
+        openapi_version="3.0.3",
+        info={"description": "Fleet registry, enrollment and administration of an Outpost hub."},
+    )
+    spec.components.security_scheme(
+        "bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    spec.components.schema("Error", ERROR_SCHEMA)
+    models: set[type[Any]] = set()
+    by_path: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        for model in (route.body, route.response):
+            if model is not None and model not in models:
+                models.add(model)
+                spec.components.schema(model.__name__, schema.json_schema(model))
+        by_path.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    for path, operations in by_path.items():
+        spec.path(path=path, operations=operations)
+    return spec.to_dict()
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "tags": [route.tag],
+        "operationId": f"{route.method.lower()}_{route.path}".replace("/", "_").strip("_"),
+        "responses": {str(route.status): _success(route)},
+        "x-outpost-role": route.access,
+    }
+    errors = set(route.errors)
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(route.body)}},
+        }
+        errors |= {400, 413}
+    if route.paginated or any(p.where == "query" for p in route.params):
+        errors.add(400)
+    if route.access not in ("public", "bootstrap"):
+        op["security"] = [{"bearer": []}]
+        errors |= {401, 403, 429}
+    else:
+        op["security"] = []
+    for status in sorted(errors):
+        op["responses"][str(status)] = {
+            "description": ERROR_TEXT[status],
+            "content": {"application/json": {"schema": _ref_name("Error")}},
+        }
+    parameters = [_param(p) for p in route.params]
+    if route.paginated:
+        parameters += [
+            {
+                "name": "limit",
+                "in": "query",
+                "description": "page size, 1 to 500 (50)",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+            },
+            {
+                "name": "cursor",
+                "in": "query",
+                "description": "next_cursor of the previous page",
+                "schema": {"type": "string"},
+            },
+        ]
+    if parameters:
+        op["parameters"] = parameters
+    return op
+
+
+def _success(route: Route) -> dict[str, Any]:
+    if route.content_type != "application/json":
+        return {
+            "description": "OK",
+            "content": {route.content_type: {"schema": {"type": "string"}}},
+        }
+    if route.response is None:
+        return {
+            "description": "OK",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    body: dict[str, Any] = _ref(route.response)
+    if route.paginated:
+        body = {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": body},
+                "next_cursor": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "pass as `cursor` for the next page; null at the end",
+                },
+            },
+        }
+    return {"description": "OK", "content": {"application/json": {"schema": body}}}
+
+
+def _param(p: Any) -> dict[str, Any]:
+    kind: dict[str, Any] = {"type": p.type}
+    if p.repeated:
+        kind = {"type": "array", "items": {"type": p.type}}
+    out = {"name": p.name, "in": p.where, "description": p.description, "schema": kind}
+    if p.where == "path":
+        out["required"] = True
+    return out
+
+
+def _ref(model: type[Any]) -> dict[str, Any]:
+    return _ref_name(model.__name__)
+
+
+def _ref_name(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}

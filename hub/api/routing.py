@@ -1,0 +1,166 @@
+"""The route table and the guard every route passes: authentication, role, rate limit,
+audit and latency, in one place, so no handler can forget one of them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from hub import apitokens
+from hub.api.errors import ApiError
+from hub.apitokens import Principal, Role
+from hub.metrics import HubMetrics
+from hub.ratelimit import RateLimiter
+from hub.store import AuditEntry, HubStore
+
+logger = logging.getLogger(__name__)
+
+Access = Role | Literal["public", "bootstrap"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+@dataclass(frozen=True)
+class Param:
+    """A path or query parameter, as the OpenAPI document describes it."""
+
+    name: str
+    where: Literal["path", "query"]
+    description: str
+    type: str = "string"
+    repeated: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    """One API route: how to reach it, who may, what it takes and what it answers."""
+
+    method: str
+    path: str
+    access: Access
+    handler: Handler
+    summary: str
+    tag: str
+    action: str = ""  # the audit log's name for a mutating route
+    body: type[Any] | None = None
+    response: type[Any] | None = None
+    paginated: bool = False
+    status: int = 200
+    params: tuple[Param, ...] = ()
+    content_type: str = "application/json"
+    errors: tuple[int, ...] = field(default=())
+
+
+@dataclass
+class Guard:
+    """Authenticates, authorises, rate-limits, audits and times every request."""
+
+    store: HubStore
+    metrics: HubMetrics
+    token_key: ed25519.Ed25519PublicKey
+    per_subject: RateLimiter
+    auth_failures: RateLimiter
+
+    def wrap(self, route: Route) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            started = time.perf_counter()
+            status = 500
+            try:
+                if route.access != "public" and route.access != "bootstrap":
+                    request[PRINCIPAL] = await self._authorise(request, route.access)
+                response = await route.handler(request)
+                status = response.status
+                return response
+            except ApiError as exc:
+                status = exc.status
+                raise
+            finally:
+                self.metrics.http_seconds.labels(route.method, route.path, str(status)).observe(
+                    time.perf_counter() - started
+                )
+                if route.method in MUTATING:
+                    await self._audit(request, route, status)
+
+        return guarded
+
+    async def _authorise(self, request: web.Request, role: Role) -> Principal:
+        address = f"ip:{request.remote}"
+        if self.auth_failures.exhausted(address):
+            raise _too_many(self.auth_failures.retry_after(address))
+        try:
+            principal = await self._authenticate(request)
+        except ApiError:
+            self.auth_failures.allow(address)
+            raise
+        if not principal.may(role):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this route needs the {role} role; the token has {principal.role}",
+            )
+        subject = f"sub:{principal.subject}"
+        if not self.per_subject.allow(subject):
+            raise _too_many(self.per_subject.retry_after(subject))
+        return principal
+
+    async def _authenticate(self, request: web.Request) -> Principal:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthenticated("missing bearer token (Authorization: Bearer <token>)")
+        try:
+            principal = apitokens.verify(token.strip(), self.token_key)
+        except apitokens.ApiTokenError as exc:
+            raise _unauthenticated(str(exc)) from exc
+        state = await self.store.api_token_state(principal.jti)
+        if state != "active":
+            raise _unauthenticated(
+                "token revoked" if state == "revoked" else "token not issued by this hub"
+            )
+        return principal
+
+    async def _audit(self, request: web.Request, route: Route, status: int) -> None:
+        principal = request.get(PRINCIPAL)
+        detail = request.get(AUDIT_DETAIL, {})
+        entry = AuditEntry(
+            at=time.time(),
+            subject=principal.subject if principal else f"anonymous@{request.remote}",
+            role=principal.role if principal else None,
+            method=route.method,
+            path=request.path,
+            action=route.action or route.summary,
+            status=status,
+            detail=json.dumps(detail, sort_keys=True),
+        )
+        try:
+            await self.store.audit(entry)
+        except Exception:  # the answer is already decided; losing it would be worse
+            logger.exception(
+                "could not write the audit entry for %s %s", route.method, request.path
+            )
+
+
+# What a handler wants the audit log to keep about a mutation (never a secret).
+AUDIT_DETAIL = web.RequestKey("audit_detail", dict)
+
+
+def _unauthenticated(message: str) -> ApiError:
+    return ApiError(
+        401, "unauthenticated", message, headers={"WWW-Authenticate": 'Bearer realm="outpost"'}
+    )
+
+
+def _too_many(retry_after: int) -> ApiError:
+    return ApiError(
+        429,
+        "rate_limited",
+        f"too many requests; retry in {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+    )

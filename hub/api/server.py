@@ -1,0 +1,78 @@
+"""Serve the route table over HTTPS (TLS 1.2+, loopback unless configured)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from hub.api import admin, enroll, fleet, observe, openapi
+from hub.api.context import ApiContext
+from hub.api.errors import errors_as_json
+from hub.api.params import MAX_BODY
+from hub.api.routing import Guard, Route
+from hub.paths import HubPaths
+from hub.ratelimit import RateLimiter
+from outpost import tls
+
+logger = logging.getLogger(__name__)
+
+
+def build_routes(ctx: ApiContext) -> list[Route]:
+    """Every route of the API, from the one table the guard and the document share."""
+    routes: list[Route] = [*enroll.routes(ctx), *fleet.routes(ctx), *admin.routes(ctx)]
+
+    @functools.cache
+    def document() -> dict[str, Any]:
+        return openapi.build(routes)  # all routes, observe's own included (appended below)
+
+    routes += observe.routes(ctx, document)
+    return routes
+
+
+def build_app(ctx: ApiContext) -> web.Application:
+    """The aiohttp application: routes installed behind their guard."""
+    config = ctx.config
+    guard = Guard(
+        store=ctx.store,
+        metrics=ctx.metrics,
+        token_key=ctx.token_key.public_key(),
+        per_subject=RateLimiter(rate=config.api_rate_per_s, burst=config.api_rate_burst),
+        auth_failures=RateLimiter(
+            rate=config.auth_failures_per_min / 60, burst=config.auth_failures_per_min
+        ),
+    )
+    app = web.Application(middlewares=[errors_as_json], client_max_size=config.api_max_body_bytes)
+    app[MAX_BODY] = config.api_max_body_bytes
+    for route in build_routes(ctx):
+        app.router.add_route(route.method, route.path, guard.wrap(route))
+    return app
+
+
+class WebServer:
+    """Owns the HTTPS listener."""
+
+    def __init__(self, paths: HubPaths, ctx: ApiContext) -> None:
+        self._paths = paths
+        self._ctx = ctx
+        self._runner: web.AppRunner | None = None
+        self.app = build_app(ctx)
+
+    async def start(self) -> None:
+        # Loading the key and certificate reads files: off the event loop.
+        context = await asyncio.to_thread(
+            tls.server_context, self._paths.server_cert, self._paths.server_key
+        )
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        config = self._ctx.config
+        site = web.TCPSite(self._runner, config.web_host, config.web_port, ssl_context=context)
+        await site.start()
+        logger.info("web endpoint on %s", config.hub_url)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,140 @@
+"""API tokens: EdDSA-signed JWTs with a role, short-lived by default, revocable by id.
+
+A token carries `sub`, `role`, `jti`, `iat`, `exp`, a type and an audience of its own,
+so a bootstrap token can never pass for an API token nor the reverse. The hub records
+every token it issues; one it has no record of, or has revoked, is refused.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Final, Literal, get_args
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from hub.store import ApiTokenRecord
+
+Role = Literal["viewer", "operator", "admin"]
+Kind = Literal["session", "api-key"]
+ROLES: Final[tuple[Role, ...]] = get_args(Role)
+RANK: Final[dict[str, int]] = {role: rank for rank, role in enumerate(ROLES)}
+
+TOKEN_TYPE: Final = "outpost-api"  # noqa: S105 - a type tag, not a secret
+AUDIENCE: Final = "outpost-hub-api"
+ALGORITHM: Final = "EdDSA"
+SESSION_TTL_DEFAULT: Final = 15 * 60.0
+SESSION_TTL_MAX: Final = 12 * 3600.0
+API_KEY_TTL_DEFAULT: Final = 90 * 86400.0
+API_KEY_TTL_MAX: Final = 366 * 86400.0
+_SUBJECT: Final = re.compile(r"[A-Za-z0-9_.@:-]{1,64}")
+
+
+class ApiTokenError(ValueError):
+    """A token is malformed, badly signed, expired or not an API token."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a verified token speaks for."""
+
+    subject: str
+    role: Role
+    jti: str
+    kind: Kind
+    issued_at: float
+    expires_at: float
+
+    def may(self, role: Role) -> bool:
+        """Whether this principal holds `role` or a larger one."""
+        return RANK[self.role] >= RANK[role]
+
+
+def check_request(role: str, subject: str, ttl: float, kind: Kind) -> None:
+    """Refuse a role, subject or lifetime out of bounds, naming which (ValueError)."""
+    if role not in RANK:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if not _SUBJECT.fullmatch(subject):
+        raise ValueError(f"subject must be 1-64 of letters, digits and _.@:-, got {subject!r}")
+    limit = API_KEY_TTL_MAX if kind == "api-key" else SESSION_TTL_MAX
+    if not 0 < ttl <= limit:
+        raise ValueError(f"ttl of a {kind} must be between 1 s and {limit:.0f} s, got {ttl:.0f}")
+
+
+def mint(
+    key: ed25519.Ed25519PrivateKey,
+    *,
+    role: Role,
+    subject: str,
+    ttl: float,
+    kind: Kind = "session",
+    now: float | None = None,
+) -> tuple[str, Principal]:
+    """Return a signed token and what it grants (record the grant before handing it out)."""
+    check_request(role, subject, ttl, kind)
+    issued = time.time() if now is None else now
+    principal = Principal(
+        subject=subject,
+        role=role,
+        jti=secrets.token_urlsafe(12),
+        kind=kind,
+        issued_at=float(int(issued)),
+        expires_at=float(int(issued + ttl)),
+    )
+    payload = {
+        "typ": TOKEN_TYPE,
+        "aud": AUDIENCE,
+        "sub": subject,
+        "role": role,
+        "kind": kind,
+        "jti": principal.jti,
+        "iat": int(principal.issued_at),
+        "exp": int(principal.expires_at),
+    }
+    return jwt.encode(payload, key, algorithm=ALGORITHM), principal
+
+
+def verify(token: str, key: ed25519.Ed25519PublicKey) -> Principal:
+    """Check signature, audience, type and expiry (the caller checks revocation)."""
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            options={"require": ["exp", "iat", "jti", "sub", "aud"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise ApiTokenError("token expired") from exc
+    except jwt.InvalidSignatureError as exc:
+        raise ApiTokenError("token signature does not verify") from exc
+    except jwt.PyJWTError as exc:
+        raise ApiTokenError(f"token invalid: {exc}") from exc
+    role, kind = claims.get("role"), claims.get("kind", "session")
+    if claims.get("typ") != TOKEN_TYPE or role not in RANK or kind not in get_args(Kind):
+        raise ApiTokenError("not an Outpost API token")
+    return Principal(
+        subject=str(claims["sub"]),
+        role=role,
+        jti=str(claims["jti"]),
+        kind=kind,
+        issued_at=float(claims["iat"]),
+        expires_at=float(claims["exp"]),
+    )
+
+
+def grant_record(principal: Principal) -> ApiTokenRecord:
+    """What the store keeps of an issued token: its id and grant, never the token."""
+    return ApiTokenRecord(
+        jti=principal.jti,
+        subject=principal.subject,
+        role=principal.role,
+        kind=principal.kind,
+        issued_at=principal.issued_at,
+        expires_at=principal.expires_at,
+        revoked_at=None,
+        cursor=0,
+    )
