@@ -36,6 +36,7 @@ class Hub:
         self.ingest: Ingest | None = None
         self.link: HubLink | None = None
         self.metrics: HubMetrics | None = None
+        self.web: WebServer | None = None
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -69,7 +70,7 @@ class Hub:
                 observe_batch=metrics.ingest_seconds.observe,
             )
             context = await asyncio.to_thread(self._api_context, store, metrics)
-            web = WebServer(self.paths, context)
+            self.web = web = WebServer(self.paths, context)
             await web.start()
             stack.push_async_callback(web.stop)
 

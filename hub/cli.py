@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import getpass
 import json
 import logging
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hub import bootstrap
+from hub import apitokens, bootstrap
+from hub.api.models import DeviceOut
 from hub.app import Hub
 from hub.broker import BrokerStartError
 from hub.config import SECTION, HubConfig
 from hub.enrollment import load_token_key
 from hub.initialise import AlreadyInitialisedError, initialise
+from hub.labels import parse_selector
 from hub.paths import HubPaths
 from hub.store import HubStore
-from outpost import durations, logs, settings, tls
+from outpost import durations, logs, schema, settings, tls
 
 logger = logging.getLogger("hub")
 
@@ -86,6 +91,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.set_defaults(func=_run)
 
+    p = sub.add_parser("token", help="mint, list and revoke API tokens")
+    tokens = p.add_subparsers(required=True, metavar="ACTION")
+    t = tokens.add_parser("create", help="print a signed API token")
+    _data(t)
+    t.add_argument("--role", required=True, choices=apitokens.ROLES)
+    t.add_argument(
+        "--ttl",
+        type=durations.parse,
+        default=None,
+        help="lifetime such as 15m (default: 15m; an --api-key 90d)",
+    )
+    t.add_argument("--subject", default=None, help="who will use it (default: the user name)")
+    t.add_argument(
+        "--api-key",
+        action="store_true",
+        help="a long-lived key for automation (up to 366 days) instead of a session",
+    )
+    t.set_defaults(func=_token_create)
+    t = tokens.add_parser("revoke", help="revoke a token by its id (jti)")
+    _data(t)
+    t.add_argument("jti")
+    t.set_defaults(func=_token_revoke)
+    t = tokens.add_parser("list", help="list issued tokens (ids and grants, never the tokens)")
+    _data(t)
+    t.set_defaults(func=_token_list)
+
     p = sub.add_parser("devices", help="list the fleet registry")
     _data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -125,7 +156,7 @@ def _init(args: argparse.Namespace) -> int:
 def _enroll_token(args: argparse.Namespace) -> int:
     paths = HubPaths(args.data)
     config = load_config(args.data, args.config)
-    labels = dict(_label(item) for item in args.label)
+    labels = parse_selector(args.label, "--label")
     ttl = args.ttl if args.ttl is not None else config.enroll_token_ttl
     token, claims = bootstrap.mint(
         load_token_key(paths),
@@ -134,22 +165,62 @@ def _enroll_token(args: argparse.Namespace) -> int:
         ttl=ttl,
         labels=labels,
     )
-    store = HubStore(paths.database)
-    try:
+    with _store(paths) as store:
         store.add_enroll_token_sync(
             claims.jti, now=time.time(), expires_at=claims.expires_at, labels=labels
         )
-    finally:
-        store.close()
     print(token)
     return 0
 
 
-def _label(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--label wants KEY=VALUE, got {item!r}")
-    return key, value
+def _token_create(args: argparse.Namespace) -> int:
+    paths = HubPaths(args.data)
+    kind: apitokens.Kind = "api-key" if args.api_key else "session"
+    default_ttl = apitokens.API_KEY_TTL_DEFAULT if args.api_key else apitokens.SESSION_TTL_DEFAULT
+    token, principal = apitokens.mint(
+        load_token_key(paths),
+        role=args.role,
+        subject=args.subject or getpass.getuser(),
+        ttl=args.ttl if args.ttl is not None else default_ttl,
+        kind=kind,
+    )
+    with _store(paths) as store:
+        store.add_api_token_sync(apitokens.grant_record(principal))
+    print(token)
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    with _store(HubPaths(args.data)) as store:
+        outcome = store.revoke_api_token_sync(args.jti, now=time.time())
+    if outcome != "revoked":
+        raise ValueError(f"cannot revoke {args.jti!r}: {outcome}")
+    print(f"revoked {args.jti}")
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    with _store(HubPaths(args.data)) as store:
+        records = store.api_tokens_sync()
+    print(f"{'JTI':<18} {'SUBJECT':<20} {'ROLE':<9} {'KIND':<8} {'EXPIRES':<20} REVOKED")
+    for r in records:
+        expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.expires_at))
+        print(
+            f"{r.jti:<18} {r.subject:<20} {r.role:<9} {r.kind:<8} {expires:<20} "
+            f"{'yes' if r.revoked_at else 'no'}"
+        )
+    return 0
+
+
+@contextlib.contextmanager
+def _store(paths: HubPaths) -> Iterator[HubStore]:
+    if not paths.ca_key.exists():
+        raise FileNotFoundError(f"{paths.root} is not a hub data folder: run `outpost-hub init`")
+    store = HubStore(paths.database)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -181,27 +252,27 @@ async def _serve(hub: Hub) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    store = HubStore(HubPaths(args.data).database)
-    try:
+    with _store(HubPaths(args.data)) as store:
         devices = store.devices_sync()
-    finally:
-        store.close()
+    rows = [schema.dump(DeviceOut.of(d)) for d in devices]
     if args.json:
-        print(json.dumps([d.__dict__ for d in devices], indent=2))
+        print(json.dumps(rows, indent=2))
         return 0
-    print(render_fleet(devices, now=time.time()))
+    print(render_fleet(rows, now=time.time()))
     return 0
 
 
-def render_fleet(devices: list[Any], *, now: float) -> str:
-    """Format the registry as a fixed-width table (device, profile, online, heartbeat)."""
+def render_fleet(devices: list[dict[str, Any]], *, now: float) -> str:
+    """Format devices (as the API returns them) as a table: device, profile, online,
+    last heartbeat, load, labels."""
     rows = [("DEVICE", "PROFILE", "ONLINE", "LAST HEARTBEAT", "CPU %", "RSS MiB", "LABELS")]
     for d in devices:
-        beat = f"{now - d.last_heartbeat:.1f} s ago" if d.last_heartbeat else "never"
-        cpu = f"{d.load['cpu_percent']:.0f}" if "cpu_percent" in d.load else "-"
-        rss = f"{d.load['rss_bytes'] / 2**20:.0f}" if "rss_bytes" in d.load else "-"
-        labels = ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())) or "-"
-        rows.append((d.device_id, d.profile, "yes" if d.online else "no", beat, cpu, rss, labels))
+        beat = f"{now - d['last_heartbeat']:.1f} s ago" if d["last_heartbeat"] else "never"
+        load = d["load"]
+        cpu = f"{load['cpu_percent']:.0f}" if "cpu_percent" in load else "-"
+        rss = f"{load['rss_bytes'] / 2**20:.0f}" if "rss_bytes" in load else "-"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(d["labels"].items())) or "-"
+        rows.append((d["id"], d["profile"], "yes" if d["online"] else "no", beat, cpu, rss, labels))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 

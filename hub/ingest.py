@@ -90,6 +90,8 @@ class Ingest:
             device_id, direction, kind = wire.parse_topic(topic)
             if direction != "up":
                 raise wire.WireError("topic", f"hub received a down topic: {topic!r}")
+            if kind not in wire.UP_KINDS:  # refuse before spending time on the payload
+                raise wire.WireError("kind", f"unknown message kind {kind!r} in topic")
             envelope = wire.decode(
                 payload,
                 kinds=wire.UP_KINDS,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import signal
 import socket
@@ -18,13 +19,15 @@ import time
 import urllib.request
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hub.cli import render_fleet  # noqa: E402 - after the path tweak, for a plain checkout
 from hub.paths import HubPaths  # noqa: E402
-from hub.store import HubStore  # noqa: E402
 
 BIN = Path(sys.executable).parent
 AGENTS = [
@@ -158,8 +161,30 @@ def main() -> int:
                     cwd=REPO,
                 )
             )
+        token = run(
+            str(BIN / "outpost-hub"),
+            "token",
+            "create",
+            "--data",
+            str(hub_dir),
+            "--role",
+            "viewer",
+            "--ttl",
+            "12h",
+            "--subject",
+            "demo",
+        ).strip()
+        token_file = data / "viewer.token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
+        api = HubApi(f"https://127.0.0.1:{web_port}", HubPaths(hub_dir).ca_cert, token)
+        step("a viewer token for the API is in demo-data/viewer.token; try:")
+        print(
+            f'    curl --cacert {HubPaths(hub_dir).ca_cert} -H "Authorization: Bearer '
+            f'$(cat {token_file})" {api.url}/api/v1/devices'
+        )
         step("fleet (refreshing every second; Ctrl-C stops everything)")
-        show_fleet(HubPaths(hub_dir), args.duration, children)
+        show_fleet(api, args.duration, children)
     except KeyboardInterrupt:
         print()
     finally:
@@ -168,23 +193,55 @@ def main() -> int:
     return 0
 
 
-def show_fleet(paths: HubPaths, duration: float, children: list[subprocess.Popen[bytes]]) -> None:
-    store = HubStore(paths.database)
+class HubApi:
+    """The demo reads the fleet the way an operator would: the hub's HTTPS API."""
+
+    def __init__(self, url: str, ca: Path, token: str) -> None:
+        self.url = url
+        self._context = ssl.create_default_context(cafile=str(ca))
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    def get(self, path: str) -> bytes:
+        request = urllib.request.Request(self.url + path, headers=self._headers)  # noqa: S310 - our own https URL
+        with urllib.request.urlopen(request, context=self._context, timeout=5) as response:  # noqa: S310
+            body: bytes = response.read()
+            return body
+
+    def devices(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(self.get("/api/v1/devices"))["items"]
+        return items
+
+    def message_counts(self) -> tuple[int, int]:
+        accepted = rejected = 0
+        for family in text_string_to_metric_families(self.get("/metrics").decode()):
+            if family.name != "outpost_hub_messages":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    if sample.labels["outcome"] == "accepted":
+                        accepted += int(sample.value)
+                    else:
+                        rejected += int(sample.value)
+        return accepted, rejected
+
+
+def show_fleet(api: HubApi, duration: float, children: list[subprocess.Popen[bytes]]) -> None:
     tty = sys.stdout.isatty()
     started = time.monotonic()
-    try:
-        while not duration or time.monotonic() - started < duration:
-            table = render_fleet(store.devices_sync(), now=time.time())
-            alive = sum(c.poll() is None for c in children)
-            stamp = time.strftime("%H:%M:%S")
-            if tty:
-                print("\x1b[H\x1b[2J", end="")
-            print(f"Outpost fleet at {stamp} ({alive} of {len(children)} processes up)")
-            print(table, flush=True)
-            print()
-            time.sleep(1)  # the demo's refresh period
-    finally:
-        store.close()
+    while not duration or time.monotonic() - started < duration:
+        table = render_fleet(api.devices(), now=time.time())
+        accepted, rejected = api.message_counts()
+        alive = sum(c.poll() is None for c in children)
+        if tty:
+            print("\x1b[H\x1b[2J", end="")
+        print(
+            f"Outpost fleet at {time.strftime('%H:%M:%S')} "
+            f"({alive} of {len(children)} processes up; from GET {api.url}/api/v1/devices)"
+        )
+        print(table)
+        print(f"hub /metrics: {accepted} device messages accepted, {rejected} rejected", flush=True)
+        print()
+        time.sleep(1)  # the demo's refresh period
 
 
 def stop_all(children: list[subprocess.Popen[bytes]]) -> int:

@@ -16,11 +16,18 @@ from hub.app import Hub
 from hub.cli import load_config
 from hub.initialise import initialise
 from hub.paths import HubPaths
+from tests.api_client import ApiClient
 from tests.support import PROFILES, AgentProcess, free_port, mint_token
 
 
 @pytest.fixture
-def hub_paths(tmp_path: Path) -> HubPaths:
+def hub_settings() -> str:
+    """Extra lines for hub.toml; a test module overrides this fixture to change them."""
+    return ""
+
+
+@pytest.fixture
+def hub_paths(tmp_path: Path, hub_settings: str) -> HubPaths:
     """An initialised hub data folder whose hub.toml names free loopback ports."""
     paths = HubPaths(tmp_path / "hub")
     initialise(paths, server_names=[])
@@ -28,7 +35,7 @@ def hub_paths(tmp_path: Path) -> HubPaths:
         "[hub]\n"
         f"mqtt_port = {free_port()}\n"
         f"web_port = {free_port()}\n"
-        "offline_after_heartbeats = 3\n"
+        "offline_after_heartbeats = 3\n" + hub_settings
     )
     return paths
 
@@ -71,6 +78,14 @@ def enroll_device(hub: Hub, tmp_path: Path) -> Enroller:
         return paths, identity
 
     return _enroll
+
+
+@pytest.fixture
+async def api(hub: Hub) -> AsyncIterator[ApiClient]:
+    """An HTTPS client of the running hub's API."""
+    client = ApiClient(hub)
+    yield client
+    await client.close()
 
 
 @pytest.fixture

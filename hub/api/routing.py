@@ -75,7 +75,7 @@ class Guard:
             status = 500
             try:
                 if route.access != "public" and route.access != "bootstrap":
-                    request[PRINCIPAL] = await self._authorise(request, route.access)
+                    await self._authorise(request, route.access)
                 response = await route.handler(request)
                 status = response.status
                 return response
@@ -91,7 +91,9 @@ class Guard:
 
         return guarded
 
-    async def _authorise(self, request: web.Request, role: Role) -> Principal:
+    async def _authorise(self, request: web.Request, role: Role) -> None:
+        """Authenticate, then check role and rate; the principal is recorded on the
+        request as soon as it is known, so a refusal is audited under its name."""
         address = f"ip:{request.remote}"
         if self.auth_failures.exhausted(address):
             raise _too_many(self.auth_failures.retry_after(address))
@@ -100,6 +102,7 @@ class Guard:
         except ApiError:
             self.auth_failures.allow(address)
             raise
+        request[PRINCIPAL] = principal
         if not principal.may(role):
             raise ApiError(
                 403,
@@ -109,7 +112,6 @@ class Guard:
         subject = f"sub:{principal.subject}"
         if not self.per_subject.allow(subject):
             raise _too_many(self.per_subject.retry_after(subject))
-        return principal
 
     async def _authenticate(self, request: web.Request) -> Principal:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")

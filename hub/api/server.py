@@ -33,7 +33,7 @@ def build_routes(ctx: ApiContext) -> list[Route]:
     return routes
 
 
-def build_app(ctx: ApiContext) -> web.Application:
+def build_app(ctx: ApiContext, routes: list[Route]) -> web.Application:
     """The aiohttp application: routes installed behind their guard."""
     config = ctx.config
     guard = Guard(
@@ -47,7 +47,7 @@ def build_app(ctx: ApiContext) -> web.Application:
     )
     app = web.Application(middlewares=[errors_as_json], client_max_size=config.api_max_body_bytes)
     app[MAX_BODY] = config.api_max_body_bytes
-    for route in build_routes(ctx):
+    for route in routes:
         app.router.add_route(route.method, route.path, guard.wrap(route))
     return app
 
@@ -59,7 +59,8 @@ class WebServer:
         self._paths = paths
         self._ctx = ctx
         self._runner: web.AppRunner | None = None
-        self.app = build_app(ctx)
+        self.routes = build_routes(ctx)
+        self.app = build_app(ctx, self.routes)
 
     async def start(self) -> None:
         # Loading the key and certificate reads files: off the event loop.

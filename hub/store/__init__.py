@@ -85,6 +85,9 @@ class HubStore:
     async def api_tokens(self, *, after: int | None, limit: int) -> list[ApiTokenRecord]:
         return await self._db.run(lambda db: tokens.list_api_tokens(db, after=after, limit=limit))
 
+    def api_tokens_sync(self) -> list[ApiTokenRecord]:
+        return self._db.run_sync(lambda db: tokens.list_api_tokens(db, after=None, limit=-1))
+
     # ------------------------------------------------------------ devices
 
     async def add_device(self, device: Device) -> None:

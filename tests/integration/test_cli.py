@@ -68,7 +68,7 @@ def test_enroll_token_carries_url_pin_and_labels(tmp_path: Path) -> None:
     assert claims["labels"] == {"site": "north"}
     assert 1790 <= claims["exp"] - claims["iat"] <= 1800
     assert bad.returncode == 2
-    assert "--label wants KEY=VALUE" in bad.stderr
+    assert "--label: expected KEY=VALUE" in bad.stderr
 
 
 def test_agent_errors_are_clear(tmp_path: Path) -> None:

@@ -1,0 +1,129 @@
+"""Every route of the API refuses what it must: the role matrix over the whole table."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from hub import apitokens
+from hub.app import Hub
+from hub.enrollment import load_token_key
+from hub.store import Device
+from tests.api_client import ApiClient
+from tests.support import mint_token
+
+PUBLIC = {("GET", "/api/v1/health"), ("GET", "/api/v1/enroll/ca")}
+BOOTSTRAP = {("POST", "/api/v1/enroll")}
+
+
+@pytest.fixture
+def hub_settings() -> str:
+    # The matrix fails authentication on purpose, many times: lift the flood guard.
+    return "auth_failures_per_min = 100000\napi_rate_burst = 100000\n"
+
+
+def _forge(token: str, **change: object) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(change)
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+async def _add_device(hub: Hub, device_id: str) -> None:
+    assert hub.store is not None
+    await hub.store.add_device(
+        Device(
+            device_id=device_id,
+            profile="generic",
+            labels={},
+            online=False,
+            last_seen=None,
+            last_heartbeat=None,
+            heartbeat_interval=None,
+            agent_version=None,
+            capabilities={},
+            load={},
+            enrolled_at=time.time(),
+            cert_serial=None,
+            cert_not_before=None,
+            cert_not_after=None,
+        )
+    )
+
+
+async def test_every_route_refuses_bad_tokens_and_small_roles(hub: Hub, api: ApiClient) -> None:
+    assert hub.web is not None
+    assert hub.store is not None
+    await _add_device(hub, "dev-matrix0001")
+    admin = await api.token("admin")
+    claims = jwt.decode(admin, options={"verify_signature": False})
+    revoked = await api.token("admin", subject="revoked")
+    await hub.store.revoke_api_token(
+        jwt.decode(revoked, options={"verify_signature": False})["jti"], now=time.time()
+    )
+    stranger_key = ed25519.Ed25519PrivateKey.generate()
+    # Signed with the hub's own key, but never recorded: the database is the truth.
+    unrecorded, _ = apitokens.mint(
+        load_token_key(hub.paths), role="admin", subject="ghost", ttl=600
+    )
+    bad_tokens = {
+        "expired": await api.token("admin", ttl=60, now=time.time() - 3600),
+        "tampered": _forge(await api.token("viewer"), role="admin"),
+        "revoked": revoked,
+        "another key": jwt.encode(claims, stranger_key, algorithm="EdDSA"),
+        "alg none": jwt.encode(claims, None, algorithm="none"),  # type: ignore[arg-type]
+        "bootstrap token": await mint_token(hub),
+        "not issued here": unrecorded,
+        "garbage": "not.a.token",
+    }
+    by_role = {role: await api.token(role) for role in apitokens.ROLES}
+    problems = []
+    seen_public = set()
+
+    for route in hub.web.routes:
+        path = route.path.replace("{id}", "dev-matrix0001").replace("{jti}", "no-such-jti")
+        key = (route.method, route.path)
+        if route.access in ("public", "bootstrap"):
+            seen_public.add(key)
+            reply = await api.call(route.method, path, body={})
+            if reply.status == 401 and route.access == "public":
+                problems.append(f"{key}: public route asked for a token")
+            continue
+        reply = await api.call(route.method, path)
+        if reply.status != 401:
+            problems.append(f"{key} without a token: {reply.status}")
+        elif reply.headers.get("WWW-Authenticate", "").split()[0] != "Bearer":
+            problems.append(f"{key}: 401 without a WWW-Authenticate challenge")
+        for name, token in bad_tokens.items():
+            reply = await api.call(route.method, path, token=token)
+            if reply.status != 401:
+                problems.append(f"{key} with a {name} token: {reply.status}")
+            elif set(reply.error) != {"code", "message", "details"}:
+                problems.append(f"{key}: error body not in the JSON shape: {reply.body}")
+        needed = apitokens.RANK[route.access]
+        for role, token in by_role.items():
+            reply = await api.call(route.method, path, token=token, body={})
+            if apitokens.RANK[role] < needed and reply.status != 403:
+                problems.append(f"{key} as {role}: {reply.status}, expected 403")
+            if apitokens.RANK[role] >= needed and reply.status in (401, 403):
+                problems.append(f"{key} as {role}: refused with {reply.status}")
+
+    assert seen_public == PUBLIC | BOOTSTRAP
+    assert not problems, "\n".join(problems)
+
+
+async def test_role_and_subject_come_from_the_token(api: ApiClient) -> None:
+    token = await api.token("operator", subject="line-3-ops")
+
+    reply = await api.call("GET", "/api/v1/whoami", token=token)
+
+    assert reply.status == 200
+    assert reply.body["subject"] == "line-3-ops"
+    assert reply.body["role"] == "operator"
+    assert reply.body["kind"] == "session"

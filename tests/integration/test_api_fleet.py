@@ -1,0 +1,209 @@
+"""Fleet routes: filters, stable cursor pagination, labels, errors in the JSON shape."""
+
+from __future__ import annotations
+
+import time
+
+from hub.app import Hub
+from hub.store import Device, HelloSeen
+from tests.api_client import ApiClient
+
+
+async def _add(
+    hub: Hub, device_id: str, *, profile: str = "generic", labels: dict[str, str] | None = None
+) -> None:
+    assert hub.store is not None
+    await hub.store.add_device(
+        Device(
+            device_id=device_id,
+            profile=profile,
+            labels=labels or {},
+            online=False,
+            last_seen=None,
+            last_heartbeat=None,
+            heartbeat_interval=None,
+            agent_version=None,
+            capabilities={},
+            load={},
+            enrolled_at=time.time(),
+            cert_serial="ab12",
+            cert_not_before=1.0,
+            cert_not_after=2.0,
+        )
+    )
+
+
+async def _collect(api: ApiClient, token: str, limit: int, **query: str) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": str(limit), **query, **({"cursor": cursor} if cursor else {})}
+        reply = await api.call("GET", "/api/v1/devices", token=token, params=params)
+        assert reply.status == 200, reply.body
+        assert len(reply.body["items"]) <= limit
+        ids += [d["id"] for d in reply.body["items"]]
+        cursor = reply.body["next_cursor"]
+        if cursor is None:
+            return ids
+
+
+async def test_pagination_is_stable_while_devices_are_added(hub: Hub, api: ApiClient) -> None:
+    token = await api.token("viewer")
+    originals = [f"dev-page{n:04d}" for n in range(0, 20, 2)]
+    for device_id in originals:
+        await _add(hub, device_id)
+
+    first = await api.call("GET", "/api/v1/devices", token=token, params={"limit": "3"})
+    seen = [d["id"] for d in first.body["items"]]
+    # Devices enroll between pages, before and after the cursor.
+    await _add(hub, "dev-page0001")
+    await _add(hub, "dev-page0015")
+    rest = await _collect_from(api, token, first.body["next_cursor"])
+
+    everything = seen + rest
+    assert len(everything) == len(set(everything)), "a device appeared twice"
+    assert set(originals) <= set(everything), "a device was skipped"
+    assert everything == sorted(everything)
+    assert "dev-page0015" in rest  # after the cursor: seen; before it: rightly not revisited
+
+
+async def _collect_from(api: ApiClient, token: str, cursor: str) -> list[str]:
+    ids: list[str] = []
+    while cursor:
+        reply = await api.call(
+            "GET", "/api/v1/devices", token=token, params={"limit": "3", "cursor": cursor}
+        )
+        ids += [d["id"] for d in reply.body["items"]]
+        cursor = reply.body["next_cursor"]
+    return ids
+
+
+async def test_filters_by_online_label_and_profile(hub: Hub, api: ApiClient) -> None:
+    token = await api.token("viewer")
+    await _add(hub, "dev-north001", profile="raspberry-pi-4", labels={"site": "north"})
+    await _add(hub, "dev-north002", profile="x86-gateway", labels={"site": "north", "line": "2"})
+    await _add(hub, "dev-south001", profile="raspberry-pi-4", labels={"site": "south"})
+    assert hub.store is not None
+    await hub.store.record_presence(
+        [
+            HelloSeen(
+                device_id="dev-north002",
+                conn="c",
+                now=time.time(),
+                profile="x86-gateway",
+                agent_version="t",
+                heartbeat_interval=10,
+                capabilities={},
+            )
+        ]
+    )
+
+    assert await _collect(api, token, 50, label="site=north") == ["dev-north001", "dev-north002"]
+    assert await _collect(api, token, 1, profile="raspberry-pi-4") == [
+        "dev-north001",
+        "dev-south001",
+    ]
+    assert await _collect(api, token, 50, online="true") == ["dev-north002"]
+    reply = await api.call(
+        "GET", "/api/v1/devices", token=token, params=[("label", "site=north"), ("label", "line=2")]
+    )
+    assert [d["id"] for d in reply.body["items"]] == ["dev-north002"]
+
+
+async def test_bad_query_parameters_name_the_parameter(api: ApiClient) -> None:
+    token = await api.token("viewer")
+    for params, field in [
+        ({"limit": "0"}, "query.limit"),
+        ({"limit": "many"}, "query.limit"),
+        ({"limit": "501"}, "query.limit"),
+        ({"online": "yes"}, "query.online"),
+        ({"cursor": "garbage!"}, "query.cursor"),
+        ({"label": "no-equals"}, "query.label"),
+        ({"label": "bad key!=x"}, "query.label"),
+    ]:
+        reply = await api.call("GET", "/api/v1/devices", token=token, params=params)
+        assert reply.status == 400, (params, reply.body)
+        assert reply.error["details"]["field"] == field, (params, reply.body)
+
+
+async def test_read_a_device(hub: Hub, api: ApiClient) -> None:
+    token = await api.token("viewer")
+    await _add(hub, "dev-read0001", labels={"site": "north"})
+
+    reply = await api.call("GET", "/api/v1/devices/dev-read0001", token=token)
+    missing = await api.call("GET", "/api/v1/devices/dev-nothere01", token=token)
+
+    assert reply.status == 200
+    assert reply.body["labels"] == {"site": "north"}
+    assert reply.body["certificate"] == {"serial": "ab12", "not_before": 1.0, "not_after": 2.0}
+    assert missing.status == 404
+    assert missing.error["code"] == "not_found"
+
+
+async def test_patch_merges_labels_and_is_audited(hub: Hub, api: ApiClient) -> None:
+    admin = await api.token("admin", subject="alice")
+    await _add(hub, "dev-label001", labels={"site": "north", "old": "x"})
+
+    reply = await api.call(
+        "PATCH",
+        "/api/v1/devices/dev-label001",
+        token=admin,
+        body={"labels": {"group": "pumps", "old": None}},
+    )
+    audit = await api.call("GET", "/api/v1/audit", token=admin)
+
+    assert reply.status == 200
+    assert reply.body["labels"] == {"site": "north", "group": "pumps"}
+    entry = audit.body["items"][0]
+    assert entry["subject"] == "alice"
+    assert entry["role"] == "admin"
+    assert entry["action"] == "device.update"
+    assert entry["status"] == 200
+    assert entry["detail"] == {"device": "dev-label001", "labels": {"group": "pumps", "old": None}}
+
+
+async def test_patch_refuses_bad_bodies_and_changes_nothing(hub: Hub, api: ApiClient) -> None:
+    admin = await api.token("admin")
+    await _add(hub, "dev-label002", labels={"site": "north"})
+    cases = [
+        ({"labels": {"site": 3}}, "body.labels.site"),
+        ({"labels": {"site": "x"}, "colour": "red"}, "body.colour"),
+        ({"labels": {"bad key": "x"}}, "body.labels"),
+        ({"tags": {}}, "body.tags"),
+        ([1, 2], "body"),
+    ]
+    for body, field in cases:
+        reply = await api.call("PATCH", "/api/v1/devices/dev-label002", token=admin, body=body)
+        assert reply.status == 400, body
+        assert reply.error["details"]["field"] == field, reply.body
+    not_json = await api.call(
+        "PATCH", "/api/v1/devices/dev-label002", token=admin, raw=b"{not json"
+    )
+    too_big = await api.call(
+        "PATCH",
+        "/api/v1/devices/dev-label002",
+        token=admin,
+        raw=b'{"labels": {"a": "' + b"x" * 70_000 + b'"}}',
+    )
+    missing = await api.call(
+        "PATCH", "/api/v1/devices/dev-nothere01", token=admin, body={"labels": {"a": "b"}}
+    )
+
+    assert not_json.status == 400
+    assert too_big.status == 413
+    assert too_big.error["code"] == "too_large"
+    assert missing.status == 404
+    assert hub.store is not None
+    device = await hub.store.device("dev-label002")
+    assert device is not None
+    assert device.labels == {"site": "north"}
+
+
+async def test_unknown_route_and_method_answer_in_json(api: ApiClient) -> None:
+    token = await api.token("viewer")
+    nowhere = await api.call("GET", "/api/v1/nowhere", token=token)
+    wrong_method = await api.call("DELETE", "/api/v1/devices", token=token)
+
+    assert nowhere.status == 404
+    assert nowhere.error["code"] == "not_found"
+    assert wrong_method.status == 405

@@ -1,0 +1,35 @@
+"""Floods are answered with 429: per token subject, and per address for failed logins."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api_client import ApiClient
+
+
+@pytest.fixture
+def hub_settings() -> str:
+    return "api_rate_per_s = 0.1\napi_rate_burst = 5\nauth_failures_per_min = 3\n"
+
+
+async def test_a_subject_over_its_rate_gets_429_with_retry_after(api: ApiClient) -> None:
+    token = await api.token("viewer", subject="busy")
+    other = await api.token("viewer", subject="calm")
+
+    statuses = [(await api.call("GET", "/api/v1/whoami", token=token)).status for _ in range(7)]
+    limited = await api.call("GET", "/api/v1/whoami", token=token)
+    calm = await api.call("GET", "/api/v1/whoami", token=other)
+
+    assert statuses[:5] == [200] * 5
+    assert statuses[5:] == [429, 429]
+    assert limited.error["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert calm.status == 200, "one subject's flood limited another"
+
+
+async def test_repeated_failed_authentication_gets_429(api: ApiClient) -> None:
+    statuses = [(await api.call("GET", "/api/v1/devices", token="bad")).status for _ in range(4)]
+    good = await api.call("GET", "/api/v1/whoami", token=await api.token("viewer"))
+
+    assert statuses == [401, 401, 401, 429]
+    assert good.status == 429, "the address is cooling down, even with a good token"

@@ -1,0 +1,99 @@
+"""`/metrics`: Prometheus text that parses, and counters that move with the fleet."""
+
+from __future__ import annotations
+
+import aiomqtt
+from prometheus_client.parser import text_string_to_metric_families
+
+from hub.app import Hub
+from outpost import tls, wire
+from tests.api_client import ApiClient
+from tests.conftest import Enroller
+from tests.support import eventually
+
+HELLO = wire.Hello(
+    conn="c1",
+    agent_version="test",
+    profile="raspberry-pi-4",
+    heartbeat_interval=60.0,
+    capabilities=wire.Capabilities(cores=4, memory_bytes=1 << 30, disk_bytes=1 << 34),
+)
+
+
+async def _scrape(
+    api: ApiClient, token: str
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    reply = await api.call("GET", "/metrics", token=token)
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(reply.body):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+async def test_metrics_parse_and_move_when_messages_arrive(
+    hub: Hub, api: ApiClient, enroll_device: Enroller
+) -> None:
+    token = await api.token("viewer")
+    paths, identity = await enroll_device("raspberry-pi-4")
+    before = await _scrape(api, token)
+    accepted = ("outpost_hub_messages_total", (("kind", "hello"), ("outcome", "accepted")))
+    malformed = (
+        "outpost_hub_messages_total",
+        (("kind", "hello"), ("outcome", "rejected:malformed")),
+    )
+    online = ("outpost_hub_devices", (("profile", "raspberry-pi-4"), ("state", "online")))
+    offline = ("outpost_hub_devices", (("profile", "raspberry-pi-4"), ("state", "offline")))
+    assert before[offline] == 1
+    assert before[online] == 0
+    assert before.get(accepted, 0) == 0
+
+    context = tls.client_context(paths.ca_cert, paths.cert, paths.key)
+    async with aiomqtt.Client(
+        "127.0.0.1", hub.config.mqtt_port, identifier=identity.device_id, tls_context=context
+    ) as client:
+        topic = wire.up_topic(identity.device_id, "hello")
+        await client.publish(topic, b"\xc1 junk", qos=1)
+        await client.publish(topic, wire.encode("hello", HELLO), qos=1)
+
+        async def counted() -> bool:
+            return (await _scrape(api, token)).get(accepted, 0) == 1
+
+        await eventually(counted, what="the hello counted in /metrics")
+    after = await _scrape(api, token)
+
+    assert after[malformed] == 1
+    assert after[online] == 1
+    assert after[offline] == 0
+    assert after[("outpost_hub_ingest_batch_seconds_count", ())] >= 2
+    assert after[("outpost_hub_broker_restarts_total", ())] == 0
+    http = [k for k in after if k[0] == "outpost_hub_http_request_seconds_count"]
+    assert (("method", "GET"), ("route", "/metrics"), ("status", "200")) in [k[1] for k in http]
+
+
+async def test_device_messages_cannot_mint_new_series(
+    hub: Hub, api: ApiClient, enroll_device: Enroller
+) -> None:
+    token = await api.token("viewer")
+    paths, identity = await enroll_device()
+    context = tls.client_context(paths.ca_cert, paths.cert, paths.key)
+    async with aiomqtt.Client(
+        "127.0.0.1", hub.config.mqtt_port, identifier=identity.device_id, tls_context=context
+    ) as client:
+        for n in range(20):
+            await client.publish(wire.up_topic(identity.device_id, f"made-up-{n}"), b"x", qos=1)
+
+        async def all_rejected() -> bool:
+            samples = await _scrape(api, token)
+            key = ("outpost_hub_messages_total", (("kind", "other"), ("outcome", "rejected:kind")))
+            return samples.get(key, 0) == 20
+
+        await eventually(all_rejected, what="20 rejections under kind=other")
+    kinds = {
+        dict(k[1]).get("kind")
+        for k in await _scrape(api, token)
+        if k[0] == "outpost_hub_messages_total"
+    }
+    assert kinds <= set(wire.UP_KINDS) | {"other"}

@@ -1,0 +1,44 @@
+"""The OpenAPI document is valid and describes exactly the routes the hub serves."""
+
+from __future__ import annotations
+
+from openapi_spec_validator import validate
+
+from hub.app import Hub
+from tests.api_client import ApiClient
+
+
+async def test_openapi_document_is_valid_and_matches_the_routes(hub: Hub, api: ApiClient) -> None:
+    reply = await api.call("GET", "/api/v1/openapi.json", token=await api.token("viewer"))
+    assert reply.status == 200
+    document = reply.body
+
+    validate(document)
+
+    described = {
+        (method.upper(), path, op["x-outpost-role"])
+        for path, operations in document["paths"].items()
+        for method, op in operations.items()
+    }
+    assert hub.web is not None
+    served = {
+        (r.method, r.resource.canonical, "?")
+        for r in hub.web.app.router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    }
+    assert {(m, p) for m, p, _ in described} == {(m, p) for m, p, _ in served}
+    declared = {(r.method, r.path, r.access) for r in hub.web.routes}
+    assert described == declared
+
+
+async def test_every_protected_operation_declares_bearer_and_its_errors(api: ApiClient) -> None:
+    reply = await api.call("GET", "/api/v1/openapi.json", token=await api.token("viewer"))
+    for path, operations in reply.body["paths"].items():
+        for method, op in operations.items():
+            if op["x-outpost-role"] in ("public", "bootstrap"):
+                assert op["security"] == [], (method, path)
+                continue
+            assert op["security"] == [{"bearer": []}], (method, path)
+            assert {"401", "403", "429"} <= set(op["responses"]), (method, path)
+            if "requestBody" in op:
+                assert {"400", "413"} <= set(op["responses"]), (method, path)
