@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 Access = Role | Literal["public", "bootstrap"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+VERIFIED_CACHE = 1024  # tokens whose signature was checked, kept to skip re-checking
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
@@ -68,6 +69,7 @@ class Guard:
     token_key: ed25519.Ed25519PublicKey
     per_subject: RateLimiter
     auth_failures: RateLimiter
+    _seen: dict[str, Principal] = field(default_factory=dict)
 
     def wrap(self, route: Route) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -118,7 +120,7 @@ class Guard:
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthenticated("missing bearer token (Authorization: Bearer <token>)")
         try:
-            principal = apitokens.verify(token.strip(), self.token_key)
+            principal = self._verified(token.strip())
         except apitokens.ApiTokenError as exc:
             raise _unauthenticated(str(exc)) from exc
         state = await self.store.api_token_state(principal.jti)
@@ -126,6 +128,21 @@ class Guard:
             raise _unauthenticated(
                 "token revoked" if state == "revoked" else "token not issued by this hub"
             )
+        return principal
+
+    def _verified(self, token: str) -> Principal:
+        """Verify a token's signature once, then remember it until it expires.
+
+        A signature check costs more than the rest of a small request; what it proves
+        about a given token string never changes. Revocation is still checked every time.
+        """
+        principal = self._seen.get(token)
+        if principal is not None and principal.expires_at > time.time():
+            return principal
+        principal = apitokens.verify(token, self.token_key)
+        if len(self._seen) >= VERIFIED_CACHE:
+            self._seen.pop(next(iter(self._seen)))  # oldest first: dicts keep insertion order
+        self._seen[token] = principal
         return principal
 
     async def _audit(self, request: web.Request, route: Route, status: int) -> None:

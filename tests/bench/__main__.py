@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.bench import bench_codec, bench_footprint, bench_ingest
+from tests.bench import bench_api, bench_codec, bench_footprint, bench_ingest
 from tests.bench.common import HEADER
 
 
@@ -22,6 +22,7 @@ def main() -> None:
         for result in [
             *bench_codec.run(),
             *bench_ingest.run(root / "ingest"),
+            *bench_api.run(root / "api"),
             *bench_footprint.run(root / "footprint"),
         ]:
             print(result.line(), flush=True)
