@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import ssl
 import time
+import warnings
 
 import jwt
 import pytest
@@ -127,3 +130,27 @@ async def test_role_and_subject_come_from_the_token(api: ApiClient) -> None:
     assert reply.body["subject"] == "line-3-ops"
     assert reply.body["role"] == "operator"
     assert reply.body["kind"] == "session"
+
+
+def _context_up_to(hub: Hub, highest: ssl.TLSVersion) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(hub.paths.ca_cert))
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let our side offer TLS 1.1 at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = highest
+    return context
+
+
+async def test_web_endpoint_refuses_tls_below_1_2(hub: Hub) -> None:
+    port = hub.config.web_port
+    # The control: the same client, allowed TLS 1.2, gets in.
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=_context_up_to(hub, ssl.TLSVersion.TLSv1_2)
+    )
+    writer.close()
+
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        await asyncio.open_connection(
+            "127.0.0.1", port, ssl=_context_up_to(hub, ssl.TLSVersion.TLSv1_1)
+        )
