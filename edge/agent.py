@@ -1,21 +1,28 @@
-"""The agent daemon: connect with the device certificate, say hello, send heartbeats."""
+"""The agent daemon: its store and local API, and its session with the hub (hello,
+heartbeats, draining the store, applying acknowledgements)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import ssl
 import time
-from typing import NoReturn
+from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge import sysinfo
 from edge.config import AgentConfig
 from edge.identity import DevicePaths, Identity
+from edge.localapi import LocalApi
 from edge.profile import DeviceProfile
+from edge.store import AgentStore, Bounds, RecordCipher, StreamFullError
+from edge.uploader import Uploader
 from outpost import __version__, tls, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
 from outpost.settings import parse_broker_url
@@ -23,10 +30,12 @@ from outpost.settings import parse_broker_url
 logger = logging.getLogger(__name__)
 
 GOODBYE_TIMEOUT_S = 2.0
+# The broker keeps the agent's subscription (and queued acknowledgements) this long.
+SESSION_EXPIRY_S = 24 * 3600
 
 
 class Agent:
-    """One device's link to its hub."""
+    """One device: store, local API and link to its hub."""
 
     def __init__(
         self, paths: DevicePaths, config: AgentConfig, identity: Identity, profile: DeviceProfile
@@ -36,38 +45,80 @@ class Agent:
         self.identity = identity
         self.profile = profile
         self.link = LinkState(logger, "broker link")
+        self.ready = asyncio.Event()  # store open and local API listening
         self._started = time.monotonic()
         self._conn = ""
         self._context: ssl.SSLContext | None = None
         self._host, self._port = parse_broker_url(
             config.broker or identity.broker_url, "broker url"
         )
+        self.store: AgentStore | None = None
+        self.uploader: Uploader | None = None
 
-    async def run(self) -> NoReturn:
-        """Run until cancelled: connect, reconnect forever."""
-        self._context = await asyncio.to_thread(
-            tls.client_context, self.paths.ca_cert, self.paths.cert, self.paths.key
+    async def run(self) -> None:
+        """Run until cancelled: open the store, serve the local API, connect forever."""
+        async with contextlib.AsyncExitStack() as stack:
+            self.store = store = await asyncio.to_thread(self._open_store)
+            await store.start()
+            stack.push_async_callback(store.close)
+            self.uploader = Uploader(store, self.identity.device_id, self.config.sync)
+            api = LocalApi(store, self.status)
+            await api.start(self.paths.socket, self.config.local_port)
+            stack.push_async_callback(api.stop)
+
+            self._context = await asyncio.to_thread(
+                tls.client_context, self.paths.ca_cert, self.paths.cert, self.paths.key
+            )
+            self._capabilities = await asyncio.to_thread(
+                sysinfo.capabilities, self.profile, self.paths.root
+            )
+            self._sampler = await asyncio.to_thread(
+                sysinfo.LoadSampler, self.paths.root, self.profile.thermal.sensor
+            )
+            logger.info(
+                "agent %s starting (profile %s, broker %s:%d)",
+                self.identity.device_id,
+                self.profile.name,
+                self._host,
+                self._port,
+            )
+            await self._event("agent.started", version=__version__)
+            self.ready.set()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._own_metrics(), name="agent.metrics")
+                tasks.create_task(
+                    run_forever(
+                        self._make_client,
+                        self._session,
+                        self.link,
+                        address=f"{self._host}:{self._port}",
+                        backoff_cap=self.config.reconnect_max_delay,
+                    ),
+                    name="agent.mqtt-link",
+                )
+
+    def _open_store(self) -> AgentStore:
+        b = self.config.bounds
+        bounds = {
+            name: Bounds(s.max_records, s.max_bytes, s.max_age_s)
+            for name, s in (("results", b.results), ("events", b.events), ("metrics", b.metrics))
+        }
+        cipher = (
+            RecordCipher.from_key_file(self.paths.store_key)
+            if self.profile.runtime.encrypt_store
+            else None
         )
-        self._capabilities = await asyncio.to_thread(
-            sysinfo.capabilities, self.profile, self.paths.root
-        )
-        self._sampler = await asyncio.to_thread(
-            sysinfo.LoadSampler, self.paths.root, self.profile.thermal.sensor
-        )
-        logger.info(
-            "agent %s starting (profile %s, broker %s:%d)",
-            self.identity.device_id,
-            self.profile.name,
-            self._host,
-            self._port,
-        )
-        await run_forever(
-            self._make_client,
-            self._session,
-            self.link,
-            address=f"{self._host}:{self._port}",
-            backoff_cap=self.config.reconnect_max_delay,
-        )
+        return AgentStore(self.paths.store, bounds, cipher)
+
+    async def status(self) -> dict[str, Any]:
+        """What the local API's /v1/status shows."""
+        assert self.store is not None
+        return {
+            "device_id": self.identity.device_id,
+            "connection": self.link.state,
+            "uptime_s": time.monotonic() - self._started,
+            "store": await self.store.stats(),
+        }
 
     def _make_client(self) -> aiomqtt.Client:
         # Each connection gets its own id, carried by its will: the hub then ignores the
@@ -76,6 +127,8 @@ class Agent:
         will = aiomqtt.Will(
             topic=self._topic("status"), payload=self._status(online=False), qos=1, retain=True
         )
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
         return aiomqtt.Client(
             self._host,
             self._port,
@@ -85,10 +138,15 @@ class Agent:
             will=will,
             keepalive=self.config.keepalive,
             socket_options=NODELAY,
+            clean_start=False,
+            properties=properties,
+            max_inflight_messages=max(20, self.config.sync.in_flight),
             logger=logging.getLogger("mqtt.agent"),
         )
 
     async def _session(self, client: aiomqtt.Client) -> None:
+        assert self.uploader is not None
+        await client.subscribe(wire.down_topic(self.identity.device_id, "#"), qos=1)
         await client.publish(self._topic("status"), self._status(online=True), qos=1, retain=True)
         hello = wire.Hello(
             conn=self._conn,
@@ -98,19 +156,22 @@ class Agent:
             capabilities=self._capabilities,
         )
         await client.publish(self._topic("hello"), wire.encode("hello", hello), qos=1)
+        await self._event("link.connected")
+
+        async def publish(topic: str, payload: bytes) -> None:
+            await client.publish(topic, payload, qos=1)
+
         try:
-            while True:
-                await asyncio.sleep(self.config.heartbeat_interval)
-                load = await asyncio.to_thread(self._sampler.sample)
-                beat = wire.Heartbeat(
-                    conn=self._conn,
-                    uptime_s=time.monotonic() - self._started,
-                    heartbeat_interval=self.config.heartbeat_interval,
-                    load=load,
-                )
-                await client.publish(
-                    self._topic("heartbeat"), wire.encode("heartbeat", beat), qos=1
-                )
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._heartbeats(client), name="agent.heartbeats")
+                tasks.create_task(self._receive(client), name="agent.receive")
+                tasks.create_task(self.uploader.run(publish), name="agent.uploader")
+        except BaseExceptionGroup as group:
+            # A lost link surfaces from whichever task noticed first; report it plainly.
+            lost = group.subgroup(aiomqtt.MqttError)
+            if lost is None:
+                raise
+            raise lost.exceptions[0] from group
         except asyncio.CancelledError:
             # A clean stop sends no will: say goodbye ourselves so the hub knows at once.
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -121,6 +182,46 @@ class Agent:
                     GOODBYE_TIMEOUT_S,
                 )
             raise
+
+    async def _heartbeats(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            load = await asyncio.to_thread(self._sampler.sample)
+            beat = wire.Heartbeat(
+                conn=self._conn,
+                uptime_s=time.monotonic() - self._started,
+                heartbeat_interval=self.config.heartbeat_interval,
+                load=load,
+            )
+            await client.publish(self._topic("heartbeat"), wire.encode("heartbeat", beat), qos=1)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        assert self.uploader is not None
+        async for message in client.messages:
+            try:
+                _, _, kind = wire.parse_topic(message.topic.value)
+                envelope = wire.decode(message.payload, kinds=wire.DOWN_KINDS, expected_kind=kind)
+            except wire.WireError as exc:
+                logger.warning("ignored a message on %s: %s", message.topic.value, exc)
+                continue
+            if isinstance(envelope.body, wire.Ack):
+                await self.uploader.on_ack(envelope.body)
+
+    async def _own_metrics(self) -> None:
+        """Write the device's load to the metrics stream, online or not."""
+        while True:
+            await asyncio.sleep(self.config.metrics_interval)
+            load = await asyncio.to_thread(self._sampler.sample)
+            assert self.store is not None
+            with contextlib.suppress(StreamFullError):  # metrics roll up; never refused
+                await self.store.append("metrics", [dataclasses.asdict(load)])
+
+    async def _event(self, name: str, **details: Any) -> None:
+        assert self.store is not None
+        try:
+            await self.store.append("events", [{"event": name, **details}])
+        except StreamFullError as exc:
+            logger.warning("event %s not recorded: %s", name, exc.reason)
 
     def _topic(self, kind: str) -> str:
         return wire.up_topic(self.identity.device_id, kind)

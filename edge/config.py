@@ -2,12 +2,70 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from edge.pacing import parse_windows
 from outpost import schema
 from outpost.settings import check_log_level, parse_broker_url
 
 SECTION = "agent"
+
+
+@dataclass(frozen=True)
+class StreamBounds:
+    """Limits of one upload stream; 0 turns a limit off."""
+
+    max_records: int = schema.setting(100_000, help="records kept unsent, at most", min=0)
+    max_bytes: int = schema.setting(64 << 20, help="bytes kept unsent, at most", min=0)
+    max_age_s: float = schema.setting(
+        0.0, help="records older than this are dropped and counted as expired (0: never)", min=0
+    )
+
+
+def _bounds(records: int, size: int, age: float) -> StreamBounds:
+    return StreamBounds(max_records=records, max_bytes=size, max_age_s=age)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Per-stream limits: results and events are refused when full, metrics roll up."""
+
+    results: StreamBounds = field(
+        default_factory=lambda: _bounds(100_000, 64 << 20, 0.0),
+        metadata={"help": "bounds of the results stream"},
+    )
+    events: StreamBounds = field(
+        default_factory=lambda: _bounds(50_000, 16 << 20, 0.0),
+        metadata={"help": "bounds of the events stream"},
+    )
+    metrics: StreamBounds = field(
+        default_factory=lambda: _bounds(50_000, 16 << 20, 14 * 86400.0),
+        metadata={"help": "bounds of the metrics stream"},
+    )
+
+
+@dataclass(frozen=True)
+class Sync:
+    """How the agent drains its store to the hub."""
+
+    batch_records: int = schema.setting(
+        500, help="records per upload message, at most", min=1, max=1000
+    )
+    batch_bytes: int = schema.setting(
+        64 * 1024, help="bytes per upload message, about", min=1024, max=200 * 1024
+    )
+    in_flight: int = schema.setting(
+        4, help="upload messages sent but not acknowledged", min=1, max=64
+    )
+    ack_timeout_s: float = schema.setting(
+        15.0, help="resend unacknowledged batches after this long", min=0.5
+    )
+    rate_bytes_per_s: int = schema.setting(
+        0, help="upload rate cap for metered links, bytes/s (0: none)", min=0
+    )
+    windows: list[str] = schema.setting(
+        [], help='local times to sync, e.g. ["01:00-05:00"]; empty: always'
+    )
 
 
 @dataclass(frozen=True)
@@ -16,6 +74,9 @@ class AgentConfig:
 
     heartbeat_interval: float = schema.setting(
         10.0, help="seconds between heartbeats", min=0.2, max=3600
+    )
+    metrics_interval: float = schema.setting(
+        60.0, help="seconds between the agent's own metrics records", min=0.2, max=86400
     )
     keepalive: int = schema.setting(
         30, help="MQTT keepalive, seconds: how soon the broker notices a cut link", min=5, max=3600
@@ -29,9 +90,21 @@ class AgentConfig:
     broker: str = schema.setting(
         "", help="override the broker given at enrollment, mqtts://HOST:PORT", max_len=256
     )
+    local_port: int = schema.setting(
+        0,
+        help="also serve the local API on 127.0.0.1:PORT (0: Unix socket only)",
+        min=0,
+        max=65535,
+    )
     log_level: str = schema.setting("info", help="debug, info, warning or error", max_len=16)
+    bounds: Bounds = field(default_factory=Bounds, metadata={"help": "store bounds"})
+    sync: Sync = field(default_factory=Sync, metadata={"help": "draining to the hub"})
 
     def __post_init__(self) -> None:
         check_log_level(self.log_level, "agent.log_level")
         if self.broker:
             parse_broker_url(self.broker, "agent.broker")
+        try:
+            parse_windows(self.sync.windows)
+        except ValueError as exc:
+            raise schema.SchemaError("agent.sync.windows", str(exc)) from exc

@@ -52,6 +52,20 @@ class DevicePaths:
     def config(self) -> Path:
         return self.root / "agent.toml"
 
+    @property
+    def store(self) -> Path:
+        return self.root / "store.db"
+
+    @property
+    def store_key(self) -> Path:
+        """AES-GCM key of the store, when the profile asks for encryption at rest."""
+        return self.root / "store.key"
+
+    @property
+    def socket(self) -> Path:
+        """The local API's Unix socket."""
+        return self.root / "agent.sock"
+
 
 @dataclass(frozen=True)
 class Identity:

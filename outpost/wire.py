@@ -16,7 +16,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgpack
 
@@ -122,15 +122,73 @@ class Status:
     online: bool = schema.setting(help="whether that connection is up")
 
 
-Body = Hello | Heartbeat | Status
+# Upload streams, in drain order: results matter most, metrics least.
+Stream = Literal["results", "events", "metrics"]
+STREAMS: Final[tuple[Stream, ...]] = ("results", "events", "metrics")
+MAX_BATCH_RECORDS: Final = 1000
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of an upload stream, numbered per device and stream at write time."""
+
+    seq: int = schema.setting(help="sequence number, from 1, per device and stream", min=1)
+    ts: float = schema.setting(help="when the device wrote it, epoch seconds", min=0)
+    body: Any = schema.setting(help="the record itself (a map)")
+
+
+@dataclass(frozen=True)
+class Records:
+    """A batch of one stream covering sequence numbers `from_seq`..`to_seq`.
+
+    Numbers in that range without a record were evicted or rolled up on the device (it
+    says so in its counters); the hub's high-water mark still moves past them. A batch
+    whose `from_seq` lies beyond the hub's mark + 1 is a gap: refused and re-requested.
+    """
+
+    stream: Stream = schema.setting(help="results, events or metrics")
+    from_seq: int = schema.setting(help="first sequence number covered", min=1)
+    to_seq: int = schema.setting(help="last sequence number covered", min=1)
+    records: list[Record] = schema.setting(
+        help="the records, in increasing seq order", max_len=MAX_BATCH_RECORDS
+    )
+
+    def __post_init__(self) -> None:
+        if self.to_seq < self.from_seq:
+            raise schema.SchemaError("records.body.to_seq", "must not be below from_seq")
+        previous = self.from_seq - 1
+        for record in self.records:
+            if not previous < record.seq <= self.to_seq:
+                raise schema.SchemaError(
+                    "records.body.records",
+                    f"seq {record.seq} out of order or outside {self.from_seq}..{self.to_seq}",
+                )
+            previous = record.seq
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The hub's cumulative acknowledgement: it holds every number up to `hwm`.
+
+    With `gap` set the hub refused a batch that started beyond `hwm` + 1: the device
+    must send again from `hwm` + 1.
+    """
+
+    stream: Stream = schema.setting(help="results, events or metrics")
+    hwm: int = schema.setting(help="highest sequence number the hub has stored", min=0)
+    gap: bool = schema.setting(False, help="a batch was refused: resend from hwm + 1")
+
+
+Body = Hello | Heartbeat | Status | Records | Ack
 
 # kind -> body type, for each direction. Both sides refuse kinds not listed here.
 UP_KINDS: Final[dict[str, type[Any]]] = {
     "hello": Hello,
     "heartbeat": Heartbeat,
     "status": Status,
+    "records": Records,
 }
-DOWN_KINDS: Final[dict[str, type[Any]]] = {}
+DOWN_KINDS: Final[dict[str, type[Any]]] = {"ack": Ack}
 
 
 # ---------------------------------------------------------------------------- envelope

@@ -1,0 +1,208 @@
+"""The agent's local store: upload streams kept in SQLite until the hub holds them.
+
+Producers `append`; their records get per-stream sequence numbers and are confirmed
+only once committed (group commit: appends that arrive together share one transaction
+and one fsync). The uploader reads `batch`es and applies the hub's `acknowledge`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import sqlite_utils
+
+from edge.store import streams, wear
+from edge.store.cipher import RecordCipher
+from edge.store.recovery import open_store
+from edge.store.streams import Appended, Bounds, Refused
+from outpost.sqlite import SerialDatabase
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AgentStore", "Appended", "Bounds", "RecordCipher", "StreamFullError"]
+
+STREAMS = ("results", "events", "metrics")
+MAX_GROUP_RECORDS = 5000  # appends committed together, at most
+EXPIRE_EVERY_S = 60.0
+
+
+class StreamFullError(Exception):
+    """The stream is full; new work is refused until the hub catches up."""
+
+    def __init__(self, stream: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stream = stream
+        self.reason = reason
+
+
+@dataclass
+class _Append:
+    stream: str
+    bodies: list[bytes]
+    done: asyncio.Future[Appended | Refused]
+
+
+class AgentStore:
+    """One writer thread, fed by a group-committing queue."""
+
+    def __init__(
+        self, path: Path, bounds: dict[str, Bounds], cipher: RecordCipher | None = None
+    ) -> None:
+        db, self.set_aside = open_store(path)
+        self._db = SerialDatabase(db, "agent")
+        self._bounds = bounds
+        self._cipher = cipher
+        self._queue: list[_Append] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._last_expire = 0.0
+        self.appended = asyncio.Event()  # set whenever new records are committed
+        self.path = path
+
+    async def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="agent.store-writer")
+
+    async def close(self) -> None:
+        """Commit what is queued, then close; safe to call twice."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+            if self._queue:
+                await self._commit_queued()
+        self._db.close()
+
+    # ---------------------------------------------------------------- producers
+
+    async def append(self, stream: str, bodies: Sequence[Any]) -> Appended:
+        """Store records; return their sequence numbers once they are on disk."""
+        if stream not in STREAMS:
+            raise ValueError(f"unknown stream {stream!r} (streams: {', '.join(STREAMS)})")
+        packed = [msgpack.packb(b, use_bin_type=True) for b in bodies]
+        done: asyncio.Future[Appended | Refused] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Append(stream, packed, done))
+        self._wake.set()
+        outcome = await done
+        if isinstance(outcome, Refused):
+            raise StreamFullError(stream, outcome.reason)
+        return outcome
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                await self._commit_queued()
+
+    async def _commit_queued(self) -> None:
+        group: list[_Append] = []
+        count = 0
+        while self._queue and count < MAX_GROUP_RECORDS:
+            item = self._queue.pop(0)
+            group.append(item)
+            count += len(item.bodies)
+        expire = time.monotonic() - self._last_expire > EXPIRE_EVERY_S
+        if expire:
+            self._last_expire = time.monotonic()
+        try:
+            outcomes = await self._db.run(self._commit, group, expire)
+        except Exception as exc:
+            for item in group:
+                if not item.done.done():
+                    item.done.set_exception(exc)
+            logger.exception("committing %d records failed", count)
+            return
+        for item, outcome in zip(group, outcomes, strict=True):
+            if not item.done.done():
+                item.done.set_result(outcome)
+        self.appended.set()
+
+    def _commit(
+        self, db: sqlite_utils.Database, group: list[_Append], expire: bool
+    ) -> list[Appended | Refused]:
+        before = wear.thread_bytes_written()
+        now = time.time()
+        with db.conn:
+            db.conn.execute("BEGIN IMMEDIATE")
+            outcomes = [
+                streams.append(
+                    db, item.stream, item.bodies, self._bounds[item.stream], self._cipher, now
+                )
+                for item in group
+            ]
+            if expire:
+                streams.expire(db, self._bounds, now)
+        after = wear.thread_bytes_written()
+        stored = sum(
+            len(i.bodies) for i, o in zip(group, outcomes, strict=True) if isinstance(o, Appended)
+        )
+        written = (
+            (after - before)
+            if before is not None and after is not None
+            else sum(len(b) for i in group for b in i.bodies)
+        )
+        # Recorded in the next transaction's company: a write of its own would cost a sync.
+        with db.conn:
+            streams.bump(db, "wear.bytes", written)
+            streams.bump(db, "wear.records", stored)
+        return outcomes
+
+    # ---------------------------------------------------------------- uploader
+
+    async def batch(
+        self, stream: str, after_seq: int, *, max_records: int, max_bytes: int
+    ) -> list[tuple[int, float, Any]]:
+        """The next records to send after `after_seq`: (seq, ts, body)."""
+        rows = await self._db.run(
+            streams.read_batch, stream, after_seq, max_records, max_bytes, self._cipher
+        )
+        return [(seq, ts, msgpack.unpackb(body)) for seq, ts, body in rows]
+
+    async def acknowledge(self, stream: str, hwm: int) -> int:
+        """The hub holds everything of `stream` up to `hwm`: forget it."""
+        return await self._db.run(self._acknowledge, stream, hwm)
+
+    @staticmethod
+    def _acknowledge(db: sqlite_utils.Database, stream: str, hwm: int) -> int:
+        with db.conn:
+            db.conn.execute("BEGIN IMMEDIATE")
+            return streams.acknowledge(db, stream, hwm)
+
+    async def cursors(self) -> dict[str, tuple[int, int]]:
+        """Per stream: (acknowledged seq, last assigned seq)."""
+        rows = await self._db.run(
+            lambda db: db.execute("SELECT stream, acked_seq, next_seq FROM streams").fetchall()
+        )
+        return {r["stream"]: (r["acked_seq"], r["next_seq"] - 1) for r in rows}
+
+    async def stats(self) -> dict[str, Any]:
+        """Fill of each stream and every counter (evictions, roll-ups, refusals, wear)."""
+        return await self._db.run(_stats)
+
+
+def _stats(db: sqlite_utils.Database) -> dict[str, Any]:
+    counters = {r["name"]: r["value"] for r in db.execute("SELECT * FROM counters").fetchall()}
+    fill = {}
+    for r in db.execute("SELECT * FROM streams").fetchall():
+        oldest = db.execute(
+            "SELECT MIN(ts) FROM records WHERE stream = ?", (r["stream"],)
+        ).fetchone()[0]
+        fill[r["stream"]] = {
+            "records": r["records"],
+            "bytes": r["bytes"],
+            "oldest_ts": oldest,
+            "acked_seq": r["acked_seq"],
+            "last_seq": r["next_seq"] - 1,
+        }
+    records = counters.get("wear.records", 0)
+    per_record = counters.get("wear.bytes", 0) / records if records else 0.0
+    return {"streams": fill, "counters": counters, "bytes_written_per_record": per_record}

@@ -1,0 +1,230 @@
+"""The upload streams' SQL: append with bounds, read batches, apply acks, roll up metrics.
+
+Every function runs on the store's single writer thread, inside one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import sqlite_utils
+
+from edge.store.cipher import RecordCipher
+
+ROLLUP_GROUP = 10  # metrics records merged into one when the stream is full
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Limits of one stream; 0 means no limit of that kind."""
+
+    max_records: int
+    max_bytes: int
+    max_age_s: float
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Sequence numbers given to an append."""
+
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An append refused because its stream is full; `reason` says so plainly."""
+
+    reason: str
+
+
+def bump(db: sqlite_utils.Database, name: str, by: int = 1) -> None:
+    db.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        (name, by),
+    )
+
+
+def append(
+    db: sqlite_utils.Database,
+    stream: str,
+    bodies: Sequence[bytes],
+    bounds: Bounds,
+    cipher: RecordCipher | None,
+    now: float,
+) -> Appended | Refused:
+    """Number and store `bodies` (packed), or refuse them when a precious stream is full."""
+    row = db.execute("SELECT * FROM streams WHERE stream = ?", (stream,)).fetchone()
+    size = sum(len(b) for b in bodies)
+    if _over(bounds, row["records"] + len(bodies), row["bytes"] + size):
+        if stream != "metrics":
+            bump(db, f"refused.{stream}", len(bodies))
+            return Refused(
+                f"the {stream} stream is full ({row['records']} records, {row['bytes']} bytes "
+                f"waiting for the hub; limits {bounds.max_records} records, "
+                f"{bounds.max_bytes} bytes): refusing new work until it drains"
+            )
+        _make_room(db, bounds, len(bodies), size, cipher)
+        row = db.execute("SELECT * FROM streams WHERE stream = ?", (stream,)).fetchone()
+    first = row["next_seq"]
+    rows = []
+    for seq, body in enumerate(bodies, start=first):
+        stored = cipher.seal(stream, seq, body) if cipher else body
+        rows.append((stream, seq, now, stored))
+    db.conn.executemany("INSERT INTO records (stream, seq, ts, body) VALUES (?, ?, ?, ?)", rows)
+    stored_size = sum(len(r[3]) for r in rows)
+    db.execute(
+        "UPDATE streams SET next_seq = ?, records = records + ?, bytes = bytes + ? "
+        "WHERE stream = ?",
+        (first + len(bodies), len(bodies), stored_size, stream),
+    )
+    return Appended(first, first + len(bodies) - 1)
+
+
+def _over(bounds: Bounds, records: int, size: int) -> bool:
+    return bool(
+        (bounds.max_records and records > bounds.max_records)
+        or (bounds.max_bytes and size > bounds.max_bytes)
+    )
+
+
+def _make_room(
+    db: sqlite_utils.Database, bounds: Bounds, records: int, size: int, cipher: RecordCipher | None
+) -> None:
+    """Roll up the oldest metrics, then evict the oldest, until `records`/`size` fit."""
+    rollup(db, cipher)
+    row = db.execute("SELECT records, bytes FROM streams WHERE stream = 'metrics'").fetchone()
+    while _over(bounds, row["records"] + records, row["bytes"] + size) and row["records"]:
+        excess = max(1, row["records"] + records - (bounds.max_records or row["records"]))
+        _delete_oldest(db, "metrics", max(excess, row["records"] // 10), "evicted.metrics")
+        row = db.execute("SELECT records, bytes FROM streams WHERE stream = 'metrics'").fetchone()
+
+
+def rollup(db: sqlite_utils.Database, cipher: RecordCipher | None) -> int:
+    """Merge the oldest half of the not-yet-rolled metrics, `ROLLUP_GROUP` at a time,
+    into records holding count, mean, min and max of each numeric field."""
+    (total,) = db.execute(
+        "SELECT COUNT(*) FROM records WHERE stream = 'metrics' AND rolled = 0"
+    ).fetchone()
+    rows = db.execute(
+        "SELECT seq, ts, body FROM records WHERE stream = 'metrics' AND rolled = 0 "
+        "ORDER BY seq LIMIT ?",
+        ((total // 2) // ROLLUP_GROUP * ROLLUP_GROUP,),
+    ).fetchall()
+    merged = 0
+    for start in range(0, len(rows), ROLLUP_GROUP):
+        group = rows[start : start + ROLLUP_GROUP]
+        bodies = [_unpack(r, cipher) for r in group]
+        last = group[-1]["seq"]
+        summary = msgpack.packb(_summarise(bodies, group[0]["ts"], group[-1]["ts"]))
+        stored = cipher.seal("metrics", last, summary) if cipher else summary
+        seqs = [r["seq"] for r in group]
+        freed = sum(len(r["body"]) for r in group)
+        db.conn.executemany(
+            "DELETE FROM records WHERE stream = 'metrics' AND seq = ?", [(s,) for s in seqs[:-1]]
+        )
+        db.execute(
+            "UPDATE records SET body = ?, rolled = 1 WHERE stream = 'metrics' AND seq = ?",
+            (stored, last),
+        )
+        db.execute(
+            "UPDATE streams SET records = records - ?, bytes = bytes - ? + ? "
+            "WHERE stream = 'metrics'",
+            (len(group) - 1, freed, len(stored)),
+        )
+        merged += len(group)
+    if merged:
+        bump(db, "rolled_up.metrics", merged)
+    return merged
+
+
+def _summarise(bodies: list[dict[str, Any]], first_ts: float, last_ts: float) -> dict[str, Any]:
+    numeric: dict[str, list[float]] = {}
+    for body in bodies:
+        for key, value in body.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                numeric.setdefault(key, []).append(value)
+    return {
+        "rollup": {"count": len(bodies), "from_ts": first_ts, "to_ts": last_ts},
+        "mean": {k: sum(v) / len(v) for k, v in numeric.items()},
+        "min": {k: min(v) for k, v in numeric.items()},
+        "max": {k: max(v) for k, v in numeric.items()},
+    }
+
+
+def _unpack(row: Any, cipher: RecordCipher | None) -> dict[str, Any]:
+    body = cipher.open("metrics", row["seq"], row["body"]) if cipher else row["body"]
+    value = msgpack.unpackb(body)
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _delete_oldest(db: sqlite_utils.Database, stream: str, count: int, counter: str) -> None:
+    rows = db.execute(
+        "SELECT seq, length(body) AS size FROM records WHERE stream = ? ORDER BY seq LIMIT ?",
+        (stream, count),
+    ).fetchall()
+    if not rows:
+        return
+    db.execute("DELETE FROM records WHERE stream = ? AND seq <= ?", (stream, rows[-1]["seq"]))
+    db.execute(
+        "UPDATE streams SET records = records - ?, bytes = bytes - ? WHERE stream = ?",
+        (len(rows), sum(r["size"] for r in rows), stream),
+    )
+    bump(db, counter, len(rows))
+
+
+def expire(db: sqlite_utils.Database, bounds: dict[str, Bounds], now: float) -> None:
+    """Drop records older than their stream's age limit, counting them as expired."""
+    for stream, limit in bounds.items():
+        if not limit.max_age_s:
+            continue
+        (n,) = db.execute(
+            "SELECT COUNT(*) FROM records WHERE stream = ? AND ts < ?",
+            (stream, now - limit.max_age_s),
+        ).fetchone()
+        if n:
+            _delete_oldest(db, stream, n, f"expired.{stream}")
+
+
+def read_batch(
+    db: sqlite_utils.Database,
+    stream: str,
+    after_seq: int,
+    max_records: int,
+    max_bytes: int,
+    cipher: RecordCipher | None,
+) -> list[tuple[int, float, bytes]]:
+    """The oldest records after `after_seq`, at most `max_records` and about `max_bytes`."""
+    rows = db.execute(
+        "SELECT seq, ts, body FROM records WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (stream, after_seq, max_records),
+    ).fetchall()
+    out: list[tuple[int, float, bytes]] = []
+    size = 0
+    for row in rows:
+        body = cipher.open(stream, row["seq"], row["body"]) if cipher else row["body"]
+        if out and size + len(body) > max_bytes:
+            break
+        out.append((row["seq"], row["ts"], body))
+        size += len(body)
+    return out
+
+
+def acknowledge(db: sqlite_utils.Database, stream: str, hwm: int) -> int:
+    """Delete what the hub holds (seq <= hwm); return how many records went."""
+    row = db.execute(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(length(body)), 0) AS size FROM records "
+        "WHERE stream = ? AND seq <= ?",
+        (stream, hwm),
+    ).fetchone()
+    db.execute("DELETE FROM records WHERE stream = ? AND seq <= ?", (stream, hwm))
+    db.execute(
+        "UPDATE streams SET acked_seq = MAX(acked_seq, ?), records = records - ?, "
+        "bytes = bytes - ? WHERE stream = ?",
+        (hwm, row["n"], row["size"], stream),
+    )
+    return int(row["n"])

@@ -1,0 +1,131 @@
+"""Drain the store to the hub: oldest first, results before events before metrics, in
+bounded batches with a bounded number in flight, deleting only what the hub acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from edge.config import Sync
+from edge.pacing import ByteRate, parse_windows, seconds_until_open
+from edge.store import AgentStore
+from outpost import wire
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+IDLE_CHECK_S = 1.0  # how often an idle uploader looks again (ack timeouts, windows)
+
+
+@dataclass
+class _InFlight:
+    stream: str
+    to_seq: int
+    sent_at: float
+
+
+class Uploader:
+    """One per agent; `run` drives it for the life of one MQTT connection."""
+
+    def __init__(self, store: AgentStore, device_id: str, sync: Sync) -> None:
+        self._store = store
+        self._topic = wire.up_topic(device_id, "records")
+        self._sync = sync
+        self._windows = parse_windows(sync.windows)
+        self._rate = ByteRate(sync.rate_bytes_per_s)
+        self._sent: dict[str, int] = {}
+        self._acked: dict[str, int] = {}
+        self._in_flight: list[_InFlight] = []
+        self._progress = asyncio.Event()
+        self.bytes_sent = 0
+
+    async def run(self, publish: Publish) -> None:
+        """Send until cancelled (the connection ended); resume from the last ack."""
+        cursors = await self._store.cursors()
+        self._acked = {s: acked for s, (acked, _) in cursors.items()}
+        self._sent = dict(self._acked)
+        self._in_flight.clear()
+        while True:
+            wait = seconds_until_open(self._windows, dt.datetime.now())
+            if wait:
+                logger.info("outside the sync windows; next opens in %.0f s", wait)
+                await asyncio.sleep(min(wait, 60.0))  # re-check: the clock may move
+                continue
+            self._resend_if_stalled()
+            sent = False
+            if len(self._in_flight) < self._sync.in_flight:
+                sent = await self._send_next(publish)
+            if not sent:
+                self._progress.clear()
+                self._store.appended.clear()
+                waiters = [
+                    asyncio.ensure_future(self._progress.wait()),
+                    asyncio.ensure_future(self._store.appended.wait()),
+                ]
+                try:
+                    await asyncio.wait(
+                        waiters, timeout=IDLE_CHECK_S, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for w in waiters:
+                        w.cancel()
+
+    async def on_ack(self, ack: wire.Ack) -> None:
+        """Apply the hub's acknowledgement: delete what it holds; resend after a gap."""
+        stream = ack.stream
+        if ack.hwm > self._acked.get(stream, 0):
+            await self._store.acknowledge(stream, ack.hwm)
+            self._acked[stream] = ack.hwm
+        self._in_flight = [
+            f for f in self._in_flight if not (f.stream == stream and f.to_seq <= ack.hwm)
+        ]
+        if ack.gap:
+            logger.warning(
+                "hub refused a gap in %s after %d; resending from there", stream, ack.hwm
+            )
+            self._sent[stream] = max(ack.hwm, self._acked.get(stream, 0))
+            self._in_flight = [f for f in self._in_flight if f.stream != stream]
+        self._progress.set()
+
+    async def _send_next(self, publish: Publish) -> bool:
+        for stream in wire.STREAMS:
+            after = self._sent.get(stream, 0)
+            rows = await self._store.batch(
+                stream,
+                after,
+                max_records=self._sync.batch_records,
+                max_bytes=self._sync.batch_bytes,
+            )
+            if not rows:
+                continue
+            body = wire.Records(
+                stream=stream,
+                from_seq=after + 1,
+                to_seq=rows[-1][0],
+                records=[wire.Record(seq=s, ts=t, body=b) for s, t, b in rows],
+            )
+            payload = wire.encode("records", body)
+            await self._rate.take(len(payload))
+            self._sent[stream] = body.to_seq
+            self._in_flight.append(_InFlight(stream, body.to_seq, time.monotonic()))
+            await publish(self._topic, payload)
+            self.bytes_sent += len(payload)
+            return True
+        return False
+
+    def _resend_if_stalled(self) -> None:
+        if not self._in_flight:
+            return
+        oldest = min(f.sent_at for f in self._in_flight)
+        if time.monotonic() - oldest > self._sync.ack_timeout_s:
+            logger.warning(
+                "no acknowledgement for %.0f s; resending from the last ack",
+                self._sync.ack_timeout_s,
+            )
+            self._sent = dict(self._acked)
+            self._in_flight.clear()
