@@ -159,7 +159,7 @@ async def test_sealed_bodies_are_unreadable_on_disk_and_bound_to_their_place(
     # Swap the two sealed bodies: each is bound to its own sequence number.
     await store.close()
     with sqlite3.connect(tmp_path / "store.db") as db:
-        one, two = (r[0] for r in db.execute("SELECT body FROM records ORDER BY seq"))
+        _one, two = (r[0] for r in db.execute("SELECT body FROM records ORDER BY seq"))
         db.execute("UPDATE records SET body = ? WHERE seq = 1", (two,))
     reopened = make_store(cipher=True)
     with pytest.raises(InvalidTag):
