@@ -42,10 +42,12 @@ class Uploader:
         self._acked: dict[str, int] = {}
         self._in_flight: list[_InFlight] = []
         self._progress = asyncio.Event()
+        self._aligned: set[str] = set()
         self.bytes_sent = 0
 
     async def run(self, publish: Publish) -> None:
         """Send until cancelled (the connection ended); resume from the last ack."""
+        await self._wait_aligned()
         cursors = await self._store.cursors()
         self._acked = {s: acked for s, (acked, _) in cursors.items()}
         self._sent = dict(self._acked)
@@ -75,9 +77,35 @@ class Uploader:
                     for w in waiters:
                         w.cancel()
 
+    async def _wait_aligned(self) -> None:
+        """Send nothing from a fresh store until the hub said where its numbers stand.
+
+        The hub answers every hello with its mark for each stream; `on_ack` aligns.
+        """
+        self._aligned = await self._store.aligned()
+        while not self._aligned.issuperset(wire.STREAMS):
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), self._sync.ack_timeout_s)
+            except TimeoutError:
+                logger.warning(
+                    "the hub has not said where %s stand; still waiting",
+                    ", ".join(sorted(set(wire.STREAMS) - self._aligned)),
+                )
+
     async def on_ack(self, ack: wire.Ack) -> None:
         """Apply the hub's acknowledgement: delete what it holds; resend after a gap."""
         stream = ack.stream
+        if stream not in self._aligned:
+            shift = await self._store.align(stream, ack.hwm)
+            self._aligned.add(stream)
+            if shift:
+                logger.warning(
+                    "the hub holds %s up to %d from an earlier store; numbering "
+                    "this store's records after it",
+                    stream,
+                    ack.hwm,
+                )
         if ack.hwm > self._acked.get(stream, 0):
             await self._store.acknowledge(stream, ack.hwm)
             self._acked[stream] = ack.hwm
@@ -88,7 +116,9 @@ class Uploader:
             logger.warning(
                 "hub refused a gap in %s after %d; resending from there", stream, ack.hwm
             )
-            self._sent[stream] = max(ack.hwm, self._acked.get(stream, 0))
+            # From the hub's mark, even below our own ack (a hub restored from a
+            # backup): the batch then covers numbers we no longer hold, and says so.
+            self._sent[stream] = ack.hwm
             self._in_flight = [f for f in self._in_flight if f.stream != stream]
         self._progress.set()
 

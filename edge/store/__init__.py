@@ -177,6 +177,19 @@ class AgentStore:
             db.conn.execute("BEGIN IMMEDIATE")
             return streams.acknowledge(db, stream, hwm)
 
+    async def align(self, stream: str, hub_hwm: int) -> int:
+        """Renumber a fresh stream after the hub's mark (see `streams.align`)."""
+        return await self._db.run(self._align, stream, hub_hwm)
+
+    def _align(self, db: sqlite_utils.Database, stream: str, hub_hwm: int) -> int:
+        with db.conn:
+            db.conn.execute("BEGIN IMMEDIATE")
+            return streams.align(db, stream, hub_hwm, self._cipher)
+
+    async def aligned(self) -> set[str]:
+        """Streams whose numbering already follows the hub's."""
+        return await self._db.run(streams.aligned_streams)
+
     async def cursors(self) -> dict[str, tuple[int, int]]:
         """Per stream: (acknowledged seq, last assigned seq)."""
         rows = await self._db.run(

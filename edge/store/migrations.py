@@ -37,4 +37,15 @@ def _m001_streams(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
 
 
-MIGRATIONS: list[Migration] = [("001_streams", _m001_streams)]
+def _m002_alignment(db: sqlite_utils.Database) -> None:
+    # A store starts unaligned: its numbering begins at 1, but the hub may hold numbers
+    # of an earlier store of this device (one set aside as damaged, say). The first
+    # acknowledgements after connecting align it; until then nothing is sent.
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta (key, value) VALUES ('aligned', '')")
+
+
+MIGRATIONS: list[Migration] = [
+    ("001_streams", _m001_streams),
+    ("002_alignment", _m002_alignment),
+]

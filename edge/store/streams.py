@@ -228,3 +228,42 @@ def acknowledge(db: sqlite_utils.Database, stream: str, hwm: int) -> int:
         (hwm, row["n"], row["size"], stream),
     )
     return int(row["n"])
+
+
+def aligned_streams(db: sqlite_utils.Database) -> set[str]:
+    (value,) = db.execute("SELECT value FROM meta WHERE key = 'aligned'").fetchone()
+    return set(filter(None, value.split(",")))
+
+
+def align(db: sqlite_utils.Database, stream: str, hub_hwm: int, cipher: RecordCipher | None) -> int:
+    """Number this stream after what the hub already holds (once per store).
+
+    A fresh store numbers from 1; if the hub holds numbers up to `hub_hwm` from an
+    earlier store of this device, every record moves up by the difference, so the hub
+    takes it as new instead of as a duplicate. Returns the shift.
+    """
+    done = aligned_streams(db)
+    if stream in done:
+        return 0
+    row = db.execute("SELECT acked_seq FROM streams WHERE stream = ?", (stream,)).fetchone()
+    shift: int = max(0, hub_hwm - row["acked_seq"])
+    if shift:
+        rows = db.execute(
+            "SELECT seq, body FROM records WHERE stream = ? ORDER BY seq DESC", (stream,)
+        ).fetchall()
+        for r in rows:  # highest first: a moved number never meets one not yet moved
+            body = r["body"]
+            if cipher:
+                body = cipher.seal(stream, r["seq"] + shift, cipher.open(stream, r["seq"], body))
+            db.execute(
+                "UPDATE records SET seq = ?, body = ? WHERE stream = ? AND seq = ?",
+                (r["seq"] + shift, body, stream, r["seq"]),
+            )
+        db.execute(
+            "UPDATE streams SET next_seq = next_seq + ?, acked_seq = ? WHERE stream = ?",
+            (shift, hub_hwm, stream),
+        )
+    db.execute(
+        "UPDATE meta SET value = ? WHERE key = 'aligned'", (",".join(sorted(done | {stream})),)
+    )
+    return shift

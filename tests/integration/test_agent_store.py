@@ -180,3 +180,21 @@ async def test_group_commit_keeps_bytes_written_per_record_low(make_store: Store
     together = (await grouped.stats())["bytes_written_per_record"]
     assert alone > 0
     assert together < alone / 5, (alone, together)
+
+
+async def test_a_fresh_store_numbers_after_what_the_hub_already_holds(
+    make_store: StoreMaker,
+) -> None:
+    store = make_store(cipher=True)
+    await store.start()
+    await store.append("results", [{"n": n} for n in range(3)])
+
+    shift = await store.align("results", 500)  # the hub holds 1..500 of an earlier store
+    again = await store.align("results", 900)  # only once per store
+    await store.append("results", [{"n": 3}])
+    rows = await store.batch("results", 0, max_records=10, max_bytes=1 << 20)
+
+    assert (shift, again) == (500, 0)
+    assert [(seq, body["n"]) for seq, _, body in rows] == [(501, 0), (502, 1), (503, 2), (504, 3)]
+    assert (await store.cursors())["results"] == (500, 504)
+    assert await store.aligned() == {"results"}
