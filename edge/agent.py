@@ -118,6 +118,7 @@ class Agent:
             "connection": self.link.state,
             "uptime_s": time.monotonic() - self._started,
             "store": await self.store.stats(),
+            "sync": {"bytes_sent": self.uploader.bytes_sent if self.uploader else 0},
         }
 
     def _make_client(self) -> aiomqtt.Client:

@@ -40,11 +40,16 @@ def hub_paths(tmp_path: Path, hub_settings: str) -> HubPaths:
     return paths
 
 
+# The task running each fixture hub, so a test can stop its hub early (a restart test).
+HUB_TASKS: dict[int, asyncio.Task[None]] = {}
+
+
 @pytest.fixture
 async def hub(hub_paths: HubPaths) -> AsyncIterator[Hub]:
     """A running hub, connected to its own broker."""
     running = Hub(hub_paths, load_config(hub_paths.root))
     task = asyncio.create_task(running.run(), name="test-hub")
+    HUB_TASKS[id(running)] = task
     ready = asyncio.create_task(running.ready.wait())
     done, _ = await asyncio.wait({task, ready}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
@@ -57,6 +62,7 @@ async def hub(hub_paths: HubPaths) -> AsyncIterator[Hub]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    del HUB_TASKS[id(running)]
 
 
 Enroller = Callable[..., Awaitable[tuple[DevicePaths, Identity]]]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.bench import bench_api, bench_codec, bench_footprint, bench_ingest
+from tests.bench import bench_api, bench_codec, bench_footprint, bench_ingest, bench_store
 from tests.bench.common import HEADER
 
 
@@ -21,6 +21,7 @@ def main() -> None:
         root = Path(tmp)
         for result in [
             *bench_codec.run(),
+            *bench_store.run(root / "store"),
             *bench_ingest.run(root / "ingest"),
             *bench_api.run(root / "api"),
             *bench_footprint.run(root / "footprint"),
