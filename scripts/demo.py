@@ -1,7 +1,11 @@
 """The local demo: a hub, its managed Mosquitto and three agents with different profiles.
 
-Everything lives in ./demo-data (made afresh each run). The fleet table refreshes until
-Ctrl-C (or --duration), then every process the demo started is stopped.
+Everything lives in ./demo-data (made afresh each run). Each site reaches the broker
+through a link the demo controls, and a program on every device keeps producing results.
+After a while the north site's link is cut: its agents go offline and keep everything in
+their stores; when the link returns they drain it, and the hub ends up with every result
+exactly once. The fleet table refreshes until Ctrl-C (or --duration), then every process
+the demo started is stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from hub.cli import render_fleet  # noqa: E402 - after the path tweak, for a plain checkout
 from hub.paths import HubPaths  # noqa: E402
+from scripts.demo_site import Background, Producer, SiteLink  # noqa: E402
 
 BIN = Path(sys.executable).parent
 AGENTS = [
@@ -36,6 +42,7 @@ AGENTS = [
     ("line-3-gateway", "x86-gateway", {"site": "south", "group": "lines"}),
 ]
 HEARTBEAT_S = 2.0
+CUT_AT_S, CUT_FOR_S = 12.0, 15.0  # when the north site's link goes down, and for how long
 
 
 def step(text: str) -> None:
@@ -118,6 +125,12 @@ def main() -> int:
         children.append(hub)
         wait_healthy(f"https://127.0.0.1:{web_port}", HubPaths(hub_dir).ca_cert, hub, hub_log)
 
+        background = Background()
+        links = {}
+        for site in sorted({labels["site"] for _, _, labels in AGENTS}):
+            links[site] = SiteLink(mqtt_port)
+            background.run(links[site].start())
+        devices: list[Device] = []
         for name, profile, labels in AGENTS:
             agent_dir = data / "agents" / name
             label_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
@@ -145,7 +158,8 @@ def main() -> int:
                 str(REPO / "firmware-configs" / f"{profile}.toml"),
             )
             token_file.unlink()
-            step(f"{name} ({profile}): {out.strip()}")
+            step(f"{name} ({profile}): {out.strip()}; its site link: {labels['site']}")
+            link = links[labels["site"]]
             children.append(
                 subprocess.Popen(
                     [
@@ -155,12 +169,20 @@ def main() -> int:
                         str(agent_dir),
                         "--heartbeat-interval",
                         str(HEARTBEAT_S),
+                        "--broker",
+                        f"mqtts://127.0.0.1:{link.port}",
                     ],
                     stdout=(logs / f"{name}.log").open("wb"),
                     stderr=subprocess.STDOUT,
                     cwd=REPO,
                 )
             )
+            producer = Producer(agent_dir / "agent.sock", name)
+            devices.append(Device(name, out.split()[2].rstrip(";"), labels["site"], producer))
+        for device in devices:
+            wait_socket(device.producer)
+            background.spawn(device.producer.run())
+        step("a program on each device posts 5 results a second to its agent's local API")
         token = run(
             str(BIN / "outpost-hub"),
             "token",
@@ -184,7 +206,7 @@ def main() -> int:
             f'$(cat {token_file})" {api.url}/api/v1/devices'
         )
         step("fleet (refreshing every second; Ctrl-C stops everything)")
-        show_fleet(api, args.duration, children)
+        show_fleet(api, args.duration, children, devices, links, background)
     except KeyboardInterrupt:
         print()
     finally:
@@ -211,6 +233,17 @@ class HubApi:
         items: list[dict[str, Any]] = json.loads(self.get("/api/v1/devices"))["items"]
         return items
 
+    def held(self, device_id: str) -> str:
+        """Results the hub holds for a device ("-" if it cannot say)."""
+        try:
+            streams = json.loads(self.get(f"/api/v1/devices/{device_id}/streams"))
+        except (OSError, ValueError):
+            return "-"
+        for item in streams.get("items", streams if isinstance(streams, list) else []):
+            if item.get("stream") == "results":
+                return str(item.get("records", "-"))
+        return "0"
+
     def message_counts(self) -> tuple[int, int]:
         accepted = rejected = 0
         for family in text_string_to_metric_families(self.get("/metrics").decode()):
@@ -225,10 +258,41 @@ class HubApi:
         return accepted, rejected
 
 
-def show_fleet(api: HubApi, duration: float, children: list[subprocess.Popen[bytes]]) -> None:
+@dataclass
+class Device:
+    name: str
+    device_id: str
+    site: str
+    producer: Producer
+
+
+def wait_socket(producer: Producer) -> None:
+    deadline = time.monotonic() + 20
+    while not Path(producer._socket).exists():
+        if time.monotonic() > deadline:
+            sys.exit(f"demo: {producer._socket} never appeared; see demo-data/logs")
+        time.sleep(0.1)  # polling for the agent's socket
+
+
+def show_fleet(
+    api: HubApi,
+    duration: float,
+    children: list[subprocess.Popen[bytes]],
+    devices: list[Device],
+    links: dict[str, SiteLink],
+    background: Background,
+) -> None:
     tty = sys.stdout.isatty()
     started = time.monotonic()
+    cut = links.get("north")
     while not duration or time.monotonic() - started < duration:
+        elapsed = time.monotonic() - started
+        if cut and cut.up and CUT_AT_S <= elapsed < CUT_AT_S + CUT_FOR_S:
+            background.call(cut.cut)
+            step(f"cutting the north site's link for {CUT_FOR_S:.0f} s")
+        elif cut and not cut.up and elapsed >= CUT_AT_S + CUT_FOR_S:
+            background.call(cut.restore)
+            step("the north site's link is back")
         table = render_fleet(api.devices(), now=time.time())
         accepted, rejected = api.message_counts()
         alive = sum(c.poll() is None for c in children)
@@ -239,9 +303,34 @@ def show_fleet(api: HubApi, duration: float, children: list[subprocess.Popen[byt
             f"({alive} of {len(children)} processes up; from GET {api.url}/api/v1/devices)"
         )
         print(table)
-        print(f"hub /metrics: {accepted} device messages accepted, {rejected} rejected", flush=True)
+        print(f"hub /metrics: {accepted} device messages accepted, {rejected} rejected")
+        print(store_and_forward(api, devices, links, background), flush=True)
         print()
         time.sleep(1)  # the demo's refresh period
+
+
+def store_and_forward(
+    api: HubApi, devices: list[Device], links: dict[str, SiteLink], background: Background
+) -> str:
+    rows = [("AGENT", "SITE LINK", "RESULTS CONFIRMED", "WAITING ON DEVICE", "HELD BY HUB")]
+    for d in devices:
+        try:
+            status = background.run(d.producer.status(), timeout=5)
+            waiting = str(status["store"]["streams"]["results"]["records"])
+        except Exception:  # the agent may be restarting; the table goes on
+            waiting = "?"
+        rows.append(
+            (
+                d.name,
+                "up" if links[d.site].up else "CUT",
+                str(d.producer.confirmed),
+                waiting,
+                api.held(d.device_id),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "store and forward:\n" + "\n".join(lines)
 
 
 def stop_all(children: list[subprocess.Popen[bytes]]) -> int:

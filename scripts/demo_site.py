@@ -1,0 +1,120 @@
+"""The demo's sites: a link per site that the demo can cut, and programs on each device
+that keep producing results, all on one background event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+
+class SiteLink:
+    """A TCP relay standing for a site's uplink: agents reach the broker through it."""
+
+    def __init__(self, broker_port: int) -> None:
+        self._broker_port = broker_port
+        self._up = True
+        self._pipes: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        self._up = False
+        for writer in list(self._pipes):
+            writer.transport.abort()
+
+    def restore(self) -> None:
+        self._up = True
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._up:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._broker_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._pipes |= {writer, up_writer}
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        self._pipes -= {writer, up_writer}
+
+    @staticmethod
+    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        sink.transport.abort()
+
+
+class Producer:
+    """A program on a device: posts a few results a second to the agent's local API."""
+
+    def __init__(self, socket: Path, name: str) -> None:
+        self._socket = socket
+        self._name = name
+        self.confirmed = 0
+        self.refused = 0
+
+    async def run(self) -> None:
+        rng = random.Random(self._name)  # noqa: S311 - made-up sensor readings
+        connector = aiohttp.UnixConnector(path=str(self._socket))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            n = 0
+            while True:
+                batch = [
+                    {"source": self._name, "n": n + i, "vibration_rms": round(rng.gauss(1, 0.2), 3)}
+                    for i in range(5)
+                ]
+                n += len(batch)
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.post(
+                        "http://agent/v1/records/results", json={"records": batch}
+                    ) as response:
+                        if response.status == 201:
+                            self.confirmed += len(batch)
+                        else:
+                            self.refused += len(batch)
+                await asyncio.sleep(1)  # the sensor's own pace
+
+    async def status(self) -> dict[str, Any]:
+        connector = aiohttp.UnixConnector(path=str(self._socket))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get("http://agent/v1/status") as response,
+        ):
+            body: dict[str, Any] = await response.json()
+            return body
+
+
+class Background:
+    """One event loop in a thread, for the links and producers of every site."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, Any], timeout: float = 10) -> Any:
+        """Run a coroutine on the background loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def call(self, fn: Any) -> None:
+        self.loop.call_soon_threadsafe(fn)
