@@ -229,3 +229,15 @@ class Agent:
 
     def _status(self, *, online: bool) -> bytes:
         return wire.encode("status", wire.Status(conn=self._conn, online=online))
+
+
+def store_report(stats: dict[str, Any]) -> wire.StoreReport:
+    """The heartbeat's view of the store's `stats`."""
+    return wire.StoreReport(
+        streams={
+            name: wire.StreamFill(records=f["records"], bytes=f["bytes"], oldest_ts=f["oldest_ts"])
+            for name, f in stats["streams"].items()
+        },
+        counters={k: int(v) for k, v in stats["counters"].items()},
+        bytes_written_per_record=float(stats["bytes_written_per_record"]),
+    )

@@ -29,17 +29,20 @@ class StoreClosedError(RuntimeError):
     """The store was used after it was closed."""
 
 
-def open_database(path: Path, *, synchronous: str = "NORMAL") -> sqlite_utils.Database:
+def open_database(
+    path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000
+) -> sqlite_utils.Database:
     """Open `path` in WAL mode with the given `synchronous` level.
 
     `check_same_thread=False` because the connection is made on the caller's thread but
-    used only from the store's one worker thread afterwards.
+    used only from the store's one worker thread afterwards. A write that finds the
+    database locked waits up to `busy_timeout_ms`, then fails ("database is locked").
     """
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     return sqlite_utils.Database(conn)
 
 

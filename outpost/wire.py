@@ -105,6 +105,28 @@ class Load:
 
 
 @dataclass(frozen=True)
+class StreamFill:
+    """How much of one upload stream waits on the device."""
+
+    records: int = schema.setting(help="records not yet acknowledged", min=0)
+    bytes: int = schema.setting(help="their size on disk", min=0)
+    oldest_ts: float | None = schema.setting(None, help="write time of the oldest, epoch s")
+
+
+@dataclass(frozen=True)
+class StoreReport:
+    """The device's store: fill per stream, what it dropped or refused, its flash wear."""
+
+    streams: dict[str, StreamFill] = schema.setting(help="fill per stream", max_len=8)
+    counters: dict[str, int] = schema.setting(
+        help="refused.*, rolled_up.*, evicted.*, expired.*, wear.* counts", max_len=64
+    )
+    bytes_written_per_record: float = schema.setting(
+        help="bytes the store wrote to disk per record appended", min=0
+    )
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """Sent every heartbeat interval while connected."""
 
@@ -112,6 +134,7 @@ class Heartbeat:
     uptime_s: float = schema.setting(help="seconds since the agent started", min=0)
     heartbeat_interval: float = schema.setting(help="seconds between heartbeats", min=0.1)
     load: Load = schema.setting(help="current load")
+    store: StoreReport | None = schema.setting(None, help="the local store, if it has one")
 
 
 @dataclass(frozen=True)

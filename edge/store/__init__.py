@@ -206,13 +206,14 @@ def _stats(db: sqlite_utils.Database) -> dict[str, Any]:
     counters = {r["name"]: r["value"] for r in db.execute("SELECT * FROM counters").fetchall()}
     fill = {}
     for r in db.execute("SELECT * FROM streams").fetchall():
-        oldest = db.execute(
-            "SELECT MIN(ts) FROM records WHERE stream = ?", (r["stream"],)
-        ).fetchone()[0]
+        # The lowest number is the oldest write; the primary key finds it at once.
+        first = db.execute(
+            "SELECT ts FROM records WHERE stream = ? ORDER BY seq LIMIT 1", (r["stream"],)
+        ).fetchone()
         fill[r["stream"]] = {
             "records": r["records"],
             "bytes": r["bytes"],
-            "oldest_ts": oldest,
+            "oldest_ts": first["ts"] if first else None,
             "acked_seq": r["acked_seq"],
             "last_seq": r["next_seq"] - 1,
         }
