@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 
+from hub.acks import LinkDownError
 from hub.api.context import ApiContext
 from hub.api.server import WebServer
 from hub.broker import BrokerSupervisor
@@ -45,7 +46,9 @@ class Hub:
                 f"{self.paths.root} is not a hub data folder: run `outpost-hub init` first"
             )
         async with contextlib.AsyncExitStack() as stack:
-            self.store = store = HubStore(self.paths.database)
+            self.store = store = HubStore(
+                self.paths.database, busy_timeout_ms=self.config.db_busy_timeout_ms
+            )
             stack.callback(store.close)
 
             if self.config.managed_broker:
@@ -67,7 +70,10 @@ class Hub:
                 store,
                 max_payload_bytes=self.config.max_payload_bytes,
                 outcomes=metrics.messages,
+                stored=metrics.records_stored,
+                acks=metrics.acks,
                 observe_batch=metrics.ingest_seconds.observe,
+                publish=self._publish,
             )
             context = await asyncio.to_thread(self._api_context, store, metrics)
             self.web = web = WebServer(self.paths, context)
@@ -80,6 +86,12 @@ class Hub:
                 tasks.create_task(self._liveness(store), name="hub.liveness")
                 self.ready.set()
                 logger.info("hub running (data %s)", self.paths.root)
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        """Publish through the link (made after the ingest that uses this)."""
+        if self.link is None:
+            raise LinkDownError("the hub has no link yet")
+        await self.link.publish(topic, payload)
 
     def _api_context(self, store: HubStore, metrics: HubMetrics) -> ApiContext:
         """Load keys and the CA for the web API (reads files: run in a thread)."""
@@ -97,8 +109,12 @@ class Hub:
         """Mark devices offline whose heartbeats stopped without a last will (a cut link)."""
         while True:
             await asyncio.sleep(LIVENESS_PERIOD_S)
-            silent = await store.expire_silent(
-                now=time.time(), intervals=self.config.offline_after_heartbeats
-            )
+            try:
+                silent = await store.expire_silent(
+                    now=time.time(), intervals=self.config.offline_after_heartbeats
+                )
+            except Exception as exc:  # a locked or read-only database: try next period
+                logger.warning("could not sweep for silent devices: %s", exc)
+                continue
             for device_id in silent:
                 logger.info("%s offline (no heartbeat)", device_id)

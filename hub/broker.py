@@ -121,6 +121,7 @@ class BrokerSupervisor:
 
     async def start(self) -> None:
         """Write the config, start Mosquitto and return once it accepts connections."""
+        self._stopping.clear()  # a supervisor may be started again after a stop
         self._program = find_program(self._program)
         self._conf = await asyncio.to_thread(
             write_config,

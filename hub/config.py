@@ -67,6 +67,12 @@ class HubConfig:
     auth_failures_per_min: int = schema.setting(
         30, help="failed authentications per minute from one address before 429", min=1
     )
+    db_busy_timeout_ms: int = schema.setting(
+        5000,
+        help="how long a database write waits for a lock held elsewhere before it fails, ms",
+        min=1,
+        max=600_000,
+    )
     log_level: str = schema.setting("info", help="debug, info, warning or error", max_len=16)
 
     def __post_init__(self) -> None:

@@ -1,9 +1,11 @@
-"""Validate every message a device sends and apply it to the registry, in batches.
+"""Validate every message a device sends and apply it to the store, in batches.
 
 A payload that breaks the wire contract is logged with its reason, counted and dropped.
-Valid messages of one batch are applied in one store call (a thread hop costs more than
-the SQL); if that call fails, each message is retried on its own so that one bad
-message cannot sink its neighbours. Nothing a device sends stops the next message.
+Presence messages of one batch are applied in one store call (a thread hop costs more
+than the SQL); if that call fails, each is retried on its own so that one bad message
+cannot sink its neighbours. Record uploads of the batch are stored in one more call, in
+one durable transaction, and only then acknowledged; hellos are answered with the
+device's marks. Nothing a device sends stops the next message.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from hub.store import ConnectionLost, HeartbeatSeen, HelloSeen, HubStore, PresenceEvent
+from hub.acks import AckSet, Publish, publish_all
+from hub.store import (
+    MAX_SEQ,
+    ConnectionLost,
+    HeartbeatSeen,
+    HelloSeen,
+    HubStore,
+    PresenceEvent,
+    Upload,
+)
 from outpost import wire
 
 logger = logging.getLogger(__name__)
@@ -29,14 +40,21 @@ class Ingest:
         *,
         max_payload_bytes: int,
         outcomes: collections.Counter[tuple[str, str]] | None = None,
+        stored: collections.Counter[str] | None = None,
+        acks: collections.Counter[str] | None = None,
         observe_batch: Callable[[float], None] = lambda seconds: None,
+        publish: Publish | None = None,
     ) -> None:
         self._store = store
         self._max_payload_bytes = max_payload_bytes
         self._observe_batch = observe_batch
+        self._publish = publish
         # Counts by (kind, outcome), exported as a Prometheus counter. Kinds outside the
         # wire contract count as "other", so a device cannot mint new series.
         self.outcomes = outcomes if outcomes is not None else collections.Counter()
+        # Records newly stored, by stream; acks by outcome (sent, dropped, failed).
+        self.stored = stored if stored is not None else collections.Counter()
+        self.acks = acks if acks is not None else collections.Counter()
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """Validate and apply one message; never raises."""
@@ -53,10 +71,28 @@ class Ingest:
     async def _handle_batch(self, messages: Sequence[tuple[str, bytes]]) -> None:
         now = time.time()
         events: list[tuple[str, PresenceEvent | None]] = []
+        uploads: list[tuple[str, wire.Records]] = []
+        greeted: list[str] = []  # devices whose hello asks where their streams stand
         for topic, payload in messages:
             envelope, device_id = self._validate(topic, payload)
-            if envelope is not None:
-                events.append((envelope.kind, _event(device_id, envelope, now)))
+            if envelope is None:
+                continue
+            if isinstance(envelope.body, wire.Records):
+                uploads.append((device_id, envelope.body))
+                continue
+            if isinstance(envelope.body, wire.Hello):
+                greeted.append(device_id)
+            events.append((envelope.kind, _event(device_id, envelope, now)))
+        await self._apply_presence(events)
+        acks = AckSet()
+        if uploads:
+            await self._store_uploads(uploads, now, acks)
+        if greeted:
+            await self._answer_hellos(greeted, acks)
+        if acks:
+            await publish_all(self._publish, acks.messages(), self.acks)
+
+    async def _apply_presence(self, events: list[tuple[str, PresenceEvent | None]]) -> None:
         presence = [(kind, event) for kind, event in events if event is not None]
         for kind, event in events:
             if event is None:  # nothing to store (an "online" status: hello says it all)
@@ -73,6 +109,51 @@ class Ingest:
             return
         for (kind, event), flipped in zip(presence, changed, strict=True):
             self._accepted(kind, event, flipped)
+
+    async def _store_uploads(
+        self, uploads: list[tuple[str, wire.Records]], now: float, acks: AckSet
+    ) -> None:
+        """Store every upload of the batch in one transaction; ack only what it holds.
+
+        No one-by-one retry as for presence: validated uploads cannot make the SQL fail,
+        so a failure is the database's (locked, read-only, full), which every retry would
+        meet again after the busy timeout. The devices resend what was not acked.
+        """
+        try:
+            applied = await self._store.apply_uploads(
+                [_upload(device_id, body) for device_id, body in uploads], now=now
+            )
+        except Exception:
+            self.outcomes[("records", "error")] += len(uploads)
+            logger.exception("storing %d record batches failed; acking none of them", len(uploads))
+            return
+        for (device_id, body), result in zip(uploads, applied, strict=True):
+            if result.gap:
+                self.outcomes[("records", "gap")] += 1
+                logger.info(
+                    "%s sent %s from %d but the hub holds up to %d: asked to resend",
+                    device_id,
+                    body.stream,
+                    body.from_seq,
+                    result.hwm,
+                )
+                acks.add(device_id, body.stream, result.hwm, refused_to=body.to_seq)
+                continue
+            self.outcomes[("records", "accepted")] += 1
+            self.stored[body.stream] += result.stored
+            acks.add(device_id, body.stream, result.hwm)
+
+    async def _answer_hellos(self, device_ids: list[str], acks: AckSet) -> None:
+        """Tell each greeting device the mark of every stream (0 for none yet): a fresh
+        agent store numbers its records after them and sends nothing until told."""
+        try:
+            marks = await self._store.stream_marks(device_ids)
+        except Exception:
+            logger.exception("reading the marks of %d devices failed", len(device_ids))
+            return
+        for device_id in device_ids:
+            for stream in wire.STREAMS:
+                acks.add(device_id, stream, marks.get((device_id, stream), 0))
 
     async def _one_by_one(self, presence: list[tuple[str, PresenceEvent]]) -> None:
         for kind, event in presence:
@@ -98,6 +179,8 @@ class Ingest:
                 expected_kind=kind,
                 max_bytes=self._max_payload_bytes,
             )
+            if isinstance(envelope.body, wire.Records) and envelope.body.to_seq > MAX_SEQ:
+                raise wire.WireError("schema", f"records.body.to_seq above {MAX_SEQ}")
         except wire.WireError as exc:
             label = kind if kind in wire.UP_KINDS else "other"
             self.outcomes[(label, f"rejected:{exc.reason}")] += 1
@@ -113,6 +196,16 @@ class Ingest:
             logger.info("%s offline (connection lost)", event.device_id)
         else:
             logger.info("%s online", event.device_id)
+
+
+def _upload(device_id: str, body: wire.Records) -> Upload:
+    return Upload(
+        device_id=device_id,
+        stream=body.stream,
+        from_seq=body.from_seq,
+        to_seq=body.to_seq,
+        records=[(r.seq, r.ts, r.body) for r in body.records],
+    )
 
 
 def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent | None:
@@ -134,6 +227,7 @@ def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent
             now=now,
             heartbeat_interval=body.heartbeat_interval,
             load=dataclasses.asdict(body.load),
+            store=dataclasses.asdict(body.store) if body.store else None,
         )
     if isinstance(body, wire.Status) and not body.online:
         return ConnectionLost(device_id=device_id, conn=body.conn, now=now)

@@ -10,6 +10,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from hub.acks import LinkDownError
 from hub.config import HubConfig
 from hub.ingest import Ingest
 from hub.paths import HUB_CLIENT_CN, HubPaths
@@ -70,6 +71,13 @@ class HubLink:
             address=f"{host}:{port}",
             backoff_cap=RECONNECT_CAP_S,
         )
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish QoS 1, not retained, through the live connection; `LinkDownError` if none."""
+        client = self.client
+        if client is None:
+            raise LinkDownError("the hub is not connected to the broker")
+        await client.publish(topic, payload, qos=1)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self.client = client

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from outpost import __version__
+from outpost import __version__, wire
 
 MAX_PROFILES = 20
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,6 +28,13 @@ class HubMetrics:
         self.registry = CollectorRegistry()
         # Device messages by (kind, outcome): the ingest counts, the scrape reads.
         self.messages: collections.Counter[tuple[str, str]] = collections.Counter()
+        # Records newly stored by stream, and acks by outcome: the ingest counts these too.
+        self.records_stored: collections.Counter[str] = collections.Counter(
+            dict.fromkeys(wire.STREAMS, 0)
+        )
+        self.acks: collections.Counter[str] = collections.Counter(
+            dict.fromkeys(("sent", "dropped", "failed"), 0)
+        )
         self.http_seconds = Histogram(
             "outpost_hub_http_request_seconds",
             "Time to answer an API request, by method, route template and status",
@@ -40,7 +47,7 @@ class HubMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=self.registry,
         )
-        self.fleet = _Fleet(self.messages, broker_restarts)
+        self.fleet = _Fleet(self.messages, self.records_stored, self.acks, broker_restarts)
         self.registry.register(self.fleet)
 
     def exposition(self, fleet_counts: list[tuple[bool, str, int]]) -> bytes:
@@ -55,9 +62,13 @@ class _Fleet(Collector):
     def __init__(
         self,
         outcomes: collections.Counter[tuple[str, str]],
+        records_stored: collections.Counter[str],
+        acks: collections.Counter[str],
         broker_restarts: Callable[[], int],
     ) -> None:
         self.outcomes = outcomes
+        self.records_stored = records_stored
+        self.acks = acks
         self.broker_restarts = broker_restarts
         self.counts: list[tuple[bool, str, int]] = []
 
@@ -73,12 +84,31 @@ class _Fleet(Collector):
 
         messages = CounterMetricFamily(
             "outpost_hub_messages",
-            "Device messages by kind and outcome (accepted, or rejected with its reason)",
+            "Device messages by kind and outcome (accepted, rejected with its reason; "
+            "record batches also gap or error)",
             labels=["kind", "outcome"],
         )
         for (kind, outcome), n in sorted(self.outcomes.items()):
             messages.add_metric([kind, outcome], n)
         yield messages
+
+        stored = CounterMetricFamily(
+            "outpost_hub_records_stored",
+            "Records stored by stream (replayed duplicates are not counted again)",
+            labels=["stream"],
+        )
+        for stream, n in sorted(self.records_stored.items()):
+            stored.add_metric([stream], n)
+        yield stored
+
+        acks = CounterMetricFamily(
+            "outpost_hub_acks",
+            "Acknowledgements to devices: sent, dropped (link down) or failed to publish",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(self.acks.items()):
+            acks.add_metric([outcome], n)
+        yield acks
 
         restarts = CounterMetricFamily(
             "outpost_hub_broker_restarts", "Times the hub restarted its managed Mosquitto"

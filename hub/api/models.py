@@ -3,13 +3,15 @@ out, and turned into the OpenAPI document's schemas."""
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from hub.apitokens import API_KEY_TTL_DEFAULT, Kind, Role
-from hub.store import ApiTokenRecord, AuditEntry, Device
-from outpost import schema
+from hub.store import ApiTokenRecord, AuditEntry, Device, StoredRecord, StreamCount
+from outpost import schema, wire
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class DeviceOut:
     agent_version: str | None = schema.setting(help="version of its agent")
     capabilities: dict[str, Any] = schema.setting(help="cores, memory, disk, accelerator")
     load: dict[str, Any] = schema.setting(help="CPU, memory, disk, RSS, temperature")
+    store: dict[str, Any] | None = schema.setting(
+        help="its local store: fill per stream, refusals, roll-ups, evictions, write wear"
+    )
     enrolled_at: float | None = schema.setting(help="enrollment time, epoch seconds")
     certificate: Certificate = schema.setting(help="its certificate")
 
@@ -72,6 +77,7 @@ class DeviceOut:
             agent_version=d.agent_version,
             capabilities=d.capabilities,
             load=d.load,
+            store=d.store,
             enrolled_at=d.enrolled_at,
             certificate=Certificate(d.cert_serial, d.cert_not_before, d.cert_not_after),
         )
@@ -82,6 +88,56 @@ class DevicePatch:
     """Changes to a device: labels are merged; a null value removes that label."""
 
     labels: dict[str, str | None] = schema.setting(help="labels to set (or remove with null)")
+
+
+@dataclass(frozen=True)
+class RecordOut:
+    """One record a device uploaded, as the hub holds it."""
+
+    seq: int = schema.setting(help="its sequence number in the device's stream")
+    ts: float = schema.setting(help="when the device wrote it, epoch seconds")
+    body: Any = schema.setting(help="the record (binary values as base64 text)")
+    received_at: float = schema.setting(help="when the hub stored it, epoch seconds")
+
+    @classmethod
+    def of(cls, r: StoredRecord) -> RecordOut:
+        return cls(r.seq, r.ts, _jsonable(r.body), r.received_at)
+
+
+@dataclass(frozen=True)
+class StreamOut:
+    """How much of one upload stream the hub holds for a device."""
+
+    stream: wire.Stream = schema.setting(help="results, events or metrics")
+    records: int = schema.setting(help="records held")
+    hwm: int = schema.setting(help="high-water mark: every number up to it was received")
+
+    @classmethod
+    def of(cls, stream: wire.Stream, count: StreamCount | None) -> StreamOut:
+        return cls(stream, count.records if count else 0, count.hwm if count else 0)
+
+
+@dataclass(frozen=True)
+class StreamsOut:
+    """Every upload stream of a device, in drain order."""
+
+    device_id: str = schema.setting(help="device id")
+    items: list[StreamOut] = schema.setting(help="results, events and metrics")
+
+
+def _jsonable(value: Any) -> Any:
+    """Make a msgpack value JSON-safe: bytes (values or keys) become base64 text."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or infinity
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)  # a msgpack extension type: shown, not interpreted
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api import admin, enroll, fleet, observe, openapi
+from hub.api import admin, enroll, fleet, observe, openapi, streams
 from hub.api.context import ApiContext
 from hub.api.errors import errors_as_json
 from hub.api.params import MAX_BODY
@@ -23,7 +23,12 @@ logger = logging.getLogger(__name__)
 
 def build_routes(ctx: ApiContext) -> list[Route]:
     """Every route of the API, from the one table the guard and the document share."""
-    routes: list[Route] = [*enroll.routes(ctx), *fleet.routes(ctx), *admin.routes(ctx)]
+    routes: list[Route] = [
+        *enroll.routes(ctx),
+        *fleet.routes(ctx),
+        *streams.routes(ctx),
+        *admin.routes(ctx),
+    ]
 
     @functools.cache
     def document() -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 The database, not memory, is the truth: every handler goes through `HubStore`, and each
 method is a whole unit of work, so several hub replicas could share one database. The
-SQL lives in one module per concern (devices, tokens, audit); this facade runs it on the
-store's single writer thread.
+SQL lives in one module per concern (devices, tokens, audit, records); this facade runs
+it on the store's single writer thread.
 """
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hub.store import audit, devices, tokens
+from hub.store import records as streams  # `records` is also a method name below
 from hub.store.audit import AuditEntry
 from hub.store.devices import ConnectionLost, Device, HeartbeatSeen, HelloSeen, PresenceEvent
 from hub.store.migrations import MIGRATIONS
+from hub.store.records import MAX_SEQ, Applied, StoredRecord, StreamCount, Upload
 from hub.store.tokens import ApiTokenRecord, TokenRefusedError
 from outpost.sqlite import SerialDatabase, migrate, open_database
 
 __all__ = [
+    "MAX_SEQ",
     "ApiTokenRecord",
+    "Applied",
     "AuditEntry",
     "ConnectionLost",
     "Device",
@@ -28,17 +32,20 @@ __all__ = [
     "HelloSeen",
     "HubStore",
     "PresenceEvent",
+    "StoredRecord",
+    "StreamCount",
     "TokenRefusedError",
+    "Upload",
 ]
 
 
 class HubStore:
-    """Registry, tokens and audit log, awaited from the event loop."""
+    """Registry, tokens, audit log and upload streams, awaited from the event loop."""
 
-    def __init__(self, path: Path) -> None:
-        # FULL: what the hub confirms (a used token, a new device) must survive a power
-        # cut. Soft state (presence) opts out per write, see `soft_state`.
-        db = open_database(path, synchronous="FULL")
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+        # FULL: what the hub confirms (a used token, a new device, an acked record) must
+        # survive a power cut. Soft state (presence) opts out per write, see `soft_state`.
+        db = open_database(path, synchronous="FULL", busy_timeout_ms=busy_timeout_ms)
         db.conn.row_factory = sqlite3.Row
         migrate(db, MIGRATIONS)
         self._db = SerialDatabase(db, "hub")
@@ -144,3 +151,24 @@ class HubStore:
 
     async def audit_log(self, *, before: int | None, limit: int) -> list[AuditEntry]:
         return await self._db.run(lambda db: audit.newest_first(db, before=before, limit=limit))
+
+    # ------------------------------------------------------------ upload streams
+
+    async def apply_uploads(self, uploads: Sequence[Upload], *, now: float) -> list[Applied]:
+        """Store batches of records (any devices) and move their marks in one durable
+        transaction, in order; return, for each, its mark and whether it was a gap."""
+        return await self._db.run(streams.apply_uploads, list(uploads), now)
+
+    async def stream_marks(self, device_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+        """The mark of each (device, stream) the hub holds anything of."""
+        return await self._db.run(streams.marks, list(device_ids))
+
+    async def records(
+        self, device_id: str, stream: str, *, after: int, limit: int
+    ) -> list[StoredRecord]:
+        """A page of a device's stream, in seq order, after the seq `after`."""
+        return await self._db.run(streams.page, device_id, stream, after, limit)
+
+    async def stream_counts(self, device_id: str) -> list[StreamCount]:
+        """Records held and mark per stream of a device (streams it never sent are absent)."""
+        return await self._db.run(streams.counts, device_id)

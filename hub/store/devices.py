@@ -33,6 +33,7 @@ class Device:
     cert_serial: str | None
     cert_not_before: float | None
     cert_not_after: float | None
+    store: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Device:
@@ -47,6 +48,7 @@ class Device:
             agent_version=row["agent_version"],
             capabilities=json.loads(row["capabilities"] or "{}"),
             load=json.loads(row["load"] or "{}"),
+            store=json.loads(row["store"]) if row["store"] else None,
             enrolled_at=row["enrolled_at"],
             cert_serial=row["cert_serial"],
             cert_not_before=row["cert_not_before"],
@@ -76,6 +78,7 @@ class HeartbeatSeen:
     now: float
     heartbeat_interval: float
     load: dict[str, Any]
+    store: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
 def _apply_heartbeat(db: sqlite_utils.Database, e: HeartbeatSeen) -> None:
     db.execute(
         """UPDATE devices SET online = 1, conn = ?, last_seen = ?, last_heartbeat = ?,
-               heartbeat_interval = ?, load = ?
+               heartbeat_interval = ?, load = ?, store = COALESCE(?, store)
            WHERE device_id = ?""",
         (
             e.conn,
@@ -173,6 +176,7 @@ def _apply_heartbeat(db: sqlite_utils.Database, e: HeartbeatSeen) -> None:
             e.now,
             e.heartbeat_interval,
             json.dumps(e.load, sort_keys=True),
+            json.dumps(e.store, sort_keys=True) if e.store is not None else None,
             e.device_id,
         ),
     )

@@ -67,4 +67,38 @@ def _m002_api(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX devices_profile ON devices (profile)")
 
 
-MIGRATIONS: list[Migration] = [("001_registry", _m001_registry), ("002_api", _m002_api)]
+def _m003_records(db: sqlite_utils.Database) -> None:
+    # WITHOUT ROWID: rows live in the primary key's b-tree, which is also the order every
+    # query reads them in (one device, one stream, by seq), so no second index is needed.
+    db.execute(
+        """CREATE TABLE records (
+            device_id TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            body BLOB NOT NULL,
+            received_at REAL NOT NULL,
+            PRIMARY KEY (device_id, stream, seq)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        """CREATE TABLE stream_marks (
+            device_id TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            hwm INTEGER NOT NULL,
+            PRIMARY KEY (device_id, stream)
+        ) WITHOUT ROWID"""
+    )
+
+
+def _m004_device_store(db: sqlite_utils.Database) -> None:
+    # The device's own store as its heartbeats report it: fill, drops, refusals, wear.
+    db.execute("ALTER TABLE devices ADD COLUMN store TEXT")
+
+
+MIGRATIONS: list[Migration] = [
+    ("001_registry", _m001_registry),
+    ("002_api", _m002_api),
+    ("003_records", _m003_records),
+    ("004_device_store", _m004_device_store),
+]

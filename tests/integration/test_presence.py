@@ -46,6 +46,9 @@ async def test_agent_is_online_within_two_seconds_and_sends_heartbeats(
     assert device.load["rss_bytes"] > 1 << 20
     assert 0 <= device.load["cpu_percent"] <= 100
     assert device.heartbeat_interval == pytest.approx(0.3)
+    assert device.store is not None, "the heartbeat's store report was not kept"
+    assert set(device.store["streams"]) == {"results", "events", "metrics"}
+    assert device.store["bytes_written_per_record"] > 0
 
 
 async def test_kill_9_marks_the_device_offline_within_seconds(

@@ -275,13 +275,19 @@ def test_every_setting_has_help_text(cls: type[Any]) -> None:
 
 
 def test_describe_lists_every_hub_and_agent_field() -> None:
-    assert {row[0] for row in schema.describe(AgentConfig)} == {
+    agent_keys = {row[0] for row in schema.describe(AgentConfig)}
+    assert {
         "heartbeat_interval",
         "keepalive",
         "reconnect_max_delay",
         "broker",
         "log_level",
-    }
+        "bounds.results.max_records",
+        "bounds.metrics.max_age_s",
+        "sync.rate_bytes_per_s",
+        "sync.windows",
+    } <= agent_keys
+    assert "bounds" not in agent_keys, "nested tables are flattened"
     hub_keys = {row[0] for row in schema.describe(HubConfig)}
     assert {"broker", "mqtt_port", "web_port", "log_level", "max_payload_bytes"} <= hub_keys
 
