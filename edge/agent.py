@@ -188,11 +188,13 @@ class Agent:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
             load = await asyncio.to_thread(self._sampler.sample)
+            assert self.store is not None
             beat = wire.Heartbeat(
                 conn=self._conn,
                 uptime_s=time.monotonic() - self._started,
                 heartbeat_interval=self.config.heartbeat_interval,
                 load=load,
+                store=store_report(await self.store.stats()),
             )
             await client.publish(self._topic("heartbeat"), wire.encode("heartbeat", beat), qos=1)
 
