@@ -9,7 +9,14 @@ from pathlib import Path
 
 import psutil
 
-from tests.bench import bench_api, bench_codec, bench_footprint, bench_ingest, bench_store
+from tests.bench import (
+    bench_api,
+    bench_codec,
+    bench_drain,
+    bench_footprint,
+    bench_ingest,
+    bench_store,
+)
 from tests.bench.common import HEADER
 
 
@@ -22,6 +29,7 @@ def main() -> None:
         for result in [
             *bench_codec.run(),
             *bench_store.run(root / "store"),
+            *bench_drain.run(root / "drain"),
             *bench_ingest.run(root / "ingest"),
             *bench_api.run(root / "api"),
             *bench_footprint.run(root / "footprint"),
