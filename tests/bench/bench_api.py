@@ -5,7 +5,6 @@ bytes, both over TLS with keep-alive from one client."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import ssl
 import time
@@ -14,11 +13,10 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from hub.app import Hub
 from hub.store import Device
 from outpost import tls
 from tests.api_client import ApiClient
-from tests.bench.common import Result, make_hub, per_second
+from tests.bench.common import Result, per_second, running_hub
 from tests.support import free_port
 
 N = 1_000
@@ -39,11 +37,8 @@ async def _requests(url: str, context: ssl.SSLContext, headers: dict[str, str]) 
 
 
 async def _run(root: Path) -> tuple[float, float]:
-    paths, config = make_hub(root)
-    hub = Hub(paths, config)
-    task = asyncio.create_task(hub.run())
-    try:
-        await asyncio.wait_for(hub.ready.wait(), 20)
+    async with running_hub(root) as hub:
+        paths, config = hub.paths, hub.config
         assert hub.store is not None
         for n in range(DEVICES):
             await hub.store.add_device(
@@ -95,10 +90,6 @@ async def _run(root: Path) -> tuple[float, float]:
             await runner.cleanup()
         assert json.loads(body)["items"]
         return ours, bare
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def run(root: Path) -> list[Result]:

@@ -15,22 +15,13 @@ import aiomqtt
 
 from edge.enroll import enroll
 from edge.identity import DevicePaths
-from hub.app import Hub
 from outpost import tls, wire
 from outpost.mqtt import NODELAY
-from tests.bench.common import Result, make_hub, per_second
+from tests.bench.common import RESULT, Result, make_hub, per_second, running_hub
 from tests.local_api import LocalClient
 from tests.support import PROFILES, AgentProcess, mint_token
 
 N = 20_000
-BODY = {
-    "model": "vibration-anomaly",
-    "label": "normal",
-    "confidence": 0.93,
-    "scores": [0.93, 0.05, 0.02],
-    "latency_ms": 1.7,
-    "input_id": "x" * 100,
-}
 IN_FLIGHT = 4
 PER_BATCH = 500
 
@@ -42,44 +33,39 @@ def _held(paths_db: Path) -> int:
 
 
 async def _ours(root: Path) -> tuple[float, float]:
-    paths, config = make_hub(root / "hub")
-    hub = Hub(paths, config)
-    task = asyncio.create_task(hub.run())
     agent = None
-    try:
-        await asyncio.wait_for(hub.ready.wait(), 20)
-        assert hub.broker is not None
-        device = DevicePaths(root / "device")
-        await enroll(await mint_token(hub), device, PROFILES / "x86-gateway.toml")
-        device.config.write_text(
-            f"[agent.sync]\nbatch_records = {PER_BATCH}\n"
-            f"in_flight = {IN_FLIGHT}\nbatch_bytes = 204800\n"
-        )
-        await hub.broker.stop()
-        agent = AgentProcess(device.root, heartbeat_interval=5, log=root / "agent.log")
-        while not device.socket.exists():
-            await asyncio.sleep(0.05)  # the benchmark's own wait for the socket
-        client = LocalClient(device.socket)
-        for _ in range(0, N, 1000):
-            status, _ = await client.append("results", [BODY] * 1000)
-            assert status == 201
-        per_record = (await client.status())["store"]["bytes_written_per_record"]
-        await client.close()
-        await hub.broker.start()
-        # Time the drain itself, from the first stored batch: the agent's reconnect
-        # back-off after the outage is not part of it.
-        while (first := await asyncio.to_thread(_held, paths.database)) == 0:
-            await asyncio.sleep(0.01)  # the benchmark's own poll of the hub database
-        start = time.perf_counter()
-        while await asyncio.to_thread(_held, paths.database) < N:
-            await asyncio.sleep(0.02)  # the benchmark's own poll of the hub database
-        return per_second(N - first, time.perf_counter() - start), per_record
-    finally:
-        if agent is not None:
-            agent.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with running_hub(root / "hub") as hub:
+        try:
+            paths = hub.paths
+            assert hub.broker is not None
+            device = DevicePaths(root / "device")
+            await enroll(await mint_token(hub), device, PROFILES / "x86-gateway.toml")
+            device.config.write_text(
+                f"[agent.sync]\nbatch_records = {PER_BATCH}\n"
+                f"in_flight = {IN_FLIGHT}\nbatch_bytes = 204800\n"
+            )
+            await hub.broker.stop()
+            agent = AgentProcess(device.root, heartbeat_interval=5, log=root / "agent.log")
+            while not device.socket.exists():
+                await asyncio.sleep(0.05)  # the benchmark's own wait for the socket
+            client = LocalClient(device.socket)
+            for _ in range(0, N, 1000):
+                status, _ = await client.append("results", [RESULT] * 1000)
+                assert status == 201
+            per_record = (await client.status())["store"]["bytes_written_per_record"]
+            await client.close()
+            await hub.broker.start()
+            # Time the drain itself, from the first stored batch: the agent's reconnect
+            # back-off after the outage is not part of it.
+            while (first := await asyncio.to_thread(_held, paths.database)) == 0:
+                await asyncio.sleep(0.01)  # the benchmark's own poll of the hub database
+            start = time.perf_counter()
+            while await asyncio.to_thread(_held, paths.database) < N:
+                await asyncio.sleep(0.02)  # the benchmark's own poll of the hub database
+            return per_second(N - first, time.perf_counter() - start), per_record
+        finally:
+            if agent is not None:
+                agent.stop()
 
 
 async def _bare(root: Path) -> float:
@@ -103,7 +89,7 @@ async def _bare(root: Path) -> float:
         payloads = []
         for first in range(1, N + 1, PER_BATCH):
             records = [
-                wire.Record(seq=s, ts=1.0, body=BODY) for s in range(first, first + PER_BATCH)
+                wire.Record(seq=s, ts=1.0, body=RESULT) for s in range(first, first + PER_BATCH)
             ]
             payloads.append(
                 wire.encode(

@@ -4,7 +4,6 @@ the agent's libraries imported (the floor every import adds to)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 import time
@@ -14,8 +13,7 @@ import psutil
 
 from edge.enroll import enroll
 from edge.identity import DevicePaths
-from hub.app import Hub
-from tests.bench.common import Result, make_hub
+from tests.bench.common import Result, running_hub
 from tests.support import PROFILES, AgentProcess, device_online, mint_token
 
 LIBRARIES = "import asyncio, ssl, aiomqtt, msgpack, sqlite_utils, psutil, aiohttp, cryptography"
@@ -33,27 +31,21 @@ def _rss_of(code: str) -> float:
 
 
 async def _agent_rss(root: Path) -> tuple[float, float]:
-    paths, config = make_hub(root / "hub")
-    hub = Hub(paths, config)
-    task = asyncio.create_task(hub.run())
     agent = None
-    try:
-        await asyncio.wait_for(hub.ready.wait(), 20)
-        device = DevicePaths(root / "device")
-        start = time.perf_counter()
-        identity = await enroll(await mint_token(hub), device, PROFILES / "raspberry-pi-4.toml")
-        enroll_ms = (time.perf_counter() - start) * 1000
-        agent = AgentProcess(device.root, heartbeat_interval=0.5, log=root / "agent.log")
-        while not await device_online(hub, identity.device_id):
-            await asyncio.sleep(0.05)  # the benchmark's own poll of the registry
-        await asyncio.sleep(SETTLE_S)  # let a few heartbeats pass
-        return psutil.Process(agent.process.pid).memory_info().rss / 2**20, enroll_ms
-    finally:
-        if agent is not None:
-            agent.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with running_hub(root / "hub") as hub:
+        try:
+            device = DevicePaths(root / "device")
+            start = time.perf_counter()
+            identity = await enroll(await mint_token(hub), device, PROFILES / "raspberry-pi-4.toml")
+            enroll_ms = (time.perf_counter() - start) * 1000
+            agent = AgentProcess(device.root, heartbeat_interval=0.5, log=root / "agent.log")
+            while not await device_online(hub, identity.device_id):
+                await asyncio.sleep(0.05)  # the benchmark's own poll of the registry
+            await asyncio.sleep(SETTLE_S)  # let a few heartbeats pass
+            return psutil.Process(agent.process.pid).memory_info().rss / 2**20, enroll_ms
+        finally:
+            if agent is not None:
+                agent.stop()
 
 
 def run(root: Path) -> list[Result]:

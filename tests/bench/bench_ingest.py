@@ -4,19 +4,17 @@ same mTLS Mosquitto: QoS 1, ~200 B payloads, a window of 100 publishes in flight
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from pathlib import Path
 
 import aiomqtt
 
-from hub.app import Hub
 from hub.broker import BrokerSupervisor
 from outpost import tls, wire
 from outpost.mqtt import NODELAY
 from tests.bench.bench_codec import BEAT
-from tests.bench.common import Result, device_cert, make_hub, per_second
+from tests.bench.common import Result, device_cert, make_hub, per_second, running_hub
 
 N = 5_000
 WINDOW = 100
@@ -86,14 +84,9 @@ async def _bare(root: Path) -> float:
 
 
 async def _through_hub(root: Path) -> float:
-    paths, config = make_hub(root)
-    hub = Hub(paths, config)
-    task = asyncio.create_task(hub.run())
-    try:
-        await asyncio.wait_for(hub.ready.wait(), 20)
-        assert hub.link is not None
+    async with running_hub(root) as hub:
+        paths, config = hub.paths, hub.config
         assert hub.ingest is not None
-        await asyncio.wait_for(hub.link.state.connected.wait(), 20)
         cert, key = device_cert(paths, DEVICE, root / "certs")
         device_ctx = tls.client_context(paths.ca_cert, cert, key)
         topic = wire.up_topic(DEVICE, "heartbeat")
@@ -105,10 +98,6 @@ async def _through_hub(root: Path) -> float:
             while ingest.outcomes[("heartbeat", "accepted")] < N:
                 await asyncio.sleep(0.01)  # the benchmark's own poll of the hub's counter
             return per_second(N, time.perf_counter() - start)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def run(root: Path) -> list[Result]:

@@ -12,19 +12,11 @@ from pathlib import Path
 import msgpack
 
 from edge.store import AgentStore, Bounds
-from tests.bench.common import Result, per_second
+from tests.bench.common import RESULT, Result, per_second
 
 N = 20_000
 PER_CALL = 100  # records per producer call (a local program posting a batch)
 PRODUCERS = 8
-RECORD = {
-    "model": "vibration-anomaly",
-    "label": "normal",
-    "confidence": 0.93,
-    "scores": [0.93, 0.05, 0.02],
-    "latency_ms": 1.7,
-    "input_id": "x" * 100,
-}
 
 
 def _bare(path: Path) -> float:
@@ -35,7 +27,7 @@ def _bare(path: Path) -> float:
         "CREATE TABLE records (stream TEXT, seq INTEGER, ts REAL, body BLOB, "
         "PRIMARY KEY (stream, seq)) WITHOUT ROWID"
     )
-    body = msgpack.packb(RECORD)
+    body = msgpack.packb(RESULT)
     start = time.perf_counter()
     for first in range(0, N, PER_CALL):
         db.execute("BEGIN")
@@ -56,7 +48,7 @@ async def _ours(path: Path) -> tuple[float, float]:
 
     async def producer(calls: int) -> None:
         for _ in range(calls):
-            await store.append("results", [RECORD] * PER_CALL)
+            await store.append("results", [RESULT] * PER_CALL)
 
     start = time.perf_counter()
     calls = N // PER_CALL // PRODUCERS

@@ -3,13 +3,16 @@ timing and the report table."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hub import pki
+from hub.app import Hub
 from hub.cli import load_config
 from hub.config import HubConfig
 from hub.initialise import initialise
@@ -72,3 +75,31 @@ def median_time(fn: Callable[[], object], *, repeat: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+@contextlib.asynccontextmanager
+async def running_hub(root: Path) -> AsyncIterator[Hub]:
+    """A hub in a fresh data folder, ready and connected to its broker; stopped after."""
+    paths, config = make_hub(root)
+    hub = Hub(paths, config)
+    task = asyncio.create_task(hub.run(), name="bench-hub")
+    try:
+        await asyncio.wait_for(hub.ready.wait(), 20)
+        assert hub.link is not None
+        await asyncio.wait_for(hub.link.state.connected.wait(), 20)
+        yield hub
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# A result as a local program would post it (~200 bytes packed).
+RESULT = {
+    "model": "vibration-anomaly",
+    "label": "normal",
+    "confidence": 0.93,
+    "scores": [0.93, 0.05, 0.02],
+    "latency_ms": 1.7,
+    "input_id": "x" * 100,
+}
