@@ -90,6 +90,15 @@ def main() -> int:
     parser.add_argument(
         "--data", type=Path, default=REPO / "demo-data", help="data folder (wiped and made afresh)"
     )
+    parser.add_argument(
+        "--cut-at",
+        type=float,
+        default=CUT_AT_S,
+        help="seconds into the fleet view when the north link is cut",
+    )
+    parser.add_argument(
+        "--cut-for", type=float, default=CUT_FOR_S, help="seconds the north link stays cut"
+    )
     args = parser.parse_args()
 
     data: Path = args.data
@@ -206,7 +215,8 @@ def main() -> int:
             f'$(cat {token_file})" {api.url}/api/v1/devices'
         )
         step("fleet (refreshing every second; Ctrl-C stops everything)")
-        show_fleet(api, args.duration, children, devices, links, background)
+        outage = (args.cut_at, args.cut_at + args.cut_for)
+        show_fleet(api, args.duration, children, devices, links, background, outage)
     except KeyboardInterrupt:
         print()
     finally:
@@ -281,16 +291,17 @@ def show_fleet(
     devices: list[Device],
     links: dict[str, SiteLink],
     background: Background,
+    outage: tuple[float, float],
 ) -> None:
     tty = sys.stdout.isatty()
     started = time.monotonic()
     cut = links.get("north")
     while not duration or time.monotonic() - started < duration:
         elapsed = time.monotonic() - started
-        if cut and cut.up and CUT_AT_S <= elapsed < CUT_AT_S + CUT_FOR_S:
+        if cut and cut.up and outage[0] <= elapsed < outage[1]:
             background.call(cut.cut)
-            step(f"cutting the north site's link for {CUT_FOR_S:.0f} s")
-        elif cut and not cut.up and elapsed >= CUT_AT_S + CUT_FOR_S:
+            step(f"cutting the north site's link for {outage[1] - outage[0]:.0f} s")
+        elif cut and not cut.up and elapsed >= outage[1]:
             background.call(cut.restore)
             step("the north site's link is back")
         table = render_fleet(api.devices(), now=time.time())

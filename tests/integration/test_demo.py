@@ -1,4 +1,5 @@
-"""The README's demo, run for a few seconds: three agents enroll, come online, all stop."""
+"""The README's demo, run for a short while: three agents enroll and come online, the
+north site's link is cut and restored, its backlog drains, and everything stops."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ from tests.support import REPO
 def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> None:
     data = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "demo.py"), "--duration", "5", "--data", str(data)],
+        [
+            sys.executable,
+            str(REPO / "scripts" / "demo.py"),
+            "--duration",
+            "26",
+            "--cut-at",
+            "3",
+            "--cut-for",
+            "5",
+            "--data",
+            str(data),
+        ],
         capture_output=True,
         text=True,
         timeout=90,
@@ -27,6 +39,23 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
     assert all(re.search(r"\s+yes\s+\d+\.\d s ago", row) for row in rows), last_table
     assert {"raspberry-pi-4", "jetson-orin-nano", "x86-gateway"} == {row.split()[1] for row in rows}
     assert "stopped 4 processes" in done.stdout
+    assert "cutting the north site's link for 5 s" in done.stdout
+    assert "the north site's link is back" in done.stdout
+    during_cut = re.findall(
+        r"^(pump-station|camera-gate)\s+CUT\s+(\d+)\s+(\d+)", done.stdout, re.MULTILINE
+    )
+    assert any(int(waiting) > 0 for _, _, waiting in during_cut), "no backlog while cut"
+    final = {
+        m[0]: (int(m[1]), int(m[2]), int(m[3]))
+        for m in re.findall(
+            r"^([a-z0-9-]+)\s+up\s+(\d+)\s+(\d+)\s+(\d+)\s*$", last_table, re.MULTILINE
+        )
+    }
+    assert set(final) == {"pump-station", "camera-gate", "line-3-gateway"}, last_table
+    for name, (confirmed, waiting, held) in final.items():
+        # A batch posted in the last second may still be on its way.
+        assert confirmed - held <= 10, (name, confirmed, held)
+        assert waiting <= 10, (name, waiting)
     hub_log = (data / "logs" / "hub.log").read_text()
     assert "broker stopped" in hub_log
     assert "hub stopped" in hub_log
