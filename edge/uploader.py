@@ -125,7 +125,7 @@ class Uploader:
     async def _send_next(self, publish: Publish) -> bool:
         for stream in wire.STREAMS:
             after = self._sent.get(stream, 0)
-            rows = await self._store.batch(
+            rows = await self._store.batch_packed(
                 stream,
                 after,
                 max_records=self._sync.batch_records,
@@ -137,7 +137,9 @@ class Uploader:
                 stream=stream,
                 from_seq=after + 1,
                 to_seq=rows[-1][0],
-                records=[wire.Record(seq=s, ts=t, body=b) for s, t, b in rows],
+                seqs=[r[0] for r in rows],
+                ts=[r[1] for r in rows],
+                bodies=[r[2] for r in rows],
             )
             payload = wire.encode("records", body)
             await self._rate.take(len(payload))

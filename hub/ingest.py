@@ -204,7 +204,7 @@ def _upload(device_id: str, body: wire.Records) -> Upload:
         stream=body.stream,
         from_seq=body.from_seq,
         to_seq=body.to_seq,
-        records=[(r.seq, r.ts, r.body) for r in body.records],
+        records=list(zip(body.seqs, body.ts, body.bodies, strict=True)),
     )
 
 

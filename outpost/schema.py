@@ -111,6 +111,8 @@ def _json_type(tp: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
         return out
     if tp is str:
         return {"type": "string", **({"maxLength": meta["max_len"]} if meta.get("max_len") else {})}
+    if tp is bytes:
+        return {"type": "string", "format": "byte"}
     raise TypeError(f"unsupported type in a schema: {tp!r}")
 
 
@@ -209,6 +211,8 @@ def _compile(tp: Any, meta: _Meta) -> Converter:
         return _compile_number(tp, meta)
     if tp is str:
         return _compile_str(meta)
+    if tp is bytes:
+        return _compile_bytes(meta)
     raise TypeError(f"unsupported type in a schema: {tp!r}")
 
 
@@ -308,6 +312,19 @@ def _compile_str(meta: _Meta) -> Converter:
     def convert(value: Any, path: str) -> Any:
         if not isinstance(value, str):
             raise SchemaError(path, f"expected a string, got {_type_name(value)}")
+        if limit is not None and len(value) > limit:
+            raise SchemaError(path, f"longer than {limit}")
+        return value
+
+    return convert
+
+
+def _compile_bytes(meta: _Meta) -> Converter:
+    limit = meta[2]
+
+    def convert(value: Any, path: str) -> Any:
+        if not isinstance(value, bytes):
+            raise SchemaError(path, f"expected bytes, got {_type_name(value)}")
         if limit is not None and len(value) > limit:
             raise SchemaError(path, f"longer than {limit}")
         return value

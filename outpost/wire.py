@@ -152,41 +152,63 @@ MAX_BATCH_RECORDS: Final = 1000
 
 
 @dataclass(frozen=True)
-class Record:
-    """One record of an upload stream, numbered per device and stream at write time."""
-
-    seq: int = schema.setting(help="sequence number, from 1, per device and stream", min=1)
-    ts: float = schema.setting(help="when the device wrote it, epoch seconds", min=0)
-    body: Any = schema.setting(help="the record itself (a map)")
-
-
-@dataclass(frozen=True)
 class Records:
     """A batch of one stream covering sequence numbers `from_seq`..`to_seq`.
 
     Numbers in that range without a record were evicted or rolled up on the device (it
     says so in its counters); the hub's high-water mark still moves past them. A batch
     whose `from_seq` lies beyond the hub's mark + 1 is a gap: refused and re-requested.
+    Records travel as three parallel lists, each body the msgpack map the device stored:
+    neither side rebuilds a structure per record (the drain's hot path).
     """
 
     stream: Stream = schema.setting(help="results, events or metrics")
     from_seq: int = schema.setting(help="first sequence number covered", min=1)
     to_seq: int = schema.setting(help="last sequence number covered", min=1)
-    records: list[Record] = schema.setting(
-        help="the records, in increasing seq order", max_len=MAX_BATCH_RECORDS
+    seqs: list[int] = schema.setting(
+        help="sequence number of each record, increasing", max_len=MAX_BATCH_RECORDS
+    )
+    ts: list[float] = schema.setting(
+        help="when the device wrote each record, epoch seconds", max_len=MAX_BATCH_RECORDS
+    )
+    bodies: list[bytes] = schema.setting(
+        help="each record, a msgpack map", max_len=MAX_BATCH_RECORDS
     )
 
     def __post_init__(self) -> None:
         if self.to_seq < self.from_seq:
             raise schema.SchemaError("records.body.to_seq", "must not be below from_seq")
+        if not len(self.seqs) == len(self.ts) == len(self.bodies):
+            raise schema.SchemaError("records.body", "seqs, ts and bodies differ in length")
         previous = self.from_seq - 1
-        for record in self.records:
-            if not previous < record.seq <= self.to_seq:
+        for seq in self.seqs:
+            if not previous < seq <= self.to_seq:
                 raise schema.SchemaError(
-                    "records.body.records",
-                    f"seq {record.seq} out of order or outside {self.from_seq}..{self.to_seq}",
+                    "records.body.seqs",
+                    f"seq {seq} out of order or outside {self.from_seq}..{self.to_seq}",
                 )
-            previous = record.seq
+            previous = seq
+        for index, body in enumerate(self.bodies):
+            try:
+                ok = isinstance(msgpack.unpackb(body, raw=False, strict_map_key=False), dict)
+            except (ValueError, TypeError, msgpack.UnpackException):
+                ok = False
+            if not ok:
+                raise schema.SchemaError(f"records.body.bodies[{index}]", "not a msgpack map")
+
+    @classmethod
+    def pack(
+        cls, stream: Stream, from_seq: int, to_seq: int, rows: list[tuple[int, float, Any]]
+    ) -> Records:
+        """A batch from (seq, ts, body) rows whose bodies are plain maps."""
+        return cls(
+            stream=stream,
+            from_seq=from_seq,
+            to_seq=to_seq,
+            seqs=[r[0] for r in rows],
+            ts=[float(r[1]) for r in rows],
+            bodies=[msgpack.packb(r[2], use_bin_type=True) for r in rows],
+        )
 
 
 @dataclass(frozen=True)

@@ -161,11 +161,19 @@ class AgentStore:
     async def batch(
         self, stream: str, after_seq: int, *, max_records: int, max_bytes: int
     ) -> list[tuple[int, float, Any]]:
-        """The next records to send after `after_seq`: (seq, ts, body)."""
-        rows = await self._db.run(
-            streams.read_batch, stream, after_seq, max_records, max_bytes, self._cipher
+        """The next records after `after_seq`: (seq, ts, body)."""
+        rows = await self.batch_packed(
+            stream, after_seq, max_records=max_records, max_bytes=max_bytes
         )
         return [(seq, ts, msgpack.unpackb(body)) for seq, ts, body in rows]
+
+    async def batch_packed(
+        self, stream: str, after_seq: int, *, max_records: int, max_bytes: int
+    ) -> list[tuple[int, float, bytes]]:
+        """The next records after `after_seq`, bodies as stored (msgpack): what is sent."""
+        return await self._db.run(
+            streams.read_batch, stream, after_seq, max_records, max_bytes, self._cipher
+        )
 
     async def acknowledge(self, stream: str, hwm: int) -> int:
         """The hub holds everything of `stream` up to `hwm`: forget it."""

@@ -24,7 +24,7 @@ class Upload:
     stream: str
     from_seq: int
     to_seq: int
-    records: Sequence[tuple[int, float, Any]]  # (seq, ts, body), increasing seq
+    records: Sequence[tuple[int, float, bytes]]  # (seq, ts, msgpack body), increasing seq
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _apply(db: sqlite_utils.Database, upload: Upload, now: float) -> Applied:
         # Storing it would leave a hole the mark could never move across.
         return Applied(*key, hwm=hwm, gap=True, stored=0)
     rows = [
-        (*key, seq, ts, msgpack.packb(body, use_bin_type=True), now)
+        (*key, seq, ts, body, now)  # the device's own msgpack, stored as it came
         for seq, ts, body in upload.records
         if seq > hwm  # numbers at or below the mark are held already: a replay
     ]

@@ -88,18 +88,11 @@ async def _bare(root: Path) -> float:
         hub_ctx = tls.client_context(paths.ca_cert, paths.client_cert, paths.client_key)
         payloads = []
         for first in range(1, N + 1, PER_BATCH):
-            records = [
-                wire.Record(seq=s, ts=1.0, body=RESULT) for s in range(first, first + PER_BATCH)
-            ]
+            records = [(s, 1.0, RESULT) for s in range(first, first + PER_BATCH)]
             payloads.append(
                 wire.encode(
                     "records",
-                    wire.Records(
-                        stream="results",
-                        from_seq=first,
-                        to_seq=first + PER_BATCH - 1,
-                        records=records,
-                    ),
+                    wire.Records.pack("results", first, first + PER_BATCH - 1, records),
                 )
             )
         topic = wire.up_topic(device_id, "records")

@@ -48,11 +48,8 @@ class Device:
     ) -> None:
         """Upload a batch covering from_seq..to_seq holding `seqs` (default: all of them)."""
         numbers = list(range(from_seq, to_seq + 1)) if seqs is None else seqs
-        body = wire.Records(
-            stream=stream,
-            from_seq=from_seq,
-            to_seq=to_seq,
-            records=[wire.Record(seq=s, ts=1000.0 + s, body={"n": s}) for s in numbers],
+        body = wire.Records.pack(
+            stream, from_seq, to_seq, [(s, 1000.0 + s, {"n": s}) for s in numbers]
         )
         topic = wire.up_topic(self.device_id, "records")
         await self.client.publish(topic, wire.encode("records", body), qos=1)
@@ -386,12 +383,7 @@ async def test_stream_routes_answer_404_for_an_unknown_device(api: ApiClient) ->
 async def test_binary_values_in_a_record_body_come_out_as_base64(
     hub: Hub, device: Device, api: ApiClient
 ) -> None:
-    body = wire.Records(
-        stream="events",
-        from_seq=1,
-        to_seq=1,
-        records=[wire.Record(seq=1, ts=1.0, body={"frame": b"\x00\xff", "ok": True})],
-    )
+    body = wire.Records.pack("events", 1, 1, [(1, 1.0, {"frame": b"\x00\xff", "ok": True})])
     topic = wire.up_topic(device.device_id, "records")
     await device.client.publish(topic, wire.encode("records", body), qos=1)
     assert (await device.ack()).hwm == 1

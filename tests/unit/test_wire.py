@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 from typing import Any
 
 import msgpack
@@ -423,3 +424,44 @@ def test_mutated_envelope_values_only_raise_wire_error() -> None:
         else:
             table[path[-1]] = rng.choice(odd_values)
         _decode_only_raises_wire_error(pack(envelope))
+
+
+def _records_envelope(**body: Any) -> bytes:
+    base: dict[str, Any] = {
+        "stream": "results",
+        "from_seq": 1,
+        "to_seq": 3,
+        "seqs": [1, 3],
+        "ts": [1.0, 2.0],
+        "bodies": [pack({"a": 1}), pack({"b": 2})],
+    }
+    base.update(body)
+    return pack({"v": 1, "kind": "records", "id": "x", "ts": 1, "body": base})
+
+
+def test_records_round_trip_keeps_bodies_as_sent() -> None:
+    batch = wire.Records.pack("events", 5, 9, [(5, 1.0, {"e": "start"}), (9, 2.0, {"e": "x"})])
+
+    decoded = wire.decode(wire.encode("records", batch), kinds=wire.UP_KINDS).body
+
+    assert decoded == batch
+    assert [msgpack.unpackb(b) for b in decoded.bodies] == [{"e": "start"}, {"e": "x"}]
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"seqs": [3, 1]}, "records.body.seqs"),
+        ({"seqs": [1, 4]}, "records.body.seqs"),
+        ({"seqs": [1]}, "records.body"),
+        ({"bodies": [pack({"a": 1}), pack([1, 2])]}, "records.body.bodies[1]"),
+        ({"bodies": [pack({"a": 1}), b"\x81\xc1"]}, "records.body.bodies[1]"),
+        ({"bodies": [pack({"a": 1}), "text"]}, "records.body.bodies[1]"),
+        ({"to_seq": 0}, "records.body.to_seq"),
+        ({"stream": "logs"}, "records.body.stream"),
+    ],
+)
+def test_records_refusals_name_what_is_wrong(change: dict[str, Any], where: str) -> None:
+    with pytest.raises(WireError, match=re.escape(where)) as refused:
+        wire.decode(_records_envelope(**change), kinds=wire.UP_KINDS, expected_kind="records")
+    assert refused.value.reason == "schema"
