@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ logger = logging.getLogger("edge")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `outpost-agent` command."""
     args = _parser().parse_args(argv)
+    # Everything the agent creates (store, key, socket) is its own: results and keys
+    # are nobody else's business on a shared device.
+    os.umask(0o077)
     logs.configure(getattr(args, "log_level", None) or "info")
     try:
         return int(args.func(args))

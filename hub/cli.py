@@ -8,6 +8,7 @@ import contextlib
 import getpass
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ logger = logging.getLogger("hub")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `outpost-hub` command."""
     args = _parser().parse_args(argv)
+    os.umask(0o077)  # the registry, tokens and audit log are the hub's alone
     logs.configure(getattr(args, "log_level", None) or "info")
     try:
         return int(args.func(args))

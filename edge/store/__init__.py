@@ -64,6 +64,7 @@ class AgentStore:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._last_expire = 0.0
+        self._wear = (0, 0)  # bytes written and records stored, not yet in the counters
         self.appended = asyncio.Event()  # set whenever new records are committed
         self.path = path
 
@@ -79,7 +80,13 @@ class AgentStore:
             self._writer = None
             if self._queue:
                 await self._commit_queued()
+            await self._db.run(self._flush_wear)
         self._db.close()
+
+    def _flush_wear(self, db: sqlite_utils.Database) -> None:
+        with db.conn:
+            db.conn.execute("BEGIN IMMEDIATE")
+            self._record_wear(db)
 
     # ---------------------------------------------------------------- producers
 
@@ -133,6 +140,7 @@ class AgentStore:
         now = time.time()
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
+            self._record_wear(db)
             outcomes = [
                 streams.append(
                     db, item.stream, item.bodies, self._bounds[item.stream], self._cipher, now
@@ -150,11 +158,17 @@ class AgentStore:
             if before is not None and after is not None
             else sum(len(b) for i in group for b in i.bodies)
         )
-        # Recorded in the next transaction's company: a write of its own would cost a sync.
-        with db.conn:
+        # Kept until the next transaction records it: a write of its own would cost a sync.
+        self._wear = (self._wear[0] + written, self._wear[1] + stored)
+        return outcomes
+
+    def _record_wear(self, db: sqlite_utils.Database) -> None:
+        """Add the wear measured so far to the counters (inside a caller's transaction)."""
+        written, stored = self._wear
+        if written or stored:
             streams.bump(db, "wear.bytes", written)
             streams.bump(db, "wear.records", stored)
-        return outcomes
+            self._wear = (0, 0)
 
     # ---------------------------------------------------------------- uploader
 
@@ -207,10 +221,19 @@ class AgentStore:
 
     async def stats(self) -> dict[str, Any]:
         """Fill of each stream and every counter (evictions, roll-ups, refusals, wear)."""
-        return await self._db.run(_stats)
+        return await self._db.run(self._stats)
+
+    def _stats(self, db: sqlite_utils.Database) -> dict[str, Any]:
+        stats = _read_stats(db)
+        counters = stats["counters"]
+        counters["wear.bytes"] = counters.get("wear.bytes", 0) + self._wear[0]
+        counters["wear.records"] = counters.get("wear.records", 0) + self._wear[1]
+        records = counters["wear.records"]
+        stats["bytes_written_per_record"] = counters["wear.bytes"] / records if records else 0.0
+        return stats
 
 
-def _stats(db: sqlite_utils.Database) -> dict[str, Any]:
+def _read_stats(db: sqlite_utils.Database) -> dict[str, Any]:
     counters = {r["name"]: r["value"] for r in db.execute("SELECT * FROM counters").fetchall()}
     fill = {}
     for r in db.execute("SELECT * FROM streams").fetchall():

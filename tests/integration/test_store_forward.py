@@ -126,3 +126,5 @@ async def test_agent_comes_up_over_a_damaged_store(
     assert len(aside) == 1
     assert aside[0].read_bytes().startswith(b"\x00garbage")
     assert "is damaged" in agent.output()
+    # What the agent writes is its own: the store holds results, nobody else reads it.
+    assert paths.store.stat().st_mode & 0o777 == 0o600
