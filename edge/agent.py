@@ -156,7 +156,12 @@ class Agent:
             heartbeat_interval=self.config.heartbeat_interval,
             capabilities=self._capabilities,
         )
-        await client.publish(self._topic("hello"), wire.encode("hello", hello), qos=1)
+        payload = wire.encode("hello", hello)
+
+        async def say_hello() -> None:
+            await client.publish(self._topic("hello"), payload, qos=1)
+
+        await say_hello()
         await self._event("link.connected")
 
         async def publish(topic: str, payload: bytes) -> None:
@@ -166,7 +171,7 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._heartbeats(client), name="agent.heartbeats")
                 tasks.create_task(self._receive(client), name="agent.receive")
-                tasks.create_task(self.uploader.run(publish), name="agent.uploader")
+                tasks.create_task(self.uploader.run(publish, say_hello), name="agent.uploader")
         except BaseExceptionGroup as group:
             # A lost link surfaces from whichever task noticed first; report it plainly.
             lost = group.subgroup(aiomqtt.MqttError)

@@ -45,9 +45,12 @@ class Uploader:
         self._aligned: set[str] = set()
         self.bytes_sent = 0
 
-    async def run(self, publish: Publish) -> None:
-        """Send until cancelled (the connection ended); resume from the last ack."""
-        await self._wait_aligned()
+    async def run(self, publish: Publish, ask_marks: Callable[[], Awaitable[None]]) -> None:
+        """Send until cancelled (the connection ended); resume from the last ack.
+
+        `ask_marks` says hello again, for when the hub's answer to the first was lost.
+        """
+        await self._wait_aligned(ask_marks)
         cursors = await self._store.cursors()
         self._acked = {s: acked for s, (acked, _) in cursors.items()}
         self._sent = dict(self._acked)
@@ -77,7 +80,7 @@ class Uploader:
                     for w in waiters:
                         w.cancel()
 
-    async def _wait_aligned(self) -> None:
+    async def _wait_aligned(self, ask_marks: Callable[[], Awaitable[None]]) -> None:
         """Send nothing from a fresh store until the hub said where its numbers stand.
 
         The hub answers every hello with its mark for each stream; `on_ack` aligns.
@@ -89,9 +92,10 @@ class Uploader:
                 await asyncio.wait_for(self._progress.wait(), self._sync.ack_timeout_s)
             except TimeoutError:
                 logger.warning(
-                    "the hub has not said where %s stand; still waiting",
+                    "the hub has not said where %s stand; asking again",
                     ", ".join(sorted(set(wire.STREAMS) - self._aligned)),
                 )
+                await ask_marks()
 
     async def on_ack(self, ack: wire.Ack) -> None:
         """Apply the hub's acknowledgement: delete what it holds; resend after a gap."""

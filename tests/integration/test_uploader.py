@@ -1,0 +1,130 @@
+"""The uploader's protocol against a real store, with the MQTT side recorded in memory:
+alignment, order of streams, acks, gaps and resends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from edge.config import Sync
+from edge.store import AgentStore, Bounds
+from edge.uploader import Uploader
+from outpost import wire
+from tests.support import eventually
+
+UNBOUNDED = Bounds(0, 0, 0)
+
+
+class Wire:
+    """Records what the uploader publishes and how often it asks for marks."""
+
+    def __init__(self) -> None:
+        self.sent: list[wire.Records] = []
+        self.asked = 0
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        self.sent.append(wire.decode(payload, kinds=wire.UP_KINDS).body)
+
+    async def ask_marks(self) -> None:
+        self.asked += 1
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AgentStore]:
+    opened = AgentStore(tmp_path / "store.db", {s: UNBOUNDED for s in wire.STREAMS})
+    await opened.start()
+    yield opened
+    await opened.close()
+
+
+@contextlib.asynccontextmanager
+async def running(uploader: Uploader, link: Wire) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(uploader.run(link.publish, link.ask_marks))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def align(uploader: Uploader, hwm: int = 0) -> None:
+    for stream in wire.STREAMS:
+        await uploader.on_ack(wire.Ack(stream=stream, hwm=hwm))
+
+
+async def test_nothing_is_sent_before_the_hub_gives_its_marks(store: AgentStore) -> None:
+    await store.append("results", [{"n": 1}])
+    uploader = Uploader(store, "dev-test00001", Sync(ack_timeout_s=0.2))
+    link = Wire()
+    async with running(uploader, link):
+
+        async def asked_twice() -> bool:
+            return link.asked >= 2
+
+        await eventually(asked_twice, what="the uploader asking for marks again")
+        assert link.sent == []
+        await align(uploader, hwm=40)  # the hub holds 1..40 of an earlier store
+
+        async def sent() -> bool:
+            return bool(link.sent)
+
+        await eventually(sent, what="a batch after alignment")
+    batch = link.sent[0]
+    assert (batch.from_seq, batch.to_seq, batch.seqs) == (41, 41, [41])
+
+
+async def test_results_go_before_events_before_metrics(store: AgentStore) -> None:
+    await store.append("metrics", [{"m": 1}])
+    await store.append("events", [{"e": 1}])
+    await store.append("results", [{"r": 1}])
+    uploader = Uploader(store, "dev-test00001", Sync(in_flight=8))
+    link = Wire()
+    await align(uploader)
+    async with running(uploader, link):
+
+        async def all_three() -> bool:
+            return len(link.sent) == 3
+
+        await eventually(all_three, what="three batches")
+    assert [b.stream for b in link.sent] == ["results", "events", "metrics"]
+
+
+async def test_acks_delete_a_gap_rewinds_and_silence_resends(store: AgentStore) -> None:
+    await store.append("results", [{"n": n} for n in range(6)])
+    uploader = Uploader(
+        store, "dev-test00001", Sync(batch_records=2, in_flight=3, ack_timeout_s=0.5)
+    )
+    link = Wire()
+    await align(uploader)
+    async with running(uploader, link):
+
+        async def window_full() -> bool:
+            return len(link.sent) == 3
+
+        await eventually(window_full, what="three batches in flight")
+        assert [(b.from_seq, b.to_seq) for b in link.sent] == [(1, 2), (3, 4), (5, 6)]
+
+        await uploader.on_ack(wire.Ack(stream="results", hwm=2))
+        assert (await store.cursors())["results"] == (2, 6)
+
+        # The hub lost 3..4 (say its database was restored): it asks from 3 again.
+        await uploader.on_ack(wire.Ack(stream="results", hwm=2, gap=True))
+
+        async def resent() -> bool:
+            return any(b.from_seq == 3 for b in link.sent[3:])
+
+        await eventually(resent, what="a resend from the hub's mark")
+        count = len(link.sent)
+
+        # No ack at all: after the timeout everything unacknowledged goes again.
+        async def resent_after_silence() -> bool:
+            return sum(b.from_seq == 3 for b in link.sent[count:]) >= 1
+
+        await eventually(resent_after_silence, timeout=5, what="a resend after silence")
+    remaining = await store.batch("results", 0, max_records=10, max_bytes=1 << 20)
+    assert [seq for seq, _, _ in remaining] == [3, 4, 5, 6]
