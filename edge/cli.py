@@ -9,15 +9,19 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from edge.agent import Agent
 from edge.config import SECTION, AgentConfig
-from edge.enroll import EnrollError, enroll
 from edge.identity import DevicePaths, Identity, NotEnrolledError
 from edge.profile import ProfileError, load_profile
 from outpost import logs, settings
 
 logger = logging.getLogger("edge")
+
+
+class CliError(RuntimeError):
+    """A command failed for a reason the user can act on; the message says which."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(getattr(args, "log_level", None) or "info")
     try:
         return int(args.func(args))
-    except (EnrollError, ProfileError, NotEnrolledError, settings.SettingsError) as exc:
+    except (CliError, ProfileError, NotEnrolledError, settings.SettingsError) as exc:
         print(f"outpost-agent: error: {exc}", file=sys.stderr)
         return 2
 
@@ -68,12 +72,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    # Imported here: certificate handling and JWTs are needed once, at enrollment, and
+    # the running daemon need not carry them in memory.
+    from edge.enroll import EnrollError, enroll
+
+    try:
+        return _do_enroll(args, enroll)
+    except EnrollError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _do_enroll(args: argparse.Namespace, enroll: Any) -> int:
     token = args.token
     if args.token_file is not None:
         try:
             token = args.token_file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise EnrollError(f"cannot read {args.token_file}: {exc.strerror}") from exc
+            raise CliError(f"cannot read {args.token_file}: {exc.strerror}") from exc
     identity = asyncio.run(enroll(token, DevicePaths(args.data), args.profile))
     print(f"enrolled as {identity.device_id}; broker {identity.broker_url}")
     return 0

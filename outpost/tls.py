@@ -10,9 +10,6 @@ import hashlib
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 
 def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     """Return a TLS 1.2+ client context that trusts only `ca` and presents `cert`."""
@@ -35,5 +32,9 @@ def server_context(cert: Path, key: Path, *, client_ca: Path | None = None) -> s
 
 def fingerprint(cert_pem: bytes) -> str:
     """Return ``sha256:<hex>`` of a PEM certificate's DER encoding."""
+    # Imported here: the running agent never needs certificate parsing in memory.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
     return "sha256:" + hashlib.sha256(der).hexdigest()

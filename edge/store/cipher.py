@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from outpost import files
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_BYTES = 12
 
@@ -20,13 +22,16 @@ class RecordCipher:
     """Seals each body bound to its stream and sequence number (moving it breaks it)."""
 
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        # Imported here: a device without encryption at rest need not load it (memory).
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._aead: AESGCM = AESGCM(key)
 
     @classmethod
     def from_key_file(cls, path: Path) -> RecordCipher:
         """Load the key, creating it (0600) on first use."""
         if not path.exists():
-            files.write_new(path, AESGCM.generate_key(bit_length=256), files.PRIVATE)
+            files.write_new(path, os.urandom(32), files.PRIVATE)  # an AES-256 key
         return cls(path.read_bytes())
 
     def seal(self, stream: str, seq: int, plain: bytes) -> bytes:
