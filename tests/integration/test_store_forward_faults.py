@@ -93,9 +93,10 @@ async def _offline_backlog(
     return identity.device_id, client
 
 
-async def test_broker_restart_mid_drain(
+async def _mid_drain(
     hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
-) -> None:
+) -> tuple[str, LocalClient]:
+    """A device with 4,000 results made offline, its drain under way (paced, to last)."""
     device_id, client = await _offline_backlog(
         hub, enroll_device, agents, 4000, "[agent.sync]\nrate_bytes_per_s = 200000\n"
     )
@@ -106,50 +107,49 @@ async def test_broker_restart_mid_drain(
         return len(hub_records(hub, device_id)) > 200
 
     await eventually(some, timeout=30, what="the drain to start")
-    await hub.broker.stop()
-    await hub.broker.start()
+    return device_id, client
 
+
+async def _all_held_once_in_order(hub: Hub, device_id: str) -> None:
     async def all_there() -> bool:
         return len(hub_records(hub, device_id)) >= 4000
 
     await eventually(all_there, timeout=90, every=0.5, what="all 4000 after the restart")
-    await client.close()
     held = hub_records(hub, device_id)
     assert [seq for seq, _ in held] == list(range(1, 4001))
     assert [body["n"] for _, body in held] == list(range(4000))
 
 
+async def test_broker_restart_mid_drain(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    device_id, client = await _mid_drain(hub, enroll_device, agents)
+    assert hub.broker is not None
+    await hub.broker.stop()
+    await hub.broker.start()
+
+    try:
+        await _all_held_once_in_order(hub, device_id)
+    finally:
+        await client.close()
+
+
 async def test_hub_restart_mid_drain(
     hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
 ) -> None:
-    device_id, client = await _offline_backlog(
-        hub, enroll_device, agents, 4000, "[agent.sync]\nrate_bytes_per_s = 200000\n"
-    )
-    assert hub.broker is not None
-    await hub.broker.start()
-
-    async def some() -> bool:
-        return len(hub_records(hub, device_id)) > 200
-
-    await eventually(some, timeout=30, what="the drain to start")
+    device_id, client = await _mid_drain(hub, enroll_device, agents)
     # A second hub on the same data folder replaces the first, as after a crash.
     await hub_stop(hub)
     second = Hub(hub.paths, hub.config)
     task = asyncio.create_task(second.run())
     try:
         await asyncio.wait_for(second.ready.wait(), 20)
-
-        async def all_there() -> bool:
-            return len(hub_records(second, device_id)) >= 4000
-
-        await eventually(all_there, timeout=90, every=0.5, what="all 4000 after the restart")
+        await _all_held_once_in_order(second, device_id)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await client.close()
-    held = hub_records(second, device_id)
-    assert [seq for seq, _ in held] == list(range(1, 4001))
 
 
 async def hub_stop(hub: Hub) -> None:
