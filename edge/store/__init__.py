@@ -193,11 +193,10 @@ class AgentStore:
         """The hub holds everything of `stream` up to `hwm`: forget it."""
         return await self._db.run(self._acknowledge, stream, hwm)
 
-    @staticmethod
-    def _acknowledge(db: sqlite_utils.Database, stream: str, hwm: int) -> int:
+    def _acknowledge(self, db: sqlite_utils.Database, stream: str, hwm: int) -> int:
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
-            return streams.acknowledge(db, stream, hwm)
+            return streams.acknowledge(db, stream, hwm, self._cipher)
 
     async def align(self, stream: str, hub_hwm: int) -> int:
         """Renumber a fresh stream after the hub's mark (see `streams.align`)."""

@@ -5,6 +5,7 @@ Every function runs on the store's single writer thread, inside one transaction.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ import msgpack
 import sqlite_utils
 
 from edge.store.cipher import RecordCipher
+
+logger = logging.getLogger(__name__)
 
 ROLLUP_GROUP = 10  # metrics records merged into one when the stream is full
 
@@ -214,8 +217,29 @@ def read_batch(
     return out
 
 
-def acknowledge(db: sqlite_utils.Database, stream: str, hwm: int) -> int:
-    """Delete what the hub holds (seq <= hwm); return how many records went."""
+def acknowledge(
+    db: sqlite_utils.Database, stream: str, hwm: int, cipher: RecordCipher | None
+) -> int:
+    """Delete what the hub holds (seq <= hwm); return how many records went.
+
+    A mark beyond the last number this store gave means another store used this
+    device's identity (a cloned card, a restored backup): deleting up to it would drop
+    records the hub never saw, so they are renumbered after it instead, and counted.
+    """
+    (next_seq,) = db.execute("SELECT next_seq FROM streams WHERE stream = ?", (stream,)).fetchone()
+    if hwm >= next_seq:
+        (kept,) = db.execute("SELECT COUNT(*) FROM records WHERE stream = ?", (stream,)).fetchone()
+        _renumber_after(db, stream, hwm, cipher)
+        bump(db, f"renumbered.{stream}", kept)
+        logger.warning(
+            "the hub holds %s up to %d but this store numbered only up to %d: another "
+            "device may be using this identity; %d records renumbered after the hub's mark",
+            stream,
+            hwm,
+            next_seq - 1,
+            kept,
+        )
+        return 0
     row = db.execute(
         "SELECT COUNT(*) AS n, COALESCE(SUM(length(body)), 0) AS size FROM records "
         "WHERE stream = ? AND seq <= ?",
@@ -245,25 +269,34 @@ def align(db: sqlite_utils.Database, stream: str, hub_hwm: int, cipher: RecordCi
     done = aligned_streams(db)
     if stream in done:
         return 0
-    row = db.execute("SELECT acked_seq FROM streams WHERE stream = ?", (stream,)).fetchone()
-    shift: int = max(0, hub_hwm - row["acked_seq"])
-    if shift:
-        rows = db.execute(
-            "SELECT seq, body FROM records WHERE stream = ? ORDER BY seq DESC", (stream,)
-        ).fetchall()
-        for r in rows:  # highest first: a moved number never meets one not yet moved
-            body = r["body"]
-            if cipher:
-                body = cipher.seal(stream, r["seq"] + shift, cipher.open(stream, r["seq"], body))
-            db.execute(
-                "UPDATE records SET seq = ?, body = ? WHERE stream = ? AND seq = ?",
-                (r["seq"] + shift, body, stream, r["seq"]),
-            )
-        db.execute(
-            "UPDATE streams SET next_seq = next_seq + ?, acked_seq = ? WHERE stream = ?",
-            (shift, hub_hwm, stream),
-        )
+    shift = _renumber_after(db, stream, hub_hwm, cipher)
     db.execute(
         "UPDATE meta SET value = ? WHERE key = 'aligned'", (",".join(sorted(done | {stream})),)
+    )
+    return shift
+
+
+def _renumber_after(
+    db: sqlite_utils.Database, stream: str, hub_hwm: int, cipher: RecordCipher | None
+) -> int:
+    """Move every record kept so its numbers follow `hub_hwm`; return the shift."""
+    row = db.execute("SELECT acked_seq FROM streams WHERE stream = ?", (stream,)).fetchone()
+    shift: int = max(0, hub_hwm - row["acked_seq"])
+    if not shift:
+        return 0
+    rows = db.execute(
+        "SELECT seq, body FROM records WHERE stream = ? ORDER BY seq DESC", (stream,)
+    ).fetchall()
+    for r in rows:  # highest first: a moved number never meets one not yet moved
+        body = r["body"]
+        if cipher:
+            body = cipher.seal(stream, r["seq"] + shift, cipher.open(stream, r["seq"], body))
+        db.execute(
+            "UPDATE records SET seq = ?, body = ? WHERE stream = ? AND seq = ?",
+            (r["seq"] + shift, body, stream, r["seq"]),
+        )
+    db.execute(
+        "UPDATE streams SET next_seq = next_seq + ?, acked_seq = ? WHERE stream = ?",
+        (shift, hub_hwm, stream),
     )
     return shift

@@ -198,3 +198,18 @@ async def test_a_fresh_store_numbers_after_what_the_hub_already_holds(
     assert [(seq, body["n"]) for seq, _, body in rows] == [(501, 0), (502, 1), (503, 2), (504, 3)]
     assert (await store.cursors())["results"] == (500, 504)
     assert await store.aligned() == {"results"}
+
+
+async def test_a_mark_beyond_this_stores_numbers_keeps_its_records(make_store: StoreMaker) -> None:
+    store = make_store()
+    await store.start()
+    await store.append("results", [{"n": n} for n in range(3)])  # numbered 1..3
+
+    # Another store with this identity (a cloned card) already took the hub to 10.
+    deleted = await store.acknowledge("results", 10)
+    rows = await store.batch("results", 0, max_records=10, max_bytes=1 << 20)
+    stats = await store.stats()
+
+    assert deleted == 0
+    assert [(seq, body["n"]) for seq, _, body in rows] == [(11, 0), (12, 1), (13, 2)]
+    assert stats["counters"]["renumbered.results"] == 3
