@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiomqtt
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub.app import Hub
@@ -10,6 +11,13 @@ from outpost import tls, wire
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.support import eventually
+
+
+@pytest.fixture
+def hub_settings() -> str:
+    # These tests poll /metrics; the per-subject rate limit is not what they are about.
+    return "api_rate_burst = 100000\n"
+
 
 HELLO = wire.Hello(
     conn="c1",
