@@ -210,9 +210,9 @@ def _compile(tp: Any, meta: _Meta) -> Converter:
     if tp in (int, float):
         return _compile_number(tp, meta)
     if tp is str:
-        return _compile_str(meta)
+        return _compile_sized(str, "a string", meta)
     if tp is bytes:
-        return _compile_bytes(meta)
+        return _compile_sized(bytes, "bytes", meta)
     raise TypeError(f"unsupported type in a schema: {tp!r}")
 
 
@@ -306,25 +306,13 @@ def _compile_number(tp: type[Any], meta: _Meta) -> Converter:
     return convert
 
 
-def _compile_str(meta: _Meta) -> Converter:
+def _compile_sized(kind: type[Any], expected: str, meta: _Meta) -> Converter:
+    """Strings and byte strings: the type, and at most `max_len` long."""
     limit = meta[2]
 
     def convert(value: Any, path: str) -> Any:
-        if not isinstance(value, str):
-            raise SchemaError(path, f"expected a string, got {_type_name(value)}")
-        if limit is not None and len(value) > limit:
-            raise SchemaError(path, f"longer than {limit}")
-        return value
-
-    return convert
-
-
-def _compile_bytes(meta: _Meta) -> Converter:
-    limit = meta[2]
-
-    def convert(value: Any, path: str) -> Any:
-        if not isinstance(value, bytes):
-            raise SchemaError(path, f"expected bytes, got {_type_name(value)}")
+        if not isinstance(value, kind):
+            raise SchemaError(path, f"expected {expected}, got {_type_name(value)}")
         if limit is not None and len(value) > limit:
             raise SchemaError(path, f"longer than {limit}")
         return value

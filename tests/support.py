@@ -16,6 +16,7 @@ from typing import TypeVar
 from hub import bootstrap
 from hub.app import Hub
 from hub.enrollment import load_token_key
+from hub.store import Device
 from outpost import tls
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,3 +116,28 @@ async def device_online(hub: Hub, device_id: str) -> bool:
     assert hub.store is not None
     device = await hub.store.device(device_id)
     return bool(device and device.online)
+
+
+async def add_device(
+    hub: Hub, device_id: str, *, profile: str = "generic", labels: dict[str, str] | None = None
+) -> None:
+    """Register a device straight in the store, with a made-up certificate window."""
+    assert hub.store is not None
+    await hub.store.add_device(
+        Device(
+            device_id=device_id,
+            profile=profile,
+            labels=labels or {},
+            online=False,
+            last_seen=None,
+            last_heartbeat=None,
+            heartbeat_interval=None,
+            agent_version=None,
+            capabilities={},
+            load={},
+            enrolled_at=time.time(),
+            cert_serial="ab12",
+            cert_not_before=1.0,
+            cert_not_after=2.0,
+        )
+    )

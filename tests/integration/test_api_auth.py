@@ -16,9 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hub import apitokens
 from hub.app import Hub
 from hub.enrollment import load_token_key
-from hub.store import Device
 from tests.api_client import ApiClient
-from tests.support import mint_token
+from tests.support import add_device, mint_token
 
 PUBLIC = {("GET", "/api/v1/health"), ("GET", "/api/v1/enroll/ca")}
 BOOTSTRAP = {("POST", "/api/v1/enroll")}
@@ -38,32 +37,10 @@ def _forge(token: str, **change: object) -> str:
     return f"{header}.{forged}.{signature}"
 
 
-async def _add_device(hub: Hub, device_id: str) -> None:
-    assert hub.store is not None
-    await hub.store.add_device(
-        Device(
-            device_id=device_id,
-            profile="generic",
-            labels={},
-            online=False,
-            last_seen=None,
-            last_heartbeat=None,
-            heartbeat_interval=None,
-            agent_version=None,
-            capabilities={},
-            load={},
-            enrolled_at=time.time(),
-            cert_serial=None,
-            cert_not_before=None,
-            cert_not_after=None,
-        )
-    )
-
-
 async def test_every_route_refuses_bad_tokens_and_small_roles(hub: Hub, api: ApiClient) -> None:
     assert hub.web is not None
     assert hub.store is not None
-    await _add_device(hub, "dev-matrix0001")
+    await add_device(hub, "dev-matrix0001")
     admin = await api.token("admin")
     claims = jwt.decode(admin, options={"verify_signature": False})
     revoked = await api.token("admin", subject="revoked")

@@ -5,32 +5,9 @@ from __future__ import annotations
 import time
 
 from hub.app import Hub
-from hub.store import Device, HelloSeen
+from hub.store import HelloSeen
 from tests.api_client import ApiClient
-
-
-async def _add(
-    hub: Hub, device_id: str, *, profile: str = "generic", labels: dict[str, str] | None = None
-) -> None:
-    assert hub.store is not None
-    await hub.store.add_device(
-        Device(
-            device_id=device_id,
-            profile=profile,
-            labels=labels or {},
-            online=False,
-            last_seen=None,
-            last_heartbeat=None,
-            heartbeat_interval=None,
-            agent_version=None,
-            capabilities={},
-            load={},
-            enrolled_at=time.time(),
-            cert_serial="ab12",
-            cert_not_before=1.0,
-            cert_not_after=2.0,
-        )
-    )
+from tests.support import add_device
 
 
 async def _collect(api: ApiClient, token: str, limit: int, **query: str) -> list[str]:
@@ -51,13 +28,13 @@ async def test_pagination_is_stable_while_devices_are_added(hub: Hub, api: ApiCl
     token = await api.token("viewer")
     originals = [f"dev-page{n:04d}" for n in range(0, 20, 2)]
     for device_id in originals:
-        await _add(hub, device_id)
+        await add_device(hub, device_id)
 
     first = await api.call("GET", "/api/v1/devices", token=token, params={"limit": "3"})
     seen = [d["id"] for d in first.body["items"]]
     # Devices enroll between pages, before and after the cursor.
-    await _add(hub, "dev-page0001")
-    await _add(hub, "dev-page0015")
+    await add_device(hub, "dev-page0001")
+    await add_device(hub, "dev-page0015")
     rest = await _collect_from(api, token, first.body["next_cursor"])
 
     everything = seen + rest
@@ -80,9 +57,11 @@ async def _collect_from(api: ApiClient, token: str, cursor: str) -> list[str]:
 
 async def test_filters_by_online_label_and_profile(hub: Hub, api: ApiClient) -> None:
     token = await api.token("viewer")
-    await _add(hub, "dev-north001", profile="raspberry-pi-4", labels={"site": "north"})
-    await _add(hub, "dev-north002", profile="x86-gateway", labels={"site": "north", "line": "2"})
-    await _add(hub, "dev-south001", profile="raspberry-pi-4", labels={"site": "south"})
+    await add_device(hub, "dev-north001", profile="raspberry-pi-4", labels={"site": "north"})
+    await add_device(
+        hub, "dev-north002", profile="x86-gateway", labels={"site": "north", "line": "2"}
+    )
+    await add_device(hub, "dev-south001", profile="raspberry-pi-4", labels={"site": "south"})
     assert hub.store is not None
     await hub.store.record_presence(
         [
@@ -128,7 +107,7 @@ async def test_bad_query_parameters_name_the_parameter(api: ApiClient) -> None:
 
 async def test_read_a_device(hub: Hub, api: ApiClient) -> None:
     token = await api.token("viewer")
-    await _add(hub, "dev-read0001", labels={"site": "north"})
+    await add_device(hub, "dev-read0001", labels={"site": "north"})
 
     reply = await api.call("GET", "/api/v1/devices/dev-read0001", token=token)
     missing = await api.call("GET", "/api/v1/devices/dev-nothere01", token=token)
@@ -142,7 +121,7 @@ async def test_read_a_device(hub: Hub, api: ApiClient) -> None:
 
 async def test_patch_merges_labels_and_is_audited(hub: Hub, api: ApiClient) -> None:
     admin = await api.token("admin", subject="alice")
-    await _add(hub, "dev-label001", labels={"site": "north", "old": "x"})
+    await add_device(hub, "dev-label001", labels={"site": "north", "old": "x"})
 
     reply = await api.call(
         "PATCH",
@@ -164,7 +143,7 @@ async def test_patch_merges_labels_and_is_audited(hub: Hub, api: ApiClient) -> N
 
 async def test_patch_refuses_bad_bodies_and_changes_nothing(hub: Hub, api: ApiClient) -> None:
     admin = await api.token("admin")
-    await _add(hub, "dev-label002", labels={"site": "north"})
+    await add_device(hub, "dev-label002", labels={"site": "north"})
     cases = [
         ({"labels": {"site": 3}}, "body.labels.site"),
         ({"labels": {"site": "x"}, "colour": "red"}, "body.colour"),
