@@ -49,9 +49,8 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def list_tokens(request: web.Request) -> web.Response:
         size = params.limit(request)
         found = await ctx.store.api_tokens(after=params.decode_cursor(request, int), limit=size + 1)
-        items = [schema.dump(TokenOut.of(r)) for r in found]
-        last = found[min(size, len(found)) - 1].cursor if found else None
-        return web.json_response(params.page(items, size, last))
+        page = params.page(found, size, lambda r: schema.dump(TokenOut.of(r)), lambda r: r.cursor)
+        return web.json_response(page)
 
     async def create_api_key(request: web.Request) -> web.Response:
         body = await params.json_body(request, ApiKeyRequest)
@@ -84,9 +83,8 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def audit_log(request: web.Request) -> web.Response:
         size = params.limit(request)
         found = await ctx.store.audit_log(before=params.decode_cursor(request, int), limit=size + 1)
-        items = [schema.dump(AuditOut.of(e)) for e in found]
-        last = found[min(size, len(found)) - 1].id if found else None
-        return web.json_response(params.page(items, size, last))
+        page = params.page(found, size, lambda e: schema.dump(AuditOut.of(e)), lambda e: e.id)
+        return web.json_response(page)
 
     async def whoami(request: web.Request) -> web.Response:
         p = request[PRINCIPAL]

@@ -27,9 +27,10 @@ def routes(ctx: ApiContext) -> list[Route]:
             after=params.decode_cursor(request, str),
             limit=size + 1,
         )
-        items = [schema.dump(DeviceOut.of(d)) for d in found]
-        last = found[min(size, len(found)) - 1].device_id if found else None
-        return web.json_response(params.page(items, size, last))
+        page = params.page(
+            found, size, lambda d: schema.dump(DeviceOut.of(d)), lambda d: d.device_id
+        )
+        return web.json_response(page)
 
     async def get_device(request: web.Request) -> web.Response:
         device = await ctx.store.device(request.match_info["id"])

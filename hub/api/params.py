@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -74,13 +75,17 @@ def decode_cursor(request: web.Request, kind: type[Any]) -> Any:
     return value
 
 
-def page(items: list[dict[str, Any]], size: int, last_key: Any) -> dict[str, Any]:
-    """A page: the items, and a cursor for the next page when there may be more.
+def page(
+    found: Sequence[T], size: int, out: Callable[[T], Any], key: Callable[[T], Any]
+) -> dict[str, Any]:
+    """A page: the first `size` rows as `out` shows them, and a cursor (the `key` of the
+    last shown row) when there are more.
 
     Callers fetch `size + 1` rows; the extra one only says whether a next page exists.
     """
-    more = len(items) > size
+    shown = found[:size]
+    more = len(found) > size
     return {
-        "items": items[:size],
-        "next_cursor": encode_cursor(last_key) if more else None,
+        "items": [out(row) for row in shown],
+        "next_cursor": encode_cursor(key(shown[-1])) if more else None,
     }

@@ -26,9 +26,8 @@ def routes(ctx: ApiContext) -> list[Route]:
         after = _after(request)
         device_id = await known_device(request)
         found = await ctx.store.records(device_id, stream, after=after, limit=size + 1)
-        items = [schema.dump(RecordOut.of(r)) for r in found]
-        last = found[min(size, len(found)) - 1].seq if found else None
-        return web.json_response(params.page(items, size, last))
+        page = params.page(found, size, lambda r: schema.dump(RecordOut.of(r)), lambda r: r.seq)
+        return web.json_response(page)
 
     async def list_streams(request: web.Request) -> web.Response:
         device_id = await known_device(request)

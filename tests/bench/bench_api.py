@@ -13,11 +13,10 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from hub.store import Device
 from outpost import tls
 from tests.api_client import ApiClient
 from tests.bench.common import Result, per_second, running_hub
-from tests.support import free_port
+from tests.support import add_device, free_port
 
 N = 1_000
 DEVICES = 50
@@ -41,24 +40,7 @@ async def _run(root: Path) -> tuple[float, float]:
         paths, config = hub.paths, hub.config
         assert hub.store is not None
         for n in range(DEVICES):
-            await hub.store.add_device(
-                Device(
-                    device_id=f"dev-bench{n:05d}",
-                    profile="generic",
-                    labels={"site": "north"},
-                    online=False,
-                    last_seen=None,
-                    last_heartbeat=None,
-                    heartbeat_interval=None,
-                    agent_version=None,
-                    capabilities={},
-                    load={},
-                    enrolled_at=1.0,
-                    cert_serial=None,
-                    cert_not_before=None,
-                    cert_not_after=None,
-                )
-            )
+            await add_device(hub, f"dev-bench{n:05d}", labels={"site": "north"})
         client = ApiClient(hub)
         token = await client.token("viewer", subject="bench")
         await client.close()
