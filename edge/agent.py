@@ -19,6 +19,8 @@ from paho.mqtt.properties import Properties
 from edge import sysinfo
 from edge.config import AgentConfig
 from edge.identity import DevicePaths, Identity
+from edge.inference.directory import ModelDirectory
+from edge.inference.service import InferenceService, Reporting
 from edge.localapi import LocalApi
 from edge.profile import DeviceProfile
 from edge.store import AgentStore, Bounds, RecordCipher, StreamFullError
@@ -54,6 +56,7 @@ class Agent:
         )
         self.store: AgentStore | None = None
         self.uploader: Uploader | None = None
+        self.inference: InferenceService | None = None
 
     async def run(self) -> None:
         """Run until cancelled: open the store, serve the local API, connect forever."""
@@ -62,7 +65,10 @@ class Agent:
             await store.start()
             stack.push_async_callback(store.close)
             self.uploader = Uploader(store, self.identity.device_id, self.config.sync)
-            api = LocalApi(store, self.status)
+            self.inference = inference = self._inference_service(store)
+            await inference.start()
+            stack.push_async_callback(inference.close)
+            api = LocalApi(store, inference, self.status, self.config.inference.max_body_bytes)
             await api.start(self.paths.socket, self.config.local_port)
             stack.push_async_callback(api.stop)
 
@@ -110,13 +116,29 @@ class Agent:
         )
         return AgentStore(self.paths.store, bounds, cipher)
 
+    def _inference_service(self, store: AgentStore) -> InferenceService:
+        settings = self.config.inference
+        return InferenceService(
+            ModelDirectory(self.paths.models),
+            store,
+            runtime=settings.runtime,
+            num_threads=self.profile.runtime.num_threads,
+            interpreters=self.profile.runtime.interpreters_per_model,
+            queue_limit=settings.queue_limit,
+            reporting=Reporting(settings.report, settings.confidence_below),
+        )
+
     async def status(self) -> dict[str, Any]:
         """What the local API's /v1/status shows."""
         assert self.store is not None
+        assert self.inference is not None
         return {
             "device_id": self.identity.device_id,
             "connection": self.link.state,
             "uptime_s": time.monotonic() - self._started,
+            "policy_version": None,  # no policy applied yet: the agent runs on its settings
+            "runtime": self.inference.runtime_label,
+            "models": {m.name: m.state for m in self.inference.inventory()},
             "store": await self.store.stats(),
             "sync": {"bytes_sent": self.uploader.bytes_sent if self.uploader else 0},
         }
@@ -147,6 +169,7 @@ class Agent:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         assert self.uploader is not None
+        assert self.inference is not None
         await client.subscribe(wire.down_topic(self.identity.device_id, "#"), qos=1)
         await client.publish(self._topic("status"), self._status(online=True), qos=1, retain=True)
         hello = wire.Hello(
@@ -155,6 +178,8 @@ class Agent:
             profile=self.profile.name,
             heartbeat_interval=self.config.heartbeat_interval,
             capabilities=self._capabilities,
+            runtime=self.inference.runtime_label,
+            models=self.inference.inventory(),
         )
         payload = wire.encode("hello", hello)
 
@@ -194,12 +219,14 @@ class Agent:
             await asyncio.sleep(self.config.heartbeat_interval)
             load = await asyncio.to_thread(self._sampler.sample)
             assert self.store is not None
+            assert self.inference is not None
             beat = wire.Heartbeat(
                 conn=self._conn,
                 uptime_s=time.monotonic() - self._started,
                 heartbeat_interval=self.config.heartbeat_interval,
                 load=load,
                 store=store_report(await self.store.stats()),
+                models=self.inference.inventory(),
             )
             await client.publish(self._topic("heartbeat"), wire.encode("heartbeat", beat), qos=1)
 

@@ -68,7 +68,53 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", help="override the broker, mqtts://HOST:PORT")
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("models", help="install and list the device's models")
+    models = p.add_subparsers(required=True, metavar="ACTION")
+    m = models.add_parser(
+        "install", help="install model bundle folders (model.tflite, model.json, sample.json)"
+    )
+    m.add_argument("bundles", type=Path, nargs="+", help="bundle folders, e.g. models/x/1.0.0")
+    m.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    m.add_argument(
+        "--no-activate", action="store_true", help="install without making it the active version"
+    )
+    m.set_defaults(func=_models_install)
+    m = models.add_parser("list", help="list installed models and their active versions")
+    m.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    m.set_defaults(func=_models_list)
     return parser
+
+
+def _models_install(args: argparse.Namespace) -> int:
+    from edge.inference.directory import ModelDirectory
+    from outpost.modelbundle import BundleError
+
+    directory = ModelDirectory(DevicePaths(args.data).models)
+    for folder in args.bundles:
+        try:
+            bundle = directory.install(folder, activate=not args.no_activate)
+        except BundleError as exc:
+            raise CliError(str(exc)) from exc
+        m = bundle.manifest
+        print(f"installed {m.name} {m.version} (sha256 {m.sha256[:16]}..., {m.size} bytes)")
+    print("a running agent loads new models when it restarts")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from edge.inference.directory import ModelDirectory
+
+    directory = ModelDirectory(DevicePaths(args.data).models)
+    entries = directory.entries()
+    if not entries:
+        print("no models installed")
+    for e in entries:
+        state = e.error or (e.bundle.manifest.sha256[:16] + "..." if e.bundle else "")
+        others = [v for v in directory.versions(e.name) if v != e.version]
+        kept = f" (also kept: {', '.join(others)})" if others else ""
+        print(f"{e.name} {e.version}{kept}  {state}")
+    return 0
 
 
 def _enroll(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from edge.pacing import parse_windows
 from outpost import schema
@@ -69,6 +70,29 @@ class Sync:
 
 
 @dataclass(frozen=True)
+class Inference:
+    """Local inference: the runtime, back-pressure, and which results go to the hub."""
+
+    runtime: Literal["auto", "ai-edge-litert", "tflite-runtime"] = schema.setting(
+        "auto", help="interpreter package; auto: ai-edge-litert, else tflite-runtime"
+    )
+    queue_limit: int = schema.setting(
+        16, help="requests waiting per model beyond those running; more are refused", min=0
+    )
+    report: Literal["all", "flagged", "none"] = schema.setting(
+        "flagged",
+        help="local inferences recorded as results: all, flagged (label not the model's "
+        "normal one, or confidence below confidence_below) or none",
+    )
+    confidence_below: float = schema.setting(
+        0.6, help="a confidence below this flags an inference", min=0, max=1
+    )
+    max_body_bytes: int = schema.setting(
+        4 << 20, help="largest local API request body, bytes", min=1024, max=64 << 20
+    )
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Every agent setting, with its default and what it is for."""
 
@@ -99,6 +123,9 @@ class AgentConfig:
     log_level: str = schema.setting("info", help="debug, info, warning or error", max_len=16)
     bounds: Bounds = field(default_factory=Bounds, metadata={"help": "store bounds"})
     sync: Sync = field(default_factory=Sync, metadata={"help": "draining to the hub"})
+    inference: Inference = field(
+        default_factory=Inference, metadata={"help": "local inference and its reporting"}
+    )
 
     def __post_init__(self) -> None:
         check_log_level(self.log_level, "agent.log_level")

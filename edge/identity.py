@@ -62,6 +62,11 @@ class DevicePaths:
         return self.root / "store.key"
 
     @property
+    def models(self) -> Path:
+        """The model directory: installed models by name and version."""
+        return self.root / "models"
+
+    @property
     def socket(self) -> Path:
         """The local API's Unix socket."""
         return self.root / "agent.sock"

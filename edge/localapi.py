@@ -1,8 +1,14 @@
 """The agent's local API, for programs on the device, whether the hub is reachable or not.
 
 Served on a Unix socket in the data folder (and on 127.0.0.1:PORT only when configured).
-`POST /v1/records/{stream}` answers only once the records are on disk: that answer is
-the agent's promise that the hub will get them exactly once.
+Bodies are JSON or msgpack (`Content-Type: application/msgpack`); answers come in the
+request's format (or as `Accept` asks).
+
+- `POST /v1/records/{stream}` answers only once the records are on disk: that answer is
+  the agent's promise that the hub will get them exactly once.
+- `POST /v1/infer/{model}` runs a model on a worker thread and answers with its label,
+  confidence, scores and latency; the reporting rules decide whether it is recorded.
+- `GET /v1/models` and `GET /v1/status` say what the agent has and how it is doing.
 """
 
 from __future__ import annotations
@@ -19,31 +25,58 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
+from edge.inference.service import InferenceService, ModelUnavailable, UnknownModel
 from edge.store import STREAMS, AgentStore, StreamFullError
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY = 4 << 20
 MAX_RECORDS = 1000
+MSGPACK = "application/msgpack"
+INFER_KEYS = frozenset({"input", "dtype", "context"})
+MAX_CONTEXT_BYTES = 4096
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
+class _BadRequest(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
     return web.json_response(
-        {"error": {"code": code, "message": message, "details": {}}}, status=status
+        {"error": {"code": code, "message": message, "details": {}}},
+        status=status,
+        headers=headers or None,
     )
 
 
-class LocalApi:
-    """Routes for local producers and status readers."""
+def _answer(request: web.Request, data: dict[str, Any], status: int = 200) -> web.Response:
+    if request.content_type == MSGPACK or MSGPACK in request.headers.get("Accept", ""):
+        return web.Response(body=msgpack.packb(data), status=status, content_type=MSGPACK)
+    return web.json_response(data, status=status)
 
-    def __init__(self, store: AgentStore, status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+
+class LocalApi:
+    """Routes for local producers, local inference and status readers."""
+
+    def __init__(
+        self,
+        store: AgentStore,
+        inference: InferenceService,
+        status: Callable[[], Awaitable[dict[str, Any]]],
+        max_body_bytes: int,
+    ) -> None:
         self._store = store
+        self._inference = inference
         self._status = status
+        self._max_body = max_body_bytes
         self._runner: web.AppRunner | None = None
-        self.app = web.Application(client_max_size=MAX_BODY)
+        self.app = web.Application(client_max_size=max_body_bytes)
         self.app.add_routes(
             [
                 web.post("/v1/records/{stream}", self._append),
+                web.post("/v1/infer/{model}", self._infer),
+                web.get("/v1/models", self._models),
                 web.get("/v1/status", self._get_status),
             ]
         )
@@ -62,6 +95,31 @@ class LocalApi:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        """The request's body as a map, or a `_BadRequest` saying what is wrong with it."""
+        kind = request.content_type
+        if kind not in ("application/json", MSGPACK):
+            raise _BadRequest(
+                415, "unsupported_media_type", f"send application/json or {MSGPACK}, not {kind}"
+            )
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise _BadRequest(
+                413, "too_large", f"body over the limit of {self._max_body} bytes"
+            ) from exc
+        try:
+            data = (
+                msgpack.unpackb(raw, raw=False, strict_map_key=True)
+                if kind == MSGPACK
+                else json.loads(raw)
+            )
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise _BadRequest(400, "bad_body", f"body is not valid {kind}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise _BadRequest(400, "bad_body", "body must be a map")
+        return data
+
     async def _append(self, request: web.Request) -> web.Response:
         stream = request.match_info["stream"]
         if stream not in STREAMS:
@@ -69,17 +127,10 @@ class LocalApi:
                 404, "unknown_stream", f"no stream {stream!r}; streams: {', '.join(STREAMS)}"
             )
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, "too_large", f"body over {MAX_BODY} bytes")
-        try:
-            if request.content_type == "application/msgpack":
-                data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-            else:
-                data = json.loads(raw)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            return _error(400, "bad_body", f"body is not valid {request.content_type}: {exc}")
-        records = data.get("records") if isinstance(data, dict) else None
+            data = await self._body(request)
+        except _BadRequest as exc:
+            return _error(exc.status, exc.code, exc.message)
+        records = data.get("records")
         if not isinstance(records, list) or not records or len(records) > MAX_RECORDS:
             return _error(
                 400, "bad_field", f"body.records must be a list of 1 to {MAX_RECORDS} maps"
@@ -96,5 +147,76 @@ class LocalApi:
             status=201,
         )
 
+    async def _infer(self, request: web.Request) -> web.Response:
+        from edge.inference.runner import ModelBusy, ModelFault
+        from edge.inference.tensors import InputError
+
+        name = request.match_info["model"]
+        try:
+            self._inference.runner(name)  # unknown or broken: say so before reading a body
+            data = await self._body(request)
+            value, dtype, context = _infer_request(data)
+            outcome = await self._inference.infer(name, value, dtype, context)
+        except _BadRequest as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except UnknownModel as exc:
+            return _error(404, "unknown_model", str(exc))
+        except ModelUnavailable as exc:
+            return _error(503, "model_unavailable", str(exc))
+        except InputError as exc:
+            return _error(400, exc.code, f"{name}: {exc.message}")
+        except ModelBusy as exc:
+            return _error(429, "busy", str(exc), **{"Retry-After": "1"})
+        except ModelFault as exc:
+            logger.error("inference failed: %s", exc)
+            return _error(500, "model_fault", str(exc))
+        inference = outcome.inference
+        runner = self._inference.runner(name)
+        answer: dict[str, Any] = {
+            "model": name,
+            "version": outcome.version,
+            "label": inference.label,
+            "confidence": inference.confidence,
+            "scores": dict(zip(runner.manifest.labels, inference.scores, strict=True)),
+            "latency_ms": inference.latency_ms,
+            "queued_ms": inference.queued_ms,
+            "clipped": inference.clipped,
+            "recorded": (
+                {"stream": "results", "seq": outcome.recorded_seq}
+                if outcome.recorded_seq is not None
+                else None
+            ),
+        }
+        if outcome.record_error:
+            answer["record_error"] = outcome.record_error
+        return _answer(request, answer)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return _answer(
+            request,
+            {"runtime": self._inference.runtime_label, "models": self._inference.models()},
+        )
+
     async def _get_status(self, request: web.Request) -> web.Response:
-        return web.json_response({**(await self._status()), "time": time.time()})
+        return _answer(request, {**(await self._status()), "time": time.time()})
+
+
+def _infer_request(data: dict[str, Any]) -> tuple[Any, str, dict[str, Any] | None]:
+    unknown = sorted(str(k) for k in data.keys() - INFER_KEYS)
+    if unknown:
+        raise _BadRequest(
+            400, "bad_field", f"body.{unknown[0]}: unknown key (known: context, dtype, input)"
+        )
+    if "input" not in data:
+        raise _BadRequest(400, "bad_field", "body.input is required: the model's input tensor")
+    dtype = data.get("dtype", "float32")
+    if not isinstance(dtype, str):
+        raise _BadRequest(400, "bad_dtype", "body.dtype must be a string: float32 or int8")
+    context = data.get("context")
+    if context is not None and (
+        not isinstance(context, dict) or len(msgpack.packb(context)) > MAX_CONTEXT_BYTES
+    ):
+        raise _BadRequest(
+            400, "bad_field", f"body.context must be a map of at most {MAX_CONTEXT_BYTES} bytes"
+        )
+    return data["input"], dtype, context

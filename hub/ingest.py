@@ -219,6 +219,8 @@ def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent
             agent_version=body.agent_version,
             heartbeat_interval=body.heartbeat_interval,
             capabilities=dataclasses.asdict(body.capabilities),
+            runtime=body.runtime,
+            models=[dataclasses.asdict(m) for m in body.models],
         )
     if isinstance(body, wire.Heartbeat):
         return HeartbeatSeen(
@@ -228,6 +230,9 @@ def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent
             heartbeat_interval=body.heartbeat_interval,
             load=dataclasses.asdict(body.load),
             store=dataclasses.asdict(body.store) if body.store else None,
+            models=[dataclasses.asdict(m) for m in body.models]
+            if body.models is not None
+            else None,
         )
     if isinstance(body, wire.Status) and not body.online:
         return ConnectionLost(device_id=device_id, conn=body.conn, now=now)

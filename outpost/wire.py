@@ -83,6 +83,20 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """An installed model's active version, as the device reports it."""
+
+    name: str = schema.setting(help="model name", max_len=64)
+    version: str = schema.setting(help="active version", max_len=32)
+    sha256: str = schema.setting(help="sha256 of the model file (empty if unreadable)", max_len=64)
+    state: Literal["ready", "failed"] = schema.setting(help="loaded and self-tested, or not")
+    error: str = schema.setting("", help="why it failed", max_len=256)
+
+
+MAX_MODELS: Final = 256
+
+
+@dataclass(frozen=True)
 class Hello:
     """Sent on every connection: who the device is and what it can do."""
 
@@ -91,6 +105,8 @@ class Hello:
     profile: str = schema.setting(help="name of the device profile", max_len=64)
     heartbeat_interval: float = schema.setting(help="seconds between heartbeats", min=0.1)
     capabilities: Capabilities = schema.setting(help="what the device can run")
+    runtime: str = schema.setting("", help="inference runtime and its version, or none", max_len=64)
+    models: list[ModelInfo] = schema.setting([], help="installed models", max_len=MAX_MODELS)
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,9 @@ class Heartbeat:
     heartbeat_interval: float = schema.setting(help="seconds between heartbeats", min=0.1)
     load: Load = schema.setting(help="current load")
     store: StoreReport | None = schema.setting(None, help="the local store, if it has one")
+    models: list[ModelInfo] | None = schema.setting(
+        None, help="installed models, if the agent reports them", max_len=MAX_MODELS
+    )
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,12 @@ PROFILES = REPO / "firmware-configs"
 
 T = TypeVar("T")
 
+# The models that ship with the project, as bundle folders.
+SHIPPED_MODELS = [
+    REPO / "models" / "vibration-anomaly" / "1.0.0",
+    REPO / "models" / "surface-defect" / "1.0.0",
+]
+
 
 def free_port() -> int:
     """Return a TCP port on loopback that nothing listens on right now."""

@@ -63,6 +63,10 @@ class DeviceOut:
     )
     enrolled_at: float | None = schema.setting(help="enrollment time, epoch seconds")
     certificate: Certificate = schema.setting(help="its certificate")
+    runtime: str | None = schema.setting(help="its inference runtime and version")
+    models: list[dict[str, Any]] = schema.setting(
+        help="installed models: name, active version, sha256, state (ready or failed), error"
+    )
 
     @classmethod
     def of(cls, d: Device) -> DeviceOut:
@@ -80,6 +84,8 @@ class DeviceOut:
             store=d.store,
             enrolled_at=d.enrolled_at,
             certificate=Certificate(d.cert_serial, d.cert_not_before, d.cert_not_after),
+            runtime=d.runtime,
+            models=d.models,
         )
 
 

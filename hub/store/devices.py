@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlite_utils
@@ -34,6 +34,8 @@ class Device:
     cert_not_before: float | None
     cert_not_after: float | None
     store: dict[str, Any] | None = None
+    runtime: str | None = None
+    models: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Device:
@@ -49,6 +51,8 @@ class Device:
             capabilities=json.loads(row["capabilities"] or "{}"),
             load=json.loads(row["load"] or "{}"),
             store=json.loads(row["store"]) if row["store"] else None,
+            runtime=row["runtime"],
+            models=json.loads(row["models"] or "[]"),
             enrolled_at=row["enrolled_at"],
             cert_serial=row["cert_serial"],
             cert_not_before=row["cert_not_before"],
@@ -67,6 +71,8 @@ class HelloSeen:
     agent_version: str
     heartbeat_interval: float
     capabilities: dict[str, Any]
+    runtime: str = ""
+    models: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class HeartbeatSeen:
     heartbeat_interval: float
     load: dict[str, Any]
     store: dict[str, Any] | None = None
+    models: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,13 +152,14 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
     # register it with empty labels rather than ignore it.
     db.execute(
         """INSERT INTO devices (device_id, profile, labels, online, conn, last_seen,
-               last_heartbeat, heartbeat_interval, agent_version, capabilities)
-           VALUES (?, ?, '{}', 1, ?, ?, ?, ?, ?, ?)
+               last_heartbeat, heartbeat_interval, agent_version, capabilities, runtime, models)
+           VALUES (?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (device_id) DO UPDATE SET
                profile = excluded.profile, online = 1, conn = excluded.conn,
                last_seen = excluded.last_seen, last_heartbeat = excluded.last_heartbeat,
                heartbeat_interval = excluded.heartbeat_interval,
-               agent_version = excluded.agent_version, capabilities = excluded.capabilities""",
+               agent_version = excluded.agent_version, capabilities = excluded.capabilities,
+               runtime = excluded.runtime, models = excluded.models""",
         (
             e.device_id,
             e.profile,
@@ -161,6 +169,8 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
             e.heartbeat_interval,
             e.agent_version,
             json.dumps(e.capabilities, sort_keys=True),
+            e.runtime,
+            json.dumps(e.models, sort_keys=True),
         ),
     )
 
@@ -168,7 +178,8 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
 def _apply_heartbeat(db: sqlite_utils.Database, e: HeartbeatSeen) -> None:
     db.execute(
         """UPDATE devices SET online = 1, conn = ?, last_seen = ?, last_heartbeat = ?,
-               heartbeat_interval = ?, load = ?, store = COALESCE(?, store)
+               heartbeat_interval = ?, load = ?, store = COALESCE(?, store),
+               models = COALESCE(?, models)
            WHERE device_id = ?""",
         (
             e.conn,
@@ -177,6 +188,7 @@ def _apply_heartbeat(db: sqlite_utils.Database, e: HeartbeatSeen) -> None:
             e.heartbeat_interval,
             json.dumps(e.load, sort_keys=True),
             json.dumps(e.store, sort_keys=True) if e.store is not None else None,
+            json.dumps(e.models, sort_keys=True) if e.models is not None else None,
             e.device_id,
         ),
     )

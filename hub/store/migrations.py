@@ -96,9 +96,17 @@ def _m004_device_store(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN store TEXT")
 
 
+def _m005_device_models(db: sqlite_utils.Database) -> None:
+    # What the device can run: its inference runtime and installed models (from hello
+    # and heartbeats), the capability registry's input for allocating work.
+    db.execute("ALTER TABLE devices ADD COLUMN runtime TEXT")
+    db.execute("ALTER TABLE devices ADD COLUMN models TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     ("001_registry", _m001_registry),
     ("002_api", _m002_api),
     ("003_records", _m003_records),
     ("004_device_store", _m004_device_store),
+    ("005_device_models", _m005_device_models),
 ]

@@ -1,0 +1,129 @@
+"""The device's model directory: installed models by name and version, one active each.
+
+    models/<name>/<version>/{model.tflite, model.json, sample.json}
+    models/<name>/active        the active version (absent: the highest installed)
+
+A version folder is complete or absent: it is copied under a temporary name and renamed
+into place, and the `active` file is replaced atomically, so a crash mid-install leaves
+the previous state. Earlier versions stay, so a roll-back is a change of `active`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from outpost import files
+from outpost.modelbundle import (
+    MODEL_FILE,
+    NAME_PATTERN,
+    VERSION_PATTERN,
+    Bundle,
+    BundleError,
+    read_bundle,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTIVE_FILE = "active"
+BUNDLE_FILES = (MODEL_FILE, "model.json", "sample.json")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An installed model's active version: its bundle, or why it cannot be read."""
+
+    name: str
+    version: str
+    folder: Path
+    bundle: Bundle | None
+    error: str = ""
+
+
+class ModelDirectory:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def versions(self, name: str) -> list[str]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        found = [
+            p.name for p in folder.iterdir() if p.is_dir() and VERSION_PATTERN.fullmatch(p.name)
+        ]
+        return sorted(found, key=version_key)
+
+    def active(self, name: str) -> str | None:
+        try:
+            chosen = (self.root / name / ACTIVE_FILE).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            chosen = ""
+        versions = self.versions(name)
+        if chosen in versions:
+            return chosen
+        return versions[-1] if versions else None
+
+    def entries(self) -> list[Entry]:
+        """Every installed model's active version (manifests read, files not yet hashed)."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir() or not NAME_PATTERN.fullmatch(folder.name):
+                continue
+            version = self.active(folder.name)
+            if version is None:
+                continue
+            path = folder / version
+            try:
+                bundle = read_bundle(path, verify=False)
+            except BundleError as exc:
+                out.append(Entry(folder.name, version, path, None, str(exc)))
+                continue
+            if (bundle.manifest.name, bundle.manifest.version) != (folder.name, version):
+                error = (
+                    f"{path}: the manifest names {bundle.manifest.name} "
+                    f"{bundle.manifest.version}, not the folder's {folder.name} {version}"
+                )
+                out.append(Entry(folder.name, version, path, None, error))
+                continue
+            out.append(Entry(folder.name, version, path, bundle))
+        return out
+
+    def install(self, source: Path, *, activate: bool = True) -> Bundle:
+        """Copy a checked bundle folder in (blocking) and make it the active version."""
+        bundle = read_bundle(source)  # refuses a model that does not match its manifest
+        name, version = bundle.manifest.name, bundle.manifest.version
+        home = self.root / name
+        home.mkdir(parents=True, exist_ok=True)
+        target = home / version
+        if target.exists():
+            installed = read_bundle(target, verify=False)
+            if installed.manifest.sha256 != bundle.manifest.sha256:
+                raise BundleError(
+                    f"{name} {version} is installed with another sha256 "
+                    f"({installed.manifest.sha256}); give the new model a new version"
+                )
+        else:
+            staging = home / f".{version}.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            for file_name in BUNDLE_FILES:
+                if (source / file_name).exists():
+                    shutil.copyfile(source / file_name, staging / file_name)
+            read_bundle(staging)  # the copy is whole before it gets its real name
+            staging.rename(target)
+            logger.info("installed model %s %s", name, version)
+        if activate:
+            files.replace(home / ACTIVE_FILE, f"{version}\n".encode())
+        return read_bundle(target, verify=False)
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order versions numerically where they are numbers: 1.10.0 after 1.9.0."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"[.+_-]", version)
+    )

@@ -1,0 +1,202 @@
+"""One installed model, loaded: its interpreters, its worker threads and its queue.
+
+Interpreters are created once, at load, and reused; each worker thread owns one at a
+time, so the event loop never waits for an inference. Requests beyond the workers wait
+in a bounded queue; past that bound a request is refused at once (`ModelBusy`) instead
+of piling up until memory or latency gives way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.inference.runtime import Runtime
+from edge.inference.tensors import Prepared, dequantize, prepare_input
+from outpost.modelbundle import Bundle, BundleError, Manifest, TensorSpec, check_model_file
+
+
+class ModelBusy(RuntimeError):
+    """The model's queue is full: back-pressure, try again shortly."""
+
+
+class ModelFault(RuntimeError):
+    """The model failed to load, or its interpreter failed on a request."""
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What one inference gave: the top label and its score, every score, and timings."""
+
+    label: str
+    confidence: float
+    scores: list[float]
+    raw: list[int]
+    latency_ms: float  # set_tensor + invoke + get_tensor
+    queued_ms: float  # waiting for a free interpreter
+    clipped: int = 0  # input values outside the quantized range
+
+
+class ModelRunner:
+    """Runs one model on `interpreters` worker threads with a queue of `queue_limit`."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        runtime: Runtime,
+        *,
+        num_threads: int,
+        interpreters: int,
+        queue_limit: int,
+    ) -> None:
+        self.bundle = bundle
+        self.manifest: Manifest = bundle.manifest
+        self._runtime = runtime
+        self._num_threads = num_threads
+        self._count = interpreters
+        self._queue_limit = queue_limit
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._executor: ThreadPoolExecutor | None = None
+        self._outstanding = 0  # running + waiting; touched only on the event loop
+        self.served = 0
+        self.failed = 0
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    def load(self) -> None:
+        """Check the file against its manifest, create the interpreters, run the sample.
+
+        Blocking: call it from a thread. Raises `ModelFault` naming what is wrong.
+        """
+        try:
+            check_model_file(self.bundle.model_path, self.manifest)
+            made = [self._make_interpreter() for _ in range(self._count)]
+        except BundleError as exc:
+            raise ModelFault(str(exc)) from exc
+        except ModelFault:
+            raise
+        except (ValueError, RuntimeError) as exc:  # what the interpreter raises on a bad file
+            raise ModelFault(
+                f"{self.bundle.model_path}: the runtime cannot load it: {exc}"
+            ) from exc
+        for interpreter in made:
+            self._idle.put(interpreter)
+        self.self_test()
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._count, thread_name_prefix=f"infer-{self.manifest.name}"
+        )
+
+    def _make_interpreter(self) -> Any:
+        interpreter = self._runtime.interpreter(str(self.bundle.model_path), self._num_threads)
+        interpreter.allocate_tensors()
+        (inp,) = interpreter.get_input_details()
+        (out,) = interpreter.get_output_details()
+        _check_tensor("input", inp, self.manifest.input)
+        _check_tensor("output", out, self.manifest.output)
+        return _Interpreter(interpreter, inp["index"], out["index"])
+
+    def self_test(self) -> None:
+        """Run the bundle's sample and compare with its expected output (blocking)."""
+        sample = self.bundle.sample
+        if sample is None:
+            return
+        prepared = prepare_input(sample.input, "int8", self.manifest.input)
+        got = self.run_blocking(prepared, time.perf_counter())
+        worst = max(abs(a - b) for a, b in zip(got.raw, sample.expected.output, strict=True))
+        if got.label != sample.expected.label or worst > sample.tolerance:
+            raise ModelFault(
+                f"{self.manifest.name} {self.manifest.version}: the sample gave {got.label} "
+                f"{got.raw}, expected {sample.expected.label} {sample.expected.output}"
+            )
+
+    async def infer(self, value: Any, dtype: str = "float32") -> Inference:
+        """Check and quantize `value`, then run it on a worker thread.
+
+        Raises `InputError` for a bad input, `ModelBusy` when the queue is full and
+        `ModelFault` when the interpreter fails.
+        """
+        if self._executor is None:
+            raise ModelFault(f"{self.manifest.name} is not loaded")
+        if self._outstanding >= self._count + self._queue_limit:
+            raise ModelBusy(
+                f"{self.manifest.name} has {self._outstanding} requests in progress or "
+                f"waiting (limit {self._count + self._queue_limit}); retry shortly"
+            )
+        prepared = prepare_input(value, dtype, self.manifest.input)
+        self._outstanding += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, self.run_blocking, prepared, time.perf_counter()
+            )
+        finally:
+            self._outstanding -= 1
+
+    def run_blocking(self, prepared: Prepared, submitted: float) -> Inference:
+        """One inference on a free interpreter (in a worker thread)."""
+        interpreter = self._idle.get()
+        started = time.perf_counter()
+        try:
+            raw = interpreter.run(prepared.tensor)
+        except (ValueError, RuntimeError) as exc:
+            self.failed += 1
+            raise ModelFault(f"{self.manifest.name}: the interpreter failed: {exc}") from exc
+        finally:
+            self._idle.put(interpreter)
+        latency = time.perf_counter() - started
+        scores = dequantize(raw, self.manifest.output)
+        top = int(np.argmax(raw))
+        self.served += 1
+        return Inference(
+            label=self.manifest.labels[top],
+            confidence=scores[top],
+            scores=scores,
+            raw=[int(v) for v in raw],
+            latency_ms=latency * 1000,
+            queued_ms=(started - submitted) * 1000,
+            clipped=prepared.clipped,
+        )
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+class _Interpreter:
+    """An interpreter with its tensor indexes looked up once."""
+
+    def __init__(self, interpreter: Any, input_index: int, output_index: int) -> None:
+        self._interpreter = interpreter
+        self._input = input_index
+        self._output = output_index
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        self._interpreter.set_tensor(self._input, tensor)
+        self._interpreter.invoke()
+        out: np.ndarray = self._interpreter.get_tensor(self._output)
+        return out.reshape(-1)
+
+
+def _check_tensor(which: str, detail: dict[str, Any], spec: TensorSpec) -> None:
+    """The model's tensor must be the one its manifest describes."""
+    shape = [int(d) for d in detail["shape"]]
+    dtype = np.dtype(detail["dtype"]).name
+    scale, zero_point = detail["quantization"]
+    if shape != spec.shape or dtype != spec.dtype:
+        raise ModelFault(
+            f"the model's {which} is {dtype} {shape}; the manifest says {spec.dtype} {spec.shape}"
+        )
+    if not np.isclose(scale, spec.scale, rtol=1e-5) or zero_point != spec.zero_point:
+        raise ModelFault(
+            f"the model's {which} quantization is scale {scale}, zero point {zero_point}; "
+            f"the manifest says {spec.scale}, {spec.zero_point}"
+        )

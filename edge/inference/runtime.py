@@ -1,0 +1,65 @@
+"""The interpreter adapter: LiteRT (`ai-edge-litert`) by default, `tflite-runtime` where
+only it is installed. Chosen once at start; its name and version go into `hello`.
+
+Both packages expose the same `Interpreter` class (the one TensorFlow Lite always had),
+so the adapter is only the choice of module; everything that runs a model talks to
+that shared interface.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from dataclasses import dataclass
+from typing import Any, Literal
+
+RuntimeName = Literal["ai-edge-litert", "tflite-runtime"]
+Preference = Literal["auto", "ai-edge-litert", "tflite-runtime"]
+
+# Preference order, each with the module that holds its Interpreter.
+RUNTIMES: dict[RuntimeName, str] = {
+    "ai-edge-litert": "ai_edge_litert.interpreter",
+    "tflite-runtime": "tflite_runtime.interpreter",
+}
+
+
+class RuntimeMissing(RuntimeError):
+    """No usable inference runtime is installed."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A chosen runtime: its distribution name and version, and its Interpreter class."""
+
+    name: RuntimeName
+    version: str
+    interpreter_class: Any
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+    def interpreter(self, model_path: str, num_threads: int) -> Any:
+        return self.interpreter_class(model_path=model_path, num_threads=num_threads)
+
+
+def choose_runtime(preference: Preference = "auto") -> Runtime:
+    """Import the preferred runtime (or, on `auto`, the first that imports)."""
+    names: list[RuntimeName] = list(RUNTIMES) if preference == "auto" else [preference]
+    failures = []
+    for name in names:
+        try:
+            module = importlib.import_module(RUNTIMES[name])
+        except ImportError as exc:
+            # A wheel built against another numpy fails here with an ImportError too.
+            failures.append(f"{name}: {exc}")
+            continue
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        return Runtime(name, version, module.Interpreter)
+    wanted = " or ".join(names)
+    raise RuntimeMissing(
+        f"no inference runtime: install {wanted} (pip install {names[0]}); " + "; ".join(failures)
+    )

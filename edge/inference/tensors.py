@@ -1,0 +1,120 @@
+"""Between the caller's numbers and the model's int8 tensors: check, quantize, dequantize.
+
+A caller sends real-world values (`float32`, the default), which are quantized with the
+model's own scale and zero point, or the raw quantized tensor (`int8`). Either arrives as
+nested lists shaped like the model's input (with or without its batch dimension of 1),
+or, over msgpack, as the tensor's bytes in C order (float32 little-endian or int8).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from outpost.modelbundle import TensorSpec
+
+INPUT_DTYPES = ("float32", "int8")
+INT8_MIN, INT8_MAX = -128, 127
+
+
+class InputError(ValueError):
+    """An input does not fit the model; `code` says how (bad_shape, bad_dtype, bad_input)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An input ready for the interpreter, and how many values had to be clipped."""
+
+    tensor: np.ndarray
+    clipped: int
+
+
+def prepare_input(value: Any, dtype: str, spec: TensorSpec) -> Prepared:
+    """Turn a caller's input into the model's int8 tensor, or say what is wrong with it."""
+    if dtype not in INPUT_DTYPES:
+        raise InputError(
+            "bad_dtype",
+            f"dtype {dtype!r} is not accepted: send float32 (real values, quantized with the "
+            "model's scale) or int8 (already quantized)",
+        )
+    want = tuple(spec.shape)
+    if isinstance(value, bytes | bytearray | memoryview):
+        array = _from_bytes(bytes(value), dtype, want)
+    else:
+        array = _from_lists(value, dtype)
+    array = _fit_shape(array, want)
+    if dtype == "int8":
+        return Prepared(array.astype(np.int8), 0)
+    return quantize(array, spec)
+
+
+def quantize(values: np.ndarray, spec: TensorSpec) -> Prepared:
+    """Real values to int8 with the tensor's scale and zero point, clipping to its range."""
+    if not np.isfinite(values).all():
+        raise InputError("bad_input", "input holds NaN or infinite values")
+    q = np.round(values / spec.scale) + spec.zero_point
+    clipped = int(np.count_nonzero((q < INT8_MIN) | (q > INT8_MAX)))
+    return Prepared(np.clip(q, INT8_MIN, INT8_MAX).astype(np.int8), clipped)
+
+
+def dequantize(raw: np.ndarray, spec: TensorSpec) -> list[float]:
+    return [float(v) for v in (raw.astype(np.float32) - spec.zero_point) * spec.scale]
+
+
+def _from_bytes(data: bytes, dtype: str, want: tuple[int, ...]) -> np.ndarray:
+    item = np.dtype("<f4") if dtype == "float32" else np.dtype(np.int8)
+    count = math.prod(want)
+    if len(data) != count * item.itemsize:
+        raise InputError(
+            "bad_shape",
+            f"input is {len(data)} bytes; the model takes {count} {dtype} values "
+            f"({count * item.itemsize} bytes, shape {list(want)})",
+        )
+    return np.frombuffer(data, item).reshape(want)
+
+
+def _from_lists(value: Any, dtype: str) -> np.ndarray:
+    if not isinstance(value, list):
+        raise InputError("bad_input", f"input must be a list of numbers, got {_kind(value)}")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nesting
+        raise InputError("bad_shape", f"input is not a rectangular array: {exc}") from exc
+    kind = array.dtype.kind
+    if kind not in "iuf":
+        found = "true/false" if kind == "b" else "non-numeric"
+        raise InputError("bad_dtype", f"input holds {found} values; only numbers are accepted")
+    if dtype == "int8":
+        if kind == "f":
+            raise InputError("bad_dtype", "dtype int8 needs integers; the input holds fractions")
+        low, high = int(array.min(initial=0)), int(array.max(initial=0))
+        if low < INT8_MIN or high > INT8_MAX:
+            raise InputError(
+                "bad_dtype",
+                f"int8 values must lie in {INT8_MIN}..{INT8_MAX}; the input spans {low}..{high}",
+            )
+    return array
+
+
+def _fit_shape(array: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
+    if array.shape == want:
+        return array
+    if (1, *array.shape) == want:  # the batch dimension may be left out
+        return array.reshape(want)
+    raise InputError(
+        "bad_shape",
+        f"input shape {list(array.shape)} does not match the model's input {list(want)}"
+        + (f" (or {list(want[1:])} without the batch dimension)" if want[:1] == (1,) else ""),
+    )
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,172 @@
+"""A model bundle: a `.tflite` file with its manifest and a sample, as one folder.
+
+    model.tflite   the model: full-integer quantized (int8 in, int8 out)
+    model.json     the manifest: name, version, sha256, size, labels, tensors, accuracy
+    sample.json    an input and the output the model must give for it
+
+Both sides read bundles: the agent installs and runs them, the hub (later) checks and
+signs them. Nothing here imports an inference runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from outpost import schema
+
+MODEL_FILE = "model.tflite"
+MANIFEST_FILE = "model.json"
+SAMPLE_FILE = "sample.json"
+MAX_MODEL_BYTES = 64 << 20
+MAX_SIDECAR_BYTES = 4 << 20
+
+T = TypeVar("T")
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+VERSION_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}")
+
+
+class BundleError(ValueError):
+    """A bundle is unreadable or inconsistent; the message names the file and the fault."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One quantized tensor: real value = scale * (q - zero_point)."""
+
+    shape: list[int] = schema.setting(help="dimensions, batch first", max_len=8)
+    dtype: Literal["int8"] = schema.setting(help="element type; only int8 models are run")
+    scale: float = schema.setting(help="quantization scale", min=0)
+    zero_point: int = schema.setting(help="quantization zero point", min=-128, max=127)
+    description: str = schema.setting("", help="what the values mean", max_len=512)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a model is and how to feed it; `sha256` and `size` pin the model file."""
+
+    name: str = schema.setting(help="model name, e.g. vibration-anomaly", max_len=64)
+    version: str = schema.setting(help="model version, e.g. 1.0.0", max_len=32)
+    sha256: str = schema.setting(help="sha256 of model.tflite, hex", max_len=64)
+    size: int = schema.setting(help="bytes of model.tflite", min=1, max=MAX_MODEL_BYTES)
+    labels: list[str] = schema.setting(help="one label per output score", max_len=1000)
+    input: TensorSpec = schema.setting(help="the input tensor")
+    output: TensorSpec = schema.setting(help="the output tensor (one score per label)")
+    normal_label: str = schema.setting(
+        "", help="the label of the normal case (not reported as flagged)", max_len=64
+    )
+    description: str = schema.setting("", help="what the model is for", max_len=1024)
+    accuracy: dict[str, Any] = schema.setting({}, help="held-out accuracy", max_len=32)
+    training: dict[str, Any] = schema.setting({}, help="how it was trained", max_len=32)
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.fullmatch(self.name):
+            raise schema.SchemaError("name", f"must match {NAME_PATTERN.pattern}")
+        if not VERSION_PATTERN.fullmatch(self.version):
+            raise schema.SchemaError("version", f"must match {VERSION_PATTERN.pattern}")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise schema.SchemaError("sha256", "must be 64 lowercase hex digits")
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise schema.SchemaError("labels", "must be a non-empty list of distinct labels")
+        if self.output.shape[-1:] != [len(self.labels)]:
+            raise schema.SchemaError(
+                "output.shape",
+                f"last dimension must equal the number of labels ({len(self.labels)}), "
+                f"got {self.output.shape}",
+            )
+        if self.normal_label and self.normal_label not in self.labels:
+            raise schema.SchemaError("normal_label", f"{self.normal_label!r} is not a label")
+
+    def to_dict(self) -> dict[str, Any]:
+        return schema.dump(self)
+
+
+@dataclass(frozen=True)
+class Expected:
+    label: str = schema.setting(help="the top label", max_len=64)
+    output: list[int] = schema.setting(help="the raw int8 output", max_len=1000)
+    scores: list[float] = schema.setting([], help="the dequantized output", max_len=1000)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An input (raw int8 values, nested like the input shape) and what it must give."""
+
+    input: list[Any] = schema.setting(help="nested lists of int8 values", max_len=1 << 20)
+    expected: Expected = schema.setting(help="the output the model must give")
+    input_dtype: Literal["int8"] = schema.setting("int8", help="the dtype of `input`")
+    # Runtimes differ by a rounding step in some kernels; more than that is a fault.
+    tolerance: int = schema.setting(1, help="int8 steps allowed per score", min=0, max=255)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A checked bundle folder: the model file matches its manifest."""
+
+    folder: Path
+    manifest: Manifest
+    sample: Sample | None
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / MODEL_FILE
+
+
+def read_manifest(folder: Path) -> Manifest:
+    return _load(Manifest, folder / MANIFEST_FILE)
+
+
+def read_bundle(folder: Path, *, verify: bool = True) -> Bundle:
+    """Read a bundle: the manifest, the sample and (`verify`) the model's size and sha256."""
+    manifest = read_manifest(folder)
+    sample_path = folder / SAMPLE_FILE
+    sample = _load(Sample, sample_path) if sample_path.exists() else None
+    if verify:
+        check_model_file(folder / MODEL_FILE, manifest)
+    return Bundle(folder, manifest, sample)
+
+
+def check_model_file(path: Path, manifest: Manifest) -> None:
+    """Refuse a model file whose size or sha256 differs from its manifest's."""
+    try:
+        size = path.stat().st_size
+        if size != manifest.size:
+            raise BundleError(
+                f"{path}: {size} bytes, the manifest says {manifest.size} (truncated or replaced)"
+            )
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if digest != manifest.sha256:
+        raise BundleError(f"{path}: sha256 {digest} differs from the manifest's {manifest.sha256}")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load(cls: type[T], path: Path) -> T:
+    try:
+        return schema.load(cls, _read_json(path), "")
+    except schema.SchemaError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise BundleError(f"{path}: over {MAX_SIDECAR_BYTES} bytes")
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise BundleError(f"{path}: not valid JSON: {exc}") from exc

@@ -1,0 +1,367 @@
+"""Train, quantize and package the models that ship with Outpost.
+
+Run with `./scripts/train-models`: it makes a separate venv with TensorFlow (a
+development-only extra; nothing else in the project needs it) and runs this script.
+
+Each model is trained on synthetic data made here from a fixed seed, converted with
+TensorFlow Lite's converter to full-integer quantization (int8 in, int8 out, calibrated on
+a representative dataset), then checked with the LiteRT interpreter the agent uses: its
+held-out accuracy goes into the model's manifest, and one confidently classified held-out
+example becomes the committed sample with its expected output.
+
+    models/<name>/<version>/model.tflite   the model
+    models/<name>/<version>/model.json     manifest: sha256, size, labels, tensors, accuracy
+    models/<name>/<version>/sample.json    a sample input and the output it must give
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_MODEL_BYTES = 500 * 1024
+
+# ---------------------------------------------------------------- vibration windows
+
+FS_HZ = 1000.0  # accelerometer sampling rate
+WINDOW = 128  # samples per window (0.128 s)
+VIBRATION_LABELS = ["normal", "imbalance", "looseness", "bearing_fault"]
+
+
+def vibration_windows(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`n` three-axis acceleration windows (g) of a rotating machine, with their labels.
+
+    normal: a weak running-speed (1x) tone and noise; imbalance: a strong 1x tone on the
+    radial axes, 90 degrees apart; looseness: harmonics 2x to 4x, clipped on one side;
+    bearing_fault: decaying resonance bursts repeating at the outer-race fault rate.
+    """
+    t = np.arange(WINDOW) / FS_HZ
+    x = np.empty((n, WINDOW, 3), np.float32)
+    y = rng.integers(0, len(VIBRATION_LABELS), n)
+    for i in range(n):
+        f0 = rng.uniform(20, 45)  # shaft speed, Hz
+        phase = rng.uniform(0, 2 * np.pi, 3)
+        noise = rng.uniform(0.05, 0.25)
+        base = rng.uniform(0.05, 0.3) * np.sin(2 * np.pi * f0 * t[:, None] + phase)
+        signal = base + rng.normal(0, noise, (WINDOW, 3))
+        kind = VIBRATION_LABELS[y[i]]
+        if kind == "imbalance":
+            amp = rng.uniform(0.2, 1.3)
+            radial = np.stack(
+                [np.sin(2 * np.pi * f0 * t + phase[0]), np.cos(2 * np.pi * f0 * t + phase[0])],
+                axis=1,
+            )
+            signal[:, :2] += amp * radial
+            signal[:, 2] += 0.1 * amp * np.sin(2 * np.pi * f0 * t + phase[2])
+        elif kind == "looseness":
+            for harmonic in (2, 3, 4):
+                amp = rng.uniform(0.06, 0.45)
+                signal += amp * np.sin(2 * np.pi * harmonic * f0 * t[:, None] + phase)
+            signal = np.minimum(signal, rng.uniform(0.3, 0.6))  # the part hits its stop
+        elif kind == "bearing_fault":
+            rate = f0 * rng.uniform(3.0, 4.0)  # outer-race fault frequency
+            resonance = rng.uniform(150, 350)
+            amp = rng.uniform(0.12, 1.5)
+            start = rng.uniform(0, 1 / rate)
+            for hit in np.arange(start, t[-1], 1 / rate):
+                after = np.clip(t - hit, 0, None) * (t >= hit)
+                burst = amp * np.exp(-after * 60) * np.sin(2 * np.pi * resonance * after)
+                signal += (burst * (t >= hit))[:, None] * rng.uniform(0.5, 1.0, 3)
+        x[i] = signal * rng.uniform(0.8, 1.25)  # sensor gain and mounting vary
+    return x, y
+
+
+def vibration_model(tf: Any) -> Any:
+    layers = tf.keras.layers
+    return tf.keras.Sequential(
+        [
+            layers.Input((WINDOW, 3)),
+            layers.Conv1D(16, 7, strides=2, padding="same", activation="relu"),
+            layers.Conv1D(32, 5, strides=2, padding="same", activation="relu"),
+            layers.Conv1D(32, 3, padding="same", activation="relu"),
+            layers.GlobalAveragePooling1D(),
+            layers.Dense(32, activation="relu"),
+            layers.Dense(len(VIBRATION_LABELS), activation="softmax"),
+        ]
+    )
+
+
+# ---------------------------------------------------------------- surface images
+
+SIDE = 96
+SURFACE_LABELS = ["ok", "scratch", "spot", "crack"]
+
+
+def surface_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`n` 96x96 grayscale images (0..1) of brushed metal, with their labels.
+
+    ok: the bare surface (lighting gradient, brushing streaks, sensor noise); scratch: a
+    thin straight line at any angle; spot: a soft round stain, dark or bright; crack: a
+    dark jagged path.
+    """
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32)
+    x = np.empty((n, SIDE, SIDE, 1), np.float32)
+    y = rng.integers(0, len(SURFACE_LABELS), n)
+    for i in range(n):
+        level = rng.uniform(0.35, 0.65)
+        gx, gy = rng.uniform(-0.15, 0.15, 2)
+        img = level + gx * (xx / SIDE - 0.5) + gy * (yy / SIDE - 0.5)
+        streaks = rng.normal(0, rng.uniform(0.01, 0.04), SIDE).astype(np.float32)
+        img += streaks[:, None] if rng.random() < 0.5 else streaks[None, :]
+        img += rng.normal(0, rng.uniform(0.01, 0.07), (SIDE, SIDE))
+        kind = SURFACE_LABELS[y[i]]
+        if kind == "scratch":
+            angle = rng.uniform(0, np.pi)
+            cx, cy = rng.uniform(25, 71, 2)
+            half = rng.uniform(15, 40)
+            dx, dy = np.cos(angle), np.sin(angle)
+            along = (xx - cx) * dx + (yy - cy) * dy
+            across = np.abs(-(xx - cx) * dy + (yy - cy) * dx)
+            mask = (np.abs(along) < half) & (across < rng.uniform(0.6, 1.4))
+            img[mask] += rng.choice([-1, 1]) * rng.uniform(0.05, 0.4)
+        elif kind == "spot":
+            cx, cy = rng.uniform(15, 81, 2)
+            r = rng.uniform(4, 11)
+            blob = np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)))
+            img += rng.choice([-1, 1]) * rng.uniform(0.05, 0.4) * blob
+        elif kind == "crack":
+            px, py = rng.uniform(10, 86, 2)
+            heading = rng.uniform(0, 2 * np.pi)
+            depth = rng.uniform(0.06, 0.4)
+            for _ in range(int(rng.integers(35, 70))):
+                heading += rng.normal(0, 0.6)
+                px = float(np.clip(px + 1.5 * np.cos(heading), 1, SIDE - 2))
+                py = float(np.clip(py + 1.5 * np.sin(heading), 1, SIDE - 2))
+                img[int(py), int(px)] -= depth
+                img[int(py) + rng.integers(0, 2), int(px) + rng.integers(0, 2)] -= depth / 2
+        x[i, :, :, 0] = np.clip(img, 0, 1)
+    return x, y
+
+
+def surface_model(tf: Any) -> Any:
+    layers = tf.keras.layers
+    return tf.keras.Sequential(
+        [
+            layers.Input((SIDE, SIDE, 1)),
+            layers.Conv2D(8, 3, strides=2, padding="same", activation="relu"),
+            layers.Conv2D(16, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.GlobalMaxPooling2D(),
+            layers.Dense(32, activation="relu"),
+            layers.Dense(len(SURFACE_LABELS), activation="softmax"),
+        ]
+    )
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    version: str
+    description: str
+    labels: list[str]
+    normal_label: str
+    input_description: str
+    data: Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+    build: Callable[[Any], Any]
+    train_size: int
+    test_size: int
+    epochs: int
+    sample_label: str
+
+
+RECIPES = [
+    Recipe(
+        name="vibration-anomaly",
+        version="1.0.0",
+        description="Classifies 128-sample, 3-axis accelerometer windows (1 kHz, in g) of a "
+        "rotating machine: normal running or one of three faults.",
+        labels=VIBRATION_LABELS,
+        normal_label="normal",
+        input_description="acceleration in g, shape [1, 128, 3]: 128 samples at 1 kHz of "
+        "the x, y and z axes",
+        data=vibration_windows,
+        build=vibration_model,
+        train_size=12000,
+        test_size=3000,
+        epochs=25,
+        sample_label="bearing_fault",
+    ),
+    Recipe(
+        name="surface-defect",
+        version="1.0.0",
+        description="Classifies 96x96 grayscale images of a brushed metal surface: ok or "
+        "one of three defects.",
+        labels=SURFACE_LABELS,
+        normal_label="ok",
+        input_description="grayscale pixels from 0 (black) to 1 (white), shape [1, 96, 96, 1]",
+        data=surface_images,
+        build=surface_model,
+        train_size=10000,
+        test_size=2000,
+        epochs=20,
+        sample_label="scratch",
+    ),
+]
+
+
+def convert(tf: Any, model: Any, calibration: np.ndarray) -> bytes:
+    def representative() -> Iterator[list[np.ndarray]]:
+        for row in calibration:
+            yield [row[None, ...].astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return bytes(converter.convert())
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def evaluate(content: bytes, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """int8 outputs of the converted model for every row of `x`, via LiteRT."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content, num_threads=1)
+    interpreter.allocate_tensors()
+    (inp,) = interpreter.get_input_details()
+    (out,) = interpreter.get_output_details()
+    scale, zero_point = inp["quantization"]
+    outputs = np.empty((len(x), out["shape"][-1]), np.int8)
+    for i, row in enumerate(x):
+        interpreter.set_tensor(inp["index"], quantize(row[None, ...], scale, zero_point))
+        interpreter.invoke()
+        outputs[i] = interpreter.get_tensor(out["index"])[0]
+    return outputs, inp, out
+
+
+def tensor_spec(detail: dict[str, Any], description: str) -> dict[str, Any]:
+    scale, zero_point = detail["quantization"]
+    return {
+        "shape": [int(d) for d in detail["shape"]],
+        "dtype": np.dtype(detail["dtype"]).name,
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+        "description": description,
+    }
+
+
+def build(tf: Any, recipe: Recipe, out_root: Path, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    x_train, y_train = recipe.data(recipe.train_size, rng)
+    x_test, y_test = recipe.data(recipe.test_size, np.random.default_rng(seed + 1))
+    tf.keras.utils.set_random_seed(seed)
+    model = recipe.build(tf)
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(2e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(
+        x_train, y_train, epochs=recipe.epochs, batch_size=64, validation_split=0.1, verbose=2
+    )
+    float_accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
+    content = convert(tf, model, x_train[:400])
+    if len(content) > MAX_MODEL_BYTES:
+        raise SystemExit(f"{recipe.name}: {len(content)} bytes, over {MAX_MODEL_BYTES}")
+
+    outputs, inp, out = evaluate(content, x_test)
+    predicted = outputs.argmax(axis=1)
+    int8_accuracy = float((predicted == y_test).mean())
+    confusion = np.zeros((len(recipe.labels),) * 2, int)
+    for truth, guess in zip(y_test, predicted, strict=True):
+        confusion[truth, guess] += 1
+
+    # The sample: the held-out example of `sample_label` the int8 model is surest of.
+    want = recipe.labels.index(recipe.sample_label)
+    candidates = np.flatnonzero((y_test == want) & (predicted == want))
+    best = candidates[outputs[candidates, want].argmax()]
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    sample_q = quantize(x_test[best][None, ...], in_scale, in_zero)
+    expected_q = outputs[best]
+
+    folder = out_root / recipe.name / recipe.version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.tflite").write_bytes(content)
+    sample = {
+        "input": sample_q.tolist(),
+        "input_dtype": "int8",
+        "expected": {
+            "label": recipe.sample_label,
+            "output": expected_q.tolist(),
+            "scores": [round((int(q) - out_zero) * out_scale, 6) for q in expected_q],
+        },
+    }
+    manifest = {
+        "name": recipe.name,
+        "version": recipe.version,
+        "description": recipe.description,
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size": len(content),
+        "labels": recipe.labels,
+        "normal_label": recipe.normal_label,
+        "input": tensor_spec(inp, recipe.input_description),
+        "output": tensor_spec(out, "class scores (softmax), one per label"),
+        "accuracy": {
+            "held_out_int8": round(int8_accuracy, 4),
+            "held_out_float": round(float_accuracy, 4),
+            "held_out_samples": recipe.test_size,
+            "confusion": confusion.tolist(),
+        },
+        "training": {
+            "data": "synthetic, scripts/train_models.py",
+            "seed": seed,
+            "train_samples": recipe.train_size,
+            "tensorflow": tf.__version__,
+        },
+    }
+    (folder / "sample.json").write_text(json.dumps(sample, separators=(",", ":")) + "\n")
+    (folder / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(
+        f"{recipe.name} {recipe.version}: {len(content)} bytes, held-out accuracy "
+        f"{int8_accuracy:.4f} int8 ({float_accuracy:.4f} float) on {recipe.test_size}",
+        flush=True,
+    )
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "models", help="models folder")
+    parser.add_argument("--seed", type=int, default=20261125)
+    parser.add_argument("--only", choices=[r.name for r in RECIPES], action="append")
+    args = parser.parse_args(argv)
+    import tensorflow as tf
+
+    for recipe in RECIPES:
+        if args.only and recipe.name not in args.only:
+            continue
+        build(tf, recipe, args.out, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The shipped int8 models on the real interpreters: LiteRT, and tflite-runtime as the
+fallback (in its own venv, where only it is installed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.inference.directory import ModelDirectory
+from edge.inference.runner import ModelBusy, ModelFault, ModelRunner
+from edge.inference.runtime import Runtime, RuntimeMissing, choose_runtime
+from outpost.modelbundle import BundleError, read_bundle
+from tests.support import REPO, SHIPPED_MODELS
+
+FALLBACK_PYTHON = REPO / ".venv-tflite" / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def litert() -> Runtime:
+    runtime = choose_runtime()
+    assert runtime.name == "ai-edge-litert"
+    return runtime
+
+
+def runner_for(folder: Path, runtime: Runtime, **kwargs: int) -> ModelRunner:
+    options = {"num_threads": 1, "interpreters": 1, "queue_limit": 4, **kwargs}
+    return ModelRunner(read_bundle(folder), runtime, **options)
+
+
+@pytest.mark.parametrize("folder", SHIPPED_MODELS, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("threads", [1, 2])
+async def test_each_model_gives_its_expected_output_for_its_sample(
+    folder: Path, threads: int, litert: Runtime
+) -> None:
+    runner = runner_for(folder, litert, num_threads=threads)
+    runner.load()  # runs the sample as a self-test too
+    sample = read_bundle(folder).sample
+    assert sample is not None
+    try:
+        got = await runner.infer(sample.input, "int8")
+    finally:
+        runner.close()
+
+    assert got.label == sample.expected.label
+    assert np.abs(np.array(got.raw) - sample.expected.output).max() <= sample.tolerance
+    assert got.confidence == max(got.scores)
+    assert got.latency_ms > 0
+
+
+@pytest.mark.parametrize("folder", SHIPPED_MODELS, ids=lambda p: p.parent.name)
+async def test_real_valued_input_is_quantized_to_the_same_answer(
+    folder: Path, litert: Runtime
+) -> None:
+    bundle = read_bundle(folder)
+    assert bundle.sample is not None
+    spec = bundle.manifest.input
+    real = (np.array(bundle.sample.input, np.float32) - spec.zero_point) * spec.scale
+    runner = runner_for(folder, litert)
+    runner.load()
+    try:
+        got = await runner.infer(real[0].tolist(), "float32")  # without the batch dimension
+    finally:
+        runner.close()
+
+    assert got.label == bundle.sample.expected.label
+    assert np.abs(np.array(got.raw) - bundle.sample.expected.output).max() <= 1
+    assert got.clipped == 0
+
+
+async def test_requests_beyond_the_queue_are_refused_not_piled_up(litert: Runtime) -> None:
+    runner = runner_for(SHIPPED_MODELS[1], litert, interpreters=1, queue_limit=2)
+    runner.load()
+    sample = runner.bundle.sample
+    assert sample is not None
+    try:
+        outcomes = await asyncio.gather(
+            *(runner.infer(sample.input, "int8") for _ in range(20)), return_exceptions=True
+        )
+    finally:
+        runner.close()
+
+    busy = [o for o in outcomes if isinstance(o, ModelBusy)]
+    served = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(served) == 3  # one running, two waiting
+    assert len(busy) == 17
+    assert "limit 3" in str(busy[0])
+    assert runner.outstanding == 0
+
+
+async def test_inference_runs_on_worker_threads(litert: Runtime) -> None:
+    runner = runner_for(SHIPPED_MODELS[0], litert, interpreters=2)
+    runner.load()
+    sample = runner.bundle.sample
+    assert sample is not None
+    seen: list[str] = []
+    original = runner.run_blocking
+
+    def spy(*args: object) -> object:
+        import threading
+
+        seen.append(threading.current_thread().name)
+        return original(*args)  # type: ignore[arg-type]
+
+    runner.run_blocking = spy  # type: ignore[method-assign,assignment]
+    try:
+        await asyncio.gather(*(runner.infer(sample.input, "int8") for _ in range(4)))
+    finally:
+        runner.close()
+
+    assert len(seen) == 4
+    assert all(name.startswith("infer-vibration-anomaly") for name in seen)
+
+
+def corrupt_copy(tmp_path: Path, keep: int) -> Path:
+    """A copy of a bundle whose model file is cut to `keep` bytes, manifest updated to
+    match (so the runtime, not the sha256 check, meets the damage)."""
+    import hashlib
+
+    folder = Path(shutil.copytree(SHIPPED_MODELS[0], tmp_path / "corrupt"))
+    data = (folder / "model.tflite").read_bytes()[:keep]
+    (folder / "model.tflite").write_bytes(data)
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (folder / "model.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize("keep", [16, 4000])
+def test_a_corrupt_model_file_fails_to_load_with_a_clear_error(
+    tmp_path: Path, keep: int, litert: Runtime
+) -> None:
+    runner = runner_for(corrupt_copy(tmp_path, keep), litert)
+
+    with pytest.raises(ModelFault, match="the runtime cannot load it"):
+        runner.load()
+
+
+def test_a_model_changed_on_disk_after_install_is_refused_at_load(
+    tmp_path: Path, litert: Runtime
+) -> None:
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0])
+    (entry,) = directory.entries()
+    assert entry.bundle is not None
+    model = entry.bundle.model_path
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+
+    with pytest.raises(ModelFault, match="truncated or replaced"):
+        ModelRunner(entry.bundle, litert, num_threads=1, interpreters=1, queue_limit=1).load()
+
+
+def test_the_model_directory_keeps_versions_and_one_active(tmp_path: Path) -> None:
+    directory = ModelDirectory(tmp_path / "models")
+    for folder in SHIPPED_MODELS:
+        directory.install(folder)
+    newer = Path(shutil.copytree(SHIPPED_MODELS[0], tmp_path / "v2"))
+    manifest = json.loads((newer / "model.json").read_text())
+    (newer / "model.json").write_text(json.dumps({**manifest, "version": "1.10.0"}))
+
+    directory.install(newer, activate=False)
+    assert directory.active("vibration-anomaly") == "1.0.0"
+    assert directory.versions("vibration-anomaly") == ["1.0.0", "1.10.0"]
+
+    directory.install(newer)
+    assert directory.active("vibration-anomaly") == "1.10.0"
+    assert sorted((e.name, e.version) for e in directory.entries()) == [
+        ("surface-defect", "1.0.0"),
+        ("vibration-anomaly", "1.10.0"),
+    ]
+
+
+def test_a_version_cannot_be_reinstalled_with_other_bytes(tmp_path: Path) -> None:
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0])
+    other = corrupt_copy(tmp_path, 4000)
+
+    with pytest.raises(BundleError, match="installed with another sha256"):
+        directory.install(other)
+    assert read_bundle(directory.root / "vibration-anomaly" / "1.0.0").manifest.size > 4000
+
+
+def test_a_missing_runtime_is_named() -> None:
+    # This venv has LiteRT only; asking for tflite-runtime alone must say what to install.
+    with pytest.raises(RuntimeMissing, match="install tflite-runtime"):
+        choose_runtime("tflite-runtime")
+
+
+FALLBACK_CHECK = """
+import asyncio, json, sys
+from pathlib import Path
+from edge.inference.runtime import choose_runtime
+from edge.inference.runner import ModelRunner
+from outpost.modelbundle import read_bundle
+
+runtime = choose_runtime("auto")
+out = {"runtime": runtime.label, "models": {}}
+for folder in sys.argv[1:]:
+    bundle = read_bundle(Path(folder))
+    runner = ModelRunner(bundle, runtime, num_threads=1, interpreters=1, queue_limit=1)
+    runner.load()
+    got = asyncio.run(runner.infer(bundle.sample.input, "int8"))
+    runner.close()
+    out["models"][bundle.manifest.name] = {"label": got.label, "raw": got.raw}
+print(json.dumps(out))
+"""
+
+
+def test_the_fallback_runtime_runs_the_shipped_models() -> None:
+    """Where only tflite-runtime is installed, `auto` picks it and the models agree."""
+    assert FALLBACK_PYTHON.exists(), "run scripts/setup-fallback-runtime.sh (the test command does)"
+    done = subprocess.run(
+        [str(FALLBACK_PYTHON), "-c", FALLBACK_CHECK, *map(str, SHIPPED_MODELS)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert report["runtime"].startswith("tflite-runtime 2.14")
+    for folder in SHIPPED_MODELS:
+        sample = read_bundle(folder).sample
+        assert sample is not None
+        got = report["models"][folder.parent.name]
+        assert got["label"] == sample.expected.label
+        assert np.abs(np.array(got["raw"]) - sample.expected.output).max() <= sample.tolerance
