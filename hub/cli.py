@@ -266,15 +266,25 @@ def _devices(args: argparse.Namespace) -> int:
 
 def render_fleet(devices: list[dict[str, Any]], *, now: float) -> str:
     """Format devices (as the API returns them) as a table: device, profile, online,
-    last heartbeat, load, labels."""
-    rows = [("DEVICE", "PROFILE", "ONLINE", "LAST HEARTBEAT", "CPU %", "RSS MiB", "LABELS")]
+    last heartbeat, load, models, labels."""
+    rows = [
+        ("DEVICE", "PROFILE", "ONLINE", "LAST HEARTBEAT", "CPU %", "RSS MiB", "MODELS", "LABELS")
+    ]
     for d in devices:
         beat = f"{now - d['last_heartbeat']:.1f} s ago" if d["last_heartbeat"] else "never"
         load = d["load"]
         cpu = f"{load['cpu_percent']:.0f}" if "cpu_percent" in load else "-"
         rss = f"{load['rss_bytes'] / 2**20:.0f}" if "rss_bytes" in load else "-"
         labels = ",".join(f"{k}={v}" for k, v in sorted(d["labels"].items())) or "-"
-        rows.append((d["id"], d["profile"], "yes" if d["online"] else "no", beat, cpu, rss, labels))
+        models = (
+            ",".join(
+                f"{m['name']}@{m['version']}" + ("" if m["state"] == "ready" else "(FAILED)")
+                for m in d.get("models", [])
+            )
+            or "-"
+        )
+        online = "yes" if d["online"] else "no"
+        rows.append((d["id"], d["profile"], online, beat, cpu, rss, models, labels))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 

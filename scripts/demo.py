@@ -1,7 +1,9 @@
 """The local demo: a hub, its managed Mosquitto and three agents with different profiles.
 
 Everything lives in ./demo-data (made afresh each run). Each site reaches the broker
-through a link the demo controls, and a program on every device keeps producing results.
+through a link the demo controls. Every device has the two shipped int8 models installed;
+a sensor program on it asks its agent's model about each reading over the local API
+(the agent records the flagged ones as results), and another program posts results.
 After a while the north site's link is cut: its agents go offline and keep everything in
 their stores; when the link returns they drain it, and the hub ends up with every result
 exactly once. The fleet table refreshes until Ctrl-C (or --duration), then every process
@@ -33,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from hub.cli import render_fleet  # noqa: E402 - after the path tweak, for a plain checkout
 from hub.paths import HubPaths  # noqa: E402
-from scripts.demo_site import Background, Producer, SiteLink  # noqa: E402
+from scripts.demo_site import Background, Producer, SensorProgram, SiteLink  # noqa: E402
 
 BIN = Path(sys.executable).parent
 AGENTS = [
@@ -41,6 +43,13 @@ AGENTS = [
     ("camera-gate", "jetson-orin-nano", {"site": "north", "group": "cameras"}),
     ("line-3-gateway", "x86-gateway", {"site": "south", "group": "lines"}),
 ]
+# The model each device's sensor program uses.
+SENSOR_MODEL = {
+    "pump-station": "vibration-anomaly",
+    "camera-gate": "surface-defect",
+    "line-3-gateway": "vibration-anomaly",
+}
+SHIPPED_MODELS = sorted(str(p.parent) for p in (REPO / "models").glob("*/*/model.json"))
 HEARTBEAT_S = 2.0
 CUT_AT_S, CUT_FOR_S = 12.0, 15.0  # when the north site's link goes down, and for how long
 
@@ -168,6 +177,15 @@ def main() -> int:
             )
             token_file.unlink()
             step(f"{name} ({profile}): {out.strip()}; its site link: {labels['site']}")
+            installed = run(
+                str(BIN / "outpost-agent"),
+                "models",
+                "install",
+                "--data",
+                str(agent_dir),
+                *SHIPPED_MODELS,
+            )
+            step(f"{name}: " + "; ".join(installed.splitlines()[:-1]))
             link = links[labels["site"]]
             children.append(
                 subprocess.Popen(
@@ -187,11 +205,18 @@ def main() -> int:
                 )
             )
             producer = Producer(agent_dir / "agent.sock", name)
-            devices.append(Device(name, out.split()[2].rstrip(";"), labels["site"], producer))
+            sensor = SensorProgram(agent_dir / "agent.sock", SENSOR_MODEL[name], len(devices))
+            device_id = out.split()[2].rstrip(";")
+            devices.append(Device(name, device_id, labels["site"], producer, sensor))
         for device in devices:
             wait_socket(device.producer)
             background.spawn(device.producer.run())
+            background.spawn(device.sensor.run())
         step("a program on each device posts 5 results a second to its agent's local API")
+        step(
+            "a sensor program on each device asks its agent's model about a reading twice "
+            "a second; flagged answers become results (POST /v1/infer/{model})"
+        )
         token = run(
             str(BIN / "outpost-hub"),
             "token",
@@ -274,6 +299,7 @@ class Device:
     device_id: str
     site: str
     producer: Producer
+    sensor: SensorProgram
 
 
 def wait_socket(producer: Producer) -> None:
@@ -315,7 +341,8 @@ def show_fleet(
         )
         print(table)
         print(f"hub /metrics: {accepted} device messages accepted, {rejected} rejected")
-        print(store_and_forward(api, devices, links, background), flush=True)
+        print(store_and_forward(api, devices, links, background))
+        print(local_inference(devices), flush=True)
         print()
         time.sleep(1)  # the demo's refresh period
 
@@ -334,7 +361,7 @@ def store_and_forward(
             (
                 d.name,
                 "up" if links[d.site].up else "CUT",
-                str(d.producer.confirmed),
+                str(d.producer.confirmed + d.sensor.flagged),
                 waiting,
                 api.held(d.device_id),
             )
@@ -342,6 +369,16 @@ def store_and_forward(
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "store and forward:\n" + "\n".join(lines)
+
+
+def local_inference(devices: list[Device]) -> str:
+    rows = [("AGENT", "MODEL", "INFERENCES", "FLAGGED (RECORDED)", "ERRORS", "LAST ANSWER")]
+    for d in devices:
+        s = d.sensor
+        rows.append((d.name, s.model, str(s.inferences), str(s.flagged), str(s.failed), s.last))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "local inference (works with the link cut too):\n" + "\n".join(lines)
 
 
 def stop_all(children: list[subprocess.Popen[bytes]]) -> int:

@@ -1,5 +1,6 @@
 """The demo's sites: a link per site that the demo can cut, and programs on each device
-that keep producing results, all on one background event loop."""
+that keep producing results and asking the agent's models for inferences, all on one
+background event loop."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgpack
+import numpy as np
+
+from scripts.train_models import surface_images, vibration_windows
+
+# What each demo sensor feeds to which model: the generators the models were trained on.
+SENSORS = {
+    "vibration-anomaly": vibration_windows,
+    "surface-defect": surface_images,
+}
 
 
 class SiteLink:
@@ -99,6 +110,50 @@ class Producer:
         ):
             body: dict[str, Any] = await response.json()
             return body
+
+
+class SensorProgram:
+    """A program on a device that asks the agent's model about each new reading, twice a
+    second, over the local API (msgpack, the reading as raw float32 bytes). Most readings
+    are normal; the agent records the flagged ones as results for the hub."""
+
+    def __init__(self, socket: Path, model: str, seed: int) -> None:
+        self._socket = socket
+        self.model = model
+        self._rng = np.random.default_rng(seed)
+        self.inferences = 0
+        self.flagged = 0
+        self.failed = 0
+        self.last = "-"
+
+    def _reading(self) -> np.ndarray:
+        make = SENSORS[self.model]
+        want_normal = self._rng.random() < 0.8
+        while True:
+            x, y = make(1, self._rng)
+            if (y[0] == 0) == want_normal:
+                reading: np.ndarray = x[0]
+                return reading
+
+    async def run(self) -> None:
+        connector = aiohttp.UnixConnector(path=str(self._socket))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            while True:
+                body = msgpack.packb({"input": self._reading().astype("<f4").tobytes()})
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.post(
+                        f"http://agent/v1/infer/{self.model}",
+                        data=body,
+                        headers={"Content-Type": "application/msgpack"},
+                    ) as response:
+                        answer = msgpack.unpackb(await response.read())
+                        if response.status == 200:
+                            self.inferences += 1
+                            self.flagged += answer["recorded"] is not None
+                            self.last = f"{answer['label']} {answer['confidence']:.2f}"
+                        else:
+                            self.failed += 1
+                await asyncio.sleep(0.5)  # the sensor's own pace
 
 
 class Background:

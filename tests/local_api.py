@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgpack
 
 
 class LocalClient:
-    """Posts records and reads status, as a program on the device would."""
+    """Posts records, asks for inferences and reads status, as a program on the device would."""
 
     def __init__(self, socket: Path) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket)))
@@ -25,5 +27,32 @@ class LocalClient:
 
     async def status(self) -> dict[str, Any]:
         async with self._session.get("http://agent/v1/status") as response:
+            body: dict[str, Any] = await response.json()
+            return body
+
+    async def infer(self, model: str, body: dict[str, Any]) -> tuple[int, Any]:
+        async with self._session.post(f"http://agent/v1/infer/{model}", json=body) as response:
+            return response.status, await response.json()
+
+    async def infer_msgpack(self, model: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """Send and receive msgpack (errors come back as JSON)."""
+        async with self._session.post(
+            f"http://agent/v1/infer/{model}",
+            data=msgpack.packb(body),
+            headers={"Content-Type": "application/msgpack"},
+        ) as response:
+            raw = await response.read()
+            if response.content_type == "application/msgpack":
+                return response.status, msgpack.unpackb(raw)
+            return response.status, json.loads(raw)
+
+    async def post_raw(self, path: str, data: bytes, content_type: str) -> tuple[int, Any]:
+        async with self._session.post(
+            f"http://agent{path}", data=data, headers={"Content-Type": content_type}
+        ) as response:
+            return response.status, await response.json()
+
+    async def models(self) -> dict[str, Any]:
+        async with self._session.get("http://agent/v1/models") as response:
             body: dict[str, Any] = await response.json()
             return body

@@ -134,11 +134,13 @@ class ModelRunner:
         self._outstanding += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
+            done = await loop.run_in_executor(
                 self._executor, self.run_blocking, prepared, time.perf_counter()
             )
         finally:
             self._outstanding -= 1
+        self.served += 1
+        return done
 
     def run_blocking(self, prepared: Prepared, submitted: float) -> Inference:
         """One inference on a free interpreter (in a worker thread)."""
@@ -154,7 +156,6 @@ class ModelRunner:
         latency = time.perf_counter() - started
         scores = dequantize(raw, self.manifest.output)
         top = int(np.argmax(raw))
-        self.served += 1
         return Inference(
             label=self.manifest.labels[top],
             confidence=scores[top],

@@ -14,6 +14,7 @@ from tests.bench import (
     bench_codec,
     bench_drain,
     bench_footprint,
+    bench_inference,
     bench_ingest,
     bench_store,
 )
@@ -33,6 +34,7 @@ def main() -> None:
             *bench_ingest.run(root / "ingest"),
             *bench_api.run(root / "api"),
             *bench_footprint.run(root / "footprint"),
+            *bench_inference.run(root / "inference"),
         ]:
             print(result.line(), flush=True)
 

@@ -118,5 +118,6 @@ def test_devices_lists_the_registry(tmp_path: Path) -> None:
         "%",
         "RSS",
         "MiB",
+        "MODELS",
         "LABELS",
     ]

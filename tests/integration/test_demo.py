@@ -61,5 +61,29 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
     assert "hub stopped" in hub_log
     for name in ("pump-station", "camera-gate", "line-3-gateway"):
         assert "agent stopped" in (data / "logs" / f"{name}.log").read_text()
+    # Every device runs both shipped models; its sensor program's inferences go on while
+    # its site's link is cut, and the flagged ones are counted in the results above.
+    assert all("surface-defect@1.0.0,vibration-anomaly@1.0.0" in row for row in rows), last_table
+    answered = {
+        m[0]: (int(m[1]), int(m[2]), int(m[3]))
+        for m in re.findall(
+            r"^([a-z0-9-]+)\s+(?:vibration-anomaly|surface-defect)\s+(\d+)\s+(\d+)\s+(\d+)",
+            last_table,
+            re.MULTILINE,
+        )
+    }
+    assert set(answered) == set(final), last_table
+    for name, (inferences, flagged, errors) in answered.items():
+        assert inferences > 20, (name, inferences)
+        assert 0 < flagged < inferences, (name, flagged)
+        assert errors == 0, (name, errors)
+    during = [
+        int(m)
+        for frame in done.stdout.split("Outpost fleet at")
+        if re.search(r"^pump-station\s+CUT", frame, re.MULTILINE)
+        for m in re.findall(r"^pump-station\s+vibration-anomaly\s+(\d+)", frame, re.MULTILINE)
+    ]
+    assert len(during) >= 2, during
+    assert during[-1] > during[0], during
     # No bootstrap token is left lying around in the agents' folders.
     assert not list(data.rglob("bootstrap.token"))
