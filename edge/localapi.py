@@ -34,6 +34,9 @@ MAX_RECORDS = 1000
 MSGPACK = "application/msgpack"
 INFER_KEYS = frozenset({"input", "dtype", "context"})
 MAX_CONTEXT_BYTES = 4096
+# Bodies above this are decoded on a worker thread: a 4 MiB JSON document takes tens of
+# milliseconds to parse, long enough to hold up every other request and the MQTT session.
+DECODE_INLINE_BYTES = 64 * 1024
 
 
 class _BadRequest(Exception):
@@ -109,11 +112,10 @@ class LocalApi:
                 413, "too_large", f"body over the limit of {self._max_body} bytes"
             ) from exc
         try:
-            data = (
-                msgpack.unpackb(raw, raw=False, strict_map_key=True)
-                if kind == MSGPACK
-                else json.loads(raw)
-            )
+            if len(raw) > DECODE_INLINE_BYTES:
+                data = await asyncio.to_thread(_decode, raw, kind)
+            else:
+                data = _decode(raw, kind)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise _BadRequest(400, "bad_body", f"body is not valid {kind}: {exc}") from exc
         if not isinstance(data, dict):
@@ -199,6 +201,12 @@ class LocalApi:
 
     async def _get_status(self, request: web.Request) -> web.Response:
         return _answer(request, {**(await self._status()), "time": time.time()})
+
+
+def _decode(raw: bytes, kind: str) -> Any:
+    if kind == MSGPACK:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    return json.loads(raw)
 
 
 def _infer_request(data: dict[str, Any]) -> tuple[Any, str, dict[str, Any] | None]:

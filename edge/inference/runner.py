@@ -118,7 +118,7 @@ class ModelRunner:
             )
 
     async def infer(self, value: Any, dtype: str = "float32") -> Inference:
-        """Check and quantize `value`, then run it on a worker thread.
+        """Check and quantize `value`, and run it, on a worker thread.
 
         Raises `InputError` for a bad input, `ModelBusy` when the queue is full and
         `ModelFault` when the interpreter fails.
@@ -130,17 +130,21 @@ class ModelRunner:
                 f"{self.manifest.name} has {self._outstanding} requests in progress or "
                 f"waiting (limit {self._count + self._queue_limit}); retry shortly"
             )
-        prepared = prepare_input(value, dtype, self.manifest.input)
         self._outstanding += 1
         try:
             loop = asyncio.get_running_loop()
             done = await loop.run_in_executor(
-                self._executor, self.run_blocking, prepared, time.perf_counter()
+                self._executor, self._prepare_and_run, value, dtype, time.perf_counter()
             )
         finally:
             self._outstanding -= 1
         self.served += 1
         return done
+
+    def _prepare_and_run(self, value: Any, dtype: str, submitted: float) -> Inference:
+        # Turning a large nested list into a tensor takes a millisecond or more: it is
+        # done here, on the worker, not on the event loop.
+        return self.run_blocking(prepare_input(value, dtype, self.manifest.input), submitted)
 
     def run_blocking(self, prepared: Prepared, submitted: float) -> Inference:
         """One inference on a free interpreter (in a worker thread)."""

@@ -9,6 +9,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +29,7 @@ from tests.support import PROFILES, SHIPPED_MODELS, AgentProcess, device_online,
 
 DURATION_S = 2.0
 SETTLE_S = 3.0
+CALLERS = 8  # concurrent callers in the "under load" figures
 FLOOR = (
     "import asyncio, ssl, aiomqtt, msgpack, sqlite_utils, psutil, aiohttp, cryptography, numpy\n"
     "from ai_edge_litert.interpreter import Interpreter\n"
@@ -35,6 +38,8 @@ FLOOR = (
         for n, p in enumerate(SHIPPED_MODELS)
     )
 )
+
+Figures = tuple[float, float, float]  # per second, p50 and p99 in microseconds
 
 
 def _real_input(bundle: Bundle) -> bytes:
@@ -45,17 +50,15 @@ def _real_input(bundle: Bundle) -> bytes:
     return real.astype("<f4").tobytes()
 
 
-def _figures(latencies: list[float], seconds: float) -> tuple[float, float, float]:
-    """Rate per second, p50 and p99 in microseconds."""
+def _figures(latencies: list[float], seconds: float) -> Figures:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return len(ordered) / seconds, statistics.median(ordered) * 1e6, p99 * 1e6
 
 
-def _bare(bundle: Bundle) -> tuple[float, float, float]:
+def _bare(bundle: Bundle) -> Figures:
     """set_tensor + invoke + get_tensor on one interpreter, one thread."""
-    runtime = choose_runtime()
-    interpreter = runtime.interpreter(str(bundle.model_path), 1)
+    interpreter = choose_runtime().interpreter(str(bundle.model_path), 1)
     interpreter.allocate_tensors()
     (inp,) = interpreter.get_input_details()
     (out,) = interpreter.get_output_details()
@@ -72,39 +75,59 @@ def _bare(bundle: Bundle) -> tuple[float, float, float]:
     return _figures(latencies, time.perf_counter() - start)
 
 
-async def _runner(bundle: Bundle) -> tuple[float, float, float]:
-    """The agent's runner: check + quantize the float input, hop to a worker, run."""
-    runner = ModelRunner(bundle, choose_runtime(), num_threads=1, interpreters=1, queue_limit=4)
-    await asyncio.to_thread(runner.load)
-    data = _real_input(bundle)
-    latencies = []
-    try:
-        start = time.perf_counter()
+async def _callers(count: int, call: Callable[[], Awaitable[object]]) -> Figures:
+    """`count` callers, each making one call after another for DURATION_S."""
+    latencies: list[float] = []
+    start = time.perf_counter()
+
+    async def caller() -> None:
         while time.perf_counter() - start < DURATION_S:
             t = time.perf_counter()
-            await runner.infer(data, "float32")
+            await call()
             latencies.append(time.perf_counter() - t)
-        return _figures(latencies, time.perf_counter() - start)
+
+    await asyncio.gather(*(caller() for _ in range(count)))
+    return _figures(latencies, time.perf_counter() - start)
+
+
+async def _thread_hop() -> Figures:
+    """The floor under the runner: a no-op sent to a worker thread and awaited."""
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1) as executor:
+        return await _callers(1, lambda: loop.run_in_executor(executor, int))
+
+
+async def _runner(bundle: Bundle) -> tuple[Figures, Figures]:
+    """The agent's runner (one interpreter, one thread): the float input checked,
+    quantized and run on the worker; one caller, then CALLERS at once."""
+    runner = ModelRunner(
+        bundle, choose_runtime(), num_threads=1, interpreters=1, queue_limit=CALLERS
+    )
+    await asyncio.to_thread(runner.load)
+    data = _real_input(bundle)
+    try:
+        alone = await _callers(1, lambda: runner.infer(data, "float32"))
+        loaded = await _callers(CALLERS, lambda: runner.infer(data, "float32"))
+        return alone, loaded
     finally:
         runner.close()
 
 
-async def _local_api(socket: Path, bundle: Bundle) -> tuple[float, float, float]:
-    """One local program, one request at a time, msgpack over the Unix socket."""
+async def _local_api(socket: Path, bundle: Bundle) -> tuple[Figures, Figures]:
+    """Local programs posting msgpack over the Unix socket: one, then CALLERS at once
+    (the client runs in this process and shares the machine's cores with the agent)."""
     body = msgpack.packb({"input": _real_input(bundle)})
     url = f"http://agent/v1/infer/{bundle.manifest.name}"
     headers = {"Content-Type": "application/msgpack"}
-    latencies = []
-    connector = aiohttp.UnixConnector(path=str(socket))
+    connector = aiohttp.UnixConnector(path=str(socket), limit=CALLERS)
     async with aiohttp.ClientSession(connector=connector) as session:
-        start = time.perf_counter()
-        while time.perf_counter() - start < DURATION_S:
-            t = time.perf_counter()
+
+        async def call() -> None:
             async with session.post(url, data=body, headers=headers) as response:
                 assert response.status == 200, await response.text()
                 await response.read()
-            latencies.append(time.perf_counter() - t)
-        return _figures(latencies, time.perf_counter() - start)
+
+        return await _callers(1, call), await _callers(CALLERS, call)
 
 
 def _rss_of(code: str) -> float:
@@ -119,11 +142,13 @@ def _rss_of(code: str) -> float:
 
 async def _with_agent(
     root: Path, bundles: list[Bundle]
-) -> tuple[dict[str, tuple[float, float, float]], float]:
+) -> tuple[dict[str, tuple[Figures, Figures]], float]:
     async with running_hub(root / "hub") as hub:
         device = DevicePaths(root / "device")
         identity = await enroll(await mint_token(hub), device, PROFILES / "raspberry-pi-4.toml")
-        device.config.write_text('[agent]\n[agent.inference]\nreport = "none"\n')
+        device.config.write_text(
+            f'[agent]\n[agent.inference]\nreport = "none"\nqueue_limit = {CALLERS}\n'
+        )
         directory = ModelDirectory(device.models)
         for folder in SHIPPED_MODELS:
             directory.install(folder)
@@ -143,23 +168,30 @@ def run(root: Path) -> list[Result]:
     bundles = [read_bundle(p) for p in SHIPPED_MODELS]
     bare = {b.manifest.name: _bare(b) for b in bundles}
     inner = {b.manifest.name: asyncio.run(_runner(b)) for b in bundles}
+    hop = asyncio.run(_thread_hop())
     api, rss = asyncio.run(_with_agent(root, bundles))
     floor = _rss_of(FLOOR)
-    results = []
+    results = [
+        Result(
+            "worker thread round trip (no-op), p50",
+            hop[1],
+            None,
+            "us",
+            f"{hop[0]:,.0f}/s; the floor of every runner call below",
+        )
+    ]
     for b in bundles:
         name = b.manifest.name
         raw_rate, raw_p50, raw_p99 = bare[name]
-        for where, (rate, p50, p99) in (("runner", inner[name]), ("local API", api[name])):
+        results.append(Result(f"infer {name}: bare invoke loop", raw_rate, None, "inf/s"))
+        for where, (alone, loaded) in (("runner", inner[name]), ("local API", api[name])):
+            rate, p50, p99 = alone
             results += [
-                Result(
-                    f"infer {name}, {where}",
-                    rate,
-                    raw_rate,
-                    "inferences/s",
-                    "raw = bare invoke loop",
-                ),
-                Result(f"  p50 latency, {where}", p50, raw_p50, "us"),
-                Result(f"  p99 latency, {where}", p99, raw_p99, "us"),
+                Result(f"  {where}, 1 caller", rate, raw_rate, "inf/s", "raw = bare loop"),
+                Result(f"  {where}, 1 caller, p50", p50, raw_p50, "us"),
+                Result(f"  {where}, 1 caller, p99", p99, raw_p99, "us"),
+                Result(f"  {where}, {CALLERS} callers", loaded[0], raw_rate, "inf/s"),
+                Result(f"  {where}, {CALLERS} callers, p99", loaded[2], None, "us"),
             ]
     results.append(
         Result(
