@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from edge.inference.directory import Entry, ModelDirectory
+from edge.inference.runtime import Preference
 from outpost import wire
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class Outcome:
 @dataclass
 class _Slot:
     entry: Entry
+    versions: list[str]  # every installed version, read at start like the rest
     runner: ModelRunner | None = None
     error: str = ""
     refused: int = 0
@@ -84,7 +86,7 @@ class InferenceService:
         directory: ModelDirectory,
         store: AgentStore,
         *,
-        runtime: str = "auto",
+        runtime: Preference = "auto",
         num_threads: int = 1,
         interpreters: int = 1,
         queue_limit: int = 16,
@@ -102,15 +104,21 @@ class InferenceService:
 
     async def start(self) -> None:
         """Load every installed model; a model that fails is reported, the rest serve."""
-        entries = await asyncio.to_thread(self.directory.entries)
-        self._slots = {e.name: _Slot(e, error=e.error) for e in entries}
-        if not entries:
+
+        def scan() -> dict[str, _Slot]:
+            return {
+                e.name: _Slot(e, self.directory.versions(e.name), error=e.error)
+                for e in self.directory.entries()
+            }
+
+        self._slots = await asyncio.to_thread(scan)
+        if not self._slots:
             return
         from edge.inference.runner import ModelFault, ModelRunner
         from edge.inference.runtime import RuntimeMissing, choose_runtime
 
         try:
-            runtime = await asyncio.to_thread(choose_runtime, self._preference)  # type: ignore[arg-type]
+            runtime = await asyncio.to_thread(choose_runtime, self._preference)
         except RuntimeMissing as exc:
             logger.error("%s", exc)
             for slot in self._slots.values():
@@ -133,6 +141,11 @@ class InferenceService:
             except ModelFault as exc:
                 slot.error = str(exc)
                 logger.error("model %s not loaded: %s", slot.entry.name, exc)
+                continue
+            except Exception as exc:  # whatever a runtime raises, one model must not stop the rest
+                slot.error = f"{type(exc).__name__}: {exc}"
+                logger.exception("model %s not loaded", slot.entry.name)
+                runner.close()
                 continue
             slot.runner = runner
             logger.info(
@@ -193,7 +206,7 @@ class InferenceService:
                 "version": slot.entry.version,
                 "state": "ready" if slot.runner else "failed",
                 "error": slot.error or None,
-                "versions": self.directory.versions(name),
+                "versions": slot.versions,
             }
             if bundle is not None:
                 m = bundle.manifest

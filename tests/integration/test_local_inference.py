@@ -241,3 +241,33 @@ async def test_inference_works_offline_and_its_flagged_results_reach_the_hub_lat
         }
     finally:
         await client.close()
+
+
+async def test_without_a_usable_runtime_the_agent_runs_and_says_what_to_install(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    # This venv has LiteRT only; insisting on tflite-runtime leaves no usable runtime.
+    _, device_id, agent, client = await start_agent(
+        enroll_device, agents, '[agent.inference]\nruntime = "tflite-runtime"\n'
+    )
+    try:
+        status, answer = await client.infer(VIBRATION, {"input": [[0.0] * 3] * 128})
+        assert status == 503, answer
+        assert "no inference runtime: install tflite-runtime" in answer["error"]["message"]
+        listed = await client.models()
+        assert listed["runtime"] == "none"
+        assert {m["state"] for m in listed["models"]} == {"failed"}
+
+        # Records still flow: the agent is up for everything but inference.
+        status, _ = await client.append("results", [{"n": 1}])
+        assert status == 201
+
+        async def reported() -> Any:
+            assert hub.store is not None
+            device = await hub.store.device(device_id)
+            return device is not None and device.runtime == "none" and device
+
+        await eventually(reported, timeout=10, what="runtime none at the hub")
+        assert agent.process.poll() is None
+    finally:
+        await client.close()
