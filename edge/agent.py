@@ -10,6 +10,7 @@ import logging
 import secrets
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
@@ -24,6 +25,7 @@ from edge.inference.service import InferenceService, Reporting
 from edge.localapi import LocalApi
 from edge.profile import DeviceProfile
 from edge.store import AgentStore, Bounds, RecordCipher, StreamFullError
+from edge.tasks import TaskRunner
 from edge.uploader import Uploader
 from outpost import __version__, tls, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
@@ -57,6 +59,10 @@ class Agent:
         self.store: AgentStore | None = None
         self.uploader: Uploader | None = None
         self.inference: InferenceService | None = None
+        self.tasks: TaskRunner | None = None
+        self._client: aiomqtt.Client | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self._models_reported: list[wire.ModelInfo] | None = None
 
     async def run(self) -> None:
         """Run until cancelled: open the store, serve the local API, connect forever."""
@@ -68,6 +74,13 @@ class Agent:
             self.inference = inference = self._inference_service(store)
             await inference.start()
             stack.push_async_callback(inference.close)
+            self.tasks = TaskRunner(
+                store,
+                inference,
+                slots=self.profile.budgets.max_concurrent_tasks,
+                inbox_capacity=self.config.task_inbox,
+                notify=self._notify_tasks,
+            )
             api = LocalApi(store, inference, self.status, self.config.inference.max_body_bytes)
             await api.start(self.paths.socket, self.config.local_port)
             stack.push_async_callback(api.stop)
@@ -92,6 +105,7 @@ class Agent:
             self.ready.set()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._own_metrics(), name="agent.metrics")
+                tasks.create_task(self.tasks.run(), name="agent.tasks")
                 tasks.create_task(
                     run_forever(
                         self._make_client,
@@ -139,6 +153,7 @@ class Agent:
             "policy_version": None,  # no policy applied yet: the agent runs on its settings
             "runtime": self.inference.runtime_label,
             "models": {m.name: m.state for m in self.inference.inventory()},
+            "tasks": dataclasses.asdict(self.tasks.load()) if self.tasks else None,
             "store": await self.store.stats(),
             "sync": {"bytes_sent": self.uploader.bytes_sent if self.uploader else 0},
         }
@@ -180,7 +195,9 @@ class Agent:
             capabilities=self._capabilities,
             runtime=self.inference.runtime_label,
             models=self.inference.inventory(),
+            task_slots=self.profile.budgets.max_concurrent_tasks,
         )
+        self._models_reported = hello.models
         payload = wire.encode("hello", hello)
 
         async def say_hello() -> None:
@@ -193,10 +210,7 @@ class Agent:
             await client.publish(topic, payload, qos=1)
 
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._heartbeats(client), name="agent.heartbeats")
-                tasks.create_task(self._receive(client), name="agent.receive")
-                tasks.create_task(self.uploader.run(publish, say_hello), name="agent.uploader")
+            await self._session_tasks(client, publish, say_hello)
         except BaseExceptionGroup as group:
             # A lost link surfaces from whichever task noticed first; report it plainly.
             lost = group.subgroup(aiomqtt.MqttError)
@@ -214,6 +228,41 @@ class Agent:
                 )
             raise
 
+    async def _session_tasks(
+        self,
+        client: aiomqtt.Client,
+        publish: Callable[[str, bytes], Awaitable[None]],
+        say_hello: Callable[[], Awaitable[None]],
+    ) -> None:
+        assert self.uploader is not None
+        self._client = client
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._heartbeats(client), name="agent.heartbeats")
+                tasks.create_task(self._receive(client), name="agent.receive")
+                tasks.create_task(self.uploader.run(publish, say_hello), name="agent.uploader")
+        finally:
+            self._client = None
+
+    async def _notify_tasks(self, updates: list[wire.TaskUpdate]) -> None:
+        """Tell the hub what became of assignments, if connected; never waits for it.
+
+        Sent in the background so a slow link never holds up the inbox. Lost while
+        offline: the hub then either lapses the assignment or takes the result itself
+        as the answer (a result implies the task was accepted and ran)."""
+        client = self._client
+        if client is None or not updates:
+            return
+        payload = wire.encode("task_state", wire.TaskState(updates=updates))
+
+        async def send() -> None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(self._topic("task_state"), payload, qos=1)
+
+        sending = asyncio.create_task(send(), name="agent.task-state")
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
+
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
@@ -226,9 +275,20 @@ class Agent:
                 heartbeat_interval=self.config.heartbeat_interval,
                 load=load,
                 store=store_report(await self.store.stats()),
-                models=self.inference.inventory(),
+                models=self._models_if_changed(),
+                tasks=self.tasks.load() if self.tasks else None,
             )
             await client.publish(self._topic("heartbeat"), wire.encode("heartbeat", beat), qos=1)
+
+    def _models_if_changed(self) -> list[wire.ModelInfo] | None:
+        """The inventory, only when it differs from the last one reported (hello always
+        carries it): heartbeats stay small on metered links."""
+        assert self.inference is not None
+        current = self.inference.inventory()
+        if current == self._models_reported:
+            return None
+        self._models_reported = current
+        return current
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         assert self.uploader is not None
@@ -239,8 +299,13 @@ class Agent:
             except wire.WireError as exc:
                 logger.warning("ignored a message on %s: %s", message.topic.value, exc)
                 continue
-            if isinstance(envelope.body, wire.Ack):
-                await self.uploader.on_ack(envelope.body)
+            body = envelope.body
+            if isinstance(body, wire.Ack):
+                await self.uploader.on_ack(body)
+            elif isinstance(body, wire.Tasks) and self.tasks is not None:
+                await self.tasks.assign(body)
+            elif isinstance(body, wire.Cancel) and self.tasks is not None:
+                await self.tasks.cancel(body)
 
     async def _own_metrics(self) -> None:
         """Write the device's load to the metrics stream, online or not."""

@@ -126,6 +126,9 @@ class AgentConfig:
     inference: Inference = field(
         default_factory=Inference, metadata={"help": "local inference and its reporting"}
     )
+    task_inbox: int = schema.setting(
+        64, help="tasks from the hub held at once (running and waiting); more are rejected", min=1
+    )
 
     def __post_init__(self) -> None:
         check_log_level(self.log_level, "agent.log_level")

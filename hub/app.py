@@ -12,6 +12,7 @@ from hub.api.context import ApiContext
 from hub.api.server import WebServer
 from hub.broker import BrokerSupervisor
 from hub.config import HubConfig
+from hub.dispatcher import Dispatcher
 from hub.enrollment import Enrollment, load_token_key
 from hub.ingest import Ingest
 from hub.link import HubLink
@@ -38,6 +39,7 @@ class Hub:
         self.link: HubLink | None = None
         self.metrics: HubMetrics | None = None
         self.web: WebServer | None = None
+        self.dispatcher: Dispatcher | None = None
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -66,6 +68,7 @@ class Hub:
             self.metrics = metrics = HubMetrics(
                 broker_restarts=lambda: self.broker.restarts if self.broker else 0
             )
+            self.dispatcher = dispatcher = Dispatcher(store, self.config, self._publish)
             self.ingest = Ingest(
                 store,
                 max_payload_bytes=self.config.max_payload_bytes,
@@ -74,8 +77,10 @@ class Hub:
                 acks=metrics.acks,
                 observe_batch=metrics.ingest_seconds.observe,
                 publish=self._publish,
+                dispatcher=dispatcher,
+                task_results=metrics.task_results,
             )
-            context = await asyncio.to_thread(self._api_context, store, metrics)
+            context = await asyncio.to_thread(self._api_context, store, metrics, dispatcher)
             self.web = web = WebServer(self.paths, context)
             await web.start()
             stack.push_async_callback(web.stop)
@@ -84,6 +89,7 @@ class Hub:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.link.run(), name="hub.mqtt-link")
                 tasks.create_task(self._liveness(store), name="hub.liveness")
+                tasks.create_task(dispatcher.run(), name="hub.dispatcher")
                 self.ready.set()
                 logger.info("hub running (data %s)", self.paths.root)
 
@@ -93,7 +99,9 @@ class Hub:
             raise LinkDownError("the hub has no link yet")
         await self.link.publish(topic, payload)
 
-    def _api_context(self, store: HubStore, metrics: HubMetrics) -> ApiContext:
+    def _api_context(
+        self, store: HubStore, metrics: HubMetrics, dispatcher: Dispatcher
+    ) -> ApiContext:
         """Load keys and the CA for the web API (reads files: run in a thread)."""
         return ApiContext(
             store=store,
@@ -103,6 +111,7 @@ class Hub:
             ca_fingerprint=tls.fingerprint(self.paths.ca_cert.read_bytes()),
             metrics=metrics,
             broker=self.broker,
+            dispatcher=dispatcher,
         )
 
     async def _liveness(self, store: HubStore) -> None:

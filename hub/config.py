@@ -73,6 +73,36 @@ class HubConfig:
         min=1,
         max=600_000,
     )
+    task_accept_timeout_s: float = schema.setting(
+        10.0,
+        help="a device must accept or reject an assignment within this long, or it moves on",
+        min=0.1,
+        max=3600,
+    )
+    task_max_attempts: int = schema.setting(
+        3, help="assignments of one task (rejections and lapsed leases) before it fails", min=1
+    )
+    task_prefetch: int = schema.setting(
+        2,
+        help="tasks a device may hold beyond those it runs at once (work given ahead)",
+        min=0,
+        max=1000,
+    )
+    task_default_lease_s: float = schema.setting(
+        60.0, help="lease of a task that names none, seconds", min=0.1, max=7 * 86400
+    )
+    task_default_deadline_s: float = schema.setting(
+        600.0, help="deadline of a task that names none, seconds from submission", min=1
+    )
+    task_max_batch: int = schema.setting(
+        1000, help="tasks one POST /api/v1/tasks may submit", min=1, max=100_000
+    )
+    task_max_input_bytes: int = schema.setting(
+        64 * 1024, help="largest task input, bytes (msgpack)", min=64, max=4 << 20
+    )
+    api_max_task_body_bytes: int = schema.setting(
+        8 << 20, help="largest request body of POST /api/v1/tasks", min=1024, max=256 << 20
+    )
     log_level: str = schema.setting("info", help="debug, info, warning or error", max_len=16)
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from hub.acks import AckSet, Publish, publish_all
+from hub.dispatcher import Dispatcher
 from hub.store import (
     MAX_SEQ,
     ConnectionLost,
@@ -44,11 +45,17 @@ class Ingest:
         acks: collections.Counter[str] | None = None,
         observe_batch: Callable[[float], None] = lambda seconds: None,
         publish: Publish | None = None,
+        dispatcher: Dispatcher | None = None,
+        task_results: collections.Counter[str] | None = None,
     ) -> None:
         self._store = store
         self._max_payload_bytes = max_payload_bytes
         self._observe_batch = observe_batch
         self._publish = publish
+        self._dispatcher = dispatcher
+        self._freed = False
+        # Task results found in uploads, by outcome: accepted, late, unknown, malformed.
+        self.task_results = task_results if task_results is not None else collections.Counter()
         # Counts by (kind, outcome), exported as a Prometheus counter. Kinds outside the
         # wire contract count as "other", so a device cannot mint new series.
         self.outcomes = outcomes if outcomes is not None else collections.Counter()
@@ -73,6 +80,7 @@ class Ingest:
         events: list[tuple[str, PresenceEvent | None]] = []
         uploads: list[tuple[str, wire.Records]] = []
         greeted: list[str] = []  # devices whose hello asks where their streams stand
+        updates: list[tuple[str, wire.TaskState]] = []
         for topic, payload in messages:
             envelope, device_id = self._validate(topic, payload)
             if envelope is None:
@@ -80,10 +88,15 @@ class Ingest:
             if isinstance(envelope.body, wire.Records):
                 uploads.append((device_id, envelope.body))
                 continue
+            if isinstance(envelope.body, wire.TaskState):
+                updates.append((device_id, envelope.body))
+                continue
             if isinstance(envelope.body, wire.Hello):
                 greeted.append(device_id)
             events.append((envelope.kind, _event(device_id, envelope, now)))
         await self._apply_presence(events)
+        if updates:
+            await self._apply_task_updates(updates, now)
         acks = AckSet()
         if uploads:
             await self._store_uploads(uploads, now, acks)
@@ -91,6 +104,35 @@ class Ingest:
             await self._answer_hellos(greeted, acks)
         if acks:
             await publish_all(self._publish, acks.messages(), self.acks)
+        if self._dispatcher is not None and (greeted or updates or self._freed):
+            self._freed = False
+            self._dispatcher.wake()  # capacity may have appeared: allocate now
+
+    async def _apply_task_updates(
+        self, updates: list[tuple[str, wire.TaskState]], now: float
+    ) -> None:
+        if self._dispatcher is None:
+            self.outcomes[("task_state", "ignored")] += len(updates)
+            return
+        for device_id, body in updates:
+            try:
+                results = await self._store.task_updates(
+                    device_id, body.updates, now=now, settings=self._dispatcher.settings
+                )
+            except Exception:
+                self.outcomes[("task_state", "error")] += 1
+                logger.exception("applying task updates from %s failed", device_id)
+                continue
+            self.outcomes[("task_state", "accepted")] += 1
+            for (task_id, outcome), update in zip(results, body.updates, strict=True):
+                if outcome == "stale":
+                    logger.info(
+                        "%s: stale %s of %s attempt %d (ignored)",
+                        device_id,
+                        update.state,
+                        task_id,
+                        update.attempt,
+                    )
 
     async def _apply_presence(self, events: list[tuple[str, PresenceEvent | None]]) -> None:
         presence = [(kind, event) for kind, event in events if event is not None]
@@ -120,14 +162,20 @@ class Ingest:
         meet again after the busy timeout. The devices resend what was not acked.
         """
         try:
-            applied = await self._store.apply_uploads(
+            outcome = await self._store.apply_uploads(
                 [_upload(device_id, body) for device_id, body in uploads], now=now
             )
         except Exception:
             self.outcomes[("records", "error")] += len(uploads)
             logger.exception("storing %d record batches failed; acking none of them", len(uploads))
             return
-        for (device_id, body), result in zip(uploads, applied, strict=True):
+        for name, count in outcome.task_results.items():
+            self.task_results[name] += count
+        if outcome.task_results.get("accepted"):
+            self._freed = True  # a finished task frees a slot on its device
+        if outcome.task_results.get("late"):
+            logger.info("%d late task results recorded", outcome.task_results["late"])
+        for (device_id, body), result in zip(uploads, outcome.applied, strict=True):
             if result.gap:
                 self.outcomes[("records", "gap")] += 1
                 logger.info(
@@ -221,6 +269,7 @@ def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent
             capabilities=dataclasses.asdict(body.capabilities),
             runtime=body.runtime,
             models=[dataclasses.asdict(m) for m in body.models],
+            task_slots=body.task_slots,
         )
     if isinstance(body, wire.Heartbeat):
         return HeartbeatSeen(
@@ -228,7 +277,14 @@ def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent
             conn=body.conn,
             now=now,
             heartbeat_interval=body.heartbeat_interval,
-            load=dataclasses.asdict(body.load),
+            load={
+                **dataclasses.asdict(body.load),
+                **(
+                    {"tasks_queued": body.tasks.queued, "tasks_running": body.tasks.running}
+                    if body.tasks
+                    else {}
+                ),
+            },
             store=dataclasses.asdict(body.store) if body.store else None,
             models=[dataclasses.asdict(m) for m in body.models]
             if body.models is not None

@@ -18,6 +18,16 @@ from prometheus_client.registry import Collector
 from outpost import __version__, wire
 
 MAX_PROFILES = 20
+TASK_STATES = (
+    "queued",
+    "assigned",
+    "accepted",
+    "running",
+    "succeeded",
+    "failed",
+    "expired",
+    "cancelled",
+)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -35,6 +45,10 @@ class HubMetrics:
         self.acks: collections.Counter[str] = collections.Counter(
             dict.fromkeys(("sent", "dropped", "failed"), 0)
         )
+        # Task results found in uploads, by outcome (accepted, late, unknown, malformed).
+        self.task_results: collections.Counter[str] = collections.Counter(
+            dict.fromkeys(("accepted", "late"), 0)
+        )
         self.http_seconds = Histogram(
             "outpost_hub_http_request_seconds",
             "Time to answer an API request, by method, route template and status",
@@ -47,12 +61,18 @@ class HubMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=self.registry,
         )
-        self.fleet = _Fleet(self.messages, self.records_stored, self.acks, broker_restarts)
+        self.fleet = _Fleet(
+            self.messages, self.records_stored, self.acks, self.task_results, broker_restarts
+        )
         self.registry.register(self.fleet)
 
-    def exposition(self, fleet_counts: list[tuple[bool, str, int]]) -> bytes:
-        """Render every metric, with the fleet gauges taken from `fleet_counts`."""
+    def exposition(
+        self, fleet_counts: list[tuple[bool, str, int]], task_counts: dict[str, int]
+    ) -> bytes:
+        """Render every metric, with the fleet gauges taken from `fleet_counts` and the
+        task gauges from `task_counts` (tasks by state)."""
         self.fleet.counts = fleet_counts
+        self.fleet.task_counts = task_counts
         return generate_latest(self.registry)
 
 
@@ -64,13 +84,16 @@ class _Fleet(Collector):
         outcomes: collections.Counter[tuple[str, str]],
         records_stored: collections.Counter[str],
         acks: collections.Counter[str],
+        task_results: collections.Counter[str],
         broker_restarts: Callable[[], int],
     ) -> None:
         self.outcomes = outcomes
         self.records_stored = records_stored
         self.acks = acks
+        self.task_results = task_results
         self.broker_restarts = broker_restarts
         self.counts: list[tuple[bool, str, int]] = []
+        self.task_counts: dict[str, int] = {}
 
     def collect(self) -> Iterator[Metric]:
         devices = GaugeMetricFamily(
@@ -109,6 +132,23 @@ class _Fleet(Collector):
         for outcome, n in sorted(self.acks.items()):
             acks.add_metric([outcome], n)
         yield acks
+
+        tasks = GaugeMetricFamily(
+            "outpost_hub_tasks", "Tasks in the hub's database by state", labels=["state"]
+        )
+        for state in TASK_STATES:  # every state always present: no vanishing series
+            tasks.add_metric([state], self.task_counts.get(state, 0))
+        yield tasks
+
+        results = CounterMetricFamily(
+            "outpost_hub_task_results",
+            "Task results from devices: accepted (ended the task) or late (stale attempt, "
+            "task already ended), unknown task, malformed",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(self.task_results.items()):
+            results.add_metric([outcome], n)
+        yield results
 
         restarts = CounterMetricFamily(
             "outpost_hub_broker_restarts", "Times the hub restarted its managed Mosquitto"

@@ -107,6 +107,17 @@ class Hello:
     capabilities: Capabilities = schema.setting(help="what the device can run")
     runtime: str = schema.setting("", help="inference runtime and its version, or none", max_len=64)
     models: list[ModelInfo] = schema.setting([], help="installed models", max_len=MAX_MODELS)
+    task_slots: int = schema.setting(
+        0, help="tasks the device runs at once (0: it takes no tasks)", min=0, max=1024
+    )
+
+
+@dataclass(frozen=True)
+class TaskLoad:
+    """The device's task inbox."""
+
+    queued: int = schema.setting(help="tasks accepted and waiting to run", min=0)
+    running: int = schema.setting(help="tasks running now", min=0)
 
 
 @dataclass(frozen=True)
@@ -152,8 +163,9 @@ class Heartbeat:
     load: Load = schema.setting(help="current load")
     store: StoreReport | None = schema.setting(None, help="the local store, if it has one")
     models: list[ModelInfo] | None = schema.setting(
-        None, help="installed models, if the agent reports them", max_len=MAX_MODELS
+        None, help="installed models, when they changed since the last report", max_len=MAX_MODELS
     )
+    tasks: TaskLoad | None = schema.setting(None, help="the task inbox, if the device has one")
 
 
 @dataclass(frozen=True)
@@ -243,7 +255,60 @@ class Ack:
     gap: bool = schema.setting(False, help="a batch was refused: resend from hwm + 1")
 
 
-Body = Hello | Heartbeat | Status | Records | Ack
+MAX_TASK_BATCH: Final = 64
+TASK_ID_PATTERN: Final = re.compile(r"tsk-[0-9a-f]{16,32}")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A task given to a device. `attempt` is the fencing token: a result must carry it,
+    and a result of an older attempt never replaces the current one's."""
+
+    task_id: str = schema.setting(help="task id", max_len=40)
+    attempt: int = schema.setting(help="attempt number, the fencing token", min=1)
+    model: str = schema.setting(help="model name", max_len=64)
+    input: Any = schema.setting(help="the model input: nested lists, or the tensor's bytes")
+    priority: int = schema.setting(help="higher runs first", min=0, max=9)
+    deadline_in_s: float = schema.setting(help="seconds left until the task expires", min=0)
+    lease_s: float = schema.setting(help="seconds the device has to finish it", min=0)
+    version: str = schema.setting("", help="model version, empty: the active one", max_len=32)
+    dtype: Literal["float32", "int8"] = schema.setting("float32", help="what input holds")
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """One or more assignments for the device (several when it is given work ahead)."""
+
+    tasks: list[Assignment] = schema.setting(help="the assignments", max_len=MAX_TASK_BATCH)
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """The hub cancelled a task: drop it if it has not started."""
+
+    task_id: str = schema.setting(help="task id", max_len=40)
+    attempt: int = schema.setting(help="the attempt cancelled", min=1)
+
+
+@dataclass(frozen=True)
+class TaskUpdate:
+    """What the device did with an assignment (results travel on the results stream)."""
+
+    task_id: str = schema.setting(help="task id", max_len=40)
+    attempt: int = schema.setting(help="attempt number", min=1)
+    state: Literal["accepted", "rejected", "running"] = schema.setting(help="the new state")
+    reason: str = schema.setting("", help="why it was rejected", max_len=256)
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """Task updates, batched."""
+
+    updates: list[TaskUpdate] = schema.setting(help="the updates", max_len=MAX_TASK_BATCH)
+
+
+Body = Hello | Heartbeat | Status | Records | Ack | Tasks | Cancel | TaskState
+
 
 # kind -> body type, for each direction. Both sides refuse kinds not listed here.
 UP_KINDS: Final[dict[str, type[Any]]] = {
@@ -251,8 +316,9 @@ UP_KINDS: Final[dict[str, type[Any]]] = {
     "heartbeat": Heartbeat,
     "status": Status,
     "records": Records,
+    "task_state": TaskState,
 }
-DOWN_KINDS: Final[dict[str, type[Any]]] = {"ack": Ack}
+DOWN_KINDS: Final[dict[str, type[Any]]] = {"ack": Ack, "tasks": Tasks, "cancel": Cancel}
 
 
 # ---------------------------------------------------------------------------- envelope

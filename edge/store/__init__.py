@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 import sqlite_utils
 
-from edge.store import streams, wear
+from edge.store import inbox, streams, wear
 from edge.store.cipher import RecordCipher
 from edge.store.recovery import open_store
 from edge.store.streams import Appended, Bounds, Refused
@@ -43,11 +43,16 @@ class StreamFullError(Exception):
         self.reason = reason
 
 
+# Work done in the transaction that commits an append, only if the append is stored.
+Then = Callable[[sqlite_utils.Database], None]
+
+
 @dataclass
 class _Append:
     stream: str
     bodies: list[bytes]
     done: asyncio.Future[Appended | Refused]
+    then: Then | None = None
 
 
 class AgentStore:
@@ -90,13 +95,18 @@ class AgentStore:
 
     # ---------------------------------------------------------------- producers
 
-    async def append(self, stream: str, bodies: Sequence[Any]) -> Appended:
-        """Store records; return their sequence numbers once they are on disk."""
+    async def append(
+        self, stream: str, bodies: Sequence[Any], *, then: Then | None = None
+    ) -> Appended:
+        """Store records; return their sequence numbers once they are on disk.
+
+        `then` runs in the same transaction when the records are stored (a task leaves
+        the inbox exactly when its result enters the results stream)."""
         if stream not in STREAMS:
             raise ValueError(f"unknown stream {stream!r} (streams: {', '.join(STREAMS)})")
         packed = [msgpack.packb(b, use_bin_type=True) for b in bodies]
         done: asyncio.Future[Appended | Refused] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Append(stream, packed, done))
+        self._queue.append(_Append(stream, packed, done, then))
         self._wake.set()
         outcome = await done
         if isinstance(outcome, Refused):
@@ -141,12 +151,14 @@ class AgentStore:
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
             self._record_wear(db)
-            outcomes = [
-                streams.append(
+            outcomes: list[Appended | Refused] = []
+            for item in group:
+                outcome = streams.append(
                     db, item.stream, item.bodies, self._bounds[item.stream], self._cipher, now
                 )
-                for item in group
-            ]
+                if item.then is not None and isinstance(outcome, Appended):
+                    item.then(db)
+                outcomes.append(outcome)
             if expire:
                 streams.expire(db, self._bounds, now)
         after = wear.thread_bytes_written()
@@ -169,6 +181,23 @@ class AgentStore:
             streams.bump(db, "wear.bytes", written)
             streams.bump(db, "wear.records", stored)
             self._wear = (0, 0)
+
+    # ---------------------------------------------------------------- task inbox
+
+    async def inbox_put(self, task: inbox.InboxTask, *, capacity: int) -> inbox.PutOutcome:
+        return await self._db.run(inbox.put, task, capacity, time.time())
+
+    async def inbox_claim(self) -> tuple[inbox.InboxTask | None, list[inbox.InboxTask]]:
+        return await self._db.run(inbox.claim, time.time())
+
+    async def inbox_cancel(self, task_id: str, attempt: int) -> str:
+        return await self._db.run(inbox.cancel, task_id, attempt)
+
+    async def inbox_recover(self) -> int:
+        return await self._db.run(inbox.recover)
+
+    async def inbox_depth(self) -> tuple[int, int]:
+        return await self._db.run(inbox.depth)
 
     # ---------------------------------------------------------------- uploader
 

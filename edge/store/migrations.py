@@ -45,7 +45,29 @@ def _m002_alignment(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES ('aligned', '')")
 
 
+def _m003_inbox(db: sqlite_utils.Database) -> None:
+    # Tasks accepted from the hub, until their result is in the results stream.
+    db.execute(
+        """CREATE TABLE inbox (
+            task_id TEXT PRIMARY KEY,
+            attempt INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            input BLOB NOT NULL,
+            dtype TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            deadline REAL NOT NULL,
+            lease_until REAL NOT NULL,
+            state TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            started_at REAL
+        )"""
+    )
+    db.execute("CREATE INDEX inbox_next ON inbox (state, priority DESC, deadline)")
+
+
 MIGRATIONS: list[Migration] = [
     ("001_streams", _m001_streams),
     ("002_alignment", _m002_alignment),
+    ("003_inbox", _m003_inbox),
 ]

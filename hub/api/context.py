@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hub.broker import BrokerSupervisor
 from hub.config import HubConfig
+from hub.dispatcher import Dispatcher
 from hub.enrollment import Enrollment
 from hub.metrics import HubMetrics
 from hub.store import HubStore
@@ -24,3 +25,4 @@ class ApiContext:
     ca_fingerprint: str
     metrics: HubMetrics
     broker: BrokerSupervisor | None
+    dispatcher: Dispatcher

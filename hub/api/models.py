@@ -6,11 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from hub.apitokens import API_KEY_TTL_DEFAULT, Kind, Role
-from hub.store import ApiTokenRecord, AuditEntry, Device, StoredRecord, StreamCount
+from hub.store import ApiTokenRecord, AuditEntry, Device, StoredRecord, StreamCount, Task
 from outpost import schema, wire
 
 
@@ -254,3 +254,118 @@ class Health:
     """The hub answers."""
 
     status: str = schema.setting(help="always ok")
+
+
+@dataclass(frozen=True)
+class TaskTarget:
+    """Where a task may run: a named device, devices matching labels, or (both empty)
+    any device that has the model."""
+
+    device: str = schema.setting("", help="run on this device only", max_len=64)
+    selector: dict[str, str] = schema.setting(
+        {}, help="run on a device carrying all these labels (and the model)", max_len=32
+    )
+
+
+@dataclass(frozen=True)
+class TaskIn:
+    """One task to run."""
+
+    model: str = schema.setting(help="model name", max_len=64)
+    input: Any = schema.setting(help="the model input: nested lists of numbers")
+    version: str = schema.setting("", help="model version; empty: the active one", max_len=32)
+    dtype: Literal["float32", "int8"] = schema.setting(
+        "float32", help="float32: real values, quantized on the device; int8: quantized"
+    )
+    priority: int = schema.setting(5, help="0 (lowest) to 9 (highest)", min=0, max=9)
+    deadline_s: float | None = schema.setting(
+        None, help="seconds from now until it expires (default: the hub's)", min=0.1
+    )
+    lease_s: float | None = schema.setting(
+        None, help="seconds a device has to finish it (default: the hub's)", min=0.1, max=7 * 86400
+    )
+    target: TaskTarget = field(
+        default_factory=TaskTarget, metadata={"help": "where it may run (default: any)"}
+    )
+
+
+@dataclass(frozen=True)
+class TaskBatchIn:
+    """Several tasks at once."""
+
+    tasks: list[TaskIn] = schema.setting(help="the tasks", max_len=100_000)
+
+
+@dataclass(frozen=True)
+class TaskIds:
+    """The ids given to submitted tasks, in order."""
+
+    ids: list[str] = schema.setting(help="task ids")
+
+
+@dataclass(frozen=True)
+class TaskEventOut:
+    at: float = schema.setting(help="epoch seconds")
+    state: str = schema.setting(help="the state entered, or late / rejected / lapsed")
+    device: str | None = schema.setting(help="the device concerned")
+    attempt: int = schema.setting(help="the attempt concerned")
+    detail: str = schema.setting(help="why")
+
+
+@dataclass(frozen=True)
+class TaskOut:
+    """A task and what became of it."""
+
+    id: str = schema.setting(help="task id")
+    state: str = schema.setting(
+        help="queued, assigned, accepted, running, succeeded, failed, expired or cancelled"
+    )
+    model: str = schema.setting(help="model name")
+    version: str = schema.setting(help="model version asked for (empty: any)")
+    dtype: str = schema.setting(help="float32 or int8")
+    priority: int = schema.setting(help="0 to 9")
+    deadline: float = schema.setting(help="expiry, epoch seconds")
+    lease_s: float = schema.setting(help="lease length, seconds")
+    target: dict[str, Any] = schema.setting(help="device or selector, or empty for any")
+    created_at: float = schema.setting(help="submission time, epoch seconds")
+    updated_at: float = schema.setting(help="last change, epoch seconds")
+    attempt: int = schema.setting(help="assignments so far (the current fencing token)")
+    device: str | None = schema.setting(help="the device of the current or last attempt")
+    lease_expires: float | None = schema.setting(help="end of the current lease")
+    excluded: list[str] = schema.setting(help="devices that rejected or lost it")
+    result: dict[str, Any] | None = schema.setting(help="label, confidence, scores, latency")
+    error: str = schema.setting(help="why it failed, expired or was cancelled")
+    finished_at: float | None = schema.setting(help="when it ended, epoch seconds")
+    submitted_by: str = schema.setting(help="subject of the token that submitted it")
+    input_bytes: int = schema.setting(help="size of its input (msgpack)")
+    events: list[TaskEventOut] = schema.setting(
+        help="every transition, rejection, lapse and late result (single reads only)"
+    )
+
+    @classmethod
+    def of(cls, t: Task) -> TaskOut:
+        return cls(
+            id=t.task_id,
+            state=t.state,
+            model=t.model,
+            version=t.version,
+            dtype=t.dtype,
+            priority=t.priority,
+            deadline=t.deadline,
+            lease_s=t.lease_s,
+            target=t.target,
+            created_at=t.created_at,
+            updated_at=t.updated_at,
+            attempt=t.attempt,
+            device=t.device_id,
+            lease_expires=t.lease_expires,
+            excluded=t.excluded,
+            result=t.result,
+            error=t.error,
+            finished_at=t.finished_at,
+            submitted_by=t.submitted_by,
+            input_bytes=t.input_bytes,
+            events=[
+                TaskEventOut(e.at, e.state, e.device_id, e.attempt, e.detail) for e in t.events
+            ],
+        )

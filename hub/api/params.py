@@ -19,22 +19,32 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 
 
-async def json_body(request: web.Request, cls: type[T]) -> T:
-    """Parse the body into `cls`: 413 when too large, 400 naming the field that is wrong."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise ApiError(
-            413, "too_large", f"request body over {request.app[MAX_BODY]} bytes"
-        ) from exc
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_field("body", f"request body is not JSON: {exc}") from exc
+async def json_body(request: web.Request, cls: type[T], max_bytes: int | None = None) -> T:
+    """Parse the body into `cls`: 413 when over the route's limit (`max_bytes`, else the
+    API's), 400 naming the field that is wrong."""
+    data = await json_value(request, max_bytes)
     try:
         return schema.load(cls, data, "body")
     except schema.SchemaError as exc:
         raise bad_field(exc.path, str(exc)) from exc
+
+
+async def json_value(request: web.Request, max_bytes: int | None = None) -> Any:
+    """The body as parsed JSON: 413 when over the limit, 400 when not JSON."""
+    limit = max_bytes or request.app[MAX_BODY]
+    too_large = ApiError(413, "too_large", f"request body over {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise too_large from exc
+    if len(raw) > limit:
+        raise too_large
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_field("body", f"request body is not JSON: {exc}") from exc
 
 
 def limit(request: web.Request) -> int:

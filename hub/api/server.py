@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api import admin, enroll, fleet, observe, openapi, streams
+from hub.api import admin, enroll, fleet, observe, openapi, streams, tasks
 from hub.api.context import ApiContext
 from hub.api.errors import errors_as_json
 from hub.api.params import MAX_BODY
@@ -27,6 +27,7 @@ def build_routes(ctx: ApiContext) -> list[Route]:
         *enroll.routes(ctx),
         *fleet.routes(ctx),
         *streams.routes(ctx),
+        *tasks.routes(ctx),
         *admin.routes(ctx),
     ]
 
@@ -50,7 +51,9 @@ def build_app(ctx: ApiContext, routes: list[Route]) -> web.Application:
             rate=config.auth_failures_per_min / 60, burst=config.auth_failures_per_min
         ),
     )
-    app = web.Application(middlewares=[errors_as_json], client_max_size=config.api_max_body_bytes)
+    # The largest body any route takes; each route's own limit is checked in `json_body`.
+    largest = max(config.api_max_body_bytes, config.api_max_task_body_bytes)
+    app = web.Application(middlewares=[errors_as_json], client_max_size=largest)
     app[MAX_BODY] = config.api_max_body_bytes
     for route in routes:
         app.router.add_route(route.method, route.path, guard.wrap(route))

@@ -8,16 +8,24 @@ it on the store's single writer thread.
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hub.store import audit, devices, tokens
+import msgpack
+import sqlite_utils
+
+from hub.store import audit, devices, tasks, tokens
 from hub.store import records as streams  # `records` is also a method name below
 from hub.store.audit import AuditEntry
 from hub.store.devices import ConnectionLost, Device, HeartbeatSeen, HelloSeen, PresenceEvent
 from hub.store.migrations import MIGRATIONS
 from hub.store.records import MAX_SEQ, Applied, StoredRecord, StreamCount, Upload
+from hub.store.tasks import Assigned, NewTask, Task
+from hub.store.tasks import Settings as TaskSettings
 from hub.store.tokens import ApiTokenRecord, TokenRefusedError
 from outpost.sqlite import SerialDatabase, migrate, open_database
 
@@ -25,17 +33,22 @@ __all__ = [
     "MAX_SEQ",
     "ApiTokenRecord",
     "Applied",
+    "Assigned",
     "AuditEntry",
     "ConnectionLost",
     "Device",
     "HeartbeatSeen",
     "HelloSeen",
     "HubStore",
+    "NewTask",
     "PresenceEvent",
     "StoredRecord",
     "StreamCount",
+    "Task",
+    "TaskSettings",
     "TokenRefusedError",
     "Upload",
+    "UploadOutcome",
 ]
 
 
@@ -154,10 +167,13 @@ class HubStore:
 
     # ------------------------------------------------------------ upload streams
 
-    async def apply_uploads(self, uploads: Sequence[Upload], *, now: float) -> list[Applied]:
+    async def apply_uploads(self, uploads: Sequence[Upload], *, now: float) -> UploadOutcome:
         """Store batches of records (any devices) and move their marks in one durable
-        transaction, in order; return, for each, its mark and whether it was a gap."""
-        return await self._db.run(streams.apply_uploads, list(uploads), now)
+        transaction, in order; return, for each, its mark and whether it was a gap.
+
+        Task results among the new records end their tasks in that same transaction
+        (first valid result wins; the rest are recorded as late)."""
+        return await self._db.run(_apply_uploads, list(uploads), now)
 
     async def stream_marks(self, device_ids: Sequence[str]) -> dict[tuple[str, str], int]:
         """The mark of each (device, stream) the hub holds anything of."""
@@ -172,3 +188,74 @@ class HubStore:
     async def stream_counts(self, device_id: str) -> list[StreamCount]:
         """Records held and mark per stream of a device (streams it never sent are absent)."""
         return await self._db.run(streams.counts, device_id)
+
+    # ------------------------------------------------------------ tasks
+
+    async def create_tasks(self, new: Sequence[NewTask], *, now: float) -> None:
+        await self._db.run(tasks.create, list(new), now)
+
+    async def task(self, task_id: str) -> Task | None:
+        return await self._db.run(tasks.get, task_id)
+
+    async def tasks_page(
+        self,
+        *,
+        state: str | None = None,
+        device_id: str | None = None,
+        model: str | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> list[Task]:
+        return await self._db.run(
+            lambda db: tasks.page(
+                db, state=state, device_id=device_id, model=model, after=after, limit=limit
+            )
+        )
+
+    async def task_counts(self) -> dict[str, int]:
+        return await self._db.run(tasks.counts)
+
+    async def cancel_task(self, task_id: str, *, now: float) -> tuple[Task | None, str]:
+        """Cancel; returns the task and the device to tell ("" if none held it)."""
+        return await self._db.run(tasks.cancel, task_id, now)
+
+    async def allocate(
+        self, *, now: float, settings: TaskSettings, plan: tasks.Plan
+    ) -> tuple[list[Assigned], dict[str, int]]:
+        """Expire, lapse and assign tasks in one transaction (see `tasks.allocate`)."""
+        return await self._db.run(tasks.allocate, now, settings, plan)
+
+    async def task_updates(
+        self, device_id: str, updates: Sequence[Any], *, now: float, settings: TaskSettings
+    ) -> list[tuple[str, str]]:
+        return await self._db.run(tasks.update, device_id, list(updates), now, settings)
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    """What a call to `apply_uploads` did: per upload its result; task results by outcome."""
+
+    applied: list[Applied]
+    task_results: dict[str, int]
+
+
+def _apply_uploads(db: sqlite_utils.Database, uploads: list[Upload], now: float) -> UploadOutcome:
+    outcomes: collections.Counter[str] = collections.Counter()
+
+    def on_stored(
+        db: sqlite_utils.Database, upload: Upload, rows: list[tuple[int, float, bytes]]
+    ) -> None:
+        if upload.stream != "results":
+            return
+        for _, _, body in rows:
+            if b"task_id" not in body:  # most results are not task results: skip the decode
+                continue
+            try:
+                data = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            except (ValueError, msgpack.UnpackException):
+                continue
+            if isinstance(data, dict) and data.get("kind") == "task":
+                outcomes[tasks.apply_result(db, upload.device_id, data, now)] += 1
+
+    applied = streams.apply_uploads(db, uploads, now, on_stored)
+    return UploadOutcome(applied, dict(outcomes))

@@ -36,6 +36,8 @@ class Device:
     store: dict[str, Any] | None = None
     runtime: str | None = None
     models: list[dict[str, Any]] = field(default_factory=list)
+    task_slots: int = 0
+    task_latency_ms: float | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Device:
@@ -53,6 +55,8 @@ class Device:
             store=json.loads(row["store"]) if row["store"] else None,
             runtime=row["runtime"],
             models=json.loads(row["models"] or "[]"),
+            task_slots=row["task_slots"],
+            task_latency_ms=row["task_latency_ms"],
             enrolled_at=row["enrolled_at"],
             cert_serial=row["cert_serial"],
             cert_not_before=row["cert_not_before"],
@@ -73,6 +77,7 @@ class HelloSeen:
     capabilities: dict[str, Any]
     runtime: str = ""
     models: list[dict[str, Any]] = field(default_factory=list)
+    task_slots: int = 0
 
 
 @dataclass(frozen=True)
@@ -152,14 +157,16 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
     # register it with empty labels rather than ignore it.
     db.execute(
         """INSERT INTO devices (device_id, profile, labels, online, conn, last_seen,
-               last_heartbeat, heartbeat_interval, agent_version, capabilities, runtime, models)
-           VALUES (?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?)
+               last_heartbeat, heartbeat_interval, agent_version, capabilities, runtime, models,
+               task_slots)
+           VALUES (?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (device_id) DO UPDATE SET
                profile = excluded.profile, online = 1, conn = excluded.conn,
                last_seen = excluded.last_seen, last_heartbeat = excluded.last_heartbeat,
                heartbeat_interval = excluded.heartbeat_interval,
                agent_version = excluded.agent_version, capabilities = excluded.capabilities,
-               runtime = excluded.runtime, models = excluded.models""",
+               runtime = excluded.runtime, models = excluded.models,
+               task_slots = excluded.task_slots""",
         (
             e.device_id,
             e.profile,
@@ -171,6 +178,7 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
             json.dumps(e.capabilities, sort_keys=True),
             e.runtime,
             json.dumps(e.models, sort_keys=True),
+            e.task_slots,
         ),
     )
 

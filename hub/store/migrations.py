@@ -103,10 +103,57 @@ def _m005_device_models(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN models TEXT")
 
 
+def _m006_tasks(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE tasks (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            input BLOB NOT NULL,
+            dtype TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            deadline REAL NOT NULL,
+            lease_s REAL NOT NULL,
+            target TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            submitted_by TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            device_id TEXT,
+            lease_expires REAL,
+            excluded TEXT NOT NULL DEFAULT '[]',
+            result TEXT,
+            error TEXT NOT NULL DEFAULT '',
+            finished_at REAL
+        )"""
+    )
+    # The allocator reads the queue in priority order; the sweep finds held tasks.
+    db.execute("CREATE INDEX tasks_queue ON tasks (state, priority DESC, deadline, seq)")
+    db.execute("CREATE INDEX tasks_device ON tasks (device_id, state)")
+    db.execute(
+        """CREATE TABLE task_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            state TEXT NOT NULL,
+            device_id TEXT,
+            attempt INTEGER NOT NULL,
+            detail TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX task_events_task ON task_events (task_id, id)")
+    # What the device said it can run at once (hello), and its recent task latency.
+    db.execute("ALTER TABLE devices ADD COLUMN task_slots INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE devices ADD COLUMN task_latency_ms REAL")
+
+
 MIGRATIONS: list[Migration] = [
     ("001_registry", _m001_registry),
     ("002_api", _m002_api),
     ("003_records", _m003_records),
     ("004_device_store", _m004_device_store),
     ("005_device_models", _m005_device_models),
+    ("006_tasks", _m006_tasks),
 ]

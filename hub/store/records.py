@@ -6,7 +6,7 @@ Each function runs on the store's worker thread as one unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,21 +58,33 @@ class StreamCount:
     hwm: int
 
 
-def apply_uploads(db: sqlite_utils.Database, uploads: list[Upload], now: float) -> list[Applied]:
+# Called, inside the transaction, with each upload and the records of it that were new.
+OnStored = Callable[[sqlite_utils.Database, Upload, list[tuple[int, float, bytes]]], None]
+
+
+def apply_uploads(
+    db: sqlite_utils.Database,
+    uploads: list[Upload],
+    now: float,
+    on_stored: OnStored | None = None,
+) -> list[Applied]:
     """Store every upload and move its mark, all in one transaction, in the given order.
 
     Durable on return (the store runs `synchronous=FULL`): an ack sent after this can
-    never name a record a power cut takes back.
+    never name a record a power cut takes back. `on_stored` sees each new record once,
+    in the same transaction (so what it derives is exactly-once too).
     """
     applied = []
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
         for upload in uploads:
-            applied.append(_apply(db, upload, now))
+            applied.append(_apply(db, upload, now, on_stored))
     return applied
 
 
-def _apply(db: sqlite_utils.Database, upload: Upload, now: float) -> Applied:
+def _apply(
+    db: sqlite_utils.Database, upload: Upload, now: float, on_stored: OnStored | None
+) -> Applied:
     key = (upload.device_id, upload.stream)
     row = db.execute(
         "SELECT hwm FROM stream_marks WHERE device_id = ? AND stream = ?", key
@@ -81,17 +93,16 @@ def _apply(db: sqlite_utils.Database, upload: Upload, now: float) -> Applied:
     if upload.from_seq > hwm + 1:
         # Storing it would leave a hole the mark could never move across.
         return Applied(*key, hwm=hwm, gap=True, stored=0)
-    rows = [
-        (*key, seq, ts, body, now)  # the device's own msgpack, stored as it came
-        for seq, ts, body in upload.records
-        if seq > hwm  # numbers at or below the mark are held already: a replay
-    ]
+    new = [r for r in upload.records if r[0] > hwm]  # at or below the mark: a replay
+    rows = [(*key, seq, ts, body, now) for seq, ts, body in new]  # stored as it came
     # OR IGNORE only as a guard: nothing above the mark can be stored yet.
     stored = db.conn.executemany(
         """INSERT OR IGNORE INTO records (device_id, stream, seq, ts, body, received_at)
            VALUES (?, ?, ?, ?, ?, ?)""",
         rows,
     ).rowcount
+    if on_stored is not None and new:
+        on_stored(db, upload, new)
     if upload.to_seq > hwm:
         hwm = upload.to_seq  # past the numbers without a record too: evicted on the device
         db.execute(

@@ -1,0 +1,146 @@
+"""The task inbox: assignments the agent accepted, kept in its store until their result
+is (in the same transaction that appends the result to the results stream).
+
+A task accepted before a crash or reboot is still here afterwards: those that were
+running go back to pending and run again (their result carries the same attempt, so the
+hub takes whichever arrives first). Pending tasks run highest priority first, then
+earliest deadline; one whose deadline or lease has passed is dropped instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgpack
+import sqlite_utils
+
+PutOutcome = Literal["accepted", "duplicate", "full", "superseded"]
+
+
+@dataclass(frozen=True)
+class InboxTask:
+    task_id: str
+    attempt: int
+    model: str
+    version: str
+    input: Any
+    dtype: str
+    priority: int
+    deadline: float  # local epoch seconds
+    lease_until: float  # local epoch seconds
+
+
+def put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) -> PutOutcome:
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        row = db.execute("SELECT attempt FROM inbox WHERE task_id = ?", (task.task_id,)).fetchone()
+        if row is not None and row["attempt"] >= task.attempt:
+            # A redelivery of the same assignment (or an older one): accept it again.
+            return "duplicate" if row["attempt"] == task.attempt else "superseded"
+        if row is None:
+            (held,) = db.execute("SELECT COUNT(*) FROM inbox").fetchone()
+            if held >= capacity:
+                return "full"
+        db.execute(
+            """INSERT INTO inbox (task_id, attempt, model, version, input, dtype, priority,
+                   deadline, lease_until, state, received_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)
+               ON CONFLICT (task_id) DO UPDATE SET attempt = excluded.attempt,
+                   model = excluded.model, version = excluded.version, input = excluded.input,
+                   dtype = excluded.dtype, priority = excluded.priority,
+                   deadline = excluded.deadline, lease_until = excluded.lease_until,
+                   state = 'pending', received_at = excluded.received_at""",
+            (
+                task.task_id,
+                task.attempt,
+                task.model,
+                task.version,
+                msgpack.packb(task.input, use_bin_type=True),
+                task.dtype,
+                task.priority,
+                task.deadline,
+                task.lease_until,
+                now,
+            ),
+        )
+        return "accepted"
+
+
+def claim(db: sqlite_utils.Database, now: float) -> tuple[InboxTask | None, list[InboxTask]]:
+    """Take the next pending task (marking it running); also drop pending tasks whose
+    deadline or lease has passed, and return them."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        stale = [
+            _task(r)
+            for r in db.execute(
+                """SELECT * FROM inbox
+                   WHERE state = 'pending' AND (deadline <= ? OR lease_until <= ?)""",
+                (now, now),
+            ).fetchall()
+        ]
+        if stale:
+            db.conn.executemany(
+                "DELETE FROM inbox WHERE task_id = ?", [(t.task_id,) for t in stale]
+            )
+        row = db.execute(
+            """SELECT * FROM inbox WHERE state = 'pending'
+               ORDER BY priority DESC, deadline, received_at LIMIT 1"""
+        ).fetchone()
+        if row is None:
+            return None, stale
+        db.execute(
+            "UPDATE inbox SET state = 'running', started_at = ? WHERE task_id = ?",
+            (now, row["task_id"]),
+        )
+        return _task(row), stale
+
+
+def finish(db: sqlite_utils.Database, task_id: str, attempt: int) -> None:
+    """Forget a task whose result was appended (inside that append's transaction)."""
+    db.execute("DELETE FROM inbox WHERE task_id = ? AND attempt = ?", (task_id, attempt))
+
+
+def cancel(db: sqlite_utils.Database, task_id: str, attempt: int) -> str:
+    """Drop a cancelled task unless it is running: dropped, running or unknown."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        row = db.execute(
+            "SELECT state FROM inbox WHERE task_id = ? AND attempt <= ?", (task_id, attempt)
+        ).fetchone()
+        if row is None:
+            return "unknown"
+        if row["state"] == "running":
+            return "running"
+        db.execute("DELETE FROM inbox WHERE task_id = ?", (task_id,))
+        return "dropped"
+
+
+def recover(db: sqlite_utils.Database) -> int:
+    """After a restart: tasks that were running when the agent stopped run again."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        return db.execute(
+            "UPDATE inbox SET state = 'pending', started_at = NULL WHERE state = 'running'"
+        ).rowcount
+
+
+def depth(db: sqlite_utils.Database) -> tuple[int, int]:
+    """(pending, running)."""
+    counts = dict(db.execute("SELECT state, COUNT(*) FROM inbox GROUP BY state").fetchall())
+    return counts.get("pending", 0), counts.get("running", 0)
+
+
+def _task(row: Any) -> InboxTask:
+    return InboxTask(
+        task_id=row["task_id"],
+        attempt=row["attempt"],
+        model=row["model"],
+        version=row["version"],
+        input=msgpack.unpackb(row["input"], raw=False),
+        dtype=row["dtype"],
+        priority=row["priority"],
+        deadline=row["deadline"],
+        lease_until=row["lease_until"],
+    )

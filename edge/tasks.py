@@ -1,0 +1,192 @@
+"""Tasks from the hub: accept or reject each assignment, keep it in the store's inbox,
+run it on the local models, and put its result on the results stream.
+
+The result goes through store and forward like everything else, so a task finished
+offline reaches the hub when the link returns; it carries the assignment's attempt (the
+fencing token), and the hub keeps the first valid result. The inbox survives restarts.
+`slots` workers run tasks, so the device never runs more at once than its profile allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, Literal
+
+from edge.inference.service import InferenceService, ModelUnavailable, UnknownModel
+from edge.store import AgentStore, StreamFullError
+from edge.store.inbox import InboxTask, finish
+from outpost import wire
+
+logger = logging.getLogger(__name__)
+
+Notify = Callable[[list[wire.TaskUpdate]], Awaitable[None]]
+FULL_RETRY_S = 2.0  # a full results stream: try the append again after this long
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        store: AgentStore,
+        inference: InferenceService,
+        *,
+        slots: int,
+        inbox_capacity: int,
+        notify: Notify,
+    ) -> None:
+        self._store = store
+        self._inference = inference
+        self.slots = slots
+        self._capacity = inbox_capacity
+        self._notify = notify
+        self._work = asyncio.Event()
+        self.running = 0
+        self.queued = 0  # pending in the inbox, as of the last change seen here
+        self.done = 0
+
+    async def run(self) -> None:
+        """Recover the inbox, then run `slots` workers until cancelled."""
+        again = await self._store.inbox_recover()
+        if again:
+            logger.info("%d tasks interrupted by the last stop run again", again)
+        await self._refresh_depth()
+        self._work.set()
+        async with asyncio.TaskGroup() as workers:
+            for n in range(self.slots):
+                workers.create_task(self._worker(), name=f"agent.task-worker-{n}")
+
+    async def assign(self, body: wire.Tasks) -> None:
+        """Accept or reject each assignment; accepted ones are in the inbox (on disk)
+        before the hub hears so."""
+        now = time.time()
+        updates = []
+        for a in body.tasks:
+            reason = self._refusal(a)
+            if reason is None:
+                outcome = await self._store.inbox_put(
+                    InboxTask(
+                        task_id=a.task_id,
+                        attempt=a.attempt,
+                        model=a.model,
+                        version=a.version,
+                        input=a.input,
+                        dtype=a.dtype,
+                        priority=a.priority,
+                        deadline=now + a.deadline_in_s,
+                        lease_until=now + a.lease_s,
+                    ),
+                    capacity=self._capacity,
+                )
+                if outcome == "full":
+                    reason = f"full: {self._capacity} tasks held"
+                elif outcome == "superseded":
+                    reason = "superseded: a newer attempt of this task is held"
+            state: Literal["accepted", "rejected"] = "accepted" if reason is None else "rejected"
+            if reason:
+                logger.info("rejected %s attempt %d: %s", a.task_id, a.attempt, reason)
+            updates.append(
+                wire.TaskUpdate(
+                    task_id=a.task_id, attempt=a.attempt, state=state, reason=reason or ""
+                )
+            )
+        await self._refresh_depth()
+        self._work.set()
+        await self._notify(updates)
+
+    async def cancel(self, body: wire.Cancel) -> None:
+        outcome = await self._store.inbox_cancel(body.task_id, body.attempt)
+        logger.info("task %s cancelled by the hub: %s", body.task_id, outcome)
+        await self._refresh_depth()
+
+    def _refusal(self, a: wire.Assignment) -> str | None:
+        if a.deadline_in_s <= 0:
+            return "expired: its deadline has passed"
+        try:
+            runner = self._inference.runner(a.model)
+        except UnknownModel:
+            return f"unknown_model: {a.model} is not installed"
+        except ModelUnavailable as exc:
+            return f"model_unavailable: {exc}"
+        if a.version and a.version != runner.manifest.version:
+            return f"version_mismatch: {a.model} is at {runner.manifest.version}, not {a.version}"
+        return None
+
+    async def _worker(self) -> None:
+        while True:
+            # Cleared before looking: an assignment put after the look sets it again,
+            # so no wake-up is lost between an empty look and the wait.
+            self._work.clear()
+            task, dropped = await self._store.inbox_claim()
+            for stale in dropped:
+                logger.info("dropped %s: its deadline or lease passed before it ran", stale.task_id)
+            if task is None:
+                await self._refresh_depth()
+                await self._work.wait()
+                continue
+            self._work.set()  # there may be more: let an idle worker look too
+            self.running += 1
+            try:
+                await self._run(task)
+            finally:
+                self.running -= 1
+                await self._refresh_depth()
+
+    async def _run(self, task: InboxTask) -> None:
+        with contextlib.suppress(Exception):  # telling the hub is best effort
+            await self._notify(
+                [wire.TaskUpdate(task_id=task.task_id, attempt=task.attempt, state="running")]
+            )
+        started = time.time()
+        body: dict[str, Any] = {
+            "kind": "task",
+            "task_id": task.task_id,
+            "attempt": task.attempt,
+            "model": task.model,
+            "started_at": started,
+        }
+        try:
+            runner = self._inference.runner(task.model)
+            answer = await runner.infer(task.input, task.dtype)
+        except Exception as exc:  # a bad input, a broken model: the task fails, with why
+            body.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:512])
+        else:
+            body.update(
+                status="succeeded",
+                version=runner.manifest.version,
+                label=answer.label,
+                confidence=round(answer.confidence, 6),
+                scores=dict(
+                    zip(
+                        runner.manifest.labels,
+                        (round(s, 6) for s in answer.scores),
+                        strict=True,
+                    )
+                ),
+                latency_ms=round(answer.latency_ms, 3),
+            )
+        body["finished_at"] = time.time()
+        while True:
+            try:
+                await self._store.append(
+                    "results", [body], then=partial(_finish, task.task_id, task.attempt)
+                )
+                break
+            except StreamFullError as exc:
+                # Kept in the inbox (running) until there is room: nothing is lost.
+                logger.warning("result of %s waits: %s", task.task_id, exc.reason)
+                await asyncio.sleep(FULL_RETRY_S)
+        self.done += 1
+
+    async def _refresh_depth(self) -> None:
+        self.queued, _ = await self._store.inbox_depth()
+
+    def load(self) -> wire.TaskLoad:
+        return wire.TaskLoad(queued=self.queued, running=self.running)
+
+
+def _finish(task_id: str, attempt: int, db: Any) -> None:
+    finish(db, task_id, attempt)

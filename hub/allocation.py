@@ -1,0 +1,79 @@
+"""Who runs a task: eligibility and the score, in one place.
+
+A device is eligible for a task when it is online, takes tasks, has room (the tasks the
+hub counts as assigned to it and unfinished are fewer than its concurrency plus the
+work it may be given ahead), did not already reject or lose that task, and matches its
+target: the named device; or, for a label selector or "any device", a device that
+reports the model (and the version, if one is asked) loaded and ready.
+
+Among eligible devices the highest score wins:
+
+    score = 1.0 * free      share of its slots still free: 1 - held / slots
+          - 0.5 * cpu       CPU use, 0..1; unknown (no fresh heartbeat) counts as 1
+          - 0.5 * heat      0 up to 60 C, rising to 1 at 85 C; unknown counts as 0
+          - 0.3 * slowness  recent task latency L (ms) as L / (L + 50); unknown: 0
+
+so an idle, cool, quick device is preferred, a busy one still gets work when nothing
+better is free, and a device whose load is unknown is never mistaken for an idle one.
+Ties go to the device holding fewer tasks, then to a hash of the task and device ids
+(spreading equal devices without favouring one). Tasks are planned in priority order
+(then deadline), so high-priority work takes the free slots first.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from hub.store.tasks import Candidate, Queued
+
+W_FREE, W_CPU, W_HEAT, W_SLOW = 1.0, 0.5, 0.5, 0.3
+HEAT_FROM_C, HEAT_FULL_C = 60.0, 85.0
+LATENCY_SCALE_MS = 50.0
+
+
+def score(device: Candidate, held: int) -> float:
+    free = 1.0 - held / device.slots if device.slots else 0.0
+    cpu = 1.0 if device.cpu_percent is None else device.cpu_percent / 100.0
+    heat = 0.0
+    if device.temperature_c is not None:
+        heat = (device.temperature_c - HEAT_FROM_C) / (HEAT_FULL_C - HEAT_FROM_C)
+        heat = min(1.0, max(0.0, heat))
+    slowness = 0.0
+    if device.latency_ms is not None:
+        slowness = device.latency_ms / (device.latency_ms + LATENCY_SCALE_MS)
+    return W_FREE * free - W_CPU * cpu - W_HEAT * heat - W_SLOW * slowness
+
+
+def eligible(task: Queued, device: Candidate) -> bool:
+    if device.device_id in task.excluded:
+        return False
+    named = task.target.get("device")
+    if named:
+        return bool(device.device_id == named)  # the operator chose it; it will say if it can
+    selector = task.target.get("selector") or {}
+    if any(device.labels.get(k) != v for k, v in selector.items()):
+        return False
+    if task.version:
+        return (task.model, task.version) in device.models
+    return any(name == task.model for name, _ in device.models)
+
+
+def plan(queued: list[Queued], candidates: list[Candidate]) -> list[tuple[str, str]]:
+    """Pick a device for each queued task that has one; tasks come in priority order."""
+    held = {c.device_id: c.held for c in candidates}
+    chosen = []
+    for task in queued:
+        best: tuple[float, int, int] | None = None
+        pick = None
+        for device in candidates:
+            count = held[device.device_id]
+            if count >= device.slots or not eligible(task, device):
+                continue
+            spread = zlib.crc32(f"{task.task_id}/{device.device_id}".encode())
+            key = (score(device, count), -count, spread)
+            if best is None or key > best:
+                best, pick = key, device.device_id
+        if pick is not None:
+            held[pick] += 1
+            chosen.append((task.task_id, pick))
+    return chosen

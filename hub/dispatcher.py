@@ -1,0 +1,105 @@
+"""The dispatcher: allocation passes, and sending assignments and cancellations.
+
+A pass runs when something changed (tasks submitted, a device said hello, a rejection,
+a result that frees a slot) and at least every `PERIOD_S` (leases and deadlines lapse
+on their own). Each pass is one store transaction (`HubStore.allocate`): the database
+holds every lease, so a hub that restarts picks up where it was. Assignments are
+published after the transaction; one that is lost (link down, device gone) is not
+accepted in time and goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+
+from hub import allocation
+from hub.acks import Publish
+from hub.config import HubConfig
+from hub.store import Assigned, HubStore, TaskSettings
+from hub.store.tasks import unpack_input
+from outpost import wire
+
+logger = logging.getLogger(__name__)
+
+PERIOD_S = 0.5
+MAX_PLAN = 2000  # queued tasks considered per pass
+
+
+class Dispatcher:
+    def __init__(self, store: HubStore, config: HubConfig, publish: Publish) -> None:
+        self._store = store
+        self._publish = publish
+        self.settings = TaskSettings(
+            accept_timeout_s=config.task_accept_timeout_s,
+            max_attempts=config.task_max_attempts,
+            prefetch=config.task_prefetch,
+            stale_after_heartbeats=config.offline_after_heartbeats,
+            max_plan=MAX_PLAN,
+        )
+        self._wake = asyncio.Event()
+        self.outcomes: collections.Counter[str] = collections.Counter()  # assigned, expired...
+
+    def wake(self) -> None:
+        """Something changed: run a pass soon."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), PERIOD_S)
+            self._wake.clear()
+            try:
+                await self.allocate_once()
+            except Exception:  # a locked database, say: the next pass tries again
+                logger.exception("allocation pass failed")
+
+    async def allocate_once(self) -> int:
+        now = time.time()
+        assigned, swept = await self._store.allocate(
+            now=now, settings=self.settings, plan=allocation.plan
+        )
+        for name, count in swept.items():
+            if count:
+                self.outcomes[name] += count
+                logger.info("%d tasks %s", count, name)
+        if assigned:
+            self.outcomes["assigned"] += len(assigned)
+            await self._send(assigned, now)
+        return len(assigned)
+
+    async def _send(self, assigned: list[Assigned], now: float) -> None:
+        by_device: dict[str, list[wire.Assignment]] = collections.defaultdict(list)
+        for a in assigned:
+            by_device[a.device_id].append(
+                wire.Assignment(
+                    task_id=a.task_id,
+                    attempt=a.attempt,
+                    model=a.model,
+                    version=a.version,
+                    input=unpack_input(a.input),
+                    dtype=a.dtype,  # type: ignore[arg-type]
+                    priority=a.priority,
+                    deadline_in_s=max(0.0, a.deadline - now),
+                    lease_s=a.lease_s,
+                )
+            )
+        for device_id, items in by_device.items():
+            for start in range(0, len(items), wire.MAX_TASK_BATCH):
+                chunk = items[start : start + wire.MAX_TASK_BATCH]
+                payload = wire.encode("tasks", wire.Tasks(tasks=chunk))
+                try:
+                    await self._publish(wire.down_topic(device_id, "tasks"), payload)
+                except Exception as exc:
+                    # Not accepted in time, so back to the queue: nothing else to do here.
+                    logger.warning("could not send %d tasks to %s: %s", len(chunk), device_id, exc)
+
+    async def send_cancel(self, device_id: str, task_id: str, attempt: int) -> None:
+        payload = wire.encode("cancel", wire.Cancel(task_id=task_id, attempt=attempt))
+        try:
+            await self._publish(wire.down_topic(device_id, "cancel"), payload)
+        except Exception as exc:  # the device's result will be recorded as late anyway
+            logger.warning("could not tell %s that %s is cancelled: %s", device_id, task_id, exc)
