@@ -11,6 +11,7 @@ import contextlib
 import json
 import signal
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ import pytest
 
 from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
+from edge.store import AgentStore
+from edge.store.inbox import InboxTask
 from hub.app import Hub
 from hub.store import Task
 from outpost.modelbundle import read_bundle
@@ -411,3 +414,67 @@ def device_results(member: Member) -> int:
     with contextlib.closing(sqlite3.connect(f"file:{member.paths.store}?mode=ro", uri=True)) as db:
         (last,) = db.execute("SELECT next_seq - 1 FROM streams WHERE stream = 'results'").fetchone()
     return int(last)
+
+
+async def test_tasks_accepted_before_a_crash_run_after_the_restart(
+    hub: Hub, api: ApiClient, start_member: Starter
+) -> None:
+    member = await start_member("generic")
+    token = await api.token("operator")
+    member.agent.signal(signal.SIGSTOP)  # it will never answer these assignments itself
+    target = {"device": member.device_id}
+    ids = await submit(api, token, [vib(lease_s=120, target=target) for _ in range(2)])
+    (short,) = await submit(api, token, [vib(lease_s=120, deadline_s=1.5, target=target)])
+
+    async def assigned() -> bool:
+        found = await tasks_of(hub, [*ids, short])
+        return all(t.state == "assigned" for t in found.values())
+
+    await eventually(assigned, timeout=10, what="the tasks assigned")
+    member.agent.signal(signal.SIGKILL)
+    member.agent.wait(10)
+    # What the agent had written before it died: both accepted, one of them running;
+    # the third accepted too, but its deadline passes before the agent is back.
+    assert hub.store is not None
+    store = AgentStore(member.paths.store, {})
+    await store.start()
+    try:
+        for task_id in [*ids, short]:
+            task = await hub.store.task(task_id)
+            assert task is not None
+            await store.inbox_put(
+                InboxTask(
+                    task_id=task_id,
+                    attempt=task.attempt,
+                    model=VIB,
+                    version="",
+                    input=INPUT,
+                    dtype="int8",
+                    priority=5,
+                    deadline=time.time() + (0.5 if task_id == short else 600),
+                    lease_until=time.time() + 120,
+                ),
+                capacity=10,
+            )
+        await store.inbox_claim()  # running when the power went
+    finally:
+        await store.close()
+
+    async def short_expired() -> bool:
+        return (await tasks_of(hub, [short]))[short].state == "expired"
+
+    await eventually(short_expired, timeout=10, what="the short task's deadline")
+
+    member.agent = AgentProcess(
+        member.paths.root, heartbeat_interval=0.5, log=member.paths.root / "again.log"
+    )
+    try:
+        ended = await all_ended(hub, [*ids, short], timeout=30)
+        assert {(ended[i].state, ended[i].device_id, ended[i].attempt) for i in ids} == {
+            ("succeeded", member.device_id, 1)
+        }
+        assert ended[short].state == "expired"
+        assert all(ended_once(t) for t in ended.values())
+        assert "dropped " + short in member.agent.output()  # not run from the inbox
+    finally:
+        member.agent.stop()

@@ -1,0 +1,143 @@
+"""The agent's task inbox on a real SQLite store: what it accepts, the order it runs
+tasks in, what survives a crash, and that a task leaves it exactly when its result is
+stored."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from edge.store import AgentStore, Bounds, StreamFullError
+from edge.store.inbox import InboxTask, finish
+
+UNBOUNDED = Bounds(0, 0, 0)
+
+
+def task(
+    task_id: str, *, attempt: int = 1, priority: int = 5, deadline_in: float = 60
+) -> InboxTask:
+    now = time.time()
+    return InboxTask(
+        task_id=task_id,
+        attempt=attempt,
+        model="m",
+        version="",
+        input=[[1, 2], [3, 4]],
+        dtype="int8",
+        priority=priority,
+        deadline=now + deadline_in,
+        lease_until=now + 60,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AgentStore]:
+    opened = AgentStore(
+        tmp_path / "store.db", {"results": UNBOUNDED, "events": UNBOUNDED, "metrics": UNBOUNDED}
+    )
+    await opened.start()
+    yield opened
+    await opened.close()
+
+
+async def test_accepts_once_refuses_when_full_and_keeps_the_newest_attempt(
+    store: AgentStore,
+) -> None:
+    assert await store.inbox_put(task("tsk-a"), capacity=2) == "accepted"
+    assert await store.inbox_put(task("tsk-a"), capacity=2) == "duplicate"
+    assert await store.inbox_put(task("tsk-b"), capacity=2) == "accepted"
+    assert await store.inbox_put(task("tsk-c"), capacity=2) == "full"
+    assert await store.inbox_put(task("tsk-a", attempt=3), capacity=2) == "accepted"
+    assert await store.inbox_put(task("tsk-a", attempt=2), capacity=2) == "superseded"
+    claimed, _ = await store.inbox_claim()
+    claimed_b, _ = await store.inbox_claim()
+    assert {(t.task_id, t.attempt) for t in (claimed, claimed_b) if t} == {
+        ("tsk-a", 3),
+        ("tsk-b", 1),
+    }
+
+
+async def test_runs_highest_priority_then_earliest_deadline_and_drops_the_expired(
+    store: AgentStore,
+) -> None:
+    for t in (
+        task("tsk-low", priority=1),
+        task("tsk-late-deadline", priority=7, deadline_in=120),
+        task("tsk-soon", priority=7, deadline_in=30),
+        task("tsk-gone", priority=9, deadline_in=-1),
+    ):
+        await store.inbox_put(t, capacity=10)
+
+    order, dropped = [], []
+    while True:
+        claimed, stale = await store.inbox_claim()
+        dropped += [t.task_id for t in stale]
+        if claimed is None:
+            break
+        order.append(claimed.task_id)
+
+    assert order == ["tsk-soon", "tsk-late-deadline", "tsk-low"]
+    assert dropped == ["tsk-gone"]
+    assert await store.inbox_depth() == (0, 3)
+
+
+async def test_after_a_crash_running_tasks_run_again(tmp_path: Path) -> None:
+    bounds = {"results": UNBOUNDED, "events": UNBOUNDED, "metrics": UNBOUNDED}
+    first = AgentStore(tmp_path / "store.db", bounds)
+    await first.start()
+    await first.inbox_put(task("tsk-a"), capacity=10)
+    await first.inbox_put(task("tsk-b"), capacity=10)
+    running, _ = await first.inbox_claim()
+    assert running is not None
+    await first.close()  # as if the agent died here: one running, one pending
+
+    second = AgentStore(tmp_path / "store.db", bounds)
+    await second.start()
+    try:
+        assert await second.inbox_depth() == (1, 1)
+        assert await second.inbox_recover() == 1
+        assert await second.inbox_depth() == (2, 0)
+        claimed = {(await second.inbox_claim())[0].task_id for _ in range(2)}  # type: ignore[union-attr]
+        assert claimed == {"tsk-a", "tsk-b"}
+    finally:
+        await second.close()
+
+
+async def test_a_task_leaves_the_inbox_in_the_transaction_that_stores_its_result(
+    store: AgentStore,
+) -> None:
+    await store.inbox_put(task("tsk-a"), capacity=10)
+    claimed, _ = await store.inbox_claim()
+    assert claimed is not None
+
+    await store.append(
+        "results",
+        [{"kind": "task", "task_id": "tsk-a", "attempt": 1}],
+        then=lambda db: finish(db, "tsk-a", 1),
+    )
+
+    assert await store.inbox_depth() == (0, 0)
+    ((_, _, body),) = await store.batch("results", 0, max_records=10, max_bytes=1 << 20)
+    assert body["task_id"] == "tsk-a"
+
+
+async def test_a_full_results_stream_keeps_the_task_in_the_inbox(tmp_path: Path) -> None:
+    full = AgentStore(
+        tmp_path / "store.db",
+        {"results": Bounds(1, 0, 0), "events": UNBOUNDED, "metrics": UNBOUNDED},
+    )
+    await full.start()
+    try:
+        await full.append("results", [{"n": 0}])
+        await full.inbox_put(task("tsk-a"), capacity=10)
+        await full.inbox_claim()
+        with pytest.raises(StreamFullError):
+            await full.append(
+                "results", [{"task_id": "tsk-a"}], then=lambda db: finish(db, "tsk-a", 1)
+            )
+        assert await full.inbox_depth() == (0, 1)  # still there, to be retried
+    finally:
+        await full.close()
