@@ -153,7 +153,11 @@ class Agent:
             "policy_version": None,  # no policy applied yet: the agent runs on its settings
             "runtime": self.inference.runtime_label,
             "models": {m.name: m.state for m in self.inference.inventory()},
-            "tasks": dataclasses.asdict(self.tasks.load()) if self.tasks else None,
+            "tasks": (
+                {**dataclasses.asdict(self.tasks.load()), "done": self.tasks.done}
+                if self.tasks
+                else None
+            ),
             "store": await self.store.stats(),
             "sync": {"bytes_sent": self.uploader.bytes_sent if self.uploader else 0},
         }

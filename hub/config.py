@@ -10,6 +10,10 @@ from outpost.settings import check_log_level, parse_broker_url
 SECTION = "hub"
 
 
+# Room in an assignment message for everything but the input (ids, model, envelope).
+TASK_ENVELOPE_BYTES = 4096
+
+
 @dataclass(frozen=True)
 class HubConfig:
     """Every hub setting, with its default and what it is for."""
@@ -98,7 +102,10 @@ class HubConfig:
         1000, help="tasks one POST /api/v1/tasks may submit", min=1, max=100_000
     )
     task_max_input_bytes: int = schema.setting(
-        64 * 1024, help="largest task input, bytes (msgpack)", min=64, max=4 << 20
+        128 * 1024,
+        help="largest task input, bytes (msgpack); below max_payload_bytes",
+        min=64,
+        max=4 << 20,
     )
     api_max_task_body_bytes: int = schema.setting(
         8 << 20, help="largest request body of POST /api/v1/tasks", min=1024, max=256 << 20
@@ -109,6 +116,12 @@ class HubConfig:
         check_log_level(self.log_level, "hub.log_level")
         if self.broker:
             parse_broker_url(self.broker, "hub.broker")
+        if self.task_max_input_bytes + TASK_ENVELOPE_BYTES > self.max_payload_bytes:
+            raise schema.SchemaError(
+                "hub.task_max_input_bytes",
+                f"must leave {TASK_ENVELOPE_BYTES} bytes below max_payload_bytes "
+                f"({self.max_payload_bytes}): an assignment travels in one message",
+            )
 
     @property
     def managed_broker(self) -> bool:

@@ -18,7 +18,7 @@ import time
 
 from hub import allocation
 from hub.acks import Publish
-from hub.config import HubConfig
+from hub.config import TASK_ENVELOPE_BYTES, HubConfig
 from hub.store import Assigned, HubStore, TaskSettings
 from hub.store.tasks import unpack_input
 from outpost import wire
@@ -33,6 +33,9 @@ class Dispatcher:
     def __init__(self, store: HubStore, config: HubConfig, publish: Publish) -> None:
         self._store = store
         self._publish = publish
+        # One message carries assignments up to this many bytes of input: what a device
+        # may send, the hub may send too (and the broker takes about four times that).
+        self._message_bytes = config.max_payload_bytes - TASK_ENVELOPE_BYTES
         self.settings = TaskSettings(
             accept_timeout_s=config.task_accept_timeout_s,
             max_attempts=config.task_max_attempts,
@@ -72,9 +75,20 @@ class Dispatcher:
         return len(assigned)
 
     async def _send(self, assigned: list[Assigned], now: float) -> None:
-        by_device: dict[str, list[wire.Assignment]] = collections.defaultdict(list)
+        by_device: dict[str, list[list[wire.Assignment]]] = collections.defaultdict(list)
+        sizes: dict[str, int] = collections.defaultdict(int)
         for a in assigned:
-            by_device[a.device_id].append(
+            chunks = by_device[a.device_id]
+            size = len(a.input) + 256
+            if (
+                not chunks
+                or len(chunks[-1]) >= wire.MAX_TASK_BATCH
+                or sizes[a.device_id] + size > self._message_bytes
+            ):
+                chunks.append([])
+                sizes[a.device_id] = 0
+            sizes[a.device_id] += size
+            chunks[-1].append(
                 wire.Assignment(
                     task_id=a.task_id,
                     attempt=a.attempt,
@@ -87,9 +101,8 @@ class Dispatcher:
                     lease_s=a.lease_s,
                 )
             )
-        for device_id, items in by_device.items():
-            for start in range(0, len(items), wire.MAX_TASK_BATCH):
-                chunk = items[start : start + wire.MAX_TASK_BATCH]
+        for device_id, chunks in by_device.items():
+            for chunk in chunks:
                 payload = wire.encode("tasks", wire.Tasks(tasks=chunk))
                 try:
                     await self._publish(wire.down_topic(device_id, "tasks"), payload)

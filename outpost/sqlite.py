@@ -58,6 +58,10 @@ def migrate(db: sqlite_utils.Database, migrations: Sequence[Migration]) -> list[
             continue
         with db.conn:  # one transaction: the step and its record land together
             db.conn.execute("BEGIN IMMEDIATE")
+            # Another process (a CLI command beside the daemon) may have applied it
+            # between our read and our lock: look again, under the lock.
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                continue
             step(db)
             db.conn.execute(
                 "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time())

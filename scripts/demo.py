@@ -35,7 +35,13 @@ sys.path.insert(0, str(REPO))
 
 from hub.cli import render_fleet  # noqa: E402 - after the path tweak, for a plain checkout
 from hub.paths import HubPaths  # noqa: E402
-from scripts.demo_site import Background, Producer, SensorProgram, SiteLink  # noqa: E402
+from scripts.demo_site import (  # noqa: E402
+    Background,
+    Producer,
+    SensorProgram,
+    SiteLink,
+    TaskFeeder,
+)
 
 BIN = Path(sys.executable).parent
 AGENTS = [
@@ -234,6 +240,25 @@ def main() -> int:
         token_file.write_text(token)
         token_file.chmod(0o600)
         api = HubApi(f"https://127.0.0.1:{web_port}", HubPaths(hub_dir).ca_cert, token)
+        operator = run(
+            str(BIN / "outpost-hub"),
+            "token",
+            "create",
+            "--data",
+            str(hub_dir),
+            "--role",
+            "operator",
+            "--ttl",
+            "12h",
+            "--subject",
+            "demo-operator",
+        ).strip()
+        feeder = TaskFeeder(api.url, HubPaths(hub_dir).ca_cert, operator)
+        background.spawn(feeder.run())
+        step(
+            "an operator program submits 20 tasks every 2 s (POST /api/v1/tasks): 16 "
+            "vibration windows for any device with the model, 4 images for the cameras"
+        )
         step("a viewer token for the API is in demo-data/viewer.token; try:")
         print(
             f'    curl --cacert {HubPaths(hub_dir).ca_cert} -H "Authorization: Bearer '
@@ -241,7 +266,7 @@ def main() -> int:
         )
         step("fleet (refreshing every second; Ctrl-C stops everything)")
         outage = (args.cut_at, args.cut_at + args.cut_for)
-        show_fleet(api, args.duration, children, devices, links, background, outage)
+        show_fleet(api, args.duration, children, devices, links, background, outage, feeder)
     except KeyboardInterrupt:
         print()
     finally:
@@ -279,6 +304,14 @@ class HubApi:
                 return str(item.get("records", "-"))
         return "0"
 
+    def task_states(self) -> dict[str, int]:
+        """Tasks by state, from the hub's /metrics."""
+        states: dict[str, int] = {}
+        for family in text_string_to_metric_families(self.get("/metrics").decode()):
+            if family.name == "outpost_hub_tasks":
+                states = {s.labels["state"]: int(s.value) for s in family.samples}
+        return states
+
     def message_counts(self) -> tuple[int, int]:
         accepted = rejected = 0
         for family in text_string_to_metric_families(self.get("/metrics").decode()):
@@ -300,6 +333,8 @@ class Device:
     site: str
     producer: Producer
     sensor: SensorProgram
+    tasks: str = "-"
+    tasks_done: int = 0
 
 
 def wait_socket(producer: Producer) -> None:
@@ -318,6 +353,7 @@ def show_fleet(
     links: dict[str, SiteLink],
     background: Background,
     outage: tuple[float, float],
+    feeder: TaskFeeder,
 ) -> None:
     tty = sys.stdout.isatty()
     started = time.monotonic()
@@ -341,6 +377,11 @@ def show_fleet(
         )
         print(table)
         print(f"hub /metrics: {accepted} device messages accepted, {rejected} rejected")
+        states = api.task_states()
+        print(
+            f"tasks ({feeder.submitted} submitted): "
+            + ", ".join(f"{n} {state}" for state, n in states.items() if n)
+        )
         print(store_and_forward(api, devices, links, background))
         print(local_inference(devices), flush=True)
         print()
@@ -355,13 +396,16 @@ def store_and_forward(
         try:
             status = background.run(d.producer.status(), timeout=5)
             waiting = str(status["store"]["streams"]["results"]["records"])
+            t = status["tasks"]
+            d.tasks = f"{t['done']}/{t['running']}/{t['queued']}"
+            d.tasks_done = t["done"]
         except Exception:  # the agent may be restarting; the table goes on
             waiting = "?"
         rows.append(
             (
                 d.name,
                 "up" if links[d.site].up else "CUT",
-                str(d.producer.confirmed + d.sensor.flagged),
+                str(d.producer.confirmed + d.sensor.flagged + d.tasks_done),
                 waiting,
                 api.held(d.device_id),
             )
@@ -372,13 +416,28 @@ def store_and_forward(
 
 
 def local_inference(devices: list[Device]) -> str:
-    rows = [("AGENT", "MODEL", "INFERENCES", "FLAGGED (RECORDED)", "ERRORS", "LAST ANSWER")]
+    rows = [
+        ("AGENT", "MODEL", "INFERENCES", "FLAGGED (RECORDED)", "ERRORS", "LAST ANSWER", "TASKS")
+    ]
     for d in devices:
         s = d.sensor
-        rows.append((d.name, s.model, str(s.inferences), str(s.flagged), str(s.failed), s.last))
+        rows.append(
+            (
+                d.name,
+                s.model,
+                str(s.inferences),
+                str(s.flagged),
+                str(s.failed),
+                s.last,
+                d.tasks,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "local inference (works with the link cut too):\n" + "\n".join(lines)
+    return (
+        "local inference (works with the link cut too) and hub tasks (done/running/queued):\n"
+        + "\n".join(lines)
+    )
 
 
 def stop_all(children: list[subprocess.Popen[bytes]]) -> int:

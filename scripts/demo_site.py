@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -154,6 +155,60 @@ class SensorProgram:
                         else:
                             self.failed += 1
                 await asyncio.sleep(0.5)  # the sensor's own pace
+
+
+class TaskFeeder:
+    """An operator's program: submits a batch of tasks to the hub every few seconds
+    (vibration windows for any device that has the model, surface images for the
+    cameras), with mixed priorities, over the HTTPS API."""
+
+    def __init__(self, url: str, ca: Path, token: str) -> None:
+        self._url = url
+        self._context = ssl.create_default_context(cafile=str(ca))
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._rng = np.random.default_rng(7)
+        self.submitted = 0
+        self.refused = 0
+
+    def _batch(self) -> list[dict[str, Any]]:
+        windows, _ = vibration_windows(16, self._rng)
+        images, _ = surface_images(4, self._rng)
+        vib = [
+            {
+                "model": "vibration-anomaly",
+                "input": np.round(w, 4).tolist(),
+                "priority": int(self._rng.integers(0, 10)),
+                "deadline_s": 120,
+                "lease_s": 30,
+            }
+            for w in windows
+        ]
+        cams = [
+            {
+                "model": "surface-defect",
+                "input": np.round(i, 3).tolist(),
+                "priority": 7,
+                "deadline_s": 120,
+                "lease_s": 30,
+                "target": {"selector": {"group": "cameras"}},
+            }
+            for i in images
+        ]
+        return vib + cams
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession(headers=self._headers) as session:
+            while True:
+                tasks = self._batch()
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.post(
+                        f"{self._url}/api/v1/tasks", json={"tasks": tasks}, ssl=self._context
+                    ) as response:
+                        if response.status == 202:
+                            self.submitted += len(tasks)
+                        else:
+                            self.refused += len(tasks)
+                await asyncio.sleep(2)  # the operator's own pace
 
 
 class Background:

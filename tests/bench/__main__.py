@@ -17,6 +17,7 @@ from tests.bench import (
     bench_inference,
     bench_ingest,
     bench_store,
+    bench_tasks,
 )
 from tests.bench.common import HEADER
 
@@ -35,6 +36,7 @@ def main() -> None:
             *bench_api.run(root / "api"),
             *bench_footprint.run(root / "footprint"),
             *bench_inference.run(root / "inference"),
+            *bench_tasks.run(root / "tasks"),
         ]:
             print(result.line(), flush=True)
 

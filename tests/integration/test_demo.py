@@ -85,5 +85,22 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
     ]
     assert len(during) >= 2, during
     assert during[-1] > during[0], during
+    # The operator's tasks ran on every device (the cameras' images on the camera gate).
+    submitted, states = re.findall(r"^tasks \((\d+) submitted\): (.*)$", last_table, re.MULTILINE)[
+        0
+    ]
+    assert int(submitted) > 0, last_table
+    assert "failed" not in states, states
+    assert "expired" not in states, states
+    succeeded = int(re.search(r"(\d+) succeeded", states).group(1))  # type: ignore[union-attr]
+    assert succeeded >= int(submitted) - 40, states  # the last two batches may be under way
+    tasks_done = {
+        m[0]: int(m[1])
+        for m in re.findall(
+            r"^([a-z0-9-]+)\s+(?:vibration|surface).*\s(\d+)/\d+/\d+\s*$", last_table, re.MULTILINE
+        )
+    }
+    assert set(tasks_done) == set(final), last_table
+    assert all(n > 0 for n in tasks_done.values()), tasks_done
     # No bootstrap token is left lying around in the agents' folders.
     assert not list(data.rglob("bootstrap.token"))

@@ -1,0 +1,382 @@
+"""Tasks end to end, and how many devices one hub keeps.
+
+1. Tasks/s and latency from `POST /api/v1/tasks` to the result stored at the hub, with
+   1, 3 and 10 real agents (subprocesses) running the vibration model, beside the same
+   inferences in a bare interpreter loop in the same run.
+2. A fleet simulator: N lightweight devices in this process (real mTLS MQTT clients
+   speaking the wire contract: hello, heartbeats, accepting tasks and uploading results
+   without running a model) against a hub running as its own process, with tasks
+   flowing; the largest N for which every device stays online and every task ends, with
+   the hub's CPU and memory at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import numpy as np
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge.enroll import enroll
+from edge.identity import DevicePaths
+from edge.inference.directory import ModelDirectory
+from edge.inference.runtime import choose_runtime
+from outpost import tls, wire
+from outpost.modelbundle import read_bundle
+from outpost.mqtt import NODELAY
+from tests.api_client import ApiClient
+from tests.bench.common import Result, device_cert, make_hub, running_hub
+from tests.support import PROFILES, REPO, SHIPPED_MODELS, AgentProcess, mint_token
+
+TASKS = 600
+FLEET_SIZES = (1, 3, 10)
+SIM_STEPS = (250, 500, 1000, 2000, 4000)
+ONE_AT_A_TIME = 30  # tasks submitted one after another's result, for the idle latency
+SIM_HEARTBEAT_S = 5.0
+SIM_HOLD_S = 12.0  # each step runs this long with tasks flowing
+SIM_TASK_RATE = 100.0  # tasks per second submitted during a step
+BUNDLE = read_bundle(SHIPPED_MODELS[0])
+assert BUNDLE.sample is not None
+INPUT = BUNDLE.sample.input
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def _bare(count: int) -> float:
+    """The same inferences, one interpreter, no agent: inferences per second."""
+    interpreter = choose_runtime().interpreter(str(BUNDLE.model_path), 1)
+    interpreter.allocate_tensors()
+    (inp,) = interpreter.get_input_details()
+    (out,) = interpreter.get_output_details()
+    tensor = np.array(INPUT, np.int8)
+    start = time.perf_counter()
+    for _ in range(count):
+        interpreter.set_tensor(inp["index"], tensor)
+        interpreter.invoke()
+        interpreter.get_tensor(out["index"])
+    return count / (time.perf_counter() - start)
+
+
+async def _end_to_end(root: Path, agents: int) -> tuple[float, float, float, float]:
+    """Tasks per second, p50 and p99 seconds from submission to the stored result, under
+    a batch of TASKS; and the p50 of one task alone (submitted after the last ended)."""
+    async with running_hub(root / "hub") as hub:
+        assert hub.store is not None
+        started: list[AgentProcess] = []
+        try:
+            for n in range(agents):
+                device = DevicePaths(root / f"device-{n}")
+                await enroll(await mint_token(hub), device, PROFILES / "x86-gateway.toml")
+                directory = ModelDirectory(device.models)
+                directory.install(SHIPPED_MODELS[0])
+                started.append(
+                    AgentProcess(device.root, heartbeat_interval=1.0, log=root / f"agent-{n}.log")
+                )
+            while sum(d.online and d.task_slots > 0 for d in await hub.store.devices()) < agents:
+                await asyncio.sleep(0.05)  # the benchmark's own poll of the registry
+            client = ApiClient(hub)
+            token = await client.token("operator", subject="bench")
+            one = {"model": BUNDLE.manifest.name, "input": INPUT, "dtype": "int8"}
+            alone = []
+            for n in range(ONE_AT_A_TIME):
+                t = time.perf_counter()
+                reply = await client.call("POST", "/api/v1/tasks", token=token, body=one)
+                assert reply.status == 202, reply.body
+                while (await hub.store.task_counts()).get("succeeded", 0) <= n:
+                    await asyncio.sleep(0.001)  # the benchmark's own poll
+                alone.append(time.perf_counter() - t)
+            body = {"tasks": [one] * TASKS}
+            start = time.perf_counter()
+            reply = await client.call("POST", "/api/v1/tasks", token=token, body=body)
+            assert reply.status == 202, reply.body
+            while (await hub.store.task_counts()).get("succeeded", 0) < TASKS + ONE_AT_A_TIME:
+                await asyncio.sleep(0.02)  # the benchmark's own poll
+            seconds = time.perf_counter() - start
+            await client.close()
+            done = await hub.store.tasks_page(state="succeeded", limit=TASKS + ONE_AT_A_TIME)
+            latency = sorted((t.finished_at or 0) - t.created_at for t in done[ONE_AT_A_TIME:])
+            p99 = latency[min(len(latency) - 1, int(len(latency) * 0.99))]
+            return TASKS / seconds, statistics.median(latency), p99, statistics.median(alone)
+        finally:
+            for agent in started:
+                agent.stop()
+
+
+# ------------------------------------------------------------------ fleet simulator
+
+
+class SimDevice:
+    """A device that speaks the wire contract and answers tasks without a model."""
+
+    def __init__(
+        self, device_id: str, profile: str, cert: Path, key: Path, ca: Path, port: int
+    ) -> None:
+        self.device_id = device_id
+        self._profile = profile
+        self._context = tls.client_context(ca, cert, key)
+        self._port = port
+        self._seq = 0
+        self.done = 0
+
+    async def run(self, connected: asyncio.Event) -> None:
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            self._port,
+            identifier=self.device_id,
+            tls_context=self._context,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            socket_options=NODELAY,
+            keepalive=60,
+        ) as client:
+            await client.subscribe(wire.down_topic(self.device_id, "#"), qos=1)
+            hello = wire.Hello(
+                conn="sim",
+                agent_version="sim",
+                profile=self._profile,
+                heartbeat_interval=SIM_HEARTBEAT_S,
+                capabilities=wire.Capabilities(cores=1, memory_bytes=1 << 30, disk_bytes=1 << 30),
+                runtime="none",
+                models=[
+                    wire.ModelInfo(
+                        name=BUNDLE.manifest.name, version="1.0.0", sha256="", state="ready"
+                    )
+                ],
+                task_slots=2,
+            )
+            await client.publish(self._up("hello"), wire.encode("hello", hello), qos=1)
+            connected.set()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._beat(client))
+                async for message in client.messages:
+                    body = wire.decode(message.payload, kinds=wire.DOWN_KINDS).body
+                    if isinstance(body, wire.Tasks):
+                        group.create_task(self._answer(client, body))
+
+    async def _beat(self, client: aiomqtt.Client) -> None:
+        load = wire.Load(cpu_percent=5, memory_percent=10, disk_percent=10, rss_bytes=1 << 20)
+        while True:
+            await asyncio.sleep(SIM_HEARTBEAT_S)
+            beat = wire.Heartbeat(
+                conn="sim", uptime_s=1, heartbeat_interval=SIM_HEARTBEAT_S, load=load
+            )
+            await client.publish(self._up("heartbeat"), wire.encode("heartbeat", beat), qos=1)
+
+    async def _answer(self, client: aiomqtt.Client, body: wire.Tasks) -> None:
+        updates = [
+            wire.TaskUpdate(task_id=a.task_id, attempt=a.attempt, state="accepted")
+            for a in body.tasks
+        ]
+        await client.publish(
+            self._up("task_state"), wire.encode("task_state", wire.TaskState(updates)), qos=1
+        )
+        now = time.time()
+        first = self._seq + 1
+        rows = [
+            (
+                first + n,
+                now,
+                {
+                    "kind": "task",
+                    "task_id": a.task_id,
+                    "attempt": a.attempt,
+                    "status": "succeeded",
+                    "label": "normal",
+                    "confidence": 0.9,
+                    "latency_ms": 0.1,
+                },
+            )
+            for n, a in enumerate(body.tasks)
+        ]
+        self._seq += len(rows)
+        records = wire.Records.pack("results", first, self._seq, rows)
+        await client.publish(self._up("records"), wire.encode("records", records), qos=1)
+        self.done += len(rows)
+
+    def _up(self, kind: str) -> str:
+        return wire.up_topic(self.device_id, kind)
+
+
+async def _fleet_step(
+    root: Path, url: str, ca: Path, token: str, port: int, count: int, hub_pid: int
+) -> dict[str, Any]:
+    """Run `count` simulated devices with tasks flowing; report what held."""
+    from hub.paths import HubPaths
+
+    paths = HubPaths(root)
+    certs = root / "sim-certs"
+    devices = []
+    for n in range(count):
+        device_id = f"dev-sim{count:05d}{n:05d}"
+        cert, key = device_cert(paths, device_id, certs)
+        devices.append(SimDevice(device_id, f"sim-{count}", cert, key, ca, port))
+    events = [asyncio.Event() for _ in devices]
+    runs = [asyncio.create_task(d.run(e)) for d, e in zip(devices, events, strict=True)]
+    context = ssl.create_default_context(cafile=str(ca))
+    headers = {"Authorization": f"Bearer {token}"}
+    hub = psutil.Process(hub_pid)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 120)
+        async with aiohttp.ClientSession() as session:
+
+            async def online() -> int:
+                """This step's devices online, from the hub's /metrics."""
+                async with session.get(f"{url}/metrics", ssl=context, headers=headers) as r:
+                    text = await r.text()
+                for family in text_string_to_metric_families(text):
+                    if family.name == "outpost_hub_devices":
+                        for sample in family.samples:
+                            if sample.labels == {"state": "online", "profile": f"sim-{count}"}:
+                                return int(sample.value)
+                return 0
+
+            deadline = time.monotonic() + 30
+            while await online() < count and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)  # waiting for every hello to be registered
+            hub.cpu_percent()
+            submitted: list[str] = []
+            lowest = count
+            start = time.monotonic()
+            selector: dict[str, Any] = {}
+            while time.monotonic() - start < SIM_HOLD_S:
+                batch = {
+                    "tasks": [
+                        {
+                            "model": BUNDLE.manifest.name,
+                            "input": [[0] * 3] * 128,
+                            "dtype": "int8",
+                            "deadline_s": 60,
+                            "target": selector,
+                        }
+                    ]
+                    * int(SIM_TASK_RATE)
+                }
+                async with session.post(
+                    f"{url}/api/v1/tasks", ssl=context, headers=headers, json=batch
+                ) as r:
+                    submitted += (await r.json())["ids"]
+                lowest = min(lowest, await online())
+                await asyncio.sleep(1.0)  # one batch a second
+            cpu = hub.cpu_percent()
+            rss = hub.memory_info().rss / 2**20
+            settle = time.monotonic() + 15
+            done = sum(d.done for d in devices)
+            while done < len(submitted) and time.monotonic() < settle:
+                await asyncio.sleep(0.5)  # let the last tasks finish
+                done = sum(d.done for d in devices)
+            return {
+                "count": count,
+                "lowest_online": lowest,
+                "submitted": len(submitted),
+                "done": done,
+                "hub_cpu_percent": cpu,
+                "hub_rss_mib": rss,
+                "held": lowest == count and done >= len(submitted),
+            }
+    finally:
+        for run in runs:
+            run.cancel()
+        for run in runs:
+            with contextlib.suppress(BaseException):
+                await run
+
+
+async def _fleet(root: Path) -> list[dict[str, Any]]:
+    paths, config = make_hub(root / "fleet-hub")  # rate limits lifted: we poll the API
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "hub.cli", "run", "--data", str(paths.root)],
+        cwd=REPO,
+        stdout=(root / "fleet-hub.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        token = subprocess.run(
+            [
+                *(sys.executable, "-m", "hub.cli", "token", "create", "--data", str(paths.root)),
+                *("--role", "operator", "--subject", "bench", "--ttl", "2h"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        context = ssl.create_default_context(cafile=str(paths.ca_cert))
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as session:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{config.hub_url}/api/v1/health", ssl=context) as r:
+                        if r.status == 200:
+                            break
+                if time.monotonic() > deadline or hub.poll() is not None:
+                    log = (root / "fleet-hub.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"the fleet benchmark's hub did not start:\n{log}")
+                await asyncio.sleep(0.1)  # waiting for the hub to listen
+        steps = []
+        for count in SIM_STEPS:
+            step = await _fleet_step(
+                paths.root, config.hub_url, paths.ca_cert, token, config.mqtt_port, count, hub.pid
+            )
+            print(f"# fleet step: {json.dumps(step)}", flush=True)
+            steps.append(step)
+            if not step["held"]:
+                break
+        return steps
+    finally:
+        hub.terminate()
+        try:
+            hub.wait(20)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+
+
+def run(root: Path) -> list[Result]:
+    results = []
+    bare = _bare(TASKS)
+    for agents in FLEET_SIZES:
+        rate, p50, p99, idle = asyncio.run(_end_to_end(root / f"e2e-{agents}", agents))
+        results += [
+            Result(
+                f"tasks end to end, {agents} agent(s)",
+                rate,
+                bare,
+                "tasks/s",
+                f"raw = the same {TASKS} inferences in a bare invoke loop",
+            ),
+            Result(f"  submit to result stored, p50, {agents} agent(s)", p50 * 1000, None, "ms"),
+            Result(f"  submit to result stored, p99, {agents} agent(s)", p99 * 1000, None, "ms"),
+            Result(
+                f"  one task alone, submit to result stored, p50, {agents} agent(s)",
+                idle * 1000,
+                None,
+                "ms",
+                "API, allocation, MQTT both ways, three fsyncs",
+            ),
+        ]
+    steps = asyncio.run(_fleet(root))
+    held = [s for s in steps if s["held"]]
+    best = held[-1] if held else steps[0]
+    results.append(
+        Result(
+            "fleet simulator: devices one hub keeps",
+            best["count"] if held else 0,
+            None,
+            "devices",
+            f"heartbeat {SIM_HEARTBEAT_S:g} s, {SIM_TASK_RATE:g} tasks/s; hub CPU "
+            f"{best['hub_cpu_percent']:.0f} %, RSS {best['hub_rss_mib']:.0f} MiB; "
+            f"largest step tried {steps[-1]['count']}",
+        )
+    )
+    return results
