@@ -67,6 +67,8 @@ class DeviceOut:
     models: list[dict[str, Any]] = schema.setting(
         help="installed models: name, active version, sha256, state (ready or failed), error"
     )
+    task_slots: int = schema.setting(help="tasks it runs at once (0: it takes none)")
+    task_latency_ms: float | None = schema.setting(help="its recent task latency, averaged")
 
     @classmethod
     def of(cls, d: Device) -> DeviceOut:
@@ -86,6 +88,8 @@ class DeviceOut:
             certificate=Certificate(d.cert_serial, d.cert_not_before, d.cert_not_after),
             runtime=d.runtime,
             models=d.models,
+            task_slots=d.task_slots,
+            task_latency_ms=d.task_latency_ms,
         )
 
 
