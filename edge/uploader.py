@@ -15,6 +15,7 @@ from edge.config import Sync
 from edge.pacing import ByteRate, parse_windows, seconds_until_open
 from edge.store import AgentStore
 from outpost import wire
+from outpost.aio import wait_event
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ class Uploader:
         self._aligned = await self._store.aligned()
         while not self._aligned.issuperset(wire.STREAMS):
             self._progress.clear()
-            try:
-                await asyncio.wait_for(self._progress.wait(), self._sync.ack_timeout_s)
-            except TimeoutError:
+            if not await wait_event(self._progress, self._sync.ack_timeout_s):
                 logger.warning(
                     "the hub has not said where %s stand; asking again",
                     ", ".join(sorted(set(wire.STREAMS) - self._aligned)),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 
@@ -22,6 +21,7 @@ from hub.config import TASK_ENVELOPE_BYTES, HubConfig
 from hub.store import Assigned, HubStore, TaskSettings
 from hub.store.tasks import unpack_input
 from outpost import wire
+from outpost.aio import wait_event
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), PERIOD_S)
+            await wait_event(self._wake, PERIOD_S)
             self._wake.clear()
             try:
                 await self.allocate_once()
