@@ -200,6 +200,7 @@ class Agent:
             runtime=self.inference.runtime_label,
             models=self.inference.inventory(),
             task_slots=self.profile.budgets.max_concurrent_tasks,
+            task_inbox=self.config.task_inbox,
         )
         self._models_reported = hello.models
         payload = wire.encode("hello", hello)

@@ -118,6 +118,8 @@ class LocalApi:
                 data = _decode(raw, kind)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise _BadRequest(400, "bad_body", f"body is not valid {kind}: {exc}") from exc
+        except RecursionError as exc:
+            raise _BadRequest(400, "bad_body", "body is nested too deeply") from exc
         if not isinstance(data, dict):
             raise _BadRequest(400, "bad_body", "body must be a map")
         return data
@@ -139,6 +141,9 @@ class LocalApi:
             )
         if not all(isinstance(r, dict) for r in records):
             return _error(400, "bad_field", "body.records: every record must be a map")
+        if stream == "results" and any(r.get("kind") == "task" for r in records):
+            # The hub ends tasks on such records: only the agent's task runner writes them.
+            return _error(400, "bad_field", "body.records: kind 'task' is reserved for tasks")
         try:
             appended = await self._store.append(stream, records)
         except StreamFullError as exc:
@@ -203,6 +208,14 @@ class LocalApi:
         return _answer(request, {**(await self._status()), "time": time.time()})
 
 
+def _packed_size(value: Any) -> int:
+    """Its msgpack size; a value msgpack cannot hold (a huge integer) counts as too big."""
+    try:
+        return len(msgpack.packb(value))
+    except (OverflowError, ValueError, TypeError):
+        return MAX_CONTEXT_BYTES + 1
+
+
 def _decode(raw: bytes, kind: str) -> Any:
     if kind == MSGPACK:
         return msgpack.unpackb(raw, raw=False, strict_map_key=True)
@@ -222,7 +235,7 @@ def _infer_request(data: dict[str, Any]) -> tuple[Any, str, dict[str, Any] | Non
         raise _BadRequest(400, "bad_dtype", "body.dtype must be a string: float32 or int8")
     context = data.get("context")
     if context is not None and (
-        not isinstance(context, dict) or len(msgpack.packb(context)) > MAX_CONTEXT_BYTES
+        not isinstance(context, dict) or _packed_size(context) > MAX_CONTEXT_BYTES
     ):
         raise _BadRequest(
             400, "bad_field", f"body.context must be a map of at most {MAX_CONTEXT_BYTES} bytes"

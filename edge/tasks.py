@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 Notify = Callable[[list[wire.TaskUpdate]], Awaitable[None]]
 FULL_RETRY_S = 2.0  # a full results stream: try the append again after this long
+WORKER_RETRY_S = 1.0  # after a store error, a worker tries again after this long
 
 
 class TaskRunner:
@@ -63,28 +64,32 @@ class TaskRunner:
         """Accept or reject each assignment; accepted ones are in the inbox (on disk)
         before the hub hears so."""
         now = time.time()
+        reasons = {a.task_id: self._refusal(a) for a in body.tasks}
+        wanted = [
+            InboxTask(
+                task_id=a.task_id,
+                attempt=a.attempt,
+                model=a.model,
+                version=a.version,
+                input=a.input,
+                dtype=a.dtype,
+                priority=a.priority,
+                deadline=now + a.deadline_in_s,
+                lease_until=now + a.lease_s,
+            )
+            for a in body.tasks
+            if reasons[a.task_id] is None
+        ]
+        if wanted:  # one transaction for the whole message
+            outcomes = await self._store.inbox_put_many(wanted, capacity=self._capacity)
+            for task, outcome in zip(wanted, outcomes, strict=True):
+                if outcome == "full":
+                    reasons[task.task_id] = f"full: {self._capacity} tasks held"
+                elif outcome == "superseded":
+                    reasons[task.task_id] = "superseded: a newer attempt of this task is held"
         updates = []
         for a in body.tasks:
-            reason = self._refusal(a)
-            if reason is None:
-                outcome = await self._store.inbox_put(
-                    InboxTask(
-                        task_id=a.task_id,
-                        attempt=a.attempt,
-                        model=a.model,
-                        version=a.version,
-                        input=a.input,
-                        dtype=a.dtype,
-                        priority=a.priority,
-                        deadline=now + a.deadline_in_s,
-                        lease_until=now + a.lease_s,
-                    ),
-                    capacity=self._capacity,
-                )
-                if outcome == "full":
-                    reason = f"full: {self._capacity} tasks held"
-                elif outcome == "superseded":
-                    reason = "superseded: a newer attempt of this task is held"
+            reason = reasons[a.task_id]
             state: Literal["accepted", "rejected"] = "accepted" if reason is None else "rejected"
             if reason:
                 logger.info("rejected %s attempt %d: %s", a.task_id, a.attempt, reason)
@@ -117,23 +122,31 @@ class TaskRunner:
 
     async def _worker(self) -> None:
         while True:
-            # Cleared before looking: an assignment put after the look sets it again,
-            # so no wake-up is lost between an empty look and the wait.
-            self._work.clear()
-            task, dropped = await self._store.inbox_claim()
-            for stale in dropped:
-                logger.info("dropped %s: its deadline or lease passed before it ran", stale.task_id)
-            if task is None:
-                await self._refresh_depth()
-                await self._work.wait()
-                continue
-            self._work.set()  # there may be more: let an idle worker look too
-            self.running += 1
             try:
-                await self._run(task)
-            finally:
-                self.running -= 1
-                await self._refresh_depth()
+                await self._work_once()
+            except Exception:  # a store that failed once (locked, I/O): not the agent's end
+                logger.exception("task worker: retrying in %.0f s", WORKER_RETRY_S)
+                await asyncio.sleep(WORKER_RETRY_S)
+
+    async def _work_once(self) -> None:
+        """One claim, and the run of what it took (or a wait for work)."""
+        # Cleared before looking: an assignment put after the look sets it again, so no
+        # wake-up is lost between an empty look and the wait.
+        self._work.clear()
+        task, dropped = await self._store.inbox_claim()
+        for stale in dropped:
+            logger.info("dropped %s: its deadline or lease passed before it ran", stale.task_id)
+        if task is None:
+            await self._refresh_depth()
+            await self._work.wait()
+            return
+        self._work.set()  # there may be more: let an idle worker look too
+        self.running += 1
+        try:
+            await self._run(task)
+        finally:
+            self.running -= 1
+            await self._refresh_depth()
 
     async def _run(self, task: InboxTask) -> None:
         with contextlib.suppress(Exception):  # telling the hub is best effort
@@ -151,6 +164,7 @@ class TaskRunner:
         try:
             runner = self._inference.runner(task.model)
             answer = await runner.infer(task.input, task.dtype)
+            labels = runner.manifest.labels
         except Exception as exc:  # a bad input, a broken model: the task fails, with why
             body.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:512])
         else:
@@ -159,20 +173,20 @@ class TaskRunner:
                 version=runner.manifest.version,
                 label=answer.label,
                 confidence=round(answer.confidence, 6),
-                scores=dict(
-                    zip(
-                        runner.manifest.labels,
-                        (round(s, 6) for s in answer.scores),
-                        strict=True,
-                    )
-                ),
+                scores={
+                    label: round(s, 6) for label, s in zip(labels, answer.scores, strict=False)
+                },
                 latency_ms=round(answer.latency_ms, 3),
             )
         body["finished_at"] = time.time()
+        # The hub may have given this task again while it ran (a lapsed lease): the
+        # inbox then holds the newer attempt, which is the one the result must carry.
+        attempt = await self._store.inbox_attempt(task.task_id) or task.attempt
+        body["attempt"] = attempt
         while True:
             try:
                 await self._store.append(
-                    "results", [body], then=partial(_finish, task.task_id, task.attempt)
+                    "results", [body], then=partial(_finish, task.task_id, attempt)
                 )
                 break
             except StreamFullError as exc:

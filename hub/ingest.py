@@ -270,6 +270,7 @@ def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent
             runtime=body.runtime,
             models=[dataclasses.asdict(m) for m in body.models],
             task_slots=body.task_slots,
+            task_inbox=body.task_inbox,
         )
     if isinstance(body, wire.Heartbeat):
         return HeartbeatSeen(

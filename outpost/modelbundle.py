@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +74,12 @@ class Manifest:
             raise schema.SchemaError("sha256", "must be 64 lowercase hex digits")
         if not self.labels or len(set(self.labels)) != len(self.labels):
             raise schema.SchemaError("labels", "must be a non-empty list of distinct labels")
-        if self.output.shape[-1:] != [len(self.labels)]:
+        if self.output.shape[-1:] != [len(self.labels)] or math.prod(self.output.shape) != len(
+            self.labels
+        ):
             raise schema.SchemaError(
                 "output.shape",
-                f"last dimension must equal the number of labels ({len(self.labels)}), "
-                f"got {self.output.shape}",
+                f"must hold one score per label ({len(self.labels)}), got {self.output.shape}",
             )
         if self.normal_label and self.normal_label not in self.labels:
             raise schema.SchemaError("normal_label", f"{self.normal_label!r} is not a label")

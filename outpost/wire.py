@@ -110,6 +110,9 @@ class Hello:
     task_slots: int = schema.setting(
         0, help="tasks the device runs at once (0: it takes no tasks)", min=0, max=1024
     )
+    task_inbox: int = schema.setting(
+        0, help="tasks it holds at most, running and waiting (0: no limit said)", min=0
+    )
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,14 @@ class AgentStore:
     async def inbox_put(self, task: inbox.InboxTask, *, capacity: int) -> inbox.PutOutcome:
         return await self._db.run(inbox.put, task, capacity, time.time())
 
+    async def inbox_put_many(
+        self, tasks: list[inbox.InboxTask], *, capacity: int
+    ) -> list[inbox.PutOutcome]:
+        return await self._db.run(inbox.put_many, tasks, capacity, time.time())
+
+    async def inbox_attempt(self, task_id: str) -> int | None:
+        return await self._db.run(inbox.attempt_of, task_id)
+
     async def inbox_claim(self) -> tuple[inbox.InboxTask | None, list[inbox.InboxTask]]:
         return await self._db.run(inbox.claim, time.time())
 

@@ -31,19 +31,41 @@ class InboxTask:
     lease_until: float  # local epoch seconds
 
 
-def put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) -> PutOutcome:
+def put_many(
+    db: sqlite_utils.Database, tasks: list[InboxTask], capacity: int, now: float
+) -> list[PutOutcome]:
+    """Put the assignments of one message, in one transaction (one fsync)."""
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
-        row = db.execute("SELECT attempt FROM inbox WHERE task_id = ?", (task.task_id,)).fetchone()
-        if row is not None and row["attempt"] >= task.attempt:
-            # A redelivery of the same assignment (or an older one): accept it again.
-            return "duplicate" if row["attempt"] == task.attempt else "superseded"
-        if row is None:
-            (held,) = db.execute("SELECT COUNT(*) FROM inbox").fetchone()
-            if held >= capacity:
-                return "full"
+        return [_put(db, task, capacity, now) for task in tasks]
+
+
+def put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) -> PutOutcome:
+    (outcome,) = put_many(db, [task], capacity, now)
+    return outcome
+
+
+def _put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) -> PutOutcome:
+    row = db.execute(
+        "SELECT attempt, state FROM inbox WHERE task_id = ?", (task.task_id,)
+    ).fetchone()
+    if row is not None and row["attempt"] >= task.attempt:
+        # A redelivery of the same assignment (or an older one): accept it again.
+        return "duplicate" if row["attempt"] == task.attempt else "superseded"
+    if row is not None and row["state"] == "running":
+        # The hub gave a newer attempt of the task being run (its lease lapsed while it
+        # ran): carry on with the run and let its result carry the newer attempt.
         db.execute(
-            """INSERT INTO inbox (task_id, attempt, model, version, input, dtype, priority,
+            "UPDATE inbox SET attempt = ?, deadline = ?, lease_until = ? WHERE task_id = ?",
+            (task.attempt, task.deadline, task.lease_until, task.task_id),
+        )
+        return "accepted"
+    if row is None:
+        (held,) = db.execute("SELECT COUNT(*) FROM inbox").fetchone()
+        if held >= capacity:
+            return "full"
+    db.execute(
+        """INSERT INTO inbox (task_id, attempt, model, version, input, dtype, priority,
                    deadline, lease_until, state, received_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)
                ON CONFLICT (task_id) DO UPDATE SET attempt = excluded.attempt,
@@ -51,20 +73,20 @@ def put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) -
                    dtype = excluded.dtype, priority = excluded.priority,
                    deadline = excluded.deadline, lease_until = excluded.lease_until,
                    state = 'pending', received_at = excluded.received_at""",
-            (
-                task.task_id,
-                task.attempt,
-                task.model,
-                task.version,
-                msgpack.packb(task.input, use_bin_type=True),
-                task.dtype,
-                task.priority,
-                task.deadline,
-                task.lease_until,
-                now,
-            ),
-        )
-        return "accepted"
+        (
+            task.task_id,
+            task.attempt,
+            task.model,
+            task.version,
+            msgpack.packb(task.input, use_bin_type=True),
+            task.dtype,
+            task.priority,
+            task.deadline,
+            task.lease_until,
+            now,
+        ),
+    )
+    return "accepted"
 
 
 def claim(db: sqlite_utils.Database, now: float) -> tuple[InboxTask | None, list[InboxTask]]:
@@ -95,6 +117,12 @@ def claim(db: sqlite_utils.Database, now: float) -> tuple[InboxTask | None, list
             (now, row["task_id"]),
         )
         return _task(row), stale
+
+
+def attempt_of(db: sqlite_utils.Database, task_id: str) -> int | None:
+    """The attempt the inbox now holds for a task (the hub may have re-given it)."""
+    row = db.execute("SELECT attempt FROM inbox WHERE task_id = ?", (task_id,)).fetchone()
+    return int(row["attempt"]) if row else None
 
 
 def finish(db: sqlite_utils.Database, task_id: str, attempt: int) -> None:

@@ -45,6 +45,8 @@ async def json_value(request: web.Request, max_bytes: int | None = None) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_field("body", f"request body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise bad_field("body", "request body is nested too deeply") from exc
 
 
 def limit(request: web.Request) -> int:

@@ -152,7 +152,10 @@ async def _checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subjec
     config = ctx.config
     if not isinstance(item.input, list) or not item.input:
         raise bad_field(f"{where}.input", "input must be a non-empty list of numbers")
-    packed = msgpack.packb(item.input, use_bin_type=True)
+    try:
+        packed = msgpack.packb(item.input, use_bin_type=True)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise bad_field(f"{where}.input", f"input cannot be encoded: {exc}") from exc
     if len(packed) > config.task_max_input_bytes:
         raise bad_field(
             f"{where}.input",

@@ -78,6 +78,7 @@ class HelloSeen:
     runtime: str = ""
     models: list[dict[str, Any]] = field(default_factory=list)
     task_slots: int = 0
+    task_inbox: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,15 +159,15 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
     db.execute(
         """INSERT INTO devices (device_id, profile, labels, online, conn, last_seen,
                last_heartbeat, heartbeat_interval, agent_version, capabilities, runtime, models,
-               task_slots)
-           VALUES (?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               task_slots, task_inbox)
+           VALUES (?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (device_id) DO UPDATE SET
                profile = excluded.profile, online = 1, conn = excluded.conn,
                last_seen = excluded.last_seen, last_heartbeat = excluded.last_heartbeat,
                heartbeat_interval = excluded.heartbeat_interval,
                agent_version = excluded.agent_version, capabilities = excluded.capabilities,
                runtime = excluded.runtime, models = excluded.models,
-               task_slots = excluded.task_slots""",
+               task_slots = excluded.task_slots, task_inbox = excluded.task_inbox""",
         (
             e.device_id,
             e.profile,
@@ -179,6 +180,7 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
             e.runtime,
             json.dumps(e.models, sort_keys=True),
             e.task_slots,
+            e.task_inbox,
         ),
     )
 

@@ -147,6 +147,7 @@ def _m006_tasks(db: sqlite_utils.Database) -> None:
     # What the device said it can run at once (hello), and its recent task latency.
     db.execute("ALTER TABLE devices ADD COLUMN task_slots INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE devices ADD COLUMN task_latency_ms REAL")
+    db.execute("ALTER TABLE devices ADD COLUMN task_inbox INTEGER NOT NULL DEFAULT 0")
 
 
 MIGRATIONS: list[Migration] = [

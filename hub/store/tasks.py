@@ -12,6 +12,8 @@ one transaction, so a crash never leaves a task half-assigned.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ import sqlite_utils
 TERMINAL = ("succeeded", "failed", "expired", "cancelled")
 HELD = ("assigned", "accepted", "running")  # states in which a device holds the task
 LATENCY_WEIGHT = 0.2  # weight of the newest result in a device's latency average
+MAX_SCAN = 20_000  # queued tasks one allocation pass may look at
 
 
 @dataclass(frozen=True)
@@ -223,13 +226,26 @@ def allocate(
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
         swept = _sweep(db, now, settings)
-        queued = _queued(db, now, settings.max_plan)
-        if not queued:
-            return [], swept
         candidates = _candidates(db, now, settings)
-        assigned = []
-        for task_id, device_id in plan(queued, candidates):
-            assigned.append(_assign(db, task_id, device_id, now, settings))
+        assigned: list[Assigned] = []
+        passed = scanned = 0  # queued tasks looked at and left queued; all looked at
+        # Page through the queue in priority order until the devices are full: tasks no
+        # device can take now (a named device offline, a model nobody has) must not
+        # hide the runnable ones behind them.
+        while scanned < MAX_SCAN and any(c.held < c.slots for c in candidates):
+            page = _queued(db, now, settings.max_plan, passed)
+            if not page:
+                break
+            chosen = plan(page, candidates)
+            gained: collections.Counter[str] = collections.Counter()
+            for task_id, device_id in chosen:
+                assigned.append(_assign(db, task_id, device_id, now, settings))
+                gained[device_id] += 1
+            candidates = [
+                dataclasses.replace(c, held=c.held + gained[c.device_id]) for c in candidates
+            ]
+            passed += len(page) - len(chosen)  # the chosen ones left the queue
+            scanned += len(page)
         return assigned, swept
 
 
@@ -293,6 +309,10 @@ def apply_result(
         )
         _events(db, [(task_id, now, "late", device_id, attempt, why)])
         return "late"
+    problem = _result_problem(body)
+    if problem:
+        _events(db, [(task_id, now, "malformed", device_id, attempt, problem)])
+        return "malformed"
     status = "succeeded" if body.get("status") == "succeeded" else "failed"
     result = {
         k: body.get(k)
@@ -315,6 +335,30 @@ def apply_result(
 
 
 # ------------------------------------------------------------------------- internals
+
+_NUMBER = (int, float)
+
+
+def _result_problem(body: dict[str, Any]) -> str:
+    """Why a device's task result cannot be taken as it is ("" if it can)."""
+    if body.get("status") not in ("succeeded", "failed"):
+        return "status must be succeeded or failed"
+    for key in ("confidence", "latency_ms", "started_at", "finished_at"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, _NUMBER) or isinstance(value, bool)):
+            return f"{key} must be a number"
+    for key in ("label", "error"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            return f"{key} must be a string"
+    scores = body.get("scores")
+    if scores is not None and not (
+        isinstance(scores, dict)
+        and len(scores) <= 1000
+        and all(isinstance(k, str) and isinstance(v, _NUMBER) for k, v in scores.items())
+    ):
+        return "scores must map labels to numbers"
+    return ""
+
 
 _COLUMNS = """seq, task_id, state, model, version, dtype, priority, deadline, lease_s, target,
     created_at, updated_at, attempt, device_id, lease_expires, excluded, result, error,
@@ -406,14 +450,21 @@ def _requeue(
     rejection ends the task (the device said it cannot run it)."""
     excluded = json.loads(row["excluded"])
     only = json.loads(row["target"]).get("device")
-    if row["device_id"] and row["device_id"] not in excluded and only != row["device_id"]:
+    # "full" is the device's momentary state, not its verdict on the task: ask it again.
+    retry_here = event == "rejected" and detail.startswith("full")
+    if (
+        row["device_id"]
+        and row["device_id"] not in excluded
+        and only != row["device_id"]
+        and not retry_here
+    ):
         excluded.append(row["device_id"])
     db.execute(
         "UPDATE tasks SET excluded = ?, lease_expires = NULL WHERE task_id = ?",
         (json.dumps(excluded), task_id),
     )
     _events(db, [(task_id, now, event, row["device_id"], row["attempt"], detail)])
-    if row["attempt"] >= settings.max_attempts or (only and event == "rejected"):
+    if row["attempt"] >= settings.max_attempts or (only and event == "rejected" and not retry_here):
         why = f"{event} on attempt {row['attempt']} ({row['device_id']}): {detail}"
         _finish(db, task_id, "failed", now, row["device_id"], row["attempt"], why)
         return "failed"
@@ -440,8 +491,8 @@ def _reject(
 def _sweep(db: sqlite_utils.Database, now: float, settings: Settings) -> dict[str, int]:
     swept = {"expired": 0, "lapsed": 0}
     for row in db.execute(
-        "SELECT task_id, device_id, attempt FROM tasks WHERE state NOT IN "
-        "('succeeded', 'failed', 'expired', 'cancelled') AND deadline <= ?",
+        "SELECT task_id, device_id, attempt FROM tasks WHERE state IN "
+        "('queued', 'assigned', 'accepted', 'running') AND deadline <= ?",  # the index
         (now,),
     ).fetchall():
         _finish(db, row["task_id"], "expired", now, row["device_id"], row["attempt"], "deadline")
@@ -462,12 +513,12 @@ def _sweep(db: sqlite_utils.Database, now: float, settings: Settings) -> dict[st
     return swept
 
 
-def _queued(db: sqlite_utils.Database, now: float, limit: int) -> list[Queued]:
+def _queued(db: sqlite_utils.Database, now: float, limit: int, offset: int) -> list[Queued]:
     rows = db.execute(
         """SELECT task_id, model, version, priority, deadline, target, excluded FROM tasks
            WHERE state = 'queued' AND deadline > ?
-           ORDER BY priority DESC, deadline, seq LIMIT ?""",
-        (now, limit),
+           ORDER BY priority DESC, deadline, seq LIMIT ? OFFSET ?""",
+        (now, limit, offset),
     ).fetchall()
     return [
         Queued(
@@ -494,7 +545,8 @@ def _candidates(db: sqlite_utils.Database, now: float, settings: Settings) -> li
     out = []
     for r in db.execute(
         """SELECT device_id, labels, models, load, last_heartbeat, heartbeat_interval,
-               task_slots, task_latency_ms FROM devices WHERE online = 1 AND task_slots > 0"""
+               task_slots, task_inbox, task_latency_ms
+           FROM devices WHERE online = 1 AND task_slots > 0"""
     ).fetchall():
         load = json.loads(r["load"] or "{}")
         interval = r["heartbeat_interval"] or 0
@@ -512,7 +564,8 @@ def _candidates(db: sqlite_utils.Database, now: float, settings: Settings) -> li
                     for m in json.loads(r["models"] or "[]")
                     if m.get("state") == "ready"
                 ),
-                slots=r["task_slots"] + settings.prefetch,
+                # Never more than the device said it holds: it would refuse the rest.
+                slots=min(r["task_slots"] + settings.prefetch, r["task_inbox"] or 1 << 30),
                 concurrency=r["task_slots"],
                 held=held.get(r["device_id"], 0),
                 cpu_percent=load.get("cpu_percent") if fresh else None,

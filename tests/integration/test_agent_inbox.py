@@ -141,3 +141,17 @@ async def test_a_full_results_stream_keeps_the_task_in_the_inbox(tmp_path: Path)
         assert await full.inbox_depth() == (0, 1)  # still there, to be retried
     finally:
         await full.close()
+
+
+async def test_a_newer_attempt_of_a_running_task_does_not_start_a_second_run(
+    store: AgentStore,
+) -> None:
+    await store.inbox_put(task("tsk-a"), capacity=10)
+    running, _ = await store.inbox_claim()
+    assert running is not None
+
+    assert await store.inbox_put(task("tsk-a", attempt=2), capacity=10) == "accepted"
+
+    assert await store.inbox_depth() == (0, 1)  # still the one run
+    assert (await store.inbox_claim())[0] is None
+    assert await store.inbox_attempt("tsk-a") == 2  # the result will carry attempt 2

@@ -126,6 +126,8 @@ async def test_each_model_answers_its_sample_in_json_and_msgpack(
         (VIBRATION, {"dtype": "int8"}, 400, "bad_field", "body.input is required"),
         ("no-such-model", {"input": []}, 404, "unknown_model", "installed: surface-defect, vib"),
         (SURFACE, {"input": [[[0.5]] * 96] * 96 * 2}, 413, "too_large", "limit of 65536"),
+        (VIBRATION, {"input": [[2**70] * 3] * 128}, 400, "bad_dtype", "non-numeric"),
+        (VIBRATION, {"input": [[0] * 3] * 128, "context": {"n": 2**70}}, 400, "bad_field", "4096"),
     ],
 )
 async def test_a_bad_request_gets_a_4xx_naming_the_problem(
@@ -148,6 +150,12 @@ async def test_a_bad_request_gets_a_4xx_naming_the_problem(
 
         got, answer = await client.post_raw(f"/v1/infer/{VIBRATION}", b"<x/>", "text/xml")
         assert (got, answer["error"]["code"]) == (415, "unsupported_media_type")
+        deep = b"[" * 20_000 + b"]" * 20_000
+        got, answer = await client.post_raw(f"/v1/infer/{VIBRATION}", deep, "application/json")
+        assert (got, answer["error"]["code"]) == (400, "bad_body")
+        got, answer = await client.append("results", [{"kind": "task", "task_id": "tsk-x"}])
+        assert (got, answer["error"]["code"]) == (400, "bad_field")
+        assert "reserved" in answer["error"]["message"]
 
         # The agent still serves a good request afterwards.
         got, answer = await client.infer(

@@ -478,3 +478,50 @@ async def test_tasks_accepted_before_a_crash_run_after_the_restart(
         assert "dropped " + short in member.agent.output()  # not run from the inbox
     finally:
         member.agent.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"model": VIB, "input": [[2**70]]}, "body.input", "cannot be encoded"),
+        ({"model": VIB, "input": "x"}, "body.input", "non-empty list"),
+        ({"model": VIB, "input": [[1.0] * 20_000] * 1}, "body.input", "over the limit"),
+        ({"model": VIB, "input": [[1]], "priority": 10}, "body.priority", "at most 9"),
+        ({"model": VIB, "input": [[1]], "colour": "red"}, "body.colour", "unknown key"),
+        (
+            {"model": VIB, "input": [[1]], "target": {"device": "dev-x", "selector": {"a": "b"}}},
+            "body.target",
+            "not both",
+        ),
+        (
+            {"model": VIB, "input": [[1]], "target": {"device": "dev-nope"}},
+            "body.target.device",
+            "no device",
+        ),
+        ({"tasks": [vib(), {"model": VIB}]}, "body.tasks[1].input", "required"),
+        ({"tasks": []}, "body.tasks", "submit 1 to"),
+    ],
+)
+async def test_a_bad_task_is_refused_naming_the_field(
+    hub: Hub, api: ApiClient, body: dict[str, Any], field: str, words: str
+) -> None:
+    token = await api.token("operator")
+
+    reply = await api.call("POST", "/api/v1/tasks", token=token, body=body)
+
+    assert reply.status == 400, reply.body
+    assert reply.error["details"]["field"] == field
+    assert words in reply.error["message"]
+    assert hub.store is not None
+    assert await hub.store.task_counts() == {}  # nothing half-created
+
+
+async def test_only_operators_submit_and_a_deep_body_is_a_400(hub: Hub, api: ApiClient) -> None:
+    viewer = await api.token("viewer")
+    reply = await api.call("POST", "/api/v1/tasks", token=viewer, body=vib())
+    assert reply.status == 403
+    operator = await api.token("operator")
+    deep = b"[" * 20_000 + b"]" * 20_000
+    reply = await api.call("POST", "/api/v1/tasks", token=operator, raw=deep)
+    assert reply.status == 400
+    assert "nested too deeply" in reply.error["message"]

@@ -57,7 +57,7 @@ def test_a_model_with_other_bytes_is_refused(bundle_copy: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "words"),
     [
-        ({"labels": ["a", "b"]}, "output.shape: last dimension must equal the number of labels"),
+        ({"labels": ["a", "b"]}, "output.shape: must hold one score per label (2)"),
         ({"labels": ["a", "a", "b", "c"]}, "labels: must be a non-empty list of distinct"),
         ({"normal_label": "fine"}, "normal_label: 'fine' is not a label"),
         ({"name": "Bad Name"}, "name: must match"),

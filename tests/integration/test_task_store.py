@@ -1,0 +1,116 @@
+"""The hub's task store on a real SQLite file: allocation passes, device updates and
+results, without a broker (the end-to-end runs are in test_tasks.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from hub.allocation import plan
+from hub.store import HeartbeatSeen, HelloSeen, HubStore, NewTask, TaskSettings, Upload
+from outpost import wire
+
+SETTINGS = TaskSettings(
+    accept_timeout_s=10, max_attempts=3, prefetch=0, stale_after_heartbeats=3, max_plan=100
+)
+READY = [{"name": "m", "version": "1", "sha256": "", "state": "ready", "error": ""}]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
+    opened = HubStore(tmp_path / "hub.db")
+    yield opened
+    opened.close()
+
+
+async def online(store: HubStore, device_id: str, slots: int = 1) -> None:
+    now = time.time()
+    await store.record_presence(
+        [
+            HelloSeen(device_id, "c", now, "generic", "1", 1.0, {}, "rt", READY, slots),
+            HeartbeatSeen(device_id, "c", now, 1.0, {"cpu_percent": 5.0}),
+        ]
+    )
+
+
+def new(task_id: str, *, priority: int = 5, target: dict[str, Any] | None = None) -> NewTask:
+    return NewTask(
+        task_id=task_id,
+        model="m",
+        version="",
+        input=msgpack.packb([[1]]),
+        dtype="int8",
+        priority=priority,
+        deadline=time.time() + 600,
+        lease_s=60,
+        target=target or {},
+        submitted_by="t",
+    )
+
+
+async def test_unplaceable_tasks_do_not_hide_runnable_ones_behind_them(store: HubStore) -> None:
+    await online(store, "dev-a")
+    gone = {"device": "dev-gone"}  # never online
+    await store.create_tasks(
+        [new(f"tsk-{n:016x}", priority=9, target=gone) for n in range(250)], now=time.time()
+    )
+    await store.create_tasks([new("tsk-ffffffffffffffff", priority=0)], now=time.time())
+
+    assigned, _ = await store.allocate(now=time.time(), settings=SETTINGS, plan=plan)
+
+    assert [(a.task_id, a.device_id, a.attempt) for a in assigned] == [
+        ("tsk-ffffffffffffffff", "dev-a", 1)
+    ]
+
+
+async def test_a_full_device_is_asked_again_and_a_refusing_one_is_not(store: HubStore) -> None:
+    await online(store, "dev-a")
+    await store.create_tasks(
+        [new("tsk-0000000000000001"), new("tsk-0000000000000002")], now=time.time()
+    )
+    first, _ = await store.allocate(now=time.time(), settings=SETTINGS, plan=plan)
+    (a,) = first
+
+    full = wire.TaskUpdate(task_id=a.task_id, attempt=1, state="rejected", reason="full: 64 held")
+    await store.task_updates("dev-a", [full], now=time.time(), settings=SETTINGS)
+    task = await store.task(a.task_id)
+    assert task is not None
+    assert (task.state, task.excluded) == ("queued", [])
+
+    again, _ = await store.allocate(now=time.time(), settings=SETTINGS, plan=plan)
+    b = again[0]
+    refused = wire.TaskUpdate(
+        task_id=b.task_id, attempt=b.attempt, state="rejected", reason="unknown_model: m"
+    )
+    await store.task_updates("dev-a", [refused], now=time.time(), settings=SETTINGS)
+    task = await store.task(b.task_id)
+    assert task is not None
+    assert (task.state, task.excluded) == ("queued", ["dev-a"])
+
+
+async def test_a_malformed_result_is_recorded_and_ends_nothing(store: HubStore) -> None:
+    await online(store, "dev-a")
+    await store.create_tasks([new("tsk-0000000000000001")], now=time.time())
+    (a,), _ = await store.allocate(now=time.time(), settings=SETTINGS, plan=plan)
+    bad = {"kind": "task", "task_id": a.task_id, "attempt": 1, "status": "succeeded"}
+    bodies = [
+        msgpack.packb({**bad, "label": b"\x00bytes"}),
+        msgpack.packb({**bad, "scores": {"x": "high"}}),
+        msgpack.packb({**bad, "label": "normal", "confidence": 0.9}),
+    ]
+    upload = Upload("dev-a", "results", 1, 3, [(n + 1, 0.0, b) for n, b in enumerate(bodies)])
+
+    outcome = await store.apply_uploads([upload], now=time.time())
+
+    assert outcome.task_results == {"malformed": 2, "accepted": 1}
+    task = await store.task(a.task_id)
+    assert task is not None
+    assert task.state == "succeeded"
+    assert task.result is not None
+    assert task.result["label"] == "normal"
+    assert [e.state for e in task.events].count("malformed") == 2
