@@ -23,11 +23,13 @@ from edge.identity import DevicePaths, Identity
 from edge.inference.directory import ModelDirectory
 from edge.inference.service import InferenceService, Reporting
 from edge.localapi import LocalApi
+from edge.masking import Masker
+from edge.policy import PolicyKeeper
 from edge.profile import DeviceProfile
 from edge.store import AgentStore, Bounds, RecordCipher, StreamFullError
 from edge.tasks import TaskRunner
 from edge.uploader import Uploader
-from outpost import __version__, tls, wire
+from outpost import __version__, policy, tls, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
 from outpost.settings import parse_broker_url
 
@@ -63,6 +65,13 @@ class Agent:
         self._client: aiomqtt.Client | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._models_reported: list[wire.ModelInfo] | None = None
+        # Settings a policy may change while the agent runs.
+        self.heartbeat_interval = config.heartbeat_interval
+        self.metrics_interval = config.metrics_interval
+        self.masker = Masker(paths.mask_key)
+        self.policy: PolicyKeeper | None = None
+        self._last_load: wire.Load | None = None
+        self._caps = (100.0, 1000.0)  # CPU percent, temperature: no cap until a policy says
 
     async def run(self) -> None:
         """Run until cancelled: open the store, serve the local API, connect forever."""
@@ -81,7 +90,21 @@ class Agent:
                 inbox_capacity=self.config.task_inbox,
                 notify=self._notify_tasks,
             )
-            api = LocalApi(store, inference, self.status, self.config.inference.max_body_bytes)
+            self.tasks.overloaded = self._overloaded
+            self.policy = PolicyKeeper(
+                self.identity.device_id,
+                self.paths.hub_signing_pub,
+                self.paths.policy,
+                self._apply_policy,
+            )
+            await asyncio.to_thread(self.policy.load)
+            api = LocalApi(
+                store,
+                inference,
+                self.status,
+                self.config.inference.max_body_bytes,
+                masker=self.masker,
+            )
             await api.start(self.paths.socket, self.config.local_port)
             stack.push_async_callback(api.stop)
 
@@ -150,7 +173,9 @@ class Agent:
             "device_id": self.identity.device_id,
             "connection": self.link.state,
             "uptime_s": time.monotonic() - self._started,
-            "policy_version": None,  # no policy applied yet: the agent runs on its settings
+            "policy_version": self.policy.current.version
+            if self.policy and self.policy.current
+            else None,  # None: no policy yet, the agent runs on its settings file
             "runtime": self.inference.runtime_label,
             "models": {m.name: m.state for m in self.inference.inventory()},
             "tasks": (
@@ -195,7 +220,7 @@ class Agent:
             conn=self._conn,
             agent_version=__version__,
             profile=self.profile.name,
-            heartbeat_interval=self.config.heartbeat_interval,
+            heartbeat_interval=self.heartbeat_interval,
             capabilities=self._capabilities,
             runtime=self.inference.runtime_label,
             models=self.inference.inventory(),
@@ -270,18 +295,20 @@ class Agent:
 
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         while True:
-            await asyncio.sleep(self.config.heartbeat_interval)
+            await asyncio.sleep(self.heartbeat_interval)
             load = await asyncio.to_thread(self._sampler.sample)
+            self._last_load = load
             assert self.store is not None
             assert self.inference is not None
             beat = wire.Heartbeat(
                 conn=self._conn,
                 uptime_s=time.monotonic() - self._started,
-                heartbeat_interval=self.config.heartbeat_interval,
+                heartbeat_interval=self.heartbeat_interval,
                 load=load,
                 store=store_report(await self.store.stats()),
                 models=self._models_if_changed(),
                 tasks=self.tasks.load() if self.tasks else None,
+                policy=self.policy.report() if self.policy else None,
             )
             await client.publish(self._topic("heartbeat"), wire.encode("heartbeat", beat), qos=1)
 
@@ -311,15 +338,60 @@ class Agent:
                 await self.tasks.assign(body)
             elif isinstance(body, wire.Cancel) and self.tasks is not None:
                 await self.tasks.cancel(body)
+            elif isinstance(body, wire.SignedPolicy) and self.policy is not None:
+                # Verifying and writing it to disk block: off the loop. Applying only
+                # sets plain attributes, so it may run there too.
+                await asyncio.to_thread(self.policy.receive, body)
 
     async def _own_metrics(self) -> None:
         """Write the device's load to the metrics stream, online or not."""
         while True:
-            await asyncio.sleep(self.config.metrics_interval)
+            await asyncio.sleep(self.metrics_interval)
             load = await asyncio.to_thread(self._sampler.sample)
+            self._last_load = load
             assert self.store is not None
             with contextlib.suppress(StreamFullError):  # metrics roll up; never refused
                 await self.store.append("metrics", [dataclasses.asdict(load)])
+
+    def _apply_policy(self, p: policy.Policy) -> None:
+        """Use a verified policy: everything it sets that can change while running.
+
+        Task concurrency and the hub's prefetch apply at the next start and at the hub."""
+        self.heartbeat_interval = p.heartbeat_interval
+        self.metrics_interval = p.metrics_interval
+        logging.getLogger().setLevel(p.log_level.upper())
+        self.masker.set_rules(p.masking.drop, p.masking.hash)
+        self._caps = (p.tasks.cpu_max_percent, p.tasks.temperature_max_c)
+        if self.inference is not None:
+            self.inference.reporting = Reporting(p.inference.report, p.inference.confidence_below)
+            self.inference.allowed_models = frozenset(p.allowed_models)
+        if self.tasks is not None:
+            self.tasks.allowed_models = frozenset(p.allowed_models)
+        if self.uploader is not None:
+            self.uploader.set_pacing(p.sync.rate_bytes_per_s, p.sync.windows)
+        if self.store is not None:
+            b = p.bounds
+            self.store.set_bounds(
+                {
+                    name: Bounds(s.max_records, s.max_bytes, s.max_age_s)
+                    for name, s in (
+                        ("results", b.results),
+                        ("events", b.events),
+                        ("metrics", b.metrics),
+                    )
+                }
+            )
+
+    def _overloaded(self) -> str | None:
+        load = self._last_load
+        if load is None:
+            return None
+        cpu_cap, heat_cap = self._caps
+        if load.cpu_percent > cpu_cap:
+            return f"CPU at {load.cpu_percent:.0f} %, over the policy's {cpu_cap:.0f} %"
+        if load.temperature_c is not None and load.temperature_c > heat_cap:
+            return f"at {load.temperature_c:.0f} C, over the policy's {heat_cap:.0f} C"
+        return None
 
     async def _event(self, name: str, **details: Any) -> None:
         assert self.store is not None

@@ -62,6 +62,15 @@ class DevicePaths:
         return self.root / "store.key"
 
     @property
+    def policy(self) -> Path:
+        """The newest valid signed policy, as the hub sent it."""
+        return self.root / "policy.signed"
+
+    @property
+    def mask_key(self) -> Path:
+        return self.root / "mask.key"
+
+    @property
     def models(self) -> Path:
         """The model directory: installed models by name and version."""
         return self.root / "models"

@@ -25,7 +25,8 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from edge.inference.service import InferenceService, ModelUnavailable, UnknownModel
+from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
+from edge.masking import Masker
 from edge.store import STREAMS, AgentStore, StreamFullError
 
 logger = logging.getLogger(__name__)
@@ -68,8 +69,11 @@ class LocalApi:
         inference: InferenceService,
         status: Callable[[], Awaitable[dict[str, Any]]],
         max_body_bytes: int,
+        *,
+        masker: Masker | None = None,
     ) -> None:
         self._store = store
+        self._masker = masker
         self._inference = inference
         self._status = status
         self._max_body = max_body_bytes
@@ -144,6 +148,8 @@ class LocalApi:
         if stream == "results" and any(r.get("kind") == "task" for r in records):
             # The hub ends tasks on such records: only the agent's task runner writes them.
             return _error(400, "bad_field", "body.records: kind 'task' is reserved for tasks")
+        if self._masker is not None and self._masker.active:
+            records = [self._masker.mask(r) for r in records]  # before anything is stored
         try:
             appended = await self._store.append(stream, records)
         except StreamFullError as exc:
@@ -163,11 +169,15 @@ class LocalApi:
             self._inference.runner(name)  # unknown or broken: say so before reading a body
             data = await self._body(request)
             value, dtype, context = _infer_request(data)
+            if context and self._masker is not None and self._masker.active:
+                context = self._masker.mask(context)
             outcome = await self._inference.infer(name, value, dtype, context)
         except _BadRequest as exc:
             return _error(exc.status, exc.code, exc.message)
         except UnknownModel as exc:
             return _error(404, "unknown_model", str(exc))
+        except NotAllowed as exc:
+            return _error(403, "not_allowed", str(exc))
         except ModelUnavailable as exc:
             return _error(503, "model_unavailable", str(exc))
         except InputError as exc:

@@ -44,6 +44,9 @@ class TaskRunner:
         self.slots = slots
         self._capacity = inbox_capacity
         self._notify = notify
+        self.allowed_models: frozenset[str] = frozenset()  # empty: any (set by policy)
+        # Why new work is refused now (CPU or temperature over the policy's caps), or None.
+        self.overloaded: Callable[[], str | None] = lambda: None
         self._work = asyncio.Event()
         self.running = 0
         self.queued = 0  # pending in the inbox, as of the last change seen here
@@ -110,6 +113,11 @@ class TaskRunner:
     def _refusal(self, a: wire.Assignment) -> str | None:
         if a.deadline_in_s <= 0:
             return "expired: its deadline has passed"
+        if self.allowed_models and a.model not in self.allowed_models:
+            return f"not_allowed: policy does not allow {a.model}"
+        busy = self.overloaded()
+        if busy:
+            return f"full: {busy}"  # momentary: the hub asks again later
         try:
             runner = self._inference.runner(a.model)
         except UnknownModel:

@@ -46,6 +46,11 @@ class Uploader:
         self._aligned: set[str] = set()
         self.bytes_sent = 0
 
+    def set_pacing(self, rate_bytes_per_s: int, windows: list[str]) -> None:
+        """New pacing from policy (windows already validated)."""
+        self._rate = ByteRate(rate_bytes_per_s)
+        self._windows = parse_windows(windows)
+
     async def run(self, publish: Publish, ask_marks: Callable[[], Awaitable[None]]) -> None:
         """Send until cancelled (the connection ended); resume from the last ack.
 

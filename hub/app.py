@@ -13,11 +13,12 @@ from hub.api.server import WebServer
 from hub.broker import BrokerSupervisor
 from hub.config import HubConfig
 from hub.dispatcher import Dispatcher
-from hub.enrollment import Enrollment, load_token_key
+from hub.enrollment import Enrollment, load_signing_key, load_token_key
 from hub.ingest import Ingest
 from hub.link import HubLink
 from hub.metrics import HubMetrics
 from hub.paths import HubPaths
+from hub.policies import PolicyPublisher
 from hub.store import HubStore
 from outpost import tls
 
@@ -40,6 +41,7 @@ class Hub:
         self.metrics: HubMetrics | None = None
         self.web: WebServer | None = None
         self.dispatcher: Dispatcher | None = None
+        self.policies: PolicyPublisher | None = None
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -69,6 +71,8 @@ class Hub:
                 broker_restarts=lambda: self.broker.restarts if self.broker else 0
             )
             self.dispatcher = dispatcher = Dispatcher(store, self.config, self._publish)
+            signing_key = await asyncio.to_thread(load_signing_key, self.paths)
+            self.policies = policies = PolicyPublisher(store, signing_key, self._publish_retained)
             self.ingest = Ingest(
                 store,
                 max_payload_bytes=self.config.max_payload_bytes,
@@ -79,8 +83,11 @@ class Hub:
                 publish=self._publish,
                 dispatcher=dispatcher,
                 task_results=metrics.task_results,
+                on_hello=policies.refresh,
             )
-            context = await asyncio.to_thread(self._api_context, store, metrics, dispatcher)
+            context = await asyncio.to_thread(
+                self._api_context, store, metrics, dispatcher, policies
+            )
             self.web = web = WebServer(self.paths, context)
             await web.start()
             stack.push_async_callback(web.stop)
@@ -99,8 +106,17 @@ class Hub:
             raise LinkDownError("the hub has no link yet")
         await self.link.publish(topic, payload)
 
+    async def _publish_retained(self, topic: str, payload: bytes) -> None:
+        if self.link is None:
+            raise LinkDownError("the hub has no link yet")
+        await self.link.publish(topic, payload, retain=True)
+
     def _api_context(
-        self, store: HubStore, metrics: HubMetrics, dispatcher: Dispatcher
+        self,
+        store: HubStore,
+        metrics: HubMetrics,
+        dispatcher: Dispatcher,
+        policies: PolicyPublisher,
     ) -> ApiContext:
         """Load keys and the CA for the web API (reads files: run in a thread)."""
         return ApiContext(
@@ -112,6 +128,7 @@ class Hub:
             metrics=metrics,
             broker=self.broker,
             dispatcher=dispatcher,
+            policies=policies,
         )
 
     async def _liveness(self, store: HubStore) -> None:

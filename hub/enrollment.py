@@ -117,6 +117,11 @@ def _load_ed25519(path: Path) -> ed25519.Ed25519PrivateKey:
     return key
 
 
+def load_signing_key(paths: HubPaths) -> ed25519.Ed25519PrivateKey:
+    """Load the key that signs policy and model manifests."""
+    return _load_ed25519(paths.signing_key)
+
+
 def load_token_key(paths: HubPaths) -> ed25519.Ed25519PrivateKey:
     """Load the key that signs bootstrap tokens."""
     return _load_ed25519(paths.token_key)

@@ -14,7 +14,7 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from hub.acks import AckSet, Publish, publish_all
 from hub.dispatcher import Dispatcher
@@ -47,12 +47,14 @@ class Ingest:
         publish: Publish | None = None,
         dispatcher: Dispatcher | None = None,
         task_results: collections.Counter[str] | None = None,
+        on_hello: Callable[[list[str]], Awaitable[object]] | None = None,
     ) -> None:
         self._store = store
         self._max_payload_bytes = max_payload_bytes
         self._observe_batch = observe_batch
         self._publish = publish
         self._dispatcher = dispatcher
+        self._on_hello = on_hello
         self._freed = False
         # Task results found in uploads, by outcome: accepted, late, unknown, malformed.
         self.task_results = task_results if task_results is not None else collections.Counter()
@@ -102,6 +104,11 @@ class Ingest:
             await self._store_uploads(uploads, now, acks)
         if greeted:
             await self._answer_hellos(greeted, acks)
+            if self._on_hello is not None:
+                try:  # their policy: new devices get theirs, unsent ones go out again
+                    await self._on_hello(greeted)
+                except Exception:
+                    logger.exception("refreshing the policy of %d devices failed", len(greeted))
         if acks:
             await publish_all(self._publish, acks.messages(), self.acks)
         if self._dispatcher is not None and (greeted or updates or self._freed):
@@ -290,6 +297,7 @@ def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent
             models=[dataclasses.asdict(m) for m in body.models]
             if body.models is not None
             else None,
+            policy=dataclasses.asdict(body.policy) if body.policy else None,
         )
     if isinstance(body, wire.Status) and not body.online:
         return ConnectionLost(device_id=device_id, conn=body.conn, now=now)

@@ -72,12 +72,12 @@ class HubLink:
             backoff_cap=RECONNECT_CAP_S,
         )
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        """Publish QoS 1, not retained, through the live connection; `LinkDownError` if none."""
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish QoS 1 through the live connection; `LinkDownError` if none."""
         client = self.client
         if client is None:
             raise LinkDownError("the hub is not connected to the broker")
-        await client.publish(topic, payload, qos=1)
+        await client.publish(topic, payload, qos=1, retain=retain)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self.client = client

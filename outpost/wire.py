@@ -157,6 +157,25 @@ class StoreReport:
 
 
 @dataclass(frozen=True)
+class PolicyReport:
+    """Which signed policy the device runs, and the last one it refused (if any)."""
+
+    version: int = schema.setting(0, help="applied version (0: none yet)", min=0)
+    rejected_version: int = schema.setting(0, help="last version refused (0: none)", min=0)
+    reason: str = schema.setting("", help="why it was refused", max_len=256)
+
+
+@dataclass(frozen=True)
+class SignedPolicy:
+    """The device's effective policy, signed by the hub (retained on `down/policy`)."""
+
+    document: bytes = schema.setting(
+        help="msgpack: device_id, version, issued_at, policy", max_len=65536
+    )
+    signature: bytes = schema.setting(help="Ed25519 signature of document", max_len=64)
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """Sent every heartbeat interval while connected."""
 
@@ -169,6 +188,7 @@ class Heartbeat:
         None, help="installed models, when they changed since the last report", max_len=MAX_MODELS
     )
     tasks: TaskLoad | None = schema.setting(None, help="the task inbox, if the device has one")
+    policy: PolicyReport | None = schema.setting(None, help="the policy it runs")
 
 
 @dataclass(frozen=True)
@@ -310,7 +330,7 @@ class TaskState:
     updates: list[TaskUpdate] = schema.setting(help="the updates", max_len=MAX_TASK_BATCH)
 
 
-Body = Hello | Heartbeat | Status | Records | Ack | Tasks | Cancel | TaskState
+Body = Hello | Heartbeat | Status | Records | Ack | Tasks | Cancel | TaskState | SignedPolicy
 
 
 # kind -> body type, for each direction. Both sides refuse kinds not listed here.
@@ -321,7 +341,12 @@ UP_KINDS: Final[dict[str, type[Any]]] = {
     "records": Records,
     "task_state": TaskState,
 }
-DOWN_KINDS: Final[dict[str, type[Any]]] = {"ack": Ack, "tasks": Tasks, "cancel": Cancel}
+DOWN_KINDS: Final[dict[str, type[Any]]] = {
+    "ack": Ack,
+    "tasks": Tasks,
+    "cancel": Cancel,
+    "policy": SignedPolicy,
+}
 
 
 # ---------------------------------------------------------------------------- envelope

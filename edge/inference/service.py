@@ -31,6 +31,10 @@ class UnknownModel(LookupError):
     pass
 
 
+class NotAllowed(PermissionError):
+    """The policy does not allow this model."""
+
+
 class ModelUnavailable(RuntimeError):
     """The model is installed but could not be loaded; the message says why."""
 
@@ -94,6 +98,7 @@ class InferenceService:
     ) -> None:
         self.directory = directory
         self.reporting = reporting or Reporting()
+        self.allowed_models: frozenset[str] = frozenset()  # empty: any (set by policy)
         self.runtime_label = "none"
         self._store = store
         self._preference = runtime
@@ -159,6 +164,8 @@ class InferenceService:
 
     def runner(self, name: str) -> ModelRunner:
         slot = self._slots.get(name)
+        if self.allowed_models and name not in self.allowed_models:
+            raise NotAllowed(f"policy does not allow model {name!r}")
         if slot is None:
             known = ", ".join(sorted(self._slots)) or "none"
             raise UnknownModel(f"no model {name!r} is installed (installed: {known})")

@@ -73,6 +73,10 @@ class AgentStore:
         self.appended = asyncio.Event()  # set whenever new records are committed
         self.path = path
 
+    def set_bounds(self, bounds: dict[str, Bounds]) -> None:
+        """New bounds from policy; the next commit uses them."""
+        self._bounds = bounds
+
     async def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="agent.store-writer")
 

@@ -11,6 +11,7 @@ from hub.config import HubConfig
 from hub.dispatcher import Dispatcher
 from hub.enrollment import Enrollment
 from hub.metrics import HubMetrics
+from hub.policies import PolicyPublisher
 from hub.store import HubStore
 
 
@@ -26,3 +27,4 @@ class ApiContext:
     metrics: HubMetrics
     broker: BrokerSupervisor | None
     dispatcher: Dispatcher
+    policies: PolicyPublisher

@@ -49,6 +49,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         device = await ctx.store.update_labels(device_id, patch.labels)
         if device is None:
             raise ApiError(404, "not_found", f"no device {device_id!r}")
+        await ctx.policies.refresh([device_id])  # its groups may have changed
         return web.json_response(schema.dump(DeviceOut.of(device)))
 
     device_id = Param("id", "path", "device id")

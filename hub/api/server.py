@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api import admin, enroll, fleet, observe, openapi, streams, tasks
+from hub.api import admin, enroll, fleet, observe, openapi, policy, streams, tasks
 from hub.api.context import ApiContext
 from hub.api.errors import errors_as_json
 from hub.api.params import MAX_BODY
@@ -28,6 +28,7 @@ def build_routes(ctx: ApiContext) -> list[Route]:
         *fleet.routes(ctx),
         *streams.routes(ctx),
         *tasks.routes(ctx),
+        *policy.routes(ctx),
         *admin.routes(ctx),
     ]
 

@@ -19,10 +19,12 @@ import msgpack
 import sqlite_utils
 
 from hub.store import audit, devices, tasks, tokens
+from hub.store import policy as policies
 from hub.store import records as streams  # `records` is also a method name below
 from hub.store.audit import AuditEntry
 from hub.store.devices import ConnectionLost, Device, HeartbeatSeen, HelloSeen, PresenceEvent
 from hub.store.migrations import MIGRATIONS
+from hub.store.policy import Effective, Layer, ToPublish
 from hub.store.records import MAX_SEQ, Applied, StoredRecord, StreamCount, Upload
 from hub.store.tasks import Assigned, NewTask, Task
 from hub.store.tasks import Settings as TaskSettings
@@ -37,15 +39,18 @@ __all__ = [
     "AuditEntry",
     "ConnectionLost",
     "Device",
+    "Effective",
     "HeartbeatSeen",
     "HelloSeen",
     "HubStore",
+    "Layer",
     "NewTask",
     "PresenceEvent",
     "StoredRecord",
     "StreamCount",
     "Task",
     "TaskSettings",
+    "ToPublish",
     "TokenRefusedError",
     "Upload",
     "UploadOutcome",
@@ -229,6 +234,33 @@ class HubStore:
         self, device_id: str, updates: Sequence[Any], *, now: float, settings: TaskSettings
     ) -> list[tuple[str, str]]:
         return await self._db.run(tasks.update, device_id, list(updates), now, settings)
+
+    # ------------------------------------------------------------ policy
+
+    async def put_policy_layer(self, layer: Layer) -> None:
+        await self._db.run(policies.put_layer, layer)
+
+    async def delete_policy_layer(self, name: str) -> bool:
+        return await self._db.run(policies.delete_layer, name)
+
+    async def policy_layers(self) -> list[Layer]:
+        return await self._db.run(policies.layers)
+
+    async def refresh_policies(
+        self, device_ids: list[str] | None, *, now: float
+    ) -> list[ToPublish]:
+        """New versions for devices whose effective policy changed (all devices if None),
+        and any not yet published."""
+        return await self._db.run(policies.refresh, device_ids, now)
+
+    async def mark_policy_published(self, device_id: str, version: int) -> None:
+        await self._db.run(policies.mark_published, device_id, version)
+
+    async def device_policy(self, device_id: str) -> Effective | None:
+        return await self._db.run(policies.effective, device_id)
+
+    async def policy_drift(self) -> int:
+        return await self._db.run(policies.drift)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlite_utils
 
+from hub.store import policy as policy_store
 from outpost.sqlite import soft_state
 
 
@@ -92,6 +93,7 @@ class HeartbeatSeen:
     load: dict[str, Any]
     store: dict[str, Any] | None = None
     models: list[dict[str, Any]] | None = None
+    policy: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,10 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
 
 
 def _apply_heartbeat(db: sqlite_utils.Database, e: HeartbeatSeen) -> None:
+    if e.policy is not None:
+        policy_store.report(
+            db, e.device_id, e.policy["version"], e.policy["rejected_version"], e.policy["reason"]
+        )
     db.execute(
         """UPDATE devices SET online = 1, conn = ?, last_seen = ?, last_heartbeat = ?,
                heartbeat_interval = ?, load = ?, store = COALESCE(?, store),

@@ -150,6 +150,37 @@ def _m006_tasks(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN task_inbox INTEGER NOT NULL DEFAULT 0")
 
 
+def _m007_policy(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE policy_layers (
+            name TEXT PRIMARY KEY,
+            scope TEXT NOT NULL,
+            selector TEXT NOT NULL,
+            device_id TEXT,
+            rank INTEGER NOT NULL,
+            document TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            updated_by TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE device_policy (
+            device_id TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            document TEXT NOT NULL,
+            issued_at REAL NOT NULL,
+            published INTEGER NOT NULL,
+            applied_version INTEGER NOT NULL DEFAULT 0,
+            rejected_version INTEGER NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT ''
+        )"""
+    )
+    # One counter for every device's policy versions: it only grows.
+    db.execute("CREATE TABLE policy_seq (value INTEGER NOT NULL)")
+    db.execute("INSERT INTO policy_seq (value) VALUES (0)")
+
+
 MIGRATIONS: list[Migration] = [
     ("001_registry", _m001_registry),
     ("002_api", _m002_api),
@@ -157,4 +188,5 @@ MIGRATIONS: list[Migration] = [
     ("004_device_store", _m004_device_store),
     ("005_device_models", _m005_device_models),
     ("006_tasks", _m006_tasks),
+    ("007_policy", _m007_policy),
 ]

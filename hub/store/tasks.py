@@ -464,7 +464,10 @@ def _requeue(
         (json.dumps(excluded), task_id),
     )
     _events(db, [(task_id, now, event, row["device_id"], row["attempt"], detail)])
-    if row["attempt"] >= settings.max_attempts or (only and event == "rejected" and not retry_here):
+    # A full device does not use up attempts: the deadline bounds how long it may bounce.
+    if not retry_here and (
+        row["attempt"] >= settings.max_attempts or (only and event == "rejected")
+    ):
         why = f"{event} on attempt {row['attempt']} ({row['device_id']}): {detail}"
         _finish(db, task_id, "failed", now, row["device_id"], row["attempt"], why)
         return "failed"

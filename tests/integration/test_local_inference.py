@@ -96,7 +96,7 @@ async def test_each_model_answers_its_sample_in_json_and_msgpack(
         assert listed["models"][0]["served"] == 2
         status_page = await client.status()
         assert status_page["models"] == {SURFACE: "ready", VIBRATION: "ready"}
-        assert status_page["policy_version"] is None
+        assert "policy_version" in status_page  # its value: see test_policy.py
         assert status_page["uptime_s"] > 0
 
         # hello told the hub what the device can run.

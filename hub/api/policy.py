@@ -1,0 +1,179 @@
+"""Policy routes: the layers (admin writes, every change audited) and each device's
+effective policy with the version it runs (drift when that lags)."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+
+from hub import labels
+from hub.api import params
+from hub.api.context import ApiContext
+from hub.api.errors import ApiError, bad_field
+from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
+from hub.store import Layer
+from outpost import policy, schema
+
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class LayerIn:
+    """A policy layer: `fleet` (named fleet), a group (a label selector and a rank:
+    lower ranks apply first) or a device override."""
+
+    scope: Literal["fleet", "group", "device"] = schema.setting(help="what it applies to")
+    document: dict[str, Any] = schema.setting(
+        help="the policy fields it sets (any subset; see the policy schema)"
+    )
+    selector: dict[str, str] = schema.setting({}, help="group: labels a device must carry")
+    device: str = schema.setting("", help="device: its id", max_len=64)
+    rank: int = schema.setting(0, help="group: merge order among groups", min=-1000, max=1000)
+
+
+@dataclass(frozen=True)
+class LayerOut:
+    name: str = schema.setting(help="layer name")
+    scope: str = schema.setting(help="fleet, group or device")
+    selector: dict[str, str] = schema.setting(help="group selector")
+    device: str | None = schema.setting(help="device of an override")
+    rank: int = schema.setting(help="merge order among groups")
+    document: dict[str, Any] = schema.setting(help="the fields it sets")
+    updated_at: float = schema.setting(help="epoch seconds")
+    updated_by: str = schema.setting(help="subject of the token that wrote it")
+
+    @classmethod
+    def of(cls, x: Layer) -> LayerOut:
+        return cls(
+            x.name, x.scope, x.selector, x.device_id, x.rank, x.document, x.updated_at, x.updated_by
+        )
+
+
+@dataclass(frozen=True)
+class DevicePolicyOut:
+    device: str = schema.setting(help="device id")
+    version: int = schema.setting(help="version the hub published (0: none yet)")
+    applied_version: int = schema.setting(help="version the device reports it runs")
+    rejected_version: int = schema.setting(help="last version the device refused (0: none)")
+    reason: str = schema.setting(help="why it refused it")
+    drift: bool = schema.setting(help="the device runs an older version than published")
+    layers: list[str] = schema.setting(help="layers applied, in merge order")
+    effective: dict[str, Any] = schema.setting(help="the effective policy")
+
+
+def routes(ctx: ApiContext) -> list[Route]:
+    async def list_layers(request: web.Request) -> web.Response:
+        found = await ctx.store.policy_layers()
+        return web.json_response({"items": [schema.dump(LayerOut.of(x)) for x in found]})
+
+    async def put_layer(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await params.json_body(request, LayerIn)
+        if not NAME.fullmatch(name):
+            raise bad_field("path.name", f"layer name must match {NAME.pattern}")
+        if (body.scope == "fleet") != (name == "fleet"):
+            raise bad_field("body.scope", "the layer named fleet, and only it, has scope fleet")
+        if body.scope == "group":
+            if not body.selector:
+                raise bad_field("body.selector", "a group layer needs a label selector")
+            try:
+                labels.check(body.selector, "body.selector")
+            except ValueError as exc:
+                raise bad_field("body.selector", str(exc)) from exc
+        if body.scope == "device" and await ctx.store.device(body.device) is None:
+            raise bad_field("body.device", f"no device {body.device!r}")
+        try:
+            policy.check_layer(body.document, "body.document")
+        except policy.PolicyError as exc:
+            raise bad_field("body.document", str(exc)) from exc
+        request[AUDIT_DETAIL] = {"layer": name, "scope": body.scope, "document": body.document}
+        layer = Layer(
+            name=name,
+            scope=body.scope,
+            selector=body.selector if body.scope == "group" else {},
+            device_id=body.device if body.scope == "device" else None,
+            rank=body.rank,
+            document=body.document,
+            updated_at=time.time(),
+            updated_by=request[PRINCIPAL].subject,
+        )
+        await ctx.store.put_policy_layer(layer)
+        await ctx.policies.refresh()
+        return web.json_response(schema.dump(LayerOut.of(layer)))
+
+    async def delete_layer(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        request[AUDIT_DETAIL] = {"layer": name}
+        if not await ctx.store.delete_policy_layer(name):
+            raise ApiError(404, "not_found", f"no policy layer {name!r}")
+        await ctx.policies.refresh()
+        return web.json_response({"deleted": name})
+
+    async def device_policy(request: web.Request) -> web.Response:
+        device_id = request.match_info["id"]
+        found = await ctx.store.device_policy(device_id)
+        if found is None:
+            raise ApiError(404, "not_found", f"no device {device_id!r}")
+        out = DevicePolicyOut(
+            device=device_id,
+            version=found.version,
+            applied_version=found.applied_version,
+            rejected_version=found.rejected_version,
+            reason=found.reason,
+            drift=found.published and found.applied_version < found.version,
+            layers=found.layers,
+            effective=found.document,
+        )
+        return web.json_response(schema.dump(out))
+
+    name = Param("name", "path", "layer name (fleet, or a group or override name)")
+    return [
+        Route(
+            "GET",
+            "/api/v1/policy/layers",
+            "viewer",
+            list_layers,
+            "List policy layers",
+            "policy",
+            response=LayerOut,
+        ),
+        Route(
+            "PUT",
+            "/api/v1/policy/layers/{name}",
+            "admin",
+            put_layer,
+            "Create or replace a policy layer; devices get their new policy at once",
+            "policy",
+            action="policy.layer.put",
+            body=LayerIn,
+            response=LayerOut,
+            params=(name,),
+            errors=(400,),
+        ),
+        Route(
+            "DELETE",
+            "/api/v1/policy/layers/{name}",
+            "admin",
+            delete_layer,
+            "Delete a policy layer",
+            "policy",
+            action="policy.layer.delete",
+            params=(name,),
+            errors=(404,),
+        ),
+        Route(
+            "GET",
+            "/api/v1/devices/{id}/policy",
+            "viewer",
+            device_policy,
+            "A device's effective policy, its layers, and the version it runs",
+            "policy",
+            response=DevicePolicyOut,
+            params=(Param("id", "path", "device id"),),
+            errors=(404,),
+        ),
+    ]

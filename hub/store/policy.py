@@ -1,0 +1,201 @@
+"""Policy layers and each device's published and applied policy version.
+
+Layers: `fleet` (one, applies to all), groups (a label selector and a rank; applied in
+rank order, then name), and device overrides, merged in that order (`outpost.policy`).
+Versions come from one counter that only grows, so a device's version only grows too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlite_utils
+
+from outpost import policy
+
+Scope = Literal["fleet", "group", "device"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    scope: Scope
+    selector: dict[str, str]
+    device_id: str | None
+    rank: int
+    document: dict[str, Any]
+    updated_at: float
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class Effective:
+    device_id: str
+    version: int  # 0: never published
+    document: dict[str, Any]
+    layers: list[str]
+    applied_version: int
+    rejected_version: int
+    reason: str
+    published: bool
+
+
+@dataclass(frozen=True)
+class ToPublish:
+    device_id: str
+    version: int
+    document: dict[str, Any]
+
+
+def put_layer(db: sqlite_utils.Database, layer: Layer) -> None:
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        db.execute(
+            """INSERT INTO policy_layers (name, scope, selector, device_id, rank, document,
+                   updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (name) DO UPDATE SET scope = excluded.scope,
+                   selector = excluded.selector, device_id = excluded.device_id,
+                   rank = excluded.rank, document = excluded.document,
+                   updated_at = excluded.updated_at, updated_by = excluded.updated_by""",
+            (
+                layer.name,
+                layer.scope,
+                json.dumps(layer.selector, sort_keys=True),
+                layer.device_id,
+                layer.rank,
+                json.dumps(layer.document, sort_keys=True),
+                layer.updated_at,
+                layer.updated_by,
+            ),
+        )
+
+
+def delete_layer(db: sqlite_utils.Database, name: str) -> bool:
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        return db.execute("DELETE FROM policy_layers WHERE name = ?", (name,)).rowcount > 0
+
+
+def layers(db: sqlite_utils.Database) -> list[Layer]:
+    return [
+        Layer(
+            r["name"],
+            r["scope"],
+            json.loads(r["selector"]),
+            r["device_id"],
+            r["rank"],
+            json.loads(r["document"]),
+            r["updated_at"],
+            r["updated_by"],
+        )
+        for r in db.execute("SELECT * FROM policy_layers ORDER BY name").fetchall()
+    ]
+
+
+def resolve(all_layers: list[Layer], device_id: str, labels: dict[str, str]) -> list[Layer]:
+    """The layers that apply to a device, in merge order: fleet, groups, device."""
+    fleet = [x for x in all_layers if x.scope == "fleet"]
+    groups = sorted(
+        (
+            x
+            for x in all_layers
+            if x.scope == "group" and all(labels.get(k) == v for k, v in x.selector.items())
+        ),
+        key=lambda x: (x.rank, x.name),
+    )
+    own = [x for x in all_layers if x.scope == "device" and x.device_id == device_id]
+    return [*fleet, *groups, *own]
+
+
+def refresh(db: sqlite_utils.Database, device_ids: list[str] | None, now: float) -> list[ToPublish]:
+    """Recompute effective policies (of `device_ids`, or every device); give a new version
+    to each that changed, and return those plus any not yet published."""
+    out = []
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        every = layers(db)
+        if device_ids is None:
+            rows = db.execute("SELECT device_id, labels FROM devices").fetchall()
+        else:
+            marks = ",".join("?" * len(device_ids))
+            rows = db.execute(
+                f"SELECT device_id, labels FROM devices WHERE device_id IN ({marks})",  # noqa: S608 - placeholders only
+                device_ids,
+            ).fetchall()
+        for r in rows:
+            chosen = resolve(every, r["device_id"], json.loads(r["labels"]))
+            document = policy.merge(*(x.document for x in chosen))
+            digest = policy.digest(document)
+            held = db.execute(
+                "SELECT version, digest, published FROM device_policy WHERE device_id = ?",
+                (r["device_id"],),
+            ).fetchone()
+            if held is not None and held["digest"] == digest:
+                if not held["published"]:
+                    out.append(ToPublish(r["device_id"], held["version"], document))
+                continue
+            version = _next_version(db)
+            db.execute(
+                """INSERT INTO device_policy (device_id, version, digest, document, published,
+                       issued_at) VALUES (?, ?, ?, ?, 0, ?)
+                   ON CONFLICT (device_id) DO UPDATE SET version = excluded.version,
+                       digest = excluded.digest, document = excluded.document, published = 0,
+                       issued_at = excluded.issued_at""",
+                (r["device_id"], version, digest, json.dumps(document), now),
+            )
+            out.append(ToPublish(r["device_id"], version, document))
+    return out
+
+
+def mark_published(db: sqlite_utils.Database, device_id: str, version: int) -> None:
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "UPDATE device_policy SET published = 1 WHERE device_id = ? AND version = ?",
+            (device_id, version),
+        )
+
+
+def report(
+    db: sqlite_utils.Database, device_id: str, applied: int, rejected: int, reason: str
+) -> None:
+    """What the device says it runs (inside the presence transaction)."""
+    db.execute(
+        """UPDATE device_policy SET applied_version = ?, rejected_version = ?, reason = ?
+           WHERE device_id = ?""",
+        (applied, rejected, reason, device_id),
+    )
+
+
+def effective(db: sqlite_utils.Database, device_id: str) -> Effective | None:
+    device = db.execute("SELECT labels FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+    if device is None:
+        return None
+    chosen = resolve(layers(db), device_id, json.loads(device["labels"]))
+    row = db.execute("SELECT * FROM device_policy WHERE device_id = ?", (device_id,)).fetchone()
+    return Effective(
+        device_id=device_id,
+        version=row["version"] if row else 0,
+        document=policy.merge(*(x.document for x in chosen)),
+        layers=[x.name for x in chosen],
+        applied_version=row["applied_version"] if row else 0,
+        rejected_version=row["rejected_version"] if row else 0,
+        reason=row["reason"] if row else "",
+        published=bool(row["published"]) if row else False,
+    )
+
+
+def drift(db: sqlite_utils.Database) -> int:
+    """Devices whose applied version lags the one the hub published."""
+    (n,) = db.execute(
+        "SELECT COUNT(*) FROM device_policy WHERE published = 1 AND applied_version < version"
+    ).fetchone()
+    return int(n)
+
+
+def _next_version(db: sqlite_utils.Database) -> int:
+    db.execute("UPDATE policy_seq SET value = value + 1")
+    (value,) = db.execute("SELECT value FROM policy_seq").fetchone()
+    return int(value)
