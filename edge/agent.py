@@ -353,34 +353,55 @@ class Agent:
             with contextlib.suppress(StreamFullError):  # metrics roll up; never refused
                 await self.store.append("metrics", [dataclasses.asdict(load)])
 
-    def _apply_policy(self, p: policy.Policy) -> None:
-        """Use a verified policy: everything it sets that can change while running.
+    def _apply_policy(self, p: policy.Policy, sets: dict[str, Any]) -> None:
+        """Use a verified policy: each field it sets wins over the agent's own settings;
+        a field it leaves out (or stops setting) falls back to them.
 
-        Task concurrency and the hub's prefetch apply at the next start and at the hub."""
-        self.heartbeat_interval = p.heartbeat_interval
-        self.metrics_interval = p.metrics_interval
-        logging.getLogger().setLevel(p.log_level.upper())
-        self.masker.set_rules(p.masking.drop, p.masking.hash)
-        self._caps = (p.tasks.cpu_max_percent, p.tasks.temperature_max_c)
+        Task concurrency applies at the next start; the prefetch is the hub's."""
+        c = self.config
+
+        def pick(dotted: str, mine: Any, theirs: Any) -> Any:
+            return theirs if policy.is_set(sets, dotted) else mine
+
+        self.heartbeat_interval = pick(
+            "heartbeat_interval", c.heartbeat_interval, p.heartbeat_interval
+        )
+        self.metrics_interval = pick("metrics_interval", c.metrics_interval, p.metrics_interval)
+        logging.getLogger().setLevel(pick("log_level", c.log_level, p.log_level).upper())
+        self.masker.set_rules(p.masking.drop, p.masking.hash)  # none unless set
+        self._caps = (
+            pick("tasks.cpu_max_percent", 100.0, p.tasks.cpu_max_percent),
+            pick("tasks.temperature_max_c", 1000.0, p.tasks.temperature_max_c),
+        )
+        allowed = frozenset(p.allowed_models)
         if self.inference is not None:
-            self.inference.reporting = Reporting(p.inference.report, p.inference.confidence_below)
-            self.inference.allowed_models = frozenset(p.allowed_models)
-        if self.tasks is not None:
-            self.tasks.allowed_models = frozenset(p.allowed_models)
-        if self.uploader is not None:
-            self.uploader.set_pacing(p.sync.rate_bytes_per_s, p.sync.windows)
-        if self.store is not None:
-            b = p.bounds
-            self.store.set_bounds(
-                {
-                    name: Bounds(s.max_records, s.max_bytes, s.max_age_s)
-                    for name, s in (
-                        ("results", b.results),
-                        ("events", b.events),
-                        ("metrics", b.metrics),
-                    )
-                }
+            self.inference.reporting = Reporting(
+                pick("inference.report", c.inference.report, p.inference.report),
+                pick(
+                    "inference.confidence_below",
+                    c.inference.confidence_below,
+                    p.inference.confidence_below,
+                ),
             )
+            self.inference.allowed_models = allowed
+        if self.tasks is not None:
+            self.tasks.allowed_models = allowed
+        if self.uploader is not None:
+            self.uploader.set_pacing(
+                pick("sync.rate_bytes_per_s", c.sync.rate_bytes_per_s, p.sync.rate_bytes_per_s),
+                pick("sync.windows", c.sync.windows, p.sync.windows),
+            )
+        if self.store is not None:
+            bounds = {}
+            for name in ("results", "events", "metrics"):
+                own, given = getattr(c.bounds, name), getattr(p.bounds, name)
+                bounds[name] = Bounds(
+                    *(
+                        pick(f"bounds.{name}.{f}", getattr(own, f), getattr(given, f))
+                        for f in ("max_records", "max_bytes", "max_age_s")
+                    )
+                )
+            self.store.set_bounds(bounds)
 
     def _overloaded(self) -> str | None:
         load = self._last_load

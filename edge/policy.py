@@ -25,7 +25,8 @@ from outpost import files, policy, wire
 
 logger = logging.getLogger(__name__)
 
-Apply = Callable[[policy.Policy], None]
+# Called with the checked policy and the document as sent (the fields it sets).
+Apply = Callable[[policy.Policy, dict[str, Any]], None]
 
 
 class PolicyKeeper:
@@ -90,7 +91,7 @@ class PolicyKeeper:
         )
 
     def _use(self, issued: policy.Issued, signed: policy.Signed) -> None:
-        self._apply(issued.policy)
+        self._apply(issued.policy, issued.raw)
         self.current = issued
         self._digest = self._digest_of(issued)
 

@@ -67,12 +67,17 @@ class HubMetrics:
         self.registry.register(self.fleet)
 
     def exposition(
-        self, fleet_counts: list[tuple[bool, str, int]], task_counts: dict[str, int]
+        self,
+        fleet_counts: list[tuple[bool, str, int]],
+        task_counts: dict[str, int],
+        policy_drift: int = 0,
     ) -> bytes:
-        """Render every metric, with the fleet gauges taken from `fleet_counts` and the
-        task gauges from `task_counts` (tasks by state)."""
+        """Render every metric, with the fleet gauges taken from `fleet_counts`, the task
+        gauges from `task_counts` (tasks by state) and the devices whose applied policy
+        lags the published one."""
         self.fleet.counts = fleet_counts
         self.fleet.task_counts = task_counts
+        self.fleet.policy_drift = policy_drift
         return generate_latest(self.registry)
 
 
@@ -94,6 +99,7 @@ class _Fleet(Collector):
         self.broker_restarts = broker_restarts
         self.counts: list[tuple[bool, str, int]] = []
         self.task_counts: dict[str, int] = {}
+        self.policy_drift = 0
 
     def collect(self) -> Iterator[Metric]:
         devices = GaugeMetricFamily(
@@ -149,6 +155,13 @@ class _Fleet(Collector):
         for outcome, n in sorted(self.task_results.items()):
             results.add_metric([outcome], n)
         yield results
+
+        drift = GaugeMetricFamily(
+            "outpost_hub_policy_drift_devices",
+            "Devices whose applied policy version lags the one the hub published",
+        )
+        drift.add_metric([], self.policy_drift)
+        yield drift
 
         restarts = CounterMetricFamily(
             "outpost_hub_broker_restarts", "Times the hub restarted its managed Mosquitto"

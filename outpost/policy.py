@@ -145,6 +145,25 @@ def merge(*layers: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def overlay(*layers: dict[str, Any]) -> dict[str, Any]:
+    """The same merge without the defaults: only the fields some layer sets. This is what
+    a device receives: what no layer sets stays as the device's own settings say."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        _merge_into(merged, layer)
+    return merged
+
+
+def is_set(document: dict[str, Any], dotted: str) -> bool:
+    """Whether a (sparse) policy document sets the field `a.b.c`."""
+    node: Any = document
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def check_layer(layer: dict[str, Any], where: str) -> None:
     """Refuse a layer with an unknown field or a bad value, naming it."""
     load(merge(layer), where)
@@ -213,9 +232,9 @@ def verify(public: ed25519.Ed25519PublicKey, signed: Signed, device_id: str) -> 
         raise PolicyError("version must be a positive integer")
     if not isinstance(body["policy"], dict):
         raise PolicyError("policy must be a map")
-    return Issued(
-        device_id, body["version"], float(body["issued_at"]), load(body["policy"]), body["policy"]
-    )
+    # The document sets some fields; checked as a whole on top of the defaults.
+    checked = load(merge(body["policy"]))
+    return Issued(device_id, body["version"], float(body["issued_at"]), checked, body["policy"])
 
 
 def _canonical(value: Any) -> bytes:

@@ -14,7 +14,11 @@ from hub.metrics import CONTENT_TYPE
 
 def routes(ctx: ApiContext, document: Callable[[], dict[str, Any]]) -> list[Route]:
     async def metrics(request: web.Request) -> web.Response:
-        body = ctx.metrics.exposition(await ctx.store.fleet_counts(), await ctx.store.task_counts())
+        body = ctx.metrics.exposition(
+            await ctx.store.fleet_counts(),
+            await ctx.store.task_counts(),
+            await ctx.store.policy_drift(),
+        )
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def openapi(request: web.Request) -> web.Response:

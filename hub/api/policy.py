@@ -62,7 +62,9 @@ class DevicePolicyOut:
     reason: str = schema.setting(help="why it refused it")
     drift: bool = schema.setting(help="the device runs an older version than published")
     layers: list[str] = schema.setting(help="layers applied, in merge order")
-    effective: dict[str, Any] = schema.setting(help="the effective policy")
+    effective: dict[str, Any] = schema.setting(
+        help="the fields its layers set, merged; the device's own settings hold the rest"
+    )
 
 
 def routes(ctx: ApiContext) -> list[Route]:

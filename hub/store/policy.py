@@ -126,7 +126,7 @@ def refresh(db: sqlite_utils.Database, device_ids: list[str] | None, now: float)
             ).fetchall()
         for r in rows:
             chosen = resolve(every, r["device_id"], json.loads(r["labels"]))
-            document = policy.merge(*(x.document for x in chosen))
+            document = policy.overlay(*(x.document for x in chosen))
             digest = policy.digest(document)
             held = db.execute(
                 "SELECT version, digest, published FROM device_policy WHERE device_id = ?",
@@ -178,7 +178,7 @@ def effective(db: sqlite_utils.Database, device_id: str) -> Effective | None:
     return Effective(
         device_id=device_id,
         version=row["version"] if row else 0,
-        document=policy.merge(*(x.document for x in chosen)),
+        document=policy.overlay(*(x.document for x in chosen)),
         layers=[x.name for x in chosen],
         applied_version=row["applied_version"] if row else 0,
         rejected_version=row["rejected_version"] if row else 0,

@@ -67,7 +67,11 @@ async def test_every_route_refuses_bad_tokens_and_small_roles(hub: Hub, api: Api
     seen_public = set()
 
     for route in hub.web.routes:
-        path = route.path.replace("{id}", "dev-matrix0001").replace("{jti}", "no-such-jti")
+        path = (
+            route.path.replace("{id}", "dev-matrix0001")
+            .replace("{jti}", "no-such-jti")
+            .replace("{name}", "no-such-layer")
+        )
         key = (route.method, route.path)
         if route.access in ("public", "bootstrap"):
             seen_public.add(key)

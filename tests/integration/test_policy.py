@@ -1,0 +1,154 @@
+"""Signed policy end to end: layers written through the API, each device's effective
+policy signed and delivered retained, applied by the real agent, reported back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from hub.app import Hub
+from tests.api_client import ApiClient
+from tests.conftest import Enroller
+from tests.integration.test_store_forward import hub_records, wait_socket
+from tests.support import AgentProcess, eventually
+
+
+@pytest.fixture
+def hub_settings() -> str:
+    return "api_rate_per_s = 1e6\napi_rate_burst = 100000\n"
+
+
+async def device_policy(api: ApiClient, token: str, device_id: str) -> dict[str, Any]:
+    reply = await api.call("GET", f"/api/v1/devices/{device_id}/policy", token=token)
+    assert reply.status == 200, reply.body
+    body: dict[str, Any] = reply.body
+    return body
+
+
+async def test_layers_reach_the_agent_which_applies_and_reports_them(
+    hub: Hub, api: ApiClient, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, identity = await enroll_device("generic", {"site": "north"})
+    device_id = identity.device_id
+    agent = agents(paths)
+    client = await wait_socket(paths, agent)
+    admin = await api.token("admin")
+    try:
+        for name, layer in (
+            (
+                "fleet",
+                {"scope": "fleet", "document": {"metrics_interval": 30, "log_level": "info"}},
+            ),
+            (
+                "north",
+                {
+                    "scope": "group",
+                    "selector": {"site": "north"},
+                    "document": {
+                        "metrics_interval": 20,
+                        "masking": {"drop": ["operator"], "hash": ["serial"]},
+                    },
+                },
+            ),
+            (
+                "pump-1",
+                {"scope": "device", "device": device_id, "document": {"heartbeat_interval": 0.4}},
+            ),
+        ):
+            reply = await api.call("PUT", f"/api/v1/policy/layers/{name}", token=admin, body=layer)
+            assert reply.status == 200, reply.body
+
+        async def applied() -> dict[str, Any]:
+            found = await device_policy(api, admin, device_id)
+            ok = found["version"] > 0 and found["applied_version"] == found["version"]
+            return found if ok else {}
+
+        found = await eventually(applied, timeout=15, what="the policy applied on the device")
+        assert found["layers"] == ["fleet", "north", "pump-1"]
+        assert found["effective"]["metrics_interval"] == 20
+        assert found["effective"]["heartbeat_interval"] == 0.4
+        assert found["drift"] is False
+        metrics = await api.call("GET", "/metrics", token=admin)
+        assert "outpost_hub_policy_drift_devices 0.0" in metrics.body
+        assert (await client.status())["policy_version"] == found["version"]
+
+        # Masking: the dropped field never leaves the device; the hashed one is a hash.
+        status, _ = await client.append(
+            "results", [{"n": 1, "operator": "alice", "serial": "SN-123", "reading": 0.5}]
+        )
+        assert status == 201
+
+        async def held() -> list[Any]:
+            return [b for _, b in hub_records(hub, device_id) if b.get("n") == 1]
+
+        (record,) = await eventually(held, timeout=15, what="the masked record at the hub")
+        assert "operator" not in record
+        assert record["serial"].startswith("hmac:")
+        assert "SN-123" not in str(record)
+        assert record["reading"] == 0.5
+
+        # A change to a layer gives a newer version, applied in turn; the audit has it.
+        before = found["version"]
+        reply = await api.call(
+            "PUT",
+            "/api/v1/policy/layers/fleet",
+            token=admin,
+            body={"scope": "fleet", "document": {"sync": {"rate_bytes_per_s": 50_000}}},
+        )
+        assert reply.status == 200
+
+        async def newer() -> dict[str, Any]:
+            got = await applied()
+            return got if got and got["version"] > before else {}
+
+        latest = await eventually(newer, timeout=15, what="the newer policy applied")
+        assert latest["effective"]["sync"]["rate_bytes_per_s"] == 50_000
+        assert latest["effective"]["metrics_interval"] == 20  # the group still wins
+        audit = await api.call("GET", "/api/v1/audit?limit=10", token=admin)
+        assert any(e["action"] == "policy.layer.put" for e in audit.body["items"])
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "field", "words"),
+    [
+        (
+            "fleet",
+            {"scope": "fleet", "document": {"tasks": {"prefetch": -1}}},
+            "body.document",
+            "at least 0",
+        ),
+        ("fleet", {"scope": "fleet", "document": {"nope": 1}}, "body.document", "unknown key"),
+        ("group-a", {"scope": "fleet", "document": {}}, "body.scope", "only it"),
+        ("group-a", {"scope": "group", "document": {}}, "body.selector", "needs a label selector"),
+        (
+            "dev",
+            {"scope": "device", "device": "dev-nope", "document": {}},
+            "body.device",
+            "no device",
+        ),
+        (
+            "Bad Name",
+            {"scope": "group", "selector": {"a": "b"}, "document": {}},
+            "path.name",
+            "must match",
+        ),
+    ],
+)
+async def test_a_bad_layer_is_refused_naming_the_field(
+    hub: Hub, api: ApiClient, name: str, body: dict[str, Any], field: str, words: str
+) -> None:
+    admin = await api.token("admin")
+    reply = await api.call("PUT", f"/api/v1/policy/layers/{name}", token=admin, body=body)
+    assert reply.status == 400, reply.body
+    assert reply.error["details"]["field"] == field
+    assert words in reply.error["message"]
+    assert (await api.call("GET", "/api/v1/policy/layers", token=admin)).body["items"] == []
+    operator = await api.token("operator")
+    good = {"scope": "fleet", "document": {}}
+    assert (
+        await api.call("PUT", "/api/v1/policy/layers/fleet", token=operator, body=good)
+    ).status == 403
