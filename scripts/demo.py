@@ -55,6 +55,17 @@ SENSOR_MODEL = {
     "camera-gate": "surface-defect",
     "line-3-gateway": "vibration-anomaly",
 }
+POLICY_LAYERS: dict[str, dict[str, Any]] = {
+    "fleet": {
+        "scope": "fleet",
+        "document": {"metrics_interval": 10, "inference": {"confidence_below": 0.7}},
+    },
+    "cameras": {
+        "scope": "group",
+        "selector": {"group": "cameras"},
+        "document": {"masking": {"hash": ["source"]}},
+    },
+}
 SHIPPED_MODELS = sorted(str(p.parent) for p in (REPO / "models").glob("*/*/model.json"))
 HEARTBEAT_S = 2.0
 CUT_AT_S, CUT_FOR_S = 12.0, 15.0  # when the north site's link goes down, and for how long
@@ -253,6 +264,18 @@ def main() -> int:
             "--subject",
             "demo-operator",
         ).strip()
+        admin = run(
+            str(BIN / "outpost-hub"),
+            *("token", "create", "--data", str(hub_dir), "--role", "admin"),
+            *("--ttl", "1h", "--subject", "demo-admin"),
+        ).strip()
+        for name, layer in POLICY_LAYERS.items():
+            api.put(f"/api/v1/policy/layers/{name}", layer, admin)
+        step(
+            "policy: a fleet layer (inference confidence threshold 0.7, metrics every 10 s) "
+            "and a layer for the cameras group (masks the 'source' field: hashed before "
+            "upload); each agent verifies the signed policy and reports the version it runs"
+        )
         feeder = TaskFeeder(api.url, HubPaths(hub_dir).ca_cert, operator)
         background.spawn(feeder.run())
         step(
@@ -288,6 +311,16 @@ class HubApi:
         with urllib.request.urlopen(request, context=self._context, timeout=5) as response:  # noqa: S310
             body: bytes = response.read()
             return body
+
+    def put(self, path: str, body: dict[str, Any], token: str) -> None:
+        request = urllib.request.Request(  # noqa: S310 - our own https URL
+            self.url + path,
+            data=json.dumps(body).encode(),
+            method="PUT",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, context=self._context, timeout=5):  # noqa: S310
+            pass
 
     def devices(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = json.loads(self.get("/api/v1/devices"))["items"]
@@ -335,6 +368,7 @@ class Device:
     sensor: SensorProgram
     tasks: str = "-"
     tasks_done: int = 0
+    policy: str = "-"
 
 
 def wait_socket(producer: Producer) -> None:
@@ -399,6 +433,7 @@ def store_and_forward(
             t = status["tasks"]
             d.tasks = f"{t['done']}/{t['running']}/{t['queued']}"
             d.tasks_done = t["done"]
+            d.policy = f"v{status['policy_version']}" if status["policy_version"] else "none"
         except Exception:  # the agent may be restarting; the table goes on
             waiting = "?"
         rows.append(
@@ -417,7 +452,16 @@ def store_and_forward(
 
 def local_inference(devices: list[Device]) -> str:
     rows = [
-        ("AGENT", "MODEL", "INFERENCES", "FLAGGED (RECORDED)", "ERRORS", "LAST ANSWER", "TASKS")
+        (
+            "AGENT",
+            "MODEL",
+            "INFERENCES",
+            "FLAGGED (RECORDED)",
+            "ERRORS",
+            "LAST ANSWER",
+            "TASKS",
+            "POLICY",
+        )
     ]
     for d in devices:
         s = d.sensor
@@ -430,6 +474,7 @@ def local_inference(devices: list[Device]) -> str:
                 str(s.failed),
                 s.last,
                 d.tasks,
+                d.policy,
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

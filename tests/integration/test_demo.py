@@ -97,10 +97,18 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
     tasks_done = {
         m[0]: int(m[1])
         for m in re.findall(
-            r"^([a-z0-9-]+)\s+(?:vibration|surface).*\s(\d+)/\d+/\d+\s*$", last_table, re.MULTILINE
+            r"^([a-z0-9-]+)\s+(?:vibration|surface).*\s(\d+)/\d+/\d+\s+\S+\s*$",
+            last_table,
+            re.MULTILINE,
         )
     }
     assert set(tasks_done) == set(final), last_table
     assert all(n > 0 for n in tasks_done.values()), tasks_done
+    # Every agent runs a signed policy from the hub.
+    policies = re.findall(
+        r"^([a-z0-9-]+)\s+(?:vibration|surface).*\s(v\d+|none)\s*$", last_table, re.MULTILINE
+    )
+    assert {name for name, _ in policies} == set(final), last_table
+    assert all(version.startswith("v") for _, version in policies), policies
     # No bootstrap token is left lying around in the agents' folders.
     assert not list(data.rglob("bootstrap.token"))
