@@ -16,6 +16,7 @@ from edge.config import SECTION, AgentConfig
 from edge.identity import DevicePaths, Identity, NotEnrolledError
 from edge.profile import ProfileError, load_profile
 from outpost import logs, settings
+from outpost.aio import cancel_until_done
 
 logger = logging.getLogger("edge")
 
@@ -163,8 +164,13 @@ async def _serve(agent: Agent) -> int:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    stopping: set[asyncio.Task[None]] = set()  # kept referenced until done
+
+    def stop() -> None:
+        stopping.add(loop.create_task(cancel_until_done(task)))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop)
     try:
         await agent.run()
     except asyncio.CancelledError:

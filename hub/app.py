@@ -21,6 +21,7 @@ from hub.paths import HubPaths
 from hub.policies import PolicyPublisher
 from hub.store import HubStore
 from outpost import tls
+from outpost.aio import cancel_until_done
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Hub:
                 publish=self._publish,
                 dispatcher=dispatcher,
                 task_results=metrics.task_results,
-                on_hello=policies.refresh,
+                on_hello=policies.request_async,
             )
             context = await asyncio.to_thread(
                 self._api_context, store, metrics, dispatcher, policies
@@ -93,12 +94,27 @@ class Hub:
             stack.push_async_callback(web.stop)
 
             self.link = HubLink(self.paths, self.config, self.ingest)
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.link.run(), name="hub.mqtt-link")
-                tasks.create_task(self._liveness(store), name="hub.liveness")
-                tasks.create_task(dispatcher.run(), name="hub.dispatcher")
-                self.ready.set()
-                logger.info("hub running (data %s)", self.paths.root)
+            children = [
+                asyncio.create_task(self.link.run(), name="hub.mqtt-link"),
+                asyncio.create_task(self._liveness(store), name="hub.liveness"),
+                asyncio.create_task(dispatcher.run(), name="hub.dispatcher"),
+                asyncio.create_task(policies.run(), name="hub.policies"),
+            ]
+            self.ready.set()
+            logger.info("hub running (data %s)", self.paths.root)
+            try:
+                done, _ = await asyncio.wait(children, return_when=asyncio.FIRST_EXCEPTION)
+                for child in done:
+                    child.result()  # a child that failed takes the hub down, with its error
+            finally:
+                # Not a TaskGroup: it cancels each child once, and a child whose cancel a
+                # library swallowed (aiomqtt's publish waits with wait_for, which on
+                # Python 3.11 can) would hold the hub's shutdown forever. Ask until done.
+                for child in children:
+                    await cancel_until_done(child)
+                for child in children:
+                    if not child.cancelled() and child.exception() is not None:
+                        logger.error("%s ended: %r", child.get_name(), child.exception())
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         """Publish through the link (made after the ingest that uses this)."""

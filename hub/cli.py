@@ -27,6 +27,7 @@ from hub.labels import parse_selector
 from hub.paths import HubPaths
 from hub.store import HubStore
 from outpost import durations, logs, schema, settings, tls
+from outpost.aio import cancel_until_done
 
 logger = logging.getLogger("hub")
 
@@ -244,8 +245,13 @@ async def _serve(hub: Hub) -> int:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    stopping: set[asyncio.Task[None]] = set()  # kept referenced until done
+
+    def stop() -> None:
+        stopping.add(loop.create_task(cancel_until_done(task)))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop)
     try:
         await hub.run()
     except asyncio.CancelledError:

@@ -5,6 +5,7 @@ the next refresh (every hello refreshes that device)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,26 @@ class PolicyPublisher:
         self._store = store
         self._key = key
         self._publish = publish
+        self._wanted: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def request(self, device_ids: list[str]) -> None:
+        """Refresh these devices soon, from `run` (the ingest must not wait on a publish)."""
+        self._wanted.update(device_ids)
+        self._wake.set()
+
+    async def request_async(self, device_ids: list[str]) -> None:
+        self.request(device_ids)
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            wanted, self._wanted = sorted(self._wanted), set()
+            try:
+                await self.refresh(wanted)
+            except Exception:  # a locked database: the device's next hello asks again
+                logger.exception("refreshing the policy of %d devices failed", len(wanted))
 
     async def refresh(self, device_ids: list[str] | None = None) -> int:
         """Recompute (all devices, or those named), sign and send what changed."""

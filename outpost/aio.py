@@ -18,3 +18,15 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def cancel_until_done(task: asyncio.Task[object], *, every: float = 2.0) -> None:
+    """Cancel `task`, and again every `every` seconds until it has finished.
+
+    A library that waits with `asyncio.wait_for` (aiomqtt does, for each publish and for
+    its disconnect) can swallow a cancel on Python 3.11 when what it waits for completes
+    at the same moment; asking again is how a shutdown still ends.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)

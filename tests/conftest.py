@@ -16,6 +16,7 @@ from hub.app import Hub
 from hub.cli import load_config
 from hub.initialise import initialise
 from hub.paths import HubPaths
+from outpost.aio import cancel_until_done
 from tests.api_client import ApiClient
 from tests.support import PROFILES, AgentProcess, free_port, mint_token
 
@@ -59,7 +60,7 @@ async def hub(hub_paths: HubPaths) -> AsyncIterator[Hub]:
     assert running.link is not None
     await asyncio.wait_for(running.link.state.connected.wait(), 10)
     yield running
-    task.cancel()
+    await cancel_until_done(task)
     with contextlib.suppress(asyncio.CancelledError):
         await task
     del HUB_TASKS[id(running)]
