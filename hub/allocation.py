@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import zlib
 
-from hub.store.tasks import Candidate, Queued
+from hub.store.leases import Candidate, Queued
 
 W_FREE, W_CPU, W_HEAT, W_SLOW = 1.0, 0.5, 0.5, 0.3
 HEAT_FROM_C, HEAT_FULL_C = 60.0, 85.0

@@ -18,16 +18,17 @@ from typing import Any
 import msgpack
 import sqlite_utils
 
-from hub.store import audit, devices, tasks, tokens
+from hub.store import audit, devices, leases, tasks, tokens
 from hub.store import policy as policies
 from hub.store import records as streams  # `records` is also a method name below
 from hub.store.audit import AuditEntry
 from hub.store.devices import ConnectionLost, Device, HeartbeatSeen, HelloSeen, PresenceEvent
+from hub.store.leases import Assigned
+from hub.store.leases import Settings as TaskSettings
 from hub.store.migrations import MIGRATIONS
 from hub.store.policy import Effective, Layer, ToPublish
 from hub.store.records import MAX_SEQ, Applied, StoredRecord, StreamCount, Upload
-from hub.store.tasks import Assigned, NewTask, Task
-from hub.store.tasks import Settings as TaskSettings
+from hub.store.tasks import NewTask, Task
 from hub.store.tokens import ApiTokenRecord, TokenRefusedError
 from outpost.sqlite import SerialDatabase, migrate, open_database
 
@@ -225,15 +226,15 @@ class HubStore:
         return await self._db.run(tasks.cancel, task_id, now)
 
     async def allocate(
-        self, *, now: float, settings: TaskSettings, plan: tasks.Plan
+        self, *, now: float, settings: TaskSettings, plan: leases.Plan
     ) -> tuple[list[Assigned], dict[str, int]]:
-        """Expire, lapse and assign tasks in one transaction (see `tasks.allocate`)."""
-        return await self._db.run(tasks.allocate, now, settings, plan)
+        """Expire, lapse and assign tasks in one transaction (see `leases.allocate`)."""
+        return await self._db.run(leases.allocate, now, settings, plan)
 
     async def task_updates(
         self, device_id: str, updates: Sequence[Any], *, now: float, settings: TaskSettings
     ) -> list[tuple[str, str]]:
-        return await self._db.run(tasks.update, device_id, list(updates), now, settings)
+        return await self._db.run(leases.update, device_id, list(updates), now, settings)
 
     # ------------------------------------------------------------ policy
 

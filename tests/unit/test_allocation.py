@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hub.allocation import plan, score
-from hub.store.tasks import Candidate, Queued
+from hub.store.leases import Candidate, Queued
 
 VIB = ("vibration-anomaly", "1.0.0")
 

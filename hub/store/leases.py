@@ -1,0 +1,316 @@
+"""Leases: the allocation pass and what devices say about their assignments.
+
+An allocation pass (`allocate`) ends what expired, sends back to the queue what lapsed
+(not accepted in time, or its lease ran out), asks a pure planner to pair queued tasks
+with online devices, and assigns them (a new attempt, the fencing token, and a lease),
+all in one transaction. `update` applies a device's accepted / rejected / running.
+Each function runs on the store's worker thread as one unit of work.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from hub.store.tasks import HELD, finish, move, record_events
+
+MAX_SCAN = 20_000  # queued tasks one allocation pass may look at
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A queued task as the planner sees it."""
+
+    task_id: str
+    model: str
+    version: str
+    priority: int
+    deadline: float
+    target: dict[str, Any]
+    excluded: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An online device as the planner sees it."""
+
+    device_id: str
+    labels: dict[str, str]
+    models: frozenset[tuple[str, str]]  # (name, version) loaded and ready
+    slots: int  # tasks it may hold: its concurrency plus the work given ahead
+    concurrency: int
+    held: int  # tasks the hub counts as assigned to it and not finished
+    cpu_percent: float | None  # None: no fresh load report (unknown, not idle)
+    temperature_c: float | None
+    latency_ms: float | None
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """One assignment to publish."""
+
+    device_id: str
+    task_id: str
+    attempt: int
+    model: str
+    version: str
+    input: bytes
+    dtype: str
+    priority: int
+    deadline: float
+    lease_s: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    accept_timeout_s: float
+    max_attempts: int
+    prefetch: int
+    stale_after_heartbeats: float
+    max_plan: int  # queued tasks considered per pass
+
+
+Plan = Callable[[list[Queued], list[Candidate]], list[tuple[str, str]]]
+
+
+def allocate(
+    db: sqlite_utils.Database, now: float, settings: Settings, plan: Plan
+) -> tuple[list[Assigned], dict[str, int]]:
+    """One allocation pass: expire, lapse, plan, assign. Returns the assignments to send
+    and how many tasks each sweep ended or requeued (for logs and metrics)."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        swept = _sweep(db, now, settings)
+        candidates = _candidates(db, now, settings)
+        assigned: list[Assigned] = []
+        passed = scanned = 0  # queued tasks looked at and left queued; all looked at
+        # Page through the queue in priority order until the devices are full: tasks no
+        # device can take now (a named device offline, a model nobody has) must not
+        # hide the runnable ones behind them.
+        while scanned < MAX_SCAN and any(c.held < c.slots for c in candidates):
+            page = _queued(db, now, settings.max_plan, passed)
+            if not page:
+                break
+            chosen = plan(page, candidates)
+            gained: collections.Counter[str] = collections.Counter()
+            for task_id, device_id in chosen:
+                assigned.append(_assign(db, task_id, device_id, now, settings))
+                gained[device_id] += 1
+            candidates = [
+                dataclasses.replace(c, held=c.held + gained[c.device_id]) for c in candidates
+            ]
+            passed += len(page) - len(chosen)  # the chosen ones left the queue
+            scanned += len(page)
+        return assigned, swept
+
+
+def update(
+    db: sqlite_utils.Database,
+    device_id: str,
+    updates: Iterable[Any],
+    now: float,
+    settings: Settings,
+) -> list[tuple[str, str]]:
+    """Apply a device's accepted / rejected / running updates; return (task_id, outcome)
+    for each: applied, or stale (another attempt, another device, or already ended)."""
+    outcomes = []
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        for u in updates:
+            row = db.execute(
+                "SELECT state, device_id, attempt, excluded, target FROM tasks WHERE task_id = ?",
+                (u.task_id,),
+            ).fetchone()
+            current = (
+                row is not None
+                and row["device_id"] == device_id
+                and row["attempt"] == u.attempt
+                and row["state"] in HELD
+            )
+            if not current:
+                outcomes.append((u.task_id, "stale"))
+                continue
+            if u.state == "rejected":
+                _reject(db, u.task_id, row, device_id, u.attempt, u.reason, now, settings)
+            elif u.state == "accepted" and row["state"] == "assigned":
+                move(db, u.task_id, "accepted", now, device_id, u.attempt, "")
+            elif u.state == "running" and row["state"] in ("assigned", "accepted"):
+                move(db, u.task_id, "running", now, device_id, u.attempt, "")
+            outcomes.append((u.task_id, "applied"))
+    return outcomes
+
+
+def _requeue(
+    db: sqlite_utils.Database,
+    task_id: str,
+    row: Any,
+    now: float,
+    settings: Settings,
+    event: str,
+    detail: str,
+) -> str:
+    """Back to the queue for another device, or failed after `max_attempts`.
+
+    The device that rejected or lost the task is excluded from it, unless the task
+    names that device alone: a lapse there is retried on it (it may have rebooted), a
+    rejection ends the task (the device said it cannot run it)."""
+    excluded = json.loads(row["excluded"])
+    only = json.loads(row["target"]).get("device")
+    # "full" is the device's momentary state, not its verdict on the task: ask it again.
+    retry_here = event == "rejected" and detail.startswith("full")
+    if (
+        row["device_id"]
+        and row["device_id"] not in excluded
+        and only != row["device_id"]
+        and not retry_here
+    ):
+        excluded.append(row["device_id"])
+    db.execute(
+        "UPDATE tasks SET excluded = ?, lease_expires = NULL WHERE task_id = ?",
+        (json.dumps(excluded), task_id),
+    )
+    record_events(db, [(task_id, now, event, row["device_id"], row["attempt"], detail)])
+    # A full device does not use up attempts: the deadline bounds how long it may bounce.
+    if not retry_here and (
+        row["attempt"] >= settings.max_attempts or (only and event == "rejected")
+    ):
+        why = f"{event} on attempt {row['attempt']} ({row['device_id']}): {detail}"
+        finish(db, task_id, "failed", now, row["device_id"], row["attempt"], why)
+        return "failed"
+    db.execute(
+        "UPDATE tasks SET state = 'queued', updated_at = ? WHERE task_id = ?", (now, task_id)
+    )
+    return "requeued"
+
+
+def _reject(
+    db: sqlite_utils.Database,
+    task_id: str,
+    row: Any,
+    device_id: str,
+    attempt: int,
+    reason: str,
+    now: float,
+    settings: Settings,
+) -> None:
+    full = {**dict(row), "device_id": device_id, "attempt": attempt}
+    _requeue(db, task_id, full, now, settings, "rejected", reason or "no reason")
+
+
+def _sweep(db: sqlite_utils.Database, now: float, settings: Settings) -> dict[str, int]:
+    swept = {"expired": 0, "lapsed": 0}
+    for row in db.execute(
+        "SELECT task_id, device_id, attempt FROM tasks WHERE state IN "
+        "('queued', 'assigned', 'accepted', 'running') AND deadline <= ?",  # the index
+        (now,),
+    ).fetchall():
+        finish(db, row["task_id"], "expired", now, row["device_id"], row["attempt"], "deadline")
+        swept["expired"] += 1
+    lapsed = db.execute(
+        """SELECT task_id, state, device_id, attempt, excluded, target, lease_expires
+           FROM tasks WHERE (state IN ('assigned', 'accepted', 'running') AND lease_expires <= ?)
+               OR (state = 'assigned' AND updated_at <= ?)""",
+        (now, now - settings.accept_timeout_s),
+    ).fetchall()
+    for row in lapsed:
+        if row["lease_expires"] is not None and row["lease_expires"] <= now:
+            detail = "lease lapsed"
+        else:
+            detail = f"not accepted within {settings.accept_timeout_s:g} s"
+        _requeue(db, row["task_id"], row, now, settings, "lapsed", detail)
+        swept["lapsed"] += 1
+    return swept
+
+
+def _queued(db: sqlite_utils.Database, now: float, limit: int, offset: int) -> list[Queued]:
+    rows = db.execute(
+        """SELECT task_id, model, version, priority, deadline, target, excluded FROM tasks
+           WHERE state = 'queued' AND deadline > ?
+           ORDER BY priority DESC, deadline, seq LIMIT ? OFFSET ?""",
+        (now, limit, offset),
+    ).fetchall()
+    return [
+        Queued(
+            r["task_id"],
+            r["model"],
+            r["version"],
+            r["priority"],
+            r["deadline"],
+            json.loads(r["target"]),
+            frozenset(json.loads(r["excluded"])),
+        )
+        for r in rows
+    ]
+
+
+def _candidates(db: sqlite_utils.Database, now: float, settings: Settings) -> list[Candidate]:
+    held = {
+        r[0]: r[1]
+        for r in db.execute(
+            "SELECT device_id, COUNT(*) FROM tasks WHERE state IN "
+            "('assigned', 'accepted', 'running') GROUP BY device_id"
+        ).fetchall()
+    }
+    out = []
+    for r in db.execute(
+        """SELECT device_id, labels, models, load, last_heartbeat, heartbeat_interval,
+               task_slots, task_inbox, task_latency_ms
+           FROM devices WHERE online = 1 AND task_slots > 0"""
+    ).fetchall():
+        load = json.loads(r["load"] or "{}")
+        interval = r["heartbeat_interval"] or 0
+        fresh = (
+            r["last_heartbeat"] is not None
+            and now - r["last_heartbeat"] <= settings.stale_after_heartbeats * interval
+            and "cpu_percent" in load
+        )
+        out.append(
+            Candidate(
+                device_id=r["device_id"],
+                labels=json.loads(r["labels"]),
+                models=frozenset(
+                    (m["name"], m["version"])
+                    for m in json.loads(r["models"] or "[]")
+                    if m.get("state") == "ready"
+                ),
+                # Never more than the device said it holds: it would refuse the rest.
+                slots=min(r["task_slots"] + settings.prefetch, r["task_inbox"] or 1 << 30),
+                concurrency=r["task_slots"],
+                held=held.get(r["device_id"], 0),
+                cpu_percent=load.get("cpu_percent") if fresh else None,
+                temperature_c=load.get("temperature_c") if fresh else None,
+                latency_ms=r["task_latency_ms"],
+            )
+        )
+    return out
+
+
+def _assign(
+    db: sqlite_utils.Database, task_id: str, device_id: str, now: float, settings: Settings
+) -> Assigned:
+    row = db.execute(
+        """UPDATE tasks SET state = 'assigned', device_id = ?, attempt = attempt + 1,
+               updated_at = ?, lease_expires = ? + lease_s
+           WHERE task_id = ? AND state = 'queued'
+           RETURNING attempt, model, version, input, dtype, priority, deadline, lease_s""",
+        (device_id, now, now, task_id),
+    ).fetchone()
+    record_events(db, [(task_id, now, "assigned", device_id, row["attempt"], "")])
+    return Assigned(
+        device_id=device_id,
+        task_id=task_id,
+        attempt=row["attempt"],
+        model=row["model"],
+        version=row["version"],
+        input=row["input"],
+        dtype=row["dtype"],
+        priority=row["priority"],
+        deadline=row["deadline"],
+        lease_s=row["lease_s"],
+    )
