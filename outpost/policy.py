@@ -15,12 +15,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import msgpack
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from outpost import schema
+from outpost import schema, signing
 from outpost.settings import check_log_level
+from outpost.signing import Signed as Signed  # re-exported: part of this API
 from outpost.windows import parse_windows
 
 
@@ -177,18 +176,10 @@ def load(document: dict[str, Any], where: str = "policy") -> Policy:
 
 
 def digest(document: dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical(document)).hexdigest()
+    return hashlib.sha256(signing.canonical(document)).hexdigest()
 
 
 # ------------------------------------------------------------------ signed envelope
-
-
-@dataclass(frozen=True)
-class Signed:
-    """What the hub publishes: the signed bytes and their signature."""
-
-    document: bytes
-    signature: bytes
 
 
 @dataclass(frozen=True)
@@ -207,24 +198,18 @@ def sign(
     issued_at: float,
     document: dict[str, Any],
 ) -> Signed:
-    body = _canonical(
-        {"device_id": device_id, "version": version, "issued_at": issued_at, "policy": document}
-    )
-    return Signed(body, key.sign(body))
+    body = {"device_id": device_id, "version": version, "issued_at": issued_at, "policy": document}
+    return signing.sign(key, body)
 
 
 def verify(public: ed25519.Ed25519PublicKey, signed: Signed, device_id: str) -> Issued:
     """The issued policy, or `PolicyError` saying why it is refused (checked in this
     order: signature, shape, addressee, content)."""
     try:
-        public.verify(signed.signature, signed.document)
-    except InvalidSignature as exc:
-        raise PolicyError("signature does not verify against the hub's key") from exc
-    try:
-        body = msgpack.unpackb(signed.document, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise PolicyError(f"signed document is not msgpack: {exc}") from exc
-    if not isinstance(body, dict) or set(body) != {"device_id", "version", "issued_at", "policy"}:
+        body = signing.open_signed(public, signed, "policy")
+    except signing.SignatureError as exc:
+        raise PolicyError(str(exc).removeprefix("policy: ")) from exc
+    if set(body) != {"device_id", "version", "issued_at", "policy"}:
         raise PolicyError("signed document lacks device_id, version, issued_at or policy")
     if body["device_id"] != device_id:
         raise PolicyError(f"policy is for {body['device_id']!r}, not this device")
@@ -235,19 +220,6 @@ def verify(public: ed25519.Ed25519PublicKey, signed: Signed, device_id: str) -> 
     # The document sets some fields; checked as a whole on top of the defaults.
     checked = load(merge(body["policy"]))
     return Issued(device_id, body["version"], float(body["issued_at"]), checked, body["policy"])
-
-
-def _canonical(value: Any) -> bytes:
-    packed: bytes = msgpack.packb(_sorted(value), use_bin_type=True)
-    return packed
-
-
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sorted(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted(v) for v in value]
-    return value
 
 
 def _merge_into(target: dict[str, Any], layer: dict[str, Any]) -> None:

@@ -19,14 +19,18 @@ def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
-def server_context(cert: Path, key: Path, *, client_ca: Path | None = None) -> ssl.SSLContext:
-    """Return a TLS 1.2+ server context; with `client_ca`, client certificates are required."""
+def server_context(
+    cert: Path, key: Path, *, client_ca: Path | None = None, client_cert_optional: bool = False
+) -> ssl.SSLContext:
+    """Return a TLS 1.2+ server context; with `client_ca`, client certificates are required
+    (or, `client_cert_optional`, verified when presented: a client without one still
+    connects, and the routes that need one refuse it)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(cert), keyfile=str(key))
     if client_ca is not None:
         context.load_verify_locations(cafile=str(client_ca))
-        context.verify_mode = ssl.CERT_REQUIRED
+        context.verify_mode = ssl.CERT_OPTIONAL if client_cert_optional else ssl.CERT_REQUIRED
     return context
 
 

@@ -330,7 +330,60 @@ class TaskState:
     updates: list[TaskUpdate] = schema.setting(help="the updates", max_len=MAX_TASK_BATCH)
 
 
-Body = Hello | Heartbeat | Status | Records | Ack | Tasks | Cancel | TaskState | SignedPolicy
+# ------------------------------------------------------------------------ models
+
+MAX_RELEASES: Final = 32
+
+
+@dataclass(frozen=True)
+class SignedRelease:
+    """A model release signed by the hub (see `outpost/release.py`)."""
+
+    document: bytes = schema.setting(
+        help="msgpack: manifest, sample, issued_at", max_len=192 * 1024
+    )
+    signature: bytes = schema.setting(help="Ed25519 signature of document", max_len=64)
+
+
+@dataclass(frozen=True)
+class ModelReleases:
+    """The models the hub wants the device to run, one release per model name (retained on
+    `down/models`): the device installs and activates each it does not run yet. Models
+    not named are left as they are."""
+
+    releases: list[SignedRelease] = schema.setting(help="the releases", max_len=MAX_RELEASES)
+
+
+DeployState = Literal["downloading", "active", "failed", "rolled_back"]
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What became of a release on the device: sent on each change, and again after
+    each hello for every release it holds."""
+
+    name: str = schema.setting(help="model name", max_len=64)
+    version: str = schema.setting(help="the release's version", max_len=32)
+    state: DeployState = schema.setting(
+        help="downloading; active (verified, self-tested, serving); failed (refused, the "
+        "previous version serves); rolled_back (failed in use, the previous version serves)"
+    )
+    detail: str = schema.setting("", help="why it failed or rolled back", max_len=512)
+
+
+Body = (
+    Hello
+    | Heartbeat
+    | Status
+    | Records
+    | Ack
+    | Tasks
+    | Cancel
+    | TaskState
+    | SignedPolicy
+    | ModelReleases
+    | ModelState
+)
 
 
 # kind -> body type, for each direction. Both sides refuse kinds not listed here.
@@ -340,12 +393,14 @@ UP_KINDS: Final[dict[str, type[Any]]] = {
     "status": Status,
     "records": Records,
     "task_state": TaskState,
+    "model_state": ModelState,
 }
 DOWN_KINDS: Final[dict[str, type[Any]]] = {
     "ack": Ack,
     "tasks": Tasks,
     "cancel": Cancel,
     "policy": SignedPolicy,
+    "models": ModelReleases,
 }
 
 

@@ -48,6 +48,10 @@ def build(routes: list[Route]) -> dict[str, Any]:
     spec.components.security_scheme(
         "bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
+    spec.components.security_scheme(
+        "deviceCertificate",
+        {"type": "mutualTLS", "description": "the device's certificate from enrollment"},
+    )
     spec.components.schema("Error", ERROR_SCHEMA)
     models: set[type[Any]] = set()
     by_path: dict[str, dict[str, Any]] = {}
@@ -79,7 +83,10 @@ def _operation(route: Route) -> dict[str, Any]:
         errors |= {400, 413}
     if route.paginated or any(p.where == "query" for p in route.params):
         errors.add(400)
-    if route.access not in ("public", "bootstrap"):
+    if route.access == "device":
+        op["security"] = [{"deviceCertificate": []}]
+        errors |= {401, 403, 429}
+    elif route.access not in ("public", "bootstrap"):
         op["security"] = [{"bearer": []}]
         errors |= {401, 403, 429}
     else:

@@ -22,11 +22,13 @@ from hub.store import AuditEntry, HubStore
 
 logger = logging.getLogger(__name__)
 
-Access = Role | Literal["public", "bootstrap"]
+# "device": the caller presents a device certificate of this hub (mutual TLS).
+Access = Role | Literal["public", "bootstrap", "device"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 VERIFIED_CACHE = 1024  # tokens whose signature was checked, kept to skip re-checking
 PRINCIPAL = web.RequestKey("principal", Principal)
+DEVICE = web.RequestKey("device", str)  # the device id of a "device" route's caller
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,9 @@ class Guard:
             started = time.perf_counter()
             status = 500
             try:
-                if route.access != "public" and route.access != "bootstrap":
+                if route.access == "device":
+                    await self._authorise_device(request)
+                elif route.access != "public" and route.access != "bootstrap":
                     await self._authorise(request, route.access)
                 response = await route.handler(request)
                 status = response.status
@@ -115,6 +119,28 @@ class Guard:
         if not self.per_subject.allow(subject):
             raise _too_many(self.per_subject.retry_after(subject))
 
+    async def _authorise_device(self, request: web.Request) -> None:
+        """The caller is an enrolled, unrevoked device: the TLS layer verified its
+        certificate against the fleet CA; the registry says whether it may still act."""
+        address = f"ip:{request.remote}"
+        if self.auth_failures.exhausted(address):
+            raise _too_many(self.auth_failures.retry_after(address))
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        subject = dict(item[0] for item in (peer or {}).get("subject", ()))
+        device_id = subject.get("commonName", "")
+        device = await self.store.device(device_id) if device_id else None
+        if device is None or device.revoked_at is not None:
+            self.auth_failures.allow(address)
+            if not device_id:
+                raise ApiError(
+                    401, "unauthenticated", "this route needs a device certificate (mutual TLS)"
+                )
+            why = "is revoked" if device else "is not a device of this hub"
+            raise ApiError(403, "forbidden", f"{device_id} {why}")
+        request[DEVICE] = device_id
+        if not self.per_subject.allow(f"device:{device_id}"):
+            raise _too_many(self.per_subject.retry_after(f"device:{device_id}"))
+
     async def _authenticate(self, request: web.Request) -> Principal:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -150,7 +176,11 @@ class Guard:
         detail = request.get(AUDIT_DETAIL, {})
         entry = AuditEntry(
             at=time.time(),
-            subject=principal.subject if principal else f"anonymous@{request.remote}",
+            subject=principal.subject
+            if principal
+            else (
+                f"device:{request[DEVICE]}" if DEVICE in request else f"anonymous@{request.remote}"
+            ),
             role=principal.role if principal else None,
             method=route.method,
             path=request.path,

@@ -73,8 +73,16 @@ class WebServer:
 
     async def start(self) -> None:
         # Loading the key and certificate reads files: off the event loop.
+        # Devices present their certificate to download models; people and tools use
+        # tokens and present none.
         context = await asyncio.to_thread(
-            tls.server_context, self._paths.server_cert, self._paths.server_key
+            functools.partial(
+                tls.server_context,
+                self._paths.server_cert,
+                self._paths.server_key,
+                client_ca=self._paths.ca_cert,
+                client_cert_optional=True,
+            )
         )
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()

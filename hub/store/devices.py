@@ -39,6 +39,7 @@ class Device:
     models: list[dict[str, Any]] = field(default_factory=list)
     task_slots: int = 0
     task_latency_ms: float | None = None
+    revoked_at: float | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Device:
@@ -62,6 +63,7 @@ class Device:
             cert_serial=row["cert_serial"],
             cert_not_before=row["cert_not_before"],
             cert_not_after=row["cert_not_after"],
+            revoked_at=row["revoked_at"],
         )
 
 
@@ -123,6 +125,12 @@ def add_device(db: sqlite_utils.Database, d: Device) -> None:
             d.cert_not_after,
         ),
     )
+    if d.cert_serial is not None:
+        db.execute(
+            """INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at,
+                   reason) VALUES (?, ?, ?, ?, ?, 'enroll')""",
+            (d.cert_serial, d.device_id, d.cert_not_before, d.cert_not_after, d.enrolled_at),
+        )
 
 
 def record_presence(db: sqlite_utils.Database, events: list[PresenceEvent]) -> list[bool]:

@@ -181,6 +181,73 @@ def _m007_policy(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO policy_seq (value) VALUES (0)")
 
 
+def _m008_device_certs(db: sqlite_utils.Database) -> None:
+    # Every certificate issued to a device (enrollment and renewals): the CRL lists them
+    # all when the device is revoked, and a renewal must present one of them.
+    db.execute("ALTER TABLE devices ADD COLUMN revoked_at REAL")
+    db.execute(
+        """CREATE TABLE device_certs (
+            serial TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            not_before REAL NOT NULL,
+            not_after REAL NOT NULL,
+            issued_at REAL NOT NULL,
+            reason TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX device_certs_device ON device_certs (device_id)")
+    db.execute(
+        """INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at, reason)
+           SELECT cert_serial, device_id, cert_not_before, cert_not_after,
+                  COALESCE(enrolled_at, cert_not_before), 'enroll'
+           FROM devices WHERE cert_serial IS NOT NULL"""
+    )
+
+
+def _m009_models(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE models (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            manifest TEXT NOT NULL,
+            document BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            uploaded_at REAL NOT NULL,
+            uploaded_by TEXT NOT NULL,
+            PRIMARY KEY (name, version)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE rollouts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            selector TEXT NOT NULL,
+            canary_share REAL NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            created_by TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE rollout_devices (
+            rollout_id INTEGER NOT NULL,
+            device_id TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            state TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            released_at REAL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (rollout_id, device_id)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX rollout_devices_device ON rollout_devices (device_id)")
+
+
 MIGRATIONS: list[Migration] = [
     ("001_registry", _m001_registry),
     ("002_api", _m002_api),
@@ -189,4 +256,6 @@ MIGRATIONS: list[Migration] = [
     ("005_device_models", _m005_device_models),
     ("006_tasks", _m006_tasks),
     ("007_policy", _m007_policy),
+    ("008_device_certs", _m008_device_certs),
+    ("009_models", _m009_models),
 ]
