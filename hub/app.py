@@ -19,6 +19,8 @@ from hub.link import HubLink
 from hub.metrics import HubMetrics
 from hub.paths import HubPaths
 from hub.policies import PolicyPublisher
+from hub.releases import ModelShelf
+from hub.rollouts import RolloutService
 from hub.store import HubStore
 from outpost import tls
 from outpost.aio import cancel_until_done
@@ -43,6 +45,7 @@ class Hub:
         self.web: WebServer | None = None
         self.dispatcher: Dispatcher | None = None
         self.policies: PolicyPublisher | None = None
+        self.rollouts: RolloutService | None = None
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -74,6 +77,8 @@ class Hub:
             self.dispatcher = dispatcher = Dispatcher(store, self.config, self._publish)
             signing_key = await asyncio.to_thread(load_signing_key, self.paths)
             self.policies = policies = PolicyPublisher(store, signing_key, self._publish_retained)
+            self.rollouts = rollouts = RolloutService(store, self._publish_retained)
+            shelf = ModelShelf(self.paths.models, store, signing_key)
             self.ingest = Ingest(
                 store,
                 max_payload_bytes=self.config.max_payload_bytes,
@@ -84,10 +89,11 @@ class Hub:
                 publish=self._publish,
                 dispatcher=dispatcher,
                 task_results=metrics.task_results,
-                on_hello=policies.request_async,
+                on_hello=self._greeted,
+                on_model_state=rollouts.on_state,
             )
             context = await asyncio.to_thread(
-                self._api_context, store, metrics, dispatcher, policies
+                self._api_context, store, metrics, dispatcher, policies, shelf
             )
             self.web = web = WebServer(self.paths, context)
             await web.start()
@@ -99,6 +105,7 @@ class Hub:
                 asyncio.create_task(self._liveness(store), name="hub.liveness"),
                 asyncio.create_task(dispatcher.run(), name="hub.dispatcher"),
                 asyncio.create_task(policies.run(), name="hub.policies"),
+                asyncio.create_task(rollouts.run(), name="hub.rollouts"),
             ]
             self.ready.set()
             logger.info("hub running (data %s)", self.paths.root)
@@ -115,6 +122,13 @@ class Hub:
                 for child in children:
                     if not child.cancelled() and child.exception() is not None:
                         logger.error("%s ended: %r", child.get_name(), child.exception())
+
+    async def _greeted(self, device_ids: list[str]) -> None:
+        """Devices said hello: their policy and model releases go out (again)."""
+        if self.policies is not None:
+            self.policies.request(device_ids)
+        if self.rollouts is not None:
+            self.rollouts.request(device_ids)
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         """Publish through the link (made after the ingest that uses this)."""
@@ -133,6 +147,7 @@ class Hub:
         metrics: HubMetrics,
         dispatcher: Dispatcher,
         policies: PolicyPublisher,
+        shelf: ModelShelf,
     ) -> ApiContext:
         """Load keys and the CA for the web API (reads files: run in a thread)."""
         return ApiContext(
@@ -145,6 +160,8 @@ class Hub:
             broker=self.broker,
             dispatcher=dispatcher,
             policies=policies,
+            models=shelf,
+            rollouts=self.rollouts,
         )
 
     async def _liveness(self, store: HubStore) -> None:

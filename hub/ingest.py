@@ -48,6 +48,7 @@ class Ingest:
         dispatcher: Dispatcher | None = None,
         task_results: collections.Counter[str] | None = None,
         on_hello: Callable[[list[str]], Awaitable[object]] | None = None,
+        on_model_state: Callable[[str, wire.ModelState], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._max_payload_bytes = max_payload_bytes
@@ -55,6 +56,7 @@ class Ingest:
         self._publish = publish
         self._dispatcher = dispatcher
         self._on_hello = on_hello
+        self._on_model_state = on_model_state
         self._freed = False
         # Task results found in uploads, by outcome: accepted, late, unknown, malformed.
         self.task_results = task_results if task_results is not None else collections.Counter()
@@ -83,6 +85,7 @@ class Ingest:
         uploads: list[tuple[str, wire.Records]] = []
         greeted: list[str] = []  # devices whose hello asks where their streams stand
         updates: list[tuple[str, wire.TaskState]] = []
+        reports: list[tuple[str, wire.ModelState]] = []
         for topic, payload in messages:
             envelope, device_id = self._validate(topic, payload)
             if envelope is None:
@@ -93,12 +96,17 @@ class Ingest:
             if isinstance(envelope.body, wire.TaskState):
                 updates.append((device_id, envelope.body))
                 continue
+            if isinstance(envelope.body, wire.ModelState):
+                reports.append((device_id, envelope.body))
+                continue
             if isinstance(envelope.body, wire.Hello):
                 greeted.append(device_id)
             events.append((envelope.kind, _event(device_id, envelope, now)))
         await self._apply_presence(events)
         if updates:
             await self._apply_task_updates(updates, now)
+        for device_id, report in reports:
+            await self._apply_model_state(device_id, report)
         acks = AckSet()
         if uploads:
             await self._store_uploads(uploads, now, acks)
@@ -140,6 +148,18 @@ class Ingest:
                         task_id,
                         update.attempt,
                     )
+
+    async def _apply_model_state(self, device_id: str, report: wire.ModelState) -> None:
+        if self._on_model_state is None:
+            self.outcomes[("model_state", "ignored")] += 1
+            return
+        try:
+            await self._on_model_state(device_id, report)
+        except Exception:
+            self.outcomes[("model_state", "error")] += 1
+            logger.exception("applying a model report from %s failed", device_id)
+            return
+        self.outcomes[("model_state", "accepted")] += 1
 
     async def _apply_presence(self, events: list[tuple[str, PresenceEvent | None]]) -> None:
         presence = [(kind, event) for kind, event in events if event is not None]

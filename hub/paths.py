@@ -69,3 +69,8 @@ class HubPaths:
     @property
     def broker_dir(self) -> Path:
         return self.root / "broker"
+
+    @property
+    def models(self) -> Path:
+        """Uploaded models: models/<name>/<version>/{model.tflite, model.json, sample.json}."""
+        return self.root / "models"

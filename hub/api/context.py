@@ -12,6 +12,8 @@ from hub.dispatcher import Dispatcher
 from hub.enrollment import Enrollment
 from hub.metrics import HubMetrics
 from hub.policies import PolicyPublisher
+from hub.releases import ModelShelf
+from hub.rollouts import RolloutService
 from hub.store import HubStore
 
 
@@ -28,3 +30,5 @@ class ApiContext:
     broker: BrokerSupervisor | None
     dispatcher: Dispatcher
     policies: PolicyPublisher
+    models: ModelShelf
+    rollouts: RolloutService | None

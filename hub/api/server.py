@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api import admin, enroll, fleet, observe, openapi, policy, streams, tasks
+from hub.api import admin, enroll, fleet, observe, openapi, policy, releases, streams, tasks
 from hub.api.context import ApiContext
 from hub.api.errors import errors_as_json
 from hub.api.params import MAX_BODY
@@ -29,6 +29,7 @@ def build_routes(ctx: ApiContext) -> list[Route]:
         *streams.routes(ctx),
         *tasks.routes(ctx),
         *policy.routes(ctx),
+        *releases.routes(ctx),
         *admin.routes(ctx),
     ]
 

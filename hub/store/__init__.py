@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 import sqlite_utils
 
-from hub.store import audit, devices, leases, tasks, tokens
+from hub.store import audit, devices, leases, rollouts, tasks, tokens
 from hub.store import policy as policies
 from hub.store import records as streams  # `records` is also a method name below
 from hub.store.audit import AuditEntry
@@ -28,12 +28,14 @@ from hub.store.leases import Settings as TaskSettings
 from hub.store.migrations import MIGRATIONS
 from hub.store.policy import Effective, Layer, ToPublish
 from hub.store.records import MAX_SEQ, Applied, StoredRecord, StreamCount, Upload
+from hub.store.rollouts import Advanced, Rollout, RolloutRefusedError, StoredModel
 from hub.store.tasks import NewTask, Task
 from hub.store.tokens import ApiTokenRecord, TokenRefusedError
 from outpost.sqlite import SerialDatabase, migrate, open_database
 
 __all__ = [
     "MAX_SEQ",
+    "Advanced",
     "ApiTokenRecord",
     "Applied",
     "Assigned",
@@ -47,6 +49,9 @@ __all__ = [
     "Layer",
     "NewTask",
     "PresenceEvent",
+    "Rollout",
+    "RolloutRefusedError",
+    "StoredModel",
     "StoredRecord",
     "StreamCount",
     "Task",
@@ -262,6 +267,57 @@ class HubStore:
 
     async def policy_drift(self) -> int:
         return await self._db.run(policies.drift)
+
+    # ------------------------------------------------------------ models and roll-outs
+
+    async def add_model(self, model: StoredModel) -> bool:
+        """Store an uploaded model; False if its name and version exist."""
+        return await self._db.run(rollouts.add_model, model)
+
+    async def model(self, name: str, version: str) -> StoredModel | None:
+        return await self._db.run(rollouts.get_model, name, version)
+
+    async def models(self) -> list[StoredModel]:
+        return await self._db.run(rollouts.list_models)
+
+    async def create_rollout(
+        self,
+        *,
+        name: str,
+        version: str,
+        selector: dict[str, str],
+        canary_share: float,
+        by: str,
+        now: float,
+    ) -> Rollout:
+        """Raises `RolloutRefusedError` naming why it cannot start."""
+        return await self._db.run(
+            lambda db: rollouts.create_rollout(
+                db,
+                name=name,
+                version=version,
+                selector=selector,
+                canary_share=canary_share,
+                by=by,
+                now=now,
+            )
+        )
+
+    async def rollout(self, rollout_id: int) -> Rollout | None:
+        return await self._db.run(rollouts.get_rollout, rollout_id)
+
+    async def rollouts(self) -> list[Rollout]:
+        return await self._db.run(rollouts.list_rollouts)
+
+    async def record_model_state(
+        self, device_id: str, name: str, version: str, state: str, detail: str, *, now: float
+    ) -> list[Advanced]:
+        return await self._db.run(
+            rollouts.record_state, device_id, name, version, state, detail, now
+        )
+
+    async def desired_releases(self, device_id: str) -> list[tuple[bytes, bytes]]:
+        return await self._db.run(rollouts.desired_releases, device_id)
 
 
 @dataclass(frozen=True)

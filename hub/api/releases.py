@@ -1,0 +1,324 @@
+"""Model and roll-out routes: upload a model (checked, stored, signed), start a staged
+roll-out, follow it per device; and the download devices make with their certificate."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from hub import labels
+from hub.api import params
+from hub.api.context import ApiContext
+from hub.api.errors import ApiError, bad_field
+from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
+from hub.releases import ModelExistsError, ModelRefusedError, Staging
+from hub.store import Rollout, RolloutRefusedError, StoredModel
+from outpost import schema
+from outpost.modelbundle import MAX_MODEL_BYTES, MAX_SIDECAR_BYTES, NAME_PATTERN, VERSION_PATTERN
+
+UPLOAD_PARTS = ("model", "manifest", "sample")
+
+
+@dataclass(frozen=True)
+class ModelOut:
+    name: str = schema.setting(help="model name")
+    version: str = schema.setting(help="model version")
+    sha256: str = schema.setting(help="sha256 of the .tflite")
+    size: int = schema.setting(help="bytes of the .tflite")
+    labels: list[str] = schema.setting(help="one label per output score")
+    description: str = schema.setting(help="what the model is for")
+    uploaded_at: float = schema.setting(help="epoch seconds")
+    uploaded_by: str = schema.setting(help="subject of the token that uploaded it")
+
+    @classmethod
+    def of(cls, m: StoredModel) -> ModelOut:
+        labels = m.manifest.get("labels", [])
+        description = m.manifest.get("description", "")
+        return cls(
+            m.name,
+            m.version,
+            m.sha256,
+            m.size,
+            list(labels) if isinstance(labels, list) else [],
+            str(description),
+            m.uploaded_at,
+            m.uploaded_by,
+        )
+
+
+@dataclass(frozen=True)
+class UploadedOut:
+    model: ModelOut = schema.setting(help="the stored model")
+    checked_with: str = schema.setting(help="runtime that loaded it and ran its sample")
+
+
+@dataclass(frozen=True)
+class RolloutIn:
+    """A staged roll-out: canaries first, the rest when every canary runs it."""
+
+    model: str = schema.setting(help="model name", max_len=64)
+    version: str = schema.setting(help="model version", max_len=32)
+    selector: dict[str, str] = schema.setting(
+        {}, help="labels a device must carry (empty: every device)"
+    )
+    canary_share: float = schema.setting(
+        0.1, help="share of the targets released first (at least one device)", min=0.0, max=1.0
+    )
+
+
+@dataclass(frozen=True)
+class RolloutDeviceOut:
+    device: str = schema.setting(help="device id")
+    stage: str = schema.setting(help="canary or rest")
+    state: str = schema.setting(
+        help="waiting, released, downloading, active, failed or rolled_back"
+    )
+    detail: str = schema.setting(help="why it failed or rolled back")
+    released_at: float | None = schema.setting(help="when it was given the release")
+    updated_at: float = schema.setting(help="last change, epoch seconds")
+
+
+@dataclass(frozen=True)
+class RolloutOut:
+    id: int = schema.setting(help="roll-out id")
+    model: str = schema.setting(help="model name")
+    version: str = schema.setting(help="model version")
+    selector: dict[str, str] = schema.setting(help="labels its devices carry")
+    canary_share: float = schema.setting(help="share released first")
+    state: str = schema.setting(help="canary, rolling, completed, halted or superseded")
+    reason: str = schema.setting(help="why it halted, or how many devices failed")
+    counts: dict[str, int] = schema.setting(help="devices by state")
+    created_at: float = schema.setting(help="epoch seconds")
+    created_by: str = schema.setting(help="subject of the token that started it")
+    updated_at: float = schema.setting(help="last change, epoch seconds")
+    devices: list[RolloutDeviceOut] = schema.setting(help="progress per device")
+
+    @classmethod
+    def of(cls, r: Rollout) -> RolloutOut:
+        counts: dict[str, int] = {}
+        for d in r.devices:
+            counts[d.state] = counts.get(d.state, 0) + 1
+        return cls(
+            r.id,
+            r.name,
+            r.version,
+            r.selector,
+            r.canary_share,
+            r.state,
+            r.reason,
+            counts,
+            r.created_at,
+            r.created_by,
+            r.updated_at,
+            [
+                RolloutDeviceOut(
+                    d.device_id, d.stage, d.state, d.detail, d.released_at, d.updated_at
+                )
+                for d in r.devices
+            ],
+        )
+
+
+def routes(ctx: ApiContext) -> list[Route]:
+    async def upload(request: web.Request) -> web.Response:
+        if not request.content_type.startswith("multipart/form-data"):
+            raise bad_field(
+                "body",
+                "send multipart/form-data with parts model (the .tflite), manifest "
+                "(model.json) and sample (sample.json)",
+            )
+        staging = Staging(ctx.models.root, MAX_MODEL_BYTES)
+        try:
+            sha256, docs = await _read_upload(request, staging)
+        except BaseException:
+            staging.discard()
+            raise
+        request[AUDIT_DETAIL] = {
+            "model": docs["manifest"].get("name"),
+            "version": docs["manifest"].get("version"),
+            "sha256": sha256,
+        }
+        try:
+            checked = await ctx.models.accept(
+                staging,
+                sha256,
+                docs["manifest"],
+                docs["sample"],
+                by=request[PRINCIPAL].subject,
+            )
+        except ModelExistsError as exc:
+            raise ApiError(409, "conflict", str(exc)) from exc
+        except ModelRefusedError as exc:
+            raise ApiError(422, "model_refused", str(exc)) from exc
+        out = UploadedOut(ModelOut.of(checked.model), checked.runtime)
+        return web.json_response(schema.dump(out), status=201)
+
+    async def list_models(request: web.Request) -> web.Response:
+        found = await ctx.store.models()
+        return web.json_response({"items": [schema.dump(ModelOut.of(m)) for m in found]})
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        name, version = request.match_info["name"], request.match_info["version"]
+        if not NAME_PATTERN.fullmatch(name) or not VERSION_PATTERN.fullmatch(version):
+            raise ApiError(404, "not_found", f"no model {name!r} {version!r}")
+        if await ctx.store.model(name, version) is None:
+            raise ApiError(404, "not_found", f"no model {name} {version}")
+        path = ctx.models.model_file(name, version)
+        if not path.exists():
+            raise ApiError(404, "not_found", f"model {name} {version} has no file on this hub")
+        # FileResponse answers Range requests with 206: an interrupted download resumes.
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+    async def start_rollout(request: web.Request) -> web.Response:
+        body = await params.json_body(request, RolloutIn)
+        try:
+            labels.check(body.selector, "body.selector")
+        except ValueError as exc:
+            raise bad_field("body.selector", str(exc)) from exc
+        request[AUDIT_DETAIL] = schema.dump(body)
+        assert ctx.rollouts is not None
+        try:
+            rollout = await ctx.rollouts.start_rollout(
+                name=body.model,
+                version=body.version,
+                selector=body.selector,
+                canary_share=body.canary_share,
+                by=request[PRINCIPAL].subject,
+            )
+        except RolloutRefusedError as exc:
+            raise ApiError(422, "rollout_refused", str(exc)) from exc
+        return web.json_response(schema.dump(RolloutOut.of(rollout)), status=201)
+
+    async def list_rollouts(request: web.Request) -> web.Response:
+        found = await ctx.store.rollouts()
+        return web.json_response({"items": [schema.dump(RolloutOut.of(r)) for r in found]})
+
+    async def get_rollout(request: web.Request) -> web.Response:
+        text = request.match_info["id"]
+        rollout = await ctx.store.rollout(int(text)) if text.isdigit() else None
+        if rollout is None:
+            raise ApiError(404, "not_found", f"no roll-out {text!r}")
+        return web.json_response(schema.dump(RolloutOut.of(rollout)))
+
+    rollout_id = Param("id", "path", "roll-out id", type="integer")
+    return [
+        Route(
+            "POST",
+            "/api/v1/models",
+            "admin",
+            upload,
+            "Upload a model (multipart: model = the .tflite, manifest = model.json without "
+            "sha256/size, sample = sample.json); the hub loads it, runs the sample, stores "
+            "it and signs its release",
+            "models",
+            action="model.upload",
+            response=UploadedOut,
+            status=201,
+            errors=(400, 409, 413, 422),
+        ),
+        Route(
+            "GET",
+            "/api/v1/models",
+            "viewer",
+            list_models,
+            "List uploaded models",
+            "models",
+            response=ModelOut,
+        ),
+        Route(
+            "GET",
+            "/api/v1/device/models/{name}/{version}/model.tflite",
+            "device",
+            download,
+            "Download a model file (devices, with their certificate; Range requests resume)",
+            "models",
+            content_type="application/octet-stream",
+            params=(
+                Param("name", "path", "model name"),
+                Param("version", "path", "model version"),
+            ),
+            errors=(404,),
+        ),
+        Route(
+            "POST",
+            "/api/v1/rollouts",
+            "admin",
+            start_rollout,
+            "Start a staged roll-out of a model to the devices a selector matches",
+            "models",
+            action="rollout.start",
+            body=RolloutIn,
+            response=RolloutOut,
+            status=201,
+            errors=(422,),
+        ),
+        Route(
+            "GET",
+            "/api/v1/rollouts",
+            "viewer",
+            list_rollouts,
+            "List roll-outs, newest first (without per-device rows)",
+            "models",
+            response=RolloutOut,
+        ),
+        Route(
+            "GET",
+            "/api/v1/rollouts/{id}",
+            "viewer",
+            get_rollout,
+            "A roll-out's state and progress per device",
+            "models",
+            response=RolloutOut,
+            params=(rollout_id,),
+            errors=(404,),
+        ),
+    ]
+
+
+async def _read_upload(
+    request: web.Request, staging: Staging
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Stream the model part to disk; parse the two JSON parts. Returns the sha256 and
+    the documents. Refuses missing, repeated or unknown parts."""
+    reader = await request.multipart()
+    docs: dict[str, dict[str, Any]] = {}
+    sha256 = ""
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise bad_field("body", "nested multipart is not accepted")
+        name = part.name or ""
+        if name not in UPLOAD_PARTS:
+            raise bad_field(f"body.{name}", f"unknown part; send {', '.join(UPLOAD_PARTS)}")
+        if (name == "model" and sha256) or name in docs:
+            raise bad_field(f"body.{name}", "sent twice")
+        try:
+            if name == "model":
+                while chunk := await part.read_chunk(1 << 16):
+                    staging.write(chunk)
+                sha256 = staging.finish()
+            else:
+                docs[name] = await _json_part(part, name)
+        except ModelRefusedError as exc:
+            raise ApiError(413, "too_large", str(exc)) from exc
+    for name in UPLOAD_PARTS:
+        if (name == "model" and not sha256) or (name != "model" and name not in docs):
+            raise bad_field(f"body.{name}", "missing part")
+    return sha256, docs
+
+
+async def _json_part(part: BodyPartReader, name: str) -> dict[str, Any]:
+    raw = bytearray()
+    while chunk := await part.read_chunk(1 << 16):
+        raw += chunk
+        if len(raw) > MAX_SIDECAR_BYTES:
+            raise ApiError(413, "too_large", f"{name}: over {MAX_SIDECAR_BYTES} bytes")
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise bad_field(f"body.{name}", f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise bad_field(f"body.{name}", "must be a JSON object")
+    return value

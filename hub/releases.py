@@ -1,0 +1,199 @@
+"""Uploaded models: check that each loads and gives its sample's expected output, keep
+it, and sign its release once (see `outpost/release.py`).
+
+The check runs the same runner the agent runs (`edge.inference`), on the hub's own
+runtime, so a model that cannot load or answers wrongly is refused at the door, before
+any device spends a download on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from hub.store import HubStore, StoredModel
+from outpost import release, schema
+from outpost.modelbundle import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SAMPLE_FILE,
+    BundleError,
+    Manifest,
+    Sample,
+    read_bundle,
+)
+
+logger = logging.getLogger(__name__)
+
+# A release travels to each device inside one MQTT message (`wire.SignedRelease`).
+RELEASE_MAX_BYTES = 192 * 1024
+
+
+class ModelRefusedError(ValueError):
+    """An upload is refused; the message names what was wrong."""
+
+
+class ModelExistsError(ModelRefusedError):
+    """That name and version are taken: versions are immutable."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    model: StoredModel
+    runtime: str
+
+
+class Staging:
+    """An upload in progress: the model file streamed to disk with its size and sha256."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.folder = root / f".upload-{secrets.token_hex(6)}"
+        self.folder.mkdir(mode=0o700)
+        self._file = (self.folder / MODEL_FILE).open("wb")
+        self._digest = hashlib.sha256()
+        self._max = max_bytes
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self._max:
+            raise ModelRefusedError(f"model: larger than the hub's limit of {self._max} bytes")
+        self._digest.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self) -> str:
+        self._file.close()
+        return self._digest.hexdigest()
+
+    def discard(self) -> None:
+        self._file.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ModelShelf:
+    def __init__(self, root: Path, store: HubStore, key: ed25519.Ed25519PrivateKey) -> None:
+        self.root = root
+        self._store = store
+        self._key = key
+        # One upload at a time from the name check to the database row: two uploads of
+        # the same version must not both place their files.
+        self._lock = asyncio.Lock()
+
+    def model_file(self, name: str, version: str) -> Path:
+        return self.root / name / version / MODEL_FILE
+
+    async def accept(
+        self,
+        staging: Staging,
+        sha256: str,
+        metadata: dict[str, Any],
+        sample: dict[str, Any],
+        *,
+        by: str,
+    ) -> Checked:
+        """Check the staged upload, keep it and sign its release; the staging folder is
+        moved into place or removed."""
+        try:
+            async with self._lock:
+                return await self._accept(staging, sha256, metadata, sample, by)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging.folder, True)
+
+    async def _accept(
+        self,
+        staging: Staging,
+        sha256: str,
+        metadata: dict[str, Any],
+        sample_doc: dict[str, Any],
+        by: str,
+    ) -> Checked:
+        if staging.size == 0:
+            raise ModelRefusedError("model: the file is empty")
+        for field, actual in (("sha256", sha256), ("size", staging.size)):
+            claimed = metadata.get(field)
+            if claimed is not None and claimed != actual:
+                raise ModelRefusedError(
+                    f"manifest.{field}: {claimed!r} does not match the uploaded file ({actual!r})"
+                )
+        try:
+            manifest = schema.load(
+                Manifest, {**metadata, "sha256": sha256, "size": staging.size}, "manifest"
+            )
+            sample = schema.load(Sample, sample_doc, "sample")
+        except schema.SchemaError as exc:
+            raise ModelRefusedError(str(exc)) from exc
+        if await self._store.model(manifest.name, manifest.version) is not None:
+            raise ModelExistsError(_exists(manifest))
+        runtime = await asyncio.to_thread(self._check, staging.folder, manifest, sample)
+        signed = release.sign(self._key, manifest, sample, time.time())
+        if len(signed.document) > RELEASE_MAX_BYTES:
+            raise ModelRefusedError(
+                f"sample: the signed release would be {len(signed.document)} bytes, over "
+                f"{RELEASE_MAX_BYTES} (it travels in one message): use a smaller sample"
+            )
+        stored = StoredModel(
+            name=manifest.name,
+            version=manifest.version,
+            sha256=sha256,
+            size=staging.size,
+            manifest=manifest.to_dict(),
+            document=signed.document,
+            signature=signed.signature,
+            uploaded_at=time.time(),
+            uploaded_by=by,
+        )
+        await asyncio.to_thread(self._place, staging.folder, manifest)
+        if not await self._store.add_model(stored):  # another hub on the same database
+            raise ModelExistsError(_exists(manifest))
+        logger.info("model %s %s accepted (%d bytes)", manifest.name, manifest.version, stored.size)
+        return Checked(stored, runtime)
+
+    @staticmethod
+    def _check(folder: Path, manifest: Manifest, sample: Sample) -> str:
+        """Load the model and run its sample, as a device will (blocking)."""
+        from edge.inference.runner import ModelFault, ModelRunner
+        from edge.inference.runtime import RuntimeMissing, choose_runtime
+
+        (folder / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict()), encoding="utf-8")
+        (folder / SAMPLE_FILE).write_text(json.dumps(schema.dump(sample)), encoding="utf-8")
+        try:
+            bundle = read_bundle(folder)
+            runtime = choose_runtime()
+        except (BundleError, RuntimeMissing) as exc:
+            raise ModelRefusedError(str(exc)) from exc
+        runner = ModelRunner(bundle, runtime, num_threads=1, interpreters=1, queue_limit=0)
+        try:
+            runner.load()  # checks the tensors against the manifest, then runs the sample
+        except ModelFault as exc:
+            raise ModelRefusedError(f"model check failed: {exc}") from exc
+        except Exception as exc:  # the interpreter's own errors for odd files
+            raise ModelRefusedError(f"model check failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            runner.close()
+        return runtime.label
+
+    def _place(self, folder: Path, manifest: Manifest) -> None:
+        home = self.root / manifest.name
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = home / manifest.version
+        if target.exists():  # left by an upload whose database write failed
+            shutil.rmtree(target)
+        folder.rename(target)
+
+
+def _exists(manifest: Manifest) -> str:
+    return (
+        f"model {manifest.name} {manifest.version} exists; versions are immutable, "
+        "upload it under a new version"
+    )

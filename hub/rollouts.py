@@ -1,0 +1,97 @@
+"""Roll-outs in motion: release a model to a roll-out's devices stage by stage, and move
+each roll-out on as its devices report.
+
+What a device should run goes out retained on its `down/models` topic (every release it
+has been given, one per model name), so a device that was offline finds it on connect;
+each hello sends it again in case the broker lost it. Reports (`model_state`) move the
+canary stage on to the rest, or halt it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from hub.store import HubStore, Rollout
+from outpost import wire
+
+logger = logging.getLogger(__name__)
+
+PublishRetained = Callable[[str, bytes], Awaitable[None]]
+
+
+class RolloutService:
+    def __init__(self, store: HubStore, publish: PublishRetained) -> None:
+        self._store = store
+        self._publish = publish
+        self._wanted: set[str] = set()
+        self._wake = asyncio.Event()
+
+    async def start_rollout(
+        self, *, name: str, version: str, selector: dict[str, str], canary_share: float, by: str
+    ) -> Rollout:
+        """Create it and release its canaries (`RolloutRefusedError` if it cannot start)."""
+        rollout = await self._store.create_rollout(
+            name=name,
+            version=version,
+            selector=selector,
+            canary_share=canary_share,
+            by=by,
+            now=time.time(),
+        )
+        canaries = [d.device_id for d in rollout.devices if d.state == "released"]
+        logger.info(
+            "roll-out %d of %s %s: %d devices, canaries %s",
+            rollout.id,
+            name,
+            version,
+            len(rollout.devices),
+            ", ".join(canaries),
+        )
+        self.request(canaries)
+        return rollout
+
+    async def on_state(self, device_id: str, report: wire.ModelState) -> None:
+        """A device's report on a release: record it, then move its roll-outs on."""
+        for moved in await self._store.record_model_state(
+            device_id, report.name, report.version, report.state, report.detail, now=time.time()
+        ):
+            if moved.state == "halted":
+                logger.warning("roll-out %d halted: %s", moved.rollout_id, moved.reason)
+            if moved.released:
+                logger.info(
+                    "roll-out %d: canaries healthy, releasing %d more devices",
+                    moved.rollout_id,
+                    len(moved.released),
+                )
+                self.request(moved.released)
+
+    def request(self, device_ids: list[str]) -> None:
+        """Send these devices their releases soon, from `run` (callers never wait on it)."""
+        self._wanted.update(device_ids)
+        self._wake.set()
+
+    async def request_async(self, device_ids: list[str]) -> None:
+        self.request(device_ids)
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            wanted, self._wanted = sorted(self._wanted), set()
+            for device_id in wanted:
+                try:
+                    await self._send(device_id)
+                except Exception as exc:  # its next hello asks again
+                    logger.warning("model releases for %s not sent: %s", device_id, exc)
+
+    async def _send(self, device_id: str) -> None:
+        releases = await self._store.desired_releases(device_id)
+        if not releases:
+            return
+        body = wire.ModelReleases(
+            releases=[wire.SignedRelease(document=d, signature=s) for d, s in releases]
+        )
+        await self._publish(wire.down_topic(device_id, "models"), wire.encode("models", body))

@@ -1,0 +1,321 @@
+"""Models the hub holds and their roll-outs: which devices get a version, in which stage,
+and what each device reports.
+
+A roll-out targets the devices its selector matches when it is created. The canary
+devices are released at once; the rest only when every canary device reports the model
+active. A canary that fails halts the roll-out (the rest are never released). What a
+device should run is, for each model name, the version of the newest roll-out that
+released it.
+
+Each function runs on the store's worker thread as one unit of work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from hub.store.devices import Device
+
+IN_PROGRESS = ("canary", "rolling")
+TERMINAL = ("active", "failed", "rolled_back")  # what a device reports last
+FAILED = ("failed", "rolled_back")
+
+
+class RolloutRefusedError(ValueError):
+    """A roll-out cannot be created; the message says why."""
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    name: str
+    version: str
+    sha256: str
+    size: int
+    manifest: dict[str, object]
+    document: bytes
+    signature: bytes
+    uploaded_at: float
+    uploaded_by: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> StoredModel:
+        return cls(
+            row["name"],
+            row["version"],
+            row["sha256"],
+            row["size"],
+            json.loads(row["manifest"]),
+            row["document"],
+            row["signature"],
+            row["uploaded_at"],
+            row["uploaded_by"],
+        )
+
+
+@dataclass(frozen=True)
+class RolloutDevice:
+    device_id: str
+    stage: str  # canary | rest
+    state: str  # waiting | released | downloading | active | failed | rolled_back
+    detail: str
+    released_at: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: int
+    name: str
+    version: str
+    selector: dict[str, str]
+    canary_share: float
+    state: str  # canary | rolling | completed | halted | superseded
+    reason: str
+    created_at: float
+    created_by: str
+    updated_at: float
+    devices: list[RolloutDevice]
+
+
+@dataclass(frozen=True)
+class Advanced:
+    """What a roll-out did after a report: devices newly released, and its state."""
+
+    rollout_id: int
+    released: list[str]
+    state: str
+    reason: str
+
+
+def add_model(db: sqlite_utils.Database, m: StoredModel) -> bool:
+    """Store a model; False if that name and version exist (a version is immutable)."""
+    try:
+        with db.conn:
+            db.execute(
+                """INSERT INTO models (name, version, sha256, size, manifest, document,
+                       signature, uploaded_at, uploaded_by)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    m.name,
+                    m.version,
+                    m.sha256,
+                    m.size,
+                    json.dumps(m.manifest, sort_keys=True),
+                    m.document,
+                    m.signature,
+                    m.uploaded_at,
+                    m.uploaded_by,
+                ),
+            )
+    except sqlite3.IntegrityError:
+        return False
+    return True
+
+
+def get_model(db: sqlite_utils.Database, name: str, version: str) -> StoredModel | None:
+    row = db.execute(
+        "SELECT * FROM models WHERE name = ? AND version = ?", (name, version)
+    ).fetchone()
+    return StoredModel.from_row(row) if row else None
+
+
+def list_models(db: sqlite_utils.Database) -> list[StoredModel]:
+    rows = db.execute("SELECT * FROM models ORDER BY name, uploaded_at").fetchall()
+    return [StoredModel.from_row(r) for r in rows]
+
+
+def create_rollout(
+    db: sqlite_utils.Database,
+    *,
+    name: str,
+    version: str,
+    selector: dict[str, str],
+    canary_share: float,
+    by: str,
+    now: float,
+) -> Rollout:
+    """Create a roll-out and release its canary devices (`RolloutRefusedError` if the
+    model is unknown or the selector matches no device). Roll-outs of the same model
+    still in progress are superseded: they release nobody more."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        if get_model(db, name, version) is None:
+            raise RolloutRefusedError(f"no model {name} {version} was uploaded")
+        rows = db.execute("SELECT * FROM devices WHERE revoked_at IS NULL").fetchall()
+        targets = [
+            d
+            for d in map(Device.from_row, rows)
+            if all(d.labels.get(k) == v for k, v in selector.items())
+        ]
+        if not targets:
+            raise RolloutRefusedError(f"the selector {selector} matches no enrolled device")
+        # Canaries: online devices first (they can answer soon), then by id, so the
+        # choice is predictable.
+        targets.sort(key=lambda d: (not d.online, d.device_id))
+        canaries = max(1, math.ceil(canary_share * len(targets)))
+        cursor = db.execute(
+            """INSERT INTO rollouts (name, version, selector, canary_share, state,
+                   created_at, created_by, updated_at)
+               VALUES (?, ?, ?, ?, 'canary', ?, ?, ?)""",
+            (name, version, json.dumps(selector, sort_keys=True), canary_share, now, by, now),
+        )
+        rollout_id = cursor.lastrowid
+        assert rollout_id is not None
+        db.execute(
+            """UPDATE rollouts SET state = 'superseded', reason = ?, updated_at = ?
+               WHERE name = ? AND id != ? AND state IN ('canary', 'rolling')""",
+            (f"superseded by roll-out {rollout_id}", now, name, rollout_id),
+        )
+        for i, device in enumerate(targets):
+            canary = i < canaries
+            db.execute(
+                """INSERT INTO rollout_devices (rollout_id, device_id, stage, state,
+                       released_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)""",
+                (
+                    rollout_id,
+                    device.device_id,
+                    "canary" if canary else "rest",
+                    "released" if canary else "waiting",
+                    now if canary else None,
+                    now,
+                ),
+            )
+    rollout = get_rollout(db, rollout_id)
+    assert rollout is not None
+    return rollout
+
+
+def get_rollout(db: sqlite_utils.Database, rollout_id: int) -> Rollout | None:
+    row = db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+    if row is None:
+        return None
+    devices = [
+        RolloutDevice(
+            r["device_id"], r["stage"], r["state"], r["detail"], r["released_at"], r["updated_at"]
+        )
+        for r in db.execute(
+            """SELECT * FROM rollout_devices WHERE rollout_id = ?
+               ORDER BY stage = 'rest', device_id""",
+            (rollout_id,),
+        )
+    ]
+    return _rollout(row, devices)
+
+
+def list_rollouts(db: sqlite_utils.Database, limit: int = 100) -> list[Rollout]:
+    rows = db.execute("SELECT * FROM rollouts ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    return [_rollout(r, []) for r in rows]
+
+
+def record_state(
+    db: sqlite_utils.Database,
+    device_id: str,
+    name: str,
+    version: str,
+    state: str,
+    detail: str,
+    now: float,
+) -> list[Advanced]:
+    """Apply a device's report on a release, then move each roll-out it concerns on."""
+    advanced = []
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        ids = [
+            r["id"]
+            for r in db.execute(
+                """SELECT r.id FROM rollouts r JOIN rollout_devices d ON d.rollout_id = r.id
+                   WHERE r.name = ? AND r.version = ? AND d.device_id = ?
+                     AND d.state != 'waiting'""",
+                (name, version, device_id),
+            )
+        ]
+        for rollout_id in ids:
+            db.execute(
+                """UPDATE rollout_devices SET state = ?, detail = ?, updated_at = ?
+                   WHERE rollout_id = ? AND device_id = ?""",
+                (state, detail, now, rollout_id, device_id),
+            )
+            advanced.append(_advance(db, rollout_id, now))
+    return advanced
+
+
+def desired_releases(db: sqlite_utils.Database, device_id: str) -> list[tuple[bytes, bytes]]:
+    """The signed releases the device should run: per model name, the newest roll-out
+    that released it."""
+    rows = db.execute(
+        """SELECT m.document, m.signature FROM models m
+           JOIN rollouts r ON r.name = m.name AND r.version = m.version
+           WHERE r.id IN (
+               SELECT MAX(r2.id) FROM rollouts r2
+               JOIN rollout_devices d ON d.rollout_id = r2.id
+               WHERE d.device_id = ? AND d.state != 'waiting'
+               GROUP BY r2.name
+           )
+           ORDER BY m.name""",
+        (device_id,),
+    ).fetchall()
+    return [(r["document"], r["signature"]) for r in rows]
+
+
+def _advance(db: sqlite_utils.Database, rollout_id: int, now: float) -> Advanced:
+    row = db.execute("SELECT state, reason FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+    state, reason = row["state"], row["reason"]
+    devices = db.execute(
+        "SELECT device_id, stage, state, detail FROM rollout_devices WHERE rollout_id = ?",
+        (rollout_id,),
+    ).fetchall()
+    released: list[str] = []
+    if state == "canary":
+        canary = [d for d in devices if d["stage"] == "canary"]
+        failed = [d for d in canary if d["state"] in FAILED]
+        if failed:
+            d = failed[0]
+            state = "halted"
+            reason = f"canary {d['device_id']} {d['state'].replace('_', ' ')}: {d['detail']}"
+        elif all(d["state"] == "active" for d in canary):
+            released = [d["device_id"] for d in devices if d["stage"] == "rest"]
+            db.execute(
+                """UPDATE rollout_devices SET state = 'released', released_at = ?,
+                       updated_at = ? WHERE rollout_id = ? AND stage = 'rest'""",
+                (now, now, rollout_id),
+            )
+            state = "rolling"
+    if state == "rolling":
+        latest = {
+            r["device_id"]: r["state"]
+            for r in db.execute(
+                "SELECT device_id, state FROM rollout_devices WHERE rollout_id = ?",
+                (rollout_id,),
+            )
+        }
+        if all(s in TERMINAL for s in latest.values()):
+            failures = sum(s in FAILED for s in latest.values())
+            state = "completed"
+            reason = f"{failures} of {len(latest)} devices failed" if failures else ""
+    if (state, reason) != (row["state"], row["reason"]):
+        db.execute(
+            "UPDATE rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+            (state, reason, now, rollout_id),
+        )
+    return Advanced(rollout_id, released, state, reason)
+
+
+def _rollout(row: sqlite3.Row, devices: list[RolloutDevice]) -> Rollout:
+    return Rollout(
+        id=row["id"],
+        name=row["name"],
+        version=row["version"],
+        selector=json.loads(row["selector"]),
+        canary_share=row["canary_share"],
+        state=row["state"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        updated_at=row["updated_at"],
+        devices=devices,
+    )
