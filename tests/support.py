@@ -142,7 +142,7 @@ async def add_device(
             capabilities={},
             load={},
             enrolled_at=time.time(),
-            cert_serial="ab12",
+            cert_serial=device_id.encode().hex(),  # unique, as serials are
             cert_not_before=1.0,
             cert_not_after=2.0,
         )

@@ -1,0 +1,125 @@
+"""Roll-out stages in the hub's store (a real SQLite file): canaries first, the rest
+when every canary is active; a failing canary halts; supersession; desired releases."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.store import Device, HubStore, RolloutRefusedError, StoredModel
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[HubStore]:
+    s = HubStore(tmp_path / "hub.db")
+    yield s
+    s.close()
+
+
+async def _devices(store: HubStore, count: int, labels: dict[str, str]) -> list[str]:
+    ids = [f"dev-{i:02d}" for i in range(count)]
+    for device_id in ids:
+        await store.add_device(
+            Device(
+                device_id=device_id,
+                profile="generic",
+                labels=labels,
+                online=False,
+                last_seen=None,
+                last_heartbeat=None,
+                heartbeat_interval=None,
+                agent_version=None,
+                capabilities={},
+                load={},
+                enrolled_at=1.0,
+                cert_serial=device_id.encode().hex(),
+                cert_not_before=1.0,
+                cert_not_after=2.0,
+            )
+        )
+    return ids
+
+
+async def _model(store: HubStore, version: str) -> None:
+    assert await store.add_model(
+        StoredModel("m", version, "ab" * 32, 10, {}, f"doc {version}".encode(), b"sig", 1.0, "t")
+    )
+
+
+async def _start(store: HubStore, version: str, share: float, **selector: str) -> int:
+    rollout = await store.create_rollout(
+        name="m", version=version, selector=selector, canary_share=share, by="t", now=time.time()
+    )
+    return rollout.id
+
+
+async def test_rest_is_released_only_when_every_canary_is_active(store: HubStore) -> None:
+    ids = await _devices(store, 5, {"site": "a"})
+    await _model(store, "1")
+    rid = await _start(store, "1", 0.3, site="a")
+    rollout = await store.rollout(rid)
+    assert rollout is not None
+    canaries = [d.device_id for d in rollout.devices if d.stage == "canary"]
+    assert canaries == ids[:2]  # ceil(0.3 * 5), by id among equally offline devices
+    assert {d.state for d in rollout.devices if d.stage == "rest"} == {"waiting"}
+    assert await store.desired_releases(ids[4]) == []  # not released yet
+    assert await store.desired_releases(ids[0]) == [(b"doc 1", b"sig")]
+
+    first = await store.record_model_state(ids[0], "m", "1", "active", "", now=time.time())
+    assert (first[0].state, first[0].released) == ("canary", [])
+    # A report from a device the roll-out has not released yet changes nothing.
+    assert await store.record_model_state(ids[4], "m", "1", "active", "", now=1) == []
+
+    second = await store.record_model_state(ids[1], "m", "1", "active", "", now=time.time())
+    assert (second[0].state, second[0].released) == ("rolling", ids[2:])
+    assert await store.desired_releases(ids[4]) == [(b"doc 1", b"sig")]
+
+    for device_id in ids[2:4]:
+        await store.record_model_state(device_id, "m", "1", "active", "", now=time.time())
+    last = await store.record_model_state(ids[4], "m", "1", "failed", "sha256", now=time.time())
+    assert (last[0].state, last[0].reason) == ("completed", "1 of 5 devices failed")
+
+
+async def test_a_failing_canary_halts_the_rollout(store: HubStore) -> None:
+    ids = await _devices(store, 3, {})
+    await _model(store, "1")
+    rid = await _start(store, "1", 0.0)  # one canary at least
+    await store.record_model_state(
+        ids[0], "m", "1", "rolled_back", "5 faults in a row", now=time.time()
+    )
+    rollout = await store.rollout(rid)
+    assert rollout is not None
+    assert rollout.state == "halted"
+    assert rollout.reason == f"canary {ids[0]} rolled back: 5 faults in a row"
+    assert [d.state for d in rollout.devices] == ["rolled_back", "waiting", "waiting"]
+    # Halted stays halted: a later good report releases nobody.
+    moved = await store.record_model_state(ids[0], "m", "1", "active", "", now=time.time())
+    assert (moved[0].state, moved[0].released) == ("halted", [])
+
+
+async def test_a_new_rollout_supersedes_and_desired_is_the_newest(store: HubStore) -> None:
+    ids = await _devices(store, 2, {})
+    await _model(store, "1")
+    await _model(store, "2")
+    first = await _start(store, "1", 1.0)
+    second = await _start(store, "2", 0.5)
+    old = await store.rollout(first)
+    assert old is not None
+    assert (old.state, old.reason) == ("superseded", f"superseded by roll-out {second}")
+    assert await store.desired_releases(ids[0]) == [(b"doc 2", b"sig")]  # canary of 2
+    assert await store.desired_releases(ids[1]) == [(b"doc 1", b"sig")]  # keeps 1 for now
+
+
+async def test_refusals(store: HubStore) -> None:
+    await _devices(store, 1, {"site": "a"})
+    with pytest.raises(RolloutRefusedError, match="no model m 1 was uploaded"):
+        await _start(store, "1", 0.5)
+    await _model(store, "1")
+    with pytest.raises(RolloutRefusedError, match="matches no enrolled device"):
+        await _start(store, "1", 0.5, site="b")
+    assert not await store.add_model(
+        StoredModel("m", "1", "cd" * 32, 10, {}, b"other", b"sig", 1.0, "t")
+    )
