@@ -75,30 +75,35 @@ class ModelDirectory:
             if not folder.is_dir() or not NAME_PATTERN.fullmatch(folder.name):
                 continue
             version = self.active(folder.name)
-            if version is None:
-                continue
-            path = folder / version
-            try:
-                bundle = read_bundle(path, verify=False)
-            except BundleError as exc:
-                out.append(Entry(folder.name, version, path, None, str(exc)))
-                continue
-            if (bundle.manifest.name, bundle.manifest.version) != (folder.name, version):
-                error = (
-                    f"{path}: the manifest names {bundle.manifest.name} "
-                    f"{bundle.manifest.version}, not the folder's {folder.name} {version}"
-                )
-                out.append(Entry(folder.name, version, path, None, error))
-                continue
-            out.append(Entry(folder.name, version, path, bundle))
+            if version is not None:
+                out.append(self.entry(folder.name, version))
         return out
 
+    def entry(self, name: str, version: str) -> Entry:
+        """One installed version (manifest read, file not yet hashed), or why it is not
+        usable."""
+        path = self.root / name / version
+        try:
+            bundle = read_bundle(path, verify=False)
+        except BundleError as exc:
+            return Entry(name, version, path, None, str(exc))
+        if (bundle.manifest.name, bundle.manifest.version) != (name, version):
+            error = (
+                f"{path}: the manifest names {bundle.manifest.name} "
+                f"{bundle.manifest.version}, not the folder's {name} {version}"
+            )
+            return Entry(name, version, path, None, error)
+        return Entry(name, version, path, bundle)
+
     def install(self, source: Path, *, activate: bool = True) -> Bundle:
-        """Copy a checked bundle folder in (blocking) and make it the active version."""
+        """Copy a checked bundle folder in (blocking) and make it the active version
+        (`activate`), or leave the active version as it is."""
         bundle = read_bundle(source)  # refuses a model that does not match its manifest
         name, version = bundle.manifest.name, bundle.manifest.version
         home = self.root / name
         home.mkdir(parents=True, exist_ok=True)
+        if not activate:
+            self._pin_active(name)
         target = home / version
         if target.exists():
             installed = read_bundle(target, verify=False)
@@ -120,6 +125,45 @@ class ModelDirectory:
         if activate:
             files.replace(home / ACTIVE_FILE, f"{version}\n".encode())
         return read_bundle(target, verify=False)
+
+    def set_active(self, name: str, version: str) -> None:
+        """Make an installed version the active one (blocking)."""
+        if version not in self.versions(name):
+            raise BundleError(f"{name} {version} is not installed")
+        files.replace(self.root / name / ACTIVE_FILE, f"{version}\n".encode())
+
+    def remove(self, name: str, version: str) -> None:
+        """Delete an installed version that the `active` file does not name (blocking);
+        a model left without versions goes entirely.
+
+        Renamed out of sight first: a crash mid-delete leaves a hidden folder, never a
+        half version that `versions` would list.
+        """
+        home = self.root / name
+        try:
+            chosen = (home / ACTIVE_FILE).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            chosen = ""
+        if chosen == version:
+            raise BundleError(f"{name} {version} is the active version; activate another first")
+        target = home / version
+        if target.is_dir():
+            doomed = home / f".{version}.removing"
+            shutil.rmtree(doomed, ignore_errors=True)
+            target.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            logger.info("removed model %s %s", name, version)
+        if home.is_dir() and not self.versions(name):
+            shutil.rmtree(home, ignore_errors=True)
+
+    def _pin_active(self, name: str) -> None:
+        """Write down the version that is active by default (the highest), so that
+        installing a higher one without activating it does not change which one runs."""
+        if (self.root / name / ACTIVE_FILE).exists():
+            return
+        current = self.active(name)
+        if current is not None:
+            files.replace(self.root / name / ACTIVE_FILE, f"{current}\n".encode())
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:

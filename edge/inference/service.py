@@ -4,6 +4,10 @@ the results the reporting rules ask for written to the results stream.
 Local programs reach it through the local API; tasks from the hub (later) through the
 same `infer`. numpy and the runtime are imported only when there is a model to load:
 an agent without models does not pay their memory.
+
+A new version is `activate`d while the old one serves: it is loaded and self-tested
+beside it, then swapped in. One that then fails in use, request after request, is
+rolled back to the version it replaced (see `faults.py`).
 """
 
 from __future__ import annotations
@@ -11,20 +15,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from edge.inference.directory import Entry, ModelDirectory
 from edge.inference.runtime import Preference
 from outpost import wire
+from outpost.modelbundle import Bundle, BundleError
 
 if TYPE_CHECKING:
+    from edge.inference.faults import WatchedRunner
     from edge.inference.runner import Inference, ModelRunner
+    from edge.inference.runtime import Runtime
     from edge.store import AgentStore
 
 logger = logging.getLogger(__name__)
 
 ReportMode = Literal["all", "flagged", "none"]
+
+# Consecutive faults in use after which an activated version is rolled back.
+FAULT_LIMIT = 5
+
+# Told after a roll-back: model name, the version given up, the one serving again, why.
+RolledBack = Callable[[str, str, str, str], Awaitable[None]]
 
 
 class UnknownModel(LookupError):
@@ -77,9 +91,9 @@ class Outcome:
 
 @dataclass
 class _Slot:
-    entry: Entry
-    versions: list[str]  # every installed version, read at start like the rest
-    runner: ModelRunner | None = None
+    entry: Entry  # the serving version (or the one that failed to load)
+    versions: list[str]  # every installed version, read at start and at each swap
+    runner: WatchedRunner | None = None
     error: str = ""
     refused: int = 0
 
@@ -95,6 +109,7 @@ class InferenceService:
         interpreters: int = 1,
         queue_limit: int = 16,
         reporting: Reporting | None = None,
+        fault_limit: int = FAULT_LIMIT,
     ) -> None:
         self.directory = directory
         self.reporting = reporting or Reporting()
@@ -105,7 +120,12 @@ class InferenceService:
         self._num_threads = num_threads
         self._interpreters = interpreters
         self._queue_limit = queue_limit
+        self._fault_limit = fault_limit
         self._slots: dict[str, _Slot] = {}
+        self._runtime: Runtime | None = None
+        self._swapping = asyncio.Lock()  # one activation or roll-back at a time
+        self._rollbacks: set[asyncio.Task[None]] = set()
+        self.on_rollback: RolledBack | None = None
 
     async def start(self) -> None:
         """Load every installed model; a model that fails is reported, the rest serve."""
@@ -119,48 +139,182 @@ class InferenceService:
         self._slots = await asyncio.to_thread(scan)
         if not self._slots:
             return
-        from edge.inference.runner import ModelFault, ModelRunner
+        from edge.inference.runner import ModelFault
         from edge.inference.runtime import RuntimeMissing, choose_runtime
 
         try:
-            runtime = await asyncio.to_thread(choose_runtime, self._preference)
+            self._runtime = await asyncio.to_thread(choose_runtime, self._preference)
         except RuntimeMissing as exc:
             logger.error("%s", exc)
             for slot in self._slots.values():
                 slot.error = slot.error or str(exc)
             return
-        self.runtime_label = runtime.label
+        self.runtime_label = self._runtime.label
         for slot in self._slots.values():
             if slot.entry.bundle is None:
                 logger.error("model %s not loaded: %s", slot.entry.name, slot.error)
                 continue
-            runner = ModelRunner(
-                slot.entry.bundle,
-                runtime,
-                num_threads=self._num_threads,
-                interpreters=self._interpreters,
-                queue_limit=self._queue_limit,
-            )
             try:
-                await asyncio.to_thread(runner.load)
+                slot.runner = await self._load(slot.entry.bundle, self._runtime)
             except ModelFault as exc:
                 slot.error = str(exc)
                 logger.error("model %s not loaded: %s", slot.entry.name, exc)
                 continue
-            except Exception as exc:  # whatever a runtime raises, one model must not stop the rest
-                slot.error = f"{type(exc).__name__}: {exc}"
-                logger.exception("model %s not loaded", slot.entry.name)
-                runner.close()
-                continue
-            slot.runner = runner
             logger.info(
-                "model %s %s ready (%s)", slot.entry.name, slot.entry.version, runtime.label
+                "model %s %s ready (%s)", slot.entry.name, slot.entry.version, self.runtime_label
             )
 
     async def close(self) -> None:
+        for task in list(self._rollbacks):
+            task.cancel()
+        await asyncio.gather(*self._rollbacks, return_exceptions=True)
         for slot in self._slots.values():
             if slot.runner is not None:
                 await asyncio.to_thread(slot.runner.close)
+
+    def serving(self, name: str) -> str | None:
+        """The version of `name` that serves now (None: not installed or not loaded)."""
+        slot = self._slots.get(name)
+        return slot.entry.version if slot is not None and slot.runner is not None else None
+
+    async def activate(self, name: str, version: str) -> None:
+        """Load and self-test an installed version while the current one serves, then
+        make it the serving and the `active` version.
+
+        Raises `BundleError` (not installed, unreadable) or `ModelFault` (does not load,
+        fails its self-test): the version that served before still does, and the
+        `active` file is unchanged. A new model name becomes a new slot.
+        """
+        from edge.inference.runner import ModelFault
+
+        async with self._swapping:
+            entry = await asyncio.to_thread(self.directory.entry, name, version)
+            if entry.bundle is None:
+                raise BundleError(entry.error)
+            slot = self._slots.get(name)
+            if (
+                slot is not None
+                and slot.runner is not None
+                and slot.entry.version == version
+                and slot.runner.manifest.sha256 == entry.bundle.manifest.sha256
+            ):
+                return  # already serving: a repeated activation changes nothing
+            runner = await self._load(entry.bundle, await self._ensure_runtime())
+            try:
+                await asyncio.to_thread(self.directory.set_active, name, version)
+            except (OSError, BundleError) as exc:
+                await asyncio.to_thread(runner.close)
+                raise ModelFault(f"{name} {version}: cannot record it as active: {exc}") from exc
+            # Only a version that served can be returned to.
+            previous = self.serving(name)
+            if previous != version:
+                runner.watch.fallback = previous
+            await self._swap(name, entry, runner)
+        logger.info("model %s %s active (was %s)", name, version, previous or "not serving before")
+
+    def arm_rollback(self, name: str, version: str, fallback: str) -> None:
+        """Let `version`, when it serves, fall back to `fallback` on repeated faults (after
+        a restart: the deployer remembers what an activation replaced)."""
+        slot = self._slots.get(name)
+        if (
+            slot is not None
+            and slot.runner is not None
+            and slot.entry.version == version
+            and fallback != version
+            and fallback in slot.versions
+        ):
+            slot.runner.watch.fallback = fallback
+
+    async def _ensure_runtime(self) -> Runtime:
+        """The runtime chosen at start, or (no model then) chosen now."""
+        from edge.inference.runner import ModelFault
+        from edge.inference.runtime import RuntimeMissing, choose_runtime
+
+        if self._runtime is None:
+            try:
+                self._runtime = await asyncio.to_thread(choose_runtime, self._preference)
+            except RuntimeMissing as exc:
+                raise ModelFault(str(exc)) from exc
+            self.runtime_label = self._runtime.label
+        return self._runtime
+
+    async def _load(self, bundle: Bundle, runtime: Runtime) -> WatchedRunner:
+        """A loaded, self-tested runner; `ModelFault` naming why not."""
+        from edge.inference.faults import FaultWatch, WatchedRunner
+        from edge.inference.runner import ModelFault
+
+        runner = WatchedRunner(
+            bundle,
+            runtime,
+            num_threads=self._num_threads,
+            interpreters=self._interpreters,
+            queue_limit=self._queue_limit,
+            watch=FaultWatch(self._fault_limit),
+            tripped=self._tripped,
+        )
+        try:
+            await asyncio.to_thread(runner.load)
+        except ModelFault:
+            await asyncio.to_thread(runner.close)
+            raise
+        except Exception as exc:  # whatever a runtime raises, one model must not stop the rest
+            logger.exception(
+                "model %s %s not loaded", bundle.manifest.name, bundle.manifest.version
+            )
+            await asyncio.to_thread(runner.close)
+            raise ModelFault(f"{type(exc).__name__}: {exc}") from exc
+        return runner
+
+    async def _swap(self, name: str, entry: Entry, runner: WatchedRunner) -> None:
+        """Serve `runner` from now on; the old one finishes what it holds, then closes."""
+        versions = await asyncio.to_thread(self.directory.versions, name)
+        slot = self._slots.get(name)
+        if slot is None:
+            self._slots[name] = _Slot(entry, versions, runner)
+            return
+        old = slot.runner
+        slot.entry, slot.versions, slot.runner, slot.error = entry, versions, runner, ""
+        if old is not None:
+            await asyncio.to_thread(old.close)
+
+    def _tripped(self, runner: WatchedRunner, fallback: str, reason: str) -> None:
+        task = asyncio.create_task(
+            self._roll_back(runner, fallback, reason),
+            name=f"inference.rollback-{runner.manifest.name}",
+        )
+        self._rollbacks.add(task)
+        task.add_done_callback(self._rollbacks.discard)
+
+    async def _roll_back(self, runner: WatchedRunner, fallback: str, reason: str) -> None:
+        """Serve `fallback` again in place of `runner`'s version, and say so."""
+        from edge.inference.runner import ModelFault
+
+        name, bad = runner.manifest.name, runner.manifest.version
+        async with self._swapping:
+            slot = self._slots.get(name)
+            if slot is None or slot.runner is not runner:
+                return  # replaced meanwhile: nothing to roll back
+            logger.warning("model %s %s: %s; rolling back to %s", name, bad, reason, fallback)
+            try:
+                entry = await asyncio.to_thread(self.directory.entry, name, fallback)
+                if entry.bundle is None:
+                    raise BundleError(entry.error)
+                restored = await self._load(entry.bundle, await self._ensure_runtime())
+            except (ModelFault, BundleError) as exc:
+                logger.error("model %s: cannot roll back to %s: %s", name, fallback, exc)
+                return
+            try:
+                await asyncio.to_thread(self.directory.set_active, name, fallback)
+            except (OSError, BundleError) as exc:
+                # Serving it regardless beats serving a failing model; after a restart
+                # the `active` file's version (the failing one) would load again.
+                logger.error("model %s: cannot record %s as active: %s", name, fallback, exc)
+            await self._swap(name, entry, restored)
+        if self.on_rollback is not None:
+            try:
+                await self.on_rollback(name, bad, fallback, reason)
+            except Exception:  # the listener's failure must not undo the roll-back
+                logger.exception("roll-back of %s %s: listener failed", name, bad)
 
     def runner(self, name: str) -> ModelRunner:
         slot = self._slots.get(name)
@@ -229,6 +383,7 @@ class InferenceService:
                 item.update(
                     served=slot.runner.served,
                     failed=slot.runner.failed,
+                    faults_in_a_row=slot.runner.watch.streak,
                     refused_busy=slot.refused,
                     outstanding=slot.runner.outstanding,
                 )

@@ -1,0 +1,157 @@
+"""What became of each model release the agent was offered, kept in a small JSON file
+in the model directory so that a restart neither retries a refused release nor forgets
+what to report.
+
+The broker redelivers the retained release list on every reconnect; `decide` is the rule
+that makes that harmless: a release already active is skipped, one that failed (for a
+reason the same release cannot overcome) is only reported again, anything else is
+deployed. A release is the triple (name, version, sha256 of the model file): the hub
+must give a new model a new version, and a bad signature is kept apart from a good one
+of the same version (its sha256 is "", as nothing it claims can be trusted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from outpost import files, wire
+
+logger = logging.getLogger(__name__)
+
+FORMAT: Final = 1
+# Releases remembered per model: enough to refuse a recent bad release again, few
+# enough that the file stays small on a device that has seen years of roll-outs.
+KEEP_PER_MODEL: Final = 8
+
+Action = Literal["deploy", "skip", "report"]
+Key = tuple[str, str, str]  # name, version, sha256
+
+
+@dataclass(frozen=True)
+class Record:
+    """One release and its latest state."""
+
+    name: str
+    version: str
+    sha256: str  # of the model file, from the signed manifest; "" when not verified
+    state: wire.DeployState
+    detail: str = ""
+    # False for a failure the same release may overcome later (the policy did not allow
+    # the model): it is tried again when offered again.
+    final: bool = True
+    previous: str = ""  # active: the version it replaced, to roll back to
+
+    @property
+    def key(self) -> Key:
+        return (self.name, self.version, self.sha256)
+
+    def message(self) -> wire.ModelState:
+        return wire.ModelState(
+            name=self.name[:64],
+            version=self.version[:32],
+            state=self.state,
+            detail=self.detail[:512],
+        )
+
+
+class DeployStates:
+    """The records, oldest first; the newest of each model is its current one."""
+
+    def __init__(self, records: list[Record] | None = None) -> None:
+        self._records = list(records or [])
+
+    def find(self, key: Key) -> Record | None:
+        return next((r for r in self._records if r.key == key), None)
+
+    def find_version(self, name: str, version: str) -> Record | None:
+        """The newest record of `name` `version`, whatever its sha256."""
+        found = [r for r in self._records if (r.name, r.version) == (name, version)]
+        return found[-1] if found else None
+
+    def decide(self, key: Key, serving: str | None) -> Action:
+        """What to do with an offered release, given the version that serves now."""
+        record = self.find(key)
+        if record is None:
+            return "deploy"
+        if record.state == "active":
+            # Active once, but something else may serve now (replaced by hand): deploy
+            # again, which costs no download when the version is still installed.
+            return "skip" if serving == record.version else "deploy"
+        if record.state in ("failed", "rolled_back") and record.final:
+            return "report"
+        return "deploy"  # interrupted while downloading, or refused for a passing reason
+
+    def put(self, record: Record) -> None:
+        """Record a release's new state; it becomes its model's current one."""
+        self._records = [r for r in self._records if r.key != record.key]
+        if record.state == "active":
+            # Only one version of a model serves: older "active" records are history,
+            # and reporting them again would tell the hub they still run.
+            self._records = [
+                r for r in self._records if not (r.name == record.name and r.state == "active")
+            ]
+        self._records.append(record)
+        mine = [r for r in self._records if r.name == record.name]
+        for old in mine[:-KEEP_PER_MODEL]:
+            self._records.remove(old)
+
+    def latest(self) -> list[Record]:
+        """The current record of each model, by name."""
+        newest: dict[str, Record] = {}
+        for record in self._records:
+            newest[record.name] = record
+        return [newest[name] for name in sorted(newest)]
+
+    def dump(self) -> bytes:
+        body = {"format": FORMAT, "releases": [asdict(r) for r in self._records]}
+        return json.dumps(body, indent=1, sort_keys=True).encode()
+
+    def save(self, path: Path) -> None:
+        """Write the records atomically (blocking)."""
+        write(path, self.dump())
+
+    @classmethod
+    def load(cls, path: Path) -> DeployStates:
+        """The records kept at `path` (blocking); none if it is missing or damaged."""
+        try:
+            body = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            # Losing the records costs at most a retry of a refused release.
+            logger.error("deploy states %s unreadable, starting afresh: %s", path, exc)
+            return cls()
+        if not isinstance(body, dict) or body.get("format") != FORMAT:
+            logger.error("deploy states %s: unknown format, starting afresh", path)
+            return cls()
+        records = [r for r in map(_record, body.get("releases") or []) if r is not None]
+        return cls(records)
+
+
+def write(path: Path, data: bytes) -> None:
+    """Replace the file with `dump`ed records (blocking): taken on the event loop, written
+    in a thread."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.replace(path, data, files.PUBLIC)
+
+
+_STATES: Final = frozenset({"downloading", "active", "failed", "rolled_back"})
+_FIELDS: Final = frozenset(f.name for f in fields(Record))
+
+
+def _record(item: Any) -> Record | None:
+    """A record as stored, or None (logged) if it is not one."""
+    if not (
+        isinstance(item, dict)
+        and set(item) == _FIELDS
+        and item["state"] in _STATES
+        and all(isinstance(item[k], str) for k in _FIELDS if k != "final")
+        and isinstance(item["final"], bool)
+    ):
+        logger.warning("deploy states: dropped a damaged record: %r", item)
+        return None
+    return Record(**item)

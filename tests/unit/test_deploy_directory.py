@@ -1,0 +1,85 @@
+"""What the deployer asks of the model directory: install beside the active version
+without changing it, switch the active version, remove a refused one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge.inference.directory import ModelDirectory
+from outpost.modelbundle import BundleError
+from tests.support import SHIPPED_MODELS
+
+NAME = "vibration-anomaly"
+
+
+def version_of(tmp_path: Path, version: str) -> Path:
+    folder = Path(shutil.copytree(SHIPPED_MODELS[0], tmp_path / f"src-{version}"))
+    manifest = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**manifest, "version": version}))
+    return folder
+
+
+def test_installing_a_higher_version_unactivated_keeps_the_default_active(
+    tmp_path: Path,
+) -> None:
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0], activate=False)  # no `active` file: the highest runs
+    assert not (directory.root / NAME / "active").exists()
+
+    directory.install(version_of(tmp_path, "2.0.0"), activate=False)
+
+    assert directory.active(NAME) == "1.0.0"
+    assert directory.versions(NAME) == ["1.0.0", "2.0.0"]
+
+
+def test_set_active_needs_an_installed_version(tmp_path: Path) -> None:
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0])
+    directory.install(version_of(tmp_path, "2.0.0"), activate=False)
+
+    directory.set_active(NAME, "2.0.0")
+    assert directory.active(NAME) == "2.0.0"
+    with pytest.raises(BundleError, match="not installed"):
+        directory.set_active(NAME, "3.0.0")
+    assert directory.active(NAME) == "2.0.0"
+
+
+def test_remove_refuses_the_active_version_and_takes_the_rest(tmp_path: Path) -> None:
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0])
+    directory.install(version_of(tmp_path, "2.0.0"), activate=False)
+
+    with pytest.raises(BundleError, match="is the active version"):
+        directory.remove(NAME, "1.0.0")
+    directory.remove(NAME, "2.0.0")
+    directory.remove(NAME, "9.9.9")  # absent: nothing to do
+
+    assert directory.versions(NAME) == ["1.0.0"]
+    assert sorted(p.name for p in (directory.root / NAME).iterdir()) == ["1.0.0", "active"]
+
+
+def test_removing_the_only_version_of_a_never_activated_model_removes_the_model(
+    tmp_path: Path,
+) -> None:
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0], activate=False)
+
+    directory.remove(NAME, "1.0.0")
+
+    assert directory.entries() == []
+    assert not (directory.root / NAME).exists()
+
+
+def test_entry_names_a_folder_whose_manifest_disagrees(tmp_path: Path) -> None:
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0])
+    shutil.copytree(directory.root / NAME / "1.0.0", directory.root / NAME / "1.0.1")
+
+    entry = directory.entry(NAME, "1.0.1")
+    assert entry.bundle is None
+    assert "not the folder's vibration-anomaly 1.0.1" in entry.error
+    assert directory.entry(NAME, "1.0.0").bundle is not None
