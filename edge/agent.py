@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +18,7 @@ from paho.mqtt.properties import Properties
 
 from edge import sysinfo
 from edge.config import AgentConfig
+from edge.deploy import Deployer
 from edge.identity import DevicePaths, Identity
 from edge.inference.directory import ModelDirectory
 from edge.inference.service import InferenceService, Reporting
@@ -26,10 +26,11 @@ from edge.localapi import LocalApi
 from edge.masking import Masker
 from edge.policy import PolicyKeeper
 from edge.profile import DeviceProfile
+from edge.renewal import CertRenewer, ClientTls
 from edge.store import AgentStore, Bounds, RecordCipher, StreamFullError
 from edge.tasks import TaskRunner
 from edge.uploader import Uploader
-from outpost import __version__, policy, tls, wire
+from outpost import __version__, policy, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
 from outpost.settings import parse_broker_url
 
@@ -54,7 +55,7 @@ class Agent:
         self.ready = asyncio.Event()  # store open and local API listening
         self._started = time.monotonic()
         self._conn = ""
-        self._context: ssl.SSLContext | None = None
+        self._tls = ClientTls(paths)  # follows the certificate file across renewals
         self._host, self._port = parse_broker_url(
             config.broker or identity.broker_url, "broker url"
         )
@@ -62,6 +63,7 @@ class Agent:
         self.uploader: Uploader | None = None
         self.inference: InferenceService | None = None
         self.tasks: TaskRunner | None = None
+        self.deployer: Deployer | None = None
         self._client: aiomqtt.Client | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._models_reported: list[wire.ModelInfo] | None = None
@@ -83,6 +85,9 @@ class Agent:
             self.inference = inference = self._inference_service(store)
             await inference.start()
             stack.push_async_callback(inference.close)
+            self.deployer = Deployer(
+                self.paths, self.identity.hub_url, inference, self._report_model
+            )
             self.tasks = TaskRunner(
                 store,
                 inference,
@@ -108,9 +113,7 @@ class Agent:
             await api.start(self.paths.socket, self.config.local_port)
             stack.push_async_callback(api.stop)
 
-            self._context = await asyncio.to_thread(
-                tls.client_context, self.paths.ca_cert, self.paths.cert, self.paths.key
-            )
+            await self._tls.load()
             self._capabilities = await asyncio.to_thread(
                 sysinfo.capabilities, self.profile, self.paths.root
             )
@@ -129,6 +132,8 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._own_metrics(), name="agent.metrics")
                 tasks.create_task(self.tasks.run(), name="agent.tasks")
+                tasks.create_task(self.deployer.run(), name="agent.deployer")
+                tasks.create_task(CertRenewer(self.paths).run(), name="agent.cert-renewer")
                 tasks.create_task(
                     run_forever(
                         self._make_client,
@@ -201,7 +206,7 @@ class Agent:
             self._port,
             identifier=self.identity.device_id,
             protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=self._context,
+            tls_context=self._tls.current(),  # a stat; reloads only after a renewal
             will=will,
             keepalive=self.config.keepalive,
             socket_options=NODELAY,
@@ -235,6 +240,11 @@ class Agent:
 
         await say_hello()
         await self._event("link.connected")
+        if self.deployer is not None:  # the hub moves roll-outs on from these
+            for state in self.deployer.states():
+                await client.publish(
+                    self._topic("model_state"), wire.encode("model_state", state), qos=1
+                )
 
         async def publish(topic: str, payload: bytes) -> None:
             await client.publish(topic, payload, qos=1)
@@ -283,13 +293,23 @@ class Agent:
         client = self._client
         if client is None or not updates:
             return
-        payload = wire.encode("task_state", wire.TaskState(updates=updates))
+        self._send_soon(client, "task_state", wire.TaskState(updates=updates))
+
+    async def _report_model(self, state: wire.ModelState) -> None:
+        """Tell the hub what became of a model release, if connected (the states are
+        sent again after each hello, so one lost offline is not lost for good)."""
+        client = self._client
+        if client is not None:
+            self._send_soon(client, "model_state", state)
+
+    def _send_soon(self, client: aiomqtt.Client, kind: str, body: wire.Body) -> None:
+        payload = wire.encode(kind, body)
 
         async def send() -> None:
             with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(self._topic("task_state"), payload, qos=1)
+                await client.publish(self._topic(kind), payload, qos=1)
 
-        sending = asyncio.create_task(send(), name="agent.task-state")
+        sending = asyncio.create_task(send(), name=f"agent.{kind}")
         self._sending.add(sending)
         sending.add_done_callback(self._sending.discard)
 
@@ -338,6 +358,8 @@ class Agent:
                 await self.tasks.assign(body)
             elif isinstance(body, wire.Cancel) and self.tasks is not None:
                 await self.tasks.cancel(body)
+            elif isinstance(body, wire.ModelReleases) and self.deployer is not None:
+                await self.deployer.offer(body)  # downloads run in the deployer's task
             elif isinstance(body, wire.SignedPolicy) and self.policy is not None:
                 # Verifying and writing it to disk block: off the loop. Applying only
                 # sets plain attributes, so it may run there too.

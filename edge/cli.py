@@ -1,4 +1,5 @@
-"""`outpost-agent`: enroll this device with a hub, then run the agent daemon."""
+"""`outpost-agent`: enroll this device with a hub, run the agent daemon, renew its
+certificate."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
         help="device profile, e.g. firmware-configs/raspberry-pi-4.toml",
     )
     p.set_defaults(func=_enroll)
+
+    p = sub.add_parser(
+        "renew",
+        help="renew the device certificate now (the daemon does it by itself at two thirds "
+        "of its life)",
+    )
+    p.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    p.set_defaults(func=_renew)
 
     p = sub.add_parser("run", help="run the agent daemon")
     p.add_argument("--data", type=Path, required=True, help="the agent's data folder")
@@ -138,6 +148,21 @@ def _do_enroll(args: argparse.Namespace, enroll: Any) -> int:
             raise CliError(f"cannot read {args.token_file}: {exc.strerror}") from exc
     identity = asyncio.run(enroll(token, DevicePaths(args.data), args.profile))
     print(f"enrolled as {identity.device_id}; broker {identity.broker_url}")
+    return 0
+
+
+def _renew(args: argparse.Namespace) -> int:
+    from edge.renewal import RenewalError, renew
+
+    paths = DevicePaths(args.data)
+    identity = Identity.load(paths)
+    try:
+        renewed = asyncio.run(renew(paths, identity))
+    except RenewalError as exc:
+        raise CliError(str(exc)) from exc
+    until = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(renewed.cert_not_after))
+    print(f"renewed the certificate of {renewed.device_id}; valid until {until}")
+    print("a running agent uses it from its next connection")
     return 0
 
 

@@ -47,7 +47,7 @@ async def enroll(token: str, paths: DevicePaths, profile_file: Path) -> Identity
 
     paths.identity_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = await asyncio.to_thread(_device_key, paths)
-    csr = _csr(key)
+    csr = make_csr(key)
 
     ca_pem = await _fetch_ca(hub_url)
     if tls.fingerprint(ca_pem) != pin:
@@ -59,13 +59,14 @@ async def enroll(token: str, paths: DevicePaths, profile_file: Path) -> Identity
 
     cert_pem = str(reply.get("certificate", "")).encode()
     device_id = str(reply.get("device_id", ""))
-    _check_certificate(cert_pem, ca_pem, key, device_id)
+    cert = check_certificate(cert_pem, ca_pem, key, device_id)
     identity = Identity(
         device_id=device_id,
         broker_url=str(reply["broker_url"]),
         hub_url=hub_url,
         enrolled_at=time.time(),
-        cert_not_after=float(reply["not_after"]),
+        cert_not_after=cert.not_valid_after_utc.timestamp(),
+        cert_not_before=cert.not_valid_before_utc.timestamp(),
     )
     signing_pub = str(reply["signing_public_key"]).encode()
     await asyncio.to_thread(
@@ -106,13 +107,18 @@ def _read_token(token: str) -> tuple[str, str]:
     return url.rstrip("/"), pin
 
 
+def load_device_key(paths: DevicePaths) -> ec.EllipticCurvePrivateKey:
+    """Load the device key (blocking: reads a file)."""
+    key = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise EnrollError(f"{paths.key} is not an EC key")
+    return key
+
+
 def _device_key(paths: DevicePaths) -> ec.EllipticCurvePrivateKey:
     """Load the device key, or create it (0600) if an earlier attempt did not."""
     if paths.key.exists():
-        key = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise EnrollError(f"{paths.key} is not an EC key")
-        return key
+        return load_device_key(paths)
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -123,9 +129,10 @@ def _device_key(paths: DevicePaths) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def _csr(key: ec.EllipticCurvePrivateKey) -> bytes:
-    # The CN is a placeholder: the hub assigns the device id and puts it in the certificate.
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "outpost-device")])
+def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str = "outpost-device") -> bytes:
+    """A CSR signed with `key`. The hub sets the CN itself (the device id); at enrollment
+    this one is a placeholder."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.PEM)
 
@@ -170,9 +177,11 @@ async def _post_csr(
     return reply
 
 
-def _check_certificate(
+def check_certificate(
     cert_pem: bytes, ca_pem: bytes, key: ec.EllipticCurvePrivateKey, device_id: str
-) -> None:
+) -> x509.Certificate:
+    """Return the certificate the hub sent, checked: issued by the fleet CA, for our key
+    and for our device id; raise `EnrollError` saying what is wrong."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
         cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
@@ -189,3 +198,4 @@ def _check_certificate(
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not cn or cn[0].value != device_id:
         raise EnrollError("the certificate's CN is not the device id the hub assigned")
+    return cert

@@ -90,6 +90,9 @@ class Identity:
     hub_url: str
     enrolled_at: float
     cert_not_after: float
+    # Start of the certificate's validity; None in folders enrolled before renewals
+    # (the renewer then reads it from the certificate).
+    cert_not_before: float | None = None
 
     def save(self, paths: DevicePaths) -> None:
         data = json.dumps(asdict(self), indent=2, sort_keys=True).encode()

@@ -7,10 +7,12 @@ import contextlib
 import logging
 import time
 
+from hub import revocation
 from hub.acks import LinkDownError
 from hub.api.context import ApiContext
 from hub.api.server import WebServer
 from hub.broker import BrokerSupervisor
+from hub.certificates import Renewals
 from hub.config import HubConfig
 from hub.dispatcher import Dispatcher
 from hub.enrollment import Enrollment, load_signing_key, load_token_key
@@ -59,6 +61,7 @@ class Hub:
             )
             stack.callback(store.close)
 
+            await revocation.prepare(self.paths, self.config, store)  # the broker's CRL
             if self.config.managed_broker:
                 host, port = self.config.broker_address
                 self.broker = BrokerSupervisor(
@@ -162,6 +165,8 @@ class Hub:
             policies=policies,
             models=shelf,
             rollouts=self.rollouts,
+            renewals=Renewals.load(self.paths, self.config, store),
+            revoker=revocation.Revoker(self.paths, self.config, store, broker=self.broker),
         )
 
     async def _liveness(self, store: HubStore) -> None:

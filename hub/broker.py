@@ -27,10 +27,29 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 RESTART_BACKOFF_CAP = 10.0
+RELOAD_TIMEOUT = 5.0
+# What Mosquitto logs when it handles SIGHUP, before it re-reads its certificates and
+# CRL in the same pass of its loop: a connection it accepts after this line sees them.
+RELOADED_LINE = b"Reloading config."
 
 
 class BrokerStartError(RuntimeError):
     """Mosquitto did not start listening; the message carries its last log lines."""
+
+
+def crl_file(paths: HubPaths) -> Path:
+    """The certificate revocation list the broker checks client certificates against."""
+    return paths.broker_dir / "crl.pem"
+
+
+def pid_file(paths: HubPaths) -> Path:
+    """Where the hub keeps the pid of its running Mosquitto, for `outpost-hub` commands
+    run beside it (Mosquitto writes its own pid file only when it daemonises)."""
+    return paths.broker_dir / "mosquitto.pid"
+
+
+def log_file(paths: HubPaths) -> Path:
+    return paths.broker_dir / "mosquitto.log"
 
 
 def acl_text() -> str:
@@ -47,8 +66,10 @@ def acl_text() -> str:
     )
 
 
-def config_text(paths: HubPaths, *, host: str, port: int, max_packet_bytes: int) -> str:
-    """Return mosquitto.conf for the managed broker."""
+def config_text(
+    paths: HubPaths, *, host: str, port: int, max_packet_bytes: int, crl: bool = True
+) -> str:
+    """Return mosquitto.conf for the managed broker (checking the CRL if `crl`)."""
     d = paths.broker_dir
     return "\n".join(
         [
@@ -60,7 +81,7 @@ def config_text(paths: HubPaths, *, host: str, port: int, max_packet_bytes: int)
             "persistence true",
             f"persistence_location {d}/",
             "autosave_interval 30",
-            f"log_dest file {d / 'mosquitto.log'}",
+            f"log_dest file {log_file(paths)}",
             "log_type error",
             "log_type warning",
             "log_type notice",
@@ -81,6 +102,9 @@ def config_text(paths: HubPaths, *, host: str, port: int, max_packet_bytes: int)
             f"cafile {paths.ca_cert}",
             f"certfile {paths.server_cert}",
             f"keyfile {paths.server_key}",
+            # Revoked devices; re-read on SIGHUP. Mosquitto refuses to start without the
+            # file, so the hub writes one (perhaps empty) before it starts the broker.
+            f"crlfile {crl_file(paths)}" if crl else "# no CRL written: revocation is off",
             "tls_version tlsv1.2",
             "require_certificate true",
             "use_identity_as_username true",
@@ -94,7 +118,15 @@ def write_config(paths: HubPaths, *, host: str, port: int, max_packet_bytes: int
     paths.broker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     files.replace(paths.broker_dir / "acl", acl_text().encode(), files.PRIVATE)
     conf = paths.broker_dir / "mosquitto.conf"
-    text = config_text(paths, host=host, port=port, max_packet_bytes=max_packet_bytes)
+    # The hub always writes the CRL first; a broker started on its own (tests,
+    # benchmarks) runs without one rather than not at all.
+    text = config_text(
+        paths,
+        host=host,
+        port=port,
+        max_packet_bytes=max_packet_bytes,
+        crl=crl_file(paths).exists(),
+    )
     files.replace(conf, text.encode(), files.PRIVATE)
     return conf
 
@@ -118,6 +150,14 @@ class BrokerSupervisor:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    async def reload(self) -> bool:
+        """Make Mosquitto re-read its CRL and certificates (SIGHUP); return once it has,
+        or False if it is not running or did not say so in time. Open connections stay."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return False
+        return await reload_pid(self._paths, process.pid)
 
     async def start(self) -> None:
         """Write the config, start Mosquitto and return once it accepts connections."""
@@ -149,6 +189,7 @@ class BrokerSupervisor:
                 logger.warning("mosquitto did not stop in %.0f s; killing it", STOP_TIMEOUT)
                 process.kill()
                 await process.wait()
+        pid_file(self._paths).unlink(missing_ok=True)
         logger.info("broker stopped")
 
     async def _spawn(self) -> None:
@@ -162,6 +203,9 @@ class BrokerSupervisor:
             preexec_fn=_die_with_parent,
         )
         await self._wait_listening(self._process)
+        await asyncio.to_thread(
+            files.replace, pid_file(self._paths), f"{self._process.pid}\n".encode(), files.PRIVATE
+        )
         logger.info(
             "broker listening on %s:%d (mosquitto pid %d)",
             self._host,
@@ -212,12 +256,65 @@ class BrokerSupervisor:
                 break
 
     def _log_tail(self) -> str:
-        log = self._paths.broker_dir / "mosquitto.log"
+        log = log_file(self._paths)
         try:
             lines = log.read_text(errors="replace").splitlines()[-5:]
         except FileNotFoundError:
             return "no log written"
         return " | ".join(lines) or "log is empty"
+
+
+async def reload_running(paths: HubPaths) -> bool:
+    """Reload the managed Mosquitto of a hub running in another process (found by its
+    pid file); False if none runs (it reads the CRL when the hub next starts it)."""
+    pid = await asyncio.to_thread(_running_pid, paths)
+    return pid is not None and await reload_pid(paths, pid)
+
+
+async def reload_pid(paths: HubPaths, pid: int) -> bool:
+    """Send SIGHUP to Mosquitto `pid` and wait until its log shows it reloaded."""
+    log = log_file(paths)
+    offset = await asyncio.to_thread(_size, log)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + RELOAD_TIMEOUT
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(_logged_since, log, offset, RELOADED_LINE):
+            logger.info("broker reloaded (mosquitto pid %d)", pid)
+            return True
+        await asyncio.sleep(0.02)  # poll: Mosquitto has no other reload signal
+    logger.warning("mosquitto (pid %d) did not confirm its reload in %.0f s", pid, RELOAD_TIMEOUT)
+    return False
+
+
+def _running_pid(paths: HubPaths) -> int | None:
+    """The pid in the pid file, if that process is still this hub's Mosquitto (a stale
+    file's pid may have been reused by another program)."""
+    try:
+        pid = int(pid_file(paths).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    conf = str(paths.broker_dir / "mosquitto.conf").encode()
+    return pid if conf in cmdline else None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _logged_since(path: Path, offset: int, line: bytes) -> bool:
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            return line in log.read()
+    except FileNotFoundError:
+        return False
 
 
 def find_program(program: str) -> str:

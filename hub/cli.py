@@ -1,4 +1,5 @@
-"""`outpost-hub`: initialise a hub, mint bootstrap tokens, list devices, run the daemon."""
+"""`outpost-hub`: initialise a hub, mint bootstrap tokens, list and revoke devices, run the
+daemon."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from hub.enrollment import load_token_key
 from hub.initialise import AlreadyInitialisedError, initialise
 from hub.labels import parse_selector
 from hub.paths import HubPaths
+from hub.revocation import Revoker, UnknownDeviceError
 from hub.store import HubStore
 from outpost import durations, logs, schema, settings, tls
 from outpost.aio import cancel_until_done
@@ -124,6 +126,18 @@ def _parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_devices)
+
+    p = sub.add_parser("device", help="act on one device")
+    device = p.add_subparsers(required=True, metavar="ACTION")
+    d = device.add_parser(
+        "revoke",
+        help="revoke a device: the broker refuses its certificates, its connection is "
+        "dropped and it cannot renew (works with the hub running or not)",
+    )
+    _data(d)
+    _config(d)
+    d.add_argument("device_id", metavar="ID", help="the device id, e.g. dev-0123456789ab")
+    d.set_defaults(func=_device_revoke)
     return parser
 
 
@@ -267,6 +281,29 @@ def _devices(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(render_fleet(rows, now=time.time()))
+    return 0
+
+
+def _device_revoke(args: argparse.Namespace) -> int:
+    paths = HubPaths(args.data)
+    config = load_config(args.data, args.config)
+    with _store(paths) as store:
+        try:
+            done = asyncio.run(Revoker(paths, config, store).revoke(args.device_id))
+        except UnknownDeviceError as exc:
+            raise ValueError(str(exc)) from exc
+    print(f"revoked {done.device_id}: {done.certificates} certificate(s) in the CRL")
+    if not config.managed_broker:
+        print("external broker: reload it so that it reads the CRL (the hub cannot)")
+    elif done.broker_reloaded:
+        connection = (
+            "its connection, if any, was closed"
+            if done.disconnected
+            else "its connection could not be closed (see the log)"
+        )
+        print(f"the broker reloaded the CRL; {connection}")
+    else:
+        print("the hub is not running: its broker reads the CRL when it starts")
     return 0
 
 

@@ -45,7 +45,17 @@ class HubConfig:
         max_len=256,
     )
     device_cert_days: float = schema.setting(
-        90.0, help="lifetime of device certificates, in days", min=1 / 24, max=3650
+        90.0,
+        help="lifetime of device certificates, in days (devices renew at two thirds of it)",
+        min=1e-4,  # about 9 s: lets tests watch renewals; real fleets want weeks
+        max=3650,
+    )
+    device_cert_grace_days: float = schema.setting(
+        30.0,
+        help="how long after its certificate expired a device may still renew it with its "
+        "old key, in days; later it needs a new bootstrap token",
+        min=0,
+        max=3650,
     )
     enroll_token_ttl: float = schema.setting(
         3600.0, help="default lifetime of a bootstrap token, in seconds", min=1, max=30 * 86400

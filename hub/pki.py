@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_DAYS = 3650
 SERVER_DAYS = 825
+CLOCK_SKEW = dt.timedelta(minutes=5)
 # Named curves we accept from devices; anything smaller than P-256 is weak.
 ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 MIN_RSA_BITS = 2048
@@ -97,8 +98,12 @@ def issue(
 ) -> Issued:
     """Issue a leaf certificate: a client certificate, or a server one with `server_names`."""
     now = _now()
-    not_before = now - dt.timedelta(minutes=5)  # tolerate small clock skew on devices
-    not_after = now + dt.timedelta(days=days)
+    lifetime = dt.timedelta(days=days)
+    # Backdated to tolerate small clock skew on devices, but by at most a tenth of the
+    # lifetime: devices renew at a fraction of not_before..not_after, which must stay
+    # mostly ahead of them even for a certificate of seconds (tests).
+    not_before = now - min(CLOCK_SKEW, lifetime / 10)
+    not_after = now + lifetime
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
         x509.CertificateBuilder()

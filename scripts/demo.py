@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +69,7 @@ POLICY_LAYERS: dict[str, dict[str, Any]] = {
 }
 SHIPPED_MODELS = sorted(str(p.parent) for p in (REPO / "models").glob("*/*/model.json"))
 HEARTBEAT_S = 2.0
+ROLLOUT_AT_S = 4.0  # seconds into the fleet view when vibration-anomaly 1.1.0 rolls out
 CUT_AT_S, CUT_FOR_S = 12.0, 15.0  # when the north site's link goes down, and for how long
 
 
@@ -276,6 +278,7 @@ def main() -> int:
             "and a layer for the cameras group (masks the 'source' field: hashed before "
             "upload); each agent verifies the signed policy and reports the version it runs"
         )
+        rollout = DemoRollout(api, admin, background)
         feeder = TaskFeeder(api.url, HubPaths(hub_dir).ca_cert, operator)
         background.spawn(feeder.run())
         step(
@@ -289,7 +292,9 @@ def main() -> int:
         )
         step("fleet (refreshing every second; Ctrl-C stops everything)")
         outage = (args.cut_at, args.cut_at + args.cut_for)
-        show_fleet(api, args.duration, children, devices, links, background, outage, feeder)
+        show_fleet(
+            api, args.duration, children, devices, links, background, outage, feeder, rollout
+        )
     except KeyboardInterrupt:
         print()
     finally:
@@ -303,12 +308,12 @@ class HubApi:
 
     def __init__(self, url: str, ca: Path, token: str) -> None:
         self.url = url
-        self._context = ssl.create_default_context(cafile=str(ca))
+        self.context = ssl.create_default_context(cafile=str(ca))
         self._headers = {"Authorization": f"Bearer {token}"}
 
     def get(self, path: str) -> bytes:
         request = urllib.request.Request(self.url + path, headers=self._headers)  # noqa: S310 - our own https URL
-        with urllib.request.urlopen(request, context=self._context, timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(request, context=self.context, timeout=5) as response:  # noqa: S310
             body: bytes = response.read()
             return body
 
@@ -319,8 +324,19 @@ class HubApi:
             method="PUT",
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, context=self._context, timeout=5):  # noqa: S310
+        with urllib.request.urlopen(request, context=self.context, timeout=5):  # noqa: S310
             pass
+
+    def post(self, path: str, body: dict[str, Any], token: str) -> dict[str, Any]:
+        request = urllib.request.Request(  # noqa: S310 - our own https URL
+            self.url + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, context=self.context, timeout=5) as response:  # noqa: S310
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
 
     def devices(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = json.loads(self.get("/api/v1/devices"))["items"]
@@ -359,6 +375,73 @@ class HubApi:
         return accepted, rejected
 
 
+class DemoRollout:
+    """An admin uploads vibration-anomaly 1.1.0 (the shipped network under a new version)
+    and rolls it out to every device, one canary first."""
+
+    def __init__(self, api: HubApi, admin: str, background: Background) -> None:
+        self._api = api
+        self._admin = admin
+        self._background = background
+        self.id: int | None = None
+
+    def start(self) -> str:
+        folder = REPO / "models" / "vibration-anomaly" / "1.0.0"
+        manifest = json.loads((folder / "model.json").read_text())
+        manifest["version"] = "1.1.0"
+        uploaded = self._background.run(
+            self._upload(
+                (folder / "model.tflite").read_bytes(),
+                manifest,
+                (folder / "sample.json").read_bytes(),
+            )
+        )
+        started = self._api.post(
+            "/api/v1/rollouts",
+            {"model": "vibration-anomaly", "version": "1.1.0", "canary_share": 0.3},
+            self._admin,
+        )
+        self.id = int(started["id"])
+        return (
+            f"model vibration-anomaly 1.1.0 uploaded (POST /api/v1/models: the hub ran its "
+            f"sample on {uploaded['checked_with']} and signed it); roll-out {self.id} to "
+            "every device: one canary first, the rest once it runs the model"
+        )
+
+    async def _upload(self, model: bytes, manifest: dict[str, Any], sample: bytes) -> Any:
+        form = aiohttp.FormData()
+        form.add_field("model", model, filename="model.tflite")
+        form.add_field("manifest", json.dumps(manifest), filename="model.json")
+        form.add_field("sample", sample, filename="sample.json")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                self._api.url + "/api/v1/models",
+                data=form,
+                headers={"Authorization": f"Bearer {self._admin}"},
+                ssl=self._api.context,
+            ) as response,
+        ):
+            response.raise_for_status()
+            return await response.json()
+
+    def progress(self, names: dict[str, str]) -> str:
+        if self.id is None:
+            return f"model roll-out: vibration-anomaly 1.1.0 starts {ROLLOUT_AT_S:.0f} s in"
+        try:
+            r = json.loads(self._api.get(f"/api/v1/rollouts/{self.id}"))
+        except (OSError, ValueError):
+            return "model roll-out: (hub not answering)"
+        each = ", ".join(
+            f"{names.get(d['device'], d['device'])} {d['stage']} {d['state']}" for d in r["devices"]
+        )
+        reason = f" ({r['reason']})" if r["reason"] else ""
+        return (
+            f"model roll-out {r['id']} of {r['model']} {r['version']} "
+            f"(GET /api/v1/rollouts/{r['id']}): {r['state']}{reason}: {each}"
+        )
+
+
 @dataclass
 class Device:
     name: str
@@ -388,6 +471,7 @@ def show_fleet(
     background: Background,
     outage: tuple[float, float],
     feeder: TaskFeeder,
+    rollout: DemoRollout,
 ) -> None:
     tty = sys.stdout.isatty()
     started = time.monotonic()
@@ -400,6 +484,8 @@ def show_fleet(
         elif cut and not cut.up and elapsed >= outage[1]:
             background.call(cut.restore)
             step("the north site's link is back")
+        if rollout.id is None and elapsed >= ROLLOUT_AT_S:
+            step(rollout.start())
         table = render_fleet(api.devices(), now=time.time())
         accepted, rejected = api.message_counts()
         alive = sum(c.poll() is None for c in children)
@@ -417,7 +503,8 @@ def show_fleet(
             + ", ".join(f"{n} {state}" for state, n in states.items() if n)
         )
         print(store_and_forward(api, devices, links, background))
-        print(local_inference(devices), flush=True)
+        print(local_inference(devices))
+        print(rollout.progress({d.device_id: d.name for d in devices}), flush=True)
         print()
         time.sleep(1)  # the demo's refresh period
 

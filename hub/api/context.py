@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hub.broker import BrokerSupervisor
+from hub.certificates import Renewals
 from hub.config import HubConfig
 from hub.dispatcher import Dispatcher
 from hub.enrollment import Enrollment
 from hub.metrics import HubMetrics
 from hub.policies import PolicyPublisher
 from hub.releases import ModelShelf
+from hub.revocation import Revoker
 from hub.rollouts import RolloutService
 from hub.store import HubStore
 
@@ -32,3 +34,5 @@ class ApiContext:
     policies: PolicyPublisher
     models: ModelShelf
     rollouts: RolloutService | None
+    renewals: Renewals
+    revoker: Revoker

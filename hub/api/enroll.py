@@ -1,5 +1,6 @@
 """Enrollment routes: the only route that takes a bootstrap token instead of a bearer
-token, and the public CA certificate a device pins before trusting anything else."""
+token, the public CA certificate a device pins before trusting anything else, and
+certificate renewal, where a CSR signed with the device's key is the credential."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from aiohttp import web
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError
-from hub.api.models import Enrolled, EnrollRequest, Health
+from hub.api.models import Enrolled, EnrollRequest, Health, RenewedOut, RenewRequest
 from hub.api.routing import AUDIT_DETAIL, Route
+from hub.certificates import RenewalRefusedError
 from hub.enrollment import BadTokenError, EnrollmentRefusedError
 from outpost import schema
 
@@ -47,6 +49,26 @@ def routes(ctx: ApiContext) -> list[Route]:
         )
         return web.json_response(schema.dump(out), status=201)
 
+    async def renew(request: web.Request) -> web.Response:
+        # Public on purpose: an expired certificate would fail the TLS handshake, so the
+        # device proves itself in the body (a CSR signed with its certificate's key).
+        body = await params.json_body(request, RenewRequest)
+        try:
+            renewed = await ctx.renewals.renew(
+                certificate_pem=body.certificate.encode(), csr_pem=body.csr.encode()
+            )
+        except RenewalRefusedError as exc:
+            logger.warning("renewal refused: %s", exc)
+            request[AUDIT_DETAIL] = {"device": exc.device_id, "refused": str(exc)}
+            raise ApiError(exc.status, "renewal_refused", str(exc)) from exc
+        request[AUDIT_DETAIL] = {
+            "device": renewed.device_id,
+            "serial": renewed.serial,
+            "previous_serial": renewed.previous_serial,
+        }
+        out = RenewedOut(certificate=renewed.certificate_pem.decode(), not_after=renewed.not_after)
+        return web.json_response(schema.dump(out))
+
     return [
         Route(
             "GET", "/api/v1/health", "public", health, "Liveness check", "public", response=Health
@@ -72,5 +94,18 @@ def routes(ctx: ApiContext) -> list[Route]:
             response=Enrolled,
             status=201,
             errors=(401, 422),
+        ),
+        Route(
+            "POST",
+            "/api/v1/enroll/renew",
+            "public",
+            renew,
+            "Renew a device certificate: a certificate it holds (expired within the grace "
+            "period too) and a CSR signed with its key",
+            "enrollment",
+            action="device.renew",
+            body=RenewRequest,
+            response=RenewedOut,
+            errors=(403, 422),
         ),
     ]

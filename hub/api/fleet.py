@@ -1,4 +1,4 @@
-"""Fleet routes: list, read and label devices."""
+"""Fleet routes: list, read, label and revoke devices."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from hub import labels
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
-from hub.api.models import DeviceOut, DevicePatch
+from hub.api.models import DeviceOut, DevicePatch, RevokedOut
 from hub.api.routing import AUDIT_DETAIL, Param, Route
+from hub.revocation import UnknownDeviceError
 from outpost import schema
 
 
@@ -52,6 +53,24 @@ def routes(ctx: ApiContext) -> list[Route]:
         await ctx.policies.refresh([device_id])  # its groups may have changed
         return web.json_response(schema.dump(DeviceOut.of(device)))
 
+    async def revoke_device(request: web.Request) -> web.Response:
+        device_id = request.match_info["id"]
+        request[AUDIT_DETAIL] = {"device": device_id}
+        try:
+            done = await ctx.revoker.revoke(device_id)
+        except UnknownDeviceError as exc:
+            raise ApiError(404, "not_found", f"no device {device_id!r}") from exc
+        out = RevokedOut(
+            device_id=done.device_id,
+            revoked_at=done.revoked_at,
+            certificates=done.certificates,
+            broker_reloaded=done.broker_reloaded,
+            disconnected=done.disconnected,
+        )
+        answer = schema.dump(out)
+        request[AUDIT_DETAIL] = answer
+        return web.json_response(answer)
+
     device_id = Param("id", "path", "device id")
     return [
         Route(
@@ -92,6 +111,19 @@ def routes(ctx: ApiContext) -> list[Route]:
             action="device.update",
             body=DevicePatch,
             response=DeviceOut,
+            params=(device_id,),
+            errors=(404,),
+        ),
+        Route(
+            "POST",
+            "/api/v1/devices/{id}/revoke",
+            "admin",
+            revoke_device,
+            "Revoke a device: the broker refuses its certificates and drops its connection, "
+            "and it can no longer renew",
+            "fleet",
+            action="device.revoke",
+            response=RevokedOut,
             params=(device_id,),
             errors=(404,),
         ),

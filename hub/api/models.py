@@ -373,3 +373,38 @@ class TaskOut:
                 TaskEventOut(e.at, e.state, e.device_id, e.attempt, e.detail) for e in t.events
             ],
         )
+
+
+@dataclass(frozen=True)
+class RenewRequest:
+    """A device asks for a new certificate for the key it holds (no token needed)."""
+
+    certificate: str = schema.setting(
+        help="a certificate the device holds (PEM), expired ones within the grace period too",
+        max_len=16384,
+    )
+    csr: str = schema.setting(
+        help="PEM certificate signing request signed with that certificate's key",
+        max_len=16384,
+    )
+
+
+@dataclass(frozen=True)
+class RenewedOut:
+    """A renewed device certificate."""
+
+    certificate: str = schema.setting(help="the new device certificate, PEM")
+    not_after: float = schema.setting(help="its expiry, seconds since the epoch")
+
+
+@dataclass(frozen=True)
+class RevokedOut:
+    """What revoking a device did."""
+
+    device_id: str = schema.setting(help="the revoked device")
+    revoked_at: float = schema.setting(help="when it was (first) revoked, epoch seconds")
+    certificates: int = schema.setting(help="its certificates now listed in the CRL")
+    broker_reloaded: bool = schema.setting(
+        help="the managed broker re-read the CRL (false with an external broker)"
+    )
+    disconnected: bool = schema.setting(help="its broker session, if any, was closed")

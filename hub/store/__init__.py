@@ -18,10 +18,11 @@ from typing import Any
 import msgpack
 import sqlite_utils
 
-from hub.store import audit, devices, leases, rollouts, tasks, tokens
+from hub.store import audit, certs, devices, leases, rollouts, tasks, tokens
 from hub.store import policy as policies
 from hub.store import records as streams  # `records` is also a method name below
 from hub.store.audit import AuditEntry
+from hub.store.certs import IssuedCert, RenewalState, RevokedCert
 from hub.store.devices import ConnectionLost, Device, HeartbeatSeen, HelloSeen, PresenceEvent
 from hub.store.leases import Assigned
 from hub.store.leases import Settings as TaskSettings
@@ -46,9 +47,12 @@ __all__ = [
     "HeartbeatSeen",
     "HelloSeen",
     "HubStore",
+    "IssuedCert",
     "Layer",
     "NewTask",
     "PresenceEvent",
+    "RenewalState",
+    "RevokedCert",
     "Rollout",
     "RolloutRefusedError",
     "StoredModel",
@@ -167,6 +171,26 @@ class HubStore:
 
     async def fleet_counts(self) -> list[tuple[bool, str, int]]:
         return await self._db.run(devices.fleet_counts)
+
+    # ------------------------------------------------------------ device certificates
+
+    async def renewal_state(self, device_id: str, serial: str) -> RenewalState:
+        return await self._db.run(certs.renewal_state, device_id, serial)
+
+    async def record_renewal(self, cert: IssuedCert) -> bool:
+        """Record a renewed certificate; False if the device was revoked meanwhile."""
+        return await self._db.run(certs.record_renewal, cert)
+
+    async def revoke_device(self, device_id: str, *, now: float) -> Device | None:
+        """Mark a device revoked and offline (idempotent); None if unknown."""
+        return await self._db.run(certs.revoke_device, device_id, now)
+
+    async def device_certs(self, device_id: str) -> list[IssuedCert]:
+        return await self._db.run(certs.device_certs, device_id)
+
+    def revoked_certs_sync(self) -> list[RevokedCert]:
+        """Every certificate of every revoked device (blocking: for the CRL writer's thread)."""
+        return self._db.run_sync(certs.revoked_certs)
 
     # ------------------------------------------------------------ audit
 

@@ -16,6 +16,7 @@ from tests.bench import (
     bench_footprint,
     bench_inference,
     bench_ingest,
+    bench_rollout,
     bench_store,
     bench_tasks,
 )
@@ -37,6 +38,7 @@ def main() -> None:
             *bench_footprint.run(root / "footprint"),
             *bench_inference.run(root / "inference"),
             *bench_tasks.run(root / "tasks"),
+            *bench_rollout.run(root / "rollout"),
         ]:
             print(result.line(), flush=True)
 

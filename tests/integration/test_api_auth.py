@@ -19,7 +19,12 @@ from hub.enrollment import load_token_key
 from tests.api_client import ApiClient
 from tests.support import add_device, mint_token
 
-PUBLIC = {("GET", "/api/v1/health"), ("GET", "/api/v1/enroll/ca")}
+PUBLIC = {
+    ("GET", "/api/v1/health"),
+    ("GET", "/api/v1/enroll/ca"),
+    ("POST", "/api/v1/enroll/renew"),  # proof: a certificate of this hub and a CSR by its key
+}
+DEVICE = {("GET", "/api/v1/device/models/{name}/{version}/model.tflite")}
 BOOTSTRAP = {("POST", "/api/v1/enroll")}
 
 
@@ -65,14 +70,23 @@ async def test_every_route_refuses_bad_tokens_and_small_roles(hub: Hub, api: Api
     by_role = {role: await api.token(role) for role in apitokens.ROLES}
     problems = []
     seen_public = set()
+    seen_device = set()
 
     for route in hub.web.routes:
         path = (
             route.path.replace("{id}", "dev-matrix0001")
             .replace("{jti}", "no-such-jti")
             .replace("{name}", "no-such-layer")
+            .replace("{version}", "1.0.0")
         )
         key = (route.method, route.path)
+        if route.access == "device":  # a client certificate, never a token
+            seen_device.add(key)
+            for token in (None, by_role["admin"]):
+                reply = await api.call(route.method, path, token=token)
+                if reply.status != 401:
+                    problems.append(f"{key} without a device certificate: {reply.status}")
+            continue
         if route.access in ("public", "bootstrap"):
             seen_public.add(key)
             reply = await api.call(route.method, path, body={})
@@ -99,6 +113,7 @@ async def test_every_route_refuses_bad_tokens_and_small_roles(hub: Hub, api: Api
                 problems.append(f"{key} as {role}: refused with {reply.status}")
 
     assert seen_public == PUBLIC | BOOTSTRAP
+    assert seen_device == DEVICE
     assert not problems, "\n".join(problems)
 
 

@@ -114,7 +114,11 @@ async def test_read_a_device(hub: Hub, api: ApiClient) -> None:
 
     assert reply.status == 200
     assert reply.body["labels"] == {"site": "north"}
-    assert reply.body["certificate"] == {"serial": "ab12", "not_before": 1.0, "not_after": 2.0}
+    assert reply.body["certificate"] == {
+        "serial": b"dev-read0001".hex(),
+        "not_before": 1.0,
+        "not_after": 2.0,
+    }
     assert missing.status == 404
     assert missing.error["code"] == "not_found"
 

@@ -61,9 +61,12 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
     assert "hub stopped" in hub_log
     for name in ("pump-station", "camera-gate", "line-3-gateway"):
         assert "agent stopped" in (data / "logs" / f"{name}.log").read_text()
-    # Every device runs both shipped models; its sensor program's inferences go on while
-    # its site's link is cut, and the flagged ones are counted in the results above.
-    assert all("surface-defect@1.0.0,vibration-anomaly@1.0.0" in row for row in rows), last_table
+    # Every device runs both shipped models (its sensor program's inferences go on while
+    # its site's link is cut, and the flagged ones are counted in the results above),
+    # and an admin rolled vibration-anomaly 1.1.0 out to all three, one canary first.
+    assert all("surface-defect@1.0.0,vibration-anomaly@1.1.0" in row for row in rows), last_table
+    assert re.search(r"model roll-out 1 of vibration-anomaly 1\.1\.0 .*: completed:", last_table)
+    assert "roll-out 1 to every device: one canary first" in done.stdout
     answered = {
         m[0]: (int(m[1]), int(m[2]), int(m[3]))
         for m in re.findall(

@@ -1,0 +1,212 @@
+"""Device revocation: the registry marks the device, a CRL signed by the fleet CA lists
+every certificate it was ever issued, the broker re-reads the CRL, and the device's open
+connection is taken over and closed.
+
+Mosquitto checks the CRL only when a client connects (a SIGHUP reloads it but keeps open
+connections), so the hub also kicks the device off: its MQTT client id is its device id,
+and a second client connecting with the same id ends the first one's session (MQTT
+session takeover). The hub's own certificate may use any client id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import ssl
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from hub import pki
+from hub.broker import BrokerSupervisor, crl_file, reload_running
+from hub.config import HubConfig
+from hub.paths import HubPaths
+from hub.store import HubStore, RevokedCert
+from outpost import files, tls
+
+logger = logging.getLogger(__name__)
+
+KICK_TIMEOUT_S = 5.0
+
+
+class UnknownDeviceError(LookupError):
+    """There is no such device in the registry."""
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What revoking a device did."""
+
+    device_id: str
+    revoked_at: float
+    certificates: int  # of this device, now listed in the CRL
+    broker_reloaded: bool  # False: no managed broker runs (or it did not confirm)
+    disconnected: bool  # the session takeover went through (whether or not it was online)
+
+
+def build_crl(
+    ca_key: pki.CaKey,
+    ca_cert: x509.Certificate,
+    revoked: Sequence[RevokedCert],
+    *,
+    now: float,
+) -> bytes:
+    """Return a PEM CRL signed by the fleet CA listing `revoked`.
+
+    Its next update is the CA's own expiry: OpenSSL refuses every client while the CRL it
+    holds is out of date, and the hub rewrites the list at each revocation and each start
+    rather than on a schedule.
+    """
+    this_update = dt.datetime.fromtimestamp(now, dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(this_update - dt.timedelta(minutes=1))  # tolerate a little skew
+        .next_update(ca_cert.not_valid_after_utc)
+        .add_extension(x509.CRLNumber(int(now * 1000)), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(entry.serial, 16))
+            .revocation_date(dt.datetime.fromtimestamp(entry.revoked_at, dt.UTC))
+            .build()
+        )
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+async def write_crl(paths: HubPaths, store: HubStore) -> int:
+    """Write the CRL from the registry into the broker folder; return the serials listed."""
+    return await asyncio.to_thread(_write_crl, paths, store)
+
+
+def _write_crl(paths: HubPaths, store: HubStore) -> int:
+    """Read, build and write under a file lock: a `device revoke` command and the hub may
+    both write, and the one that writes last must hold what the other just revoked."""
+    ca_key, ca_cert = pki.load_ca(paths.ca_key.read_bytes(), paths.ca_cert.read_bytes())
+    paths.broker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _locked(paths.broker_dir / ".crl.lock"):
+        revoked = store.revoked_certs_sync()
+        pem = build_crl(ca_key, ca_cert, revoked, now=time.time())
+        # Mosquitto may run as another user than the hub; the CRL is no secret.
+        files.replace(crl_file(paths), pem, files.PUBLIC)
+    return len(revoked)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+async def prepare(paths: HubPaths, config: HubConfig, store: HubStore) -> None:
+    """Write the CRL before the broker starts (Mosquitto will not start without it)."""
+    listed = await write_crl(paths, store)
+    if not config.managed_broker:
+        logger.warning(
+            "external broker: configure it to check the CRL %s (%d revoked certificates) "
+            "and reload it after each `outpost-hub device revoke`; the hub cannot",
+            crl_file(paths),
+            listed,
+        )
+
+
+class Revoker:
+    """Revokes devices, from the hub (API) or from a command beside it (CLI)."""
+
+    def __init__(
+        self,
+        paths: HubPaths,
+        config: HubConfig,
+        store: HubStore,
+        *,
+        broker: BrokerSupervisor | None = None,
+    ) -> None:
+        self._paths = paths
+        self._config = config
+        self._store = store
+        self._broker = broker  # None: find a running hub's broker by its pid file
+
+    async def revoke(self, device_id: str, *, now: float | None = None) -> Revocation:
+        """Revoke `device_id` (again, if it already is: each step is idempotent and a
+        second call finishes what a failed one left); raise `UnknownDeviceError`."""
+        device = await self._store.revoke_device(device_id, now=time.time() if now is None else now)
+        if device is None or device.revoked_at is None:
+            raise UnknownDeviceError(f"no device {device_id!r}")
+        certificates = await self._store.device_certs(device_id)
+        listed = await write_crl(self._paths, self._store)
+        logger.warning(
+            "revoked %s: %d of its certificates in the CRL (%d in all)",
+            device_id,
+            len(certificates),
+            listed,
+        )
+        reloaded = await self._reload()
+        disconnected = await self._kick(device_id)
+        return Revocation(
+            device_id=device_id,
+            revoked_at=device.revoked_at,
+            certificates=len(certificates),
+            broker_reloaded=reloaded,
+            disconnected=disconnected,
+        )
+
+    async def _reload(self) -> bool:
+        if not self._config.managed_broker:
+            logger.warning(
+                "external broker: reload it so that it reads the CRL %s",
+                crl_file(self._paths),
+            )
+            return False
+        if self._broker is not None:
+            return await self._broker.reload()
+        reloaded = await reload_running(self._paths)
+        if not reloaded:
+            logger.info("the hub's broker is not running; it reads the CRL when it starts")
+        return reloaded
+
+    async def _kick(self, device_id: str) -> bool:
+        """Close the device's open connection by taking its session over, with a clean
+        start: its queued messages go too. The reload must come first, or the device
+        could reconnect before the broker reads the CRL."""
+        context = await asyncio.to_thread(
+            tls.client_context,
+            self._paths.ca_cert,
+            self._paths.client_cert,
+            self._paths.client_key,
+        )
+        host, port = self._config.broker_address
+        client = aiomqtt.Client(
+            host,
+            port,
+            identifier=device_id,
+            tls_context=context,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=True,
+            timeout=KICK_TIMEOUT_S,
+            logger=logging.getLogger("mqtt.hub"),
+        )
+        try:
+            async with asyncio.timeout(KICK_TIMEOUT_S * 2), client:
+                pass
+        except (aiomqtt.MqttError, ssl.SSLError, OSError, TimeoutError) as exc:
+            logger.info("could not take over the session of %s: %s", device_id, exc)
+            return False
+        logger.info("closed the broker session of %s", device_id)
+        return True

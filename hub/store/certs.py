@@ -1,0 +1,122 @@
+"""Device certificates: every one issued (enrollment and renewals), and revocation.
+
+Each function runs on the store's worker thread as one unit of work.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from hub.store.devices import Device, get_device
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    """A certificate the hub issued to a device (serial in lowercase hex)."""
+
+    serial: str
+    device_id: str
+    not_before: float
+    not_after: float
+    issued_at: float
+    reason: str  # 'enroll' or 'renew'
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> IssuedCert:
+        return cls(
+            serial=row["serial"],
+            device_id=row["device_id"],
+            not_before=row["not_before"],
+            not_after=row["not_after"],
+            issued_at=row["issued_at"],
+            reason=row["reason"],
+        )
+
+
+@dataclass(frozen=True)
+class RenewalState:
+    """What a renewal needs to know about the device named by a presented certificate."""
+
+    device: Device | None
+    presented: IssuedCert | None  # the presented serial, if it was issued to this device
+    latest_not_after: float | None  # the end of the device's newest certificate
+
+
+@dataclass(frozen=True)
+class RevokedCert:
+    """One line of the CRL: a serial (hex) and when its device was revoked."""
+
+    serial: str
+    revoked_at: float
+
+
+def renewal_state(db: sqlite_utils.Database, device_id: str, serial: str) -> RenewalState:
+    row = db.execute(
+        "SELECT * FROM device_certs WHERE serial = ? AND device_id = ?", (serial, device_id)
+    ).fetchone()
+    (latest,) = db.execute(
+        "SELECT MAX(not_after) FROM device_certs WHERE device_id = ?", (device_id,)
+    ).fetchone()
+    return RenewalState(
+        get_device(db, device_id), IssuedCert.from_row(row) if row else None, latest
+    )
+
+
+def record_renewal(db: sqlite_utils.Database, cert: IssuedCert) -> bool:
+    """Record a renewed certificate as the device's current one; False (and nothing
+    written) if the device was revoked or removed meanwhile."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        updated = db.execute(
+            """UPDATE devices SET cert_serial = ?, cert_not_before = ?, cert_not_after = ?
+               WHERE device_id = ? AND revoked_at IS NULL""",
+            (cert.serial, cert.not_before, cert.not_after, cert.device_id),
+        ).rowcount
+        if not updated:
+            return False
+        db.execute(
+            """INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at,
+                   reason) VALUES (?, ?, ?, ?, ?, ?)""",
+            (
+                cert.serial,
+                cert.device_id,
+                cert.not_before,
+                cert.not_after,
+                cert.issued_at,
+                cert.reason,
+            ),
+        )
+    return True
+
+
+def revoke_device(db: sqlite_utils.Database, device_id: str, now: float) -> Device | None:
+    """Mark the device revoked (keeping the first revocation time) and offline, so no
+    task goes to it; None if there is no such device."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")
+        db.execute(
+            """UPDATE devices SET revoked_at = COALESCE(revoked_at, ?), online = 0
+               WHERE device_id = ?""",
+            (now, device_id),
+        )
+    return get_device(db, device_id)
+
+
+def device_certs(db: sqlite_utils.Database, device_id: str) -> list[IssuedCert]:
+    rows = db.execute(
+        "SELECT * FROM device_certs WHERE device_id = ? ORDER BY issued_at", (device_id,)
+    ).fetchall()
+    return [IssuedCert.from_row(r) for r in rows]
+
+
+def revoked_certs(db: sqlite_utils.Database) -> list[RevokedCert]:
+    """Every certificate ever issued to a revoked device, for the CRL."""
+    rows = db.execute(
+        """SELECT c.serial, d.revoked_at FROM device_certs c
+           JOIN devices d ON d.device_id = c.device_id
+           WHERE d.revoked_at IS NOT NULL ORDER BY c.serial"""
+    ).fetchall()
+    return [RevokedCert(r["serial"], r["revoked_at"]) for r in rows]
