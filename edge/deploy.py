@@ -117,8 +117,10 @@ class Deployer:
                 self._wake.set()
             elif action == "report" and (record := states.find(triple)) is not None:
                 await self._send(record)  # refused before: the hub must issue a new version
-            else:
-                logger.debug("model %s %s: already active", m.name, m.version)
+            elif (record := states.find(triple)) is not None:
+                # Already active: say so again, a roll-out of this version (say back to
+                # it after a halted one) waits on the word.
+                await self._send(record)
 
     async def run(self) -> None:
         """Deploy queued releases one at a time, until cancelled."""
@@ -170,13 +172,14 @@ class Deployer:
                 f"{m.name} is not allowed by policy (allowed: {', '.join(sorted(allowed))})",
                 final=False,  # a later policy may allow it: try again when offered again
             )
-        before = self._service.serving(m.name)
         installed = await asyncio.to_thread(self._installed, m)
         if not installed:
             await self._set(_record(m, "downloading"))
             await self._fetch_and_install(offered)
         try:
-            await self._service.activate(m.name, m.version)
+            # What it replaced is what it falls back to: read at the swap, not before
+            # the download (a roll-back may have happened meanwhile).
+            before = await self._service.activate(m.name, m.version)
         except (ModelFault, BundleError) as exc:
             if not installed:  # ours: a refused version must not load at the next start
                 await asyncio.to_thread(self._remove, m)
@@ -265,11 +268,10 @@ class Deployer:
     ) -> None:
         name, version = _claimed(document)
         logger.warning("model release %s %s refused: %s", name or "?", version or "?", detail)
-        record = Record(name, version, "", "failed", detail, final)
-        if states.find(record.key) != record:
-            await self._set(record)
-        else:
-            await self._send(record)
+        # Reported, not kept: an unverified document must not become the model's current
+        # record (it could name any version). The retained list comes again on every
+        # connect, and is refused again.
+        await self._send(Record(name, version, "", "failed", detail, final))
 
     async def _set(self, record: Record) -> None:
         """Keep a release's new state on disk, then report it."""

@@ -55,6 +55,7 @@ class Record:
             version=self.version[:32],
             state=self.state,
             detail=self.detail[:512],
+            final=self.final,
         )
 
 

@@ -188,13 +188,12 @@ class LocalApi:
             logger.error("inference failed: %s", exc)
             return _error(500, "model_fault", str(exc))
         inference = outcome.inference
-        runner = self._inference.runner(name)
         answer: dict[str, Any] = {
             "model": name,
             "version": outcome.version,
             "label": inference.label,
             "confidence": inference.confidence,
-            "scores": dict(zip(runner.manifest.labels, inference.scores, strict=True)),
+            "scores": dict(zip(outcome.labels, inference.scores, strict=True)),
             "latency_ms": inference.latency_ms,
             "queued_ms": inference.queued_ms,
             "clipped": inference.clipped,

@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hub.store import HubStore, StoredModel
-from outpost import release, schema
+from outpost import files, release, schema
 from outpost.modelbundle import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -189,7 +189,9 @@ class ModelShelf:
         target = home / manifest.version
         if target.exists():  # left by an upload whose database write failed
             shutil.rmtree(target)
+        files.sync_tree(folder)
         folder.rename(target)
+        files.sync_tree(home)
 
 
 def _exists(manifest: Manifest) -> str:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from hub.store import HubStore, Rollout
+from hub.store import Advanced, HubStore, Rollout
 from outpost import wire
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class RolloutService:
         self._store = store
         self._publish = publish
         self._wanted: set[str] = set()
+        self._forced: set[str] = set()
         self._wake = asyncio.Event()
 
     async def start_rollout(
@@ -55,22 +56,47 @@ class RolloutService:
 
     async def on_state(self, device_id: str, report: wire.ModelState) -> None:
         """A device's report on a release: record it, then move its roll-outs on."""
-        for moved in await self._store.record_model_state(
-            device_id, report.name, report.version, report.state, report.detail, now=time.time()
-        ):
-            if moved.state == "halted":
-                logger.warning("roll-out %d halted: %s", moved.rollout_id, moved.reason)
-            if moved.released:
+        moved = await self._store.record_model_state(
+            device_id,
+            report.name,
+            report.version,
+            report.state,
+            report.detail,
+            now=time.time(),
+            final=report.final,
+        )
+        await self._moved(moved)
+
+    async def device_revoked(self, device_id: str) -> None:
+        """A revoked device will never report: no roll-out waits on it any more."""
+        await self._moved(
+            await self._store.drop_from_rollouts(device_id, "device revoked", now=time.time())
+        )
+
+    async def _moved(self, moved: list[Advanced]) -> None:
+        for m in moved:
+            if m.state == "halted" and m.halted_now:
+                logger.warning("roll-out %d halted: %s", m.rollout_id, m.reason)
+                # Its canaries go back to what they were given before (or keep what
+                # they run): their retained releases must no longer name this one.
+                rollout = await self._store.rollout(m.rollout_id)
+                if rollout is not None:
+                    released = [d.device_id for d in rollout.devices if d.released_at]
+                    self.request(released, force=True)
+            if m.released:
                 logger.info(
                     "roll-out %d: canaries healthy, releasing %d more devices",
-                    moved.rollout_id,
-                    len(moved.released),
+                    m.rollout_id,
+                    len(m.released),
                 )
-                self.request(moved.released)
+                self.request(m.released)
 
-    def request(self, device_ids: list[str]) -> None:
-        """Send these devices their releases soon, from `run` (callers never wait on it)."""
+    def request(self, device_ids: list[str], *, force: bool = False) -> None:
+        """Send these devices their releases soon, from `run` (callers never wait on it);
+        `force`: even an empty list, to replace a retained one that named more."""
         self._wanted.update(device_ids)
+        if force:
+            self._forced.update(device_ids)
         self._wake.set()
 
     async def request_async(self, device_ids: list[str]) -> None:
@@ -81,15 +107,16 @@ class RolloutService:
             await self._wake.wait()
             self._wake.clear()
             wanted, self._wanted = sorted(self._wanted), set()
+            forced, self._forced = self._forced, set()
             for device_id in wanted:
                 try:
-                    await self._send(device_id)
+                    await self._send(device_id, force=device_id in forced)
                 except Exception as exc:  # its next hello asks again
                     logger.warning("model releases for %s not sent: %s", device_id, exc)
 
-    async def _send(self, device_id: str) -> None:
+    async def _send(self, device_id: str, *, force: bool) -> None:
         releases = await self._store.desired_releases(device_id)
-        if not releases:
+        if not releases and not force:
             return
         body = wire.ModelReleases(
             releases=[wire.SignedRelease(document=d, signature=s) for d, s in releases]

@@ -35,6 +35,19 @@ def replace(path: Path, data: bytes, mode: int = PUBLIC) -> None:
     _fsync_dir(path.parent)
 
 
+def sync_tree(folder: Path) -> None:
+    """Flush a folder's files and the folder itself to disk (before renaming it into
+    place: a power cut must not leave a complete name over empty files)."""
+    for path in folder.iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:

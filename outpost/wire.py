@@ -369,6 +369,11 @@ class ModelState:
         "previous version serves); rolled_back (failed in use, the previous version serves)"
     )
     detail: str = schema.setting("", help="why it failed or rolled back", max_len=512)
+    final: bool = schema.setting(
+        True,
+        help="a failure the device will not get past with this release (false: it may, "
+        "say once its policy allows the model)",
+    )
 
 
 Body = (

@@ -120,7 +120,9 @@ class ModelDirectory:
                 if (source / file_name).exists():
                     shutil.copyfile(source / file_name, staging / file_name)
             read_bundle(staging)  # the copy is whole before it gets its real name
+            files.sync_tree(staging)
             staging.rename(target)
+            files.sync_tree(home)
             logger.info("installed model %s %s", name, version)
         if activate:
             files.replace(home / ACTIVE_FILE, f"{version}\n".encode())

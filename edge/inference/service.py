@@ -87,6 +87,7 @@ class Outcome:
     version: str
     recorded_seq: int | None
     record_error: str | None
+    labels: list[str]  # of the version that answered (another may serve by now)
 
 
 @dataclass
@@ -177,9 +178,10 @@ class InferenceService:
         slot = self._slots.get(name)
         return slot.entry.version if slot is not None and slot.runner is not None else None
 
-    async def activate(self, name: str, version: str) -> None:
+    async def activate(self, name: str, version: str) -> str | None:
         """Load and self-test an installed version while the current one serves, then
-        make it the serving and the `active` version.
+        make it the serving and the `active` version; return the version it replaced
+        (None if none served).
 
         Raises `BundleError` (not installed, unreadable) or `ModelFault` (does not load,
         fails its self-test): the version that served before still does, and the
@@ -198,7 +200,7 @@ class InferenceService:
                 and slot.entry.version == version
                 and slot.runner.manifest.sha256 == entry.bundle.manifest.sha256
             ):
-                return  # already serving: a repeated activation changes nothing
+                return None  # already serving: a repeated activation changes nothing
             runner = await self._load(entry.bundle, await self._ensure_runtime())
             try:
                 await asyncio.to_thread(self.directory.set_active, name, version)
@@ -211,6 +213,7 @@ class InferenceService:
                 runner.watch.fallback = previous
             await self._swap(name, entry, runner)
         logger.info("model %s %s active (was %s)", name, version, previous or "not serving before")
+        return previous
 
     def arm_rollback(self, name: str, version: str, fallback: str) -> None:
         """Let `version`, when it serves, fall back to `fallback` on repeated faults (after
@@ -355,7 +358,7 @@ class InferenceService:
                 seq = appended.first_seq
             except StreamFullError as exc:
                 error = f"stream_full: {exc.reason}"
-        return Outcome(inference, manifest.version, seq, error)
+        return Outcome(inference, manifest.version, seq, error, manifest.labels)
 
     def models(self) -> list[dict[str, Any]]:
         """What `GET /v1/models` shows: every installed model and its state."""

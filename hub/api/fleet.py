@@ -56,6 +56,8 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def revoke_device(request: web.Request) -> web.Response:
         device_id = request.match_info["id"]
         request[AUDIT_DETAIL] = {"device": device_id}
+        if ctx.rollouts is not None:  # first: what it releases goes out (revoking drops it too)
+            await ctx.rollouts.device_revoked(device_id)
         try:
             done = await ctx.revoker.revoke(device_id)
         except UnknownDeviceError as exc:

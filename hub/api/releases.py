@@ -3,6 +3,7 @@ roll-out, follow it per device; and the download devices make with their certifi
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -130,11 +131,11 @@ def routes(ctx: ApiContext) -> list[Route]:
                 "send multipart/form-data with parts model (the .tflite), manifest "
                 "(model.json) and sample (sample.json)",
             )
-        staging = Staging(ctx.models.root, MAX_MODEL_BYTES)
+        staging = await asyncio.to_thread(Staging, ctx.models.root, MAX_MODEL_BYTES)
         try:
             sha256, docs = await _read_upload(request, staging)
         except BaseException:
-            staging.discard()
+            await asyncio.to_thread(staging.discard)
             raise
         request[AUDIT_DETAIL] = {
             "model": docs["manifest"].get("name"),
@@ -296,9 +297,10 @@ async def _read_upload(
             raise bad_field(f"body.{name}", "sent twice")
         try:
             if name == "model":
-                while chunk := await part.read_chunk(1 << 16):
-                    staging.write(chunk)
-                sha256 = staging.finish()
+                # Written from a thread: a slow disk must not stall the hub's loop.
+                while chunk := await part.read_chunk(1 << 20):
+                    await asyncio.to_thread(staging.write, chunk)
+                sha256 = await asyncio.to_thread(staging.finish)
             else:
                 docs[name] = await _json_part(part, name)
         except ModelRefusedError as exc:

@@ -334,14 +334,34 @@ class HubStore:
         return await self._db.run(rollouts.list_rollouts)
 
     async def record_model_state(
-        self, device_id: str, name: str, version: str, state: str, detail: str, *, now: float
+        self,
+        device_id: str,
+        name: str,
+        version: str,
+        state: str,
+        detail: str,
+        *,
+        now: float,
+        final: bool = True,
     ) -> list[Advanced]:
         return await self._db.run(
-            rollouts.record_state, device_id, name, version, state, detail, now
+            lambda db: rollouts.record_state(
+                db, device_id, name, version, state, detail, now, final=final
+            )
         )
 
     async def desired_releases(self, device_id: str) -> list[tuple[bytes, bytes]]:
         return await self._db.run(rollouts.desired_releases, device_id)
+
+    async def drop_from_rollouts(
+        self, device_id: str, reason: str, *, now: float
+    ) -> list[Advanced]:
+        def drop(db: sqlite_utils.Database) -> list[Advanced]:
+            with db.conn:
+                db.conn.execute("BEGIN IMMEDIATE")
+                return rollouts.drop_device(db, device_id, reason, now)
+
+        return await self._db.run(drop)
 
 
 @dataclass(frozen=True)

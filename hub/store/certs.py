@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
+from hub.store import rollouts
 from hub.store.devices import Device, get_device
 
 
@@ -102,6 +103,7 @@ def revoke_device(db: sqlite_utils.Database, device_id: str, now: float) -> Devi
                WHERE device_id = ?""",
             (now, device_id),
         )
+        rollouts.drop_device(db, device_id, "device revoked", now)  # none waits on it
     return get_device(db, device_id)
 
 

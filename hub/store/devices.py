@@ -172,7 +172,10 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
                task_slots, task_inbox)
            VALUES (?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (device_id) DO UPDATE SET
-               profile = excluded.profile, online = 1, conn = excluded.conn,
+               profile = excluded.profile, conn = excluded.conn,
+               -- a revoked device that still got through (the broker's CRL not yet
+               -- reloaded, an external broker) is never online: it gets no work
+               online = devices.revoked_at IS NULL,
                last_seen = excluded.last_seen, last_heartbeat = excluded.last_heartbeat,
                heartbeat_interval = excluded.heartbeat_interval,
                agent_version = excluded.agent_version, capabilities = excluded.capabilities,
@@ -201,7 +204,8 @@ def _apply_heartbeat(db: sqlite_utils.Database, e: HeartbeatSeen) -> None:
             db, e.device_id, e.policy["version"], e.policy["rejected_version"], e.policy["reason"]
         )
     db.execute(
-        """UPDATE devices SET online = 1, conn = ?, last_seen = ?, last_heartbeat = ?,
+        """UPDATE devices SET online = revoked_at IS NULL, conn = ?, last_seen = ?,
+               last_heartbeat = ?,
                heartbeat_interval = ?, load = ?, store = COALESCE(?, store),
                models = COALESCE(?, models)
            WHERE device_id = ?""",

@@ -22,8 +22,14 @@ import sqlite_utils
 from hub.store.devices import Device
 
 IN_PROGRESS = ("canary", "rolling")
-TERMINAL = ("active", "failed", "rolled_back")  # what a device reports last
+# A device's row ends `active`, `failed`, `rolled_back`, or `superseded` (a newer roll-out
+# of the model took the device before this one released it). `blocked`: the device
+# cannot take the model yet (its policy does not allow it), and may later.
+TERMINAL = ("active", "failed", "rolled_back", "superseded")
 FAILED = ("failed", "rolled_back")
+UNRELEASED = ("waiting", "superseded")
+# The releases a device is given travel in one MQTT message: their sum is bounded.
+DEVICE_RELEASES_MAX_BYTES = 200 * 1024
 
 
 class RolloutRefusedError(ValueError):
@@ -90,6 +96,7 @@ class Advanced:
     released: list[str]
     state: str
     reason: str
+    halted_now: bool = False  # this report halted it
 
 
 def add_model(db: sqlite_utils.Database, m: StoredModel) -> bool:
@@ -141,10 +148,11 @@ def create_rollout(
 ) -> Rollout:
     """Create a roll-out and release its canary devices (`RolloutRefusedError` if the
     model is unknown or the selector matches no device). Roll-outs of the same model
-    still in progress are superseded: they release nobody more."""
+    still in progress no longer release the devices this one targets."""
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
-        if get_model(db, name, version) is None:
+        model = get_model(db, name, version)
+        if model is None:
             raise RolloutRefusedError(f"no model {name} {version} was uploaded")
         rows = db.execute("SELECT * FROM devices WHERE revoked_at IS NULL").fetchall()
         targets = [
@@ -154,6 +162,15 @@ def create_rollout(
         ]
         if not targets:
             raise RolloutRefusedError(f"the selector {selector} matches no enrolled device")
+        for d in targets:
+            others = [r["document"] for r in _desired(db, d.device_id) if r["name"] != name]
+            total = sum(map(len, others)) + len(model.document)
+            if total > DEVICE_RELEASES_MAX_BYTES:
+                raise RolloutRefusedError(
+                    f"{d.device_id} would hold {total} bytes of releases, over "
+                    f"{DEVICE_RELEASES_MAX_BYTES} (they travel in one message): use "
+                    "smaller samples"
+                )
         # Canaries: online devices first (they can answer soon), then by id, so the
         # choice is predictable.
         targets.sort(key=lambda d: (not d.online, d.device_id))
@@ -166,12 +183,22 @@ def create_rollout(
         )
         rollout_id = cursor.lastrowid
         assert rollout_id is not None
-        db.execute(
-            """UPDATE rollouts SET state = 'superseded', reason = ?, updated_at = ?
-               WHERE name = ? AND id != ? AND state IN ('canary', 'rolling')""",
-            (f"superseded by roll-out {rollout_id}", now, name, rollout_id),
-        )
+        older = [
+            r["id"]
+            for r in db.execute(
+                """SELECT id FROM rollouts
+                   WHERE name = ? AND id != ? AND state IN ('canary', 'rolling')""",
+                (name, rollout_id),
+            )
+        ]
         for i, device in enumerate(targets):
+            for old in older:  # the older roll-out will not release this device now
+                db.execute(
+                    """UPDATE rollout_devices SET state = 'superseded', detail = ?,
+                           updated_at = ?
+                       WHERE rollout_id = ? AND device_id = ? AND state = 'waiting'""",
+                    (f"taken by roll-out {rollout_id}", now, old, device.device_id),
+                )
             canary = i < canaries
             db.execute(
                 """INSERT INTO rollout_devices (rollout_id, device_id, stage, state,
@@ -185,6 +212,8 @@ def create_rollout(
                     now,
                 ),
             )
+        for old in older:
+            _advance(db, old, now)
     rollout = get_rollout(db, rollout_id)
     assert rollout is not None
     return rollout
@@ -220,8 +249,13 @@ def record_state(
     state: str,
     detail: str,
     now: float,
+    *,
+    final: bool = True,
 ) -> list[Advanced]:
-    """Apply a device's report on a release, then move each roll-out it concerns on."""
+    """Apply a device's report on a release, then move each roll-out it concerns on. A
+    failure the device may get past (`final` false) blocks the device, not the roll-out."""
+    if state == "failed" and not final:
+        state = "blocked"
     advanced = []
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
@@ -230,7 +264,7 @@ def record_state(
             for r in db.execute(
                 """SELECT r.id FROM rollouts r JOIN rollout_devices d ON d.rollout_id = r.id
                    WHERE r.name = ? AND r.version = ? AND d.device_id = ?
-                     AND d.state != 'waiting'""",
+                     AND d.state NOT IN ('waiting', 'superseded')""",
                 (name, version, device_id),
             )
         ]
@@ -246,20 +280,49 @@ def record_state(
 
 def desired_releases(db: sqlite_utils.Database, device_id: str) -> list[tuple[bytes, bytes]]:
     """The signed releases the device should run: per model name, the newest roll-out
-    that released it."""
-    rows = db.execute(
-        """SELECT m.document, m.signature FROM models m
+    that released it and has not halted (a halted roll-out gives its canaries back the
+    version of the roll-out before it, or nothing, which leaves the model as it is)."""
+    return [(r["document"], r["signature"]) for r in _desired(db, device_id)]
+
+
+def _desired(db: sqlite_utils.Database, device_id: str) -> list[sqlite3.Row]:
+    return db.execute(
+        """SELECT m.name, m.document, m.signature FROM models m
            JOIN rollouts r ON r.name = m.name AND r.version = m.version
            WHERE r.id IN (
                SELECT MAX(r2.id) FROM rollouts r2
                JOIN rollout_devices d ON d.rollout_id = r2.id
-               WHERE d.device_id = ? AND d.state != 'waiting'
+               WHERE d.device_id = ? AND d.state NOT IN ('waiting', 'superseded')
+                 AND r2.state != 'halted'
                GROUP BY r2.name
            )
            ORDER BY m.name""",
         (device_id,),
     ).fetchall()
-    return [(r["document"], r["signature"]) for r in rows]
+
+
+def drop_device(
+    db: sqlite_utils.Database, device_id: str, reason: str, now: float
+) -> list[Advanced]:
+    """A device leaves every roll-out in progress (revoked): its open rows fail with the
+    reason, so no roll-out waits on it; what each roll-out did then is returned. Runs
+    inside the caller's transaction."""
+    ids = [
+        r["rollout_id"]
+        for r in db.execute(
+            """SELECT d.rollout_id FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id
+               WHERE d.device_id = ? AND r.state IN ('canary', 'rolling')
+                 AND d.state NOT IN ('active', 'failed', 'rolled_back', 'superseded')""",
+            (device_id,),
+        )
+    ]
+    for rollout_id in ids:
+        db.execute(
+            """UPDATE rollout_devices SET state = 'failed', detail = ?, updated_at = ?
+               WHERE rollout_id = ? AND device_id = ?""",
+            (reason, now, rollout_id, device_id),
+        )
+    return [_advance(db, rollout_id, now) for rollout_id in ids]
 
 
 def _advance(db: sqlite_utils.Database, rollout_id: int, now: float) -> Advanced:
@@ -278,10 +341,13 @@ def _advance(db: sqlite_utils.Database, rollout_id: int, now: float) -> Advanced
             state = "halted"
             reason = f"canary {d['device_id']} {d['state'].replace('_', ' ')}: {d['detail']}"
         elif all(d["state"] == "active" for d in canary):
-            released = [d["device_id"] for d in devices if d["stage"] == "rest"]
+            released = [
+                d["device_id"] for d in devices if d["stage"] == "rest" and d["state"] == "waiting"
+            ]
             db.execute(
                 """UPDATE rollout_devices SET state = 'released', released_at = ?,
-                       updated_at = ? WHERE rollout_id = ? AND stage = 'rest'""",
+                       updated_at = ? WHERE rollout_id = ? AND stage = 'rest'
+                       AND state = 'waiting'""",
                 (now, now, rollout_id),
             )
             state = "rolling"
@@ -302,7 +368,8 @@ def _advance(db: sqlite_utils.Database, rollout_id: int, now: float) -> Advanced
             "UPDATE rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
             (state, reason, now, rollout_id),
         )
-    return Advanced(rollout_id, released, state, reason)
+    halted_now = state == "halted" and row["state"] != "halted"
+    return Advanced(rollout_id, released, state, reason, halted_now)
 
 
 def _rollout(row: sqlite3.Row, devices: list[RolloutDevice]) -> Rollout:

@@ -98,7 +98,7 @@ async def test_devices_download_with_their_certificate_and_resume(
 ) -> None:
     model, manifest, sample = bundle_parts(VIBRATION)
     assert (await upload(hub, await api.token("admin"), model, manifest, sample)).status == 201
-    paths, _ = await enroll_device()
+    paths, identity = await enroll_device()
     url = hub.config.hub_url + "/api/v1/device/models/vibration-anomaly/1.0.0/model.tflite"
 
     device = ssl.create_default_context(cafile=str(paths.ca_cert))
@@ -115,6 +115,11 @@ async def test_devices_download_with_their_certificate_and_resume(
             assert refused.status == 401
         async with session.get(url.replace("1.0.0", "9.9.9"), ssl=device) as unknown:
             assert unknown.status == 404
+        assert hub.store is not None
+        await hub.store.revoke_device(identity.device_id, now=1.0)
+        async with session.get(url, ssl=device) as revoked:
+            assert revoked.status == 403
+            assert "revoked" in (await revoked.json())["error"]["message"]
 
 
 async def test_rollouts_that_cannot_start_are_refused(hub: Hub, api: ApiClient) -> None:

@@ -100,17 +100,97 @@ async def test_a_failing_canary_halts_the_rollout(store: HubStore) -> None:
     assert (moved[0].state, moved[0].released) == ("halted", [])
 
 
-async def test_a_new_rollout_supersedes_and_desired_is_the_newest(store: HubStore) -> None:
-    ids = await _devices(store, 2, {})
+async def test_a_newer_rollout_takes_the_devices_it_targets(store: HubStore) -> None:
+    ids = await _devices(store, 3, {})
     await _model(store, "1")
     await _model(store, "2")
-    first = await _start(store, "1", 1.0)
-    second = await _start(store, "2", 0.5)
+    first = await _start(store, "1", 0.0)  # ids[0] canary; ids[1], ids[2] waiting
+    second = await _start(store, "2", 0.0)  # ids[0] canary of 2; the rest waiting on it
     old = await store.rollout(first)
     assert old is not None
-    assert (old.state, old.reason) == ("superseded", f"superseded by roll-out {second}")
-    assert await store.desired_releases(ids[0]) == [(b"doc 2", b"sig")]  # canary of 2
-    assert await store.desired_releases(ids[1]) == [(b"doc 1", b"sig")]  # keeps 1 for now
+    assert old.state == "canary"  # its canary still counts
+    assert [(d.device_id, d.state) for d in old.devices] == [
+        (ids[0], "released"),
+        (ids[1], "superseded"),
+        (ids[2], "superseded"),
+    ]
+    assert await store.desired_releases(ids[0]) == [(b"doc 2", b"sig")]  # newest wins
+    # The old canary's report completes the old roll-out without releasing anyone.
+    (moved,) = [
+        m
+        for m in await store.record_model_state(ids[0], "m", "1", "active", "", now=time.time())
+        if m.rollout_id == first
+    ]
+    assert (moved.state, moved.released) == ("completed", [])
+    new = await store.rollout(second)
+    assert new is not None
+    assert [d.state for d in new.devices] == ["released", "waiting", "waiting"]
+
+
+async def test_a_halted_rollout_stops_delivering_its_release(store: HubStore) -> None:
+    ids = await _devices(store, 3, {})
+    await _model(store, "1")
+    await _model(store, "2")
+    await _start(store, "1", 1.0)
+    rid = await _start(store, "2", 0.5)  # two canaries
+    assert await store.desired_releases(ids[1]) == [(b"doc 2", b"sig")]
+    (moved,) = await store.record_model_state(ids[0], "m", "2", "failed", "sha", now=time.time())
+    assert (moved.rollout_id, moved.state, moved.halted_now) == (rid, "halted", True)
+    # The other canary, offline meanwhile, is given 1 again, not the halted 2.
+    assert await store.desired_releases(ids[1]) == [(b"doc 1", b"sig")]
+
+
+async def test_a_failure_the_device_may_get_past_blocks_it_not_the_rollout(
+    store: HubStore,
+) -> None:
+    ids = await _devices(store, 2, {})
+    await _model(store, "1")
+    rid = await _start(store, "1", 0.0)
+    (moved,) = await store.record_model_state(
+        ids[0], "m", "1", "failed", "not allowed by policy", now=time.time(), final=False
+    )
+    assert moved.state == "canary"
+    rollout = await store.rollout(rid)
+    assert rollout is not None
+    assert (rollout.devices[0].state, rollout.devices[0].detail) == (
+        "blocked",
+        "not allowed by policy",
+    )
+    (moved,) = await store.record_model_state(ids[0], "m", "1", "active", "", now=time.time())
+    assert (moved.state, moved.released) == ("rolling", [ids[1]])
+
+
+async def test_a_revoked_device_no_longer_holds_a_rollout_up(store: HubStore) -> None:
+    ids = await _devices(store, 2, {})
+    await _model(store, "1")
+    rid = await _start(store, "1", 0.5)
+    await store.record_model_state(ids[0], "m", "1", "active", "", now=time.time())
+    assert await store.revoke_device(ids[1], now=time.time()) is not None
+    rollout = await store.rollout(rid)
+    assert rollout is not None
+    assert (rollout.state, rollout.reason) == ("completed", "1 of 2 devices failed")
+    assert rollout.devices[1].detail == "device revoked"
+    # A new roll-out leaves it out.
+    again = await store.create_rollout(
+        name="m", version="1", selector={}, canary_share=1.0, by="t", now=time.time()
+    )
+    assert [d.device_id for d in again.devices] == [ids[0]]
+
+
+async def test_releases_a_device_holds_must_fit_one_message(store: HubStore) -> None:
+    await _devices(store, 1, {})
+    big = b"x" * (150 * 1024)
+    for name in ("a", "b"):
+        assert await store.add_model(
+            StoredModel(name, "1", "ab" * 32, 10, {}, big, b"sig", 1.0, "t")
+        )
+    await store.create_rollout(
+        name="a", version="1", selector={}, canary_share=1.0, by="t", now=time.time()
+    )
+    with pytest.raises(RolloutRefusedError, match="would hold 307200 bytes of releases"):
+        await store.create_rollout(
+            name="b", version="1", selector={}, canary_share=1.0, by="t", now=time.time()
+        )
 
 
 async def test_refusals(store: HubStore) -> None:
