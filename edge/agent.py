@@ -30,7 +30,7 @@ from edge.renewal import CertRenewer, ClientTls
 from edge.store import AgentStore, Bounds, RecordCipher, StreamFullError
 from edge.tasks import TaskRunner
 from edge.uploader import Uploader
-from outpost import __version__, policy, wire
+from outpost import __version__, logs, policy, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
 from outpost.settings import parse_broker_url
 
@@ -78,6 +78,11 @@ class Agent:
     async def run(self) -> None:
         """Run until cancelled: open the store, serve the local API, connect forever."""
         async with contextlib.AsyncExitStack() as stack:
+            # Fields of log events that the policy masks are masked before any is written.
+            masking = logs.MaskFields(self.masker.mask)
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(masking)
+                stack.callback(handler.removeFilter, masking)
             self.store = store = await asyncio.to_thread(self._open_store)
             await store.start()
             stack.push_async_callback(store.close)

@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
     p.add_argument("--broker", help="override the broker, mqtts://HOST:PORT")
     p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument("--log-format", choices=logs.LOG_FORMATS, help="json, text or auto")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("models", help="install and list the device's models")
@@ -177,9 +178,10 @@ def _run(args: argparse.Namespace) -> int:
             "heartbeat_interval": args.heartbeat_interval,
             "broker": args.broker,
             "log_level": args.log_level,
+            "log_format": args.log_format,
         },
     )
-    logs.configure(config.log_level)
+    logs.configure(config.log_level, fmt=config.log_format)
     identity = Identity.load(paths)
     profile = load_profile(paths.profile)
     return asyncio.run(_serve(Agent(paths, config, identity, profile)))

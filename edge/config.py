@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edge.pacing import parse_windows
-from outpost import schema
+from outpost import logs, schema
 from outpost.settings import check_log_level, parse_broker_url
 
 SECTION = "agent"
@@ -121,6 +121,9 @@ class AgentConfig:
         max=65535,
     )
     log_level: str = schema.setting("info", help="debug, info, warning or error", max_len=16)
+    log_format: logs.LogFormat = schema.setting(
+        "auto", help="json (one object per line, for journald), text, or auto (text on a terminal)"
+    )
     bounds: Bounds = field(default_factory=Bounds, metadata={"help": "store bounds"})
     sync: Sync = field(default_factory=Sync, metadata={"help": "draining to the hub"})
     inference: Inference = field(

@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--web-host", help="address of the HTTPS endpoint")
     p.add_argument("--web-port", type=int, help="port of the HTTPS endpoint")
     p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument("--log-format", choices=logs.LOG_FORMATS, help="json, text or auto")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("token", help="mint, list and revoke API tokens")
@@ -248,9 +249,10 @@ def _run(args: argparse.Namespace) -> int:
         "web_host": args.web_host,
         "web_port": args.web_port,
         "log_level": args.log_level,
+        "log_format": args.log_format,
     }
     config = load_config(args.data, args.config, overrides)
-    logs.configure(config.log_level)
+    logs.configure(config.log_level, fmt=config.log_format)
     hub = Hub(HubPaths(args.data), config)
     return asyncio.run(_serve(hub))
 

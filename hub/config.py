@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from outpost import schema
+from outpost import logs, schema
 from outpost.settings import check_log_level, parse_broker_url
 
 SECTION = "hub"
@@ -121,6 +121,9 @@ class HubConfig:
         8 << 20, help="largest request body of POST /api/v1/tasks", min=1024, max=256 << 20
     )
     log_level: str = schema.setting("info", help="debug, info, warning or error", max_len=16)
+    log_format: logs.LogFormat = schema.setting(
+        "auto", help="json (one object per line, for journald), text, or auto (text on a terminal)"
+    )
 
     def __post_init__(self) -> None:
         check_log_level(self.log_level, "hub.log_level")

@@ -3,6 +3,7 @@ policy signed and delivered retained, applied by the real agent, reported back."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ async def test_layers_reach_the_agent_which_applies_and_reports_them(
         for name, layer in (
             (
                 "fleet",
-                {"scope": "fleet", "document": {"metrics_interval": 30, "log_level": "info"}},
+                {"scope": "fleet", "document": {"metrics_interval": 30, "log_level": "debug"}},
             ),
             (
                 "north",
@@ -88,6 +89,15 @@ async def test_layers_reach_the_agent_which_applies_and_reports_them(
         assert record["serial"].startswith("hmac:")
         assert "SN-123" not in str(record)
         assert record["reading"] == 0.5
+        # Nor in the agent's log: its JSON lines mask the policy's fields too (the local
+        # API logs the first record of each call at debug level).
+        events = [json.loads(line) for line in agent.output().splitlines() if line]
+        logged = [e for e in events if e["msg"] == "1 records for results"]
+        assert logged, agent.output()[-2000:]
+        assert "operator" not in logged[-1]["record"]
+        assert logged[-1]["record"]["serial"].startswith("hmac:")
+        assert "alice" not in agent.output()
+        assert "SN-123" not in agent.output()
 
         # A change to a layer gives a newer version, applied in turn; the audit has it.
         before = found["version"]
