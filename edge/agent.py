@@ -16,7 +16,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge import sysinfo
+from edge import rollup, sysinfo
 from edge.config import AgentConfig
 from edge.deploy import Deployer
 from edge.identity import DevicePaths, Identity
@@ -371,14 +371,40 @@ class Agent:
                 await asyncio.to_thread(self.policy.receive, body)
 
     async def _own_metrics(self) -> None:
-        """Write the device's load to the metrics stream, online or not."""
+        """Write one roll-up to the metrics stream every interval, online or not: the
+        device's load, store fill, task counts, errors and per-model inference counts."""
+        assert self.store is not None
+        assert self.inference is not None
+        since = time.monotonic()
+        done = failed = 0  # the task runner's totals at the last roll-up
         while True:
             await asyncio.sleep(self.metrics_interval)
             load = await asyncio.to_thread(self._sampler.sample)
             self._last_load = load
-            assert self.store is not None
+            stats = await self.store.stats()
+            now = time.monotonic()
+            tasks = {"done": 0, "failed": 0, "queued": 0, "running": 0}
+            if self.tasks is not None:
+                t = self.tasks
+                tasks = {
+                    "done": t.done - done,
+                    "failed": t.failed - failed,
+                    "queued": t.queued,
+                    "running": t.running,
+                }
+                done, failed = t.done, t.failed
+            models, errors = self.inference.tally.take()
+            record = rollup.record(
+                period_s=now - since,
+                load=load,
+                store=stats,
+                tasks=tasks,
+                models=models,
+                errors=errors,
+            )
+            since = now
             with contextlib.suppress(StreamFullError):  # metrics roll up; never refused
-                await self.store.append("metrics", [dataclasses.asdict(load)])
+                await self.store.append("metrics", [record])
 
     def _apply_policy(self, p: policy.Policy, sets: dict[str, Any]) -> None:
         """Use a verified policy: each field it sets wins over the agent's own settings;
@@ -459,7 +485,12 @@ def store_report(stats: dict[str, Any]) -> wire.StoreReport:
     """The heartbeat's view of the store's `stats`."""
     return wire.StoreReport(
         streams={
-            name: wire.StreamFill(records=f["records"], bytes=f["bytes"], oldest_ts=f["oldest_ts"])
+            name: wire.StreamFill(
+                records=f["records"],
+                bytes=f["bytes"],
+                oldest_ts=f["oldest_ts"],
+                fill=round(f["fill"], 4),
+            )
             for name, f in stats["streams"].items()
         },
         counters={k: int(v) for k, v in stats["counters"].items()},

@@ -176,12 +176,16 @@ class LocalApi:
                 context = self._masker.mask(context)
             outcome = await self._inference.infer(name, value, dtype, context)
         except _BadRequest as exc:
+            self._inference.tally.error("bad_request")
             return _error(exc.status, exc.code, exc.message)
         except UnknownModel as exc:
+            self._inference.tally.error("unknown_model")
             return _error(404, "unknown_model", str(exc))
         except NotAllowed as exc:
+            self._inference.tally.error("not_allowed")
             return _error(403, "not_allowed", str(exc))
         except ModelUnavailable as exc:
+            self._inference.tally.error("model_unavailable")
             return _error(503, "model_unavailable", str(exc))
         except InputError as exc:
             return _error(400, exc.code, f"{name}: {exc.message}")

@@ -50,7 +50,8 @@ class TaskRunner:
         self._work = asyncio.Event()
         self.running = 0
         self.queued = 0  # pending in the inbox, as of the last change seen here
-        self.done = 0
+        self.done = 0  # tasks run to an end, succeeded or failed
+        self.failed = 0
 
     async def run(self) -> None:
         """Recover the inbox, then run `slots` workers until cancelled."""
@@ -96,6 +97,7 @@ class TaskRunner:
             state: Literal["accepted", "rejected"] = "accepted" if reason is None else "rejected"
             if reason:
                 logger.info("rejected %s attempt %d: %s", a.task_id, a.attempt, reason)
+                self._inference.tally.error("task_rejected")
             updates.append(
                 wire.TaskUpdate(
                     task_id=a.task_id, attempt=a.attempt, state=state, reason=reason or ""
@@ -144,6 +146,7 @@ class TaskRunner:
         task, dropped = await self._store.inbox_claim()
         for stale in dropped:
             logger.info("dropped %s: its deadline or lease passed before it ran", stale.task_id)
+            self._inference.tally.error("task_dropped")
         if task is None:
             await self._refresh_depth()
             await self._work.wait()
@@ -175,6 +178,8 @@ class TaskRunner:
             labels = runner.manifest.labels
         except Exception as exc:  # a bad input, a broken model: the task fails, with why
             body.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:512])
+            self.failed += 1
+            self._inference.tally.error("task_failed")
         else:
             body.update(
                 status="succeeded",

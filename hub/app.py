@@ -94,6 +94,7 @@ class Hub:
                 task_results=metrics.task_results,
                 on_hello=self._greeted,
                 on_model_state=rollouts.on_state,
+                on_rollups=metrics.inferences.add,
             )
             context = await asyncio.to_thread(
                 self._api_context, store, metrics, dispatcher, policies, shelf

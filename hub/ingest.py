@@ -27,6 +27,7 @@ from hub.store import (
     PresenceEvent,
     Upload,
 )
+from hub.store.modelstats import Folded
 from outpost import wire
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Ingest:
         task_results: collections.Counter[str] | None = None,
         on_hello: Callable[[list[str]], Awaitable[object]] | None = None,
         on_model_state: Callable[[str, wire.ModelState], Awaitable[None]] | None = None,
+        on_rollups: Callable[[Folded], None] | None = None,
     ) -> None:
         self._store = store
         self._max_payload_bytes = max_payload_bytes
@@ -57,6 +59,7 @@ class Ingest:
         self._dispatcher = dispatcher
         self._on_hello = on_hello
         self._on_model_state = on_model_state
+        self._on_rollups = on_rollups  # what newly stored metric roll-ups counted
         self._freed = False
         # Task results found in uploads, by outcome: accepted, late, unknown, malformed.
         self.task_results = task_results if task_results is not None else collections.Counter()
@@ -198,6 +201,8 @@ class Ingest:
             return
         for name, count in outcome.task_results.items():
             self.task_results[name] += count
+        if outcome.rollups.rollups and self._on_rollups is not None:
+            self._on_rollups(outcome.rollups)
         if outcome.task_results.get("accepted"):
             self._freed = True  # a finished task frees a slot on its device
         if outcome.task_results.get("late"):

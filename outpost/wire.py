@@ -141,6 +141,9 @@ class StreamFill:
     records: int = schema.setting(help="records not yet acknowledged", min=0)
     bytes: int = schema.setting(help="their size on disk", min=0)
     oldest_ts: float | None = schema.setting(None, help="write time of the oldest, epoch s")
+    fill: float | None = schema.setting(
+        None, help="the larger of records and bytes against the stream's bounds, 0..1", min=0
+    )
 
 
 @dataclass(frozen=True)

@@ -290,6 +290,11 @@ def main() -> int:
             f'    curl --cacert {HubPaths(hub_dir).ca_cert} -H "Authorization: Bearer '
             f'$(cat {token_file})" {api.url}/api/v1/devices'
         )
+        step(
+            f"the live dashboard: {api.url}/dashboard (trust {HubPaths(hub_dir).ca_cert} in "
+            "the browser, or accept its warning for this local demo); sign in with this "
+            f"viewer token (12 h):\n    {token}"
+        )
         step("fleet (refreshing every second; Ctrl-C stops everything)")
         outage = (args.cut_at, args.cut_at + args.cut_for)
         show_fleet(

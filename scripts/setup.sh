@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
+# --test-tools (scripts/test passes it): also what only the tests use, a browser and
+# promtool; the demo and the benchmarks do without them.
+TEST_TOOLS=0
+if [ "${1:-}" = "--test-tools" ]; then TEST_TOOLS=1; fi
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
@@ -61,4 +65,37 @@ fi
 # 3. Mosquitto: the hub runs it as its child; the tests start their own.
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     apt_install mosquitto
+fi
+
+# 4. promtool, which tests/integration/test_monitoring.py runs on the shipped alert rules:
+#    taken out of Debian's prometheus package into the venv rather than installed (the
+#    package would also enable and start a Prometheus server), so root is not needed.
+#    Optional: without it that test checks the rules' structure itself, and warns.
+fetch_promtool() {
+    local tmp status=0
+    tmp=$(mktemp -d)
+    { (cd "$tmp" && apt-get download -q prometheus) >/dev/null 2>&1 \
+        || { [ "$(id -u)" = 0 ] && apt-get update -q >/dev/null 2>&1 \
+            && (cd "$tmp" && apt-get download -q prometheus) >/dev/null 2>&1; }; } \
+        && dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb \
+            | tar -xO ./usr/bin/promtool > "$VENV/bin/promtool.part" \
+        && chmod 755 "$VENV/bin/promtool.part" \
+        && "$VENV/bin/promtool.part" --version >/dev/null 2>&1 \
+        && mv "$VENV/bin/promtool.part" "$VENV/bin/promtool" \
+        || status=1
+    rm -rf "$tmp" "$VENV/bin/promtool.part"
+    return "$status"
+}
+if [ "$TEST_TOOLS" = 1 ] && ! command -v promtool >/dev/null && [ ! -x "$VENV/bin/promtool" ] \
+    && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+    say "extracting promtool from Debian's prometheus package into $VENV/bin"
+    fetch_promtool || say "no promtool (apt-get download prometheus failed): test_monitoring checks the rules' structure only"
+fi
+
+# 5. A real browser for tests/integration/test_dashboard.py: Debian's Chromium and its
+#    chromedriver (Selenium drives them; it must not download its own), and certutil
+#    (libnss3-tools) to make that Chromium trust the test hub's CA.
+if [ "$TEST_TOOLS" = 1 ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] \
+    || ! command -v certutil >/dev/null; }; then
+    apt_install chromium chromium-driver libnss3-tools
 fi

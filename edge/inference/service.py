@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from edge.inference.directory import Entry, ModelDirectory
 from edge.inference.runtime import Preference
+from edge.rollup import Tally
 from outpost import wire
 from outpost.modelbundle import Bundle, BundleError
 
@@ -127,6 +128,8 @@ class InferenceService:
         self._swapping = asyncio.Lock()  # one activation or roll-back at a time
         self._rollbacks: set[asyncio.Task[None]] = set()
         self.on_rollback: RolledBack | None = None
+        # Answers and errors since the last metrics roll-up (local API and tasks alike).
+        self.tally = Tally()
 
     async def start(self) -> None:
         """Load every installed model; a model that fails is reported, the rest serve."""
@@ -254,6 +257,7 @@ class InferenceService:
             queue_limit=self._queue_limit,
             watch=FaultWatch(self._fault_limit),
             tripped=self._tripped,
+            tally=self.tally,
         )
         try:
             await asyncio.to_thread(runner.load)
@@ -357,6 +361,7 @@ class InferenceService:
                 appended = await self._store.append("results", [record])
                 seq = appended.first_seq
             except StreamFullError as exc:
+                self.tally.error("stream_full")
                 error = f"stream_full: {exc.reason}"
         return Outcome(inference, manifest.version, seq, error, manifest.labels)
 

@@ -270,7 +270,22 @@ class AgentStore:
         counters["wear.records"] = counters.get("wear.records", 0) + self._wear[1]
         records = counters["wear.records"]
         stats["bytes_written_per_record"] = counters["wear.bytes"] / records if records else 0.0
+        for name, fill in stats["streams"].items():
+            fill["fill"] = _fill(self._bounds.get(name), fill["records"], fill["bytes"])
         return stats
+
+
+def _fill(bounds: Bounds | None, records: int, size: int) -> float:
+    """How full a stream is, 0..1: the larger of its records and bytes against their
+    limits (0 when it has none)."""
+    if bounds is None:
+        return 0.0
+    shares = [
+        used / limit
+        for used, limit in ((records, bounds.max_records), (size, bounds.max_bytes))
+        if limit
+    ]
+    return min(1.0, max(shares, default=0.0))
 
 
 def _read_stats(db: sqlite_utils.Database) -> dict[str, Any]:

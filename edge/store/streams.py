@@ -14,6 +14,7 @@ import msgpack
 import sqlite_utils
 
 from edge.store.cipher import RecordCipher
+from outpost import rollup as rollup_record  # `rollup` is also a function here
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,17 @@ def rollup(db: sqlite_utils.Database, cipher: RecordCipher | None) -> int:
 
 
 def _summarise(bodies: list[dict[str, Any]], first_ts: float, last_ts: float) -> dict[str, Any]:
+    # The agent's own roll-ups merge into one roll-up (counts add up, nothing the hub
+    # folds is lost); other records become count, mean, min and max of their numbers.
+    rollups = [b for b in bodies if b.get("kind") == rollup_record.KIND]
+    others = [b for b in bodies if b.get("kind") != rollup_record.KIND]
+    merged = rollup_record.merge(rollups) if rollups else {}
+    if not others:
+        return merged
+    return {**_numbers(others, first_ts, last_ts), **merged}
+
+
+def _numbers(bodies: list[dict[str, Any]], first_ts: float, last_ts: float) -> dict[str, Any]:
     numeric: dict[str, list[float]] = {}
     for body in bodies:
         for key, value in body.items():

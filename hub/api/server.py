@@ -9,9 +9,22 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api import admin, enroll, fleet, observe, openapi, policy, releases, streams, tasks
+from hub.api import (
+    admin,
+    dashboard,
+    drift,
+    enroll,
+    fleet,
+    observe,
+    openapi,
+    policy,
+    releases,
+    streams,
+    tasks,
+)
 from hub.api.context import ApiContext
 from hub.api.errors import errors_as_json
+from hub.api.live import LiveFeed
 from hub.api.params import MAX_BODY
 from hub.api.routing import Guard, Route
 from hub.paths import HubPaths
@@ -21,8 +34,9 @@ from outpost import tls
 logger = logging.getLogger(__name__)
 
 
-def build_routes(ctx: ApiContext) -> list[Route]:
-    """Every route of the API, from the one table the guard and the document share."""
+def build_routes(ctx: ApiContext, feed: LiveFeed) -> list[Route]:
+    """Every route of the API, from the one table the guard and the document share;
+    `feed` is the dashboard's live stream."""
     routes: list[Route] = [
         *enroll.routes(ctx),
         *fleet.routes(ctx),
@@ -31,6 +45,8 @@ def build_routes(ctx: ApiContext) -> list[Route]:
         *policy.routes(ctx),
         *releases.routes(ctx),
         *admin.routes(ctx),
+        *drift.routes(ctx),
+        *dashboard.routes(ctx, feed),
     ]
 
     @functools.cache
@@ -69,7 +85,12 @@ class WebServer:
         self._paths = paths
         self._ctx = ctx
         self._runner: web.AppRunner | None = None
-        self.routes = build_routes(ctx)
+        self.feed = LiveFeed(
+            dashboard.Snapshots(ctx),
+            interval=dashboard.TICK_S,
+            max_listeners=dashboard.MAX_STREAMS,
+        )
+        self.routes = build_routes(ctx, self.feed)
         self.app = build_app(ctx, self.routes)
 
     async def start(self) -> None:
@@ -93,5 +114,7 @@ class WebServer:
         logger.info("web endpoint on %s", config.hub_url)
 
     async def stop(self) -> None:
+        # First end the live streams: the server waits for open handlers when it stops.
+        await self.feed.close()
         if self._runner is not None:
             await self._runner.cleanup()

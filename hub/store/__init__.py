@@ -11,14 +11,15 @@ from __future__ import annotations
 import collections
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import sqlite_utils
 
-from hub.store import audit, certs, devices, leases, rollouts, tasks, tokens
+from hub.store import audit, certs, devices, gauges, leases, modelstats, rollouts, tasks, tokens
+from hub.store import overview as glance  # `overview` is also a method name below
 from hub.store import policy as policies
 from hub.store import records as streams  # `records` is also a method name below
 from hub.store.audit import AuditEntry
@@ -292,6 +293,29 @@ class HubStore:
     async def policy_drift(self) -> int:
         return await self._db.run(policies.drift)
 
+    # ------------------------------------------------------------ model statistics
+
+    async def model_distributions(
+        self, *, since: float
+    ) -> dict[tuple[str, str], dict[str, modelstats.Distribution]]:
+        """Per (model, version): each unrevoked device's inferences from `since` on."""
+        return await self._db.run(modelstats.distributions, since)
+
+    async def device_errors(self, device_id: str, *, since: float) -> dict[str, int]:
+        return await self._db.run(modelstats.device_errors, device_id, since)
+
+    async def fleet_gauges(self, *, now: float) -> gauges.FleetGauges:
+        return await self._db.run(gauges.read, now)
+
+    # ------------------------------------------------------------ dashboard
+
+    async def overview(
+        self, *, after: int | None, max_devices: int, max_rollouts: int, max_events: int
+    ) -> glance.Overview:
+        """The fleet, tasks by state, tasks ended since the transition `after` per model,
+        and the newest roll-outs, as of one moment (see `overview.read`)."""
+        return await self._db.run(glance.read, after, max_devices, max_rollouts, max_events)
+
     # ------------------------------------------------------------ models and roll-outs
 
     async def add_model(self, model: StoredModel) -> bool:
@@ -366,18 +390,24 @@ class HubStore:
 
 @dataclass(frozen=True)
 class UploadOutcome:
-    """What a call to `apply_uploads` did: per upload its result; task results by outcome."""
+    """What a call to `apply_uploads` did: per upload its result; task results by outcome;
+    what the newly stored metric roll-ups counted."""
 
     applied: list[Applied]
     task_results: dict[str, int]
+    rollups: modelstats.Folded = field(default_factory=modelstats.Folded)
 
 
 def _apply_uploads(db: sqlite_utils.Database, uploads: list[Upload], now: float) -> UploadOutcome:
     outcomes: collections.Counter[str] = collections.Counter()
+    folded = modelstats.Folded()
 
     def on_stored(
         db: sqlite_utils.Database, upload: Upload, rows: list[tuple[int, float, bytes]]
     ) -> None:
+        if upload.stream == "metrics":  # roll-ups: folded once, as they are first stored
+            folded.add(modelstats.fold(db, upload.device_id, rows, now))
+            return
         if upload.stream != "results":
             return
         for _, _, body in rows:
@@ -391,4 +421,4 @@ def _apply_uploads(db: sqlite_utils.Database, uploads: list[Upload], now: float)
                 outcomes[tasks.apply_result(db, upload.device_id, data, now)] += 1
 
     applied = streams.apply_uploads(db, uploads, now, on_stored)
-    return UploadOutcome(applied, dict(outcomes))
+    return UploadOutcome(applied, dict(outcomes), folded)

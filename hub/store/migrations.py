@@ -248,6 +248,43 @@ def _m009_models(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX rollout_devices_device ON rollout_devices (device_id)")
 
 
+def _m010_model_stats(db: sqlite_utils.Database) -> None:
+    # Folded from devices' metric roll-ups (see modelstats.py); `hour` is the epoch second
+    # its hour starts. JSON columns: confidence [10 counts], labels and latency {key: n}.
+    db.execute(
+        """CREATE TABLE model_stats (
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            hour INTEGER NOT NULL,
+            device_id TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            confidence TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            latency TEXT NOT NULL,
+            latency_sum_ms REAL NOT NULL,
+            PRIMARY KEY (model, version, hour, device_id)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX model_stats_hour ON model_stats (hour)")
+    db.execute(
+        """CREATE TABLE device_errors (
+            device_id TEXT NOT NULL,
+            hour INTEGER NOT NULL,
+            errors TEXT NOT NULL,
+            PRIMARY KEY (device_id, hour)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX device_errors_hour ON device_errors (hour)")
+    db.execute(
+        """CREATE TABLE device_health (
+            device_id TEXT PRIMARY KEY,
+            ts REAL NOT NULL,
+            store TEXT NOT NULL,
+            tasks TEXT NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("001_registry", _m001_registry),
     ("002_api", _m002_api),
@@ -258,4 +295,5 @@ MIGRATIONS: list[Migration] = [
     ("007_policy", _m007_policy),
     ("008_device_certs", _m008_device_certs),
     ("009_models", _m009_models),
+    ("010_model_stats", _m010_model_stats),
 ]

@@ -16,6 +16,7 @@ from tests.bench import (
     bench_footprint,
     bench_inference,
     bench_ingest,
+    bench_monitoring,
     bench_rollout,
     bench_store,
     bench_tasks,
@@ -39,6 +40,7 @@ def main() -> None:
             *bench_inference.run(root / "inference"),
             *bench_tasks.run(root / "tasks"),
             *bench_rollout.run(root / "rollout"),
+            *bench_monitoring.run(root / "monitoring"),
         ]:
             print(result.line(), flush=True)
 

@@ -23,6 +23,8 @@ PUBLIC = {
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/enroll/ca"),
     ("POST", "/api/v1/enroll/renew"),  # proof: a certificate of this hub and a CSR by its key
+    ("GET", "/dashboard"),  # the page and its files hold no data: the stream needs a token
+    ("GET", "/dashboard/{name}"),
 }
 DEVICE = {("GET", "/api/v1/device/models/{name}/{version}/model.tflite")}
 BOOTSTRAP = {("POST", "/api/v1/enroll")}

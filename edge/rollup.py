@@ -1,0 +1,96 @@
+"""What the agent counts between two metric roll-ups, and the roll-up record itself.
+
+The inference path counts each answer (model version, label, confidence bin, latency
+bucket) and each error by reason into a `Tally`: a few dict increments on the event
+loop, nothing stored. Every `metrics_interval` the agent `take`s the tally (which resets
+it) and writes one record (see `outpost.rollup`) to the metrics stream, so it reaches the
+hub through store and forward, in order, however long the link is down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from outpost import rollup, wire
+
+
+@dataclasses.dataclass
+class _ModelTally:
+    count: int = 0
+    latency_sum_ms: float = 0.0
+    confidence_sum: float = 0.0
+    latency_ms: dict[str, int] = dataclasses.field(default_factory=dict)
+    confidence: list[int] = dataclasses.field(default_factory=lambda: [0] * rollup.CONFIDENCE_BINS)
+    labels: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class Tally:
+    """Counts since the last roll-up: per model version, and errors by reason."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, _ModelTally] = {}
+        self._errors: dict[str, int] = {}
+
+    def inference(
+        self, name: str, version: str, label: str, confidence: float, latency_ms: float
+    ) -> None:
+        key = rollup.model_key(name, version)
+        tally = self._models.get(key)
+        if tally is None:
+            tally = self._models[key] = _ModelTally()
+        tally.count += 1
+        tally.latency_sum_ms += latency_ms
+        bucket = rollup.latency_bucket(latency_ms)
+        tally.latency_ms[bucket] = tally.latency_ms.get(bucket, 0) + 1
+        tally.confidence[rollup.confidence_bin(confidence)] += 1
+        tally.confidence_sum += confidence
+        if label not in tally.labels and len(tally.labels) >= rollup.MAX_LABELS:
+            label = rollup.OTHER
+        tally.labels[label] = tally.labels.get(label, 0) + 1
+
+    def error(self, reason: str) -> None:
+        if reason not in rollup.ERROR_REASONS:
+            reason = rollup.OTHER
+        self._errors[reason] = self._errors.get(reason, 0) + 1
+
+    def take(self) -> tuple[dict[str, Any], dict[str, int]]:
+        """The models and errors counted since the last call; counting starts again."""
+        models = {
+            key: {
+                "count": t.count,
+                "latency_ms": t.latency_ms,
+                "latency_sum_ms": round(t.latency_sum_ms, 3),
+                "confidence": t.confidence,
+                "confidence_sum": round(t.confidence_sum, 4),
+                "labels": t.labels,
+            }
+            for key, t in self._models.items()
+        }
+        errors = self._errors
+        self._models, self._errors = {}, {}
+        return models, errors
+
+
+def record(
+    *,
+    period_s: float,
+    load: wire.Load,
+    store: dict[str, Any],
+    tasks: dict[str, int],
+    models: dict[str, Any],
+    errors: dict[str, int],
+) -> dict[str, Any]:
+    """One roll-up record; `store` is `AgentStore.stats()`."""
+    return {
+        "kind": rollup.KIND,
+        "period_s": round(period_s, 3),
+        "load": dataclasses.asdict(load),
+        "store": {
+            name: {"records": s["records"], "bytes": s["bytes"], "fill": round(s["fill"], 4)}
+            for name, s in store["streams"].items()
+        },
+        "tasks": tasks,
+        "errors": errors,
+        "models": models,
+    }

@@ -1,0 +1,154 @@
+"""Monitoring: folding device roll-ups into the hub's statistics as they are stored,
+beside storing the same records without folding; a fleet-wide drift evaluation; and
+JSON log lines (redacted, masked) beside the standard library's plain text lines."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import random
+import time
+from pathlib import Path
+
+import msgpack
+
+from edge.masking import Masker
+from hub import drift
+from hub.store import Device, HubStore, Upload
+from outpost import logs
+from tests.bench.common import Result, per_second
+
+DEVICES = 200
+ROLLUPS = 10  # per device, one upload each
+LOG_LINES = 20_000
+
+
+def _rollup(rng: random.Random, skew: float) -> dict[str, object]:
+    labels = {"normal": rng.randint(200, 300), "imbalance": int(rng.randint(5, 20) * skew)}
+    return {
+        "kind": "rollup",
+        "period_s": 60.0,
+        "load": {
+            "cpu_percent": 12.0,
+            "memory_percent": 30.0,
+            "disk_percent": 40.0,
+            "rss_bytes": 70 << 20,
+            "temperature_c": 48.0,
+        },
+        "store": {
+            s: {"records": 10, "bytes": 4000, "fill": 0.01}
+            for s in ("results", "events", "metrics")
+        },
+        "tasks": {"done": 30, "failed": 0, "queued": 1, "running": 1},
+        "errors": {"busy": 1},
+        "models": {
+            "vibration-anomaly@1.0.0": {
+                "count": sum(labels.values()),
+                "latency_ms": {"0.25": 150, "0.5": 100, "1": 20},
+                "latency_sum_ms": 60.0,
+                "confidence": [0, 0, 0, 0, 1, 2, 5, 20, 80, 150],
+                "confidence_sum": 230.0,
+                "labels": labels,
+            }
+        },
+    }
+
+
+async def _store(path: Path, stream: str) -> tuple[float, HubStore]:
+    store = HubStore(path)
+    rng = random.Random(7)
+    for n in range(DEVICES):
+        await store.add_device(
+            Device(
+                f"dev-{n:04d}",
+                "generic",
+                {},
+                False,
+                None,
+                None,
+                None,
+                None,
+                {},
+                {},
+                1.0,
+                f"{n:04x}",
+                1.0,
+                2.0,
+            )
+        )
+    uploads = [
+        Upload(
+            f"dev-{n:04d}",
+            stream,
+            seq,
+            seq,
+            [(seq, time.time(), msgpack.packb(_rollup(rng, 4.0 if n == 0 else 1.0)))],
+        )
+        for seq in range(1, ROLLUPS + 1)
+        for n in range(DEVICES)
+    ]
+    started = time.perf_counter()
+    for first in range(0, len(uploads), DEVICES):  # one batch per round of the fleet
+        await store.apply_uploads(uploads[first : first + DEVICES], now=time.time())
+    return per_second(len(uploads), time.perf_counter() - started), store
+
+
+async def _ingest(root: Path) -> tuple[float, float, float]:
+    folded, store = await _store(root / "folded.db", "metrics")
+    plain, other = await _store(root / "plain.db", "events")
+    other.close()
+    started = time.perf_counter()
+    found = drift.evaluate(await store.model_distributions(since=time.time() - 86400))
+    drift_ms = (time.perf_counter() - started) * 1000
+    assert found, "no model statistics were folded"
+    assert found[0].flagged == ["dev-0000"], found
+    store.close()
+    return folded, plain, drift_ms
+
+
+def _log_rate(formatter: logging.Formatter, filters: list[logging.Filter]) -> float:
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(formatter)
+    for f in filters:
+        handler.addFilter(f)
+    logger = logging.getLogger(f"bench.logs.{id(handler)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    started = time.perf_counter()
+    for n in range(LOG_LINES):
+        logger.info("stored %d records for %s", n, "results", extra={"record": {"serial": "SN-1"}})
+    return per_second(LOG_LINES, time.perf_counter() - started)
+
+
+def run(root: Path) -> list[Result]:
+    root.mkdir(parents=True, exist_ok=True)
+    folded, plain, drift_ms = asyncio.run(_ingest(root))
+    masker = Masker(root / "mask.key")
+    masker.set_rules([], ["serial"])
+    json_rate = _log_rate(logs.JsonFormatter(), [logs.Redact(), logs.MaskFields(masker.mask)])
+    text_rate = _log_rate(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"), [])
+    return [
+        Result(
+            "hub: roll-ups stored and folded (200 devices)",
+            folded,
+            plain,
+            "rec/s",
+            "raw = the same records stored, not folded",
+        ),
+        Result(
+            f"drift: PSI of {DEVICES} devices against the fleet",
+            drift_ms,
+            None,
+            "ms",
+            "read the 24 h window and compare; one model version",
+        ),
+        Result(
+            "log lines, JSON, redacted and masked",
+            json_rate,
+            text_rate,
+            "lines/s",
+            "raw = logging's plain text formatter",
+        ),
+    ]
