@@ -24,8 +24,10 @@ ROLLUPS = 10  # per device, one upload each
 LOG_LINES = 20_000
 
 
-def _rollup(rng: random.Random, skew: float) -> dict[str, object]:
-    labels = {"normal": rng.randint(200, 300), "imbalance": int(rng.randint(5, 20) * skew)}
+def _rollup(rng: random.Random, drifting: bool) -> dict[str, object]:
+    # One device sees mostly "imbalance": the drift evaluation must single it out.
+    faults = rng.randint(150, 250) if drifting else rng.randint(5, 20)
+    labels = {"normal": rng.randint(200, 300), "imbalance": faults}
     return {
         "kind": "rollup",
         "period_s": 60.0,
@@ -83,7 +85,7 @@ async def _store(path: Path, stream: str) -> tuple[float, HubStore]:
             stream,
             seq,
             seq,
-            [(seq, time.time(), msgpack.packb(_rollup(rng, 4.0 if n == 0 else 1.0)))],
+            [(seq, time.time(), msgpack.packb(_rollup(rng, n == 0)))],
         )
         for seq in range(1, ROLLUPS + 1)
         for n in range(DEVICES)
