@@ -135,7 +135,9 @@ def _sees_it_go_offline(driver: WebDriver, gone: str, alive: str, screenshot: Pa
     started = time.monotonic()
     _shows(driver, gone, "offline", LIVE_WITHIN_S)
     took = time.monotonic() - started
-    assert _state(driver, alive) == "online"
+    # The other stays online (waited for, not read once: on a loaded machine its row
+    # may be mid-update when the first one flips).
+    _shows(driver, alive, "online", LIVE_WITHIN_S)
     assert driver.execute_script("return window.__sameLoad === true"), "the page reloaded"
     WebDriverWait(driver, 10).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, ".charts .uplot")) == 4
@@ -185,7 +187,9 @@ async def test_dashboard_signs_in_and_follows_the_fleet_live(
     started: dict[str, AgentProcess] = {}
     for site in ("north", "south"):
         paths, identity = await enroll_device("generic", {"site": site, "line": "3"})
-        started[identity.device_id] = agents(paths, heartbeat_interval=0.5)
+        # 1 s heartbeats: offline 3 s after the last one, and a busy machine (CI runs
+        # the whole suite on two cores) does not make a live agent look silent.
+        started[identity.device_id] = agents(paths, heartbeat_interval=1.0)
 
     async def all_online() -> bool:
         assert hub.store is not None
