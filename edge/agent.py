@@ -32,6 +32,7 @@ from edge.tasks import TaskRunner
 from edge.uploader import Uploader
 from outpost import __version__, logs, policy, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
+from outpost.sdnotify import Notifier
 from outpost.settings import parse_broker_url
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,16 @@ class Agent:
     """One device: store, local API and link to its hub."""
 
     def __init__(
-        self, paths: DevicePaths, config: AgentConfig, identity: Identity, profile: DeviceProfile
+        self,
+        paths: DevicePaths,
+        config: AgentConfig,
+        identity: Identity,
+        profile: DeviceProfile,
+        *,
+        notifier: Notifier | None = None,
     ) -> None:
         self.paths = paths
+        self.notifier = notifier or Notifier(None)  # systemd's, or one that does nothing
         self.config = config
         self.identity = identity
         self.profile = profile
@@ -134,7 +142,10 @@ class Agent:
             )
             await self._event("agent.started", version=__version__)
             self.ready.set()
+            self.notifier.ready(await self.status_line())
             async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.notifier.keep_alive(), name="agent.watchdog")
+                tasks.create_task(self.notifier.report(self.status_line), name="agent.status")
                 tasks.create_task(self._own_metrics(), name="agent.metrics")
                 tasks.create_task(self.tasks.run(), name="agent.tasks")
                 tasks.create_task(self.deployer.run(), name="agent.deployer")
@@ -196,6 +207,15 @@ class Agent:
             "store": await self.store.stats(),
             "sync": {"bytes_sent": self.uploader.bytes_sent if self.uploader else 0},
         }
+
+    async def status_line(self) -> str:
+        """One line for `systemctl status`: the link's state and how full the store is."""
+        assert self.store is not None
+        streams = (await self.store.stats())["streams"]
+        fill = ", ".join(
+            f"{name} {s['fill']:.0%} ({s['records']})" for name, s in sorted(streams.items())
+        )
+        return f"broker link {self.link.state}; store {fill or 'empty'}"
 
     def _make_client(self) -> aiomqtt.Client:
         # Each connection gets its own id, carried by its will: the hub then ignores the

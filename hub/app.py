@@ -26,6 +26,7 @@ from hub.rollouts import RolloutService
 from hub.store import HubStore
 from outpost import tls
 from outpost.aio import cancel_until_done
+from outpost.sdnotify import Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,11 @@ LIVENESS_PERIOD_S = 1.0
 class Hub:
     """Store, managed broker, MQTT link, web endpoint and liveness sweep, as one unit."""
 
-    def __init__(self, paths: HubPaths, config: HubConfig) -> None:
+    def __init__(
+        self, paths: HubPaths, config: HubConfig, *, notifier: Notifier | None = None
+    ) -> None:
         self.paths = paths
+        self.notifier = notifier or Notifier(None)  # systemd's, or one that does nothing
         self.config = config
         self.ready = asyncio.Event()
         self.store: HubStore | None = None
@@ -110,6 +114,8 @@ class Hub:
                 asyncio.create_task(dispatcher.run(), name="hub.dispatcher"),
                 asyncio.create_task(policies.run(), name="hub.policies"),
                 asyncio.create_task(rollouts.run(), name="hub.rollouts"),
+                asyncio.create_task(self.notifier.keep_alive(), name="hub.watchdog"),
+                asyncio.create_task(self._tell_systemd(self.link), name="hub.status"),
             ]
             self.ready.set()
             logger.info("hub running (data %s)", self.paths.root)
@@ -126,6 +132,22 @@ class Hub:
                 for child in children:
                     if not child.cancelled() and child.exception() is not None:
                         logger.error("%s ended: %r", child.get_name(), child.exception())
+
+    async def _tell_systemd(self, link: HubLink) -> None:
+        """READY=1 once the MQTT link is up too (store, broker and web endpoint already
+        are); then keep the status line current."""
+        await link.state.connected.wait()
+        self.notifier.ready(await self.status_line())
+        await self.notifier.report(self.status_line)
+
+    async def status_line(self) -> str:
+        """One line for `systemctl status`: devices online and the link's state."""
+        assert self.store is not None
+        assert self.link is not None
+        counts = await self.store.fleet_counts()
+        online = sum(n for up, _, n in counts if up)
+        total = sum(n for _, _, n in counts)
+        return f"{online} of {total} devices online; broker link {self.link.state.state}"
 
     async def _greeted(self, device_ids: list[str]) -> None:
         """Devices said hello: their policy and model releases go out (again)."""

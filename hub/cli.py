@@ -30,6 +30,7 @@ from hub.revocation import Revoker, UnknownDeviceError
 from hub.store import HubStore
 from outpost import durations, logs, schema, settings, tls
 from outpost.aio import cancel_until_done
+from outpost.sdnotify import Notifier
 
 logger = logging.getLogger("hub")
 
@@ -253,7 +254,9 @@ def _run(args: argparse.Namespace) -> int:
     }
     config = load_config(args.data, args.config, overrides)
     logs.configure(config.log_level, fmt=config.log_format)
-    hub = Hub(HubPaths(args.data), config)
+    # Read (and taken out of the environment, so Mosquitto does not answer it) before
+    # anything starts: systemd's notify socket, if it started us.
+    hub = Hub(HubPaths(args.data), config, notifier=Notifier.from_environ())
     return asyncio.run(_serve(hub))
 
 
@@ -264,6 +267,7 @@ async def _serve(hub: Hub) -> int:
     stopping: set[asyncio.Task[None]] = set()  # kept referenced until done
 
     def stop() -> None:
+        hub.notifier.stopping()
         stopping.add(loop.create_task(cancel_until_done(task)))
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -99,3 +99,16 @@ if [ "$TEST_TOOLS" = 1 ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chro
     || ! command -v certutil >/dev/null; }; then
     apt_install chromium chromium-driver libnss3-tools
 fi
+
+# 6. systemd-analyze, systemd-sysusers and systemd-tmpfiles (Debian's systemd package)
+#    for tests/integration/test_systemd.py, which checks the shipped units offline: no
+#    running systemd is needed. A container image may lack them. The kernel's syscall
+#    table (linux-libc-dev) lets tests/sandbox.py confine the agent as the unit does.
+if [ "$TEST_TOOLS" = 1 ] && { ! command -v systemd-analyze >/dev/null \
+    || ! command -v systemd-sysusers >/dev/null || ! command -v systemd-tmpfiles >/dev/null; }; then
+    apt_install systemd
+fi
+if [ "$TEST_TOOLS" = 1 ] && [ "$(uname -m)" = x86_64 ] \
+    && [ ! -f /usr/include/x86_64-linux-gnu/asm/unistd_64.h ]; then
+    apt_install linux-libc-dev
+fi

@@ -60,13 +60,24 @@ async def eventually(
 class AgentProcess:
     """An `outpost-agent run` child process, killed at the end of the test."""
 
-    def __init__(self, data: Path, *, heartbeat_interval: float = 0.5, log: Path) -> None:
+    def __init__(
+        self,
+        data: Path,
+        *,
+        heartbeat_interval: float = 0.5,
+        log: Path,
+        env: dict[str, str] | None = None,
+        wrapper: str | None = None,
+    ) -> None:
+        """`env` is added to the environment; `wrapper` names a module that runs the
+        agent's module (`python -m WRAPPER edge.cli ...`, e.g. tests.sandbox)."""
         self.log = log
         self._log_file = log.open("wb")
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
+                *([wrapper] if wrapper else []),
                 "edge.cli",
                 "run",
                 "--data",
@@ -79,7 +90,7 @@ class AgentProcess:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
     def signal(self, sig: signal.Signals) -> None:

@@ -18,6 +18,7 @@ from tests.bench import (
     bench_ingest,
     bench_monitoring,
     bench_rollout,
+    bench_startup,
     bench_store,
     bench_tasks,
 )
@@ -37,6 +38,7 @@ def main() -> None:
             *bench_ingest.run(root / "ingest"),
             *bench_api.run(root / "api"),
             *bench_footprint.run(root / "footprint"),
+            *bench_startup.run(root / "startup"),
             *bench_inference.run(root / "inference"),
             *bench_tasks.run(root / "tasks"),
             *bench_rollout.run(root / "rollout"),

@@ -4,8 +4,6 @@ the agent's libraries imported (the floor every import adds to)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,21 +11,11 @@ import psutil
 
 from edge.enroll import enroll
 from edge.identity import DevicePaths
-from tests.bench.common import Result, running_hub
+from tests.bench.common import Result, rss_of, running_hub
 from tests.support import PROFILES, AgentProcess, device_online, mint_token
 
 LIBRARIES = "import asyncio, ssl, aiomqtt, msgpack, sqlite_utils, psutil, aiohttp, cryptography"
 SETTLE_S = 3.0
-
-
-def _rss_of(code: str) -> float:
-    process = subprocess.Popen([sys.executable, "-c", f"{code}\nimport time; time.sleep(60)"])
-    try:
-        time.sleep(SETTLE_S if "import" in code else 1.0)  # let it finish importing
-        return psutil.Process(process.pid).memory_info().rss / 2**20
-    finally:
-        process.kill()
-        process.wait()
 
 
 async def _agent_rss(root: Path) -> tuple[float, float]:
@@ -49,8 +37,8 @@ async def _agent_rss(root: Path) -> tuple[float, float]:
 
 
 def run(root: Path) -> list[Result]:
-    bare = _rss_of("pass")
-    floor = _rss_of(LIBRARIES)
+    bare = rss_of("pass", 1.0)
+    floor = rss_of(LIBRARIES, SETTLE_S)
     agent, enroll_ms = asyncio.run(_agent_rss(root))
     return [
         Result(

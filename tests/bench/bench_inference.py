@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,20 +22,23 @@ from edge.inference.directory import ModelDirectory
 from edge.inference.runner import ModelRunner
 from edge.inference.runtime import choose_runtime
 from outpost.modelbundle import Bundle, read_bundle
-from tests.bench.common import Result, running_hub
+from tests.bench.bench_footprint import LIBRARIES
+from tests.bench.common import Result, rss_of, running_hub
 from tests.support import PROFILES, SHIPPED_MODELS, AgentProcess, device_online, mint_token
 
 DURATION_S = 2.0
 SETTLE_S = 3.0
 CALLERS = 8  # concurrent callers in the "under load" figures
-FLOOR = (
-    "import asyncio, ssl, aiomqtt, msgpack, sqlite_utils, psutil, aiohttp, cryptography, numpy\n"
-    "from ai_edge_litert.interpreter import Interpreter\n"
-    + "\n".join(
+
+
+def floor_code(models: Sequence[Path]) -> str:
+    """Python code that imports what the agent imports, numpy and LiteRT, and loads
+    `models` into interpreters: the floor of an agent holding those models."""
+    return f"{LIBRARIES}, numpy\nfrom ai_edge_litert.interpreter import Interpreter\n" + "\n".join(
         f"i{n} = Interpreter(model_path={str(p / 'model.tflite')!r}); i{n}.allocate_tensors()"
-        for n, p in enumerate(SHIPPED_MODELS)
+        for n, p in enumerate(models)
     )
-)
+
 
 Figures = tuple[float, float, float]  # per second, p50 and p99 in microseconds
 
@@ -130,16 +131,6 @@ async def _local_api(socket: Path, bundle: Bundle) -> tuple[Figures, Figures]:
         return await _callers(1, call), await _callers(CALLERS, call)
 
 
-def _rss_of(code: str) -> float:
-    process = subprocess.Popen([sys.executable, "-c", f"{code}\nimport time; time.sleep(60)"])
-    try:
-        time.sleep(SETTLE_S)  # let it finish importing and loading
-        return psutil.Process(process.pid).memory_info().rss / 2**20
-    finally:
-        process.kill()
-        process.wait()
-
-
 async def _with_agent(
     root: Path, bundles: list[Bundle]
 ) -> tuple[dict[str, tuple[Figures, Figures]], float]:
@@ -170,7 +161,7 @@ def run(root: Path) -> list[Result]:
     inner = {b.manifest.name: asyncio.run(_runner(b)) for b in bundles}
     hop = asyncio.run(_thread_hop())
     api, rss = asyncio.run(_with_agent(root, bundles))
-    floor = _rss_of(FLOOR)
+    floor = rss_of(floor_code(SHIPPED_MODELS), SETTLE_S)
     results = [
         Result(
             "worker thread round trip (no-op), p50",

@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from hub import pki
 from hub.app import Hub
@@ -61,6 +65,18 @@ def device_cert(paths: HubPaths, device_id: str, folder: Path) -> tuple[Path, Pa
     files.write_new(folder / f"{device_id}.key", pki.key_pem(key))
     files.write_new(folder / f"{device_id}.crt", issued.pem)
     return folder / f"{device_id}.crt", folder / f"{device_id}.key"
+
+
+def rss_of(code: str, settle_s: float = 3.0) -> float:
+    """Resident memory (MiB) of `python -c code` once it has run `settle_s` seconds:
+    the floors the agent's own figures are set against."""
+    process = subprocess.Popen([sys.executable, "-c", f"{code}\nimport time; time.sleep(60)"])
+    try:
+        time.sleep(settle_s)  # let it finish importing and loading
+        return float(psutil.Process(process.pid).memory_info().rss / 2**20)
+    finally:
+        process.kill()
+        process.wait()
 
 
 def per_second(count: int, seconds: float) -> float:

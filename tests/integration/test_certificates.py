@@ -51,7 +51,10 @@ def serial_of(paths: DevicePaths) -> str:
 
 async def until(moment: float) -> None:
     """Wait out a certificate's lifetime (the one wait here that is not a condition)."""
-    await asyncio.sleep(max(0.0, moment - time.time()))
+    # Polled on the wall clock certificates use, not slept in one go: a virtual machine's
+    # clock may be stepped back meanwhile, and the hub judges expiry by that clock.
+    while time.time() < moment:
+        await asyncio.sleep(min(0.2, moment - time.time()))
 
 
 async def holds(value: bool) -> bool:

@@ -1,0 +1,42 @@
+"""What `outpost-agent` imports before it does anything: the commands other than `run`
+skip the daemon's libraries, and the daemon leaves numpy until a model needs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support import REPO
+
+HEAVY = ["aiohttp", "aiomqtt", "sqlite_utils", "numpy", "cryptography"]
+
+
+def _modules_after(code: str) -> set[str]:
+    """Top-level modules loaded in a fresh interpreter after running `code`."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    return {name.split(".")[0] for name in done.stdout.split()}
+
+
+def test_the_command_line_imports_no_daemon_library() -> None:
+    loaded = _modules_after("import edge.cli")
+
+    assert loaded.isdisjoint(HEAVY), loaded.intersection(HEAVY)
+
+
+def test_the_daemon_starts_without_numpy_and_loads_it_for_a_model() -> None:
+    loaded = _modules_after("import edge.cli\nedge.cli._daemon()")
+    later = _modules_after(
+        "import edge.cli\nedge.cli._daemon()\n"
+        "import edge.inference.runner\n"
+        "import sqlite_utils.db\nassert sqlite_utils.db.np is None"
+    )
+
+    assert {"aiohttp", "aiomqtt", "sqlite_utils"} <= loaded
+    assert "numpy" not in loaded
+    assert "numpy" in later  # hidden from sqlite-utils only, not from the runner
