@@ -124,7 +124,11 @@ def issue(
             x509.SubjectAlternativeName([_general_name(n) for n in server_names]), critical=False
         )
     cert = builder.sign(ca_key, hashes.SHA256())
-    return Issued(cert_pem(cert), cert.serial_number, not_before, not_after)
+    # The validity as the certificate encodes it (whole seconds), so the registry's
+    # expiry and the one TLS and renewals judge by are the same instant.
+    return Issued(
+        cert_pem(cert), cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc
+    )
 
 
 def check_csr(csr_pem: bytes) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:

@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -190,26 +191,25 @@ async def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     assert _tree(root) == []
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="needs root, to drop it")
-def test_not_root_without_root_prefix_is_refused(tmp_path: Path) -> None:
-    token_file = tmp_path / "bootstrap.token"
-    token_file.write_text("not-looked-at")
-    nobody = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "bash",
-            SCRIPT,
-            "--profile",
-            "generic",
-            "--token-file",
-            token_file,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def test_not_root_without_root_prefix_is_refused() -> None:
+    # A copy nobody can read and run: the checkout itself may sit in a folder only root
+    # may enter (a CI clone in root's temporary folder). The root check comes first.
+    with tempfile.TemporaryDirectory() as folder:
+        where = Path(folder)
+        where.chmod(0o755)
+        script = where / "install-agent.sh"
+        shutil.copy(SCRIPT, script)
+        script.chmod(0o755)
+        token_file = where / "bootstrap.token"
+        token_file.write_text("not-looked-at")
+        token_file.chmod(0o644)
+        # As root, drop to nobody; as anyone else, the caller is already not root.
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if IS_ROOT else []
+        nobody = subprocess.run(
+            [*drop, "bash", str(script), "--profile", "generic", "--token-file", str(token_file)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     assert nobody.returncode == 2
     assert "install-agent: error: installing on this system needs root" in nobody.stderr
