@@ -1,6 +1,6 @@
 """API tokens: EdDSA-signed JWTs with a role, short-lived by default, revocable by id.
 
-A token carries `sub`, `role`, `jti`, `iat`, `exp`, a type and an audience of its own,
+A token carries `iss`, `sub`, `role`, `jti`, `iat`, `exp`, a type and an audience of its own,
 so a bootstrap token can never pass for an API token nor the reverse. The hub records
 every token it issues; one it has no record of, or has revoked, is refused.
 """
@@ -25,6 +25,7 @@ RANK: Final[dict[str, int]] = {role: rank for rank, role in enumerate(ROLES)}
 
 TOKEN_TYPE: Final = "outpost-api"  # noqa: S105 - a type tag, not a secret
 AUDIENCE: Final = "outpost-hub-api"
+ISSUER: Final = "outpost-hub"
 ALGORITHM: Final = "EdDSA"
 SESSION_TTL_DEFAULT: Final = 15 * 60.0
 SESSION_TTL_MAX: Final = 12 * 3600.0
@@ -86,6 +87,7 @@ def mint(
     )
     payload = {
         "typ": TOKEN_TYPE,
+        "iss": ISSUER,
         "aud": AUDIENCE,
         "sub": subject,
         "role": role,
@@ -113,8 +115,13 @@ def verify(token: str, key: ed25519.Ed25519PublicKey) -> Principal:
         raise ApiTokenError("token signature does not verify") from exc
     except jwt.PyJWTError as exc:
         raise ApiTokenError(f"token invalid: {exc}") from exc
+    # Tokens issued before `iss` was added carry none; one that names another issuer
+    # was never meant for this hub (RFC 8725 section 3.8).
+    if "iss" in claims and claims["iss"] != ISSUER:
+        raise ApiTokenError("token issued by another issuer")
     role, kind = claims.get("role"), claims.get("kind", "session")
-    if claims.get("typ") != TOKEN_TYPE or role not in RANK or kind not in get_args(Kind):
+    # Tuples, not the RANK dict: a role that is a list or a map is unhashable.
+    if claims.get("typ") != TOKEN_TYPE or role not in ROLES or kind not in get_args(Kind):
         raise ApiTokenError("not an Outpost API token")
     return Principal(
         subject=str(claims["sub"]),

@@ -215,11 +215,14 @@ def verify(public: ed25519.Ed25519PublicKey, signed: Signed, device_id: str) -> 
         raise PolicyError(f"policy is for {body['device_id']!r}, not this device")
     if not isinstance(body["version"], int) or body["version"] < 1:
         raise PolicyError("version must be a positive integer")
+    issued_at = body["issued_at"]
+    if isinstance(issued_at, bool) or not isinstance(issued_at, (int, float)):
+        raise PolicyError("issued_at must be a number")
     if not isinstance(body["policy"], dict):
         raise PolicyError("policy must be a map")
     # The document sets some fields; checked as a whole on top of the defaults.
     checked = load(merge(body["policy"]))
-    return Issued(device_id, body["version"], float(body["issued_at"]), checked, body["policy"])
+    return Issued(device_id, body["version"], float(issued_at), checked, body["policy"])
 
 
 def _merge_into(target: dict[str, Any], layer: dict[str, Any]) -> None:

@@ -1,6 +1,12 @@
 """The task inbox: assignments the agent accepted, kept in its store until their result
 is (in the same transaction that appends the result to the results stream).
 
+A finished task leaves a tombstone (state `done`, its input dropped) so that the same
+assignment delivered again is known: MQTT's QoS 1 redelivers, after a reconnect, a
+message whose acknowledgement the broken link lost, and without the tombstone the task
+would run a second time. Redelivery covers only the messages in flight when the link
+broke, so the newest `DONE_KEPT` tombstones are enough.
+
 A task accepted before a crash or reboot is still here afterwards: those that were
 running go back to pending and run again (their result carries the same attempt, so the
 hub takes whichever arrives first). Pending tasks run highest priority first, then
@@ -16,6 +22,7 @@ import msgpack
 import sqlite_utils
 
 PutOutcome = Literal["accepted", "duplicate", "full", "superseded"]
+DONE_KEPT = 1000  # tombstones of finished tasks: far more than MQTT keeps in flight
 
 
 @dataclass(frozen=True)
@@ -60,8 +67,8 @@ def _put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) 
             (task.attempt, task.deadline, task.lease_until, task.task_id),
         )
         return "accepted"
-    if row is None:
-        (held,) = db.execute("SELECT COUNT(*) FROM inbox").fetchone()
+    if row is None or row["state"] == "done":
+        (held,) = db.execute("SELECT COUNT(*) FROM inbox WHERE state != 'done'").fetchone()
         if held >= capacity:
             return "full"
     db.execute(
@@ -126,12 +133,22 @@ def attempt_of(db: sqlite_utils.Database, task_id: str) -> int | None:
 
 
 def finish(db: sqlite_utils.Database, task_id: str, attempt: int) -> None:
-    """Forget a task whose result was appended (inside that append's transaction)."""
-    db.execute("DELETE FROM inbox WHERE task_id = ? AND attempt = ?", (task_id, attempt))
+    """Mark a task whose result was appended done (inside that append's transaction),
+    keeping the newest `DONE_KEPT` tombstones."""
+    db.execute(
+        "UPDATE inbox SET state = 'done', input = X'' WHERE task_id = ? AND attempt = ?",
+        (task_id, attempt),
+    )
+    db.execute(
+        """DELETE FROM inbox WHERE task_id IN (SELECT task_id FROM inbox WHERE state = 'done'
+               ORDER BY received_at DESC LIMIT -1 OFFSET ?)""",
+        (DONE_KEPT,),
+    )
 
 
 def cancel(db: sqlite_utils.Database, task_id: str, attempt: int) -> str:
-    """Drop a cancelled task unless it is running: dropped, running or unknown."""
+    """Drop a cancelled task unless it is running or done: dropped, running, done or
+    unknown."""
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
         row = db.execute(
@@ -139,8 +156,8 @@ def cancel(db: sqlite_utils.Database, task_id: str, attempt: int) -> str:
         ).fetchone()
         if row is None:
             return "unknown"
-        if row["state"] == "running":
-            return "running"
+        if row["state"] in ("running", "done"):
+            return str(row["state"])
         db.execute("DELETE FROM inbox WHERE task_id = ?", (task_id,))
         return "dropped"
 

@@ -54,7 +54,8 @@ def limit(request: web.Request) -> int:
     text = request.query.get("limit")
     if text is None:
         return DEFAULT_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    # isascii: str.isdigit() also holds for digits int() refuses, such as "²".
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
         raise bad_field("query.limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(text)
 

@@ -199,7 +199,9 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     async def get_rollout(request: web.Request) -> web.Response:
         text = request.match_info["id"]
-        rollout = await ctx.store.rollout(int(text)) if text.isdigit() else None
+        # SQLite integers are 64-bit, and str.isdigit() holds for "²", which int() refuses.
+        plausible = text.isascii() and text.isdigit() and len(text) <= 18
+        rollout = await ctx.store.rollout(int(text)) if plausible else None
         if rollout is None:
             raise ApiError(404, "not_found", f"no roll-out {text!r}")
         return web.json_response(schema.dump(RolloutOut.of(rollout)))

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from edge.store import AgentStore, Bounds, StreamFullError
+from edge.store import AgentStore, Bounds, StreamFullError, inbox
 from edge.store.inbox import InboxTask, finish
 
 UNBOUNDED = Bounds(0, 0, 0)
@@ -155,3 +156,36 @@ async def test_a_newer_attempt_of_a_running_task_does_not_start_a_second_run(
     assert await store.inbox_depth() == (0, 1)  # still the one run
     assert (await store.inbox_claim())[0] is None
     assert await store.inbox_attempt("tsk-a") == 2  # the result will carry attempt 2
+
+
+async def test_an_assignment_delivered_again_after_its_task_finished_does_not_run_again(
+    store: AgentStore,
+) -> None:
+    # QoS 1 redelivers an assignment whose acknowledgement a broken link lost.
+    await store.inbox_put(task("tsk-a"), capacity=1)
+    await store.inbox_claim()
+    await store.append("results", [{"task_id": "tsk-a"}], then=lambda db: finish(db, "tsk-a", 1))
+
+    assert await store.inbox_put(task("tsk-a"), capacity=1) == "duplicate"
+    assert (await store.inbox_claim())[0] is None
+    assert await store.inbox_depth() == (0, 0)
+    assert await store.inbox_cancel("tsk-a", 1) == "done"
+    # The tombstone holds no room, and a newer attempt (the hub gave it again) runs.
+    assert await store.inbox_put(task("tsk-b"), capacity=1) == "accepted"
+    assert await store.inbox_put(task("tsk-a", attempt=2), capacity=2) == "accepted"
+    assert await store.inbox_depth() == (2, 0)
+
+
+async def test_only_the_newest_tombstones_are_kept(
+    store: AgentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbox, "DONE_KEPT", 3)
+    for n in range(5):
+        await store.inbox_put(task(f"tsk-{n}"), capacity=10)
+        await store.inbox_claim()
+        await store.append(
+            "results", [{"n": n}], then=partial(finish, task_id=f"tsk-{n}", attempt=1)
+        )
+
+    assert await store.inbox_put(task("tsk-1"), capacity=10) == "accepted"  # forgotten
+    assert await store.inbox_put(task("tsk-2"), capacity=10) == "duplicate"
