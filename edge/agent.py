@@ -27,7 +27,7 @@ from edge.masking import Masker
 from edge.policy import PolicyKeeper
 from edge.profile import DeviceProfile
 from edge.renewal import CertRenewer, ClientTls
-from edge.store import AgentStore, Bounds, RecordCipher, StreamFullError
+from edge.store import AgentStore, Bounds, RecordCipher, StoreWriteError, StreamFullError
 from edge.tasks import TaskRunner
 from edge.uploader import Uploader
 from outpost import __version__, logs, policy, wire
@@ -423,8 +423,12 @@ class Agent:
                 errors=errors,
             )
             since = now
-            with contextlib.suppress(StreamFullError):  # metrics roll up; never refused
+            try:
                 await self.store.append("metrics", [record])
+            except StreamFullError:  # metrics roll up; never refused
+                pass
+            except StoreWriteError as exc:  # a full or failing disk must not stop the agent
+                logger.warning("metrics roll-up not recorded: %s", exc.reason)
 
     def _apply_policy(self, p: policy.Policy, sets: dict[str, Any]) -> None:
         """Use a verified policy: each field it sets wins over the agent's own settings;
@@ -491,7 +495,7 @@ class Agent:
         assert self.store is not None
         try:
             await self.store.append("events", [{"event": name, **details}])
-        except StreamFullError as exc:
+        except (StreamFullError, StoreWriteError) as exc:
             logger.warning("event %s not recorded: %s", name, exc.reason)
 
     def _topic(self, kind: str) -> str:

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
 from edge.masking import Masker
-from edge.store import STREAMS, AgentStore, StreamFullError
+from edge.store import STREAMS, AgentStore, StoreWriteError, StreamFullError
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,11 @@ class LocalApi:
         except StreamFullError as exc:
             logger.warning("refused %d %s: %s", len(records), stream, exc.reason)
             return _error(507, "stream_full", exc.reason)
+        except StoreWriteError as exc:
+            logger.error("could not store %d %s: %s", len(records), stream, exc.reason)
+            if exc.disk_full:
+                return _error(507, "disk_full", exc.reason)
+            return _error(503, "store_unavailable", exc.reason, **{"Retry-After": "5"})
         return web.json_response(
             {"stream": stream, "first_seq": appended.first_seq, "last_seq": appended.last_seq},
             status=201,

@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any, Literal
 
 from edge.inference.service import InferenceService, ModelUnavailable, UnknownModel
-from edge.store import AgentStore, StreamFullError
+from edge.store import AgentStore, StoreWriteError, StreamFullError
 from edge.store.inbox import InboxTask, finish
 from outpost import wire
 
@@ -85,10 +85,14 @@ class TaskRunner:
             if reasons[a.task_id] is None
         ]
         if wanted:  # one transaction for the whole message
-            outcomes = await self._store.inbox_put_many(wanted, capacity=self._capacity)
+            full = f"full: {self._capacity} tasks held"
+            try:
+                outcomes = await self._store.inbox_put_many(wanted, capacity=self._capacity)
+            except StoreWriteError as exc:  # not on disk, so not accepted: the hub moves on
+                outcomes, full = ["full"] * len(wanted), f"full: {exc.reason}"
             for task, outcome in zip(wanted, outcomes, strict=True):
                 if outcome == "full":
-                    reasons[task.task_id] = f"full: {self._capacity} tasks held"
+                    reasons[task.task_id] = full
                 elif outcome == "superseded":
                     reasons[task.task_id] = "superseded: a newer attempt of this task is held"
         updates = []
@@ -108,7 +112,10 @@ class TaskRunner:
         await self._notify(updates)
 
     async def cancel(self, body: wire.Cancel) -> None:
-        outcome = await self._store.inbox_cancel(body.task_id, body.attempt)
+        try:
+            outcome = await self._store.inbox_cancel(body.task_id, body.attempt)
+        except StoreWriteError as exc:  # it runs on; its result will come back late
+            outcome = f"not cancelled: {exc.reason}"
         logger.info("task %s cancelled by the hub: %s", body.task_id, outcome)
         await self._refresh_depth()
 
@@ -202,7 +209,7 @@ class TaskRunner:
                     "results", [body], then=partial(_finish, task.task_id, attempt)
                 )
                 break
-            except StreamFullError as exc:
+            except (StreamFullError, StoreWriteError) as exc:
                 # Kept in the inbox (running) until there is room: nothing is lost.
                 logger.warning("result of %s waits: %s", task.task_id, exc.reason)
                 await asyncio.sleep(FULL_RETRY_S)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from edge.config import Sync
 from edge.pacing import ByteRate, parse_windows, seconds_until_open
-from edge.store import AgentStore
+from edge.store import AgentStore, StoreWriteError
 from outpost import wire
 from outpost.aio import wait_event
 
@@ -105,7 +105,12 @@ class Uploader:
         """Apply the hub's acknowledgement: delete what it holds; resend after a gap."""
         stream = ack.stream
         if stream not in self._aligned:
-            shift = await self._store.align(stream, ack.hwm)
+            try:
+                shift = await self._store.align(stream, ack.hwm)
+            except StoreWriteError as exc:
+                # Still unaligned: the next hello's answer tries again.
+                logger.warning("could not align %s after %d: %s", stream, ack.hwm, exc.reason)
+                return
             self._aligned.add(stream)
             if shift:
                 logger.warning(
@@ -115,8 +120,13 @@ class Uploader:
                     ack.hwm,
                 )
         if ack.hwm > self._acked.get(stream, 0):
-            await self._store.acknowledge(stream, ack.hwm)
-            self._acked[stream] = ack.hwm
+            try:
+                await self._store.acknowledge(stream, ack.hwm)
+                self._acked[stream] = ack.hwm
+            except StoreWriteError as exc:
+                # Acks are cumulative: the next one deletes these too. Stopping the
+                # agent here would only restart it into the same full disk.
+                logger.warning("could not forget %s up to %d: %s", stream, ack.hwm, exc.reason)
         self._in_flight = [
             f for f in self._in_flight if not (f.stream == stream and f.to_seq <= ack.hwm)
         ]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import sqlite_utils
@@ -26,8 +27,16 @@ from edge.store.streams import Appended, Bounds, Refused
 from outpost.sqlite import SerialDatabase
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-__all__ = ["AgentStore", "Appended", "Bounds", "RecordCipher", "StreamFullError"]
+__all__ = [
+    "AgentStore",
+    "Appended",
+    "Bounds",
+    "RecordCipher",
+    "StoreWriteError",
+    "StreamFullError",
+]
 
 STREAMS = ("results", "events", "metrics")
 MAX_GROUP_RECORDS = 5000  # appends committed together, at most
@@ -41,6 +50,19 @@ class StreamFullError(Exception):
         super().__init__(reason)
         self.stream = stream
         self.reason = reason
+
+
+class StoreWriteError(Exception):
+    """The store could not write (disk full, I/O error): nothing of the change was stored."""
+
+    def __init__(self, error: sqlite3.Error, what: str = "append") -> None:
+        # SQLITE_FULL: the disk (or the page limit) is full; anything else is I/O.
+        self.disk_full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        self.reason = (
+            f"the store could not write ({error}): nothing of this {what} was stored; "
+            "retry once the device's storage is writable again"
+        )
+        super().__init__(self.reason)
 
 
 # Work done in the transaction that commits an append, only if the append is stored.
@@ -112,7 +134,11 @@ class AgentStore:
         done: asyncio.Future[Appended | Refused] = asyncio.get_running_loop().create_future()
         self._queue.append(_Append(stream, packed, done, then))
         self._wake.set()
-        outcome = await done
+        try:
+            outcome = await done
+        except sqlite3.Error as exc:
+            # The transaction rolled back: the file holds what it held before.
+            raise StoreWriteError(exc) from exc
         if isinstance(outcome, Refused):
             raise StreamFullError(stream, outcome.reason)
         return outcome
@@ -186,15 +212,23 @@ class AgentStore:
             streams.bump(db, "wear.records", stored)
             self._wear = (0, 0)
 
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a writing `fn` on the writer thread; a full or failing disk (even a delete
+        needs room in the WAL) raises `StoreWriteError`, which callers survive."""
+        try:
+            return await self._db.run(fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreWriteError(exc, "change") from exc
+
     # ---------------------------------------------------------------- task inbox
 
     async def inbox_put(self, task: inbox.InboxTask, *, capacity: int) -> inbox.PutOutcome:
-        return await self._db.run(inbox.put, task, capacity, time.time())
+        return await self._write(inbox.put, task, capacity, time.time())
 
     async def inbox_put_many(
         self, tasks: list[inbox.InboxTask], *, capacity: int
     ) -> list[inbox.PutOutcome]:
-        return await self._db.run(inbox.put_many, tasks, capacity, time.time())
+        return await self._write(inbox.put_many, tasks, capacity, time.time())
 
     async def inbox_attempt(self, task_id: str) -> int | None:
         return await self._db.run(inbox.attempt_of, task_id)
@@ -203,7 +237,7 @@ class AgentStore:
         return await self._db.run(inbox.claim, time.time())
 
     async def inbox_cancel(self, task_id: str, attempt: int) -> str:
-        return await self._db.run(inbox.cancel, task_id, attempt)
+        return await self._write(inbox.cancel, task_id, attempt)
 
     async def inbox_recover(self) -> int:
         return await self._db.run(inbox.recover)
@@ -232,7 +266,7 @@ class AgentStore:
 
     async def acknowledge(self, stream: str, hwm: int) -> int:
         """The hub holds everything of `stream` up to `hwm`: forget it."""
-        return await self._db.run(self._acknowledge, stream, hwm)
+        return await self._write(self._acknowledge, stream, hwm)
 
     def _acknowledge(self, db: sqlite_utils.Database, stream: str, hwm: int) -> int:
         with db.conn:
@@ -241,7 +275,7 @@ class AgentStore:
 
     async def align(self, stream: str, hub_hwm: int) -> int:
         """Renumber a fresh stream after the hub's mark (see `streams.align`)."""
-        return await self._db.run(self._align, stream, hub_hwm)
+        return await self._write(self._align, stream, hub_hwm)
 
     def _align(self, db: sqlite_utils.Database, stream: str, hub_hwm: int) -> int:
         with db.conn:

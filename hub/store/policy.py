@@ -161,11 +161,18 @@ def mark_published(db: sqlite_utils.Database, device_id: str, version: int) -> N
 def report(
     db: sqlite_utils.Database, device_id: str, applied: int, rejected: int, reason: str
 ) -> None:
-    """What the device says it runs (inside the presence transaction)."""
+    """What the device says it runs (inside the presence transaction).
+
+    Versions only move forward: a device never applies an older version than it runs,
+    so a lower one is a stale heartbeat (QoS 1 redelivers one the hub handled but had
+    not acknowledged when it was killed), not news."""
     db.execute(
-        """UPDATE device_policy SET applied_version = ?, rejected_version = ?, reason = ?
+        """UPDATE device_policy SET
+               reason = CASE WHEN ? >= rejected_version THEN ? ELSE reason END,
+               applied_version = MAX(applied_version, ?),
+               rejected_version = MAX(rejected_version, ?)
            WHERE device_id = ?""",
-        (applied, rejected, reason, device_id),
+        (rejected, reason, applied, rejected, device_id),
     )
 
 
