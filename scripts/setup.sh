@@ -112,3 +112,9 @@ if [ "$TEST_TOOLS" = 1 ] && [ "$(uname -m)" = x86_64 ] \
     && [ ! -f /usr/include/x86_64-linux-gnu/asm/unistd_64.h ]; then
     apt_install linux-libc-dev
 fi
+
+# 7. libfaketime, which tests/integration/test_clock_jump.py preloads into an agent to
+#    step its wall clock while it runs.
+if [ "$TEST_TOOLS" = 1 ] && ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
+    apt_install libfaketime
+fi
