@@ -5,7 +5,6 @@ the next refresh (every hello refreshes that device)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -13,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hub.store import HubStore
+from hub.wanted import Wanted
 from outpost import policy, wire
 
 logger = logging.getLogger(__name__)
@@ -27,22 +27,15 @@ class PolicyPublisher:
         self._store = store
         self._key = key
         self._publish = publish
-        self._wanted: set[str] = set()
-        self._wake = asyncio.Event()
+        self._wanted = Wanted()
 
     def request(self, device_ids: list[str]) -> None:
         """Refresh these devices soon, from `run` (the ingest must not wait on a publish)."""
-        self._wanted.update(device_ids)
-        self._wake.set()
-
-    async def request_async(self, device_ids: list[str]) -> None:
-        self.request(device_ids)
+        self._wanted.add(device_ids)
 
     async def run(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            wanted, self._wanted = sorted(self._wanted), set()
+            wanted = await self._wanted.take()
             try:
                 await self.refresh(wanted)
             except Exception:  # a locked database: the device's next hello asks again

@@ -9,12 +9,12 @@ canary stage on to the rest, or halt it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from hub.store import Advanced, HubStore, Rollout
+from hub.wanted import Wanted
 from outpost import wire
 
 logger = logging.getLogger(__name__)
@@ -26,9 +26,8 @@ class RolloutService:
     def __init__(self, store: HubStore, publish: PublishRetained) -> None:
         self._store = store
         self._publish = publish
-        self._wanted: set[str] = set()
+        self._wanted = Wanted()
         self._forced: set[str] = set()
-        self._wake = asyncio.Event()
 
     async def start_rollout(
         self, *, name: str, version: str, selector: dict[str, str], canary_share: float, by: str
@@ -94,20 +93,14 @@ class RolloutService:
     def request(self, device_ids: list[str], *, force: bool = False) -> None:
         """Send these devices their releases soon, from `run` (callers never wait on it);
         `force`: even an empty list, to replace a retained one that named more."""
-        self._wanted.update(device_ids)
         if force:
             self._forced.update(device_ids)
-        self._wake.set()
-
-    async def request_async(self, device_ids: list[str]) -> None:
-        self.request(device_ids)
+        self._wanted.add(device_ids)
 
     async def run(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            wanted, self._wanted = sorted(self._wanted), set()
-            forced, self._forced = self._forced, set()
+            wanted = await self._wanted.take()
+            forced, self._forced = self._forced, set()  # no await since the take: in step
             for device_id in wanted:
                 try:
                     await self._send(device_id, force=device_id in forced)
