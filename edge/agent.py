@@ -31,6 +31,7 @@ from edge.store import AgentStore, Bounds, RecordCipher, StoreWriteError, Stream
 from edge.tasks import TaskRunner
 from edge.uploader import Uploader
 from outpost import __version__, logs, policy, wire
+from outpost.aio import supervise
 from outpost.mqtt import NODELAY, LinkState, run_forever
 from outpost.sdnotify import Notifier
 from outpost.settings import parse_broker_url
@@ -143,23 +144,23 @@ class Agent:
             await self._event("agent.started", version=__version__)
             self.ready.set()
             self.notifier.ready(await self.status_line())
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.notifier.keep_alive(), name="agent.watchdog")
-                tasks.create_task(self.notifier.report(self.status_line), name="agent.status")
-                tasks.create_task(self._own_metrics(), name="agent.metrics")
-                tasks.create_task(self.tasks.run(), name="agent.tasks")
-                tasks.create_task(self.deployer.run(), name="agent.deployer")
-                tasks.create_task(CertRenewer(self.paths).run(), name="agent.cert-renewer")
-                tasks.create_task(
-                    run_forever(
+            await supervise(
+                {
+                    "agent.watchdog": self.notifier.keep_alive(),
+                    "agent.status": self.notifier.report(self.status_line),
+                    "agent.metrics": self._own_metrics(),
+                    "agent.tasks": self.tasks.run(),
+                    "agent.deployer": self.deployer.run(),
+                    "agent.cert-renewer": CertRenewer(self.paths).run(),
+                    "agent.mqtt-link": run_forever(
                         self._make_client,
                         self._session,
                         self.link,
                         address=f"{self._host}:{self._port}",
                         backoff_cap=self.config.reconnect_max_delay,
                     ),
-                    name="agent.mqtt-link",
-                )
+                }
+            )
 
     def _open_store(self) -> AgentStore:
         b = self.config.bounds
@@ -276,12 +277,6 @@ class Agent:
 
         try:
             await self._session_tasks(client, publish, say_hello)
-        except BaseExceptionGroup as group:
-            # A lost link surfaces from whichever task noticed first; report it plainly.
-            lost = group.subgroup(aiomqtt.MqttError)
-            if lost is None:
-                raise
-            raise lost.exceptions[0] from group
         except asyncio.CancelledError:
             # A clean stop sends no will: say goodbye ourselves so the hub knows at once.
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -302,10 +297,14 @@ class Agent:
         assert self.uploader is not None
         self._client = client
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._heartbeats(client), name="agent.heartbeats")
-                tasks.create_task(self._receive(client), name="agent.receive")
-                tasks.create_task(self.uploader.run(publish, say_hello), name="agent.uploader")
+            # A lost link surfaces from whichever task noticed first, as itself.
+            await supervise(
+                {
+                    "agent.heartbeats": self._heartbeats(client),
+                    "agent.receive": self._receive(client),
+                    "agent.uploader": self.uploader.run(publish, say_hello),
+                }
+            )
         finally:
             self._client = None
 

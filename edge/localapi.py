@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -89,11 +90,10 @@ class LocalApi:
         )
 
     async def start(self, socket_path: Path, port: int = 0) -> None:
-        await asyncio.to_thread(socket_path.unlink, missing_ok=True)
+        listener = await asyncio.to_thread(_listening_socket, socket_path)
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        await web.UnixSite(self._runner, str(socket_path)).start()
-        os.chmod(socket_path, 0o660)  # the agent's user and group only
+        await web.SockSite(self._runner, listener).start()
         if port:
             await web.TCPSite(self._runner, "127.0.0.1", port).start()
         logger.info("local API on %s%s", socket_path, f" and 127.0.0.1:{port}" if port else "")
@@ -262,3 +262,23 @@ def _infer_request(data: dict[str, Any]) -> tuple[Any, str, dict[str, Any] | Non
             400, "bad_field", f"body.context must be a map of at most {MAX_CONTEXT_BYTES} bytes"
         )
     return data["input"], dtype, context
+
+
+def _listening_socket(path: Path) -> socket.socket:
+    """A Unix socket listening at `path`, which appears only once it listens and has its
+    final mode: a client that finds the file can connect (no refusal in the moment
+    between bind and listen), and no one else can for a moment either."""
+    staging = path.with_name(path.name + ".new")
+    staging.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(staging))
+        os.chmod(staging, 0o660)  # the agent's user and group only
+        listener.listen(128)
+        os.replace(staging, path)  # a bound socket stays reachable under its new name
+    except BaseException:
+        listener.close()
+        staging.unlink(missing_ok=True)
+        raise
+    listener.setblocking(False)
+    return listener

@@ -21,6 +21,7 @@ from edge.inference.service import InferenceService, ModelUnavailable, UnknownMo
 from edge.store import AgentStore, StoreWriteError, StreamFullError
 from edge.store.inbox import InboxTask, finish
 from outpost import wire
+from outpost.aio import supervise
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,7 @@ class TaskRunner:
             logger.info("%d tasks interrupted by the last stop run again", again)
         await self._refresh_depth()
         self._work.set()
-        async with asyncio.TaskGroup() as workers:
-            for n in range(self.slots):
-                workers.create_task(self._worker(), name=f"agent.task-worker-{n}")
+        await supervise({f"agent.task-worker-{n}": self._worker() for n in range(self.slots)})
 
     async def assign(self, body: wire.Tasks) -> None:
         """Accept or reject each assignment; accepted ones are in the inbox (on disk)

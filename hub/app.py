@@ -25,7 +25,7 @@ from hub.releases import ModelShelf
 from hub.rollouts import RolloutService
 from hub.store import HubStore
 from outpost import tls
-from outpost.aio import cancel_until_done
+from outpost.aio import supervise
 from outpost.sdnotify import Notifier
 
 logger = logging.getLogger(__name__)
@@ -108,30 +108,19 @@ class Hub:
             stack.push_async_callback(web.stop)
 
             self.link = HubLink(self.paths, self.config, self.ingest)
-            children = [
-                asyncio.create_task(self.link.run(), name="hub.mqtt-link"),
-                asyncio.create_task(self._liveness(store), name="hub.liveness"),
-                asyncio.create_task(dispatcher.run(), name="hub.dispatcher"),
-                asyncio.create_task(policies.run(), name="hub.policies"),
-                asyncio.create_task(rollouts.run(), name="hub.rollouts"),
-                asyncio.create_task(self.notifier.keep_alive(), name="hub.watchdog"),
-                asyncio.create_task(self._tell_systemd(self.link), name="hub.status"),
-            ]
             self.ready.set()
             logger.info("hub running (data %s)", self.paths.root)
-            try:
-                done, _ = await asyncio.wait(children, return_when=asyncio.FIRST_EXCEPTION)
-                for child in done:
-                    child.result()  # a child that failed takes the hub down, with its error
-            finally:
-                # Not a TaskGroup: it cancels each child once, and a child whose cancel a
-                # library swallowed (aiomqtt's publish waits with wait_for, which on
-                # Python 3.11 can) would hold the hub's shutdown forever. Ask until done.
-                for child in children:
-                    await cancel_until_done(child)
-                for child in children:
-                    if not child.cancelled() and child.exception() is not None:
-                        logger.error("%s ended: %r", child.get_name(), child.exception())
+            await supervise(
+                {
+                    "hub.mqtt-link": self.link.run(),
+                    "hub.liveness": self._liveness(store),
+                    "hub.dispatcher": dispatcher.run(),
+                    "hub.policies": policies.run(),
+                    "hub.rollouts": rollouts.run(),
+                    "hub.watchdog": self.notifier.keep_alive(),
+                    "hub.status": self._tell_systemd(self.link),
+                }
+            )
 
     async def _tell_systemd(self, link: HubLink) -> None:
         """READY=1 once the MQTT link is up too (store, broker and web endpoint already

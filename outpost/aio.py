@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -20,7 +25,7 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-async def cancel_until_done(task: asyncio.Task[object], *, every: float = 2.0) -> None:
+async def cancel_until_done(task: asyncio.Task[Any], *, every: float = 0.5) -> None:
     """Cancel `task`, and again every `every` seconds until it has finished.
 
     A library that waits with `asyncio.wait_for` (aiomqtt does, for each publish and for
@@ -30,3 +35,28 @@ async def cancel_until_done(task: asyncio.Task[object], *, every: float = 2.0) -
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=every)
+
+
+async def supervise(children: dict[str, Coroutine[Any, Any, None]]) -> None:
+    """Run `children` (by task name) until one fails or the caller is cancelled.
+
+    The first failure is raised as itself, not in a group; others are logged. On the way
+    out every child is cancelled until it has finished: not a TaskGroup, which cancels
+    each child once, so that a child whose cancel a library swallowed cannot hold a
+    shutdown forever.
+    """
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in children.items()]
+    first: BaseException | None = None
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task in done and task.exception() is not None:
+                first = task.exception()
+                raise first  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            await cancel_until_done(task)
+        for task in tasks:
+            error = None if task.cancelled() else task.exception()
+            if error is not None and error is not first:
+                logger.error("%s ended: %r", task.get_name(), error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,20 @@ from hub.paths import HubPaths
 from outpost.aio import cancel_until_done
 from tests.api_client import ApiClient
 from tests.support import PROFILES, AgentProcess, free_port, mint_token
+
+
+@pytest.fixture(autouse=True)
+def root_logging() -> Iterator[None]:
+    """Put the root logger back after each test: a command run in-process configures
+    logging onto the stderr that pytest captured for that test and closes after it."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        # Exactly StreamHandler: pytest's own capture handlers are subclasses of it.
+        if type(handler) is logging.StreamHandler and handler not in before:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -383,14 +383,23 @@ async def test_a_partitioned_device_finishes_its_tasks_and_reports_them_later(
         # partitioned device's results, when they come, are recorded as late.
         await wait_ready(hub, member)
         proxy.hold_upstream()
+        # The lease must lapse on the partitioned device, yet be long enough for the other
+        # device to run all three within it on a loaded machine: a lapse there too would
+        # leave no device the tasks may go to.
         moved = await submit(
-            api, token, [vib(lease_s=1, target={"selector": {"fleet": "t"}}) for _ in range(3)]
+            api, token, [vib(lease_s=5, target={"selector": {"fleet": "t"}}) for _ in range(3)]
         )
 
         async def held_by_member() -> bool:
             return device_results(member) >= 6
 
         await eventually(held_by_member, timeout=15, what="second results held on the device")
+
+        async def lapsed_on_member() -> bool:
+            found = await tasks_of(hub, moved)
+            return all(t.state == "queued" for t in found.values())
+
+        await eventually(lapsed_on_member, timeout=15, what="the member's leases lapsed")
         other = await start_member("generic")
         ended = await all_ended(hub, moved, timeout=30)
         assert {(t.state, t.device_id) for t in ended.values()} == {("succeeded", other.device_id)}
