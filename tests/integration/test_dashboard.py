@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -86,16 +87,29 @@ def browser(hub: Hub, tmp_path: Path) -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
-def _state(driver: WebDriver, device_id: str) -> str:
-    """The text of a device's state cell ("" while its row is not on the page)."""
-    cells = driver.find_elements(
-        By.CSS_SELECTOR, f"#fleet tbody tr[data-device='{device_id}'] td.state"
+def _wait(driver: WebDriver, timeout: float) -> WebDriverWait[WebDriver]:
+    """A wait that looks again when the live page re-rendered what it was reading."""
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
     )
-    return str(cells[0].text).strip() if cells else ""
+
+
+def _row(device_id: str) -> str:
+    return f"#fleet tbody tr[data-device='{device_id}']"
+
+
+def _state(driver: WebDriver, device_id: str) -> str:
+    """The text of a device's state cell ("" while its row is not on the page), read in
+    one step in the page: live updates replace rows between two WebDriver calls."""
+    text = driver.execute_script(
+        "const c = document.querySelector(arguments[0]); return c ? c.textContent : ''",
+        f"{_row(device_id)} td.state",
+    )
+    return str(text).strip()
 
 
 def _shows(driver: WebDriver, device_id: str, state: str, timeout: float) -> None:
-    WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+    _wait(driver, timeout).until(
         lambda d: _state(d, device_id) == state,
         f"{device_id} not shown {state} within {timeout} s",
     )
@@ -108,7 +122,7 @@ def _visible(driver: WebDriver, element_id: str) -> bool:
 def _open_without_token(driver: WebDriver, url: str) -> None:
     driver.get(url + "/dashboard")
     assert driver.title == "Outpost fleet"  # TLS verified: no certificate error page
-    WebDriverWait(driver, PAGE_WAIT_S).until(ec.visibility_of_element_located((By.ID, "signin")))
+    _wait(driver, PAGE_WAIT_S).until(ec.visibility_of_element_located((By.ID, "signin")))
     assert not _visible(driver, "app")
     assert driver.find_elements(By.CSS_SELECTOR, "#fleet tbody tr") == []
 
@@ -122,12 +136,12 @@ def _sign_in(driver: WebDriver, token: str) -> None:
 
 def _refused_then_signed_in(driver: WebDriver, token: str, devices: list[str]) -> None:
     _sign_in(driver, "not.a.token")
-    WebDriverWait(driver, PAGE_WAIT_S).until(
+    _wait(driver, PAGE_WAIT_S).until(
         lambda d: "Refused" in d.find_element(By.ID, "signin-error").text
     )
     assert not _visible(driver, "app")
     _sign_in(driver, token)
-    WebDriverWait(driver, PAGE_WAIT_S).until(ec.visibility_of_element_located((By.ID, "app")))
+    _wait(driver, PAGE_WAIT_S).until(ec.visibility_of_element_located((By.ID, "app")))
     for device_id in devices:
         _shows(driver, device_id, "online", LIVE_WITHIN_S)
     # Marks this page: a reload would lose it, so its survival proves updates are live.
@@ -142,7 +156,7 @@ def _sees_it_go_offline(driver: WebDriver, gone: str, alive: str, screenshot: Pa
     # may be mid-update when the first one flips).
     _shows(driver, alive, "online", LIVE_WITHIN_S)
     assert driver.execute_script("return window.__sameLoad === true"), "the page reloaded"
-    WebDriverWait(driver, PAGE_WAIT_S).until(
+    _wait(driver, PAGE_WAIT_S).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, ".charts .uplot")) == 4
     )
     screenshot.parent.mkdir(exist_ok=True)
@@ -151,9 +165,10 @@ def _sees_it_go_offline(driver: WebDriver, gone: str, alive: str, screenshot: Pa
 
 
 def _device_view(driver: WebDriver, device_id: str, screenshot: Path) -> None:
-    driver.find_element(By.CSS_SELECTOR, f"#fleet tbody tr[data-device='{device_id}']").click()
-    WebDriverWait(driver, PAGE_WAIT_S).until(ec.visibility_of_element_located((By.ID, "device")))
-    WebDriverWait(driver, PAGE_WAIT_S).until(
+    # Clicked in the page, in one step, for the same reason as `_state`.
+    driver.execute_script("document.querySelector(arguments[0]).click()", _row(device_id))
+    _wait(driver, PAGE_WAIT_S).until(ec.visibility_of_element_located((By.ID, "device")))
+    _wait(driver, PAGE_WAIT_S).until(
         lambda d: (
             device_id in d.find_element(By.ID, "device-title").text
             and "online" in d.find_element(By.ID, "device-facts").text

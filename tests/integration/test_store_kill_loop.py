@@ -59,6 +59,9 @@ def _stored(path: Path) -> tuple[str, dict[int, bytes]]:
     """integrity_check's verdict and the results stream, read without the product's code."""
     with closing(sqlite3.connect(path)) as db:
         (verdict,) = db.execute("PRAGMA integrity_check").fetchone()
+        created = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'records'").fetchone()
+        if not created:  # killed before the first open created the schema: nothing held
+            return verdict, {}
         rows = db.execute("SELECT seq, body FROM records WHERE stream = 'results'").fetchall()
     return verdict, dict(rows)
 
