@@ -1,7 +1,10 @@
 """Hypothesis settings for the fuzz suite, and a count of the cases it ran.
 
 `OUTPOST_FUZZ_EXAMPLES` sets the examples per property (the default keeps the suite
-under a minute on two cores; CI's slow run and a local hunt raise it).
+under a minute on two cores; CI's slow run and a local hunt raise it). The test command
+runs the same cases every time (derandomized), so a red run means a change broke
+something, not that this run drew an unlucky input; `OUTPOST_FUZZ_HUNT=1` draws new
+cases each run, to hunt for bugs no change introduced.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 EXAMPLES = int(os.environ.get("OUTPOST_FUZZ_EXAMPLES", "150"))
+HUNT = os.environ.get("OUTPOST_FUZZ_HUNT", "") not in ("", "0")
 
 # No example database: runs are reproducible from the seed hypothesis prints on failure,
 # and the tree stays clean.
@@ -24,6 +28,7 @@ settings.register_profile(
     max_examples=EXAMPLES,
     deadline=None,  # each property checks its own time bound instead (a hang is a failure)
     database=None,
+    derandomize=not HUNT,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("outpost-fuzz")

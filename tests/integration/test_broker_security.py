@@ -210,6 +210,6 @@ async def test_device_cannot_read_another_devices_down_topic_or_anyones_up(
                 if message.topic.value.endswith("/marker"):
                     return
 
-        await asyncio.wait_for(until_marker(), 5)
+        await asyncio.wait_for(until_marker(), 15)
 
     assert received == [wire.down_topic(a.device_id, "marker")]

@@ -39,7 +39,9 @@ async def test_hub_with_an_external_broker(
         assert identity.broker_url == f"mqtts://127.0.0.1:{port}"
         agents(device, heartbeat_interval=0.3)
 
-        await eventually(lambda: device_online(hub, identity.device_id), what="device online")
+        await eventually(
+            lambda: device_online(hub, identity.device_id), timeout=15, what="device online"
+        )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

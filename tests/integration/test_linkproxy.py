@@ -48,12 +48,12 @@ async def _round_trip(link: LinkProxy, size: int) -> tuple[bytes, float]:
 async def test_delay_applies_each_way_and_the_cap_paces_bytes(proxy: LinkProxy) -> None:
     proxy.shape(Shape(delay_s=0.3))
     _, took = await _round_trip(proxy, 10)
-    assert 0.6 <= took < 1.5
+    assert 0.6 <= took < 5  # the floor is the property; the ceiling only catches a hang
 
     proxy.shape(Shape(rate_bytes_per_s=40_000))
     got, took = await _round_trip(proxy, 40_000)  # 1 s each way, the two overlapping
     assert got == b"x" * 40_000
-    assert 0.95 <= took < 3
+    assert 0.95 <= took < 6
 
 
 async def test_a_down_link_refuses_until_up_and_a_paused_one_holds_bytes(

@@ -58,7 +58,9 @@ async def test_kill_9_marks_the_device_offline_within_seconds(
     paths, identity = await enroll_device()
     # A long heartbeat interval: only the broker's last will can be this quick.
     agent = agents(paths, heartbeat_interval=60)
-    await eventually(lambda: device_online(hub, identity.device_id), what="device online")
+    await eventually(
+        lambda: device_online(hub, identity.device_id), timeout=15, what="device online"
+    )
 
     agent.signal(signal.SIGKILL)
     killed = time.monotonic()
@@ -75,11 +77,13 @@ async def test_sigterm_stops_the_agent_and_says_goodbye(
 ) -> None:
     paths, identity = await enroll_device()
     agent = agents(paths, heartbeat_interval=60)
-    await eventually(lambda: device_online(hub, identity.device_id), what="device online")
+    await eventually(
+        lambda: device_online(hub, identity.device_id), timeout=15, what="device online"
+    )
 
     agent.signal(signal.SIGTERM)
 
-    assert await asyncio.to_thread(agent.wait, 5) == 0  # the hub runs on this loop
+    assert await asyncio.to_thread(agent.wait, 10) == 0  # the hub runs on this loop
 
     async def offline() -> bool:
         return not await device_online(hub, identity.device_id)
@@ -93,7 +97,9 @@ async def test_a_silent_device_goes_offline_and_comes_back(
 ) -> None:
     paths, identity = await enroll_device()
     agent = agents(paths, heartbeat_interval=0.3)
-    await eventually(lambda: device_online(hub, identity.device_id), what="device online")
+    await eventually(
+        lambda: device_online(hub, identity.device_id), timeout=15, what="device online"
+    )
 
     # Frozen, its TCP connection stays open (no will), but its heartbeats stop.
     agent.signal(signal.SIGSTOP)
@@ -117,7 +123,9 @@ async def test_broker_death_is_survived_by_hub_and_agents(
 ) -> None:
     paths, identity = await enroll_device()
     agent = agents(paths, heartbeat_interval=0.3)
-    await eventually(lambda: device_online(hub, identity.device_id), what="device online")
+    await eventually(
+        lambda: device_online(hub, identity.device_id), timeout=15, what="device online"
+    )
     assert hub.broker is not None
     assert hub.broker.pid is not None
     assert hub.link is not None

@@ -54,7 +54,7 @@ class Device:
         topic = wire.up_topic(self.device_id, "records")
         await self.client.publish(topic, wire.encode("records", body), qos=1)
 
-    async def ack(self, timeout: float = 5.0) -> wire.Ack:
+    async def ack(self, timeout: float = 15.0) -> wire.Ack:
         """The next ack the hub sends this device."""
         message = await asyncio.wait_for(anext(self.client.messages), timeout)
         assert message.topic.value == wire.down_topic(self.device_id, "ack")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import pytest
 
 from edge.identity import DevicePaths
 from hub.app import Hub
@@ -52,6 +53,7 @@ def write_agent_settings(paths: DevicePaths, text: str) -> None:
     paths.config.write_text("[agent]\n" + text)
 
 
+@pytest.mark.timeout(300)
 async def test_ten_thousand_results_made_offline_arrive_once_in_order(
     hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
 ) -> None:

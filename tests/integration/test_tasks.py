@@ -183,12 +183,13 @@ async def test_three_agents_run_300_tasks_each_exactly_once_within_their_concurr
     assert seen == collections.Counter(ids)  # one result per task, no more
 
 
+@pytest.mark.timeout(300)
 async def test_kill_9_of_an_agent_mid_run_reassigns_its_tasks_and_each_ends_once(
     hub: Hub, api: ApiClient, start_member: Starter
 ) -> None:
     members = [await start_member("x86-gateway") for _ in range(3)]
     token = await api.token("operator")
-    ids = await submit(api, token, [vib(priority=n % 3, lease_s=3) for n in range(300)])
+    ids = await submit(api, token, [vib(priority=n % 3, lease_s=10) for n in range(300)])
     victim = members[0]
 
     async def under_way() -> bool:
@@ -285,7 +286,8 @@ def claim_models(hub: Hub, device_id: str) -> None:
 async def test_deadlines_expire_and_cancel_works_before_and_after_assignment(
     hub: Hub, api: ApiClient, start_member: Starter
 ) -> None:
-    member = await start_member("generic", labels={"site": "here"})
+    # Slow heartbeats: paused, it must stay online at the hub until its task is assigned.
+    member = await start_member("generic", labels={"site": "here"}, heartbeat=5.0)
     token = await api.token("operator")
     nowhere = {"selector": {"site": "nowhere"}}
     expiring, waiting = await submit(
@@ -337,8 +339,11 @@ async def test_high_priority_tasks_finish_ahead_of_low_ones_under_load(
 ) -> None:
     await start_member("generic")  # one task at a time
     token = await api.token("operator")
-    low = await submit(api, token, [vib(priority=0) for _ in range(150)])
-    high = await submit(api, token, [vib(priority=9) for _ in range(20)])
+    # One request: lows sent first on their own would start running before the highs came.
+    both = await submit(
+        api, token, [vib(priority=0) for _ in range(150)] + [vib(priority=9) for _ in range(20)]
+    )
+    low, high = both[:150], both[150:]
 
     ended = await all_ended(hub, low + high, timeout=90)
 
@@ -350,6 +355,7 @@ async def test_high_priority_tasks_finish_ahead_of_low_ones_under_load(
     assert low_after >= 100, f"only {low_after} low-priority tasks finished after the last high one"
 
 
+@pytest.mark.timeout(300)
 async def test_a_partitioned_device_finishes_its_tasks_and_reports_them_later(
     hub: Hub, api: ApiClient, start_member: Starter, tmp_path: Path
 ) -> None:
@@ -359,7 +365,7 @@ async def test_a_partitioned_device_finishes_its_tasks_and_reports_them_later(
     token = await api.token("operator")
     try:
         member = await start_member(
-            "generic", settings=f'broker = "mqtts://127.0.0.1:{proxy.port}"\n', heartbeat=1.0
+            "generic", settings=f'broker = "mqtts://127.0.0.1:{proxy.port}"\n', heartbeat=2.0
         )
         # Within the lease: the device hears the hub but the hub hears nothing back. It
         # holds 3 tasks at most (1 running, 2 given ahead).
@@ -387,7 +393,7 @@ async def test_a_partitioned_device_finishes_its_tasks_and_reports_them_later(
         # device to run all three within it on a loaded machine: a lapse there too would
         # leave no device the tasks may go to.
         moved = await submit(
-            api, token, [vib(lease_s=5, target={"selector": {"fleet": "t"}}) for _ in range(3)]
+            api, token, [vib(lease_s=6, target={"selector": {"fleet": "t"}}) for _ in range(3)]
         )
 
         async def held_by_member() -> bool:
@@ -428,12 +434,13 @@ def device_results(member: Member) -> int:
 async def test_tasks_accepted_before_a_crash_run_after_the_restart(
     hub: Hub, api: ApiClient, start_member: Starter
 ) -> None:
-    member = await start_member("generic")
+    # Slow heartbeats: paused, it must stay online at the hub until all three are assigned.
+    member = await start_member("generic", heartbeat=5.0)
     token = await api.token("operator")
     member.agent.signal(signal.SIGSTOP)  # it will never answer these assignments itself
     target = {"device": member.device_id}
     ids = await submit(api, token, [vib(lease_s=120, target=target) for _ in range(2)])
-    (short,) = await submit(api, token, [vib(lease_s=120, deadline_s=1.5, target=target)])
+    (short,) = await submit(api, token, [vib(lease_s=120, deadline_s=4, target=target)])
 
     async def assigned() -> bool:
         found = await tasks_of(hub, [*ids, short])
