@@ -74,11 +74,18 @@ class PolicyKeeper:
             return self._refuse(issued.version, f"version {held} is applied with other content")
         if issued.version < held:
             return self._refuse(issued.version, f"older than the applied version {held}")
-        files.replace(
-            self._stored,
-            msgpack.packb({"document": body.document, "signature": body.signature}),
-            files.PRIVATE,
-        )
+        try:
+            files.replace(
+                self._stored,
+                msgpack.packb({"document": body.document, "signature": body.signature}),
+                files.PRIVATE,
+            )
+        except OSError as exc:
+            # Applied only once kept, so a restart cannot go back on it; a full disk
+            # refuses it (reported), and the retained copy comes again at the next
+            # connect, when it is tried anew.
+            why = exc.strerror or str(exc)
+            return self._refuse(issued.version, f"could not keep it on disk: {why}")
         self._use(issued, signed)
         logger.info("policy version %d applied (sha256 %s...)", issued.version, digest[:12])
         return True

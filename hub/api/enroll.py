@@ -98,7 +98,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         Route(
             "POST",
             "/api/v1/enroll/renew",
-            "public",
+            "bootstrap",  # the proof is in the body: the certificate and a CSR signed by its key
             renew,
             "Renew a device certificate: a certificate it holds (expired within the grace "
             "period too) and a CSR signed with its key",

@@ -89,6 +89,8 @@ def _operation(route: Route) -> dict[str, Any]:
         errors |= {401, 403, 429}
     else:
         op["security"] = []
+        if route.access == "bootstrap":  # an address refused too often cools down
+            errors.add(429)
     for status in sorted(errors):
         op["responses"][str(status)] = {
             "description": ERROR_TEXT[status],

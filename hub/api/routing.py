@@ -23,9 +23,13 @@ from hub.store import AuditEntry, HubStore
 logger = logging.getLogger(__name__)
 
 # "device": the caller presents a device certificate of this hub (mutual TLS).
+# "bootstrap": no token; the body carries the credential (a bootstrap token, or a
+# certificate and a CSR signed with its key), and refusals count as failed logins.
 Access = Role | Literal["public", "bootstrap", "device"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Answers of an enrollment or renewal route that count as a failed login from the address.
+BOOTSTRAP_REFUSALS = frozenset({401, 403, 422})
 VERIFIED_CACHE = 1024  # tokens whose signature was checked, kept to skip re-checking
 PRINCIPAL = web.RequestKey("principal", Principal)
 DEVICE = web.RequestKey("device", str)  # the device id of a "device" route's caller
@@ -80,13 +84,19 @@ class Guard:
             try:
                 if route.access == "device":
                     await self._authorise_device(request)
-                elif route.access != "public" and route.access != "bootstrap":
+                elif route.access == "bootstrap":
+                    self._not_cooling_down(request)
+                elif route.access != "public":
                     await self._authorise(request, route.access)
                 response = await route.handler(request)
                 status = response.status
                 return response
             except ApiError as exc:
                 status = exc.status
+                if route.access == "bootstrap" and status in BOOTSTRAP_REFUSALS:
+                    # A refused token or proof of possession counts as a failed login:
+                    # guessing tokens, or making the hub check junk CSRs, is throttled.
+                    self.auth_failures.allow(f"ip:{request.remote}")
                 raise
             finally:
                 self.metrics.http_seconds.labels(route.method, route.path, str(status)).observe(
@@ -97,12 +107,17 @@ class Guard:
 
         return guarded
 
-    async def _authorise(self, request: web.Request, role: Role) -> None:
-        """Authenticate, then check role and rate; the principal is recorded on the
-        request as soon as it is known, so a refusal is audited under its name."""
+    def _not_cooling_down(self, request: web.Request) -> None:
+        """Refuse an address that failed too often of late, before any work for it."""
         address = f"ip:{request.remote}"
         if self.auth_failures.exhausted(address):
             raise _too_many(self.auth_failures.retry_after(address))
+
+    async def _authorise(self, request: web.Request, role: Role) -> None:
+        """Authenticate, then check role and rate; the principal is recorded on the
+        request as soon as it is known, so a refusal is audited under its name."""
+        self._not_cooling_down(request)
+        address = f"ip:{request.remote}"
         try:
             principal = await self._authenticate(request)
         except ApiError:
@@ -122,9 +137,8 @@ class Guard:
     async def _authorise_device(self, request: web.Request) -> None:
         """The caller is an enrolled, unrevoked device: the TLS layer verified its
         certificate against the fleet CA; the registry says whether it may still act."""
+        self._not_cooling_down(request)
         address = f"ip:{request.remote}"
-        if self.auth_failures.exhausted(address):
-            raise _too_many(self.auth_failures.retry_after(address))
         peer = request.transport.get_extra_info("peercert") if request.transport else None
         subject = dict(item[0] for item in (peer or {}).get("subject", ()))
         device_id = subject.get("commonName", "")

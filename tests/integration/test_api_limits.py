@@ -1,4 +1,5 @@
-"""Floods are answered with 429: per token subject, and per address for failed logins."""
+"""Floods are answered with 429: per token subject, and per address for failed logins,
+refused enrollments and refused renewals included."""
 
 from __future__ import annotations
 
@@ -33,3 +34,16 @@ async def test_repeated_failed_authentication_gets_429(api: ApiClient) -> None:
 
     assert statuses == [401, 401, 401, 429]
     assert good.status == 429, "the address is cooling down, even with a good token"
+
+
+async def test_refused_enrollments_cool_the_address_down(api: ApiClient) -> None:
+    body = {"token": "not-a-token", "csr": "junk", "profile": "generic"}
+    statuses = [(await api.call("POST", "/api/v1/enroll", body=body)).status for _ in range(3)]
+    limited = await api.call("POST", "/api/v1/enroll/renew", body={"certificate": "x", "csr": "y"})
+    health = await api.call("GET", "/api/v1/health")
+
+    assert statuses == [401, 401, 401]
+    assert limited.status == 429, limited.body
+    assert limited.error["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert health.status == 200, "a public route needs no login and is not cooled down"

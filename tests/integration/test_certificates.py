@@ -139,7 +139,10 @@ async def test_agent_renews_before_expiry_and_reconnects_with_the_new_certificat
         stored = Identity.load(paths)
         assert stored.cert_not_after > identity.cert_not_after
         assert stored.cert_not_before is not None
-        assert "certificate renewed" in agent.output()
+        # Logged just after the file is in place: read until it is there.
+        await eventually(
+            lambda: holds("certificate renewed" in agent.output()), what="the renewal logged"
+        )
 
         # The first certificate has expired now: only the new one can get the agent back.
         await until(identity.cert_not_after + 0.5)

@@ -11,6 +11,7 @@ resume once the disk does.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from edge.identity import DevicePaths
@@ -207,6 +209,12 @@ async def test_a_full_and_a_failing_disk_refuse_with_reason_and_recover(
 
             await eventually(drained, timeout=30, what="every confirmed record at the hub")
         assert agent.process.poll() is None, "the agent stopped"
+    except aiohttp.ClientError as exc:
+        await asyncio.sleep(0.5)  # let a dying agent finish writing its last words
+        raise AssertionError(
+            f"the agent's local API went away (exit code {agent.process.poll()}): "
+            + agent.output()[-4000:]
+        ) from exc
     finally:
         agent.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import msgpack
@@ -11,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.policy import PolicyKeeper
 from hub.store.policy import Layer, resolve
-from outpost import policy, wire
+from outpost import files, policy, wire
 
 HUB_KEY = ed25519.Ed25519PrivateKey.generate()
 DEVICE = "dev-000000000001"
@@ -153,3 +154,31 @@ def test_the_applied_policy_survives_a_restart_and_a_tampered_file_does_not(
     third.load()
     assert third.current is None
     assert tampered == []
+
+
+def test_a_policy_that_cannot_be_kept_on_disk_is_refused_then_taken_when_it_comes_again(
+    keeper: tuple[PolicyKeeper, list[policy.Policy]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    k, applied = keeper
+    assert k.receive(signed(1, {"heartbeat_interval": 2.0}))
+
+    def disk_full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(files, "replace", disk_full)
+        assert not k.receive(signed(2, {"heartbeat_interval": 9.0}))  # no crash
+    assert k.report() == wire.PolicyReport(
+        version=1,
+        rejected_version=2,
+        reason="could not keep it on disk: No space left on device",
+    )
+    assert [p.heartbeat_interval for p in applied] == [2.0]  # the kept one still rules
+
+    # The retained copy at the next connect, with room on the disk again.
+    assert k.receive(signed(2, {"heartbeat_interval": 9.0}))
+    assert k.current is not None
+    assert k.current.version == 2
+    assert msgpack.unpackb((tmp_path / "policy.signed").read_bytes())["document"]
