@@ -132,13 +132,16 @@ async def test_agent_renews_before_expiry_and_reconnects_with_the_new_certificat
             assert hub.store is not None
             device = await hub.store.device(identity.device_id)
             assert device is not None
-            return device.cert_serial != first_serial and device.cert_serial == serial_of(paths)
+            # The certificate file is written before identity.json: both must be there.
+            return (
+                device.cert_serial != first_serial
+                and device.cert_serial == serial_of(paths)
+                and Identity.load(paths).cert_not_after > identity.cert_not_after
+            )
 
         # Due at two thirds of its life: about 13 s after enrollment.
         await eventually(renewed, timeout=20, what="a renewal, in the registry and on the device")
-        stored = Identity.load(paths)
-        assert stored.cert_not_after > identity.cert_not_after
-        assert stored.cert_not_before is not None
+        assert Identity.load(paths).cert_not_before is not None
         # Logged just after the file is in place: read until it is there.
         await eventually(
             lambda: holds("certificate renewed" in agent.output()), what="the renewal logged"
