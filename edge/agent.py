@@ -16,7 +16,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge import rollup, sysinfo
+from edge import effective, rollup, sysinfo
 from edge.config import AgentConfig
 from edge.deploy import Deployer
 from edge.identity import DevicePaths, Identity
@@ -82,7 +82,7 @@ class Agent:
         self.masker = Masker(paths.mask_key)
         self.policy: PolicyKeeper | None = None
         self._last_load: wire.Load | None = None
-        self._caps = (100.0, 1000.0)  # CPU percent, temperature: no cap until a policy says
+        self._caps = effective.Caps()  # no cap until a policy says
 
     async def run(self) -> None:
         """Run until cancelled: open the store, serve the local API, connect forever."""
@@ -430,65 +430,25 @@ class Agent:
                 logger.warning("metrics roll-up not recorded: %s", exc.reason)
 
     def _apply_policy(self, p: policy.Policy, sets: dict[str, Any]) -> None:
-        """Use a verified policy: each field it sets wins over the agent's own settings;
-        a field it leaves out (or stops setting) falls back to them.
-
-        Task concurrency applies at the next start; the prefetch is the hub's."""
-        c = self.config
-
-        def pick(dotted: str, mine: Any, theirs: Any) -> Any:
-            return theirs if policy.is_set(sets, dotted) else mine
-
-        self.heartbeat_interval = pick(
-            "heartbeat_interval", c.heartbeat_interval, p.heartbeat_interval
-        )
-        self.metrics_interval = pick("metrics_interval", c.metrics_interval, p.metrics_interval)
-        logging.getLogger().setLevel(pick("log_level", c.log_level, p.log_level).upper())
-        self.masker.set_rules(p.masking.drop, p.masking.hash)  # none unless set
-        self._caps = (
-            pick("tasks.cpu_max_percent", 100.0, p.tasks.cpu_max_percent),
-            pick("tasks.temperature_max_c", 1000.0, p.tasks.temperature_max_c),
-        )
-        allowed = frozenset(p.allowed_models)
+        """Run on a verified policy's fields over the agent's own settings."""
+        e = effective.resolve(self.config, p, sets)
+        self.heartbeat_interval = e.heartbeat_interval
+        self.metrics_interval = e.metrics_interval
+        logging.getLogger().setLevel(e.log_level)
+        self.masker.set_rules(e.mask_drop, e.mask_hash)
+        self._caps = e.caps
         if self.inference is not None:
-            self.inference.reporting = Reporting(
-                pick("inference.report", c.inference.report, p.inference.report),
-                pick(
-                    "inference.confidence_below",
-                    c.inference.confidence_below,
-                    p.inference.confidence_below,
-                ),
-            )
-            self.inference.allowed_models = allowed
+            self.inference.reporting = e.reporting
+            self.inference.allowed_models = e.allowed_models
         if self.tasks is not None:
-            self.tasks.allowed_models = allowed
+            self.tasks.allowed_models = e.allowed_models
         if self.uploader is not None:
-            self.uploader.set_pacing(
-                pick("sync.rate_bytes_per_s", c.sync.rate_bytes_per_s, p.sync.rate_bytes_per_s),
-                pick("sync.windows", c.sync.windows, p.sync.windows),
-            )
+            self.uploader.set_pacing(e.rate_bytes_per_s, e.sync_windows)
         if self.store is not None:
-            bounds = {}
-            for name in ("results", "events", "metrics"):
-                own, given = getattr(c.bounds, name), getattr(p.bounds, name)
-                bounds[name] = Bounds(
-                    *(
-                        pick(f"bounds.{name}.{f}", getattr(own, f), getattr(given, f))
-                        for f in ("max_records", "max_bytes", "max_age_s")
-                    )
-                )
-            self.store.set_bounds(bounds)
+            self.store.set_bounds(e.bounds)
 
     def _overloaded(self) -> str | None:
-        load = self._last_load
-        if load is None:
-            return None
-        cpu_cap, heat_cap = self._caps
-        if load.cpu_percent > cpu_cap:
-            return f"CPU at {load.cpu_percent:.0f} %, over the policy's {cpu_cap:.0f} %"
-        if load.temperature_c is not None and load.temperature_c > heat_cap:
-            return f"at {load.temperature_c:.0f} C, over the policy's {heat_cap:.0f} C"
-        return None
+        return self._caps.refusal(self._last_load)
 
     async def _event(self, name: str, **details: Any) -> None:
         assert self.store is not None
