@@ -27,7 +27,14 @@ from edge.masking import Masker
 from edge.policy import PolicyKeeper
 from edge.profile import DeviceProfile
 from edge.renewal import CertRenewer, ClientTls
-from edge.store import AgentStore, Bounds, RecordCipher, StoreWriteError, StreamFullError
+from edge.store import (
+    AgentStore,
+    Bounds,
+    RecordCipher,
+    StoreReadError,
+    StoreWriteError,
+    StreamFullError,
+)
 from edge.tasks import TaskRunner
 from edge.uploader import Uploader
 from outpost import __version__, logs, policy, wire
@@ -205,18 +212,25 @@ class Agent:
                 if self.tasks
                 else None
             ),
-            "store": await self.store.stats(),
+            "store": await self._store_stats(),
             "sync": {"bytes_sent": self.uploader.bytes_sent if self.uploader else 0},
         }
 
     async def status_line(self) -> str:
         """One line for `systemctl status`: the link's state and how full the store is."""
-        assert self.store is not None
-        streams = (await self.store.stats())["streams"]
+        streams = (await self._store_stats()).get("streams", {})
         fill = ", ".join(
             f"{name} {s['fill']:.0%} ({s['records']})" for name, s in sorted(streams.items())
         )
         return f"broker link {self.link.state}; store {fill or 'empty'}"
+
+    async def _store_stats(self) -> dict[str, Any]:
+        """The store's stats, or the reason it could not be read (a failing disk)."""
+        assert self.store is not None
+        try:
+            return await self.store.stats()
+        except StoreReadError as exc:
+            return {"error": exc.reason}
 
     def _make_client(self) -> aiomqtt.Client:
         # Each connection gets its own id, carried by its will: the hub then ignores the
@@ -340,16 +354,21 @@ class Agent:
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            load = await asyncio.to_thread(self._sampler.sample)
-            self._last_load = load
             assert self.store is not None
             assert self.inference is not None
+            try:
+                load = await asyncio.to_thread(self._sampler.sample)
+                stats = await self.store.stats()
+            except (OSError, StoreReadError) as exc:  # a failing disk must not end the link
+                logger.warning("heartbeat skipped: %s", exc)
+                continue
+            self._last_load = load
             beat = wire.Heartbeat(
                 conn=self._conn,
                 uptime_s=time.monotonic() - self._started,
                 heartbeat_interval=self.heartbeat_interval,
                 load=load,
-                store=store_report(await self.store.stats()),
+                store=store_report(stats),
                 models=self._models_if_changed(),
                 tasks=self.tasks.load() if self.tasks else None,
                 policy=self.policy.report() if self.policy else None,
@@ -398,9 +417,13 @@ class Agent:
         done = failed = 0  # the task runner's totals at the last roll-up
         while True:
             await asyncio.sleep(self.metrics_interval)
-            load = await asyncio.to_thread(self._sampler.sample)
+            try:
+                load = await asyncio.to_thread(self._sampler.sample)
+                stats = await self.store.stats()
+            except (OSError, StoreReadError) as exc:  # counts carry on into the next one
+                logger.warning("metrics roll-up skipped: %s", exc)
+                continue
             self._last_load = load
-            stats = await self.store.stats()
             now = time.monotonic()
             tasks = {"done": 0, "failed": 0, "queued": 0, "running": 0}
             if self.tasks is not None:

@@ -129,7 +129,11 @@ class DeployStates:
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             logger.error("deploy states %s: unknown format, starting afresh", path)
             return cls()
-        records = [r for r in map(_record, body.get("releases") or []) if r is not None]
+        releases = body.get("releases")
+        if not isinstance(releases, list):
+            logger.error("deploy states %s: no list of releases, starting afresh", path)
+            return cls()
+        records = [r for r in map(_record, releases) if r is not None]
         return cls(records)
 
 
@@ -149,6 +153,7 @@ def _record(item: Any) -> Record | None:
     if not (
         isinstance(item, dict)
         and set(item) == _FIELDS
+        and isinstance(item["state"], str)
         and item["state"] in _STATES
         and all(isinstance(item[k], str) for k in _FIELDS if k != "final")
         and isinstance(item["final"], bool)

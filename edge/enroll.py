@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import jwt
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -185,8 +186,10 @@ def check_certificate(
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
         cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
-    except (ValueError, TypeError) as exc:
-        raise EnrollError(f"the hub returned an invalid certificate: {exc}") from exc
+    except (ValueError, TypeError, InvalidSignature) as exc:  # another CA's, or garbage
+        raise EnrollError(
+            f"the hub returned an invalid certificate: {exc or type(exc).__name__}"
+        ) from exc
     mine = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

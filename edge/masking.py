@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from pathlib import Path
 from typing import Any
 
 from outpost import files
+
+logger = logging.getLogger(__name__)
+KEY_BYTES = 32
 
 
 class Masker:
@@ -26,7 +30,15 @@ class Masker:
 
     def set_rules(self, drop: list[str], hash_: list[str]) -> None:
         if hash_ and self._key is None:
-            self._key = _key(self._key_path)
+            try:
+                self._key = _key(self._key_path)
+            except (OSError, ValueError) as exc:
+                # No key, no hash: the fields are dropped instead, never kept in clear.
+                # The key is tried again with the next policy or start.
+                logger.error(
+                    "mask key %s unusable (%s): fields to hash are dropped", self._key_path, exc
+                )
+                drop, hash_ = [*drop, *hash_], []
         self.drop, self.hash = frozenset(drop), frozenset(hash_)
 
     @property
@@ -52,8 +64,11 @@ class Masker:
 
 def _key(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        key = path.read_bytes()
     except FileNotFoundError:
-        key = secrets.token_bytes(32)
+        key = secrets.token_bytes(KEY_BYTES)
         files.write_new(path, key)
         return key
+    if len(key) != KEY_BYTES:  # a write cut short (a full disk, a power cut)
+        raise ValueError(f"{path} holds {len(key)} bytes, not a {KEY_BYTES}-byte key")
+    return key

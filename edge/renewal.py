@@ -171,8 +171,9 @@ class CertRenewer:
             except RenewalRefusedError as exc:
                 logger.error("%s; asking again in %.0f s", exc, self._refused_retry)
                 wait = self._refused_retry
-            except (RenewalError, OSError, ValueError) as exc:
-                # ValueError: identity.json or the certificate unreadable mid-write.
+            except (RenewalError, OSError, ValueError, TypeError) as exc:
+                # ValueError, TypeError: identity.json or the certificate unreadable or
+                # damaged; a failing disk must not end the agent either.
                 wait = backoff.delay(attempt, cap=self._retry_cap)
                 attempt += 1
                 logger.warning("certificate renewal failed: %s; retrying in %.1f s", exc, wait)

@@ -18,16 +18,17 @@ from functools import partial
 from typing import Any, Literal
 
 from edge.inference.service import InferenceService, ModelUnavailable, UnknownModel
-from edge.store import AgentStore, StoreWriteError, StreamFullError
+from edge.store import AgentStore, StoreReadError, StoreWriteError, StreamFullError
 from edge.store.inbox import InboxTask, finish
-from outpost import wire
+from outpost import backoff, wire
 from outpost.aio import supervise
 
 logger = logging.getLogger(__name__)
 
 Notify = Callable[[list[wire.TaskUpdate]], Awaitable[None]]
 FULL_RETRY_S = 2.0  # a full results stream: try the append again after this long
-WORKER_RETRY_S = 1.0  # after a store error, a worker tries again after this long
+WORKER_RETRY_S = 1.0  # after a surprise, a worker tries again after this long
+WORKER_RETRY_CAP_S = 30.0  # a failing disk: retries back off up to this
 
 
 class TaskRunner:
@@ -56,7 +57,11 @@ class TaskRunner:
 
     async def run(self) -> None:
         """Recover the inbox, then run `slots` workers until cancelled."""
-        again = await self._store.inbox_recover()
+        try:
+            again = await self._store.inbox_recover()
+        except StoreWriteError as exc:  # they stay as they are until a start can write
+            logger.warning("tasks interrupted by the last stop not recovered: %s", exc.reason)
+            again = 0
         if again:
             logger.info("%d tasks interrupted by the last stop run again", again)
         await self._refresh_depth()
@@ -137,10 +142,17 @@ class TaskRunner:
         return None
 
     async def _worker(self) -> None:
+        failures = 0
         while True:
             try:
                 await self._work_once()
-            except Exception:  # a store that failed once (locked, I/O): not the agent's end
+                failures = 0
+            except (StoreWriteError, StoreReadError) as exc:  # a failing disk: wait it out
+                wait = backoff.delay(failures, cap=WORKER_RETRY_CAP_S, base=2.0) + 1.0
+                failures += 1
+                logger.warning("task worker: %s; retrying in %.0f s", exc.reason, wait)
+                await asyncio.sleep(wait)
+            except Exception:  # a surprise in one task: not the agent's end
                 logger.exception("task worker: retrying in %.0f s", WORKER_RETRY_S)
                 await asyncio.sleep(WORKER_RETRY_S)
 
@@ -200,7 +212,10 @@ class TaskRunner:
         body["finished_at"] = time.time()
         # The hub may have given this task again while it ran (a lapsed lease): the
         # inbox then holds the newer attempt, which is the one the result must carry.
-        attempt = await self._store.inbox_attempt(task.task_id) or task.attempt
+        try:
+            attempt = await self._store.inbox_attempt(task.task_id) or task.attempt
+        except StoreReadError:
+            attempt = task.attempt
         body["attempt"] = attempt
         while True:
             try:
@@ -215,7 +230,10 @@ class TaskRunner:
         self.done += 1
 
     async def _refresh_depth(self) -> None:
-        self.queued, _ = await self._store.inbox_depth()
+        try:
+            self.queued, _ = await self._store.inbox_depth()
+        except StoreReadError as exc:  # a gauge: the last value stands until the next look
+            logger.warning("task queue depth not read: %s", exc.reason)
 
     def load(self) -> wire.TaskLoad:
         return wire.TaskLoad(queued=self.queued, running=self.running)

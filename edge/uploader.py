@@ -10,12 +10,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from edge.config import Sync
 from edge.pacing import ByteRate, parse_windows, seconds_until_open
-from edge.store import AgentStore, StoreWriteError
+from edge.store import AgentStore, StoreReadError, StoreWriteError
 from outpost import wire
 from outpost.aio import wait_event
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Uploader:
         self._in_flight: list[_InFlight] = []
         self._progress = asyncio.Event()
         self._aligned: set[str] = set()
+        self._last_read_error = ""
         self.bytes_sent = 0
 
     def set_pacing(self, rate_bytes_per_s: int, windows: list[str]) -> None:
@@ -57,7 +61,7 @@ class Uploader:
         `ask_marks` says hello again, for when the hub's answer to the first was lost.
         """
         await self._wait_aligned(ask_marks)
-        cursors = await self._store.cursors()
+        cursors = await self._until_read(self._store.cursors)
         self._acked = {s: acked for s, (acked, _) in cursors.items()}
         self._sent = dict(self._acked)
         self._in_flight.clear()
@@ -91,7 +95,7 @@ class Uploader:
 
         The hub answers every hello with its mark for each stream; `on_ack` aligns.
         """
-        self._aligned = await self._store.aligned()
+        self._aligned = await self._until_read(self._store.aligned)
         while not self._aligned.issuperset(wire.STREAMS):
             self._progress.clear()
             if not await wait_event(self._progress, self._sync.ack_timeout_s):
@@ -140,15 +144,33 @@ class Uploader:
             self._in_flight = [f for f in self._in_flight if f.stream != stream]
         self._progress.set()
 
+    async def _until_read(self, read: Callable[[], Awaitable[T]]) -> T:
+        """`read` the store, looking again while it fails (a failing disk)."""
+        while True:
+            try:
+                return await read()
+            except StoreReadError as exc:
+                self._unreadable(exc)
+                await asyncio.sleep(IDLE_CHECK_S)
+
+    def _unreadable(self, exc: StoreReadError) -> None:
+        if exc.reason != self._last_read_error:  # once per distinct fault, not per look
+            logger.error("uploader: %s; looking again", exc.reason)
+            self._last_read_error = exc.reason
+
     async def _send_next(self, publish: Publish) -> bool:
         for stream in wire.STREAMS:
             after = self._sent.get(stream, 0)
-            rows = await self._store.batch_packed(
-                stream,
-                after,
-                max_records=self._sync.batch_records,
-                max_bytes=self._sync.batch_bytes,
-            )
+            try:
+                rows = await self._store.batch_packed(
+                    stream,
+                    after,
+                    max_records=self._sync.batch_records,
+                    max_bytes=self._sync.batch_bytes,
+                )
+            except StoreReadError as exc:  # this stream waits; the others go on
+                self._unreadable(exc)
+                continue
             if not rows:
                 continue
             body = wire.Records(

@@ -10,10 +10,40 @@ PUBLIC = 0o644
 
 
 def write_new(path: Path, data: bytes, mode: int = PRIVATE) -> None:
-    """Create `path` with `mode` and write `data`; refuse if it exists already.
+    """Create `path` with `mode` and `data`; refuse if it exists already.
 
+    Written under a temporary name and linked into place whole: a full disk or a power
+    cut mid-write leaves no short file at `path` (a short key would be read as a key).
     The mode is set at creation (no window in which a key is readable by others).
     """
+    tmp = _temporary(path)
+    try:
+        _write_synced(tmp, data, mode)
+        os.link(tmp, path)  # atomic, and fails if `path` exists
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def replace(path: Path, data: bytes, mode: int = PUBLIC) -> None:
+    """Atomically replace (or create) `path` with `data`."""
+    tmp = _temporary(path)
+    try:
+        _write_synced(tmp, data, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _temporary(path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crash: only ever ours
+    return tmp
+
+
+def _write_synced(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.fchmod(fd, mode)  # the umask may have narrowed it; make it exactly `mode`
@@ -23,16 +53,6 @@ def write_new(path: Path, data: bytes, mode: int = PRIVATE) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
-
-
-def replace(path: Path, data: bytes, mode: int = PUBLIC) -> None:
-    """Atomically replace (or create) `path` with `data`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    write_new(tmp, data, mode)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def sync_tree(folder: Path) -> None:

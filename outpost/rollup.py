@@ -133,13 +133,13 @@ def merge(records: list[dict[str, Any]]) -> dict[str, Any]:
     errors: dict[str, int] = {}
     done = failed = 0
     for record in records:
-        merge_models(models, record.get("models") or {})
+        merge_models(models, mapping(record.get("models")))
         for reason, n in counts_of(record.get("errors")):
             errors[reason] = errors.get(reason, 0) + n
-        tasks = record.get("tasks") or {}
+        tasks = mapping(record.get("tasks"))
         done += count(tasks.get("done"))
         failed += count(tasks.get("failed"))
-    tasks = dict(last.get("tasks") or {})
+    tasks = dict(mapping(last.get("tasks")))
     tasks.update(done=done, failed=failed)
     return {
         "kind": KIND,
@@ -150,6 +150,12 @@ def merge(records: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": errors,
         "models": models,
     }
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    """A map from a device's record, or an empty one: any program on the device may post
+    a record shaped like a roll-up, and merging must not fail on it."""
+    return value if isinstance(value, dict) else {}
 
 
 def count(value: Any) -> int:

@@ -353,7 +353,7 @@ class InferenceService:
         reason = self.reporting.reason(manifest.normal_label, inference)
         seq, error = None, None
         if reason is not None:
-            from edge.store import StreamFullError
+            from edge.store import StoreWriteError, StreamFullError
 
             record = result_record(manifest.name, manifest.version, manifest.labels, inference)
             record.update(flag=reason, context=context or {})
@@ -363,6 +363,9 @@ class InferenceService:
             except StreamFullError as exc:
                 self.tally.error("stream_full")
                 error = f"stream_full: {exc.reason}"
+            except StoreWriteError as exc:  # a full or failing disk: answered, not recorded
+                self.tally.error("stream_full")
+                error = f"not_recorded: {exc.reason}"
         return Outcome(inference, manifest.version, seq, error, manifest.labels)
 
     def models(self) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import msgpack
 import sqlite_utils
+from cryptography.exceptions import InvalidTag
 
 from edge.store import inbox, streams, wear
 from edge.store.cipher import RecordCipher
@@ -34,6 +35,7 @@ __all__ = [
     "Appended",
     "Bounds",
     "RecordCipher",
+    "StoreReadError",
     "StoreWriteError",
     "StreamFullError",
 ]
@@ -55,7 +57,7 @@ class StreamFullError(Exception):
 class StoreWriteError(Exception):
     """The store could not write (disk full, I/O error): nothing of the change was stored."""
 
-    def __init__(self, error: sqlite3.Error, what: str = "append") -> None:
+    def __init__(self, error: Exception, what: str = "append") -> None:
         # SQLITE_FULL: the disk (or the page limit) is full; anything else is I/O.
         self.disk_full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
         self.reason = (
@@ -63,6 +65,20 @@ class StoreWriteError(Exception):
             "retry once the device's storage is writable again"
         )
         super().__init__(self.reason)
+
+
+class StoreReadError(Exception):
+    """The store could not be read (an I/O error, a damaged page or record): callers
+    skip this round and look again later, as for a write error."""
+
+    def __init__(self, error: Exception) -> None:
+        self.reason = f"the store could not be read ({str(error) or type(error).__name__})"
+        super().__init__(self.reason)
+
+
+# What a damaged record or page raises when read: SQLite's errors, msgpack's (all
+# ValueErrors), and an encrypted body whose tag does not verify.
+READ_ERRORS = (sqlite3.Error, ValueError, msgpack.UnpackException, InvalidTag)
 
 
 # Work done in the transaction that commits an append, only if the append is stored.
@@ -111,7 +127,10 @@ class AgentStore:
             self._writer = None
             if self._queue:
                 await self._commit_queued()
-            await self._db.run(self._flush_wear)
+            try:
+                await self._db.run(self._flush_wear)
+            except sqlite3.Error as exc:  # a full disk must not hide why the agent stops
+                logger.warning("wear counters not saved at close: %s", exc)
         self._db.close()
 
     def _flush_wear(self, db: sqlite_utils.Database) -> None:
@@ -136,8 +155,10 @@ class AgentStore:
         self._wake.set()
         try:
             outcome = await done
-        except sqlite3.Error as exc:
-            # The transaction rolled back: the file holds what it held before.
+        except Exception as exc:
+            # The transaction rolled back: the file holds what it held before. Not only
+            # SQLite's errors: a damaged record met while rolling the stream up fails the
+            # commit too, and callers handle one kind of refusal.
             raise StoreWriteError(exc) from exc
         if isinstance(outcome, Refused):
             raise StreamFullError(stream, outcome.reason)
@@ -217,8 +238,16 @@ class AgentStore:
         needs room in the WAL) raises `StoreWriteError`, which callers survive."""
         try:
             return await self._db.run(fn, *args)
-        except sqlite3.Error as exc:
+        except READ_ERRORS as exc:  # a renumbering reads records too
             raise StoreWriteError(exc, "change") from exc
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a reading `fn` on the store's thread; a failing disk or a damaged record
+        raises `StoreReadError`, which callers survive (they look again later)."""
+        try:
+            return await self._db.run(fn, *args)
+        except READ_ERRORS as exc:
+            raise StoreReadError(exc) from exc
 
     # ---------------------------------------------------------------- task inbox
 
@@ -231,19 +260,19 @@ class AgentStore:
         return await self._write(inbox.put_many, tasks, capacity, time.time())
 
     async def inbox_attempt(self, task_id: str) -> int | None:
-        return await self._db.run(inbox.attempt_of, task_id)
+        return await self._read(inbox.attempt_of, task_id)
 
     async def inbox_claim(self) -> tuple[inbox.InboxTask | None, list[inbox.InboxTask]]:
-        return await self._db.run(inbox.claim, time.time())
+        return await self._write(inbox.claim, time.time())
 
     async def inbox_cancel(self, task_id: str, attempt: int) -> str:
         return await self._write(inbox.cancel, task_id, attempt)
 
     async def inbox_recover(self) -> int:
-        return await self._db.run(inbox.recover)
+        return await self._write(inbox.recover)
 
     async def inbox_depth(self) -> tuple[int, int]:
-        return await self._db.run(inbox.depth)
+        return await self._read(inbox.depth)
 
     # ---------------------------------------------------------------- uploader
 
@@ -260,7 +289,7 @@ class AgentStore:
         self, stream: str, after_seq: int, *, max_records: int, max_bytes: int
     ) -> list[tuple[int, float, bytes]]:
         """The next records after `after_seq`, bodies as stored (msgpack): what is sent."""
-        return await self._db.run(
+        return await self._read(
             streams.read_batch, stream, after_seq, max_records, max_bytes, self._cipher
         )
 
@@ -284,18 +313,18 @@ class AgentStore:
 
     async def aligned(self) -> set[str]:
         """Streams whose numbering already follows the hub's."""
-        return await self._db.run(streams.aligned_streams)
+        return await self._read(streams.aligned_streams)
 
     async def cursors(self) -> dict[str, tuple[int, int]]:
         """Per stream: (acknowledged seq, last assigned seq)."""
-        rows = await self._db.run(
+        rows = await self._read(
             lambda db: db.execute("SELECT stream, acked_seq, next_seq FROM streams").fetchall()
         )
         return {r["stream"]: (r["acked_seq"], r["next_seq"] - 1) for r in rows}
 
     async def stats(self) -> dict[str, Any]:
         """Fill of each stream and every counter (evictions, roll-ups, refusals, wear)."""
-        return await self._db.run(self._stats)
+        return await self._read(self._stats)
 
     def _stats(self, db: sqlite_utils.Database) -> dict[str, Any]:
         stats = _read_stats(db)

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 import sqlite_utils
+from cryptography.exceptions import InvalidTag
 
 from edge.store.cipher import RecordCipher
 from outpost import rollup as rollup_record  # `rollup` is also a function here
@@ -172,8 +173,14 @@ def _numbers(bodies: list[dict[str, Any]], first_ts: float, last_ts: float) -> d
 
 
 def _unpack(row: Any, cipher: RecordCipher | None) -> dict[str, Any]:
-    body = cipher.open("metrics", row["seq"], row["body"]) if cipher else row["body"]
-    value = msgpack.unpackb(body)
+    try:
+        body = cipher.open("metrics", row["seq"], row["body"]) if cipher else row["body"]
+        value = msgpack.unpackb(body)
+    except (ValueError, msgpack.UnpackException, InvalidTag):
+        # A damaged record adds nothing to the roll-up it is merged into; failing here
+        # would fail every append to a full metrics stream, for good.
+        logger.warning("metrics record %d is damaged: left out of its roll-up", row["seq"])
+        return {}
     return value if isinstance(value, dict) else {"value": value}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from edge.store import AgentStore, Bounds, RecordCipher, StreamFullError
+from edge.store import AgentStore, Bounds, RecordCipher, StoreReadError, StreamFullError
 
 UNBOUNDED = Bounds(0, 0, 0)
 StoreMaker = Callable[..., AgentStore]
@@ -162,8 +162,9 @@ async def test_sealed_bodies_are_unreadable_on_disk_and_bound_to_their_place(
         _one, two = (r[0] for r in db.execute("SELECT body FROM records ORDER BY seq"))
         db.execute("UPDATE records SET body = ? WHERE seq = 1", (two,))
     reopened = make_store(cipher=True)
-    with pytest.raises(InvalidTag):
+    with pytest.raises(StoreReadError, match="InvalidTag") as refused:
         await reopened.batch("results", 0, max_records=10, max_bytes=1 << 20)
+    assert isinstance(refused.value.__cause__, InvalidTag)
 
 
 async def test_group_commit_keeps_bytes_written_per_record_low(make_store: StoreMaker) -> None:
@@ -213,3 +214,26 @@ async def test_a_mark_beyond_this_stores_numbers_keeps_its_records(make_store: S
     assert deleted == 0
     assert [(seq, body["n"]) for seq, _, body in rows] == [(11, 0), (12, 1), (13, 2)]
     assert stats["counters"]["renumbered.results"] == 3
+
+
+async def test_damaged_records_are_read_errors_not_crashes_and_roll_ups_skip_them(
+    make_store: StoreMaker, tmp_path: Path
+) -> None:
+    store = make_store(metrics=Bounds(20, 0, 0), cipher=True)
+    await store.start()
+    await store.append("metrics", [{"cpu": float(n)} for n in range(10)])
+    # Any local program may post a record shaped like a roll-up; a byte flips on disk.
+    await store.append("metrics", [{"kind": "rollup", "models": [1, 2], "tasks": "x"}])
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        (body,) = db.execute(
+            "SELECT body FROM records WHERE stream = 'metrics' AND seq = 1"
+        ).fetchone()
+        flipped = bytes([body[0] ^ 1]) + body[1:]
+        db.execute("UPDATE records SET body = ? WHERE stream = 'metrics' AND seq = 1", (flipped,))
+
+    with pytest.raises(StoreReadError, match="could not be read"):
+        await store.batch_packed("metrics", 0, max_records=100, max_bytes=1 << 20)
+    # A full stream rolls its oldest up, damaged one included: appends go on.
+    for n in range(40):
+        await store.append("metrics", [{"cpu": 100.0 + n}])
+    assert (await store.stats())["streams"]["metrics"]["records"] <= 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -139,3 +140,34 @@ def test_replace_many_times(tmp_path: Path) -> None:
         files.replace(path, str(i).encode())
     assert path.read_bytes() == b"49"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter"]
+
+
+@pytest.fixture
+def disk_full_after_4_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.write takes 4 bytes, then the disk is full."""
+    real = os.write
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if os.fstat(fd).st_size >= 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, bytes(data)[:4])
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def test_write_new_cut_short_leaves_no_file(tmp_path: Path, disk_full_after_4_bytes: None) -> None:
+    path = tmp_path / "mask.key"
+    with pytest.raises(OSError, match="No space"):
+        files.write_new(path, b"k" * 32)
+    assert sorted(tmp_path.iterdir()) == []  # no short key, no temp file
+
+
+def test_replace_cut_short_keeps_the_old_content(
+    tmp_path: Path, disk_full_after_4_bytes: None
+) -> None:
+    path = tmp_path / "policy.signed"
+    path.write_bytes(b"old")
+    with pytest.raises(OSError, match="No space"):
+        files.replace(path, b"new content")
+    assert path.read_bytes() == b"old"
+    assert sorted(tmp_path.iterdir()) == [path]
