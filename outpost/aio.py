@@ -40,7 +40,7 @@ async def cancel_until_done(task: asyncio.Task[Any], *, every: float = 0.5) -> N
 async def supervise(children: dict[str, Coroutine[Any, Any, None]]) -> None:
     """Run `children` (by task name) until one fails or the caller is cancelled.
 
-    The first failure is raised as itself, not in a group; others are logged. On the way
+    The first failure is raised as itself, not in a group; others are logged as warnings. On the way
     out every child is cancelled until it has finished: not a TaskGroup, which cancels
     each child once, so that a child whose cancel a library swallowed cannot hold a
     shutdown forever.
@@ -59,4 +59,6 @@ async def supervise(children: dict[str, Coroutine[Any, Any, None]]) -> None:
         for task in tasks:
             error = None if task.cancelled() else task.exception()
             if error is not None and error is not first:
-                logger.error("%s ended: %r", task.get_name(), error)
+                # Often the same fault seen twice (a lost link ends every reader of it):
+                # the caller reports the first; these are context.
+                logger.warning("%s also ended: %r", task.get_name(), error)
