@@ -3,6 +3,9 @@
 Producers `append`; their records get per-stream sequence numbers and are confirmed
 only once committed (group commit: appends that arrive together share one transaction
 and one fsync). The uploader reads `batch`es and applies the hub's `acknowledge`.
+After every commit that moves a stream's numbering, the store records how far it
+reached in a file beside the database (`confirmed`), which the next open checks the
+database against (`recovery`): a store that lost confirmed commits is set aside.
 """
 
 from __future__ import annotations
@@ -21,16 +24,17 @@ import msgpack
 import sqlite_utils
 from cryptography.exceptions import InvalidTag
 
-from edge.store import inbox, streams, wear
+from edge.store import confirmed, inbox, streams, wear
 from edge.store.cipher import RecordCipher
 from edge.store.recovery import open_store
-from edge.store.streams import Appended, Bounds, Refused
+from edge.store.streams import STREAMS, Appended, Bounds, Refused
 from outpost.sqlite import SerialDatabase
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 __all__ = [
+    "STREAMS",
     "AgentStore",
     "Appended",
     "Bounds",
@@ -40,7 +44,6 @@ __all__ = [
     "StreamFullError",
 ]
 
-STREAMS = ("results", "events", "metrics")
 MAX_GROUP_RECORDS = 5000  # appends committed together, at most
 EXPIRE_EVERY_S = 60.0
 
@@ -99,8 +102,19 @@ class AgentStore:
     def __init__(
         self, path: Path, bounds: dict[str, Bounds], cipher: RecordCipher | None = None
     ) -> None:
-        db, self.set_aside = open_store(path)
-        self._db = SerialDatabase(db, "agent")
+        opened = open_store(path, cipher)
+        # Where a damaged predecessor went, and (if its numbering was recorded) how many
+        # confirmed records per stream the hub was not known to hold: an event in the
+        # events stream and the `lost.*` counters say so too.
+        self.set_aside = opened.set_aside
+        self.lost = opened.lost
+        try:
+            self._marks = confirmed.MarkFile(confirmed.path_for(path))
+            self._marks.write(confirmed.current(opened.db))
+        except (OSError, sqlite3.Error):
+            opened.db.conn.close()
+            raise
+        self._db = SerialDatabase(opened.db, "agent")
         self._bounds = bounds
         self._cipher = cipher
         self._queue: list[_Append] = []
@@ -132,6 +146,7 @@ class AgentStore:
             except sqlite3.Error as exc:  # a full disk must not hide why the agent stops
                 logger.warning("wear counters not saved at close: %s", exc)
         self._db.close()
+        self._marks.close()
 
     def _flush_wear(self, db: sqlite_utils.Database) -> None:
         with db.conn:
@@ -212,6 +227,10 @@ class AgentStore:
                 outcomes.append(outcome)
             if expire:
                 streams.expire(db, self._bounds, now)
+            # Read inside the transaction (a failing read fails it, before anything is
+            # confirmed), written once it is durable, before anyone is told.
+            numbering = confirmed.current(db)
+        self._marks.write(numbering)
         after = wear.thread_bytes_written()
         stored = sum(
             len(i.bodies) for i, o in zip(group, outcomes, strict=True) if isinstance(o, Appended)
@@ -300,7 +319,10 @@ class AgentStore:
     def _acknowledge(self, db: sqlite_utils.Database, stream: str, hwm: int) -> int:
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
-            return streams.acknowledge(db, stream, hwm, self._cipher)
+            deleted = streams.acknowledge(db, stream, hwm, self._cipher)
+            numbering = confirmed.current(db)
+        self._marks.write(numbering)
+        return deleted
 
     async def align(self, stream: str, hub_hwm: int) -> int:
         """Renumber a fresh stream after the hub's mark (see `streams.align`)."""
@@ -309,7 +331,10 @@ class AgentStore:
     def _align(self, db: sqlite_utils.Database, stream: str, hub_hwm: int) -> int:
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
-            return streams.align(db, stream, hub_hwm, self._cipher)
+            shift = streams.align(db, stream, hub_hwm, self._cipher)
+            numbering = confirmed.current(db)
+        self._marks.write(numbering)
+        return shift
 
     async def aligned(self) -> set[str]:
         """Streams whose numbering already follows the hub's."""

@@ -19,6 +19,7 @@ from outpost import rollup as rollup_record  # `rollup` is also a function here
 
 logger = logging.getLogger(__name__)
 
+STREAMS = ("results", "events", "metrics")
 ROLLUP_GROUP = 10  # metrics records merged into one when the stream is full
 
 
@@ -289,10 +290,29 @@ def align(db: sqlite_utils.Database, stream: str, hub_hwm: int, cipher: RecordCi
     if stream in done:
         return 0
     shift = _renumber_after(db, stream, hub_hwm, cipher)
+    # A successor of a store set aside numbers after its predecessor's last number
+    # (`seed`); if the hub holds less than that, the numbers between were lost with
+    # the old store: the first batch starts right after the hub's mark and covers them.
+    db.execute(
+        "UPDATE streams SET acked_seq = ? WHERE stream = ? AND acked_seq > ?",
+        (hub_hwm, stream, hub_hwm),
+    )
     db.execute(
         "UPDATE meta SET value = ? WHERE key = 'aligned'", (",".join(sorted(done | {stream})),)
     )
     return shift
+
+
+def seed(db: sqlite_utils.Database, after: dict[str, int]) -> None:
+    """Make an empty store number each stream after `after` (its predecessor's last
+    numbers): none it gives can then be one the predecessor gave, even one still on its
+    way to the hub. The store stays unaligned: `align` moves it past the hub's mark too.
+    """
+    for stream, last in after.items():
+        db.execute(
+            "UPDATE streams SET next_seq = ?, acked_seq = ? WHERE stream = ? AND records = 0",
+            (last + 1, last, stream),
+        )
 
 
 def _renumber_after(

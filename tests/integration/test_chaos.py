@@ -4,16 +4,21 @@ proves what was promised.
 
 Faults: `kill -9` of an agent, of the hub and of its Mosquitto (each then restarted, the
 broker by the hub's own supervisor); SIGSTOP/SIGCONT of an agent or the hub; a results
-stream filled past its bound; a store file corrupted while its agent is down. (A clock
-jump is not injected: the agent has no time hook and libfaketime is not installed.)
+stream filled past its bound; a store file corrupted while its agent is down, and once a
+byte of a WAL frame header flipped while its agent is down (SQLite then silently drops
+the commits from that frame on). (A clock jump is not injected: the agent has no time
+hook and libfaketime is not installed.)
 
 After a drain deadline the checker proves: every record an agent confirmed is at the hub
 exactly once (except those declared lost with a store found damaged: the agent moves it
-aside and says so, and the checker counts them); every task ended in exactly one terminal
-state; no result of a stale attempt (the fencing token) ended a task; the policy version a
-device reports applied never went backwards; `PRAGMA integrity_check` is ok on every store.
+aside, logs it and reports it to the hub as an event, and the checker counts them); every
+task ended in exactly one terminal state; no result of a stale attempt (the fencing token)
+ended a task; the policy version a device reports applied never went backwards;
+`PRAGMA integrity_check` is ok on every store.
 
-`OUTPOST_SOAK_S` sets the time under faults (default 45 s); `OUTPOST_SOAK_SEED` the seed.
+`OUTPOST_SOAK_S` sets the least time under faults (default 45 s; the soak also goes on
+until `SOAK_S / 4` faults and each once-per-run fault happened, however slow the machine);
+`OUTPOST_SOAK_SEED` the seed.
 """
 
 from __future__ import annotations
@@ -43,10 +48,12 @@ import pytest
 from edge.enroll import enroll
 from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
+from edge.store.recovery import EVENT as SET_ASIDE_EVENT
 from hub.cli import load_config
 from hub.initialise import initialise
 from hub.paths import HubPaths
 from outpost.modelbundle import read_bundle
+from tests import wal_frames
 from tests.integration.test_store_forward import write_agent_settings
 from tests.local_api import LocalClient
 from tests.support import PROFILES, REPO, SHIPPED_MODELS, AgentProcess, eventually, free_port
@@ -56,7 +63,9 @@ SEED = os.environ.get("OUTPOST_SOAK_SEED", "20261126")
 AGENTS = 3
 FULL_AGENT = 0  # its results stream is bounded small: the "store full" fault fills it
 FULL_BOUND = 300
-CORRUPT_AGENT = AGENTS - 1  # its store may be corrupted while it is down (once per run)
+CORRUPT_AGENT = AGENTS - 1  # its store is corrupted while it is down (once per run)
+WAL_AGENT = 1  # a WAL frame header of its store is flipped while it is down (once per run)
+MIN_FAULTS = int(SOAK_S / 4)
 TERMINAL = ("succeeded", "failed", "expired", "cancelled")
 SAMPLE = read_bundle(SHIPPED_MODELS[0]).sample
 assert SAMPLE is not None
@@ -166,6 +175,20 @@ class Ledger:
     policy_writes: int = 0
 
 
+def _set_aside_events(database: Path) -> collections.Counter[str]:
+    """Per device, how many stores it reported set aside (events at the hub)."""
+    reported: collections.Counter[str] = collections.Counter()
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        db.execute("PRAGMA busy_timeout = 5000")
+        for device_id, body in db.execute(
+            "SELECT device_id, body FROM records WHERE stream = 'events'"
+        ):
+            event = msgpack.unpackb(body)
+            if isinstance(event, dict) and event.get("event") == SET_ASIDE_EVENT:
+                reported[device_id] += 1
+    return reported
+
+
 def _hub_ids(database: Path) -> dict[str, collections.Counter[str]]:
     """Per device, how often each producer id is held at the hub."""
     held: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -268,28 +291,51 @@ def _corrupt(path: Path) -> None:
         f.write(os.urandom(24))
 
 
+def _flip_wal(path: Path, rng: random.Random) -> bool:
+    """Flip a byte of a random WAL frame's header; False if the WAL holds no frame."""
+    wal = Path(f"{path}-wal")
+    frames = wal_frames.frame_count(wal)[0] if wal.exists() and wal.stat().st_size else 0
+    if not frames:
+        return False
+    wal_frames.flip_frame_header(wal, rng.randrange(frames))
+    return True
+
+
 async def _inject(
     hub: HubProcess, devices: list[Device], ledger: Ledger, rng: random.Random, until: float
 ) -> None:
+    """Inject faults until `until` and until `MIN_FAULTS` faults and each once-per-run
+    fault happened: a slow machine runs longer, never fewer faults."""
     kinds = ["kill_agent", "kill_hub", "kill_broker", "pause_agent", "pause_hub", "fill_store"]
-    corrupted = False
-    while time.monotonic() < until:
+    once = {"corrupt_store", "corrupt_wal"}
+    while time.monotonic() < until or sum(ledger.faults.values()) < MIN_FAULTS or once:
         await asyncio.sleep(rng.uniform(1.0, 3.0))
-        kind = rng.choice([*kinds, *([] if corrupted else ["corrupt_store"])])
+        kind = rng.choice([*kinds, *sorted(once)])
         if kind == "kill_agent":
             device = rng.choice(devices)
             device.kill()
             await asyncio.sleep(rng.uniform(0, 1.0))
             device.start()
         elif kind == "corrupt_store":
-            corrupted = True
+            once.discard(kind)
             device = devices[CORRUPT_AGENT]
             device.kill()
             # What the hub does not hold yet may go with the damaged file.
             held = _hub_ids(hub.paths.database)[device.device_id]
-            ledger.at_risk[device.device_id] = ledger.confirmed[device.device_id] - set(held)
+            ledger.at_risk[device.device_id] |= ledger.confirmed[device.device_id] - set(held)
             _corrupt(device.paths.root / "store.db")
             device.start()
+        elif kind == "corrupt_wal":
+            device = devices[WAL_AGENT]
+            device.kill()  # kill -9: the commits stay in the WAL
+            held = _hub_ids(hub.paths.database)[device.device_id]
+            at_risk = ledger.confirmed[device.device_id] - set(held)
+            flipped = _flip_wal(device.paths.root / "store.db", rng)
+            device.start()
+            if not flipped:
+                continue  # nothing in the WAL (just checkpointed): try again later
+            once.discard(kind)
+            ledger.at_risk[device.device_id] |= at_risk
         elif kind == "kill_hub":
             os.kill(hub.pid, signal.SIGKILL)
             assert hub.process is not None
@@ -338,7 +384,7 @@ def _integrity(path: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(int(SOAK_S) + 240)
+@pytest.mark.timeout(int(SOAK_S) * 3 + 300)
 async def test_chaos_soak(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     paths = HubPaths(tmp_path / "hub")
@@ -402,8 +448,10 @@ async def test_chaos_soak(tmp_path: Path) -> None:
 
         async def drained() -> bool:
             held = _hub_ids(paths.database)
+            reported = _set_aside_events(paths.database)
             return not any(
                 ledger.confirmed[d.device_id] - ledger.at_risk[d.device_id] - set(held[d.device_id])
+                or reported[d.device_id] < len(_set_aside(d))
                 for d in devices
             )
 
@@ -447,9 +495,12 @@ async def test_chaos_soak(tmp_path: Path) -> None:
         f"  drain after heal: {drain_s:.1f} s; anomalies: {len(anomalies)}"
     )
     assert not anomalies, "\n".join(anomalies[:30])
-    # A damaged store is detected (set aside and logged), never used as if sound.
-    assert set_aside == ledger.faults["corrupt_store"]
-    assert sum(ledger.faults.values()) >= SOAK_S / 4
+    # A damaged store is detected (set aside, logged and reported), never used as if
+    # sound; a WAL that lost commits is set aside when they moved a stream's numbering
+    # (a flip that took only acknowledgements loses nothing: those are sent again).
+    assert len(_set_aside(devices[CORRUPT_AGENT])) == ledger.faults["corrupt_store"] == 1
+    assert len(_set_aside(devices[WAL_AGENT])) <= ledger.faults["corrupt_wal"] == 1
+    assert sum(ledger.faults.values()) >= MIN_FAULTS
 
 
 async def _task_states(database: Path, ids: list[str]) -> dict[str, str]:
@@ -476,15 +527,21 @@ def _set_aside(device: Device) -> list[Path]:
 def _check(paths: HubPaths, devices: list[Device], ledger: Ledger) -> list[str]:
     anomalies: list[str] = []
     held = _hub_ids(paths.database)
+    reported = _set_aside_events(paths.database)
     for device in devices:
         mine = ledger.confirmed[device.device_id]
         missing = mine - set(held[device.device_id]) - ledger.at_risk[device.device_id]
         doubled = [i for i, n in held[device.device_id].items() if n > 1]
         anomalies += [f"{device.device_id}: confirmed {i} not at the hub" for i in missing]
         anomalies += [f"{device.device_id}: {i} at the hub twice" for i in doubled]
+        aside = _set_aside(device)
+        if reported[device.device_id] != len(aside):
+            anomalies.append(
+                f"{device.device_id}: {len(aside)} stores set aside, "
+                f"{reported[device.device_id]} reported to the hub"
+            )
         if ledger.at_risk[device.device_id] - set(held[device.device_id]):
             # Lost records must have been declared: the damaged file set aside, logged.
-            aside = _set_aside(device)
             logged = any(
                 "is damaged" in p.read_text(errors="replace")
                 for p in device.logs.glob(f"agent-{device.index}-*.log")

@@ -45,12 +45,22 @@ async def test_kill_9_of_the_agent_loses_nothing_confirmed_and_doubles_nothing(
     write_agent_settings(paths, "[agent.sync]\nbatch_records = 50\nack_timeout_s = 2\n")
     confirmed: set[str] = set()
     rng = random.Random(20261125)
-    for _ in range(20):
+    rounds = 20
+    for _ in range(rounds):
+        paths.socket.unlink(missing_ok=True)  # the last agent's, dead: wait for the next one's
         agent = agents(paths, heartbeat_interval=1.0)
         client = await wait_socket(paths, agent)
         stop = asyncio.Event()
+        before = len(confirmed)
         producing = asyncio.create_task(_producer(client, confirmed, stop))
-        # Die at a random point: while producing, while draining, or both.
+
+        async def appended(before: int = before, producing: asyncio.Task[None] = producing) -> bool:
+            assert not producing.done(), "the producer stopped before its first append"
+            return len(confirmed) > before
+
+        # Each round dies after an append was confirmed, however slow the machine: then
+        # at a random point, while producing, while draining, or both.
+        await eventually(appended, timeout=30, what="an append confirmed in this round")
         await asyncio.sleep(rng.uniform(0.05, 1.5))  # the fault's timing, on purpose
         agent.signal(signal.SIGKILL)
         agent.wait(10)
@@ -70,7 +80,7 @@ async def test_kill_9_of_the_agent_loses_nothing_confirmed_and_doubles_nothing(
     assert len(ids) == len(set(ids)), "a record reached the hub twice"
     seqs = [seq for seq, _ in hub_records(hub, identity.device_id)]
     assert seqs == sorted(seqs)
-    assert len(confirmed) > 100
+    assert len(confirmed) >= rounds  # every round was killed after confirming some
 
 
 async def _offline_backlog(
@@ -195,6 +205,7 @@ async def test_the_upload_rate_cap_holds(
     # `first`; every later byte waits for the cap, so the span carries the rest.
     rate = (sent - cap) / span
     assert span > 5, "the drain was too short to measure a rate"
-    # Never over the cap (the promise); near it when the machine keeps up, but a loaded
-    # CI machine may starve the agent, so the floor only shows the cap is not a crawl.
-    assert 0.5 * cap <= rate <= 1.1 * cap, (rate, sent, span)
+    # Never over the cap: the promise, which holds on a machine of any speed (a slow or
+    # loaded one only lowers the rate, so no floor is asserted here; the pacing itself
+    # is checked exactly, on a fake clock, in tests/unit/test_pacing.py).
+    assert rate <= 1.1 * cap, (rate, sent, span)
