@@ -39,6 +39,7 @@ from edge.tasks import TaskRunner
 from edge.uploader import Uploader
 from outpost import __version__, logs, policy, wire
 from outpost.aio import supervise
+from outpost.datalock import DataLock
 from outpost.mqtt import NODELAY, LinkState, run_forever
 from outpost.sdnotify import Notifier
 from outpost.settings import parse_broker_url
@@ -94,6 +95,9 @@ class Agent:
     async def run(self) -> None:
         """Run until cancelled: open the store, serve the local API, connect forever."""
         async with contextlib.AsyncExitStack() as stack:
+            # First, before any file is touched: one agent per data folder.
+            lock = DataLock.acquire(self.paths.root, "outpost-agent")
+            stack.callback(lock.release)
             # Fields of log events that the policy masks are masked before any is written.
             masking = logs.MaskFields(self.masker.mask)
             for handler in logging.getLogger().handlers:

@@ -18,6 +18,7 @@ from edge.identity import DevicePaths, Identity, NotEnrolledError
 from edge.profile import ProfileError, load_profile
 from outpost import logs, settings
 from outpost.aio import cancel_until_done
+from outpost.datalock import AlreadyRunningError
 from outpost.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -41,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(getattr(args, "log_level", None) or "info")
     try:
         return int(args.func(args))
-    except (CliError, ProfileError, NotEnrolledError, settings.SettingsError) as exc:
+    except (
+        CliError,
+        ProfileError,
+        NotEnrolledError,
+        settings.SettingsError,
+        AlreadyRunningError,
+    ) as exc:
         print(f"outpost-agent: error: {exc}", file=sys.stderr)
         return 2
 

@@ -26,6 +26,7 @@ from hub.rollouts import RolloutService
 from hub.store import HubStore
 from outpost import tls
 from outpost.aio import supervise
+from outpost.datalock import DataLock
 from outpost.sdnotify import Notifier
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ class Hub:
                 f"{self.paths.root} is not a hub data folder: run `outpost-hub init` first"
             )
         async with contextlib.AsyncExitStack() as stack:
+            # First, before any file is touched: one hub per data folder. A second one
+            # would rewrite its broker's config and CRL, fail on the ports and delete
+            # what the running one relies on.
+            lock = DataLock.acquire(self.paths.root, "outpost-hub", web=self.config.hub_url)
+            stack.callback(lock.release)
             self.store = store = HubStore(
                 self.paths.database, busy_timeout_ms=self.config.db_busy_timeout_ms
             )

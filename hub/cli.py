@@ -30,6 +30,7 @@ from hub.revocation import Revoker, UnknownDeviceError
 from hub.store import HubStore
 from outpost import durations, logs, schema, settings, tls
 from outpost.aio import cancel_until_done
+from outpost.datalock import AlreadyRunningError
 from outpost.sdnotify import Notifier
 
 logger = logging.getLogger("hub")
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.SettingsError,
         AlreadyInitialisedError,
         BrokerStartError,
+        AlreadyRunningError,
         FileNotFoundError,
         ValueError,
     ) as exc:
