@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 
-from hub import revocation
+from hub import limits, revocation
 from hub.acks import LinkDownError
 from hub.api.context import ApiContext
 from hub.api.server import WebServer
@@ -73,6 +73,8 @@ class Hub:
 
             await revocation.prepare(self.paths, self.config, store)  # the broker's CRL
             if self.config.managed_broker:
+                # Before the broker starts: it inherits the limit, one file per device.
+                file_limit = limits.raise_open_files()
                 host, port = self.config.broker_address
                 self.broker = BrokerSupervisor(
                     self.paths,
@@ -80,6 +82,7 @@ class Hub:
                     host=host,
                     port=port,
                     max_packet_bytes=self.config.max_payload_bytes,
+                    max_connections=file_limit.max_connections,
                 )
                 await self.broker.start()
                 stack.push_async_callback(self.broker.stop)

@@ -67,7 +67,13 @@ def acl_text() -> str:
 
 
 def config_text(
-    paths: HubPaths, *, host: str, port: int, max_packet_bytes: int, crl: bool = True
+    paths: HubPaths,
+    *,
+    host: str,
+    port: int,
+    max_packet_bytes: int,
+    crl: bool = True,
+    max_connections: int = -1,
 ) -> str:
     """Return mosquitto.conf for the managed broker (checking the CRL if `crl`)."""
     d = paths.broker_dir
@@ -99,6 +105,9 @@ def config_text(
             "max_queued_messages 200000",
             "",
             f"listener {port} {host}",
+            # Within the open-file limit (hub.limits): past it Mosquitto would reset
+            # every new client and blame tcpd; at the cap it refuses them cleanly.
+            f"max_connections {max_connections}",
             f"cafile {paths.ca_cert}",
             f"certfile {paths.server_cert}",
             f"keyfile {paths.server_key}",
@@ -113,7 +122,9 @@ def config_text(
     )
 
 
-def write_config(paths: HubPaths, *, host: str, port: int, max_packet_bytes: int) -> Path:
+def write_config(
+    paths: HubPaths, *, host: str, port: int, max_packet_bytes: int, max_connections: int = -1
+) -> Path:
     """Write mosquitto.conf and the ACL into the broker folder; return the config path."""
     paths.broker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     files.replace(paths.broker_dir / "acl", acl_text().encode(), files.PRIVATE)
@@ -126,6 +137,7 @@ def write_config(paths: HubPaths, *, host: str, port: int, max_packet_bytes: int
         port=port,
         max_packet_bytes=max_packet_bytes,
         crl=crl_file(paths).exists(),
+        max_connections=max_connections,
     )
     files.replace(conf, text.encode(), files.PRIVATE)
     return conf
@@ -135,13 +147,21 @@ class BrokerSupervisor:
     """Runs Mosquitto as a child, restarts it when it dies, stops it on exit."""
 
     def __init__(
-        self, paths: HubPaths, *, program: str, host: str, port: int, max_packet_bytes: int
+        self,
+        paths: HubPaths,
+        *,
+        program: str,
+        host: str,
+        port: int,
+        max_packet_bytes: int,
+        max_connections: int = -1,
     ) -> None:
         self._paths = paths
         self._program = program
         self._host = host
         self._port = port
         self._max_packet_bytes = max_packet_bytes
+        self._max_connections = max_connections  # -1: Mosquitto's default, no cap
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -169,6 +189,7 @@ class BrokerSupervisor:
             host=self._host,
             port=self._port,
             max_packet_bytes=self._max_packet_bytes,
+            max_connections=self._max_connections,
         )
         await self._spawn()
         self._watcher = asyncio.create_task(self._watch(), name="hub.broker-supervisor")
