@@ -110,11 +110,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _enrolled(data: Path) -> DevicePaths:
+    """The paths of an enrolled data folder; a folder that is not one (a typo, say) is
+    refused by name rather than created or read as empty. Only `enroll` makes one."""
+    paths = DevicePaths(data)
+    if not data.is_dir():
+        raise CliError(f"{data} does not exist: check --data, or run `outpost-agent enroll`")
+    if not paths.identity.exists():
+        raise CliError(f"{data} is not an enrolled agent folder: run `outpost-agent enroll`")
+    return paths
+
+
 def _models_install(args: argparse.Namespace) -> int:
     from edge.inference.directory import ModelDirectory
     from outpost.modelbundle import BundleError
 
-    directory = ModelDirectory(DevicePaths(args.data).models)
+    directory = ModelDirectory(_enrolled(args.data).models)
     for folder in args.bundles:
         try:
             bundle = directory.install(folder, activate=not args.no_activate)
@@ -129,7 +140,7 @@ def _models_install(args: argparse.Namespace) -> int:
 def _models_list(args: argparse.Namespace) -> int:
     from edge.inference.directory import ModelDirectory
 
-    directory = ModelDirectory(DevicePaths(args.data).models)
+    directory = ModelDirectory(_enrolled(args.data).models)
     entries = directory.entries()
     if not entries:
         print("no models installed")

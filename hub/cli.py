@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the registry, tokens and audit log are the hub's alone
     logs.configure(getattr(args, "log_level", None) or "info")
     try:
+        if args.func is not _init:
+            _initialised(args.data)
         return int(args.func(args))
     except (
         settings.SettingsError,
@@ -155,6 +157,15 @@ def _config(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="settings file (default: hub.toml in the data folder, if present)",
     )
+
+
+def _initialised(data: Path) -> None:
+    """Refuse a folder that is not an initialised hub's (a typo, say) by name, rather
+    than create or read it as empty: only `init` makes one."""
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data} does not exist: check --data, or run `outpost-hub init`")
+    if not HubPaths(data).ca_key.exists():
+        raise FileNotFoundError(f"{data} is not a hub data folder: run `outpost-hub init`")
 
 
 def load_config(
