@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import getpass
 import logging
 import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -214,6 +216,9 @@ class BrokerSupervisor:
         logger.info("broker stopped")
 
     async def _spawn(self) -> None:
+        # Another program on the port would answer the readiness probe below as if it
+        # were our Mosquitto: check that the port is free first.
+        self._check_port_free()
         self._process = await asyncio.create_subprocess_exec(
             self._program,
             "-c",
@@ -251,9 +256,11 @@ class BrokerSupervisor:
         if process.returncode is None:
             process.kill()
             await process.wait()
+        tail = await asyncio.to_thread(self._log_tail)
+        if "Address already in use" in tail:
+            raise BrokerStartError(self._port_in_use())
         raise BrokerStartError(
-            f"mosquitto did not start listening on {self._host}:{self._port}: "
-            f"{await asyncio.to_thread(self._log_tail)}"
+            f"mosquitto did not start listening on {self._host}:{self._port}: {tail}"
         )
 
     async def _watch(self) -> None:
@@ -275,6 +282,23 @@ class BrokerSupervisor:
                     continue
                 attempt = 0
                 break
+
+    def _check_port_free(self) -> None:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Mosquitto
+            try:
+                probe.bind((self._host, self._port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    return  # Mosquitto will meet it too and say why in its log
+                raise BrokerStartError(self._port_in_use()) from None
+
+    def _port_in_use(self) -> str:
+        return (
+            f"the broker's port {self._port} on {self._host} is in use (another program "
+            "listens there): set mqtt_port in hub.toml or --mqtt-port"
+        )
 
     def _log_tail(self) -> str:
         log = log_file(self._paths)

@@ -19,6 +19,7 @@ from typing import Any
 
 from hub import apitokens, bootstrap
 from hub.api.models import DeviceOut
+from hub.api.server import PortInUseError
 from hub.app import Hub
 from hub.broker import BrokerStartError
 from hub.config import SECTION, HubConfig
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         AlreadyInitialisedError,
         BrokerStartError,
         AlreadyRunningError,
+        PortInUseError,
         FileNotFoundError,
         ValueError,
     ) as exc:

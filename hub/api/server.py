@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 from typing import Any
@@ -30,6 +31,12 @@ from hub.api.routing import Guard, Route
 from hub.paths import HubPaths
 from hub.ratelimit import RateLimiter
 from outpost import tls
+
+
+class PortInUseError(OSError):
+    """The web endpoint cannot listen where it is configured; the message says how to
+    move it."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +101,7 @@ class WebServer:
         self.app = build_app(ctx, self.routes)
 
     async def start(self) -> None:
+        """Listen; raise `PortInUseError` naming the setting that moves the port."""
         # Loading the key and certificate reads files: off the event loop.
         # Devices present their certificate to download models; people and tools use
         # tokens and present none.
@@ -110,7 +118,18 @@ class WebServer:
         await self._runner.setup()
         config = self._ctx.config
         site = web.TCPSite(self._runner, config.web_host, config.web_port, ssl_context=context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            if exc.errno != errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"cannot listen on {config.web_host}:{config.web_port}: {exc.strerror}"
+                ) from exc
+            raise PortInUseError(
+                f"port {config.web_port} on {config.web_host} is in use (another program "
+                "listens there): set web_port in hub.toml or --web-port"
+            ) from exc
         logger.info("web endpoint on %s", config.hub_url)
 
     async def stop(self) -> None:
