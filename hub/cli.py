@@ -313,7 +313,11 @@ def _device_revoke(args: argparse.Namespace) -> int:
             done = asyncio.run(Revoker(paths, config, store).revoke(args.device_id))
         except UnknownDeviceError as exc:
             raise ValueError(str(exc)) from exc
-    print(f"revoked {done.device_id}: {done.certificates} certificate(s) in the CRL")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(done.revoked_at))
+    if done.already_revoked:
+        print(f"{done.device_id} was already revoked (at {when}); its CRL entries are rewritten")
+    else:
+        print(f"revoked {done.device_id}: {done.certificates} certificate(s) in the CRL")
     if not config.managed_broker:
         print("external broker: reload it so that it reads the CRL (the hub cannot)")
     elif done.broker_reloaded:
@@ -323,6 +327,12 @@ def _device_revoke(args: argparse.Namespace) -> int:
             else "its connection could not be closed (see the log)"
         )
         print(f"the broker reloaded the CRL; {connection}")
+        if done.proof_failure is not None:
+            print(
+                f"outpost-hub: error: revocation NOT proven: {done.proof_failure}", file=sys.stderr
+            )
+            return 1
+        print("proven: the broker refuses its certificates as revoked")
     else:
         print("the hub is not running: its broker reads the CRL when it starts")
     return 0

@@ -25,12 +25,12 @@ import aiomqtt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from hub import pki
+from hub import pki, revocation_proof
 from hub.broker import BrokerSupervisor, crl_file, reload_running
 from hub.config import HubConfig
 from hub.paths import HubPaths
 from hub.store import HubStore, RevokedCert
-from outpost import files, tls
+from outpost import datalock, files, tls
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ class Revocation:
     certificates: int  # of this device, now listed in the CRL
     broker_reloaded: bool  # False: no managed broker runs (or it did not confirm)
     disconnected: bool  # the session takeover went through (whether or not it was online)
+    already_revoked: bool = False  # it was before this call (the steps were redone)
+    # None: the broker refused a revoked certificate of this device as revoked (proven);
+    # else why the proof failed. Only tried when the broker reloaded.
+    proof_failure: str | None = None
 
 
 def build_crl(
@@ -146,10 +150,15 @@ class Revoker:
     async def revoke(self, device_id: str, *, now: float | None = None) -> Revocation:
         """Revoke `device_id` (again, if it already is: each step is idempotent and a
         second call finishes what a failed one left); raise `UnknownDeviceError`."""
-        device = await self._store.revoke_device(device_id, now=time.time() if now is None else now)
+        now = time.time() if now is None else now
+        device = await self._store.revoke_device(device_id, now=now)
         if device is None or device.revoked_at is None:
             raise UnknownDeviceError(f"no device {device_id!r}")
         certificates = await self._store.device_certs(device_id)
+        probe = None
+        if self._config.managed_broker and await self._hub_running():
+            # Listed in the CRL written next, with the device's other certificates.
+            probe = await revocation_proof.issue_probe(self._paths, self._store, device_id)
         listed = await write_crl(self._paths, self._store)
         logger.warning(
             "revoked %s: %d of its certificates in the CRL (%d in all)",
@@ -159,13 +168,29 @@ class Revoker:
         )
         reloaded = await self._reload()
         disconnected = await self._kick(device_id)
+        failure = None
+        if reloaded and probe is not None:
+            host, port = self._config.broker_address
+            failure = await revocation_proof.refused_as_revoked(self._paths, host, port, probe)
+            if failure is None:
+                logger.info("proven: the broker refuses %s's certificates as revoked", device_id)
+            else:
+                logger.error("revocation of %s NOT proven: %s", device_id, failure)
         return Revocation(
             device_id=device_id,
             revoked_at=device.revoked_at,
             certificates=len(certificates),
             broker_reloaded=reloaded,
             disconnected=disconnected,
+            already_revoked=device.revoked_at != now,
+            proof_failure=failure,
         )
+
+    async def _hub_running(self) -> bool:
+        """A hub runs this folder's broker: this one, or the holder of its lock."""
+        if self._broker is not None:
+            return True
+        return await asyncio.to_thread(datalock.holder, self._paths.root) is not None
 
     async def _reload(self) -> bool:
         if not self._config.managed_broker:

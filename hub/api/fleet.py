@@ -68,6 +68,9 @@ def routes(ctx: ApiContext) -> list[Route]:
             certificates=done.certificates,
             broker_reloaded=done.broker_reloaded,
             disconnected=done.disconnected,
+            already_revoked=done.already_revoked,
+            proven=done.broker_reloaded and done.proof_failure is None,
+            proof_failure=done.proof_failure or "",
         )
         answer = schema.dump(out)
         request[AUDIT_DETAIL] = answer

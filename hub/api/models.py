@@ -408,3 +408,11 @@ class RevokedOut:
         help="the managed broker re-read the CRL (false with an external broker)"
     )
     disconnected: bool = schema.setting(help="its broker session, if any, was closed")
+    already_revoked: bool = schema.setting(
+        False, help="it was revoked before this request (the steps were done again)"
+    )
+    proven: bool = schema.setting(
+        False,
+        help="the broker refused a certificate of this device as revoked after the reload",
+    )
+    proof_failure: str = schema.setting("", help="why the proof failed, if it did")

@@ -186,6 +186,10 @@ class HubStore:
         """Mark a device revoked and offline (idempotent); None if unknown."""
         return await self._db.run(certs.revoke_device, device_id, now)
 
+    async def record_probe_cert(self, cert: IssuedCert) -> None:
+        """Record a revocation probe's certificate among its device's."""
+        await self._db.run(certs.record_probe, cert)
+
     async def device_certs(self, device_id: str) -> list[IssuedCert]:
         return await self._db.run(certs.device_certs, device_id)
 

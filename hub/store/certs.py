@@ -107,6 +107,17 @@ def revoke_device(db: sqlite_utils.Database, device_id: str, now: float) -> Devi
     return get_device(db, device_id)
 
 
+def record_probe(db: sqlite_utils.Database, cert: IssuedCert) -> None:
+    """Record a revocation probe's certificate as the (revoked) device's, so the CRL
+    lists it with the device's others (see hub/revocation_proof.py)."""
+    with db.conn:
+        db.execute(
+            """INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at,
+                   reason) VALUES (?, ?, ?, ?, ?, 'probe')""",
+            (cert.serial, cert.device_id, cert.not_before, cert.not_after, cert.issued_at),
+        )
+
+
 def device_certs(db: sqlite_utils.Database, device_id: str) -> list[IssuedCert]:
     rows = db.execute(
         "SELECT * FROM device_certs WHERE device_id = ? ORDER BY issued_at", (device_id,)

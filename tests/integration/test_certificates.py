@@ -340,6 +340,8 @@ async def test_revoke_command_beside_a_running_hub_drops_the_device(
         lambda: device_online(hub, bystander.device_id), timeout=15, what="bystander online"
     )
     before = hellos(hub)
+    # The probe that must fail afterwards succeeds now.
+    assert await _mqtt_connect_over_tls(hub, device_context(paths)) == "connack"
 
     code, out, err = await run_cli(
         "hub.cli", "device", "revoke", "--data", str(hub.paths.root), identity.device_id
@@ -348,6 +350,9 @@ async def test_revoke_command_beside_a_running_hub_drops_the_device(
     assert code == 0, err
     assert f"revoked {identity.device_id}: 1 certificate(s) in the CRL" in out
     assert "the broker reloaded the CRL; its connection, if any, was closed" in out
+    # The command found the running hub through its data folder's lock, and the hub's
+    # broker refused a revoked certificate of the device as revoked before it said so.
+    assert "proven: the broker refuses its certificates as revoked" in out
     assert await offline(hub, identity.device_id)
     assert await _mqtt_connect_over_tls(hub, device_context(paths)) != "connack"
     # The rest of the fleet is untouched: the bystander's session goes on.
@@ -356,6 +361,13 @@ async def test_revoke_command_beside_a_running_hub_drops_the_device(
         lambda: device_online(hub, bystander.device_id), timeout=15, what="bystander online"
     )
     assert hellos(hub) == before  # its session was never dropped
+
+    code, out, err = await run_cli(
+        "hub.cli", "device", "revoke", "--data", str(hub.paths.root), identity.device_id
+    )
+    assert code == 0, err
+    assert f"{identity.device_id} was already revoked (at " in out
+    assert "proven: the broker refuses its certificates as revoked" in out
 
 
 def test_revoke_command_with_the_hub_stopped(hub_paths: HubPaths, capsys: Any) -> None:
