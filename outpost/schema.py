@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -17,6 +18,11 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# Characters of an offending value an error message quotes, at most: the value may come
+# from another machine (a 200 KB string, a list nested 1,000 deep), and the message goes
+# to logs and to API answers.
+QUOTE_LIMIT = 100
 
 
 class SchemaError(ValueError):
@@ -46,8 +52,48 @@ def setting(
 
 def load(cls: type[T], data: Any, where: str) -> T:
     """Build `cls` from a mapping, refusing unknown keys, missing keys and bad values."""
-    result: T = _compile_class(cls)(data, where)
+    result: T = _compile_class(cls, True)(data, where)
     return result
+
+
+def check(cls: type[Any], data: Any, where: str) -> None:
+    """Refuse `data` as `load` would, without building `cls` (cheaper: for a sender
+    checking what it is about to send). Checks written in `__post_init__` are not run:
+    they ran when the sender built the object that `data` was dumped from."""
+    _compile_class(cls, False)(data, where)
+
+
+def max_len(cls: type[Any], name: str) -> int:
+    """The `max_len` declared for field `name` of `cls` (where free text is clipped)."""
+    limit = _plan(cls)[1][name].metadata.get("max_len")
+    if limit is None:
+        raise TypeError(f"{cls.__name__}.{name} declares no max_len")
+    return int(limit)
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """A `repr` of `value` for an error message: at most `limit` characters, whatever
+    its size or depth (`repr` itself recurses, and fails on deep nesting)."""
+    try:
+        text = _QUOTER.repr(value)
+    except Exception:  # a value whose own repr fails: say what it is
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Quoter(reprlib.Repr):
+    """reprlib's bounded repr (it cuts strings before quoting them), bytes cut as well."""
+
+    def repr_bytes(self, value: bytes, level: int) -> str:
+        if len(value) <= self.maxstring:
+            return repr(value)
+        return repr(value[: self.maxstring]) + f"…({len(value)} bytes)"
+
+
+_QUOTER = _Quoter()
+_QUOTER.maxlevel = 3
+_QUOTER.maxstring = _QUOTER.maxother = QUOTE_LIMIT
+_QUOTER.maxlist = _QUOTER.maxtuple = _QUOTER.maxdict = _QUOTER.maxset = 8
 
 
 def dump(obj: Any) -> dict[str, Any]:
@@ -99,7 +145,10 @@ def _json_type(tp: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
             out["maxItems"] = meta["max_len"]
         return out
     if origin is dict:
-        return {"type": "object", "additionalProperties": _json_type(get_args(tp)[1], meta)}
+        out = {"type": "object", "additionalProperties": _json_type(get_args(tp)[1], {})}
+        if meta.get("max_len") is not None:
+            out["maxProperties"] = meta["max_len"]
+        return out
     if tp is bool:
         return {"type": "boolean"}
     if tp in (int, float):
@@ -137,13 +186,22 @@ def describe(cls: type[Any], prefix: str = "") -> list[tuple[str, str, Any, str]
 
 
 # Converters are compiled once per type: each field's checks become one small closure,
-# because wire messages are validated on the hub's hot path.
+# because wire messages are validated on the hub's hot path (and on every send). Each is
+# compiled twice: `build` makes the dataclasses (`load`); without it, it only checks
+# (`check`). A converter is given the path of the value it checks; paths of list items
+# and dict entries are spelled out only once an item is found wrong (a batch of a
+# thousand records would otherwise format three thousand paths that nobody reads).
 Converter = Callable[[Any, str], Any]
 _Meta = tuple[float | None, float | None, int | None]  # min, max, max_len
 
 
 def _per_class(fn: Callable[[Any], R]) -> Callable[[Any], R]:
     """Memoise `fn` by class (classes are hashable; typeshed's `cache` cannot say so)."""
+    return functools.cache(fn)
+
+
+def _per_class_and_flag(fn: Callable[[Any, bool], R]) -> Callable[[Any, bool], R]:
+    """`_per_class` for a function of a class and a flag."""
     return functools.cache(fn)
 
 
@@ -159,13 +217,13 @@ def _meta(metadata: Mapping[str, Any]) -> _Meta:
     return (metadata.get("min"), metadata.get("max"), metadata.get("max_len"))
 
 
-@_per_class
-def _compile_class(cls: type[Any]) -> Converter:
+@_per_class_and_flag
+def _compile_class(cls: Any, build: bool) -> Converter:
     hints, declared = _plan(cls)
     plan = [
         (
             name,
-            _compile(hints[name], _meta(f.metadata)),
+            _compile(hints[name], _meta(f.metadata), build),
             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
         )
         for name, f in declared.items()
@@ -177,34 +235,34 @@ def _compile_class(cls: type[Any]) -> Converter:
         if not isinstance(data, Mapping):
             raise SchemaError(where, f"expected a table, got {_type_name(data)}")
         if not known.issuperset(data.keys()):
-            unknown = sorted(str(k) for k in data if k not in known)
-            raise SchemaError(_join(where, unknown[0]), f"unknown key (known keys: {known_text})")
+            unknown = min(_key_text(k) for k in data if k not in known)
+            raise SchemaError(_join(where, unknown), f"unknown key (known keys: {known_text})")
         kwargs: dict[str, Any] = {}
         for name, field_converter, required in plan:
             if name in data:
                 kwargs[name] = field_converter(data[name], _join(where, name))
             elif required:
                 raise SchemaError(_join(where, name), "required key is missing")
-        return cls(**kwargs)
+        return cls(**kwargs) if build else data
 
     return convert
 
 
 @functools.cache
-def _compile(tp: Any, meta: _Meta) -> Converter:
+def _compile(tp: Any, meta: _Meta, build: bool = True) -> Converter:
     origin = get_origin(tp)
     if tp is Any:
         return lambda value, path: value
     if origin in (Union, types.UnionType):
-        return _compile_optional(tp, meta)
+        return _compile_optional(tp, meta, build)
     if origin is Literal:
         return _compile_literal(get_args(tp))
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _compile_class(tp)
+        return _compile_class(tp, build)
     if origin in (list, tuple):
-        return _compile_list(tp, meta)
+        return _compile_list(tp, meta, build)
     if origin is dict:
-        return _compile_dict(tp, meta)
+        return _compile_dict(tp, meta, build)
     if tp is bool:
         return _compile_bool()
     if tp in (int, float):
@@ -216,11 +274,11 @@ def _compile(tp: Any, meta: _Meta) -> Converter:
     raise TypeError(f"unsupported type in a schema: {tp!r}")
 
 
-def _compile_optional(tp: Any, meta: _Meta) -> Converter:
+def _compile_optional(tp: Any, meta: _Meta, build: bool) -> Converter:
     options = [a for a in get_args(tp) if a is not type(None)]
     if len(options) != 1:
         raise TypeError(f"unsupported union in a schema: {tp!r}")
-    inner = _compile(options[0], meta)
+    inner = _compile(options[0], meta, build)
     nullable = len(options) < len(get_args(tp))
 
     def convert(value: Any, path: str) -> Any:
@@ -236,15 +294,15 @@ def _compile_literal(choices: tuple[Any, ...]) -> Converter:
 
     def convert(value: Any, path: str) -> Any:
         if value not in choices:
-            raise SchemaError(path, f"must be one of {text}, got {value!r}")
+            raise SchemaError(path, f"must be one of {text}, got {quote(value)}")
         return value
 
     return convert
 
 
-def _compile_list(tp: Any, meta: _Meta) -> Converter:
+def _compile_list(tp: Any, meta: _Meta, build: bool) -> Converter:
     as_tuple = get_origin(tp) is tuple
-    item = _compile(get_args(tp)[0], (None, None, None))
+    item = _compile(get_args(tp)[0], (None, None, None), build)
     limit = meta[2]
 
     def convert(value: Any, path: str) -> Any:
@@ -252,25 +310,48 @@ def _compile_list(tp: Any, meta: _Meta) -> Converter:
             raise SchemaError(path, f"expected a list, got {_type_name(value)}")
         if limit is not None and len(value) > limit:
             raise SchemaError(path, f"longer than {limit}")
-        items = [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        try:
+            items: list[Any] | None = [item(v, path) for v in value]
+        except SchemaError:
+            items = None
+        if items is None:  # again, spelling out paths, to say which item is wrong
+            items = [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if not build:
+            return value
         return tuple(items) if as_tuple else items
 
     return convert
 
 
-def _compile_dict(tp: Any, meta: _Meta) -> Converter:
+def _compile_dict(tp: Any, meta: _Meta, build: bool) -> Converter:
+    """A table of any keys: `max_len` bounds its entries (keys are at most 128 long)."""
     key_tp, value_tp = get_args(tp)
-    key = _compile(key_tp, (None, None, 128))
-    item = _compile(value_tp, (None, None, meta[2]))
+    key = _compile(key_tp, (None, None, 128), build)
+    item = _compile(value_tp, (None, None, None), build)
+    limit = meta[2]
+
+    def entries(value: Mapping[Any, Any], path: str, exact: bool) -> dict[Any, Any]:
+        out = {}
+        for k, v in value.items():
+            try:
+                key(k, path)
+            except SchemaError as exc:
+                raise SchemaError(f"{path} key {quote(k)}", exc.message) from None
+            out[k] = item(v, _join(path, str(k)) if exact else path)
+        return out
 
     def convert(value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise SchemaError(path, f"expected a table, got {_type_name(value)}")
-        out = {}
-        for k, v in value.items():
-            key(k, f"{path} key {k!r}")
-            out[k] = item(v, _join(path, str(k)))
-        return out
+        if limit is not None and len(value) > limit:
+            raise SchemaError(path, f"more than {limit} entries")
+        try:
+            out: dict[Any, Any] | None = entries(value, path, exact=False)
+        except SchemaError:
+            out = None
+        if out is None:  # again, spelling out paths, to say which entry is wrong
+            out = entries(value, path, exact=True)
+        return out if build else value
 
     return convert
 
@@ -348,6 +429,11 @@ def _join(where: str, key: str) -> str:
 
 def _type_name(value: Any) -> str:
     return type(value).__name__
+
+
+def _key_text(key: Any) -> str:
+    """An unknown key as a path step: the text of a string, else its quoted repr."""
+    return key if isinstance(key, str) and len(key) <= QUOTE_LIMIT else quote(key)
 
 
 def _type_label(tp: Any) -> str:

@@ -5,9 +5,17 @@ Topics: ``outpost/v1/dev/{device_id}/up/{kind}`` (device to hub) and
 device write only its own ``up/#`` and read only its own ``down/#``.
 
 Every payload is a msgpack map ``{v, kind, id, ts, body}``. A payload that is too large,
-not msgpack, of an unknown version or kind, or whose body does not match its schema is
-refused with a `WireError` whose `reason` is a short stable code (used in metrics) and
-whose text says what was wrong.
+not msgpack, nested too deep, of an unknown version or kind, or whose body does not match
+its schema is refused with a `WireError` whose `reason` is a short stable code (used in
+metrics) and whose text says what was wrong, quoting at most a short excerpt of what was
+sent. `decode` raises nothing else, whatever the bytes: they may come from a device an
+attacker holds.
+
+`encode` applies the same checks to what it is about to send, and raises `EncodeError`:
+a message that breaks the contract is a bug of its sender, to be seen in the sender's
+log with its traceback, not a silent refusal at the receiver. Free text made from
+exceptions or other unbounded sources is cut to its field's length with `clip` where it
+is made.
 """
 
 from __future__ import annotations
@@ -27,6 +35,16 @@ MAX_PAYLOAD_BYTES: Final = 256 * 1024
 TOPIC_PREFIX: Final = "outpost/v1/dev"
 UP_WILDCARD: Final = f"{TOPIC_PREFIX}/+/up/#"
 
+# Nesting of lists and maps a payload may have, the envelope counting as 1. The `up`
+# contract needs 5 (heartbeat.store.streams.<name>.records); `down` tasks need 4 plus the
+# rank of the model's input as nested lists (4 for an image batch; LiteRT models rarely
+# go past 6). 16 leaves room for both and keeps every walk over a decoded message, and
+# every repr of one, far from Python's recursion limit (msgpack's own is 1,024).
+MAX_DEPTH: Final = 16
+# Entries a map may have, checked inside msgpack's parser before Python objects are made
+# for them. The contract's largest map is a heartbeat's store counters (at most 64).
+MAX_MAP_ENTRIES: Final = 1024
+
 # Device ids are assigned by the hub; the pattern keeps them safe as a topic level and
 # as a certificate CN (no MQTT wildcards, no separators).
 DEVICE_ID_PATTERN: Final = re.compile(r"^dev-[a-z0-9]{6,32}$")
@@ -39,6 +57,20 @@ class WireError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class EncodeError(ValueError):
+    """A message this program built breaks the wire contract: a bug in its sender."""
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, saying so when it was cut (for free-text
+    fields: an exception's message, a log excerpt). `limit` is the field's `max_len`:
+    `clip(text, schema.max_len(TaskUpdate, "reason"))`."""
+    if len(text) <= limit:
+        return text
+    marker = f"…[{len(text)} chars]"
+    return text[: max(0, limit - len(marker))] + marker[:limit]
 
 
 # ---------------------------------------------------------------------------- topics
@@ -59,12 +91,12 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
     prefix = TOPIC_PREFIX + "/"
     parts = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
     if len(parts) != 3 or parts[1] not in ("up", "down"):
-        raise WireError("topic", f"not a device topic: {topic!r}")
+        raise WireError("topic", f"not a device topic: {schema.quote(topic)}")
     device_id, direction, kind = parts
     if not DEVICE_ID_PATTERN.fullmatch(device_id):
-        raise WireError("topic", f"bad device id in topic: {device_id!r}")
+        raise WireError("topic", f"bad device id in topic: {schema.quote(device_id)}")
     if not _KIND_PATTERN.fullmatch(kind):
-        raise WireError("topic", f"bad kind in topic: {kind!r}")
+        raise WireError("topic", f"bad kind in topic: {schema.quote(kind)}")
     return device_id, direction, kind
 
 
@@ -410,6 +442,8 @@ DOWN_KINDS: Final[dict[str, type[Any]]] = {
     "policy": SignedPolicy,
     "models": ModelReleases,
 }
+_ALL_KINDS: Final = {**UP_KINDS, **DOWN_KINDS}
+assert len(_ALL_KINDS) == len(UP_KINDS) + len(DOWN_KINDS), "a kind names one body type"
 
 
 # ---------------------------------------------------------------------------- envelope
@@ -432,14 +466,27 @@ def new_message_id() -> str:
 
 
 def encode(kind: str, body: Body, *, ts_ms: int | None = None, msg_id: str | None = None) -> bytes:
-    """Encode `body` as a versioned envelope of `kind`."""
-    envelope = {
-        "v": VERSION,
-        "kind": kind,
+    """Encode `body` as a versioned envelope of `kind`, checked as `decode` will check it;
+    raise `EncodeError` if it breaks the contract."""
+    cls = _ALL_KINDS.get(kind)
+    if cls is None or type(body) is not cls:
+        expected = cls.__name__ if cls else "none: unknown kind"
+        raise EncodeError(f"a {type(body).__name__} sent as {kind!r} (its type: {expected})")
+    plain = schema.dump(body)
+    header = {
         "id": msg_id or new_message_id(),
         "ts": ts_ms if ts_ms is not None else int(time.time() * 1000),
-        "body": schema.dump(body),
     }
+    try:
+        # The checks `decode` applies, on the plain data (the dataclass's own
+        # `__post_init__` checks ran when it was built).
+        schema.check(_Header, header, "envelope")
+        schema.check(cls, plain, f"{kind}.body")
+    except schema.SchemaError as exc:
+        raise EncodeError(f"{kind} message breaks the wire contract: {exc}") from exc
+    envelope = {"v": VERSION, "kind": kind, **header, "body": plain}
+    if _deeper_than(envelope, MAX_DEPTH):
+        raise EncodeError(f"{kind} message nests deeper than {MAX_DEPTH} levels")
     packed: bytes = msgpack.packb(envelope, use_bin_type=True)
     return packed
 
@@ -451,32 +498,71 @@ def decode(
     expected_kind: str | None = None,
     max_bytes: int = MAX_PAYLOAD_BYTES,
 ) -> Envelope:
-    """Decode and validate one payload; raise `WireError` saying what was wrong."""
+    """Decode and validate one payload; raise `WireError` saying what was wrong, and
+    nothing else, whatever the bytes."""
     if len(payload) > max_bytes:
         raise WireError("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
     try:
-        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        return _decode(payload, kinds, expected_kind)
+    except WireError:
+        raise
+    except Exception as exc:  # a case the checks above missed: still only a refusal
+        text = schema.quote(str(exc))
+        raise WireError("malformed", f"undecodable: {type(exc).__name__}: {text}") from exc
+
+
+def _decode(payload: bytes, kinds: dict[str, type[Any]], expected_kind: str | None) -> Envelope:
+    try:
+        # Strings, bytes and arrays are bounded by the payload's size (msgpack's
+        # default for `unpackb`); maps tighter, so a huge one costs no Python objects.
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_map_len=MAX_MAP_ENTRIES)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise WireError("malformed", f"not a msgpack payload: {exc}") from exc
+        raise WireError("malformed", f"not a msgpack payload: {schema.quote(str(exc))}") from exc
     if not isinstance(raw, dict):
         raise WireError("malformed", f"envelope must be a map, got {type(raw).__name__}")
+    if _deeper_than(raw, MAX_DEPTH):
+        raise WireError("malformed", f"payload nests deeper than {MAX_DEPTH} levels")
     version = raw.get("v")
     if type(version) is not int or version != VERSION:
-        raise WireError("version", f"unsupported envelope version {version!r} (want {VERSION})")
+        raise WireError(
+            "version", f"unsupported envelope version {schema.quote(version)} (want {VERSION})"
+        )
     kind = raw.get("kind")
     if expected_kind is not None and kind != expected_kind:
-        raise WireError("kind", f"envelope kind {kind!r} does not match topic kind")
+        raise WireError("kind", f"envelope kind {schema.quote(kind)} does not match topic kind")
     if not isinstance(kind, str) or kind not in kinds:
-        raise WireError("kind", f"unknown message kind {kind!r}")
+        raise WireError("kind", f"unknown message kind {schema.quote(kind)}")
     try:
         header = schema.load(_Header, {k: raw.get(k) for k in ("id", "ts")}, "envelope")
         body = schema.load(kinds[kind], raw.get("body"), f"{kind}.body")
     except schema.SchemaError as exc:
         raise WireError("schema", str(exc)) from exc
-    extra = sorted(set(raw) - {"v", "kind", "id", "ts", "body"})
+    extra = set(raw) - {"v", "kind", "id", "ts", "body"}
     if extra:
-        raise WireError("schema", f"envelope has unknown fields: {', '.join(map(str, extra))}")
+        names = sorted(schema.quote(k, 40) for k in extra)
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        raise WireError("schema", f"envelope has unknown fields: {', '.join(names[:3])}{more}")
     return Envelope(v=version, kind=kind, id=header.id, ts=header.ts, body=body)
+
+
+def _deeper_than(value: dict[str, Any], limit: int) -> bool:
+    """Whether lists and maps nest more than `limit` levels in `value` (itself level 1).
+
+    Level by level, without recursion; a container's items are looked at one by one
+    only if one of them is a container, which one C-level pass over their types tells.
+    """
+    level: list[Any] = [value]
+    for _ in range(limit):
+        inner: list[Any] = []
+        for container in level:
+            items = container.values() if type(container) is dict else container
+            types = set(map(type, items))
+            if list in types or dict in types:
+                inner.extend(v for v in items if type(v) is list or type(v) is dict)
+        if not inner:
+            return False
+        level = inner
+    return True
 
 
 @dataclass(frozen=True)

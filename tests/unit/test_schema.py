@@ -236,18 +236,22 @@ def test_bound_message_names_the_bound() -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "value"),
+    ("path", "value", "message"),
     [
-        ("name", "x" * 9),
-        ("a.b.label", "abcdef"),
-        ("tags", ["a", "b", "c", "d"]),
-        ("labels", {"k": "vvvvv"}),  # max_len applies to the values of a dict
+        ("name", "x" * 9, "longer than 8"),
+        ("a.b.label", "abcdef", "longer than 5"),
+        ("tags", ["a", "b", "c", "d"], "longer than 3"),
+        # max_len bounds a dict's entries (issue 15: a heartbeat's `counters`, declared
+        # with at most 64, took 30,000 entries when it bounded their values).
+        ("labels", {f"k{i}": "v" for i in range(5)}, "more than 4 entries"),
     ],
 )
-def test_max_len_is_enforced(path: str, value: Any) -> None:
+def test_max_len_is_enforced(path: str, value: Any, message: str) -> None:
     error = refusal(with_change(path, value))
-    assert error.path.startswith(f"cfg.{path}")
-    assert "longer than" in error.message
+    assert error.path == f"cfg.{path}"
+    assert error.message == message
+    assert schema.load(Root, with_change(path, value[:-1] if not isinstance(value, dict)
+                       else dict(list(value.items())[:-1])), "cfg")  # fmt: skip
 
 
 @pytest.mark.parametrize("value", ["medium", "FAST", "", None, 1])
@@ -330,3 +334,124 @@ def test_describe_reports_type_default_and_help() -> None:
 def test_describe_with_prefix() -> None:
     keys = [row[0] for row in schema.describe(Leaf, "x.y")]
     assert keys == ["x.y.c", "x.y.label"]
+
+
+# ---------------------------------------------------------------------------- hostile values
+# Issue 15: values from another machine reach these messages. A list nested 1,000 deep
+# made `{value!r}` raise RecursionError (which ended the hub); a 200 KB string made a
+# 200 KB error message.
+
+
+def deep(levels: int) -> Any:
+    value: Any = None
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("mode", deep(1000)),
+        ("mode", "x" * 200_000),
+        ("mode", b"x" * 200_000),
+        ("mode", {f"k{i}": deep(50) for i in range(1000)}),
+        ("labels", {"k" * 200_000: "v"}),
+        ("labels", {b"k" * 200_000: "v"}),
+        ("labels", {("k" * 200_000,): "v"}),
+    ],
+)
+def test_errors_quote_a_bounded_excerpt_of_the_value(path: str, value: Any) -> None:
+    error = refusal(with_change(path, value))
+    assert error.path.startswith(f"cfg.{path}")
+    assert len(str(error)) < 300, str(error)
+
+
+def test_unknown_key_of_any_size_or_type_is_named_briefly() -> None:
+    for key in ("k" * 200_000, b"k" * 200_000, 7):
+        error = refusal({**valid(), key: 1})
+        assert error.message.startswith("unknown key")
+        assert len(error.path) < 120, error.path
+
+
+def test_quote_is_bounded_and_never_fails() -> None:
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr for you")
+
+    for value in (deep(5000), "é" * 10**6, b"\xff" * 10**6, {"k": deep(5000)}, Hostile()):
+        text = schema.quote(value)
+        assert 0 < len(text) <= schema.QUOTE_LIMIT
+    assert schema.quote("fast") == "'fast'"
+    assert schema.quote(Hostile()).startswith("<Hostile")
+    assert schema.quote("x" * 500, limit=20) == "'" + "x" * 18 + "…"
+
+
+def test_error_paths_still_name_the_item_and_the_entry() -> None:
+    assert refusal(with_change("labels", {"a": "x", "b": 2})).path == "cfg.labels.b"
+    assert refusal(with_change("tags", ["a", "b", 3])).path == "cfg.tags[2]"
+
+
+# ---------------------------------------------------------------------------- check
+
+
+@dataclass(frozen=True)
+class Counted:
+    """Counts its constructions: `check` must not build (a sender's hot path)."""
+
+    built = 0
+    n: int = schema.setting(help="a number", min=0)
+    items: list[Leaf] = schema.setting([], help="leaves", max_len=2)
+
+    def __post_init__(self) -> None:
+        type(self).built += 1
+
+
+BAD_ROOTS = [
+    with_change("a.b.c", 11),
+    with_change("name", "x" * 9),
+    with_change("mode", "medium"),
+    with_change("tags", ["a", 1]),
+    with_change("labels", {"k": 1}),
+    with_change("labels", {f"k{i}": "v" for i in range(5)}),
+    with_change("enabled", "yes"),
+    with_change("limit", 0),
+    without("name"),
+    {**valid(), "extra": 1},
+    None,
+]
+
+
+@pytest.mark.parametrize("data", BAD_ROOTS)
+def test_check_refuses_what_load_refuses_with_the_same_error(data: Any) -> None:
+    with pytest.raises(SchemaError) as loading:
+        schema.load(Root, data, "cfg")
+    with pytest.raises(SchemaError) as checking:
+        schema.check(Root, data, "cfg")
+    assert (checking.value.path, checking.value.message) == (
+        loading.value.path,
+        loading.value.message,
+    )
+
+
+def test_check_accepts_valid_data_without_building_it() -> None:
+    schema.check(Root, valid(), "cfg")
+    before = Counted.built
+    schema.check(Counted, {"n": 1, "items": [{"c": 1}, {"c": 2}]}, "x")
+    assert Counted.built == before
+    with pytest.raises(SchemaError, match=r"x\.items\[1\]\.c"):
+        schema.check(Counted, {"n": 1, "items": [{"c": 1}, {"c": -1}]}, "x")
+    assert schema.load(Counted, {"n": 1}, "x").n == 1
+    assert Counted.built == before + 1
+
+
+def test_max_len_reads_the_declaration() -> None:
+    assert schema.max_len(Root, "name") == 8
+    with pytest.raises(TypeError):
+        schema.max_len(Root, "enabled")
+
+
+def test_json_schema_bounds_dict_entries() -> None:
+    labels = schema.json_schema(Root)["properties"]["labels"]
+    assert labels["maxProperties"] == 4
+    assert labels["additionalProperties"] == {"type": "string"}
