@@ -20,7 +20,7 @@ from typing import Any, Literal
 from edge.inference.service import InferenceService, ModelUnavailable, UnknownModel
 from edge.store import AgentStore, StoreReadError, StoreWriteError, StreamFullError
 from edge.store.inbox import InboxTask, finish
-from outpost import backoff, wire
+from outpost import backoff, schema, wire
 from outpost.aio import supervise
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ Notify = Callable[[list[wire.TaskUpdate]], Awaitable[None]]
 FULL_RETRY_S = 2.0  # a full results stream: try the append again after this long
 WORKER_RETRY_S = 1.0  # after a surprise, a worker tries again after this long
 WORKER_RETRY_CAP_S = 30.0  # a failing disk: retries back off up to this
+# A refusal's reason quotes exception texts (a model's load failure, a disk error) of any
+# length: cut here, where it is made, to what the wire carries.
+REASON_LIMIT = schema.max_len(wire.TaskUpdate, "reason")
 
 
 class TaskRunner:
@@ -101,14 +104,17 @@ class TaskRunner:
                     reasons[task.task_id] = "superseded: a newer attempt of this task is held"
         updates = []
         for a in body.tasks:
-            reason = reasons[a.task_id]
-            state: Literal["accepted", "rejected"] = "accepted" if reason is None else "rejected"
+            reason = wire.clip(reasons[a.task_id] or "", REASON_LIMIT)
+            state: Literal["accepted", "rejected"] = "rejected" if reason else "accepted"
             if reason:
                 logger.info("rejected %s attempt %d: %s", a.task_id, a.attempt, reason)
                 self._inference.tally.error("task_rejected")
             updates.append(
                 wire.TaskUpdate(
-                    task_id=a.task_id, attempt=a.attempt, state=state, reason=reason or ""
+                    task_id=a.task_id,
+                    attempt=a.attempt,
+                    state=state,
+                    reason=reason,
                 )
             )
         await self._refresh_depth()
