@@ -17,6 +17,7 @@ from hub.config import HubConfig
 from hub.dispatcher import Dispatcher
 from hub.enrollment import Enrollment, load_signing_key, load_token_key
 from hub.ingest import Ingest
+from hub.intake import Budget, DeviceIntake
 from hub.link import HubLink
 from hub.metrics import HubMetrics
 from hub.paths import HubPaths
@@ -48,6 +49,7 @@ class Hub:
         self.broker: BrokerSupervisor | None = None
         self.ingest: Ingest | None = None
         self.link: HubLink | None = None
+        self.intake: DeviceIntake | None = None
         self.metrics: HubMetrics | None = None
         self.web: WebServer | None = None
         self.dispatcher: Dispatcher | None = None
@@ -109,14 +111,15 @@ class Hub:
                 on_model_state=rollouts.on_state,
                 on_rollups=metrics.inferences.add,
             )
+            self.intake = intake = DeviceIntake(Budget.of(self.config), dropped=metrics.messages)
             context = await asyncio.to_thread(
-                self._api_context, store, metrics, dispatcher, policies, shelf
+                self._api_context, store, metrics, dispatcher, policies, shelf, intake
             )
             self.web = web = WebServer(self.paths, context)
             await web.start()
             stack.push_async_callback(web.stop)
 
-            self.link = HubLink(self.paths, self.config, self.ingest)
+            self.link = HubLink(self.paths, self.config, self.ingest, intake)
             self.ready.set()
             logger.info("hub running (data %s)", self.paths.root)
             await supervise(
@@ -172,6 +175,7 @@ class Hub:
         dispatcher: Dispatcher,
         policies: PolicyPublisher,
         shelf: ModelShelf,
+        intake: DeviceIntake,
     ) -> ApiContext:
         """Load keys and the CA for the web API (reads files: run in a thread)."""
         return ApiContext(
@@ -188,6 +192,7 @@ class Hub:
             rollouts=self.rollouts,
             renewals=Renewals.load(self.paths, self.config, store),
             revoker=revocation.Revoker(self.paths, self.config, store, broker=self.broker),
+            intake=intake,
         )
 
     async def _liveness(self, store: HubStore) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hub.paths import HUB_CLIENT_CN, HubPaths
 from outpost import backoff, files
-from outpost.wire import TOPIC_PREFIX
+from outpost.wire import TOPIC_PREFIX, UP_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +56,18 @@ def log_file(paths: HubPaths) -> Path:
 
 def acl_text() -> str:
     """Return the ACL: the hub reads every device's `up`, writes every `down`; a device
-    writes only its own `up/#` and reads only its own `down/#`."""
+    writes only its own `up/<kind>` for the contract's kinds and reads only its own
+    `down/#`."""
+    # Only the contract's kinds: a device writing any other subtopic (retained, say,
+    # 50,000 of them) would cost the broker's disk and the hub's start.
+    writes = "".join(f"pattern write {TOPIC_PREFIX}/%u/up/{kind}\n" for kind in UP_KINDS)
     return (
         f"user {HUB_CLIENT_CN}\n"
         f"topic read {TOPIC_PREFIX}/+/up/#\n"
         f"topic write {TOPIC_PREFIX}/+/down/#\n"
         "\n"
         "# every client, by the CN of its certificate (%u):\n"
-        f"pattern write {TOPIC_PREFIX}/%u/up/#\n"
+        f"{writes}"
         f"pattern read {TOPIC_PREFIX}/%u/down/#\n"
     )
 

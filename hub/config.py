@@ -69,6 +69,20 @@ class HubConfig:
     max_payload_bytes: int = schema.setting(
         256 * 1024, help="largest MQTT payload accepted from a device", min=1024, max=16 << 20
     )
+    device_msgs_per_s: float = schema.setting(
+        1000.0,
+        help="sustained MQTT messages per second taken from one device; the rest dropped",
+        min=1,
+    )
+    device_msgs_burst: int = schema.setting(
+        2000, help="MQTT messages one device may send in a burst", min=1, max=1_000_000
+    )
+    device_bytes_per_s: int = schema.setting(
+        8 << 20, help="sustained MQTT payload bytes per second taken from one device", min=1024
+    )
+    device_queue: int = schema.setting(
+        2000, help="messages of one device waiting for the ingest, at most", min=10
+    )
     api_max_body_bytes: int = schema.setting(
         64 * 1024, help="largest request body the web API accepts", min=1024, max=16 << 20
     )

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from hub.acks import AckSet, Publish, publish_all
 from hub.dispatcher import Dispatcher
+from hub.rejections import RejectionLog
 from hub.store import (
     MAX_SEQ,
     ConnectionLost,
@@ -69,6 +70,7 @@ class Ingest:
         # Records newly stored, by stream; acks by outcome (sent, dropped, failed).
         self.stored = stored if stored is not None else collections.Counter()
         self.acks = acks if acks is not None else collections.Counter()
+        self._rejections = RejectionLog(logger)
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """Validate and apply one message; never raises."""
@@ -79,6 +81,9 @@ class Ingest:
         started = time.perf_counter()
         try:
             await self._handle_batch(messages)
+        except Exception:  # a bug met by this batch: the next one must still be handled
+            self.outcomes[("other", "error")] += len(messages)
+            logger.exception("handling a batch of %d messages failed", len(messages))
         finally:
             self._observe_batch(time.perf_counter() - started)
 
@@ -250,9 +255,9 @@ class Ingest:
         try:
             device_id, direction, kind = wire.parse_topic(topic)
             if direction != "up":
-                raise wire.WireError("topic", f"hub received a down topic: {topic!r}")
+                raise wire.WireError("topic", "hub received a down topic")
             if kind not in wire.UP_KINDS:  # refuse before spending time on the payload
-                raise wire.WireError("kind", f"unknown message kind {kind!r} in topic")
+                raise wire.WireError("kind", "unknown message kind in topic")
             envelope = wire.decode(
                 payload,
                 kinds=wire.UP_KINDS,
@@ -262,11 +267,18 @@ class Ingest:
             if isinstance(envelope.body, wire.Records) and envelope.body.to_seq > MAX_SEQ:
                 raise wire.WireError("schema", f"records.body.to_seq above {MAX_SEQ}")
         except wire.WireError as exc:
-            label = kind if kind in wire.UP_KINDS else "other"
-            self.outcomes[(label, f"rejected:{exc.reason}")] += 1
-            logger.warning("rejected message on %s: %s: %s", topic, exc.reason, exc)
+            self._refused(topic, kind, exc.reason, str(exc))
+            return None, ""
+        except Exception as exc:  # whatever a device sends, only this message is lost
+            self._refused(topic, kind, "error", f"{type(exc).__name__}: {exc}")
             return None, ""
         return envelope, device_id
+
+    def _refused(self, topic: str, kind: str, reason: str, text: str) -> None:
+        label = kind if kind in wire.UP_KINDS else "other"
+        self.outcomes[(label, f"rejected:{reason}")] += 1
+        device = topic.split("/", 4)[3] if topic.count("/") >= 4 else "?"
+        self._rejections.refused(device, topic, reason, text)
 
     def _accepted(self, kind: str, event: PresenceEvent, flipped: bool) -> None:
         self.outcomes[(kind, "accepted")] += 1

@@ -9,10 +9,12 @@ from typing import NoReturn
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hub.acks import LinkDownError
 from hub.config import HubConfig
 from hub.ingest import Ingest
+from hub.intake import DeviceIntake, queue_type
 from hub.paths import HUB_CLIENT_CN, HubPaths
 from outpost import tls, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
@@ -31,12 +33,17 @@ MAX_BATCH = 500
 class HubLink:
     """Owns the hub's connection to the broker."""
 
-    def __init__(self, paths: HubPaths, config: HubConfig, ingest: Ingest) -> None:
+    def __init__(
+        self, paths: HubPaths, config: HubConfig, ingest: Ingest, intake: DeviceIntake
+    ) -> None:
         self._paths = paths
         self._config = config
         self._ingest = ingest
         self.state = LinkState(logger, "hub link")
         self.client: aiomqtt.Client | None = None
+        # Between the broker and the ingest; it outlives each connection, so budgets
+        # and the messages already taken from the broker survive a reconnect.
+        self.intake = intake
 
     async def run(self) -> NoReturn:
         # Loading certificates reads files: keep it off the event loop.
@@ -62,6 +69,7 @@ class HubLink:
                 socket_options=NODELAY,
                 keepalive=30,
                 logger=logging.getLogger("mqtt.hub"),
+                queue_type=queue_type(self.intake),
             )
 
         await run_forever(
@@ -82,7 +90,12 @@ class HubLink:
     async def _session(self, client: aiomqtt.Client) -> None:
         self.client = client
         try:
-            await client.subscribe(wire.UP_WILDCARD, qos=1)
+            # No retained messages at subscribe (retain handling 2): the hub's session
+            # keeps what was sent while it was away, and a retained copy would be
+            # replayed at every start (a device may retain anything on its topics).
+            await client.subscribe(
+                wire.UP_WILDCARD, options=SubscribeOptions(qos=1, retainHandling=2)
+            )
             messages = client.messages
             async for message in messages:
                 # Take what else is already queued too: one store call for the batch.

@@ -11,6 +11,7 @@ from hub.certificates import Renewals
 from hub.config import HubConfig
 from hub.dispatcher import Dispatcher
 from hub.enrollment import Enrollment
+from hub.intake import DeviceIntake
 from hub.metrics import HubMetrics
 from hub.policies import PolicyPublisher
 from hub.releases import ModelShelf
@@ -36,3 +37,4 @@ class ApiContext:
     rollouts: RolloutService | None
     renewals: Renewals
     revoker: Revoker
+    intake: DeviceIntake  # what devices send, before the ingest: who is throttled

@@ -1,9 +1,11 @@
-"""Observability routes: Prometheus metrics and the OpenAPI document."""
+"""Observability routes: Prometheus metrics, devices over their message budget, and the
+OpenAPI document."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -11,7 +13,26 @@ from aiohttp import web
 from hub.api.context import ApiContext
 from hub.api.drift import fleet_drift
 from hub.api.routing import Route
+from hub.intake import THROTTLED_FOR_S
 from hub.metrics import CONTENT_TYPE
+from outpost import schema
+
+
+@dataclass(frozen=True)
+class ThrottledOut:
+    """A device whose messages went past its budget (`device_msgs_per_s` and the like)."""
+
+    device_id: str = schema.setting(help="device id")
+    dropped: int = schema.setting(help="its messages dropped before decoding, since start")
+    last_drop_s_ago: float = schema.setting(help="seconds since the last one was dropped")
+
+
+@dataclass(frozen=True)
+class ThrottledListOut:
+    """Devices that went past their message budget recently, most dropped first."""
+
+    window_s: float = schema.setting(help="how long a device stays listed after a drop")
+    items: list[ThrottledOut] = schema.setting(help="the devices")
 
 
 def routes(ctx: ApiContext, document: Callable[[], dict[str, Any]]) -> list[Route]:
@@ -26,6 +47,13 @@ def routes(ctx: ApiContext, document: Callable[[], dict[str, Any]]) -> list[Rout
         )
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
+    async def throttled(request: web.Request) -> web.Response:
+        items = [
+            ThrottledOut(t.device_id, t.dropped, round(t.seconds_ago, 3))
+            for t in ctx.intake.throttled()
+        ]
+        return web.json_response(schema.dump(ThrottledListOut(THROTTLED_FOR_S, items)))
+
     async def openapi(request: web.Request) -> web.Response:
         return web.json_response(document())
 
@@ -38,6 +66,15 @@ def routes(ctx: ApiContext, document: Callable[[], dict[str, Any]]) -> list[Rout
             "Prometheus metrics",
             "observability",
             content_type="text/plain",
+        ),
+        Route(
+            "GET",
+            "/api/v1/throttled",
+            "viewer",
+            throttled,
+            "Devices whose MQTT messages went past their rate or byte budget recently",
+            "observability",
+            response=ThrottledListOut,
         ),
         Route(
             "GET",

@@ -213,3 +213,52 @@ async def test_device_cannot_read_another_devices_down_topic_or_anyones_up(
         await asyncio.wait_for(until_marker(), 15)
 
     assert received == [wire.down_topic(a.device_id, "marker")]
+
+
+async def test_device_writes_only_the_contracts_kinds_and_the_hub_gets_no_retained_replay(
+    hub: Hub, enroll_device: Enroller
+) -> None:
+    """Issue 15 item 11: the ACL let a device write anything under its `up/#`, retained;
+    50,000 retained subtopics filled the broker's disk and were replayed at each start."""
+    paths_a, a = await enroll_device()
+    received: list[tuple[str, bool]] = []
+    junk = [wire.up_topic(a.device_id, "junk"), f"{wire.up_topic(a.device_id, 'hello')}/deeper"]
+    allowed = wire.up_topic(a.device_id, "hello")
+
+    async with (
+        _client(hub, _device_context(paths_a), a.device_id) as device,
+        _client(hub, _hub_context(hub), "outpost-hub-test") as watcher,
+    ):
+        await watcher.subscribe(wire.UP_WILDCARD, qos=1)
+        for topic in junk:
+            await device.publish(topic, b"x" * 1000, qos=1, retain=True)
+        await device.publish(allowed, wire.encode("hello", HELLO), qos=1, retain=True)
+
+        async def until_allowed() -> None:
+            async for message in watcher.messages:
+                received.append((message.topic.value, message.retain))
+                if message.topic.value == allowed:
+                    return
+
+        await asyncio.wait_for(until_allowed(), 15)
+    assert received == [(allowed, False)], "a topic outside the contract reached the hub"
+
+    # A new subscriber gets retained copies only of what the ACL let through (the hub's
+    # own subscription asks for none: tests/fuzz/test_hostile_device.py restarts it).
+    replayed: list[tuple[str, bool]] = []
+    async with (
+        _client(hub, _hub_context(hub), "outpost-hub-test-2") as late,
+        _client(hub, _device_context(paths_a), a.device_id) as device,
+    ):
+        await late.subscribe(wire.UP_WILDCARD, qos=1)
+        # A live message after the subscription: retained copies come before it.
+        await device.publish(allowed, wire.encode("hello", HELLO), qos=1)
+
+        async def until_live() -> None:
+            async for message in late.messages:
+                replayed.append((message.topic.value, message.retain))
+                if not message.retain:
+                    return
+
+        await asyncio.wait_for(until_live(), 15)
+    assert replayed == [(allowed, True), (allowed, False)]
