@@ -83,6 +83,15 @@ class HubConfig:
     device_queue: int = schema.setting(
         2000, help="messages of one device waiting for the ingest, at most", min=10
     )
+    web_max_conns_per_address: int = schema.setting(
+        64, help="HTTPS connections one client address may hold open at once", min=1
+    )
+    web_header_timeout_s: float = schema.setting(
+        15.0,
+        help="a client must finish its TLS handshake, and then send a request, within this",
+        min=0.5,
+        max=3600,
+    )
     api_max_body_bytes: int = schema.setting(
         64 * 1024, help="largest request body the web API accepts", min=1024, max=16 << 20
     )

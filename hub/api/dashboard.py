@@ -109,8 +109,10 @@ def routes(ctx: ApiContext, feed: LiveFeed) -> list[Route]:
                 headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
             )
         try:
-            async with feed.listen() as listener:
-                return await _send(request, listener.next, request[PRINCIPAL].expires_at)
+            principal = request[PRINCIPAL]
+            privileged = principal.may("operator")
+            async with feed.listen(principal.subject, privileged=privileged) as listener:
+                return await _send(request, listener.next, principal.expires_at)
         except FeedFullError as exc:
             raise ApiError(
                 429, "rate_limited", f"{exc}; retry in 5 s", headers={"Retry-After": "5"}

@@ -9,6 +9,7 @@ is ready (each listener holds one snapshot at most).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,7 +53,12 @@ class Listener:
 
 
 class LiveFeed:
-    """Builds a snapshot every `interval` seconds while anyone listens."""
+    """Builds a snapshot every `interval` seconds while anyone listens.
+
+    Listeners are capped in all (`max_listeners`), per token subject (`per_subject`: one
+    token cannot take every slot), and `reserved` slots are kept for operators and
+    admins, so viewers' streams can never lock them out of the dashboard.
+    """
 
     def __init__(
         self,
@@ -60,12 +66,19 @@ class LiveFeed:
         *,
         interval: float,
         max_listeners: int,
+        per_subject: int = 4,
+        reserved: int = 8,
     ) -> None:
-        if interval <= 0 or max_listeners < 1:
-            raise ValueError("interval must be positive and max_listeners at least 1")
+        if interval <= 0 or max_listeners < 1 or not 0 <= reserved < max_listeners:
+            raise ValueError(
+                "interval must be positive, max_listeners at least 1 and above reserved"
+            )
         self._build = build
         self._interval = interval
         self._max = max_listeners
+        self._per_subject = per_subject
+        self._reserved = reserved
+        self._by_subject: collections.Counter[str] = collections.Counter()
         self._listeners: set[Listener] = set()
         self._task: asyncio.Task[None] | None = None
         self._latest: bytes | None = None
@@ -76,17 +89,24 @@ class LiveFeed:
         return len(self._listeners)
 
     @contextlib.asynccontextmanager
-    async def listen(self) -> AsyncIterator[Listener]:
-        """Register a listener for as long as the block runs.
+    async def listen(
+        self, subject: str = "", *, privileged: bool = False
+    ) -> AsyncIterator[Listener]:
+        """Register a listener for `subject` (a token's subject) for as long as the block
+        runs; `privileged` listeners (operators, admins) may use the reserved slots.
 
-        Raises `FeedFullError` when `max_listeners` already listen, `FeedClosedError`
-        after `close`."""
+        Raises `FeedFullError` when the caps are reached, `FeedClosedError` after
+        `close`."""
         if self._closed:
             raise FeedClosedError("the feed is closed")
-        if len(self._listeners) >= self._max:
-            raise FeedFullError(f"{self._max} streams are open already")
+        cap = self._max if privileged else self._max - self._reserved
+        if len(self._listeners) >= cap:
+            raise FeedFullError(f"{len(self._listeners)} streams are open already")
+        if self._by_subject[subject] >= self._per_subject:
+            raise FeedFullError(f"this token has {self._per_subject} streams open already")
         listener = Listener()
         self._listeners.add(listener)
+        self._by_subject[subject] += 1
         if self._latest is not None:
             listener.offer(self._latest)  # something to show at once
         if self._task is None:
@@ -95,6 +115,9 @@ class LiveFeed:
             yield listener
         finally:
             self._listeners.discard(listener)
+            self._by_subject[subject] -= 1
+            if not self._by_subject[subject]:
+                del self._by_subject[subject]
             if not self._listeners:
                 await self._stop()
 

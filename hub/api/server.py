@@ -25,6 +25,7 @@ from hub.api import (
 )
 from hub.api.context import ApiContext
 from hub.api.errors import errors_as_json
+from hub.api.listener import CappedSite
 from hub.api.live import LiveFeed
 from hub.api.params import MAX_BODY
 from hub.api.routing import Guard, Route
@@ -92,6 +93,7 @@ class WebServer:
         self._paths = paths
         self._ctx = ctx
         self._runner: web.AppRunner | None = None
+        self.site: CappedSite | None = None
         self.feed = LiveFeed(
             dashboard.Snapshots(ctx),
             interval=dashboard.TICK_S,
@@ -114,10 +116,21 @@ class WebServer:
                 client_cert_optional=True,
             )
         )
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
         config = self._ctx.config
-        site = web.TCPSite(self._runner, config.web_host, config.web_port, ssl_context=context)
+        # An idle connection (one that sent no request yet, or only part of one) is
+        # closed after the header timeout; a live stream is a request, not idle.
+        self._runner = web.AppRunner(
+            self.app, access_log=None, keepalive_timeout=config.web_header_timeout_s
+        )
+        await self._runner.setup()
+        self.site = site = CappedSite(
+            self._runner,
+            config.web_host,
+            config.web_port,
+            ssl_context=context,
+            per_address=config.web_max_conns_per_address,
+            handshake_timeout=config.web_header_timeout_s,
+        )
         try:
             await site.start()
         except OSError as exc:
