@@ -125,6 +125,12 @@ class HubConfig:
         min=0,
         max=1000,
     )
+    task_max_slots: int = schema.setting(
+        16,
+        help="task slots a device is believed to have at most, whatever its hello claims",
+        min=1,
+        max=1024,
+    )
     task_default_lease_s: float = schema.setting(
         60.0, help="lease of a task that names none, seconds", min=0.1, max=7 * 86400
     )

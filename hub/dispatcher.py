@@ -42,6 +42,7 @@ class Dispatcher:
             prefetch=config.task_prefetch,
             stale_after_heartbeats=config.offline_after_heartbeats,
             max_plan=MAX_PLAN,
+            max_slots=config.task_max_slots,
         )
         self._wake = asyncio.Event()
         self.outcomes: collections.Counter[str] = collections.Counter()  # assigned, expired...

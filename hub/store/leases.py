@@ -74,6 +74,9 @@ class Settings:
     prefetch: int
     stale_after_heartbeats: float
     max_plan: int  # queued tasks considered per pass
+    # Task slots the hub believes a device's hello claims, at most: the claim is the
+    # device's word, and one device claiming 1,024 would win most "any device" tasks.
+    max_slots: int = 16
 
 
 Plan = Callable[[list[Queued], list[Candidate]], list[tuple[str, str]]]
@@ -264,6 +267,11 @@ def _candidates(db: sqlite_utils.Database, now: float, settings: Settings) -> li
            FROM devices WHERE online = 1 AND task_slots > 0"""
     ).fetchall():
         load = json.loads(r["load"] or "{}")
+        # What it claims, bounded; and one task at a time until a result of its own has
+        # come back (the latency it reports with it): a claim is earned, not taken.
+        concurrency = min(r["task_slots"], settings.max_slots)
+        if r["task_latency_ms"] is None:
+            concurrency = 1
         interval = r["heartbeat_interval"] or 0
         fresh = (
             r["last_heartbeat"] is not None
@@ -280,8 +288,8 @@ def _candidates(db: sqlite_utils.Database, now: float, settings: Settings) -> li
                     if m.get("state") == "ready"
                 ),
                 # Never more than the device said it holds: it would refuse the rest.
-                slots=min(r["task_slots"] + settings.prefetch, r["task_inbox"] or 1 << 30),
-                concurrency=r["task_slots"],
+                slots=min(concurrency + settings.prefetch, r["task_inbox"] or 1 << 30),
+                concurrency=concurrency,
                 held=held.get(r["device_id"], 0),
                 cpu_percent=load.get("cpu_percent") if fresh else None,
                 temperature_c=load.get("temperature_c") if fresh else None,

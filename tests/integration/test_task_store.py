@@ -3,6 +3,8 @@ results, without a broker (the end-to-end runs are in test_tasks.py)."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -114,3 +116,28 @@ async def test_a_malformed_result_is_recorded_and_ends_nothing(store: HubStore) 
     assert task.result is not None
     assert task.result["label"] == "normal"
     assert [e.state for e in task.events].count("malformed") == 2
+
+
+async def test_a_device_claiming_1024_slots_earns_them_and_gets_at_most_the_cap(
+    store: HubStore,
+) -> None:
+    """Issue 15 item 11: a hello may claim 1,024 slots and 0 % CPU, winning most tasks."""
+    await online(store, "dev-greedy", slots=1024)
+    await online(store, "dev-honest", slots=2)
+    await store.create_tasks([new(f"tsk-{n:016x}") for n in range(100)], now=time.time())
+    settings = dataclasses.replace(SETTINGS, max_slots=4)
+
+    first, _ = await store.allocate(now=time.time(), settings=settings, plan=plan)
+    held = collections.Counter(a.device_id for a in first)
+    assert held == {"dev-greedy": 1, "dev-honest": 1}, "a claim taken before any result"
+
+    # One result back from each: now their claims count, the greedy one's up to the cap.
+    results = []
+    for a in first:
+        body = {"kind": "task", "task_id": a.task_id, "attempt": a.attempt}
+        body |= {"status": "succeeded", "label": "ok", "confidence": 0.9, "latency_ms": 3.0}
+        results.append(Upload(a.device_id, "results", 1, 1, [(1, 0.0, msgpack.packb(body))]))
+    await store.apply_uploads(results, now=time.time())
+    then, _ = await store.allocate(now=time.time(), settings=settings, plan=plan)
+    held = collections.Counter(a.device_id for a in then)
+    assert held == {"dev-greedy": 4, "dev-honest": 2}
