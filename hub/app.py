@@ -85,6 +85,7 @@ class Hub:
                     port=port,
                     max_packet_bytes=self.config.max_payload_bytes,
                     max_connections=file_limit.max_connections,
+                    log_max_bytes=self.config.broker_log_max_bytes,
                 )
                 await self.broker.start()
                 stack.push_async_callback(self.broker.stop)

@@ -30,6 +30,10 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 RESTART_BACKOFF_CAP = 10.0
 RELOAD_TIMEOUT = 5.0
+# Mosquitto's log grows by about 244 bytes per connection and never shrinks: the hub
+# moves it aside (one old copy kept) past `log_max_bytes`, and Mosquitto reopens it.
+LOG_CHECK_S = 5.0
+MAX_QUEUED_BYTES = 512 << 20  # the broker's queue for the hub's session, at most
 # What Mosquitto logs when it handles SIGHUP, before it re-reads its certificates and
 # CRL in the same pass of its loop: a connection it accepts after this line sees them.
 RELOADED_LINE = b"Reloading config."
@@ -109,6 +113,10 @@ def config_text(
             # agent keeps what the hub has not acknowledged, so a drop is never a loss,
             # but each one costs a resend.
             "max_queued_messages 200000",
+            # ... within a memory bound (messages may be up to max_packet_size each).
+            # Honest devices' messages are not dropped at it: the hub drains its queue
+            # at full speed, dropping a flooding device's excess before decoding it.
+            f"max_queued_bytes {MAX_QUEUED_BYTES}",
             "",
             f"listener {port} {host}",
             # Within the open-file limit (hub.limits): past it Mosquitto would reset
@@ -161,8 +169,11 @@ class BrokerSupervisor:
         port: int,
         max_packet_bytes: int,
         max_connections: int = -1,
+        log_max_bytes: int = 16 << 20,
     ) -> None:
         self._paths = paths
+        self._log_max_bytes = log_max_bytes
+        self.log_rotations = 0
         self._program = program
         self._host = host
         self._port = port
@@ -170,6 +181,7 @@ class BrokerSupervisor:
         self._max_connections = max_connections  # -1: Mosquitto's default, no cap
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._rotator: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.restarts = 0
 
@@ -199,14 +211,16 @@ class BrokerSupervisor:
         )
         await self._spawn()
         self._watcher = asyncio.create_task(self._watch(), name="hub.broker-supervisor")
+        self._rotator = asyncio.create_task(self._rotate_log(), name="hub.broker-log")
 
     async def stop(self) -> None:
         """Stop Mosquitto (SIGTERM, then SIGKILL after a grace period)."""
         self._stopping.set()
-        if self._watcher:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._rotator):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         process = self._process
         if process and process.returncode is None:
             process.terminate()
@@ -287,6 +301,23 @@ class BrokerSupervisor:
                 attempt = 0
                 break
 
+    async def _rotate_log(self) -> None:
+        log = log_file(self._paths)
+        while True:
+            await asyncio.sleep(LOG_CHECK_S)
+            process = self._process
+            if process is None or process.returncode is not None:
+                continue
+            if await asyncio.to_thread(_size, log) <= self._log_max_bytes:
+                continue
+            try:
+                await asyncio.to_thread(os.replace, log, log.with_name(log.name + ".1"))
+                os.kill(process.pid, signal.SIGHUP)  # Mosquitto reopens its log file
+            except OSError as exc:
+                logger.warning("could not rotate the broker's log: %s", exc)
+                continue
+            self.log_rotations += 1
+
     def _check_port_free(self) -> None:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -360,6 +391,8 @@ def _size(path: Path) -> int:
 def _logged_since(path: Path, offset: int, line: bytes) -> bool:
     try:
         with path.open("rb") as log:
+            if os.fstat(log.fileno()).st_size < offset:
+                offset = 0  # moved aside and started afresh meanwhile
             log.seek(offset)
             return line in log.read()
     except FileNotFoundError:

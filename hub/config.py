@@ -66,6 +66,11 @@ class HubConfig:
         min=1.5,
         max=100,
     )
+    broker_log_max_bytes: int = schema.setting(
+        16 << 20,
+        help="the managed Mosquitto's log is moved aside (one old copy kept) past this size",
+        min=64 << 10,
+    )
     max_payload_bytes: int = schema.setting(
         256 * 1024, help="largest MQTT payload accepted from a device", min=1024, max=16 << 20
     )
