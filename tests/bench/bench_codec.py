@@ -1,11 +1,15 @@
-"""The wire codec (encode + validated decode of a heartbeat) against bare msgpack."""
+"""The wire codec (encode + validated decode of a heartbeat) against bare msgpack, and
+the hub's per-device intake (budgets, fair queues) against a bare asyncio queue."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
+import aiomqtt
 import msgpack
 
+from hub.intake import Budget, DeviceIntake
 from outpost import wire
 from tests.bench.common import Result, median_time
 
@@ -40,12 +44,36 @@ def run() -> list[Result]:
 
     bare_us = median_time(bare) / N * 1e6
     ours_us = median_time(ours) / N * 1e6
+    # 100 devices, each under its budget: what every message costs on its way in.
+    messages = [
+        aiomqtt.Message(
+            wire.up_topic(f"dev-{n % 100:06d}", "heartbeat"), b"x" * 200, 1, False, 0, None
+        )
+        for n in range(N)
+    ]
+
+    def through(queue: asyncio.Queue[aiomqtt.Message]) -> None:
+        for message in messages:
+            queue.put_nowait(message)
+        while not queue.empty():
+            queue.get_nowait()
+
+    unlimited = Budget(rate=1e12, burst=1e12, bytes_rate=1e12, bytes_burst=1e12, queued=N)
+    intake_us = median_time(lambda: through(DeviceIntake(unlimited))) / N * 1e6
+    queue_us = median_time(lambda: through(asyncio.Queue())) / N * 1e6
     return [
+        Result(
+            "hub intake: per message (100 devices)",
+            intake_us,
+            queue_us,
+            "µs",
+            "raw = bare asyncio.Queue put+get",
+        ),
         Result(
             "codec: encode+decode heartbeat, per message",
             ours_us,
             bare_us,
             "µs",
             "raw = msgpack packb+unpackb, no validation",
-        )
+        ),
     ]
