@@ -310,7 +310,8 @@ def _device_revoke(args: argparse.Namespace) -> int:
     config = load_config(args.data, args.config)
     with _store(paths) as store:
         try:
-            done = asyncio.run(Revoker(paths, config, store).revoke(args.device_id))
+            by = f"cli:{getpass.getuser()}"  # the registry records who revoked it
+            done = asyncio.run(Revoker(paths, config, store).revoke(args.device_id, by=by))
         except UnknownDeviceError as exc:
             raise ValueError(str(exc)) from exc
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(done.revoked_at))
@@ -339,10 +340,10 @@ def _device_revoke(args: argparse.Namespace) -> int:
 
 
 def render_fleet(devices: list[dict[str, Any]], *, now: float) -> str:
-    """Format devices (as the API returns them) as a table: device, profile, online,
-    last heartbeat, load, models, labels."""
+    """Format devices (as the API returns them) as a table: device, profile, state
+    (online, offline or revoked), last heartbeat, load, models, labels."""
     rows = [
-        ("DEVICE", "PROFILE", "ONLINE", "LAST HEARTBEAT", "CPU %", "RSS MiB", "MODELS", "LABELS")
+        ("DEVICE", "PROFILE", "STATE", "LAST HEARTBEAT", "CPU %", "RSS MiB", "MODELS", "LABELS")
     ]
     for d in devices:
         beat = f"{now - d['last_heartbeat']:.1f} s ago" if d["last_heartbeat"] else "never"
@@ -357,8 +358,9 @@ def render_fleet(devices: list[dict[str, Any]], *, now: float) -> str:
             )
             or "-"
         )
-        online = "yes" if d["online"] else "no"
-        rows.append((d["id"], d["profile"], online, beat, cpu, rss, models, labels))
+        # A revoked device is gone for good: not "offline", which says it may come back.
+        state = "revoked" if d.get("revoked") else "online" if d["online"] else "offline"
+        rows.append((d["id"], d["profile"], state, beat, cpu, rss, models, labels))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 

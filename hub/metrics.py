@@ -97,7 +97,8 @@ class HubMetrics:
         gauges: FleetGauges | None = None,
         drift: list[VersionDrift] | None = None,
     ) -> bytes:
-        """Render every metric, with the fleet gauges taken from `fleet_counts`, the task
+        """Render every metric, with the fleet gauges taken from `fleet_counts` (of the
+        unrevoked devices: the registry's `gauges` count the revoked ones), the task
         gauges from `task_counts` (tasks by state), the devices whose applied policy
         lags the published one, the registry's `gauges` and the model `drift`."""
         self.fleet.counts = fleet_counts
@@ -155,7 +156,9 @@ class _Fleet(Collector):
     def collect(self) -> Iterator[Metric]:
         devices = GaugeMetricFamily(
             "outpost_hub_devices",
-            "Devices in the registry by state and profile",
+            # Revoked devices are left out, not counted offline: an offline device should
+            # come back, a revoked one cannot (outpost_hub_devices_revoked counts them).
+            "Unrevoked devices in the registry by state (online, offline) and profile",
             labels=["state", "profile"],
         )
         for (state, profile), n in sorted(_fold_profiles(self.counts).items()):
@@ -237,7 +240,10 @@ class _Fleet(Collector):
             expiring.add_metric([within], g.certificates_expiring.get(within, 0) if g else 0)
         yield expiring
 
-        revoked = GaugeMetricFamily("outpost_hub_devices_revoked", "Devices revoked")
+        revoked = GaugeMetricFamily(
+            "outpost_hub_devices_revoked",
+            "Devices revoked (not counted in outpost_hub_devices, online or offline)",
+        )
         revoked.add_metric([], g.revoked if g else 0)
         yield revoked
 

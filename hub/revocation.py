@@ -147,11 +147,12 @@ class Revoker:
         self._store = store
         self._broker = broker  # None: find a running hub's broker by its pid file
 
-    async def revoke(self, device_id: str, *, now: float | None = None) -> Revocation:
-        """Revoke `device_id` (again, if it already is: each step is idempotent and a
-        second call finishes what a failed one left); raise `UnknownDeviceError`."""
+    async def revoke(self, device_id: str, *, by: str, now: float | None = None) -> Revocation:
+        """Revoke `device_id` on behalf of `by` (a token's subject, or `cli:<OS user>`),
+        again if it already is: each step is idempotent and a second call finishes what a
+        failed one left; raise `UnknownDeviceError`."""
         now = time.time() if now is None else now
-        device = await self._store.revoke_device(device_id, now=now)
+        device = await self._store.revoke_device(device_id, now=now, by=by)
         if device is None or device.revoked_at is None:
             raise UnknownDeviceError(f"no device {device_id!r}")
         certificates = await self._store.device_certs(device_id)

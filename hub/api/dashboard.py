@@ -87,9 +87,12 @@ class Snapshots:
                 max_rollouts=MAX_ROLLOUTS,
                 max_events=MAX_EVENTS,
             )
+            # Online, offline and revoked from one read, so the tiles add up: the
+            # overview's count of devices includes revoked ones with the offline.
+            states = await self._ctx.store.state_counts()
             window = 0.0 if stale else now - self._at
             self._cursor, self._at = found.cursor, now
-        return json.dumps(_snapshot(found, now, window), separators=(",", ":")).encode()
+        return json.dumps(_snapshot(found, states, now, window), separators=(",", ":")).encode()
 
 
 def routes(ctx: ApiContext, feed: LiveFeed) -> list[Route]:
@@ -199,13 +202,15 @@ def _read(name: str) -> bytes:
     return body
 
 
-def _snapshot(found: Overview, now: float, window: float) -> dict[str, Any]:
+def _snapshot(found: Overview, states: dict[str, int], now: float, window: float) -> dict[str, Any]:
     return {
         "at": now,
         "interval_s": TICK_S,
         "fleet": {
-            "total": found.devices_total,
-            "online": found.devices_online,
+            "total": found.devices_total,  # every device in the registry, as listed
+            "online": states["online"],
+            "offline": states["offline"],  # enrolled, not revoked, not connected
+            "revoked": states["revoked"],  # never counted offline: they cannot come back
             "shown": len(found.devices),
         },
         "devices": [_device(d, found) for d in found.devices],
@@ -229,6 +234,5 @@ def _device(d: Device, found: Overview) -> dict[str, Any]:
     policy = found.policy.get(d.device_id)
     return {
         **schema.dump(DeviceOut.of(d)),
-        "revoked_at": d.revoked_at,
         "policy": None if policy is None else dataclasses.asdict(policy),
     }

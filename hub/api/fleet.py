@@ -9,7 +9,7 @@ from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.models import DeviceOut, DevicePatch, RevokedOut
-from hub.api.routing import AUDIT_DETAIL, Param, Route
+from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.revocation import UnknownDeviceError
 from outpost import schema
 
@@ -59,7 +59,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         if ctx.rollouts is not None:  # first: what it releases goes out (revoking drops it too)
             await ctx.rollouts.device_revoked(device_id)
         try:
-            done = await ctx.revoker.revoke(device_id)
+            done = await ctx.revoker.revoke(device_id, by=request[PRINCIPAL].subject)
         except UnknownDeviceError as exc:
             raise ApiError(404, "not_found", f"no device {device_id!r}") from exc
         out = RevokedOut(
@@ -89,7 +89,10 @@ def routes(ctx: ApiContext) -> list[Route]:
             paginated=True,
             params=(
                 Param(
-                    "online", "query", "only online (true) or offline (false) devices", "boolean"
+                    "online",
+                    "query",
+                    "only online (true) or offline (false) devices; revoked ones are neither",
+                    "boolean",
                 ),
                 Param("profile", "query", "only devices of this profile"),
                 Param("label", "query", "KEY=VALUE; repeat to require several", repeated=True),

@@ -51,7 +51,7 @@ class DeviceOut:
     id: str = schema.setting(help="device id")
     profile: str = schema.setting(help="device profile")
     labels: dict[str, str] = schema.setting(help="labels (site, group, ...)")
-    online: bool = schema.setting(help="connected now")
+    online: bool = schema.setting(help="connected now (never, once revoked)")
     last_seen: float | None = schema.setting(help="last message, epoch seconds")
     last_heartbeat: float | None = schema.setting(help="last heartbeat, epoch seconds")
     heartbeat_interval: float | None = schema.setting(help="seconds between its heartbeats")
@@ -69,6 +69,15 @@ class DeviceOut:
     )
     task_slots: int = schema.setting(help="tasks it runs at once (0: it takes none)")
     task_latency_ms: float | None = schema.setting(help="its recent task latency, averaged")
+    revoked: bool = schema.setting(
+        help="its certificates are revoked: it can no longer connect or renew (final)"
+    )
+    revoked_at: float | None = schema.setting(help="when it was first revoked, epoch seconds")
+    revoked_by: str | None = schema.setting(
+        help="who revoked it: the API token's subject, or `cli:<OS user>` for the "
+        "`outpost-hub device revoke` command (null if not revoked, or revoked before the "
+        "hub recorded who)"
+    )
 
     @classmethod
     def of(cls, d: Device) -> DeviceOut:
@@ -76,7 +85,7 @@ class DeviceOut:
             id=d.device_id,
             profile=d.profile,
             labels=d.labels,
-            online=d.online,
+            online=d.state == "online",
             last_seen=d.last_seen,
             last_heartbeat=d.last_heartbeat,
             heartbeat_interval=d.heartbeat_interval,
@@ -90,6 +99,9 @@ class DeviceOut:
             models=d.models,
             task_slots=d.task_slots,
             task_latency_ms=d.task_latency_ms,
+            revoked=d.revoked_at is not None,
+            revoked_at=d.revoked_at,
+            revoked_by=d.revoked_by,
         )
 
 

@@ -225,7 +225,9 @@
 
   function renderTiles(snap) {
     const s = snap.tasks.states;
-    $("t-online").textContent = `${snap.fleet.online} / ${snap.fleet.total}`;
+    // Of the enrolled devices that may connect: revoked ones have a tile of their own.
+    $("t-online").textContent = `${snap.fleet.online} / ${snap.fleet.online + snap.fleet.offline}`;
+    $("t-revoked").textContent = snap.fleet.revoked;
     $("t-queued").textContent = s.queued;
     $("t-running").textContent = s.assigned + s.accepted + s.running;
     $("t-rate").textContent = charts.lastRate === null ? "–" : charts.lastRate.toFixed(1);
@@ -233,12 +235,12 @@
       (d) => d.policy && d.policy.published > d.policy.applied
     ).length;
     $("t-certs").textContent = snap.devices.filter(
-      (d) => !d.revoked_at && d.certificate.not_after && d.certificate.not_after - snap.at < CERT_WARN_S
+      (d) => !d.revoked && d.certificate.not_after && d.certificate.not_after - snap.at < CERT_WARN_S
     ).length;
   }
 
   function deviceState(d) {
-    if (d.revoked_at) return "revoked";
+    if (d.revoked) return "revoked";
     return d.online ? "online" : "offline";
   }
 
@@ -438,6 +440,7 @@
       ["policy", d.policy ? `applied v${d.policy.applied}, published v${d.policy.published}` : "none"],
       ["temperature", d.load && d.load.temperature_c != null ? `${d.load.temperature_c} °C` : "–"],
     ];
+    if (d.revoked) facts.splice(1, 0, ["revoked", `${when(d.revoked_at)} by ${d.revoked_by || "(not recorded)"}`]);
     $("device-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   }
 
@@ -535,7 +538,7 @@
       self.lastRate = w > 0 ? lastTicks.reduce((a, r) => a + r.ended, 0) / w : null;
       series.t.push(snap.at);
       series.online.push(snap.fleet.online);
-      series.total.push(snap.fleet.total);
+      series.total.push(snap.fleet.online + snap.fleet.offline); // enrolled, not revoked
       series.rate.push(self.lastRate);
       series.latency.push(latencyN ? latencySum / latencyN : null);
       let changed = false;

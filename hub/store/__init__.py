@@ -171,7 +171,12 @@ class HubStore:
         return await self._db.run(devices.update_labels, device_id, changes)
 
     async def fleet_counts(self) -> list[tuple[bool, str, int]]:
+        """(online, profile, devices) of the unrevoked devices."""
         return await self._db.run(devices.fleet_counts)
+
+    async def state_counts(self) -> dict[str, int]:
+        """Devices by state: online, offline (unrevoked) and revoked."""
+        return await self._db.run(devices.state_counts)
 
     # ------------------------------------------------------------ device certificates
 
@@ -182,9 +187,10 @@ class HubStore:
         """Record a renewed certificate; False if the device was revoked meanwhile."""
         return await self._db.run(certs.record_renewal, cert)
 
-    async def revoke_device(self, device_id: str, *, now: float) -> Device | None:
-        """Mark a device revoked and offline (idempotent); None if unknown."""
-        return await self._db.run(certs.revoke_device, device_id, now)
+    async def revoke_device(self, device_id: str, *, now: float, by: str) -> Device | None:
+        """Mark a device revoked by `by` and offline (idempotent: the first revocation's
+        time and author stay); None if unknown."""
+        return await self._db.run(certs.revoke_device, device_id, now, by)
 
     async def record_probe_cert(self, cert: IssuedCert) -> None:
         """Record a revocation probe's certificate among its device's."""

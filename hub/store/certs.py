@@ -93,15 +93,18 @@ def record_renewal(db: sqlite_utils.Database, cert: IssuedCert) -> bool:
     return True
 
 
-def revoke_device(db: sqlite_utils.Database, device_id: str, now: float) -> Device | None:
-    """Mark the device revoked (keeping the first revocation time) and offline, so no
-    task goes to it; None if there is no such device."""
+def revoke_device(db: sqlite_utils.Database, device_id: str, now: float, by: str) -> Device | None:
+    """Mark the device revoked by `by` (keeping the first revocation's time and author)
+    and offline, so no task goes to it; None if there is no such device."""
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
+        # SET reads the row as it was: `revoked_at IS NULL` is true only the first time.
         db.execute(
-            """UPDATE devices SET revoked_at = COALESCE(revoked_at, ?), online = 0
+            """UPDATE devices SET revoked_at = COALESCE(revoked_at, ?),
+                   revoked_by = CASE WHEN revoked_at IS NULL THEN ? ELSE revoked_by END,
+                   online = 0
                WHERE device_id = ?""",
-            (now, device_id),
+            (now, by, device_id),
         )
         rollouts.drop_device(db, device_id, "device revoked", now)  # none waits on it
     return get_device(db, device_id)

@@ -40,6 +40,15 @@ class Device:
     task_slots: int = 0
     task_latency_ms: float | None = None
     revoked_at: float | None = None
+    revoked_by: str | None = None  # the API token's subject, or `cli:<OS user>`
+
+    @property
+    def state(self) -> str:
+        """online, offline or revoked: a revoked device is never counted as either of
+        the others, whatever its last heartbeat said."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "online" if self.online else "offline"
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Device:
@@ -64,6 +73,7 @@ class Device:
             cert_not_before=row["cert_not_before"],
             cert_not_after=row["cert_not_after"],
             revoked_at=row["revoked_at"],
+            revoked_by=row["revoked_by"],
         )
 
 
@@ -261,7 +271,9 @@ def list_devices(
     where: list[str] = ["1 = 1"]
     params: list[str | int] = []
     if online is not None:
-        where.append("online = ?")
+        # Revoked devices are neither online nor offline: an offline listing names the
+        # enrolled devices that should be connected and are not.
+        where.append("online = ? AND revoked_at IS NULL")
         params.append(int(online))
     if profile is not None:
         where.append("profile = ?")
@@ -302,11 +314,26 @@ def update_labels(
 
 
 def fleet_counts(db: sqlite_utils.Database) -> list[tuple[bool, str, int]]:
-    """(online, profile, number of devices) for every combination present."""
+    """(online, profile, number of devices) for every combination present, of the
+    unrevoked devices only: a revoked device is not an offline one (`state_counts`
+    counts them)."""
     rows = db.execute(
-        "SELECT online, profile, COUNT(*) AS n FROM devices GROUP BY online, profile"
+        """SELECT online, profile, COUNT(*) AS n FROM devices WHERE revoked_at IS NULL
+           GROUP BY online, profile"""
     ).fetchall()
     return [(bool(r["online"]), r["profile"], r["n"]) for r in rows]
+
+
+def state_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """Devices in the registry by state: online, offline (unrevoked, not connected) and
+    revoked, each counted once (one read: they add up to the registry's size)."""
+    row = db.execute(
+        """SELECT COALESCE(SUM(revoked_at IS NULL AND online), 0),
+                  COALESCE(SUM(revoked_at IS NULL AND NOT online), 0),
+                  COALESCE(SUM(revoked_at IS NOT NULL), 0)
+           FROM devices"""
+    ).fetchone()
+    return {"online": int(row[0]), "offline": int(row[1]), "revoked": int(row[2])}
 
 
 def _json_path(key: str) -> str:

@@ -285,6 +285,12 @@ def _m010_model_stats(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m011_revoked_by(db: sqlite_utils.Database) -> None:
+    # Who revoked a device: the API token's subject, or `cli:<OS user>` for the command.
+    # Devices revoked before this migration keep NULL: nobody recorded who.
+    db.execute("ALTER TABLE devices ADD COLUMN revoked_by TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     ("001_registry", _m001_registry),
     ("002_api", _m002_api),
@@ -296,4 +302,5 @@ MIGRATIONS: list[Migration] = [
     ("008_device_certs", _m008_device_certs),
     ("009_models", _m009_models),
     ("010_model_stats", _m010_model_stats),
+    ("011_revoked_by", _m011_revoked_by),
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from hub.app import Hub
-from hub.store import HelloSeen
+from hub.store import HeartbeatSeen, HelloSeen
 from tests.api_client import ApiClient
 from tests.support import add_device
 
@@ -190,3 +190,62 @@ async def test_unknown_route_and_method_answer_in_json(api: ApiClient) -> None:
     assert nowhere.status == 404
     assert nowhere.error["code"] == "not_found"
     assert wrong_method.status == 405
+
+
+async def test_a_revoked_device_reads_as_revoked_and_is_neither_online_nor_offline(
+    hub: Hub, api: ApiClient
+) -> None:
+    viewer = await api.token("viewer")
+    await add_device(hub, "dev-revoked01")
+    await add_device(hub, "dev-offline01")
+    assert hub.store is not None
+    hello = HelloSeen(
+        device_id="dev-revoked01",
+        conn="c",
+        now=time.time(),
+        profile="generic",
+        agent_version="t",
+        heartbeat_interval=10,
+        capabilities={},
+    )
+    await hub.store.record_presence([hello])  # online until revoked
+
+    revoked = await api.call(
+        "POST",
+        "/api/v1/devices/dev-revoked01/revoke",
+        token=await api.token("admin", subject="alice"),
+    )
+    assert revoked.status == 200, revoked.body
+    # A heartbeat that got through before the broker re-read the CRL changes nothing.
+    await hub.store.record_presence(
+        [
+            HeartbeatSeen(
+                device_id="dev-revoked01", conn="c", now=time.time(), heartbeat_interval=10, load={}
+            )
+        ]
+    )
+    again = await api.call(
+        "POST",
+        "/api/v1/devices/dev-revoked01/revoke",
+        token=await api.token("admin", subject="bob"),
+    )
+    assert again.status == 200, again.body
+
+    one = await api.call("GET", "/api/v1/devices/dev-revoked01", token=viewer)
+    listed = await api.call("GET", "/api/v1/devices", token=viewer)
+
+    fields = ("online", "revoked", "revoked_at", "revoked_by")
+    expected = {
+        # The first revocation's time and author stay.
+        "dev-revoked01": dict(
+            zip(fields, (False, True, revoked.body["revoked_at"], "alice"), strict=True)
+        ),
+        "dev-offline01": dict(zip(fields, (False, False, None, None), strict=True)),
+    }
+    assert one.status == 200
+    assert {k: one.body.get(k, "absent") for k in fields} == expected["dev-revoked01"]
+    assert {
+        d["id"]: {k: d.get(k, "absent") for k in fields} for d in listed.body["items"]
+    } == expected
+    # Offline names the enrolled devices that should be connected: not the revoked one.
+    assert await _collect(api, viewer, 50, online="false") == ["dev-offline01"]

@@ -6,6 +6,7 @@ renew."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import ssl
 import sys
@@ -170,9 +171,9 @@ async def test_a_device_back_after_expiry_renews_within_the_grace_period(
 
     agent = agents(paths)
 
-    # Its first attempt, with the expired certificate, fails as the renewal goes on; that
-    # attempt waits out aiomqtt's 10 s for a CONNACK (a TLS 1.3 refusal arrives as an
-    # alert after the handshake), then the next one uses the new certificate.
+    # Its first attempt, with the expired certificate, is refused as the renewal goes on;
+    # the renewal cuts the agent's slow retry after a refusal (refused_retry_s) short,
+    # and the next attempt uses the new certificate.
     await eventually(
         lambda: device_online(hub, identity.device_id), timeout=30, what="device back online"
     )
@@ -307,14 +308,25 @@ async def test_a_revoked_device_is_dropped_and_can_neither_reconnect_nor_renew(
         timeout=15,
         what="the agent's connection dropped",
     )
-    # It tries again at once, and the broker refuses its certificate.
+    # It tries again at once, and the broker refuses its certificate as revoked (the
+    # agent says so plainly: tests/integration/test_refused_link.py).
     await eventually(
-        lambda: holds("alert certificate revoked" in agent.output()),
+        lambda: holds("broker link revoked: this device's certificate was" in agent.output()),
         timeout=15,
         what="the broker refusing the revoked certificate",
     )
     assert await _mqtt_connect_over_tls(hub, device_context(paths)) != "connack"
     assert await offline(hub, identity.device_id)
+    shown = await api.call(
+        "GET", f"/api/v1/devices/{identity.device_id}", token=await api.token("viewer")
+    )
+    fields = ("online", "revoked", "revoked_at", "revoked_by")
+    assert {k: shown.body.get(k, "absent") for k in fields} == {
+        "online": False,
+        "revoked": True,
+        "revoked_at": reply.body["revoked_at"],
+        "revoked_by": "tester",  # the admin token's subject
+    }
     with pytest.raises(RenewalRefusedError, match="revoked") as refused:
         await renew(paths, identity)
     assert refused.value.status == 403
@@ -354,6 +366,10 @@ async def test_revoke_command_beside_a_running_hub_drops_the_device(
     # broker refused a revoked certificate of the device as revoked before it said so.
     assert "proven: the broker refuses its certificates as revoked" in out
     assert await offline(hub, identity.device_id)
+    assert hub.store is not None
+    revoked = await hub.store.device(identity.device_id)
+    assert revoked is not None
+    assert revoked.revoked_by == f"cli:{getpass.getuser()}"
     assert await _mqtt_connect_over_tls(hub, device_context(paths)) != "connack"
     # The rest of the fleet is untouched: the bystander's session goes on.
     assert await _mqtt_connect_over_tls(hub, device_context(other_paths)) == "connack"
@@ -388,6 +404,48 @@ def test_revoke_command_with_the_hub_stopped(hub_paths: HubPaths, capsys: Any) -
     assert [r.serial_number for r in crl] == [0xAB12]
     assert unknown == 2
     assert "no device 'dev-nonesuch'" in err
+
+
+def test_devices_command_shows_revoked_devices_with_when_and_by_whom(
+    hub_paths: HubPaths, capsys: Any
+) -> None:
+    store = HubStore(hub_paths.database)
+    try:
+        for device_id, serial in (("dev-aaaaaaaaaaaa", "ab12"), ("dev-bbbbbbbbbbbb", "cd34")):
+            asyncio.run(store.add_device(_device(device_id, serial)))
+    finally:
+        store.close()
+    before = time.time()
+    assert cli.main(["device", "revoke", "--data", str(hub_paths.root), "dev-aaaaaaaaaaaa"]) == 0
+    capsys.readouterr()
+
+    table_code = cli.main(["devices", "--data", str(hub_paths.root)])
+    table = capsys.readouterr().out
+    json_code = cli.main(["devices", "--data", str(hub_paths.root), "--json"])
+    rows = {d["id"]: d for d in json.loads(capsys.readouterr().out)}
+
+    assert (table_code, json_code) == (0, 0)
+    header, *lines = table.splitlines()
+    assert header.split()[:3] == ["DEVICE", "PROFILE", "STATE"]
+    # Revoked, not "offline": it cannot come back.
+    assert [line.split()[:3] for line in lines] == [
+        ["dev-aaaaaaaaaaaa", "generic", "revoked"],
+        ["dev-bbbbbbbbbbbb", "generic", "offline"],
+    ]
+    revoked, other = rows["dev-aaaaaaaaaaaa"], rows["dev-bbbbbbbbbbbb"]
+    fields = ("online", "revoked", "revoked_by")
+    assert {k: revoked.get(k, "absent") for k in fields} == {
+        "online": False,
+        "revoked": True,
+        "revoked_by": f"cli:{getpass.getuser()}",
+    }
+    assert before <= revoked.get("revoked_at", 0) <= time.time()
+    assert {k: other.get(k, "absent") for k in (*fields, "revoked_at")} == {
+        "online": False,
+        "revoked": False,
+        "revoked_by": None,
+        "revoked_at": None,
+    }
 
 
 def _device(device_id: str, serial: str) -> Device:

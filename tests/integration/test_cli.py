@@ -111,7 +111,7 @@ def test_devices_lists_the_registry(tmp_path: Path) -> None:
     assert done.stdout.split() == [
         "DEVICE",
         "PROFILE",
-        "ONLINE",
+        "STATE",
         "LAST",
         "HEARTBEAT",
         "CPU",

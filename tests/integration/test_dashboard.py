@@ -27,7 +27,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from hub.app import Hub
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
-from tests.support import REPO, AgentProcess, eventually
+from tests.support import REPO, AgentProcess, add_device, eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's: Selenium Manager cannot download
@@ -234,3 +234,36 @@ async def test_dashboard_signs_in_and_follows_the_fleet_live(
     await asyncio.to_thread(_device_view, browser, alive, ARTIFACTS / "dashboard-device.png")
     await asyncio.to_thread(_token_never_in_a_url, browser, viewer)
     print(f"offline on the page {took:.1f} s after the kill")
+
+
+async def test_the_summary_counts_revoked_devices_apart_from_offline_ones(
+    hub: Hub, api: ApiClient
+) -> None:
+    await add_device(hub, "dev-revoked01")
+    await add_device(hub, "dev-offline01")
+    reply = await api.call(
+        "POST",
+        "/api/v1/devices/dev-revoked01/revoke",
+        token=await api.token("admin", subject="carol"),
+    )
+    assert reply.status == 200, reply.body
+
+    snapshot = await api.call("GET", "/api/v1/stream", token=await api.token("viewer"))
+
+    assert snapshot.status == 200
+    # The "devices online" tile reads online of online + offline; revoked has its own.
+    assert snapshot.body["fleet"] == {
+        "total": 2,
+        "online": 0,
+        "offline": 1,
+        "revoked": 1,
+        "shown": 2,
+    }
+    states = {
+        d["id"]: (d["online"], d.get("revoked"), d.get("revoked_by"))
+        for d in snapshot.body["devices"]
+    }
+    assert states == {
+        "dev-revoked01": (False, True, "carol"),
+        "dev-offline01": (False, False, None),
+    }

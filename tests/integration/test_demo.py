@@ -36,7 +36,7 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
     last_table = done.stdout.rsplit("Outpost fleet at", 1)[1]
     rows = [line for line in last_table.splitlines() if line.startswith("dev-")]
     assert len(rows) == 3, last_table
-    assert all(re.search(r"\s+yes\s+\d+\.\d s ago", row) for row in rows), last_table
+    assert all(re.search(r"\s+online\s+\d+\.\d s ago", row) for row in rows), last_table
     assert {"raspberry-pi-4", "jetson-orin-nano", "x86-gateway"} == {row.split()[1] for row in rows}
     assert "stopped 4 processes" in done.stdout
     assert "cutting the north site's link for 5 s" in done.stdout

@@ -10,7 +10,7 @@ from hub.app import Hub
 from outpost import tls, wire
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
-from tests.support import eventually
+from tests.support import add_device, eventually
 
 
 @pytest.fixture
@@ -92,16 +92,42 @@ async def test_device_messages_cannot_mint_new_series(
     ) as client:
         for n in range(20):
             await client.publish(wire.up_topic(identity.device_id, f"made-up-{n}"), b"x", qos=1)
+        # Then a kind of the contract, malformed: once it is counted, the others would be.
+        await client.publish(wire.up_topic(identity.device_id, "heartbeat"), b"x", qos=1)
 
-        async def all_rejected() -> bool:
+        async def marker_rejected() -> bool:
             samples = await _scrape(api, token)
-            key = ("outpost_hub_messages_total", (("kind", "other"), ("outcome", "rejected:kind")))
-            return samples.get(key, 0) == 20
+            key = (
+                "outpost_hub_messages_total",
+                (("kind", "heartbeat"), ("outcome", "rejected:malformed")),
+            )
+            return samples.get(key, 0) == 1
 
-        await eventually(all_rejected, what="20 rejections under kind=other")
-    kinds = {
-        dict(k[1]).get("kind")
-        for k in await _scrape(api, token)
-        if k[0] == "outpost_hub_messages_total"
-    }
+        await eventually(marker_rejected, what="the malformed heartbeat counted")
+    samples = await _scrape(api, token)
+    kinds = {dict(k[1]).get("kind") for k in samples if k[0] == "outpost_hub_messages_total"}
     assert kinds <= set(wire.UP_KINDS) | {"other"}
+    # The made-up kinds never reached the hub: the broker's ACL takes only the contract's.
+    assert not any(dict(k[1]).get("kind") == "other" for k in samples), samples
+
+
+async def test_revoked_devices_are_counted_apart_from_offline_ones(
+    hub: Hub, api: ApiClient
+) -> None:
+    token = await api.token("viewer")
+    await add_device(hub, "dev-revoked01", profile="raspberry-pi-4")
+    await add_device(hub, "dev-offline01", profile="raspberry-pi-4")
+
+    reply = await api.call(
+        "POST", "/api/v1/devices/dev-revoked01/revoke", token=await api.token("admin")
+    )
+    assert reply.status == 200, reply.body
+    samples = await _scrape(api, token)
+
+    online = ("outpost_hub_devices", (("profile", "raspberry-pi-4"), ("state", "online")))
+    offline = ("outpost_hub_devices", (("profile", "raspberry-pi-4"), ("state", "offline")))
+    revoked = ("outpost_hub_devices_revoked", ())
+    # The revoked device is not an offline one (an alert on offline devices would never
+    # clear for it): it is counted once, in the revoked gauge.
+    assert (samples[online], samples[offline], samples[revoked]) == (0, 1, 1)
+    assert (await hub.status_line()).startswith("0 of 1 devices online")

@@ -116,7 +116,7 @@ async def test_devices_download_with_their_certificate_and_resume(
         async with session.get(url.replace("1.0.0", "9.9.9"), ssl=device) as unknown:
             assert unknown.status == 404
         assert hub.store is not None
-        await hub.store.revoke_device(identity.device_id, now=1.0)
+        await hub.store.revoke_device(identity.device_id, now=1.0, by="test")
         async with session.get(url, ssl=device) as revoked:
             assert revoked.status == 403
             assert "revoked" in (await revoked.json())["error"]["message"]

@@ -165,7 +165,7 @@ async def test_a_revoked_device_no_longer_holds_a_rollout_up(store: HubStore) ->
     await _model(store, "1")
     rid = await _start(store, "1", 0.5)
     await store.record_model_state(ids[0], "m", "1", "active", "", now=time.time())
-    assert await store.revoke_device(ids[1], now=time.time()) is not None
+    assert await store.revoke_device(ids[1], now=time.time(), by="test") is not None
     rollout = await store.rollout(rid)
     assert rollout is not None
     assert (rollout.state, rollout.reason) == ("completed", "1 of 2 devices failed")
