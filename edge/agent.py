@@ -24,8 +24,10 @@ from edge.inference.directory import ModelDirectory
 from edge.inference.service import InferenceService, Reporting
 from edge.localapi import LocalApi
 from edge.masking import Masker
+from edge.metrics_window import MetricsWindow
 from edge.policy import PolicyKeeper
 from edge.profile import DeviceProfile
+from edge.refusal import Client, Refusals
 from edge.renewal import CertRenewer, ClientTls
 from edge.store import (
     AgentStore,
@@ -43,12 +45,14 @@ from outpost.datalock import DataLock
 from outpost.mqtt import NODELAY, LinkState, run_forever
 from outpost.sdnotify import Notifier
 from outpost.settings import parse_broker_url
+from outpost.sqlite import StoreClosedError
 
 logger = logging.getLogger(__name__)
 
 GOODBYE_TIMEOUT_S = 2.0
 # The broker keeps the agent's subscription (and queued acknowledgements) this long.
 SESSION_EXPIRY_S = 24 * 3600
+MQTT_LOGGER = "mqtt.agent"  # aiomqtt's and paho's lines
 
 
 class Agent:
@@ -69,6 +73,8 @@ class Agent:
         self.identity = identity
         self.profile = profile
         self.link = LinkState(logger, "broker link")
+        # Revoked or expired for good: said once, shown in the status, retried slowly.
+        self.refusals = Refusals(self.link, paths, config.refused_retry_s)
         self.ready = asyncio.Event()  # store open and local API listening
         self._started = time.monotonic()
         self._conn = ""
@@ -98,6 +104,10 @@ class Agent:
             # First, before any file is touched: one agent per data folder.
             lock = DataLock.acquire(self.paths.root, "outpost-agent")
             stack.callback(lock.release)
+            # paho logs the broker's refusal of our certificate there (see edge.refusal).
+            mqtt_logger = logging.getLogger(MQTT_LOGGER)
+            mqtt_logger.addFilter(self.refusals.watch_log)
+            stack.callback(mqtt_logger.removeFilter, self.refusals.watch_log)
             # Fields of log events that the policy masks are masked before any is written.
             masking = logs.MaskFields(self.masker.mask)
             for handler in logging.getLogger().handlers:
@@ -162,13 +172,18 @@ class Agent:
                     "agent.metrics": self._own_metrics(),
                     "agent.tasks": self.tasks.run(),
                     "agent.deployer": self.deployer.run(),
-                    "agent.cert-renewer": CertRenewer(self.paths).run(),
+                    "agent.cert-renewer": CertRenewer(
+                        self.paths,
+                        on_renewed=self.refusals.renewed,
+                        on_refused=self.refusals.renewal_refused,
+                    ).run(),
                     "agent.mqtt-link": run_forever(
                         self._make_client,
                         self._session,
                         self.link,
                         address=f"{self._host}:{self._port}",
                         backoff_cap=self.config.reconnect_max_delay,
+                        refusals=self.refusals,
                     ),
                 }
             )
@@ -205,6 +220,7 @@ class Agent:
         return {
             "device_id": self.identity.device_id,
             "connection": self.link.state,
+            "link": self.refusals.report(),
             "uptime_s": time.monotonic() - self._started,
             "policy_version": self.policy.current.version
             if self.policy and self.policy.current
@@ -226,7 +242,7 @@ class Agent:
         fill = ", ".join(
             f"{name} {s['fill']:.0%} ({s['records']})" for name, s in sorted(streams.items())
         )
-        return f"broker link {self.link.state}; store {fill or 'empty'}"
+        return f"broker link {self.refusals.summary()}; store {fill or 'empty'}"
 
     async def _store_stats(self) -> dict[str, Any]:
         """The store's stats, or the reason it could not be read (a failing disk)."""
@@ -245,7 +261,7 @@ class Agent:
         )
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
-        return aiomqtt.Client(
+        return Client(
             self._host,
             self._port,
             identifier=self.identity.device_id,
@@ -257,7 +273,8 @@ class Agent:
             clean_start=False,
             properties=properties,
             max_inflight_messages=max(20, self.config.sync.in_flight),
-            logger=logging.getLogger("mqtt.agent"),
+            logger=logging.getLogger(MQTT_LOGGER),
+            refused=self.refusals.new_attempt(),
         )
 
     async def _session(self, client: aiomqtt.Client) -> None:
@@ -414,21 +431,32 @@ class Agent:
 
     async def _own_metrics(self) -> None:
         """Write one roll-up to the metrics stream every interval, online or not: the
-        device's load, store fill, task counts, errors and per-model inference counts."""
+        device's load, store fill, task counts, errors and per-model inference counts.
+
+        The window's start outlives the process (`MetricsWindow`): an agent restarted
+        more often than the interval still rolls up. After a kill the first roll-up
+        closes out the window the killed process began, with its period since then, but
+        only what is measured at roll-up time (load, store fill, queue depths) and what
+        this process counted: the killed one's inference and task counts were in memory,
+        and are lost. A graceful stop writes the partial window's roll-up instead."""
         assert self.store is not None
         assert self.inference is not None
-        since = time.monotonic()
+        store, inference = self.store, self.inference
+        window = MetricsWindow(self.paths.metrics_window)
+        await asyncio.to_thread(window.resume)
         done = failed = 0  # the task runner's totals at the last roll-up
-        while True:
-            await asyncio.sleep(self.metrics_interval)
+
+        async def measure() -> dict[str, Any] | None:
+            """The roll-up of the window so far, which closes it; None if the device or
+            the store could not be read (the window stays open, counts carry on)."""
+            nonlocal done, failed
             try:
                 load = await asyncio.to_thread(self._sampler.sample)
-                stats = await self.store.stats()
-            except (OSError, StoreReadError) as exc:  # counts carry on into the next one
+                stats = await store.stats()
+            except (OSError, StoreReadError) as exc:
                 logger.warning("metrics roll-up skipped: %s", exc)
-                continue
+                return None
             self._last_load = load
-            now = time.monotonic()
             tasks = {"done": 0, "failed": 0, "queued": 0, "running": 0}
             if self.tasks is not None:
                 t = self.tasks
@@ -439,22 +467,49 @@ class Agent:
                     "running": t.running,
                 }
                 done, failed = t.done, t.failed
-            models, errors = self.inference.tally.take()
-            record = rollup.record(
-                period_s=now - since,
+            models, errors = inference.tally.take()
+            return rollup.record(
+                period_s=window.close(),
                 load=load,
                 store=stats,
                 tasks=tasks,
                 models=models,
                 errors=errors,
             )
-            since = now
+
+        async def keep(record: dict[str, Any]) -> bool:
+            """Store the roll-up; False if the disk refused it."""
             try:
-                await self.store.append("metrics", [record])
+                await store.append("metrics", [record])
             except StreamFullError:  # metrics roll up; never refused
                 pass
             except StoreWriteError as exc:  # a full or failing disk must not stop the agent
                 logger.warning("metrics roll-up not recorded: %s", exc.reason)
+                return False
+            return True
+
+        try:
+            while True:
+                await asyncio.sleep(window.due_in(self.metrics_interval))
+                record = await measure()
+                if record is None:
+                    await asyncio.sleep(self.metrics_interval)  # not again at once
+                    continue
+                await keep(record)
+                # Only after the record is stored: a kill in between makes the next
+                # process close this window again (its period counted twice, no counts).
+                await asyncio.to_thread(window.save)
+        except asyncio.CancelledError:
+            # The agent stops: supervise cancels this task before `run` closes the store,
+            # so the partial window can still be written. Best effort: the shutdown
+            # cancels again after a while, and the kept window then stays for the next
+            # start to close out, as after a kill (a record already queued is committed
+            # when the store closes).
+            with contextlib.suppress(StoreClosedError):  # the shutdown went on without it
+                record = await measure()
+                if record is not None and await keep(record):
+                    await asyncio.to_thread(window.forget)
+            raise
 
     def _apply_policy(self, p: policy.Policy, sets: dict[str, Any]) -> None:
         """Run on a verified policy's fields over the agent's own settings."""

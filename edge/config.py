@@ -111,6 +111,14 @@ class AgentConfig:
         min=0.5,
         max=3600,
     )
+    refused_retry_s: float = schema.setting(
+        600.0,
+        help="seconds between reconnect attempts once the broker refuses this device's "
+        "certificate for good (revoked, or expired past renewal): only a new enrollment "
+        "mends that",
+        min=0.5,
+        max=86400,
+    )
     broker: str = schema.setting(
         "", help="override the broker given at enrollment, mqtts://HOST:PORT", max_len=256
     )

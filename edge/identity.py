@@ -71,6 +71,11 @@ class DevicePaths:
         return self.root / "mask.key"
 
     @property
+    def metrics_window(self) -> Path:
+        """Start of the metric roll-up window being counted (see edge.metrics_window)."""
+        return self.root / "metrics-window.json"
+
+    @property
     def models(self) -> Path:
         """The model directory: installed models by name and version."""
         return self.root / "models"

@@ -146,18 +146,21 @@ async def _post(hub_url: str, ca_pem: bytes, body: dict[str, str]) -> dict[str, 
 
 
 class CertRenewer:
-    """Renews the certificate while the agent runs; `on_renewed` hears of each renewal."""
+    """Renews the certificate while the agent runs; `on_renewed` hears of each renewal,
+    `on_refused` of each refusal by the hub."""
 
     def __init__(
         self,
         paths: DevicePaths,
         *,
         on_renewed: Callable[[Identity], Awaitable[None]] | None = None,
+        on_refused: Callable[[RenewalRefusedError], Awaitable[None]] | None = None,
         retry_cap: float = RETRY_CAP_S,
         refused_retry: float = REFUSED_RETRY_S,
     ) -> None:
         self._paths = paths
         self._on_renewed = on_renewed
+        self._on_refused = on_refused
         self._retry_cap = retry_cap
         self._refused_retry = refused_retry
         self._announced: tuple[float, float] | None = None
@@ -171,6 +174,8 @@ class CertRenewer:
             except RenewalRefusedError as exc:
                 logger.error("%s; asking again in %.0f s", exc, self._refused_retry)
                 wait = self._refused_retry
+                if self._on_refused is not None:
+                    await self._on_refused(exc)
             except (RenewalError, OSError, ValueError, TypeError) as exc:
                 # ValueError, TypeError: identity.json or the certificate unreadable or
                 # damaged; a failing disk must not end the agent either.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
-from typing import Final, NoReturn
+from typing import Final, NoReturn, Protocol
 
 import aiomqtt
 
@@ -25,8 +26,10 @@ class LinkState:
         self._name = name
         self.connected = asyncio.Event()
         self.state = "starting"
+        self.since = time.time()  # when it entered its state (wall clock, for people)
 
-    def set(self, state: str, detail: str = "") -> None:
+    def set(self, state: str, detail: str = "", *, level: int = logging.WARNING) -> None:
+        """Enter `state`; a change is logged (at `level` unless connected), a repeat not."""
         if state == "connected":
             self.connected.set()
         else:
@@ -35,10 +38,22 @@ class LinkState:
             self._logger.debug("%s still %s: %s", self._name, state, detail)
             return
         self.state = state
+        self.since = time.time()
         if state == "connected":
             self._logger.info("%s connected %s", self._name, detail)
         else:
-            self._logger.warning("%s %s: %s", self._name, state, detail)
+            self._logger.log(level, "%s %s: %s", self._name, state, detail)
+
+
+class Refusals(Protocol):
+    """Tells a refusal that retrying soon cannot change (a revoked client certificate)
+    from a passing link error."""
+
+    async def after_failure(self, error: aiomqtt.MqttError) -> bool:
+        """Called after each failed attempt. True: it was such a refusal, and the hook
+        has said so, set the link's state and waited out its own, slower, retry; False:
+        the usual back-off follows."""
+        ...
 
 
 async def run_forever(
@@ -48,11 +63,13 @@ async def run_forever(
     *,
     address: str,
     backoff_cap: float,
+    refusals: Refusals | None = None,
 ) -> NoReturn:
     """Connect with a fresh client, run `session`, and on any link error start over.
 
     The client is rebuilt for each attempt because its last will can carry per-connection
-    data. Waits between attempts are capped and jittered.
+    data. Waits between attempts are capped and jittered, except after a refusal that
+    `refusals` recognises: it then waits as it sees fit.
     """
     attempt = 0
     while True:
@@ -64,6 +81,9 @@ async def run_forever(
                 await session(client)
                 raise aiomqtt.MqttError("session ended")
         except aiomqtt.MqttError as exc:
+            if refusals is not None and await refusals.after_failure(exc):
+                attempt = 0  # it waited already; a later passing error starts afresh
+                continue
             link.set("disconnected", str(exc) or type(exc).__name__)
         await asyncio.sleep(backoff.delay(attempt, cap=backoff_cap))
         attempt += 1
