@@ -113,6 +113,14 @@ if [ "$TEST_TOOLS" = 1 ] && [ "$(uname -m)" = x86_64 ] \
     apt_install linux-libc-dev
 fi
 
+# 6b. systemd-nspawn (systemd-container) and debootstrap for
+#    tests/integration/test_systemd_boot.py, which boots a minimal Debian root under a
+#    real systemd and runs the shipped units in it.
+if [ "$TEST_TOOLS" = 1 ] && { ! command -v systemd-nspawn >/dev/null \
+    || ! command -v debootstrap >/dev/null; }; then
+    apt_install systemd-container debootstrap
+fi
+
 # 7. libfaketime, which tests/integration/test_clock_jump.py preloads into an agent to
 #    step its wall clock while it runs.
 if [ "$TEST_TOOLS" = 1 ] && ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
