@@ -34,6 +34,10 @@
 # the chown is not done; it is printed and written to /opt/outpost/chown.pending, and the
 # unit's StateDirectory= hands the folder to its user when the service first starts.
 set -euo pipefail
+# What is installed (the venv, the unit files) must be readable by the `outpost` user and
+# by systemd whatever umask the admin's shell has (hardened hosts use 027 or 077); the
+# data folder and the enrollment set their own modes.
+umask 022
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=install-agent

@@ -305,6 +305,9 @@ def check_cgroup_limits(machine: Machine, unit: str, memory: int, quota_us: int 
 
 INSTALL_HUB = f"""
 set -eu
+# As the README says for a hub installed by hand (install-agent.sh sets it itself): what
+# the outpost user runs must be readable by it, whatever umask the caller has (CI's is 077).
+umask 022
 # Debian's own Mosquitto service came with the package: the hub runs its own.
 systemctl disable --now mosquitto.service
 # No installer for the hub yet: the venv and the files as README's "Running as a
