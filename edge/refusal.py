@@ -191,7 +191,11 @@ class Refusals:
             f"store keeps every record, and {retry}"
         )
         if kind == REVOKED:
-            message = f"this device's certificate was revoked by the hub. {enroll}"
+            message = (
+                f"this device's certificate was revoked by the hub. {enroll} (A hub also "
+                "refuses a device this way while it holds it off for flooding the hub; "
+                "the agent then connects again at a try after the hold.)"
+            )
         elif kind == PAST_GRACE:
             message = (
                 f"this device's certificate expired ({when}); {self._renewal_refusal}. {enroll}"

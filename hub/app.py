@@ -16,6 +16,7 @@ from hub.certificates import Renewals
 from hub.config import HubConfig
 from hub.dispatcher import Dispatcher
 from hub.enrollment import Enrollment, load_signing_key, load_token_key
+from hub.holds import FloodHolds
 from hub.ingest import Ingest
 from hub.intake import Budget, DeviceIntake
 from hub.link import HubLink
@@ -50,6 +51,7 @@ class Hub:
         self.ingest: Ingest | None = None
         self.link: HubLink | None = None
         self.intake: DeviceIntake | None = None
+        self.holds: FloodHolds | None = None
         self.metrics: HubMetrics | None = None
         self.web: WebServer | None = None
         self.dispatcher: Dispatcher | None = None
@@ -113,8 +115,12 @@ class Hub:
                 on_rollups=metrics.inferences.add,
             )
             self.intake = intake = DeviceIntake(Budget.of(self.config), dropped=metrics.messages)
+            self.holds = holds = FloodHolds(
+                self.paths, self.config, store, intake, broker=self.broker
+            )
+            metrics.fleet.holds = lambda: (holds.holds_total, len(holds.held))
             context = await asyncio.to_thread(
-                self._api_context, store, metrics, dispatcher, policies, shelf, intake
+                self._api_context, store, metrics, dispatcher, policies, shelf, intake, holds
             )
             self.web = web = WebServer(self.paths, context)
             await web.start()
@@ -127,6 +133,7 @@ class Hub:
                 {
                     "hub.mqtt-link": self.link.run(),
                     "hub.liveness": self._liveness(store),
+                    "hub.holds": holds.run(),
                     "hub.dispatcher": dispatcher.run(),
                     "hub.policies": policies.run(),
                     "hub.rollouts": rollouts.run(),
@@ -177,6 +184,7 @@ class Hub:
         policies: PolicyPublisher,
         shelf: ModelShelf,
         intake: DeviceIntake,
+        holds: FloodHolds,
     ) -> ApiContext:
         """Load keys and the CA for the web API (reads files: run in a thread)."""
         return ApiContext(
@@ -194,6 +202,7 @@ class Hub:
             renewals=Renewals.load(self.paths, self.config, store),
             revoker=revocation.Revoker(self.paths, self.config, store, broker=self.broker),
             intake=intake,
+            holds=holds,
         )
 
     async def _liveness(self, store: HubStore) -> None:

@@ -20,7 +20,7 @@ import socket
 import time
 from pathlib import Path
 
-from hub.paths import HUB_CLIENT_CN, HubPaths
+from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, HubPaths
 from outpost import backoff, files
 from outpost.wire import TOPIC_PREFIX, UP_KINDS
 
@@ -65,10 +65,11 @@ def acl_text() -> str:
     # Only the contract's kinds: a device writing any other subtopic (retained, say,
     # 50,000 of them) would cost the broker's disk and the hub's start.
     writes = "".join(f"pattern write {TOPIC_PREFIX}/%u/up/{kind}\n" for kind in UP_KINDS)
+    hub_rights = f"topic read {TOPIC_PREFIX}/+/up/#\ntopic write {TOPIC_PREFIX}/+/down/#\n"
     return (
-        f"user {HUB_CLIENT_CN}\n"
-        f"topic read {TOPIC_PREFIX}/+/up/#\n"
-        f"topic write {TOPIC_PREFIX}/+/down/#\n"
+        f"user {HUB_LINK_CN}\n{hub_rights}\n"
+        "# the hub's certificate on disk, for a tool beside it (one connection at a time)\n"
+        f"user {HUB_CLIENT_CN}\n{hub_rights}"
         "\n"
         "# every client, by the CN of its certificate (%u):\n"
         f"{writes}"
@@ -131,6 +132,9 @@ def config_text(
             "tls_version tlsv1.2",
             "require_certificate true",
             "use_identity_as_username true",
+            # A client's id is its certificate's CN, whatever it sends: one session per
+            # device, which the hub can take over to end it (hub/sessions.py).
+            "use_username_as_clientid true",
             "",
         ]
     )

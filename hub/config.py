@@ -88,6 +88,15 @@ class HubConfig:
     device_queue: int = schema.setting(
         2000, help="messages of one device waiting for the ingest, at most", min=10
     )
+    device_hold_drops: int = schema.setting(
+        10_000,
+        help="messages of one device dropped over its budget within a minute that get it "
+        "held off (its session ended, its certificates on hold in the CRL); 0: never",
+        min=0,
+    )
+    device_hold_s: float = schema.setting(
+        600.0, help="how long a device that flooded the hub is held off", min=1, max=86_400
+    )
     web_max_conns_per_address: int = schema.setting(
         64, help="HTTPS connections one client address may hold open at once", min=1
     )

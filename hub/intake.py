@@ -38,6 +38,7 @@ from outpost import wire
 
 _PREFIX = wire.TOPIC_PREFIX + "/"
 THROTTLED_FOR_S = 300.0  # a device stays flagged this long after its last drop
+RECENT_S = 60.0  # the window of `Throttled.recent`, which hub/holds.py judges by
 MAX_TRACKED = 100_000  # devices whose budgets are remembered; the idlest forgotten first
 
 
@@ -72,6 +73,31 @@ class _Device:
     queue: collections.deque[aiomqtt.Message] = field(default_factory=collections.deque)
     dropped: int = 0  # messages dropped here, since the hub started
     last_drop: float = 0.0  # monotonic time of the last drop
+    # Drops in the current and the previous RECENT_S window (a sliding-window estimate).
+    window_start: float = 0.0
+    window_drops: int = 0
+    previous_drops: int = 0
+
+    def drop(self, now: float) -> None:
+        self.dropped += 1
+        self.last_drop = now
+        self._roll(now)
+        self.window_drops += 1
+
+    def recent(self, now: float) -> int:
+        """About how many messages were dropped in the last RECENT_S seconds: this
+        window's drops and the part of the previous window's that overlaps them."""
+        self._roll(now)
+        overlap = 1.0 - (now - self.window_start) / RECENT_S
+        return self.window_drops + int(self.previous_drops * overlap)
+
+    def _roll(self, now: float) -> None:
+        elapsed = now - self.window_start
+        if elapsed >= RECENT_S:
+            # One window on: the current becomes the previous; two or more: both empty.
+            self.previous_drops = self.window_drops if elapsed < 2 * RECENT_S else 0
+            self.window_drops = 0
+            self.window_start = now - elapsed % RECENT_S
 
 
 @dataclass(frozen=True)
@@ -81,6 +107,7 @@ class Throttled:
     device_id: str
     dropped: int  # since the hub started
     seconds_ago: float  # since its last drop
+    recent: int  # about how many in the last RECENT_S seconds
 
 
 class DeviceIntake(asyncio.Queue[aiomqtt.Message]):
@@ -131,8 +158,7 @@ class DeviceIntake(asyncio.Queue[aiomqtt.Message]):
         elif len(device.queue) >= self.budget.queued or self._size >= self.budget.total_queued:
             reason = "queue"
         if reason:
-            device.dropped += 1
-            device.last_drop = now
+            device.drop(now)
             self.dropped[(kind if kind in wire.UP_KINDS else "other", f"dropped:{reason}")] += 1
             return
         device.tokens -= 1.0
@@ -156,7 +182,7 @@ class DeviceIntake(asyncio.Queue[aiomqtt.Message]):
         now = self._clock()
         return sorted(
             (
-                Throttled(device_id, d.dropped, now - d.last_drop)
+                Throttled(device_id, d.dropped, now - d.last_drop, d.recent(now))
                 for device_id, d in self._devices.items()
                 if d.dropped and now - d.last_drop < THROTTLED_FOR_S
             ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import NoReturn
 
 import aiomqtt
@@ -11,12 +12,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from hub import throwaway
 from hub.acks import LinkDownError
 from hub.config import HubConfig
 from hub.ingest import Ingest
 from hub.intake import DeviceIntake, queue_type
-from hub.paths import HUB_CLIENT_CN, HubPaths
-from outpost import tls, wire
+from hub.paths import HUB_LINK_CN, HubPaths
+from outpost import wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ RECONNECT_CAP_S = 10.0
 # Messages applied per store call: large enough to amortise the thread hop, small
 # enough that a batch never holds the event loop for long.
 MAX_BATCH = 500
+# The link's certificate outlives any run of the hub (the CA's own expiry bounds it).
+LINK_CERT_DAYS = 825
 
 
 class HubLink:
@@ -46,13 +50,8 @@ class HubLink:
         self.intake = intake
 
     async def run(self) -> NoReturn:
-        # Loading certificates reads files: keep it off the event loop.
-        context = await asyncio.to_thread(
-            tls.client_context,
-            self._paths.ca_cert,
-            self._paths.client_cert,
-            self._paths.client_key,
-        )
+        # Minting and loading certificates reads files: keep it off the event loop.
+        context = await asyncio.to_thread(_link_context, self._paths)
         host, port = self._config.broker_address
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -61,7 +60,7 @@ class HubLink:
             return aiomqtt.Client(
                 host,
                 port,
-                identifier=HUB_CLIENT_CN,
+                identifier=HUB_LINK_CN,
                 protocol=aiomqtt.ProtocolVersion.V5,
                 tls_context=context,
                 clean_start=False,
@@ -106,3 +105,10 @@ class HubLink:
                 await self._ingest.handle_batch(batch)
         finally:
             self.client = None
+
+
+def _link_context(paths: HubPaths) -> ssl.SSLContext:
+    """A client context with a certificate for the link's own CN, minted now: its key
+    never leaves this process, and no other client holds one (hub/paths.py)."""
+    cert, _ = throwaway.mint(paths, HUB_LINK_CN, days=LINK_CERT_DAYS)
+    return throwaway.client_context(paths, cert)

@@ -147,6 +147,8 @@ class _Fleet(Collector):
         self.acks = acks
         self.task_results = task_results
         self.broker_restarts = broker_restarts
+        # (holds since the start, devices held now): hub/holds.py, set once it runs.
+        self.holds: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.counts: list[tuple[bool, str, int]] = []
         self.task_counts: dict[str, int] = {}
         self.policy_drift = 0
@@ -222,6 +224,19 @@ class _Fleet(Collector):
         )
         restarts.add_metric([], self.broker_restarts())
         yield restarts
+
+        holds, held = self.holds()
+        holds_total = CounterMetricFamily(
+            "outpost_hub_device_holds",
+            "Times a device was held off for flooding (session ended, certificates on hold)",
+        )
+        holds_total.add_metric([], holds)
+        yield holds_total
+        held_now = GaugeMetricFamily(
+            "outpost_hub_devices_held", "Devices held off for flooding now (counted offline)"
+        )
+        held_now.add_metric([], held)
+        yield held_now
 
         info = GaugeMetricFamily("outpost_hub_info", "Hub version", labels=["version"])
         info.add_metric([__version__], 1)

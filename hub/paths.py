@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HUB_CLIENT_CN = "outpost-hub"
+# The hub's own MQTT link: a certificate minted at each start, its key only in memory.
+# The broker names each client by its CN, so the link's session is its alone: a tool
+# beside the hub using the hub's certificate on disk (CN outpost-hub) cannot end it.
+HUB_LINK_CN = "outpost-hub-link"
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,7 @@ every certificate it was ever issued, the broker re-reads the CRL, and the devic
 connection is taken over and closed.
 
 Mosquitto checks the CRL only when a client connects (a SIGHUP reloads it but keeps open
-connections), so the hub also kicks the device off: its MQTT client id is its device id,
-and a second client connecting with the same id ends the first one's session (MQTT
-session takeover). The hub's own certificate may use any client id.
+connections), so the hub also takes the device's session over (hub/sessions.py).
 """
 
 from __future__ import annotations
@@ -15,26 +13,22 @@ import contextlib
 import datetime as dt
 import fcntl
 import logging
-import ssl
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiomqtt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from hub import pki, revocation_proof
+from hub import pki, revocation_proof, sessions
 from hub.broker import BrokerSupervisor, crl_file, reload_running
 from hub.config import HubConfig
 from hub.paths import HubPaths
 from hub.store import HubStore, RevokedCert
-from outpost import datalock, files, tls
+from outpost import datalock, files
 
 logger = logging.getLogger(__name__)
-
-KICK_TIMEOUT_S = 5.0
 
 
 class UnknownDeviceError(LookupError):
@@ -63,7 +57,7 @@ def build_crl(
     *,
     now: float,
 ) -> bytes:
-    """Return a PEM CRL signed by the fleet CA listing `revoked`.
+    """Return a PEM CRL signed by the fleet CA listing `revoked` (and held).
 
     Its next update is the CA's own expiry: OpenSSL refuses every client while the CRL it
     holds is out of date, and the hub rewrites the list at each revocation and each start
@@ -82,17 +76,22 @@ def build_crl(
         )
     )
     for entry in revoked:
-        builder = builder.add_revoked_certificate(
+        line = (
             x509.RevokedCertificateBuilder()
             .serial_number(int(entry.serial, 16))
             .revocation_date(dt.datetime.fromtimestamp(entry.revoked_at, dt.UTC))
-            .build()
         )
+        if entry.held:  # a suspension that ends (hub/holds.py); OpenSSL refuses it alike
+            line = line.add_extension(
+                x509.CRLReason(x509.ReasonFlags.certificate_hold), critical=False
+            )
+        builder = builder.add_revoked_certificate(line.build())
     return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 async def write_crl(paths: HubPaths, store: HubStore) -> int:
-    """Write the CRL from the registry into the broker folder; return the serials listed."""
+    """Write the CRL from the registry (revoked devices, and those held off now) into the
+    broker folder; return the serials listed."""
     return await asyncio.to_thread(_write_crl, paths, store)
 
 
@@ -102,8 +101,9 @@ def _write_crl(paths: HubPaths, store: HubStore) -> int:
     ca_key, ca_cert = pki.load_ca(paths.ca_key.read_bytes(), paths.ca_cert.read_bytes())
     paths.broker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with _locked(paths.broker_dir / ".crl.lock"):
-        revoked = store.revoked_certs_sync()
-        pem = build_crl(ca_key, ca_cert, revoked, now=time.time())
+        now = time.time()
+        revoked = store.revoked_certs_sync() + store.held_certs_sync(now)
+        pem = build_crl(ca_key, ca_cert, revoked, now=now)
         # Mosquitto may run as another user than the hub; the CRL is no secret.
         files.replace(crl_file(paths), pem, files.PUBLIC)
     return len(revoked)
@@ -168,7 +168,8 @@ class Revoker:
             listed,
         )
         reloaded = await self._reload()
-        disconnected = await self._kick(device_id)
+        # After the reload: the device cannot reconnect once its session is gone.
+        disconnected = await sessions.take_over(self._paths, self._config, self._store, device_id)
         failure = None
         if reloaded and probe is not None:
             host, port = self._config.broker_address
@@ -206,33 +207,3 @@ class Revoker:
         if not reloaded:
             logger.info("the hub's broker is not running; it reads the CRL when it starts")
         return reloaded
-
-    async def _kick(self, device_id: str) -> bool:
-        """Close the device's open connection by taking its session over, with a clean
-        start: its queued messages go too. The reload must come first, or the device
-        could reconnect before the broker reads the CRL."""
-        context = await asyncio.to_thread(
-            tls.client_context,
-            self._paths.ca_cert,
-            self._paths.client_cert,
-            self._paths.client_key,
-        )
-        host, port = self._config.broker_address
-        client = aiomqtt.Client(
-            host,
-            port,
-            identifier=device_id,
-            tls_context=context,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=True,
-            timeout=KICK_TIMEOUT_S,
-            logger=logging.getLogger("mqtt.hub"),
-        )
-        try:
-            async with asyncio.timeout(KICK_TIMEOUT_S * 2), client:
-                pass
-        except (aiomqtt.MqttError, ssl.SSLError, OSError, TimeoutError) as exc:
-            logger.info("could not take over the session of %s: %s", device_id, exc)
-            return False
-        logger.info("closed the broker session of %s", device_id)
-        return True

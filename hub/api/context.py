@@ -11,6 +11,7 @@ from hub.certificates import Renewals
 from hub.config import HubConfig
 from hub.dispatcher import Dispatcher
 from hub.enrollment import Enrollment
+from hub.holds import FloodHolds
 from hub.intake import DeviceIntake
 from hub.metrics import HubMetrics
 from hub.policies import PolicyPublisher
@@ -38,3 +39,4 @@ class ApiContext:
     renewals: Renewals
     revoker: Revoker
     intake: DeviceIntake  # what devices send, before the ingest: who is throttled
+    holds: FloodHolds  # devices held off for flooding

@@ -24,7 +24,14 @@ class ThrottledOut:
 
     device_id: str = schema.setting(help="device id")
     dropped: int = schema.setting(help="its messages dropped before decoding, since start")
-    last_drop_s_ago: float = schema.setting(help="seconds since the last one was dropped")
+    last_drop_s_ago: float | None = schema.setting(
+        help="seconds since the last one was dropped (null: none since the hub started)"
+    )
+    dropped_last_minute: int = schema.setting(help="about how many in the last minute")
+    held_until: float | None = schema.setting(
+        help="held off for flooding until then (Unix time; its connections are refused): "
+        "null when not held"
+    )
 
 
 @dataclass(frozen=True)
@@ -48,10 +55,19 @@ def routes(ctx: ApiContext, document: Callable[[], dict[str, Any]]) -> list[Rout
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def throttled(request: web.Request) -> web.Response:
+        held = dict(ctx.holds.held)
         items = [
-            ThrottledOut(t.device_id, t.dropped, round(t.seconds_ago, 3))
+            ThrottledOut(
+                t.device_id,
+                t.dropped,
+                round(t.seconds_ago, 3),
+                t.recent,
+                held.pop(t.device_id, None),
+            )
             for t in ctx.intake.throttled()
         ]
+        # Held since before the hub's start: no drops yet in this process.
+        items += [ThrottledOut(d, 0, None, 0, until) for d, until in sorted(held.items())]
         return web.json_response(schema.dump(ThrottledListOut(THROTTLED_FOR_S, items)))
 
     async def openapi(request: web.Request) -> web.Response:
@@ -72,7 +88,8 @@ def routes(ctx: ApiContext, document: Callable[[], dict[str, Any]]) -> list[Rout
             "/api/v1/throttled",
             "viewer",
             throttled,
-            "Devices whose MQTT messages went past their rate or byte budget recently",
+            "Devices whose MQTT messages went past their rate or byte budget recently, "
+            "and those held off for it",
             "observability",
             response=ThrottledListOut,
         ),

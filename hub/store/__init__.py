@@ -192,9 +192,9 @@ class HubStore:
         time and author stay); None if unknown."""
         return await self._db.run(certs.revoke_device, device_id, now, by)
 
-    async def record_probe_cert(self, cert: IssuedCert) -> None:
-        """Record a revocation probe's certificate among its device's."""
-        await self._db.run(certs.record_probe, cert)
+    async def record_throwaway_cert(self, cert: IssuedCert) -> None:
+        """Record a certificate the hub issued for a device's CN among the device's."""
+        await self._db.run(certs.record_throwaway, cert)
 
     async def device_certs(self, device_id: str) -> list[IssuedCert]:
         return await self._db.run(certs.device_certs, device_id)
@@ -202,6 +202,18 @@ class HubStore:
     def revoked_certs_sync(self) -> list[RevokedCert]:
         """Every certificate of every revoked device (blocking: for the CRL writer's thread)."""
         return self._db.run_sync(certs.revoked_certs)
+
+    def held_certs_sync(self, now: float) -> list[RevokedCert]:
+        """Every certificate of every device held off at `now` (blocking, as above)."""
+        return self._db.run_sync(certs.held_certs, now)
+
+    async def hold_device(self, device_id: str, *, now: float, until: float) -> bool:
+        """Hold a device off until `until` (marked offline); False if unknown or revoked."""
+        return await self._db.run(certs.hold_device, device_id, now, until)
+
+    async def holds(self, now: float) -> dict[str, float]:
+        """Devices held off at `now`: when each hold ends."""
+        return await self._db.run(certs.holds, now)
 
     # ------------------------------------------------------------ audit
 

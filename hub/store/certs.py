@@ -48,10 +48,12 @@ class RenewalState:
 
 @dataclass(frozen=True)
 class RevokedCert:
-    """One line of the CRL: a serial (hex) and when its device was revoked."""
+    """One line of the CRL: a serial (hex) and when its device was revoked, or held off
+    (`held`: listed as on hold, a suspension that ends; see hub/holds.py)."""
 
     serial: str
     revoked_at: float
+    held: bool = False
 
 
 def renewal_state(db: sqlite_utils.Database, device_id: str, serial: str) -> RenewalState:
@@ -110,14 +112,21 @@ def revoke_device(db: sqlite_utils.Database, device_id: str, now: float, by: str
     return get_device(db, device_id)
 
 
-def record_probe(db: sqlite_utils.Database, cert: IssuedCert) -> None:
-    """Record a revocation probe's certificate as the (revoked) device's, so the CRL
-    lists it with the device's others (see hub/revocation_proof.py)."""
+def record_throwaway(db: sqlite_utils.Database, cert: IssuedCert) -> None:
+    """Record a certificate the hub issued itself for a device's CN (a revocation probe,
+    a session takeover) among the device's, so a CRL listing its others lists it too."""
     with db.conn:
         db.execute(
             """INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at,
-                   reason) VALUES (?, ?, ?, ?, ?, 'probe')""",
-            (cert.serial, cert.device_id, cert.not_before, cert.not_after, cert.issued_at),
+                   reason) VALUES (?, ?, ?, ?, ?, ?)""",
+            (
+                cert.serial,
+                cert.device_id,
+                cert.not_before,
+                cert.not_after,
+                cert.issued_at,
+                cert.reason,
+            ),
         )
 
 
@@ -136,3 +145,35 @@ def revoked_certs(db: sqlite_utils.Database) -> list[RevokedCert]:
            WHERE d.revoked_at IS NOT NULL ORDER BY c.serial"""
     ).fetchall()
     return [RevokedCert(r["serial"], r["revoked_at"]) for r in rows]
+
+
+def held_certs(db: sqlite_utils.Database, now: float) -> list[RevokedCert]:
+    """Every certificate of every device held off at `now` (and not revoked)."""
+    rows = db.execute(
+        """SELECT c.serial, d.held_at FROM device_certs c
+           JOIN devices d ON d.device_id = c.device_id
+           WHERE d.revoked_at IS NULL AND d.held_until > ? ORDER BY c.serial""",
+        (now,),
+    ).fetchall()
+    return [RevokedCert(r["serial"], r["held_at"], held=True) for r in rows]
+
+
+def hold_device(db: sqlite_utils.Database, device_id: str, now: float, until: float) -> bool:
+    """Hold a device off from `now` until `until`; False if unknown or revoked."""
+    with db.conn:
+        changed = db.execute(
+            """UPDATE devices SET held_at = ?, held_until = ?, online = 0
+               WHERE device_id = ? AND revoked_at IS NULL""",
+            (now, until, device_id),
+        ).rowcount
+    return changed == 1
+
+
+def holds(db: sqlite_utils.Database, now: float) -> dict[str, float]:
+    """Devices held off at `now`, with when their holds end."""
+    rows = db.execute(
+        """SELECT device_id, held_until FROM devices
+           WHERE revoked_at IS NULL AND held_until > ?""",
+        (now,),
+    ).fetchall()
+    return {r["device_id"]: r["held_until"] for r in rows}

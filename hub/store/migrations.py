@@ -291,6 +291,13 @@ def _m011_revoked_by(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN revoked_by TEXT")
 
 
+def _m012_holds(db: sqlite_utils.Database) -> None:
+    # A device that flooded the hub is held off for a while: its certificates are listed
+    # in the CRL as on hold (hub/holds.py) from held_at until held_until.
+    db.execute("ALTER TABLE devices ADD COLUMN held_at REAL")
+    db.execute("ALTER TABLE devices ADD COLUMN held_until REAL")
+
+
 MIGRATIONS: list[Migration] = [
     ("001_registry", _m001_registry),
     ("002_api", _m002_api),
@@ -303,4 +310,5 @@ MIGRATIONS: list[Migration] = [
     ("009_models", _m009_models),
     ("010_model_stats", _m010_model_stats),
     ("011_revoked_by", _m011_revoked_by),
+    ("012_holds", _m012_holds),
 ]

@@ -95,7 +95,10 @@ async def _through_hub(root: Path) -> float:
         async with _client(config.mqtt_port, device_ctx, DEVICE) as pub:
             start = time.perf_counter()
             await _publish_all(pub, topic, payloads)
+            deadline = start + 300
             while ingest.outcomes[("heartbeat", "accepted")] < N:
+                # A hub that lost some would keep a bench waiting for ever: say what it did.
+                assert time.perf_counter() < deadline, dict(ingest.outcomes)
                 await asyncio.sleep(0.01)  # the benchmark's own poll of the hub's counter
             return per_second(N, time.perf_counter() - start)
 

@@ -48,10 +48,13 @@ def make_hub(root: Path) -> tuple[HubPaths, HubConfig]:
     """Initialise a hub data folder on free loopback ports."""
     paths = HubPaths(root)
     initialise(paths, server_names=[])
-    # Rate limits lifted: the benchmarks measure the cost of a request, not the guard's cap.
+    # Rate limits lifted: the benchmarks measure the cost of a request or a message, not
+    # the guard's cap (one bench device sends far past a real device's budget).
     paths.config.write_text(
         f"[hub]\nmqtt_port = {free_port()}\nweb_port = {free_port()}\n"
         "api_rate_per_s = 1e9\napi_rate_burst = 100000\n"
+        "device_msgs_per_s = 1e9\ndevice_msgs_burst = 1000000\n"
+        "device_bytes_per_s = 1000000000\ndevice_queue = 1000000\n"
     )
     return paths, load_config(paths.root)
 

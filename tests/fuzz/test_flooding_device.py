@@ -77,6 +77,9 @@ async def test_a_flooding_device_cannot_starve_the_fleet_or_grow_the_hub(tmp_pat
     paths.config.write_text(
         f"[hub]\nmqtt_port = {free_port()}\nweb_port = {free_port()}\n"
         f"offline_after_heartbeats = {OFFLINE_AFTER}\n"
+        # The budgets alone, here: holding the flooder off would end its flood early
+        # (tests/integration/test_device_hold.py shows that).
+        "device_hold_drops = 0\n"
     )
     hub = HubProcess(paths, tmp_path)
     await hub.start()

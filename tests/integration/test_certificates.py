@@ -343,6 +343,10 @@ async def test_revoke_command_beside_a_running_hub_drops_the_device(
 ) -> None:
     paths, identity = await enroll_device()
     other_paths, bystander = await enroll_device()
+    third_paths, _ = await enroll_device()  # no agent: its certificate probes the door
+    # The probe that must fail afterwards succeeds now (before the agent runs: a
+    # connection with its certificate would take its session over).
+    assert await _mqtt_connect_over_tls(hub, device_context(paths)) == "connack"
     agents(paths)
     agents(other_paths)
     await eventually(
@@ -352,8 +356,6 @@ async def test_revoke_command_beside_a_running_hub_drops_the_device(
         lambda: device_online(hub, bystander.device_id), timeout=15, what="bystander online"
     )
     before = hellos(hub)
-    # The probe that must fail afterwards succeeds now.
-    assert await _mqtt_connect_over_tls(hub, device_context(paths)) == "connack"
 
     code, out, err = await run_cli(
         "hub.cli", "device", "revoke", "--data", str(hub.paths.root), identity.device_id
@@ -371,8 +373,9 @@ async def test_revoke_command_beside_a_running_hub_drops_the_device(
     assert revoked is not None
     assert revoked.revoked_by == f"cli:{getpass.getuser()}"
     assert await _mqtt_connect_over_tls(hub, device_context(paths)) != "connack"
-    # The rest of the fleet is untouched: the bystander's session goes on.
-    assert await _mqtt_connect_over_tls(hub, device_context(other_paths)) == "connack"
+    # The rest of the fleet is untouched: another certificate still connects, and the
+    # bystander's session goes on.
+    assert await _mqtt_connect_over_tls(hub, device_context(third_paths)) == "connack"
     await eventually(
         lambda: device_online(hub, bystander.device_id), timeout=15, what="bystander online"
     )

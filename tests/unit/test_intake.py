@@ -92,3 +92,19 @@ def test_refusals_are_logged_a_few_per_device_per_window_and_the_rest_counted(
     log.refused("dev-a", "outpost/v1/dev/dev-a/up/hello", "schema", "again")
     assert "97 more messages from dev-a were refused" in caplog.records[0].getMessage()
     assert "again" in caplog.records[1].getMessage()
+
+
+def test_recent_drops_are_those_of_the_last_minute() -> None:
+    """`recent` (what hub/holds.py judges by) counts a burst of drops at once, keeps
+    counting it for a minute, and forgets it after two."""
+    clock = Clock()
+    intake = DeviceIntake(Budget(rate=1, burst=1), clock=clock)
+    for _ in range(501):  # one taken, 500 dropped
+        intake.put_nowait(_message("dev-flooder"))
+    (throttled,) = intake.throttled()
+    assert throttled.recent == 500
+    clock.now += 30
+    assert intake.throttled()[0].recent >= 250  # the window slid, part of it still in
+    clock.now += 90
+    assert intake.throttled()[0].recent == 0
+    assert intake.throttled()[0].dropped == 500  # the total stays

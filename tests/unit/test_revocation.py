@@ -47,3 +47,18 @@ def test_a_crl_of_another_ca_does_not_verify() -> None:
     other_key, other_cert = pki.make_ca("Other CA")
     crl = x509.load_pem_x509_crl(build_crl(other_key, other_cert, [], now=time.time()))
     assert not crl.is_signature_valid(CA[0].public_key())
+
+
+def test_a_held_certificate_is_listed_on_hold_and_a_revoked_one_without_a_reason() -> None:
+    ca_key, ca_cert = CA
+    listed = [RevokedCert("aa", 1_800_000_000.0), RevokedCert("bb", 1_800_000_100.0, held=True)]
+
+    crl = x509.load_pem_x509_crl(build_crl(ca_key, ca_cert, listed, now=time.time()))
+
+    held = crl.get_revoked_certificate_by_serial_number(0xBB)
+    assert held is not None
+    reason = held.extensions.get_extension_for_class(x509.CRLReason).value
+    assert reason.reason == x509.ReasonFlags.certificate_hold
+    revoked = crl.get_revoked_certificate_by_serial_number(0xAA)
+    assert revoked is not None
+    assert not list(revoked.extensions)

@@ -1,0 +1,55 @@
+"""Ending a device's MQTT session: a revoked device, or one held off for flooding.
+
+Mosquitto checks the CRL only when a client connects (a SIGHUP reloads it but keeps open
+connections), so listing a certificate is not enough to end a connection already open.
+The managed broker names every client by its certificate's CN
+(`use_username_as_clientid`), whatever client id it sends; so a second connection with
+the device's CN takes the device's session over (MQTT session takeover) and the broker
+closes the first. A device cannot dodge this by choosing another client id, and the hub
+needs a certificate with that CN: a throw-away one (hub/throwaway.py), issued after the
+CRL was written so that it is not listed in it yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+import aiomqtt
+
+from hub import throwaway
+from hub.config import HubConfig
+from hub.paths import HubPaths
+from hub.store import HubStore
+
+logger = logging.getLogger(__name__)
+
+TAKEOVER_TIMEOUT_S = 5.0
+
+
+async def take_over(paths: HubPaths, config: HubConfig, store: HubStore, device_id: str) -> bool:
+    """Take `device_id`'s session over with a clean start (its queued messages go too) and
+    leave at once; True if the broker accepted the takeover (whether or not the device
+    was connected). The CRL must list the device before this, or it could reconnect."""
+    cert = await throwaway.issue(paths, store, device_id, reason="takeover")
+    context = await asyncio.to_thread(throwaway.client_context, paths, cert)
+    host, port = config.broker_address
+    client = aiomqtt.Client(
+        host,
+        port,
+        identifier=device_id,  # what a broker without use_username_as_clientid goes by
+        tls_context=context,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=True,
+        timeout=TAKEOVER_TIMEOUT_S,
+        logger=logging.getLogger("mqtt.hub"),
+    )
+    try:
+        async with asyncio.timeout(TAKEOVER_TIMEOUT_S * 2), client:
+            pass
+    except (aiomqtt.MqttError, ssl.SSLError, OSError, TimeoutError) as exc:
+        logger.info("could not take over the session of %s: %s", device_id, exc)
+        return False
+    logger.info("closed the broker session of %s", device_id)
+    return True
