@@ -398,10 +398,16 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
     check_cgroup_limits(machine, "outpost-hub.service", 2 << 30, None)
 
     # --- a model, run under the hardening -------------------------------------------
-    bundle = f"/src/{MODEL.relative_to(REPO)}"
+    # A copy the outpost user can read: a checkout made under umask 077 (CI's) is not.
+    machine.run(
+        "bash", "-c",
+        f"umask 022 && rm -rf /opt/outpost/test-model && cp -r --no-preserve=mode,ownership "
+        f"/src/{MODEL.relative_to(REPO)} /opt/outpost/test-model",
+    )  # fmt: skip
     machine.run(
         "runuser", "-u", "outpost", "--",
-        f"{VENV}/bin/outpost-agent", "models", "install", "--data", AGENT_DATA, bundle,
+        f"{VENV}/bin/outpost-agent", "models", "install", "--data", AGENT_DATA,
+        "/opt/outpost/test-model",
     )  # fmt: skip
     # The watchdog, shortened for the test (30 s as shipped; `systemctl show` above
     # read the shipped unit): the same mechanism, 25 s less waiting for it below.
