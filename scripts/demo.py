@@ -161,6 +161,18 @@ def main() -> int:
         )
         children.append(hub)
         wait_healthy(f"https://127.0.0.1:{web_port}", HubPaths(hub_dir).ca_cert, hub, hub_log)
+        # One daemon per data folder: a second one is refused before it touches anything.
+        second = subprocess.run(
+            [str(BIN / "outpost-hub"), "run", "--data", str(hub_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        step(
+            f"a second hub on the same data folder is refused (exit {second.returncode}): "
+            + (second.stderr.strip().splitlines() or ["(no message)"])[-1]
+        )
 
         background = Background()
         links = {}

@@ -39,6 +39,12 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
     assert all(re.search(r"\s+online\s+\d+\.\d s ago", row) for row in rows), last_table
     assert {"raspberry-pi-4", "jetson-orin-nano", "x86-gateway"} == {row.split()[1] for row in rows}
     assert "stopped 4 processes" in done.stdout
+    # A second hub on the demo's data folder is refused at once, naming the first.
+    assert re.search(
+        r"a second hub on the same data folder is refused \(exit 2\): outpost-hub: error: "
+        r"another outpost-hub \(pid \d+\) is running on ",
+        done.stdout,
+    ), done.stdout[:3000]
     assert "cutting the north site's link for 5 s" in done.stdout
     assert "the north site's link is back" in done.stdout
     during_cut = re.findall(
