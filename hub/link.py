@@ -32,6 +32,7 @@ RECONNECT_CAP_S = 10.0
 MAX_BATCH = 500
 # The link's certificate outlives any run of the hub (the CA's own expiry bounds it).
 LINK_CERT_DAYS = 825
+PENDING_CALLS_WARNING = 10_000
 
 
 class HubLink:
@@ -57,7 +58,7 @@ class HubLink:
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
 
         def make_client() -> aiomqtt.Client:
-            return aiomqtt.Client(
+            client = aiomqtt.Client(
                 host,
                 port,
                 identifier=HUB_LINK_CN,
@@ -70,6 +71,11 @@ class HubLink:
                 logger=logging.getLogger("mqtt.hub"),
                 queue_type=queue_type(self.intake),
             )
+            # A burst of hellos means a policy and a release publish per device, all in
+            # flight at once: aiomqtt's default (warn past 10 pending calls) logged about
+            # three warnings per connecting device during a ramp, of nothing wrong.
+            client.pending_calls_threshold = PENDING_CALLS_WARNING
+            return client
 
         await run_forever(
             make_client,

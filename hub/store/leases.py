@@ -90,6 +90,11 @@ def allocate(
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
         swept = _sweep(db, now, settings)
+        # Nothing runnable queued (the usual case between bursts): reading and decoding
+        # every online device would be the pass's whole cost, paid twice a second and
+        # after every hello, for nothing.
+        if not _queued(db, now, 1, 0):
+            return [], swept
         candidates = _candidates(db, now, settings)
         assigned: list[Assigned] = []
         passed = scanned = 0  # queued tasks looked at and left queued; all looked at
