@@ -35,8 +35,9 @@ from tests.support import SHIPPED_MODELS, AgentProcess
 
 SOAK = os.environ.get("OUTPOST_SOAK") == "1"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600 if SOAK else 240)]
-LONG = 30.0 if SOAK else 15.0  # the 30 s/30 s profile, scaled down for CI
-STEADY = 150.0 if SOAK else 60.0  # how long the profiles without outages run
+LONG = 30.0 if SOAK else 12.0  # the 30 s/30 s profile, scaled down for CI
+STEADY = 150.0 if SOAK else 45.0  # how long the profiles without outages run
+REPEAT = 3 if SOAK else 2  # cycles of the 10 s/10 s, black hole and 5 s/20 s profiles
 DRAIN_TIMEOUT = 60.0
 RECORD_EVERY = 0.4  # seconds between posts of 1-3 records: a few records a second
 INFER_EVERY = 0.5
@@ -68,10 +69,10 @@ def cycles(on: float, off: float, times: int) -> tuple[tuple[float, float], ...]
 PROFILES = [
     Profile("steady online", steady=STEADY),
     Profile("off/on 5 s/5 s x5", cycles(5, 5, 5)),
-    Profile("off/on 10 s/10 s x3", cycles(10, 10, 3)),
+    Profile(f"off/on 10 s/10 s x{REPEAT}", cycles(10, 10, REPEAT)),
     Profile(f"off/on {LONG:g} s/{LONG:g} s x2", cycles(LONG, LONG, 2)),
-    Profile("off/on 5 s/20 s x3", cycles(20, 5, 3)),
-    Profile("black hole 10 s/10 s x3", cycles(10, 10, 3), black_hole=True),
+    Profile(f"off/on 5 s/20 s x{REPEAT}", cycles(20, 5, REPEAT)),
+    Profile(f"black hole 10 s/10 s x{REPEAT}", cycles(10, 10, REPEAT), black_hole=True),
     Profile(
         "slow 20 KB/s, 300 ms", shape=Shape(rate_bytes_per_s=20_000, delay_s=0.3), steady=STEADY
     ),

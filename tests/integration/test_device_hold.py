@@ -25,7 +25,7 @@ from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.support import eventually
 
-HOLD_S = 20.0  # long enough to look at the hold on a slow machine
+HOLD_S = 10.0  # long enough to look at the hold on a slow machine
 JUNK = b"\x81\xa1v\x01" + b"x" * 200  # not a valid envelope: dropped or refused alike
 
 
