@@ -17,8 +17,8 @@ from hub.acks import LinkDownError
 from hub.config import HubConfig
 from hub.ingest import Ingest
 from hub.intake import DeviceIntake, queue_type
-from hub.paths import HUB_LINK_CN, HubPaths
-from outpost import wire
+from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, HubPaths
+from outpost import tls, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ MAX_BATCH = 500
 # The link's certificate outlives any run of the hub (the CA's own expiry bounds it).
 LINK_CERT_DAYS = 825
 PENDING_CALLS_WARNING = 10_000
+LEGACY_TIMEOUT_S = 5.0
 
 
 class HubLink:
@@ -54,6 +55,7 @@ class HubLink:
         # Minting and loading certificates reads files: keep it off the event loop.
         context = await asyncio.to_thread(_link_context, self._paths)
         host, port = self._config.broker_address
+        await self._end_legacy_session(host, port)
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
 
@@ -111,6 +113,32 @@ class HubLink:
                 await self._ingest.handle_batch(batch)
         finally:
             self.client = None
+
+    async def _end_legacy_session(self, host: str, port: int) -> None:
+        """End the persistent session a hub before `outpost-hub-link` kept under the
+        certificate on disk: nobody resumes it, and the broker would queue every device
+        message for it for a week. A clean start with no expiry ends it; best effort."""
+        context = await asyncio.to_thread(
+            tls.client_context,
+            self._paths.ca_cert,
+            self._paths.client_cert,
+            self._paths.client_key,
+        )
+        client = aiomqtt.Client(
+            host,
+            port,
+            identifier=HUB_CLIENT_CN,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=context,
+            clean_start=True,
+            timeout=LEGACY_TIMEOUT_S,
+            logger=logging.getLogger("mqtt.hub"),
+        )
+        try:
+            async with asyncio.timeout(LEGACY_TIMEOUT_S * 2), client:
+                pass
+        except (aiomqtt.MqttError, ssl.SSLError, OSError, TimeoutError) as exc:
+            logger.debug("could not end the legacy hub session: %s", exc)
 
 
 def _link_context(paths: HubPaths) -> ssl.SSLContext:

@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.identity import DevicePaths
 from hub import pki
@@ -262,3 +264,67 @@ async def test_device_writes_only_the_contracts_kinds_and_the_hub_gets_no_retain
 
         await asyncio.wait_for(until_live(), 15)
     assert replayed == [(allowed, True), (allowed, False)]
+
+
+def _legacy_hub_client(hub: Hub) -> aiomqtt.Client:
+    """The hub's link as it was before it had a certificate of its own: a persistent
+    session under the hub certificate's CN."""
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 3600
+    return aiomqtt.Client(
+        "127.0.0.1",
+        hub.config.mqtt_port,
+        identifier="outpost-hub",
+        tls_context=_hub_context(hub),
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False,
+        properties=properties,
+        timeout=5,
+    )
+
+
+async def _queued_for_legacy_session(hub: Hub, device: aiomqtt.Client, topic: str) -> bool:
+    """Leave a persistent session subscribed to `topic`; a device publishes while it is
+    away; then come back and say whether the broker had kept the message for it."""
+    async with _legacy_hub_client(hub) as legacy:
+        await legacy.subscribe(topic, qos=1)
+    await device.publish(topic, b"while away", qos=1)
+    return await _session_had_queued(hub, device, topic)
+
+
+async def _session_had_queued(hub: Hub, device: aiomqtt.Client, topic: str) -> bool:
+    """Come back to the legacy session: whether "while away" came before a marker the
+    device sends now (queued messages are delivered first)."""
+    received: list[bytes] = []
+    async with _legacy_hub_client(hub) as legacy:
+        await legacy.subscribe(topic, qos=1)
+        await device.publish(topic, b"marker", qos=1)
+
+        async def until_marker() -> None:
+            async for message in legacy.messages:
+                assert isinstance(message.payload, bytes)
+                received.append(message.payload)
+                if message.payload == b"marker":
+                    return
+
+        await asyncio.wait_for(until_marker(), 10)
+    return b"while away" in received
+
+
+async def test_the_hub_ends_the_session_its_link_had_before_it_had_its_own_cn(
+    hub: Hub, enroll_device: Enroller
+) -> None:
+    """A hub before `outpost-hub-link` kept a persistent session under `outpost-hub`;
+    nobody resumes it, and the broker would queue every device message for it."""
+    paths, identity = await enroll_device()
+    topic = wire.up_topic(identity.device_id, "status")
+    assert hub.link is not None
+    host, port = hub.config.broker_address
+    async with _client(hub, _device_context(paths), identity.device_id) as device:
+        # The control: left alone, such a session keeps what devices send.
+        assert await _queued_for_legacy_session(hub, device, topic)
+        async with _legacy_hub_client(hub) as legacy:
+            await legacy.subscribe(topic, qos=1)
+        await hub.link._end_legacy_session(host, port)  # what the link does at each start
+        await device.publish(topic, b"while away", qos=1)
+        assert not await _session_had_queued(hub, device, topic)
