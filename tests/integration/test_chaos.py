@@ -58,7 +58,7 @@ from tests.integration.test_store_forward import write_agent_settings
 from tests.local_api import LocalClient
 from tests.support import PROFILES, REPO, SHIPPED_MODELS, AgentProcess, eventually, free_port
 
-SOAK_S = float(os.environ.get("OUTPOST_SOAK_S", "45"))
+SOAK_S = float(os.environ.get("OUTPOST_SOAK_S", "30"))
 SEED = os.environ.get("OUTPOST_SOAK_SEED", "20261126")
 AGENTS = 3
 FULL_AGENT = 0  # its results stream is bounded small: the "store full" fault fills it

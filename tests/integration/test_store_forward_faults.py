@@ -45,7 +45,7 @@ async def test_kill_9_of_the_agent_loses_nothing_confirmed_and_doubles_nothing(
     write_agent_settings(paths, "[agent.sync]\nbatch_records = 50\nack_timeout_s = 2\n")
     confirmed: set[str] = set()
     rng = random.Random(20261125)
-    rounds = 20
+    rounds = 12
     for _ in range(rounds):
         paths.socket.unlink(missing_ok=True)  # the last agent's, dead: wait for the next one's
         agent = agents(paths, heartbeat_interval=1.0)

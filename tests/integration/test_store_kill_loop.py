@@ -18,7 +18,7 @@ import pytest
 
 from tests.support import REPO
 
-ROUNDS = int(os.environ.get("OUTPOST_KILL_ROUNDS", "1000"))
+ROUNDS = int(os.environ.get("OUTPOST_KILL_ROUNDS", "500"))
 
 # A warm parent: it imports the store once, then forks one writer per round (a fresh
 # interpreter per round would cost ~150 ms; a fork costs ~1 ms). The writer opens the
