@@ -12,7 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from hub import throwaway
+from hub import sessions, throwaway
 from hub.acks import LinkDownError
 from hub.config import HubConfig
 from hub.ingest import Ingest
@@ -33,7 +33,6 @@ MAX_BATCH = 500
 # The link's certificate outlives any run of the hub (the CA's own expiry bounds it).
 LINK_CERT_DAYS = 825
 PENDING_CALLS_WARNING = 10_000
-LEGACY_TIMEOUT_S = 5.0
 
 
 class HubLink:
@@ -124,21 +123,9 @@ class HubLink:
             self._paths.client_cert,
             self._paths.client_key,
         )
-        client = aiomqtt.Client(
-            host,
-            port,
-            identifier=HUB_CLIENT_CN,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=context,
-            clean_start=True,
-            timeout=LEGACY_TIMEOUT_S,
-            logger=logging.getLogger("mqtt.hub"),
-        )
-        try:
-            async with asyncio.timeout(LEGACY_TIMEOUT_S * 2), client:
-                pass
-        except (aiomqtt.MqttError, ssl.SSLError, OSError, TimeoutError) as exc:
-            logger.debug("could not end the legacy hub session: %s", exc)
+        failure = await sessions.connect_and_leave(host, port, HUB_CLIENT_CN, context)
+        if failure is not None:
+            logger.debug("could not end the legacy hub session: %s", failure)
 
 
 def _link_context(paths: HubPaths) -> ssl.SSLContext:

@@ -35,10 +35,25 @@ async def take_over(paths: HubPaths, config: HubConfig, store: HubStore, device_
     cert = await throwaway.issue(paths, store, device_id, reason="takeover")
     context = await asyncio.to_thread(throwaway.client_context, paths, cert)
     host, port = config.broker_address
+    # The identifier is what a broker without use_username_as_clientid goes by.
+    failure = await connect_and_leave(host, port, device_id, context)
+    if failure is not None:
+        logger.info("could not take over the session of %s: %s", device_id, failure)
+        return False
+    logger.info("closed the broker session of %s", device_id)
+    return True
+
+
+async def connect_and_leave(
+    host: str, port: int, identifier: str, context: ssl.SSLContext
+) -> str | None:
+    """Connect with a clean start and no session expiry, then leave: the session under
+    `identifier` (the certificate's CN on the managed broker) ends. None if the broker
+    accepted the connection, else what went wrong."""
     client = aiomqtt.Client(
         host,
         port,
-        identifier=device_id,  # what a broker without use_username_as_clientid goes by
+        identifier=identifier,
         tls_context=context,
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=True,
@@ -49,7 +64,5 @@ async def take_over(paths: HubPaths, config: HubConfig, store: HubStore, device_
         async with asyncio.timeout(TAKEOVER_TIMEOUT_S * 2), client:
             pass
     except (aiomqtt.MqttError, ssl.SSLError, OSError, TimeoutError) as exc:
-        logger.info("could not take over the session of %s: %s", device_id, exc)
-        return False
-    logger.info("closed the broker session of %s", device_id)
-    return True
+        return str(exc) or type(exc).__name__
+    return None

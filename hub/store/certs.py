@@ -80,18 +80,7 @@ def record_renewal(db: sqlite_utils.Database, cert: IssuedCert) -> bool:
         ).rowcount
         if not updated:
             return False
-        db.execute(
-            """INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at,
-                   reason) VALUES (?, ?, ?, ?, ?, ?)""",
-            (
-                cert.serial,
-                cert.device_id,
-                cert.not_before,
-                cert.not_after,
-                cert.issued_at,
-                cert.reason,
-            ),
-        )
+        _insert(db, cert)
     return True
 
 
@@ -112,22 +101,19 @@ def revoke_device(db: sqlite_utils.Database, device_id: str, now: float, by: str
     return get_device(db, device_id)
 
 
+def _insert(db: sqlite_utils.Database, cert: IssuedCert) -> None:
+    db.execute(
+        """INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at,
+               reason) VALUES (?, ?, ?, ?, ?, ?)""",
+        (cert.serial, cert.device_id, cert.not_before, cert.not_after, cert.issued_at, cert.reason),
+    )
+
+
 def record_throwaway(db: sqlite_utils.Database, cert: IssuedCert) -> None:
     """Record a certificate the hub issued itself for a device's CN (a revocation probe,
     a session takeover) among the device's, so a CRL listing its others lists it too."""
     with db.conn:
-        db.execute(
-            """INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at,
-                   reason) VALUES (?, ?, ?, ?, ?, ?)""",
-            (
-                cert.serial,
-                cert.device_id,
-                cert.not_before,
-                cert.not_after,
-                cert.issued_at,
-                cert.reason,
-            ),
-        )
+        _insert(db, cert)
 
 
 def device_certs(db: sqlite_utils.Database, device_id: str) -> list[IssuedCert]:
