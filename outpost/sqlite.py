@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlite_utils
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+D = TypeVar("D")
 Migration = tuple[str, Callable[[sqlite_utils.Database], None]]
 
 
@@ -87,11 +88,15 @@ def soft_state(db: sqlite_utils.Database) -> Iterator[None]:
         db.execute(f"PRAGMA synchronous={int(previous)}")
 
 
-class SerialDatabase:
-    """A database whose every call runs on one worker thread, awaited from asyncio."""
+class SerialDatabase(Generic[D]):
+    """A database whose every call runs on one worker thread, awaited from asyncio.
 
-    def __init__(self, db: sqlite_utils.Database, name: str) -> None:
+    `db` is what each call is handed (a `sqlite_utils.Database`, or the hub's `Sql`);
+    `close` closes its connection, on the worker thread."""
+
+    def __init__(self, db: D, name: str, *, close: Callable[[], None]) -> None:
         self._db = db
+        self._close = close
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-db")
         self._closed = False
 
@@ -113,5 +118,5 @@ class SerialDatabase:
         if self._closed:
             return
         self._closed = True
-        self._executor.submit(self._db.conn.close).result()
+        self._executor.submit(self._close).result()
         self._executor.shutdown(wait=True)

@@ -121,6 +121,15 @@ if [ "$TEST_TOOLS" = 1 ] && { ! command -v systemd-nspawn >/dev/null \
     apt_install systemd-container debootstrap
 fi
 
+# 6c. PostgreSQL's server binaries (initdb, pg_ctl) for the tests of the hub on
+#    PostgreSQL: tests/postgres.py makes a throwaway cluster in a temporary folder on a
+#    free port; it never uses a server the machine runs. Debian's package also starts a
+#    cluster of its own on install; the tests leave it alone.
+if [ "$TEST_TOOLS" = 1 ] && ! command -v initdb >/dev/null \
+    && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install postgresql
+fi
+
 # 7. libfaketime, which tests/integration/test_clock_jump.py preloads into an agent to
 #    step its wall clock while it runs.
 if [ "$TEST_TOOLS" = 1 ] && ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then

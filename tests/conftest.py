@@ -19,6 +19,7 @@ from hub.initialise import initialise
 from hub.paths import HubPaths
 from outpost.aio import cancel_until_done
 from tests.api_client import ApiClient
+from tests.postgres import ThrowawayPostgres
 from tests.support import PROFILES, AgentProcess, free_port, mint_token
 
 
@@ -34,6 +35,21 @@ def root_logging() -> Iterator[None]:
         if type(handler) is logging.StreamHandler and handler not in before:
             root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[ThrowawayPostgres]:
+    """One throwaway PostgreSQL cluster for the whole run (started on first use)."""
+    server = ThrowawayPostgres()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: ThrowawayPostgres) -> str:
+    """A new, empty database on the throwaway server, for this test alone."""
+    return postgres_server.new_database()
 
 
 @pytest.fixture

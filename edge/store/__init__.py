@@ -114,7 +114,7 @@ class AgentStore:
         except (OSError, sqlite3.Error):
             opened.db.conn.close()
             raise
-        self._db = SerialDatabase(opened.db, "agent")
+        self._db = SerialDatabase(opened.db, "agent", close=opened.db.conn.close)
         self._bounds = bounds
         self._cipher = cipher
         self._queue: list[_Append] = []

@@ -9,14 +9,13 @@ it on the store's single writer thread.
 from __future__ import annotations
 
 import collections
-import sqlite3
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
-import sqlite_utils
 
 from hub.store import audit, certs, devices, gauges, leases, modelstats, rollouts, tasks, tokens
 from hub.store import overview as glance  # `overview` is also a method name below
@@ -25,15 +24,15 @@ from hub.store import records as streams  # `records` is also a method name belo
 from hub.store.audit import AuditEntry
 from hub.store.certs import IssuedCert, RenewalState, RevokedCert
 from hub.store.devices import ConnectionLost, Device, HeartbeatSeen, HelloSeen, PresenceEvent
+from hub.store.engine import Engine, open_engine
 from hub.store.leases import Assigned
 from hub.store.leases import Settings as TaskSettings
-from hub.store.migrations import MIGRATIONS
 from hub.store.policy import Effective, Layer, ToPublish
 from hub.store.records import MAX_SEQ, Applied, StoredRecord, StreamCount, Upload
 from hub.store.rollouts import Advanced, Rollout, RolloutRefusedError, StoredModel
+from hub.store.sql import Sql
 from hub.store.tasks import NewTask, Task
 from hub.store.tokens import ApiTokenRecord, TokenRefusedError
-from outpost.sqlite import SerialDatabase, migrate, open_database
 
 __all__ = [
     "MAX_SEQ",
@@ -67,20 +66,44 @@ __all__ = [
     "UploadOutcome",
 ]
 
+T = TypeVar("T")
+
 
 class HubStore:
     """Registry, tokens, audit log and upload streams, awaited from the event loop."""
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
-        # FULL: what the hub confirms (a used token, a new device, an acked record) must
-        # survive a power cut. Soft state (presence) opts out per write, see `soft_state`.
-        db = open_database(path, synchronous="FULL", busy_timeout_ms=busy_timeout_ms)
-        db.conn.row_factory = sqlite3.Row
-        migrate(db, MIGRATIONS)
-        self._db = SerialDatabase(db, "hub")
+    def __init__(
+        self, database: Path | str, *, busy_timeout_ms: int = 5000, pool_size: int = 4
+    ) -> None:
+        """Open (and migrate) `database`: a SQLite path, or a URL (see engine.py)."""
+        self._db: Engine = open_engine(
+            database, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size
+        )
+
+    @property
+    def dialect(self) -> str:
+        return self._db.dialect
+
+    @property
+    def conflicts(self) -> int:
+        """Units of work run again because a concurrent one won (PostgreSQL; SQLite's
+        single writer has none)."""
+        engine = getattr(self._db, "engine", None)
+        return int(getattr(engine, "retries", 0))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a unit of work of the hub's own (leadership, ...) on the store's engine."""
+        return await self._db.run(fn, *args)
 
     def close(self) -> None:
         self._db.close()
+
+    def fenced(self, fence: Callable[[Sql], None]) -> HubStore:
+        """The same store, each of whose units of work first runs `fence` in its own
+        transaction (the leader's check that it still leads: hub/leadership.py)."""
+        view = copy.copy(self)
+        view._db = _Fenced(self._db, fence)
+        return view
 
     # ------------------------------------------------------------ bootstrap tokens
 
@@ -402,12 +425,37 @@ class HubStore:
     async def drop_from_rollouts(
         self, device_id: str, reason: str, *, now: float
     ) -> list[Advanced]:
-        def drop(db: sqlite_utils.Database) -> list[Advanced]:
-            with db.conn:
-                db.conn.execute("BEGIN IMMEDIATE")
+        def drop(db: Sql) -> list[Advanced]:
+            with db.write():
                 return rollouts.drop_device(db, device_id, reason, now)
 
         return await self._db.run(drop)
+
+
+class _Fenced:
+    """An engine whose units of work begin with a check that may refuse them."""
+
+    def __init__(self, engine: Engine, fence: Callable[[Sql], None]) -> None:
+        self.dialect = engine.dialect
+        self._engine = engine
+        self._fence = fence
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        result: T = await self._engine.run(_after_fence, self._fence, fn, *args)
+        return result
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        result: T = self._engine.run_sync(_after_fence, self._fence, fn, *args)
+        return result
+
+    def close(self) -> None:
+        raise RuntimeError("close the store itself, not a fenced view of it")
+
+
+def _after_fence(db: Sql, fence: Callable[[Sql], None], fn: Callable[..., T], *args: Any) -> T:
+    fence(db)
+    result: T = fn(db, *args)
+    return result
 
 
 @dataclass(frozen=True)
@@ -420,13 +468,11 @@ class UploadOutcome:
     rollups: modelstats.Folded = field(default_factory=modelstats.Folded)
 
 
-def _apply_uploads(db: sqlite_utils.Database, uploads: list[Upload], now: float) -> UploadOutcome:
+def _apply_uploads(db: Sql, uploads: list[Upload], now: float) -> UploadOutcome:
     outcomes: collections.Counter[str] = collections.Counter()
     folded = modelstats.Folded()
 
-    def on_stored(
-        db: sqlite_utils.Database, upload: Upload, rows: list[tuple[int, float, bytes]]
-    ) -> None:
+    def on_stored(db: Sql, upload: Upload, rows: list[tuple[int, float, bytes]]) -> None:
         if upload.stream == "metrics":  # roll-ups: folded once, as they are first stored
             folded.add(modelstats.fold(db, upload.device_id, rows, now))
             return

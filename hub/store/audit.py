@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlite_utils
+from hub.store.sql import Sql
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class AuditEntry:
     id: int = 0
 
 
-def record(db: sqlite_utils.Database, entry: AuditEntry) -> None:
+def record(db: Sql, entry: AuditEntry) -> None:
     db.execute(
         """INSERT INTO audit (at, subject, role, method, path, action, status, detail)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -39,7 +39,7 @@ def record(db: sqlite_utils.Database, entry: AuditEntry) -> None:
     )
 
 
-def newest_first(db: sqlite_utils.Database, *, before: int | None, limit: int) -> list[AuditEntry]:
+def newest_first(db: Sql, *, before: int | None, limit: int) -> list[AuditEntry]:
     """A page of the log, newest first, before the entry id `before` (keyset)."""
     rows = db.execute(
         "SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?",

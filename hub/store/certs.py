@@ -5,13 +5,11 @@ Each function runs on the store's worker thread as one unit of work.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
-
-import sqlite_utils
 
 from hub.store import rollouts
 from hub.store.devices import Device, get_device
+from hub.store.sql import Row, Sql
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class IssuedCert:
     reason: str  # 'enroll' or 'renew'
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> IssuedCert:
+    def from_row(cls, row: Row) -> IssuedCert:
         return cls(
             serial=row["serial"],
             device_id=row["device_id"],
@@ -56,7 +54,7 @@ class RevokedCert:
     held: bool = False
 
 
-def renewal_state(db: sqlite_utils.Database, device_id: str, serial: str) -> RenewalState:
+def renewal_state(db: Sql, device_id: str, serial: str) -> RenewalState:
     row = db.execute(
         "SELECT * FROM device_certs WHERE serial = ? AND device_id = ?", (serial, device_id)
     ).fetchone()
@@ -68,11 +66,10 @@ def renewal_state(db: sqlite_utils.Database, device_id: str, serial: str) -> Ren
     )
 
 
-def record_renewal(db: sqlite_utils.Database, cert: IssuedCert) -> bool:
+def record_renewal(db: Sql, cert: IssuedCert) -> bool:
     """Record a renewed certificate as the device's current one; False (and nothing
     written) if the device was revoked or removed meanwhile."""
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         updated = db.execute(
             """UPDATE devices SET cert_serial = ?, cert_not_before = ?, cert_not_after = ?
                WHERE device_id = ? AND revoked_at IS NULL""",
@@ -84,11 +81,10 @@ def record_renewal(db: sqlite_utils.Database, cert: IssuedCert) -> bool:
     return True
 
 
-def revoke_device(db: sqlite_utils.Database, device_id: str, now: float, by: str) -> Device | None:
+def revoke_device(db: Sql, device_id: str, now: float, by: str) -> Device | None:
     """Mark the device revoked by `by` (keeping the first revocation's time and author)
     and offline, so no task goes to it; None if there is no such device."""
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         # SET reads the row as it was: `revoked_at IS NULL` is true only the first time.
         db.execute(
             """UPDATE devices SET revoked_at = COALESCE(revoked_at, ?),
@@ -101,7 +97,7 @@ def revoke_device(db: sqlite_utils.Database, device_id: str, now: float, by: str
     return get_device(db, device_id)
 
 
-def _insert(db: sqlite_utils.Database, cert: IssuedCert) -> None:
+def _insert(db: Sql, cert: IssuedCert) -> None:
     db.execute(
         """INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at,
                reason) VALUES (?, ?, ?, ?, ?, ?)""",
@@ -109,21 +105,21 @@ def _insert(db: sqlite_utils.Database, cert: IssuedCert) -> None:
     )
 
 
-def record_throwaway(db: sqlite_utils.Database, cert: IssuedCert) -> None:
+def record_throwaway(db: Sql, cert: IssuedCert) -> None:
     """Record a certificate the hub issued itself for a device's CN (a revocation probe,
     a session takeover) among the device's, so a CRL listing its others lists it too."""
-    with db.conn:
+    with db.write():
         _insert(db, cert)
 
 
-def device_certs(db: sqlite_utils.Database, device_id: str) -> list[IssuedCert]:
+def device_certs(db: Sql, device_id: str) -> list[IssuedCert]:
     rows = db.execute(
         "SELECT * FROM device_certs WHERE device_id = ? ORDER BY issued_at", (device_id,)
     ).fetchall()
     return [IssuedCert.from_row(r) for r in rows]
 
 
-def revoked_certs(db: sqlite_utils.Database) -> list[RevokedCert]:
+def revoked_certs(db: Sql) -> list[RevokedCert]:
     """Every certificate ever issued to a revoked device, for the CRL."""
     rows = db.execute(
         """SELECT c.serial, d.revoked_at FROM device_certs c
@@ -133,7 +129,7 @@ def revoked_certs(db: sqlite_utils.Database) -> list[RevokedCert]:
     return [RevokedCert(r["serial"], r["revoked_at"]) for r in rows]
 
 
-def held_certs(db: sqlite_utils.Database, now: float) -> list[RevokedCert]:
+def held_certs(db: Sql, now: float) -> list[RevokedCert]:
     """Every certificate of every device held off at `now` (and not revoked)."""
     rows = db.execute(
         """SELECT c.serial, d.held_at FROM device_certs c
@@ -144,9 +140,9 @@ def held_certs(db: sqlite_utils.Database, now: float) -> list[RevokedCert]:
     return [RevokedCert(r["serial"], r["held_at"], held=True) for r in rows]
 
 
-def hold_device(db: sqlite_utils.Database, device_id: str, now: float, until: float) -> bool:
+def hold_device(db: Sql, device_id: str, now: float, until: float) -> bool:
     """Hold a device off from `now` until `until`; False if unknown or revoked."""
-    with db.conn:
+    with db.write():
         changed = db.execute(
             """UPDATE devices SET held_at = ?, held_until = ?, online = 0
                WHERE device_id = ? AND revoked_at IS NULL""",
@@ -155,7 +151,7 @@ def hold_device(db: sqlite_utils.Database, device_id: str, now: float, until: fl
     return changed == 1
 
 
-def holds(db: sqlite_utils.Database, now: float) -> dict[str, float]:
+def holds(db: Sql, now: float) -> dict[str, float]:
     """Devices held off at `now`, with when their holds end."""
     rows = db.execute(
         """SELECT device_id, held_until FROM devices

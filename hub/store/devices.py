@@ -6,14 +6,11 @@ Each function runs on the store's worker thread as one unit of work.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlite_utils
-
 from hub.store import policy as policy_store
-from outpost.sqlite import soft_state
+from hub.store.sql import Row, Sql
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,7 @@ class Device:
         return "online" if self.online else "offline"
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Device:
+    def from_row(cls, row: Row) -> Device:
         return cls(
             device_id=row["device_id"],
             profile=row["profile"],
@@ -120,7 +117,7 @@ class ConnectionLost:
 PresenceEvent = HelloSeen | HeartbeatSeen | ConnectionLost
 
 
-def add_device(db: sqlite_utils.Database, d: Device) -> None:
+def add_device(db: Sql, d: Device) -> None:
     db.execute(
         """INSERT INTO devices (device_id, profile, labels, enrolled_at, cert_serial,
                cert_not_before, cert_not_after, online)
@@ -143,10 +140,9 @@ def add_device(db: sqlite_utils.Database, d: Device) -> None:
         )
 
 
-def record_presence(db: sqlite_utils.Database, events: list[PresenceEvent]) -> list[bool]:
+def record_presence(db: Sql, events: list[PresenceEvent]) -> list[bool]:
     changed = []
-    with soft_state(db), db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.soft(), db.write():
         for event in events:
             row = db.execute(
                 "SELECT online, conn FROM devices WHERE device_id = ?", (event.device_id,)
@@ -172,7 +168,7 @@ def record_presence(db: sqlite_utils.Database, events: list[PresenceEvent]) -> l
     return changed
 
 
-def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
+def _apply_hello(db: Sql, e: HelloSeen) -> None:
     # A device we did not enroll (say the database was restored from an older backup)
     # still holds a certificate of our CA, or the broker would not have let it in:
     # register it with empty labels rather than ignore it.
@@ -185,7 +181,7 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
                profile = excluded.profile, conn = excluded.conn,
                -- a revoked device that still got through (the broker's CRL not yet
                -- reloaded, an external broker) is never online: it gets no work
-               online = devices.revoked_at IS NULL,
+               online = CASE WHEN devices.revoked_at IS NULL THEN 1 ELSE 0 END,
                last_seen = excluded.last_seen, last_heartbeat = excluded.last_heartbeat,
                heartbeat_interval = excluded.heartbeat_interval,
                agent_version = excluded.agent_version, capabilities = excluded.capabilities,
@@ -208,13 +204,14 @@ def _apply_hello(db: sqlite_utils.Database, e: HelloSeen) -> None:
     )
 
 
-def _apply_heartbeat(db: sqlite_utils.Database, e: HeartbeatSeen) -> None:
+def _apply_heartbeat(db: Sql, e: HeartbeatSeen) -> None:
     if e.policy is not None:
         policy_store.report(
             db, e.device_id, e.policy["version"], e.policy["rejected_version"], e.policy["reason"]
         )
     db.execute(
-        """UPDATE devices SET online = revoked_at IS NULL, conn = ?, last_seen = ?,
+        """UPDATE devices SET online = CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END,
+               conn = ?, last_seen = ?,
                last_heartbeat = ?,
                heartbeat_interval = ?, load = ?, store = COALESCE(?, store),
                models = COALESCE(?, models)
@@ -232,9 +229,8 @@ def _apply_heartbeat(db: sqlite_utils.Database, e: HeartbeatSeen) -> None:
     )
 
 
-def expire_silent(db: sqlite_utils.Database, now: float, intervals: float) -> list[str]:
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+def expire_silent(db: Sql, now: float, intervals: float) -> list[str]:
+    with db.write():
         rows = db.execute(
             """SELECT device_id FROM devices
                WHERE online = 1 AND last_seen IS NOT NULL AND heartbeat_interval IS NOT NULL
@@ -242,24 +238,22 @@ def expire_silent(db: sqlite_utils.Database, now: float, intervals: float) -> li
             (intervals, now),
         ).fetchall()
         ids = [r["device_id"] for r in rows]
-        db.conn.executemany(
-            "UPDATE devices SET online = 0 WHERE device_id = ?", [(i,) for i in ids]
-        )
+        db.executemany("UPDATE devices SET online = 0 WHERE device_id = ?", [(i,) for i in ids])
     return ids
 
 
-def all_devices(db: sqlite_utils.Database) -> list[Device]:
+def all_devices(db: Sql) -> list[Device]:
     rows = db.execute("SELECT * FROM devices ORDER BY device_id").fetchall()
     return [Device.from_row(r) for r in rows]
 
 
-def get_device(db: sqlite_utils.Database, device_id: str) -> Device | None:
+def get_device(db: Sql, device_id: str) -> Device | None:
     row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     return Device.from_row(row) if row else None
 
 
 def list_devices(
-    db: sqlite_utils.Database,
+    db: Sql,
     *,
     online: bool | None,
     profile: str | None,
@@ -279,8 +273,9 @@ def list_devices(
         where.append("profile = ?")
         params.append(profile)
     for key, value in sorted(labels.items()):
-        where.append("json_extract(labels, ?) = ?")
-        params.extend([_json_path(key), value])
+        # Label keys are checked where they enter (letters, digits, . _ -).
+        where.append(f"{db.json_text('labels')} = ?")
+        params.extend([db.json_path(key), value])
     if after is not None:
         where.append("device_id > ?")
         params.append(after)
@@ -291,12 +286,9 @@ def list_devices(
     return [Device.from_row(r) for r in rows]
 
 
-def update_labels(
-    db: sqlite_utils.Database, device_id: str, changes: dict[str, str | None]
-) -> Device | None:
+def update_labels(db: Sql, device_id: str, changes: dict[str, str | None]) -> Device | None:
     """Merge `changes` into the device's labels (None deletes a label); None if unknown."""
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         row = db.execute("SELECT labels FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         if row is None:
             return None
@@ -313,7 +305,7 @@ def update_labels(
     return get_device(db, device_id)
 
 
-def fleet_counts(db: sqlite_utils.Database) -> list[tuple[bool, str, int]]:
+def fleet_counts(db: Sql) -> list[tuple[bool, str, int]]:
     """(online, profile, number of devices) for every combination present, of the
     unrevoked devices only: a revoked device is not an offline one (`state_counts`
     counts them)."""
@@ -324,19 +316,13 @@ def fleet_counts(db: sqlite_utils.Database) -> list[tuple[bool, str, int]]:
     return [(bool(r["online"]), r["profile"], r["n"]) for r in rows]
 
 
-def state_counts(db: sqlite_utils.Database) -> dict[str, int]:
+def state_counts(db: Sql) -> dict[str, int]:
     """Devices in the registry by state: online, offline (unrevoked, not connected) and
     revoked, each counted once (one read: they add up to the registry's size)."""
     row = db.execute(
-        """SELECT COALESCE(SUM(revoked_at IS NULL AND online), 0),
-                  COALESCE(SUM(revoked_at IS NULL AND NOT online), 0),
-                  COALESCE(SUM(revoked_at IS NOT NULL), 0)
+        """SELECT COALESCE(SUM(CASE WHEN revoked_at IS NULL AND online = 1 THEN 1 END), 0),
+                  COALESCE(SUM(CASE WHEN revoked_at IS NULL AND online = 0 THEN 1 END), 0),
+                  COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 END), 0)
            FROM devices"""
     ).fetchone()
     return {"online": int(row[0]), "offline": int(row[1]), "revoked": int(row[2])}
-
-
-def _json_path(key: str) -> str:
-    # Label keys are checked where they enter (letters, digits, . _ -), so quoting the
-    # key as a JSON path member is safe.
-    return f'$."{key}"'

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from hub.store import modelstats
+from hub.store.sql import Sql
 
 ROLLOUT_STATES = ("canary", "rolling", "completed", "halted", "superseded")
 EXPIRY_WINDOWS = (("1d", 86400.0), ("14d", 14 * 86400.0))
@@ -26,7 +25,7 @@ class FleetGauges:
     stores_over: dict[str, int]  # stream -> devices whose fill is over `STORE_OVER`
 
 
-def read(db: sqlite_utils.Database, now: float) -> FleetGauges:
+def read(db: Sql, now: float) -> FleetGauges:
     expiring = {
         name: db.execute(
             """SELECT COUNT(*) FROM devices WHERE revoked_at IS NULL

@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
+from hub.store.sql import Sql
 from hub.store.tasks import HELD, finish, move, record_events
 
 MAX_SCAN = 20_000  # queued tasks one allocation pass may look at
@@ -83,12 +82,11 @@ Plan = Callable[[list[Queued], list[Candidate]], list[tuple[str, str]]]
 
 
 def allocate(
-    db: sqlite_utils.Database, now: float, settings: Settings, plan: Plan
+    db: Sql, now: float, settings: Settings, plan: Plan
 ) -> tuple[list[Assigned], dict[str, int]]:
     """One allocation pass: expire, lapse, plan, assign. Returns the assignments to send
     and how many tasks each sweep ended or requeued (for logs and metrics)."""
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         swept = _sweep(db, now, settings)
         # Nothing runnable queued (the usual case between bursts): reading and decoding
         # every online device would be the pass's whole cost, paid twice a second and
@@ -119,7 +117,7 @@ def allocate(
 
 
 def update(
-    db: sqlite_utils.Database,
+    db: Sql,
     device_id: str,
     updates: Iterable[Any],
     now: float,
@@ -128,8 +126,7 @@ def update(
     """Apply a device's accepted / rejected / running updates; return (task_id, outcome)
     for each: applied, or stale (another attempt, another device, or already ended)."""
     outcomes = []
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         for u in updates:
             row = db.execute(
                 "SELECT state, device_id, attempt, excluded, target FROM tasks WHERE task_id = ?",
@@ -155,7 +152,7 @@ def update(
 
 
 def _requeue(
-    db: sqlite_utils.Database,
+    db: Sql,
     task_id: str,
     row: Any,
     now: float,
@@ -198,7 +195,7 @@ def _requeue(
 
 
 def _reject(
-    db: sqlite_utils.Database,
+    db: Sql,
     task_id: str,
     row: Any,
     device_id: str,
@@ -211,7 +208,7 @@ def _reject(
     _requeue(db, task_id, full, now, settings, "rejected", reason or "no reason")
 
 
-def _sweep(db: sqlite_utils.Database, now: float, settings: Settings) -> dict[str, int]:
+def _sweep(db: Sql, now: float, settings: Settings) -> dict[str, int]:
     swept = {"expired": 0, "lapsed": 0}
     for row in db.execute(
         "SELECT task_id, device_id, attempt FROM tasks WHERE state IN "
@@ -236,7 +233,7 @@ def _sweep(db: sqlite_utils.Database, now: float, settings: Settings) -> dict[st
     return swept
 
 
-def _queued(db: sqlite_utils.Database, now: float, limit: int, offset: int) -> list[Queued]:
+def _queued(db: Sql, now: float, limit: int, offset: int) -> list[Queued]:
     rows = db.execute(
         """SELECT task_id, model, version, priority, deadline, target, excluded FROM tasks
            WHERE state = 'queued' AND deadline > ?
@@ -257,7 +254,7 @@ def _queued(db: sqlite_utils.Database, now: float, limit: int, offset: int) -> l
     ]
 
 
-def _candidates(db: sqlite_utils.Database, now: float, settings: Settings) -> list[Candidate]:
+def _candidates(db: Sql, now: float, settings: Settings) -> list[Candidate]:
     held = {
         r[0]: r[1]
         for r in db.execute(
@@ -304,9 +301,7 @@ def _candidates(db: sqlite_utils.Database, now: float, settings: Settings) -> li
     return out
 
 
-def _assign(
-    db: sqlite_utils.Database, task_id: str, device_id: str, now: float, settings: Settings
-) -> Assigned:
+def _assign(db: Sql, task_id: str, device_id: str, now: float, settings: Settings) -> Assigned:
     row = db.execute(
         """UPDATE tasks SET state = 'assigned', device_id = ?, attempt = attempt + 1,
                updated_at = ?, lease_expires = ? + lease_s

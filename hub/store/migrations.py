@@ -1,13 +1,20 @@
-"""The hub database's schema, as named migrations applied in order."""
+"""The hub database's schema, as named migrations applied in order, on either back-end.
+
+Written in SQLite's types (INTEGER, REAL, TEXT, BLOB); on PostgreSQL each table
+definition is given PostgreSQL's names for them (postgres.translate), so one list of
+migrations makes both schemas. What only one back-end needs is marked by `db.dialect`.
+"""
 
 from __future__ import annotations
 
-import sqlite_utils
+from collections.abc import Callable
 
-from outpost.sqlite import Migration
+from hub.store.sql import Sql
+
+Migration = tuple[str, Callable[[Sql], None]]
 
 
-def _m001_registry(db: sqlite_utils.Database) -> None:
+def _m001_registry(db: Sql) -> None:
     db.execute(
         """CREATE TABLE enroll_tokens (
             jti TEXT PRIMARY KEY,
@@ -39,7 +46,7 @@ def _m001_registry(db: sqlite_utils.Database) -> None:
     )
 
 
-def _m002_api(db: sqlite_utils.Database) -> None:
+def _m002_api(db: Sql) -> None:
     db.execute(
         """CREATE TABLE api_tokens (
             jti TEXT PRIMARY KEY,
@@ -65,9 +72,12 @@ def _m002_api(db: sqlite_utils.Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX devices_profile ON devices (profile)")
+    if db.dialect == "postgresql":
+        # The token list pages on SQLite's implicit rowid: give PostgreSQL the same.
+        db.execute("ALTER TABLE api_tokens ADD COLUMN rowid BIGSERIAL")
 
 
-def _m003_records(db: sqlite_utils.Database) -> None:
+def _m003_records(db: Sql) -> None:
     # WITHOUT ROWID: rows live in the primary key's b-tree, which is also the order every
     # query reads them in (one device, one stream, by seq), so no second index is needed.
     db.execute(
@@ -91,19 +101,19 @@ def _m003_records(db: sqlite_utils.Database) -> None:
     )
 
 
-def _m004_device_store(db: sqlite_utils.Database) -> None:
+def _m004_device_store(db: Sql) -> None:
     # The device's own store as its heartbeats report it: fill, drops, refusals, wear.
     db.execute("ALTER TABLE devices ADD COLUMN store TEXT")
 
 
-def _m005_device_models(db: sqlite_utils.Database) -> None:
+def _m005_device_models(db: Sql) -> None:
     # What the device can run: its inference runtime and installed models (from hello
     # and heartbeats), the capability registry's input for allocating work.
     db.execute("ALTER TABLE devices ADD COLUMN runtime TEXT")
     db.execute("ALTER TABLE devices ADD COLUMN models TEXT")
 
 
-def _m006_tasks(db: sqlite_utils.Database) -> None:
+def _m006_tasks(db: Sql) -> None:
     db.execute(
         """CREATE TABLE tasks (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -150,7 +160,7 @@ def _m006_tasks(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN task_inbox INTEGER NOT NULL DEFAULT 0")
 
 
-def _m007_policy(db: sqlite_utils.Database) -> None:
+def _m007_policy(db: Sql) -> None:
     db.execute(
         """CREATE TABLE policy_layers (
             name TEXT PRIMARY KEY,
@@ -181,7 +191,7 @@ def _m007_policy(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO policy_seq (value) VALUES (0)")
 
 
-def _m008_device_certs(db: sqlite_utils.Database) -> None:
+def _m008_device_certs(db: Sql) -> None:
     # Every certificate issued to a device (enrollment and renewals): the CRL lists them
     # all when the device is revoked, and a renewal must present one of them.
     db.execute("ALTER TABLE devices ADD COLUMN revoked_at REAL")
@@ -204,7 +214,7 @@ def _m008_device_certs(db: sqlite_utils.Database) -> None:
     )
 
 
-def _m009_models(db: sqlite_utils.Database) -> None:
+def _m009_models(db: Sql) -> None:
     db.execute(
         """CREATE TABLE models (
             name TEXT NOT NULL,
@@ -248,7 +258,7 @@ def _m009_models(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX rollout_devices_device ON rollout_devices (device_id)")
 
 
-def _m010_model_stats(db: sqlite_utils.Database) -> None:
+def _m010_model_stats(db: Sql) -> None:
     # Folded from devices' metric roll-ups (see modelstats.py); `hour` is the epoch second
     # its hour starts. JSON columns: confidence [10 counts], labels and latency {key: n}.
     db.execute(
@@ -285,17 +295,31 @@ def _m010_model_stats(db: sqlite_utils.Database) -> None:
     )
 
 
-def _m011_revoked_by(db: sqlite_utils.Database) -> None:
+def _m011_revoked_by(db: Sql) -> None:
     # Who revoked a device: the API token's subject, or `cli:<OS user>` for the command.
     # Devices revoked before this migration keep NULL: nobody recorded who.
     db.execute("ALTER TABLE devices ADD COLUMN revoked_by TEXT")
 
 
-def _m012_holds(db: sqlite_utils.Database) -> None:
+def _m012_holds(db: Sql) -> None:
     # A device that flooded the hub is held off for a while: its certificates are listed
     # in the CRL as on hold (hub/holds.py) from held_at until held_until.
     db.execute("ALTER TABLE devices ADD COLUMN held_at REAL")
     db.execute("ALTER TABLE devices ADD COLUMN held_until REAL")
+
+
+def _m013_leadership(db: Sql) -> None:
+    # One row: which replica leads, until when, and the epoch that fences its work
+    # (leadership.py). Seeded lapsed, so the first replica to claim it takes it.
+    db.execute(
+        """CREATE TABLE leadership (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            epoch INTEGER NOT NULL,
+            expires_at REAL NOT NULL
+        )"""
+    )
+    db.execute("INSERT INTO leadership (name, holder, epoch, expires_at) VALUES ('hub', '', 0, 0)")
 
 
 MIGRATIONS: list[Migration] = [
@@ -311,4 +335,5 @@ MIGRATIONS: list[Migration] = [
     ("010_model_stats", _m010_model_stats),
     ("011_revoked_by", _m011_revoked_by),
     ("012_holds", _m012_holds),
+    ("013_leadership", _m013_leadership),
 ]

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgpack
-import sqlite_utils
 
+from hub.store.sql import Sql
 from outpost import rollup
 
 WINDOW_S = 7 * 86400  # hourly statistics kept this long
@@ -75,7 +75,7 @@ class Distribution:
 
 
 def fold(
-    db: sqlite_utils.Database,
+    db: Sql,
     device_id: str,
     rows: Iterable[tuple[int, float, bytes]],
     now: float,
@@ -128,9 +128,7 @@ def fold(
     return folded
 
 
-def distributions(
-    db: sqlite_utils.Database, since: float
-) -> dict[tuple[str, str], dict[str, Distribution]]:
+def distributions(db: Sql, since: float) -> dict[tuple[str, str], dict[str, Distribution]]:
     """Per model version, each unrevoked device's inferences in the hours from `since`."""
     sums: dict[tuple[str, str], dict[str, tuple[int, list[int], dict[str, int]]]] = {}
     rows = db.execute(
@@ -153,7 +151,7 @@ def distributions(
     }
 
 
-def device_errors(db: sqlite_utils.Database, device_id: str, since: float) -> dict[str, int]:
+def device_errors(db: Sql, device_id: str, since: float) -> dict[str, int]:
     """A device's errors by reason in the hours from `since`."""
     totals: dict[str, int] = {}
     for (errors,) in db.execute(
@@ -165,7 +163,7 @@ def device_errors(db: sqlite_utils.Database, device_id: str, since: float) -> di
     return totals
 
 
-def stores_over(db: sqlite_utils.Database, threshold: float) -> dict[str, int]:
+def stores_over(db: Sql, threshold: float) -> dict[str, int]:
     """Per stream: unrevoked devices whose latest roll-up put its fill above `threshold`."""
     over = dict.fromkeys(STREAMS, 0)
     for (store,) in db.execute(
@@ -232,7 +230,7 @@ def _totals(stats: dict[str, Any]) -> ModelTotals:
 
 
 def _add_hour(
-    db: sqlite_utils.Database,
+    db: Sql,
     device_id: str,
     name: str,
     version: str,
@@ -281,9 +279,7 @@ def _add_hour(
     )
 
 
-def _add_errors(
-    db: sqlite_utils.Database, device_id: str, hour: int, errors: dict[str, int]
-) -> None:
+def _add_errors(db: Sql, device_id: str, hour: int, errors: dict[str, int]) -> None:
     row = db.execute(
         "SELECT errors FROM device_errors WHERE device_id = ? AND hour = ?", (device_id, hour)
     ).fetchone()
@@ -297,7 +293,7 @@ def _add_errors(
     )
 
 
-def _set_health(db: sqlite_utils.Database, device_id: str, ts: float, data: dict[str, Any]) -> None:
+def _set_health(db: Sql, device_id: str, ts: float, data: dict[str, Any]) -> None:
     """Keep the newest roll-up's store fill and task depths (an older one changes nothing)."""
     store = data.get("store")
     fills = {}

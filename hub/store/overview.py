@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from hub.store import rollouts
 from hub.store.devices import Device
 from hub.store.rollouts import Rollout
+from hub.store.sql import Sql
 from hub.store.tasks import TERMINAL
 
 
@@ -51,7 +50,7 @@ class Overview:
 
 
 def read(
-    db: sqlite_utils.Database,
+    db: Sql,
     after: int | None,
     max_devices: int,
     max_rollouts: int,
@@ -60,8 +59,7 @@ def read(
     """The fleet now, and the tasks that ended after the transition `after` (None: the
     first read, which only finds where to start)."""
     # One read transaction: every part of the picture is of the same moment.
-    with db.conn:
-        db.conn.execute("BEGIN")
+    with db.snapshot():
         total, online = db.execute(
             "SELECT COUNT(*), COALESCE(SUM(online), 0) FROM devices"
         ).fetchone()
@@ -100,16 +98,14 @@ def read(
     )
 
 
-def _finished(
-    db: sqlite_utils.Database, after: int | None, limit: int
-) -> tuple[int, list[Finished]]:
+def _finished(db: Sql, after: int | None, limit: int) -> tuple[int, list[Finished]]:
     """Tasks that ended after the transition `after`, per model: a range of the
     transitions' primary key, so a tick costs what happened since the last one."""
     if after is None:
         (last,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM task_events").fetchone()
         return int(last), []
     rows = db.execute(
-        f"""SELECT e.id, e.state, t.model, json_extract(t.result, '$.latency_ms')
+        f"""SELECT e.id, e.state, t.model, {db.json_number("t.result", "latency_ms")}
             FROM task_events e JOIN tasks t ON t.task_id = e.task_id
             WHERE e.id > ? AND e.state IN ({", ".join("?" * len(TERMINAL))})
             ORDER BY e.id LIMIT ?""",  # noqa: S608 - placeholders only; values are bound

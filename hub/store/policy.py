@@ -11,8 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import sqlite_utils
-
+from hub.store.sql import Sql
 from outpost import policy
 
 Scope = Literal["fleet", "group", "device"]
@@ -49,9 +48,8 @@ class ToPublish:
     document: dict[str, Any]
 
 
-def put_layer(db: sqlite_utils.Database, layer: Layer) -> None:
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+def put_layer(db: Sql, layer: Layer) -> None:
+    with db.write():
         db.execute(
             """INSERT INTO policy_layers (name, scope, selector, device_id, rank, document,
                    updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -72,13 +70,12 @@ def put_layer(db: sqlite_utils.Database, layer: Layer) -> None:
         )
 
 
-def delete_layer(db: sqlite_utils.Database, name: str) -> bool:
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+def delete_layer(db: Sql, name: str) -> bool:
+    with db.write():
         return db.execute("DELETE FROM policy_layers WHERE name = ?", (name,)).rowcount > 0
 
 
-def layers(db: sqlite_utils.Database) -> list[Layer]:
+def layers(db: Sql) -> list[Layer]:
     return [
         Layer(
             r["name"],
@@ -109,12 +106,11 @@ def resolve(all_layers: list[Layer], device_id: str, labels: dict[str, str]) -> 
     return [*fleet, *groups, *own]
 
 
-def refresh(db: sqlite_utils.Database, device_ids: list[str] | None, now: float) -> list[ToPublish]:
+def refresh(db: Sql, device_ids: list[str] | None, now: float) -> list[ToPublish]:
     """Recompute effective policies (of `device_ids`, or every device); give a new version
     to each that changed, and return those plus any not yet published."""
     out = []
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         every = layers(db)
         if device_ids is None:
             rows = db.execute("SELECT device_id, labels FROM devices").fetchall()
@@ -149,18 +145,15 @@ def refresh(db: sqlite_utils.Database, device_ids: list[str] | None, now: float)
     return out
 
 
-def mark_published(db: sqlite_utils.Database, device_id: str, version: int) -> None:
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+def mark_published(db: Sql, device_id: str, version: int) -> None:
+    with db.write():
         db.execute(
             "UPDATE device_policy SET published = 1 WHERE device_id = ? AND version = ?",
             (device_id, version),
         )
 
 
-def report(
-    db: sqlite_utils.Database, device_id: str, applied: int, rejected: int, reason: str
-) -> None:
+def report(db: Sql, device_id: str, applied: int, rejected: int, reason: str) -> None:
     """What the device says it runs (inside the presence transaction).
 
     Versions only move forward: a device never applies an older version than it runs,
@@ -169,14 +162,14 @@ def report(
     db.execute(
         """UPDATE device_policy SET
                reason = CASE WHEN ? >= rejected_version THEN ? ELSE reason END,
-               applied_version = MAX(applied_version, ?),
-               rejected_version = MAX(rejected_version, ?)
+               applied_version = CASE WHEN ? > applied_version THEN ? ELSE applied_version END,
+               rejected_version = CASE WHEN ? > rejected_version THEN ? ELSE rejected_version END
            WHERE device_id = ?""",
-        (rejected, reason, applied, rejected, device_id),
+        (rejected, reason, applied, applied, rejected, rejected, device_id),
     )
 
 
-def effective(db: sqlite_utils.Database, device_id: str) -> Effective | None:
+def effective(db: Sql, device_id: str) -> Effective | None:
     device = db.execute("SELECT labels FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     if device is None:
         return None
@@ -194,7 +187,7 @@ def effective(db: sqlite_utils.Database, device_id: str) -> Effective | None:
     )
 
 
-def drift(db: sqlite_utils.Database) -> int:
+def drift(db: Sql) -> int:
     """Devices whose applied version lags the one the hub published."""
     (n,) = db.execute(
         "SELECT COUNT(*) FROM device_policy WHERE published = 1 AND applied_version < version"
@@ -202,7 +195,7 @@ def drift(db: sqlite_utils.Database) -> int:
     return int(n)
 
 
-def _next_version(db: sqlite_utils.Database) -> int:
+def _next_version(db: Sql) -> int:
     db.execute("UPDATE policy_seq SET value = value + 1")
     (value,) = db.execute("SELECT value FROM policy_seq").fetchone()
     return int(value)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import sqlite_utils
+
+from hub.store.sql import Sql
 
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer; the wire contract sets no upper bound
 
@@ -59,11 +60,11 @@ class StreamCount:
 
 
 # Called, inside the transaction, with each upload and the records of it that were new.
-OnStored = Callable[[sqlite_utils.Database, Upload, list[tuple[int, float, bytes]]], None]
+OnStored = Callable[[Sql, Upload, list[tuple[int, float, bytes]]], None]
 
 
 def apply_uploads(
-    db: sqlite_utils.Database,
+    db: Sql,
     uploads: list[Upload],
     now: float,
     on_stored: OnStored | None = None,
@@ -75,16 +76,13 @@ def apply_uploads(
     in the same transaction (so what it derives is exactly-once too).
     """
     applied = []
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         for upload in uploads:
             applied.append(_apply(db, upload, now, on_stored))
     return applied
 
 
-def _apply(
-    db: sqlite_utils.Database, upload: Upload, now: float, on_stored: OnStored | None
-) -> Applied:
+def _apply(db: Sql, upload: Upload, now: float, on_stored: OnStored | None) -> Applied:
     key = (upload.device_id, upload.stream)
     row = db.execute(
         "SELECT hwm FROM stream_marks WHERE device_id = ? AND stream = ?", key
@@ -95,12 +93,12 @@ def _apply(
         return Applied(*key, hwm=hwm, gap=True, stored=0)
     new = [r for r in upload.records if r[0] > hwm]  # at or below the mark: a replay
     rows = [(*key, seq, ts, body, now) for seq, ts, body in new]  # stored as it came
-    # OR IGNORE only as a guard: nothing above the mark can be stored yet.
-    stored = db.conn.executemany(
-        """INSERT OR IGNORE INTO records (device_id, stream, seq, ts, body, received_at)
-           VALUES (?, ?, ?, ?, ?, ?)""",
+    # DO NOTHING only as a guard: nothing above the mark can be stored yet.
+    stored = db.executemany(
+        """INSERT INTO records (device_id, stream, seq, ts, body, received_at)
+           VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
         rows,
-    ).rowcount
+    )
     if on_stored is not None and new:
         on_stored(db, upload, new)
     if upload.to_seq > hwm:
@@ -113,7 +111,7 @@ def _apply(
     return Applied(*key, hwm=hwm, gap=False, stored=max(stored, 0))
 
 
-def marks(db: sqlite_utils.Database, device_ids: Iterable[str]) -> dict[tuple[str, str], int]:
+def marks(db: Sql, device_ids: Iterable[str]) -> dict[tuple[str, str], int]:
     """The mark of every stream the hub holds something of, for each of `device_ids`."""
     found: dict[tuple[str, str], int] = {}
     for device_id in sorted(set(device_ids)):
@@ -124,9 +122,7 @@ def marks(db: sqlite_utils.Database, device_ids: Iterable[str]) -> dict[tuple[st
     return found
 
 
-def page(
-    db: sqlite_utils.Database, device_id: str, stream: str, after: int, limit: int
-) -> list[StoredRecord]:
+def page(db: Sql, device_id: str, stream: str, after: int, limit: int) -> list[StoredRecord]:
     """Records of one device and stream with seq above `after`, in seq order (keyset)."""
     rows = db.execute(
         """SELECT seq, ts, body, received_at FROM records
@@ -139,7 +135,7 @@ def page(
     ]
 
 
-def counts(db: sqlite_utils.Database, device_id: str) -> list[StreamCount]:
+def counts(db: Sql, device_id: str) -> list[StreamCount]:
     """Records held and mark, per stream the hub holds anything of for the device."""
     held = {
         r[0]: r[1]

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from hub.store.devices import Device
+from hub.store.sql import Row, Sql
 
 IN_PROGRESS = ("canary", "rolling")
 # A device's row ends `active`, `failed`, `rolled_back`, or `superseded` (a newer roll-out
@@ -49,7 +47,7 @@ class StoredModel:
     uploaded_by: str
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> StoredModel:
+    def from_row(cls, row: Row) -> StoredModel:
         return cls(
             row["name"],
             row["version"],
@@ -99,45 +97,42 @@ class Advanced:
     halted_now: bool = False  # this report halted it
 
 
-def add_model(db: sqlite_utils.Database, m: StoredModel) -> bool:
+def add_model(db: Sql, m: StoredModel) -> bool:
     """Store a model; False if that name and version exist (a version is immutable)."""
-    try:
-        with db.conn:
-            db.execute(
-                """INSERT INTO models (name, version, sha256, size, manifest, document,
-                       signature, uploaded_at, uploaded_by)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    m.name,
-                    m.version,
-                    m.sha256,
-                    m.size,
-                    json.dumps(m.manifest, sort_keys=True),
-                    m.document,
-                    m.signature,
-                    m.uploaded_at,
-                    m.uploaded_by,
-                ),
-            )
-    except sqlite3.IntegrityError:
-        return False
-    return True
+    with db.write():
+        added = db.execute(
+            """INSERT INTO models (name, version, sha256, size, manifest, document,
+                   signature, uploaded_at, uploaded_by)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+            (
+                m.name,
+                m.version,
+                m.sha256,
+                m.size,
+                json.dumps(m.manifest, sort_keys=True),
+                m.document,
+                m.signature,
+                m.uploaded_at,
+                m.uploaded_by,
+            ),
+        ).rowcount
+    return added == 1
 
 
-def get_model(db: sqlite_utils.Database, name: str, version: str) -> StoredModel | None:
+def get_model(db: Sql, name: str, version: str) -> StoredModel | None:
     row = db.execute(
         "SELECT * FROM models WHERE name = ? AND version = ?", (name, version)
     ).fetchone()
     return StoredModel.from_row(row) if row else None
 
 
-def list_models(db: sqlite_utils.Database) -> list[StoredModel]:
+def list_models(db: Sql) -> list[StoredModel]:
     rows = db.execute("SELECT * FROM models ORDER BY name, uploaded_at").fetchall()
     return [StoredModel.from_row(r) for r in rows]
 
 
 def create_rollout(
-    db: sqlite_utils.Database,
+    db: Sql,
     *,
     name: str,
     version: str,
@@ -149,8 +144,7 @@ def create_rollout(
     """Create a roll-out and release its canary devices (`RolloutRefusedError` if the
     model is unknown or the selector matches no device). Roll-outs of the same model
     still in progress no longer release the devices this one targets."""
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         model = get_model(db, name, version)
         if model is None:
             raise RolloutRefusedError(f"no model {name} {version} was uploaded")
@@ -175,14 +169,12 @@ def create_rollout(
         # choice is predictable.
         targets.sort(key=lambda d: (not d.online, d.device_id))
         canaries = max(1, math.ceil(canary_share * len(targets)))
-        cursor = db.execute(
+        (rollout_id,) = db.execute(
             """INSERT INTO rollouts (name, version, selector, canary_share, state,
                    created_at, created_by, updated_at)
-               VALUES (?, ?, ?, ?, 'canary', ?, ?, ?)""",
+               VALUES (?, ?, ?, ?, 'canary', ?, ?, ?) RETURNING id""",
             (name, version, json.dumps(selector, sort_keys=True), canary_share, now, by, now),
-        )
-        rollout_id = cursor.lastrowid
-        assert rollout_id is not None
+        ).fetchone()
         older = [
             r["id"]
             for r in db.execute(
@@ -219,7 +211,7 @@ def create_rollout(
     return rollout
 
 
-def get_rollout(db: sqlite_utils.Database, rollout_id: int) -> Rollout | None:
+def get_rollout(db: Sql, rollout_id: int) -> Rollout | None:
     row = db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
     if row is None:
         return None
@@ -236,13 +228,13 @@ def get_rollout(db: sqlite_utils.Database, rollout_id: int) -> Rollout | None:
     return _rollout(row, devices)
 
 
-def list_rollouts(db: sqlite_utils.Database, limit: int = 100) -> list[Rollout]:
+def list_rollouts(db: Sql, limit: int = 100) -> list[Rollout]:
     rows = db.execute("SELECT * FROM rollouts ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
     return [_rollout(r, []) for r in rows]
 
 
 def record_state(
-    db: sqlite_utils.Database,
+    db: Sql,
     device_id: str,
     name: str,
     version: str,
@@ -257,8 +249,7 @@ def record_state(
     if state == "failed" and not final:
         state = "blocked"
     advanced = []
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         ids = [
             r["id"]
             for r in db.execute(
@@ -278,14 +269,14 @@ def record_state(
     return advanced
 
 
-def desired_releases(db: sqlite_utils.Database, device_id: str) -> list[tuple[bytes, bytes]]:
+def desired_releases(db: Sql, device_id: str) -> list[tuple[bytes, bytes]]:
     """The signed releases the device should run: per model name, the newest roll-out
     that released it and has not halted (a halted roll-out gives its canaries back the
     version of the roll-out before it, or nothing, which leaves the model as it is)."""
     return [(r["document"], r["signature"]) for r in _desired(db, device_id)]
 
 
-def _desired(db: sqlite_utils.Database, device_id: str) -> list[sqlite3.Row]:
+def _desired(db: Sql, device_id: str) -> list[Row]:
     return db.execute(
         """SELECT m.name, m.document, m.signature FROM models m
            JOIN rollouts r ON r.name = m.name AND r.version = m.version
@@ -301,9 +292,7 @@ def _desired(db: sqlite_utils.Database, device_id: str) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-def drop_device(
-    db: sqlite_utils.Database, device_id: str, reason: str, now: float
-) -> list[Advanced]:
+def drop_device(db: Sql, device_id: str, reason: str, now: float) -> list[Advanced]:
     """A device leaves every roll-out in progress (revoked): its open rows fail with the
     reason, so no roll-out waits on it; what each roll-out did then is returned. Runs
     inside the caller's transaction."""
@@ -325,7 +314,7 @@ def drop_device(
     return [_advance(db, rollout_id, now) for rollout_id in ids]
 
 
-def _advance(db: sqlite_utils.Database, rollout_id: int, now: float) -> Advanced:
+def _advance(db: Sql, rollout_id: int, now: float) -> Advanced:
     row = db.execute("SELECT state, reason FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
     state, reason = row["state"], row["reason"]
     devices = db.execute(
@@ -372,7 +361,7 @@ def _advance(db: sqlite_utils.Database, rollout_id: int, now: float) -> Advanced
     return Advanced(rollout_id, released, state, reason, halted_now)
 
 
-def _rollout(row: sqlite3.Row, devices: list[RolloutDevice]) -> Rollout:
+def _rollout(row: Row, devices: list[RolloutDevice]) -> Rollout:
     return Rollout(
         id=row["id"],
         name=row["name"],

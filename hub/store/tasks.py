@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import sqlite_utils
+
+from hub.store.sql import Sql
 
 TERMINAL = ("succeeded", "failed", "expired", "cancelled")
 HELD = ("assigned", "accepted", "running")  # states in which a device holds the task
@@ -74,10 +75,9 @@ class Task:
     events: list[TaskEvent] = field(default_factory=list)
 
 
-def create(db: sqlite_utils.Database, tasks: Sequence[NewTask], now: float) -> None:
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
-        db.conn.executemany(
+def create(db: Sql, tasks: Sequence[NewTask], now: float) -> None:
+    with db.write():
+        db.executemany(
             """INSERT INTO tasks (task_id, state, model, version, input, dtype, priority,
                    deadline, lease_s, target, created_at, updated_at, submitted_by)
                VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -102,7 +102,7 @@ def create(db: sqlite_utils.Database, tasks: Sequence[NewTask], now: float) -> N
         record_events(db, [(t.task_id, now, "queued", None, 0, "") for t in tasks])
 
 
-def get(db: sqlite_utils.Database, task_id: str) -> Task | None:
+def get(db: Sql, task_id: str) -> Task | None:
     row = db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()  # noqa: S608 - fixed column list
     if row is None:
         return None
@@ -116,7 +116,7 @@ def get(db: sqlite_utils.Database, task_id: str) -> Task | None:
 
 
 def page(
-    db: sqlite_utils.Database,
+    db: Sql,
     *,
     state: str | None,
     device_id: str | None,
@@ -137,18 +137,17 @@ def page(
     return [_task(r, []) for r in rows]
 
 
-def counts(db: sqlite_utils.Database) -> dict[str, int]:
+def counts(db: Sql) -> dict[str, int]:
     return {
         r[0]: r[1]
         for r in db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
     }
 
 
-def cancel(db: sqlite_utils.Database, task_id: str, now: float) -> tuple[Task | None, str]:
+def cancel(db: Sql, task_id: str, now: float) -> tuple[Task | None, str]:
     """Cancel a task that has not ended. Returns it and, if a device held it, that device
     (to be told); a task already ended comes back unchanged with no device."""
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         row = db.execute(
             "SELECT state, device_id, attempt FROM tasks WHERE task_id = ?", (task_id,)
         ).fetchone()
@@ -159,9 +158,7 @@ def cancel(db: sqlite_utils.Database, task_id: str, now: float) -> tuple[Task | 
     return get(db, task_id), holder or ""
 
 
-def apply_result(
-    db: sqlite_utils.Database, device_id: str, body: dict[str, Any], now: float
-) -> str:
+def apply_result(db: Sql, device_id: str, body: dict[str, Any], now: float) -> str:
     """A task result from a device's results stream (inside the caller's transaction).
 
     Accepted only if it carries the current attempt of a task that device holds; the
@@ -266,8 +263,8 @@ def _task(row: Any, events: list[TaskEvent]) -> Task:
     )
 
 
-def record_events(db: sqlite_utils.Database, rows: list[tuple[Any, ...]]) -> None:
-    db.conn.executemany(
+def record_events(db: Sql, rows: list[tuple[Any, ...]]) -> None:
+    db.executemany(
         """INSERT INTO task_events (task_id, at, state, device_id, attempt, detail)
            VALUES (?, ?, ?, ?, ?, ?)""",
         rows,
@@ -275,7 +272,7 @@ def record_events(db: sqlite_utils.Database, rows: list[tuple[Any, ...]]) -> Non
 
 
 def move(
-    db: sqlite_utils.Database,
+    db: Sql,
     task_id: str,
     state: str,
     now: float,
@@ -290,7 +287,7 @@ def move(
 
 
 def finish(
-    db: sqlite_utils.Database,
+    db: Sql,
     task_id: str,
     state: str,
     now: float,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import sqlite_utils
+from hub.store.sql import Sql
 
 
 class TokenRefusedError(ValueError):
@@ -13,7 +13,7 @@ class TokenRefusedError(ValueError):
 
 
 def add_enroll_token(
-    db: sqlite_utils.Database, jti: str, now: float, expires_at: float, labels: dict[str, str]
+    db: Sql, jti: str, now: float, expires_at: float, labels: dict[str, str]
 ) -> None:
     db.execute(
         "INSERT INTO enroll_tokens (jti, created_at, expires_at, labels) VALUES (?, ?, ?, ?)",
@@ -21,9 +21,8 @@ def add_enroll_token(
     )
 
 
-def consume_enroll_token(db: sqlite_utils.Database, jti: str, now: float) -> dict[str, str]:
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+def consume_enroll_token(db: Sql, jti: str, now: float) -> dict[str, str]:
+    with db.write():
         row = db.execute(
             "SELECT expires_at, labels, used_at FROM enroll_tokens WHERE jti = ?", (jti,)
         ).fetchone()
@@ -38,7 +37,7 @@ def consume_enroll_token(db: sqlite_utils.Database, jti: str, now: float) -> dic
     return labels
 
 
-def bind_enroll_token(db: sqlite_utils.Database, jti: str, device_id: str) -> None:
+def bind_enroll_token(db: Sql, jti: str, device_id: str) -> None:
     db.execute("UPDATE enroll_tokens SET device_id = ? WHERE jti = ?", (device_id, jti))
 
 
@@ -56,7 +55,7 @@ class ApiTokenRecord:
     cursor: int
 
 
-def add_api_token(db: sqlite_utils.Database, record: ApiTokenRecord) -> None:
+def add_api_token(db: Sql, record: ApiTokenRecord) -> None:
     db.execute(
         """INSERT INTO api_tokens (jti, subject, role, kind, issued_at, expires_at)
            VALUES (?, ?, ?, ?, ?, ?)""",
@@ -64,7 +63,7 @@ def add_api_token(db: sqlite_utils.Database, record: ApiTokenRecord) -> None:
     )
 
 
-def api_token_state(db: sqlite_utils.Database, jti: str) -> str:
+def api_token_state(db: Sql, jti: str) -> str:
     """Return "active", "revoked" or "unknown" (not issued by this hub)."""
     row = db.execute("SELECT revoked_at FROM api_tokens WHERE jti = ?", (jti,)).fetchone()
     if row is None:
@@ -72,10 +71,9 @@ def api_token_state(db: sqlite_utils.Database, jti: str) -> str:
     return "active" if row["revoked_at"] is None else "revoked"
 
 
-def revoke_api_token(db: sqlite_utils.Database, jti: str, now: float) -> str:
+def revoke_api_token(db: Sql, jti: str, now: float) -> str:
     """Revoke; return "revoked", "already revoked" or "unknown"."""
-    with db.conn:
-        db.conn.execute("BEGIN IMMEDIATE")
+    with db.write():
         state = api_token_state(db, jti)
         if state != "active":
             return "already revoked" if state == "revoked" else "unknown"
@@ -83,15 +81,14 @@ def revoke_api_token(db: sqlite_utils.Database, jti: str, now: float) -> str:
     return "revoked"
 
 
-def list_api_tokens(
-    db: sqlite_utils.Database, *, after: int | None, limit: int
-) -> list[ApiTokenRecord]:
+def list_api_tokens(db: Sql, *, after: int | None, limit: int) -> list[ApiTokenRecord]:
     """A page of issued tokens in issue order (keyset on rowid)."""
-    rows = db.execute(
-        """SELECT rowid AS cursor, * FROM api_tokens WHERE rowid > ?
-           ORDER BY rowid LIMIT ?""",
-        (after or 0, limit),
-    ).fetchall()
+    # rowid: SQLite's own; on PostgreSQL a column that migration 002 adds.
+    query = "SELECT rowid AS cursor, * FROM api_tokens WHERE rowid > ? ORDER BY rowid"
+    if limit >= 0:
+        rows = db.execute(f"{query} LIMIT ?", (after or 0, limit)).fetchall()
+    else:
+        rows = db.execute(query, (after or 0,)).fetchall()
     return [
         ApiTokenRecord(
             jti=r["jti"],

@@ -1,5 +1,6 @@
-"""Roll-out stages in the hub's store (a real SQLite file): canaries first, the rest
-when every canary is active; a failing canary halts; supersession; desired releases."""
+"""Roll-out stages in the hub's store (a real SQLite file, a real PostgreSQL database):
+canaries first, the rest when every canary is active; a failing canary halts;
+supersession; desired releases."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from hub.store import Device, HubStore, RolloutRefusedError, StoredModel
+from tests.databases import BACKENDS, database
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[HubStore]:
-    s = HubStore(tmp_path / "hub.db")
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubStore]:
+    s = HubStore(database(request, tmp_path))
     yield s
     s.close()
 

@@ -1,5 +1,5 @@
-"""The hub's task store on a real SQLite file: allocation passes, device updates and
-results, without a broker (the end-to-end runs are in test_tasks.py)."""
+"""The hub's task store on a real SQLite file and a real PostgreSQL database: allocation
+passes, device updates and results, without a broker (the end-to-end runs are in test_tasks.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 from hub.allocation import plan
 from hub.store import HeartbeatSeen, HelloSeen, HubStore, NewTask, TaskSettings, Upload
 from outpost import wire
+from tests.databases import BACKENDS, database
 
 SETTINGS = TaskSettings(
     accept_timeout_s=10, max_attempts=3, prefetch=0, stale_after_heartbeats=3, max_plan=100
@@ -23,9 +24,9 @@ SETTINGS = TaskSettings(
 READY = [{"name": "m", "version": "1", "sha256": "", "state": "ready", "error": ""}]
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    opened = HubStore(tmp_path / "hub.db")
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HubStore]:
+    opened = HubStore(database(request, tmp_path))
     yield opened
     opened.close()
 

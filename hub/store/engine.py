@@ -1,0 +1,217 @@
+"""Which database the hub keeps its truth in, chosen by a URL, and how units of work reach it.
+
+- a path, or `sqlite:PATH`: one SQLite file, the embedded default (one process, one
+  writer thread; nothing to install);
+- `postgresql://...` (or `postgres://`): a PostgreSQL database that several hub replicas
+  share (see postgres.py).
+
+Both apply the same list of migrations (migrations.py) when opened; on PostgreSQL under
+an advisory lock, so replicas starting together against a new database do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from hub.store.migrations import MIGRATIONS, Migration
+from hub.store.sql import Dialect, Sql, SqliteSql
+from outpost.sqlite import SerialDatabase, StoreClosedError, open_database
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class DatabaseUrlError(ValueError):
+    """A database the hub cannot use (a wrong URL, a server that refused); says why."""
+
+
+class Engine(Protocol):
+    dialect: Dialect
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(sql, *args)` as one unit of work, off the event loop."""
+        ...
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """The same, blocking (for CLIs and threads, not the event loop)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def is_postgres(url: str) -> bool:
+    return urlsplit(url).scheme in ("postgresql", "postgres")
+
+
+def describe(url: str | Path) -> str:
+    """The database for a log line or an error: a URL without its password or options."""
+    if isinstance(url, Path) or "://" not in url:
+        return str(url)
+    parts = urlsplit(url)
+    host = parts.hostname or "local socket"
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def sqlite_path(url: str | Path) -> Path:
+    if isinstance(url, Path):
+        return url
+    if url.startswith("sqlite:"):
+        rest = url.removeprefix("sqlite:")
+        return Path(rest.removeprefix("//") if rest.startswith("///") else rest)
+    if "://" in url:
+        scheme = url.split("://", 1)[0]
+        raise DatabaseUrlError(
+            f"database URL {describe(url)!r}: unknown scheme {scheme!r} "
+            "(use a file path, sqlite:PATH or postgresql://USER@HOST:PORT/DATABASE)"
+        )
+    return Path(url)
+
+
+def open_engine(url: str | Path, *, busy_timeout_ms: int = 5000, pool_size: int = 4) -> Engine:
+    """Open (and migrate) the database `url` names."""
+    if isinstance(url, str) and is_postgres(url):
+        try:
+            from hub.store.postgres import DatabaseUnavailableError, PostgresEngine
+        except ImportError as exc:  # the driver is an extra: the agent's install lacks it
+            raise DatabaseUrlError(
+                f"a PostgreSQL database needs the hub's postgres extra ({exc.name} is missing):"
+                " pip install 'outpost[postgres]'"
+            ) from None
+
+        try:
+            engine = PostgresEngine(url, pool_size=pool_size)
+        except DatabaseUnavailableError as exc:
+            raise DatabaseUrlError(f"cannot use the database {describe(url)}: {exc}") from None
+        try:
+            migrate_postgres(engine, MIGRATIONS)
+        except BaseException:
+            engine.close()
+            raise
+        return AsyncPostgres(engine, pool_size)
+    return SqliteEngine(sqlite_path(url), busy_timeout_ms=busy_timeout_ms)
+
+
+class SqliteEngine:
+    """The embedded default: every unit of work on one thread, one file."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+        # FULL: what the hub confirms (a used token, a new device, an acked record) must
+        # survive a power cut. Soft state (presence) opts out per write, see `Sql.soft`.
+        db = open_database(path, synchronous="FULL", busy_timeout_ms=busy_timeout_ms)
+        sql = SqliteSql(db.conn)
+        migrate_sqlite(sql, MIGRATIONS)
+        self._serial = SerialDatabase(sql, "hub", close=db.conn.close)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._serial.run(fn, *args)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._serial.run_sync(fn, *args)
+
+    def close(self) -> None:
+        self._serial.close()
+
+
+class AsyncPostgres:
+    """A `PostgresEngine` awaited from asyncio, on as many threads as it has connections."""
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, engine: Any, threads: int) -> None:
+        self.engine = engine
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hub-pg")
+        self._closed = False
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        loop = asyncio.get_running_loop()
+        result: T = await loop.run_in_executor(self._executor, self.engine.call, fn, *args)
+        return result
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        result: T = self._executor.submit(self.engine.call, fn, *args).result()
+        return result
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        self.engine.close()
+
+
+_LEDGER = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+
+
+def migrate_sqlite(sql: SqliteSql, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded, each in its own transaction, in order."""
+    sql.execute(_LEDGER)
+    done = {row[0] for row in sql.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for name, step in migrations:
+        if name in done:
+            continue
+        with sql.write():  # one transaction: the step and its record land together
+            # Another process (a CLI command beside the daemon) may have applied it
+            # between our read and our lock: look again, under the lock.
+            if sql.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                continue
+            step(sql)
+            _record(sql, name)
+        logger.info("applied migration %s", name)
+        applied.append(name)
+    return applied
+
+
+def migrate_postgres(engine: Any, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the missing migrations in one transaction, holding an advisory lock: a
+    replica that starts while another migrates waits, then finds nothing left to do."""
+    import psycopg
+
+    from hub.store.postgres import MIGRATION_LOCK_KEY, PostgresSql, advisory_locked
+
+    with engine.session() as conn, advisory_locked(conn, MIGRATION_LOCK_KEY):
+        # READ COMMITTED: the snapshot must be taken after the lock is ours, or the
+        # migrations another replica committed while we waited would be invisible.
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        try:
+            with conn.transaction():
+                sql = PostgresSql(conn)
+                sql.execute(_LEDGER)
+                done = {row[0] for row in sql.execute("SELECT name FROM _migrations")}
+                applied = []
+                for name, step in migrations:
+                    if name not in done:
+                        step(sql)
+                        _record(sql, name)
+                        applied.append(name)
+        finally:
+            conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+    for name in applied:
+        logger.info("applied migration %s", name)
+    return applied
+
+
+def _record(sql: Sql, name: str) -> None:
+    sql.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
+
+
+def applied_migrations(engine: Engine) -> list[str]:
+    return engine.run_sync(
+        lambda sql: [r[0] for r in sql.execute("SELECT name FROM _migrations ORDER BY name")]
+    )

@@ -1,0 +1,115 @@
+"""Moving a hub's data from its SQLite file to PostgreSQL (`outpost-hub db migrate`).
+
+Every table is copied as it is, in one PostgreSQL transaction: the target ends up with
+all of it or, on any failure, none of it. The target must hold no data yet (a fresh
+database, or one only `init --db` or a replica's start has migrated), so a typo in the
+URL cannot merge two fleets. Counts are compared table by table before the commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hub.store.engine import DatabaseUrlError, describe, open_engine
+from hub.store.sql import Sql
+
+# Rows the migrations themselves write: replaced by the source's, not counted as data.
+SEEDED = {"policy_seq", "leadership"}
+# Not data: the migration ledger, SQLite's own bookkeeping, who leads right now.
+SKIPPED = {"_migrations", "sqlite_sequence", "leadership"}
+BATCH = 1000
+
+
+class TransferRefusedError(ValueError):
+    """The copy would lose or mix data; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class Copied:
+    table: str
+    rows: int
+
+
+def copy_sqlite_to_postgres(source: Path, target_url: str) -> list[Copied]:
+    """Copy every table of the hub database `source` into the PostgreSQL `target_url`."""
+    if not source.is_file():
+        raise TransferRefusedError(f"{source} does not exist: nothing to migrate")
+    # The source is migrated to the newest schema first, as a hub start would.
+    open_engine(source).close()
+    target = open_engine(target_url)
+    try:
+        # Read on the target's worker thread, inside its transaction.
+        source_db = sqlite3.connect(f"file:{source}?mode=ro", uri=True, check_same_thread=False)
+        with contextlib.closing(source_db) as conn:
+            tables = _tables(conn)
+            return target.run_sync(_copy, conn, tables, describe(target_url))
+    finally:
+        target.close()
+
+
+def _tables(conn: sqlite3.Connection) -> list[str]:
+    rows = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    ).fetchall()
+    return [r[0] for r in rows if r[0] not in SKIPPED]
+
+
+def _copy(db: Sql, source: sqlite3.Connection, tables: list[str], target: str) -> list[Copied]:
+    for table in tables:
+        if table in SEEDED:
+            continue
+        (held,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()  # noqa: S608 - names from the schema
+        if held:
+            raise TransferRefusedError(
+                f"{target} already holds data ({held} rows in {table}): migrate into an "
+                "empty database"
+            )
+    copied = []
+    for table in tables:
+        if table in SEEDED:
+            db.execute(f"DELETE FROM {table}")  # noqa: S608
+        columns, batches = _read(source, table)
+        names = ", ".join(columns)
+        marks = ", ".join("?" * len(columns))
+        insert = f"INSERT INTO {table} ({names}) VALUES ({marks})"  # noqa: S608
+        count = sum(db.executemany(insert, batch) for batch in batches)
+        (held,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()  # noqa: S608
+        (expected,) = source.execute(f"SELECT COUNT(*) FROM {table}").fetchone()  # noqa: S608
+        if held != expected or count != expected:
+            raise DatabaseUrlError(f"{table}: {expected} rows read but {held} stored; rolled back")
+        copied.append(Copied(table, held))
+    _move_identities_past(db)
+    return copied
+
+
+def _read(
+    source: sqlite3.Connection, table: str
+) -> tuple[list[str], Iterator[list[tuple[object, ...]]]]:
+    # api_tokens pages on SQLite's implicit rowid; PostgreSQL has it as a column.
+    select = "rowid, *" if table == "api_tokens" else "*"
+    cursor = source.execute(f"SELECT {select} FROM {table}")  # noqa: S608
+    columns = [d[0] for d in cursor.description]
+
+    def batches() -> Iterator[list[tuple[object, ...]]]:
+        while rows := cursor.fetchmany(BATCH):
+            yield rows
+
+    return columns, batches()
+
+
+def _move_identities_past(db: Sql) -> None:
+    """Identity columns were given the source's values: start their sequences after them."""
+    rows = db.execute(
+        """SELECT table_name, column_name FROM information_schema.columns
+           WHERE table_schema = current_schema()
+             AND (is_identity = 'YES' OR column_default LIKE 'nextval%')"""
+    ).fetchall()
+    for table, column in rows:
+        db.execute(
+            f"""SELECT setval(pg_get_serial_sequence('{table}', '{column}'),
+                       COALESCE(MAX({column}), 0) + 1, false) FROM {table}"""  # noqa: S608
+        )
