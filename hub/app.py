@@ -19,13 +19,15 @@ from hub.enrollment import Enrollment, load_signing_key, load_token_key
 from hub.holds import FloodHolds
 from hub.ingest import Ingest
 from hub.intake import Budget, DeviceIntake
+from hub.leadership import Leadership
 from hub.link import HubLink
 from hub.metrics import HubMetrics
-from hub.paths import HubPaths
+from hub.paths import HubPaths, link_cn
 from hub.policies import PolicyPublisher
 from hub.releases import ModelShelf
 from hub.rollouts import RolloutService
 from hub.store import HubStore
+from hub.store.engine import describe
 from outpost import tls
 from outpost.aio import supervise
 from outpost.datalock import DataLock
@@ -56,6 +58,7 @@ class Hub:
         self.web: WebServer | None = None
         self.dispatcher: Dispatcher | None = None
         self.policies: PolicyPublisher | None = None
+        self.leadership: Leadership | None = None
         self.rollouts: RolloutService | None = None
 
     async def run(self) -> None:
@@ -70,10 +73,18 @@ class Hub:
             # what the running one relies on.
             lock = DataLock.acquire(self.paths.root, "outpost-hub", web=self.config.hub_url)
             stack.callback(lock.release)
-            self.store = store = HubStore(
-                self.paths.database, busy_timeout_ms=self.config.db_busy_timeout_ms
+            database = self.config.database(self.paths.database)
+            self.store = store = await asyncio.to_thread(
+                HubStore,
+                database,
+                busy_timeout_ms=self.config.db_busy_timeout_ms,
+                pool_size=self.config.db_pool_size,
             )
             stack.callback(store.close)
+            replica = self.config.replica_id
+            self.leadership = leadership = Leadership(store, link_cn(replica), elect=bool(replica))
+            # The singleton work runs as the leader, each unit fenced by the lease.
+            leader_store = store.fenced(leadership.fence)
 
             await revocation.prepare(self.paths, self.config, store)  # the broker's CRL
             if self.config.managed_broker:
@@ -95,7 +106,7 @@ class Hub:
             self.metrics = metrics = HubMetrics(
                 broker_restarts=lambda: self.broker.restarts if self.broker else 0
             )
-            self.dispatcher = dispatcher = Dispatcher(store, self.config, self._publish)
+            self.dispatcher = dispatcher = Dispatcher(leader_store, self.config, self._publish)
             signing_key = await asyncio.to_thread(load_signing_key, self.paths)
             self.policies = policies = PolicyPublisher(store, signing_key, self._publish_retained)
             self.rollouts = rollouts = RolloutService(store, self._publish_retained)
@@ -128,13 +139,19 @@ class Hub:
 
             self.link = HubLink(self.paths, self.config, self.ingest, intake)
             self.ready.set()
-            logger.info("hub running (data %s)", self.paths.root)
+            logger.info(
+                "hub %srunning (data %s, database %s)",
+                f"replica {replica} " if replica else "",
+                self.paths.root,
+                describe(database),
+            )
             await supervise(
                 {
                     "hub.mqtt-link": self.link.run(),
-                    "hub.liveness": self._liveness(store),
+                    "hub.leadership": leadership.run(),
+                    "hub.liveness": leadership.while_leading(lambda: self._liveness(leader_store)),
                     "hub.holds": holds.run(),
-                    "hub.dispatcher": dispatcher.run(),
+                    "hub.dispatcher": leadership.while_leading(dispatcher.run),
                     "hub.policies": policies.run(),
                     "hub.rollouts": rollouts.run(),
                     "hub.watchdog": self.notifier.keep_alive(),

@@ -29,9 +29,11 @@ from hub.labels import parse_selector
 from hub.paths import HubPaths
 from hub.revocation import Revoker, UnknownDeviceError
 from hub.store import HubStore
-from outpost import durations, logs, schema, settings, tls
+from hub.store.engine import describe, is_postgres, open_engine, sqlite_path
+from hub.store.transfer import copy_sqlite_to_postgres
+from outpost import durations, files, logs, schema, settings, tls
 from outpost.aio import cancel_until_done
-from outpost.datalock import AlreadyRunningError
+from outpost.datalock import AlreadyRunningError, DataLock
 from outpost.sdnotify import Notifier
 
 logger = logging.getLogger("hub")
@@ -65,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create the fleet CA, certificates and signing keys")
     _data(p)
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="keep the hub's data in this PostgreSQL database (postgresql://USER@HOST:PORT/DB)"
+        " instead of hub.db: creates its schema and writes db_url into hub.toml",
+    )
     p.add_argument(
         "--san",
         action="append",
@@ -102,7 +110,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=int, help="port of the HTTPS endpoint")
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.add_argument("--log-format", choices=logs.LOG_FORMATS, help="json, text or auto")
+    p.add_argument("--db", metavar="URL", help="database URL (db_url): postgresql://... or a path")
+    p.add_argument(
+        "--replica-id", help="run as this replica of several (replica_id; needs --db and --broker)"
+    )
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("db", help="the hub's database")
+    db = p.add_subparsers(required=True, metavar="ACTION")
+    m = db.add_parser(
+        "migrate",
+        help="copy a stopped hub's SQLite data into an empty PostgreSQL database",
+    )
+    _data(m)
+    m.add_argument(
+        "--from",
+        dest="source",
+        metavar="sqlite:PATH",
+        help="the SQLite database to copy (default: hub.db in the data folder)",
+    )
+    m.add_argument("--to", dest="target", required=True, metavar="postgresql://...")
+    m.set_defaults(func=_db_migrate)
 
     p = sub.add_parser("token", help="mint, list and revoke API tokens")
     tokens = p.add_subparsers(required=True, metavar="ACTION")
@@ -181,9 +209,35 @@ def load_config(
 
 def _init(args: argparse.Namespace) -> int:
     paths = HubPaths(args.data)
+    if args.db is not None:
+        if not is_postgres(args.db):
+            raise ValueError(f"--db {describe(args.db)}: init --db takes a postgresql:// URL")
+        if paths.config.exists():
+            raise ValueError(f"{paths.config} exists: set db_url in it instead of --db")
+        open_engine(args.db).close()  # reachable, and its schema made, before any key
     initialise(paths, server_names=args.san)
     print(f"initialised {paths.root}")
+    if args.db is not None:
+        # A JSON string is a TOML basic string.
+        db_url = json.dumps(args.db)
+        files.replace(paths.config, f"[hub]\ndb_url = {db_url}\n".encode(), files.PRIVATE)
+        print(f"database: {describe(args.db)} (db_url in {paths.config})")
     print(f"fleet CA fingerprint: {tls.fingerprint(paths.ca_cert.read_bytes())}")
+    return 0
+
+
+def _db_migrate(args: argparse.Namespace) -> int:
+    paths = HubPaths(args.data)
+    source = sqlite_path(args.source) if args.source else paths.database
+    if not is_postgres(args.target):
+        raise ValueError(f"--to {describe(args.target)}: give a postgresql:// URL")
+    # A hub writing meanwhile would leave its newest records behind.
+    with DataLock.acquire(paths.root, "outpost-hub db migrate"):
+        copied = copy_sqlite_to_postgres(source, args.target)
+    for c in copied:
+        print(f"{c.table:<18} {c.rows:>10} rows")
+    print(f"copied {source} into {describe(args.target)}")
+    print(f'next: set db_url = "{describe(args.target)}" in {paths.config} (or run --db)')
     return 0
 
 
@@ -199,7 +253,7 @@ def _enroll_token(args: argparse.Namespace) -> int:
         ttl=ttl,
         labels=labels,
     )
-    with _store(paths) as store:
+    with _store(paths, config) as store:
         store.add_enroll_token_sync(
             claims.jti, now=time.time(), expires_at=claims.expires_at, labels=labels
         )
@@ -247,10 +301,11 @@ def _token_list(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _store(paths: HubPaths) -> Iterator[HubStore]:
+def _store(paths: HubPaths, config: HubConfig | None = None) -> Iterator[HubStore]:
     if not paths.ca_key.exists():
         raise FileNotFoundError(f"{paths.root} is not a hub data folder: run `outpost-hub init`")
-    store = HubStore(paths.database)
+    config = config or load_config(paths.root)
+    store = HubStore(config.database(paths.database))
     try:
         yield store
     finally:
@@ -266,6 +321,8 @@ def _run(args: argparse.Namespace) -> int:
         "web_port": args.web_port,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "db_url": args.db,
+        "replica_id": args.replica_id,
     }
     config = load_config(args.data, args.config, overrides)
     logs.configure(config.log_level, fmt=config.log_format)
@@ -308,7 +365,7 @@ def _devices(args: argparse.Namespace) -> int:
 def _device_revoke(args: argparse.Namespace) -> int:
     paths = HubPaths(args.data)
     config = load_config(args.data, args.config)
-    with _store(paths) as store:
+    with _store(paths, config) as store:
         try:
             by = f"cli:{getpass.getuser()}"  # the registry records who revoked it
             done = asyncio.run(Revoker(paths, config, store).revoke(args.device_id, by=by))

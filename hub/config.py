@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
+from hub.store.engine import DatabaseUrlError, is_postgres, sqlite_path
 from outpost import logs, schema
 from outpost.settings import check_log_level, parse_broker_url
 
 SECTION = "hub"
 
+
+_REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}")
 
 # Room in an assignment message for everything but the input (ids, model, envelope).
 TASK_ENVELOPE_BYTES = 4096
@@ -118,6 +123,22 @@ class HubConfig:
     auth_failures_per_min: int = schema.setting(
         30, help="failed authentications per minute from one address before 429", min=1
     )
+    db_url: str = schema.setting(
+        "",
+        help="the hub's database: empty keeps hub.db (SQLite) in the data folder; "
+        "postgresql://USER@HOST:PORT/DATABASE for replicas (a password goes in PGPASSWORD "
+        "or ~/.pgpass, not here)",
+        max_len=1024,
+    )
+    db_pool_size: int = schema.setting(
+        4, help="PostgreSQL connections (and worker threads) of this replica", min=1, max=64
+    )
+    replica_id: str = schema.setting(
+        "",
+        help="this replica's name, unique among the hubs sharing a database and broker "
+        "(letters, digits, -); empty: the only hub",
+        max_len=32,
+    )
     db_busy_timeout_ms: int = schema.setting(
         5000,
         help="how long a database write waits for a lock held elsewhere before it fails, ms",
@@ -172,12 +193,38 @@ class HubConfig:
         check_log_level(self.log_level, "hub.log_level")
         if self.broker:
             parse_broker_url(self.broker, "hub.broker")
+        if self.replica_id and not _REPLICA_ID.fullmatch(self.replica_id):
+            raise schema.SchemaError(
+                "hub.replica_id", f"{self.replica_id!r}: use letters, digits and - only"
+            )
+        if self.replica_id and not self.broker:
+            raise schema.SchemaError(
+                "hub.replica_id",
+                "replicas share one external broker: set broker (--broker mqtts://HOST:PORT)",
+            )
+        if self.replica_id and not is_postgres(self.db_url):
+            raise schema.SchemaError(
+                "hub.replica_id",
+                "replicas share one PostgreSQL database: set db_url (--db) to a "
+                "postgresql:// URL too",
+            )
+        if self.db_url and not is_postgres(self.db_url):
+            try:
+                sqlite_path(self.db_url)
+            except DatabaseUrlError as exc:
+                raise schema.SchemaError("hub.db_url", str(exc)) from None
         if self.task_max_input_bytes + TASK_ENVELOPE_BYTES > self.max_payload_bytes:
             raise schema.SchemaError(
                 "hub.task_max_input_bytes",
                 f"must leave {TASK_ENVELOPE_BYTES} bytes below max_payload_bytes "
                 f"({self.max_payload_bytes}): an assignment travels in one message",
             )
+
+    def database(self, default: Path) -> Path | str:
+        """What the store opens: `db_url`, else the data folder's SQLite file `default`."""
+        if not self.db_url:
+            return default
+        return self.db_url if is_postgres(self.db_url) else sqlite_path(self.db_url)
 
     @property
     def managed_broker(self) -> bool:

@@ -19,6 +19,7 @@ from hub import allocation
 from hub.acks import Publish
 from hub.config import TASK_ENVELOPE_BYTES, HubConfig
 from hub.store import Assigned, HubStore, TaskSettings
+from hub.store.leadership import NotLeaderError
 from hub.store.tasks import unpack_input
 from outpost import wire
 from outpost.aio import wait_event
@@ -57,6 +58,8 @@ class Dispatcher:
             self._wake.clear()
             try:
                 await self.allocate_once()
+            except NotLeaderError as exc:  # the leadership loop stops this loop next
+                logger.info("allocation pass refused: %s", exc)
             except Exception:  # a locked database, say: the next pass tries again
                 logger.exception("allocation pass failed")
 

@@ -17,7 +17,7 @@ from hub.acks import LinkDownError
 from hub.config import HubConfig
 from hub.ingest import Ingest
 from hub.intake import DeviceIntake, queue_type
-from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, HubPaths
+from hub.paths import HUB_CLIENT_CN, SHARE_GROUP, HubPaths, link_cn
 from outpost import tls, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
 
@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 # The broker keeps the hub's subscription and queues QoS 1 messages for this long while
 # the hub is away (a restart, an upgrade), so nothing sent meanwhile is lost.
 SESSION_EXPIRY_S = 7 * 24 * 3600
+# A replica's session is shorter: a broker may route a share of device messages to the
+# session of a replica that died, and they wait there until the session ends. Devices
+# send unacknowledged batches again (sync.ack_timeout_s), so nothing is lost either way.
+REPLICA_SESSION_EXPIRY_S = 60
 RECONNECT_CAP_S = 10.0
 # Messages applied per store call: large enough to amortise the thread hop, small
 # enough that a batch never holds the event loop for long.
@@ -52,17 +56,19 @@ class HubLink:
 
     async def run(self) -> NoReturn:
         # Minting and loading certificates reads files: keep it off the event loop.
-        context = await asyncio.to_thread(_link_context, self._paths)
+        replica = self._config.replica_id
+        context = await asyncio.to_thread(_link_context, self._paths, link_cn(replica))
         host, port = self._config.broker_address
-        await self._end_legacy_session(host, port)
+        if not replica:
+            await self._end_legacy_session(host, port)
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        properties.SessionExpiryInterval = REPLICA_SESSION_EXPIRY_S if replica else SESSION_EXPIRY_S
 
         def make_client() -> aiomqtt.Client:
             client = aiomqtt.Client(
                 host,
                 port,
-                identifier=HUB_LINK_CN,
+                identifier=link_cn(replica),
                 protocol=aiomqtt.ProtocolVersion.V5,
                 tls_context=context,
                 clean_start=False,
@@ -99,9 +105,11 @@ class HubLink:
             # No retained messages at subscribe (retain handling 2): the hub's session
             # keeps what was sent while it was away, and a retained copy would be
             # replayed at every start (a device may retain anything on its topics).
-            await client.subscribe(
-                wire.UP_WILDCARD, options=SubscribeOptions(qos=1, retainHandling=2)
-            )
+            # Replicas share the devices' messages: each reaches exactly one of them.
+            topic = wire.UP_WILDCARD
+            if self._config.replica_id:
+                topic = f"$share/{SHARE_GROUP}/{topic}"
+            await client.subscribe(topic, options=SubscribeOptions(qos=1, retainHandling=2))
             messages = client.messages
             async for message in messages:
                 # Take what else is already queued too: one store call for the batch.
@@ -128,8 +136,8 @@ class HubLink:
             logger.debug("could not end the legacy hub session: %s", failure)
 
 
-def _link_context(paths: HubPaths) -> ssl.SSLContext:
+def _link_context(paths: HubPaths, cn: str) -> ssl.SSLContext:
     """A client context with a certificate for the link's own CN, minted now: its key
     never leaves this process, and no other client holds one (hub/paths.py)."""
-    cert, _ = throwaway.mint(paths, HUB_LINK_CN, days=LINK_CERT_DAYS)
+    cert, _ = throwaway.mint(paths, cn, days=LINK_CERT_DAYS)
     return throwaway.client_context(paths, cert)

@@ -10,6 +10,15 @@ HUB_CLIENT_CN = "outpost-hub"
 # The broker names each client by its CN, so the link's session is its alone: a tool
 # beside the hub using the hub's certificate on disk (CN outpost-hub) cannot end it.
 HUB_LINK_CN = "outpost-hub-link"
+# Replicas share a broker: each links under a CN of its own, `outpost-hub-link-<id>`.
+REPLICA_LINK_PREFIX = f"{HUB_LINK_CN}-"
+# Replicas split device messages through one MQTT 5 shared subscription group.
+SHARE_GROUP = "outpost-hub"
+
+
+def link_cn(replica_id: str) -> str:
+    """The CN (and so the broker's client id) of the hub's link: one per replica."""
+    return f"{REPLICA_LINK_PREFIX}{replica_id}" if replica_id else HUB_LINK_CN
 
 
 @dataclass(frozen=True)

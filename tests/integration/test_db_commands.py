@@ -1,0 +1,189 @@
+"""`outpost-hub init --db`, `db migrate` and `--db` as an operator meets them: a hub made
+on PostgreSQL, a SQLite hub's data moved over whole, and clear refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import psycopg
+
+from hub.apitokens import grant_record, mint
+from hub.enrollment import load_token_key
+from hub.paths import HubPaths
+from hub.store import AuditEntry, Device, HubStore, Layer, NewTask, Upload
+from tests.support import REPO
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hub.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def test_init_with_a_postgres_database_keeps_the_registry_there(
+    tmp_path: Path, pg_url: str
+) -> None:
+    data = tmp_path / "hub"
+    made = _run("init", "--data", str(data), "--db", pg_url)
+    token = _run("enroll-token", "--data", str(data), "--label", "site=north")
+
+    assert made.returncode == 0, made.stderr
+    assert f'db_url = "{pg_url}"' in (data / "hub.toml").read_text()
+    assert not HubPaths(data).database.exists()  # no SQLite file was made beside it
+    assert token.returncode == 0, token.stderr
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT labels FROM enroll_tokens").fetchone()
+    assert row is not None
+    assert row[0] == '{"site": "north"}'
+
+
+async def _fill(store: HubStore, paths: HubPaths) -> None:
+    now = time.time()
+    for n in range(3):
+        await store.add_device(
+            Device(
+                device_id=f"dev-{n}",
+                profile="generic",
+                labels={"site": "north"},
+                online=False,
+                last_seen=None,
+                last_heartbeat=None,
+                heartbeat_interval=None,
+                agent_version=None,
+                capabilities={},
+                load={},
+                enrolled_at=now,
+                cert_serial=f"{n:02x}",
+                cert_not_before=now,
+                cert_not_after=now + 86400,
+            )
+        )
+    bodies = [(s, float(s), msgpack.packb({"n": s})) for s in range(1, 101)]
+    await store.apply_uploads([Upload("dev-0", "results", 1, 100, bodies)], now=now)
+    await store.create_tasks(
+        [
+            NewTask(
+                f"tsk-{n:016x}", "m", "", msgpack.packb([[1]]), "int8", 5, now + 600, 60, {}, "t"
+            )
+            for n in range(5)
+        ],
+        now=now,
+    )
+    await store.put_policy_layer(
+        Layer("fleet", "fleet", {}, None, 0, {"metrics_interval": 30}, now, "t")
+    )
+    await store.refresh_policies(None, now=now)
+    for _ in range(3):
+        _, principal = mint(
+            load_token_key(paths), role="viewer", subject="v", ttl=60, kind="api-key"
+        )
+        await store.add_api_token(grant_record(principal))
+    await store.audit(AuditEntry(now, "t", "admin", "PUT", "/x", "policy.put", 200, ""))
+
+
+async def _picture(store: HubStore) -> dict[str, object]:
+    return {
+        "devices": [(d.device_id, d.labels, d.cert_serial) for d in await store.devices()],
+        "records": [
+            (r.seq, r.body) for r in await store.records("dev-0", "results", after=0, limit=500)
+        ],
+        "tasks": await store.task_counts(),
+        "layers": [(x.name, x.document) for x in await store.policy_layers()],
+        "policy": [(p.version, p.document) for p in [await store.device_policy("dev-1")] if p],
+        "tokens": [t.jti for t in await store.api_tokens(after=None, limit=10)],
+        "audit": [(e.action, e.status) for e in await store.audit_log(before=None, limit=10)],
+    }
+
+
+def test_db_migrate_moves_a_sqlite_hub_whole_and_refuses_a_database_with_data(
+    tmp_path: Path, pg_url: str
+) -> None:
+    data = tmp_path / "hub"
+    assert _run("init", "--data", str(data)).returncode == 0
+    paths = HubPaths(data)
+
+    async def before() -> dict[str, object]:
+        store = HubStore(paths.database)
+        try:
+            await _fill(store, paths)
+            return await _picture(store)
+        finally:
+            store.close()
+
+    expected = asyncio.run(before())
+    moved = _run("db", "migrate", "--data", str(data), "--to", pg_url)
+    again = _run("db", "migrate", "--data", str(data), "--to", pg_url)
+
+    assert moved.returncode == 0, moved.stderr
+    assert "records" in moved.stdout
+    assert again.returncode == 2
+    assert "already holds data" in again.stderr
+    assert "Traceback" not in again.stderr
+
+    async def after() -> tuple[dict[str, object], int, int]:
+        store = HubStore(pg_url)
+        try:
+            picture = await _picture(store)
+            # New rows continue after the copied ones (the identity sequences moved on).
+            await store.create_tasks(
+                [
+                    NewTask(
+                        "tsk-new",
+                        "m",
+                        "",
+                        b"\x91\x91\x01",
+                        "int8",
+                        5,
+                        time.time() + 60,
+                        60,
+                        {},
+                        "t",
+                    )
+                ],
+                now=time.time(),
+            )
+            new = await store.task("tsk-new")
+            assert new is not None
+            tokens = await store.api_tokens(after=None, limit=10)
+            return picture, new.seq, len(tokens)
+        finally:
+            store.close()
+
+    picture, seq, tokens = asyncio.run(after())
+    assert picture == expected
+    assert seq == 6
+    assert tokens == 3
+    assert len(expected["records"]) == 100  # type: ignore[arg-type]
+
+
+def test_database_mistakes_are_one_line_naming_the_database(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    assert _run("init", "--data", str(data)).returncode == 0
+
+    scheme = _run("run", "--data", str(data), "--db", "mysql://hub@127.0.0.1/hub")
+    refused = _run(
+        "init", "--data", str(tmp_path / "other"), "--db",
+        "postgresql://outpost:s3cret@127.0.0.1:1/hub",
+    )  # fmt: skip
+    lone_replica = _run("run", "--data", str(data), "--replica-id", "r1")
+
+    assert scheme.returncode == 2
+    assert "unknown scheme 'mysql'" in scheme.stderr
+    assert refused.returncode == 2
+    assert "cannot use the database postgresql://outpost@127.0.0.1:1/hub" in refused.stderr
+    assert "s3cret" not in refused.stderr + refused.stdout  # no password in what is printed
+    assert not (tmp_path / "other").exists()  # nothing made for a database it cannot use
+    assert lone_replica.returncode == 2
+    assert "hub.replica_id" in lone_replica.stderr
+    for done in (scheme, refused, lone_replica):
+        assert "Traceback" not in done.stderr
