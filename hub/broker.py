@@ -18,9 +18,11 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, HubPaths
+from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, HubPaths, link_cn
 from outpost import backoff, files
 from outpost.wire import TOPIC_PREFIX, UP_KINDS
 
@@ -58,10 +60,11 @@ def log_file(paths: HubPaths) -> Path:
     return paths.broker_dir / "mosquitto.log"
 
 
-def acl_text() -> str:
+def acl_text(replicas: Sequence[str] = ()) -> str:
     """Return the ACL: the hub reads every device's `up`, writes every `down`; a device
     writes only its own `up/<kind>` for the contract's kinds and reads only its own
-    `down/#`."""
+    `down/#`. `replicas`: the ids of hub replicas sharing this broker, each connecting
+    with its own link certificate (Mosquitto's ACL names users one by one)."""
     # Only the contract's kinds: a device writing any other subtopic (retained, say,
     # 50,000 of them) would cost the broker's disk and the hub's start.
     writes = "".join(f"pattern write {TOPIC_PREFIX}/%u/up/{kind}\n" for kind in UP_KINDS)
@@ -70,11 +73,39 @@ def acl_text() -> str:
         f"user {HUB_LINK_CN}\n{hub_rights}\n"
         "# the hub's certificate on disk, for a tool beside it (one connection at a time)\n"
         f"user {HUB_CLIENT_CN}\n{hub_rights}"
-        "\n"
+        + "".join(f"\nuser {link_cn(replica)}\n{hub_rights}" for replica in replicas)
+        + "\n"
         "# every client, by the CN of its certificate (%u):\n"
         f"{writes}"
         f"pattern read {TOPIC_PREFIX}/%u/down/#\n"
     )
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """The files a Mosquitto configuration names: the managed broker's in the hub's data
+    folder, or those `outpost-hub broker-config` writes for an external one."""
+
+    folder: Path  # persistence
+    acl: Path
+    log: Path
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    crl: Path
+
+    @classmethod
+    def managed(cls, paths: HubPaths) -> BrokerFiles:
+        d = paths.broker_dir
+        return cls(
+            folder=d,
+            acl=d / "acl",
+            log=log_file(paths),
+            ca_cert=paths.ca_cert,
+            server_cert=paths.server_cert,
+            server_key=paths.server_key,
+            crl=crl_file(paths),
+        )
 
 
 def config_text(
@@ -87,24 +118,45 @@ def config_text(
     max_connections: int = -1,
 ) -> str:
     """Return mosquitto.conf for the managed broker (checking the CRL if `crl`)."""
-    d = paths.broker_dir
+    return render_config(
+        BrokerFiles.managed(paths),
+        header="# Written by outpost-hub at each start; edits are overwritten.",
+        host=host,
+        port=port,
+        max_packet_bytes=max_packet_bytes,
+        crl=crl,
+        max_connections=max_connections,
+    )
+
+
+def render_config(
+    where: BrokerFiles,
+    *,
+    header: str,
+    host: str,
+    port: int,
+    max_packet_bytes: int,
+    crl: bool = True,
+    max_connections: int = -1,
+) -> str:
+    """Return a mosquitto.conf naming the files `where` (checking the CRL if `crl`)."""
     return "\n".join(
         [
-            "# Written by outpost-hub at each start; edits are overwritten.",
+            header,
             "per_listener_settings false",
             "allow_anonymous false",
             # Run as whoever runs the hub, so Mosquitto can read the keys (0600) it owns.
             f"user {getpass.getuser()}",
             "persistence true",
-            f"persistence_location {d}/",
+            f"persistence_location {where.folder}/",
             "autosave_interval 30",
-            f"log_dest file {log_file(paths)}",
+            f"log_dest file {where.log}",
             "log_type error",
             "log_type warning",
             "log_type notice",
             "log_type information",
             "connection_messages true",
-            f"acl_file {d / 'acl'}",
+            f"acl_file {where.acl}",
             # Headroom over the hub's own limit so the hub sees and counts oversized
             # payloads instead of the broker silently dropping the connection.
             f"max_packet_size {max_packet_bytes * 4 + 1024}",
@@ -123,12 +175,12 @@ def config_text(
             # Within the open-file limit (hub.limits): past it Mosquitto would reset
             # every new client and blame tcpd; at the cap it refuses them cleanly.
             f"max_connections {max_connections}",
-            f"cafile {paths.ca_cert}",
-            f"certfile {paths.server_cert}",
-            f"keyfile {paths.server_key}",
+            f"cafile {where.ca_cert}",
+            f"certfile {where.server_cert}",
+            f"keyfile {where.server_key}",
             # Revoked devices; re-read on SIGHUP. Mosquitto refuses to start without the
             # file, so the hub writes one (perhaps empty) before it starts the broker.
-            f"crlfile {crl_file(paths)}" if crl else "# no CRL written: revocation is off",
+            f"crlfile {where.crl}" if crl else "# no CRL written: revocation is off",
             "tls_version tlsv1.2",
             "require_certificate true",
             "use_identity_as_username true",
@@ -141,11 +193,17 @@ def config_text(
 
 
 def write_config(
-    paths: HubPaths, *, host: str, port: int, max_packet_bytes: int, max_connections: int = -1
+    paths: HubPaths,
+    *,
+    host: str,
+    port: int,
+    max_packet_bytes: int,
+    max_connections: int = -1,
+    replicas: Sequence[str] = (),
 ) -> Path:
     """Write mosquitto.conf and the ACL into the broker folder; return the config path."""
     paths.broker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    files.replace(paths.broker_dir / "acl", acl_text().encode(), files.PRIVATE)
+    files.replace(paths.broker_dir / "acl", acl_text(replicas).encode(), files.PRIVATE)
     conf = paths.broker_dir / "mosquitto.conf"
     # The hub always writes the CRL first; a broker started on its own (tests,
     # benchmarks) runs without one rather than not at all.
@@ -174,8 +232,10 @@ class BrokerSupervisor:
         max_packet_bytes: int,
         max_connections: int = -1,
         log_max_bytes: int = 16 << 20,
+        replicas: Sequence[str] = (),
     ) -> None:
         self._paths = paths
+        self._replicas = tuple(replicas)
         self._log_max_bytes = log_max_bytes
         self.log_rotations = 0
         self._program = program
@@ -212,6 +272,7 @@ class BrokerSupervisor:
             port=self._port,
             max_packet_bytes=self._max_packet_bytes,
             max_connections=self._max_connections,
+            replicas=self._replicas,
         )
         await self._spawn()
         self._watcher = asyncio.create_task(self._watch(), name="hub.broker-supervisor")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -59,15 +60,28 @@ def hub_settings() -> str:
 
 
 @pytest.fixture
-def hub_paths(tmp_path: Path, hub_settings: str) -> HubPaths:
+def hub_backend() -> str:
+    """The fixture hub's database: "sqlite" (its own file) or "postgresql" (a new database
+    on the throwaway server). A test module overrides this with `params=BACKENDS` to run
+    its tests on both."""
+    return "sqlite"
+
+
+@pytest.fixture
+def hub_paths(
+    tmp_path: Path, hub_settings: str, hub_backend: str, request: pytest.FixtureRequest
+) -> HubPaths:
     """An initialised hub data folder whose hub.toml names free loopback ports."""
     paths = HubPaths(tmp_path / "hub")
     initialise(paths, server_names=[])
+    database = ""
+    if hub_backend == "postgresql":
+        database = f"db_url = {json.dumps(request.getfixturevalue('pg_url'))}\n"
     paths.config.write_text(
         "[hub]\n"
         f"mqtt_port = {free_port()}\n"
         f"web_port = {free_port()}\n"
-        "offline_after_heartbeats = 3\n" + hub_settings
+        "offline_after_heartbeats = 3\n" + database + hub_settings
     )
     return paths
 

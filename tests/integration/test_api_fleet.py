@@ -7,6 +7,7 @@ import time
 from hub.app import Hub
 from hub.store import HeartbeatSeen, HelloSeen
 from tests.api_client import ApiClient
+from tests.databases import hub_backend  # noqa: F401 - each test on SQLite and PostgreSQL
 from tests.support import add_device
 
 

@@ -12,6 +12,7 @@ import pytest
 from hub.app import Hub
 from outpost import tls, wire
 from tests.conftest import Enroller
+from tests.databases import hub_backend  # noqa: F401 - each test on SQLite and PostgreSQL
 from tests.support import eventually
 
 HELLO = wire.Hello(

@@ -12,6 +12,7 @@ import pytest
 from hub.app import Hub
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
+from tests.databases import hub_backend  # noqa: F401 - each test on SQLite and PostgreSQL
 from tests.integration.test_store_forward import hub_records, wait_socket
 from tests.support import AgentProcess, eventually
 

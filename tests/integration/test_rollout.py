@@ -15,6 +15,7 @@ from edge.inference.directory import ModelDirectory
 from hub.app import Hub
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
+from tests.databases import hub_backend  # noqa: F401 - each test on SQLite and PostgreSQL
 from tests.model_upload import bundle_parts, upload
 from tests.support import SHIPPED_MODELS, AgentProcess, eventually
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -13,17 +11,18 @@ import pytest
 from edge.identity import DevicePaths
 from hub.app import Hub
 from tests.conftest import Enroller
+from tests.databases import hub_sql
 from tests.local_api import LocalClient
 from tests.support import AgentProcess, eventually
 
 
 def hub_records(hub: Hub, device_id: str, stream: str = "results") -> list[tuple[int, Any]]:
     """What the hub's database holds for a device and stream, in seq order."""
-    with contextlib.closing(sqlite3.connect(f"file:{hub.paths.database}?mode=ro", uri=True)) as db:
-        rows = db.execute(
-            "SELECT seq, body FROM records WHERE device_id = ? AND stream = ? ORDER BY seq",
-            (device_id, stream),
-        ).fetchall()
+    rows = hub_sql(
+        hub.config.database(hub.paths.database),
+        "SELECT seq, body FROM records WHERE device_id = ? AND stream = ? ORDER BY seq",
+        (device_id, stream),
+    )
     return [(seq, msgpack.unpackb(body)) for seq, body in rows]
 
 

@@ -28,6 +28,7 @@ from hub.store import Task
 from outpost.modelbundle import read_bundle
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
+from tests.databases import hub_backend, hub_sql  # noqa: F401 - each test on both back-ends
 from tests.integration.test_store_forward import hub_records, write_agent_settings
 from tests.linkproxy import LinkProxy
 from tests.support import SHIPPED_MODELS, AgentProcess, eventually
@@ -279,8 +280,11 @@ def claim_models(hub: Hub, device_id: str) -> None:
             for name in (VIB, "surface-defect")
         ]
     )
-    with contextlib.closing(sqlite3.connect(hub.paths.database, timeout=10)) as db, db:
-        db.execute("UPDATE devices SET models = ? WHERE device_id = ?", (models, device_id))
+    hub_sql(
+        hub.config.database(hub.paths.database),
+        "UPDATE devices SET models = ? WHERE device_id = ?",
+        (models, device_id),
+    )
 
 
 async def test_deadlines_expire_and_cancel_works_before_and_after_assignment(
