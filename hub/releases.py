@@ -90,8 +90,31 @@ class ModelShelf:
         # the same version must not both place their files.
         self._lock = asyncio.Lock()
 
+    @property
+    def shared(self) -> bool:
+        """Replicas on one database: a model's file is kept there too, since a device
+        may download it from a replica that did not take the upload."""
+        return self._store.dialect == "postgresql"
+
     def model_file(self, name: str, version: str) -> Path:
         return self.root / name / version / MODEL_FILE
+
+    async def local_file(self, name: str, version: str) -> Path | None:
+        """The model's file on this replica's disk, copied from the database first if
+        another replica took the upload; None if neither has it."""
+        path = self.model_file(name, version)
+        if path.exists() or not self.shared:
+            return path if path.exists() else None
+        content = await self._store.model_file(name, version)
+        if content is None:
+            return None
+        await asyncio.to_thread(self._cache, path, content)
+        return path
+
+    @staticmethod
+    def _cache(path: Path, content: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        files.replace(path, content, files.PRIVATE)
 
     async def accept(
         self,
@@ -154,6 +177,11 @@ class ModelShelf:
             uploaded_by=by,
         )
         await asyncio.to_thread(self._place, staging.folder, manifest)
+        if self.shared:
+            content = await asyncio.to_thread(
+                self.model_file(manifest.name, manifest.version).read_bytes
+            )
+            await self._store.put_model_file(manifest.name, manifest.version, content)
         if not await self._store.add_model(stored):  # another hub on the same database
             raise ModelExistsError(_exists(manifest))
         logger.info("model %s %s accepted (%d bytes)", manifest.name, manifest.version, stored.size)

@@ -167,8 +167,8 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise ApiError(404, "not_found", f"no model {name!r} {version!r}")
         if await ctx.store.model(name, version) is None:
             raise ApiError(404, "not_found", f"no model {name} {version}")
-        path = ctx.models.model_file(name, version)
-        if not path.exists():
+        path = await ctx.models.local_file(name, version)
+        if path is None:
             raise ApiError(404, "not_found", f"model {name} {version} has no file on this hub")
         # FileResponse answers Range requests with 206: an interrupted download resumes.
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})

@@ -367,6 +367,13 @@ class HubStore:
         """Store an uploaded model; False if its name and version exist."""
         return await self._db.run(rollouts.add_model, model)
 
+    async def put_model_file(self, name: str, version: str, content: bytes) -> None:
+        await self._db.run(rollouts.put_model_file, name, version, content)
+
+    async def model_file(self, name: str, version: str) -> bytes | None:
+        """A model's file as kept in the database (replicas only), or None."""
+        return await self._db.run(rollouts.get_model_file, name, version)
+
     async def model(self, name: str, version: str) -> StoredModel | None:
         return await self._db.run(rollouts.get_model, name, version)
 

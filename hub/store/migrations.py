@@ -322,6 +322,20 @@ def _m013_leadership(db: Sql) -> None:
     db.execute("INSERT INTO leadership (name, holder, epoch, expires_at) VALUES ('hub', '', 0, 0)")
 
 
+def _m014_model_files(db: Sql) -> None:
+    # Model files in the database, for replicas: an upload lands on one replica's disk,
+    # a device may download from any (hub/releases.py copies it to a local cache). A
+    # single hub on SQLite keeps its files on disk only and leaves this empty.
+    db.execute(
+        """CREATE TABLE model_files (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            content BLOB NOT NULL,
+            PRIMARY KEY (name, version)
+        )"""
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("001_registry", _m001_registry),
     ("002_api", _m002_api),
@@ -336,4 +350,5 @@ MIGRATIONS: list[Migration] = [
     ("011_revoked_by", _m011_revoked_by),
     ("012_holds", _m012_holds),
     ("013_leadership", _m013_leadership),
+    ("014_model_files", _m014_model_files),
 ]

@@ -4,6 +4,8 @@ Every table is copied as it is, in one PostgreSQL transaction: the target ends u
 all of it or, on any failure, none of it. The target must hold no data yet (a fresh
 database, or one only `init --db` or a replica's start has migrated), so a typo in the
 URL cannot merge two fleets. Counts are compared table by table before the commit.
+Model files go into the database too (the single hub kept them on disk only), so any
+replica can serve a download.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from pathlib import Path
 
 from hub.store.engine import DatabaseUrlError, describe, open_engine
 from hub.store.sql import Sql
+from outpost.modelbundle import MODEL_FILE
 
 # Rows the migrations themselves write: replaced by the source's, not counted as data.
 SEEDED = {"policy_seq", "leadership"}
 # Not data: the migration ledger, SQLite's own bookkeeping, who leads right now.
-SKIPPED = {"_migrations", "sqlite_sequence", "leadership"}
+SKIPPED = {"_migrations", "sqlite_sequence", "leadership", "model_files"}
 BATCH = 1000
 
 
@@ -34,8 +37,11 @@ class Copied:
     rows: int
 
 
-def copy_sqlite_to_postgres(source: Path, target_url: str) -> list[Copied]:
-    """Copy every table of the hub database `source` into the PostgreSQL `target_url`."""
+def copy_sqlite_to_postgres(
+    source: Path, target_url: str, models: Path | None = None
+) -> list[Copied]:
+    """Copy every table of the hub database `source` into the PostgreSQL `target_url`,
+    and each model's file from the folder `models` (name/version/model.tflite)."""
     if not source.is_file():
         raise TransferRefusedError(f"{source} does not exist: nothing to migrate")
     # The source is migrated to the newest schema first, as a hub start would.
@@ -46,7 +52,7 @@ def copy_sqlite_to_postgres(source: Path, target_url: str) -> list[Copied]:
         source_db = sqlite3.connect(f"file:{source}?mode=ro", uri=True, check_same_thread=False)
         with contextlib.closing(source_db) as conn:
             tables = _tables(conn)
-            return target.run_sync(_copy, conn, tables, describe(target_url))
+            return target.run_sync(_copy, conn, tables, describe(target_url), models)
     finally:
         target.close()
 
@@ -58,7 +64,9 @@ def _tables(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in rows if r[0] not in SKIPPED]
 
 
-def _copy(db: Sql, source: sqlite3.Connection, tables: list[str], target: str) -> list[Copied]:
+def _copy(
+    db: Sql, source: sqlite3.Connection, tables: list[str], target: str, models: Path | None
+) -> list[Copied]:
     for table in tables:
         if table in SEEDED:
             continue
@@ -83,6 +91,25 @@ def _copy(db: Sql, source: sqlite3.Connection, tables: list[str], target: str) -
             raise DatabaseUrlError(f"{table}: {expected} rows read but {held} stored; rolled back")
         copied.append(Copied(table, held))
     _move_identities_past(db)
+    if models is not None:
+        copied.append(Copied("(model files)", _copy_model_files(db, models)))
+    return copied
+
+
+def _copy_model_files(db: Sql, models: Path) -> int:
+    copied = 0
+    for name, version in db.execute("SELECT name, version FROM models").fetchall():
+        path = models / name / version / MODEL_FILE
+        if not path.is_file():
+            raise TransferRefusedError(
+                f"model {name} {version}: its file {path} is missing; nothing was copied"
+            )
+        db.execute(
+            "INSERT INTO model_files (name, version, content) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (name, version, path.read_bytes()),
+        )
+        copied += 1
     return copied
 
 

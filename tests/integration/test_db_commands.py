@@ -15,8 +15,11 @@ import psycopg
 from hub.apitokens import grant_record, mint
 from hub.enrollment import load_token_key
 from hub.paths import HubPaths
-from hub.store import AuditEntry, Device, HubStore, Layer, NewTask, Upload
+from hub.store import AuditEntry, Device, HubStore, Layer, NewTask, StoredModel, Upload
+from outpost.modelbundle import MODEL_FILE
 from tests.support import REPO
+
+MODEL_BYTES = bytes(range(256)) * 40
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -89,6 +92,13 @@ async def _fill(store: HubStore, paths: HubPaths) -> None:
         )
         await store.add_api_token(grant_record(principal))
     await store.audit(AuditEntry(now, "t", "admin", "PUT", "/x", "policy.put", 200, ""))
+    # A model: its row in the database, its file on the hub's disk.
+    folder = paths.models / "m" / "1.0.0"
+    folder.mkdir(parents=True)
+    (folder / MODEL_FILE).write_bytes(MODEL_BYTES)
+    await store.add_model(
+        StoredModel("m", "1.0.0", "00" * 32, len(MODEL_BYTES), {}, b"doc", b"sig", now, "t")
+    )
 
 
 async def _picture(store: HubStore) -> dict[str, object]:
@@ -126,6 +136,7 @@ def test_db_migrate_moves_a_sqlite_hub_whole_and_refuses_a_database_with_data(
 
     assert moved.returncode == 0, moved.stderr
     assert "records" in moved.stdout
+    assert "(model files)" in moved.stdout
     assert again.returncode == 2
     assert "already holds data" in again.stderr
     assert "Traceback" not in again.stderr
@@ -154,6 +165,8 @@ def test_db_migrate_moves_a_sqlite_hub_whole_and_refuses_a_database_with_data(
             )
             new = await store.task("tsk-new")
             assert new is not None
+            # Any replica can serve the model: its file came along into the database.
+            assert await store.model_file("m", "1.0.0") == MODEL_BYTES
             tokens = await store.api_tokens(after=None, limit=10)
             return picture, new.seq, len(tokens)
         finally:
