@@ -111,6 +111,16 @@ class AgentConfig:
         min=0.5,
         max=3600,
     )
+    # 10 s: a 10,000-device fleet returns at about 1,000 connections a second, which one
+    # hub holds, while each device is back within seconds of a broker restart.
+    reconnect_spread_s: float = schema.setting(
+        10.0,
+        help="the first retry after a lost broker link waits a random 0 to this many seconds, "
+        "drawn per device, so a fleet does not return all at once; later waits grow from it "
+        "up to reconnect_max_delay (0: no spread)",
+        min=0,
+        max=3600,
+    )
     refused_retry_s: float = schema.setting(
         600.0,
         help="seconds between reconnect attempts once the broker refuses this device's "

@@ -63,27 +63,30 @@ async def run_forever(
     *,
     address: str,
     backoff_cap: float,
+    backoff_spread: float = 0.0,
+    backoff_seed: str | None = None,
     refusals: Refusals | None = None,
 ) -> NoReturn:
     """Connect with a fresh client, run `session`, and on any link error start over.
 
     The client is rebuilt for each attempt because its last will can carry per-connection
-    data. Waits between attempts are capped and jittered, except after a refusal that
-    `refusals` recognises: it then waits as it sees fit.
+    data. The first attempt is made at once; waits between later ones come from
+    `backoff.Reconnect` (the first retry of an outage spread over `backoff_spread`
+    seconds, then capped exponential jitter), except after a refusal that `refusals`
+    recognises: it then waits as it sees fit.
     """
-    attempt = 0
+    retry = backoff.Reconnect(cap=backoff_cap, spread=backoff_spread, seed=backoff_seed)
     while True:
         client = make_client()
         try:
             async with client:
-                attempt = 0
+                retry.reset()
                 link.set("connected", f"to {address}")
                 await session(client)
                 raise aiomqtt.MqttError("session ended")
         except aiomqtt.MqttError as exc:
             if refusals is not None and await refusals.after_failure(exc):
-                attempt = 0  # it waited already; a later passing error starts afresh
+                retry.reset()  # it waited already; a later passing error starts afresh
                 continue
             link.set("disconnected", str(exc) or type(exc).__name__)
-        await asyncio.sleep(backoff.delay(attempt, cap=backoff_cap))
-        attempt += 1
+        await asyncio.sleep(retry.next_delay())
