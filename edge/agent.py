@@ -53,6 +53,8 @@ GOODBYE_TIMEOUT_S = 2.0
 # The broker keeps the agent's subscription (and queued acknowledgements) this long.
 SESSION_EXPIRY_S = 24 * 3600
 MQTT_LOGGER = "mqtt.agent"  # aiomqtt's and paho's lines
+# The model inventory rides a heartbeat again after this long even when unchanged.
+MODELS_REFRESH_S = 60.0
 
 
 class Agent:
@@ -90,6 +92,7 @@ class Agent:
         self._client: aiomqtt.Client | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._models_reported: list[wire.ModelInfo] | None = None
+        self._models_reported_at = 0.0
         # Settings a policy may change while the agent runs.
         self.heartbeat_interval = config.heartbeat_interval
         self.metrics_interval = config.metrics_interval
@@ -183,6 +186,8 @@ class Agent:
                         self.link,
                         address=f"{self._host}:{self._port}",
                         backoff_cap=self.config.reconnect_max_delay,
+                        backoff_spread=self.config.reconnect_spread_s,
+                        backoff_seed=self.identity.device_id,
                         refusals=self.refusals,
                     ),
                 }
@@ -294,6 +299,7 @@ class Agent:
             task_inbox=self.config.task_inbox,
         )
         self._models_reported = hello.models
+        self._models_reported_at = time.monotonic()
         payload = wire.encode("hello", hello)
 
         async def say_hello() -> None:
@@ -397,13 +403,15 @@ class Agent:
             await client.publish(self._topic("heartbeat"), wire.encode("heartbeat", beat), qos=1)
 
     def _models_if_changed(self) -> list[wire.ModelInfo] | None:
-        """The inventory, only when it differs from the last one reported (hello always
-        carries it): heartbeats stay small on metered links."""
+        """The inventory when it differs from the last one reported (hello always carries
+        it), and again every `MODELS_REFRESH_S`: heartbeats stay small on metered links,
+        and a report the hub lost (a replica died holding it) is repaired soon."""
         assert self.inference is not None
         current = self.inference.inventory()
-        if current == self._models_reported:
+        now = time.monotonic()
+        if current == self._models_reported and now - self._models_reported_at < MODELS_REFRESH_S:
             return None
-        self._models_reported = current
+        self._models_reported, self._models_reported_at = current, now
         return current
 
     async def _receive(self, client: aiomqtt.Client) -> None:

@@ -123,6 +123,7 @@ class Hub:
                 task_results=metrics.task_results,
                 on_hello=self._greeted,
                 on_model_state=rollouts.on_state,
+                on_inventory=rollouts.on_inventory,
                 on_rollups=metrics.inferences.add,
             )
             self.intake = intake = DeviceIntake(Budget.of(self.config), dropped=metrics.messages)

@@ -51,6 +51,7 @@ class Ingest:
         task_results: collections.Counter[str] | None = None,
         on_hello: Callable[[list[str]], Awaitable[object]] | None = None,
         on_model_state: Callable[[str, wire.ModelState], Awaitable[None]] | None = None,
+        on_inventory: Callable[[str, list[wire.ModelInfo]], Awaitable[None]] | None = None,
         on_rollups: Callable[[Folded], None] | None = None,
     ) -> None:
         self._store = store
@@ -60,6 +61,7 @@ class Ingest:
         self._dispatcher = dispatcher
         self._on_hello = on_hello
         self._on_model_state = on_model_state
+        self._on_inventory = on_inventory
         self._on_rollups = on_rollups  # what newly stored metric roll-ups counted
         self._freed = False
         # Task results found in uploads, by outcome: accepted, late, unknown, malformed.
@@ -94,6 +96,7 @@ class Ingest:
         greeted: list[str] = []  # devices whose hello asks where their streams stand
         updates: list[tuple[str, wire.TaskState]] = []
         reports: list[tuple[str, wire.ModelState]] = []
+        inventories: list[tuple[str, list[wire.ModelInfo]]] = []
         for topic, payload in messages:
             envelope, device_id = self._validate(topic, payload)
             if envelope is None:
@@ -109,12 +112,16 @@ class Ingest:
                 continue
             if isinstance(envelope.body, wire.Hello):
                 greeted.append(device_id)
+            if isinstance(envelope.body, wire.Hello | wire.Heartbeat) and envelope.body.models:
+                inventories.append((device_id, envelope.body.models))
             events.append((envelope.kind, _event(device_id, envelope, now)))
         await self._apply_presence(events)
         if updates:
             await self._apply_task_updates(updates, now)
         for device_id, report in reports:
             await self._apply_model_state(device_id, report)
+        for device_id, models in inventories:
+            await self._apply_inventory(device_id, models)
         acks = AckSet()
         if uploads:
             await self._store_uploads(uploads, now, acks)
@@ -168,6 +175,14 @@ class Ingest:
             logger.exception("applying a model report from %s failed", device_id)
             return
         self.outcomes[("model_state", "accepted")] += 1
+
+    async def _apply_inventory(self, device_id: str, models: list[wire.ModelInfo]) -> None:
+        if self._on_inventory is None:
+            return
+        try:
+            await self._on_inventory(device_id, models)
+        except Exception:
+            logger.exception("matching the models of %s with roll-outs failed", device_id)
 
     async def _apply_presence(self, events: list[tuple[str, PresenceEvent | None]]) -> None:
         presence = [(kind, event) for kind, event in events if event is not None]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -42,7 +43,10 @@ class Leadership:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
-        self.holder = holder
+        # One name per process, not per replica: a replica restarted while its former
+        # self's lease still runs must not inherit it (nor its epoch, which would let a
+        # paused former process pass the fence). It waits for the lapse like any other.
+        self.holder = f"{holder}@{secrets.token_hex(4)}" if elect else holder
         self._elect = elect  # False: the only hub, always the leader
         self._lease_s = lease_s
         self._renew_s = renew_s

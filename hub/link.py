@@ -26,10 +26,14 @@ logger = logging.getLogger(__name__)
 # The broker keeps the hub's subscription and queues QoS 1 messages for this long while
 # the hub is away (a restart, an upgrade), so nothing sent meanwhile is lost.
 SESSION_EXPIRY_S = 7 * 24 * 3600
-# A replica's session is shorter: a broker may route a share of device messages to the
-# session of a replica that died, and they wait there until the session ends. Devices
-# send unacknowledged batches again (sync.ack_timeout_s), so nothing is lost either way.
-REPLICA_SESSION_EXPIRY_S = 60
+# A replica keeps no session: a broker goes on routing a shared subscription's share of
+# device messages to a member whose session outlives its connection (Mosquitto does),
+# where they wait for its return or are dropped when the session ends. With none, the
+# group shrinks the moment a replica's connection drops and the others take everything.
+# Messages a replica held in memory when it died are lost as with any crash: devices
+# send unacknowledged batches again (sync.ack_timeout_s), and their hellos and
+# inventories repair task and roll-out state (`RolloutService.on_inventory`).
+REPLICA_SESSION_EXPIRY_S = 0
 RECONNECT_CAP_S = 10.0
 # Messages applied per store call: large enough to amortise the thread hop, small
 # enough that a batch never holds the event loop for long.

@@ -66,6 +66,15 @@ class RolloutService:
         )
         await self._moved(moved)
 
+    async def on_inventory(self, device_id: str, models: list[wire.ModelInfo]) -> None:
+        """A device's list of what it serves (hello, some heartbeats): a roll-out whose
+        report from it was lost (taken by a replica that then died) moves on."""
+        serving = [(m.name, m.version) for m in models if m.state == "ready"]
+        if serving:
+            await self._moved(
+                await self._store.reconcile_inventory(device_id, serving, now=time.time())
+            )
+
     async def device_revoked(self, device_id: str) -> None:
         """A revoked device will never report: no roll-out waits on it any more."""
         await self._moved(

@@ -409,6 +409,12 @@ class HubStore:
     async def rollouts(self) -> list[Rollout]:
         return await self._db.run(rollouts.list_rollouts)
 
+    async def reconcile_inventory(
+        self, device_id: str, serving: list[tuple[str, str]], *, now: float
+    ) -> list[Advanced]:
+        """See `rollouts.reconcile_inventory`."""
+        return await self._db.run(rollouts.reconcile_inventory, device_id, serving, now)
+
     async def record_model_state(
         self,
         device_id: str,

@@ -269,6 +269,36 @@ def record_state(
     return advanced
 
 
+def reconcile_inventory(
+    db: Sql, device_id: str, serving: list[tuple[str, str]], now: float
+) -> list[Advanced]:
+    """The device says it serves these (name, version)s: a roll-out still waiting for its
+    report of one (lost with a hub replica that died holding it) takes it as active."""
+    advanced = []
+    with db.write():
+        for name, version in serving:
+            ids = [
+                r["id"]
+                for r in db.execute(
+                    """SELECT r.id FROM rollouts r
+                       JOIN rollout_devices d ON d.rollout_id = r.id
+                       WHERE r.name = ? AND r.version = ? AND d.device_id = ?
+                         AND r.state IN ('canary', 'rolling')
+                         AND d.state NOT IN ('waiting', 'active', 'failed', 'rolled_back',
+                                             'superseded')""",
+                    (name, version, device_id),
+                )
+            ]
+            for rollout_id in ids:
+                db.execute(
+                    """UPDATE rollout_devices SET state = 'active', detail = ?, updated_at = ?
+                       WHERE rollout_id = ? AND device_id = ?""",
+                    ("serving, by its inventory", now, rollout_id, device_id),
+                )
+                advanced.append(_advance(db, rollout_id, now))
+    return advanced
+
+
 def desired_releases(db: Sql, device_id: str) -> list[tuple[bytes, bytes]]:
     """The signed releases the device should run: per model name, the newest roll-out
     that released it and has not halted (a halted roll-out gives its canaries back the

@@ -27,7 +27,7 @@ from hub.initialise import initialise
 from hub.paths import HubPaths
 from outpost import tls, wire
 from tests.fuzz.conftest import count
-from tests.integration.test_chaos import Api, HubProcess, _cli
+from tests.soak import Api, HubProcess, hub_cli
 from tests.support import PROFILES, AgentProcess, eventually, free_port
 
 pytestmark = pytest.mark.slow
@@ -85,11 +85,12 @@ async def test_a_flooding_device_cannot_starve_the_fleet_or_grow_the_hub(tmp_pat
     await hub.start()
     agent: AgentProcess | None = None
     try:
-        api = Api(hub, _cli("hub.cli", "token", "create", "--data", str(paths.root),
-                            "--role", "viewer", "--api-key"))  # fmt: skip
+        viewer = hub_cli("hub.cli", "token", "create", "--data", str(paths.root),
+                         "--role", "viewer", "--api-key")  # fmt: skip
+        api = Api(hub.config.hub_url, paths.ca_cert, viewer)
         devices = []
         for name in ("agent", "uploader", "flooder"):
-            token = _cli("hub.cli", "enroll-token", "--data", str(paths.root))
+            token = hub_cli("hub.cli", "enroll-token", "--data", str(paths.root))
             device_paths = DevicePaths(tmp_path / name)
             identity = await enroll(token, device_paths, PROFILES / "generic.toml")
             devices.append((device_paths, identity.device_id))

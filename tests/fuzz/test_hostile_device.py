@@ -40,7 +40,7 @@ from tests.fuzz.hostile_payloads import (
     pack,
     valid_bodies,
 )
-from tests.integration.test_chaos import Api, HubProcess, _cli
+from tests.soak import Api, HubProcess, hub_cli
 from tests.support import PROFILES, AgentProcess, eventually, free_port
 
 # A refusal's log line quotes a bounded excerpt of what was sent; the longest hostile
@@ -167,11 +167,12 @@ async def test_retained_poison_does_not_stop_the_hub_now_or_at_its_restarts(
     await hub.start()
     agent: AgentProcess | None = None
     try:
-        api = Api(hub, _cli("hub.cli", "token", "create", "--data", str(paths.root),
-                            "--role", "viewer", "--api-key"))  # fmt: skip
+        viewer = hub_cli("hub.cli", "token", "create", "--data", str(paths.root),
+                         "--role", "viewer", "--api-key")  # fmt: skip
+        api = Api(hub.config.hub_url, paths.ca_cert, viewer)
         devices = []
         for name in ("honest", "attacker"):
-            token = _cli("hub.cli", "enroll-token", "--data", str(paths.root))
+            token = hub_cli("hub.cli", "enroll-token", "--data", str(paths.root))
             device_paths = DevicePaths(tmp_path / name)
             identity = await enroll(token, device_paths, PROFILES / "generic.toml")
             devices.append((device_paths, identity.device_id))

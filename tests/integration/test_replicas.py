@@ -1,0 +1,320 @@
+"""Failover: three hub replicas on one PostgreSQL behind one Mosquitto, real agents, and
+`kill -9` of a replica every 5-10 s (restarted after a moment); once, the leader is killed
+for good. The soak checker then proves nothing was lost or doubled: every record an agent
+confirmed is at the hub exactly once, every task ended exactly once and never by a stale
+attempt's result, no device's applied policy version went backwards, and the roll-out
+started mid-run completed. How long the fleet went without a leader after each leader
+kill is printed.
+
+The replicas are separate processes with separate data folders holding copies of one
+PKI (as pods mounting one Secret); devices and the test reach their web APIs through a
+TCP balancer (as through a Kubernetes Service). `OUTPOST_FAILOVER_S` sets the time
+under faults (default 30 s), `OUTPOST_SOAK_SEED` the seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from edge.enroll import enroll
+from edge.identity import DevicePaths
+from edge.inference.directory import ModelDirectory
+from hub.broker import BrokerSupervisor
+from hub.cli import load_config
+from hub.initialise import initialise
+from hub.paths import HubPaths, link_cn
+from tests.balancer import Balancer
+from tests.databases import hub_sql
+from tests.integration.test_store_forward import write_agent_settings
+from tests.model_upload import bundle_parts
+from tests.soak import (
+    TERMINAL,
+    Api,
+    Device,
+    Ledger,
+    check_tasks,
+    doubled_records,
+    hub_cli,
+    listening,
+    missing_records,
+    produce,
+    submit_tasks,
+    task_states,
+    watch_policy,
+)
+from tests.support import PROFILES, REPO, SHIPPED_MODELS, eventually, free_port
+
+FAILOVER_S = float(os.environ.get("OUTPOST_FAILOVER_S", "30"))
+SEED = os.environ.get("OUTPOST_SOAK_SEED", "20261203")
+REPLICAS = ("r1", "r2", "r3")
+AGENTS = 10
+
+
+class Replica:
+    """`outpost-hub run` of one replica, as a child process the test kills and restarts."""
+
+    def __init__(self, replica_id: str, paths: HubPaths, logs: Path) -> None:
+        self.replica_id = replica_id
+        self.holder = link_cn(replica_id)
+        self.paths = paths
+        self.logs = logs
+        self.web_port = load_config(paths.root).web_port
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    async def start(self) -> None:
+        self.starts += 1
+        log_path = self.logs / f"{self.replica_id}-{self.starts}.log"
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hub.cli", "run", "--data", str(self.paths.root)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        process = self.process
+
+        async def up() -> bool:
+            assert process.poll() is None, log_path.read_text()
+            return listening(self.web_port)
+
+        await eventually(up, timeout=60, every=0.1, what=f"replica {self.replica_id}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+
+def _replica_folder(primary: HubPaths, folder: Path, replica_id: str, settings: str) -> HubPaths:
+    """A replica's data folder: a copy of the fleet's PKI and its own hub.toml."""
+    paths = HubPaths(folder)
+    folder.mkdir(mode=0o700)
+    shutil.copytree(primary.ca_cert.parent, paths.ca_cert.parent)
+    paths.config.write_text(
+        f"[hub]\nweb_port = {free_port()}\nreplica_id = {json.dumps(replica_id)}\n" + settings
+    )
+    return paths
+
+
+def _leader(database: str) -> tuple[str, int]:
+    ((holder, epoch),) = hub_sql(database, "SELECT holder, epoch FROM leadership")
+    return str(holder), int(epoch)
+
+
+@dataclass
+class Faults:
+    kills: collections.Counter[str] = field(default_factory=collections.Counter)
+    leaderless_s: list[float] = field(default_factory=list)  # one per leader kill
+    restarts: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def _await_takeover(database: str, holder: str, epoch: int, faults: Faults) -> None:
+    """After the leader `holder` was killed: wait until another lease is granted."""
+    killed = time.monotonic()
+
+    async def taken_over() -> bool:
+        _, now = await asyncio.to_thread(_leader, database)
+        return now > epoch
+
+    await eventually(taken_over, timeout=60, every=0.05, what=f"a leader after {holder}")
+    faults.leaderless_s.append(time.monotonic() - killed)
+
+
+async def _inject(
+    replicas: list[Replica],
+    database: str,
+    faults: Faults,
+    rng: random.Random,
+    until: float,
+) -> Replica:
+    """Kill -9 a replica every 5-10 s and restart it; once, the leader for good. Returns
+    the replica killed for good."""
+    gone: Replica | None = None
+    while time.monotonic() < until or gone is None:
+        await asyncio.sleep(rng.uniform(5, 10))
+        holder, epoch = await asyncio.to_thread(_leader, database)
+        live = [r for r in replicas if r.alive()]
+        leader = next((r for r in live if holder.startswith(f"{r.holder}@")), None)
+        if gone is None and leader is not None and (time.monotonic() > until - FAILOVER_S / 2):
+            gone = leader
+            leader.kill()
+            faults.kills["leader, for good"] += 1
+            await _await_takeover(database, holder, epoch, faults)
+            continue
+        victim = rng.choice(live)
+        victim.kill()
+        faults.kills["leader" if victim is leader else "follower"] += 1
+
+        async def restart(victim: Replica = victim) -> None:
+            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            await victim.start()
+
+        faults.restarts.append(asyncio.create_task(restart()))
+        if victim is leader:
+            await _await_takeover(database, holder, epoch, faults)
+    return gone
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(int(FAILOVER_S) * 3 + 420)
+async def test_replicas_fail_over_and_lose_or_double_nothing(tmp_path: Path, pg_url: str) -> None:
+    rng = random.Random(SEED)
+    primary = HubPaths(tmp_path / "pki-source")
+    initialise(primary, server_names=[])
+    config = load_config(primary.root)
+    broker_port = free_port()
+    broker = BrokerSupervisor(
+        primary,
+        program="mosquitto",
+        host="127.0.0.1",
+        port=broker_port,
+        max_packet_bytes=config.max_payload_bytes,
+        replicas=REPLICAS,
+    )
+    await broker.start()
+    balancer_ports: list[int] = []
+    balancer = Balancer(balancer_ports)
+    settings = (
+        f"public_url = {json.dumps(balancer.url)}\n"
+        f'broker = "mqtts://127.0.0.1:{broker_port}"\n'
+        f"db_url = {json.dumps(pg_url)}\n"
+        "offline_after_heartbeats = 3\n"
+        "api_rate_per_s = 1e6\napi_rate_burst = 100000\ntask_accept_timeout_s = 5\n"
+    )
+    replicas = [
+        Replica(r, _replica_folder(primary, tmp_path / r, r, settings), tmp_path) for r in REPLICAS
+    ]
+    balancer_ports.extend(r.web_port for r in replicas)
+    await balancer.start()
+    devices: list[Device] = []
+    ledger, faults = Ledger(), Faults()
+    stop = asyncio.Event()
+    workers: list[asyncio.Task[None]] = []
+    api: Api | None = None
+    try:
+        await asyncio.gather(*(r.start() for r in replicas))
+        first = replicas[0].paths.root
+        admin = hub_cli(
+            "hub.cli", "token", "create", "--data", str(first), "--role", "admin", "--api-key"
+        )
+        api = Api(balancer.url, primary.ca_cert, admin)
+        for index in range(AGENTS):
+            token = hub_cli("hub.cli", "enroll-token", "--data", str(first), "--label", "site=mill")
+            device_paths = DevicePaths(tmp_path / f"device-{index}")
+            identity = await enroll(token, device_paths, PROFILES / "generic.toml")
+            ModelDirectory(device_paths.models).install(SHIPPED_MODELS[0])
+            write_agent_settings(
+                device_paths, "[agent.sync]\nbatch_records = 50\nack_timeout_s = 2\n"
+            )
+            device = Device(index, device_paths, identity.device_id, tmp_path, 1.0)
+            device.start()
+            devices.append(device)
+        for device in devices:
+
+            async def listening(device: Device = device) -> bool:
+                return device.paths.socket.exists()
+
+            await eventually(listening, timeout=30, what="the agents' local APIs")
+
+        model, manifest, sample = bundle_parts(SHIPPED_MODELS[0], version="1.1.0")
+        assert await api.upload(model, manifest, sample) == 201
+        started = time.monotonic()
+        workers = [
+            *(asyncio.create_task(produce(d, ledger, stop, pause=0.2)) for d in devices),
+            asyncio.create_task(submit_tasks(api, ledger, stop)),
+            asyncio.create_task(watch_policy(api, devices, ledger, stop)),
+        ]
+        rollout = {"model": "vibration-anomaly", "version": "1.1.0",
+                   "selector": {"site": "mill"}, "canary_share": 0.2}  # fmt: skip
+        status, body = await api.call("POST", "/api/v1/rollouts", rollout)
+        assert status == 201, body
+        rollout_id = body["id"]
+        gone = await _inject(replicas, pg_url, faults, rng, started + FAILOVER_S)
+        stop.set()
+        await asyncio.gather(*workers, *faults.restarts)
+        for replica in replicas:
+            if replica is not gone and not replica.alive():
+                await replica.start()
+        healed = time.monotonic()
+
+        async def drained() -> bool:
+            missing = await asyncio.to_thread(missing_records, pg_url, ledger)
+            return not any(missing.values())
+
+        await eventually(drained, timeout=120, every=1.0, what="every confirmed record stored")
+        drain_s = time.monotonic() - healed
+
+        async def ended() -> bool:
+            states = await asyncio.to_thread(task_states, pg_url, ledger.tasks)
+            return all(s in TERMINAL for s in states.values())
+
+        await eventually(ended, timeout=90, every=1.0, what="every task ended")
+
+        async def completed() -> dict[str, object]:
+            status, body = await api.call("GET", f"/api/v1/rollouts/{rollout_id}")
+            return body if status == 200 and body["state"] == "completed" else {}
+
+        done = await eventually(completed, timeout=120, every=1.0, what="the roll-out completed")
+        workers = [asyncio.create_task(watch_policy(api, devices, ledger, asyncio.Event()))]
+        await asyncio.sleep(1.5)  # a last reading of every device's applied policy
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, *faults.restarts, return_exceptions=True)
+        if api is not None:
+            await api.close()
+        for device in devices:
+            device.kill()
+        for replica in replicas:
+            replica.kill()
+        await balancer.close()
+        await broker.stop()
+
+    anomalies = [
+        f"{d}: {len(ids)} confirmed records missing"
+        for d, ids in missing_records(pg_url, ledger).items()
+        if ids
+    ]
+    anomalies += doubled_records(pg_url)
+    anomalies += check_tasks(pg_url, ledger.tasks)
+    anomalies += ledger.policy_backwards()
+    records = sum(len(c) for c in ledger.confirmed.values())
+    states = collections.Counter(task_states(pg_url, ledger.tasks).values())
+    print(
+        f"\nreplica failover: {FAILOVER_S:.0f} s under faults, seed {SEED}, "
+        f"{len(replicas)} replicas, {len(devices)} agents\n"
+        f"  kills: {dict(faults.kills)}; without a leader after each leader kill: "
+        f"{', '.join(f'{s:.2f} s' for s in faults.leaderless_s)}\n"
+        f"  records: {records} confirmed, at the hub exactly once; "
+        f"drain after heal {drain_s:.1f} s\n"
+        f"  tasks: {len(ledger.tasks)} submitted, ended {dict(states)}\n"
+        f"  policy: {ledger.policy_writes} layer writes, "
+        f"{sum(len(v) for v in ledger.policy_seen.values())} applied versions read\n"
+        f"  roll-out {rollout_id}: {done['state']} {done['counts']}; anomalies: {len(anomalies)}"
+    )
+    assert not anomalies, "\n".join(anomalies[:30])
+    assert faults.kills["leader, for good"] == 1
+    assert len(faults.leaderless_s) >= 1  # every leader kill was followed by a takeover
+    assert done["counts"] == {"active": AGENTS}
+    assert len(ledger.tasks) > 0
+    assert records > 0
