@@ -145,7 +145,8 @@ def render_config(
             header,
             "per_listener_settings false",
             "allow_anonymous false",
-            # Run as whoever runs the hub, so Mosquitto can read the keys (0600) it owns.
+            # Run as whoever wrote these files (the hub, or `broker-config`), so
+            # Mosquitto can read the keys (0600) they own.
             f"user {getpass.getuser()}",
             "persistence true",
             f"persistence_location {where.folder}/",

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hub import apitokens, bootstrap
+from hub import apitokens, bootstrap, brokerconfig
 from hub.api.models import DeviceOut
 from hub.api.server import PortInUseError
 from hub.app import Hub
@@ -27,7 +27,7 @@ from hub.enrollment import load_token_key
 from hub.initialise import AlreadyInitialisedError, initialise
 from hub.labels import parse_selector
 from hub.paths import HubPaths
-from hub.revocation import Revoker, UnknownDeviceError
+from hub.revocation import BrokerCrlError, Revoker, UnknownDeviceError
 from hub.store import HubStore
 from hub.store.engine import describe, is_postgres, open_engine, sqlite_path
 from hub.store.transfer import copy_sqlite_to_postgres
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         BrokerStartError,
         AlreadyRunningError,
         PortInUseError,
+        BrokerCrlError,
         FileNotFoundError,
         ValueError,
     ) as exc:
@@ -174,6 +175,33 @@ def _parser() -> argparse.ArgumentParser:
     _config(d)
     d.add_argument("device_id", metavar="ID", help="the device id, e.g. dev-0123456789ab")
     d.set_defaults(func=_device_revoke)
+
+    p = sub.add_parser(
+        "broker-config",
+        help="write the configuration an external broker (Mosquitto or EMQX) needs to "
+        "carry this hub's fleet: listener, ACL, CRL and certificates",
+    )
+    _data(p)
+    _config(p)
+    p.add_argument("--kind", required=True, choices=brokerconfig.KINDS, help="the broker")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder to write (new or empty)"
+    )
+    p.add_argument(
+        "--replica",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="replica_id of a hub replica sharing the broker (repeatable)",
+    )
+    p.add_argument(
+        "--listen",
+        default=brokerconfig.DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where the broker listens (default {brokerconfig.DEFAULT_LISTEN})",
+    )
+    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    p.set_defaults(func=_broker_config)
     return parser
 
 
@@ -376,8 +404,11 @@ def _device_revoke(args: argparse.Namespace) -> int:
         print(f"{done.device_id} was already revoked (at {when}); its CRL entries are rewritten")
     else:
         print(f"revoked {done.device_id}: {done.certificates} certificate(s) in the CRL")
-    if not config.managed_broker:
-        print("external broker: reload it so that it reads the CRL (the hub cannot)")
+    if not config.managed_broker and not done.broker_reloaded:
+        print(
+            "external broker: it was not told to re-read the CRL (broker_crl_path and "
+            "broker_reload_command unset, or they failed: see the log); reload it by hand"
+        )
     elif done.broker_reloaded:
         connection = (
             "its connection, if any, was closed"
@@ -393,6 +424,24 @@ def _device_revoke(args: argparse.Namespace) -> int:
         print("proven: the broker refuses its certificates as revoked")
     else:
         print("the hub is not running: its broker reads the CRL when it starts")
+    return 0
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    paths = HubPaths(args.data)
+    config = load_config(args.data, args.config)
+    request = brokerconfig.Request(
+        kind=args.kind,
+        out=args.out,
+        replicas=tuple(dict.fromkeys(args.replica)),
+        listen=brokerconfig.Listen.parse(args.listen),
+        force=args.force,
+    )
+    with _store(paths, config) as store:
+        written = brokerconfig.write(paths, config, store, request)
+    for path in written:
+        print(path)
+    print(f"next: read {written[-1]}")
     return 0
 
 

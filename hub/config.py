@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,18 @@ class HubConfig:
         "",
         help="broker address given to devices at enrollment; empty derives it from the listener",
         max_len=256,
+    )
+    broker_crl_path: str = schema.setting(
+        "",
+        help="external broker: also write the CRL to this absolute path, where the broker "
+        "reads it; empty: only into the data folder's broker/crl.pem",
+        max_len=4096,
+    )
+    broker_reload_command: str = schema.setting(
+        "",
+        help="external broker: command run (without a shell) after each CRL write so that "
+        "the broker re-reads it, e.g. `systemctl reload mosquitto`; empty: none",
+        max_len=4096,
     )
     mosquitto: str = schema.setting("mosquitto", help="Mosquitto program to run", max_len=4096)
     web_host: str = schema.setting(
@@ -193,10 +206,9 @@ class HubConfig:
         check_log_level(self.log_level, "hub.log_level")
         if self.broker:
             parse_broker_url(self.broker, "hub.broker")
-        if self.replica_id and not _REPLICA_ID.fullmatch(self.replica_id):
-            raise schema.SchemaError(
-                "hub.replica_id", f"{self.replica_id!r}: use letters, digits and - only"
-            )
+        if self.replica_id:
+            check_replica_id(self.replica_id, "hub.replica_id")
+        self._check_external_broker_settings()
         if self.replica_id and not self.broker:
             raise schema.SchemaError(
                 "hub.replica_id",
@@ -219,6 +231,28 @@ class HubConfig:
                 f"must leave {TASK_ENVELOPE_BYTES} bytes below max_payload_bytes "
                 f"({self.max_payload_bytes}): an assignment travels in one message",
             )
+
+    def _check_external_broker_settings(self) -> None:
+        for key in ("broker_crl_path", "broker_reload_command"):
+            if getattr(self, key) and not self.broker:
+                raise schema.SchemaError(
+                    f"hub.{key}",
+                    "is for an external broker: set broker (mqtts://HOST:PORT) too; the "
+                    "managed Mosquitto reads the hub's CRL and is reloaded by the hub",
+                )
+        if self.broker_crl_path and not Path(self.broker_crl_path).is_absolute():
+            raise schema.SchemaError(
+                "hub.broker_crl_path", f"{self.broker_crl_path!r}: give an absolute path"
+            )
+        if self.broker_reload_command:  # split now, so that a bad one fails at load
+            _split_command(self.broker_reload_command, "hub.broker_reload_command")
+
+    @property
+    def reload_argv(self) -> list[str]:
+        """`broker_reload_command` split as a shell would, to run it without one."""
+        if not self.broker_reload_command:
+            return []
+        return _split_command(self.broker_reload_command, "hub.broker_reload_command")
 
     def database(self, default: Path) -> Path | str:
         """What the store opens: `db_url`, else the data folder's SQLite file `default`."""
@@ -249,6 +283,22 @@ class HubConfig:
     def hub_url(self) -> str:
         """The hub URL written into bootstrap tokens."""
         return self.public_url or f"https://{_url_host(self.web_host)}:{self.web_port}"
+
+
+def check_replica_id(replica_id: str, where: str) -> None:
+    """Refuse a replica id that is not 1-32 letters, digits and - (it goes into a CN)."""
+    if not _REPLICA_ID.fullmatch(replica_id):
+        raise schema.SchemaError(where, f"{replica_id!r}: use letters, digits and - only")
+
+
+def _split_command(command: str, where: str) -> list[str]:
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:  # an unclosed quote, a trailing backslash
+        raise schema.SchemaError(where, f"{command!r}: {exc}") from None
+    if not argv:
+        raise schema.SchemaError(where, "names no program")
+    return argv
 
 
 def _url_host(host: str) -> str:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from hub import revocation, sessions
-from hub.broker import BrokerSupervisor, crl_file
+from hub.broker import BrokerSupervisor
 from hub.config import HubConfig
 from hub.intake import DeviceIntake
 from hub.paths import HubPaths
@@ -93,7 +93,7 @@ class FloodHolds:
         if held.keys() != self.held.keys():  # a hold ended (or another process's began)
             ended = sorted(self.held.keys() - held.keys())
             self.held = held
-            await revocation.write_crl(self._paths, self._store)
+            await revocation.write_crl(self._paths, self._store, self._config)
             await self._reload()
             for device_id in ended:
                 logger.warning("%s is no longer held off: it may connect again", device_id)
@@ -109,7 +109,7 @@ class FloodHolds:
             return  # unknown to the registry (its CN names no device) or revoked
         self.held[device_id] = until
         self.holds_total += 1
-        await revocation.write_crl(self._paths, self._store)
+        await revocation.write_crl(self._paths, self._store, self._config)
         reloaded = await self._reload()
         # After the reload: the device cannot reconnect once its session is gone.
         ended = await sessions.take_over(self._paths, self._config, self._store, device_id)
@@ -126,10 +126,6 @@ class FloodHolds:
         )
 
     async def _reload(self) -> bool:
-        if self._broker is None:
-            logger.warning(
-                "external broker: reload it so that it reads the CRL %s (device holds)",
-                crl_file(self._paths),
-            )
-            return False
+        if self._broker is None:  # an external broker: its reload command, if any
+            return await revocation.reload_external(self._config)
         return await self._broker.reload()

@@ -417,7 +417,8 @@ class RevokedOut:
     revoked_at: float = schema.setting(help="when it was (first) revoked, epoch seconds")
     certificates: int = schema.setting(help="its certificates now listed in the CRL")
     broker_reloaded: bool = schema.setting(
-        help="the managed broker re-read the CRL (false with an external broker)"
+        help="the broker re-read the CRL (the managed one, or an external one through"
+        " broker_reload_command; false when it did not confirm or none is set)"
     )
     disconnected: bool = schema.setting(help="its broker session, if any, was closed")
     already_revoked: bool = schema.setting(
