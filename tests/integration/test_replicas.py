@@ -19,10 +19,6 @@ import collections
 import json
 import os
 import random
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +31,11 @@ from edge.inference.directory import ModelDirectory
 from hub.broker import BrokerSupervisor
 from hub.cli import load_config
 from hub.initialise import initialise
-from hub.paths import HubPaths, link_cn
+from hub.paths import HubPaths
 from tests.balancer import Balancer
-from tests.databases import hub_sql
 from tests.integration.test_store_forward import write_agent_settings
 from tests.model_upload import bundle_parts
+from tests.replicaset import Replica, current_leader, replica_folder
 from tests.soak import (
     TERMINAL,
     Api,
@@ -48,76 +44,18 @@ from tests.soak import (
     check_tasks,
     doubled_records,
     hub_cli,
-    listening,
     missing_records,
     produce,
     submit_tasks,
     task_states,
     watch_policy,
 )
-from tests.support import PROFILES, REPO, SHIPPED_MODELS, eventually, free_port
+from tests.support import PROFILES, SHIPPED_MODELS, eventually, free_port
 
 FAILOVER_S = float(os.environ.get("OUTPOST_FAILOVER_S", "30"))
 SEED = os.environ.get("OUTPOST_SOAK_SEED", "20261203")
 REPLICAS = ("r1", "r2", "r3")
 AGENTS = 10
-
-
-class Replica:
-    """`outpost-hub run` of one replica, as a child process the test kills and restarts."""
-
-    def __init__(self, replica_id: str, paths: HubPaths, logs: Path) -> None:
-        self.replica_id = replica_id
-        self.holder = link_cn(replica_id)
-        self.paths = paths
-        self.logs = logs
-        self.web_port = load_config(paths.root).web_port
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        self.starts += 1
-        log_path = self.logs / f"{self.replica_id}-{self.starts}.log"
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "hub.cli", "run", "--data", str(self.paths.root)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        process = self.process
-
-        async def up() -> bool:
-            assert process.poll() is None, log_path.read_text()
-            return listening(self.web_port)
-
-        await eventually(up, timeout=60, every=0.1, what=f"replica {self.replica_id}")
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            assert self.process is not None
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-
-def _replica_folder(primary: HubPaths, folder: Path, replica_id: str, settings: str) -> HubPaths:
-    """A replica's data folder: a copy of the fleet's PKI and its own hub.toml."""
-    paths = HubPaths(folder)
-    folder.mkdir(mode=0o700)
-    shutil.copytree(primary.ca_cert.parent, paths.ca_cert.parent)
-    paths.config.write_text(
-        f"[hub]\nweb_port = {free_port()}\nreplica_id = {json.dumps(replica_id)}\n" + settings
-    )
-    return paths
-
-
-def _leader(database: str) -> tuple[str, int]:
-    ((holder, epoch),) = hub_sql(database, "SELECT holder, epoch FROM leadership")
-    return str(holder), int(epoch)
 
 
 @dataclass
@@ -132,7 +70,7 @@ async def _await_takeover(database: str, holder: str, epoch: int, faults: Faults
     killed = time.monotonic()
 
     async def taken_over() -> bool:
-        _, now = await asyncio.to_thread(_leader, database)
+        _, now = await asyncio.to_thread(current_leader, database)
         return now > epoch
 
     await eventually(taken_over, timeout=60, every=0.05, what=f"a leader after {holder}")
@@ -151,7 +89,7 @@ async def _inject(
     gone: Replica | None = None
     while time.monotonic() < until or gone is None:
         await asyncio.sleep(rng.uniform(5, 10))
-        holder, epoch = await asyncio.to_thread(_leader, database)
+        holder, epoch = await asyncio.to_thread(current_leader, database)
         live = [r for r in replicas if r.alive()]
         leader = next((r for r in live if holder.startswith(f"{r.holder}@")), None)
         if gone is None and leader is not None and (time.monotonic() > until - FAILOVER_S / 2):
@@ -201,7 +139,7 @@ async def test_replicas_fail_over_and_lose_or_double_nothing(tmp_path: Path, pg_
         "api_rate_per_s = 1e6\napi_rate_burst = 100000\ntask_accept_timeout_s = 5\n"
     )
     replicas = [
-        Replica(r, _replica_folder(primary, tmp_path / r, r, settings), tmp_path) for r in REPLICAS
+        Replica(r, replica_folder(primary, tmp_path / r, r, settings), tmp_path) for r in REPLICAS
     ]
     balancer_ports.extend(r.web_port for r in replicas)
     await balancer.start()
