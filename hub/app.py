@@ -25,6 +25,7 @@ from hub.metrics import HubMetrics
 from hub.paths import HubPaths, link_cn
 from hub.policies import PolicyPublisher
 from hub.releases import ModelShelf
+from hub.replicametrics import ReplicaCollector
 from hub.rollouts import RolloutService
 from hub.store import HubStore
 from hub.store.engine import describe
@@ -82,7 +83,9 @@ class Hub:
             )
             stack.callback(store.close)
             replica = self.config.replica_id
-            self.leadership = leadership = Leadership(store, link_cn(replica), elect=bool(replica))
+            self.leadership = leadership = Leadership(
+                store, link_cn(replica), elect=bool(replica) and self.config.elect_leader
+            )
             # The singleton work runs as the leader, each unit fenced by the lease.
             leader_store = store.fenced(leadership.fence)
 
@@ -131,6 +134,14 @@ class Hub:
                 self.paths, self.config, store, intake, broker=self.broker
             )
             metrics.fleet.holds = lambda: (holds.holds_total, len(holds.held))
+            metrics.registry.register(
+                ReplicaCollector(
+                    leading=lambda: leadership.leading,
+                    conflicts=lambda: store.conflicts,
+                    assigned=lambda: dispatcher.outcomes["assigned"],
+                    intake_queued=intake.qsize,
+                )
+            )
             context = await asyncio.to_thread(
                 self._api_context, store, metrics, dispatcher, policies, shelf, intake, holds
             )

@@ -152,6 +152,12 @@ class HubConfig:
         "(letters, digits, -); empty: the only hub",
         max_len=32,
     )
+    elect_leader: bool = schema.setting(
+        True,
+        help="replicas elect one to run the allocation passes and sweeps; false: every "
+        "replica runs them (the database keeps that correct, at the cost of repeated work; "
+        "the tests use it to prove so)",
+    )
     db_busy_timeout_ms: int = schema.setting(
         5000,
         help="how long a database write waits for a lock held elsewhere before it fails, ms",

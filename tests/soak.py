@@ -168,6 +168,13 @@ class Api:
         ) as response:
             return response.status, await response.json(content_type=None)
 
+    async def text(self, path: str) -> str:
+        async with self._session.get(
+            self._url + path, headers=self._headers, ssl=self._context
+        ) as response:
+            assert response.status == 200, await response.text()
+            return await response.text()
+
     async def upload(self, model: bytes, manifest: dict[str, Any], sample: dict[str, Any]) -> int:
         """POST /api/v1/models; the status."""
         form = aiohttp.FormData()

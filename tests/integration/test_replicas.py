@@ -33,10 +33,12 @@ from hub.cli import load_config
 from hub.initialise import initialise
 from hub.paths import HubPaths
 from tests.balancer import Balancer
+from tests.databases import hub_sql
 from tests.integration.test_store_forward import write_agent_settings
 from tests.model_upload import bundle_parts
 from tests.replicaset import Replica, current_leader, replica_folder
 from tests.soak import (
+    SAMPLE,
     TERMINAL,
     Api,
     Device,
@@ -256,3 +258,121 @@ async def test_replicas_fail_over_and_lose_or_double_nothing(tmp_path: Path, pg_
     assert done["counts"] == {"active": AGENTS}
     assert len(ledger.tasks) > 0
     assert records > 0
+
+
+def _held_twice(database: str, ids: list[str]) -> list[str]:
+    """Tasks some attempt of which was assigned twice (two devices holding one task), or
+    whose attempts were not assigned in growing order."""
+    trails: dict[str, list[int]] = collections.defaultdict(list)
+    for task_id, attempt in hub_sql(
+        database, "SELECT task_id, attempt FROM task_events WHERE state = 'assigned' ORDER BY id"
+    ):
+        trails[task_id].append(int(attempt))
+    return [
+        f"task {t}: assigned attempts {trails[t]}"
+        for t in ids
+        if trails[t] != sorted(set(trails[t]))
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_two_replicas_both_allocating_never_give_one_task_to_two_devices(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """1,000 tasks through both replicas' APIs at once, with leader election off so both
+    run allocation passes: the database, not the leader, keeps every task held once."""
+    primary = HubPaths(tmp_path / "pki-source")
+    initialise(primary, server_names=[])
+    broker_port = free_port()
+    broker = BrokerSupervisor(
+        primary,
+        program="mosquitto",
+        host="127.0.0.1",
+        port=broker_port,
+        max_packet_bytes=load_config(primary.root).max_payload_bytes,
+        replicas=("a", "b"),
+    )
+    await broker.start()
+    settings = (
+        f'broker = "mqtts://127.0.0.1:{broker_port}"\n'
+        f"db_url = {json.dumps(pg_url)}\n"
+        "elect_leader = false\n"
+        "api_rate_per_s = 1e6\napi_rate_burst = 100000\n"
+    )
+    replicas = [
+        Replica(r, replica_folder(primary, tmp_path / r, r, settings), tmp_path) for r in "ab"
+    ]
+    devices: list[Device] = []
+    apis: list[Api] = []
+    try:
+        await asyncio.gather(*(r.start() for r in replicas))
+        for replica in replicas:
+            admin = hub_cli("hub.cli", "token", "create", "--data", str(replica.paths.root),
+                            "--role", "admin", "--api-key")  # fmt: skip
+            apis.append(Api(f"https://127.0.0.1:{replica.web_port}", primary.ca_cert, admin))
+        for index in range(4):
+            token = hub_cli(
+                "hub.cli", "enroll-token", "--data", str(replicas[index % 2].paths.root)
+            )
+            device_paths = DevicePaths(tmp_path / f"device-{index}")
+            identity = await enroll(token, device_paths, PROFILES / "x86-gateway.toml")
+            ModelDirectory(device_paths.models).install(SHIPPED_MODELS[0])
+            device = Device(index, device_paths, identity.device_id, tmp_path)
+            device.start()
+            devices.append(device)
+
+        async def all_online() -> bool:
+            status, body = await apis[0].call("GET", "/api/v1/devices?online=true")
+            return status == 200 and len(body["items"]) == len(devices)
+
+        await eventually(all_online, timeout=60, what="every device online")
+        assert SAMPLE is not None
+        task = {"model": "vibration-anomaly", "input": SAMPLE.input, "dtype": "int8"}
+
+        async def submit(api: Api) -> list[str]:
+            ids: list[str] = []
+            for _ in range(5):  # 4 submitters x 5 x 50
+                status, body = await api.call("POST", "/api/v1/tasks", {"tasks": [task] * 50})
+                assert status == 202, body
+                ids += body["ids"]
+            return ids
+
+        batches = await asyncio.gather(
+            submit(apis[0]), submit(apis[1]), submit(apis[0]), submit(apis[1])
+        )
+        ids = [i for batch in batches for i in batch]
+
+        async def ended() -> bool:
+            states = await asyncio.to_thread(task_states, pg_url, ids)
+            return all(s in TERMINAL for s in states.values())
+
+        await eventually(ended, timeout=180, every=1.0, what="1,000 tasks ended")
+        expositions = [await api.text("/metrics") for api in apis]
+        assigned = [_metric(text, "outpost_hub_tasks_assigned_total") for text in expositions]
+        conflicts = [_metric(text, "outpost_hub_db_conflicts_total") for text in expositions]
+    finally:
+        for api in apis:
+            await api.close()
+        for device in devices:
+            device.kill()
+        for replica in replicas:
+            replica.kill()
+        await broker.stop()
+
+    assert len(ids) == 1000
+    assert collections.Counter(task_states(pg_url, ids).values()) == {"succeeded": 1000}
+    anomalies = _held_twice(pg_url, ids) + check_tasks(pg_url, ids)
+    assert not anomalies, "\n".join(anomalies[:30])
+    # Both replicas allocated (else there was no race).
+    assert all(n > 0 for n in assigned), assigned
+    print(
+        f"\ntwo replicas allocating at once: assignments per replica {assigned}, "
+        f"units of work retried after a conflict {conflicts}"
+    )
+
+
+def _metric(exposition: str, name: str) -> float:
+    return next(
+        float(line.split()[-1]) for line in exposition.splitlines() if line.startswith(name + " ")
+    )
