@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from hub.cli import render_fleet  # noqa: E402 - after the path tweak, for a plain checkout
 from hub.paths import HubPaths  # noqa: E402
+from scripts import demo_replicas  # noqa: E402
 from scripts.demo_site import (  # noqa: E402
     Background,
     Producer,
@@ -127,7 +128,16 @@ def main() -> int:
     parser.add_argument(
         "--cut-for", type=float, default=CUT_FOR_S, help="seconds the north link stays cut"
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="run the hub as this many replicas (2 or more) on a throwaway PostgreSQL and "
+        f"one Mosquitto, and kill the leader {demo_replicas.KILL_AT_S:.0f} s in",
+    )
     args = parser.parse_args()
+    if args.replicas == 1 or args.replicas < 0:
+        parser.error("--replicas: give 2 or more (0, the default, runs one hub)")
 
     data: Path = args.data
     if data.exists():
@@ -136,31 +146,21 @@ def main() -> int:
     logs.mkdir(parents=True)
     hub_dir = data / "hub"
     children: list[subprocess.Popen[bytes]] = []
+    replicated: demo_replicas.ReplicaHub | None = None
 
     def stop(signum: int = 0, frame: FrameType | None = None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        step(f"initialising the hub in {hub_dir}")
-        run(str(BIN / "outpost-hub"), "init", "--data", str(hub_dir))
-        mqtt_port, web_port = free_port(), free_port()
-        HubPaths(hub_dir).config.write_text(
-            f"[hub]\nmqtt_port = {mqtt_port}\nweb_port = {web_port}\n"
-        )
-        step(
-            f"starting the hub: broker mqtts://127.0.0.1:{mqtt_port}, "
-            f"web https://127.0.0.1:{web_port} (log: {logs / 'hub.log'})"
-        )
-        hub_log = logs / "hub.log"
-        hub = subprocess.Popen(
-            [str(BIN / "outpost-hub"), "run", "--data", str(hub_dir)],
-            stdout=hub_log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        children.append(hub)
-        wait_healthy(f"https://127.0.0.1:{web_port}", HubPaths(hub_dir).ca_cert, hub, hub_log)
+        if args.replicas:
+            replicated = demo_replicas.start(
+                data, logs, args.replicas, children, run, step, BIN, wait_healthy
+            )
+            hub_dir, mqtt_port = replicated.hub_dir, replicated.broker_port
+            web_port = replicated.survivor.web_port
+        else:
+            mqtt_port, web_port = start_hub(hub_dir, logs, children)
         # One daemon per data folder: a second one is refused before it touches anything.
         second = subprocess.run(
             [str(BIN / "outpost-hub"), "run", "--data", str(hub_dir)],
@@ -310,14 +310,51 @@ def main() -> int:
         step("fleet (refreshing every second; Ctrl-C stops everything)")
         outage = (args.cut_at, args.cut_at + args.cut_for)
         show_fleet(
-            api, args.duration, children, devices, links, background, outage, feeder, rollout
+            api,
+            args.duration,
+            children,
+            devices,
+            links,
+            background,
+            outage,
+            feeder,
+            rollout,
+            replicated,
         )
     except KeyboardInterrupt:
         print()
     finally:
         stopped = stop_all(children)
         step(f"stopped {stopped} processes (agents, then the hub and its broker)")
+        if replicated is not None:
+            replicated.stop()
+            step("stopped the throwaway PostgreSQL")
     return 0
+
+
+def start_hub(
+    hub_dir: Path, logs: Path, children: list[subprocess.Popen[bytes]]
+) -> tuple[int, int]:
+    """One hub with its managed Mosquitto (the default); its MQTT and web ports."""
+    step(f"initialising the hub in {hub_dir}")
+    run(str(BIN / "outpost-hub"), "init", "--data", str(hub_dir))
+    mqtt_port, web_port = free_port(), free_port()
+    config = f"[hub]\nmqtt_port = {mqtt_port}\nweb_port = {web_port}\n"
+    HubPaths(hub_dir).config.write_text(config)
+    step(
+        f"starting the hub: broker mqtts://127.0.0.1:{mqtt_port}, "
+        f"web https://127.0.0.1:{web_port} (log: {logs / 'hub.log'})"
+    )
+    hub_log = logs / "hub.log"
+    hub = subprocess.Popen(
+        [str(BIN / "outpost-hub"), "run", "--data", str(hub_dir)],
+        stdout=hub_log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    children.append(hub)
+    wait_healthy(f"https://127.0.0.1:{web_port}", HubPaths(hub_dir).ca_cert, hub, hub_log)
+    return mqtt_port, web_port
 
 
 class HubApi:
@@ -325,11 +362,13 @@ class HubApi:
 
     def __init__(self, url: str, ca: Path, token: str) -> None:
         self.url = url
+        self.ca = ca
         self.context = ssl.create_default_context(cafile=str(ca))
         self._headers = {"Authorization": f"Bearer {token}"}
 
-    def get(self, path: str) -> bytes:
-        request = urllib.request.Request(self.url + path, headers=self._headers)  # noqa: S310 - our own https URL
+    def get(self, path: str, url: str = "") -> bytes:
+        """GET `path` from the hub (or from another replica's `url`)."""
+        request = urllib.request.Request((url or self.url) + path, headers=self._headers)  # noqa: S310 - our own https URL
         with urllib.request.urlopen(request, context=self.context, timeout=5) as response:  # noqa: S310
             body: bytes = response.read()
             return body
@@ -489,6 +528,7 @@ def show_fleet(
     outage: tuple[float, float],
     feeder: TaskFeeder,
     rollout: DemoRollout,
+    replicated: demo_replicas.ReplicaHub | None = None,
 ) -> None:
     tty = sys.stdout.isatty()
     started = time.monotonic()
@@ -522,6 +562,8 @@ def show_fleet(
         print(store_and_forward(api, devices, links, background))
         print(local_inference(devices))
         print(rollout.progress({d.device_id: d.name for d in devices}), flush=True)
+        if replicated is not None:
+            print(replicated.fail_over(elapsed, lambda url: api.get("/metrics", url), step))
         print()
         time.sleep(1)  # the demo's refresh period
 

@@ -9,7 +9,9 @@ VENV=.venv
 # --test-tools (scripts/test passes it): also what only the tests use, a browser and
 # promtool; the demo and the benchmarks do without them.
 TEST_TOOLS=0
-if [ "${1:-}" = "--test-tools" ]; then TEST_TOOLS=1; fi
+POSTGRES=0  # --postgres (scripts/demo --replicas): PostgreSQL's server binaries too
+if [ "${1:-}" = "--test-tools" ]; then TEST_TOOLS=1; POSTGRES=1; fi
+if [ "${1:-}" = "--postgres" ]; then POSTGRES=1; fi
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
@@ -122,10 +124,10 @@ if [ "$TEST_TOOLS" = 1 ] && { ! command -v systemd-nspawn >/dev/null \
 fi
 
 # 6c. PostgreSQL's server binaries (initdb, pg_ctl) for the tests of the hub on
-#    PostgreSQL: tests/postgres.py makes a throwaway cluster in a temporary folder on a
-#    free port; it never uses a server the machine runs. Debian's package also starts a
+#    PostgreSQL and the replica demo: scripts/pgcluster.py makes a throwaway cluster in a
+#    temporary folder on a free port; it never uses a server the machine runs. Debian's package also starts a
 #    cluster of its own on install; the tests leave it alone.
-if [ "$TEST_TOOLS" = 1 ] && ! command -v initdb >/dev/null \
+if [ "$POSTGRES" = 1 ] && ! command -v initdb >/dev/null \
     && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     apt_install postgresql
 fi

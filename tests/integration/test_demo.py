@@ -121,3 +121,47 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
     assert all(version.startswith("v") for _, version in policies), policies
     # No bootstrap token is left lying around in the agents' folders.
     assert not list(data.rglob("bootstrap.token"))
+
+
+def test_demo_with_two_replicas_keeps_the_fleet_going_when_the_leader_is_killed(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "demo"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "demo.py"),
+            *("--replicas", "2", "--duration", "24", "--cut-at", "2", "--cut-for", "3"),
+            *("--data", str(data)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "configured by `outpost-hub broker-config`" in out
+    assert "killing replica a (the leader) with SIGKILL" in out, out[-3000:]
+    assert re.search(r"replica b took the lead [\d.]+ s after the kill", out), out[-3000:]
+    last_table = out.rsplit("Outpost fleet at", 1)[1]
+    assert "hub replicas on PostgreSQL: a killed, b up (leader)" in last_table
+    rows = [line for line in last_table.splitlines() if line.startswith("dev-")]
+    assert len(rows) == 3, last_table
+    assert all(re.search(r"\s+online\s+\d+\.\d s ago", row) for row in rows), last_table
+    # After the kill the fleet went on: the roll-out completed, stores drained to the
+    # surviving replica, tasks kept finishing.
+    assert re.search(r"model roll-out 1 of vibration-anomaly 1\.1\.0 .*: completed:", last_table)
+    final = re.findall(r"^([a-z0-9-]+)\s+up\s+(\d+)\s+(\d+)\s+(\d+)\s*$", last_table, re.MULTILINE)
+    assert len(final) == 3, last_table
+    for name, confirmed, waiting, held in final:
+        assert int(confirmed) - int(held) <= 10, (name, confirmed, held)
+        assert int(waiting) <= 10, (name, waiting)
+    submitted, states = re.findall(r"^tasks \((\d+) submitted\): (.*)$", last_table, re.MULTILINE)[
+        0
+    ]
+    succeeded = int(re.search(r"(\d+) succeeded", states).group(1))  # type: ignore[union-attr]
+    assert succeeded >= int(submitted) - 40, states
+    assert "failed" not in states, states
+    assert "stopped the throwaway PostgreSQL" in out
