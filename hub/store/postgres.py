@@ -33,6 +33,10 @@ from psycopg_pool import ConnectionPool
 from hub.store.sql import Dialect
 
 logger = logging.getLogger(__name__)
+# psycopg warns "error ignored terminating <Pipeline>" when a batch (executemany runs in
+# pipeline mode) meets a serialization failure: the very conflict this module retries
+# and counts. Its errors still show.
+logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 T = TypeVar("T")
 
