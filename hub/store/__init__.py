@@ -17,7 +17,18 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from hub.store import audit, certs, devices, gauges, leases, modelstats, rollouts, tasks, tokens
+from hub.store import (
+    audit,
+    certs,
+    devices,
+    gauges,
+    leases,
+    modelfiles,
+    modelstats,
+    rollouts,
+    tasks,
+    tokens,
+)
 from hub.store import overview as glance  # `overview` is also a method name below
 from hub.store import policy as policies
 from hub.store import records as streams  # `records` is also a method name below
@@ -368,11 +379,11 @@ class HubStore:
         return await self._db.run(rollouts.add_model, model)
 
     async def put_model_file(self, name: str, version: str, content: bytes) -> None:
-        await self._db.run(rollouts.put_model_file, name, version, content)
+        await self._db.run(modelfiles.put_model_file, name, version, content)
 
     async def model_file(self, name: str, version: str) -> bytes | None:
         """A model's file as kept in the database (replicas only), or None."""
-        return await self._db.run(rollouts.get_model_file, name, version)
+        return await self._db.run(modelfiles.get_model_file, name, version)
 
     async def model(self, name: str, version: str) -> StoredModel | None:
         return await self._db.run(rollouts.get_model, name, version)

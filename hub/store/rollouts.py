@@ -405,20 +405,3 @@ def _rollout(row: Row, devices: list[RolloutDevice]) -> Rollout:
         updated_at=row["updated_at"],
         devices=devices,
     )
-
-
-def put_model_file(db: Sql, name: str, version: str, content: bytes) -> None:
-    """Keep a model's file in the database (replicas share it; see migration 014)."""
-    with db.write():
-        db.execute(
-            "INSERT INTO model_files (name, version, content) VALUES (?, ?, ?)"
-            " ON CONFLICT DO NOTHING",
-            (name, version, content),
-        )
-
-
-def get_model_file(db: Sql, name: str, version: str) -> bytes | None:
-    row = db.execute(
-        "SELECT content FROM model_files WHERE name = ? AND version = ?", (name, version)
-    ).fetchone()
-    return bytes(row[0]) if row is not None else None
