@@ -51,7 +51,10 @@ def _binary(name: str) -> str:
 class ThrowawayPostgres:
     """One cluster, one superuser (`outpost`, trust auth on loopback only), one port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        # durable: fsync and synchronous commit on, as a production server runs (the
+        # capacity benchmark); tests and the demo keep nothing and skip them.
+        self.durable = durable
         self.folder = Path(tempfile.mkdtemp(prefix="outpost-pg-"))
         self.data = self.folder / "data"
         self.port = free_port()
@@ -81,14 +84,16 @@ class ThrowawayPostgres:
                 "--no-sync",
             ]
         )
-        # Loopback only; the socket stays in the temp folder. Durability settings off:
-        # the tests kill hubs, never this server, and a throwaway cluster has nothing to keep.
+        # Loopback only; the socket stays in the temp folder. Durability settings off
+        # unless asked for: the tests kill hubs, never this server, and a throwaway
+        # cluster has nothing to keep.
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port}"
             f" -c unix_socket_directories={self.folder}"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             " -c max_connections=300 -c shared_buffers=64MB"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             [
                 _binary("pg_ctl"),
