@@ -33,8 +33,6 @@ from tests.bench.common import HEADER, Result
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    print(f"# {platform.machine()}, {psutil.cpu_count()} cores, Python {platform.python_version()}")
-    print(HEADER)
     benches: dict[str, Callable[[Path], list[Result]]] = {
         "codec": lambda _: bench_codec.run(),
         "store": bench_store.run,
@@ -54,6 +52,8 @@ def main() -> None:
         sys.exit(
             f"bench: no benchmark named {', '.join(unknown)}; choose from {', '.join(benches)}"
         )
+    print(f"# {platform.machine()}, {psutil.cpu_count()} cores, Python {platform.python_version()}")
+    print(HEADER)
     with tempfile.TemporaryDirectory(prefix="outpost-bench-") as tmp:
         root = Path(tmp)
         for name in chosen:
