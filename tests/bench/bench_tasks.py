@@ -38,6 +38,7 @@ from outpost.modelbundle import read_bundle
 from outpost.mqtt import NODELAY
 from tests.api_client import ApiClient
 from tests.bench.common import Result, device_cert, make_hub, running_hub
+from tests.bench.fleetsim import answer_tasks
 from tests.support import PROFILES, REPO, SHIPPED_MODELS, AgentProcess, mint_token
 
 TASKS = 600
@@ -175,35 +176,10 @@ class SimDevice:
             await client.publish(self._up("heartbeat"), wire.encode("heartbeat", beat), qos=1)
 
     async def _answer(self, client: aiomqtt.Client, body: wire.Tasks) -> None:
-        updates = [
-            wire.TaskUpdate(task_id=a.task_id, attempt=a.attempt, state="accepted")
-            for a in body.tasks
-        ]
-        await client.publish(
-            self._up("task_state"), wire.encode("task_state", wire.TaskState(updates)), qos=1
-        )
-        now = time.time()
-        first = self._seq + 1
-        rows = [
-            (
-                first + n,
-                now,
-                {
-                    "kind": "task",
-                    "task_id": a.task_id,
-                    "attempt": a.attempt,
-                    "status": "succeeded",
-                    "label": "normal",
-                    "confidence": 0.9,
-                    "latency_ms": 0.1,
-                },
-            )
-            for n, a in enumerate(body.tasks)
-        ]
-        self._seq += len(rows)
-        records = wire.Records.pack("results", first, self._seq, rows)
-        await client.publish(self._up("records"), wire.encode("records", records), qos=1)
-        self.done += len(rows)
+        task_state, records, self._seq = answer_tasks(body, self._seq)
+        await client.publish(self._up("task_state"), task_state, qos=1)
+        await client.publish(self._up("records"), records, qos=1)
+        self.done += len(body.tasks)
 
     def _up(self, kind: str) -> str:
         return wire.up_topic(self.device_id, kind)
