@@ -9,9 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from hub.broker import BrokerSupervisor
 from hub.cli import load_config
+from hub.initialise import initialise
 from hub.paths import HubPaths, link_cn
 from tests.databases import hub_sql
 from tests.soak import listening
@@ -73,3 +76,23 @@ def replica_folder(primary: HubPaths, folder: Path, replica_id: str, settings: s
 def current_leader(database: str) -> tuple[str, int]:
     ((holder, epoch),) = hub_sql(database, "SELECT holder, epoch FROM leadership")
     return str(holder), int(epoch)
+
+
+async def fleet_broker(
+    folder: Path, replica_ids: Sequence[str]
+) -> tuple[HubPaths, BrokerSupervisor, int]:
+    """A new fleet's PKI in `folder` (the one every replica copies), and a Mosquitto for
+    its replicas' links on a free loopback port, started; and that port."""
+    primary = HubPaths(folder)
+    initialise(primary, server_names=[])
+    port = free_port()
+    broker = BrokerSupervisor(
+        primary,
+        program="mosquitto",
+        host="127.0.0.1",
+        port=port,
+        max_packet_bytes=load_config(primary.root).max_payload_bytes,
+        replicas=replica_ids,
+    )
+    await broker.start()
+    return primary, broker, port

@@ -45,8 +45,6 @@ import psycopg
 
 from hub.broker import BrokerSupervisor
 from hub.cli import load_config
-from hub.initialise import initialise
-from hub.paths import HubPaths
 from hub.store.engine import is_postgres
 from tests.bench.common import Result, make_hub
 from tests.bench.fleetsim import (
@@ -58,8 +56,8 @@ from tests.bench.fleetsim import (
     percentile,
     raise_open_files,
 )
-from tests.replicaset import Replica, replica_folder
-from tests.support import REPO, free_port
+from tests.replicaset import Replica, fleet_broker, replica_folder
+from tests.support import REPO
 
 STEPS = (1_000, 2_500, 5_000, 10_000, 15_000, 25_000, 40_000)
 FLEET_MAX = int(os.environ.get("OUTPOST_BENCH_FLEET_MAX", "10000"))
@@ -201,19 +199,8 @@ async def _postgres_setup(root: Path, count: int) -> AsyncIterator[Setup]:
     database: Database | None = None
     try:
         url = await asyncio.to_thread(server.new_database)
-        primary = HubPaths(root / "pki")
-        initialise(primary, server_names=[])
         ids = [f"r{n + 1}" for n in range(count)]
-        broker_port = free_port()
-        broker = BrokerSupervisor(
-            primary,
-            program="mosquitto",
-            host="127.0.0.1",
-            port=broker_port,
-            max_packet_bytes=load_config(primary.root).max_payload_bytes,
-            replicas=ids,
-        )
-        await broker.start()
+        primary, broker, broker_port = await fleet_broker(root / "pki", ids)
         settings = (
             f'broker = "mqtts://127.0.0.1:{broker_port}"\ndb_url = {json.dumps(url)}\n' + SETTINGS
         )

@@ -28,15 +28,11 @@ import pytest
 from edge.enroll import enroll
 from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
-from hub.broker import BrokerSupervisor
-from hub.cli import load_config
-from hub.initialise import initialise
-from hub.paths import HubPaths
 from tests.balancer import Balancer
 from tests.databases import hub_sql
 from tests.integration.test_store_forward import write_agent_settings
 from tests.model_upload import bundle_parts
-from tests.replicaset import Replica, current_leader, replica_folder
+from tests.replicaset import Replica, current_leader, fleet_broker, replica_folder
 from tests.soak import (
     SAMPLE,
     TERMINAL,
@@ -52,7 +48,7 @@ from tests.soak import (
     task_states,
     watch_policy,
 )
-from tests.support import PROFILES, SHIPPED_MODELS, eventually, free_port
+from tests.support import PROFILES, SHIPPED_MODELS, eventually
 
 FAILOVER_S = float(os.environ.get("OUTPOST_FAILOVER_S", "30"))
 SEED = os.environ.get("OUTPOST_SOAK_SEED", "20261203")
@@ -118,19 +114,7 @@ async def _inject(
 @pytest.mark.timeout(int(FAILOVER_S) * 3 + 420)
 async def test_replicas_fail_over_and_lose_or_double_nothing(tmp_path: Path, pg_url: str) -> None:
     rng = random.Random(SEED)
-    primary = HubPaths(tmp_path / "pki-source")
-    initialise(primary, server_names=[])
-    config = load_config(primary.root)
-    broker_port = free_port()
-    broker = BrokerSupervisor(
-        primary,
-        program="mosquitto",
-        host="127.0.0.1",
-        port=broker_port,
-        max_packet_bytes=config.max_payload_bytes,
-        replicas=REPLICAS,
-    )
-    await broker.start()
+    primary, broker, broker_port = await fleet_broker(tmp_path / "pki-source", REPLICAS)
     balancer_ports: list[int] = []
     balancer = Balancer(balancer_ports)
     settings = (
@@ -282,18 +266,7 @@ async def test_two_replicas_both_allocating_never_give_one_task_to_two_devices(
 ) -> None:
     """1,000 tasks through both replicas' APIs at once, with leader election off so both
     run allocation passes: the database, not the leader, keeps every task held once."""
-    primary = HubPaths(tmp_path / "pki-source")
-    initialise(primary, server_names=[])
-    broker_port = free_port()
-    broker = BrokerSupervisor(
-        primary,
-        program="mosquitto",
-        host="127.0.0.1",
-        port=broker_port,
-        max_packet_bytes=load_config(primary.root).max_payload_bytes,
-        replicas=("a", "b"),
-    )
-    await broker.start()
+    primary, broker, broker_port = await fleet_broker(tmp_path / "pki-source", ("a", "b"))
     settings = (
         f'broker = "mqtts://127.0.0.1:{broker_port}"\n'
         f"db_url = {json.dumps(pg_url)}\n"
