@@ -129,6 +129,9 @@ def config_text(
     )
 
 
+MAX_INFLIGHT = 1000
+
+
 def render_config(
     where: BrokerFiles,
     *,
@@ -171,6 +174,12 @@ def render_config(
             # Honest devices' messages are not dropped at it: the hub drains its queue
             # at full speed, dropping a flooding device's excess before decoding it.
             f"max_queued_bytes {MAX_QUEUED_BYTES}",
+            # QoS 1 messages in flight per client, each way: Mosquitto also announces it
+            # to MQTT 5 clients as their Receive Maximum. At the default 20 the hub could
+            # have only 20 downlinks (acks, policies, releases, assignments) unanswered at
+            # once, so a ramp of hellos waited on broker round trips, not on the hub. The
+            # window bounds no memory (queued messages are bounded above).
+            f"max_inflight_messages {MAX_INFLIGHT}",
             "",
             f"listener {port} {host}",
             # Within the open-file limit (hub.limits): past it Mosquitto would reset

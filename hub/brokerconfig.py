@@ -20,7 +20,7 @@ from typing import Final
 
 from cryptography import x509
 
-from hub.broker import BrokerFiles, acl_text, render_config
+from hub.broker import MAX_INFLIGHT, BrokerFiles, acl_text, render_config
 from hub.config import HubConfig, check_replica_id
 from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, SHARE_GROUP, HubPaths, link_cn
 from hub.revocation import current_crl
@@ -153,7 +153,8 @@ EMQX_CONF: Final = """\
 ##    (configuration/listener.html)
 ##  - mqtt.peer_cert_as_username = cn, mqtt.peer_cert_as_clientid = cn; with them mTLS is
 ##    required: verify_peer and fail_if_no_peer_cert (access-control/authn/x509.html)
-##  - mqtt.shared_subscription, max_packet_size, max_mqueue_len (configuration/mqtt.html)
+##  - mqtt.shared_subscription, max_packet_size, max_mqueue_len, max_inflight
+##    (configuration/mqtt.html)
 ##  - authorization.no_match, deny_action, sources = [{{type = file, path}}], and the ACL
 ##    file's rules and ${{username}} placeholder (access-control/authz/authz.html,
 ##    access-control/authz/file.html)
@@ -193,6 +194,10 @@ mqtt {{
   max_packet_size = "{max_packet_kb}KB"
   ## The managed Mosquitto's queue for the hub's session (max_queued_messages).
   max_mqueue_len = 200000
+  ## QoS 1 messages in flight per session, as the managed Mosquitto's
+  ## max_inflight_messages: EMQX's default of 32 would make the hub's downlinks wait
+  ## on broker round trips during a ramp of hellos.
+  max_inflight = {max_inflight}
 }}
 
 authorization {{
@@ -223,6 +228,7 @@ def emqx_files(out: Path, config: HubConfig, request: Request) -> dict[str, str]
         group=SHARE_GROUP,
         up=UP_WILDCARD,
         max_packet_kb=-(-max_packet_bytes // 1024),
+        max_inflight=MAX_INFLIGHT,
         acl=out / "acl.conf",
     )
     return {"emqx.conf": conf, "acl.conf": emqx_acl(request.replicas)}
