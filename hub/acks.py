@@ -1,5 +1,5 @@
 """Acknowledgements to devices: at most one per device and stream for each ingest batch,
-published QoS 1 together, and never a reason for the ingest to stop.
+published QoS 1 without waiting, and never a reason for the ingest to stop.
 
 An ack is cumulative ("the hub holds everything up to `hwm`"), so within a batch the
 last mark of a stream says all the earlier ones did. Losing an ack costs a resend, never
@@ -53,34 +53,72 @@ class AckSet:
         return out
 
 
-async def publish_all(
-    publish: Publish | None,
-    messages: Sequence[tuple[str, bytes]],
-    counts: collections.Counter[str],
-) -> None:
-    """Publish `messages` with all of them in flight at once; count each outcome (sent,
-    dropped with the link down, failed); never raise."""
-    if publish is None:
-        counts["dropped"] += len(messages)
-        return
-    # Publishing one at a time would wait a broker round trip per ack; the client keeps
-    # the order in which publishes start, so several in flight lose nothing.
-    results = await asyncio.gather(
-        *(publish(topic, payload) for topic, payload in messages), return_exceptions=True
-    )
-    dropped = failed = 0
-    for (topic, _), result in zip(messages, results, strict=True):
-        if isinstance(result, LinkDownError):
-            dropped += 1
-        elif isinstance(result, Exception | asyncio.CancelledError):
-            # A child cancelled alone (its connection closing); had this task been
-            # cancelled, `gather` would have raised instead of returning.
-            failed += 1
-            logger.warning("could not publish on %s: %r", topic, result)
-        elif isinstance(result, BaseException):
-            raise result  # exits are not ours to swallow
-    counts["sent"] += len(messages) - dropped - failed
-    counts["dropped"] += dropped
-    counts["failed"] += failed
-    if dropped:
-        logger.info("link down: dropped %d acks (their devices will resend)", dropped)
+# Acks started and not yet confirmed by the broker, at most. Past it the ingest waits, and
+# the intake's bounded queue fills behind it, instead of publishes piling up in the
+# client: aiomqtt scans every pending call at each publish, so thousands pending made
+# each publish cost thousands of steps.
+MAX_IN_FLIGHT = 200
+
+
+class Downlinks:
+    """Acks on their way to devices, published QoS 1 without holding up the ingest.
+
+    The ingest starts an ingest batch's acks and goes on with its next batch; the
+    broker's confirmations come back meanwhile. Waiting for them in the ingest, as it
+    once did, put a broker round trip between every two batches: during a ramp of hellos
+    the round trips, not the hub's work, set how long a hello waited for its answer.
+    The client publishes in the order the publishes start, so a device's acks stay in
+    order; at most `max_in_flight` are unconfirmed at once, and `send` waits past that.
+    Each outcome is counted (sent, dropped with the link down, failed); nothing raises.
+    """
+
+    def __init__(
+        self,
+        publish: Publish | None,
+        counts: collections.Counter[str],
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        self._publish = publish
+        self._counts = counts
+        self._room = asyncio.Semaphore(max_in_flight)
+        self._flying: set[asyncio.Task[None]] = set()
+        self._link_down = False  # said once per outage, not once per ack
+
+    def __len__(self) -> int:
+        """Publishes started and not yet confirmed or failed."""
+        return len(self._flying)
+
+    async def send(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Start publishing `messages` in order; return once all have started."""
+        publish = self._publish
+        if publish is None:
+            self._counts["dropped"] += len(messages)
+            return
+        for topic, payload in messages:
+            await self._room.acquire()
+            task = asyncio.create_task(self._one(publish, topic, payload))
+            self._flying.add(task)
+            task.add_done_callback(self._flying.discard)
+
+    async def drain(self) -> None:
+        """Wait until every publish started so far has ended."""
+        while self._flying:
+            await asyncio.wait(set(self._flying))
+
+    async def _one(self, publish: Publish, topic: str, payload: bytes) -> None:
+        try:
+            await publish(topic, payload)
+        except LinkDownError:
+            self._counts["dropped"] += 1
+            if not self._link_down:
+                self._link_down = True
+                logger.info("link down: dropping acks until it is back (devices will resend)")
+        except Exception as exc:
+            self._counts["failed"] += 1
+            logger.warning("could not publish on %s: %r", topic, exc)
+        else:
+            self._counts["sent"] += 1
+            self._link_down = False
+        finally:
+            self._room.release()

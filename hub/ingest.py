@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from hub.acks import AckSet, Publish, publish_all
+from hub.acks import AckSet, Downlinks, Publish
 from hub.dispatcher import Dispatcher
 from hub.rejections import RejectionLog
 from hub.store import (
@@ -51,13 +51,13 @@ class Ingest:
         task_results: collections.Counter[str] | None = None,
         on_hello: Callable[[list[str]], Awaitable[object]] | None = None,
         on_model_state: Callable[[str, wire.ModelState], Awaitable[None]] | None = None,
-        on_inventory: Callable[[str, list[wire.ModelInfo]], Awaitable[None]] | None = None,
+        on_inventory: Callable[[list[tuple[str, list[wire.ModelInfo]]]], Awaitable[None]]
+        | None = None,
         on_rollups: Callable[[Folded], None] | None = None,
     ) -> None:
         self._store = store
         self._max_payload_bytes = max_payload_bytes
         self._observe_batch = observe_batch
-        self._publish = publish
         self._dispatcher = dispatcher
         self._on_hello = on_hello
         self._on_model_state = on_model_state
@@ -72,6 +72,7 @@ class Ingest:
         # Records newly stored, by stream; acks by outcome (sent, dropped, failed).
         self.stored = stored if stored is not None else collections.Counter()
         self.acks = acks if acks is not None else collections.Counter()
+        self.downlinks = Downlinks(publish, self.acks)
         self._rejections = RejectionLog(logger)
 
     async def handle(self, topic: str, payload: bytes) -> None:
@@ -120,8 +121,7 @@ class Ingest:
             await self._apply_task_updates(updates, now)
         for device_id, report in reports:
             await self._apply_model_state(device_id, report)
-        for device_id, models in inventories:
-            await self._apply_inventory(device_id, models)
+        await self._apply_inventories(inventories)
         acks = AckSet()
         if uploads:
             await self._store_uploads(uploads, now, acks)
@@ -133,7 +133,7 @@ class Ingest:
                 except Exception:
                     logger.exception("refreshing the policy of %d devices failed", len(greeted))
         if acks:
-            await publish_all(self._publish, acks.messages(), self.acks)
+            await self.downlinks.send(acks.messages())
         if self._dispatcher is not None and (greeted or updates or self._freed):
             self._freed = False
             self._dispatcher.wake()  # capacity may have appeared: allocate now
@@ -176,13 +176,15 @@ class Ingest:
             return
         self.outcomes[("model_state", "accepted")] += 1
 
-    async def _apply_inventory(self, device_id: str, models: list[wire.ModelInfo]) -> None:
-        if self._on_inventory is None:
+    async def _apply_inventories(self, inventories: list[tuple[str, list[wire.ModelInfo]]]) -> None:
+        if self._on_inventory is None or not inventories:
             return
         try:
-            await self._on_inventory(device_id, models)
+            await self._on_inventory(inventories)
         except Exception:
-            logger.exception("matching the models of %s with roll-outs failed", device_id)
+            logger.exception(
+                "matching the models of %d devices with roll-outs failed", len(inventories)
+            )
 
     async def _apply_presence(self, events: list[tuple[str, PresenceEvent | None]]) -> None:
         presence = [(kind, event) for kind, event in events if event is not None]

@@ -5,6 +5,7 @@ the next refresh (every hello refreshes that device)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -12,12 +13,14 @@ from collections.abc import Awaitable, Callable
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hub.store import HubStore
+from hub.store.policy import ToPublish
 from hub.wanted import Wanted
 from outpost import policy, wire
 
 logger = logging.getLogger(__name__)
 
 PublishRetained = Callable[[str, bytes], Awaitable[None]]
+SEND_AT_ONCE = 200  # policies in flight together: a fleet-wide change goes out in steps
 
 
 class PolicyPublisher:
@@ -44,18 +47,40 @@ class PolicyPublisher:
     async def refresh(self, device_ids: list[str] | None = None) -> int:
         """Recompute (all devices, or those named), sign and send what changed."""
         now = time.time()
+        items = await self._store.refresh_policies(device_ids, now=now)
         sent = 0
-        for item in await self._store.refresh_policies(device_ids, now=now):
-            signed = policy.sign(self._key, item.device_id, item.version, now, item.document)
-            payload = wire.encode(
-                "policy", wire.SignedPolicy(document=signed.document, signature=signed.signature)
-            )
-            try:
-                await self._publish(wire.down_topic(item.device_id, "policy"), payload)
-            except Exception as exc:  # stays unpublished; the next refresh sends it
-                logger.warning("policy %d for %s not sent: %s", item.version, item.device_id, exc)
-                continue
-            await self._store.mark_policy_published(item.device_id, item.version)
-            sent += 1
-            logger.info("policy version %d published for %s", item.version, item.device_id)
+        for first in range(0, len(items), SEND_AT_ONCE):
+            sent += await self._send_some(items[first : first + SEND_AT_ONCE], now)
+        if sent == 1:
+            logger.info("policy version %d published for %s", items[0].version, items[0].device_id)
+        elif sent:
+            logger.info("policy published for %d devices", sent)
         return sent
+
+    async def _send_some(self, items: list[ToPublish], now: float) -> int:
+        # In flight together, then one store call: one at a time, a ramp of new devices
+        # waited a broker round trip and a store call per device for its policy.
+        results = await asyncio.gather(
+            *(self._send(item, now) for item in items), return_exceptions=True
+        )
+        published = []
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, Exception):  # stays unpublished; the next refresh sends it
+                logger.warning(
+                    "policy %d for %s not sent: %s", item.version, item.device_id, result
+                )
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                published.append((item.device_id, item.version))
+                logger.debug("policy version %d published for %s", item.version, item.device_id)
+        if published:
+            await self._store.mark_policy_published(published)
+        return len(published)
+
+    async def _send(self, item: ToPublish, now: float) -> None:
+        signed = policy.sign(self._key, item.device_id, item.version, now, item.document)
+        payload = wire.encode(
+            "policy", wire.SignedPolicy(document=signed.document, signature=signed.signature)
+        )
+        await self._publish(wire.down_topic(item.device_id, "policy"), payload)

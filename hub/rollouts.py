@@ -9,6 +9,7 @@ canary stage on to the rest, or halt it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from outpost import wire
 logger = logging.getLogger(__name__)
 
 PublishRetained = Callable[[str, bytes], Awaitable[None]]
+SEND_AT_ONCE = 200  # releases in flight together
 
 
 class RolloutService:
@@ -66,14 +68,16 @@ class RolloutService:
         )
         await self._moved(moved)
 
-    async def on_inventory(self, device_id: str, models: list[wire.ModelInfo]) -> None:
-        """A device's list of what it serves (hello, some heartbeats): a roll-out whose
-        report from it was lost (taken by a replica that then died) moves on."""
-        serving = [(m.name, m.version) for m in models if m.state == "ready"]
+    async def on_inventory(self, inventories: list[tuple[str, list[wire.ModelInfo]]]) -> None:
+        """Devices' lists of what they serve (hellos, some heartbeats): a roll-out whose
+        report from one of them was lost (taken by a replica that then died) moves on."""
+        serving = [
+            (device_id, [(m.name, m.version) for m in models if m.state == "ready"])
+            for device_id, models in inventories
+        ]
+        serving = [(device_id, ready) for device_id, ready in serving if ready]
         if serving:
-            await self._moved(
-                await self._store.reconcile_inventory(device_id, serving, now=time.time())
-            )
+            await self._moved(await self._store.reconcile_inventory(serving, now=time.time()))
 
     async def device_revoked(self, device_id: str) -> None:
         """A revoked device will never report: no roll-out waits on it any more."""
@@ -108,19 +112,27 @@ class RolloutService:
 
     async def run(self) -> None:
         while True:
-            wanted = await self._wanted.take()
+            wanted = list(await self._wanted.take())
             forced, self._forced = self._forced, set()  # no await since the take: in step
-            for device_id in wanted:
-                try:
-                    await self._send(device_id, force=device_id in forced)
-                except Exception as exc:  # its next hello asks again
-                    logger.warning("model releases for %s not sent: %s", device_id, exc)
+            try:
+                # One store call for them all: a ramp of hellos asks for every new device.
+                desired = await self._store.desired_releases_of(wanted)
+            except Exception as exc:  # their next hellos ask again
+                logger.warning("model releases for %d devices not read: %s", len(wanted), exc)
+                continue
+            sends = [
+                self._send(device_id, releases)
+                for device_id, releases in desired.items()
+                if releases or device_id in forced
+            ]
+            for first in range(0, len(sends), SEND_AT_ONCE):
+                await asyncio.gather(*sends[first : first + SEND_AT_ONCE])
 
-    async def _send(self, device_id: str, *, force: bool) -> None:
-        releases = await self._store.desired_releases(device_id)
-        if not releases and not force:
-            return
+    async def _send(self, device_id: str, releases: list[tuple[bytes, bytes]]) -> None:
         body = wire.ModelReleases(
             releases=[wire.SignedRelease(document=d, signature=s) for d, s in releases]
         )
-        await self._publish(wire.down_topic(device_id, "models"), wire.encode("models", body))
+        try:
+            await self._publish(wire.down_topic(device_id, "models"), wire.encode("models", body))
+        except Exception as exc:  # its next hello asks again
+            logger.warning("model releases for %s not sent: %s", device_id, exc)

@@ -340,8 +340,9 @@ class HubStore:
         and any not yet published."""
         return await self._db.run(policies.refresh, device_ids, now)
 
-    async def mark_policy_published(self, device_id: str, version: int) -> None:
-        await self._db.run(policies.mark_published, device_id, version)
+    async def mark_policy_published(self, published: list[tuple[str, int]]) -> None:
+        """(device id, version) pairs sent."""
+        await self._db.run(policies.mark_published, published)
 
     async def device_policy(self, device_id: str) -> Effective | None:
         return await self._db.run(policies.effective, device_id)
@@ -421,10 +422,10 @@ class HubStore:
         return await self._db.run(rollouts.list_rollouts)
 
     async def reconcile_inventory(
-        self, device_id: str, serving: list[tuple[str, str]], *, now: float
+        self, inventories: list[tuple[str, list[tuple[str, str]]]], *, now: float
     ) -> list[Advanced]:
-        """See `rollouts.reconcile_inventory`."""
-        return await self._db.run(rollouts.reconcile_inventory, device_id, serving, now)
+        """See `rollouts.reconcile_inventory`: (device id, what it serves) pairs."""
+        return await self._db.run(rollouts.reconcile_inventory, inventories, now)
 
     async def record_model_state(
         self,
@@ -445,6 +446,11 @@ class HubStore:
 
     async def desired_releases(self, device_id: str) -> list[tuple[bytes, bytes]]:
         return await self._db.run(rollouts.desired_releases, device_id)
+
+    async def desired_releases_of(
+        self, device_ids: list[str]
+    ) -> dict[str, list[tuple[bytes, bytes]]]:
+        return await self._db.run(rollouts.desired_releases_of, device_ids)
 
     async def drop_from_rollouts(
         self, device_id: str, reason: str, *, now: float

@@ -145,12 +145,15 @@ def refresh(db: Sql, device_ids: list[str] | None, now: float) -> list[ToPublish
     return out
 
 
-def mark_published(db: Sql, device_id: str, version: int) -> None:
-    with db.write():
-        db.execute(
-            "UPDATE device_policy SET published = 1 WHERE device_id = ? AND version = ?",
-            (device_id, version),
-        )
+def mark_published(db: Sql, published: list[tuple[str, int]]) -> None:
+    """These (device, version)s went out; a newer version made meanwhile stays unsent.
+    Not synced to disk: a mark lost in a crash only sends that policy again."""
+    with db.soft(), db.write():
+        for device_id, version in published:
+            db.execute(
+                "UPDATE device_policy SET published = 1 WHERE device_id = ? AND version = ?",
+                (device_id, version),
+            )
 
 
 def report(db: Sql, device_id: str, applied: int, rejected: int, reason: str) -> None:

@@ -270,32 +270,40 @@ def record_state(
 
 
 def reconcile_inventory(
-    db: Sql, device_id: str, serving: list[tuple[str, str]], now: float
+    db: Sql, inventories: list[tuple[str, list[tuple[str, str]]]], now: float
 ) -> list[Advanced]:
-    """The device says it serves these (name, version)s: a roll-out still waiting for its
-    report of one (lost with a hub replica that died holding it) takes it as active."""
-    advanced = []
+    """Each device says it serves these (name, version)s: a roll-out still waiting for its
+    report of one (lost with a hub replica that died holding it) takes it as active. One
+    transaction for a whole ingest batch of devices: a hello carries its inventory, and
+    a ramp of hellos is a ramp of these."""
+    advanced: list[Advanced] = []
     with db.write():
-        for name, version in serving:
-            ids = [
-                r["id"]
-                for r in db.execute(
-                    """SELECT r.id FROM rollouts r
-                       JOIN rollout_devices d ON d.rollout_id = r.id
-                       WHERE r.name = ? AND r.version = ? AND d.device_id = ?
-                         AND r.state IN ('canary', 'rolling')
-                         AND d.state NOT IN ('waiting', 'active', 'failed', 'rolled_back',
-                                             'superseded')""",
-                    (name, version, device_id),
-                )
-            ]
-            for rollout_id in ids:
-                db.execute(
-                    """UPDATE rollout_devices SET state = 'active', detail = ?, updated_at = ?
-                       WHERE rollout_id = ? AND device_id = ?""",
-                    ("serving, by its inventory", now, rollout_id, device_id),
-                )
-                advanced.append(_advance(db, rollout_id, now))
+        if not db.execute(
+            "SELECT 1 FROM rollouts WHERE state IN ('canary', 'rolling') LIMIT 1"
+        ).fetchone():
+            return advanced  # the usual case: nothing is rolling out
+        for device_id, serving in inventories:
+            for name, version in serving:
+                ids = [
+                    r["id"]
+                    for r in db.execute(
+                        """SELECT r.id FROM rollouts r
+                           JOIN rollout_devices d ON d.rollout_id = r.id
+                           WHERE r.name = ? AND r.version = ? AND d.device_id = ?
+                             AND r.state IN ('canary', 'rolling')
+                             AND d.state NOT IN ('waiting', 'active', 'failed',
+                                                 'rolled_back', 'superseded')""",
+                        (name, version, device_id),
+                    )
+                ]
+                for rollout_id in ids:
+                    db.execute(
+                        """UPDATE rollout_devices SET state = 'active', detail = ?,
+                                  updated_at = ?
+                           WHERE rollout_id = ? AND device_id = ?""",
+                        ("serving, by its inventory", now, rollout_id, device_id),
+                    )
+                    advanced.append(_advance(db, rollout_id, now))
     return advanced
 
 
@@ -304,6 +312,11 @@ def desired_releases(db: Sql, device_id: str) -> list[tuple[bytes, bytes]]:
     that released it and has not halted (a halted roll-out gives its canaries back the
     version of the roll-out before it, or nothing, which leaves the model as it is)."""
     return [(r["document"], r["signature"]) for r in _desired(db, device_id)]
+
+
+def desired_releases_of(db: Sql, device_ids: list[str]) -> dict[str, list[tuple[bytes, bytes]]]:
+    """`desired_releases` of each device, read in one go (a ramp of hellos asks for many)."""
+    return {device_id: desired_releases(db, device_id) for device_id in device_ids}
 
 
 def _desired(db: Sql, device_id: str) -> list[Row]:

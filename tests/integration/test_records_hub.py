@@ -15,7 +15,7 @@ import aiomqtt
 import pytest
 
 from edge.identity import DevicePaths, Identity
-from hub.acks import AckSet, LinkDownError, publish_all
+from hub.acks import AckSet, Downlinks, LinkDownError
 from hub.app import Hub
 from outpost import tls, wire
 from tests.api_client import ApiClient
@@ -473,9 +473,40 @@ async def test_publishing_acks_never_raises_and_counts_what_did_not_go() -> None
     for device_id in ("dev-aaaaaa", "dev-bbbbbb", "dev-cccccc"):
         acks.add(device_id, "results", 1)
     counts: collections.Counter[str] = collections.Counter()
+    downlinks = Downlinks(flaky, counts)
 
-    await publish_all(flaky, acks.messages(), counts)
-    await publish_all(None, acks.messages(), counts)
+    await downlinks.send(acks.messages())
+    await downlinks.drain()
+    await Downlinks(None, counts).send(acks.messages())
 
     assert sent == [wire.down_topic("dev-aaaaaa", "ack")]
     assert counts == {"sent": 1, "failed": 1, "dropped": 4}
+    assert len(downlinks) == 0
+
+
+async def test_acks_go_out_in_order_without_waiting_and_at_most_a_window_at_once() -> None:
+    confirmed = asyncio.Event()  # the broker's PUBACKs, held back until the test says
+    started: list[str] = []
+
+    async def slow_broker(topic: str, payload: bytes) -> None:
+        started.append(topic)
+        await confirmed.wait()
+
+    counts: collections.Counter[str] = collections.Counter()
+    downlinks = Downlinks(slow_broker, counts, max_in_flight=2)
+    first, second, third = (
+        (wire.down_topic(device_id, "ack"), b"") for device_id in ("dev-a", "dev-b", "dev-c")
+    )
+
+    await downlinks.send([first, second])  # returns with both unconfirmed
+    third_sent = asyncio.create_task(downlinks.send([third]))
+    while len(started) < 2:
+        await asyncio.sleep(0)  # let the publishes start
+    assert not third_sent.done()  # the window is full: the ingest waits
+    assert started == [first[0], second[0]]
+
+    confirmed.set()
+    await third_sent
+    await downlinks.drain()
+    assert started == [first[0], second[0], third[0]]
+    assert counts == {"sent": 3}
