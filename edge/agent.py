@@ -400,7 +400,11 @@ class Agent:
                 tasks=self.tasks.load() if self.tasks else None,
                 policy=self.policy.report() if self.policy else None,
             )
-            await client.publish(self._topic("heartbeat"), wire.encode("heartbeat", beat), qos=1)
+            # QoS 0, as telemetry usually is: the next heartbeat replaces a lost one, and
+            # at QoS 1 every heartbeat of the fleet cost the hub's one broker connection
+            # a PUBACK, which a Mosquitto reads one per pass over its sockets (the fleet
+            # size a hub held was bounded by that, not by the hub's work).
+            await client.publish(self._topic("heartbeat"), wire.encode("heartbeat", beat), qos=0)
 
     def _models_if_changed(self) -> list[wire.ModelInfo] | None:
         """The inventory when it differs from the last one reported (hello always carries
