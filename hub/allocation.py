@@ -22,6 +22,7 @@ Ties go to the device holding fewer tasks, then to a hash of the task and device
 
 from __future__ import annotations
 
+import json
 import zlib
 
 from hub.store.leases import Candidate, Queued
@@ -45,8 +46,11 @@ def score(device: Candidate, held: int) -> float:
 
 
 def eligible(task: Queued, device: Candidate) -> bool:
-    if device.device_id in task.excluded:
-        return False
+    return device.device_id not in task.excluded and _matches(task, device)
+
+
+def _matches(task: Queued, device: Candidate) -> bool:
+    """The target part of `eligible`, the same for every task of one target and model."""
     named = task.target.get("device")
     if named:
         return bool(device.device_id == named)  # the operator chose it; it will say if it can
@@ -58,16 +62,30 @@ def eligible(task: Queued, device: Candidate) -> bool:
     return any(name == task.model for name, _ in device.models)
 
 
+def _kind(task: Queued) -> tuple[object, ...]:
+    """What `_matches` depends on: tasks of one kind match the same devices."""
+    target = json.dumps(task.target, sort_keys=True)  # as stored: plain JSON
+    return (target, task.model, task.version)
+
+
 def plan(queued: list[Queued], candidates: list[Candidate]) -> list[tuple[str, str]]:
     """Pick a device for each queued task that has one; tasks come in priority order."""
     held = {c.device_id: c.held for c in candidates}
+    # The devices each kind of task matches, found once per pass: most queued tasks share
+    # a few kinds, and matching every task against every online device dominated a
+    # pass's time with thousands of devices.
+    matching: dict[tuple[object, ...], list[Candidate]] = {}
     chosen = []
     for task in queued:
+        kind = _kind(task)
+        pool = matching.get(kind)
+        if pool is None:
+            pool = matching[kind] = [d for d in candidates if _matches(task, d)]
         best: tuple[float, int, int] | None = None
         pick = None
-        for device in candidates:
+        for device in pool:
             count = held[device.device_id]
-            if count >= device.slots or not eligible(task, device):
+            if count >= device.slots or device.device_id in task.excluded:
                 continue
             spread = zlib.crc32(f"{task.task_id}/{device.device_id}".encode())
             key = (score(device, count), -count, spread)
