@@ -300,7 +300,7 @@ class Probe:
         """Seconds until the hub has stored one heartbeat (inf: not within a minute)."""
         before = await self._database.last_heartbeat(self.device.device_id)
         sent = time.monotonic()
-        self.device.publish("heartbeat", self._worker.heartbeat(self.device.conn))
+        self.device.beat()
         while time.monotonic() - sent < 60:
             if await self._database.last_heartbeat(self.device.device_id) != before:
                 return time.monotonic() - sent
@@ -354,7 +354,8 @@ def _ms(seconds: float | None) -> float | None:
 async def _step(
     setup: Setup, fleet: Fleet, probe: Probe, size: int, pids: dict[str, list[int]]
 ) -> dict[str, Any]:
-    ramp_usage = Usage(pids)
+    await fleet.prepare(size)  # the simulator's certificates, before the ramp is timed
+    ramp_usage = Usage({**pids, "simulator": fleet.pids()})
     await fleet.grow(size, RAMP_PER_S)
     waited = time.monotonic()
     report = await fleet.report()

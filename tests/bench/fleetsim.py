@@ -81,6 +81,10 @@ def publish_packet(topic: str, payload: bytes, packet_id: int, *, retain: bool =
     return _packet(0x32 | retain, _str(topic) + struct.pack("!H", packet_id) + payload)
 
 
+def publish_qos0_packet(topic: str, payload: bytes) -> bytes:
+    return _packet(0x30, _str(topic) + payload)
+
+
 def subscribe_packet(packet_id: int, topic_filter: str) -> bytes:
     return _packet(0x82, struct.pack("!H", packet_id) + _str(topic_filter) + b"\x01")
 
@@ -208,6 +212,12 @@ class SimDevice:
         if self.link is not None:
             self.link.send(publish_packet(self._up(kind), payload, self._next_id(), retain=retain))
 
+    def beat(self) -> None:
+        """A heartbeat, at QoS 0 as the agent sends it."""
+        if self.link is not None:
+            payload = self.fleet.heartbeat(self.conn)
+            self.link.send(publish_qos0_packet(self._up("heartbeat"), payload))
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         counters = self.fleet.counters
@@ -280,7 +290,7 @@ class SimDevice:
         # A random phase: devices that connected together do not beat together.
         await asyncio.sleep(self.fleet.random.uniform(0, interval))
         while True:
-            self.publish("heartbeat", self.fleet.heartbeat(self.conn))
+            self.beat()
             await asyncio.sleep(interval)
 
     def on_packet(self, first: int, body: bytes) -> None:
@@ -349,6 +359,7 @@ class Worker:
         self.counters = Counters()
         self.devices: list[SimDevice] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.running = 0  # devices started, the first of `devices`
         spec.folder.mkdir(parents=True, exist_ok=True)
         self._ca_key, self._ca_cert = pki.load_ca(
             spec.ca_key.read_bytes(), spec.ca_cert.read_bytes()
@@ -401,20 +412,31 @@ class Worker:
         self.devices.append(device)
         return device
 
+    async def prepare(self, total: int) -> None:
+        """Make devices up to `total` without connecting them: a certificate and a TLS
+        context each, the simulator's dearest work, kept out of a timed ramp (making them
+        during it saturated a worker and delayed every hello it measured)."""
+        while len(self.devices) < total:
+            self._new_device()
+            if len(self.devices) % 50 == 0:
+                await asyncio.sleep(0)  # let the running devices beat meanwhile
+
     async def grow(self, total: int, per_second: float) -> None:
         """Start devices until this worker runs `total`, `per_second` of them a second."""
+        await self.prepare(total)
         started = time.monotonic()
-        first = len(self.devices)
-        while len(self.devices) < total:
-            due = started + (len(self.devices) - first) / per_second
+        first = self.running
+        while self.running < total:
+            due = started + (self.running - first) / per_second
             if (wait := due - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
-            self.tasks.append(asyncio.create_task(self._new_device().run()))
+            self.tasks.append(asyncio.create_task(self.devices[self.running].run()))
+            self.running += 1
 
     def report(self) -> dict[str, Any]:
         counters = self.counters
         out = {
-            "devices": len(self.devices),
+            "devices": self.running,
             "connected": counters.connected,
             "answered": counters.answered,
             "connects": counters.connects,
@@ -436,7 +458,10 @@ async def _serve(worker: Worker, pipe: multiprocessing.connection.Connection) ->
     growing: asyncio.Task[None] | None = None
     while True:
         command, *args = await asyncio.to_thread(pipe.recv)
-        if command == "grow":
+        if command == "prepare":
+            await worker.prepare(*args)
+            pipe.send(None)
+        elif command == "grow":
             if growing is not None:
                 growing.cancel()
             growing = asyncio.create_task(worker.grow(*args))
@@ -503,8 +528,9 @@ class Fleet:
         pipe.send(command)
         return pipe.recv()
 
-    async def grow(self, total: int, per_second: float) -> None:
-        """Ramp the fleet to `total` devices at `per_second` (returns once all started)."""
+    async def prepare(self, total: int) -> None:
+        """Start the workers `total` devices need and have each make its share of them
+        (certificates, TLS contexts), all at once, before a ramp is timed."""
         needed = -(-total // DEVICES_PER_WORKER)
         while len(self._workers) < needed:
             here, there = self._context.Pipe()
@@ -513,10 +539,18 @@ class Fleet:
             )
             process.start()
             self._workers.append((process, here))
-        shares = [
-            min(DEVICES_PER_WORKER, max(0, total - n * DEVICES_PER_WORKER))
-            for n in range(len(self._workers))
-        ]
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(self._call, pipe, "prepare", share)
+                for (_, pipe), share in zip(self._workers, self._shares(total), strict=True)
+                if share
+            )
+        )
+
+    async def grow(self, total: int, per_second: float) -> None:
+        """Ramp the fleet to `total` devices at `per_second` (returns once all started)."""
+        await self.prepare(total)
+        shares = self._shares(total)
         adding = [max(0, share - self._count(n)) for n, share in enumerate(shares)]
         added = sum(adding) or 1
         for (_, pipe), share, more in zip(self._workers, shares, adding, strict=True):
@@ -524,6 +558,12 @@ class Fleet:
                 await asyncio.to_thread(self._call, pipe, "grow", share, per_second * more / added)
         self.size = total
         await asyncio.sleep(sum(adding) / per_second)
+
+    def _shares(self, total: int) -> list[int]:
+        return [
+            min(DEVICES_PER_WORKER, max(0, total - n * DEVICES_PER_WORKER))
+            for n in range(len(self._workers))
+        ]
 
     def _count(self, index: int) -> int:
         return min(DEVICES_PER_WORKER, max(0, self.size - index * DEVICES_PER_WORKER))
