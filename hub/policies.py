@@ -48,16 +48,17 @@ class PolicyPublisher:
         """Recompute (all devices, or those named), sign and send what changed."""
         now = time.time()
         items = await self._store.refresh_policies(device_ids, now=now)
-        sent = 0
+        sent: list[tuple[str, int]] = []
         for first in range(0, len(items), SEND_AT_ONCE):
             sent += await self._send_some(items[first : first + SEND_AT_ONCE], now)
-        if sent == 1:
-            logger.info("policy version %d published for %s", items[0].version, items[0].device_id)
+        if len(sent) == 1:
+            logger.info("policy version %d published for %s", sent[0][1], sent[0][0])
         elif sent:
-            logger.info("policy published for %d devices", sent)
-        return sent
+            logger.info("policy published for %d devices", len(sent))
+        return len(sent)
 
-    async def _send_some(self, items: list[ToPublish], now: float) -> int:
+    async def _send_some(self, items: list[ToPublish], now: float) -> list[tuple[str, int]]:
+        """Send these; return the (device, version)s that went out."""
         # In flight together, then one store call: one at a time, a ramp of new devices
         # waited a broker round trip and a store call per device for its policy.
         results = await asyncio.gather(
@@ -76,7 +77,7 @@ class PolicyPublisher:
                 logger.debug("policy version %d published for %s", item.version, item.device_id)
         if published:
             await self._store.mark_policy_published(published)
-        return len(published)
+        return published
 
     async def _send(self, item: ToPublish, now: float) -> None:
         signed = policy.sign(self._key, item.device_id, item.version, now, item.document)

@@ -120,13 +120,10 @@ class RolloutService:
             except Exception as exc:  # their next hellos ask again
                 logger.warning("model releases for %d devices not read: %s", len(wanted), exc)
                 continue
-            sends = [
-                self._send(device_id, releases)
-                for device_id, releases in desired.items()
-                if releases or device_id in forced
-            ]
-            for first in range(0, len(sends), SEND_AT_ONCE):
-                await asyncio.gather(*sends[first : first + SEND_AT_ONCE])
+            due = [(d, releases) for d, releases in desired.items() if releases or d in forced]
+            for first in range(0, len(due), SEND_AT_ONCE):
+                chunk = due[first : first + SEND_AT_ONCE]
+                await asyncio.gather(*(self._send(d, releases) for d, releases in chunk))
 
     async def _send(self, device_id: str, releases: list[tuple[bytes, bytes]]) -> None:
         body = wire.ModelReleases(
