@@ -45,12 +45,10 @@ def score(device: Candidate, held: int) -> float:
     return W_FREE * free - W_CPU * cpu - W_HEAT * heat - W_SLOW * slowness
 
 
-def eligible(task: Queued, device: Candidate) -> bool:
-    return device.device_id not in task.excluded and _matches(task, device)
-
-
 def _matches(task: Queued, device: Candidate) -> bool:
-    """The target part of `eligible`, the same for every task of one target and model."""
+    """Whether the device fits the task's target and model; the same for every task of one
+    kind (`_kind`). A device that fits is eligible unless the task excludes it or it has no
+    room, which `plan` checks per task."""
     named = task.target.get("device")
     if named:
         return bool(device.device_id == named)  # the operator chose it; it will say if it can
