@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from outpost import rollup, wire
+from outpost import rollup, schema, wire
 
 
 @dataclasses.dataclass
@@ -85,7 +85,7 @@ def record(
     return {
         "kind": rollup.KIND,
         "period_s": round(period_s, 3),
-        "load": dataclasses.asdict(load),
+        "load": schema.dump(load),
         "store": {
             name: {"records": s["records"], "bytes": s["bytes"], "fill": round(s["fill"], 4)}
             for name, s in store["streams"].items()

@@ -11,10 +11,10 @@ device's marks. Nothing a device sends stops the next message.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from hub.acks import AckSet, Downlinks, Publish
 from hub.dispatcher import Dispatcher
@@ -29,7 +29,7 @@ from hub.store import (
     Upload,
 )
 from hub.store.modelstats import Folded
-from outpost import wire
+from outpost import schema, wire
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class Ingest:
                 continue
             self._accepted(kind, event, flipped)
 
-    def _validate(self, topic: str, payload: bytes) -> tuple[wire.Envelope | None, str]:
+    def _validate(self, topic: str, payload: bytes) -> tuple[wire.Envelope[Any] | None, str]:
         kind = "?"
         try:
             device_id, direction, kind = wire.parse_topic(topic)
@@ -317,7 +317,7 @@ def _upload(device_id: str, body: wire.Records) -> Upload:
     )
 
 
-def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent | None:
+def _event(device_id: str, envelope: wire.Envelope[Any], now: float) -> PresenceEvent | None:
     body = envelope.body
     if isinstance(body, wire.Hello):
         return HelloSeen(
@@ -327,9 +327,9 @@ def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent
             profile=body.profile,
             agent_version=body.agent_version,
             heartbeat_interval=body.heartbeat_interval,
-            capabilities=dataclasses.asdict(body.capabilities),
+            capabilities=schema.dump(body.capabilities),
             runtime=body.runtime,
-            models=[dataclasses.asdict(m) for m in body.models],
+            models=[schema.dump(m) for m in body.models],
             task_slots=body.task_slots,
             task_inbox=body.task_inbox,
         )
@@ -340,18 +340,18 @@ def _event(device_id: str, envelope: wire.Envelope, now: float) -> PresenceEvent
             now=now,
             heartbeat_interval=body.heartbeat_interval,
             load={
-                **dataclasses.asdict(body.load),
+                **schema.dump(body.load),
                 **(
                     {"tasks_queued": body.tasks.queued, "tasks_running": body.tasks.running}
                     if body.tasks
                     else {}
                 ),
             },
-            store=dataclasses.asdict(body.store) if body.store else None,
-            models=[dataclasses.asdict(m) for m in body.models]
+            store=schema.dump(body.store) if body.store else None,
+            models=[schema.dump(m) for m in body.models]
             if body.models is not None
             else None,
-            policy=dataclasses.asdict(body.policy) if body.policy else None,
+            policy=schema.dump(body.policy) if body.policy else None,
         )
     if isinstance(body, wire.Status) and not body.online:
         return ConnectionLost(device_id=device_id, conn=body.conn, now=now)

@@ -20,30 +20,29 @@ is made.
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
-import msgpack
+import msgspec
+from msgspec import Meta
 
 from outpost import schema
+from outpost.schema import FINITE, INT64_MAX, INT64_MIN, Struct
 
 VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
 TOPIC_PREFIX: Final = "outpost/v1/dev"
 UP_WILDCARD: Final = f"{TOPIC_PREFIX}/+/up/#"
 
-# Nesting of lists and maps a payload may have, the envelope counting as 1. The `up`
-# contract needs 5 (heartbeat.store.streams.<name>.records); `down` tasks need 4 plus the
-# rank of the model's input as nested lists (4 for an image batch; LiteRT models rarely
-# go past 6). 16 leaves room for both and keeps every walk over a decoded message, and
-# every repr of one, far from Python's recursion limit (msgpack's own is 1,024).
+# Nesting of lists and maps a payload may have, the envelope counting as 1. The declared
+# types bound it everywhere but a task's input (any nested lists): `down` tasks need 4
+# plus the rank of the model's input (4 for an image batch; LiteRT models rarely go past
+# 6). 16 leaves room and keeps every walk over a decoded input, and every repr of one,
+# far from Python's recursion limit (msgspec refuses deeper than that limit itself).
 MAX_DEPTH: Final = 16
-# Entries a map may have, checked inside msgpack's parser before Python objects are made
-# for them. The contract's largest map is a heartbeat's store counters (at most 64).
-MAX_MAP_ENTRIES: Final = 1024
 
 # Device ids are assigned by the hub; the pattern keeps them safe as a topic level and
 # as a certificate CN (no MQTT wildcards, no separators).
@@ -101,147 +100,199 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
 
 
 # ---------------------------------------------------------------------------- bodies
+# Each body is declared once, with its bounds: msgspec checks them as it decodes, and
+# `encode` checks what it sends the same way.
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(Struct, frozen=True):
     """What a device can run: measured by the agent, accelerator from its profile."""
 
-    cores: int = schema.setting(help="logical CPU cores", min=1, max=4096)
-    memory_bytes: int = schema.setting(help="total memory", min=0)
-    disk_bytes: int = schema.setting(help="size of the data folder's file system", min=0)
-    accelerator: str = schema.setting("none", help="accelerator named by the profile", max_len=64)
-    arch: str = schema.setting("", help="machine architecture, e.g. aarch64", max_len=32)
+    cores: Annotated[int, Meta(ge=1, le=4096, description="logical CPU cores")]
+    memory_bytes: Annotated[int, Meta(ge=0, le=INT64_MAX, description="total memory")]
+    disk_bytes: Annotated[
+        int, Meta(ge=0, le=INT64_MAX, description="size of the data folder's file system")
+    ]
+    accelerator: Annotated[
+        str, Meta(max_length=64, description="accelerator named by the profile")
+    ] = "none"
+    arch: Annotated[str, Meta(max_length=32, description="machine architecture, e.g. aarch64")] = ""
 
 
-@dataclass(frozen=True)
-class ModelInfo:
+class ModelInfo(Struct, frozen=True):
     """An installed model's active version, as the device reports it."""
 
-    name: str = schema.setting(help="model name", max_len=64)
-    version: str = schema.setting(help="active version", max_len=32)
-    sha256: str = schema.setting(help="sha256 of the model file (empty if unreadable)", max_len=64)
-    state: Literal["ready", "failed"] = schema.setting(help="loaded and self-tested, or not")
-    error: str = schema.setting("", help="why it failed", max_len=256)
+    name: Annotated[str, Meta(max_length=64, description="model name")]
+    version: Annotated[str, Meta(max_length=32, description="active version")]
+    sha256: Annotated[
+        str, Meta(max_length=64, description="sha256 of the model file (empty if unreadable)")
+    ]
+    state: Annotated[Literal["ready", "failed"], Meta(description="loaded and self-tested, or not")]
+    error: Annotated[str, Meta(max_length=256, description="why it failed")] = ""
 
 
 MAX_MODELS: Final = 256
+Interval = Annotated[float, Meta(ge=0.1, le=86_400, description="seconds between heartbeats")]
+ConnId = Annotated[str, Meta(max_length=64, description="id of this MQTT connection")]
 
 
-@dataclass(frozen=True)
-class Hello:
+class Hello(Struct, frozen=True):
     """Sent on every connection: who the device is and what it can do."""
 
-    conn: str = schema.setting(help="id of this MQTT connection", max_len=64)
-    agent_version: str = schema.setting(help="version of the agent", max_len=32)
-    profile: str = schema.setting(help="name of the device profile", max_len=64)
-    heartbeat_interval: float = schema.setting(help="seconds between heartbeats", min=0.1)
-    capabilities: Capabilities = schema.setting(help="what the device can run")
-    runtime: str = schema.setting("", help="inference runtime and its version, or none", max_len=64)
-    models: list[ModelInfo] = schema.setting([], help="installed models", max_len=MAX_MODELS)
-    task_slots: int = schema.setting(
-        0, help="tasks the device runs at once (0: it takes no tasks)", min=0, max=1024
-    )
-    task_inbox: int = schema.setting(
-        0, help="tasks it holds at most, running and waiting (0: no limit said)", min=0
-    )
+    conn: ConnId
+    agent_version: Annotated[str, Meta(max_length=32, description="version of the agent")]
+    profile: Annotated[str, Meta(max_length=64, description="name of the device profile")]
+    heartbeat_interval: Interval
+    capabilities: Annotated[Capabilities, Meta(description="what the device can run")]
+    runtime: Annotated[
+        str, Meta(max_length=64, description="inference runtime and its version, or none")
+    ] = ""
+    models: Annotated[
+        list[ModelInfo], Meta(max_length=MAX_MODELS, description="installed models")
+    ] = []
+    task_slots: Annotated[
+        int, Meta(ge=0, le=1024, description="tasks the device runs at once (0: it takes no tasks)")
+    ] = 0
+    task_inbox: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=INT64_MAX,
+            description="tasks it holds at most, running and waiting (0: no limit said)",
+        ),
+    ] = 0
 
 
-@dataclass(frozen=True)
-class TaskLoad:
+class TaskLoad(Struct, frozen=True):
     """The device's task inbox."""
 
-    queued: int = schema.setting(help="tasks accepted and waiting to run", min=0)
-    running: int = schema.setting(help="tasks running now", min=0)
+    queued: Annotated[
+        int, Meta(ge=0, le=INT64_MAX, description="tasks accepted and waiting to run")
+    ]
+    running: Annotated[int, Meta(ge=0, le=INT64_MAX, description="tasks running now")]
 
 
-@dataclass(frozen=True)
-class Load:
+Percent = Annotated[float, Meta(ge=0, le=100)]
+
+
+class Load(Struct, frozen=True):
     """How busy a device is right now."""
 
-    cpu_percent: float = schema.setting(help="CPU use over the last interval", min=0, max=100)
-    memory_percent: float = schema.setting(help="memory in use", min=0, max=100)
-    disk_percent: float = schema.setting(help="data folder's file system in use", min=0, max=100)
-    rss_bytes: int = schema.setting(help="the agent's own resident memory", min=0)
-    temperature_c: float | None = schema.setting(None, help="hottest sensor, if any")
+    cpu_percent: Annotated[Percent, Meta(description="CPU use over the last interval")]
+    memory_percent: Annotated[Percent, Meta(description="memory in use")]
+    disk_percent: Annotated[Percent, Meta(description="data folder's file system in use")]
+    rss_bytes: Annotated[
+        int, Meta(ge=0, le=INT64_MAX, description="the agent's own resident memory")
+    ]
+    temperature_c: (
+        Annotated[float, Meta(ge=-FINITE, le=FINITE, description="hottest sensor, if any")] | None
+    ) = None
 
 
-@dataclass(frozen=True)
-class StreamFill:
+class StreamFill(Struct, frozen=True):
     """How much of one upload stream waits on the device."""
 
-    records: int = schema.setting(help="records not yet acknowledged", min=0)
-    bytes: int = schema.setting(help="their size on disk", min=0)
-    oldest_ts: float | None = schema.setting(None, help="write time of the oldest, epoch s")
-    fill: float | None = schema.setting(
-        None, help="the larger of records and bytes against the stream's bounds, 0..1", min=0
-    )
+    records: Annotated[int, Meta(ge=0, le=INT64_MAX, description="records not yet acknowledged")]
+    bytes: Annotated[int, Meta(ge=0, le=INT64_MAX, description="their size on disk")]
+    oldest_ts: (
+        Annotated[float, Meta(ge=0, le=FINITE, description="write time of the oldest, epoch s")]
+        | None
+    ) = None
+    fill: (
+        Annotated[
+            float,
+            Meta(
+                ge=0,
+                le=FINITE,
+                description="the larger of records and bytes against the stream's bounds, 0..1",
+            ),
+        ]
+        | None
+    ) = None
 
 
-@dataclass(frozen=True)
-class StoreReport:
+class StoreReport(Struct, frozen=True):
     """The device's store: fill per stream, what it dropped or refused, its flash wear."""
 
-    streams: dict[str, StreamFill] = schema.setting(help="fill per stream", max_len=8)
-    counters: dict[str, int] = schema.setting(
-        help="refused.*, rolled_up.*, evicted.*, expired.*, wear.* counts", max_len=64
-    )
-    bytes_written_per_record: float = schema.setting(
-        help="bytes the store wrote to disk per record appended", min=0
-    )
+    streams: Annotated[dict[str, StreamFill], Meta(max_length=8, description="fill per stream")]
+    counters: Annotated[
+        dict[
+            Annotated[str, Meta(max_length=128)], Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+        ],
+        Meta(
+            max_length=64, description="refused.*, rolled_up.*, evicted.*, expired.*, wear.* counts"
+        ),
+    ]
+    bytes_written_per_record: Annotated[
+        float,
+        Meta(ge=0, le=FINITE, description="bytes the store wrote to disk per record appended"),
+    ]
 
 
-@dataclass(frozen=True)
-class PolicyReport:
+class PolicyReport(Struct, frozen=True):
     """Which signed policy the device runs, and the last one it refused (if any)."""
 
-    version: int = schema.setting(0, help="applied version (0: none yet)", min=0)
-    rejected_version: int = schema.setting(0, help="last version refused (0: none)", min=0)
-    reason: str = schema.setting("", help="why it was refused", max_len=256)
+    version: Annotated[
+        int, Meta(ge=0, le=INT64_MAX, description="applied version (0: none yet)")
+    ] = 0
+    rejected_version: Annotated[
+        int, Meta(ge=0, le=INT64_MAX, description="last version refused (0: none)")
+    ] = 0
+    reason: Annotated[str, Meta(max_length=256, description="why it was refused")] = ""
 
 
-@dataclass(frozen=True)
-class SignedPolicy:
+Signature = Annotated[bytes, Meta(max_length=64, description="Ed25519 signature of document")]
+
+
+class SignedPolicy(Struct, frozen=True):
     """The device's effective policy, signed by the hub (retained on `down/policy`)."""
 
-    document: bytes = schema.setting(
-        help="msgpack: device_id, version, issued_at, policy", max_len=65536
-    )
-    signature: bytes = schema.setting(help="Ed25519 signature of document", max_len=64)
+    document: Annotated[
+        bytes, Meta(max_length=65536, description="msgpack: device_id, version, issued_at, policy")
+    ]
+    signature: Signature
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(Struct, frozen=True):
     """Sent every heartbeat interval while connected."""
 
-    conn: str = schema.setting(help="id of this MQTT connection", max_len=64)
-    uptime_s: float = schema.setting(help="seconds since the agent started", min=0)
-    heartbeat_interval: float = schema.setting(help="seconds between heartbeats", min=0.1)
-    load: Load = schema.setting(help="current load")
-    store: StoreReport | None = schema.setting(None, help="the local store, if it has one")
-    models: list[ModelInfo] | None = schema.setting(
-        None, help="installed models, when they changed since the last report", max_len=MAX_MODELS
+    conn: ConnId
+    uptime_s: Annotated[float, Meta(ge=0, le=FINITE, description="seconds since the agent started")]
+    heartbeat_interval: Interval
+    load: Annotated[Load, Meta(description="current load")]
+    store: Annotated[StoreReport | None, Meta(description="the local store, if it has one")] = None
+    models: (
+        Annotated[
+            list[ModelInfo],
+            Meta(
+                max_length=MAX_MODELS,
+                description="installed models, when they changed since the last report",
+            ),
+        ]
+        | None
+    ) = None
+    tasks: Annotated[TaskLoad | None, Meta(description="the task inbox, if the device has one")] = (
+        None
     )
-    tasks: TaskLoad | None = schema.setting(None, help="the task inbox, if the device has one")
-    policy: PolicyReport | None = schema.setting(None, help="the policy it runs")
+    policy: Annotated[PolicyReport | None, Meta(description="the policy it runs")] = None
 
 
-@dataclass(frozen=True)
-class Status:
+class Status(Struct, frozen=True):
     """Online on connect, offline as the last will (both retained, keyed by `conn`)."""
 
-    conn: str = schema.setting(help="id of the MQTT connection this is about", max_len=64)
-    online: bool = schema.setting(help="whether that connection is up")
+    conn: Annotated[str, Meta(max_length=64, description="id of the MQTT connection this is about")]
+    online: Annotated[bool, Meta(description="whether that connection is up")]
 
 
 # Upload streams, in drain order: results matter most, metrics least.
 Stream = Literal["results", "events", "metrics"]
 STREAMS: Final[tuple[Stream, ...]] = ("results", "events", "metrics")
 MAX_BATCH_RECORDS: Final = 1000
+Seq = Annotated[int, Meta(ge=1, le=INT64_MAX)]
+# A stored record's body: a msgpack map with string keys, checked by decoding it whole.
+_RECORD_BODY: Final = msgspec.msgpack.Decoder(dict[str, Any])
 
 
-@dataclass(frozen=True)
-class Records:
+class Records(Struct, frozen=True):
     """A batch of one stream covering sequence numbers `from_seq`..`to_seq`.
 
     Numbers in that range without a record were evicted or rolled up on the device (it
@@ -251,118 +302,136 @@ class Records:
     neither side rebuilds a structure per record (the drain's hot path).
     """
 
-    stream: Stream = schema.setting(help="results, events or metrics")
-    from_seq: int = schema.setting(help="first sequence number covered", min=1)
-    to_seq: int = schema.setting(help="last sequence number covered", min=1)
-    seqs: list[int] = schema.setting(
-        help="sequence number of each record, increasing", max_len=MAX_BATCH_RECORDS
-    )
-    ts: list[float] = schema.setting(
-        help="when the device wrote each record, epoch seconds", max_len=MAX_BATCH_RECORDS
-    )
-    bodies: list[bytes] = schema.setting(
-        help="each record, a msgpack map", max_len=MAX_BATCH_RECORDS
-    )
+    stream: Annotated[Stream, Meta(description="results, events or metrics")]
+    from_seq: Annotated[Seq, Meta(description="first sequence number covered")]
+    to_seq: Annotated[Seq, Meta(description="last sequence number covered")]
+    seqs: Annotated[
+        list[Seq],
+        Meta(
+            max_length=MAX_BATCH_RECORDS, description="sequence number of each record, increasing"
+        ),
+    ]
+    ts: Annotated[
+        list[float],
+        Meta(
+            max_length=MAX_BATCH_RECORDS,
+            description="when the device wrote each record, epoch seconds",
+        ),
+    ]
+    bodies: Annotated[
+        list[bytes], Meta(max_length=MAX_BATCH_RECORDS, description="each record, a msgpack map")
+    ]
 
     def __post_init__(self) -> None:
         if self.to_seq < self.from_seq:
-            raise schema.SchemaError("records.body.to_seq", "must not be below from_seq")
+            raise schema.SchemaError("to_seq", "must not be below from_seq")
         if not len(self.seqs) == len(self.ts) == len(self.bodies):
-            raise schema.SchemaError("records.body", "seqs, ts and bodies differ in length")
+            raise schema.SchemaError("", "seqs, ts and bodies differ in length")
         previous = self.from_seq - 1
         for seq in self.seqs:
             if not previous < seq <= self.to_seq:
                 raise schema.SchemaError(
-                    "records.body.seqs",
-                    f"seq {seq} out of order or outside {self.from_seq}..{self.to_seq}",
+                    "seqs", f"seq {seq} out of order or outside {self.from_seq}..{self.to_seq}"
                 )
             previous = seq
         for index, body in enumerate(self.bodies):
             try:
-                ok = isinstance(msgpack.unpackb(body, raw=False, strict_map_key=False), dict)
-            except (ValueError, TypeError, msgpack.UnpackException):
-                ok = False
-            if not ok:
-                raise schema.SchemaError(f"records.body.bodies[{index}]", "not a msgpack map")
+                _RECORD_BODY.decode(body)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                raise schema.SchemaError(f"bodies[{index}]", "not a msgpack map") from None
 
     @classmethod
     def pack(
         cls, stream: Stream, from_seq: int, to_seq: int, rows: list[tuple[int, float, Any]]
     ) -> Records:
         """A batch from (seq, ts, body) rows whose bodies are plain maps."""
+        encode = msgspec.msgpack.encode
         return cls(
             stream=stream,
             from_seq=from_seq,
             to_seq=to_seq,
             seqs=[r[0] for r in rows],
             ts=[float(r[1]) for r in rows],
-            bodies=[msgpack.packb(r[2], use_bin_type=True) for r in rows],
+            bodies=[encode(r[2]) for r in rows],
         )
 
 
-@dataclass(frozen=True)
-class Ack:
+class Ack(Struct, frozen=True):
     """The hub's cumulative acknowledgement: it holds every number up to `hwm`.
 
     With `gap` set the hub refused a batch that started beyond `hwm` + 1: the device
     must send again from `hwm` + 1.
     """
 
-    stream: Stream = schema.setting(help="results, events or metrics")
-    hwm: int = schema.setting(help="highest sequence number the hub has stored", min=0)
-    gap: bool = schema.setting(False, help="a batch was refused: resend from hwm + 1")
+    stream: Annotated[Stream, Meta(description="results, events or metrics")]
+    hwm: Annotated[
+        int, Meta(ge=0, le=INT64_MAX, description="highest sequence number the hub has stored")
+    ]
+    gap: Annotated[bool, Meta(description="a batch was refused: resend from hwm + 1")] = False
 
 
 MAX_TASK_BATCH: Final = 64
 TASK_ID_PATTERN: Final = re.compile(r"tsk-[0-9a-f]{16,32}")
+TaskId = Annotated[str, Meta(max_length=40, description="task id")]
+Attempt = Annotated[int, Meta(ge=1, le=INT64_MAX, description="attempt number, the fencing token")]
+# Levels of nested lists a task's input may have: the envelope, the body, its list of
+# tasks and the assignment take 4 of the payload's `MAX_DEPTH`.
+MAX_INPUT_DEPTH: Final = MAX_DEPTH - 4
 
 
-@dataclass(frozen=True)
-class Assignment:
+class Assignment(Struct, frozen=True):
     """A task given to a device. `attempt` is the fencing token: a result must carry it,
     and a result of an older attempt never replaces the current one's."""
 
-    task_id: str = schema.setting(help="task id", max_len=40)
-    attempt: int = schema.setting(help="attempt number, the fencing token", min=1)
-    model: str = schema.setting(help="model name", max_len=64)
-    input: Any = schema.setting(help="the model input: nested lists, or the tensor's bytes")
-    priority: int = schema.setting(help="higher runs first", min=0, max=9)
-    deadline_in_s: float = schema.setting(help="seconds left until the task expires", min=0)
-    lease_s: float = schema.setting(help="seconds the device has to finish it", min=0)
-    version: str = schema.setting("", help="model version, empty: the active one", max_len=32)
-    dtype: Literal["float32", "int8"] = schema.setting("float32", help="what input holds")
+    task_id: TaskId
+    attempt: Attempt
+    model: Annotated[str, Meta(max_length=64, description="model name")]
+    input: Annotated[Any, Meta(description="the model input: nested lists, or the tensor's bytes")]
+    priority: Annotated[int, Meta(ge=0, le=9, description="higher runs first")]
+    deadline_in_s: Annotated[
+        float, Meta(ge=0, le=FINITE, description="seconds left until the task expires")
+    ]
+    lease_s: Annotated[
+        float, Meta(ge=0, le=FINITE, description="seconds the device has to finish it")
+    ]
+    version: Annotated[
+        str, Meta(max_length=32, description="model version, empty: the active one")
+    ] = ""
+    dtype: Annotated[Literal["float32", "int8"], Meta(description="what input holds")] = "float32"
+
+    def __post_init__(self) -> None:
+        if type(self.input) in (list, dict) and _deeper_than(self.input, MAX_INPUT_DEPTH):
+            raise schema.SchemaError("input", f"nests deeper than {MAX_INPUT_DEPTH} levels")
 
 
-@dataclass(frozen=True)
-class Tasks:
+class Tasks(Struct, frozen=True):
     """One or more assignments for the device (several when it is given work ahead)."""
 
-    tasks: list[Assignment] = schema.setting(help="the assignments", max_len=MAX_TASK_BATCH)
+    tasks: Annotated[
+        list[Assignment], Meta(max_length=MAX_TASK_BATCH, description="the assignments")
+    ]
 
 
-@dataclass(frozen=True)
-class Cancel:
+class Cancel(Struct, frozen=True):
     """The hub cancelled a task: drop it if it has not started."""
 
-    task_id: str = schema.setting(help="task id", max_len=40)
-    attempt: int = schema.setting(help="the attempt cancelled", min=1)
+    task_id: TaskId
+    attempt: Annotated[int, Meta(ge=1, le=INT64_MAX, description="the attempt cancelled")]
 
 
-@dataclass(frozen=True)
-class TaskUpdate:
+class TaskUpdate(Struct, frozen=True):
     """What the device did with an assignment (results travel on the results stream)."""
 
-    task_id: str = schema.setting(help="task id", max_len=40)
-    attempt: int = schema.setting(help="attempt number", min=1)
-    state: Literal["accepted", "rejected", "running"] = schema.setting(help="the new state")
-    reason: str = schema.setting("", help="why it was rejected", max_len=256)
+    task_id: TaskId
+    attempt: Attempt
+    state: Annotated[Literal["accepted", "rejected", "running"], Meta(description="the new state")]
+    reason: Annotated[str, Meta(max_length=256, description="why it was rejected")] = ""
 
 
-@dataclass(frozen=True)
-class TaskState:
+class TaskState(Struct, frozen=True):
     """Task updates, batched."""
 
-    updates: list[TaskUpdate] = schema.setting(help="the updates", max_len=MAX_TASK_BATCH)
+    updates: Annotated[list[TaskUpdate], Meta(max_length=MAX_TASK_BATCH, description="the updates")]
 
 
 # ------------------------------------------------------------------------ models
@@ -370,45 +439,49 @@ class TaskState:
 MAX_RELEASES: Final = 32
 
 
-@dataclass(frozen=True)
-class SignedRelease:
+class SignedRelease(Struct, frozen=True):
     """A model release signed by the hub (see `outpost/release.py`)."""
 
-    document: bytes = schema.setting(
-        help="msgpack: manifest, sample, issued_at", max_len=192 * 1024
-    )
-    signature: bytes = schema.setting(help="Ed25519 signature of document", max_len=64)
+    document: Annotated[
+        bytes, Meta(max_length=192 * 1024, description="msgpack: manifest, sample, issued_at")
+    ]
+    signature: Signature
 
 
-@dataclass(frozen=True)
-class ModelReleases:
+class ModelReleases(Struct, frozen=True):
     """The models the hub wants the device to run, one release per model name (retained on
     `down/models`): the device installs and activates each it does not run yet. Models
     not named are left as they are."""
 
-    releases: list[SignedRelease] = schema.setting(help="the releases", max_len=MAX_RELEASES)
+    releases: Annotated[
+        list[SignedRelease], Meta(max_length=MAX_RELEASES, description="the releases")
+    ]
 
 
 DeployState = Literal["downloading", "active", "failed", "rolled_back"]
 
 
-@dataclass(frozen=True)
-class ModelState:
+class ModelState(Struct, frozen=True):
     """What became of a release on the device: sent on each change, and again after
     each hello for every release it holds."""
 
-    name: str = schema.setting(help="model name", max_len=64)
-    version: str = schema.setting(help="the release's version", max_len=32)
-    state: DeployState = schema.setting(
-        help="downloading; active (verified, self-tested, serving); failed (refused, the "
-        "previous version serves); rolled_back (failed in use, the previous version serves)"
-    )
-    detail: str = schema.setting("", help="why it failed or rolled back", max_len=512)
-    final: bool = schema.setting(
-        True,
-        help="a failure the device will not get past with this release (false: it may, "
-        "say once its policy allows the model)",
-    )
+    name: Annotated[str, Meta(max_length=64, description="model name")]
+    version: Annotated[str, Meta(max_length=32, description="the release's version")]
+    state: Annotated[
+        DeployState,
+        Meta(
+            description="downloading; active (verified, self-tested, serving); failed (refused, "
+            "the previous version serves); rolled_back (failed in use, the previous version serves)"
+        ),
+    ]
+    detail: Annotated[str, Meta(max_length=512, description="why it failed or rolled back")] = ""
+    final: Annotated[
+        bool,
+        Meta(
+            description="a failure the device will not get past with this release (false: it "
+            "may, say once its policy allows the model)"
+        ),
+    ] = True
 
 
 Body = (
@@ -449,20 +522,65 @@ assert len(_ALL_KINDS) == len(UP_KINDS) + len(DOWN_KINDS), "a kind names one bod
 # ---------------------------------------------------------------------------- envelope
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """A decoded message: version, kind, message id, sender's time (ms) and body."""
-
-    v: int
-    kind: str
-    id: str
-    ts: int
-    body: Any
+# Message ids: a random prefix per process and a counter. Nothing deduplicates by id
+# (sequence numbers do that); it names a message in logs, and costs less than a random
+# id per message (a heartbeat's whole encode is about as long as `secrets.token_hex`).
+_ID_PREFIX: Final = secrets.token_hex(6)
+_ID_COUNTER: Final = itertools.count(1)
 
 
 def new_message_id() -> str:
-    """Return a fresh random message id."""
-    return secrets.token_hex(8)
+    """Return a message id no other message of this process has."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
+MessageId = Annotated[str, Meta(max_length=64, description="message id")]
+Timestamp = Annotated[
+    int, Meta(ge=0, le=INT64_MAX, description="sender's clock, ms since the epoch")
+]
+B = TypeVar("B")
+
+
+class Envelope(Struct, Generic[B], frozen=True):
+    """A message: version, kind, message id, sender's time (ms) and body. `Envelope[Hello]`
+    is the whole message of kind hello, decoded and checked in one pass."""
+
+    v: int
+    kind: str
+    id: MessageId
+    ts: Timestamp
+    body: B
+
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+# The slow path of `decode`, taken once the one-pass decode has refused a payload (or
+# when the kind is not known up front): the envelope's fields, each left encoded until
+# it is looked at, so that a bad version, kind, header or body each gets its own reason.
+_FIELDS: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+_VERSION: Final = msgspec.msgpack.Decoder(int)
+_KIND: Final = msgspec.msgpack.Decoder(str)
+_ID: Final = msgspec.msgpack.Decoder(MessageId)
+_TS: Final = msgspec.msgpack.Decoder(Timestamp)
+_ENVELOPE_FIELDS: Final = frozenset(("v", "kind", "id", "ts", "body"))
+
+
+_DECODERS: Final[dict[type[Any], msgspec.msgpack.Decoder[Any]]] = {}
+_ENVELOPE_DECODERS: Final[dict[type[Any], msgspec.msgpack.Decoder[Envelope[Any]]]] = {}
+
+
+def _decoder(cls: type[Any]) -> msgspec.msgpack.Decoder[Any]:
+    """The decoder of body type `cls` (made once: making one compiles the type)."""
+    if (found := _DECODERS.get(cls)) is None:
+        found = _DECODERS[cls] = msgspec.msgpack.Decoder(cls)
+    return found
+
+
+def _envelope_decoder(cls: type[Any]) -> msgspec.msgpack.Decoder[Envelope[Any]]:
+    """The decoder of a whole message whose body is of type `cls`."""
+    if (found := _ENVELOPE_DECODERS.get(cls)) is None:
+        found = msgspec.msgpack.Decoder(Envelope[cls])  # type: ignore[valid-type]
+        _ENVELOPE_DECODERS[cls] = found
+    return found
 
 
 def encode(kind: str, body: Body, *, ts_ms: int | None = None, msg_id: str | None = None) -> bytes:
@@ -472,22 +590,20 @@ def encode(kind: str, body: Body, *, ts_ms: int | None = None, msg_id: str | Non
     if cls is None or type(body) is not cls:
         expected = cls.__name__ if cls else "none: unknown kind"
         raise EncodeError(f"a {type(body).__name__} sent as {kind!r} (its type: {expected})")
-    plain = schema.dump(body)
-    header = {
-        "id": msg_id or new_message_id(),
-        "ts": ts_ms if ts_ms is not None else int(time.time() * 1000),
-    }
+    envelope = Envelope(
+        v=VERSION,
+        kind=kind,
+        id=msg_id or new_message_id(),
+        ts=ts_ms if ts_ms is not None else int(time.time() * 1000),
+        body=body,
+    )
+    packed = _ENCODER.encode(envelope)
+    # Making a Struct checks nothing: decoding what is about to be sent applies every
+    # check `decode` will (msgspec's decoder is the fastest validator it has).
     try:
-        # The checks `decode` applies, on the plain data (the dataclass's own
-        # `__post_init__` checks ran when it was built).
-        schema.check(_Header, header, "envelope")
-        schema.check(cls, plain, f"{kind}.body")
-    except schema.SchemaError as exc:
+        decode(packed, kinds=_ALL_KINDS, expected_kind=kind, max_bytes=len(packed))
+    except WireError as exc:
         raise EncodeError(f"{kind} message breaks the wire contract: {exc}") from exc
-    envelope = {"v": VERSION, "kind": kind, **header, "body": plain}
-    if _deeper_than(envelope, MAX_DEPTH):
-        raise EncodeError(f"{kind} message nests deeper than {MAX_DEPTH} levels")
-    packed: bytes = msgpack.packb(envelope, use_bin_type=True)
     return packed
 
 
@@ -497,55 +613,80 @@ def decode(
     kinds: dict[str, type[Any]],
     expected_kind: str | None = None,
     max_bytes: int = MAX_PAYLOAD_BYTES,
-) -> Envelope:
+) -> Envelope[Any]:
     """Decode and validate one payload; raise `WireError` saying what was wrong, and
     nothing else, whatever the bytes."""
     if len(payload) > max_bytes:
         raise WireError("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    if expected_kind in kinds:
+        # One pass through msgspec's decoder does every check for a good message.
+        try:
+            envelope = _envelope_decoder(kinds[expected_kind]).decode(payload)
+        except Exception:  # noqa: S110 - the slow path below says what was wrong
+            pass
+        else:
+            if envelope.v == VERSION and envelope.kind == expected_kind:
+                return envelope
     try:
         return _decode(payload, kinds, expected_kind)
     except WireError:
         raise
+    except RecursionError as exc:
+        raise WireError("malformed", "payload nests too deep") from exc
     except Exception as exc:  # a case the checks above missed: still only a refusal
         text = schema.quote(str(exc))
         raise WireError("malformed", f"undecodable: {type(exc).__name__}: {text}") from exc
 
 
-def _decode(payload: bytes, kinds: dict[str, type[Any]], expected_kind: str | None) -> Envelope:
+def _decode(
+    payload: bytes, kinds: dict[str, type[Any]], expected_kind: str | None
+) -> Envelope[Any]:
+    """Decode field by field, to say exactly what was wrong."""
     try:
-        # Strings, bytes and arrays are bounded by the payload's size (msgpack's
-        # default for `unpackb`); maps tighter, so a huge one costs no Python objects.
-        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_map_len=MAX_MAP_ENTRIES)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise WireError("malformed", f"not a msgpack payload: {schema.quote(str(exc))}") from exc
-    if not isinstance(raw, dict):
-        raise WireError("malformed", f"envelope must be a map, got {type(raw).__name__}")
-    if _deeper_than(raw, MAX_DEPTH):
-        raise WireError("malformed", f"payload nests deeper than {MAX_DEPTH} levels")
-    version = raw.get("v")
-    if type(version) is not int or version != VERSION:
+        fields = _FIELDS.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise WireError("malformed", f"not a msgpack map: {schema.quote(str(exc))}") from exc
+    try:
+        version = _VERSION.decode(fields["v"])
+    except (KeyError, msgspec.ValidationError):
+        version = None
+    if version != VERSION:
+        shown = msgspec.msgpack.decode(fields["v"]) if "v" in fields else None
         raise WireError(
-            "version", f"unsupported envelope version {schema.quote(version)} (want {VERSION})"
+            "version", f"unsupported envelope version {schema.quote(shown)} (want {VERSION})"
         )
-    kind = raw.get("kind")
+    try:
+        kind = _KIND.decode(fields["kind"])
+    except (KeyError, msgspec.ValidationError):
+        kind = None
     if expected_kind is not None and kind != expected_kind:
         raise WireError("kind", f"envelope kind {schema.quote(kind)} does not match topic kind")
-    if not isinstance(kind, str) or kind not in kinds:
+    if kind is None or kind not in kinds:
         raise WireError("kind", f"unknown message kind {schema.quote(kind)}")
-    try:
-        header = schema.load(_Header, {k: raw.get(k) for k in ("id", "ts")}, "envelope")
-        body = schema.load(kinds[kind], raw.get("body"), f"{kind}.body")
-    except schema.SchemaError as exc:
-        raise WireError("schema", str(exc)) from exc
-    extra = set(raw) - {"v", "kind", "id", "ts", "body"}
-    if extra:
-        names = sorted(schema.quote(k, 40) for k in extra)
+    if not _ENVELOPE_FIELDS.issuperset(fields):
+        names = sorted(schema.quote(k, 40) for k in set(fields) - _ENVELOPE_FIELDS)
         more = f" and {len(names) - 3} more" if len(names) > 3 else ""
         raise WireError("schema", f"envelope has unknown fields: {', '.join(names[:3])}{more}")
-    return Envelope(v=version, kind=kind, id=header.id, ts=header.ts, body=body)
+    msg_id = _field(_ID, fields, "id", "envelope")
+    ts = _field(_TS, fields, "ts", "envelope")
+    body = _field(_decoder(kinds[kind]), fields, "body", kind)
+    return Envelope(v=version, kind=kind, id=msg_id, ts=ts, body=body)
 
 
-def _deeper_than(value: dict[str, Any], limit: int) -> bool:
+def _field(
+    decoder: msgspec.msgpack.Decoder[Any], fields: dict[str, msgspec.Raw], name: str, where: str
+) -> Any:
+    """Decode one envelope field, refusing it with its path."""
+    raw = fields.get(name)
+    if raw is None:
+        raise WireError("schema", f"{where}.{name}: required key is missing")
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise WireError("schema", str(schema.error_of(exc, f"{where}.{name}"))) from exc
+
+
+def _deeper_than(value: list[Any] | dict[str, Any], limit: int) -> bool:
     """Whether lists and maps nest more than `limit` levels in `value` (itself level 1).
 
     Level by level, without recursion; a container's items are looked at one by one
@@ -563,9 +704,3 @@ def _deeper_than(value: dict[str, Any], limit: int) -> bool:
             return False
         level = inner
     return True
-
-
-@dataclass(frozen=True)
-class _Header:
-    id: str = schema.setting(help="message id", max_len=64)
-    ts: int = schema.setting(help="sender's clock, ms since the epoch", min=0)
