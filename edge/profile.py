@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from msgspec import Meta
 
 from outpost import schema
+from outpost.schema import Struct
 
 Accelerator = Literal["none", "edgetpu", "cuda", "npu", "gpu"]
 
@@ -16,61 +18,65 @@ class ProfileError(ValueError):
     """A profile file is unreadable or invalid; the message names the file and the key."""
 
 
-@dataclass(frozen=True)
-class ProfileInfo:
-    name: str = schema.setting(help="profile name, e.g. raspberry-pi-4", max_len=64)
-    description: str = schema.setting("", help="what hardware this profile is for", max_len=256)
-    arch: Literal["aarch64", "armv7l", "x86_64", "any"] = schema.setting(
-        "any", help="CPU architecture the profile expects"
-    )
+class ProfileInfo(Struct, frozen=True):
+    name: Annotated[str, Meta(max_length=64, description="profile name, e.g. raspberry-pi-4")]
+    description: Annotated[
+        str, Meta(max_length=256, description="what hardware this profile is for")
+    ] = ""
+    arch: Annotated[
+        Literal["aarch64", "armv7l", "x86_64", "any"],
+        Meta(description="CPU architecture the profile expects"),
+    ] = "any"
 
 
-@dataclass(frozen=True)
-class ProfileCapabilities:
-    cores: int = schema.setting(help="CPU cores of the board", min=1, max=256)
-    memory_mb: int = schema.setting(help="memory of the board, MiB", min=64, max=1 << 20)
-    accelerator: Accelerator = schema.setting("none", help="inference accelerator, if any")
+class ProfileCapabilities(Struct, frozen=True):
+    cores: Annotated[int, Meta(ge=1, le=256, description="CPU cores of the board")]
+    memory_mb: Annotated[int, Meta(ge=64, le=1 << 20, description="memory of the board, MiB")]
+    accelerator: Annotated[Accelerator, Meta(description="inference accelerator, if any")] = "none"
 
 
-@dataclass(frozen=True)
-class Budgets:
-    max_concurrent_tasks: int = schema.setting(1, help="tasks run at once", min=1, max=64)
-    memory_max_mb: int = schema.setting(
-        256, help="memory the agent may use (systemd MemoryMax)", min=32, max=1 << 20
-    )
-    cpu_quota_percent: int = schema.setting(
-        100, help="CPU the agent may use, 100 = one core (systemd CPUQuota)", min=10, max=25600
-    )
-    store_max_mb: int = schema.setting(
-        256, help="disk the local store may fill, MiB", min=8, max=1 << 20
-    )
+class Budgets(Struct, frozen=True):
+    max_concurrent_tasks: Annotated[int, Meta(ge=1, le=64, description="tasks run at once")] = 1
+    memory_max_mb: Annotated[
+        int, Meta(ge=32, le=1 << 20, description="memory the agent may use (systemd MemoryMax)")
+    ] = 256
+    cpu_quota_percent: Annotated[
+        int,
+        Meta(
+            ge=10, le=25600, description="CPU the agent may use, 100 = one core (systemd CPUQuota)"
+        ),
+    ] = 100
+    store_max_mb: Annotated[
+        int, Meta(ge=8, le=1 << 20, description="disk the local store may fill, MiB")
+    ] = 256
 
 
-@dataclass(frozen=True)
-class Thermal:
-    sensor: str = schema.setting("", help="psutil sensor to watch; empty = hottest", max_len=64)
-    throttle_c: float = schema.setting(70.0, help="above this, take fewer tasks", min=30, max=120)
-    stop_c: float = schema.setting(80.0, help="above this, take no tasks", min=30, max=125)
+class Thermal(Struct, frozen=True):
+    sensor: Annotated[
+        str, Meta(max_length=64, description="psutil sensor to watch; empty = hottest")
+    ] = ""
+    throttle_c: Annotated[
+        float, Meta(ge=30, le=120, description="above this, take fewer tasks")
+    ] = 70.0
+    stop_c: Annotated[float, Meta(ge=30, le=125, description="above this, take no tasks")] = 80.0
 
 
-@dataclass(frozen=True)
-class Runtime:
-    num_threads: int = schema.setting(1, help="interpreter threads per model", min=1, max=64)
-    interpreters_per_model: int = schema.setting(
-        1, help="interpreters kept per model (parallel requests)", min=1, max=16
-    )
-    encrypt_store: bool = schema.setting(False, help="encrypt stored payloads (AES-GCM)")
+class Runtime(Struct, frozen=True):
+    num_threads: Annotated[int, Meta(ge=1, le=64, description="interpreter threads per model")] = 1
+    interpreters_per_model: Annotated[
+        int, Meta(ge=1, le=16, description="interpreters kept per model (parallel requests)")
+    ] = 1
+    encrypt_store: Annotated[bool, Meta(description="encrypt stored payloads (AES-GCM)")] = False
 
 
-@dataclass(frozen=True)
-class DeviceProfile:
+class DeviceProfile(Struct, frozen=True):
     """A validated device profile."""
 
-    profile: ProfileInfo = schema.setting(help="identity of the profile")
-    capabilities: ProfileCapabilities = schema.setting(help="what the hardware offers")
-    budgets: Budgets = schema.setting(help="resource budgets of the agent")
-    thermal: Thermal = schema.setting(help="thermal limits")
-    runtime: Runtime = schema.setting(help="inference runtime settings")
+    profile: Annotated[ProfileInfo, Meta(description="identity of the profile")]
+    capabilities: Annotated[ProfileCapabilities, Meta(description="what the hardware offers")]
+    budgets: Annotated[Budgets, Meta(description="resource budgets of the agent")]
+    thermal: Annotated[Thermal, Meta(description="thermal limits")]
+    runtime: Annotated[Runtime, Meta(description="inference runtime settings")]
 
     def __post_init__(self) -> None:
         if self.thermal.throttle_c >= self.thermal.stop_c:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from msgspec import Meta
 
 from hub.store.engine import DatabaseUrlError, is_postgres, sqlite_path
 from outpost import logs, schema
+from outpost.schema import FINITE, INT64_MAX, Struct
 from outpost.settings import check_log_level, parse_broker_url
 
 SECTION = "hub"
@@ -20,193 +23,301 @@ _REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}")
 TASK_ENVELOPE_BYTES = 4096
 
 
-@dataclass(frozen=True)
-class HubConfig:
+class HubConfig(Struct, frozen=True):
     """Every hub setting, with its default and what it is for."""
 
-    broker: str = schema.setting(
-        "",
-        help="external broker as mqtts://HOST:PORT; empty runs the managed Mosquitto",
-        max_len=256,
+    broker: Annotated[
+        str,
+        Meta(
+            max_length=256,
+            description="external broker as mqtts://HOST:PORT; empty runs the managed Mosquitto",
+        ),
+    ] = ""
+    mqtt_host: Annotated[
+        str,
+        Meta(
+            max_length=255,
+            description="address the managed Mosquitto listens on (loopback by default)",
+        ),
+    ] = "127.0.0.1"
+    mqtt_port: Annotated[int, Meta(ge=1, le=65535, description="port of the managed Mosquitto")] = (
+        8883
     )
-    mqtt_host: str = schema.setting(
-        "127.0.0.1",
-        help="address the managed Mosquitto listens on (loopback by default)",
-        max_len=255,
+    broker_public_url: Annotated[
+        str,
+        Meta(
+            max_length=256,
+            description="broker address given to devices at enrollment; empty derives it from the "
+            "listener",
+        ),
+    ] = ""
+    broker_crl_path: Annotated[
+        str,
+        Meta(
+            max_length=4096,
+            description="external broker: also write the CRL to this absolute path, where the "
+            "broker "
+            "reads it; empty: only into the data folder's broker/crl.pem",
+        ),
+    ] = ""
+    broker_reload_command: Annotated[
+        str,
+        Meta(
+            max_length=4096,
+            description="external broker: command run (without a shell) after each CRL write so "
+            "that "
+            "the broker re-reads it, e.g. `systemctl reload mosquitto`; empty: none",
+        ),
+    ] = ""
+    mosquitto: Annotated[str, Meta(max_length=4096, description="Mosquitto program to run")] = (
+        "mosquitto"
     )
-    mqtt_port: int = schema.setting(8883, help="port of the managed Mosquitto", min=1, max=65535)
-    broker_public_url: str = schema.setting(
-        "",
-        help="broker address given to devices at enrollment; empty derives it from the listener",
-        max_len=256,
+    web_host: Annotated[
+        str, Meta(max_length=255, description="address of the HTTPS endpoint (loopback by default)")
+    ] = "127.0.0.1"
+    web_port: Annotated[int, Meta(ge=1, le=65535, description="port of the HTTPS endpoint")] = 8443
+    public_url: Annotated[
+        str,
+        Meta(
+            max_length=256,
+            description="hub URL written into enrollment tokens; empty derives it from "
+            "web_host/web_port",
+        ),
+    ] = ""
+    device_cert_days: Annotated[
+        float,
+        Meta(
+            ge=1e-4,
+            le=3650,
+            description="lifetime of device certificates, in days (devices renew at two thirds of "
+            "it)",
+        ),
+    ] = 90.0
+    device_cert_grace_days: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=3650,
+            description="how long after its certificate expired a device may still renew it with "
+            "its "
+            "old key, in days; later it needs a new bootstrap token",
+        ),
+    ] = 30.0
+    enroll_token_ttl: Annotated[
+        float,
+        Meta(ge=1, le=30 * 86400, description="default lifetime of a bootstrap token, in seconds"),
+    ] = 3600.0
+    offline_after_heartbeats: Annotated[
+        float,
+        Meta(
+            ge=1.5,
+            le=100,
+            description="mark a device offline when no heartbeat came for this many of its "
+            "intervals",
+        ),
+    ] = 3.0
+    broker_log_max_bytes: Annotated[
+        int,
+        Meta(
+            ge=64 << 10,
+            le=INT64_MAX,
+            description="the managed Mosquitto's log is moved aside (one old copy kept) past this "
+            "size",
+        ),
+    ] = 16 << 20
+    max_payload_bytes: Annotated[
+        int, Meta(ge=1024, le=16 << 20, description="largest MQTT payload accepted from a device")
+    ] = 256 * 1024
+    device_msgs_per_s: Annotated[
+        float,
+        Meta(
+            ge=1,
+            le=FINITE,
+            description="sustained MQTT messages per second taken from one device; the rest "
+            "dropped",
+        ),
+    ] = 1000.0
+    device_msgs_burst: Annotated[
+        int, Meta(ge=1, le=1_000_000, description="MQTT messages one device may send in a burst")
+    ] = 2000
+    device_bytes_per_s: Annotated[
+        int,
+        Meta(
+            ge=1024,
+            le=INT64_MAX,
+            description="sustained MQTT payload bytes per second taken from one device",
+        ),
+    ] = 8 << 20
+    device_queue: Annotated[
+        int,
+        Meta(
+            ge=10,
+            le=INT64_MAX,
+            description="messages of one device waiting for the ingest, at most",
+        ),
+    ] = 2000
+    device_hold_drops: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=INT64_MAX,
+            description="messages of one device dropped over its budget within a minute that get "
+            "it "
+            "held off (its session ended, its certificates on hold in the CRL); 0: never",
+        ),
+    ] = 10_000
+    device_hold_s: Annotated[
+        float,
+        Meta(ge=1, le=86_400, description="how long a device that flooded the hub is held off"),
+    ] = 600.0
+    web_max_conns_per_address: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=INT64_MAX,
+            description="HTTPS connections one client address may hold open at once",
+        ),
+    ] = 64
+    web_header_timeout_s: Annotated[
+        float,
+        Meta(
+            ge=0.5,
+            le=3600,
+            description="a client must finish its TLS handshake, and then send a request, within "
+            "this",
+        ),
+    ] = 15.0
+    api_max_body_bytes: Annotated[
+        int, Meta(ge=1024, le=16 << 20, description="largest request body the web API accepts")
+    ] = 64 * 1024
+    api_rate_per_s: Annotated[
+        float,
+        Meta(
+            ge=0.1,
+            le=FINITE,
+            description="sustained API requests per second allowed to each token subject",
+        ),
+    ] = 20.0
+    api_rate_burst: Annotated[
+        int, Meta(ge=1, le=100_000, description="API requests a token subject may make in a burst")
+    ] = 40
+    auth_failures_per_min: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=INT64_MAX,
+            description="failed authentications per minute from one address before 429",
+        ),
+    ] = 30
+    db_url: Annotated[
+        str,
+        Meta(
+            max_length=1024,
+            description="the hub's database: empty keeps hub.db (SQLite) in the data folder; "
+            "postgresql://USER@HOST:PORT/DATABASE for replicas (a password goes in PGPASSWORD "
+            "or ~/.pgpass, not here)",
+        ),
+    ] = ""
+    db_pool_size: Annotated[
+        int,
+        Meta(
+            ge=1, le=64, description="PostgreSQL connections (and worker threads) of this replica"
+        ),
+    ] = 4
+    replica_id: Annotated[
+        str,
+        Meta(
+            max_length=32,
+            description="this replica's name, unique among the hubs sharing a database and broker "
+            "(letters, digits, -); empty: the only hub",
+        ),
+    ] = ""
+    elect_leader: Annotated[
+        bool,
+        Meta(
+            description="replicas elect one to run the allocation passes and sweeps; false: every "
+            "replica runs them (the database keeps that correct, at the cost of repeated work; "
+            "the tests use it to prove so)"
+        ),
+    ] = True
+    db_busy_timeout_ms: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=600_000,
+            description="how long a database write waits for a lock held elsewhere before it "
+            "fails, ms",
+        ),
+    ] = 5000
+    task_accept_timeout_s: Annotated[
+        float,
+        Meta(
+            ge=0.1,
+            le=3600,
+            description="a device must accept or reject an assignment within this long, or it "
+            "moves on",
+        ),
+    ] = 10.0
+    task_max_attempts: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=INT64_MAX,
+            description="assignments of one task (rejections and lapsed leases) before it fails",
+        ),
+    ] = 3
+    task_prefetch: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=1000,
+            description="tasks a device may hold beyond those it runs at once (work given ahead)",
+        ),
+    ] = 2
+    task_max_slots: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1024,
+            description="task slots a device is believed to have at most, whatever its hello "
+            "claims",
+        ),
+    ] = 16
+    task_default_lease_s: Annotated[
+        float, Meta(ge=0.1, le=7 * 86400, description="lease of a task that names none, seconds")
+    ] = 60.0
+    task_default_deadline_s: Annotated[
+        float,
+        Meta(
+            ge=1,
+            le=FINITE,
+            description="deadline of a task that names none, seconds from submission",
+        ),
+    ] = 600.0
+    task_max_batch: Annotated[
+        int, Meta(ge=1, le=100_000, description="tasks one POST /api/v1/tasks may submit")
+    ] = 1000
+    task_max_input_bytes: Annotated[
+        int,
+        Meta(
+            ge=64,
+            le=4 << 20,
+            description="largest task input, bytes (msgpack); below max_payload_bytes",
+        ),
+    ] = 128 * 1024
+    api_max_task_body_bytes: Annotated[
+        int, Meta(ge=1024, le=256 << 20, description="largest request body of POST /api/v1/tasks")
+    ] = 8 << 20
+    log_level: Annotated[str, Meta(max_length=16, description="debug, info, warning or error")] = (
+        "info"
     )
-    broker_crl_path: str = schema.setting(
-        "",
-        help="external broker: also write the CRL to this absolute path, where the broker "
-        "reads it; empty: only into the data folder's broker/crl.pem",
-        max_len=4096,
-    )
-    broker_reload_command: str = schema.setting(
-        "",
-        help="external broker: command run (without a shell) after each CRL write so that "
-        "the broker re-reads it, e.g. `systemctl reload mosquitto`; empty: none",
-        max_len=4096,
-    )
-    mosquitto: str = schema.setting("mosquitto", help="Mosquitto program to run", max_len=4096)
-    web_host: str = schema.setting(
-        "127.0.0.1", help="address of the HTTPS endpoint (loopback by default)", max_len=255
-    )
-    web_port: int = schema.setting(8443, help="port of the HTTPS endpoint", min=1, max=65535)
-    public_url: str = schema.setting(
-        "",
-        help="hub URL written into enrollment tokens; empty derives it from web_host/web_port",
-        max_len=256,
-    )
-    device_cert_days: float = schema.setting(
-        90.0,
-        help="lifetime of device certificates, in days (devices renew at two thirds of it)",
-        min=1e-4,  # about 9 s: lets tests watch renewals; real fleets want weeks
-        max=3650,
-    )
-    device_cert_grace_days: float = schema.setting(
-        30.0,
-        help="how long after its certificate expired a device may still renew it with its "
-        "old key, in days; later it needs a new bootstrap token",
-        min=0,
-        max=3650,
-    )
-    enroll_token_ttl: float = schema.setting(
-        3600.0, help="default lifetime of a bootstrap token, in seconds", min=1, max=30 * 86400
-    )
-    offline_after_heartbeats: float = schema.setting(
-        3.0,
-        help="mark a device offline when no heartbeat came for this many of its intervals",
-        min=1.5,
-        max=100,
-    )
-    broker_log_max_bytes: int = schema.setting(
-        16 << 20,
-        help="the managed Mosquitto's log is moved aside (one old copy kept) past this size",
-        min=64 << 10,
-    )
-    max_payload_bytes: int = schema.setting(
-        256 * 1024, help="largest MQTT payload accepted from a device", min=1024, max=16 << 20
-    )
-    device_msgs_per_s: float = schema.setting(
-        1000.0,
-        help="sustained MQTT messages per second taken from one device; the rest dropped",
-        min=1,
-    )
-    device_msgs_burst: int = schema.setting(
-        2000, help="MQTT messages one device may send in a burst", min=1, max=1_000_000
-    )
-    device_bytes_per_s: int = schema.setting(
-        8 << 20, help="sustained MQTT payload bytes per second taken from one device", min=1024
-    )
-    device_queue: int = schema.setting(
-        2000, help="messages of one device waiting for the ingest, at most", min=10
-    )
-    device_hold_drops: int = schema.setting(
-        10_000,
-        help="messages of one device dropped over its budget within a minute that get it "
-        "held off (its session ended, its certificates on hold in the CRL); 0: never",
-        min=0,
-    )
-    device_hold_s: float = schema.setting(
-        600.0, help="how long a device that flooded the hub is held off", min=1, max=86_400
-    )
-    web_max_conns_per_address: int = schema.setting(
-        64, help="HTTPS connections one client address may hold open at once", min=1
-    )
-    web_header_timeout_s: float = schema.setting(
-        15.0,
-        help="a client must finish its TLS handshake, and then send a request, within this",
-        min=0.5,
-        max=3600,
-    )
-    api_max_body_bytes: int = schema.setting(
-        64 * 1024, help="largest request body the web API accepts", min=1024, max=16 << 20
-    )
-    api_rate_per_s: float = schema.setting(
-        20.0, help="sustained API requests per second allowed to each token subject", min=0.1
-    )
-    api_rate_burst: int = schema.setting(
-        40, help="API requests a token subject may make in a burst", min=1, max=100_000
-    )
-    auth_failures_per_min: int = schema.setting(
-        30, help="failed authentications per minute from one address before 429", min=1
-    )
-    db_url: str = schema.setting(
-        "",
-        help="the hub's database: empty keeps hub.db (SQLite) in the data folder; "
-        "postgresql://USER@HOST:PORT/DATABASE for replicas (a password goes in PGPASSWORD "
-        "or ~/.pgpass, not here)",
-        max_len=1024,
-    )
-    db_pool_size: int = schema.setting(
-        4, help="PostgreSQL connections (and worker threads) of this replica", min=1, max=64
-    )
-    replica_id: str = schema.setting(
-        "",
-        help="this replica's name, unique among the hubs sharing a database and broker "
-        "(letters, digits, -); empty: the only hub",
-        max_len=32,
-    )
-    elect_leader: bool = schema.setting(
-        True,
-        help="replicas elect one to run the allocation passes and sweeps; false: every "
-        "replica runs them (the database keeps that correct, at the cost of repeated work; "
-        "the tests use it to prove so)",
-    )
-    db_busy_timeout_ms: int = schema.setting(
-        5000,
-        help="how long a database write waits for a lock held elsewhere before it fails, ms",
-        min=1,
-        max=600_000,
-    )
-    task_accept_timeout_s: float = schema.setting(
-        10.0,
-        help="a device must accept or reject an assignment within this long, or it moves on",
-        min=0.1,
-        max=3600,
-    )
-    task_max_attempts: int = schema.setting(
-        3, help="assignments of one task (rejections and lapsed leases) before it fails", min=1
-    )
-    task_prefetch: int = schema.setting(
-        2,
-        help="tasks a device may hold beyond those it runs at once (work given ahead)",
-        min=0,
-        max=1000,
-    )
-    task_max_slots: int = schema.setting(
-        16,
-        help="task slots a device is believed to have at most, whatever its hello claims",
-        min=1,
-        max=1024,
-    )
-    task_default_lease_s: float = schema.setting(
-        60.0, help="lease of a task that names none, seconds", min=0.1, max=7 * 86400
-    )
-    task_default_deadline_s: float = schema.setting(
-        600.0, help="deadline of a task that names none, seconds from submission", min=1
-    )
-    task_max_batch: int = schema.setting(
-        1000, help="tasks one POST /api/v1/tasks may submit", min=1, max=100_000
-    )
-    task_max_input_bytes: int = schema.setting(
-        128 * 1024,
-        help="largest task input, bytes (msgpack); below max_payload_bytes",
-        min=64,
-        max=4 << 20,
-    )
-    api_max_task_body_bytes: int = schema.setting(
-        8 << 20, help="largest request body of POST /api/v1/tasks", min=1024, max=256 << 20
-    )
-    log_level: str = schema.setting("info", help="debug, info, warning or error", max_len=16)
-    log_format: logs.LogFormat = schema.setting(
-        "auto", help="json (one object per line, for journald), text, or auto (text on a terminal)"
-    )
+    log_format: Annotated[
+        logs.LogFormat,
+        Meta(
+            description="json (one object per line, for journald), text, or auto (text on a "
+            "terminal)"
+        ),
+    ] = "auto"
 
     def __post_init__(self) -> None:
         check_log_level(self.log_level, "hub.log_level")

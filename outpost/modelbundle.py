@@ -16,9 +16,12 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+from msgspec import Meta
 
 from outpost import schema
+from outpost.schema import FINITE, Struct
 
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "model.json"
@@ -36,34 +39,33 @@ class BundleError(ValueError):
     """A bundle is unreadable or inconsistent; the message names the file and the fault."""
 
 
-@dataclass(frozen=True)
-class TensorSpec:
+class TensorSpec(Struct, frozen=True):
     """One quantized tensor: real value = scale * (q - zero_point)."""
 
-    shape: list[int] = schema.setting(help="dimensions, batch first", max_len=8)
-    dtype: Literal["int8"] = schema.setting(help="element type; only int8 models are run")
-    scale: float = schema.setting(help="quantization scale", min=0)
-    zero_point: int = schema.setting(help="quantization zero point", min=-128, max=127)
-    description: str = schema.setting("", help="what the values mean", max_len=512)
+    shape: Annotated[list[int], Meta(max_length=8, description="dimensions, batch first")]
+    dtype: Annotated[Literal["int8"], Meta(description="element type; only int8 models are run")]
+    scale: Annotated[float, Meta(ge=0, le=FINITE, description="quantization scale")]
+    zero_point: Annotated[int, Meta(ge=-128, le=127, description="quantization zero point")]
+    description: Annotated[str, Meta(max_length=512, description="what the values mean")] = ""
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Struct, frozen=True):
     """What a model is and how to feed it; `sha256` and `size` pin the model file."""
 
-    name: str = schema.setting(help="model name, e.g. vibration-anomaly", max_len=64)
-    version: str = schema.setting(help="model version, e.g. 1.0.0", max_len=32)
-    sha256: str = schema.setting(help="sha256 of model.tflite, hex", max_len=64)
-    size: int = schema.setting(help="bytes of model.tflite", min=1, max=MAX_MODEL_BYTES)
-    labels: list[str] = schema.setting(help="one label per output score", max_len=1000)
-    input: TensorSpec = schema.setting(help="the input tensor")
-    output: TensorSpec = schema.setting(help="the output tensor (one score per label)")
-    normal_label: str = schema.setting(
-        "", help="the label of the normal case (not reported as flagged)", max_len=64
-    )
-    description: str = schema.setting("", help="what the model is for", max_len=1024)
-    accuracy: dict[str, Any] = schema.setting({}, help="held-out accuracy", max_len=32)
-    training: dict[str, Any] = schema.setting({}, help="how it was trained", max_len=32)
+    name: Annotated[str, Meta(max_length=64, description="model name, e.g. vibration-anomaly")]
+    version: Annotated[str, Meta(max_length=32, description="model version, e.g. 1.0.0")]
+    sha256: Annotated[str, Meta(max_length=64, description="sha256 of model.tflite, hex")]
+    size: Annotated[int, Meta(ge=1, le=MAX_MODEL_BYTES, description="bytes of model.tflite")]
+    labels: Annotated[list[str], Meta(max_length=1000, description="one label per output score")]
+    input: Annotated[TensorSpec, Meta(description="the input tensor")]
+    output: Annotated[TensorSpec, Meta(description="the output tensor (one score per label)")]
+    normal_label: Annotated[
+        str,
+        Meta(max_length=64, description="the label of the normal case (not reported as flagged)"),
+    ] = ""
+    description: Annotated[str, Meta(max_length=1024, description="what the model is for")] = ""
+    accuracy: Annotated[dict[str, Any], Meta(max_length=32, description="held-out accuracy")] = {}
+    training: Annotated[dict[str, Any], Meta(max_length=32, description="how it was trained")] = {}
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.fullmatch(self.name):
@@ -88,22 +90,20 @@ class Manifest:
         return schema.dump(self)
 
 
-@dataclass(frozen=True)
-class Expected:
-    label: str = schema.setting(help="the top label", max_len=64)
-    output: list[int] = schema.setting(help="the raw int8 output", max_len=1000)
-    scores: list[float] = schema.setting([], help="the dequantized output", max_len=1000)
+class Expected(Struct, frozen=True):
+    label: Annotated[str, Meta(max_length=64, description="the top label")]
+    output: Annotated[list[int], Meta(max_length=1000, description="the raw int8 output")]
+    scores: Annotated[list[float], Meta(max_length=1000, description="the dequantized output")] = []
 
 
-@dataclass(frozen=True)
-class Sample:
+class Sample(Struct, frozen=True):
     """An input (raw int8 values, nested like the input shape) and what it must give."""
 
-    input: list[Any] = schema.setting(help="nested lists of int8 values", max_len=1 << 20)
-    expected: Expected = schema.setting(help="the output the model must give")
-    input_dtype: Literal["int8"] = schema.setting("int8", help="the dtype of `input`")
+    input: Annotated[list[Any], Meta(max_length=1 << 20, description="nested lists of int8 values")]
+    expected: Annotated[Expected, Meta(description="the output the model must give")]
+    input_dtype: Annotated[Literal["int8"], Meta(description="the dtype of `input`")] = "int8"
     # Runtimes differ by a rounding step in some kernels; more than that is a fault.
-    tolerance: int = schema.setting(1, help="int8 steps allowed per score", min=0, max=255)
+    tolerance: Annotated[int, Meta(ge=0, le=255, description="int8 steps allowed per score")] = 1
 
 
 @dataclass(frozen=True)

@@ -12,124 +12,75 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from msgspec import Meta
 
 from outpost import schema, signing
-from outpost.settings import check_log_level
+from outpost.schema import Struct
 from outpost.signing import Signed as Signed  # re-exported: part of this API
-from outpost.windows import parse_windows
+from outpost.tunables import Tunables
 
 
 class PolicyError(ValueError):
     """A policy document or its envelope is refused; the message says why."""
 
 
-@dataclass(frozen=True)
-class StreamBoundsPolicy:
-    max_records: int = schema.setting(
-        100_000, help="records kept unsent, at most (0: no limit)", min=0
-    )
-    max_bytes: int = schema.setting(
-        64 << 20, help="bytes kept unsent, at most (0: no limit)", min=0
-    )
-    max_age_s: float = schema.setting(0.0, help="drop records older than this (0: never)", min=0)
+class TasksPolicy(Struct, frozen=True):
+    """How much work a device takes."""
+
+    concurrency: Annotated[
+        int, Meta(ge=0, le=64, description="tasks run at once (0: the device profile's budget)")
+    ] = 0
+    prefetch: Annotated[
+        int,
+        Meta(
+            ge=0, le=1000, description="tasks given to a device beyond those it runs (work ahead)"
+        ),
+    ] = 2
+    cpu_max_percent: Annotated[
+        float,
+        Meta(
+            ge=1,
+            le=100,
+            description="above this CPU use the device accepts no new task (100: no cap)",
+        ),
+    ] = 100.0
+    temperature_max_c: Annotated[
+        float,
+        Meta(ge=20, le=150, description="above this temperature the device accepts no new task"),
+    ] = 85.0
 
 
-@dataclass(frozen=True)
-class BoundsPolicy:
-    results: StreamBoundsPolicy = field(
-        default_factory=StreamBoundsPolicy, metadata={"help": "results stream"}
-    )
-    events: StreamBoundsPolicy = field(
-        default_factory=lambda: StreamBoundsPolicy(50_000, 16 << 20, 0.0),
-        metadata={"help": "events stream"},
-    )
-    metrics: StreamBoundsPolicy = field(
-        default_factory=lambda: StreamBoundsPolicy(50_000, 16 << 20, 14 * 86400.0),
-        metadata={"help": "metrics stream (rolled up, then evicted, when full)"},
-    )
+class MaskingPolicy(Struct, frozen=True):
+    """Record fields masked before they leave the device."""
+
+    drop: Annotated[
+        list[str],
+        Meta(max_length=64, description="record fields removed before upload and from logs"),
+    ] = []
+    hash: Annotated[
+        list[str],
+        Meta(
+            max_length=64,
+            description="record fields replaced by a keyed hash before upload and in logs",
+        ),
+    ] = []
 
 
-@dataclass(frozen=True)
-class SyncPolicy:
-    rate_bytes_per_s: int = schema.setting(0, help="upload rate cap, bytes/s (0: none)", min=0)
-    windows: list[str] = schema.setting(
-        [], help='local times to sync, e.g. ["01:00-05:00"]; empty: always', max_len=24
-    )
+class Policy(Tunables, frozen=True):
+    """The effective policy of one device: every field has a value (the fields an agent's
+    own settings carry too are declared in `Tunables`)."""
 
-
-@dataclass(frozen=True)
-class TasksPolicy:
-    concurrency: int = schema.setting(
-        0, help="tasks run at once (0: the device profile's budget)", min=0, max=64
+    tasks: Annotated[TasksPolicy, Meta(description="task limits")] = TasksPolicy()
+    masking: Annotated[MaskingPolicy, Meta(description="fields masked before upload")] = (
+        MaskingPolicy()
     )
-    prefetch: int = schema.setting(
-        2, help="tasks given to a device beyond those it runs (work ahead)", min=0, max=1000
-    )
-    cpu_max_percent: float = schema.setting(
-        100.0,
-        help="above this CPU use the device accepts no new task (100: no cap)",
-        min=1,
-        max=100,
-    )
-    temperature_max_c: float = schema.setting(
-        85.0, help="above this temperature the device accepts no new task", min=20, max=150
-    )
-
-
-@dataclass(frozen=True)
-class InferencePolicy:
-    report: Literal["all", "flagged", "none"] = schema.setting(
-        "flagged", help="local inferences recorded as results"
-    )
-    confidence_below: float = schema.setting(
-        0.6, help="a confidence below this flags an inference", min=0, max=1
-    )
-
-
-@dataclass(frozen=True)
-class MaskingPolicy:
-    drop: list[str] = schema.setting(
-        [], help="record fields removed before upload and from logs", max_len=64
-    )
-    hash: list[str] = schema.setting(
-        [], help="record fields replaced by a keyed hash before upload and in logs", max_len=64
-    )
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The effective policy of one device: every field has a value."""
-
-    heartbeat_interval: float = schema.setting(
-        10.0, help="seconds between heartbeats", min=0.2, max=3600
-    )
-    metrics_interval: float = schema.setting(
-        60.0, help="seconds between the agent's metrics records", min=0.2, max=86400
-    )
-    bounds: BoundsPolicy = field(default_factory=BoundsPolicy, metadata={"help": "store bounds"})
-    sync: SyncPolicy = field(default_factory=SyncPolicy, metadata={"help": "upload pacing"})
-    tasks: TasksPolicy = field(default_factory=TasksPolicy, metadata={"help": "task limits"})
-    inference: InferencePolicy = field(
-        default_factory=InferencePolicy, metadata={"help": "local inference reporting"}
-    )
-    masking: MaskingPolicy = field(
-        default_factory=MaskingPolicy, metadata={"help": "fields masked before upload"}
-    )
-    log_level: str = schema.setting("info", help="debug, info, warning or error", max_len=16)
-    allowed_models: list[str] = schema.setting(
-        [], help="models the device may run (empty: any)", max_len=256
-    )
-
-    def __post_init__(self) -> None:
-        check_log_level(self.log_level, "log_level")
-        try:
-            parse_windows(self.sync.windows)
-        except ValueError as exc:
-            raise schema.SchemaError("sync.windows", str(exc)) from exc
+    allowed_models: Annotated[
+        list[str], Meta(max_length=256, description="models the device may run (empty: any)")
+    ] = []
 
 
 DEFAULTS: dict[str, Any] = schema.dump(Policy())

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -24,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from edge.deploy import Deployer
 from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
+from edge.inference.reporting import Reporting
 from edge.inference.runner import ModelFault
-from edge.inference.service import InferenceService, Reporting
+from edge.inference.service import InferenceService
 from edge.store import AgentStore, Bounds
 from hub import pki
 from outpost import release, tls, wire
@@ -158,11 +160,11 @@ class Device:
         """The shipped bundle of `name` as release `version`, signed by the hub."""
         bundle = read_bundle(FOLDERS[name])
         assert bundle.sample is not None
-        manifest = dataclasses.replace(bundle.manifest, version=version)
+        manifest = msgspec.structs.replace(bundle.manifest, version=version)
         sample = (
             bundle.sample
             if expected is None
-            else dataclasses.replace(bundle.sample, expected=expected)
+            else msgspec.structs.replace(bundle.sample, expected=expected)
         )
         s = release.sign(key or self.hub_key, manifest, sample, time.time())
         return wire.SignedRelease(document=s.document, signature=s.signature)

@@ -3,11 +3,11 @@ deployer's worker is not running here; see tests/integration/test_model_deploy.p
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import cast
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -31,7 +31,7 @@ def signed(
 ) -> wire.SignedRelease:
     bundle = read_bundle(folder)
     assert bundle.sample is not None
-    manifest = dataclasses.replace(bundle.manifest, version=version)
+    manifest = msgspec.structs.replace(bundle.manifest, version=version)
     s = release.sign(key, manifest, bundle.sample, time.time())
     return wire.SignedRelease(document=s.document, signature=s.signature)
 

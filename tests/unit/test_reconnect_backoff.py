@@ -190,7 +190,7 @@ def test_a_negative_spread_is_refused_with_a_clear_message(tmp_path: Path) -> No
     assert "must be at least 0" in str(info.value)
 
 
-def test_the_readme_row_matches_the_help_text() -> None:
+def test_the_settings_reference_row_matches_the_help_text() -> None:
     row = {key: text for key, _tp, _default, text in schema.describe(AgentConfig)}
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    assert f"| `reconnect_spread_s` | float | `10.0` | {row['reconnect_spread_s']} |" in readme
+    reference = (Path(__file__).parents[2] / "docs" / "settings.md").read_text(encoding="utf-8")
+    assert f"| `reconnect_spread_s` | float | `10.0` | {row['reconnect_spread_s']} |" in reference
