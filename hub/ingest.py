@@ -20,7 +20,6 @@ from hub.acks import AckSet, Downlinks, Publish
 from hub.dispatcher import Dispatcher
 from hub.rejections import RejectionLog
 from hub.store import (
-    MAX_SEQ,
     ConnectionLost,
     HeartbeatSeen,
     HelloSeen,
@@ -281,8 +280,6 @@ class Ingest:
                 expected_kind=kind,
                 max_bytes=self._max_payload_bytes,
             )
-            if isinstance(envelope.body, wire.Records) and envelope.body.to_seq > MAX_SEQ:
-                raise wire.WireError("schema", f"records.body.to_seq above {MAX_SEQ}")
         except wire.WireError as exc:
             self._refused(topic, kind, exc.reason, str(exc))
             return None, ""
