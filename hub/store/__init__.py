@@ -8,17 +8,15 @@ it on the store's single writer thread.
 
 from __future__ import annotations
 
-import collections
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgpack
-
 from hub.store import (
     audit,
+    batches,
+    catalog,
     certs,
     devices,
     gauges,
@@ -33,14 +31,16 @@ from hub.store import overview as glance  # `overview` is also a method name bel
 from hub.store import policy as policies
 from hub.store import records as streams  # `records` is also a method name below
 from hub.store.audit import AuditEntry
+from hub.store.batches import UploadOutcome
+from hub.store.catalog import StoredModel
 from hub.store.certs import IssuedCert, RenewalState, RevokedCert
 from hub.store.devices import ConnectionLost, Device, HeartbeatSeen, HelloSeen, PresenceEvent
-from hub.store.engine import Engine, open_engine
+from hub.store.engine import Engine, FencedEngine, open_engine, retries
 from hub.store.leases import Assigned
 from hub.store.leases import Settings as TaskSettings
 from hub.store.policy import Effective, Layer, ToPublish
 from hub.store.records import MAX_SEQ, Applied, StoredRecord, StreamCount, Upload
-from hub.store.rollouts import Advanced, Rollout, RolloutRefusedError, StoredModel
+from hub.store.rollouts import Advanced, Rollout, RolloutRefusedError
 from hub.store.sql import Sql
 from hub.store.tasks import NewTask, Task
 from hub.store.tokens import ApiTokenRecord, TokenRefusedError
@@ -99,8 +99,7 @@ class HubStore:
     def conflicts(self) -> int:
         """Units of work run again because a concurrent one won (PostgreSQL; SQLite's
         single writer has none)."""
-        engine = getattr(self._db, "engine", None)
-        return int(getattr(engine, "retries", 0))
+        return retries(self._db)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a unit of work of the hub's own (leadership, ...) on the store's engine."""
@@ -113,7 +112,7 @@ class HubStore:
         """The same store, each of whose units of work first runs `fence` in its own
         transaction (the leader's check that it still leads: hub/leadership.py)."""
         view = copy.copy(self)
-        view._db = _Fenced(self._db, fence)
+        view._db = FencedEngine(self._db, fence)
         return view
 
     # ------------------------------------------------------------ bootstrap tokens
@@ -192,12 +191,7 @@ class HubStore:
     ) -> list[Device]:
         return await self._db.run(
             lambda db: devices.list_devices(
-                db,
-                online=online,
-                profile=profile,
-                labels=labels or {},
-                after=after,
-                limit=limit,
+                db, online=online, profile=profile, labels=labels or {}, after=after, limit=limit
             )
         )
 
@@ -265,7 +259,7 @@ class HubStore:
 
         Task results among the new records end their tasks in that same transaction
         (first valid result wins; the rest are recorded as late)."""
-        return await self._db.run(_apply_uploads, list(uploads), now)
+        return await self._db.run(batches.apply_uploads, list(uploads), now)
 
     async def stream_marks(self, device_ids: Sequence[str]) -> dict[tuple[str, str], int]:
         """The mark of each (device, stream) the hub holds anything of."""
@@ -377,7 +371,7 @@ class HubStore:
 
     async def add_model(self, model: StoredModel) -> bool:
         """Store an uploaded model; False if its name and version exist."""
-        return await self._db.run(rollouts.add_model, model)
+        return await self._db.run(catalog.add_model, model)
 
     async def put_model_file(self, name: str, version: str, content: bytes) -> None:
         await self._db.run(modelfiles.put_model_file, name, version, content)
@@ -387,10 +381,10 @@ class HubStore:
         return await self._db.run(modelfiles.get_model_file, name, version)
 
     async def model(self, name: str, version: str) -> StoredModel | None:
-        return await self._db.run(rollouts.get_model, name, version)
+        return await self._db.run(catalog.get_model, name, version)
 
     async def models(self) -> list[StoredModel]:
-        return await self._db.run(rollouts.list_models)
+        return await self._db.run(catalog.list_models)
 
     async def create_rollout(
         self,
@@ -455,68 +449,5 @@ class HubStore:
     async def drop_from_rollouts(
         self, device_id: str, reason: str, *, now: float
     ) -> list[Advanced]:
-        def drop(db: Sql) -> list[Advanced]:
-            with db.write():
-                return rollouts.drop_device(db, device_id, reason, now)
-
-        return await self._db.run(drop)
-
-
-class _Fenced:
-    """An engine whose units of work begin with a check that may refuse them."""
-
-    def __init__(self, engine: Engine, fence: Callable[[Sql], None]) -> None:
-        self.dialect = engine.dialect
-        self._engine = engine
-        self._fence = fence
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        result: T = await self._engine.run(_after_fence, self._fence, fn, *args)
-        return result
-
-    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        result: T = self._engine.run_sync(_after_fence, self._fence, fn, *args)
-        return result
-
-    def close(self) -> None:
-        raise RuntimeError("close the store itself, not a fenced view of it")
-
-
-def _after_fence(db: Sql, fence: Callable[[Sql], None], fn: Callable[..., T], *args: Any) -> T:
-    fence(db)
-    result: T = fn(db, *args)
-    return result
-
-
-@dataclass(frozen=True)
-class UploadOutcome:
-    """What a call to `apply_uploads` did: per upload its result; task results by outcome;
-    what the newly stored metric roll-ups counted."""
-
-    applied: list[Applied]
-    task_results: dict[str, int]
-    rollups: modelstats.Folded = field(default_factory=modelstats.Folded)
-
-
-def _apply_uploads(db: Sql, uploads: list[Upload], now: float) -> UploadOutcome:
-    outcomes: collections.Counter[str] = collections.Counter()
-    folded = modelstats.Folded()
-
-    def on_stored(db: Sql, upload: Upload, rows: list[tuple[int, float, bytes]]) -> None:
-        if upload.stream == "metrics":  # roll-ups: folded once, as they are first stored
-            folded.add(modelstats.fold(db, upload.device_id, rows, now))
-            return
-        if upload.stream != "results":
-            return
-        for _, _, body in rows:
-            if b"task_id" not in body:  # most results are not task results: skip the decode
-                continue
-            try:
-                data = msgpack.unpackb(body, raw=False, strict_map_key=False)
-            except (ValueError, msgpack.UnpackException):
-                continue
-            if isinstance(data, dict) and data.get("kind") == "task":
-                outcomes[tasks.apply_result(db, upload.device_id, data, now)] += 1
-
-    applied = streams.apply_uploads(db, uploads, now, on_stored)
-    return UploadOutcome(applied, dict(outcomes), folded)
+        """Take a device out of every roll-out in progress, failing its open rows with `reason`."""
+        return await self._db.run(rollouts.withdraw_device, device_id, reason, now)

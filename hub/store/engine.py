@@ -101,6 +101,13 @@ def open_engine(url: str | Path, *, busy_timeout_ms: int = 5000, pool_size: int 
     return SqliteEngine(sqlite_path(url), busy_timeout_ms=busy_timeout_ms)
 
 
+def retries(engine: Engine) -> int:
+    """Count the units of work `engine` ran again because a concurrent one won."""
+    # Only PostgreSQL's engine keeps the count: SQLite's single writer has no conflicts.
+    inner = getattr(engine, "engine", None)
+    return int(getattr(inner, "retries", 0))
+
+
 class SqliteEngine:
     """The embedded default: every unit of work on one thread, one file."""
 
@@ -153,6 +160,32 @@ class AsyncPostgres:
         self._closed = True
         self._executor.shutdown(wait=True)
         self.engine.close()
+
+
+class FencedEngine:
+    """An engine whose units of work begin with a check that may refuse them."""
+
+    def __init__(self, engine: Engine, fence: Callable[[Sql], None]) -> None:
+        self.dialect = engine.dialect
+        self._engine = engine
+        self._fence = fence
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        result: T = await self._engine.run(_after_fence, self._fence, fn, *args)
+        return result
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        result: T = self._engine.run_sync(_after_fence, self._fence, fn, *args)
+        return result
+
+    def close(self) -> None:
+        raise RuntimeError("close the store itself, not a fenced view of it")
+
+
+def _after_fence(db: Sql, fence: Callable[[Sql], None], fn: Callable[..., T], *args: Any) -> T:
+    fence(db)
+    result: T = fn(db, *args)
+    return result
 
 
 _LEDGER = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

@@ -1,5 +1,5 @@
-"""Models the hub holds and their roll-outs: which devices get a version, in which stage,
-and what each device reports.
+"""Roll-outs of the models the hub holds (catalog.py): which devices get a version, in
+which stage, and what each device reports.
 
 A roll-out targets the devices its selector matches when it is created. The canary
 devices are released at once; the rest only when every canary device reports the model
@@ -16,6 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from hub.store.catalog import get_model
 from hub.store.devices import Device
 from hub.store.sql import Row, Sql
 
@@ -32,33 +33,6 @@ DEVICE_RELEASES_MAX_BYTES = 200 * 1024
 
 class RolloutRefusedError(ValueError):
     """A roll-out cannot be created; the message says why."""
-
-
-@dataclass(frozen=True)
-class StoredModel:
-    name: str
-    version: str
-    sha256: str
-    size: int
-    manifest: dict[str, object]
-    document: bytes
-    signature: bytes
-    uploaded_at: float
-    uploaded_by: str
-
-    @classmethod
-    def from_row(cls, row: Row) -> StoredModel:
-        return cls(
-            row["name"],
-            row["version"],
-            row["sha256"],
-            row["size"],
-            json.loads(row["manifest"]),
-            row["document"],
-            row["signature"],
-            row["uploaded_at"],
-            row["uploaded_by"],
-        )
 
 
 @dataclass(frozen=True)
@@ -95,40 +69,6 @@ class Advanced:
     state: str
     reason: str
     halted_now: bool = False  # this report halted it
-
-
-def add_model(db: Sql, m: StoredModel) -> bool:
-    """Store a model; False if that name and version exist (a version is immutable)."""
-    with db.write():
-        added = db.execute(
-            """INSERT INTO models (name, version, sha256, size, manifest, document,
-                   signature, uploaded_at, uploaded_by)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
-            (
-                m.name,
-                m.version,
-                m.sha256,
-                m.size,
-                json.dumps(m.manifest, sort_keys=True),
-                m.document,
-                m.signature,
-                m.uploaded_at,
-                m.uploaded_by,
-            ),
-        ).rowcount
-    return added == 1
-
-
-def get_model(db: Sql, name: str, version: str) -> StoredModel | None:
-    row = db.execute(
-        "SELECT * FROM models WHERE name = ? AND version = ?", (name, version)
-    ).fetchone()
-    return StoredModel.from_row(row) if row else None
-
-
-def list_models(db: Sql) -> list[StoredModel]:
-    rows = db.execute("SELECT * FROM models ORDER BY name, uploaded_at").fetchall()
-    return [StoredModel.from_row(r) for r in rows]
 
 
 def create_rollout(
@@ -355,6 +295,12 @@ def drop_device(db: Sql, device_id: str, reason: str, now: float) -> list[Advanc
             (reason, now, rollout_id, device_id),
         )
     return [_advance(db, rollout_id, now) for rollout_id in ids]
+
+
+def withdraw_device(db: Sql, device_id: str, reason: str, now: float) -> list[Advanced]:
+    """Run `drop_device` as a unit of work of its own."""
+    with db.write():
+        return drop_device(db, device_id, reason, now)
 
 
 def _advance(db: Sql, rollout_id: int, now: float) -> Advanced:

@@ -1,0 +1,52 @@
+"""A batch of device uploads applied as one unit of work: the records stored (records.py),
+the task results among them ending their tasks (tasks.py), and the metric roll-ups among
+them folded into the model statistics (modelstats.py), all in one durable transaction.
+
+Runs on the store's worker thread.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import msgpack
+
+from hub.store import modelstats, records, tasks
+from hub.store.records import Applied, Upload
+from hub.store.sql import Sql
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    """What a call to `apply_uploads` did: per upload its result; task results by outcome;
+    what the newly stored metric roll-ups counted."""
+
+    applied: list[Applied]
+    task_results: dict[str, int]
+    rollups: modelstats.Folded = field(default_factory=modelstats.Folded)
+
+
+def apply_uploads(db: Sql, uploads: list[Upload], now: float) -> UploadOutcome:
+    """Store `uploads` in order and act on what was new in them, in one transaction."""
+    outcomes: collections.Counter[str] = collections.Counter()
+    folded = modelstats.Folded()
+
+    def on_stored(db: Sql, upload: Upload, rows: list[tuple[int, float, bytes]]) -> None:
+        if upload.stream == "metrics":  # roll-ups: folded once, as they are first stored
+            folded.add(modelstats.fold(db, upload.device_id, rows, now))
+            return
+        if upload.stream != "results":
+            return
+        for _, _, body in rows:
+            if b"task_id" not in body:  # most results are not task results: skip the decode
+                continue
+            try:
+                data = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            except (ValueError, msgpack.UnpackException):
+                continue
+            if isinstance(data, dict) and data.get("kind") == "task":
+                outcomes[tasks.apply_result(db, upload.device_id, data, now)] += 1
+
+    applied = records.apply_uploads(db, uploads, now, on_stored)
+    return UploadOutcome(applied, dict(outcomes), folded)
