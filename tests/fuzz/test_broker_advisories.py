@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hub import broker, pki
+from hub import broker, mosquittoconf, pki
 from hub.app import Hub
 from outpost import files, tls, wire
 from tests.api_client import ApiClient
@@ -365,12 +365,12 @@ async def test_an_empty_or_missing_acl_file_never_allows_all(
     folder.mkdir()
     acl_path = folder / "acl"
     if acl == "managed":  # the control: the same probe sees the device's own message
-        acl_path.write_text(broker.acl_text())
+        acl_path.write_text(mosquittoconf.acl_text())
     elif acl == "empty":
         acl_path.write_text("")
     elif acl != "missing":
         acl_path.write_text("\n# nothing here\n\n")
-    text = broker.config_text(
+    text = mosquittoconf.config_text(
         hub.paths, host="127.0.0.1", port=port, max_packet_bytes=1 << 16, crl=False
     )
     text = text.replace(f"acl_file {hub.paths.broker_dir / 'acl'}", f"acl_file {acl_path}")
