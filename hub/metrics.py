@@ -3,8 +3,8 @@
 Cardinality stays bounded: labels take values from fixed sets (message kinds the wire
 contract knows, outcomes, route templates, HTTP statuses, error reasons, roll-out states,
 streams), the device profile label keeps the `MAX_PROFILES` most common profiles and the
-model label the `MAX_MODELS` most common model names (by inferences), each folding the
-rest into "other". No series is per device.
+model label the `MAX_MODELS` most common model names (by inferences: hub/modelmetrics.py),
+each folding the rest into "other". No series is per device.
 
 Inference counts come from the devices' metric roll-ups as the hub first stores them (a
 roll-up a device sends again is not stored again, so not counted again); they are this
@@ -15,28 +15,18 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hub.drift import VersionDrift
+from hub.modelmetrics import InferenceTotals, ModelCollector, fold_models
 from hub.store.gauges import EXPIRY_WINDOWS, ROLLOUT_STATES, FleetGauges
-from hub.store.modelstats import STREAMS, Folded, ModelTotals
-from outpost import __version__, rollup, wire
+from hub.store.modelstats import STREAMS
+from outpost import __version__, wire
 
-V = TypeVar("V")
 MAX_PROFILES = 20
-MAX_MODELS = 20  # model label values exported; the rest of the models count as "other"
-# Model names the counters remember: beyond this many, new names count as "other" at
-# once, so devices reporting ever new names cannot grow the hub's memory.
-MAX_TRACKED_MODELS = 500
 TASK_STATES = (
     "queued",
     "assigned",
@@ -86,7 +76,7 @@ class HubMetrics:
         self.registry.register(self.fleet)
         # Inferences and errors from the devices' roll-ups, as the ingest stores them.
         self.inferences = InferenceTotals()
-        self.registry.register(_Models(self.inferences, self.fleet))
+        self.registry.register(ModelCollector(self.inferences))
 
     def exposition(
         self,
@@ -107,28 +97,6 @@ class HubMetrics:
         self.fleet.gauges = gauges
         self.fleet.drift = drift or []
         return generate_latest(self.registry)
-
-
-class InferenceTotals:
-    """Inferences per model name and errors by reason, summed over stored roll-ups."""
-
-    def __init__(self) -> None:
-        self.models: dict[str, ModelTotals] = {}
-        self.errors: collections.Counter[str] = collections.Counter(
-            dict.fromkeys((*rollup.ERROR_REASONS, rollup.OTHER), 0)
-        )
-
-    def add(self, folded: Folded) -> None:
-        for name, totals in folded.models.items():
-            if name not in self.models and len(self.models) >= MAX_TRACKED_MODELS:
-                name = rollup.OTHER
-            self.models.setdefault(name, ModelTotals()).add(totals)
-        for reason, n in folded.errors.items():
-            self.errors[reason if reason in self.errors else rollup.OTHER] += n
-
-    def folded(self) -> dict[str, ModelTotals]:
-        """The `MAX_MODELS` most used models, the rest summed under "other"."""
-        return _fold_models(self.models, lambda t: t.count, _sum_totals)
 
 
 class _Fleet(Collector):
@@ -290,7 +258,7 @@ class _Fleet(Collector):
             "Devices whose recent labels or confidences drift from the fleet's (PSI >= 0.25)",
             labels=["model"],
         )
-        counts = _fold_models(
+        counts = fold_models(
             {m: len(ids) for m, ids in flagged.items()}, lambda n: n, lambda ns: sum(ns)
         )
         for model, n in sorted(counts.items()):
@@ -301,96 +269,10 @@ class _Fleet(Collector):
             "Highest population stability index of any device against the fleet, per model",
             labels=["model"],
         )
-        ranked = _fold_models(psi_max, lambda v: v, lambda vs: max(vs, default=0.0))
+        ranked = fold_models(psi_max, lambda v: v, lambda vs: max(vs, default=0.0))
         for model, value in sorted(ranked.items()):
             highest.add_metric([model], value)
         yield highest
-
-
-class _Models(Collector):
-    """Inference counts, latency and confidence histograms, errors, from roll-ups."""
-
-    def __init__(self, totals: InferenceTotals, fleet: _Fleet) -> None:
-        self.totals = totals
-        self.fleet = fleet
-
-    def collect(self) -> Iterator[Metric]:
-        models = self.totals.folded()
-        count = CounterMetricFamily(
-            "outpost_hub_inferences",
-            "Inferences the devices ran, by model (from their metric roll-ups)",
-            labels=["model"],
-        )
-        latency = HistogramMetricFamily(
-            "outpost_hub_inference_latency_seconds",
-            "Interpreter time per inference across the fleet, by model",
-            labels=["model"],
-        )
-        confidence = HistogramMetricFamily(
-            "outpost_hub_inference_confidence",
-            "Top score per inference across the fleet, by model",
-            labels=["model"],
-        )
-        for model, t in sorted(models.items()):
-            count.add_metric([model], t.count)
-            latency.add_metric([model], _latency_buckets(t), sum_value=t.latency_sum_ms / 1000)
-            confidence.add_metric([model], _confidence_buckets(t), sum_value=t.confidence_sum)
-        yield count
-        yield latency
-        yield confidence
-        errors = CounterMetricFamily(
-            "outpost_hub_device_errors",
-            "Errors the devices met, by reason (from their metric roll-ups)",
-            labels=["reason"],
-        )
-        for reason, n in sorted(self.totals.errors.items()):
-            errors.add_metric([reason], n)
-        yield errors
-
-
-def _latency_buckets(t: ModelTotals) -> list[tuple[str, float]]:
-    """Cumulative buckets in seconds from the roll-ups' per-bucket counts in ms."""
-    out: list[tuple[str, float]] = []
-    running = 0
-    for le, key in zip(rollup.LATENCY_BUCKETS_MS, rollup.BUCKET_KEYS, strict=True):
-        running += t.latency_ms.get(key, 0)
-        out.append(("+Inf" if key == "+Inf" else f"{le / 1000:g}", running))
-    out[-1] = ("+Inf", max(running, t.count))
-    return out
-
-
-def _confidence_buckets(t: ModelTotals) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
-    running = 0
-    for i, n in enumerate(t.confidence):
-        running += n
-        out.append((f"{(i + 1) / rollup.CONFIDENCE_BINS:.1f}", running))
-    out.append(("+Inf", running))
-    return out
-
-
-def _sum_totals(parts: list[ModelTotals]) -> ModelTotals:
-    total = ModelTotals()
-    for part in parts:
-        total.add(part)
-    return total
-
-
-def _fold_models(
-    values: dict[str, V], weight: Callable[[V], float], combine: Callable[[list[V]], V]
-) -> dict[str, V]:
-    """Keep the `MAX_MODELS` heaviest names; combine the rest (and "other") as "other"."""
-    ranked = sorted(
-        (name for name in values if name != rollup.OTHER),
-        key=lambda name: (-weight(values[name]), name),
-    )
-    kept = {name: values[name] for name in ranked[:MAX_MODELS]}
-    rest = [values[name] for name in ranked[MAX_MODELS:]]
-    if rollup.OTHER in values:
-        rest.append(values[rollup.OTHER])
-    if rest:
-        kept[rollup.OTHER] = combine(rest)
-    return kept
 
 
 def _fold_profiles(counts: list[tuple[bool, str, int]]) -> dict[tuple[str, str], int]:
