@@ -1,0 +1,50 @@
+"""`outpost-hub init` (the data folder, and perhaps its PostgreSQL database) and
+`outpost-hub db migrate` (a stopped hub's SQLite data copied into PostgreSQL)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from hub.initialise import initialise
+from hub.paths import HubPaths
+from hub.store.engine import describe, is_postgres, open_engine, sqlite_path
+from hub.store.transfer import copy_sqlite_to_postgres
+from outpost import files, tls
+from outpost.datalock import DataLock
+
+
+def init(args: argparse.Namespace) -> int:
+    """Initialise a data folder (and, with `--db`, its PostgreSQL database)."""
+    paths = HubPaths(args.data)
+    if args.db is not None:
+        if not is_postgres(args.db):
+            raise ValueError(f"--db {describe(args.db)}: init --db takes a postgresql:// URL")
+        if paths.config.exists():
+            raise ValueError(f"{paths.config} exists: set db_url in it instead of --db")
+        open_engine(args.db).close()  # reachable, and its schema made, before any key
+    initialise(paths, server_names=args.san)
+    print(f"initialised {paths.root}")
+    if args.db is not None:
+        # A JSON string is a TOML basic string.
+        db_url = json.dumps(args.db)
+        files.replace(paths.config, f"[hub]\ndb_url = {db_url}\n".encode(), files.PRIVATE)
+        print(f"database: {describe(args.db)} (db_url in {paths.config})")
+    print(f"fleet CA fingerprint: {tls.fingerprint(paths.ca_cert.read_bytes())}")
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    """Copy a stopped hub's SQLite data into an empty PostgreSQL database."""
+    paths = HubPaths(args.data)
+    source = sqlite_path(args.source) if args.source else paths.database
+    if not is_postgres(args.target):
+        raise ValueError(f"--to {describe(args.target)}: give a postgresql:// URL")
+    # A hub writing meanwhile would leave its newest records behind.
+    with DataLock.acquire(paths.root, "outpost-hub db migrate"):
+        copied = copy_sqlite_to_postgres(source, args.target, paths.models)
+    for c in copied:
+        print(f"{c.table:<18} {c.rows:>10} rows")
+    print(f"copied {source} into {describe(args.target)}")
+    print(f'next: set db_url = "{describe(args.target)}" in {paths.config} (or run --db)')
+    return 0

@@ -1,0 +1,167 @@
+"""`outpost-hub`: initialise a hub, mint bootstrap tokens, list and revoke devices, run the
+daemon."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hub import apitokens, brokerconfig
+from hub.cli import broker, daemon, database, devices, tokens
+from outpost import durations, logs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the parser: every command, its flags and the function that runs it."""
+    parser = argparse.ArgumentParser(prog="outpost-hub", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create the fleet CA, certificates and signing keys")
+    _data(p)
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="keep the hub's data in this PostgreSQL database (postgresql://USER@HOST:PORT/DB)"
+        " instead of hub.db: creates its schema and writes db_url into hub.toml",
+    )
+    p.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="extra DNS name or IP of the hub's server certificate (repeatable)",
+    )
+    p.set_defaults(func=database.init)
+
+    p = sub.add_parser("enroll-token", help="print a one-time bootstrap token for a device")
+    _data(p)
+    _config(p)
+    p.add_argument(
+        "--ttl",
+        type=durations.parse,
+        default=None,
+        help="lifetime such as 30m, 1h, 2d (default: enroll_token_ttl)",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="label the enrolled device will carry (repeatable)",
+    )
+    p.set_defaults(func=tokens.enroll_token)
+
+    p = sub.add_parser("run", help="run the hub (and its managed Mosquitto)")
+    _data(p)
+    _config(p)
+    p.add_argument("--broker", help="use an external broker mqtts://HOST:PORT")
+    p.add_argument("--mqtt-host", help="address of the managed broker's listener")
+    p.add_argument("--mqtt-port", type=int, help="port of the managed broker's listener")
+    p.add_argument("--web-host", help="address of the HTTPS endpoint")
+    p.add_argument("--web-port", type=int, help="port of the HTTPS endpoint")
+    p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument("--log-format", choices=logs.LOG_FORMATS, help="json, text or auto")
+    p.add_argument("--db", metavar="URL", help="database URL (db_url): postgresql://... or a path")
+    p.add_argument(
+        "--replica-id", help="run as this replica of several (replica_id; needs --db and --broker)"
+    )
+    p.set_defaults(func=daemon.run)
+
+    p = sub.add_parser("db", help="the hub's database")
+    db = p.add_subparsers(required=True, metavar="ACTION")
+    m = db.add_parser(
+        "migrate",
+        help="copy a stopped hub's SQLite data into an empty PostgreSQL database",
+    )
+    _data(m)
+    m.add_argument(
+        "--from",
+        dest="source",
+        metavar="sqlite:PATH",
+        help="the SQLite database to copy (default: hub.db in the data folder)",
+    )
+    m.add_argument("--to", dest="target", required=True, metavar="postgresql://...")
+    m.set_defaults(func=database.migrate)
+
+    p = sub.add_parser("token", help="mint, list and revoke API tokens")
+    token = p.add_subparsers(required=True, metavar="ACTION")
+    t = token.add_parser("create", help="print a signed API token")
+    _data(t)
+    t.add_argument("--role", required=True, choices=apitokens.ROLES)
+    t.add_argument(
+        "--ttl",
+        type=durations.parse,
+        default=None,
+        help="lifetime such as 15m (default: 15m; an --api-key 90d)",
+    )
+    t.add_argument("--subject", default=None, help="who will use it (default: the user name)")
+    t.add_argument(
+        "--api-key",
+        action="store_true",
+        help="a long-lived key for automation (up to 366 days) instead of a session",
+    )
+    t.set_defaults(func=tokens.create_token)
+    t = token.add_parser("revoke", help="revoke a token by its id (jti)")
+    _data(t)
+    t.add_argument("jti")
+    t.set_defaults(func=tokens.revoke_token)
+    t = token.add_parser("list", help="list issued tokens (ids and grants, never the tokens)")
+    _data(t)
+    t.set_defaults(func=tokens.list_tokens)
+
+    p = sub.add_parser("devices", help="list the fleet registry")
+    _data(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=devices.list_devices)
+
+    p = sub.add_parser("device", help="act on one device")
+    device = p.add_subparsers(required=True, metavar="ACTION")
+    d = device.add_parser(
+        "revoke",
+        help="revoke a device: the broker refuses its certificates, its connection is "
+        "dropped and it cannot renew (works with the hub running or not)",
+    )
+    _data(d)
+    _config(d)
+    d.add_argument("device_id", metavar="ID", help="the device id, e.g. dev-0123456789ab")
+    d.set_defaults(func=devices.revoke_device)
+
+    p = sub.add_parser(
+        "broker-config",
+        help="write the configuration an external broker (Mosquitto or EMQX) needs to "
+        "carry this hub's fleet: listener, ACL, CRL and certificates",
+    )
+    _data(p)
+    _config(p)
+    p.add_argument("--kind", required=True, choices=brokerconfig.KINDS, help="the broker")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder to write (new or empty)"
+    )
+    p.add_argument(
+        "--replica",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="replica_id of a hub replica sharing the broker (repeatable)",
+    )
+    p.add_argument(
+        "--listen",
+        default=brokerconfig.DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where the broker listens (default {brokerconfig.DEFAULT_LISTEN})",
+    )
+    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    p.set_defaults(func=broker.broker_config)
+    return parser
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, help="the hub's data folder")
+
+
+def _config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="settings file (default: hub.toml in the data folder, if present)",
+    )
