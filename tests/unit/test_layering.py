@@ -1,4 +1,5 @@
-"""The edge never imports the hub; the shared `outpost` package imports neither side."""
+"""The edge never imports the hub; the shared `outpost` package imports neither side; the
+hub imports the edge only through one declared seam, the model self-test."""
 
 from __future__ import annotations
 
@@ -9,16 +10,24 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+# The one seam from the hub into the agent's package: an uploaded model is loaded and its
+# sample run by the agent's own runner (`Releases._check`), so the hub refuses at the door
+# a model no device could run. Exactly these modules, from exactly this file: any other
+# import of `edge` under hub/ fails the test below, and so does a seam that moved.
+HUB_TO_EDGE_SEAM: dict[str, set[str]] = {
+    "hub/releases.py": {"edge.inference.runner", "edge.inference.runtime"},
+}
 
-def imported_packages(path: Path) -> set[str]:
-    """Top-level package of every absolute import in `path` (functions included)."""
+
+def imported_modules(path: Path) -> set[str]:
+    """Return the module named by every absolute import in `path` (functions included)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
+            found.add(node.module)
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, (ast.Name, ast.Attribute))
@@ -28,8 +37,13 @@ def imported_packages(path: Path) -> set[str]:
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
         ):
-            found.add(node.args[0].value.split(".")[0])
+            found.add(node.args[0].value)
     return found
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Return the top-level package of every absolute import in `path`."""
+    return {module.split(".")[0] for module in imported_modules(path)}
 
 
 def sources(package: str) -> list[Path]:
@@ -60,6 +74,15 @@ def test_imported_packages_sees_every_import_form(tmp_path: Path) -> None:
         "    importlib.import_module('hub.web')\n"
     )
     assert imported_packages(sample) == {"hub", "os", "edge", "importlib"}
+    assert imported_modules(sample) == {
+        "hub",
+        "os.path",
+        "hub.pki",
+        "hub.store",
+        "edge",
+        "importlib",
+        "hub.web",
+    }
 
 
 @pytest.mark.parametrize("package", ["edge", "outpost"])
@@ -69,6 +92,19 @@ def test_nothing_but_the_hub_imports_the_hub(package: str) -> None:
 
 def test_outpost_imports_neither_edge_nor_hub() -> None:
     assert offenders("outpost", {"edge", "hub"}) == {}
+
+
+def test_the_hub_imports_the_edge_only_through_the_model_self_test() -> None:
+    found = {}
+    for path in sources("hub"):
+        edge = {m for m in imported_modules(path) if m.split(".")[0] == "edge"}
+        if edge:
+            found[str(path.relative_to(REPO))] = edge
+    assert found == HUB_TO_EDGE_SEAM, (
+        "the hub reaches into the agent's package (edge) outside its declared seam; "
+        "go through outpost/, or, if this is a new seam on purpose, declare it in "
+        "HUB_TO_EDGE_SEAM with why"
+    )
 
 
 def test_relative_imports_stay_inside_their_package() -> None:
