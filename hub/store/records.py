@@ -14,7 +14,7 @@ import msgpack
 
 from hub.store.sql import Sql
 
-MAX_SEQ = 2**63 - 1  # SQLite's largest integer; the wire contract sets no upper bound
+MAX_SEQ = 2**63 - 1  # SQLite's largest integer; the wire contract bounds seqs at it too
 
 
 @dataclass(frozen=True)
