@@ -71,6 +71,7 @@ class Deployer:
         self._paths = paths
         self._hub_url = hub_url.rstrip("/")
         self._service = service
+        self._slots = service.slots
         self._directory = service.directory
         self._report = report
         self._retry_cap = retry_cap
@@ -111,7 +112,7 @@ class Deployer:
             triple = (m.name, m.version, m.sha256)
             if triple == self._current:
                 continue
-            action = states.decide(triple, self._service.serving(m.name))
+            action = states.decide(triple, self._slots.serving(m.name))
             if action == "deploy":
                 self._pending[m.name] = offered
                 self._wake.set()
@@ -127,8 +128,8 @@ class Deployer:
         states = await self._loaded()
         for record in states.latest():
             if record.state == "active" and record.previous:
-                self._service.arm_rollback(record.name, record.version, record.previous)
-        self._service.on_rollback = self._rolled_back
+                self._slots.arm_rollback(record.name, record.version, record.previous)
+        self._slots.on_rollback = self._rolled_back
         try:
             while True:
                 if not self._pending:
@@ -150,7 +151,7 @@ class Deployer:
                 finally:
                     self._current = None
         finally:
-            self._service.on_rollback = None
+            self._slots.on_rollback = None
 
     def queued(self) -> list[tuple[str, str]]:
         """(name, version) of each release waiting its turn, in order."""
@@ -179,7 +180,7 @@ class Deployer:
         try:
             # What it replaced is what it falls back to: read at the swap, not before
             # the download (a roll-back may have happened meanwhile).
-            before = await self._service.activate(m.name, m.version)
+            before = await self._slots.activate(m.name, m.version)
         except (ModelFault, BundleError) as exc:
             if not installed:  # ours: a refused version must not load at the next start
                 await asyncio.to_thread(self._remove, m)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.config import AgentConfig
-from edge.inference.service import Reporting
+from edge.inference.reporting import Reporting
 from edge.store import Bounds
 from outpost import policy, wire
 

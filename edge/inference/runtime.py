@@ -1,5 +1,6 @@
 """The interpreter adapter: LiteRT (`ai-edge-litert`) by default, `tflite-runtime` where
-only it is installed. Chosen once at start; its name and version go into `hello`.
+only it is installed. Chosen once, when the first model loads; its name and version go
+into `hello`.
 
 Both packages expose the same `Interpreter` class (the one TensorFlow Lite always had),
 so the adapter is only the choice of module; everything that runs a model talks to
@@ -8,6 +9,7 @@ that shared interface.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.metadata
 from dataclasses import dataclass
@@ -63,3 +65,27 @@ def choose_runtime(preference: Preference = "auto") -> Runtime:
     raise RuntimeMissing(
         f"no inference runtime: install {wanted} (pip install {names[0]}); " + "; ".join(failures)
     )
+
+
+class RuntimeChoice:
+    """The runtime of a preference, chosen when a model first needs one.
+
+    Not at construction: importing a runtime imports numpy, and an agent without models
+    should not pay their memory. Until then, and after a failed choice (tried again at
+    the next need), there is none: that is what `label` "none" says in `hello`.
+    """
+
+    def __init__(self, preference: Preference = "auto") -> None:
+        self._preference = preference
+        self._chosen: Runtime | None = None  # None: no model needed one yet, or none imports
+
+    @property
+    def label(self) -> str:
+        """Name the chosen runtime and its version, or "none"."""
+        return self._chosen.label if self._chosen is not None else "none"
+
+    async def get(self) -> Runtime:
+        """Return the runtime, choosing it now if needed; raise `RuntimeMissing` if none imports."""
+        if self._chosen is None:
+            self._chosen = await asyncio.to_thread(choose_runtime, self._preference)
+        return self._chosen

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from edge.inference.reporting import Reporting
 from edge.inference.runner import Inference
-from edge.inference.service import Reporting
 
 
 def answer(label: str, confidence: float) -> Inference:

@@ -1,0 +1,58 @@
+"""The settings a policy may change while the agent runs, and where each one lands.
+
+`edge.effective` resolves a policy over the agent's own settings (pure); `Tuning.apply`
+is the one step that hands the result to the running parts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edge import effective
+from edge.config import AgentConfig
+from edge.inference.service import InferenceService
+from edge.masking import Masker
+from edge.store import AgentStore
+from edge.tasks import TaskRunner
+from edge.uploader import Uploader
+from outpost import policy
+
+
+class Tuning:
+    """The agent's settings of the moment: its own, then each verified policy's over them."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        masker: Masker,
+        *,
+        store: AgentStore,
+        inference: InferenceService,
+        tasks: TaskRunner,
+        uploader: Uploader,
+    ) -> None:
+        self._config = config
+        self._masker = masker
+        self._store = store
+        self._inference = inference
+        self._tasks = tasks
+        self._uploader = uploader
+        # Read at each turn of the telemetry loops, so a new policy applies at the next.
+        self.heartbeat_interval = config.heartbeat_interval
+        self.metrics_interval = config.metrics_interval
+        self.caps = effective.Caps()  # no cap until a policy says
+
+    def apply(self, p: policy.Policy, sets: dict[str, Any]) -> None:
+        """Run on a verified policy's fields over the agent's own settings."""
+        e = effective.resolve(self._config, p, sets)
+        self.heartbeat_interval = e.heartbeat_interval
+        self.metrics_interval = e.metrics_interval
+        logging.getLogger().setLevel(e.log_level)
+        self._masker.set_rules(e.mask_drop, e.mask_hash)
+        self.caps = e.caps
+        self._inference.reporting = e.reporting
+        self._inference.allowed_models = e.allowed_models
+        self._tasks.allowed_models = e.allowed_models
+        self._uploader.set_pacing(e.rate_bytes_per_s, e.sync_windows)
+        self._store.set_bounds(e.bounds)
