@@ -3,25 +3,127 @@
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Annotated, Any
 
 from aiohttp import web
+from msgspec import Meta
 
 from hub import apitokens, bootstrap, labels
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
-from hub.api.models import (
-    ApiKeyRequest,
-    AuditOut,
-    EnrollTokenOut,
-    EnrollTokenRequest,
-    NewToken,
-    TokenOut,
-    WhoAmI,
-)
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
+from hub.apitokens import API_KEY_TTL_DEFAULT, Kind, Role
+from hub.store import ApiTokenRecord, AuditEntry
 from outpost import schema
+from outpost.schema import FINITE, Struct
+
+
+class EnrollTokenRequest(Struct, frozen=True):
+    """Ask for a one-time bootstrap token."""
+
+    ttl_s: (
+        Annotated[
+            float,
+            Meta(
+                ge=1,
+                le=30 * 86400,
+                description="lifetime in seconds (default: the hub's enroll_token_ttl)",
+            ),
+        ]
+        | None
+    ) = None
+    labels: Annotated[
+        dict[str, str], Meta(description="labels the enrolled device will carry")
+    ] = {}
+
+
+class EnrollTokenOut(Struct, frozen=True):
+    """A bootstrap token; shown once, stored by the hub only as its id."""
+
+    token: Annotated[str, Meta(description="the token (give it to one device)")]
+    jti: Annotated[str, Meta(description="token id")]
+    expires_at: Annotated[float, Meta(description="expiry, epoch seconds")]
+    hub_url: Annotated[str, Meta(description="the hub URL the token names")]
+
+
+class ApiKeyRequest(Struct, frozen=True):
+    """Ask for a long-lived API key for automation."""
+
+    subject: Annotated[
+        str, Meta(max_length=64, description="who or what will use it, e.g. ci-deployer")
+    ]
+    role: Annotated[Role, Meta(description="viewer, operator or admin")]
+    ttl_s: Annotated[
+        float, Meta(ge=1, le=FINITE, description="lifetime in seconds (default 90 days)")
+    ] = API_KEY_TTL_DEFAULT
+
+
+class TokenOut(Struct, frozen=True):
+    """An issued API token (its id and grant, never the token itself)."""
+
+    jti: Annotated[str, Meta(description="token id (what `revoke` takes)")]
+    subject: Annotated[str, Meta(description="who it speaks for")]
+    role: Annotated[Role, Meta(description="its role")]
+    kind: Annotated[Kind, Meta(description="session (short-lived) or api-key")]
+    issued_at: Annotated[float, Meta(description="epoch seconds")]
+    expires_at: Annotated[float, Meta(description="epoch seconds")]
+    revoked_at: Annotated[float | None, Meta(description="epoch seconds, if revoked")]
+
+    @classmethod
+    def of(cls, r: ApiTokenRecord) -> TokenOut:
+        row = {
+            k: getattr(r, k)
+            for k in ("jti", "subject", "role", "kind", "issued_at", "expires_at", "revoked_at")
+        }
+        return schema.load(cls, row, "api_tokens row")  # checks role and kind too
+
+
+class NewToken(Struct, frozen=True):
+    """A newly minted API key; the token is shown once."""
+
+    token: Annotated[str, Meta(description="the bearer token")]
+    grant: Annotated[TokenOut, Meta(description="what it grants")]
+
+
+class AuditOut(Struct, frozen=True):
+    """One audited request."""
+
+    id: Annotated[int, Meta(description="entry id")]
+    at: Annotated[float, Meta(description="epoch seconds")]
+    subject: Annotated[str, Meta(description="who (token subject, or anonymous@address)")]
+    role: Annotated[str | None, Meta(description="their role")]
+    method: Annotated[str, Meta(description="HTTP method")]
+    path: Annotated[str, Meta(description="request path")]
+    action: Annotated[str, Meta(description="what was attempted")]
+    status: Annotated[int, Meta(description="HTTP status of the answer")]
+    detail: Annotated[dict[str, Any], Meta(description="what was changed (never a secret)")]
+
+    @classmethod
+    def of(cls, e: AuditEntry) -> AuditOut:
+        return cls(
+            e.id,
+            e.at,
+            e.subject,
+            e.role,
+            e.method,
+            e.path,
+            e.action,
+            e.status,
+            json.loads(e.detail),
+        )
+
+
+class WhoAmI(Struct, frozen=True):
+    """The caller, as its token says."""
+
+    subject: Annotated[str, Meta(description="token subject")]
+    role: Annotated[Role, Meta(description="token role")]
+    kind: Annotated[Kind, Meta(description="session or api-key")]
+    jti: Annotated[str, Meta(description="token id")]
+    expires_at: Annotated[float, Meta(description="epoch seconds")]
 
 
 def routes(ctx: ApiContext) -> list[Route]:
@@ -49,8 +151,8 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def list_tokens(request: web.Request) -> web.Response:
         size = params.limit(request)
         found = await ctx.store.api_tokens(after=params.decode_cursor(request, int), limit=size + 1)
-        page = params.page(found, size, lambda r: schema.dump(TokenOut.of(r)), lambda r: r.cursor)
-        return web.json_response(page)
+        page = params.page(found, size, TokenOut.of, lambda r: r.cursor)
+        return web.json_response(schema.dump(page))
 
     async def create_api_key(request: web.Request) -> web.Response:
         body = await params.json_body(request, ApiKeyRequest)
@@ -83,8 +185,8 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def audit_log(request: web.Request) -> web.Response:
         size = params.limit(request)
         found = await ctx.store.audit_log(before=params.decode_cursor(request, int), limit=size + 1)
-        page = params.page(found, size, lambda e: schema.dump(AuditOut.of(e)), lambda e: e.id)
-        return web.json_response(page)
+        page = params.page(found, size, AuditOut.of, lambda e: e.id)
+        return web.json_response(schema.dump(page))
 
     async def whoami(request: web.Request) -> web.Response:
         p = request[PRINCIPAL]
@@ -112,8 +214,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             list_tokens,
             "List issued API tokens",
             "admin",
-            response=TokenOut,
-            paginated=True,
+            response=params.Page[TokenOut],
         ),
         Route(
             "POST",
@@ -146,8 +247,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             audit_log,
             "Read the audit log, newest first",
             "admin",
-            response=AuditOut,
-            paginated=True,
+            response=params.Page[AuditOut],
         ),
         Route(
             "GET",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import Annotated
 
 from aiohttp import web
+from msgspec import Meta
 
 from hub import drift
 from hub.api.context import ApiContext
@@ -13,60 +14,62 @@ from hub.api.errors import ApiError
 from hub.api.routing import Param, Route
 from hub.store import HubStore
 from outpost import schema
+from outpost.schema import Struct
 
 
-@dataclass(frozen=True)
-class DeviceDriftOut:
+class DeviceDriftOut(Struct, frozen=True):
     """One device's recent answers of one model version against the rest of the fleet."""
 
-    device_id: str = schema.setting(help="device id")
-    count: int = schema.setting(help="its inferences of this version in the window")
-    psi_labels: float | None = schema.setting(help="PSI of its label distribution (null: too few)")
-    psi_confidence: float | None = schema.setting(help="PSI of its confidence histogram")
-    level: str = schema.setting(help="stable (< 0.1), moderate, drift (>= 0.25) or insufficient")
-    flagged: bool = schema.setting(help="drifting: either PSI at or over 0.25")
+    device_id: Annotated[str, Meta(description="device id")]
+    count: Annotated[int, Meta(description="its inferences of this version in the window")]
+    psi_labels: Annotated[
+        float | None, Meta(description="PSI of its label distribution (null: too few)")
+    ]
+    psi_confidence: Annotated[float | None, Meta(description="PSI of its confidence histogram")]
+    level: Annotated[
+        str, Meta(description="stable (< 0.1), moderate, drift (>= 0.25) or insufficient")
+    ]
+    flagged: Annotated[bool, Meta(description="drifting: either PSI at or over 0.25")]
 
     @classmethod
     def of(cls, d: drift.DeviceDrift) -> DeviceDriftOut:
         return cls(d.device_id, d.count, d.psi_labels, d.psi_confidence, d.level, d.flagged)
 
 
-@dataclass(frozen=True)
-class VersionDriftOut:
+class VersionDriftOut(Struct, frozen=True):
     """The devices of one model version, each against the others."""
 
-    model: str = schema.setting(help="model name")
-    version: str = schema.setting(help="model version")
-    devices: list[DeviceDriftOut] = schema.setting(help="every device with inferences of it")
-    flagged: list[str] = schema.setting(help="the devices flagged as drifting")
+    model: Annotated[str, Meta(description="model name")]
+    version: Annotated[str, Meta(description="model version")]
+    devices: Annotated[list[DeviceDriftOut], Meta(description="every device with inferences of it")]
+    flagged: Annotated[list[str], Meta(description="the devices flagged as drifting")]
 
 
-@dataclass(frozen=True)
-class DriftOut:
+class DriftOut(Struct, frozen=True):
     """Drift of every model version the fleet ran in the window."""
 
-    window_s: float = schema.setting(help="how far back the comparison looks, seconds")
-    min_count: int = schema.setting(help="inferences a device (and the rest) needs to be judged")
-    threshold: float = schema.setting(help="PSI from which a device is flagged")
-    items: list[VersionDriftOut] = schema.setting(help="per model version")
+    window_s: Annotated[float, Meta(description="how far back the comparison looks, seconds")]
+    min_count: Annotated[
+        int, Meta(description="inferences a device (and the rest) needs to be judged")
+    ]
+    threshold: Annotated[float, Meta(description="PSI from which a device is flagged")]
+    items: Annotated[list[VersionDriftOut], Meta(description="per model version")]
 
 
-@dataclass(frozen=True)
-class VersionOfDevice:
+class VersionOfDevice(Struct, frozen=True):
     """One model version a device ran, and its drift."""
 
-    model: str = schema.setting(help="model name")
-    version: str = schema.setting(help="model version")
-    drift: DeviceDriftOut = schema.setting(help="the device against the rest of the fleet")
+    model: Annotated[str, Meta(description="model name")]
+    version: Annotated[str, Meta(description="model version")]
+    drift: Annotated[DeviceDriftOut, Meta(description="the device against the rest of the fleet")]
 
 
-@dataclass(frozen=True)
-class DeviceDriftsOut:
+class DeviceDriftsOut(Struct, frozen=True):
     """One device's drift, per model version it ran in the window."""
 
-    device_id: str = schema.setting(help="device id")
-    flagged: bool = schema.setting(help="drifting on any model version")
-    models: list[VersionOfDevice] = schema.setting(help="per model version")
+    device_id: Annotated[str, Meta(description="device id")]
+    flagged: Annotated[bool, Meta(description="drifting on any model version")]
+    models: Annotated[list[VersionOfDevice], Meta(description="per model version")]
 
 
 async def fleet_drift(store: HubStore, *, now: float | None = None) -> list[drift.VersionDrift]:

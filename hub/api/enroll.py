@@ -5,19 +5,73 @@ certificate renewal, where a CSR signed with the device's key is the credential.
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 from aiohttp import web
+from msgspec import Meta
 
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError
-from hub.api.models import Enrolled, EnrollRequest, Health, RenewedOut, RenewRequest
 from hub.api.routing import AUDIT_DETAIL, Route
 from hub.certificates import RenewalRefusedError
 from hub.enrollment import BadTokenError, EnrollmentRefusedError
 from outpost import schema
+from outpost.schema import Struct
 
 logger = logging.getLogger(__name__)
+
+
+class Health(Struct, frozen=True):
+    """The hub answers."""
+
+    status: Annotated[str, Meta(description="always ok")]
+
+
+class EnrollRequest(Struct, frozen=True):
+    """A device asks for its certificate."""
+
+    token: Annotated[str, Meta(max_length=4096, description="one-time bootstrap token")]
+    csr: Annotated[str, Meta(max_length=16384, description="PEM certificate signing request")]
+    profile: Annotated[str, Meta(max_length=64, description="name of the device's profile")]
+
+
+class Enrolled(Struct, frozen=True):
+    """A new device identity."""
+
+    device_id: Annotated[str, Meta(description="id the hub assigned (the certificate's CN)")]
+    certificate: Annotated[str, Meta(description="the device certificate, PEM")]
+    ca: Annotated[str, Meta(description="the fleet CA certificate, PEM")]
+    signing_public_key: Annotated[str, Meta(description="the hub's Ed25519 signing key, PEM")]
+    broker_url: Annotated[str, Meta(description="where the device connects, mqtts://HOST:PORT")]
+    not_after: Annotated[float, Meta(description="certificate expiry, seconds since the epoch")]
+
+
+class RenewRequest(Struct, frozen=True):
+    """A device asks for a new certificate for the key it holds (no token needed)."""
+
+    certificate: Annotated[
+        str,
+        Meta(
+            max_length=16384,
+            description="a certificate the device holds (PEM), expired ones within the grace "
+            "period too",
+        ),
+    ]
+    csr: Annotated[
+        str,
+        Meta(
+            max_length=16384,
+            description="PEM certificate signing request signed with that certificate's key",
+        ),
+    ]
+
+
+class RenewedOut(Struct, frozen=True):
+    """A renewed device certificate."""
+
+    certificate: Annotated[str, Meta(description="the new device certificate, PEM")]
+    not_after: Annotated[float, Meta(description="its expiry, seconds since the epoch")]
 
 
 def routes(ctx: ApiContext) -> list[Route]:

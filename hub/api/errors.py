@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from msgspec import Meta
+
+from outpost import schema
+from outpost.schema import Struct
+
+
+class ErrorBody(Struct, frozen=True):
+    """What was wrong."""
+
+    code: Annotated[str, Meta(description="stable machine-readable code")]
+    message: Annotated[str, Meta(description="what was wrong, for people")]
+    details: Annotated[dict[str, Any], Meta(description="e.g. the field that was wrong")]
+
+
+class Error(Struct, frozen=True):
+    """The answer of every error."""
+
+    error: ErrorBody
 
 
 class ApiError(Exception):
@@ -28,8 +46,8 @@ class ApiError(Exception):
         self.details = details
 
     def response(self) -> web.Response:
-        body = {"error": {"code": self.code, "message": self.message, "details": self.details}}
-        return web.json_response(body, status=self.status, headers=self.headers)
+        body = Error(ErrorBody(self.code, self.message, self.details))
+        return web.json_response(schema.dump(body), status=self.status, headers=self.headers)
 
 
 def bad_field(field: str, message: str) -> ApiError:

@@ -2,16 +2,55 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from aiohttp import web
+from msgspec import Meta
 
 from hub import labels
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
-from hub.api.models import DeviceOut, DevicePatch, RevokedOut
+from hub.api.models import DeviceOut
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.revocation import UnknownDeviceError
 from outpost import schema
+from outpost.schema import Struct
+
+
+class DevicePatch(Struct, frozen=True):
+    """Changes to a device: labels are merged; a null value removes that label."""
+
+    labels: Annotated[
+        dict[str, str | None], Meta(description="labels to set (or remove with null)")
+    ]
+
+
+class RevokedOut(Struct, frozen=True):
+    """What revoking a device did."""
+
+    device_id: Annotated[str, Meta(description="the revoked device")]
+    revoked_at: Annotated[float, Meta(description="when it was (first) revoked, epoch seconds")]
+    certificates: Annotated[int, Meta(description="its certificates now listed in the CRL")]
+    broker_reloaded: Annotated[
+        bool,
+        Meta(
+            description="the broker re-read the CRL (the managed one, or an external one "
+            "through broker_reload_command; false when it did not confirm or none is set)"
+        ),
+    ]
+    disconnected: Annotated[bool, Meta(description="its broker session, if any, was closed")]
+    already_revoked: Annotated[
+        bool, Meta(description="it was revoked before this request (the steps were done again)")
+    ] = False
+    proven: Annotated[
+        bool,
+        Meta(
+            description="the broker refused a certificate of this device as revoked after "
+            "the reload"
+        ),
+    ] = False
+    proof_failure: Annotated[str, Meta(description="why the proof failed, if it did")] = ""
 
 
 def routes(ctx: ApiContext) -> list[Route]:
@@ -28,10 +67,8 @@ def routes(ctx: ApiContext) -> list[Route]:
             after=params.decode_cursor(request, str),
             limit=size + 1,
         )
-        page = params.page(
-            found, size, lambda d: schema.dump(DeviceOut.of(d)), lambda d: d.device_id
-        )
-        return web.json_response(page)
+        page = params.page(found, size, DeviceOut.of, lambda d: d.device_id)
+        return web.json_response(schema.dump(page))
 
     async def get_device(request: web.Request) -> web.Response:
         device = await ctx.store.device(request.match_info["id"])
@@ -85,8 +122,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             list_devices,
             "List devices",
             "fleet",
-            response=DeviceOut,
-            paginated=True,
+            response=params.Page[DeviceOut],
             params=(
                 Param(
                     "online",

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from msgspec import Meta
 
 from hub.api.context import ApiContext
 from hub.api.drift import fleet_drift
@@ -16,30 +16,35 @@ from hub.api.routing import Route
 from hub.intake import THROTTLED_FOR_S
 from hub.metrics import CONTENT_TYPE
 from outpost import schema
+from outpost.schema import Struct
 
 
-@dataclass(frozen=True)
-class ThrottledOut:
+class ThrottledOut(Struct, frozen=True):
     """A device whose messages went past its budget (`device_msgs_per_s` and the like)."""
 
-    device_id: str = schema.setting(help="device id")
-    dropped: int = schema.setting(help="its messages dropped before decoding, since start")
-    last_drop_s_ago: float | None = schema.setting(
-        help="seconds since the last one was dropped (null: none since the hub started)"
-    )
-    dropped_last_minute: int = schema.setting(help="about how many in the last minute")
-    held_until: float | None = schema.setting(
-        help="held off for flooding until then (Unix time; its connections are refused): "
-        "null when not held"
-    )
+    device_id: Annotated[str, Meta(description="device id")]
+    dropped: Annotated[int, Meta(description="its messages dropped before decoding, since start")]
+    last_drop_s_ago: Annotated[
+        float | None,
+        Meta(
+            description="seconds since the last one was dropped (null: none since the hub started)"
+        ),
+    ]
+    dropped_last_minute: Annotated[int, Meta(description="about how many in the last minute")]
+    held_until: Annotated[
+        float | None,
+        Meta(
+            description="held off for flooding until then (Unix time; its connections are "
+            "refused): null when not held"
+        ),
+    ]
 
 
-@dataclass(frozen=True)
-class ThrottledListOut:
+class ThrottledListOut(Struct, frozen=True):
     """Devices that went past their message budget recently, most dropped first."""
 
-    window_s: float = schema.setting(help="how long a device stays listed after a drop")
-    items: list[ThrottledOut] = schema.setting(help="the devices")
+    window_s: Annotated[float, Meta(description="how long a device stays listed after a drop")]
+    items: Annotated[list[ThrottledOut], Meta(description="the devices")]
 
 
 def routes(ctx: ApiContext, document: Callable[[], dict[str, Any]]) -> list[Route]:

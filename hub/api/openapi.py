@@ -1,5 +1,6 @@
-"""The OpenAPI 3 document, generated from the route table with apispec: every route is
-described because every route comes from the same table."""
+"""The OpenAPI 3.1 document, generated from the route table with apispec: every route is
+described because every route comes from the same table, and every body's schema comes
+from its declaration (the `Struct` that also decodes or answers it)."""
 
 from __future__ import annotations
 
@@ -7,24 +8,10 @@ from typing import Any
 
 from apispec import APISpec
 
+from hub.api.errors import Error
 from hub.api.routing import Route
 from outpost import __version__, schema
 
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message", "details"],
-            "properties": {
-                "code": {"type": "string", "description": "stable machine-readable code"},
-                "message": {"type": "string", "description": "what was wrong, for people"},
-                "details": {"type": "object", "description": "e.g. the field that was wrong"},
-            },
-        }
-    },
-}
 ERROR_TEXT = {
     400: "a field or parameter is wrong (details.field names it)",
     401: "missing, expired, tampered, revoked or unknown token",
@@ -42,47 +29,56 @@ def build(routes: list[Route]) -> dict[str, Any]:
     spec = APISpec(
         title="Outpost hub API",
         version=__version__,
-        openapi_version="3.0.3",
+        openapi_version="3.1.0",
         info={"description": "Fleet registry, enrollment and administration of an Outpost hub."},
     )
     spec.components.security_scheme(
         "bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
-    spec.components.schema("Error", ERROR_SCHEMA)
-    models: set[type[Any]] = set()
+    spec.components.security_scheme(
+        "device",
+        {
+            "type": "mutualTLS",
+            "description": "the device's client certificate, issued by this hub at enrollment",
+        },
+    )
+    declared = list(dict.fromkeys([Error, *(t for r in routes for t in _bodies(r))]))
+    refs, components = schema.json_schemas(declared)
+    for name, component in components.items():
+        spec.components.schema(name, component)
+    ref = dict(zip(declared, refs, strict=True))
     by_path: dict[str, dict[str, Any]] = {}
     for route in routes:
-        for model in (route.body, route.response):
-            if model is not None and model not in models:
-                models.add(model)
-                spec.components.schema(model.__name__, schema.json_schema(model))
-        by_path.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+        by_path.setdefault(route.path, {})[route.method.lower()] = _operation(route, ref)
     for path, operations in by_path.items():
         spec.path(path=path, operations=operations)
     return spec.to_dict()
 
 
-def _operation(route: Route) -> dict[str, Any]:
+def _bodies(route: Route) -> list[Any]:
+    """The declarations a route takes and answers."""
+    return [t for t in (route.body, route.response) if t is not None]
+
+
+def _operation(route: Route, ref: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": route.summary,
         "tags": [route.tag],
         "operationId": f"{route.method.lower()}_{route.path}".replace("/", "_").strip("_"),
-        "responses": {str(route.status): _success(route)},
+        "responses": {str(route.status): _success(route, ref)},
         "x-outpost-role": route.access,
     }
     errors = set(route.errors)
     if route.body is not None:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _ref(route.body)}},
+            "content": {"application/json": {"schema": ref[route.body]}},
         }
         errors |= {400, 413}
     if route.paginated or any(p.where == "query" for p in route.params):
         errors.add(400)
     if route.access == "device":
-        # OpenAPI 3.0 has no mutual-TLS scheme (3.1 has): no token, said in words.
-        op["security"] = []
-        op["description"] = "Authenticated by the device's client certificate (mutual TLS)."
+        op["security"] = [{"device": []}]
         errors |= {401, 403, 429}
     elif route.access not in ("public", "bootstrap"):
         op["security"] = [{"bearer": []}]
@@ -94,7 +90,7 @@ def _operation(route: Route) -> dict[str, Any]:
     for status in sorted(errors):
         op["responses"][str(status)] = {
             "description": ERROR_TEXT[status],
-            "content": {"application/json": {"schema": _ref_name("Error")}},
+            "content": {"application/json": {"schema": ref[Error]}},
         }
     parameters = [_param(p) for p in route.params]
     if route.paginated:
@@ -117,7 +113,7 @@ def _operation(route: Route) -> dict[str, Any]:
     return op
 
 
-def _success(route: Route) -> dict[str, Any]:
+def _success(route: Route, ref: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     if route.content_type != "application/json":
         return {
             "description": "OK",
@@ -128,20 +124,7 @@ def _success(route: Route) -> dict[str, Any]:
             "description": "OK",
             "content": {"application/json": {"schema": {"type": "object"}}},
         }
-    body: dict[str, Any] = _ref(route.response)
-    if route.paginated:
-        body = {
-            "type": "object",
-            "required": ["items", "next_cursor"],
-            "properties": {
-                "items": {"type": "array", "items": body},
-                "next_cursor": {
-                    "type": "string",
-                    "nullable": True,
-                    "description": "pass as `cursor` for the next page; null at the end",
-                },
-            },
-        }
+    body = ref[route.response]
     return {"description": "OK", "content": {"application/json": {"schema": body}}}
 
 
@@ -153,11 +136,3 @@ def _param(p: Any) -> dict[str, Any]:
     if p.where == "path":
         out["required"] = True
     return out
-
-
-def _ref(model: type[Any]) -> dict[str, Any]:
-    return _ref_name(model.__name__)
-
-
-def _ref_name(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}

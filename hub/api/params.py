@@ -1,36 +1,64 @@
-"""Reading requests: JSON bodies into typed models, query parameters, opaque cursors."""
+"""Reading requests: JSON bodies into declared types, query parameters, opaque cursors;
+and the shape of the lists the API answers."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import re
+import types
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import (
+    Annotated,
+    Any,
+    Final,
+    Generic,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
+import msgspec
 from aiohttp import web
+from msgspec import Meta
 
 from hub.api.errors import ApiError, bad_field
 from outpost import schema
+from outpost.schema import Struct
 
 T = TypeVar("T")
+R = TypeVar("R")
 MAX_BODY = web.AppKey("max_body", int)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 
 
+class Page(Struct, Generic[T], frozen=True):
+    """One page of a list, and where the next one starts."""
+
+    items: Annotated[list[T], Meta(description="the rows of this page")]
+    next_cursor: Annotated[
+        str | None, Meta(description="pass as `cursor` for the next page; null at the end")
+    ]
+
+
+class Items(Struct, Generic[T], frozen=True):
+    """Every row of a short list."""
+
+    items: Annotated[list[T], Meta(description="the rows")]
+
+
 async def json_body(request: web.Request, cls: type[T], max_bytes: int | None = None) -> T:
-    """Parse the body into `cls`: 413 when over the route's limit (`max_bytes`, else the
+    """Decode the body into `cls`: 413 when over the route's limit (`max_bytes`, else the
     API's), 400 naming the field that is wrong."""
-    data = await json_value(request, max_bytes)
-    try:
-        return schema.load(cls, data, "body")
-    except schema.SchemaError as exc:
-        raise bad_field(exc.path, str(exc)) from exc
+    return decode(cls, await read(request, max_bytes))
 
 
-async def json_value(request: web.Request, max_bytes: int | None = None) -> Any:
-    """The body as parsed JSON: 413 when over the limit, 400 when not JSON."""
+async def read(request: web.Request, max_bytes: int | None = None) -> bytes:
+    """The body's bytes: 413 when over the limit (`max_bytes`, else the API's)."""
     limit = max_bytes or request.app[MAX_BODY]
     too_large = ApiError(413, "too_large", f"request body over {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
@@ -41,12 +69,82 @@ async def json_value(request: web.Request, max_bytes: int | None = None) -> Any:
         raise too_large from exc
     if len(raw) > limit:
         raise too_large
+    return raw
+
+
+def decode(cls: type[T], raw: bytes, where: str = "body") -> T:
+    """Decode JSON `raw` into `cls`, checked as it is parsed (msgspec, in one pass): 400
+    naming the field that is wrong. JSON has no NaN or infinity, and numbers out of a
+    field's range (or of a double's) are refused."""
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_field("body", f"request body is not JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise bad_field("body", "request body is nested too deeply") from exc
+        return msgspec.json.decode(raw, type=cls, strict=True)
+    except msgspec.ValidationError as exc:
+        error = schema.error_of(exc, where, cls)
+        path = _keyed(cls, raw, error.path, where) if "[...]" in error.path else error.path
+        raise bad_field(path, f"{path}: {error.message}") from None
+    except msgspec.DecodeError as exc:
+        raise bad_field(where, f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise bad_field(where, "request body is nested too deeply") from None
+
+
+def is_object_with(raw: bytes, key: str) -> bool:
+    """Whether JSON `raw` is an object holding `key` (its values are skipped, not built)."""
+    try:
+        return key in msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+    except (msgspec.DecodeError, RecursionError):
+        return False  # not an object (or not JSON): `decode` says what is wrong
+
+
+# A step of a msgspec path: `.field`, `[index]`, or `[...]` (an entry of a dict).
+_STEP: Final = re.compile(r"\.(?P<name>[^.\[]+)|\[(?P<index>\d+)\]|(?P<entry>\[\.\.\.\])")
+
+
+def _keyed(cls: type[Any], raw: bytes, path: str, where: str) -> str:
+    """`path` with each dict entry named by its key: msgspec writes `[...]` there. The
+    entries of that dict are decoded one by one to find the refused one (only once the
+    body was refused); where it cannot be found, the path ends at the dict."""
+    tp: Any = cls
+    here: bytes | msgspec.Raw = raw
+    out = where
+    for step in _STEP.finditer(path, len(where)):
+        tp = _bare(tp)
+        try:
+            if step["entry"]:
+                value_tp = get_args(tp)[1]
+                entries = msgspec.json.decode(here, type=dict[str, msgspec.Raw])
+                key, here = next((k, v) for k, v in entries.items() if _refused(v, value_tp))
+                out, tp = f"{out}.{key}", value_tp
+                continue
+            if step["index"]:
+                here = msgspec.json.decode(here, type=list[msgspec.Raw])[int(step["index"])]
+                tp = get_args(tp)[0]
+            else:
+                here = msgspec.json.decode(here, type=dict[str, msgspec.Raw])[step["name"]]
+                tp = get_type_hints(tp, include_extras=True)[step["name"]]
+        except (msgspec.DecodeError, LookupError, StopIteration, TypeError, RecursionError):
+            return out + path[step.start() :].split("[...]")[0]
+        out += step[0]
+    return out
+
+
+def _refused(raw: msgspec.Raw, tp: Any) -> bool:
+    try:
+        msgspec.json.decode(raw, type=tp, strict=True)
+    except msgspec.ValidationError:
+        return True
+    return False
+
+
+def _bare(tp: Any) -> Any:
+    """`tp` without `Annotated` layers and without `| None`."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, types.UnionType):
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        else:
+            return tp
 
 
 def limit(request: web.Request) -> int:
@@ -88,9 +186,7 @@ def decode_cursor(request: web.Request, kind: type[Any]) -> Any:
     return value
 
 
-def page(
-    found: Sequence[T], size: int, out: Callable[[T], Any], key: Callable[[T], Any]
-) -> dict[str, Any]:
+def page(found: Sequence[R], size: int, out: Callable[[R], T], key: Callable[[R], Any]) -> Page[T]:
     """A page: the first `size` rows as `out` shows them, and a cursor (the `key` of the
     last shown row) when there are more.
 
@@ -98,7 +194,4 @@ def page(
     """
     shown = found[:size]
     more = len(found) > size
-    return {
-        "items": [out(row) for row in shown],
-        "next_cursor": encode_cursor(key(shown[-1])) if more else None,
-    }
+    return Page([out(row) for row in shown], encode_cursor(key(shown[-1])) if more else None)

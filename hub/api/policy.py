@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
+from msgspec import Meta
 
 from hub import labels
 from hub.api import params
@@ -17,34 +17,36 @@ from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.store import Layer
 from outpost import policy, schema
+from outpost.schema import Struct
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
-@dataclass(frozen=True)
-class LayerIn:
+class LayerIn(Struct, frozen=True):
     """A policy layer: `fleet` (named fleet), a group (a label selector and a rank:
     lower ranks apply first) or a device override."""
 
-    scope: Literal["fleet", "group", "device"] = schema.setting(help="what it applies to")
-    document: dict[str, Any] = schema.setting(
-        help="the policy fields it sets (any subset; see the policy schema)"
-    )
-    selector: dict[str, str] = schema.setting({}, help="group: labels a device must carry")
-    device: str = schema.setting("", help="device: its id", max_len=64)
-    rank: int = schema.setting(0, help="group: merge order among groups", min=-1000, max=1000)
+    scope: Annotated[Literal["fleet", "group", "device"], Meta(description="what it applies to")]
+    document: Annotated[
+        dict[str, Any],
+        Meta(description="the policy fields it sets (any subset; see the policy schema)"),
+    ]
+    selector: Annotated[dict[str, str], Meta(description="group: labels a device must carry")] = {}
+    device: Annotated[str, Meta(max_length=64, description="device: its id")] = ""
+    rank: Annotated[int, Meta(ge=-1000, le=1000, description="group: merge order among groups")] = 0
 
 
-@dataclass(frozen=True)
-class LayerOut:
-    name: str = schema.setting(help="layer name")
-    scope: str = schema.setting(help="fleet, group or device")
-    selector: dict[str, str] = schema.setting(help="group selector")
-    device: str | None = schema.setting(help="device of an override")
-    rank: int = schema.setting(help="merge order among groups")
-    document: dict[str, Any] = schema.setting(help="the fields it sets")
-    updated_at: float = schema.setting(help="epoch seconds")
-    updated_by: str = schema.setting(help="subject of the token that wrote it")
+class LayerOut(Struct, frozen=True):
+    """A policy layer as stored, and who wrote it last."""
+
+    name: Annotated[str, Meta(description="layer name")]
+    scope: Annotated[str, Meta(description="fleet, group or device")]
+    selector: Annotated[dict[str, str], Meta(description="group selector")]
+    device: Annotated[str | None, Meta(description="device of an override")]
+    rank: Annotated[int, Meta(description="merge order among groups")]
+    document: Annotated[dict[str, Any], Meta(description="the fields it sets")]
+    updated_at: Annotated[float, Meta(description="epoch seconds")]
+    updated_by: Annotated[str, Meta(description="subject of the token that wrote it")]
 
     @classmethod
     def of(cls, x: Layer) -> LayerOut:
@@ -53,24 +55,28 @@ class LayerOut:
         )
 
 
-@dataclass(frozen=True)
-class DevicePolicyOut:
-    device: str = schema.setting(help="device id")
-    version: int = schema.setting(help="version the hub published (0: none yet)")
-    applied_version: int = schema.setting(help="version the device reports it runs")
-    rejected_version: int = schema.setting(help="last version the device refused (0: none)")
-    reason: str = schema.setting(help="why it refused it")
-    drift: bool = schema.setting(help="the device runs an older version than published")
-    layers: list[str] = schema.setting(help="layers applied, in merge order")
-    effective: dict[str, Any] = schema.setting(
-        help="the fields its layers set, merged; the device's own settings hold the rest"
-    )
+class DevicePolicyOut(Struct, frozen=True):
+    """A device's effective policy, its layers, and the version it runs."""
+
+    device: Annotated[str, Meta(description="device id")]
+    version: Annotated[int, Meta(description="version the hub published (0: none yet)")]
+    applied_version: Annotated[int, Meta(description="version the device reports it runs")]
+    rejected_version: Annotated[int, Meta(description="last version the device refused (0: none)")]
+    reason: Annotated[str, Meta(description="why it refused it")]
+    drift: Annotated[bool, Meta(description="the device runs an older version than published")]
+    layers: Annotated[list[str], Meta(description="layers applied, in merge order")]
+    effective: Annotated[
+        dict[str, Any],
+        Meta(
+            description="the fields its layers set, merged; the device's own settings hold the rest"
+        ),
+    ]
 
 
 def routes(ctx: ApiContext) -> list[Route]:
     async def list_layers(request: web.Request) -> web.Response:
         found = await ctx.store.policy_layers()
-        return web.json_response({"items": [schema.dump(LayerOut.of(x)) for x in found]})
+        return web.json_response(schema.dump(params.Items([LayerOut.of(x) for x in found])))
 
     async def put_layer(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -141,7 +147,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             list_layers,
             "List policy layers",
             "policy",
-            response=LayerOut,
+            response=params.Items[LayerOut],
         ),
         Route(
             "PUT",

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import BodyPartReader, web
+from msgspec import Meta
 
 from hub import labels
 from hub.api import params
@@ -19,20 +19,22 @@ from hub.releases import ModelExistsError, ModelRefusedError, Staging
 from hub.store import Rollout, RolloutRefusedError, StoredModel
 from outpost import schema
 from outpost.modelbundle import MAX_MODEL_BYTES, MAX_SIDECAR_BYTES, NAME_PATTERN, VERSION_PATTERN
+from outpost.schema import Struct
 
 UPLOAD_PARTS = ("model", "manifest", "sample")
 
 
-@dataclass(frozen=True)
-class ModelOut:
-    name: str = schema.setting(help="model name")
-    version: str = schema.setting(help="model version")
-    sha256: str = schema.setting(help="sha256 of the .tflite")
-    size: int = schema.setting(help="bytes of the .tflite")
-    labels: list[str] = schema.setting(help="one label per output score")
-    description: str = schema.setting(help="what the model is for")
-    uploaded_at: float = schema.setting(help="epoch seconds")
-    uploaded_by: str = schema.setting(help="subject of the token that uploaded it")
+class ModelOut(Struct, frozen=True):
+    """An uploaded model version."""
+
+    name: Annotated[str, Meta(description="model name")]
+    version: Annotated[str, Meta(description="model version")]
+    sha256: Annotated[str, Meta(description="sha256 of the .tflite")]
+    size: Annotated[int, Meta(description="bytes of the .tflite")]
+    labels: Annotated[list[str], Meta(description="one label per output score")]
+    description: Annotated[str, Meta(description="what the model is for")]
+    uploaded_at: Annotated[float, Meta(description="epoch seconds")]
+    uploaded_by: Annotated[str, Meta(description="subject of the token that uploaded it")]
 
     @classmethod
     def of(cls, m: StoredModel) -> ModelOut:
@@ -50,52 +52,60 @@ class ModelOut:
         )
 
 
-@dataclass(frozen=True)
-class UploadedOut:
-    model: ModelOut = schema.setting(help="the stored model")
-    checked_with: str = schema.setting(help="runtime that loaded it and ran its sample")
+class UploadedOut(Struct, frozen=True):
+    """A model the hub accepted."""
+
+    model: Annotated[ModelOut, Meta(description="the stored model")]
+    checked_with: Annotated[str, Meta(description="runtime that loaded it and ran its sample")]
 
 
-@dataclass(frozen=True)
-class RolloutIn:
+class RolloutIn(Struct, frozen=True):
     """A staged roll-out: canaries first, the rest when every canary runs it."""
 
-    model: str = schema.setting(help="model name", max_len=64)
-    version: str = schema.setting(help="model version", max_len=32)
-    selector: dict[str, str] = schema.setting(
-        {}, help="labels a device must carry (empty: every device)"
-    )
-    canary_share: float = schema.setting(
-        0.1, help="share of the targets released first (at least one device)", min=0.0, max=1.0
-    )
+    model: Annotated[str, Meta(max_length=64, description="model name")]
+    version: Annotated[str, Meta(max_length=32, description="model version")]
+    selector: Annotated[
+        dict[str, str], Meta(description="labels a device must carry (empty: every device)")
+    ] = {}
+    canary_share: Annotated[
+        float,
+        Meta(
+            ge=0.0,
+            le=1.0,
+            description="share of the targets released first (at least one device)",
+        ),
+    ] = 0.1
 
 
-@dataclass(frozen=True)
-class RolloutDeviceOut:
-    device: str = schema.setting(help="device id")
-    stage: str = schema.setting(help="canary or rest")
-    state: str = schema.setting(
-        help="waiting, released, downloading, active, failed or rolled_back"
-    )
-    detail: str = schema.setting(help="why it failed or rolled back")
-    released_at: float | None = schema.setting(help="when it was given the release")
-    updated_at: float = schema.setting(help="last change, epoch seconds")
+class RolloutDeviceOut(Struct, frozen=True):
+    """One device's progress in a roll-out."""
+
+    device: Annotated[str, Meta(description="device id")]
+    stage: Annotated[str, Meta(description="canary or rest")]
+    state: Annotated[
+        str,
+        Meta(description="waiting, released, downloading, active, failed or rolled_back"),
+    ]
+    detail: Annotated[str, Meta(description="why it failed or rolled back")]
+    released_at: Annotated[float | None, Meta(description="when it was given the release")]
+    updated_at: Annotated[float, Meta(description="last change, epoch seconds")]
 
 
-@dataclass(frozen=True)
-class RolloutOut:
-    id: int = schema.setting(help="roll-out id")
-    model: str = schema.setting(help="model name")
-    version: str = schema.setting(help="model version")
-    selector: dict[str, str] = schema.setting(help="labels its devices carry")
-    canary_share: float = schema.setting(help="share released first")
-    state: str = schema.setting(help="canary, rolling, completed, halted or superseded")
-    reason: str = schema.setting(help="why it halted, or how many devices failed")
-    counts: dict[str, int] = schema.setting(help="devices by state")
-    created_at: float = schema.setting(help="epoch seconds")
-    created_by: str = schema.setting(help="subject of the token that started it")
-    updated_at: float = schema.setting(help="last change, epoch seconds")
-    devices: list[RolloutDeviceOut] = schema.setting(help="progress per device")
+class RolloutOut(Struct, frozen=True):
+    """A staged roll-out and its progress."""
+
+    id: Annotated[int, Meta(description="roll-out id")]
+    model: Annotated[str, Meta(description="model name")]
+    version: Annotated[str, Meta(description="model version")]
+    selector: Annotated[dict[str, str], Meta(description="labels its devices carry")]
+    canary_share: Annotated[float, Meta(description="share released first")]
+    state: Annotated[str, Meta(description="canary, rolling, completed, halted or superseded")]
+    reason: Annotated[str, Meta(description="why it halted, or how many devices failed")]
+    counts: Annotated[dict[str, int], Meta(description="devices by state")]
+    created_at: Annotated[float, Meta(description="epoch seconds")]
+    created_by: Annotated[str, Meta(description="subject of the token that started it")]
+    updated_at: Annotated[float, Meta(description="last change, epoch seconds")]
+    devices: Annotated[list[RolloutDeviceOut], Meta(description="progress per device")]
 
     @classmethod
     def of(cls, r: Rollout) -> RolloutOut:
@@ -159,7 +169,7 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     async def list_models(request: web.Request) -> web.Response:
         found = await ctx.store.models()
-        return web.json_response({"items": [schema.dump(ModelOut.of(m)) for m in found]})
+        return web.json_response(schema.dump(params.Items([ModelOut.of(m) for m in found])))
 
     async def download(request: web.Request) -> web.StreamResponse:
         name, version = request.match_info["name"], request.match_info["version"]
@@ -195,7 +205,7 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     async def list_rollouts(request: web.Request) -> web.Response:
         found = await ctx.store.rollouts()
-        return web.json_response({"items": [schema.dump(RolloutOut.of(r)) for r in found]})
+        return web.json_response(schema.dump(params.Items([RolloutOut.of(r) for r in found])))
 
     async def get_rollout(request: web.Request) -> web.Response:
         text = request.match_info["id"]
@@ -229,7 +239,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             list_models,
             "List uploaded models",
             "models",
-            response=ModelOut,
+            response=params.Items[ModelOut],
         ),
         Route(
             "GET",
@@ -265,7 +275,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             list_rollouts,
             "List roll-outs, newest first (without per-device rows)",
             "models",
-            response=RolloutOut,
+            response=params.Items[RolloutOut],
         ),
         Route(
             "GET",

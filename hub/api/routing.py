@@ -8,13 +8,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hub import apitokens
 from hub.api.errors import ApiError
+from hub.api.params import Page
 from hub.apitokens import Principal, Role
 from hub.metrics import HubMetrics
 from hub.ratelimit import RateLimiter
@@ -58,12 +59,16 @@ class Route:
     tag: str
     action: str = ""  # the audit log's name for a mutating route
     body: type[Any] | None = None
-    response: type[Any] | None = None
-    paginated: bool = False
+    response: type[Any] | None = None  # a `Page` of rows: the route lists, a page at a time
     status: int = 200
     params: tuple[Param, ...] = ()
     content_type: str = "application/json"
     errors: tuple[int, ...] = field(default=())
+
+    @property
+    def paginated(self) -> bool:
+        """Whether the route lists a page at a time (it takes `limit` and `cursor`)."""
+        return get_origin(self.response) is Page
 
 
 @dataclass

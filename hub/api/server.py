@@ -77,7 +77,7 @@ def build_app(ctx: ApiContext, routes: list[Route]) -> web.Application:
             rate=config.auth_failures_per_min / 60, burst=config.auth_failures_per_min
         ),
     )
-    # The largest body any route takes; each route's own limit is checked in `json_body`.
+    # The largest body any route takes; each route's own limit is checked in `params.read`.
     largest = max(config.api_max_body_bytes, config.api_max_task_body_bytes)
     app = web.Application(middlewares=[errors_as_json], client_max_size=largest)
     app[MAX_BODY] = config.api_max_body_bytes

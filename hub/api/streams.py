@@ -2,15 +2,67 @@
 
 from __future__ import annotations
 
+import base64
+import math
+from typing import Annotated, Any
+
 from aiohttp import web
+from msgspec import Meta
 
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
-from hub.api.models import RecordOut, StreamOut, StreamsOut
 from hub.api.routing import Param, Route
-from hub.store import MAX_SEQ
+from hub.store import MAX_SEQ, StoredRecord, StreamCount
 from outpost import schema, wire
+from outpost.schema import Struct
+
+
+class RecordOut(Struct, frozen=True):
+    """One record a device uploaded, as the hub holds it."""
+
+    seq: Annotated[int, Meta(description="its sequence number in the device's stream")]
+    ts: Annotated[float, Meta(description="when the device wrote it, epoch seconds")]
+    body: Annotated[Any, Meta(description="the record (binary values as base64 text)")]
+    received_at: Annotated[float, Meta(description="when the hub stored it, epoch seconds")]
+
+    @classmethod
+    def of(cls, r: StoredRecord) -> RecordOut:
+        return cls(r.seq, r.ts, _jsonable(r.body), r.received_at)
+
+
+class StreamOut(Struct, frozen=True):
+    """How much of one upload stream the hub holds for a device."""
+
+    stream: Annotated[wire.Stream, Meta(description="results, events or metrics")]
+    records: Annotated[int, Meta(description="records held")]
+    hwm: Annotated[int, Meta(description="high-water mark: every number up to it was received")]
+
+    @classmethod
+    def of(cls, stream: wire.Stream, count: StreamCount | None) -> StreamOut:
+        return cls(stream, count.records if count else 0, count.hwm if count else 0)
+
+
+class StreamsOut(Struct, frozen=True):
+    """Every upload stream of a device, in drain order."""
+
+    device_id: Annotated[str, Meta(description="device id")]
+    items: Annotated[list[StreamOut], Meta(description="results, events and metrics")]
+
+
+def _jsonable(value: Any) -> Any:
+    """Make a msgpack value JSON-safe: bytes (values or keys) become base64 text."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or infinity
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)  # a msgpack extension type: shown, not interpreted
 
 
 def routes(ctx: ApiContext) -> list[Route]:
@@ -26,8 +78,8 @@ def routes(ctx: ApiContext) -> list[Route]:
         after = _after(request)
         device_id = await known_device(request)
         found = await ctx.store.records(device_id, stream, after=after, limit=size + 1)
-        page = params.page(found, size, lambda r: schema.dump(RecordOut.of(r)), lambda r: r.seq)
-        return web.json_response(page)
+        page = params.page(found, size, RecordOut.of, lambda r: r.seq)
+        return web.json_response(schema.dump(page))
 
     async def list_streams(request: web.Request) -> web.Response:
         device_id = await known_device(request)
@@ -44,8 +96,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             list_records,
             "Page through the records a device uploaded, in sequence order",
             "streams",
-            response=RecordOut,
-            paginated=True,
+            response=params.Page[RecordOut],
             params=(
                 device_id,
                 Param("stream", "query", "results, events or metrics (required)"),

@@ -4,22 +4,163 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgpack
+import msgspec
 from aiohttp import web
+from msgspec import Meta
 
 from hub import labels
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
-from hub.api.models import TaskBatchIn, TaskIds, TaskIn, TaskOut
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
-from hub.store import NewTask
+from hub.store import NewTask, Task
 from hub.store.tasks import TERMINAL
 from outpost import schema
+from outpost.schema import FINITE, Struct
 
 STATES = ("queued", "assigned", "accepted", "running", *TERMINAL)
+
+
+class TaskTarget(Struct, frozen=True):
+    """Where a task may run: a named device, devices matching labels, or (both empty)
+    any device that has the model."""
+
+    device: Annotated[str, Meta(max_length=64, description="run on this device only")] = ""
+    selector: Annotated[
+        dict[str, str],
+        Meta(
+            max_length=32,
+            description="run on a device carrying all these labels (and the model)",
+        ),
+    ] = {}
+
+
+class TaskIn(Struct, frozen=True):
+    """One task to run."""
+
+    model: Annotated[str, Meta(max_length=64, description="model name")]
+    input: Annotated[Any, Meta(description="the model input: nested lists of numbers")]
+    version: Annotated[
+        str, Meta(max_length=32, description="model version; empty: the active one")
+    ] = ""
+    dtype: Annotated[
+        Literal["float32", "int8"],
+        Meta(description="float32: real values, quantized on the device; int8: quantized"),
+    ] = "float32"
+    priority: Annotated[int, Meta(ge=0, le=9, description="0 (lowest) to 9 (highest)")] = 5
+    deadline_s: (
+        Annotated[
+            float,
+            Meta(
+                ge=0.1,
+                le=FINITE,
+                description="seconds from now until it expires (default: the hub's)",
+            ),
+        ]
+        | None
+    ) = None
+    lease_s: (
+        Annotated[
+            float,
+            Meta(
+                ge=0.1,
+                le=7 * 86400,
+                description="seconds a device has to finish it (default: the hub's)",
+            ),
+        ]
+        | None
+    ) = None
+    target: Annotated[TaskTarget, Meta(description="where it may run (default: any)")] = (
+        msgspec.field(default_factory=TaskTarget)
+    )
+
+
+class TaskBatchIn(Struct, frozen=True):
+    """Several tasks at once."""
+
+    tasks: Annotated[list[TaskIn], Meta(max_length=100_000, description="the tasks")]
+
+
+class TaskIds(Struct, frozen=True):
+    """The ids given to submitted tasks, in order."""
+
+    ids: Annotated[list[str], Meta(description="task ids")]
+
+
+class TaskEventOut(Struct, frozen=True):
+    """One thing that happened to a task."""
+
+    at: Annotated[float, Meta(description="epoch seconds")]
+    state: Annotated[str, Meta(description="the state entered, or late / rejected / lapsed")]
+    device: Annotated[str | None, Meta(description="the device concerned")]
+    attempt: Annotated[int, Meta(description="the attempt concerned")]
+    detail: Annotated[str, Meta(description="why")]
+
+
+class TaskOut(Struct, frozen=True):
+    """A task and what became of it."""
+
+    id: Annotated[str, Meta(description="task id")]
+    state: Annotated[
+        str,
+        Meta(
+            description="queued, assigned, accepted, running, succeeded, failed, expired or "
+            "cancelled"
+        ),
+    ]
+    model: Annotated[str, Meta(description="model name")]
+    version: Annotated[str, Meta(description="model version asked for (empty: any)")]
+    dtype: Annotated[str, Meta(description="float32 or int8")]
+    priority: Annotated[int, Meta(description="0 to 9")]
+    deadline: Annotated[float, Meta(description="expiry, epoch seconds")]
+    lease_s: Annotated[float, Meta(description="lease length, seconds")]
+    target: Annotated[dict[str, Any], Meta(description="device or selector, or empty for any")]
+    created_at: Annotated[float, Meta(description="submission time, epoch seconds")]
+    updated_at: Annotated[float, Meta(description="last change, epoch seconds")]
+    attempt: Annotated[int, Meta(description="assignments so far (the current fencing token)")]
+    device: Annotated[str | None, Meta(description="the device of the current or last attempt")]
+    lease_expires: Annotated[float | None, Meta(description="end of the current lease")]
+    excluded: Annotated[list[str], Meta(description="devices that rejected or lost it")]
+    result: Annotated[dict[str, Any] | None, Meta(description="label, confidence, scores, latency")]
+    error: Annotated[str, Meta(description="why it failed, expired or was cancelled")]
+    finished_at: Annotated[float | None, Meta(description="when it ended, epoch seconds")]
+    submitted_by: Annotated[str, Meta(description="subject of the token that submitted it")]
+    input_bytes: Annotated[int, Meta(description="size of its input (msgpack)")]
+    events: Annotated[
+        list[TaskEventOut],
+        Meta(description="every transition, rejection, lapse and late result (single reads only)"),
+    ]
+
+    @classmethod
+    def of(cls, t: Task) -> TaskOut:
+        return cls(
+            id=t.task_id,
+            state=t.state,
+            model=t.model,
+            version=t.version,
+            dtype=t.dtype,
+            priority=t.priority,
+            deadline=t.deadline,
+            lease_s=t.lease_s,
+            target=t.target,
+            created_at=t.created_at,
+            updated_at=t.updated_at,
+            attempt=t.attempt,
+            device=t.device_id,
+            lease_expires=t.lease_expires,
+            excluded=t.excluded,
+            result=t.result,
+            error=t.error,
+            finished_at=t.finished_at,
+            submitted_by=t.submitted_by,
+            input_bytes=t.input_bytes,
+            events=[
+                TaskEventOut(e.at, e.state, e.device_id, e.attempt, e.detail) for e in t.events
+            ],
+        )
 
 
 def new_task_id() -> str:
@@ -30,16 +171,9 @@ def routes(ctx: ApiContext) -> list[Route]:
     config = ctx.config
 
     async def submit(request: web.Request) -> web.Response:
-        data = await params.json_value(request, config.api_max_task_body_bytes)
-        batch = isinstance(data, dict) and "tasks" in data
-        try:
-            items = (
-                schema.load(TaskBatchIn, data, "body").tasks
-                if batch
-                else [schema.load(TaskIn, data, "body")]
-            )
-        except schema.SchemaError as exc:
-            raise bad_field(exc.path, str(exc)) from exc
+        raw = await params.read(request, config.api_max_task_body_bytes)
+        batch = params.is_object_with(raw, "tasks")
+        items = params.decode(TaskBatchIn, raw).tasks if batch else [params.decode(TaskIn, raw)]
         if not items or len(items) > config.task_max_batch:
             raise bad_field(
                 "body.tasks", f"submit 1 to {config.task_max_batch} tasks, got {len(items)}"
@@ -73,8 +207,8 @@ def routes(ctx: ApiContext) -> list[Route]:
             after=params.decode_cursor(request, int),
             limit=size + 1,
         )
-        page = params.page(found, size, lambda t: schema.dump(TaskOut.of(t)), lambda t: t.seq)
-        return web.json_response(page)
+        page = params.page(found, size, TaskOut.of, lambda t: t.seq)
+        return web.json_response(schema.dump(page))
 
     async def cancel(request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
@@ -114,8 +248,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             list_tasks,
             "List tasks, oldest first",
             "tasks",
-            response=TaskOut,
-            paginated=True,
+            response=params.Page[TaskOut],
             params=(
                 Param("state", "query", f"only tasks in this state ({', '.join(STATES)})"),
                 Param("device", "query", "only tasks of this device (current or last attempt)"),

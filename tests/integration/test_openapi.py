@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from openapi_spec_validator import validate
 
 from hub.app import Hub
@@ -36,7 +38,7 @@ async def test_every_protected_operation_declares_bearer_and_its_errors(api: Api
     for path, operations in reply.body["paths"].items():
         for method, op in operations.items():
             if op["x-outpost-role"] == "device":  # a client certificate, no token
-                assert op["security"] == [], (method, path)
+                assert op["security"] == [{"device": []}], (method, path)
                 assert {"401", "403", "429"} <= set(op["responses"]), (method, path)
                 continue
             if op["x-outpost-role"] in ("public", "bootstrap"):
@@ -46,3 +48,22 @@ async def test_every_protected_operation_declares_bearer_and_its_errors(api: Api
             assert {"401", "403", "429"} <= set(op["responses"]), (method, path)
             if "requestBody" in op:
                 assert {"400", "413"} <= set(op["responses"]), (method, path)
+
+
+async def test_the_document_is_openapi_3_1_with_the_schemas_of_the_declarations(
+    api: ApiClient,
+) -> None:
+    reply = await api.call("GET", "/api/v1/openapi.json", token=await api.token("viewer"))
+    document = reply.body
+
+    assert document["openapi"] == "3.1.0"
+    assert '"nullable"' not in json.dumps(document)  # 3.1 says null with types
+    schemas = document["components"]["schemas"]
+    priority = schemas["TaskIn"]["properties"]["priority"]
+    assert (priority["minimum"], priority["maximum"], priority["default"]) == (0, 9, 5)
+    assert priority["description"] == "0 (lowest) to 9 (highest)"
+    assert schemas["TaskIn"]["additionalProperties"] is False
+    listed = document["paths"]["/api/v1/tasks"]["get"]["responses"]["200"]["content"]
+    assert listed["application/json"]["schema"] == {"$ref": "#/components/schemas/Page_TaskOut_"}
+    assert schemas["Page_TaskOut_"]["required"] == ["items", "next_cursor"]
+    assert document["components"]["securitySchemes"]["device"]["type"] == "mutualTLS"

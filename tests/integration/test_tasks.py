@@ -541,7 +541,7 @@ async def test_only_operators_submit_and_a_deep_body_is_a_400(hub: Hub, api: Api
     reply = await api.call("POST", "/api/v1/tasks", token=viewer, body=vib())
     assert reply.status == 403
     operator = await api.token("operator")
-    deep = b"[" * 20_000 + b"]" * 20_000
+    deep = b'{"model": "m", "input": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
     reply = await api.call("POST", "/api/v1/tasks", token=operator, raw=deep)
     assert reply.status == 400
     assert "nested too deeply" in reply.error["message"]
