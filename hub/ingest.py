@@ -345,9 +345,7 @@ def _event(device_id: str, envelope: wire.Envelope[Any], now: float) -> Presence
                 ),
             },
             store=schema.dump(body.store) if body.store else None,
-            models=[schema.dump(m) for m in body.models]
-            if body.models is not None
-            else None,
+            models=[schema.dump(m) for m in body.models] if body.models is not None else None,
             policy=schema.dump(body.policy) if body.policy else None,
         )
     if isinstance(body, wire.Status) and not body.online:
