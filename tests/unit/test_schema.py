@@ -294,12 +294,12 @@ def test_schema_error_is_a_value_error() -> None:
     assert str(error) == "x.y: bad"
 
 
-def test_load_refuses_a_class_that_is_not_a_dataclass() -> None:
-    class NotADataclass:
+def test_load_refuses_a_class_that_is_not_a_declaration() -> None:
+    class NotAStruct:
         pass
 
-    with pytest.raises(TypeError):
-        schema.load(NotADataclass, {}, "cfg")
+    with pytest.raises(TypeError, match="not a declaration"):
+        schema.load(NotAStruct, {}, "cfg")
 
 
 # ---------------------------------------------------------------------------- describe
