@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import msgpack
+import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -374,11 +374,11 @@ def _discard_others(downloads: Path, name: str, keep: Path) -> None:
 def _claimed(document: bytes) -> tuple[str, str]:
     """The name and version an unverified release claims, for the report only."""
     try:
-        body = msgpack.unpackb(document, raw=False)
+        body = msgspec.msgpack.decode(document)
         manifest = body.get("manifest") if isinstance(body, dict) else None
         name = manifest.get("name") if isinstance(manifest, dict) else None
         version = manifest.get("version") if isinstance(manifest, dict) else None
-    except (ValueError, TypeError, msgpack.UnpackException):
+    except (ValueError, TypeError, RecursionError):
         return "", ""
     return (
         name[:64] if isinstance(name, str) else "",

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgspec
 from aiohttp import web
 
 from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
@@ -57,7 +57,7 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
 
 def _answer(request: web.Request, data: dict[str, Any], status: int = 200) -> web.Response:
     if request.content_type == MSGPACK or MSGPACK in request.headers.get("Accept", ""):
-        return web.Response(body=msgpack.packb(data), status=status, content_type=MSGPACK)
+        return web.Response(body=msgspec.msgpack.encode(data), status=status, content_type=MSGPACK)
     return web.json_response(data, status=status)
 
 
@@ -120,7 +120,7 @@ class LocalApi:
                 data = await asyncio.to_thread(_decode, raw, kind)
             else:
                 data = _decode(raw, kind)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        except (ValueError, TypeError) as exc:
             raise _BadRequest(400, "bad_body", f"body is not valid {kind}: {exc}") from exc
         except RecursionError as exc:
             raise _BadRequest(400, "bad_body", "body is nested too deeply") from exc
@@ -232,14 +232,14 @@ class LocalApi:
 def _packed_size(value: Any) -> int:
     """Its msgpack size; a value msgpack cannot hold (a huge integer) counts as too big."""
     try:
-        return len(msgpack.packb(value))
+        return len(msgspec.msgpack.encode(value))
     except (OverflowError, ValueError, TypeError):
         return MAX_CONTEXT_BYTES + 1
 
 
 def _decode(raw: bytes, kind: str) -> Any:
     if kind == MSGPACK:
-        return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        return msgspec.msgpack.decode(raw)
     return json.loads(raw)
 
 

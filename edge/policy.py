@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -48,10 +48,10 @@ class PolicyKeeper:
         if not self._stored.exists():
             return
         try:
-            kept = msgpack.unpackb(self._stored.read_bytes(), raw=False)
+            kept = msgspec.msgpack.decode(self._stored.read_bytes())
             signed = policy.Signed(kept["document"], kept["signature"])
             issued = policy.verify(self._key, signed, self._device_id)
-        except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             # Not ours, damaged or tampered with: run on the settings file until the hub
             # sends a valid one (it does on connect: the policy is retained).
             logger.error("stored policy %s refused: %s", self._stored, exc)
@@ -77,7 +77,7 @@ class PolicyKeeper:
         try:
             files.replace(
                 self._stored,
-                msgpack.packb({"document": body.document, "signature": body.signature}),
+                msgspec.msgpack.encode({"document": body.document, "signature": body.signature}),
                 files.PRIVATE,
             )
         except OSError as exc:
@@ -116,8 +116,8 @@ class PolicyKeeper:
 def _version_of(document: bytes) -> int:
     """The version a refused document claims, for the report (0 if it cannot say)."""
     try:
-        body: Any = msgpack.unpackb(document, raw=False)
+        body: Any = msgspec.msgpack.decode(document)
         version = body.get("version") if isinstance(body, dict) else None
         return version if isinstance(version, int) and version > 0 else 0
-    except (ValueError, msgpack.UnpackException):
+    except (ValueError, RecursionError):
         return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
+import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -29,7 +29,7 @@ class Signed:
 
 def canonical(value: Any) -> bytes:
     """msgpack with map keys sorted at every level: equal content, equal bytes."""
-    packed: bytes = msgpack.packb(_sorted(value), use_bin_type=True)
+    packed: bytes = msgspec.msgpack.encode(_sorted(value))
     return packed
 
 
@@ -45,8 +45,8 @@ def open_signed(public: ed25519.Ed25519PublicKey, signed: Signed, what: str) -> 
     except InvalidSignature as exc:
         raise SignatureError(f"{what}: signature does not verify against the hub's key") from exc
     try:
-        body = msgpack.unpackb(signed.document, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+        body = msgspec.msgpack.decode(signed.document)
+    except (ValueError, RecursionError) as exc:
         raise SignatureError(f"{what}: signed document is not msgpack: {exc}") from exc
     if not isinstance(body, dict):
         raise SignatureError(f"{what}: signed document is not a map")

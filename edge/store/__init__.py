@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgpack
+import msgspec
 import sqlite_utils
 from cryptography.exceptions import InvalidTag
 
@@ -81,7 +81,7 @@ class StoreReadError(Exception):
 
 # What a damaged record or page raises when read: SQLite's errors, msgpack's (all
 # ValueErrors), and an encrypted body whose tag does not verify.
-READ_ERRORS = (sqlite3.Error, ValueError, msgpack.UnpackException, InvalidTag)
+READ_ERRORS = (sqlite3.Error, ValueError, RecursionError, InvalidTag)
 
 
 # Work done in the transaction that commits an append, only if the append is stored.
@@ -164,7 +164,7 @@ class AgentStore:
         the inbox exactly when its result enters the results stream)."""
         if stream not in STREAMS:
             raise ValueError(f"unknown stream {stream!r} (streams: {', '.join(STREAMS)})")
-        packed = [msgpack.packb(b, use_bin_type=True) for b in bodies]
+        packed = [msgspec.msgpack.encode(b) for b in bodies]
         done: asyncio.Future[Appended | Refused] = asyncio.get_running_loop().create_future()
         self._queue.append(_Append(stream, packed, done, then))
         self._wake.set()
@@ -302,7 +302,7 @@ class AgentStore:
         rows = await self.batch_packed(
             stream, after_seq, max_records=max_records, max_bytes=max_bytes
         )
-        return [(seq, ts, msgpack.unpackb(body)) for seq, ts, body in rows]
+        return [(seq, ts, msgspec.msgpack.decode(body)) for seq, ts, body in rows]
 
     async def batch_packed(
         self, stream: str, after_seq: int, *, max_records: int, max_bytes: int

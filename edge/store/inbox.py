@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import msgpack
+import msgspec
 import sqlite_utils
 
 PutOutcome = Literal["accepted", "duplicate", "full", "superseded"]
@@ -85,7 +85,7 @@ def _put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) 
             task.attempt,
             task.model,
             task.version,
-            msgpack.packb(task.input, use_bin_type=True),
+            msgspec.msgpack.encode(task.input),
             task.dtype,
             task.priority,
             task.deadline,
@@ -183,7 +183,7 @@ def _task(row: Any) -> InboxTask:
         attempt=row["attempt"],
         model=row["model"],
         version=row["version"],
-        input=msgpack.unpackb(row["input"], raw=False),
+        input=msgspec.msgpack.decode(row["input"]),
         dtype=row["dtype"],
         priority=row["priority"],
         deadline=row["deadline"],

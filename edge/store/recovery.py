@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgspec
 import sqlite_utils
 
 from edge.store import confirmed, streams
@@ -202,7 +202,7 @@ def _build(
                 if n:
                     streams.bump(db, f"lost.{stream}", n)
             streams.bump(db, "set_aside")
-            body = msgpack.packb(event, use_bin_type=True)
+            body = msgspec.msgpack.encode(event)
             streams.append(db, "events", [body], _ANY, cipher, time.time())
     finally:
         db.conn.close()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
+import msgspec
 import sqlite_utils
 from cryptography.exceptions import InvalidTag
 
@@ -126,7 +126,7 @@ def rollup(db: sqlite_utils.Database, cipher: RecordCipher | None) -> int:
         group = rows[start : start + ROLLUP_GROUP]
         bodies = [_unpack(r, cipher) for r in group]
         last = group[-1]["seq"]
-        summary = msgpack.packb(_summarise(bodies, group[0]["ts"], group[-1]["ts"]))
+        summary = msgspec.msgpack.encode(_summarise(bodies, group[0]["ts"], group[-1]["ts"]))
         stored = cipher.seal("metrics", last, summary) if cipher else summary
         seqs = [r["seq"] for r in group]
         freed = sum(len(r["body"]) for r in group)
@@ -176,8 +176,8 @@ def _numbers(bodies: list[dict[str, Any]], first_ts: float, last_ts: float) -> d
 def _unpack(row: Any, cipher: RecordCipher | None) -> dict[str, Any]:
     try:
         body = cipher.open("metrics", row["seq"], row["body"]) if cipher else row["body"]
-        value = msgpack.unpackb(body)
-    except (ValueError, msgpack.UnpackException, InvalidTag):
+        value = msgspec.msgpack.decode(body)
+    except (ValueError, RecursionError, InvalidTag):
         # A damaged record adds nothing to the roll-up it is merged into; failing here
         # would fail every append to a full metrics stream, for good.
         logger.warning("metrics record %d is damaged: left out of its roll-up", row["seq"])

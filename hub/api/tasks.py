@@ -6,7 +6,6 @@ import secrets
 import time
 from typing import Annotated, Any, Literal
 
-import msgpack
 import msgspec
 from aiohttp import web
 from msgspec import Meta
@@ -286,7 +285,7 @@ async def _checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subjec
     if not isinstance(item.input, list) or not item.input:
         raise bad_field(f"{where}.input", "input must be a non-empty list of numbers")
     try:
-        packed = msgpack.packb(item.input, use_bin_type=True)
+        packed = msgspec.msgpack.encode(item.input)
     except (OverflowError, ValueError, TypeError) as exc:
         raise bad_field(f"{where}.input", f"input cannot be encoded: {exc}") from exc
     if len(packed) > config.task_max_input_bytes:

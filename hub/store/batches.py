@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-import msgpack
+import msgspec
 
 from hub.store import modelstats, records, tasks
 from hub.store.records import Applied, Upload
@@ -42,8 +42,8 @@ def apply_uploads(db: Sql, uploads: list[Upload], now: float) -> UploadOutcome:
             if b"task_id" not in body:  # most results are not task results: skip the decode
                 continue
             try:
-                data = msgpack.unpackb(body, raw=False, strict_map_key=False)
-            except (ValueError, msgpack.UnpackException):
+                data = msgspec.msgpack.decode(body)
+            except (ValueError, RecursionError):
                 continue
             if isinstance(data, dict) and data.get("kind") == "task":
                 outcomes[tasks.apply_result(db, upload.device_id, data, now)] += 1

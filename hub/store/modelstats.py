@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import msgpack
+import msgspec
 
 from hub.store.sql import Sql
 from outpost import rollup
@@ -90,8 +90,8 @@ def fold(
         if rollup.KIND.encode() not in body:  # other metrics: skip the decode
             continue
         try:
-            data = msgpack.unpackb(body, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.UnpackException):
+            data = msgspec.msgpack.decode(body)
+        except (ValueError, RecursionError):
             continue
         if not isinstance(data, dict) or data.get("kind") != rollup.KIND:
             continue

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
+import msgspec
 
 from hub.store.sql import Sql
 
@@ -129,10 +129,7 @@ def page(db: Sql, device_id: str, stream: str, after: int, limit: int) -> list[S
            WHERE device_id = ? AND stream = ? AND seq > ? ORDER BY seq LIMIT ?""",
         (device_id, stream, after, limit),
     ).fetchall()
-    return [
-        StoredRecord(r[0], r[1], msgpack.unpackb(r[2], raw=False, strict_map_key=False), r[3])
-        for r in rows
-    ]
+    return [StoredRecord(r[0], r[1], msgspec.msgpack.decode(r[2]), r[3]) for r in rows]
 
 
 def counts(db: Sql, device_id: str) -> list[StreamCount]:

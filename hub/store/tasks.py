@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
+import msgspec
 
 from hub.store.sql import Sql
 
@@ -306,4 +306,4 @@ def finish(
 
 
 def unpack_input(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return msgspec.msgpack.decode(data)
