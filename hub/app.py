@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 
@@ -39,6 +40,57 @@ logger = logging.getLogger(__name__)
 LIVENESS_PERIOD_S = 1.0
 
 
+class HubNotRunningError(RuntimeError):
+    """The hub's parts exist once it is ready (`Hub.ready`), not before."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HubParts:
+    """What exists only while the hub runs, each part made whole before it is ready."""
+
+    store: HubStore
+    leader_store: HubStore  # the same store, each unit of work fenced by the lease
+    leadership: Leadership
+    broker: BrokerSupervisor | None  # None: an external broker, not the hub's to run
+    metrics: HubMetrics
+    dispatcher: Dispatcher
+    policies: PolicyPublisher
+    rollouts: RolloutService
+    ingest: Ingest
+    intake: DeviceIntake
+    holds: FloodHolds
+    web: WebServer
+    link: HubLink
+
+    async def status_line(self) -> str:
+        """One line for `systemctl status`: devices online and the link's state."""
+        counts = await self.store.fleet_counts()
+        online = sum(n for up, _, n in counts if up)
+        total = sum(n for _, _, n in counts)
+        return f"{online} of {total} devices online; broker link {self.link.state.state}"
+
+
+class _Outbound:
+    """Publishes through the hub's link. The link hands device messages to the ingest,
+    which publishes through here (as the dispatcher and publishers do): so the link is
+    made after them and attached. Until then a publish finds the link down, which any
+    publish must already expect."""
+
+    def __init__(self) -> None:
+        self.link: HubLink | None = None
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        await self._attached().publish(topic, payload)
+
+    async def publish_retained(self, topic: str, payload: bytes) -> None:
+        await self._attached().publish(topic, payload, retain=True)
+
+    def _attached(self) -> HubLink:
+        if self.link is None:
+            raise LinkDownError("the hub has no link yet")
+        return self.link
+
+
 class Hub:
     """Store, managed broker, MQTT link, web endpoint and liveness sweep, as one unit."""
 
@@ -49,18 +101,14 @@ class Hub:
         self.notifier = notifier or Notifier(None)  # systemd's, or one that does nothing
         self.config = config
         self.ready = asyncio.Event()
-        self.store: HubStore | None = None
-        self.broker: BrokerSupervisor | None = None
-        self.ingest: Ingest | None = None
-        self.link: HubLink | None = None
-        self.intake: DeviceIntake | None = None
-        self.holds: FloodHolds | None = None
-        self.metrics: HubMetrics | None = None
-        self.web: WebServer | None = None
-        self.dispatcher: Dispatcher | None = None
-        self.policies: PolicyPublisher | None = None
-        self.leadership: Leadership | None = None
-        self.rollouts: RolloutService | None = None
+        self._parts: HubParts | None = None  # set once, as `ready` is; kept after a stop
+
+    @property
+    def parts(self) -> HubParts:
+        """The running hub's parts; `HubNotRunningError` until `ready` is set."""
+        if self._parts is None:
+            raise HubNotRunningError(f"the hub on {self.paths.root} is not running yet")
+        return self._parts
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -75,142 +123,159 @@ class Hub:
             lock = DataLock.acquire(self.paths.root, "outpost-hub", web=self.config.hub_url)
             stack.callback(lock.release)
             database = self.config.database(self.paths.database)
-            self.store = store = await asyncio.to_thread(
+            store = await asyncio.to_thread(
                 HubStore,
                 database,
                 busy_timeout_ms=self.config.db_busy_timeout_ms,
                 pool_size=self.config.db_pool_size,
             )
             stack.callback(store.close)
-            replica = self.config.replica_id
-            self.leadership = leadership = Leadership(
-                store, link_cn(replica), elect=bool(replica) and self.config.elect_leader
-            )
-            # The singleton work runs as the leader, each unit fenced by the lease.
-            leader_store = store.fenced(leadership.fence)
-
             await revocation.prepare(self.paths, self.config, store)  # the broker's CRL
-            if self.config.managed_broker:
-                # Before the broker starts: it inherits the limit, one file per device.
-                file_limit = limits.raise_open_files()
-                host, port = self.config.broker_address
-                self.broker = BrokerSupervisor(
-                    self.paths,
-                    program=self.config.mosquitto,
-                    host=host,
-                    port=port,
-                    max_packet_bytes=self.config.max_payload_bytes,
-                    max_connections=file_limit.max_connections,
-                    log_max_bytes=self.config.broker_log_max_bytes,
-                )
-                await self.broker.start()
-                stack.push_async_callback(self.broker.stop)
-
-            self.metrics = metrics = HubMetrics(
-                broker_restarts=lambda: self.broker.restarts if self.broker else 0
-            )
-            self.dispatcher = dispatcher = Dispatcher(leader_store, self.config, self._publish)
-            signing_key = await asyncio.to_thread(load_signing_key, self.paths)
-            self.policies = policies = PolicyPublisher(store, signing_key, self._publish_retained)
-            self.rollouts = rollouts = RolloutService(store, self._publish_retained)
-            shelf = ModelShelf(self.paths.models, store, signing_key)
-            self.ingest = Ingest(
-                store,
-                max_payload_bytes=self.config.max_payload_bytes,
-                outcomes=metrics.messages,
-                stored=metrics.records_stored,
-                acks=metrics.acks,
-                observe_batch=metrics.ingest_seconds.observe,
-                publish=self._publish,
-                dispatcher=dispatcher,
-                task_results=metrics.task_results,
-                on_hello=self._greeted,
-                on_model_state=rollouts.on_state,
-                on_inventory=rollouts.on_inventory,
-                on_rollups=metrics.inferences.add,
-            )
-            self.intake = intake = DeviceIntake(Budget.of(self.config), dropped=metrics.messages)
-            self.holds = holds = FloodHolds(
-                self.paths, self.config, store, intake, broker=self.broker
-            )
-            metrics.fleet.holds = lambda: (holds.holds_total, len(holds.held))
-            metrics.registry.register(
-                ReplicaCollector(
-                    leading=lambda: leadership.leading,
-                    conflicts=lambda: store.conflicts,
-                    assigned=lambda: dispatcher.outcomes["assigned"],
-                    intake_queued=intake.qsize,
-                )
-            )
-            context = await asyncio.to_thread(
-                self._api_context, store, metrics, dispatcher, policies, shelf, intake, holds
-            )
-            self.web = web = WebServer(self.paths, context)
-            await web.start()
-            stack.push_async_callback(web.stop)
-
-            self.link = HubLink(self.paths, self.config, self.ingest, intake)
+            broker = await self._start_broker(stack)
+            self._parts = parts = await self._start_parts(stack, store, broker)
             self.ready.set()
+            replica = self.config.replica_id
             logger.info(
                 "hub %srunning (data %s, database %s)",
                 f"replica {replica} " if replica else "",
                 self.paths.root,
                 describe(database),
             )
+            leadership = parts.leadership
             await supervise(
                 {
-                    "hub.mqtt-link": self.link.run(),
+                    "hub.mqtt-link": parts.link.run(),
                     "hub.leadership": leadership.run(),
-                    "hub.liveness": leadership.while_leading(lambda: self._liveness(leader_store)),
-                    "hub.holds": holds.run(),
-                    "hub.dispatcher": leadership.while_leading(dispatcher.run),
-                    "hub.policies": policies.run(),
-                    "hub.rollouts": rollouts.run(),
+                    "hub.liveness": leadership.while_leading(
+                        lambda: self._liveness(parts.leader_store)
+                    ),
+                    "hub.holds": parts.holds.run(),
+                    "hub.dispatcher": leadership.while_leading(parts.dispatcher.run),
+                    "hub.policies": parts.policies.run(),
+                    "hub.rollouts": parts.rollouts.run(),
                     "hub.watchdog": self.notifier.keep_alive(),
-                    "hub.status": self._tell_systemd(self.link),
+                    "hub.status": self._tell_systemd(parts),
                 }
             )
 
-    async def _tell_systemd(self, link: HubLink) -> None:
+    async def _start_broker(self, stack: contextlib.AsyncExitStack) -> BrokerSupervisor | None:
+        """Start the managed broker; None if the hub uses an external one."""
+        if not self.config.managed_broker:
+            return None
+        # Before the broker starts: it inherits the limit, one file per device.
+        file_limit = limits.raise_open_files()
+        host, port = self.config.broker_address
+        broker = BrokerSupervisor(
+            self.paths,
+            program=self.config.mosquitto,
+            host=host,
+            port=port,
+            max_packet_bytes=self.config.max_payload_bytes,
+            max_connections=file_limit.max_connections,
+            log_max_bytes=self.config.broker_log_max_bytes,
+        )
+        await broker.start()
+        stack.push_async_callback(broker.stop)
+        return broker
+
+    async def _start_parts(
+        self, stack: contextlib.AsyncExitStack, store: HubStore, broker: BrokerSupervisor | None
+    ) -> HubParts:
+        """Make the fleet's services, start the web endpoint, and make the MQTT link."""
+        replica = self.config.replica_id
+        leadership = Leadership(
+            store, link_cn(replica), elect=bool(replica) and self.config.elect_leader
+        )
+        # The singleton work runs as the leader, each unit fenced by the lease.
+        leader_store = store.fenced(leadership.fence)
+        metrics = HubMetrics(broker_restarts=lambda: broker.restarts if broker else 0)
+        outbound = _Outbound()
+        dispatcher = Dispatcher(leader_store, self.config, outbound.publish)
+        signing_key = await asyncio.to_thread(load_signing_key, self.paths)
+        policies = PolicyPublisher(store, signing_key, outbound.publish_retained)
+        rollouts = RolloutService(store, outbound.publish_retained)
+        shelf = ModelShelf(self.paths.models, store, signing_key)
+
+        async def greeted(device_ids: list[str]) -> None:
+            """Devices said hello: their policy and model releases go out (again)."""
+            policies.request(device_ids)
+            rollouts.request(device_ids)
+
+        ingest = Ingest(
+            store,
+            max_payload_bytes=self.config.max_payload_bytes,
+            outcomes=metrics.messages,
+            stored=metrics.records_stored,
+            acks=metrics.acks,
+            observe_batch=metrics.ingest_seconds.observe,
+            publish=outbound.publish,
+            dispatcher=dispatcher,
+            task_results=metrics.task_results,
+            on_hello=greeted,
+            on_model_state=rollouts.on_state,
+            on_inventory=rollouts.on_inventory,
+            on_rollups=metrics.inferences.add,
+        )
+        intake = DeviceIntake(Budget.of(self.config), dropped=metrics.messages)
+        holds = FloodHolds(self.paths, self.config, store, intake, broker=broker)
+        metrics.fleet.holds = lambda: (holds.holds_total, len(holds.held))
+        metrics.registry.register(
+            ReplicaCollector(
+                leading=lambda: leadership.leading,
+                conflicts=lambda: store.conflicts,
+                assigned=lambda: dispatcher.outcomes["assigned"],
+                intake_queued=intake.qsize,
+            )
+        )
+        context = await asyncio.to_thread(
+            self._api_context,
+            store=store,
+            broker=broker,
+            metrics=metrics,
+            dispatcher=dispatcher,
+            policies=policies,
+            rollouts=rollouts,
+            shelf=shelf,
+            intake=intake,
+            holds=holds,
+        )
+        web = WebServer(self.paths, context)
+        await web.start()
+        stack.push_async_callback(web.stop)
+
+        outbound.link = link = HubLink(self.paths, self.config, ingest, intake)
+        return HubParts(
+            store=store,
+            leader_store=leader_store,
+            leadership=leadership,
+            broker=broker,
+            metrics=metrics,
+            dispatcher=dispatcher,
+            policies=policies,
+            rollouts=rollouts,
+            ingest=ingest,
+            intake=intake,
+            holds=holds,
+            web=web,
+            link=link,
+        )
+
+    async def _tell_systemd(self, parts: HubParts) -> None:
         """READY=1 once the MQTT link is up too (store, broker and web endpoint already
         are); then keep the status line current."""
-        await link.state.connected.wait()
-        self.notifier.ready(await self.status_line())
-        await self.notifier.report(self.status_line)
-
-    async def status_line(self) -> str:
-        """One line for `systemctl status`: devices online and the link's state."""
-        assert self.store is not None
-        assert self.link is not None
-        counts = await self.store.fleet_counts()
-        online = sum(n for up, _, n in counts if up)
-        total = sum(n for _, _, n in counts)
-        return f"{online} of {total} devices online; broker link {self.link.state.state}"
-
-    async def _greeted(self, device_ids: list[str]) -> None:
-        """Devices said hello: their policy and model releases go out (again)."""
-        if self.policies is not None:
-            self.policies.request(device_ids)
-        if self.rollouts is not None:
-            self.rollouts.request(device_ids)
-
-    async def _publish(self, topic: str, payload: bytes) -> None:
-        """Publish through the link (made after the ingest that uses this)."""
-        if self.link is None:
-            raise LinkDownError("the hub has no link yet")
-        await self.link.publish(topic, payload)
-
-    async def _publish_retained(self, topic: str, payload: bytes) -> None:
-        if self.link is None:
-            raise LinkDownError("the hub has no link yet")
-        await self.link.publish(topic, payload, retain=True)
+        await parts.link.state.connected.wait()
+        self.notifier.ready(await parts.status_line())
+        await self.notifier.report(parts.status_line)
 
     def _api_context(
         self,
+        *,
         store: HubStore,
+        broker: BrokerSupervisor | None,
         metrics: HubMetrics,
         dispatcher: Dispatcher,
         policies: PolicyPublisher,
+        rollouts: RolloutService,
         shelf: ModelShelf,
         intake: DeviceIntake,
         holds: FloodHolds,
@@ -223,13 +288,13 @@ class Hub:
             token_key=load_token_key(self.paths),
             ca_fingerprint=tls.fingerprint(self.paths.ca_cert.read_bytes()),
             metrics=metrics,
-            broker=self.broker,
+            broker=broker,
             dispatcher=dispatcher,
             policies=policies,
             models=shelf,
-            rollouts=self.rollouts,
+            rollouts=rollouts,
             renewals=Renewals.load(self.paths, self.config, store),
-            revoker=revocation.Revoker(self.paths, self.config, store, broker=self.broker),
+            revoker=revocation.Revoker(self.paths, self.config, store, broker=broker),
             intake=intake,
             holds=holds,
         )

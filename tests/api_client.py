@@ -85,6 +85,5 @@ class ApiClient:
             kind=kind,
             now=now if now is not None else time.time(),
         )
-        assert self.hub.store is not None
-        await self.hub.store.add_api_token(apitokens.grant_record(principal))
+        await self.hub.parts.store.add_api_token(apitokens.grant_record(principal))
         return token

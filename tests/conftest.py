@@ -102,8 +102,7 @@ async def hub(hub_paths: HubPaths) -> AsyncIterator[Hub]:
         ready.cancel()
         task.result()  # raises the hub's start-up error
     assert ready in done, "hub did not become ready"
-    assert running.link is not None
-    await asyncio.wait_for(running.link.state.connected.wait(), 10)
+    await asyncio.wait_for(running.parts.link.state.connected.wait(), 10)
     yield running
     await cancel_until_done(task)
     with contextlib.suppress(asyncio.CancelledError):

@@ -131,16 +131,14 @@ async def mint_token(
         labels=labels or {},
         now=issued,
     )
-    assert hub.store is not None
-    await hub.store.add_enroll_token(
+    await hub.parts.store.add_enroll_token(
         claims.jti, now=issued, expires_at=claims.expires_at, labels=labels or {}
     )
     return token
 
 
 async def device_online(hub: Hub, device_id: str) -> bool:
-    assert hub.store is not None
-    device = await hub.store.device(device_id)
+    device = await hub.parts.store.device(device_id)
     return bool(device and device.online)
 
 
@@ -148,8 +146,7 @@ async def add_device(
     hub: Hub, device_id: str, *, profile: str = "generic", labels: dict[str, str] | None = None
 ) -> None:
     """Register a device straight in the store, with a made-up certificate window."""
-    assert hub.store is not None
-    await hub.store.add_device(
+    await hub.parts.store.add_device(
         Device(
             device_id=device_id,
             profile=profile,

@@ -38,7 +38,6 @@ async def _requests(url: str, context: ssl.SSLContext, headers: dict[str, str]) 
 async def _run(root: Path) -> tuple[float, float]:
     async with running_hub(root) as hub:
         paths, config = hub.paths, hub.config
-        assert hub.store is not None
         for n in range(DEVICES):
             await add_device(hub, f"dev-bench{n:05d}", labels={"site": "north"})
         client = ApiClient(hub)

@@ -37,14 +37,14 @@ async def _ours(root: Path) -> tuple[float, float]:
     async with running_hub(root / "hub") as hub:
         try:
             paths = hub.paths
-            assert hub.broker is not None
+            assert hub.parts.broker is not None
             device = DevicePaths(root / "device")
             await enroll(await mint_token(hub), device, PROFILES / "x86-gateway.toml")
             device.config.write_text(
                 f"[agent.sync]\nbatch_records = {PER_BATCH}\n"
                 f"in_flight = {IN_FLIGHT}\nbatch_bytes = 204800\n"
             )
-            await hub.broker.stop()
+            await hub.parts.broker.stop()
             agent = AgentProcess(device.root, heartbeat_interval=5, log=root / "agent.log")
             while not device.socket.exists():
                 await asyncio.sleep(0.05)  # the benchmark's own wait for the socket
@@ -54,7 +54,7 @@ async def _ours(root: Path) -> tuple[float, float]:
                 assert status == 201
             per_record = (await client.status())["store"]["bytes_written_per_record"]
             await client.close()
-            await hub.broker.start()
+            await hub.parts.broker.start()
             # Time the drain itself, from the first stored batch: the agent's reconnect
             # back-off after the outage is not part of it.
             while (first := await asyncio.to_thread(_held, paths.database)) == 0:

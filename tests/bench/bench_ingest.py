@@ -86,12 +86,11 @@ async def _bare(root: Path) -> float:
 async def _through_hub(root: Path) -> float:
     async with running_hub(root) as hub:
         paths, config = hub.paths, hub.config
-        assert hub.ingest is not None
         cert, key = device_cert(paths, DEVICE, root / "certs")
         device_ctx = tls.client_context(paths.ca_cert, cert, key)
         topic = wire.up_topic(DEVICE, "heartbeat")
         payloads = [wire.encode("heartbeat", BEAT) for _ in range(N)]
-        ingest = hub.ingest
+        ingest = hub.parts.ingest
         async with _client(config.mqtt_port, device_ctx, DEVICE) as pub:
             start = time.perf_counter()
             await _publish_all(pub, topic, payloads)

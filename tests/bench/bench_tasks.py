@@ -75,7 +75,7 @@ async def _end_to_end(root: Path, agents: int) -> tuple[float, float, float, flo
     """Tasks per second, p50 and p99 seconds from submission to the stored result, under
     a batch of TASKS; and the p50 of one task alone (submitted after the last ended)."""
     async with running_hub(root / "hub") as hub:
-        assert hub.store is not None
+        store = hub.parts.store
         started: list[AgentProcess] = []
         try:
             for n in range(agents):
@@ -86,7 +86,7 @@ async def _end_to_end(root: Path, agents: int) -> tuple[float, float, float, flo
                 started.append(
                     AgentProcess(device.root, heartbeat_interval=1.0, log=root / f"agent-{n}.log")
                 )
-            while sum(d.online and d.task_slots > 0 for d in await hub.store.devices()) < agents:
+            while sum(d.online and d.task_slots > 0 for d in await store.devices()) < agents:
                 await asyncio.sleep(0.05)  # the benchmark's own poll of the registry
             client = ApiClient(hub)
             token = await client.token("operator", subject="bench")
@@ -96,18 +96,18 @@ async def _end_to_end(root: Path, agents: int) -> tuple[float, float, float, flo
                 t = time.perf_counter()
                 reply = await client.call("POST", "/api/v1/tasks", token=token, body=one)
                 assert reply.status == 202, reply.body
-                while (await hub.store.task_counts()).get("succeeded", 0) <= n:
+                while (await store.task_counts()).get("succeeded", 0) <= n:
                     await asyncio.sleep(0.001)  # the benchmark's own poll
                 alone.append(time.perf_counter() - t)
             body = {"tasks": [one] * TASKS}
             start = time.perf_counter()
             reply = await client.call("POST", "/api/v1/tasks", token=token, body=body)
             assert reply.status == 202, reply.body
-            while (await hub.store.task_counts()).get("succeeded", 0) < TASKS + ONE_AT_A_TIME:
+            while (await store.task_counts()).get("succeeded", 0) < TASKS + ONE_AT_A_TIME:
                 await asyncio.sleep(0.02)  # the benchmark's own poll
             seconds = time.perf_counter() - start
             await client.close()
-            done = await hub.store.tasks_page(state="succeeded", limit=TASKS + ONE_AT_A_TIME)
+            done = await store.tasks_page(state="succeeded", limit=TASKS + ONE_AT_A_TIME)
             latency = sorted((t.finished_at or 0) - t.created_at for t in done[ONE_AT_A_TIME:])
             p99 = latency[min(len(latency) - 1, int(len(latency) * 0.99))]
             return TASKS / seconds, statistics.median(latency), p99, statistics.median(alone)

@@ -104,8 +104,7 @@ async def running_hub(root: Path) -> AsyncIterator[Hub]:
     task = asyncio.create_task(hub.run(), name="bench-hub")
     try:
         await asyncio.wait_for(hub.ready.wait(), 20)
-        assert hub.link is not None
-        await asyncio.wait_for(hub.link.state.connected.wait(), 20)
+        await asyncio.wait_for(hub.parts.link.state.connected.wait(), 20)
         yield hub
     finally:
         task.cancel()

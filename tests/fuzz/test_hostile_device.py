@@ -89,21 +89,17 @@ async def test_hostile_payloads_of_every_kind_leave_the_hub_serving(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING)
-    assert hub.store is not None
-    assert hub.ingest is not None
-    assert hub.link is not None
     hub_task = HUB_TASKS[id(hub)]
     honest_paths, honest = await enroll_device()
     agents(honest_paths, heartbeat_interval=0.5)
 
     async def honest_online() -> bool:
-        assert hub.store is not None
-        device = await hub.store.device(honest.device_id)
+        device = await hub.parts.store.device(honest.device_id)
         return bool(device and device.online and device.last_heartbeat)
 
     await eventually(honest_online, timeout=30, what="the honest agent online")
     attacker_paths, attacker = await enroll_device()
-    before = collections.Counter(hub.ingest.outcomes)
+    before = collections.Counter(hub.parts.ingest.outcomes)
     sent: collections.Counter[str] = collections.Counter()
 
     async with _mqtt(hub.config.mqtt_port, attacker_paths, f"{attacker.device_id}-x") as client:
@@ -121,22 +117,20 @@ async def test_hostile_payloads_of_every_kind_leave_the_hub_serving(
         # A device's messages are handled in order: once its marked hello is applied,
         # every payload above has been. Sent again until seen (a flood guard may drop one).
         async def handled() -> bool:
-            assert hub.store is not None
             _still_up(hub_task, "the hostile payloads")
             await client.publish(wire.up_topic(attacker.device_id, "hello"), _hello("mark-1"))
-            device = await hub.store.device(attacker.device_id)
+            device = await hub.parts.store.device(attacker.device_id)
             return bool(device and device.agent_version == "mark-1")
 
         await eventually(handled, timeout=120, every=1.0, what="the hub to reach the mark")
 
     _still_up(hub_task, "the hostile payloads")
-    assert hub.link.state.connected.is_set(), "the hub's link went down"
+    assert hub.parts.link.state.connected.is_set(), "the hub's link went down"
     # Serving: its API answers, and the honest agent's heartbeats still arrive.
     attacked_at = time.time()
 
     async def fresh_heartbeat() -> bool:
-        assert hub.store is not None
-        device = await hub.store.device(honest.device_id)
+        device = await hub.parts.store.device(honest.device_id)
         return bool(device and device.online and (device.last_heartbeat or 0) > attacked_at)
 
     await eventually(fresh_heartbeat, timeout=30, what="an honest heartbeat after the attack")
@@ -145,7 +139,7 @@ async def test_hostile_payloads_of_every_kind_leave_the_hub_serving(
     )
     assert reply.status == 200, reply.body
     # Counted: every kind's refusals show in the outcomes /metrics exports.
-    after = hub.ingest.outcomes
+    after = hub.parts.ingest.outcomes
     for kind in wire.UP_KINDS:
         assert _rejected(after, kind) > _rejected(before, kind), (kind, sent[kind])
     longest = max((len(r.getMessage()) for r in caplog.records), default=0)

@@ -72,7 +72,6 @@ def requests(draw: st.DrawFn, routes: list[Route]) -> tuple[Route, str, dict[str
 async def test_hub_api_answers_every_request_below_500_with_json_errors(
     hub: Hub, api: ApiClient
 ) -> None:
-    assert hub.web is not None
     await add_device(hub, DEVICE)
     tokens: dict[str, str] = {
         role: await api.token(role, subject=f"fuzz-{role}") for role in apitokens.ROLES
@@ -87,7 +86,7 @@ async def test_hub_api_answers_every_request_below_500_with_json_errors(
 
     # Every route a share of the examples: at least the usual count per route in all.
     @settings(max_examples=EXAMPLES * 4)
-    @given(requests(hub.web.routes))
+    @given(requests(hub.parts.web.routes))
     def check(request: tuple[Route, str, dict[str, str], Any, str]) -> None:
         count("hub API (route table)")
         route, path, query, body, who = request

@@ -61,8 +61,7 @@ async def signed_and_recorded(hub: Hub, **change: Any) -> str:
     key = load_token_key(hub.paths)
     now = time.time()
     _, principal = apitokens.mint(key, role="admin", subject="attack", ttl=600, now=now)
-    assert hub.store is not None
-    await hub.store.add_api_token(apitokens.grant_record(principal))
+    await hub.parts.store.add_api_token(apitokens.grant_record(principal))
     claims: dict[str, Any] = {
         "typ": apitokens.TOKEN_TYPE,
         "aud": apitokens.AUDIENCE,

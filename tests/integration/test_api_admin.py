@@ -28,8 +28,7 @@ async def test_enroll_token_from_the_api_enrolls_a_device(
 
     assert reply.status == 201
     assert reply.body["hub_url"] == hub.config.hub_url
-    assert hub.store is not None
-    device = await hub.store.device(identity.device_id)
+    device = await hub.parts.store.device(identity.device_id)
     assert device is not None
     assert device.labels == {"site": "north"}
     audit = await api.call("GET", "/api/v1/audit", token=admin)

@@ -45,13 +45,11 @@ def _forge(token: str, **change: object) -> str:
 
 
 async def test_every_route_refuses_bad_tokens_and_small_roles(hub: Hub, api: ApiClient) -> None:
-    assert hub.web is not None
-    assert hub.store is not None
     await add_device(hub, "dev-matrix0001")
     admin = await api.token("admin")
     claims = jwt.decode(admin, options={"verify_signature": False})
     revoked = await api.token("admin", subject="revoked")
-    await hub.store.revoke_api_token(
+    await hub.parts.store.revoke_api_token(
         jwt.decode(revoked, options={"verify_signature": False})["jti"], now=time.time()
     )
     stranger_key = ed25519.Ed25519PrivateKey.generate()
@@ -74,7 +72,7 @@ async def test_every_route_refuses_bad_tokens_and_small_roles(hub: Hub, api: Api
     seen_public = set()
     seen_device = set()
 
-    for route in hub.web.routes:
+    for route in hub.parts.web.routes:
         path = (
             route.path.replace("{id}", "dev-matrix0001")
             .replace("{jti}", "no-such-jti")

@@ -63,8 +63,7 @@ async def test_filters_by_online_label_and_profile(hub: Hub, api: ApiClient) -> 
         hub, "dev-north002", profile="x86-gateway", labels={"site": "north", "line": "2"}
     )
     await add_device(hub, "dev-south001", profile="raspberry-pi-4", labels={"site": "south"})
-    assert hub.store is not None
-    await hub.store.record_presence(
+    await hub.parts.store.record_presence(
         [
             HelloSeen(
                 device_id="dev-north002",
@@ -177,8 +176,7 @@ async def test_patch_refuses_bad_bodies_and_changes_nothing(hub: Hub, api: ApiCl
     assert too_big.status == 413
     assert too_big.error["code"] == "too_large"
     assert missing.status == 404
-    assert hub.store is not None
-    device = await hub.store.device("dev-label002")
+    device = await hub.parts.store.device("dev-label002")
     assert device is not None
     assert device.labels == {"site": "north"}
 
@@ -199,7 +197,6 @@ async def test_a_revoked_device_reads_as_revoked_and_is_neither_online_nor_offli
     viewer = await api.token("viewer")
     await add_device(hub, "dev-revoked01")
     await add_device(hub, "dev-offline01")
-    assert hub.store is not None
     hello = HelloSeen(
         device_id="dev-revoked01",
         conn="c",
@@ -209,7 +206,7 @@ async def test_a_revoked_device_reads_as_revoked_and_is_neither_online_nor_offli
         heartbeat_interval=10,
         capabilities={},
     )
-    await hub.store.record_presence([hello])  # online until revoked
+    await hub.parts.store.record_presence([hello])  # online until revoked
 
     revoked = await api.call(
         "POST",
@@ -218,7 +215,7 @@ async def test_a_revoked_device_reads_as_revoked_and_is_neither_online_nor_offli
     )
     assert revoked.status == 200, revoked.body
     # A heartbeat that got through before the broker re-read the CRL changes nothing.
-    await hub.store.record_presence(
+    await hub.parts.store.record_presence(
         [
             HeartbeatSeen(
                 device_id="dev-revoked01", conn="c", now=time.time(), heartbeat_interval=10, load={}

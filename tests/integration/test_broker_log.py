@@ -58,5 +58,5 @@ async def test_the_broker_log_is_moved_aside_past_its_bound_and_written_afresh(
 
     await eventually(written_afresh, timeout=30, what="Mosquitto writing its new log")
     assert log.stat().st_size < old.stat().st_size
-    assert hub.broker is not None
-    assert hub.broker.log_rotations >= 1
+    assert hub.parts.broker is not None
+    assert hub.parts.broker.log_rotations >= 1

@@ -156,8 +156,6 @@ async def test_device_cannot_publish_into_another_devices_topics(
 ) -> None:
     paths_a, a = await enroll_device()
     _, b = await enroll_device()
-    assert hub.ingest is not None
-    assert hub.store is not None
 
     async with _client(hub, _device_context(paths_a), a.device_id) as client:
         # Impersonation attempt: B's hello, sent with A's certificate.
@@ -170,16 +168,15 @@ async def test_device_cannot_publish_into_another_devices_topics(
         )
 
         async def a_online() -> bool:
-            assert hub.store is not None
-            device = await hub.store.device(a.device_id)
+            device = await hub.parts.store.device(a.device_id)
             return bool(device and device.online)
 
         await eventually(a_online, what="A's own hello at the hub")
 
-    device_b = await hub.store.device(b.device_id)
+    device_b = await hub.parts.store.device(b.device_id)
     assert device_b is not None
     assert not device_b.online, "the hub accepted a message written into B's topic by A"
-    assert hub.ingest.outcomes[("hello", "accepted")] == 1
+    assert hub.parts.ingest.outcomes[("hello", "accepted")] == 1
 
 
 async def test_device_cannot_read_another_devices_down_topic_or_anyones_up(
@@ -318,13 +315,12 @@ async def test_the_hub_ends_the_session_its_link_had_before_it_had_its_own_cn(
     nobody resumes it, and the broker would queue every device message for it."""
     paths, identity = await enroll_device()
     topic = wire.up_topic(identity.device_id, "status")
-    assert hub.link is not None
     host, port = hub.config.broker_address
     async with _client(hub, _device_context(paths), identity.device_id) as device:
         # The control: left alone, such a session keeps what devices send.
         assert await _queued_for_legacy_session(hub, device, topic)
         async with _legacy_hub_client(hub) as legacy:
             await legacy.subscribe(topic, qos=1)
-        await hub.link._end_legacy_session(host, port)  # what the link does at each start
+        await hub.parts.link._end_legacy_session(host, port)  # what the link does at each start
         await device.publish(topic, b"while away", qos=1)
         assert not await _session_had_queued(hub, device, topic)

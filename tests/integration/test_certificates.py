@@ -68,8 +68,7 @@ async def offline(hub: Hub, device_id: str) -> bool:
 
 
 def hellos(hub: Hub) -> int:
-    assert hub.ingest is not None
-    return hub.ingest.outcomes[("hello", "accepted")]
+    return hub.parts.ingest.outcomes[("hello", "accepted")]
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
@@ -133,8 +132,7 @@ async def test_agent_renews_before_expiry_and_reconnects_with_the_new_certificat
         )
 
         async def renewed() -> bool:
-            assert hub.store is not None
-            device = await hub.store.device(identity.device_id)
+            device = await hub.parts.store.device(identity.device_id)
             assert device is not None
             # The certificate file is written before identity.json: both must be there.
             return (
@@ -216,13 +214,12 @@ async def test_outpost_agent_renew_renews_at_once(hub: Hub, enroll_device: Enrol
     assert code == 0, err
     assert f"renewed the certificate of {identity.device_id}; valid until" in out
     assert serial_of(paths) != first_serial
-    assert hub.store is not None
-    certs = await hub.store.device_certs(identity.device_id)
+    certs = await hub.parts.store.device_certs(identity.device_id)
     assert [(c.serial, c.reason) for c in certs] == [
         (first_serial, "enroll"),
         (serial_of(paths), "renew"),
     ]
-    device = await hub.store.device(identity.device_id)
+    device = await hub.parts.store.device(identity.device_id)
     assert device is not None
     assert device.cert_serial == serial_of(paths)
 
@@ -231,12 +228,11 @@ async def test_the_grace_period_counts_from_the_newest_certificate_expiry(
     hub: Hub, enroll_device: Enroller
 ) -> None:
     paths, identity = await enroll_device()
-    assert hub.store is not None
-    renewals = certificates.Renewals.load(hub.paths, hub.config, hub.store)
+    renewals = certificates.Renewals.load(hub.paths, hub.config, hub.parts.store)
     cert = paths.cert.read_bytes()
     csr = make_csr(load_device_key(paths))
     grace_s = hub.config.device_cert_grace_days * DAY_S
-    (issued,) = await hub.store.device_certs(identity.device_id)
+    (issued,) = await hub.parts.store.device_certs(identity.device_id)
 
     with pytest.raises(
         certificates.RenewalRefusedError, match="more than the grace period ago"
@@ -371,8 +367,7 @@ async def test_revoke_command_beside_a_running_hub_drops_the_device(
     # broker refused a revoked certificate of the device as revoked before it said so.
     assert "proven: the broker refuses its certificates as revoked" in out
     assert await offline(hub, identity.device_id)
-    assert hub.store is not None
-    revoked = await hub.store.device(identity.device_id)
+    revoked = await hub.parts.store.device(identity.device_id)
     assert revoked is not None
     assert revoked.revoked_by == f"cli:{getpass.getuser()}"
     assert await _mqtt_connect_over_tls(hub, device_context(paths)) != "connack"

@@ -47,19 +47,17 @@ async def test_records_and_presence_survive_clock_jumps(
         await eventually(
             lambda: device_online(hub, identity.device_id), timeout=15, what="device online"
         )
-        assert hub.ingest is not None
         confirmed: list[int] = []
         for n, step in enumerate(STEPS):
             offset.write_text(step + "\n")
-            beats = hub.ingest.outcomes[("heartbeat", "accepted")]
+            beats = hub.parts.ingest.outcomes[("heartbeat", "accepted")]
             for i in range(PER_STEP):
                 status, body = await client.append("results", [{"step": n, "i": i}])
                 assert status == 201, body
                 confirmed.append(body["first_seq"])
 
             async def beating(before: int = beats) -> bool:
-                assert hub.ingest is not None
-                return hub.ingest.outcomes[("heartbeat", "accepted")] > before + 1
+                return hub.parts.ingest.outcomes[("heartbeat", "accepted")] > before + 1
 
             await eventually(beating, timeout=10, what=f"heartbeats with the clock at {step}")
             assert await device_online(hub, identity.device_id)

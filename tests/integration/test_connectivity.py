@@ -172,7 +172,7 @@ async def drain(hub: Hub, run: Run, checker: Checker) -> None:
 async def start(
     hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess], profile: Profile
 ) -> Run:
-    assert hub.broker is not None
+    assert hub.parts.broker is not None
     proxy = LinkProxy(hub.config.mqtt_port, seed=len(profile.name))
     await proxy.start()
     paths, identity = await enroll_device("generic", {"fleet": "matrix"})

@@ -201,7 +201,6 @@ async def test_dashboard_signs_in_and_follows_the_fleet_live(
     agents: Callable[..., AgentProcess],
     browser: webdriver.Chrome,
 ) -> None:
-    assert hub.store is not None
     started: dict[str, AgentProcess] = {}
     for site in ("north", "south"):
         paths, identity = await enroll_device("generic", {"site": site, "line": "3"})
@@ -210,8 +209,7 @@ async def test_dashboard_signs_in_and_follows_the_fleet_live(
         started[identity.device_id] = agents(paths, heartbeat_interval=1.0)
 
     async def all_online() -> bool:
-        assert hub.store is not None
-        return all(d.online for d in await hub.store.devices()) and len(started) == 2
+        return all(d.online for d in await hub.parts.store.devices()) and len(started) == 2
 
     await eventually(all_online, timeout=20, what="both agents online")
     gone, alive = sorted(started)

@@ -84,7 +84,6 @@ async def test_a_flooding_device_is_held_off_and_let_in_again(
 ) -> None:
     flooder_paths, flooder = await enroll_device()
     honest_paths, honest = await enroll_device()
-    assert hub.holds is not None
     viewer = await api.token("viewer")
 
     async with _client(hub, honest_paths, honest.device_id) as honest_client:
@@ -125,14 +124,14 @@ async def test_a_flooding_device_is_held_off_and_let_in_again(
 
         # The honest device beside it: still connected, still heard, never held.
         await honest_client.publish(wire.up_topic(honest.device_id, "status"), b"still here", qos=1)
-        assert honest.device_id not in hub.holds.held
+        assert honest.device_id not in hub.parts.holds.held
 
     # After the hold, the same certificate connects again (the probe above was sound).
     async def let_in() -> bool:
         return await _connects(hub, flooder_paths)
 
     await eventually(let_in, timeout=HOLD_S + 30, what="the flooder let in after its hold")
-    assert hub.holds.held == {}
+    assert hub.parts.holds.held == {}
     device = await api.call("GET", f"/api/v1/devices/{flooder.device_id}", token=viewer)
     assert device.status == 200
     assert device.body["revoked"] is False
@@ -145,14 +144,13 @@ async def test_a_device_cannot_end_the_hubs_link_or_another_devices_session(
     another device's, connects as itself and ends neither session."""
     a_paths, a = await enroll_device()
     b_paths, b = await enroll_device()
-    assert hub.link is not None
     async with _client(hub, b_paths, b.device_id) as victim:
         for claimed in ("outpost-hub-link", "outpost-hub", b.device_id):
             async with _client(hub, a_paths, claimed) as attacker:
                 await attacker.publish(wire.up_topic(a.device_id, "status"), b"", qos=1)
         # The victim's session is whole: it still publishes, the hub still listens.
         await victim.publish(wire.up_topic(b.device_id, "status"), b"", qos=1)
-        assert hub.link.state.connected.is_set()
+        assert hub.parts.link.state.connected.is_set()
         log = (hub.paths.broker_dir / "mosquitto.log").read_text(errors="replace")
         assert f"as {a.device_id} " in log  # the broker took the CN, not the claimed id
         assert "as outpost-hub-link " in log

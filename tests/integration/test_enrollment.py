@@ -65,8 +65,7 @@ async def test_enrollment_round_trip(hub: Hub, tmp_path: Any) -> None:
     assert Identity.load(paths) == identity
     assert identity.broker_url == f"mqtts://127.0.0.1:{hub.config.mqtt_port}"
 
-    assert hub.store is not None
-    device = await hub.store.device(identity.device_id)
+    device = await hub.parts.store.device(identity.device_id)
     assert device is not None
     assert device.labels == {"site": "north", "line": "2"}
     assert device.profile == "raspberry-pi-4"
@@ -92,8 +91,7 @@ async def test_reused_token_is_refused(hub: Hub, tmp_path: Any) -> None:
     with pytest.raises(EnrollError, match="already used"):
         await enroll(token, DevicePaths(tmp_path / "second"), PROFILES / "generic.toml")
 
-    assert hub.store is not None
-    assert len(await hub.store.devices()) == 1
+    assert len(await hub.parts.store.devices()) == 1
     assert not DevicePaths(tmp_path / "second").identity.exists()
 
 
@@ -125,8 +123,7 @@ async def test_tampered_token_is_refused(hub: Hub, tmp_path: Any) -> None:
     with pytest.raises(EnrollError, match="signature"):
         await enroll(forged, DevicePaths(tmp_path / "device"), PROFILES / "generic.toml")
 
-    assert hub.store is not None
-    assert await hub.store.devices() == []
+    assert await hub.parts.store.devices() == []
     # The genuine token was not used up by the forgery.
     await enroll(token, DevicePaths(tmp_path / "genuine"), PROFILES / "generic.toml")
 
@@ -140,8 +137,7 @@ async def test_token_pinning_another_ca_is_refused_before_sending_anything(
     with pytest.raises(EnrollError, match="fingerprint does not match"):
         await enroll(wrong_pin, DevicePaths(tmp_path / "device"), PROFILES / "generic.toml")
 
-    assert hub.store is not None
-    assert await hub.store.devices() == []
+    assert await hub.parts.store.devices() == []
 
 
 async def test_weak_csr_is_refused_and_keeps_the_token(hub: Hub) -> None:

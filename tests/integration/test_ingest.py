@@ -64,7 +64,6 @@ async def test_bad_payload_is_rejected_with_reason_and_hub_keeps_serving(
     paths, identity = await enroll_device()
     context = tls.client_context(paths.ca_cert, paths.cert, paths.key)
     topic = wire.up_topic(identity.device_id, "hello")
-    assert hub.ingest is not None
 
     with caplog.at_level(logging.WARNING, logger="hub.ingest"):
         async with aiomqtt.Client(
@@ -78,19 +77,17 @@ async def test_bad_payload_is_rejected_with_reason_and_hub_keeps_serving(
             await client.publish(topic, wire.encode("hello", HELLO), qos=1)
 
             async def valid_one_accepted() -> bool:
-                assert hub.ingest is not None
-                return hub.ingest.outcomes[("hello", "accepted")] == 1
+                return hub.parts.ingest.outcomes[("hello", "accepted")] == 1
 
             await eventually(valid_one_accepted, what="the valid hello after the bad one")
 
     reason = EXPECTED_REASON[case]
-    assert hub.ingest.outcomes[("hello", f"rejected:{reason}")] == 1
+    assert hub.parts.ingest.outcomes[("hello", f"rejected:{reason}")] == 1
     rejections = [r for r in caplog.records if "rejected message" in r.getMessage()]
     assert len(rejections) == 1
     assert reason in rejections[0].getMessage()
     assert identity.device_id in rejections[0].getMessage()
-    assert hub.store is not None
-    device = await hub.store.device(identity.device_id)
+    device = await hub.parts.store.device(identity.device_id)
     assert device is not None
     assert device.online
     assert device.capabilities["cores"] == 2

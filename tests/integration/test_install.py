@@ -108,8 +108,7 @@ async def test_install_enrolls_and_uninstall_keeps_data(hub: Hub, tmp_path: Path
     # The data folder holds the enrolled identity, private to the agent.
     data = root / DATA
     identity = json.loads((data / "identity" / "identity.json").read_text())
-    assert hub.store is not None
-    assert await hub.store.device(identity["device_id"]) is not None
+    assert await hub.parts.store.device(identity["device_id"]) is not None
     assert (data / "profile.toml").read_bytes() == (PROFILES / "generic.toml").read_bytes()
     assert _mode(data) == 0o750
     assert _mode(data / "identity") == 0o700

@@ -47,18 +47,16 @@ async def test_a_second_hub_on_a_folder_in_use_is_refused_and_the_first_keeps_se
     assert {k: v for k, v in after.items() if k != "mosquitto.log"} == {
         k: v for k, v in before.items() if k != "mosquitto.log"
     }
-    assert hub.broker is not None
-    assert hub.store is not None
-    assert int(pid_file(hub.paths).read_text()) == hub.broker.pid
+    assert hub.parts.broker is not None
+    assert int(pid_file(hub.paths).read_text()) == hub.parts.broker.pid
     # ...and it still serves: the device's heartbeats still arrive.
-    seen = (await hub.store.devices())[0].last_heartbeat
+    seen = (await hub.parts.store.devices())[0].last_heartbeat
     assert seen is not None
 
     async def newer_heartbeat() -> bool:
-        assert hub.store is not None
         return any(
             d.device_id == identity.device_id and (d.last_heartbeat or 0) > seen
-            for d in await hub.store.devices()
+            for d in await hub.parts.store.devices()
         )
 
     await eventually(newer_heartbeat, timeout=30, what="a heartbeat after the refusal")

@@ -101,8 +101,7 @@ async def test_each_model_answers_its_sample_in_json_and_msgpack(
 
         # hello told the hub what the device can run.
         async def reported() -> Any:
-            assert hub.store is not None
-            device = await hub.store.device(device_id)
+            device = await hub.parts.store.device(device_id)
             return device is not None and len(device.models) == 2 and device
 
         device = await eventually(reported, timeout=10, what="the models in the registry")
@@ -198,8 +197,7 @@ async def test_a_corrupt_model_fails_alone_and_the_rest_keeps_serving(
         assert "truncated or replaced" in states[VIBRATION][1]
 
         async def reported() -> Any:
-            assert hub.store is not None
-            device = await hub.store.device(device_id)
+            device = await hub.parts.store.device(device_id)
             return device is not None and {m["name"]: m["state"] for m in device.models}
 
         assert await eventually(reported, timeout=10, what="model states at the hub") == {
@@ -214,8 +212,8 @@ async def test_a_corrupt_model_fails_alone_and_the_rest_keeps_serving(
 async def test_inference_works_offline_and_its_flagged_results_reach_the_hub_later(
     hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
 ) -> None:
-    assert hub.broker is not None
-    await hub.broker.stop()  # the site's link is down before the agent even starts
+    assert hub.parts.broker is not None
+    await hub.parts.broker.stop()  # the site's link is down before the agent even starts
     _, device_id, _, client = await start_agent(
         enroll_device, agents, '[agent.inference]\nreport = "flagged"\nconfidence_below = 0.6\n'
     )
@@ -236,7 +234,7 @@ async def test_inference_works_offline_and_its_flagged_results_reach_the_hub_lat
         assert recorded == list(range(recorded[0], recorded[0] + 6))
         assert hub_records(hub, device_id) == []
 
-        await hub.broker.start()  # the link returns
+        await hub.parts.broker.start()  # the link returns
 
         async def six() -> list[Any]:
             found = [b for _, b in hub_records(hub, device_id) if b.get("kind") == "inference"]
@@ -271,8 +269,7 @@ async def test_without_a_usable_runtime_the_agent_runs_and_says_what_to_install(
         assert status == 201
 
         async def reported() -> Any:
-            assert hub.store is not None
-            device = await hub.store.device(device_id)
+            device = await hub.parts.store.device(device_id)
             return device is not None and device.runtime == "none" and device
 
         await eventually(reported, timeout=10, what="runtime none at the hub")

@@ -130,4 +130,4 @@ async def test_revoked_devices_are_counted_apart_from_offline_ones(
     # The revoked device is not an offline one (an alert on offline devices would never
     # clear for it): it is counted once, in the revoked gauge.
     assert (samples[online], samples[offline], samples[revoked]) == (0, 1, 1)
-    assert (await hub.status_line()).startswith("0 of 1 devices online")
+    assert (await hub.parts.status_line()).startswith("0 of 1 devices online")

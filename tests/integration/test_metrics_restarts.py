@@ -68,8 +68,7 @@ async def connected_agent(
     hub: Hub, agents: Callable[..., AgentProcess], paths: DevicePaths
 ) -> AgentProcess:
     """Start an agent; return once it said hello to the hub (all its tasks run then)."""
-    assert hub.ingest is not None
-    ingest = hub.ingest
+    ingest = hub.parts.ingest
     before = ingest.outcomes[("hello", "accepted")]
     agent = agents(paths)
 

@@ -116,8 +116,8 @@ async def test_inferences_reach_metrics_and_drift_through_roll_ups(
 async def test_roll_ups_written_offline_arrive_later_in_order(
     hub: Hub, api: ApiClient, enroll_device: Enroller, agents: Callable[..., AgentProcess]
 ) -> None:
-    assert hub.broker is not None
-    await hub.broker.stop()  # the site's link is down
+    assert hub.parts.broker is not None
+    await hub.parts.broker.stop()  # the site's link is down
     _, device_id, _, client = await start_agent(enroll_device, agents, "metrics_interval = 0.3\n")
     fault = sample_of(SHIPPED_MODELS[0]).input
     try:
@@ -132,7 +132,7 @@ async def test_roll_ups_written_offline_arrive_later_in_order(
         await eventually(rolled_up, timeout=10, what="roll-ups kept while offline")
         assert rollups_at_hub(hub, device_id) == []
 
-        await hub.broker.start()  # the link returns
+        await hub.parts.broker.start()  # the link returns
 
         async def arrived() -> list[tuple[int, dict[str, Any]]]:
             found = rollups_at_hub(hub, device_id)
@@ -180,7 +180,6 @@ def rollup_body(
 
 
 async def test_a_drifting_device_is_flagged_against_the_fleet(hub: Hub, api: ApiClient) -> None:
-    assert hub.store is not None
     now = time.time()
     fleet = [f"dev-{n}" for n in range(5)]
     for device_id in [*fleet, "odd"]:
@@ -191,12 +190,12 @@ async def test_a_drifting_device_is_flagged_against_the_fleet(hub: Hub, api: Api
         labels={"ok": 50, "crack": 50}, confidence=[0] * 5 + [50, 0, 0, 0, 50], fill=0.9
     )
     uploads.append(Upload("odd", "metrics", 1, 1, [(1, now, odd)]))
-    outcome = await hub.store.apply_uploads(uploads, now=now)
+    outcome = await hub.parts.store.apply_uploads(uploads, now=now)
     assert outcome.rollups.rollups == 6
     assert outcome.rollups.models["m"].count == 600
     assert outcome.rollups.errors == {"busy": 12}
 
-    again = await hub.store.apply_uploads(uploads, now=now)  # a resend: stored once
+    again = await hub.parts.store.apply_uploads(uploads, now=now)  # a resend: stored once
     assert again.rollups.rollups == 0
 
     token = await api.token("viewer")

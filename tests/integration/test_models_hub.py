@@ -40,8 +40,7 @@ async def test_upload_is_checked_stored_and_signed(hub: Hub, api: ApiClient) -> 
         ("vibration-anomaly", "1.1.0")
     ]
     # The release verifies against the hub's signing key and pins the file.
-    assert hub.store is not None
-    stored = await hub.store.model("vibration-anomaly", "1.1.0")
+    stored = await hub.parts.store.model("vibration-anomaly", "1.1.0")
     assert stored is not None
     public = serialization.load_pem_public_key(hub.paths.signing_pub.read_bytes())
     assert isinstance(public, ed25519.Ed25519PublicKey)
@@ -59,8 +58,7 @@ async def test_a_model_that_fails_its_sample_is_refused(hub: Hub, api: ApiClient
     reply = await upload(hub, await api.token("admin"), model, manifest, sample)
     assert reply.status == 422
     assert "the sample gave" in reply.error["message"]
-    assert hub.store is not None
-    assert await hub.store.models() == []
+    assert await hub.parts.store.models() == []
     assert not (hub.paths.models / "vibration-anomaly" / "2.0.0").exists()
     assert [p.name for p in hub.paths.models.iterdir()] == []  # no staging left behind
 
@@ -89,8 +87,7 @@ async def test_bad_uploads_name_what_was_wrong(hub: Hub, api: ApiClient) -> None
 
     viewer = await upload(hub, await api.token("viewer"), model, manifest, sample)
     assert viewer.status == 403
-    assert hub.store is not None
-    assert await hub.store.models() == []
+    assert await hub.parts.store.models() == []
 
 
 async def test_devices_download_with_their_certificate_and_resume(
@@ -115,8 +112,7 @@ async def test_devices_download_with_their_certificate_and_resume(
             assert refused.status == 401
         async with session.get(url.replace("1.0.0", "9.9.9"), ssl=device) as unknown:
             assert unknown.status == 404
-        assert hub.store is not None
-        await hub.store.revoke_device(identity.device_id, now=1.0, by="test")
+        await hub.parts.store.revoke_device(identity.device_id, now=1.0, by="test")
         async with session.get(url, ssl=device) as revoked:
             assert revoked.status == 403
             assert "revoked" in (await revoked.json())["error"]["message"]

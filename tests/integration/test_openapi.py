@@ -22,14 +22,13 @@ async def test_openapi_document_is_valid_and_matches_the_routes(hub: Hub, api: A
         for path, operations in document["paths"].items()
         for method, op in operations.items()
     }
-    assert hub.web is not None
     served = {
         (r.method, r.resource.canonical, "?")
-        for r in hub.web.app.router.routes()
+        for r in hub.parts.web.app.router.routes()
         if r.resource is not None and r.method != "HEAD"
     }
     assert {(m, p) for m, p, _ in described} == {(m, p) for m, p, _ in served}
-    declared = {(r.method, r.path, r.access) for r in hub.web.routes}
+    declared = {(r.method, r.path, r.access) for r in hub.parts.web.routes}
     assert described == declared
 
 

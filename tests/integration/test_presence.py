@@ -27,22 +27,20 @@ async def test_agent_is_online_within_two_seconds_and_sends_heartbeats(
     )
     assert time.monotonic() - started < 2.0
 
-    assert hub.store is not None
-    first = await hub.store.device(identity.device_id)
+    first = await hub.parts.store.device(identity.device_id)
     assert first is not None
     assert first.profile == "raspberry-pi-5"
     assert first.capabilities["cores"] >= 1
     assert first.capabilities["memory_bytes"] > 0
 
     async def beat_after_hello() -> bool:
-        assert hub.store is not None
-        device = await hub.store.device(identity.device_id)
+        device = await hub.parts.store.device(identity.device_id)
         assert device is not None
         assert first.last_heartbeat is not None
         return bool(device.load) and (device.last_heartbeat or 0) > first.last_heartbeat
 
     await eventually(beat_after_hello, timeout=3.0, what="a heartbeat")
-    device = await hub.store.device(identity.device_id)
+    device = await hub.parts.store.device(identity.device_id)
     assert device is not None
     assert device.load["rss_bytes"] > 1 << 20
     assert 0 <= device.load["cpu_percent"] <= 100
@@ -126,15 +124,14 @@ async def test_broker_death_is_survived_by_hub_and_agents(
     await eventually(
         lambda: device_online(hub, identity.device_id), timeout=15, what="device online"
     )
-    assert hub.broker is not None
-    assert hub.broker.pid is not None
-    assert hub.link is not None
-    old_pid = hub.broker.pid
+    assert hub.parts.broker is not None
+    assert hub.parts.broker.pid is not None
+    old_pid = hub.parts.broker.pid
     os.kill(old_pid, signal.SIGKILL)
 
     async def restarted() -> bool:
-        assert hub.broker is not None
-        return hub.broker.restarts == 1 and hub.broker.pid != old_pid
+        assert hub.parts.broker is not None
+        return hub.parts.broker.restarts == 1 and hub.parts.broker.pid != old_pid
 
     await eventually(restarted, timeout=15.0, what="broker restarted by the hub")
     await eventually(lambda: _connected(hub), timeout=15.0, what="hub link reconnected")
@@ -144,8 +141,7 @@ async def test_broker_death_is_survived_by_hub_and_agents(
     killed_at = time.time()
 
     async def agent_back() -> bool:
-        assert hub.store is not None
-        device = await hub.store.device(identity.device_id)
+        device = await hub.parts.store.device(identity.device_id)
         reconnected = agent.output().count("broker link connected") >= 2
         return reconnected and bool(device and (device.last_heartbeat or 0) > killed_at)
 
@@ -154,5 +150,4 @@ async def test_broker_death_is_survived_by_hub_and_agents(
 
 
 async def _connected(hub: Hub) -> bool:
-    assert hub.link is not None
-    return hub.link.state.connected.is_set()
+    return hub.parts.link.state.connected.is_set()

@@ -86,8 +86,7 @@ async def device(hub: Hub, enroll_device: Enroller) -> AsyncIterator[Device]:
 
 async def held(hub: Hub, device_id: str, stream: str = "results") -> list[tuple[int, Any]]:
     """(seq, body) of every record the hub holds for the device's stream."""
-    assert hub.store is not None
-    found = await hub.store.records(device_id, stream, after=0, limit=100_000)
+    found = await hub.parts.store.records(device_id, stream, after=0, limit=100_000)
     return [(r.seq, r.body) for r in found]
 
 
@@ -102,8 +101,7 @@ def rows_in_database(hub: Hub, device_id: str) -> int:
 
 
 def outcome(hub: Hub, name: str) -> int:
-    assert hub.ingest is not None
-    return hub.ingest.outcomes[("records", name)]
+    return hub.parts.ingest.outcomes[("records", name)]
 
 
 # ---------------------------------------------------------------------------- ingest
@@ -114,8 +112,7 @@ async def test_a_batch_is_stored_and_acked_with_its_mark(hub: Hub, device: Devic
 
     assert await device.ack() == wire.Ack(stream="results", hwm=5)
     assert await held(hub, device.device_id) == [(s, {"n": s}) for s in range(1, 6)]
-    assert hub.ingest is not None
-    assert hub.ingest.stored["results"] == 5
+    assert hub.parts.ingest.stored["results"] == 5
 
 
 async def test_a_replayed_batch_is_stored_once_and_acked_again(hub: Hub, device: Device) -> None:
@@ -128,8 +125,7 @@ async def test_a_replayed_batch_is_stored_once_and_acked_again(hub: Hub, device:
     assert [seq for seq, _ in await held(hub, device.device_id)] == [1, 2, 3, 4, 5]
     assert rows_in_database(hub, device.device_id) == 5
     assert outcome(hub, "accepted") == 2
-    assert hub.ingest is not None
-    assert hub.ingest.stored["results"] == 5
+    assert hub.parts.ingest.stored["results"] == 5
 
 
 async def test_an_overlapping_batch_stores_only_the_new_records(hub: Hub, device: Device) -> None:
@@ -141,8 +137,7 @@ async def test_an_overlapping_batch_stores_only_the_new_records(hub: Hub, device
     assert await device.ack() == wire.Ack(stream="results", hwm=8)
     assert [seq for seq, _ in await held(hub, device.device_id)] == list(range(1, 9))
     assert rows_in_database(hub, device.device_id) == 8
-    assert hub.ingest is not None
-    assert hub.ingest.stored["results"] == 8
+    assert hub.parts.ingest.stored["results"] == 8
 
 
 async def test_a_batch_beyond_the_mark_is_refused_as_a_gap(hub: Hub, device: Device) -> None:
@@ -241,8 +236,7 @@ async def test_a_seq_beyond_what_the_database_holds_is_rejected(hub: Hub, device
     await device.send(1, big, seqs=[1, big])
 
     async def rejected() -> bool:
-        assert hub.ingest is not None
-        return hub.ingest.outcomes[("records", "rejected:schema")] == 1
+        return hub.parts.ingest.outcomes[("records", "rejected:schema")] == 1
 
     await eventually(rejected, what="the oversized seq refused")
     await device.send(1, 2)
@@ -284,8 +278,7 @@ async def test_no_ack_for_a_batch_the_database_could_not_take(hub: Hub, device: 
     assert await device.ack() == wire.Ack(stream="results", hwm=6)
     assert [seq for seq, _ in await held(hub, device.device_id)] == list(range(1, 7))
     assert rows_in_database(hub, device.device_id) == 6
-    assert hub.link is not None
-    assert hub.link.state.connected.is_set(), "the failed write took the hub's link down"
+    assert hub.parts.link.state.connected.is_set(), "the failed write took the hub's link down"
 
 
 # ---------------------------------------------------------------------------- API

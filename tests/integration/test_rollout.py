@@ -39,8 +39,7 @@ async def _fleet(
         ids.append(identity.device_id)
 
     async def all_ready() -> bool:
-        assert hub.store is not None
-        found = [await hub.store.device(i) for i in ids]
+        found = [await hub.parts.store.device(i) for i in ids]
         return all(d and d.online and _serving(d.models) == "1.0.0" for d in found)
 
     await eventually(all_ready, timeout=30, what="agents online with 1.0.0")
@@ -101,8 +100,7 @@ async def test_a_staged_rollout_reaches_the_rest_after_the_canary(
         assert rest["released_at"] >= canary["updated_at"]
 
     async def all_serve_new() -> bool:
-        assert hub.store is not None
-        found = [await hub.store.device(i) for i in ids]
+        found = [await hub.parts.store.device(i) for i in ids]
         return all(d and _serving(d.models) == "1.1.0" for d in found)
 
     await eventually(all_serve_new, timeout=30, what="every device serving 1.1.0")
@@ -139,9 +137,8 @@ async def test_a_canary_that_refuses_the_model_halts_the_rollout(
     assert done["reason"].startswith(f"canary {canary['device']} failed: ")
     assert (rest["state"], rest["released_at"]) == ("waiting", None)
 
-    assert hub.store is not None
     for device_id in ids:  # both still serve what they had
-        device = await hub.store.device(device_id)
+        device = await hub.parts.store.device(device_id)
         assert device is not None
         assert _serving(device.models) == "1.0.0"
     canary_paths = next(

@@ -155,11 +155,11 @@ async def test_a_full_and_a_failing_disk_refuse_with_reason_and_recover(
 ) -> None:
     """Offline, only appends write; draining, the hub's acks must delete on the same
     full disk too (a failure there once stopped the agent: a crash loop)."""
-    assert hub.broker is not None
+    assert hub.parts.broker is not None
     enrolled, identity = await enroll_device()
     # The device folder moves onto the small disk.
     if not draining:
-        await hub.broker.stop()
+        await hub.parts.broker.stop()
     root = small_disk / "device"
     shutil.copytree(enrolled.root, root, symlinks=True)
     paths = DevicePaths(root)

@@ -56,16 +56,16 @@ def write_agent_settings(paths: DevicePaths, text: str) -> None:
 async def test_ten_thousand_results_made_offline_arrive_once_in_order(
     hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
 ) -> None:
-    assert hub.broker is not None
+    assert hub.parts.broker is not None
     paths, identity = await enroll_device()
-    await hub.broker.stop()  # the site's link is down
+    await hub.parts.broker.stop()  # the site's link is down
     agent = agents(paths, heartbeat_interval=1.0)
     client = await wait_socket(paths, agent)
     try:
         confirmed = await produce(client, 10_000, per_call=250)
         assert hub_records(hub, identity.device_id) == []
 
-        await hub.broker.start()  # the link returns
+        await hub.parts.broker.start()  # the link returns
 
         async def all_there() -> bool:
             return len(hub_records(hub, identity.device_id)) >= 10_000
@@ -89,10 +89,10 @@ async def test_ten_thousand_results_made_offline_arrive_once_in_order(
 async def test_full_results_stream_refuses_work_through_the_local_api(
     hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
 ) -> None:
-    assert hub.broker is not None
+    assert hub.parts.broker is not None
     paths, _ = await enroll_device()
     write_agent_settings(paths, "[agent.bounds.results]\nmax_records = 50\n")
-    await hub.broker.stop()
+    await hub.parts.broker.stop()
     agent = agents(paths)
     client = await wait_socket(paths, agent)
     try:

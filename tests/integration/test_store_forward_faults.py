@@ -90,10 +90,10 @@ async def _offline_backlog(
     count: int,
     settings: str = "",
 ) -> tuple[str, LocalClient]:
-    assert hub.broker is not None
+    assert hub.parts.broker is not None
     paths, identity = await enroll_device()
     write_agent_settings(paths, settings)
-    await hub.broker.stop()
+    await hub.parts.broker.stop()
     agent = agents(paths, heartbeat_interval=1.0)
     client = await wait_socket(paths, agent)
     for first in range(0, count, 200):
@@ -111,8 +111,8 @@ async def _mid_drain(
     device_id, client = await _offline_backlog(
         hub, enroll_device, agents, 4000, "[agent.sync]\nrate_bytes_per_s = 200000\n"
     )
-    assert hub.broker is not None
-    await hub.broker.start()
+    assert hub.parts.broker is not None
+    await hub.parts.broker.start()
 
     async def some() -> bool:
         return len(hub_records(hub, device_id)) > 200
@@ -135,9 +135,9 @@ async def test_broker_restart_mid_drain(
     hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
 ) -> None:
     device_id, client = await _mid_drain(hub, enroll_device, agents)
-    assert hub.broker is not None
-    await hub.broker.stop()
-    await hub.broker.start()
+    assert hub.parts.broker is not None
+    await hub.parts.broker.stop()
+    await hub.parts.broker.start()
 
     try:
         await _all_held_once_in_order(hub, device_id)
@@ -183,8 +183,8 @@ async def test_the_upload_rate_cap_holds(
         # Small batches, so the first fits in the one-second burst (see the rate below).
         f"[agent.sync]\nrate_bytes_per_s = {cap}\nbatch_bytes = 4096\n",
     )
-    assert hub.broker is not None
-    await hub.broker.start()
+    assert hub.parts.broker is not None
+    await hub.parts.broker.start()
 
     async def all_there() -> bool:
         return len(hub_records(hub, device_id)) >= 2400

@@ -224,7 +224,7 @@ async def test_an_agent_whose_wal_lost_commits_reports_it_and_reuses_no_number(
     agents: Callable[..., AgentProcess],
     flip: bool,
 ) -> None:
-    assert hub.broker is not None
+    assert hub.parts.broker is not None
     paths, identity = await enroll_device()
     write_agent_settings(paths, "[agent.sync]\nack_timeout_s = 2\n")
     device = identity.device_id
@@ -237,7 +237,7 @@ async def test_an_agent_whose_wal_lost_commits_reports_it_and_reuses_no_number(
         for batch in sent:
             await _post(client, batch)
         await eventually(lambda: _acked(client, 15), timeout=30, what="15 results acknowledged")
-        await hub.broker.stop()
+        await hub.parts.broker.stop()
         for batch in unsent:
             await _post(client, batch)
     finally:
@@ -253,7 +253,7 @@ async def test_an_agent_whose_wal_lost_commits_reports_it_and_reuses_no_number(
         frame = wal_frames.frame_losing_results(store, keep_at_least=3, below=15)
         wal_frames.flip_frame_header(Path(f"{store}-wal"), frame)
 
-    await hub.broker.start()
+    await hub.parts.broker.start()
     agent = agents(paths)
     client = await wait_socket(paths, agent)
     try:

@@ -231,10 +231,10 @@ async def test_agent_says_ready_pings_the_watchdog_and_stops_on_sigterm(
     """Under the units' syscall filter and W^X memory (tests/sandbox.py) when this
     machine can apply them, so LiteRT, numpy, SQLite and psutil are shown to live with
     them; inference included."""
-    assert hub.broker is not None
+    assert hub.parts.broker is not None
     paths, _ = await enroll_device()
     ModelDirectory(paths.models).install(SHIPPED_MODELS[0])
-    await hub.broker.stop()  # what the agent confirms stays in its store, to be counted
+    await hub.parts.broker.stop()  # what the agent confirms stays in its store, to be counted
     listener = NotifyListener()
     watchdog_s = 3.0  # pings every 1.5 s: room for a loaded machine, still a real bound
     confined = sandbox.unavailable() is None

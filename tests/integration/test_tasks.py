@@ -82,8 +82,7 @@ def start_member(hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentP
 async def wait_ready(hub: Hub, member: Member, *, models: bool = True) -> None:
     async def ready() -> bool:
         assert member.agent.process.poll() is None, member.agent.output()
-        assert hub.store is not None
-        device = await hub.store.device(member.device_id)
+        device = await hub.parts.store.device(member.device_id)
         return bool(
             device
             and device.online
@@ -103,10 +102,9 @@ async def submit(api: ApiClient, token: str, tasks: list[dict[str, Any]]) -> lis
 
 
 async def tasks_of(hub: Hub, ids: list[str]) -> dict[str, Task]:
-    assert hub.store is not None
     found = {}
     for task_id in ids:
-        task = await hub.store.task(task_id)
+        task = await hub.parts.store.task(task_id)
         assert task is not None
         found[task_id] = task
     return found
@@ -169,15 +167,13 @@ async def test_three_agents_run_300_tasks_each_exactly_once_within_their_concurr
     assert {t.state for t in ended.values()} == {"succeeded"}
     assert all(ended_once(t) for t in ended.values())
     assert all(t.result and t.result["label"] == "bearing_fault" for t in ended.values())
-    assert hub.metrics is not None
-    assert hub.metrics.task_results["accepted"] == 300
-    assert hub.metrics.task_results["late"] == 0
+    assert hub.parts.metrics.task_results["accepted"] == 300
+    assert hub.parts.metrics.task_results["late"] == 0
     seen: collections.Counter[str] = collections.Counter()
-    assert hub.store is not None
     for m in members:
         results = task_results(hub, m.device_id)
         seen.update(r["task_id"] for r in results)
-        device = await hub.store.device(m.device_id)
+        device = await hub.parts.store.device(m.device_id)
         assert device is not None
         assert results, f"{m.device_id} ran nothing"
         assert max_overlap(results) <= device.task_slots, m.device_id
@@ -194,8 +190,7 @@ async def test_kill_9_of_an_agent_mid_run_reassigns_its_tasks_and_each_ends_once
     victim = members[0]
 
     async def under_way() -> bool:
-        assert hub.store is not None
-        return len(await hub.store.tasks_page(state="succeeded", limit=1000)) >= 30
+        return len(await hub.parts.store.tasks_page(state="succeeded", limit=1000)) >= 30
 
     await eventually(under_way, timeout=30, every=0.02, what="30 tasks done")
     # Frozen first, so that it surely dies holding tasks the hub gave it: a result it
@@ -203,11 +198,10 @@ async def test_kill_9_of_an_agent_mid_run_reassigns_its_tasks_and_each_ends_once
     victim.agent.signal(signal.SIGSTOP)
 
     async def victim_holds() -> bool:
-        assert hub.store is not None
         held = [
             t
             for state in ("assigned", "accepted", "running")
-            for t in await hub.store.tasks_page(device_id=victim.device_id, state=state)
+            for t in await hub.parts.store.tasks_page(device_id=victim.device_id, state=state)
         ]
         return bool(held)
 
@@ -363,7 +357,7 @@ async def test_high_priority_tasks_finish_ahead_of_low_ones_under_load(
 async def test_a_partitioned_device_finishes_its_tasks_and_reports_them_later(
     hub: Hub, api: ApiClient, start_member: Starter, tmp_path: Path
 ) -> None:
-    assert hub.broker is not None
+    assert hub.parts.broker is not None
     proxy = LinkProxy(hub.config.mqtt_port)
     await proxy.start()
     token = await api.token("operator")
@@ -455,12 +449,11 @@ async def test_tasks_accepted_before_a_crash_run_after_the_restart(
     member.agent.wait(10)
     # What the agent had written before it died: both accepted, one of them running;
     # the third accepted too, but its deadline passes before the agent is back.
-    assert hub.store is not None
     store = AgentStore(member.paths.store, {})
     await store.start()
     try:
         for task_id in [*ids, short]:
-            task = await hub.store.task(task_id)
+            task = await hub.parts.store.task(task_id)
             assert task is not None
             await store.inbox_put(
                 InboxTask(
@@ -532,8 +525,7 @@ async def test_a_bad_task_is_refused_naming_the_field(
     assert reply.status == 400, reply.body
     assert reply.error["details"]["field"] == field
     assert words in reply.error["message"]
-    assert hub.store is not None
-    assert await hub.store.task_counts() == {}  # nothing half-created
+    assert await hub.parts.store.task_counts() == {}  # nothing half-created
 
 
 async def test_only_operators_submit_and_a_deep_body_is_a_400(hub: Hub, api: ApiClient) -> None:

@@ -65,9 +65,8 @@ async def test_one_address_holds_at_most_its_cap_of_half_open_connections(
     held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(PER_ADDRESS)]
 
     async def at_cap() -> bool:
-        assert hub.web is not None
-        assert hub.web.site is not None
-        return hub.web.site.open.get("127.0.0.1", 0) >= PER_ADDRESS
+        assert hub.parts.web.site is not None
+        return hub.parts.web.site.open.get("127.0.0.1", 0) >= PER_ADDRESS
 
     await eventually(at_cap, what="the held connections counted")
     # One more, from the same address: closed at once, before any TLS.

@@ -1,0 +1,127 @@
+"""The demo's devices: a link per site, each agent enrolled, given the shipped models and
+started, and the programs on each device that use its local API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scripts.demo_parts.plan import AGENTS, BIN, HEARTBEAT_S, REPO, SENSOR_MODEL, SHIPPED_MODELS
+from scripts.demo_parts.processes import run, step
+from scripts.demo_site import Background, Producer, SensorProgram, SiteLink
+
+
+@dataclass
+class Device:
+    name: str
+    device_id: str
+    site: str
+    producer: Producer
+    sensor: SensorProgram
+    tasks: str = "-"
+    tasks_done: int = 0
+    policy: str = "-"
+
+
+def start_site_links(mqtt_port: int, background: Background) -> dict[str, SiteLink]:
+    """A link per site to the broker, each one the demo can cut."""
+    links = {}
+    for site in sorted({labels["site"] for _, _, labels in AGENTS}):
+        links[site] = SiteLink(mqtt_port)
+        background.run(links[site].start())
+    return links
+
+
+def start_agents(
+    data: Path,
+    hub_dir: Path,
+    logs: Path,
+    links: dict[str, SiteLink],
+    children: list[subprocess.Popen[bytes]],
+) -> list[Device]:
+    """Enroll each agent, install the shipped models and start it behind its site's link."""
+    devices: list[Device] = []
+    for name, profile, labels in AGENTS:
+        agent_dir = data / "agents" / name
+        label_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+        token = run(
+            str(BIN / "outpost-hub"),
+            "enroll-token",
+            "--data",
+            str(hub_dir),
+            "--ttl",
+            "10m",
+            *label_args,
+        ).strip()
+        agent_dir.mkdir(parents=True)
+        token_file = agent_dir / "bootstrap.token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
+        out = run(
+            str(BIN / "outpost-agent"),
+            "enroll",
+            "--token-file",
+            str(token_file),
+            "--data",
+            str(agent_dir),
+            "--profile",
+            str(REPO / "firmware-configs" / f"{profile}.toml"),
+        )
+        token_file.unlink()
+        step(f"{name} ({profile}): {out.strip()}; its site link: {labels['site']}")
+        installed = run(
+            str(BIN / "outpost-agent"),
+            "models",
+            "install",
+            "--data",
+            str(agent_dir),
+            *SHIPPED_MODELS,
+        )
+        step(f"{name}: " + "; ".join(installed.splitlines()[:-1]))
+        link = links[labels["site"]]
+        children.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "outpost-agent"),
+                    "run",
+                    "--data",
+                    str(agent_dir),
+                    "--heartbeat-interval",
+                    str(HEARTBEAT_S),
+                    "--broker",
+                    f"mqtts://127.0.0.1:{link.port}",
+                ],
+                stdout=(logs / f"{name}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        )
+        producer = Producer(agent_dir / "agent.sock", name)
+        sensor = SensorProgram(agent_dir / "agent.sock", SENSOR_MODEL[name], len(devices))
+        device_id = out.split()[2].rstrip(";")
+        devices.append(Device(name, device_id, labels["site"], producer, sensor))
+    return devices
+
+
+def start_programs(devices: list[Device], background: Background) -> None:
+    """Once each agent's socket is there: its device's producer and sensor program."""
+    for device in devices:
+        wait_socket(device.producer)
+        background.spawn(device.producer.run())
+        background.spawn(device.sensor.run())
+    step("a program on each device posts 5 results a second to its agent's local API")
+    step(
+        "a sensor program on each device asks its agent's model about a reading twice "
+        "a second; flagged answers become results (POST /v1/infer/{model})"
+    )
+
+
+def wait_socket(producer: Producer) -> None:
+    deadline = time.monotonic() + 20
+    while not Path(producer._socket).exists():
+        if time.monotonic() > deadline:
+            sys.exit(f"demo: {producer._socket} never appeared; see demo-data/logs")
+        time.sleep(0.1)  # polling for the agent's socket

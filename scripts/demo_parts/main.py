@@ -1,0 +1,123 @@
+"""The local demo: a hub, its managed Mosquitto and three agents with different profiles.
+
+Everything lives in ./demo-data (made afresh each run). Each site reaches the broker
+through a link the demo controls. Every device has the two shipped int8 models installed;
+a sensor program on it asks its agent's model about each reading over the local API
+(the agent records the flagged ones as results), and another program posts results.
+After a while the north site's link is cut: its agents go offline and keep everything in
+their stores; when the link returns they drain it, and the hub ends up with every result
+exactly once. The fleet table refreshes until Ctrl-C (or --duration), then every process
+the demo started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from types import FrameType
+
+from scripts import demo_replicas
+from scripts.demo_parts.agents import start_agents, start_programs, start_site_links
+from scripts.demo_parts.operations import start_operations
+from scripts.demo_parts.plan import BIN, CUT_AT_S, CUT_FOR_S, REPO
+from scripts.demo_parts.processes import (
+    refuse_second_hub,
+    run,
+    start_hub,
+    step,
+    stop_all,
+    wait_healthy,
+)
+from scripts.demo_parts.view import show_fleet
+from scripts.demo_site import Background
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=0,
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=REPO / "demo-data", help="data folder (wiped and made afresh)"
+    )
+    parser.add_argument(
+        "--cut-at",
+        type=float,
+        default=CUT_AT_S,
+        help="seconds into the fleet view when the north link is cut",
+    )
+    parser.add_argument(
+        "--cut-for", type=float, default=CUT_FOR_S, help="seconds the north link stays cut"
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="run the hub as this many replicas (2 or more) on a throwaway PostgreSQL and "
+        f"one Mosquitto, and kill the leader {demo_replicas.KILL_AT_S:.0f} s in",
+    )
+    args = parser.parse_args()
+    if args.replicas == 1 or args.replicas < 0:
+        parser.error("--replicas: give 2 or more (0, the default, runs one hub)")
+    return args
+
+
+def main() -> int:
+    args = arguments()
+    data: Path = args.data
+    if data.exists():
+        shutil.rmtree(data)
+    logs = data / "logs"
+    logs.mkdir(parents=True)
+    hub_dir = data / "hub"
+    children: list[subprocess.Popen[bytes]] = []
+    replicated: demo_replicas.ReplicaHub | None = None
+
+    def stop(signum: int = 0, frame: FrameType | None = None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if args.replicas:
+            replicated = demo_replicas.start(
+                data, logs, args.replicas, children, run, step, BIN, wait_healthy
+            )
+            hub_dir, mqtt_port = replicated.hub_dir, replicated.broker_port
+            web_port = replicated.survivor.web_port
+        else:
+            mqtt_port, web_port = start_hub(hub_dir, logs, children)
+        refuse_second_hub(hub_dir)
+        background = Background()
+        links = start_site_links(mqtt_port, background)
+        devices = start_agents(data, hub_dir, logs, links, children)
+        start_programs(devices, background)
+        api, feeder, rollout = start_operations(data, hub_dir, web_port, background)
+        step("fleet (refreshing every second; Ctrl-C stops everything)")
+        outage = (args.cut_at, args.cut_at + args.cut_for)
+        show_fleet(
+            api,
+            args.duration,
+            children,
+            devices,
+            links,
+            background,
+            outage,
+            feeder,
+            rollout,
+            replicated,
+        )
+    except KeyboardInterrupt:
+        print()
+    finally:
+        stopped = stop_all(children)
+        step(f"stopped {stopped} processes (agents, then the hub and its broker)")
+        if replicated is not None:
+            replicated.stop()
+            step("stopped the throwaway PostgreSQL")
+    return 0

@@ -1,0 +1,131 @@
+"""The fleet view the demo refreshes every second: the hub's table of devices, then what
+the hub and each device count; meanwhile it cuts and restores the north site's link,
+starts the roll-out and (with replicas) kills the leader, on the demo's timeline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from hub.cli import render_fleet
+from scripts import demo_replicas
+from scripts.demo_parts.agents import Device
+from scripts.demo_parts.hubapi import HubApi
+from scripts.demo_parts.plan import ROLLOUT_AT_S
+from scripts.demo_parts.processes import step
+from scripts.demo_parts.rollout import DemoRollout
+from scripts.demo_site import Background, SiteLink, TaskFeeder
+
+
+def show_fleet(
+    api: HubApi,
+    duration: float,
+    children: list[subprocess.Popen[bytes]],
+    devices: list[Device],
+    links: dict[str, SiteLink],
+    background: Background,
+    outage: tuple[float, float],
+    feeder: TaskFeeder,
+    rollout: DemoRollout,
+    replicated: demo_replicas.ReplicaHub | None = None,
+) -> None:
+    tty = sys.stdout.isatty()
+    started = time.monotonic()
+    cut = links.get("north")
+    while not duration or time.monotonic() - started < duration:
+        elapsed = time.monotonic() - started
+        if cut and cut.up and outage[0] <= elapsed < outage[1]:
+            background.call(cut.cut)
+            step(f"cutting the north site's link for {outage[1] - outage[0]:.0f} s")
+        elif cut and not cut.up and elapsed >= outage[1]:
+            background.call(cut.restore)
+            step("the north site's link is back")
+        if rollout.id is None and elapsed >= ROLLOUT_AT_S:
+            step(rollout.start())
+        table = render_fleet(api.devices(), now=time.time())
+        accepted, rejected = api.message_counts()
+        alive = sum(c.poll() is None for c in children)
+        if tty:
+            print("\x1b[H\x1b[2J", end="")
+        print(
+            f"Outpost fleet at {time.strftime('%H:%M:%S')} "
+            f"({alive} of {len(children)} processes up; from GET {api.url}/api/v1/devices)"
+        )
+        print(table)
+        print(f"hub /metrics: {accepted} device messages accepted, {rejected} rejected")
+        states = api.task_states()
+        print(
+            f"tasks ({feeder.submitted} submitted): "
+            + ", ".join(f"{n} {state}" for state, n in states.items() if n)
+        )
+        print(store_and_forward(api, devices, links, background))
+        print(local_inference(devices))
+        print(rollout.progress({d.device_id: d.name for d in devices}), flush=True)
+        if replicated is not None:
+            print(replicated.fail_over(elapsed, lambda url: api.get("/metrics", url), step))
+        print()
+        time.sleep(1)  # the demo's refresh period
+
+
+def store_and_forward(
+    api: HubApi, devices: list[Device], links: dict[str, SiteLink], background: Background
+) -> str:
+    rows = [("AGENT", "SITE LINK", "RESULTS CONFIRMED", "WAITING ON DEVICE", "HELD BY HUB")]
+    for d in devices:
+        try:
+            status = background.run(d.producer.status(), timeout=5)
+            waiting = str(status["store"]["streams"]["results"]["records"])
+            t = status["tasks"]
+            d.tasks = f"{t['done']}/{t['running']}/{t['queued']}"
+            d.tasks_done = t["done"]
+            d.policy = f"v{status['policy_version']}" if status["policy_version"] else "none"
+        except Exception:  # the agent may be restarting; the table goes on
+            waiting = "?"
+        rows.append(
+            (
+                d.name,
+                "up" if links[d.site].up else "CUT",
+                str(d.producer.confirmed + d.sensor.flagged + d.tasks_done),
+                waiting,
+                api.held(d.device_id),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "store and forward:\n" + "\n".join(lines)
+
+
+def local_inference(devices: list[Device]) -> str:
+    rows = [
+        (
+            "AGENT",
+            "MODEL",
+            "INFERENCES",
+            "FLAGGED (RECORDED)",
+            "ERRORS",
+            "LAST ANSWER",
+            "TASKS",
+            "POLICY",
+        )
+    ]
+    for d in devices:
+        s = d.sensor
+        rows.append(
+            (
+                d.name,
+                s.model,
+                str(s.inferences),
+                str(s.flagged),
+                str(s.failed),
+                s.last,
+                d.tasks,
+                d.policy,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return (
+        "local inference (works with the link cut too) and hub tasks (done/running/queued):\n"
+        + "\n".join(lines)
+    )
