@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 import aiomqtt
+import msgspec
 import pytest
 
 from edge.enroll import enroll
@@ -67,7 +68,7 @@ def _hello(agent_version: str) -> bytes:
     """A valid hello whose agent version marks it: once the hub shows that version, it
     has handled everything the device sent before."""
     body = schema.load(wire.Hello, valid_bodies()["hello"], "hello")
-    marked = wire.Hello(**{**vars(body), "agent_version": agent_version})
+    marked = msgspec.structs.replace(body, agent_version=agent_version)
     return wire.encode("hello", marked)
 
 
