@@ -8,28 +8,29 @@ import dataclasses
 import logging
 import time
 
-from hub import limits, revocation
-from hub.acks import LinkDownError
 from hub.api.context import ApiContext
 from hub.api.server import WebServer
-from hub.broker import BrokerSupervisor
-from hub.certificates import Renewals
+from hub.broker import limits
+from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
-from hub.dispatcher import Dispatcher
-from hub.enrollment import Enrollment, load_signing_key, load_token_key
-from hub.holds import FloodHolds
-from hub.ingest import Ingest
-from hub.intake import Budget, DeviceIntake
+from hub.fleet import revocation
+from hub.fleet.certificates import Renewals
+from hub.fleet.enrollment import Enrollment, load_signing_key, load_token_key
+from hub.fleet.policies import PolicyPublisher
 from hub.leadership import Leadership
-from hub.link import HubLink
-from hub.metrics import HubMetrics
+from hub.models.releases import ModelShelf
+from hub.models.rollouts import RolloutService
+from hub.monitoring.metrics import HubMetrics
+from hub.monitoring.replicametrics import ReplicaCollector
+from hub.mqtt.acks import LinkDownError
+from hub.mqtt.holds import FloodHolds
+from hub.mqtt.ingest import Ingest
+from hub.mqtt.intake import Budget, DeviceIntake
+from hub.mqtt.link import HubLink
 from hub.paths import HubPaths, link_cn
-from hub.policies import PolicyPublisher
-from hub.releases import ModelShelf
-from hub.replicametrics import ReplicaCollector
-from hub.rollouts import RolloutService
 from hub.store import HubStore
 from hub.store.engine import describe
+from hub.tasks.dispatcher import Dispatcher
 from outpost import tls
 from outpost.aio import supervise
 from outpost.datalock import DataLock
@@ -149,10 +150,10 @@ class Hub:
                     "hub.liveness": leadership.while_leading(
                         lambda: self._liveness(parts.leader_store)
                     ),
-                    "hub.holds": parts.holds.run(),
-                    "hub.dispatcher": leadership.while_leading(parts.dispatcher.run),
-                    "hub.policies": parts.policies.run(),
-                    "hub.rollouts": parts.rollouts.run(),
+                    "hub.mqtt.holds": parts.holds.run(),
+                    "hub.tasks.dispatcher": leadership.while_leading(parts.dispatcher.run),
+                    "hub.fleet.policies": parts.policies.run(),
+                    "hub.models.rollouts": parts.rollouts.run(),
                     "hub.watchdog": self.notifier.keep_alive(),
                     "hub.status": self._tell_systemd(parts),
                 }

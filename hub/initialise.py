@@ -7,7 +7,7 @@ import logging
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hub import pki
+from hub.fleet import pki
 from hub.paths import HUB_CLIENT_CN, HubPaths
 from outpost import files
 

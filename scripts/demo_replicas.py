@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hub.broker import find_program
+from hub.broker.managed import find_program
 from hub.paths import HubPaths
 from scripts.pgcluster import ThrowawayPostgres, free_port
 

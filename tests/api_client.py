@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 
-from hub import apitokens
-from hub.apitokens import Kind, Role
+from hub.access import apitokens
+from hub.access.apitokens import Kind, Role
 from hub.app import Hub
-from hub.enrollment import load_token_key
+from hub.fleet.enrollment import load_token_key
 
 
 @dataclass

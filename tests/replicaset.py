@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hub.broker import BrokerSupervisor
+from hub.broker.managed import BrokerSupervisor
 from hub.cli import load_config
 from hub.initialise import initialise
 from hub.paths import HubPaths, link_cn

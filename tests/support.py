@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from hub import bootstrap
 from hub.app import Hub
-from hub.enrollment import load_token_key
+from hub.fleet import bootstrap
+from hub.fleet.enrollment import load_token_key
 from hub.store import Device
 from outpost import tls
 

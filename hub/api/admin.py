@@ -10,12 +10,13 @@ from typing import Annotated, Any
 from aiohttp import web
 from msgspec import Meta
 
-from hub import apitokens, bootstrap, labels
+from hub.access import apitokens
+from hub.access.apitokens import API_KEY_TTL_DEFAULT, Kind, Role
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
-from hub.apitokens import API_KEY_TTL_DEFAULT, Kind, Role
+from hub.fleet import bootstrap, labels
 from hub.store import ApiTokenRecord, AuditEntry
 from outpost import schema
 from outpost.schema import FINITE, Struct

@@ -6,19 +6,19 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hub.broker import BrokerSupervisor
-from hub.certificates import Renewals
+from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
-from hub.dispatcher import Dispatcher
-from hub.enrollment import Enrollment
-from hub.holds import FloodHolds
-from hub.intake import DeviceIntake
-from hub.metrics import HubMetrics
-from hub.policies import PolicyPublisher
-from hub.releases import ModelShelf
-from hub.revocation import Revoker
-from hub.rollouts import RolloutService
+from hub.fleet.certificates import Renewals
+from hub.fleet.enrollment import Enrollment
+from hub.fleet.policies import PolicyPublisher
+from hub.fleet.revocation import Revoker
+from hub.models.releases import ModelShelf
+from hub.models.rollouts import RolloutService
+from hub.monitoring.metrics import HubMetrics
+from hub.mqtt.holds import FloodHolds
+from hub.mqtt.intake import DeviceIntake
 from hub.store import HubStore
+from hub.tasks.dispatcher import Dispatcher
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from hub.api.live import FeedClosedError, FeedFullError, LiveFeed
 from hub.api.models import DeviceOut
 from hub.api.releases import RolloutOut
 from hub.api.routing import PRINCIPAL, Param, Route
-from hub.metrics import TASK_STATES
+from hub.monitoring.metrics import TASK_STATES
 from hub.store import Device
 from hub.store.overview import Overview
 from outpost import schema

@@ -8,10 +8,10 @@ from typing import Annotated
 from aiohttp import web
 from msgspec import Meta
 
-from hub import drift
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError
 from hub.api.routing import Param, Route
+from hub.models import drift
 from hub.store import HubStore
 from outpost import schema
 from outpost.schema import Struct

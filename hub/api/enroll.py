@@ -14,8 +14,8 @@ from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError
 from hub.api.routing import AUDIT_DETAIL, Route
-from hub.certificates import RenewalRefusedError
-from hub.enrollment import BadTokenError, EnrollmentRefusedError
+from hub.fleet.certificates import RenewalRefusedError
+from hub.fleet.enrollment import BadTokenError, EnrollmentRefusedError
 from outpost import schema
 from outpost.schema import Struct
 

@@ -7,13 +7,13 @@ from typing import Annotated
 from aiohttp import web
 from msgspec import Meta
 
-from hub import labels
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.models import DeviceOut
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
-from hub.revocation import UnknownDeviceError
+from hub.fleet import labels
+from hub.fleet.revocation import UnknownDeviceError
 from outpost import schema
 from outpost.schema import Struct
 

@@ -13,8 +13,8 @@ from msgspec import Meta
 from hub.api.context import ApiContext
 from hub.api.drift import fleet_drift
 from hub.api.routing import Route
-from hub.intake import THROTTLED_FOR_S
-from hub.metrics import CONTENT_TYPE
+from hub.monitoring.metrics import CONTENT_TYPE
+from hub.mqtt.intake import THROTTLED_FOR_S
 from outpost import schema
 from outpost.schema import Struct
 

@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from msgspec import Meta
 
-from hub import labels
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
+from hub.fleet import labels
 from hub.store import Layer
 from outpost import policy, schema
 from outpost.schema import Struct

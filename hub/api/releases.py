@@ -10,12 +10,12 @@ from typing import Annotated, Any
 from aiohttp import BodyPartReader, web
 from msgspec import Meta
 
-from hub import labels
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
-from hub.releases import ModelExistsError, ModelRefusedError, Staging
+from hub.fleet import labels
+from hub.models.releases import ModelExistsError, ModelRefusedError, Staging
 from hub.store import Rollout, RolloutRefusedError, StoredModel
 from outpost import schema
 from outpost.modelbundle import MAX_MODEL_BYTES, MAX_SIDECAR_BYTES, NAME_PATTERN, VERSION_PATTERN

@@ -13,12 +13,12 @@ from typing import Any, Literal, get_origin
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hub import apitokens
+from hub.access import apitokens
+from hub.access.apitokens import Principal, Role
+from hub.access.ratelimit import RateLimiter
 from hub.api.errors import ApiError
 from hub.api.params import Page
-from hub.apitokens import Principal, Role
-from hub.metrics import HubMetrics
-from hub.ratelimit import RateLimiter
+from hub.monitoring.metrics import HubMetrics
 from hub.store import AuditEntry, HubStore
 
 logger = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hub.access.ratelimit import RateLimiter
 from hub.api import (
     admin,
     dashboard,
@@ -30,7 +31,6 @@ from hub.api.live import LiveFeed
 from hub.api.params import MAX_BODY
 from hub.api.routing import Guard, Route
 from hub.paths import HubPaths
-from hub.ratelimit import RateLimiter
 from outpost import tls
 
 

@@ -10,11 +10,11 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
-from hub import labels
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
+from hub.fleet import labels
 from hub.store import NewTask, Task
 from hub.store.tasks import TERMINAL
 from outpost import schema

@@ -7,13 +7,13 @@ import os
 import sys
 
 from hub.api.server import PortInUseError
-from hub.broker import BrokerStartError
+from hub.broker.managed import BrokerStartError
 from hub.cli import database
 from hub.cli.datafolder import check_initialised, load_config
 from hub.cli.devices import render_fleet
 from hub.cli.parser import build_parser
+from hub.fleet.revocation import BrokerCrlError
 from hub.initialise import AlreadyInitialisedError
-from hub.revocation import BrokerCrlError
 from outpost import logs, settings
 from outpost.datalock import AlreadyRunningError
 

@@ -1,10 +1,10 @@
-"""`outpost-hub broker-config`: the files an external broker needs (hub/brokerconfig.py)."""
+"""`outpost-hub broker-config`: the files an external broker needs (hub/broker/brokerconfig.py)."""
 
 from __future__ import annotations
 
 import argparse
 
-from hub import brokerconfig
+from hub.broker import brokerconfig
 from hub.cli.datafolder import load_config, open_store
 from hub.paths import HubPaths
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from hub.api.models import DeviceOut
 from hub.cli.datafolder import load_config, open_store
+from hub.fleet.revocation import Revoker, UnknownDeviceError
 from hub.paths import HubPaths
-from hub.revocation import Revoker, UnknownDeviceError
 from outpost import schema
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hub import apitokens, brokerconfig
+from hub.access import apitokens
+from hub.broker import brokerconfig
 from hub.cli import broker, daemon, database, devices, tokens
 from outpost import durations, logs
 

@@ -7,10 +7,11 @@ import argparse
 import getpass
 import time
 
-from hub import apitokens, bootstrap
+from hub.access import apitokens
 from hub.cli.datafolder import load_config, open_store
-from hub.enrollment import load_token_key
-from hub.labels import parse_selector
+from hub.fleet import bootstrap
+from hub.fleet.enrollment import load_token_key
+from hub.fleet.labels import parse_selector
 from hub.paths import HubPaths
 from outpost import tls
 

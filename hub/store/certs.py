@@ -47,7 +47,7 @@ class RenewalState:
 @dataclass(frozen=True)
 class RevokedCert:
     """One line of the CRL: a serial (hex) and when its device was revoked, or held off
-    (`held`: listed as on hold, a suspension that ends; see hub/holds.py)."""
+    (`held`: listed as on hold, a suspension that ends; see hub/mqtt/holds.py)."""
 
     serial: str
     revoked_at: float

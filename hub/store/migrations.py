@@ -303,7 +303,7 @@ def _m011_revoked_by(db: Sql) -> None:
 
 def _m012_holds(db: Sql) -> None:
     # A device that flooded the hub is held off for a while: its certificates are listed
-    # in the CRL as on hold (hub/holds.py) from held_at until held_until.
+    # in the CRL as on hold (hub/mqtt/holds.py) from held_at until held_until.
     db.execute("ALTER TABLE devices ADD COLUMN held_at REAL")
     db.execute("ALTER TABLE devices ADD COLUMN held_until REAL")
 
@@ -324,7 +324,7 @@ def _m013_leadership(db: Sql) -> None:
 
 def _m014_model_files(db: Sql) -> None:
     # Model files in the database, for replicas: an upload lands on one replica's disk,
-    # a device may download from any (hub/releases.py copies it to a local cache). A
+    # a device may download from any (hub/models/releases.py copies it to a local cache). A
     # single hub on SQLite keeps its files on disk only and leaves this empty.
     db.execute(
         """CREATE TABLE model_files (

@@ -1,5 +1,5 @@
 """Model files in the database, for replicas: an upload lands on one replica's disk, and a
-device may download it from any other (hub/releases.py copies it to a local cache). A
+device may download it from any other (hub/models/releases.py copies it to a local cache). A
 single hub on SQLite keeps its files on disk only and leaves the table empty."""
 
 from __future__ import annotations

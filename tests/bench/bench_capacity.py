@@ -43,7 +43,7 @@ import aiohttp
 import psutil
 import psycopg
 
-from hub.broker import BrokerSupervisor
+from hub.broker.managed import BrokerSupervisor
 from hub.cli import load_config
 from hub.store.engine import is_postgres
 from tests.bench.common import Result, make_hub

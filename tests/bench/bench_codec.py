@@ -9,7 +9,7 @@ import asyncio
 import aiomqtt
 import msgpack
 
-from hub.intake import Budget, DeviceIntake
+from hub.mqtt.intake import Budget, DeviceIntake
 from outpost import schema, wire
 from tests.bench.common import RESULT, Result, median_time
 

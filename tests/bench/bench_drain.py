@@ -69,7 +69,7 @@ async def _ours(root: Path) -> tuple[float, float]:
 
 
 async def _bare(root: Path) -> float:
-    from hub.broker import BrokerSupervisor
+    from hub.broker.managed import BrokerSupervisor
     from tests.bench.common import device_cert
 
     paths, config = make_hub(root / "bare")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from hub.broker import BrokerSupervisor
+from hub.broker.managed import BrokerSupervisor
 from outpost import tls, wire
 from outpost.mqtt import NODELAY
 from tests.bench.bench_codec import BEAT

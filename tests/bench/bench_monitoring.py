@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 
 from edge.masking import Masker
-from hub import drift
+from hub.models import drift
 from hub.store import Device, HubStore, Upload
 from outpost import logs
 from tests.bench.common import Result, per_second

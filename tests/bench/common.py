@@ -15,10 +15,10 @@ from pathlib import Path
 
 import psutil
 
-from hub import pki
 from hub.app import Hub
 from hub.cli import load_config
 from hub.config import HubConfig
+from hub.fleet import pki
 from hub.initialise import initialise
 from hub.paths import HubPaths
 from outpost import files

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub import pki
+from hub.fleet import pki
 from outpost import files, tls, wire
 from outpost.backoff import Reconnect
 

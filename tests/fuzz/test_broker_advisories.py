@@ -24,8 +24,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hub import broker, mosquittoconf, pki
 from hub.app import Hub
+from hub.broker import managed as broker
+from hub.broker import mosquittoconf
+from hub.fleet import pki
 from outpost import files, tls, wire
 from tests.api_client import ApiClient
 from tests.conftest import Enroller

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub import apitokens
+from hub.access import apitokens
 from hub.api.routing import Route
 from hub.app import Hub
 from tests.api_client import ApiClient

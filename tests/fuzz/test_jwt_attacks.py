@@ -18,9 +18,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hub import apitokens
+from hub.access import apitokens
 from hub.app import Hub
-from hub.enrollment import load_token_key
+from hub.fleet.enrollment import load_token_key
 from tests.api_client import ApiClient
 from tests.fuzz.conftest import count
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
-from hub import apitokens
+from hub.access import apitokens
 from hub.app import Hub
 from tests.api_client import ApiClient
 from tests.fuzz.conftest import EXAMPLES, count

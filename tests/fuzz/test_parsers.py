@@ -25,9 +25,10 @@ from edge import enroll
 from edge.config import SECTION as AGENT_SECTION
 from edge.config import AgentConfig
 from edge.profile import ProfileError, parse_profile
-from hub import apitokens, bootstrap
+from hub.access import apitokens
 from hub.config import SECTION as HUB_SECTION
 from hub.config import HubConfig
+from hub.fleet import bootstrap
 from outpost import modelbundle, policy, release, schema, settings, signing, wire
 from outpost.modelbundle import BundleError
 from outpost.policy import PolicyError

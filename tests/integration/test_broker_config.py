@@ -19,10 +19,10 @@ import aiomqtt
 import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from hub import revocation, throwaway
-from hub.broker import find_program
+from hub.broker.managed import find_program
 from hub.cli import main
 from hub.config import HubConfig
+from hub.fleet import revocation, throwaway
 from hub.paths import SHARE_GROUP, HubPaths, link_cn
 from hub.store import Device, HubStore
 from outpost import schema, wire

@@ -10,7 +10,7 @@ import aiomqtt
 import pytest
 
 from hub.app import Hub
-from hub.broker import log_file
+from hub.broker.managed import log_file
 from outpost import tls
 from tests.conftest import Enroller
 from tests.support import eventually

@@ -12,8 +12,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.identity import DevicePaths
-from hub import pki
 from hub.app import Hub
+from hub.fleet import pki
 from outpost import files, tls, wire
 from tests.conftest import Enroller
 from tests.support import eventually

@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edge.enroll import load_device_key, make_csr
 from edge.identity import DevicePaths, Identity
 from edge.renewal import RenewalRefusedError, renew
-from hub import certificates, cli, pki
+from hub import cli
 from hub.app import Hub
-from hub.broker import crl_file
+from hub.broker.managed import crl_file
+from hub.fleet import certificates, pki
 from hub.paths import HubPaths
 from hub.store import Device, HubStore
 from tests.api_client import ApiClient

@@ -12,8 +12,8 @@ from pathlib import Path
 import msgpack
 import psycopg
 
-from hub.apitokens import grant_record, mint
-from hub.enrollment import load_token_key
+from hub.access.apitokens import grant_record, mint
+from hub.fleet.enrollment import load_token_key
 from hub.paths import HubPaths
 from hub.store import AuditEntry, Device, HubStore, Layer, NewTask, StoredModel, Upload
 from outpost.modelbundle import MODEL_FILE

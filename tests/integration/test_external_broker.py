@@ -10,7 +10,7 @@ from pathlib import Path
 from edge.enroll import enroll
 from edge.identity import DevicePaths
 from hub.app import Hub
-from hub.broker import BrokerSupervisor
+from hub.broker.managed import BrokerSupervisor
 from hub.cli import load_config
 from hub.paths import HubPaths
 from tests.support import PROFILES, AgentProcess, device_online, eventually, free_port, mint_token

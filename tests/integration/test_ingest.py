@@ -65,7 +65,7 @@ async def test_bad_payload_is_rejected_with_reason_and_hub_keeps_serving(
     context = tls.client_context(paths.ca_cert, paths.cert, paths.key)
     topic = wire.up_topic(identity.device_id, "hello")
 
-    with caplog.at_level(logging.WARNING, logger="hub.ingest"):
+    with caplog.at_level(logging.WARNING, logger="hub.mqtt.ingest"):
         async with aiomqtt.Client(
             "127.0.0.1",
             hub.config.mqtt_port,

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 
 from hub.app import Hub
-from hub.broker import pid_file
+from hub.broker.managed import pid_file
 from tests.support import REPO, AgentProcess, device_online, eventually
 
 

@@ -26,7 +26,7 @@ from hub.api import enroll
 from hub.api.context import ApiContext
 from hub.cli import _parser, daemon, load_config  # _parser: the real flags, not a copy of them
 from hub.initialise import initialise
-from hub.metrics import HubMetrics
+from hub.monitoring.metrics import HubMetrics
 from hub.paths import HubPaths
 from hub.store.engine import is_postgres
 from tests.support import REPO

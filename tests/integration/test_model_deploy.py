@@ -29,7 +29,7 @@ from edge.inference.reporting import Reporting
 from edge.inference.runner import ModelFault
 from edge.inference.service import InferenceService
 from edge.store import AgentStore, Bounds
-from hub import pki
+from hub.fleet import pki
 from outpost import release, tls, wire
 from outpost.aio import cancel_until_done
 from outpost.modelbundle import Expected, read_bundle

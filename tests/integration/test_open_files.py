@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker import pid_file
-from hub.limits import RESERVED_FILES
+from hub.broker.limits import RESERVED_FILES
+from hub.broker.managed import pid_file
 from hub.paths import HubPaths
 from tests.support import REPO, eventually
 

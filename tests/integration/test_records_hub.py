@@ -16,8 +16,8 @@ import msgpack
 import pytest
 
 from edge.identity import DevicePaths, Identity
-from hub.acks import AckSet, Downlinks, LinkDownError
 from hub.app import Hub
+from hub.mqtt.acks import AckSet, Downlinks, LinkDownError
 from outpost import tls, wire
 from tests.api_client import ApiClient
 from tests.conftest import Enroller

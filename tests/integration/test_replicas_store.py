@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 import msgpack
 import pytest
 
-from hub.allocation import plan
 from hub.store import HeartbeatSeen, HelloSeen, HubStore, Layer, NewTask, TaskSettings, Upload
 from hub.store import leadership as lease
 from hub.store.leadership import NotLeaderError
+from hub.tasks.allocation import plan
 
 SETTINGS = TaskSettings(
     accept_timeout_s=60, max_attempts=3, prefetch=4, stale_after_heartbeats=3, max_plan=200

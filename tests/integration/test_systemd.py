@@ -26,7 +26,7 @@ from edge.inference.directory import ModelDirectory
 from edge.profile import load_profile
 from edge.store import AgentStore
 from hub.app import Hub
-from hub.broker import pid_file
+from hub.broker.managed import pid_file
 from hub.cli import load_config
 from hub.paths import HubPaths
 from tests import sandbox

@@ -13,8 +13,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from hub.allocation import plan
 from hub.store import HeartbeatSeen, HelloSeen, HubStore, NewTask, TaskSettings, Upload
+from hub.tasks.allocation import plan
 from outpost import wire
 from tests.databases import BACKENDS, database
 

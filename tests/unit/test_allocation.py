@@ -1,11 +1,11 @@
-"""Eligibility and the score (hub/allocation.py), on made-up candidates."""
+"""Eligibility and the score (hub/tasks/allocation.py), on made-up candidates."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from hub.allocation import plan, score
 from hub.store.leases import Candidate, Queued
+from hub.tasks.allocation import plan, score
 
 VIB = ("vibration-anomaly", "1.0.0")
 

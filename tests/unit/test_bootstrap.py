@@ -1,4 +1,4 @@
-"""Unit tests of hub/bootstrap.py: one-time EdDSA-signed enrollment tokens."""
+"""Unit tests of hub/fleet/bootstrap.py: one-time EdDSA-signed enrollment tokens."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from hub import bootstrap
-from hub.bootstrap import BootstrapTokenError
+from hub.fleet import bootstrap
+from hub.fleet.bootstrap import BootstrapTokenError
 
 HUB_URL = "https://hub.example:8443"
 CAF = "sha256:" + "ab" * 32

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hub import drift
+from hub.models import drift
 from hub.store.modelstats import Distribution
 
 

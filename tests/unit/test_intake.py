@@ -8,8 +8,8 @@ import logging
 import aiomqtt
 import pytest
 
-from hub.intake import THROTTLED_FOR_S, Budget, DeviceIntake
-from hub.rejections import RejectionLog
+from hub.mqtt.intake import THROTTLED_FOR_S, Budget, DeviceIntake
+from hub.mqtt.rejections import RejectionLog
 from outpost import wire
 
 
@@ -95,7 +95,7 @@ def test_refusals_are_logged_a_few_per_device_per_window_and_the_rest_counted(
 
 
 def test_recent_drops_are_those_of_the_last_minute() -> None:
-    """`recent` (what hub/holds.py judges by) counts a burst of drops at once, keeps
+    """`recent` (what hub/mqtt/holds.py judges by) counts a burst of drops at once, keeps
     counting it for a minute, and forgets it after two."""
     clock = Clock()
     intake = DeviceIntake(Budget(rate=1, burst=1), clock=clock)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 # a model no device could run. Exactly these modules, from exactly this file: any other
 # import of `edge` under hub/ fails the test below, and so does a seam that moved.
 HUB_TO_EDGE_SEAM: dict[str, set[str]] = {
-    "hub/releases.py": {"edge.inference.runner", "edge.inference.runtime"},
+    "hub/models/releases.py": {"edge.inference.runner", "edge.inference.runtime"},
 }
 
 
@@ -65,7 +65,7 @@ def test_imported_packages_sees_every_import_form(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(
         "import hub\n"
-        "import os.path, hub.pki as p\n"
+        "import os.path, hub.fleet.pki as p\n"
         "from hub.store import Store\n"
         "from . import sibling\n"
         "def late():\n"
@@ -77,7 +77,7 @@ def test_imported_packages_sees_every_import_form(tmp_path: Path) -> None:
     assert imported_modules(sample) == {
         "hub",
         "os.path",
-        "hub.pki",
+        "hub.fleet.pki",
         "hub.store",
         "edge",
         "importlib",

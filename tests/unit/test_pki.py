@@ -1,4 +1,4 @@
-"""Unit tests of hub/pki.py: the fleet CA, issued certificates and CSR checks."""
+"""Unit tests of hub/fleet/pki.py: the fleet CA, issued certificates and CSR checks."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hub import pki
-from hub.pki import CsrError
+from hub.fleet import pki
+from hub.fleet.pki import CsrError
 
 CsrKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 

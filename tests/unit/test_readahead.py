@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from paho.mqtt.enums import MQTTErrorCode
 
-from hub import readahead
-from hub.readahead import read_all_available
+from hub.mqtt import readahead
+from hub.mqtt.readahead import read_all_available
 
 
 class OnePacketPerCall:

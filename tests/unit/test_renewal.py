@@ -13,7 +13,7 @@ import pytest
 from edge import renewal
 from edge.identity import DevicePaths, Identity
 from edge.renewal import CertRenewer, ClientTls, RenewalError, RenewalRefusedError, renew_at
-from hub import pki
+from hub.fleet import pki
 from outpost import files
 
 DAY = 86400.0

@@ -1,4 +1,4 @@
-"""Unit tests of hub/revocation.py's CRL: what it lists, who signed it, how long it holds."""
+"""Unit tests of hub/fleet/revocation.py's CRL: what it lists, who signed it, how long it holds."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 from cryptography import x509
 
-from hub import pki
-from hub.revocation import build_crl
+from hub.fleet import pki
+from hub.fleet.revocation import build_crl
 from hub.store import RevokedCert
 
 CA = pki.make_ca("Test Fleet CA")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hub.wanted import Wanted
+from hub.fleet.wanted import Wanted
 
 
 async def test_asks_coalesce_until_taken() -> None:

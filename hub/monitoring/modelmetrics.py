@@ -1,6 +1,6 @@
 """The models' series in the hub's metrics: inferences, latency and confidence histograms,
 and errors by reason, summed from the devices' metric roll-ups as the hub first stores
-them (see hub/metrics.py); and the cap that keeps the model label's values bounded (the
+them (see hub/monitoring/metrics.py); and the cap that keeps the model label's values bounded (the
 `MAX_MODELS` most common model names, the rest folded into "other").
 """
 

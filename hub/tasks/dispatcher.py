@@ -15,12 +15,12 @@ import collections
 import logging
 import time
 
-from hub import allocation
-from hub.acks import Publish
 from hub.config import TASK_ENVELOPE_BYTES, HubConfig
+from hub.mqtt.acks import Publish
 from hub.store import Assigned, HubStore, TaskSettings
 from hub.store.leadership import NotLeaderError
 from hub.store.tasks import unpack_input
+from hub.tasks import allocation
 from outpost import wire
 from outpost.aio import wait_event
 

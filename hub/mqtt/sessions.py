@@ -6,7 +6,7 @@ The managed broker names every client by its certificate's CN
 (`use_username_as_clientid`), whatever client id it sends; so a second connection with
 the device's CN takes the device's session over (MQTT session takeover) and the broker
 closes the first. A device cannot dodge this by choosing another client id, and the hub
-needs a certificate with that CN: a throw-away one (hub/throwaway.py), issued after the
+needs a certificate with that CN: a throw-away one (hub/fleet/throwaway.py), issued after the
 CRL was written so that it is not listed in it yet.
 """
 
@@ -18,8 +18,8 @@ import ssl
 
 import aiomqtt
 
-from hub import throwaway
 from hub.config import HubConfig
+from hub.fleet import throwaway
 from hub.paths import HubPaths
 from hub.store import HubStore
 

@@ -1,8 +1,8 @@
 """Certificates the hub issues itself for a device's CN, used once and forgotten.
 
 The hub holds no device's private key, but it sometimes has to connect as a device: to
-prove that the broker refuses a revoked one (hub/revocation_proof.py), and to take a
-device's MQTT session over (hub/sessions.py: the broker's client id is the certificate's
+prove that the broker refuses a revoked one (hub/fleet/revocation_proof.py), and to take a
+device's MQTT session over (hub/mqtt/sessions.py: the broker's client id is the certificate's
 CN, so only a certificate with that CN can end the device's session). It issues a
 certificate for the device's CN with a key that lives only in this process's memory,
 valid for an hour, and records it among the device's certificates: any CRL that lists
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub import pki
+from hub.fleet import pki
 from hub.paths import HubPaths
 from hub.store import HubStore
 from hub.store.certs import IssuedCert

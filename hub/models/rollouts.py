@@ -14,8 +14,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from hub.fleet.wanted import Wanted
 from hub.store import Advanced, HubStore, Rollout
-from hub.wanted import Wanted
 from outpost import wire
 
 logger = logging.getLogger(__name__)

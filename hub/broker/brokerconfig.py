@@ -1,6 +1,6 @@
 """`outpost-hub broker-config`: what an external broker needs to carry this hub's fleet.
 
-The managed Mosquitto is configured by the hub at each start (hub/mosquittoconf.py). A broker
+The managed Mosquitto is configured by the hub at each start (hub/broker/mosquittoconf.py). A broker
 the hub does not run, shared by several replicas, gets the same rules written once into
 a folder: the listener (mutual TLS 1.2+, the certificate's CN as user name and client
 id), the ACL (a device writes only its own `up/<kind>` and reads only its own `down/#`;
@@ -20,10 +20,10 @@ from typing import Final
 
 from cryptography import x509
 
+from hub.broker.mosquittoconf import MAX_INFLIGHT, BrokerFiles, acl_text, render_config
 from hub.config import HubConfig, check_replica_id
-from hub.mosquittoconf import MAX_INFLIGHT, BrokerFiles, acl_text, render_config
+from hub.fleet.revocation import current_crl
 from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, SHARE_GROUP, HubPaths, link_cn
-from hub.revocation import current_crl
 from hub.store import HubStore
 from outpost import files, tls
 from outpost.wire import TOPIC_PREFIX, UP_KINDS, UP_WILDCARD
@@ -218,7 +218,7 @@ authorization {{
 
 def emqx_files(out: Path, config: HubConfig, request: Request) -> dict[str, str]:
     """emqx.conf (a fragment to merge into EMQX's configuration) and acl.conf."""
-    max_packet_bytes = config.max_payload_bytes * 4 + 1024  # as hub/mosquittoconf.py's
+    max_packet_bytes = config.max_payload_bytes * 4 + 1024  # as hub/broker/mosquittoconf.py's
     conf = EMQX_CONF.format(
         bind=request.listen.bind,
         ca=out / CA_CERT,

@@ -1,6 +1,6 @@
 """Holding off a device that floods the hub.
 
-The intake (hub/intake.py) drops what a device sends past its budget before anything
+The intake (hub/mqtt/intake.py) drops what a device sends past its budget before anything
 decodes it, so a flood cannot grow the hub or starve other devices. But the flood still
 costs the broker and the hub's link the work of carrying it, and a QoS 1 flood still
 fills the broker's queue for the hub. A device that keeps going past its budget (more
@@ -10,7 +10,7 @@ is therefore held off for `device_hold_s`:
 1. the registry marks it held until then (and offline);
 2. the CRL lists its certificates as on hold (a suspension, reason certificateHold) and
    the broker re-reads it, so its next connection is refused;
-3. its session is taken over (hub/sessions.py), which ends the connection it has.
+3. its session is taken over (hub/mqtt/sessions.py), which ends the connection it has.
 
 When the hold ends the hub writes the CRL without it and the broker re-reads it; the
 device may connect again (an agent refused as revoked retries every `refused_retry_s`).
@@ -25,10 +25,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from hub import revocation, sessions
-from hub.broker import BrokerSupervisor
+from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
-from hub.intake import DeviceIntake
+from hub.fleet import revocation
+from hub.mqtt import sessions
+from hub.mqtt.intake import DeviceIntake
 from hub.paths import HubPaths
 from hub.store import HubStore
 

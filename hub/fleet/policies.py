@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from hub.fleet.wanted import Wanted
 from hub.store import HubStore
 from hub.store.policy import ToPublish
-from hub.wanted import Wanted
 from outpost import policy, wire
 
 logger = logging.getLogger(__name__)

@@ -12,11 +12,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from hub import sessions, throwaway
-from hub.acks import LinkDownError
 from hub.config import HubConfig
-from hub.ingest import Ingest
-from hub.intake import DeviceIntake, queue_type
+from hub.fleet import throwaway
+from hub.mqtt import sessions
+from hub.mqtt.acks import LinkDownError
+from hub.mqtt.ingest import Ingest
+from hub.mqtt.intake import DeviceIntake, queue_type
 from hub.paths import HUB_CLIENT_CN, SHARE_GROUP, HubPaths, link_cn
 from outpost import tls, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever

@@ -1,6 +1,6 @@
 """The managed Mosquitto: where its files are, a supervisor that keeps it running, and
 how a hub (or a command beside it) makes it reload. What it is told (mosquitto.conf and
-the ACL) is hub/mosquittoconf.py's.
+the ACL) is hub/broker/mosquittoconf.py's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hub.mosquittoconf import BrokerFiles, write_config
+from hub.broker.mosquittoconf import BrokerFiles, write_config
 from hub.paths import HubPaths
 from outpost import backoff, files
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hub import bootstrap, pki
 from hub.config import HubConfig
+from hub.fleet import bootstrap, pki
 from hub.paths import HubPaths
 from hub.store import Device, HubStore, TokenRefusedError
 

@@ -16,9 +16,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from hub.acks import AckSet, Downlinks, Publish
-from hub.dispatcher import Dispatcher
-from hub.rejections import RejectionLog
+from hub.mqtt.acks import AckSet, Downlinks, Publish
+from hub.mqtt.rejections import RejectionLog
 from hub.store import (
     ConnectionLost,
     HeartbeatSeen,
@@ -28,6 +27,7 @@ from hub.store import (
     Upload,
 )
 from hub.store.modelstats import Folded
+from hub.tasks.dispatcher import Dispatcher
 from outpost import schema, wire
 
 logger = logging.getLogger(__name__)

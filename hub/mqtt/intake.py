@@ -38,7 +38,7 @@ from outpost import wire
 
 _PREFIX = wire.TOPIC_PREFIX + "/"
 THROTTLED_FOR_S = 300.0  # a device stays flagged this long after its last drop
-RECENT_S = 60.0  # the window of `Throttled.recent`, which hub/holds.py judges by
+RECENT_S = 60.0  # the window of `Throttled.recent`, which hub/mqtt/holds.py judges by
 MAX_TRACKED = 100_000  # devices whose budgets are remembered; the idlest forgotten first
 
 

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
-from hub import pki
 from hub.config import HubConfig
+from hub.fleet import pki
 from hub.paths import HubPaths
 from hub.store import HubStore, IssuedCert
 

@@ -15,10 +15,10 @@ import asyncio
 import contextlib
 import ssl
 
-from hub import throwaway
+from hub.fleet import throwaway
+from hub.fleet.throwaway import ThrowawayCert
 from hub.paths import HubPaths
 from hub.store import HubStore
-from hub.throwaway import ThrowawayCert
 
 PROBE_TIMEOUT_S = 10.0
 

@@ -3,7 +3,7 @@ every certificate it was ever issued, the broker re-reads the CRL, and the devic
 connection is taken over and closed.
 
 Mosquitto checks the CRL only when a client connects (a SIGHUP reloads it but keeps open
-connections), so the hub also takes the device's session over (hub/sessions.py).
+connections), so the hub also takes the device's session over (hub/mqtt/sessions.py).
 
 An external broker reads the CRL where `broker_crl_path` says (the hub writes it there
 too) and is told to re-read it by `broker_reload_command`; the hub then proves the
@@ -28,12 +28,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from hub import pki, revocation_proof, sessions
-from hub.broker import BrokerSupervisor, crl_file, reload_running
+from hub.broker.managed import BrokerSupervisor, crl_file, reload_running
 from hub.config import HubConfig
+from hub.fleet import pki, revocation_proof
+from hub.fleet.throwaway import ThrowawayCert
+from hub.mqtt import sessions
 from hub.paths import HubPaths
 from hub.store import HubStore, RevokedCert
-from hub.throwaway import ThrowawayCert
 from outpost import datalock, files
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def build_crl(
             .serial_number(int(entry.serial, 16))
             .revocation_date(dt.datetime.fromtimestamp(entry.revoked_at, dt.UTC))
         )
-        if entry.held:  # a suspension that ends (hub/holds.py); OpenSSL refuses it alike
+        if entry.held:  # a suspension that ends (hub/mqtt/holds.py); OpenSSL refuses it alike
             line = line.add_extension(
                 x509.CRLReason(x509.ReasonFlags.certificate_hold), critical=False
             )

@@ -3,8 +3,8 @@
 Cardinality stays bounded: labels take values from fixed sets (message kinds the wire
 contract knows, outcomes, route templates, HTTP statuses, error reasons, roll-out states,
 streams), the device profile label keeps the `MAX_PROFILES` most common profiles and the
-model label the `MAX_MODELS` most common model names (by inferences: hub/modelmetrics.py),
-each folding the rest into "other". No series is per device.
+model label the `MAX_MODELS` most common model names (by inferences:
+hub/monitoring/modelmetrics.py), each folding the rest into "other". No series is per device.
 
 Inference counts come from the devices' metric roll-ups as the hub first stores them (a
 roll-up a device sends again is not stored again, so not counted again); they are this
@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hub.drift import VersionDrift
-from hub.modelmetrics import InferenceTotals, ModelCollector, fold_models
+from hub.models.drift import VersionDrift
+from hub.monitoring.modelmetrics import InferenceTotals, ModelCollector, fold_models
 from hub.store.gauges import EXPIRY_WINDOWS, ROLLOUT_STATES, FleetGauges
 from hub.store.modelstats import STREAMS
 from outpost import __version__, wire
@@ -115,7 +115,7 @@ class _Fleet(Collector):
         self.acks = acks
         self.task_results = task_results
         self.broker_restarts = broker_restarts
-        # (holds since the start, devices held now): hub/holds.py, set once it runs.
+        # (holds since the start, devices held now): hub/mqtt/holds.py, set once it runs.
         self.holds: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.counts: list[tuple[bool, str, int]] = []
         self.task_counts: dict[str, int] = {}

@@ -1,5 +1,5 @@
 """What the managed Mosquitto is told: mosquitto.conf and the ACL, rendered for the
-hub's data folder, or for another folder (`outpost-hub broker-config`, hub/brokerconfig.py).
+hub's data folder, or for another folder (`outpost-hub broker-config`, hub/broker/brokerconfig.py).
 
 The broker is the fleet's only door: mutual TLS on one listener (loopback unless
 configured), identity from the certificate's CN, and an ACL that confines each device to
@@ -142,7 +142,7 @@ def render_config(
             f"max_inflight_messages {MAX_INFLIGHT}",
             "",
             f"listener {port} {host}",
-            # Within the open-file limit (hub.limits): past it Mosquitto would reset
+            # Within the open-file limit (hub.broker.limits): past it Mosquitto would reset
             # every new client and blame tcpd; at the cap it refuses them cleanly.
             f"max_connections {max_connections}",
             f"cafile {where.ca_cert}",
@@ -155,7 +155,7 @@ def render_config(
             "require_certificate true",
             "use_identity_as_username true",
             # A client's id is its certificate's CN, whatever it sends: one session per
-            # device, which the hub can take over to end it (hub/sessions.py).
+            # device, which the hub can take over to end it (hub/mqtt/sessions.py).
             "use_username_as_clientid true",
             "",
         ]

@@ -1,0 +1,1 @@
+"""Who may use the web API: API tokens and the rate limits per caller."""

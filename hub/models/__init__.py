@@ -1,0 +1,1 @@
+"""Models: uploaded releases, staged roll-outs, and drift of their answers."""

@@ -1,0 +1,1 @@
+"""Tasks: who runs each (allocation) and sending assignments and cancellations."""
