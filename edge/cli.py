@@ -190,8 +190,20 @@ def _renew(args: argparse.Namespace) -> int:
     return 0
 
 
+# Bytes of a Unix socket's path, at most (sun_path holds 108 on Linux, the last a NUL);
+# the local API binds `agent.sock.new` and renames it to `agent.sock`.
+MAX_SOCKET_PATH = 107
+
+
 def _run(args: argparse.Namespace) -> int:
     paths = DevicePaths(args.data)
+    staging = len(os.fsencode(paths.socket.absolute())) + len(".new")
+    if staging > MAX_SOCKET_PATH:
+        raise CliError(
+            f"the local API's socket {paths.socket} would be too long a path for a Unix "
+            f"socket ({staging} bytes with its staging name, at most {MAX_SOCKET_PATH}): "
+            "give the agent a shorter data folder"
+        )
     path = args.config if args.config else (paths.config if paths.config.exists() else None)
     config = settings.load_file(
         AgentConfig,

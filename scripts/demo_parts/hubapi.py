@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,15 @@ class HubApi:
         )
         with urllib.request.urlopen(request, context=self.context, timeout=5):  # noqa: S310
             pass
+
+    def refusal(self, path: str, body: dict[str, Any], token: str) -> str:
+        """PUT `body` that the hub should refuse; return the error message it answers."""
+        try:
+            self.put(path, body, token)
+        except urllib.error.HTTPError as exc:
+            error: dict[str, Any] = json.loads(exc.read())["error"]
+            return f"{exc.code} {error['message']}"
+        raise RuntimeError(f"the hub took a body it should have refused: PUT {path}")
 
     def post(self, path: str, body: dict[str, Any], token: str) -> dict[str, Any]:
         request = urllib.request.Request(  # noqa: S310 - our own https URL

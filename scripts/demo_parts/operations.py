@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hub.paths import HubPaths
 from scripts.demo_parts.hubapi import HubApi
-from scripts.demo_parts.plan import BIN, POLICY_LAYERS
+from scripts.demo_parts.plan import BIN, POLICY_LAYERS, TYPO_DOCUMENT
 from scripts.demo_parts.processes import run, step
 from scripts.demo_parts.rollout import DemoRollout
 from scripts.demo_site import Background, TaskFeeder
@@ -40,6 +40,12 @@ def start_operations(
         "policy: a fleet layer (inference confidence threshold 0.7, metrics every 10 s) "
         "and a layer for the cameras group (masks the 'source' field: hashed before "
         "upload); each agent verifies the signed policy and reports the version it runs"
+    )
+    typo = {"scope": "group", "selector": {"group": "pumps"}, "document": TYPO_DOCUMENT}
+    answer = api.refusal("/api/v1/policy/layers/pumps", typo, admin)
+    step(
+        "a layer with a typo is refused, naming the field and the ones it could be (every "
+        "field is declared once, with its bounds: docs/settings.md lists them):\n    " + answer
     )
     rollout = DemoRollout(api, admin, background)
     feeder = TaskFeeder(api.url, ca, operator)

@@ -30,6 +30,8 @@ POLICY_LAYERS: dict[str, dict[str, Any]] = {
         "document": {"masking": {"hash": ["source"]}},
     },
 }
+# A layer an operator mistypes: the hub refuses it whole, naming the field.
+TYPO_DOCUMENT: dict[str, Any] = {"heartbeat_intervall": 5}
 SHIPPED_MODELS = sorted(str(p.parent) for p in (REPO / "models").glob("*/*/model.json"))
 HEARTBEAT_S = 2.0
 ROLLOUT_AT_S = 4.0  # seconds into the fleet view when vibration-anomaly 1.1.0 rolls out

@@ -101,6 +101,24 @@ def test_agent_errors_are_clear(tmp_path: Path) -> None:
     assert "bootstrap token is malformed" in bad_token.stderr
 
 
+def test_a_data_folder_too_deep_for_the_local_api_socket_is_named(tmp_path: Path) -> None:
+    # A Unix socket path holds at most 107 bytes: the agent says so before it starts
+    # (its local API could not listen), and a folder a little shallower is let through
+    # to the next check (here: not enrolled).
+    room = 107 - len(str(tmp_path)) - len("/agent.sock.new") - 1
+    too_deep = tmp_path / ("d" * (room + 1))
+    just_fits = tmp_path / ("d" * room)
+
+    refused = _run("edge.cli", "run", "--data", str(too_deep))
+    passed = _run("edge.cli", "run", "--data", str(just_fits))
+
+    assert refused.returncode == 2
+    assert "too long a path for a Unix socket" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert passed.returncode == 2
+    assert "holds no enrollment" in passed.stderr, passed.stderr
+
+
 def test_devices_lists_the_registry(tmp_path: Path) -> None:
     data = tmp_path / "hub"
     assert _run("hub.cli", "init", "--data", str(data)).returncode == 0

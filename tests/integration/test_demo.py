@@ -4,15 +4,30 @@ north site's link is cut and restored, its backlog drains, and everything stops.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.support import REPO
 
 
-def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> None:
-    data = tmp_path / "demo"
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A folder with a short path: the demo's agents serve on Unix sockets in their data
+    folders, and a socket path may not pass 107 bytes (pytest-xdist's worker folders
+    under tmp_path, with the demo's own, would)."""
+    folder = Path(tempfile.mkdtemp(prefix="demo-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_demo_shows_three_agents_online_and_stops_everything(short_dir: Path) -> None:
+    data = short_dir / "demo"
     done = subprocess.run(
         [
             sys.executable,
@@ -33,6 +48,8 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
+    # The operator's mistyped policy layer is refused with the field named.
+    assert "400 body.document.heartbeat_intervall: unknown key (known keys:" in done.stdout
     last_table = done.stdout.rsplit("Outpost fleet at", 1)[1]
     rows = [line for line in last_table.splitlines() if line.startswith("dev-")]
     assert len(rows) == 3, last_table
@@ -124,9 +141,9 @@ def test_demo_shows_three_agents_online_and_stops_everything(tmp_path: Path) -> 
 
 
 def test_demo_with_two_replicas_keeps_the_fleet_going_when_the_leader_is_killed(
-    tmp_path: Path,
+    short_dir: Path,
 ) -> None:
-    data = tmp_path / "demo"
+    data = short_dir / "demo"
     done = subprocess.run(
         [
             sys.executable,

@@ -256,7 +256,8 @@ def test_the_custom_metric_is_one_the_hub_exports() -> None:
     hpa = _one("hub-hpa-ingest-lag.yaml", "HorizontalPodAutoscaler")
     (pods,) = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     metric = pods["metric"]["name"]
-    assert f'"{metric}"' in (REPO / "hub" / "metrics.py").read_text(encoding="utf-8")
+    metrics = REPO / "hub" / "monitoring" / "metrics.py"
+    assert f'"{metric}"' in metrics.read_text(encoding="utf-8")
 
     adapter = yaml.safe_load(
         _one("prometheus-adapter-rules.yaml", "ConfigMap")["data"]["config.yaml"]
