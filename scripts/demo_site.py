@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgpack
+import msgspec
 import numpy as np
 
 from scripts.train_models import surface_images, vibration_windows
@@ -140,14 +140,14 @@ class SensorProgram:
         connector = aiohttp.UnixConnector(path=str(self._socket))
         async with aiohttp.ClientSession(connector=connector) as session:
             while True:
-                body = msgpack.packb({"input": self._reading().astype("<f4").tobytes()})
+                body = msgspec.msgpack.encode({"input": self._reading().astype("<f4").tobytes()})
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.post(
                         f"http://agent/v1/infer/{self.model}",
                         data=body,
                         headers={"Content-Type": "application/msgpack"},
                     ) as response:
-                        answer = msgpack.unpackb(await response.read())
+                        answer = msgspec.msgpack.decode(await response.read())
                         if response.status == 200:
                             self.inferences += 1
                             self.flagged += answer["recorded"] is not None
