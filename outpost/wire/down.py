@@ -1,0 +1,125 @@
+"""What the hub sends a device (`down/{kind}`): acknowledgements, tasks and their
+cancellation, the signed policy and model releases."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from msgspec import Meta
+
+from outpost import schema
+from outpost.schema import FINITE, INT64_MAX, Struct
+from outpost.wire.contract import MAX_DEPTH, MAX_TASK_BATCH, Attempt, TaskId
+from outpost.wire.up import Stream
+
+Signature = Annotated[bytes, Meta(max_length=64, description="Ed25519 signature of document")]
+
+
+class SignedPolicy(Struct, frozen=True):
+    """The device's effective policy, signed by the hub (retained on `down/policy`)."""
+
+    document: Annotated[
+        bytes, Meta(max_length=65536, description="msgpack: device_id, version, issued_at, policy")
+    ]
+    signature: Signature
+
+
+class Ack(Struct, frozen=True):
+    """The hub's cumulative acknowledgement: it holds every number up to `hwm`.
+
+    With `gap` set the hub refused a batch that started beyond `hwm` + 1: the device
+    must send again from `hwm` + 1.
+    """
+
+    stream: Annotated[Stream, Meta(description="results, events or metrics")]
+    hwm: Annotated[
+        int, Meta(ge=0, le=INT64_MAX, description="highest sequence number the hub has stored")
+    ]
+    gap: Annotated[bool, Meta(description="a batch was refused: resend from hwm + 1")] = False
+
+
+# Levels of nested lists a task's input may have: the envelope, the body, its list of
+# tasks and the assignment take 4 of the payload's `MAX_DEPTH`.
+MAX_INPUT_DEPTH: Final = MAX_DEPTH - 4
+
+
+class Assignment(Struct, frozen=True):
+    """A task given to a device. `attempt` is the fencing token: a result must carry it,
+    and a result of an older attempt never replaces the current one's."""
+
+    task_id: TaskId
+    attempt: Attempt
+    model: Annotated[str, Meta(max_length=64, description="model name")]
+    input: Annotated[Any, Meta(description="the model input: nested lists, or the tensor's bytes")]
+    priority: Annotated[int, Meta(ge=0, le=9, description="higher runs first")]
+    deadline_in_s: Annotated[
+        float, Meta(ge=0, le=FINITE, description="seconds left until the task expires")
+    ]
+    lease_s: Annotated[
+        float, Meta(ge=0, le=FINITE, description="seconds the device has to finish it")
+    ]
+    version: Annotated[
+        str, Meta(max_length=32, description="model version, empty: the active one")
+    ] = ""
+    dtype: Annotated[Literal["float32", "int8"], Meta(description="what input holds")] = "float32"
+
+    def __post_init__(self) -> None:
+        if type(self.input) in (list, dict) and _deeper_than(self.input, MAX_INPUT_DEPTH):
+            raise schema.SchemaError("input", f"nests deeper than {MAX_INPUT_DEPTH} levels")
+
+
+class Tasks(Struct, frozen=True):
+    """One or more assignments for the device (several when it is given work ahead)."""
+
+    tasks: Annotated[
+        list[Assignment], Meta(max_length=MAX_TASK_BATCH, description="the assignments")
+    ]
+
+
+class Cancel(Struct, frozen=True):
+    """The hub cancelled a task: drop it if it has not started."""
+
+    task_id: TaskId
+    attempt: Annotated[int, Meta(ge=1, le=INT64_MAX, description="the attempt cancelled")]
+
+
+MAX_RELEASES: Final = 32
+
+
+class SignedRelease(Struct, frozen=True):
+    """A model release signed by the hub (see `outpost/release.py`)."""
+
+    document: Annotated[
+        bytes, Meta(max_length=192 * 1024, description="msgpack: manifest, sample, issued_at")
+    ]
+    signature: Signature
+
+
+class ModelReleases(Struct, frozen=True):
+    """The models the hub wants the device to run, one release per model name (retained on
+    `down/models`): the device installs and activates each it does not run yet. Models
+    not named are left as they are."""
+
+    releases: Annotated[
+        list[SignedRelease], Meta(max_length=MAX_RELEASES, description="the releases")
+    ]
+
+
+def _deeper_than(value: list[Any] | dict[str, Any], limit: int) -> bool:
+    """Whether lists and maps nest more than `limit` levels in `value` (itself level 1).
+
+    Level by level, without recursion; a container's items are looked at one by one
+    only if one of them is a container, which one C-level pass over their types tells.
+    """
+    level: list[Any] = [value]
+    for _ in range(limit):
+        inner: list[Any] = []
+        for container in level:
+            items = container.values() if type(container) is dict else container
+            types = set(map(type, items))
+            if list in types or dict in types:
+                inner.extend(v for v in items if type(v) is list or type(v) is dict)
+        if not inner:
+            return False
+        level = inner
+    return True
