@@ -1,4 +1,4 @@
-"""Unit tests of outpost/wire.py: topics, the msgpack envelope and its refusals."""
+"""Unit tests of outpost/wire/: topics, the msgpack envelope and its refusals."""
 
 from __future__ import annotations
 
