@@ -1,65 +1,186 @@
-"""Run every benchmark and print Outpost's figures next to the raw limits: `scripts/bench`.
+"""Run the benchmarks and print Outpost's figures next to the raw limits measured in the
+same run: `./scripts/bench` (all), `./scripts/bench codec store` or `--only codec store`
+(those), `--quick` (the ones that take seconds), `--list`, `--json FILE`.
 
-`scripts/bench capacity tasks` runs only the benchmarks named (module names without
-`bench_`)."""
+Each benchmark runs in a process of its own, in a new session, with a deadline: one that
+hangs is killed with everything it started, reported as timed out, and the rest still
+run. Progress goes to stderr as each starts and ends; the table to stdout. The exit
+status is 1 if any benchmark failed or timed out. tests/bench/README.md says what each
+figure means.
+"""
 
 from __future__ import annotations
 
-import logging
+import argparse
+import datetime
+import json
+import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from tests.bench import (
-    bench_api,
-    bench_capacity,
-    bench_codec,
-    bench_drain,
-    bench_footprint,
-    bench_inference,
-    bench_ingest,
-    bench_monitoring,
-    bench_rollout,
-    bench_startup,
-    bench_store,
-    bench_tasks,
-)
 from tests.bench.common import HEADER, Result
 
+REPO = Path(__file__).resolve().parents[2]
 
-def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
-    benches: dict[str, Callable[[Path], list[Result]]] = {
-        "codec": lambda _: bench_codec.run(),
-        "store": bench_store.run,
-        "drain": bench_drain.run,
-        "ingest": bench_ingest.run,
-        "api": bench_api.run,
-        "footprint": bench_footprint.run,
-        "startup": bench_startup.run,
-        "inference": bench_inference.run,
-        "tasks": bench_tasks.run,
-        "rollout": bench_rollout.run,
-        "monitoring": bench_monitoring.run,
-        "capacity": bench_capacity.run,
-    }
-    chosen = sys.argv[1:] or list(benches)
-    if unknown := [name for name in chosen if name not in benches]:
-        sys.exit(
-            f"bench: no benchmark named {', '.join(unknown)}; choose from {', '.join(benches)}"
+# name -> (what it measures, seconds it may take at most by default). The names are the
+# modules' (tests/bench/bench_NAME.py), in the order a full run takes them.
+BENCHMARKS: dict[str, tuple[str, float]] = {
+    "codec": ("wire codec and the hub's per-device intake vs bare msgpack / asyncio.Queue", 300),
+    "store": ("durable appends into the agent's store vs bare SQLite", 300),
+    "drain": ("agent store -> hub database over mTLS MQTT vs bare MQTT", 600),
+    "ingest": ("heartbeats validated and stored by the hub vs bare MQTT", 600),
+    "api": ("GET /api/v1/devices through the guard vs bare aiohttp", 300),
+    "footprint": ("the agent's resident memory vs the floor of its imports", 300),
+    "startup": ("agent exec to READY=1, and RSS after a minute idle", 600),
+    "inference": ("the agent's runner and local API vs the bare interpreter loop", 900),
+    "tasks": ("tasks end to end through hub and agents", 900),
+    "rollout": ("release verification, model upload and a staged roll-out", 600),
+    "monitoring": ("roll-ups folded into model statistics, drift, log lines", 600),
+    "capacity": ("devices one hub holds, from outside with the fleet simulator", 7200),
+}
+# The benchmarks that take seconds, for a developer's loop.
+QUICK = ("codec", "store", "api")
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    if args.list:
+        width = max(map(len, BENCHMARKS))
+        for name, (about, deadline) in BENCHMARKS.items():
+            quick = " (quick)" if name in QUICK else ""
+            print(f"{name:<{width}}  {about}; deadline {deadline:.0f} s{quick}")
+        return 0
+    chosen = [*args.names, *args.only] or (list(QUICK) if args.quick else list(BENCHMARKS))
+    if unknown := [name for name in chosen if name not in BENCHMARKS]:
+        print(
+            f"bench: no benchmark named {', '.join(unknown)}; "
+            f"choose from {', '.join(BENCHMARKS)} (--list says what each measures)",
+            file=sys.stderr,
         )
-    print(f"# {platform.machine()}, {psutil.cpu_count()} cores, Python {platform.python_version()}")
-    print(HEADER)
-    with tempfile.TemporaryDirectory(prefix="outpost-bench-") as tmp:
-        root = Path(tmp)
-        for name in chosen:
-            for result in benches[name](root / name):
-                print(result.line(), flush=True)
+        return 2
+    report: dict[str, Any] = {
+        "commit": _commit(),
+        "host": {
+            "machine": platform.machine(),
+            "cores": psutil.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "benchmarks": [],
+    }
+    host = report["host"]
+    print(f"# {host['machine']}, {host['cores']} cores, Python {host['python']}", flush=True)
+    print(HEADER, flush=True)
+    failed = False
+    for name in chosen:
+        deadline = args.deadline or BENCHMARKS[name][1]
+        outcome = _run_one(name, deadline)
+        failed |= outcome["status"] != "ok"
+        report["benchmarks"].append(outcome)
+        if args.json:  # written after each, so a long run leaves what it measured
+            _write_json(args.json, report)
+    return 1 if failed else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (all)")
+    parser.add_argument("--only", nargs="+", default=[], metavar="NAME", help="the same")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and stop")
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write every figure, the commit and host"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="kill a benchmark that runs longer than this (default: its own, see --list)",
+    )
+    return parser
+
+
+def _run_one(name: str, deadline: float) -> dict[str, Any]:
+    """Run benchmark `name` in a child process; print its lines; return its outcome."""
+    print(f"==> {name}: started (deadline {deadline:.0f} s)", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"outpost-bench-{name}-") as tmp:
+        out = Path(tmp) / "results.json"
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench.one", name, str(out), str(Path(tmp) / "work")],
+            cwd=REPO,
+            start_new_session=True,  # its own process group: killed whole on the deadline
+        )
+        try:
+            code = child.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            _kill_group(child)
+            code = None
+        seconds = round(time.monotonic() - start, 1)
+        results = json.loads(out.read_text()) if out.exists() else []
+    for row in results:
+        print(Result(**row).line(), flush=True)
+    if code is None:
+        status = f"timed out after {deadline:.0f} s"
+    elif code != 0:
+        status = f"failed (exit {code})"
+    else:
+        status = "ok"
+    print(f"==> {name}: {status}, {seconds} s", file=sys.stderr, flush=True)
+    rows = [{**row, "ratio": _ratio(row)} for row in results]
+    return {"name": name, "status": status, "seconds": seconds, "results": rows}
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """Stop the child and everything it started: SIGTERM, then SIGKILL after 10 s."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _ratio(row: dict[str, Any]) -> float | None:
+    raw = row.get("raw")
+    return round(row["ours"] / raw, 4) if raw else None
+
+
+def _commit() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    partial.replace(path)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
