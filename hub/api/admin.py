@@ -147,13 +147,13 @@ def routes(ctx: ApiContext) -> list[Route]:
         )
         request[AUDIT_DETAIL] = {"jti": claims.jti, "labels": body.labels, "ttl_s": ttl}
         out = EnrollTokenOut(token, claims.jti, claims.expires_at, claims.hub_url)
-        return web.json_response(schema.dump(out), status=201)
+        return params.answer(out, status=201)
 
     async def list_tokens(request: web.Request) -> web.Response:
         size = params.limit(request)
         found = await ctx.store.api_tokens(after=params.decode_cursor(request, int), limit=size + 1)
         page = params.page(found, size, TokenOut.of, lambda r: r.cursor)
-        return web.json_response(schema.dump(page))
+        return params.answer(page)
 
     async def create_api_key(request: web.Request) -> web.Response:
         body = await params.json_body(request, ApiKeyRequest)
@@ -171,7 +171,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         await ctx.store.add_api_token(record)
         request[AUDIT_DETAIL] = {"jti": principal.jti, "subject": body.subject, "role": body.role}
         out = NewToken(token=token, grant=TokenOut.of(record))
-        return web.json_response(schema.dump(out), status=201)
+        return params.answer(out, status=201)
 
     async def revoke_token(request: web.Request) -> web.Response:
         jti = request.match_info["jti"]
@@ -187,7 +187,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         size = params.limit(request)
         found = await ctx.store.audit_log(before=params.decode_cursor(request, int), limit=size + 1)
         page = params.page(found, size, AuditOut.of, lambda e: e.id)
-        return web.json_response(schema.dump(page))
+        return params.answer(page)
 
     async def whoami(request: web.Request) -> web.Response:
         p = request[PRINCIPAL]

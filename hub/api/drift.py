@@ -8,12 +8,12 @@ from typing import Annotated
 from aiohttp import web
 from msgspec import Meta
 
+from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError
 from hub.api.routing import Param, Route
 from hub.models import drift
 from hub.store import HubStore
-from outpost import schema
 from outpost.schema import Struct
 
 
@@ -92,7 +92,7 @@ def routes(ctx: ApiContext) -> list[Route]:
                 for v in versions
             ],
         )
-        return web.json_response(schema.dump(out))
+        return params.answer(out)
 
     async def get_device_drift(request: web.Request) -> web.Response:
         device_id = request.match_info["id"]
@@ -105,7 +105,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             if d.device_id == device_id
         ]
         out = DeviceDriftsOut(device_id, any(m.drift.flagged for m in mine), mine)
-        return web.json_response(schema.dump(out))
+        return params.answer(out)
 
     return [
         Route(

@@ -16,7 +16,6 @@ from hub.api.errors import ApiError
 from hub.api.routing import AUDIT_DETAIL, Route
 from hub.fleet.certificates import RenewalRefusedError
 from hub.fleet.enrollment import BadTokenError, EnrollmentRefusedError
-from outpost import schema
 from outpost.schema import Struct
 
 logger = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class RenewedOut(Struct, frozen=True):
 
 def routes(ctx: ApiContext) -> list[Route]:
     async def health(request: web.Request) -> web.Response:
-        return web.json_response(schema.dump(Health("ok")))
+        return params.answer(Health("ok"))
 
     async def ca(request: web.Request) -> web.Response:
         return web.Response(body=ctx.enrollment.ca_pem, content_type="application/x-pem-file")
@@ -101,7 +100,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             broker_url=enrolled.broker_url,
             not_after=enrolled.not_after,
         )
-        return web.json_response(schema.dump(out), status=201)
+        return params.answer(out, status=201)
 
     async def renew(request: web.Request) -> web.Response:
         # Public on purpose: an expired certificate would fail the TLS handshake, so the
@@ -121,7 +120,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             "previous_serial": renewed.previous_serial,
         }
         out = RenewedOut(certificate=renewed.certificate_pem.decode(), not_after=renewed.not_after)
-        return web.json_response(schema.dump(out))
+        return params.answer(out)
 
     return [
         Route(

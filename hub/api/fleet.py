@@ -68,13 +68,13 @@ def routes(ctx: ApiContext) -> list[Route]:
             limit=size + 1,
         )
         page = params.page(found, size, DeviceOut.of, lambda d: d.device_id)
-        return web.json_response(schema.dump(page))
+        return params.answer(page)
 
     async def get_device(request: web.Request) -> web.Response:
         device = await ctx.store.device(request.match_info["id"])
         if device is None:
             raise ApiError(404, "not_found", f"no device {request.match_info['id']!r}")
-        return web.json_response(schema.dump(DeviceOut.of(device)))
+        return params.answer(DeviceOut.of(device))
 
     async def patch_device(request: web.Request) -> web.Response:
         patch = await params.json_body(request, DevicePatch)
@@ -88,7 +88,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         if device is None:
             raise ApiError(404, "not_found", f"no device {device_id!r}")
         await ctx.policies.refresh([device_id])  # its groups may have changed
-        return web.json_response(schema.dump(DeviceOut.of(device)))
+        return params.answer(DeviceOut.of(device))
 
     async def revoke_device(request: web.Request) -> web.Response:
         device_id = request.match_info["id"]

@@ -10,12 +10,12 @@ from typing import Annotated, Any
 from aiohttp import web
 from msgspec import Meta
 
+from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.drift import fleet_drift
 from hub.api.routing import Route
 from hub.monitoring.metrics import CONTENT_TYPE
 from hub.mqtt.intake import THROTTLED_FOR_S
-from outpost import schema
 from outpost.schema import Struct
 
 
@@ -73,7 +73,7 @@ def routes(ctx: ApiContext, document: Callable[[], dict[str, Any]]) -> list[Rout
         ]
         # Held since before the hub's start: no drops yet in this process.
         items += [ThrottledOut(d, 0, None, 0, until) for d, until in sorted(held.items())]
-        return web.json_response(schema.dump(ThrottledListOut(THROTTLED_FOR_S, items)))
+        return params.answer(ThrottledListOut(THROTTLED_FOR_S, items))
 
     async def openapi(request: web.Request) -> web.Response:
         return web.json_response(document())

@@ -51,6 +51,16 @@ class Items(Struct, Generic[T], frozen=True):
     items: Annotated[list[T], Meta(description="the rows")]
 
 
+def answer(body: Any, status: int = 200) -> web.Response:
+    """A JSON answer of a declaration (or plain data), encoded by msgspec straight from the
+    Structs: no intermediate dicts, and several times the speed of `json.dumps` on a page
+    of devices."""
+    return web.Response(body=_JSON.encode(body), status=status, content_type="application/json")
+
+
+_JSON = msgspec.json.Encoder()
+
+
 async def json_body(request: web.Request, cls: type[T], max_bytes: int | None = None) -> T:
     """Decode the body into `cls`: 413 when over the route's limit (`max_bytes`, else the
     API's), 400 naming the field that is wrong."""

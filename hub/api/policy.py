@@ -16,7 +16,7 @@ from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.fleet import labels
 from hub.store import Layer
-from outpost import policy, schema
+from outpost import policy
 from outpost.schema import Struct
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -76,7 +76,7 @@ class DevicePolicyOut(Struct, frozen=True):
 def routes(ctx: ApiContext) -> list[Route]:
     async def list_layers(request: web.Request) -> web.Response:
         found = await ctx.store.policy_layers()
-        return web.json_response(schema.dump(params.Items([LayerOut.of(x) for x in found])))
+        return params.answer(params.Items([LayerOut.of(x) for x in found]))
 
     async def put_layer(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -111,7 +111,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         )
         await ctx.store.put_policy_layer(layer)
         await ctx.policies.refresh()
-        return web.json_response(schema.dump(LayerOut.of(layer)))
+        return params.answer(LayerOut.of(layer))
 
     async def delete_layer(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -136,7 +136,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             layers=found.layers,
             effective=found.document,
         )
-        return web.json_response(schema.dump(out))
+        return params.answer(out)
 
     name = Param("name", "path", "layer name (fleet, or a group or override name)")
     return [

@@ -165,11 +165,11 @@ def routes(ctx: ApiContext) -> list[Route]:
         except ModelRefusedError as exc:
             raise ApiError(422, "model_refused", str(exc)) from exc
         out = UploadedOut(ModelOut.of(checked.model), checked.runtime)
-        return web.json_response(schema.dump(out), status=201)
+        return params.answer(out, status=201)
 
     async def list_models(request: web.Request) -> web.Response:
         found = await ctx.store.models()
-        return web.json_response(schema.dump(params.Items([ModelOut.of(m) for m in found])))
+        return params.answer(params.Items([ModelOut.of(m) for m in found]))
 
     async def download(request: web.Request) -> web.StreamResponse:
         name, version = request.match_info["name"], request.match_info["version"]
@@ -201,11 +201,11 @@ def routes(ctx: ApiContext) -> list[Route]:
             )
         except RolloutRefusedError as exc:
             raise ApiError(422, "rollout_refused", str(exc)) from exc
-        return web.json_response(schema.dump(RolloutOut.of(rollout)), status=201)
+        return params.answer(RolloutOut.of(rollout), status=201)
 
     async def list_rollouts(request: web.Request) -> web.Response:
         found = await ctx.store.rollouts()
-        return web.json_response(schema.dump(params.Items([RolloutOut.of(r) for r in found])))
+        return params.answer(params.Items([RolloutOut.of(r) for r in found]))
 
     async def get_rollout(request: web.Request) -> web.Response:
         text = request.match_info["id"]
@@ -214,7 +214,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         rollout = await ctx.store.rollout(int(text)) if plausible else None
         if rollout is None:
             raise ApiError(404, "not_found", f"no roll-out {text!r}")
-        return web.json_response(schema.dump(RolloutOut.of(rollout)))
+        return params.answer(RolloutOut.of(rollout))
 
     rollout_id = Param("id", "path", "roll-out id", type="integer")
     return [

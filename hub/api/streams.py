@@ -14,7 +14,7 @@ from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.routing import Param, Route
 from hub.store import MAX_SEQ, StoredRecord, StreamCount
-from outpost import schema, wire
+from outpost import wire
 from outpost.schema import Struct
 
 
@@ -79,13 +79,13 @@ def routes(ctx: ApiContext) -> list[Route]:
         device_id = await known_device(request)
         found = await ctx.store.records(device_id, stream, after=after, limit=size + 1)
         page = params.page(found, size, RecordOut.of, lambda r: r.seq)
-        return web.json_response(schema.dump(page))
+        return params.answer(page)
 
     async def list_streams(request: web.Request) -> web.Response:
         device_id = await known_device(request)
         held = {c.stream: c for c in await ctx.store.stream_counts(device_id)}
         out = StreamsOut(device_id, [StreamOut.of(s, held.get(s)) for s in wire.STREAMS])
-        return web.json_response(schema.dump(out))
+        return params.answer(out)
 
     device_id = Param("id", "path", "device id")
     return [

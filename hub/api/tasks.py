@@ -17,7 +17,6 @@ from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.fleet import labels
 from hub.store import NewTask, Task
 from hub.store.tasks import TERMINAL
-from outpost import schema
 from outpost.schema import FINITE, Struct
 
 STATES = ("queued", "assigned", "accepted", "running", *TERMINAL)
@@ -186,13 +185,13 @@ def routes(ctx: ApiContext) -> list[Route]:
         await ctx.store.create_tasks(new, now=now)
         ctx.dispatcher.wake()
         request[AUDIT_DETAIL] = {"tasks": len(new), "first": new[0].task_id}
-        return web.json_response(schema.dump(TaskIds([t.task_id for t in new])), status=202)
+        return params.answer(TaskIds([t.task_id for t in new]), status=202)
 
     async def get_task(request: web.Request) -> web.Response:
         task = await ctx.store.task(request.match_info["id"])
         if task is None:
             raise ApiError(404, "not_found", f"no task {request.match_info['id']!r}")
-        return web.json_response(schema.dump(TaskOut.of(task)))
+        return params.answer(TaskOut.of(task))
 
     async def list_tasks(request: web.Request) -> web.Response:
         size = params.limit(request)
@@ -207,7 +206,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             limit=size + 1,
         )
         page = params.page(found, size, TaskOut.of, lambda t: t.seq)
-        return web.json_response(schema.dump(page))
+        return params.answer(page)
 
     async def cancel(request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
@@ -223,7 +222,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise ApiError(409, "conflict", f"task {task_id} already ended: {task.state}")
         if holder:
             await ctx.dispatcher.send_cancel(holder, task_id, task.attempt)
-        return web.json_response(schema.dump(TaskOut.of(task)))
+        return params.answer(TaskOut.of(task))
 
     task_id = Param("id", "path", "task id")
     return [
