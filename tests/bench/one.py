@@ -1,7 +1,7 @@
 """Run one benchmark in this process and write its results as JSON: the child that
 `python -m tests.bench` starts for each benchmark (`python -m tests.bench.one NAME OUT
-WORKDIR`). Each result is also written as soon as the whole benchmark returns; a
-benchmark killed on its deadline leaves no file."""
+WORKDIR`). The results are written once the benchmark returns; one killed on its
+deadline leaves no file."""
 
 from __future__ import annotations
 
