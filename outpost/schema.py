@@ -166,7 +166,34 @@ def load(cls: type[T], data: Any, where: str) -> T:
     try:
         return msgspec.convert(data, cls, strict=True)
     except msgspec.ValidationError as exc:
-        raise error_of(exc, where, cls) from None
+        error = error_of(exc, where, cls)
+    raise _entries_named(error, cls, data, where)
+
+
+def _entries_named(error: SchemaError, cls: type[Any], data: Any, where: str) -> SchemaError:
+    """`error` with each `[...]` msgspec writes for a map's entry replaced by the entry's
+    key, found by checking the entries of that map one by one (only once refused)."""
+    head, marker, rest = error.path.partition("[...]")
+    if not marker:
+        return error
+    steps = head.removeprefix(where) if where else f".{head}"
+    node: Any = data
+    for step in re.findall(r"\.([^.\[]+)|\[(\d+)\]", steps):
+        name, index = step
+        try:
+            node = node[int(index)] if index else node[name]
+        except (LookupError, TypeError, ValueError):
+            return error
+    declared = _declared_at(cls, steps + "[...]")
+    if not isinstance(node, dict) or declared is None:
+        return error
+    for key, value in node.items():
+        try:
+            msgspec.convert(value, declared, strict=True)
+        except msgspec.ValidationError:
+            named = SchemaError(f"{head}.{_key_text(key)}{rest}", error.message)
+            return _entries_named(named, cls, data, where) if "[...]" in rest else named
+    return error
 
 
 def check(cls: type[Any], data: Any, where: str) -> None:
