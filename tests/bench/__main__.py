@@ -59,7 +59,9 @@ def main() -> int:
             print(f"{name:<{width}}  {about}; deadline {deadline:.0f} s{quick}")
         return 0
     chosen = [*args.names, *args.only] or (list(QUICK) if args.quick else list(BENCHMARKS))
-    if unknown := [name for name in chosen if name not in BENCHMARKS]:
+    deadlines = dict(args.deadline)
+    named = [name for name in deadlines if name]
+    if unknown := [name for name in [*chosen, *named] if name not in BENCHMARKS]:
         print(
             f"bench: no benchmark named {', '.join(unknown)}; "
             f"choose from {', '.join(BENCHMARKS)} (--list says what each measures)",
@@ -81,7 +83,7 @@ def main() -> int:
     print(HEADER, flush=True)
     failed = False
     for name in chosen:
-        deadline = args.deadline or BENCHMARKS[name][1]
+        deadline = deadlines.get(name) or deadlines.get("") or BENCHMARKS[name][1]
         outcome = _run_one(name, deadline)
         failed |= outcome["status"] != "ok"
         report["benchmarks"].append(outcome)
@@ -105,11 +107,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--deadline",
-        type=float,
-        metavar="SECONDS",
-        help="kill a benchmark that runs longer than this (default: its own, see --list)",
+        action="append",
+        default=[],
+        type=_deadline,
+        metavar="[NAME=]SECONDS",
+        help="kill a benchmark (every one, or NAME) that runs longer than this; may be "
+        "given again (default: each one's own, see --list)",
     )
     return parser
+
+
+def _deadline(text: str) -> tuple[str, float]:
+    """`SECONDS` (every benchmark) or `NAME=SECONDS`, as ("" or NAME, seconds)."""
+    name, _, seconds = text.rpartition("=")
+    try:
+        value = float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give SECONDS or NAME=SECONDS") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a deadline must be above 0 seconds")
+    return name, value
 
 
 def _run_one(name: str, deadline: float) -> dict[str, Any]:

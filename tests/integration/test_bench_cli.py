@@ -34,13 +34,20 @@ def test_list_names_every_benchmark_module() -> None:
     assert names == modules
 
 
-def test_an_unknown_benchmark_is_refused_naming_the_choices() -> None:
+def test_an_unknown_benchmark_or_a_bad_deadline_is_refused_naming_it() -> None:
     refused = bench("--only", "codec", "nope")
+    bad_deadline = bench("--deadline", "drain=soon", "codec")
+    unknown_deadline = bench("--deadline", "dran=3", "codec")
 
     assert refused.returncode == 2
     assert "no benchmark named nope; choose from codec" in refused.stderr
-    assert "Traceback" not in refused.stderr
-    assert refused.stdout == ""  # nothing ran
+    assert bad_deadline.returncode == 2
+    assert "'drain=soon': give SECONDS or NAME=SECONDS" in bad_deadline.stderr
+    assert unknown_deadline.returncode == 2
+    assert "no benchmark named dran" in unknown_deadline.stderr
+    for answer in (refused, bad_deadline, unknown_deadline):
+        assert "Traceback" not in answer.stderr
+        assert answer.stdout == ""  # nothing ran
 
 
 def test_json_holds_every_figure_with_its_ratio_commit_and_host(tmp_path: Path) -> None:
@@ -66,7 +73,7 @@ def test_json_holds_every_figure_with_its_ratio_commit_and_host(tmp_path: Path) 
 def test_a_benchmark_past_its_deadline_is_killed_with_what_it_started(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
 
-    done = bench("--deadline", "3", "--only", "drain", "codec", "--json", str(out))
+    done = bench("--deadline", "drain=3", "--only", "drain", "codec", "--json", str(out))
 
     assert done.returncode == 1
     assert "==> drain: timed out after 3 s" in done.stderr
