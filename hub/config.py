@@ -320,20 +320,21 @@ class HubConfig(Struct, frozen=True):
     ] = "auto"
 
     def __post_init__(self) -> None:
-        check_log_level(self.log_level, "hub.log_level")
+        # Paths are the key's own: schema.load puts the file and table in front.
+        check_log_level(self.log_level, "log_level")
         if self.broker:
-            parse_broker_url(self.broker, "hub.broker")
+            parse_broker_url(self.broker, "broker")
         if self.replica_id:
-            check_replica_id(self.replica_id, "hub.replica_id")
+            check_replica_id(self.replica_id, "replica_id")
         self._check_external_broker_settings()
         if self.replica_id and not self.broker:
             raise schema.SchemaError(
-                "hub.replica_id",
+                "replica_id",
                 "replicas share one external broker: set broker (--broker mqtts://HOST:PORT)",
             )
         if self.replica_id and not is_postgres(self.db_url):
             raise schema.SchemaError(
-                "hub.replica_id",
+                "replica_id",
                 "replicas share one PostgreSQL database: set db_url (--db) to a "
                 "postgresql:// URL too",
             )
@@ -341,10 +342,10 @@ class HubConfig(Struct, frozen=True):
             try:
                 sqlite_path(self.db_url)
             except DatabaseUrlError as exc:
-                raise schema.SchemaError("hub.db_url", str(exc)) from None
+                raise schema.SchemaError("db_url", str(exc)) from None
         if self.task_max_input_bytes + TASK_ENVELOPE_BYTES > self.max_payload_bytes:
             raise schema.SchemaError(
-                "hub.task_max_input_bytes",
+                "task_max_input_bytes",
                 f"must leave {TASK_ENVELOPE_BYTES} bytes below max_payload_bytes "
                 f"({self.max_payload_bytes}): an assignment travels in one message",
             )
@@ -353,16 +354,16 @@ class HubConfig(Struct, frozen=True):
         for key in ("broker_crl_path", "broker_reload_command"):
             if getattr(self, key) and not self.broker:
                 raise schema.SchemaError(
-                    f"hub.{key}",
+                    key,
                     "is for an external broker: set broker (mqtts://HOST:PORT) too; the "
                     "managed Mosquitto reads the hub's CRL and is reloaded by the hub",
                 )
         if self.broker_crl_path and not Path(self.broker_crl_path).is_absolute():
             raise schema.SchemaError(
-                "hub.broker_crl_path", f"{self.broker_crl_path!r}: give an absolute path"
+                "broker_crl_path", f"{self.broker_crl_path!r}: give an absolute path"
             )
         if self.broker_reload_command:  # split now, so that a bad one fails at load
-            _split_command(self.broker_reload_command, "hub.broker_reload_command")
+            _split_command(self.broker_reload_command, "broker_reload_command")
 
     @property
     def reload_argv(self) -> list[str]:

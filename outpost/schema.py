@@ -314,7 +314,8 @@ def _unannotated(tp: Any) -> tuple[Any, str]:
 
 
 def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+    """`where.key`; either may be empty (a declaration's own check names no key)."""
+    return f"{where}.{key}" if where and key else where or key
 
 
 def _key_text(key: Any) -> str:

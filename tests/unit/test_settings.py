@@ -189,8 +189,15 @@ def test_wrong_agent_value_names_the_key(tmp_path: Path, text: str, key: str) ->
     ],
 )
 def test_bad_broker_url_is_refused_naming_the_key(url: str) -> None:
-    assert "hub.broker" in str(hub_error(None, {"broker": url}))
-    assert "agent.broker" in str(agent_error(None, {"broker": url}))
+    # Exactly the key: a declaration's own checks name it once (not hub.hub.broker).
+    assert str(hub_error(None, {"broker": url})).startswith("hub.broker: expected mqtts://")
+    assert str(agent_error(None, {"broker": url})).startswith("agent.broker: expected mqtts://")
+
+
+def test_cross_field_checks_name_the_key_under_its_table() -> None:
+    assert str(hub_error(None, {"log_level": "loud"})).startswith("hub.log_level: must be one")
+    assert str(hub_error(None, {"replica_id": "a"})).startswith("hub.replica_id: replicas share")
+    assert str(agent_error(None, {"log_level": "loud"})).startswith("agent.log_level: must be one")
 
 
 def test_bad_broker_url_in_a_file_is_refused(tmp_path: Path) -> None:
