@@ -167,12 +167,13 @@ def load(cls: type[T], data: Any, where: str) -> T:
         return msgspec.convert(data, cls, strict=True)
     except msgspec.ValidationError as exc:
         error = error_of(exc, where, cls)
-    raise _entries_named(error, cls, data, where)
+    raise name_entries(error, cls, data, where)
 
 
-def _entries_named(error: SchemaError, cls: type[Any], data: Any, where: str) -> SchemaError:
-    """`error` with each `[...]` msgspec writes for a map's entry replaced by the entry's
-    key, found by checking the entries of that map one by one (only once refused)."""
+def name_entries(error: SchemaError, cls: type[Any], data: Any, where: str) -> SchemaError:
+    """`error` (refusing `data` as `cls`) with each `[...]` msgspec writes for a map's
+    entry replaced by that entry's key, found by checking the map's entries one by one:
+    only once refused, so good data costs nothing."""
     head, marker, rest = error.path.partition("[...]")
     if not marker:
         return error
@@ -190,9 +191,9 @@ def _entries_named(error: SchemaError, cls: type[Any], data: Any, where: str) ->
     for key, value in node.items():
         try:
             msgspec.convert(value, declared, strict=True)
-        except msgspec.ValidationError:
+        except (msgspec.ValidationError, RecursionError):
             named = SchemaError(f"{head}.{_key_text(key)}{rest}", error.message)
-            return _entries_named(named, cls, data, where) if "[...]" in rest else named
+            return name_entries(named, cls, data, where) if "[...]" in rest else named
     return error
 
 

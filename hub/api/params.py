@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
-import re
-import types
 from collections.abc import Callable, Sequence
 from typing import (
     Annotated,
     Any,
-    Final,
     Generic,
     TypeVar,
-    Union,
-    get_args,
-    get_origin,
-    get_type_hints,
 )
 
 import msgspec
@@ -90,12 +84,14 @@ def decode(cls: type[T], raw: bytes, where: str = "body") -> T:
         return msgspec.json.decode(raw, type=cls, strict=True)
     except msgspec.ValidationError as exc:
         error = schema.error_of(exc, where, cls)
-        path = _keyed(cls, raw, error.path, where) if "[...]" in error.path else error.path
-        raise bad_field(path, f"{path}: {error.message}") from None
     except msgspec.DecodeError as exc:
         raise bad_field(where, f"request body is not JSON: {exc}") from None
     except RecursionError:
         raise bad_field(where, "request body is nested too deeply") from None
+    if "[...]" in error.path:  # a map's entry: name it by its key
+        with contextlib.suppress(RecursionError):  # too deep to name: say which map
+            error = schema.name_entries(error, cls, msgspec.json.decode(raw), where)
+    raise bad_field(error.path, str(error))
 
 
 def is_object_with(raw: bytes, key: str) -> bool:
@@ -104,57 +100,6 @@ def is_object_with(raw: bytes, key: str) -> bool:
         return key in msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
     except (msgspec.DecodeError, RecursionError):
         return False  # not an object (or not JSON): `decode` says what is wrong
-
-
-# A step of a msgspec path: `.field`, `[index]`, or `[...]` (an entry of a dict).
-_STEP: Final = re.compile(r"\.(?P<name>[^.\[]+)|\[(?P<index>\d+)\]|(?P<entry>\[\.\.\.\])")
-
-
-def _keyed(cls: type[Any], raw: bytes, path: str, where: str) -> str:
-    """`path` with each dict entry named by its key: msgspec writes `[...]` there. The
-    entries of that dict are decoded one by one to find the refused one (only once the
-    body was refused); where it cannot be found, the path ends at the dict."""
-    tp: Any = cls
-    here: bytes | msgspec.Raw = raw
-    out = where
-    for step in _STEP.finditer(path, len(where)):
-        tp = _bare(tp)
-        try:
-            if step["entry"]:
-                value_tp = get_args(tp)[1]
-                entries = msgspec.json.decode(here, type=dict[str, msgspec.Raw])
-                key, here = next((k, v) for k, v in entries.items() if _refused(v, value_tp))
-                out, tp = f"{out}.{key}", value_tp
-                continue
-            if step["index"]:
-                here = msgspec.json.decode(here, type=list[msgspec.Raw])[int(step["index"])]
-                tp = get_args(tp)[0]
-            else:
-                here = msgspec.json.decode(here, type=dict[str, msgspec.Raw])[step["name"]]
-                tp = get_type_hints(tp, include_extras=True)[step["name"]]
-        except (msgspec.DecodeError, LookupError, StopIteration, TypeError, RecursionError):
-            return out + path[step.start() :].split("[...]")[0]
-        out += step[0]
-    return out
-
-
-def _refused(raw: msgspec.Raw, tp: Any) -> bool:
-    try:
-        msgspec.json.decode(raw, type=tp, strict=True)
-    except msgspec.ValidationError:
-        return True
-    return False
-
-
-def _bare(tp: Any) -> Any:
-    """`tp` without `Annotated` layers and without `| None`."""
-    while True:
-        if get_origin(tp) is Annotated:
-            tp = get_args(tp)[0]
-        elif get_origin(tp) in (Union, types.UnionType):
-            tp = next(a for a in get_args(tp) if a is not type(None))
-        else:
-            return tp
 
 
 def limit(request: web.Request) -> int:
