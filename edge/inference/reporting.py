@@ -75,7 +75,10 @@ class Reporter:
             record = result_record(manifest.name, manifest.version, manifest.labels, inference)
             record.update(flag=reason, context=context or {})
             try:
-                appended = await self._store.append("results", [record])
+                # The caller waits for the commit, not for the disk's sync: an
+                # answer's record survives a kill of the agent at once, and a power
+                # cut once the sync that follows at once has run (see `Confirm`).
+                appended = await self._store.append("results", [record], confirm="written")
                 seq = appended.first_seq
             except StreamFullError as exc:
                 self._tally.error("stream_full")

@@ -3,6 +3,11 @@
 Producers `append`; their records get per-stream sequence numbers and are confirmed
 only once committed (group commit: appends that arrive together share one transaction
 and one fsync). The uploader reads `batch`es and applies the hub's `acknowledge`.
+
+A producer that must not wait for the disk (an inference whose answer is recorded) asks
+to be answered once its records are `written`: the transaction is committed to the
+file without a sync, the producer is answered, and the sync follows at once on the same
+thread, before anything else reads or numbers those records (see `Confirm`).
 After every commit that moves a stream's numbering, the store records how far it
 reached in a file beside the database (`confirmed`), which the next open checks the
 database against (`recovery`): a store that lost confirmed commits is set aside.
@@ -13,22 +18,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import sqlite_utils
-from cryptography.exceptions import InvalidTag
 
 from edge.store import confirmed, inbox, streams, wear
 from edge.store.cipher import RecordCipher
+from edge.store.errors import READ_ERRORS, StoreReadError, StoreWriteError, StreamFullError
 from edge.store.recovery import open_store
+from edge.store.stats import fill_of, read_stats
 from edge.store.streams import STREAMS, Appended, Bounds, Refused
-from outpost.sqlite import SerialDatabase
+from outpost.sqlite import SerialDatabase, soft_state
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,43 +52,16 @@ __all__ = [
 ]
 
 MAX_GROUP_RECORDS = 5000  # appends committed together, at most
+
+# When a producer is answered:
+# - "synced": once its records are on the disk (the WAL fsynced): they survive a power cut.
+# - "written": once its transaction is committed to the file (in the kernel's cache, not
+#   yet synced): they survive a crash or kill of the agent at once, and a power cut once
+#   the sync that follows the commit at once has run (milliseconds later). Until then
+#   nothing else sees them: the uploader reads through the same thread, after the sync,
+#   and the confirmed mark (which must never run ahead of the disk) is written after it.
+Confirm = Literal["synced", "written"]
 EXPIRE_EVERY_S = 60.0
-
-
-class StreamFullError(Exception):
-    """The stream is full; new work is refused until the hub catches up."""
-
-    def __init__(self, stream: str, reason: str) -> None:
-        super().__init__(reason)
-        self.stream = stream
-        self.reason = reason
-
-
-class StoreWriteError(Exception):
-    """The store could not write (disk full, I/O error): nothing of the change was stored."""
-
-    def __init__(self, error: Exception, what: str = "append") -> None:
-        # SQLITE_FULL: the disk (or the page limit) is full; anything else is I/O.
-        self.disk_full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-        self.reason = (
-            f"the store could not write ({error}): nothing of this {what} was stored; "
-            "retry once the device's storage is writable again"
-        )
-        super().__init__(self.reason)
-
-
-class StoreReadError(Exception):
-    """The store could not be read (an I/O error, a damaged page or record): callers
-    skip this round and look again later, as for a write error."""
-
-    def __init__(self, error: Exception) -> None:
-        self.reason = f"the store could not be read ({str(error) or type(error).__name__})"
-        super().__init__(self.reason)
-
-
-# What a damaged record or page raises when read: SQLite's errors, msgpack's (all
-# ValueErrors), and an encrypted body whose tag does not verify.
-READ_ERRORS = (sqlite3.Error, ValueError, RecursionError, InvalidTag)
 
 
 # Work done in the transaction that commits an append, only if the append is stored.
@@ -94,6 +74,7 @@ class _Append:
     bodies: list[bytes]
     done: asyncio.Future[Appended | Refused]
     then: Then | None = None
+    confirm: Confirm = "synced"
 
 
 class AgentStore:
@@ -156,9 +137,15 @@ class AgentStore:
     # ---------------------------------------------------------------- producers
 
     async def append(
-        self, stream: str, bodies: Sequence[Any], *, then: Then | None = None
+        self,
+        stream: str,
+        bodies: Sequence[Any],
+        *,
+        then: Then | None = None,
+        confirm: Confirm = "synced",
     ) -> Appended:
-        """Store records; return their sequence numbers once they are on disk.
+        """Store records; return their sequence numbers once they are on disk (or, with
+        `confirm="written"`, once committed to the file: see `Confirm`).
 
         `then` runs in the same transaction when the records are stored (a task leaves
         the inbox exactly when its result enters the results stream)."""
@@ -166,7 +153,7 @@ class AgentStore:
             raise ValueError(f"unknown stream {stream!r} (streams: {', '.join(STREAMS)})")
         packed = [msgspec.msgpack.encode(b) for b in bodies]
         done: asyncio.Future[Appended | Refused] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Append(stream, packed, done, then))
+        self._queue.append(_Append(stream, packed, done, then, confirm))
         self._wake.set()
         try:
             outcome = await done
@@ -196,8 +183,9 @@ class AgentStore:
         expire = time.monotonic() - self._last_expire > EXPIRE_EVERY_S
         if expire:
             self._last_expire = time.monotonic()
+        loop = asyncio.get_running_loop()
         try:
-            outcomes = await self._db.run(self._commit, group, expire)
+            outcomes = await self._db.run(self._commit, group, expire, loop)
         except Exception as exc:
             for item in group:
                 if not item.done.done():
@@ -210,26 +198,39 @@ class AgentStore:
         self.appended.set()
 
     def _commit(
-        self, db: sqlite_utils.Database, group: list[_Append], expire: bool
+        self,
+        db: sqlite_utils.Database,
+        group: list[_Append],
+        expire: bool,
+        loop: asyncio.AbstractEventLoop,
     ) -> list[Appended | Refused]:
         before = wear.thread_bytes_written()
         now = time.time()
-        with db.conn:
-            db.conn.execute("BEGIN IMMEDIATE")
-            self._record_wear(db)
-            outcomes: list[Appended | Refused] = []
-            for item in group:
-                outcome = streams.append(
-                    db, item.stream, item.bodies, self._bounds[item.stream], self._cipher, now
-                )
-                if item.then is not None and isinstance(outcome, Appended):
-                    item.then(db)
-                outcomes.append(outcome)
-            if expire:
-                streams.expire(db, self._bounds, now)
-            # Read inside the transaction (a failing read fails it, before anything is
-            # confirmed), written once it is durable, before anyone is told.
-            numbering = confirmed.current(db)
+        # One producer that waits for the disk makes the whole group's commit a synced one.
+        early = all(item.confirm == "written" for item in group)
+        with contextlib.ExitStack() as unsynced:
+            if early:
+                unsynced.enter_context(soft_state(db))
+            with db.conn:
+                db.conn.execute("BEGIN IMMEDIATE")
+                self._record_wear(db)
+                outcomes: list[Appended | Refused] = []
+                for item in group:
+                    outcome = streams.append(
+                        db, item.stream, item.bodies, self._bounds[item.stream], self._cipher, now
+                    )
+                    if item.then is not None and isinstance(outcome, Appended):
+                        item.then(db)
+                    outcomes.append(outcome)
+                if expire:
+                    streams.expire(db, self._bounds, now)
+                # Read inside the transaction (a failing read fails it, before anything
+                # is confirmed), written once it is durable, before anyone is told.
+                numbering = confirmed.current(db)
+        if early:
+            for item, outcome in zip(group, outcomes, strict=True):
+                loop.call_soon_threadsafe(_settle, item.done, outcome)
+            sync_file(f"{self.path}-wal")  # what a synced commit's own sync would do
         self._marks.write(numbering)
         after = wear.thread_bytes_written()
         stored = sum(
@@ -352,45 +353,26 @@ class AgentStore:
         return await self._read(self._stats)
 
     def _stats(self, db: sqlite_utils.Database) -> dict[str, Any]:
-        stats = _read_stats(db)
+        stats = read_stats(db)
         counters = stats["counters"]
         counters["wear.bytes"] = counters.get("wear.bytes", 0) + self._wear[0]
         counters["wear.records"] = counters.get("wear.records", 0) + self._wear[1]
         records = counters["wear.records"]
         stats["bytes_written_per_record"] = counters["wear.bytes"] / records if records else 0.0
         for name, fill in stats["streams"].items():
-            fill["fill"] = _fill(self._bounds.get(name), fill["records"], fill["bytes"])
+            fill["fill"] = fill_of(self._bounds.get(name), fill["records"], fill["bytes"])
         return stats
 
 
-def _fill(bounds: Bounds | None, records: int, size: int) -> float:
-    """How full a stream is, 0..1: the larger of its records and bytes against their
-    limits (0 when it has none)."""
-    if bounds is None:
-        return 0.0
-    shares = [
-        used / limit
-        for used, limit in ((records, bounds.max_records), (size, bounds.max_bytes))
-        if limit
-    ]
-    return min(1.0, max(shares, default=0.0))
+def _settle(done: asyncio.Future[Appended | Refused], outcome: Appended | Refused) -> None:
+    if not done.done():  # a producer that gave up waiting (cancelled) is not answered
+        done.set_result(outcome)
 
 
-def _read_stats(db: sqlite_utils.Database) -> dict[str, Any]:
-    counters = {r["name"]: r["value"] for r in db.execute("SELECT * FROM counters").fetchall()}
-    fill = {}
-    for r in db.execute("SELECT * FROM streams").fetchall():
-        # The lowest number is the oldest write; the primary key finds it at once.
-        first = db.execute(
-            "SELECT ts FROM records WHERE stream = ? ORDER BY seq LIMIT 1", (r["stream"],)
-        ).fetchone()
-        fill[r["stream"]] = {
-            "records": r["records"],
-            "bytes": r["bytes"],
-            "oldest_ts": first["ts"] if first else None,
-            "acked_seq": r["acked_seq"],
-            "last_seq": r["next_seq"] - 1,
-        }
-    records = counters.get("wear.records", 0)
-    per_record = counters.get("wear.bytes", 0) / records if records else 0.0
-    return {"streams": fill, "counters": counters, "bytes_written_per_record": per_record}
+def sync_file(path: str) -> None:
+    """fsync the file at `path` (any descriptor of a file syncs all its written pages)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

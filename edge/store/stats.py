@@ -1,0 +1,42 @@
+"""How full the agent's store is, and how much it has written: what `stats` reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlite_utils
+
+from edge.store.streams import Bounds
+
+
+def fill_of(bounds: Bounds | None, records: int, size: int) -> float:
+    """How full a stream is, 0..1: the larger of its records and bytes against their
+    limits (0 when it has none)."""
+    if bounds is None:
+        return 0.0
+    shares = [
+        used / limit
+        for used, limit in ((records, bounds.max_records), (size, bounds.max_bytes))
+        if limit
+    ]
+    return min(1.0, max(shares, default=0.0))
+
+
+def read_stats(db: sqlite_utils.Database) -> dict[str, Any]:
+    counters = {r["name"]: r["value"] for r in db.execute("SELECT * FROM counters").fetchall()}
+    fill = {}
+    for r in db.execute("SELECT * FROM streams").fetchall():
+        # The lowest number is the oldest write; the primary key finds it at once.
+        first = db.execute(
+            "SELECT ts FROM records WHERE stream = ? ORDER BY seq LIMIT 1", (r["stream"],)
+        ).fetchone()
+        fill[r["stream"]] = {
+            "records": r["records"],
+            "bytes": r["bytes"],
+            "oldest_ts": first["ts"] if first else None,
+            "acked_seq": r["acked_seq"],
+            "last_seq": r["next_seq"] - 1,
+        }
+    records = counters.get("wear.records", 0)
+    per_record = counters.get("wear.bytes", 0) / records if records else 0.0
+    return {"streams": fill, "counters": counters, "bytes_written_per_record": per_record}
