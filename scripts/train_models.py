@@ -1,4 +1,4 @@
-"""Train, quantize and package the models that ship with Outpost.
+"""Train, quantize and package the models that ship with Outpost, and the benchmarks'.
 
 Run with `./scripts/train-models`: it makes a separate venv with TensorFlow (a
 development-only extra; nothing else in the project needs it) and runs this script.
@@ -12,6 +12,9 @@ example becomes the committed sample with its expected output.
     models/<name>/<version>/model.tflite   the model
     models/<name>/<version>/model.json     manifest: sha256, size, labels, tensors, accuracy
     models/<name>/<version>/sample.json    a sample input and the output it must give
+
+The benchmarks' model (mobilenet-class, a MobileNetV2 at width 0.35 on 96x96x3, ~0.6 MB)
+is not shipped: its bundle goes to tests/bench/models/ instead. `--only NAME` builds one.
 """
 
 from __future__ import annotations
@@ -168,6 +171,59 @@ def surface_model(tf: Any) -> Any:
     )
 
 
+# ---------------------------------------------------------------- colour patterns
+
+PATTERN_LABELS = ["plain", "stripes", "checks", "rings"]
+
+
+def pattern_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`n` 96x96 RGB images (0..1) of two random colours mixed by a pattern, with labels.
+
+    plain: a smooth gradient between the colours; stripes: parallel bands at any angle;
+    checks: a checkerboard at any angle; rings: concentric circles around any centre.
+    Every image has its own colours, scale and sensor noise.
+    """
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32)
+    x = np.empty((n, SIDE, SIDE, 3), np.float32)
+    y = rng.integers(0, len(PATTERN_LABELS), n)
+    for i in range(n):
+        a, b = rng.uniform(0, 1, (2, 3)).astype(np.float32)
+        angle = rng.uniform(0, np.pi)
+        u = (xx - SIDE / 2) * np.cos(angle) + (yy - SIDE / 2) * np.sin(angle)
+        v = -(xx - SIDE / 2) * np.sin(angle) + (yy - SIDE / 2) * np.cos(angle)
+        period = rng.uniform(8, 24)
+        phase = rng.uniform(0, 2 * np.pi)
+        kind = PATTERN_LABELS[y[i]]
+        if kind == "plain":
+            mix = 0.5 + u / SIDE * rng.uniform(0.3, 1.0)
+        elif kind == "stripes":
+            mix = 0.5 + 0.5 * np.sin(2 * np.pi * u / period + phase)
+        elif kind == "checks":
+            cells = np.sin(2 * np.pi * u / period + phase) * np.sin(2 * np.pi * v / period)
+            mix = (cells > 0).astype(np.float32)
+        else:
+            cx, cy = rng.uniform(16, 80, 2)
+            r = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+            mix = 0.5 + 0.5 * np.sin(2 * np.pi * r / period + phase)
+        img = a + (b - a) * mix[..., None]
+        img += rng.normal(0, rng.uniform(0.01, 0.08), (SIDE, SIDE, 3))
+        x[i] = np.clip(img, 0, 1)
+    return x, y
+
+
+def mobilenet_model(tf: Any) -> Any:
+    """MobileNetV2 at width 0.35 on 96x96x3, from scratch: a MobileNet-class workload."""
+    model = tf.keras.applications.MobileNetV2(
+        input_shape=(SIDE, SIDE, 3), alpha=0.35, weights=None, classes=len(PATTERN_LABELS)
+    )
+    # Keras' MobileNetV2 keeps batch-norm statistics with momentum 0.999, made for long
+    # runs: after a few hundred steps they would still be mostly their initial values.
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    return model
+
+
 # ---------------------------------------------------------------- the recipe
 
 
@@ -185,6 +241,10 @@ class Recipe:
     test_size: int
     epochs: int
     sample_label: str
+    # Where the bundle goes, under the repository (or --out): the shipped models in
+    # models/, the benchmarks' fixtures in tests/bench/models/.
+    folder: str = "models"
+    max_bytes: int = MAX_MODEL_BYTES
 
 
 RECIPES = [
@@ -218,6 +278,25 @@ RECIPES = [
         test_size=2000,
         epochs=20,
         sample_label="scratch",
+    ),
+    # Not shipped: a MobileNet-class workload (~0.6 MB, 96x96x3) for tests/bench.
+    Recipe(
+        name="mobilenet-class",
+        version="1.0.0",
+        description="MobileNetV2 (width 0.35) classifying 96x96 RGB images of synthetic "
+        "colour patterns: a benchmark fixture for MobileNet-class inference, not a shipped "
+        "model.",
+        labels=PATTERN_LABELS,
+        normal_label="plain",
+        input_description="RGB pixels from 0 (dark) to 1 (bright), shape [1, 96, 96, 3]",
+        data=pattern_images,
+        build=mobilenet_model,
+        train_size=6000,
+        test_size=1000,
+        epochs=8,
+        sample_label="checks",
+        folder="tests/bench/models",
+        max_bytes=1024 * 1024,
     ),
 ]
 
@@ -268,7 +347,7 @@ def tensor_spec(detail: dict[str, Any], description: str) -> dict[str, Any]:
     }
 
 
-def build(tf: Any, recipe: Recipe, out_root: Path, seed: int) -> dict[str, Any]:
+def build(tf: Any, recipe: Recipe, out_root: Path | None, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     x_train, y_train = recipe.data(recipe.train_size, rng)
     x_test, y_test = recipe.data(recipe.test_size, np.random.default_rng(seed + 1))
@@ -284,8 +363,8 @@ def build(tf: Any, recipe: Recipe, out_root: Path, seed: int) -> dict[str, Any]:
     )
     float_accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
     content = convert(tf, model, x_train[:400])
-    if len(content) > MAX_MODEL_BYTES:
-        raise SystemExit(f"{recipe.name}: {len(content)} bytes, over {MAX_MODEL_BYTES}")
+    if len(content) > recipe.max_bytes:
+        raise SystemExit(f"{recipe.name}: {len(content)} bytes, over {recipe.max_bytes}")
 
     outputs, inp, out = evaluate(content, x_test)
     predicted = outputs.argmax(axis=1)
@@ -303,7 +382,7 @@ def build(tf: Any, recipe: Recipe, out_root: Path, seed: int) -> dict[str, Any]:
     sample_q = quantize(x_test[best][None, ...], in_scale, in_zero)
     expected_q = outputs[best]
 
-    folder = out_root / recipe.name / recipe.version
+    folder = (out_root or ROOT / recipe.folder) / recipe.name / recipe.version
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.tflite").write_bytes(content)
     sample = {
@@ -350,7 +429,11 @@ def build(tf: Any, recipe: Recipe, out_root: Path, seed: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "models", help="models folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="models folder (default: each model's own, models/ or tests/bench/models/)",
+    )
     parser.add_argument("--seed", type=int, default=20261125)
     parser.add_argument("--only", choices=[r.name for r in RECIPES], action="append")
     args = parser.parse_args(argv)
