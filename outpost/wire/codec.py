@@ -18,14 +18,15 @@ from msgspec import Meta
 from outpost import schema
 from outpost.schema import INT64_MAX, Struct
 from outpost.wire.contract import MAX_PAYLOAD_BYTES, VERSION, EncodeError, WireError
-from outpost.wire.down import Ack, Cancel, ModelReleases, SignedPolicy, Tasks
-from outpost.wire.up import Heartbeat, Hello, ModelState, Records, Status, TaskState
+from outpost.wire.down import Ack, Cancel, ModelReleases, SignedPolicy, Tasks, Welcome
+from outpost.wire.up import Heartbeat, Hello, ModelState, Packed, Records, Status, TaskState
 
 Body = (
     Hello
     | Heartbeat
     | Status
     | Records
+    | Packed
     | Ack
     | Tasks
     | Cancel
@@ -33,6 +34,7 @@ Body = (
     | SignedPolicy
     | ModelReleases
     | ModelState
+    | Welcome
 )
 
 
@@ -44,6 +46,7 @@ UP_KINDS: Final[dict[str, type[Any]]] = {
     "records": Records,
     "task_state": TaskState,
     "model_state": ModelState,
+    "packed": Packed,
 }
 DOWN_KINDS: Final[dict[str, type[Any]]] = {
     "ack": Ack,
@@ -51,6 +54,7 @@ DOWN_KINDS: Final[dict[str, type[Any]]] = {
     "cancel": Cancel,
     "policy": SignedPolicy,
     "models": ModelReleases,
+    "welcome": Welcome,
 }
 _ALL_KINDS: Final = {**UP_KINDS, **DOWN_KINDS}
 assert len(_ALL_KINDS) == len(UP_KINDS) + len(DOWN_KINDS), "a kind names one body type"
@@ -170,6 +174,20 @@ def decode(
     except Exception as exc:  # a case the checks above missed: still only a refusal
         text = schema.quote(str(exc))
         raise WireError("malformed", f"undecodable: {type(exc).__name__}: {text}") from exc
+
+
+def decode_body(kind: str, raw: bytes, *, where: str) -> Any:
+    """Decode and check a body of `kind` on its own, as `decode` checks it inside an
+    envelope (what a `packed` message holds), naming paths from `where`; raise
+    `WireError` and nothing else."""
+    try:
+        return _decoder(_ALL_KINDS[kind]).decode(raw)
+    except msgspec.ValidationError as exc:
+        raise WireError("schema", str(schema.error_of(exc, where))) from exc
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise WireError(
+            "malformed", f"{where}: not a {kind} body: {schema.quote(str(exc))}"
+        ) from exc
 
 
 def _decode(

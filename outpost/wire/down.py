@@ -10,7 +10,7 @@ from msgspec import Meta
 from outpost import schema
 from outpost.schema import FINITE, INT64_MAX, Struct
 from outpost.wire.contract import MAX_DEPTH, MAX_TASK_BATCH, Attempt, TaskId
-from outpost.wire.up import Stream
+from outpost.wire.up import MAX_ENCODINGS, ConnId, EncodingName, Stream
 
 Signature = Annotated[bytes, Meta(max_length=64, description="Ed25519 signature of document")]
 
@@ -36,6 +36,21 @@ class Ack(Struct, frozen=True):
         int, Meta(ge=0, le=INT64_MAX, description="highest sequence number the hub has stored")
     ]
     gap: Annotated[bool, Meta(description="a batch was refused: resend from hwm + 1")] = False
+
+
+class Welcome(Struct, frozen=True):
+    """The hub's answer to a hello that offered batch encodings: those of the offer it
+    accepts on connection `conn`. The device compresses batches only once this arrives
+    for its current connection; each new connection starts plain until told again."""
+
+    conn: ConnId
+    compression: Annotated[
+        list[EncodingName],
+        Meta(
+            max_length=MAX_ENCODINGS,
+            description="encodings of the device's offer that the hub accepts (empty: none)",
+        ),
+    ]
 
 
 # Levels of nested lists a task's input may have: the envelope, the body, its list of

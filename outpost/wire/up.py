@@ -46,10 +46,18 @@ class ModelInfo(Struct, frozen=True):
 MAX_MODELS: Final = 256
 Interval = Annotated[float, Meta(ge=0.1, le=86_400, description="seconds between heartbeats")]
 ConnId = Annotated[str, Meta(max_length=64, description="id of this MQTT connection")]
+# A batch encoding's name (see `outpost.wire.packing`). Any name is taken in a hello, so
+# that a hub which knows fewer encodings than the device still reads its hello (and
+# accepts none of the names it does not know).
+EncodingName = Annotated[str, Meta(max_length=32, description="a batch encoding, e.g. zstd")]
+MAX_ENCODINGS: Final = 8
 
 
-class Hello(Struct, frozen=True):
-    """Sent on every connection: who the device is and what it can do."""
+class Hello(Struct, frozen=True, omit_defaults=True):
+    """Sent on every connection: who the device is and what it can do.
+
+    Encoded without the fields left at their default, so that a device with compression
+    off sends what a hub from before `compression` reads (unknown keys are refused)."""
 
     conn: ConnId
     agent_version: Annotated[str, Meta(max_length=32, description="version of the agent")]
@@ -73,6 +81,14 @@ class Hello(Struct, frozen=True):
             description="tasks it holds at most, running and waiting (0: no limit said)",
         ),
     ] = 0
+    compression: Annotated[
+        list[EncodingName],
+        Meta(
+            max_length=MAX_ENCODINGS,
+            description="batch encodings it can send, preferred first (empty: plain records "
+            "only); the hub answers with `welcome`",
+        ),
+    ] = []
 
 
 class TaskLoad(Struct, frozen=True):
@@ -255,6 +271,19 @@ class Records(Struct, frozen=True):
             ts=[float(r[1]) for r in rows],
             bodies=[encode(r[2]) for r in rows],
         )
+
+
+class Packed(Struct, frozen=True):
+    """One whole `records` message (envelope and all), compressed with `encoding`, sent
+    instead of it once the hub accepted that encoding on this connection (`welcome`).
+
+    The hub refuses an encoding it did not accept, a frame that is corrupt, truncated or
+    followed by anything, and one that decompresses past its payload limit (it stops
+    there, before holding more); what it holds is then decoded and checked exactly as a
+    `records` message is."""
+
+    encoding: EncodingName
+    data: Annotated[bytes, Meta(description="the compressed records message, one frame")]
 
 
 class TaskUpdate(Struct, frozen=True):

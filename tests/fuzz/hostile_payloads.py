@@ -76,6 +76,7 @@ def valid_bodies() -> dict[str, dict[str, Any]]:
             updates=[wire.TaskUpdate(task_id="tsk-" + "0" * 16, attempt=1, state="accepted")]
         ),
         "model_state": wire.ModelState(name="m", version="1.0.0", state="active"),
+        "packed": wire.Packed(encoding="zstd", data=b"(\xb5/\xfd\x00X\x00\x00"),
     }
     assert set(bodies) == set(wire.UP_KINDS)
     return {kind: schema.dump(body) for kind, body in bodies.items()}
