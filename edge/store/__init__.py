@@ -31,6 +31,7 @@ import sqlite_utils
 
 from edge.store import confirmed, inbox, streams, wear
 from edge.store.cipher import RecordCipher
+from edge.store.durable import Durability, sync_file
 from edge.store.errors import READ_ERRORS, StoreReadError, StoreWriteError, StreamFullError
 from edge.store.recovery import open_store
 from edge.store.stats import fill_of, read_stats
@@ -89,12 +90,21 @@ class AgentStore:
         # events stream and the `lost.*` counters say so too.
         self.set_aside = opened.set_aside
         self.lost = opened.lost
+        wal = f"{path}-wal"
         try:
+            if os.path.exists(wal):
+                # Commits a killed agent left unsynced are on the disk before anything
+                # (the mark, an upload) takes them as durable.
+                sync_file(wal)
             self._marks = confirmed.MarkFile(confirmed.path_for(path))
-            self._marks.write(confirmed.current(opened.db))
+            self._durable = Durability(
+                wal, self._marks, confirmed.current(opened.db), self._on_synced
+            )
         except (OSError, sqlite3.Error):
             opened.db.conn.close()
             raise
+        self._generation = 0  # of the numbering each commit leaves (writer thread only)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._db = SerialDatabase(opened.db, "agent", close=opened.db.conn.close)
         self._bounds = bounds
         self._cipher = cipher
@@ -103,7 +113,9 @@ class AgentStore:
         self._writer: asyncio.Task[None] | None = None
         self._last_expire = 0.0
         self._wear = (0, 0)  # bytes written and records stored, not yet in the counters
-        self.appended = asyncio.Event()  # set whenever new records are committed
+        self._meter = wear.WriteMeter()
+        self._db.run_sync(lambda _: self._meter.start())  # on the writer thread, as later
+        self.appended = asyncio.Event()  # set whenever new records are on the disk
         self.path = path
 
     def set_bounds(self, bounds: dict[str, Bounds]) -> None:
@@ -111,6 +123,7 @@ class AgentStore:
         self._bounds = bounds
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._writer = asyncio.create_task(self._write_loop(), name="agent.store-writer")
 
     async def close(self) -> None:
@@ -126,10 +139,17 @@ class AgentStore:
                 await self._db.run(self._flush_wear)
             except sqlite3.Error as exc:  # a full disk must not hide why the agent stops
                 logger.warning("wear counters not saved at close: %s", exc)
+        self._durable.close()
         self._db.close()
         self._marks.close()
 
+    def _on_synced(self) -> None:
+        """Unsynced commits reached the disk (on the sync thread): wake the uploader."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.appended.set)
+
     def _flush_wear(self, db: sqlite_utils.Database) -> None:
+        self._take_wear_reading()
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
             self._record_wear(db)
@@ -185,7 +205,7 @@ class AgentStore:
             self._last_expire = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            outcomes = await self._db.run(self._commit, group, expire, loop)
+            outcomes, synced = await self._db.run(self._commit, group, expire, loop)
         except Exception as exc:
             for item in group:
                 if not item.done.done():
@@ -195,7 +215,8 @@ class AgentStore:
         for item, outcome in zip(group, outcomes, strict=True):
             if not item.done.done():
                 item.done.set_result(outcome)
-        self.appended.set()
+        if synced:  # else the sync thread says so once they are on the disk
+            self.appended.set()
 
     def _commit(
         self,
@@ -203,8 +224,8 @@ class AgentStore:
         group: list[_Append],
         expire: bool,
         loop: asyncio.AbstractEventLoop,
-    ) -> list[Appended | Refused]:
-        before = wear.thread_bytes_written()
+    ) -> tuple[list[Appended | Refused], bool]:
+        """Commit `group`; return each append's outcome, and whether the commit was synced."""
         now = time.time()
         # One producer that waits for the disk makes the whole group's commit a synced one.
         early = all(item.confirm == "written" for item in group)
@@ -227,23 +248,24 @@ class AgentStore:
                 # Read inside the transaction (a failing read fails it, before anything
                 # is confirmed), written once it is durable, before anyone is told.
                 numbering = confirmed.current(db)
+        self._generation += 1
         if early:
             for item, outcome in zip(group, outcomes, strict=True):
                 loop.call_soon_threadsafe(_settle, item.done, outcome)
-            sync_file(f"{self.path}-wal")  # what a synced commit's own sync would do
-        self._marks.write(numbering)
-        after = wear.thread_bytes_written()
+            self._durable.unsynced(self._generation, numbering)
+        else:
+            self._durable.synced(self._generation, numbering)
         stored = sum(
             len(i.bodies) for i, o in zip(group, outcomes, strict=True) if isinstance(o, Appended)
         )
-        written = (
-            (after - before)
-            if before is not None and after is not None
-            else sum(len(b) for i in group for b in i.bodies)
-        )
+        written = self._meter.written(sum(len(b) for i in group for b in i.bodies))
         # Kept until the next transaction records it: a write of its own would cost a sync.
         self._wear = (self._wear[0] + written, self._wear[1] + stored)
-        return outcomes
+        return outcomes, not early
+
+    def _take_wear_reading(self) -> None:
+        """Count what the writer thread wrote up to now (on the writer thread)."""
+        self._wear = (self._wear[0] + self._meter.written(0, now=True), self._wear[1])
 
     def _record_wear(self, db: sqlite_utils.Database) -> None:
         """Add the wear measured so far to the counters (inside a caller's transaction)."""
@@ -308,21 +330,34 @@ class AgentStore:
     async def batch_packed(
         self, stream: str, after_seq: int, *, max_records: int, max_bytes: int
     ) -> list[tuple[int, float, bytes]]:
-        """The next records after `after_seq`, bodies as stored (msgpack): what is sent."""
-        return await self._read(
-            streams.read_batch, stream, after_seq, max_records, max_bytes, self._cipher
-        )
+        """The next records after `after_seq` that are on the disk, bodies as stored
+        (msgpack): what is sent."""
+        return await self._read(self._read_batch, stream, after_seq, max_records, max_bytes)
+
+    def _read_batch(
+        self, db: sqlite_utils.Database, stream: str, after: int, records: int, size: int
+    ) -> list[tuple[int, float, bytes]]:
+        through = self._durable.limit(stream)  # read now: a sync may have moved it
+        return streams.read_batch(db, stream, after, records, size, self._cipher, through)
 
     async def acknowledge(self, stream: str, hwm: int) -> int:
         """The hub holds everything of `stream` up to `hwm`: forget it."""
         return await self._write(self._acknowledge, stream, hwm)
 
     def _acknowledge(self, db: sqlite_utils.Database, stream: str, hwm: int) -> int:
-        with db.conn:
+        # Not synced, and nobody waits for its sync: an acknowledgement a power cut
+        # takes back only sends those records again, which the hub takes as duplicates.
+        with soft_state(db), db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
+            before = confirmed.current(db)[stream].last
             deleted = streams.acknowledge(db, stream, hwm, self._cipher)
             numbering = confirmed.current(db)
-        self._marks.write(numbering)
+        self._generation += 1
+        if numbering[stream].last == before:
+            self._durable.unsynced(self._generation, numbering)
+        else:  # renumbered past a mark beyond its own numbers (rare): synced at once
+            sync_file(f"{self.path}-wal")
+            self._durable.synced(self._generation, numbering)
         return deleted
 
     async def align(self, stream: str, hub_hwm: int) -> int:
@@ -334,7 +369,8 @@ class AgentStore:
             db.conn.execute("BEGIN IMMEDIATE")
             shift = streams.align(db, stream, hub_hwm, self._cipher)
             numbering = confirmed.current(db)
-        self._marks.write(numbering)
+        self._generation += 1
+        self._durable.synced(self._generation, numbering)
         return shift
 
     async def aligned(self) -> set[str]:
@@ -353,6 +389,7 @@ class AgentStore:
         return await self._read(self._stats)
 
     def _stats(self, db: sqlite_utils.Database) -> dict[str, Any]:
+        self._take_wear_reading()
         stats = read_stats(db)
         counters = stats["counters"]
         counters["wear.bytes"] = counters.get("wear.bytes", 0) + self._wear[0]
@@ -367,12 +404,3 @@ class AgentStore:
 def _settle(done: asyncio.Future[Appended | Refused], outcome: Appended | Refused) -> None:
     if not done.done():  # a producer that gave up waiting (cancelled) is not answered
         done.set_result(outcome)
-
-
-def sync_file(path: str) -> None:
-    """fsync the file at `path` (any descriptor of a file syncs all its written pages)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidTag
 
 from edge.store.cipher import RecordCipher
 from outpost import rollup as rollup_record  # `rollup` is also a function here
+from outpost.schema import INT64_MAX
 
 logger = logging.getLogger(__name__)
 
@@ -220,11 +221,14 @@ def read_batch(
     max_records: int,
     max_bytes: int,
     cipher: RecordCipher | None,
+    through_seq: int | None = None,
 ) -> list[tuple[int, float, bytes]]:
-    """The oldest records after `after_seq`, at most `max_records` and about `max_bytes`."""
+    """The oldest records after `after_seq` (and up to `through_seq`), at most
+    `max_records` and about `max_bytes`."""
     rows = db.execute(
-        "SELECT seq, ts, body FROM records WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (stream, after_seq, max_records),
+        "SELECT seq, ts, body FROM records WHERE stream = ? AND seq > ? AND seq <= ? "
+        "ORDER BY seq LIMIT ?",
+        (stream, after_seq, INT64_MAX if through_seq is None else through_seq, max_records),
     ).fetchall()
     out: list[tuple[int, float, bytes]] = []
     size = 0

@@ -3,10 +3,12 @@
 The writer thread is the only thread that writes the database, so the growth of its own
 `wchar` in /proc/thread-self/io is what SQLite wrote (WAL frames and checkpoints
 included). Where that file does not exist, the logical size of the records is counted.
+Reading it costs more than a small commit, so it is read at most once a second.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 _IO = Path("/proc/thread-self/io")
@@ -21,3 +23,36 @@ def thread_bytes_written() -> int | None:
     except OSError:
         return None
     return None
+
+
+class WriteMeter:
+    """The bytes the store's writer thread wrote, read from /proc at most every
+    `every_s` (a reading costs more than a small commit): call it from that thread only.
+
+    Where the counter is not available, each commit's logical size stands in for it."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self._every_s = every_s
+        self._last: int | None = None  # the thread's counter at the last reading
+        self._read_at = 0.0
+        self._available = True
+
+    def start(self) -> None:
+        """Take the first reading (on the writer thread, before its first commit)."""
+        self._last = thread_bytes_written()
+        self._available = self._last is not None
+        self._read_at = time.monotonic()
+
+    def written(self, logical: int, *, now: bool = False) -> int:
+        """Bytes written since the last reading; 0 until a reading is due (or `now`)."""
+        if not self._available or self._last is None:
+            return logical
+        moment = time.monotonic()
+        if not now and moment - self._read_at < self._every_s:
+            return 0
+        current = thread_bytes_written()
+        if current is None:
+            self._available = False
+            return logical
+        written, self._last, self._read_at = current - self._last, current, moment
+        return written

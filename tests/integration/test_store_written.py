@@ -1,11 +1,12 @@
 """Appends answered once `written` (a recorded inference's answer): the producer is told
-after the commit, before the disk's sync; the records survive a `kill -9` from that
-moment on, and nothing else sees them (the uploader's reads, the confirmed mark) until
-the sync has run. An append that waits for the disk (`synced`, the default, as the local
-API's records route promises) is still answered only after it.
+after the commit, before the disk's sync, and the next commit does not wait for that
+sync either; the records survive a `kill -9` from that moment on, and nothing else sees
+them (the uploader's reads, the confirmed mark) until the sync has run. An append that
+waits for the disk (`synced`, the default, as the local API's records route promises)
+is still answered only after it.
 
-The disk's sync is replaced by one held on a gate, so "before the sync" is a fact the
-test controls rather than a race it hopes to win.
+The sync (on the store's sync thread) is replaced by one held on a gate, so "before the
+sync" is a fact the test controls rather than a race it hopes to win.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-import edge.store
+import edge.store.durable
 from edge.store import STREAMS, AgentStore, Bounds, confirmed
 from tests.support import REPO
 
@@ -47,7 +48,7 @@ class HeldSync:
 @pytest.fixture
 def held(monkeypatch: pytest.MonkeyPatch) -> HeldSync:
     sync = HeldSync()
-    monkeypatch.setattr(edge.store, "sync_file", sync)
+    monkeypatch.setattr(edge.store.durable, "sync_file", sync)
     return sync
 
 
@@ -56,29 +57,47 @@ async def _records(store: AgentStore) -> list[int]:
     return [seq for seq, _, _ in rows]
 
 
-async def test_a_written_append_is_answered_before_the_sync_and_read_only_after_it(
+async def _until_records(store: AgentStore, expected: list[int]) -> None:
+    """Wait until the uploader would read `expected` (woken as it is, by `appended`)."""
+    async with asyncio.timeout(DEADLINE_S):
+        while True:
+            store.appended.clear()
+            if await _records(store) == expected:
+                return
+            await store.appended.wait()
+
+
+def _last_marked(path: Path) -> int:
+    marks = confirmed.read(confirmed.path_for(path))
+    assert marks is not None
+    return marks["results"].last
+
+
+async def test_a_written_append_is_answered_before_the_sync_and_sent_only_after_it(
     tmp_path: Path, held: HeldSync
 ) -> None:
     path = tmp_path / "store.db"
     store = AgentStore(path, UNBOUNDED)
     await store.start()
     try:
-        appended = await asyncio.wait_for(
+        first = await asyncio.wait_for(
             store.append("results", [{"n": 1}], confirm="written"), DEADLINE_S
         )
-        assert appended.first_seq == 1
-        assert held.done == [], "the producer waited for the sync"
-        # The uploader's read queues behind the sync; the mark has not moved yet.
-        read = asyncio.create_task(_records(store))
+        assert first.first_seq == 1
         await asyncio.to_thread(held.entered.wait, DEADLINE_S)
-        marks = confirmed.read(confirmed.path_for(path))
-        assert marks is None or marks["results"].last == 0, "the mark ran ahead of the disk"
+        # The next commit does not wait behind the sync either.
+        second = await asyncio.wait_for(
+            store.append("results", [{"n": 2}], confirm="written"), DEADLINE_S
+        )
+        assert second.first_seq == 2
+        assert held.done == [], "the producers waited for the sync"
+        # Not on the disk yet: nothing for the uploader, and the mark has not moved.
+        assert await _records(store) == []
+        assert _last_marked(path) == 0, "the mark ran ahead of the disk"
         held.release()
-        assert await asyncio.wait_for(read, DEADLINE_S) == [1]
-        assert held.done == [f"{path}-wal"]
-        marks = confirmed.read(confirmed.path_for(path))
-        assert marks is not None
-        assert marks["results"].last == 1
+        await _until_records(store, [1, 2])
+        assert held.done[0] == f"{path}-wal"
+        assert _last_marked(path) == 2
     finally:
         held.release()
         await store.close()
@@ -105,10 +124,10 @@ async def test_a_synced_append_waits_for_sqlites_own_sync(tmp_path: Path, held: 
 _WRITER = r"""
 import asyncio, sys, threading
 from pathlib import Path
-import edge.store
+import edge.store.durable
 from edge.store import AgentStore, Bounds
 
-edge.store.sync_file = lambda path: threading.Event().wait()  # a disk that never syncs
+edge.store.durable.sync_file = lambda path: threading.Event().wait()  # a disk that never syncs
 
 async def main():
     bounds = {s: Bounds(0, 0, 0) for s in ("results", "events", "metrics")}
@@ -138,6 +157,7 @@ async def test_a_written_record_survives_kill_9_before_its_sync(tmp_path: Path) 
         writer.send_signal(signal.SIGKILL)
         writer.wait(DEADLINE_S)
     assert line.split() == ["ok", "1"]
+    assert _last_marked(path) == 0, "the mark named a number the disk may not hold"
 
     store = AgentStore(path, UNBOUNDED)
     await store.start()

@@ -1,0 +1,104 @@
+"""How far each stream is on the disk, and the sync that takes unsynced commits there.
+
+Commits answered once `written` (see `Confirm` in the store) are not synced by SQLite.
+This thread syncs the WAL after them, off the store's writer thread so the next commit
+does not wait behind it; one sync covers every commit written before it. Only then is
+the new numbering recorded: in the confirmed mark (which must never name a number the
+disk may not hold) and in `limit`, which the uploader's reads respect, so no record
+leaves the device before it is on the device's disk. A synced commit (SQLite's own
+sync) settles everything before it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+from edge.store.confirmed import MarkFile, Marks
+
+logger = logging.getLogger(__name__)
+
+
+def sync_file(path: str) -> None:
+    """fsync the file at `path` (a descriptor of a file syncs all its written pages)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Durability:
+    """The marks and read limits of what is on the disk, and the thread that syncs."""
+
+    def __init__(
+        self, wal: str, marks: MarkFile, numbering: Marks, on_synced: Callable[[], None]
+    ) -> None:
+        self._wal = wal
+        self._marks = marks
+        self._on_synced = on_synced
+        self._lock = threading.Condition()
+        self._settled = 0  # the generation of the numbering last recorded
+        self._limit = {stream: mark.last for stream, mark in numbering.items()}
+        self._pending: tuple[int, Marks] | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        marks.write(numbering)
+
+    def limit(self, stream: str) -> int:
+        """The highest number of `stream` known to be on the disk."""
+        with self._lock:
+            return self._limit.get(stream, 0)
+
+    def synced(self, generation: int, numbering: Marks) -> None:
+        """A commit that SQLite synced left `numbering` (from the writer thread)."""
+        self._settle(generation, numbering)
+
+    def unsynced(self, generation: int, numbering: Marks) -> None:
+        """A commit that nobody synced yet left `numbering`: sync it soon."""
+        with self._lock:
+            self._pending = (generation, numbering)  # a later one covers an earlier one
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="agent-store-sync", daemon=True
+                )
+                self._thread.start()
+            self._lock.notify_all()
+
+    def close(self) -> None:
+        """Sync what is pending, then stop the thread."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _settle(self, generation: int, numbering: Marks) -> None:
+        with self._lock:
+            if generation <= self._settled:
+                return  # an older numbering (a sync that finished after a newer commit)
+            self._settled = generation
+            self._marks.write(numbering)
+            for stream, mark in numbering.items():
+                self._limit[stream] = max(self._limit.get(stream, 0), mark.last)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._closing:
+                    self._lock.wait()
+                if self._pending is None:
+                    return
+                (generation, numbering), self._pending = self._pending, None
+            try:
+                sync_file(self._wal)
+            except OSError as exc:
+                # Not settled: the records stay on the device until a later sync (this
+                # thread's or a synced commit's) gets them on the disk.
+                logger.error("could not sync the store's log %s: %s", self._wal, exc)
+                continue
+            self._settle(generation, numbering)
+            self._on_synced()
