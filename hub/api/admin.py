@@ -176,7 +176,7 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def revoke_token(request: web.Request) -> web.Response:
         jti = request.match_info["jti"]
         request[AUDIT_DETAIL] = {"jti": jti}
-        outcome = await ctx.store.revoke_api_token(jti, now=time.time())
+        outcome = await ctx.tokens.revoke(jti, now=time.time())
         if outcome == "unknown":
             raise ApiError(404, "not_found", f"no token {jti!r}")
         if outcome == "already revoked":

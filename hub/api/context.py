@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from hub.access.tokenstates import TokenStates
 from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
 from hub.fleet.certificates import Renewals
@@ -40,3 +42,9 @@ class ApiContext:
     revoker: Revoker
     intake: DeviceIntake  # what devices send, before the ingest: who is throttled
     holds: FloodHolds  # devices held off for flooding
+
+    @functools.cached_property
+    def tokens(self) -> TokenStates:
+        """The states of API tokens, kept in memory: one for the whole API, so that a
+        revocation through any route is refused by every route at once."""
+        return TokenStates(self.store)

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hub.access import apitokens
 from hub.access.apitokens import Principal, Role
 from hub.access.ratelimit import RateLimiter
+from hub.access.tokenstates import TokenStates
 from hub.api.errors import ApiError
 from hub.api.params import Page
 from hub.monitoring.metrics import HubMetrics
@@ -76,6 +77,7 @@ class Guard:
     """Authenticates, authorises, rate-limits, audits and times every request."""
 
     store: HubStore
+    tokens: TokenStates
     metrics: HubMetrics
     token_key: ed25519.Ed25519PublicKey
     per_subject: RateLimiter
@@ -168,7 +170,7 @@ class Guard:
             principal = self._verified(token.strip())
         except apitokens.ApiTokenError as exc:
             raise _unauthenticated(str(exc)) from exc
-        state = await self.store.api_token_state(principal.jti)
+        state = await self.tokens.state(principal.jti)  # from memory: see tokenstates.py
         if state != "active":
             raise _unauthenticated(
                 "token revoked" if state == "revoked" else "token not issued by this hub"
@@ -179,7 +181,8 @@ class Guard:
         """Verify a token's signature once, then remember it until it expires.
 
         A signature check costs more than the rest of a small request; what it proves
-        about a given token string never changes. Revocation is still checked every time.
+        about a given token string never changes. Revocation is still checked every time
+        (`TokenStates`).
         """
         principal = self._seen.get(token)
         if principal is not None and principal.expires_at > time.time():

@@ -70,6 +70,7 @@ def build_app(ctx: ApiContext, routes: list[Route]) -> web.Application:
     config = ctx.config
     guard = Guard(
         store=ctx.store,
+        tokens=ctx.tokens,
         metrics=ctx.metrics,
         token_key=ctx.token_key.public_key(),
         per_subject=RateLimiter(rate=config.api_rate_per_s, burst=config.api_rate_burst),
