@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta
 
 from outpost import logs
@@ -29,6 +30,15 @@ class Sync(SyncTunables, frozen=True):
     ack_timeout_s: Annotated[
         float, Meta(ge=0.5, le=FINITE, description="resend unacknowledged batches after this long")
     ] = 15.0
+    compression: Annotated[
+        list[Literal["zstd-dict1", "zstd"]],
+        Meta(
+            max_length=2,
+            description="batch encodings offered to the hub, preferred first (zstd-dict1: zstd "
+            "with Outpost's dictionary; zstd); batches go compressed once the hub accepts one on "
+            "the connection, when that makes them smaller; [] sends them plain",
+        ),
+    ] = msgspec.field(default_factory=lambda: ["zstd-dict1", "zstd"])
 
 
 class Inference(InferenceTunables, frozen=True):

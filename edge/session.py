@@ -30,6 +30,7 @@ from edge.tuning import Tuning
 from outpost import __version__, wire
 from outpost.aio import supervise
 from outpost.mqtt import NODELAY
+from outpost.wire import packing
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class Session:
     async def run(self, client: aiomqtt.Client) -> None:
         """Say hello on a new connection, then serve it until it ends."""
         parts = self._parts
+        parts.uploader.compress_with(None)  # plain until the hub accepts an encoding again
         await client.subscribe(wire.down_topic(self._identity.device_id, "#"), qos=1)
         await client.publish(self._topic("status"), self._status(online=True), qos=1, retain=True)
         hello = wire.Hello(
@@ -162,6 +164,7 @@ class Session:
             models=self._telemetry.models_for_hello(),
             task_slots=self._profile.budgets.max_concurrent_tasks,
             task_inbox=self._config.task_inbox,
+            compression=list(self._config.sync.compression),
         )
         payload = wire.encode("hello", hello)
 
@@ -225,10 +228,22 @@ class Session:
                 await parts.tasks.cancel(body)
             elif isinstance(body, wire.ModelReleases):
                 await parts.deployer.offer(body)  # downloads run in the deployer's task
+            elif isinstance(body, wire.Welcome):
+                self._welcomed(body)
             elif isinstance(body, wire.SignedPolicy):
                 # Verifying and writing it to disk block: off the loop. Applying only
                 # sets plain attributes, so it may run there too.
                 await asyncio.to_thread(parts.policy.receive, body)
+
+    def _welcomed(self, welcome: wire.Welcome) -> None:
+        """Compress batches as the hub said it accepts, if it said so for this connection
+        (a welcome queued for an earlier one says nothing of this one)."""
+        if welcome.conn != self._conn:
+            logger.debug("ignored a welcome for connection %s", welcome.conn)
+            return
+        encoding = packing.choose(self._config.sync.compression, welcome.compression)
+        self._parts.uploader.compress_with(encoding)
+        logger.info("upload batches on this connection: %s", encoding or "plain")
 
     def _topic(self, kind: str) -> str:
         return wire.up_topic(self._identity.device_id, kind)

@@ -46,7 +46,12 @@ class Status:
             "models": {m.name: m.state for m in parts.inference.inventory()},
             "tasks": {**schema.dump(parts.tasks.load()), "done": parts.tasks.done},
             "store": await self._store_stats(),
-            "sync": {"bytes_sent": parts.uploader.bytes_sent},
+            "sync": {
+                "bytes_sent": parts.uploader.bytes_sent,
+                # the batch encoding the hub accepted on this connection (None: plain)
+                "compression": parts.uploader.encoding,
+                "packed_batches": parts.uploader.packed_batches,
+            },
         }
 
     async def line(self) -> str:

@@ -205,6 +205,7 @@ class Hub:
         ingest = Ingest(
             store,
             max_payload_bytes=self.config.max_payload_bytes,
+            compression=self.config.compression,
             outcomes=metrics.messages,
             stored=metrics.records_stored,
             acks=metrics.acks,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta
 
 from hub.store.engine import DatabaseUrlError, is_postgres, sqlite_path
@@ -128,6 +129,15 @@ class HubConfig(Struct, frozen=True):
     max_payload_bytes: Annotated[
         int, Meta(ge=1024, le=16 << 20, description="largest MQTT payload accepted from a device")
     ] = 256 * 1024
+    compression: Annotated[
+        list[Literal["zstd-dict1", "zstd"]],
+        Meta(
+            max_length=2,
+            description="compressed upload batches accepted from devices that offer them, "
+            "negotiated per connection (zstd-dict1: zstd with Outpost's dictionary; zstd); "
+            "[] takes plain batches only",
+        ),
+    ] = msgspec.field(default_factory=lambda: ["zstd-dict1", "zstd"])
     device_msgs_per_s: Annotated[
         float,
         Meta(

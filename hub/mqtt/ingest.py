@@ -5,7 +5,9 @@ Presence messages of one batch are applied in one store call (a thread hop costs
 than the SQL); if that call fails, each is retried on its own so that one bad message
 cannot sink its neighbours. Record uploads of the batch are stored in one more call, in
 one durable transaction, and only then acknowledged; hellos are answered with the
-device's marks. Nothing a device sends stops the next message.
+device's marks, and those that offer batch encodings with the ones this hub accepts
+(`welcome`). A `packed` batch is decompressed within the payload limit and then handled
+as a `records` one. Nothing a device sends stops the next message.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from hub.mqtt.acks import AckSet, Downlinks, Publish
@@ -29,6 +31,7 @@ from hub.store import (
 from hub.store.modelstats import Folded
 from hub.tasks.dispatcher import Dispatcher
 from outpost import schema, wire
+from outpost.wire import packing
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class Ingest:
         store: HubStore,
         *,
         max_payload_bytes: int,
+        compression: Collection[str] = (),
         outcomes: collections.Counter[tuple[str, str]] | None = None,
         stored: collections.Counter[str] | None = None,
         acks: collections.Counter[str] | None = None,
@@ -56,6 +60,7 @@ class Ingest:
     ) -> None:
         self._store = store
         self._max_payload_bytes = max_payload_bytes
+        self._compression = frozenset(compression)  # batch encodings accepted
         self._observe_batch = observe_batch
         self._dispatcher = dispatcher
         self._on_hello = on_hello
@@ -92,8 +97,9 @@ class Ingest:
     async def _handle_batch(self, messages: Sequence[tuple[str, bytes]]) -> None:
         now = time.time()
         events: list[tuple[str, PresenceEvent | None]] = []
-        uploads: list[tuple[str, wire.Records]] = []
+        uploads: list[tuple[str, wire.Records, str]] = []  # device, batch, kind it came as
         greeted: list[str] = []  # devices whose hello asks where their streams stand
+        offers: list[tuple[str, wire.Hello]] = []  # hellos that offer batch encodings
         updates: list[tuple[str, wire.TaskState]] = []
         reports: list[tuple[str, wire.ModelState]] = []
         inventories: list[tuple[str, list[wire.ModelInfo]]] = []
@@ -102,7 +108,11 @@ class Ingest:
             if envelope is None:
                 continue
             if isinstance(envelope.body, wire.Records):
-                uploads.append((device_id, envelope.body))
+                uploads.append((device_id, envelope.body, "records"))
+                continue
+            if isinstance(envelope.body, wire.Packed):
+                if (unpacked := self._unpack(topic, envelope.body)) is not None:
+                    uploads.append((device_id, unpacked, "packed"))
                 continue
             if isinstance(envelope.body, wire.TaskState):
                 updates.append((device_id, envelope.body))
@@ -112,6 +122,8 @@ class Ingest:
                 continue
             if isinstance(envelope.body, wire.Hello):
                 greeted.append(device_id)
+                if envelope.body.compression:
+                    offers.append((device_id, envelope.body))
             if isinstance(envelope.body, wire.Hello | wire.Heartbeat) and envelope.body.models:
                 inventories.append((device_id, envelope.body.models))
             events.append((envelope.kind, _event(device_id, envelope, now)))
@@ -131,8 +143,9 @@ class Ingest:
                     await self._on_hello(greeted)
                 except Exception:
                     logger.exception("refreshing the policy of %d devices failed", len(greeted))
-        if acks:
-            await self.downlinks.send(acks.messages())
+        # Welcomes first: a fresh store sends its first batch once its marks arrive.
+        if downlinks := [*self._welcomes(offers), *acks.messages()]:
+            await self.downlinks.send(downlinks)
         if self._dispatcher is not None and (greeted or updates or self._freed):
             self._freed = False
             self._dispatcher.wake()  # capacity may have appeared: allocate now
@@ -204,7 +217,7 @@ class Ingest:
             self._accepted(kind, event, flipped)
 
     async def _store_uploads(
-        self, uploads: list[tuple[str, wire.Records]], now: float, acks: AckSet
+        self, uploads: list[tuple[str, wire.Records, str]], now: float, acks: AckSet
     ) -> None:
         """Store every upload of the batch in one transaction; ack only what it holds.
 
@@ -214,10 +227,11 @@ class Ingest:
         """
         try:
             outcome = await self._store.apply_uploads(
-                [_upload(device_id, body) for device_id, body in uploads], now=now
+                [_upload(device_id, body) for device_id, body, _ in uploads], now=now
             )
         except Exception:
-            self.outcomes[("records", "error")] += len(uploads)
+            for _, _, kind in uploads:
+                self.outcomes[(kind, "error")] += 1
             logger.exception("storing %d record batches failed; acking none of them", len(uploads))
             return
         for name, count in outcome.task_results.items():
@@ -228,9 +242,9 @@ class Ingest:
             self._freed = True  # a finished task frees a slot on its device
         if outcome.task_results.get("late"):
             logger.info("%d late task results recorded", outcome.task_results["late"])
-        for (device_id, body), result in zip(uploads, outcome.applied, strict=True):
+        for (device_id, body, kind), result in zip(uploads, outcome.applied, strict=True):
             if result.gap:
-                self.outcomes[("records", "gap")] += 1
+                self.outcomes[(kind, "gap")] += 1
                 logger.info(
                     "%s sent %s from %d but the hub holds up to %d: asked to resend",
                     device_id,
@@ -240,7 +254,7 @@ class Ingest:
                 )
                 acks.add(device_id, body.stream, result.hwm, refused_to=body.to_seq)
                 continue
-            self.outcomes[("records", "accepted")] += 1
+            self.outcomes[(kind, "accepted")] += 1
             self.stored[body.stream] += result.stored
             acks.add(device_id, body.stream, result.hwm)
 
@@ -255,6 +269,34 @@ class Ingest:
         for device_id in device_ids:
             for stream in wire.STREAMS:
                 acks.add(device_id, stream, marks.get((device_id, stream), 0))
+
+    def _unpack(self, topic: str, body: wire.Packed) -> wire.Records | None:
+        """The batch a `packed` message holds, or None once refused and counted (the
+        device sends it again after its ack timeout: nothing is lost)."""
+        try:
+            return packing.unpack(
+                body, accepts=self._compression, max_bytes=self._max_payload_bytes
+            )
+        except wire.WireError as exc:
+            self._refused(topic, "packed", exc.reason, str(exc))
+            return None
+
+    def _welcomes(self, offers: list[tuple[str, wire.Hello]]) -> list[tuple[str, bytes]]:
+        """Each offering hello's answer: the encodings of its offer this hub accepts, for
+        its connection (empty when none: the device then knows to send plain batches)."""
+        return [
+            (
+                wire.down_topic(device_id, "welcome"),
+                wire.encode(
+                    "welcome",
+                    wire.Welcome(
+                        conn=hello.conn,
+                        compression=packing.accepted(hello.compression, self._compression),
+                    ),
+                ),
+            )
+            for device_id, hello in offers
+        ]
 
     async def _one_by_one(self, presence: list[tuple[str, PresenceEvent]]) -> None:
         for kind, event in presence:
