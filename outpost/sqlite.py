@@ -107,6 +107,13 @@ class SerialDatabase(Generic[D]):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, self._db, *args)
 
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        """Queue `fn(db, *args)` on the worker thread without waiting for it; it reports
+        its own outcome (and must not raise: nobody would see it)."""
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        self._executor.submit(fn, self._db, *args)
+
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(db, *args)` on the worker thread, blocking (for CLIs, not the loop)."""
         if self._closed:

@@ -16,6 +16,7 @@ database against (`recovery`): a store that lost confirmed commits is set aside.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -36,7 +37,7 @@ from edge.store.errors import READ_ERRORS, StoreReadError, StoreWriteError, Stre
 from edge.store.recovery import open_store
 from edge.store.stats import fill_of, read_stats
 from edge.store.streams import STREAMS, Appended, Bounds, Refused
-from outpost.sqlite import SerialDatabase, soft_state
+from outpost.sqlite import SerialDatabase, StoreClosedError, soft_state
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,9 +109,12 @@ class AgentStore:
         self._db = SerialDatabase(opened.db, "agent", close=opened.db.conn.close)
         self._bounds = bounds
         self._cipher = cipher
-        self._queue: list[_Append] = []
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        # Appends waiting for the writer thread, which takes all there are at once (group
+        # commit); `_drain_due` says a drain is queued on it (reset by the thread before
+        # it takes them, so none is left behind).
+        self._queue: collections.deque[_Append] = collections.deque()
+        self._drain_due = False
+        self._closing = False
         self._last_expire = 0.0
         self._wear = (0, 0)  # bytes written and records stored, not yet in the counters
         self._meter = wear.WriteMeter()
@@ -124,21 +128,18 @@ class AgentStore:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._writer = asyncio.create_task(self._write_loop(), name="agent.store-writer")
 
     async def close(self) -> None:
         """Commit what is queued, then close; safe to call twice."""
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-            if self._queue:
-                await self._commit_queued()
+        if not self._closing:
+            self._closing = True
             try:
+                # Runs after every drain queued before it: the queue is committed.
                 await self._db.run(self._flush_wear)
             except sqlite3.Error as exc:  # a full disk must not hide why the agent stops
                 logger.warning("wear counters not saved at close: %s", exc)
+            except StoreClosedError:
+                pass
         self._durable.close()
         self._db.close()
         self._marks.close()
@@ -171,10 +172,15 @@ class AgentStore:
         the inbox exactly when its result enters the results stream)."""
         if stream not in STREAMS:
             raise ValueError(f"unknown stream {stream!r} (streams: {', '.join(STREAMS)})")
+        if self._closing:
+            raise StoreClosedError("the store is closed")
         packed = [msgspec.msgpack.encode(b) for b in bodies]
-        done: asyncio.Future[Appended | Refused] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Appended | Refused] = loop.create_future()
         self._queue.append(_Append(stream, packed, done, then, confirm))
-        self._wake.set()
+        if not self._drain_due:
+            self._drain_due = True
+            self._db.submit(self._drain, loop)
         try:
             outcome = await done
         except Exception as exc:
@@ -186,52 +192,44 @@ class AgentStore:
             raise StreamFullError(stream, outcome.reason)
         return outcome
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                await self._commit_queued()
-
-    async def _commit_queued(self) -> None:
-        group: list[_Append] = []
-        count = 0
-        while self._queue and count < MAX_GROUP_RECORDS:
-            item = self._queue.pop(0)
-            group.append(item)
-            count += len(item.bodies)
-        expire = time.monotonic() - self._last_expire > EXPIRE_EVERY_S
-        if expire:
-            self._last_expire = time.monotonic()
-        loop = asyncio.get_running_loop()
-        try:
-            outcomes, synced = await self._db.run(self._commit, group, expire, loop)
-        except Exception as exc:
-            for item in group:
-                if not item.done.done():
-                    item.done.set_exception(exc)
-            logger.exception("committing %d records failed", count)
-            return
-        for item, outcome in zip(group, outcomes, strict=True):
-            if not item.done.done():
-                item.done.set_result(outcome)
-        if synced:  # else the sync thread says so once they are on the disk
-            self.appended.set()
+    def _drain(self, db: sqlite_utils.Database, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit every queued append, `MAX_GROUP_RECORDS` at a time (writer thread)."""
+        self._drain_due = False  # before taking: an append after this queues a drain
+        while self._queue:
+            group: list[_Append] = []
+            count = 0
+            while self._queue and count < MAX_GROUP_RECORDS:
+                item = self._queue.popleft()
+                group.append(item)
+                count += len(item.bodies)
+            expire = time.monotonic() - self._last_expire > EXPIRE_EVERY_S
+            if expire:
+                self._last_expire = time.monotonic()
+            try:
+                outcomes, synced = self._commit(db, group, expire)
+            except Exception as exc:
+                logger.exception("committing %d records failed", count)
+                for item in group:
+                    loop.call_soon_threadsafe(_fail, item.done, exc)
+                continue
+            for item, outcome in zip(group, outcomes, strict=True):
+                loop.call_soon_threadsafe(_settle, item.done, outcome)
+            if synced:  # else the sync thread says so once they are on the disk
+                loop.call_soon_threadsafe(self.appended.set)
 
     def _commit(
         self,
         db: sqlite_utils.Database,
         group: list[_Append],
         expire: bool,
-        loop: asyncio.AbstractEventLoop,
     ) -> tuple[list[Appended | Refused], bool]:
         """Commit `group`; return each append's outcome, and whether the commit was synced."""
         now = time.time()
         # One producer that waits for the disk makes the whole group's commit a synced one.
-        early = all(item.confirm == "written" for item in group)
-        with contextlib.ExitStack() as unsynced:
-            if early:
-                unsynced.enter_context(soft_state(db))
+        unsynced = all(item.confirm == "written" for item in group)
+        with contextlib.ExitStack() as stack:
+            if unsynced:
+                stack.enter_context(soft_state(db))
             with db.conn:
                 db.conn.execute("BEGIN IMMEDIATE")
                 self._record_wear(db)
@@ -249,9 +247,7 @@ class AgentStore:
                 # is confirmed), written once it is durable, before anyone is told.
                 numbering = confirmed.current(db)
         self._generation += 1
-        if early:
-            for item, outcome in zip(group, outcomes, strict=True):
-                loop.call_soon_threadsafe(_settle, item.done, outcome)
+        if unsynced:
             self._durable.unsynced(self._generation, numbering)
         else:
             self._durable.synced(self._generation, numbering)
@@ -261,7 +257,7 @@ class AgentStore:
         written = self._meter.written(sum(len(b) for i in group for b in i.bodies))
         # Kept until the next transaction records it: a write of its own would cost a sync.
         self._wear = (self._wear[0] + written, self._wear[1] + stored)
-        return outcomes, not early
+        return outcomes, not unsynced
 
     def _take_wear_reading(self) -> None:
         """Count what the writer thread wrote up to now (on the writer thread)."""
@@ -404,3 +400,8 @@ class AgentStore:
 def _settle(done: asyncio.Future[Appended | Refused], outcome: Appended | Refused) -> None:
     if not done.done():  # a producer that gave up waiting (cancelled) is not answered
         done.set_result(outcome)
+
+
+def _fail(done: asyncio.Future[Appended | Refused], error: Exception) -> None:
+    if not done.done():
+        done.set_exception(error)
