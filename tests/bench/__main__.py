@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, float]] = {
     "codec": ("wire codec and the hub's per-device intake vs bare msgpack / asyncio.Queue", 300),
     "store": ("durable appends into the agent's store vs bare SQLite", 300),
     "drain": ("agent store -> hub database over mTLS MQTT vs bare MQTT", 600),
+    "link": ("bytes per record on the wire and drain rate, zstd batches vs plain msgpack", 600),
     "ingest": ("heartbeats validated and stored by the hub vs bare MQTT", 600),
     "api": ("GET /api/v1/devices through the guard vs bare aiohttp", 300),
     "footprint": ("the agent's resident memory vs the floor of its imports", 300),

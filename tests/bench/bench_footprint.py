@@ -14,7 +14,11 @@ from edge.identity import DevicePaths
 from tests.bench.common import Result, rss_of, running_hub
 from tests.support import PROFILES, AgentProcess, device_online, mint_token
 
-LIBRARIES = "import asyncio, ssl, aiomqtt, msgpack, sqlite_utils, psutil, aiohttp, cryptography"
+# backports.zstd: batch compression (compression.zstd from Python 3.14 on).
+LIBRARIES = (
+    "import asyncio, ssl, aiomqtt, msgpack, sqlite_utils, psutil, aiohttp, cryptography, "
+    "backports.zstd"
+)
 SETTLE_S = 3.0
 
 
