@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,7 @@ async def test_requests_beyond_the_queue_are_refused_not_piled_up(litert: Runtim
 
 async def test_inference_runs_on_worker_threads(litert: Runtime) -> None:
     runner = runner_for(SHIPPED_MODELS[0], litert, interpreters=2)
+    runner.inline_below_s = 0.0  # as for a model slower than a hop to a worker
     runner.load()
     sample = runner.bundle.sample
     assert sample is not None
@@ -102,8 +104,6 @@ async def test_inference_runs_on_worker_threads(litert: Runtime) -> None:
     original = runner.run_blocking
 
     def spy(*args: object) -> object:
-        import threading
-
         seen.append(threading.current_thread().name)
         return original(*args)  # type: ignore[arg-type]
 
@@ -115,6 +115,49 @@ async def test_inference_runs_on_worker_threads(litert: Runtime) -> None:
 
     assert len(seen) == 4
     assert all(name.startswith("infer-vibration-anomaly") for name in seen)
+
+
+async def test_a_fast_model_runs_inline_unless_a_request_holds_an_interpreter(
+    litert: Runtime,
+) -> None:
+    runner = runner_for(SHIPPED_MODELS[0], litert, interpreters=2)
+    runner.inline_below_s = 1.0  # any model is fast enough
+    runner.load()
+    sample = runner.bundle.sample
+    assert sample is not None
+    seen: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+    original = runner.run_blocking
+
+    def spy(*args: object) -> object:
+        seen.append(threading.current_thread().name)
+        if len(seen) == 2:  # the first worker request holds its interpreter
+            holding.set()
+            release.wait(30)
+        return original(*args)  # type: ignore[arg-type]
+
+    runner.run_blocking = spy  # type: ignore[method-assign,assignment]
+    try:
+        alone = await runner.infer(sample.input, "int8")  # nobody else: on the loop
+        runner.inline_below_s = 0.0
+        held = asyncio.create_task(runner.infer(sample.input, "int8"))  # to a worker
+        assert await asyncio.to_thread(holding.wait, 30)
+        runner.inline_below_s = 1.0
+        assert not runner.inline, "an interpreter is held: no inline run"
+        beside = await asyncio.wait_for(runner.infer(sample.input, "int8"), 30)
+        release.set()
+        await held
+        after = await runner.infer(sample.input, "int8")
+    finally:
+        release.set()
+        runner.close()
+
+    main = threading.main_thread().name
+    assert seen[0] == main
+    assert seen[1].startswith("infer-")
+    assert seen[2].startswith("infer-")
+    assert seen[3] == main
+    assert alone.label == beside.label == after.label == sample.expected.label
 
 
 def corrupt_copy(tmp_path: Path, keep: int) -> Path:
