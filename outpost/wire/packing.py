@@ -57,10 +57,12 @@ ZSTD_DICT1: Final = "zstd-dict1"
 ZSTD: Final = "zstd"
 ENCODINGS: Final[tuple[str, ...]] = (ZSTD_DICT1, ZSTD)
 DICTIONARY_FILE: Final = "zstd-dict1.zdict"
-# zstd's level 3 (its default): measured on the demo's records, level 1 gave 3-5 % more
-# bytes for 25-35 % less CPU, level 6 5-10 % fewer bytes for 2-4x the CPU on a full
-# batch. Either way compressing costs well under 1 µs a record, a sliver of the drain's
-# cost per record on the same machine (tests/bench/bench_link.py).
+# zstd's level 3 (its default). Measured on the demo's records (tests/bench/bench_link.py,
+# scripts/demo_records.py): level 1 took as long on batches of 1 to 100 records and gave
+# about 3 % more bytes; level 6 gave 3-7 % fewer for 2-4x the time on 100 to 500. Packing
+# and unpacking a full batch costs about 1 µs a record at level 3, as much as encoding
+# and decoding it plain: a Raspberry Pi's few times slower core still drains far faster
+# than its link carries.
 LEVEL: Final = 3
 # zstd's smallest window (1 KiB): the floor of the window bound a limit gives.
 _MIN_WINDOW_LOG: Final = 10

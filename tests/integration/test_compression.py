@@ -24,6 +24,8 @@ from tests.integration.test_store_forward import (
     wait_socket,
     write_agent_settings,
 )
+from tests.integration.test_store_forward_faults import hub_stop
+from tests.local_api import LocalClient
 from tests.support import AgentProcess, eventually
 
 HUB_PLAIN = "compression = []\n"
@@ -249,3 +251,79 @@ async def test_every_record_arrives_once_compressed_only_when_both_sides_agree(
         assert packed > 0
         assert sync["packed_batches"] > 0
     assert not [k for k in hub.parts.ingest.outcomes if k[1].startswith("rejected")]
+
+
+async def _produce_and_wait(hub: Hub, client: LocalClient, device_id: str, start: int) -> None:
+    """Post 100 results in calls of 10, each once the hub holds the one before."""
+    for first in range(start, start + 100, 10):
+        await produce(client, 10, per_call=10, start=first)
+
+        async def there(want: int = first + 10) -> bool:
+            return len(hub_records(hub, device_id)) >= want
+
+        await eventually(there, timeout=30, every=0.05, what=f"results up to {first + 10}")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("hub_settings", [HUB_PLAIN])
+async def test_a_welcome_for_another_connection_is_ignored(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, identity = await enroll_device()
+    write_agent_settings(paths, 'log_level = "debug"\n')
+    agent = agents(paths, heartbeat_interval=1.0)
+    client = await wait_socket(paths, agent)
+    try:
+        await _produce_and_wait(hub, client, identity.device_id, 0)
+        # As the broker may deliver one queued for an earlier connection.
+        stale = wire.Welcome(conn="0123456789ab", compression=["zstd-dict1", "zstd"])
+        topic = wire.down_topic(identity.device_id, "welcome")
+        await hub.parts.link.publish(topic, wire.encode("welcome", stale))
+
+        async def heard() -> bool:
+            return "ignored a welcome for connection 0123456789ab" in agent.output()
+
+        await eventually(heard, timeout=10, what="the agent to read the stale welcome")
+        await _produce_and_wait(hub, client, identity.device_id, 100)
+        sync = (await client.status())["sync"]
+    finally:
+        await client.close()
+    assert sync["compression"] is None
+    assert sync["packed_batches"] == 0
+    assert [seq for seq, _ in hub_records(hub, identity.device_id)] == list(range(1, 201))
+
+
+@pytest.mark.timeout(180)
+async def test_a_new_connection_starts_plain_until_its_own_welcome(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, identity = await enroll_device()
+    agent = agents(paths, heartbeat_interval=1.0)
+    client = await wait_socket(paths, agent)
+    second_task = None
+    try:
+        await _produce_and_wait(hub, client, identity.device_id, 0)
+        assert (await client.status())["sync"]["compression"] == "zstd-dict1"
+        assert outcome(hub, "packed", "accepted") > 0
+
+        # The hub comes back with compression off: the agent's next connection must not
+        # carry on with the last one's encoding (its packed batches would be refused).
+        await hub_stop(hub)
+        second = Hub(hub.paths, msgspec.structs.replace(hub.config, compression=[]))
+        second_task = asyncio.create_task(second.run(), name="second-hub")
+        await asyncio.wait_for(second.ready.wait(), 20)
+
+        async def reconnected() -> bool:
+            return (await client.status())["sync"]["compression"] is None
+
+        await _produce_and_wait(second, client, identity.device_id, 100)
+        assert await reconnected()
+        assert [seq for seq, _ in hub_records(second, identity.device_id)] == list(range(1, 201))
+        assert outcome(second, "packed", "rejected:encoding") == 0
+        assert outcome(second, "packed", "accepted") == 0
+    finally:
+        await client.close()
+        if second_task is not None:
+            second_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await second_task
