@@ -2,11 +2,16 @@
 internal runner and its local API (a real agent process, over its Unix socket) against a
 bare `invoke()` loop on the same model in the same run, every side at the same
 interpreter thread count; the local API's overhead; what recording every answer in the
-store adds to an answer; and the agent's resident memory with the models loaded."""
+store adds to an answer; and the agent's resident memory with the models loaded.
+
+A figure and its raw limit are measured in alternating rounds (bare, 1 caller, CALLERS
+callers, bare, ...), and a rate is the median of its rounds': on a shared machine a burst
+of someone else's work spoils a round or two of each, not one side of a ratio."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import statistics
 import time
@@ -24,6 +29,7 @@ from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
 from edge.inference.runner import ModelRunner
 from edge.inference.runtime import choose_runtime
+from hub.app import Hub
 from outpost.modelbundle import Bundle, read_bundle
 from tests.bench.bench_footprint import LIBRARIES
 from tests.bench.common import Result, rss_of, running_hub
@@ -36,7 +42,9 @@ from tests.support import (
     mint_token,
 )
 
-DURATION_S = 2.0
+DURATION_S = 2.0  # per figure, in ROUNDS rounds
+ROUNDS = 5
+ROUND_S = DURATION_S / ROUNDS
 SETTLE_S = 3.0
 CALLERS = 4  # concurrent callers in the "under load" figures
 # Interpreter threads and interpreters per model on every side: the bare loop, the
@@ -47,7 +55,7 @@ INTERPRETERS = 1
 # Not shipped: MobileNetV2 at width 0.35, 96x96x3, ~0.6 MB int8 (scripts/train_models.py).
 MOBILENET = REPO / "tests" / "bench" / "models" / "mobilenet-class" / "1.0.0"
 MODELS = [*SHIPPED_MODELS, MOBILENET]
-# The model whose local API overhead and answer-recording cost are reported as well.
+# The model whose answer-recording cost is reported as well.
 SMALL = "vibration-anomaly"
 
 
@@ -61,6 +69,27 @@ def floor_code(models: Sequence[Path]) -> str:
 
 
 Figures = tuple[float, float, float]  # per second, p50 and p99 in microseconds
+Round = tuple[list[float], float]  # latencies (s) and the round's length (s)
+Call = Callable[[], Awaitable[object]]
+
+
+class Rounds:
+    """The rounds of one figure: its rate is the median round's, p50 and p99 are over
+    every call of every round."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.latencies: list[float] = []
+
+    def add(self, measured: Round) -> None:
+        latencies, seconds = measured
+        self.rates.append(len(latencies) / seconds)
+        self.latencies += latencies
+
+    def figures(self) -> Figures:
+        ordered = sorted(self.latencies)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        return statistics.median(self.rates), statistics.median(ordered) * 1e6, p99 * 1e6
 
 
 def _real_input(bundle: Bundle) -> bytes:
@@ -71,56 +100,81 @@ def _real_input(bundle: Bundle) -> bytes:
     return real.astype("<f4").tobytes()
 
 
-def _figures(latencies: list[float], seconds: float) -> Figures:
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return len(ordered) / seconds, statistics.median(ordered) * 1e6, p99 * 1e6
-
-
-def _bare(bundle: Bundle) -> Figures:
+class BareLoop:
     """set_tensor + invoke + get_tensor on one interpreter of THREADS threads."""
-    interpreter = choose_runtime().interpreter(str(bundle.model_path), THREADS)
-    interpreter.allocate_tensors()
-    (inp,) = interpreter.get_input_details()
-    (out,) = interpreter.get_output_details()
-    assert bundle.sample is not None
-    tensor = np.array(bundle.sample.input, np.int8)
-    latencies = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < DURATION_S:
-        t = time.perf_counter()
-        interpreter.set_tensor(inp["index"], tensor)
-        interpreter.invoke()
-        interpreter.get_tensor(out["index"])
-        latencies.append(time.perf_counter() - t)
-    return _figures(latencies, time.perf_counter() - start)
+
+    def __init__(self, bundle: Bundle) -> None:
+        self._interpreter = choose_runtime().interpreter(str(bundle.model_path), THREADS)
+        self._interpreter.allocate_tensors()
+        (self._inp,) = self._interpreter.get_input_details()
+        (self._out,) = self._interpreter.get_output_details()
+        assert bundle.sample is not None
+        self._tensor = np.array(bundle.sample.input, np.int8)
+
+    def round(self) -> Round:
+        """Invoke for ROUND_S (blocking: nothing else runs meanwhile in this process)."""
+        interpreter, inp, out = self._interpreter, self._inp["index"], self._out["index"]
+        latencies = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < ROUND_S:
+            t = time.perf_counter()
+            interpreter.set_tensor(inp, self._tensor)
+            interpreter.invoke()
+            interpreter.get_tensor(out)
+            latencies.append(time.perf_counter() - t)
+        return latencies, time.perf_counter() - start
 
 
-async def _callers(count: int, call: Callable[[], Awaitable[object]]) -> Figures:
-    """`count` callers, each making one call after another for DURATION_S."""
+async def _callers(count: int, call: Call) -> Round:
+    """`count` callers, each making one call after another for ROUND_S."""
     latencies: list[float] = []
     start = time.perf_counter()
 
     async def caller() -> None:
-        while time.perf_counter() - start < DURATION_S:
+        while time.perf_counter() - start < ROUND_S:
             t = time.perf_counter()
             await call()
             latencies.append(time.perf_counter() - t)
 
     await asyncio.gather(*(caller() for _ in range(count)))
-    return _figures(latencies, time.perf_counter() - start)
+    return latencies, time.perf_counter() - start
+
+
+async def _alternate(calls: Sequence[Callable[[], Awaitable[Round]]]) -> list[Figures]:
+    """ROUNDS rounds of each of `calls`, taken in turn; their figures in that order."""
+    rounds = [Rounds() for _ in calls]
+    for _ in range(ROUNDS):
+        for measure, into in zip(calls, rounds, strict=True):
+            into.add(await measure())
+    return [r.figures() for r in rounds]
+
+
+async def _against_bare(bundle: Bundle, call: Call) -> tuple[Figures, Figures, Figures]:
+    """The bare loop, then `call` from 1 caller and from CALLERS, in alternating rounds."""
+    bare = BareLoop(bundle)
+
+    async def bare_round() -> Round:
+        return bare.round()
+
+    raw, alone, loaded = await _alternate(
+        [bare_round, lambda: _callers(1, call), lambda: _callers(CALLERS, call)]
+    )
+    return raw, alone, loaded
 
 
 async def _thread_hop() -> Figures:
     """The floor under the runner: a no-op sent to a worker thread and awaited."""
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(1) as executor:
-        return await _callers(1, lambda: loop.run_in_executor(executor, int))
+        (hop,) = await _alternate(
+            [lambda: _callers(1, lambda: loop.run_in_executor(executor, int))]
+        )
+        return hop
 
 
-async def _runner(bundle: Bundle) -> tuple[Figures, Figures]:
+async def _runner(bundle: Bundle) -> tuple[Figures, Figures, Figures]:
     """The agent's runner (INTERPRETERS of THREADS threads): the float input checked,
-    quantized and run on the worker; one caller, then CALLERS at once."""
+    quantized and run on the worker; against the bare loop, 1 caller and CALLERS."""
     runner = ModelRunner(
         bundle,
         choose_runtime(),
@@ -131,30 +185,28 @@ async def _runner(bundle: Bundle) -> tuple[Figures, Figures]:
     await asyncio.to_thread(runner.load)
     data = _real_input(bundle)
     try:
-        alone = await _callers(1, lambda: runner.infer(data, "float32"))
-        loaded = await _callers(CALLERS, lambda: runner.infer(data, "float32"))
-        return alone, loaded
+        return await _against_bare(bundle, lambda: runner.infer(data, "float32"))
     finally:
         runner.close()
 
 
-async def _local_api(
-    socket: Path, bundle: Bundle, counts: Sequence[int] = (1, CALLERS)
-) -> list[Figures]:
-    """Local programs posting msgpack over the Unix socket, `counts` of them at once in
-    turn (the client runs in this process and shares the machine's cores with the agent)."""
+def _poster(session: aiohttp.ClientSession, bundle: Bundle) -> Call:
+    """One local program's call: the sample posted as msgpack, the answer read."""
     body = msgpack.packb({"input": _real_input(bundle)})
     url = f"http://agent/v1/infer/{bundle.manifest.name}"
     headers = {"Content-Type": "application/msgpack"}
-    connector = aiohttp.UnixConnector(path=str(socket), limit=CALLERS)
-    async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def call() -> None:
-            async with session.post(url, data=body, headers=headers) as response:
-                assert response.status == 200, await response.text()
-                await response.read()
+    async def call() -> None:
+        async with session.post(url, data=body, headers=headers) as response:
+            assert response.status == 200, await response.text()
+            await response.read()
 
-        return [await _callers(count, call) for count in counts]
+    return call
+
+
+def _session(socket: Path) -> aiohttp.ClientSession:
+    """A client of the local API (in this process: it shares the cores with the agent)."""
+    return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket), limit=CALLERS))
 
 
 def _profile(folder: Path) -> Path:
@@ -169,10 +221,20 @@ def _profile(folder: Path) -> Path:
     return path
 
 
-def _configure(device: DevicePaths, report: str) -> None:
+async def _device(
+    hub: Hub, folder: Path, report: str, bundles: Sequence[Bundle]
+) -> tuple[DevicePaths, str]:
+    """A device enrolled with the bench profile, its models installed, reporting
+    `report`; and its id."""
+    device = DevicePaths(folder)
+    identity = await enroll(await mint_token(hub), device, _profile(folder.parent))
     device.config.write_text(
         f'[agent]\n[agent.inference]\nreport = "{report}"\nqueue_limit = {CALLERS}\n'
     )
+    directory = ModelDirectory(device.models)
+    for b in bundles:
+        directory.install(b.folder)
+    return device, identity.device_id
 
 
 async def _models_ready(socket: Path, names: Sequence[str]) -> None:
@@ -194,54 +256,47 @@ async def _models_ready(socket: Path, names: Sequence[str]) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _with_agent(
+async def _with_agents(
     root: Path, bundles: list[Bundle]
-) -> tuple[dict[str, list[Figures]], float, dict[str, Figures]]:
-    """The local API figures of every model and the agent's RSS, online, reporting
-    nothing; then SMALL with one caller on an offline agent reporting none, then all."""
+) -> tuple[dict[str, tuple[Figures, Figures, Figures]], float, dict[str, Figures]]:
+    """Every model over the local API of an online agent reporting nothing, against the
+    bare loop beside it, and that agent's RSS; then, the hub stopped, SMALL from one
+    caller on it and on a second agent that records every answer, in alternating rounds."""
     names = [b.manifest.name for b in bundles]
-    device = DevicePaths(root / "device")
-    async with running_hub(root / "hub") as hub:
-        identity = await enroll(await mint_token(hub), device, _profile(root))
-        _configure(device, "none")
-        directory = ModelDirectory(device.models)
-        for b in bundles:
-            directory.install(b.folder)
-        agent = AgentProcess(device.root, heartbeat_interval=1.0, log=root / "agent.log")
-        try:
-            while not await device_online(hub, identity.device_id):
+    with contextlib.ExitStack() as agents:  # stopped at the end, however it ends
+        async with running_hub(root / "hub") as hub:
+            quiet, device_id = await _device(hub, root / "device", "none", bundles)
+            recorder, _ = await _device(hub, root / "recorder", "all", bundles)
+            agent = AgentProcess(quiet.root, heartbeat_interval=1.0, log=root / "agent.log")
+            agents.callback(agent.stop)
+            while not await device_online(hub, device_id):
                 await asyncio.sleep(0.05)  # the benchmark's own poll of the registry
-            await _models_ready(device.socket, names)
+            await _models_ready(quiet.socket, names)
             await asyncio.sleep(SETTLE_S)
             rss = psutil.Process(agent.process.pid).memory_info().rss / 2**20
-            figures = {b.manifest.name: await _local_api(device.socket, b) for b in bundles}
-        finally:
-            agent.stop()
-    # With the hub gone the agent keeps its records (none are uploaded): the difference
-    # is the cost of recording an answer in the store, not of sending it, and the hub's
-    # intake does not share this process's event loop with the callers.
-    small = next(b for b in bundles if b.manifest.name == SMALL)
-    by_report = {}
-    for report in ("none", "all"):
-        _configure(device, report)
-        agent = AgentProcess(device.root, heartbeat_interval=1.0, log=root / f"{report}.log")
-        try:
-            await _models_ready(device.socket, names)
-            await asyncio.sleep(SETTLE_S)
-            (by_report[report],) = await _local_api(device.socket, small, (1,))
-        finally:
-            agent.stop()
-    return figures, rss, by_report
+            api = {}
+            async with _session(quiet.socket) as session:
+                for b in bundles:
+                    api[b.manifest.name] = await _against_bare(b, _poster(session, b))
+        # With the hub gone neither agent sends its records: the difference is the cost
+        # of recording an answer in the store, not of uploading it, and the hub's intake
+        # does not share this process's event loop with the callers.
+        small = next(b for b in bundles if b.manifest.name == SMALL)
+        second = AgentProcess(recorder.root, heartbeat_interval=1.0, log=root / "recorder.log")
+        agents.callback(second.stop)
+        await _models_ready(recorder.socket, names)
+        await asyncio.sleep(SETTLE_S)
+        async with _session(quiet.socket) as none, _session(recorder.socket) as every:
+            by_none, by_all = _poster(none, small), _poster(every, small)
+            reported = await _alternate([lambda: _callers(1, by_none), lambda: _callers(1, by_all)])
+    return api, rss, dict(zip(("none", "all"), reported, strict=True))
 
 
 def run(root: Path) -> list[Result]:
     bundles = [read_bundle(p) for p in MODELS]
-    bare, inner = {}, {}
-    for b in bundles:  # each runner right after its bare loop, on a machine in the same state
-        bare[b.manifest.name] = _bare(b)
-        inner[b.manifest.name] = asyncio.run(_runner(b))
+    inner = {b.manifest.name: asyncio.run(_runner(b)) for b in bundles}
     hop = asyncio.run(_thread_hop())
-    api, rss, by_report = asyncio.run(_with_agent(root, bundles))
+    api, rss, by_report = asyncio.run(_with_agents(root, bundles))
     floor = rss_of(floor_code(MODELS), SETTLE_S)
     same = f"{THREADS} interpreter threads, {INTERPRETERS} interpreter, on every side"
     results = [
@@ -250,23 +305,25 @@ def run(root: Path) -> list[Result]:
             hop[1],
             None,
             "us",
-            f"{hop[0]:,.0f}/s; the floor of every runner call below",
+            f"{hop[0]:,.0f}/s; the floor of a runner call on a worker thread",
         )
     ]
     for b in bundles:
         name = b.manifest.name
-        raw_rate, raw_p50, raw_p99 = bare[name]
-        results.append(Result(f"infer {name}: bare invoke loop", raw_rate, None, "inf/s", same))
-        for where, (alone, loaded) in (("runner", inner[name]), ("local API", api[name])):
+        for where, (raw, alone, loaded) in (("runner", inner[name]), ("local API", api[name])):
+            raw_rate, raw_p50, raw_p99 = raw
             rate, p50, p99 = alone
             results += [
+                Result(f"infer {name}: bare invoke loop", raw_rate, None, "inf/s", same)
+                if where == "runner"
+                else Result("  bare invoke loop, beside the agent", raw_rate, None, "inf/s"),
                 Result(f"  {where}, 1 caller", rate, raw_rate, "inf/s", "raw = bare loop"),
                 Result(f"  {where}, 1 caller, p50", p50, raw_p50, "us"),
                 Result(f"  {where}, 1 caller, p99", p99, raw_p99, "us"),
                 Result(f"  {where}, {CALLERS} callers", loaded[0], raw_rate, "inf/s"),
                 Result(f"  {where}, {CALLERS} callers, p99", loaded[2], None, "us"),
             ]
-        api_p50 = api[name][0][1]
+        (_, raw_p50, _), (_, api_p50, _), _ = api[name]
         results.append(
             Result(
                 "  local API overhead, 1 caller, p50",
@@ -283,7 +340,7 @@ def run(root: Path) -> list[Result]:
             every - none,
             none,
             "us",
-            f"local API, 1 caller, agent offline: p50 with report = all ({every:,.0f} us) "
+            f"local API, 1 caller, agents offline: p50 with report = all ({every:,.0f} us) "
             "- with report = none; raw = the report = none p50",
         ),
         Result(
