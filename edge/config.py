@@ -30,6 +30,16 @@ class Sync(SyncTunables, frozen=True):
     ack_timeout_s: Annotated[
         float, Meta(ge=0.5, le=FINITE, description="resend unacknowledged batches after this long")
     ] = 15.0
+    linger_ms: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=10_000,
+            description="a batch short of batch_records waits up to this long after the "
+            "stream's last batch for more records (a quiet device's records go at once; a "
+            "busy one's go in fewer, larger batches); 0 sends each at once",
+        ),
+    ] = 20.0
     compression: Annotated[
         list[Literal["zstd-dict1", "zstd"]],
         Meta(

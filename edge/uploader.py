@@ -49,6 +49,8 @@ class Uploader:
         self._sent: dict[str, int] = {}
         self._acked: dict[str, int] = {}
         self._in_flight: list[_InFlight] = []
+        self._last_batch: dict[str, float] = {}  # when each stream last sent one
+        self._hold_until = 0.0  # a lingering batch is due then (0: none lingers)
         self._progress = asyncio.Event()
         self._aligned: set[str] = set()
         self._last_read_error = ""
@@ -104,9 +106,12 @@ class Uploader:
                     asyncio.ensure_future(self._progress.wait()),
                     asyncio.ensure_future(self._store.appended.wait()),
                 ]
+                timeout = IDLE_CHECK_S
+                if self._hold_until:
+                    timeout = min(timeout, max(0.0, self._hold_until - time.monotonic()))
                 try:
                     await asyncio.wait(
-                        waiters, timeout=IDLE_CHECK_S, return_when=asyncio.FIRST_COMPLETED
+                        waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     for w in waiters:
@@ -181,8 +186,18 @@ class Uploader:
             self._last_read_error = exc.reason
 
     async def _send_next(self, publish: Publish) -> bool:
+        now = time.monotonic()
+        self._hold_until = 0.0
         for stream in wire.STREAMS:
             after = self._sent.get(stream, 0)
+            waiting = self._store.readable_through(stream) - after
+            if waiting <= 0:
+                continue  # nothing to read: no trip to the store's thread
+            due = self._last_batch.get(stream, 0.0) + self._sync.linger_ms / 1000
+            if waiting < self._sync.batch_records and now < due:
+                # A short batch waits for more records (a full one goes at once).
+                self._hold_until = min(self._hold_until or due, due)
+                continue
             try:
                 rows = await self._store.batch_packed(
                     stream,
@@ -213,6 +228,7 @@ class Uploader:
                     topic, payload = self._packed_topic, smaller
             await self._rate.take(len(payload))
             self._sent[stream] = body.to_seq
+            self._last_batch[stream] = time.monotonic()
             self._in_flight.append(_InFlight(stream, body.to_seq, time.monotonic()))
             await publish(topic, payload)
             self.bytes_sent += len(payload)

@@ -330,6 +330,10 @@ class AgentStore:
         (msgpack): what is sent."""
         return await self._read(self._read_batch, stream, after_seq, max_records, max_bytes)
 
+    def readable_through(self, stream: str) -> int:
+        """The highest number of `stream` that `batch` may return: on the disk (no hop)."""
+        return self._durable.limit(stream)
+
     def _read_batch(
         self, db: sqlite_utils.Database, stream: str, after: int, records: int, size: int
     ) -> list[tuple[int, float, bytes]]:

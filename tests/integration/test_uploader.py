@@ -128,3 +128,42 @@ async def test_acks_delete_a_gap_rewinds_and_silence_resends(store: AgentStore) 
         await eventually(resent_after_silence, timeout=5, what="a resend after silence")
     remaining = await store.batch("results", 0, max_records=10, max_bytes=1 << 20)
     assert [seq for seq, _, _ in remaining] == [3, 4, 5, 6]
+
+
+async def test_a_short_batch_lingers_and_a_full_one_goes_at_once(store: AgentStore) -> None:
+    # Long enough that 29 appends on a slow machine all fall inside it.
+    uploader = Uploader(store, "dev-test00001", Sync(batch_records=10, in_flight=8, linger_ms=2000))
+    link = Wire()
+    async with running(uploader, link):
+        await align(uploader)
+        await store.append("results", [{"n": 0}])  # a quiet device: sent at once
+
+        async def first() -> bool:
+            return len(link.sent) == 1
+
+        await eventually(first, what="the first record, at once")
+        for n in range(1, 30):
+            await store.append("results", [{"n": n}])
+
+        async def everything() -> bool:
+            return sum(len(b.seqs) for b in link.sent) == 30
+
+        await eventually(everything, what="the lingering rest")
+    # Full batches went as soon as they were full; the last 9 waited for the linger.
+    assert [len(b.seqs) for b in link.sent] == [1, 10, 10, 9]
+    assert [b.seqs[0] for b in link.sent] == [1, 2, 12, 22]
+
+
+async def test_with_no_linger_each_record_goes_at_once(store: AgentStore) -> None:
+    uploader = Uploader(store, "dev-test00001", Sync(batch_records=10, linger_ms=0))
+    link = Wire()
+    async with running(uploader, link):
+        await align(uploader)
+        for n in range(3):
+            await store.append("results", [{"n": n}])
+
+            async def sent(count: int = n + 1) -> bool:
+                return len(link.sent) == count
+
+            await eventually(sent, what=f"record {n + 1} in its own batch")
+    assert [b.seqs for b in link.sent] == [[1], [2], [3]]
