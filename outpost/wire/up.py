@@ -274,16 +274,18 @@ class Records(Struct, frozen=True):
 
 
 class Packed(Struct, frozen=True):
-    """One whole `records` message (envelope and all), compressed with `encoding`, sent
-    instead of it once the hub accepted that encoding on this connection (`welcome`).
+    """The body of a `records` message compressed with `encoding` (`outpost.wire.packing`),
+    sent instead of it once the hub accepted that encoding on this connection (`welcome`).
 
     The hub refuses an encoding it did not accept, a frame that is corrupt, truncated or
-    followed by anything, and one that decompresses past its payload limit (it stops
-    there, before holding more); what it holds is then decoded and checked exactly as a
-    `records` message is."""
+    followed by anything, and one that declares or decompresses to more than its payload
+    limit (it stops there, before holding more); what it holds is then decoded and
+    checked exactly as a `records` body is."""
 
     encoding: EncodingName
-    data: Annotated[bytes, Meta(description="the compressed records message, one frame")]
+    data: Annotated[
+        bytes, Meta(description="the records body (msgpack) in one frame that declares its size")
+    ]
 
 
 class TaskUpdate(Struct, frozen=True):
