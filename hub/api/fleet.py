@@ -67,7 +67,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             after=params.decode_cursor(request, str),
             limit=size + 1,
         )
-        page = params.page(found, size, DeviceOut.of, lambda d: d.device_id)
+        page = params.page(found, size, DeviceOut.listed, lambda d: d.device_id)
         return params.answer(page)
 
     async def get_device(request: web.Request) -> web.Response:

@@ -34,7 +34,14 @@ from hub.store.audit import AuditEntry
 from hub.store.batches import UploadOutcome
 from hub.store.catalog import StoredModel
 from hub.store.certs import IssuedCert, RenewalState, RevokedCert
-from hub.store.devices import ConnectionLost, Device, HeartbeatSeen, HelloSeen, PresenceEvent
+from hub.store.devices import (
+    ConnectionLost,
+    Device,
+    HeartbeatSeen,
+    HelloSeen,
+    ListedDevice,
+    PresenceEvent,
+)
 from hub.store.engine import Engine, FencedEngine, open_engine, retries
 from hub.store.leases import Assigned
 from hub.store.leases import Settings as TaskSettings
@@ -60,6 +67,7 @@ __all__ = [
     "HubStore",
     "IssuedCert",
     "Layer",
+    "ListedDevice",
     "NewTask",
     "PresenceEvent",
     "RenewalState",
@@ -188,7 +196,7 @@ class HubStore:
         labels: dict[str, str] | None = None,
         after: str | None = None,
         limit: int = 50,
-    ) -> list[Device]:
+    ) -> list[ListedDevice]:
         return await self._db.run(
             lambda db: devices.list_devices(
                 db, online=online, profile=profile, labels=labels or {}, after=after, limit=limit

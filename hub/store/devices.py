@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from hub.store import policy as policy_store
 from hub.store.sql import Row, Sql
@@ -72,6 +72,38 @@ class Device:
             revoked_at=row["revoked_at"],
             revoked_by=row["revoked_by"],
         )
+
+
+class ListedDevice(NamedTuple):
+    """A device as `list_devices` reads it: the columns `Device` is made of, the JSON
+    ones left as the text the hub stored (an answer splices that text in as it is,
+    instead of parsing it into dicts to encode them again). The hub wrote each with
+    `json.dumps` from values checked where they entered (finite numbers only)."""
+
+    device_id: str
+    profile: str
+    labels: str  # JSON object: label -> value
+    online: int
+    last_seen: float | None
+    last_heartbeat: float | None
+    heartbeat_interval: float | None
+    agent_version: str | None
+    capabilities: str | None  # JSON object
+    load: str | None  # JSON object
+    store: str | None  # JSON object
+    enrolled_at: float | None
+    cert_serial: str | None
+    cert_not_before: float | None
+    cert_not_after: float | None
+    runtime: str | None
+    models: str | None  # JSON array
+    task_slots: int
+    task_latency_ms: float | None
+    revoked_at: float | None
+    revoked_by: str | None
+
+
+_LISTED = ", ".join(ListedDevice._fields)
 
 
 @dataclass(frozen=True)
@@ -260,7 +292,7 @@ def list_devices(
     labels: dict[str, str],
     after: str | None,
     limit: int,
-) -> list[Device]:
+) -> list[ListedDevice]:
     """A page of devices in id order, after the id `after` (keyset: stable under inserts)."""
     where: list[str] = ["1 = 1"]
     params: list[str | int] = []
@@ -280,10 +312,10 @@ def list_devices(
         where.append("device_id > ?")
         params.append(after)
     rows = db.execute(
-        f"SELECT * FROM devices WHERE {' AND '.join(where)} ORDER BY device_id LIMIT ?",  # noqa: S608 - only fixed fragments; values are bound
+        f"SELECT {_LISTED} FROM devices WHERE {' AND '.join(where)} ORDER BY device_id LIMIT ?",  # noqa: S608 - only fixed fragments; values are bound
         [*params, limit],
     ).fetchall()
-    return [Device.from_row(r) for r in rows]
+    return list(map(ListedDevice._make, rows))
 
 
 def update_labels(db: Sql, device_id: str, changes: dict[str, str | None]) -> Device | None:

@@ -247,3 +247,52 @@ async def test_a_revoked_device_reads_as_revoked_and_is_neither_online_nor_offli
     } == expected
     # Offline names the enrolled devices that should be connected: not the revoked one.
     assert await _collect(api, viewer, 50, online="false") == ["dev-offline01"]
+
+
+async def test_the_list_shows_each_device_as_the_device_route_does(
+    hub: Hub, api: ApiClient
+) -> None:
+    """The list splices the JSON columns in as stored (DeviceOut.listed), the device route
+    builds them (DeviceOut.of): the answers must not differ, in any state a device has."""
+    viewer = await api.token("viewer")
+    await add_device(hub, "dev-same0001")  # enrolled, never seen: empty JSON columns
+    await add_device(hub, "dev-same0002", labels={"site": "nörd", "line": "2", "q": 'a"b'})
+    await add_device(hub, "dev-same0003", labels={"site": "south"})
+    now = time.time()
+    model = {"name": "m", "version": "1.0.1", "sha256": "ab" * 32, "state": "ready", "error": ""}
+    await hub.parts.store.record_presence(
+        [
+            HelloSeen(
+                "dev-same0002", "c", now, "rpi-4", "1.9.0", 10.0,
+                {"cores": 4, "memory_bytes": 4 << 30, "arch": "aarch64"}, "litert 1.2",
+                [model], 2,
+            ),
+            HeartbeatSeen(
+                "dev-same0002", "c", now + 0.123456789, 10.0,
+                {"cpu_percent": 12.5, "temperature_c": None, "rss_bytes": 61_440_000},
+                {"streams": {"results": {"records": 3, "fill": 0.25}}, "counters": {}},
+                [model],
+            ),
+            HelloSeen("dev-same0003", "c", now, "generic", "1.9.0", 5.0, {}),
+        ]
+    )  # fmt: skip
+    revoked = await api.call(
+        "POST", "/api/v1/devices/dev-same0003/revoke", token=await api.token("admin")
+    )
+    assert revoked.status == 200, revoked.body
+
+    listed = await api.call("GET", "/api/v1/devices", token=viewer)
+    each = {
+        d["id"]: (await api.call("GET", f"/api/v1/devices/{d['id']}", token=viewer)).body
+        for d in listed.body["items"]
+    }
+
+    assert listed.status == 200, listed.body
+    assert [d["id"] for d in listed.body["items"]] == sorted(each)
+    assert len(each) == 3
+    for device in listed.body["items"]:
+        assert device == each[device["id"]]
+        assert list(device) == list(each[device["id"]])  # the fields in the same order
+    assert each["dev-same0002"]["labels"]["site"] == "nörd"
+    assert each["dev-same0002"]["store"]["streams"]["results"]["fill"] == 0.25
+    assert each["dev-same0003"]["revoked"] is True
