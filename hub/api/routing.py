@@ -12,6 +12,7 @@ from typing import Any, Literal, get_origin
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from prometheus_client import Histogram
 
 from hub.access import apitokens
 from hub.access.apitokens import Principal, Role
@@ -85,6 +86,10 @@ class Guard:
     _seen: dict[str, Principal] = field(default_factory=dict)
 
     def wrap(self, route: Route) -> Handler:
+        # The latency histogram's series of this route, by status: looked up once each
+        # (a labels() call validates and locks every time).
+        timed: dict[int, Histogram] = {}
+
         async def guarded(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
             status = 500
@@ -106,9 +111,11 @@ class Guard:
                     self.auth_failures.allow(f"ip:{request.remote}")
                 raise
             finally:
-                self.metrics.http_seconds.labels(route.method, route.path, str(status)).observe(
-                    time.perf_counter() - started
-                )
+                series = timed.get(status)
+                if series is None:
+                    series = self.metrics.http_seconds.labels(route.method, route.path, str(status))
+                    timed[status] = series
+                series.observe(time.perf_counter() - started)
                 if route.method in MUTATING:
                     await self._audit(request, route, status)
 
