@@ -2,13 +2,16 @@
 against a bare aiohttp handler returning the same bytes over the same TLS.
 
 The load comes from a client in a process of its own (tests/bench/httpload.py), so the
-figures are the servers': on the same two cores, the client in this process would have
-taken its share of every request's time from both servers alike. The hub runs alone in
-this process; once it has stopped, the bare server takes its place (same process, same
-certificate and TLS settings), serving the bodies the hub answered, by path.
+figures are the servers': a client in this process would add its own cost to every
+request of both servers, which pulls the ratio towards 1. The bare server runs in this
+process beside the hub (idle while the bare one is loaded, as the bare one is idle while
+the hub is), with the hub's certificate and TLS settings, and answers the bodies the hub
+answered, by path and query. The two are measured in alternating rounds and each figure
+is its median round's: on a shared machine a burst of someone else's work spoils a round
+or two of each, not one side of a ratio.
 
 Devices look like live ones (a hello and a heartbeat each: capabilities, load, store,
-models), about 1 KB each as the API shows them. Three cases: 50 devices in one page;
+models), about 1.2 KB each as the API shows them. Three cases: 50 devices in one page;
 1,000 devices walked in pages of 50 (the default) and in pages of 500 (the largest).
 """
 
@@ -18,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import ssl
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,7 +38,8 @@ from tests.bench.common import Result, running_hub
 from tests.bench.httpload import Load, Outcome
 from tests.support import add_device, free_port
 
-SECONDS = 2.0  # of load per case, after each connection's warm-up
+ROUNDS = 5  # per case and server, taken in turn: the figures are the median round's
+SECONDS = 1.0  # a round's length, after each connection's warm-up
 CONNECTIONS = 4  # requests in flight at once, one per keep-alive connection
 PATH = "/api/v1/devices"
 REPO = Path(__file__).resolve().parents[2]
@@ -139,110 +144,151 @@ async def _pages(hub: Hub, token: str, limit: int) -> dict[str, bytes]:
 
 @dataclasses.dataclass(frozen=True)
 class Measured:
+    """One round against one server."""
+
     per_s: float
     server_cpu_us: float  # this process's CPU time (every thread) per request
     client_cpu: float  # the client's share of one core
 
 
-async def _measure(load: Load) -> Measured:
-    """Load the server from the client's own process; this process's CPU time is taken
-    over the client's measured span (after its warm-up)."""
-    client = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.bench.httpload",
-        cwd=REPO,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert client.stdin is not None
-    assert client.stdout is not None
-    client.stdin.write(json.dumps(dataclasses.asdict(load)).encode() + b"\n")
-    if await client.stdout.readline() != b"warm\n":
-        await client.wait()
-        raise RuntimeError(f"the load client failed ({client.returncode})")
-    cpu = time.process_time()
-    client.stdin.write(b"go\n")
-    out = await client.stdout.read()
-    cpu = time.process_time() - cpu
-    if await client.wait() != 0:
-        raise RuntimeError(f"the load client failed ({client.returncode})")
-    outcome = Outcome(**json.loads(out))
-    return Measured(
-        outcome.requests / outcome.seconds,
-        cpu / outcome.requests * 1e6,
-        outcome.client_cpu_s / outcome.seconds,
-    )
+class Client:
+    """A load client in its own process (httpload.py), warmed up, one round at a time."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self._process = process
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+
+    @classmethod
+    async def start(cls, load: Load) -> Client:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.bench.httpload",
+            cwd=REPO,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        client = cls(process)
+        client._stdin.write(json.dumps(dataclasses.asdict(load)).encode() + b"\n")
+        await client._line("warm")
+        return client
+
+    async def round(self) -> Measured:
+        """One round; this process's CPU time is taken over it (the server's, when the
+        server is this process and nothing else here is busy)."""
+        cpu = time.process_time()
+        self._stdin.write(b"go\n")
+        outcome = Outcome(**json.loads(await self._line("outcome")))
+        cpu = time.process_time() - cpu
+        return Measured(
+            outcome.requests / outcome.seconds,
+            cpu / outcome.requests * 1e6,
+            outcome.client_cpu_s / outcome.seconds,
+        )
+
+    async def close(self) -> None:
+        self._stdin.close()
+        await self._process.wait()
+
+    async def _line(self, what: str) -> bytes:
+        line = await self._stdout.readline()
+        if not line:
+            status = await self._process.wait()
+            raise RuntimeError(f"the load client ended before its {what} (status {status})")
+        return line
 
 
-async def _bare(
-    hub_paths: HubPaths, host: str, case_pages: dict[str, bytes], load: Load
-) -> Measured:
-    """The raw limit: the same bytes, by path and query, from a handler that does nothing
-    else, behind the TLS settings the hub's own listener uses."""
+class BareServer:
+    """The raw limit: the bytes the hub answered, by path and query, from a handler that
+    does nothing else, behind the TLS settings of the hub's own listener."""
 
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=case_pages[request.path_qs], content_type="application/json")
+    def __init__(self, paths: HubPaths, host: str) -> None:
+        self.pages: dict[str, bytes] = {}
+        self.host = host
+        self.port = free_port()
+        self._paths = paths
+        app = web.Application()
+        app.router.add_get(PATH, self._handler)
+        self._runner = web.AppRunner(app, access_log=None)
 
-    app = web.Application()
-    app.router.add_get(PATH, handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    context = tls.server_context(
-        hub_paths.server_cert,
-        hub_paths.server_key,
-        client_ca=hub_paths.ca_cert,
-        client_cert_optional=True,
-    )
-    await web.TCPSite(runner, host, port, ssl_context=context).start()
+    async def _handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.pages[request.path_qs], content_type="application/json")
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        context = tls.server_context(
+            self._paths.server_cert,
+            self._paths.server_key,
+            client_ca=self._paths.ca_cert,
+            client_cert_optional=True,
+        )
+        await web.TCPSite(self._runner, self.host, self.port, ssl_context=context).start()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def _rounds(ours: Load, bare: Load) -> tuple[list[Measured], list[Measured]]:
+    """ROUNDS rounds against each server, taken in turn."""
+    clients = [await Client.start(ours), await Client.start(bare)]
     try:
-        return await _measure(dataclasses.replace(load, port=port))
+        measured: tuple[list[Measured], list[Measured]] = ([], [])
+        for _ in range(ROUNDS):
+            for client, into in zip(clients, measured, strict=True):
+                into.append(await client.round())
+        return measured
     finally:
-        await runner.cleanup()
+        for client in clients:
+            await client.close()
+
+
+def _median(rounds: list[Measured], field: str) -> float:
+    return float(statistics.median(getattr(r, field) for r in rounds))
 
 
 async def _run(root: Path) -> list[Result]:
-    loads: list[tuple[Case, dict[str, bytes], Load]] = []
-    ours: list[Measured] = []
+    results = []
     async with running_hub(root) as hub:
         client = ApiClient(hub)
         token = await client.token("viewer", subject="bench", ttl=3600)
         await client.close()
-        host, port = hub.config.web_host, hub.config.web_port
-        registered = 0
-        for case in CASES:
-            await _register(hub, registered, case.devices)
-            registered = max(registered, case.devices)
-            pages = await _pages(hub, token, case.limit)
-            load = Load(
-                host=host,
-                port=port,
-                cafile=str(hub.paths.ca_cert),
-                paths=list(pages),
-                headers={"Authorization": f"Bearer {token}"},
-                connections=CONNECTIONS,
-                seconds=SECONDS,
-            )
-            loads.append((case, pages, load))
-            ours.append(await _measure(load))
-        paths = hub.paths
-    # The hub has stopped: the bare server has this process to itself, as the hub had.
-    results = []
-    for (case, pages, load), mine in zip(loads, ours, strict=True):
-        bare = await _bare(paths, host, pages, load)
-        size = sum(map(len, pages.values())) / len(pages)
-        results.append(
-            Result(
-                f"API: GET devices, {case.name}",
-                mine.per_s,
-                bare.per_s,
-                "req/s",
-                f"raw = bare aiohttp, same bytes ({size / 1024:,.0f} KiB), same TLS; "
-                f"server CPU {mine.server_cpu_us:,.0f} vs {bare.server_cpu_us:,.0f} µs/req; "
-                f"client apart, {max(mine.client_cpu, bare.client_cpu):.0%} of a core",
-            )
-        )
+        bare = BareServer(hub.paths, hub.config.web_host)
+        await bare.start()
+        try:
+            registered = 0
+            for case in CASES:
+                await _register(hub, registered, case.devices)
+                registered = max(registered, case.devices)
+                bare.pages = await _pages(hub, token, case.limit)
+                load = Load(
+                    host=hub.config.web_host,
+                    port=hub.config.web_port,
+                    cafile=str(hub.paths.ca_cert),
+                    paths=list(bare.pages),
+                    headers={"Authorization": f"Bearer {token}"},
+                    connections=CONNECTIONS,
+                    seconds=SECONDS,
+                )
+                mine, raw = await _rounds(load, dataclasses.replace(load, port=bare.port))
+                size = sum(map(len, bare.pages.values())) / len(bare.pages)
+                client_cpu = max(_median(mine, "client_cpu"), _median(raw, "client_cpu"))
+                results.append(
+                    Result(
+                        f"API: GET devices, {case.name}",
+                        _median(mine, "per_s"),
+                        _median(raw, "per_s"),
+                        "req/s",
+                        f"raw = bare aiohttp, same bytes ({size / 1024:,.0f} KiB), same TLS; "
+                        f"server CPU {_median(mine, 'server_cpu_us'):,.0f} vs "
+                        f"{_median(raw, 'server_cpu_us'):,.0f} µs/req; "
+                        f"client apart, {client_cpu:.0%} of a core",
+                    )
+                )
+        finally:
+            await bare.stop()
     return results
 
 
