@@ -48,6 +48,10 @@ class Status:
             "store": await self._store_stats(),
             "sync": {
                 "bytes_sent": parts.uploader.bytes_sent,
+                # the same batches plain (msgpack): bytes_sent / plain_bytes is what
+                # compression saved on the link
+                "plain_bytes": parts.uploader.plain_bytes,
+                "records_sent": parts.uploader.records_sent,
                 # the batch encoding the hub accepted on this connection (None: plain)
                 "compression": parts.uploader.encoding,
                 "packed_batches": parts.uploader.packed_batches,

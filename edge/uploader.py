@@ -57,6 +57,8 @@ class Uploader:
         self._packers: dict[str, packing.Packer] = {}  # one context per encoding, kept
         self._packer: packing.Packer | None = None  # None: plain batches
         self.bytes_sent = 0
+        self.plain_bytes = 0  # what the same batches would have been, plain
+        self.records_sent = 0
         self.packed_batches = 0
 
     @property
@@ -219,6 +221,7 @@ class Uploader:
                 bodies=[r[2] for r in rows],
             )
             payload = wire.encode("records", body)
+            plain = len(payload)
             topic, packed = self._topic, False
             if self._packer is not None:
                 # On the event loop, as the encoding above: a full batch takes well under a
@@ -232,6 +235,8 @@ class Uploader:
             self._in_flight.append(_InFlight(stream, body.to_seq, time.monotonic()))
             await publish(topic, payload)
             self.bytes_sent += len(payload)
+            self.plain_bytes += plain
+            self.records_sent += len(rows)
             self.packed_batches += packed
             return True
         return False

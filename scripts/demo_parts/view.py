@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from typing import Any
 
 from hub.cli import render_fleet
 from scripts import demo_replicas
@@ -71,7 +72,16 @@ def show_fleet(
 def store_and_forward(
     api: HubApi, devices: list[Device], links: dict[str, SiteLink], background: Background
 ) -> str:
-    rows = [("AGENT", "SITE LINK", "RESULTS CONFIRMED", "WAITING ON DEVICE", "HELD BY HUB")]
+    rows = [
+        (
+            "AGENT",
+            "SITE LINK",
+            "RESULTS CONFIRMED",
+            "WAITING ON DEVICE",
+            "HELD BY HUB",
+            "ON THE LINK (PER RECORD, VS PLAIN MSGPACK)",
+        )
+    ]
     for d in devices:
         try:
             status = background.run(d.producer.status(), timeout=5)
@@ -80,8 +90,9 @@ def store_and_forward(
             d.tasks = f"{t['done']}/{t['running']}/{t['queued']}"
             d.tasks_done = t["done"]
             d.policy = f"v{status['policy_version']}" if status["policy_version"] else "none"
+            link = link_bytes(status["sync"])
         except Exception:  # the agent may be restarting; the table goes on
-            waiting = "?"
+            waiting = link = "?"
         rows.append(
             (
                 d.name,
@@ -89,11 +100,23 @@ def store_and_forward(
                 str(d.producer.confirmed + d.sensor.flagged + d.tasks_done),
                 waiting,
                 api.held(d.device_id),
+                link,
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "store and forward:\n" + "\n".join(lines)
+
+
+def link_bytes(sync: dict[str, Any]) -> str:
+    """What the agent's uploads cost on the link: its batch encoding on this connection,
+    bytes per record, and the share of what the same batches would take plain."""
+    if not sync["records_sent"]:
+        return "nothing sent yet"
+    encoding = sync["compression"] or "plain"
+    per_record = sync["bytes_sent"] / sync["records_sent"]
+    share = sync["bytes_sent"] / sync["plain_bytes"]
+    return f"{encoding}: {per_record:.0f} B ({share:.2f}x)"
 
 
 def local_inference(devices: list[Device]) -> str:

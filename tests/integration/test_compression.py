@@ -243,13 +243,16 @@ async def test_every_record_arrives_once_compressed_only_when_both_sides_agree(
         await client.close()
 
     assert sync["compression"] == encoding
+    assert sync["records_sent"] >= 3020  # more after a resend, never fewer
     packed = outcome(hub, "packed", "accepted")
     if encoding is None:
         assert packed == 0
         assert sync["packed_batches"] == 0
+        assert sync["bytes_sent"] == sync["plain_bytes"]
     else:
         assert packed > 0
         assert sync["packed_batches"] > 0
+        assert sync["bytes_sent"] < sync["plain_bytes"]
     assert not [k for k in hub.parts.ingest.outcomes if k[1].startswith("rejected")]
 
 

@@ -68,13 +68,15 @@ def test_demo_shows_three_agents_online_and_stops_everything(short_dir: Path) ->
         r"^(pump-station|camera-gate)\s+CUT\s+(\d+)\s+(\d+)", done.stdout, re.MULTILINE
     )
     assert any(int(waiting) > 0 for _, _, waiting in during_cut), "no backlog while cut"
-    final = {
-        m[0]: (int(m[1]), int(m[2]), int(m[3]))
-        for m in re.findall(
-            r"^([a-z0-9-]+)\s+up\s+(\d+)\s+(\d+)\s+(\d+)\s*$", last_table, re.MULTILINE
-        )
-    }
+    forwarded = re.findall(
+        r"^([a-z0-9-]+)\s+up\s+(\d+)\s+(\d+)\s+(\d+)\s+([a-z0-9-]+): \d+ B \(([\d.]+)x\)\s*$",
+        last_table,
+        re.MULTILINE,
+    )
+    final = {m[0]: (int(m[1]), int(m[2]), int(m[3])) for m in forwarded}
     assert set(final) == {"pump-station", "camera-gate", "line-3-gateway"}, last_table
+    # Every agent's batches go compressed, and smaller than plain, on the link.
+    assert all(m[4] == "zstd-dict1" and float(m[5]) < 1.0 for m in forwarded), last_table
     for name, (confirmed, waiting, held) in final.items():
         # A batch posted in the last second may still be on its way.
         assert confirmed - held <= 10, (name, confirmed, held)
