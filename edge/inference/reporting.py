@@ -77,7 +77,7 @@ class Reporter:
             try:
                 # The caller waits for the commit, not for the disk's sync: an
                 # answer's record survives a kill of the agent at once, and a power
-                # cut once the sync that follows at once has run (see `Confirm`).
+                # cut once the sync that follows within milliseconds has run (`Confirm`).
                 appended = await self._store.append("results", [record], confirm="written")
                 seq = appended.first_seq
             except StreamFullError as exc:

@@ -59,7 +59,8 @@ MAX_GROUP_RECORDS = 5000  # appends committed together, at most
 # - "synced": once its records are on the disk (the WAL fsynced): they survive a power cut.
 # - "written": once its transaction is committed to the file (in the kernel's cache, not
 #   yet synced): they survive a crash or kill of the agent at once, and a power cut once
-#   the sync that follows the commit at once has run (milliseconds later). Until then
+#   the sync that follows the commit has run (within `durable.SYNC_DELAY_S` and the
+#   sync's own time, milliseconds). Until then
 #   nothing else sees them: the uploader reads through the same thread, after the sync,
 #   and the confirmed mark (which must never run ahead of the disk) is written after it.
 Confirm = Literal["synced", "written"]

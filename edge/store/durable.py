@@ -2,7 +2,9 @@
 
 Commits answered once `written` (see `Confirm` in the store) are not synced by SQLite.
 This thread syncs the WAL after them, off the store's writer thread so the next commit
-does not wait behind it; one sync covers every commit written before it. Only then is
+does not wait behind it; one sync covers every commit written before it, so it waits
+`SYNC_DELAY_S` for more to gather first (a sync per commit costs the whole device: the
+commits that meet a running sync wait for it, and the journal's work takes CPU). Only then is
 the new numbering recorded: in the confirmed mark (which must never name a number the
 disk may not hold) and in `limit`, which the uploader's reads respect, so no record
 leaves the device before it is on the device's disk. A synced commit (SQLite's own
@@ -20,6 +22,10 @@ from edge.store.confirmed import MarkFile, Marks
 
 logger = logging.getLogger(__name__)
 
+# How long a sync waits for more unsynced commits to cover: the longest a recorded answer
+# is exposed to a power cut, beyond the sync itself.
+SYNC_DELAY_S = 0.01
+
 
 def sync_file(path: str) -> None:
     """fsync the file at `path` (a descriptor of a file syncs all its written pages)."""
@@ -34,9 +40,15 @@ class Durability:
     """The marks and read limits of what is on the disk, and the thread that syncs."""
 
     def __init__(
-        self, wal: str, marks: MarkFile, numbering: Marks, on_synced: Callable[[], None]
+        self,
+        wal: str,
+        marks: MarkFile,
+        numbering: Marks,
+        on_synced: Callable[[], None],
+        delay_s: float = SYNC_DELAY_S,
     ) -> None:
         self._wal = wal
+        self._delay_s = delay_s
         self._marks = marks
         self._on_synced = on_synced
         self._lock = threading.Condition()
@@ -92,6 +104,8 @@ class Durability:
                     self._lock.wait()
                 if self._pending is None:
                     return
+                # Let more commits gather (closing cuts it short; they are all pending).
+                self._lock.wait_for(lambda: self._closing, timeout=self._delay_s)
                 (generation, numbering), self._pending = self._pending, None
             try:
                 sync_file(self._wal)
