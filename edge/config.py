@@ -35,9 +35,10 @@ class Sync(SyncTunables, frozen=True):
         Meta(
             ge=0,
             le=10_000,
-            description="a batch short of batch_records waits up to this long after the "
-            "stream's last batch for more records (a quiet device's records go at once; a "
-            "busy one's go in fewer, larger batches); 0 sends each at once",
+            description="while a stream's last batch is unacknowledged, a batch short of "
+            "batch_records waits up to this long after it for more records (a quiet "
+            "stream's records go at once; a busy one's go in fewer, larger batches); 0 "
+            "sends each at once",
         ),
     ] = 20.0
     compression: Annotated[

@@ -196,8 +196,10 @@ class Uploader:
             if waiting <= 0:
                 continue  # nothing to read: no trip to the store's thread
             due = self._last_batch.get(stream, 0.0) + self._sync.linger_ms / 1000
-            if waiting < self._sync.batch_records and now < due:
-                # A short batch waits for more records (a full one goes at once).
+            if waiting < self._sync.batch_records and now < due and self._flying(stream):
+                # A short batch waits for more records while the stream's last one is
+                # unacknowledged (its ack, or the linger, ends the wait): a quiet stream's
+                # record (a task's result) goes at once, a busy one's go together.
                 self._hold_until = min(self._hold_until or due, due)
                 continue
             try:
@@ -240,6 +242,9 @@ class Uploader:
             self.packed_batches += packed
             return True
         return False
+
+    def _flying(self, stream: str) -> bool:
+        return any(f.stream == stream for f in self._in_flight)
 
     def _resend_if_stalled(self) -> None:
         if not self._in_flight:

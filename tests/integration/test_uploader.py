@@ -167,3 +167,21 @@ async def test_with_no_linger_each_record_goes_at_once(store: AgentStore) -> Non
 
             await eventually(sent, what=f"record {n + 1} in its own batch")
     assert [b.seqs for b in link.sent] == [[1], [2], [3]]
+
+
+async def test_a_record_after_an_acknowledged_batch_goes_at_once(store: AgentStore) -> None:
+    # A task's result on a quiet stream: its last batch is acknowledged, so nothing
+    # lingers, however long the linger (a wait for it would outlast the deadline below).
+    uploader = Uploader(store, "dev-test00001", Sync(batch_records=10, linger_ms=10_000))
+    link = Wire()
+    async with running(uploader, link):
+        await align(uploader)
+        for n in range(1, 4):
+            await store.append("results", [{"n": n}])
+
+            async def sent(count: int = n) -> bool:
+                return len(link.sent) == count
+
+            await eventually(sent, timeout=5, what=f"result {n} at once")
+            await uploader.on_ack(wire.Ack(stream="results", hwm=n))
+    assert [b.seqs for b in link.sent] == [[1], [2], [3]]
