@@ -23,14 +23,14 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import sqlite_utils
 
 from edge.store import confirmed, inbox, streams, wear
+from edge.store.appends import Confirm, Pending, Then, fail, settle
 from edge.store.cipher import RecordCipher
 from edge.store.durable import Durability, sync_file
 from edge.store.errors import READ_ERRORS, StoreReadError, StoreWriteError, StreamFullError
@@ -55,29 +55,7 @@ __all__ = [
 
 MAX_GROUP_RECORDS = 5000  # appends committed together, at most
 
-# When a producer is answered:
-# - "synced": once its records are on the disk (the WAL fsynced): they survive a power cut.
-# - "written": once its transaction is committed to the file (in the kernel's cache, not
-#   yet synced): they survive a crash or kill of the agent at once, and a power cut once
-#   the sync that follows the commit has run (within `durable.SYNC_DELAY_S` and the
-#   sync's own time, milliseconds). Until then
-#   nothing else sees them: the uploader reads through the same thread, after the sync,
-#   and the confirmed mark (which must never run ahead of the disk) is written after it.
-Confirm = Literal["synced", "written"]
 EXPIRE_EVERY_S = 60.0
-
-
-# Work done in the transaction that commits an append, only if the append is stored.
-Then = Callable[[sqlite_utils.Database], None]
-
-
-@dataclass
-class _Append:
-    stream: str
-    bodies: list[bytes]
-    done: asyncio.Future[Appended | Refused]
-    then: Then | None = None
-    confirm: Confirm = "synced"
 
 
 class AgentStore:
@@ -113,7 +91,7 @@ class AgentStore:
         # Appends waiting for the writer thread, which takes all there are at once (group
         # commit); `_drain_due` says a drain is queued on it (reset by the thread before
         # it takes them, so none is left behind).
-        self._queue: collections.deque[_Append] = collections.deque()
+        self._queue: collections.deque[Pending] = collections.deque()
         self._drain_due = False
         self._closing = False
         self._last_expire = 0.0
@@ -178,7 +156,7 @@ class AgentStore:
         packed = [msgspec.msgpack.encode(b) for b in bodies]
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Appended | Refused] = loop.create_future()
-        self._queue.append(_Append(stream, packed, done, then, confirm))
+        self._queue.append(Pending(stream, packed, done, then, confirm))
         if not self._drain_due:
             self._drain_due = True
             self._db.submit(self._drain, loop)
@@ -197,7 +175,7 @@ class AgentStore:
         """Commit every queued append, `MAX_GROUP_RECORDS` at a time (writer thread)."""
         self._drain_due = False  # before taking: an append after this queues a drain
         while self._queue:
-            group: list[_Append] = []
+            group: list[Pending] = []
             count = 0
             while self._queue and count < MAX_GROUP_RECORDS:
                 item = self._queue.popleft()
@@ -211,17 +189,17 @@ class AgentStore:
             except Exception as exc:
                 logger.exception("committing %d records failed", count)
                 for item in group:
-                    loop.call_soon_threadsafe(_fail, item.done, exc)
+                    loop.call_soon_threadsafe(fail, item.done, exc)
                 continue
             for item, outcome in zip(group, outcomes, strict=True):
-                loop.call_soon_threadsafe(_settle, item.done, outcome)
+                loop.call_soon_threadsafe(settle, item.done, outcome)
             if synced:  # else the sync thread says so once they are on the disk
                 loop.call_soon_threadsafe(self.appended.set)
 
     def _commit(
         self,
         db: sqlite_utils.Database,
-        group: list[_Append],
+        group: list[Pending],
         expire: bool,
     ) -> tuple[list[Appended | Refused], bool]:
         """Commit `group`; return each append's outcome, and whether the commit was synced."""
@@ -400,13 +378,3 @@ class AgentStore:
         for name, fill in stats["streams"].items():
             fill["fill"] = fill_of(self._bounds.get(name), fill["records"], fill["bytes"])
         return stats
-
-
-def _settle(done: asyncio.Future[Appended | Refused], outcome: Appended | Refused) -> None:
-    if not done.done():  # a producer that gave up waiting (cancelled) is not answered
-        done.set_result(outcome)
-
-
-def _fail(done: asyncio.Future[Appended | Refused], error: Exception) -> None:
-    if not done.done():
-        done.set_exception(error)
