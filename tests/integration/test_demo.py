@@ -26,6 +26,14 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+# A row of the store-and-forward table with the link up: agent, results confirmed,
+# waiting on the device, held by the hub, the batch encoding and its share of plain.
+STORE_ROW = re.compile(
+    r"^([a-z0-9-]+)\s+up\s+(\d+)\s+(\d+)\s+(\d+)\s+([a-z0-9-]+): \d+ B \(([\d.]+)x\)\s*$",
+    re.MULTILINE,
+)
+
+
 def test_demo_shows_three_agents_online_and_stops_everything(short_dir: Path) -> None:
     data = short_dir / "demo"
     done = subprocess.run(
@@ -68,11 +76,7 @@ def test_demo_shows_three_agents_online_and_stops_everything(short_dir: Path) ->
         r"^(pump-station|camera-gate)\s+CUT\s+(\d+)\s+(\d+)", done.stdout, re.MULTILINE
     )
     assert any(int(waiting) > 0 for _, _, waiting in during_cut), "no backlog while cut"
-    forwarded = re.findall(
-        r"^([a-z0-9-]+)\s+up\s+(\d+)\s+(\d+)\s+(\d+)\s+([a-z0-9-]+): \d+ B \(([\d.]+)x\)\s*$",
-        last_table,
-        re.MULTILINE,
-    )
+    forwarded = STORE_ROW.findall(last_table)
     final = {m[0]: (int(m[1]), int(m[2]), int(m[3])) for m in forwarded}
     assert set(final) == {"pump-station", "camera-gate", "line-3-gateway"}, last_table
     # Every agent's batches go compressed, and smaller than plain, on the link.
@@ -172,9 +176,9 @@ def test_demo_with_two_replicas_keeps_the_fleet_going_when_the_leader_is_killed(
     # After the kill the fleet went on: the roll-out completed, stores drained to the
     # surviving replica, tasks kept finishing.
     assert re.search(r"model roll-out 1 of vibration-anomaly 1\.1\.0 .*: completed:", last_table)
-    final = re.findall(r"^([a-z0-9-]+)\s+up\s+(\d+)\s+(\d+)\s+(\d+)\s*$", last_table, re.MULTILINE)
+    final = STORE_ROW.findall(last_table)
     assert len(final) == 3, last_table
-    for name, confirmed, waiting, held in final:
+    for name, confirmed, waiting, held, _, _ in final:
         assert int(confirmed) - int(held) <= 10, (name, confirmed, held)
         assert int(waiting) <= 10, (name, waiting)
     submitted, states = re.findall(r"^tasks \((\d+) submitted\): (.*)$", last_table, re.MULTILINE)[
