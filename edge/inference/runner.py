@@ -6,10 +6,11 @@ in a bounded queue; past that bound a request is refused at once (`ModelBusy`) i
 of piling up until memory or latency gives way.
 
 One exception: a model that answers faster than a round trip to a worker thread costs
-(a small MLP takes ~5 µs, the hop 50 to 100 µs, more on a busy device) runs on the event
+(a small MLP takes ~5 µs, the hop 20 to 90 µs on a 2-core machine) runs on the event
 loop itself when no other request is using it. The hop would cost more than the work,
-and the loop is held for less time than the hop would take. Whether a
-model is that fast is measured at load and kept up to date with each inline answer.
+and the loop is held for less time than the hop would take. Whether a model is that
+fast is timed on its sample at load, then followed by a running average of every
+answer's own work (wherever it ran).
 """
 
 from __future__ import annotations
