@@ -70,13 +70,18 @@ def read(
             ).fetchall()
         ]
         ids = [d.device_id for d in devices]
+        # No devices, no query: PostgreSQL refuses an empty `IN ()`, which SQLite takes.
         policy = {
             r[0]: PolicyVersions(published=r[1], applied=r[2], rejected=r[3])
-            for r in db.execute(
-                f"""SELECT device_id, version, applied_version, rejected_version
+            for r in (
+                db.execute(
+                    f"""SELECT device_id, version, applied_version, rejected_version
                     FROM device_policy WHERE device_id IN ({", ".join("?" * len(ids))})""",  # noqa: S608 - placeholders only; values are bound
-                ids,
-            ).fetchall()
+                    ids,
+                ).fetchall()
+                if ids
+                else []
+            )
         }
         states = {
             r[0]: r[1]

@@ -114,6 +114,8 @@ def refresh(db: Sql, device_ids: list[str] | None, now: float) -> list[ToPublish
         every = layers(db)
         if device_ids is None:
             rows = db.execute("SELECT device_id, labels FROM devices").fetchall()
+        elif not device_ids:  # PostgreSQL refuses an empty `IN ()`
+            rows = []
         else:
             marks = ",".join("?" * len(device_ids))
             rows = db.execute(
