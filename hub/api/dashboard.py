@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -115,7 +116,11 @@ def routes(ctx: ApiContext, feed: LiveFeed) -> list[Route]:
             principal = request[PRINCIPAL]
             privileged = principal.may("operator")
             async with feed.listen(principal.subject, privileged=privileged) as listener:
-                return await _send(request, listener.next, principal.expires_at)
+
+                async def still_active() -> bool:
+                    return await ctx.tokens.state(principal.jti) == "active"
+
+                return await _send(request, listener.next, principal.expires_at, still_active)
         except FeedFullError as exc:
             raise ApiError(
                 429, "rate_limited", f"{exc}; retry in 5 s", headers={"Retry-After": "5"}
@@ -159,9 +164,13 @@ def routes(ctx: ApiContext, feed: LiveFeed) -> list[Route]:
 
 
 async def _send(
-    request: web.Request, next_frame: Any, token_expires_at: float
+    request: web.Request,
+    next_frame: Any,
+    token_expires_at: float,
+    still_active: Callable[[], Awaitable[bool]],
 ) -> web.StreamResponse:
-    """Write snapshots until the client leaves, the feed closes, the token expires or
+    """Write snapshots until the client leaves, the feed closes, the token expires or is
+    revoked (looked at before every snapshot: from memory, see tokenstates.py), or
     `STREAM_MAX_S` passes."""
     response = web.StreamResponse(
         headers={
@@ -174,7 +183,7 @@ async def _send(
     remaining = min(STREAM_MAX_S, token_expires_at - time.time())
     try:
         async with asyncio.timeout(max(remaining, 0)):
-            while (frame := await next_frame()) is not None:
+            while (frame := await next_frame()) is not None and await still_active():
                 await response.write(b"event: snapshot\ndata: " + frame + b"\n\n")
     except TimeoutError:
         pass  # the page reconnects and shows its token again to the guard

@@ -9,7 +9,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -161,3 +163,44 @@ async def test_the_api_accepts_a_token_until_revoked_then_every_route_refuses_it
     assert [r.status for r in after] == [401] * len(after)
     assert {r.error["message"] for r in after} == {"token revoked"}
     assert await hub.parts.store.api_token_state(jti) == "revoked"
+
+
+async def _snapshots(response: aiohttp.ClientResponse, count: int) -> int:
+    """Read until `count` more snapshots arrived; fewer if the stream ends first."""
+    seen = 0
+    while seen < count:
+        line = await response.content.readline()
+        if not line:
+            break  # the hub ended the stream
+        seen += line == b"event: snapshot\n"
+    return seen
+
+
+async def test_a_live_stream_ends_once_its_token_is_revoked(hub: Hub, api: ApiClient) -> None:
+    admin = await api.token("admin", subject="alice")
+    grants = [
+        await api.call(
+            "POST", "/api/v1/tokens", token=admin, body={"subject": name, "role": "viewer"}
+        )
+        for name in ("wall-screen", "laptop")
+    ]
+    (revoked, revoked_jti), (kept, _) = ((g.body["token"], g.body["grant"]["jti"]) for g in grants)
+    async with aiohttp.ClientSession() as session:
+
+        def open_stream(token: str) -> Any:
+            return session.get(
+                api.url + "/api/v1/stream",
+                headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+                ssl=api._context,
+            )
+
+        async with open_stream(revoked) as ending, open_stream(kept) as going_on:
+            assert (ending.status, going_on.status) == (200, 200)
+            assert await asyncio.wait_for(_snapshots(ending, 2), 30) == 2
+            assert await asyncio.wait_for(_snapshots(going_on, 2), 30) == 2
+            answer = await api.call("POST", f"/api/v1/tokens/{revoked_jti}/revoke", token=admin)
+            assert answer.status == 200
+            # At most the snapshot already on its way, then the end of the stream; the
+            # other token's stream goes on.
+            assert await asyncio.wait_for(_snapshots(ending, 10), 30) <= 1
+            assert await asyncio.wait_for(_snapshots(going_on, 3), 30) == 3
