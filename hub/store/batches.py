@@ -48,5 +48,9 @@ def apply_uploads(db: Sql, uploads: list[Upload], now: float) -> UploadOutcome:
             if isinstance(data, dict) and data.get("kind") == "task":
                 outcomes[tasks.apply_result(db, upload.device_id, data, now)] += 1
 
-    applied = records.apply_uploads(db, uploads, now, on_stored)
+    def finish(db: Sql) -> None:
+        if folded.added_hours:  # once per batch: the window's bound is the same for all
+            modelstats.prune(db, now)
+
+    applied = records.apply_uploads(db, uploads, now, on_stored, finish)
     return UploadOutcome(applied, dict(outcomes), folded)

@@ -11,7 +11,6 @@ or the hub's series beyond a bound. Each function runs inside the caller's trans
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +26,15 @@ FUTURE_SLACK_S = 3600  # a roll-up stamped later than this ahead of the hub: sta
 MAX_MODELS = 32  # model versions taken from one roll-up
 MAX_NAME = 128  # characters of a model name, version or label
 STREAMS = ("results", "events", "metrics")
+
+# The JSON columns: written with sorted keys, compact; msgspec's codec costs a fraction of
+# the standard library's, and folding runs once per roll-up of every device.
+_ENCODER = msgspec.json.Encoder(order="sorted")
+_loads = msgspec.json.decode
+
+
+def _dumps(value: Any) -> str:
+    return _ENCODER.encode(value).decode()
 
 
 @dataclasses.dataclass
@@ -56,9 +64,11 @@ class Folded:
     models: dict[str, ModelTotals] = dataclasses.field(default_factory=dict)
     errors: dict[str, int] = dataclasses.field(default_factory=dict)
     rollups: int = 0
+    added_hours: bool = False  # statistics were written: the window wants pruning
 
     def add(self, other: Folded) -> None:
         self.rollups += other.rollups
+        self.added_hours = self.added_hours or other.added_hours
         for name, totals in other.models.items():
             self.models.setdefault(name, ModelTotals()).add(totals)
         for reason, n in other.errors.items():
@@ -122,10 +132,15 @@ def fold(
             _add_errors(db, device_id, hour, errors)
     if latest is not None:
         _set_health(db, device_id, *latest)
-    if hourly or errors_by_hour:
-        db.execute("DELETE FROM model_stats WHERE hour < ?", (oldest,))
-        db.execute("DELETE FROM device_errors WHERE hour < ?", (oldest,))
+    folded.added_hours = bool(hourly or errors_by_hour)
     return folded
+
+
+def prune(db: Sql, now: float) -> None:
+    """Drop the hours older than the window (once per batch of uploads, not per device)."""
+    oldest = _hour(now - WINDOW_S)
+    db.execute("DELETE FROM model_stats WHERE hour < ?", (oldest,))
+    db.execute("DELETE FROM device_errors WHERE hour < ?", (oldest,))
 
 
 def distributions(db: Sql, since: float) -> dict[tuple[str, str], dict[str, Distribution]]:
@@ -140,9 +155,9 @@ def distributions(db: Sql, since: float) -> dict[tuple[str, str], dict[str, Dist
     for model, version, device_id, count, confidence, labels in rows:
         per_device = sums.setdefault((model, version), {})
         total, bins, label_counts = per_device.get(device_id, (0, [0] * rollup.CONFIDENCE_BINS, {}))
-        for i, n in enumerate(json.loads(confidence)):
+        for i, n in enumerate(_loads(confidence)):
             bins[i] += n
-        for label, n in json.loads(labels).items():
+        for label, n in _loads(labels).items():
             label_counts[label] = label_counts.get(label, 0) + n
         per_device[device_id] = (total + count, bins, label_counts)
     return {
@@ -158,7 +173,7 @@ def device_errors(db: Sql, device_id: str, since: float) -> dict[str, int]:
         "SELECT errors FROM device_errors WHERE device_id = ? AND hour >= ?",
         (device_id, _hour(since)),
     ).fetchall():
-        for reason, n in json.loads(errors).items():
+        for reason, n in _loads(errors).items():
             totals[reason] = totals.get(reason, 0) + n
     return totals
 
@@ -170,7 +185,7 @@ def stores_over(db: Sql, threshold: float) -> dict[str, int]:
         """SELECT h.store FROM device_health h JOIN devices d USING (device_id)
            WHERE d.revoked_at IS NULL"""
     ).fetchall():
-        for stream, fill in json.loads(store).items():
+        for stream, fill in _loads(store).items():
             if stream in over and fill > threshold:
                 over[stream] += 1
     return over
@@ -246,9 +261,9 @@ def _add_hour(
     if row is not None:
         before = {
             "count": row[0],
-            "confidence": json.loads(row[1]),
-            "labels": json.loads(row[2]),
-            "latency_ms": json.loads(row[3]),
+            "confidence": _loads(row[1]),
+            "labels": _loads(row[2]),
+            "latency_ms": _loads(row[3]),
             "latency_sum_ms": row[4],
         }
         merged: dict[str, Any] = {}
@@ -271,9 +286,9 @@ def _add_hour(
         (
             *key,
             stats["count"],
-            json.dumps(stats["confidence"]),
-            json.dumps(stats["labels"], sort_keys=True),
-            json.dumps(stats["latency_ms"], sort_keys=True),
+            _dumps(stats["confidence"]),
+            _dumps(stats["labels"]),
+            _dumps(stats["latency_ms"]),
             stats["latency_sum_ms"],
         ),
     )
@@ -283,13 +298,13 @@ def _add_errors(db: Sql, device_id: str, hour: int, errors: dict[str, int]) -> N
     row = db.execute(
         "SELECT errors FROM device_errors WHERE device_id = ? AND hour = ?", (device_id, hour)
     ).fetchone()
-    total = json.loads(row[0]) if row else {}
+    total = _loads(row[0]) if row else {}
     for reason, n in errors.items():
         total[reason] = total.get(reason, 0) + n
     db.execute(
         """INSERT INTO device_errors (device_id, hour, errors) VALUES (?, ?, ?)
            ON CONFLICT (device_id, hour) DO UPDATE SET errors = excluded.errors""",
-        (device_id, hour, json.dumps(total, sort_keys=True)),
+        (device_id, hour, _dumps(total)),
     )
 
 
@@ -310,5 +325,5 @@ def _set_health(db: Sql, device_id: str, ts: float, data: dict[str, Any]) -> Non
            ON CONFLICT (device_id) DO UPDATE SET
                ts = excluded.ts, store = excluded.store, tasks = excluded.tasks
            WHERE excluded.ts >= device_health.ts""",
-        (device_id, ts, json.dumps(fills, sort_keys=True), json.dumps(depths, sort_keys=True)),
+        (device_id, ts, _dumps(fills), _dumps(depths)),
     )

@@ -68,17 +68,21 @@ def apply_uploads(
     uploads: list[Upload],
     now: float,
     on_stored: OnStored | None = None,
+    finish: Callable[[Sql], None] | None = None,
 ) -> list[Applied]:
     """Store every upload and move its mark, all in one transaction, in the given order.
 
     Durable on return (the store runs `synchronous=FULL`): an ack sent after this can
     never name a record a power cut takes back. `on_stored` sees each new record once,
-    in the same transaction (so what it derives is exactly-once too).
+    in the same transaction (so what it derives is exactly-once too); `finish` runs last,
+    in it too.
     """
     applied = []
     with db.write():
         for upload in uploads:
             applied.append(_apply(db, upload, now, on_stored))
+        if finish is not None:
+            finish(db)
     return applied
 
 

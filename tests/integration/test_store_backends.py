@@ -1,0 +1,76 @@
+"""What the dashboard and the monitoring read and write, on both back-ends.
+
+A hub with no devices yet: the overview and a policy refresh of no devices answer with
+nothing rather than failing (PostgreSQL refuses the empty `IN ()` that SQLite takes: the
+live dashboard of a new PostgreSQL hub once showed nothing at all, every snapshot
+failing). Roll-ups folded into the statistics: JSON columns written, read back and
+merged within the hour."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from hub.store import Device, HubStore, Upload
+from tests.databases import BACKENDS, database
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HubStore]:
+    opened = HubStore(database(request, tmp_path))
+    yield opened
+    opened.close()
+
+
+async def test_the_overview_of_an_empty_fleet(store: HubStore) -> None:
+    found = await store.overview(after=None, max_devices=50, max_rollouts=5, max_events=50)
+    assert (found.devices, found.devices_total, found.devices_online) == ([], 0, 0)
+    assert found.policy == {}
+
+
+async def test_a_policy_refresh_of_no_devices(store: HubStore) -> None:
+    assert await store.refresh_policies([], now=time.time()) == []
+    assert await store.refresh_policies(None, now=time.time()) == []
+
+
+def _rollup(normal: int, fault: int) -> bytes:
+    return msgspec.msgpack.encode(
+        {
+            "kind": "rollup",
+            "period_s": 60.0,
+            "store": {"results": {"records": 1, "bytes": 10, "fill": 0.25}},
+            "errors": {"busy": 2},
+            "models": {
+                "vibration-anomaly@1.0.0": {
+                    "count": normal + fault,
+                    "latency_ms": {"0.5": normal + fault},
+                    "latency_sum_ms": 1.0,
+                    "confidence": [0] * 9 + [normal + fault],
+                    "confidence_sum": 0.95 * (normal + fault),
+                    "labels": {"normal": normal, "imbalance": fault},
+                }
+            },
+        }
+    )
+
+
+async def test_roll_ups_fold_into_statistics_and_merge_within_the_hour(store: HubStore) -> None:
+    # Folding writes JSON columns and reads them back to merge: on both back-ends.
+    blank: tuple[Any, ...] = (False, None, None, None, None, {}, {}, 1.0, "01", 1.0, 2.0)
+    await store.add_device(Device("dev-0001", "generic", {}, *blank))
+    now = time.time()
+    for seq, (normal, fault) in enumerate([(90, 10), (50, 5)], start=1):
+        upload = Upload("dev-0001", "metrics", seq, seq, [(seq, now, _rollup(normal, fault))])
+        outcome = await store.apply_uploads([upload], now=now)
+        assert outcome.rollups.rollups == 1
+    found = await store.model_distributions(since=now - 3600)
+    seen = found[("vibration-anomaly", "1.0.0")]["dev-0001"]
+    assert seen.count == 155
+    assert seen.labels == {"normal": 140, "imbalance": 15}
+    assert seen.confidence == [0] * 9 + [155]
+    assert await store.device_errors("dev-0001", since=now - 3600) == {"busy": 4}
