@@ -160,6 +160,19 @@ async def test_a_fast_model_runs_inline_unless_a_request_holds_an_interpreter(
     assert alone.label == beside.label == after.label == sample.expected.label
 
 
+@pytest.mark.parametrize("inline_below_s", [1.0, 0.0], ids=["inline", "on-workers"])
+def test_a_model_that_runs_inline_gets_one_thread(litert: Runtime, inline_below_s: float) -> None:
+    # Inline, its few microseconds of work would wait on a wake-up of the pool each call.
+    runner = runner_for(SHIPPED_MODELS[0], litert, num_threads=2)
+    runner.inline_below_s = inline_below_s
+    runner.load()  # runs the sample again as a self-test on the new interpreter
+    try:
+        assert runner.num_threads == (1 if inline_below_s else 2)
+        assert runner.inline == bool(inline_below_s)
+    finally:
+        runner.close()
+
+
 def corrupt_copy(tmp_path: Path, keep: int) -> Path:
     """A copy of a bundle whose model file is cut to `keep` bytes, manifest updated to
     match (so the runtime, not the sha256 check, meets the damage)."""
