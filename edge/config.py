@@ -11,6 +11,7 @@ from outpost import logs
 from outpost.schema import FINITE, INT64_MAX
 from outpost.settings import parse_broker_url
 from outpost.tunables import InferenceTunables, SyncTunables, Tunables
+from outpost.wire.contract import Encoding, all_encodings
 
 SECTION = "agent"
 
@@ -42,14 +43,14 @@ class Sync(SyncTunables, frozen=True):
         ),
     ] = 20.0
     compression: Annotated[
-        list[Literal["zstd-dict1", "zstd"]],
+        list[Encoding],
         Meta(
             max_length=2,
             description="batch encodings offered to the hub, preferred first (zstd-dict1: zstd "
             "with Outpost's dictionary; zstd); batches go compressed once the hub accepts one on "
             "the connection, when that makes them smaller; [] sends them plain",
         ),
-    ] = msgspec.field(default_factory=lambda: ["zstd-dict1", "zstd"])
+    ] = msgspec.field(default_factory=all_encodings)
 
 
 class Inference(InferenceTunables, frozen=True):

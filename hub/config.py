@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
@@ -14,6 +14,7 @@ from hub.store.engine import DatabaseUrlError, is_postgres, sqlite_path
 from outpost import logs, schema
 from outpost.schema import FINITE, INT64_MAX, Struct
 from outpost.settings import check_log_level, parse_broker_url
+from outpost.wire.contract import Encoding, all_encodings
 
 SECTION = "hub"
 
@@ -130,14 +131,14 @@ class HubConfig(Struct, frozen=True):
         int, Meta(ge=1024, le=16 << 20, description="largest MQTT payload accepted from a device")
     ] = 256 * 1024
     compression: Annotated[
-        list[Literal["zstd-dict1", "zstd"]],
+        list[Encoding],
         Meta(
             max_length=2,
             description="compressed upload batches accepted from devices that offer them, "
             "negotiated per connection (zstd-dict1: zstd with Outpost's dictionary; zstd); "
             "[] takes plain batches only",
         ),
-    ] = msgspec.field(default_factory=lambda: ["zstd-dict1", "zstd"])
+    ] = msgspec.field(default_factory=all_encodings)
     device_msgs_per_s: Annotated[
         float,
         Meta(

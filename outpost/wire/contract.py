@@ -4,7 +4,7 @@ errors, and the field types of tasks."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal, get_args
 
 from msgspec import Meta
 
@@ -46,3 +46,13 @@ MAX_TASK_BATCH: Final = 64
 TASK_ID_PATTERN: Final = re.compile(r"tsk-[0-9a-f]{16,32}")
 TaskId = Annotated[str, Meta(max_length=40, description="task id")]
 Attempt = Annotated[int, Meta(ge=1, le=INT64_MAX, description="attempt number, the fencing token")]
+
+# Batch encodings a device may send and a hub accept (see packing.py), preferred first:
+# declared once for the wire, the agent's offer and the hub's acceptance.
+Encoding = Literal["zstd-dict1", "zstd"]
+ENCODINGS: Final[tuple[str, ...]] = get_args(Encoding)
+
+
+def all_encodings() -> list[Encoding]:
+    """Every encoding, preferred first: the settings' default offer and acceptance."""
+    return list(get_args(Encoding))

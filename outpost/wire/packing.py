@@ -30,7 +30,7 @@ import msgspec
 
 from outpost import schema
 from outpost.wire.codec import decode_body, encode
-from outpost.wire.contract import WireError
+from outpost.wire.contract import ENCODINGS, WireError
 from outpost.wire.up import Packed, Records
 
 # Python 3.14's own module; the backport (the same code, by its authors) before it.
@@ -53,9 +53,7 @@ __all__ = [
     "zstd",  # the binding itself, for the tools that train a dictionary or make test frames
 ]
 
-ZSTD_DICT1: Final = "zstd-dict1"
-ZSTD: Final = "zstd"
-ENCODINGS: Final[tuple[str, ...]] = (ZSTD_DICT1, ZSTD)
+ZSTD_DICT1, ZSTD = ENCODINGS
 DICTIONARY_FILE: Final = "zstd-dict1.zdict"
 # zstd's level 3 (its default). Measured on the demo's records (tests/bench/bench_link.py,
 # scripts/demo_records.py): level 1 took as long on batches of 1 to 100 records and gave
