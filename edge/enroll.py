@@ -35,8 +35,9 @@ class EnrollError(RuntimeError):
     """Enrollment failed; the message says why and what to do."""
 
 
-async def enroll(token: str, paths: DevicePaths, profile_file: Path) -> Identity:
-    """Enroll this device with the hub named in `token`; return its new identity."""
+async def enroll(token: str, paths: DevicePaths, profile_file: Path, name: str = "") -> Identity:
+    """Enroll this device with the hub named in `token`, asking for `name` (the hub
+    appends -2, -3, ... when another device has it); return its new identity."""
     try:
         profile_text = await asyncio.to_thread(profile_file.read_text, "utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -56,7 +57,7 @@ async def enroll(token: str, paths: DevicePaths, profile_file: Path) -> Identity
             f"the hub at {hub_url} presents a CA whose fingerprint does not match the token; "
             "refusing to enroll (wrong hub, or someone in between)"
         )
-    reply = await _post_csr(hub_url, ca_pem, token, csr, profile.name)
+    reply = await _post_csr(hub_url, ca_pem, token, csr, profile.name, name)
 
     cert_pem = str(reply.get("certificate", "")).encode()
     device_id = str(reply.get("device_id", ""))
@@ -68,12 +69,13 @@ async def enroll(token: str, paths: DevicePaths, profile_file: Path) -> Identity
         enrolled_at=time.time(),
         cert_not_after=cert.not_valid_after_utc.timestamp(),
         cert_not_before=cert.not_valid_before_utc.timestamp(),
+        name=str(reply.get("name") or device_id),
     )
     signing_pub = str(reply["signing_public_key"]).encode()
     await asyncio.to_thread(
         _save, paths, identity, cert_pem, ca_pem, signing_pub, profile_text.encode()
     )
-    logger.info("enrolled as %s", device_id)
+    logger.info("enrolled as %s (%s)", identity.name, device_id)
     return identity
 
 
@@ -157,11 +159,11 @@ async def _fetch_ca(hub_url: str) -> bytes:
 
 
 async def _post_csr(
-    hub_url: str, ca_pem: bytes, token: str, csr: bytes, profile: str
+    hub_url: str, ca_pem: bytes, token: str, csr: bytes, profile: str, name: str
 ) -> dict[str, Any]:
     context = ssl.create_default_context(cadata=ca_pem.decode())
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    body = {"token": token.strip(), "csr": csr.decode(), "profile": profile}
+    body = {"token": token.strip(), "csr": csr.decode(), "profile": profile, "name": name}
     try:
         async with (
             aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from outpost import files
@@ -98,6 +98,7 @@ class Identity:
     # Start of the certificate's validity; None in folders enrolled before renewals
     # (the renewer then reads it from the certificate).
     cert_not_before: float | None = None
+    name: str = ""  # the name the hub gave it at enrollment (empty before names existed)
 
     def save(self, paths: DevicePaths) -> None:
         data = json.dumps(asdict(self), indent=2, sort_keys=True).encode()
@@ -111,4 +112,7 @@ class Identity:
             raise NotEnrolledError(
                 f"{paths.root} holds no enrollment: run `outpost-agent enroll` first"
             ) from exc
-        return cls(**data)
+        # Keys a later version wrote are left alone: an agent rolled back to this version
+        # still reads its identity.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -116,3 +116,27 @@ def load_profile(path: Path) -> DeviceProfile:
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"cannot read profile {path}: {exc}") from exc
     return parse_profile(text, str(path))
+
+
+# The profiles shipped with Outpost, beside the packages in a checkout or an install
+# made from one (scripts/install-agent.sh).
+SHIPPED = Path(__file__).resolve().parents[1] / "firmware-configs"
+
+
+def shipped_names() -> list[str]:
+    """Names of the shipped profiles (raspberry-pi-4, ...)."""
+    return sorted(p.stem for p in SHIPPED.glob("*.toml")) if SHIPPED.is_dir() else []
+
+
+def find_profile(given: str) -> Path:
+    """The profile file `given` names: a path to a file, or the name of a shipped profile
+    (`raspberry-pi-4`); ProfileError listing the shipped names when it is neither."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    if "/" not in given and not given.endswith(".toml") and (SHIPPED / f"{given}.toml").is_file():
+        return SHIPPED / f"{given}.toml"
+    known = ", ".join(shipped_names()) or "none found"
+    raise ProfileError(
+        f"profile {given!r} is neither a file nor the name of a shipped profile ({known})"
+    )

@@ -39,6 +39,7 @@ from outpost.sdnotify import Notifier
 logger = logging.getLogger(__name__)
 
 LIVENESS_PERIOD_S = 1.0
+EVENT_PRUNE_PERIOD_S = 600.0  # device event logs trimmed (store/events.py) this often
 
 
 class HubNotRunningError(RuntimeError):
@@ -302,9 +303,17 @@ class Hub:
         )
 
     async def _liveness(self, store: HubStore) -> None:
-        """Mark devices offline whose heartbeats stopped without a last will (a cut link)."""
+        """Mark devices offline whose heartbeats stopped without a last will (a cut link);
+        now and then, trim each device's event log to its newest events."""
+        pruned_at = time.monotonic()
         while True:
             await asyncio.sleep(LIVENESS_PERIOD_S)
+            if time.monotonic() - pruned_at > EVENT_PRUNE_PERIOD_S:
+                pruned_at = time.monotonic()
+                try:
+                    await store.prune_device_events()
+                except Exception as exc:  # next period
+                    logger.warning("could not trim the device event logs: %s", exc)
             try:
                 silent = await store.expire_silent(
                     now=time.time(), intervals=self.config.offline_after_heartbeats

@@ -21,6 +21,7 @@ from hub.mqtt.holds import FloodHolds
 from hub.mqtt.intake import DeviceIntake
 from hub.store import HubStore
 from hub.tasks.dispatcher import Dispatcher
+from hub.tasks.fleetmodels import FleetModels
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,9 @@ class ApiContext:
         """The states of API tokens, kept in memory: one for the whole API, so that a
         revocation through any route is refused by every route at once."""
         return TokenStates(self.store)
+
+    @functools.cached_property
+    def fleet_models(self) -> FleetModels:
+        """The models the fleet has, kept in memory: a task for one no device has is
+        refused."""
+        return FleetModels(self.store)

@@ -8,10 +8,9 @@ from typing import Annotated
 from aiohttp import web
 from msgspec import Meta
 
-from hub.api import params
+from hub.api import devicerefs, params
 from hub.api.context import ApiContext
-from hub.api.errors import ApiError
-from hub.api.routing import Param, Route
+from hub.api.routing import Route
 from hub.models import drift
 from hub.store import HubStore
 from outpost.schema import Struct
@@ -95,9 +94,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         return params.answer(out)
 
     async def get_device_drift(request: web.Request) -> web.Response:
-        device_id = request.match_info["id"]
-        if await ctx.store.device(device_id) is None:
-            raise ApiError(404, "not_found", f"no device {device_id!r}")
+        device_id = await devicerefs.device_id(request, ctx.store)
         mine = [
             VersionOfDevice(v.model, v.version, DeviceDriftOut.of(d))
             for v in await fleet_drift(ctx.store)
@@ -125,7 +122,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             "One device's model drift, per model version",
             "fleet",
             response=DeviceDriftsOut,
-            params=(Param("id", "path", "device id"),),
+            params=(devicerefs.DEVICE_PARAM,),
             errors=(404,),
         ),
     ]

@@ -16,6 +16,7 @@ from hub.api.errors import ApiError
 from hub.api.routing import AUDIT_DETAIL, Route
 from hub.fleet.certificates import RenewalRefusedError
 from hub.fleet.enrollment import BadTokenError, EnrollmentRefusedError
+from outpost import devicenames as names
 from outpost.schema import Struct
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,14 @@ class EnrollRequest(Struct, frozen=True):
     token: Annotated[str, Meta(max_length=4096, description="one-time bootstrap token")]
     csr: Annotated[str, Meta(max_length=16384, description="PEM certificate signing request")]
     profile: Annotated[str, Meta(max_length=64, description="name of the device's profile")]
+    name: Annotated[
+        str,
+        Meta(
+            max_length=names.MAX_LENGTH,
+            description="the name it asks for (default: its id); a taken name gets a -2, -3, "
+            "... suffix",
+        ),
+    ] = ""
 
 
 class Enrolled(Struct, frozen=True):
@@ -44,6 +53,7 @@ class Enrolled(Struct, frozen=True):
     signing_public_key: Annotated[str, Meta(description="the hub's Ed25519 signing key, PEM")]
     broker_url: Annotated[str, Meta(description="where the device connects, mqtts://HOST:PORT")]
     not_after: Annotated[float, Meta(description="certificate expiry, seconds since the epoch")]
+    name: Annotated[str, Meta(description="the name it got")] = ""
 
 
 class RenewRequest(Struct, frozen=True):
@@ -82,16 +92,25 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     async def enroll(request: web.Request) -> web.Response:
         body = await params.json_body(request, EnrollRequest)
+        if body.name:
+            try:
+                names.check(body.name, "body.name")
+            except ValueError as exc:
+                raise ApiError(422, "bad_name", str(exc), field="body.name") from exc
         try:
             enrolled = await ctx.enrollment.enroll(
-                token=body.token, csr_pem=body.csr.encode(), profile=body.profile
+                token=body.token, csr_pem=body.csr.encode(), profile=body.profile, name=body.name
             )
         except EnrollmentRefusedError as exc:
             logger.warning("enrollment refused: %s", exc)
             request[AUDIT_DETAIL] = {"refused": str(exc)}
             status = 401 if isinstance(exc, BadTokenError) else 422
             raise ApiError(status, "enrollment_refused", str(exc)) from exc
-        request[AUDIT_DETAIL] = {"device": enrolled.device_id, "profile": body.profile}
+        request[AUDIT_DETAIL] = {
+            "device": enrolled.device_id,
+            "name": enrolled.name,
+            "profile": body.profile,
+        }
         out = Enrolled(
             device_id=enrolled.device_id,
             certificate=enrolled.certificate_pem.decode(),
@@ -99,6 +118,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             signing_public_key=enrolled.signing_public_pem.decode(),
             broker_url=enrolled.broker_url,
             not_after=enrolled.not_after,
+            name=enrolled.name,
         )
         return params.answer(out, status=201)
 

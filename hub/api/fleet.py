@@ -2,28 +2,55 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from aiohttp import web
 from msgspec import Meta
 
-from hub.api import params
+from hub.api import devicerefs, params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.models import DeviceOut
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.fleet import labels
 from hub.fleet.revocation import UnknownDeviceError
+from hub.store import DeviceEvent, NameTakenError
+from outpost import devicenames as names
 from outpost import schema
 from outpost.schema import Struct
 
 
 class DevicePatch(Struct, frozen=True):
-    """Changes to a device: labels are merged; a null value removes that label."""
+    """Changes to a device: labels are merged (a null value removes that label); a name
+    renames it."""
 
     labels: Annotated[
         dict[str, str | None], Meta(description="labels to set (or remove with null)")
+    ] = {}
+    name: (
+        Annotated[str, Meta(max_length=names.MAX_LENGTH, description=f"its new name: {names.RULE}")]
+        | None
+    ) = None
+
+
+class DeviceEventOut(Struct, frozen=True):
+    """Something that happened to a device."""
+
+    at: Annotated[float, Meta(description="epoch seconds")]
+    kind: Annotated[
+        str,
+        Meta(
+            description="enrolled, online, offline, model_activated, model_failed, "
+            "model_rolled_back, policy_applied, policy_refused, renewed, revoked, renamed "
+            "or relabelled"
+        ),
     ]
+    detail: Annotated[str, Meta(description="what, in words")]
+
+    @classmethod
+    def of(cls, e: DeviceEvent) -> DeviceEventOut:
+        return cls(e.at, e.kind, e.detail)
 
 
 class RevokedOut(Struct, frozen=True):
@@ -71,7 +98,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         return params.answer(page)
 
     async def get_device(request: web.Request) -> web.Response:
-        device = await ctx.store.device(request.match_info["id"])
+        device = await ctx.store.find_device(request.match_info["id"])
         if device is None:
             raise ApiError(404, "not_found", f"no device {request.match_info['id']!r}")
         return params.answer(DeviceOut.of(device))
@@ -82,16 +109,38 @@ def routes(ctx: ApiContext) -> list[Route]:
             labels.check(patch.labels, "body.labels")
         except ValueError as exc:
             raise bad_field("body.labels", str(exc)) from exc
-        device_id = request.match_info["id"]
+        if patch.name is not None:
+            try:
+                names.check(patch.name, "body.name")
+            except ValueError as exc:
+                raise ApiError(422, "bad_name", str(exc), field="body.name") from exc
+        device_id = await devicerefs.device_id(request, ctx.store)
         request[AUDIT_DETAIL] = {"device": device_id, "labels": patch.labels}
-        device = await ctx.store.update_labels(device_id, patch.labels)
+        if patch.name is not None:
+            request[AUDIT_DETAIL]["name"] = patch.name
+        try:
+            device = await ctx.store.update_device(
+                device_id, labels=patch.labels, name=patch.name, now=time.time()
+            )
+        except NameTakenError as exc:
+            raise ApiError(409, "name_taken", str(exc), field="body.name") from exc
         if device is None:
             raise ApiError(404, "not_found", f"no device {device_id!r}")
-        await ctx.policies.refresh([device_id])  # its groups may have changed
+        if patch.labels:
+            await ctx.policies.refresh([device_id])  # its groups may have changed
         return params.answer(DeviceOut.of(device))
 
+    async def device_events(request: web.Request) -> web.Response:
+        size = params.limit(request)
+        device_id = await devicerefs.device_id(request, ctx.store)
+        found = await ctx.store.device_events(
+            device_id, before=params.decode_cursor(request, int), limit=size + 1
+        )
+        page = params.page(found, size, DeviceEventOut.of, lambda e: e.id)
+        return params.answer(page)
+
     async def revoke_device(request: web.Request) -> web.Response:
-        device_id = request.match_info["id"]
+        device_id = await devicerefs.device_id(request, ctx.store)
         request[AUDIT_DETAIL] = {"device": device_id}
         if ctx.rollouts is not None:  # first: what it releases goes out (revoking drops it too)
             await ctx.rollouts.device_revoked(device_id)
@@ -113,7 +162,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         request[AUDIT_DETAIL] = answer
         return web.json_response(answer)
 
-    device_id = Param("id", "path", "device id")
+    device_id = devicerefs.DEVICE_PARAM
     return [
         Route(
             "GET",
@@ -150,11 +199,23 @@ def routes(ctx: ApiContext) -> list[Route]:
             "/api/v1/devices/{id}",
             "admin",
             patch_device,
-            "Change a device's labels",
+            "Change a device's labels or name",
             "fleet",
             action="device.update",
             body=DevicePatch,
             response=DeviceOut,
+            params=(device_id,),
+            errors=(404, 409, 422),
+        ),
+        Route(
+            "GET",
+            "/api/v1/devices/{id}/events",
+            "viewer",
+            device_events,
+            "A device's event log, newest first: link lost and restored, models activated "
+            "or failed, policy applied or refused, renewals, revocation, renames",
+            "fleet",
+            response=params.Page[DeviceEventOut],
             params=(device_id,),
             errors=(404,),
         ),

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from msgspec import Meta
 
-from hub.api import params
+from hub.api import devicerefs, params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
@@ -32,7 +32,7 @@ class LayerIn(Struct, frozen=True):
         Meta(description="the policy fields it sets (any subset; see the policy schema)"),
     ]
     selector: Annotated[dict[str, str], Meta(description="group: labels a device must carry")] = {}
-    device: Annotated[str, Meta(max_length=64, description="device: its id")] = ""
+    device: Annotated[str, Meta(max_length=64, description="device: its id or name")] = ""
     rank: Annotated[int, Meta(ge=-1000, le=1000, description="group: merge order among groups")] = 0
 
 
@@ -92,7 +92,8 @@ def routes(ctx: ApiContext) -> list[Route]:
                 labels.check(body.selector, "body.selector")
             except ValueError as exc:
                 raise bad_field("body.selector", str(exc)) from exc
-        if body.scope == "device" and await ctx.store.device(body.device) is None:
+        device_id = await ctx.store.resolve_device(body.device) if body.scope == "device" else None
+        if body.scope == "device" and device_id is None:
             raise bad_field("body.device", f"no device {body.device!r}")
         try:
             policy.check_layer(body.document, "body.document")
@@ -103,7 +104,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             name=name,
             scope=body.scope,
             selector=body.selector if body.scope == "group" else {},
-            device_id=body.device if body.scope == "device" else None,
+            device_id=device_id,
             rank=body.rank,
             document=body.document,
             updated_at=time.time(),
@@ -122,7 +123,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         return web.json_response({"deleted": name})
 
     async def device_policy(request: web.Request) -> web.Response:
-        device_id = request.match_info["id"]
+        device_id = await devicerefs.device_id(request, ctx.store)
         found = await ctx.store.device_policy(device_id)
         if found is None:
             raise ApiError(404, "not_found", f"no device {device_id!r}")
@@ -181,7 +182,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             "A device's effective policy, its layers, and the version it runs",
             "policy",
             response=DevicePolicyOut,
-            params=(Param("id", "path", "device id"),),
+            params=(devicerefs.DEVICE_PARAM,),
             errors=(404,),
         ),
     ]

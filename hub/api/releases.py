@@ -133,6 +133,12 @@ class RolloutOut(Struct, frozen=True):
         )
 
 
+class HaltIn(Struct, frozen=True):
+    """Why a roll-out is halted by hand (optional)."""
+
+    reason: Annotated[str, Meta(max_length=500, description="why, for the record")] = ""
+
+
 def routes(ctx: ApiContext) -> list[Route]:
     async def upload(request: web.Request) -> web.Response:
         if not request.content_type.startswith("multipart/form-data"):
@@ -207,13 +213,35 @@ def routes(ctx: ApiContext) -> list[Route]:
         found = await ctx.store.rollouts()
         return params.answer(params.Items([RolloutOut.of(r) for r in found]))
 
-    async def get_rollout(request: web.Request) -> web.Response:
+    def rollout_number(request: web.Request) -> int | None:
         text = request.match_info["id"]
         # SQLite integers are 64-bit, and str.isdigit() holds for "²", which int() refuses.
         plausible = text.isascii() and text.isdigit() and len(text) <= 18
-        rollout = await ctx.store.rollout(int(text)) if plausible else None
+        return int(text) if plausible else None
+
+    async def get_rollout(request: web.Request) -> web.Response:
+        number = rollout_number(request)
+        rollout = await ctx.store.rollout(number) if number is not None else None
         if rollout is None:
-            raise ApiError(404, "not_found", f"no roll-out {text!r}")
+            raise ApiError(404, "not_found", f"no roll-out {request.match_info['id']!r}")
+        return params.answer(RolloutOut.of(rollout))
+
+    async def halt_rollout(request: web.Request) -> web.Response:
+        body = await params.json_body(request, HaltIn) if request.can_read_body else HaltIn()
+        number = rollout_number(request)
+        request[AUDIT_DETAIL] = {"rollout": request.match_info["id"], "reason": body.reason}
+        assert ctx.rollouts is not None
+        by = request[PRINCIPAL].subject
+        reason = f"halted by {by}" + (f": {body.reason}" if body.reason else "")
+        moved = await ctx.rollouts.halt(number, reason) if number is not None else None
+        if moved is None:
+            raise ApiError(404, "not_found", f"no roll-out {request.match_info['id']!r}")
+        if not moved.halted_now:
+            raise ApiError(
+                409, "conflict", f"roll-out {number} is not in progress: it is {moved.state}"
+            )
+        rollout = await ctx.store.rollout(moved.rollout_id)
+        assert rollout is not None
         return params.answer(RolloutOut.of(rollout))
 
     rollout_id = Param("id", "path", "roll-out id", type="integer")
@@ -287,6 +315,20 @@ def routes(ctx: ApiContext) -> list[Route]:
             response=RolloutOut,
             params=(rollout_id,),
             errors=(404,),
+        ),
+        Route(
+            "POST",
+            "/api/v1/rollouts/{id}/halt",
+            "admin",
+            halt_rollout,
+            "Halt a roll-out in progress: devices not yet given the version never get it, "
+            "and those that were go back to what they ran before",
+            "models",
+            action="rollout.halt",
+            body=HaltIn,
+            response=RolloutOut,
+            params=(rollout_id,),
+            errors=(404, 409),
         ),
     ]
 

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from aiohttp import web
 from msgspec import Meta
 
-from hub.api import params
+from hub.api import devicerefs, params
 from hub.api.context import ApiContext
-from hub.api.errors import ApiError, bad_field
+from hub.api.errors import bad_field
 from hub.api.routing import Param, Route
 from hub.store import MAX_SEQ, StoredRecord, StreamCount
 from outpost import wire
@@ -67,10 +67,7 @@ def _jsonable(value: Any) -> Any:
 
 def routes(ctx: ApiContext) -> list[Route]:
     async def known_device(request: web.Request) -> str:
-        device_id = request.match_info["id"]
-        if await ctx.store.device(device_id) is None:
-            raise ApiError(404, "not_found", f"no device {device_id!r}")
-        return device_id
+        return await devicerefs.device_id(request, ctx.store)
 
     async def list_records(request: web.Request) -> web.Response:
         stream = _stream(request)
@@ -87,7 +84,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         out = StreamsOut(device_id, [StreamOut.of(s, held.get(s)) for s in wire.STREAMS])
         return params.answer(out)
 
-    device_id = Param("id", "path", "device id")
+    device_id = devicerefs.DEVICE_PARAM
     return [
         Route(
             "GET",

@@ -17,6 +17,7 @@ from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.fleet import labels
 from hub.store import NewTask, Task
 from hub.store.tasks import TERMINAL
+from hub.tasks import waiting
 from outpost.schema import FINITE, Struct
 
 STATES = ("queued", "assigned", "accepted", "running", *TERMINAL)
@@ -74,6 +75,13 @@ class TaskIn(Struct, frozen=True):
     target: Annotated[TaskTarget, Meta(description="where it may run (default: any)")] = (
         msgspec.field(default_factory=TaskTarget)
     )
+    wait_for_model: Annotated[
+        bool,
+        Meta(
+            description="queue it even if no device has the model yet (one is being "
+            "enrolled or rolled out); otherwise such a task is refused with 422"
+        ),
+    ] = False
 
 
 class TaskBatchIn(Struct, frozen=True):
@@ -131,9 +139,16 @@ class TaskOut(Struct, frozen=True):
         list[TaskEventOut],
         Meta(description="every transition, rejection, lapse and late result (single reads only)"),
     ]
+    waiting: Annotated[
+        str,
+        Meta(
+            description="why a queued task waits (no online device has the model, all "
+            "eligible devices are full, excluded after rejection by ...); empty otherwise"
+        ),
+    ] = ""
 
     @classmethod
-    def of(cls, t: Task) -> TaskOut:
+    def of(cls, t: Task, waiting: str = "") -> TaskOut:
         return cls(
             id=t.task_id,
             state=t.state,
@@ -158,6 +173,7 @@ class TaskOut(Struct, frozen=True):
             events=[
                 TaskEventOut(e.at, e.state, e.device_id, e.attempt, e.detail) for e in t.events
             ],
+            waiting=waiting,
         )
 
 
@@ -187,26 +203,40 @@ def routes(ctx: ApiContext) -> list[Route]:
         request[AUDIT_DETAIL] = {"tasks": len(new), "first": new[0].task_id}
         return params.answer(TaskIds([t.task_id for t in new]), status=202)
 
+    async def explained(tasks: list[Task]) -> list[TaskOut]:
+        """The tasks as answered, each queued one with why it waits (one read of the
+        fleet for a whole page, none when nothing is queued)."""
+        if not any(t.state == "queued" for t in tasks):
+            return [TaskOut.of(t) for t in tasks]
+        candidates, known = await ctx.store.task_fleet(
+            now=time.time(), settings=ctx.dispatcher.settings
+        )
+        return [TaskOut.of(t, waiting.explain(t, candidates, known)) for t in tasks]
+
     async def get_task(request: web.Request) -> web.Response:
         task = await ctx.store.task(request.match_info["id"])
         if task is None:
             raise ApiError(404, "not_found", f"no task {request.match_info['id']!r}")
-        return params.answer(TaskOut.of(task))
+        (out,) = await explained([task])
+        return params.answer(out)
 
     async def list_tasks(request: web.Request) -> web.Response:
         size = params.limit(request)
         state = request.query.get("state")
         if state is not None and state not in STATES:
             raise bad_field("query.state", f"state must be one of {', '.join(STATES)}")
+        device = request.query.get("device")
+        if device is not None:  # a name, or an id (kept as given if no device has it now)
+            device = await ctx.store.resolve_device(device) or device
         found = await ctx.store.tasks_page(
             state=state,
-            device_id=request.query.get("device"),
+            device_id=device,
             model=request.query.get("model"),
             after=params.decode_cursor(request, int),
             limit=size + 1,
         )
-        page = params.page(found, size, TaskOut.of, lambda t: t.seq)
-        return params.answer(page)
+        page = params.page(found, size, lambda t: t, lambda t: t.seq)
+        return params.answer(params.Page(await explained(page.items), page.next_cursor))
 
     async def cancel(request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
@@ -237,7 +267,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             body=TaskIn,
             response=TaskIds,
             status=202,
-            errors=(400, 413),
+            errors=(400, 413, 422),
         ),
         Route(
             "GET",
@@ -296,15 +326,26 @@ async def _checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subjec
     if item.target.device and item.target.selector:
         raise bad_field(f"{where}.target", "give a device or a selector, not both")
     if item.target.device:
-        if await ctx.store.device(item.target.device) is None:
+        device_id = await ctx.store.resolve_device(item.target.device)
+        if device_id is None:
             raise bad_field(f"{where}.target.device", f"no device {item.target.device!r}")
-        target = {"device": item.target.device}
+        target = {"device": device_id}
     elif item.target.selector:
         try:
             labels.check(item.target.selector, f"{where}.target.selector")
         except ValueError as exc:
             raise bad_field(f"{where}.target.selector", str(exc)) from exc
         target = {"selector": item.target.selector}
+    if not item.wait_for_model and not await ctx.fleet_models.has(item.model, item.version):
+        wanted = f"{item.model} {item.version}" if item.version else item.model
+        has = await ctx.fleet_models.names()
+        raise ApiError(
+            422,
+            "unknown_model",
+            f"no enrolled device has the model {wanted}; the fleet has: "
+            f"{'; '.join(has) or 'no models'} (set wait_for_model to queue it anyway)",
+            field=f"{where}.model",
+        )
     deadline_s = item.deadline_s if item.deadline_s is not None else config.task_default_deadline_s
     lease_s = item.lease_s if item.lease_s is not None else config.task_default_lease_s
     return NewTask(

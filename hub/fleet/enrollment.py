@@ -41,6 +41,7 @@ class Enrolled:
     signing_public_pem: bytes
     broker_url: str
     not_after: float
+    name: str
 
 
 class Enrollment:
@@ -56,7 +57,7 @@ class Enrollment:
         self._signing_public_pem = paths.signing_pub.read_bytes()
         self._token_public = _load_ed25519(paths.token_key).public_key()
 
-    async def enroll(self, *, token: str, csr_pem: bytes, profile: str) -> Enrolled:
+    async def enroll(self, *, token: str, csr_pem: bytes, profile: str, name: str = "") -> Enrolled:
         """Check token and CSR, use the token up, issue the certificate, register the device."""
         try:
             claims = bootstrap.verify(token, self._token_public)
@@ -80,7 +81,7 @@ class Enrollment:
             public_key=public_key,
             days=self._config.device_cert_days,
         )
-        await self._store.add_device(
+        named = await self._store.add_device(
             Device(
                 device_id=device_id,
                 profile=profile,
@@ -96,10 +97,11 @@ class Enrollment:
                 cert_serial=format(issued.serial, "x"),
                 cert_not_before=issued.not_before.timestamp(),
                 cert_not_after=issued.not_after.timestamp(),
+                name=name,
             )
         )
         await self._store.bind_enroll_token(claims.jti, device_id)
-        logger.info("enrolled %s (profile %s, labels %s)", device_id, profile, labels)
+        logger.info("enrolled %s as %s (profile %s, labels %s)", device_id, named, profile, labels)
         return Enrolled(
             device_id=device_id,
             certificate_pem=issued.pem,
@@ -107,6 +109,7 @@ class Enrollment:
             signing_public_pem=self._signing_public_pem,
             broker_url=self._config.device_broker_url,
             not_after=issued.not_after.timestamp(),
+            name=named,
         )
 
 

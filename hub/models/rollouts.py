@@ -79,6 +79,14 @@ class RolloutService:
         if serving:
             await self._moved(await self._store.reconcile_inventory(serving, now=time.time()))
 
+    async def halt(self, rollout_id: int, reason: str) -> Advanced | None:
+        """Halt a roll-out by hand: devices not yet given the version never get it, and
+        those that were go back to what they ran before (as when a canary fails)."""
+        moved = await self._store.halt_rollout(rollout_id, reason, now=time.time())
+        if moved is not None:
+            await self._moved([moved])
+        return moved
+
     async def device_revoked(self, device_id: str) -> None:
         """A revoked device will never report: no roll-out waits on it any more."""
         await self._moved(

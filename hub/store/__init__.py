@@ -19,6 +19,7 @@ from hub.store import (
     catalog,
     certs,
     devices,
+    events,
     gauges,
     leases,
     modelfiles,
@@ -40,10 +41,12 @@ from hub.store.devices import (
     HeartbeatSeen,
     HelloSeen,
     ListedDevice,
+    NameTakenError,
     PresenceEvent,
 )
 from hub.store.engine import Engine, FencedEngine, open_engine, retries
-from hub.store.leases import Assigned
+from hub.store.events import DeviceEvent
+from hub.store.leases import Assigned, Candidate, Known
 from hub.store.leases import Settings as TaskSettings
 from hub.store.policy import Effective, Layer, ToPublish
 from hub.store.records import MAX_SEQ, Applied, StoredRecord, StreamCount, Upload
@@ -61,6 +64,7 @@ __all__ = [
     "AuditEntry",
     "ConnectionLost",
     "Device",
+    "DeviceEvent",
     "Effective",
     "HeartbeatSeen",
     "HelloSeen",
@@ -68,6 +72,7 @@ __all__ = [
     "IssuedCert",
     "Layer",
     "ListedDevice",
+    "NameTakenError",
     "NewTask",
     "PresenceEvent",
     "RenewalState",
@@ -167,8 +172,9 @@ class HubStore:
 
     # ------------------------------------------------------------ devices
 
-    async def add_device(self, device: Device) -> None:
-        await self._db.run(devices.add_device, device)
+    async def add_device(self, device: Device) -> str:
+        """Register an enrolled device; the name it got (its own, or `name-N` if taken)."""
+        return await self._db.run(devices.add_device, device)
 
     async def record_presence(self, events: Sequence[PresenceEvent]) -> list[bool]:
         """Apply presence events in order, in one transaction (one thread hop for a whole
@@ -188,6 +194,28 @@ class HubStore:
     async def device(self, device_id: str) -> Device | None:
         return await self._db.run(devices.get_device, device_id)
 
+    async def find_device(self, ref: str) -> Device | None:
+        """The device with this id or this name."""
+        return await self._db.run(devices.find_device, ref)
+
+    async def resolve_device(self, ref: str) -> str | None:
+        """The id of the device with this id or this name."""
+        return await self._db.run(devices.resolve, ref)
+
+    def resolve_device_sync(self, ref: str) -> str | None:
+        return self._db.run_sync(devices.resolve, ref)
+
+    async def device_events(
+        self, device_id: str, *, before: int | None, limit: int
+    ) -> list[DeviceEvent]:
+        """A page of the device's event log, newest first."""
+        return await self._db.run(
+            lambda db: events.newest_first(db, device_id, before=before, limit=limit)
+        )
+
+    async def prune_device_events(self) -> int:
+        return await self._db.run(events.prune)
+
     async def list_devices(
         self,
         *,
@@ -203,8 +231,26 @@ class HubStore:
             )
         )
 
-    async def update_labels(self, device_id: str, changes: dict[str, str | None]) -> Device | None:
-        return await self._db.run(devices.update_labels, device_id, changes)
+    async def update_device(
+        self,
+        device_id: str,
+        *,
+        labels: dict[str, str | None],
+        name: str | None = None,
+        now: float,
+    ) -> Device | None:
+        """Change labels and/or the name; NameTakenError if another device has the name."""
+        return await self._db.run(devices.update_device, device_id, labels, name, now)
+
+    async def fleet_models(self) -> set[tuple[str, str]]:
+        """(name, version) of every model an unrevoked device reports."""
+        return await self._db.run(devices.fleet_models)
+
+    async def task_fleet(
+        self, *, now: float, settings: TaskSettings
+    ) -> tuple[list[Candidate], dict[str, Known]]:
+        """The planner's candidates and every enrolled device: why tasks wait."""
+        return await self._db.run(leases.task_fleet, now, settings)
 
     async def fleet_counts(self) -> list[tuple[bool, str, int]]:
         """(online, profile, devices) of the unrevoked devices."""
@@ -453,6 +499,10 @@ class HubStore:
         self, device_ids: list[str]
     ) -> dict[str, list[tuple[bytes, bytes]]]:
         return await self._db.run(rollouts.desired_releases_of, device_ids)
+
+    async def halt_rollout(self, rollout_id: int, reason: str, *, now: float) -> Advanced | None:
+        """Halt a roll-out in progress; None if there is no such roll-out."""
+        return await self._db.run(rollouts.halt, rollout_id, reason, now)
 
     async def drop_from_rollouts(
         self, device_id: str, reason: str, *, now: float

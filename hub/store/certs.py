@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hub.store import rollouts
+from hub.store import events, rollouts
 from hub.store.devices import Device, get_device
 from hub.store.sql import Row, Sql
 
@@ -78,6 +78,7 @@ def record_renewal(db: Sql, cert: IssuedCert) -> bool:
         if not updated:
             return False
         _insert(db, cert)
+        events.add(db, cert.device_id, cert.issued_at, "renewed", f"certificate {cert.serial}")
     return True
 
 
@@ -85,6 +86,11 @@ def revoke_device(db: Sql, device_id: str, now: float, by: str) -> Device | None
     """Mark the device revoked by `by` (keeping the first revocation's time and author)
     and offline, so no task goes to it; None if there is no such device."""
     with db.write():
+        first = db.execute(
+            "SELECT 1 FROM devices WHERE device_id = ? AND revoked_at IS NULL", (device_id,)
+        ).fetchone()
+        if first:
+            events.add(db, device_id, now, "revoked", f"by {by}")
         # SET reads the row as it was: `revoked_at IS NULL` is true only the first time.
         db.execute(
             """UPDATE devices SET revoked_at = COALESCE(revoked_at, ?),

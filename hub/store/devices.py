@@ -9,8 +9,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from hub.store import events
 from hub.store import policy as policy_store
 from hub.store.sql import Row, Sql
+from outpost import devicenames as names
+
+
+class NameTakenError(ValueError):
+    """Another device already has the name asked for."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class Device:
     task_latency_ms: float | None = None
     revoked_at: float | None = None
     revoked_by: str | None = None  # the API token's subject, or `cli:<OS user>`
+    name: str = ""  # unique in the fleet; the id until one is given
 
     @property
     def state(self) -> str:
@@ -71,6 +78,7 @@ class Device:
             cert_not_after=row["cert_not_after"],
             revoked_at=row["revoked_at"],
             revoked_by=row["revoked_by"],
+            name=row["name"] or row["device_id"],
         )
 
 
@@ -81,6 +89,7 @@ class ListedDevice(NamedTuple):
     `json.dumps` from values checked where they entered (finite numbers only)."""
 
     device_id: str
+    name: str | None
     profile: str
     labels: str  # JSON object: label -> value
     online: int
@@ -149,13 +158,22 @@ class ConnectionLost:
 PresenceEvent = HelloSeen | HeartbeatSeen | ConnectionLost
 
 
-def add_device(db: Sql, d: Device) -> None:
+def add_device(db: Sql, d: Device) -> str:
+    """Register an enrolled device under its name, or the first free `name-N` when
+    another device has it; the name it got."""
+    with db.write():
+        return _add_device(db, d)
+
+
+def _add_device(db: Sql, d: Device) -> str:
+    name = free_name(db, d.name) if d.name else d.device_id
     db.execute(
-        """INSERT INTO devices (device_id, profile, labels, enrolled_at, cert_serial,
+        """INSERT INTO devices (device_id, name, profile, labels, enrolled_at, cert_serial,
                cert_not_before, cert_not_after, online)
-           VALUES (?, ?, ?, ?, ?, ?, ?, 0)""",
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)""",
         (
             d.device_id,
+            name,
             d.profile,
             json.dumps(d.labels, sort_keys=True),
             d.enrolled_at,
@@ -170,12 +188,29 @@ def add_device(db: Sql, d: Device) -> None:
                    reason) VALUES (?, ?, ?, ?, ?, 'enroll')""",
             (d.cert_serial, d.device_id, d.cert_not_before, d.cert_not_after, d.enrolled_at),
         )
+    events.add(db, d.device_id, d.enrolled_at or 0.0, "enrolled", f"as {name}, profile {d.profile}")
+    return name
 
 
-def record_presence(db: Sql, events: list[PresenceEvent]) -> list[bool]:
+def free_name(db: Sql, base: str) -> str:
+    """`base`, or the first of `base-2`, `base-3`, ... that no device has."""
+    taken = {
+        r["name"]
+        for r in db.execute(
+            "SELECT name FROM devices WHERE name = ? OR name LIKE ?", (base, base[:50] + "-%")
+        )
+    }
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = names.numbered(base, n)
+    return candidate
+
+
+def record_presence(db: Sql, seen: list[PresenceEvent]) -> list[bool]:
     changed = []
     with db.soft(), db.write():
-        for event in events:
+        for event in seen:
             row = db.execute(
                 "SELECT online, conn FROM devices WHERE device_id = ?", (event.device_id,)
             ).fetchone()
@@ -184,7 +219,11 @@ def record_presence(db: Sql, events: list[PresenceEvent]) -> list[bool]:
                 case HelloSeen():
                     _apply_hello(db, event)
                     changed.append(not was_online)
+                    if not was_online:
+                        events.add(db, event.device_id, event.now, "online", _agent(event))
                 case HeartbeatSeen():
+                    if row is not None and not was_online:  # before what the beat reports
+                        events.add(db, event.device_id, event.now, "online", "heartbeat")
                     _apply_heartbeat(db, event)
                     changed.append(row is not None and not was_online)
                 case ConnectionLost():
@@ -196,8 +235,13 @@ def record_presence(db: Sql, events: list[PresenceEvent]) -> list[bool]:
                             "UPDATE devices SET online = 0 WHERE device_id = ?",
                             (event.device_id,),
                         )
+                        events.add(db, event.device_id, event.now, "offline", "link lost")
                     changed.append(lost)
     return changed
+
+
+def _agent(e: HelloSeen) -> str:
+    return f"agent {e.agent_version}" if e.agent_version else ""
 
 
 def _apply_hello(db: Sql, e: HelloSeen) -> None:
@@ -205,10 +249,10 @@ def _apply_hello(db: Sql, e: HelloSeen) -> None:
     # still holds a certificate of our CA, or the broker would not have let it in:
     # register it with empty labels rather than ignore it.
     db.execute(
-        """INSERT INTO devices (device_id, profile, labels, online, conn, last_seen,
+        """INSERT INTO devices (device_id, name, profile, labels, online, conn, last_seen,
                last_heartbeat, heartbeat_interval, agent_version, capabilities, runtime, models,
                task_slots, task_inbox)
-           VALUES (?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           VALUES (?, ?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (device_id) DO UPDATE SET
                profile = excluded.profile, conn = excluded.conn,
                -- a revoked device that still got through (the broker's CRL not yet
@@ -220,6 +264,7 @@ def _apply_hello(db: Sql, e: HelloSeen) -> None:
                runtime = excluded.runtime, models = excluded.models,
                task_slots = excluded.task_slots, task_inbox = excluded.task_inbox""",
         (
+            e.device_id,
             e.device_id,
             e.profile,
             e.conn,
@@ -239,7 +284,12 @@ def _apply_hello(db: Sql, e: HelloSeen) -> None:
 def _apply_heartbeat(db: Sql, e: HeartbeatSeen) -> None:
     if e.policy is not None:
         policy_store.report(
-            db, e.device_id, e.policy["version"], e.policy["rejected_version"], e.policy["reason"]
+            db,
+            e.device_id,
+            e.policy["version"],
+            e.policy["rejected_version"],
+            e.policy["reason"],
+            e.now,
         )
     db.execute(
         """UPDATE devices SET online = CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END,
@@ -271,6 +321,7 @@ def expire_silent(db: Sql, now: float, intervals: float) -> list[str]:
         ).fetchall()
         ids = [r["device_id"] for r in rows]
         db.executemany("UPDATE devices SET online = 0 WHERE device_id = ?", [(i,) for i in ids])
+        events.add_many(db, [(i, now, "offline", "heartbeats stopped") for i in ids])
     return ids
 
 
@@ -281,6 +332,21 @@ def all_devices(db: Sql) -> list[Device]:
 
 def get_device(db: Sql, device_id: str) -> Device | None:
     row = db.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+    return Device.from_row(row) if row else None
+
+
+def resolve(db: Sql, ref: str) -> str | None:
+    """The id of the device `ref` names: its id or its name (a name never looks like an
+    id, so the two cannot clash); None if no device has either."""
+    row = db.execute(
+        "SELECT device_id FROM devices WHERE device_id = ? OR name = ?", (ref, ref)
+    ).fetchone()
+    return row["device_id"] if row else None
+
+
+def find_device(db: Sql, ref: str) -> Device | None:
+    """The device `ref` names (its id or its name), in one read."""
+    row = db.execute("SELECT * FROM devices WHERE device_id = ? OR name = ?", (ref, ref)).fetchone()
     return Device.from_row(row) if row else None
 
 
@@ -318,23 +384,51 @@ def list_devices(
     return list(map(ListedDevice._make, rows))
 
 
-def update_labels(db: Sql, device_id: str, changes: dict[str, str | None]) -> Device | None:
-    """Merge `changes` into the device's labels (None deletes a label); None if unknown."""
+def update_device(
+    db: Sql,
+    device_id: str,
+    changes: dict[str, str | None],
+    name: str | None,
+    now: float,
+) -> Device | None:
+    """Merge label `changes` into the device's labels (None deletes a label) and rename it
+    if `name` is given; None if there is no such device, NameTakenError if another device
+    has that name (and nothing changed)."""
     with db.write():
-        row = db.execute("SELECT labels FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        row = db.execute(
+            "SELECT labels, name FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
         if row is None:
             return None
+        if name is not None and name != row["name"]:
+            if db.execute("SELECT 1 FROM devices WHERE name = ?", (name,)).fetchone():
+                raise NameTakenError(f"another device is named {name!r}")
+            db.execute("UPDATE devices SET name = ? WHERE device_id = ?", (name, device_id))
+            events.add(db, device_id, now, "renamed", f"{row['name']} -> {name}")
         labels = json.loads(row["labels"])
         for key, value in changes.items():
             if value is None:
                 labels.pop(key, None)
             else:
                 labels[key] = value
-        db.execute(
-            "UPDATE devices SET labels = ? WHERE device_id = ?",
-            (json.dumps(labels, sort_keys=True), device_id),
-        )
+        if labels != json.loads(row["labels"]):
+            db.execute(
+                "UPDATE devices SET labels = ? WHERE device_id = ?",
+                (json.dumps(labels, sort_keys=True), device_id),
+            )
+            shown = ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
+            events.add(db, device_id, now, "relabelled", f"labels {shown}")
     return get_device(db, device_id)
+
+
+def fleet_models(db: Sql) -> set[tuple[str, str]]:
+    """(name, version) of every model an unrevoked device reports, in any state."""
+    found: set[tuple[str, str]] = set()
+    for (models,) in db.execute(
+        "SELECT models FROM devices WHERE revoked_at IS NULL AND models IS NOT NULL"
+    ).fetchall():
+        found.update((m["name"], m["version"]) for m in json.loads(models))
+    return found
 
 
 def fleet_counts(db: Sql) -> list[tuple[bool, str, int]]:

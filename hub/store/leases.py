@@ -254,6 +254,31 @@ def _queued(db: Sql, now: float, limit: int, offset: int) -> list[Queued]:
     ]
 
 
+@dataclass(frozen=True)
+class Known:
+    """An enrolled device as a waiting task's explanation sees it."""
+
+    online: bool
+    revoked: bool
+    models: frozenset[tuple[str, str]]  # (name, version) it reports, in any state
+
+
+def task_fleet(db: Sql, now: float, settings: Settings) -> tuple[list[Candidate], dict[str, Known]]:
+    """What the planner sees (the candidates), and every enrolled device by id: what a
+    queued task's reason for waiting is worked out from."""
+    with db.snapshot():
+        candidates = _candidates(db, now, settings)
+        known = {
+            r["device_id"]: Known(
+                bool(r["online"]),
+                r["revoked_at"] is not None,
+                frozenset((m["name"], m["version"]) for m in json.loads(r["models"] or "[]")),
+            )
+            for r in db.execute("SELECT device_id, online, revoked_at, models FROM devices")
+        }
+    return candidates, known
+
+
 def _candidates(db: Sql, now: float, settings: Settings) -> list[Candidate]:
     held = {
         r[0]: r[1]

@@ -336,6 +336,28 @@ def _m014_model_files(db: Sql) -> None:
     )
 
 
+def _m015_device_names(db: Sql) -> None:
+    # A human name per device, unique in the fleet, usable wherever its id is. Devices
+    # enrolled before names existed are named by their id until an operator renames them.
+    db.execute("ALTER TABLE devices ADD COLUMN name TEXT")
+    db.execute("UPDATE devices SET name = device_id")
+    db.execute("CREATE UNIQUE INDEX devices_name ON devices (name)")
+
+
+def _m016_device_events(db: Sql) -> None:
+    # What happened to each device, written in the transaction of the change (events.py).
+    db.execute(
+        """CREATE TABLE device_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            device_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX device_events_by_device ON device_events (device_id, id)")
+
+
 MIGRATIONS: list[Migration] = [
     ("001_registry", _m001_registry),
     ("002_api", _m002_api),
@@ -351,4 +373,6 @@ MIGRATIONS: list[Migration] = [
     ("012_holds", _m012_holds),
     ("013_leadership", _m013_leadership),
     ("014_model_files", _m014_model_files),
+    ("015_device_names", _m015_device_names),
+    ("016_device_events", _m016_device_events),
 ]

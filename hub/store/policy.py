@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hub.store import events
 from hub.store.sql import Sql
 from outpost import policy
 
@@ -158,12 +159,21 @@ def mark_published(db: Sql, published: list[tuple[str, int]]) -> None:
             )
 
 
-def report(db: Sql, device_id: str, applied: int, rejected: int, reason: str) -> None:
+def report(db: Sql, device_id: str, applied: int, rejected: int, reason: str, now: float) -> None:
     """What the device says it runs (inside the presence transaction).
 
     Versions only move forward: a device never applies an older version than it runs,
     so a lower one is a stale heartbeat (QoS 1 redelivers one the hub handled but had
     not acknowledged when it was killed), not news."""
+    row = db.execute(
+        "SELECT applied_version, rejected_version FROM device_policy WHERE device_id = ?",
+        (device_id,),
+    ).fetchone()
+    if row is not None:
+        if applied > row["applied_version"]:
+            events.add(db, device_id, now, "policy_applied", f"version {applied}")
+        if rejected > row["rejected_version"]:
+            events.add(db, device_id, now, "policy_refused", f"version {rejected}: {reason}")
     db.execute(
         """UPDATE device_policy SET
                reason = CASE WHEN ? >= rejected_version THEN ? ELSE reason END,

@@ -16,6 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from hub.store import events
 from hub.store.catalog import get_model
 from hub.store.devices import Device
 from hub.store.sql import Row, Sql
@@ -190,6 +191,7 @@ def record_state(
         state = "blocked"
     advanced = []
     with db.write():
+        _log_model_event(db, device_id, name, version, state, detail, now)
         ids = [
             r["id"]
             for r in db.execute(
@@ -207,6 +209,34 @@ def record_state(
             )
             advanced.append(_advance(db, rollout_id, now))
     return advanced
+
+
+_MODEL_EVENTS: dict[str, events.Kind] = {
+    "active": "model_activated",
+    "failed": "model_failed",
+    "rolled_back": "model_rolled_back",
+}
+
+
+def _log_model_event(
+    db: Sql, device_id: str, name: str, version: str, state: str, detail: str, now: float
+) -> None:
+    """Log a release's state on the device's event log when it changed: a device repeats
+    the state of every release it holds after each hello, which is not news."""
+    kind = _MODEL_EVENTS.get(state)
+    if kind is None:
+        return
+    release = f"{name} {version}"
+    last = db.execute(
+        """SELECT kind FROM device_events
+           WHERE device_id = ? AND kind IN ('model_activated', 'model_failed',
+                                            'model_rolled_back')
+             AND (detail = ? OR detail LIKE ?)
+           ORDER BY id DESC LIMIT 1""",
+        (device_id, release, release + ":%"),
+    ).fetchone()
+    if last is None or last["kind"] != kind:
+        events.add(db, device_id, now, kind, f"{release}: {detail}" if detail else release)
 
 
 def reconcile_inventory(
@@ -301,6 +331,24 @@ def withdraw_device(db: Sql, device_id: str, reason: str, now: float) -> list[Ad
     """Run `drop_device` as a unit of work of its own."""
     with db.write():
         return drop_device(db, device_id, reason, now)
+
+
+def halt(db: Sql, rollout_id: int, reason: str, now: float) -> Advanced | None:
+    """Halt a roll-out in progress (canary or rolling) for `reason`; None if there is no
+    such roll-out. One that already ended is left as it is (`halted_now` false)."""
+    with db.write():
+        row = db.execute(
+            "SELECT state, reason FROM rollouts WHERE id = ?", (rollout_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        if row["state"] not in ("canary", "rolling"):
+            return Advanced(rollout_id, [], row["state"], row["reason"])
+        db.execute(
+            "UPDATE rollouts SET state = 'halted', reason = ?, updated_at = ? WHERE id = ?",
+            (reason, now, rollout_id),
+        )
+    return Advanced(rollout_id, [], "halted", reason, halted_now=True)
 
 
 def _advance(db: Sql, rollout_id: int, now: float) -> Advanced:

@@ -45,7 +45,7 @@ def score(device: Candidate, held: int) -> float:
     return W_FREE * free - W_CPU * cpu - W_HEAT * heat - W_SLOW * slowness
 
 
-def _matches(task: Queued, device: Candidate) -> bool:
+def matches(task: Queued, device: Candidate) -> bool:
     """Whether the device fits the task's target and model; the same for every task of one
     kind (`_kind`). A device that fits is eligible unless the task excludes it or it has no
     room, which `plan` checks per task."""
@@ -61,7 +61,7 @@ def _matches(task: Queued, device: Candidate) -> bool:
 
 
 def _kind(task: Queued) -> tuple[object, ...]:
-    """What `_matches` depends on: tasks of one kind match the same devices."""
+    """What `matches` depends on: tasks of one kind match the same devices."""
     target = json.dumps(task.target, sort_keys=True)  # as stored: plain JSON
     return (target, task.model, task.version)
 
@@ -78,7 +78,7 @@ def plan(queued: list[Queued], candidates: list[Candidate]) -> list[tuple[str, s
         kind = _kind(task)
         pool = matching.get(kind)
         if pool is None:
-            pool = matching[kind] = [d for d in candidates if _matches(task, d)]
+            pool = matching[kind] = [d for d in candidates if matches(task, d)]
         best: tuple[float, int, int] | None = None
         pick = None
         for device in pool:

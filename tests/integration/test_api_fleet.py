@@ -296,3 +296,46 @@ async def test_the_list_shows_each_device_as_the_device_route_does(
     assert each["dev-same0002"]["labels"]["site"] == "nörd"
     assert each["dev-same0002"]["store"]["streams"]["results"]["fill"] == 0.25
     assert each["dev-same0003"]["revoked"] is True
+
+
+async def test_a_device_is_renamed_and_reached_by_its_name(hub: Hub, api: ApiClient) -> None:
+    admin = await api.token("admin")
+    viewer = await api.token("viewer")
+    await add_device(hub, "dev-name0001")
+    await add_device(hub, "dev-name0002")
+
+    renamed = await api.call(
+        "PATCH", "/api/v1/devices/dev-name0001", token=admin, body={"name": "press-1"}
+    )
+    taken = await api.call(
+        "PATCH", "/api/v1/devices/dev-name0002", token=admin, body={"name": "press-1"}
+    )
+    bad = [
+        await api.call("PATCH", "/api/v1/devices/dev-name0002", token=admin, body={"name": name})
+        for name in ("Press 1", "dev-0123456789ab", "")
+    ]
+    by_name = await api.call("GET", "/api/v1/devices/press-1", token=viewer)
+    events = await api.call("GET", "/api/v1/devices/press-1/events?limit=1", token=viewer)
+    older = await api.call(
+        "GET", f"/api/v1/devices/press-1/events?cursor={events.body['next_cursor']}", token=viewer
+    )
+    unknown = await api.call("GET", "/api/v1/devices/press-9/events", token=viewer)
+    other = await hub.parts.store.device("dev-name0002")
+
+    assert renamed.status == 200, renamed.body
+    assert renamed.body["name"] == "press-1"
+    assert taken.status == 409
+    assert taken.error["code"] == "name_taken"
+    assert [r.status for r in bad] == [422, 422, 422]
+    assert "lower-case letters" in bad[0].error["message"]
+    assert other is not None
+    assert other.name == "dev-name0002"  # nothing changed
+    assert by_name.status == 200
+    assert by_name.body["id"] == "dev-name0001"
+    assert [(e["kind"], e["detail"]) for e in events.body["items"]] == [
+        ("renamed", "dev-name0001 -> press-1")
+    ]
+    assert [e["kind"] for e in older.body["items"]] == ["enrolled"]
+    assert older.body["next_cursor"] is None
+    assert unknown.status == 404
+    assert "press-9" in unknown.error["message"]

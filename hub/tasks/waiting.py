@@ -1,0 +1,86 @@
+"""Why a queued task waits, in words an operator can act on ("no online device has the
+model vibration-anomaly", "all eligible devices are full"), worked out when the task is
+read from the same view of the fleet the planner uses (allocation.py)."""
+
+from __future__ import annotations
+
+from hub.store import Task
+from hub.store.leases import Candidate, Known, Queued
+from hub.tasks.allocation import matches
+
+ALLOCATION_DUE = "waiting for the next allocation pass"
+MAX_NAMED = 5  # devices named in a reason; more are counted
+
+
+def explain(task: Task, candidates: list[Candidate], known: dict[str, Known]) -> str:
+    """Why `task` is still queued; "" when it is not queued."""
+    if task.state != "queued":
+        return ""
+    queued = Queued(
+        task.task_id,
+        task.model,
+        task.version,
+        task.priority,
+        task.deadline,
+        task.target,
+        frozenset(task.excluded),
+    )
+    named = task.target.get("device")
+    if named:
+        return _for_named(named, queued, candidates, known)
+    wanted = f"{task.model} {task.version}" if task.version else task.model
+    matching = [c for c in candidates if matches(queued, c)]
+    if not matching:
+        return _no_match(queued, wanted, candidates, known)
+    open_ = [c for c in matching if c.device_id not in queued.excluded]
+    if not open_:
+        refused = sorted(c.device_id for c in matching)
+        return f"excluded after rejection by {_some(refused)}"
+    if all(c.held >= c.slots for c in open_):
+        slots = sum(c.slots for c in open_)
+        return f"all eligible devices are full ({len(open_)} devices, {slots} slots taken)"
+    return ALLOCATION_DUE
+
+
+def _for_named(
+    named: str, queued: Queued, candidates: list[Candidate], known: dict[str, Known]
+) -> str:
+    device = known.get(named)
+    if device is None:
+        return f"device {named} is no longer in the registry"
+    if device.revoked:
+        return f"device {named} is revoked"
+    if named in queued.excluded:
+        return f"excluded after rejection by {named}, the only device it may run on"
+    candidate = next((c for c in candidates if c.device_id == named), None)
+    if candidate is None:
+        return f"device {named} is offline" if not device.online else f"{named} takes no tasks"
+    if candidate.held >= candidate.slots:
+        return f"device {named} is full ({candidate.held} of {candidate.slots} slots taken)"
+    return ALLOCATION_DUE
+
+
+def _no_match(
+    queued: Queued, wanted: str, candidates: list[Candidate], known: dict[str, Known]
+) -> str:
+    def has(models: frozenset[tuple[str, str]]) -> bool:
+        if queued.version:
+            return (queued.model, queued.version) in models
+        return any(name == queued.model for name, _ in models)
+
+    selector = queued.target.get("selector") or {}
+    if selector and any(has(c.models) for c in candidates):
+        shown = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        return f"no online device matching {shown} has the model {wanted} ready"
+    elsewhere = sorted(i for i, k in known.items() if not k.revoked and has(k.models))
+    online = {c.device_id for c in candidates}
+    if any(i in online for i in elsewhere):
+        return f"no online device has the model {wanted} ready ({_some(elsewhere)} report it)"
+    if elsewhere:
+        return f"no online device has the model {wanted} (offline: {_some(elsewhere)})"
+    return f"no device has the model {wanted}"
+
+
+def _some(ids: list[str]) -> str:
+    shown = ", ".join(ids[:MAX_NAMED])
+    return shown if len(ids) <= MAX_NAMED else f"{shown} and {len(ids) - MAX_NAMED} more"
