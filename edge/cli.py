@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from edge.config import SECTION, AgentConfig
 from edge.identity import DevicePaths, Identity, NotEnrolledError
-from edge.profile import ProfileError, load_profile
-from outpost import logs, settings
+from edge.profile import ProfileError, find_profile, load_profile
+from outpost import __version__, devicenames, logs, settings
 from outpost.aio import cancel_until_done
 from outpost.datalock import AlreadyRunningError
 from outpost.sdnotify import Notifier
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="outpost-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("enroll", help="get this device's certificate from the hub")
@@ -66,9 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="the agent's data folder")
     p.add_argument(
         "--profile",
-        type=Path,
         required=True,
-        help="device profile, e.g. firmware-configs/raspberry-pi-4.toml",
+        help="device profile: a shipped profile's name (raspberry-pi-4, ...) or a file",
+    )
+    p.add_argument(
+        "--name",
+        help="the name this device asks for (default: the host name); the hub appends "
+        "-2, -3, ... if another device has it",
     )
     p.set_defaults(func=_enroll)
 
@@ -170,8 +176,16 @@ def _do_enroll(args: argparse.Namespace, enroll: Any) -> int:
             token = args.token_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot read {args.token_file}: {exc.strerror}") from exc
-    identity = asyncio.run(enroll(token, DevicePaths(args.data), args.profile))
-    print(f"enrolled as {identity.device_id}; broker {identity.broker_url}")
+    if args.name is not None:
+        try:
+            name = devicenames.check(args.name, "--name")
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+    else:
+        name = devicenames.from_hostname(socket.gethostname())
+    profile = find_profile(args.profile)
+    identity = asyncio.run(enroll(token, DevicePaths(args.data), profile, name))
+    print(f"enrolled as {identity.name} ({identity.device_id}); broker {identity.broker_url}")
     return 0
 
 

@@ -12,6 +12,7 @@ from hub.cli import database
 from hub.cli.datafolder import check_initialised, load_config
 from hub.cli.devices import render_fleet
 from hub.cli.parser import build_parser
+from hub.cli.remote import RemoteError
 from hub.fleet.revocation import BrokerCrlError
 from hub.initialise import AlreadyInitialisedError
 from outpost import logs, settings
@@ -30,9 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the registry, tokens and audit log are the hub's alone
     logs.configure(getattr(args, "log_level", None) or "info")
     try:
-        if args.func is not database.init:
+        if args.func is not database.init and getattr(args, "data", None) is not None:
             check_initialised(args.data)
         return int(args.func(args))
+    except RemoteError as exc:
+        print(f"outpost-hub: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     except (
         settings.SettingsError,
         AlreadyInitialisedError,

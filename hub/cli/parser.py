@@ -1,5 +1,5 @@
-"""`outpost-hub`: initialise a hub, mint bootstrap tokens, list and revoke devices, run the
-daemon."""
+"""`outpost-hub`: initialise a hub, mint bootstrap tokens and API tokens, run the daemon;
+and, through a running hub's API, manage devices, models, roll-outs, tasks and policy."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 
 from hub.access import apitokens
 from hub.broker import brokerconfig
-from hub.cli import broker, daemon, database, devices, tokens
-from outpost import durations, logs
+from hub.cli import broker, daemon, database, devices, remote_parser, tokens
+from outpost import __version__, durations, logs
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser: every command, its flags and the function that runs it."""
     parser = argparse.ArgumentParser(prog="outpost-hub", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="create the fleet CA, certificates and signing keys")
@@ -110,11 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     _data(t)
     t.set_defaults(func=tokens.list_tokens)
 
-    p = sub.add_parser("devices", help="list the fleet registry")
-    _data(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=devices.list_devices)
-
     p = sub.add_parser("device", help="act on one device")
     device = p.add_subparsers(required=True, metavar="ACTION")
     d = device.add_parser(
@@ -124,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data(d)
     _config(d)
-    d.add_argument("device_id", metavar="ID", help="the device id, e.g. dev-0123456789ab")
+    d.add_argument(
+        "device_id", metavar="DEVICE", help="the device's name or id, e.g. dev-0123456789ab"
+    )
     d.set_defaults(func=devices.revoke_device)
 
     p = sub.add_parser(
@@ -153,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     p.set_defaults(func=broker.broker_config)
+    remote_parser.add_commands(sub)
     return parser
 
 

@@ -428,9 +428,9 @@ def test_devices_command_shows_revoked_devices_with_when_and_by_whom(
 
     assert (table_code, json_code) == (0, 0)
     header, *lines = table.splitlines()
-    assert header.split()[:3] == ["DEVICE", "PROFILE", "STATE"]
+    assert header.split()[:4] == ["NAME", "DEVICE", "PROFILE", "STATE"]
     # Revoked, not "offline": it cannot come back.
-    assert [line.split()[:3] for line in lines] == [
+    assert [line.split()[1:4] for line in lines] == [
         ["dev-aaaaaaaaaaaa", "generic", "revoked"],
         ["dev-bbbbbbbbbbbb", "generic", "offline"],
     ]

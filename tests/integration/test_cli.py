@@ -127,6 +127,7 @@ def test_devices_lists_the_registry(tmp_path: Path) -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
+        "NAME",
         "DEVICE",
         "PROFILE",
         "STATE",

@@ -1,0 +1,197 @@
+"""`outpost-hub models` (upload a bundle folder, list the catalogue) and `outpost-hub
+rollouts` (start one, follow it live, halt it, list them), through the hub's API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from hub.cli import remote, tables
+
+BUNDLE_FILES = {"model": "model.tflite", "manifest": "model.json", "sample": "sample.json"}
+FOLLOW_EVERY_S = 1.0
+ENDED = ("completed", "halted", "superseded")
+
+
+def upload_model(args: argparse.Namespace) -> int:
+    """Upload a model bundle folder (model.tflite, model.json, sample.json)."""
+    folder: Path = args.folder
+    missing = [f for f in BUNDLE_FILES.values() if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(
+            f"{folder} is not a model bundle folder: it lacks {', '.join(missing)} "
+            f"(a bundle holds {', '.join(BUNDLE_FILES.values())})"
+        )
+
+    async def upload(client: remote.Client) -> int:
+        form = aiohttp.FormData()
+        for part, name in BUNDLE_FILES.items():
+            form.add_field(part, (folder / name).read_bytes(), filename=name)
+        uploaded = await client.call("POST", "/api/v1/models", form=form)
+        model = uploaded["model"]
+        if args.json:
+            remote.show_json(uploaded)
+        else:
+            print(
+                f"uploaded {model['name']} {model['version']} ({model['size']} bytes, sha256 "
+                f"{model['sha256'][:16]}..., checked with {uploaded['checked_with']}); roll "
+                f"it out with `outpost-hub rollouts start {model['name']} {model['version']}`"
+            )
+        return 0
+
+    return remote.run(args, upload)
+
+
+def list_models(args: argparse.Namespace) -> int:
+    """The models uploaded to the hub."""
+
+    async def listed(client: remote.Client) -> int:
+        models = (await client.get("/api/v1/models"))["items"]
+        if args.json:
+            remote.show_json(models)
+            return 0
+        rows = [
+            (
+                m["name"],
+                m["version"],
+                f"{m['size']:,}",
+                ",".join(m["labels"])[:40],
+                tables.when(m["uploaded_at"]),
+                m["uploaded_by"],
+            )
+            for m in models
+        ]
+        print(tables.table(("MODEL", "VERSION", "BYTES", "LABELS", "UPLOADED", "BY"), rows))
+        return 0
+
+    return remote.run(args, listed)
+
+
+def parse_share(text: str) -> float:
+    """`10%`, `10` or `0.1` as a share in [0, 1]."""
+    try:
+        share = float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
+        if not text.endswith("%") and share > 1:
+            share /= 100  # `--canary 10` means 10 %
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share: write 10%, or 0.1") from None
+    if not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0% and 100%")
+    return share
+
+
+def start_rollout(args: argparse.Namespace) -> int:
+    """Start a staged roll-out, then follow it (unless --no-follow)."""
+    selector: dict[str, str] = {}
+    for item in args.selector:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--selector {item!r}: write KEY=VALUE")
+        selector[key] = value
+
+    async def start(client: remote.Client) -> int:
+        body: dict[str, Any] = {"model": args.model, "version": args.version, "selector": selector}
+        if args.canary is not None:
+            body["canary_share"] = args.canary
+        rollout = await client.call("POST", "/api/v1/rollouts", body=body)
+        if args.json and not args.follow:
+            remote.show_json(rollout)
+            return 0
+        print(f"roll-out {rollout['id']} of {rollout['model']} {rollout['version']} started")
+        return await _follow(client, rollout["id"], args) if args.follow else 0
+
+    return remote.run(args, start)
+
+
+def show_rollout(args: argparse.Namespace) -> int:
+    """A roll-out's progress, followed live until it ends (Ctrl-C leaves it running)."""
+
+    async def show(client: remote.Client) -> int:
+        if args.json:
+            remote.show_json(await client.get(f"/api/v1/rollouts/{args.id}"))
+            return 0
+        return await _follow(client, args.id, args)
+
+    return remote.run(args, show)
+
+
+async def _follow(client: remote.Client, rollout_id: int, args: argparse.Namespace) -> int:
+    names = await client.device_names()
+    shown = ""
+    try:
+        while True:
+            rollout = await client.get(f"/api/v1/rollouts/{rollout_id}")
+            text = render_rollout(rollout, names)
+            if text != shown:
+                print(text if not shown else "\n" + text, flush=True)
+                shown = text
+            if rollout["state"] in ENDED or not args.follow:
+                return 1 if rollout["state"] == "halted" else 0
+            await asyncio.sleep(FOLLOW_EVERY_S)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(
+            f"\nstopped following; roll-out {rollout_id} goes on (halt it with "
+            f"`outpost-hub rollouts halt {rollout_id}`)"
+        )
+        return 0
+
+
+def render_rollout(r: dict[str, Any], names: dict[str, str]) -> str:
+    """A roll-out's headline, counts and devices."""
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(r["counts"].items())) or "no devices"
+    head = (
+        f"roll-out {r['id']}: {r['model']} {r['version']} to {tables.labels(r['selector'])}, "
+        f"canary {r['canary_share']:.0%}: {r['state'].upper()}"
+        + (f" ({r['reason']})" if r["reason"] else "")
+        + f" [{time.strftime('%H:%M:%S')}]"
+    )
+    rows = [
+        (names.get(d["device"], d["device"]), d["device"], d["stage"], d["state"], d["detail"])
+        for d in r["devices"]
+    ]
+    body = tables.table(("NAME", "DEVICE", "STAGE", "STATE", "DETAIL"), rows)
+    return f"{head}\n  {counts}\n{body}"
+
+
+def halt_rollout(args: argparse.Namespace) -> int:
+    async def halt(client: remote.Client) -> int:
+        body = {"reason": args.reason} if args.reason else {}
+        rollout = await client.call("POST", f"/api/v1/rollouts/{args.id}/halt", body=body)
+        if args.json:
+            remote.show_json(rollout)
+        else:
+            print(f"roll-out {rollout['id']} halted: {rollout['reason']}")
+        return 0
+
+    return remote.run(args, halt)
+
+
+def list_rollouts(args: argparse.Namespace) -> int:
+    async def listed(client: remote.Client) -> int:
+        rollouts = (await client.get("/api/v1/rollouts"))["items"]
+        if args.json:
+            remote.show_json(rollouts)
+            return 0
+        rows = [
+            (
+                str(r["id"]),
+                r["model"],
+                r["version"],
+                tables.labels(r["selector"]),
+                r["state"],
+                json.dumps(r["counts"], sort_keys=True),
+                tables.when(r["created_at"]),
+            )
+            for r in rollouts
+        ]
+        header = ("ID", "MODEL", "VERSION", "SELECTOR", "STATE", "DEVICES", "STARTED")
+        print(tables.table(header, rows))
+        return 0
+
+    return remote.run(args, listed)

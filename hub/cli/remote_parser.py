@@ -1,0 +1,164 @@
+"""The parser of the commands that act on a running hub through its API (remote.py says
+how they find it): devices, models, roll-outs, tasks, policy, audit."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hub.cli import audit, devices, models, policy, remote, tasks
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the API commands to the top-level parser's subcommands."""
+    _devices(sub)
+    _models(sub)
+    _rollouts(sub)
+    _tasks(sub)
+    _policy(sub)
+    p = sub.add_parser("audit", help="the audit log, newest first (admin)")
+    remote.add_arguments(p)
+    p.add_argument("--limit", type=int, default=50, help="entries to show (default 50)")
+    p.set_defaults(func=audit.show_audit)
+
+
+def _action(
+    group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
+) -> argparse.ArgumentParser:
+    p = group.add_parser(name, help=help, description=help)
+    remote.add_arguments(p)
+    return p
+
+
+def _devices(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "devices",
+        help="the fleet: list, show, label and rename devices",
+        description="Without an action: the registry as a table, read from --data's "
+        "database (the hub need not run) or from --hub's API.",
+    )
+    remote.add_arguments(p)
+    p.set_defaults(func=devices.list_devices)
+    group = p.add_subparsers(metavar="ACTION")
+    d = _action(group, "list", "the registry as a table (the default action)")
+    d.set_defaults(func=devices.list_devices)
+    d = _action(group, "show", "one device: state, load, models, store and latest events")
+    d.add_argument("device", metavar="DEVICE", help="its name or id")
+    d.add_argument("--events", type=int, default=10, help="latest events to show (default 10)")
+    d.set_defaults(func=devices.show_device)
+    d = _action(group, "label", "set labels (KEY=VALUE) or remove them (KEY-)")
+    d.add_argument("device", metavar="DEVICE", help="its name or id")
+    d.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
+    d.set_defaults(func=devices.label_device)
+    d = _action(group, "rename", "give a device a new name (unique in the fleet)")
+    d.add_argument("device", metavar="DEVICE", help="its name or id")
+    d.add_argument("name", metavar="NAME", help="the new name")
+    d.set_defaults(func=devices.rename_device)
+
+
+def _models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("models", help="upload model bundles and list them")
+    group = p.add_subparsers(required=True, metavar="ACTION")
+    m = _action(group, "upload", "upload a bundle folder (model.tflite, model.json, sample.json)")
+    m.add_argument("folder", type=Path, metavar="DIR", help="e.g. models/vibration-anomaly/1.0.0")
+    m.set_defaults(func=models.upload_model)
+    m = _action(group, "list", "the uploaded models")
+    m.set_defaults(func=models.list_models)
+
+
+def _rollouts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("rollouts", help="start, follow, halt and list staged roll-outs")
+    group = p.add_subparsers(required=True, metavar="ACTION")
+    r = _action(group, "start", "roll a model version out: canaries first, then the rest")
+    r.add_argument("model", metavar="MODEL")
+    r.add_argument("version", metavar="VERSION")
+    r.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only devices with this label (repeatable; default: every device)",
+    )
+    r.add_argument(
+        "--canary",
+        type=models.parse_share,
+        metavar="SHARE",
+        help="share of the devices that get it first, e.g. 10%% (default: the hub's)",
+    )
+    r.add_argument(
+        "--no-follow",
+        dest="follow",
+        action="store_false",
+        help="return at once instead of following its progress",
+    )
+    r.set_defaults(func=models.start_rollout)
+    r = _action(group, "show", "a roll-out's progress, live until it ends (Ctrl-C leaves it)")
+    r.add_argument("id", type=int, metavar="ID")
+    r.add_argument("--no-follow", dest="follow", action="store_false", help="print it once")
+    r.set_defaults(func=models.show_rollout)
+    r = _action(group, "halt", "halt a roll-out: devices that got it go back")
+    r.add_argument("id", type=int, metavar="ID")
+    r.add_argument("--reason", default="", help="why, for the record")
+    r.set_defaults(func=models.halt_rollout)
+    r = _action(group, "list", "roll-outs, newest first")
+    r.set_defaults(func=models.list_rollouts)
+
+
+def _tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("tasks", help="submit, list, show and cancel inference tasks")
+    group = p.add_subparsers(required=True, metavar="ACTION")
+    t = _action(
+        group,
+        "submit",
+        'submit a task (or {"tasks": [...]}) from a JSON file or stdin (-), or one built '
+        "from --model and --input",
+    )
+    t.add_argument("file", nargs="?", metavar="FILE", help="JSON as POST /api/v1/tasks takes")
+    t.add_argument("--model", help="the model to run (instead of a file)")
+    t.add_argument("--input", metavar="JSON", help="the model input, e.g. '[[0.1, 0.2]]'")
+    t.add_argument("--device", help="run it on this device (name or id) only")
+    t.add_argument(
+        "--wait-for-model",
+        action="store_true",
+        help="queue it even if no device has the model yet",
+    )
+    t.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    t.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
+    t.set_defaults(func=tasks.submit)
+    t = _action(group, "list", "tasks, newest first, with why queued ones wait")
+    t.add_argument("--state", help="queued, assigned, running, succeeded, failed, ...")
+    t.add_argument("--device", help="only tasks of this device (name or id)")
+    t.add_argument("--model", help="only tasks for this model")
+    t.add_argument("--limit", type=int, default=50, help="tasks to show (default 50)")
+    t.set_defaults(func=tasks.list_tasks)
+    t = _action(group, "show", "one task: state, why it waits, result, every event")
+    t.add_argument("id", metavar="TASK")
+    t.set_defaults(func=tasks.show_task)
+    t = _action(group, "cancel", "cancel a task that has not ended")
+    t.add_argument("id", metavar="TASK")
+    t.set_defaults(func=tasks.cancel_task)
+
+
+def _policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("policy", help="show, set and delete policy layers")
+    group = p.add_subparsers(required=True, metavar="ACTION")
+    s = _action(group, "show", "the layers, one layer, or what a device runs (--device)")
+    s.add_argument("layer", nargs="?", metavar="LAYER")
+    s.add_argument("--device", help="a device's effective policy (name or id)")
+    s.set_defaults(func=policy.show_policy)
+    s = _action(group, "set", "write a layer from a JSON file of policy fields")
+    s.add_argument("layer", metavar="LAYER", help="its name; `fleet` applies to every device")
+    s.add_argument("file", metavar="FILE", help="JSON object of the fields it sets")
+    s.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a group layer: devices with these labels",
+    )
+    s.add_argument("--rank", type=int, default=0, help="a group layer's merge order")
+    s.add_argument("--device", help="a device override: its name or id")
+    s.set_defaults(func=policy.set_policy)
+    s = _action(group, "delete", "delete a layer")
+    s.add_argument("layer", metavar="LAYER")
+    s.set_defaults(func=policy.delete_policy)
