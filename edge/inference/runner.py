@@ -129,7 +129,6 @@ class ModelRunner:
 
     def _make_interpreter(self) -> Any:
         interpreter = self._runtime.interpreter(str(self.bundle.model_path), self.num_threads)
-        interpreter.allocate_tensors()
         (inp,) = interpreter.get_input_details()
         (out,) = interpreter.get_output_details()
         _check_tensor("input", inp, self.manifest.input)

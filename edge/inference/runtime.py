@@ -15,6 +15,8 @@ import importlib.metadata
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from edge.inference.runtime_log import runtime_lines_to_log
+
 RuntimeName = Literal["ai-edge-litert", "tflite-runtime"]
 Preference = Literal["auto", "ai-edge-litert", "tflite-runtime"]
 
@@ -42,7 +44,15 @@ class Runtime:
         return f"{self.name} {self.version}"
 
     def interpreter(self, model_path: str, num_threads: int) -> Any:
-        return self.interpreter_class(model_path=model_path, num_threads=num_threads)
+        """A ready interpreter of the model: made, and its tensors allocated (blocking).
+
+        Both steps run with the runtime's stderr lines captured into the log
+        (runtime_log.py): LiteRT prints one when the first interpreter applies XNNPACK.
+        """
+        with runtime_lines_to_log():
+            interpreter = self.interpreter_class(model_path=model_path, num_threads=num_threads)
+            interpreter.allocate_tensors()
+        return interpreter
 
 
 def choose_runtime(preference: Preference = "auto") -> Runtime:
