@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from outpost import durations
@@ -65,3 +67,31 @@ def test_parse_refuses_a_number_too_large_to_be_finite() -> None:
     # float("1" + 400 zeros) is inf; an infinite duration later breaks int(now + ttl).
     with pytest.raises(ValueError, match="duration"):
         durations.parse("1" + "0" * 400 + "s")
+
+
+def test_a_refusal_names_the_accepted_units() -> None:
+    with pytest.raises(durations.DurationError, match="s, m, h or d") as refused:
+        durations.parse("1year")
+    assert isinstance(refused.value, ValueError)
+
+
+def test_argparse_shows_the_refusal_not_its_own_invalid_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser(prog="outpost-hub token create")
+    parser.add_argument("--ttl", type=durations.parse)
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--ttl", "1year"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "argument --ttl: not a duration: '1year'; use a number and one unit" in err
+    assert "invalid parse value" not in err
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(43200, "12h"), (366 * 86400, "366d"), (5400, "90m"), (90, "90s"), (61, "61s"), (0.5, "0.5s")],
+)
+def test_describe_uses_the_largest_whole_unit(seconds: float, text: str) -> None:
+    assert durations.describe(seconds) == text
+    assert durations.parse(text) == seconds
