@@ -76,18 +76,20 @@ class SiteLink:
 class Producer:
     """A program on a device: posts a few results a second to the agent's local API."""
 
-    def __init__(self, socket: Path, name: str) -> None:
+    def __init__(self, socket: Path, name: str, log: Path) -> None:
         self._socket = socket
         self._name = name
+        self.log = log  # one line per batch the agent confirmed: `confirmed FIRST-LAST`
         self.confirmed = 0
         self.refused = 0
+        self.stopped = False
 
     async def run(self) -> None:
         rng = random.Random(self._name)  # noqa: S311 - made-up sensor readings
         connector = aiohttp.UnixConnector(path=str(self._socket))
         async with aiohttp.ClientSession(connector=connector) as session:
             n = 0
-            while True:
+            while not self.stopped:
                 batch = [
                     {"source": self._name, "n": n + i, "vibration_rms": round(rng.gauss(1, 0.2), 3)}
                     for i in range(5)
@@ -99,6 +101,8 @@ class Producer:
                     ) as response:
                         if response.status == 201:
                             self.confirmed += len(batch)
+                            with self.log.open("a") as log:
+                                log.write(f"confirmed {n - len(batch)}-{n - 1}\n")
                         else:
                             self.refused += len(batch)
                 await asyncio.sleep(1)  # the sensor's own pace

@@ -68,7 +68,9 @@ def start_agents(
             "--data",
             str(agent_dir),
             "--profile",
-            str(REPO / "firmware-configs" / f"{profile}.toml"),
+            profile,
+            "--name",
+            name,
         )
         token_file.unlink()
         step(f"{name} ({profile}): {out.strip()}; its site link: {labels['site']}")
@@ -99,9 +101,9 @@ def start_agents(
                 cwd=REPO,
             )
         )
-        producer = Producer(agent_dir / "agent.sock", name)
+        producer = Producer(agent_dir / "agent.sock", name, logs / f"{name}-producer.log")
         sensor = SensorProgram(agent_dir / "agent.sock", SENSOR_MODEL[name], len(devices))
-        device_id = out.split()[2].rstrip(";")
+        device_id = out.split("(", 1)[1].split(")", 1)[0]  # "enrolled as NAME (ID); ..."
         devices.append(Device(name, device_id, labels["site"], producer, sensor))
     return devices
 

@@ -7,7 +7,8 @@ a sensor program on it asks its agent's model about each reading over the local 
 After a while the north site's link is cut: its agents go offline and keep everything in
 their stores; when the link returns they drain it, and the hub ends up with every result
 exactly once. The fleet table refreshes until Ctrl-C (or --duration), then every process
-the demo started is stopped.
+the demo started is stopped, and the demo checks that every result a producer was
+confirmed is held by the hub exactly once (exit 1 if not).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import argparse
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from types import FrameType
 
 from scripts import demo_replicas
-from scripts.demo_parts.agents import start_agents, start_programs, start_site_links
+from scripts.demo_parts.agents import Device, start_agents, start_programs, start_site_links
+from scripts.demo_parts.hubapi import HubApi
 from scripts.demo_parts.operations import start_operations
 from scripts.demo_parts.plan import BIN, CUT_AT_S, CUT_FOR_S, REPO
 from scripts.demo_parts.processes import (
@@ -31,8 +34,9 @@ from scripts.demo_parts.processes import (
     stop_all,
     wait_healthy,
 )
+from scripts.demo_parts.verdict import verdict
 from scripts.demo_parts.view import show_fleet
-from scripts.demo_site import Background
+from scripts.demo_site import Background, SiteLink
 
 
 def arguments() -> argparse.Namespace:
@@ -44,7 +48,10 @@ def arguments() -> argparse.Namespace:
         help="stop after this many seconds (default: run until Ctrl-C)",
     )
     parser.add_argument(
-        "--data", type=Path, default=REPO / "demo-data", help="data folder (wiped and made afresh)"
+        "--data",
+        type=Path,
+        default=REPO / "demo-data",
+        help="data folder: new, empty, or one an earlier demo made (wiped and made afresh)",
     )
     parser.add_argument(
         "--cut-at",
@@ -68,16 +75,55 @@ def arguments() -> argparse.Namespace:
     return args
 
 
+# Written into every data folder the demo makes: only such a folder is wiped by a later run.
+MARKER = ".outpost-demo"
+
+
+def fresh_data_folder(data: Path) -> None:
+    """Wipe a data folder an earlier demo made and make it afresh; refuse to touch any
+    other folder that holds something (a mistyped --data must not delete a user's files)."""
+    if data.exists():
+        made_by_demo = (data / MARKER).exists() or all(  # or by a demo before the marker
+            (data / part).is_dir() for part in ("hub", "agents", "logs")
+        )
+        if not data.is_dir() or (any(data.iterdir()) and not made_by_demo):
+            sys.exit(
+                f"demo: {data} is not a folder an earlier demo made (it has no {MARKER}): "
+                "refusing to delete it; give --data a new or empty folder"
+            )
+        shutil.rmtree(data)
+    data.mkdir(parents=True)
+    (data / MARKER).write_text("made by scripts/demo.py; deleted by its next run\n")
+
+
+def close(api: HubApi, devices: list[Device], links: dict[str, SiteLink], bg: Background) -> bool:
+    """Stop the producers, bring every link back, let the stores drain, and say whether
+    every confirmed result arrived exactly once."""
+    for device in devices:
+        device.producer.stopped = True
+    for link in links.values():
+        if not link.up:
+            bg.call(link.restore)
+    step("the producers stop; checking what the hub holds against what they were confirmed")
+    ok, line = verdict(api, devices)
+    step(line)
+    return ok
+
+
 def main() -> int:
     args = arguments()
     data: Path = args.data
-    if data.exists():
-        shutil.rmtree(data)
+    fresh_data_folder(data)
     logs = data / "logs"
     logs.mkdir(parents=True)
     hub_dir = data / "hub"
     children: list[subprocess.Popen[bytes]] = []
     replicated: demo_replicas.ReplicaHub | None = None
+    api: HubApi | None = None
+    devices: list[Device] = []
+    links: dict[str, SiteLink] = {}
+    background: Background | None = None
+    ok = True
 
     def stop(signum: int = 0, frame: FrameType | None = None) -> None:
         raise KeyboardInterrupt
@@ -112,12 +158,18 @@ def main() -> int:
             rollout,
             replicated,
         )
+        ok = close(api, devices, links, background)
     except KeyboardInterrupt:
         print()
+        if api is not None and devices and background is not None:
+            try:
+                ok = close(api, devices, links, background)
+            except KeyboardInterrupt:
+                step("the verdict was skipped (Ctrl-C again)")
     finally:
         stopped = stop_all(children)
         step(f"stopped {stopped} processes (agents, then the hub and its broker)")
         if replicated is not None:
             replicated.stop()
             step("stopped the throwaway PostgreSQL")
-    return 0
+    return 0 if ok else 1

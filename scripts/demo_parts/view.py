@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from edge.config import AgentConfig
 from hub.cli import render_fleet
 from scripts import demo_replicas
 from scripts.demo_parts.agents import Device
@@ -17,6 +18,15 @@ from scripts.demo_parts.plan import ROLLOUT_AT_S
 from scripts.demo_parts.processes import step
 from scripts.demo_parts.rollout import DemoRollout
 from scripts.demo_site import Background, SiteLink, TaskFeeder
+
+_AGENT = AgentConfig()
+RECONNECT = (
+    f"Its agents lost their connections with the link and have been retrying since: the "
+    f"first retry after a random 0-{_AGENT.reconnect_spread_s:g} s (reconnect_spread_s, "
+    "drawn per device so a site or a fleet does not return all at once), each next wait "
+    f"doubling up to {_AGENT.reconnect_max_delay:g} s (reconnect_max_delay). So they are "
+    "back within a retry, then drain what they kept."
+)
 
 
 def show_fleet(
@@ -34,6 +44,8 @@ def show_fleet(
     tty = sys.stdout.isatty()
     started = time.monotonic()
     cut = links.get("north")
+    back_at: float | None = None  # when the north link came back
+    north = {d.name for d in devices if d.site == "north"}
     while not duration or time.monotonic() - started < duration:
         elapsed = time.monotonic() - started
         if cut and cut.up and outage[0] <= elapsed < outage[1]:
@@ -41,10 +53,20 @@ def show_fleet(
             step(f"cutting the north site's link for {outage[1] - outage[0]:.0f} s")
         elif cut and not cut.up and elapsed >= outage[1]:
             background.call(cut.restore)
-            step("the north site's link is back")
+            back_at = time.monotonic()
+            step(f"the north site's link is back. {RECONNECT}")
         if rollout.id is None and elapsed >= ROLLOUT_AT_S:
             step(rollout.start())
-        table = render_fleet(api.devices(), now=time.time())
+        fleet = api.devices()
+        if back_at is not None:
+            for d in fleet:
+                if d["name"] in north and d["online"] and d["last_seen"] > time.time() - 1:
+                    north.discard(d["name"])
+                    step(
+                        f"{d['name']} is back online {time.monotonic() - back_at:.1f} s after "
+                        "its link"
+                    )
+        table = render_fleet(fleet, now=time.time())
         accepted, rejected = api.message_counts()
         alive = sum(c.poll() is None for c in children)
         if tty:
@@ -151,4 +173,6 @@ def local_inference(devices: list[Device]) -> str:
     return (
         "local inference (works with the link cut too) and hub tasks (done/running/queued):\n"
         + "\n".join(lines)
+        + "\nPOLICY: the version of the hub-signed policy the agent runs (a layer's change makes "
+        "a new one; the agent checks its signature and keeps the last good one offline)"
     )

@@ -59,10 +59,15 @@ def test_demo_shows_three_agents_online_and_stops_everything(short_dir: Path) ->
     # The operator's mistyped policy layer is refused with the field named.
     assert "400 body.document.heartbeat_intervall: unknown key (known keys:" in done.stdout
     last_table = done.stdout.rsplit("Outpost fleet at", 1)[1]
-    rows = [line for line in last_table.splitlines() if line.startswith("dev-")]
+    rows = [line for line in last_table.splitlines() if re.match(r"\S+\s+dev-", line)]
     assert len(rows) == 3, last_table
     assert all(re.search(r"\s+online\s+\d+\.\d s ago", row) for row in rows), last_table
-    assert {"raspberry-pi-4", "jetson-orin-nano", "x86-gateway"} == {row.split()[1] for row in rows}
+    # The fleet table names each device as it enrolled (--name), beside its id.
+    assert {
+        ("pump-station", "raspberry-pi-4"),
+        ("camera-gate", "jetson-orin-nano"),
+        ("line-3-gateway", "x86-gateway"),
+    } == {(row.split()[0], row.split()[2]) for row in rows}
     assert "stopped 4 processes" in done.stdout
     # A second hub on the demo's data folder is refused at once, naming the first.
     assert re.search(
@@ -71,7 +76,17 @@ def test_demo_shows_three_agents_online_and_stops_everything(short_dir: Path) ->
         done.stdout,
     ), done.stdout[:3000]
     assert "cutting the north site's link for 5 s" in done.stdout
-    assert "the north site's link is back" in done.stdout
+    assert "the north site's link is back. Its agents lost their connections" in done.stdout
+    assert "doubling up to 60 s (reconnect_max_delay)" in done.stdout
+    assert re.search(r"pump-station is back online [\d.]+ s after its link", done.stdout)
+    # The closing verdict, from the producers' logs and the hub's records.
+    verdict = re.search(
+        r"every confirmed result arrived exactly once: ([\d,]+) of ([\d,]+)", done.stdout
+    )
+    assert verdict, done.stdout[-3000:]
+    assert verdict.group(1) == verdict.group(2)
+    assert int(verdict.group(1).replace(",", "")) > 100
+    assert "POLICY: the version of the hub-signed policy the agent runs" in done.stdout
     during_cut = re.findall(
         r"^(pump-station|camera-gate)\s+CUT\s+(\d+)\s+(\d+)", done.stdout, re.MULTILINE
     )
@@ -170,9 +185,10 @@ def test_demo_with_two_replicas_keeps_the_fleet_going_when_the_leader_is_killed(
     assert re.search(r"replica b took the lead [\d.]+ s after the kill", out), out[-3000:]
     last_table = out.rsplit("Outpost fleet at", 1)[1]
     assert "hub replicas on PostgreSQL: a killed, b up (leader)" in last_table
-    rows = [line for line in last_table.splitlines() if line.startswith("dev-")]
+    rows = [line for line in last_table.splitlines() if re.match(r"\S+\s+dev-", line)]
     assert len(rows) == 3, last_table
     assert all(re.search(r"\s+online\s+\d+\.\d s ago", row) for row in rows), last_table
+    assert "every confirmed result arrived exactly once" in out, out[-3000:]
     # After the kill the fleet went on: the roll-out completed, stores drained to the
     # surviving replica, tasks kept finishing.
     assert re.search(r"model roll-out 1 of vibration-anomaly 1\.1\.0 .*: completed:", last_table)
@@ -188,3 +204,22 @@ def test_demo_with_two_replicas_keeps_the_fleet_going_when_the_leader_is_killed(
     assert succeeded >= int(submitted) - 40, states
     assert "failed" not in states, states
     assert "stopped the throwaway PostgreSQL" in out
+
+
+def test_demo_refuses_to_wipe_a_folder_it_did_not_make(short_dir: Path) -> None:
+    precious = short_dir / "thesis"
+    precious.mkdir()
+    (precious / "chapter-1.tex").write_text("months of work")
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "--data", str(precious)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "is not a folder an earlier demo made" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (precious / "chapter-1.tex").read_text() == "months of work"
