@@ -30,7 +30,7 @@ folder on the hub machine. The rest (`devices`, `models`, `rollouts`, `tasks`, `
 `audit`) talk to a running hub over its HTTPS API, as any client would:
 
 - where: `--hub https://HOST:PORT` (or `OUTPOST_HUB`), or `--data DIR` on the hub machine;
-- trust: `--ca FILE` (or `OUTPOST_CA`; the hub's fleet CA, `ca.crt` in its data folder),
+- trust: `--ca FILE` (or `OUTPOST_CA`; the hub's fleet CA, `pki/ca.crt` in its data folder),
   else the data folder's CA, else the system's;
 - who: `--token-file FILE` (or `OUTPOST_TOKEN_FILE`) holding a token from
   `outpost-hub token create`; with `--data` and no token file, a ten-minute admin session
