@@ -206,7 +206,9 @@ def migrate_sqlite(sql: SqliteSql, migrations: Sequence[Migration]) -> list[str]
                 continue
             step(sql)
             _record(sql, name)
-        logger.info("applied migration %s", name)
+        # Debug: every CLI command opens the store, and a fresh data folder would greet
+        # its first one with a line per migration.
+        logger.debug("applied migration %s", name)
         applied.append(name)
     return applied
 
@@ -236,7 +238,7 @@ def migrate_postgres(engine: Any, migrations: Sequence[Migration]) -> list[str]:
         finally:
             conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
     for name in applied:
-        logger.info("applied migration %s", name)
+        logger.debug("applied migration %s", name)  # debug: see migrate_sqlite
     return applied
 
 
