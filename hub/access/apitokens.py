@@ -16,7 +16,9 @@ from typing import Final, Literal, get_args
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from hub.fleet import bootstrap
 from hub.store import ApiTokenRecord
+from outpost.durations import describe
 
 Role = Literal["viewer", "operator", "admin"]
 Kind = Literal["session", "api-key"]
@@ -32,6 +34,10 @@ SESSION_TTL_MAX: Final = 12 * 3600.0
 API_KEY_TTL_DEFAULT: Final = 90 * 86400.0
 API_KEY_TTL_MAX: Final = 366 * 86400.0
 _SUBJECT: Final = re.compile(r"[A-Za-z0-9_.@:-]{1,64}")
+MALFORMED: Final = (
+    "the token is empty or not a token (an API token is three base64url parts joined "
+    "by dots, as `outpost-hub token create` prints it)"
+)
 
 
 class ApiTokenError(ValueError):
@@ -62,7 +68,14 @@ def check_request(role: str, subject: str, ttl: float, kind: Kind) -> None:
         raise ValueError(f"subject must be 1-64 of letters, digits and _.@:-, got {subject!r}")
     limit = API_KEY_TTL_MAX if kind == "api-key" else SESSION_TTL_MAX
     if not 0 < ttl <= limit:
-        raise ValueError(f"ttl of a {kind} must be between 1 s and {limit:.0f} s, got {ttl:.0f}")
+        longer = (
+            f" (an api-key may last up to {describe(API_KEY_TTL_MAX)})" if kind == "session" else ""
+        )
+        noun = "an api-key" if kind == "api-key" else "a session"
+        raise ValueError(
+            f"the ttl of {noun} must be positive and at most {describe(limit)}, "
+            f"got {describe(ttl)}{longer}"
+        )
 
 
 def mint(
@@ -113,6 +126,12 @@ def verify(token: str, key: ed25519.Ed25519PublicKey) -> Principal:
         raise ApiTokenError("token expired") from exc
     except jwt.InvalidSignatureError as exc:
         raise ApiTokenError("token signature does not verify") from exc
+    except jwt.DecodeError as exc:  # PyJWT's words here ("Not enough segments") say little
+        raise ApiTokenError(MALFORMED) from exc
+    except (jwt.InvalidAudienceError, jwt.MissingRequiredClaimError) as exc:
+        raise ApiTokenError(_not_an_api_token(token, str(exc))) from exc
+    except jwt.InvalidAlgorithmError as exc:
+        raise ApiTokenError(_not_an_api_token(token, f"not signed with {ALGORITHM}")) from exc
     except jwt.PyJWTError as exc:
         raise ApiTokenError(f"token invalid: {exc}") from exc
     # Tokens issued before `iss` was added carry none; one that names another issuer
@@ -131,6 +150,21 @@ def verify(token: str, key: ed25519.Ed25519PublicKey) -> Principal:
         issued_at=float(claims["iat"]),
         expires_at=float(claims["exp"]),
     )
+
+
+def _not_an_api_token(token: str, why: str) -> str:
+    """Say what the token is instead, where its (unverified) type tells: a device's
+    bootstrap token in an API client's token file is an easy mistake to make."""
+    try:
+        kind = jwt.decode(token, options={"verify_signature": False}).get("typ")
+    except jwt.PyJWTError:
+        kind = None
+    if kind == bootstrap.TOKEN_TYPE:
+        return (
+            "not an API token but a device's bootstrap token (from `outpost-hub enroll-token`);"
+            " API tokens come from `outpost-hub token create`"
+        )
+    return f"not an Outpost API token: {why}"
 
 
 def grant_record(principal: Principal) -> ApiTokenRecord:

@@ -140,3 +140,41 @@ def test_devices_lists_the_registry(tmp_path: Path) -> None:
         "MODELS",
         "LABELS",
     ]
+
+
+def test_init_and_the_token_commands_print_no_migration_lines(tmp_path: Path) -> None:
+    data = str(tmp_path / "hub")
+    ran = [
+        _run("hub.cli", "init", "--data", data),
+        _run("hub.cli", "enroll-token", "--data", data),  # the first to open the database
+        _run("hub.cli", "token", "create", "--data", data, "--role", "viewer"),
+        _run("hub.cli", "token", "list", "--data", data),
+    ]
+    token = ran[2].stdout.strip()
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    ran.append(_run("hub.cli", "token", "revoke", "--data", data, jti))
+
+    for done in ran:
+        assert done.returncode == 0, done.stderr
+        assert "migration" not in done.stderr, done.args
+
+
+def test_token_command_mistakes_name_what_is_accepted(tmp_path: Path) -> None:
+    data = str(tmp_path / "hub")
+    assert _run("hub.cli", "init", "--data", data).returncode == 0
+
+    year = _run("hub.cli", "token", "create", "--data", data, "--role", "admin", "--ttl", "1year")
+    long_session = _run(
+        "hub.cli", "token", "create", "--data", data, "--role", "admin", "--ttl", "2d"
+    )
+    enroll_year = _run("hub.cli", "enroll-token", "--data", data, "--ttl", "1year")
+
+    for done in (year, enroll_year):
+        assert done.returncode == 2
+        assert "--ttl: not a duration: '1year'; use a number and one unit: s, m, h or d" in (
+            done.stderr
+        )
+    assert long_session.returncode == 2
+    assert "at most 12h, got 2d (an api-key may last up to 366d)" in long_session.stderr
+    for done in (year, long_session, enroll_year):
+        assert "Traceback" not in done.stderr
