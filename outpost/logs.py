@@ -10,6 +10,7 @@ written as fields of the JSON object; the agent masks those its policy names (se
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import re
@@ -92,12 +93,12 @@ class MaskFields(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts (epoch seconds), level, logger, msg, the extra
-    fields, and exc (the traceback) when there is one."""
+    """One JSON object per line: ts (ISO 8601 in UTC, to the microsecond), level, logger,
+    msg, the extra fields, and exc (the traceback) when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         event: dict[str, Any] = {
-            "ts": round(record.created, 6),
+            "ts": iso_utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -110,7 +111,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """`time LEVEL logger: message key=value ...` on one line."""
+    """`time LEVEL logger: message key=value ...` on one line; the time is local, to the
+    millisecond (a person at the terminal reads their own clock)."""
 
     def __init__(self, *, with_time: bool = True) -> None:
         super().__init__()
@@ -119,13 +121,29 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         parts = []
         if self._with_time:
-            parts.append(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)))
+            parts.append(local_time(record.created))
         parts.append(f"{record.levelname} {record.name}: {record.getMessage()}")
         parts += [f"{k}={json.dumps(v, default=str)}" for k, v in extra_fields(record).items()]
         line = " ".join(parts)
         if record.exc_text:
             line += " | " + record.exc_text.replace("\n", " | ")
         return line
+
+
+def local_time(epoch: float) -> str:
+    """`epoch` in the local time zone, to the millisecond: 2026-03-01 10:30:00.250."""
+    whole = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    return f"{whole}.{int(epoch % 1 * 1000):03d}"
+
+
+def iso_utc(epoch: float) -> str:
+    """`epoch` as ISO 8601 in UTC with a Z, to the microsecond: 2026-03-01T09:30:00.250000Z.
+
+    UTC, not local time: log shippers and journald merge lines from machines in several
+    time zones, and a zone's offset changes twice a year; the Z says which it is.
+    """
+    moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
+    return moment.isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
 
 
 def _walk(value: Any, fn: Callable[[str], str]) -> Any:

@@ -3,9 +3,15 @@ they appear, and the policy's masked fields masked before anything is written.""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
+import os
+import pty
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +19,7 @@ import pytest
 
 from edge.masking import Masker
 from outpost import logs
+from tests.support import REPO
 
 JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"
 PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----"
@@ -51,7 +58,11 @@ def test_one_json_object_per_event_with_extra_fields_and_traceback(capture: Capt
     assert first["msg"] == "stored 3 records"
     assert (first["level"], first["logger"]) == ("info", "test.logs")
     assert (first["stream"], first["seq"]) == ("results", 7)
-    assert isinstance(first["ts"], float)
+    assert isinstance(first["ts"], str)
+    assert first["ts"].endswith("Z")
+    logged = datetime.datetime.fromisoformat(first["ts"])
+    assert logged.utcoffset() == datetime.timedelta(0)
+    assert abs(logged.timestamp() - time.time()) < 60
     assert second["level"] == "error"
     assert "ValueError: bad" in str(second["exc"])
 
@@ -97,3 +108,66 @@ def test_text_lines_stay_on_one_line() -> None:
     record.exc_text = "Traceback\n  line\nValueError"
     line = logs.TextFormatter(with_time=False).format(record)
     assert line == 'INFO hub: hello site="north" | Traceback |   line | ValueError'
+
+
+# One record at a known moment, through `configure` as the daemons and CLIs call it.
+AT_A_KNOWN_MOMENT = """
+import logging
+from outpost import logs
+
+logs.configure("info")
+logging.getLogger("hub").handle(
+    logging.makeLogRecord(
+        {"name": "hub", "levelname": "INFO", "levelno": 20, "msg": "hello",
+         "created": 1_700_000_000.25}
+    )
+)
+"""
+# POSIX TZ syntax (no time zone database needed): a zone at UTC+05:30.
+PLUS_FIVE_THIRTY = {"TZ": "XYZ-5:30"}
+
+
+def test_on_a_terminal_the_log_is_text_in_local_time() -> None:
+    leader, follower = pty.openpty()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", AT_A_KNOWN_MOMENT],
+            stderr=follower,
+            cwd=REPO,
+            env={**os.environ, **PLUS_FIVE_THIRTY},
+        )
+        os.close(follower)
+        follower = -1
+        assert child.wait(timeout=60) == 0
+        written = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other side is closed, all read
+                break
+            if not chunk:
+                break
+            written += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+
+    # 1700000000 is 2023-11-14 22:13:20 UTC.
+    assert written.decode().splitlines() == ["2023-11-15 03:43:20.250 INFO hub: hello"]
+
+
+def test_elsewhere_the_log_is_json_with_an_iso_8601_utc_time() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", AT_A_KNOWN_MOMENT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, **PLUS_FIVE_THIRTY},
+    )
+
+    (event,) = [json.loads(line) for line in done.stderr.splitlines()]
+    assert event["ts"] == "2023-11-14T22:13:20.250000Z"
+    assert datetime.datetime.fromisoformat(event["ts"]).timestamp() == 1_700_000_000.25
