@@ -55,6 +55,31 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
     )
 
 
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Answer what aiohttp itself refuses (an unknown path, a wrong method) in the same
+    JSON shape as every other error: its own answer is plain text."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return _error(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.path}; use {allowed}",
+            Allow=allowed,
+        )
+    except web.HTTPNotFound:
+        routes = sorted(
+            f"{route.method} {route.resource.canonical}"
+            for route in request.app.router.routes()
+            if route.method != "HEAD" and route.resource is not None
+        )
+        return _error(404, "not_found", f"no such path: {request.path}; paths: {', '.join(routes)}")
+
+
 def _answer(request: web.Request, data: dict[str, Any], status: int = 200) -> web.Response:
     if request.content_type == MSGPACK or MSGPACK in request.headers.get("Accept", ""):
         return web.Response(body=msgspec.msgpack.encode(data), status=status, content_type=MSGPACK)
@@ -79,7 +104,7 @@ class LocalApi:
         self._status = status
         self._max_body = max_body_bytes
         self._runner: web.AppRunner | None = None
-        self.app = web.Application(client_max_size=max_body_bytes)
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_errors])
         self.app.add_routes(
             [
                 web.post("/v1/records/{stream}", self._append),

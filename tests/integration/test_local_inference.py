@@ -4,10 +4,12 @@ reaching the hub once its broker returns."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -276,3 +278,54 @@ async def test_without_a_usable_runtime_the_agent_runs_and_says_what_to_install(
         assert agent.process.poll() is None
     finally:
         await client.close()
+
+
+async def test_an_unknown_path_or_method_gets_the_json_error_shape(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, _, _, client = await start_agent(enroll_device, agents)
+    await client.close()
+    connector = aiohttp.UnixConnector(path=str(paths.socket))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        answers = {}
+        for method, path in [
+            ("GET", "/v1/nothing"),
+            ("POST", "/"),
+            ("GET", f"/v1/infer/{VIBRATION}"),
+            ("DELETE", "/v1/status"),
+        ]:
+            async with session.request(method, f"http://agent{path}") as response:
+                body = await response.json()  # fails on aiohttp's own text answer
+                answers[method, path] = (response.status, body, response.headers.get("Allow"))
+
+    for _, body, _ in answers.values():
+        assert set(body) == {"error"}
+        assert set(body["error"]) == {"code", "message", "details"}
+    status, body, _ = answers["GET", "/v1/nothing"]
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    assert "no such path: /v1/nothing; paths: GET /v1/models" in body["error"]["message"]
+    assert "POST /v1/infer/{model}" in body["error"]["message"]
+    assert answers["POST", "/"][0] == 404
+    status, body, allow = answers["GET", f"/v1/infer/{VIBRATION}"]
+    assert (status, body["error"]["code"], allow) == (405, "method_not_allowed", "POST")
+    assert body["error"]["message"] == f"GET is not allowed on /v1/infer/{VIBRATION}; use POST"
+    status, body, allow = answers["DELETE", "/v1/status"]
+    assert (status, allow) == (405, "GET, HEAD")
+
+
+async def test_the_agent_logs_the_runtime_s_line_as_a_record_not_raw(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    _, _, agent, client = await start_agent(enroll_device, agents)
+    try:
+        listed = await client.models()
+        assert {m["state"] for m in listed["models"]} == {"ready"}  # interpreters made
+    finally:
+        await client.close()
+
+    output = agent.output()
+    assert "INFO: Created TensorFlow Lite XNNPACK delegate" not in output
+    whole = output[: output.rfind("\n")]  # a last line may still be being written
+    events = [json.loads(line) for line in whole.splitlines()]  # every line a record
+    said = [e for e in events if "XNNPACK" in e["msg"]]
+    assert [(e["level"], e["logger"]) for e in said] == [("debug", "edge.inference.runtime_log")]
