@@ -49,9 +49,25 @@ MAX_EVENTS = 20_000  # task transitions read per tick; the rest are read on the 
 # rather than report everything since as one tick.
 STALE_S = 10 * TICK_S
 
+# The page's script: JavaScript modules that import each other by these names (no
+# build step bundles them).
+SCRIPTS = (
+    "dashboard.js",
+    "actions.js",
+    "audit.js",
+    "charts.js",
+    "device.js",
+    "devices.js",
+    "drift.js",
+    "fleet.js",
+    "rollouts.js",
+    "stream.js",
+    "tasks.js",
+    "util.js",
+)
 # The page's files, by the name in its URL: (file in hub/dashboard, content type).
 ASSETS = {
-    "dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    **{name: (name, "text/javascript; charset=utf-8") for name in SCRIPTS},
     "dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
     "uPlot.iife.min.js": ("vendor/uPlot.iife.min.js", "text/javascript; charset=utf-8"),
     "uPlot.min.css": ("vendor/uPlot.min.css", "text/css; charset=utf-8"),
