@@ -4,11 +4,17 @@ installed by scripts/setup.sh), against the real hub, broker and two agents.
 Chromium trusts the hub's CA the way a person's browser would: the CA is added to the NSS
 database of a throw-away HOME (`certutil`), so TLS is verified, never ignored.
 The browser's calls block: they run in a thread, the hub runs in this test's loop.
+
+Screenshots go to $OUTPOST_TEST_ARTIFACTS (default: test-artifacts/ in the checkout,
+git-ignored), one PNG per view, named after the view and the width.
+test_dashboard_actions.py uses the helpers of this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import shutil
 import subprocess
 import time
@@ -31,11 +37,81 @@ from tests.support import REPO, AgentProcess, add_device, eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's: Selenium Manager cannot download
-ARTIFACTS = REPO / "test-artifacts"
+ARTIFACTS = Path(os.environ.get("OUTPOST_TEST_ARTIFACTS") or REPO / "test-artifacts")
 # Loading the page, signing in and opening a view: generous, for a CI machine running
 # the whole suite on two cores (the liveness bound below is what the issue sets).
 PAGE_WAIT_S = 30.0
 LIVE_WITHIN_S = 10.0  # "within a few seconds", with room for a loaded CI machine
+DESKTOP = (1280, 800)
+PHONE = (360, 740)
+
+
+def chromium(ca_cert: Path, folder: Path) -> webdriver.Chrome:
+    """Headless Chromium that trusts the hub's CA, and nothing else extra; its profile,
+    HOME and driver log under `folder`. The caller quits it."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    missing += [] if shutil.which("certutil") else [Path("certutil")]
+    assert not missing, f"missing {missing}: run scripts/setup.sh (as root) to install them"
+    home = folder / "browser-home"
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    subprocess.run(
+        ["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, timeout=30
+    )
+    trust = ["-A", "-t", "C,,", "-n", "outpost-test-ca", "-i", str(ca_cert)]
+    subprocess.run(["certutil", "-d", f"sql:{nssdb}", *trust], check=True, timeout=30)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # the test runs as root in a container
+        "--disable-dev-shm-usage",
+        "--window-size=1280,800",
+        f"--user-data-dir={folder / 'browser-profile'}",
+        "--no-first-run",
+        "--disable-background-networking",  # nothing but the hub: no network here anyway
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(
+        executable_path=str(CHROMEDRIVER),
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},  # Chromium reads HOME's NSS db
+        log_output=str(folder / "chromedriver.log"),
+    )
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        viewport(driver, *DESKTOP)
+    except BaseException:
+        driver.quit()
+        raise
+    return driver
+
+
+def viewport(driver: WebDriver, width: int, height: int) -> None:
+    """The page's own area, whatever the window around it would take; a phone below
+    500 px (touch, mobile layout rules)."""
+    phone = width < 500
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": phone},
+    )
+
+
+def screenshot(driver: WebDriver, name: str) -> Path:
+    """The whole page (not only what the viewport shows) as ARTIFACTS/<name>.png."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+        },
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
+    return path
 
 
 @pytest.fixture
@@ -45,152 +121,166 @@ def hub_settings() -> str:
 
 @pytest.fixture
 def browser(hub: Hub, tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    """Headless Chromium at 1280x800 that trusts the hub's CA, and nothing else extra."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    missing += [] if shutil.which("certutil") else [Path("certutil")]
-    assert not missing, f"missing {missing}: run scripts/setup.sh (as root) to install them"
-    home = tmp_path / "browser-home"
-    nssdb = home / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    subprocess.run(
-        ["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, timeout=30
-    )
-    trust = ["-A", "-t", "C,,", "-n", "outpost-test-ca", "-i", str(hub.paths.ca_cert)]
-    subprocess.run(["certutil", "-d", f"sql:{nssdb}", *trust], check=True, timeout=30)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",  # the test runs as root in a container
-        "--disable-dev-shm-usage",
-        "--window-size=1280,800",
-        f"--user-data-dir={tmp_path / 'browser-profile'}",
-        "--no-first-run",
-        "--disable-background-networking",  # nothing but the hub: no network here anyway
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(
-        executable_path=str(CHROMEDRIVER),
-        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},  # Chromium reads HOME's NSS db
-        log_output=str(tmp_path / "chromedriver.log"),
-    )
-    driver = webdriver.Chrome(options=options, service=service)
+    driver = chromium(hub.paths.ca_cert, tmp_path)
     try:
-        # The page's own area is 1280x800, whatever the window around it would take.
-        driver.execute_cdp_cmd(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
-        )
         yield driver
     finally:
         driver.quit()
 
 
-def _wait(driver: WebDriver, timeout: float) -> WebDriverWait[WebDriver]:
+def wait(driver: WebDriver, timeout: float = PAGE_WAIT_S) -> WebDriverWait[WebDriver]:
     """A wait that looks again when the live page re-rendered what it was reading."""
     return WebDriverWait(
         driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
     )
 
 
-def _row(device_id: str) -> str:
+def row(device_id: str) -> str:
     return f"#fleet tbody tr[data-device='{device_id}']"
 
 
-def _state(driver: WebDriver, device_id: str) -> str:
-    """The text of a device's state cell ("" while its row is not on the page), read in
-    one step in the page: live updates replace rows between two WebDriver calls."""
+def text_of(driver: WebDriver, selector: str) -> str:
+    """The text of the first element `selector` finds ("" if none), read in one step in
+    the page: live updates replace rows between two WebDriver calls."""
     text = driver.execute_script(
-        "const c = document.querySelector(arguments[0]); return c ? c.textContent : ''",
-        f"{_row(device_id)} td.state",
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector
     )
     return str(text).strip()
 
 
-def _shows(driver: WebDriver, device_id: str, state: str, timeout: float) -> None:
-    _wait(driver, timeout).until(
-        lambda d: _state(d, device_id) == state,
+def click(driver: WebDriver, selector: str) -> None:
+    """Click what `selector` finds, in one step in the page, for the same reason."""
+    wait(driver).until(
+        lambda d: d.execute_script(
+            "const e = document.querySelector(arguments[0]);"
+            "if (!e || e.disabled || !e.offsetParent) return false; e.click(); return true",
+            selector,
+        ),
+        f"nothing to click at {selector}",
+    )
+
+
+def shows(driver: WebDriver, device_id: str, state: str, timeout: float) -> None:
+    wait(driver, timeout).until(
+        lambda d: text_of(d, f"{row(device_id)} td.state") == state,
         f"{device_id} not shown {state} within {timeout} s",
     )
 
 
-def _visible(driver: WebDriver, element_id: str) -> bool:
+def visible(driver: WebDriver, element_id: str) -> bool:
     return bool(driver.find_element(By.ID, element_id).is_displayed())
 
 
-def _open_without_token(driver: WebDriver, url: str) -> None:
-    driver.get(url + "/dashboard")
-    assert driver.title == "Outpost fleet"  # TLS verified: no certificate error page
-    _wait(driver, PAGE_WAIT_S).until(ec.visibility_of_element_located((By.ID, "signin")))
-    assert not _visible(driver, "app")
-    assert driver.find_elements(By.CSS_SELECTOR, "#fleet tbody tr") == []
-
-
-def _sign_in(driver: WebDriver, token: str) -> None:
+def sign_in(driver: WebDriver, token: str) -> None:
     field = driver.find_element(By.ID, "token")
     field.clear()
     field.send_keys(token)
     driver.find_element(By.ID, "signin-button").click()
 
 
-def _refused_then_signed_in(driver: WebDriver, token: str, devices: list[str]) -> None:
-    _sign_in(driver, "not.a.token")
-    _wait(driver, PAGE_WAIT_S).until(
-        lambda d: "Refused" in d.find_element(By.ID, "signin-error").text
-    )
-    assert not _visible(driver, "app")
-    _sign_in(driver, token)
-    _wait(driver, PAGE_WAIT_S).until(ec.visibility_of_element_located((By.ID, "app")))
-    for device_id in devices:
-        _shows(driver, device_id, "online", LIVE_WITHIN_S)
+def open_signed_in(driver: WebDriver, url: str, token: str) -> None:
+    """Load the page afresh (signed out: the tab forgets its token) and sign in."""
+    driver.get(url + "/dashboard")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(url + "/dashboard")
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "signin")))
+    sign_in(driver, token)
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "app")))
+    wait(driver).until(lambda d: text_of(d, "#status").startswith("live ·"), "no snapshot")
+
+
+def console_problems(driver: WebDriver, *allowed: str) -> list[dict[str, str]]:
+    """The browser's SEVERE log entries since the last call, but those naming `allowed`."""
+    return [
+        entry
+        for entry in driver.get_log("browser")  # type: ignore[attr-defined]  # Chrome's driver has it
+        if entry["level"] == "SEVERE"
+        and "/api/v1/drift" not in entry["message"]  # another part of the hub; may be absent
+        and not any(a in entry["message"] for a in allowed)
+    ]
+
+
+def _open_without_token(driver: WebDriver, url: str) -> None:
+    driver.get(url + "/dashboard")
+    assert driver.title == "Outpost fleet"  # TLS verified: no certificate error page
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "signin")))
+    assert not visible(driver, "app")
+    assert driver.find_elements(By.CSS_SELECTOR, "#fleet tbody tr") == []
+
+
+def _refused_then_signed_in(driver: WebDriver, token: str, names: dict[str, str]) -> None:
+    sign_in(driver, "not.a.token")
+    wait(driver).until(lambda d: "Refused" in d.find_element(By.ID, "signin-error").text)
+    assert not visible(driver, "app")
+    sign_in(driver, token)
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "app")))
+    for device_id, name in names.items():
+        shows(driver, device_id, "online", LIVE_WITHIN_S)
+        # Each row leads with the device's name, its id beneath.
+        assert text_of(driver, f"{row(device_id)} td.name strong") == name
     # Marks this page: a reload would lose it, so its survival proves updates are live.
     driver.execute_script("window.__sameLoad = true")
 
 
-def _sees_it_go_offline(driver: WebDriver, gone: str, alive: str, screenshot: Path) -> float:
+def _open_device(driver: WebDriver, device_id: str, name: str) -> None:
+    click(driver, row(device_id))
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "device")))
+    wait(driver).until(
+        lambda d: (
+            name in text_of(d, "#device-title")
+            and "online" in text_of(d, "#device-facts")
+            and d.find_elements(By.CSS_SELECTOR, "#device-log tr[data-kind='online']")
+            # its agent's own records, read through the records API
+            and d.find_elements(By.CSS_SELECTOR, "#device-events tbody tr td:nth-child(3)")
+        ),
+        f"the view of {name} did not fill",
+    )
+
+
+def _sees_it_go_offline(driver: WebDriver, gone: str, alive: str) -> float:
+    """The table and the open device view both follow the kill, without a reload."""
     started = time.monotonic()
-    _shows(driver, gone, "offline", LIVE_WITHIN_S)
+    shows(driver, gone, "offline", LIVE_WITHIN_S)
     took = time.monotonic() - started
     # The other stays online (waited for, not read once: on a loaded machine its row
     # may be mid-update when the first one flips).
-    _shows(driver, alive, "online", LIVE_WITHIN_S)
-    assert driver.execute_script("return window.__sameLoad === true"), "the page reloaded"
-    _wait(driver, PAGE_WAIT_S).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".charts .uplot")) == 4
+    shows(driver, alive, "online", LIVE_WITHIN_S)
+    # The open device view: its facts, and "link lost" at the top of its event log.
+    wait(driver, LIVE_WITHIN_S * 2).until(
+        lambda d: (
+            text_of(d, "#device-facts dd .pill") == "offline"
+            and d.find_elements(
+                By.CSS_SELECTOR, "#device-log tbody tr:first-child[data-kind='offline']"
+            )
+        ),
+        "the device view did not show the link lost",
     )
-    screenshot.parent.mkdir(exist_ok=True)
-    driver.save_screenshot(str(screenshot))
+    assert "link lost" in text_of(driver, "#device-log tbody tr:first-child")
+    assert driver.execute_script("return window.__sameLoad === true"), "the page reloaded"
+    wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".charts .uplot")) == 4)
     return took
 
 
-def _device_view(driver: WebDriver, device_id: str, screenshot: Path) -> None:
-    # Clicked in the page, in one step, for the same reason as `_state`.
-    driver.execute_script("document.querySelector(arguments[0]).click()", _row(device_id))
-    _wait(driver, PAGE_WAIT_S).until(ec.visibility_of_element_located((By.ID, "device")))
-    _wait(driver, PAGE_WAIT_S).until(
-        lambda d: (
-            device_id in d.find_element(By.ID, "device-title").text
-            and "online" in d.find_element(By.ID, "device-facts").text
-            and d.find_elements(By.CSS_SELECTOR, "#device-events tbody tr td:nth-child(3)")
-        )
-    )
-    driver.save_screenshot(str(screenshot))
+def _stale_figures_look_stale(driver: WebDriver, gone: str, alive: str) -> None:
+    """The silent device's last CPU and store backlog stay, greyed, with their time."""
+    load = f"{row(gone)} td.load-cell .stale"
+    store = f"{row(gone)} td.store-cell .stale"
+    wait(driver).until(lambda d: "as of" in text_of(d, load), "stale CPU not marked")
+    assert "cpu" in text_of(driver, load)
+    assert "last known:" in text_of(driver, store)
+    assert "as of" in text_of(driver, store)
+    # The live one's figures are current: no "as of".
+    assert "cpu" in text_of(driver, f"{row(alive)} td.load-cell")
+    assert not driver.find_elements(By.CSS_SELECTOR, f"{row(alive)} .stale")
 
 
-def _token_never_in_a_url(driver: webdriver.Chrome, token: str) -> None:
+def _token_never_in_a_url(driver: WebDriver, token: str) -> None:
     urls = driver.execute_script(
         "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]"
     )
     assert "/api/v1/whoami" in " ".join(urls)  # (the stream's entry comes when it ends)
     assert not [u for u in urls if token in u]
-    problems = [
-        entry
-        for entry in driver.get_log("browser")  # type: ignore[no-untyped-call]  # untyped in Selenium
-        if entry["level"] == "SEVERE"
-        and "/api/v1/drift" not in entry["message"]  # another part of the hub; may be absent
-        and "status of 401" not in entry["message"]  # the refused sign-in, on purpose
-    ]
+    problems = console_problems(driver, "status of 401")  # the refused sign-in, on purpose
     assert not problems, problems
 
 
@@ -208,10 +298,11 @@ async def test_dashboard_signs_in_and_follows_the_fleet_live(
         # the whole suite on two cores) does not make a live agent look silent.
         started[identity.device_id] = agents(paths, heartbeat_interval=1.0)
 
-    async def all_online() -> bool:
-        return all(d.online for d in await hub.parts.store.devices()) and len(started) == 2
+    async def all_reporting() -> bool:
+        found = await hub.parts.store.devices()
+        return len(found) == 2 and all(d.online and d.load and d.store for d in found)
 
-    await eventually(all_online, timeout=20, what="both agents online")
+    await eventually(all_reporting, timeout=20, what="both agents online and reporting")
     gone, alive = sorted(started)
 
     # The data needs a token; the page itself holds none.
@@ -220,16 +311,17 @@ async def test_dashboard_signs_in_and_follows_the_fleet_live(
     viewer = await api.token("viewer", subject="dashboard-test")
     snapshot = await api.call("GET", "/api/v1/stream", token=viewer)
     assert snapshot.status == 200
-    assert {d["id"] for d in snapshot.body["devices"]} == set(started)
+    names = {d["id"]: d["name"] for d in snapshot.body["devices"]}
+    assert set(names) == set(started)
 
     await asyncio.to_thread(_open_without_token, browser, hub.config.hub_url)
-    await asyncio.to_thread(_refused_then_signed_in, browser, viewer, sorted(started))
+    await asyncio.to_thread(_refused_then_signed_in, browser, viewer, names)
+    await asyncio.to_thread(_open_device, browser, gone, names[gone])
 
     started[gone].stop()  # kill -9: no goodbye; the hub notices the missing heartbeats
-    took = await asyncio.to_thread(
-        _sees_it_go_offline, browser, gone, alive, ARTIFACTS / "dashboard.png"
-    )
-    await asyncio.to_thread(_device_view, browser, alive, ARTIFACTS / "dashboard-device.png")
+    took = await asyncio.to_thread(_sees_it_go_offline, browser, gone, alive)
+    await asyncio.to_thread(_stale_figures_look_stale, browser, gone, alive)
+    await asyncio.to_thread(screenshot, browser, "dashboard-live-desktop")
     await asyncio.to_thread(_token_never_in_a_url, browser, viewer)
     print(f"offline on the page {took:.1f} s after the kill")
 
