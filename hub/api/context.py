@@ -22,6 +22,7 @@ from hub.mqtt.intake import DeviceIntake
 from hub.store import HubStore
 from hub.tasks.dispatcher import Dispatcher
 from hub.tasks.fleetmodels import FleetModels
+from hub.tasks.waiting import Explainer
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,8 @@ class ApiContext:
         """The models the fleet has, kept in memory: a task for one no device has is
         refused."""
         return FleetModels(self.store)
+
+    @functools.cached_property
+    def waiting(self) -> Explainer:
+        """Why queued tasks wait, from a view of the fleet at most a second old."""
+        return Explainer(self.store, self.dispatcher.settings)

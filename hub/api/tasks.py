@@ -17,7 +17,6 @@ from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.fleet import labels
 from hub.store import NewTask, Task
 from hub.store.tasks import TERMINAL
-from hub.tasks import waiting
 from outpost.schema import FINITE, Struct
 
 STATES = ("queued", "assigned", "accepted", "running", *TERMINAL)
@@ -204,14 +203,9 @@ def routes(ctx: ApiContext) -> list[Route]:
         return params.answer(TaskIds([t.task_id for t in new]), status=202)
 
     async def explained(tasks: list[Task]) -> list[TaskOut]:
-        """The tasks as answered, each queued one with why it waits (one read of the
-        fleet for a whole page, none when nothing is queued)."""
-        if not any(t.state == "queued" for t in tasks):
-            return [TaskOut.of(t) for t in tasks]
-        candidates, known = await ctx.store.task_fleet(
-            now=time.time(), settings=ctx.dispatcher.settings
-        )
-        return [TaskOut.of(t, waiting.explain(t, candidates, known)) for t in tasks]
+        """The tasks as answered, each queued one with why it waits."""
+        reasons = await ctx.waiting.explain(tasks)
+        return [TaskOut.of(t, why) for t, why in zip(tasks, reasons, strict=True)]
 
     async def get_task(request: web.Request) -> web.Response:
         task = await ctx.store.task(request.match_info["id"])
@@ -222,18 +216,24 @@ def routes(ctx: ApiContext) -> list[Route]:
 
     async def list_tasks(request: web.Request) -> web.Response:
         size = params.limit(request)
-        state = request.query.get("state")
-        if state is not None and state not in STATES:
-            raise bad_field("query.state", f"state must be one of {', '.join(STATES)}")
+        states = [s for given in request.query.getall("state", []) for s in given.split(",")]
+        if unknown := [s for s in states if s not in STATES]:
+            raise bad_field(
+                "query.state", f"no state {unknown[0]!r}: states are {', '.join(STATES)}"
+            )
+        order = request.query.get("order", "oldest")
+        if order not in ("oldest", "newest"):
+            raise bad_field("query.order", f"order is oldest or newest, got {order!r}")
         device = request.query.get("device")
         if device is not None:  # a name, or an id (kept as given if no device has it now)
             device = await ctx.store.resolve_device(device) or device
         found = await ctx.store.tasks_page(
-            state=state,
+            states=states,
             device_id=device,
             model=request.query.get("model"),
             after=params.decode_cursor(request, int),
             limit=size + 1,
+            newest_first=order == "newest",
         )
         page = params.page(found, size, lambda t: t, lambda t: t.seq)
         return params.answer(params.Page(await explained(page.items), page.next_cursor))
@@ -278,9 +278,20 @@ def routes(ctx: ApiContext) -> list[Route]:
             "tasks",
             response=params.Page[TaskOut],
             params=(
-                Param("state", "query", f"only tasks in this state ({', '.join(STATES)})"),
-                Param("device", "query", "only tasks of this device (current or last attempt)"),
+                Param(
+                    "state",
+                    "query",
+                    f"only tasks in these states ({', '.join(STATES)}): repeat it, or "
+                    "separate them with commas",
+                    repeated=True,
+                ),
+                Param(
+                    "device",
+                    "query",
+                    "only tasks of this device, by id or name (current or last attempt)",
+                ),
                 Param("model", "query", "only tasks of this model"),
+                Param("order", "query", "oldest (submission order, the default) or newest first"),
             ),
         ),
         Route(

@@ -126,7 +126,9 @@ def _tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
     t.set_defaults(func=tasks.submit)
     t = _action(group, "list", "tasks, newest first, with why queued ones wait")
-    t.add_argument("--state", help="queued, assigned, running, succeeded, failed, ...")
+    t.add_argument(
+        "--state", help="queued, assigned, running, succeeded, failed, ... (a,b for several)"
+    )
     t.add_argument("--device", help="only tasks of this device (name or id)")
     t.add_argument("--model", help="only tasks for this model")
     t.add_argument("--limit", type=int, default=50, help="tasks to show (default 50)")

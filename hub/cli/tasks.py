@@ -92,7 +92,7 @@ async def _wait(client: remote.Client, ids: list[str], within_s: float) -> list[
 
 def list_tasks(args: argparse.Namespace) -> int:
     async def listed(client: remote.Client) -> int:
-        query = {"limit": str(args.limit)}
+        query = {"limit": str(args.limit), "order": "newest"}
         for key in ("state", "device", "model"):
             if getattr(args, key):
                 query[key] = getattr(args, key)

@@ -340,15 +340,22 @@ class HubStore:
     async def tasks_page(
         self,
         *,
-        state: str | None = None,
+        states: Sequence[str] = (),
         device_id: str | None = None,
         model: str | None = None,
         after: int | None = None,
         limit: int = 50,
+        newest_first: bool = False,
     ) -> list[Task]:
         return await self._db.run(
             lambda db: tasks.page(
-                db, state=state, device_id=device_id, model=model, after=after, limit=limit
+                db,
+                states=states,
+                device_id=device_id,
+                model=model,
+                after=after,
+                limit=limit,
+                newest_first=newest_first,
             )
         )
 

@@ -118,20 +118,30 @@ def get(db: Sql, task_id: str) -> Task | None:
 def page(
     db: Sql,
     *,
-    state: str | None,
+    states: Sequence[str],
     device_id: str | None,
     model: str | None,
     after: int | None,
     limit: int,
+    newest_first: bool = False,
 ) -> list[Task]:
-    where: list[str] = ["seq > ?"]
-    args: list[Any] = [after or 0]
-    for column, value in (("state", state), ("device_id", device_id), ("model", model)):
+    """A page of tasks in submission order (or newest first), after the task numbered
+    `after` in that order (keyset), in any of `states` (all when empty)."""
+    args: list[Any]
+    if newest_first:
+        where, args = ["seq < ?"], [after if after is not None else 2**62]
+    else:
+        where, args = ["seq > ?"], [after or 0]
+    if states:
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        args.extend(states)
+    for column, value in (("device_id", device_id), ("model", model)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    order = "seq DESC" if newest_first else "seq"
     rows = db.execute(
-        f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",  # noqa: S608 - fixed fragments; values are bound
+        f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",  # noqa: S608 - fixed fragments; values are bound
         (*args, limit),
     ).fetchall()
     return [_task(r, []) for r in rows]

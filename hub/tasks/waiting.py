@@ -4,12 +4,53 @@ read from the same view of the fleet the planner uses (allocation.py)."""
 
 from __future__ import annotations
 
-from hub.store import Task
+import json
+import time
+from typing import Final
+
+from hub.store import HubStore, Task, TaskSettings
 from hub.store.leases import Candidate, Known, Queued
 from hub.tasks.allocation import matches
 
+FLEET_FRESH_S: Final = 1.0  # a reason may be this old: it is advice, not a decision
+
 ALLOCATION_DUE = "waiting for the next allocation pass"
 MAX_NAMED = 5  # devices named in a reason; more are counted
+
+
+class Explainer:
+    """Explains pages of tasks from a view of the fleet read at most once a
+    `FLEET_FRESH_S` (1,000 devices take milliseconds to read and parse), and each kind of
+    task (target, model, version, exclusions) once a page."""
+
+    def __init__(self, store: HubStore, settings: TaskSettings) -> None:
+        self._store = store
+        self._settings = settings
+        self._fleet: tuple[list[Candidate], dict[str, Known]] = ([], {})
+        self._read_at = float("-inf")
+
+    async def explain(self, tasks: list[Task]) -> list[str]:
+        """Why each task waits ("" for those not queued)."""
+        if not any(t.state == "queued" for t in tasks):
+            return [""] * len(tasks)
+        if time.monotonic() - self._read_at > FLEET_FRESH_S:
+            self._fleet = await self._store.task_fleet(now=time.time(), settings=self._settings)
+            self._read_at = time.monotonic()
+        candidates, known = self._fleet
+        said: dict[tuple[str, ...], str] = {}
+        out = []
+        for task in tasks:
+            kind = (
+                task.state,
+                json.dumps(task.target, sort_keys=True),
+                task.model,
+                task.version,
+                *sorted(task.excluded),
+            )
+            if kind not in said:
+                said[kind] = explain(task, candidates, known)
+            out.append(said[kind])
+        return out
 
 
 def explain(task: Task, candidates: list[Candidate], known: dict[str, Known]) -> str:

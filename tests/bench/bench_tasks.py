@@ -107,7 +107,7 @@ async def _end_to_end(root: Path, agents: int) -> tuple[float, float, float, flo
                 await asyncio.sleep(0.02)  # the benchmark's own poll
             seconds = time.perf_counter() - start
             await client.close()
-            done = await store.tasks_page(state="succeeded", limit=TASKS + ONE_AT_A_TIME)
+            done = await store.tasks_page(states=["succeeded"], limit=TASKS + ONE_AT_A_TIME)
             latency = sorted((t.finished_at or 0) - t.created_at for t in done[ONE_AT_A_TIME:])
             p99 = latency[min(len(latency) - 1, int(len(latency) * 0.99))]
             return TASKS / seconds, statistics.median(latency), p99, statistics.median(alone)

@@ -191,7 +191,7 @@ async def test_kill_9_of_an_agent_mid_run_reassigns_its_tasks_and_each_ends_once
     victim = members[0]
 
     async def under_way() -> bool:
-        return len(await hub.parts.store.tasks_page(state="succeeded", limit=1000)) >= 30
+        return len(await hub.parts.store.tasks_page(states=["succeeded"], limit=1000)) >= 30
 
     await eventually(under_way, timeout=30, every=0.02, what="30 tasks done")
     # Frozen first, so that it surely dies holding tasks it has not finished: what it
@@ -549,3 +549,42 @@ async def test_only_operators_submit_and_a_deep_body_is_a_400(hub: Hub, api: Api
     reply = await api.call("POST", "/api/v1/tasks", token=operator, raw=deep)
     assert reply.status == 400
     assert "nested too deeply" in reply.error["message"]
+
+
+async def test_a_task_no_device_could_run_is_refused_unless_it_may_wait(
+    hub: Hub, api: ApiClient
+) -> None:
+    token = await api.token("operator")
+    refused = await api.call("POST", "/api/v1/tasks", token=token, body=vib())
+    assert refused.status == 422, refused.body
+    assert refused.error["details"]["field"] == "body.model"
+    assert (
+        f"no enrolled device has the model {VIB}; the fleet has: no models"
+        in (refused.error["message"])
+    )
+    assert await hub.parts.store.task_counts() == {}
+
+    ids = []
+    for _ in range(3):
+        ids += await submit(api, token, [{**vib(), "wait_for_model": True}])
+    cancelled = await api.call("POST", f"/api/v1/tasks/{ids[1]}/cancel", token=token)
+    assert cancelled.status == 200
+    newest = await api.call(
+        "GET", "/api/v1/tasks?state=queued,cancelled&order=newest&limit=2", token=token
+    )
+    after = newest.body["next_cursor"]
+    rest = await api.call(
+        "GET", f"/api/v1/tasks?state=queued,cancelled&order=newest&cursor={after}", token=token
+    )
+    queued = await api.call("GET", "/api/v1/tasks?state=queued&state=running", token=token)
+    unknown = await api.call("GET", "/api/v1/tasks?state=queued,done", token=token)
+
+    assert [t["id"] for t in newest.body["items"]] == [ids[2], ids[1]]
+    assert [t["id"] for t in rest.body["items"]] == [ids[0]]
+    assert [(t["id"], t["waiting"]) for t in queued.body["items"]] == [
+        (ids[0], f"no device has the model {VIB}"),
+        (ids[2], f"no device has the model {VIB}"),
+    ]
+    assert [t["waiting"] for t in newest.body["items"]] == [f"no device has the model {VIB}", ""]
+    assert unknown.status == 400
+    assert "no state 'done'" in unknown.error["message"]
