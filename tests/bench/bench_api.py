@@ -205,13 +205,13 @@ class BareServer:
     """The raw limit: the bytes the hub answered, by path and query, from a handler that
     does nothing else, behind the TLS settings of the hub's own listener."""
 
-    def __init__(self, paths: HubPaths, host: str) -> None:
+    def __init__(self, paths: HubPaths, host: str, path: str = PATH) -> None:
         self.pages: dict[str, bytes] = {}
         self.host = host
         self.port = free_port()
         self._paths = paths
         app = web.Application()
-        app.router.add_get(PATH, self._handler)
+        app.router.add_get(path, self._handler)
         self._runner = web.AppRunner(app, access_log=None)
 
     async def _handler(self, request: web.Request) -> web.Response:
