@@ -10,7 +10,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from hub.store.engine import DatabaseUrlError, is_postgres, sqlite_path
+from hub.dburl import DatabaseUrlError, is_postgres, sqlite_path
 from outpost import logs, schema
 from outpost.schema import FINITE, INT64_MAX, Struct
 from outpost.settings import check_log_level, parse_broker_url

@@ -16,14 +16,14 @@ from typing import Final, Literal, get_args
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from hub.access.roles import RANK as RANK  # re-exported: the token's callers use them here
+from hub.access.roles import ROLES as ROLES
+from hub.access.roles import Role as Role
 from hub.fleet import bootstrap
 from hub.store import ApiTokenRecord
 from outpost.durations import describe
 
-Role = Literal["viewer", "operator", "admin"]
 Kind = Literal["session", "api-key"]
-ROLES: Final[tuple[Role, ...]] = get_args(Role)
-RANK: Final[dict[str, int]] = {role: rank for rank, role in enumerate(ROLES)}
 
 TOKEN_TYPE: Final = "outpost-api"  # noqa: S105 - a type tag, not a secret
 AUDIENCE: Final = "outpost-hub-api"

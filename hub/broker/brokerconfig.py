@@ -20,6 +20,8 @@ from typing import Final
 
 from cryptography import x509
 
+from hub.broker.kinds import DEFAULT_LISTEN as DEFAULT_LISTEN  # re-exported
+from hub.broker.kinds import KINDS as KINDS
 from hub.broker.mosquittoconf import MAX_INFLIGHT, BrokerFiles, acl_text, render_config
 from hub.config import HubConfig, check_replica_id
 from hub.fleet.revocation import current_crl
@@ -28,8 +30,6 @@ from hub.store import HubStore
 from outpost import files, tls
 from outpost.wire import TOPIC_PREFIX, UP_KINDS, UP_WILDCARD
 
-KINDS: Final = ("mosquitto", "emqx")
-DEFAULT_LISTEN: Final = "0.0.0.0:8883"
 # Each file written, and its mode: certificates and the CRL are public (the broker may
 # run as another user), keys and the rules are the owner's alone.
 CA_CERT, SERVER_CERT, SERVER_KEY, CRL = "ca.crt", "server.crt", "server.key", "crl.pem"

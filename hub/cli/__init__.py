@@ -1,22 +1,16 @@
 """`outpost-hub`, the hub's command line: `main` parses it (parser.py) and runs the command
-(one module per group of commands), reporting the errors a user can act on."""
+(one module per group of commands, imported only when it runs: lazy.py), reporting the
+errors a user can act on."""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-from hub.api.server import PortInUseError
-from hub.broker.managed import BrokerStartError
-from hub.cli import database
-from hub.cli.datafolder import check_initialised, load_config
-from hub.cli.devices import render_fleet
+from hub.cli.lazy import Command
 from hub.cli.parser import build_parser
-from hub.cli.remote import RemoteError
-from hub.fleet.revocation import BrokerCrlError
-from hub.initialise import AlreadyInitialisedError
-from outpost import logs, settings
-from outpost.datalock import AlreadyRunningError
+from outpost import logs
 
 __all__ = ["load_config", "main", "render_fleet"]
 
@@ -30,24 +24,59 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.umask(0o077)  # the registry, tokens and audit log are the hub's alone
     logs.configure(getattr(args, "log_level", None) or "info")
+    func: Command = args.func
     try:
-        if args.func is not database.init and getattr(args, "data", None) is not None:
+        if func.target != "hub.cli.database:init" and getattr(args, "data", None) is not None:
+            from hub.cli.datafolder import check_initialised
+
             check_initialised(args.data)
-        return int(args.func(args))
-    except RemoteError as exc:
-        print(f"outpost-hub: error: {exc}", file=sys.stderr)
-        return 1
+        return func(args)
     except KeyboardInterrupt:
         return 130
-    except (
+    except Exception as exc:
+        status = _user_error(exc)
+        if status is None:
+            raise
+        print(f"outpost-hub: error: {exc}", file=sys.stderr)
+        return status
+
+
+def _user_error(exc: Exception) -> int | None:
+    """The exit status of an error the user can act on (its message says how): 1 for a
+    refusal by a running hub, 2 for a mistake or a state of the data folder; None for a
+    bug, which keeps its traceback. Imported here: only a failing command pays for them."""
+    from hub.cli.remote import RemoteError
+
+    if isinstance(exc, RemoteError):
+        return 1
+    if isinstance(exc, FileNotFoundError | ValueError):
+        return 2
+    from hub.api.server import PortInUseError
+    from hub.broker.managed import BrokerStartError
+    from hub.fleet.revocation import BrokerCrlError
+    from hub.initialise import AlreadyInitialisedError
+    from outpost import settings
+    from outpost.datalock import AlreadyRunningError
+
+    mistakes = (
         settings.SettingsError,
         AlreadyInitialisedError,
         BrokerStartError,
         AlreadyRunningError,
         PortInUseError,
         BrokerCrlError,
-        FileNotFoundError,
-        ValueError,
-    ) as exc:
-        print(f"outpost-hub: error: {exc}", file=sys.stderr)
-        return 2
+    )
+    return 2 if isinstance(exc, mistakes) else None
+
+
+def __getattr__(name: str) -> Any:
+    # What other modules import from here, loaded when first asked for.
+    if name == "load_config":
+        from hub.cli.datafolder import load_config
+
+        return load_config
+    if name == "render_fleet":
+        from hub.cli.devices import render_fleet
+
+        return render_fleet
+    raise AttributeError(name)

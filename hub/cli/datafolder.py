@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub.config import SECTION, HubConfig
 from hub.paths import HubPaths
-from hub.store import HubStore
 from outpost import settings
+
+if TYPE_CHECKING:
+    from hub.store import HubStore
 
 
 def check_initialised(data: Path) -> None:
@@ -37,6 +39,8 @@ def open_store(paths: HubPaths, config: HubConfig | None = None) -> Iterator[Hub
     """Open the folder's store for the length of one command."""
     if not paths.ca_key.exists():
         raise FileNotFoundError(f"{paths.root} is not a hub data folder: run `outpost-hub init`")
+    from hub.store import HubStore  # here: most commands never open it
+
     config = config or load_config(paths.root)
     store = HubStore(config.database(paths.database))
     try:

@@ -73,19 +73,6 @@ def list_models(args: argparse.Namespace) -> int:
     return remote.run(args, listed)
 
 
-def parse_share(text: str) -> float:
-    """`10%`, `10` or `0.1` as a share in [0, 1]."""
-    try:
-        share = float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
-        if not text.endswith("%") and share > 1:
-            share /= 100  # `--canary 10` means 10 %
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share: write 10%, or 0.1") from None
-    if not 0 <= share <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0% and 100%")
-    return share
-
-
 def start_rollout(args: argparse.Namespace) -> int:
     """Start a staged roll-out, then follow it (unless --no-follow)."""
     selector: dict[str, str] = {}

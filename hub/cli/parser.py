@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hub.access import apitokens
-from hub.broker import brokerconfig
-from hub.cli import broker, daemon, database, devices, remote_parser, tokens
+from hub.access.roles import ROLES
+from hub.broker.kinds import DEFAULT_LISTEN, KINDS
+from hub.cli import remote_parser
+from hub.cli.lazy import command
 from outpost import __version__, durations, logs
 
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="extra DNS name or IP of the hub's server certificate (repeatable)",
     )
-    p.set_defaults(func=database.init)
+    p.set_defaults(func=command("hub.cli.database:init"))
 
     p = sub.add_parser("enroll-token", help="print a one-time bootstrap token for a device")
     _data(p)
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="label the enrolled device will carry (repeatable)",
     )
-    p.set_defaults(func=tokens.enroll_token)
+    p.set_defaults(func=command("hub.cli.tokens:enroll_token"))
 
     p = sub.add_parser("run", help="run the hub (and its managed Mosquitto)")
     _data(p)
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replica-id", help="run as this replica of several (replica_id; needs --db and --broker)"
     )
-    p.set_defaults(func=daemon.run)
+    p.set_defaults(func=command("hub.cli.daemon:run"))
 
     p = sub.add_parser("db", help="the hub's database")
     db = p.add_subparsers(required=True, metavar="ACTION")
@@ -83,13 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the SQLite database to copy (default: hub.db in the data folder)",
     )
     m.add_argument("--to", dest="target", required=True, metavar="postgresql://...")
-    m.set_defaults(func=database.migrate)
+    m.set_defaults(func=command("hub.cli.database:migrate"))
 
     p = sub.add_parser("token", help="mint, list and revoke API tokens")
     token = p.add_subparsers(required=True, metavar="ACTION")
     t = token.add_parser("create", help="print a signed API token")
     _data(t)
-    t.add_argument("--role", required=True, choices=apitokens.ROLES)
+    t.add_argument("--role", required=True, choices=ROLES)
     t.add_argument(
         "--ttl",
         type=durations.parse,
@@ -102,14 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a long-lived key for automation (up to 366 days) instead of a session",
     )
-    t.set_defaults(func=tokens.create_token)
+    t.set_defaults(func=command("hub.cli.tokens:create_token"))
     t = token.add_parser("revoke", help="revoke a token by its id (jti)")
     _data(t)
     t.add_argument("jti")
-    t.set_defaults(func=tokens.revoke_token)
+    t.set_defaults(func=command("hub.cli.tokens:revoke_token"))
     t = token.add_parser("list", help="list issued tokens (ids and grants, never the tokens)")
     _data(t)
-    t.set_defaults(func=tokens.list_tokens)
+    t.set_defaults(func=command("hub.cli.tokens:list_tokens"))
 
     p = sub.add_parser("device", help="act on one device")
     device = p.add_subparsers(required=True, metavar="ACTION")
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "device_id", metavar="DEVICE", help="the device's name or id, e.g. dev-0123456789ab"
     )
-    d.set_defaults(func=devices.revoke_device)
+    d.set_defaults(func=command("hub.cli.devices:revoke_device"))
 
     p = sub.add_parser(
         "broker-config",
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data(p)
     _config(p)
-    p.add_argument("--kind", required=True, choices=brokerconfig.KINDS, help="the broker")
+    p.add_argument("--kind", required=True, choices=KINDS, help="the broker")
     p.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="folder to write (new or empty)"
     )
@@ -145,12 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--listen",
-        default=brokerconfig.DEFAULT_LISTEN,
+        default=DEFAULT_LISTEN,
         metavar="HOST:PORT",
-        help=f"where the broker listens (default {brokerconfig.DEFAULT_LISTEN})",
+        help=f"where the broker listens (default {DEFAULT_LISTEN})",
     )
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
-    p.set_defaults(func=broker.broker_config)
+    p.set_defaults(func=command("hub.cli.broker:broker_config"))
     remote_parser.add_commands(sub)
     return parser
 

@@ -24,9 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from hub.access import apitokens
 from hub.cli.datafolder import check_initialised, load_config, open_store
-from hub.fleet.enrollment import load_token_key
 from hub.paths import HubPaths
 
 CLI_SESSION_S = 600.0
@@ -49,28 +47,6 @@ class Endpoint:
     url: str
     ssl: ssl.SSLContext
     token: str
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags every remote command takes."""
-    where = p.add_argument_group("which hub (or set OUTPOST_HUB, OUTPOST_TOKEN_FILE, OUTPOST_CA)")
-    where.add_argument("--hub", metavar="URL", help="the hub's API, https://HOST:PORT")
-    where.add_argument(
-        "--token-file",
-        type=Path,
-        metavar="FILE",
-        help="file holding an API token (from `outpost-hub token create`)",
-    )
-    where.add_argument(
-        "--ca", type=Path, metavar="FILE", help="CA certificate the hub's is checked against"
-    )
-    where.add_argument(
-        "--data",
-        type=Path,
-        help="on the hub machine: its data folder (gives the URL, the CA and, without "
-        "--token-file, a short admin session)",
-    )
-    p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
 
 
 def endpoint(args: argparse.Namespace) -> Endpoint:
@@ -117,6 +93,9 @@ def _token(token_file: Path | None, data: Path | None) -> str:
             "who is asking? give --token-file FILE (a token from `outpost-hub token create`), "
             "or --data on the hub machine"
         )
+    from hub.access import apitokens  # here: the token machinery only for a session
+    from hub.fleet.enrollment import load_token_key
+
     paths = HubPaths(data)
     token, principal = apitokens.mint(
         load_token_key(paths),

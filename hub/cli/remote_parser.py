@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hub.cli import audit, devices, models, policy, remote, tasks
+from hub.cli.lazy import command
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,16 +17,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _tasks(sub)
     _policy(sub)
     p = sub.add_parser("audit", help="the audit log, newest first (admin)")
-    remote.add_arguments(p)
+    add_arguments(p)
     p.add_argument("--limit", type=int, default=50, help="entries to show (default 50)")
-    p.set_defaults(func=audit.show_audit)
+    p.set_defaults(func=command("hub.cli.audit:show_audit"))
 
 
 def _action(
     group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
 ) -> argparse.ArgumentParser:
     p = group.add_parser(name, help=help, description=help)
-    remote.add_arguments(p)
+    add_arguments(p)
     return p
 
 
@@ -37,23 +37,23 @@ def _devices(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Without an action: the registry as a table, read from --data's "
         "database (the hub need not run) or from --hub's API.",
     )
-    remote.add_arguments(p)
-    p.set_defaults(func=devices.list_devices)
+    add_arguments(p)
+    p.set_defaults(func=command("hub.cli.devices:list_devices"))
     group = p.add_subparsers(metavar="ACTION")
     d = _action(group, "list", "the registry as a table (the default action)")
-    d.set_defaults(func=devices.list_devices)
+    d.set_defaults(func=command("hub.cli.devices:list_devices"))
     d = _action(group, "show", "one device: state, load, models, store and latest events")
     d.add_argument("device", metavar="DEVICE", help="its name or id")
     d.add_argument("--events", type=int, default=10, help="latest events to show (default 10)")
-    d.set_defaults(func=devices.show_device)
+    d.set_defaults(func=command("hub.cli.devices:show_device"))
     d = _action(group, "label", "set labels (KEY=VALUE) or remove them (KEY-)")
     d.add_argument("device", metavar="DEVICE", help="its name or id")
     d.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
-    d.set_defaults(func=devices.label_device)
+    d.set_defaults(func=command("hub.cli.devices:label_device"))
     d = _action(group, "rename", "give a device a new name (unique in the fleet)")
     d.add_argument("device", metavar="DEVICE", help="its name or id")
     d.add_argument("name", metavar="NAME", help="the new name")
-    d.set_defaults(func=devices.rename_device)
+    d.set_defaults(func=command("hub.cli.devices:rename_device"))
 
 
 def _models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,9 +61,9 @@ def _models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = p.add_subparsers(required=True, metavar="ACTION")
     m = _action(group, "upload", "upload a bundle folder (model.tflite, model.json, sample.json)")
     m.add_argument("folder", type=Path, metavar="DIR", help="e.g. models/vibration-anomaly/1.0.0")
-    m.set_defaults(func=models.upload_model)
+    m.set_defaults(func=command("hub.cli.models:upload_model"))
     m = _action(group, "list", "the uploaded models")
-    m.set_defaults(func=models.list_models)
+    m.set_defaults(func=command("hub.cli.models:list_models"))
 
 
 def _rollouts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,7 +81,7 @@ def _rollouts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     r.add_argument(
         "--canary",
-        type=models.parse_share,
+        type=parse_share,
         metavar="SHARE",
         help="share of the devices that get it first, e.g. 10%% (default: the hub's)",
     )
@@ -91,17 +91,17 @@ def _rollouts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_false",
         help="return at once instead of following its progress",
     )
-    r.set_defaults(func=models.start_rollout)
+    r.set_defaults(func=command("hub.cli.models:start_rollout"))
     r = _action(group, "show", "a roll-out's progress, live until it ends (Ctrl-C leaves it)")
     r.add_argument("id", type=int, metavar="ID")
     r.add_argument("--no-follow", dest="follow", action="store_false", help="print it once")
-    r.set_defaults(func=models.show_rollout)
+    r.set_defaults(func=command("hub.cli.models:show_rollout"))
     r = _action(group, "halt", "halt a roll-out: devices that got it go back")
     r.add_argument("id", type=int, metavar="ID")
     r.add_argument("--reason", default="", help="why, for the record")
-    r.set_defaults(func=models.halt_rollout)
+    r.set_defaults(func=command("hub.cli.models:halt_rollout"))
     r = _action(group, "list", "roll-outs, newest first")
-    r.set_defaults(func=models.list_rollouts)
+    r.set_defaults(func=command("hub.cli.models:list_rollouts"))
 
 
 def _tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -124,7 +124,7 @@ def _tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     t.add_argument("--wait", action="store_true", help="wait for the result and print it")
     t.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
-    t.set_defaults(func=tasks.submit)
+    t.set_defaults(func=command("hub.cli.tasks:submit"))
     t = _action(group, "list", "tasks, newest first, with why queued ones wait")
     t.add_argument(
         "--state", help="queued, assigned, running, succeeded, failed, ... (a,b for several)"
@@ -132,13 +132,13 @@ def _tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("--device", help="only tasks of this device (name or id)")
     t.add_argument("--model", help="only tasks for this model")
     t.add_argument("--limit", type=int, default=50, help="tasks to show (default 50)")
-    t.set_defaults(func=tasks.list_tasks)
+    t.set_defaults(func=command("hub.cli.tasks:list_tasks"))
     t = _action(group, "show", "one task: state, why it waits, result, every event")
     t.add_argument("id", metavar="TASK")
-    t.set_defaults(func=tasks.show_task)
+    t.set_defaults(func=command("hub.cli.tasks:show_task"))
     t = _action(group, "cancel", "cancel a task that has not ended")
     t.add_argument("id", metavar="TASK")
-    t.set_defaults(func=tasks.cancel_task)
+    t.set_defaults(func=command("hub.cli.tasks:cancel_task"))
 
 
 def _policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -147,7 +147,7 @@ def _policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = _action(group, "show", "the layers, one layer, or what a device runs (--device)")
     s.add_argument("layer", nargs="?", metavar="LAYER")
     s.add_argument("--device", help="a device's effective policy (name or id)")
-    s.set_defaults(func=policy.show_policy)
+    s.set_defaults(func=command("hub.cli.policy:show_policy"))
     s = _action(group, "set", "write a layer from a JSON file of policy fields")
     s.add_argument("layer", metavar="LAYER", help="its name; `fleet` applies to every device")
     s.add_argument("file", metavar="FILE", help="JSON object of the fields it sets")
@@ -160,7 +160,42 @@ def _policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     s.add_argument("--rank", type=int, default=0, help="a group layer's merge order")
     s.add_argument("--device", help="a device override: its name or id")
-    s.set_defaults(func=policy.set_policy)
+    s.set_defaults(func=command("hub.cli.policy:set_policy"))
     s = _action(group, "delete", "delete a layer")
     s.add_argument("layer", metavar="LAYER")
-    s.set_defaults(func=policy.delete_policy)
+    s.set_defaults(func=command("hub.cli.policy:delete_policy"))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags every remote command takes (remote.py reads them)."""
+    where = p.add_argument_group("which hub (or set OUTPOST_HUB, OUTPOST_TOKEN_FILE, OUTPOST_CA)")
+    where.add_argument("--hub", metavar="URL", help="the hub's API, https://HOST:PORT")
+    where.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding an API token (from `outpost-hub token create`)",
+    )
+    where.add_argument(
+        "--ca", type=Path, metavar="FILE", help="CA certificate the hub's is checked against"
+    )
+    where.add_argument(
+        "--data",
+        type=Path,
+        help="on the hub machine: its data folder (gives the URL, the CA and, without "
+        "--token-file, a short admin session)",
+    )
+    p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+
+
+def parse_share(text: str) -> float:
+    """`10%`, `10` or `0.1` as a share in [0, 1]."""
+    try:
+        share = float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
+        if not text.endswith("%") and share > 1:
+            share /= 100  # `--canary 10` means 10 %
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share: write 10%, or 0.1") from None
+    if not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0% and 100%")
+    return share

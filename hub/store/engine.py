@@ -18,8 +18,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
 
+from hub.dburl import DatabaseUrlError as DatabaseUrlError  # re-exported for the store's callers
+from hub.dburl import describe as describe
+from hub.dburl import is_postgres as is_postgres
+from hub.dburl import sqlite_path as sqlite_path
 from hub.store.migrations import MIGRATIONS, Migration
 from hub.store.sql import Dialect, Sql, SqliteSql
 from outpost.sqlite import SerialDatabase, StoreClosedError, open_database
@@ -27,10 +30,6 @@ from outpost.sqlite import SerialDatabase, StoreClosedError, open_database
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class DatabaseUrlError(ValueError):
-    """A database the hub cannot use (a wrong URL, a server that refused); says why."""
 
 
 class Engine(Protocol):
@@ -45,36 +44,6 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def is_postgres(url: str) -> bool:
-    return urlsplit(url).scheme in ("postgresql", "postgres")
-
-
-def describe(url: str | Path) -> str:
-    """The database for a log line or an error: a URL without its password or options."""
-    if isinstance(url, Path) or "://" not in url:
-        return str(url)
-    parts = urlsplit(url)
-    host = parts.hostname or "local socket"
-    port = f":{parts.port}" if parts.port else ""
-    user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
-
-
-def sqlite_path(url: str | Path) -> Path:
-    if isinstance(url, Path):
-        return url
-    if url.startswith("sqlite:"):
-        rest = url.removeprefix("sqlite:")
-        return Path(rest.removeprefix("//") if rest.startswith("///") else rest)
-    if "://" in url:
-        scheme = url.split("://", 1)[0]
-        raise DatabaseUrlError(
-            f"database URL {describe(url)!r}: unknown scheme {scheme!r} "
-            "(use a file path, sqlite:PATH or postgresql://USER@HOST:PORT/DATABASE)"
-        )
-    return Path(url)
 
 
 def open_engine(url: str | Path, *, busy_timeout_ms: int = 5000, pool_size: int = 4) -> Engine:
