@@ -13,18 +13,18 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from hub.api.models import DeviceOut
 from hub.cli import remote, tables
 from hub.cli.datafolder import load_config, open_store
-from hub.fleet.revocation import Revoker, UnknownDeviceError
 from hub.paths import HubPaths
-from outpost import schema
 
 
 def list_devices(args: argparse.Namespace) -> int:
     """Print the fleet registry as a table or JSON: read from the data folder's database
     (the hub need not run), or from a hub's API with --hub."""
     if args.data is not None and not (args.hub or os.environ.get("OUTPOST_HUB")):
+        from hub.api.models import DeviceOut  # here: only the local listing needs them
+        from outpost import schema
+
         with open_store(HubPaths(args.data)) as store:
             devices = store.devices_sync()
         return _print_fleet([schema.dump(DeviceOut.of(d)) for d in devices], args.json)
@@ -94,6 +94,8 @@ def _patch(args: argparse.Namespace, body: dict[str, Any]) -> int:
 
 def revoke_device(args: argparse.Namespace) -> int:
     """Revoke a device and say what its broker was told."""
+    from hub.fleet.revocation import Revoker, UnknownDeviceError  # here: the PKI's weight
+
     paths = HubPaths(args.data)
     config = load_config(args.data, args.config)
     with open_store(paths, config) as store:

@@ -20,14 +20,17 @@ MAX_NAMED = 5  # devices named in a reason; more are counted
 
 class Explainer:
     """Explains pages of tasks from a view of the fleet read at most once a
-    `FLEET_FRESH_S` (1,000 devices take milliseconds to read and parse), and each kind of
-    task (target, model, version, exclusions) once a page."""
+    `FLEET_FRESH_S` (1,000 devices take milliseconds to read and parse), each kind of task
+    (target, model, version, exclusions) once for that view."""
 
     def __init__(self, store: HubStore, settings: TaskSettings) -> None:
         self._store = store
         self._settings = settings
         self._fleet: tuple[list[Candidate], dict[str, Known]] = ([], {})
         self._read_at = float("-inf")
+        # Reasons by kind of task, for the fleet view they were worked out from: matching
+        # a kind against 1,000 devices takes milliseconds, and pages repeat kinds.
+        self._said: dict[tuple[str, ...], str] = {}
 
     async def explain(self, tasks: list[Task]) -> list[str]:
         """Why each task waits ("" for those not queued)."""
@@ -36,8 +39,9 @@ class Explainer:
         if time.monotonic() - self._read_at > FLEET_FRESH_S:
             self._fleet = await self._store.task_fleet(now=time.time(), settings=self._settings)
             self._read_at = time.monotonic()
+            self._said = {}
         candidates, known = self._fleet
-        said: dict[tuple[str, ...], str] = {}
+        said = self._said
         out = []
         for task in tasks:
             kind = (

@@ -4,7 +4,7 @@
   TLS, two pages of 500 devices) against the raw limit of a bare Python process making
   the same two requests with aiohttp over the same TLS: what the CLI adds to a command.
 - `GET /api/v1/tasks?state=queued` (50 queued tasks, each explained: "no device has the
-  model ...", worked out from one read of the fleet for the page) against a bare aiohttp
+  model ...", from a view of the fleet at most a second old) against a bare aiohttp
   handler answering the same bytes, as in the API benchmark: what the explanations cost.
 """
 
@@ -138,7 +138,7 @@ async def _run(root: Path) -> list[Result]:
                 _median(ours, "per_s"),
                 _median(bare_rounds, "per_s"),
                 "req/s",
-                "each task says why it waits (one read of the fleet a page); raw = bare "
+                "each task says why it waits (a fleet view at most 1 s old); raw = bare "
                 "aiohttp, same bytes, same TLS",
             )
         )
