@@ -96,8 +96,17 @@ def _save(
 
 def _read_token(token: str) -> tuple[str, str]:
     """Read the hub URL and CA pin from the token (the hub checks its signature)."""
+    if not token.strip():
+        raise EnrollError(
+            "the bootstrap token is empty: give the one `outpost-hub enroll-token` printed"
+        )
     try:
         claims = jwt.decode(token.strip(), options={"verify_signature": False})
+    except jwt.DecodeError as exc:
+        raise EnrollError(
+            "the bootstrap token is not a token (it is three base64url parts joined by dots, "
+            "as `outpost-hub enroll-token` prints it)"
+        ) from exc
     except jwt.PyJWTError as exc:
         raise EnrollError(f"the bootstrap token is malformed: {exc}") from exc
     url, pin, exp = claims.get("url"), claims.get("caf"), claims.get("exp")

@@ -23,6 +23,10 @@ class AlreadyInitialisedError(RuntimeError):
 
 def initialise(paths: HubPaths, *, server_names: list[str], fleet_name: str = "Outpost") -> None:
     """Create the CA, server and hub-client certificates, and the signing keys."""
+    if paths.root.exists() and not paths.root.is_dir():
+        raise AlreadyInitialisedError(
+            f"{paths.root} is a file, not a folder: choose another --data"
+        )
     if paths.ca_key.exists() or paths.ca_cert.exists():
         raise AlreadyInitialisedError(
             f"{paths.root} is already initialised (found {paths.ca_key.name}); "
@@ -67,4 +71,4 @@ def initialise(paths: HubPaths, *, server_names: list[str], fleet_name: str = "O
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             files.write_new(pub_path, pub, files.PUBLIC)
-    logger.info("initialised hub data in %s (server names: %s)", paths.root, ", ".join(names))
+    logger.debug("initialised hub data in %s (server names: %s)", paths.root, ", ".join(names))

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 def check_initialised(data: Path) -> None:
     """Refuse a folder that is not an initialised hub's (a typo, say) by name, rather
     than create or read it as empty: only `init` makes one."""
+    if data.exists() and not data.is_dir():
+        raise FileNotFoundError(f"{data} is a file, not a hub data folder: check --data")
     if not data.is_dir():
         raise FileNotFoundError(f"{data} does not exist: check --data, or run `outpost-hub init`")
     if not HubPaths(data).ca_key.exists():

@@ -16,6 +16,7 @@ import asyncio
 import getpass
 import json
 import os
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from hub.cli.datafolder import check_initialised, load_config, open_store
 from hub.paths import HubPaths
 
 CLI_SESSION_S = 600.0
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=10)
 
 
@@ -87,6 +89,11 @@ def _token(token_file: Path | None, data: Path | None) -> str:
             raise RemoteError(f"cannot read the token file {token_file}: {exc}") from exc
         if not token:
             raise RemoteError(f"the token file {token_file} is empty")
+        if not _TOKEN.fullmatch(token):
+            raise RemoteError(
+                f"the token file {token_file} holds no API token (one line of three base64url "
+                "parts joined by dots, as `outpost-hub token create` prints it)"
+            )
         return token
     if data is None:
         raise RemoteError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -85,9 +86,16 @@ class SqliteEngine:
     def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
         # FULL: what the hub confirms (a used token, a new device, an acked record) must
         # survive a power cut. Soft state (presence) opts out per write, see `Sql.soft`.
-        db = open_database(path, synchronous="FULL", busy_timeout_ms=busy_timeout_ms)
+        try:
+            db = open_database(path, synchronous="FULL", busy_timeout_ms=busy_timeout_ms)
+        except sqlite3.DatabaseError as exc:  # a damaged file, or another kind of file
+            raise DatabaseUrlError(f"{path} is not a usable SQLite database: {exc}") from exc
         sql = SqliteSql(db.conn)
-        migrate_sqlite(sql, MIGRATIONS)
+        try:
+            migrate_sqlite(sql, MIGRATIONS)
+        except sqlite3.DatabaseError as exc:  # it may only show at the first read
+            db.conn.close()
+            raise DatabaseUrlError(f"{path} is not a usable SQLite database: {exc}") from exc
         self._serial = SerialDatabase(sql, "hub", close=db.conn.close)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:

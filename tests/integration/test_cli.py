@@ -178,3 +178,40 @@ def test_token_command_mistakes_name_what_is_accepted(tmp_path: Path) -> None:
     assert "at most 12h, got 2d (an api-key may last up to 366d)" in long_session.stderr
     for done in (year, long_session, enroll_year):
         assert "Traceback" not in done.stderr
+
+
+def test_wrong_files_where_folders_databases_and_tokens_belong_are_named(tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    data = tmp_path / "hub"
+    assert _run("hub.cli", "init", "--data", str(data)).returncode == 0
+    (data / "hub.db").write_bytes(b"this is not a database, just text " * 100)
+    two_lines = tmp_path / "two-lines.token"
+    two_lines.write_text("aaa.bbb.ccc\nddd.eee.fff\n")
+    garbage = tmp_path / "garbage.token"
+    garbage.write_text("not-a-token")
+
+    init_on_file = _run("hub.cli", "init", "--data", str(a_file))
+    list_on_file = _run("hub.cli", "token", "list", "--data", str(a_file))
+    damaged = _run("hub.cli", "token", "list", "--data", str(data))
+    remote = _run(
+        "hub.cli", "tasks", "list", "--hub", "https://127.0.0.1:1", "--token-file", str(two_lines)
+    )
+    agent = _run(
+        "edge.cli", "enroll", "--data", str(tmp_path / "agent"), "--token-file", str(garbage),
+        "--profile", "generic",
+    )  # fmt: skip
+
+    assert init_on_file.returncode == 2
+    assert "is a file, not a folder" in init_on_file.stderr
+    assert a_file.read_text() == "keep me"
+    assert list_on_file.returncode == 2
+    assert "is a file, not a hub data folder" in list_on_file.stderr
+    assert damaged.returncode == 2
+    assert "hub.db is not a usable SQLite database" in damaged.stderr
+    assert remote.returncode == 1
+    assert "holds no API token (one line of three base64url parts" in remote.stderr
+    assert agent.returncode == 2
+    assert "the bootstrap token is not a token" in agent.stderr
+    for done in (init_on_file, list_on_file, damaged, remote, agent):
+        assert "Traceback" not in done.stderr, done.stderr
