@@ -38,10 +38,11 @@ What a container cannot check here, and why (each is asserted as far as it goes)
   its own hard limit, and the test asserts that value. With the capability, or a high
   enough inherited limit, it asserts 65536.
 
-Set-up: no installer exists for the hub, so its venv and unit are installed as README's
-"Running as a service" describes; scripts/install-agent.sh then installs the agent into
-the same venv (and enrolls it with that hub), with systemctl, as on a device. Debian's
-own mosquitto.service, which comes with the mosquitto package, is disabled first.
+Set-up: no installer exists for the hub, so its venv and unit are installed as
+docs/install.md's "Running as a service" describes; scripts/install-agent.sh then
+installs the agent into the same venv (and enrolls it with that hub), with systemctl, as
+on a device. Debian's own mosquitto.service, which comes with the mosquitto package, is
+disabled first.
 
 The root is made once by `debootstrap --variant=minbase` (systemd, dbus, Python 3 with
 venv, Mosquitto; about a minute) and kept in ~/.cache/outpost-test (OUTPOST_TEST_CACHE
@@ -305,13 +306,13 @@ def check_cgroup_limits(machine: Machine, unit: str, memory: int, quota_us: int 
 
 INSTALL_HUB = f"""
 set -eu
-# As the README says for a hub installed by hand (install-agent.sh sets it itself): what
+# As docs/install.md says for a hub installed by hand (install-agent.sh sets it itself): what
 # the outpost user runs must be readable by it, whatever umask the caller has (CI's is 077).
 umask 022
 # Debian's own Mosquitto service came with the package: the hub runs its own.
 systemctl disable --now mosquitto.service
-# No installer for the hub yet: the venv and the files as README's "Running as a
-# service" has them (install-agent.sh then installs the agent into the same venv).
+# No installer for the hub yet: the venv and the files as docs/install.md's "Running as
+# a service" has them (install-agent.sh then installs the agent into the same venv).
 python3 -m venv {VENV}
 build=$(mktemp -d)
 cp -r /src/pyproject.toml /src/README.md /src/edge /src/hub /src/outpost "$build/"
