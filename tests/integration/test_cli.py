@@ -98,7 +98,7 @@ def test_agent_errors_are_clear(tmp_path: Path) -> None:
     assert bad_setting.returncode == 2
     assert "agent.heartbeat_interval: expected a number" in bad_setting.stderr
     assert bad_token.returncode == 2
-    assert "bootstrap token is malformed" in bad_token.stderr
+    assert "the bootstrap token is not a token" in bad_token.stderr
 
 
 def test_a_data_folder_too_deep_for_the_local_api_socket_is_named(tmp_path: Path) -> None:

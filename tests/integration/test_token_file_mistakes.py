@@ -37,15 +37,28 @@ async def devices_with(hub: Hub, token_file: Path) -> tuple[int, str]:
     return process.returncode, err.decode()
 
 
-@pytest.mark.parametrize("content", ["garbage\n", "a.b.c", "eyJ.eyJ.sig\n"])
-async def test_a_file_without_a_token_says_so(hub: Hub, tmp_path: Path, content: str) -> None:
+LOCAL = "holds no API token (one line of three base64url parts joined by dots"
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ("garbage\n", LOCAL),  # refused before it leaves the machine
+        ("two\nlines.of.text\n", LOCAL),
+        ("a.b.c", apitokens.MALFORMED),  # token-shaped: the hub says what is wrong
+        ("eyJ.eyJ.sig\n", apitokens.MALFORMED),
+    ],
+)
+async def test_a_file_without_a_token_says_so(
+    hub: Hub, tmp_path: Path, content: str, said: str
+) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(content)
 
     code, err = await devices_with(hub, token_file)
 
     assert code == 1
-    assert apitokens.MALFORMED in err
+    assert said in err
     assert "Not enough segments" not in err
     assert "Traceback" not in err
 
