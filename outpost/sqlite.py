@@ -67,7 +67,7 @@ def migrate(db: sqlite_utils.Database, migrations: Sequence[Migration]) -> list[
             db.conn.execute(
                 "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time())
             )
-        logger.info("applied migration %s", name)
+        logger.debug("applied migration %s", name)
         applied.append(name)
     return applied
 

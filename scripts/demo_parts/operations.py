@@ -54,7 +54,7 @@ def start_operations(
         "an operator program submits 20 tasks every 2 s (POST /api/v1/tasks): 16 "
         "vibration windows for any device with the model, 4 images for the cameras"
     )
-    step("a viewer token for the API is in demo-data/viewer.token; try:")
+    step(f"a viewer token for the API is in {token_file}; try:")
     print(
         f'    curl --cacert {ca} -H "Authorization: Bearer '
         f'$(cat {token_file})" {api.url}/api/v1/devices'

@@ -23,9 +23,9 @@ _AGENT = AgentConfig()
 RECONNECT = (
     f"Its agents lost their connections with the link and have been retrying since: the "
     f"first retry after a random 0-{_AGENT.reconnect_spread_s:g} s (reconnect_spread_s, "
-    "drawn per device so a site or a fleet does not return all at once), each next wait "
-    f"doubling up to {_AGENT.reconnect_max_delay:g} s (reconnect_max_delay). So they are "
-    "back within a retry, then drain what they kept."
+    "drawn per device so a site or a fleet does not return all at once), each later one "
+    f"random up to that, or 1.5^n s once larger, never over {_AGENT.reconnect_max_delay:g} s "
+    "(reconnect_max_delay). So they are back within a retry, then drain what they kept."
 )
 
 
