@@ -2,7 +2,7 @@
 // state; each with its device, model, why it waits and its attempts. Operators can
 // cancel a task that has not ended.
 //
-// Read from GET /api/v1/tasks (oldest first, one state per request) when the snapshot's
+// Read from GET /api/v1/tasks (newest first, every open state in one request) when the snapshot's
 // task counts move (at most every SOONEST_S: on a busy fleet they move every second, and
 // each read makes the hub work out why each queued task waits), at least every EVERY_S,
 // and at once after a change made from this page.
@@ -21,9 +21,8 @@ const COLUMNS = 8;
 
 let filter = "open";
 let items = [];
-let next = null; // the cursor of the next page, for one state
+let next = null; // the cursor of the next (older) page
 let extended = false; // pages beyond the first were read: no refresh would keep them
-let truncated = false; // some open state had more than a page
 let statesKey = "";
 let readAt = 0;
 let shownKey = "";
@@ -55,20 +54,12 @@ export function tasksSnapshot(snap) {
 }
 
 const refresh = singleFlight(async () => {
-  if (extended) return; // older pages of an ended state: they do not change
+  if (extended) return; // older pages were read: a refresh would drop them
   readAt = Date.now() / 1000;
   try {
-    if (filter === "open") {
-      const pages = await Promise.all(OPEN.map((s) => read(`/api/v1/tasks?state=${s}&limit=${PAGE}`)));
-      items = pages.flatMap((p) => p.items).sort((a, b) => a.created_at - b.created_at);
-      truncated = pages.some((p) => p.next_cursor);
-      next = null;
-    } else {
-      const page = await read(`/api/v1/tasks?state=${filter}&limit=${PAGE}`);
-      items = page.items;
-      truncated = false;
-      next = page.next_cursor;
-    }
+    const page = await read(`/api/v1/tasks?${query()}&limit=${PAGE}`);
+    items = page.items;
+    next = page.next_cursor;
     render();
   } catch (error) {
     if (!signOutOn(error)) {
@@ -81,7 +72,7 @@ const refresh = singleFlight(async () => {
 async function readMore() {
   if (!next) return;
   try {
-    const page = await read(`/api/v1/tasks?state=${filter}&limit=${PAGE}&cursor=${encodeURIComponent(next)}`);
+    const page = await read(`/api/v1/tasks?${query()}&limit=${PAGE}&cursor=${encodeURIComponent(next)}`);
     items = [...items, ...page.items];
     next = page.next_cursor;
     extended = true;
@@ -89,6 +80,11 @@ async function readMore() {
   } catch (error) {
     signOutOn(error);
   }
+}
+
+function query() {
+  const states = filter === "open" ? OPEN.join(",") : filter;
+  return `state=${states}&order=newest`;
 }
 
 function placeholder(text) {
@@ -99,8 +95,7 @@ function render() {
   const key = JSON.stringify([can("operator"), items.map((t) =>
     [t.id, t.state, t.device, t.waiting, t.attempt, t.error])]);
   $("tasks-more").hidden = !next;
-  $("tasks-note").textContent = truncated
-    ? `Showing the oldest ${PAGE} of each open state.` : "";
+  $("tasks-note").textContent = next ? `Showing the newest ${items.length}.` : "";
   if (key === shownKey) return; // unchanged: a button under the pointer stays put
   shownKey = key;
   $("tasks").tBodies[0].replaceChildren(...(items.length ? items.map(row)
