@@ -212,17 +212,20 @@ def record_presence(db: Sql, seen: list[PresenceEvent]) -> list[bool]:
     with db.soft(), db.write():
         for event in seen:
             row = db.execute(
-                "SELECT online, conn FROM devices WHERE device_id = ?", (event.device_id,)
+                "SELECT online, conn, revoked_at FROM devices WHERE device_id = ?",
+                (event.device_id,),
             ).fetchone()
             was_online = bool(row and row["online"])
+            # A revoked device that still got through is never online: no "online" event.
+            revoked = bool(row and row["revoked_at"] is not None)
             match event:
                 case HelloSeen():
                     _apply_hello(db, event)
                     changed.append(not was_online)
-                    if not was_online:
+                    if not was_online and not revoked:
                         events.add(db, event.device_id, event.now, "online", _agent(event))
                 case HeartbeatSeen():
-                    if row is not None and not was_online:  # before what the beat reports
+                    if row is not None and not was_online and not revoked:  # before the beat's news
                         events.add(db, event.device_id, event.now, "online", "heartbeat")
                     _apply_heartbeat(db, event)
                     changed.append(row is not None and not was_online)

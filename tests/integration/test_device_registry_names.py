@@ -116,6 +116,9 @@ async def test_the_event_log_follows_presence_renewal_policy_models_and_revocati
     await store.record_renewal(IssuedCert("0b0a", device_id, now, now + 86400, now + 7, "renew"))
     await store.revoke_device(device_id, now=now + 8, by="alice")
     await store.revoke_device(device_id, now=now + 9, by="bob")  # again: not news
+    # A revoked device that still gets through (a broker not yet given the CRL) is never
+    # online, so its hello is no "online" event either.
+    await store.record_presence([HelloSeen(device_id, "c4", now + 10, "generic", "0.1.0", 1.0, {})])
 
     events = await store.device_events(device_id, before=None, limit=7)
     assert [(e.kind, e.detail) for e in events] == [
