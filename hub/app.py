@@ -28,6 +28,8 @@ from hub.mqtt.ingest import Ingest
 from hub.mqtt.intake import Budget, DeviceIntake
 from hub.mqtt.link import HubLink
 from hub.paths import HubPaths, link_cn
+from hub.sinks.drain import Bounds
+from hub.sinks.service import SinkService
 from hub.store import HubStore
 from hub.store.engine import describe
 from hub.tasks.dispatcher import Dispatcher
@@ -63,6 +65,7 @@ class HubParts:
     holds: FloodHolds
     web: WebServer
     link: HubLink
+    sinks: SinkService
 
     async def status_line(self) -> str:
         """One line for `systemctl status`: devices online and the link's state."""
@@ -153,6 +156,7 @@ class Hub:
                     ),
                     "hub.mqtt.holds": parts.holds.run(),
                     "hub.tasks.dispatcher": leadership.while_leading(parts.dispatcher.run),
+                    "hub.sinks": leadership.while_leading(parts.sinks.run),
                     "hub.fleet.policies": parts.policies.run(),
                     "hub.models.rollouts": parts.rollouts.run(),
                     "hub.watchdog": self.notifier.keep_alive(),
@@ -188,6 +192,8 @@ class Hub:
         leadership = Leadership(
             store, link_cn(replica), elect=bool(replica) and self.config.elect_leader
         )
+        if self.config.sinks:  # changes write their events for the sinks, from now on
+            store.publish_events()
         # The singleton work runs as the leader, each unit fenced by the lease.
         leader_store = store.fenced(leadership.fence)
         metrics = HubMetrics(broker_restarts=lambda: broker.restarts if broker else 0)
@@ -222,6 +228,14 @@ class Hub:
         intake = DeviceIntake(Budget.of(self.config), dropped=metrics.messages)
         holds = FloodHolds(self.paths, self.config, store, intake, broker=broker)
         metrics.fleet.holds = lambda: (holds.holds_total, len(holds.held))
+        sinks = SinkService(
+            self.config.sinks,
+            leader_store,
+            source=self.config.hub_url,
+            keep_s=self.config.sink_keep_s,
+            bounds=Bounds(self.config.sink_max_lag_events, self.config.sink_max_lag_s),
+        )
+        metrics.registry.register(sinks.collector)
         metrics.registry.register(
             ReplicaCollector(
                 leading=lambda: leadership.leading,
@@ -260,6 +274,7 @@ class Hub:
             intake=intake,
             holds=holds,
             web=web,
+            sinks=sinks,
             link=link,
         )
 

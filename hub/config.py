@@ -11,6 +11,7 @@ import msgspec
 from msgspec import Meta
 
 from hub.dburl import DatabaseUrlError, is_postgres, sqlite_path
+from hub.sinks.config import SinkConfig
 from outpost import logs, schema
 from outpost.schema import FINITE, INT64_MAX, Struct
 from outpost.settings import check_log_level, parse_broker_url
@@ -319,6 +320,40 @@ class HubConfig(Struct, frozen=True):
     api_max_task_body_bytes: Annotated[
         int, Meta(ge=1024, le=256 << 20, description="largest request body of POST /api/v1/tasks")
     ] = 8 << 20
+    sinks: Annotated[
+        list[SinkConfig],
+        Meta(
+            max_length=32,
+            description="where the fleet's events go (`[[hub.sinks]]` tables: name, kind, url, "
+            "credentials_file, types, selector, target, timeout_s; docs/sinks.md)",
+        ),
+    ] = []
+    sink_keep_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=366 * 86400,
+            description="seconds delivered events stay in the outbox, for `sinks replay`",
+        ),
+    ] = 86400.0
+    sink_max_lag_events: Annotated[
+        int,
+        Meta(
+            ge=1000,
+            le=1 << 40,
+            description="events a sink may fall behind before the oldest are skipped for it "
+            "(counted as overflowed, and alerted)",
+        ),
+    ] = 1_000_000
+    sink_max_lag_s: Annotated[
+        float,
+        Meta(
+            ge=60,
+            le=366 * 86400,
+            description="seconds a sink may fall behind before the oldest events are skipped "
+            "for it (counted as overflowed, and alerted)",
+        ),
+    ] = 7 * 86400.0
     log_level: Annotated[str, Meta(max_length=16, description="debug, info, warning or error")] = (
         "info"
     )
@@ -354,6 +389,9 @@ class HubConfig(Struct, frozen=True):
                 sqlite_path(self.db_url)
             except DatabaseUrlError as exc:
                 raise schema.SchemaError("db_url", str(exc)) from None
+        names = [s.name for s in self.sinks]
+        if len(set(names)) != len(names):
+            raise schema.SchemaError("sinks", f"two sinks share a name: {sorted(names)}")
         if self.task_max_input_bytes + TASK_ENVELOPE_BYTES > self.max_payload_bytes:
             raise schema.SchemaError(
                 "task_max_input_bytes",

@@ -19,6 +19,7 @@ import msgspec
 from edge.config import AgentConfig
 from edge.profile import DeviceProfile
 from hub.config import HubConfig
+from hub.sinks.config import SinkConfig
 from outpost import schema
 from outpost.policy import Policy
 
@@ -42,6 +43,12 @@ SECTIONS: list[tuple[str, str, type[Any]]] = [
         "Layers written through `PUT /api/v1/policy/layers/{name}` set any subset of these; "
         "a device runs the merge of its layers over its own settings.",
         Policy,
+    ),
+    (
+        "Sinks",
+        "`[[hub.sinks]]` tables in `hub.toml`, one per sink, after the `[hub]` keys "
+        "(docs/sinks.md).",
+        SinkConfig,
     ),
     (
         "Device profiles",

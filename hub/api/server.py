@@ -21,6 +21,7 @@ from hub.api import (
     openapi,
     policy,
     releases,
+    sinks,
     streams,
     tasks,
 )
@@ -54,6 +55,7 @@ def build_routes(ctx: ApiContext, feed: LiveFeed) -> list[Route]:
         *releases.routes(ctx),
         *admin.routes(ctx),
         *drift.routes(ctx),
+        *sinks.routes(ctx),
         *dashboard.routes(ctx, feed),
     ]
 

@@ -44,7 +44,7 @@ from hub.store.devices import (
     NameTakenError,
     PresenceEvent,
 )
-from hub.store.engine import Engine, FencedEngine, open_engine, retries
+from hub.store.engine import Engine, FencedEngine, PublishingEngine, open_engine, retries
 from hub.store.events import DeviceEvent
 from hub.store.leases import Assigned, Candidate, Known
 from hub.store.leases import Settings as TaskSettings
@@ -120,6 +120,11 @@ class HubStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def publish_events(self) -> None:
+        """From now on, write events for the sinks with the changes they describe (a hub
+        with sinks configured; call before making fenced views)."""
+        self._db = PublishingEngine(self._db)
 
     def fenced(self, fence: Callable[[Sql], None]) -> HubStore:
         """The same store, each of whose units of work first runs `fence` in its own

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from hub.store import modelstats, records, tasks
+from hub.store import modelstats, outbox, records, tasks
 from hub.store.records import Applied, Upload
 from hub.store.sql import Sql
 
@@ -36,6 +36,8 @@ def apply_uploads(db: Sql, uploads: list[Upload], now: float) -> UploadOutcome:
         if upload.stream == "metrics":  # roll-ups: folded once, as they are first stored
             folded.add(modelstats.fold(db, upload.device_id, rows, now))
             return
+        if db.publishing:  # results and events, to the sinks, as first stored
+            outbox.emit_many(db, outbox.records(upload.device_id, upload.stream, rows, now))
         if upload.stream != "results":
             return
         for _, _, body in rows:

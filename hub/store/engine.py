@@ -159,6 +159,36 @@ class FencedEngine:
         raise RuntimeError("close the store itself, not a fenced view of it")
 
 
+class PublishingEngine:
+    """An engine whose units of work write events for the sinks (`Sql.publishing`, see
+    outbox.py): a hub with sinks configured runs on one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.dialect = engine.dialect
+        self.engine = getattr(engine, "engine", None)  # what `retries` reads
+        self._engine = engine
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        result: T = await self._engine.run(_publishing, fn, *args)
+        return result
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        result: T = self._engine.run_sync(_publishing, fn, *args)
+        return result
+
+    def close(self) -> None:
+        self._engine.close()
+
+
+def _publishing(db: Sql, fn: Callable[..., T], *args: Any) -> T:
+    db.publishing = True
+    try:
+        result: T = fn(db, *args)
+        return result
+    finally:
+        db.publishing = False
+
+
 def _after_fence(db: Sql, fence: Callable[[Sql], None], fn: Callable[..., T], *args: Any) -> T:
     fence(db)
     result: T = fn(db, *args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from hub.store import outbox
 from hub.store.sql import Sql
 
 Kind = Literal[
@@ -28,6 +29,21 @@ Kind = Literal[
     "renamed",
     "relabelled",
 ]
+# The sinks' event type of each kind (outbox.py prefixes org.outpost.).
+PUBLISHED_AS: Final[dict[str, str]] = {
+    "enrolled": "device.enrolled",
+    "online": "device.online",
+    "offline": "device.offline",
+    "model_activated": "model.activated",
+    "model_failed": "model.failed",
+    "model_rolled_back": "model.rolled_back",
+    "policy_applied": "policy.applied",
+    "policy_refused": "policy.refused",
+    "renewed": "device.renewed",
+    "revoked": "device.revoked",
+    "renamed": "device.renamed",
+    "relabelled": "device.relabelled",
+}
 KEEP_PER_DEVICE: Final = 500
 DETAIL_MAX: Final = 500  # characters: a device's own words (an error) are cut to this
 
@@ -44,11 +60,8 @@ class DeviceEvent:
 
 
 def add(db: Sql, device_id: str, at: float, kind: Kind, detail: str = "") -> None:
-    """Record an event, inside the caller's transaction."""
-    db.execute(
-        "INSERT INTO device_events (device_id, at, kind, detail) VALUES (?, ?, ?, ?)",
-        (device_id, at, kind, detail[:DETAIL_MAX]),
-    )
+    """Record an event (and publish it to the sinks), inside the caller's transaction."""
+    add_many(db, [(device_id, at, kind, detail)])
 
 
 def add_many(db: Sql, events: list[tuple[str, float, Kind, str]]) -> None:
@@ -57,6 +70,13 @@ def add_many(db: Sql, events: list[tuple[str, float, Kind, str]]) -> None:
         db.executemany(
             "INSERT INTO device_events (device_id, at, kind, detail) VALUES (?, ?, ?, ?)",
             [(d, at, kind, detail[:DETAIL_MAX]) for d, at, kind, detail in events],
+        )
+        outbox.emit_many(
+            db,
+            [
+                (PUBLISHED_AS[kind], d, {"detail": detail[:DETAIL_MAX]}, at)
+                for d, at, kind, detail in events
+            ],
         )
 
 

@@ -100,6 +100,7 @@ class PostgresSql:
     """`Sql` (see sql.py) over one pooled connection, inside one transaction."""
 
     dialect: Dialect = "postgresql"
+    publishing: bool = False
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn

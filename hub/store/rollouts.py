@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from hub.store import events
+from hub.store import events, outbox
 from hub.store.catalog import get_model
 from hub.store.devices import Device
 from hub.store.sql import Row, Sql
@@ -147,9 +147,36 @@ def create_rollout(
             )
         for old in older:
             _advance(db, old, now)
+        _publish(db, rollout_id, "started", "", now)
     rollout = get_rollout(db, rollout_id)
     assert rollout is not None
     return rollout
+
+
+def _publish(db: Sql, rollout_id: int, state: str, reason: str, now: float) -> None:
+    """Tell the sinks a roll-out moved (org.outpost.rollout.<state>): started, rolling (its
+    canaries are healthy), completed, halted or superseded."""
+    if not db.publishing:
+        return
+    row = db.execute(
+        "SELECT name, version, selector, canary_share FROM rollouts WHERE id = ?", (rollout_id,)
+    ).fetchone()
+    counts: dict[str, int] = {}
+    for (device_state,) in db.execute(
+        "SELECT state FROM rollout_devices WHERE rollout_id = ?", (rollout_id,)
+    ):
+        counts[device_state] = counts.get(device_state, 0) + 1
+    data = {
+        "rollout_id": rollout_id,
+        "model": row["name"],
+        "version": row["version"],
+        "selector": json.loads(row["selector"]),
+        "canary_share": row["canary_share"],
+        "state": state,
+        "reason": reason,
+        "devices": counts,
+    }
+    outbox.emit(db, f"rollout.{state}", "", data, now)
 
 
 def get_rollout(db: Sql, rollout_id: int) -> Rollout | None:
@@ -348,6 +375,7 @@ def halt(db: Sql, rollout_id: int, reason: str, now: float) -> Advanced | None:
             "UPDATE rollouts SET state = 'halted', reason = ?, updated_at = ? WHERE id = ?",
             (reason, now, rollout_id),
         )
+        _publish(db, rollout_id, "halted", reason, now)
     return Advanced(rollout_id, [], "halted", reason, halted_now=True)
 
 
@@ -394,6 +422,8 @@ def _advance(db: Sql, rollout_id: int, now: float) -> Advanced:
             "UPDATE rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
             (state, reason, now, rollout_id),
         )
+        if state != row["state"]:
+            _publish(db, rollout_id, state, reason, now)
     halted_now = state == "halted" and row["state"] != "halted"
     return Advanced(rollout_id, released, state, reason, halted_now)
 

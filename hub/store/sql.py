@@ -49,6 +49,9 @@ class Sql(Protocol):
     """One connection inside one unit of work."""
 
     dialect: Dialect
+    # Whether this unit of work writes events for the sinks (outbox.py): on only in a hub
+    # with sinks configured, so a hub without them writes nothing more.
+    publishing: bool
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
 
@@ -94,6 +97,7 @@ class SqliteSql:
     """`Sql` over one SQLite connection, used from one thread only."""
 
     dialect: Dialect = "sqlite"
+    publishing: bool = False
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from hub.store import outbox
 from hub.store.sql import Sql
 
 TERMINAL = ("succeeded", "failed", "expired", "cancelled")
@@ -274,10 +275,24 @@ def _task(row: Any, events: list[TaskEvent]) -> Task:
 
 
 def record_events(db: Sql, rows: list[tuple[Any, ...]]) -> None:
+    """Record task transitions (task, at, state, device, attempt, detail), and publish
+    them to the sinks as org.outpost.task.<state>."""
     db.executemany(
         """INSERT INTO task_events (task_id, at, state, device_id, attempt, detail)
            VALUES (?, ?, ?, ?, ?, ?)""",
         rows,
+    )
+    outbox.emit_many(
+        db,
+        [
+            (
+                f"task.{state}",
+                device_id or "",
+                {"task_id": task_id, "attempt": attempt, "detail": detail},
+                at,
+            )
+            for task_id, at, state, device_id, attempt, detail in rows
+        ],
     )
 
 

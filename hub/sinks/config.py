@@ -1,0 +1,84 @@
+"""A sink as `hub.toml` declares it (`[[sinks]]`), and the secrets it reads from files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from outpost.schema import Struct
+
+Kind = Literal["nats", "rabbitmq", "webhook"]
+
+
+class SinkConfig(Struct, frozen=True):
+    """One sink: where the hub's events go."""
+
+    name: Annotated[
+        str,
+        Meta(
+            pattern=r"^[a-z0-9][a-z0-9-]{0,31}$",
+            description="its name (1-32 lower-case letters, digits, -): metrics, API, CLI",
+        ),
+    ]
+    kind: Annotated[Kind, Meta(description="nats (JetStream), rabbitmq or webhook")]
+    url: Annotated[
+        str,
+        Meta(
+            max_length=1024,
+            description="nats://HOST:PORT (tls://... for TLS), amqp://HOST:PORT/VHOST "
+            "(amqps://... for TLS), or the webhook's https://... URL",
+        ),
+    ]
+    credentials_file: Annotated[
+        str,
+        Meta(
+            max_length=1024,
+            description="file holding USER:PASSWORD for the bus (nats, rabbitmq), or the "
+            "webhook's HMAC secret; kept out of hub.toml and never logged",
+        ),
+    ] = ""
+    types: Annotated[
+        list[str],
+        Meta(
+            description="event types it takes, with * as a wildcard (e.g. "
+            "org.outpost.task.*); default: every type"
+        ),
+    ] = msgspec.field(default_factory=lambda: ["*"])
+    selector: Annotated[
+        dict[str, str],
+        Meta(description="only events of devices with these labels (fleet-wide events pass)"),
+    ] = {}
+    target: Annotated[
+        str,
+        Meta(
+            max_length=128,
+            description="nats: the JetStream stream (made if missing, default OUTPOST); "
+            "rabbitmq: the topic exchange (declared durable, default outpost)",
+        ),
+    ] = ""
+    timeout_s: Annotated[
+        float, Meta(gt=0, le=300, description="seconds to wait for the bus to acknowledge")
+    ] = 10.0
+
+
+def read_secret(path: str, what: str) -> str:
+    """The secret in `path` (stripped); ValueError naming the file and `what` it is for."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what}: cannot read {path}: {exc}") from exc
+    if not text:
+        raise ValueError(f"{what}: {path} is empty")
+    return text
+
+
+def user_password(path: str, what: str) -> tuple[str, str]:
+    """USER:PASSWORD from a credentials file."""
+    text = read_secret(path, what)
+    user, sep, password = text.partition(":")
+    if not sep or not user:
+        raise ValueError(f"{what}: {path} must hold USER:PASSWORD on one line")
+    return user, password

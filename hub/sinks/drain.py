@@ -1,0 +1,231 @@
+"""Each sink's drain: the outbox's events after the sink's cursor, filtered by its types
+and selector, published in order, the cursor moved past them once the bus has them.
+
+One drain per sink runs on the leading replica (hub/leadership.py): its cursor moves in
+fenced units of work, so a former leader that wakes up cannot move it. A paused former
+leader may still publish what it had read; those events carry the same ids, which a
+consumer dedupes. A sink that is down is retried with capped, jittered back-off and
+holds up nothing else: ingest only writes the outbox, and each sink drains on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import fnmatch
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hub.sinks.base import Event, EventRefusedError, Sink, SinkError
+from hub.sinks.config import SinkConfig
+from hub.store import HubStore, outbox
+from hub.store.outbox import OutboxEvent
+from outpost.aio import wait_event
+from outpost.backoff import Reconnect
+
+logger = logging.getLogger(__name__)
+
+BATCH = 500  # events read and published at once
+IDLE_POLL_S = 0.25  # an idle drain looks again this often (or when woken)
+LABELS_FRESH_S = 5.0  # devices' labels, for selectors, are read again this often
+BOUNDS_EVERY_S = 10.0  # how often a drain checks that it is within its lag bounds
+RETRY_CAP_S = 60.0
+FAILED_RETRY_S = 300.0  # a sink whose configuration is refused (bad credentials)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How far a sink may fall behind before its oldest events are skipped for it."""
+
+    max_events: int
+    max_age_s: float
+
+
+def event_id(outbox_id: int) -> str:
+    """The event's CloudEvents id: its outbox id, the dedupe key on every bus."""
+    return f"evt-{outbox_id}"
+
+
+def as_event(row: OutboxEvent, source: str) -> Event:
+    time_text = datetime.datetime.fromtimestamp(row.at, datetime.UTC).isoformat(
+        timespec="milliseconds"
+    )
+    return Event(
+        id=event_id(row.id),
+        type=row.type,
+        source=source,
+        subject=row.subject,
+        time=time_text.replace("+00:00", "Z"),
+        data=row.data,
+    )
+
+
+class Drain:
+    """Delivers one sink's events for as long as it runs (it is cancelled to stop)."""
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        store: HubStore,
+        make_sink: Callable[[SinkConfig], Sink],
+        *,
+        source: str,
+        bounds: Bounds,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._make_sink = make_sink
+        self._source = source
+        self._bounds = bounds
+        self._wake = asyncio.Event()
+        self._labels: dict[str, dict[str, str]] = {}
+        self._labels_at = float("-inf")
+        self._bounds_at = float("-inf")
+        self._state = ""
+
+    def wake(self) -> None:
+        """New events were written: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        name = self.config.name
+        cursor = await self._store.run(outbox.open_cursor, name, time.time())
+        position = cursor.position
+        retry = Reconnect(cap=RETRY_CAP_S, spread=1.0, seed=name)
+        sink: Sink | None = None
+        try:
+            while True:
+                try:
+                    if sink is None:
+                        sink = self._make_sink(self.config)
+                        await sink.start()
+                        retry.reset()
+                    position = await self._within_bounds(position)
+                    rows = await self._store.run(outbox.after, position, BATCH)
+                    if not rows:
+                        await self._set_state("idle", "")
+                        await wait_event(self._wake, IDLE_POLL_S)
+                        self._wake.clear()
+                        # A replay may have moved the cursor back meanwhile.
+                        stored = await self._store.run(outbox.position_of, name)
+                        position = stored if stored is not None else position
+                        continue
+                    position = await self._deliver(sink, position, rows)
+                except SinkError as exc:
+                    wait = FAILED_RETRY_S if exc.permanent else retry.next_delay()
+                    state = "failed" if exc.permanent else "failing"
+                    logger.warning("sink %s %s: %s (next try in %.1f s)", name, state, exc, wait)
+                    await self._set_state(state, str(exc), retried=1)
+                    if sink is not None:
+                        await sink.close()
+                        sink = None
+                    await asyncio.sleep(wait)  # the sink's back-off, not a synchronisation
+                except ValueError as exc:  # a configuration the sink cannot be made with
+                    logger.error("sink %s cannot start: %s", name, exc)
+                    await self._set_state("failed", str(exc))
+                    await asyncio.sleep(FAILED_RETRY_S)
+        finally:
+            if sink is not None:
+                await sink.close()
+
+    async def _deliver(self, sink: Sink, position: int, rows: list[OutboxEvent]) -> int:
+        """Publish what the sink takes of `rows`; the cursor's new position."""
+        await self._refresh_labels()
+        chosen = [as_event(r, self._source) for r in rows if self._wants(r)]
+        try:
+            if chosen:
+                await sink.publish(chosen)
+        except EventRefusedError as refused:
+            number = int(refused.event.id.removeprefix("evt-"))
+            before = [e for e in chosen if int(e.id.removeprefix("evt-")) < number]
+            if number - 1 > position:
+                await self._advance(position, number - 1, len(before))
+            row = next(r for r in rows if r.id == number)
+            await self._store.run(
+                outbox.dead_letter,
+                self.config.name,
+                refused.event.id,
+                row,
+                refused.event.body().decode(),
+                refused.reason,
+                time.time(),
+            )
+            logger.warning(
+                "sink %s refused %s for good (%s): kept in its dead letters",
+                self.config.name,
+                refused.event.id,
+                refused.reason,
+            )
+            return number
+        return await self._advance(position, rows[-1].id, len(chosen))
+
+    async def _advance(self, position: int, to: int, delivered: int) -> int:
+        moved = await self._store.run(
+            outbox.advance, self.config.name, position, to, delivered, time.time()
+        )
+        self._state = "delivering"
+        if moved:
+            return to
+        # Someone moved the cursor meanwhile (a replay): go on from where it is now.
+        cursor = await self._store.run(outbox.open_cursor, self.config.name, time.time())
+        return cursor.position
+
+    def _wants(self, row: OutboxEvent) -> bool:
+        if not any(fnmatch.fnmatchcase(row.type, p) for p in self.config.types):
+            return False
+        selector = self.config.selector
+        if not selector or not row.subject:
+            return True  # fleet-wide events (a roll-out's progress) pass every selector
+        labels = self._labels.get(row.subject, {})
+        return all(labels.get(k) == v for k, v in selector.items())
+
+    async def _refresh_labels(self) -> None:
+        if not self.config.selector or time.monotonic() - self._labels_at < LABELS_FRESH_S:
+            return
+        rows = await self._store.run(
+            lambda db: db.execute("SELECT device_id, labels FROM devices").fetchall()
+        )
+        self._labels = {r[0]: json.loads(r[1]) for r in rows}
+        self._labels_at = time.monotonic()
+
+    async def _within_bounds(self, position: int) -> int:
+        """Skip, counted, what is beyond the sink's bounds (by count, then by age)."""
+        if time.monotonic() - self._bounds_at < BOUNDS_EVERY_S:
+            return position
+        self._bounds_at = time.monotonic()
+        newest, _ = await self._store.run(outbox.head)
+        floor = newest - self._bounds.max_events
+        oldest = await self._store.run(outbox.oldest_after, position)
+        if oldest is not None and oldest < time.time() - self._bounds.max_age_s:
+            by_age = await self._store.run(
+                outbox.first_at_or_after, time.time() - self._bounds.max_age_s
+            )
+            floor = max(floor, by_age - 1)
+        if floor <= position:
+            return position
+        skipped = await self._store.run(
+            lambda db: db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE id > ? AND id <= ?", (position, floor)
+            ).fetchone()[0]
+        )
+        await self._store.run(outbox.skip_to, self.config.name, floor, int(skipped), time.time())
+        logger.error(
+            "sink %s fell behind its bounds: %d events skipped for it (overflowed)",
+            self.config.name,
+            skipped,
+        )
+        self._state = "overflowed"
+        return floor
+
+    async def _set_state(self, state: str, error: str, *, retried: int = 0) -> None:
+        if state == self._state and not retried:
+            return
+        self._state = state
+        await self._store.run(
+            lambda db: outbox.set_state(
+                db, self.config.name, state, error, time.time(), retried=retried
+            )
+        )

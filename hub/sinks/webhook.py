@@ -1,0 +1,94 @@
+"""Webhook sink: each event POSTed as CloudEvents JSON to an HTTPS endpoint, in order,
+signed with the sink's secret.
+
+Headers: `Content-Type: application/cloudevents+json`, `ce-id` (the dedupe key), `ce-type`,
+`ce-source`, `ce-subject`, and `X-Outpost-Signature: sha256=<hex>`, the HMAC-SHA256 of
+the body's bytes under the secret (docs/sinks.md shows how a receiver checks it).
+
+A 2xx answer delivers the event. 408, 429, 5xx, a timeout or a refused connection mean
+"later": the drain retries with back-off. Any other 4xx refuses that event for good: it
+goes to the dead-letter table and the next one is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ssl
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from hub.sinks.base import CONTENT_TYPE, Event, EventRefusedError, SinkError
+from hub.sinks.config import SinkConfig, read_secret
+
+RETRY_LATER = frozenset({408, 429})
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    """The `X-Outpost-Signature` value of `body`."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class WebhookSink:
+    """POSTs events to one URL."""
+
+    def __init__(self, config: SinkConfig) -> None:
+        parts = urlsplit(config.url)
+        # Events carry the fleet's data: plain HTTP only to this machine itself.
+        if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOOPBACK):
+            raise ValueError(
+                f"sink {config.name}: url must be https:// (http:// only to a loopback "
+                f"address), got {config.url!r}"
+            )
+        if not config.credentials_file:
+            raise ValueError(
+                f"sink {config.name}: a webhook needs credentials_file, the file holding "
+                "its HMAC secret"
+            )
+        self.name = config.name
+        self._url = config.url
+        self._secret = read_secret(config.credentials_file, f"sink {config.name}").encode()
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl = ssl.create_default_context()
+        self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        assert self._session is not None, "start() first"
+        for event in events:
+            body = event.body()
+            headers = {
+                "Content-Type": CONTENT_TYPE,
+                "ce-id": event.id,
+                "ce-type": event.type,
+                "ce-source": event.source,
+                "ce-specversion": "1.0",
+                "X-Outpost-Signature": signature(self._secret, body),
+            }
+            if event.subject:
+                headers["ce-subject"] = event.subject
+            try:
+                async with self._session.post(
+                    self._url, data=body, headers=headers, ssl=self._ssl
+                ) as response:
+                    status = response.status
+                    text = (await response.text())[:200] if status >= 300 else ""
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise SinkError(f"POST {self._url} failed: {exc or type(exc).__name__}") from exc
+            if 200 <= status < 300:
+                continue
+            if status in RETRY_LATER or status >= 500:
+                raise SinkError(f"POST {self._url} answered {status}: {text}")
+            raise EventRefusedError(event, f"answered {status}: {text}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

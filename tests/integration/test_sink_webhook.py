@@ -1,0 +1,253 @@
+"""The outbox and a webhook sink against a real hub, broker and agent: every event of a
+run (enrollment, presence, tasks, their result records, a roll-out) reaches a real HTTP
+receiver signed, once per id, in outbox order; a receiver answering 503 delays delivery
+without losing any; one it refuses for good goes to the dead letters and the rest
+follow; a replay sends them again; a change that rolls back publishes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from edge.inference.directory import ModelDirectory
+from hub.app import Hub
+from hub.store import HubStore, outbox
+from outpost.modelbundle import read_bundle
+from tests.api_client import ApiClient
+from tests.conftest import Enroller
+from tests.support import SHIPPED_MODELS, AgentProcess, add_device, eventually, free_port
+
+VIB = "vibration-anomaly"
+SAMPLE = read_bundle(SHIPPED_MODELS[0]).sample
+assert SAMPLE is not None
+INPUT = SAMPLE.input
+SECRET = "s3cret-for-the-webhook"
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: keeps what it accepted, refuses on request."""
+
+    port: int
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    bad_signatures: int = 0
+    unavailable: bool = False  # answer 503 to everything
+    refuse: set[str] = field(default_factory=set)  # event types answered 422
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get("X-Outpost-Signature", ""), expected):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.unavailable:
+            return web.Response(status=503, text="down for maintenance")
+        event = json.loads(body)
+        assert request.headers["ce-id"] == event["id"]
+        assert request.headers["Content-Type"] == "application/cloudevents+json"
+        if event["type"] in self.refuse:
+            return web.Response(status=422, text=f"no thanks: {event['type']}")
+        self.accepted.append(event)
+        return web.Response(status=204)
+
+    def ids(self) -> list[int]:
+        return [int(e["id"].removeprefix("evt-")) for e in self.accepted]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver(free_port())
+    app = web.Application()
+    app.router.add_post("/events", found.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", found.port).start()
+    yield found
+    await runner.cleanup()
+
+
+@pytest.fixture
+def hub_settings(receiver: Receiver, tmp_path: Path) -> str:
+    secret = tmp_path / "webhook.secret"
+    secret.write_text(SECRET + "\n")
+    return (
+        "api_rate_per_s = 1e6\napi_rate_burst = 100000\n"
+        "[[hub.sinks]]\n"
+        'name = "hook"\n'
+        'kind = "webhook"\n'
+        f'url = "http://127.0.0.1:{receiver.port}/events"\n'
+        f'credentials_file = "{secret}"\n'
+        "timeout_s = 5\n"
+    )
+
+
+async def outbox_ids(store: HubStore) -> list[int]:
+    return [e.id for e in await store.run(outbox.after, 0, 100_000)]
+
+
+async def start_agent(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> tuple[str, AgentProcess]:
+    paths, identity = await enroll_device("generic", {"site": "north"})
+    directory = ModelDirectory(paths.models)
+    for folder in SHIPPED_MODELS:
+        directory.install(folder)
+    agent = agents(paths)
+
+    async def ready() -> bool:
+        assert agent.process.poll() is None, agent.output()
+        d = await hub.parts.store.device(identity.device_id)
+        return bool(d and d.online and d.task_slots > 0 and len(d.models) == 2)
+
+    await eventually(ready, timeout=30, what="the agent ready")
+    return identity.device_id, agent
+
+
+@pytest.mark.timeout(180)
+async def test_every_event_reaches_the_webhook_once_in_order_and_signed(
+    hub: Hub,
+    api: ApiClient,
+    receiver: Receiver,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+) -> None:
+    device_id, agent = await start_agent(hub, enroll_device, agents)
+    operator = await api.token("operator")
+    task = {"model": VIB, "input": INPUT, "dtype": "int8"}
+    submitted = await api.call("POST", "/api/v1/tasks", token=operator, body={"tasks": [task] * 5})
+    assert submitted.status == 202, submitted.body
+
+    async def tasks_done() -> bool:
+        found = [await hub.parts.store.task(i) for i in submitted.body["ids"]]
+        return all(t is not None and t.state == "succeeded" for t in found)
+
+    await eventually(tasks_done, timeout=60, what="5 tasks succeeded")
+    agent.stop()  # the device goes offline: its will
+
+    async def offline() -> bool:
+        d = await hub.parts.store.device(device_id)
+        return bool(d and not d.online)
+
+    await eventually(offline, timeout=30, what="the device offline")
+
+    async def delivered() -> bool:
+        written = await outbox_ids(hub.parts.store)
+        return bool(written) and set(receiver.ids()) >= set(written)
+
+    await eventually(delivered, timeout=60, what="every outbox event at the receiver")
+    written = await outbox_ids(hub.parts.store)
+    # In order and once each: the receiver saw exactly the outbox, in its order.
+    assert receiver.ids() == written
+    assert receiver.bad_signatures == 0
+    types = [e["type"] for e in receiver.accepted]
+    for wanted in (
+        "org.outpost.device.enrolled",
+        "org.outpost.device.online",
+        "org.outpost.task.queued",
+        "org.outpost.task.assigned",
+        "org.outpost.task.succeeded",
+        "org.outpost.record.result",
+        "org.outpost.device.offline",
+    ):
+        assert wanted in types, (wanted, sorted(set(types)))
+    assert types.count("org.outpost.task.succeeded") == 5
+    first = receiver.accepted[0]
+    assert first["specversion"] == "1.0"
+    assert first["source"] == hub.config.hub_url
+    mine = [e for e in receiver.accepted if e.get("subject") == device_id]
+    assert [e["type"] for e in mine][:2] == [
+        "org.outpost.device.enrolled",
+        "org.outpost.device.online",
+    ]
+    assert mine[-1]["type"] == "org.outpost.device.offline"
+    result = next(e for e in receiver.accepted if e["type"] == "org.outpost.record.result")
+    assert result["data"]["stream"] == "results"
+    assert result["data"]["record"]["kind"] == "task"
+
+    sinks = await api.call("GET", "/api/v1/sinks", token=operator)
+    (hook,) = sinks.body["items"]
+    assert (hook["name"], hook["kind"], hook["lag_events"]) == ("hook", "webhook", 0)
+    assert hook["delivered"] == len(written)
+    assert hook["state"] in ("idle", "delivering")
+
+
+async def test_a_receiver_that_is_down_delays_and_one_that_refuses_dead_letters(
+    hub: Hub, api: ApiClient, receiver: Receiver
+) -> None:
+    admin = await api.token("admin", subject="alice")
+    receiver.unavailable = True
+    receiver.refuse = {"org.outpost.device.relabelled"}
+    await add_device(hub, "dev-hook00000001")
+    relabel = await api.call(
+        "PATCH", "/api/v1/devices/dev-hook00000001", token=admin, body={"labels": {"a": "b"}}
+    )
+    assert relabel.status == 200
+    await add_device(hub, "dev-hook00000002")
+
+    async def failing() -> bool:
+        sinks = await api.call("GET", "/api/v1/sinks", token=admin)
+        hook = sinks.body["items"][0]
+        return hook["state"] == "failing" and "503" in hook["error"] and hook["lag_events"] > 0
+
+    await eventually(failing, timeout=30, what="the sink failing on 503")
+    assert receiver.accepted == []
+    receiver.unavailable = False
+
+    async def drained() -> bool:
+        written = await outbox_ids(hub.parts.store)
+        refused = [i for i in written if i not in receiver.ids()]
+        return len(refused) == 1 and len(receiver.ids()) == len(written) - 1
+
+    await eventually(drained, timeout=90, what="all but the refused event delivered")
+    assert [e["subject"] for e in receiver.accepted if e["type"].endswith("enrolled")] == [
+        "dev-hook00000001",
+        "dev-hook00000002",
+    ]
+    letters = await api.call("GET", "/api/v1/sinks/hook/dead-letters", token=admin)
+    (letter,) = letters.body["items"]
+    assert letter["type"] == "org.outpost.device.relabelled"
+    assert letter["event"]["subject"] == "dev-hook00000001"
+    assert "422" in letter["reason"]
+    sinks = await api.call("GET", "/api/v1/sinks", token=admin)
+    hook = sinks.body["items"][0]
+    assert (hook["dead_lettered"], hook["lag_events"]) == (1, 0)
+    assert hook["retried"] >= 1
+
+    # A consumer that lost data asks for it again.
+    before = len(receiver.accepted)
+    replay = await api.call("POST", "/api/v1/sinks/hook/replay", token=admin, body={"from_time": 0})
+    assert replay.status == 200, replay.body
+    receiver.refuse = set()
+
+    async def replayed() -> bool:
+        return len(receiver.accepted) >= before + len(await outbox_ids(hub.parts.store))
+
+    await eventually(replayed, timeout=60, what="the replay delivered")
+    unknown = await api.call(
+        "POST", "/api/v1/sinks/nope/replay", token=admin, body={"from_time": 0}
+    )
+    assert unknown.status == 404
+    assert "sinks: hook" in unknown.error["message"]
+
+
+async def test_a_change_that_rolls_back_publishes_nothing(hub: Hub) -> None:
+    store = hub.parts.store
+    before = await outbox_ids(store)
+
+    def failing_change(db: Any) -> None:
+        with db.write():
+            outbox.emit(db, "device.online", "dev-x", {"detail": "never"}, time.time())
+            raise RuntimeError("the change fails after its event was written")
+
+    with pytest.raises(RuntimeError):
+        await store.run(failing_change)
+    assert await outbox_ids(store) == before
