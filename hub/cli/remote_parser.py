@@ -16,6 +16,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _rollouts(sub)
     _tasks(sub)
     _policy(sub)
+    _sinks(sub)
     p = sub.add_parser("audit", help="the audit log, newest first (admin)")
     add_arguments(p)
     p.add_argument("--limit", type=int, default=50, help="entries to show (default 50)")
@@ -164,6 +165,34 @@ def _policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = _action(group, "delete", "delete a layer")
     s.add_argument("layer", metavar="LAYER")
     s.set_defaults(func=command("hub.cli.policy:delete_policy"))
+
+
+def _sinks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("sinks", help="the event sinks: state, dead letters, replay")
+    group = p.add_subparsers(required=True, metavar="ACTION")
+    s = _action(group, "list", "each sink's state, lag and counts")
+    s.set_defaults(func=command("hub.cli.sinks:list_sinks"))
+    s = _action(group, "dead-letters", "events a sink refused for good, newest first")
+    s.add_argument("sink", metavar="SINK")
+    s.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    s.set_defaults(func=command("hub.cli.sinks:dead_letters"))
+    s = _action(group, "replay", "deliver a sink's kept events again from a time on")
+    s.add_argument("sink", metavar="SINK")
+    s.add_argument(
+        "--from",
+        dest="from_time",
+        required=True,
+        type=_when,
+        metavar="TIME",
+        help="2026-12-04T10:00 (local unless it names a zone), or an age such as 2h",
+    )
+    s.set_defaults(func=command("hub.cli.sinks:replay"))
+
+
+def _when(text: str) -> float:
+    from hub.cli.sinks import parse_time  # light: no hub code
+
+    return parse_time(text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -24,6 +24,7 @@ from hub.store import HubStore, outbox
 from outpost.modelbundle import read_bundle
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
+from tests.integration.test_cli_remote import run
 from tests.support import SHIPPED_MODELS, AgentProcess, add_device, eventually, free_port
 
 VIB = "vibration-anomaly"
@@ -251,3 +252,45 @@ async def test_a_change_that_rolls_back_publishes_nothing(hub: Hub) -> None:
     with pytest.raises(RuntimeError):
         await store.run(failing_change)
     assert await outbox_ids(store) == before
+
+
+async def test_the_cli_lists_sinks_and_replays(
+    hub: Hub, api: ApiClient, receiver: Receiver, tmp_path: Path
+) -> None:
+    token = tmp_path / "admin.token"
+    token.write_text(await api.token("admin"))
+    where = (
+        "--hub",
+        hub.config.hub_url,
+        "--ca",
+        str(hub.paths.ca_cert),
+        "--token-file",
+        str(token),
+    )
+    await add_device(hub, "dev-clisink00001")
+
+    async def delivered() -> bool:
+        return len(receiver.accepted) >= len(await outbox_ids(hub.parts.store)) > 0
+
+    await eventually(delivered, timeout=30, what="the enrollment event delivered")
+    listed = await run("hub.cli", "sinks", "list", *where)
+    again = await run("hub.cli", "sinks", "replay", "hook", "--from", "1h", *where)
+    letters = await run("hub.cli", "sinks", "dead-letters", "hook", "--json", *where)
+    unknown = await run("hub.cli", "sinks", "replay", "nope", "--from", "1h", *where)
+
+    assert listed.code == 0, listed.err
+    header, row = listed.out.splitlines()
+    assert header.split()[:3] == ["SINK", "KIND", "STATE"]
+    assert row.split()[:2] == ["hook", "webhook"]
+    assert again.code == 0, again.err
+    assert again.out.startswith("sink hook delivers 1 kept events again")
+    assert letters.code == 0
+    assert letters.json() == []
+    assert unknown.code == 1
+    assert "no sink 'nope' (sinks: hook)" in unknown.err
+
+    async def replayed() -> bool:
+        seen = [e for e in receiver.accepted if e.get("subject") == "dev-clisink00001"]
+        return len(seen) == 2
+
+    await eventually(replayed, timeout=30, what="the replayed event delivered again")
