@@ -28,7 +28,10 @@ from outpost.backoff import Reconnect
 
 logger = logging.getLogger(__name__)
 
-BATCH = 500  # events read and published at once
+BATCH = 500  # events read at once
+# Events published between two moves of the cursor: after a crash, at most this many are
+# sent again (a bus's batch of acks is still worth having).
+CHUNK = 100
 IDLE_POLL_S = 0.25  # an idle drain looks again this often (or when woken)
 LABELS_FRESH_S = 5.0  # devices' labels, for selectors, are read again this often
 BOUNDS_EVERY_S = 10.0  # how often a drain checks that it is within its lag bounds
@@ -113,7 +116,13 @@ class Drain:
                         stored = await self._store.run(outbox.position_of, name)
                         position = stored if stored is not None else position
                         continue
-                    position = await self._deliver(sink, position, rows)
+                    for first in range(0, len(rows), CHUNK):
+                        chunk = rows[first : first + CHUNK]
+                        moved = await self._deliver(sink, position, chunk)
+                        if moved < chunk[-1].id:  # a dead letter, or a replay: read again
+                            position = moved
+                            break
+                        position = moved
                 except SinkError as exc:
                     wait = FAILED_RETRY_S if exc.permanent else retry.next_delay()
                     state = "failed" if exc.permanent else "failing"

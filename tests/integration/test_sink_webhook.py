@@ -6,6 +6,7 @@ follow; a replay sends them again; a change that rolls back publishes nothing.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -43,8 +44,13 @@ class Receiver:
     bad_signatures: int = 0
     unavailable: bool = False  # answer 503 to everything
     refuse: set[str] = field(default_factory=set)  # event types answered 422
+    hold: asyncio.Event | None = None  # while set to an unset event, answer nothing
+    held: int = 0  # requests waiting on `hold`
 
     async def handle(self, request: web.Request) -> web.Response:
+        if self.hold is not None:
+            self.held += 1
+            await self.hold.wait()
         body = await request.read()
         expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(request.headers.get("X-Outpost-Signature", ""), expected):
@@ -294,3 +300,40 @@ async def test_the_cli_lists_sinks_and_replays(
         return len(seen) == 2
 
     await eventually(replayed, timeout=30, what="the replayed event delivered again")
+
+
+@pytest.mark.timeout(180)
+async def test_a_stalled_receiver_holds_up_neither_ingest_nor_the_api(
+    hub: Hub,
+    api: ApiClient,
+    receiver: Receiver,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+) -> None:
+    receiver.hold = asyncio.Event()  # the receiver takes requests and never answers
+    device_id, _ = await start_agent(hub, enroll_device, agents)
+    await eventually(lambda: _held(receiver), timeout=30, what="the sink stuck on the receiver")
+    operator = await api.token("operator")
+    task = {"model": VIB, "input": INPUT, "dtype": "int8"}
+    submitted = await api.call("POST", "/api/v1/tasks", token=operator, body={"tasks": [task] * 5})
+    assert submitted.status == 202, submitted.body
+
+    async def done() -> bool:
+        found = [await hub.parts.store.task(i) for i in submitted.body["ids"]]
+        return all(t is not None and t.state == "succeeded" for t in found)
+
+    # Results come in, are stored and end their tasks while the sink waits on the receiver.
+    await eventually(done, timeout=60, what="5 tasks succeeded with the sink stalled")
+    assert receiver.accepted == []
+    waiting = await outbox_ids(hub.parts.store)
+    receiver.hold.set()
+
+    async def caught_up() -> bool:
+        return set(receiver.ids()) >= set(waiting)
+
+    await eventually(caught_up, timeout=60, what="the sink caught up")
+    assert device_id in {e.get("subject") for e in receiver.accepted}
+
+
+async def _held(receiver: Receiver) -> bool:
+    return receiver.held > 0
