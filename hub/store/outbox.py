@@ -67,11 +67,36 @@ def emit_many(db: Sql, events: Sequence[tuple[str, str, dict[str, Any], float]])
         db.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_KEY,))
     db.executemany(
         "INSERT INTO outbox (at, type, subject, data) VALUES (?, ?, ?, ?)",
-        [
-            (at, TYPE_PREFIX + kind, subject, json.dumps(data, separators=(",", ":")))
-            for kind, subject, data, at in events
-        ],
+        [(at, TYPE_PREFIX + kind, subject, _text(data)) for kind, subject, data, at in events],
     )
+
+
+def _text(data: dict[str, Any]) -> str:
+    try:
+        return _JSON.encode(data).decode()
+    except (TypeError, ValueError):  # a device's record with keys JSON cannot name
+        return _JSON.encode(_jsonable(data)).decode()
+
+
+def _jsonable(value: Any) -> Any:
+    """A msgpack value as JSON can carry it (the slow way, for the rare value that needs
+    it): keys as text, bytes as base64 text, non-finite floats as text."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
+
+
+# msgspec, not json: a record's event is on ingest's path (bytes become base64 text, and
+# a non-finite float null, as JSON has neither).
+_JSON = msgspec.json.Encoder()
 
 
 def records(
@@ -81,31 +106,16 @@ def records(
     (or .event) with the stream, the record's number, its time and its body."""
     kind = "record.result" if stream == "results" else "record.event"
     out = []
+    decode = msgspec.msgpack.decode
     for seq, ts, body in rows:
         try:
-            value = jsonable(msgspec.msgpack.decode(body))
+            value = decode(body)
         except (ValueError, RecursionError):
             value = base64.b64encode(body).decode()  # checked at intake: not expected
         out.append(
             (kind, device_id, {"stream": stream, "seq": seq, "ts": ts, "record": value}, now)
         )
     return out
-
-
-def jsonable(value: Any) -> Any:
-    """A msgpack value as JSON can carry it: bytes as base64 text, non-finite floats as
-    text."""
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, dict):
-        return {str(jsonable(k)): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return repr(value)
 
 
 def after(db: Sql, position: int, limit: int) -> list[OutboxEvent]:

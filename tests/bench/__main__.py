@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, tuple[str, float]] = {
     "tasks": ("tasks end to end through hub and agents", 900),
     "rollout": ("release verification, model upload and a staged roll-out", 600),
     "monitoring": ("roll-ups folded into model statistics, drift, log lines", 600),
+    "sinks": ("ingest with the outbox vs without; outbox -> webhook vs bare POSTs", 600),
     "operator": ("a CLI command and explained task lists vs bare aiohttp clients/servers", 600),
     "capacity": ("devices one hub holds, from outside with the fleet simulator", 7200),
 }

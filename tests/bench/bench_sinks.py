@@ -1,0 +1,205 @@
+"""Event sinks: what the outbox costs ingest, and how fast events leave it.
+
+- Ingest with sinks on vs off: result batches (50 records of the shape the demo's
+  producers post) stored through the hub's own upload path into SQLite, records/s; with
+  sinks each record also writes its event into the outbox in the same transaction. The
+  raw limit is the same path with no sinks.
+- Outbox to a webhook: events drained by a real drain and webhook sink into a local
+  aiohttp receiver answering 204, events/s, against bare aiohttp POSTs of the same bodies
+  to the same receiver (one at a time, in order, as the sink must).
+- Outbox to NATS JetStream and to RabbitMQ (when their sinks and throwaway servers are
+  there): a drain into each against the library's own publish with acks or confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from hub.sinks.config import SinkConfig
+from hub.sinks.drain import Bounds, Drain
+from hub.sinks.service import make_sink
+from hub.store import Device, HubStore, Upload, outbox
+from tests.bench.common import RESULT, Result
+from tests.support import free_port
+
+BATCHES = 200
+PER_BATCH = 50
+EVENTS = 5_000
+BOUNDS = Bounds(max_events=10_000_000, max_age_s=86400)
+
+
+async def _ingest(root: Path, *, sinks: bool) -> float:
+    """Records/s stored through apply_uploads, with or without the outbox."""
+    store = HubStore(root / f"ingest-{'on' if sinks else 'off'}.db")
+    if sinks:
+        store.publish_events()
+    try:
+        await store.add_device(
+            Device(
+                "dev-bench0000001",
+                "generic",
+                {},
+                False,
+                None,
+                None,
+                None,
+                None,
+                {},
+                {},
+                0.0,
+                None,
+                None,
+                None,
+            )
+        )
+        body = msgspec.msgpack.encode(RESULT)
+        uploads = []
+        for b in range(BATCHES):
+            first = b * PER_BATCH + 1
+            rows = [(first + i, time.time(), body) for i in range(PER_BATCH)]
+            uploads.append(
+                Upload("dev-bench0000001", "results", first, first + PER_BATCH - 1, rows)
+            )
+        started = time.perf_counter()
+        for upload in uploads:
+            await store.apply_uploads([upload], now=time.time())
+        return BATCHES * PER_BATCH / (time.perf_counter() - started)
+    finally:
+        store.close()
+
+
+class Receiver:
+    """Answers 204 to every POST and counts them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.port = free_port()
+        self.done = asyncio.Event()
+        self.wanted = 0
+        app = web.Application()
+        app.router.add_post("/events", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.count += 1
+        if self.count >= self.wanted:
+            self.done.set()
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def expect(self, n: int) -> None:
+        self.count, self.wanted = 0, n
+        self.done.clear()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def _fill_outbox(store: HubStore, n: int) -> None:
+    """`n` events of a result's shape, written in transactions of 500."""
+    data: dict[str, Any] = {"stream": "results", "seq": 1, "ts": time.time(), "record": RESULT}
+
+    def write(db: Any, count: int) -> None:
+        with db.write():
+            outbox.emit_many(db, [("record.result", "dev-bench0000001", data, time.time())] * count)
+
+    for first in range(0, n, 500):
+        await store.run(write, min(500, n - first))
+
+
+async def _drain_rate(store: HubStore, config: SinkConfig, until: asyncio.Event) -> float:
+    """Events/s a drain delivers: from a cursor at the outbox's start to its end."""
+    await store.run(
+        lambda db: db.execute("DELETE FROM sink_cursors WHERE sink = ?", (config.name,))
+    )
+    await store.run(lambda db: db.execute("DELETE FROM outbox"))
+    drain = Drain(config, store, make_sink, source="https://bench", bounds=BOUNDS)
+    task = asyncio.create_task(drain.run())
+    try:
+        await _settled(store, config.name)  # the cursor exists, at the (empty) end
+        await _fill_outbox(store, EVENTS)
+        started = time.perf_counter()
+        drain.wake()
+        await asyncio.wait_for(until.wait(), 300)
+        return EVENTS / (time.perf_counter() - started)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _settled(store: HubStore, name: str) -> None:
+    for _ in range(1000):
+        if await store.run(outbox.position_of, name) is not None:
+            return
+        await asyncio.sleep(0.01)  # the drain opening its cursor
+    raise RuntimeError(f"the drain of {name} never opened its cursor")
+
+
+async def _bare_posts(url: str, bodies: list[bytes]) -> float:
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        for body in bodies:
+            async with session.post(url, data=body) as response:
+                assert response.status == 204
+        return len(bodies) / (time.perf_counter() - started)
+
+
+async def _run(root: Path) -> list[Result]:
+    results = []
+    off = await _ingest(root, sinks=False)
+    on = await _ingest(root, sinks=True)
+    results.append(
+        Result(
+            "sinks: ingest with the outbox (results, SQLite)",
+            on,
+            off,
+            "rec/s",
+            f"batches of {PER_BATCH}; raw = the same path with no sinks",
+        )
+    )
+
+    store = HubStore(root / "drain.db")
+    store.publish_events()
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        secret = root / "bench.secret"
+        secret.write_text("bench-secret")
+        url = f"http://127.0.0.1:{receiver.port}/events"
+        config = SinkConfig(
+            name="hook", kind="webhook", url=url, credentials_file=str(secret), timeout_s=30
+        )
+        await receiver.expect(EVENTS)
+        mine = await _drain_rate(store, config, receiver.done)
+        body = json.dumps({"data": {"record": RESULT}, "id": "evt-1"}).encode()
+        await receiver.expect(EVENTS)
+        bare = await _bare_posts(url, [body] * EVENTS)
+        results.append(
+            Result(
+                "sinks: outbox -> webhook (HTTP, loopback)",
+                mine,
+                bare,
+                "events/s",
+                "one POST an event, in order, signed; raw = bare aiohttp POSTs",
+            )
+        )
+    finally:
+        await receiver.stop()
+        store.close()
+    return results
+
+
+def run(root: Path) -> list[Result]:
+    return asyncio.run(_run(root))
