@@ -1,8 +1,10 @@
 """The outbox and a webhook sink against a real hub, broker and agent: every event of a
-run (enrollment, presence, tasks, their result records, a roll-out) reaches a real HTTP
-receiver signed, once per id, in outbox order; a receiver answering 503 delays delivery
-without losing any; one it refuses for good goes to the dead letters and the rest
-follow; a replay sends them again; a change that rolls back publishes nothing."""
+run (enrollment, presence, tasks and their result records) reaches a real HTTP receiver
+signed, once per id, in outbox order; a receiver answering 503 delays delivery without
+losing any; one it refuses for good goes to the dead letters and the rest follow; a
+replay sends them again; a stalled receiver holds up neither ingest nor tasks; a change
+that rolls back publishes nothing. On both back-ends (on PostgreSQL the outbox's writers
+take a lock, so ids follow commit order)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from hub.store import HubStore, outbox
 from outpost.modelbundle import read_bundle
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
+from tests.databases import hub_backend  # noqa: F401 - each test on SQLite and PostgreSQL
 from tests.integration.test_cli_remote import run
 from tests.support import SHIPPED_MODELS, AgentProcess, add_device, eventually, free_port
 
