@@ -29,6 +29,7 @@ from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.databases import hub_backend  # noqa: F401 - each test on SQLite and PostgreSQL
 from tests.integration.test_cli_remote import run
+from tests.model_upload import bundle_parts, upload
 from tests.support import SHIPPED_MODELS, AgentProcess, add_device, eventually, free_port
 
 VIB = "vibration-anomaly"
@@ -340,3 +341,42 @@ async def test_a_stalled_receiver_holds_up_neither_ingest_nor_the_api(
 
 async def _held(receiver: Receiver) -> bool:
     return receiver.held > 0
+
+
+async def test_a_rollout_started_and_halted_is_published(
+    hub: Hub, api: ApiClient, receiver: Receiver
+) -> None:
+    admin = await api.token("admin", subject="alice")
+    await add_device(hub, "dev-roll00000001", labels={"site": "south"})
+    model, manifest, sample = bundle_parts(SHIPPED_MODELS[0], version="1.1.0")
+    uploaded = await upload(hub, admin, model, manifest, sample)
+    assert uploaded.status == 201, uploaded.body
+    started = await api.call(
+        "POST",
+        "/api/v1/rollouts",
+        token=admin,
+        body={"model": VIB, "version": "1.1.0", "selector": {"site": "south"}},
+    )
+    assert started.status == 201, started.body
+    rollout_id = started.body["id"]
+    halted = await api.call(
+        "POST", f"/api/v1/rollouts/{rollout_id}/halt", token=admin, body={"reason": "test"}
+    )
+    assert halted.status == 200, halted.body
+
+    await eventually(
+        lambda: _at_least(receiver, "org.outpost.rollout.halted"), timeout=30, what="the halt"
+    )
+    found = [e for e in receiver.accepted if e["type"].startswith("org.outpost.rollout.")]
+    assert [e["type"] for e in found] == [
+        "org.outpost.rollout.started",
+        "org.outpost.rollout.halted",
+    ]
+    assert "subject" not in found[0]  # fleet-wide
+    assert found[0]["data"]["rollout_id"] == rollout_id
+    assert found[0]["data"]["devices"] == {"released": 1}
+    assert found[1]["data"]["reason"] == "halted by alice: test"
+
+
+async def _at_least(receiver: Receiver, kind: str) -> bool:
+    return any(e["type"] == kind for e in receiver.accepted)
