@@ -37,7 +37,14 @@ KINDS: dict[str, str] = {
 def make_sink(config: SinkConfig) -> Sink:
     """The sink a configuration names."""
     module, name = KINDS[config.kind].split(":")
-    sink: Sink = getattr(importlib.import_module(module), name)(config)
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as exc:  # an install without the bus's library
+        raise ValueError(
+            f"sink {config.name}: a {config.kind} sink needs the {exc.name} package, which "
+            "this install lacks"
+        ) from exc
+    sink: Sink = getattr(loaded, name)(config)
     return sink
 
 

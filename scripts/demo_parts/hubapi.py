@@ -73,6 +73,15 @@ class HubApi:
                 return str(item.get("records", "-"))
         return "0"
 
+    def sink(self, name: str) -> dict[str, Any] | None:
+        """A sink's state as GET /api/v1/sinks says (None if the hub cannot say)."""
+        try:
+            sinks = json.loads(self.get("/api/v1/sinks"))["items"]
+        except (OSError, ValueError):
+            return None
+        found: dict[str, Any] | None = next((s for s in sinks if s["name"] == name), None)
+        return found
+
     def task_states(self) -> dict[str, int]:
         """Tasks by state, from the hub's /metrics."""
         states: dict[str, int] = {}

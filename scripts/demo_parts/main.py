@@ -23,6 +23,7 @@ from types import FrameType
 
 from scripts import demo_replicas
 from scripts.demo_parts.agents import Device, start_agents, start_programs, start_site_links
+from scripts.demo_parts.bus import Consumer, sink_settings, start_nats
 from scripts.demo_parts.hubapi import HubApi
 from scripts.demo_parts.operations import start_operations
 from scripts.demo_parts.plan import BIN, CUT_AT_S, CUT_FOR_S, REPO
@@ -63,6 +64,12 @@ def arguments() -> argparse.Namespace:
         "--cut-for", type=float, default=CUT_FOR_S, help="seconds the north link stays cut"
     )
     parser.add_argument(
+        "--sinks",
+        action="store_true",
+        help="also stream the fleet's events to a throwaway NATS JetStream server, and show "
+        "a consumer's count next to the hub's",
+    )
+    parser.add_argument(
         "--replicas",
         type=int,
         default=0,
@@ -72,6 +79,8 @@ def arguments() -> argparse.Namespace:
     args = parser.parse_args()
     if args.replicas == 1 or args.replicas < 0:
         parser.error("--replicas: give 2 or more (0, the default, runs one hub)")
+    if args.sinks and args.replicas:
+        parser.error("--sinks runs with one hub: leave out --replicas")
     return args
 
 
@@ -123,6 +132,7 @@ def main() -> int:
     devices: list[Device] = []
     links: dict[str, SiteLink] = {}
     background: Background | None = None
+    consumer: Consumer | None = None
     ok = True
 
     def stop(signum: int = 0, frame: FrameType | None = None) -> None:
@@ -137,9 +147,16 @@ def main() -> int:
             hub_dir, mqtt_port = replicated.hub_dir, replicated.broker_port
             web_port = replicated.survivor.web_port
         else:
-            mqtt_port, web_port = start_hub(hub_dir, logs, children)
+            extra = ""
+            if args.sinks:
+                bus_url = start_nats(data, logs, children)
+                extra = sink_settings(bus_url)
+                consumer = Consumer(bus_url)
+            mqtt_port, web_port = start_hub(hub_dir, logs, children, extra)
         refuse_second_hub(hub_dir)
         background = Background()
+        if consumer is not None:
+            background.spawn(consumer.run())
         links = start_site_links(mqtt_port, background)
         devices = start_agents(data, hub_dir, logs, links, children)
         start_programs(devices, background)
@@ -157,6 +174,7 @@ def main() -> int:
             feeder,
             rollout,
             replicated,
+            consumer,
         )
         ok = close(api, devices, links, background)
     except KeyboardInterrupt:

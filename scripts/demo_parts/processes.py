@@ -51,13 +51,14 @@ def wait_healthy(url: str, ca: Path, hub: subprocess.Popen[bytes], log: Path) ->
 
 
 def start_hub(
-    hub_dir: Path, logs: Path, children: list[subprocess.Popen[bytes]]
+    hub_dir: Path, logs: Path, children: list[subprocess.Popen[bytes]], extra: str = ""
 ) -> tuple[int, int]:
-    """One hub with its managed Mosquitto (the default); its MQTT and web ports."""
+    """One hub with its managed Mosquitto (the default), `extra` lines in its hub.toml;
+    its MQTT and web ports."""
     step(f"initialising the hub in {hub_dir}")
     run(str(BIN / "outpost-hub"), "init", "--data", str(hub_dir))
     mqtt_port, web_port = free_port(), free_port()
-    config = f"[hub]\nmqtt_port = {mqtt_port}\nweb_port = {web_port}\n"
+    config = f"[hub]\nmqtt_port = {mqtt_port}\nweb_port = {web_port}\n" + extra
     HubPaths(hub_dir).config.write_text(config)
     step(
         f"starting the hub: broker mqtts://127.0.0.1:{mqtt_port}, "

@@ -13,6 +13,7 @@ from edge.config import AgentConfig
 from hub.cli import render_fleet
 from scripts import demo_replicas
 from scripts.demo_parts.agents import Device
+from scripts.demo_parts.bus import Consumer
 from scripts.demo_parts.hubapi import HubApi
 from scripts.demo_parts.plan import ROLLOUT_AT_S
 from scripts.demo_parts.processes import step
@@ -40,6 +41,7 @@ def show_fleet(
     feeder: TaskFeeder,
     rollout: DemoRollout,
     replicated: demo_replicas.ReplicaHub | None = None,
+    consumer: Consumer | None = None,
 ) -> None:
     tty = sys.stdout.isatty()
     started = time.monotonic()
@@ -87,6 +89,8 @@ def show_fleet(
         print(rollout.progress({d.device_id: d.name for d in devices}), flush=True)
         if replicated is not None:
             print(replicated.fail_over(elapsed, lambda url: api.get("/metrics", url), step))
+        if consumer is not None:
+            print(consumer.line(api.sink("bus")))
         print()
         time.sleep(1)  # the demo's refresh period
 
