@@ -61,7 +61,10 @@ class Consumer:
     async def run(self) -> None:
         import nats  # the hub's dependency, used here as a consumer would
 
-        nc = await nats.connect(self.url, max_reconnect_attempts=-1)
+        async def quiet(exc: Exception) -> None:
+            """The server goes when the demo stops: no traceback for that."""
+
+        nc = await nats.connect(self.url, max_reconnect_attempts=-1, error_cb=quiet)
         js = nc.jetstream()
         while True:  # the hub makes the stream when its sink starts
             with contextlib.suppress(Exception):

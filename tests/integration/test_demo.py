@@ -223,3 +223,38 @@ def test_demo_refuses_to_wipe_a_folder_it_did_not_make(short_dir: Path) -> None:
     assert "is not a folder an earlier demo made" in done.stderr
     assert "Traceback" not in done.stderr
     assert (precious / "chapter-1.tex").read_text() == "months of work"
+
+
+def test_demo_with_sinks_shows_a_consumer_holding_what_the_hub_delivered(short_dir: Path) -> None:
+    data = short_dir / "demo"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "demo.py"),
+            *("--sinks", "--duration", "16", "--cut-at", "2", "--cut-for", "3"),
+            *("--data", str(data)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = re.findall(
+        r"^events on NATS JetStream \(stream OUTPOST\): a consumer holds ([\d,]+) distinct "
+        r"\((\d+) repeats dropped by id\): (.*); hub's sink (\w+), delivered ([\d,]+), "
+        r"lag ([\d,]+)$",
+        done.stdout,
+        re.MULTILINE,
+    )
+    assert lines, done.stdout[-3000:]
+    held, _, kinds, _, delivered, _ = lines[-1]
+    assert int(held.replace(",", "")) > 0
+    # The consumer may see a chunk before the hub's cursor counts it (the cursor moves once
+    # the bus acknowledged a chunk of at most 100), never more.
+    assert int(held.replace(",", "")) <= int(delivered.replace(",", "")) + 100
+    assert "task" in kinds
+    assert "record" in kinds
+    assert "every confirmed result arrived exactly once" in done.stdout
