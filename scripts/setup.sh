@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
-# --test-tools (scripts/test passes it): also what only the tests use, a browser and
-# promtool; the demo and the benchmarks do without them.
+# --test-tools (scripts/test passes it): also what only the tests use, a browser,
+# promtool, nats-server and RabbitMQ; the demo and the benchmarks do without them.
 TEST_TOOLS=0
 POSTGRES=0  # --postgres (scripts/demo --replicas): PostgreSQL's server binaries too
 if [ "${1:-}" = "--test-tools" ]; then TEST_TOOLS=1; POSTGRES=1; fi
@@ -136,4 +136,35 @@ fi
 #    step its wall clock while it runs.
 if [ "$TEST_TOOLS" = 1 ] && ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
     apt_install libfaketime
+fi
+
+# 8. nats-server (JetStream) and RabbitMQ for tests/integration/test_sink_buses.py:
+#    tests/buses.py starts throwaway servers of its own, on free loopback ports in
+#    temporary folders, and never uses the service a package runs. Both packages start a
+#    system service when installed (RabbitMQ's takes the standard AMQP port and an epmd):
+#    a policy-rc.d answering 101 ("action forbidden") for the length of the install keeps
+#    them from starting, under systemd (deb-systemd-invoke honours it) and sysvinit
+#    alike; they stay installed and enabled as Debian ships them. A policy-rc.d already
+#    in place is the machine's own: it is left as it is, and decides.
+apt_install_not_started() {
+    local policy=/usr/sbin/policy-rc.d
+    if [ "$(id -u)" != 0 ] || [ -e "$policy" ]; then
+        apt_install "$@"
+        return
+    fi
+    printf '#!/bin/sh\n# scripts/setup.sh: no service starts while it installs test tools\nexit 101\n' \
+        > "$policy"
+    chmod 755 "$policy"
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    apt_install "$@"
+    rm -f "$policy"
+    trap - EXIT
+}
+if [ "$TEST_TOOLS" = 1 ]; then
+    buses=()
+    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || buses+=(nats-server)
+    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || buses+=(rabbitmq-server)
+    if [ "${#buses[@]}" -gt 0 ]; then
+        apt_install_not_started "${buses[@]}"
+    fi
 fi
