@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from hub.initialise import initialise
 from hub.paths import HubPaths
 from outpost.aio import cancel_until_done
 from tests.api_client import ApiClient
+from tests.buses import ThrowawayNats, ThrowawayRabbit
 from tests.postgres import ThrowawayPostgres
 from tests.support import PROFILES, AgentProcess, free_port, mint_token
 
@@ -156,3 +158,23 @@ def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     yield _start
     for agent in started:
         agent.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[ThrowawayNats]:
+    """One throwaway `nats-server -js` (user `outpost`, a random password) per run and
+    xdist worker, shared read-only: a test makes its own stream and deletes it."""
+    server = ThrowawayNats(user="outpost", password=secrets.token_hex(12))
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[ThrowawayRabbit]:
+    """One throwaway RabbitMQ node per run and xdist worker (it boots in seconds), shared
+    read-only: a test declares its own exchange and queues."""
+    node = ThrowawayRabbit()
+    node.start()
+    yield node
+    node.close()
