@@ -84,11 +84,14 @@ class ThrowawayNats:
     """One `nats-server -js`; `stop()` keeps its store, so `start()` again is a restart
     of the same server (same port, same streams)."""
 
-    def __init__(self, *, user: str = "", password: str = "") -> None:
+    def __init__(self, *, user: str = "", password: str = "", config: str = "") -> None:
+        """`config`: nats-server configuration (e.g. an `authorization` block of users
+        and permissions) under the command line's port, address and store."""
         self.folder = Path(tempfile.mkdtemp(prefix="outpost-nats-"))
         self.port = free_port()
         self.user = user
         self.password = password
+        self._config = config
         self._process: subprocess.Popen[bytes] | None = None
         self._binary = _binary("nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server")
 
@@ -123,6 +126,10 @@ class ThrowawayNats:
         ]
         if self.user:
             argv += ["--user", self.user, "--pass", self.password]
+        if self._config:
+            path = self.folder / "server.conf"
+            path.write_text(self._config)
+            argv += ["-c", str(path)]
         self._process = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
@@ -438,6 +445,15 @@ class AmqpCollector:
         while len(self.messages) < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(self.messages)} of {count} AMQP messages arrived")
+            await asyncio.sleep(0.02)
+        return list(self.messages)
+
+    async def wait_for_id(self, message_id: str, timeout: float = 10.0) -> list[Received]:
+        """The messages once one with `message_id` arrived; AssertionError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while all(m.id != message_id for m in self.messages):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no AMQP message {message_id} among {len(self.messages)}")
             await asyncio.sleep(0.02)
         return list(self.messages)
 

@@ -303,6 +303,35 @@ async def test_nats_refused_credentials_are_a_permanent_error(
     await right.close()
 
 
+async def test_nats_user_that_may_not_make_the_stream_is_a_permanent_error(
+    tmp_path: Path,
+) -> None:
+    """A user allowed to publish events but not to use JetStream's API: the sink cannot
+    see or make its stream, and says so once its request goes unanswered."""
+    users = (
+        "authorization { users = [\n"
+        '  { user: writer, password: "w", permissions: {\n'
+        '    publish: ["outpost.>"], subscribe: ["_INBOX.>"] } }\n'
+        "] }\n"
+    )
+    with ThrowawayNats(config=users) as server:
+        config = SinkConfig(
+            name="jetstream",
+            kind="nats",
+            url=server.url,
+            credentials_file=credentials(tmp_path, "writer", "w"),
+            timeout_s=TIMEOUT_S,
+        )
+        sink = NatsSink(config)
+        started = time.monotonic()
+        with pytest.raises(SinkError, match="may not read or make stream OUTPOST") as denied:
+            await sink.start()
+        assert time.monotonic() - started < TIMEOUT_S + SLACK_S
+        assert denied.value.permanent
+        assert "permissions violation for publish to" in str(denied.value).lower()
+        await sink.close()
+
+
 async def test_nats_unreachable_url_is_an_error_naming_it(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
     sink = NatsSink(SinkConfig(name="jetstream", kind="nats", url=url, timeout_s=TIMEOUT_S))
@@ -442,7 +471,7 @@ async def test_rabbitmq_down_or_silent_fails_within_timeout_then_recovers(
             await sink.start()
             await sink.publish(make_events(10, first=6))
             await sink.close()
-            got = await collector.wait_for(15)
+            got = await collector.wait_for_id("evt-15")
     finally:
         await proxy.close()
     # Events held by the silent link may have reached the broker: the same ids, again.
