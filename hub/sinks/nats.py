@@ -7,15 +7,16 @@ stored within the stream's duplicate window, so events published again after a c
 than the sink's refuse them rather than take them quietly.
 
 Order. Acks are awaited in publish order, and publishes are pipelined (up to `WINDOW`
-sent before the first ack is awaited: ~7x the rate of one at a time) only where that
-keeps order: on a single-replica stream that discards old messages at its limits, the
-server takes one connection's messages in the order they came, and what makes it refuse
-one (the stream gone, its storage failing, JetStream off, the connection lost) refuses
-the rest after it too. Where a refusal can come and go between two messages (a stream
-that discards new messages at its limits; a replicated one, whose leader can change
-mid-batch), a later message could be stored ahead of an earlier one sent again: there
-the sink publishes one at a time. A message larger than the stream allows is refused
-alone and for good: it goes to the dead letters, and order is kept around it.
+sent before the first ack is awaited: ~20k events/s on a 2-core machine, against ~4k
+one at a time) only where that keeps order: on a single-replica stream that discards
+old messages at its limits, the server takes one connection's messages in the order
+they came, and what makes it refuse one (the stream gone, its storage failing,
+JetStream off, the connection lost) refuses the rest after it too. Where a refusal can
+come and go between two messages (a stream that discards new messages at its limits; a
+replicated one, whose leader can change mid-batch), a later message could be stored
+ahead of an earlier one sent again: there the sink publishes one at a time. A message
+larger than the stream allows is refused alone and for good: it goes to the dead
+letters, and order is kept around it.
 
 Connection. nats-py's own reconnection is off: a lost connection fails the publish at
 once, and the drain makes a new sink with its own back-off. Credentials come from
