@@ -16,18 +16,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import msgspec
 from aiohttp import web
 
+from hub.sinks import nats as nats_sink
 from hub.sinks.config import SinkConfig
 from hub.sinks.drain import Bounds, Drain
 from hub.sinks.service import make_sink
 from hub.store import Device, HubStore, Upload, outbox
+from tests.bench import buses_bare
 from tests.bench.common import RESULT, Result
+from tests.buses import ThrowawayNats, ThrowawayRabbit, stream_count
 from tests.support import free_port
 
 BATCHES = 200
@@ -119,8 +124,14 @@ async def _fill_outbox(store: HubStore, n: int) -> None:
         await store.run(write, min(500, n - first))
 
 
-async def _drain_rate(store: HubStore, config: SinkConfig, until: asyncio.Event) -> float:
-    """Events/s a drain delivers: from a cursor at the outbox's start to its end."""
+async def _drain_rate(
+    store: HubStore,
+    config: SinkConfig,
+    done: asyncio.Event,
+    until: Coroutine[Any, Any, None] | None = None,
+) -> float:
+    """Events/s a drain delivers: from a cursor at the outbox's start to its end (`done`
+    is set by the receiver, or by `until` watching the bus)."""
     await store.run(
         lambda db: db.execute("DELETE FROM sink_cursors WHERE sink = ?", (config.name,))
     )
@@ -132,7 +143,12 @@ async def _drain_rate(store: HubStore, config: SinkConfig, until: asyncio.Event)
         await _fill_outbox(store, EVENTS)
         started = time.perf_counter()
         drain.wake()
-        await asyncio.wait_for(until.wait(), 300)
+        watcher = asyncio.create_task(until) if until is not None else None
+        try:
+            await asyncio.wait_for(done.wait(), 300)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         return EVENTS / (time.perf_counter() - started)
     finally:
         task.cancel()
@@ -195,10 +211,99 @@ async def _run(root: Path) -> list[Result]:
                 "one POST an event, in order, signed; raw = bare aiohttp POSTs",
             )
         )
+        results.extend(await _buses(store, root))
     finally:
         await receiver.stop()
         store.close()
     return results
+
+
+async def _buses(store: HubStore, root: Path) -> list[Result]:
+    """Outbox -> NATS JetStream and -> RabbitMQ, on throwaway servers, against the
+    library's own publish of the same number of messages, each acknowledged in order."""
+    results = []
+    with ThrowawayNats() as nats_server:
+        config = SinkConfig(name="bus", kind="nats", url=nats_server.url, target="BENCH")
+        done = asyncio.Event()
+        mine = await _drain_rate(store, config, done, until=_stream_holds(nats_server.url, done))
+        bare = await buses_bare.bare_nats_publish_rate(
+            nats_server.url, EVENTS, window=nats_sink.WINDOW
+        )
+        results.append(
+            Result(
+                "sinks: outbox -> NATS JetStream",
+                mine,
+                bare,
+                "events/s",
+                f"acks awaited in order, {nats_sink.WINDOW} in flight, Nats-Msg-Id; raw = "
+                "nats-py publish, the same window",
+            )
+        )
+    with ThrowawayRabbit() as rabbit:
+        credentials = root / "rabbit.creds"
+        credentials.write_text(f"{rabbit.user}:{rabbit.password}")
+        config = SinkConfig(
+            name="amqp",
+            kind="rabbitmq",
+            url=rabbit.address,
+            credentials_file=str(credentials),
+            target="bench",
+        )
+        await _bound_queue(rabbit.url(), "bench")  # as a consumer's: messages go to disk
+        done = asyncio.Event()
+        mine = await _drain_rate(store, config, done, until=_confirmed(store, "amqp", done))
+        bare = await buses_bare.bare_amqp_publish_rate(rabbit.url(), EVENTS)
+        results.append(
+            Result(
+                "sinks: outbox -> RabbitMQ",
+                mine,
+                bare,
+                "events/s",
+                "persistent, a durable queue bound, each confirm awaited; raw = aio-pika "
+                "publish, each confirmed in turn",
+            )
+        )
+    return results
+
+
+async def _bound_queue(url: str, exchange: str) -> None:
+    """A durable queue bound to everything the exchange routes (declared as the sink
+    declares it), so the broker persists each message as it would for a consumer."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_exchange(
+            exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(f"{exchange}-consumer", durable=True)
+        await queue.bind(declared, "#")
+    finally:
+        await connection.close()
+
+
+async def _stream_holds(url: str, done: asyncio.Event) -> None:
+    """Set `done` once the stream holds every event."""
+    while await _quietly(stream_count(url, "BENCH")) < EVENTS:
+        await asyncio.sleep(0.02)  # polling the stream's count
+    done.set()
+
+
+async def _confirmed(store: HubStore, sink: str, done: asyncio.Event) -> None:
+    """Set `done` once the sink's cursor passed every event (moved after the confirms)."""
+    while True:
+        newest, _ = await store.run(outbox.head)
+        position = await store.run(outbox.position_of, sink)
+        if newest and position is not None and position >= newest:
+            done.set()
+            return
+        await asyncio.sleep(0.02)  # polling the cursor
+
+
+async def _quietly(count: Any) -> int:
+    try:
+        return int(await count)
+    except Exception:  # the stream is not made yet
+        return 0
 
 
 def run(root: Path) -> list[Result]:
