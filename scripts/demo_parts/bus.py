@@ -19,7 +19,8 @@ STREAM = "OUTPOST"
 
 def start_nats(data: Path, logs: Path, children: list[subprocess.Popen[bytes]]) -> str:
     """A NATS server with JetStream on a free loopback port, storing in `data`; its URL."""
-    program = shutil.which("nats-server")
+    # Debian puts it in /usr/sbin, which a user's PATH may lack.
+    program = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
     if program is None:
         raise SystemExit("demo: --sinks needs nats-server (scripts/setup.sh --sinks installs it)")
     port = free_port()
