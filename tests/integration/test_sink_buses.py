@@ -6,6 +6,7 @@ URL is a SinkError naming it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -158,7 +159,12 @@ async def test_nats_events_published_again_are_stored_once(
     # The hub died before its cursor moved: a new sink sends the last 20 again, then on.
     again = NatsSink(config)
     await again.start()
-    await again.publish(events[10:] + make_events(5, first=31))
+    await again.publish(events[10:])
+    count = await stream_count(
+        nats_server.url, stream, user=nats_server.user, password=nats_server.password
+    )
+    assert count == 30
+    await again.publish(make_events(5, first=31))
     await again.close()
 
     expected = [(e.topic(), e.id, e.body()) for e in events + make_events(5, first=31)]
@@ -480,6 +486,50 @@ async def test_rabbitmq_down_or_silent_fails_within_timeout_then_recovers(
         f"evt-{n}" for n in range(1, 16)
     ]
     assert [m.id for m in got][-10:] == [f"evt-{n}" for n in range(6, 16)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # two boots of a node of its own: ~20 s here, 5x on a slow machine
+async def test_rabbitmq_stopped_and_restarted_keeps_what_it_confirmed(tmp_path: Path) -> None:
+    """A node of its own, really stopped and started again: the publish that meets the
+    stop fails, a sink made afterwards works, and the durable queue bound beforehand
+    holds every event confirmed on either side of the restart."""
+    with ThrowawayRabbit() as node:
+        config = rabbit_config(node, tmp_path, "outpost", timeout_s=TIMEOUT_S)
+        connection = await aio_pika.connect(node.url())
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(
+                "outpost", aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            queue = await channel.declare_queue("kept", durable=True)
+            await queue.bind(exchange, "outpost.#")
+        sink = RabbitSink(config)
+        await sink.start()
+        await sink.publish(make_events(5))
+
+        await asyncio.to_thread(node.stop)
+        started = time.monotonic()
+        with pytest.raises(SinkError) as lost:
+            await sink.publish(make_events(5, first=6))
+        assert time.monotonic() - started < TIMEOUT_S + SLACK_S
+        assert not lost.value.permanent
+        await sink.close()
+
+        await asyncio.to_thread(node.start)  # the same port, database and user
+        sink = RabbitSink(config)
+        await sink.start()
+        await sink.publish(make_events(5, first=6))
+        await sink.close()
+
+        connection = await aio_pika.connect(node.url())
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue("kept")
+            ids = []
+            while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                ids.append(message.message_id)
+    assert ids == [f"evt-{n}" for n in range(1, 11)]
 
 
 async def test_rabbitmq_refused_credentials_are_a_permanent_error(
