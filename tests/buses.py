@@ -56,6 +56,15 @@ def _binary(name: str, *candidates: str) -> str:
     )
 
 
+def _tied(argv: list[str], signal_name: str = "KILL") -> list[str]:
+    """`argv`, sent SIGKILL (or `signal_name`) by the kernel if the thread that starts it
+    ends first: a test process or a benchmark killed on its deadline leaves no broker
+    behind (the server runs in a process group of its own, which a kill of the caller's
+    group misses)."""
+    setpriv = shutil.which("setpriv")  # util-linux: on every Debian and Ubuntu
+    return [setpriv, "--pdeathsig", signal_name, "--", *argv] if setpriv else argv
+
+
 def _stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM the process's group, wait, then SIGKILL whatever is left of it."""
     if process.poll() is None:
@@ -131,7 +140,10 @@ class ThrowawayNats:
             path.write_text(self._config)
             argv += ["-c", str(path)]
         self._process = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            _tied(argv),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + START_S
         while not _accepts(self.port):
@@ -257,14 +269,16 @@ class ThrowawayRabbit:
         # Our own epmd, in the node's process group, so it ends with the node (one that
         # erl started itself would detach and outlive the test).
         self._epmd_process = subprocess.Popen(
-            [self._epmd, "-port", str(self._epmd_port), "-address", "127.0.0.1"],
+            _tied([self._epmd, "-port", str(self._epmd_port), "-address", "127.0.0.1"]),
             stdout=output,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
         )
+        # rabbitmq-server is a shell script that runs the VM as its child (the kernel's
+        # parting signal reaches only the script) and stops it on SIGTERM.
         self._process = subprocess.Popen(
-            [self._server],
+            _tied([self._server], "TERM"),
             stdout=output,
             stderr=subprocess.STDOUT,
             env=env,

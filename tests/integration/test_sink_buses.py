@@ -6,7 +6,6 @@ URL is a SinkError naming it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -508,7 +507,7 @@ async def test_rabbitmq_stopped_and_restarted_keeps_what_it_confirmed(tmp_path: 
         await sink.start()
         await sink.publish(make_events(5))
 
-        await asyncio.to_thread(node.stop)
+        node.stop()
         started = time.monotonic()
         with pytest.raises(SinkError) as lost:
             await sink.publish(make_events(5, first=6))
@@ -516,7 +515,7 @@ async def test_rabbitmq_stopped_and_restarted_keeps_what_it_confirmed(tmp_path: 
         assert not lost.value.permanent
         await sink.close()
 
-        await asyncio.to_thread(node.start)  # the same port, database and user
+        node.start()  # the same port, database and user
         sink = RabbitSink(config)
         await sink.start()
         await sink.publish(make_events(5, first=6))
