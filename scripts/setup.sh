@@ -10,8 +10,10 @@ VENV=.venv
 # promtool, nats-server and RabbitMQ; the demo and the benchmarks do without them.
 TEST_TOOLS=0
 POSTGRES=0  # --postgres (scripts/demo --replicas): PostgreSQL's server binaries too
+NATS=0  # --nats (scripts/demo --sinks): nats-server too
 if [ "${1:-}" = "--test-tools" ]; then TEST_TOOLS=1; POSTGRES=1; fi
 if [ "${1:-}" = "--postgres" ]; then POSTGRES=1; fi
+if [ "${1:-}" = "--nats" ]; then NATS=1; fi
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
@@ -160,10 +162,10 @@ apt_install_not_started() {
     rm -f "$policy"
     trap - EXIT
 }
-if [ "$TEST_TOOLS" = 1 ]; then
+if [ "$TEST_TOOLS" = 1 ] || [ "$NATS" = 1 ]; then
     buses=()
     command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || buses+=(nats-server)
-    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || buses+=(rabbitmq-server)
+    [ "$TEST_TOOLS" = 0 ] || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || buses+=(rabbitmq-server)
     if [ "${#buses[@]}" -gt 0 ]; then
         apt_install_not_started "${buses[@]}"
     fi
