@@ -474,3 +474,27 @@ async def test_every_metric_the_monitoring_names_is_exported(
         )
     if wrong_labels:
         pytest.fail("\n".join(wrong_labels), pytrace=False)
+
+
+SINK_ALERTS = {
+    "OutpostSinkLagging", "OutpostSinkDown", "OutpostSinkOverflowed", "OutpostSinkDeadLetters",
+}  # fmt: skip
+
+
+def test_sink_alerts_have_unit_tests_that_fire_and_stay_quiet() -> None:
+    """Each sink alert is a rule, and its unit tests (run by promtool above) see it both
+    fire and not fire, so a rule that never fires, or always does, fails them."""
+    _, rules = _load()
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    assert set(alerts) >= SINK_ALERTS, f"missing alerts {SINK_ALERTS - set(alerts)}"
+    for name in SINK_ALERTS:
+        named = [s for s, _ in _selectors(alerts[name]["expr"])]
+        assert named, name
+        assert all(s.startswith("outpost_hub_sink_") for s in named), (name, named)
+    outcomes: dict[str, set[bool]] = {name: set() for name in SINK_ALERTS}
+    for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for check in case.get("alert_rule_test", []):
+            if check["alertname"] in outcomes:
+                outcomes[check["alertname"]].add(bool(check["exp_alerts"]))
+    untested = {name: seen for name, seen in outcomes.items() if seen != {True, False}}
+    assert not untested, f"sink alerts not seen both firing and quiet: {untested}"
