@@ -61,6 +61,7 @@ SCRIPTS = (
     "drift.js",
     "fleet.js",
     "rollouts.js",
+    "sinks.js",
     "stream.js",
     "tasks.js",
     "util.js",

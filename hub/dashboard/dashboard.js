@@ -12,6 +12,7 @@ import { remember } from "./devices.js";
 import { driftSnapshot } from "./drift.js";
 import { initFleet, renderFleet } from "./fleet.js";
 import { initRollouts, renderRollouts } from "./rollouts.js";
+import { resetSinks, sinksSnapshot } from "./sinks.js";
 import { follow, stop } from "./stream.js";
 import { initTasks, tasksSnapshot } from "./tasks.js";
 import { $, AuthError, TOKEN_KEY, api, clock, problem } from "./util.js";
@@ -31,6 +32,7 @@ function showSignIn(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   closeDevice();
+  resetSinks();
   setRole("viewer");
   $("app").hidden = true;
   $("signout").hidden = true;
@@ -86,6 +88,7 @@ function onSnapshot(snap) {
   tasksSnapshot(snap);
   auditSnapshot(snap);
   driftSnapshot(snap);
+  sinksSnapshot(snap);
 }
 
 function renderTiles(snap) {

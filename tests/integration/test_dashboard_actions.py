@@ -574,3 +574,27 @@ async def test_an_admin_starts_and_halts_a_rollout(dash: Dashboard) -> None:
     await asyncio.to_thread(screenshot, browser, "dashboard-admin-phone")
     problems = await asyncio.to_thread(console_problems, browser)
     assert not problems, problems
+
+
+# ---------------------------------------------------------------------------- sinks
+
+
+def _sinks_read_and_hidden(driver: WebDriver) -> None:
+    """The page asked for the sinks (a request that has ended), and, with none, keeps
+    the panel hidden (test_dashboard_sinks.py shows it with one)."""
+    wait(driver).until(
+        lambda d: d.execute_script(
+            "return performance.getEntriesByType('resource')"
+            ".some(e => new URL(e.name).pathname === '/api/v1/sinks' && e.responseEnd > 0)"
+        ),
+        "the page never read /api/v1/sinks",
+    )
+    assert driver.execute_script("return document.getElementById('sinks-section').hidden")
+    assert text_of(driver, "#sinks tbody") == ""
+
+
+async def test_a_hub_without_sinks_shows_no_sinks_panel(dash: Dashboard) -> None:
+    assert not dash.hub.config.sinks
+    await asyncio.to_thread(viewport, dash.browser, *DESKTOP)
+    await asyncio.to_thread(open_signed_in, dash.browser, dash.url, dash.viewer)
+    await asyncio.to_thread(_sinks_read_and_hidden, dash.browser)
