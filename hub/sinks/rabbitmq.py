@@ -27,7 +27,8 @@ import asyncio
 import datetime
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -79,6 +80,11 @@ def timestamp(event: Event) -> datetime.datetime | None:
         return None
 
 
+def _read(confirm: asyncio.Future[Any]) -> None:
+    if not confirm.cancelled():
+        confirm.exception()
+
+
 class RabbitSink:
     """Publishes events to one topic exchange."""
 
@@ -109,6 +115,7 @@ class RabbitSink:
             self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self._connection: AbstractConnection | None = None
         self._exchange: AbstractExchange | None = None
+        self._confirms: Mapping[int, object] = {}  # the channel's confirms awaited
 
     async def start(self) -> None:
         if self._connection is not None:
@@ -142,7 +149,8 @@ class RabbitSink:
         self._connection = connection
         try:
             async with asyncio.timeout(self._timeout):  # opening a channel has no timeout
-                self._exchange = await self._declare(connection)
+                channel, self._exchange = await self._declare(connection)
+                underlay = await channel.get_underlay_channel()
         except SinkError:
             await self.close()
             raise
@@ -151,6 +159,8 @@ class RabbitSink:
             raise SinkError(
                 f"{self._where}: exchange {self._exchange_name} not declared: {describe(exc)}"
             ) from exc
+        if isinstance(underlay, aiormq.Channel):
+            self._confirms = underlay.confirmations
         logger.info(
             "sink %s: connected to %s, exchange %s", self.name, self._where, self._exchange_name
         )
@@ -162,17 +172,20 @@ class RabbitSink:
             permanent=True,
         )
 
-    async def _declare(self, connection: AbstractConnection) -> AbstractExchange:
-        """The durable topic exchange on a channel with publisher confirms; declared if
-        the user may, else taken as it exists (a user with write permission only)."""
+    async def _declare(
+        self, connection: AbstractConnection
+    ) -> tuple[AbstractChannel, AbstractExchange]:
+        """A channel with publisher confirms and the durable topic exchange on it:
+        declared if the user may, else taken as it exists (a user who may only write)."""
         channel: AbstractChannel = await connection.channel(publisher_confirms=True)
         try:
-            return await channel.declare_exchange(
+            exchange = await channel.declare_exchange(
                 self._exchange_name,
                 aio_pika.ExchangeType.TOPIC,
                 durable=True,
                 timeout=self._timeout,
             )
+            return channel, exchange
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise SinkError(
                 f"{self._where}: exchange {self._exchange_name} exists but is not a durable "
@@ -183,9 +196,10 @@ class RabbitSink:
             pass  # no configure permission: the server closed that channel
         channel = await connection.channel(publisher_confirms=True)
         try:
-            return await channel.declare_exchange(
+            exchange = await channel.declare_exchange(
                 self._exchange_name, passive=True, timeout=self._timeout
             )
+            return channel, exchange
         except (
             aiormq.exceptions.ChannelAccessRefused,
             aiormq.exceptions.ChannelNotFoundEntity,
@@ -219,6 +233,7 @@ class RabbitSink:
                     f"{self._where}: {event.id} not confirmed within {self._timeout:g} s"
                 ) from exc
             except CHANNEL_FAILURES as exc:
+                self._read_orphans()
                 raise SinkError(f"{self._where}: {describe(exc)}") from exc
             except asyncio.CancelledError as exc:
                 # aiormq fails what awaits a confirm with CancelledError when it closes a
@@ -226,9 +241,20 @@ class RabbitSink:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
+                self._read_orphans()
                 raise SinkError(f"{self._where}: connection closed") from exc
+
+    def _read_orphans(self) -> None:
+        """Read the failure of every confirm the lost connection left. aiormq makes a
+        publish's confirm before writing it; when the write fails with the connection,
+        the confirm gets the same error with nobody to read it (aiormq issue 177), and
+        asyncio would log each one as an error never retrieved."""
+        for confirm in list(self._confirms.values()):
+            if isinstance(confirm, asyncio.Future):
+                confirm.add_done_callback(_read)
 
     async def close(self) -> None:
         connection, self._connection, self._exchange = self._connection, None, None
+        self._confirms = {}
         if connection is not None and not connection.is_closed:
             await connection.close()
