@@ -40,7 +40,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from tests.support import free_port
 
-START_S = 90.0  # RabbitMQ boots in ~3 s here; a machine 5x slower still fits
+START_S = 90.0  # RabbitMQ boots in ~7 s on 2 cores; a machine 5x slower still fits
 STOP_S = 30.0
 
 
