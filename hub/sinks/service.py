@@ -123,10 +123,15 @@ class SinkService:
     async def run(self) -> None:
         if not self.drains:
             await asyncio.Event().wait()  # no sinks: nothing to drain, nothing to prune
-        async with asyncio.TaskGroup() as group:
-            for drain in self.drains:
-                group.create_task(drain.run(), name=f"hub.sinks.{drain.config.name}")
-            group.create_task(self._upkeep(), name="hub.sinks.upkeep")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for drain in self.drains:
+                    group.create_task(drain.run(), name=f"hub.sinks.{drain.config.name}")
+                group.create_task(self._upkeep(), name="hub.sinks.upkeep")
+        finally:
+            # No longer leading: the new leader shows the sinks; stale figures here would
+            # keep an alert firing on this replica.
+            self.collector.statuses = []
 
     async def _upkeep(self) -> None:
         pruned_at = time.monotonic()
