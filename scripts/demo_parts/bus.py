@@ -22,7 +22,7 @@ def start_nats(data: Path, logs: Path, children: list[subprocess.Popen[bytes]]) 
     # Debian puts it in /usr/sbin, which a user's PATH may lack.
     program = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
     if program is None:
-        raise SystemExit("demo: --sinks needs nats-server (scripts/setup.sh --sinks installs it)")
+        raise SystemExit("demo: --sinks needs nats-server (scripts/demo --sinks installs it)")
     port = free_port()
     store = data / "nats"
     store.mkdir()
