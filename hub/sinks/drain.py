@@ -136,6 +136,12 @@ class Drain:
                     logger.error("sink %s cannot start: %s", name, exc)
                     await self._set_state("failed", str(exc))
                     await asyncio.sleep(FAILED_RETRY_S)
+                except Exception as exc:  # the database away, a lost lease: this sink waits
+                    wait = retry.next_delay()
+                    logger.warning(
+                        "sink %s paused: %s (next try in %.1f s)", name, exc, wait, exc_info=True
+                    )
+                    await asyncio.sleep(wait)  # the sink's back-off, not a synchronisation
         finally:
             if sink is not None:
                 await sink.close()
