@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from msgspec import Meta
@@ -62,6 +64,34 @@ class SinkConfig(Struct, frozen=True):
     timeout_s: Annotated[
         float, Meta(gt=0, le=300, description="seconds to wait for the bus to acknowledge")
     ] = 10.0
+
+
+def shown(url: str) -> str:
+    """`url` without any user or password in it, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def check_bus_url(config: SinkConfig, schemes: tuple[str, str], form: str) -> ssl.SSLContext | None:
+    """Refuse a bus URL of another scheme than `schemes` (plain, TLS), without a host, or
+    carrying credentials (the URL is shown in the API and logs: they belong in
+    credentials_file); the TLS 1.2+ context its TLS scheme needs, else None."""
+    parts = urlsplit(config.url)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"sink {config.name}: url must be {form}, got {shown(config.url)!r}")
+    if parts.username or parts.password:
+        raise ValueError(
+            f"sink {config.name}: put USER:PASSWORD in credentials_file, not in the url"
+        )
+    if parts.scheme != schemes[1]:
+        return None
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def read_secret(path: str, what: str) -> str:

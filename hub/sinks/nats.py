@@ -29,9 +29,7 @@ import asyncio
 import collections
 import json
 import logging
-import ssl
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 import nats.js.errors
@@ -41,7 +39,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, Header, StorageType, StreamConfig, StreamInfo
 
 from hub.sinks.base import CONTENT_TYPE, Event, EventRefusedError, SinkError
-from hub.sinks.config import SinkConfig, user_password
+from hub.sinks.config import SinkConfig, check_bus_url, shown, user_password
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +59,6 @@ MAX_AGE_S = 7 * 86400.0
 MESSAGE_TOO_LARGE = 10054  # JSStreamMessageExceedsMaximumErr: past the stream's max_msg_size
 NO_RESPONDERS = "503"  # the status of the reply when no stream takes the subject
 NAME_FORBIDDEN = frozenset(" \t\r\n.*>/\\")
-
-
-def shown(url: str) -> str:
-    """`url` without any user or password in it, for messages and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def pipelines(stream: StreamInfo) -> bool:
@@ -128,16 +116,9 @@ class NatsSink:
     """Publishes events into one JetStream stream."""
 
     def __init__(self, config: SinkConfig) -> None:
-        parts = urlsplit(config.url)
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise ValueError(
-                f"sink {config.name}: url must be nats://HOST:PORT (tls://HOST:PORT for "
-                f"TLS), got {shown(config.url)!r}"
-            )
-        if parts.username or parts.password:
-            raise ValueError(
-                f"sink {config.name}: put USER:PASSWORD in credentials_file, not in the url"
-            )
+        self._tls = check_bus_url(
+            config, ("nats", "tls"), "nats://HOST:PORT (tls://HOST:PORT for TLS)"
+        )
         stream = config.target or DEFAULT_STREAM
         if NAME_FORBIDDEN.intersection(stream):
             raise ValueError(
@@ -154,10 +135,6 @@ class NatsSink:
             self._user, self._password = user_password(
                 config.credentials_file, f"sink {config.name}"
             )
-        self._tls: ssl.SSLContext | None = None
-        if parts.scheme == "tls":
-            self._tls = ssl.create_default_context()
-            self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self._client: Client | None = None
         self._acks = AckInbox()
         self._window = 1

@@ -26,10 +26,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq.exceptions
@@ -37,7 +35,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from yarl import URL
 
 from hub.sinks.base import CONTENT_TYPE, Event, SinkError
-from hub.sinks.config import SinkConfig, user_password
+from hub.sinks.config import SinkConfig, check_bus_url, shown, user_password
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +47,6 @@ CHANNEL_FAILURES = (
     aiormq.exceptions.ChannelInvalidStateError,
     OSError,
 )
-
-
-def shown(url: str) -> str:
-    """`url` without any user or password in it, for messages and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def describe(exc: BaseException) -> str:
@@ -89,16 +77,9 @@ class RabbitSink:
     """Publishes events to one topic exchange."""
 
     def __init__(self, config: SinkConfig) -> None:
-        parts = urlsplit(config.url)
-        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-            raise ValueError(
-                f"sink {config.name}: url must be amqp://HOST:PORT/VHOST (amqps://... for "
-                f"TLS), got {shown(config.url)!r}"
-            )
-        if parts.username or parts.password:
-            raise ValueError(
-                f"sink {config.name}: put USER:PASSWORD in credentials_file, not in the url"
-            )
+        self._tls = check_bus_url(
+            config, ("amqp", "amqps"), "amqp://HOST:PORT/VHOST (amqps://... for TLS)"
+        )
         url = URL(config.url)
         self._user = ""
         if config.credentials_file:
@@ -109,10 +90,6 @@ class RabbitSink:
         self._where = f"RabbitMQ at {shown(config.url)}"
         self._exchange_name = config.target or DEFAULT_EXCHANGE
         self._timeout = config.timeout_s
-        self._tls: ssl.SSLContext | None = None
-        if parts.scheme == "amqps":
-            self._tls = ssl.create_default_context()
-            self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self._connection: AbstractConnection | None = None
         self._exchange: AbstractExchange | None = None
         self._confirms: Mapping[int, object] = {}  # the channel's confirms awaited
