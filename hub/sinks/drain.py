@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import fnmatch
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -200,10 +199,7 @@ class Drain:
     async def _refresh_labels(self) -> None:
         if not self.config.selector or time.monotonic() - self._labels_at < LABELS_FRESH_S:
             return
-        rows = await self._store.run(
-            lambda db: db.execute("SELECT device_id, labels FROM devices").fetchall()
-        )
-        self._labels = {r[0]: json.loads(r[1]) for r in rows}
+        self._labels = await self._store.run(outbox.device_labels)
         self._labels_at = time.monotonic()
 
     async def _within_bounds(self, position: int) -> int:
@@ -221,11 +217,7 @@ class Drain:
             floor = max(floor, by_age - 1)
         if floor <= position:
             return position
-        skipped = await self._store.run(
-            lambda db: db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE id > ? AND id <= ?", (position, floor)
-            ).fetchone()[0]
-        )
+        skipped = await self._store.run(outbox.count_between, position, floor)
         await self._store.run(outbox.skip_to, self.config.name, floor, int(skipped), time.time())
         logger.error(
             "sink %s fell behind its bounds: %d events skipped for it (overflowed)",

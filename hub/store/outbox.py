@@ -139,6 +139,20 @@ def oldest_after(db: Sql, position: int) -> float | None:
     return float(row[0]) if row[0] is not None else None
 
 
+def count_between(db: Sql, after: int, through: int) -> int:
+    """Events with ids in (after, through]: what a lagging sink skips."""
+    row = db.execute(
+        "SELECT COUNT(*) FROM outbox WHERE id > ? AND id <= ?", (after, through)
+    ).fetchone()
+    return int(row[0])
+
+
+def device_labels(db: Sql) -> dict[str, dict[str, str]]:
+    """Every device's labels, for sinks' selectors."""
+    rows = db.execute("SELECT device_id, labels FROM devices").fetchall()
+    return {r[0]: json.loads(r[1]) for r in rows}
+
+
 def first_at_or_after(db: Sql, at: float) -> int:
     """The id of the first event at or after `at` (for a replay), else past the end."""
     row = db.execute("SELECT MIN(id) FROM outbox WHERE at >= ?", (at,)).fetchone()

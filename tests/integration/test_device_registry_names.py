@@ -22,6 +22,7 @@ from hub.store import (
     HubStore,
     IssuedCert,
     NameTakenError,
+    outbox,
 )
 from hub.store import events as device_events
 from tests.databases import BACKENDS, database
@@ -145,3 +146,17 @@ async def test_the_log_is_bounded_per_device(store: HubStore) -> None:
     kept = await store.device_events("dev-000000000001", before=None, limit=100)
     assert [e.detail for e in kept] == [f"labels i={i},site=north" for i in range(11, 6, -1)]
     assert await kinds(store, "dev-000000000002") == ["enrolled"]
+
+
+async def test_the_outbox_reads_a_sink_needs(store: HubStore) -> None:
+    store.publish_events()
+    now = time.time()
+    await store.add_device(enrolled("dev-000000000001", "press", now))
+    await store.update_device("dev-000000000001", labels={"line": "2"}, now=now)
+    ids = [e.id for e in await store.run(outbox.after, 0, 100)]
+    assert len(ids) == 2  # enrolled, relabelled
+    assert await store.run(outbox.count_between, 0, ids[-1]) == 2
+    assert await store.run(outbox.count_between, ids[0], ids[-1]) == 1
+    assert await store.run(outbox.device_labels) == {
+        "dev-000000000001": {"line": "2", "site": "north"}
+    }
