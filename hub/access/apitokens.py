@@ -93,7 +93,9 @@ def mint(
     principal = Principal(
         subject=subject,
         role=role,
-        jti=secrets.token_urlsafe(12),
+        # Hex, not urlsafe base64: an id that starts with "-" reads as an option to
+        # `outpost-hub token revoke JTI` (1 token in 64 could not be revoked by its id).
+        jti=secrets.token_hex(8),
         kind=kind,
         issued_at=float(int(issued)),
         expires_at=float(int(issued + ttl)),
