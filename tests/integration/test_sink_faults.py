@@ -1,22 +1,38 @@
-"""A webhook sink under faults, with the hub as a real child process: killed with kill -9
+"""Sinks under faults, with the hub as a real child process: killed with kill -9
 mid-drain and started again, no event is lost and, once deduplicated by id, each arrives
-once and in order (a stalled receiver: test_sink_webhook.py)."""
+once and in order, on a webhook, NATS JetStream and RabbitMQ (a stalled receiver:
+test_sink_webhook.py; a bus stopped and restarted: test_sink_buses.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import nats
 import pytest
 from aiohttp import web
 
 from hub.initialise import initialise
 from hub.paths import HubPaths
+from hub.sinks import drain
 from hub.store import Device, HubStore, outbox
+from tests.buses import (
+    AmqpCollector,
+    Received,
+    ThrowawayNats,
+    ThrowawayRabbit,
+    delete_stream,
+    once_each,
+    read_stream,
+    stream_count,
+)
 from tests.integration.test_sink_webhook import SECRET, Receiver
 from tests.replicaset import Replica, current_leader, fleet_broker, replica_folder
 from tests.soak import HubProcess
@@ -44,34 +60,41 @@ async def slow_receiver() -> AsyncIterator[Receiver]:
 
 
 def hub_folder(root: Path, receiver: Receiver) -> HubPaths:
-    paths = HubPaths(root / "hub")
-    initialise(paths, server_names=[])
     secret = root / "webhook.secret"
     secret.write_text(SECRET)
+    return hub_with_sink(
+        root,
+        'kind = "webhook"\n'
+        f'url = "http://127.0.0.1:{receiver.port}/events"\n'
+        f'credentials_file = "{secret}"\n',
+    )
+
+
+def hub_with_sink(root: Path, sink: str) -> HubPaths:
+    """A hub folder whose one sink, `hook`, is described by the TOML lines `sink`."""
+    paths = HubPaths(root / "hub")
+    initialise(paths, server_names=[])
     paths.config.write_text(
         f"[hub]\nmqtt_port = {free_port()}\nweb_port = {free_port()}\n"
-        "[[hub.sinks]]\n"
-        'name = "hook"\nkind = "webhook"\n'
-        f'url = "http://127.0.0.1:{receiver.port}/events"\n'
-        f'credentials_file = "{secret}"\ntimeout_s = 5\n'
+        f'[[hub.sinks]]\nname = "hook"\ntimeout_s = 5\n{sink}'
     )
     return paths
 
 
-async def write_events(database: Path | str, count: int) -> list[int]:
+async def write_events(database: Path | str, count: int, *, first: int = 0) -> list[int]:
     """Changes made beside the running hub (as another replica would), each with its
     event: devices enrolled, then relabelled. The outbox's ids after."""
     store = HubStore(database)
     store.publish_events()
     try:
         now = time.time()
-        for n in range(count):
+        for n in range(first, first + count):
             device = Device(
                 f"dev-fault{n:07d}", "generic", {}, False, None, None, None, None, {}, {},
                 now, None, None, None,
             )  # fmt: skip
             await store.add_device(device)
-        for n in range(count):
+        for n in range(first, first + count):
             await store.update_device(f"dev-fault{n:07d}", labels={"line": "2"}, now=now)
         return [e.id for e in await store.run(outbox.after, 0, 100_000)]
     finally:
@@ -170,3 +193,105 @@ async def test_two_replicas_drain_once_and_the_survivor_takes_over(
             replica.kill()
         await broker.stop()
     assert list(dict.fromkeys(slow_receiver.ids())) == written
+
+
+BUS_ROUNDS = 8  # of 100 devices enrolled then relabelled: 1,600 events in all
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("bus", ["nats", "rabbitmq"])
+async def test_kill_9_mid_drain_to_a_bus_loses_nothing_and_keeps_order(
+    tmp_path: Path, bus: str, request: pytest.FixtureRequest
+) -> None:
+    """Changes keep coming while the hub drains them to the bus; kill -9 once a quarter
+    has arrived, start it again: the consumer holds every event, in commit order once
+    deduplicated by id (JetStream dedupes by Nats-Msg-Id itself, RabbitMQ leaves it to
+    the consumer)."""
+    name = f"faults{uuid.uuid4().hex[:8]}"
+    seen: Callable[[], Awaitable[list[Received]]]
+    async with contextlib.AsyncExitStack() as stack:
+        if bus == "nats":
+            server: ThrowawayNats = request.getfixturevalue("nats_server")
+            sink = (
+                f'kind = "nats"\nurl = "{server.url}"\ntarget = "{name}"\n'
+                f'credentials_file = "{server.credentials_file()}"\n'
+            )
+            stack.push_async_callback(
+                delete_stream, server.url, name, user=server.user, password=server.password
+            )
+
+            async def seen() -> list[Received]:
+                if not await stream_exists(server, name):
+                    return []
+                return await read_stream(
+                    server.url, name, user=server.user, password=server.password, timeout=60
+                )
+        else:
+            node: ThrowawayRabbit = request.getfixturevalue("rabbitmq_server")
+            sink = (
+                f'kind = "rabbitmq"\nurl = "{node.address}"\ntarget = "{name}"\n'
+                f'credentials_file = "{node.credentials_file()}"\n'
+            )
+            # Bound before the hub publishes: RabbitMQ drops what no queue takes.
+            collector = await stack.enter_async_context(AmqpCollector(node.url(), name))
+
+            async def seen() -> list[Received]:
+                return list(collector.messages)
+
+        paths = hub_with_sink(tmp_path, sink)
+        hub = HubProcess(paths, tmp_path)
+        stack.callback(hub.stop)
+        await hub.start()
+        writer = asyncio.create_task(
+            rounds_of_changes(paths.database, BUS_ROUNDS), name="changes beside the hub"
+        )
+        stack.push_async_callback(cancelled, writer)
+
+        async def under_way() -> bool:
+            return len(await seen()) >= BUS_ROUNDS * 200 // 4
+
+        await eventually(under_way, timeout=120, what="a quarter of the events on the bus")
+        hub.stop()  # SIGKILL, mid-drain
+        at_kill = len(await seen())
+        await hub.start()
+        written = await writer
+
+        async def all_there() -> bool:
+            return {m.id for m in await seen()} >= {drain.event_id(i) for i in written}
+
+        await eventually(all_there, timeout=120, what="every event after the restart")
+        received = await seen()
+
+    assert at_kill < len(written), "the drain ended before the kill"
+    assert [m.id for m in once_each(received)] == [drain.event_id(i) for i in written]
+    by_device = collections.defaultdict(list)
+    for message in once_each(received):
+        body = json.loads(message.body)
+        by_device[body["subject"]].append(body["type"].rsplit(".", 1)[1])
+        assert message.topic.endswith(body["subject"])
+    assert set(map(tuple, by_device.values())) == {("enrolled", "relabelled")}
+    repeats = len(received) - len(once_each(received))
+    print(f"{bus}: kill -9 after {at_kill} of {len(written)} events; {repeats} delivered twice")
+
+
+async def rounds_of_changes(database: Path, rounds: int) -> list[int]:
+    """`rounds` of 100 devices enrolled then relabelled, one after the other; the
+    outbox's ids after."""
+    for number in range(rounds):
+        written = await write_events(database, 100, first=number * 100)
+    return written
+
+
+async def stream_exists(server: ThrowawayNats, name: str) -> bool:
+    try:
+        await stream_count(server.url, name, user=server.user, password=server.password)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
+async def cancelled(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
