@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from hub.api.context import ApiContext
 from hub.api.server import WebServer
@@ -18,6 +20,7 @@ from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import Enrollment, load_signing_key, load_token_key
 from hub.fleet.policies import PolicyPublisher
 from hub.leadership import Leadership
+from hub.models.driftwatch import DriftWatch
 from hub.models.releases import ModelShelf
 from hub.models.rollouts import RolloutService
 from hub.monitoring.metrics import HubMetrics
@@ -147,8 +150,13 @@ class Hub:
                 describe(database),
             )
             leadership = parts.leadership
+            watches: dict[str, Coroutine[Any, Any, None]] = {}
+            if self.config.sinks:  # each change of a device's drift level, as an event
+                drift_watch = DriftWatch(parts.leader_store)
+                watches["hub.models.drift"] = leadership.while_leading(drift_watch.run)
             await supervise(
                 {
+                    **watches,
                     "hub.mqtt-link": parts.link.run(),
                     "hub.leadership": leadership.run(),
                     "hub.liveness": leadership.while_leading(

@@ -5,7 +5,7 @@
 - `postgresql://...` (or `postgres://`): a PostgreSQL database that several hub replicas
   share (see postgres.py).
 
-Both apply the same list of migrations (migrations.py) when opened; on PostgreSQL under
+Both apply the same list of migrations (hub/store/migrations) when opened; on PostgreSQL under
 an advisory lock, so replicas starting together against a new database do not race.
 """
 
