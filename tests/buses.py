@@ -39,6 +39,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from tests.support import free_port
+from tests.tlsfiles import make_tls_files
 
 START_S = 90.0  # RabbitMQ boots in ~7 s on 2 cores; a machine 5x slower still fits
 STOP_S = 30.0
@@ -190,6 +191,9 @@ class ThrowawayRabbit:
         self.user = "outpost"
         self.password = secrets.token_hex(12)
         self.node = f"outpost-test-{uuid.uuid4().hex[:12]}@localhost"
+        # A second listener, amqps:// with mutual TLS, on certificates of a CA of its own.
+        self.tls_port = free_port()
+        self.tls = make_tls_files(self.folder / "tls")
         self._dist_port = free_port()
         self._epmd_port = free_port()
         self._server = _binary("rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -203,6 +207,11 @@ class ThrowawayRabbit:
             f"amqp://{user if user is not None else self.user}:"
             f"{password if password is not None else self.password}@127.0.0.1:{self.port}/"
         )
+
+    @property
+    def tls_address(self) -> str:
+        """amqps://127.0.0.1:TLS_PORT/: the listener that asks for a client certificate."""
+        return f"amqps://127.0.0.1:{self.tls_port}/"
 
     @property
     def address(self) -> str:
@@ -261,6 +270,12 @@ class ThrowawayRabbit:
             "default_permissions.write = .*\n"
             "default_user_tags.administrator = true\n"
             "disk_free_limit.absolute = 10MB\n"
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {self.tls.ca}\n"
+            f"ssl_options.certfile = {self.tls.server_cert}\n"
+            f"ssl_options.keyfile = {self.tls.server_key}\n"
+            "ssl_options.verify = verify_peer\n"
+            "ssl_options.fail_if_no_peer_cert = true\n"
             "log.console = false\n"
             "log.file.level = info\n"
         )

@@ -64,6 +64,26 @@ class SinkConfig(Struct, frozen=True):
     timeout_s: Annotated[
         float, Meta(gt=0, le=300, description="seconds to wait for the bus to acknowledge")
     ] = 10.0
+    ca_file: Annotated[
+        str,
+        Meta(
+            max_length=1024,
+            description="TLS: PEM of the CA(s) the bus's or webhook's certificate must chain "
+            "to, instead of the system's (a private CA); needs a TLS url",
+        ),
+    ] = ""
+    cert_file: Annotated[
+        str,
+        Meta(
+            max_length=1024,
+            description="TLS: the hub's client certificate (PEM) for a bus that asks for "
+            "one (mutual TLS); with key_file",
+        ),
+    ] = ""
+    key_file: Annotated[
+        str,
+        Meta(max_length=1024, description="TLS: the private key (PEM) of cert_file"),
+    ] = ""
 
 
 def shown(url: str) -> str:
@@ -88,10 +108,47 @@ def check_bus_url(config: SinkConfig, schemes: tuple[str, str], form: str) -> ss
             f"sink {config.name}: put USER:PASSWORD in credentials_file, not in the url"
         )
     if parts.scheme != schemes[1]:
+        plain_only(config)
         return None
-    context = ssl.create_default_context()
+    return tls_context(config)
+
+
+def plain_only(config: SinkConfig) -> None:
+    """Refuse TLS files on a URL without TLS: they would be ignored, and the operator who
+    wrote them believes the link is protected."""
+    given = [k for k in ("ca_file", "cert_file", "key_file") if getattr(config, k)]
+    if given:
+        raise ValueError(
+            f"sink {config.name}: {', '.join(given)} given, but {shown(config.url)!r} does "
+            "not use TLS"
+        )
+
+
+def tls_context(config: SinkConfig) -> ssl.SSLContext:
+    """TLS 1.2+ verifying the peer against `ca_file` (else the system's CAs), with the
+    hub's client certificate when `cert_file` is set; ValueError naming a bad file."""
+    if bool(config.cert_file) != bool(config.key_file):
+        raise ValueError(f"sink {config.name}: cert_file and key_file go together")
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"sink {config.name}: ca_file {config.ca_file}: {_reason(exc)}") from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.cert_file:
+        try:
+            context.load_cert_chain(config.cert_file, config.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"sink {config.name}: cert_file {config.cert_file} with key_file "
+                f"{config.key_file}: {_reason(exc)}"
+            ) from exc
     return context
+
+
+def _reason(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"not a usable PEM ({exc.reason or exc})"
+    return exc.strerror or str(exc)
 
 
 def read_secret(path: str, what: str) -> str:

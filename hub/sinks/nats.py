@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -165,7 +166,7 @@ class NatsSink:
                     closed_cb=self._on_closed,
                 )
         except (nats.errors.Error, OSError, TimeoutError) as exc:
-            await client.close()
+            await _close(client, self._timeout)
             raise self._connect_error(exc) from exc
         self._client = client
         try:
@@ -321,4 +322,13 @@ class NatsSink:
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
+            await _close(client, self._timeout)
+
+
+async def _close(client: Client, within: float) -> None:
+    """Close, for at most `within` seconds: after a TLS handshake that failed (a server
+    whose certificate is not trusted, a TLS-only server spoken to in plain), nats-py's
+    close waits for ever on its own tasks."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
             await client.close()

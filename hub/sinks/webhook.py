@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from hub.sinks.base import CONTENT_TYPE, Event, EventRefusedError, SinkError
-from hub.sinks.config import SinkConfig, read_secret
+from hub.sinks.config import SinkConfig, plain_only, read_secret, tls_context
 
 RETRY_LATER = frozenset({408, 429})
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -53,8 +53,11 @@ class WebhookSink:
         self._secret = read_secret(config.credentials_file, f"sink {config.name}").encode()
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         self._session: aiohttp.ClientSession | None = None
-        self._ssl = ssl.create_default_context()
-        self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._ssl: ssl.SSLContext | bool = True  # http: unused (loopback only)
+        if parts.scheme == "https":
+            self._ssl = tls_context(config)
+        else:
+            plain_only(config)
 
     async def start(self) -> None:
         if self._session is None:

@@ -18,12 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 
 from edge.inference.directory import ModelDirectory
 from hub.app import Hub
+from hub.sinks.base import Event, SinkError
+from hub.sinks.config import SinkConfig
+from hub.sinks.webhook import WebhookSink
 from hub.store import HubStore, outbox
+from outpost import tls
 from outpost.modelbundle import read_bundle
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
@@ -31,6 +36,7 @@ from tests.databases import hub_backend  # noqa: F401 - each test on SQLite and 
 from tests.integration.test_cli_remote import run
 from tests.model_upload import bundle_parts, upload
 from tests.support import SHIPPED_MODELS, AgentProcess, add_device, eventually, free_port
+from tests.tlsfiles import make_tls_files
 
 VIB = "vibration-anomaly"
 SAMPLE = read_bundle(SHIPPED_MODELS[0]).sample
@@ -380,3 +386,52 @@ async def test_a_rollout_started_and_halted_is_published(
 
 async def _at_least(receiver: Receiver, kind: str) -> bool:
     return any(e["type"] == kind for e in receiver.accepted)
+
+
+async def test_webhook_over_mutual_tls_trusts_its_ca_file_only(tmp_path: Path) -> None:
+    """An https:// receiver on a private CA that asks for a client certificate: the sink
+    with `ca_file` and the hub's certificate delivers; one trusting another CA refuses
+    the receiver before sending anything."""
+    files = make_tls_files(tmp_path / "tls")
+    found = Receiver(free_port())
+    app = web.Application()
+    app.router.add_post("/events", found.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = tls.server_context(files.server_cert, files.server_key, client_ca=files.ca)
+    await web.TCPSite(runner, "127.0.0.1", found.port, ssl_context=context).start()
+    secret = tmp_path / "webhook.secret"
+    secret.write_text(SECRET)
+    mutual = SinkConfig(
+        "hook",
+        "webhook",
+        f"https://127.0.0.1:{found.port}/events",
+        credentials_file=str(secret),
+        timeout_s=5,
+        ca_file=str(files.ca),
+        cert_file=str(files.client_cert),
+        key_file=str(files.client_key),
+    )
+    event = Event(
+        "evt-1",
+        "org.outpost.device.online",
+        "https://hub.test",
+        "dev-1",
+        "2026-12-04T12:00:00Z",
+        {},
+    )
+    try:
+        sink = WebhookSink(mutual)
+        await sink.start()
+        await sink.publish([event])
+        await sink.close()
+        assert [e["id"] for e in found.accepted] == ["evt-1"]
+
+        stranger = WebhookSink(msgspec.structs.replace(mutual, ca_file=str(files.other_ca)))
+        await stranger.start()
+        with pytest.raises(SinkError, match="certificate verify failed"):
+            await stranger.publish([event])
+        await stranger.close()
+        assert len(found.accepted) == 1
+    finally:
+        await runner.cleanup()
