@@ -16,6 +16,8 @@ import time
 
 from edge import sysinfo
 from edge.config import AgentConfig
+from edge.courier import CourierDesk
+from edge.courierapi import courier_routes
 from edge.deploy import Deployer
 from edge.identity import DevicePaths, Identity
 from edge.inference.directory import ModelDirectory
@@ -122,6 +124,8 @@ class Agent:
                 self.config.inference.max_body_bytes,
                 masker=self.masker,
             )
+            desk = CourierDesk(self.paths, device_id, parts, status.report)
+            api.app.add_routes(courier_routes(desk))
             await api.start(self.paths.socket, self.config.local_port)
             stack.push_async_callback(api.stop)
 

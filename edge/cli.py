@@ -113,7 +113,42 @@ def _parser() -> argparse.ArgumentParser:
     m = models.add_parser("list", help="list installed models and their active versions")
     m.add_argument("--data", type=Path, required=True, help="the agent's data folder")
     m.set_defaults(func=_models_list)
+
+    p = sub.add_parser(
+        "bundle", help="sync by carried files where there is no link (courier bundles)"
+    )
+    bundles = p.add_subparsers(required=True, metavar="ACTION")
+    b = bundles.add_parser(
+        "export",
+        help="write what the hub has not acknowledged, signed and encrypted for the hub",
+    )
+    b.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    b.add_argument("--to", type=Path, required=True, help="folder to write the parts in")
+    b.add_argument("--max-size", default="1G", help="largest part file, e.g. 100M, 4G (default 1G)")
+    b.set_defaults(func=_bundle_export)
+    b = bundles.add_parser("import", help="apply the hub's bundle for this device (acks, policy)")
+    b.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    b.add_argument("paths", type=Path, nargs="+", help="part files, or folders holding them")
+    b.set_defaults(func=_bundle_import)
     return parser
+
+
+def _bundle_export(args: argparse.Namespace) -> int:
+    from edge import bundlecli
+
+    try:
+        return bundlecli.export(args.data, args.to, bundlecli.parse_size(args.max_size))
+    except bundlecli.BundleCliError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _bundle_import(args: argparse.Namespace) -> int:
+    from edge import bundlecli
+
+    try:
+        return bundlecli.import_(args.data, args.paths)
+    except bundlecli.BundleCliError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _enrolled(data: Path) -> DevicePaths:

@@ -72,8 +72,9 @@ async def enroll(token: str, paths: DevicePaths, profile_file: Path, name: str =
         name=str(reply.get("name") or device_id),
     )
     signing_pub = str(reply["signing_public_key"]).encode()
+    bundle_pub = str(reply.get("bundle_public_key") or "").encode()
     await asyncio.to_thread(
-        _save, paths, identity, cert_pem, ca_pem, signing_pub, profile_text.encode()
+        _save, paths, identity, cert_pem, ca_pem, signing_pub, profile_text.encode(), bundle_pub
     )
     logger.info("enrolled as %s (%s)", identity.name, device_id)
     return identity
@@ -86,10 +87,13 @@ def _save(
     ca_pem: bytes,
     signing_pub: bytes,
     profile: bytes,
+    bundle_pub: bytes,
 ) -> None:
     files.replace(paths.cert, cert_pem, files.PUBLIC)
     files.replace(paths.ca_cert, ca_pem, files.PUBLIC)
     files.replace(paths.hub_signing_pub, signing_pub, files.PUBLIC)
+    if bundle_pub:  # a hub from before courier bundles sends none
+        files.replace(paths.hub_bundle_pub, bundle_pub, files.PUBLIC)
     files.replace(paths.profile, profile, files.PUBLIC)
     identity.save(paths)  # last: its presence marks the enrollment complete
 

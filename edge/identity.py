@@ -40,6 +40,16 @@ class DevicePaths:
         return self.identity_dir / "hub-signing.pub"
 
     @property
+    def hub_bundle_pub(self) -> Path:
+        """The hub's P-256 key that courier bundles are encrypted to (edge/courier.py)."""
+        return self.identity_dir / "hub-bundle.pub"
+
+    @property
+    def courier_log(self) -> Path:
+        """The hub bundles imported here, by id: a replay is refused."""
+        return self.root / "courier.json"
+
+    @property
     def identity(self) -> Path:
         """Written last at enrollment: its presence means the enrollment completed."""
         return self.identity_dir / "identity.json"

@@ -7,6 +7,7 @@ import logging
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from hub.courier.keys import ensure_bundle_key
 from hub.fleet import pki
 from hub.paths import HUB_CLIENT_CN, HubPaths
 from outpost import files
@@ -71,4 +72,5 @@ def initialise(paths: HubPaths, *, server_names: list[str], fleet_name: str = "O
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             files.write_new(pub_path, pub, files.PUBLIC)
+    ensure_bundle_key(paths)
     logger.debug("initialised hub data in %s (server names: %s)", paths.root, ", ".join(names))

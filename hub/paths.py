@@ -67,6 +67,15 @@ class HubPaths:
         return self.pki / "signing.pub"
 
     @property
+    def bundle_key(self) -> Path:
+        """P-256 key that courier bundles from devices are encrypted to (hub/courier)."""
+        return self.pki / "bundle.key"
+
+    @property
+    def bundle_pub(self) -> Path:
+        return self.pki / "bundle.pub"
+
+    @property
     def token_key(self) -> Path:
         """Ed25519 key that signs tokens (bootstrap tokens now, API tokens later)."""
         return self.pki / "token.key"

@@ -352,6 +352,19 @@ class AgentStore:
         self._durable.synced(self._generation, numbering)
         return shift
 
+    async def adopt_numbering(self, stream: str) -> bool:
+        """Align `stream` as it is numbered (see `streams.adopt_numbering`)."""
+        return await self._write(self._adopt_numbering, stream)
+
+    def _adopt_numbering(self, db: sqlite_utils.Database, stream: str) -> bool:
+        with db.conn:
+            db.conn.execute("BEGIN IMMEDIATE")
+            return streams.adopt_numbering(db, stream)
+
+    async def store_id(self) -> str:
+        """This store's random id (a store made anew gets another)."""
+        return await self._read(streams.store_id)
+
     async def aligned(self) -> set[str]:
         """Streams whose numbering already follows the hub's."""
         return await self._read(streams.aligned_streams)

@@ -66,8 +66,16 @@ def _m003_inbox(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX inbox_next ON inbox (state, priority DESC, deadline)")
 
 
+def _m004_store_id(db: sqlite_utils.Database) -> None:
+    # Who numbered the records: a store made anew (one set aside as damaged) gets a new
+    # id, so the hub can tell a courier bundle of this store's numbering from one of a
+    # successor whose numbers start again at 1 (edge/courier.py).
+    db.execute("INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))))")
+
+
 MIGRATIONS: list[Migration] = [
     ("001_streams", _m001_streams),
     ("002_alignment", _m002_alignment),
     ("003_inbox", _m003_inbox),
+    ("004_store_id", _m004_store_id),
 ]

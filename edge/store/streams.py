@@ -283,6 +283,24 @@ def aligned_streams(db: sqlite_utils.Database) -> set[str]:
     return set(filter(None, value.split(",")))
 
 
+def store_id(db: sqlite_utils.Database) -> str:
+    (value,) = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+    return str(value)
+
+
+def adopt_numbering(db: sqlite_utils.Database, stream: str) -> bool:
+    """The hub numbers this stream as this store does (it took this store's records by
+    courier bundle while the store was unaligned): aligned as it is, nothing moves.
+    False if it was aligned already."""
+    done = aligned_streams(db)
+    if stream in done:
+        return False
+    db.execute(
+        "UPDATE meta SET value = ? WHERE key = 'aligned'", (",".join(sorted(done | {stream})),)
+    )
+    return True
+
+
 def align(db: sqlite_utils.Database, stream: str, hub_hwm: int, cipher: RecordCipher | None) -> int:
     """Number this stream after what the hub already holds (once per store).
 

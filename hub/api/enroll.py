@@ -54,6 +54,9 @@ class Enrolled(Struct, frozen=True):
     broker_url: Annotated[str, Meta(description="where the device connects, mqtts://HOST:PORT")]
     not_after: Annotated[float, Meta(description="certificate expiry, seconds since the epoch")]
     name: Annotated[str, Meta(description="the name it got")] = ""
+    bundle_public_key: Annotated[
+        str, Meta(description="the hub's P-256 key that courier bundles are encrypted to, PEM")
+    ] = ""
 
 
 class RenewRequest(Struct, frozen=True):
@@ -116,6 +119,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             certificate=enrolled.certificate_pem.decode(),
             ca=enrolled.ca_pem.decode(),
             signing_public_key=enrolled.signing_public_pem.decode(),
+            bundle_public_key=enrolled.bundle_public_pem.decode(),
             broker_url=enrolled.broker_url,
             not_after=enrolled.not_after,
             name=enrolled.name,

@@ -152,8 +152,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     p.set_defaults(func=command("hub.cli.broker:broker_config"))
+    _bundle_commands(sub)
     remote_parser.add_commands(sub)
     return parser
+
+
+def _bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bundle", help="sync sites with no link by carried files (courier bundles)")
+    bundle = p.add_subparsers(required=True, metavar="ACTION")
+    b = bundle.add_parser(
+        "import",
+        help="import devices' bundles: store their records once, write their ack bundles",
+    )
+    _data(b)
+    _config(b)
+    b.add_argument("paths", type=Path, nargs="+", help="part files, or folders holding them")
+    b.add_argument(
+        "--ack-out", type=Path, metavar="DIR", help="write each device's ack bundle here"
+    )
+    _max_size(b)
+    b.set_defaults(func=command("hub.cli.bundles:import_bundles"))
+    b = bundle.add_parser(
+        "export", help="write bundles for devices: their marks and their signed policy"
+    )
+    _data(b)
+    _config(b)
+    b.add_argument("--to", type=Path, required=True, metavar="DIR", help="folder to write in")
+    b.add_argument(
+        "--device", action="append", default=[], metavar="DEVICE", help="a device (repeatable)"
+    )
+    b.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="devices with this label (repeatable; default: every device)",
+    )
+    _max_size(b)
+    b.set_defaults(func=command("hub.cli.bundles:export_bundles"))
+
+
+def _max_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-size",
+        type=_size,
+        default=1 << 30,
+        help="largest part file, e.g. 100M, 4G (default 1G)",
+    )
+
+
+def _size(text: str) -> int:
+    from outpost.courier.parts import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _data(p: argparse.ArgumentParser) -> None:

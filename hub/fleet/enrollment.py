@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from hub.config import HubConfig
+from hub.courier.keys import ensure_bundle_key
 from hub.fleet import bootstrap, pki
 from hub.paths import HubPaths
-from hub.store import Device, HubStore, TokenRefusedError
+from hub.store import Device, HubStore, TokenRefusedError, courier
+from outpost.courier.sealing import public_pem
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Enrolled:
     certificate_pem: bytes
     ca_pem: bytes
     signing_public_pem: bytes
+    bundle_public_pem: bytes  # courier bundles from the device are encrypted to it
     broker_url: str
     not_after: float
     name: str
@@ -55,6 +58,8 @@ class Enrollment:
         )
         self.ca_pem = paths.ca_cert.read_bytes()
         self._signing_public_pem = paths.signing_pub.read_bytes()
+        ensure_bundle_key(paths)  # a data folder made before courier bundles
+        self._bundle_public_pem = paths.bundle_pub.read_bytes()
         self._token_public = _load_ed25519(paths.token_key).public_key()
 
     async def enroll(self, *, token: str, csr_pem: bytes, profile: str, name: str = "") -> Enrolled:
@@ -101,12 +106,15 @@ class Enrollment:
             )
         )
         await self._store.bind_enroll_token(claims.jti, device_id)
+        if isinstance(public_key, ec.EllipticCurvePublicKey):  # hub bundles go to it
+            await self._store.run(courier.remember_key, device_id, public_pem(public_key).decode())
         logger.info("enrolled %s as %s (profile %s, labels %s)", device_id, named, profile, labels)
         return Enrolled(
             device_id=device_id,
             certificate_pem=issued.pem,
             ca_pem=self.ca_pem,
             signing_public_pem=self._signing_public_pem,
+            bundle_public_pem=self._bundle_public_pem,
             broker_url=self._config.device_broker_url,
             not_after=issued.not_after.timestamp(),
             name=named,

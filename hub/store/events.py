@@ -28,6 +28,7 @@ Kind = Literal[
     "revoked",
     "renamed",
     "relabelled",
+    "bundle_imported",
 ]
 # The sinks' event type of each kind (outbox.py prefixes org.outpost.).
 PUBLISHED_AS: Final[dict[str, str]] = {
@@ -43,6 +44,7 @@ PUBLISHED_AS: Final[dict[str, str]] = {
     "revoked": "device.revoked",
     "renamed": "device.renamed",
     "relabelled": "device.relabelled",
+    "bundle_imported": "device.bundle_imported",
 }
 KEEP_PER_DEVICE: Final = 500
 DETAIL_MAX: Final = 500  # characters: a device's own words (an error) are cut to this

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hub.store.migrations import fleet, models, sinks, work
+from hub.store.migrations import courier, fleet, models, sinks, work
 from hub.store.sql import Sql
 
 Migration = tuple[str, Callable[[Sql], None]]
@@ -33,4 +33,5 @@ MIGRATIONS: list[Migration] = [
     ("016_device_events", fleet.m016_device_events),
     ("017_outbox", sinks.m017_outbox),
     ("018_drift_levels", models.m018_drift_levels),
+    ("019_courier", courier.m019_courier),
 ]

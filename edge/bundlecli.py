@@ -1,0 +1,101 @@
+"""`outpost-agent bundle export|import`: courier bundles through the running agent's
+local API (edge/courierapi.py), so the daemon's store is never opened by a second
+process. The parts are written and read here (outpost/courier/parts.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from edge.identity import DevicePaths, Identity
+from outpost.courier import parts
+from outpost.courier.sealing import BundleError
+
+TIMEOUT_S = 3600.0  # a million records take a while on a small device
+
+
+class BundleCliError(RuntimeError):
+    """A mistake or refusal the user can act on; the message says which."""
+
+
+def parse_size(text: str) -> int:
+    try:
+        return parts.parse_size(text)
+    except ValueError as exc:
+        raise BundleCliError(str(exc)) from exc
+
+
+def export(data: Path, to: Path, max_size: int) -> int:
+    paths = _paths(data)
+    device_id = Identity.load(paths).device_id
+    reply, body = asyncio.run(_call(paths, "/v1/bundles/export", b""))
+    counts = json.loads(reply.get("X-Outpost-Records", "{}"))
+    stem = f"outpost-{device_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    try:
+        written = parts.write_parts(body, to, stem, max_size)
+    except ValueError as exc:
+        raise BundleCliError(str(exc)) from exc
+    except OSError as exc:
+        raise BundleCliError(f"cannot write to {to}: {exc.strerror or exc}") from exc
+    total = sum(counts.values())
+    by_stream = ", ".join(f"{k} {v:,}" for k, v in counts.items() if v)
+    count = f"{len(written)} part{'s' if len(written) > 1 else ''}"
+    print(f"exported {total:,} records ({by_stream or 'none'}) for the hub")
+    print(f"in {count} ({len(body):,} bytes), signed and encrypted:")
+    for path in written:
+        print(f"  {path}")
+    print("they stay on this device until the hub's ack bundle is imported here")
+    return 0
+
+
+def import_(data: Path, sources: list[Path]) -> int:
+    paths = _paths(data)
+    try:
+        bundles = parts.assemble(sources)
+    except BundleError as exc:
+        raise BundleCliError(f"refused: {exc}") from exc
+    for name, sealed in bundles:
+        _, body = asyncio.run(_call(paths, "/v1/bundles/import", sealed))
+        applied = json.loads(body)
+        marks = ", ".join(f"{k} {v:,}" for k, v in applied["acknowledged"].items())
+        print(f"{name}: the hub holds up to: {marks}; policy {applied['policy']}")
+        if applied["forgotten_through"]:
+            print("  records the hub holds are deleted here")
+    return 0
+
+
+def _paths(data: Path) -> DevicePaths:
+    paths = DevicePaths(data)
+    if not paths.identity.exists():
+        raise BundleCliError(f"{data} is not an enrolled agent folder: check --data")
+    return paths
+
+
+async def _call(paths: DevicePaths, route: str, body: bytes) -> tuple[Any, bytes]:
+    connector = aiohttp.UnixConnector(path=str(paths.socket))
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
+    session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+    try:
+        async with session, session.post(f"http://agent{route}", data=body) as reply:
+            data = await reply.read()
+            if reply.status != 200:
+                raise BundleCliError(f"refused: {_message(data, reply.status)}")
+            return reply.headers, data
+    except (OSError, aiohttp.ClientConnectionError) as exc:
+        raise BundleCliError(
+            f"the agent is not running on {paths.root} (no local API at {paths.socket}): "
+            "start it (systemctl start outpost-agent); bundles go through the running agent "
+            "so that its store is never opened twice"
+        ) from exc
+
+
+def _message(data: bytes, status: int) -> str:
+    try:
+        return str(json.loads(data)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {status}"

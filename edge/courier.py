@@ -1,0 +1,222 @@
+"""The agent's end of courier bundles (outpost/courier), run inside the daemon so that
+its store is never opened twice: the local API serves `POST /v1/bundles/export` and
+`POST /v1/bundles/import`, which `outpost-agent bundle` calls.
+
+Export: every record the hub has not acknowledged, as the upload batches the uploader
+would send, and the agent's status; signed with the device key (its certificate
+travels along) and encrypted to the hub's bundle key. Exporting again before an ack
+exports the same records again. Import: the hub's marks go through the uploader's
+`on_ack` and the policy through the policy keeper's `receive`, exactly as from MQTT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from edge.identity import DevicePaths
+from edge.parts import AgentParts
+from outpost import __version__, files, tls, wire
+from outpost.courier import content, sealing
+from outpost.courier.sealing import BundleError, Header
+
+logger = logging.getLogger(__name__)
+
+BATCH_BYTES = 4 << 20  # per upload batch in a bundle (of at most 1,000 records)
+KEEP_IDS = 1000  # hub bundles remembered as imported
+
+
+@dataclass(frozen=True)
+class Keys:
+    device: ec.EllipticCurvePrivateKey
+    cert_pem: bytes
+    hub_signing: ed25519.Ed25519PublicKey
+    hub_bundle: ec.EllipticCurvePublicKey | None  # None: enrolled before bundles existed
+    fleet: str
+
+    @classmethod
+    def load(cls, paths: DevicePaths) -> Keys:
+        device = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
+        signing = serialization.load_pem_public_key(paths.hub_signing_pub.read_bytes())
+        if not isinstance(device, ec.EllipticCurvePrivateKey):
+            raise BundleError("the device key is not an EC key: bundles need one")
+        if not isinstance(signing, ed25519.Ed25519PublicKey):
+            raise BundleError("the hub's signing key is not Ed25519")
+        bundle = None
+        if paths.hub_bundle_pub.exists():
+            bundle = sealing.load_public_pem(paths.hub_bundle_pub.read_bytes(), "the hub's key")
+        return cls(
+            device,
+            paths.cert.read_bytes(),
+            signing,
+            bundle,
+            tls.fingerprint(paths.ca_cert.read_bytes()),
+        )
+
+
+class CourierDesk:
+    def __init__(
+        self,
+        paths: DevicePaths,
+        device_id: str,
+        parts: AgentParts,
+        status: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> None:
+        self._paths = paths
+        self._device_id = device_id
+        self._parts = parts
+        self._status = status
+        self._lock = asyncio.Lock()  # one export or import at a time
+
+    async def export(self) -> tuple[bytes, dict[str, int]]:
+        """The sealed bundle for the hub, and its records by stream."""
+        async with self._lock:
+            keys = await asyncio.to_thread(Keys.load, self._paths)
+            if keys.hub_bundle is None:
+                raise BundleError(
+                    "this device was enrolled before courier bundles existed, so it lacks "
+                    f"the hub's bundle key: copy the hub's pki/bundle.pub to "
+                    f"{self._paths.hub_bundle_pub}"
+                )
+            batches, counts = await self._unacknowledged()
+            carried = content.DeviceContent(
+                batches=batches,
+                aligned=sorted(await self._parts.store.aligned()),
+                store_id=await self._parts.store.store_id(),
+                agent_version=__version__,
+                status=await self._status(),
+            )
+            header = Header(
+                v=sealing.VERSION,
+                kind=content.KIND_DEVICE,
+                fleet=keys.fleet,
+                sender=self._device_id,
+                to=content.HUB,
+                id=secrets.token_hex(16),
+                created_at=time.time(),
+            )
+            body = content.encode(carried)
+            sealed = await asyncio.to_thread(
+                sealing.seal,
+                header,
+                body,
+                signer=keys.device,
+                recipient=keys.hub_bundle,
+                cert=keys.cert_pem,
+            )
+            logger.info(
+                "bundle %s exported: %s records", header.id[:12], f"{sum(counts.values()):,}"
+            )
+            return sealed, counts
+
+    async def import_(self, sealed: bytes) -> dict[str, Any]:
+        """Apply a hub's bundle for this device; what it did, for the caller to print."""
+        async with self._lock:
+            keys = await asyncio.to_thread(Keys.load, self._paths)
+            to = sealing.addressee(sealed)
+            if to != self._device_id:
+                raise BundleError(
+                    f"this bundle is for {to}, not for this device ({self._device_id})"
+                    + (": import it at the hub (outpost-hub bundle import)" if to == "hub" else "")
+                )
+            opened = await asyncio.to_thread(sealing.unseal, sealed, keys.device)
+            header = opened.header
+            if header.kind != content.KIND_HUB or header.sender != content.HUB:
+                raise BundleError(f"a {header.kind} bundle from {header.sender} is not the hub's")
+            if header.fleet != keys.fleet:
+                raise BundleError("this bundle is from another fleet's hub")
+            sealing.verify(opened, keys.hub_signing, "hub bundle")
+            imported = await asyncio.to_thread(self._imported_ids)
+            if header.id in imported:
+                raise BundleError(
+                    f"hub bundle {header.id[:12]} was imported here already, at "
+                    f"{_utc(imported[header.id])}: nothing applied again"
+                )
+            try:
+                carried = content.decode_hub(opened.body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise BundleError(f"the hub bundle's content is malformed: {exc}") from exc
+            store = self._parts.store
+            before = await store.cursors()
+            mine = await store.store_id()
+            for ack in carried.acks:
+                if carried.numbered_by.get(ack.stream) == mine:
+                    # The hub numbers this stream as this store does: the mark is in
+                    # our own numbers, so align without renumbering past it.
+                    await store.adopt_numbering(ack.stream)
+                await self._parts.uploader.on_ack(ack)
+            after = await store.cursors()
+            policy = "none"
+            if carried.policy is not None:
+                applied = await asyncio.to_thread(self._parts.policy.receive, carried.policy)
+                current = self._parts.policy.current
+                version = current.version if current else 0
+                policy = f"version {version} applied" if applied else f"version {version} kept"
+            await asyncio.to_thread(self._remember, header.id, imported)
+            forgotten = {s: after[s][0] - before[s][0] for s in after if after[s][0] > before[s][0]}
+            logger.info("hub bundle %s imported (made %s)", header.id[:12], _utc(header.created_at))
+            return {
+                "bundle": header.id,
+                "made_at": header.created_at,
+                "acknowledged": {a.stream: a.hwm for a in carried.acks},
+                "forgotten_through": forgotten,
+                "policy": policy,
+            }
+
+    async def _unacknowledged(self) -> tuple[list[wire.Records], dict[str, int]]:
+        store = self._parts.store
+        cursors = await store.cursors()
+        batches: list[wire.Records] = []
+        counts: dict[str, int] = {}
+        for stream in wire.STREAMS:
+            after = cursors.get(stream, (0, 0))[0]
+            counts[stream] = 0
+            while True:
+                rows = await store.batch_packed(
+                    stream, after, max_records=wire.MAX_BATCH_RECORDS, max_bytes=BATCH_BYTES
+                )
+                if not rows:
+                    break
+                last = rows[-1][0]
+                batches.append(
+                    wire.Records(
+                        stream=stream,
+                        from_seq=after + 1,
+                        to_seq=last,
+                        seqs=[r[0] for r in rows],
+                        ts=[r[1] for r in rows],
+                        bodies=[r[2] for r in rows],
+                    )
+                )
+                counts[stream] += len(rows)
+                after = last
+        return batches, counts
+
+    def _imported_ids(self) -> dict[str, float]:
+        try:
+            loaded = json.loads(self._paths.courier_log.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            logger.warning("%s unreadable (%s): starting it again", self._paths.courier_log, exc)
+            return {}
+        return {str(k): float(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+
+    def _remember(self, bundle_id: str, imported: dict[str, float]) -> None:
+        imported[bundle_id] = time.time()
+        newest = dict(sorted(imported.items(), key=lambda kv: kv[1])[-KEEP_IDS:])
+        files.replace(self._paths.courier_log, json.dumps(newest).encode(), files.PRIVATE)
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))

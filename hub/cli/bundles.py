@@ -1,0 +1,83 @@
+"""`outpost-hub bundle import|export`: courier bundles for sites with no link, on the
+hub machine (`--data`), with the hub running or not."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+
+from hub.cli.datafolder import load_config, open_store
+from hub.courier.desk import open_desk
+from hub.fleet.labels import parse_selector
+from hub.paths import HubPaths
+from hub.store import HubStore
+from outpost.courier import parts
+from outpost.courier.sealing import BundleError
+
+
+def import_bundles(args: argparse.Namespace) -> int:
+    """Import device bundles; write each device's ack bundle to --ack-out."""
+    paths = HubPaths(args.data)
+    bundles = parts.assemble(args.paths)  # a bad part refuses the lot: nothing stored
+    refused = 0
+    with open_store(paths, load_config(args.data, args.config)) as store:
+        desk = open_desk(paths, store)
+        for name, sealed in bundles:
+            try:
+                outcome = asyncio.run(desk.importer.import_bundle(sealed))
+            except BundleError as exc:
+                refused += 1
+                print(f"{name}: refused: {exc}")
+                continue
+            print(f"{name}: imported: {outcome.summary()}")
+            if args.ack_out is not None:
+                for path in _write(args.ack_out, outcome.device_id, outcome.ack, args.max_size):
+                    print(f"  ack for the device: {path}")
+    return 1 if refused else 0
+
+
+def export_bundles(args: argparse.Namespace) -> int:
+    """Write a bundle for each device named or selected: marks and policy."""
+    paths = HubPaths(args.data)
+    selector = parse_selector(args.selector, "--selector")
+    with open_store(paths, load_config(args.data, args.config)) as store:
+        desk = open_desk(paths, store)
+        device_ids = asyncio.run(_chosen(store, args.device, selector))
+        if not device_ids:
+            raise ValueError("no device matches: check --device or --selector")
+        made = asyncio.run(desk.exporter.export(device_ids))
+    failed = 0
+    for exported in made:
+        if not exported.sealed:
+            failed += 1
+            print(f"{exported.device_id}: not exported: {exported.reason}")
+            continue
+        for path in _write(args.to, exported.device_id, exported.sealed, args.max_size):
+            print(f"{exported.device_id}: {path}")
+    return 1 if failed else 0
+
+
+async def _chosen(store: HubStore, names: list[str], selector: dict[str, str]) -> list[str]:
+    chosen = []
+    for name in names:
+        found = await store.resolve_device(name)
+        if found is None:
+            raise ValueError(f"no device named {name!r}")
+        chosen.append(found)
+    if selector or not names:
+        for device in await store.devices():
+            if device.revoked_at is None and all(
+                device.labels.get(k) == v for k, v in selector.items()
+            ):
+                chosen.append(device.device_id)
+    return list(dict.fromkeys(chosen))
+
+
+def _write(folder: Path, device_id: str, sealed: bytes, max_size: int) -> list[Path]:
+    stem = f"outpost-hub-for-{device_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    try:
+        return parts.write_parts(sealed, folder, stem, max_size)
+    except OSError as exc:
+        raise ValueError(f"cannot write to {folder}: {exc.strerror or exc}") from exc

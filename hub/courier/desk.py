@@ -1,0 +1,38 @@
+"""The hub's courier desk, made from its data folder: the importer and the exporter
+with the keys they need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from hub.courier.exporter import HubBundles
+from hub.courier.importer import BundleImporter
+from hub.courier.keys import ensure_bundle_key, load_bundle_key
+from hub.fleet.enrollment import load_signing_key
+from hub.paths import HubPaths
+from hub.store import HubStore
+from outpost import tls
+
+
+@dataclass(frozen=True)
+class CourierDesk:
+    importer: BundleImporter
+    exporter: HubBundles
+
+
+def open_desk(paths: HubPaths, store: HubStore) -> CourierDesk:
+    """Blocking (reads keys): call off the event loop."""
+    ensure_bundle_key(paths)
+    ca_pem = paths.ca_cert.read_bytes()
+    fleet = tls.fingerprint(ca_pem)
+    exporter = HubBundles(store, signing_key=load_signing_key(paths), fleet=fleet)
+    importer = BundleImporter(
+        store,
+        bundle_key=load_bundle_key(paths),
+        ca_cert=x509.load_pem_x509_certificate(ca_pem),
+        fleet=fleet,
+        exporter=exporter,
+    )
+    return CourierDesk(importer, exporter)

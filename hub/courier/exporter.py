@@ -1,0 +1,85 @@
+"""Bundles from the hub for devices: per device, the mark of every stream (what the hub
+holds, as it answers a hello over MQTT) and the signed policy it should run, signed by
+the hub's key and encrypted to the device's public key (learned at enrollment, or from
+its first bundle)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from hub.store import HubStore
+from hub.store import courier as registry
+from outpost import policy, wire
+from outpost.courier import content, sealing
+from outpost.courier.sealing import BundleError, Header
+
+
+@dataclass(frozen=True)
+class Exported:
+    device_id: str
+    sealed: bytes  # b"" when it could not be made
+    reason: str = ""  # why not
+
+
+class HubBundles:
+    def __init__(
+        self, store: HubStore, *, signing_key: ed25519.Ed25519PrivateKey, fleet: str
+    ) -> None:
+        self._store = store
+        self._key = signing_key
+        self._fleet = fleet
+
+    async def bundle_for(self, device_id: str, *, now: float | None = None) -> bytes:
+        """The sealed bundle for one device; `BundleError` if it cannot be made."""
+        now = time.time() if now is None else now
+        device = await self._store.device(device_id)
+        if device is None:
+            raise BundleError(f"{device_id} is not enrolled at this hub")
+        if device.revoked_at is not None:
+            raise BundleError(f"{device_id} was revoked: no bundle is made for it")
+        pem = await self._store.run(registry.device_key, device_id)
+        if pem is None:
+            raise BundleError(
+                f"{device_id} was enrolled before bundles existed, so the hub lacks its key: "
+                "import one bundle of it first"
+            )
+        recipient = sealing.load_public_pem(pem.encode(), f"the key of {device_id}")
+        marks = await self._store.stream_marks([device_id])
+        acks = [wire.Ack(stream, marks.get((device_id, stream), 0)) for stream in wire.STREAMS]
+        carried = content.HubContent(
+            acks=acks,
+            policy=await self._policy(device_id, now),
+            numbered_by=await self._store.run(registry.numbering, device_id),
+        )
+        header = Header(
+            v=sealing.VERSION,
+            kind=content.KIND_HUB,
+            fleet=self._fleet,
+            sender=content.HUB,
+            to=device_id,
+            id=secrets.token_hex(16),
+            created_at=now,
+        )
+        return sealing.seal(header, content.encode(carried), signer=self._key, recipient=recipient)
+
+    async def export(self, device_ids: list[str], *, now: float | None = None) -> list[Exported]:
+        out = []
+        for device_id in device_ids:
+            try:
+                out.append(Exported(device_id, await self.bundle_for(device_id, now=now)))
+            except BundleError as exc:
+                out.append(Exported(device_id, b"", str(exc)))
+        return out
+
+    async def _policy(self, device_id: str, now: float) -> wire.SignedPolicy | None:
+        # The current effective policy, given its version first if it changed.
+        await self._store.refresh_policies([device_id], now=now)
+        effective = await self._store.device_policy(device_id)
+        if effective is None or not effective.version:
+            return None
+        signed = policy.sign(self._key, device_id, effective.version, now, effective.document)
+        return wire.SignedPolicy(document=signed.document, signature=signed.signature)

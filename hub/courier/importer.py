@@ -1,0 +1,219 @@
+"""Import a device's courier bundle: decrypt it with the hub's bundle key, check who made
+it (a certificate of this fleet's CA naming an enrolled, unrevoked device, whose key
+signed it), for whom, when, and that it was not imported before; then store its records
+exactly as MQTT uploads are stored (`apply_uploads`: the same high-water-mark dedupe, the
+same task-result rules), note the device as heard of, and answer with a bundle for the
+device: its marks and its policy (exporter.py).
+
+Every refusal is a `BundleError` whose message says why, and stores nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from hub.courier.exporter import HubBundles
+from hub.store import HubStore, Upload
+from hub.store import courier as registry
+from outpost import wire
+from outpost.courier import content, sealing
+from outpost.courier.sealing import BundleError
+
+logger = logging.getLogger(__name__)
+
+MAX_AGE_S = 365 * 86400.0  # a bundle older than this is refused as stale
+FUTURE_SLACK_S = 3600.0  # a device clock this far ahead is tolerated
+BATCHES_PER_TRANSACTION = 100  # of up to 1,000 records: one durable commit each
+
+
+@dataclass
+class ImportOutcome:
+    """What one bundle brought."""
+
+    device_id: str
+    bundle_id: str
+    created_at: float
+    stored: Counter[str] = field(default_factory=Counter)  # new records, by stream
+    repeated: int = 0  # records the hub held already (sent over MQTT, or an earlier bundle)
+    waiting: list[str] = field(default_factory=list)  # streams not taken: numbered unaligned
+    task_results: Counter[str] = field(default_factory=Counter)
+    ack: bytes = b""  # the sealed bundle for the device
+
+    def summary(self) -> str:
+        stored = sum(self.stored.values())
+        parts = [f"{self.device_id}: {stored:,} new records"]
+        if self.repeated:
+            parts.append(f"{self.repeated:,} already held")
+        if self.task_results:
+            parts.append("tasks " + ", ".join(f"{k} {v}" for k, v in self.task_results.items()))
+        if self.waiting:
+            parts.append(
+                ", ".join(self.waiting) + " not taken: numbered before the device knew the "
+                "hub's marks (the device sends them again after the ack bundle, renumbered "
+                "if need be)"
+            )
+        return "; ".join(parts)
+
+
+class BundleImporter:
+    def __init__(
+        self,
+        store: HubStore,
+        *,
+        bundle_key: ec.EllipticCurvePrivateKey,
+        ca_cert: x509.Certificate,
+        fleet: str,
+        exporter: HubBundles,
+    ) -> None:
+        self._store = store
+        self._key = bundle_key
+        self._ca = ca_cert
+        self._fleet = fleet
+        self._exporter = exporter
+
+    async def import_bundle(self, sealed: bytes, *, now: float | None = None) -> ImportOutcome:
+        now = time.time() if now is None else now
+        to = sealing.addressee(sealed)
+        if to != content.HUB:
+            raise BundleError(
+                f"this bundle is for device {to}, not for the hub: import it on that device "
+                "(outpost-agent bundle import)"
+            )
+        opened = sealing.unseal(sealed, self._key)
+        header = opened.header
+        device_id = header.sender
+        if header.kind != content.KIND_DEVICE or header.to != content.HUB:
+            raise BundleError(f"a {header.kind} bundle for {header.to} is not a device's bundle")
+        if header.fleet != self._fleet:
+            raise BundleError("this bundle is from another fleet (its CA is not this hub's)")
+        cert = self._check_certificate(opened.cert, device_id)
+        sealing.verify(opened, _ec_key(cert), f"bundle of {device_id}")
+        device = await self._store.device(device_id)
+        if device is None:
+            raise BundleError(f"{device_id} is not enrolled at this hub")
+        if device.revoked_at is not None:
+            raise BundleError(f"{device_id} was revoked: its bundles are refused")
+        if header.created_at > now + FUTURE_SLACK_S:
+            raise BundleError(
+                f"bundle of {device_id} is dated in the future ({_ago(header.created_at, now)}): "
+                "the device's clock is wrong"
+            )
+        if header.created_at < now - MAX_AGE_S:
+            raise BundleError(
+                f"bundle of {device_id} is stale: made {_ago(header.created_at, now)}"
+            )
+        seen = await self._store.run(registry.imported, header.id)
+        if seen is not None:
+            raise BundleError(
+                f"bundle {header.id[:12]} of {device_id} was imported already, "
+                f"{_ago(seen.imported_at, now)}: nothing stored again"
+            )
+        try:
+            carried = content.decode_device(opened.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BundleError(f"bundle of {device_id}: its content is malformed: {exc}") from exc
+        outcome = ImportOutcome(device_id, header.id, header.created_at)
+        await self._store_records(device_id, carried, outcome, now)
+        detail = (
+            f"bundle {header.id[:12]} made {_ago(header.created_at, now)}: "
+            + (outcome.summary().split(": ", 1)[1])
+        )
+        first = await self._store.run(
+            registry.record_import,
+            registry.Imported(
+                header.id, device_id, header.created_at, now, sum(outcome.stored.values())
+            ),
+            carried.agent_version,
+            detail,
+        )
+        if not first:  # another import of the same bundle won the race: it stored them
+            raise BundleError(f"bundle {header.id[:12]} of {device_id} was imported already")
+        await self._store.run(registry.remember_key, device_id, _public_pem(cert))
+        outcome.ack = await self._exporter.bundle_for(device_id, now=now)
+        logger.info("imported %s", detail)
+        return outcome
+
+    def _check_certificate(self, pem: bytes, device_id: str) -> x509.Certificate:
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+            cert.verify_directly_issued_by(self._ca)
+        except (ValueError, TypeError) as exc:
+            raise BundleError(
+                f"bundle of {device_id}: its certificate is not one of this fleet's CA"
+            ) from exc
+        except Exception as exc:  # cryptography's InvalidSignature
+            raise BundleError(
+                f"bundle of {device_id}: its certificate was not issued by this fleet's CA"
+            ) from exc
+        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if not names or names[0].value != device_id:
+            raise BundleError(f"bundle signed as {device_id} carries another device's certificate")
+        return cert
+
+    async def _store_records(
+        self, device_id: str, carried: content.DeviceContent, outcome: ImportOutcome, now: float
+    ) -> None:
+        marks = await self._store.stream_marks([device_id])
+        numbered = await self._store.run(registry.numbering, device_id)
+        usable = []
+        for batch in carried.batches:
+            stream = batch.stream
+            if stream not in carried.aligned and numbered.get(stream) != carried.store_id:
+                # A store not yet told the hub's marks numbers from 1: its records are
+                # the hub's next ones only if the hub holds none of that stream yet (it
+                # then takes this store's numbering, and says so in its bundle back).
+                if marks.get((device_id, stream), 0):
+                    if stream not in outcome.waiting:
+                        outcome.waiting.append(stream)
+                    continue
+                await self._store.run(registry.adopt_numbering, device_id, stream, carried.store_id)
+                numbered[stream] = carried.store_id
+            usable.append(batch)
+        for first in range(0, len(usable), BATCHES_PER_TRANSACTION):
+            chunk = usable[first : first + BATCHES_PER_TRANSACTION]
+            applied = await self._store.apply_uploads(
+                [_upload(device_id, b) for b in chunk], now=now
+            )
+            outcome.task_results.update(applied.task_results)
+            for batch, result in zip(chunk, applied.applied, strict=True):
+                outcome.stored[batch.stream] += result.stored
+                outcome.repeated += len(batch.seqs) - result.stored if not result.gap else 0
+
+
+def _upload(device_id: str, body: wire.Records) -> Upload:
+    return Upload(
+        device_id=device_id,
+        stream=body.stream,
+        from_seq=body.from_seq,
+        to_seq=body.to_seq,
+        records=list(zip(body.seqs, body.ts, body.bodies, strict=True)),
+    )
+
+
+def _ec_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise BundleError("the bundle's certificate does not hold an EC key")
+    return key
+
+
+def _public_pem(cert: x509.Certificate) -> str:
+    return sealing.public_pem(_ec_key(cert)).decode()
+
+
+def _ago(at: float, now: float) -> str:
+    seconds = now - at
+    if seconds < 0:
+        return f"{-seconds / 3600:.1f} h ahead"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.0f} days ago"

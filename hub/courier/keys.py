@@ -1,0 +1,33 @@
+"""The hub's bundle key: devices encrypt their bundles to its public half, which they
+receive at enrollment (`bundle_public_key`). P-256, kept beside the hub's other keys."""
+
+from __future__ import annotations
+
+import logging
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from hub.fleet import pki
+from hub.paths import HubPaths
+from outpost import files
+from outpost.courier.sealing import public_pem
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_bundle_key(paths: HubPaths) -> None:
+    """Make the bundle key if this data folder has none (made before bundles existed)."""
+    if paths.bundle_key.exists():
+        return
+    key = pki.new_ec_key()
+    files.write_new(paths.bundle_key, pki.key_pem(key))
+    files.write_new(paths.bundle_pub, public_pem(key.public_key()), files.PUBLIC)
+    logger.info("made the hub's bundle key (%s)", paths.bundle_key)
+
+
+def load_bundle_key(paths: HubPaths) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(paths.bundle_key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{paths.bundle_key} is not a P-256 key")
+    return key

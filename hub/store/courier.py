@@ -1,0 +1,88 @@
+"""Courier bundles in the registry: which device bundles were imported (a replay is
+refused by its id), each device's public key (hub bundles are encrypted to it), and
+when a device was last heard of by bundle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hub.store import events
+from hub.store.sql import Sql
+
+
+@dataclass(frozen=True)
+class Imported:
+    bundle_id: str
+    device_id: str
+    created_at: float
+    imported_at: float
+    records: int
+
+
+def imported(db: Sql, bundle_id: str) -> Imported | None:
+    row = db.execute(
+        "SELECT bundle_id, device_id, created_at, imported_at, records FROM bundles_imported"
+        " WHERE bundle_id = ?",
+        (bundle_id,),
+    ).fetchone()
+    return Imported(*row) if row else None
+
+
+def record_import(db: Sql, bundle: Imported, agent_version: str, detail: str) -> bool:
+    """Note the bundle as imported and the device as heard of at its making (never moving
+    `last_seen` or `bundle_at` back: an old bundle after newer traffic changes nothing
+    there); False if it was imported already (by another replica, just now)."""
+    with db.write():
+        if imported(db, bundle.bundle_id) is not None:
+            return False
+        db.execute(
+            "INSERT INTO bundles_imported (bundle_id, device_id, created_at, imported_at,"
+            " records) VALUES (?, ?, ?, ?, ?)",
+            (bundle.bundle_id, bundle.device_id, bundle.created_at, bundle.imported_at,
+             bundle.records),
+        )  # fmt: skip
+        db.execute(
+            "UPDATE devices SET"
+            " bundle_at = CASE WHEN bundle_at IS NULL OR bundle_at < ? THEN ? ELSE bundle_at END,"
+            " last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? ELSE last_seen END,"
+            " agent_version = CASE WHEN bundle_at IS NULL OR bundle_at < ? THEN ?"
+            " ELSE agent_version END"
+            " WHERE device_id = ?",
+            (bundle.created_at, bundle.created_at, bundle.created_at, bundle.created_at,
+             bundle.created_at, agent_version, bundle.device_id),
+        )  # fmt: skip
+        events.add(db, bundle.device_id, bundle.imported_at, "bundle_imported", detail)
+    return True
+
+
+def remember_key(db: Sql, device_id: str, public_key_pem: str) -> None:
+    with db.write():
+        db.execute(
+            "INSERT INTO device_keys (device_id, public_key) VALUES (?, ?)"
+            " ON CONFLICT (device_id) DO UPDATE SET public_key = excluded.public_key",
+            (device_id, public_key_pem),
+        )
+
+
+def device_key(db: Sql, device_id: str) -> str | None:
+    row = db.execute(
+        "SELECT public_key FROM device_keys WHERE device_id = ?", (device_id,)
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def numbering(db: Sql, device_id: str) -> dict[str, str]:
+    """Per stream: the device store whose numbering the hub took by bundle."""
+    rows = db.execute(
+        "SELECT stream, store_id FROM bundle_numbering WHERE device_id = ?", (device_id,)
+    ).fetchall()
+    return {str(stream): str(store) for stream, store in rows}
+
+
+def adopt_numbering(db: Sql, device_id: str, stream: str, store_id: str) -> None:
+    with db.write():
+        db.execute(
+            "INSERT INTO bundle_numbering (device_id, stream, store_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (device_id, stream) DO UPDATE SET store_id = excluded.store_id",
+            (device_id, stream, store_id),
+        )

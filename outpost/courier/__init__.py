@@ -1,0 +1,5 @@
+"""Courier bundles: a site with no link syncs by files carried between it and the hub.
+
+`sealing` signs and encrypts a bundle's content; `parts` splits it into files of a
+bounded size that each verify on their own; `content` is what each direction carries.
+"""

@@ -1,0 +1,56 @@
+"""What a courier bundle carries, each way: the messages the MQTT path would carry, so
+both ends apply them with the same code and the same checks.
+
+Device -> hub: every record the hub has not acknowledged, as the upload batches the
+uploader would send (`wire.Records`), plus the agent's status. Hub -> device: the marks
+of every stream (`wire.Ack`, as the hub answers a hello) and the device's signed policy
+(`wire.SignedPolicy`, as retained on its policy topic).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+import msgspec
+from msgspec import Meta
+
+from outpost.wire import Ack, Records, SignedPolicy
+
+KIND_DEVICE: Final = "device"
+KIND_HUB: Final = "hub"
+HUB: Final = "hub"  # the addressee of a device's bundle
+MAX_BATCHES: Final = 1_000_000  # of up to 1,000 records each
+
+
+class DeviceContent(msgspec.Struct, frozen=True):
+    """A device's bundle for the hub."""
+
+    batches: Annotated[list[Records], Meta(max_length=MAX_BATCHES)]
+    aligned: list[str]  # streams numbered after the hub's marks (the rest: a fresh store)
+    store_id: Annotated[str, Meta(max_length=64)]  # the store that numbered the records
+    agent_version: Annotated[str, Meta(max_length=64)]
+    status: dict[str, Any]  # the agent's /v1/status when it exported, for the registry
+    heartbeats: int = 0  # heartbeats it would have sent since it last reached the hub
+
+
+class HubContent(msgspec.Struct, frozen=True):
+    """The hub's bundle for one device."""
+
+    acks: list[Ack]
+    policy: SignedPolicy | None = None
+    # Streams whose numbering the hub took from a device store by bundle: that store
+    # aligns them as they are instead of renumbering after the marks.
+    numbered_by: dict[str, str] = {}
+    note: str = ""  # what the hub saw of the device's last bundle, for its log
+
+
+def encode(content: DeviceContent | HubContent) -> bytes:
+    return msgspec.msgpack.encode(content)
+
+
+def decode_device(body: bytes) -> DeviceContent:
+    return msgspec.msgpack.decode(body, type=DeviceContent)
+
+
+def decode_hub(body: bytes) -> HubContent:
+    return msgspec.msgpack.decode(body, type=HubContent)

@@ -1,0 +1,184 @@
+"""A sealed bundle as files on a stick: parts of at most `max_size` bytes, each of which
+verifies on its own, so that a part cut short (the stick pulled out while writing) or
+changed is named on import, before anything is decrypted.
+
+A part file: `MARK`, a 4-byte big-endian header length, the header (msgpack: the
+bundle's id, this part's number and the count, the sizes and SHA-256 of this part's
+bytes and of the whole bundle), the bytes, then `END`. Each is written under a `.tmp`
+name, synced, and renamed: a part with its final name was written whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from outpost.courier.sealing import BundleError
+
+MARK: Final = b"OUTPOST-PART/1\n"
+END: Final = b"\nOUTPOST-PART-END\n"
+SUFFIX: Final = ".opb"
+MIN_PART_BYTES: Final = 64 * 1024
+MAX_HEADER_BYTES: Final = 4096
+_OVERHEAD: Final = len(MARK) + 4 + MAX_HEADER_BYTES + len(END)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """`100M`, `1.5G`, `512KiB` or a number of bytes (`--max-size`)."""
+    found = _SIZE.match(text)
+    if not found:
+        raise ValueError(f"--max-size {text!r}: give bytes, or a number with K, M or G")
+    size = int(float(found.group(1)) * _UNITS[(found.group(2) or "").lower()[:1]])
+    if size < MIN_PART_BYTES:
+        raise ValueError(f"--max-size {text!r}: at least {MIN_PART_BYTES // 1024} KiB")
+    return size
+
+
+class PartHeader(msgspec.Struct, frozen=True):
+    bundle: str  # the whole bundle's SHA-256, hex: parts of one bundle share it
+    index: int  # 1-based
+    count: int
+    size: int  # bytes of this part
+    sha256: str  # of this part's bytes
+    total: int  # bytes of the whole bundle
+
+
+@dataclass(frozen=True)
+class Part:
+    path: Path
+    header: PartHeader
+    data: bytes
+
+
+def write_parts(sealed: bytes, folder: Path, stem: str, max_size: int) -> list[Path]:
+    """Write `sealed` into `folder` as `stem.NNN-of-MMM.opb` files of at most `max_size`
+    bytes each; return their paths."""
+    if max_size < MIN_PART_BYTES:
+        raise ValueError(f"--max-size must be at least {MIN_PART_BYTES // 1024} KiB")
+    chunk = max_size - _OVERHEAD
+    pieces = [sealed[i : i + chunk] for i in range(0, len(sealed), chunk)] or [b""]
+    digest = hashlib.sha256(sealed).hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for number, piece in enumerate(pieces, start=1):
+        header = PartHeader(
+            digest,
+            number,
+            len(pieces),
+            len(piece),
+            hashlib.sha256(piece).hexdigest(),
+            len(sealed),
+        )
+        header_bytes = msgspec.msgpack.encode(header)
+        path = folder / f"{stem}.{number:03d}-of-{len(pieces):03d}{SUFFIX}"
+        _write_whole(path, MARK + struct.pack(">I", len(header_bytes)) + header_bytes + piece + END)
+        written.append(path)
+    _sync_folder(folder)
+    return written
+
+
+def read_part(path: Path) -> Part:
+    """One part, checked whole; `BundleError` saying what is wrong with it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if not raw.startswith(MARK):
+        raise BundleError(f"{path}: not a part of an Outpost bundle")
+    start = len(MARK) + 4
+    if len(raw) < start:
+        raise BundleError(f"{path}: cut short ({len(raw)} bytes): written only in part?")
+    (size,) = struct.unpack(">I", raw[len(MARK) : start])
+    if size > MAX_HEADER_BYTES:
+        raise BundleError(f"{path}: its header is malformed")
+    try:
+        header = msgspec.msgpack.decode(raw[start : start + size], type=PartHeader)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        if len(raw) < start + size:
+            raise BundleError(f"{path}: cut short in its header: written only in part?") from exc
+        raise BundleError(f"{path}: its header is malformed: {exc}") from exc
+    data = raw[start + size : len(raw) - len(END)]
+    whole = len(raw) == start + size + header.size + len(END) and raw.endswith(END)
+    if not whole:
+        expected = start + size + header.size + len(END)
+        raise BundleError(
+            f"{path}: part {header.index} of {header.count} is cut short or padded "
+            f"({len(raw):,} bytes, {expected:,} expected): the stick was removed while it "
+            "was written? Export it again."
+        )
+    if hashlib.sha256(data).hexdigest() != header.sha256:
+        raise BundleError(
+            f"{path}: part {header.index} of {header.count} does not match its checksum: "
+            "changed or damaged since it was written"
+        )
+    return Part(path, header, data)
+
+
+def find_parts(paths: Iterable[Path]) -> list[Path]:
+    """The part files named, a folder standing for the parts directly in it."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.name.endswith(SUFFIX)))
+        elif path.exists() or path.name.endswith(SUFFIX):
+            found.append(path)
+        else:
+            raise BundleError(f"{path}: no such file or folder")
+    if not found:
+        raise BundleError("no bundle parts (*.opb) found in " + ", ".join(map(str, paths)))
+    return found
+
+
+def assemble(paths: Iterable[Path]) -> list[tuple[str, bytes]]:
+    """Each whole bundle among the parts, as (its first part's name, its bytes); a bundle
+    with a part missing or doubled is refused by name, as is a bad part."""
+    by_bundle: dict[str, list[Part]] = defaultdict(list)
+    for path in find_parts(paths):
+        part = read_part(path)
+        by_bundle[part.header.bundle].append(part)
+    bundles = []
+    for digest, parts in by_bundle.items():
+        parts.sort(key=lambda p: p.header.index)
+        count = parts[0].header.count
+        numbers = [p.header.index for p in parts]
+        if numbers != list(range(1, count + 1)):
+            missing = sorted(set(range(1, count + 1)) - set(numbers))
+            raise BundleError(
+                f"{parts[0].path.name}: bundle {digest[:12]} needs parts 1 to {count}; "
+                + (f"missing {missing}" if missing else f"found {numbers}")
+            )
+        sealed = b"".join(p.data for p in parts)
+        if len(sealed) != parts[0].header.total or hashlib.sha256(sealed).hexdigest() != digest:
+            raise BundleError(f"{parts[0].path.name}: its parts do not make the bundle they name")
+        bundles.append((parts[0].path.name, sealed))
+    return bundles
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    with staging.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(staging, path)
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

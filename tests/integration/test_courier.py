@@ -1,0 +1,191 @@
+"""Courier bundles end to end, with no link between agent and hub (the test's link proxy
+is down throughout): the agent exports what the hub lacks, the hub stores it once and
+answers with an ack bundle, the agent forgets what the hub holds; a bundle imported
+twice changes nothing the second time; and a device that also gets its link back
+converges with MQTT: every record at the hub exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from edge.identity import DevicePaths
+from hub.app import Hub
+from tests.conftest import Enroller
+from tests.databases import hub_sql
+from tests.integration.test_store_forward import hub_records, wait_socket
+from tests.linkproxy import LinkProxy
+from tests.local_api import LocalClient
+from tests.support import REPO, AgentProcess, eventually
+
+RECORDS = 120
+
+
+def cli(program: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    module = {"agent": "edge.cli", "hub": "hub.cli"}[program]
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture
+async def proxy(hub: Hub) -> AsyncIterator[LinkProxy]:
+    link = LinkProxy(hub.config.mqtt_port)
+    await link.start()
+    link.down()  # no link at all, until a test brings it up
+    yield link
+    await link.close()
+
+
+async def offline_agent(
+    enroll_device: Enroller, agents: Callable[..., AgentProcess], proxy: LinkProxy
+) -> tuple[DevicePaths, str, AgentProcess, LocalClient]:
+    paths, identity = await enroll_device()
+    paths.config.write_text(
+        f'[agent]\nbroker = "mqtts://127.0.0.1:{proxy.port}"\nreconnect_spread_s = 1\n'
+        "reconnect_max_delay = 1\n"
+    )
+    agent = agents(paths)
+    client = await wait_socket(paths, agent)
+    return paths, identity.device_id, agent, client
+
+
+async def produce(client: LocalClient, first: int, count: int) -> None:
+    for n in range(first, first + count):
+        status, answer = await client.append("results", [{"n": n, "label": "ok"}])
+        assert status == 201, answer
+
+
+def held_on_device(paths: DevicePaths) -> int:
+    """Records of the results stream still in the agent's store (read beside it)."""
+    with contextlib.closing(sqlite3.connect(paths.store, timeout=30)) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM records WHERE stream = 'results'").fetchone()
+    return int(count)
+
+
+def bundle_events(hub: Hub, device_id: str) -> list[str]:
+    rows = hub_sql(
+        hub.config.database(hub.paths.database),
+        "SELECT detail FROM device_events WHERE device_id = ? AND kind = 'bundle_imported'",
+        (device_id,),
+    )
+    return [r[0] for r in rows]
+
+
+async def test_a_round_trip_by_bundle_with_no_link(
+    hub: Hub,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+    proxy: LinkProxy,
+    tmp_path: Path,
+) -> None:
+    paths, device_id, agent, client = await offline_agent(enroll_device, agents, proxy)
+    try:
+        await produce(client, 1, RECORDS)
+    finally:
+        await client.close()
+    to_hub, to_device = tmp_path / "stick-to-hub", tmp_path / "stick-to-device"
+
+    exported = cli("agent", "bundle", "export", "--data", paths.root, "--to", to_hub,
+                   "--max-size", "64K")  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert f"(results {RECORDS}, events 1)" in exported.stdout  # and "agent.started"
+    exported_again = cli("agent", "bundle", "export", "--data", paths.root, "--to",
+                         tmp_path / "again")  # fmt: skip
+    assert f"(results {RECORDS}, events 1)" in exported_again.stdout  # the same, until acked
+    assert hub_records(hub, device_id) == []
+
+    imported = cli("hub", "bundle", "import", "--data", hub.paths.root, to_hub,
+                   "--ack-out", to_device)  # fmt: skip
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    assert f"{device_id}: {RECORDS + 1} new records" in imported.stdout
+    held = hub_records(hub, device_id)
+    assert [body["n"] for _, body in held] == list(range(1, RECORDS + 1))
+    device = await hub.parts.store.device(device_id)
+    assert device is not None
+    assert device.last_seen is not None
+    assert len(bundle_events(hub, device_id)) == 1
+
+    # The same bundle again: refused, nothing stored twice.
+    twice = cli("hub", "bundle", "import", "--data", hub.paths.root, to_hub)
+    assert twice.returncode == 1
+    assert "was imported already" in twice.stdout
+    # The second export (same records, another bundle id) stores nothing new either.
+    second = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "again")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"{device_id}: 0 new records; {RECORDS + 1} already held" in second.stdout
+    assert len(hub_records(hub, device_id)) == RECORDS
+
+    assert held_on_device(paths) == RECORDS
+    acked = cli("agent", "bundle", "import", "--data", paths.root, to_device)
+    assert acked.returncode == 0, acked.stderr
+    assert f"results {RECORDS}" in acked.stdout
+    assert held_on_device(paths) == 0
+    replay = cli("agent", "bundle", "import", "--data", paths.root, to_device)
+    assert replay.returncode == 2
+    assert "imported here already" in replay.stderr
+
+    empty = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "empty")
+    assert "exported 0 records" in empty.stdout
+    assert agent.process.poll() is None  # the agent ran throughout
+
+
+async def test_bundles_and_mqtt_converge_without_doubling(
+    hub: Hub,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+    proxy: LinkProxy,
+    tmp_path: Path,
+) -> None:
+    """A link that comes and goes: records leave partly by bundle, partly over MQTT; an
+    old bundle imported after newer MQTT traffic stores nothing; every record is at the
+    hub exactly once and the device ends holding none."""
+    paths, device_id, agent, client = await offline_agent(enroll_device, agents, proxy)
+    try:
+        await produce(client, 1, 60)
+        old = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "old")
+        assert old.returncode == 0, old.stderr
+        await produce(client, 61, 40)
+        proxy.up()  # the link comes back: all 100 go over MQTT
+
+        async def all_over_mqtt() -> bool:
+            return len(hub_records(hub, device_id)) == 100 and held_on_device(paths) == 0
+
+        await eventually(all_over_mqtt, timeout=60, what="the records over MQTT")
+        proxy.down()
+        await produce(client, 101, 30)  # while down again
+        late = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "old")
+        assert late.returncode == 0, late.stdout + late.stderr
+        # The old bundle was numbered before the device knew the hub's marks (MQTT told
+        # it since): the hub cannot tell its records from a successor store's, and takes
+        # none. They are all held already.
+        assert "0 new records; results, events not taken" in late.stdout
+        fresh = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "new")
+        assert "exported 30 records" in fresh.stdout
+        imported = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "new",
+                       "--ack-out", tmp_path / "ack")  # fmt: skip
+        assert "30 new records" in imported.stdout, imported.stdout + imported.stderr
+        proxy.up()  # MQTT resends what the ack bundle has not deleted yet: duplicates only
+        acked = cli("agent", "bundle", "import", "--data", paths.root, tmp_path / "ack")
+        assert acked.returncode == 0, acked.stderr
+
+        async def converged() -> bool:
+            return held_on_device(paths) == 0
+
+        await eventually(converged, timeout=60, what="the device holding nothing")
+    finally:
+        await client.close()
+    held = hub_records(hub, device_id)
+    assert [body["n"] for _, body in held] == list(range(1, 131))
+    assert agent.process.poll() is None
