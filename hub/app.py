@@ -15,6 +15,7 @@ from hub.api.server import WebServer
 from hub.broker import limits
 from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
+from hub.courier.desk import open_desk
 from hub.fleet import revocation
 from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import Enrollment, load_signing_key, load_token_key
@@ -323,6 +324,7 @@ class Hub:
             revoker=revocation.Revoker(self.paths, self.config, store, broker=broker),
             intake=intake,
             holds=holds,
+            courier=open_desk(self.paths, store),
         )
 
     async def _liveness(self, store: HubStore) -> None:

@@ -49,8 +49,11 @@ class ApiClient:
         body: Any = None,
         raw: bytes | None = None,
         params: Any = None,
+        content_type: str | None = None,
     ) -> Reply:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         async with self._session.request(
             method,

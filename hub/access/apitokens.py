@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hub.access.roles import RANK as RANK  # re-exported: the token's callers use them here
 from hub.access.roles import ROLES as ROLES
 from hub.access.roles import Role as Role
+from hub.access.roles import grants
 from hub.fleet import bootstrap
 from hub.store import ApiTokenRecord
 from outpost.durations import describe
@@ -56,13 +57,13 @@ class Principal:
     expires_at: float
 
     def may(self, role: Role) -> bool:
-        """Whether this principal holds `role` or a larger one."""
-        return RANK[self.role] >= RANK[role]
+        """Whether this principal holds `role`, or one that grants it (roles.py)."""
+        return grants(self.role, role)
 
 
 def check_request(role: str, subject: str, ttl: float, kind: Kind) -> None:
     """Refuse a role, subject or lifetime out of bounds, naming which (ValueError)."""
-    if role not in RANK:
+    if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     if not _SUBJECT.fullmatch(subject):
         raise ValueError(f"subject must be 1-64 of letters, digits and _.@:-, got {subject!r}")

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hub.access.tokenstates import TokenStates
 from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
+from hub.courier.desk import CourierDesk
 from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import Enrollment
 from hub.fleet.policies import PolicyPublisher
@@ -44,6 +45,7 @@ class ApiContext:
     revoker: Revoker
     intake: DeviceIntake  # what devices send, before the ingest: who is throttled
     holds: FloodHolds  # devices held off for flooding
+    courier: CourierDesk  # imports courier bundles from sites with no link
 
     @functools.cached_property
     def tokens(self) -> TokenStates:

@@ -19,6 +19,7 @@ ERROR_TEXT = {
     404: "no such object",
     409: "conflicts with the current state",
     413: "request body too large",
+    415: "the body is not of the media type the route takes",
     422: "well-formed but refused",
     429: "rate limited; see Retry-After",
 }
@@ -75,6 +76,12 @@ def _operation(route: Route, ref: dict[Any, dict[str, Any]]) -> dict[str, Any]:
             "content": {"application/json": {"schema": ref[route.body]}},
         }
         errors |= {400, 413}
+    elif route.raw_body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {route.raw_body: {"schema": {"type": "string", "format": "binary"}}},
+        }
+        errors |= {413, 415}
     if route.paginated or any(p.where == "query" for p in route.params):
         errors.add(400)
     if route.access == "device":

@@ -65,6 +65,7 @@ class Route:
     status: int = 200
     params: tuple[Param, ...] = ()
     content_type: str = "application/json"
+    raw_body: str = ""  # the media type of a body taken as bytes (not a `body` Struct)
     errors: tuple[int, ...] = field(default=())
 
     @property

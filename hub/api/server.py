@@ -13,6 +13,7 @@ from aiohttp import web
 from hub.access.ratelimit import RateLimiter
 from hub.api import (
     admin,
+    bundles,
     dashboard,
     drift,
     enroll,
@@ -56,6 +57,7 @@ def build_routes(ctx: ApiContext, feed: LiveFeed) -> list[Route]:
         *admin.routes(ctx),
         *drift.routes(ctx),
         *sinks.routes(ctx),
+        *bundles.routes(ctx),
         *dashboard.routes(ctx, feed),
     ]
 

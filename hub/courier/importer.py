@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hub.courier.exporter import HubBundles
@@ -143,12 +144,11 @@ class BundleImporter:
     def _check_certificate(self, pem: bytes, device_id: str) -> x509.Certificate:
         try:
             cert = x509.load_pem_x509_certificate(pem)
+        except ValueError as exc:
+            raise BundleError(f"bundle of {device_id}: it carries no readable certificate") from exc
+        try:
             cert.verify_directly_issued_by(self._ca)
-        except (ValueError, TypeError) as exc:
-            raise BundleError(
-                f"bundle of {device_id}: its certificate is not one of this fleet's CA"
-            ) from exc
-        except Exception as exc:  # cryptography's InvalidSignature
+        except (ValueError, TypeError, InvalidSignature) as exc:
             raise BundleError(
                 f"bundle of {device_id}: its certificate was not issued by this fleet's CA"
             ) from exc

@@ -96,35 +96,61 @@ def read_part(path: Path) -> Part:
         raw = path.read_bytes()
     except OSError as exc:
         raise BundleError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    part, _ = _parse(raw, str(path), alone=True)
+    return Part(path, part.header, part.data)
+
+
+def parts_of(blob: bytes, name: str) -> list[Part]:
+    """The parts in `blob`, one part file's bytes after another (an upload of several
+    part files at once), each checked whole."""
+    found: list[Part] = []
+    while blob:
+        part, blob = _parse(blob, f"{name} (part {len(found) + 1} in it)", alone=False)
+        found.append(part)
+    if not found:
+        raise BundleError(f"{name}: empty")
+    return found
+
+
+def as_part(sealed: bytes, name: str) -> bytes:
+    """`sealed` as the bytes of one part file (of any size): for an answer over HTTP."""
+    digest = hashlib.sha256(sealed).hexdigest()
+    header = PartHeader(digest, 1, 1, len(sealed), digest, len(sealed))
+    header_bytes = msgspec.msgpack.encode(header)
+    return MARK + struct.pack(">I", len(header_bytes)) + header_bytes + sealed + END
+
+
+def _parse(raw: bytes, name: str, *, alone: bool) -> tuple[Part, bytes]:
+    """The part at the start of `raw`, and what follows it (nothing when `alone`)."""
     if not raw.startswith(MARK):
-        raise BundleError(f"{path}: not a part of an Outpost bundle")
+        raise BundleError(f"{name}: not a part of an Outpost bundle")
     start = len(MARK) + 4
     if len(raw) < start:
-        raise BundleError(f"{path}: cut short ({len(raw)} bytes): written only in part?")
+        raise BundleError(f"{name}: cut short ({len(raw)} bytes): written only in part?")
     (size,) = struct.unpack(">I", raw[len(MARK) : start])
     if size > MAX_HEADER_BYTES:
-        raise BundleError(f"{path}: its header is malformed")
+        raise BundleError(f"{name}: its header is malformed")
+    if len(raw) < start + size:
+        raise BundleError(f"{name}: cut short in its header: written only in part?")
     try:
         header = msgspec.msgpack.decode(raw[start : start + size], type=PartHeader)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        if len(raw) < start + size:
-            raise BundleError(f"{path}: cut short in its header: written only in part?") from exc
-        raise BundleError(f"{path}: its header is malformed: {exc}") from exc
-    data = raw[start + size : len(raw) - len(END)]
-    whole = len(raw) == start + size + header.size + len(END) and raw.endswith(END)
+        raise BundleError(f"{name}: its header is malformed: {exc}") from exc
+    end = start + size + header.size + len(END)
+    whole = raw[end - len(END) : end] == END and (len(raw) == end or not alone)
     if not whole:
-        expected = start + size + header.size + len(END)
         raise BundleError(
-            f"{path}: part {header.index} of {header.count} is cut short or padded "
-            f"({len(raw):,} bytes, {expected:,} expected): the stick was removed while it "
+            f"{name}: part {header.index} of {header.count} is cut short or padded "
+            f"({len(raw):,} bytes, {end:,} expected): the stick was removed while it "
             "was written? Export it again."
         )
+    data = raw[start + size : end - len(END)]
     if hashlib.sha256(data).hexdigest() != header.sha256:
         raise BundleError(
-            f"{path}: part {header.index} of {header.count} does not match its checksum: "
+            f"{name}: part {header.index} of {header.count} does not match its checksum: "
             "changed or damaged since it was written"
         )
-    return Part(path, header, data)
+    return Part(Path(name), header, data), raw[end:]
 
 
 def find_parts(paths: Iterable[Path]) -> list[Path]:
@@ -145,9 +171,13 @@ def find_parts(paths: Iterable[Path]) -> list[Path]:
 def assemble(paths: Iterable[Path]) -> list[tuple[str, bytes]]:
     """Each whole bundle among the parts, as (its first part's name, its bytes); a bundle
     with a part missing or doubled is refused by name, as is a bad part."""
+    return join([read_part(path) for path in find_parts(paths)])
+
+
+def join(found: list[Part]) -> list[tuple[str, bytes]]:
+    """Each whole bundle among `found`, as (its first part's name, its bytes)."""
     by_bundle: dict[str, list[Part]] = defaultdict(list)
-    for path in find_parts(paths):
-        part = read_part(path)
+    for part in found:
         by_bundle[part.header.bundle].append(part)
     bundles = []
     for digest, parts in by_bundle.items():
