@@ -76,6 +76,13 @@ class DeviceOut(Struct, frozen=True):
             "hub recorded who)"
         ),
     ]
+    bundle_at: Annotated[
+        float | None,
+        Meta(
+            description="when its newest courier bundle imported was made, epoch seconds "
+            "(last seen via bundle; null: never synced by bundle)"
+        ),
+    ] = None
 
     @classmethod
     def of(cls, d: Device) -> DeviceOut:
@@ -101,6 +108,7 @@ class DeviceOut(Struct, frozen=True):
             revoked=d.revoked_at is not None,
             revoked_at=d.revoked_at,
             revoked_by=d.revoked_by,
+            bundle_at=d.bundle_at,
         )
 
     @classmethod
@@ -131,6 +139,7 @@ class DeviceOut(Struct, frozen=True):
             task_latency_ms,
             revoked_at,
             revoked_by,
+            bundle_at,
         ) = row
         # By position, in the order declared above: a page makes one per row, and a call
         # by keyword costs twice as much (tests compare the two ways field by field).
@@ -156,4 +165,5 @@ class DeviceOut(Struct, frozen=True):
             revoked_at is not None,
             revoked_at,
             revoked_by,
+            bundle_at,
         )

@@ -150,6 +150,8 @@ def render_fleet(devices: list[dict[str, Any]], *, now: float) -> str:
     rows = []
     for d in devices:
         beat = f"{now - d['last_heartbeat']:.1f} s ago" if d["last_heartbeat"] else "never"
+        if d.get("bundle_at") and d["bundle_at"] >= (d["last_heartbeat"] or 0):
+            beat = f"{tables.ago(d['bundle_at'], now)} (via bundle)"
         load = d["load"]
         cpu = f"{load['cpu_percent']:.0f}" if "cpu_percent" in load else "-"
         rss = f"{load['rss_bytes'] / 2**20:.0f}" if "rss_bytes" in load else "-"
@@ -193,6 +195,8 @@ def render_device(d: dict[str, Any], events: list[dict[str, Any]], *, now: float
     for m in d.get("models") or []:
         failed = f" FAILED: {m.get('error', '')}" if m.get("state") != "ready" else ""
         lines.append(f"  model       {m['name']} {m['version']}{failed}")
+    if d.get("bundle_at"):
+        lines.append(f"  via bundle  last seen via bundle, at {tables.when(d['bundle_at'])}")
     lines.append(f"  tasks       {d['task_slots']} at once")
     if events:
         lines.append("events (newest first):")

@@ -116,6 +116,7 @@ function renderFacts(d, now) {
     ["site", d.labels.site || "–"], ["labels", pairs(d.labels, ["site"]).join(", ") || "–"],
     ["profile", d.profile], ["agent", d.agent_version || "–"], ["runtime", d.runtime || "–"],
     ["load", loadCell(d, now)], ["store", storeCell(d, now)],
+    ["via bundle", d.bundle_at ? `last seen via bundle, at ${stamp(d.bundle_at)}` : "–"],
     ["task slots", d.task_slots],
     ["task latency", d.task_latency_ms ? `${d.task_latency_ms.toFixed(1)} ms` : "–"],
     ["last heartbeat", `${ago(d.last_heartbeat, now)} (every ${d.heartbeat_interval || "?"} s)`],

@@ -202,9 +202,12 @@ function row(d, now) {
   }, d.revoked ? muted("revoked") : notAfter
     ? `${new Date(notAfter * 1000).toLocaleDateString()} (${Math.round(left / 86400)} d)` : "–");
   const stateCell = el("td", { class: "state", "data-label": "state" }, pill(state));
+  // A courier site is heard of by the bundles carried from it, never "online".
+  const viaBundle = d.bundle_at && d.bundle_at >= (d.last_heartbeat || 0);
   const seen = d.revoked
     ? `revoked ${ago(d.revoked_at, now)}`
-    : `${ago(d.last_seen, now)}${isCurrent(d) ? "" : " (silent)"}`;
+    : viaBundle ? `${ago(d.bundle_at, now)} (via bundle)`
+      : `${ago(d.last_seen, now)}${isCurrent(d) ? "" : " (silent)"}`;
   return el("tr", {
     "data-device": d.id, class: `${state}${d.id === selected ? " selected" : ""}`, tabIndex: 0,
     "aria-label": `${name}, ${state}`,

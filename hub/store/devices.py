@@ -45,6 +45,7 @@ class Device:
     revoked_at: float | None = None
     revoked_by: str | None = None  # the API token's subject, or `cli:<OS user>`
     name: str = ""  # unique in the fleet; the id until one is given
+    bundle_at: float | None = None  # when its newest courier bundle imported was made
 
     @property
     def state(self) -> str:
@@ -79,6 +80,7 @@ class Device:
             revoked_at=row["revoked_at"],
             revoked_by=row["revoked_by"],
             name=row["name"] or row["device_id"],
+            bundle_at=row["bundle_at"],
         )
 
 
@@ -110,6 +112,7 @@ class ListedDevice(NamedTuple):
     task_latency_ms: float | None
     revoked_at: float | None
     revoked_by: str | None
+    bundle_at: float | None
 
 
 _LISTED = ", ".join(ListedDevice._fields)

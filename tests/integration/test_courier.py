@@ -115,6 +115,8 @@ async def test_a_round_trip_by_bundle_with_no_link(
     device = await hub.parts.store.device(device_id)
     assert device is not None
     assert device.last_seen is not None
+    assert device.bundle_at == device.last_seen  # "last seen via bundle, at ..."
+    assert not device.online
     assert len(bundle_events(hub, device_id)) == 1
 
     # The same bundle again: refused, nothing stored twice.
