@@ -24,7 +24,9 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from edge.identity import DevicePaths
+from edge import renewal
+from edge.enroll import EnrollError, check_certificate, make_csr
+from edge.identity import DevicePaths, Identity
 from edge.parts import AgentParts
 from outpost import __version__, files, tls, wire
 from outpost.courier import content, sealing
@@ -89,12 +91,14 @@ class CourierDesk:
                     f"{self._paths.hub_bundle_pub}"
                 )
             batches, counts = await self._unacknowledged()
+            csr = await asyncio.to_thread(self._renewal_csr, keys)
             carried = content.DeviceContent(
                 batches=batches,
                 aligned=sorted(await self._parts.store.aligned()),
                 store_id=await self._parts.store.store_id(),
                 agent_version=__version__,
                 status=await self._status(),
+                renewal_csr=csr,
             )
             header = Header(
                 v=sealing.VERSION,
@@ -162,6 +166,13 @@ class CourierDesk:
                 current = self._parts.policy.current
                 version = current.version if current else 0
                 policy = f"version {version} applied" if applied else f"version {version} kept"
+            certificate = "none"
+            if carried.certificate:
+                certificate = await asyncio.to_thread(
+                    self._install_certificate, carried.certificate.encode(), keys
+                )
+            if carried.note:
+                logger.warning("the hub's bundle says: %s", carried.note)
             await asyncio.to_thread(self._remember, header.id, imported)
             forgotten = {s: after[s][0] - before[s][0] for s in after if after[s][0] > before[s][0]}
             logger.info("hub bundle %s imported (made %s)", header.id[:12], _utc(header.created_at))
@@ -171,6 +182,8 @@ class CourierDesk:
                 "acknowledged": {a.stream: a.hwm for a in carried.acks},
                 "forgotten_through": forgotten,
                 "policy": policy,
+                "certificate": certificate,
+                "note": carried.note,
             }
 
     async def _unacknowledged(self) -> tuple[list[wire.Records], dict[str, int]]:
@@ -201,6 +214,31 @@ class CourierDesk:
                 counts[stream] += len(rows)
                 after = last
         return batches, counts
+
+    def _renewal_csr(self, keys: Keys) -> str:
+        """A CSR for the device key once the certificate is in the last third of its life
+        (when the daemon would renew over HTTPS), else ""."""
+        identity = Identity.load(self._paths)
+        not_before, not_after = renewal.cert_window(self._paths, identity)
+        if time.time() < renewal.renew_at(not_before, not_after):
+            return ""
+        return make_csr(keys.device, self._device_id).decode()
+
+    def _install_certificate(self, pem: bytes, keys: Keys) -> str:
+        """Check a renewed certificate as the HTTPS renewal does, then keep it (the MQTT
+        link's TLS context reloads it by itself)."""
+        try:
+            cert = check_certificate(
+                pem, self._paths.ca_cert.read_bytes(), keys.device, self._device_id
+            )
+        except EnrollError as exc:
+            raise BundleError(
+                f"the renewed certificate in the hub's bundle is refused: {exc}"
+            ) from exc
+        window = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+        renewal.save_certificate(self._paths, pem, window)
+        logger.info("certificate renewed by bundle, valid until %s", _utc(window[1]))
+        return f"renewed, valid until {_utc(window[1])}"
 
     def _imported_ids(self) -> dict[str, float]:
         try:

@@ -91,7 +91,7 @@ async def renew(paths: DevicePaths, identity: Identity) -> Identity:
     except enroll.EnrollError as exc:
         raise RenewalError(str(exc)) from exc
     window = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
-    return await asyncio.to_thread(_save, paths, new_pem, window)
+    return await asyncio.to_thread(save_certificate, paths, new_pem, window)
 
 
 def _read(paths: DevicePaths) -> tuple[ec.EllipticCurvePrivateKey, str, bytes]:
@@ -104,7 +104,7 @@ def _read(paths: DevicePaths) -> tuple[ec.EllipticCurvePrivateKey, str, bytes]:
     )
 
 
-def _save(paths: DevicePaths, cert_pem: bytes, window: tuple[float, float]) -> Identity:
+def save_certificate(paths: DevicePaths, cert_pem: bytes, window: tuple[float, float]) -> Identity:
     # The certificate first: if we stop between the two, identity.json still holds the
     # old window and the next look at the schedule renews once more, which is harmless.
     files.replace(paths.cert, cert_pem, files.PUBLIC)

@@ -324,7 +324,7 @@ class Hub:
             revoker=revocation.Revoker(self.paths, self.config, store, broker=broker),
             intake=intake,
             holds=holds,
-            courier=open_desk(self.paths, store),
+            courier=open_desk(self.paths, store, self.config),
         )
 
     async def _liveness(self, store: HubStore) -> None:

@@ -22,8 +22,9 @@ def import_bundles(args: argparse.Namespace) -> int:
     paths = HubPaths(args.data)
     bundles = parts.assemble(args.paths)  # a bad part refuses the lot: nothing stored
     refused = 0
-    with open_store(paths, load_config(args.data, args.config)) as store:
-        desk = open_desk(paths, store)
+    config = load_config(args.data, args.config)
+    with open_store(paths, config) as store:
+        desk = open_desk(paths, store, config)
         for name, sealed in bundles:
             try:
                 outcome = asyncio.run(desk.importer.import_bundle(sealed))
@@ -42,8 +43,9 @@ def export_bundles(args: argparse.Namespace) -> int:
     """Write a bundle for each device named or selected: marks and policy."""
     paths = HubPaths(args.data)
     selector = parse_selector(args.selector, "--selector")
-    with open_store(paths, load_config(args.data, args.config)) as store:
-        desk = open_desk(paths, store)
+    config = load_config(args.data, args.config)
+    with open_store(paths, config) as store:
+        desk = open_desk(paths, store, config)
         device_ids = asyncio.run(_chosen(store, args.device, selector))
         if not device_ids:
             raise ValueError("no device matches: check --device or --selector")

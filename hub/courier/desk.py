@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from hub.config import HubConfig
 from hub.courier.exporter import HubBundles
 from hub.courier.importer import BundleImporter
 from hub.courier.keys import ensure_bundle_key, load_bundle_key
+from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import load_signing_key
 from hub.paths import HubPaths
 from hub.store import HubStore
@@ -22,7 +24,7 @@ class CourierDesk:
     exporter: HubBundles
 
 
-def open_desk(paths: HubPaths, store: HubStore) -> CourierDesk:
+def open_desk(paths: HubPaths, store: HubStore, config: HubConfig) -> CourierDesk:
     """Blocking (reads keys): call off the event loop."""
     ensure_bundle_key(paths)
     ca_pem = paths.ca_cert.read_bytes()
@@ -34,5 +36,6 @@ def open_desk(paths: HubPaths, store: HubStore) -> CourierDesk:
         ca_cert=x509.load_pem_x509_certificate(ca_pem),
         fleet=fleet,
         exporter=exporter,
+        renewals=Renewals.load(paths, config, store),
     )
     return CourierDesk(importer, exporter)

@@ -33,7 +33,9 @@ class HubBundles:
         self._key = signing_key
         self._fleet = fleet
 
-    async def bundle_for(self, device_id: str, *, now: float | None = None) -> bytes:
+    async def bundle_for(
+        self, device_id: str, *, now: float | None = None, certificate: bytes = b"", note: str = ""
+    ) -> bytes:
         """The sealed bundle for one device; `BundleError` if it cannot be made."""
         now = time.time() if now is None else now
         device = await self._store.device(device_id)
@@ -54,6 +56,8 @@ class HubBundles:
             acks=acks,
             policy=await self._policy(device_id, now),
             numbered_by=await self._store.run(registry.numbering, device_id),
+            certificate=certificate.decode(),
+            note=note,
         )
         header = Header(
             v=sealing.VERSION,

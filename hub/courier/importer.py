@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hub.courier.exporter import HubBundles
+from hub.fleet.certificates import RenewalRefusedError, Renewals
 from hub.store import HubStore, Upload
 from hub.store import courier as registry
 from outpost import wire
@@ -46,6 +47,7 @@ class ImportOutcome:
     waiting: list[str] = field(default_factory=list)  # streams not taken: numbered unaligned
     task_results: Counter[str] = field(default_factory=Counter)
     ack: bytes = b""  # the sealed bundle for the device
+    renewed: bool = False  # its certificate was renewed: the ack carries the new one
 
     def summary(self) -> str:
         stored = sum(self.stored.values())
@@ -54,6 +56,8 @@ class ImportOutcome:
             parts.append(f"{self.repeated:,} already held")
         if self.task_results:
             parts.append("tasks " + ", ".join(f"{k} {v}" for k, v in self.task_results.items()))
+        if self.renewed:
+            parts.append("certificate renewed (in the ack bundle)")
         if self.waiting:
             parts.append(
                 ", ".join(self.waiting) + " not taken: numbered before the device knew the "
@@ -72,7 +76,9 @@ class BundleImporter:
         ca_cert: x509.Certificate,
         fleet: str,
         exporter: HubBundles,
+        renewals: Renewals,
     ) -> None:
+        self._renewals = renewals
         self._store = store
         self._key = bundle_key
         self._ca = ca_cert
@@ -137,7 +143,23 @@ class BundleImporter:
         if not first:  # another import of the same bundle won the race: it stored them
             raise BundleError(f"bundle {header.id[:12]} of {device_id} was imported already")
         await self._store.run(registry.remember_key, device_id, _public_pem(cert))
-        outcome.ack = await self._exporter.bundle_for(device_id, now=now)
+        renewed, note = b"", ""
+        if carried.renewal_csr:
+            try:
+                renewed = (
+                    await self._renewals.renew(
+                        certificate_pem=opened.cert,
+                        csr_pem=carried.renewal_csr.encode(),
+                        now=now,
+                    )
+                ).certificate_pem
+                outcome.renewed = True
+            except RenewalRefusedError as exc:
+                note = f"certificate renewal refused: {exc}"
+                logger.warning("bundle of %s: %s", device_id, note)
+        outcome.ack = await self._exporter.bundle_for(
+            device_id, now=now, certificate=renewed, note=note
+        )
         logger.info("imported %s", detail)
         return outcome
 

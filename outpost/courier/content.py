@@ -31,6 +31,9 @@ class DeviceContent(msgspec.Struct, frozen=True):
     agent_version: Annotated[str, Meta(max_length=64)]
     status: dict[str, Any]  # the agent's /v1/status when it exported, for the registry
     heartbeats: int = 0  # heartbeats it would have sent since it last reached the hub
+    # A CSR for the device's own key, once its certificate is in the last third of its
+    # life: the hub's bundle back carries the renewed certificate.
+    renewal_csr: Annotated[str, Meta(max_length=16384)] = ""
 
 
 class HubContent(msgspec.Struct, frozen=True):
@@ -41,7 +44,8 @@ class HubContent(msgspec.Struct, frozen=True):
     # Streams whose numbering the hub took from a device store by bundle: that store
     # aligns them as they are instead of renumbering after the marks.
     numbered_by: dict[str, str] = {}
-    note: str = ""  # what the hub saw of the device's last bundle, for its log
+    note: str = ""  # what the hub has to say (a renewal it refused), for the device's log
+    certificate: str = ""  # a renewed certificate (PEM), answering the bundle's CSR
 
 
 def encode(content: DeviceContent | HubContent) -> bytes:

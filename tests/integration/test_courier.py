@@ -7,6 +7,7 @@ converges with MQTT: every record at the hub exactly once."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from tests.databases import hub_sql
 from tests.integration.test_store_forward import hub_records, wait_socket
 from tests.linkproxy import LinkProxy
 from tests.local_api import LocalClient
-from tests.support import REPO, AgentProcess, eventually
+from tests.support import REPO, AgentProcess, eventually, free_port
 
 RECORDS = 120
 
@@ -52,6 +53,10 @@ async def offline_agent(
     enroll_device: Enroller, agents: Callable[..., AgentProcess], proxy: LinkProxy
 ) -> tuple[DevicePaths, str, AgentProcess, LocalClient]:
     paths, identity = await enroll_device()
+    # No link at all: neither the broker (the proxy is down) nor the hub's HTTPS API
+    # (where the daemon would renew its certificate) can be reached.
+    cut_off = dataclasses.replace(identity, hub_url=f"https://127.0.0.1:{free_port()}")
+    cut_off.save(paths)
     paths.config.write_text(
         f'[agent]\nbroker = "mqtts://127.0.0.1:{proxy.port}"\nreconnect_spread_s = 1\n'
         "reconnect_max_delay = 1\n"
