@@ -26,10 +26,15 @@ class Device:
     policy: str = "-"
 
 
-def start_site_links(mqtt_port: int, background: Background) -> dict[str, SiteLink]:
+Agent = tuple[str, str, dict[str, str]]  # name, profile, labels
+
+
+def start_site_links(
+    mqtt_port: int, background: Background, agents: list[Agent] = AGENTS
+) -> dict[str, SiteLink]:
     """A link per site to the broker, each one the demo can cut."""
     links = {}
-    for site in sorted({labels["site"] for _, _, labels in AGENTS}):
+    for site in sorted({labels["site"] for _, _, labels in agents}):
         links[site] = SiteLink(mqtt_port)
         background.run(links[site].start())
     return links
@@ -41,10 +46,11 @@ def start_agents(
     logs: Path,
     links: dict[str, SiteLink],
     children: list[subprocess.Popen[bytes]],
+    agents: list[Agent] = AGENTS,
 ) -> list[Device]:
     """Enroll each agent, install the shipped models and start it behind its site's link."""
     devices: list[Device] = []
-    for name, profile, labels in AGENTS:
+    for name, profile, labels in agents:
         agent_dir = data / "agents" / name
         label_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
         token = run(

@@ -24,9 +24,18 @@ from types import FrameType
 from scripts import demo_replicas
 from scripts.demo_parts.agents import Device, start_agents, start_programs, start_site_links
 from scripts.demo_parts.bus import Consumer, sink_settings, start_nats
+from scripts.demo_parts.courier import Courier
 from scripts.demo_parts.hubapi import HubApi
 from scripts.demo_parts.operations import start_operations
-from scripts.demo_parts.plan import BIN, CUT_AT_S, CUT_FOR_S, REPO
+from scripts.demo_parts.plan import (
+    AGENTS,
+    BIN,
+    COURIER_AGENT,
+    COURIER_EVERY_S,
+    CUT_AT_S,
+    CUT_FOR_S,
+    REPO,
+)
 from scripts.demo_parts.processes import (
     refuse_second_hub,
     run,
@@ -70,6 +79,12 @@ def arguments() -> argparse.Namespace:
         "a consumer's count next to the hub's",
     )
     parser.add_argument(
+        "--courier",
+        action="store_true",
+        help="add a fourth device at a site with no link at all (mine-shaft, site deep), "
+        f"whose data the demo carries to the hub by bundle files every {COURIER_EVERY_S:.0f} s",
+    )
+    parser.add_argument(
         "--replicas",
         type=int,
         default=0,
@@ -81,6 +96,8 @@ def arguments() -> argparse.Namespace:
         parser.error("--replicas: give 2 or more (0, the default, runs one hub)")
     if args.sinks and args.replicas:
         parser.error("--sinks runs with one hub: leave out --replicas")
+    if args.courier and args.replicas:
+        parser.error("--courier runs with one hub: leave out --replicas")
     return args
 
 
@@ -105,16 +122,23 @@ def fresh_data_folder(data: Path) -> None:
     (data / MARKER).write_text("made by scripts/demo.py; deleted by its next run\n")
 
 
-def close(api: HubApi, devices: list[Device], links: dict[str, SiteLink], bg: Background) -> bool:
-    """Stop the producers, bring every link back, let the stores drain, and say whether
-    every confirmed result arrived exactly once."""
+def close(
+    api: HubApi,
+    devices: list[Device],
+    links: dict[str, SiteLink],
+    bg: Background,
+    courier: Courier | None = None,
+) -> bool:
+    """Stop the producers, bring every link back (the courier's site has none: its last
+    trip carries the rest), let the stores drain, and say whether every confirmed
+    result arrived exactly once."""
     for device in devices:
         device.producer.stopped = True
-    for link in links.values():
-        if not link.up:
+    for site, link in links.items():
+        if not link.up and site != COURIER_AGENT[2]["site"]:
             bg.call(link.restore)
     step("the producers stop; checking what the hub holds against what they were confirmed")
-    ok, line = verdict(api, devices)
+    ok, line = verdict(api, devices, courier)
     step(line)
     return ok
 
@@ -133,6 +157,8 @@ def main() -> int:
     links: dict[str, SiteLink] = {}
     background: Background | None = None
     consumer: Consumer | None = None
+    courier: Courier | None = None
+    agents = [*AGENTS, COURIER_AGENT] if args.courier else AGENTS
     ok = True
 
     def stop(signum: int = 0, frame: FrameType | None = None) -> None:
@@ -157,8 +183,14 @@ def main() -> int:
         background = Background()
         if consumer is not None:
             background.spawn(consumer.run())
-        links = start_site_links(mqtt_port, background)
-        devices = start_agents(data, hub_dir, logs, links, children)
+        links = start_site_links(mqtt_port, background, agents)
+        if args.courier:
+            background.call(links[COURIER_AGENT[2]["site"]].cut)  # and never restored
+        devices = start_agents(data, hub_dir, logs, links, children, agents)
+        if args.courier:
+            name = COURIER_AGENT[0]
+            courier = Courier(data, hub_dir, data / "agents" / name, name)
+            step(f"{name} is at a site with no link at all: a courier carries its bundles")
         start_programs(devices, background)
         api, feeder, rollout = start_operations(data, hub_dir, web_port, background)
         step("fleet (refreshing every second; Ctrl-C stops everything)")
@@ -175,13 +207,14 @@ def main() -> int:
             rollout,
             replicated,
             consumer,
+            courier,
         )
-        ok = close(api, devices, links, background)
+        ok = close(api, devices, links, background, courier)
     except KeyboardInterrupt:
         print()
         if api is not None and devices and background is not None:
             try:
-                ok = close(api, devices, links, background)
+                ok = close(api, devices, links, background, courier)
             except KeyboardInterrupt:
                 step("the verdict was skipped (Ctrl-C again)")
     finally:

@@ -13,8 +13,12 @@ AGENTS = [
     ("camera-gate", "jetson-orin-nano", {"site": "north", "group": "cameras"}),
     ("line-3-gateway", "x86-gateway", {"site": "south", "group": "lines"}),
 ]
+# With --courier: a site with no link at all, synced by bundle files the demo carries.
+COURIER_AGENT = ("mine-shaft", "raspberry-pi-4", {"site": "deep", "group": "pumps"})
+COURIER_EVERY_S = 15.0  # seconds between the courier's round trips
 # The model each device's sensor program uses.
 SENSOR_MODEL = {
+    "mine-shaft": "vibration-anomaly",
     "pump-station": "vibration-anomaly",
     "camera-gate": "surface-defect",
     "line-3-gateway": "vibration-anomaly",

@@ -14,13 +14,15 @@ from hub.cli import render_fleet
 from scripts import demo_replicas
 from scripts.demo_parts.agents import Device
 from scripts.demo_parts.bus import Consumer
+from scripts.demo_parts.courier import Courier
 from scripts.demo_parts.hubapi import HubApi
-from scripts.demo_parts.plan import ROLLOUT_AT_S
+from scripts.demo_parts.plan import COURIER_AGENT, ROLLOUT_AT_S
 from scripts.demo_parts.processes import step
 from scripts.demo_parts.rollout import DemoRollout
 from scripts.demo_site import Background, SiteLink, TaskFeeder
 
 _AGENT = AgentConfig()
+COURIER_SITE = COURIER_AGENT[2]["site"]
 RECONNECT = (
     f"Its agents lost their connections with the link and have been retrying since: the "
     f"first retry after a random 0-{_AGENT.reconnect_spread_s:g} s (reconnect_spread_s, "
@@ -42,6 +44,7 @@ def show_fleet(
     rollout: DemoRollout,
     replicated: demo_replicas.ReplicaHub | None = None,
     consumer: Consumer | None = None,
+    courier: Courier | None = None,
 ) -> None:
     tty = sys.stdout.isatty()
     started = time.monotonic()
@@ -59,6 +62,8 @@ def show_fleet(
             step(f"the north site's link is back. {RECONNECT}")
         if rollout.id is None and elapsed >= ROLLOUT_AT_S:
             step(rollout.start())
+        if courier is not None and courier.due(elapsed):
+            step(courier.trip(elapsed))
         fleet = api.devices()
         if back_at is not None:
             for d in fleet:
@@ -91,6 +96,8 @@ def show_fleet(
             print(replicated.fail_over(elapsed, lambda url: api.get("/metrics", url), step))
         if consumer is not None:
             print(consumer.line(api.sink("bus")))
+        if courier is not None:
+            print(courier.line())
         print()
         time.sleep(1)  # the demo's refresh period
 
@@ -122,7 +129,7 @@ def store_and_forward(
         rows.append(
             (
                 d.name,
-                "up" if links[d.site].up else "CUT",
+                "none (courier)" if d.site == COURIER_SITE else "up" if links[d.site].up else "CUT",
                 str(d.producer.confirmed + d.sensor.flagged + d.tasks_done),
                 waiting,
                 api.held(d.device_id),
