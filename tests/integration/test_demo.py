@@ -258,3 +258,42 @@ def test_demo_with_sinks_shows_a_consumer_holding_what_the_hub_delivered(short_d
     assert "task" in kinds
     assert "record" in kinds
     assert "every confirmed result arrived exactly once" in done.stdout
+
+
+def test_demo_with_a_courier_carries_a_site_with_no_link_by_bundle(short_dir: Path) -> None:
+    data = short_dir / "demo"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "demo.py"),
+            *("--courier", "--duration", "18", "--cut-at", "2", "--cut-for", "3"),
+            *("--data", str(data)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    trips = re.findall(
+        r"courier trip (\d+) to mine-shaft \(no link at all\): \d+ bundle part\(s\) carried to "
+        r"the hub, which took ([\d,]+) new records",
+        done.stdout,
+    )
+    assert len(trips) >= 2, done.stdout[-3000:]  # one on the timeline, one at the end
+    assert sum(int(n.replace(",", "")) for _, n in trips) > 0
+    verdict = re.search(
+        r"every confirmed result arrived exactly once: ([\d,]+) of ([\d,]+) \(([\d,]+) of them "
+        r"by courier bundle\)",
+        done.stdout,
+    )
+    assert verdict, done.stdout[-3000:]
+    assert verdict.group(1) == verdict.group(2)
+    assert int(verdict.group(3).replace(",", "")) > 0
+    last_table = done.stdout.rsplit("Outpost fleet at", 1)[1]
+    # Never online: heard of by its bundles only.
+    via_bundle = r"^mine-shaft\s+dev-\S+\s+raspberry-pi-4\s+offline\s+.*\(via bundle\)"
+    assert re.search(via_bundle, last_table, re.MULTILINE), last_table
+    assert re.search(r"^mine-shaft\s+none \(courier\)", last_table, re.MULTILINE), last_table
