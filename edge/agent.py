@@ -124,7 +124,13 @@ class Agent:
                 self.config.inference.max_body_bytes,
                 masker=self.masker,
             )
-            desk = CourierDesk(self.paths, device_id, parts, status.report)
+            desk = CourierDesk(
+                self.paths,
+                device_id,
+                parts,
+                status.report,
+                task_slots=self.profile.budgets.max_concurrent_tasks,
+            )
             api.app.add_routes(courier_routes(desk))
             await api.start(self.paths.socket, self.config.local_port)
             stack.push_async_callback(api.stop)

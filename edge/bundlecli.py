@@ -66,6 +66,14 @@ def import_(data: Path, sources: list[Path]) -> int:
         print(f"{name}: the hub holds up to: {marks}; policy {applied['policy']}")
         if applied["forgotten_through"]:
             print("  records the hub holds are deleted here")
+        if applied["tasks"]:
+            days = applied["lease_s"] / 86400
+            print(f"  {applied['tasks']} tasks leased for {days:g} days: their results go in the")
+            print("  next export")
+        if applied["certificate"] != "none":
+            print(f"  certificate {applied['certificate']}")
+        if applied["note"]:
+            print(f"  the hub says: {applied['note']}")
     return 0
 
 

@@ -73,7 +73,9 @@ class CourierDesk:
         device_id: str,
         parts: AgentParts,
         status: Callable[[], Awaitable[dict[str, Any]]],
+        task_slots: int = 0,
     ) -> None:
+        self._task_slots = task_slots
         self._paths = paths
         self._device_id = device_id
         self._parts = parts
@@ -99,6 +101,8 @@ class CourierDesk:
                 agent_version=__version__,
                 status=await self._status(),
                 renewal_csr=csr,
+                models=self._parts.inference.inventory(),
+                task_slots=self._task_slots,
             )
             header = Header(
                 v=sealing.VERSION,
@@ -166,6 +170,12 @@ class CourierDesk:
                 current = self._parts.policy.current
                 version = current.version if current else 0
                 policy = f"version {version} applied" if applied else f"version {version} kept"
+            tasks = carried.tasks
+            for first in range(0, len(tasks), wire.MAX_TASK_BATCH):
+                # As from MQTT: each is checked, kept in the inbox (on disk), then run.
+                await self._parts.tasks.assign(
+                    wire.Tasks(tasks=tasks[first : first + wire.MAX_TASK_BATCH])
+                )
             certificate = "none"
             if carried.certificate:
                 certificate = await asyncio.to_thread(
@@ -184,6 +194,8 @@ class CourierDesk:
                 "policy": policy,
                 "certificate": certificate,
                 "note": carried.note,
+                "tasks": len(tasks),
+                "lease_s": carried.lease_s,
             }
 
     async def _unacknowledged(self) -> tuple[list[wire.Records], dict[str, int]]:

@@ -35,6 +35,9 @@ class ImportedOut(Struct, frozen=True):
         Meta(description="streams numbered before the device knew the hub's marks"),
     ]
     task_results: Annotated[dict[str, int], Meta(description="task results, by outcome")]
+    tasks_leased: Annotated[
+        int, Meta(description="queued tasks leased to the device in the ack (for 7 days)")
+    ]
     ack_name: Annotated[str, Meta(description="a file name for the ack bundle")]
     ack: Annotated[
         str,
@@ -70,6 +73,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             repeated=outcome.repeated,
             not_taken=outcome.waiting,
             task_results=dict(outcome.task_results),
+            tasks_leased=outcome.tasks_leased,
             ack_name=f"outpost-hub-for-{outcome.device_id}-{outcome.bundle_id[:12]}.001-of-001.opb",
             ack=base64.b64encode(parts.as_part(outcome.ack, name)).decode(),
         )

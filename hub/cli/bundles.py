@@ -27,7 +27,11 @@ def import_bundles(args: argparse.Namespace) -> int:
         desk = open_desk(paths, store, config)
         for name, sealed in bundles:
             try:
-                outcome = asyncio.run(desk.importer.import_bundle(sealed))
+                outcome = asyncio.run(
+                    desk.importer.import_bundle(
+                        sealed, lease_s=args.lease, max_tasks=max(0, args.tasks)
+                    )
+                )
             except BundleError as exc:
                 refused += 1
                 print(f"{name}: refused: {exc}")
@@ -49,15 +53,18 @@ def export_bundles(args: argparse.Namespace) -> int:
         device_ids = asyncio.run(_chosen(store, args.device, selector))
         if not device_ids:
             raise ValueError("no device matches: check --device or --selector")
-        made = asyncio.run(desk.exporter.export(device_ids))
+        made = asyncio.run(
+            desk.exporter.export(device_ids, lease_s=args.lease, max_tasks=max(0, args.tasks))
+        )
     failed = 0
     for exported in made:
         if not exported.sealed:
             failed += 1
             print(f"{exported.device_id}: not exported: {exported.reason}")
             continue
+        leased = f" ({exported.tasks} tasks leased)" if exported.tasks else ""
         for path in _write(args.to, exported.device_id, exported.sealed, args.max_size):
-            print(f"{exported.device_id}: {path}")
+            print(f"{exported.device_id}{leased}: {path}")
     return 1 if failed else 0
 
 

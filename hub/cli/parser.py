@@ -171,9 +171,11 @@ def _bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--ack-out", type=Path, metavar="DIR", help="write each device's ack bundle here"
     )
     _max_size(b)
+    _leases(b)
     b.set_defaults(func=command("hub.cli.bundles:import_bundles"))
     b = bundle.add_parser(
-        "export", help="write bundles for devices: their marks and their signed policy"
+        "export",
+        help="write bundles for devices: their marks, signed policy and tasks leased to them",
     )
     _data(b)
     _config(b)
@@ -189,7 +191,34 @@ def _bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="devices with this label (repeatable; default: every device)",
     )
     _max_size(b)
+    _leases(b)
     b.set_defaults(func=command("hub.cli.bundles:export_bundles"))
+
+
+def _leases(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lease",
+        type=_duration,
+        default=7 * 86400.0,
+        help="how long tasks in the bundle are leased to the device: the courier's round "
+        "trip, such as 3d or 2w (default 7d); a result later than that counts as late",
+    )
+    p.add_argument(
+        "--tasks",
+        type=int,
+        default=100,
+        metavar="N",
+        help="queued tasks to lease to each device in its bundle, at most (default 100; 0: none)",
+    )
+
+
+def _duration(text: str) -> float:
+    from outpost import durations
+
+    try:
+        return durations.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _max_size(p: argparse.ArgumentParser) -> None:

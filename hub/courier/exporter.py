@@ -11,11 +11,16 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hub.store import HubStore
+from hub.store import HubStore, courierleases
 from hub.store import courier as registry
+from hub.store.tasks import unpack_input
+from hub.tasks import allocation
 from outpost import policy, wire
 from outpost.courier import content, sealing
 from outpost.courier.sealing import BundleError, Header
+
+DEFAULT_LEASE_S = 7 * 86400.0  # the courier's round trip, unless told
+DEFAULT_MAX_TASKS = 100  # per device and bundle
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class Exported:
     device_id: str
     sealed: bytes  # b"" when it could not be made
     reason: str = ""  # why not
+    tasks: int = 0  # tasks leased to the device in it
 
 
 class HubBundles:
@@ -34,8 +40,15 @@ class HubBundles:
         self._fleet = fleet
 
     async def bundle_for(
-        self, device_id: str, *, now: float | None = None, certificate: bytes = b"", note: str = ""
-    ) -> bytes:
+        self,
+        device_id: str,
+        *,
+        now: float | None = None,
+        certificate: bytes = b"",
+        note: str = "",
+        lease_s: float = DEFAULT_LEASE_S,
+        max_tasks: int = DEFAULT_MAX_TASKS,
+    ) -> Exported:
         """The sealed bundle for one device; `BundleError` if it cannot be made."""
         now = time.time() if now is None else now
         device = await self._store.device(device_id)
@@ -52,12 +65,15 @@ class HubBundles:
         recipient = sealing.load_public_pem(pem.encode(), f"the key of {device_id}")
         marks = await self._store.stream_marks([device_id])
         acks = [wire.Ack(stream, marks.get((device_id, stream), 0)) for stream in wire.STREAMS]
+        tasks = await self._tasks(device_id, now, lease_s, max_tasks)
         carried = content.HubContent(
             acks=acks,
             policy=await self._policy(device_id, now),
             numbered_by=await self._store.run(registry.numbering, device_id),
             certificate=certificate.decode(),
             note=note,
+            tasks=tasks,
+            lease_s=lease_s,
         )
         header = Header(
             v=sealing.VERSION,
@@ -68,16 +84,49 @@ class HubBundles:
             id=secrets.token_hex(16),
             created_at=now,
         )
-        return sealing.seal(header, content.encode(carried), signer=self._key, recipient=recipient)
+        sealed = sealing.seal(
+            header, content.encode(carried), signer=self._key, recipient=recipient
+        )
+        return Exported(device_id, sealed, tasks=len(tasks))
 
-    async def export(self, device_ids: list[str], *, now: float | None = None) -> list[Exported]:
+    async def export(
+        self,
+        device_ids: list[str],
+        *,
+        now: float | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        max_tasks: int = DEFAULT_MAX_TASKS,
+    ) -> list[Exported]:
         out = []
         for device_id in device_ids:
             try:
-                out.append(Exported(device_id, await self.bundle_for(device_id, now=now)))
+                out.append(
+                    await self.bundle_for(device_id, now=now, lease_s=lease_s, max_tasks=max_tasks)
+                )
             except BundleError as exc:
                 out.append(Exported(device_id, b"", str(exc)))
         return out
+
+    async def _tasks(
+        self, device_id: str, now: float, lease_s: float, limit: int
+    ) -> list[wire.Assignment]:
+        leased = await self._store.run(
+            courierleases.lease, device_id, now, lease_s, limit, allocation.matches
+        )
+        return [
+            wire.Assignment(
+                task_id=a.task_id,
+                attempt=a.attempt,
+                model=a.model,
+                version=a.version,
+                input=unpack_input(a.input),
+                dtype=a.dtype,  # type: ignore[arg-type]
+                priority=a.priority,
+                deadline_in_s=max(0.0, a.deadline - now),
+                lease_s=a.lease_s,
+            )
+            for a in leased
+        ]
 
     async def _policy(self, device_id: str, now: float) -> wire.SignedPolicy | None:
         # The current effective policy, given its version first if it changed.

@@ -10,6 +10,7 @@ Every refusal is a `BundleError` whose message says why, and stores nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hub.courier.exporter import HubBundles
+from hub.courier.exporter import DEFAULT_LEASE_S, DEFAULT_MAX_TASKS, HubBundles
 from hub.fleet.certificates import RenewalRefusedError, Renewals
 from hub.store import HubStore, Upload
 from hub.store import courier as registry
@@ -48,6 +49,7 @@ class ImportOutcome:
     task_results: Counter[str] = field(default_factory=Counter)
     ack: bytes = b""  # the sealed bundle for the device
     renewed: bool = False  # its certificate was renewed: the ack carries the new one
+    tasks_leased: int = 0  # tasks the ack leases to the device
 
     def summary(self) -> str:
         stored = sum(self.stored.values())
@@ -58,6 +60,8 @@ class ImportOutcome:
             parts.append("tasks " + ", ".join(f"{k} {v}" for k, v in self.task_results.items()))
         if self.renewed:
             parts.append("certificate renewed (in the ack bundle)")
+        if self.tasks_leased:
+            parts.append(f"{self.tasks_leased} tasks leased to it in the ack bundle")
         if self.waiting:
             parts.append(
                 ", ".join(self.waiting) + " not taken: numbered before the device knew the "
@@ -85,7 +89,16 @@ class BundleImporter:
         self._fleet = fleet
         self._exporter = exporter
 
-    async def import_bundle(self, sealed: bytes, *, now: float | None = None) -> ImportOutcome:
+    async def import_bundle(
+        self,
+        sealed: bytes,
+        *,
+        now: float | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        max_tasks: int = DEFAULT_MAX_TASKS,
+    ) -> ImportOutcome:
+        """Import one device bundle; its ack leases the device up to `max_tasks` tasks
+        for `lease_s` (the courier's round trip)."""
         now = time.time() if now is None else now
         to = sealing.addressee(sealed)
         if to != content.HUB:
@@ -138,6 +151,10 @@ class BundleImporter:
                 header.id, device_id, header.created_at, now, sum(outcome.stored.values())
             ),
             carried.agent_version,
+            registry.Inventory(
+                json.dumps(msgspec.to_builtins(carried.models), sort_keys=True),
+                carried.task_slots,
+            ),
             detail,
         )
         if not first:  # another import of the same bundle won the race: it stored them
@@ -157,9 +174,15 @@ class BundleImporter:
             except RenewalRefusedError as exc:
                 note = f"certificate renewal refused: {exc}"
                 logger.warning("bundle of %s: %s", device_id, note)
-        outcome.ack = await self._exporter.bundle_for(
-            device_id, now=now, certificate=renewed, note=note
+        made = await self._exporter.bundle_for(
+            device_id,
+            now=now,
+            certificate=renewed,
+            note=note,
+            lease_s=lease_s,
+            max_tasks=max_tasks,
         )
+        outcome.ack, outcome.tasks_leased = made.sealed, made.tasks
         logger.info("imported %s", detail)
         return outcome
 

@@ -11,6 +11,14 @@ from hub.store.sql import Sql
 
 
 @dataclass(frozen=True)
+class Inventory:
+    """What a device's bundle says it runs."""
+
+    models_json: str  # as a hello's models are kept: a JSON list of name, version, state...
+    task_slots: int
+
+
+@dataclass(frozen=True)
 class Imported:
     bundle_id: str
     device_id: str
@@ -28,10 +36,13 @@ def imported(db: Sql, bundle_id: str) -> Imported | None:
     return Imported(*row) if row else None
 
 
-def record_import(db: Sql, bundle: Imported, agent_version: str, detail: str) -> bool:
-    """Note the bundle as imported and the device as heard of at its making (never moving
-    `last_seen` or `bundle_at` back: an old bundle after newer traffic changes nothing
-    there); False if it was imported already (by another replica, just now)."""
+def record_import(
+    db: Sql, bundle: Imported, agent_version: str, inventory: Inventory, detail: str
+) -> bool:
+    """Note the bundle as imported and the device as heard of at its making; what it
+    runs (agent version, models, task slots) only if nothing newer was heard of it (an
+    old bundle after newer MQTT traffic changes none of it, nor moves `last_seen` or
+    `bundle_at` back). False if it was imported already (by another replica, just now)."""
     with db.write():
         if imported(db, bundle.bundle_id) is not None:
             return False
@@ -43,13 +54,17 @@ def record_import(db: Sql, bundle: Imported, agent_version: str, detail: str) ->
         )  # fmt: skip
         db.execute(
             "UPDATE devices SET"
+            " agent_version = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ?"
+            " ELSE agent_version END,"
+            " models = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ? ELSE models END,"
+            " task_slots = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ?"
+            " ELSE task_slots END,"
             " bundle_at = CASE WHEN bundle_at IS NULL OR bundle_at < ? THEN ? ELSE bundle_at END,"
-            " last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? ELSE last_seen END,"
-            " agent_version = CASE WHEN bundle_at IS NULL OR bundle_at < ? THEN ?"
-            " ELSE agent_version END"
+            " last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? ELSE last_seen END"
             " WHERE device_id = ?",
-            (bundle.created_at, bundle.created_at, bundle.created_at, bundle.created_at,
-             bundle.created_at, agent_version, bundle.device_id),
+            (bundle.created_at, agent_version, bundle.created_at, inventory.models_json,
+             bundle.created_at, inventory.task_slots, bundle.created_at, bundle.created_at,
+             bundle.created_at, bundle.created_at, bundle.device_id),
         )  # fmt: skip
         events.add(db, bundle.device_id, bundle.imported_at, "bundle_imported", detail)
     return True

@@ -91,7 +91,7 @@ def allocate(
         # Nothing runnable queued (the usual case between bursts): reading and decoding
         # every online device would be the pass's whole cost, paid twice a second and
         # after every hello, for nothing.
-        if not _queued(db, now, 1, 0):
+        if not queued_tasks(db, now, 1, 0):
             return [], swept
         candidates = _candidates(db, now, settings)
         assigned: list[Assigned] = []
@@ -100,7 +100,7 @@ def allocate(
         # device can take now (a named device offline, a model nobody has) must not
         # hide the runnable ones behind them.
         while scanned < MAX_SCAN and any(c.held < c.slots for c in candidates):
-            page = _queued(db, now, settings.max_plan, passed)
+            page = queued_tasks(db, now, settings.max_plan, passed)
             if not page:
                 break
             chosen = plan(page, candidates)
@@ -233,7 +233,8 @@ def _sweep(db: Sql, now: float, settings: Settings) -> dict[str, int]:
     return swept
 
 
-def _queued(db: Sql, now: float, limit: int, offset: int) -> list[Queued]:
+def queued_tasks(db: Sql, now: float, limit: int, offset: int) -> list[Queued]:
+    """Queued tasks still in time, in the order they are given out."""
     rows = db.execute(
         """SELECT task_id, model, version, priority, deadline, target, excluded FROM tasks
            WHERE state = 'queued' AND deadline > ?

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from msgspec import Meta
 
-from outpost.wire import Ack, Records, SignedPolicy
+from outpost.wire import Ack, Assignment, ModelInfo, Records, SignedPolicy
 
 KIND_DEVICE: Final = "device"
 KIND_HUB: Final = "hub"
@@ -34,6 +34,9 @@ class DeviceContent(msgspec.Struct, frozen=True):
     # A CSR for the device's own key, once its certificate is in the last third of its
     # life: the hub's bundle back carries the renewed certificate.
     renewal_csr: Annotated[str, Meta(max_length=16384)] = ""
+    # What it can run, as a hello says: the hub leases it tasks that fit.
+    models: Annotated[list[ModelInfo], Meta(max_length=64)] = []
+    task_slots: Annotated[int, Meta(ge=0, le=1024)] = 0
 
 
 class HubContent(msgspec.Struct, frozen=True):
@@ -46,6 +49,10 @@ class HubContent(msgspec.Struct, frozen=True):
     numbered_by: dict[str, str] = {}
     note: str = ""  # what the hub has to say (a renewal it refused), for the device's log
     certificate: str = ""  # a renewed certificate (PEM), answering the bundle's CSR
+    # Tasks leased to the device for the courier's round trip (`lease_s`), as MQTT
+    # assignments are: their results come back in the device's next bundle.
+    tasks: list[Assignment] = []
+    lease_s: float = 0.0
 
 
 def encode(content: DeviceContent | HubContent) -> bytes:

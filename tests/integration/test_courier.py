@@ -17,13 +17,16 @@ from pathlib import Path
 import pytest
 
 from edge.identity import DevicePaths
+from edge.inference.directory import ModelDirectory
 from hub.app import Hub
+from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.databases import hub_sql
+from tests.integration.test_sink_webhook import INPUT, VIB
 from tests.integration.test_store_forward import hub_records, wait_socket
 from tests.linkproxy import LinkProxy
 from tests.local_api import LocalClient
-from tests.support import REPO, AgentProcess, eventually, free_port
+from tests.support import REPO, SHIPPED_MODELS, AgentProcess, eventually, free_port
 
 RECORDS = 120
 
@@ -50,9 +53,17 @@ async def proxy(hub: Hub) -> AsyncIterator[LinkProxy]:
 
 
 async def offline_agent(
-    enroll_device: Enroller, agents: Callable[..., AgentProcess], proxy: LinkProxy
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+    proxy: LinkProxy,
+    *,
+    models: bool = False,
 ) -> tuple[DevicePaths, str, AgentProcess, LocalClient]:
     paths, identity = await enroll_device()
+    if models:
+        directory = ModelDirectory(paths.models)
+        for folder in SHIPPED_MODELS:
+            directory.install(folder)
     # No link at all: neither the broker (the proxy is down) nor the hub's HTTPS API
     # (where the daemon would renew its certificate) can be reached.
     cut_off = dataclasses.replace(identity, hub_url=f"https://127.0.0.1:{free_port()}")
@@ -195,4 +206,69 @@ async def test_bundles_and_mqtt_converge_without_doubling(
         await client.close()
     held = hub_records(hub, device_id)
     assert [body["n"] for _, body in held] == list(range(1, 131))
+    assert agent.process.poll() is None
+
+
+async def test_tasks_travel_by_bundle_leased_for_the_round_trip(
+    hub: Hub,
+    api: ApiClient,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+    proxy: LinkProxy,
+    tmp_path: Path,
+) -> None:
+    """The hub learns what the device runs from its first bundle, leases it queued tasks
+    in its next bundle (accepted from then on, for the stated round trip), the device
+    runs them with no link, and their results come back in its next bundle: each task
+    ends once, succeeded."""
+    paths, device_id, agent, client = await offline_agent(enroll_device, agents, proxy, models=True)
+    await client.close()
+    first = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "1")
+    assert first.returncode == 0, first.stderr
+    learned = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "1")
+    assert learned.returncode == 0, learned.stdout + learned.stderr
+    device = await hub.parts.store.device(device_id)
+    assert device is not None
+    assert {m["name"] for m in device.models} == {"surface-defect", VIB}
+
+    operator = await api.token("operator")
+    task = {"model": VIB, "input": INPUT, "dtype": "int8", "target": {"device": device_id}}
+    submitted = await api.call("POST", "/api/v1/tasks", token=operator, body={"tasks": [task] * 3})
+    assert submitted.status == 202, submitted.body
+    ids = submitted.body["ids"]
+
+    out = cli("hub", "bundle", "export", "--data", hub.paths.root, "--device", device_id,
+              "--to", tmp_path / "to-site", "--lease", "3d")  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "(3 tasks leased)" in out.stdout
+    for task_id in ids:
+        held = await hub.parts.store.task(task_id)
+        assert held is not None
+        assert (held.state, held.device_id) == ("accepted", device_id)
+    again = cli("hub", "bundle", "export", "--data", hub.paths.root, "--device", device_id,
+                "--to", tmp_path / "again")  # fmt: skip
+    assert "tasks leased" not in again.stdout  # leased once
+
+    applied = cli("agent", "bundle", "import", "--data", paths.root, tmp_path / "to-site")
+    assert applied.returncode == 0, applied.stderr
+    assert "3 tasks leased for 3 days" in applied.stdout
+
+    local = LocalClient(paths.socket)
+    try:
+
+        async def ran() -> bool:
+            return bool((await local.status())["tasks"]["done"] == 3)
+
+        await eventually(ran, timeout=60, what="the leased tasks run on the device")
+    finally:
+        await local.close()
+    back = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "back")
+    assert back.returncode == 0, back.stderr
+    results = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "back")
+    assert results.returncode == 0, results.stdout + results.stderr
+    assert "tasks accepted 3" in results.stdout
+    for task_id in ids:
+        ended = await hub.parts.store.task(task_id)
+        assert ended is not None
+        assert ended.state == "succeeded"
     assert agent.process.poll() is None

@@ -1,0 +1,81 @@
+"""Tasks leased by courier bundle: a device at a site with no link takes queued tasks it
+fits (its target, its models) in the hub's bundle for it, each leased for the courier's
+round trip, stated at export. The task counts as accepted from the moment the bundle is
+made (nobody could say so sooner); its result comes back in the device's next bundle
+and ends it as an MQTT result would (first valid result wins). A lease that lapses
+first puts the task back in the queue, and the device's result then counts as late.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from hub.store.leases import Assigned, Candidate, Queued, queued_tasks
+from hub.store.sql import Sql
+from hub.store.tasks import record_events
+
+Fits = Callable[[Queued, Candidate], bool]  # hub/tasks/allocation.py's `matches`
+
+SCAN = 1000  # queued tasks looked at per bundle, in priority order
+
+
+def lease(
+    db: Sql, device_id: str, now: float, lease_s: float, limit: int, fits: Fits
+) -> list[Assigned]:
+    """Up to `limit` queued tasks this device `fits`, leased to it for `lease_s`."""
+    if limit <= 0:
+        return []
+    with db.write():
+        row = db.execute(
+            "SELECT labels, models, revoked_at FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        if row is None or row["revoked_at"] is not None:
+            return []
+        device = Candidate(
+            device_id=device_id,
+            labels=json.loads(row["labels"]),
+            models=frozenset(
+                (m["name"], m["version"])
+                for m in json.loads(row["models"] or "[]")
+                if m.get("state") == "ready"
+            ),
+            slots=limit,
+            concurrency=1,
+            held=0,
+            cpu_percent=None,
+            temperature_c=None,
+            latency_ms=None,
+        )
+        leased = []
+        for task in queued_tasks(db, now, SCAN, 0):
+            if device_id in task.excluded or not fits(task, device):
+                continue
+            leased.append(_lease(db, task.task_id, device_id, now, lease_s))
+            if len(leased) >= limit:
+                break
+        return leased
+
+
+def _lease(db: Sql, task_id: str, device_id: str, now: float, lease_s: float) -> Assigned:
+    row = db.execute(
+        """UPDATE tasks SET state = 'accepted', device_id = ?, attempt = attempt + 1,
+               updated_at = ?, lease_expires = ?
+           WHERE task_id = ? AND state = 'queued'
+           RETURNING attempt, model, version, input, dtype, priority, deadline""",
+        (device_id, now, now + lease_s, task_id),
+    ).fetchone()
+    detail = f"by courier bundle, leased for {lease_s / 86400:g} days"
+    record_events(db, [(task_id, now, "assigned", device_id, row["attempt"], detail)])
+    return Assigned(
+        device_id=device_id,
+        task_id=task_id,
+        attempt=row["attempt"],
+        model=row["model"],
+        version=row["version"],
+        input=row["input"],
+        dtype=row["dtype"],
+        priority=row["priority"],
+        deadline=row["deadline"],
+        lease_s=lease_s,
+    )
