@@ -70,6 +70,8 @@ def import_(data: Path, sources: list[Path]) -> int:
             days = applied["lease_s"] / 86400
             print(f"  {applied['tasks']} tasks leased for {days:g} days: their results go in the")
             print("  next export")
+        for model in applied["models"]:
+            print(f"  model {model} carried: the agent checks, installs and activates it")
         if applied["certificate"] != "none":
             print(f"  certificate {applied['certificate']}")
         if applied["note"]:

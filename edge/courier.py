@@ -176,6 +176,12 @@ class CourierDesk:
                 await self._parts.tasks.assign(
                     wire.Tasks(tasks=tasks[first : first + wire.MAX_TASK_BATCH])
                 )
+            for carried_file in carried.model_files:
+                await self._parts.deployer.stage(
+                    carried_file.name, carried_file.version, carried_file.sha256, carried_file.data
+                )
+            if carried.releases is not None:  # deployed in turn, as from MQTT
+                await self._parts.deployer.offer(carried.releases)
             certificate = "none"
             if carried.certificate:
                 certificate = await asyncio.to_thread(
@@ -195,6 +201,7 @@ class CourierDesk:
                 "certificate": certificate,
                 "note": carried.note,
                 "tasks": len(tasks),
+                "models": [f"{f.name} {f.version}" for f in carried.model_files],
                 "lease_s": carried.lease_s,
             }
 

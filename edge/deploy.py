@@ -28,7 +28,7 @@ from edge import deploystate, download
 from edge.deploystate import DeployStates, Key, Record
 from edge.identity import DevicePaths
 from edge.inference.service import InferenceService
-from outpost import backoff, release, schema, tls, wire
+from outpost import backoff, files, release, schema, tls, wire
 from outpost.modelbundle import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -152,6 +152,18 @@ class Deployer:
                     self._current = None
         finally:
             self._slots.on_rollback = None
+
+    async def stage(self, name: str, version: str, sha256: str, data: bytes) -> None:
+        """A release's model file carried by courier bundle (edge/courier.py), kept where
+        a finished download would be: the deploy then checks it against the signed
+        manifest (size, sha256) and installs it exactly as a downloaded one."""
+        part = self._downloads / f"{name}@{version}.{sha256[:16]}.part"
+
+        def keep() -> None:
+            self._downloads.mkdir(parents=True, exist_ok=True, mode=0o700)
+            files.replace(part, data, files.PRIVATE)
+
+        await asyncio.to_thread(keep)
 
     def queued(self) -> list[tuple[str, str]]:
         """(name, version) of each release waiting its turn, in order."""

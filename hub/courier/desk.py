@@ -13,6 +13,7 @@ from hub.courier.importer import BundleImporter
 from hub.courier.keys import ensure_bundle_key, load_bundle_key
 from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import load_signing_key
+from hub.models.releases import ModelShelf
 from hub.paths import HubPaths
 from hub.store import HubStore
 from outpost import tls
@@ -29,7 +30,9 @@ def open_desk(paths: HubPaths, store: HubStore, config: HubConfig) -> CourierDes
     ensure_bundle_key(paths)
     ca_pem = paths.ca_cert.read_bytes()
     fleet = tls.fingerprint(ca_pem)
-    exporter = HubBundles(store, signing_key=load_signing_key(paths), fleet=fleet)
+    signing_key = load_signing_key(paths)
+    shelf = ModelShelf(paths.models, store, signing_key)
+    exporter = HubBundles(store, signing_key=signing_key, fleet=fleet, shelf=shelf)
     importer = BundleImporter(
         store,
         bundle_key=load_bundle_key(paths),

@@ -5,19 +5,23 @@ its first bundle)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from hub.models.releases import ModelShelf
 from hub.store import HubStore, courierleases
 from hub.store import courier as registry
 from hub.store.tasks import unpack_input
 from hub.tasks import allocation
-from outpost import policy, wire
+from outpost import policy, release, wire
 from outpost.courier import content, sealing
 from outpost.courier.sealing import BundleError, Header
+from outpost.signing import Signed
 
 DEFAULT_LEASE_S = 7 * 86400.0  # the courier's round trip, unless told
 DEFAULT_MAX_TASKS = 100  # per device and bundle
@@ -33,11 +37,17 @@ class Exported:
 
 class HubBundles:
     def __init__(
-        self, store: HubStore, *, signing_key: ed25519.Ed25519PrivateKey, fleet: str
+        self,
+        store: HubStore,
+        *,
+        signing_key: ed25519.Ed25519PrivateKey,
+        fleet: str,
+        shelf: ModelShelf,
     ) -> None:
         self._store = store
         self._key = signing_key
         self._fleet = fleet
+        self._shelf = shelf
 
     async def bundle_for(
         self,
@@ -66,6 +76,7 @@ class HubBundles:
         marks = await self._store.stream_marks([device_id])
         acks = [wire.Ack(stream, marks.get((device_id, stream), 0)) for stream in wire.STREAMS]
         tasks = await self._tasks(device_id, now, lease_s, max_tasks)
+        releases, files = await self._releases(device_id, device.models)
         carried = content.HubContent(
             acks=acks,
             policy=await self._policy(device_id, now),
@@ -74,6 +85,8 @@ class HubBundles:
             note=note,
             tasks=tasks,
             lease_s=lease_s,
+            releases=releases,
+            model_files=files,
         )
         header = Header(
             v=sealing.VERSION,
@@ -127,6 +140,28 @@ class HubBundles:
             )
             for a in leased
         ]
+
+    async def _releases(
+        self, device_id: str, has: list[dict[str, Any]]
+    ) -> tuple[wire.ModelReleases | None, list[content.ModelFile]]:
+        """The releases the device should run (as the roll-outs would send them), and
+        the file of each it does not report holding (by name, version and sha256)."""
+        desired = (await self._store.desired_releases_of([device_id])).get(device_id, [])
+        if not desired:
+            return None, []
+        held = {(m.get("name"), m.get("version"), m.get("sha256")) for m in has}
+        files = []
+        for document, signature in desired:
+            m = release.verify(self._key.public_key(), Signed(document, signature)).manifest
+            if (m.name, m.version, m.sha256) in held:
+                continue
+            path = await self._shelf.local_file(m.name, m.version)
+            if path is None:
+                raise BundleError(f"model {m.name} {m.version} has no file on this hub")
+            data = await asyncio.to_thread(path.read_bytes)
+            files.append(content.ModelFile(m.name, m.version, m.sha256, data))
+        signed = [wire.SignedRelease(document=d, signature=s) for d, s in desired]
+        return wire.ModelReleases(releases=signed), files
 
     async def _policy(self, device_id: str, now: float) -> wire.SignedPolicy | None:
         # The current effective policy, given its version first if it changed.

@@ -160,6 +160,9 @@ class BundleImporter:
         if not first:  # another import of the same bundle won the race: it stored them
             raise BundleError(f"bundle {header.id[:12]} of {device_id} was imported already")
         await self._store.run(registry.remember_key, device_id, _public_pem(cert))
+        serving = [(m.name, m.version) for m in carried.models if m.state == "ready"]
+        if serving:  # a roll-out that waited on this device's word moves on
+            await self._store.reconcile_inventory([(device_id, serving)], now=now)
         renewed, note = b"", ""
         if carried.renewal_csr:
             try:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from msgspec import Meta
 
-from outpost.wire import Ack, Assignment, ModelInfo, Records, SignedPolicy
+from outpost.wire import Ack, Assignment, ModelInfo, ModelReleases, Records, SignedPolicy
 
 KIND_DEVICE: Final = "device"
 KIND_HUB: Final = "hub"
@@ -53,6 +53,19 @@ class HubContent(msgspec.Struct, frozen=True):
     # assignments are: their results come back in the device's next bundle.
     tasks: list[Assignment] = []
     lease_s: float = 0.0
+    # The model releases it should run (signed, as retained on its models topic), and
+    # the .tflite file of each it lacks: the deployer checks both as after a download.
+    releases: ModelReleases | None = None
+    model_files: list[ModelFile] = []
+
+
+class ModelFile(msgspec.Struct, frozen=True):
+    """A release's model file, carried instead of downloaded."""
+
+    name: str
+    version: str
+    sha256: str
+    data: bytes
 
 
 def encode(content: DeviceContent | HubContent) -> bytes:

@@ -26,6 +26,7 @@ from tests.integration.test_sink_webhook import INPUT, VIB
 from tests.integration.test_store_forward import hub_records, wait_socket
 from tests.linkproxy import LinkProxy
 from tests.local_api import LocalClient
+from tests.model_upload import bundle_parts, upload
 from tests.support import REPO, SHIPPED_MODELS, AgentProcess, eventually, free_port
 
 RECORDS = 120
@@ -271,4 +272,58 @@ async def test_tasks_travel_by_bundle_leased_for_the_round_trip(
         ended = await hub.parts.store.task(task_id)
         assert ended is not None
         assert ended.state == "succeeded"
+    assert agent.process.poll() is None
+
+
+async def test_a_model_rolls_out_by_bundle(
+    hub: Hub,
+    api: ApiClient,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+    proxy: LinkProxy,
+    tmp_path: Path,
+) -> None:
+    """A roll-out reaches a device with no link: its bundle carries the signed release
+    and the model file it lacks; the device checks and activates it as after a
+    download, and its next bundle tells the hub, which completes the roll-out."""
+    paths, device_id, agent, client = await offline_agent(enroll_device, agents, proxy, models=True)
+    await client.close()
+    first = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "1")
+    assert first.returncode == 0, first.stderr
+    assert cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "1").returncode == 0
+
+    admin = await api.token("admin")
+    folder = next(Path(f) for f in SHIPPED_MODELS if f"/{VIB}/" in f"{f}/")
+    model, manifest, sample = bundle_parts(folder, version="1.1.0")
+    assert (await upload(hub, admin, model, manifest, sample)).status == 201
+    started = await api.call(
+        "POST", "/api/v1/rollouts", token=admin,
+        body={"model": VIB, "version": "1.1.0", "selector": {}, "canary_share": 1.0},
+    )  # fmt: skip
+    assert started.status == 201, started.body
+
+    out = cli("hub", "bundle", "export", "--data", hub.paths.root, "--device", device_id,
+              "--to", tmp_path / "to-site")  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    applied = cli("agent", "bundle", "import", "--data", paths.root, tmp_path / "to-site")
+    assert applied.returncode == 0, applied.stderr
+    assert f"model {VIB} 1.1.0 carried" in applied.stdout
+
+    local = LocalClient(paths.socket)
+    try:
+
+        async def active() -> bool:
+            models = (await local.models())["models"]
+            return any(m["name"] == VIB and m["version"] == "1.1.0" for m in models)
+
+        await eventually(active, timeout=60, what="1.1.0 active on the device")
+    finally:
+        await local.close()
+    back = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "back")
+    assert back.returncode == 0, back.stderr
+    imported = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "back")
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    reply = await api.call("GET", f"/api/v1/rollouts/{started.body['id']}", token=admin)
+    assert reply.body["state"] == "completed", reply.body
+    assert reply.body["counts"] == {"active": 1}
     assert agent.process.poll() is None
