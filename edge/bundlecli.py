@@ -30,11 +30,13 @@ def parse_size(text: str) -> int:
         raise BundleCliError(str(exc)) from exc
 
 
-def export(data: Path, to: Path, max_size: int) -> int:
+def export(data: Path, to: Path, max_size: int, max_records: int) -> int:
     paths = _paths(data)
     device_id = Identity.load(paths).device_id
-    reply, body = asyncio.run(_call(paths, "/v1/bundles/export", b""))
+    route = f"/v1/bundles/export?max_records={max_records}"
+    reply, body = asyncio.run(_call(paths, route, b""))
     counts = json.loads(reply.get("X-Outpost-Records", "{}"))
+    more = reply.get("X-Outpost-More") == "true"
     stem = f"outpost-{device_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     try:
         written = parts.write_parts(body, to, stem, max_size)
@@ -50,6 +52,11 @@ def export(data: Path, to: Path, max_size: int) -> int:
     for path in written:
         print(f"  {path}")
     print("they stay on this device until the hub's ack bundle is imported here")
+    if more:
+        print(
+            f"more records wait beyond these {max_records:,} (--max-records): the next export, "
+            "after this bundle's ack is imported here, carries them"
+        )
     return 0
 
 

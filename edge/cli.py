@@ -125,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--data", type=Path, required=True, help="the agent's data folder")
     b.add_argument("--to", type=Path, required=True, help="folder to write the parts in")
     b.add_argument("--max-size", default="1G", help="largest part file, e.g. 100M, 4G (default 1G)")
+    b.add_argument(
+        "--max-records",
+        type=int,
+        default=100_000,
+        help="records in one bundle, at most (default 100000: about 100 MiB of memory while "
+        "it is made); the rest go in the next, after this one's ack",
+    )
     b.set_defaults(func=_bundle_export)
     b = bundles.add_parser("import", help="apply the hub's bundle for this device (acks, policy)")
     b.add_argument("--data", type=Path, required=True, help="the agent's data folder")
@@ -137,7 +144,10 @@ def _bundle_export(args: argparse.Namespace) -> int:
     from edge import bundlecli
 
     try:
-        return bundlecli.export(args.data, args.to, bundlecli.parse_size(args.max_size))
+        if args.max_records < 1:
+            raise bundlecli.BundleCliError("--max-records must be at least 1")
+        size = bundlecli.parse_size(args.max_size)
+        return bundlecli.export(args.data, args.to, size, args.max_records)
     except bundlecli.BundleCliError as exc:
         raise CliError(str(exc)) from exc
 

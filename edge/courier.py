@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 BATCH_BYTES = 4 << 20  # per upload batch in a bundle (of at most 1,000 records)
 KEEP_IDS = 1000  # hub bundles remembered as imported
+MAX_RECORDS = 100_000  # per bundle, by default: ~100 MiB at its peak while made
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,10 @@ class CourierDesk:
         self._status = status
         self._lock = asyncio.Lock()  # one export or import at a time
 
-    async def export(self) -> tuple[bytes, dict[str, int]]:
-        """The sealed bundle for the hub, and its records by stream."""
+    async def export(self, max_records: int = MAX_RECORDS) -> tuple[bytes, dict[str, int], bool]:
+        """The sealed bundle for the hub, its records by stream, and whether records were
+        left out (over `max_records`: the device holds the bundle in memory while making
+        it, ~1 KiB a record; the next bundle, after this one's ack, carries them)."""
         async with self._lock:
             keys = await asyncio.to_thread(Keys.load, self._paths)
             if keys.hub_bundle is None:
@@ -92,7 +95,7 @@ class CourierDesk:
                     f"the hub's bundle key: copy the hub's pki/bundle.pub to "
                     f"{self._paths.hub_bundle_pub}"
                 )
-            batches, counts = await self._unacknowledged()
+            batches, counts, more = await self._unacknowledged(max_records)
             csr = await asyncio.to_thread(self._renewal_csr, keys)
             carried = content.DeviceContent(
                 batches=batches,
@@ -125,7 +128,7 @@ class CourierDesk:
             logger.info(
                 "bundle %s exported: %s records", header.id[:12], f"{sum(counts.values()):,}"
             )
-            return sealed, counts
+            return sealed, counts, more
 
     async def import_(self, sealed: bytes) -> dict[str, Any]:
         """Apply a hub's bundle for this device; what it did, for the caller to print."""
@@ -144,11 +147,11 @@ class CourierDesk:
             if header.fleet != keys.fleet:
                 raise BundleError("this bundle is from another fleet's hub")
             sealing.verify(opened, keys.hub_signing, "hub bundle")
-            imported = await asyncio.to_thread(self._imported_ids)
-            if header.id in imported:
+            log = await asyncio.to_thread(self._log)
+            if header.id in log.imported:
                 raise BundleError(
                     f"hub bundle {header.id[:12]} was imported here already, at "
-                    f"{_utc(imported[header.id])}: nothing applied again"
+                    f"{_utc(log.imported[header.id])}: nothing applied again"
                 )
             try:
                 carried = content.decode_hub(opened.body)
@@ -189,7 +192,13 @@ class CourierDesk:
                 )
             if carried.note:
                 logger.warning("the hub's bundle says: %s", carried.note)
-            await asyncio.to_thread(self._remember, header.id, imported)
+            log.imported[header.id] = time.time()
+            for ack in carried.acks:
+                if ack.gap:
+                    log.resend_from[ack.stream] = ack.hwm
+                else:
+                    log.resend_from.pop(ack.stream, None)
+            await asyncio.to_thread(self._keep_log, log)
             forgotten = {s: after[s][0] - before[s][0] for s in after if after[s][0] > before[s][0]}
             logger.info("hub bundle %s imported (made %s)", header.id[:12], _utc(header.created_at))
             return {
@@ -205,25 +214,41 @@ class CourierDesk:
                 "lease_s": carried.lease_s,
             }
 
-    async def _unacknowledged(self) -> tuple[list[wire.Records], dict[str, int]]:
+    async def _unacknowledged(
+        self, max_records: int
+    ) -> tuple[list[wire.Records], dict[str, int], bool]:
+        """Upload batches of what the hub has not acknowledged, oldest first per stream,
+        up to about `max_records` in all; and whether any were left out."""
         store = self._parts.store
         cursors = await store.cursors()
+        resend_from = (await asyncio.to_thread(self._log)).resend_from
         batches: list[wire.Records] = []
         counts: dict[str, int] = {}
+        more = False
         for stream in wire.STREAMS:
             after = cursors.get(stream, (0, 0))[0]
+            # After a gap, the first batch covers from the hub's mark: the numbers
+            # between are gone from here, and the batch says so (as over MQTT).
+            covered_from = min(after, resend_from.get(stream, after))
             counts[stream] = 0
             while True:
+                room = max_records - sum(counts.values())
                 rows = await store.batch_packed(
-                    stream, after, max_records=wire.MAX_BATCH_RECORDS, max_bytes=BATCH_BYTES
+                    stream,
+                    after,
+                    max_records=max(1, min(wire.MAX_BATCH_RECORDS, room)),
+                    max_bytes=BATCH_BYTES,
                 )
                 if not rows:
+                    break
+                if room <= 0:
+                    more = True
                     break
                 last = rows[-1][0]
                 batches.append(
                     wire.Records(
                         stream=stream,
-                        from_seq=after + 1,
+                        from_seq=covered_from + 1,
                         to_seq=last,
                         seqs=[r[0] for r in rows],
                         ts=[r[1] for r in rows],
@@ -231,8 +256,8 @@ class CourierDesk:
                     )
                 )
                 counts[stream] += len(rows)
-                after = last
-        return batches, counts
+                after = covered_from = last
+        return batches, counts, more
 
     def _renewal_csr(self, keys: Keys) -> str:
         """A CSR for the device key once the certificate is in the last third of its life
@@ -259,20 +284,30 @@ class CourierDesk:
         logger.info("certificate renewed by bundle, valid until %s", _utc(window[1]))
         return f"renewed, valid until {_utc(window[1])}"
 
-    def _imported_ids(self) -> dict[str, float]:
+    def _log(self) -> CourierLog:
         try:
             loaded = json.loads(self._paths.courier_log.read_text())
+            return msgspec.convert(loaded, CourierLog)
         except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
+            return CourierLog()
+        except (OSError, ValueError, msgspec.ValidationError) as exc:
             logger.warning("%s unreadable (%s): starting it again", self._paths.courier_log, exc)
-            return {}
-        return {str(k): float(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+            return CourierLog()
 
-    def _remember(self, bundle_id: str, imported: dict[str, float]) -> None:
-        imported[bundle_id] = time.time()
-        newest = dict(sorted(imported.items(), key=lambda kv: kv[1])[-KEEP_IDS:])
-        files.replace(self._paths.courier_log, json.dumps(newest).encode(), files.PRIVATE)
+    def _keep_log(self, log: CourierLog) -> None:
+        newest = dict(sorted(log.imported.items(), key=lambda kv: kv[1])[-KEEP_IDS:])
+        kept = CourierLog(imported=newest, resend_from=log.resend_from)
+        files.replace(self._paths.courier_log, msgspec.json.encode(kept), files.PRIVATE)
+
+
+class CourierLog(msgspec.Struct):
+    """What the courier desk keeps between bundles (courier.json in the data folder)."""
+
+    imported: dict[str, float] = {}  # hub bundles applied here, by id: a replay is refused
+    # Streams the hub refused as a gap (it holds less than this device was told: a hub
+    # restored from a backup), from the mark it holds: the next export starts there, as
+    # the uploader does over MQTT.
+    resend_from: dict[str, int] = {}
 
 
 def _utc(at: float) -> str:

@@ -58,6 +58,7 @@ class HubBundles:
         note: str = "",
         lease_s: float = DEFAULT_LEASE_S,
         max_tasks: int = DEFAULT_MAX_TASKS,
+        gaps: tuple[str, ...] = (),
     ) -> Exported:
         """The sealed bundle for one device; `BundleError` if it cannot be made."""
         now = time.time() if now is None else now
@@ -74,7 +75,10 @@ class HubBundles:
             )
         recipient = sealing.load_public_pem(pem.encode(), f"the key of {device_id}")
         marks = await self._store.stream_marks([device_id])
-        acks = [wire.Ack(stream, marks.get((device_id, stream), 0)) for stream in wire.STREAMS]
+        acks = [
+            wire.Ack(stream, marks.get((device_id, stream), 0), gap=stream in gaps)
+            for stream in wire.STREAMS
+        ]
         tasks = await self._tasks(device_id, now, lease_s, max_tasks)
         releases, files = await self._releases(device_id, device.models)
         carried = content.HubContent(

@@ -46,6 +46,7 @@ class ImportOutcome:
     stored: Counter[str] = field(default_factory=Counter)  # new records, by stream
     repeated: int = 0  # records the hub held already (sent over MQTT, or an earlier bundle)
     waiting: list[str] = field(default_factory=list)  # streams not taken: numbered unaligned
+    gaps: list[str] = field(default_factory=list)  # streams whose records start past the mark
     task_results: Counter[str] = field(default_factory=Counter)
     ack: bytes = b""  # the sealed bundle for the device
     renewed: bool = False  # its certificate was renewed: the ack carries the new one
@@ -58,6 +59,11 @@ class ImportOutcome:
             parts.append(f"{self.repeated:,} already held")
         if self.task_results:
             parts.append("tasks " + ", ".join(f"{k} {v}" for k, v in self.task_results.items()))
+        if self.gaps:
+            parts.append(
+                ", ".join(self.gaps) + " not taken: they start past what the hub holds (its "
+                "ack tells the device to send from there)"
+            )
         if self.renewed:
             parts.append("certificate renewed (in the ack bundle)")
         if self.tasks_leased:
@@ -184,6 +190,7 @@ class BundleImporter:
             note=note,
             lease_s=lease_s,
             max_tasks=max_tasks,
+            gaps=tuple(outcome.gaps),
         )
         outcome.ack, outcome.tasks_leased = made.sealed, made.tasks
         logger.info("imported %s", detail)
@@ -231,8 +238,12 @@ class BundleImporter:
             )
             outcome.task_results.update(applied.task_results)
             for batch, result in zip(chunk, applied.applied, strict=True):
+                if result.gap:  # the hub lacks numbers before it: the device sends again
+                    if batch.stream not in outcome.gaps:
+                        outcome.gaps.append(batch.stream)
+                    continue
                 outcome.stored[batch.stream] += result.stored
-                outcome.repeated += len(batch.seqs) - result.stored if not result.gap else 0
+                outcome.repeated += len(batch.seqs) - result.stored
 
 
 def _upload(device_id: str, body: wire.Records) -> Upload:

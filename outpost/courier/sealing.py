@@ -20,6 +20,7 @@ Everything is held in memory: a bundle is bounded by `MAX_CONTENT_BYTES`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import sys
@@ -30,6 +31,7 @@ import msgspec
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -85,8 +87,13 @@ class Opened:
     header: Header
     body: bytes
     cert: bytes  # the signing device's certificate (PEM); b"" for a hub's bundle
-    signed: bytes  # header || body, as signed
+    header_bytes: bytes  # the header as signed
     signature: bytes
+
+    @property
+    def signed(self) -> bytes:
+        """header || body, as signed (a copy: `verify` does without it for ECDSA)."""
+        return self.header_bytes + self.body
 
 
 def seal(
@@ -99,16 +106,15 @@ def seal(
 ) -> bytes:
     """The bundle's bytes: `body` signed with `header` by `signer`, for `recipient`."""
     header_bytes = msgspec.msgpack.encode(header)
-    signed = header_bytes + body
     if isinstance(signer, ed25519.Ed25519PrivateKey):
-        sig = signer.sign(signed)
-    else:
-        sig = signer.sign(signed, ec.ECDSA(hashes.SHA256()))
+        sig = signer.sign(header_bytes + body)  # the hub's bundles: small
+    else:  # a device's: hashed in place, not copied (it may be large, the device small)
+        sig = signer.sign(_digest(header_bytes, body), ec.ECDSA(Prehashed(hashes.SHA256())))
     inner = msgspec.msgpack.encode(_Inner(header_bytes, body, sig, cert))
     if len(inner) > MAX_CONTENT_BYTES:
         raise BundleError(
-            f"the bundle would hold {len(inner):,} bytes, over {MAX_CONTENT_BYTES:,}: export "
-            "in more than one trip"
+            f"the bundle would hold {len(inner):,} bytes, over {MAX_CONTENT_BYTES:,}: "
+            "export fewer records per bundle (--max-records)"
         )
     ephemeral = ec.generate_private_key(ec.SECP256R1())
     epk = ephemeral.public_key().public_bytes(
@@ -152,7 +158,7 @@ def unseal(sealed: bytes, key: ec.EllipticCurvePrivateKey) -> Opened:
     except (msgspec.DecodeError, msgspec.ValidationError, zstd.ZstdError) as exc:
         raise BundleError(f"the bundle's content is malformed: {exc}") from exc
     # The caller picks the key to verify with from the header (and certificate).
-    return Opened(header, inner.body, inner.cert, inner.header + inner.body, inner.sig)
+    return Opened(header, inner.body, inner.cert, inner.header, inner.sig)
 
 
 def verify(opened: Opened, public: VerifyKey, what: str) -> None:
@@ -161,7 +167,8 @@ def verify(opened: Opened, public: VerifyKey, what: str) -> None:
         if isinstance(public, ed25519.Ed25519PublicKey):
             public.verify(opened.signature, opened.signed)
         else:
-            public.verify(opened.signature, opened.signed, ec.ECDSA(hashes.SHA256()))
+            digest = _digest(opened.header_bytes, opened.body)
+            public.verify(opened.signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
     except InvalidSignature as exc:
         raise BundleError(f"{what}: the signature does not verify") from exc
 
@@ -181,6 +188,12 @@ def _outer(sealed: bytes) -> tuple[_Outer, bytes, bytes]:
     if outer.v != VERSION:
         raise BundleError(f"bundle format {outer.v} is not one this version reads ({VERSION})")
     return outer, outer_bytes, sealed[start + size :]
+
+
+def _digest(header_bytes: bytes, body: bytes) -> bytes:
+    digest = hashlib.sha256(header_bytes)
+    digest.update(body)
+    return digest.digest()
 
 
 def _key(shared: bytes, epk: bytes, to: str) -> bytes:

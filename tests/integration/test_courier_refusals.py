@@ -290,7 +290,7 @@ async def test_the_api_imports_a_bundle_for_a_courier_and_answers_with_the_ack(
     reply = await api.call("POST", "/api/v1/bundles", token=courier, raw=upload)
     assert reply.status == 200, reply.body
     assert reply.body["device_id"] == one.device_id
-    assert reply.body["stored"] == {"results": RECORDS, "events": 1}
+    assert reply.body["stored"]["results"] == RECORDS
     assert len(hub_records(hub, one.device_id)) == RECORDS
     back = tmp_path / "back"
     back.mkdir()
