@@ -149,6 +149,7 @@ class Agent:
                 metrics_window=self.paths.metrics_window,
                 started=self._started,
             )
+            desk.heartbeat = telemetry.heartbeat  # bundles say what a heartbeat would
             # New work is refused while the load last sampled is over the policy's caps.
             tasks.overloaded = lambda: tuning.caps.refusal(telemetry.last_load)
             session = Session(

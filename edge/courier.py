@@ -28,6 +28,7 @@ from edge import renewal
 from edge.enroll import EnrollError, check_certificate, make_csr
 from edge.identity import DevicePaths, Identity
 from edge.parts import AgentParts
+from edge.store import StoreReadError
 from outpost import __version__, files, tls, wire
 from outpost.courier import content, sealing
 from outpost.courier.sealing import BundleError, Header
@@ -77,6 +78,8 @@ class CourierDesk:
         task_slots: int = 0,
     ) -> None:
         self._task_slots = task_slots
+        # What a heartbeat would say (edge/telemetry.py), once the agent has made it.
+        self.heartbeat: Callable[[str], Awaitable[wire.Heartbeat]] | None = None
         self._paths = paths
         self._device_id = device_id
         self._parts = parts
@@ -97,6 +100,12 @@ class CourierDesk:
                 )
             batches, counts, more = await self._unacknowledged(max_records)
             csr = await asyncio.to_thread(self._renewal_csr, keys)
+            beat = None
+            if self.heartbeat is not None:
+                try:
+                    beat = await self.heartbeat("courier")
+                except (OSError, StoreReadError) as exc:  # the records matter more
+                    logger.warning("bundle without a heartbeat: %s", exc)
             carried = content.DeviceContent(
                 batches=batches,
                 aligned=sorted(await self._parts.store.aligned()),
@@ -106,6 +115,7 @@ class CourierDesk:
                 renewal_csr=csr,
                 models=self._parts.inference.inventory(),
                 task_slots=self._task_slots,
+                heartbeat=beat,
             )
             header = Header(
                 v=sealing.VERSION,

@@ -71,27 +71,34 @@ class Telemetry:
 
     async def heartbeats(self, conn: str, send: SendBeat) -> None:
         """Send a heartbeat every interval, for the life of connection `conn`."""
-        parts = self._parts
         while True:
             await asyncio.sleep(self._tuning.heartbeat_interval)
             try:
-                load = await asyncio.to_thread(self._sampler.sample)
-                stats = await parts.store.stats()
+                beat = await self.heartbeat(conn, models=self._models_if_changed())
             except (OSError, StoreReadError) as exc:  # a failing disk must not end the link
                 logger.warning("heartbeat skipped: %s", exc)
                 continue
-            self.last_load = load
-            beat = wire.Heartbeat(
-                conn=conn,
-                uptime_s=time.monotonic() - self._started,
-                heartbeat_interval=self._tuning.heartbeat_interval,
-                load=load,
-                store=store_report(stats),
-                models=self._models_if_changed(),
-                tasks=parts.tasks.load(),
-                policy=parts.policy.report(),
-            )
             await send(beat)
+
+    async def heartbeat(
+        self, conn: str, *, models: list[wire.ModelInfo] | None = None
+    ) -> wire.Heartbeat:
+        """What a heartbeat says now: for the link, and for a courier bundle (which has
+        no connection: `conn` names it). Raises OSError or StoreReadError."""
+        parts = self._parts
+        load = await asyncio.to_thread(self._sampler.sample)
+        stats = await parts.store.stats()
+        self.last_load = load
+        return wire.Heartbeat(
+            conn=conn,
+            uptime_s=time.monotonic() - self._started,
+            heartbeat_interval=self._tuning.heartbeat_interval,
+            load=load,
+            store=store_report(stats),
+            models=models,
+            tasks=parts.tasks.load(),
+            policy=parts.policy.report(),
+        )
 
     def _models_if_changed(self) -> list[wire.ModelInfo] | None:
         """Return the inventory when it differs from the last one reported (hello always

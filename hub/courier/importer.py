@@ -157,10 +157,7 @@ class BundleImporter:
                 header.id, device_id, header.created_at, now, sum(outcome.stored.values())
             ),
             carried.agent_version,
-            registry.Inventory(
-                json.dumps(msgspec.to_builtins(carried.models), sort_keys=True),
-                carried.task_slots,
-            ),
+            _inventory(carried),
             detail,
         )
         if not first:  # another import of the same bundle won the race: it stored them
@@ -244,6 +241,26 @@ class BundleImporter:
                     continue
                 outcome.stored[batch.stream] += result.stored
                 outcome.repeated += len(batch.seqs) - result.stored
+
+
+def _inventory(carried: content.DeviceContent) -> registry.Inventory:
+    """What the bundle says the device runs and how it is doing, as the registry keeps a
+    hello's and a heartbeat's."""
+    beat = carried.heartbeat
+    policy = None
+    if beat is not None and beat.policy is not None:
+        policy = (beat.policy.version, beat.policy.rejected_version, beat.policy.reason)
+    return registry.Inventory(
+        models_json=_json(carried.models),
+        task_slots=carried.task_slots,
+        load_json=_json(beat.load) if beat is not None else None,
+        store_json=_json(beat.store) if beat is not None and beat.store is not None else None,
+        policy=policy,
+    )
+
+
+def _json(value: object) -> str:
+    return json.dumps(msgspec.to_builtins(value), sort_keys=True)
 
 
 def _upload(device_id: str, body: wire.Records) -> Upload:

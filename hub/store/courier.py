@@ -7,15 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hub.store import events
+from hub.store import policy as policy_store
 from hub.store.sql import Sql
 
 
 @dataclass(frozen=True)
 class Inventory:
-    """What a device's bundle says it runs."""
+    """What a device's bundle says it runs, and how it is doing (as a heartbeat would)."""
 
     models_json: str  # as a hello's models are kept: a JSON list of name, version, state...
     task_slots: int
+    load_json: str | None = None  # as a heartbeat's are kept
+    store_json: str | None = None
+    policy: tuple[int, int, str] | None = None  # applied version, rejected version, reason
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,21 @@ def record_import(
             " models = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ? ELSE models END,"
             " task_slots = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ?"
             " ELSE task_slots END,"
+            " load = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN COALESCE(?, load)"
+            " ELSE load END,"
+            " store = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN COALESCE(?, store)"
+            " ELSE store END,"
             " bundle_at = CASE WHEN bundle_at IS NULL OR bundle_at < ? THEN ? ELSE bundle_at END,"
             " last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? ELSE last_seen END"
             " WHERE device_id = ?",
             (bundle.created_at, agent_version, bundle.created_at, inventory.models_json,
-             bundle.created_at, inventory.task_slots, bundle.created_at, bundle.created_at,
+             bundle.created_at, inventory.task_slots, bundle.created_at, inventory.load_json,
+             bundle.created_at, inventory.store_json, bundle.created_at, bundle.created_at,
              bundle.created_at, bundle.created_at, bundle.device_id),
         )  # fmt: skip
+        if inventory.policy is not None:  # versions only move forward there
+            applied, rejected, reason = inventory.policy
+            policy_store.report(db, bundle.device_id, applied, rejected, reason, bundle.created_at)
         events.add(db, bundle.device_id, bundle.imported_at, "bundle_imported", detail)
     return True
 

@@ -14,7 +14,15 @@ from typing import Annotated, Any, Final
 import msgspec
 from msgspec import Meta
 
-from outpost.wire import Ack, Assignment, ModelInfo, ModelReleases, Records, SignedPolicy
+from outpost.wire import (
+    Ack,
+    Assignment,
+    Heartbeat,
+    ModelInfo,
+    ModelReleases,
+    Records,
+    SignedPolicy,
+)
 
 KIND_DEVICE: Final = "device"
 KIND_HUB: Final = "hub"
@@ -30,7 +38,9 @@ class DeviceContent(msgspec.Struct, frozen=True):
     store_id: Annotated[str, Meta(max_length=64)]  # the store that numbered the records
     agent_version: Annotated[str, Meta(max_length=64)]
     status: dict[str, Any]  # the agent's /v1/status when it exported, for the registry
-    heartbeats: int = 0  # heartbeats it would have sent since it last reached the hub
+    # What a heartbeat would say now (load, store fill, tasks, the policy it runs): the
+    # registry shows it as of the bundle's making.
+    heartbeat: Heartbeat | None = None
     # A CSR for the device's own key, once its certificate is in the last third of its
     # life: the hub's bundle back carries the renewed certificate.
     renewal_csr: Annotated[str, Meta(max_length=16384)] = ""

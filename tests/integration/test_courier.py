@@ -134,6 +134,10 @@ async def test_a_round_trip_by_bundle_with_no_link(
     assert device.last_seen is not None
     assert device.bundle_at == device.last_seen  # "last seen via bundle, at ..."
     assert not device.online
+    # What a heartbeat would have said, as of the bundle: its store holds the records.
+    assert device.store is not None
+    assert device.store["streams"]["results"]["records"] == RECORDS
+    assert "cpu_percent" in device.load
     assert len(bundle_events(hub, device_id)) == 1
 
     # The same bundle again: refused, nothing stored twice.
