@@ -11,6 +11,7 @@ name, synced, and renamed: a part with its final name was written whole.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import struct
@@ -18,9 +19,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
+from msgspec import Meta
 
 from outpost.courier.sealing import BundleError
 
@@ -41,19 +43,28 @@ def parse_size(text: str) -> int:
     found = _SIZE.match(text)
     if not found:
         raise ValueError(f"--max-size {text!r}: give bytes, or a number with K, M or G")
-    size = int(float(found.group(1)) * _UNITS[(found.group(2) or "").lower()[:1]])
+    number = float(found.group(1)) * _UNITS[(found.group(2) or "").lower()[:1]]
+    if not math.isfinite(number) or number > 1 << 50:
+        raise ValueError(f"--max-size {text!r}: too large")
+    size = int(number)
     if size < MIN_PART_BYTES:
         raise ValueError(f"--max-size {text!r}: at least {MIN_PART_BYTES // 1024} KiB")
     return size
 
 
+MAX_PARTS: Final = 100_000  # a bundle's parts, at most (1 GiB of content in 64 KiB parts)
+_HEX64 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+_COUNT = Annotated[int, Meta(ge=1, le=MAX_PARTS)]
+_BYTES = Annotated[int, Meta(ge=0, le=1 << 40)]
+
+
 class PartHeader(msgspec.Struct, frozen=True):
-    bundle: str  # the whole bundle's SHA-256, hex: parts of one bundle share it
-    index: int  # 1-based
-    count: int
-    size: int  # bytes of this part
-    sha256: str  # of this part's bytes
-    total: int  # bytes of the whole bundle
+    bundle: _HEX64  # the whole bundle's SHA-256, hex: parts of one bundle share it
+    index: _COUNT  # 1-based
+    count: _COUNT
+    size: _BYTES  # bytes of this part
+    sha256: _HEX64  # of this part's bytes
+    total: _BYTES  # bytes of the whole bundle
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,8 @@ def as_part(sealed: bytes, name: str) -> bytes:
 def _parse(raw: bytes, name: str, *, alone: bool) -> tuple[Part, bytes]:
     """The part at the start of `raw`, and what follows it (nothing when `alone`)."""
     if not raw.startswith(MARK):
+        if MARK.startswith(raw):  # empty, or cut within the mark
+            raise BundleError(f"{name}: cut short ({len(raw)} bytes): written only in part?")
         raise BundleError(f"{name}: not a part of an Outpost bundle")
     start = len(MARK) + 4
     if len(raw) < start:
@@ -136,6 +149,8 @@ def _parse(raw: bytes, name: str, *, alone: bool) -> tuple[Part, bytes]:
         header = msgspec.msgpack.decode(raw[start : start + size], type=PartHeader)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BundleError(f"{name}: its header is malformed: {exc}") from exc
+    if header.index > header.count:
+        raise BundleError(f"{name}: its header is malformed: part {header.index} of {header.count}")
     end = start + size + header.size + len(END)
     whole = raw[end - len(END) : end] == END and (len(raw) == end or not alone)
     if not whole:
@@ -186,9 +201,12 @@ def join(found: list[Part]) -> list[tuple[str, bytes]]:
         numbers = [p.header.index for p in parts]
         if numbers != list(range(1, count + 1)):
             missing = sorted(set(range(1, count + 1)) - set(numbers))
+            shown = f"{missing[:10]}"[:-1] + (f", ... ({len(missing):,} in all)]"
+                                              if len(missing) > 10 else "]")  # fmt: skip
+            doubled = sorted({n for n in numbers if numbers.count(n) > 1})[:10]
             raise BundleError(
                 f"{parts[0].path.name}: bundle {digest[:12]} needs parts 1 to {count}; "
-                + (f"missing {missing}" if missing else f"found {numbers}")
+                + (f"missing {shown}" if missing else f"found part(s) {doubled} twice")
             )
         sealed = b"".join(p.data for p in parts)
         if len(sealed) != parts[0].header.total or hashlib.sha256(sealed).hexdigest() != digest:

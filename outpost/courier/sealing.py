@@ -25,7 +25,7 @@ import os
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from msgspec import Meta
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -45,6 +46,7 @@ VERSION: Final = 1
 MAX_CONTENT_BYTES: Final = 1 << 30  # decompressed; AES-GCM in one call takes < 2 GiB
 ZSTD_LEVEL: Final = 3
 _INFO: Final = b"outpost courier bundle v1"
+ADDRESSEE: Final = "^(hub|dev-[0-9a-z-]{1,60})$"
 
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 VerifyKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -68,7 +70,7 @@ class Header(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 
 class _Outer(msgspec.Struct, frozen=True):
     v: int
-    to: str
+    to: Annotated[str, Meta(pattern=ADDRESSEE)]  # shown in messages: checked before trusted
     epk: bytes  # the ephemeral public key, X9.62 uncompressed point
     nonce: bytes
 
@@ -204,7 +206,9 @@ def _decompress(data: bytes) -> bytes:
     decompressor = zstd.ZstdDecompressor()
     out = decompressor.decompress(data, max_length=MAX_CONTENT_BYTES)
     if not decompressor.eof:
-        raise BundleError(f"the bundle's content is over {MAX_CONTENT_BYTES:,} bytes")
+        if len(out) >= MAX_CONTENT_BYTES:
+            raise BundleError(f"the bundle's content is over {MAX_CONTENT_BYTES:,} bytes")
+        raise BundleError("the bundle's content is malformed: its compressed data is cut short")
     return out
 
 
