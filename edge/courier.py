@@ -126,7 +126,7 @@ class CourierDesk:
                 id=secrets.token_hex(16),
                 created_at=time.time(),
             )
-            body = content.encode(carried)
+            body = await asyncio.to_thread(content.encode, carried)
             sealed = await asyncio.to_thread(
                 sealing.seal,
                 header,

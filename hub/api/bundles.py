@@ -4,6 +4,7 @@ bundle, as one part file's bytes in base64 (hub/courier/importer.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Annotated
 
@@ -54,7 +55,8 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise ApiError(415, "unsupported_media_type", f"send the part files as {OCTETS}")
         blob = await _read(request)
         try:
-            (name, sealed), *more = parts.join(parts.parts_of(blob, "the upload"))
+            found = await asyncio.to_thread(parts.parts_of, blob, "the upload")  # checksums
+            (name, sealed), *more = await asyncio.to_thread(parts.join, found)
             if more:
                 raise BundleError("the upload holds more than one bundle: send one at a time")
             outcome = await ctx.courier.importer.import_bundle(sealed)

@@ -101,8 +101,8 @@ class HubBundles:
             id=secrets.token_hex(16),
             created_at=now,
         )
-        sealed = sealing.seal(
-            header, content.encode(carried), signer=self._key, recipient=recipient
+        sealed = await asyncio.to_thread(
+            sealing.seal, header, content.encode(carried), signer=self._key, recipient=recipient
         )
         return Exported(device_id, sealed, tasks=len(tasks))
 

@@ -10,6 +10,7 @@ Every refusal is a `BundleError` whose message says why, and stores nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -112,7 +113,9 @@ class BundleImporter:
                 f"this bundle is for device {to}, not for the hub: import it on that device "
                 "(outpost-agent bundle import)"
             )
-        opened = sealing.unseal(sealed, self._key)
+        # Decrypting, decompressing and decoding a large bundle takes seconds: not on
+        # the event loop, which serves the API and the fleet meanwhile.
+        opened = await asyncio.to_thread(sealing.unseal, sealed, self._key)
         header = opened.header
         device_id = header.sender
         if header.kind != content.KIND_DEVICE or header.to != content.HUB:
@@ -120,7 +123,7 @@ class BundleImporter:
         if header.fleet != self._fleet:
             raise BundleError("this bundle is from another fleet (its CA is not this hub's)")
         cert = self._check_certificate(opened.cert, device_id)
-        sealing.verify(opened, _ec_key(cert), f"bundle of {device_id}")
+        await asyncio.to_thread(sealing.verify, opened, _ec_key(cert), f"bundle of {device_id}")
         device = await self._store.device(device_id)
         if device is None:
             raise BundleError(f"{device_id} is not enrolled at this hub")
@@ -142,7 +145,7 @@ class BundleImporter:
                 f"{_ago(seen.imported_at, now)}: nothing stored again"
             )
         try:
-            carried = content.decode_device(opened.body)
+            carried = await asyncio.to_thread(content.decode_device, opened.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise BundleError(f"bundle of {device_id}: its content is malformed: {exc}") from exc
         outcome = ImportOutcome(device_id, header.id, header.created_at)
