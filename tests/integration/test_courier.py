@@ -419,3 +419,55 @@ async def test_a_hub_restored_from_an_older_backup_takes_the_rest_after_a_gap(
     assert cli("agent", "bundle", "import", "--data", paths.root,
                tmp_path / "ack3").returncode == 0  # fmt: skip
     assert held_on_device(paths) == 0
+
+
+async def test_a_task_leased_by_bundle_ends_once_when_its_result_also_comes_over_mqtt(
+    hub: Hub,
+    api: ApiClient,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+    proxy: LinkProxy,
+    tmp_path: Path,
+) -> None:
+    """Mixed paths: tasks leased by bundle, their results sent over MQTT once the link
+    comes back, and then also carried in a bundle made before: each task ends once."""
+    paths, device_id, agent, client = await offline_agent(enroll_device, agents, proxy, models=True)
+    await client.close()
+    assert cli("agent", "bundle", "export", "--data", paths.root, "--to",
+               tmp_path / "1").returncode == 0  # fmt: skip
+    assert cli("hub", "bundle", "import", "--data", hub.paths.root,
+               tmp_path / "1").returncode == 0  # fmt: skip
+    operator = await api.token("operator")
+    task = {"model": VIB, "input": INPUT, "dtype": "int8", "target": {"device": device_id}}
+    submitted = await api.call("POST", "/api/v1/tasks", token=operator, body={"tasks": [task] * 2})
+    assert submitted.status == 202, submitted.body
+    assert cli("hub", "bundle", "export", "--data", hub.paths.root, "--device", device_id,
+               "--to", tmp_path / "to-site").returncode == 0  # fmt: skip
+    assert cli("agent", "bundle", "import", "--data", paths.root,
+               tmp_path / "to-site").returncode == 0  # fmt: skip
+    local = LocalClient(paths.socket)
+    try:
+
+        async def ran() -> bool:
+            return bool((await local.status())["tasks"]["done"] == 2)
+
+        await eventually(ran, timeout=60, what="the leased tasks run")
+    finally:
+        await local.close()
+    carried = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "late")
+    assert carried.returncode == 0, carried.stderr
+    proxy.up()  # the link comes back: the results go over MQTT first
+
+    async def ended() -> bool:
+        found = [await hub.parts.store.task(i) for i in submitted.body["ids"]]
+        return all(t is not None and t.state == "succeeded" for t in found)
+
+    await eventually(ended, timeout=60, what="the tasks ended over MQTT")
+    late = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "late")
+    assert late.returncode == 0, late.stdout + late.stderr
+    assert "tasks" not in late.stdout.split(": imported: ", 1)[1]  # no result taken again
+    for task_id in submitted.body["ids"]:
+        ended_task = await hub.parts.store.task(task_id)
+        assert ended_task is not None
+        assert (ended_task.state, ended_task.attempt) == ("succeeded", 1)
+    assert agent.process.poll() is None
