@@ -47,6 +47,9 @@ class ImportedOut(Struct, frozen=True):
             "base64: write it to ack_name and carry it to the device"
         ),
     ]
+    ack_problem: Annotated[
+        str, Meta(description="why there is no ack (empty ack); the records are stored")
+    ] = ""
 
 
 def routes(ctx: ApiContext) -> list[Route]:
@@ -77,7 +80,8 @@ def routes(ctx: ApiContext) -> list[Route]:
             task_results=dict(outcome.task_results),
             tasks_leased=outcome.tasks_leased,
             ack_name=f"outpost-hub-for-{outcome.device_id}-{outcome.bundle_id[:12]}.001-of-001.opb",
-            ack=base64.b64encode(parts.as_part(outcome.ack, name)).decode(),
+            ack=base64.b64encode(parts.as_part(outcome.ack, name)).decode() if outcome.ack else "",
+            ack_problem=outcome.ack_problem,
         )
         return params.answer(out)
 

@@ -37,7 +37,10 @@ def import_bundles(args: argparse.Namespace) -> int:
                 print(f"{name}: refused: {exc}")
                 continue
             print(f"{name}: imported: {outcome.summary()}")
-            if args.ack_out is not None:
+            if outcome.ack_problem:
+                refused += 1
+                print(f"  {outcome.ack_problem}")
+            elif args.ack_out is not None:
                 for path in _write(args.ack_out, outcome.device_id, outcome.ack, args.max_size):
                     print(f"  ack for the device: {path}")
     return 1 if refused else 0

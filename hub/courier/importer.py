@@ -52,6 +52,7 @@ class ImportOutcome:
     ack: bytes = b""  # the sealed bundle for the device
     renewed: bool = False  # its certificate was renewed: the ack carries the new one
     tasks_leased: int = 0  # tasks the ack leases to the device
+    ack_problem: str = ""  # why there is no ack (the records are stored all the same)
 
     def summary(self) -> str:
         stored = sum(self.stored.values())
@@ -183,16 +184,24 @@ class BundleImporter:
             except RenewalRefusedError as exc:
                 note = f"certificate renewal refused: {exc}"
                 logger.warning("bundle of %s: %s", device_id, note)
-        made = await self._exporter.bundle_for(
-            device_id,
-            now=now,
-            certificate=renewed,
-            note=note,
-            lease_s=lease_s,
-            max_tasks=max_tasks,
-            gaps=tuple(outcome.gaps),
-        )
-        outcome.ack, outcome.tasks_leased = made.sealed, made.tasks
+        try:
+            made = await self._exporter.bundle_for(
+                device_id,
+                now=now,
+                certificate=renewed,
+                note=note,
+                lease_s=lease_s,
+                max_tasks=max_tasks,
+                gaps=tuple(outcome.gaps),
+            )
+        except BundleError as exc:  # the records are stored: say why there is no ack
+            outcome.ack_problem = (
+                f"no ack bundle: {exc}; once fixed, `outpost-hub bundle export --device "
+                f"{device_id}` writes one"
+            )
+            logger.warning("bundle of %s: %s", device_id, outcome.ack_problem)
+        else:
+            outcome.ack, outcome.tasks_leased = made.sealed, made.tasks
         logger.info("imported %s", detail)
         return outcome
 
