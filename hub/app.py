@@ -15,7 +15,7 @@ from hub.api.server import WebServer
 from hub.broker import limits
 from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
-from hub.courier.desk import open_desk
+from hub.courier.desk import CourierDesk, open_desk
 from hub.fleet import revocation
 from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import Enrollment, load_signing_key, load_token_key
@@ -39,6 +39,7 @@ from hub.store.engine import describe
 from hub.tasks.dispatcher import Dispatcher
 from outpost import tls
 from outpost.aio import supervise
+from outpost.courier.sealing import BundleError
 from outpost.datalock import DataLock
 from outpost.sdnotify import Notifier
 
@@ -324,8 +325,15 @@ class Hub:
             revoker=revocation.Revoker(self.paths, self.config, store, broker=broker),
             intake=intake,
             holds=holds,
-            courier=open_desk(self.paths, store, self.config),
+            courier=self._courier_desk(store),
         )
+
+    def _courier_desk(self, store: HubStore) -> CourierDesk | BundleError:
+        """The courier desk, or why there is none (the API's import says so)."""
+        try:
+            return open_desk(self.paths, store, self.config)
+        except BundleError as exc:
+            return exc
 
     async def _liveness(self, store: HubStore) -> None:
         """Mark devices offline whose heartbeats stopped without a last will (a cut link);

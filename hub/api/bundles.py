@@ -56,13 +56,16 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def import_bundle(request: web.Request) -> web.Response:
         if request.content_type != OCTETS:
             raise ApiError(415, "unsupported_media_type", f"send the part files as {OCTETS}")
+        desk = ctx.courier
+        if isinstance(desk, BundleError):
+            raise ApiError(503, "unavailable", str(desk))
         blob = await _read(request)
         try:
             found = await asyncio.to_thread(parts.parts_of, blob, "the upload")  # checksums
             (name, sealed), *more = await asyncio.to_thread(parts.join, found)
             if more:
                 raise BundleError("the upload holds more than one bundle: send one at a time")
-            outcome = await ctx.courier.importer.import_bundle(sealed)
+            outcome = await desk.importer.import_bundle(sealed)
         except BundleError as exc:
             raise ApiError(422, "bundle_refused", str(exc)) from exc
         request[AUDIT_DETAIL] = {
@@ -97,7 +100,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             action="bundle.import",
             response=ImportedOut,
             raw_body=OCTETS,
-            errors=(422,),
+            errors=(422, 503),
         )
     ]
 

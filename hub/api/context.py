@@ -24,6 +24,7 @@ from hub.store import HubStore
 from hub.tasks.dispatcher import Dispatcher
 from hub.tasks.fleetmodels import FleetModels
 from hub.tasks.waiting import Explainer
+from outpost.courier.sealing import BundleError
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ApiContext:
     revoker: Revoker
     intake: DeviceIntake  # what devices send, before the ingest: who is throttled
     holds: FloodHolds  # devices held off for flooding
-    courier: CourierDesk  # imports courier bundles from sites with no link
+    courier: CourierDesk | BundleError  # imports courier bundles; or why it cannot
 
     @functools.cached_property
     def tokens(self) -> TokenStates:

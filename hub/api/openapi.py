@@ -22,6 +22,7 @@ ERROR_TEXT = {
     415: "the body is not of the media type the route takes",
     422: "well-formed but refused",
     429: "rate limited; see Retry-After",
+    503: "the hub cannot do this now (the message says why)",
 }
 
 

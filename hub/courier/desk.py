@@ -17,6 +17,7 @@ from hub.models.releases import ModelShelf
 from hub.paths import HubPaths
 from hub.store import HubStore
 from outpost import tls
+from outpost.courier.sealing import BundleError
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,13 @@ class CourierDesk:
 
 
 def open_desk(paths: HubPaths, store: HubStore, config: HubConfig) -> CourierDesk:
-    """Blocking (reads keys): call off the event loop."""
-    ensure_bundle_key(paths)
+    """Blocking (reads keys): call off the event loop. `BundleError` if the data folder
+    has no bundle key and none can be made."""
+    if not ensure_bundle_key(paths):
+        raise BundleError(
+            f"this hub has no bundle key ({paths.bundle_key}) and cannot make one there: "
+            "courier bundles need it"
+        )
     ca_pem = paths.ca_cert.read_bytes()
     fleet = tls.fingerprint(ca_pem)
     signing_key = load_signing_key(paths)

@@ -16,14 +16,27 @@ from outpost.courier.sealing import public_pem
 logger = logging.getLogger(__name__)
 
 
-def ensure_bundle_key(paths: HubPaths) -> None:
-    """Make the bundle key if this data folder has none (made before bundles existed)."""
+def ensure_bundle_key(paths: HubPaths) -> bool:
+    """Make the bundle key if this data folder has none (made before bundles existed);
+    whether there is one. A folder that cannot be written (a read-only Secret that
+    predates bundles) runs without: courier bundles are refused, saying why."""
     if paths.bundle_key.exists():
-        return
+        return True
     key = pki.new_ec_key()
-    files.write_new(paths.bundle_key, pki.key_pem(key))
-    files.write_new(paths.bundle_pub, public_pem(key.public_key()), files.PUBLIC)
+    try:
+        files.write_new(paths.bundle_key, pki.key_pem(key))
+        files.write_new(paths.bundle_pub, public_pem(key.public_key()), files.PUBLIC)
+    except OSError as exc:
+        logger.warning(
+            "no bundle key in %s and none can be made there (%s): courier bundles are "
+            "refused until %s is provided (outpost-hub init makes one)",
+            paths.pki,
+            exc.strerror or exc,
+            paths.bundle_key.name,
+        )
+        return False
     logger.info("made the hub's bundle key (%s)", paths.bundle_key)
+    return True
 
 
 def load_bundle_key(paths: HubPaths) -> ec.EllipticCurvePrivateKey:

@@ -58,8 +58,9 @@ class Enrollment:
         )
         self.ca_pem = paths.ca_cert.read_bytes()
         self._signing_public_pem = paths.signing_pub.read_bytes()
-        ensure_bundle_key(paths)  # a data folder made before courier bundles
-        self._bundle_public_pem = paths.bundle_pub.read_bytes()
+        # A data folder made before courier bundles gets its key now (if it can).
+        has_key = ensure_bundle_key(paths) and paths.bundle_pub.exists()
+        self._bundle_public_pem = paths.bundle_pub.read_bytes() if has_key else b""
         self._token_public = _load_ed25519(paths.token_key).public_key()
 
     async def enroll(self, *, token: str, csr_pem: bytes, profile: str, name: str = "") -> Enrolled:
