@@ -201,7 +201,7 @@ def _leases(p: argparse.ArgumentParser) -> None:
         type=_duration,
         default=7 * 86400.0,
         help="how long tasks in the bundle are leased to the device: the courier's round "
-        "trip, such as 3d or 2w (default 7d); a result later than that counts as late",
+        "trip, such as 3d or 14d (default 7d); a result later than that counts as late",
     )
     p.add_argument(
         "--tasks",
