@@ -115,6 +115,17 @@ def _parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_models_list)
 
     p = sub.add_parser(
+        "selfcheck",
+        help="check that this install can run on the data folder, touching nothing: "
+        "imports, the store migrated on a copy, every model's sample (exit 1 if not)",
+    )
+    p.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    p.add_argument(
+        "--runtime", default="auto", help="inference runtime to load models on (default auto)"
+    )
+    p.set_defaults(func=_selfcheck)
+
+    p = sub.add_parser(
         "bundle", help="sync by carried files where there is no link (courier bundles)"
     )
     bundles = p.add_subparsers(required=True, metavar="ACTION")
@@ -138,6 +149,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("paths", type=Path, nargs="+", help="part files, or folders holding them")
     b.set_defaults(func=_bundle_import)
     return parser
+
+
+def _selfcheck(args: argparse.Namespace) -> int:
+    from edge import selfcheck
+
+    checks = selfcheck.run_checks(_enrolled(args.data), args.runtime)
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if not c.ok]
+    print(f"selfcheck {'FAILED: ' + str(len(failed)) + ' of ' if failed else 'passed: '}"
+          f"{len(checks)} checks")  # fmt: skip
+    return 1 if failed else 0
 
 
 def _bundle_export(args: argparse.Namespace) -> int:
