@@ -72,5 +72,5 @@ def initialise(paths: HubPaths, *, server_names: list[str], fleet_name: str = "O
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             files.write_new(pub_path, pub, files.PUBLIC)
-    ensure_bundle_key(paths)
+    ensure_bundle_key(paths, announce=False)
     logger.debug("initialised hub data in %s (server names: %s)", paths.root, ", ".join(names))

@@ -96,3 +96,8 @@ class HubPaths:
     def models(self) -> Path:
         """Uploaded models: models/<name>/<version>/{model.tflite, model.json, sample.json}."""
         return self.root / "models"
+
+    @property
+    def agent_releases(self) -> Path:
+        """Agent releases taken: agent-releases/<version>/<wheel files>."""
+        return self.root / "agent-releases"

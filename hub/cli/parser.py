@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     p.set_defaults(func=command("hub.cli.broker:broker_config"))
     _bundle_commands(sub)
+    _agent_release_commands(sub)
     remote_parser.add_commands(sub)
     return parser
 
@@ -193,6 +194,26 @@ def _bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     _max_size(b)
     _leases(b)
     b.set_defaults(func=command("hub.cli.bundles:export_bundles"))
+
+
+def _agent_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "agent-releases", help="agent releases (scripts/build-agent-release): take and list"
+    )
+    releases = p.add_subparsers(required=True, metavar="ACTION")
+    r = releases.add_parser(
+        "upload",
+        help="take a release folder: every file checked against its manifest, copied, and "
+        "the manifest signed with the hub's key",
+    )
+    _data(r)
+    _config(r)
+    r.add_argument("folder", type=Path, metavar="DIR", help="a folder build-agent-release made")
+    r.set_defaults(func=command("hub.cli.agentreleases:upload"))
+    r = releases.add_parser("list", help="the agent releases taken")
+    _data(r)
+    _config(r)
+    r.set_defaults(func=command("hub.cli.agentreleases:list_releases"))
 
 
 def _leases(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from outpost.courier.sealing import public_pem
 logger = logging.getLogger(__name__)
 
 
-def ensure_bundle_key(paths: HubPaths) -> bool:
+def ensure_bundle_key(paths: HubPaths, *, announce: bool = True) -> bool:
     """Make the bundle key if this data folder has none (made before bundles existed);
     whether there is one. A folder that cannot be written (a read-only Secret that
     predates bundles) runs without: courier bundles are refused, saying why."""
@@ -35,7 +35,8 @@ def ensure_bundle_key(paths: HubPaths) -> bool:
             paths.bundle_key.name,
         )
         return False
-    logger.info("made the hub's bundle key (%s)", paths.bundle_key)
+    if announce:  # a folder made before bundles: news; `outpost-hub init`: one of many keys
+        logger.info("made the hub's bundle key (%s)", paths.bundle_key)
     return True
 
 

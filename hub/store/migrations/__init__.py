@@ -34,4 +34,5 @@ MIGRATIONS: list[Migration] = [
     ("017_outbox", sinks.m017_outbox),
     ("018_drift_levels", models.m018_drift_levels),
     ("019_courier", courier.m019_courier),
+    ("020_agent_releases", fleet.m020_agent_releases),
 ]

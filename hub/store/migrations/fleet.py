@@ -139,3 +139,18 @@ def m016_device_events(db: Sql) -> None:
         )"""
     )
     db.execute("CREATE INDEX device_events_by_device ON device_events (device_id, id)")
+
+
+def m020_agent_releases(db: Sql) -> None:
+    # Agent releases the hub took and signed (hub/fleet/agentreleases.py); their files
+    # are in the data folder's agent-releases/<version>/.
+    db.execute(
+        """CREATE TABLE agent_releases (
+            version TEXT PRIMARY KEY,
+            manifest TEXT NOT NULL,
+            document BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            uploaded_at REAL NOT NULL,
+            uploaded_by TEXT NOT NULL
+        )"""
+    )

@@ -1,0 +1,72 @@
+"""Agent releases the hub takes (outpost/agentrelease.py): every file checked against
+the folder's manifest, copied into the data folder, and the manifest signed with the
+hub's signing key, which devices already trust. Rolling a release out to devices, and
+their installing it side by side with rollback, are the next steps (issue 22)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from hub.paths import HubPaths
+from hub.store import HubStore
+from hub.store import agentreleases as registry
+from hub.store.agentreleases import StoredAgentRelease
+from outpost import agentrelease
+from outpost.agentrelease import AgentManifest, ReleaseFileError
+
+
+class AgentReleaseExistsError(ReleaseFileError):
+    """That version was taken already: a version is never replaced."""
+
+
+class AgentShelf:
+    def __init__(self, paths: HubPaths, store: HubStore, key: ed25519.Ed25519PrivateKey) -> None:
+        self._root = paths.agent_releases
+        self._store = store
+        self._key = key
+
+    async def accept(self, folder: Path, *, by: str, now: float | None = None) -> AgentManifest:
+        """Check, copy and sign a release folder; `ReleaseFileError` saying why not."""
+        now = time.time() if now is None else now
+        # Reading and hashing tens of MiB: off the event loop (the API's too).
+        manifest = await asyncio.to_thread(agentrelease.read_folder, folder)
+        target = self._root / manifest.version
+        if target.exists():
+            raise AgentReleaseExistsError(f"agent release {manifest.version} exists already")
+        staging = self._root / f".{manifest.version}.incoming"
+        try:
+            await asyncio.to_thread(_stage, folder, manifest, staging)
+            signed = agentrelease.sign(self._key, manifest, now)
+            stored = StoredAgentRelease(
+                manifest.version,
+                json.dumps(msgspec.to_builtins(manifest), sort_keys=True),
+                signed.document,
+                signed.signature,
+                now,
+                by,
+            )
+            if not await self._store.run(registry.add, stored):
+                raise AgentReleaseExistsError(f"agent release {manifest.version} exists already")
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return manifest
+
+    async def releases(self) -> list[StoredAgentRelease]:
+        return await self._store.run(registry.all_releases)
+
+
+def _stage(folder: Path, manifest: AgentManifest, staging: Path) -> None:
+    """Copy the release's files into `staging`, each checked again as copied."""
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, mode=0o700)
+    for entry in manifest.files:
+        shutil.copyfile(folder / agentrelease.FILES / entry.name, staging / entry.name)
+        agentrelease.check_file(staging / entry.name, entry)

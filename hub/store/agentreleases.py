@@ -1,0 +1,41 @@
+"""Agent releases in the registry: each version's manifest and the hub's signature."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hub.store.sql import Sql
+
+
+@dataclass(frozen=True)
+class StoredAgentRelease:
+    version: str
+    manifest: str  # JSON, as in the release folder
+    document: bytes  # the signed bytes (outpost/agentrelease.py `sign`)
+    signature: bytes
+    uploaded_at: float
+    uploaded_by: str
+
+
+def add(db: Sql, release: StoredAgentRelease) -> bool:
+    """Record a release; False if that version is there already."""
+    with db.write():
+        if db.execute(
+            "SELECT 1 FROM agent_releases WHERE version = ?", (release.version,)
+        ).fetchone():
+            return False
+        db.execute(
+            "INSERT INTO agent_releases (version, manifest, document, signature, uploaded_at,"
+            " uploaded_by) VALUES (?, ?, ?, ?, ?, ?)",
+            (release.version, release.manifest, release.document, release.signature,
+             release.uploaded_at, release.uploaded_by),
+        )  # fmt: skip
+    return True
+
+
+def all_releases(db: Sql) -> list[StoredAgentRelease]:
+    rows = db.execute(
+        "SELECT version, manifest, document, signature, uploaded_at, uploaded_by"
+        " FROM agent_releases ORDER BY uploaded_at"
+    ).fetchall()
+    return [StoredAgentRelease(r[0], r[1], bytes(r[2]), bytes(r[3]), r[4], r[5]) for r in rows]
