@@ -24,10 +24,12 @@ from outpost import signing
 from outpost.signing import Signed
 
 MANIFEST: Final = "manifest.json"
+SIGNED: Final = "release.signed"  # msgpack {document, signature}: a release as devices get it
 FILES: Final = "files"
 ANY: Final = "any"  # a pure-Python wheel, for every platform
 PLATFORMS: Final = ("x86_64", "aarch64", "armv7l")
-_VERSION = Annotated[str, Meta(pattern=r"^[0-9]+(\.[0-9]+){1,3}([a-z0-9.+-]{0,32})$")]
+VERSION = Annotated[str, Meta(pattern=r"^[0-9]+(\.[0-9]+){1,3}([a-z0-9.+-]{0,32})$")]
+_VERSION = VERSION
 _NAME = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.whl$")]
 _SHA256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
 
@@ -140,3 +142,18 @@ def verify(public: ed25519.Ed25519PublicKey, signed: Signed) -> tuple[AgentManif
         raise ReleaseFileError(f"agent release: {exc}") from exc
     check_manifest(manifest)
     return manifest, float(body["issued_at"])
+
+
+def write_signed(folder: Path, signed: Signed) -> None:
+    (folder / SIGNED).write_bytes(
+        msgspec.msgpack.encode({"document": signed.document, "signature": signed.signature})
+    )
+
+
+def read_signed(folder: Path) -> Signed:
+    """The signed release in `folder` (not yet verified); `ReleaseFileError` if none."""
+    try:
+        body = msgspec.msgpack.decode((folder / SIGNED).read_bytes())
+        return Signed(bytes(body["document"]), bytes(body["signature"]))
+    except (OSError, msgspec.DecodeError, KeyError, TypeError) as exc:
+        raise ReleaseFileError(f"{folder / SIGNED}: not a signed agent release ({exc})") from exc

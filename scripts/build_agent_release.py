@@ -23,7 +23,9 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from outpost import __version__
+import msgspec
+
+from outpost import __version__, agentrelease
 from outpost.agentrelease import ANY, FILES, PLATFORMS, AgentFile, AgentManifest, write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +55,9 @@ def profile_platforms() -> list[str]:
     return sorted(found) or ["x86_64"]
 
 
-def build(out: Path, platforms: list[str], *, dependencies: bool) -> AgentManifest:
+def build(
+    out: Path, platforms: list[str], *, dependencies: bool, version: str = __version__
+) -> AgentManifest:
     files = out / FILES
     files.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as source:
@@ -64,6 +68,8 @@ def build(out: Path, platforms: list[str], *, dependencies: bool) -> AgentManife
                 shutil.copytree(REPO / part, Path(source) / part, ignore=_IGNORE)
             else:
                 shutil.copy2(REPO / part, Path(source) / part)
+        if version != __version__:  # a release of this checkout under another number
+            _set_version(Path(source), version)
         _run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(files), source],
             "building the outpost wheel",
@@ -74,7 +80,7 @@ def build(out: Path, platforms: list[str], *, dependencies: bool) -> AgentManife
         for platform in platforms:
             entries += _dependencies(wheel, platform, files, {e.name for e in entries})
     manifest = AgentManifest(
-        version=__version__,
+        version=version,
         python=PYTHON,
         platforms=platforms,
         files=sorted(entries, key=lambda e: (e.name, e.platform)),
@@ -111,6 +117,21 @@ def _dependencies(wheel: Path, platform: str, files: Path, have: set[str]) -> li
         return out
 
 
+def _set_version(source: Path, version: str) -> None:
+    for path, old, new in (
+        (source / "pyproject.toml", f'version = "{__version__}"', f'version = "{version}"'),
+        (
+            source / "outpost" / "__init__.py",
+            f'__version__ = "{__version__}"',
+            f'__version__ = "{version}"',
+        ),
+    ):
+        text = path.read_text()
+        if old not in text:
+            raise BuildError(f"{path.name}: no {old!r} to change")
+        path.write_text(text.replace(old, new, 1))
+
+
 def _entry(path: Path, platform: str) -> AgentFile:
     data = path.read_bytes()
     return AgentFile(path.name, hashlib.sha256(data).hexdigest(), len(data), platform)
@@ -133,12 +154,22 @@ def main(argv: list[str] | None = None) -> int:
         help="a target machine (repeatable; default: every shipped profile's)",
     )
     parser.add_argument("--no-dependencies", action="store_true", help="the outpost wheel alone")
+    parser.add_argument(
+        "--version",
+        default=__version__,
+        help=f"the release's version (default this checkout's, {__version__})",
+    )
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"--out {args.out} is not empty")
     platforms = sorted(set(args.platform or profile_platforms()))
     try:
-        manifest = build(args.out, platforms, dependencies=not args.no_dependencies)
+        msgspec.convert(args.version, agentrelease.VERSION)  # checked before the build
+        manifest = build(
+            args.out, platforms, dependencies=not args.no_dependencies, version=args.version
+        )
+    except msgspec.ValidationError as exc:
+        parser.error(f"--version {args.version!r}: not a version ({exc})")
     except BuildError as exc:
         print(f"build-agent-release: error: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from hub.store import agentreleases as registry
 from hub.store.agentreleases import StoredAgentRelease
 from outpost import agentrelease
 from outpost.agentrelease import AgentManifest, ReleaseFileError
+from outpost.signing import Signed
 
 
 class AgentReleaseExistsError(ReleaseFileError):
@@ -61,6 +62,18 @@ class AgentShelf:
 
     async def releases(self) -> list[StoredAgentRelease]:
         return await self._store.run(registry.all_releases)
+
+    async def package(self, version: str, dest: Path) -> None:
+        """A release as a device receives it, in `dest`: the signed manifest and the
+        files (what a download or a courier bundle brings)."""
+        found = [r for r in await self.releases() if r.version == version]
+        if not found:
+            raise ReleaseFileError(f"no agent release {version}")
+        (dest / agentrelease.FILES).mkdir(parents=True)
+        agentrelease.write_signed(dest, Signed(found[0].document, found[0].signature))
+        source = self._root / version
+        for path in sorted(source.iterdir()):
+            await asyncio.to_thread(shutil.copyfile, path, dest / agentrelease.FILES / path.name)
 
 
 def _stage(folder: Path, manifest: AgentManifest, staging: Path) -> None:

@@ -1,0 +1,178 @@
+"""Installing an agent release side by side with the running one (issue 22, first part).
+
+Runs from the *running* version's code (never the new one's): a release the device
+received (`release.signed`, the hub-signed manifest, and `files/`, its wheels) is
+checked and installed under PREFIX/releases/<version>/venv, the new version's own
+`outpost-agent selfcheck` is run against the data folder, and only then does
+PREFIX/current (a symlink) move to it, atomically; PREFIX/previous keeps what it
+pointed at, for `roll_back`. The running version is never touched: a failure at any
+step (a refused file, pip, a full disk, the selfcheck) removes the half-made folder and
+says why.
+
+    layout: PREFIX/releases/<version>/venv, PREFIX/current -> releases/<version>
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from outpost import agentrelease
+from outpost.agentrelease import AgentManifest, ReleaseFileError
+
+COMPLETE = ".complete"  # written last into a release folder: it was installed whole
+PIP_TIMEOUT_S = 1800.0
+
+
+class InstallError(RuntimeError):
+    """The release was not installed; the message says why. The running one is as it was."""
+
+
+@dataclass(frozen=True)
+class Installed:
+    version: str
+    folder: Path
+    previous: str | None  # the version `current` pointed at before
+
+
+def check_release(
+    release: Path,
+    hub_key: ed25519.Ed25519PublicKey,
+    *,
+    running: str,
+    machine: str | None = None,
+) -> AgentManifest:
+    """The release's manifest once its signature, platform, versions and every file this
+    device installs check out; `InstallError` naming the first that does not."""
+    machine = machine or platform.machine()
+    try:
+        manifest, _ = agentrelease.verify(hub_key, agentrelease.read_signed(release))
+    except ReleaseFileError as exc:
+        raise InstallError(f"refused: {exc}") from exc
+    if machine not in manifest.platforms:
+        raise InstallError(
+            f"refused: release {manifest.version} is for {', '.join(manifest.platforms)}, "
+            f"not this device's {machine}"
+        )
+    if _key(manifest.version) <= _key(running):
+        raise InstallError(
+            f"refused: release {manifest.version} is not newer than the running {running}"
+        )
+    if _key(running) < _key(manifest.min_agent_version):
+        raise InstallError(
+            f"refused: release {manifest.version} updates agents from "
+            f"{manifest.min_agent_version} on; this one is {running}"
+        )
+    for entry in manifest.for_platform(machine):
+        try:
+            agentrelease.check_file(release / agentrelease.FILES / entry.name, entry)
+        except ReleaseFileError as exc:
+            raise InstallError(f"refused: {exc}") from exc
+    return manifest
+
+
+def install(
+    release: Path,
+    manifest: AgentManifest,
+    *,
+    prefix: Path,
+    data: Path,
+    python: str = sys.executable,
+) -> Path:
+    """Install a checked release into PREFIX/releases/<version> and run its selfcheck on
+    `data`; the folder, or `InstallError` (and no folder)."""
+    folder = prefix / "releases" / manifest.version
+    if (folder / COMPLETE).exists():
+        return folder  # installed before (an update interrupted after this step)
+    shutil.rmtree(folder, ignore_errors=True)  # a half-made one from an earlier try
+    try:
+        folder.mkdir(parents=True)
+        venv = folder / "venv"
+        # The venv is made where it stays: its scripts name their interpreter by path.
+        _step([python, "-m", "venv", str(venv)], "making its venv")
+        _step(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-index",
+             "--no-cache-dir", "--disable-pip-version-check", "-q",
+             "--find-links", str(release / agentrelease.FILES), f"outpost=={manifest.version}"],
+            "installing its wheels (no package index)",
+        )  # fmt: skip
+        _step(
+            [str(venv / "bin" / "outpost-agent"), "selfcheck", "--data", str(data)],
+            "the new version's selfcheck",
+        )
+        (folder / COMPLETE).write_text(manifest.version + "\n")
+    except (InstallError, OSError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, say
+            raise InstallError(f"not installed: {exc.strerror or exc}") from exc
+        raise
+    return folder
+
+
+def switch(prefix: Path, version: str) -> Installed:
+    """Point PREFIX/current at the installed `version`, atomically; keep the old target
+    as PREFIX/previous."""
+    folder = prefix / "releases" / version
+    if not (folder / COMPLETE).exists():
+        raise InstallError(f"release {version} is not installed whole in {folder}")
+    current = prefix / "current"
+    before = _target(current)
+    if before is not None:
+        _link(prefix / "previous", before)
+    _link(current, Path("releases") / version)
+    return Installed(version, folder, before.name if before is not None else None)
+
+
+def roll_back(prefix: Path) -> str:
+    """Point PREFIX/current back at PREFIX/previous; the version now current."""
+    previous = _target(prefix / "previous")
+    if previous is None:
+        raise InstallError(f"no previous version to go back to in {prefix}")
+    failed = _target(prefix / "current")
+    _link(prefix / "current", previous)
+    if failed is not None:
+        _link(prefix / "previous", failed)
+    return previous.name
+
+
+def _target(link: Path) -> Path | None:
+    return Path(os.readlink(link)) if link.is_symlink() else None
+
+
+def _link(link: Path, target: Path) -> None:
+    staging = link.with_name(link.name + ".new")
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(target)
+    os.replace(staging, link)  # atomic: the link is the old or the new, never neither
+
+
+def _step(argv: list[str], what: str) -> None:
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise InstallError(f"not installed: {what} took over {PIP_TIMEOUT_S:g} s") from exc
+    if done.returncode != 0:
+        said = (done.stdout + done.stderr).strip()[-2000:]
+        raise InstallError(f"not installed: {what} failed:\n{said}")
+
+
+def _key(version: str) -> tuple[int, ...]:
+    """A version's numeric parts, for ordering (`1.10.0` after `1.9.2`)."""
+    out = []
+    for part in version.split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        out.append(int(digits or 0))
+    return tuple(out)
