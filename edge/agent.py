@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 
@@ -37,7 +38,7 @@ from edge.tasks import TaskRunner
 from edge.telemetry import Telemetry
 from edge.tuning import Tuning
 from edge.uploader import Uploader
-from outpost import __version__, logs
+from outpost import __version__, files, logs
 from outpost.aio import supervise
 from outpost.datalock import DataLock
 from outpost.mqtt import LinkState, run_forever
@@ -174,7 +175,12 @@ class Agent:
                 self._port,
             )
             await telemetry.event("agent.started", version=__version__)
+            await self._report_rollback(telemetry)
             self.ready.set()
+            # For the launcher (systemd/outpost-launch): this version came up.
+            await asyncio.to_thread(
+                files.replace, self.paths.root / "ready", __version__.encode(), files.PRIVATE
+            )
             self.notifier.ready(await status.line())
             await supervise(
                 {
@@ -200,6 +206,21 @@ class Agent:
                     ),
                 }
             )
+
+    async def _report_rollback(self, telemetry: Telemetry) -> None:
+        """The launcher went back from a version that would not come up: say so, once,
+        on the events stream (the hub gets it like any event)."""
+        path = self.paths.root / "rolled-back.json"
+        try:
+            report = json.loads(await asyncio.to_thread(path.read_text))
+        except (OSError, ValueError):
+            return
+        logger.warning(
+            "agent %s did not come up (%s): rolled back to %s",
+            report.get("from"), report.get("reason"), report.get("to"),
+        )  # fmt: skip
+        await telemetry.event("agent.rolled_back", **report)
+        await asyncio.to_thread(path.replace, path.with_name("rolled-back.reported.json"))
 
     def _filter_logs(self, stack: contextlib.AsyncExitStack) -> None:
         """Watch paho's lines for a refused certificate, and mask log fields by policy."""

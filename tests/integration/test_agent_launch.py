@@ -1,0 +1,116 @@
+"""The launcher's rollback (systemd/outpost-launch), with the test's loop standing in
+for systemd's Restart=on-failure: a new version that exits, or hangs, before it is
+ready fails its starts; after --attempts of them `current` goes back to `previous`, the
+reason is written for the agent to report, and the previous version comes up. A version
+that comes up is never rolled back. And the real agent writes the ready marker the
+launcher waits for, and reports a rollback it finds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from outpost import __version__
+from tests.conftest import Enroller
+from tests.support import REPO, AgentProcess, eventually
+
+LAUNCH = REPO / "systemd" / "outpost-launch"
+GOOD = "1.0.0"
+
+
+def release(prefix: Path, version: str, body: str) -> None:
+    """A stand-in release whose `outpost-agent` runs `body` (a shell script)."""
+    bin_dir = prefix / "releases" / version / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    agent = bin_dir / "outpost-agent"
+    agent.write_text(f"#!/bin/sh\n# $1 = run, $2 = --data, $3 = DATA\n{body}\n")
+    agent.chmod(0o755)
+
+
+def folders(tmp_path: Path, new_body: str) -> tuple[Path, Path]:
+    prefix, data = tmp_path / "opt", tmp_path / "data"
+    data.mkdir()
+    release(prefix, GOOD, f'printf {GOOD} > "$3/ready"; exit 0')
+    release(prefix, "2.0.0", new_body)
+    (prefix / "current").symlink_to("releases/2.0.0")
+    (prefix / "previous").symlink_to(f"releases/{GOOD}")
+    return prefix, data
+
+
+def launch(prefix: Path, data: Path, deadline: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(LAUNCH), "--prefix", str(prefix), "--data", str(data),
+         "--deadline", str(deadline), "--attempts", "3"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def supervise(prefix: Path, data: Path, deadline: float = 30) -> list[int]:
+    """systemd's part: start again after a failure, up to 6 times; the exit statuses."""
+    codes = []
+    for _ in range(6):
+        done = launch(prefix, data, deadline)
+        codes.append(done.returncode)
+        if done.returncode == 0:
+            break
+    return codes
+
+
+def test_a_version_that_crashes_at_start_is_rolled_back(tmp_path: Path) -> None:
+    prefix, data = folders(tmp_path, "exit 3")
+
+    codes = supervise(prefix, data)
+
+    assert codes == [1, 1, 1, 0]  # three failed starts, then the previous version
+    assert os.readlink(prefix / "current") == f"releases/{GOOD}"
+    assert os.readlink(prefix / "previous") == "releases/2.0.0"
+    report = json.loads((data / "rolled-back.json").read_text())
+    assert (report["from"], report["to"], report["failures"]) == ("2.0.0", GOOD, 3)
+    assert report["reason"] == "exited with status 3 before it was ready"
+    assert (data / "ready").read_text() == GOOD
+
+
+def test_a_version_that_hangs_before_ready_is_rolled_back(tmp_path: Path) -> None:
+    prefix, data = folders(tmp_path, "exec sleep 600")
+
+    codes = supervise(prefix, data, deadline=1)
+
+    assert codes == [1, 1, 1, 0]
+    report = json.loads((data / "rolled-back.json").read_text())
+    assert report["reason"] == "not ready within 1 s"
+    assert os.readlink(prefix / "current") == f"releases/{GOOD}"
+
+
+def test_a_version_that_comes_up_stays(tmp_path: Path) -> None:
+    prefix, data = folders(tmp_path, 'printf 2.0.0 > "$3/ready"; exit 0')
+
+    assert supervise(prefix, data) == [0]
+    assert os.readlink(prefix / "current") == "releases/2.0.0"
+    assert not (data / "rolled-back.json").exists()
+    # A good start leaves no failure counted against the version.
+    state = json.loads((data / "launch-state.json").read_text())
+    assert state == {"failures": 0, "version": "2.0.0"}
+
+
+async def test_the_agent_marks_itself_ready_and_reports_a_rollback(
+    enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, _ = await enroll_device()
+    rolled = {"from": "9.9.9", "to": __version__, "reason": "exited with status 3 before it "
+              "was ready", "failures": 3, "at": 1.0}  # fmt: skip
+    (paths.root / "rolled-back.json").write_text(json.dumps(rolled))
+    agent = agents(paths)
+
+    async def ready() -> bool:
+        assert agent.process.poll() is None, agent.output()
+        marker = paths.root / "ready"
+        return marker.exists() and marker.read_text() == __version__
+
+    await eventually(ready, timeout=30, what="the ready marker")
+    assert not (paths.root / "rolled-back.json").exists()
+    assert (paths.root / "rolled-back.reported.json").exists()
+    assert "agent 9.9.9 did not come up" in agent.output()
