@@ -7,15 +7,19 @@ launcher waits for, and reports a rollback it finds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from edge.store.recovery import open_store
 from outpost import __version__
 from tests.conftest import Enroller
+from tests.local_api import LocalClient
 from tests.support import REPO, AgentProcess, eventually
 
 LAUNCH = REPO / "systemd" / "outpost-launch"
@@ -114,3 +118,33 @@ async def test_the_agent_marks_itself_ready_and_reports_a_rollback(
     assert not (paths.root / "rolled-back.json").exists()
     assert (paths.root / "rolled-back.reported.json").exists()
     assert "agent 9.9.9 did not come up" in agent.output()
+
+
+async def test_a_rolled_back_agent_runs_on_a_store_the_newer_one_migrated(
+    enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    """The choice for store migrations: additive only (tables, columns with defaults,
+    meta rows), so the version rolled back to runs on the store the newer version
+    migrated; the records it holds are kept and still go to the hub."""
+    paths, _ = await enroll_device()
+    opened = open_store(paths.store)
+    opened.db.conn.close()
+    with contextlib.closing(sqlite3.connect(paths.store)) as db, db:
+        # What a newer agent's migration might have added.
+        db.execute("CREATE TABLE future_things (id INTEGER PRIMARY KEY, what TEXT)")
+        db.execute("ALTER TABLE records ADD COLUMN future_flag INTEGER NOT NULL DEFAULT 0")
+        db.execute("INSERT INTO _migrations (name, applied_at) VALUES ('099_future', 0)")
+    agent = agents(paths)
+
+    async def ready() -> bool:
+        assert agent.process.poll() is None, agent.output()
+        marker = paths.root / "ready"
+        return marker.exists() and marker.read_text() == __version__
+
+    await eventually(ready, timeout=30, what="the older agent ready on the newer store")
+    client = LocalClient(paths.socket)
+    try:
+        status, answer = await client.append("results", [{"n": 1}])
+    finally:
+        await client.close()
+    assert status == 201, answer
