@@ -13,6 +13,7 @@ from aiohttp import web
 from hub.access.ratelimit import RateLimiter
 from hub.api import (
     admin,
+    agentreleases,
     bundles,
     dashboard,
     drift,
@@ -58,6 +59,7 @@ def build_routes(ctx: ApiContext, feed: LiveFeed) -> list[Route]:
         *drift.routes(ctx),
         *sinks.routes(ctx),
         *bundles.routes(ctx),
+        *agentreleases.routes(ctx),
         *dashboard.routes(ctx, feed),
     ]
 
