@@ -28,6 +28,9 @@ export function initRollouts() {
 export function renderRollouts(snap) {
   snapshotDevices = snap.devices;
   rollouts = snap.rollouts;
+  // The count in an open start dialog follows the fleet: devices enrolled, relabelled or
+  // revoked while the admin types change what the roll-out would reach.
+  if ($("rollout-dialog").open) showMatch();
   // Rebuilt only when something changed: a halt button under the pointer stays put.
   const key = JSON.stringify([can("admin"), rollouts, snap.devices.map((d) => [d.id, d.name])]);
   if (key === shownKey) return;

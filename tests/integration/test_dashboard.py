@@ -18,12 +18,14 @@ import os
 import shutil
 import subprocess
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -128,9 +130,41 @@ def browser(hub: Hub, tmp_path: Path) -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
+class _PageWait(WebDriverWait[WebDriver]):
+    """A wait that, when it gives up, says what the page showed: which wait gave up
+    (its message, or the line that waited) and the page's status, sign-in error, open
+    dialogs and SEVERE console entries, with a screenshot beside the others."""
+
+    def until(self, method: Any, message: str = "") -> Any:
+        try:
+            return super().until(method, message)
+        except TimeoutException as exc:
+            raise TimeoutException(f"{message or _caller()}; {_page_state(self._driver)}") from exc
+
+
+def _caller() -> str:
+    frame = traceback.extract_stack(limit=3)[0]
+    return f"waited at {Path(frame.filename).name}:{frame.lineno}: {frame.line}"
+
+
+def _page_state(driver: WebDriver) -> str:
+    try:
+        state = driver.execute_script(
+            "const t = (id) => (document.getElementById(id) || {}).textContent || '';"
+            "return {url: location.pathname, status: t('status'),"
+            " signin_error: t('signin-error'),"
+            " dialogs: [...document.querySelectorAll('dialog[open]')].map(d => d.id)}"
+        )
+        logs = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]  # type: ignore[attr-defined]
+        shot = screenshot(driver, f"timeout-{int(time.time() * 1000)}")
+        return f"page: {state}; console: {logs}; screenshot: {shot}"
+    except Exception as exc:  # the page itself may be what broke
+        return f"page state unreadable: {exc!r}"
+
+
 def wait(driver: WebDriver, timeout: float = PAGE_WAIT_S) -> WebDriverWait[WebDriver]:
     """A wait that looks again when the live page re-rendered what it was reading."""
-    return WebDriverWait(
+    return _PageWait(
         driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
     )
 
@@ -179,13 +213,23 @@ def sign_in(driver: WebDriver, token: str) -> None:
 
 
 def open_signed_in(driver: WebDriver, url: str, token: str) -> None:
-    """Load the page afresh (signed out: the tab forgets its token) and sign in."""
-    driver.get(url + "/dashboard")
-    driver.execute_script("sessionStorage.clear()")
-    driver.get(url + "/dashboard")
-    wait(driver).until(ec.visibility_of_element_located((By.ID, "signin")))
+    """Load the page afresh (signed out: the tab forgets its token) and sign in.
+
+    The token is forgotten as the new page starts, before its own scripts run: cleared
+    under a loaded dashboard instead, that page's requests still in flight would go out
+    without it and come back 401 (a race a slow machine loses)."""
+    forget = driver.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument", {"source": "sessionStorage.clear()"}
+    )
+    try:
+        driver.get(url + "/dashboard")
+    finally:
+        driver.execute_cdp_cmd(
+            "Page.removeScriptToEvaluateOnNewDocument", {"identifier": forget["identifier"]}
+        )
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "signin")), "no sign-in form")
     sign_in(driver, token)
-    wait(driver).until(ec.visibility_of_element_located((By.ID, "app")))
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "app")), "not signed in")
     wait(driver).until(lambda d: text_of(d, "#status").startswith("live ·"), "no snapshot")
 
 
