@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from aiohttp import web
@@ -12,7 +11,7 @@ from hub.api import devicerefs, params
 from hub.api.context import ApiContext
 from hub.api.routing import Route
 from hub.models import drift
-from hub.store import HubStore
+from hub.models.driftwatch import fleet_drift
 from outpost.schema import Struct
 
 
@@ -69,12 +68,6 @@ class DeviceDriftsOut(Struct, frozen=True):
     device_id: Annotated[str, Meta(description="device id")]
     flagged: Annotated[bool, Meta(description="drifting on any model version")]
     models: Annotated[list[VersionOfDevice], Meta(description="per model version")]
-
-
-async def fleet_drift(store: HubStore, *, now: float | None = None) -> list[drift.VersionDrift]:
-    """Every model version's drift over the last `drift.WINDOW_S`."""
-    since = (time.time() if now is None else now) - drift.WINDOW_S
-    return drift.evaluate(await store.model_distributions(since=since))
 
 
 def routes(ctx: ApiContext) -> list[Route]:

@@ -12,8 +12,8 @@ from msgspec import Meta
 
 from hub.api import params
 from hub.api.context import ApiContext
-from hub.api.drift import fleet_drift
 from hub.api.routing import Route
+from hub.models.driftwatch import fleet_drift
 from hub.monitoring.metrics import CONTENT_TYPE
 from hub.mqtt.intake import THROTTLED_FOR_S
 from outpost.schema import Struct

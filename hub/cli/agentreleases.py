@@ -14,6 +14,7 @@ from hub.cli.datafolder import load_config, open_store
 from hub.fleet.agentreleases import AgentShelf
 from hub.fleet.enrollment import load_signing_key
 from hub.paths import HubPaths
+from hub.store import agentreleases as registry
 
 
 def upload(args: argparse.Namespace) -> int:
@@ -32,8 +33,7 @@ def upload(args: argparse.Namespace) -> int:
 def list_releases(args: argparse.Namespace) -> int:
     paths = HubPaths(args.data)
     with open_store(paths, load_config(args.data, args.config)) as store:
-        shelf = AgentShelf(paths, store, load_signing_key(paths))
-        found = asyncio.run(shelf.releases())
+        found = asyncio.run(store.run(registry.all_releases))  # no key needed to read
     if not found:
         print("no agent releases")
         return 0

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hub.models.releases import ModelShelf
 from hub.store import HubStore, courierleases
 from hub.store import courier as registry
-from hub.store.tasks import unpack_input
 from hub.tasks import allocation
 from outpost import policy, release, wire
 from outpost.courier import content, sealing
@@ -130,20 +129,7 @@ class HubBundles:
         leased = await self._store.run(
             courierleases.lease, device_id, now, lease_s, limit, allocation.matches
         )
-        return [
-            wire.Assignment(
-                task_id=a.task_id,
-                attempt=a.attempt,
-                model=a.model,
-                version=a.version,
-                input=unpack_input(a.input),
-                dtype=a.dtype,  # type: ignore[arg-type]
-                priority=a.priority,
-                deadline_in_s=max(0.0, a.deadline - now),
-                lease_s=a.lease_s,
-            )
-            for a in leased
-        ]
+        return [a.message(now) for a in leased]
 
     async def _releases(
         self, device_id: str, has: list[dict[str, Any]]

@@ -26,7 +26,6 @@ from hub.courier.exporter import DEFAULT_LEASE_S, DEFAULT_MAX_TASKS, HubBundles
 from hub.fleet.certificates import RenewalRefusedError, Renewals
 from hub.store import HubStore, Upload
 from hub.store import courier as registry
-from outpost import wire
 from outpost.courier import content, sealing
 from outpost.courier.sealing import BundleError
 
@@ -243,7 +242,7 @@ class BundleImporter:
         for first in range(0, len(usable), BATCHES_PER_TRANSACTION):
             chunk = usable[first : first + BATCHES_PER_TRANSACTION]
             applied = await self._store.apply_uploads(
-                [_upload(device_id, b) for b in chunk], now=now
+                [Upload.of(device_id, b) for b in chunk], now=now
             )
             outcome.task_results.update(applied.task_results)
             for batch, result in zip(chunk, applied.applied, strict=True):
@@ -273,16 +272,6 @@ def _inventory(carried: content.DeviceContent) -> registry.Inventory:
 
 def _json(value: object) -> str:
     return json.dumps(msgspec.to_builtins(value), sort_keys=True)
-
-
-def _upload(device_id: str, body: wire.Records) -> Upload:
-    return Upload(
-        device_id=device_id,
-        stream=body.stream,
-        from_seq=body.from_seq,
-        to_seq=body.to_seq,
-        records=list(zip(body.seqs, body.ts, body.bodies, strict=True)),
-    )
 
 
 def _ec_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:

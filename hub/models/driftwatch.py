@@ -21,6 +21,13 @@ logger = logging.getLogger(__name__)
 PERIOD_S = 60.0
 
 
+async def fleet_drift(store: HubStore, *, now: float | None = None) -> list[drift.VersionDrift]:
+    """Every model version's drift over the last `drift.WINDOW_S` (also the API's and
+    /metrics' answer)."""
+    since = (time.time() if now is None else now) - drift.WINDOW_S
+    return drift.evaluate(await store.model_distributions(since=since))
+
+
 class DriftWatch:
     def __init__(
         self,
@@ -47,8 +54,7 @@ class DriftWatch:
     async def look(self) -> list[LevelChange]:
         """Judge every device now; record (and publish) what changed."""
         now = self._clock()
-        since = now - drift.WINDOW_S
-        versions = drift.evaluate(await self._store.model_distributions(since=since))
+        versions = await fleet_drift(self._store, now=now)
         judged = [
             Judged(
                 v.model, v.version, d.device_id, d.level, d.psi_labels, d.psi_confidence, d.count

@@ -227,7 +227,7 @@ class Ingest:
         """
         try:
             outcome = await self._store.apply_uploads(
-                [_upload(device_id, body) for device_id, body, _ in uploads], now=now
+                [Upload.of(device_id, body) for device_id, body, _ in uploads], now=now
             )
         except Exception:
             for _, _, kind in uploads:
@@ -344,16 +344,6 @@ class Ingest:
             logger.info("%s offline (connection lost)", event.device_id)
         else:
             logger.info("%s online", event.device_id)
-
-
-def _upload(device_id: str, body: wire.Records) -> Upload:
-    return Upload(
-        device_id=device_id,
-        stream=body.stream,
-        from_seq=body.from_seq,
-        to_seq=body.to_seq,
-        records=list(zip(body.seqs, body.ts, body.bodies, strict=True)),
-    )
 
 
 def _event(device_id: str, envelope: wire.Envelope[Any], now: float) -> PresenceEvent | None:

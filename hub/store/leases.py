@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.store.sql import Sql
-from hub.store.tasks import HELD, finish, move, record_events
+from hub.store.tasks import HELD, finish, move, record_events, unpack_input
+from outpost import wire
 
 MAX_SCAN = 20_000  # queued tasks one allocation pass may look at
 
@@ -64,6 +65,20 @@ class Assigned:
     priority: int
     deadline: float
     lease_s: float
+
+    def message(self, now: float) -> wire.Assignment:
+        """The assignment as the device receives it (over MQTT or by courier bundle)."""
+        return wire.Assignment(
+            task_id=self.task_id,
+            attempt=self.attempt,
+            model=self.model,
+            version=self.version,
+            input=unpack_input(self.input),
+            dtype=self.dtype,  # type: ignore[arg-type]
+            priority=self.priority,
+            deadline_in_s=max(0.0, self.deadline - now),
+            lease_s=self.lease_s,
+        )
 
 
 @dataclass(frozen=True)

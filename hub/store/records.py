@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from hub.store.sql import Sql
+from outpost import wire
 
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer; the wire contract bounds seqs at it too
 
@@ -26,6 +27,17 @@ class Upload:
     from_seq: int
     to_seq: int
     records: Sequence[tuple[int, float, bytes]]  # (seq, ts, msgpack body), increasing seq
+
+    @classmethod
+    def of(cls, device_id: str, body: wire.Records) -> Upload:
+        """A device's batch as the wire carries it (MQTT or a courier bundle)."""
+        return cls(
+            device_id=device_id,
+            stream=body.stream,
+            from_seq=body.from_seq,
+            to_seq=body.to_seq,
+            records=list(zip(body.seqs, body.ts, body.bodies, strict=True)),
+        )
 
 
 @dataclass(frozen=True)

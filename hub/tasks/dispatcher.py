@@ -19,7 +19,6 @@ from hub.config import TASK_ENVELOPE_BYTES, HubConfig
 from hub.mqtt.acks import Publish
 from hub.store import Assigned, HubStore, TaskSettings
 from hub.store.leadership import NotLeaderError
-from hub.store.tasks import unpack_input
 from hub.tasks import allocation
 from outpost import wire
 from outpost.aio import wait_event
@@ -91,19 +90,7 @@ class Dispatcher:
                 chunks.append([])
                 sizes[a.device_id] = 0
             sizes[a.device_id] += size
-            chunks[-1].append(
-                wire.Assignment(
-                    task_id=a.task_id,
-                    attempt=a.attempt,
-                    model=a.model,
-                    version=a.version,
-                    input=unpack_input(a.input),
-                    dtype=a.dtype,  # type: ignore[arg-type]
-                    priority=a.priority,
-                    deadline_in_s=max(0.0, a.deadline - now),
-                    lease_s=a.lease_s,
-                )
-            )
+            chunks[-1].append(a.message(now))
         for device_id, chunks in by_device.items():
             for chunk in chunks:
                 payload = wire.encode("tasks", wire.Tasks(tasks=chunk))

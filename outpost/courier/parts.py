@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import struct
 from collections import defaultdict
@@ -24,6 +23,7 @@ from typing import Annotated, Final
 import msgspec
 from msgspec import Meta
 
+from outpost import files
 from outpost.courier.sealing import BundleError
 
 MARK: Final = b"OUTPOST-PART/1\n"
@@ -95,9 +95,14 @@ def write_parts(sealed: bytes, folder: Path, stem: str, max_size: int) -> list[P
         )
         header_bytes = msgspec.msgpack.encode(header)
         path = folder / f"{stem}.{number:03d}-of-{len(pieces):03d}{SUFFIX}"
-        _write_whole(path, MARK + struct.pack(">I", len(header_bytes)) + header_bytes + piece + END)
+        # Staged, synced and renamed (with the folder synced): a part with its final name
+        # was written whole.
+        files.replace(
+            path,
+            MARK + struct.pack(">I", len(header_bytes)) + header_bytes + piece + END,
+            files.PRIVATE,
+        )
         written.append(path)
-    _sync_folder(folder)
     return written
 
 
@@ -213,20 +218,3 @@ def join(found: list[Part]) -> list[tuple[str, bytes]]:
             raise BundleError(f"{parts[0].path.name}: its parts do not make the bundle they name")
         bundles.append((parts[0].path.name, sealed))
     return bundles
-
-
-def _write_whole(path: Path, data: bytes) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    with staging.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(staging, path)
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
