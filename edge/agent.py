@@ -16,6 +16,12 @@ import logging
 import time
 
 from edge import sysinfo
+from edge.agentupdate import (
+    ROLLED_BACK,
+    ROLLED_BACK_REPORTED,
+    AgentUpdater,
+    side_by_side_prefix,
+)
 from edge.config import AgentConfig
 from edge.courier import CourierDesk
 from edge.courierapi import courier_routes
@@ -115,7 +121,13 @@ class Agent:
                 device_id, self.paths.hub_signing_pub, self.paths.policy, tuning.apply
             )
             await asyncio.to_thread(policy.load)  # the kept policy applies before anything runs
-            parts = AgentParts(store, inference, uploader, tasks, deployer, policy)
+            updater = AgentUpdater(
+                self.paths,
+                self.identity.hub_url,
+                outbox.model_state,
+                prefix=side_by_side_prefix(),
+            )
+            parts = AgentParts(store, inference, uploader, tasks, deployer, policy, updater)
 
             status = Status(device_id, self.link, self.refusals, parts, started=self._started)
             api = LocalApi(
@@ -175,6 +187,7 @@ class Agent:
                 self._port,
             )
             await telemetry.event("agent.started", version=__version__)
+            await updater.load()  # before the report renames the launcher's word
             await self._report_rollback(telemetry)
             self.ready.set()
             # For the launcher (systemd/outpost-launch): this version came up.
@@ -189,6 +202,7 @@ class Agent:
                     "agent.metrics": telemetry.rollups(),
                     "agent.tasks": tasks.run(),
                     "agent.deployer": deployer.run(),
+                    "agent.updater": updater.run(),
                     "agent.cert-renewer": CertRenewer(
                         self.paths,
                         on_renewed=self.refusals.renewed,
@@ -210,7 +224,7 @@ class Agent:
     async def _report_rollback(self, telemetry: Telemetry) -> None:
         """The launcher went back from a version that would not come up: say so, once,
         on the events stream (the hub gets it like any event)."""
-        path = self.paths.root / "rolled-back.json"
+        path = self.paths.root / ROLLED_BACK
         try:
             report = json.loads(await asyncio.to_thread(path.read_text))
         except (OSError, ValueError):
@@ -220,7 +234,7 @@ class Agent:
             report.get("from"), report.get("reason"), report.get("to"),
         )  # fmt: skip
         await telemetry.event("agent.rolled_back", **report)
-        await asyncio.to_thread(path.replace, path.with_name("rolled-back.reported.json"))
+        await asyncio.to_thread(path.replace, path.with_name(ROLLED_BACK_REPORTED))
 
     def _filter_logs(self, stack: contextlib.AsyncExitStack) -> None:
         """Watch paho's lines for a refused certificate, and mask log fields by policy."""

@@ -330,6 +330,8 @@ def _daemon() -> type[Agent]:
 
 
 async def _serve(agent: Agent) -> int:
+    from edge.agentupdate import EXIT_RESTART, RestartRequested  # imported with the daemon
+
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
@@ -345,6 +347,11 @@ async def _serve(agent: Agent) -> int:
         await agent.run()
     except asyncio.CancelledError:
         logger.info("agent stopped")
+    except RestartRequested as exc:
+        # The launcher starts PREFIX/current, now the new version, at once.
+        agent.notifier.stopping()
+        logger.warning("%s", exc)
+        return EXIT_RESTART
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge.agentupdate import AgentUpdater
 from edge.deploy import Deployer
 from edge.inference.service import InferenceService
 from edge.policy import PolicyKeeper
@@ -23,3 +24,4 @@ class AgentParts:
     tasks: TaskRunner
     deployer: Deployer
     policy: PolicyKeeper
+    updater: AgentUpdater

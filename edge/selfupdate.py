@@ -61,11 +61,11 @@ def check_release(
             f"refused: release {manifest.version} is for {', '.join(manifest.platforms)}, "
             f"not this device's {machine}"
         )
-    if _key(manifest.version) <= _key(running):
+    if version_key(manifest.version) <= version_key(running):
         raise InstallError(
             f"refused: release {manifest.version} is not newer than the running {running}"
         )
-    if _key(running) < _key(manifest.min_agent_version):
+    if version_key(running) < version_key(manifest.min_agent_version):
         raise InstallError(
             f"refused: release {manifest.version} updates agents from "
             f"{manifest.min_agent_version} on; this one is {running}"
@@ -165,7 +165,7 @@ def _step(argv: list[str], what: str) -> None:
         raise InstallError(f"not installed: {what} failed:\n{said}")
 
 
-def _key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
     """A version's numeric parts, for ordering (`1.10.0` after `1.9.2`)."""
     out = []
     for part in version.split("."):

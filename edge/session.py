@@ -173,7 +173,8 @@ class Session:
 
         await say_hello()
         await self._telemetry.event("link.connected")
-        for state in parts.deployer.states():  # the hub moves roll-outs on from these
+        # The hub moves roll-outs on from these (the agent's own: those that failed).
+        for state in [*parts.deployer.states(), *parts.updater.states()]:
             await client.publish(
                 self._topic("model_state"), wire.encode("model_state", state), qos=1
             )
@@ -228,6 +229,8 @@ class Session:
                 await parts.tasks.cancel(body)
             elif isinstance(body, wire.ModelReleases):
                 await parts.deployer.offer(body)  # downloads run in the deployer's task
+            elif isinstance(body, wire.AgentOffer):
+                await parts.updater.offer(body)  # so do the agent's, in the updater's
             elif isinstance(body, wire.Welcome):
                 self._welcomed(body)
             elif isinstance(body, wire.SignedPolicy):

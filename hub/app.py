@@ -17,6 +17,7 @@ from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
 from hub.courier.desk import CourierDesk, open_desk
 from hub.fleet import revocation
+from hub.fleet.agentreleases import AgentShelf
 from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import Enrollment, load_signing_key, load_token_key
 from hub.fleet.policies import PolicyPublisher
@@ -263,6 +264,7 @@ class Hub:
             policies=policies,
             rollouts=rollouts,
             shelf=shelf,
+            agents=AgentShelf(self.paths, store, signing_key),
             intake=intake,
             holds=holds,
         )
@@ -305,6 +307,7 @@ class Hub:
         policies: PolicyPublisher,
         rollouts: RolloutService,
         shelf: ModelShelf,
+        agents: AgentShelf,
         intake: DeviceIntake,
         holds: FloodHolds,
     ) -> ApiContext:
@@ -320,6 +323,7 @@ class Hub:
             dispatcher=dispatcher,
             policies=policies,
             models=shelf,
+            agents=agents,
             rollouts=rollouts,
             renewals=Renewals.load(self.paths, self.config, store),
             revoker=revocation.Revoker(self.paths, self.config, store, broker=broker),

@@ -28,6 +28,9 @@ SIGNED: Final = "release.signed"  # msgpack {document, signature}: a release as 
 FILES: Final = "files"
 ANY: Final = "any"  # a pure-Python wheel, for every platform
 PLATFORMS: Final = ("x86_64", "aarch64", "armv7l")
+# What an agent roll-out, and a device's reports on one (wire.ModelState), are named: a
+# name no model can have (model names start with a letter or a digit).
+ROLLOUT_NAME: Final = "@agent"
 VERSION = Annotated[str, Meta(pattern=r"^[0-9]+(\.[0-9]+){1,3}([a-z0-9.+-]{0,32})$")]
 _VERSION = VERSION
 _NAME = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.whl$")]

@@ -11,6 +11,7 @@ from hub.access.tokenstates import TokenStates
 from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
 from hub.courier.desk import CourierDesk
+from hub.fleet.agentreleases import AgentShelf
 from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import Enrollment
 from hub.fleet.policies import PolicyPublisher
@@ -41,6 +42,7 @@ class ApiContext:
     dispatcher: Dispatcher
     policies: PolicyPublisher
     models: ModelShelf
+    agents: AgentShelf  # agent releases
     rollouts: RolloutService | None
     renewals: Renewals
     revoker: Revoker

@@ -18,6 +18,7 @@ from hub.fleet import labels
 from hub.models.releases import ModelExistsError, ModelRefusedError, Staging
 from hub.store import Rollout, RolloutRefusedError, StoredModel
 from outpost import schema
+from outpost.agentrelease import ROLLOUT_NAME as AGENT
 from outpost.modelbundle import MAX_MODEL_BYTES, MAX_SIDECAR_BYTES, NAME_PATTERN, VERSION_PATTERN
 from outpost.schema import Struct
 
@@ -62,8 +63,16 @@ class UploadedOut(Struct, frozen=True):
 class RolloutIn(Struct, frozen=True):
     """A staged roll-out: canaries first, the rest when every canary runs it."""
 
-    model: Annotated[str, Meta(max_length=64, description="model name")]
-    version: Annotated[str, Meta(max_length=32, description="model version")]
+    model: Annotated[str, Meta(max_length=64, description="model name (or give `agent`)")] = ""
+    version: Annotated[str, Meta(max_length=32, description="model version")] = ""
+    agent: Annotated[
+        str,
+        Meta(
+            max_length=32,
+            description="an agent release's version, to roll the agent itself out "
+            "(instead of model and version)",
+        ),
+    ] = ""
     selector: Annotated[
         dict[str, str], Meta(description="labels a device must carry (empty: every device)")
     ] = {}
@@ -95,8 +104,9 @@ class RolloutOut(Struct, frozen=True):
     """A staged roll-out and its progress."""
 
     id: Annotated[int, Meta(description="roll-out id")]
-    model: Annotated[str, Meta(description="model name")]
-    version: Annotated[str, Meta(description="model version")]
+    kind: Annotated[str, Meta(description="model, or agent (an agent release)")]
+    model: Annotated[str, Meta(description=f"model name ({AGENT} for an agent release)")]
+    version: Annotated[str, Meta(description="model or agent version")]
     selector: Annotated[dict[str, str], Meta(description="labels its devices carry")]
     canary_share: Annotated[float, Meta(description="share released first")]
     state: Annotated[str, Meta(description="canary, rolling, completed, halted or superseded")]
@@ -114,6 +124,7 @@ class RolloutOut(Struct, frozen=True):
             counts[d.state] = counts.get(d.state, 0) + 1
         return cls(
             r.id,
+            "agent" if r.name == AGENT else "model",
             r.name,
             r.version,
             r.selector,
@@ -195,12 +206,16 @@ def routes(ctx: ApiContext) -> list[Route]:
             labels.check(body.selector, "body.selector")
         except ValueError as exc:
             raise bad_field("body.selector", str(exc)) from exc
+        if body.agent and (body.model or body.version):
+            raise bad_field("body.agent", "give agent alone, or model and version, not both")
+        if not body.agent and not (body.model and body.version):
+            raise bad_field("body.model", "give model and version (or agent)")
         request[AUDIT_DETAIL] = schema.dump(body)
         assert ctx.rollouts is not None
         try:
             rollout = await ctx.rollouts.start_rollout(
-                name=body.model,
-                version=body.version,
+                name=AGENT if body.agent else body.model,
+                version=body.agent or body.version,
                 selector=body.selector,
                 canary_share=body.canary_share,
                 by=request[PRINCIPAL].subject,

@@ -82,15 +82,23 @@ def start_rollout(args: argparse.Namespace) -> int:
             raise ValueError(f"--selector {item!r}: write KEY=VALUE")
         selector[key] = value
 
+    if args.agent and (args.model or args.version):
+        raise ValueError("give --agent VERSION alone, or MODEL VERSION, not both")
+    if not args.agent and not (args.model and args.version):
+        raise ValueError("give MODEL VERSION, or --agent VERSION for an agent release")
+    what: dict[str, Any] = (
+        {"agent": args.agent} if args.agent else {"model": args.model, "version": args.version}
+    )
+
     async def start(client: remote.Client) -> int:
-        body: dict[str, Any] = {"model": args.model, "version": args.version, "selector": selector}
+        body: dict[str, Any] = {**what, "selector": selector}
         if args.canary is not None:
             body["canary_share"] = args.canary
         rollout = await client.call("POST", "/api/v1/rollouts", body=body)
         if args.json and not args.follow:
             remote.show_json(rollout)
             return 0
-        print(f"roll-out {rollout['id']} of {rollout['model']} {rollout['version']} started")
+        print(f"roll-out {rollout['id']} of {_released(rollout)} started")
         return await _follow(client, rollout["id"], args) if args.follow else 0
 
     return remote.run(args, start)
@@ -133,7 +141,7 @@ def render_rollout(r: dict[str, Any], names: dict[str, str]) -> str:
     """A roll-out's headline, counts and devices."""
     counts = ", ".join(f"{n} {state}" for state, n in sorted(r["counts"].items())) or "no devices"
     head = (
-        f"roll-out {r['id']}: {r['model']} {r['version']} to {tables.labels(r['selector'])}, "
+        f"roll-out {r['id']}: {_released(r)} to {tables.labels(r['selector'])}, "
         f"canary {r['canary_share']:.0%}: {r['state'].upper()}"
         + (f" ({r['reason']})" if r["reason"] else "")
         + f" [{time.strftime('%H:%M:%S')}]"
@@ -144,6 +152,13 @@ def render_rollout(r: dict[str, Any], names: dict[str, str]) -> str:
     ]
     body = tables.table(("NAME", "DEVICE", "STAGE", "STATE", "DETAIL"), rows)
     return f"{head}\n  {counts}\n{body}"
+
+
+def _released(rollout: dict[str, Any]) -> str:
+    """What a roll-out gives its devices, in words."""
+    if rollout.get("kind") == "agent":
+        return f"the agent {rollout['version']}"
+    return f"{rollout['model']} {rollout['version']}"
 
 
 def halt_rollout(args: argparse.Namespace) -> int:
@@ -168,7 +183,7 @@ def list_rollouts(args: argparse.Namespace) -> int:
         rows = [
             (
                 str(r["id"]),
-                r["model"],
+                "(agent)" if r.get("kind") == "agent" else r["model"],
                 r["version"],
                 tables.labels(r["selector"]),
                 r["state"],

@@ -70,9 +70,19 @@ def _models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _rollouts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("rollouts", help="start, follow, halt and list staged roll-outs")
     group = p.add_subparsers(required=True, metavar="ACTION")
-    r = _action(group, "start", "roll a model version out: canaries first, then the rest")
-    r.add_argument("model", metavar="MODEL")
-    r.add_argument("version", metavar="VERSION")
+    r = _action(
+        group,
+        "start",
+        "roll a model version (or, with --agent, an agent release) out: canaries first, "
+        "then the rest",
+    )
+    r.add_argument("model", metavar="MODEL", nargs="?")
+    r.add_argument("version", metavar="VERSION", nargs="?")
+    r.add_argument(
+        "--agent",
+        metavar="VERSION",
+        help="roll out this agent release (outpost-hub agent-releases upload) instead of a model",
+    )
     r.add_argument(
         "--selector",
         action="append",

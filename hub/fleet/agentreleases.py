@@ -1,13 +1,15 @@
 """Agent releases the hub takes (outpost/agentrelease.py): every file checked against
 the folder's manifest, copied into the data folder, and the manifest signed with the
-hub's signing key, which devices already trust. Rolling a release out to devices, and
-their installing it side by side with rollback, are the next steps (issue 22)."""
+hub's signing key, which devices already trust. Roll-outs give it to devices
+(hub/store/agentrollouts.py), which download its files through the API and install it
+side by side (edge/selfupdate.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +34,16 @@ class AgentShelf:
         self._root = paths.agent_releases
         self._store = store
         self._key = key
+
+    @property
+    def root(self) -> Path:
+        """Where the releases' files are: <root>/<version>/<wheel>."""
+        return self._root
+
+    def staging(self) -> Path:
+        """A new empty folder beside the releases, for an upload to arrive in (blocks)."""
+        self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Path(tempfile.mkdtemp(".upload", ".agent-", self._root))
 
     async def accept(self, folder: Path, *, by: str, now: float | None = None) -> AgentManifest:
         """Check, copy and sign a release folder; `ReleaseFileError` saying why not."""

@@ -1,10 +1,12 @@
-"""Roll-outs in motion: release a model to a roll-out's devices stage by stage, and move
-each roll-out on as its devices report.
+"""Roll-outs in motion: release a model, or an agent release, to a roll-out's devices
+stage by stage, and move each roll-out on as its devices report.
 
 What a device should run goes out retained on its `down/models` topic (every release it
 has been given, one per model name), so a device that was offline finds it on connect;
-each hello sends it again in case the broker lost it. Reports (`model_state`) move the
-canary stage on to the rest, or halt it.
+each hello sends it again in case the broker lost it. The agent release a device should
+run goes out the same way on `down/agent`. Reports (`model_state`; for the agent, named
+`outpost.agentrelease.ROLLOUT_NAME`, and the version in its hello) move the canary stage
+on to the rest, or halt it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from hub.fleet.wanted import Wanted
-from hub.store import Advanced, HubStore, Rollout
+from hub.store import Advanced, HubStore, Rollout, agentrollouts
 from outpost import wire
 
 logger = logging.getLogger(__name__)
@@ -132,6 +134,23 @@ class RolloutService:
             for first in range(0, len(due), SEND_AT_ONCE):
                 chunk = due[first : first + SEND_AT_ONCE]
                 await asyncio.gather(*(self._send(d, releases) for d, releases in chunk))
+            try:
+                agent = await self._store.run(agentrollouts.desired_agent_of, wanted)
+            except Exception as exc:  # their next hellos ask again
+                logger.warning("agent releases for %d devices not read: %s", len(wanted), exc)
+                continue
+            offers = [(d, agent.get(d)) for d in wanted if d in agent or d in forced]
+            for first in range(0, len(offers), SEND_AT_ONCE):
+                batch = offers[first : first + SEND_AT_ONCE]
+                await asyncio.gather(*(self._offer_agent(d, signed) for d, signed in batch))
+
+    async def _offer_agent(self, device_id: str, signed: tuple[bytes, bytes] | None) -> None:
+        release = None if signed is None else wire.AgentRelease(*signed)
+        body = wire.AgentOffer(release=release)
+        try:
+            await self._publish(wire.down_topic(device_id, "agent"), wire.encode("agent", body))
+        except Exception as exc:  # its next hello asks again
+            logger.warning("agent release for %s not sent: %s", device_id, exc)
 
     async def _send(self, device_id: str, releases: list[tuple[bytes, bytes]]) -> None:
         body = wire.ModelReleases(

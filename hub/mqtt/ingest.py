@@ -31,6 +31,7 @@ from hub.store import (
 from hub.store.modelstats import Folded
 from hub.tasks.dispatcher import Dispatcher
 from outpost import schema, wire
+from outpost.agentrelease import ROLLOUT_NAME as AGENT
 from outpost.wire import packing
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,12 @@ class Ingest:
                 greeted.append(device_id)
                 if envelope.body.compression:
                     offers.append((device_id, envelope.body))
-            if isinstance(envelope.body, wire.Hello | wire.Heartbeat) and envelope.body.models:
+            if isinstance(envelope.body, wire.Hello):
+                # The version a hello names is what an agent roll-out waits for: a
+                # device that restarted into its release reports it this way.
+                agent = wire.ModelInfo(AGENT, envelope.body.agent_version, "", "ready")
+                inventories.append((device_id, [*envelope.body.models, agent]))
+            elif isinstance(envelope.body, wire.Heartbeat) and envelope.body.models:
                 inventories.append((device_id, envelope.body.models))
             events.append((envelope.kind, _event(device_id, envelope, now)))
         await self._apply_presence(events)

@@ -1,4 +1,5 @@
-"""Roll-outs of the models the hub holds (catalog.py): which devices get a version, in
+"""Roll-outs of the models the hub holds (catalog.py), and of agent releases (named
+`AGENT`; agentrollouts.py says what a device is given): which devices get a version, in
 which stage, and what each device reports.
 
 A roll-out targets the devices its selector matches when it is created. The canary
@@ -20,6 +21,7 @@ from hub.store import events, outbox
 from hub.store.catalog import get_model
 from hub.store.devices import Device
 from hub.store.sql import Row, Sql
+from outpost.agentrelease import ROLLOUT_NAME as AGENT
 
 IN_PROGRESS = ("canary", "rolling")
 # A device's row ends `active`, `failed`, `rolled_back`, or `superseded` (a newer roll-out
@@ -86,9 +88,7 @@ def create_rollout(
     model is unknown or the selector matches no device). Roll-outs of the same model
     still in progress no longer release the devices this one targets."""
     with db.write():
-        model = get_model(db, name, version)
-        if model is None:
-            raise RolloutRefusedError(f"no model {name} {version} was uploaded")
+        document = _release_document(db, name, version)
         rows = db.execute("SELECT * FROM devices WHERE revoked_at IS NULL").fetchall()
         targets = [
             d
@@ -98,8 +98,10 @@ def create_rollout(
         if not targets:
             raise RolloutRefusedError(f"the selector {selector} matches no enrolled device")
         for d in targets:
+            if name == AGENT:
+                break  # an agent release travels alone, on down/agent
             others = [r["document"] for r in _desired(db, d.device_id) if r["name"] != name]
-            total = sum(map(len, others)) + len(model.document)
+            total = sum(map(len, others)) + len(document)
             if total > DEVICE_RELEASES_MAX_BYTES:
                 raise RolloutRefusedError(
                     f"{d.device_id} would hold {total} bytes of releases, over "
@@ -151,6 +153,22 @@ def create_rollout(
     rollout = get_rollout(db, rollout_id)
     assert rollout is not None
     return rollout
+
+
+def _release_document(db: Sql, name: str, version: str) -> bytes:
+    """The signed release a roll-out of (name, version) gives devices; refused if the
+    hub holds none: a model's, or the agent's (name `AGENT`)."""
+    if name == AGENT:
+        row = db.execute(
+            "SELECT document FROM agent_releases WHERE version = ?", (version,)
+        ).fetchone()
+        if row is None:
+            raise RolloutRefusedError(f"no agent release {version} was uploaded")
+        return bytes(row["document"])
+    model = get_model(db, name, version)
+    if model is None:
+        raise RolloutRefusedError(f"no model {name} {version} was uploaded")
+    return model.document
 
 
 def _publish(db: Sql, rollout_id: int, state: str, reason: str, now: float) -> None:

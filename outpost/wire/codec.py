@@ -18,7 +18,15 @@ from msgspec import Meta
 from outpost import schema
 from outpost.schema import INT64_MAX, Struct
 from outpost.wire.contract import MAX_PAYLOAD_BYTES, VERSION, EncodeError, WireError
-from outpost.wire.down import Ack, Cancel, ModelReleases, SignedPolicy, Tasks, Welcome
+from outpost.wire.down import (
+    Ack,
+    AgentOffer,
+    Cancel,
+    ModelReleases,
+    SignedPolicy,
+    Tasks,
+    Welcome,
+)
 from outpost.wire.up import Heartbeat, Hello, ModelState, Packed, Records, Status, TaskState
 
 Body = (
@@ -33,6 +41,7 @@ Body = (
     | TaskState
     | SignedPolicy
     | ModelReleases
+    | AgentOffer
     | ModelState
     | Welcome
 )
@@ -54,6 +63,7 @@ DOWN_KINDS: Final[dict[str, type[Any]]] = {
     "cancel": Cancel,
     "policy": SignedPolicy,
     "models": ModelReleases,
+    "agent": AgentOffer,
     "welcome": Welcome,
 }
 _ALL_KINDS: Final = {**UP_KINDS, **DOWN_KINDS}

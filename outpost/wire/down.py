@@ -1,5 +1,5 @@
 """What the hub sends a device (`down/{kind}`): acknowledgements, tasks and their
-cancellation, the signed policy and model releases."""
+cancellation, the signed policy, model releases and the agent release to run."""
 
 from __future__ import annotations
 
@@ -118,6 +118,23 @@ class ModelReleases(Struct, frozen=True):
     releases: Annotated[
         list[SignedRelease], Meta(max_length=MAX_RELEASES, description="the releases")
     ]
+
+
+class AgentRelease(Struct, frozen=True):
+    """An agent release signed by the hub: its manifest (see `outpost/agentrelease.py`)."""
+
+    document: Annotated[
+        bytes, Meta(max_length=256 * 1024, description="msgpack: agent_release, issued_at")
+    ]
+    signature: Signature
+
+
+class AgentOffer(Struct, frozen=True):
+    """The agent version the hub wants the device to run (retained on `down/agent`): the
+    device downloads, checks, installs it beside the running one and restarts into it,
+    if it is newer than what runs. None: keep the version it runs."""
+
+    release: Annotated[AgentRelease | None, Meta(description="the release, or none")] = None
 
 
 def _deeper_than(value: list[Any] | dict[str, Any], limit: int) -> bool:

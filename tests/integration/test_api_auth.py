@@ -28,7 +28,10 @@ PUBLIC = {
     ("GET", "/dashboard"),  # the page and its files hold no data: the stream needs a token
     ("GET", "/dashboard/{name}"),
 }
-DEVICE = {("GET", "/api/v1/device/models/{name}/{version}/model.tflite")}
+DEVICE = {
+    ("GET", "/api/v1/device/models/{name}/{version}/model.tflite"),
+    ("GET", "/api/v1/device/agent-releases/{version}/{name}"),
+}
 BOOTSTRAP = {("POST", "/api/v1/enroll")}
 
 

@@ -1,0 +1,291 @@
+"""An agent release rolled out end to end, with real parts: releases built from this
+checkout (scripts/build_agent_release.py, every dependency wheel), uploaded over the
+API, rolled out by the hub to a real agent that runs under the real launcher
+(systemd/outpost-launch) from a side-by-side install, the test's loop standing in for
+systemd's Restart=on-failure.
+
+- A good release: the agent downloads it with its certificate, checks it, installs it
+  beside the running one, switches, exits to be restarted into it; the new version's
+  hello completes the roll-out.
+- A release that installs (its selfcheck passes) but will not come up: the launcher
+  goes back to the previous version after its attempts, that version tells the hub,
+  and the roll-out halts; the device never tries the bad version again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import platform
+import shutil
+import ssl
+import subprocess
+import sys
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from edge import selfupdate
+from edge.identity import DevicePaths
+from hub.app import Hub
+from outpost import agentrelease
+from outpost.agentrelease import AgentFile
+from tests.api_client import ApiClient
+from tests.conftest import Enroller
+from tests.support import REPO, eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+OLD, NEW, BAD = "0.98.0", "0.99.0", "0.99.1"
+MACHINE = platform.machine()
+LAUNCH = REPO / "systemd" / "outpost-launch"
+# Installing a release (a venv, ~40 wheels, the new version's selfcheck) and restarting
+# take tens of seconds here: minutes on a slow machine.
+UPDATE_S = 300.0
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Release folders OLD and NEW built from this checkout, and BAD: NEW's files with
+    an outpost wheel whose agent exits before it is ready (its selfcheck passes)."""
+    root = tmp_path_factory.mktemp("agent-releases")
+    for version in (OLD, NEW):
+        done = subprocess.run(
+            [sys.executable, "-m", "scripts.build_agent_release", "--out",
+             str(root / version), "--platform", MACHINE, "--version", version],
+            capture_output=True, text=True, cwd=REPO, timeout=600, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    _broken(root / NEW, root / BAD)
+    return {v: root / v for v in (OLD, NEW, BAD)}
+
+
+def _broken(good: Path, bad: Path) -> None:
+    manifest = agentrelease.read_folder(good)
+    (bad / agentrelease.FILES).mkdir(parents=True)
+    entries = []
+    for entry in manifest.files:
+        source = good / agentrelease.FILES / entry.name
+        if not entry.name.startswith("outpost-"):
+            shutil.copyfile(source, bad / agentrelease.FILES / entry.name)
+            entries.append(entry)
+            continue
+        name = entry.name.replace(NEW, BAD)
+        target = bad / agentrelease.FILES / name
+        with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+            for item in src.infolist():
+                data = src.read(item)
+                if item.filename == "edge/agent.py":
+                    data = data.replace(
+                        b'        """Run until cancelled: open the store, serve the local API, '
+                        b'connect forever."""\n',
+                        b'        """A broken build."""\n        raise SystemExit(3)\n',
+                    )
+                    assert b"SystemExit(3)" in data
+                if item.filename == "outpost/__init__.py" or ".dist-info/" in item.filename:
+                    data = data.replace(NEW.encode(), BAD.encode())  # its version, throughout
+                dst.writestr(item.filename.replace(NEW, BAD), data)
+        body = target.read_bytes()
+        entries.append(
+            AgentFile(name, hashlib.sha256(body).hexdigest(), len(body), entry.platform)
+        )
+    agentrelease.write_manifest(
+        bad,
+        agentrelease.AgentManifest(
+            version=BAD,
+            python=manifest.python,
+            platforms=manifest.platforms,
+            files=sorted(entries, key=lambda e: e.name),
+            min_hub_version=manifest.min_hub_version,
+            min_agent_version=manifest.min_agent_version,
+        ),
+    )
+
+
+class Launched:
+    """The launcher run as systemd would: started again whenever it exits non-zero."""
+
+    def __init__(self, prefix: Path, data: Path, log: Path) -> None:
+        self.prefix, self.data, self.log = prefix, data, log
+        self.codes: list[int] = []
+        self._process: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        with self.log.open("ab") as out:
+            while len(self.codes) < 12:
+                self._process = await asyncio.create_subprocess_exec(
+                    sys.executable, str(LAUNCH), "--prefix", str(self.prefix),
+                    "--data", str(self.data), "--deadline", "120", "--attempts", "2",
+                    "--", "--heartbeat-interval", "0.5", "--log-level", "debug",
+                    stdout=out, stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )  # fmt: skip
+                code = await self._process.wait()
+                self.codes.append(code)
+                if code == 0:
+                    return
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.terminate()  # the launcher passes it on to the agent
+            try:
+                await asyncio.wait_for(process.wait(), 60)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+async def launched(tmp_path: Path) -> AsyncIterator[list[Launched]]:
+    started: list[Launched] = []
+    yield started
+    for one in started:
+        await one.stop()
+
+
+async def _running_old(
+    releases: dict[str, Path], enroll_device: Enroller, tmp_path: Path, launched: list[Launched]
+) -> tuple[DevicePaths, str, Path, Launched]:
+    """A device running OLD from PREFIX/releases/OLD under the launcher, and online."""
+    paths, identity = await enroll_device()
+    prefix = tmp_path / "opt-outpost"
+    manifest = agentrelease.read_folder(releases[OLD])
+    await asyncio.to_thread(
+        selfupdate.install, releases[OLD], manifest, prefix=prefix, data=paths.root
+    )
+    selfupdate.switch(prefix, OLD)
+    runner = Launched(prefix, paths.root, tmp_path / "launcher.log")
+    launched.append(runner)
+    runner.start()
+    return paths, identity.device_id, prefix, runner
+
+
+async def _upload(hub: Hub, token: str, folder: Path) -> dict[str, Any]:
+    form = aiohttp.FormData()
+    form.add_field("manifest", (folder / agentrelease.MANIFEST).read_bytes(), filename="m.json")
+    for path in sorted((folder / agentrelease.FILES).iterdir()):
+        form.add_field("file", path.read_bytes(), filename=path.name)
+    context = ssl.create_default_context(cafile=str(hub.paths.ca_cert))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            hub.config.hub_url + "/api/v1/agent-releases",
+            data=form,
+            headers={"Authorization": f"Bearer {token}"},
+            ssl=context,
+        ) as response,
+    ):
+        body = await response.json()
+        assert response.status == 201, body
+        return dict(body)
+
+
+async def _agent_version(api: ApiClient, token: str, device_id: str) -> str | None:
+    reply = await api.call("GET", f"/api/v1/devices/{device_id}", token=token)
+    assert reply.status == 200, reply.body
+    return reply.body["agent_version"] if reply.body["online"] else None
+
+
+async def test_an_agent_release_rolls_out_and_the_device_restarts_into_it(
+    hub: Hub,
+    api: ApiClient,
+    enroll_device: Enroller,
+    releases: dict[str, Path],
+    tmp_path: Path,
+    launched: list[Launched],
+) -> None:
+    admin = await api.token("admin")
+    paths, device_id, prefix, runner = await _running_old(
+        releases, enroll_device, tmp_path, launched
+    )
+
+    async def on(version: str) -> bool:
+        return await _agent_version(api, admin, device_id) == version
+
+    await eventually(lambda: on(OLD), timeout=UPDATE_S, what=f"{OLD} online")
+    uploaded = await _upload(hub, admin, releases[NEW])
+    assert uploaded["version"] == NEW
+
+    started = await api.call(
+        "POST", "/api/v1/rollouts", token=admin, body={"agent": NEW, "canary_share": 1.0}
+    )
+    assert started.status == 201, started.body
+    assert started.body["kind"] == "agent"
+
+    async def completed() -> dict[str, Any] | None:
+        reply = await api.call("GET", f"/api/v1/rollouts/{started.body['id']}", token=admin)
+        body: dict[str, Any] = reply.body
+        assert body["state"] not in ("halted", "superseded"), body
+        return body if body["state"] == "completed" else None
+
+    done = await eventually(completed, timeout=UPDATE_S, every=0.5, what="the roll-out")
+    assert [(d["device"], d["state"]) for d in done["devices"]] == [(device_id, "active")]
+    assert await on(NEW)
+    assert os.readlink(prefix / "current") == f"releases/{NEW}"
+    assert os.readlink(prefix / "previous") == f"releases/{OLD}"
+    assert (paths.root / "ready").read_text() == NEW
+    log = runner.output()
+    assert f"agent {NEW} installed and switched to: restarting" in log, log
+    assert not (paths.root / "agent-update").exists() or not any(
+        (paths.root / "agent-update").iterdir()
+    )  # the downloads went once installed
+
+
+async def test_a_release_that_will_not_come_up_is_rolled_back_and_halts_the_rollout(
+    hub: Hub,
+    api: ApiClient,
+    enroll_device: Enroller,
+    releases: dict[str, Path],
+    tmp_path: Path,
+    launched: list[Launched],
+) -> None:
+    admin = await api.token("admin")
+    _, device_id, prefix, runner = await _running_old(
+        releases, enroll_device, tmp_path, launched
+    )
+
+    async def on(version: str) -> bool:
+        return await _agent_version(api, admin, device_id) == version
+
+    await eventually(lambda: on(OLD), timeout=UPDATE_S, what=f"{OLD} online")
+    await _upload(hub, admin, releases[BAD])
+    started = await api.call(
+        "POST", "/api/v1/rollouts", token=admin, body={"agent": BAD, "canary_share": 1.0}
+    )
+    assert started.status == 201, started.body
+
+    async def halted() -> dict[str, Any] | None:
+        reply = await api.call("GET", f"/api/v1/rollouts/{started.body['id']}", token=admin)
+        body: dict[str, Any] = reply.body
+        return body if body["state"] == "halted" else None
+
+    done = await eventually(halted, timeout=UPDATE_S, every=0.5, what="the halt")
+    assert f"canary {device_id} rolled back" in done["reason"], done
+    assert "exited with status 3 before it was ready" in done["reason"], done
+    assert os.readlink(prefix / "current") == f"releases/{OLD}"
+    await eventually(lambda: on(OLD), timeout=UPDATE_S, what=f"{OLD} back online")
+    assert runner.codes.count(1) >= 1, runner.codes  # the launcher's rollback exit
+
+    # The old version stays: the retained offer that named BAD is refused, not retried.
+    await eventually(lambda: on(OLD), timeout=10, what="still OLD")
+    assert os.readlink(prefix / "current") == f"releases/{OLD}"
+    assert runner.output().count(f"agent {BAD} installed and switched to") == 1
