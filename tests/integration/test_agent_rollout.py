@@ -92,9 +92,7 @@ def _broken(good: Path, bad: Path) -> None:
                     data = data.replace(NEW.encode(), BAD.encode())  # its version, throughout
                 dst.writestr(item.filename.replace(NEW, BAD), data)
         body = target.read_bytes()
-        entries.append(
-            AgentFile(name, hashlib.sha256(body).hexdigest(), len(body), entry.platform)
-        )
+        entries.append(AgentFile(name, hashlib.sha256(body).hexdigest(), len(body), entry.platform))
     agentrelease.write_manifest(
         bad,
         agentrelease.AgentManifest(
@@ -259,9 +257,7 @@ async def test_a_release_that_will_not_come_up_is_rolled_back_and_halts_the_roll
     launched: list[Launched],
 ) -> None:
     admin = await api.token("admin")
-    _, device_id, prefix, runner = await _running_old(
-        releases, enroll_device, tmp_path, launched
-    )
+    _, device_id, prefix, runner = await _running_old(releases, enroll_device, tmp_path, launched)
 
     async def on(version: str) -> bool:
         return await _agent_version(api, admin, device_id) == version
