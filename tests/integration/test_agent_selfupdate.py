@@ -31,6 +31,7 @@ from hub.initialise import initialise
 from hub.paths import HubPaths
 from hub.store import HubStore
 from outpost import __version__, agentrelease
+from tests import disks
 from tests.conftest import Enroller
 from tests.support import REPO
 
@@ -166,3 +167,32 @@ def test_bad_releases_are_refused_before_anything_is_installed(
     agentrelease.write_signed(changed, forged)
     with pytest.raises(InstallError, match="signature does not verify"):
         selfupdate.check_release(changed, key, running=__version__)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_a_disk_that_fills_during_the_install_leaves_the_running_version(
+    received: tuple[Path, HubPaths], enroll_device: Enroller, tmp_path: Path
+) -> None:
+    """The releases live on a real 48 MiB file system: the venv fits, the wheels' ~150
+    MiB unpacked do not. pip fails with the kernel's ENOSPC; the half-made folder goes,
+    so the space is free again, and `current` still names the running version."""
+    release, hub = received
+    data = await data_folder(enroll_device)
+    manifest = selfupdate.check_release(release, hub_key(hub), running=__version__)
+    with disks.small_disk(tmp_path / "opt-outpost", "48m") as prefix:
+        running = prefix / "releases" / __version__
+        running.mkdir(parents=True)
+        (running / selfupdate.COMPLETE).write_text(__version__)
+        (prefix / "current").symlink_to(Path("releases") / __version__)
+
+        with pytest.raises(InstallError, match="installing its wheels") as failed:
+            await asyncio.to_thread(selfupdate.install, release, manifest, prefix=prefix, data=data)
+
+        assert "No space left on device" in str(failed.value) or "Errno 28" in str(failed.value), (
+            failed.value
+        )
+        assert not (prefix / "releases" / NEW).exists()
+        assert os.readlink(prefix / "current") == f"releases/{__version__}"
+        assert sorted(p.name for p in (prefix / "releases").iterdir()) == [__version__]
+        assert shutil.disk_usage(prefix).used < 1 << 20  # what it wrote is gone

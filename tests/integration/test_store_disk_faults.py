@@ -17,7 +17,6 @@ import os
 import resource
 import shutil
 import sqlite3
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ import pytest
 from edge.identity import DevicePaths
 from edge.store import AgentStore, Bounds, StoreWriteError
 from hub.app import Hub
+from tests import disks
 from tests.conftest import Enroller
 from tests.integration.test_store_forward import hub_records, wait_socket
 from tests.local_api import LocalClient
@@ -99,20 +99,9 @@ async def test_page_limit_full_refuses_with_reason_then_recovers(tmp_path: Path)
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs, mounted for the test (root and a mount namespace that allows it)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    try:
+    """A 16 MiB tmpfs, mounted for the test."""
+    with disks.small_disk(tmp_path / "disk", "16m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill_disk(mount: Path) -> Path:
