@@ -51,7 +51,7 @@ export function renderRollouts(snap) {
     const selector = pairs(r.selector).join(", ") || "every device";
     return el("div", { class: "rollout", "data-rollout": r.id },
       el("div", { class: "rollout-head" },
-        el("strong", {}, `#${r.id} ${r.model} ${r.version}`), " ", pill(r.state),
+        el("strong", {}, `#${r.id} ${released(r)}`), " ", pill(r.state),
         IN_PROGRESS.includes(r.state) && can("admin")
           ? el("button", {
             type: "button", class: "danger small", "data-action": "halt-rollout",
@@ -70,7 +70,7 @@ export function renderRollouts(snap) {
 function halt(r) {
   if (!r) return;
   confirmChange({
-    title: `Halt roll-out #${r.id} of ${r.model} ${r.version}?`,
+    title: `Halt roll-out #${r.id} of ${released(r)}?`,
     lines: [
       `Devices not yet given ${r.version} never get it.`,
       "Those that were go back to the version they ran before.",
@@ -98,6 +98,11 @@ async function openStart() {
   } catch (error) {
     if (!signOutOn(error)) $("ro-error").textContent = `Models not read: ${error.message}`;
   }
+}
+
+// What a roll-out gives its devices: a model version, or the agent itself.
+function released(r) {
+  return r.kind === "agent" ? `the agent ${r.version}` : `${r.model} ${r.version}`;
 }
 
 // Which devices a selector picks now (revoked ones never get a release).
@@ -154,6 +159,6 @@ function reviewStart() {
       method: "POST",
       body: { model, version, selector: choice.selector, canary_share: choice.share },
     }),
-    done: (out) => `Roll-out #${out.id} of ${out.model} ${out.version} started (recorded in the audit log)`,
+    done: (out) => `Roll-out #${out.id} of ${released(out)} started (recorded in the audit log)`,
   }).then((out) => out && changed("rollout"));
 }
