@@ -89,8 +89,8 @@ def routes(ctx: ApiContext) -> list[Route]:
         version, name = request.match_info["version"], request.match_info["name"]
         if not _VERSION.fullmatch(version) or not _WHEEL.fullmatch(name):
             raise ApiError(404, "not_found", f"no agent release file {version!r} {name!r}")
-        path = ctx.agents.root / version / name
-        if not await asyncio.to_thread(path.is_file):
+        path = await ctx.agents.local_file(version, name)
+        if path is None:
             raise ApiError(404, "not_found", f"agent release {version} has no file {name}")
         # FileResponse answers Range requests with 206: an interrupted download resumes.
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})

@@ -20,7 +20,7 @@ from hub.paths import HubPaths
 from hub.store import HubStore
 from hub.store import agentreleases as registry
 from hub.store.agentreleases import StoredAgentRelease
-from outpost import agentrelease
+from outpost import agentrelease, files
 from outpost.agentrelease import AgentManifest, ReleaseFileError
 from outpost.signing import Signed
 
@@ -56,6 +56,10 @@ class AgentShelf:
         staging = self._root / f".{manifest.version}.incoming"
         try:
             await asyncio.to_thread(_stage, folder, manifest, staging)
+            if self.shared:  # before the row: a listed release always has its files
+                for entry in manifest.files:
+                    content = await asyncio.to_thread((staging / entry.name).read_bytes)
+                    await self._store.run(registry.put_file, manifest.version, entry.name, content)
             signed = agentrelease.sign(self._key, manifest, now)
             stored = StoredAgentRelease(
                 manifest.version,
@@ -71,6 +75,24 @@ class AgentShelf:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return manifest
+
+    @property
+    def shared(self) -> bool:
+        """Replicas on one database: a release's files are kept there too, since a device
+        may download them from a replica that did not take the upload."""
+        return self._store.dialect == "postgresql"
+
+    async def local_file(self, version: str, name: str) -> Path | None:
+        """A release's file on this replica's disk, copied from the database first if
+        another replica took the upload; None if neither has it."""
+        path = self._root / version / name
+        if await asyncio.to_thread(path.is_file) or not self.shared:
+            return path if await asyncio.to_thread(path.is_file) else None
+        content = await self._store.run(registry.get_file, version, name)
+        if content is None:
+            return None
+        await asyncio.to_thread(_cache, path, content)
+        return path
 
     async def releases(self) -> list[StoredAgentRelease]:
         return await self._store.run(registry.all_releases)
@@ -95,3 +117,8 @@ def _stage(folder: Path, manifest: AgentManifest, staging: Path) -> None:
     for entry in manifest.files:
         shutil.copyfile(folder / agentrelease.FILES / entry.name, staging / entry.name)
         agentrelease.check_file(staging / entry.name, entry)
+
+
+def _cache(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.replace(path, content, files.PRIVATE)

@@ -1,4 +1,5 @@
-"""Agent releases in the registry: each version's manifest and the hub's signature."""
+"""Agent releases in the registry: each version's manifest and the hub's signature, and,
+with replicas on PostgreSQL, its files."""
 
 from __future__ import annotations
 
@@ -39,3 +40,20 @@ def all_releases(db: Sql) -> list[StoredAgentRelease]:
         " FROM agent_releases ORDER BY uploaded_at"
     ).fetchall()
     return [StoredAgentRelease(r[0], r[1], bytes(r[2]), bytes(r[3]), r[4], r[5]) for r in rows]
+
+
+def put_file(db: Sql, version: str, name: str, content: bytes) -> None:
+    """Keep a release's file in the database (replicas share it; migration 021)."""
+    with db.write():
+        db.execute(
+            "INSERT INTO agent_release_files (version, name, content) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (version, name, content),
+        )
+
+
+def get_file(db: Sql, version: str, name: str) -> bytes | None:
+    row = db.execute(
+        "SELECT content FROM agent_release_files WHERE version = ? AND name = ?", (version, name)
+    ).fetchone()
+    return bytes(row[0]) if row is not None else None

@@ -20,7 +20,6 @@ import hashlib
 import os
 import platform
 import shutil
-import ssl
 import subprocess
 import sys
 import zipfile
@@ -28,7 +27,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from edge import selfupdate
@@ -36,6 +34,7 @@ from edge.identity import DevicePaths
 from hub.app import Hub
 from outpost import agentrelease
 from outpost.agentrelease import AgentFile
+from tests import agent_releases
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.support import REPO, eventually
@@ -56,12 +55,7 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     an outpost wheel whose agent exits before it is ready (its selfcheck passes)."""
     root = tmp_path_factory.mktemp("agent-releases")
     for version in (OLD, NEW):
-        done = subprocess.run(
-            [sys.executable, "-m", "scripts.build_agent_release", "--out",
-             str(root / version), "--platform", MACHINE, "--version", version],
-            capture_output=True, text=True, cwd=REPO, timeout=600, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
+        agent_releases.build(root / version, version, MACHINE)
     _broken(root / NEW, root / BAD)
     return {v: root / v for v in (OLD, NEW, BAD)}
 
@@ -177,26 +171,6 @@ async def _running_old(
     return paths, identity.device_id, prefix, runner
 
 
-async def _upload(hub: Hub, token: str, folder: Path) -> dict[str, Any]:
-    form = aiohttp.FormData()
-    form.add_field("manifest", (folder / agentrelease.MANIFEST).read_bytes(), filename="m.json")
-    for path in sorted((folder / agentrelease.FILES).iterdir()):
-        form.add_field("file", path.read_bytes(), filename=path.name)
-    context = ssl.create_default_context(cafile=str(hub.paths.ca_cert))
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            hub.config.hub_url + "/api/v1/agent-releases",
-            data=form,
-            headers={"Authorization": f"Bearer {token}"},
-            ssl=context,
-        ) as response,
-    ):
-        body = await response.json()
-        assert response.status == 201, body
-        return dict(body)
-
-
 async def _agent_version(api: ApiClient, token: str, device_id: str) -> str | None:
     reply = await api.call("GET", f"/api/v1/devices/{device_id}", token=token)
     assert reply.status == 200, reply.body
@@ -220,8 +194,9 @@ async def test_an_agent_release_rolls_out_and_the_device_restarts_into_it(
         return await _agent_version(api, admin, device_id) == version
 
     await eventually(lambda: on(OLD), timeout=UPDATE_S, what=f"{OLD} online")
-    uploaded = await _upload(hub, admin, releases[NEW])
-    assert uploaded["version"] == NEW
+    uploaded = await agent_releases.upload(hub, admin, releases[NEW])
+    assert uploaded.status == 201, uploaded.body
+    assert uploaded.body["version"] == NEW
 
     started = await api.call(
         "POST", "/api/v1/rollouts", token=admin, body={"agent": NEW, "canary_share": 1.0}
@@ -229,11 +204,11 @@ async def test_an_agent_release_rolls_out_and_the_device_restarts_into_it(
     assert started.status == 201, started.body
     assert started.body["kind"] == "agent"
 
-    async def completed() -> dict[str, Any] | None:
+    async def completed() -> dict[str, Any]:
         reply = await api.call("GET", f"/api/v1/rollouts/{started.body['id']}", token=admin)
         body: dict[str, Any] = reply.body
         assert body["state"] not in ("halted", "superseded"), body
-        return body if body["state"] == "completed" else None
+        return body if body["state"] == "completed" else {}
 
     done = await eventually(completed, timeout=UPDATE_S, every=0.5, what="the roll-out")
     assert [(d["device"], d["state"]) for d in done["devices"]] == [(device_id, "active")]
@@ -263,16 +238,16 @@ async def test_a_release_that_will_not_come_up_is_rolled_back_and_halts_the_roll
         return await _agent_version(api, admin, device_id) == version
 
     await eventually(lambda: on(OLD), timeout=UPDATE_S, what=f"{OLD} online")
-    await _upload(hub, admin, releases[BAD])
+    assert (await agent_releases.upload(hub, admin, releases[BAD])).status == 201
     started = await api.call(
         "POST", "/api/v1/rollouts", token=admin, body={"agent": BAD, "canary_share": 1.0}
     )
     assert started.status == 201, started.body
 
-    async def halted() -> dict[str, Any] | None:
+    async def halted() -> dict[str, Any]:
         reply = await api.call("GET", f"/api/v1/rollouts/{started.body['id']}", token=admin)
         body: dict[str, Any] = reply.body
-        return body if body["state"] == "halted" else None
+        return body if body["state"] == "halted" else {}
 
     done = await eventually(halted, timeout=UPDATE_S, every=0.5, what="the halt")
     assert f"canary {device_id} rolled back" in done["reason"], done

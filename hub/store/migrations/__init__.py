@@ -35,4 +35,5 @@ MIGRATIONS: list[Migration] = [
     ("018_drift_levels", models.m018_drift_levels),
     ("019_courier", courier.m019_courier),
     ("020_agent_releases", fleet.m020_agent_releases),
+    ("021_agent_release_files", fleet.m021_agent_release_files),
 ]

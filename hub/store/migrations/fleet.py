@@ -154,3 +154,17 @@ def m020_agent_releases(db: Sql) -> None:
             uploaded_by TEXT NOT NULL
         )"""
     )
+
+
+def m021_agent_release_files(db: Sql) -> None:
+    # Agent release files in the database, for replicas (as model_files, migration 014):
+    # an upload lands on one replica's disk, a device may download from any. A single
+    # hub on SQLite keeps its files on disk only and leaves this empty.
+    db.execute(
+        """CREATE TABLE agent_release_files (
+            version TEXT NOT NULL,
+            name TEXT NOT NULL,
+            content BLOB NOT NULL,
+            PRIMARY KEY (version, name)
+        )"""
+    )
