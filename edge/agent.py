@@ -165,6 +165,10 @@ class Agent:
             desk.heartbeat = telemetry.heartbeat  # bundles say what a heartbeat would
             # New work is refused while the load last sampled is over the policy's caps.
             tasks.overloaded = lambda: tuning.caps.refusal(telemetry.last_load)
+            inference.shadows.overloaded = lambda: (
+                telemetry.last_load is not None
+                and telemetry.last_load.cpu_percent > tuning.shadow_cpu_max_percent
+            )
             session = Session(
                 self.config,
                 self.identity,

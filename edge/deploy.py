@@ -82,6 +82,7 @@ class Deployer:
         self._saving = asyncio.Lock()  # one writer of the state file at a time
         self._key: ed25519.Ed25519PublicKey | None = None
         self._pending: dict[str, release.Release] = {}  # by model name: the newest offer wins
+        self._shadow_pending: dict[str, release.Release] = {}  # candidates to shadow, by name
         self._current: Key | None = None
         self._wake = asyncio.Event()
 
@@ -122,6 +123,32 @@ class Deployer:
                 # Already active: say so again, a roll-out of this version (say back to
                 # it after a halted one) waits on the word.
                 await self._send(record)
+        await self._offer_shadows(key, releases.shadows)
+
+    async def _offer_shadows(
+        self, key: ed25519.Ed25519PublicKey, shadows: list[wire.SignedRelease]
+    ) -> None:
+        """The candidates the hub wants run in shadow: load those not yet loaded, drop
+        those it no longer names (a shadow roll-out promoted or stopped)."""
+        wanted: dict[str, release.Release] = {}
+        for signed in shadows:
+            try:
+                offered = release.verify(key, Signed(signed.document, signed.signature))
+            except release.ReleaseError as exc:
+                logger.warning("shadow release refused: %s", exc)
+                continue
+            wanted[offered.manifest.name] = offered
+        shadowing = self._service.shadows.versions()
+        for name, version in shadowing.items():
+            if name not in wanted or wanted[name].manifest.version != version:
+                await self._service.shadows.drop(name)
+        self._shadow_pending = {
+            name: offered
+            for name, offered in wanted.items()
+            if shadowing.get(name) != offered.manifest.version
+        }
+        if self._shadow_pending:
+            self._wake.set()
 
     async def run(self) -> None:
         """Deploy queued releases one at a time, until cancelled."""
@@ -132,6 +159,10 @@ class Deployer:
         self._slots.on_rollback = self._rolled_back
         try:
             while True:
+                if not self._pending and self._shadow_pending:
+                    name = next(iter(self._shadow_pending))
+                    await self._shadow(self._shadow_pending.pop(name))
+                    continue
                 if not self._pending:
                     self._wake.clear()
                     await self._wake.wait()
@@ -200,6 +231,16 @@ class Deployer:
         previous = before if before is not None and before != m.version else ""
         await self._set(_record(m, "active", previous=previous))
         logger.info("model %s %s active (release deployed)", m.name, m.version)
+
+    async def _shadow(self, offered: release.Release) -> None:
+        """Install a candidate without activating it, and run it in shadow."""
+        m = offered.manifest
+        try:
+            if not await asyncio.to_thread(self._installed, m):
+                await self._fetch_and_install(offered)
+            await self._service.shadow(m.name, m.version)
+        except Exception as exc:  # the live version is untouched; the hub sees no samples
+            logger.warning("model %s %s not run in shadow: %s", m.name, m.version, exc)
 
     async def _fetch_and_install(self, offered: release.Release) -> None:
         m = offered.manifest

@@ -31,6 +31,7 @@ class Tally:
     def __init__(self) -> None:
         self._models: dict[str, _ModelTally] = {}
         self._errors: dict[str, int] = {}
+        self._shadow: dict[str, dict[str, Any]] = {}  # rollup.empty_shadow maps
 
     def inference(
         self, name: str, version: str, label: str, confidence: float, latency_ms: float
@@ -48,6 +49,34 @@ class Tally:
         if label not in tally.labels and len(tally.labels) >= rollup.MAX_LABELS:
             label = rollup.OTHER
         tally.labels[label] = tally.labels.get(label, 0) + 1
+
+    def shadow(
+        self, name: str, live_version: str, candidate_version: str, live: Any, candidate: Any
+    ) -> None:
+        """One input both the live version and a shadow candidate answered (`Inference`s)."""
+        key = rollup.model_key(name, candidate_version)
+        s = self._shadow.get(key)
+        if s is None or s["live"] != live_version:
+            s = self._shadow[key] = rollup.empty_shadow(live_version)
+        s["count"] += 1
+        s["agree"] += live.label == candidate.label
+        pair = f"{live.label}|{candidate.label}"
+        if pair in s["pairs"] or len(s["pairs"]) < rollup.MAX_PAIRS:
+            s["pairs"][pair] = s["pairs"].get(pair, 0) + 1
+        for side, answer in (("live", live), ("candidate", candidate)):
+            bucket = rollup.latency_bucket(answer.latency_ms)
+            buckets = s[f"{side}_latency_ms"]
+            buckets[bucket] = buckets.get(bucket, 0) + 1
+            s[f"{side}_latency_sum_ms"] += answer.latency_ms
+            s[f"{side}_confidence"][rollup.confidence_bin(answer.confidence)] += 1
+
+    def take_shadow(self) -> dict[str, Any]:
+        """The shadow comparisons counted since the last call; counting starts again."""
+        shadow, self._shadow = self._shadow, {}
+        for s in shadow.values():
+            for side in ("live", "candidate"):
+                s[f"{side}_latency_sum_ms"] = round(s[f"{side}_latency_sum_ms"], 3)
+        return shadow
 
     def error(self, reason: str) -> None:
         if reason not in rollup.ERROR_REASONS:
@@ -80,9 +109,10 @@ def record(
     tasks: dict[str, int],
     models: dict[str, Any],
     errors: dict[str, int],
+    shadow: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One roll-up record; `store` is `AgentStore.stats()`."""
-    return {
+    out = {
         "kind": rollup.KIND,
         "period_s": round(period_s, 3),
         "load": schema.dump(load),
@@ -94,3 +124,6 @@ def record(
         "errors": errors,
         "models": models,
     }
+    if shadow:
+        out["shadow"] = shadow
+    return out

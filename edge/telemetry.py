@@ -152,6 +152,7 @@ class Telemetry:
                 tasks=counts,
                 models=models,
                 errors=errors,
+                shadow=inference.tally.take_shadow(),
             )
 
         async def keep(record: dict[str, Any]) -> bool:

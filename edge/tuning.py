@@ -42,6 +42,7 @@ class Tuning:
         self.heartbeat_interval = config.heartbeat_interval
         self.metrics_interval = config.metrics_interval
         self.caps = effective.Caps()  # no cap until a policy says
+        self.shadow_cpu_max_percent = 80.0  # policy shadow.cpu_max_percent
 
     def apply(self, p: policy.Policy, sets: dict[str, Any]) -> None:
         """Run on a verified policy's fields over the agent's own settings."""
@@ -56,3 +57,5 @@ class Tuning:
         self._tasks.allowed_models = e.allowed_models
         self._uploader.set_pacing(e.rate_bytes_per_s, e.sync_windows)
         self._store.set_bounds(e.bounds)
+        self._inference.shadows.sample_share = p.shadow.sample_share
+        self.shadow_cpu_max_percent = p.shadow.cpu_max_percent

@@ -170,6 +170,9 @@ class Hub:
                     "hub.sinks": leadership.while_leading(parts.sinks.run),
                     "hub.fleet.policies": parts.policies.run(),
                     "hub.models.rollouts": parts.rollouts.run(),
+                    "hub.models.shadows": leadership.while_leading(
+                        lambda: parts.rollouts.judge_shadows(parts.leader_store)
+                    ),
                     "hub.watchdog": self.notifier.keep_alive(),
                     "hub.status": self._tell_systemd(parts),
                 }

@@ -70,6 +70,19 @@ class MaskingPolicy(Struct, frozen=True):
     ] = []
 
 
+class ShadowPolicy(Struct, frozen=True):
+    """How a device runs a shadow roll-out's candidate beside the live version."""
+
+    sample_share: Annotated[
+        float,
+        Meta(ge=0, le=1, description="share of live answers the candidate also runs on"),
+    ] = 0.1
+    cpu_max_percent: Annotated[
+        float,
+        Meta(ge=1, le=100, description="above this CPU use the candidate is skipped"),
+    ] = 80.0
+
+
 class Policy(Tunables, frozen=True):
     """The effective policy of one device: every field has a value (the fields an agent's
     own settings carry too are declared in `Tunables`)."""
@@ -81,6 +94,9 @@ class Policy(Tunables, frozen=True):
     allowed_models: Annotated[
         list[str], Meta(max_length=256, description="models the device may run (empty: any)")
     ] = []
+    shadow: Annotated[ShadowPolicy, Meta(description="shadow roll-outs on the device")] = (
+        ShadowPolicy()
+    )
 
 
 DEFAULTS: dict[str, Any] = schema.dump(Policy())

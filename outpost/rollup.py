@@ -14,6 +14,14 @@ Both sides import this module, so the buckets, bins and reason codes are one con
 
 Counts are since the previous roll-up; `latency_ms` holds only non-empty buckets, each
 counting the inferences above the bucket before it and at most `le` milliseconds.
+
+A device running a shadow roll-out's candidate adds, per candidate:
+
+     "shadow": {"<name>@<candidate version>": {"live": "<live version>", "count",
+                "agree", "pairs": {"<live label>|<candidate label>": count},
+                "live_latency_ms": {...}, "candidate_latency_ms": {...} (buckets as above),
+                "live_latency_sum_ms", "candidate_latency_sum_ms",
+                "live_confidence": [10], "candidate_confidence": [10]}}
 """
 
 from __future__ import annotations
@@ -125,15 +133,62 @@ def merge_models(into: dict[str, Any], more: dict[str, Any]) -> None:
             mine["labels"][label] = mine["labels"].get(label, 0) + n
 
 
+SHADOW_COUNTS = ("count", "agree")
+SHADOW_SUMS = ("live_latency_sum_ms", "candidate_latency_sum_ms")
+SHADOW_MAPS = ("pairs", "live_latency_ms", "candidate_latency_ms")
+SHADOW_BINS = ("live_confidence", "candidate_confidence")
+MAX_PAIRS = 256  # label pairs kept per candidate; the rest count as "other|other"
+
+
+def empty_shadow(live: str) -> dict[str, Any]:
+    return {
+        "live": live,
+        **{k: 0 for k in SHADOW_COUNTS},
+        **{k: 0.0 for k in SHADOW_SUMS},
+        **{k: {} for k in SHADOW_MAPS},
+        **{k: [0] * CONFIDENCE_BINS for k in SHADOW_BINS},
+    }
+
+
+def merge_shadow(into: dict[str, Any], more: Any) -> None:
+    """Add the shadow counts of `more` into `into` (both in the record's shape); a
+    candidate compared with another live version than before starts again."""
+    for key, stats in mapping(more).items():
+        if not isinstance(stats, dict) or not isinstance(stats.get("live"), str):
+            continue
+        mine = into.get(key)
+        if mine is None or mine["live"] != stats["live"]:
+            mine = into[key] = empty_shadow(stats["live"])
+        for k in SHADOW_COUNTS:
+            mine[k] += count(stats.get(k))
+        for k in SHADOW_SUMS:
+            mine[k] += number(stats.get(k))
+        for k in SHADOW_MAPS:
+            for label, n in counts_of(stats.get(k)):
+                if k == "pairs" and label not in mine[k] and len(mine[k]) >= MAX_PAIRS:
+                    label = f"{OTHER}|{OTHER}"
+                mine[k][label] = mine[k].get(label, 0) + n
+        for k in SHADOW_BINS:
+            bins = stats.get(k)
+            if isinstance(bins, list):
+                for i, n in enumerate(bins[:CONFIDENCE_BINS]):
+                    mine[k][i] += count(n)
+    # `agree` can never exceed `count`, whatever a device claims.
+    for mine in into.values():
+        mine["agree"] = min(mine["agree"], mine["count"])
+
+
 def merge(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One roll-up covering several, oldest first: counts add up, the newest load, store
     and queue depths stand (the agent's store merges its oldest when the stream is full)."""
     last = records[-1]
     models: dict[str, Any] = {}
+    shadow: dict[str, Any] = {}
     errors: dict[str, int] = {}
     done = failed = 0
     for record in records:
         merge_models(models, mapping(record.get("models")))
+        merge_shadow(shadow, record.get("shadow"))
         for reason, n in counts_of(record.get("errors")):
             errors[reason] = errors.get(reason, 0) + n
         tasks = mapping(record.get("tasks"))
@@ -141,7 +196,7 @@ def merge(records: list[dict[str, Any]]) -> dict[str, Any]:
         failed += count(tasks.get("failed"))
     tasks = dict(mapping(last.get("tasks")))
     tasks.update(done=done, failed=failed)
-    return {
+    merged = {
         "kind": KIND,
         "period_s": sum(number(r.get("period_s")) for r in records),
         "load": last.get("load"),
@@ -150,6 +205,9 @@ def merge(records: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": errors,
         "models": models,
     }
+    if shadow:
+        merged["shadow"] = shadow
+    return merged
 
 
 def mapping(value: Any) -> dict[str, Any]:

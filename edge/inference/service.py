@@ -9,12 +9,14 @@ swaps and roll-backs, are `swap.py`'s; which answers become records, `reporting.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
 from edge.inference.directory import ModelDirectory
 from edge.inference.reporting import Outcome, Reporter, Reporting
 from edge.inference.runtime import Preference, RuntimeChoice
+from edge.inference.shadow import Shadows
 from edge.inference.swap import FAULT_LIMIT, Loading, ModelSlots, Slot
 from edge.rollup import Tally
 from edge.store import AgentStore
@@ -66,6 +68,8 @@ class InferenceService:
             self.tally,
         )
         self._reporter = Reporter(store, self.tally)
+        self._loading = Loading(num_threads, interpreters, queue_limit, fault_limit)
+        self.shadows = Shadows(self.tally)  # shadow roll-outs' candidates
 
     @property
     def runtime_label(self) -> str:
@@ -78,7 +82,34 @@ class InferenceService:
 
     async def close(self) -> None:
         """Stop every model's runner."""
+        await self.shadows.close()
         await self.slots.close()
+
+    async def shadow(self, name: str, version: str) -> None:
+        """Load the installed `version` of `name` as its shadow candidate (it never
+        serves); `ModelFault` (or an OSError, a BundleError) if it cannot be loaded."""
+        from edge.inference.runner import ModelFault, ModelRunner
+
+        if self.shadows.candidate(name) == version:
+            return
+        bundle = await asyncio.to_thread(lambda: self.directory.entry(name, version).bundle)
+        if bundle is None:
+            raise ModelFault(f"{name} {version} is not installed")
+        runtime = await self._runtime.get()
+        runner = ModelRunner(
+            bundle,
+            runtime,
+            num_threads=self._loading.num_threads,
+            interpreters=1,  # its own, beside the live version's
+            queue_limit=self._loading.queue_limit,
+        )
+        try:
+            await asyncio.to_thread(runner.load)
+        except BaseException:
+            await asyncio.to_thread(runner.close)
+            raise
+        await self.shadows.put(name, runner)
+        logger.info("model %s %s runs in shadow", name, version)
 
     def runner(self, name: str) -> ModelRunner:
         """Return the runner of `name`; raise `NotAllowed`, `UnknownModel` or `ModelUnavailable`."""
@@ -110,6 +141,7 @@ class InferenceService:
         except ModelBusy:
             slot.refused += 1
             raise
+        self.shadows.after(name, runner.manifest.version, value, dtype, inference)
         return await self._reporter.report(self.reporting, runner.manifest, inference, context)
 
     def models(self) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import BodyPartReader, web
 from msgspec import Meta
@@ -16,7 +16,7 @@ from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.fleet import labels
 from hub.models.releases import ModelExistsError, ModelRefusedError, Staging
-from hub.store import Rollout, RolloutRefusedError, StoredModel
+from hub.store import Rollout, RolloutRefusedError, StoredModel, shadows
 from outpost import schema
 from outpost.agentrelease import ROLLOUT_NAME as AGENT
 from outpost.modelbundle import MAX_MODEL_BYTES, MAX_SIDECAR_BYTES, NAME_PATTERN, VERSION_PATTERN
@@ -60,6 +60,21 @@ class UploadedOut(Struct, frozen=True):
     checked_with: Annotated[str, Meta(description="runtime that loaded it and ran its sample")]
 
 
+class PromoteIf(Struct, frozen=True, forbid_unknown_fields=True):
+    """When a shadow roll-out becomes a staged one; otherwise it stops."""
+
+    agreement_min: Annotated[
+        float, Meta(ge=0, le=1, description="the candidate's top-1 agreement with live, at least")
+    ] = 0.97
+    latency_ratio_max: Annotated[
+        float,
+        Meta(gt=0, le=100, description="its mean latency over the live one's, at most"),
+    ] = 1.2
+    min_samples: Annotated[
+        int, Meta(ge=1, le=10_000_000, description="inputs compared before it is judged")
+    ] = 500
+
+
 class RolloutIn(Struct, frozen=True):
     """A staged roll-out: canaries first, the rest when every canary runs it."""
 
@@ -84,6 +99,16 @@ class RolloutIn(Struct, frozen=True):
             description="share of the targets released first (at least one device)",
         ),
     ] = 0.1
+    mode: Annotated[
+        Literal["staged", "shadow"],
+        Meta(
+            description="staged: canaries, then the rest; shadow: first run beside the live "
+            "version on sampled inputs, judged by promote_if"
+        ),
+    ] = "staged"
+    promote_if: Annotated[
+        PromoteIf | None, Meta(description="a shadow roll-out's criteria (defaults if left out)")
+    ] = None
 
 
 class RolloutDeviceOut(Struct, frozen=True):
@@ -116,9 +141,21 @@ class RolloutOut(Struct, frozen=True):
     created_by: Annotated[str, Meta(description="subject of the token that started it")]
     updated_at: Annotated[float, Meta(description="last change, epoch seconds")]
     devices: Annotated[list[RolloutDeviceOut], Meta(description="progress per device")]
+    mode: Annotated[str, Meta(description="staged or shadow")] = "staged"
+    criteria: Annotated[
+        dict[str, float] | None, Meta(description="a shadow roll-out's promote_if")
+    ] = None
+    shadow: Annotated[
+        dict[str, Any] | None,
+        Meta(
+            description="a shadow roll-out's comparison, live beside candidate: samples, "
+            "progress toward min_samples, agreement, confusion (live|candidate label: "
+            "count), latency and confidence of each (GET /api/v1/rollouts/{id} only)"
+        ),
+    ] = None
 
     @classmethod
-    def of(cls, r: Rollout) -> RolloutOut:
+    def of(cls, r: Rollout, shadow: dict[str, Any] | None = None) -> RolloutOut:
         counts: dict[str, int] = {}
         for d in r.devices:
             counts[d.state] = counts.get(d.state, 0) + 1
@@ -141,6 +178,9 @@ class RolloutOut(Struct, frozen=True):
                 )
                 for d in r.devices
             ],
+            r.mode,
+            r.criteria,
+            shadow,
         )
 
 
@@ -219,6 +259,10 @@ def routes(ctx: ApiContext) -> list[Route]:
                 selector=body.selector,
                 canary_share=body.canary_share,
                 by=request[PRINCIPAL].subject,
+                mode=body.mode,
+                criteria=schema.dump(body.promote_if or PromoteIf())
+                if body.mode == "shadow"
+                else None,
             )
         except RolloutRefusedError as exc:
             raise ApiError(422, "rollout_refused", str(exc)) from exc
@@ -239,7 +283,10 @@ def routes(ctx: ApiContext) -> list[Route]:
         rollout = await ctx.store.rollout(number) if number is not None else None
         if rollout is None:
             raise ApiError(404, "not_found", f"no roll-out {request.match_info['id']!r}")
-        return params.answer(RolloutOut.of(rollout))
+        found = (
+            await ctx.store.run(shadows.summary, rollout.id) if rollout.mode == "shadow" else None
+        )
+        return params.answer(RolloutOut.of(rollout, found))
 
     async def halt_rollout(request: web.Request) -> web.Response:
         body = await params.json_body(request, HaltIn) if request.can_read_body else HaltIn()

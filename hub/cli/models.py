@@ -16,7 +16,7 @@ from hub.cli import remote, tables
 
 BUNDLE_FILES = {"model": "model.tflite", "manifest": "model.json", "sample": "sample.json"}
 FOLLOW_EVERY_S = 1.0
-ENDED = ("completed", "halted", "superseded")
+ENDED = ("completed", "halted", "stopped", "superseded")
 
 
 def upload_model(args: argparse.Namespace) -> int:
@@ -89,6 +89,19 @@ def start_rollout(args: argparse.Namespace) -> int:
     what: dict[str, Any] = (
         {"agent": args.agent} if args.agent else {"model": args.model, "version": args.version}
     )
+    criteria = {
+        k: v
+        for k, v in (
+            ("agreement_min", args.agreement_min),
+            ("latency_ratio_max", args.latency_ratio_max),
+            ("min_samples", args.min_samples),
+        )
+        if v is not None
+    }
+    if criteria and not args.shadow:
+        raise ValueError("--agreement-min, --latency-ratio-max and --min-samples go with --shadow")
+    if args.shadow:
+        what.update(mode="shadow", promote_if=criteria)
 
     async def start(client: remote.Client) -> int:
         body: dict[str, Any] = {**what, "selector": selector}
@@ -127,7 +140,7 @@ async def _follow(client: remote.Client, rollout_id: int, args: argparse.Namespa
                 print(text if not shown else "\n" + text, flush=True)
                 shown = text
             if rollout["state"] in ENDED or not args.follow:
-                return 1 if rollout["state"] == "halted" else 0
+                return 1 if rollout["state"] in ("halted", "stopped") else 0
             await asyncio.sleep(FOLLOW_EVERY_S)
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(
@@ -151,7 +164,30 @@ def render_rollout(r: dict[str, Any], names: dict[str, str]) -> str:
         for d in r["devices"]
     ]
     body = tables.table(("NAME", "DEVICE", "STAGE", "STATE", "DETAIL"), rows)
-    return f"{head}\n  {counts}\n{body}"
+    return f"{head}\n  {counts}\n{_shadow(r.get('shadow'))}{body}"
+
+
+def _shadow(s: dict[str, Any] | None) -> str:
+    """A shadow roll-out's comparison, live beside candidate."""
+    if not s:
+        return ""
+    agreement = "-" if s["agreement"] is None else f"{s['agreement']:.3f}"
+    ratio = "-" if s["latency_ratio"] is None else f"{s['latency_ratio']:.2f}"
+    rows = [
+        (side, _ms(s[side]["latency_p50_ms"]), _ms(s[side]["latency_p99_ms"]),
+         _ms(s[side]["latency_mean_ms"]),
+         "-" if s[side]["confidence_mean"] is None else f"{s[side]['confidence_mean']:.2f}")
+        for side in ("live", "candidate")
+    ]  # fmt: skip
+    table = tables.table(("", "P50 MS", "P99 MS", "MEAN MS", "CONFIDENCE"), rows)
+    return (
+        f"  shadow: {s['samples']} of {s['min_samples']} samples, agreement {agreement}, "
+        f"latency ratio {ratio}\n{table}\n"
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def _released(rollout: dict[str, Any]) -> str:

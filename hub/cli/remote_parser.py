@@ -84,6 +84,15 @@ def _rollouts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="roll out this agent release (outpost-hub agent-releases upload) instead of a model",
     )
     r.add_argument(
+        "--shadow",
+        action="store_true",
+        help="first run it beside the live version on sampled inputs, never serving; "
+        "promoted to a staged roll-out if it meets the criteria below, else stopped",
+    )
+    r.add_argument("--agreement-min", type=float, metavar="SHARE", help="with --shadow (0.97)")
+    r.add_argument("--latency-ratio-max", type=float, metavar="X", help="with --shadow (1.2)")
+    r.add_argument("--min-samples", type=int, metavar="N", help="with --shadow (500)")
+    r.add_argument(
         "--selector",
         action="append",
         default=[],

@@ -17,13 +17,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 from hub.fleet.wanted import Wanted
-from hub.store import Advanced, HubStore, Rollout, agentrollouts
+from hub.store import Advanced, HubStore, Rollout, agentrollouts, shadows
 from outpost import wire
 
 logger = logging.getLogger(__name__)
 
 PublishRetained = Callable[[str, bytes], Awaitable[None]]
 SEND_AT_ONCE = 200  # releases in flight together
+SHADOW_JUDGE_S = 2.0  # how often shadow roll-outs are looked at (cheap when none)
 
 
 class RolloutService:
@@ -34,9 +35,18 @@ class RolloutService:
         self._forced: set[str] = set()
 
     async def start_rollout(
-        self, *, name: str, version: str, selector: dict[str, str], canary_share: float, by: str
+        self,
+        *,
+        name: str,
+        version: str,
+        selector: dict[str, str],
+        canary_share: float,
+        by: str,
+        mode: str = "staged",
+        criteria: dict[str, float] | None = None,
     ) -> Rollout:
-        """Create it and release its canaries (`RolloutRefusedError` if it cannot start)."""
+        """Create it and release its canaries, or give its devices the candidate to run
+        in shadow (`RolloutRefusedError` if it cannot start)."""
         rollout = await self._store.create_rollout(
             name=name,
             version=version,
@@ -44,7 +54,17 @@ class RolloutService:
             canary_share=canary_share,
             by=by,
             now=time.time(),
+            mode=mode,
+            criteria=criteria,
         )
+        if mode == "shadow":
+            shadowing = [d.device_id for d in rollout.devices]
+            logger.info(
+                "roll-out %d of %s %s in shadow on %d devices", rollout.id, name, version,
+                len(shadowing),
+            )  # fmt: skip
+            self.request(shadowing)
+            return rollout
         canaries = [d.device_id for d in rollout.devices if d.state == "released"]
         logger.info(
             "roll-out %d of %s %s: %d devices, canaries %s",
@@ -83,11 +103,25 @@ class RolloutService:
 
     async def halt(self, rollout_id: int, reason: str) -> Advanced | None:
         """Halt a roll-out by hand: devices not yet given the version never get it, and
-        those that were go back to what they ran before (as when a canary fails)."""
+        those that were go back to what they ran before (as when a canary fails); in
+        shadow, the devices drop the candidate."""
         moved = await self._store.halt_rollout(rollout_id, reason, now=time.time())
         if moved is not None:
             await self._moved([moved])
+            rollout = await self._store.rollout(rollout_id)
+            if moved.halted_now and rollout is not None and rollout.mode == "shadow":
+                self.request([d.device_id for d in rollout.devices], force=True)
         return moved
+
+    async def judge_shadows(self, store: HubStore, *, every_s: float = SHADOW_JUDGE_S) -> None:
+        """As the leader (on its fenced `store`): decide the shadow roll-outs that have
+        their samples, and tell their devices (their shadow goes; a promoted one's
+        canaries get the version)."""
+        while True:
+            for j in await store.run(shadows.judge, time.time()):
+                logger.info("roll-out %d: %s", j.rollout_id, j.reason)
+                self.request(j.devices, force=True)
+            await asyncio.sleep(every_s)
 
     async def device_revoked(self, device_id: str) -> None:
         """A revoked device will never report: no roll-out waits on it any more."""
@@ -130,10 +164,19 @@ class RolloutService:
             except Exception as exc:  # their next hellos ask again
                 logger.warning("model releases for %d devices not read: %s", len(wanted), exc)
                 continue
-            due = [(d, releases) for d, releases in desired.items() if releases or d in forced]
+            try:
+                shadowing = await self._store.run(shadows.desired_shadows_of, wanted)
+            except Exception as exc:  # their next hellos ask again
+                logger.warning("shadows for %d devices not read: %s", len(wanted), exc)
+                continue
+            due = [
+                (d, releases, shadowing.get(d, []))
+                for d, releases in desired.items()
+                if releases or d in forced or d in shadowing
+            ]
             for first in range(0, len(due), SEND_AT_ONCE):
                 chunk = due[first : first + SEND_AT_ONCE]
-                await asyncio.gather(*(self._send(d, releases) for d, releases in chunk))
+                await asyncio.gather(*(self._send(d, r, s) for d, r, s in chunk))
             try:
                 agent = await self._store.run(agentrollouts.desired_agent_of, wanted)
             except Exception as exc:  # their next hellos ask again
@@ -152,9 +195,15 @@ class RolloutService:
         except Exception as exc:  # its next hello asks again
             logger.warning("agent release for %s not sent: %s", device_id, exc)
 
-    async def _send(self, device_id: str, releases: list[tuple[bytes, bytes]]) -> None:
+    async def _send(
+        self,
+        device_id: str,
+        releases: list[tuple[bytes, bytes]],
+        shadowing: list[tuple[bytes, bytes]],
+    ) -> None:
         body = wire.ModelReleases(
-            releases=[wire.SignedRelease(document=d, signature=s) for d, s in releases]
+            releases=[wire.SignedRelease(document=d, signature=s) for d, s in releases],
+            shadows=[wire.SignedRelease(document=d, signature=s) for d, s in shadowing],
         )
         try:
             await self._publish(wire.down_topic(device_id, "models"), wire.encode("models", body))

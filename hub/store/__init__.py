@@ -461,6 +461,8 @@ class HubStore:
         canary_share: float,
         by: str,
         now: float,
+        mode: str = "staged",
+        criteria: dict[str, float] | None = None,
     ) -> Rollout:
         """Raises `RolloutRefusedError` naming why it cannot start."""
         return await self._db.run(
@@ -472,6 +474,8 @@ class HubStore:
                 canary_share=canary_share,
                 by=by,
                 now=now,
+                mode=mode,
+                criteria=criteria,
             )
         )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from hub.store import shadows
 from hub.store.sql import Sql
 from outpost import rollup
 
@@ -106,6 +107,8 @@ def fold(
         if not isinstance(data, dict) or data.get("kind") != rollup.KIND:
             continue
         folded.rollups += 1
+        if "shadow" in data:
+            shadows.fold(db, device_id, data["shadow"], now)
         ts = ts if ts <= now + FUTURE_SLACK_S else now
         hour = _hour(ts)
         models = _models(data.get("models"))

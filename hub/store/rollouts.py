@@ -55,12 +55,14 @@ class Rollout:
     version: str
     selector: dict[str, str]
     canary_share: float
-    state: str  # canary | rolling | completed | halted | superseded
+    state: str  # shadow | canary | rolling | completed | halted | stopped | superseded
     reason: str
     created_at: float
     created_by: str
     updated_at: float
     devices: list[RolloutDevice]
+    mode: str = "staged"  # or shadow: judged first on a candidate run beside the live one
+    criteria: dict[str, float] | None = None  # a shadow roll-out's (shadows.py)
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,18 @@ def create_rollout(
     canary_share: float,
     by: str,
     now: float,
+    mode: str = "staged",
+    criteria: dict[str, float] | None = None,
 ) -> Rollout:
     """Create a roll-out and release its canary devices (`RolloutRefusedError` if the
     model is unknown or the selector matches no device). Roll-outs of the same model
-    still in progress no longer release the devices this one targets."""
+    still in progress no longer release the devices this one targets.
+
+    A shadow roll-out (`mode` shadow) releases nothing yet: its devices run the version
+    in shadow until shadows.py judges it on `criteria`."""
+    shadow = mode == "shadow"
+    if shadow and name == AGENT:
+        raise RolloutRefusedError("an agent release cannot run in shadow")
     with db.write():
         document = _release_document(db, name, version)
         rows = db.execute("SELECT * FROM devices WHERE revoked_at IS NULL").fetchall()
@@ -114,18 +124,33 @@ def create_rollout(
         canaries = max(1, math.ceil(canary_share * len(targets)))
         (rollout_id,) = db.execute(
             """INSERT INTO rollouts (name, version, selector, canary_share, state,
-                   created_at, created_by, updated_at)
-               VALUES (?, ?, ?, ?, 'canary', ?, ?, ?) RETURNING id""",
-            (name, version, json.dumps(selector, sort_keys=True), canary_share, now, by, now),
+                   created_at, created_by, updated_at, mode, criteria)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+            (
+                name,
+                version,
+                json.dumps(selector, sort_keys=True),
+                canary_share,
+                "shadow" if shadow else "canary",
+                now,
+                by,
+                now,
+                mode,
+                json.dumps(criteria or {}, sort_keys=True),
+            ),
         ).fetchone()
-        older = [
-            r["id"]
-            for r in db.execute(
-                """SELECT id FROM rollouts
-                   WHERE name = ? AND id != ? AND state IN ('canary', 'rolling')""",
-                (name, rollout_id),
-            )
-        ]
+        older = (
+            []  # a shadow takes no device from anyone until it is promoted
+            if shadow
+            else [
+                r["id"]
+                for r in db.execute(
+                    """SELECT id FROM rollouts
+                       WHERE name = ? AND id != ? AND state IN ('canary', 'rolling')""",
+                    (name, rollout_id),
+                )
+            ]
+        )
         for i, device in enumerate(targets):
             for old in older:  # the older roll-out will not release this device now
                 db.execute(
@@ -135,6 +160,7 @@ def create_rollout(
                     (f"taken by roll-out {rollout_id}", now, old, device.device_id),
                 )
             canary = i < canaries
+            released = canary and not shadow
             db.execute(
                 """INSERT INTO rollout_devices (rollout_id, device_id, stage, state,
                        released_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)""",
@@ -142,14 +168,14 @@ def create_rollout(
                     rollout_id,
                     device.device_id,
                     "canary" if canary else "rest",
-                    "released" if canary else "waiting",
-                    now if canary else None,
+                    "shadowing" if shadow else "released" if released else "waiting",
+                    now if released else None,
                     now,
                 ),
             )
         for old in older:
             _advance(db, old, now)
-        _publish(db, rollout_id, "started", "", now)
+        announce(db, rollout_id, "started", "", now)
     rollout = get_rollout(db, rollout_id)
     assert rollout is not None
     return rollout
@@ -171,7 +197,7 @@ def _release_document(db: Sql, name: str, version: str) -> bytes:
     return model.document
 
 
-def _publish(db: Sql, rollout_id: int, state: str, reason: str, now: float) -> None:
+def announce(db: Sql, rollout_id: int, state: str, reason: str, now: float) -> None:
     """Tell the sinks a roll-out moved (org.outpost.rollout.<state>): started, rolling (its
     canaries are healthy), completed, halted or superseded."""
     if not db.publishing:
@@ -342,7 +368,7 @@ def _desired(db: Sql, device_id: str) -> list[Row]:
                SELECT MAX(r2.id) FROM rollouts r2
                JOIN rollout_devices d ON d.rollout_id = r2.id
                WHERE d.device_id = ? AND d.state NOT IN ('waiting', 'superseded')
-                 AND r2.state != 'halted'
+                 AND r2.state NOT IN ('halted', 'shadow')
                GROUP BY r2.name
            )
            ORDER BY m.name""",
@@ -387,13 +413,13 @@ def halt(db: Sql, rollout_id: int, reason: str, now: float) -> Advanced | None:
         ).fetchone()
         if row is None:
             return None
-        if row["state"] not in ("canary", "rolling"):
+        if row["state"] not in ("shadow", "canary", "rolling"):
             return Advanced(rollout_id, [], row["state"], row["reason"])
         db.execute(
             "UPDATE rollouts SET state = 'halted', reason = ?, updated_at = ? WHERE id = ?",
             (reason, now, rollout_id),
         )
-        _publish(db, rollout_id, "halted", reason, now)
+        announce(db, rollout_id, "halted", reason, now)
     return Advanced(rollout_id, [], "halted", reason, halted_now=True)
 
 
@@ -441,7 +467,7 @@ def _advance(db: Sql, rollout_id: int, now: float) -> Advanced:
             (state, reason, now, rollout_id),
         )
         if state != row["state"]:
-            _publish(db, rollout_id, state, reason, now)
+            announce(db, rollout_id, state, reason, now)
     halted_now = state == "halted" and row["state"] != "halted"
     return Advanced(rollout_id, released, state, reason, halted_now)
 
@@ -459,4 +485,6 @@ def _rollout(row: Row, devices: list[RolloutDevice]) -> Rollout:
         created_by=row["created_by"],
         updated_at=row["updated_at"],
         devices=devices,
+        mode=row["mode"],
+        criteria=json.loads(row["criteria"] or "{}") or None,
     )

@@ -118,6 +118,14 @@ class ModelReleases(Struct, frozen=True):
     releases: Annotated[
         list[SignedRelease], Meta(max_length=MAX_RELEASES, description="the releases")
     ]
+    shadows: Annotated[
+        list[SignedRelease],
+        Meta(
+            max_length=MAX_RELEASES,
+            description="candidates to run in shadow beside the live version (installed, "
+            "never serving), one per model name",
+        ),
+    ] = []
 
 
 class AgentRelease(Struct, frozen=True):

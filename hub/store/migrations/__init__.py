@@ -36,4 +36,5 @@ MIGRATIONS: list[Migration] = [
     ("019_courier", courier.m019_courier),
     ("020_agent_releases", fleet.m020_agent_releases),
     ("021_agent_release_files", fleet.m021_agent_release_files),
+    ("022_shadow_rollouts", models.m022_shadow_rollouts),
 ]

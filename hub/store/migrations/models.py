@@ -113,3 +113,22 @@ def m018_drift_levels(db: Sql) -> None:
             PRIMARY KEY (model, version, device_id)
         )"""
     )
+
+
+def m022_shadow_rollouts(db: Sql) -> None:
+    # Shadow roll-outs (hub/store/shadows.py): a roll-out's mode and its promotion
+    # criteria, and the comparisons devices report in their roll-ups, per candidate,
+    # live version and device (counts since the candidate was first shadowed there).
+    db.execute("ALTER TABLE rollouts ADD COLUMN mode TEXT NOT NULL DEFAULT 'staged'")
+    db.execute("ALTER TABLE rollouts ADD COLUMN criteria TEXT NOT NULL DEFAULT '{}'")
+    db.execute(
+        """CREATE TABLE shadow_stats (
+            model TEXT NOT NULL,
+            candidate TEXT NOT NULL,
+            live TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            stats TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (model, candidate, live, device_id)
+        )"""
+    )
