@@ -65,9 +65,7 @@ class Shadows:
         for name in list(self._runners):
             await self.drop(name)
 
-    def after(
-        self, name: str, live_version: str, value: Any, dtype: str, live: Inference
-    ) -> None:
+    def after(self, name: str, live_version: str, value: Any, dtype: str, live: Inference) -> None:
         """The live version answered `value`: compare the candidate on it, if sampled.
         Returns at once; the comparison runs later."""
         runner = self._runners.get(name)
