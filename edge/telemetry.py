@@ -174,6 +174,8 @@ class Telemetry:
                     await asyncio.sleep(self._tuning.metrics_interval)  # not again at once
                     continue
                 await keep(record)
+                for disagreement in inference.shadows.take_disagreements():
+                    await self.event("shadow.disagreement", **disagreement)
                 # Only after the record is stored: a kill in between makes the next
                 # process close this window again (its period counted twice, no counts).
                 await asyncio.to_thread(window.save)

@@ -58,4 +58,5 @@ class Tuning:
         self._uploader.set_pacing(e.rate_bytes_per_s, e.sync_windows)
         self._store.set_bounds(e.bounds)
         self._inference.shadows.sample_share = p.shadow.sample_share
+        self._inference.shadows.reservoir_size = p.shadow.disagreements
         self.shadow_cpu_max_percent = p.shadow.cpu_max_percent

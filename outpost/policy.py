@@ -81,6 +81,15 @@ class ShadowPolicy(Struct, frozen=True):
         float,
         Meta(ge=1, le=100, description="above this CPU use the candidate is skipped"),
     ] = 80.0
+    disagreements: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=64,
+            description="inputs the candidate and live version disagreed on, uploaded per "
+            "roll-up as events (a uniform sample; 0: inputs never leave the device)",
+        ),
+    ] = 0
 
 
 class Policy(Tunables, frozen=True):

@@ -55,19 +55,23 @@ INPUTS = _inputs(24)
 
 
 async def _serving_shadow_ready(
-    hub: Hub, api: ApiClient, admin: str, enroll_device: Enroller, agents: Callable[..., Any]
+    hub: Hub,
+    api: ApiClient,
+    admin: str,
+    enroll_device: Enroller,
+    agents: Callable[..., Any],
+    disagreements: int = 0,
 ) -> tuple[DevicePaths, str]:
-    """A device serving 1.0.0, its policy comparing every input once a shadow runs, and
-    reporting a roll-up every second."""
+    """A device serving 1.0.0, its policy comparing every input once a shadow runs (and
+    uploading `disagreements` of the inputs it disagreed on per roll-up), and reporting a
+    roll-up every second."""
     paths, identity = await enroll_device("generic", {"site": "shadow"})
     ModelDirectory(paths.models).install(VIBRATION)
+    shadow = {"sample_share": 1.0, "cpu_max_percent": 100, "disagreements": disagreements}
     layer = {
         "scope": "device",
         "device": identity.device_id,
-        "document": {
-            "metrics_interval": 1,
-            "shadow": {"sample_share": 1.0, "cpu_max_percent": 100},
-        },
+        "document": {"metrics_interval": 1, "shadow": shadow},
     }
     reply = await api.call("PUT", "/api/v1/policy/layers/shadow", token=admin, body=layer)
     assert reply.status == 200, reply.body
@@ -188,7 +192,9 @@ async def test_a_worse_candidate_is_stopped_and_never_serves(
     agents: Callable[..., AgentProcess],
 ) -> None:
     admin = await api.token("admin")
-    paths, device_id = await _serving_shadow_ready(hub, api, admin, enroll_device, agents)
+    paths, device_id = await _serving_shadow_ready(
+        hub, api, admin, enroll_device, agents, disagreements=3
+    )
     client = LocalClient(paths.socket)
     try:
         before = await _answers(client)
@@ -209,3 +215,24 @@ async def test_a_worse_candidate_is_stopped_and_never_serves(
     device = await hub.parts.store.device(device_id)
     assert device is not None
     assert [m["version"] for m in device.models if m["name"] == MODEL] == ["1.0.0"]
+
+    # The policy lets 3 disagreeing inputs per roll-up leave the device: they came as
+    # events, each the input the two versions answered differently.
+    found = await _events(api, admin, device_id, "shadow.disagreement")
+    assert found, "no disagreement uploaded"
+    for event in found:
+        assert (event["live"], event["candidate"]) == ("1.0.0", "1.2.0")
+        pair = (event["live_label"], event["candidate_label"])
+        assert pair in (("bearing_fault", "looseness"), ("looseness", "bearing_fault")), pair
+        assert {"input": event["input"], "dtype": "int8"} in INPUTS
+
+
+async def _events(api: ApiClient, admin: str, device_id: str, name: str) -> list[dict[str, Any]]:
+    reply = await api.call(
+        "GET",
+        f"/api/v1/devices/{device_id}/records",
+        token=admin,
+        params={"stream": "events", "limit": "500"},
+    )
+    assert reply.status == 200, reply.body
+    return [r["body"] for r in reply.body["items"] if r["body"].get("event") == name]
