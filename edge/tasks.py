@@ -200,8 +200,9 @@ class TaskRunner:
             runner = self._inference.runner(task.model)
             answer = await runner.infer(task.input, task.dtype)
             labels = runner.manifest.labels
+            m = runner.manifest
             self._inference.shadows.after(
-                task.model, runner.manifest.version, task.input, task.dtype, answer
+                task.model, m.version, task.input, task.dtype, answer, m.input
             )
         except Exception as exc:  # a bad input, a broken model: the task fails, with why
             body.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:512])

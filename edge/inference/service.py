@@ -99,9 +99,10 @@ class InferenceService:
         runner = ModelRunner(
             bundle,
             runtime,
-            num_threads=self._loading.num_threads,
+            num_threads=1,  # its interpreter's threads are not niced: one, the worker
             interpreters=1,  # its own, beside the live version's
             queue_limit=self._loading.queue_limit,
+            background=True,  # only CPU the live path leaves
         )
         try:
             await asyncio.to_thread(runner.load)
@@ -141,7 +142,8 @@ class InferenceService:
         except ModelBusy:
             slot.refused += 1
             raise
-        self.shadows.after(name, runner.manifest.version, value, dtype, inference)
+        m = runner.manifest
+        self.shadows.after(name, m.version, value, dtype, inference, m.input)
         return await self._reporter.report(self.reporting, runner.manifest, inference, context)
 
     def models(self) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edge.rollup import Tally
+from outpost.modelbundle import TensorSpec
 
 if TYPE_CHECKING:
     from edge.inference.runner import Inference, ModelRunner
@@ -75,7 +76,15 @@ class Shadows:
         for name in list(self._runners):
             await self.drop(name)
 
-    def after(self, name: str, live_version: str, value: Any, dtype: str, live: Inference) -> None:
+    def after(
+        self,
+        name: str,
+        live_version: str,
+        value: Any,
+        dtype: str,
+        live: Inference,
+        live_input: TensorSpec | None = None,
+    ) -> None:
         """The live version answered `value`: compare the candidate on it, if sampled.
         Returns at once; the comparison runs later."""
         runner = self._runners.get(name)
@@ -85,7 +94,8 @@ class Shadows:
             self.skipped += 1
             return
         task = asyncio.get_running_loop().create_task(
-            self._compare(name, live_version, runner, value, dtype, live), name="agent.shadow"
+            self._compare(name, live_version, runner, value, dtype, live, live_input),
+            name="agent.shadow",
         )
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -98,10 +108,16 @@ class Shadows:
         value: Any,
         dtype: str,
         live: Inference,
+        live_input: TensorSpec | None,
     ) -> None:
         await asyncio.sleep(0)  # let the caller's answer go out first
         try:
-            candidate = await runner.infer(value, dtype)
+            if live.tensor is not None and runner.manifest.input == live_input:
+                # The live path's int8 tensor: converting the caller's value again (a
+                # millisecond for an image, holding the GIL) would slow the live path.
+                candidate = await runner.infer_tensor(live.tensor)
+            else:
+                candidate = await runner.infer(value, dtype)
         except Exception as exc:  # busy, or a fault of the candidate: never the live path's
             self.skipped += 1
             logger.debug("shadow %s %s skipped an input: %s", name, runner.manifest.version, exc)

@@ -460,7 +460,8 @@ def _advance(db: Sql, rollout_id: int, now: float) -> Advanced:
         if all(s in TERMINAL for s in latest.values()):
             failures = sum(s in FAILED for s in latest.values())
             state = "completed"
-            reason = f"{failures} of {len(latest)} devices failed" if failures else ""
+            # Without failures, what it said stands (how a shadow roll-out was promoted).
+            reason = f"{failures} of {len(latest)} devices failed" if failures else reason
     if (state, reason) != (row["state"], row["reason"]):
         db.execute(
             "UPDATE rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?",

@@ -48,6 +48,7 @@ BENCHMARKS: dict[str, tuple[str, float]] = {
     "sinks": ("ingest with the outbox vs without; outbox -> webhook vs bare POSTs", 600),
     "operator": ("a CLI command and explained task lists vs bare aiohttp clients/servers", 600),
     "courier": ("courier bundles of 1,000,000 records: export, size, import vs bare", 600),
+    "shadow": ("live answers with a candidate in shadow on every input vs no shadow", 600),
     "capacity": ("devices one hub holds, from outside with the fleet simulator", 7200),
 }
 # The benchmarks that take seconds, for a developer's loop.

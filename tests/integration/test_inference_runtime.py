@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def litert() -> Runtime:
 
 
 def runner_for(folder: Path, runtime: Runtime, **kwargs: int) -> ModelRunner:
-    options = {"num_threads": 1, "interpreters": 1, "queue_limit": 4, **kwargs}
+    options: dict[str, Any] = {"num_threads": 1, "interpreters": 1, "queue_limit": 4, **kwargs}
     return ModelRunner(read_bundle(folder), runtime, **options)
 
 
