@@ -252,7 +252,9 @@ def _snapshot(found: Overview, states: dict[str, int], now: float, window: float
                 for f in found.finished
             ],
         },
-        "rollouts": [schema.dump(RolloutOut.of(r)) for r in found.rollouts],
+        "rollouts": [
+            schema.dump(RolloutOut.of(r, found.shadows.get(r.id))) for r in found.rollouts
+        ],
     }
 
 

@@ -6,7 +6,7 @@ import { can, changed, confirmChange } from "./actions.js";
 import { displayName, nameOf } from "./devices.js";
 import { $, api, el, pairs, parsePairs, pill, read, signOutOn, when } from "./util.js";
 
-const IN_PROGRESS = ["canary", "rolling"];
+const IN_PROGRESS = ["shadow", "canary", "rolling"];
 let shownKey = "";
 let rollouts = [];
 let snapshotDevices = [];
@@ -62,9 +62,33 @@ export function renderRollouts(snap) {
         `${selector} · ${Object.entries(r.counts).map(([s, n]) => `${n} ${s}`).join(", ")}` +
         `${r.reason ? ` · ${r.reason}` : ""} · started ${when(r.created_at)} by ${r.created_by}`),
       progress,
+      r.shadow ? shadowView(r.shadow) : null,
       el("ul", {}, ...r.devices.map((d) =>
         el("li", { title: d.detail || d.device }, nameOf(d.device), " ", d.stage, " ", pill(d.state)))));
   }));
+}
+
+// A shadow roll-out's comparison: live beside candidate, and how far it is from a verdict.
+function shadowView(s) {
+  const fmt = (v, digits = 2) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+  const side = (name, x) => el("tr", {},
+    el("th", {}, name), el("td", {}, fmt(x.latency_p50_ms, 3)), el("td", {}, fmt(x.latency_p99_ms, 3)),
+    el("td", {}, fmt(x.latency_mean_ms, 3)), el("td", {}, fmt(x.confidence_mean)));
+  const c = s.criteria;
+  const verdict = `${s.samples} of ${s.min_samples} samples (${Math.round(s.progress * 100)} %)` +
+    ` · agreement ${fmt(s.agreement, 3)} (needs ≥ ${c.agreement_min})` +
+    ` · latency ratio ${fmt(s.latency_ratio)} (needs ≤ ${c.latency_ratio_max})`;
+  const disagreements = Object.entries(s.confusion)
+    .filter(([pair]) => pair.split("|")[0] !== pair.split("|")[1])
+    .sort((a, b) => b[1] - a[1]).slice(0, 4)
+    .map(([pair, n]) => `${pair.replace("|", " → ")}: ${n}`).join(", ");
+  return el("div", { class: "shadow" },
+    el("div", { class: "muted" }, verdict),
+    el("table", { class: "shadow-compare" },
+      el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {}, "p50 ms"), el("th", {}, "p99 ms"),
+        el("th", {}, "mean ms"), el("th", {}, "confidence"))),
+      el("tbody", {}, side("live", s.live), side("candidate", s.candidate))),
+    disagreements ? el("div", { class: "muted" }, `disagreements (live → candidate): ${disagreements}`) : null);
 }
 
 function halt(r) {

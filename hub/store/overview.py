@@ -10,8 +10,9 @@ Each function runs on the store's worker thread as one unit of work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from hub.store import rollouts
+from hub.store import rollouts, shadows
 from hub.store.devices import Device
 from hub.store.rollouts import Rollout
 from hub.store.sql import Sql
@@ -47,6 +48,7 @@ class Overview:
     finished: list[Finished]
     cursor: int  # the last task transition read: where the next read starts
     rollouts: list[Rollout]
+    shadows: dict[int, dict[str, Any]]  # shadow roll-outs in progress: their comparison
 
 
 def read(
@@ -91,6 +93,13 @@ def read(
         recent = [
             rollouts.get_rollout(db, r.id) for r in rollouts.list_rollouts(db, limit=max_rollouts)
         ]
+        compared = {
+            r.id: found
+            for r in recent
+            if r is not None
+            and r.state == "shadow"
+            and (found := shadows.summary(db, r.id)) is not None
+        }
     return Overview(
         devices=devices,
         devices_total=int(total),
@@ -100,6 +109,7 @@ def read(
         finished=finished,
         cursor=cursor,
         rollouts=[r for r in recent if r is not None],
+        shadows=compared,
     )
 
 

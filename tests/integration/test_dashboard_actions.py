@@ -33,7 +33,7 @@ from hub.app import Hub
 from hub.cli import load_config
 from hub.initialise import initialise
 from hub.paths import HubPaths
-from hub.store import ConnectionLost, Device, HeartbeatSeen, HelloSeen
+from hub.store import ConnectionLost, Device, HeartbeatSeen, HelloSeen, shadows
 from outpost.aio import cancel_until_done
 from tests.api_client import ApiClient
 from tests.integration.test_dashboard import (
@@ -598,3 +598,52 @@ async def test_a_hub_without_sinks_shows_no_sinks_panel(dash: Dashboard) -> None
     await asyncio.to_thread(viewport, dash.browser, *DESKTOP)
     await asyncio.to_thread(open_signed_in, dash.browser, dash.url, dash.viewer)
     await asyncio.to_thread(_sinks_read_and_hidden, dash.browser)
+
+
+# ---------------------------------------------------------------------------- shadow
+
+
+async def test_a_shadow_rollout_shows_live_beside_candidate(dash: Dashboard) -> None:
+    device_id = await _seed(dash.hub, "fs-press", {"site": "fs-plant"})
+    started = await _api(
+        dash,
+        "POST",
+        "/api/v1/rollouts",
+        {"model": MODEL, "version": NEW_VERSION, "selector": {"site": "fs-plant"},
+         "mode": "shadow", "promote_if": {"min_samples": 500}},
+    )  # fmt: skip
+    # What the device's roll-ups would bring: 30 inputs, 27 agreeing.
+    reported = {
+        f"{MODEL}@{NEW_VERSION}": {
+            "live": "1.0.0", "count": 30, "agree": 27,
+            "pairs": {"normal|normal": 27, "imbalance|looseness": 3},
+            "live_latency_ms": {"0.1": 30}, "candidate_latency_ms": {"0.25": 30},
+            "live_latency_sum_ms": 1.5, "candidate_latency_sum_ms": 3.0,
+            "live_confidence": [0] * 9 + [30], "candidate_confidence": [0] * 8 + [30, 0],
+        }
+    }  # fmt: skip
+    await dash.hub.parts.store.run(shadows.fold, device_id, reported, time.time())
+
+    browser = dash.browser
+    await asyncio.to_thread(viewport, browser, *DESKTOP)
+    await asyncio.to_thread(open_signed_in, browser, dash.url, dash.viewer)
+    card = f"#rollouts .rollout[data-rollout='{started['id']}']"
+    await asyncio.to_thread(
+        lambda: wait(browser).until(
+            lambda d: "30 of 500 samples" in text_of(d, card), "the shadow's comparison"
+        )
+    )
+    text = await asyncio.to_thread(text_of, browser, card)
+    assert "agreement 0.900 (needs ≥ 0.97)" in text, text
+    assert "latency ratio 2.00" in text, text
+    assert "imbalance → looseness: 3" in text, text
+    rows = await asyncio.to_thread(
+        lambda: [
+            r.text
+            for r in browser.find_elements(By.CSS_SELECTOR, f"{card} .shadow-compare tbody tr")
+        ]
+    )
+    assert rows[0].startswith("live 0.100"), rows
+    assert rows[1].startswith("candidate 0.250"), rows
+    problems = await asyncio.to_thread(console_problems, browser)
+    assert not problems, problems
