@@ -168,7 +168,11 @@ class Telemetry:
 
         try:
             while True:
-                await asyncio.sleep(window.due_in(self._tuning.metrics_interval))
+                # Looked at again every second: a policy that shortens the interval
+                # applies now, not after the longer wait already begun. (A poll, not an
+                # Event: policies are applied on a worker thread.)
+                while (wait := window.due_in(self._tuning.metrics_interval)) > 0:  # noqa: ASYNC110
+                    await asyncio.sleep(min(wait, 1.0))
                 record = await measure()
                 if record is None:
                     await asyncio.sleep(self._tuning.metrics_interval)  # not again at once
