@@ -155,8 +155,10 @@ def _link(link: Path, target: Path) -> None:
 
 def _step(argv: list[str], what: str) -> None:
     try:
+        # The new venv's own code, whatever PYTHONPATH the running agent was given.
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False
+            argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False, env=env
         )
     except subprocess.TimeoutExpired as exc:
         raise InstallError(f"not installed: {what} took over {PIP_TIMEOUT_S:g} s") from exc

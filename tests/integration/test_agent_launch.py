@@ -100,6 +100,31 @@ def test_a_version_that_comes_up_stays(tmp_path: Path) -> None:
     assert state == {"failures": 0, "version": "2.0.0"}
 
 
+def test_an_agent_that_switched_to_a_new_release_is_restarted_into_it_at_once(
+    tmp_path: Path,
+) -> None:
+    """Exit status 75: the agent moved `current` to a release it installed; the same
+    launcher run starts that one (no failure counted, no wait for systemd)."""
+    prefix, data = folders(tmp_path, 'printf 2.0.0 > "$3/ready"; exit 0')
+    (prefix / "current").unlink()
+    (prefix / "current").symlink_to(f"releases/{GOOD}")
+    switch = f'ln -sfn releases/2.0.0 "{prefix}/current"'
+    release(prefix, "1.5.0", f'printf 1.5.0 > "$3/ready"; {switch}; exit 75')
+    (prefix / "current").unlink()
+    (prefix / "current").symlink_to("releases/1.5.0")
+
+    done = launch(prefix, data)
+
+    assert done.returncode == 0, done.stderr  # one launcher run: 1.5.0, then 2.0.0
+    assert "restarting into the new current" in done.stderr
+    assert (data / "ready").read_text() == "2.0.0"
+    assert not (data / "rolled-back.json").exists()
+    assert json.loads((data / "launch-state.json").read_text()) == {
+        "failures": 0,
+        "version": "2.0.0",
+    }
+
+
 async def test_the_agent_marks_itself_ready_and_reports_a_rollback(
     enroll_device: Enroller, agents: Callable[..., AgentProcess]
 ) -> None:

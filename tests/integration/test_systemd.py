@@ -2,15 +2,21 @@
 exposure scores of 2.0 or lower, sysusers and tmpfiles that make the user and folders,
 budgets that match the smallest board; and the agent speaking the notify protocol as the
 unit runs it (READY=1 once its local API answers, WATCHDOG=1 within the interval,
-STOPPING=1 and a prompt exit on SIGTERM with nothing it confirmed lost)."""
+STOPPING=1 and a prompt exit on SIGTERM with nothing it confirmed lost), also from
+behind the launcher the agent's unit starts (systemd/outpost-launch: root's, outside
+what the agent may write, Python 3.8 and the standard library only), which hands it the
+watchdog and counts no failure when it is stopped while the agent starts."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import itertools
+import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -29,6 +35,7 @@ from hub.app import Hub
 from hub.broker.managed import pid_file
 from hub.cli import load_config
 from hub.paths import HubPaths
+from outpost import __version__
 from tests import sandbox
 from tests.conftest import Enroller
 from tests.integration.test_local_inference import sample_of
@@ -37,6 +44,8 @@ from tests.support import PROFILES, REPO, SHIPPED_MODELS, AgentProcess
 
 SYSTEMD = REPO / "systemd"
 UNITS = sorted(SYSTEMD.glob("*.service"))
+LAUNCH = SYSTEMD / "outpost-launch"
+AGENT_PREFIX = "/opt/outpost"  # PREFIX/releases/<version>/venv, PREFIX/current
 # Where the host keeps systemd's own units (Debian: /usr/lib; older layouts: /lib).
 HOST_UNITS = next(
     (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
@@ -69,7 +78,8 @@ def settings(unit: Path) -> dict[str, list[str]]:
 def install_root(root: Path, *, with_programs: bool = True) -> None:
     """A throwaway root as a device looks after installation: systemd's own units (the
     targets ours name), ours in /etc/systemd/system, and at the path each ExecStart
-    names, the entry point of the same name from the venv running these tests."""
+    names, the program of that name from systemd/ (the launcher) or else the entry point
+    of the same name from the venv running these tests."""
     assert HOST_UNITS is not None
     shutil.copytree(HOST_UNITS, root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
@@ -81,7 +91,9 @@ def install_root(root: Path, *, with_programs: bool = True) -> None:
             program = Path(command.split()[0].lstrip("-@:+!"))
             target = root / program.relative_to("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(Path(sys.executable).parent / program.name, target)
+            shipped = SYSTEMD / program.name
+            source = shipped if shipped.is_file() else Path(sys.executable).parent / program.name
+            shutil.copy2(source, target)
 
 
 def verify(root: Path, unit: str) -> subprocess.CompletedProcess[str]:
@@ -93,21 +105,107 @@ def verify(root: Path, unit: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_units_run_the_installed_venv_on_the_state_directories() -> None:
+def test_units_run_the_installed_programs_on_the_state_directories() -> None:
+    agent_data, hub_data = "/var/lib/outpost-agent", "/var/lib/outpost-hub"
+    # The agent through the launcher, which starts PREFIX/current's agent (a child: its
+    # notify messages need NotifyAccess=all) and moves `current` (so PREFIX is writable).
+    # The hub from its venv, alone in speaking for its service (not its Mosquitto).
     expected = {
-        "outpost-agent.service": ("outpost-agent", "/var/lib/outpost-agent"),
-        "outpost-hub.service": ("outpost-hub", "/var/lib/outpost-hub"),
+        "outpost-agent.service": (
+            f"/usr/lib/outpost/outpost-launch --prefix {AGENT_PREFIX} --data {agent_data}",
+            agent_data,
+            "all",
+            [AGENT_PREFIX],
+        ),
+        "outpost-hub.service": (
+            f"/opt/outpost/venv/bin/outpost-hub run --data {hub_data}",
+            hub_data,
+            "main",
+            [],
+        ),
     }
     assert [u.name for u in UNITS] == sorted(expected)
     for unit in UNITS:
-        program, data = expected[unit.name]
+        command, data, notify_access, writable = expected[unit.name]
         s = settings(unit)
-        assert s["ExecStart"] == [f"/opt/outpost/venv/bin/{program} run --data {data}"]
+        assert s["ExecStart"] == [command]
         assert s["StateDirectory"] == [data.rsplit("/", 1)[1]]
         assert s["Type"] == ["notify"]
-        assert s["NotifyAccess"] == ["main"]
+        assert s["NotifyAccess"] == [notify_access]
         assert s["User"] == ["outpost"]
         assert s["Restart"] == ["on-failure"]
+        assert s["ProtectSystem"] == ["strict"]
+        assert s.get("ReadWritePaths", []) == writable
+
+
+def test_the_launcher_is_outside_what_the_agent_may_write() -> None:
+    """What decides a rollback cannot be changed by the version it judges: the launcher
+    sits outside every folder the agent's unit makes writable."""
+    s = settings(SYSTEMD / "outpost-agent.service")
+    launcher = Path(s["ExecStart"][0].split()[0])
+    assert launcher == Path("/usr/lib/outpost/outpost-launch")
+    writable = [Path(p.lstrip("-")) for p in s["ReadWritePaths"]]
+    writable += [Path("/var/lib") / d for d in s["StateDirectory"]]
+    assert all(not launcher.is_relative_to(folder) for folder in writable), writable
+    # The launcher goes back to PREFIX/previous by moving PREFIX/current: PREFIX is one.
+    assert f"--prefix {AGENT_PREFIX} " in s["ExecStart"][0]
+    assert Path(AGENT_PREFIX) in writable
+    assert LAUNCH.stat().st_mode & 0o111 == 0o111
+
+
+def test_the_launcher_needs_only_python_3_8_and_its_standard_library() -> None:
+    """It runs on the system's python3 (its shebang), which may be older than the
+    agent's venv: Python 3.8 grammar, standard-library imports only. (Library calls
+    newer than 3.8 are kept out by review: Path.unlink(missing_ok=) is 3.8's.)"""
+    source = LAUNCH.read_text()
+    assert source.startswith("#!/usr/bin/env python3\n")
+    tree = ast.parse(source, feature_version=(3, 8))
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(tree)
+        for name in (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
+    }
+    assert imported - {"__future__"} <= sys.stdlib_module_names, imported
+    # Annotations such as `list[str] | None` are 3.9/3.10 at run time: only as strings.
+    assert "from __future__ import annotations" in source
+
+
+def launcher_defaults() -> dict[str, object]:
+    """The launcher's option defaults, read from its source (`--deadline`: 120.0...)."""
+    defaults: dict[str, object] = {}
+    for node in ast.walk(ast.parse(LAUNCH.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            for keyword in node.keywords:
+                if keyword.arg == "default" and isinstance(keyword.value, ast.Constant):
+                    defaults[ast.literal_eval(node.args[0])] = keyword.value.value
+    return defaults
+
+
+def test_the_agent_unit_leaves_the_launcher_room() -> None:
+    """A start that hangs is the launcher's to count (its deadline to READY, then up to
+    30 s to stop the agent) before systemd's TimeoutStartSec= cuts it short; and an
+    update that fails, --attempts starts of the new version and one of the previous,
+    fits in StartLimitBurst=."""
+    defaults = launcher_defaults()
+    s = settings(SYSTEMD / "outpost-agent.service")
+    # No --deadline or --attempts: the defaults apply.
+    assert s["ExecStart"][0].split()[1:] == [
+        "--prefix",
+        AGENT_PREFIX,
+        "--data",
+        "/var/lib/outpost-agent",
+    ]
+    deadline, attempts = defaults["--deadline"], defaults["--attempts"]
+    assert isinstance(deadline, float)
+    assert isinstance(attempts, int)
+    assert float(s["TimeoutStartSec"][0].removesuffix("s")) > deadline + 30
+    assert int(s["StartLimitBurst"][0]) >= attempts + 1
 
 
 @needs_analyze
@@ -292,6 +390,115 @@ async def test_agent_says_ready_pings_the_watchdog_and_stops_on_sigterm(
     finally:
         await store.close()
     assert [body["n"] for _, _, body in held if "n" in body] == confirmed
+
+
+def stand_in_release(prefix: Path, version: str, body: str) -> None:
+    """PREFIX/releases/VERSION, whose venv's `outpost-agent` is a shell script, made
+    `current`."""
+    bin_dir = prefix / "releases" / version / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    agent = bin_dir / "outpost-agent"
+    agent.write_text(f"#!/bin/sh\n{body}\n")
+    agent.chmod(0o755)
+    (prefix / "current").symlink_to(f"releases/{version}")
+
+
+def start_launcher(
+    prefix: Path, data: Path, log: Path, env: dict[str, str], *more: str
+) -> subprocess.Popen[bytes]:
+    """The launcher as systemd starts it: by its shebang, in a process group of its own
+    (the unit's cgroup), with $WATCHDOG_PID naming the launcher itself (sh's exec keeps
+    the pid)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            ["sh", "-c", 'export WATCHDOG_PID=$$; exec "$@"', "sh", str(LAUNCH),
+             "--prefix", str(prefix), "--data", str(data), *more],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def children(pid: int) -> dict[int, list[str]]:
+    """The child processes of `pid` and their command lines."""
+    found = {}
+    try:
+        pids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for child in pids:
+            found[int(child)] = Path(f"/proc/{child}/cmdline").read_text().split("\0")
+    except OSError:  # gone meanwhile
+        pass
+    return found
+
+
+async def test_the_agent_behind_the_launcher_speaks_for_the_unit(
+    hub: Hub, enroll_device: Enroller, tmp_path: Path
+) -> None:
+    """READY=1, WATCHDOG=1 and STOPPING=1 come from the agent, the launcher's child (as
+    NotifyAccess=all lets them), though $WATCHDOG_PID names the launcher; the ready
+    marker names the version; SIGTERM to the unit's processes stops the agent gracefully
+    and the launcher exits 0 with no failure counted."""
+    paths, _ = await enroll_device()
+    prefix = tmp_path / "opt"
+    # The test's own agent stands for the release's (exec: the same process).
+    stand_in_release(prefix, __version__, f'exec {shlex.quote(sys.executable)} -m edge.cli "$@"')
+    listener = NotifyListener()
+    watchdog_s = 3.0  # pings every 1.5 s: room for a loaded machine, still a real bound
+    log = tmp_path / "launch.log"
+    launcher = start_launcher(
+        prefix,
+        paths.root,
+        log,
+        {"NOTIFY_SOCKET": listener.name, "WATCHDOG_USEC": str(int(watchdog_s * 1e6))},
+    )
+    try:
+        ready = await listener.until("READY", timeout=60)
+        assert ready["READY"] == "1"
+        (agent_pid,) = children(launcher.pid)
+        for _ in range(3):  # the watchdog went to the agent with the socket
+            await listener.until("WATCHDOG", timeout=watchdog_s)
+        assert listener.senders == {agent_pid}  # never the launcher (the main process)
+        assert (paths.root / "ready").read_text() == __version__
+
+        os.killpg(launcher.pid, signal.SIGTERM)  # KillMode=control-group: both of them
+        await listener.until("STOPPING", timeout=10)
+        assert await asyncio.to_thread(launcher.wait, 30) == 0, log.read_text()
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait(10)
+        listener.close()
+    state = json.loads((paths.root / "launch-state.json").read_text())
+    assert state == {"failures": 0, "version": __version__}
+    assert not (paths.root / "rolled-back.json").exists()
+
+
+def test_a_stop_while_the_agent_starts_is_no_failure(tmp_path: Path) -> None:
+    """`systemctl stop` or `restart` while a version starts is not that version failing:
+    with --attempts 1 a single counted failure would roll it back at once."""
+    prefix, data = tmp_path / "opt", tmp_path / "data"
+    data.mkdir()
+    stand_in_release(prefix, "2.0.0", "exec sleep 600")  # never ready
+    (prefix / "releases" / "1.0.0").mkdir()
+    (prefix / "previous").symlink_to("releases/1.0.0")
+    log = tmp_path / "launch.log"
+    launcher = start_launcher(prefix, data, log, {}, "--attempts", "1", "--deadline", "600")
+    try:
+        # The stand-in agent runs (not whatever finds python3 for the shebang).
+        deadline = time.monotonic() + 30
+        while ["sleep", "600", ""] not in children(launcher.pid).values():
+            assert launcher.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the launcher started no agent in 30 s"
+            time.sleep(0.05)
+        os.killpg(launcher.pid, signal.SIGTERM)
+        assert launcher.wait(30) == 0, log.read_text()
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait(10)
+    assert os.readlink(prefix / "current") == "releases/2.0.0"
+    assert not (data / "rolled-back.json").exists()
+    assert not (data / "launch-state.json").exists()  # nothing counted
+    assert log.read_text() == ""
 
 
 async def test_hub_says_ready_once_its_link_is_up_and_alone(

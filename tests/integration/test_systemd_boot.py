@@ -4,10 +4,14 @@ systemd-nspawn, the hub and an agent installed in it as on a device, then watche
 What is checked, in the booted root:
 
 - both services reach `active` through `Type=notify` (`systemctl enable --now` waits for
-  READY=1; STATUS= texts arrive);
-- a frozen agent (SIGSTOP) is killed by the watchdog (WatchdogSec=30s as shipped,
-  shortened to 5 s by a drop-in for the test) and restarted: NRestarts grows, a new
-  MainPID, "Watchdog timeout" in the journal;
+  READY=1; STATUS= texts arrive); the agent through the launcher: the unit's main process
+  is /usr/lib/outpost/outpost-launch (root's, 0755), the agent of
+  /opt/outpost/current (-> releases/<version>) its child, whose READY=1 and STATUS=
+  systemd takes (NotifyAccess=all), and the ready marker names the version;
+- a frozen agent (SIGSTOP to the launcher's child) is killed by the watchdog
+  (WatchdogSec=30s as shipped, shortened to 5 s by a drop-in for the test; the launcher
+  hands the agent the watchdog) and restarted: NRestarts grows, a new MainPID,
+  "Watchdog timeout" in the journal;
 - the hub and its Mosquitto run with the LimitNOFILE= systemd could give them (below);
   `systemctl show` holds the units' MemoryMax=, CPUQuota= and TasksMax= (the agent's
   from the profile's drop-in that scripts/install-agent.sh writes);
@@ -21,7 +25,12 @@ What is checked, in the booted root:
 - the agent's own output in the journal (`journalctl _SYSTEMD_UNIT=outpost-agent.service
   -o cat`) is JSON objects, but for one known line of LiteRT's (NATIVE_LINES). Not
   `journalctl -u`: that adds systemd's own lines about the unit ("Started ...",
-  "Watchdog timeout ..."), which are text.
+  "Watchdog timeout ..."), which are text;
+- a rollback as systemd runs it: a release the agent's user installs and switches to
+  (/opt/outpost is its own) exits at start; Restart=on-failure starts the launcher again
+  until, after its three attempts, it moves `current` back to `previous` under
+  ProtectSystem=strict (the unit's ReadWritePaths=/opt/outpost), writes why, and the
+  previous version comes up.
 
 What a container cannot check here, and why (each is asserted as far as it goes):
 
@@ -38,11 +47,11 @@ What a container cannot check here, and why (each is asserted as far as it goes)
   its own hard limit, and the test asserts that value. With the capability, or a high
   enough inherited limit, it asserts 65536.
 
-Set-up: no installer exists for the hub, so its venv and unit are installed as
-docs/install.md's "Running as a service" describes; scripts/install-agent.sh then
-installs the agent into the same venv (and enrolls it with that hub), with systemctl, as
-on a device. Debian's own mosquitto.service, which comes with the mosquitto package, is
-disabled first.
+Set-up: no installer exists for the hub, so its venv (/opt/outpost/venv) and unit are
+installed as docs/install.md's "Running as a service" describes; scripts/install-agent.sh
+then installs the agent as the release of its version beside it (and enrolls it with that
+hub), with systemctl, as on a device, and keeps the hub's venv. Debian's own
+mosquitto.service, which comes with the mosquitto package, is disabled first.
 
 The root is made once by `debootstrap --variant=minbase` (systemd, dbus, Python 3 with
 venv, Mosquitto; about a minute) and kept in ~/.cache/outpost-test (OUTPOST_TEST_CACHE
@@ -73,6 +82,7 @@ import pytest
 
 from edge.profile import load_profile
 from edge.store import AgentStore
+from outpost import __version__
 from tests.integration.test_local_inference import assert_expected, sample_of
 from tests.integration.test_store_forward import produce
 from tests.local_api import LocalClient
@@ -83,7 +93,10 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "mosquitto")
 PROFILE = "generic"
-VENV = "/opt/outpost/venv"
+HUB_VENV = "/opt/outpost/venv"
+OPT = "/opt/outpost"
+AGENT_VENV = f"{OPT}/current/venv"
+LAUNCHER = "/usr/lib/outpost/outpost-launch"
 AGENT_DATA = "/var/lib/outpost-agent"
 HUB_DATA = "/var/lib/outpost-hub"
 MODEL = SHIPPED_MODELS[0]
@@ -312,23 +325,52 @@ umask 022
 # Debian's own Mosquitto service came with the package: the hub runs its own.
 systemctl disable --now mosquitto.service
 # No installer for the hub yet: the venv and the files as docs/install.md's "Running as
-# a service" has them (install-agent.sh then installs the agent into the same venv).
-python3 -m venv {VENV}
+# a service" has them (install-agent.sh then installs the agent's release beside it).
+python3 -m venv {HUB_VENV}
 build=$(mktemp -d)
 cp -r /src/pyproject.toml /src/README.md /src/edge /src/hub /src/outpost "$build/"
-{VENV}/bin/pip install -q "$build"
+{HUB_VENV}/bin/pip install -q "$build"
 rm -rf "$build"
 install -m 0644 /src/systemd/outpost-hub.service /etc/systemd/system/outpost-hub.service
 install -m 0644 /src/systemd/outpost.sysusers.conf /usr/lib/sysusers.d/outpost.conf
 install -m 0644 /src/systemd/outpost.tmpfiles.conf /usr/lib/tmpfiles.d/outpost.conf
 systemd-sysusers outpost.conf
 systemd-tmpfiles --create outpost.conf
-runuser -u outpost -- {VENV}/bin/outpost-hub init --data {HUB_DATA}
+runuser -u outpost -- {HUB_VENV}/bin/outpost-hub init --data {HUB_DATA}
 systemctl daemon-reload
 systemctl enable --now outpost-hub.service
-(umask 077 && runuser -u outpost -- {VENV}/bin/outpost-hub enroll-token --data {HUB_DATA} \\
+(umask 077 && runuser -u outpost -- {HUB_VENV}/bin/outpost-hub enroll-token --data {HUB_DATA} \\
     > /root/bootstrap.token)
 """
+
+# A release that exits at start, installed and switched to as the agent does it, as its
+# user (edge/selfupdate.py: PREFIX/releases/<version>, then `previous` and `current`
+# replaced by renaming new links over them).
+BROKEN = "9.9.9"
+INSTALL_BROKEN = f"""
+set -eu
+runuser -u outpost -- sh -c '
+set -eu
+mkdir -p {OPT}/releases/{BROKEN}/venv/bin
+printf "#!/bin/sh\\nexit 3\\n" > {OPT}/releases/{BROKEN}/venv/bin/outpost-agent
+chmod 0755 {OPT}/releases/{BROKEN}/venv/bin/outpost-agent
+echo {BROKEN} > {OPT}/releases/{BROKEN}/.complete
+ln -s releases/{__version__} {OPT}/previous.new && mv -T {OPT}/previous.new {OPT}/previous
+ln -s releases/{BROKEN} {OPT}/current.new && mv -T {OPT}/current.new {OPT}/current
+'
+"""
+
+
+def agent_processes(machine: Machine) -> tuple[str, str]:
+    """The agent service's main process, the launcher, and its one child, the agent of
+    the release `current` names."""
+    main = machine.show("outpost-agent", "MainPID")["MainPID"]
+    cmdline = machine.run("cat", f"/proc/{main}/cmdline").split("\0")
+    assert LAUNCHER in cmdline, cmdline  # python3 /usr/lib/outpost/outpost-launch ...
+    (child,) = machine.run("cat", f"/proc/{main}/task/{main}/children").split()
+    cmdline = machine.run("cat", f"/proc/{child}/cmdline").split("\0")
+    assert f"{AGENT_VENV}/bin/outpost-agent" in cmdline, cmdline
+    return main, child
 
 
 @pytest.mark.slow
@@ -358,6 +400,32 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
         "--token-file", "/root/bootstrap.token",
     )  # fmt: skip
     assert "outpost-agent.service is enabled and running" in out, out
+    # The layout: this checkout's release, `current` naming it, the launcher root's and
+    # outside /opt/outpost, which is the agent's user's; the hub's venv kept.
+    assert os.readlink(machine.path(f"{OPT}/current")) == f"releases/{__version__}"
+    assert machine.path(f"{OPT}/releases/{__version__}/.complete").read_text() == (
+        f"{__version__}\n"
+    )
+    launcher = machine.path(LAUNCHER).stat()
+    assert (launcher.st_uid, launcher.st_mode & 0o7777) == (0, 0o755)
+    outpost_uid = int(machine.run("id", "-u", "outpost"))
+    assert machine.path(OPT).stat().st_uid == outpost_uid
+    assert machine.path(f"{OPT}/releases").stat().st_uid == outpost_uid
+    assert "kept /opt/outpost/venv (the layout before releases)" in out, out
+    # It came up through the launcher: the agent is its child, and said READY itself.
+    agent_processes(machine)
+    assert machine.path(f"{AGENT_DATA}/ready").read_text() == __version__  # before READY=1
+    # The launcher notes the good start once it sees the marker (it polls for it).
+    launch_state = machine.path(f"{AGENT_DATA}/launch-state.json")
+
+    def start_noted() -> bool:
+        try:
+            noted = json.loads(launch_state.read_text())
+        except (OSError, ValueError):  # not yet, or being replaced
+            return False
+        return bool(noted == {"failures": 0, "version": __version__})
+
+    machine.wait_for(start_noted, "the launcher's note of a good start", timeout=60)
     for unit in ("outpost-hub", "outpost-agent"):
         shown = machine.show(unit, "Type", "ActiveState", "SubState", "StatusText")
         assert shown["Type"] == "notify", shown
@@ -407,7 +475,7 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
     )  # fmt: skip
     machine.run(
         "runuser", "-u", "outpost", "--",
-        f"{VENV}/bin/outpost-agent", "models", "install", "--data", AGENT_DATA,
+        f"{AGENT_VENV}/bin/outpost-agent", "models", "install", "--data", AGENT_DATA,
         "/opt/outpost/test-model",
     )  # fmt: skip
     # The watchdog, shortened for the test (30 s as shipped; `systemctl show` above
@@ -421,10 +489,11 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
     machine.run("systemctl", "restart", "outpost-agent")
     # (shown for the running service: after the restart)
     assert machine.show("outpost-agent", "WatchdogUSec")["WatchdogUSec"] == "5s"
-    agent_pid = machine.show("outpost-agent", "MainPID")["MainPID"]
-    status = machine.run("cat", f"/proc/{agent_pid}/status")
-    assert re.search(r"^Seccomp:\s+2$", status, re.MULTILINE), status  # W^X and the filter
-    assert re.search(r"^NoNewPrivs:\s+1$", status, re.MULTILINE), status
+    launcher_pid, agent_pid = agent_processes(machine)
+    for pid in (launcher_pid, agent_pid):  # the launcher lives under the same rules
+        status = machine.run("cat", f"/proc/{pid}/status")
+        assert re.search(r"^Seccomp:\s+2$", status, re.MULTILINE), status  # W^X, the filter
+        assert re.search(r"^NoNewPrivs:\s+1$", status, re.MULTILINE), status
     uid_map = machine.run("cat", f"/proc/{agent_pid}/uid_map").split()
     # PrivateUsers: root and the service's user, one uid each, not the whole range.
     assert uid_map[2::3] == ["1", "1"], uid_map
@@ -443,7 +512,8 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
 
     # --- a frozen agent: the watchdog kills it, Restart= starts it again --------------
     before = machine.show("outpost-agent", "MainPID", "NRestarts")
-    machine.run("bash", "-c", f"kill -STOP {before['MainPID']}")  # no procps: the builtin
+    # The agent, not the launcher (its watchdog pings come from the agent's event loop).
+    machine.run("bash", "-c", f"kill -STOP {agent_pid}")  # no procps: the builtin
 
     def restarted() -> bool:
         now = machine.show("outpost-agent", "MainPID", "NRestarts", "ActiveState")
@@ -456,6 +526,7 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
     machine.wait_for(restarted, "the watchdog's restart", timeout=150)
     journal = machine.run("journalctl", "-u", "outpost-agent", "--no-pager")
     assert "outpost-agent.service: Watchdog timeout" in journal, journal[-3000:]
+    assert agent_processes(machine)[1] != agent_pid
 
     # --- the hub stops gracefully and takes Mosquitto with it ------------------------
     machine.run("systemctl", "stop", "outpost-hub")
@@ -492,6 +563,39 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
     for event in events:
         assert {"ts", "level", "logger", "msg"} <= event.keys(), event
     assert any(event["msg"] == "agent stopped" for event in events), events
+
+    # --- a release that will not start: the launcher goes back, as systemd runs it ----
+    # A fresh start-rate count: this test started the unit often in five minutes; an
+    # update's starts (three of the new version, one of the previous) fit in the burst.
+    machine.run("systemctl", "reset-failed", "outpost-agent")
+    machine.run("bash", "-c", INSTALL_BROKEN)
+    machine.run("systemctl", "start", "--no-block", "outpost-agent")
+    ready = machine.path(f"{AGENT_DATA}/ready")
+
+    def rolled_back() -> bool:
+        shown = machine.show("outpost-agent", "ActiveState", "SubState")
+        return (
+            (shown["ActiveState"], shown["SubState"]) == ("active", "running")
+            and os.readlink(machine.path(f"{OPT}/current")) == f"releases/{__version__}"
+            and ready.exists()
+            and ready.read_text() == __version__
+        )
+
+    machine.wait_for(rolled_back, "the rollback to the previous version", timeout=300)
+    assert os.readlink(machine.path(f"{OPT}/previous")) == f"releases/{BROKEN}"
+    reports = [
+        machine.path(f"{AGENT_DATA}/{n}") for n in ("rolled-back.json", "rolled-back.reported.json")
+    ]
+    report = json.loads(next(r for r in reports if r.exists()).read_text())
+    assert (report["from"], report["to"], report["failures"]) == (BROKEN, __version__, 3)
+    assert report["reason"] == "exited with status 3 before it was ready"
+    journal = machine.run("journalctl", "-u", "outpost-agent", "--no-pager")
+    for attempt in (1, 2, 3):
+        assert (
+            f"agent {BROKEN} exited with status 3 before it was ready ({attempt} of 3)" in journal
+        )
+    assert f"outpost-launch: rolled back from {BROKEN} to {__version__}" in journal
+    agent_processes(machine)
 
 
 async def _held_results(machine: Machine, tmp_path: Path) -> list[int]:

@@ -13,7 +13,7 @@ import yaml
 from tests.support import PROFILES, REPO
 
 TEMPLATES = PROFILES / "cloud-init"
-RELEASE = "/opt/outpost/release"  # where the templates unpack the release tarball
+RELEASE = "/usr/local/src/outpost-release"  # root-only: not in what the agent may write
 TOKEN_FILE = "/run/outpost/bootstrap.token"
 VARIABLES = {
     "outpost_release_url": "https://releases.example/outpost-0.1.0.tar.gz",
