@@ -9,7 +9,7 @@ from typing import Any
 from edge.parts import AgentParts
 from edge.refusal import Refusals
 from edge.store import StoreReadError
-from outpost import schema
+from outpost import __version__, schema
 from outpost.mqtt import LinkState
 
 
@@ -37,6 +37,7 @@ class Status:
         current = parts.policy.current
         return {
             "device_id": self._device_id,
+            "version": __version__,  # the agent's: after an update, which one runs
             "connection": self._link.state,
             "link": self._refusals.report(),
             "uptime_s": time.monotonic() - self._started,
