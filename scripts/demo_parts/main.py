@@ -23,10 +23,11 @@ from types import FrameType
 
 from scripts import demo_replicas
 from scripts.demo_parts.agents import Device, start_agents, start_programs, start_site_links
+from scripts.demo_parts.agentupdate import AgentUpdate
 from scripts.demo_parts.bus import Consumer, sink_settings, start_nats
 from scripts.demo_parts.courier import Courier
 from scripts.demo_parts.hubapi import HubApi
-from scripts.demo_parts.operations import start_operations
+from scripts.demo_parts.operations import create_token, start_operations
 from scripts.demo_parts.plan import (
     AGENTS,
     BIN,
@@ -85,6 +86,12 @@ def arguments() -> argparse.Namespace:
         f"whose data the demo carries to the hub by bundle files every {COURIER_EVERY_S:.0f} s",
     )
     parser.add_argument(
+        "--agent-update",
+        action="store_true",
+        help="add a device that runs the agent side by side under the launcher, and at the "
+        "end roll it out a newer release of this checkout through the hub",
+    )
+    parser.add_argument(
         "--replicas",
         type=int,
         default=0,
@@ -98,6 +105,8 @@ def arguments() -> argparse.Namespace:
         parser.error("--sinks runs with one hub: leave out --replicas")
     if args.courier and args.replicas:
         parser.error("--courier runs with one hub: leave out --replicas")
+    if args.agent_update and args.replicas:
+        parser.error("--agent-update runs with one hub: leave out --replicas")
     return args
 
 
@@ -158,6 +167,7 @@ def main() -> int:
     background: Background | None = None
     consumer: Consumer | None = None
     courier: Courier | None = None
+    updater: AgentUpdate | None = None
     agents = [*AGENTS, COURIER_AGENT] if args.courier else AGENTS
     ok = True
 
@@ -191,6 +201,9 @@ def main() -> int:
             name = COURIER_AGENT[0]
             courier = Courier(data, hub_dir, data / "agents" / name, name)
             step(f"{name} is at a site with no link at all: a courier carries its bundles")
+        if args.agent_update:
+            updater = AgentUpdate(data, hub_dir, logs, mqtt_port)
+            updater.start()
         start_programs(devices, background)
         api, feeder, rollout = start_operations(data, hub_dir, web_port, background)
         step("fleet (refreshing every second; Ctrl-C stops everything)")
@@ -209,7 +222,11 @@ def main() -> int:
             consumer,
             courier,
         )
-        ok = close(api, devices, links, background, courier)
+        updated = True
+        if updater is not None:
+            updated, line = updater.roll_out(api, create_token(hub_dir, "admin", "1h", "demo"))
+            step(line)
+        ok = close(api, devices, links, background, courier) and updated
     except KeyboardInterrupt:
         print()
         if api is not None and devices and background is not None:
@@ -218,6 +235,8 @@ def main() -> int:
             except KeyboardInterrupt:
                 step("the verdict was skipped (Ctrl-C again)")
     finally:
+        if updater is not None:
+            updater.stop()
         stopped = stop_all(children)
         step(f"stopped {stopped} processes (agents, then the hub and its broker)")
         if replicated is not None:

@@ -297,3 +297,32 @@ def test_demo_with_a_courier_carries_a_site_with_no_link_by_bundle(short_dir: Pa
     via_bundle = r"^mine-shaft\s+dev-\S+\s+raspberry-pi-4\s+offline\s+.*\(via bundle\)"
     assert re.search(via_bundle, last_table, re.MULTILINE), last_table
     assert re.search(r"^mine-shaft\s+none \(courier\)", last_table, re.MULTILINE), last_table
+
+
+@pytest.mark.slow
+def test_demo_with_an_agent_update_rolls_a_new_agent_out(short_dir: Path) -> None:
+    data = short_dir / "demo"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "demo.py"),
+            *("--agent-update", "--duration", "12", "--cut-at", "2", "--cut-for", "3"),
+            *("--data", str(data)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    updated = re.search(
+        r"agent update: roll-out completed in [\d.]+ s; edge-updater runs (\S+) \(was (\S+)\), "
+        r"its local API down for (\d+) ms; current -> releases/(\S+)",
+        done.stdout,
+    )
+    assert updated, done.stdout[-3000:]
+    new, old, _, current = updated.groups()
+    assert new == current == f"{old}.1"
+    assert "every confirmed result arrived exactly once" in done.stdout
