@@ -45,6 +45,7 @@ from scripts.demo_parts.processes import (
     stop_all,
     wait_healthy,
 )
+from scripts.demo_parts.shadow import DemoShadow
 from scripts.demo_parts.verdict import verdict
 from scripts.demo_parts.view import show_fleet
 from scripts.demo_site import Background, SiteLink
@@ -86,6 +87,12 @@ def arguments() -> argparse.Namespace:
         f"whose data the demo carries to the hub by bundle files every {COURIER_EVERY_S:.0f} s",
     )
     parser.add_argument(
+        "--shadow",
+        action="store_true",
+        help="at the end, run a candidate surface-defect 1.1.0 in shadow beside the live "
+        "version on the camera gate, print the comparison and let the hub promote or stop it",
+    )
+    parser.add_argument(
         "--agent-update",
         action="store_true",
         help="add a device that runs the agent side by side under the launcher, and at the "
@@ -105,6 +112,8 @@ def arguments() -> argparse.Namespace:
         parser.error("--sinks runs with one hub: leave out --replicas")
     if args.courier and args.replicas:
         parser.error("--courier runs with one hub: leave out --replicas")
+    if args.shadow and args.replicas:
+        parser.error("--shadow runs with one hub: leave out --replicas")
     if args.agent_update and args.replicas:
         parser.error("--agent-update runs with one hub: leave out --replicas")
     return args
@@ -131,6 +140,13 @@ def fresh_data_folder(data: Path) -> None:
     (data / MARKER).write_text("made by scripts/demo.py; deleted by its next run\n")
 
 
+def restore_links(links: dict[str, SiteLink], bg: Background) -> None:
+    """Bring every cut link back (the courier's site has none)."""
+    for site, link in links.items():
+        if not link.up and site != COURIER_AGENT[2]["site"]:
+            bg.call(link.restore)
+
+
 def close(
     api: HubApi,
     devices: list[Device],
@@ -143,9 +159,7 @@ def close(
     result arrived exactly once."""
     for device in devices:
         device.producer.stopped = True
-    for site, link in links.items():
-        if not link.up and site != COURIER_AGENT[2]["site"]:
-            bg.call(link.restore)
+    restore_links(links, bg)
     step("the producers stop; checking what the hub holds against what they were confirmed")
     ok, line = verdict(api, devices, courier)
     step(line)
@@ -222,11 +236,21 @@ def main() -> int:
             consumer,
             courier,
         )
-        updated = True
+        acts_ok = True
+        if args.shadow or updater is not None:
+            restore_links(links, background)  # the acts need every device reachable
+        if args.shadow:
+            shadowed, lines = DemoShadow(
+                api, create_token(hub_dir, "admin", "1h", "demo-shadow"), background
+            ).run()
+            for line in lines:
+                step(line)
+            acts_ok &= shadowed
         if updater is not None:
             updated, line = updater.roll_out(api, create_token(hub_dir, "admin", "1h", "demo"))
             step(line)
-        ok = close(api, devices, links, background, courier) and updated
+            acts_ok &= updated
+        ok = close(api, devices, links, background, courier) and acts_ok
     except KeyboardInterrupt:
         print()
         if api is not None and devices and background is not None:

@@ -27,7 +27,9 @@ class DemoRollout:
         manifest = json.loads((folder / "model.json").read_text())
         manifest["version"] = "1.1.0"
         uploaded = self._background.run(
-            self._upload(
+            upload_model(
+                self._api,
+                self._admin,
                 (folder / "model.tflite").read_bytes(),
                 manifest,
                 (folder / "sample.json").read_bytes(),
@@ -45,23 +47,6 @@ class DemoRollout:
             "every device: one canary first, the rest once it runs the model"
         )
 
-    async def _upload(self, model: bytes, manifest: dict[str, Any], sample: bytes) -> Any:
-        form = aiohttp.FormData()
-        form.add_field("model", model, filename="model.tflite")
-        form.add_field("manifest", json.dumps(manifest), filename="model.json")
-        form.add_field("sample", sample, filename="sample.json")
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                self._api.url + "/api/v1/models",
-                data=form,
-                headers={"Authorization": f"Bearer {self._admin}"},
-                ssl=self._api.context,
-            ) as response,
-        ):
-            response.raise_for_status()
-            return await response.json()
-
     def progress(self, names: dict[str, str]) -> str:
         if self.id is None:
             return f"model roll-out: vibration-anomaly 1.1.0 starts {ROLLOUT_AT_S:.0f} s in"
@@ -77,3 +62,24 @@ class DemoRollout:
             f"model roll-out {r['id']} of {r['model']} {r['version']} "
             f"(GET /api/v1/rollouts/{r['id']}): {r['state']}{reason}: {each}"
         )
+
+
+async def upload_model(
+    api: HubApi, admin: str, model: bytes, manifest: dict[str, Any], sample: bytes
+) -> Any:
+    """POST /api/v1/models as an admin: a model file, its manifest and its sample."""
+    form = aiohttp.FormData()
+    form.add_field("model", model, filename="model.tflite")
+    form.add_field("manifest", json.dumps(manifest), filename="model.json")
+    form.add_field("sample", sample, filename="sample.json")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            api.url + "/api/v1/models",
+            data=form,
+            headers={"Authorization": f"Bearer {admin}"},
+            ssl=api.context,
+        ) as response,
+    ):
+        response.raise_for_status()
+        return await response.json()

@@ -326,3 +326,29 @@ def test_demo_with_an_agent_update_rolls_a_new_agent_out(short_dir: Path) -> Non
     new, old, _, current = updated.groups()
     assert new == current == f"{old}.1"
     assert "every confirmed result arrived exactly once" in done.stdout
+
+
+@pytest.mark.slow
+def test_demo_with_a_shadow_rollout_compares_and_promotes(short_dir: Path) -> None:
+    data = short_dir / "demo"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "demo.py"),
+            *("--shadow", "--duration", "12", "--cut-at", "2", "--cut-for", "3"),
+            *("--data", str(data)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    compared = re.search(r"shadow comparison over (\d+) inputs: agreement ([\d.]+)", done.stdout)
+    assert compared, done.stdout[-3000:]
+    assert int(compared.group(1)) >= 40
+    assert float(compared.group(2)) == 1.0  # the same network under a new version
+    assert re.search(r"shadow roll-out \d+: (canary|rolling|completed) \(promoted", done.stdout)
+    assert "every confirmed result arrived exactly once" in done.stdout
