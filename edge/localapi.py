@@ -8,6 +8,8 @@ request's format (or as `Accept` asks).
   the agent's promise that the hub will get them exactly once.
 - `POST /v1/infer/{model}` runs a model on a worker thread and answers with its label,
   confidence, scores and latency; the reporting rules decide whether it is recorded.
+- `POST /v1/explain/{model}` says what in one input the model's answer rests on
+  (edge/inference/explaining.py), within a budget of model calls.
 - `GET /v1/models` and `GET /v1/status` say what the agent has and how it is doing.
 """
 
@@ -109,6 +111,7 @@ class LocalApi:
             [
                 web.post("/v1/records/{stream}", self._append),
                 web.post("/v1/infer/{model}", self._infer),
+                web.post("/v1/explain/{model}", self._explain),
                 web.get("/v1/models", self._models),
                 web.get("/v1/status", self._get_status),
             ]
@@ -242,6 +245,37 @@ class LocalApi:
         }
         if outcome.record_error:
             answer["record_error"] = outcome.record_error
+        return _answer(request, answer)
+
+    async def _explain(self, request: web.Request) -> web.Response:
+        """An attribution of one input (edge/inference/explaining.py), on a worker thread."""
+        from edge.inference.explaining import ExplainRequestError, explain_blocking
+        from edge.inference.runner import ModelFault
+        from edge.inference.tensors import InputError
+        from outpost.explain import BudgetError
+
+        name = request.match_info["model"]
+        try:
+            runner = self._inference.runner(name)
+            data = await self._body(request)
+            answer = await asyncio.to_thread(explain_blocking, runner, data)
+        except _BadRequest as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except UnknownModel as exc:
+            return _error(404, "unknown_model", str(exc))
+        except NotAllowed as exc:
+            return _error(403, "not_allowed", str(exc))
+        except ModelUnavailable as exc:
+            return _error(503, "model_unavailable", str(exc))
+        except ExplainRequestError as exc:
+            return _error(400, "bad_field", str(exc))
+        except BudgetError as exc:
+            return _error(422, "over_budget", str(exc))
+        except InputError as exc:
+            return _error(400, exc.code, f"{name}: {exc.message}")
+        except ModelFault as exc:
+            logger.error("explanation failed: %s", exc)
+            return _error(500, "model_fault", str(exc))
         return _answer(request, answer)
 
     async def _models(self, request: web.Request) -> web.Response:

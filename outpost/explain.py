@@ -9,18 +9,19 @@ need more is refused before any call, naming the numbers.
 - `occlusion_image`: square patches; a patch's attribution is the drop of the target's
   score with the patch replaced by a baseline, plus the target's score with only the
   patch kept (the rest the baseline). The heat map has one cell per patch position.
-- `occlusion_series`: windows of one channel replaced by the channel's baseline;
-  attribution per (window, channel), and each channel's share of the positive total.
+- `occlusion_series`: the same per window of one channel (the rest of the input, or
+  that window, the channel's baseline); attribution per (window, channel), and each
+  channel's share of the positive total.
 - `kernel_shap`: KernelSHAP for small vector inputs: coalitions sampled with the Shapley
   kernel's weights, solved by least squares with the efficiency constraint
   (attributions sum to f(x) - f(baseline)).
 
-Measured (tests/integration/test_explain_accuracy.py): on 200 synthetic surfaces the
-image explainer's top patch lies on the defect in 197. The series explainer does not
-yet mean much on the shipped vibration model: with a fault injected into one axis, that
-axis had the largest share in 67 of 200 windows. The model reads mostly the x axis
-whatever the fault, and an all-zero channel, the baseline, is far from anything it was
-trained on; a baseline drawn from normal running is the next thing to try.
+Measured (tests/integration/test_explain_accuracy.py, the real interpreter): on 200
+synthetic surfaces with a spot or a scratch the image explainer's top patch lies on the
+defect in 197; on 200 running windows with bearing-fault bursts in one axis, that axis
+gets the largest share in 161 (80.5 %, a zero baseline: the sensor at rest; the
+channel's mean gave 151). The vibration model reads the x axis most whatever the axis
+of the fault, which is what keeps that figure near the bar.
 """
 
 from __future__ import annotations
@@ -99,17 +100,23 @@ def occlusion_series(
     if not 1 <= window <= t:
         raise ValueError(f"window must be 1 to {t}")
     starts = list(range(0, t - window + 1, window))
-    _check(1 + len(starts) * channels, budget, f"occlusion with window {window}")
-    batch = np.repeat(x[None], len(starts) * channels, axis=0)
+    n = len(starts) * channels
+    _check(1 + 2 * n, budget, f"occlusion with window {window}")
+    hidden = np.repeat(x[None], n, axis=0)
+    alone = np.repeat(np.asarray(baseline, dtype=x.dtype)[None, None], t, axis=1)
+    alone = np.repeat(alone, n, axis=0)
     for i, (s, ch) in enumerate((s, ch) for s in starts for ch in range(channels)):
-        batch[i, s : s + window, ch] = baseline[ch]
+        hidden[i, s : s + window, ch] = baseline[ch]
+        alone[i, s : s + window, ch] = x[s : s + window, ch]
     base = float(predict(x[None])[0][target])
-    values = (base - predict(batch)[:, target]).reshape(len(starts), channels)
+    scores = predict(np.concatenate([hidden, alone]))[:, target]
+    # Both sides, as for images: a fault that repeats across windows saturates the score.
+    values = ((base - scores[:n]) + scores[n:]).reshape(len(starts), channels)
     positive = np.clip(values, 0, None).sum(axis=0)
     total = float(positive.sum())
     shares = [float(p / total) if total > 0 else 0.0 for p in positive]
     top = np.unravel_index(int(np.argmax(values)), values.shape)
-    return Attribution(values, 1 + len(batch), base, (int(top[0]), int(top[1])), shares)
+    return Attribution(values, 1 + 2 * n, base, (int(top[0]), int(top[1])), shares)
 
 
 def kernel_shap(

@@ -68,7 +68,7 @@ def test_series_occlusion_gives_the_channel_the_model_reads_the_whole_share() ->
     found = explain.occlusion_series(predict, x, 0, window=16, baseline=np.zeros(3), budget=100)
     assert found.shares is not None
     assert found.shares[2] == pytest.approx(1.0)
-    assert found.calls == 1 + 8 * 3
+    assert found.calls == 1 + 2 * 8 * 3
 
 
 def test_over_budget_is_refused_before_any_call_and_under_it_runs() -> None:

@@ -1,0 +1,114 @@
+"""`POST /v1/explain/{model}`: an attribution of one input, computed with the model's
+live runner (outpost/explain.py does the math).
+
+The explanation runs on a worker thread, one model call at a time, each on a free
+interpreter of the runner like any inference: live requests interleave with it call by
+call rather than wait for the whole explanation. The method follows the input's shape
+unless the request names one: images [1, H, W, C] occlusion, time series [1, T, C]
+occlusion per channel and window, vectors [1, N] KernelSHAP.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from outpost import explain
+
+if TYPE_CHECKING:
+    from edge.inference.runner import ModelRunner
+
+KEYS = frozenset({"input", "dtype", "method", "patch", "stride", "window", "budget", "target"})
+DEFAULT_BUDGET = 1000
+
+
+class ExplainRequestError(ValueError):
+    """A field of the request is wrong; the message names it."""
+
+
+def explain_blocking(runner: ModelRunner, data: dict[str, Any]) -> dict[str, Any]:
+    """The explanation of `data`'s input (blocking: run it on a worker thread).
+
+    Raises `ExplainRequestError`, `explain.BudgetError`, and what an inference raises
+    (`InputError`, `ModelFault`)."""
+    import numpy as np
+
+    from edge.inference.tensors import Prepared, prepare_input
+
+    unknown = sorted(str(k) for k in data.keys() - KEYS)
+    if unknown:
+        known = ", ".join(sorted(KEYS))
+        raise ExplainRequestError(f"body.{unknown[0]}: unknown key (known: {known})")
+    if "input" not in data:
+        raise ExplainRequestError("body.input is required: the model's input tensor")
+    m = runner.manifest
+    spec = m.input
+    dtype = data.get("dtype", "float32")
+    if not isinstance(dtype, str):
+        raise ExplainRequestError("body.dtype must be a string: float32 or int8")
+    prepared = prepare_input(data["input"], dtype, spec)
+    x = (prepared.tensor.astype(np.float32) - spec.zero_point) * spec.scale  # real values
+    budget = _int(data, "budget", DEFAULT_BUDGET, 1, explain.MAX_BUDGET)
+
+    def predict(batch: Any) -> Any:
+        q = np.clip(np.round(batch / spec.scale) + spec.zero_point, -128, 127).astype(np.int8)
+        return np.array(
+            [runner.run_blocking(Prepared(one[None], 0), time.perf_counter()).scores for one in q]
+        )
+
+    one = x[0]
+    answer = predict(x)[0]
+    target = _target(data.get("target"), m.labels, int(np.argmax(answer)))
+    rank = one.ndim
+    method = data.get("method") or ("occlusion" if rank >= 2 else "kernelshap")
+    if method == "occlusion" and rank == 3:
+        side = min(one.shape[0], one.shape[1])
+        patch = _int(data, "patch", max(1, side // 8), 1, side)
+        stride = _int(data, "stride", max(1, patch // 2), 1, side)
+        found = explain.occlusion_image(
+            predict, one, target, patch=patch, stride=stride,
+            baseline=float(one.mean()), budget=budget,
+        )  # fmt: skip
+        top = {"row": found.top[0], "col": found.top[1], "size": patch}
+        extra: dict[str, Any] = {"patch": patch, "stride": stride, "top": top}
+    elif method == "occlusion" and rank == 2:
+        window = _int(data, "window", max(1, one.shape[0] // 8), 1, one.shape[0])
+        # At rest, a sensor reads zero: the baseline a series is compared against.
+        found = explain.occlusion_series(
+            predict, one, target, window=window, baseline=np.zeros(one.shape[1]), budget=budget
+        )
+        extra = {"window": window, "channels": found.shares,
+                 "top": {"window": found.top[0], "channel": found.top[1]}}  # fmt: skip
+    elif method == "kernelshap" and rank == 1:
+        found = explain.kernel_shap(predict, one, np.zeros_like(one), target, budget=budget)
+        extra = {"top": {"feature": found.top[0]}}
+    else:
+        raise ExplainRequestError(
+            f"body.method: {method!r} does not fit an input of shape {list(spec.shape)} "
+            "(occlusion for images [1, H, W, C] and series [1, T, C], kernelshap for [1, N])"
+        )
+    return {
+        "model": m.name,
+        "version": m.version,
+        "label": m.labels[target],
+        "score": found.score,
+        "method": method,
+        "calls": found.calls + 1,  # and the answer on the input itself
+        "attribution": np.round(found.values, 6).tolist(),
+        **extra,
+    }
+
+
+def _int(data: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ExplainRequestError(f"body.{key} must be an integer from {low} to {high}")
+    return value
+
+
+def _target(value: Any, labels: list[str], default: int) -> int:
+    if value is None:
+        return default
+    if value not in labels:
+        raise ExplainRequestError(f"body.target: {value!r} is not one of {labels}")
+    return labels.index(value)

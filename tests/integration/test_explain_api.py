@@ -1,0 +1,91 @@
+"""`POST /v1/explain/{model}` on a real agent's local API, on the real interpreter: an
+image's top patch lies on its defect, a vibration window's shares cover its axes, and
+mistakes are refused by name (a request over its budget beside the same one within it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge.inference.directory import ModelDirectory
+from scripts.train_models import vibration_windows
+from tests.conftest import Enroller
+from tests.integration.test_explain_accuracy import _surface
+from tests.local_api import LocalClient
+from tests.support import SHIPPED_MODELS, AgentProcess, eventually
+
+
+@pytest.fixture
+async def client(
+    enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> AsyncIterator[LocalClient]:
+    paths, _ = await enroll_device()
+    for model in SHIPPED_MODELS:
+        ModelDirectory(paths.models).install(model)
+    agents(paths)
+    local = LocalClient(paths.socket)
+
+    async def ready() -> bool:
+        try:
+            found = await local.models()
+        except OSError:
+            return False
+        return all(m["state"] == "ready" for m in found["models"]) and len(found["models"]) == 2
+
+    await eventually(ready, timeout=30, what="both models loaded")
+    yield local
+    await local.close()
+
+
+async def _explain(client: LocalClient, model: str, body: dict[str, Any]) -> tuple[int, Any]:
+    return await client.post_raw(
+        f"/v1/explain/{model}", json.dumps(body).encode(), "application/json"
+    )
+
+
+async def test_an_image_explained_points_at_its_defect(client: LocalClient) -> None:
+    image, mask = _surface(np.random.default_rng(7), "spot")
+    body = {"input": image[None].tolist(), "patch": 16, "stride": 8, "target": "spot"}
+
+    over, refused = await _explain(client, "surface-defect", {**body, "budget": 100})
+    status, answer = await _explain(client, "surface-defect", {**body, "budget": 400})
+
+    assert over == 422, refused
+    assert "needs 243 model calls, over the budget of 100" in refused["error"]["message"]
+    assert status == 200, answer
+    assert (answer["label"], answer["method"], answer["calls"]) == ("spot", "occlusion", 244)
+    top = answer["top"]
+    assert mask[top["row"] : top["row"] + 16, top["col"] : top["col"] + 16].any()
+    assert np.array(answer["attribution"]).shape == (11, 11)
+
+
+async def test_a_window_explained_shares_out_its_axes(client: LocalClient) -> None:
+    windows, labels = vibration_windows(20, np.random.default_rng(3))
+    window = windows[int(np.argmax(labels == 3))]  # a bearing fault, as the model learnt it
+    status, answer = await _explain(client, "vibration-anomaly", {"input": [window.tolist()]})
+    assert status == 200, answer
+    assert (answer["method"], answer["label"]) == ("occlusion", "bearing_fault")
+    assert sum(answer["channels"]) == pytest.approx(1.0)
+    assert np.array(answer["attribution"]).shape == (8, 3)
+
+
+async def test_mistakes_are_refused_by_name(client: LocalClient) -> None:
+    window = [np.zeros((128, 3)).tolist()]
+    cases: list[tuple[str, dict[str, Any], int, str]] = [
+        ("vibration-anomaly", {"input": window, "windw": 8}, 400, "body.windw: unknown key"),
+        ("vibration-anomaly", {"input": window, "window": 0}, 400, "body.window must be"),
+        ("vibration-anomaly", {"input": window, "target": "nope"}, 400, "body.target"),
+        ("vibration-anomaly", {"input": window, "method": "kernelshap"}, 400, "body.method"),
+        ("vibration-anomaly", {"window": 8}, 400, "body.input is required"),
+        ("vibration-anomaly", {"input": [[1, 2]]}, 400, "vibration-anomaly:"),
+        ("nope", {"input": window}, 404, "no model 'nope'"),
+    ]
+    for model, body, want, says in cases:
+        status, answer = await _explain(client, model, body)
+        assert (status, says in answer["error"]["message"]) == (want, True), (body, answer)
+    status, answer = await _explain(client, "vibration-anomaly", {"input": window, "window": 8})
+    assert status == 200, answer
