@@ -18,6 +18,7 @@ from hub.api import (
     dashboard,
     drift,
     enroll,
+    explain,
     fleet,
     observe,
     openapi,
@@ -60,6 +61,7 @@ def build_routes(ctx: ApiContext, feed: LiveFeed) -> list[Route]:
         *sinks.routes(ctx),
         *bundles.routes(ctx),
         *agentreleases.routes(ctx),
+        *explain.routes(ctx),
         *dashboard.routes(ctx, feed),
     ]
 

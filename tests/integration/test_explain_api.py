@@ -4,7 +4,9 @@ mistakes are refused by name (a request over its budget beside the same one with
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,10 +14,13 @@ import numpy as np
 import pytest
 
 from edge.inference.directory import ModelDirectory
+from hub.app import Hub
 from scripts.train_models import vibration_windows
+from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.integration.test_explain_accuracy import _surface
 from tests.local_api import LocalClient
+from tests.model_upload import bundle_parts, upload
 from tests.support import SHIPPED_MODELS, AgentProcess, eventually
 
 
@@ -89,3 +94,35 @@ async def test_mistakes_are_refused_by_name(client: LocalClient) -> None:
         assert (status, says in answer["error"]["message"]) == (want, True), (body, answer)
     status, answer = await _explain(client, "vibration-anomaly", {"input": window, "window": 8})
     assert status == 200, answer
+
+
+async def test_the_hub_explains_with_the_same_release_and_draws_the_heat_map(
+    hub: Hub, api: ApiClient
+) -> None:
+    model, manifest, sample = bundle_parts(SHIPPED_MODELS[1])
+    assert (await upload(hub, await api.token("admin"), model, manifest, sample)).status == 201
+    image, mask = _surface(np.random.default_rng(7), "spot")
+    body = {"model": "surface-defect", "input": image[None].tolist(), "patch": 16, "stride": 8}
+    operator = await api.token("operator")
+
+    viewer = await api.call("POST", "/api/v1/explain", token=await api.token("viewer"), body=body)
+    anonymous = await api.call("POST", "/api/v1/explain", body=body)
+    over = await api.call("POST", "/api/v1/explain", token=operator, body={**body, "budget": 50})
+    typo = await api.call("POST", "/api/v1/explain", token=operator, body={**body, "patc": 8})
+    unknown = await api.call("POST", "/api/v1/explain", token=operator, body={**body, "model": "x"})
+    reply = await api.call("POST", "/api/v1/explain", token=operator, body=body)
+
+    assert (viewer.status, anonymous.status) == (403, 401)
+    assert over.status == 422
+    assert "over the budget of 50" in over.body["error"]["message"]
+    assert typo.status == 400
+    assert typo.body["error"]["details"]["field"] == "body.patc"
+    assert unknown.status == 404
+    assert reply.status == 200, reply.body
+    answer = reply.body
+    assert (answer["version"], answer["label"]) == ("1.0.0", "spot")
+    top = answer["top"]
+    assert mask[top["row"] : top["row"] + 16, top["col"] : top["col"] + 16].any()
+    png = base64.b64decode(answer["png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == (96, 96)  # IHDR: the image's size
