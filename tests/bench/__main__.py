@@ -49,6 +49,7 @@ BENCHMARKS: dict[str, tuple[str, float]] = {
     "operator": ("a CLI command and explained task lists vs bare aiohttp clients/servers", 600),
     "courier": ("courier bundles of 1,000,000 records: export, size, import vs bare", 600),
     "shadow": ("live answers with a candidate in shadow on every input vs no shadow", 600),
+    "explain": ("one input explained on each shipped model vs bare invoke x its calls", 300),
     "agent_update": ("an agent release rolled out: install, restart, downtime vs bare", 900),
     "capacity": ("devices one hub holds, from outside with the fleet simulator", 7200),
 }

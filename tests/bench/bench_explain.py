@@ -1,0 +1,76 @@
+"""Explanations' cost: one input explained (edge/inference/explaining.py, the code of
+the agent's and the hub's explain routes) on each shipped model, against the bare
+interpreter's invoke time times the number of model calls it made, in the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.inference.explaining import explain_blocking
+from edge.inference.runner import ModelRunner
+from edge.inference.runtime import choose_runtime
+from outpost.modelbundle import read_bundle
+from tests.bench.common import Result
+from tests.support import SHIPPED_MODELS
+
+ROUNDS = 5
+
+
+def _bare_invoke_s(folder: Path) -> float:
+    """The median of set_tensor + invoke + get_tensor on one interpreter."""
+    bundle = read_bundle(folder)
+    interpreter = choose_runtime().interpreter(str(bundle.model_path), 1)
+    interpreter.allocate_tensors()
+    (inp,) = interpreter.get_input_details()
+    (out,) = interpreter.get_output_details()
+    assert bundle.sample is not None
+    tensor = np.array(bundle.sample.input, np.int8)
+    times = []
+    for _ in range(2000):
+        t = time.perf_counter()
+        interpreter.set_tensor(inp["index"], tensor)
+        interpreter.invoke()
+        interpreter.get_tensor(out["index"])
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _explain_s(folder: Path) -> tuple[float, int, str]:
+    bundle = read_bundle(folder)
+    runner = ModelRunner(bundle, choose_runtime(), num_threads=1, interpreters=1, queue_limit=4)
+    runner.load()
+    assert bundle.sample is not None
+    body: dict[str, Any] = {"input": bundle.sample.input, "dtype": "int8", "budget": 5000}
+    try:
+        times, answer = [], {}
+        for _ in range(ROUNDS):
+            t = time.perf_counter()
+            answer = explain_blocking(runner, body)
+            times.append(time.perf_counter() - t)
+    finally:
+        runner.close()
+    return statistics.median(times), int(answer["calls"]), str(answer["method"])
+
+
+def run(root: Path) -> list[Result]:
+    results = []
+    for folder in SHIPPED_MODELS:
+        name = read_bundle(folder).manifest.name
+        invoke = _bare_invoke_s(folder)
+        took, calls, method = _explain_s(folder)
+        results.append(
+            Result(
+                f"explain {name}, one input ({method})",
+                took * 1000,
+                invoke * calls * 1000,
+                "ms",
+                f"raw = bare invoke {invoke * 1e6:.1f} us x {calls} calls",
+            )
+        )
+    return results
