@@ -90,6 +90,11 @@ def resolve(own: AgentConfig, p: policy.Policy, sets: dict[str, Any]) -> Effecti
                 own.inference.confidence_below,
                 p.inference.confidence_below,
             ),
+            pick(
+                "inference.explain_flagged",
+                own.inference.explain_flagged,
+                p.inference.explain_flagged,
+            ),
         ),
         allowed_models=frozenset(p.allowed_models),
         rate_bytes_per_s=pick(

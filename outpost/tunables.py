@@ -89,6 +89,16 @@ class InferenceTunables(Struct, frozen=True):
     confidence_below: Annotated[
         float, Meta(ge=0, le=1, description="a confidence below this flags an inference")
     ] = 0.6
+    explain_flagged: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=1,
+            description="share of flagged results also explained (POST /v1/explain's "
+            "defaults), the explanation sent after its result as an `explanation` event "
+            "naming the result's seq (0: none)",
+        ),
+    ] = 0.0
 
 
 class Tunables(Struct, frozen=True):

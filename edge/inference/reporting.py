@@ -27,6 +27,7 @@ class Reporting:
 
     mode: ReportMode = "flagged"
     confidence_below: float = 0.6
+    explain_flagged: float = 0.0  # share of recorded flagged results also explained
 
     def reason(self, normal_label: str, inference: Inference) -> str | None:
         """Say why this inference is recorded, or None when it is not."""

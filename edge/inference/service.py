@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import TYPE_CHECKING, Any
 
 from edge.inference.directory import ModelDirectory
@@ -68,6 +69,9 @@ class InferenceService:
             self.tally,
         )
         self._reporter = Reporter(store, self.tally)
+        self._store = store
+        self._rng = random.Random()  # noqa: S311  # sampling, not secrecy
+        self._explaining: asyncio.Task[None] | None = None
         self._loading = Loading(num_threads, interpreters, queue_limit, fault_limit)
         self.shadows = Shadows(self.tally)  # shadow roll-outs' candidates
 
@@ -144,7 +148,34 @@ class InferenceService:
             raise
         m = runner.manifest
         self.shadows.after(name, m.version, value, dtype, inference, m.input)
-        return await self._reporter.report(self.reporting, runner.manifest, inference, context)
+        outcome = await self._reporter.report(self.reporting, m, inference, context)
+        share = self.reporting.explain_flagged
+        if outcome.recorded_seq is not None and share and self._rng.random() < share:
+            self._explain_later(runner, value, dtype, outcome.recorded_seq)
+        return outcome
+
+    def _explain_later(self, runner: ModelRunner, value: Any, dtype: str, seq: int) -> None:
+        """Explain a recorded flagged result after its caller has the answer, on a worker
+        thread, and send the explanation as an event naming the result (policy
+        inference.explain_flagged); one at a time: a burst of flags sheds the rest."""
+        if self._explaining is not None and not self._explaining.done():
+            return
+        self._explaining = asyncio.get_running_loop().create_task(
+            self._explain(runner, value, dtype, seq), name="agent.explain-flagged"
+        )
+
+    async def _explain(self, runner: ModelRunner, value: Any, dtype: str, seq: int) -> None:
+        from edge.inference.explaining import explain_blocking
+
+        try:
+            found = await asyncio.to_thread(
+                explain_blocking, runner, {"input": value, "dtype": dtype}
+            )
+            await self._store.append(
+                "events", [{"event": "explanation", "result_seq": seq, **found}]
+            )
+        except Exception as exc:  # an explanation is extra: its failure is only logged
+            logger.warning("flagged result %d not explained: %s", seq, exc)
 
     def models(self) -> list[dict[str, Any]]:
         """What `GET /v1/models` shows: every installed model and its state."""

@@ -176,6 +176,5 @@ def _png(rgb: Any) -> bytes:
 
 
 def _version_key(version: str) -> tuple[int, ...]:
-    from edge.selfupdate import version_key
-
-    return version_key(version)
+    """A version's numeric parts, for ordering (`1.10.0` after `1.9.2`)."""
+    return tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in version.split("."))

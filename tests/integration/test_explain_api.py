@@ -10,6 +10,7 @@ import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -126,3 +127,53 @@ async def test_the_hub_explains_with_the_same_release_and_draws_the_heat_map(
     png = base64.b64decode(answer["png"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", png[16:24]) == (96, 96)  # IHDR: the image's size
+
+
+async def test_a_flagged_result_is_explained_after_it_by_policy(
+    hub: Hub, api: ApiClient, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, identity = await enroll_device()
+    ModelDirectory(paths.models).install(SHIPPED_MODELS[1])
+    agents(paths)
+    admin = await api.token("admin")
+    layer = {  # every flagged result explained (the default: none)
+        "scope": "device",
+        "device": identity.device_id,
+        "document": {"inference": {"explain_flagged": 1.0}},
+    }
+    reply = await api.call("PUT", "/api/v1/policy/layers/explain", token=admin, body=layer)
+    assert reply.status == 200, reply.body
+
+    async def applied() -> bool:
+        found = await api.call("GET", f"/api/v1/devices/{identity.device_id}/policy", token=admin)
+        return bool(
+            found.body["version"] and found.body["applied_version"] == found.body["version"]
+        )
+
+    await eventually(applied, timeout=30, what="the policy applied")
+    image, mask = _surface(np.random.default_rng(11), "spot")
+    local = LocalClient(paths.socket)
+    try:
+
+        async def answered() -> Any:
+            try:
+                return await local.infer("surface-defect", {"input": image[None].tolist()})
+            except OSError:
+                return None
+
+        status, answer = await eventually(answered, timeout=30, what="the agent answering")
+    finally:
+        await local.close()
+    assert status == 200, answer
+    assert answer["label"] == "spot"  # flagged: not the normal label, so recorded
+    seq = answer["recorded"]["seq"]
+
+    async def explained() -> dict[str, Any]:
+        found = await hub.parts.store.records(identity.device_id, "events", after=0, limit=500)
+        bodies = [msgpack.unpackb(r.body) if isinstance(r.body, bytes) else r.body for r in found]
+        return next((b for b in bodies if b.get("event") == "explanation"), {})
+
+    event = await eventually(explained, timeout=60, what="the explanation at the hub")
+    assert (event["result_seq"], event["label"], event["method"]) == (seq, "spot", "occlusion")
+    top = event["top"]
+    assert mask[top["row"] : top["row"] + top["size"], top["col"] : top["col"] + top["size"]].any()

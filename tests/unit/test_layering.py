@@ -14,8 +14,16 @@ REPO = Path(__file__).resolve().parents[2]
 # sample run by the agent's own runner (`Releases._check`), so the hub refuses at the door
 # a model no device could run. Exactly these modules, from exactly this file: any other
 # import of `edge` under hub/ fails the test below, and so does a seam that moved.
+# The second: the hub explains an input with the same release and the same code as the
+# agent's POST /v1/explain (hub/api/explain.py), so the two never disagree.
 HUB_TO_EDGE_SEAM: dict[str, set[str]] = {
     "hub/models/releases.py": {"edge.inference.runner", "edge.inference.runtime"},
+    "hub/api/explain.py": {
+        "edge.inference.explaining",
+        "edge.inference.runner",
+        "edge.inference.runtime",
+        "edge.inference.tensors",
+    },
 }
 
 
