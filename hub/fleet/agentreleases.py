@@ -53,12 +53,23 @@ class AgentShelf:
         target = self._root / manifest.version
         if target.exists():
             raise AgentReleaseExistsError(f"agent release {manifest.version} exists already")
-        staging = self._root / f".{manifest.version}.incoming"
+        # Each upload copies into a folder of its own; the version is then claimed by
+        # making its folder, which only one of several uploads at once can do.
+        staging = Path(await asyncio.to_thread(self.staging))
+        claimed = False
         try:
             await asyncio.to_thread(_stage, folder, manifest, staging)
+            try:
+                await asyncio.to_thread(target.mkdir, 0o700)
+            except FileExistsError as exc:
+                raise AgentReleaseExistsError(
+                    f"agent release {manifest.version} exists already"
+                ) from exc
+            claimed = True
+            await asyncio.to_thread(_move_files, staging, target)
             if self.shared:  # before the row: a listed release always has its files
                 for entry in manifest.files:
-                    content = await asyncio.to_thread((staging / entry.name).read_bytes)
+                    content = await asyncio.to_thread((target / entry.name).read_bytes)
                     await self._store.run(registry.put_file, manifest.version, entry.name, content)
             signed = agentrelease.sign(self._key, manifest, now)
             stored = StoredAgentRelease(
@@ -69,11 +80,13 @@ class AgentShelf:
                 now,
                 by,
             )
-            if not await self._store.run(registry.add, stored):
+            if not await self._store.run(registry.add, stored):  # another replica's
                 raise AgentReleaseExistsError(f"agent release {manifest.version} exists already")
-            staging.rename(target)
+            claimed = False  # listed, with its files: kept
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+            if claimed:
+                await asyncio.to_thread(shutil.rmtree, target, True)
         return manifest
 
     @property
@@ -111,12 +124,15 @@ class AgentShelf:
 
 
 def _stage(folder: Path, manifest: AgentManifest, staging: Path) -> None:
-    """Copy the release's files into `staging`, each checked again as copied."""
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True, mode=0o700)
+    """Copy the release's files into the empty folder `staging`, each checked again."""
     for entry in manifest.files:
         shutil.copyfile(folder / agentrelease.FILES / entry.name, staging / entry.name)
         agentrelease.check_file(staging / entry.name, entry)
+
+
+def _move_files(staging: Path, target: Path) -> None:
+    for path in staging.iterdir():
+        path.rename(target / path.name)
 
 
 def _cache(path: Path, content: bytes) -> None:
