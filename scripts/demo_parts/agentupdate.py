@@ -14,7 +14,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge import selfupdate
 from outpost import __version__, agentrelease
@@ -26,6 +28,17 @@ NAME = "edge-updater"
 LABELS = {"site": "lab", "group": "updaters"}
 NEW = f"{__version__}.1"  # sorts after the running version (edge/selfupdate.version_key)
 UPDATE_WITHIN_S = 300.0
+ENDED = ("completed", "halted", "stopped", "superseded")  # states a roll-out stays in
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the update went: whether it completed, the line that tells it, and the clause
+    the demo's verdict line carries."""
+
+    ok: bool
+    line: str
+    verdict: str
 
 
 class AgentUpdate:
@@ -94,10 +107,12 @@ class AgentUpdate:
             except subprocess.TimeoutExpired:
                 self._launcher.kill()
 
-    def roll_out(self, api: HubApi, admin: str) -> tuple[bool, str]:
-        """Upload the newer release, roll it out to the device, follow it; (ok, line)."""
+    def roll_out(self, api: HubApi, admin: str) -> Outcome:
+        """Upload the newer release, roll it out to the device, follow it."""
         if not self._wait(lambda: self._agent_version(api) == __version__, 120):
-            return False, f"agent update: {NAME} never came online with {__version__}"
+            said = f"{NAME} never came online with {__version__}"
+            return Outcome(False, f"agent update: {said}", f"the agent update did NOT run: {said}")
+        step(f"agent update: {NAME} runs agent {__version__} (the hub's device list says)")
         said = run(str(BIN / "outpost-hub"), "agent-releases", "upload", "--data",
                    str(self._hub_dir), str(self._folder / NEW))  # fmt: skip
         step(f"agent update: {said.strip()}")
@@ -112,21 +127,52 @@ class AgentUpdate:
         gap = _Downtime(self._agent_dir / "agent.sock", __version__, NEW)
         gap.start()
         state = ""
+        seen: dict[str, str] = {}
+        current = os.readlink(self._prefix / "current")
         while time.monotonic() - started < UPDATE_WITHIN_S:
             body = json.loads(api.get(f"/api/v1/rollouts/{rollout['id']}"))
             state = body["state"]
-            if state in ("completed", "halted", "stopped"):
+            self._progress(body, seen, time.monotonic() - started)
+            if (now_current := os.readlink(self._prefix / "current")) != current:
+                current = now_current
+                step(f"agent update: {NAME} installed {NEW} beside {__version__}, its "
+                     f"selfcheck passed; current -> {current}, restarting "
+                     f"({time.monotonic() - started:.1f} s in)")  # fmt: skip
+            if state in ENDED:
                 break
             time.sleep(0.5)
         took = time.monotonic() - started
         gap.join(30)
         now = self._agent_version(api)
         if state != "completed" or now != NEW:
-            return False, f"agent update: roll-out {state or 'timed out'}; {NAME} runs {now}"
+            said = f"roll-out {state or 'timed out'}; {NAME} runs {now}"
+            return Outcome(
+                False, f"agent update: {said}", f"the agent update did NOT complete: {said}"
+            )
         line = (f"agent update: roll-out completed in {took:.1f} s; {NAME} runs {NEW} "
                 f"(was {__version__}), its local API down for {gap.downtime_ms:.0f} ms; "
                 f"current -> {os.readlink(self._prefix / 'current')}")  # fmt: skip
-        return True, line
+        clause = (f"{NAME} updated from agent {__version__} to {NEW} in {took:.1f} s, "
+                  f"down {gap.downtime_ms:.0f} ms")  # fmt: skip
+        return Outcome(True, line, clause)
+
+    def _progress(self, body: dict[str, Any], seen: dict[str, str], at: float) -> None:
+        """Print the roll-out's state and each device's as they change (an ending after
+        the devices' changes that led to it)."""
+        lines = []
+        if seen.get("") != body["state"]:
+            seen[""] = body["state"]
+            lines.append(f"agent update: roll-out #{body['id']} {body['state']} ({at:.1f} s in)")
+        for device in body["devices"]:
+            if seen.get(device["device"]) != device["state"]:
+                seen[device["device"]] = device["state"]
+                who = NAME if device["device"] == self.device_id else device["device"]
+                lines.append(f"agent update: {who} ({device['stage']}) "
+                             f"{device['state']} ({at:.1f} s in)")  # fmt: skip
+        if body["state"] in ENDED and len(lines) > 1:
+            lines.append(lines.pop(0))
+        for line in lines:
+            step(line)
 
     def _agent_version(self, api: HubApi) -> str | None:
         for d in api.devices():

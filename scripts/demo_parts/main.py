@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -153,16 +154,17 @@ def close(
     links: dict[str, SiteLink],
     bg: Background,
     courier: Courier | None = None,
+    acts: Sequence[str] = (),
 ) -> bool:
     """Stop the producers, bring every link back (the courier's site has none: its last
     trip carries the rest), let the stores drain, and say whether every confirmed
-    result arrived exactly once."""
+    result arrived exactly once; the verdict line carries what `acts` say after it."""
     for device in devices:
         device.producer.stopped = True
     restore_links(links, bg)
     step("the producers stop; checking what the hub holds against what they were confirmed")
     ok, line = verdict(api, devices, courier)
-    step(line)
+    step("; ".join([line, *acts]))
     return ok
 
 
@@ -237,6 +239,7 @@ def main() -> int:
             courier,
         )
         acts_ok = True
+        acts: list[str] = []  # what the opt-in acts add to the verdict line
         if args.shadow or updater is not None:
             restore_links(links, background)  # the acts need every device reachable
         if args.shadow:
@@ -247,10 +250,11 @@ def main() -> int:
                 step(line)
             acts_ok &= shadowed
         if updater is not None:
-            updated, line = updater.roll_out(api, create_token(hub_dir, "admin", "1h", "demo"))
-            step(line)
-            acts_ok &= updated
-        ok = close(api, devices, links, background, courier) and acts_ok
+            outcome = updater.roll_out(api, create_token(hub_dir, "admin", "1h", "demo"))
+            step(outcome.line)
+            acts_ok &= outcome.ok
+            acts.append(outcome.verdict)
+        ok = close(api, devices, links, background, courier, acts) and acts_ok
     except KeyboardInterrupt:
         print()
         if api is not None and devices and background is not None:
