@@ -1,16 +1,19 @@
 """`POST /v1/explain/{model}`: an attribution of one input, computed with the model's
 live runner (outpost/explain.py does the math).
 
-The explanation runs on a worker thread, one model call at a time, each on a free
-interpreter of the runner like any inference: live requests interleave with it call by
-call rather than wait for the whole explanation. The method follows the input's shape
-unless the request names one: images [1, H, W, C] occlusion, time series [1, T, C]
-occlusion per channel and window, vectors [1, N] KernelSHAP.
+The explanation runs on a worker thread, on an interpreter of its own made from the
+runner's model for it (`ModelRunner.batches`): the perturbed inputs go through it
+`explain.CHUNK` per invoke where the model's batch dimension allows, and the runner's
+interpreters stay free for live requests meanwhile. That interpreter is made at the
+first model call, after the budget is checked: a refused request costs nothing. The
+method follows the input's shape unless the request names one: images [1, H, W, C]
+occlusion, time series [1, T, C] occlusion per channel and window, vectors [1, N]
+KernelSHAP.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from outpost import explain
@@ -33,7 +36,7 @@ def explain_blocking(runner: ModelRunner, data: dict[str, Any]) -> dict[str, Any
     (`InputError`, `ModelFault`)."""
     import numpy as np
 
-    from edge.inference.tensors import Prepared, prepare_input
+    from edge.inference.tensors import prepare_input
 
     unknown = sorted(str(k) for k in data.keys() - KEYS)
     if unknown:
@@ -49,16 +52,44 @@ def explain_blocking(runner: ModelRunner, data: dict[str, Any]) -> dict[str, Any
     prepared = prepare_input(data["input"], dtype, spec)
     x = (prepared.tensor.astype(np.float32) - spec.zero_point) * spec.scale  # real values
     budget = _int(data, "budget", DEFAULT_BUDGET, 1, explain.MAX_BUDGET)
+    target = _target(data.get("target"), m.labels)  # None: the model's own answer
+    out = m.output
 
-    def predict(batch: Any) -> Any:
-        q = np.clip(np.round(batch / spec.scale) + spec.zero_point, -128, 127).astype(np.int8)
-        return np.array(
-            [runner.run_blocking(Prepared(one[None], 0), time.perf_counter()).scores for one in q]
-        )
+    with contextlib.ExitStack() as stack:
+        run: Any = None
 
-    one = x[0]
-    answer = predict(x)[0]
-    target = _target(data.get("target"), m.labels, int(np.argmax(answer)))
+        def predict(batch: Any) -> Any:
+            nonlocal run
+            if run is None:  # at the first call: the explainer has checked the budget
+                run = stack.enter_context(runner.batches(explain.CHUNK))
+            q = np.clip(np.round(batch / spec.scale) + spec.zero_point, -128, 127)
+            raw = run(q.astype(np.int8))
+            return (raw.astype(np.float32) - out.zero_point) * out.scale
+
+        found, extra, method = _explain(predict, x[0], target, budget, data, spec.shape)
+    return {
+        "model": m.name,
+        "version": m.version,
+        "label": m.labels[found.target],
+        "score": found.score,
+        "method": method,
+        "calls": found.calls,
+        "attribution": np.round(found.values, 6).tolist(),
+        **extra,
+    }
+
+
+def _explain(
+    predict: explain.Predict,
+    one: Any,
+    target: int | None,
+    budget: int,
+    data: dict[str, Any],
+    shape: list[int],
+) -> tuple[explain.Attribution, dict[str, Any], str]:
+    """The explainer the request and the input's shape call for, run."""
+    import numpy as np
+
     rank = one.ndim
     method = data.get("method") or ("occlusion" if rank >= 2 else "kernelshap")
     if method == "occlusion" and rank == 3:
@@ -70,8 +101,8 @@ def explain_blocking(runner: ModelRunner, data: dict[str, Any]) -> dict[str, Any
             baseline=float(one.mean()), budget=budget,
         )  # fmt: skip
         top = {"row": found.top[0], "col": found.top[1], "size": patch}
-        extra: dict[str, Any] = {"patch": patch, "stride": stride, "top": top}
-    elif method == "occlusion" and rank == 2:
+        return found, {"patch": patch, "stride": stride, "top": top}, method
+    if method == "occlusion" and rank == 2:
         window = _int(data, "window", max(1, one.shape[0] // 8), 1, one.shape[0])
         # At rest, a sensor reads zero: the baseline a series is compared against.
         found = explain.occlusion_series(
@@ -79,24 +110,14 @@ def explain_blocking(runner: ModelRunner, data: dict[str, Any]) -> dict[str, Any
         )
         extra = {"window": window, "channels": found.shares,
                  "top": {"window": found.top[0], "channel": found.top[1]}}  # fmt: skip
-    elif method == "kernelshap" and rank == 1:
+        return found, extra, method
+    if method == "kernelshap" and rank == 1:
         found = explain.kernel_shap(predict, one, np.zeros_like(one), target, budget=budget)
-        extra = {"top": {"feature": found.top[0]}}
-    else:
-        raise ExplainRequestError(
-            f"body.method: {method!r} does not fit an input of shape {list(spec.shape)} "
-            "(occlusion for images [1, H, W, C] and series [1, T, C], kernelshap for [1, N])"
-        )
-    return {
-        "model": m.name,
-        "version": m.version,
-        "label": m.labels[target],
-        "score": found.score,
-        "method": method,
-        "calls": found.calls + 1,  # and the answer on the input itself
-        "attribution": np.round(found.values, 6).tolist(),
-        **extra,
-    }
+        return found, {"top": {"feature": found.top[0]}}, method
+    raise ExplainRequestError(
+        f"body.method: {method!r} does not fit an input of shape {shape} "
+        "(occlusion for images [1, H, W, C] and series [1, T, C], kernelshap for [1, N])"
+    )
 
 
 def _int(data: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
@@ -106,9 +127,9 @@ def _int(data: dict[str, Any], key: str, default: int, low: int, high: int) -> i
     return value
 
 
-def _target(value: Any, labels: list[str], default: int) -> int:
+def _target(value: Any, labels: list[str]) -> int | None:
     if value is None:
-        return default
+        return None
     if value not in labels:
         raise ExplainRequestError(f"body.target: {value!r} is not one of {labels}")
     return labels.index(value)

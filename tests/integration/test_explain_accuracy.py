@@ -1,23 +1,28 @@
-"""Explanations that mean something, on the real interpreter and the shipped models:
+"""Explanations that mean something, on the real interpreter and the shipped models,
+through the code behind both explain routes (edge/inference/explaining.py) with the
+label explained the model's own answer, as a request without `target` gets it:
 
 - surface-defect: synthetic surfaces (as scripts/train_models.py draws them) with a spot
   or a scratch at a known place; occlusion's top patch must overlap the defect in at
-  least 80 % of 200 images;
+  least 80 % of 200 images (all of them counted);
 - vibration-anomaly: a running machine's window with bearing-fault bursts (as the
   training data draws them) injected into one axis only; that axis must get the largest
-  share in at least 80 % of 200 windows.
+  share in at least 80 % of 200 windows (all of them counted, whatever the answer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pytest
 
+from edge.inference.explaining import explain_blocking
+from edge.inference.runner import ModelRunner
 from edge.inference.runtime import choose_runtime
-from outpost import explain
+from edge.inference.tensors import Prepared
+from outpost.explain import BudgetError
 from outpost.modelbundle import read_bundle
 from tests.support import SHIPPED_MODELS
 
@@ -25,26 +30,21 @@ SIDE = 96
 CASES = 200
 
 
-def _predictor(folder: Path) -> tuple[Callable[[Any], Any], list[str]]:
-    """Real-valued batch -> scores, through the LiteRT interpreter on the int8 model."""
-    bundle = read_bundle(folder)
-    m = bundle.manifest
-    interpreter = choose_runtime().interpreter(str(bundle.model_path), 1)
-    interpreter.allocate_tensors()
-    (inp,) = interpreter.get_input_details()
-    (out,) = interpreter.get_output_details()
+def _runner(name: str) -> ModelRunner:
+    """The shipped model `name`, loaded as the agent loads it."""
+    (folder,) = [f for f in SHIPPED_MODELS if f.parent.name == name]
+    loaded = ModelRunner(
+        read_bundle(folder), choose_runtime(), num_threads=1, interpreters=1, queue_limit=4
+    )
+    loaded.load()
+    return loaded
 
-    def predict(batch: Any) -> Any:
-        q = np.clip(np.round(batch / m.input.scale) + m.input.zero_point, -128, 127)
-        scores = []
-        for one in q.astype(np.int8):
-            interpreter.set_tensor(inp["index"], one[None])
-            interpreter.invoke()
-            raw = interpreter.get_tensor(out["index"]).reshape(-1).astype(np.float32)
-            scores.append((raw - m.output.zero_point) * m.output.scale)
-        return np.array(scores)
 
-    return predict, m.labels
+@pytest.fixture(params=[f.parent.name for f in SHIPPED_MODELS])
+def runner(request: pytest.FixtureRequest) -> Iterator[ModelRunner]:
+    loaded = _runner(request.param)
+    yield loaded
+    loaded.close()
 
 
 def _surface(rng: np.random.Generator, kind: str) -> tuple[Any, Any]:
@@ -70,45 +70,81 @@ def _surface(rng: np.random.Generator, kind: str) -> tuple[Any, Any]:
     return np.clip(img, 0, 1)[:, :, None].astype(np.float32), mask
 
 
+def _faulty_window(rng: np.random.Generator, axis: int) -> Any:
+    """A running machine's window with bearing-fault bursts in `axis` only."""
+    t = np.arange(128) / 1000.0
+    f0 = rng.uniform(20, 45)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    window = rng.uniform(0.05, 0.3) * np.sin(2 * np.pi * f0 * t[:, None] + phase)
+    window += rng.normal(0, 0.1, (128, 3))
+    rate, resonance, amp = f0 * 3.5, rng.uniform(150, 350), rng.uniform(0.8, 1.5)
+    for hit in np.arange(rng.uniform(0, 1 / rate), t[-1], 1 / rate):
+        after = np.clip(t - hit, 0, None) * (t >= hit)
+        burst = amp * np.exp(-after * 60) * np.sin(2 * np.pi * resonance * after)
+        window[:, axis] += burst * (t >= hit)
+    return window.astype(np.float32)
+
+
+def test_batches_give_what_one_input_at_a_time_gives(runner: ModelRunner) -> None:
+    spec = runner.manifest.input
+    inputs = np.random.default_rng(1).integers(-128, 128, (37, *spec.shape[1:]), dtype=np.int8)
+    one_by_one = [runner.run_blocking(Prepared(x[None], 0), 0).raw for x in inputs]
+    with runner.batches(16) as run:  # 16, 16 and 5 (padded)
+        batched = run(inputs)
+    assert batched.shape == (37, len(runner.manifest.labels))
+    assert batched.tolist() == one_by_one
+
+
+def test_a_request_over_its_budget_makes_no_interpreter(
+    runner: ModelRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = []
+    monkeypatch.setattr(runner, "batches", lambda size: made.append(size))
+    shape = runner.manifest.input.shape
+    body = {"input": np.zeros(shape).tolist(), "budget": 2}
+    with pytest.raises(BudgetError, match=r"needs \d+ model calls, over the budget of 2"):
+        explain_blocking(runner, body)
+    assert made == []
+
+
 def test_the_top_patch_overlaps_the_defect() -> None:
-    predict, labels = _predictor(SHIPPED_MODELS[1])
-    assert labels[:4] == ["ok", "scratch", "spot", "crack"]
+    runner = _runner("surface-defect")
     rng = np.random.default_rng(20261204)
-    hits = 0
-    for i in range(CASES):
-        kind = "spot" if i % 2 else "scratch"
-        image, mask = _surface(rng, kind)
-        found = explain.occlusion_image(
-            predict, image, labels.index(kind), patch=16, stride=8,
-            baseline=float(image.mean()), budget=400,
-        )  # fmt: skip
-        r, c = found.top
-        hits += bool(mask[r : r + 16, c : c + 16].any())
+    hits = answered = 0
+    try:
+        for i in range(CASES):
+            kind = "spot" if i % 2 else "scratch"
+            image, mask = _surface(rng, kind)
+            body = {"input": image[None].tolist(), "patch": 16, "stride": 8, "budget": 400}
+            found = explain_blocking(runner, body)
+            top = found["top"]
+            hits += bool(mask[top["row"] : top["row"] + 16, top["col"] : top["col"] + 16].any())
+            answered += found["label"] == kind
+    finally:
+        runner.close()
     print(f"surface-defect: top patch on the defect in {hits} of {CASES}")
+    print(f"  (the model answered the defect drawn for {answered})")
     assert hits >= 0.8 * CASES, hits
 
 
 def test_the_faulty_axis_gets_the_largest_share() -> None:
-    predict, labels = _predictor(SHIPPED_MODELS[0])
+    runner = _runner("vibration-anomaly")
     rng = np.random.default_rng(5)
-    t = np.arange(128) / 1000.0
-    hits = 0
-    for i in range(CASES):
-        axis = i % 3
-        f0 = rng.uniform(20, 45)
-        phase = rng.uniform(0, 2 * np.pi, 3)
-        window = rng.uniform(0.05, 0.3) * np.sin(2 * np.pi * f0 * t[:, None] + phase)
-        window += rng.normal(0, 0.1, (128, 3))
-        rate, resonance, amp = f0 * 3.5, rng.uniform(150, 350), rng.uniform(0.8, 1.5)
-        for hit in np.arange(rng.uniform(0, 1 / rate), t[-1], 1 / rate):
-            after = np.clip(t - hit, 0, None) * (t >= hit)
-            burst = amp * np.exp(-after * 60) * np.sin(2 * np.pi * resonance * after)
-            window[:, axis] += burst * (t >= hit)
-        found = explain.occlusion_series(
-            predict, window.astype(np.float32), labels.index("bearing_fault"), window=16,
-            baseline=np.zeros(3), budget=100,
-        )  # fmt: skip
-        assert found.shares is not None
-        hits += int(np.argmax(found.shares)) == axis
+    hits = fixed = faults = 0
+    try:
+        for i in range(CASES):
+            axis = i % 3
+            body: dict[str, Any] = {"input": [_faulty_window(rng, axis).tolist()], "window": 16}
+            found = explain_blocking(runner, body)
+            hits += int(np.argmax(found["channels"])) == axis
+            faults += found["label"] != "normal"
+            # For the record: toward bearing_fault whatever the answer. A window the
+            # model reads as looseness holds no bearing_fault score to take away or keep,
+            # and its shares are noise: that figure says more of the model than of this.
+            toward = explain_blocking(runner, {**body, "target": "bearing_fault"})
+            fixed += int(np.argmax(toward["channels"])) == axis
+    finally:
+        runner.close()
     print(f"vibration-anomaly: the faulty axis had the largest share in {hits} of {CASES}")
+    print(f"  (the model answered a fault for {faults}; toward bearing_fault always: {fixed})")
     assert hits >= 0.8 * CASES, hits

@@ -63,7 +63,7 @@ async def test_an_image_explained_points_at_its_defect(client: LocalClient) -> N
     assert over == 422, refused
     assert "needs 243 model calls, over the budget of 100" in refused["error"]["message"]
     assert status == 200, answer
-    assert (answer["label"], answer["method"], answer["calls"]) == ("spot", "occlusion", 244)
+    assert (answer["label"], answer["method"], answer["calls"]) == ("spot", "occlusion", 243)
     top = answer["top"]
     assert mask[top["row"] : top["row"] + 16, top["col"] : top["col"] + 16].any()
     assert np.array(answer["attribution"]).shape == (11, 11)

@@ -1,7 +1,8 @@
 """The explainers' math on models whose answers are known: KernelSHAP gives a linear
-model's exact attributions w_i (x_i - b_i) and comes close to the enumerated Shapley
-values of a model with an interaction; occlusion finds the region a model reads; a
-request over its budget is refused before any call."""
+model's exact attributions w_i (x_i - b_i), the exact Shapley values of a model with
+interactions when the budget holds every coalition and close ones when sampled;
+occlusion finds the region a model reads; a request over its budget is refused before
+any call."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _scores(values: np.ndarray) -> np.ndarray:
 
 def test_kernel_shap_is_exact_on_a_linear_model() -> None:
     w = np.array([2.0, -1.0, 0.5, 3.0, 0.0])
-    x, b = np.array([1.0, 2.0, -1.0, 0.5, 7.0]), np.zeros(5)
+    x, b = np.array([1.0, 1.5, -1.0, 0.5, 7.0]), np.zeros(5)
     calls = []
 
     def predict(batch: np.ndarray) -> np.ndarray:
@@ -31,20 +32,66 @@ def test_kernel_shap_is_exact_on_a_linear_model() -> None:
 
     found = explain.kernel_shap(predict, x, b, 0, budget=200)
     assert np.allclose(found.values, w * (x - b), atol=1e-9)
-    assert found.top == (0,)  # |2.0| the largest (a tie with |-2.0|: the first)
-    assert sum(calls) == found.calls <= 200
+    assert found.top == (0,)  # 2.0, then -1.5 and 1.5
+    # Every coalition fits in the budget: each once (2^5 calls), not the whole budget.
+    assert sum(calls) == found.calls == 32
+    assert max(calls) <= explain.CHUNK
 
 
-def test_kernel_shap_comes_close_to_the_shapley_values_of_an_interaction() -> None:
+def test_kernel_shap_sampled_is_exact_on_a_linear_model_too() -> None:
+    rng = np.random.default_rng(2)
+    w, x, b = rng.normal(size=12), rng.normal(size=12), rng.normal(size=12)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return _scores(batch @ w)
+
+    found = explain.kernel_shap(predict, x, b, 0, budget=300)  # 2^12 coalitions: sampled
+    assert found.calls == 300
+    assert np.allclose(found.values, w * (x - b), atol=1e-9)
+
+
+def test_kernel_shap_gives_the_shapley_values_of_an_interaction() -> None:
     def predict(batch: np.ndarray) -> np.ndarray:
         return _scores(batch[:, 0] * batch[:, 1] + batch[:, 2] ** 2 - batch[:, 3])
 
     x, b = np.array([2.0, 3.0, 1.5, 1.0]), np.zeros(4)
     exact = exact_shapley(predict, x, b, 0)
     assert np.allclose(exact, [3.0, 3.0, 2.25, -1.0])
-    found = explain.kernel_shap(predict, x, b, 0, budget=2000, seed=3)
-    assert np.allclose(found.values, exact, atol=0.25), found.values  # sampled: close
-    assert found.values.sum() == pytest.approx(6 + 2.25 - 1)  # efficiency holds exactly
+    found = explain.kernel_shap(predict, x, b, 0, budget=2000)
+    assert np.allclose(found.values, exact, atol=1e-9)  # every coalition: exact
+    assert found.calls == 16
+
+
+def test_kernel_shap_sampled_comes_close_to_the_shapley_values_of_interactions() -> None:
+    def predict(batch: np.ndarray) -> np.ndarray:
+        f = batch[:, 0] * batch[:, 1] * batch[:, 2] - 0.5 * batch[:, 2] * batch[:, 5]
+        f += np.tanh(batch[:, 3] + batch[:, 4] + batch[:, 7])
+        f += np.maximum.reduce([batch[:, 6], batch[:, 8], batch[:, 9]])
+        return _scores(f + batch[:, 6:] @ [1, -2, 0.5, 1])
+
+    x = np.array([2.0, 3.0, 1.5, 1.0, -0.5, 2.0, 1.0, 0.5, -1.0, 2.0])
+    b = np.zeros(10)
+    exact = exact_shapley(predict, x, b, 0)
+    # 598 of the 1,022 coalitions: over 30 seeds the worst feature was off by 0.25 at
+    # most (the median 0.15); unpaired draws of equal weight, as first written: 1.33.
+    found = explain.kernel_shap(predict, x, b, 0, budget=600, seed=3)
+    assert found.calls == 600
+    assert np.abs(found.values - exact).max() < 0.3, (found.values, exact)  # sampled: close
+    assert found.values.sum() == pytest.approx(exact.sum())  # efficiency holds exactly
+    assert found.top == (int(np.argmax(np.abs(exact))),)
+    assert np.allclose(explain.kernel_shap(predict, x, b, 0, budget=1024).values, exact)
+
+
+def test_the_target_defaults_to_the_models_answer_and_the_calls_count_the_input() -> None:
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return _scores(batch[:, :, 0].sum(axis=1) - batch[:, :, 1].sum(axis=1))
+
+    x = np.zeros((32, 2))
+    x[18:26, 1] = 1.0  # the second class (a negative score) rests on these samples
+    found = explain.occlusion_series(predict, x, None, window=8, baseline=np.zeros(2), budget=17)
+    assert (found.target, found.score, found.calls) == (1, 8.0, 17)
+    assert found.shares == [0.0, 1.0]
+    assert found.top == (2, 1)  # the window of samples 16 to 23 holds 6 of them
 
 
 def test_occlusion_finds_the_region_a_model_reads() -> None:
