@@ -95,6 +95,11 @@ def resolve(own: AgentConfig, p: policy.Policy, sets: dict[str, Any]) -> Effecti
                 own.inference.explain_flagged,
                 p.inference.explain_flagged,
             ),
+            pick(
+                "inference.flagged_inputs",
+                own.inference.flagged_inputs,
+                p.inference.flagged_inputs,
+            ),
         ),
         allowed_models=frozenset(p.allowed_models),
         rate_bytes_per_s=pick(

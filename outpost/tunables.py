@@ -99,6 +99,14 @@ class InferenceTunables(Struct, frozen=True):
             "naming the result's seq (0: none)",
         ),
     ] = 0.0
+    flagged_inputs: Annotated[
+        bool,
+        Meta(
+            description="flagged results carry the int8 input they answered (up to 64 KiB), "
+            "so the hub can explain them later (POST /api/v1/explain with device and "
+            "seq): inputs then leave the device (false: they never do)",
+        ),
+    ] = False
 
 
 class Tunables(Struct, frozen=True):

@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # the runner imports numpy, which waits for a model to load
     from edge.inference.runner import Inference
 
 ReportMode = Literal["all", "flagged", "none"]
+FLAGS = frozenset({"label", "low_confidence"})  # the reasons that flag an answer
+MAX_INPUT_BYTES = 64 * 1024  # a larger input stays on the device, even when allowed
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Reporting:
     mode: ReportMode = "flagged"
     confidence_below: float = 0.6
     explain_flagged: float = 0.0  # share of recorded flagged results also explained
+    flagged_inputs: bool = False  # flagged results carry their int8 input (to the hub)
 
     def reason(self, normal_label: str, inference: Inference) -> str | None:
         """Say why this inference is recorded, or None when it is not."""
@@ -75,6 +78,10 @@ class Reporter:
         if reason is not None:
             record = result_record(manifest.name, manifest.version, manifest.labels, inference)
             record.update(flag=reason, context=context or {})
+            if rules.flagged_inputs and reason in FLAGS:
+                carried = input_field(inference)
+                if carried is not None:
+                    record["input"] = carried
             try:
                 # The caller waits for the commit, not for the disk's sync: an
                 # answer's record survives a kill of the agent at once, and a power
@@ -104,3 +111,13 @@ def result_record(
         "latency_ms": round(inference.latency_ms, 3),
         "ts": time.time(),
     }
+
+
+def input_field(inference: Inference) -> dict[str, Any] | None:
+    """The int8 tensor an answer ran on, as a flagged result carries it (policy
+    inference.flagged_inputs) for the hub to explain later: its bytes as they are (a
+    96x96 image: 9 KiB), not as a list of numbers; None when over MAX_INPUT_BYTES."""
+    tensor = inference.tensor
+    if tensor is None or tensor.nbytes > MAX_INPUT_BYTES:
+        return None
+    return {"dtype": "int8", "shape": list(tensor.shape), "data": tensor.tobytes()}

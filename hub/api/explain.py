@@ -1,7 +1,10 @@
-"""`POST /api/v1/explain`: an explanation of one input posted with the request, computed
-on the hub's runtime with the same release devices run (edge/inference/explaining.py,
-the code behind the agent's `POST /v1/explain/{model}`), and for an image a PNG of the
-input with the heat map laid over it, for the dashboard and for people.
+"""`POST /api/v1/explain`: an explanation of one input, computed on the hub's runtime
+with the same release devices run (edge/inference/explaining.py, the code behind the
+agent's `POST /v1/explain/{model}`), and for an image a PNG of the input with the heat
+map laid over it, for the dashboard and for people. The input is posted with the
+request, or it is a stored result's: a flagged result carries the int8 input it
+answered where the device's policy lets inputs leave it (inference.flagged_inputs),
+and is explained with the release that answered it.
 
 Operator role: an explanation costs the hub up to `budget` model calls.
 """
@@ -53,6 +56,39 @@ def routes(ctx: ApiContext) -> list[Route]:
                 await asyncio.to_thread(old.close)
             return runner
 
+    async def stored_input(data: dict[str, Any]) -> dict[str, Any]:
+        """Fill `data` from a stored result (`device`, `seq`): its model, version and the
+        input it carried (policy inference.flagged_inputs); say which result it was."""
+        ref, seq = data.pop("device", None), data.pop("seq", None)
+        if not isinstance(ref, str):
+            raise bad_field("body.device", "a stored result needs the device's id or name")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise bad_field("body.seq", "a stored result needs its seq, an integer from 1")
+        for key in ("model", "version", "input", "dtype"):
+            if key in data:
+                raise bad_field(f"body.{key}", "comes from the stored result, not the body")
+        device_id = await ctx.store.resolve_device(ref)
+        if device_id is None:
+            raise ApiError(404, "not_found", f"no device {ref!r} (neither an id nor a name)")
+        found = await ctx.store.records(device_id, "results", after=seq - 1, limit=1)
+        if not found or found[0].seq != seq:
+            raise ApiError(404, "not_found", f"no result {seq} of device {ref!r} on this hub")
+        body = found[0].body
+        carried = body.get("input") if isinstance(body, dict) else None
+        if not isinstance(carried, dict) or not isinstance(carried.get("data"), bytes):
+            raise ApiError(
+                422,
+                "no_input",
+                f"result {seq} of device {ref!r} carries no input: the device's policy keeps "
+                "inputs on the device unless inference.flagged_inputs is true",
+            )
+        if not isinstance(body.get("model"), str) or not isinstance(body.get("version"), str):
+            raise ApiError(422, "no_input", f"result {seq} of device {ref!r} names no model")
+        data.update(
+            model=body["model"], version=body["version"], input=carried["data"], dtype="int8"
+        )
+        return {"device": device_id, "seq": seq}
+
     async def explain(request: web.Request) -> web.Response:
         from edge.inference.explaining import ExplainRequestError, explain_blocking
         from edge.inference.runner import ModelFault
@@ -68,6 +104,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise bad_field("body", f"not JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise bad_field("body", "must be a JSON object")
+        stored = await stored_input(data) if "device" in data or "seq" in data else {}
         name, version = data.pop("model", None), data.pop("version", None)
         if not isinstance(name, str):
             raise bad_field("body.model", "the model's name is required")
@@ -78,7 +115,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             version = max(found, key=_version_key)
         if not isinstance(version, str):
             raise bad_field("body.version", "must be a string")
-        request[AUDIT_DETAIL] = {"model": name, "version": version}
+        request[AUDIT_DETAIL] = {"model": name, "version": version, **stored}
         runner = await runner_for(name, version)
         try:
             answer = await asyncio.to_thread(explain_blocking, runner, data)
@@ -94,6 +131,8 @@ def routes(ctx: ApiContext) -> list[Route]:
         if "patch" in answer:  # an image: the heat map over it
             png = await asyncio.to_thread(_overlay, runner, data, answer)
             answer["png"] = base64.b64encode(png).decode()
+        if stored:
+            answer["result"] = stored
         return web.json_response(answer)
 
     return [
@@ -104,8 +143,10 @@ def routes(ctx: ApiContext) -> list[Route]:
             explain,
             "Explain one input with a model release, on the hub: `model`, `version` (default "
             "the newest), then the fields of the agent's POST /v1/explain/{model} (input, "
-            "dtype, target, method, patch, stride, window, budget); for an image, `png` is "
-            "the input with the heat map over it (base64)",
+            "dtype, target, method, patch, stride, window, budget); or, for a stored "
+            "result that carried its input (policy inference.flagged_inputs), `device` and "
+            "`seq` in place of model, version and input; for an image, `png` is the input "
+            "with the heat map over it (base64)",
             "models",
             errors=(400, 404, 413, 422),
         )

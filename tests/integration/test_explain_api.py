@@ -129,29 +129,26 @@ async def test_the_hub_explains_with_the_same_release_and_draws_the_heat_map(
     assert struct.unpack(">II", png[16:24]) == (96, 96)  # IHDR: the image's size
 
 
-async def test_a_flagged_result_is_explained_after_it_by_policy(
-    hub: Hub, api: ApiClient, enroll_device: Enroller, agents: Callable[..., AgentProcess]
-) -> None:
-    paths, identity = await enroll_device()
-    ModelDirectory(paths.models).install(SHIPPED_MODELS[1])
-    agents(paths)
+async def _policy(api: ApiClient, device_id: str, inference: dict[str, Any]) -> None:
+    """Set the device's `inference` policy in a layer of its own and wait until applied."""
     admin = await api.token("admin")
-    layer = {  # every flagged result explained (the default: none)
-        "scope": "device",
-        "device": identity.device_id,
-        "document": {"inference": {"explain_flagged": 1.0}},
-    }
+    layer = {"scope": "device", "device": device_id, "document": {"inference": inference}}
     reply = await api.call("PUT", "/api/v1/policy/layers/explain", token=admin, body=layer)
     assert reply.status == 200, reply.body
+    version = reply.body.get("version")
 
     async def applied() -> bool:
-        found = await api.call("GET", f"/api/v1/devices/{identity.device_id}/policy", token=admin)
-        return bool(
-            found.body["version"] and found.body["applied_version"] == found.body["version"]
+        found = await api.call("GET", f"/api/v1/devices/{device_id}/policy", token=admin)
+        body = found.body
+        return bool(body["version"] and body["applied_version"] == body["version"]) and (
+            version is None or body["version"] >= version
         )
 
     await eventually(applied, timeout=30, what="the policy applied")
-    image, mask = _surface(np.random.default_rng(11), "spot")
+
+
+async def _flagged(paths: Any, image: Any) -> int:
+    """The seq of the flagged result the agent recorded for `image`."""
     local = LocalClient(paths.socket)
     try:
 
@@ -166,7 +163,18 @@ async def test_a_flagged_result_is_explained_after_it_by_policy(
         await local.close()
     assert status == 200, answer
     assert answer["label"] == "spot"  # flagged: not the normal label, so recorded
-    seq = answer["recorded"]["seq"]
+    return int(answer["recorded"]["seq"])
+
+
+async def test_a_flagged_result_is_explained_after_it_by_policy(
+    hub: Hub, api: ApiClient, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    paths, identity = await enroll_device()
+    ModelDirectory(paths.models).install(SHIPPED_MODELS[1])
+    agents(paths)
+    await _policy(api, identity.device_id, {"explain_flagged": 1.0})  # default: none
+    image, mask = _surface(np.random.default_rng(11), "spot")
+    seq = await _flagged(paths, image)
 
     async def explained() -> dict[str, Any]:
         found = await hub.parts.store.records(identity.device_id, "events", after=0, limit=500)
@@ -177,3 +185,62 @@ async def test_a_flagged_result_is_explained_after_it_by_policy(
     assert (event["result_seq"], event["label"], event["method"]) == (seq, "spot", "occlusion")
     top = event["top"]
     assert mask[top["row"] : top["row"] + top["size"], top["col"] : top["col"] + top["size"]].any()
+
+
+async def test_the_hub_explains_a_stored_result_only_when_its_input_left_the_device(
+    hub: Hub, api: ApiClient, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    model, manifest, sample = bundle_parts(SHIPPED_MODELS[1])
+    assert (await upload(hub, await api.token("admin"), model, manifest, sample)).status == 201
+    paths, identity = await enroll_device()
+    ModelDirectory(paths.models).install(SHIPPED_MODELS[1])
+    agents(paths)
+    device = identity.device_id
+    operator = await api.token("operator")
+    image, mask = _surface(np.random.default_rng(11), "spot")
+
+    async def at_hub(seq: int) -> Any:
+        found = await hub.parts.store.records(device, "results", after=seq - 1, limit=1)
+        return found[0].body if found and found[0].seq == seq else None
+
+    kept = await _flagged(paths, image)  # the default policy: inputs stay on the device
+    held = await eventually(lambda: at_hub(kept), timeout=60, what="the result at the hub")
+    await _policy(api, device, {"flagged_inputs": True})
+    sent = await _flagged(paths, image)
+    carried = await eventually(lambda: at_hub(sent), timeout=60, what="the result at the hub")
+
+    assert "input" not in held
+    assert carried["input"]["shape"] == [1, 96, 96, 1]
+    assert len(carried["input"]["data"]) == 96 * 96  # int8 bytes, not a list of numbers
+    explain = {"patch": 16, "stride": 8}
+
+    async def ask(body: dict[str, Any], token: str | None = operator) -> Any:
+        return await api.call("POST", "/api/v1/explain", token=token, body={**explain, **body})
+
+    refused = await ask({"device": device, "seq": kept})
+    missing = await ask({"device": device, "seq": sent + 100})
+    stranger = await ask({"device": "nobody", "seq": sent})
+    doubled = await ask({"device": device, "seq": sent, "input": [[0]]})
+    no_seq = await ask({"device": device})
+    viewer = await ask({"device": device, "seq": sent}, await api.token("viewer"))
+    reply = await ask({"device": identity.name or device, "seq": sent})
+
+    assert refused.status == 422, refused.body
+    assert refused.body["error"]["code"] == "no_input"
+    assert "inference.flagged_inputs" in refused.body["error"]["message"]
+    assert (missing.status, stranger.status, viewer.status) == (404, 404, 403)
+    assert f"no result {sent + 100}" in missing.body["error"]["message"]
+    assert doubled.body["error"]["details"]["field"] == "body.input"
+    assert no_seq.body["error"]["details"]["field"] == "body.seq"
+    assert reply.status == 200, reply.body
+    answer = reply.body
+    assert answer["result"] == {"device": device, "seq": sent}
+    assert (answer["model"], answer["version"], answer["label"]) == (
+        "surface-defect",
+        "1.0.0",
+        "spot",
+    )
+    top = answer["top"]
+    assert mask[top["row"] : top["row"] + 16, top["col"] : top["col"] + 16].any()
+    png = base64.b64decode(answer["png"])
+    assert struct.unpack(">II", png[16:24]) == (96, 96)
