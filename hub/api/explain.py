@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 MAX_BODY_BYTES = 4 << 20
 RUNNERS_KEPT = 4  # loaded models kept between requests (the most recently used)
+OVERLAY_ALPHA = 0.6  # the heat map's opacity where it is strongest
 
 
 def routes(ctx: ApiContext) -> list[Route]:
@@ -172,7 +173,8 @@ def _load(folder: Path, document: bytes) -> ModelRunner:
 
 
 def _overlay(runner: ModelRunner, data: dict[str, Any], answer: dict[str, Any]) -> bytes:
-    """The image in gray, the heat map's positive part over it in red (blocking)."""
+    """The image in gray, the heat map's positive part over it in translucent red
+    (blocking)."""
     import numpy as np
 
     from edge.inference.tensors import prepare_input
@@ -182,7 +184,7 @@ def _overlay(runner: ModelRunner, data: dict[str, Any], answer: dict[str, Any]) 
     gray = q.astype(np.float32).mean(axis=2)
     gray = (gray - gray.min()) / max(float(np.ptp(gray)), 1e-9)
     heat = np.clip(np.array(answer["attribution"], np.float32), 0, None)
-    heat = heat / max(float(heat.max()), 1e-9)
+    heat = (heat / max(float(heat.max()), 1e-9)) ** 2  # squared: the strongest stand out
     h, w = gray.shape
     stride, patch = answer["stride"], answer["patch"]
     cover = np.zeros((h, w), np.float32)
@@ -190,6 +192,7 @@ def _overlay(runner: ModelRunner, data: dict[str, Any], answer: dict[str, Any]) 
         r, c = i * stride, j * stride
         region = cover[r : r + patch, c : c + patch]
         np.maximum(region, v, out=region)
+    cover *= OVERLAY_ALPHA  # the image stays visible under the strongest patch
     rgb = np.stack([gray * (1 - cover) + cover, gray * (1 - cover), gray * (1 - cover)], axis=2)
     return _png((rgb * 255).astype(np.uint8))
 

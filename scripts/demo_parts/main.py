@@ -27,6 +27,7 @@ from scripts.demo_parts.agents import Device, start_agents, start_programs, star
 from scripts.demo_parts.agentupdate import AgentUpdate
 from scripts.demo_parts.bus import Consumer, sink_settings, start_nats
 from scripts.demo_parts.courier import Courier
+from scripts.demo_parts.explain import DemoExplain
 from scripts.demo_parts.hubapi import HubApi
 from scripts.demo_parts.operations import create_token, start_operations
 from scripts.demo_parts.plan import (
@@ -94,6 +95,12 @@ def arguments() -> argparse.Namespace:
         "version on the camera gate, print the comparison and let the hub promote or stop it",
     )
     parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="at the end, have the hub explain the camera gate's newest flagged image from "
+        "the input that travelled with it, and write the heat map over it as a PNG",
+    )
+    parser.add_argument(
         "--agent-update",
         action="store_true",
         help="add a device that runs the agent side by side under the launcher, and at the "
@@ -115,6 +122,8 @@ def arguments() -> argparse.Namespace:
         parser.error("--courier runs with one hub: leave out --replicas")
     if args.shadow and args.replicas:
         parser.error("--shadow runs with one hub: leave out --replicas")
+    if args.explain and args.replicas:
+        parser.error("--explain runs with one hub: leave out --replicas")
     if args.agent_update and args.replicas:
         parser.error("--agent-update runs with one hub: leave out --replicas")
     return args
@@ -240,7 +249,7 @@ def main() -> int:
         )
         acts_ok = True
         acts: list[str] = []  # what the opt-in acts add to the verdict line
-        if args.shadow or updater is not None:
+        if args.shadow or args.explain or updater is not None:
             restore_links(links, background)  # the acts need every device reachable
         if args.shadow:
             shadowed, lines = DemoShadow(
@@ -249,6 +258,17 @@ def main() -> int:
             for line in lines:
                 step(line)
             acts_ok &= shadowed
+        if args.explain:
+            explained, lines = DemoExplain(
+                api,
+                create_token(hub_dir, "admin", "1h", "demo-explain"),
+                create_token(hub_dir, "operator", "1h", "demo-explain"),
+                background,
+                data,
+            ).run()
+            for line in lines:
+                step(line)
+            acts_ok &= explained
         if updater is not None:
             outcome = updater.roll_out(api, create_token(hub_dir, "admin", "1h", "demo"))
             step(outcome.line)

@@ -31,7 +31,8 @@ POLICY_LAYERS: dict[str, dict[str, Any]] = {
     "cameras": {
         "scope": "group",
         "selector": {"group": "cameras"},
-        "document": {"masking": {"hash": ["source"]}},
+        # The cameras' flagged images travel with their results: the hub can explain them.
+        "document": {"masking": {"hash": ["source"]}, "inference": {"flagged_inputs": True}},
     },
 }
 # A layer an operator mistypes: the hub refuses it whole, naming the field.

@@ -329,13 +329,13 @@ def test_demo_with_an_agent_update_rolls_a_new_agent_out(short_dir: Path) -> Non
 
 
 @pytest.mark.slow
-def test_demo_with_a_shadow_rollout_compares_and_promotes(short_dir: Path) -> None:
+def test_demo_with_a_shadow_rollout_and_an_explanation(short_dir: Path) -> None:
     data = short_dir / "demo"
     done = subprocess.run(
         [
             sys.executable,
             str(REPO / "scripts" / "demo.py"),
-            *("--shadow", "--duration", "12", "--cut-at", "2", "--cut-for", "3"),
+            *("--shadow", "--explain", "--duration", "12", "--cut-at", "2", "--cut-for", "3"),
             *("--data", str(data)),
         ],
         capture_output=True,
@@ -351,4 +351,8 @@ def test_demo_with_a_shadow_rollout_compares_and_promotes(short_dir: Path) -> No
     assert int(compared.group(1)) >= 40
     assert float(compared.group(2)) == 1.0  # the same network under a new version
     assert re.search(r"shadow roll-out \d+: (canary|rolling|completed) \(promoted", done.stdout)
+    explained = re.search(r"explained camera-gate result (\d+) on the hub", done.stdout)
+    assert explained, done.stdout[-3000:]
+    png = (data / f"explanation-camera-gate-{explained.group(1)}.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "every confirmed result arrived exactly once" in done.stdout
