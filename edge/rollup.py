@@ -63,19 +63,24 @@ class Tally:
         pair = f"{live.label}|{candidate.label}"
         if pair in s["pairs"] or len(s["pairs"]) < rollup.MAX_PAIRS:
             s["pairs"][pair] = s["pairs"].get(pair, 0) + 1
+        # CPU time where both sides have it: a sum over the same inputs on both sides.
+        cpu = live.cpu_ms is not None and candidate.cpu_ms is not None
+        s["cpu_count"] += cpu
         for side, answer in (("live", live), ("candidate", candidate)):
-            bucket = rollup.latency_bucket(answer.latency_ms)
-            buckets = s[f"{side}_latency_ms"]
-            buckets[bucket] = buckets.get(bucket, 0) + 1
+            _add(s[f"{side}_latency_ms"], rollup.latency_bucket(answer.latency_ms))
             s[f"{side}_latency_sum_ms"] += answer.latency_ms
             s[f"{side}_confidence"][rollup.confidence_bin(answer.confidence)] += 1
+            _add(s[f"{side}_threads"], str(answer.threads))
+            if cpu:
+                _add(s[f"{side}_cpu_ms"], rollup.cpu_bucket(answer.cpu_ms))
+                s[f"{side}_cpu_sum_ms"] += answer.cpu_ms
 
     def take_shadow(self) -> dict[str, Any]:
         """The shadow comparisons counted since the last call; counting starts again."""
         shadow, self._shadow = self._shadow, {}
         for s in shadow.values():
-            for side in ("live", "candidate"):
-                s[f"{side}_latency_sum_ms"] = round(s[f"{side}_latency_sum_ms"], 3)
+            for k in rollup.SHADOW_SUMS:
+                s[k] = round(s[k], 4)  # 0.1 µs: a tiny model's CPU time is a few µs
         return shadow
 
     def error(self, reason: str) -> None:
@@ -99,6 +104,10 @@ class Tally:
         errors = self._errors
         self._models, self._errors = {}, {}
         return models, errors
+
+
+def _add(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
 
 
 def record(

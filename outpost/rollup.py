@@ -21,11 +21,24 @@ A device running a shadow roll-out's candidate adds, per candidate:
                 "agree", "pairs": {"<live label>|<candidate label>": count},
                 "live_latency_ms": {...}, "candidate_latency_ms": {...} (buckets as above),
                 "live_latency_sum_ms", "candidate_latency_sum_ms",
-                "live_confidence": [10], "candidate_confidence": [10]}}
+                "live_confidence": [10], "candidate_confidence": [10],
+                "cpu_count", "live_cpu_sum_ms", "candidate_cpu_sum_ms",
+                "live_cpu_ms": {...}, "candidate_cpu_ms": {...} (`CPU_BUCKETS_MS`),
+                "live_threads": {"<num_threads>": count}, "candidate_threads": {...}}}
+
+The `*_latency_*` figures are wall time, which a candidate (at the lowest CPU priority)
+inflates on a busy machine by waiting for a CPU; the `*_cpu_*` ones are the CPU time
+each side's threads spent on the same inputs, counted over the `cpu_count` comparisons
+where both sides could measure it (older agents send none: the hub then falls back
+to wall time). Their buckets are finer (about 26 % wide, from 1 µs) than the
+latency ones, so a quantile read from them is within a bucket's width of the truth even
+for a model that answers in microseconds. `*_threads` count the comparisons by each
+side's interpreter threads: CPU times compare like with like only at equal counts.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any
 
@@ -78,6 +91,23 @@ def bucket_key(le: float) -> str:
 
 
 BUCKET_KEYS: tuple[str, ...] = tuple(bucket_key(le) for le in LATENCY_BUCKETS_MS)
+
+
+# Finer bounds for the CPU time histograms of shadow comparisons: 10 per decade (each
+# about 26 % above the one before, rounded to 3 digits) from 1 µs to 10 s, then +Inf. A
+# record holds only the non-empty ones: one model's answers fill a handful.
+CPU_BUCKETS_MS: tuple[float, ...] = (
+    *(float(f"{0.001 * 10 ** (k / 10):.3g}") for k in range(71)),
+    math.inf,
+)
+CPU_BUCKET_KEYS: tuple[str, ...] = tuple(bucket_key(le) for le in CPU_BUCKETS_MS)
+
+
+def cpu_bucket(cpu_ms: float) -> str:
+    """The key of the CPU time bucket `cpu_ms` falls in (le: at most)."""
+    if math.isnan(cpu_ms):
+        return CPU_BUCKET_KEYS[-1]
+    return CPU_BUCKET_KEYS[bisect.bisect_left(CPU_BUCKETS_MS, cpu_ms)]
 
 
 def latency_bucket(latency_ms: float) -> str:
@@ -133,9 +163,25 @@ def merge_models(into: dict[str, Any], more: dict[str, Any]) -> None:
             mine["labels"][label] = mine["labels"].get(label, 0) + n
 
 
-SHADOW_COUNTS = ("count", "agree")
-SHADOW_SUMS = ("live_latency_sum_ms", "candidate_latency_sum_ms")
-SHADOW_MAPS = ("pairs", "live_latency_ms", "candidate_latency_ms")
+SHADOW_COUNTS = ("count", "agree", "cpu_count")
+SHADOW_SUMS = (
+    "live_latency_sum_ms",
+    "candidate_latency_sum_ms",
+    "live_cpu_sum_ms",
+    "candidate_cpu_sum_ms",
+)
+_THREAD_KEYS = frozenset(str(n) for n in range(1, 65))
+# Each map and the keys it may hold (None: any, up to MAX_PAIRS): a device cannot grow
+# a histogram with keys of its own.
+SHADOW_MAPS: dict[str, frozenset[str] | None] = {
+    "pairs": None,
+    "live_latency_ms": frozenset(BUCKET_KEYS),
+    "candidate_latency_ms": frozenset(BUCKET_KEYS),
+    "live_cpu_ms": frozenset(CPU_BUCKET_KEYS),
+    "candidate_cpu_ms": frozenset(CPU_BUCKET_KEYS),
+    "live_threads": _THREAD_KEYS,
+    "candidate_threads": _THREAD_KEYS,
+}
 SHADOW_BINS = ("live_confidence", "candidate_confidence")
 MAX_PAIRS = 256  # label pairs kept per candidate; the rest count as "other|other"
 
@@ -159,12 +205,17 @@ def merge_shadow(into: dict[str, Any], more: Any) -> None:
         mine = into.get(key)
         if mine is None or mine["live"] != stats["live"]:
             mine = into[key] = empty_shadow(stats["live"])
+        else:  # stored before a field was added: it starts from nothing
+            for k, empty in empty_shadow(mine["live"]).items():
+                mine.setdefault(k, empty)
         for k in SHADOW_COUNTS:
             mine[k] += count(stats.get(k))
         for k in SHADOW_SUMS:
             mine[k] += number(stats.get(k))
-        for k in SHADOW_MAPS:
+        for k, allowed in SHADOW_MAPS.items():
             for label, n in counts_of(stats.get(k)):
+                if allowed is not None and label not in allowed:
+                    continue
                 if k == "pairs" and label not in mine[k] and len(mine[k]) >= MAX_PAIRS:
                     label = f"{OTHER}|{OTHER}"
                 mine[k][label] = mine[k].get(label, 0) + n
@@ -173,9 +224,10 @@ def merge_shadow(into: dict[str, Any], more: Any) -> None:
             if isinstance(bins, list):
                 for i, n in enumerate(bins[:CONFIDENCE_BINS]):
                     mine[k][i] += count(n)
-    # `agree` can never exceed `count`, whatever a device claims.
+    # `agree` and `cpu_count` can never exceed `count`, whatever a device claims.
     for mine in into.values():
         mine["agree"] = min(mine["agree"], mine["count"])
+        mine["cpu_count"] = min(mine.get("cpu_count", 0), mine["count"])
 
 
 def merge(records: list[dict[str, Any]]) -> dict[str, Any]:
