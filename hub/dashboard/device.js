@@ -212,11 +212,13 @@ function renderResults(records) {
     const outcome = b.status === "failed" ? `failed: ${b.error || ""}`
       : b.label !== undefined ? `${b.label} (${(+b.confidence || 0).toFixed(2)})` : summary(b);
     const open = explaining && explaining.seq === r.seq;
+    // data-label: each value's name where the table becomes cards (narrow screens)
     return el("tr", { "data-seq": r.seq, class: open ? "explaining" : null },
-      el("td", {}, r.seq), el("td", {}, clock(r.ts)),
-      el("td", {}, b.model ? `${b.model} ${b.version || ""}` : "–"), el("td", {}, outcome),
-      el("td", {}, b.latency_ms !== undefined ? `${b.latency_ms} ms` : "–"),
-      el("td", { class: "why" }, whyCell(r.seq, b)));
+      el("td", { "data-label": "seq" }, r.seq), el("td", { "data-label": "time" }, clock(r.ts)),
+      el("td", { "data-label": "model" }, b.model ? `${b.model} ${b.version || ""}` : "–"),
+      el("td", { "data-label": "outcome" }, outcome),
+      el("td", { "data-label": "latency" }, b.latency_ms !== undefined ? `${b.latency_ms} ms` : "–"),
+      el("td", { class: "why", "data-label": "explanation" }, whyCell(r.seq, b)));
   }) : [placeholder(RESULT_COLUMNS, "none")]));
 }
 
