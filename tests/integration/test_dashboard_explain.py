@@ -34,6 +34,8 @@ from outpost.modelbundle import Manifest, read_bundle
 from scripts.train_models import vibration_windows
 from tests.api_client import ApiClient
 from tests.integration.test_dashboard import (
+    DESKTOP,
+    PHONE,
     chromium,
     click,
     console_problems,
@@ -41,6 +43,7 @@ from tests.integration.test_dashboard import (
     row,
     screenshot,
     text_of,
+    viewport,
     wait,
 )
 from tests.integration.test_explain_accuracy import _surface
@@ -202,6 +205,23 @@ def _channel_shares(driver: WebDriver) -> list[int] | None:
     return [int(text.strip().rstrip("%").strip()) for text in found] or None
 
 
+def _fits_a_phone(driver: WebDriver) -> None:
+    """At 360 px the results (as cards) and the open panel are no wider than the screen."""
+    viewport(driver, *PHONE)
+    try:
+        wait(driver).until(
+            lambda d: d.execute_script(
+                "return window.innerWidth === arguments[0]"
+                " && document.documentElement.scrollWidth <= window.innerWidth",
+                PHONE[0],
+            ),
+            f"the page is wider than {PHONE[0]} px",
+        )
+        screenshot(driver, "dashboard-explain-phone")
+    finally:
+        viewport(driver, *DESKTOP)
+
+
 def _operator_explains(driver: WebDriver) -> None:
     _open_device(driver)
     assert (_button(driver, CARRIED) or {}).get("enabled"), _button(driver, CARRIED)
@@ -231,6 +251,7 @@ def _operator_explains(driver: WebDriver) -> None:
     assert facts["top"].startswith("window "), facts
     assert not driver.find_elements(By.CSS_SELECTOR, "#device-explain img")
     screenshot(driver, "dashboard-explain-series-desktop")
+    _fits_a_phone(driver)
 
     # The hub's refusal, by name: a result answered by a release it does not hold.
     click(driver, f"{_result(UNKNOWN_RELEASE)} button.explain")
