@@ -64,7 +64,8 @@ export function openDevice(id) {
   title(d);
   if (d) renderFacts(d, Date.now() / 1000);
   for (const id_ of ["device-log", "device-results", "device-events"]) {
-    $(id_).tBodies[0].replaceChildren(placeholder(id_ === "device-results" ? RESULT_COLUMNS : 3, "reading…"));
+    const columns = id_ === "device-results" ? RESULT_COLUMNS : 3;
+    $(id_).tBodies[0].replaceChildren(placeholder(columns, "reading…"));
   }
   $("device").scrollIntoView({ behavior: "smooth", block: "start" });
   refreshLog();
@@ -217,7 +218,8 @@ function renderResults(records) {
       el("td", { "data-label": "seq" }, r.seq), el("td", { "data-label": "time" }, clock(r.ts)),
       el("td", { "data-label": "model" }, b.model ? `${b.model} ${b.version || ""}` : "–"),
       el("td", { "data-label": "outcome" }, outcome),
-      el("td", { "data-label": "latency" }, b.latency_ms !== undefined ? `${b.latency_ms} ms` : "–"),
+      el("td", { "data-label": "latency" },
+        b.latency_ms !== undefined ? `${b.latency_ms} ms` : "–"),
       el("td", { class: "why", "data-label": "explanation" }, whyCell(r.seq, b)));
   }) : [placeholder(RESULT_COLUMNS, "none")]));
 }
@@ -262,7 +264,8 @@ function deviceExplanations(events) {
   return found;
 }
 
-const carriesInput = (b) => Boolean(b.flag && b.input && typeof b.input === "object" && b.input.data);
+const carriesInput = (b) =>
+  Boolean(b.flag && b.input && typeof b.input === "object" && b.input.data);
 
 function whyCell(seq, b) {
   const mark = explainedOnDevice.get(seq);
@@ -270,7 +273,8 @@ function whyCell(seq, b) {
   if (mark) {
     out.push(el("div", {
       class: "on-device",
-      title: `${mark.label} (${score(mark.score)}) by ${mark.method}, ${mark.calls} model calls, on the device`,
+      title: `${mark.label} (${score(mark.score)}) by ${mark.method}, ` +
+        `${mark.calls} model calls, on the device`,
     }, `explained on device: ${mark.label}, ${topText(mark)}`));
   }
   if (carriesInput(b)) {
@@ -349,8 +353,10 @@ function showExplanation() {
     return;
   }
   const { seq, pending, answer, error } = explaining;
-  const close = el("button", { type: "button", class: "small", onclick: forgetExplanation }, "Close");
-  const head = el("div", { class: "explain-head" }, el("h4", {}, `Result ${seq} explained`), close);
+  const close = el("button", { type: "button", class: "small", onclick: forgetExplanation },
+    "Close");
+  const head = el("div", { class: "explain-head" },
+    el("h4", {}, `Explanation of result ${seq}`), close);
   const body = pending ? [muted("explaining on the hub…")]
     : error ? [el("p", { class: "error", role: "alert" }, `Not explained: ${error}`)]
       : explanation(seq, answer);

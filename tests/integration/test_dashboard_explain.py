@@ -230,7 +230,7 @@ def _operator_explains(driver: WebDriver) -> None:
     shown = wait(driver).until(_heat_map, "no heat map shown")
     assert shown is not None
     assert (shown["width"], shown["height"]) == (96, 96)  # the decoded PNG: the input's size
-    assert f"Result {CARRIED} explained" in shown["text"]
+    assert f"Explanation of result {CARRIED}" in shown["text"]
     facts = shown["facts"]
     assert (facts["label"], facts["model"]) == ("spot", "surface-defect 1.0.0"), facts
     assert facts["method"] == "occlusion, 451 model calls"  # the defaults: patch 12, stride 6
@@ -262,6 +262,10 @@ def _operator_explains(driver: WebDriver) -> None:
     assert f"no model surface-defect {MISSING_VERSION} on this hub" in refusal, refusal
     assert "HTTP 404" in refusal
     assert not driver.find_elements(By.CSS_SELECTOR, "#device-explain img")
+    click(driver, "#device-explain .explain-head button")  # Close
+    wait(driver).until(
+        lambda d: not d.find_element(By.ID, "device-explain").is_displayed(), "not closed"
+    )
     problems = console_problems(driver, "status of 404")  # the refusal, on purpose
     assert not problems, problems
 
