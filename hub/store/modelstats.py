@@ -27,6 +27,7 @@ FUTURE_SLACK_S = 3600  # a roll-up stamped later than this ahead of the hub: sta
 MAX_MODELS = 32  # model versions taken from one roll-up
 MAX_NAME = 128  # characters of a model name, version or label
 STREAMS = ("results", "events", "metrics")
+BINS = rollup.CONFIDENCE_BINS
 
 # The JSON columns: written with sorted keys, compact; msgspec's codec costs a fraction of
 # the standard library's, and folding runs once per roll-up of every device.
@@ -122,14 +123,18 @@ def fold(
             continue  # counted, but older than the statistics keep
         for key, stats in models.items():
             name, version = rollup.split_model_key(key)
-            rollup.merge_models(hourly.setdefault((name, version, hour), {}), {key: stats})
+            slot = hourly.get((name, version, hour))
+            if slot is None:
+                hourly[(name, version, hour)] = _copy(stats)
+            else:
+                _merge_checked(slot, stats)
         hour_errors = errors_by_hour.setdefault(hour, {})
         for reason, n in errors.items():
             hour_errors[reason] = hour_errors.get(reason, 0) + n
         if latest is None or ts >= latest[0]:
             latest = (ts, data)
     for (name, version, hour), merged in hourly.items():
-        _add_hour(db, device_id, name, version, hour, next(iter(merged.values())))
+        _add_hour(db, device_id, name, version, hour, merged)
     for hour, errors in errors_by_hour.items():
         if errors:
             _add_errors(db, device_id, hour, errors)
@@ -215,15 +220,44 @@ def _models(value: Any) -> dict[str, dict[str, Any]]:
             continue
         labels = rollup.counts_of(stats.get("labels"))[: rollup.MAX_LABELS]
         latency = [(le, n) for le, n in rollup.counts_of(stats.get("latency_ms"))]
+        given = stats.get("confidence")
+        bins = [rollup.count(n) for n in given[:BINS]] if isinstance(given, list) else []
         kept[key] = {
             "count": stats["count"],
             "latency_ms": {le: n for le, n in latency if le in rollup.BUCKET_KEYS},
             "latency_sum_ms": rollup.number(stats.get("latency_sum_ms")),
-            "confidence": stats.get("confidence"),
+            "confidence": bins + [0] * (BINS - len(bins)),
             "confidence_sum": rollup.number(stats.get("confidence_sum")),
             "labels": {label[:MAX_NAME]: n for label, n in labels},
         }
     return kept
+
+
+def _copy(stats: dict[str, Any]) -> dict[str, Any]:
+    """A model's checked counts, its maps and bins copied (merging adds into them)."""
+    return {
+        **stats,
+        "latency_ms": dict(stats["latency_ms"]),
+        "confidence": list(stats["confidence"]),
+        "labels": dict(stats["labels"]),
+    }
+
+
+def _merge_checked(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """`rollup.merge_models` for one model's counts that were checked already (by
+    `_models`, or as the statistics hold them): sums, with no value checked again. A
+    roll-up is merged up to three times as it is folded; checking each value every time
+    was most of the folding's cost (`./scripts/bench --only monitoring`)."""
+    into["count"] += more["count"]
+    into["latency_sum_ms"] += more["latency_sum_ms"]
+    into["confidence_sum"] += more["confidence_sum"]
+    latency, labels, bins = into["latency_ms"], into["labels"], into["confidence"]
+    for le, n in more["latency_ms"].items():
+        latency[le] = latency.get(le, 0) + n
+    for i, n in enumerate(more["confidence"]):
+        bins[i] += n
+    for label, n in more["labels"].items():
+        labels[label] = labels.get(label, 0) + n
 
 
 def _errors(value: Any) -> dict[str, int]:
@@ -235,15 +269,13 @@ def _errors(value: Any) -> dict[str, int]:
 
 
 def _totals(stats: dict[str, Any]) -> ModelTotals:
-    merged: dict[str, Any] = {}
-    rollup.merge_models(merged, {"m": stats})
-    m = merged["m"]
+    """A model's checked counts (`_models`) as totals."""
     return ModelTotals(
-        count=m["count"],
-        latency_ms=m["latency_ms"],
-        latency_sum_ms=m["latency_sum_ms"],
-        confidence=m["confidence"],
-        confidence_sum=m["confidence_sum"],
+        count=stats["count"],
+        latency_ms=dict(stats["latency_ms"]),
+        latency_sum_ms=stats["latency_sum_ms"],
+        confidence=list(stats["confidence"]),
+        confidence_sum=stats["confidence_sum"],
     )
 
 
@@ -262,17 +294,17 @@ def _add_hour(
         key,
     ).fetchone()
     if row is not None:
+        bins = _loads(row[1])
         before = {
             "count": row[0],
-            "confidence": _loads(row[1]),
+            "confidence": bins + [0] * (BINS - len(bins)),
             "labels": _loads(row[2]),
             "latency_ms": _loads(row[3]),
             "latency_sum_ms": row[4],
+            "confidence_sum": 0.0,  # not kept by the hour: the bins are
         }
-        merged: dict[str, Any] = {}
-        rollup.merge_models(merged, {"m": before})
-        rollup.merge_models(merged, {"m": stats})
-        stats = merged["m"]
+        _merge_checked(before, stats)
+        stats = before
         if len(stats["labels"]) > rollup.MAX_LABELS:  # a device naming ever new labels
             stats["labels"] = dict(
                 sorted(stats["labels"].items(), key=lambda kv: -kv[1])[: rollup.MAX_LABELS]
