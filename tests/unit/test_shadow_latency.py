@@ -167,3 +167,13 @@ def test_cpu_buckets_are_finer_than_latency_buckets() -> None:
     assert rollup.cpu_bucket(1e9) == rollup.cpu_bucket(float("nan")) == "+Inf"
     bounds = rollup.CPU_BUCKETS_MS[:-1]
     assert all(1.2 < b / a < 1.32 for a, b in itertools.pairwise(bounds))
+
+
+async def test_a_verdict_names_unequal_thread_counts(store: HubStore) -> None:
+    rollout_id = await _shadow_rollout(store, 1.2)
+    await _fold(store, _compared([(_answer(0.15, 0.3, threads=3), _answer(0.5, 0.24))] * SAMPLES))
+    found = await store.run(shadows.summary, rollout_id)
+    assert found is not None
+    assert found["live"]["threads"] == {"3": SAMPLES}
+    (judged,) = await store.run(shadows.judge, time.time())
+    assert "latency ratio 0.80 (CPU time, live on 3 threads, candidate on 1)" in judged.reason
