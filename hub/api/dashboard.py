@@ -59,6 +59,7 @@ SCRIPTS = (
     "device.js",
     "devices.js",
     "drift.js",
+    "explain.js",
     "fleet.js",
     "rollouts.js",
     "sinks.js",

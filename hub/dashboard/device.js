@@ -2,17 +2,21 @@
 // restored, models, policy, renewals, revocation, renames), its recent results and its
 // agent's own events and metrics; all kept current while the view is open. Admins can
 // rename, relabel and revoke it from here; operators can have the hub explain a flagged
-// result that carried its input (POST /api/v1/explain), shown beside the results.
+// result that carried its input (explain.js).
 
 import { can, changed, confirmChange } from "./actions.js";
 import { deviceChart, dropDeviceChart } from "./charts.js";
 import {
   device, deviceState, displayName, loadCell, storeCell,
 } from "./devices.js";
+import {
+  explainingSeq, explanationLine, forgetExplanation, noteDeviceExplanations,
+  showExplanationsOf, whyCell,
+} from "./explain.js";
 import { select } from "./fleet.js";
 import {
-  $, ApiError, ago, api, bar, clock, el, muted, pairs, parsePairs, pill, problem, read,
-  signOutOn, singleFlight, stamp, when,
+  $, ApiError, ago, api, clock, el, muted, pairs, parsePairs, pill, read, signOutOn,
+  singleFlight, stamp, when,
 } from "./util.js";
 
 const RECENT = 15; // records shown per stream
@@ -46,9 +50,12 @@ let logMissing = false; // this hub has no event log (an older one)
 let recordsReadAt = 0;
 let recordsSeen = 0; // the device's last_seen when its records were last read
 let shownResults = []; // the results last read, newest first (drawn again when needed)
-let explainedOnDevice = new Map(); // result seq -> its device's explanation event
 
 const path = () => `/api/v1/devices/${encodeURIComponent(selected)}`;
+
+showExplanationsOf(() => selected, () => {
+  if (shownResults.length) renderResults(shownResults);
+});
 
 export function openDevice(id) {
   selected = id;
@@ -56,7 +63,7 @@ export function openDevice(id) {
   logLimit = LOG_PAGE;
   recordsSeen = 0;
   shownResults = [];
-  explainedOnDevice = new Map();
+  noteDeviceExplanations([]);
   forgetExplanation();
   $("device").hidden = false;
   select(id);
@@ -187,7 +194,7 @@ const refreshRecords = singleFlight(async () => {
       ["results", "events", "metrics"].map((s) =>
         recent(s, marks.get(s) || 0, s === "metrics" ? 240 : RECENT)));
     if (selected !== id) return;
-    explainedOnDevice = deviceExplanations(events);
+    noteDeviceExplanations(events);
     renderResults(results);
     renderEvents(events);
     deviceChart(metrics);
@@ -212,7 +219,7 @@ function renderResults(records) {
     const b = r.body || {};
     const outcome = b.status === "failed" ? `failed: ${b.error || ""}`
       : b.label !== undefined ? `${b.label} (${(+b.confidence || 0).toFixed(2)})` : summary(b);
-    const open = explaining && explaining.seq === r.seq;
+    const open = explainingSeq() === r.seq;
     // data-label: each value's name where the table becomes cards (narrow screens)
     return el("tr", { "data-seq": r.seq, class: open ? "explaining" : null },
       el("td", { "data-label": "seq" }, r.seq), el("td", { "data-label": "time" }, clock(r.ts)),
@@ -232,170 +239,11 @@ function renderEvents(records) {
 
 function summary(body) {
   if (body === null || typeof body !== "object") return String(body);
-  if (body.event === "explanation") {
-    return `explanation of result ${body.result_seq}: ${body.label} (${score(body.score)}), ` +
-      `${body.method}, ${body.calls} calls, ${topText(body)}`;
-  }
+  if (body.event === "explanation") return explanationLine(body);
   const name = body.event || body.kind || body.type || "";
   const rest = Object.entries(body).filter(([k]) => !["event", "kind", "type"].includes(k))
     .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
   return `${name} ${rest}`.trim().slice(0, 200);
-}
-
-// ------------------------------------------------------------------ explanations
-
-// A flagged result that carried its input (policy inference.flagged_inputs) can be
-// explained on the hub, by an operator: one explanation costs the hub hundreds of model
-// calls. A result the device explained itself (inference.explain_flagged) is marked from
-// its explanation event, when that is among the events the view read.
-
-let explaining = null; // the panel's subject: {device, seq} and pending, answer or error
-let explainTurn = 0; // each request's number: an answer to an older one is dropped
-
-/** The device's own explanations among `events` (newest first), by the result's seq. */
-function deviceExplanations(events) {
-  const found = new Map();
-  for (const r of events) {
-    const b = r.body || {};
-    if (b.event === "explanation" && Number.isInteger(b.result_seq) && !found.has(b.result_seq)) {
-      found.set(b.result_seq, b);
-    }
-  }
-  return found;
-}
-
-const carriesInput = (b) =>
-  Boolean(b.flag && b.input && typeof b.input === "object" && b.input.data);
-
-function whyCell(seq, b) {
-  const mark = explainedOnDevice.get(seq);
-  const out = [];
-  if (mark) {
-    out.push(el("div", {
-      class: "on-device",
-      title: `${mark.label} (${score(mark.score)}) by ${mark.method}, ` +
-        `${mark.calls} model calls, on the device`,
-    }, `explained on device: ${mark.label}, ${topText(mark)}`));
-  }
-  if (carriesInput(b)) {
-    const allowed = can("operator");
-    const pending = Boolean(explaining && explaining.seq === seq && explaining.pending);
-    out.push(el("button", {
-      type: "button",
-      class: "small explain",
-      "data-seq": seq,
-      disabled: !allowed || pending,
-      title: allowed
-        ? "Explain this answer on the hub: which part of its input it rests on"
-        : "Explaining needs the operator role (it runs the model on the hub); you are a viewer",
-    }, pending ? "Explaining…" : "Explain"));
-  } else if (b.flag && !mark) {
-    out.push(el("span", {
-      class: "muted",
-      title: "This result carries no input to explain: the device keeps inputs unless its " +
-        "policy sets inference.flagged_inputs",
-    }, "–"));
-  }
-  return out;
-}
-
-/** The best part of an explanation, in words: its top patch, window or feature. */
-function topText(x) {
-  const top = x.top || {};
-  if (top.row !== undefined) return `top patch row ${top.row} col ${top.col}`;
-  if (Array.isArray(x.channels)) {
-    return `channel shares ${x.channels.map((s, i) => `${i}: ${percent(s)}`).join(", ")}`;
-  }
-  if (top.feature !== undefined) return `top feature ${top.feature}`;
-  return "";
-}
-
-const score = (value) => (typeof value === "number" ? value.toFixed(3) : "?");
-const percent = (share) => `${Math.round((+share || 0) * 100)} %`;
-
-$("device-results").tBodies[0].addEventListener("click", (event) => {
-  const button = event.target.closest("button.explain");
-  if (button && !button.disabled) explain(Number(button.getAttribute("data-seq")));
-});
-
-async function explain(seq) {
-  const id = selected;
-  const turn = ++explainTurn;
-  explaining = { device: id, seq, pending: true };
-  showExplanation();
-  let outcome;
-  try {
-    const response = await api("/api/v1/explain", { method: "POST", body: { device: id, seq } });
-    outcome = response.ok ? { answer: await response.json() }
-      : { error: `${await problem(response)} (HTTP ${response.status})` };
-  } catch (error) {
-    if (signOutOn(error)) return;
-    outcome = { error: `not sent: ${error.message || error}` };
-  }
-  if (turn !== explainTurn || selected !== id) return; // another one asked since
-  explaining = { device: id, seq, ...outcome };
-  showExplanation();
-}
-
-function forgetExplanation() {
-  explainTurn += 1;
-  explaining = null;
-  showExplanation();
-}
-
-/** Draw the panel and the results' controls for the current `explaining`. */
-function showExplanation() {
-  const box = $("device-explain");
-  if (shownResults.length) renderResults(shownResults);
-  if (!explaining) {
-    box.hidden = true;
-    box.replaceChildren();
-    return;
-  }
-  const { seq, pending, answer, error } = explaining;
-  const close = el("button", { type: "button", class: "small", onclick: forgetExplanation },
-    "Close");
-  const head = el("div", { class: "explain-head" },
-    el("h4", {}, `Explanation of result ${seq}`), close);
-  const body = pending ? [muted("explaining on the hub…")]
-    : error ? [el("p", { class: "error", role: "alert" }, `Not explained: ${error}`)]
-      : explanation(seq, answer);
-  box.replaceChildren(head, ...body);
-  box.hidden = false;
-}
-
-function explanation(seq, a) {
-  const top = a.top || {};
-  const facts = [
-    ["label", el("strong", {}, a.label)], ["score", score(a.score)],
-    ["model", `${a.model} ${a.version}`], ["method", `${a.method}, ${a.calls} model calls`],
-  ];
-  if (a.patch !== undefined) {
-    facts.push(["patch", `${a.patch} px, stride ${a.stride}`],
-      ["top patch", `row ${top.row}, col ${top.col} (${top.size} px)`]);
-  }
-  if (a.window !== undefined) {
-    facts.push(["window", `${a.window} samples`],
-      ["top", `window ${top.window}, channel ${top.channel}`]);
-  }
-  if (top.feature !== undefined) facts.push(["top feature", top.feature]);
-  const out = [];
-  if (a.png) {
-    out.push(el("img", {
-      class: "heat",
-      src: `data:image/png;base64,${a.png}`,
-      alt: `the input of result ${seq} in gray, what ${a.label} rests on in red`,
-    }));
-  }
-  out.push(el("dl", { class: "facts explain-facts" },
-    ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])));
-  if (Array.isArray(a.channels)) {
-    out.push(el("table", { class: "grid small channels" },
-      el("thead", {}, el("tr", {}, el("th", {}, "channel"), el("th", {}, "share"))),
-      el("tbody", {}, ...a.channels.map((share, i) => el("tr", { "data-channel": i },
-        el("td", {}, i), el("td", {}, bar(share * 100), percent(share)))))));
-  }
-  return out;
 }
 
 // ------------------------------------------------------------------ admin: change it
