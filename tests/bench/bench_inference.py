@@ -23,6 +23,7 @@ import aiohttp
 import msgpack
 import numpy as np
 import psutil
+from aiohttp import web
 
 from edge.enroll import enroll
 from edge.identity import DevicePaths
@@ -172,6 +173,36 @@ async def _thread_hop() -> Figures:
         return hop
 
 
+async def _bare_http(root: Path) -> Figures:
+    """The floor under the local API: aiohttp serving a Unix socket, its handler reading
+    the body and answering fixed bytes the size of an answer, asked by the same client
+    the local API figures use, with the vibration model's body."""
+    answer = msgpack.packb(
+        {"model": SMALL, "version": "1.0.0", "label": "normal", "confidence": 0.99,
+         "scores": {"normal": 0.99, "imbalance": 0.0, "looseness": 0.0,
+                    "bearing_fault": 0.01},
+         "latency_ms": 0.02, "queued_ms": 0.0, "clipped": 0, "recorded": None}
+    )  # fmt: skip
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type="application/msgpack")
+
+    app = web.Application()
+    app.router.add_post("/v1/infer/{model}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    socket = root / "bare-http.sock"
+    await web.UnixSite(runner, str(socket)).start()
+    small = next(read_bundle(p) for p in MODELS if p.parent.name == SMALL)
+    try:
+        async with _session(socket) as session:
+            (floor,) = await _alternate([lambda: _callers(1, _poster(session, small))])
+            return floor
+    finally:
+        await runner.cleanup()
+
+
 async def _runner(bundle: Bundle) -> tuple[Figures, Figures, Figures]:
     """The agent's runner (INTERPRETERS of THREADS threads): the float input checked,
     quantized and run on the worker; against the bare loop, 1 caller and CALLERS."""
@@ -296,6 +327,7 @@ def run(root: Path) -> list[Result]:
     bundles = [read_bundle(p) for p in MODELS]
     inner = {b.manifest.name: asyncio.run(_runner(b)) for b in bundles}
     hop = asyncio.run(_thread_hop())
+    http = asyncio.run(_bare_http(root))
     api, rss, by_report = asyncio.run(_with_agents(root, bundles))
     floor = rss_of(floor_code(MODELS), SETTLE_S)
     same = f"{THREADS} interpreter threads, {INTERPRETERS} interpreter, on every side"
@@ -306,7 +338,15 @@ def run(root: Path) -> list[Result]:
             None,
             "us",
             f"{hop[0]:,.0f}/s; the floor of a runner call on a worker thread",
-        )
+        ),
+        Result(
+            "bare aiohttp round trip over a Unix socket, p50",
+            http[1],
+            None,
+            "us",
+            f"{http[0]:,.0f}/s; the local API's client and server with a handler that "
+            "only reads the body and answers: the floor of a local API call",
+        ),
     ]
     for b in bundles:
         name = b.manifest.name
