@@ -66,6 +66,19 @@ class Manifest(Struct, frozen=True):
     description: Annotated[str, Meta(max_length=1024, description="what the model is for")] = ""
     accuracy: Annotated[dict[str, Any], Meta(max_length=32, description="held-out accuracy")] = {}
     training: Annotated[dict[str, Any], Meta(max_length=32, description="how it was trained")] = {}
+    explain_baseline: (
+        Annotated[
+            float,
+            Meta(
+                ge=-FINITE,
+                le=FINITE,
+                description="the real input value that stands for 'nothing there' when the "
+                "model is explained (occlusion and KernelSHAP put it in place of what they "
+                "hide); unset: an image's own mean, 0 for a series or a vector",
+            ),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.fullmatch(self.name):
@@ -87,7 +100,13 @@ class Manifest(Struct, frozen=True):
             raise schema.SchemaError("normal_label", f"{self.normal_label!r} is not a label")
 
     def to_dict(self) -> dict[str, Any]:
-        return schema.dump(self)
+        plain = schema.dump(self)
+        if plain["explain_baseline"] is None:
+            # Unset, it is left out: agents from before the field refuse a manifest that
+            # names it (unknown fields are refused), so only a model that sets it needs
+            # a newer agent.
+            del plain["explain_baseline"]
+        return plain
 
 
 class Expected(Struct, frozen=True):

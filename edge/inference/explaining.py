@@ -66,7 +66,9 @@ def explain_blocking(runner: ModelRunner, data: dict[str, Any]) -> dict[str, Any
             raw = run(q.astype(np.int8))
             return (raw.astype(np.float32) - out.zero_point) * out.scale
 
-        found, extra, method = _explain(predict, x[0], target, budget, data, spec.shape)
+        found, extra, method = _explain(
+            predict, x[0], target, budget, data, spec.shape, m.explain_baseline
+        )
     return {
         "model": m.name,
         "version": m.version,
@@ -86,8 +88,10 @@ def _explain(
     budget: int,
     data: dict[str, Any],
     shape: list[int],
+    baseline: float | None,
 ) -> tuple[explain.Attribution, dict[str, Any], str]:
-    """The explainer the request and the input's shape call for, run."""
+    """The explainer the request and the input's shape call for, run; `baseline` is the
+    model's own (its manifest's explain_baseline), or None for the input kind's."""
     import numpy as np
 
     rank = one.ndim
@@ -96,24 +100,26 @@ def _explain(
         side = min(one.shape[0], one.shape[1])
         patch = _int(data, "patch", max(1, side // 8), 1, side)
         stride = _int(data, "stride", max(1, patch // 2), 1, side)
+        used = float(one.mean()) if baseline is None else baseline
         found = explain.occlusion_image(
-            predict, one, target, patch=patch, stride=stride,
-            baseline=float(one.mean()), budget=budget,
-        )  # fmt: skip
+            predict, one, target, patch=patch, stride=stride, baseline=used, budget=budget
+        )
         top = {"row": found.top[0], "col": found.top[1], "size": patch}
-        return found, {"patch": patch, "stride": stride, "top": top}, method
+        return found, {"patch": patch, "stride": stride, "top": top, "baseline": used}, method
     if method == "occlusion" and rank == 2:
         window = _int(data, "window", max(1, one.shape[0] // 8), 1, one.shape[0])
         # At rest, a sensor reads zero: the baseline a series is compared against.
+        rest = np.full(one.shape[1], 0.0 if baseline is None else baseline)
         found = explain.occlusion_series(
-            predict, one, target, window=window, baseline=np.zeros(one.shape[1]), budget=budget
+            predict, one, target, window=window, baseline=rest, budget=budget
         )
-        extra = {"window": window, "channels": found.shares,
+        extra = {"window": window, "channels": found.shares, "baseline": float(rest[0]),
                  "top": {"window": found.top[0], "channel": found.top[1]}}  # fmt: skip
         return found, extra, method
     if method == "kernelshap" and rank == 1:
-        found = explain.kernel_shap(predict, one, np.zeros_like(one), target, budget=budget)
-        return found, {"top": {"feature": found.top[0]}}, method
+        rest = np.full_like(one, 0.0 if baseline is None else baseline)
+        found = explain.kernel_shap(predict, one, rest, target, budget=budget)
+        return found, {"top": {"feature": found.top[0]}, "baseline": float(rest[0])}, method
     raise ExplainRequestError(
         f"body.method: {method!r} does not fit an input of shape {shape} "
         "(occlusion for images [1, H, W, C] and series [1, T, C], kernelshap for [1, N])"

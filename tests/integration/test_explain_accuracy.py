@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -148,3 +149,19 @@ def test_the_faulty_axis_gets_the_largest_share() -> None:
     print(f"vibration-anomaly: the faulty axis had the largest share in {hits} of {CASES}")
     print(f"  (the model answered a fault for {faults}; toward bearing_fault always: {fixed})")
     assert hits >= 0.8 * CASES, hits
+
+
+def test_a_model_may_name_its_own_baseline(runner: ModelRunner) -> None:
+    """The manifest's explain_baseline takes the place of the input kind's: the hidden
+    parts of an image become white (1.0), not its mean; the answer names what was used."""
+    shape = runner.manifest.input.shape
+    value = (np.random.default_rng(4).random(shape, np.float32) * 0.5).tolist()
+    body = {"input": value, "budget": 5000}
+    mean = explain_blocking(runner, dict(body))
+    runner.manifest = msgspec.structs.replace(runner.manifest, explain_baseline=1.0)
+    white = explain_blocking(runner, dict(body))
+
+    assert white["baseline"] == 1.0
+    image = len(shape) == 4  # its mean, as quantized; else 0
+    assert mean["baseline"] == (pytest.approx(float(np.mean(value)), abs=0.01) if image else 0.0)
+    assert white["attribution"] != mean["attribution"]

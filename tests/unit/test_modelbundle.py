@@ -63,6 +63,7 @@ def test_a_model_with_other_bytes_is_refused(bundle_copy: Path) -> None:
         ({"name": "Bad Name"}, "name: must match"),
         ({"sha256": "xyz"}, "sha256: must be 64 lowercase hex digits"),
         ({"extra": 1}, "extra: unknown key"),
+        ({"explain_baseline": "white"}, "explain_baseline"),
     ],
 )
 def test_a_bad_manifest_is_refused_naming_the_field(
@@ -80,3 +81,15 @@ def test_a_manifest_that_is_not_json_is_refused(bundle_copy: Path) -> None:
 
     with pytest.raises(BundleError, match=r"model\.json: not valid JSON"):
         read_bundle(bundle_copy)
+
+
+def test_an_explain_baseline_is_kept_and_an_unset_one_left_out(bundle_copy: Path) -> None:
+    unset = read_bundle(bundle_copy).manifest
+    edit_manifest(bundle_copy, explain_baseline=0.5)
+    named = read_bundle(bundle_copy).manifest
+
+    # Left out when unset: an agent from before the field refuses a manifest naming it,
+    # so releases of models that do not set it stay readable by every agent.
+    assert "explain_baseline" not in unset.to_dict()
+    assert named.explain_baseline == 0.5
+    assert named.to_dict()["explain_baseline"] == 0.5
