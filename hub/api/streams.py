@@ -30,6 +30,17 @@ class RecordOut(Struct, frozen=True):
     def of(cls, r: StoredRecord) -> RecordOut:
         return cls(r.seq, r.ts, _jsonable(r.body), r.received_at)
 
+    @classmethod
+    def without_input(cls, r: StoredRecord) -> RecordOut:
+        """The record with a carried input's bytes left out: `input.bytes` says how many
+        (a list shows which results can be explained without sending their images)."""
+        body = r.body
+        carried = body.get("input") if isinstance(body, dict) else None
+        if isinstance(carried, dict) and isinstance(carried.get("data"), bytes):
+            rest = {k: v for k, v in carried.items() if k != "data"}
+            body = {**body, "input": {**rest, "bytes": len(carried["data"])}}
+        return cls(r.seq, r.ts, _jsonable(body), r.received_at)
+
 
 class StreamOut(Struct, frozen=True):
     """How much of one upload stream the hub holds for a device."""
@@ -74,8 +85,10 @@ def routes(ctx: ApiContext) -> list[Route]:
         size = params.limit(request)
         after = _after(request)
         device_id = await known_device(request)
+        inputs = params.boolean(request, "inputs")
         found = await ctx.store.records(device_id, stream, after=after, limit=size + 1)
-        page = params.page(found, size, RecordOut.of, lambda r: r.seq)
+        shown = RecordOut.without_input if inputs is False else RecordOut.of
+        page = params.page(found, size, shown, lambda r: r.seq)
         return params.answer(page)
 
     async def list_streams(request: web.Request) -> web.Response:
@@ -98,6 +111,13 @@ def routes(ctx: ApiContext) -> list[Route]:
                 device_id,
                 Param("stream", "query", "results, events or metrics (required)"),
                 Param("after", "query", "only records with a higher seq (default 0)", "integer"),
+                Param(
+                    "inputs",
+                    "query",
+                    "false: a result's carried input without its bytes (input.bytes counts "
+                    "them); default true",
+                    "boolean",
+                ),
             ),
             errors=(404,),
         ),

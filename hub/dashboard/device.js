@@ -209,7 +209,10 @@ const refreshRecords = singleFlight(async () => {
 async function recent(stream, hwm, count) {
   if (!hwm) return [];
   const after = Math.max(0, hwm - count);
-  const page = await read(`${path()}/records?stream=${stream}&after=${after}&limit=${Math.min(count, 500)}`);
+  // Results without their carried inputs' bytes: the view needs to know one is there
+  // (to offer Explain), not the image; the hub reads it when asked to explain.
+  const query = `stream=${stream}&after=${after}&limit=${Math.min(count, 500)}&inputs=false`;
+  const page = await read(`${path()}/records?${query}`);
   return page.items.reverse(); // newest first
 }
 

@@ -37,8 +37,9 @@ export function noteDeviceExplanations(events) {
   explainedOnDevice = found;
 }
 
+// Records are read with inputs=false: a carried input shows as its byte count.
 const carriesInput = (b) =>
-  Boolean(b.flag && b.input && typeof b.input === "object" && b.input.data);
+  Boolean(b.flag && b.input && typeof b.input === "object" && (b.input.bytes || b.input.data));
 
 export function whyCell(seq, b) {
   const mark = explainedOnDevice.get(seq);

@@ -244,3 +244,15 @@ async def test_the_hub_explains_a_stored_result_only_when_its_input_left_the_dev
     assert mask[top["row"] : top["row"] + 16, top["col"] : top["col"] + 16].any()
     png = base64.b64decode(answer["png"])
     assert struct.unpack(">II", png[16:24]) == (96, 96)
+
+    records = f"/api/v1/devices/{device}/records?stream=results&after={sent - 1}&limit=1"
+    whole = await api.call("GET", records, token=operator)
+    listed = await api.call("GET", records + "&inputs=false", token=operator)
+    typo = await api.call("GET", records + "&inputs=no", token=operator)
+    assert len(base64.b64decode(whole.body["items"][0]["body"]["input"]["data"])) == 96 * 96
+    assert listed.body["items"][0]["body"]["input"] == {
+        "dtype": "int8",
+        "shape": [1, 96, 96, 1],
+        "bytes": 96 * 96,
+    }
+    assert (typo.status, typo.body["error"]["details"]["field"]) == (400, "query.inputs")
