@@ -101,11 +101,14 @@ class Drain:
         try:
             while True:
                 try:
+                    # Bounds first: a sink that cannot start (bus down, refused
+                    # credentials, a configuration it cannot be made with) must not let
+                    # the outbox grow without limit for it.
+                    position = await self._within_bounds(position)
                     if sink is None:
                         sink = self._make_sink(self.config)
                         await sink.start()
                         retry.reset()
-                    position = await self._within_bounds(position)
                     rows = await self._store.run(outbox.after, position, BATCH)
                     if not rows:
                         await self._set_state("idle", "")
