@@ -18,7 +18,8 @@ from outpost.courier.sealing import BundleError
 
 
 def import_bundles(args: argparse.Namespace) -> int:
-    """Import device bundles; write each device's ack bundle to --ack-out."""
+    """Import device bundles; write each device's ack bundle to --ack-out (without it,
+    no ack is made: nothing is leased to the device and no certificate renewed)."""
     paths = HubPaths(args.data)
     bundles = parts.assemble(args.paths)  # a bad part refuses the lot: nothing stored
     refused = 0
@@ -29,7 +30,10 @@ def import_bundles(args: argparse.Namespace) -> int:
             try:
                 outcome = asyncio.run(
                     desk.importer.import_bundle(
-                        sealed, lease_s=args.lease, max_tasks=max(0, args.tasks)
+                        sealed,
+                        lease_s=args.lease,
+                        max_tasks=max(0, args.tasks),
+                        answer=args.ack_out is not None,
                     )
                 )
             except BundleError as exc:

@@ -52,6 +52,7 @@ class ImportOutcome:
     renewed: bool = False  # its certificate was renewed: the ack carries the new one
     tasks_leased: int = 0  # tasks the ack leases to the device
     ack_problem: str = ""  # why there is no ack (the records are stored all the same)
+    renewal_waits: bool = False  # a renewal request not answered: no ack was asked for
 
     def summary(self) -> str:
         stored = sum(self.stored.values())
@@ -67,6 +68,11 @@ class ImportOutcome:
             )
         if self.renewed:
             parts.append("certificate renewed (in the ack bundle)")
+        if self.renewal_waits:
+            parts.append(
+                "its certificate renewal request waits: no ack written (--ack-out), so no "
+                "certificate was issued (the device asks again in its next bundle)"
+            )
         if self.tasks_leased:
             parts.append(f"{self.tasks_leased} tasks leased to it in the ack bundle")
         if self.waiting:
@@ -103,9 +109,14 @@ class BundleImporter:
         now: float | None = None,
         lease_s: float = DEFAULT_LEASE_S,
         max_tasks: int = DEFAULT_MAX_TASKS,
+        answer: bool = True,
     ) -> ImportOutcome:
-        """Import one device bundle; its ack leases the device up to `max_tasks` tasks
-        for `lease_s` (the courier's round trip)."""
+        """Import one device bundle; with `answer`, make its ack, which leases the device
+        up to `max_tasks` tasks for `lease_s` (the courier's round trip) and carries its
+        renewed certificate. Without, nothing is leased or renewed: leases and a
+        certificate only a bundle can deliver would be lost with it (`bundle export`
+        makes the bundle later, with the leases; the device asks for its certificate
+        again in its next bundle)."""
         now = time.time() if now is None else now
         to = sealing.addressee(sealed)
         if to != content.HUB:
@@ -169,6 +180,11 @@ class BundleImporter:
         serving = [(m.name, m.version) for m in carried.models if m.state == "ready"]
         if serving:  # a roll-out that waited on this device's word moves on
             await self._store.reconcile_inventory([(device_id, serving)], now=now)
+        if not answer:
+            if carried.renewal_csr:
+                outcome.renewal_waits = True
+            logger.info("imported %s", detail)
+            return outcome
         renewed, note = b"", ""
         if carried.renewal_csr:
             try:

@@ -53,6 +53,13 @@ async def test_a_certificate_is_renewed_by_bundle(
     assert identity.cert_not_before is not None
     assert identity.cert_not_after is not None
     await until(renew_at(identity.cert_not_before, identity.cert_not_after) + 0.1)
+    issued = len(await hub.parts.store.device_certs(device_id))
+    unanswered = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "no-ack")
+    assert unanswered.returncode == 0, unanswered.stderr
+    imported = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "no-ack")
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    assert "renewal request waits: no ack written" in imported.stdout  # no --ack-out:
+    assert len(await hub.parts.store.device_certs(device_id)) == issued  # nothing issued
     late = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "late")
     assert late.returncode == 0, late.stderr
     imported = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "late",
