@@ -71,6 +71,11 @@ def import_(data: Path, sources: list[Path]) -> int:
         applied = json.loads(body)
         marks = ", ".join(f"{k} {v:,}" for k, v in applied["acknowledged"].items())
         print(f"{name}: the hub holds up to: {marks}; policy {applied['policy']}")
+        if applied.get("older"):
+            print(
+                "  made before a hub bundle applied here already: its marks and tasks are "
+                "taken; its releases, gap marks and certificate are left alone"
+            )
         if applied["forgotten_through"]:
             print("  records the hub holds are deleted here")
         if applied["tasks"]:

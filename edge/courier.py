@@ -167,6 +167,11 @@ class CourierDesk:
                 carried = content.decode_hub(opened.body)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise BundleError(f"the hub bundle's content is malformed: {exc}") from exc
+            # A bundle made before one applied here already (carried out of order) still
+            # holds marks (cumulative: a lower one changes nothing) and tasks leased to
+            # this device; its releases, gap flags and certificate are out of date, and
+            # would roll back what the newer bundle set (offers have no version order).
+            older = header.created_at < log.newest_made
             store = self._parts.store
             before = await store.cursors()
             mine = await store.store_id()
@@ -175,7 +180,9 @@ class CourierDesk:
                     # The hub numbers this stream as this store does: the mark is in
                     # our own numbers, so align without renumbering past it.
                     await store.adopt_numbering(ack.stream)
-                await self._parts.uploader.on_ack(ack)
+                await self._parts.uploader.on_ack(
+                    msgspec.structs.replace(ack, gap=False) if older else ack
+                )
             after = await store.cursors()
             policy = "none"
             if carried.policy is not None:
@@ -189,25 +196,34 @@ class CourierDesk:
                 await self._parts.tasks.assign(
                     wire.Tasks(tasks=tasks[first : first + wire.MAX_TASK_BATCH])
                 )
-            for carried_file in carried.model_files:
-                await self._parts.deployer.stage(
-                    carried_file.name, carried_file.version, carried_file.sha256, carried_file.data
-                )
-            if carried.releases is not None:  # deployed in turn, as from MQTT
-                await self._parts.deployer.offer(carried.releases)
+            releases = "none"
+            if older and (carried.releases is not None or carried.certificate):
+                releases = "left alone: the bundle is older than one applied here already"
+            elif carried.releases is not None:
+                for carried_file in carried.model_files:
+                    await self._parts.deployer.stage(
+                        carried_file.name,
+                        carried_file.version,
+                        carried_file.sha256,
+                        carried_file.data,
+                    )
+                await self._parts.deployer.offer(carried.releases)  # deployed in turn
+                releases = f"{len(carried.releases.releases)} offered"
             certificate = "none"
-            if carried.certificate:
+            if carried.certificate and not older:
                 certificate = await asyncio.to_thread(
                     self._install_certificate, carried.certificate.encode(), keys
                 )
             if carried.note:
                 logger.warning("the hub's bundle says: %s", carried.note)
             log.imported[header.id] = time.time()
-            for ack in carried.acks:
-                if ack.gap:
-                    log.resend_from[ack.stream] = ack.hwm
-                else:
-                    log.resend_from.pop(ack.stream, None)
+            if not older:
+                log.newest_made = header.created_at
+                for ack in carried.acks:
+                    if ack.gap:
+                        log.resend_from[ack.stream] = ack.hwm
+                    else:
+                        log.resend_from.pop(ack.stream, None)
             await asyncio.to_thread(self._keep_log, log)
             forgotten = {s: after[s][0] - before[s][0] for s in after if after[s][0] > before[s][0]}
             logger.info("hub bundle %s imported (made %s)", header.id[:12], _utc(header.created_at))
@@ -217,10 +233,12 @@ class CourierDesk:
                 "acknowledged": {a.stream: a.hwm for a in carried.acks},
                 "forgotten_through": forgotten,
                 "policy": policy,
+                "releases": releases,
+                "older": older,
                 "certificate": certificate,
                 "note": carried.note,
                 "tasks": len(tasks),
-                "models": [f"{f.name} {f.version}" for f in carried.model_files],
+                "models": [] if older else [f"{f.name} {f.version}" for f in carried.model_files],
                 "lease_s": carried.lease_s,
             }
 
@@ -306,7 +324,7 @@ class CourierDesk:
 
     def _keep_log(self, log: CourierLog) -> None:
         newest = dict(sorted(log.imported.items(), key=lambda kv: kv[1])[-KEEP_IDS:])
-        kept = CourierLog(imported=newest, resend_from=log.resend_from)
+        kept = CourierLog(imported=newest, resend_from=log.resend_from, newest_made=log.newest_made)
         files.replace(self._paths.courier_log, msgspec.json.encode(kept), files.PRIVATE)
 
 
@@ -318,6 +336,9 @@ class CourierLog(msgspec.Struct):
     # restored from a backup), from the mark it holds: the next export starts there, as
     # the uploader does over MQTT.
     resend_from: dict[str, int] = {}
+    # When the newest hub bundle applied here was made: an older one carried in after it
+    # changes no releases, gap flags or certificate.
+    newest_made: float = 0.0
 
 
 def _utc(at: float) -> str:
