@@ -20,7 +20,7 @@ import psutil
 from edge.enroll import enroll
 from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
-from tests.bench.bench_footprint import LIBRARIES
+from tests.bench.bench_footprint import LIBRARIES, NO_NUMPY
 from tests.bench.bench_inference import floor_code
 from tests.bench.common import Result, rss_of, running_hub
 from tests.support import PROFILES, SHIPPED_MODELS, AgentProcess, mint_token
@@ -30,9 +30,6 @@ IDLE_S = 60.0  # the issue's "a minute idle", both agents at once
 READY_TIMEOUT_S = 60.0
 SETTLE_S = 3.0
 MODEL = SHIPPED_MODELS[0]
-# The agent keeps numpy out of sqlite-utils until a model needs it (edge.cli._daemon), so
-# its floor without a model does too.
-NO_NUMPY = "import sys; sys.modules['numpy'] = sys.modules['pandas'] = None\n"
 
 
 def _floor_ms(code: str) -> float:
