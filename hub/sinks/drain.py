@@ -33,6 +33,10 @@ BATCH = 500  # events read at once
 CHUNK = 100
 IDLE_POLL_S = 0.25  # an idle drain looks again this often (or when woken)
 LABELS_FRESH_S = 5.0  # devices' labels, for selectors, are read again this often
+# An event of a device missing from the labels read is a new device's if it is at most
+# this much older than the read (its transaction may commit after the read; replicas'
+# clocks differ): the labels are read again rather than the event dropped.
+NEW_DEVICE_S = 60.0
 BOUNDS_EVERY_S = 10.0  # how often a drain checks that it is within its lag bounds
 RETRY_CAP_S = 60.0
 FAILED_RETRY_S = 300.0  # a sink whose configuration is refused (bad credentials)
@@ -85,6 +89,7 @@ class Drain:
         self._wake = asyncio.Event()
         self._labels: dict[str, dict[str, str]] = {}
         self._labels_at = float("-inf")
+        self._labels_read = float("-inf")  # wall clock, to compare with events' times
         self._bounds_at = float("-inf")
         self._state = ""
 
@@ -150,7 +155,7 @@ class Drain:
 
     async def _deliver(self, sink: Sink, position: int, rows: list[OutboxEvent]) -> int:
         """Publish what the sink takes of `rows`; the cursor's new position."""
-        await self._refresh_labels()
+        await self._refresh_labels(rows)
         chosen = [as_event(r, self._source) for r in rows if self._wants(r)]
         try:
             if chosen:
@@ -199,9 +204,19 @@ class Drain:
         labels = self._labels.get(row.subject, {})
         return all(labels.get(k) == v for k, v in selector.items())
 
-    async def _refresh_labels(self) -> None:
-        if not self.config.selector or time.monotonic() - self._labels_at < LABELS_FRESH_S:
+    async def _refresh_labels(self, rows: list[OutboxEvent]) -> None:
+        if not self.config.selector:
             return
+        # A device new since the last read (its enrollment is among `rows`) would be
+        # judged without its labels, and its events dropped: read them again at once.
+        # Events of devices unknown for longer (removed since) do not trigger a read.
+        unknown = any(
+            r.subject and r.subject not in self._labels and r.at > self._labels_read - NEW_DEVICE_S
+            for r in rows
+        )
+        if not unknown and time.monotonic() - self._labels_at < LABELS_FRESH_S:
+            return
+        self._labels_read = time.time()
         self._labels = await self._store.run(outbox.device_labels)
         self._labels_at = time.monotonic()
 
