@@ -53,6 +53,7 @@ class ImportOutcome:
     tasks_leased: int = 0  # tasks the ack leases to the device
     ack_problem: str = ""  # why there is no ack (the records are stored all the same)
     renewal_waits: bool = False  # a renewal request not answered: no ack was asked for
+    outdated: bool = False  # made before the hub last heard of the device: registry untouched
 
     def summary(self) -> str:
         stored = sum(self.stored.values())
@@ -80,6 +81,11 @@ class ImportOutcome:
                 ", ".join(self.waiting) + " not taken: numbered before the device knew the "
                 "hub's marks (the device sends them again after the ack bundle, renumbered "
                 "if need be)"
+            )
+        if self.outdated:
+            parts.append(
+                "made before the hub last heard of the device: what it says the device runs "
+                "and any renewal request are out of date, and left alone"
             )
         return "; ".join(parts)
 
@@ -160,6 +166,10 @@ class BundleImporter:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise BundleError(f"bundle of {device_id}: its content is malformed: {exc}") from exc
         outcome = ImportOutcome(device_id, header.id, header.created_at)
+        # Made before the hub last heard of the device (over MQTT, or by a newer bundle):
+        # its records are stored as any (the marks drop what is held), but what it says
+        # the device runs, how it does, and its renewal request are out of date.
+        outcome.outdated = device.last_seen is not None and header.created_at < device.last_seen
         await self._store_records(device_id, carried, outcome, now)
         detail = (
             f"bundle {header.id[:12]} made {_ago(header.created_at, now)}: "
@@ -171,22 +181,22 @@ class BundleImporter:
                 header.id, device_id, header.created_at, now, sum(outcome.stored.values())
             ),
             carried.agent_version,
-            _inventory(carried),
+            None if outcome.outdated else _inventory(carried),
             detail,
         )
         if not first:  # another import of the same bundle won the race: it stored them
             raise BundleError(f"bundle {header.id[:12]} of {device_id} was imported already")
         await self._store.run(registry.remember_key, device_id, _public_pem(cert))
         serving = [(m.name, m.version) for m in carried.models if m.state == "ready"]
-        if serving:  # a roll-out that waited on this device's word moves on
+        if serving and not outcome.outdated:  # a roll-out that waited on its word moves on
             await self._store.reconcile_inventory([(device_id, serving)], now=now)
         if not answer:
-            if carried.renewal_csr:
+            if carried.renewal_csr and not outcome.outdated:
                 outcome.renewal_waits = True
             logger.info("imported %s", detail)
             return outcome
         renewed, note = b"", ""
-        if carried.renewal_csr:
+        if carried.renewal_csr and not outcome.outdated:
             try:
                 renewed = (
                     await self._renewals.renew(

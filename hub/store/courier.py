@@ -41,12 +41,13 @@ def imported(db: Sql, bundle_id: str) -> Imported | None:
 
 
 def record_import(
-    db: Sql, bundle: Imported, agent_version: str, inventory: Inventory, detail: str
+    db: Sql, bundle: Imported, agent_version: str, inventory: Inventory | None, detail: str
 ) -> bool:
     """Note the bundle as imported and the device as heard of at its making; what it
     runs (agent version, models, task slots) only if nothing newer was heard of it (an
     old bundle after newer MQTT traffic changes none of it, nor moves `last_seen` or
-    `bundle_at` back). False if it was imported already (by another replica, just now)."""
+    `bundle_at` back; with no `inventory`, the importer found it so already). False if
+    it was imported already (by another replica, just now)."""
     with db.write():
         if imported(db, bundle.bundle_id) is not None:
             return False
@@ -56,30 +57,35 @@ def record_import(
             (bundle.bundle_id, bundle.device_id, bundle.created_at, bundle.imported_at,
              bundle.records),
         )  # fmt: skip
-        db.execute(
-            "UPDATE devices SET"
-            " agent_version = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ?"
-            " ELSE agent_version END,"
-            " models = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ? ELSE models END,"
-            " task_slots = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ?"
-            " ELSE task_slots END,"
-            " load = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN COALESCE(?, load)"
-            " ELSE load END,"
-            " store = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN COALESCE(?, store)"
-            " ELSE store END,"
-            " bundle_at = CASE WHEN bundle_at IS NULL OR bundle_at < ? THEN ? ELSE bundle_at END,"
-            " last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? ELSE last_seen END"
-            " WHERE device_id = ?",
-            (bundle.created_at, agent_version, bundle.created_at, inventory.models_json,
-             bundle.created_at, inventory.task_slots, bundle.created_at, inventory.load_json,
-             bundle.created_at, inventory.store_json, bundle.created_at, bundle.created_at,
-             bundle.created_at, bundle.created_at, bundle.device_id),
-        )  # fmt: skip
-        if inventory.policy is not None:  # versions only move forward there
-            applied, rejected, reason = inventory.policy
-            policy_store.report(db, bundle.device_id, applied, rejected, reason, bundle.created_at)
+        if inventory is not None:
+            _take_inventory(db, bundle, agent_version, inventory)
         events.add(db, bundle.device_id, bundle.imported_at, "bundle_imported", detail)
     return True
+
+
+def _take_inventory(db: Sql, bundle: Imported, agent_version: str, inventory: Inventory) -> None:
+    db.execute(
+        "UPDATE devices SET"
+        " agent_version = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ?"
+        " ELSE agent_version END,"
+        " models = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ? ELSE models END,"
+        " task_slots = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN ?"
+        " ELSE task_slots END,"
+        " load = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN COALESCE(?, load)"
+        " ELSE load END,"
+        " store = CASE WHEN last_seen IS NULL OR last_seen <= ? THEN COALESCE(?, store)"
+        " ELSE store END,"
+        " bundle_at = CASE WHEN bundle_at IS NULL OR bundle_at < ? THEN ? ELSE bundle_at END,"
+        " last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? ELSE last_seen END"
+        " WHERE device_id = ?",
+        (bundle.created_at, agent_version, bundle.created_at, inventory.models_json,
+         bundle.created_at, inventory.task_slots, bundle.created_at, inventory.load_json,
+         bundle.created_at, inventory.store_json, bundle.created_at, bundle.created_at,
+         bundle.created_at, bundle.created_at, bundle.device_id),
+    )  # fmt: skip
+    if inventory.policy is not None:  # versions only move forward there
+        applied, rejected, reason = inventory.policy
+        policy_store.report(db, bundle.device_id, applied, rejected, reason, bundle.created_at)
 
 
 def remember_key(db: Sql, device_id: str, public_key_pem: str) -> None:

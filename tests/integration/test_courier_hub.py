@@ -4,6 +4,8 @@ the hub heard from the device since."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,11 +15,13 @@ from tests.conftest import Enroller
 from tests.integration.test_courier import (
     cli,
     offline_agent,
+    produce,
     proxy,  # noqa: F401 - the fixture
 )
 from tests.integration.test_sink_webhook import INPUT, VIB
+from tests.integration.test_store_forward import hub_records
 from tests.linkproxy import LinkProxy
-from tests.support import AgentProcess
+from tests.support import AgentProcess, eventually
 
 
 async def states_of(hub: Hub, task_ids: list[str]) -> list[tuple[str, str | None]]:
@@ -72,4 +76,51 @@ async def test_an_import_without_an_ack_leases_nothing(
     applied = cli("agent", "bundle", "import", "--data", paths.root, tmp_path / "to-site")
     assert applied.returncode == 0, applied.stderr
     assert "2 tasks leased for 7 days" in applied.stdout
+    assert agent.process.poll() is None
+
+
+async def test_an_old_bundle_after_newer_mqtt_traffic_leaves_the_registry_alone(
+    hub: Hub,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+    proxy: LinkProxy,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """A bundle made before the device's link came back, imported after the hub heard
+    from it over MQTT: its records are held already, and what it says of the device
+    (models, load, store, policy, when it was seen) is out of date: the registry keeps
+    what MQTT said."""
+    paths, device_id, agent, client = await offline_agent(enroll_device, agents, proxy, models=True)
+    try:
+        await produce(client, 1, 10)
+    finally:
+        await client.close()
+    old = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "old")
+    assert old.returncode == 0, old.stderr
+    exported_by = time.time()
+    proxy.up()
+
+    async def heard() -> bool:
+        device = await hub.parts.store.device(device_id)
+        return (
+            device is not None
+            and (device.last_seen or 0) > exported_by
+            and len(hub_records(hub, device_id)) == 10
+        )
+
+    await eventually(heard, timeout=60, what="the device heard of over MQTT")
+    proxy.down()
+    before = await hub.parts.store.device(device_id)
+    late = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "old")
+    assert late.returncode == 0, late.stdout + late.stderr
+    assert "made before the hub last heard of the device" in late.stdout
+    after = await hub.parts.store.device(device_id)
+    assert before is not None
+    assert after is not None
+    changing = {"online", "conn"}  # the link's own state, cut meanwhile
+    assert {k: v for k, v in dataclasses.asdict(after).items() if k not in changing} == {
+        k: v for k, v in dataclasses.asdict(before).items() if k not in changing
+    }
+    assert after.bundle_at is None  # never "last seen via bundle"
+    assert len(hub_records(hub, device_id)) == 10
     assert agent.process.poll() is None
