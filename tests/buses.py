@@ -80,6 +80,14 @@ def _stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
         process.wait(10)
 
 
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process's group at once (a crash: nothing flushed, nothing said)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(10)
+
+
 def _accepts(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
@@ -157,6 +165,12 @@ class ThrowawayNats:
     def stop(self) -> None:
         if self._process is not None:
             _stop_group(self._process, STOP_S)
+            self._process = None
+
+    def kill(self) -> None:
+        """kill -9 the server; `start()` again recovers its store (a crashed bus)."""
+        if self._process is not None:
+            _kill_group(self._process)
             self._process = None
 
     def close(self) -> None:
@@ -338,6 +352,14 @@ class ThrowawayRabbit:
         if self._epmd_process is not None:
             _stop_group(self._epmd_process, 5)
             self._epmd_process = None
+
+    def kill(self) -> None:
+        """kill -9 the node (the VM and its helpers); `start()` again recovers its
+        database and durable queues (a crashed broker)."""
+        if self._process is not None:
+            _kill_group(self._process)
+            self._process = None
+        self.stop()  # its epmd
 
     def close(self) -> None:
         self.stop()
