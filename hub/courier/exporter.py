@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from hub.models.releases import ModelShelf
 from hub.store import HubStore, courierleases
@@ -72,7 +73,15 @@ class HubBundles:
                 f"{device_id} was enrolled before bundles existed, so the hub lacks its key: "
                 "import one bundle of it first"
             )
-        recipient = sealing.load_public_pem(pem.encode(), f"the key of {device_id}")
+        pending = renewed_pending(pem)
+        if pending is None:
+            recipient = sealing.load_public_pem(pem.encode(), f"the key of {device_id}")
+        else:
+            recipient = _ec_key(pending, device_id)
+            if not certificate and _current(pending, device.cert_serial, now):
+                # Renewed by bundle, not yet presented by the device: its ack may have
+                # been lost on the way; this bundle carries it again.
+                certificate = pem.encode()
         marks = await self._store.stream_marks([device_id])
         acks = [
             wire.Ack(stream, marks.get((device_id, stream), 0), gap=stream in gaps)
@@ -161,3 +170,27 @@ class HubBundles:
             return None
         signed = policy.sign(self._key, device_id, effective.version, now, effective.document)
         return wire.SignedPolicy(document=signed.document, signature=signed.signature)
+
+
+def renewed_pending(pem: str | None) -> x509.Certificate | None:
+    """The certificate renewed by bundle that the device has not presented yet, if the
+    registry's key for it is one (hub/store/courier.py `keep_renewed`)."""
+    if pem is None or "CERTIFICATE" not in pem:
+        return None
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def _current(cert: x509.Certificate, newest_serial: str | None, now: float) -> bool:
+    """Still the device's newest certificate (not superseded by a renewal over HTTPS)
+    and not expired."""
+    return (
+        format(cert.serial_number, "x") == newest_serial
+        and cert.not_valid_after_utc.timestamp() > now
+    )
+
+
+def _ec_key(cert: x509.Certificate, device_id: str) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise BundleError(f"the certificate kept for {device_id} does not hold an EC key")
+    return key

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hub.courier.exporter import DEFAULT_LEASE_S, DEFAULT_MAX_TASKS, HubBundles
+from hub.courier.exporter import DEFAULT_LEASE_S, DEFAULT_MAX_TASKS, HubBundles, renewed_pending
 from hub.fleet.certificates import RenewalRefusedError, Renewals
 from hub.store import HubStore, Upload
 from hub.store import courier as registry
@@ -186,7 +186,9 @@ class BundleImporter:
         )
         if not first:  # another import of the same bundle won the race: it stored them
             raise BundleError(f"bundle {header.id[:12]} of {device_id} was imported already")
-        await self._store.run(registry.remember_key, device_id, _public_pem(cert))
+        pending = renewed_pending(await self._store.run(registry.device_key, device_id))
+        if pending is None or _supersedes(cert, pending):  # else: still to be delivered
+            await self._store.run(registry.remember_key, device_id, _public_pem(cert))
         serving = [(m.name, m.version) for m in carried.models if m.state == "ready"]
         if serving and not outcome.outdated:  # a roll-out that waited on its word moves on
             await self._store.reconcile_inventory([(device_id, serving)], now=now)
@@ -206,6 +208,7 @@ class BundleImporter:
                     )
                 ).certificate_pem
                 outcome.renewed = True
+                await self._store.run(registry.keep_renewed, device_id, renewed.decode())
             except RenewalRefusedError as exc:
                 note = f"certificate renewal refused: {exc}"
                 logger.warning("bundle of %s: %s", device_id, note)
@@ -298,6 +301,15 @@ def _inventory(carried: content.DeviceContent) -> registry.Inventory:
 
 def _json(value: object) -> str:
     return json.dumps(msgspec.to_builtins(value), sort_keys=True)
+
+
+def _supersedes(presented: x509.Certificate, pending: x509.Certificate) -> bool:
+    """The device presents the renewed certificate (it has it), or a newer one (renewed
+    over HTTPS since)."""
+    return (
+        presented.serial_number == pending.serial_number
+        or presented.not_valid_before_utc > pending.not_valid_before_utc
+    )
 
 
 def _ec_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:

@@ -1,6 +1,7 @@
 """Courier bundles in the registry: which device bundles were imported (a replay is
-refused by its id), each device's public key (hub bundles are encrypted to it), and
-when a device was last heard of by bundle."""
+refused by its id), each device's public key (hub bundles are encrypted to it) or the
+certificate renewed for it by bundle and not yet confirmed, and when a device was last
+heard of by bundle."""
 
 from __future__ import annotations
 
@@ -88,6 +89,17 @@ def _take_inventory(db: Sql, bundle: Imported, agent_version: str, inventory: In
         policy_store.report(db, bundle.device_id, applied, rejected, reason, bundle.created_at)
 
 
+def keep_renewed(db: Sql, device_id: str, certificate_pem: str) -> None:
+    """Keep a certificate renewed by bundle in place of the device's public key (it holds
+    the same key) until a bundle of the device presents it: until then, each bundle for
+    the device carries it, so that an ack lost on the way loses no certificate."""
+    with db.write():
+        db.execute(
+            "UPDATE device_keys SET public_key = ? WHERE device_id = ?",
+            (certificate_pem, device_id),
+        )
+
+
 def remember_key(db: Sql, device_id: str, public_key_pem: str) -> None:
     with db.write():
         db.execute(
@@ -98,6 +110,8 @@ def remember_key(db: Sql, device_id: str, public_key_pem: str) -> None:
 
 
 def device_key(db: Sql, device_id: str) -> str | None:
+    """The device's key as PEM: its public key, or a certificate renewed by bundle that
+    the device has not presented yet (`keep_renewed`)."""
     row = db.execute(
         "SELECT public_key FROM device_keys WHERE device_id = ?", (device_id,)
     ).fetchone()
