@@ -4,6 +4,10 @@
   producers post) stored through the hub's own upload path into SQLite, records/s; with
   sinks each record also writes its event into the outbox in the same transaction. The
   raw limit is the same path with no sinks.
+- Ingest beside a draining webhook sink, as in the hub (one event loop, one store): a
+  receiver that never answers (stalled), one that takes 10 ms an event (slow), and one
+  answering at once (fast: the drain keeps pace and competes hardest), against the same
+  path with no sinks.
 - Outbox to a webhook: events drained by a real drain and webhook sink into a local
   aiohttp receiver answering 204, events/s, against bare aiohttp POSTs of the same bodies
   to the same receiver (one at a time, in order, as the sink must).
@@ -39,14 +43,34 @@ BATCHES = 200
 PER_BATCH = 50
 EVENTS = 5_000
 BOUNDS = Bounds(max_events=10_000_000, max_age_s=86400)
+SLOW_S = 0.01  # a slow webhook receiver's time an event
 
 
-async def _ingest(root: Path, *, sinks: bool) -> float:
-    """Records/s stored through apply_uploads, with or without the outbox."""
-    store = HubStore(root / f"ingest-{'on' if sinks else 'off'}.db")
+async def _ingest(root: Path, *, sinks: bool, receiver: str = "") -> float:
+    """Records/s stored through apply_uploads, with or without the outbox; `receiver`
+    (stalled, slow or fast): with a drain to a webhook receiver of that kind running
+    beside it on the same loop and store, as in the hub."""
+    store = HubStore(root / f"ingest-{'on' if sinks else 'off'}{receiver}.db")
     if sinks:
         store.publish_events()
+    beside: asyncio.Task[None] | None = None
+    hook: Receiver | None = None
     try:
+        if receiver:
+            hook = Receiver(pace=receiver)
+            await hook.start()
+            secret = root / "ingest.secret"
+            secret.write_text("bench-secret")
+            config = SinkConfig(
+                name="hook",
+                kind="webhook",
+                url=f"http://127.0.0.1:{hook.port}/events",
+                credentials_file=str(secret),
+                timeout_s=300,
+            )
+            drain = Drain(config, store, make_sink, source="https://bench", bounds=BOUNDS)
+            beside = asyncio.create_task(drain.run())
+            await _settled(store, config.name)
         await store.add_device(
             Device(
                 "dev-bench0000001",
@@ -76,15 +100,31 @@ async def _ingest(root: Path, *, sinks: bool) -> float:
         started = time.perf_counter()
         for upload in uploads:
             await store.apply_uploads([upload], now=time.time())
-        return BATCHES * PER_BATCH / (time.perf_counter() - started)
+        rate = BATCHES * PER_BATCH / (time.perf_counter() - started)
+        if receiver:
+            stored = await store.run(
+                lambda db: db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+            )
+            newest, _ = await store.run(outbox.head)
+            assert stored == BATCHES * PER_BATCH, stored  # nothing lost beside the drain
+            assert newest >= BATCHES * PER_BATCH, newest
+        return rate
     finally:
+        if beside is not None:
+            beside.cancel()
+            await asyncio.gather(beside, return_exceptions=True)
+        if hook is not None:
+            await hook.stop()
         store.close()
 
 
 class Receiver:
-    """Answers 204 to every POST and counts them."""
+    """Answers 204 to every POST and counts them; `pace`: "stalled" never answers,
+    "slow" takes 10 ms an event."""
 
-    def __init__(self) -> None:
+    def __init__(self, pace: str = "fast") -> None:
+        self.pace = pace
+        self.release = asyncio.Event()
         self.count = 0
         self.port = free_port()
         self.done = asyncio.Event()
@@ -95,6 +135,10 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         await request.read()
+        if self.pace == "stalled":
+            await self.release.wait()  # held until the receiver stops
+        elif self.pace == "slow":
+            await asyncio.sleep(SLOW_S)  # the receiver's own pace
         self.count += 1
         if self.count >= self.wanted:
             self.done.set()
@@ -109,6 +153,7 @@ class Receiver:
         self.done.clear()
 
     async def stop(self) -> None:
+        self.release.set()
         await self._runner.cleanup()
 
 
@@ -185,6 +230,17 @@ async def _run(root: Path) -> list[Result]:
             f"batches of {PER_BATCH}; raw = the same path with no sinks",
         )
     )
+    for pace in ("stalled", "slow", "fast"):
+        beside = await _ingest(root, sinks=True, receiver=pace)
+        results.append(
+            Result(
+                f"sinks: ingest beside a {pace} webhook",
+                beside,
+                off,
+                "rec/s",
+                "the drain on the same loop and store; raw = no sinks",
+            )
+        )
 
     store = HubStore(root / "drain.db")
     store.publish_events()
