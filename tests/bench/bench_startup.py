@@ -20,7 +20,7 @@ import psutil
 from edge.enroll import enroll
 from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
-from tests.bench.bench_footprint import LIBRARIES, NO_NUMPY
+from tests.bench.bench_footprint import LIBRARIES, NO_NUMPY, SERVICE_ENV
 from tests.bench.bench_inference import floor_code
 from tests.bench.common import Result, rss_of, running_hub
 from tests.support import PROFILES, SHIPPED_MODELS, AgentProcess, mint_token
@@ -52,7 +52,10 @@ async def _start(device: DevicePaths, log: Path) -> tuple[float, AgentProcess]:
         sock.setblocking(False)
         start = time.perf_counter()
         agent = AgentProcess(
-            device.root, heartbeat_interval=10.0, log=log, env={"NOTIFY_SOCKET": str(notify)}
+            device.root,
+            heartbeat_interval=10.0,
+            log=log,
+            env={**SERVICE_ENV, "NOTIFY_SOCKET": str(notify)},
         )
         try:
             while True:

@@ -100,6 +100,20 @@ def test_a_version_that_comes_up_stays(tmp_path: Path) -> None:
     assert state == {"failures": 0, "version": "2.0.0"}
 
 
+def test_the_agent_gets_two_malloc_arenas_unless_told_otherwise(tmp_path: Path) -> None:
+    body = f'printf "%s" "$MALLOC_ARENA_MAX" > "$3/arenas"; printf {GOOD} > "$3/ready"; exit 0'
+    prefix, data = folders(tmp_path, body.replace(GOOD, "2.0.0"))
+    outside = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    for given, expected in ((None, "2"), ("4", "4")):
+        env = outside if given is None else {**outside, "MALLOC_ARENA_MAX": given}
+        done = subprocess.run(
+            [sys.executable, str(LAUNCH), "--prefix", str(prefix), "--data", str(data)],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert (data / "arenas").read_text() == expected
+
+
 def test_an_agent_that_switched_to_a_new_release_is_restarted_into_it_at_once(
     tmp_path: Path,
 ) -> None:
