@@ -289,8 +289,11 @@ class NatsSink:
     async def _acked(self, event: Event, ack: asyncio.Future[Msg]) -> None:
         """Wait (timeout_s at most) for the ack of `event`; raise what it reports."""
         try:
-            async with asyncio.timeout(self._timeout):
-                reply = await ack
+            if ack.done():  # pipelined: most acks are in before they are awaited
+                reply = ack.result()
+            else:
+                async with asyncio.timeout(self._timeout):
+                    reply = await ack
         except TimeoutError as exc:
             denied = self._denied()
             if denied:
@@ -307,6 +310,8 @@ class NatsSink:
                 f"{self._where}: no stream took {event.topic()} (stream {self._stream} "
                 "deleted, or JetStream down)"
             )
+        if b'"error"' not in reply.data and reply.data.startswith(b"{"):
+            return  # {"stream":...,"seq":...}: stored (or a duplicate dropped)
         try:
             answer = json.loads(reply.data)
         except ValueError as exc:
