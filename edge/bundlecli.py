@@ -84,6 +84,8 @@ def import_(data: Path, sources: list[Path]) -> int:
             print("  next export")
         for model in applied["models"]:
             print(f"  model {model} carried: the agent checks, installs and activates it")
+        for problem in applied.get("models_refused", []):
+            print(f"  refused: {problem}")
         if applied["certificate"] != "none":
             print(f"  certificate {applied['certificate']}")
         if applied["note"]:

@@ -12,6 +12,7 @@ exports the same records again. Import: the hub's marks go through the uploader'
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import secrets
@@ -29,9 +30,11 @@ from edge.enroll import EnrollError, check_certificate, make_csr
 from edge.identity import DevicePaths, Identity
 from edge.parts import AgentParts
 from edge.store import StoreReadError
-from outpost import __version__, files, tls, wire
+from outpost import __version__, files, release, tls, wire
 from outpost.courier import content, sealing
 from outpost.courier.sealing import BundleError, Header
+from outpost.modelbundle import Manifest
+from outpost.signing import Signed
 
 logger = logging.getLogger(__name__)
 
@@ -197,16 +200,23 @@ class CourierDesk:
                     wire.Tasks(tasks=tasks[first : first + wire.MAX_TASK_BATCH])
                 )
             releases = "none"
+            staged: list[content.ModelFile] = []
+            refused_files: list[str] = []
             if older and (carried.releases is not None or carried.certificate):
                 releases = "left alone: the bundle is older than one applied here already"
             elif carried.releases is not None:
-                for carried_file in carried.model_files:
+                staged, refused_files = await asyncio.to_thread(
+                    _matching_files, carried.releases, carried.model_files, keys.hub_signing
+                )
+                for carried_file in staged:
                     await self._parts.deployer.stage(
                         carried_file.name,
                         carried_file.version,
                         carried_file.sha256,
                         carried_file.data,
                     )
+                for problem in refused_files:
+                    logger.warning("hub bundle %s: %s", header.id[:12], problem)
                 await self._parts.deployer.offer(carried.releases)  # deployed in turn
                 releases = f"{len(carried.releases.releases)} offered"
             certificate = "none"
@@ -238,7 +248,8 @@ class CourierDesk:
                 "certificate": certificate,
                 "note": carried.note,
                 "tasks": len(tasks),
-                "models": [] if older else [f"{f.name} {f.version}" for f in carried.model_files],
+                "models": [f"{f.name} {f.version}" for f in staged],
+                "models_refused": refused_files,
                 "lease_s": carried.lease_s,
             }
 
@@ -339,6 +350,39 @@ class CourierLog(msgspec.Struct):
     # When the newest hub bundle applied here was made: an older one carried in after it
     # changes no releases, gap flags or certificate.
     newest_made: float = 0.0
+
+
+def _matching_files(
+    releases: wire.ModelReleases,
+    carried: list[content.ModelFile],
+    hub_key: ed25519.Ed25519PublicKey,
+) -> tuple[list[content.ModelFile], list[str]]:
+    """The carried model files that are the ones their signed releases name (size and
+    sha256, as a download is checked), and why each other one is refused. A refused
+    file is never staged: the deployer then fetches the release as over a link."""
+    manifests: dict[tuple[str, str], Manifest] = {}
+    for signed in releases.releases:
+        try:
+            m = release.verify(hub_key, Signed(signed.document, signed.signature)).manifest
+        except release.ReleaseError:
+            continue  # the deployer refuses and reports it
+        manifests[m.name, m.version] = m
+    good, refused = [], []
+    for carried_file in carried:
+        found = manifests.get((carried_file.name, carried_file.version))
+        what = f"model {carried_file.name} {carried_file.version}"
+        if found is None:
+            refused.append(f"{what}: its file is carried without a signed release naming it")
+        elif (
+            len(carried_file.data) != found.size
+            or hashlib.sha256(carried_file.data).hexdigest() != found.sha256
+        ):
+            refused.append(
+                f"{what}: its file does not match the signed release (size, sha256): not installed"
+            )
+        else:
+            good.append(carried_file)
+    return good, refused
 
 
 def _utc(at: float) -> str:

@@ -124,3 +124,64 @@ async def test_an_old_bundle_after_newer_mqtt_traffic_leaves_the_registry_alone(
     assert after.bundle_at is None  # never "last seen via bundle"
     assert len(hub_records(hub, device_id)) == 10
     assert agent.process.poll() is None
+
+
+async def test_export_by_selector_writes_a_bundle_per_matching_device(
+    hub: Hub, enroll_device: Enroller, tmp_path: Path
+) -> None:
+    """`bundle export --selector site=north` writes a bundle for each device of that
+    site and for no other; a selector nobody matches is an error."""
+    _, north_a = await enroll_device(labels={"site": "north"})
+    _, north_b = await enroll_device(labels={"site": "north"})
+    _, south = await enroll_device(labels={"site": "south"})
+    out = cli("hub", "bundle", "export", "--data", hub.paths.root, "--selector", "site=north",
+              "--to", tmp_path / "north")  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = [p.name for p in (tmp_path / "north").iterdir()]
+    for device_id in (north_a.device_id, north_b.device_id):
+        assert sum(f"-for-{device_id}-" in n for n in names) == 1, names
+    assert len(names) == 2
+    assert south.device_id not in out.stdout
+    nobody = cli("hub", "bundle", "export", "--data", hub.paths.root, "--selector", "site=east",
+                 "--to", tmp_path / "east")  # fmt: skip
+    assert nobody.returncode != 0
+    assert "no device matches" in nobody.stdout + nobody.stderr
+
+
+async def test_an_admin_imports_by_api_and_an_ack_is_refused_at_the_hub(
+    hub: Hub,
+    api: ApiClient,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+    proxy: LinkProxy,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """POST /api/v1/bundles takes an admin's token as a courier's; a hub bundle (one
+    addressed to a device) brought back to the hub is refused, storing nothing."""
+    paths, device_id, agent, client = await offline_agent(enroll_device, agents, proxy)
+    try:
+        await produce(client, 1, 5)
+    finally:
+        await client.close()
+    exported = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "out")
+    assert exported.returncode == 0, exported.stderr
+    (part,) = sorted((tmp_path / "out").glob("*.opb"))
+    admin = await api.token("admin")
+    reply = await api.call("POST", "/api/v1/bundles", token=admin, raw=part.read_bytes())
+    assert reply.status == 200, reply.body
+    assert reply.body["stored"]["results"] == 5
+    assert reply.body["ack"]
+
+    hub_export_to = tmp_path / "for-device"
+    out = cli("hub", "bundle", "export", "--data", hub.paths.root, "--device", device_id,
+              "--to", hub_export_to)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    back = cli("hub", "bundle", "import", "--data", hub.paths.root, hub_export_to)
+    assert back.returncode == 1
+    assert f"this bundle is for device {device_id}, not for the hub" in back.stdout, back.stdout
+    (ack_part,) = sorted(hub_export_to.glob("*.opb"))
+    reply = await api.call("POST", "/api/v1/bundles", token=admin, raw=ack_part.read_bytes())
+    assert reply.status == 422
+    assert "not for the hub" in reply.error["message"]
+    assert len(hub_records(hub, device_id)) == 5
+    assert agent.process.poll() is None
