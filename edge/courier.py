@@ -3,7 +3,7 @@ its store is never opened twice: the local API serves `POST /v1/bundles/export` 
 `POST /v1/bundles/import`, which `outpost-agent bundle` calls.
 
 Export: every record the hub has not acknowledged, as the upload batches the uploader
-would send, and the agent's status; signed with the device key (its certificate
+would send, and what a heartbeat would say; signed with the device key (its certificate
 travels along) and encrypted to the hub's bundle key. Exporting again before an ack
 exports the same records again. Import: the hub's marks go through the uploader's
 `on_ack` and the policy through the policy keeper's `receive`, exactly as from MQTT.
@@ -86,7 +86,9 @@ class CourierDesk:
         self._paths = paths
         self._device_id = device_id
         self._parts = parts
-        self._status = status
+        # `status` is no longer carried (outpost/courier/content.py): edge/agent.py still
+        # passes it, to be dropped with that call.
+        del status
         self._lock = asyncio.Lock()  # one export or import at a time
 
     async def export(self, max_records: int = MAX_RECORDS) -> tuple[bytes, dict[str, int], bool]:
@@ -114,7 +116,6 @@ class CourierDesk:
                 aligned=sorted(await self._parts.store.aligned()),
                 store_id=await self._parts.store.store_id(),
                 agent_version=__version__,
-                status=await self._status(),
                 renewal_csr=csr,
                 models=self._parts.inference.inventory(),
                 task_slots=self._task_slots,

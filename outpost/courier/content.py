@@ -2,7 +2,7 @@
 both ends apply them with the same code and the same checks.
 
 Device -> hub: every record the hub has not acknowledged, as the upload batches the
-uploader would send (`wire.Records`), plus the agent's status. Hub -> device: the marks
+uploader would send (`wire.Records`), plus what a heartbeat would say. Hub -> device: the marks
 of every stream (`wire.Ack`, as the hub answers a hello) and the device's signed policy
 (`wire.SignedPolicy`, as retained on its policy topic).
 """
@@ -37,7 +37,11 @@ class DeviceContent(msgspec.Struct, frozen=True):
     aligned: list[str]  # streams numbered after the hub's marks (the rest: a fresh store)
     store_id: Annotated[str, Meta(max_length=64)]  # the store that numbered the records
     agent_version: Annotated[str, Meta(max_length=64)]
-    status: dict[str, Any]  # the agent's /v1/status when it exported, for the registry
+    # Sent empty: the agent's /v1/status was carried once, but the hub has no use for
+    # it (over MQTT a status is a connection's presence, which a bundle has none of;
+    # what the registry keeps of a device comes with `heartbeat` and `models`). Kept,
+    # empty, because hubs of 0.1.0 and before require the field.
+    status: dict[str, Any] = {}
     # What a heartbeat would say now (load, store fill, tasks, the policy it runs): the
     # registry shows it as of the bundle's making.
     heartbeat: Heartbeat | None = None
