@@ -31,7 +31,7 @@ from edge.identity import DevicePaths, Identity
 from edge.parts import AgentParts
 from edge.store import StoreReadError
 from outpost import __version__, files, release, tls, wire
-from outpost.courier import content, sealing
+from outpost.courier import content, history, sealing
 from outpost.courier.sealing import BundleError, Header
 from outpost.modelbundle import Manifest
 from outpost.signing import Signed
@@ -120,6 +120,7 @@ class CourierDesk:
                 models=self._parts.inference.inventory(),
                 task_slots=self._task_slots,
                 heartbeat=beat,
+                history=await asyncio.to_thread(history.summarise, batches),
             )
             header = Header(
                 v=sealing.VERSION,

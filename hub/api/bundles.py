@@ -47,6 +47,13 @@ class ImportedOut(Struct, frozen=True):
             "base64: write it to ack_name and carry it to the device"
         ),
     ]
+    history: Annotated[
+        str,
+        Meta(
+            description="what the device went through since the hub's last ack: the period "
+            "its records cover, load samples (CPU min-max, mean) and restarts"
+        ),
+    ] = ""
     ack_problem: Annotated[
         str, Meta(description="why there is no ack (empty ack); the records are stored")
     ] = ""
@@ -85,6 +92,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             ack_name=f"outpost-hub-for-{outcome.device_id}-{outcome.bundle_id[:12]}.001-of-001.opb",
             ack=base64.b64encode(parts.as_part(outcome.ack, name)).decode() if outcome.ack else "",
             ack_problem=outcome.ack_problem,
+            history=outcome.history,
         )
         return params.answer(out)
 

@@ -52,6 +52,7 @@ class ImportOutcome:
     renewed: bool = False  # its certificate was renewed: the ack carries the new one
     tasks_leased: int = 0  # tasks the ack leases to the device
     ack_problem: str = ""  # why there is no ack (the records are stored all the same)
+    history: str = ""  # what the device went through since the last ack, in a line
     renewal_waits: bool = False  # a renewal request not answered: no ack was asked for
     outdated: bool = False  # made before the hub last heard of the device: registry untouched
 
@@ -87,6 +88,8 @@ class ImportOutcome:
                 "made before the hub last heard of the device: what it says the device runs "
                 "and any renewal request are out of date, and left alone"
             )
+        if self.history:
+            parts.append(self.history)
         return "; ".join(parts)
 
 
@@ -166,6 +169,8 @@ class BundleImporter:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise BundleError(f"bundle of {device_id}: its content is malformed: {exc}") from exc
         outcome = ImportOutcome(device_id, header.id, header.created_at)
+        if carried.history is not None:
+            outcome.history = carried.history.describe()
         # Made before the hub last heard of the device (over MQTT, or by a newer bundle):
         # its records are stored as any (the marks drop what is held), but what it says
         # the device runs, how it does, and its renewal request are out of date.

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from msgspec import Meta
 
+from outpost.courier.history import History
 from outpost.wire import (
     Ack,
     Assignment,
@@ -51,6 +52,9 @@ class DeviceContent(msgspec.Struct, frozen=True):
     # What it can run, as a hello says: the hub leases it tasks that fit.
     models: Annotated[list[ModelInfo], Meta(max_length=64)] = []
     task_slots: Annotated[int, Meta(ge=0, le=1024)] = 0
+    # Since the hub's last ack: the period covered, load samples and restarts (read and
+    # shown by the hub; older hubs ignore it).
+    history: History | None = None
 
 
 class HubContent(msgspec.Struct, frozen=True):

@@ -171,6 +171,12 @@ async def test_an_admin_imports_by_api_and_an_ack_is_refused_at_the_hub(
     assert reply.status == 200, reply.body
     assert reply.body["stored"]["results"] == 5
     assert reply.body["ack"]
+    # What the device went through since the last ack: it started once, with no link.
+    assert "1 restart" in reply.body["history"], reply.body
+    shown = await api.call("GET", f"/api/v1/devices/{device_id}/events", token=admin)
+    (imported,) = [e for e in shown.body["items"] if e["kind"] == "bundle_imported"]
+    assert "history " in imported["detail"]
+    assert "load samples" in imported["detail"]
 
     hub_export_to = tmp_path / "for-device"
     out = cli("hub", "bundle", "export", "--data", hub.paths.root, "--device", device_id,
