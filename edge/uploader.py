@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import msgspec
+
 from edge.config import Sync
 from edge.pacing import ByteRate, parse_windows, seconds_until_open
 from edge.store import AgentStore, StoreReadError, StoreWriteError
@@ -36,6 +38,16 @@ class _InFlight:
     sent_at: float
 
 
+@dataclass(frozen=True)
+class _Ahead:
+    """A full batch read while the window was full, sent when a slot frees if the
+    stream is still due there (`after` is still where it stands)."""
+
+    stream: wire.Stream
+    after: int
+    rows: list[tuple[int, float, bytes]]
+
+
 class Uploader:
     """One per agent; `run` drives it for the life of one MQTT connection."""
 
@@ -49,6 +61,12 @@ class Uploader:
         self._sent: dict[str, int] = {}
         self._acked: dict[str, int] = {}
         self._in_flight: list[_InFlight] = []
+        # Publishes handed to the client and not yet confirmed by the broker: the next
+        # batch is read and encoded meanwhile. The first failure ends `run`, as an
+        # awaited publish's would.
+        self._publishing: set[asyncio.Future[None]] = set()
+        self._publish_failed: BaseException | None = None
+        self._ahead: _Ahead | None = None
         self._last_batch: dict[str, float] = {}  # when each stream last sent one
         self._hold_until = 0.0  # a lingering batch is due then (0: none lingers)
         self._progress = asyncio.Event()
@@ -60,6 +78,11 @@ class Uploader:
         self.plain_bytes = 0  # what the same batches would have been, plain
         self.records_sent = 0
         self.packed_batches = 0
+        # A plain message's size beyond its body (to a byte or two: message ids grow).
+        empty = wire.Records(stream="results", from_seq=1, to_seq=1, seqs=[], ts=[], bodies=[])
+        self._envelope_bytes = len(wire.encode("records", empty)) - len(
+            msgspec.msgpack.encode(empty)
+        )
 
     @property
     def encoding(self) -> str | None:
@@ -91,33 +114,48 @@ class Uploader:
         self._acked = {s: acked for s, (acked, _) in cursors.items()}
         self._sent = dict(self._acked)
         self._in_flight.clear()
+        self._ahead = None
+        self._publish_failed = None
+        try:
+            await self._drive(publish)
+        finally:
+            for pending in self._publishing:
+                pending.cancel()
+            self._publishing.clear()
+
+    async def _drive(self, publish: Publish) -> None:
         while True:
+            if self._publish_failed is not None:
+                raise self._publish_failed
             wait = seconds_until_open(self._windows, dt.datetime.now())
             if wait:
                 logger.info("outside the sync windows; next opens in %.0f s", wait)
                 await asyncio.sleep(min(wait, 60.0))  # re-check: the clock may move
                 continue
+            # Cleared before looking, not after: an ack or an append that arrives while
+            # this pass awaits the store is not missed by the wait below.
+            self._progress.clear()
+            self._store.appended.clear()
             self._resend_if_stalled()
-            sent = False
             if len(self._in_flight) < self._sync.in_flight:
-                sent = await self._send_next(publish)
-            if not sent:
-                self._progress.clear()
-                self._store.appended.clear()
-                waiters = [
-                    asyncio.ensure_future(self._progress.wait()),
-                    asyncio.ensure_future(self._store.appended.wait()),
-                ]
-                timeout = IDLE_CHECK_S
-                if self._hold_until:
-                    timeout = min(timeout, max(0.0, self._hold_until - time.monotonic()))
-                try:
-                    await asyncio.wait(
-                        waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    for w in waiters:
-                        w.cancel()
+                if await self._send_next(publish):
+                    continue
+            elif self._ahead is None and await self._read_ahead():
+                # The window was full: the next batch is read while the hub works on
+                # those in flight, and goes the moment an ack frees a slot.
+                continue
+            waiters = [
+                asyncio.ensure_future(self._progress.wait()),
+                asyncio.ensure_future(self._store.appended.wait()),
+            ]
+            timeout = IDLE_CHECK_S
+            if self._hold_until:
+                timeout = min(timeout, max(0.0, self._hold_until - time.monotonic()))
+            try:
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
 
     async def _wait_aligned(self, ask_marks: Callable[[], Awaitable[None]]) -> None:
         """Send nothing from a fresh store until the hub said where its numbers stand.
@@ -152,14 +190,7 @@ class Uploader:
                     stream,
                     ack.hwm,
                 )
-        if ack.hwm > self._acked.get(stream, 0):
-            try:
-                await self._store.acknowledge(stream, ack.hwm)
-                self._acked[stream] = ack.hwm
-            except StoreWriteError as exc:
-                # Acks are cumulative: the next one deletes these too. Stopping the
-                # agent here would only restart it into the same full disk.
-                logger.warning("could not forget %s up to %d: %s", stream, ack.hwm, exc.reason)
+        # The window first: the next batch need not wait for the delete below.
         self._in_flight = [
             f for f in self._in_flight if not (f.stream == stream and f.to_seq <= ack.hwm)
         ]
@@ -172,6 +203,14 @@ class Uploader:
             self._sent[stream] = ack.hwm
             self._in_flight = [f for f in self._in_flight if f.stream != stream]
         self._progress.set()
+        if ack.hwm > self._acked.get(stream, 0):
+            try:
+                await self._store.acknowledge(stream, ack.hwm)
+                self._acked[stream] = ack.hwm
+            except StoreWriteError as exc:
+                # Acks are cumulative: the next one deletes these too. Stopping the
+                # agent here would only restart it into the same full disk.
+                logger.warning("could not forget %s up to %d: %s", stream, ack.hwm, exc.reason)
 
     async def _until_read(self, read: Callable[[], Awaitable[T]]) -> T:
         """`read` the store, looking again while it fails (a failing disk)."""
@@ -202,46 +241,97 @@ class Uploader:
                 # record (a task's result) goes at once, a busy one's go together.
                 self._hold_until = min(self._hold_until or due, due)
                 continue
-            try:
-                rows = await self._store.batch_packed(
-                    stream,
-                    after,
-                    max_records=self._sync.batch_records,
-                    max_bytes=self._sync.batch_bytes,
-                )
-            except StoreReadError as exc:  # this stream waits; the others go on
-                self._unreadable(exc)
-                continue
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and (ahead.stream, ahead.after) == (stream, after):
+                rows: list[tuple[int, float, bytes]] | None = ahead.rows
+            else:
+                rows = await self._read(stream, after)  # None: unreadable, this stream waits
             if not rows:
                 continue
-            body = wire.Records(
-                stream=stream,
-                from_seq=after + 1,
-                to_seq=rows[-1][0],
-                seqs=[r[0] for r in rows],
-                ts=[r[1] for r in rows],
-                bodies=[r[2] for r in rows],
-            )
-            payload = wire.encode("records", body)
-            plain = len(payload)
-            topic, packed = self._topic, False
-            if self._packer is not None:
-                # On the event loop, as the encoding above: a full batch takes well under a
-                # millisecond, less than a hop to a worker thread and back would.
-                smaller = self._packer.pack(body)
-                if packed := len(smaller) < len(payload):
-                    topic, payload = self._packed_topic, smaller
-            await self._rate.take(len(payload))
-            self._sent[stream] = body.to_seq
-            self._last_batch[stream] = time.monotonic()
-            self._in_flight.append(_InFlight(stream, body.to_seq, time.monotonic()))
-            await publish(topic, payload)
-            self.bytes_sent += len(payload)
-            self.plain_bytes += plain
-            self.records_sent += len(rows)
-            self.packed_batches += packed
+            await self._send(publish, stream, after, rows)
             return True
         return False
+
+    async def _read_ahead(self) -> bool:
+        """Read the batch that goes next if it is a full one; whether one was read."""
+        for stream in wire.STREAMS:
+            after = self._sent.get(stream, 0)
+            waiting = self._store.readable_through(stream) - after
+            if waiting <= 0:
+                continue
+            if waiting < self._sync.batch_records:
+                return False  # short: it may linger and grow, so it is read when due
+            rows = await self._read(stream, after)
+            if not rows or self._sent.get(stream, 0) != after:
+                return False  # a gap or a resend moved the stream meanwhile
+            self._ahead = _Ahead(stream, after, rows)
+            return True
+        return False
+
+    async def _read(self, stream: wire.Stream, after: int) -> list[tuple[int, float, bytes]] | None:
+        try:
+            return await self._store.batch_packed(
+                stream,
+                after,
+                max_records=self._sync.batch_records,
+                max_bytes=self._sync.batch_bytes,
+            )
+        except StoreReadError as exc:
+            self._unreadable(exc)
+            return None
+
+    async def _send(
+        self,
+        publish: Publish,
+        stream: wire.Stream,
+        after: int,
+        rows: list[tuple[int, float, bytes]],
+    ) -> None:
+        body = wire.Records(
+            stream=stream,
+            from_seq=after + 1,
+            to_seq=rows[-1][0],
+            seqs=[r[0] for r in rows],
+            ts=[r[1] for r in rows],
+            bodies=[r[2] for r in rows],
+        )
+        topic, packed = self._topic, False
+        if self._packer is None:
+            payload = wire.encode("records", body)
+            plain = len(payload)
+        else:
+            # On the event loop: a full batch packs in well under a millisecond, less than
+            # a hop to a worker thread and back would take. Not encoded plain first (that
+            # checked the batch as the hub will, the costliest step of a send): making
+            # `body` checked the records (order, each body a map), and the rest holds by
+            # construction (numbers from the store, at most `batch_records` of them).
+            smaller = self._packer.pack(body)
+            plain = len(msgspec.msgpack.encode(body)) + self._envelope_bytes
+            if packed := len(smaller) < plain:
+                topic, payload = self._packed_topic, smaller
+            else:
+                payload = wire.encode("records", body)
+                plain = len(payload)
+        await self._rate.take(len(payload))
+        self._sent[stream] = body.to_seq
+        self._last_batch[stream] = time.monotonic()
+        self._in_flight.append(_InFlight(stream, body.to_seq, time.monotonic()))
+        # Not awaited here: the broker's PUBACK takes a round trip, in which the next
+        # batch is read and encoded. Publishes go out in the order they are started.
+        pending = asyncio.ensure_future(publish(topic, payload))
+        self._publishing.add(pending)
+        pending.add_done_callback(self._published)
+        self.bytes_sent += len(payload)
+        self.plain_bytes += plain
+        self.records_sent += len(rows)
+        self.packed_batches += packed
+
+    def _published(self, done: asyncio.Future[None]) -> None:
+        self._publishing.discard(done)
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            if self._publish_failed is None:
+                self._publish_failed = exc
+            self._progress.set()
 
     def _flying(self, stream: str) -> bool:
         return any(f.stream == stream for f in self._in_flight)

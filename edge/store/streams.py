@@ -225,18 +225,22 @@ def read_batch(
 ) -> list[tuple[int, float, bytes]]:
     """The oldest records after `after_seq` (and up to `through_seq`), at most
     `max_records` and about `max_bytes`."""
-    rows = db.execute(
+    # A cursor of plain tuples: a batch is hundreds of rows, each read by position.
+    cursor = db.conn.cursor()
+    cursor.row_factory = None
+    rows: list[tuple[int, float, bytes]] = cursor.execute(
         "SELECT seq, ts, body FROM records WHERE stream = ? AND seq > ? AND seq <= ? "
         "ORDER BY seq LIMIT ?",
         (stream, after_seq, INT64_MAX if through_seq is None else through_seq, max_records),
     ).fetchall()
     out: list[tuple[int, float, bytes]] = []
     size = 0
-    for row in rows:
-        body = cipher.open(stream, row["seq"], row["body"]) if cipher else row["body"]
+    for seq, ts, body in rows:
+        if cipher is not None:
+            body = cipher.open(stream, seq, body)
         if out and size + len(body) > max_bytes:
             break
-        out.append((row["seq"], row["ts"], body))
+        out.append((seq, ts, body))
         size += len(body)
     return out
 

@@ -185,3 +185,74 @@ async def test_a_record_after_an_acknowledged_batch_goes_at_once(store: AgentSto
             await eventually(sent, timeout=5, what=f"result {n} at once")
             await uploader.on_ack(wire.Ack(stream="results", hwm=n))
     assert [b.seqs for b in link.sent] == [[1], [2], [3]]
+
+
+async def test_a_failed_publish_ends_the_run_with_its_error(store: AgentStore) -> None:
+    # Publishes are not awaited one by one (the next batch is read meanwhile), but a
+    # failure still ends the connection's run, as an awaited one did.
+    await store.append("results", [{"n": n} for n in range(4)])
+
+    class Down(Wire):
+        async def publish(self, topic: str, payload: bytes) -> None:
+            if self.sent:
+                raise ConnectionResetError("the link went down")
+            await super().publish(topic, payload)
+
+    uploader = Uploader(store, "dev-test00001", Sync(batch_records=2, in_flight=4))
+    await align(uploader)
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(uploader.run(Down().publish, Wire().ask_marks), 10)
+
+
+async def test_the_next_batch_is_read_while_the_window_is_full(store: AgentStore) -> None:
+    await store.append("results", [{"n": n} for n in range(6)])
+    reads: list[int] = []
+    read = store.batch_packed
+
+    async def counted(
+        stream: str, after_seq: int, *, max_records: int, max_bytes: int
+    ) -> list[tuple[int, float, bytes]]:
+        reads.append(after_seq)
+        return await read(stream, after_seq, max_records=max_records, max_bytes=max_bytes)
+
+    store.batch_packed = counted  # type: ignore[method-assign]
+    uploader = Uploader(store, "dev-test00001", Sync(batch_records=2, in_flight=1))
+    link = Wire()
+    await align(uploader)
+    async with running(uploader, link):
+
+        async def read_ahead() -> bool:
+            return reads == [0, 2]
+
+        await eventually(read_ahead, what="the second batch read while the first flies")
+        assert [(b.from_seq, b.to_seq) for b in link.sent] == [(1, 2)]
+        await uploader.on_ack(wire.Ack(stream="results", hwm=2))
+
+        async def second_sent() -> bool:
+            return len(link.sent) == 2
+
+        await eventually(second_sent, what="the batch read ahead, sent on the ack")
+        assert reads[:2] == [0, 2]  # sent as read: no second trip to the store for it
+        assert (link.sent[1].from_seq, link.sent[1].to_seq) == (3, 4)
+
+
+async def test_a_batch_read_ahead_is_dropped_when_a_gap_rewinds(store: AgentStore) -> None:
+    await store.append("results", [{"n": n} for n in range(6)])
+    uploader = Uploader(store, "dev-test00001", Sync(batch_records=2, in_flight=1))
+    link = Wire()
+    await align(uploader)
+    async with running(uploader, link):
+
+        async def first() -> bool:
+            return len(link.sent) == 1
+
+        await eventually(first, what="the first batch")
+        # The hub holds nothing of it (a restored database): send from 1 again, not the
+        # batch 3..4 already read ahead.
+        await uploader.on_ack(wire.Ack(stream="results", hwm=0, gap=True))
+
+        async def resent() -> bool:
+            return len(link.sent) == 2
+
+        await eventually(resent, what="the resend after the gap")
+    assert [(b.from_seq, b.to_seq) for b in link.sent] == [(1, 2), (1, 2)]
