@@ -25,6 +25,7 @@ from edge.parts import AgentParts
 from edge.profile import DeviceProfile
 from edge.refusal import Client, Refusals
 from edge.renewal import ClientTls
+from edge.store import StoreReadError
 from edge.telemetry import Telemetry
 from edge.tuning import Tuning
 from outpost import __version__, wire
@@ -148,6 +149,19 @@ class Session:
             refused=self._refusals.new_attempt(),
         )
 
+    async def _unaligned_store(self) -> str:
+        """The store's id while one of its streams is not yet numbered after the hub's
+        mark (the hub may have taken its records by courier bundle: see wire.Ack), else
+        empty, as it is when the store cannot be read (the hello goes out regardless)."""
+        store = self._parts.store
+        try:
+            if (await store.aligned()).issuperset(wire.STREAMS):
+                return ""
+            return await store.store_id()
+        except StoreReadError as exc:
+            logger.warning("the hello names no store: %s", exc.reason)
+            return ""
+
     async def run(self, client: aiomqtt.Client) -> None:
         """Say hello on a new connection, then serve it until it ends."""
         parts = self._parts
@@ -165,6 +179,7 @@ class Session:
             task_slots=self._profile.budgets.max_concurrent_tasks,
             task_inbox=self._config.task_inbox,
             compression=list(self._config.sync.compression),
+            store=await self._unaligned_store(),
         )
         payload = wire.encode("hello", hello)
 

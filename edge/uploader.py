@@ -177,7 +177,14 @@ class Uploader:
         stream = ack.stream
         if stream not in self._aligned:
             try:
-                shift = await self._store.align(stream, ack.hwm)
+                if ack.numbered_by and ack.numbered_by == await self._store.store_id():
+                    # The hub took this store's records by courier bundle, in this
+                    # store's own numbers: moving them after its mark would send them
+                    # again as new ones.
+                    await self._store.adopt_numbering(stream)
+                    shift = 0
+                else:
+                    shift = await self._store.align(stream, ack.hwm)
             except StoreWriteError as exc:
                 # Still unaligned: the next hello's answer tries again.
                 logger.warning("could not align %s after %d: %s", stream, ack.hwm, exc.reason)

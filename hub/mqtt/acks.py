@@ -30,16 +30,28 @@ class AckSet:
     def __init__(self) -> None:
         self._hwm: dict[tuple[str, wire.Stream], int] = {}
         self._refused_to: dict[tuple[str, wire.Stream], int] = {}
+        self._numbered_by: dict[tuple[str, wire.Stream], str] = {}
 
     def __len__(self) -> int:
         return len(self._hwm)
 
-    def add(self, device_id: str, stream: wire.Stream, hwm: int, *, refused_to: int = 0) -> None:
-        """Note the mark after one batch; `refused_to` is the end of a batch refused as a gap."""
+    def add(
+        self,
+        device_id: str,
+        stream: wire.Stream,
+        hwm: int,
+        *,
+        refused_to: int = 0,
+        numbered_by: str = "",
+    ) -> None:
+        """Note the mark after one batch; `refused_to` is the end of a batch refused as a
+        gap; `numbered_by` answers a hello that named its store (see wire.Ack)."""
         key = (device_id, stream)
         self._hwm[key] = max(hwm, self._hwm.get(key, 0))
         if refused_to:
             self._refused_to[key] = max(refused_to, self._refused_to.get(key, 0))
+        if numbered_by:
+            self._numbered_by[key] = numbered_by
 
     def messages(self) -> list[tuple[str, bytes]]:
         """One (topic, payload) per device and stream, in the order they were first noted."""
@@ -48,7 +60,8 @@ class AckSet:
             # A refused batch still matters only if the final mark has not covered it
             # (a later batch of the same ingest batch may have): then ask for a resend.
             gap = self._refused_to.get((device_id, stream), 0) > hwm
-            ack = wire.Ack(stream=stream, hwm=hwm, gap=gap)
+            by = self._numbered_by.get((device_id, stream), "")
+            ack = wire.Ack(stream=stream, hwm=hwm, gap=gap, numbered_by=by)
             out.append((wire.down_topic(device_id, "ack"), wire.encode("ack", ack)))
         return out
 

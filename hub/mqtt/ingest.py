@@ -27,6 +27,7 @@ from hub.store import (
     HubStore,
     PresenceEvent,
     Upload,
+    courier,
 )
 from hub.store.modelstats import Folded
 from hub.tasks.dispatcher import Dispatcher
@@ -100,6 +101,7 @@ class Ingest:
         events: list[tuple[str, PresenceEvent | None]] = []
         uploads: list[tuple[str, wire.Records, str]] = []  # device, batch, kind it came as
         greeted: list[str] = []  # devices whose hello asks where their streams stand
+        stores: dict[str, str] = {}  # the store a greeting device named (see wire.Ack)
         offers: list[tuple[str, wire.Hello]] = []  # hellos that offer batch encodings
         updates: list[tuple[str, wire.TaskState]] = []
         reports: list[tuple[str, wire.ModelState]] = []
@@ -123,6 +125,8 @@ class Ingest:
                 continue
             if isinstance(envelope.body, wire.Hello):
                 greeted.append(device_id)
+                if envelope.body.store:
+                    stores[device_id] = envelope.body.store
                 if envelope.body.compression:
                     offers.append((device_id, envelope.body))
             if isinstance(envelope.body, wire.Hello):
@@ -143,7 +147,7 @@ class Ingest:
         if uploads:
             await self._store_uploads(uploads, now, acks)
         if greeted:
-            await self._answer_hellos(greeted, acks)
+            await self._answer_hellos(greeted, stores, acks)
             if self._on_hello is not None:
                 try:  # their policy: new devices get theirs, unsent ones go out again
                     await self._on_hello(greeted)
@@ -264,17 +268,29 @@ class Ingest:
             self.stored[body.stream] += result.stored
             acks.add(device_id, body.stream, result.hwm)
 
-    async def _answer_hellos(self, device_ids: list[str], acks: AckSet) -> None:
+    async def _answer_hellos(
+        self, device_ids: list[str], stores: dict[str, str], acks: AckSet
+    ) -> None:
         """Tell each greeting device the mark of every stream (0 for none yet): a fresh
-        agent store numbers its records after them and sends nothing until told."""
+        agent store numbers its records after them and sends nothing until told. To a
+        device that named its store, say which streams the hub numbers as that store
+        did (it took the store's records by courier bundle before any mark reached it):
+        those keep their numbers."""
         try:
             marks = await self._store.stream_marks(device_ids)
+            numbered = {
+                device_id: await self._store.run(courier.numbering, device_id)
+                for device_id in stores
+            }
         except Exception:
             logger.exception("reading the marks of %d devices failed", len(device_ids))
             return
         for device_id in device_ids:
+            store = stores.get(device_id, "")
+            took = numbered.get(device_id, {})
             for stream in wire.STREAMS:
-                acks.add(device_id, stream, marks.get((device_id, stream), 0))
+                by = store if store and took.get(stream) == store else ""
+                acks.add(device_id, stream, marks.get((device_id, stream), 0), numbered_by=by)
 
     def _unpack(self, topic: str, body: wire.Packed) -> wire.Records | None:
         """The batch a `packed` message holds, or None once refused and counted (the

@@ -24,11 +24,12 @@ class SignedPolicy(Struct, frozen=True):
     signature: Signature
 
 
-class Ack(Struct, frozen=True):
+class Ack(Struct, frozen=True, omit_defaults=True):
     """The hub's cumulative acknowledgement: it holds every number up to `hwm`.
 
     With `gap` set the hub refused a batch that started beyond `hwm` + 1: the device
-    must send again from `hwm` + 1.
+    must send again from `hwm` + 1. Encoded without the fields left at their default,
+    so an agent from before `numbered_by` reads every ack it can be sent.
     """
 
     stream: Annotated[Stream, Meta(description="results, events or metrics")]
@@ -36,6 +37,16 @@ class Ack(Struct, frozen=True):
         int, Meta(ge=0, le=INT64_MAX, description="highest sequence number the hub has stored")
     ]
     gap: Annotated[bool, Meta(description="a batch was refused: resend from hwm + 1")] = False
+    numbered_by: Annotated[
+        str,
+        Meta(
+            max_length=64,
+            description="in the answer to a hello that named its store: that store, when "
+            "the hub numbers this stream as that store did (it took the store's records "
+            "by courier bundle); the device then keeps its numbers instead of moving them "
+            "after `hwm`",
+        ),
+    ] = ""
 
 
 class Welcome(Struct, frozen=True):

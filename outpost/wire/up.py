@@ -89,6 +89,15 @@ class Hello(Struct, frozen=True, omit_defaults=True):
             "only); the hub answers with `welcome`",
         ),
     ] = []
+    store: Annotated[
+        str,
+        Meta(
+            max_length=64,
+            description="the id of the agent's store, sent while a stream is not yet "
+            "numbered after the hub's mark: if the hub took that store's numbering from "
+            "a courier bundle, its ack says so (`numbered_by`)",
+        ),
+    ] = ""
 
 
 class TaskLoad(Struct, frozen=True):

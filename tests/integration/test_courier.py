@@ -216,6 +216,39 @@ async def test_bundles_and_mqtt_converge_without_doubling(
     assert agent.process.poll() is None
 
 
+async def test_a_first_bundle_then_the_link_keeps_the_stores_numbers(
+    hub: Hub,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+    proxy: LinkProxy,
+    tmp_path: Path,
+) -> None:
+    """A fresh store's first records reach the hub by bundle (the hub takes that store's
+    numbering), then the link comes up before any ack bundle is carried back: the hub's
+    answer to the hello says it numbers as this store does, so the device keeps its
+    numbers instead of moving them after the hub's mark and sending them again."""
+    paths, device_id, agent, client = await offline_agent(enroll_device, agents, proxy)
+    try:
+        await produce(client, 1, 35)
+        out = cli("agent", "bundle", "export", "--data", paths.root, "--to", tmp_path / "first")
+        assert out.returncode == 0, out.stderr
+        imported = cli("hub", "bundle", "import", "--data", hub.paths.root, tmp_path / "first")
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        assert len(hub_records(hub, device_id)) == 35
+        await produce(client, 36, 5)
+        proxy.up()  # the ack never travels: the hello's answer is all the device learns
+
+        async def drained() -> bool:
+            return held_on_device(paths) == 0 and len(hub_records(hub, device_id)) >= 40
+
+        await eventually(drained, timeout=60, what="the device's records over MQTT")
+    finally:
+        await client.close()
+    held = hub_records(hub, device_id)
+    assert [body["n"] for _, body in held] == list(range(1, 41))  # each once, in order
+    assert agent.process.poll() is None
+
+
 async def test_tasks_travel_by_bundle_leased_for_the_round_trip(
     hub: Hub,
     api: ApiClient,

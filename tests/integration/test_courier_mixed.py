@@ -2,11 +2,11 @@
 controller) syncs by MQTT when it is up and by courier bundles carried both ways at any
 time: device bundles imported with or without an ack, acks carried late, out of order,
 or not at all, hub bundles leasing tasks, old bundles imported again. After a first
-whole trip, a seeded random plan (`OUTPOST_COURIER_SEED` repeats one) mixes them with
-records and tasks; then every hub bundle still on the stick is carried in and the link
-comes up for good, and the checker (tests/checker.py) judges: every record the device
-confirmed at the hub exactly once, every task ended once, no result accepted twice. It
-prints its figures (`pytest -s`)."""
+bundle (its ack carried back or not), a seeded random plan (`OUTPOST_COURIER_SEED`
+repeats one) mixes them with records and tasks; then every hub bundle still on the
+stick is carried in and the link comes up for good, and the checker (tests/checker.py)
+judges: every record the device confirmed at the hub exactly once, every task ended
+once, no result accepted twice. It prints its figures (`pytest -s`)."""
 
 from __future__ import annotations
 
@@ -89,18 +89,20 @@ async def test_bundles_and_mqtt_mixed_at_random_converge(
         n += 1
         return tmp_path / f"{n:03d}-{kind}"
 
-    # The first trip, whole: the hub learns what the device runs (tasks fit it from
-    # then) and the device's fresh store learns the hub's marks. (A fresh store whose
-    # first bundle the hub took, as numbered by the store, and that then hears the
-    # hub's marks over MQTT before that bundle's ack comes back, renumbers its records
-    # after them and sends them again: the hello's answer does not say that the hub
-    # took this store's numbering. A known limit, in docs/courier.md.)
+    # The first trip: the hub learns what the device runs (tasks fit it from then) and
+    # takes the fresh store's numbering. Its ack comes back at once, or not at all: the
+    # store may then hear the hub's marks over MQTT first, and the hello's answer says
+    # that the hub numbers as this store does (wire.Ack.numbered_by), so nothing the
+    # bundle carried is sent again under new numbers.
     first, first_ack = folder("hello"), folder("hello-ack")
     assert (await run("agent", "bundle", "export", "--data", root, "--to", first))[0] == 0
     code, said = await run("hub", "bundle", "import", "--data", hub_root, first,
                            "--ack-out", first_ack)  # fmt: skip
     assert code == 0, said
-    assert (await run("agent", "bundle", "import", "--data", root, first_ack))[0] == 0
+    first_carried = plan.random() < 0.5
+    figures["first ack carried"] += first_carried
+    if first_carried:
+        assert (await run("agent", "bundle", "import", "--data", root, first_ack))[0] == 0
     try:
         for _ in range(STEPS):
             action = plan.choices(list(ACTIONS), weights=list(ACTIONS.values()))[0]

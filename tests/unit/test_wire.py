@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 
 from outpost import schema, wire
@@ -465,3 +466,29 @@ def test_records_refusals_name_what_is_wrong(change: dict[str, Any], where: str)
     with pytest.raises(WireError, match=re.escape(where)) as refused:
         wire.decode(_records_envelope(**change), kinds=wire.UP_KINDS, expected_kind="records")
     assert refused.value.reason == "schema"
+
+
+def test_an_ack_names_its_store_only_when_it_has_one() -> None:
+    """Fields left at their default are left out: an agent from before `numbered_by`
+    (which refuses unknown keys) reads every ack a hub sends it."""
+    plain = msgpack.unpackb(wire.encode("ack", wire.Ack(stream="results", hwm=7)))["body"]
+    named = wire.Ack(stream="results", hwm=7, numbered_by="ab12")
+    decoded = wire.decode(wire.encode("ack", named), kinds=wire.DOWN_KINDS, expected_kind="ack")
+
+    assert plain == {"stream": "results", "hwm": 7}
+    assert decoded.body == named
+
+
+def test_a_hello_names_its_store_only_when_it_has_one() -> None:
+    hello = Hello(
+        conn="c1",
+        agent_version="1.0.0",
+        profile="generic",
+        heartbeat_interval=10.0,
+        capabilities=Capabilities(cores=2, memory_bytes=1, disk_bytes=1, accelerator="", arch="x"),
+    )
+    plain = msgpack.unpackb(wire.encode("hello", hello))["body"]
+    named = msgspec.structs.replace(hello, store="ab12")
+
+    assert "store" not in plain
+    assert msgpack.unpackb(wire.encode("hello", named))["body"]["store"] == "ab12"
