@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from edge import renewal
-from edge.enroll import EnrollError, check_certificate, make_csr
 from edge.identity import DevicePaths, Identity
 from edge.parts import AgentParts
 from edge.store import StoreReadError
@@ -307,11 +306,17 @@ class CourierDesk:
         not_before, not_after = renewal.cert_window(self._paths, identity)
         if time.time() < renewal.renew_at(not_before, not_after):
             return ""
+        # Here, not at the top: enrollment's x509 and JWT code costs the agent about
+        # 1.2 MiB resident from its start, for a courier export that may never come.
+        from edge.enroll import make_csr
+
         return make_csr(keys.device, self._device_id).decode()
 
     def _install_certificate(self, pem: bytes, keys: Keys) -> str:
         """Check a renewed certificate as the HTTPS renewal does, then keep it (the MQTT
         link's TLS context reloads it by itself)."""
+        from edge.enroll import EnrollError, check_certificate  # see _renewal_csr
+
         try:
             cert = check_certificate(
                 pem, self._paths.ca_cert.read_bytes(), keys.device, self._device_id
