@@ -19,11 +19,10 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from hub.mqtt.acks import AckSet, Downlinks, Publish
+from hub.mqtt.presence import presence_event
 from hub.mqtt.rejections import RejectionLog
 from hub.store import (
     ConnectionLost,
-    HeartbeatSeen,
-    HelloSeen,
     HubStore,
     PresenceEvent,
     Upload,
@@ -31,7 +30,7 @@ from hub.store import (
 )
 from hub.store.modelstats import Folded
 from hub.tasks.dispatcher import Dispatcher
-from outpost import schema, wire
+from outpost import wire
 from outpost.agentrelease import ROLLOUT_NAME as AGENT
 from outpost.wire import packing
 
@@ -136,7 +135,7 @@ class Ingest:
                 inventories.append((device_id, [*envelope.body.models, agent]))
             elif isinstance(envelope.body, wire.Heartbeat) and envelope.body.models:
                 inventories.append((device_id, envelope.body.models))
-            events.append((envelope.kind, _event(device_id, envelope, now)))
+            events.append((envelope.kind, presence_event(device_id, envelope, now)))
         await self._apply_presence(events)
         if updates:
             await self._apply_task_updates(updates, now)
@@ -366,42 +365,3 @@ class Ingest:
             logger.info("%s offline (connection lost)", event.device_id)
         else:
             logger.info("%s online", event.device_id)
-
-
-def _event(device_id: str, envelope: wire.Envelope[Any], now: float) -> PresenceEvent | None:
-    body = envelope.body
-    if isinstance(body, wire.Hello):
-        return HelloSeen(
-            device_id=device_id,
-            conn=body.conn,
-            now=now,
-            profile=body.profile,
-            agent_version=body.agent_version,
-            heartbeat_interval=body.heartbeat_interval,
-            capabilities=schema.dump(body.capabilities),
-            runtime=body.runtime,
-            models=[schema.dump(m) for m in body.models],
-            task_slots=body.task_slots,
-            task_inbox=body.task_inbox,
-        )
-    if isinstance(body, wire.Heartbeat):
-        return HeartbeatSeen(
-            device_id=device_id,
-            conn=body.conn,
-            now=now,
-            heartbeat_interval=body.heartbeat_interval,
-            load={
-                **schema.dump(body.load),
-                **(
-                    {"tasks_queued": body.tasks.queued, "tasks_running": body.tasks.running}
-                    if body.tasks
-                    else {}
-                ),
-            },
-            store=schema.dump(body.store) if body.store else None,
-            models=[schema.dump(m) for m in body.models] if body.models is not None else None,
-            policy=schema.dump(body.policy) if body.policy else None,
-        )
-    if isinstance(body, wire.Status) and not body.online:
-        return ConnectionLost(device_id=device_id, conn=body.conn, now=now)
-    return None
