@@ -185,7 +185,7 @@ class Uploader:
                     shift = 0
                 else:
                     shift = await self._store.align(stream, ack.hwm)
-            except StoreWriteError as exc:
+            except (StoreReadError, StoreWriteError) as exc:
                 # Still unaligned: the next hello's answer tries again.
                 logger.warning("could not align %s after %d: %s", stream, ack.hwm, exc.reason)
                 return
