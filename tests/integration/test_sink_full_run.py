@@ -27,7 +27,7 @@ from tests.buses import (
 )
 from tests.conftest import Enroller
 from tests.integration.test_sink_faults import stream_exists
-from tests.integration.test_sink_webhook import INPUT, VIB, outbox_ids, start_agent
+from tests.integration.test_sink_webhook import VIB, outbox_ids, start_agent, tasks_succeeded
 from tests.model_upload import bundle_parts, upload
 from tests.support import SHIPPED_MODELS, AgentProcess, add_device, eventually
 
@@ -92,16 +92,7 @@ async def test_a_full_run_reaches_nats_and_rabbitmq_once_each_in_order(
     amqp: AmqpCollector,
 ) -> None:
     device_id, agent = await start_agent(hub, enroll_device, agents)
-    operator = await api.token("operator")
-    task = {"model": VIB, "input": INPUT, "dtype": "int8"}
-    submitted = await api.call("POST", "/api/v1/tasks", token=operator, body={"tasks": [task] * 5})
-    assert submitted.status == 202, submitted.body
-
-    async def tasks_done() -> bool:
-        found = [await hub.parts.store.task(i) for i in submitted.body["ids"]]
-        return all(t is not None and t.state == "succeeded" for t in found)
-
-    await eventually(tasks_done, timeout=60, what="5 tasks succeeded")
+    await tasks_succeeded(hub, api, 5)
 
     admin = await api.token("admin", subject="alice")
     await add_device(hub, "dev-fullrun00001", labels={"site": "south"})

@@ -129,6 +129,21 @@ async def start_agent(
     return identity.device_id, agent
 
 
+async def tasks_succeeded(hub: Hub, api: ApiClient, count: int) -> None:
+    """Submit `count` tasks of the vibration model and wait until each has succeeded."""
+    operator = await api.token("operator")
+    task = {"model": VIB, "input": INPUT, "dtype": "int8"}
+    body = {"tasks": [task] * count}
+    submitted = await api.call("POST", "/api/v1/tasks", token=operator, body=body)
+    assert submitted.status == 202, submitted.body
+
+    async def done() -> bool:
+        found = [await hub.parts.store.task(i) for i in submitted.body["ids"]]
+        return all(t is not None and t.state == "succeeded" for t in found)
+
+    await eventually(done, timeout=60, what=f"{count} tasks succeeded")
+
+
 @pytest.mark.timeout(180)
 async def test_every_event_reaches_the_webhook_once_in_order_and_signed(
     hub: Hub,
@@ -138,16 +153,7 @@ async def test_every_event_reaches_the_webhook_once_in_order_and_signed(
     agents: Callable[..., AgentProcess],
 ) -> None:
     device_id, agent = await start_agent(hub, enroll_device, agents)
-    operator = await api.token("operator")
-    task = {"model": VIB, "input": INPUT, "dtype": "int8"}
-    submitted = await api.call("POST", "/api/v1/tasks", token=operator, body={"tasks": [task] * 5})
-    assert submitted.status == 202, submitted.body
-
-    async def tasks_done() -> bool:
-        found = [await hub.parts.store.task(i) for i in submitted.body["ids"]]
-        return all(t is not None and t.state == "succeeded" for t in found)
-
-    await eventually(tasks_done, timeout=60, what="5 tasks succeeded")
+    await tasks_succeeded(hub, api, 5)
     agent.stop()  # the device goes offline: its will
 
     async def offline() -> bool:
@@ -190,7 +196,7 @@ async def test_every_event_reaches_the_webhook_once_in_order_and_signed(
     assert result["data"]["stream"] == "results"
     assert result["data"]["record"]["kind"] == "task"
 
-    sinks = await api.call("GET", "/api/v1/sinks", token=operator)
+    sinks = await api.call("GET", "/api/v1/sinks", token=await api.token("operator"))
     (hook,) = sinks.body["items"]
     assert (hook["name"], hook["kind"], hook["lag_events"]) == ("hook", "webhook", 0)
     assert hook["delivered"] == len(written)
@@ -323,17 +329,8 @@ async def test_a_stalled_receiver_holds_up_neither_ingest_nor_the_api(
     receiver.hold = asyncio.Event()  # the receiver takes requests and never answers
     device_id, _ = await start_agent(hub, enroll_device, agents)
     await eventually(lambda: _held(receiver), timeout=30, what="the sink stuck on the receiver")
-    operator = await api.token("operator")
-    task = {"model": VIB, "input": INPUT, "dtype": "int8"}
-    submitted = await api.call("POST", "/api/v1/tasks", token=operator, body={"tasks": [task] * 5})
-    assert submitted.status == 202, submitted.body
-
-    async def done() -> bool:
-        found = [await hub.parts.store.task(i) for i in submitted.body["ids"]]
-        return all(t is not None and t.state == "succeeded" for t in found)
-
     # Results come in, are stored and end their tasks while the sink waits on the receiver.
-    await eventually(done, timeout=60, what="5 tasks succeeded with the sink stalled")
+    await tasks_succeeded(hub, api, 5)
     assert receiver.accepted == []
     waiting = await outbox_ids(hub.parts.store)
     receiver.hold.set()
