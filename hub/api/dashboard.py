@@ -25,7 +25,7 @@ from hub.api.context import ApiContext
 from hub.api.errors import ApiError
 from hub.api.live import FeedClosedError, FeedFullError, LiveFeed
 from hub.api.models import DeviceOut
-from hub.api.releases import RolloutOut
+from hub.api.rollouts import RolloutOut
 from hub.api.routing import PRINCIPAL, Param, Route
 from hub.monitoring.metrics import TASK_STATES
 from hub.store import Device
