@@ -7,36 +7,27 @@ checks it against the signed manifest, installs it beside the serving version, a
 the inference service to load, self-test and swap it in. Every step that can refuse
 leaves the previous version serving. What became of each release is reported (and kept
 on disk, see `deploystate.py`); a version that then fails in use is rolled back by the
-inference service and reported `rolled_back`.
+inference service and reported `rolled_back`. The download and install, file work that
+knows nothing of states, are in `deployfetch.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import shutil
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge import deploystate, download
+from edge import deploystate
+from edge.deployfetch import RETRY_CAP_S, ReleaseFetcher, ReleaseRefused
 from edge.deploystate import DeployStates, Key, Record
 from edge.identity import DevicePaths
 from edge.inference.service import InferenceService
-from outpost import backoff, files, release, schema, tls, wire
-from outpost.modelbundle import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    SAMPLE_FILE,
-    BundleError,
-    Manifest,
-    file_sha256,
-)
+from outpost import release, wire
+from outpost.modelbundle import BundleError, Manifest
 from outpost.signing import Signed
 
 logger = logging.getLogger(__name__)
@@ -44,16 +35,6 @@ logger = logging.getLogger(__name__)
 Report = Callable[[wire.ModelState], Awaitable[None]]
 
 STATE_FILE = ".deploy-states.json"
-DOWNLOADS = ".downloads"  # hidden: the model directory lists only model names
-RETRY_CAP_S = 60.0  # a hub that is down is asked again at most this often
-
-
-class _Refused(Exception):
-    """A release is refused; the message is the detail reported."""
-
-    def __init__(self, detail: str, *, final: bool = True) -> None:
-        super().__init__(detail)
-        self.final = final
 
 
 class Deployer:
@@ -69,14 +50,14 @@ class Deployer:
         retry_cap: float = RETRY_CAP_S,
     ) -> None:
         self._paths = paths
-        self._hub_url = hub_url.rstrip("/")
         self._service = service
         self._slots = service.slots
         self._directory = service.directory
         self._report = report
-        self._retry_cap = retry_cap
+        self._fetcher = ReleaseFetcher(
+            paths, hub_url.rstrip("/"), service.directory, retry_cap=retry_cap
+        )
         self._state_file = self._directory.root / STATE_FILE
-        self._downloads = self._directory.root / DOWNLOADS
         self._states: DeployStates | None = None
         self._loading = asyncio.Lock()
         self._saving = asyncio.Lock()  # one writer of the state file at a time
@@ -173,7 +154,7 @@ class Deployer:
                 self._current = (m.name, m.version, m.sha256)
                 try:
                     await self._deploy(offered)
-                except _Refused as exc:
+                except ReleaseRefused as exc:
                     logger.warning("model %s %s refused: %s", m.name, m.version, exc)
                     await self._set(_record(m, "failed", str(exc), final=exc.final))
                 except Exception as exc:  # one release's surprise must not stop the rest
@@ -186,15 +167,8 @@ class Deployer:
 
     async def stage(self, name: str, version: str, sha256: str, data: bytes) -> None:
         """A release's model file carried by courier bundle (edge/courier.py), kept where
-        a finished download would be: the deploy then checks it against the signed
-        manifest (size, sha256) and installs it exactly as a downloaded one."""
-        part = self._downloads / f"{name}@{version}.{sha256[:16]}.part"
-
-        def keep() -> None:
-            self._downloads.mkdir(parents=True, exist_ok=True, mode=0o700)
-            files.replace(part, data, files.PRIVATE)
-
-        await asyncio.to_thread(keep)
+        a finished download would be (see `ReleaseFetcher.stage`)."""
+        await self._fetcher.stage(name, version, sha256, data)
 
     def queued(self) -> list[tuple[str, str]]:
         """(name, version) of each release waiting its turn, in order."""
@@ -212,14 +186,14 @@ class Deployer:
         m = offered.manifest
         allowed = self._service.allowed_models
         if allowed and m.name not in allowed:
-            raise _Refused(
+            raise ReleaseRefused(
                 f"{m.name} is not allowed by policy (allowed: {', '.join(sorted(allowed))})",
                 final=False,  # a later policy may allow it: try again when offered again
             )
         installed = await asyncio.to_thread(self._installed, m)
         if not installed:
             await self._set(_record(m, "downloading"))
-            await self._fetch_and_install(offered)
+            await self._fetcher.install(offered)
         try:
             # What it replaced is what it falls back to: read at the swap, not before
             # the download (a roll-back may have happened meanwhile).
@@ -227,7 +201,7 @@ class Deployer:
         except (ModelFault, BundleError) as exc:
             if not installed:  # ours: a refused version must not load at the next start
                 await asyncio.to_thread(self._remove, m)
-            raise _Refused(f"not activated: {exc}") from exc
+            raise ReleaseRefused(f"not activated: {exc}") from exc
         previous = before if before is not None and before != m.version else ""
         await self._set(_record(m, "active", previous=previous))
         logger.info("model %s %s active (release deployed)", m.name, m.version)
@@ -237,70 +211,10 @@ class Deployer:
         m = offered.manifest
         try:
             if not await asyncio.to_thread(self._installed, m):
-                await self._fetch_and_install(offered)
+                await self._fetcher.install(offered)
             await self._service.shadow(m.name, m.version)
         except Exception as exc:  # the live version is untouched; the hub sees no samples
             logger.warning("model %s %s not run in shadow: %s", m.name, m.version, exc)
-
-    async def _fetch_and_install(self, offered: release.Release) -> None:
-        m = offered.manifest
-        part = self._downloads / f"{m.name}@{m.version}.{m.sha256[:16]}.part"
-        await asyncio.to_thread(_discard_others, self._downloads, m.name, part)
-        resumed = await self._download(m, part)
-        try:
-            await asyncio.to_thread(_check, part, m)
-        except BundleError as exc:
-            if not resumed:
-                raise _Refused(f"the download does not match the signed manifest: {exc}") from exc
-            # Pieces from several responses (or a partial that a power cut left with a
-            # garbage tail): one clean download before calling the bytes wrong.
-            logger.warning("model %s %s: resumed download does not match; again", m.name, m.version)
-            await self._download(m, part)
-            try:
-                await asyncio.to_thread(_check, part, m)
-            except BundleError as again:
-                raise _Refused(
-                    f"the download does not match the signed manifest: {again}"
-                ) from again
-        folder = self._downloads / f"{m.name}@{m.version}.bundle"
-        try:
-            await asyncio.to_thread(_assemble, folder, part, offered)
-            await asyncio.to_thread(self._directory.install, folder, activate=False)
-        except (BundleError, OSError) as exc:
-            raise _Refused(f"not installed: {exc}") from exc
-        finally:
-            await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
-
-    async def _download(self, m: Manifest, part: Path) -> bool:
-        """Complete `part`, retrying (with back-off) until it is whole or refused; return
-        whether it was resumed."""
-        url = f"{self._hub_url}/api/v1/device/models/{m.name}/{m.version}/{MODEL_FILE}"
-        attempt = 0
-        while True:
-            try:
-                # Built per attempt: the certificate may have been renewed meanwhile.
-                context = await asyncio.to_thread(
-                    tls.client_context, self._paths.ca_cert, self._paths.cert, self._paths.key
-                )
-                return await download.fetch(url, part, m.size, context)
-            except download.DownloadRefused as exc:
-                await asyncio.to_thread(part.unlink, missing_ok=True)
-                raise _Refused(f"the hub refused the download: {exc}") from exc
-            except download.WrongSize as exc:
-                await asyncio.to_thread(part.unlink, missing_ok=True)
-                raise _Refused(f"the download does not match the signed manifest: {exc}") from exc
-            except (download.DownloadError, OSError) as exc:
-                wait = backoff.delay(attempt, cap=self._retry_cap)
-                attempt += 1
-                logger.warning(
-                    "model %s %s: download failed (%s); retry %d in %.1f s",
-                    m.name,
-                    m.version,
-                    exc,
-                    attempt,
-                    wait,
-                )
-                await asyncio.sleep(wait)
 
     # ------------------------------------------------------------- bookkeeping
 
@@ -384,44 +298,6 @@ def _record(
     previous: str = "",
 ) -> Record:
     return Record(m.name, m.version, m.sha256, state, detail, final, previous)
-
-
-def _check(part: Path, m: Manifest) -> None:
-    """The downloaded file is the one the signed manifest names, or it is deleted."""
-    size = part.stat().st_size
-    digest = file_sha256(part) if size == m.size else ""
-    if size != m.size:
-        problem = f"{size} bytes, expected {m.size}"
-    elif digest != m.sha256:
-        problem = f"sha256 {digest}, expected {m.sha256}"
-    else:
-        return
-    part.unlink(missing_ok=True)
-    raise BundleError(problem)
-
-
-def _assemble(folder: Path, part: Path, offered: release.Release) -> None:
-    """A bundle folder from the downloaded file and the signed manifest and sample."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    os.replace(part, folder / MODEL_FILE)
-    manifest = json.dumps(offered.manifest.to_dict(), indent=2, sort_keys=True)
-    (folder / MANIFEST_FILE).write_text(manifest + "\n", encoding="utf-8")
-    sample = json.dumps(schema.dump(offered.sample), sort_keys=True)
-    (folder / SAMPLE_FILE).write_text(sample + "\n", encoding="utf-8")
-
-
-def _discard_others(downloads: Path, name: str, keep: Path) -> None:
-    """Drop partial downloads of other releases of this model (superseded)."""
-    if not downloads.is_dir():
-        return
-    for other in downloads.glob(f"{name}@*"):
-        if other == keep:
-            continue
-        if other.is_dir():
-            shutil.rmtree(other, ignore_errors=True)
-        else:
-            other.unlink(missing_ok=True)
 
 
 def _claimed(document: bytes) -> tuple[str, str]:

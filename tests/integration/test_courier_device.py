@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edge.deploy import DOWNLOADS
+from edge.deployfetch import DOWNLOADS
 from edge.identity import DevicePaths
 from hub.app import Hub
 from hub.fleet.enrollment import load_signing_key
