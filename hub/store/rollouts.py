@@ -9,6 +9,9 @@ device should run is, for each model name, the version of the newest roll-out th
 released it.
 
 Each function runs on the store's worker thread as one unit of work.
+
+How a roll-out moves on (rolloutprogress.py) and what devices report (rolloutreports.py)
+are modules of their own; the names the store calls as `rollouts.*` are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,19 +20,36 @@ import json
 import math
 from dataclasses import dataclass
 
-from hub.store import events, outbox
 from hub.store.catalog import get_model
 from hub.store.devices import Device
+from hub.store.rolloutprogress import Advanced, advance, announce
+from hub.store.rolloutreports import (
+    drop_device,
+    reconcile_inventory,
+    record_state,
+    withdraw_device,
+)
 from hub.store.sql import Row, Sql
 from outpost.agentrelease import ROLLOUT_NAME as AGENT
 
-IN_PROGRESS = ("canary", "rolling")
-# A device's row ends `active`, `failed`, `rolled_back`, or `superseded` (a newer roll-out
-# of the model took the device before this one released it). `blocked`: the device
-# cannot take the model yet (its policy does not allow it), and may later.
-TERMINAL = ("active", "failed", "rolled_back", "superseded")
-FAILED = ("failed", "rolled_back")
-UNRELEASED = ("waiting", "superseded")
+__all__ = [
+    "Advanced",
+    "Rollout",
+    "RolloutDevice",
+    "RolloutRefusedError",
+    "announce",
+    "create_rollout",
+    "desired_releases",
+    "desired_releases_of",
+    "drop_device",
+    "get_rollout",
+    "halt",
+    "list_rollouts",
+    "reconcile_inventory",
+    "record_state",
+    "withdraw_device",
+]
+
 # The releases a device is given travel in one MQTT message: their sum is bounded.
 DEVICE_RELEASES_MAX_BYTES = 200 * 1024
 
@@ -63,17 +83,6 @@ class Rollout:
     devices: list[RolloutDevice]
     mode: str = "staged"  # or shadow: judged first on a candidate run beside the live one
     criteria: dict[str, float] | None = None  # a shadow roll-out's (shadows.py)
-
-
-@dataclass(frozen=True)
-class Advanced:
-    """What a roll-out did after a report: devices newly released, and its state."""
-
-    rollout_id: int
-    released: list[str]
-    state: str
-    reason: str
-    halted_now: bool = False  # this report halted it
 
 
 def create_rollout(
@@ -174,7 +183,7 @@ def create_rollout(
                 ),
             )
         for old in older:
-            _advance(db, old, now)
+            advance(db, old, now)
         announce(db, rollout_id, "started", "", now)
     rollout = get_rollout(db, rollout_id)
     assert rollout is not None
@@ -197,32 +206,6 @@ def _release_document(db: Sql, name: str, version: str) -> bytes:
     return model.document
 
 
-def announce(db: Sql, rollout_id: int, state: str, reason: str, now: float) -> None:
-    """Tell the sinks a roll-out moved (org.outpost.rollout.<state>): started, rolling (its
-    canaries are healthy), completed, halted or superseded."""
-    if not db.publishing:
-        return
-    row = db.execute(
-        "SELECT name, version, selector, canary_share FROM rollouts WHERE id = ?", (rollout_id,)
-    ).fetchone()
-    counts: dict[str, int] = {}
-    for (device_state,) in db.execute(
-        "SELECT state FROM rollout_devices WHERE rollout_id = ?", (rollout_id,)
-    ):
-        counts[device_state] = counts.get(device_state, 0) + 1
-    data = {
-        "rollout_id": rollout_id,
-        "model": row["name"],
-        "version": row["version"],
-        "selector": json.loads(row["selector"]),
-        "canary_share": row["canary_share"],
-        "state": state,
-        "reason": reason,
-        "devices": counts,
-    }
-    outbox.emit(db, f"rollout.{state}", "", data, now)
-
-
 def get_rollout(db: Sql, rollout_id: int) -> Rollout | None:
     row = db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
     if row is None:
@@ -243,109 +226,6 @@ def get_rollout(db: Sql, rollout_id: int) -> Rollout | None:
 def list_rollouts(db: Sql, limit: int = 100) -> list[Rollout]:
     rows = db.execute("SELECT * FROM rollouts ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
     return [_rollout(r, []) for r in rows]
-
-
-def record_state(
-    db: Sql,
-    device_id: str,
-    name: str,
-    version: str,
-    state: str,
-    detail: str,
-    now: float,
-    *,
-    final: bool = True,
-) -> list[Advanced]:
-    """Apply a device's report on a release, then move each roll-out it concerns on. A
-    failure the device may get past (`final` false) blocks the device, not the roll-out."""
-    if state == "failed" and not final:
-        state = "blocked"
-    advanced = []
-    with db.write():
-        _log_model_event(db, device_id, name, version, state, detail, now)
-        ids = [
-            r["id"]
-            for r in db.execute(
-                """SELECT r.id FROM rollouts r JOIN rollout_devices d ON d.rollout_id = r.id
-                   WHERE r.name = ? AND r.version = ? AND d.device_id = ?
-                     AND d.state NOT IN ('waiting', 'superseded')""",
-                (name, version, device_id),
-            )
-        ]
-        for rollout_id in ids:
-            db.execute(
-                """UPDATE rollout_devices SET state = ?, detail = ?, updated_at = ?
-                   WHERE rollout_id = ? AND device_id = ?""",
-                (state, detail, now, rollout_id, device_id),
-            )
-            advanced.append(_advance(db, rollout_id, now))
-    return advanced
-
-
-_MODEL_EVENTS: dict[str, events.Kind] = {
-    "active": "model_activated",
-    "failed": "model_failed",
-    "rolled_back": "model_rolled_back",
-}
-
-
-def _log_model_event(
-    db: Sql, device_id: str, name: str, version: str, state: str, detail: str, now: float
-) -> None:
-    """Log a release's state on the device's event log when it changed: a device repeats
-    the state of every release it holds after each hello, which is not news."""
-    kind = _MODEL_EVENTS.get(state)
-    if kind is None:
-        return
-    release = f"{name} {version}"
-    last = db.execute(
-        """SELECT kind FROM device_events
-           WHERE device_id = ? AND kind IN ('model_activated', 'model_failed',
-                                            'model_rolled_back')
-             AND (detail = ? OR detail LIKE ?)
-           ORDER BY id DESC LIMIT 1""",
-        (device_id, release, release + ":%"),
-    ).fetchone()
-    if last is None or last["kind"] != kind:
-        events.add(db, device_id, now, kind, f"{release}: {detail}" if detail else release)
-
-
-def reconcile_inventory(
-    db: Sql, inventories: list[tuple[str, list[tuple[str, str]]]], now: float
-) -> list[Advanced]:
-    """Each device says it serves these (name, version)s: a roll-out still waiting for its
-    report of one (lost with a hub replica that died holding it) takes it as active. One
-    transaction for a whole ingest batch of devices: a hello carries its inventory, and
-    a ramp of hellos is a ramp of these."""
-    advanced: list[Advanced] = []
-    with db.write():
-        if not db.execute(
-            "SELECT 1 FROM rollouts WHERE state IN ('canary', 'rolling') LIMIT 1"
-        ).fetchone():
-            return advanced  # the usual case: nothing is rolling out
-        for device_id, serving in inventories:
-            for name, version in serving:
-                ids = [
-                    r["id"]
-                    for r in db.execute(
-                        """SELECT r.id FROM rollouts r
-                           JOIN rollout_devices d ON d.rollout_id = r.id
-                           WHERE r.name = ? AND r.version = ? AND d.device_id = ?
-                             AND r.state IN ('canary', 'rolling')
-                             AND d.state NOT IN ('waiting', 'active', 'failed',
-                                                 'rolled_back', 'superseded')""",
-                        (name, version, device_id),
-                    )
-                ]
-                for rollout_id in ids:
-                    db.execute(
-                        """UPDATE rollout_devices SET state = 'active', detail = ?,
-                                  updated_at = ?
-                           WHERE rollout_id = ? AND device_id = ?""",
-                        ("serving, by its inventory", now, rollout_id, device_id),
-                    )
-                    advanced.append(_advance(db, rollout_id, now))
-    return advanced
 
 
 def desired_releases(db: Sql, device_id: str) -> list[tuple[bytes, bytes]]:
@@ -376,34 +256,6 @@ def _desired(db: Sql, device_id: str) -> list[Row]:
     ).fetchall()
 
 
-def drop_device(db: Sql, device_id: str, reason: str, now: float) -> list[Advanced]:
-    """A device leaves every roll-out in progress (revoked): its open rows fail with the
-    reason, so no roll-out waits on it; what each roll-out did then is returned. Runs
-    inside the caller's transaction."""
-    ids = [
-        r["rollout_id"]
-        for r in db.execute(
-            """SELECT d.rollout_id FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id
-               WHERE d.device_id = ? AND r.state IN ('canary', 'rolling')
-                 AND d.state NOT IN ('active', 'failed', 'rolled_back', 'superseded')""",
-            (device_id,),
-        )
-    ]
-    for rollout_id in ids:
-        db.execute(
-            """UPDATE rollout_devices SET state = 'failed', detail = ?, updated_at = ?
-               WHERE rollout_id = ? AND device_id = ?""",
-            (reason, now, rollout_id, device_id),
-        )
-    return [_advance(db, rollout_id, now) for rollout_id in ids]
-
-
-def withdraw_device(db: Sql, device_id: str, reason: str, now: float) -> list[Advanced]:
-    """Run `drop_device` as a unit of work of its own."""
-    with db.write():
-        return drop_device(db, device_id, reason, now)
-
-
 def halt(db: Sql, rollout_id: int, reason: str, now: float) -> Advanced | None:
     """Halt a roll-out in progress (canary or rolling) for `reason`; None if there is no
     such roll-out. One that already ended is left as it is (`halted_now` false)."""
@@ -421,56 +273,6 @@ def halt(db: Sql, rollout_id: int, reason: str, now: float) -> Advanced | None:
         )
         announce(db, rollout_id, "halted", reason, now)
     return Advanced(rollout_id, [], "halted", reason, halted_now=True)
-
-
-def _advance(db: Sql, rollout_id: int, now: float) -> Advanced:
-    row = db.execute("SELECT state, reason FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
-    state, reason = row["state"], row["reason"]
-    devices = db.execute(
-        "SELECT device_id, stage, state, detail FROM rollout_devices WHERE rollout_id = ?",
-        (rollout_id,),
-    ).fetchall()
-    released: list[str] = []
-    if state == "canary":
-        canary = [d for d in devices if d["stage"] == "canary"]
-        failed = [d for d in canary if d["state"] in FAILED]
-        if failed:
-            d = failed[0]
-            state = "halted"
-            reason = f"canary {d['device_id']} {d['state'].replace('_', ' ')}: {d['detail']}"
-        elif all(d["state"] == "active" for d in canary):
-            released = [
-                d["device_id"] for d in devices if d["stage"] == "rest" and d["state"] == "waiting"
-            ]
-            db.execute(
-                """UPDATE rollout_devices SET state = 'released', released_at = ?,
-                       updated_at = ? WHERE rollout_id = ? AND stage = 'rest'
-                       AND state = 'waiting'""",
-                (now, now, rollout_id),
-            )
-            state = "rolling"
-    if state == "rolling":
-        latest = {
-            r["device_id"]: r["state"]
-            for r in db.execute(
-                "SELECT device_id, state FROM rollout_devices WHERE rollout_id = ?",
-                (rollout_id,),
-            )
-        }
-        if all(s in TERMINAL for s in latest.values()):
-            failures = sum(s in FAILED for s in latest.values())
-            state = "completed"
-            # Without failures, what it said stands (how a shadow roll-out was promoted).
-            reason = f"{failures} of {len(latest)} devices failed" if failures else reason
-    if (state, reason) != (row["state"], row["reason"]):
-        db.execute(
-            "UPDATE rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
-            (state, reason, now, rollout_id),
-        )
-        if state != row["state"]:
-            announce(db, rollout_id, state, reason, now)
-    halted_now = state == "halted" and row["state"] != "halted"
-    return Advanced(rollout_id, released, state, reason, halted_now)
 
 
 def _rollout(row: Row, devices: list[RolloutDevice]) -> Rollout:

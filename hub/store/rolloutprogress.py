@@ -1,0 +1,113 @@
+"""How a roll-out moves on: from its canaries to the rest of its devices (`rolling`), to
+`completed` when every device has ended, or `halted` when a canary fails; and telling
+the sinks each move (org.outpost.rollout.<state>).
+
+Apart from rollouts.py (creating, halting and reading roll-outs) and rolloutreports.py
+(what devices report) because both move roll-outs on with the same rules, held here
+once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from hub.store import outbox
+from hub.store.sql import Sql
+
+IN_PROGRESS = ("canary", "rolling")
+# A device's row ends `active`, `failed`, `rolled_back`, or `superseded` (a newer roll-out
+# of the model took the device before this one released it). `blocked`: the device
+# cannot take the model yet (its policy does not allow it), and may later.
+TERMINAL = ("active", "failed", "rolled_back", "superseded")
+FAILED = ("failed", "rolled_back")
+UNRELEASED = ("waiting", "superseded")
+
+
+@dataclass(frozen=True)
+class Advanced:
+    """What a roll-out did after a report: devices newly released, and its state."""
+
+    rollout_id: int
+    released: list[str]
+    state: str
+    reason: str
+    halted_now: bool = False  # this report halted it
+
+
+def advance(db: Sql, rollout_id: int, now: float) -> Advanced:
+    """Move the roll-out on as far as its devices' rows allow; runs inside the
+    caller's transaction."""
+    row = db.execute("SELECT state, reason FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+    state, reason = row["state"], row["reason"]
+    devices = db.execute(
+        "SELECT device_id, stage, state, detail FROM rollout_devices WHERE rollout_id = ?",
+        (rollout_id,),
+    ).fetchall()
+    released: list[str] = []
+    if state == "canary":
+        canary = [d for d in devices if d["stage"] == "canary"]
+        failed = [d for d in canary if d["state"] in FAILED]
+        if failed:
+            d = failed[0]
+            state = "halted"
+            reason = f"canary {d['device_id']} {d['state'].replace('_', ' ')}: {d['detail']}"
+        elif all(d["state"] == "active" for d in canary):
+            released = [
+                d["device_id"] for d in devices if d["stage"] == "rest" and d["state"] == "waiting"
+            ]
+            db.execute(
+                """UPDATE rollout_devices SET state = 'released', released_at = ?,
+                       updated_at = ? WHERE rollout_id = ? AND stage = 'rest'
+                       AND state = 'waiting'""",
+                (now, now, rollout_id),
+            )
+            state = "rolling"
+    if state == "rolling":
+        latest = {
+            r["device_id"]: r["state"]
+            for r in db.execute(
+                "SELECT device_id, state FROM rollout_devices WHERE rollout_id = ?",
+                (rollout_id,),
+            )
+        }
+        if all(s in TERMINAL for s in latest.values()):
+            failures = sum(s in FAILED for s in latest.values())
+            state = "completed"
+            # Without failures, what it said stands (how a shadow roll-out was promoted).
+            reason = f"{failures} of {len(latest)} devices failed" if failures else reason
+    if (state, reason) != (row["state"], row["reason"]):
+        db.execute(
+            "UPDATE rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+            (state, reason, now, rollout_id),
+        )
+        if state != row["state"]:
+            announce(db, rollout_id, state, reason, now)
+    halted_now = state == "halted" and row["state"] != "halted"
+    return Advanced(rollout_id, released, state, reason, halted_now)
+
+
+def announce(db: Sql, rollout_id: int, state: str, reason: str, now: float) -> None:
+    """Tell the sinks a roll-out moved (org.outpost.rollout.<state>): started, rolling (its
+    canaries are healthy), completed, halted or superseded."""
+    if not db.publishing:
+        return
+    row = db.execute(
+        "SELECT name, version, selector, canary_share FROM rollouts WHERE id = ?", (rollout_id,)
+    ).fetchone()
+    counts: dict[str, int] = {}
+    for (device_state,) in db.execute(
+        "SELECT state FROM rollout_devices WHERE rollout_id = ?", (rollout_id,)
+    ):
+        counts[device_state] = counts.get(device_state, 0) + 1
+    data = {
+        "rollout_id": rollout_id,
+        "model": row["name"],
+        "version": row["version"],
+        "selector": json.loads(row["selector"]),
+        "canary_share": row["canary_share"],
+        "state": state,
+        "reason": reason,
+        "devices": counts,
+    }
+    outbox.emit(db, f"rollout.{state}", "", data, now)
