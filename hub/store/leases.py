@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hub.store.sql import Sql
 from hub.store.tasks import HELD, finish, move, record_events, unpack_input
 from outpost import wire
 
 MAX_SCAN = 20_000  # queued tasks one allocation pass may look at
+FIRST_PAGE_PER_SLOT = 4  # queued tasks read first per free slot...
+FIRST_PAGE_MIN = 64  # ...and at least this many
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,14 @@ def allocate(
         # Page through the queue in priority order until the devices are full: tasks no
         # device can take now (a named device offline, a model nobody has) must not
         # hide the runnable ones behind them.
+        # The first page is sized to the free slots: a pass runs after every result that
+        # frees one, and decoding a deep queue for one free slot was most of the hub's
+        # time per task. Pages then grow, for tasks that fit no device.
+        free = sum(max(0, c.slots - c.held) for c in candidates)
+        size = min(settings.max_plan, max(FIRST_PAGE_PER_SLOT * free, FIRST_PAGE_MIN))
         while scanned < MAX_SCAN and any(c.held < c.slots for c in candidates):
-            page = queued_tasks(db, now, settings.max_plan, passed)
+            page = queued_tasks(db, now, size, passed)
+            size = min(settings.max_plan, size * 2)
             if not page:
                 break
             chosen = plan(page, candidates)
@@ -140,29 +149,50 @@ def update(
 ) -> list[tuple[str, str]]:
     """Apply a device's accepted / rejected / running updates; return (task_id, outcome)
     for each: applied, or stale (another attempt, another device, or already ended)."""
+    (outcomes,) = update_many(db, [(device_id, updates)], now, settings)
+    return outcomes
+
+
+def update_many(
+    db: Sql,
+    reports: Sequence[tuple[str, Iterable[Any]]],
+    now: float,
+    settings: Settings,
+) -> list[list[tuple[str, str]]]:
+    """`update` for several devices' reports in one transaction, and a soft one: a lost
+    accepted or running only leaves the hub thinking a task assigned (it lapses, and
+    the device's result still ends it, fenced by its attempt), and a lost rejection
+    lapses the same way. Allocation, which hands out attempts, commits durably, and its
+    commit takes these to the disk with its own."""
+    with db.soft(), db.write():
+        return [_update(db, device_id, updates, now, settings) for device_id, updates in reports]
+
+
+def _update(
+    db: Sql, device_id: str, updates: Iterable[Any], now: float, settings: Settings
+) -> list[tuple[str, str]]:
     outcomes = []
-    with db.write():
-        for u in updates:
-            row = db.execute(
-                "SELECT state, device_id, attempt, excluded, target FROM tasks WHERE task_id = ?",
-                (u.task_id,),
-            ).fetchone()
-            current = (
-                row is not None
-                and row["device_id"] == device_id
-                and row["attempt"] == u.attempt
-                and row["state"] in HELD
-            )
-            if not current:
-                outcomes.append((u.task_id, "stale"))
-                continue
-            if u.state == "rejected":
-                _reject(db, u.task_id, row, device_id, u.attempt, u.reason, now, settings)
-            elif u.state == "accepted" and row["state"] == "assigned":
-                move(db, u.task_id, "accepted", now, device_id, u.attempt, "")
-            elif u.state == "running" and row["state"] in ("assigned", "accepted"):
-                move(db, u.task_id, "running", now, device_id, u.attempt, "")
-            outcomes.append((u.task_id, "applied"))
+    for u in updates:
+        row = db.execute(
+            "SELECT state, device_id, attempt, excluded, target FROM tasks WHERE task_id = ?",
+            (u.task_id,),
+        ).fetchone()
+        current = (
+            row is not None
+            and row["device_id"] == device_id
+            and row["attempt"] == u.attempt
+            and row["state"] in HELD
+        )
+        if not current:
+            outcomes.append((u.task_id, "stale"))
+            continue
+        if u.state == "rejected":
+            _reject(db, u.task_id, row, device_id, u.attempt, u.reason, now, settings)
+        elif u.state == "accepted" and row["state"] == "assigned":
+            move(db, u.task_id, "accepted", now, device_id, u.attempt, "")
+        elif u.state == "running" and row["state"] in ("assigned", "accepted"):
+            move(db, u.task_id, "running", now, device_id, u.attempt, "")
+        outcomes.append((u.task_id, "applied"))
     return outcomes
 
 
@@ -263,11 +293,24 @@ def queued_tasks(db: Sql, now: float, limit: int, offset: int) -> list[Queued]:
             r["version"],
             r["priority"],
             r["deadline"],
-            json.loads(r["target"]),
-            frozenset(json.loads(r["excluded"])),
+            _target(r["target"]),
+            _excluded(r["excluded"]),
         )
         for r in rows
     ]
+
+
+# Most queued tasks share a few targets ("any device", one selector) and exclude nobody:
+# each distinct text is decoded once, and tasks of one kind share the decoded value
+# (read only, by the planner).
+@functools.lru_cache(maxsize=1024)
+def _target(text: str) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _excluded(text: str) -> frozenset[str]:
+    return frozenset(json.loads(text))
 
 
 @dataclass(frozen=True)

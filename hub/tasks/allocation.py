@@ -60,9 +60,13 @@ def matches(task: Queued, device: Candidate) -> bool:
     return any(name == task.model for name, _ in device.models)
 
 
-def _kind(task: Queued) -> tuple[object, ...]:
-    """What `matches` depends on: tasks of one kind match the same devices."""
-    target = json.dumps(task.target, sort_keys=True)  # as stored: plain JSON
+def _kind(task: Queued, targets: dict[int, str]) -> tuple[object, ...]:
+    """What `matches` depends on: tasks of one kind match the same devices. `targets`
+    holds each target's text by the object's id: the store hands tasks of one target the
+    same decoded dict, so most passes encode one or two."""
+    target = targets.get(id(task.target))
+    if target is None:
+        target = targets[id(task.target)] = json.dumps(task.target, sort_keys=True)
     return (target, task.model, task.version)
 
 
@@ -73,9 +77,10 @@ def plan(queued: list[Queued], candidates: list[Candidate]) -> list[tuple[str, s
     # a few kinds, and matching every task against every online device dominated a
     # pass's time with thousands of devices.
     matching: dict[tuple[object, ...], list[Candidate]] = {}
+    targets: dict[int, str] = {}
     chosen = []
     for task in queued:
-        kind = _kind(task)
+        kind = _kind(task, targets)
         pool = matching.get(kind)
         if pool is None:
             pool = matching[kind] = [d for d in candidates if matches(task, d)]
