@@ -4,7 +4,7 @@ run it on the local models, and put its result on the results stream.
 The result goes through store and forward like everything else, so a task finished
 offline reaches the hub when the link returns; it carries the assignment's attempt (the
 fencing token), and the hub keeps the first valid result. The inbox survives restarts.
-`slots` workers run tasks, so the device never runs more at once than its profile allows.
+Up to `slots` tasks run at once, so the device never runs more than its profile allows.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from edge.inference.service import InferenceService, ModelUnavailable, UnknownMo
 from edge.store import AgentStore, StoreReadError, StoreWriteError, StreamFullError
 from edge.store.inbox import InboxTask, finish
 from outpost import backoff, schema, wire
-from outpost.aio import supervise
+from outpost.aio import cancel_until_done, supervise
 
 logger = logging.getLogger(__name__)
 
 Notify = Callable[[list[wire.TaskUpdate]], Awaitable[None]]
 FULL_RETRY_S = 2.0  # a full results stream: try the append again after this long
-WORKER_RETRY_S = 1.0  # after a surprise, a worker tries again after this long
-WORKER_RETRY_CAP_S = 30.0  # a failing disk: retries back off up to this
+CLAIM_RETRY_S = 1.0  # after a surprise, claims start again after this long
+CLAIM_RETRY_CAP_S = 30.0  # a failing disk: claims back off up to this
 # A refusal's reason quotes exception texts (a model's load failure, a disk error) of any
 # length: cut here, where it is made, to what the wire carries.
 REASON_LIMIT = schema.max_len(wire.TaskUpdate, "reason")
@@ -53,13 +53,16 @@ class TaskRunner:
         # Why new work is refused now (CPU or temperature over the policy's caps), or None.
         self.overloaded: Callable[[], str | None] = lambda: None
         self._work = asyncio.Event()
+        # The newest attempt the inbox took of each task, from `assign`: a task the hub
+        # gave again while it ran carries the newer attempt in its result.
+        self._attempts: dict[str, int] = {}
         self.running = 0
         self.queued = 0  # pending in the inbox, as of the last change seen here
         self.done = 0  # tasks run to an end, succeeded or failed
         self.failed = 0
 
     async def run(self) -> None:
-        """Recover the inbox, then run `slots` workers until cancelled."""
+        """Recover the inbox, then run up to `slots` tasks at once until cancelled."""
         try:
             again = await self._store.inbox_recover()
         except StoreWriteError as exc:  # they stay as they are until a start can write
@@ -69,7 +72,7 @@ class TaskRunner:
             logger.info("%d tasks interrupted by the last stop run again", again)
         await self._refresh_depth()
         self._work.set()
-        await supervise({f"agent.task-worker-{n}": self._worker() for n in range(self.slots)})
+        await supervise({"agent.task-claims": self._claim_loop()})
 
     async def assign(self, body: wire.Tasks) -> None:
         """Accept or reject each assignment; accepted ones are in the inbox (on disk)
@@ -98,6 +101,8 @@ class TaskRunner:
             except StoreWriteError as exc:  # not on disk, so not accepted: the hub moves on
                 outcomes, full = ["full"] * len(wanted), f"full: {exc.reason}"
             for task, outcome in zip(wanted, outcomes, strict=True):
+                if outcome == "accepted":
+                    self._attempts[task.task_id] = task.attempt
                 if outcome == "full":
                     reasons[task.task_id] = full
                 elif outcome == "superseded":
@@ -117,7 +122,8 @@ class TaskRunner:
                     reason=reason,
                 )
             )
-        await self._refresh_depth()
+        # Pending now until claimed; the next claim counts them exactly.
+        self.queued += sum(u.state == "accepted" for u in updates)
         self._work.set()
         await self._notify(updates)
 
@@ -127,6 +133,7 @@ class TaskRunner:
         except StoreWriteError as exc:  # it runs on; its result will come back late
             outcome = f"not cancelled: {exc.reason}"
         logger.info("task %s cancelled by the hub: %s", body.task_id, outcome)
+        self._attempts.pop(body.task_id, None)
         await self._refresh_depth()
 
     def _refusal(self, a: wire.Assignment) -> str | None:
@@ -147,47 +154,75 @@ class TaskRunner:
             return f"version_mismatch: {a.model} is at {runner.manifest.version}, not {a.version}"
         return None
 
-    async def _worker(self) -> None:
-        failures = 0
-        while True:
-            try:
-                await self._work_once()
-                failures = 0
-            except (StoreWriteError, StoreReadError) as exc:  # a failing disk: wait it out
-                wait = backoff.delay(failures, cap=WORKER_RETRY_CAP_S, base=2.0) + 1.0
-                failures += 1
-                logger.warning("task worker: %s; retrying in %.0f s", exc.reason, wait)
-                await asyncio.sleep(wait)
-            except Exception:  # a surprise in one task: not the agent's end
-                logger.exception("task worker: retrying in %.0f s", WORKER_RETRY_S)
-                await asyncio.sleep(WORKER_RETRY_S)
+    async def _claim_loop(self) -> None:
+        """Claim pending tasks for the free slots, each claim one transaction for as many
+        as are free, and run each claimed task beside the others.
 
-    async def _work_once(self) -> None:
-        """One claim, and the run of what it took (or a wait for work)."""
-        # Cleared before looking: an assignment put after the look sets it again, so no
-        # wake-up is lost between an empty look and the wait.
-        self._work.clear()
-        task, dropped = await self._store.inbox_claim()
-        for stale in dropped:
-            logger.info("dropped %s: its deadline or lease passed before it ran", stale.task_id)
-            self._inference.tally.error("task_dropped")
-        if task is None:
-            await self._refresh_depth()
-            await self._work.wait()
-            return
-        self._work.set()  # there may be more: let an idle worker look too
-        self.running += 1
+        One loop claims for every slot: slot workers that each claimed for themselves
+        all woke on every new assignment and all but one claimed nothing, each of those
+        a write transaction on the store's one thread."""
+        runs: set[asyncio.Task[None]] = set()
+        failures = 0
+        try:
+            while True:
+                # Cleared before looking: an assignment put (or a run ended) after the
+                # look sets it again, so no wake-up is lost between the look and the wait.
+                self._work.clear()
+                free = self.slots - self.running  # not len(runs): see _run_one
+                if free <= 0:
+                    await self._work.wait()
+                    continue
+                try:
+                    claimed = await self._store.inbox_claim_many(free)
+                    failures = 0
+                except (StoreWriteError, StoreReadError) as exc:  # a failing disk: wait
+                    wait = backoff.delay(failures, cap=CLAIM_RETRY_CAP_S, base=2.0) + 1.0
+                    failures += 1
+                    logger.warning("task claims: %s; retrying in %.0f s", exc.reason, wait)
+                    await asyncio.sleep(wait)
+                    continue
+                except Exception:  # a surprise: not the agent's end
+                    logger.exception("task claims: retrying in %.0f s", CLAIM_RETRY_S)
+                    await asyncio.sleep(CLAIM_RETRY_S)
+                    continue
+                self.queued = claimed.pending
+                for stale in claimed.stale:
+                    logger.info(
+                        "dropped %s: its deadline or lease passed before it ran", stale.task_id
+                    )
+                    self._inference.tally.error("task_dropped")
+                    self._attempts.pop(stale.task_id, None)
+                if not claimed.tasks:
+                    await self._work.wait()
+                    continue
+                with contextlib.suppress(Exception):  # telling the hub is best effort
+                    await self._notify(
+                        [
+                            wire.TaskUpdate(task_id=t.task_id, attempt=t.attempt, state="running")
+                            for t in claimed.tasks
+                        ]
+                    )
+                for task in claimed.tasks:
+                    self.running += 1
+                    run = asyncio.create_task(self._run_one(task), name="agent.task")
+                    runs.add(run)
+                    run.add_done_callback(runs.discard)
+        finally:
+            for run in list(runs):
+                await cancel_until_done(run)
+
+    async def _run_one(self, task: InboxTask) -> None:
         try:
             await self._run(task)
+        except Exception:  # a surprise in one task: not the agent's end
+            logger.exception("task %s: its run failed", task.task_id)
         finally:
+            # Counted free here, before the wake-up: the run's task leaves `runs` only in
+            # a done callback, which the woken claim loop may run before.
             self.running -= 1
-            await self._refresh_depth()
+            self._work.set()
 
     async def _run(self, task: InboxTask) -> None:
-        with contextlib.suppress(Exception):  # telling the hub is best effort
-            await self._notify(
-                [wire.TaskUpdate(task_id=task.task_id, attempt=task.attempt, state="running")]
-            )
         started = time.time()
         body: dict[str, Any] = {
             "kind": "task",
@@ -222,10 +257,8 @@ class TaskRunner:
         body["finished_at"] = time.time()
         # The hub may have given this task again while it ran (a lapsed lease): the
         # inbox then holds the newer attempt, which is the one the result must carry.
-        try:
-            attempt = await self._store.inbox_attempt(task.task_id) or task.attempt
-        except StoreReadError:
-            attempt = task.attempt
+        # Every attempt the inbox took went through `assign`, which noted it here.
+        attempt = max(task.attempt, self._attempts.pop(task.task_id, 0))
         body["attempt"] = attempt
         while True:
             try:
@@ -238,6 +271,7 @@ class TaskRunner:
                 logger.warning("result of %s waits: %s", task.task_id, exc.reason)
                 await asyncio.sleep(FULL_RETRY_S)
         self.done += 1
+        self._attempts.pop(task.task_id, None)  # a newer attempt noted while it was saved
 
     async def _refresh_depth(self) -> None:
         try:

@@ -282,6 +282,9 @@ class AgentStore:
     async def inbox_claim(self) -> tuple[inbox.InboxTask | None, list[inbox.InboxTask]]:
         return await self._write(inbox.claim, time.time())
 
+    async def inbox_claim_many(self, limit: int) -> inbox.Claimed:
+        return await self._write(inbox.claim_many, time.time(), limit)
+
     async def inbox_cancel(self, task_id: str, attempt: int) -> str:
         return await self._write(inbox.cancel, task_id, attempt)
 

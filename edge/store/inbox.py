@@ -23,6 +23,7 @@ import sqlite_utils
 
 PutOutcome = Literal["accepted", "duplicate", "full", "superseded"]
 DONE_KEPT = 1000  # tombstones of finished tasks: far more than MQTT keeps in flight
+DONE_SLACK = 100  # tombstones past DONE_KEPT before the oldest are dropped
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ def _put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) 
         )
         return "accepted"
     if row is None or row["state"] == "done":
-        (held,) = db.execute("SELECT COUNT(*) FROM inbox WHERE state != 'done'").fetchone()
+        (held,) = db.execute(  # two ranges of the index, not a scan of the tombstones
+            "SELECT COUNT(*) FROM inbox WHERE state IN ('pending', 'running')"
+        ).fetchone()
         if held >= capacity:
             return "full"
     db.execute(
@@ -96,9 +99,25 @@ def _put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) 
     return "accepted"
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """What one claim took: tasks now running, stale ones dropped, and how many wait."""
+
+    tasks: list[InboxTask]
+    stale: list[InboxTask]
+    pending: int  # still pending after this claim
+
+
 def claim(db: sqlite_utils.Database, now: float) -> tuple[InboxTask | None, list[InboxTask]]:
     """Take the next pending task (marking it running); also drop pending tasks whose
     deadline or lease has passed, and return them."""
+    claimed = claim_many(db, now, 1)
+    return (claimed.tasks[0] if claimed.tasks else None), claimed.stale
+
+
+def claim_many(db: sqlite_utils.Database, now: float, limit: int) -> Claimed:
+    """Take up to `limit` pending tasks in the order they run (marking them running), in
+    one transaction; also drop pending tasks whose deadline or lease has passed."""
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
         stale = [
@@ -113,17 +132,18 @@ def claim(db: sqlite_utils.Database, now: float) -> tuple[InboxTask | None, list
             db.conn.executemany(
                 "DELETE FROM inbox WHERE task_id = ?", [(t.task_id,) for t in stale]
             )
-        row = db.execute(
+        rows = db.execute(
             """SELECT * FROM inbox WHERE state = 'pending'
-               ORDER BY priority DESC, deadline, received_at LIMIT 1"""
-        ).fetchone()
-        if row is None:
-            return None, stale
-        db.execute(
-            "UPDATE inbox SET state = 'running', started_at = ? WHERE task_id = ?",
-            (now, row["task_id"]),
-        )
-        return _task(row), stale
+               ORDER BY priority DESC, deadline, received_at LIMIT ?""",
+            (limit,),
+        ).fetchall()
+        if rows:
+            db.conn.executemany(
+                "UPDATE inbox SET state = 'running', started_at = ? WHERE task_id = ?",
+                [(now, r["task_id"]) for r in rows],
+            )
+        (pending,) = db.execute("SELECT COUNT(*) FROM inbox WHERE state = 'pending'").fetchone()
+        return Claimed([_task(r) for r in rows], stale, pending)
 
 
 def attempt_of(db: sqlite_utils.Database, task_id: str) -> int | None:
@@ -134,16 +154,20 @@ def attempt_of(db: sqlite_utils.Database, task_id: str) -> int | None:
 
 def finish(db: sqlite_utils.Database, task_id: str, attempt: int) -> None:
     """Mark a task whose result was appended done (inside that append's transaction),
-    keeping the newest `DONE_KEPT` tombstones."""
+    keeping the newest `DONE_KEPT` tombstones (and at most `DONE_SLACK` more)."""
     db.execute(
         "UPDATE inbox SET state = 'done', input = X'' WHERE task_id = ? AND attempt = ?",
         (task_id, attempt),
     )
-    db.execute(
-        """DELETE FROM inbox WHERE task_id IN (SELECT task_id FROM inbox WHERE state = 'done'
-               ORDER BY received_at DESC LIMIT -1 OFFSET ?)""",
-        (DONE_KEPT,),
-    )
+    # Trimmed in steps of DONE_SLACK: sorting every tombstone to drop the oldest one
+    # was a tenth of the agent's time per task. Counting them walks the index.
+    (done,) = db.execute("SELECT COUNT(*) FROM inbox WHERE state = 'done'").fetchone()
+    if done > DONE_KEPT + DONE_SLACK:
+        db.execute(
+            """DELETE FROM inbox WHERE task_id IN (SELECT task_id FROM inbox
+                   WHERE state = 'done' ORDER BY received_at DESC LIMIT -1 OFFSET ?)""",
+            (DONE_KEPT,),
+        )
 
 
 def cancel(db: sqlite_utils.Database, task_id: str, attempt: int) -> str:

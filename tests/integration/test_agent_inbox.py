@@ -85,6 +85,26 @@ async def test_runs_highest_priority_then_earliest_deadline_and_drops_the_expire
     assert await store.inbox_depth() == (0, 3)
 
 
+async def test_one_claim_takes_as_many_as_asked_in_run_order_and_counts_the_rest(
+    store: AgentStore,
+) -> None:
+    for t in (
+        task("tsk-low", priority=1),
+        task("tsk-late-deadline", priority=7, deadline_in=120),
+        task("tsk-soon", priority=7, deadline_in=30),
+        task("tsk-gone", priority=9, deadline_in=-1),
+    ):
+        await store.inbox_put(t, capacity=10)
+
+    first = await store.inbox_claim_many(2)
+    assert [t.task_id for t in first.tasks] == ["tsk-soon", "tsk-late-deadline"]
+    assert [t.task_id for t in first.stale] == ["tsk-gone"]
+    assert first.pending == 1
+    rest = await store.inbox_claim_many(5)
+    assert ([t.task_id for t in rest.tasks], rest.stale, rest.pending) == (["tsk-low"], [], 0)
+    assert await store.inbox_depth() == (0, 3)
+
+
 async def test_after_a_crash_running_tasks_run_again(tmp_path: Path) -> None:
     bounds = {"results": UNBOUNDED, "events": UNBOUNDED, "metrics": UNBOUNDED}
     first = AgentStore(tmp_path / "store.db", bounds)
@@ -180,6 +200,7 @@ async def test_only_the_newest_tombstones_are_kept(
     store: AgentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(inbox, "DONE_KEPT", 3)
+    monkeypatch.setattr(inbox, "DONE_SLACK", 1)  # trimmed back to 3 once there are 5
     for n in range(5):
         await store.inbox_put(task(f"tsk-{n}"), capacity=10)
         await store.inbox_claim()

@@ -1,0 +1,177 @@
+"""The agent's task runner on a real store: how many tasks run at once, how claims are
+batched, and which attempt a result carries when the hub gave its task again mid-run.
+
+The model is a stand-in whose answers wait for the test (the runner's bookkeeping is
+under test here; the real interpreter runs tasks in tests/integration/test_tasks.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from edge.inference.service import InferenceService
+from edge.store import AgentStore, Bounds
+from edge.tasks import TaskRunner
+from outpost import wire
+from outpost.aio import cancel_until_done
+
+DEADLINE_S = 30.0
+UNBOUNDED = Bounds(0, 0, 0)
+
+
+@dataclass
+class _Answer:
+    label: str = "normal"
+    confidence: float = 1.0
+    scores: tuple[float, ...] = (1.0,)
+    latency_ms: float = 0.1
+
+
+@dataclass
+class _Manifest:
+    version: str = "1.0.0"
+    labels: tuple[str, ...] = ("normal",)
+    input: Any = None
+
+
+class _Tally:
+    def error(self, reason: str) -> None:
+        pass
+
+
+class _Shadows:
+    def after(self, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class _GatedModel:
+    """Answers only when the test opens the gate; counts how many wait at once."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    running: int = 0
+    most: int = 0
+    manifest: _Manifest = field(default_factory=_Manifest)
+    tally: _Tally = field(default_factory=_Tally)
+    shadows: _Shadows = field(default_factory=_Shadows)
+
+    def runner(self, name: str) -> _GatedModel:
+        return self
+
+    async def infer(self, data: Any, dtype: str) -> _Answer:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.started.set()
+        try:
+            await self.gate.wait()
+        finally:
+            self.running -= 1
+        return _Answer()
+
+
+def _assignment(task_id: str, attempt: int = 1) -> wire.Assignment:
+    return wire.Assignment(
+        task_id=task_id,
+        attempt=attempt,
+        model="gated",
+        version="",
+        input=[1, 2, 3],
+        dtype="int8",
+        priority=0,
+        deadline_in_s=600,
+        lease_s=600,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AgentStore]:
+    opened = AgentStore(
+        tmp_path / "store.db", {"results": UNBOUNDED, "events": UNBOUNDED, "metrics": UNBOUNDED}
+    )
+    await opened.start()
+    yield opened
+    await opened.close()
+
+
+@contextlib.asynccontextmanager
+async def running(runner: TaskRunner) -> AsyncIterator[None]:
+    task = asyncio.create_task(runner.run())
+    try:
+        yield
+    finally:
+        await cancel_until_done(task)
+
+
+async def _until(check: Any, what: str) -> None:
+    async with asyncio.timeout(DEADLINE_S):
+        while not check():
+            await asyncio.sleep(0.01)  # a poll with a deadline
+    assert check(), what
+
+
+async def _results(store: AgentStore) -> list[dict[str, Any]]:
+    rows = await store.batch("results", 0, max_records=100, max_bytes=1 << 20)
+    return [body for _, _, body in rows]
+
+
+async def test_no_more_tasks_run_at_once_than_the_slots_and_each_claim_reports_once(
+    store: AgentStore,
+) -> None:
+    model = _GatedModel()
+    sent: list[list[wire.TaskUpdate]] = []
+
+    async def notify(updates: list[wire.TaskUpdate]) -> None:
+        sent.append(updates)
+
+    runner = TaskRunner(
+        store, cast(InferenceService, model), slots=2, inbox_capacity=10, notify=notify
+    )
+    async with running(runner):
+        await runner.assign(wire.Tasks(tasks=[_assignment(f"t-{n}") for n in range(5)]))
+        await _until(lambda: model.running == 2, "two tasks running")
+        assert (runner.running, runner.queued) == (2, 3)
+        model.gate.set()
+        await _until(lambda: runner.done == 5, "every task done")
+        assert model.most == 2
+
+    results = await _results(store)
+    assert sorted(r["task_id"] for r in results) == [f"t-{n}" for n in range(5)]
+    assert all(r["status"] == "succeeded" and r["attempt"] == 1 for r in results)
+    accepted, *claims = sent
+    assert [u.state for u in accepted] == ["accepted"] * 5
+    # Running is told once per claim, for every task it took: the first claim took both
+    # slots at once.
+    assert [u.state for claim in claims for u in claim] == ["running"] * 5
+    assert len(claims[0]) == 2
+
+
+async def test_a_task_given_again_while_it_runs_reports_the_newer_attempt(
+    store: AgentStore,
+) -> None:
+    model = _GatedModel()
+
+    async def notify(updates: list[wire.TaskUpdate]) -> None:
+        pass
+
+    runner = TaskRunner(
+        store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
+    )
+    async with running(runner):
+        await runner.assign(wire.Tasks(tasks=[_assignment("t-1", attempt=1)]))
+        await _until(model.started.is_set, "the first attempt running")
+        # Its lease lapsed at the hub, which gave it again: the run carries on.
+        await runner.assign(wire.Tasks(tasks=[_assignment("t-1", attempt=2)]))
+        model.gate.set()
+        await _until(lambda: runner.done == 1, "the task done")
+
+    (result,) = await _results(store)
+    assert (result["task_id"], result["attempt"]) == ("t-1", 2)
+    assert await store.inbox_depth() == (0, 0)
