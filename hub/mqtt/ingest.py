@@ -165,16 +165,20 @@ class Ingest:
         if self._dispatcher is None:
             self.outcomes[("task_state", "ignored")] += len(updates)
             return
-        for device_id, body in updates:
-            try:
-                results = await self._store.task_updates(
-                    device_id, body.updates, now=now, settings=self._dispatcher.settings
-                )
-            except Exception:
-                self.outcomes[("task_state", "error")] += 1
-                logger.exception("applying task updates from %s failed", device_id)
-                continue
-            self.outcomes[("task_state", "accepted")] += 1
+        if not updates:
+            return
+        try:
+            applied = await self._store.task_updates_many(
+                [(device_id, body.updates) for device_id, body in updates],
+                now=now,
+                settings=self._dispatcher.settings,
+            )
+        except Exception:
+            self.outcomes[("task_state", "error")] += len(updates)
+            logger.exception("applying task updates from %d devices failed", len(updates))
+            return
+        self.outcomes[("task_state", "accepted")] += len(updates)
+        for (device_id, body), results in zip(updates, applied, strict=True):
             for (task_id, outcome), update in zip(results, body.updates, strict=True):
                 if outcome == "stale":
                     logger.info(

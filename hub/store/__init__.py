@@ -382,6 +382,12 @@ class HubStore:
     ) -> list[tuple[str, str]]:
         return await self._db.run(leases.update, device_id, list(updates), now, settings)
 
+    async def task_updates_many(
+        self, reports: Sequence[tuple[str, Sequence[Any]]], *, now: float, settings: TaskSettings
+    ) -> list[list[tuple[str, str]]]:
+        """`task_updates` of several devices in one (soft) transaction."""
+        return await self._db.run(leases.update_many, list(reports), now, settings)
+
     # ------------------------------------------------------------ policy
 
     async def put_policy_layer(self, layer: Layer) -> None:

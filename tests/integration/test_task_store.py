@@ -96,6 +96,46 @@ async def test_a_full_device_is_asked_again_and_a_refusing_one_is_not(store: Hub
     assert (task.state, task.excluded) == ("queued", ["dev-a"])
 
 
+async def test_reports_of_several_devices_apply_together_and_stale_ones_are_named(
+    store: HubStore,
+) -> None:
+    await online(store, "dev-a")
+    await online(store, "dev-b")
+    await store.create_tasks(
+        [new("tsk-0000000000000001"), new("tsk-0000000000000002")], now=time.time()
+    )
+    assigned, _ = await store.allocate(now=time.time(), settings=SETTINGS, plan=plan)
+    held = {a.device_id: a for a in assigned}
+    assert sorted(held) == ["dev-a", "dev-b"]
+    a, b = held["dev-a"], held["dev-b"]
+
+    outcomes = await store.task_updates_many(
+        [
+            ("dev-a", [wire.TaskUpdate(task_id=a.task_id, attempt=1, state="running")]),
+            (
+                "dev-b",
+                [
+                    wire.TaskUpdate(task_id=b.task_id, attempt=1, state="accepted"),
+                    # Not dev-b's: another device's task, so stale and left as it is.
+                    wire.TaskUpdate(task_id=a.task_id, attempt=1, state="rejected", reason="x"),
+                ],
+            ),
+        ],
+        now=time.time(),
+        settings=SETTINGS,
+    )
+
+    assert outcomes == [
+        [(a.task_id, "applied")],
+        [(b.task_id, "applied"), (a.task_id, "stale")],
+    ]
+    task_a, task_b = await store.task(a.task_id), await store.task(b.task_id)
+    assert task_a is not None
+    assert task_b is not None
+    assert (task_a.state, task_a.device_id) == ("running", "dev-a")
+    assert (task_b.state, task_b.device_id) == ("accepted", "dev-b")
+
+
 async def test_a_malformed_result_is_recorded_and_ends_nothing(store: HubStore) -> None:
     await online(store, "dev-a")
     await store.create_tasks([new("tsk-0000000000000001")], now=time.time())
