@@ -21,6 +21,8 @@ from typing import Any, Literal
 import msgspec
 import sqlite_utils
 
+from outpost.sqlite import soft_state
+
 PutOutcome = Literal["accepted", "duplicate", "full", "superseded"]
 DONE_KEPT = 1000  # tombstones of finished tasks: far more than MQTT keeps in flight
 DONE_SLACK = 100  # tombstones past DONE_KEPT before the oldest are dropped
@@ -117,8 +119,12 @@ def claim(db: sqlite_utils.Database, now: float) -> tuple[InboxTask | None, list
 
 def claim_many(db: sqlite_utils.Database, now: float, limit: int) -> Claimed:
     """Take up to `limit` pending tasks in the order they run (marking them running), in
-    one transaction; also drop pending tasks whose deadline or lease has passed."""
-    with db.conn:
+    one transaction; also drop pending tasks whose deadline or lease has passed.
+
+    The commit does not wait for the disk: a claim a power cut loses leaves its tasks
+    pending, to run again, as a claim kept does (`recover`); so may a dropped one come
+    back, to be dropped again. The next synced commit takes it to the disk."""
+    with soft_state(db), db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
         stale = [
             _task(r)
