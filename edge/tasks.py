@@ -58,6 +58,11 @@ class TaskRunner:
         self._attempts: dict[str, int] = {}
         self.running = 0
         self.queued = 0  # pending in the inbox, as of the last change seen here
+        # Whether the inbox may hold pending tasks: after a claim that left none, a run
+        # that ends has nothing to claim, and a claim is a transaction on the store.
+        # `_puts` counts assignments taken, so one taken while a claim ran is not missed.
+        self._maybe_pending = True
+        self._puts = 0
         self.done = 0  # tasks run to an end, succeeded or failed
         self.failed = 0
 
@@ -124,6 +129,8 @@ class TaskRunner:
             )
         # Pending now until claimed; the next claim counts them exactly.
         self.queued += sum(u.state == "accepted" for u in updates)
+        self._maybe_pending = True
+        self._puts += 1
         self._work.set()
         await self._notify(updates)
 
@@ -169,9 +176,10 @@ class TaskRunner:
                 # look sets it again, so no wake-up is lost between the look and the wait.
                 self._work.clear()
                 free = self.slots - self.running  # not len(runs): see _run_one
-                if free <= 0:
+                if free <= 0 or not self._maybe_pending:
                     await self._work.wait()
                     continue
+                puts = self._puts
                 try:
                     claimed = await self._store.inbox_claim_many(free)
                     failures = 0
@@ -186,6 +194,7 @@ class TaskRunner:
                     await asyncio.sleep(CLAIM_RETRY_S)
                     continue
                 self.queued = claimed.pending
+                self._maybe_pending = claimed.pending > 0 or self._puts != puts
                 for stale in claimed.stale:
                     logger.info(
                         "dropped %s: its deadline or lease passed before it ran", stale.task_id
