@@ -155,7 +155,11 @@ class Ingest:
         # Welcomes first: a fresh store sends its first batch once its marks arrive.
         if downlinks := [*self._welcomes(offers), *acks.messages()]:
             await self.downlinks.send(downlinks)
-        if self._dispatcher is not None and (greeted or updates or self._freed):
+        # A rejection frees its slot (and may send its task elsewhere); an accepted or
+        # running changes no device's room, and a pass per report was a write
+        # transaction on the database's thread for each of a task's two reports.
+        rejected = any(u.state == "rejected" for _, body in updates for u in body.updates)
+        if self._dispatcher is not None and (greeted or rejected or self._freed):
             self._freed = False
             self._dispatcher.wake()  # capacity may have appeared: allocate now
 
