@@ -91,14 +91,30 @@ async def _end_to_end(root: Path, agents: int) -> tuple[float, float, float, flo
             client = ApiClient(hub)
             token = await client.token("operator", subject="bench")
             one = {"model": BUNDLE.manifest.name, "input": INPUT, "dtype": "int8"}
+            # Each result's store is seen as it commits, not by polling the database: a
+            # poll every millisecond was a query on the hub's database thread, in the
+            # path it measured.
+            stored, stored_at = asyncio.Event(), [0.0]
+            apply_uploads = store.apply_uploads
+
+            async def apply_and_tell(*args: Any, **kwargs: Any) -> Any:
+                outcome = await apply_uploads(*args, **kwargs)
+                stored_at[0] = time.perf_counter()
+                stored.set()
+                return outcome
+
+            store.apply_uploads = apply_and_tell  # type: ignore[method-assign]
             alone = []
             for n in range(ONE_AT_A_TIME):
                 t = time.perf_counter()
                 reply = await client.call("POST", "/api/v1/tasks", token=token, body=one)
                 assert reply.status == 202, reply.body
-                while (await store.task_counts()).get("succeeded", 0) <= n:
-                    await asyncio.sleep(0.001)  # the benchmark's own poll
-                alone.append(time.perf_counter() - t)
+                while True:
+                    await asyncio.wait_for(stored.wait(), 60)
+                    stored.clear()
+                    if (await store.task_counts()).get("succeeded", 0) > n:
+                        break  # else another stream's upload (metrics, events)
+                alone.append(stored_at[0] - t)
             body = {"tasks": [one] * TASKS}
             start = time.perf_counter()
             reply = await client.call("POST", "/api/v1/tasks", token=token, body=body)
