@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -173,10 +175,27 @@ async def _thread_hop() -> Figures:
         return hop
 
 
-async def _bare_http(root: Path) -> Figures:
+# A bare aiohttp server answering the local API's path with fixed bytes, run as
+# `python -c BARE_SERVER SOCKET ANSWER_HEX` in a process of its own.
+BARE_SERVER = """
+import sys
+from aiohttp import web
+answer = bytes.fromhex(sys.argv[2])
+async def handler(request):
+    await request.read()
+    return web.Response(body=answer, content_type="application/msgpack")
+app = web.Application()
+app.router.add_post("/v1/infer/{model}", handler)
+web.run_app(app, path=sys.argv[1], print=None, access_log=None)
+"""
+
+
+async def _bare_http(root: Path) -> tuple[Figures, Figures]:
     """The floor under the local API: aiohttp serving a Unix socket, its handler reading
     the body and answering fixed bytes the size of an answer, asked by the same client
-    the local API figures use, with the vibration model's body."""
+    the local API figures use, with the vibration model's body. Twice: the server in
+    this process (client and server on one event loop: no wake-up of another process
+    per call), and in a process of its own, as the agent is."""
     answer = msgpack.packb(
         {"model": SMALL, "version": "1.0.0", "label": "normal", "confidence": 0.99,
          "scores": {"normal": 0.99, "imbalance": 0.0, "looseness": 0.0,
@@ -197,10 +216,23 @@ async def _bare_http(root: Path) -> Figures:
     small = next(read_bundle(p) for p in MODELS if p.parent.name == SMALL)
     try:
         async with _session(socket) as session:
-            (floor,) = await _alternate([lambda: _callers(1, _poster(session, small))])
-            return floor
+            (inside,) = await _alternate([lambda: _callers(1, _poster(session, small))])
     finally:
         await runner.cleanup()
+    apart = root / "bare-http-apart.sock"
+    server = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(apart), answer.hex()])
+    try:
+        deadline = time.monotonic() + 30
+        while not apart.exists():
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the bare aiohttp server did not start")
+            await asyncio.sleep(0.05)  # waiting for it to listen
+        async with _session(apart) as session:
+            (own,) = await _alternate([lambda: _callers(1, _poster(session, small))])
+    finally:
+        server.terminate()
+        server.wait(10)
+    return inside, own
 
 
 async def _runner(bundle: Bundle) -> tuple[Figures, Figures, Figures]:
@@ -340,12 +372,20 @@ def run(root: Path) -> list[Result]:
             f"{hop[0]:,.0f}/s; the floor of a runner call on a worker thread",
         ),
         Result(
-            "bare aiohttp round trip over a Unix socket, p50",
-            http[1],
+            "bare aiohttp round trip over a Unix socket, server in its own process, p50",
+            http[1][1],
             None,
             "us",
-            f"{http[0]:,.0f}/s; the local API's client and server with a handler that "
-            "only reads the body and answers: the floor of a local API call",
+            f"{http[1][0]:,.0f}/s; the local API's client, and a server with a handler that "
+            "only reads the body and answers, in a process of its own as the agent is: the "
+            "floor of a local API call",
+        ),
+        Result(
+            "bare aiohttp round trip over a Unix socket, server in this process, p50",
+            http[0][1],
+            None,
+            "us",
+            f"{http[0][0]:,.0f}/s; the same, client and server on one event loop",
         ),
     ]
     for b in bundles:
