@@ -63,6 +63,8 @@ class TaskRunner:
         # `_puts` counts assignments taken, so one taken while a claim ran is not missed.
         self._maybe_pending = True
         self._puts = 0
+        self._serving = False  # the claim loop runs: assignments may start at once
+        self._runs: set[asyncio.Task[None]] = set()
         self.done = 0  # tasks run to an end, succeeded or failed
         self.failed = 0
 
@@ -99,26 +101,43 @@ class TaskRunner:
             for a in body.tasks
             if reasons[a.task_id] is None
         ]
+        # With nothing pending, new assignments that fit the free slots go in as running
+        # and start here: a claim would only take them back out, a transaction and a
+        # message to the hub later (they are told "running" instead of "accepted").
+        wanted.sort(key=lambda t: (-t.priority, t.deadline))  # the order claims run them
+        start = 0
+        if self._serving and not self._maybe_pending:
+            start = min(len(wanted), max(0, self.slots - self.running))
+        self.running += start  # held while the put runs, so no claim takes them too
+        started: list[InboxTask] = []
         if wanted:  # one transaction for the whole message
             full = f"full: {self._capacity} tasks held"
             try:
-                outcomes = await self._store.inbox_put_many(wanted, capacity=self._capacity)
+                outcomes = await self._store.inbox_put_many(
+                    wanted, capacity=self._capacity, start=start
+                )
             except StoreWriteError as exc:  # not on disk, so not accepted: the hub moves on
                 outcomes, full = ["full"] * len(wanted), f"full: {exc.reason}"
             for task, outcome in zip(wanted, outcomes, strict=True):
-                if outcome == "accepted":
+                if outcome in ("accepted", "started"):
                     self._attempts[task.task_id] = task.attempt
-                if outcome == "full":
+                if outcome == "started":
+                    started.append(task)
+                elif outcome == "full":
                     reasons[task.task_id] = full
                 elif outcome == "superseded":
                     reasons[task.task_id] = "superseded: a newer attempt of this task is held"
+        self.running -= start - len(started)
+        running = {t.task_id for t in started}
         updates = []
         for a in body.tasks:
             reason = wire.clip(reasons[a.task_id] or "", REASON_LIMIT)
-            state: Literal["accepted", "rejected"] = "rejected" if reason else "accepted"
+            state: Literal["accepted", "rejected", "running"] = "rejected" if reason else "accepted"
             if reason:
                 logger.info("rejected %s attempt %d: %s", a.task_id, a.attempt, reason)
                 self._inference.tally.error("task_rejected")
+            elif a.task_id in running:
+                state = "running"  # which says accepted too
             updates.append(
                 wire.TaskUpdate(
                     task_id=a.task_id,
@@ -127,10 +146,13 @@ class TaskRunner:
                     reason=reason,
                 )
             )
-        # Pending now until claimed; the next claim counts them exactly.
-        self.queued += sum(u.state == "accepted" for u in updates)
-        self._maybe_pending = True
+        waiting = sum(u.state == "accepted" for u in updates)
+        if waiting:  # pending now until claimed; the next claim counts them exactly
+            self.queued += waiting
+            self._maybe_pending = True
         self._puts += 1
+        for task in started:
+            self._start(task, counted=True)
         self._work.set()
         await self._notify(updates)
 
@@ -168,14 +190,14 @@ class TaskRunner:
         One loop claims for every slot: slot workers that each claimed for themselves
         all woke on every new assignment and all but one claimed nothing, each of those
         a write transaction on the store's one thread."""
-        runs: set[asyncio.Task[None]] = set()
         failures = 0
+        self._serving = True
         try:
             while True:
                 # Cleared before looking: an assignment put (or a run ended) after the
                 # look sets it again, so no wake-up is lost between the look and the wait.
                 self._work.clear()
-                free = self.slots - self.running  # not len(runs): see _run_one
+                free = self.slots - self.running  # not len(self._runs): see _run_one
                 if free <= 0 or not self._maybe_pending:
                     await self._work.wait()
                     continue
@@ -212,13 +234,19 @@ class TaskRunner:
                         ]
                     )
                 for task in claimed.tasks:
-                    self.running += 1
-                    run = asyncio.create_task(self._run_one(task), name="agent.task")
-                    runs.add(run)
-                    run.add_done_callback(runs.discard)
+                    self._start(task, counted=False)
         finally:
-            for run in list(runs):
+            self._serving = False
+            for run in list(self._runs):
                 await cancel_until_done(run)
+
+    def _start(self, task: InboxTask, *, counted: bool) -> None:
+        """Run `task` beside the others (`counted`: its slot is in `running` already)."""
+        if not counted:
+            self.running += 1
+        run = asyncio.create_task(self._run_one(task), name="agent.task")
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
 
     async def _run_one(self, task: InboxTask) -> None:
         try:

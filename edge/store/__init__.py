@@ -272,9 +272,9 @@ class AgentStore:
         return await self._write(inbox.put, task, capacity, time.time())
 
     async def inbox_put_many(
-        self, tasks: list[inbox.InboxTask], *, capacity: int
+        self, tasks: list[inbox.InboxTask], *, capacity: int, start: int = 0
     ) -> list[inbox.PutOutcome]:
-        return await self._write(inbox.put_many, tasks, capacity, time.time())
+        return await self._write(inbox.put_many, tasks, capacity, time.time(), start)
 
     async def inbox_attempt(self, task_id: str) -> int | None:
         return await self._read(inbox.attempt_of, task_id)

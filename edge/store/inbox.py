@@ -23,7 +23,8 @@ import sqlite_utils
 
 from outpost.sqlite import soft_state
 
-PutOutcome = Literal["accepted", "duplicate", "full", "superseded"]
+# "started": accepted and put straight in as running (`put_many`'s `start`).
+PutOutcome = Literal["accepted", "started", "duplicate", "full", "superseded"]
 DONE_KEPT = 1000  # tombstones of finished tasks: far more than MQTT keeps in flight
 DONE_SLACK = 100  # tombstones past DONE_KEPT before the oldest are dropped
 
@@ -42,12 +43,23 @@ class InboxTask:
 
 
 def put_many(
-    db: sqlite_utils.Database, tasks: list[InboxTask], capacity: int, now: float
+    db: sqlite_utils.Database,
+    tasks: list[InboxTask],
+    capacity: int,
+    now: float,
+    start: int = 0,
 ) -> list[PutOutcome]:
-    """Put the assignments of one message, in one transaction (one fsync)."""
+    """Put the assignments of one message, in one transaction (one fsync); the first
+    `start` new ones go in as running (claimed as they are put: the caller runs them)."""
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
-        return [_put(db, task, capacity, now) for task in tasks]
+        outcomes: list[PutOutcome] = []
+        for task in tasks:
+            outcome = _put(db, task, capacity, now, running=start > 0)
+            if outcome == "started":
+                start -= 1
+            outcomes.append(outcome)
+        return outcomes
 
 
 def put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) -> PutOutcome:
@@ -55,7 +67,9 @@ def put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) -
     return outcome
 
 
-def _put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) -> PutOutcome:
+def _put(
+    db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float, *, running: bool
+) -> PutOutcome:
     row = db.execute(
         "SELECT attempt, state FROM inbox WHERE task_id = ?", (task.task_id,)
     ).fetchone()
@@ -78,13 +92,14 @@ def _put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) 
             return "full"
     db.execute(
         """INSERT INTO inbox (task_id, attempt, model, version, input, dtype, priority,
-                   deadline, lease_until, state, received_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)
+                   deadline, lease_until, state, received_at, started_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (task_id) DO UPDATE SET attempt = excluded.attempt,
                    model = excluded.model, version = excluded.version, input = excluded.input,
                    dtype = excluded.dtype, priority = excluded.priority,
                    deadline = excluded.deadline, lease_until = excluded.lease_until,
-                   state = 'pending', received_at = excluded.received_at""",
+                   state = excluded.state, received_at = excluded.received_at,
+                   started_at = excluded.started_at""",
         (
             task.task_id,
             task.attempt,
@@ -95,10 +110,12 @@ def _put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) 
             task.priority,
             task.deadline,
             task.lease_until,
+            "running" if running else "pending",
             now,
+            now if running else None,
         ),
     )
-    return "accepted"
+    return "started" if running else "accepted"
 
 
 @dataclass(frozen=True)

@@ -354,7 +354,8 @@ def run(root: Path) -> list[Result]:
                 idle * 1000,
                 None,
                 "ms",
-                "API, allocation, MQTT both ways, three fsyncs",
+                "API, allocation, MQTT both ways; five synced commits: the task, its "
+                "assignment, the inbox, the result on the device and at the hub",
             ),
         ]
     steps = asyncio.run(_fleet(root))

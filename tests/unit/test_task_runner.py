@@ -175,3 +175,40 @@ async def test_a_task_given_again_while_it_runs_reports_the_newer_attempt(
     (result,) = await _results(store)
     assert (result["task_id"], result["attempt"]) == ("t-1", 2)
     assert await store.inbox_depth() == (0, 0)
+
+
+async def test_an_assignment_that_finds_a_free_slot_and_nothing_pending_starts_at_once(
+    store: AgentStore,
+) -> None:
+    model = _GatedModel()
+    sent: list[list[wire.TaskUpdate]] = []
+
+    async def notify(updates: list[wire.TaskUpdate]) -> None:
+        sent.append(updates)
+
+    runner = TaskRunner(
+        store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
+    )
+    async with running(runner):
+        model.gate.set()
+        await runner.assign(wire.Tasks(tasks=[_assignment("t-0")]))
+        await _until(lambda: runner.done == 1, "the first task done")
+        model.gate = asyncio.Event()
+        sent.clear()
+        # One slot free, nothing pending: the first goes in running and runs; the
+        # second waits for the slot, as a claim takes it.
+        await runner.assign(wire.Tasks(tasks=[_assignment("t-1"), _assignment("t-2")]))
+        await _until(lambda: model.running == 1, "one task running")
+        assert [(u.task_id, u.state) for u in sent[0]] == [
+            ("t-1", "running"),
+            ("t-2", "accepted"),
+        ]
+        assert (runner.running, runner.queued) == (1, 1)
+        model.gate.set()
+        await _until(lambda: runner.done == 3, "every task done")
+        assert model.most == 1
+
+    assert [(u.task_id, u.state) for batch in sent[1:] for u in batch] == [("t-2", "running")]
+    results = await _results(store)
+    assert sorted(r["task_id"] for r in results) == ["t-0", "t-1", "t-2"]
+    assert await store.inbox_depth() == (0, 0)
