@@ -118,6 +118,9 @@ class TaskRunner:
                 )
             except StoreWriteError as exc:  # not on disk, so not accepted: the hub moves on
                 outcomes, full = ["full"] * len(wanted), f"full: {exc.reason}"
+            except BaseException:
+                self.running -= start  # nothing started: the slots are free again
+                raise
             for task, outcome in zip(wanted, outcomes, strict=True):
                 if outcome in ("accepted", "started"):
                     self._attempts[task.task_id] = task.attempt
