@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hub.store import batches, gauges, leases, modelstats, tasks
+from hub.store import batches, gauges, leases, modelstats, taskreports, tasks
 from hub.store import overview as glance  # `overview` is also a method name below
 from hub.store import policy as policies
 from hub.store import records as streams  # `records` is also a method name below
@@ -98,13 +98,13 @@ class WorkStore:
     async def task_updates(
         self, device_id: str, updates: Sequence[Any], *, now: float, settings: TaskSettings
     ) -> list[tuple[str, str]]:
-        return await self._db.run(leases.update, device_id, list(updates), now, settings)
+        return await self._db.run(taskreports.update, device_id, list(updates), now, settings)
 
     async def task_updates_many(
         self, reports: Sequence[tuple[str, Sequence[Any]]], *, now: float, settings: TaskSettings
     ) -> list[list[tuple[str, str]]]:
         """`task_updates` of several devices in one (soft) transaction."""
-        return await self._db.run(leases.update_many, list(reports), now, settings)
+        return await self._db.run(taskreports.update_many, list(reports), now, settings)
 
     # ------------------------------------------------------------ policy
 

@@ -3,7 +3,7 @@
 An allocation pass (`allocate`) ends what expired, sends back to the queue what lapsed
 (not accepted in time, or its lease ran out), asks a pure planner to pair queued tasks
 with online devices, and assigns them (a new attempt, the fencing token, and a lease),
-all in one transaction. `update` applies a device's accepted / rejected / running.
+all in one transaction. What devices say of their assignments is taskreports.py's.
 Each function runs on the store's worker thread as one unit of work.
 """
 
@@ -13,12 +13,12 @@ import collections
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from hub.store.sql import Sql
-from hub.store.tasks import HELD, finish, move, record_events, unpack_input
+from hub.store.tasks import finish, record_events, requeue, unpack_input
 from outpost import wire
 
 MAX_SCAN = 20_000  # queued tasks one allocation pass may look at
@@ -140,119 +140,6 @@ def allocate(
         return assigned, swept
 
 
-def update(
-    db: Sql,
-    device_id: str,
-    updates: Iterable[Any],
-    now: float,
-    settings: Settings,
-) -> list[tuple[str, str]]:
-    """Apply a device's accepted / rejected / running updates; return (task_id, outcome)
-    for each: applied, or stale (another attempt, another device, or already ended)."""
-    (outcomes,) = update_many(db, [(device_id, updates)], now, settings)
-    return outcomes
-
-
-def update_many(
-    db: Sql,
-    reports: Sequence[tuple[str, Iterable[Any]]],
-    now: float,
-    settings: Settings,
-) -> list[list[tuple[str, str]]]:
-    """`update` for several devices' reports in one transaction, and a soft one: a lost
-    accepted or running only leaves the hub thinking a task assigned (it lapses, and
-    the device's result still ends it, fenced by its attempt), and a lost rejection
-    lapses the same way. Allocation, which hands out attempts, commits durably, and its
-    commit takes these to the disk with its own."""
-    with db.soft(), db.write():
-        return [_update(db, device_id, updates, now, settings) for device_id, updates in reports]
-
-
-def _update(
-    db: Sql, device_id: str, updates: Iterable[Any], now: float, settings: Settings
-) -> list[tuple[str, str]]:
-    outcomes = []
-    for u in updates:
-        row = db.execute(
-            "SELECT state, device_id, attempt, excluded, target FROM tasks WHERE task_id = ?",
-            (u.task_id,),
-        ).fetchone()
-        current = (
-            row is not None
-            and row["device_id"] == device_id
-            and row["attempt"] == u.attempt
-            and row["state"] in HELD
-        )
-        if not current:
-            outcomes.append((u.task_id, "stale"))
-            continue
-        if u.state == "rejected":
-            _reject(db, u.task_id, row, device_id, u.attempt, u.reason, now, settings)
-        elif u.state == "accepted" and row["state"] == "assigned":
-            move(db, u.task_id, "accepted", now, device_id, u.attempt, "")
-        elif u.state == "running" and row["state"] in ("assigned", "accepted"):
-            move(db, u.task_id, "running", now, device_id, u.attempt, "")
-        outcomes.append((u.task_id, "applied"))
-    return outcomes
-
-
-def _requeue(
-    db: Sql,
-    task_id: str,
-    row: Any,
-    now: float,
-    settings: Settings,
-    event: str,
-    detail: str,
-) -> str:
-    """Back to the queue for another device, or failed after `max_attempts`.
-
-    The device that rejected or lost the task is excluded from it, unless the task
-    names that device alone: a lapse there is retried on it (it may have rebooted), a
-    rejection ends the task (the device said it cannot run it)."""
-    excluded = json.loads(row["excluded"])
-    only = json.loads(row["target"]).get("device")
-    # "full" is the device's momentary state, not its verdict on the task: ask it again.
-    retry_here = event == "rejected" and detail.startswith("full")
-    if (
-        row["device_id"]
-        and row["device_id"] not in excluded
-        and only != row["device_id"]
-        and not retry_here
-    ):
-        excluded.append(row["device_id"])
-    db.execute(
-        "UPDATE tasks SET excluded = ?, lease_expires = NULL WHERE task_id = ?",
-        (json.dumps(excluded), task_id),
-    )
-    record_events(db, [(task_id, now, event, row["device_id"], row["attempt"], detail)])
-    # A full device does not use up attempts: the deadline bounds how long it may bounce.
-    if not retry_here and (
-        row["attempt"] >= settings.max_attempts or (only and event == "rejected")
-    ):
-        why = f"{event} on attempt {row['attempt']} ({row['device_id']}): {detail}"
-        finish(db, task_id, "failed", now, row["device_id"], row["attempt"], why)
-        return "failed"
-    db.execute(
-        "UPDATE tasks SET state = 'queued', updated_at = ? WHERE task_id = ?", (now, task_id)
-    )
-    return "requeued"
-
-
-def _reject(
-    db: Sql,
-    task_id: str,
-    row: Any,
-    device_id: str,
-    attempt: int,
-    reason: str,
-    now: float,
-    settings: Settings,
-) -> None:
-    full = {**dict(row), "device_id": device_id, "attempt": attempt}
-    _requeue(db, task_id, full, now, settings, "rejected", reason or "no reason")
-
-
 def _sweep(db: Sql, now: float, settings: Settings) -> dict[str, int]:
     swept = {"expired": 0, "lapsed": 0}
     for row in db.execute(
@@ -273,7 +160,7 @@ def _sweep(db: Sql, now: float, settings: Settings) -> dict[str, int]:
             detail = "lease lapsed"
         else:
             detail = f"not accepted within {settings.accept_timeout_s:g} s"
-        _requeue(db, row["task_id"], row, now, settings, "lapsed", detail)
+        requeue(db, row["task_id"], row, now, settings.max_attempts, "lapsed", detail)
         swept["lapsed"] += 1
     return swept
 

@@ -332,3 +332,45 @@ def finish(
 
 def unpack_input(data: bytes) -> Any:
     return msgspec.msgpack.decode(data)
+
+
+def requeue(
+    db: Sql,
+    task_id: str,
+    row: Any,
+    now: float,
+    max_attempts: int,
+    event: str,
+    detail: str,
+) -> str:
+    """Back to the queue for another device, or failed after `max_attempts` attempts
+    (an allocation pass's lapse, or a device's rejection).
+
+    The device that rejected or lost the task is excluded from it, unless the task
+    names that device alone: a lapse there is retried on it (it may have rebooted), a
+    rejection ends the task (the device said it cannot run it)."""
+    excluded = json.loads(row["excluded"])
+    only = json.loads(row["target"]).get("device")
+    # "full" is the device's momentary state, not its verdict on the task: ask it again.
+    retry_here = event == "rejected" and detail.startswith("full")
+    if (
+        row["device_id"]
+        and row["device_id"] not in excluded
+        and only != row["device_id"]
+        and not retry_here
+    ):
+        excluded.append(row["device_id"])
+    db.execute(
+        "UPDATE tasks SET excluded = ?, lease_expires = NULL WHERE task_id = ?",
+        (json.dumps(excluded), task_id),
+    )
+    record_events(db, [(task_id, now, event, row["device_id"], row["attempt"], detail)])
+    # A full device does not use up attempts: the deadline bounds how long it may bounce.
+    if not retry_here and (row["attempt"] >= max_attempts or (only and event == "rejected")):
+        why = f"{event} on attempt {row['attempt']} ({row['device_id']}): {detail}"
+        finish(db, task_id, "failed", now, row["device_id"], row["attempt"], why)
+        return "failed"
+    db.execute(
+        "UPDATE tasks SET state = 'queued', updated_at = ? WHERE task_id = ?", (now, task_id)
+    )
+    return "requeued"
