@@ -27,7 +27,7 @@ from edge.inference.runtime import choose_runtime
 from edge.inference.tensors import prepare_input
 from outpost import wire
 from outpost.modelbundle import read_bundle
-from scripts.train_models import surface_images, vibration_windows
+from scripts.model_data import surface_images, vibration_windows
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATORS = {"vibration-anomaly": vibration_windows, "surface-defect": surface_images}

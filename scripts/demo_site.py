@@ -17,7 +17,7 @@ import aiohttp
 import msgspec
 import numpy as np
 
-from scripts.train_models import surface_images, vibration_windows
+from scripts.model_data import surface_images, vibration_windows
 
 # What each demo sensor feeds to which model: the generators the models were trained on.
 SENSORS = {

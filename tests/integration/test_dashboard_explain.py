@@ -31,7 +31,7 @@ from edge.inference.runtime import choose_runtime
 from hub.app import Hub
 from hub.store import Upload
 from outpost.modelbundle import Manifest, read_bundle
-from scripts.train_models import vibration_windows
+from scripts.model_data import vibration_windows
 from tests.api_client import ApiClient
 from tests.integration.test_dashboard import (
     DESKTOP,

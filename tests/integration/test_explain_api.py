@@ -16,7 +16,7 @@ import pytest
 
 from edge.inference.directory import ModelDirectory
 from hub.app import Hub
-from scripts.train_models import vibration_windows
+from scripts.model_data import vibration_windows
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.integration.test_explain_accuracy import _surface
