@@ -72,7 +72,7 @@ def check_store(path: Path) -> Check:
             ):
                 src.backup(dst)
             with contextlib.closing(sqlite3.connect(copy)) as conn:
-                db = sqlite_utils.Database(conn)
+                db = sqlite_utils.Database(conn, execute_plugins=False)
                 before = _applied(conn)
                 newer = sorted(before - set(known))
                 if newer:

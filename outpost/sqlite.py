@@ -38,13 +38,17 @@ def open_database(
     `check_same_thread=False` because the connection is made on the caller's thread but
     used only from the store's one worker thread afterwards. A write that finds the
     database locked waits up to `busy_timeout_ms`, then fails ("database is locked").
+
+    Without sqlite-utils' plugins: they would let any installed package hook into the
+    store's connections, and finding them scans every installed distribution's entry
+    points (importlib.metadata and zipfile, ~0.5 MiB the agent keeps for nothing).
     """
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    return sqlite_utils.Database(conn)
+    return sqlite_utils.Database(conn, execute_plugins=False)
 
 
 def migrate(db: sqlite_utils.Database, migrations: Sequence[Migration]) -> list[str]:

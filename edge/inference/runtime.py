@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.metadata
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,15 +65,26 @@ def choose_runtime(preference: Preference = "auto") -> Runtime:
             # A wheel built against another numpy fails here with an ImportError too.
             failures.append(f"{name}: {exc}")
             continue
-        try:
-            version = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            version = "unknown"
-        return Runtime(name, version, module.Interpreter)
+        return Runtime(name, _version(name, RUNTIMES[name]), module.Interpreter)
     wanted = " or ".join(names)
     raise RuntimeMissing(
         f"no inference runtime: install {wanted} (pip install {names[0]}); " + "; ".join(failures)
     )
+
+
+def _version(name: str, module: str) -> str:
+    """The runtime's version: its package's `__version__` (both set one), else its
+    distribution's metadata, imported only then (importlib.metadata and the zipfile it
+    brings hold ~0.5 MiB an agent on a small device should not carry for one string)."""
+    version = getattr(importlib.import_module(module.partition(".")[0]), "__version__", None)
+    if isinstance(version, str):
+        return version
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class RuntimeChoice:

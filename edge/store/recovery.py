@@ -83,7 +83,9 @@ def open_store(path: Path, cipher: RecordCipher | None = None) -> Opened:
 def _inspect(path: Path, marks: confirmed.Marks | None) -> None:
     """Check the file without writing to it: read-only, so that neither a migration nor
     the checkpoint at close touches the evidence (the WAL beyond a damaged frame)."""
-    db = sqlite_utils.Database(sqlite3.connect(f"file:{path}?mode=ro", uri=True))
+    db = sqlite_utils.Database(
+        sqlite3.connect(f"file:{path}?mode=ro", uri=True), execute_plugins=False
+    )
     try:
         (verdict,) = db.execute("PRAGMA quick_check").fetchone()
         if verdict != "ok":

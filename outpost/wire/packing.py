@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Collection, Sequence
-from importlib import resources
+from pathlib import Path
 from typing import Final
 
 import msgspec
@@ -68,8 +68,12 @@ _MIN_WINDOW_LOG: Final = 10
 
 @functools.cache
 def dictionary() -> zstd.ZstdDict:
-    """The dictionary of ``zstd-dict1``, read once (8 KiB, shipped with the package)."""
-    data = resources.files(__package__).joinpath(DICTIONARY_FILE).read_bytes()
+    """The dictionary of ``zstd-dict1``, read once (8 KiB, shipped with the package).
+
+    Read beside this file, not through importlib.resources: the package is always
+    installed as files (wheels into a venv), and the resource readers import zipfile,
+    ~0.3 MiB an agent would keep for one read."""
+    data = Path(__file__).with_name(DICTIONARY_FILE).read_bytes()
     return zstd.ZstdDict(data)
 
 
