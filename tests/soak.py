@@ -209,7 +209,7 @@ async def produce(
                 assert status == 507, body
                 assert "stream is full" in body["error"]["message"], body
                 ledger.refused[body["error"]["code"]] += 1
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pause)  # the producer's pace, not a synchronisation
     finally:
         await client.close()
 
@@ -229,7 +229,7 @@ async def submit_tasks(api: Api, ledger: Ledger, stop: asyncio.Event) -> None:
             status, body = await api.call("POST", "/api/v1/tasks", {"tasks": [task] * 3})
             if status == 202:
                 ledger.tasks.extend(body["ids"])
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the submitter's pace, not a synchronisation
 
 
 async def watch_policy(
@@ -244,11 +244,16 @@ async def watch_policy(
                 layer = {"scope": "fleet", "document": {"metrics_interval": 20 + n % 40}}
                 status, _ = await api.call("PUT", "/api/v1/policy/layers/fleet", layer)
                 ledger.policy_writes += status == 200
-            for device in devices:
-                status, body = await api.call("GET", f"/api/v1/devices/{device.device_id}/policy")
-                if status == 200:
-                    ledger.policy_seen[device.device_id].append(body["applied_version"])
-        await asyncio.sleep(0.5)
+            await read_applied_policy(api, devices, ledger)
+        await asyncio.sleep(0.5)  # the readers' pace, not a synchronisation
+
+
+async def read_applied_policy(api: Api, devices: list[Device], ledger: Ledger) -> None:
+    """Note each device's applied policy version, as the hub reports it now."""
+    for device in devices:
+        status, body = await api.call("GET", f"/api/v1/devices/{device.device_id}/policy")
+        if status == 200:
+            ledger.policy_seen[device.device_id].append(body["applied_version"])
 
 
 def hub_ids(database: Database) -> dict[str, collections.Counter[str]]:

@@ -136,7 +136,7 @@ async def test_a_flooding_device_cannot_starve_the_fleet_or_grow_the_hub(tmp_pat
                     await honest_client.publish(
                         wire.up_topic(uploader, "records"), _records(seq), qos=1
                     )
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # the honest device's pace, not a synchronisation
 
             uploads = asyncio.create_task(honest_uploads())
             for n in range(QOS0_FLOOD):

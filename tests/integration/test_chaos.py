@@ -57,6 +57,7 @@ from tests.soak import (
     hub_cli,
     hub_ids,
     produce,
+    read_applied_policy,
     submit_tasks,
     task_states,
     watch_policy,
@@ -272,8 +273,7 @@ async def test_chaos_soak(tmp_path: Path) -> None:
             return all(s in TERMINAL for s in states.values())
 
         await eventually(ended, timeout=60, every=1.0, what="every task ended")
-        workers = [asyncio.create_task(watch_policy(api, devices, ledger, asyncio.Event()))]
-        await asyncio.sleep(1.5)
+        await read_applied_policy(api, devices, ledger)  # a last reading, healed
     finally:
         stop.set()
         for worker in workers:

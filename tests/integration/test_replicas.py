@@ -44,6 +44,7 @@ from tests.soak import (
     hub_cli,
     missing_records,
     produce,
+    read_applied_policy,
     submit_tasks,
     task_states,
     watch_policy,
@@ -198,8 +199,7 @@ async def test_replicas_fail_over_and_lose_or_double_nothing(tmp_path: Path, pg_
             return body if status == 200 and body["state"] == "completed" else {}
 
         done = await eventually(completed, timeout=120, every=1.0, what="the roll-out completed")
-        workers = [asyncio.create_task(watch_policy(api, devices, ledger, asyncio.Event()))]
-        await asyncio.sleep(1.5)  # a last reading of every device's applied policy
+        await read_applied_policy(api, devices, ledger)  # a last reading, healed
     finally:
         stop.set()
         for worker in workers:

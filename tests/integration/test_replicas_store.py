@@ -182,7 +182,7 @@ async def test_a_leader_that_lost_its_lease_is_fenced_out(replicas: list[HubStor
     deadline = time.monotonic() + 30
     while (second := await b.run(lease.claim, "replica-b", 30)) is None:
         assert time.monotonic() < deadline, "the lapsed lease was never taken over"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # a poll with a deadline
 
     assert second.epoch == first.epoch + 1
     with pytest.raises(NotLeaderError):

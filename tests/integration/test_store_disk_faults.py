@@ -17,6 +17,7 @@ import os
 import resource
 import shutil
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,7 +200,9 @@ async def test_a_full_and_a_failing_disk_refuse_with_reason_and_recover(
             await eventually(drained, timeout=30, what="every confirmed record at the hub")
         assert agent.process.poll() is None, "the agent stopped"
     except aiohttp.ClientError as exc:
-        await asyncio.sleep(0.5)  # let a dying agent finish writing its last words
+        # A dying agent's last words: wait (bounded) for it to exit, if it is exiting.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(agent.process.wait, 5)
         raise AssertionError(
             f"the agent's local API went away (exit code {agent.process.poll()}): "
             + agent.output()[-4000:]
