@@ -14,7 +14,16 @@ from collections.abc import AsyncIterator
 import msgpack
 import pytest
 
-from hub.store import HeartbeatSeen, HelloSeen, HubStore, Layer, NewTask, TaskSettings, Upload
+from hub.store import (
+    Device,
+    HeartbeatSeen,
+    HelloSeen,
+    HubStore,
+    Layer,
+    NewTask,
+    TaskSettings,
+    Upload,
+)
 from hub.store import leadership as lease
 from hub.store.leadership import NotLeaderError
 from hub.tasks.allocation import plan
@@ -189,3 +198,37 @@ async def test_a_leader_that_lost_its_lease_is_fenced_out(replicas: list[HubStor
         await fenced_a.allocate(now=time.time(), settings=SETTINGS, plan=plan)
     # Coming back, a finds b's lease and does not take it.
     assert await a.run(lease.claim, "replica-a", 0.5) is None
+
+
+async def test_enrollments_asking_for_one_name_at_once_each_get_a_name_of_their_own(
+    replicas: list[HubStore],
+) -> None:
+    # Both replicas read "cam" as free and insert it: the inserts meet on the unique
+    # index. SERIALIZABLE reports that as a conflict (the losing unit read the name
+    # first), and the unit that lost runs again and takes the next free name.
+    names = await asyncio.gather(
+        *(replicas[n % 2].add_device(_enrolled(f"dev-same{n:02d}", "cam")) for n in range(16))
+    )
+    assert sorted(names) == sorted(["cam", *(f"cam-{n}" for n in range(2, 17))])
+    # The control: a name nobody else asks for is the device's own.
+    assert await replicas[0].add_device(_enrolled("dev-alone", "gate")) == "gate"
+
+
+def _enrolled(device_id: str, name: str) -> Device:
+    return Device(
+        device_id=device_id,
+        profile="generic",
+        labels={},
+        online=False,
+        last_seen=None,
+        last_heartbeat=None,
+        heartbeat_interval=None,
+        agent_version=None,
+        capabilities={},
+        load={},
+        enrolled_at=time.time(),
+        cert_serial=None,
+        cert_not_before=None,
+        cert_not_after=None,
+        name=name,
+    )
