@@ -141,7 +141,6 @@ class Agent:
                 self.paths,
                 device_id,
                 parts,
-                status.report,
                 task_slots=self.profile.budgets.max_concurrent_tasks,
             )
             api.app.add_routes(courier_routes(desk))

@@ -76,7 +76,6 @@ class CourierDesk:
         paths: DevicePaths,
         device_id: str,
         parts: AgentParts,
-        status: Callable[[], Awaitable[dict[str, Any]]],
         task_slots: int = 0,
     ) -> None:
         self._task_slots = task_slots
@@ -85,9 +84,6 @@ class CourierDesk:
         self._paths = paths
         self._device_id = device_id
         self._parts = parts
-        # `status` is no longer carried (outpost/courier/content.py): edge/agent.py still
-        # passes it, to be dropped with that call.
-        del status
         self._lock = asyncio.Lock()  # one export or import at a time
 
     async def export(self, max_records: int = MAX_RECORDS) -> tuple[bytes, dict[str, int], bool]:
