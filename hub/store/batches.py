@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from hub.store import modelstats, outbox, records, tasks
+from hub.store import modelfold, modelstats, outbox, records, tasks
 from hub.store.records import Applied, Upload
 from hub.store.sql import Sql
 
@@ -30,11 +30,11 @@ class UploadOutcome:
 def apply_uploads(db: Sql, uploads: list[Upload], now: float) -> UploadOutcome:
     """Store `uploads` in order and act on what was new in them, in one transaction."""
     outcomes: collections.Counter[str] = collections.Counter()
-    folded = modelstats.Folded()
+    folder = modelfold.Folder(now)
 
     def on_stored(db: Sql, upload: Upload, rows: list[tuple[int, float, bytes]]) -> None:
         if upload.stream == "metrics":  # roll-ups: folded once, as they are first stored
-            folded.add(modelstats.fold(db, upload.device_id, rows, now))
+            folder.add(db, upload.device_id, rows)
             return
         if db.publishing:  # results and events, to the sinks, as first stored
             outbox.emit_many(db, outbox.records(upload.device_id, upload.stream, rows, now))
@@ -51,8 +51,9 @@ def apply_uploads(db: Sql, uploads: list[Upload], now: float) -> UploadOutcome:
                 outcomes[tasks.apply_result(db, upload.device_id, data, now)] += 1
 
     def finish(db: Sql) -> None:
-        if folded.added_hours:  # once per batch: the window's bound is the same for all
+        folder.write(db)  # every roll-up of the batch, one read and write per table
+        if folder.folded.added_hours:  # once per batch: the window's bound is the same
             modelstats.prune(db, now)
 
     applied = records.apply_uploads(db, uploads, now, on_stored, finish)
-    return UploadOutcome(applied, dict(outcomes), folded)
+    return UploadOutcome(applied, dict(outcomes), folder.folded)

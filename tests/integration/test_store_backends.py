@@ -74,3 +74,19 @@ async def test_roll_ups_fold_into_statistics_and_merge_within_the_hour(store: Hu
     assert seen.labels == {"normal": 140, "imbalance": 15}
     assert seen.confidence == [0] * 9 + [155]
     assert await store.device_errors("dev-0001", since=now - 3600) == {"busy": 4}
+
+    # One batch holding two uploads of that device and one of another: each device's
+    # roll-ups add up, onto what the statistics held, in one write at the batch's end.
+    await store.add_device(Device("dev-0002", "generic", {}, *blank[:8], "02", 1.0, 2.0))
+    batch = [
+        Upload("dev-0001", "metrics", 3, 3, [(3, now, _rollup(10, 1))]),
+        Upload("dev-0002", "metrics", 1, 1, [(1, now, _rollup(7, 3))]),
+        Upload("dev-0001", "metrics", 4, 4, [(4, now, _rollup(20, 2))]),
+    ]
+    assert (await store.apply_uploads(batch, now=now)).rollups.rollups == 3
+    found = await store.model_distributions(since=now - 3600)
+    first, second = (found[("vibration-anomaly", "1.0.0")][d] for d in ("dev-0001", "dev-0002"))
+    assert (first.count, first.labels) == (188, {"normal": 170, "imbalance": 18})
+    assert (second.count, second.labels) == (10, {"normal": 7, "imbalance": 3})
+    assert await store.device_errors("dev-0001", since=now - 3600) == {"busy": 8}
+    assert await store.device_errors("dev-0002", since=now - 3600) == {"busy": 2}

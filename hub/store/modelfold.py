@@ -1,0 +1,288 @@
+"""Folding roll-ups into the statistics (modelstats.py): every roll-up of a batch of
+uploads is read as it is stored, and what they add is written once, when the batch ends.
+
+One read and one write per table for a whole batch, instead of a read and a write per
+roll-up: the statements were most of what folding cost (`./scripts/bench --only
+monitoring`). Roll-ups come from devices: every field is checked as it is read (`_models`,
+`_errors`), and sizes are capped, so a device cannot grow the tables beyond a bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import msgspec
+
+from hub.store import shadows
+from hub.store.modelstats import (
+    BINS,
+    FUTURE_SLACK_S,
+    MAX_MODELS,
+    MAX_NAME,
+    STREAMS,
+    WINDOW_S,
+    Folded,
+    ModelTotals,
+    decode_json,
+    encode_json,
+    hour_of,
+)
+from hub.store.sql import Sql
+from outpost import rollup
+
+Stats = dict[str, Any]  # one model version's checked counts (`_models`)
+CHUNK = 500  # device ids bound in one read: well under every back-end's parameter limit
+
+
+class Folder:
+    """The roll-ups of one batch of uploads: `add` as each upload is stored, `write` once
+    after the last (in the same transaction)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.folded = Folded()
+        self._hourly: dict[tuple[str, str, int, str], Stats] = {}
+        self._errors: dict[tuple[str, int], dict[str, int]] = {}
+        self._latest: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def add(self, db: Sql, device_id: str, rows: Iterable[tuple[int, float, bytes]]) -> None:
+        """Take in the roll-ups among a device's newly stored metrics records."""
+        folded, now = self.folded, self.now
+        oldest = hour_of(now - WINDOW_S)
+        for _, ts, body in rows:
+            if rollup.KIND.encode() not in body:  # other metrics: skip the decode
+                continue
+            try:
+                data = msgspec.msgpack.decode(body)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(data, dict) or data.get("kind") != rollup.KIND:
+                continue
+            folded.rollups += 1
+            if "shadow" in data:
+                shadows.fold(db, device_id, data["shadow"], now)
+            ts = ts if ts <= now + FUTURE_SLACK_S else now
+            hour = hour_of(ts)
+            models = _models(data.get("models"))
+            errors = _errors(data.get("errors"))
+            for key, stats in models.items():
+                name, _ = rollup.split_model_key(key)
+                folded.models.setdefault(name, ModelTotals()).add(_totals(stats))
+            for reason, n in errors.items():
+                folded.errors[reason] = folded.errors.get(reason, 0) + n
+            if hour < oldest:
+                continue  # counted, but older than the statistics keep
+            folded.added_hours = True
+            for key, stats in models.items():
+                name, version = rollup.split_model_key(key)
+                slot = self._hourly.get((name, version, hour, device_id))
+                if slot is None:
+                    self._hourly[(name, version, hour, device_id)] = _copy(stats)
+                else:
+                    _merge_checked(slot, stats)
+            if errors:
+                hour_errors = self._errors.setdefault((device_id, hour), {})
+                for reason, n in errors.items():
+                    hour_errors[reason] = hour_errors.get(reason, 0) + n
+            latest = self._latest.get(device_id)
+            if latest is None or ts >= latest[0]:
+                self._latest[device_id] = (ts, data)
+
+    def write(self, db: Sql) -> None:
+        """Add what the batch's roll-ups hold to the statistics."""
+        if self._hourly:
+            _write_hours(db, self._hourly)
+        if self._errors:
+            _write_errors(db, self._errors)
+        if self._latest:
+            _write_health(db, self._latest)
+
+
+def _write_hours(db: Sql, hourly: dict[tuple[str, str, int, str], Stats]) -> None:
+    groups: dict[tuple[str, str, int], list[str]] = {}
+    for name, version, hour, device_id in hourly:
+        groups.setdefault((name, version, hour), []).append(device_id)
+    for (name, version, hour), devices in groups.items():
+        for chunk in _chunks(devices):
+            marks = ", ".join("?" * len(chunk))
+            found = db.execute(
+                f"""SELECT device_id, count, confidence, labels, latency, latency_sum_ms
+                    FROM model_stats WHERE model = ? AND version = ? AND hour = ?
+                    AND device_id IN ({marks})""",  # noqa: S608 - only placeholders
+                (name, version, hour, *chunk),
+            ).fetchall()
+            for device_id, count, confidence, labels, latency, latency_sum_ms in found:
+                key = (name, version, hour, device_id)
+                bins = decode_json(confidence)
+                before = {
+                    "count": count,
+                    "confidence": bins + [0] * (BINS - len(bins)),
+                    "labels": decode_json(labels),
+                    "latency_ms": decode_json(latency),
+                    "latency_sum_ms": latency_sum_ms,
+                    "confidence_sum": 0.0,  # not kept by the hour: the bins are
+                }
+                _merge_checked(before, hourly[key])
+                if len(before["labels"]) > rollup.MAX_LABELS:  # ever new labels
+                    before["labels"] = dict(
+                        sorted(before["labels"].items(), key=lambda kv: -kv[1])[: rollup.MAX_LABELS]
+                    )
+                hourly[key] = before
+    db.executemany(
+        """INSERT INTO model_stats
+               (model, version, hour, device_id, count, confidence, labels, latency,
+                latency_sum_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (model, version, hour, device_id) DO UPDATE SET
+               count = excluded.count, confidence = excluded.confidence,
+               labels = excluded.labels, latency = excluded.latency,
+               latency_sum_ms = excluded.latency_sum_ms""",
+        [
+            (
+                *key,
+                stats["count"],
+                encode_json(stats["confidence"]),
+                encode_json(stats["labels"]),
+                encode_json(stats["latency_ms"]),
+                stats["latency_sum_ms"],
+            )
+            for key, stats in hourly.items()
+        ],
+    )
+
+
+def _write_errors(db: Sql, errors: dict[tuple[str, int], dict[str, int]]) -> None:
+    by_hour: dict[int, list[str]] = {}
+    for device_id, hour in errors:
+        by_hour.setdefault(hour, []).append(device_id)
+    totals: dict[tuple[str, int], dict[str, int]] = {}
+    for hour, devices in by_hour.items():
+        for chunk in _chunks(devices):
+            marks = ", ".join("?" * len(chunk))
+            for device_id, stored in db.execute(
+                f"SELECT device_id, errors FROM device_errors WHERE hour = ? "  # noqa: S608 - only placeholders
+                f"AND device_id IN ({marks})",
+                (hour, *chunk),
+            ).fetchall():
+                totals[(device_id, hour)] = decode_json(stored)
+    rows = []
+    for key, added in errors.items():
+        total = totals.get(key, {})
+        for reason, n in added.items():
+            total[reason] = total.get(reason, 0) + n
+        rows.append((*key, encode_json(total)))
+    db.executemany(
+        """INSERT INTO device_errors (device_id, hour, errors) VALUES (?, ?, ?)
+           ON CONFLICT (device_id, hour) DO UPDATE SET errors = excluded.errors""",
+        rows,
+    )
+
+
+def _write_health(db: Sql, latest: dict[str, tuple[float, dict[str, Any]]]) -> None:
+    """Keep each device's newest roll-up's store fill and task depths (an older one than
+    the statistics hold changes nothing)."""
+    db.executemany(
+        """INSERT INTO device_health (device_id, ts, store, tasks) VALUES (?, ?, ?, ?)
+           ON CONFLICT (device_id) DO UPDATE SET
+               ts = excluded.ts, store = excluded.store, tasks = excluded.tasks
+           WHERE excluded.ts >= device_health.ts""",
+        [(device_id, ts, *_health(data)) for device_id, (ts, data) in latest.items()],
+    )
+
+
+def _health(data: dict[str, Any]) -> tuple[str, str]:
+    """A roll-up's store fill per stream and task depths, as the columns hold them."""
+    store = data.get("store")
+    fills = {}
+    if isinstance(store, dict):
+        for stream in STREAMS:
+            entry = store.get(stream)
+            if isinstance(entry, dict):
+                fill = rollup.number(entry.get("fill"))
+                fills[stream] = min(1.0, fill) if math.isfinite(fill) else 0.0
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+    depths = {k: rollup.count(tasks.get(k)) for k in ("queued", "running")} if tasks else {}
+    return encode_json(fills), encode_json(depths)
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for first in range(0, len(items), CHUNK):
+        yield items[first : first + CHUNK]
+
+
+def _models(value: Any) -> dict[str, Stats]:
+    """The well-formed model entries of a roll-up, at most `MAX_MODELS`."""
+    if not isinstance(value, dict):
+        return {}
+    kept: dict[str, Stats] = {}
+    for key, stats in value.items():
+        if len(kept) >= MAX_MODELS:
+            break
+        if not isinstance(key, str) or not isinstance(stats, dict) or len(key) > 2 * MAX_NAME:
+            continue
+        name, version = rollup.split_model_key(key)
+        if not name or len(name) > MAX_NAME or len(version) > MAX_NAME:
+            continue
+        if rollup.count(stats.get("count")) == 0:
+            continue
+        labels = rollup.counts_of(stats.get("labels"))[: rollup.MAX_LABELS]
+        latency = [(le, n) for le, n in rollup.counts_of(stats.get("latency_ms"))]
+        given = stats.get("confidence")
+        bins = [rollup.count(n) for n in given[:BINS]] if isinstance(given, list) else []
+        kept[key] = {
+            "count": stats["count"],
+            "latency_ms": {le: n for le, n in latency if le in rollup.BUCKET_KEYS},
+            "latency_sum_ms": rollup.number(stats.get("latency_sum_ms")),
+            "confidence": bins + [0] * (BINS - len(bins)),
+            "confidence_sum": rollup.number(stats.get("confidence_sum")),
+            "labels": {label[:MAX_NAME]: n for label, n in labels},
+        }
+    return kept
+
+
+def _copy(stats: Stats) -> Stats:
+    """A model's checked counts, its maps and bins copied (merging adds into them)."""
+    return {
+        **stats,
+        "latency_ms": dict(stats["latency_ms"]),
+        "confidence": list(stats["confidence"]),
+        "labels": dict(stats["labels"]),
+    }
+
+
+def _merge_checked(into: Stats, more: Stats) -> None:
+    """`rollup.merge_models` for one model's counts that were checked already (by
+    `_models`, or as the statistics hold them): sums, with no value checked again. A
+    roll-up is merged up to three times as it is folded; checking each value every time
+    was most of the folding's cost (`./scripts/bench --only monitoring`)."""
+    into["count"] += more["count"]
+    into["latency_sum_ms"] += more["latency_sum_ms"]
+    into["confidence_sum"] += more["confidence_sum"]
+    latency, labels, bins = into["latency_ms"], into["labels"], into["confidence"]
+    for le, n in more["latency_ms"].items():
+        latency[le] = latency.get(le, 0) + n
+    for i, n in enumerate(more["confidence"]):
+        bins[i] += n
+    for label, n in more["labels"].items():
+        labels[label] = labels.get(label, 0) + n
+
+
+def _errors(value: Any) -> dict[str, int]:
+    errors: dict[str, int] = {}
+    for reason, n in rollup.counts_of(value):
+        known = reason if reason in rollup.ERROR_REASONS else rollup.OTHER
+        errors[known] = errors.get(known, 0) + n
+    return errors
+
+
+def _totals(stats: Stats) -> ModelTotals:
+    """A model's checked counts (`_models`) as totals."""
+    return ModelTotals(
+        count=stats["count"],
+        latency_ms=dict(stats["latency_ms"]),
+        latency_sum_ms=stats["latency_sum_ms"],
+        confidence=list(stats["confidence"]),
+        confidence_sum=stats["confidence_sum"],
+    )
