@@ -77,7 +77,8 @@ async def test_roll_ups_fold_into_statistics_and_merge_within_the_hour(store: Hu
 
     # One batch holding two uploads of that device and one of another: each device's
     # roll-ups add up, onto what the statistics held, in one write at the batch's end.
-    await store.add_device(Device("dev-0002", "generic", {}, *blank[:8], "02", 1.0, 2.0))
+    other: tuple[Any, ...] = (*blank[:8], "02", 1.0, 2.0)  # a certificate of its own
+    await store.add_device(Device("dev-0002", "generic", {}, *other))
     batch = [
         Upload("dev-0001", "metrics", 3, 3, [(3, now, _rollup(10, 1))]),
         Upload("dev-0002", "metrics", 1, 1, [(1, now, _rollup(7, 3))]),
