@@ -149,9 +149,14 @@ def _apply_heartbeat(db: Sql, e: HeartbeatSeen) -> None:
             e.policy["reason"],
             e.now,
         )
+    # A heartbeat takes the device's connection only when it brings the device online.
+    # While online, the connection is the latest hello's: a heartbeat of an older one that
+    # arrives after it (from another replica, or a slow queue) must not take it back, or
+    # the older connection's will would then mark a connected device offline.
     db.execute(
         """UPDATE devices SET online = CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END,
-               conn = ?, last_seen = ?,
+               conn = CASE WHEN online = 1 AND conn IS NOT NULL THEN conn ELSE ? END,
+               last_seen = ?,
                last_heartbeat = ?,
                heartbeat_interval = ?, load = ?, store = COALESCE(?, store),
                models = COALESCE(?, models)

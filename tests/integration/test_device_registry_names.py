@@ -22,6 +22,7 @@ from hub.store import (
     HubStore,
     IssuedCert,
     NameTakenError,
+    PresenceEvent,
     outbox,
 )
 from hub.store import events as device_events
@@ -160,3 +161,31 @@ async def test_the_outbox_reads_a_sink_needs(store: HubStore) -> None:
     assert await store.run(outbox.device_labels) == {
         "dev-000000000001": {"line": "2", "site": "north"}
     }
+
+
+async def test_a_late_heartbeat_of_an_old_connection_leaves_the_device_to_the_new_one(
+    store: HubStore,
+) -> None:
+    now = time.time()
+    device_id = "dev-00000000000b"
+    await store.add_device(enrolled(device_id, "lathe", now))
+    await store.record_presence([HelloSeen(device_id, "old", now, "generic", "0.1.0", 1.0, {})])
+    await store.record_presence([HelloSeen(device_id, "new", now + 1, "generic", "0.1.0", 1.0, {})])
+    # The old connection's last heartbeat arrives after the new one's hello (another
+    # replica, a slow queue), then the old connection's will: the device stays online.
+    late: list[PresenceEvent] = [
+        HeartbeatSeen(device_id, "old", now + 2, 1.0, {}),
+        ConnectionLost(device_id, "old", now + 3),
+    ]
+    assert await store.record_presence(late) == [False, False]
+    found = await store.find_device(device_id)
+    assert found is not None
+    assert found.online
+    # The control: the current connection's will ends it; a heartbeat brings it back on
+    # its own connection, and that connection's will is the one that counts then.
+    assert await store.record_presence([ConnectionLost(device_id, "new", now + 4)]) == [True]
+    assert await store.record_presence([HeartbeatSeen(device_id, "third", now + 5, 1.0, {})]) == [
+        True
+    ]
+    assert await store.record_presence([ConnectionLost(device_id, "new", now + 6)]) == [False]
+    assert await store.record_presence([ConnectionLost(device_id, "third", now + 7)]) == [True]
