@@ -71,13 +71,17 @@ class Durability:
     def unsynced(self, generation: int, numbering: Marks) -> None:
         """A commit that nobody synced yet left `numbering`: sync it soon."""
         with self._lock:
+            idle = self._pending is None
             self._pending = (generation, numbering)  # a later one covers an earlier one
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="agent-store-sync", daemon=True
                 )
                 self._thread.start()
-            self._lock.notify_all()
+            # Woken only when it waits for work: while it gathers commits (the delay, with
+            # one pending already) a wake-up would only take the GIL to wait again.
+            if idle:
+                self._lock.notify_all()
 
     def close(self) -> None:
         """Sync what is pending, then stop the thread."""
