@@ -160,7 +160,7 @@ class ThrowawayNats:
                 raise RuntimeError(f"nats-server exited at start:\n{self._log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nats-server did not listen in {START_S} s")
-            time.sleep(0.02)
+            time.sleep(0.02)  # a poll with a deadline
 
     def stop(self) -> None:
         if self._process is not None:
@@ -323,7 +323,7 @@ class ThrowawayRabbit:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"rabbitmq-server did not answer in {START_S} s")
-            time.sleep(0.1)
+            time.sleep(0.1)  # a poll with a deadline
 
     def _speaks_amqp(self) -> bool:
         """The node answers AMQP's protocol header with connection.start: its listener
@@ -496,7 +496,7 @@ class AmqpCollector:
         while len(self.messages) < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(self.messages)} of {count} AMQP messages arrived")
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # a poll with a deadline
         return list(self.messages)
 
     async def wait_for_id(self, message_id: str, timeout: float = 10.0) -> list[Received]:
@@ -505,7 +505,7 @@ class AmqpCollector:
         while all(m.id != message_id for m in self.messages):
             if time.monotonic() > deadline:
                 raise AssertionError(f"no AMQP message {message_id} among {len(self.messages)}")
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # a poll with a deadline
         return list(self.messages)
 
 

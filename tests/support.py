@@ -63,7 +63,7 @@ async def eventually(
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(every)
+        await asyncio.sleep(every)  # a poll with a deadline (eventually)
 
 
 class AgentProcess:

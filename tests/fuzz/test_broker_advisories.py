@@ -435,7 +435,7 @@ async def _listening(port: int, process: subprocess.Popen[bytes]) -> bool:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # a poll, bounded by the loop
             continue
         writer.close()
         return True

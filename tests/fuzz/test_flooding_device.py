@@ -122,7 +122,7 @@ async def test_a_flooding_device_cannot_starve_the_fleet_or_grow_the_hub(tmp_pat
             while not watching.is_set():
                 if not await online():
                     offline_seen.append(time.time())
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # the watcher's pace, not a synchronisation
 
         watcher = asyncio.create_task(watch())
         async with (

@@ -118,12 +118,12 @@ async def _inject(
     kinds = ["kill_agent", "kill_hub", "kill_broker", "pause_agent", "pause_hub", "fill_store"]
     once = {"corrupt_store", "corrupt_wal"}
     while time.monotonic() < until or sum(ledger.faults.values()) < MIN_FAULTS or once:
-        await asyncio.sleep(rng.uniform(1.0, 3.0))
+        await asyncio.sleep(rng.uniform(1.0, 3.0))  # the fault's timing, on purpose
         kind = rng.choice([*kinds, *sorted(once)])
         if kind == "kill_agent":
             device = rng.choice(devices)
             device.kill()
-            await asyncio.sleep(rng.uniform(0, 1.0))
+            await asyncio.sleep(rng.uniform(0, 1.0))  # the fault's timing, on purpose
             device.start()
         elif kind == "corrupt_store":
             once.discard(kind)
@@ -149,7 +149,7 @@ async def _inject(
             os.kill(hub.pid, signal.SIGKILL)
             assert hub.process is not None
             hub.process.wait(10)
-            await asyncio.sleep(rng.uniform(0, 1.0))
+            await asyncio.sleep(rng.uniform(0, 1.0))  # the fault's timing, on purpose
             await hub.start()
         elif kind == "kill_broker":
             pid = hub.broker_pid()
@@ -161,11 +161,11 @@ async def _inject(
             if device.agent is None:
                 continue
             device.agent.signal(signal.SIGSTOP)
-            await asyncio.sleep(rng.uniform(0.5, 3.0))
+            await asyncio.sleep(rng.uniform(0.5, 3.0))  # the fault's timing, on purpose
             device.agent.signal(signal.SIGCONT)
         elif kind == "pause_hub":
             os.kill(hub.pid, signal.SIGSTOP)
-            await asyncio.sleep(rng.uniform(0.5, 3.0))
+            await asyncio.sleep(rng.uniform(0.5, 3.0))  # the fault's timing, on purpose
             os.kill(hub.pid, signal.SIGCONT)
         elif kind == "fill_store":
             # Overfill the small stream at once: it must refuse with the reason, never

@@ -100,10 +100,10 @@ async def play(run: Run) -> None:
     if profile.steady:
         await asyncio.sleep(profile.steady)  # the profile's timing, by design
     for on, off in profile.cycles:
-        await asyncio.sleep(on)
+        await asyncio.sleep(on)  # the profile's timing, by design
         cut, heal = (proxy.pause, proxy.resume) if profile.black_hole else (proxy.down, proxy.up)
         cut()
-        await asyncio.sleep(off)
+        await asyncio.sleep(off)  # the profile's timing, by design
         heal()
     if profile.heal_shape:
         proxy.shape(Shape())

@@ -168,7 +168,7 @@ async def test_a_device_cannot_end_the_hubs_link_or_another_devices_session(
                 except aiomqtt.MqttError as exc:
                     ended.append(exc)
                     break
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # a poll, bounded by the loop
     finally:
         with contextlib.suppress(aiomqtt.MqttError):
             await first.__aexit__(None, None, None)

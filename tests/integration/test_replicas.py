@@ -87,7 +87,7 @@ async def _inject(
     the replica killed for good."""
     gone: Replica | None = None
     while time.monotonic() < until or gone is None:
-        await asyncio.sleep(rng.uniform(5, 10))
+        await asyncio.sleep(rng.uniform(5, 10))  # the fault's timing, on purpose
         holder, epoch = await asyncio.to_thread(current_leader, database)
         live = [r for r in replicas if r.alive()]
         leader = next((r for r in live if holder.startswith(f"{r.holder}@")), None)
@@ -102,7 +102,7 @@ async def _inject(
         faults.kills["leader" if victim is leader else "follower"] += 1
 
         async def restart(victim: Replica = victim) -> None:
-            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            await asyncio.sleep(rng.uniform(0.5, 2.0))  # the fault's timing, on purpose
             await victim.start()
 
         faults.restarts.append(asyncio.create_task(restart()))

@@ -488,7 +488,7 @@ def test_a_stop_while_the_agent_starts_is_no_failure(tmp_path: Path) -> None:
         while ["sleep", "600", ""] not in children(launcher.pid).values():
             assert launcher.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the launcher started no agent in 30 s"
-            time.sleep(0.05)
+            time.sleep(0.05)  # a poll with a deadline
         os.killpg(launcher.pid, signal.SIGTERM)
         assert launcher.wait(30) == 0, log.read_text()
     finally:

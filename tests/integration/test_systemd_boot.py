@@ -217,7 +217,7 @@ class Machine:
             for pid in children.read_text().split():
                 if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
                     return int(pid)
-            time.sleep(0.1)
+            time.sleep(0.1)  # a poll with a deadline
         raise AssertionError(f"no systemd in the container after 30 s\n{self.log()}")
 
     def log(self) -> str:
@@ -261,7 +261,7 @@ class Machine:
         deadline = time.monotonic() + timeout
         while not probe():
             assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-            time.sleep(0.5)
+            time.sleep(0.5)  # a poll with a deadline
 
     def stop(self) -> None:
         """SIGTERM to nspawn: it asks the container's systemd to halt, then exits."""
