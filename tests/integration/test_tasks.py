@@ -187,7 +187,8 @@ async def test_kill_9_of_an_agent_mid_run_reassigns_its_tasks_and_each_ends_once
 ) -> None:
     members = [await start_member("x86-gateway") for _ in range(3)]
     token = await api.token("operator")
-    ids = await submit(api, token, [vib(priority=n % 3, lease_s=10) for n in range(300)])
+    # Enough work that the victim still holds some once 30 are done, on a slow machine too.
+    ids = await submit(api, token, [vib(priority=n % 3, lease_s=10) for n in range(1000)])
     victim = members[0]
 
     async def under_way() -> bool:
@@ -231,17 +232,21 @@ async def test_kill_9_of_an_agent_mid_run_reassigns_its_tasks_and_each_ends_once
         victim.agent.stop()
 
 
-async def freeze_holding_unfinished(member: Member) -> set[str]:
+async def freeze_holding_unfinished(member: Member, timeout: float = 30) -> set[str]:
     """SIGSTOP the member's agent at a moment it holds tasks it has not finished (resumed
-    and frozen again until it does); return their ids, read from its store."""
-    for _ in range(50):
+    and frozen again until it does, for up to `timeout` s); return their ids, read from
+    its store. Tried again at once after a look that found nothing: the agent runs a
+    task in a fraction of a millisecond, so on a loaded machine a look may come between
+    its tasks many times over."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         member.agent.signal(signal.SIGSTOP)
         held = unfinished_in_store(member)
         if held:
             return held
         member.agent.signal(signal.SIGCONT)
-        await asyncio.sleep(0.05)  # let it take more work before freezing it again
-    raise AssertionError("the agent never held an unfinished task when frozen")
+        await asyncio.sleep(0.01)  # let it take more work before freezing it again
+    raise AssertionError(f"the agent never held an unfinished task when frozen in {timeout} s")
 
 
 def unfinished_in_store(member: Member) -> set[str]:
