@@ -61,15 +61,26 @@ class ConnectionLost:
 
 PresenceEvent = HelloSeen | HeartbeatSeen | ConnectionLost
 
+_READ = "SELECT online, conn, revoked_at FROM devices WHERE device_id = ?"
+_READ_LOCKED = _READ + " FOR UPDATE"  # PostgreSQL: see record_presence
+
 
 def record_presence(db: Sql, seen: list[PresenceEvent]) -> list[bool]:
     changed = []
+    read = _READ
+    if db.dialect == "postgresql":
+        # Replicas apply presence at once, batches of hundreds of devices each, beside the
+        # leader's liveness sweep (which reads every online device). As SERIALIZABLE units
+        # they were reported as conflicts (a batch read rows another wrote) until they
+        # failed 30 times over at 10,000 devices on two replicas, and heartbeats came late
+        # enough for the sweep to mark devices offline. Presence needs no more than each
+        # device's row read and written under its lock: READ COMMITTED with FOR UPDATE
+        # (the read waits for another replica's write of that row, then sees it).
+        db.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        read = _READ_LOCKED
     with db.soft(), db.write():
         for event in seen:
-            row = db.execute(
-                "SELECT online, conn, revoked_at FROM devices WHERE device_id = ?",
-                (event.device_id,),
-            ).fetchone()
+            row = db.execute(read, (event.device_id,)).fetchone()
             was_online = bool(row and row["online"])
             # A revoked device that still got through is never online: no "online" event.
             revoked = bool(row and row["revoked_at"] is not None)
