@@ -142,25 +142,35 @@ async def device_online(hub: Hub, device_id: str) -> bool:
     return bool(device and device.online)
 
 
+def enrolled_device(
+    device_id: str,
+    *,
+    profile: str = "generic",
+    labels: dict[str, str] | None = None,
+    name: str = "",
+) -> Device:
+    """A device as enrollment registers it, with a made-up certificate window."""
+    return Device(
+        device_id=device_id,
+        profile=profile,
+        labels=labels or {},
+        online=False,
+        last_seen=None,
+        last_heartbeat=None,
+        heartbeat_interval=None,
+        agent_version=None,
+        capabilities={},
+        load={},
+        enrolled_at=time.time(),
+        cert_serial=device_id.encode().hex(),  # unique, as serials are
+        cert_not_before=1.0,
+        cert_not_after=2.0,
+        name=name,
+    )
+
+
 async def add_device(
     hub: Hub, device_id: str, *, profile: str = "generic", labels: dict[str, str] | None = None
 ) -> None:
     """Register a device straight in the store, with a made-up certificate window."""
-    await hub.parts.store.add_device(
-        Device(
-            device_id=device_id,
-            profile=profile,
-            labels=labels or {},
-            online=False,
-            last_seen=None,
-            last_heartbeat=None,
-            heartbeat_interval=None,
-            agent_version=None,
-            capabilities={},
-            load={},
-            enrolled_at=time.time(),
-            cert_serial=device_id.encode().hex(),  # unique, as serials are
-            cert_not_before=1.0,
-            cert_not_after=2.0,
-        )
-    )
+    await hub.parts.store.add_device(enrolled_device(device_id, profile=profile, labels=labels))

@@ -15,7 +15,6 @@ import msgpack
 import pytest
 
 from hub.store import (
-    Device,
     HeartbeatSeen,
     HelloSeen,
     HubStore,
@@ -27,6 +26,7 @@ from hub.store import (
 from hub.store import leadership as lease
 from hub.store.leadership import NotLeaderError
 from hub.tasks.allocation import plan
+from tests.support import enrolled_device
 
 SETTINGS = TaskSettings(
     accept_timeout_s=60, max_attempts=3, prefetch=4, stale_after_heartbeats=3, max_plan=200
@@ -207,28 +207,11 @@ async def test_enrollments_asking_for_one_name_at_once_each_get_a_name_of_their_
     # index. SERIALIZABLE reports that as a conflict (the losing unit read the name
     # first), and the unit that lost runs again and takes the next free name.
     names = await asyncio.gather(
-        *(replicas[n % 2].add_device(_enrolled(f"dev-same{n:02d}", "cam")) for n in range(16))
+        *(
+            replicas[n % 2].add_device(enrolled_device(f"dev-same{n:02d}", name="cam"))
+            for n in range(16)
+        )
     )
     assert sorted(names) == sorted(["cam", *(f"cam-{n}" for n in range(2, 17))])
     # The control: a name nobody else asks for is the device's own.
-    assert await replicas[0].add_device(_enrolled("dev-alone", "gate")) == "gate"
-
-
-def _enrolled(device_id: str, name: str) -> Device:
-    return Device(
-        device_id=device_id,
-        profile="generic",
-        labels={},
-        online=False,
-        last_seen=None,
-        last_heartbeat=None,
-        heartbeat_interval=None,
-        agent_version=None,
-        capabilities={},
-        load={},
-        enrolled_at=time.time(),
-        cert_serial=None,
-        cert_not_before=None,
-        cert_not_after=None,
-        name=name,
-    )
+    assert await replicas[0].add_device(enrolled_device("dev-alone", name="gate")) == "gate"
