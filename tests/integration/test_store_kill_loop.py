@@ -43,13 +43,21 @@ async def write(tag):
 
 for line in sys.stdin:
     tag = int(line)
+    # The writer starts once its pid is out: both write to one stdout, and a loaded
+    # machine could run the child's first "ok" ahead of the parent's "pid".
+    go, started = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
+            os.close(started)
+            os.read(go, 1)
             asyncio.run(write(tag))
         finally:
             os._exit(1)
+    os.close(go)
     os.write(1, f"pid {pid}\n".encode())
+    os.write(started, b"x")
+    os.close(started)
     os.waitpid(pid, 0)
     os.write(1, f"reaped {pid}\n".encode())
 """
