@@ -19,7 +19,8 @@ from pathlib import Path
 
 from hub.broker.managed import find_program
 from hub.paths import HubPaths
-from scripts.pgcluster import ThrowawayPostgres, free_port
+from scripts.pgcluster import ThrowawayPostgres
+from scripts.ports import free_port
 
 KILL_AT_S = 8.0  # seconds into the fleet view when the leading replica is killed
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from hub.fleet import bootstrap
 from hub.fleet.enrollment import load_token_key
 from hub.store import Device
 from outpost import tls
+from scripts.ports import free_port as free_port  # re-exported: the tests import it from here
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "firmware-configs"
@@ -30,22 +29,6 @@ SHIPPED_MODELS = [
     REPO / "models" / "vibration-anomaly" / "1.0.0",
     REPO / "models" / "surface-defect" / "1.0.0",
 ]
-
-
-_RECENT_PORTS: collections.deque[int] = collections.deque(maxlen=256)
-
-
-def free_port() -> int:
-    """Return a TCP port on loopback that nothing listens on right now and that this
-    process has not handed out lately: two calls in a row (a hub's MQTT and web ports)
-    would otherwise get the same one about once in 14,000 pairs."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port not in _RECENT_PORTS:
-            _RECENT_PORTS.append(port)
-            return port
 
 
 async def eventually(

@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from scripts.demo_parts.processes import free_port, step
+from scripts.demo_parts.processes import step
+from scripts.ports import free_port
 
 STREAM = "OUTPOST"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -14,17 +13,11 @@ from pathlib import Path
 
 from hub.paths import HubPaths
 from scripts.demo_parts.plan import BIN, REPO
+from scripts.ports import free_port
 
 
 def step(text: str) -> None:
     print(f"==> {text}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def run(*args: str) -> str:
