@@ -83,10 +83,20 @@ def hub_with_sink(root: Path, sink: str) -> HubPaths:
 
 async def write_events(database: Path | str, count: int, *, first: int = 0) -> list[int]:
     """Changes made beside the running hub (as another replica would), each with its
-    event: devices enrolled, then relabelled. The outbox's ids after."""
+    event: devices enrolled, then relabelled. The outbox's ids after.
+
+    First it waits for the hub's sink `hook` to have its cursor: a new sink starts at the
+    outbox's end, so a change written before the hub opened it is, rightly, never sent
+    (a loaded machine's hub opened it after the first changes, and the checks waited for
+    events that were never the sink's)."""
     store = HubStore(database)
     store.publish_events()
     try:
+
+        async def opened() -> bool:
+            return any(c.sink == "hook" for c in await store.run(outbox.cursors))
+
+        await eventually(opened, timeout=60, what="the hub's sink cursor")
         now = time.time()
         for n in range(first, first + count):
             device = Device(
@@ -257,10 +267,21 @@ async def test_kill_9_mid_drain_to_a_bus_loses_nothing_and_keeps_order(
         await hub.start()
         written = await writer
 
-        async def all_there() -> bool:
-            return {m.id for m in await seen()} >= {drain.event_id(i) for i in written}
+        wanted = [drain.event_id(i) for i in written]
+        missing: list[str] = []
 
-        await eventually(all_there, timeout=120, what="every event after the restart")
+        async def all_there() -> bool:
+            held = {m.id for m in await seen()}
+            missing[:] = [i for i in wanted if i not in held]
+            return not missing
+
+        try:
+            await eventually(all_there, timeout=120, what="every event after the restart")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: {len(missing)} of {len(wanted)} missing ({missing[:10]}...), "
+                f"{at_kill} on the bus at the kill"
+            ) from exc
         received = await seen()
 
     assert at_kill < len(written), "the drain ended before the kill"
