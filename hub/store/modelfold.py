@@ -10,7 +10,7 @@ monitoring`). Roll-ups come from devices: every field is checked as it is read (
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -29,11 +29,10 @@ from hub.store.modelstats import (
     encode_json,
     hour_of,
 )
-from hub.store.sql import Sql
+from hub.store.sql import Sql, chunked, marks
 from outpost import rollup
 
 Stats = dict[str, Any]  # one model version's checked counts (`_models`)
-CHUNK = 500  # device ids bound in one read: well under every back-end's parameter limit
 
 
 class Folder:
@@ -105,12 +104,11 @@ def _write_hours(db: Sql, hourly: dict[tuple[str, str, int, str], Stats]) -> Non
     for name, version, hour, device_id in hourly:
         groups.setdefault((name, version, hour), []).append(device_id)
     for (name, version, hour), devices in groups.items():
-        for chunk in _chunks(devices):
-            marks = ", ".join("?" * len(chunk))
+        for chunk in chunked(devices):
             found = db.execute(
                 f"""SELECT device_id, count, confidence, labels, latency, latency_sum_ms
                     FROM model_stats WHERE model = ? AND version = ? AND hour = ?
-                    AND device_id IN ({marks})""",  # noqa: S608 - only placeholders
+                    AND device_id IN ({marks(len(chunk))})""",  # noqa: S608 - only placeholders
                 (name, version, hour, *chunk),
             ).fetchall()
             for device_id, count, confidence, labels, latency, latency_sum_ms in found:
@@ -159,11 +157,10 @@ def _write_errors(db: Sql, errors: dict[tuple[str, int], dict[str, int]]) -> Non
         by_hour.setdefault(hour, []).append(device_id)
     totals: dict[tuple[str, int], dict[str, int]] = {}
     for hour, devices in by_hour.items():
-        for chunk in _chunks(devices):
-            marks = ", ".join("?" * len(chunk))
+        for chunk in chunked(devices):
             for device_id, stored in db.execute(
                 f"SELECT device_id, errors FROM device_errors WHERE hour = ? "  # noqa: S608 - only placeholders
-                f"AND device_id IN ({marks})",
+                f"AND device_id IN ({marks(len(chunk))})",
                 (hour, *chunk),
             ).fetchall():
                 totals[(device_id, hour)] = decode_json(stored)
@@ -205,11 +202,6 @@ def _health(data: dict[str, Any]) -> tuple[str, str]:
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     depths = {k: rollup.count(tasks.get(k)) for k in ("queued", "running")} if tasks else {}
     return encode_json(fills), encode_json(depths)
-
-
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for first in range(0, len(items), CHUNK):
-        yield items[first : first + CHUNK]
 
 
 def _models(value: Any) -> dict[str, Stats]:

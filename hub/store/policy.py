@@ -8,11 +8,12 @@ Versions come from one counter that only grows, so a device's version only grows
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from hub.store import events
-from hub.store.sql import Sql
+from hub.store.sql import Sql, chunked, marks
 from outpost import policy
 
 Scope = Literal["fleet", "group", "device"]
@@ -160,28 +161,59 @@ def mark_published(db: Sql, published: list[tuple[str, int]]) -> None:
 
 
 def report(db: Sql, device_id: str, applied: int, rejected: int, reason: str, now: float) -> None:
-    """What the device says it runs (inside the presence transaction).
+    """What the device says it runs (inside the caller's transaction)."""
+    reports = Reports(db, [device_id])
+    events.add_many(db, reports.add(device_id, applied, rejected, reason, now))
+    reports.write()
+
+
+_REPORTED = """UPDATE device_policy SET
+    reason = CASE WHEN ? >= rejected_version THEN ? ELSE reason END,
+    applied_version = CASE WHEN ? > applied_version THEN ? ELSE applied_version END,
+    rejected_version = CASE WHEN ? > rejected_version THEN ? ELSE rejected_version END
+    WHERE device_id = ?"""
+
+
+class Reports:
+    """What devices say they run, for a batch of heartbeats: their rows read in one go
+    at the start, each report's news worked out against what the batch has seen so far,
+    the rows written in one go at the end (inside the caller's transaction).
 
     Versions only move forward: a device never applies an older version than it runs,
     so a lower one is a stale heartbeat (QoS 1 redelivers one the hub handled but had
     not acknowledged when it was killed), not news."""
-    row = db.execute(
-        "SELECT applied_version, rejected_version FROM device_policy WHERE device_id = ?",
-        (device_id,),
-    ).fetchone()
-    if row is not None:
-        if applied > row["applied_version"]:
-            events.add(db, device_id, now, "policy_applied", f"version {applied}")
-        if rejected > row["rejected_version"]:
-            events.add(db, device_id, now, "policy_refused", f"version {rejected}: {reason}")
-    db.execute(
-        """UPDATE device_policy SET
-               reason = CASE WHEN ? >= rejected_version THEN ? ELSE reason END,
-               applied_version = CASE WHEN ? > applied_version THEN ? ELSE applied_version END,
-               rejected_version = CASE WHEN ? > rejected_version THEN ? ELSE rejected_version END
-           WHERE device_id = ?""",
-        (rejected, reason, applied, applied, rejected, rejected, device_id),
-    )
+
+    def __init__(self, db: Sql, device_ids: Iterable[str]) -> None:
+        self._db = db
+        self._known: dict[str, tuple[int, int]] = {}
+        ids = sorted(set(device_ids))
+        for chunk in chunked(ids):
+            for row in db.execute(
+                "SELECT device_id, applied_version, rejected_version FROM device_policy "  # noqa: S608 - only placeholders
+                f"WHERE device_id IN ({marks(len(chunk))})",
+                chunk,
+            ).fetchall():
+                self._known[row[0]] = (row[1], row[2])
+        self._updates: list[tuple[object, ...]] = []
+
+    def add(
+        self, device_id: str, applied: int, rejected: int, reason: str, now: float
+    ) -> list[tuple[str, float, events.Kind, str]]:
+        """Note one report; the events it is news of (device, at, kind, detail)."""
+        news: list[tuple[str, float, events.Kind, str]] = []
+        known = self._known.get(device_id)
+        if known is not None:
+            if applied > known[0]:
+                news.append((device_id, now, "policy_applied", f"version {applied}"))
+            if rejected > known[1]:
+                news.append((device_id, now, "policy_refused", f"version {rejected}: {reason}"))
+            self._known[device_id] = (max(known[0], applied), max(known[1], rejected))
+        self._updates.append((rejected, reason, applied, applied, rejected, rejected, device_id))
+        return news
+
+    def write(self) -> None:
+        self._db.executemany(_REPORTED, self._updates)
+        self._updates = []
 
 
 def effective(db: Sql, device_id: str) -> Effective | None:

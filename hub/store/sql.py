@@ -21,9 +21,24 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 Dialect = Literal["sqlite", "postgresql"]
+T = TypeVar("T")
+
+# Values bound in one `IN (...)` read: well under every back-end's parameter limit.
+BIND_CHUNK = 500
+
+
+def chunked(items: Sequence[T], size: int = BIND_CHUNK) -> Iterator[Sequence[T]]:
+    """`items` in slices of `size`, for reads that bind a list of keys."""
+    for first in range(0, len(items), size):
+        yield items[first : first + size]
+
+
+def marks(count: int) -> str:
+    """`count` placeholders for an `IN (...)` list."""
+    return ", ".join("?" * count)
 
 
 class Row(Protocol):
