@@ -128,6 +128,7 @@ def start(
             [find_program("mosquitto"), "-c", str(broker_dir / "mosquitto.conf")],
             stdout=broker_log.open("wb"),
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only the demo, which stops this
         )
         children.append(broker)
         step(
@@ -152,6 +153,7 @@ def start(
                 [str(bin_dir / "outpost-hub"), "run", "--data", str(replica.folder)],
                 stdout=log.open("wb"),
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches only the demo, which stops this
             )
             children.append(replica.process)
             wait_healthy(replica.url, ca, replica.process, log)

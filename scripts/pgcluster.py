@@ -60,7 +60,11 @@ class ThrowawayPostgres:
         command = list(argv)
         if self._as_root:
             command = ["runuser", "-u", "postgres", "--", *command]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=self.folder)
+        # A session of its own: a terminal's Ctrl-C (SIGINT to the whole foreground
+        # group) must not shut the server down under the program that started it.
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=self.folder, start_new_session=True
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:2])} failed:\n{done.stdout}\n{done.stderr}")
 

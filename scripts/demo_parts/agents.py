@@ -104,6 +104,7 @@ def start_agents(
                 ],
                 stdout=(logs / f"{name}.log").open("wb"),
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches only the demo, which stops this
                 cwd=REPO,
             )
         )

@@ -93,7 +93,7 @@ class AgentUpdate:
                     [sys.executable, str(REPO / "systemd" / "outpost-launch"),
                      "--prefix", str(self._prefix), "--data", str(self._agent_dir), "--",
                      "--broker", f"mqtts://127.0.0.1:{self._mqtt_port}"],
-                    stdout=out, stderr=subprocess.STDOUT, env=env,
+                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 )  # fmt: skip
                 if self._launcher.wait() == 0:
                     return

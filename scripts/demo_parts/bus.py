@@ -32,6 +32,7 @@ def start_nats(data: Path, logs: Path, children: list[subprocess.Popen[bytes]]) 
             [program, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
             stdout=(logs / "nats.log").open("wb"),
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only the demo, which stops this
         )
     )
     url = f"nats://127.0.0.1:{port}"

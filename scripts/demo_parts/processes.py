@@ -62,6 +62,7 @@ def start_hub(
         [str(BIN / "outpost-hub"), "run", "--data", str(hub_dir)],
         stdout=hub_log.open("wb"),
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches only the demo, which stops this
         cwd=REPO,
     )
     children.append(hub)

@@ -3,11 +3,14 @@ north site's link is cut and restored, its backlog drains, and everything stops.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,6 +207,38 @@ def test_demo_with_two_replicas_keeps_the_fleet_going_when_the_leader_is_killed(
     assert succeeded >= int(submitted) - 40, states
     assert "failed" not in states, states
     assert "stopped the throwaway PostgreSQL" in out
+
+
+def test_ctrl_c_on_the_demo_gives_the_verdict_then_stops_everything(short_dir: Path) -> None:
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group. The hub
+    and agents run in sessions of their own, so only the demo gets it: it checks what the
+    hub holds, then stops them (before, the hub stopped first and the check failed with
+    a traceback)."""
+    data = short_dir / "demo"
+    out = short_dir / "demo.out"
+    with out.open("wb") as sink:
+        demo = subprocess.Popen(
+            [sys.executable, str(REPO / "scripts" / "demo.py"), "--data", str(data)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, as a terminal gives a command
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while "Outpost fleet at" not in out.read_text(errors="replace"):
+                assert demo.poll() is None, out.read_text(errors="replace")
+                assert time.monotonic() < deadline, "no fleet table within 90 s"
+                time.sleep(0.2)  # a poll with a deadline
+            os.killpg(demo.pid, signal.SIGINT)
+            code = demo.wait(timeout=120)
+        finally:
+            if demo.poll() is None:
+                os.killpg(demo.pid, signal.SIGKILL)
+    text = out.read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    assert "Traceback" not in text
+    assert re.search(r"every confirmed result arrived exactly once: [\d,]+ of [\d,]+", text)
+    assert "stopped 4 processes" in text
 
 
 def test_demo_refuses_to_wipe_a_folder_it_did_not_make(short_dir: Path) -> None:
