@@ -135,7 +135,7 @@ def record_presence(db: Sql, seen: list[PresenceEvent]) -> list[bool]:
         writes = _Writes(db)
         news: list[tuple[str, float, events.Kind, str]] = []
         reports = policy_store.Reports(
-            db, [e.device_id for e in seen if isinstance(e, HeartbeatSeen) and e.policy]
+            db, [e.device_id for e in seen if isinstance(e, HeartbeatSeen) and e.policy is not None]
         )
         for event in seen:
             row = rows.get(event.device_id)
