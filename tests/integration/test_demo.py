@@ -164,6 +164,7 @@ def test_demo_shows_three_agents_online_and_stops_everything(short_dir: Path) ->
     assert not list(data.rglob("bootstrap.token"))
 
 
+@pytest.mark.timeout(180)
 def test_demo_with_two_replicas_keeps_the_fleet_going_when_the_leader_is_killed(
     short_dir: Path,
 ) -> None:
@@ -209,6 +210,7 @@ def test_demo_with_two_replicas_keeps_the_fleet_going_when_the_leader_is_killed(
     assert "stopped the throwaway PostgreSQL" in out
 
 
+@pytest.mark.timeout(300)
 def test_ctrl_c_on_the_demo_gives_the_verdict_then_stops_everything(short_dir: Path) -> None:
     """A terminal's Ctrl-C sends SIGINT to the whole foreground process group. The hub
     and agents run in sessions of their own, so only the demo gets it: it checks what the
@@ -222,6 +224,10 @@ def test_ctrl_c_on_the_demo_gives_the_verdict_then_stops_everything(short_dir: P
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group, as a terminal gives a command
+            # As a terminal's foreground command has it: a test run started in the
+            # background of a shell without job control ignores SIGINT, and its children
+            # inherit that.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + 90
@@ -260,6 +266,7 @@ def test_demo_refuses_to_wipe_a_folder_it_did_not_make(short_dir: Path) -> None:
     assert (precious / "chapter-1.tex").read_text() == "months of work"
 
 
+@pytest.mark.timeout(180)
 def test_demo_with_sinks_shows_a_consumer_holding_what_the_hub_delivered(short_dir: Path) -> None:
     data = short_dir / "demo"
     done = subprocess.run(
@@ -295,6 +302,7 @@ def test_demo_with_sinks_shows_a_consumer_holding_what_the_hub_delivered(short_d
     assert "every confirmed result arrived exactly once" in done.stdout
 
 
+@pytest.mark.timeout(210)
 def test_demo_with_a_courier_carries_a_site_with_no_link_by_bundle(short_dir: Path) -> None:
     data = short_dir / "demo"
     done = subprocess.run(
@@ -335,6 +343,7 @@ def test_demo_with_a_courier_carries_a_site_with_no_link_by_bundle(short_dir: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)
 def test_demo_with_an_agent_update_rolls_a_new_agent_out(short_dir: Path) -> None:
     data = short_dir / "demo"
     done = subprocess.run(
@@ -364,6 +373,7 @@ def test_demo_with_an_agent_update_rolls_a_new_agent_out(short_dir: Path) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)
 def test_demo_with_a_shadow_rollout_and_an_explanation(short_dir: Path) -> None:
     data = short_dir / "demo"
     done = subprocess.run(
