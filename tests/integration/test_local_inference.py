@@ -168,6 +168,41 @@ async def test_a_bad_request_gets_a_4xx_naming_the_problem(
         await client.close()
 
 
+async def test_a_msgpack_tensor_body_is_checked_as_strictly_as_any_other(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    """A msgpack body whose input is bytes takes a shorter path (decoded on the event
+    loop, whatever its size); every refusal of the general path still applies to it."""
+    _, _, agent, client = await start_agent(enroll_device, agents)
+    vibration = SHIPPED_MODELS[0]
+    assert vibration.parent.name == VIBRATION
+    values = real_values(vibration).astype("<f4").tobytes()
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"input": values[:-4]}, "bad_shape", f"{len(values) - 4} bytes"),
+        ({"input": values, "dtype": "float64"}, "bad_dtype", "float64"),
+        ({"input": values, "dtype": 8}, "bad_dtype", "must be a string"),
+        ({"input": values, "inputs": 1}, "bad_field", "body.inputs: unknown key"),
+        ({"input": values, "context": {"n": "x" * 5000}}, "bad_field", "4096"),
+        ({"input": values, "context": [1]}, "bad_field", "4096"),
+        ({"dtype": "float32"}, "bad_field", "body.input is required"),
+    ]
+    try:
+        for body, code, words in cases:
+            got, answer = await client.infer_msgpack(VIBRATION, body)
+            assert (got, answer["error"]["code"]) == (400, code), (body.keys(), answer)
+            assert words in answer["error"]["message"], answer
+
+        # The same body, well formed, is answered.
+        got, answer = await client.infer_msgpack(
+            VIBRATION, {"input": values, "context": {"line": 2}}
+        )
+        assert got == 200, answer
+        assert_expected(answer, vibration)
+        assert agent.process.poll() is None
+    finally:
+        await client.close()
+
+
 def truncate_vibration_model(paths: DevicePaths) -> None:
     model = paths.models / VIBRATION / "1.0.0" / "model.tflite"
     model.write_bytes(model.read_bytes()[:1000])
