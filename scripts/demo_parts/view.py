@@ -50,13 +50,17 @@ def show_fleet(
     started = time.monotonic()
     cut = links.get("north")
     back_at: float | None = None  # when the north link came back
+    # Frames drawn while the link was cut. The link comes back once its time is up and the
+    # viewer has seen the cut at least twice (inferences counting up while it lasts): on a
+    # slow machine one frame takes seconds to draw, and a 5 s cut could show only once.
+    frames_cut = 0
     north = {d.name for d in devices if d.site == "north"}
     while not duration or time.monotonic() - started < duration:
         elapsed = time.monotonic() - started
         if cut and cut.up and outage[0] <= elapsed < outage[1]:
             background.call(cut.cut)
             step(f"cutting the north site's link for {outage[1] - outage[0]:.0f} s")
-        elif cut and not cut.up and elapsed >= outage[1]:
+        elif cut and not cut.up and elapsed >= outage[1] and frames_cut >= 2:
             background.call(cut.restore)
             back_at = time.monotonic()
             step(f"the north site's link is back. {RECONNECT}")
@@ -83,6 +87,8 @@ def show_fleet(
             f"({alive} of {len(children)} processes up; from GET {api.url}/api/v1/devices)"
         )
         print(table)
+        if cut and not cut.up:
+            frames_cut += 1
         print(f"hub /metrics: {accepted} device messages accepted, {rejected} rejected")
         states = api.task_states()
         print(
