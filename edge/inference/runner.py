@@ -271,7 +271,7 @@ class ModelRunner:
             label=self.manifest.labels[top],
             confidence=scores[top],
             scores=scores,
-            raw=[int(v) for v in raw],
+            raw=raw.tolist(),
             latency_ms=latency * 1000,
             queued_ms=(started - submitted) * 1000,
             clipped=prepared.clipped,

@@ -38,6 +38,30 @@ def test_values_beyond_the_int8_range_are_clipped_and_counted() -> None:
     assert prepared.clipped == 2
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in divide:RuntimeWarning")
+def test_huge_finite_values_are_clipped_not_refused() -> None:
+    # 3e38 / 0.5 overflows float32 to infinity on the way: still a value, clipped.
+    data = np.array([3e38, -3e38, 0, 0, 0, 0, 0, 1], "<f4").tobytes()
+
+    prepared = prepare_input(data, "float32", SPEC)
+
+    assert prepared.tensor.reshape(-1).tolist() == [127, -128, -3, -3, -3, -3, -3, -1]
+    assert prepared.clipped == 2
+
+
+def test_quantizing_matches_the_formula_on_random_inputs() -> None:
+    """round(value / scale) + zero point, clipped, on values in range and beyond."""
+    rng = np.random.default_rng(7)
+    for spread in (0.1, 10.0, 1000.0):
+        for dtype in ("<f4", "<f8"):
+            values = rng.normal(0, spread, (1, 4, 2)).astype(dtype)
+            want = np.round(values / SPEC.scale) + SPEC.zero_point
+            prepared = prepare_input(values.tolist(), "float32", SPEC)
+
+            assert prepared.tensor.tolist() == np.clip(want, -128, 127).astype(np.int8).tolist()
+            assert prepared.clipped == int(((want < -128) | (want > 127)).sum())
+
+
 def test_raw_int8_input_is_taken_as_it_is() -> None:
     values = [[-128, 127], [0, 1], [2, 3], [4, 5]]
     assert prepare_input(values, "int8", SPEC).tensor[0].tolist() == values
@@ -68,6 +92,9 @@ def test_bytes_input_in_c_order(dtype: str, data: bytes) -> None:
         ([[200, 0]] * 4, "int8", "bad_dtype", "the input spans 0..200"),
         ([[0.5, 0]] * 4, "int8", "bad_dtype", "needs integers"),
         ([[float("nan"), 0.0]] * 4, "float32", "bad_input", "NaN"),
+        ([[0.0, float("inf")]] * 4, "float32", "bad_input", "infinite"),
+        ([[0.0, 0.0]] * 3 + [[-float("inf"), 1e30]], "float32", "bad_input", "infinite"),
+        (np.array([0, 0, 0, 0, 0, 0, 0, np.nan], "<f4").tobytes(), "float32", "bad_input", "NaN"),
         ({"x": 1}, "float32", "bad_input", "must be a list of numbers, got dict"),
         (None, "float32", "bad_input", "got null"),
     ],
