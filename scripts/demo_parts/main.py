@@ -74,7 +74,10 @@ def arguments() -> argparse.Namespace:
         help="seconds into the fleet view when the north link is cut",
     )
     parser.add_argument(
-        "--cut-for", type=float, default=CUT_FOR_S, help="seconds the north link stays cut"
+        "--cut-for",
+        type=float,
+        default=CUT_FOR_S,
+        help="seconds the north link stays cut (longer until the fleet view has shown it twice)",
     )
     parser.add_argument(
         "--sinks",
