@@ -21,10 +21,19 @@ class Sync(SyncTunables, frozen=True):
 
     batch_records: Annotated[
         int, Meta(ge=1, le=1000, description="records per upload message, at most")
-    ] = 500
+    ] = 1000
+    # The hub refuses a batch larger than its max_payload_bytes (256 KiB by default) once
+    # decompressed: keep this below that.
     batch_bytes: Annotated[
-        int, Meta(ge=1024, le=200 * 1024, description="bytes per upload message, about")
-    ] = 64 * 1024
+        int,
+        Meta(
+            ge=1024,
+            le=200 * 1024,
+            description="plain bytes per upload message, about, at most: batches start at "
+            "64 KiB and grow to this while the hub acknowledges them quickly, and shrink "
+            "while it does not",
+        ),
+    ] = 200 * 1024
     in_flight: Annotated[
         int, Meta(ge=1, le=64, description="upload messages sent but not acknowledged")
     ] = 4

@@ -56,6 +56,9 @@ class Status:
                 # the batch encoding the hub accepted on this connection (None: plain)
                 "compression": parts.uploader.encoding,
                 "packed_batches": parts.uploader.packed_batches,
+                # how many plain bytes the next batch may take: grows while the link
+                # acknowledges quickly, up to the batch_bytes setting (edge/batchsize.py)
+                "batch_bytes": parts.uploader.budget.bytes,
             },
         }
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import msgspec
 
+from edge.batchsize import BatchBudget
 from edge.config import Sync
 from edge.pacing import ByteRate, parse_windows, seconds_until_open
 from edge.store import AgentStore, StoreReadError, StoreWriteError
@@ -36,6 +37,7 @@ class _InFlight:
     stream: str
     to_seq: int
     sent_at: float
+    full: bool  # it used its budget: a quick ack says a larger one would pass too
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class Uploader:
         self._sent: dict[str, int] = {}
         self._acked: dict[str, int] = {}
         self._in_flight: list[_InFlight] = []
+        # Kept across connections: what the link carried is the best guess for the next.
+        self.budget = BatchBudget(sync.batch_bytes, sync.in_flight, sync.ack_timeout_s)
         # Publishes handed to the client and not yet confirmed by the broker: the next
         # batch is read and encoded meanwhile. The first failure ends `run`, as an
         # awaited publish's would.
@@ -198,9 +202,16 @@ class Uploader:
                     ack.hwm,
                 )
         # The window first: the next batch need not wait for the delete below.
+        now = time.monotonic()
+        waits = [
+            (now - f.sent_at, f.full)
+            for f in self._in_flight
+            if f.stream == stream and f.to_seq <= ack.hwm
+        ]
         self._in_flight = [
             f for f in self._in_flight if not (f.stream == stream and f.to_seq <= ack.hwm)
         ]
+        self.budget.acked(waits)
         if ack.gap:
             logger.warning(
                 "hub refused a gap in %s after %d; resending from there", stream, ack.hwm
@@ -281,7 +292,7 @@ class Uploader:
                 stream,
                 after,
                 max_records=self._sync.batch_records,
-                max_bytes=self._sync.batch_bytes,
+                max_bytes=self.budget.bytes,
             )
         except StoreReadError as exc:
             self._unreadable(exc)
@@ -322,7 +333,8 @@ class Uploader:
         await self._rate.take(len(payload))
         self._sent[stream] = body.to_seq
         self._last_batch[stream] = time.monotonic()
-        self._in_flight.append(_InFlight(stream, body.to_seq, time.monotonic()))
+        full = self.budget.full(sum(len(r[2]) for r in rows), len(rows), self._sync.batch_records)
+        self._in_flight.append(_InFlight(stream, body.to_seq, time.monotonic(), full))
         # Not awaited here: the broker's PUBACK takes a round trip, in which the next
         # batch is read and encoded. Publishes go out in the order they are started.
         pending = asyncio.ensure_future(publish(topic, payload))
@@ -354,3 +366,4 @@ class Uploader:
             )
             self._sent = dict(self._acked)
             self._in_flight.clear()
+            self.budget.stalled()

@@ -244,6 +244,8 @@ async def test_every_record_arrives_once_compressed_only_when_both_sides_agree(
 
     assert sync["compression"] == encoding
     assert sync["records_sent"] >= 3020  # more after a resend, never fewer
+    # The budget of the next batch (edge/batchsize.py): between its floor and the setting.
+    assert 4 * 1024 <= sync["batch_bytes"] <= 200 * 1024
     packed = outcome(hub, "packed", "accepted")
     if encoding is None:
         assert packed == 0

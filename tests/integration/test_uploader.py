@@ -256,3 +256,66 @@ async def test_a_batch_read_ahead_is_dropped_when_a_gap_rewinds(store: AgentStor
 
         await eventually(resent, what="the resend after the gap")
     assert [(b.from_seq, b.to_seq) for b in link.sent] == [(1, 2), (1, 2)]
+
+
+class AckingWire(Wire):
+    """A hub that acknowledges each batch `delay_s` after it arrives."""
+
+    def __init__(self, uploader: Uploader, delay_s: float) -> None:
+        super().__init__()
+        self._uploader = uploader
+        self._delay_s = delay_s
+        self._acks: set[asyncio.Task[None]] = set()
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        await super().publish(topic, payload)
+        batch = self.sent[-1]
+        task = asyncio.create_task(self._ack(batch.stream, batch.to_seq))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _ack(self, stream: wire.Stream, hwm: int) -> None:
+        await asyncio.sleep(self._delay_s)  # the link's and the hub's time, simulated
+        await self._uploader.on_ack(wire.Ack(stream=stream, hwm=hwm))
+
+
+def plain_bytes(batch: wire.Records) -> int:
+    return sum(len(body) for body in batch.bodies)
+
+
+RECORD = {"input_id": "x" * 1000}  # about 1 KiB packed
+
+
+async def test_batches_grow_while_acks_come_back_quickly(store: AgentStore) -> None:
+    await store.append("results", [RECORD] * 1500)
+    uploader = Uploader(store, "dev-test00001", Sync(in_flight=1, ack_timeout_s=10))
+    link = AckingWire(uploader, delay_s=0)
+    await align(uploader)
+    async with running(uploader, link):
+
+        async def all_acked() -> bool:
+            return (await store.cursors())["results"][0] == 1500
+
+        await eventually(all_acked, what="every record acknowledged")
+    sizes = [plain_bytes(b) for b in link.sent]
+    assert sizes[0] <= 64 * 1024 < sizes[0] + 1100  # the first batch: the starting budget
+    assert max(sizes) > 128 * 1024  # then twice, then the ceiling
+    assert all(size <= 200 * 1024 for size in sizes)
+    assert uploader.budget.bytes == 200 * 1024
+
+
+async def test_batches_shrink_while_acks_are_slow(store: AgentStore) -> None:
+    await store.append("results", [RECORD] * 200)
+    # Slow: over half the ack timeout (0.6 s of 1 s) for each batch.
+    uploader = Uploader(store, "dev-test00001", Sync(in_flight=1, ack_timeout_s=1))
+    link = AckingWire(uploader, delay_s=0.6)
+    await align(uploader)
+    async with running(uploader, link):
+
+        async def two_sent() -> bool:
+            return len(link.sent) >= 2
+
+        await eventually(two_sent, timeout=30, what="a second batch after a slow ack")
+    first, second = (plain_bytes(b) for b in link.sent[:2])
+    assert first > 60 * 1024
+    assert second <= 32 * 1024 < second + 1100
