@@ -66,7 +66,14 @@ class LimitSettings(EndpointSettings, frozen=True):
         ),
     ] = 16 << 20
     max_payload_bytes: Annotated[
-        int, Meta(ge=1024, le=16 << 20, description="largest MQTT payload accepted from a device")
+        int,
+        Meta(
+            ge=1024,
+            le=16 << 20,
+            description="largest MQTT payload accepted from a device, and the most a "
+            "compressed batch may decompress to; keep it 32 KiB above the agents' "
+            "sync.batch_bytes (200 KiB by default), or their largest batches are refused",
+        ),
     ] = 256 * 1024
     compression: Annotated[
         list[Encoding],
