@@ -5,11 +5,11 @@ Large batches cost the agent and the hub less per record (one read, one message,
 commit and one ack for more records: a backlog drained in batches of 1,000 records took
 about two thirds of the CPU per record of batches of 290). But the agent resends when its
 oldest batch has waited `ack_timeout_s`, and a window of `in_flight` large batches on a
-slow link can outlast that: every resend would meet the same wait. So the budget starts
-at `START_BYTES`, doubles after a full batch acknowledged within a small share of the
-timeout, halves after any batch waited half of it, and drops to a quarter when the
-window stalled into a resend. It never goes above the configured `batch_bytes` nor
-below `FLOOR_BYTES` (a single record larger than the budget still goes, alone).
+slow link can outlast that, and the window then goes again over the same link. So the
+budget starts at `START_BYTES`, doubles after a full batch acknowledged within a small
+share of the timeout, halves after any batch waited half of it, and drops to a quarter
+when the window stalled into a resend. It never goes above the configured `batch_bytes`
+nor below `FLOOR_BYTES` (a single record larger than the budget still goes, alone).
 
 The budget counts plain record bytes, as the store reads them; how fast acks return
 already reflects compression, the link and the hub.

@@ -16,6 +16,7 @@ import pytest
 from hub.app import Hub
 from tests.conftest import HUB_TASKS, Enroller
 from tests.integration.test_store_forward import hub_records, wait_socket, write_agent_settings
+from tests.linkproxy import LinkProxy, Shape
 from tests.local_api import LocalClient
 from tests.support import AgentProcess, eventually
 
@@ -211,3 +212,42 @@ async def test_the_upload_rate_cap_holds(
     # loaded one only lowers the rate, so no floor is asserted here; the pacing itself
     # is checked exactly, on a fake clock, in tests/unit/test_pacing.py).
     assert rate <= 1.1 * cap, (rate, sent, span)
+
+
+async def test_a_slow_link_drains_in_batches_its_acks_outrun(
+    hub: Hub, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    """At 40 kB/s, four batches of 64 KiB take 6.5 s, over the 2 s ack timeout: the
+    batches shrink (edge/batchsize.py) and every record arrives, once."""
+    proxy = LinkProxy(hub.config.mqtt_port)
+    await proxy.start()
+    proxy.shape(Shape(rate_bytes_per_s=40_000))
+    try:
+        paths, identity = await enroll_device()
+        write_agent_settings(
+            paths,
+            f'broker = "mqtts://127.0.0.1:{proxy.port}"\n'
+            # Plain: compressed, these records would be too few bytes to slow anything.
+            "[agent.sync]\nack_timeout_s = 2\ncompression = []\n",
+        )
+        proxy.down()  # a backlog first, sent as the link comes back
+        agent = agents(paths, heartbeat_interval=1.0)
+        client = await wait_socket(paths, agent)
+        for first in range(0, 1600, 200):  # about 210 kB in all
+            status, _ = await client.append(
+                "results", [{"n": n, "pad": "y" * 100} for n in range(first, first + 200)]
+            )
+            assert status == 201
+        proxy.up()
+
+        async def all_there() -> bool:
+            return len(hub_records(hub, identity.device_id)) >= 1600
+
+        await eventually(all_there, timeout=120, every=0.2, what="the drain over the slow link")
+        budget = (await client.status())["sync"]["batch_bytes"]
+        await client.close()
+    finally:
+        await proxy.close()
+    numbers = [body["n"] for _, body in hub_records(hub, identity.device_id)]
+    assert numbers == list(range(1600))  # each once, in order
+    assert budget < 64 * 1024, budget
