@@ -118,7 +118,7 @@ def store_and_forward(
             "RESULTS CONFIRMED",
             "WAITING ON DEVICE",
             "HELD BY HUB",
-            "ON THE LINK (PER RECORD, VS PLAIN MSGPACK)",
+            "ON THE LINK (PER RECORD, VS PLAIN MSGPACK; BATCH BUDGET)",
         )
     ]
     for d in devices:
@@ -149,13 +149,15 @@ def store_and_forward(
 
 def link_bytes(sync: dict[str, Any]) -> str:
     """What the agent's uploads cost on the link: its batch encoding on this connection,
-    bytes per record, and the share of what the same batches would take plain."""
+    bytes per record, the share of what the same batches would take plain, and how large
+    its next batch may be (edge/batchsize.py)."""
     if not sync["records_sent"]:
         return "nothing sent yet"
     encoding = sync["compression"] or "plain"
     per_record = sync["bytes_sent"] / sync["records_sent"]
     share = sync["bytes_sent"] / sync["plain_bytes"]
-    return f"{encoding}: {per_record:.0f} B ({share:.2f}x)"
+    budget = sync["batch_bytes"] // 1024  # the next batch's: grows while acks are quick
+    return f"{encoding}: {per_record:.0f} B ({share:.2f}x), batches up to {budget} KiB"
 
 
 def local_inference(devices: list[Device]) -> str:

@@ -32,7 +32,8 @@ def short_dir() -> Iterator[Path]:
 # A row of the store-and-forward table with the link up: agent, results confirmed,
 # waiting on the device, held by the hub, the batch encoding and its share of plain.
 STORE_ROW = re.compile(
-    r"^([a-z0-9-]+)\s+up\s+(\d+)\s+(\d+)\s+(\d+)\s+([a-z0-9-]+): \d+ B \(([\d.]+)x\)\s*$",
+    r"^([a-z0-9-]+)\s+up\s+(\d+)\s+(\d+)\s+(\d+)\s+([a-z0-9-]+): \d+ B \(([\d.]+)x\), "
+    r"batches up to (\d+) KiB\s*$",
     re.MULTILINE,
 )
 
@@ -99,6 +100,8 @@ def test_demo_shows_three_agents_online_and_stops_everything(short_dir: Path) ->
     assert set(final) == {"pump-station", "camera-gate", "line-3-gateway"}, last_table
     # Every agent's batches go compressed, and smaller than plain, on the link.
     assert all(m[4] == "zstd-dict1" and float(m[5]) < 1.0 for m in forwarded), last_table
+    # Each agent's batch budget, between its floor and the 200 KiB setting.
+    assert all(4 <= int(m[6]) <= 200 for m in forwarded), last_table
     for name, (confirmed, waiting, held) in final.items():
         # A batch posted in the last second may still be on its way.
         assert confirmed - held <= 10, (name, confirmed, held)
@@ -198,7 +201,7 @@ def test_demo_with_two_replicas_keeps_the_fleet_going_when_the_leader_is_killed(
     assert re.search(r"model roll-out 1 of vibration-anomaly 1\.1\.0 .*: completed:", last_table)
     final = STORE_ROW.findall(last_table)
     assert len(final) == 3, last_table
-    for name, confirmed, waiting, held, _, _ in final:
+    for name, confirmed, waiting, held, _, _, _ in final:
         assert int(confirmed) - int(held) <= 10, (name, confirmed, held)
         assert int(waiting) <= 10, (name, waiting)
     submitted, states = re.findall(r"^tasks \((\d+) submitted\): (.*)$", last_table, re.MULTILINE)[
