@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import NoReturn
+from collections.abc import Awaitable
+from typing import Any, NoReturn, Protocol
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -39,9 +40,39 @@ RECONNECT_CAP_S = 10.0
 # Messages applied per store call: large enough to amortise the thread hop, small
 # enough that a batch never holds the event loop for long.
 MAX_BATCH = 500
+# And payload bytes: a batch's records are stored in one transaction. Agents' record
+# batches reach 200 KiB plain (edge/batchsize.py), about 30 KB compressed: 4 MiB is
+# about a hundred thousand records, half a second of the hub's store.
+MAX_BATCH_BYTES = 4 << 20
 # The link's certificate outlives any run of the hub (the CA's own expiry bounds it).
 LINK_CERT_DAYS = 825
 PENDING_CALLS_WARNING = 10_000
+
+
+class Queued(Protocol):
+    """What `take_batch` reads: aiomqtt's message iterator (its length is what waits)."""
+
+    def __len__(self) -> int: ...
+
+    def __anext__(self) -> Awaitable[aiomqtt.Message]: ...
+
+
+async def take_batch(first: aiomqtt.Message, messages: Queued) -> list[tuple[str, Any]]:
+    """`first` and what else is already queued, up to `MAX_BATCH` messages and about
+    `MAX_BATCH_BYTES` of payload: one store call for them all."""
+    batch = [(first.topic.value, first.payload)]
+    size = _size(first.payload)
+    for _ in range(min(len(messages), MAX_BATCH - 1)):
+        if size >= MAX_BATCH_BYTES:
+            break
+        queued = await anext(messages)
+        batch.append((queued.topic.value, queued.payload))
+        size += _size(queued.payload)
+    return batch
+
+
+def _size(payload: Any) -> int:
+    return len(payload) if isinstance(payload, bytes | bytearray) else 0
 
 
 class HubLink:
@@ -117,12 +148,7 @@ class HubLink:
             await client.subscribe(topic, options=SubscribeOptions(qos=1, retainHandling=2))
             messages = client.messages
             async for message in messages:
-                # Take what else is already queued too: one store call for the batch.
-                batch = [(message.topic.value, message.payload)]
-                for _ in range(min(len(messages), MAX_BATCH - 1)):
-                    queued = await anext(messages)
-                    batch.append((queued.topic.value, queued.payload))
-                await self._ingest.handle_batch(batch)
+                await self._ingest.handle_batch(await take_batch(message, messages))
         finally:
             self.client = None
 
