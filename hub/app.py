@@ -212,7 +212,7 @@ class Hub:
         leader_store = store.fenced(leadership.fence)
         metrics = HubMetrics(broker_restarts=lambda: broker.restarts if broker else 0)
         outbound = _Outbound()
-        dispatcher = Dispatcher(leader_store, self.config, outbound.publish)
+        dispatcher = Dispatcher(leader_store, self.config, outbound.publish, queue=store)
         signing_key = await asyncio.to_thread(load_signing_key, self.paths)
         policies = PolicyPublisher(store, signing_key, outbound.publish_retained)
         rollouts = RolloutService(store, outbound.publish_retained)

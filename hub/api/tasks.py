@@ -197,8 +197,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             await _checked(ctx, item, f"body.tasks[{i}]" if batch else "body", now, subject)
             for i, item in enumerate(items)
         ]
-        await ctx.store.create_tasks(new, now=now)
-        ctx.dispatcher.wake()
+        await ctx.dispatcher.submit(new, now)
         request[AUDIT_DETAIL] = {"tasks": len(new), "first": new[0].task_id}
         return params.answer(TaskIds([t.task_id for t in new]), status=202)
 

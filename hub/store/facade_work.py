@@ -95,6 +95,12 @@ class WorkStore:
         """Expire, lapse and assign tasks in one transaction (see `leases.allocate`)."""
         return await self._db.run(leases.allocate, now, settings, plan)
 
+    async def create_and_allocate(
+        self, new: Sequence[NewTask], *, now: float, settings: TaskSettings, plan: leases.Plan
+    ) -> tuple[list[Assigned], dict[str, int]]:
+        """`create_tasks` and `allocate` in one transaction (see `leases.create_and_allocate`)."""
+        return await self._db.run(leases.create_and_allocate, list(new), now, settings, plan)
+
     async def task_updates(
         self, device_id: str, updates: Sequence[Any], *, now: float, settings: TaskSettings
     ) -> list[tuple[str, str]]:

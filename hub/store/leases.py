@@ -13,12 +13,12 @@ import collections
 import dataclasses
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from hub.store.sql import Sql
-from hub.store.tasks import finish, record_events, requeue, unpack_input
+from hub.store.tasks import NewTask, finish, insert, record_events, requeue, unpack_input
 from outpost import wire
 
 MAX_SCAN = 20_000  # queued tasks one allocation pass may look at
@@ -105,39 +105,54 @@ def allocate(
     """One allocation pass: expire, lapse, plan, assign. Returns the assignments to send
     and how many tasks each sweep ended or requeued (for logs and metrics)."""
     with db.write():
-        swept = _sweep(db, now, settings)
-        # Nothing runnable queued (the usual case between bursts): reading and decoding
-        # every online device would be the pass's whole cost, paid twice a second and
-        # after every hello, for nothing.
-        if not queued_tasks(db, now, 1, 0):
-            return [], swept
-        candidates = _candidates(db, now, settings)
-        assigned: list[Assigned] = []
-        passed = scanned = 0  # queued tasks looked at and left queued; all looked at
-        # Page through the queue in priority order until the devices are full: tasks no
-        # device can take now (a named device offline, a model nobody has) must not
-        # hide the runnable ones behind them.
-        # The first page is sized to the free slots: a pass runs after every result that
-        # frees one, and decoding a deep queue for one free slot was most of the hub's
-        # time per task. Pages then grow, for tasks that fit no device.
-        free = sum(max(0, c.slots - c.held) for c in candidates)
-        size = min(settings.max_plan, max(FIRST_PAGE_PER_SLOT * free, FIRST_PAGE_MIN))
-        while scanned < MAX_SCAN and any(c.held < c.slots for c in candidates):
-            page = queued_tasks(db, now, size, passed)
-            size = min(settings.max_plan, size * 2)
-            if not page:
-                break
-            chosen = plan(page, candidates)
-            gained: collections.Counter[str] = collections.Counter()
-            for task_id, device_id in chosen:
-                assigned.append(_assign(db, task_id, device_id, now, settings))
-                gained[device_id] += 1
-            candidates = [
-                dataclasses.replace(c, held=c.held + gained[c.device_id]) for c in candidates
-            ]
-            passed += len(page) - len(chosen)  # the chosen ones left the queue
-            scanned += len(page)
-        return assigned, swept
+        return _allocate(db, now, settings, plan)
+
+
+def create_and_allocate(
+    db: Sql, new: Sequence[NewTask], now: float, settings: Settings, plan: Plan
+) -> tuple[list[Assigned], dict[str, int]]:
+    """Queue `new` and run an allocation pass, in one transaction: a task submitted while
+    a device has a slot free leaves with its assignment after one durable commit (a pass
+    of its own would cost a second commit and another trip to the store's thread)."""
+    with db.write():
+        insert(db, new, now)
+        return _allocate(db, now, settings, plan)
+
+
+def _allocate(
+    db: Sql, now: float, settings: Settings, plan: Plan
+) -> tuple[list[Assigned], dict[str, int]]:
+    swept = _sweep(db, now, settings)
+    # Nothing runnable queued (the usual case between bursts): reading and decoding
+    # every online device would be the pass's whole cost, paid twice a second and
+    # after every hello, for nothing.
+    if not queued_tasks(db, now, 1, 0):
+        return [], swept
+    candidates = _candidates(db, now, settings)
+    assigned: list[Assigned] = []
+    passed = scanned = 0  # queued tasks looked at and left queued; all looked at
+    # Page through the queue in priority order until the devices are full: tasks no
+    # device can take now (a named device offline, a model nobody has) must not
+    # hide the runnable ones behind them.
+    # The first page is sized to the free slots: a pass runs after every result that
+    # frees one, and decoding a deep queue for one free slot was most of the hub's
+    # time per task. Pages then grow, for tasks that fit no device.
+    free = sum(max(0, c.slots - c.held) for c in candidates)
+    size = min(settings.max_plan, max(FIRST_PAGE_PER_SLOT * free, FIRST_PAGE_MIN))
+    while scanned < MAX_SCAN and any(c.held < c.slots for c in candidates):
+        page = queued_tasks(db, now, size, passed)
+        size = min(settings.max_plan, size * 2)
+        if not page:
+            break
+        chosen = plan(page, candidates)
+        gained: collections.Counter[str] = collections.Counter()
+        for task_id, device_id in chosen:
+            assigned.append(_assign(db, task_id, device_id, now, settings))
+            gained[device_id] += 1
+        candidates = [dataclasses.replace(c, held=c.held + gained[c.device_id]) for c in candidates]
+        passed += len(page) - len(chosen)  # the chosen ones left the queue
+        scanned += len(page)
+    return assigned, swept
 
 
 def _sweep(db: Sql, now: float, settings: Settings) -> dict[str, int]:

@@ -78,29 +78,34 @@ class Task:
 
 def create(db: Sql, tasks: Sequence[NewTask], now: float) -> None:
     with db.write():
-        db.executemany(
-            """INSERT INTO tasks (task_id, state, model, version, input, dtype, priority,
-                   deadline, lease_s, target, created_at, updated_at, submitted_by)
-               VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [
-                (
-                    t.task_id,
-                    t.model,
-                    t.version,
-                    t.input,
-                    t.dtype,
-                    t.priority,
-                    t.deadline,
-                    t.lease_s,
-                    json.dumps(t.target, sort_keys=True),
-                    now,
-                    now,
-                    t.submitted_by,
-                )
-                for t in tasks
-            ],
-        )
-        record_events(db, [(t.task_id, now, "queued", None, 0, "") for t in tasks])
+        insert(db, tasks, now)
+
+
+def insert(db: Sql, tasks: Sequence[NewTask], now: float) -> None:
+    """Queue `tasks` (inside the caller's transaction)."""
+    db.executemany(
+        """INSERT INTO tasks (task_id, state, model, version, input, dtype, priority,
+               deadline, lease_s, target, created_at, updated_at, submitted_by)
+           VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [
+            (
+                t.task_id,
+                t.model,
+                t.version,
+                t.input,
+                t.dtype,
+                t.priority,
+                t.deadline,
+                t.lease_s,
+                json.dumps(t.target, sort_keys=True),
+                now,
+                now,
+                t.submitted_by,
+            )
+            for t in tasks
+        ],
+    )
+    record_events(db, [(t.task_id, now, "queued", None, 0, "") for t in tasks])
 
 
 def get(db: Sql, task_id: str) -> Task | None:

@@ -1,11 +1,13 @@
 """The dispatcher: allocation passes, and sending assignments and cancellations.
 
-A pass runs when something changed (tasks submitted, a device said hello, a rejection,
-a result that frees a slot) and at least every `PERIOD_S` (leases and deadlines lapse
-on their own). Each pass is one store transaction (`HubStore.allocate`): the database
-holds every lease, so a hub that restarts picks up where it was. Assignments are
-published after the transaction; one that is lost (link down, device gone) is not
-accepted in time and goes back to the queue.
+A pass runs when something changed (a device said hello, a rejection, a result that
+frees a slot) and at least every `PERIOD_S` (leases and deadlines lapse on their own).
+Each pass is one store transaction (`HubStore.allocate`): the database holds every
+lease, so a hub that restarts picks up where it was. Tasks submitted to the replica that
+leads are queued and allocated in one transaction (`submit`); another replica queues
+them and the leader's next pass takes them. Assignments are published after the
+transaction; one that is lost (link down, device gone) is not accepted in time and goes
+back to the queue.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 
 from hub.config import TASK_ENVELOPE_BYTES, HubConfig
 from hub.mqtt.acks import Publish
-from hub.store import Assigned, HubStore, TaskSettings
+from hub.store import Assigned, HubStore, NewTask, TaskSettings
 from hub.store.leadership import NotLeaderError
 from hub.tasks import allocation
 from outpost import wire
@@ -30,8 +32,13 @@ MAX_PLAN = 2000  # queued tasks considered per pass
 
 
 class Dispatcher:
-    def __init__(self, store: HubStore, config: HubConfig, publish: Publish) -> None:
+    def __init__(
+        self, store: HubStore, config: HubConfig, publish: Publish, *, queue: HubStore
+    ) -> None:
+        """`store`: the view fenced by leadership, for passes; `queue`: the store itself,
+        where a replica that does not lead queues what is submitted to it."""
         self._store = store
+        self._queue = queue
         self._publish = publish
         # One message carries assignments up to this many bytes of input: what a device
         # may send, the hub may send too (and the broker takes about four times that).
@@ -45,6 +52,8 @@ class Dispatcher:
             max_slots=config.task_max_slots,
         )
         self._wake = asyncio.Event()
+        self._running = False  # `run` is running: this replica leads
+        self._sending: set[asyncio.Task[None]] = set()
         self.outcomes: collections.Counter[str] = collections.Counter()  # assigned, expired...
 
     def wake(self) -> None:
@@ -52,29 +61,60 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            await wait_event(self._wake, PERIOD_S)
-            self._wake.clear()
+        self._running = True
+        try:
+            while True:
+                await wait_event(self._wake, PERIOD_S)
+                self._wake.clear()
+                try:
+                    await self.allocate_once()
+                except NotLeaderError as exc:  # the leadership loop stops this loop next
+                    logger.info("allocation pass refused: %s", exc)
+                except Exception:  # a locked database, say: the next pass tries again
+                    logger.exception("allocation pass failed")
+        finally:
+            self._running = False
+            for sending in self._sending:
+                sending.cancel()
+
+    async def submit(self, new: list[NewTask], now: float) -> None:
+        """Queue `new`; on the replica that leads, allocate in the same transaction and
+        send what was assigned without waiting for it (the caller is answered once the
+        tasks are durable). Raises what the store raises if they could not be queued."""
+        if self._running:
             try:
-                await self.allocate_once()
-            except NotLeaderError as exc:  # the leadership loop stops this loop next
-                logger.info("allocation pass refused: %s", exc)
-            except Exception:  # a locked database, say: the next pass tries again
-                logger.exception("allocation pass failed")
+                assigned, swept = await self._store.create_and_allocate(
+                    new, now=now, settings=self.settings, plan=allocation.plan
+                )
+            except NotLeaderError:  # refused before anything was written
+                pass
+            else:
+                self._count(swept)
+                if assigned:
+                    self.outcomes["assigned"] += len(assigned)
+                    sending = asyncio.create_task(self._send(assigned, now), name="hub.send-tasks")
+                    self._sending.add(sending)
+                    sending.add_done_callback(self._sending.discard)
+                return
+        await self._queue.create_tasks(new, now=now)
+        self.wake()
 
     async def allocate_once(self) -> int:
         now = time.time()
         assigned, swept = await self._store.allocate(
             now=now, settings=self.settings, plan=allocation.plan
         )
-        for name, count in swept.items():
-            if count:
-                self.outcomes[name] += count
-                logger.info("%d tasks %s", count, name)
+        self._count(swept)
         if assigned:
             self.outcomes["assigned"] += len(assigned)
             await self._send(assigned, now)
         return len(assigned)
+
+    def _count(self, swept: dict[str, int]) -> None:
+        for name, count in swept.items():
+            if count:
+                self.outcomes[name] += count
+                logger.info("%d tasks %s", count, name)
 
     async def _send(self, assigned: list[Assigned], now: float) -> None:
         by_device: dict[str, list[list[wire.Assignment]]] = collections.defaultdict(list)

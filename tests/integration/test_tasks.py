@@ -284,6 +284,28 @@ async def test_a_device_lacking_the_model_rejects_and_the_task_moves_on(
     assert all(lacking.device_id in t.excluded for t in ended.values() if t.attempt > 1)
 
 
+async def test_a_task_submitted_while_a_device_has_a_slot_free_leaves_assigned(
+    hub: Hub, api: ApiClient, start_member: Starter
+) -> None:
+    """The leading hub queues and assigns a submitted task in one transaction: it is held
+    by the device when the submission is answered, queued and assigned at one instant."""
+    member = await start_member("generic")
+    token = await api.token("operator")
+    (task_id,) = await submit(api, token, [vib()])
+
+    task = await hub.parts.store.task(task_id)
+    assert task is not None
+    assert task.state != "queued", task
+    assert task.device_id == member.device_id
+    queued, assigned = (e for e in task.events if e.state in ("queued", "assigned"))
+    assert (queued.state, assigned.state) == ("queued", "assigned")
+    assert assigned.at == queued.at  # the same transaction's clock
+    assert assigned.attempt == 1
+    (ended,) = (await all_ended(hub, [task_id])).values()
+    assert ended.state == "succeeded"
+    assert ended_once(ended)
+
+
 def claim_models(hub: Hub, device_id: str) -> None:
     models = json.dumps(
         [
