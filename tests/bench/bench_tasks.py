@@ -354,7 +354,7 @@ def run(root: Path) -> list[Result]:
                 idle * 1000,
                 None,
                 "ms",
-                "API, allocation, MQTT both ways; five synced commits: the task, its "
+                "API, allocation, MQTT both ways; four synced commits: the task with its "
                 "assignment, the inbox, the result on the device and at the hub",
             ),
         ]
