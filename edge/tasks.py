@@ -15,9 +15,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from edge.inference.service import InferenceService, ModelUnavailable, UnknownModel
+from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
 from edge.store import AgentStore, StoreReadError, StoreWriteError, StreamFullError
 from edge.store.inbox import InboxTask, finish
 from outpost import backoff, schema, wire
@@ -26,6 +26,12 @@ from outpost.aio import cancel_until_done, supervise
 logger = logging.getLogger(__name__)
 
 Notify = Callable[[list[wire.TaskUpdate]], Awaitable[None]]
+if TYPE_CHECKING:  # the runner's module (numpy) is imported once a model loads
+    from edge.inference.runner import Inference, ModelRunner
+
+    # A task's inference begun while the inbox took it: the runner it runs on, and when
+    # it began (time.time()).
+    Early = tuple[ModelRunner, asyncio.Future[Inference], float]
 FULL_RETRY_S = 2.0  # a full results stream: try the append again after this long
 CLAIM_RETRY_S = 1.0  # after a surprise, claims start again after this long
 CLAIM_RETRY_CAP_S = 30.0  # a failing disk: claims back off up to this
@@ -110,16 +116,21 @@ class TaskRunner:
             start = min(len(wanted), max(0, self.slots - self.running))
         self.running += start  # held while the put runs, so no claim takes them too
         started: list[InboxTask] = []
+        early: dict[str, Early] = {}
         if wanted:  # one transaction for the whole message
             full = f"full: {self._capacity} tasks held"
+            put = asyncio.ensure_future(
+                self._store.inbox_put_many(wanted, capacity=self._capacity, start=start)
+            )
+            early = self._infer_early(wanted[:start])
             try:
-                outcomes = await self._store.inbox_put_many(
-                    wanted, capacity=self._capacity, start=start
-                )
+                outcomes = await put
             except StoreWriteError as exc:  # not on disk, so not accepted: the hub moves on
                 outcomes, full = ["full"] * len(wanted), f"full: {exc.reason}"
             except BaseException:
                 self.running -= start  # nothing started: the slots are free again
+                for _, inference, _ in early.values():
+                    inference.cancel()
                 raise
             for task, outcome in zip(wanted, outcomes, strict=True):
                 if outcome in ("accepted", "started"):
@@ -155,9 +166,26 @@ class TaskRunner:
             self._maybe_pending = True
         self._puts += 1
         for task in started:
-            self._start(task, counted=True)
+            self._start(task, counted=True, early=early.pop(task.task_id, None))
+        for _, inference, _ in early.values():  # not taken after all: its answer is dropped
+            inference.add_done_callback(_dropped)
         self._work.set()
         await self._notify(updates)
+
+    def _infer_early(self, tasks: list[InboxTask]) -> dict[str, Early]:
+        """Begin the inferences of the tasks the inbox is about to take as running, while
+        its write commits: an answer is only recorded once its task is in the inbox, and
+        an inference changes nothing, so nothing waits for the disk but the result."""
+        early: dict[str, Early] = {}
+        began = time.time()
+        for task in tasks:
+            try:
+                runner = self._inference.runner(task.model)
+            except (NotAllowed, UnknownModel, ModelUnavailable):
+                continue  # unusable now: its run says so, as it would have
+            inference = asyncio.ensure_future(runner.infer(task.input, task.dtype))
+            early[task.task_id] = (runner, inference, began)
+        return early
 
     async def cancel(self, body: wire.Cancel) -> None:
         try:
@@ -243,17 +271,18 @@ class TaskRunner:
             for run in list(self._runs):
                 await cancel_until_done(run)
 
-    def _start(self, task: InboxTask, *, counted: bool) -> None:
-        """Run `task` beside the others (`counted`: its slot is in `running` already)."""
+    def _start(self, task: InboxTask, *, counted: bool, early: Early | None = None) -> None:
+        """Run `task` beside the others (`counted`: its slot is in `running` already;
+        `early`: its inference, begun while the inbox took it)."""
         if not counted:
             self.running += 1
-        run = asyncio.create_task(self._run_one(task), name="agent.task")
+        run = asyncio.create_task(self._run_one(task, early), name="agent.task")
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
 
-    async def _run_one(self, task: InboxTask) -> None:
+    async def _run_one(self, task: InboxTask, early: Early | None) -> None:
         try:
-            await self._run(task)
+            await self._run(task, early)
         except Exception:  # a surprise in one task: not the agent's end
             logger.exception("task %s: its run failed", task.task_id)
         finally:
@@ -262,8 +291,8 @@ class TaskRunner:
             self.running -= 1
             self._work.set()
 
-    async def _run(self, task: InboxTask) -> None:
-        started = time.time()
+    async def _run(self, task: InboxTask, early: Early | None = None) -> None:
+        started = time.time() if early is None else early[2]
         body: dict[str, Any] = {
             "kind": "task",
             "task_id": task.task_id,
@@ -272,8 +301,12 @@ class TaskRunner:
             "started_at": started,
         }
         try:
-            runner = self._inference.runner(task.model)
-            answer = await runner.infer(task.input, task.dtype)
+            if early is None:
+                runner = self._inference.runner(task.model)
+                answer = await runner.infer(task.input, task.dtype)
+            else:
+                runner, inference, _ = early
+                answer = await inference
             labels = runner.manifest.labels
             m = runner.manifest
             self._inference.shadows.after(
@@ -321,6 +354,13 @@ class TaskRunner:
 
     def load(self) -> wire.TaskLoad:
         return wire.TaskLoad(queued=self.queued, running=self.running)
+
+
+def _dropped(inference: asyncio.Future[Inference]) -> None:
+    """An early inference whose task the inbox did not take: its outcome is not wanted
+    (taken here, so that a failure is not reported as never retrieved)."""
+    if not inference.cancelled():
+        inference.exception()
 
 
 def _finish(task_id: str, attempt: int, db: Any) -> None:

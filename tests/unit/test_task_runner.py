@@ -212,3 +212,51 @@ async def test_an_assignment_that_finds_a_free_slot_and_nothing_pending_starts_a
     results = await _results(store)
     assert sorted(r["task_id"] for r in results) == ["t-0", "t-1", "t-2"]
     assert await store.inbox_depth() == (0, 0)
+
+
+async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
+    store: AgentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its inference begins before the inbox's write has committed (an inference changes
+    nothing); its result is recorded after, in the transaction that ends it in the inbox."""
+    model = _GatedModel()
+    put_done: list[bool] = []
+    inbox_held_at_infer: list[bool] = []
+    put_many = store.inbox_put_many
+
+    async def put_and_note(*args: Any, **kwargs: Any) -> Any:
+        outcomes = await put_many(*args, **kwargs)
+        put_done.append(True)
+        return outcomes
+
+    gated = model.infer
+
+    async def infer_and_note(data: Any, dtype: str) -> _Answer:
+        inbox_held_at_infer.append(bool(put_done))
+        return await gated(data, dtype)
+
+    monkeypatch.setattr(store, "inbox_put_many", put_and_note)
+    monkeypatch.setattr(model, "infer", infer_and_note)
+
+    async def notify(updates: list[wire.TaskUpdate]) -> None:
+        pass
+
+    runner = TaskRunner(
+        store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
+    )
+    async with running(runner):
+        model.gate.set()
+        await runner.assign(wire.Tasks(tasks=[_assignment("t-0")]))  # pending: claimed
+        await _until(lambda: runner.done == 1, "the first task done")
+        put_done.clear()
+        inbox_held_at_infer.clear()
+        await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))  # a free slot: starts
+        await _until(lambda: runner.done == 2, "the second task done")
+
+    assert inbox_held_at_infer == [False]
+    results = await _results(store)
+    assert [(r["task_id"], r["status"]) for r in results] == [
+        ("t-0", "succeeded"),
+        ("t-1", "succeeded"),
+    ]
+    assert await store.inbox_depth() == (0, 0)
