@@ -80,7 +80,8 @@ class Dispatcher:
     async def submit(self, new: list[NewTask], now: float) -> None:
         """Queue `new`; on the replica that leads, allocate in the same transaction and
         send what was assigned without waiting for it (the caller is answered once the
-        tasks are durable). Raises what the store raises if they could not be queued."""
+        tasks are durable). A pass that fails does not fail the submission: the tasks
+        are then queued alone. Raises what the store raises if they could not be queued."""
         if self._running:
             try:
                 assigned, swept = await self._store.create_and_allocate(
@@ -88,6 +89,8 @@ class Dispatcher:
                 )
             except NotLeaderError:  # refused before anything was written
                 pass
+            except Exception:  # rolled back: queued alone below, for a later pass
+                logger.exception("allocating %d submitted tasks failed", len(new))
             else:
                 self._count(swept)
                 if assigned:

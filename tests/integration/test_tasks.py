@@ -26,6 +26,7 @@ from edge.store import AgentStore
 from edge.store.inbox import InboxTask
 from hub.app import Hub
 from hub.store import Task
+from hub.tasks import allocation
 from outpost.modelbundle import read_bundle
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
@@ -304,6 +305,26 @@ async def test_a_task_submitted_while_a_device_has_a_slot_free_leaves_assigned(
     (ended,) = (await all_ended(hub, [task_id])).values()
     assert ended.state == "succeeded"
     assert ended_once(ended)
+
+
+async def test_a_submission_whose_allocation_fails_is_kept_queued(
+    hub: Hub, api: ApiClient, start_member: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await start_member("generic")
+
+    def broken(*args: Any) -> list[tuple[str, str]]:
+        raise RuntimeError("the planner broke")
+
+    monkeypatch.setattr(allocation, "plan", broken)
+    token = await api.token("operator")
+    (task_id,) = await submit(api, token, [vib()])  # answered 202 all the same
+
+    task = await hub.parts.store.task(task_id)
+    assert task is not None
+    assert task.state == "queued"
+    monkeypatch.undo()  # the next pass takes it
+    (ended,) = (await all_ended(hub, [task_id])).values()
+    assert ended.state == "succeeded"
 
 
 def claim_models(hub: Hub, device_id: str) -> None:
