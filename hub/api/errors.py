@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -10,6 +11,8 @@ from msgspec import Meta
 
 from outpost import schema
 from outpost.schema import Struct
+
+logger = logging.getLogger(__name__)
 
 
 class ErrorBody(Struct, frozen=True):
@@ -69,3 +72,6 @@ async def errors_as_json(
             raise
         code = (exc.reason or "error").lower().replace(" ", "_")
         return ApiError(exc.status, code, exc.reason or "error").response()
+    except Exception:  # a fault of the hub's: its log says what; the caller, only that
+        logger.exception("%s %s failed", request.method, request.path)
+        return ApiError(500, "internal", "the hub failed to answer; its log says why").response()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from hub.app import Hub
 from hub.store import HeartbeatSeen, HelloSeen
 from tests.api_client import ApiClient
@@ -189,6 +191,24 @@ async def test_unknown_route_and_method_answer_in_json(api: ApiClient) -> None:
     assert nowhere.status == 404
     assert nowhere.error["code"] == "not_found"
     assert wrong_method.status == 405
+
+
+async def test_a_fault_of_the_hub_answers_500_in_json_without_its_details(
+    hub: Hub, api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = await api.token("viewer")
+    await add_device(hub, "dev-fault001")
+    assert (await api.call("GET", "/api/v1/devices/dev-fault001", token=token)).status == 200
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("secret-looking detail")
+
+    monkeypatch.setattr(hub.parts.store, "find_device", broken)
+    reply = await api.call("GET", "/api/v1/devices/dev-fault001", token=token)
+
+    assert reply.status == 500
+    assert reply.error["code"] == "internal"
+    assert "secret-looking detail" not in str(reply.body)
 
 
 async def test_a_revoked_device_reads_as_revoked_and_is_neither_online_nor_offline(
