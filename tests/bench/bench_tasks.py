@@ -147,9 +147,17 @@ class SimDevice:
         self._port = port
         self._seq = 0
         self.done = 0
+        self._client: aiomqtt.Client | None = None
+
+    def quiet(self) -> None:
+        """A client left waiting for its disconnect (see `_ended`) hears of it when the
+        broker stops, and nobody awaits that any more: take it, so that asyncio does not
+        report it as never retrieved."""
+        if self._client is not None:
+            self._client._disconnected.add_done_callback(_taken)  # aiomqtt's own future
 
     async def run(self, connected: asyncio.Event) -> None:
-        async with aiomqtt.Client(
+        self._client = aiomqtt.Client(
             "127.0.0.1",
             self._port,
             identifier=self.device_id,
@@ -157,7 +165,8 @@ class SimDevice:
             protocol=aiomqtt.ProtocolVersion.V5,
             socket_options=NODELAY,
             keepalive=60,
-        ) as client:
+        )
+        async with self._client as client:
             await client.subscribe(wire.down_topic(self.device_id, "#"), qos=1)
             hello = wire.Hello(
                 conn="sim",
@@ -281,6 +290,13 @@ async def _fleet_step(
         for run in runs:
             run.cancel()
         await _ended(runs)
+        for device in devices:
+            device.quiet()
+
+
+def _taken(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _ended(runs: list[asyncio.Task[None]], seconds: float = 10.0) -> None:
