@@ -90,7 +90,7 @@ class Dispatcher:
             except NotLeaderError:  # refused before anything was written
                 pass
             except Exception:  # rolled back: queued alone below, for a later pass
-                logger.exception("allocating %d submitted tasks failed", len(new))
+                logger.exception("queuing and allocating %d tasks at once failed", len(new))
             else:
                 self._count(swept)
                 if assigned:
