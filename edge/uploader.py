@@ -202,16 +202,13 @@ class Uploader:
                     ack.hwm,
                 )
         # The window first: the next batch need not wait for the delete below.
+        acked: list[_InFlight] = []
+        kept: list[_InFlight] = []
+        for f in self._in_flight:
+            (acked if f.stream == stream and f.to_seq <= ack.hwm else kept).append(f)
+        self._in_flight = kept
         now = time.monotonic()
-        waits = [
-            (now - f.sent_at, f.full)
-            for f in self._in_flight
-            if f.stream == stream and f.to_seq <= ack.hwm
-        ]
-        self._in_flight = [
-            f for f in self._in_flight if not (f.stream == stream and f.to_seq <= ack.hwm)
-        ]
-        self.budget.acked(waits)
+        self.budget.acked([(now - f.sent_at, f.full) for f in acked])
         if ack.gap:
             logger.warning(
                 "hub refused a gap in %s after %d; resending from there", stream, ack.hwm
