@@ -261,10 +261,16 @@ async def test_an_agent_whose_wal_lost_commits_reports_it_and_reuses_no_number(
             await _post(client, batch)
         expected = [i for b in (sent if flip else sent + unsent) + later for i in b]
 
-        async def arrived() -> bool:
-            return {b["id"] for _, b in hub_records(hub, device)} >= set(expected)
+        def reported() -> bool:
+            events = hub_records(hub, device, "events")
+            return any(body.get("event") == EVENT for _, body in events)
 
-        await eventually(arrived, timeout=60, what="the results posted after the restart")
+        async def arrived() -> bool:
+            # Results and events travel in batches of their own: wait for both.
+            results = {b["id"] for _, b in hub_records(hub, device)} >= set(expected)
+            return results and (reported() or not flip)
+
+        await eventually(arrived, timeout=60, what="the results and the loss report")
         status = await client.status()
     finally:
         await client.close()
