@@ -23,8 +23,7 @@ from edge.agentupdate import (
     side_by_side_prefix,
 )
 from edge.config import AgentConfig
-from edge.courier import CourierDesk
-from edge.courierapi import courier_routes
+from edge.courierapi import CourierRoutes
 from edge.deploy import Deployer
 from edge.identity import DevicePaths, Identity
 from edge.inference.directory import ModelDirectory
@@ -137,13 +136,13 @@ class Agent:
                 self.config.inference.max_body_bytes,
                 masker=self.masker,
             )
-            desk = CourierDesk(
+            courier = CourierRoutes(
                 self.paths,
                 device_id,
                 parts,
                 task_slots=self.profile.budgets.max_concurrent_tasks,
             )
-            api.app.add_routes(courier_routes(desk))
+            api.app.add_routes(courier.routes())
             await api.start(self.paths.socket, self.config.local_port)
             stack.push_async_callback(api.stop)
 
@@ -161,7 +160,7 @@ class Agent:
                 metrics_window=self.paths.metrics_window,
                 started=self._started,
             )
-            desk.heartbeat = telemetry.heartbeat  # bundles say what a heartbeat would
+            courier.heartbeat = telemetry.heartbeat  # bundles say what a heartbeat would
             # New work is refused while the load last sampled is over the policy's caps.
             tasks.overloaded = lambda: tuning.caps.refusal(telemetry.last_load)
             inference.shadows.overloaded = lambda: (

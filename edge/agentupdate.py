@@ -27,12 +27,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge import download, selfupdate
 from edge.identity import DevicePaths
-from outpost import __version__, agentrelease, backoff, tls, wire
+from outpost import __version__, agentrelease, backoff, signing, tls, wire
 from outpost.agentrelease import ROLLOUT_NAME, AgentManifest, ReleaseFileError
 from outpost.signing import Signed
 
@@ -242,10 +241,7 @@ class AgentUpdater:
 
 
 def _hub_key(paths: DevicePaths) -> ed25519.Ed25519PublicKey:
-    key = serialization.load_pem_public_key(paths.hub_signing_pub.read_bytes())
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ValueError(f"{paths.hub_signing_pub}: not an Ed25519 public key")
-    return key
+    return signing.load_public_pem(paths.hub_signing_pub.read_bytes(), str(paths.hub_signing_pub))
 
 
 def _prepare(downloads: Path, folder: Path, signed: Signed) -> None:

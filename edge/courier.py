@@ -29,7 +29,7 @@ from edge import renewal
 from edge.identity import DevicePaths, Identity
 from edge.parts import AgentParts
 from edge.store import StoreReadError
-from outpost import __version__, files, release, tls, wire
+from outpost import __version__, files, release, signing, tls, wire
 from outpost.courier import content, history, sealing
 from outpost.courier.sealing import BundleError, Header
 from outpost.modelbundle import Manifest
@@ -53,18 +53,21 @@ class Keys:
     @classmethod
     def load(cls, paths: DevicePaths) -> Keys:
         device = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
-        signing = serialization.load_pem_public_key(paths.hub_signing_pub.read_bytes())
         if not isinstance(device, ec.EllipticCurvePrivateKey):
             raise BundleError("the device key is not an EC key: bundles need one")
-        if not isinstance(signing, ed25519.Ed25519PublicKey):
-            raise BundleError("the hub's signing key is not Ed25519")
+        try:
+            hub_signing = signing.load_public_pem(
+                paths.hub_signing_pub.read_bytes(), "the hub's signing key"
+            )
+        except ValueError as exc:
+            raise BundleError(str(exc)) from exc
         bundle = None
         if paths.hub_bundle_pub.exists():
             bundle = sealing.load_public_pem(paths.hub_bundle_pub.read_bytes(), "the hub's key")
         return cls(
             device,
             paths.cert.read_bytes(),
-            signing,
+            hub_signing,
             bundle,
             tls.fingerprint(paths.ca_cert.read_bytes()),
         )

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge import deploystate
@@ -26,7 +25,7 @@ from edge.deployfetch import RETRY_CAP_S, ReleaseFetcher, ReleaseRefused
 from edge.deploystate import DeployStates, Key, Record
 from edge.identity import DevicePaths
 from edge.inference.service import InferenceService
-from outpost import release, wire
+from outpost import release, signing, wire
 from outpost.modelbundle import BundleError, Manifest
 from outpost.signing import Signed
 
@@ -268,10 +267,7 @@ class Deployer:
     async def _public_key(self) -> ed25519.Ed25519PublicKey:
         if self._key is None:
             pem = await asyncio.to_thread(self._paths.hub_signing_pub.read_bytes)
-            key = serialization.load_pem_public_key(pem)
-            if not isinstance(key, ed25519.Ed25519PublicKey):
-                raise ValueError(f"{self._paths.hub_signing_pub}: not an Ed25519 public key")
-            self._key = key
+            self._key = signing.load_public_pem(pem, str(self._paths.hub_signing_pub))
         return self._key
 
     def _installed(self, m: Manifest) -> bool:

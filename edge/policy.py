@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from outpost import files, policy, wire
+from outpost import files, policy, signing, wire
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +29,7 @@ Apply = Callable[[policy.Policy, dict[str, Any]], None]
 
 class PolicyKeeper:
     def __init__(self, device_id: str, public_key_pem: Path, stored: Path, apply: Apply) -> None:
-        key = serialization.load_pem_public_key(public_key_pem.read_bytes())
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise ValueError(f"{public_key_pem}: not an Ed25519 public key")
-        self._key = key
+        self._key = signing.load_public_pem(public_key_pem.read_bytes(), str(public_key_pem))
         self._device_id = device_id
         self._stored = stored
         self._apply = apply

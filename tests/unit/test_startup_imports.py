@@ -40,3 +40,25 @@ def test_the_daemon_starts_without_numpy_and_loads_it_for_a_model() -> None:
     assert {"aiohttp", "aiomqtt", "sqlite_utils"} <= loaded
     assert "numpy" not in loaded
     assert "numpy" in later  # hidden from sqlite-utils only, not from the runner
+
+
+def test_the_daemon_leaves_key_formats_and_courier_bundles_until_they_are_used() -> None:
+    """cryptography's general key loader (SSH, RSA, DSA, EC formats) and the courier's
+    sealing hold about 1.5 MiB of a device's memory; the daemon needs neither to run."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import edge.cli\nedge.cli._daemon()\nimport sys; print(' '.join(sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    loaded = set(done.stdout.split())
+
+    assert "edge.agent" in loaded
+    assert "cryptography.hazmat.primitives.asymmetric.ed25519" in loaded  # it verifies with it
+    unwanted = {"cryptography.hazmat.primitives.serialization", "edge.courier", "outpost.courier"}
+    assert loaded.isdisjoint(unwanted), loaded & unwanted
