@@ -17,6 +17,7 @@ import pytest
 from edge.inference.directory import ModelDirectory
 from edge.inference.runner import ModelBusy, ModelFault, ModelRunner
 from edge.inference.runtime import Runtime, RuntimeMissing, choose_runtime
+from edge.inference.tensors import InputError, prepare_input
 from outpost.modelbundle import BundleError, read_bundle
 from tests.support import REPO, SHIPPED_MODELS
 
@@ -116,6 +117,41 @@ async def test_inference_runs_on_worker_threads(litert: Runtime) -> None:
 
     assert len(seen) == 4
     assert all(name.startswith("infer-vibration-anomaly") for name in seen)
+
+
+async def test_a_byte_tensor_is_prepared_before_the_hop_and_nested_lists_after(
+    litert: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A camera frame's bytes are quantized on the event loop (a few numpy passes that,
+    on a worker, would each wait for the GIL the loop holds); nested lists, slow to
+    convert, on the worker. Either way the same answer."""
+    runner = runner_for(SHIPPED_MODELS[1], litert)
+    runner.inline_below_s = 0.0  # as for a model slower than a hop to a worker
+    runner.load()
+    bundle = runner.bundle
+    assert bundle.sample is not None
+    spec = bundle.manifest.input
+    real = (np.array(bundle.sample.input, np.float32) - spec.zero_point) * spec.scale
+    prepared_on: list[str] = []
+
+    def spy(*args: Any) -> Any:
+        prepared_on.append(threading.current_thread().name)
+        return prepare_input(*args)
+
+    monkeypatch.setattr("edge.inference.runner.prepare_input", spy)
+    try:
+        from_bytes = await runner.infer(real.astype("<f4").tobytes(), "float32")
+        from_lists = await runner.infer(real.tolist(), "float32")
+        with pytest.raises(InputError, match="bytes"):
+            await runner.infer(b"\x00" * 12, "float32")
+    finally:
+        runner.close()
+
+    assert prepared_on[0] == prepared_on[2] == threading.current_thread().name
+    assert prepared_on[1].startswith("infer-")
+    assert from_bytes.raw == from_lists.raw
+    assert from_bytes.label == bundle.sample.expected.label
+    assert runner.outstanding == 0
 
 
 async def test_a_fast_model_runs_inline_unless_a_request_holds_an_interpreter(
