@@ -78,6 +78,7 @@ async def test_real_valued_input_is_quantized_to_the_same_answer(
 
 async def test_requests_beyond_the_queue_are_refused_not_piled_up(litert: Runtime) -> None:
     runner = runner_for(SHIPPED_MODELS[1], litert, interpreters=1, queue_limit=2)
+    runner.inline_below_s = 0.0  # every call through the queue, none run inline
     runner.load()
     sample = runner.bundle.sample
     assert sample is not None
@@ -152,6 +153,26 @@ async def test_a_byte_tensor_is_prepared_before_the_hop_and_nested_lists_after(
     assert from_bytes.raw == from_lists.raw
     assert from_bytes.label == bundle.sample.expected.label
     assert runner.outstanding == 0
+
+
+def test_the_timing_at_load_runs_the_sample_as_the_tensor_bytes(
+    litert: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a model runs inline is decided on its own work: its sample's nested lists
+    took 1.1-1.7 ms to convert against a 35 µs invoke, which kept every model off."""
+    runner = runner_for(SHIPPED_MODELS[1], litert)
+    timed: list[type] = []
+
+    def spy(value: Any, *args: Any) -> Any:
+        timed.append(type(value))
+        return prepare_input(value, *args)
+
+    monkeypatch.setattr("edge.inference.runner.prepare_input", spy)
+    runner.load()
+    runner.close()
+
+    assert timed.count(list) == 1  # the self-test, on the sample as shipped (one thread)
+    assert timed.count(bytes) >= 20  # every timed run
 
 
 async def test_a_fast_model_runs_inline_unless_a_request_holds_an_interpreter(
