@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
 from edge.store import AgentStore, StoreReadError, StoreWriteError, StreamFullError
-from edge.store.inbox import InboxTask, finish
+from edge.store.inbox import InboxTask, PutOutcome, finish
 from outpost import backoff, schema, wire
 from outpost.aio import cancel_until_done, supervise
 
 logger = logging.getLogger(__name__)
 
-Notify = Callable[[list[wire.TaskUpdate]], Awaitable[None]]
+Updates = list[wire.TaskUpdate]
+Notify = Callable[[Updates], Awaitable[None]]
 if TYPE_CHECKING:  # the runner's module (numpy) is imported once a model loads
     from edge.inference.runner import Inference, ModelRunner
 
@@ -71,6 +72,7 @@ class TaskRunner:
         self._puts = 0
         self._serving = False  # the claim loop runs: assignments may start at once
         self._runs: set[asyncio.Task[None]] = set()
+        self._telling: set[asyncio.Task[None]] = set()  # updates waiting for the disk
         self.done = 0  # tasks run to an end, succeeded or failed
         self.failed = 0
 
@@ -117,14 +119,13 @@ class TaskRunner:
         self.running += start  # held while the put runs, so no claim takes them too
         started: list[InboxTask] = []
         early: dict[str, Early] = {}
+        on_disk: asyncio.Future[None] | None = None  # None: the put was synced
         if wanted:  # one transaction for the whole message
             full = f"full: {self._capacity} tasks held"
-            put = asyncio.ensure_future(
-                self._store.inbox_put_many(wanted, capacity=self._capacity, start=start)
-            )
+            put = asyncio.ensure_future(self._put(wanted, start))
             early = self._infer_early(wanted[:start])
             try:
-                outcomes = await put
+                outcomes, on_disk = await put
             except StoreWriteError as exc:  # not on disk, so not accepted: the hub moves on
                 outcomes, full = ["full"] * len(wanted), f"full: {exc.reason}"
             except BaseException:
@@ -170,7 +171,37 @@ class TaskRunner:
         for _, inference, _ in early.values():  # not taken after all: its answer is dropped
             inference.add_done_callback(_dropped)
         self._work.set()
-        await self._notify(updates)
+        if on_disk is None:
+            await self._notify(updates)
+        else:
+            self._tell_once_on_disk(on_disk, updates)
+
+    async def _put(
+        self, wanted: list[InboxTask], start: int
+    ) -> tuple[list[PutOutcome], asyncio.Future[None] | None]:
+        """Put the assignments in the inbox; with some starting at once, answered when
+        committed, with the future of its sync (see `_tell_once_on_disk`)."""
+        if start:
+            return await self._store.inbox_put_written(wanted, capacity=self._capacity, start=start)
+        return await self._store.inbox_put_many(wanted, capacity=self._capacity), None
+
+    def _tell_once_on_disk(self, on_disk: asyncio.Future[None], updates: Updates) -> None:
+        """Tell the hub of assignments once the inbox holding them is on the disk (an
+        accepted task the hub does not hear of is given again after its accept timeout;
+        one it heard of, only after its lease): in the background, so that the session
+        takes its next message meanwhile, and usually with the result's synced commit,
+        which has the put's with it."""
+
+        async def tell() -> None:
+            await on_disk
+            try:
+                await self._notify(updates)
+            except Exception as exc:  # the hub lapses or hears of them by their results
+                logger.warning("task updates not sent: %s", exc)
+
+        telling = asyncio.create_task(tell(), name="agent.task-updates")
+        self._telling.add(telling)
+        telling.add_done_callback(self._telling.discard)
 
     def _infer_early(self, tasks: list[InboxTask]) -> dict[str, Early]:
         """Begin the inferences of the tasks the inbox is about to take as running, while
@@ -268,7 +299,7 @@ class TaskRunner:
                     self._start(task, counted=False)
         finally:
             self._serving = False
-            for run in list(self._runs):
+            for run in [*self._runs, *self._telling]:
                 await cancel_until_done(run)
 
     def _start(self, task: InboxTask, *, counted: bool, early: Early | None = None) -> None:

@@ -13,6 +13,8 @@ sync) settles everything before it at once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -57,12 +59,27 @@ class Durability:
         self._pending: tuple[int, Marks] | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
+        # Futures of callers waiting for a generation to be on the disk, with their loops.
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         marks.write(numbering)
 
     def limit(self, stream: str) -> int:
         """The highest number of `stream` known to be on the disk."""
         with self._lock:
             return self._limit.get(stream, 0)
+
+    def when_settled(self, generation: int) -> asyncio.Future[None]:
+        """A future (of the running loop) done once the commit that left `generation` is
+        on the disk: at once if it is, else at the sync that takes it there (this
+        thread's, or a later synced commit's, which takes every commit before it)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if generation <= self._settled:
+                done.set_result(None)
+            else:
+                self._waiters.append((generation, loop, done))
+        return done
 
     def synced(self, generation: int, numbering: Marks) -> None:
         """A commit that SQLite synced left `numbering` (from the writer thread)."""
@@ -100,6 +117,14 @@ class Durability:
             self._marks.write(numbering)
             for stream, mark in numbering.items():
                 self._limit[stream] = max(self._limit.get(stream, 0), mark.last)
+            waiting = []
+            for waiter in self._waiters:
+                if waiter[0] <= generation:
+                    with contextlib.suppress(RuntimeError):  # its loop closed: no one waits
+                        waiter[1].call_soon_threadsafe(_resolve, waiter[2])
+                else:
+                    waiting.append(waiter)
+            self._waiters = waiting
 
     def _run(self) -> None:
         while True:
@@ -111,6 +136,8 @@ class Durability:
                 # Let more commits gather (closing cuts it short; they are all pending).
                 self._lock.wait_for(lambda: self._closing, timeout=self._delay_s)
                 (generation, numbering), self._pending = self._pending, None
+                if generation <= self._settled:
+                    continue  # a synced commit took it to the disk meanwhile
             try:
                 sync_file(self._wal)
             except OSError as exc:
@@ -120,3 +147,8 @@ class Durability:
                 continue
             self._settle(generation, numbering)
             self._on_synced()
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():  # its waiter may have been cancelled
+        done.set_result(None)

@@ -16,12 +16,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import edge.store.durable
 from edge.store import STREAMS, AgentStore, Bounds, confirmed
+from edge.store.inbox import InboxTask
 from tests.support import REPO
 
 UNBOUNDED = {s: Bounds(0, 0, 0) for s in STREAMS}
@@ -119,6 +121,89 @@ async def test_a_synced_append_waits_for_sqlites_own_sync(tmp_path: Path, held: 
     finally:
         held.release()
         await store.close()
+
+
+def _task(task_id: str) -> InboxTask:
+    return InboxTask(
+        task_id=task_id,
+        attempt=1,
+        model="m",
+        version="",
+        input=[0],
+        dtype="int8",
+        priority=0,
+        deadline=time.time() + 60,
+        lease_until=time.time() + 60,
+    )
+
+
+async def test_an_inbox_put_answered_once_written_reaches_the_disk_with_the_next_synced_commit(
+    tmp_path: Path, held: HeldSync
+) -> None:
+    """A task that starts at once goes into the inbox without a sync of its own: its
+    result's synced commit takes the put to the disk with it, and only then is the put
+    said to be there (the hub hears of the task after that)."""
+    store = AgentStore(tmp_path / "store.db", UNBOUNDED)
+    await store.start()
+    try:
+        outcomes, on_disk = await asyncio.wait_for(
+            store.inbox_put_written([_task("t-1")], capacity=10, start=1), DEADLINE_S
+        )
+        assert outcomes == ["started"]
+        await asyncio.to_thread(held.entered.wait, DEADLINE_S)  # its sync is held
+        assert not on_disk.done(), "said to be on the disk before any sync"
+        await asyncio.wait_for(store.append("results", [{"task": "t-1"}]), DEADLINE_S)
+        await asyncio.wait_for(on_disk, DEADLINE_S)
+        assert held.done == [], "the put waited for its own sync"
+    finally:
+        held.release()
+        await store.close()
+
+
+async def test_an_inbox_put_alone_reaches_the_disk_with_the_sync_that_follows(
+    tmp_path: Path, held: HeldSync
+) -> None:
+    store = AgentStore(tmp_path / "store.db", UNBOUNDED)
+    await store.start()
+    try:
+        _, on_disk = await store.inbox_put_written([_task("t-1")], capacity=10, start=1)
+        await asyncio.to_thread(held.entered.wait, DEADLINE_S)
+        assert not on_disk.done()
+        held.release()
+        await asyncio.wait_for(on_disk, DEADLINE_S)
+        assert held.done == [f"{tmp_path / 'store.db'}-wal"]
+    finally:
+        held.release()
+        await store.close()
+
+
+def test_the_sync_thread_skips_a_commit_a_synced_one_took_to_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second sync of what is on the disk already costs a device a flash write."""
+    synced: list[str] = []
+    monkeypatch.setattr(edge.store.durable, "sync_file", synced.append)
+    marks = confirmed.MarkFile(tmp_path / "store.db.confirmed")
+    numbering = {s: confirmed.Mark(0, 0) for s in STREAMS}
+    durable = edge.store.durable.Durability(
+        str(tmp_path / "store.db-wal"), marks, numbering, lambda: None, delay_s=DEADLINE_S
+    )
+    durable.unsynced(1, numbering)  # waits DEADLINE_S for more before syncing
+    durable.synced(2, numbering)  # a synced commit after it took it along
+    durable.close()  # cuts the wait short: the pending one is already on the disk
+    marks.close()
+
+    assert synced == []
+
+    again = confirmed.MarkFile(tmp_path / "store.db.confirmed")
+    durable = edge.store.durable.Durability(
+        str(tmp_path / "store.db-wal"), again, numbering, lambda: None, delay_s=DEADLINE_S
+    )
+    durable.unsynced(1, numbering)
+    durable.close()  # nothing took it: synced at the close
+    again.close()
+
+    assert synced == [str(tmp_path / "store.db-wal")]
 
 
 _WRITER = r"""

@@ -199,6 +199,7 @@ async def test_an_assignment_that_finds_a_free_slot_and_nothing_pending_starts_a
         # second waits for the slot, as a claim takes it.
         await runner.assign(wire.Tasks(tasks=[_assignment("t-1"), _assignment("t-2")]))
         await _until(lambda: model.running == 1, "one task running")
+        await _until(lambda: sent, "the hub told, once the inbox is on the disk")
         assert [(u.task_id, u.state) for u in sent[0]] == [
             ("t-1", "running"),
             ("t-2", "accepted"),
@@ -222,12 +223,12 @@ async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
     model = _GatedModel()
     put_done: list[bool] = []
     inbox_held_at_infer: list[bool] = []
-    put_many = store.inbox_put_many
+    put_written = store.inbox_put_written
 
     async def put_and_note(*args: Any, **kwargs: Any) -> Any:
-        outcomes = await put_many(*args, **kwargs)
+        outcome = await put_written(*args, **kwargs)
         put_done.append(True)
-        return outcomes
+        return outcome
 
     gated = model.infer
 
@@ -235,7 +236,7 @@ async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
         inbox_held_at_infer.append(bool(put_done))
         return await gated(data, dtype)
 
-    monkeypatch.setattr(store, "inbox_put_many", put_and_note)
+    monkeypatch.setattr(store, "inbox_put_written", put_and_note)
     monkeypatch.setattr(model, "infer", infer_and_note)
 
     async def notify(updates: list[wire.TaskUpdate]) -> None:
@@ -253,6 +254,7 @@ async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
         await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))  # a free slot: starts
         await _until(lambda: runner.done == 2, "the second task done")
 
+    assert put_done == [True]
     assert inbox_held_at_infer == [False]
     results = await _results(store)
     assert [(r["task_id"], r["status"]) for r in results] == [
@@ -260,3 +262,42 @@ async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
         ("t-1", "succeeded"),
     ]
     assert await store.inbox_depth() == (0, 0)
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["with-its-result", "still-running"])
+async def test_the_hub_hears_of_a_task_that_started_at_once_only_once_it_is_on_the_disk(
+    store: AgentStore, monkeypatch: pytest.MonkeyPatch, answered: bool
+) -> None:
+    """The inbox takes it without a sync of its own (its result's synced commit, or the
+    sync that follows within milliseconds, takes it to the disk); the hub, which gives
+    an assignment no one accepted to another device after its accept timeout, hears of
+    it only once it is there."""
+    model = _GatedModel()
+    if answered:
+        model.gate.set()
+    on_disk: list[asyncio.Future[None]] = []
+    put_written = store.inbox_put_written
+
+    async def put_and_keep(*args: Any, **kwargs: Any) -> Any:
+        outcomes, done = await put_written(*args, **kwargs)
+        on_disk.append(done)
+        return outcomes, done
+
+    monkeypatch.setattr(store, "inbox_put_written", put_and_keep)
+    told: list[tuple[str, bool]] = []
+
+    async def notify(updates: list[wire.TaskUpdate]) -> None:
+        told.extend((u.state, on_disk[-1].done()) for u in updates)
+
+    runner = TaskRunner(
+        store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
+    )
+    async with running(runner):
+        await _until(lambda: runner._serving, "the claim loop serving")
+        await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))
+        await _until(lambda: told, "the hub told")
+        model.gate.set()
+        await _until(lambda: runner.done == 1, "the task done")
+
+    assert told == [("running", True)]
+    assert len(on_disk) == 1
