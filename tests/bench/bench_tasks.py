@@ -385,8 +385,8 @@ def run(root: Path) -> list[Result]:
                 idle * 1000,
                 None,
                 "ms",
-                "API, allocation, MQTT both ways; four synced commits: the task with its "
-                "assignment, the inbox, the result on the device and at the hub",
+                "API, allocation, MQTT both ways; three synced commits: the task with its "
+                "assignment, the result on the device (the inbox's write with it), at the hub",
             ),
         ]
     steps = asyncio.run(_fleet(root))
