@@ -95,9 +95,8 @@ class AgentStore:
         self._drain_due = False
         self._closing = False
         self._last_expire = 0.0
-        self._wear = (0, 0)  # bytes written and records stored, not yet in the counters
-        self._meter = wear.WriteMeter()
-        self._db.run_sync(lambda _: self._meter.start())  # on the writer thread, as later
+        self._wear = wear.Unrecorded()
+        self._db.run_sync(lambda _: self._wear.meter.start())  # on the writer thread, as later
         self.appended = asyncio.Event()  # set whenever new records are on the disk
         self.path = path
 
@@ -129,10 +128,10 @@ class AgentStore:
             self._loop.call_soon_threadsafe(self.appended.set)
 
     def _flush_wear(self, db: sqlite_utils.Database) -> None:
-        self._take_wear_reading()
+        self._wear.read_now()
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
-            self._record_wear(db)
+            self._wear.record(db)
 
     # ---------------------------------------------------------------- producers
 
@@ -211,7 +210,7 @@ class AgentStore:
                 stack.enter_context(soft_state(db))
             with db.conn:
                 db.conn.execute("BEGIN IMMEDIATE")
-                self._record_wear(db)
+                self._wear.record(db)
                 outcomes: list[Appended | Refused] = []
                 for item in group:
                     outcome = streams.append(
@@ -233,22 +232,8 @@ class AgentStore:
         stored = sum(
             len(i.bodies) for i, o in zip(group, outcomes, strict=True) if isinstance(o, Appended)
         )
-        written = self._meter.written(sum(len(b) for i in group for b in i.bodies))
-        # Kept until the next transaction records it: a write of its own would cost a sync.
-        self._wear = (self._wear[0] + written, self._wear[1] + stored)
+        self._wear.committed(sum(len(b) for i in group for b in i.bodies), stored)
         return outcomes, not unsynced
-
-    def _take_wear_reading(self) -> None:
-        """Count what the writer thread wrote up to now (on the writer thread)."""
-        self._wear = (self._wear[0] + self._meter.written(0, now=True), self._wear[1])
-
-    def _record_wear(self, db: sqlite_utils.Database) -> None:
-        """Add the wear measured so far to the counters (inside a caller's transaction)."""
-        written, stored = self._wear
-        if written or stored:
-            streams.bump(db, "wear.bytes", written)
-            streams.bump(db, "wear.records", stored)
-            self._wear = (0, 0)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a writing `fn` on the writer thread; a full or failing disk (even a delete
@@ -403,11 +388,11 @@ class AgentStore:
         return await self._read(self._stats)
 
     def _stats(self, db: sqlite_utils.Database) -> dict[str, Any]:
-        self._take_wear_reading()
+        self._wear.read_now()
         stats = read_stats(db)
         counters = stats["counters"]
-        counters["wear.bytes"] = counters.get("wear.bytes", 0) + self._wear[0]
-        counters["wear.records"] = counters.get("wear.records", 0) + self._wear[1]
+        counters["wear.bytes"] = counters.get("wear.bytes", 0) + self._wear.bytes
+        counters["wear.records"] = counters.get("wear.records", 0) + self._wear.records
         records = counters["wear.records"]
         stats["bytes_written_per_record"] = counters["wear.bytes"] / records if records else 0.0
         for name, fill in stats["streams"].items():

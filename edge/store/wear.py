@@ -11,6 +11,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import sqlite_utils
+
+from edge.store import streams
+
 _IO = Path("/proc/thread-self/io")
 
 
@@ -56,3 +60,30 @@ class WriteMeter:
             return logical
         written, self._last, self._read_at = current - self._last, current, moment
         return written
+
+
+class Unrecorded:
+    """The wear the writer thread measured and the store's counters do not hold yet: kept
+    until the next transaction records it (a write of its own would cost a sync). Used
+    from the writer thread only."""
+
+    def __init__(self) -> None:
+        self.meter = WriteMeter()
+        self.bytes = 0
+        self.records = 0
+
+    def committed(self, logical: int, stored: int) -> None:
+        """A commit of `stored` records of `logical` bytes ran."""
+        self.bytes += self.meter.written(logical)
+        self.records += stored
+
+    def read_now(self) -> None:
+        """Count what the writer thread wrote up to now."""
+        self.bytes += self.meter.written(0, now=True)
+
+    def record(self, db: sqlite_utils.Database) -> None:
+        """Add it to the counters (inside a caller's transaction)."""
+        if self.bytes or self.records:
+            streams.bump(db, "wear.bytes", self.bytes)
+            streams.bump(db, "wear.records", self.records)
+            self.bytes = self.records = 0
