@@ -21,7 +21,7 @@ from edge.inference.service import InferenceService, ModelUnavailable, NotAllowe
 from edge.store import AgentStore, StoreReadError, StoreWriteError, StreamFullError
 from edge.store.inbox import InboxTask, PutOutcome, finish
 from outpost import backoff, schema, wire
-from outpost.aio import cancel_until_done, supervise
+from outpost.aio import cancel_until_done, supervise, taken
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class TaskRunner:
         for task in started:
             self._start(task, counted=True, early=early.pop(task.task_id, None))
         for _, inference, _ in early.values():  # not taken after all: its answer is dropped
-            inference.add_done_callback(_dropped)
+            inference.add_done_callback(taken)  # its outcome is not wanted
         self._work.set()
         if on_disk is None:
             await self._notify(updates)
@@ -385,13 +385,6 @@ class TaskRunner:
 
     def load(self) -> wire.TaskLoad:
         return wire.TaskLoad(queued=self.queued, running=self.running)
-
-
-def _dropped(inference: asyncio.Future[Inference]) -> None:
-    """An early inference whose task the inbox did not take: its outcome is not wanted
-    (taken here, so that a failure is not reported as never retrieved)."""
-    if not inference.cancelled():
-        inference.exception()
 
 
 def _finish(task_id: str, attempt: int, db: Any) -> None:

@@ -25,6 +25,13 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
+def taken(future: asyncio.Future[Any]) -> None:
+    """Read a finished future's exception, so that asyncio does not report it as never
+    retrieved when no one else will (also as a done callback)."""
+    if future.done() and not future.cancelled():
+        future.exception()
+
+
 async def cancel_until_done(task: asyncio.Task[Any], *, every: float = 0.5) -> None:
     """Cancel `task`, and again every `every` seconds until it has finished.
 

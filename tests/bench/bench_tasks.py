@@ -34,6 +34,7 @@ from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
 from edge.inference.runtime import choose_runtime
 from outpost import tls, wire
+from outpost.aio import taken
 from outpost.modelbundle import read_bundle
 from outpost.mqtt import NODELAY
 from tests.api_client import ApiClient
@@ -154,7 +155,7 @@ class SimDevice:
         broker stops, and nobody awaits that any more: take it, so that asyncio does not
         report it as never retrieved."""
         if self._client is not None:
-            self._client._disconnected.add_done_callback(_taken)  # aiomqtt's own future
+            self._client._disconnected.add_done_callback(taken)  # aiomqtt's own future
 
     async def run(self, connected: asyncio.Event) -> None:
         self._client = aiomqtt.Client(
@@ -294,11 +295,6 @@ async def _fleet_step(
             device.quiet()
 
 
-def _taken(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 async def _ended(runs: list[asyncio.Task[None]], seconds: float = 10.0) -> None:
     """Wait for the cancelled devices' runs to end. A client whose disconnect the broker
     never acknowledges waits for it without a deadline (aiomqtt's `__aexit__`; a step of
@@ -312,8 +308,7 @@ async def _ended(runs: list[asyncio.Task[None]], seconds: float = 10.0) -> None:
         for run in pending:
             run.cancel()
     for run in runs:
-        if run.done() and not run.cancelled():
-            run.exception()  # taken, not reported as never retrieved
+        taken(run)
 
 
 async def _fleet(root: Path) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ import pytest
 from edge.identity import DevicePaths
 from hub.app import Hub
 from outpost import tls, wire
+from outpost.aio import taken
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.support import eventually
@@ -59,9 +60,7 @@ async def _leave(client: aiomqtt.Client) -> None:
     "Future exception was never retrieved" when the future is collected."""
     with contextlib.suppress(aiomqtt.MqttError):
         await client.__aexit__(None, None, None)
-    gone = client._disconnected  # aiomqtt's own future
-    if gone.done() and not gone.cancelled():
-        gone.exception()
+    taken(client._disconnected)  # aiomqtt's own future
 
 
 async def _refusal(hub: Hub, paths: DevicePaths) -> str:
