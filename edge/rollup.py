@@ -46,7 +46,8 @@ class Tally:
         tally.latency_ms[bucket] = tally.latency_ms.get(bucket, 0) + 1
         tally.confidence[rollup.confidence_bin(confidence)] += 1
         tally.confidence_sum += confidence
-        if label not in tally.labels and len(tally.labels) >= rollup.MAX_LABELS:
+        # At most MAX_LABELS keys in all, "other" among them: the hub keeps no more.
+        if label not in tally.labels and len(tally.labels) >= rollup.MAX_LABELS - 1:
             label = rollup.OTHER
         tally.labels[label] = tally.labels.get(label, 0) + 1
 

@@ -3,25 +3,18 @@ uploads is read as it is stored, and what they add is written once, when the bat
 
 One read and one write per table for a whole batch, instead of a read and a write per
 roll-up: the statements were most of what folding cost (`./scripts/bench --only
-monitoring`). Roll-ups come from devices: every field is checked as it is read (`_models`,
-`_errors`), and sizes are capped, so a device cannot grow the tables beyond a bound.
+monitoring`). Roll-ups come from devices: every field is checked as it is read
+(rollupread.py), and sizes are capped, so a device cannot grow the tables beyond a bound.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from typing import Any
 
-import msgspec
-
-from hub.store import shadows
+from hub.store import rollupread, shadows
 from hub.store.modelstats import (
     BINS,
     FUTURE_SLACK_S,
-    MAX_MODELS,
-    MAX_NAME,
-    STREAMS,
     WINDOW_S,
     Folded,
     ModelTotals,
@@ -29,10 +22,9 @@ from hub.store.modelstats import (
     encode_json,
     hour_of,
 )
+from hub.store.rollupread import Stats
 from hub.store.sql import Sql, chunked, marks
 from outpost import rollup
-
-Stats = dict[str, Any]  # one model version's checked counts (`_models`)
 
 
 class Folder:
@@ -44,31 +36,28 @@ class Folder:
         self.folded = Folded()
         self._hourly: dict[tuple[str, str, int, str], Stats] = {}
         self._errors: dict[tuple[str, int], dict[str, int]] = {}
-        self._latest: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._latest: dict[str, tuple[float, rollupread.Checked]] = {}
 
     def add(self, db: Sql, device_id: str, rows: Iterable[tuple[int, float, bytes]]) -> None:
         """Take in the roll-ups among a device's newly stored metrics records."""
         folded, now = self.folded, self.now
         oldest = hour_of(now - WINDOW_S)
         for _, ts, body in rows:
-            if rollup.KIND.encode() not in body:  # other metrics: skip the decode
-                continue
-            try:
-                data = msgspec.msgpack.decode(body)
-            except (ValueError, RecursionError):
-                continue
-            if not isinstance(data, dict) or data.get("kind") != rollup.KIND:
+            checked = rollupread.read(body)
+            if checked is None:
                 continue
             folded.rollups += 1
-            if "shadow" in data:
-                shadows.fold(db, device_id, data["shadow"], now)
+            if checked.shadow is not None:
+                shadows.fold(db, device_id, checked.shadow, now)
             ts = ts if ts <= now + FUTURE_SLACK_S else now
             hour = hour_of(ts)
-            models = _models(data.get("models"))
-            errors = _errors(data.get("errors"))
+            models, errors = checked.models, checked.errors
             for key, stats in models.items():
                 name, _ = rollup.split_model_key(key)
-                folded.models.setdefault(name, ModelTotals()).add(_totals(stats))
+                totals = folded.models.get(name)
+                if totals is None:
+                    totals = folded.models[name] = ModelTotals()
+                totals.add_counts(stats)
             for reason, n in errors.items():
                 folded.errors[reason] = folded.errors.get(reason, 0) + n
             if hour < oldest:
@@ -77,8 +66,8 @@ class Folder:
             for key, stats in models.items():
                 name, version = rollup.split_model_key(key)
                 slot = self._hourly.get((name, version, hour, device_id))
-                if slot is None:
-                    self._hourly[(name, version, hour, device_id)] = _copy(stats)
+                if slot is None:  # the read's own counts: no one else holds them
+                    self._hourly[(name, version, hour, device_id)] = stats
                 else:
                     _merge_checked(slot, stats)
             if errors:
@@ -87,7 +76,7 @@ class Folder:
                     hour_errors[reason] = hour_errors.get(reason, 0) + n
             latest = self._latest.get(device_id)
             if latest is None or ts >= latest[0]:
-                self._latest[device_id] = (ts, data)
+                self._latest[device_id] = (ts, checked)
 
     def write(self, db: Sql) -> None:
         """Add what the batch's roll-ups hold to the statistics."""
@@ -177,7 +166,7 @@ def _write_errors(db: Sql, errors: dict[tuple[str, int], dict[str, int]]) -> Non
     )
 
 
-def _write_health(db: Sql, latest: dict[str, tuple[float, dict[str, Any]]]) -> None:
+def _write_health(db: Sql, latest: dict[str, tuple[float, rollupread.Checked]]) -> None:
     """Keep each device's newest roll-up's store fill and task depths (an older one than
     the statistics hold changes nothing)."""
     db.executemany(
@@ -185,68 +174,16 @@ def _write_health(db: Sql, latest: dict[str, tuple[float, dict[str, Any]]]) -> N
            ON CONFLICT (device_id) DO UPDATE SET
                ts = excluded.ts, store = excluded.store, tasks = excluded.tasks
            WHERE excluded.ts >= device_health.ts""",
-        [(device_id, ts, *_health(data)) for device_id, (ts, data) in latest.items()],
+        [
+            (device_id, ts, encode_json(checked.fills), encode_json(checked.depths))
+            for device_id, (ts, checked) in latest.items()
+        ],
     )
-
-
-def _health(data: dict[str, Any]) -> tuple[str, str]:
-    """A roll-up's store fill per stream and task depths, as the columns hold them."""
-    store = data.get("store")
-    fills = {}
-    if isinstance(store, dict):
-        for stream in STREAMS:
-            entry = store.get(stream)
-            if isinstance(entry, dict):
-                fill = rollup.number(entry.get("fill"))
-                fills[stream] = min(1.0, fill) if math.isfinite(fill) else 0.0
-    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
-    depths = {k: rollup.count(tasks.get(k)) for k in ("queued", "running")} if tasks else {}
-    return encode_json(fills), encode_json(depths)
-
-
-def _models(value: Any) -> dict[str, Stats]:
-    """The well-formed model entries of a roll-up, at most `MAX_MODELS`."""
-    if not isinstance(value, dict):
-        return {}
-    kept: dict[str, Stats] = {}
-    for key, stats in value.items():
-        if len(kept) >= MAX_MODELS:
-            break
-        if not isinstance(key, str) or not isinstance(stats, dict) or len(key) > 2 * MAX_NAME:
-            continue
-        name, version = rollup.split_model_key(key)
-        if not name or len(name) > MAX_NAME or len(version) > MAX_NAME:
-            continue
-        if rollup.count(stats.get("count")) == 0:
-            continue
-        labels = rollup.counts_of(stats.get("labels"))[: rollup.MAX_LABELS]
-        latency = [(le, n) for le, n in rollup.counts_of(stats.get("latency_ms"))]
-        given = stats.get("confidence")
-        bins = [rollup.count(n) for n in given[:BINS]] if isinstance(given, list) else []
-        kept[key] = {
-            "count": stats["count"],
-            "latency_ms": {le: n for le, n in latency if le in rollup.BUCKET_KEYS},
-            "latency_sum_ms": rollup.number(stats.get("latency_sum_ms")),
-            "confidence": bins + [0] * (BINS - len(bins)),
-            "confidence_sum": rollup.number(stats.get("confidence_sum")),
-            "labels": {label[:MAX_NAME]: n for label, n in labels},
-        }
-    return kept
-
-
-def _copy(stats: Stats) -> Stats:
-    """A model's checked counts, its maps and bins copied (merging adds into them)."""
-    return {
-        **stats,
-        "latency_ms": dict(stats["latency_ms"]),
-        "confidence": list(stats["confidence"]),
-        "labels": dict(stats["labels"]),
-    }
 
 
 def _merge_checked(into: Stats, more: Stats) -> None:
     """`rollup.merge_models` for one model's counts that were checked already (by
-    `_models`, or as the statistics hold them): sums, with no value checked again. A
+    rollupread.py, or as the statistics hold them): sums, with no value checked again. A
     roll-up is merged up to three times as it is folded; checking each value every time
     was most of the folding's cost (`./scripts/bench --only monitoring`)."""
     into["count"] += more["count"]
@@ -259,22 +196,3 @@ def _merge_checked(into: Stats, more: Stats) -> None:
         bins[i] += n
     for label, n in more["labels"].items():
         labels[label] = labels.get(label, 0) + n
-
-
-def _errors(value: Any) -> dict[str, int]:
-    errors: dict[str, int] = {}
-    for reason, n in rollup.counts_of(value):
-        known = reason if reason in rollup.ERROR_REASONS else rollup.OTHER
-        errors[known] = errors.get(known, 0) + n
-    return errors
-
-
-def _totals(stats: Stats) -> ModelTotals:
-    """A model's checked counts (`_models`) as totals."""
-    return ModelTotals(
-        count=stats["count"],
-        latency_ms=dict(stats["latency_ms"]),
-        latency_sum_ms=stats["latency_sum_ms"],
-        confidence=list(stats["confidence"]),
-        confidence_sum=stats["confidence_sum"],
-    )

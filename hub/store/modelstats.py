@@ -56,6 +56,19 @@ class ModelTotals:
         for i, n in enumerate(other.confidence):
             self.confidence[i] += n
 
+    def add_counts(self, stats: dict[str, Any]) -> None:
+        """Add one model version's checked counts, in the roll-up's shape
+        (rollupread.py)."""
+        self.count += stats["count"]
+        self.latency_sum_ms += stats["latency_sum_ms"]
+        self.confidence_sum += stats["confidence_sum"]
+        latency = self.latency_ms
+        for le, n in stats["latency_ms"].items():
+            latency[le] = latency.get(le, 0) + n
+        bins = self.confidence
+        for i, n in enumerate(stats["confidence"]):
+            bins[i] += n
+
 
 @dataclasses.dataclass
 class Folded:

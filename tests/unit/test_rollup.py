@@ -79,3 +79,13 @@ def test_counts_a_device_cannot_be_believed_are_ignored() -> None:
         "confidence_sum": 0.0,
         "labels": {"a": 2},
     }
+
+
+def test_a_model_with_more_labels_than_the_hub_keeps_counts_the_rest_as_other() -> None:
+    tally = Tally()
+    for n in range(rollup.MAX_LABELS + 10):
+        tally.inference("m", "1", f"label-{n}", 0.9, 1.0)
+    labels = tally.take()[0]["m@1"]["labels"]
+    assert len(labels) == rollup.MAX_LABELS  # what the hub keeps of one roll-up
+    assert labels[rollup.OTHER] == 11
+    assert sum(labels.values()) == rollup.MAX_LABELS + 10

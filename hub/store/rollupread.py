@@ -1,0 +1,185 @@
+"""Reading a device's roll-up record (outpost/rollup.py) as the hub folds it
+(modelfold.py): what of it the statistics take, every field checked.
+
+A roll-up comes from a device, and any program on the device may post a record shaped
+like one, so each field is checked and a malformed one is skipped, not the record
+(`read_loosely`). Checking field by field in Python was most of what reading cost, and
+nearly every roll-up is exactly as an agent writes it. So `read` first decodes the record
+against its declared shape (`_Rollup`), which msgspec checks in C, and reads it loosely
+only when that fails. The shape is at least as strict as the loose reader: whatever
+passes it, the loose reader keeps whole, so both give the same answer
+(tests/fuzz/test_rollup_reading.py holds them to it).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Annotated, Any, Literal, NamedTuple
+
+import msgspec
+
+from hub.store.modelstats import BINS, MAX_MODELS, MAX_NAME, STREAMS
+from outpost import rollup
+
+Stats = dict[str, Any]  # one model version's checked counts, in the roll-up's shape
+
+_KIND = rollup.KIND.encode()
+_DEPTHS = ("queued", "running")
+_BUCKETS = frozenset(rollup.BUCKET_KEYS)
+_REASONS = frozenset(rollup.ERROR_REASONS)
+
+
+class Checked(NamedTuple):
+    """What folding takes from one roll-up, checked."""
+
+    models: dict[str, Stats]  # "<name>@<version>": counts, at most MAX_MODELS
+    errors: dict[str, int]  # known reason (or "other"): count
+    fills: dict[str, float]  # stream: store fill, at most 1
+    depths: dict[str, int]  # "queued", "running": tasks
+    shadow: Any  # the shadow section as sent (shadows.fold checks it), or None
+
+
+def read(body: bytes) -> Checked | None:
+    """A stored metrics record's roll-up, checked; None if the record is not a roll-up."""
+    if _KIND not in body:  # other metrics: skip the decode
+        return None
+    try:
+        view = _DECODER.decode(body)
+    except msgspec.ValidationError:  # off the agents' shape somewhere: field by field
+        return read_loosely(body)
+    except (ValueError, RecursionError):  # not msgpack at all
+        return None
+    if view.kind != rollup.KIND:
+        return None
+    kept: dict[str, Stats] = {}
+    for key, stats in view.models.items():
+        if _names_fit(key):  # the shape bounds the counts, maps, bins and models
+            kept[key] = {
+                "count": stats.count,
+                "latency_ms": stats.latency_ms,
+                "latency_sum_ms": stats.latency_sum_ms,
+                "confidence": stats.confidence,
+                "confidence_sum": stats.confidence_sum,
+                "labels": stats.labels,
+            }
+    errors = view.errors
+    if not errors.keys() <= _REASONS:
+        errors = {}
+        for reason, n in view.errors.items():
+            known = reason if reason in _REASONS else rollup.OTHER
+            errors[known] = errors.get(known, 0) + n
+    fills = {s: min(1.0, view.store[s].fill) for s in STREAMS if s in view.store}
+    tasks = view.tasks
+    depths = {k: rollup.count(tasks.get(k)) for k in _DEPTHS} if tasks else {}
+    return Checked(kept, errors, fills, depths, view.shadow)
+
+
+def read_loosely(body: bytes) -> Checked | None:
+    """`read`, checking each field in Python: a malformed field is skipped, the rest kept."""
+    try:
+        data = msgspec.msgpack.decode(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("kind") != rollup.KIND:
+        return None
+    fills = {}
+    store = data.get("store")
+    if isinstance(store, dict):
+        for stream in STREAMS:
+            entry = store.get(stream)
+            if isinstance(entry, dict):
+                fill = rollup.number(entry.get("fill"))
+                fills[stream] = min(1.0, fill) if math.isfinite(fill) else 0.0
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+    depths = {k: rollup.count(tasks.get(k)) for k in _DEPTHS} if tasks else {}
+    return Checked(
+        _models(data.get("models")), _errors(data.get("errors")), fills, depths, data.get("shadow")
+    )
+
+
+def _names_fit(key: str) -> bool:
+    if len(key) > 2 * MAX_NAME:
+        return False
+    name, version = rollup.split_model_key(key)
+    return bool(name) and len(name) <= MAX_NAME and len(version) <= MAX_NAME
+
+
+def _models(value: Any) -> dict[str, Stats]:
+    """The well-formed model entries of a roll-up, at most `MAX_MODELS`."""
+    if not isinstance(value, dict):
+        return {}
+    kept: dict[str, Stats] = {}
+    for key, stats in value.items():
+        if len(kept) >= MAX_MODELS:
+            break
+        if not isinstance(key, str) or not isinstance(stats, dict) or not _names_fit(key):
+            continue
+        if rollup.count(stats.get("count")) == 0:
+            continue
+        labels = rollup.counts_of(stats.get("labels"))[: rollup.MAX_LABELS]
+        latency = [(le, n) for le, n in rollup.counts_of(stats.get("latency_ms"))]
+        given = stats.get("confidence")
+        bins = [rollup.count(n) for n in given[:BINS]] if isinstance(given, list) else []
+        kept[key] = {
+            "count": stats["count"],
+            "latency_ms": {le: n for le, n in latency if le in _BUCKETS},
+            "latency_sum_ms": rollup.number(stats.get("latency_sum_ms")),
+            "confidence": bins + [0] * (BINS - len(bins)),
+            "confidence_sum": rollup.number(stats.get("confidence_sum")),
+            "labels": {label[:MAX_NAME]: n for label, n in labels},
+        }
+    return kept
+
+
+def _errors(value: Any) -> dict[str, int]:
+    errors: dict[str, int] = {}
+    for reason, n in rollup.counts_of(value):
+        known = reason if reason in _REASONS else rollup.OTHER
+        errors[known] = errors.get(known, 0) + n
+    return errors
+
+
+# The shape agents write, bounded as the loose reader bounds what it keeps: counts are
+# ints up to MAX_COUNT and numbers finite (the bounds refuse NaN and the infinities), as
+# `rollup.count` and `rollup.number` keep them; the counts in maps are positive (the loose
+# reader drops a zero one, agents never write one), the latency keys known buckets, the
+# bins exactly BINS, and names and maps no longer than the loose reader would cut them.
+# Every field is declared and no other allowed: msgspec skips an unknown field's bytes
+# unread, where the loose reader refuses a record whose ignored parts are not msgpack.
+_Count = Annotated[int, msgspec.Meta(ge=0, le=rollup.MAX_COUNT)]
+_Positive = Annotated[int, msgspec.Meta(ge=1, le=rollup.MAX_COUNT)]
+_Number = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+_Bucket = Literal[rollup.BUCKET_KEYS]  # type: ignore[valid-type]
+_Label = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+
+
+class _ModelCounts(msgspec.Struct, forbid_unknown_fields=True):
+    count: _Positive
+    latency_ms: dict[_Bucket, _Positive] = {}
+    latency_sum_ms: _Number = 0.0
+    confidence: Annotated[list[_Count], msgspec.Meta(min_length=BINS, max_length=BINS)] = (
+        msgspec.field(default_factory=lambda: [0] * BINS)
+    )
+    confidence_sum: _Number = 0.0
+    labels: Annotated[dict[_Label, _Positive], msgspec.Meta(max_length=rollup.MAX_LABELS)] = {}
+
+
+class _StoreFill(msgspec.Struct, forbid_unknown_fields=True):
+    fill: _Number = 0.0
+    records: Any = None
+    bytes: Any = None
+
+
+class _Rollup(msgspec.Struct, forbid_unknown_fields=True):
+    kind: str = ""
+    period_s: Any = None
+    load: Any = None
+    models: Annotated[dict[str, _ModelCounts], msgspec.Meta(max_length=MAX_MODELS)] = {}
+    errors: dict[str, _Positive] = {}
+    store: dict[str, _StoreFill] = {}
+    tasks: dict[str, Any] = {}
+    shadow: Any = None
+
+
+_DECODER = msgspec.msgpack.Decoder(_Rollup)
