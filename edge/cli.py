@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from edge.config import SECTION, AgentConfig
 from edge.identity import DevicePaths, Identity, NotEnrolledError
 from edge.profile import ProfileError, find_profile, load_profile
-from outpost import __version__, devicenames, logs, settings
+from outpost import __version__, devicenames, heap, logs, settings
 from outpost.aio import cancel_until_done
 from outpost.datalock import AlreadyRunningError
 from outpost.sdnotify import Notifier
@@ -343,6 +343,7 @@ async def _serve(agent: Agent) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    settling = loop.create_task(heap.settle_when(agent.ready))
     try:
         await agent.run()
     except asyncio.CancelledError:
@@ -352,6 +353,8 @@ async def _serve(agent: Agent) -> int:
         agent.notifier.stopping()
         logger.warning("%s", exc)
         return EXIT_RESTART
+    finally:
+        settling.cancel()
     return 0
 
 

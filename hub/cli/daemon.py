@@ -10,7 +10,7 @@ import signal
 from hub.app import Hub
 from hub.cli.datafolder import load_config
 from hub.paths import HubPaths
-from outpost import logs
+from outpost import heap, logs
 from outpost.aio import cancel_until_done
 from outpost.sdnotify import Notifier
 
@@ -51,8 +51,11 @@ async def _serve(hub: Hub) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    settling = loop.create_task(heap.settle_when(hub.ready))
     try:
         await hub.run()
     except asyncio.CancelledError:
         logger.info("hub stopped")
+    finally:
+        settling.cancel()
     return 0
