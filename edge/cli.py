@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from edge.agent import Agent
 
 logger = logging.getLogger("edge")
-# What sqlite-utils imports, when installed, for no use of the agent's (see _daemon).
-_NOT_FOR_SQLITE_UTILS = ("numpy", "pandas")
 
 
 class CliError(RuntimeError):
@@ -308,22 +306,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _daemon() -> type[Agent]:
     """Import the daemon: only `run` needs it (the other commands start in a fraction
-    of the time without its store, MQTT and web libraries).
-
-    sqlite-utils imports numpy (and pandas) whenever installed, only to map their
-    scalars to column types, which the agent never stores: 17 MiB and ~50 ms an agent
-    without models would carry for nothing. So it is imported first with them hidden;
-    numpy is imported when a model is loaded, as edge.inference intends.
-    """
-    if "sqlite_utils" not in sys.modules:
-        hidden = [name for name in _NOT_FOR_SQLITE_UTILS if name not in sys.modules]
-        for name in hidden:
-            sys.modules[name] = None  # type: ignore[assignment]  # "import" raises ImportError
-        try:
-            import sqlite_utils  # noqa: F401
-        finally:
-            for name in hidden:
-                del sys.modules[name]
+    of the time without its store, MQTT and web libraries)."""
     from edge.agent import Agent
 
     return Agent

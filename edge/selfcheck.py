@@ -22,9 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from edge.identity import DevicePaths
+from outpost.sqlite import Database
 
 MODULES = ("edge.agent", "edge.localapi", "edge.session", "edge.store", "edge.courier")
 
@@ -71,8 +70,8 @@ def check_store(path: Path) -> Check:
                 contextlib.closing(sqlite3.connect(copy)) as dst,
             ):
                 src.backup(dst)
-            with contextlib.closing(sqlite3.connect(copy)) as conn:
-                db = sqlite_utils.Database(conn, execute_plugins=False)
+            with contextlib.closing(sqlite3.connect(copy, isolation_level=None)) as conn:
+                db = Database(conn)
                 before = _applied(conn)
                 newer = sorted(before - set(known))
                 if newer:

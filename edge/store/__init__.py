@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-import sqlite_utils
 
 from edge.store import confirmed, inbox, streams, wear
 from edge.store.appends import Confirm, Pending, Then, fail, settle
@@ -37,7 +36,7 @@ from edge.store.errors import READ_ERRORS, StoreReadError, StoreWriteError, Stre
 from edge.store.recovery import open_store
 from edge.store.stats import fill_of, read_stats
 from edge.store.streams import STREAMS, Appended, Bounds, Refused
-from outpost.sqlite import SerialDatabase, StoreClosedError, soft_state
+from outpost.sqlite import Database, SerialDatabase, StoreClosedError, soft_state
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -127,7 +126,7 @@ class AgentStore:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.appended.set)
 
-    def _flush_wear(self, db: sqlite_utils.Database) -> None:
+    def _flush_wear(self, db: Database) -> None:
         self._wear.read_now()
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
@@ -170,7 +169,7 @@ class AgentStore:
             raise StreamFullError(stream, outcome.reason)
         return outcome
 
-    def _drain(self, db: sqlite_utils.Database, loop: asyncio.AbstractEventLoop) -> None:
+    def _drain(self, db: Database, loop: asyncio.AbstractEventLoop) -> None:
         """Commit every queued append, `MAX_GROUP_RECORDS` at a time (writer thread)."""
         self._drain_due = False  # before taking: an append after this queues a drain
         while self._queue:
@@ -197,7 +196,7 @@ class AgentStore:
 
     def _commit(
         self,
-        db: sqlite_utils.Database,
+        db: Database,
         group: list[Pending],
         expire: bool,
     ) -> tuple[list[Appended | Refused], bool]:
@@ -272,7 +271,7 @@ class AgentStore:
         return outcomes, self._durable.when_settled(generation)
 
     def _put_written(
-        self, db: sqlite_utils.Database, tasks: list[inbox.InboxTask], capacity: int, start: int
+        self, db: Database, tasks: list[inbox.InboxTask], capacity: int, start: int
     ) -> tuple[list[inbox.PutOutcome], int]:
         with soft_state(db):
             outcomes = inbox.put_many(db, tasks, capacity, time.time(), start)
@@ -321,7 +320,7 @@ class AgentStore:
         return self._durable.limit(stream)
 
     def _read_batch(
-        self, db: sqlite_utils.Database, stream: str, after: int, records: int, size: int
+        self, db: Database, stream: str, after: int, records: int, size: int
     ) -> list[tuple[int, float, bytes]]:
         through = self._durable.limit(stream)  # read now: a sync may have moved it
         return streams.read_batch(db, stream, after, records, size, self._cipher, through)
@@ -330,7 +329,7 @@ class AgentStore:
         """The hub holds everything of `stream` up to `hwm`: forget it."""
         return await self._write(self._acknowledge, stream, hwm)
 
-    def _acknowledge(self, db: sqlite_utils.Database, stream: str, hwm: int) -> int:
+    def _acknowledge(self, db: Database, stream: str, hwm: int) -> int:
         # Not synced, and nobody waits for its sync: an acknowledgement a power cut
         # takes back only sends those records again, which the hub takes as duplicates.
         with soft_state(db), db.conn:
@@ -350,7 +349,7 @@ class AgentStore:
         """Renumber a fresh stream after the hub's mark (see `streams.align`)."""
         return await self._write(self._align, stream, hub_hwm)
 
-    def _align(self, db: sqlite_utils.Database, stream: str, hub_hwm: int) -> int:
+    def _align(self, db: Database, stream: str, hub_hwm: int) -> int:
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
             shift = streams.align(db, stream, hub_hwm, self._cipher)
@@ -363,7 +362,7 @@ class AgentStore:
         """Align `stream` as it is numbered (see `streams.adopt_numbering`)."""
         return await self._write(self._adopt_numbering, stream)
 
-    def _adopt_numbering(self, db: sqlite_utils.Database, stream: str) -> bool:
+    def _adopt_numbering(self, db: Database, stream: str) -> bool:
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
             return streams.adopt_numbering(db, stream)
@@ -387,7 +386,7 @@ class AgentStore:
         """Fill of each stream and every counter (evictions, roll-ups, refusals, wear)."""
         return await self._read(self._stats)
 
-    def _stats(self, db: sqlite_utils.Database) -> dict[str, Any]:
+    def _stats(self, db: Database) -> dict[str, Any]:
         self._wear.read_now()
         stats = read_stats(db)
         counters = stats["counters"]

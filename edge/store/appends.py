@@ -7,9 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import sqlite_utils
-
 from edge.store.streams import Appended, Refused
+from outpost.sqlite import Database
 
 # When a producer is answered:
 # - "synced": once its records are on the disk (the WAL fsynced): they survive a power cut.
@@ -21,7 +20,7 @@ from edge.store.streams import Appended, Refused
 Confirm = Literal["synced", "written"]
 
 # Work done in the transaction that commits an append, only if the append is stored.
-Then = Callable[[sqlite_utils.Database], None]
+Then = Callable[[Database], None]
 
 
 @dataclass

@@ -39,9 +39,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from edge.store.streams import STREAMS
+from outpost.sqlite import Database
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def path_for(store: Path) -> Path:
     return store.with_name(f"{store.name}.confirmed")
 
 
-def current(db: sqlite_utils.Database) -> Marks:
+def current(db: Database) -> Marks:
     """What the database holds now (its committed state, read outside a transaction)."""
     rows = db.execute("SELECT stream, next_seq, acked_seq FROM streams").fetchall()
     return {stream: Mark(next_seq - 1, acked) for stream, next_seq, acked in rows}

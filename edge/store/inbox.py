@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
-import sqlite_utils
 
-from outpost.sqlite import soft_state
+from outpost.sqlite import Database, soft_state
 
 # "started": accepted and put straight in as running (`put_many`'s `start`).
 PutOutcome = Literal["accepted", "started", "duplicate", "full", "superseded"]
@@ -43,7 +42,7 @@ class InboxTask:
 
 
 def put_many(
-    db: sqlite_utils.Database,
+    db: Database,
     tasks: list[InboxTask],
     capacity: int,
     now: float,
@@ -62,14 +61,12 @@ def put_many(
         return outcomes
 
 
-def put(db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float) -> PutOutcome:
+def put(db: Database, task: InboxTask, capacity: int, now: float) -> PutOutcome:
     (outcome,) = put_many(db, [task], capacity, now)
     return outcome
 
 
-def _put(
-    db: sqlite_utils.Database, task: InboxTask, capacity: int, now: float, *, running: bool
-) -> PutOutcome:
+def _put(db: Database, task: InboxTask, capacity: int, now: float, *, running: bool) -> PutOutcome:
     row = db.execute(
         "SELECT attempt, state FROM inbox WHERE task_id = ?", (task.task_id,)
     ).fetchone()
@@ -127,14 +124,14 @@ class Claimed:
     pending: int  # still pending after this claim
 
 
-def claim(db: sqlite_utils.Database, now: float) -> tuple[InboxTask | None, list[InboxTask]]:
+def claim(db: Database, now: float) -> tuple[InboxTask | None, list[InboxTask]]:
     """Take the next pending task (marking it running); also drop pending tasks whose
     deadline or lease has passed, and return them."""
     claimed = claim_many(db, now, 1)
     return (claimed.tasks[0] if claimed.tasks else None), claimed.stale
 
 
-def claim_many(db: sqlite_utils.Database, now: float, limit: int) -> Claimed:
+def claim_many(db: Database, now: float, limit: int) -> Claimed:
     """Take up to `limit` pending tasks in the order they run (marking them running), in
     one transaction; also drop pending tasks whose deadline or lease has passed.
 
@@ -169,13 +166,13 @@ def claim_many(db: sqlite_utils.Database, now: float, limit: int) -> Claimed:
         return Claimed([_task(r) for r in rows], stale, pending)
 
 
-def attempt_of(db: sqlite_utils.Database, task_id: str) -> int | None:
+def attempt_of(db: Database, task_id: str) -> int | None:
     """The attempt the inbox now holds for a task (the hub may have re-given it)."""
     row = db.execute("SELECT attempt FROM inbox WHERE task_id = ?", (task_id,)).fetchone()
     return int(row["attempt"]) if row else None
 
 
-def finish(db: sqlite_utils.Database, task_id: str, attempt: int) -> None:
+def finish(db: Database, task_id: str, attempt: int) -> None:
     """Mark a task whose result was appended done (inside that append's transaction),
     keeping the newest `DONE_KEPT` tombstones (and at most `DONE_SLACK` more)."""
     db.execute(
@@ -193,7 +190,7 @@ def finish(db: sqlite_utils.Database, task_id: str, attempt: int) -> None:
         )
 
 
-def cancel(db: sqlite_utils.Database, task_id: str, attempt: int) -> str:
+def cancel(db: Database, task_id: str, attempt: int) -> str:
     """Drop a cancelled task unless it is running or done: dropped, running, done or
     unknown."""
     with db.conn:
@@ -209,7 +206,7 @@ def cancel(db: sqlite_utils.Database, task_id: str, attempt: int) -> str:
         return "dropped"
 
 
-def recover(db: sqlite_utils.Database) -> int:
+def recover(db: Database) -> int:
     """After a restart: tasks that were running when the agent stopped run again."""
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
@@ -218,7 +215,7 @@ def recover(db: sqlite_utils.Database) -> int:
         ).rowcount
 
 
-def depth(db: sqlite_utils.Database) -> tuple[int, int]:
+def depth(db: Database) -> tuple[int, int]:
     """(pending, running)."""
     counts = dict(db.execute("SELECT state, COUNT(*) FROM inbox GROUP BY state").fetchall())
     return counts.get("pending", 0), counts.get("running", 0)

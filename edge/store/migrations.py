@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite_utils
-
-from outpost.sqlite import Migration
+from outpost.sqlite import Database, Migration
 
 
-def _m001_streams(db: sqlite_utils.Database) -> None:
+def _m001_streams(db: Database) -> None:
     # WITHOUT ROWID: records are read and deleted in (stream, seq) order only.
     db.execute(
         """CREATE TABLE records (
@@ -37,7 +35,7 @@ def _m001_streams(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
 
 
-def _m002_alignment(db: sqlite_utils.Database) -> None:
+def _m002_alignment(db: Database) -> None:
     # A store starts unaligned: its numbering begins at 1, but the hub may hold numbers
     # of an earlier store of this device (one set aside as damaged, say). The first
     # acknowledgements after connecting align it; until then nothing is sent.
@@ -45,7 +43,7 @@ def _m002_alignment(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES ('aligned', '')")
 
 
-def _m003_inbox(db: sqlite_utils.Database) -> None:
+def _m003_inbox(db: Database) -> None:
     # Tasks accepted from the hub, until their result is in the results stream.
     db.execute(
         """CREATE TABLE inbox (
@@ -66,7 +64,7 @@ def _m003_inbox(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX inbox_next ON inbox (state, priority DESC, deadline)")
 
 
-def _m004_store_id(db: sqlite_utils.Database) -> None:
+def _m004_store_id(db: Database) -> None:
     # Who numbered the records: a store made anew (one set aside as damaged) gets a new
     # id, so the hub can tell a courier bundle of this store's numbering from one of a
     # successor whose numbers start again at 1 (edge/courier.py).

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import sqlite_utils
 
 from edge.store import confirmed, streams
 from edge.store.cipher import RecordCipher
 from edge.store.migrations import MIGRATIONS
-from outpost.sqlite import migrate, open_database
+from outpost.sqlite import Database, migrate, open_database
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ _ANY = streams.Bounds(0, 0, 0)
 class Opened:
     """An open store; if its predecessor was set aside, where it went and what was lost."""
 
-    db: sqlite_utils.Database
+    db: Database
     set_aside: Path | None = None
     # Per stream, confirmed numbers the hub was not known to hold when the store was
     # replaced: an upper bound of the records lost (None: no record to count them by).
@@ -83,9 +82,7 @@ def open_store(path: Path, cipher: RecordCipher | None = None) -> Opened:
 def _inspect(path: Path, marks: confirmed.Marks | None) -> None:
     """Check the file without writing to it: read-only, so that neither a migration nor
     the checkpoint at close touches the evidence (the WAL beyond a damaged frame)."""
-    db = sqlite_utils.Database(
-        sqlite3.connect(f"file:{path}?mode=ro", uri=True), execute_plugins=False
-    )
+    db = Database(sqlite3.connect(f"file:{path}?mode=ro", uri=True))
     try:
         (verdict,) = db.execute("PRAGMA quick_check").fetchone()
         if verdict != "ok":
@@ -107,7 +104,7 @@ def _inspect(path: Path, marks: confirmed.Marks | None) -> None:
         db.conn.close()
 
 
-def _open_checked(path: Path, *, quick_check: bool = True) -> sqlite_utils.Database:
+def _open_checked(path: Path, *, quick_check: bool = True) -> Database:
     # FULL: a producer is told "stored" only after its commit reached the disk, so a
     # power cut cannot take back what was confirmed. Group commit keeps the cost low.
     db = open_database(path, synchronous="FULL")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlite_utils
-
 from edge.store.streams import Bounds
+from outpost.sqlite import Database
 
 
 def fill_of(bounds: Bounds | None, records: int, size: int) -> float:
@@ -22,7 +21,7 @@ def fill_of(bounds: Bounds | None, records: int, size: int) -> float:
     return min(1.0, max(shares, default=0.0))
 
 
-def read_stats(db: sqlite_utils.Database) -> dict[str, Any]:
+def read_stats(db: Database) -> dict[str, Any]:
     counters = {r["name"]: r["value"] for r in db.execute("SELECT * FROM counters").fetchall()}
     fill = {}
     for r in db.execute("SELECT * FROM streams").fetchall():

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import sqlite_utils
 from cryptography.exceptions import InvalidTag
 
 from edge.store.cipher import RecordCipher
 from outpost import rollup as rollup_record  # `rollup` is also a function here
 from outpost.schema import INT64_MAX
+from outpost.sqlite import Database
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Refused:
     reason: str
 
 
-def bump(db: sqlite_utils.Database, name: str, by: int = 1) -> None:
+def bump(db: Database, name: str, by: int = 1) -> None:
     db.execute(
         "INSERT INTO counters (name, value) VALUES (?, ?) "
         "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
@@ -57,7 +57,7 @@ def bump(db: sqlite_utils.Database, name: str, by: int = 1) -> None:
 
 
 def append(
-    db: sqlite_utils.Database,
+    db: Database,
     stream: str,
     bodies: Sequence[bytes],
     bounds: Bounds,
@@ -100,7 +100,7 @@ def _over(bounds: Bounds, records: int, size: int) -> bool:
 
 
 def _make_room(
-    db: sqlite_utils.Database, bounds: Bounds, records: int, size: int, cipher: RecordCipher | None
+    db: Database, bounds: Bounds, records: int, size: int, cipher: RecordCipher | None
 ) -> None:
     """Roll up the oldest metrics, then evict the oldest, until `records`/`size` fit."""
     rollup(db, cipher)
@@ -111,7 +111,7 @@ def _make_room(
         row = db.execute("SELECT records, bytes FROM streams WHERE stream = 'metrics'").fetchone()
 
 
-def rollup(db: sqlite_utils.Database, cipher: RecordCipher | None) -> int:
+def rollup(db: Database, cipher: RecordCipher | None) -> int:
     """Merge the oldest half of the not-yet-rolled metrics, `ROLLUP_GROUP` at a time,
     into records holding count, mean, min and max of each numeric field."""
     (total,) = db.execute(
@@ -186,7 +186,7 @@ def _unpack(row: Any, cipher: RecordCipher | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _delete_oldest(db: sqlite_utils.Database, stream: str, count: int, counter: str) -> None:
+def _delete_oldest(db: Database, stream: str, count: int, counter: str) -> None:
     rows = db.execute(
         "SELECT seq, length(body) AS size FROM records WHERE stream = ? ORDER BY seq LIMIT ?",
         (stream, count),
@@ -201,7 +201,7 @@ def _delete_oldest(db: sqlite_utils.Database, stream: str, count: int, counter: 
     bump(db, counter, len(rows))
 
 
-def expire(db: sqlite_utils.Database, bounds: dict[str, Bounds], now: float) -> None:
+def expire(db: Database, bounds: dict[str, Bounds], now: float) -> None:
     """Drop records older than their stream's age limit, counting them as expired."""
     for stream, limit in bounds.items():
         if not limit.max_age_s:
@@ -215,7 +215,7 @@ def expire(db: sqlite_utils.Database, bounds: dict[str, Bounds], now: float) -> 
 
 
 def read_batch(
-    db: sqlite_utils.Database,
+    db: Database,
     stream: str,
     after_seq: int,
     max_records: int,
@@ -245,9 +245,7 @@ def read_batch(
     return out
 
 
-def acknowledge(
-    db: sqlite_utils.Database, stream: str, hwm: int, cipher: RecordCipher | None
-) -> int:
+def acknowledge(db: Database, stream: str, hwm: int, cipher: RecordCipher | None) -> int:
     """Delete what the hub holds (seq <= hwm); return how many records went.
 
     A mark beyond the last number this store gave means another store used this
@@ -282,17 +280,17 @@ def acknowledge(
     return int(row["n"])
 
 
-def aligned_streams(db: sqlite_utils.Database) -> set[str]:
+def aligned_streams(db: Database) -> set[str]:
     (value,) = db.execute("SELECT value FROM meta WHERE key = 'aligned'").fetchone()
     return set(filter(None, value.split(",")))
 
 
-def store_id(db: sqlite_utils.Database) -> str:
+def store_id(db: Database) -> str:
     (value,) = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
     return str(value)
 
 
-def adopt_numbering(db: sqlite_utils.Database, stream: str) -> bool:
+def adopt_numbering(db: Database, stream: str) -> bool:
     """The hub numbers this stream as this store does (it took this store's records by
     courier bundle while the store was unaligned): aligned as it is, nothing moves.
     False if it was aligned already."""
@@ -305,7 +303,7 @@ def adopt_numbering(db: sqlite_utils.Database, stream: str) -> bool:
     return True
 
 
-def align(db: sqlite_utils.Database, stream: str, hub_hwm: int, cipher: RecordCipher | None) -> int:
+def align(db: Database, stream: str, hub_hwm: int, cipher: RecordCipher | None) -> int:
     """Number this stream after what the hub already holds (once per store).
 
     A fresh store numbers from 1; if the hub holds numbers up to `hub_hwm` from an
@@ -329,7 +327,7 @@ def align(db: sqlite_utils.Database, stream: str, hub_hwm: int, cipher: RecordCi
     return shift
 
 
-def seed(db: sqlite_utils.Database, after: dict[str, int]) -> None:
+def seed(db: Database, after: dict[str, int]) -> None:
     """Make an empty store number each stream after `after` (its predecessor's last
     numbers): none it gives can then be one the predecessor gave, even one still on its
     way to the hub. The store stays unaligned: `align` moves it past the hub's mark too.
@@ -341,9 +339,7 @@ def seed(db: sqlite_utils.Database, after: dict[str, int]) -> None:
         )
 
 
-def _renumber_after(
-    db: sqlite_utils.Database, stream: str, hub_hwm: int, cipher: RecordCipher | None
-) -> int:
+def _renumber_after(db: Database, stream: str, hub_hwm: int, cipher: RecordCipher | None) -> int:
     """Move every record kept so its numbers follow `hub_hwm`; return the shift."""
     row = db.execute("SELECT acked_seq FROM streams WHERE stream = ?", (stream,)).fetchone()
     shift: int = max(0, hub_hwm - row["acked_seq"])

@@ -11,9 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import sqlite_utils
-
 from edge.store import streams
+from outpost.sqlite import Database
 
 _IO = Path("/proc/thread-self/io")
 
@@ -81,7 +80,7 @@ class Unrecorded:
         """Count what the writer thread wrote up to now."""
         self.bytes += self.meter.written(0, now=True)
 
-    def record(self, db: sqlite_utils.Database) -> None:
+    def record(self, db: Database) -> None:
         """Add it to the counters (inside a caller's transaction)."""
         if self.bytes or self.records:
             streams.bump(db, "wear.bytes", self.bytes)

@@ -18,19 +18,16 @@ from tests.support import PROFILES, AgentProcess, device_online, mint_token
 # The floor: what a minimal agent doing the same job must hold, one line per need, chosen
 # by what the job needs rather than by what the agent happens to import (which would make
 # every import free). MQTT over mTLS (ssl, aiomqtt); the wire codec and settings models
-# (msgspec); its settings file (tomllib); the store (sqlite_utils); load metrics (psutil);
+# (msgspec); its settings file (tomllib); the store (sqlite3); load metrics (psutil);
 # downloads and the local API (aiohttp and aiohttp.web); batch compression
 # (backports.zstd: compression.zstd from Python 3.14 on); Ed25519 signatures of policies,
 # models and releases (cryptography's bindings). Not certificate parsing (x509) nor JWTs:
 # they serve enrollment and renewal, which import them when they run.
 LIBRARIES = (
     "from cryptography.hazmat.primitives.asymmetric import ed25519\n"
-    "import asyncio, ssl, tomllib, aiomqtt, msgspec, sqlite_utils, psutil, aiohttp, aiohttp.web, "
+    "import asyncio, ssl, tomllib, aiomqtt, msgspec, sqlite3, psutil, aiohttp, aiohttp.web, "
     "backports.zstd"
 )
-# The agent keeps numpy (and pandas) out of sqlite-utils until a model needs it
-# (edge.cli._daemon), so a floor without a model does too.
-NO_NUMPY = "import sys; sys.modules['numpy'] = sys.modules['pandas'] = None\n"
 SETTLE_S = 3.0
 # What the unit and the launcher give the agent (systemd/): the agent as a device runs it.
 SERVICE_ENV = {"MALLOC_ARENA_MAX": "2"}
@@ -58,7 +55,7 @@ async def _agent_rss(root: Path) -> tuple[float, float]:
 
 def run(root: Path) -> list[Result]:
     bare = rss_of("pass", 1.0)
-    floor = rss_of(NO_NUMPY + LIBRARIES, SETTLE_S)
+    floor = rss_of(LIBRARIES, SETTLE_S)
     agent, enroll_ms = asyncio.run(_agent_rss(root))
     return [
         Result(

@@ -20,7 +20,7 @@ import psutil
 from edge.enroll import enroll
 from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
-from tests.bench.bench_footprint import LIBRARIES, NO_NUMPY, SERVICE_ENV
+from tests.bench.bench_footprint import LIBRARIES, SERVICE_ENV
 from tests.bench.bench_inference import floor_code
 from tests.bench.common import Result, rss_of, running_hub
 from tests.support import PROFILES, SHIPPED_MODELS, AgentProcess, mint_token
@@ -99,7 +99,7 @@ async def _agents(root: Path) -> dict[str, tuple[float, float]]:
 
 
 def run(root: Path) -> list[Result]:
-    floors = {"no model": NO_NUMPY + LIBRARIES, "1 model": floor_code([MODEL])}
+    floors = {"no model": LIBRARIES, "1 model": floor_code([MODEL])}
     floor_ms = {case: _floor_ms(code) for case, code in floors.items()}
     floor_rss = {case: rss_of(code, SETTLE_S) for case, code in floors.items()}
     agents = asyncio.run(_agents(root))
