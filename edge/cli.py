@@ -326,7 +326,7 @@ async def _serve(agent: Agent) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
-    settling = loop.create_task(heap.settle_when(agent.ready))
+    heap.settle()  # its code, before it builds anything it may replace (outpost/heap.py)
     try:
         await agent.run()
     except asyncio.CancelledError:
@@ -336,8 +336,6 @@ async def _serve(agent: Agent) -> int:
         agent.notifier.stopping()
         logger.warning("%s", exc)
         return EXIT_RESTART
-    finally:
-        settling.cancel()
     return 0
 
 

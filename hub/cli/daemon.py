@@ -51,11 +51,9 @@ async def _serve(hub: Hub) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
-    settling = loop.create_task(heap.settle_when(hub.ready))
+    heap.settle()  # its code, before it builds anything it may replace (outpost/heap.py)
     try:
         await hub.run()
     except asyncio.CancelledError:
         logger.info("hub stopped")
-    finally:
-        settling.cancel()
     return 0

@@ -1,10 +1,11 @@
-"""The daemons set their start-up objects aside from the cyclic collector once ready
-(outpost/heap.py), and only then."""
+"""The daemons set their code aside from the cyclic collector before they build their
+state (outpost/heap.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -23,43 +24,47 @@ def unfrozen() -> Iterator[None]:
     gc.unfreeze()
 
 
-async def _until_frozen() -> None:
-    async with asyncio.timeout(30):
-        while not gc.get_freeze_count():
-            await asyncio.sleep(0.01)
+def test_settling_freezes_what_the_process_holds_after_a_collection() -> None:
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
 
-
-async def test_nothing_is_frozen_before_ready_and_start_up_is_after() -> None:
-    ready = asyncio.Event()
-    settling = asyncio.create_task(heap.settle_when(ready))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    garbage = weakref.ref(Cycle())  # only a collection frees a cycle
+    assert garbage() is not None
     assert gc.get_freeze_count() == 0
-    ready.set()
-    await settling
-    assert gc.get_freeze_count() > 1000  # modules, classes, functions: all of them
+    frozen = heap.settle()
+    assert frozen == gc.get_freeze_count() > 1000  # modules, classes, functions
+    assert garbage() is None  # collected, not frozen for good
+    assert not any(o is Cycle for o in gc.get_objects())  # set aside from the collector
+
+
+class _State:
+    """Something a daemon builds as it runs (an instance: tracked by the collector)."""
 
 
 class _Daemon:
-    """What `_serve` needs of a hub or an agent: it comes up, then runs until the
-    collector was settled (or 30 s pass)."""
+    """What `_serve` needs of a hub or an agent; its run notes what was frozen as it
+    began building its state."""
 
     def __init__(self) -> None:
         self.ready = asyncio.Event()
         self.notifier = Notifier(None)
-        self.frozen_before_ready = -1
+        self.frozen_when_run = -1
+        self.made_in_run: object = None
 
     async def run(self) -> None:
-        self.frozen_before_ready = gc.get_freeze_count()
+        self.frozen_when_run = gc.get_freeze_count()
+        self.made_in_run = _State()
         self.ready.set()
-        await _until_frozen()
 
 
 @pytest.mark.parametrize("serve", [hub_daemon._serve, agent_cli._serve], ids=["hub", "agent"])
-async def test_each_daemon_settles_once_it_is_ready(
+async def test_each_daemon_settles_before_it_runs_and_not_after(
     serve: Callable[[Any], Awaitable[int]],
 ) -> None:
     daemon = _Daemon()
     assert await serve(daemon) == 0
-    assert daemon.frozen_before_ready == 0
-    assert gc.get_freeze_count() > 1000
+    assert daemon.frozen_when_run > 1000
+    collectable = gc.get_objects()
+    assert any(o is daemon.made_in_run for o in collectable)  # what its run built
+    assert not any(o is _Daemon for o in collectable)  # the code it was given
