@@ -14,9 +14,9 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.rollup import Tally
+from edge.rollup import Tally, record
 from hub.store import rollupread
-from outpost import rollup
+from outpost import rollup, wire
 from tests.fuzz.conftest import count
 from tests.fuzz.test_parsers import EDITS, VALUES, mutate
 
@@ -48,18 +48,21 @@ def agent_rollups(draw: st.DrawFn, fitting: bool = False) -> dict[str, Any]:
     for reason in draw(st.lists(REASONS, max_size=4)):
         tally.error(reason)
     models, errors = tally.take()
-    return {
-        "kind": rollup.KIND,
-        "period_s": 60.0,
-        "load": {"cpu_percent": 12.0, "rss_bytes": 70 << 20},
-        "store": {
-            s: {"records": 10, "bytes": 4000, "fill": draw(FILLS)}
-            for s in ("results", "events", "metrics")
+    # The agent's own record (edge.rollup.record): a field agents start to write shows
+    # here, and must be declared in the typed reader's shape.
+    return record(
+        period_s=60.0,
+        load=wire.Load(cpu_percent=12.0, memory_percent=30.0, disk_percent=40.0, rss_bytes=1),
+        store={
+            "streams": {
+                s: {"records": 10, "bytes": 4000, "fill": draw(FILLS)}
+                for s in ("results", "events", "metrics")
+            }
         },
-        "tasks": {"done": 3, "failed": 0, "queued": draw(st.integers(0, 9)), "running": 1},
-        "errors": errors,
-        "models": models,
-    }
+        tasks={"done": 3, "failed": 0, "queued": draw(st.integers(0, 9)), "running": 1},
+        models=models,
+        errors=errors,
+    )
 
 
 def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
