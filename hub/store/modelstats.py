@@ -48,13 +48,7 @@ class ModelTotals:
     confidence_sum: float = 0.0
 
     def add(self, other: ModelTotals) -> None:
-        self.count += other.count
-        self.latency_sum_ms += other.latency_sum_ms
-        self.confidence_sum += other.confidence_sum
-        for le, n in other.latency_ms.items():
-            self.latency_ms[le] = self.latency_ms.get(le, 0) + n
-        for i, n in enumerate(other.confidence):
-            self.confidence[i] += n
+        self.add_counts(vars(other))  # the same names as a roll-up's counts
 
     def add_counts(self, stats: dict[str, Any]) -> None:
         """Add one model version's checked counts, in the roll-up's shape

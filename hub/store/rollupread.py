@@ -63,12 +63,8 @@ def read(body: bytes) -> Checked | None:
                 "confidence_sum": stats.confidence_sum,
                 "labels": stats.labels,
             }
-    errors = view.errors
-    if not errors.keys() <= _REASONS:
-        errors = {}
-        for reason, n in view.errors.items():
-            known = reason if reason in _REASONS else rollup.OTHER
-            errors[known] = errors.get(known, 0) + n
+    # Unknown reasons fold into "other", as the loose reader folds them.
+    errors = view.errors if view.errors.keys() <= _REASONS else _errors(view.errors)
     fills = {s: min(1.0, view.store[s].fill) for s in STREAMS if s in view.store}
     tasks = view.tasks
     depths = {k: rollup.count(tasks.get(k)) for k in _DEPTHS} if tasks else {}
