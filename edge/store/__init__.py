@@ -130,7 +130,7 @@ class AgentStore:
         self._wear.read_now()
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
-            self._wear.record(db)
+            self._wear.record(db, final=True)
 
     # ---------------------------------------------------------------- producers
 

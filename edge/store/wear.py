@@ -80,9 +80,13 @@ class Unrecorded:
         """Count what the writer thread wrote up to now."""
         self.bytes += self.meter.written(0, now=True)
 
-    def record(self, db: Database) -> None:
-        """Add it to the counters (inside a caller's transaction)."""
-        if self.bytes or self.records:
+    def record(self, db: Database, *, final: bool = False) -> None:
+        """Add it to the counters (inside a caller's transaction) once there are bytes to
+        add: the meter reads them at most once a second, and the records counted meanwhile
+        wait for them rather than cost every small commit two statements. A kill loses at
+        most that second of counts, which the bytes always could. `final`: everything
+        counted, bytes or not (the store closes)."""
+        if self.bytes or (final and self.records):
             streams.bump(db, "wear.bytes", self.bytes)
             streams.bump(db, "wear.records", self.records)
             self.bytes = self.records = 0

@@ -183,6 +183,24 @@ async def test_group_commit_keeps_bytes_written_per_record_low(make_store: Store
     assert together < alone / 5, (alone, together)
 
 
+async def test_wear_counted_between_meter_readings_is_kept_at_close(
+    make_store: StoreMaker,
+) -> None:
+    # Small commits leave their record counts in memory until the meter's next reading
+    # (at most once a second); a close must write them even if no reading came.
+    store = make_store()
+    await store.start()
+    for n in range(30):
+        await store.append("results", [{"n": n}, {"n": -n}], confirm="written")
+    await store.close()
+
+    reopened = make_store()
+    await reopened.start()
+    counters = (await reopened.stats())["counters"]
+    assert counters["wear.records"] == 60
+    assert counters["wear.bytes"] > 0
+
+
 async def test_a_fresh_store_numbers_after_what_the_hub_already_holds(
     make_store: StoreMaker,
 ) -> None:
