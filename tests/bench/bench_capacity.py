@@ -13,6 +13,12 @@ heartbeat-to-stored lag (a probe device beats and the benchmark polls the databa
 CPU and RSS of each replica, of Mosquitto and of the simulator itself (it shares the
 machine's cores: figures say so).
 
+One Mosquitto holds a socket per device within the open-file limit it inherits. Where
+a step needs more devices than that allows, the simulator's later workers connect to
+overflow brokers bridged to the fleet's (tests/bench/overflow.py): the hub sees the same
+messages, one broker hop later for those devices. Each step says how many brokers it
+used, and Mosquitto's CPU and RSS are those of all of them.
+
 Reconnect storm (SQLite hub, `OUTPOST_BENCH_STORM_DEVICES`, default 10,000): kill -9 the
 broker (the hub restarts it), then cut every device's link for 30 s; each time, how
 long until every device is back and its hello answered, and the hub's peak CPU and RSS.
@@ -29,25 +35,18 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import ssl
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
-import psycopg
 
-from hub.broker.managed import BrokerSupervisor
-from hub.cli import load_config
-from hub.store.engine import is_postgres
-from tests.bench.common import Result, make_hub
+from tests.bench.capacity_setups import Setup, postgres_setup, sqlite_setup
+from tests.bench.common import Result
 from tests.bench.fleetsim import (
+    DEVICES_PER_WORKER,
     SIM_MODEL,
     Fleet,
     SimDevice,
@@ -56,8 +55,7 @@ from tests.bench.fleetsim import (
     percentile,
     raise_open_files,
 )
-from tests.replicaset import Replica, fleet_broker, replica_folder
-from tests.support import REPO
+from tests.bench.overflow import OverflowBroker, devices_per_broker, start_overflow
 
 STEPS = (1_000, 2_500, 5_000, 10_000, 15_000, 25_000, 40_000)
 FLEET_MAX = int(os.environ.get("OUTPOST_BENCH_FLEET_MAX", "10000"))
@@ -68,177 +66,6 @@ RAMP_PER_S = 200.0
 HEARTBEAT_S = 10.0
 TASK_RATE = 20  # tasks a second, submitted during each hold
 BACK_WITHIN_S = 120.0  # how long the storm waits for the fleet before calling it lost
-# Budgets lifted: the simulator's devices all come from loopback, and the benchmark
-# polls the API.
-SETTINGS = (
-    "api_rate_per_s = 1e9\napi_rate_burst = 100000\n"
-    "device_msgs_per_s = 1e9\ndevice_msgs_burst = 1000000\n"
-    "device_bytes_per_s = 1000000000\ndevice_queue = 1000000\n"
-)
-
-
-class Database:
-    """The hub's database read from outside, as an operator's query would."""
-
-    def __init__(self, target: Path | str) -> None:
-        self._pg: psycopg.Connection[Any] | None = None
-        self._sqlite: sqlite3.Connection | None = None
-        if isinstance(target, str) and is_postgres(target):
-            self._pg = psycopg.connect(target, autocommit=True)
-        else:
-            self._sqlite = sqlite3.connect(
-                f"file:{target}?mode=ro", uri=True, timeout=10, check_same_thread=False
-            )
-
-    def _query(self, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        if self._pg is not None:
-            return self._pg.execute(statement.replace("?", "%s"), params).fetchall()
-        assert self._sqlite is not None
-        return self._sqlite.execute(statement, params).fetchall()
-
-    async def query(self, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        return await asyncio.to_thread(self._query, statement, params)
-
-    async def online(self) -> int:
-        ((n,),) = await self.query("SELECT count(*) FROM devices WHERE online = 1")
-        return int(n)
-
-    async def last_heartbeat(self, device_id: str) -> float | None:
-        rows = await self.query(
-            "SELECT last_heartbeat FROM devices WHERE device_id = ?", (device_id,)
-        )
-        return float(rows[0][0]) if rows and rows[0][0] is not None else None
-
-    async def tasks_ended(self, ids: list[str]) -> int:
-        ended = 0
-        for first in range(0, len(ids), 500):
-            chunk = tuple(ids[first : first + 500])
-            marks = ",".join("?" * len(chunk))
-            ((n,),) = await self.query(
-                f"SELECT count(*) FROM tasks WHERE task_id IN ({marks})"  # noqa: S608
-                " AND state IN ('succeeded', 'failed', 'expired', 'cancelled')",
-                chunk,
-            )
-            ended += int(n)
-        return ended
-
-    def close(self) -> None:
-        if self._pg is not None:
-            self._pg.close()
-        if self._sqlite is not None:
-            self._sqlite.close()
-
-
-@dataclass
-class Setup:
-    """One configuration under test: its replicas, broker, database and API."""
-
-    name: str
-    replicas: list[Replica]
-    broker_pid: Any  # () -> int | None: the broker may be restarted
-    broker_port: int
-    ca_cert: Path
-    ca_key: Path
-    database: Database
-    token: str
-    urls: list[str]
-    extra: list[Any] = field(default_factory=list)  # what to stop at the end
-
-
-def _token(data: Path) -> str:
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "hub.cli", "token", "create", "--data", str(data)),
-            *("--role", "operator", "--subject", "bench", "--ttl", "4h"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
-@contextlib.asynccontextmanager
-async def _sqlite_setup(root: Path) -> AsyncIterator[Setup]:
-    paths, config = make_hub(root / "hub")
-    replica = Replica("solo", paths, root)
-    await replica.start()
-    database = Database(paths.root / "hub.db")
-
-    def broker_pid() -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            return int((paths.broker_dir / "mosquitto.pid").read_text())
-        return None
-
-    try:
-        yield Setup(
-            "SQLite, 1 replica",
-            [replica],
-            broker_pid,
-            config.mqtt_port,
-            paths.ca_cert,
-            paths.ca_key,
-            database,
-            _token(paths.root),
-            [config.hub_url],
-        )
-    finally:
-        database.close()
-        _stop(replica)
-
-
-@contextlib.asynccontextmanager
-async def _postgres_setup(root: Path, count: int) -> AsyncIterator[Setup]:
-    from scripts.pgcluster import ThrowawayPostgres
-
-    server = ThrowawayPostgres(durable=True)
-    await asyncio.to_thread(server.start)
-    replicas: list[Replica] = []
-    broker: BrokerSupervisor | None = None
-    database: Database | None = None
-    try:
-        url = await asyncio.to_thread(server.new_database)
-        ids = [f"r{n + 1}" for n in range(count)]
-        primary, broker, broker_port = await fleet_broker(root / "pki", ids)
-        settings = (
-            f'broker = "mqtts://127.0.0.1:{broker_port}"\ndb_url = {json.dumps(url)}\n' + SETTINGS
-        )
-        replicas = [Replica(r, replica_folder(primary, root / r, r, settings), root) for r in ids]
-        for replica in replicas:  # one after the other: the first migrates the schema
-            await replica.start()
-        database = Database(url)
-        supervisor = broker
-        yield Setup(
-            f"PostgreSQL, {count} replica{'s' if count > 1 else ''}",
-            replicas,
-            lambda: supervisor.pid,
-            broker_port,
-            primary.ca_cert,
-            primary.ca_key,
-            database,
-            _token(replicas[0].paths.root),
-            [load_config(r.paths.root).hub_url for r in replicas],
-        )
-    finally:
-        if database is not None:
-            database.close()
-        for replica in replicas:
-            _stop(replica)
-        if broker is not None:
-            await broker.stop()
-        await asyncio.to_thread(server.stop)
-
-
-def _stop(replica: Replica) -> None:
-    process = replica.process
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 # ------------------------------------------------------------------ measuring
@@ -431,20 +258,48 @@ def _pids(setup: Setup) -> dict[str, list[int]]:
 
 
 async def _capacity(setup: Setup, root: Path) -> list[dict[str, Any]]:
-    fleet = Fleet(root / "fleet", setup.ca_cert, setup.ca_key, setup.broker_port)
-    probe = Probe(setup, root / "probe")
+    sizes = [s for s in STEPS if s <= FLEET_MAX]
+    # Past what one broker may hold here (its open files), devices go to brokers bridged
+    # to the fleet's: the hub's side is what is measured.
+    per_broker = devices_per_broker(DEVICES_PER_WORKER)
+    overflow: list[OverflowBroker] = []
+    fleet = probe = None
     steps: list[dict[str, Any]] = []
     try:
+        for n in range(1, -(-max(sizes) // per_broker)):
+            pid = setup.broker_pid()
+            assert pid is not None
+            overflow.append(
+                await start_overflow(
+                    setup.broker_paths, setup.broker_port, pid, root / f"overflow-{n}", n
+                )
+            )
+        fleet = Fleet(
+            root / "fleet",
+            setup.ca_cert,
+            setup.ca_key,
+            setup.broker_port,
+            overflow_ports=tuple(b.port for b in overflow),
+            per_broker=per_broker,
+        )
+        probe = Probe(setup, root / "probe")
         await probe.ready()
-        for size in (s for s in STEPS if s <= FLEET_MAX):
-            step = await _step(setup, fleet, probe, size, _pids(setup))
+        for size in sizes:
+            pids = _pids(setup)
+            pids["mosquitto"] += [b.process.pid for b in overflow]
+            step = await _step(setup, fleet, probe, size, pids)
+            step["brokers"] = -(-size // per_broker)
             print(f"# capacity, {setup.name}: {json.dumps(step)}", flush=True)
             steps.append(step)
             if not step["held"]:
                 break
     finally:
-        await probe.stop()
-        await fleet.stop()
+        if probe is not None:
+            await probe.stop()
+        if fleet is not None:
+            await fleet.stop()
+        for broker in overflow:
+            broker.stop()
     return steps
 
 
@@ -538,14 +393,14 @@ async def _run(root: Path) -> list[Result]:
     results: list[Result] = []
     held: dict[str, int] = {}
     if "sqlite" in chosen:
-        async with _sqlite_setup(root / "sqlite") as setup:
+        async with sqlite_setup(root / "sqlite") as setup:
             steps = await _capacity(setup, root / "sqlite")
         results += _result(setup.name, steps)
     for count in (1, 2):
         key = "postgresql" if count == 1 else "postgresql-2"
         if key not in chosen:
             continue
-        async with _postgres_setup(root / key, count) as setup:
+        async with postgres_setup(root / key, count) as setup:
             steps = await _capacity(setup, root / key)
         results += _result(setup.name, steps)
         best = _held(steps)
@@ -561,7 +416,7 @@ async def _run(root: Path) -> list[Result]:
             )
         )
     if "storm" in chosen:
-        async with _sqlite_setup(root / "storm") as setup:
+        async with sqlite_setup(root / "storm") as setup:
             storm = await _storm(setup, root / "storm")
         for what, figures in storm.items():
             results.append(

@@ -509,14 +509,21 @@ class Fleet:
         *,
         heartbeat_s: float = 10.0,
         reconnect_spread_s: float = 10.0,
+        overflow_ports: tuple[int, ...] = (),
+        per_broker: int = 1 << 30,
     ) -> None:
+        """Devices connect to `broker_port`, `per_broker` of them (a multiple of
+        `DEVICES_PER_WORKER`); the next ones to each of `overflow_ports` in turn (see
+        tests/bench/overflow.py)."""
         self.folder = folder
+        ports = (broker_port, *overflow_ports)
+        workers_per_broker = max(1, per_broker // DEVICES_PER_WORKER)
         self._spec: Callable[[int], WorkerSpec] = lambda index: WorkerSpec(
             index,
             folder / f"worker-{index}",
             ca_cert,
             ca_key,
-            broker_port,
+            ports[min(index // workers_per_broker, len(ports) - 1)],
             heartbeat_s,
             reconnect_spread_s,
         )
