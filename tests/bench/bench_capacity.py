@@ -3,7 +3,8 @@ simulator (tests/bench/fleetsim.py), on SQLite (one replica), on PostgreSQL with
 replica and with two behind one Mosquitto; then a reconnect storm.
 
 Each configuration ramps the fleet at `RAMP_PER_S` devices a second through `STEPS`
-(up to `OUTPOST_BENCH_FLEET_MAX`, default 10,000; 40,000 for the full table), holds each
+(up to `OUTPOST_BENCH_FLEET_MAX`, default 10,000; 40,000 for the full table; from
+`OUTPOST_BENCH_FLEET_MIN`, to start at a larger step), holds each
 step `OUTPOST_BENCH_HOLD_S` (30 s) with heartbeats every 10 s and tasks flowing, and
 stops at the first step it does not hold. A step holds when every device's hello was
 answered, every device stayed online in the hub's database through the hold, a
@@ -59,6 +60,7 @@ from tests.bench.overflow import OverflowBroker, devices_per_broker, start_overf
 
 STEPS = (1_000, 2_500, 5_000, 10_000, 15_000, 25_000, 40_000)
 FLEET_MAX = int(os.environ.get("OUTPOST_BENCH_FLEET_MAX", "10000"))
+FLEET_MIN = int(os.environ.get("OUTPOST_BENCH_FLEET_MIN", "0"))  # skip the smaller steps
 HOLD_S = float(os.environ.get("OUTPOST_BENCH_HOLD_S", "30"))
 STORM_DEVICES = int(os.environ.get("OUTPOST_BENCH_STORM_DEVICES", "10000"))
 CONFIGS = os.environ.get("OUTPOST_BENCH_CAPACITY", "sqlite,postgresql,postgresql-2,storm")
@@ -151,11 +153,15 @@ class Tasks:
         self._turn = 0
         self.ids: list[str] = []
         self.refused = 0
+        self.why: dict[str, int] = {}  # each refusal's status or error, counted
+        self.slowest_s = 0.0  # the slowest submission's round trip
 
     async def submit(self) -> None:
         url = self._setup.urls[self._turn % len(self._setup.urls)]
         self._turn += 1
         one = {"model": SIM_MODEL, "input": [[0, 0, 0]], "dtype": "int8", "deadline_s": 120}
+        why = ""
+        sent = time.monotonic()
         try:
             async with self._session.post(
                 f"{url}/api/v1/tasks",
@@ -166,9 +172,13 @@ class Tasks:
                 if reply.status == 202:
                     self.ids += (await reply.json())["ids"]
                 else:
-                    self.refused += TASK_RATE
-        except (aiohttp.ClientError, TimeoutError):
+                    why = f"HTTP {reply.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            why = type(exc).__name__
+        self.slowest_s = max(self.slowest_s, time.monotonic() - sent)
+        if why:
             self.refused += TASK_RATE
+            self.why[why] = self.why.get(why, 0) + 1
 
     async def close(self) -> None:
         await self._session.close()
@@ -232,6 +242,8 @@ async def _step(
         "lag_max_ms": _ms(lags[-1] if lags else None),
         "tasks_submitted": len(tasks.ids),
         "tasks_refused": tasks.refused,
+        "tasks_refused_why": tasks.why,
+        "task_submit_slowest_ms": _ms(tasks.slowest_s),
         "tasks_ended": ended,
         "links_lost": after["links_lost"],
         "connect_failures": after["connect_failures"],
@@ -241,7 +253,9 @@ async def _step(
     if not lags or lags[-1] > HEARTBEAT_S:
         broke.append(f"a heartbeat took {step['lag_max_ms']} ms to be stored")
     if ended < len(tasks.ids) or tasks.refused:
-        broke.append(f"{len(tasks.ids) - ended} tasks not ended, {tasks.refused} refused")
+        broke.append(
+            f"{len(tasks.ids) - ended} tasks not ended, {tasks.refused} refused ({tasks.why})"
+        )
     step["held"] = not broke
     step["broke"] = "; ".join(broke)
     return step
@@ -258,7 +272,7 @@ def _pids(setup: Setup) -> dict[str, list[int]]:
 
 
 async def _capacity(setup: Setup, root: Path) -> list[dict[str, Any]]:
-    sizes = [s for s in STEPS if s <= FLEET_MAX]
+    sizes = [s for s in STEPS if FLEET_MIN <= s <= FLEET_MAX]
     # Past what one broker may hold here (its open files), devices go to brokers bridged
     # to the fleet's: the hub's side is what is measured.
     per_broker = devices_per_broker(DEVICES_PER_WORKER)
