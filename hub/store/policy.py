@@ -110,42 +110,57 @@ def resolve(all_layers: list[Layer], device_id: str, labels: dict[str, str]) -> 
 
 def refresh(db: Sql, device_ids: list[str] | None, now: float) -> list[ToPublish]:
     """Recompute effective policies (of `device_ids`, or every device); give a new version
-    to each that changed, and return those plus any not yet published."""
-    out = []
+    to each that changed, and return those plus any not yet published.
+
+    The versions come from one counter for the fleet, whose row stays locked until the
+    transaction ends: they are taken at once, after every read, so that replicas
+    refreshing at the same time (a ramp of hellos on each) wait on each other for the
+    writes alone, not for each other's reads one device at a time."""
+    out: list[ToPublish] = []
     with db.write():
         every = layers(db)
+        held_sql = "SELECT device_id, version, digest, published FROM device_policy"
         if device_ids is None:
             rows = db.execute("SELECT device_id, labels FROM devices").fetchall()
-        elif not device_ids:  # PostgreSQL refuses an empty `IN ()`
-            rows = []
+            held = {r["device_id"]: r for r in db.execute(held_sql)}
         else:
-            marks = ",".join("?" * len(device_ids))
-            rows = db.execute(
-                f"SELECT device_id, labels FROM devices WHERE device_id IN ({marks})",  # noqa: S608 - placeholders only
-                device_ids,
-            ).fetchall()
+            rows, held = [], {}
+            # PostgreSQL refuses an empty `IN ()`, which no chunk is; once per device.
+            for chunk in chunked(sorted(set(device_ids))):
+                among = f" WHERE device_id IN ({marks(len(chunk))})"
+                rows += db.execute(
+                    "SELECT device_id, labels FROM devices" + among,  # noqa: S608 - placeholders only
+                    chunk,
+                ).fetchall()
+                held |= {r["device_id"]: r for r in db.execute(held_sql + among, chunk)}
+        changed: list[tuple[int, str, str, dict[str, Any]]] = []  # (place in out, ...)
         for r in rows:
             chosen = resolve(every, r["device_id"], json.loads(r["labels"]))
             document = policy.overlay(*(x.document for x in chosen))
             digest = policy.digest(document)
-            held = db.execute(
-                "SELECT version, digest, published FROM device_policy WHERE device_id = ?",
-                (r["device_id"],),
-            ).fetchone()
-            if held is not None and held["digest"] == digest:
-                if not held["published"]:
-                    out.append(ToPublish(r["device_id"], held["version"], document))
+            mine = held.get(r["device_id"])
+            if mine is not None and mine["digest"] == digest:
+                if not mine["published"]:
+                    out.append(ToPublish(r["device_id"], mine["version"], document))
                 continue
-            version = _next_version(db)
-            db.execute(
+            changed.append((len(out), r["device_id"], digest, document))
+            out.append(ToPublish(r["device_id"], 0, document))  # numbered below
+        if changed:
+            last = _take_versions(db, len(changed))
+            first = last - len(changed) + 1
+            db.executemany(
                 """INSERT INTO device_policy (device_id, version, digest, document, published,
                        issued_at) VALUES (?, ?, ?, ?, 0, ?)
                    ON CONFLICT (device_id) DO UPDATE SET version = excluded.version,
                        digest = excluded.digest, document = excluded.document, published = 0,
                        issued_at = excluded.issued_at""",
-                (r["device_id"], version, digest, json.dumps(document), now),
+                [
+                    (device_id, first + n, digest, json.dumps(document), now)
+                    for n, (_, device_id, digest, document) in enumerate(changed)
+                ],
             )
-            out.append(ToPublish(r["device_id"], version, document))
+            for n, (place, device_id, _, document) in enumerate(changed):
+                out[place] = ToPublish(device_id, first + n, document)
     return out
 
 
@@ -242,7 +257,9 @@ def drift(db: Sql) -> int:
     return int(n)
 
 
-def _next_version(db: Sql) -> int:
-    db.execute("UPDATE policy_seq SET value = value + 1")
-    (value,) = db.execute("SELECT value FROM policy_seq").fetchone()
+def _take_versions(db: Sql, count: int) -> int:
+    """Take `count` new policy versions for the fleet; return the last of them."""
+    (value,) = db.execute(
+        "UPDATE policy_seq SET value = value + ? RETURNING value", (count,)
+    ).fetchone()
     return int(value)
