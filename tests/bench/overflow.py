@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import resource
 import socket
@@ -80,18 +81,18 @@ async def start_overflow(
     files.replace(bridge_cert, issued.pem, files.PUBLIC)
     # The fleet's broker gives the bridge what a device has, for every device: it writes
     # their `up` topics and reads their `down` ones. Mosquitto re-reads its ACL on SIGHUP.
-    acl = fleet.broker_dir / "acl"
+    fleet_files = BrokerFiles.managed(fleet)
+    acl = fleet_files.acl
     grant = f"\nuser {cn}\ntopic write {TOPIC_PREFIX}/+/up/#\ntopic read {TOPIC_PREFIX}/+/down/#\n"
     files.replace(acl, acl.read_bytes() + grant.encode(), files.PRIVATE)
     if not await reload_pid(fleet, broker_pid):
         raise RuntimeError(f"the fleet's broker did not reload its ACL: see {log_file(fleet)}")
-    where = BrokerFiles(
+    # The fleet's CA and server certificate, its own folder for the rest.
+    where = dataclasses.replace(
+        fleet_files,
         folder=folder,
         acl=folder / "acl",
         log=folder / "mosquitto.log",
-        ca_cert=fleet.ca_cert,
-        server_cert=fleet.server_cert,
-        server_key=fleet.server_key,
         crl=folder / "crl.pem",
     )
     files.replace(where.acl, acl_text().encode(), files.PRIVATE)
