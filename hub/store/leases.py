@@ -10,7 +10,6 @@ Each function runs on the store's worker thread as one unit of work.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import json
 from collections.abc import Callable, Sequence
@@ -41,8 +40,9 @@ class Queued:
     excluded: frozenset[str]
 
 
-@dataclass(frozen=True)
-class Candidate:
+# A msgspec struct, not a dataclass: a pass makes one for every online device, and a
+# frozen dataclass's constructor took 3.1 us against 0.23 (78 ms a pass at 25,000).
+class Candidate(msgspec.Struct, frozen=True):
     """An online device as the planner sees it."""
 
     device_id: str
@@ -151,7 +151,13 @@ def _allocate(
         for task_id, device_id in chosen:
             assigned.append(_assign(db, task_id, device_id, now, settings))
             gained[device_id] += 1
-        candidates = [dataclasses.replace(c, held=c.held + gained[c.device_id]) for c in candidates]
+        if gained:  # most of a large fleet gained nothing: keep those as they are
+            candidates = [
+                msgspec.structs.replace(c, held=c.held + gained[c.device_id])
+                if c.device_id in gained
+                else c
+                for c in candidates
+            ]
         passed += len(page) - len(chosen)  # the chosen ones left the queue
         scanned += len(page)
     return assigned, swept
@@ -251,35 +257,42 @@ def _candidates(db: Sql, now: float, settings: Settings) -> list[Candidate]:
         ).fetchall()
     }
     out = []
-    for r in db.execute(
+    stale_s = settings.stale_after_heartbeats
+    # Rows unpacked by position: a pass reads every online device, and each lookup by
+    # column name cost more than the rest of the loop.
+    for (
+        device_id,
+        labels,
+        models,
+        load,
+        last_heartbeat,
+        interval,
+        claimed,
+        inbox,
+        latency_ms,
+    ) in db.execute(
         """SELECT device_id, labels, models, load, last_heartbeat, heartbeat_interval,
                task_slots, task_inbox, task_latency_ms
            FROM devices WHERE online = 1 AND task_slots > 0"""
     ).fetchall():
         # What it claims, bounded; and one task at a time until a result of its own has
         # come back (the latency it reports with it): a claim is earned, not taken.
-        concurrency = min(r["task_slots"], settings.max_slots)
-        if r["task_latency_ms"] is None:
-            concurrency = 1
-        interval = r["heartbeat_interval"] or 0
+        concurrency = 1 if latency_ms is None else min(claimed, settings.max_slots)
         cpu_percent = temperature_c = None
-        if (
-            r["last_heartbeat"] is not None
-            and now - r["last_heartbeat"] <= settings.stale_after_heartbeats * interval
-        ):
-            cpu_percent, temperature_c = _load_of(r["load"])
+        if last_heartbeat is not None and now - last_heartbeat <= stale_s * (interval or 0):
+            cpu_percent, temperature_c = _load_of(load)
         out.append(
             Candidate(
-                device_id=r["device_id"],
-                labels=_labels_of(r["labels"]),
-                models=_ready_models_of(r["models"]),
+                device_id=device_id,
+                labels=_labels_of(labels),
+                models=_ready_models_of(models),
                 # Never more than the device said it holds: it would refuse the rest.
-                slots=min(concurrency + settings.prefetch, r["task_inbox"] or 1 << 30),
+                slots=min(concurrency + settings.prefetch, inbox or 1 << 30),
                 concurrency=concurrency,
-                held=held.get(r["device_id"], 0),
+                held=held.get(device_id, 0),
                 cpu_percent=cpu_percent,
                 temperature_c=temperature_c,
-                latency_ms=r["task_latency_ms"],
+                latency_ms=latency_ms,
             )
         )
     return out

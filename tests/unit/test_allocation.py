@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 from dataclasses import replace
+
+import msgspec
 
 from hub.store.leases import Candidate, Queued
 from hub.tasks.allocation import plan, score
@@ -22,7 +25,7 @@ def device(name: str, **changes: object) -> Candidate:
         temperature_c=40.0,
         latency_ms=5.0,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return msgspec.structs.replace(base, **changes)
 
 
 def task(name: str = "tsk-1", **changes: object) -> Queued:
@@ -60,3 +63,16 @@ def test_tasks_fill_free_slots_in_the_order_given() -> None:
     chosen = plan(tasks, [device("a", slots=2), device("b", slots=1)])
     assert [t for t, _ in chosen] == ["tsk-0", "tsk-1", "tsk-2"]
     assert sorted(d for _, d in chosen) == ["a", "a", "b"]
+
+
+def test_equal_devices_are_spread_over_tasks_planned_one_at_a_time() -> None:
+    # A pass per submitted task, each seeing the same idle devices: the tie-break (the
+    # task's hash against each device's) must not send every task to one of them.
+    fleet = [device(f"dev-{n:02d}") for n in range(20)]
+    picks = collections.Counter(
+        device_id for n in range(400) for _, device_id in plan([task(f"tsk-{n:04x}")], fleet)
+    )
+    assert sum(picks.values()) == 400
+    assert len(picks) == 20
+    assert min(picks.values()) >= 8  # 20 each if even
+    assert max(picks.values()) <= 40
