@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 PERIOD_S = 0.5
 MAX_PLAN = 2000  # queued tasks considered per pass
+MAX_GROUP_TASKS = 5000  # a group of waiting submissions stops growing past this many tasks
 
 
 class Dispatcher:
@@ -54,6 +55,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._running = False  # `run` is running: this replica leads
         self._sending: set[asyncio.Task[None]] = set()
+        # Submissions waiting for the leader's next transaction, and the task running them.
+        self._submitted: list[tuple[list[NewTask], float, asyncio.Future[bool]]] = []
+        self._grouping: asyncio.Task[None] | None = None
         self.outcomes: collections.Counter[str] = collections.Counter()  # assigned, expired...
 
     def wake(self) -> None:
@@ -82,25 +86,67 @@ class Dispatcher:
         send what was assigned without waiting for it (the caller is answered once the
         tasks are durable). A pass that fails does not fail the submission: the tasks
         are then queued alone. Raises what the store raises if they could not be queued."""
-        if self._running:
-            try:
-                assigned, swept = await self._store.create_and_allocate(
-                    new, now=now, settings=self.settings, plan=allocation.plan
-                )
-            except NotLeaderError:  # refused before anything was written
-                pass
-            except Exception:  # rolled back: queued alone below, for a later pass
-                logger.exception("queuing and allocating %d tasks at once failed", len(new))
-            else:
-                self._count(swept)
-                if assigned:
-                    self.outcomes["assigned"] += len(assigned)
-                    sending = asyncio.create_task(self._send(assigned, now), name="hub.send-tasks")
-                    self._sending.add(sending)
-                    sending.add_done_callback(self._sending.discard)
-                return
+        if self._running and await self._allocate_with(new, now):
+            return
         await self._queue.create_tasks(new, now=now)
         self.wake()
+
+    async def _allocate_with(self, new: list[NewTask], now: float) -> bool:
+        """Queue and allocate `new` together with the other submissions waiting meanwhile:
+        whether that transaction committed. Submissions are grouped because a pass reads
+        every online device (about 0.2 s at 25,000): one pass per submission would cap
+        a large fleet at a few submissions a second, one pass per group does not."""
+        waiting: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._submitted.append((new, now, waiting))
+        if self._grouping is None:
+            self._grouping = asyncio.create_task(self._allocate_submitted(), name="hub.submit")
+        return await asyncio.shield(waiting)  # a caller gone does not stop its group
+
+    async def _allocate_submitted(self) -> None:
+        group: list[tuple[list[NewTask], float, asyncio.Future[bool]]] = []
+        try:
+            while self._submitted:
+                group = self._take_group()
+                committed = await self._allocate_group(
+                    [task for new, _, _ in group for task in new],
+                    max(now for _, now, _ in group),
+                )
+                for _, _, waiting in group:
+                    waiting.set_result(committed)
+        finally:
+            self._grouping = None
+            # Cancelled (the hub stopping): whether the transaction committed is not
+            # known, so the callers are not told to queue their tasks again.
+            for _, _, waiting in group + self._submitted:
+                waiting.cancel()
+            self._submitted = []
+
+    def _take_group(self) -> list[tuple[list[NewTask], float, asyncio.Future[bool]]]:
+        """The submissions waiting longest, up to `MAX_GROUP_TASKS` tasks (at least one)."""
+        count = taken = 0
+        while taken < len(self._submitted) and (not taken or count < MAX_GROUP_TASKS):
+            count += len(self._submitted[taken][0])
+            taken += 1
+        group, self._submitted = self._submitted[:taken], self._submitted[taken:]
+        return group
+
+    async def _allocate_group(self, tasks: list[NewTask], now: float) -> bool:
+        try:
+            assigned, swept = await self._store.create_and_allocate(
+                tasks, now=now, settings=self.settings, plan=allocation.plan
+            )
+        except NotLeaderError:  # refused before anything was written
+            return False
+        except Exception:  # rolled back: each queued alone, for a later pass
+            logger.exception("queuing and allocating %d tasks at once failed", len(tasks))
+            return False
+        self._count(swept)
+        if assigned:
+            self.outcomes["assigned"] += len(assigned)
+            sending = asyncio.create_task(self._send(assigned, now), name="hub.send-tasks")
+            self._sending.add(sending)
+            sending.add_done_callback(self._sending.discard)
+        return True
 
     async def allocate_once(self) -> int:
         now = time.time()

@@ -1,0 +1,136 @@
+"""Submissions to the leading replica's dispatcher (hub/tasks/dispatcher.py) that arrive
+while a transaction runs are queued and allocated together, on a real SQLite file and a
+real PostgreSQL database: every task once, one bad submission failing alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from hub.config import HubConfig
+from hub.store import HubStore, NewTask
+from hub.tasks.dispatcher import Dispatcher
+from tests.databases import BACKENDS, database
+from tests.integration.test_task_store import online
+
+TASKS = 40
+
+
+class CountingStore(HubStore):
+    """The real store, counting its queue-and-allocate transactions."""
+
+    transactions = 0
+
+    async def create_and_allocate(self, *args: Any, **kwargs: Any) -> Any:
+        self.transactions += 1
+        return await super().create_and_allocate(*args, **kwargs)
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CountingStore]:
+    opened = CountingStore(database(request, tmp_path))
+    yield opened
+    opened.close()
+
+
+def new(task_id: str) -> NewTask:
+    return NewTask(
+        task_id=task_id,
+        model="m",
+        version="",
+        input=msgpack.packb([[1]]),
+        dtype="int8",
+        priority=5,
+        deadline=time.time() + 600,
+        lease_s=60,
+        target={},
+        submitted_by="t",
+    )
+
+
+async def leading(store: HubStore) -> tuple[Dispatcher, list[str]]:
+    """A dispatcher whose loop runs (as on the replica that leads), and the topics it sent."""
+    sent: list[str] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        sent.append(topic)
+
+    dispatcher = Dispatcher(store, HubConfig(), publish, queue=store)
+    return dispatcher, sent
+
+
+async def run_while(dispatcher: Dispatcher, work: Callable[[], Awaitable[Any]]) -> Any:
+    loop = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.sleep(0)
+        assert dispatcher._running  # leading: submissions go through the group
+        return await work()
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
+async def test_submissions_at_once_share_one_transaction_and_each_task_is_queued_once(
+    store: CountingStore,
+) -> None:
+    await online(store, "dev-a", slots=2)
+    dispatcher, sent = await leading(store)
+
+    async def submit_all() -> None:
+        await asyncio.gather(
+            *(dispatcher.submit([new(f"tsk-{n:016x}")], time.time()) for n in range(TASKS))
+        )
+        async with asyncio.timeout(30):  # the assignments are sent after the answer
+            while not sent:
+                await asyncio.sleep(0.01)
+
+    await run_while(dispatcher, submit_all)
+
+    # Each submission started before the first transaction did: all waited for it.
+    assert store.transactions == 1
+    states = [await store.task(f"tsk-{n:016x}") for n in range(TASKS)]
+    assert all(task is not None for task in states)
+    held = [t.task_id for t in states if t is not None and t.state == "assigned"]
+    # What the device may hold, taken in the same transaction: one task at a time until it
+    # has reported a latency, plus the work given ahead.
+    room = 1 + HubConfig().task_prefetch
+    assert len(held) == room
+    assert dispatcher.outcomes["assigned"] == room
+    assert sent == ["outpost/v1/dev/dev-a/down/tasks"]  # in one message
+
+
+async def test_a_bad_submission_in_a_group_fails_alone(store: CountingStore) -> None:
+    await store.create_tasks([new("tsk-taken")], now=time.time())
+    dispatcher, _ = await leading(store)
+
+    results = await run_while(
+        dispatcher,
+        lambda: asyncio.gather(
+            dispatcher.submit([new("tsk-0000000000000001")], time.time()),
+            dispatcher.submit([new("tsk-taken")], time.time()),  # the id is in use
+            dispatcher.submit([new("tsk-0000000000000002")], time.time()),
+            return_exceptions=True,
+        ),
+    )
+
+    # The group's transaction failed on the taken id and was rolled back; each submission
+    # was then queued alone, and only the one that repeats an id was refused.
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], Exception)
+    for task_id in ("tsk-0000000000000001", "tsk-0000000000000002"):
+        task = await store.task(task_id)
+        assert task is not None
+        assert task.state == "queued"
+    page = await store.tasks_page(limit=10)
+    assert sorted(t.task_id for t in page) == [
+        "tsk-0000000000000001",
+        "tsk-0000000000000002",
+        "tsk-taken",
+    ]
