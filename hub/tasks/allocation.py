@@ -15,13 +15,15 @@ Among eligible devices the highest score wins:
 
 so an idle, cool, quick device is preferred, a busy one still gets work when nothing
 better is free, and a device whose load is unknown is never mistaken for an idle one.
-Ties go to the device holding fewer tasks, then to a hash of the task and device ids
-(spreading equal devices without favouring one). Tasks are planned in priority order
-(then deadline), so high-priority work takes the free slots first.
+Ties go to the device holding fewer tasks, then to one picked among them by the task's
+hash (spreading tasks evenly over equal devices without favouring one). Tasks are
+planned in priority order (then deadline), so high-priority work takes the free slots first.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import json
 import zlib
 
@@ -30,10 +32,6 @@ from hub.store.leases import Candidate, Queued
 W_FREE, W_CPU, W_HEAT, W_SLOW = 1.0, 0.5, 0.5, 0.3
 HEAT_FROM_C, HEAT_FULL_C = 60.0, 85.0
 LATENCY_SCALE_MS = 50.0
-# The tie-break mixes the task's and the device's CRC-32 with this multiplier (2^32 over
-# the golden ratio): CRC-32 is linear, and the bare XOR of the two (as a CRC of both ids
-# joined, before) split 4,000 tasks over 20 equal devices 121 to 258 each; mixed, 184 to 232.
-GOLDEN = 0x9E3779B1
 
 
 def score(device: Candidate, held: int) -> float:
@@ -77,66 +75,128 @@ def _kind(task: Queued, targets: dict[int, str]) -> tuple[object, ...]:
 def plan(queued: list[Queued], candidates: list[Candidate]) -> list[tuple[str, str]]:
     """Pick a device for each queued task that has one; tasks come in priority order."""
     held = {c.device_id: c.held for c in candidates}
-    # The devices each kind of task matches, found once per pass: most queued tasks share
-    # a few kinds, and matching every task against every online device dominated a
-    # pass's time with thousands of devices.
-    matching: dict[tuple[object, ...], list[_Scored]] = {}
+    # The devices each kind of task matches, ranked once per pass: most queued tasks
+    # share a few kinds, and weighing every online device for every task made a burst of
+    # 2,000 tasks into 25,000 devices 50 million steps. A task now costs a few heap steps.
+    pools: dict[tuple[object, ...], _Pool] = {}
     targets: dict[int, str] = {}
     chosen = []
     for task in queued:
         kind = _kind(task, targets)
-        pool = matching.get(kind)
+        pool = pools.get(kind)
         if pool is None:
-            pool = matching[kind] = _pool(task, candidates)
-        # The best key is (score, -held, spread); each device is looked at once, so a
-        # task costs a few operations per matching device (a pass with one new task and
-        # 25,000 idle devices is mostly this loop).
-        mine = _hash(task.task_id)
-        excluded = task.excluded
-        best: tuple[float, int, int] | None = None
-        pick = None
-        for device_id, slots, fixed, spread in pool:
-            count = held[device_id]
-            if count >= slots or device_id in excluded:
-                continue
-            tie = ((spread ^ mine) * GOLDEN) & 0xFFFFFFFF
-            key = (W_FREE * (1.0 - count / slots) + fixed, -count, tie)
-            if best is None or key > best:
-                best, pick = key, device_id
+            pool = pools[kind] = _Pool(_matching(task, candidates), held)
+        pick = pool.take(_hash(task.task_id), task.excluded)
         if pick is not None:
-            held[pick] += 1
             chosen.append((task.task_id, pick))
     return chosen
 
 
-def _pool(task: Queued, candidates: list[Candidate]) -> list[_Scored]:
-    """The candidates `task` matches, as `plan` weighs them."""
+def _matching(task: Queued, candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates `task` matches."""
     if task.target.get("device"):
-        return [_scored(d) for d in candidates if matches(task, d)]
+        return [d for d in candidates if matches(task, d)]
     # Otherwise a match depends only on the labels and the model list, and devices with
     # the same texts share those objects (the store parses each distinct text once):
     # matched once per pair, not once per device.
     fits: dict[tuple[int, int], bool] = {}
-    pool = []
+    out = []
     for device in candidates:
         pair = (id(device.labels), id(device.models))
         fit = fits.get(pair)
         if fit is None:
             fit = fits[pair] = matches(task, device)
         if fit:
-            pool.append(_scored(device))
-    return pool
+            out.append(device)
+    return out
 
 
-# A matching device as `plan` weighs it: id, slots, the part of its score that does not
-# depend on what it holds, and its id's hash, which the task's hash turns into the tie-break
-# (spreading equal devices over tasks without favouring one).
-_Scored = tuple[str, int, float, int]
+class _Pool:
+    """The devices one kind of task matches, by rank: devices of equal rank (score, then
+    fewest held) share a bucket, sorted by their ids' hash, and a heap orders the buckets.
 
+    `held` is shared by a pass's pools: a device given a task through another pool is
+    found out of date here when it comes up, and moved to its new rank then."""
 
-def _scored(device: Candidate) -> _Scored:
-    fixed = score(device, 0) - W_FREE  # score(device, held) = W_FREE * free + fixed
-    return device.device_id, device.slots, fixed, _hash(device.device_id)
+    def __init__(self, devices: list[Candidate], held: dict[str, int]) -> None:
+        self._held = held
+        # Of each device: its slots and the part of its score that does not depend on
+        # what it holds (score(device, held) = W_FREE * (1 - held / slots) + fixed).
+        self._weights: dict[str, tuple[int, float]] = {}
+        self._buckets: dict[tuple[float, int], list[tuple[int, str, int]]] = {}
+        # `_place` inlined: a pass ranks every online device for its first task.
+        for device in devices:
+            device_id, slots = device.device_id, device.slots
+            count = held[device_id]
+            fixed = score(device, 0) - W_FREE
+            self._weights[device_id] = (slots, fixed)
+            if count >= slots:
+                continue
+            rank = (-(W_FREE * (1.0 - count / slots) + fixed), count)
+            bucket = self._buckets.get(rank)
+            if bucket is None:
+                bucket = self._buckets[rank] = []
+            bucket.append((_hash(device_id), device_id, count))
+        for bucket in self._buckets.values():
+            bucket.sort()
+        self._ranks = list(self._buckets)  # a min-heap: the best rank first
+        heapq.heapify(self._ranks)
+
+    def _place(self, device_id: str, count: int) -> None:
+        slots, fixed = self._weights[device_id]
+        if count >= slots:
+            return  # full: it leaves the pool
+        rank = (-(W_FREE * (1.0 - count / slots) + fixed), count)
+        bucket = self._buckets.get(rank)
+        if bucket is None:
+            bucket = self._buckets[rank] = []
+            heapq.heappush(self._ranks, rank)
+        bisect.insort(bucket, (_hash(device_id), device_id, count))
+
+    def take(self, mine: int, excluded: frozenset[str]) -> str | None:
+        """The best device not `excluded`, one of equal rank chosen by the task's hash
+        `mine` (which spreads tasks evenly over equal devices); it holds one more."""
+        passed: list[tuple[float, int]] = []  # ranks whose devices the task excludes
+        try:
+            while self._ranks:
+                rank = self._ranks[0]
+                bucket = self._buckets.get(rank)
+                if not bucket:
+                    heapq.heappop(self._ranks)
+                    self._buckets.pop(rank, None)
+                    continue
+                pick = self._take_from(bucket, mine, excluded)
+                if pick is not None:
+                    return pick
+                if bucket:  # every device left in it is excluded: look past it
+                    passed.append(heapq.heappop(self._ranks))
+            return None
+        finally:
+            for rank in passed:
+                heapq.heappush(self._ranks, rank)
+
+    def _take_from(
+        self, bucket: list[tuple[int, str, int]], mine: int, excluded: frozenset[str]
+    ) -> str | None:
+        tried = 0
+        index = mine % len(bucket)
+        while bucket and tried < len(bucket):
+            index %= len(bucket)
+            _, device_id, count = bucket[index]
+            held = self._held[device_id]
+            if held != count:  # given a task through another pool: its rank moved
+                del bucket[index]
+                self._place(device_id, held)
+                continue
+            if device_id in excluded:
+                index += 1
+                tried += 1
+                continue
+            del bucket[index]
+            self._held[device_id] = held + 1
+            self._place(device_id, held + 1)
+            return device_id
+        return None
 
 
 def _hash(text: str) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import collections
+import random
 from dataclasses import replace
+from typing import Any
 
 import msgspec
+import pytest
 
 from hub.store.leases import Candidate, Queued
-from hub.tasks.allocation import plan, score
+from hub.tasks.allocation import matches, plan, score
 
 VIB = ("vibration-anomaly", "1.0.0")
 
@@ -76,3 +79,63 @@ def test_equal_devices_are_spread_over_tasks_planned_one_at_a_time() -> None:
     assert len(picks) == 20
     assert min(picks.values()) >= 8  # 20 each if even
     assert max(picks.values()) <= 40
+
+
+def assert_by_rule(
+    queued: list[Queued], candidates: list[Candidate], chosen: list[tuple[str, str]]
+) -> None:
+    """Each task, in order, went to a device of the best rank among those eligible then
+    (weighing every device, as the module's docstring says), or none was eligible."""
+    held = {c.device_id: c.held for c in candidates}
+    picks = dict(chosen)
+    assert len(picks) == len(chosen)  # no task twice
+    for t in queued:
+        eligible = {
+            c.device_id: (score(c, held[c.device_id]), -held[c.device_id])
+            for c in candidates
+            if matches(t, c) and held[c.device_id] < c.slots and c.device_id not in t.excluded
+        }
+        if not eligible:
+            assert t.task_id not in picks
+            continue
+        pick = picks[t.task_id]
+        assert eligible.get(pick) == max(eligible.values()), t
+        held[pick] += 1
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_ranked_pools_pick_a_best_device_for_each_task(seed: int) -> None:
+    rng = random.Random(seed)
+    other = ("other-model", "2.0.0")
+    fleet = [
+        device(
+            f"dev-{n:03d}",
+            labels=rng.choice([{"site": "north"}, {"site": "south"}]),
+            models=rng.choice([frozenset({VIB}), frozenset({VIB, other}), frozenset({other})]),
+            slots=rng.choice([1, 2, 3, 6]),
+            held=rng.choice([0, 0, 1, 2]),
+            cpu_percent=rng.choice([5.0, 5.0, 20.0, None, rng.uniform(0, 100)]),  # ties
+            latency_ms=rng.choice([None, 5.0]),
+        )
+        for n in range(rng.randint(1, 60))
+    ]
+    ids = [d.device_id for d in fleet]
+    kinds: list[dict[str, Any]] = [
+        {},
+        {"target": {"selector": {"site": "south"}}},
+        {"model": "other-model", "version": "2.0.0"},
+        {"target": {"device": "dev-001"}},
+    ]
+    queued = [
+        task(
+            f"tsk-{seed}-{n}",
+            excluded=frozenset(rng.sample(ids, min(len(ids), rng.choice([0, 0, 1, 5])))),
+            **rng.choice(kinds),
+        )
+        for n in range(rng.randint(1, 150))
+    ]
+
+    chosen = plan(queued, fleet)
+
+    assert_by_rule(queued, fleet, chosen)
+    assert chosen  # the seeds all leave some work placeable
