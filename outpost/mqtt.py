@@ -11,7 +11,7 @@ from typing import Final, NoReturn, Protocol
 
 import aiomqtt
 
-from outpost import backoff
+from outpost import backoff, mqttprops
 
 # Without TCP_NODELAY a TLS record and the broker's delayed ACK wait on each other
 # (Nagle), which caps QoS 1 publishes at a few dozen per second.
@@ -75,6 +75,7 @@ async def run_forever(
     seconds, then capped exponential jitter), except after a refusal that `refusals`
     recognises: it then waits as it sees fit.
     """
+    mqttprops.lighten()  # every message read pays for paho's Properties otherwise
     retry = backoff.Reconnect(cap=backoff_cap, spread=backoff_spread, seed=backoff_seed)
     while True:
         client = make_client()
