@@ -13,7 +13,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from hub.store import HeartbeatSeen, HelloSeen, HubStore, NewTask, TaskSettings, Upload
+from hub.store import HeartbeatSeen, HelloSeen, HubStore, NewTask, TaskSettings, Upload, leases
+from hub.store.leases import Candidate
+from hub.store.sql import Sql
 from hub.tasks.allocation import plan
 from outpost import wire
 from tests.databases import BACKENDS, database
@@ -182,3 +184,41 @@ async def test_a_device_claiming_1024_slots_earns_them_and_gets_at_most_the_cap(
     then, _ = await store.allocate(now=time.time(), settings=settings, plan=plan)
     held = collections.Counter(a.device_id for a in then)
     assert held == {"dev-greedy": 4, "dev-honest": 2}
+
+
+async def test_a_pass_reads_only_devices_with_room_and_an_explanation_sees_them_all(
+    store: HubStore,
+) -> None:
+    now = time.time()
+    await online(store, "dev-full")
+    await online(store, "dev-free", slots=3)
+    # Claims 4 slots, but its inbox holds 2: the hub never gives it more than that.
+    await store.record_presence(
+        [HelloSeen("dev-inbox", "c", now, "generic", "1", 1.0, {}, "rt", READY, 4, 2)]
+    )
+    await store.create_tasks([new("tsk-full", target={"device": "dev-full"})], now=now)
+    first, _ = await store.allocate(now=now, settings=SETTINGS, plan=plan)
+    assert [(a.task_id, a.device_id) for a in first] == [("tsk-full", "dev-full")]
+
+    async def read(prefetch: int, with_room_only: bool) -> list[tuple[str, int, int, int]]:
+        settings = dataclasses.replace(SETTINGS, prefetch=prefetch)
+
+        def unit(db: Sql) -> list[Candidate]:
+            with db.snapshot():
+                return leases._candidates(db, now, settings, with_room_only=with_room_only)
+
+        found = await store.run(unit)
+        return sorted((c.device_id, c.held, c.concurrency, c.slots) for c in found)
+
+    # No result back from any yet: one task at a time each, plus what is given ahead.
+    assert await read(2, False) == [
+        ("dev-free", 0, 1, 3),
+        ("dev-full", 1, 1, 3),
+        ("dev-inbox", 0, 1, 2),  # 1 + 2 ahead, but its inbox holds 2
+    ]
+    assert [d for d, *_ in await read(2, True)] == ["dev-free", "dev-full", "dev-inbox"]
+    # Nothing given ahead: dev-full holds all it may, and the pass does not read it...
+    assert [d for d, *_ in await read(0, True)] == ["dev-free", "dev-inbox"]
+    # ...while a waiting task's explanation still sees it (as full).
+    candidates, _ = await store.task_fleet(now=now, settings=SETTINGS)
+    assert sorted(c.device_id for c in candidates) == ["dev-free", "dev-full", "dev-inbox"]
