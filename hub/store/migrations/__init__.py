@@ -37,4 +37,5 @@ MIGRATIONS: list[Migration] = [
     ("020_agent_releases", fleet.m020_agent_releases),
     ("021_agent_release_files", fleet.m021_agent_release_files),
     ("022_shadow_rollouts", models.m022_shadow_rollouts),
+    ("023_task_sweeps", work.m023_task_sweeps),
 ]

@@ -117,3 +117,11 @@ def m007_policy(db: Sql) -> None:
     # One counter for every device's policy versions: it only grows.
     db.execute("CREATE TABLE policy_seq (value INTEGER NOT NULL)")
     db.execute("INSERT INTO policy_seq (value) VALUES (0)")
+
+
+def m023_task_sweeps(db: Sql) -> None:
+    # Each allocation pass looks among the tasks in flight for those past their deadline
+    # and those whose lease lapsed. By state alone (tasks_queue's first column) that read
+    # every task in flight: 41 ms a pass with 150,000 of them (25,000 busy devices).
+    db.execute("CREATE INDEX tasks_deadline ON tasks (state, deadline)")
+    db.execute("CREATE INDEX tasks_lease ON tasks (state, lease_expires)")
