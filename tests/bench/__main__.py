@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, tuple[str, float]] = {
     "startup": ("agent exec to READY=1, and RSS after a minute idle", 600),
     "inference": ("the agent's runner and local API vs the bare interpreter loop", 900),
     "tasks": ("tasks end to end through hub and agents", 900),
+    "allocation": ("the leader's allocation pass with 25,000 devices vs a bare read", 300),
     "rollout": ("release verification, model upload and a staged roll-out", 600),
     "monitoring": ("roll-ups folded into model statistics, drift, log lines", 600),
     "sinks": ("ingest with the outbox vs without; outbox -> webhook vs bare POSTs", 600),
