@@ -227,8 +227,13 @@ async def test_chaos_soak(tmp_path: Path) -> None:
                 if index == FULL_AGENT
                 else ""
             )
+            # Retries capped at 5 s: the default back-off (up to 60 s) could leave an agent
+            # waiting out most of the drain's deadline after the last fault; how a fleet
+            # spreads its return is tested elsewhere, this is about what it loses.
             write_agent_settings(
-                device_paths, "[agent.sync]\nbatch_records = 50\nack_timeout_s = 2\n" + bounds
+                device_paths,
+                "reconnect_max_delay = 5\nreconnect_spread_s = 1\n"
+                "[agent.sync]\nbatch_records = 50\nack_timeout_s = 2\n" + bounds,
             )
             device = Device(index, device_paths, identity.device_id, tmp_path)
             device.start()
