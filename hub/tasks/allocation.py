@@ -80,12 +80,21 @@ def plan(queued: list[Queued], candidates: list[Candidate]) -> list[tuple[str, s
     # 2,000 tasks into 25,000 devices 50 million steps. A task now costs a few heap steps.
     pools: dict[tuple[object, ...], _Pool] = {}
     targets: dict[int, str] = {}
+    by_id: dict[str, Candidate] = {}  # filled for the first task naming a device
     chosen = []
     for task in queued:
         kind = _kind(task, targets)
         pool = pools.get(kind)
         if pool is None:
-            pool = pools[kind] = _Pool(_matching(task, candidates), held)
+            named = task.target.get("device")
+            if named:  # one kind per device named: looked up, not searched for
+                if not by_id:
+                    by_id = {c.device_id: c for c in candidates}
+                found = by_id.get(named)
+                matching = [] if found is None else [found]
+            else:
+                matching = _matching(task, candidates)
+            pool = pools[kind] = _Pool(matching, held)
         pick = pool.take(_hash(task.task_id), task.excluded)
         if pick is not None:
             chosen.append((task.task_id, pick))
@@ -93,12 +102,10 @@ def plan(queued: list[Queued], candidates: list[Candidate]) -> list[tuple[str, s
 
 
 def _matching(task: Queued, candidates: list[Candidate]) -> list[Candidate]:
-    """The candidates `task` matches."""
-    if task.target.get("device"):
-        return [d for d in candidates if matches(task, d)]
-    # Otherwise a match depends only on the labels and the model list, and devices with
-    # the same texts share those objects (the store parses each distinct text once):
-    # matched once per pair, not once per device.
+    """The candidates `task` matches, when it names no device."""
+    # A match depends only on the labels and the model list, and devices with the same
+    # texts share those objects (the store parses each distinct text once): matched once
+    # per pair, not once per device.
     fits: dict[tuple[int, int], bool] = {}
     out = []
     for device in candidates:

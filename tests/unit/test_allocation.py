@@ -139,3 +139,14 @@ def test_the_ranked_pools_pick_a_best_device_for_each_task(seed: int) -> None:
 
     assert_by_rule(queued, fleet, chosen)
     assert chosen  # the seeds all leave some work placeable
+
+
+def test_tasks_naming_devices_go_to_those_devices_only() -> None:
+    fleet = [device(f"dev-{n:02d}", models=frozenset()) for n in range(30)]  # no model
+    queued = [task(f"tsk-{n}", target={"device": f"dev-{n:02d}"}) for n in range(0, 30, 3)]
+    queued.append(task("tsk-gone", target={"device": "dev-gone"}))  # not a candidate
+
+    chosen = plan(queued, fleet)
+
+    # The operator chose each device: it is asked even without the model, and will say.
+    assert chosen == [(f"tsk-{n}", f"dev-{n:02d}") for n in range(0, 30, 3)]
