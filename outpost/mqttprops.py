@@ -2,10 +2,10 @@
 
 paho makes a `Properties` for every PUBLISH it reads (MQTT 5) and for every PUBACK of
 a QoS 1 publish it sent (callback API 2), and each one built its own copies of three
-constant tables through its checking `__setattr__`: 18.8 us a message on a slow
-two-core machine, and `unpack` then cleared 27 names one by one. The hub reads a
-heartbeat or a batch per device and writes acks, policies and assignments, so that
-was a share of its event loop as large as the rest of its handling of a heartbeat.
+constant tables through its checking `__setattr__` (18.8 us on a slow two-core
+machine), and `unpack` then cleared 27 names one by one: reading a heartbeat's PUBLISH
+took 34.8 us there, 14.5 us with this. The hub pays it for every message of every
+device, and for the ack of each policy, release and assignment it sends.
 
 `lighten()` gives every instance the same tables (paho only reads them) and clears
 only the attributes an instance holds. It checks first that paho's `Properties` is
