@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 
 from hub.config import HubConfig
-from hub.store import HubStore, NewTask
+from hub.store import HubStore
 from hub.tasks.dispatcher import Dispatcher
 from tests.databases import BACKENDS, database
-from tests.integration.test_task_store import online
+from tests.integration.test_task_store import new, online
 
 TASKS = 40
 
@@ -37,21 +36,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     opened = CountingStore(database(request, tmp_path))
     yield opened
     opened.close()
-
-
-def new(task_id: str) -> NewTask:
-    return NewTask(
-        task_id=task_id,
-        model="m",
-        version="",
-        input=msgpack.packb([[1]]),
-        dtype="int8",
-        priority=5,
-        deadline=time.time() + 600,
-        lease_s=60,
-        target={},
-        submitted_by="t",
-    )
 
 
 async def leading(store: HubStore) -> tuple[Dispatcher, list[str]]:
