@@ -142,7 +142,7 @@ class Agent:
                 parts,
                 task_slots=self.profile.budgets.max_concurrent_tasks,
             )
-            api.app.add_routes(courier.routes())
+            api.add(courier.routes())
             await api.start(self.paths.socket, self.config.local_port)
             stack.push_async_callback(api.stop)
 

@@ -13,9 +13,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from edge.identity import DevicePaths
+from edge.localhttp import OCTETS, Request, Response, Route, error, json_response, post
 from edge.parts import AgentParts
 
 if TYPE_CHECKING:
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from outpost import wire
 
 MAX_IMPORT_BYTES = 256 << 20
-OCTETS = "application/octet-stream"
 
 
 class CourierRoutes:
@@ -50,14 +48,14 @@ class CourierRoutes:
         self._desk.heartbeat = self.heartbeat
         return self._desk
 
-    def routes(self) -> list[web.RouteDef]:
+    def routes(self) -> list[Route]:
         return courier_routes(self.desk)
 
 
-def courier_routes(desk: Callable[[], CourierDesk]) -> list[web.RouteDef]:
+def courier_routes(desk: Callable[[], CourierDesk]) -> list[Route]:
     """`desk` gives the desk when a request needs it."""
 
-    async def export(request: web.Request) -> web.Response:
+    async def export(request: Request) -> Response:
         from edge.courier import MAX_RECORDS
         from outpost.courier.sealing import BundleError
 
@@ -69,28 +67,23 @@ def courier_routes(desk: Callable[[], CourierDesk]) -> list[web.RouteDef]:
         except BundleError as exc:
             return _refused(str(exc))
         headers = {"X-Outpost-Records": json.dumps(counts), "X-Outpost-More": str(more).lower()}
-        return web.Response(body=sealed, content_type=OCTETS, headers=headers)
+        return Response(sealed, content_type=OCTETS, headers=headers)
 
-    async def import_(request: web.Request) -> web.Response:
+    async def import_(request: Request) -> Response:
         from outpost.courier.sealing import BundleError
 
-        chunks = []
-        size = 0
-        async for chunk in request.content.iter_chunked(1 << 20):
-            size += len(chunk)
-            if size > MAX_IMPORT_BYTES:
-                return _refused(f"a bundle is at most {MAX_IMPORT_BYTES:,} bytes", status=413)
-            chunks.append(chunk)
         try:
-            applied = await desk().import_(b"".join(chunks))
+            applied = await desk().import_(request.body)
         except BundleError as exc:
             return _refused(str(exc))
-        return web.json_response(applied)
+        return json_response(applied)
 
-    return [web.post("/v1/bundles/export", export), web.post("/v1/bundles/import", import_)]
+    return [
+        post("/v1/bundles/export", export),
+        # A bundle over this is refused by the server (413) before it is all held.
+        post("/v1/bundles/import", import_, max_body=MAX_IMPORT_BYTES),
+    ]
 
 
-def _refused(message: str, status: int = 422) -> web.Response:
-    return web.json_response(
-        {"error": {"code": "bundle_refused", "message": message}}, status=status
-    )
+def _refused(message: str, status: int = 422) -> Response:
+    return error(status, "bundle_refused", message)

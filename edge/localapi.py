@@ -1,7 +1,8 @@
 """The agent's local API, for programs on the device, whether the hub is reachable or not.
 
-Served on a Unix socket in the data folder (and on 127.0.0.1:PORT only when configured).
-Bodies are JSON or msgpack (`Content-Type: application/msgpack`); answers come in the
+Served on a Unix socket in the data folder (and on 127.0.0.1:PORT only when configured)
+by the agent's own HTTP/1.1 server (edge/localhttp/), which reads each body whole within
+`max_body_bytes` before a handler runs. Bodies are JSON or msgpack (`Content-Type: application/msgpack`); answers come in the
 request's format (or as `Accept` asks).
 
 - `POST /v1/records/{stream}` answers only once the records are on disk: that answer is
@@ -25,17 +26,27 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
+from edge.localhttp import (
+    JSON,
+    MSGPACK,
+    HttpServer,
+    Request,
+    Response,
+    Route,
+    Routes,
+    error,
+    get,
+    json_response,
+    post,
+)
 from edge.masking import Masker
 from edge.store import STREAMS, AgentStore, StoreWriteError, StreamFullError
 
 logger = logging.getLogger(__name__)
 
 MAX_RECORDS = 1000
-MSGPACK = "application/msgpack"
-JSON = "application/json"
 INFER_KEYS = frozenset({"input", "dtype", "context"})
 MAX_CONTEXT_BYTES = 4096
 # Bodies above this are decoded on a worker thread: a 4 MiB JSON document takes tens of
@@ -49,51 +60,11 @@ class _BadRequest(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return _json(
-        {"error": {"code": code, "message": message, "details": {}}},
-        status=status,
-        headers=headers or None,
-    )
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON answer, encoded by msgspec: several times faster than the json module on
-    the per-inference path (an answer: under 1 µs against 4 µs)."""
-    return web.Response(
-        body=msgspec.json.encode(data), status=status, headers=headers, content_type=JSON
-    )
-
-
-@web.middleware
-async def _json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Answer what aiohttp itself refuses (an unknown path, a wrong method) in the same
-    JSON shape as every other error: its own answer is plain text."""
-    try:
-        return await handler(request)
-    except web.HTTPMethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        return _error(
-            405,
-            "method_not_allowed",
-            f"{request.method} is not allowed on {request.path}; use {allowed}",
-            Allow=allowed,
-        )
-    except web.HTTPNotFound:
-        routes = sorted(
-            f"{route.method} {route.resource.canonical}"
-            for route in request.app.router.routes()
-            if route.method != "HEAD" and route.resource is not None
-        )
-        return _error(404, "not_found", f"no such path: {request.path}; paths: {', '.join(routes)}")
-
-
-def _answer(request: web.Request, data: dict[str, Any], status: int = 200) -> web.Response:
-    if request.content_type == MSGPACK or MSGPACK in request.headers.get("Accept", ""):
-        return web.Response(body=msgspec.msgpack.encode(data), status=status, content_type=MSGPACK)
-    return _json(data, status)
+def _answer(request: Request, data: dict[str, Any], status: int = 200) -> Response:
+    """`data` in the request's format: msgpack if it came as msgpack or asks for it."""
+    if request.content_type == MSGPACK or MSGPACK in request.headers.get("accept", ""):
+        return Response(msgspec.msgpack.encode(data), status, MSGPACK)
+    return json_response(data, status)
 
 
 class LocalApi:
@@ -112,59 +83,47 @@ class LocalApi:
         self._masker = masker
         self._inference = inference
         self._status = status
-        self._max_body = max_body_bytes
-        self._runner: web.AppRunner | None = None
-        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_json_errors])
-        self.app.add_routes(
+        self.routes = Routes(
             [
-                web.post("/v1/records/{stream}", self._append),
-                web.post("/v1/infer/{model}", self._infer),
-                web.post("/v1/explain/{model}", self._explain),
-                web.get("/v1/models", self._models),
-                web.get("/v1/status", self._get_status),
+                post("/v1/records/{stream}", self._append),
+                post("/v1/infer/{model}", self._infer),
+                post("/v1/explain/{model}", self._explain),
+                get("/v1/models", self._models),
+                get("/v1/status", self._get_status),
             ]
         )
+        self._server: HttpServer | None = None
+        self._max_body = max_body_bytes
+
+    def add(self, routes: list[Route]) -> None:
+        """Serve `routes` beside the local API's own (before `start`)."""
+        for route in routes:
+            self.routes.add(route)
 
     async def start(self, socket_path: Path, port: int = 0) -> None:
         listener = await asyncio.to_thread(_listening_socket, socket_path)
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        await web.SockSite(self._runner, listener).start()
+        self._server = HttpServer(self.routes, max_body=self._max_body)
+        await self._server.serve_socket(listener)
         if port:
-            await web.TCPSite(self._runner, "127.0.0.1", port).start()
+            await self._server.serve_tcp("127.0.0.1", port)
         logger.info("local API on %s%s", socket_path, f" and 127.0.0.1:{port}" if port else "")
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.close()
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _body(self, request: Request) -> dict[str, Any]:
         """The request's body as a map, or a `_BadRequest` saying what is wrong with it."""
-        raw, kind = await self._read(request)
-        return await _decoded(raw, kind)
+        return await _decoded(_body_of(request), request.content_type)
 
-    async def _read(self, request: web.Request) -> tuple[bytes, str]:
-        """The request's body and its media type (JSON or msgpack), or a `_BadRequest`."""
-        kind = request.content_type
-        if kind not in ("application/json", MSGPACK):
-            raise _BadRequest(
-                415, "unsupported_media_type", f"send application/json or {MSGPACK}, not {kind}"
-            )
-        try:
-            return await request.read(), kind
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise _BadRequest(
-                413, "too_large", f"body over the limit of {self._max_body} bytes"
-            ) from exc
-
-    async def _infer_body(self, request: web.Request) -> tuple[Any, str, dict[str, Any] | None]:
+    async def _infer_body(self, request: Request) -> tuple[Any, str, dict[str, Any] | None]:
         """An inference's input, dtype and context, or a `_BadRequest`.
 
         A msgpack body whose input is the tensor's bytes (a camera frame, as the docs
         advise) is decoded here on the event loop whatever its size: that is a copy of
         the bytes, microseconds, where a hop to a thread and back costs 70 to 120 µs
         (the bench's no-op round trip). Any other body takes the general path (`_body`)."""
-        raw, kind = await self._read(request)
+        raw, kind = _body_of(request), request.content_type
         if kind == MSGPACK:
             try:
                 tensor = _TENSOR_BODY.decode(raw)
@@ -174,26 +133,26 @@ class LocalApi:
                 return _infer_request(msgspec.structs.asdict(tensor))
         return _infer_request(await _decoded(raw, kind))
 
-    async def _append(self, request: web.Request) -> web.Response:
-        stream = request.match_info["stream"]
+    async def _append(self, request: Request) -> Response:
+        stream = request.params["stream"]
         if stream not in STREAMS:
-            return _error(
+            return error(
                 404, "unknown_stream", f"no stream {stream!r}; streams: {', '.join(STREAMS)}"
             )
         try:
             data = await self._body(request)
         except _BadRequest as exc:
-            return _error(exc.status, exc.code, exc.message)
+            return error(exc.status, exc.code, exc.message)
         records = data.get("records")
         if not isinstance(records, list) or not records or len(records) > MAX_RECORDS:
-            return _error(
+            return error(
                 400, "bad_field", f"body.records must be a list of 1 to {MAX_RECORDS} maps"
             )
         if not all(isinstance(r, dict) for r in records):
-            return _error(400, "bad_field", "body.records: every record must be a map")
+            return error(400, "bad_field", "body.records: every record must be a map")
         if stream == "results" and any(r.get("kind") == "task" for r in records):
             # The hub ends tasks on such records: only the agent's task runner writes them.
-            return _error(400, "bad_field", "body.records: kind 'task' is reserved for tasks")
+            return error(400, "bad_field", "body.records: kind 'task' is reserved for tasks")
         # The first record goes to the debug log as a field: the log's own masking (the
         # policy's rules, see Agent.run) hides what must not be written.
         logger.debug("%d records for %s", len(records), stream, extra={"record": records[0]})
@@ -203,47 +162,47 @@ class LocalApi:
             appended = await self._store.append(stream, records)
         except StreamFullError as exc:
             logger.warning("refused %d %s: %s", len(records), stream, exc.reason)
-            return _error(507, "stream_full", exc.reason)
+            return error(507, "stream_full", exc.reason)
         except StoreWriteError as exc:
             logger.error("could not store %d %s: %s", len(records), stream, exc.reason)
             if exc.disk_full:
-                return _error(507, "disk_full", exc.reason)
-            return _error(503, "store_unavailable", exc.reason, **{"Retry-After": "5"})
-        return _json(
+                return error(507, "disk_full", exc.reason)
+            return error(503, "store_unavailable", exc.reason, **{"Retry-After": "5"})
+        return json_response(
             {"stream": stream, "first_seq": appended.first_seq, "last_seq": appended.last_seq},
             status=201,
         )
 
-    async def _infer(self, request: web.Request) -> web.Response:
+    async def _infer(self, request: Request) -> Response:
         from edge.inference.runner import ModelBusy, ModelFault
         from edge.inference.tensors import InputError
 
-        name = request.match_info["model"]
+        name = request.params["model"]
         try:
-            self._inference.runner(name)  # unknown or broken: say so before reading a body
+            self._inference.runner(name)  # unknown or broken: say so before the body's faults
             value, dtype, context = await self._infer_body(request)
             if context and self._masker is not None and self._masker.active:
                 context = self._masker.mask(context)
             outcome = await self._inference.infer(name, value, dtype, context)
         except _BadRequest as exc:
             self._inference.tally.error("bad_request")
-            return _error(exc.status, exc.code, exc.message)
+            return error(exc.status, exc.code, exc.message)
         except UnknownModel as exc:
             self._inference.tally.error("unknown_model")
-            return _error(404, "unknown_model", str(exc))
+            return error(404, "unknown_model", str(exc))
         except NotAllowed as exc:
             self._inference.tally.error("not_allowed")
-            return _error(403, "not_allowed", str(exc))
+            return error(403, "not_allowed", str(exc))
         except ModelUnavailable as exc:
             self._inference.tally.error("model_unavailable")
-            return _error(503, "model_unavailable", str(exc))
+            return error(503, "model_unavailable", str(exc))
         except InputError as exc:
-            return _error(400, exc.code, f"{name}: {exc.message}")
+            return error(400, exc.code, f"{name}: {exc.message}")
         except ModelBusy as exc:
-            return _error(429, "busy", str(exc), **{"Retry-After": "1"})
+            return error(429, "busy", str(exc), **{"Retry-After": "1"})
         except ModelFault as exc:
             logger.error("inference failed: %s", exc)
-            return _error(500, "model_fault", str(exc))
+            return error(500, "model_fault", str(exc))
         inference = outcome.inference
         answer: dict[str, Any] = {
             "model": name,
@@ -264,45 +223,53 @@ class LocalApi:
             answer["record_error"] = outcome.record_error
         return _answer(request, answer)
 
-    async def _explain(self, request: web.Request) -> web.Response:
+    async def _explain(self, request: Request) -> Response:
         """An attribution of one input (edge/inference/explaining.py), on a worker thread."""
         from edge.inference.explaining import ExplainRequestError, explain_blocking
         from edge.inference.runner import ModelFault
         from edge.inference.tensors import InputError
         from outpost.explain import BudgetError
 
-        name = request.match_info["model"]
+        name = request.params["model"]
         try:
             runner = self._inference.runner(name)
             data = await self._body(request)
             answer = await asyncio.to_thread(explain_blocking, runner, data)
         except _BadRequest as exc:
-            return _error(exc.status, exc.code, exc.message)
+            return error(exc.status, exc.code, exc.message)
         except UnknownModel as exc:
-            return _error(404, "unknown_model", str(exc))
+            return error(404, "unknown_model", str(exc))
         except NotAllowed as exc:
-            return _error(403, "not_allowed", str(exc))
+            return error(403, "not_allowed", str(exc))
         except ModelUnavailable as exc:
-            return _error(503, "model_unavailable", str(exc))
+            return error(503, "model_unavailable", str(exc))
         except ExplainRequestError as exc:
-            return _error(400, "bad_field", str(exc))
+            return error(400, "bad_field", str(exc))
         except BudgetError as exc:
-            return _error(422, "over_budget", str(exc))
+            return error(422, "over_budget", str(exc))
         except InputError as exc:
-            return _error(400, exc.code, f"{name}: {exc.message}")
+            return error(400, exc.code, f"{name}: {exc.message}")
         except ModelFault as exc:
             logger.error("explanation failed: %s", exc)
-            return _error(500, "model_fault", str(exc))
+            return error(500, "model_fault", str(exc))
         return _answer(request, answer)
 
-    async def _models(self, request: web.Request) -> web.Response:
+    async def _models(self, request: Request) -> Response:
         return _answer(
             request,
             {"runtime": self._inference.runtime_label, "models": self._inference.models()},
         )
 
-    async def _get_status(self, request: web.Request) -> web.Response:
+    async def _get_status(self, request: Request) -> Response:
         return _answer(request, {**(await self._status()), "time": time.time()})
+
+
+def _body_of(request: Request) -> bytes:
+    """The request's body, or a `_BadRequest` when it is neither JSON nor msgpack."""
+    kind = request.content_type
+    if kind not in (JSON, MSGPACK):
+        raise _BadRequest(415, "unsupported_media_type", f"send {JSON} or {MSGPACK}, not {kind}")
+    return request.body
 
 
 def _packed_size(value: Any) -> int:

@@ -19,13 +19,13 @@ from tests.support import PROFILES, AgentProcess, device_online, mint_token
 # by what the job needs rather than by what the agent happens to import (which would make
 # every import free). MQTT over mTLS (ssl, aiomqtt); the wire codec and settings models
 # (msgspec); its settings file (tomllib); the store (sqlite3); load metrics (psutil);
-# downloads and the local API (aiohttp and aiohttp.web); batch compression
+# downloads (aiohttp) and the local API (httptools, edge/localhttp/); batch compression
 # (backports.zstd: compression.zstd from Python 3.14 on); Ed25519 signatures of policies,
 # models and releases (cryptography's bindings). Not certificate parsing (x509) nor JWTs:
 # they serve enrollment and renewal, which import them when they run.
 LIBRARIES = (
     "from cryptography.hazmat.primitives.asymmetric import ed25519\n"
-    "import asyncio, ssl, tomllib, aiomqtt, msgspec, sqlite3, psutil, aiohttp, aiohttp.web, "
+    "import asyncio, ssl, tomllib, aiomqtt, msgspec, sqlite3, psutil, aiohttp, httptools, "
     "backports.zstd"
 )
 SETTLE_S = 3.0

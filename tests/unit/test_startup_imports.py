@@ -67,3 +67,23 @@ def test_the_daemon_leaves_key_formats_and_courier_bundles_until_they_are_used()
     assert "cryptography.hazmat.primitives.asymmetric.ed25519" in loaded  # it verifies with it
     unwanted = {"cryptography.hazmat.primitives.serialization", "edge.courier", "outpost.courier"}
     assert loaded.isdisjoint(unwanted), loaded & unwanted
+
+
+def test_the_daemon_serves_its_local_api_without_aiohttp_s_server() -> None:
+    """The local API is edge/localhttp/ on httptools: aiohttp's server package (its
+    application, router, middlewares: 1.4 MiB resident, measured) stays out of the agent."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import edge.cli\nedge.cli._daemon()\nimport sys; print(' '.join(sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    loaded = set(done.stdout.split())
+
+    assert "httptools" in loaded
+    assert not {"aiohttp.web", "aiohttp.web_app", "aiohttp.web_protocol"} & loaded
