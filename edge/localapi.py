@@ -2,8 +2,8 @@
 
 Served on a Unix socket in the data folder (and on 127.0.0.1:PORT only when configured)
 by the agent's own HTTP/1.1 server (edge/localhttp/), which reads each body whole within
-`max_body_bytes` before a handler runs. Bodies are JSON or msgpack (`Content-Type: application/msgpack`); answers come in the
-request's format (or as `Accept` asks).
+`max_body_bytes` before a handler runs. Bodies are JSON or msgpack (`Content-Type:
+application/msgpack`); answers come in the request's format (or as `Accept` asks).
 
 - `POST /v1/records/{stream}` answers only once the records are on disk: that answer is
   the agent's promise that the hub will get them exactly once.

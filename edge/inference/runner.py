@@ -283,8 +283,13 @@ class ModelRunner:
         interpreter's) in the average that decides whether the model runs inline."""
         inference = self.run_blocking(prepared, submitted)
         # Waiting for an interpreter is not work: a busy model is not a slow one. A slow
-        # reading at load (a busy moment) is corrected by the answers that follow.
-        work = preparing + inference.latency_ms / 1000
+        # reading at load (a busy moment) is corrected by the answers that follow. One
+        # answer held up by the scheduler (another process on its core) takes
+        # milliseconds: counted whole, a few a second kept a 20 µs model's average at
+        # 55-93 µs in a loaded agent, now and then over the line and on the workers,
+        # where each hop cost more than the model. So one answer counts for at most
+        # twice the line: enough to push a model that is really slow over it.
+        work = min(preparing + inference.latency_ms / 1000, 2 * self.inline_below_s)
         if self._work_s == float("inf"):
             self._work_s = work
         else:

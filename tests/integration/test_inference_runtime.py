@@ -4,6 +4,7 @@ fallback (in its own venv, where only it is installed)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from edge.inference.directory import ModelDirectory
-from edge.inference.runner import ModelBusy, ModelFault, ModelRunner
+from edge.inference.runner import Inference, ModelBusy, ModelFault, ModelRunner
 from edge.inference.runtime import Runtime, RuntimeMissing, choose_runtime
 from edge.inference.tensors import InputError, prepare_input
 from outpost.modelbundle import BundleError, read_bundle
@@ -173,6 +174,50 @@ def test_the_timing_at_load_runs_the_sample_as_the_tensor_bytes(
 
     assert timed.count(list) == 1  # the self-test, on the sample as shipped (one thread)
     assert timed.count(bytes) >= 20  # every timed run
+
+
+async def test_a_fast_model_stays_inline_through_answers_held_up_by_the_scheduler(
+    litert: Runtime,
+) -> None:
+    runner = runner_for(SHIPPED_MODELS[0], litert)
+    runner.load()
+    sample = runner.bundle.sample
+    assert sample is not None
+    tensor = np.asarray(sample.input, np.int8).tobytes()  # as a camera frame comes
+    # The line at three times what the model takes on this machine, however fast it is.
+    runner.inline_below_s = 3 * runner._work_s
+    stall_ms = max(5.0, 50_000 * runner._work_s)
+    original = runner.run_blocking
+    calls = 0
+
+    def stalled_now_and_then(*args: Any) -> Inference:
+        nonlocal calls
+        calls += 1
+        done = original(*args)
+        # One answer in twenty as a busy machine's scheduler makes it: milliseconds.
+        return dataclasses.replace(done, latency_ms=stall_ms) if calls % 20 == 0 else done
+
+    runner.run_blocking = stalled_now_and_then  # type: ignore[method-assign,assignment]
+    try:
+        for _ in range(200):
+            await runner.infer(tensor, "int8")
+            assert runner.inline, f"on the workers after {calls} answers ({runner._work_s} s)"
+    finally:
+        runner.close()
+
+    # A model that is slow on every answer still leaves the event loop.
+    slow = runner_for(SHIPPED_MODELS[0], litert)
+    slow.load()
+    slow.inline_below_s = 3 * slow._work_s
+    slower_ms = 4000 * slow.inline_below_s  # four times the line, on every answer
+    original = slow.run_blocking
+    slow.run_blocking = lambda *a: dataclasses.replace(original(*a), latency_ms=slower_ms)  # type: ignore[method-assign]
+    try:
+        for _ in range(100):
+            await slow.infer(tensor, "int8")
+        assert not slow.inline
+    finally:
+        slow.close()
 
 
 async def test_a_fast_model_runs_inline_unless_a_request_holds_an_interpreter(
