@@ -16,7 +16,7 @@ OCTETS = "application/octet-stream"
 class Request:
     """One request, its body read whole (within its route's limit)."""
 
-    __slots__ = ("body", "headers", "method", "params", "path", "query_string")
+    __slots__ = ("body", "content_type", "headers", "method", "params", "path", "query_string")
 
     def __init__(
         self,
@@ -33,14 +33,10 @@ class Request:
         self.headers = headers  # names in lower case; a repeated one joined with ", "
         self.body = body
         self.params = params  # the route's {name} segments, percent-decoded
-
-    @property
-    def content_type(self) -> str:
-        """The body's media type, lower case, without parameters."""
-        given = self.headers.get("content-type")
-        if given is None:
-            return OCTETS
-        return given.partition(";")[0].strip().lower()
+        # The body's media type, lower case, without parameters (read once: a handler
+        # of an inference looks at it three times).
+        given = headers.get("content-type")
+        self.content_type = OCTETS if given is None else given.partition(";")[0].strip().lower()
 
     @property
     def query(self) -> dict[str, str]:

@@ -188,14 +188,39 @@ app = web.Application()
 app.router.add_post("/v1/infer/{model}", handler)
 web.run_app(app, path=sys.argv[1], print=None, access_log=None)
 """
+# The leanest server a Python agent could run: an asyncio protocol that parses with
+# httptools (as the agent's own server, edge/localhttp/, does) and answers fixed bytes,
+# with no routing, limits or handler; run as `python -c BARE_PROTOCOL SOCKET ANSWER_HEX`.
+BARE_PROTOCOL = """
+import asyncio, sys, httptools
+answer = bytes.fromhex(sys.argv[2])
+head = "HTTP/1.1 200 OK\\r\\nContent-Type: application/msgpack\\r\\nContent-Length: %d\\r\\n\\r\\n"
+reply = (head % len(answer)).encode() + answer
+class Bare(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.parser, self.body = transport, httptools.HttpRequestParser(self), []
+    def data_received(self, data):
+        self.parser.feed_data(data)
+    def on_body(self, body):
+        self.body.append(body)
+    def on_message_complete(self):
+        b"".join(self.body)
+        self.body = []
+        self.transport.write(reply)
+async def main():
+    await asyncio.get_running_loop().create_unix_server(Bare, sys.argv[1])
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
 
 
-async def _bare_http(root: Path) -> tuple[Figures, Figures]:
-    """The floor under the local API: aiohttp serving a Unix socket, its handler reading
-    the body and answering fixed bytes the size of an answer, asked by the same client
-    the local API figures use, with the vibration model's body. Twice: the server in
-    this process (client and server on one event loop: no wake-up of another process
-    per call), and in a process of its own, as the agent is."""
+async def _bare_http(root: Path) -> tuple[Figures, Figures, Figures]:
+    """The floor under the local API: a server on a Unix socket reading the body and
+    answering fixed bytes the size of an answer, asked by the same client the local API
+    figures use, with the vibration model's body. aiohttp's server in this process
+    (client and server on one event loop: no wake-up of another process per call) and
+    in a process of its own, as the agent is; and the bare httptools protocol
+    (BARE_PROTOCOL) in a process of its own."""
     answer = msgpack.packb(
         {"model": SMALL, "version": "1.0.0", "label": "normal", "confidence": 0.99,
          "scores": {"normal": 0.99, "imbalance": 0.0, "looseness": 0.0,
@@ -219,20 +244,27 @@ async def _bare_http(root: Path) -> tuple[Figures, Figures]:
             (inside,) = await _alternate([lambda: _callers(1, _poster(session, small))])
     finally:
         await runner.cleanup()
-    apart = root / "bare-http-apart.sock"
-    server = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(apart), answer.hex()])
+    own = await _apart(root / "bare-http-apart.sock", BARE_SERVER, answer, small)
+    lean = await _apart(root / "bare-protocol-apart.sock", BARE_PROTOCOL, answer, small)
+    return inside, own, lean
+
+
+async def _apart(socket: Path, code: str, answer: bytes, small: Bundle) -> Figures:
+    """`code`'s server (`python -c CODE SOCKET ANSWER_HEX`) in a process of its own, asked
+    by one caller."""
+    server = subprocess.Popen([sys.executable, "-c", code, str(socket), answer.hex()])
     try:
         deadline = time.monotonic() + 30
-        while not apart.exists():
+        while not socket.exists():
             if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the bare aiohttp server did not start")
+                raise RuntimeError(f"the bare server for {socket.name} did not start")
             await asyncio.sleep(0.05)  # waiting for it to listen
-        async with _session(apart) as session:
-            (own,) = await _alternate([lambda: _callers(1, _poster(session, small))])
+        async with _session(socket) as session:
+            (figures,) = await _alternate([lambda: _callers(1, _poster(session, small))])
+            return figures
     finally:
         server.terminate()
         server.wait(10)
-    return inside, own
 
 
 async def _runner(bundle: Bundle) -> tuple[Figures, Figures, Figures]:
@@ -376,9 +408,17 @@ def run(root: Path) -> list[Result]:
             http[1][1],
             None,
             "us",
-            f"{http[1][0]:,.0f}/s; the local API's client, and a server with a handler that "
-            "only reads the body and answers, in a process of its own as the agent is: the "
-            "floor of a local API call",
+            f"{http[1][0]:,.0f}/s; the local API's client, and an aiohttp server with a "
+            "handler that only reads the body and answers, in a process of its own as the "
+            "agent is (the agent's server until 2026-12-06)",
+        ),
+        Result(
+            "bare httptools protocol round trip over a Unix socket, own process, p50",
+            http[2][1],
+            None,
+            "us",
+            f"{http[2][0]:,.0f}/s; the same client, and an asyncio protocol that parses with "
+            "httptools and answers fixed bytes: the floor of a local API call",
         ),
         Result(
             "bare aiohttp round trip over a Unix socket, server in this process, p50",
