@@ -34,6 +34,7 @@ from edge.inference.runner import ModelRunner
 from edge.inference.runtime import choose_runtime
 from hub.app import Hub
 from outpost.modelbundle import Bundle, read_bundle
+from tests.bench import leanhttp
 from tests.bench.bench_footprint import LIBRARIES
 from tests.bench.common import Result, rss_of, running_hub
 from tests.support import (
@@ -299,6 +300,30 @@ def _poster(session: aiohttp.ClientSession, bundle: Bundle) -> Call:
     return call
 
 
+async def _lean_against_bare(bundle: Bundle, socket: Path) -> tuple[Figures, Figures]:
+    """The bare loop, then one caller with the lean client (leanhttp.py), alternating."""
+    bare = BareLoop(bundle)
+    request = leanhttp.post(
+        f"/v1/infer/{bundle.manifest.name}",
+        msgpack.packb({"input": _real_input(bundle)}),
+        "application/msgpack",
+    )
+    connection = await leanhttp.connect(socket)
+
+    async def bare_round() -> Round:
+        return bare.round()
+
+    async def call() -> None:
+        status, body = await connection.call(request)
+        assert status == 200, body
+
+    try:
+        raw, lean = await _alternate([bare_round, lambda: _callers(1, call)])
+    finally:
+        connection.close()
+    return raw, lean
+
+
 def _session(socket: Path) -> aiohttp.ClientSession:
     """A client of the local API (in this process: it shares the cores with the agent)."""
     return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket), limit=CALLERS))
@@ -353,7 +378,12 @@ async def _models_ready(socket: Path, names: Sequence[str]) -> None:
 
 async def _with_agents(
     root: Path, bundles: list[Bundle]
-) -> tuple[dict[str, tuple[Figures, Figures, Figures]], float, dict[str, Figures]]:
+) -> tuple[
+    dict[str, tuple[Figures, Figures, Figures]],
+    dict[str, tuple[Figures, Figures]],
+    float,
+    dict[str, Figures],
+]:
     """Every model over the local API of an online agent reporting nothing, against the
     bare loop beside it, and that agent's RSS; then, the hub stopped, SMALL from one
     caller on it and on a second agent that records every answer, in alternating rounds."""
@@ -369,10 +399,12 @@ async def _with_agents(
             await _models_ready(quiet.socket, names)
             await asyncio.sleep(SETTLE_S)
             rss = psutil.Process(agent.process.pid).memory_info().rss / 2**20
-            api = {}
+            api, lean = {}, {}
             async with _session(quiet.socket) as session:
                 for b in bundles:
                     api[b.manifest.name] = await _against_bare(b, _poster(session, b))
+            for b in bundles:
+                lean[b.manifest.name] = await _lean_against_bare(b, quiet.socket)
         # With the hub gone neither agent sends its records: the difference is the cost
         # of recording an answer in the store, not of uploading it, and the hub's intake
         # does not share this process's event loop with the callers.
@@ -384,7 +416,7 @@ async def _with_agents(
         async with _session(quiet.socket) as none, _session(recorder.socket) as every:
             by_none, by_all = _poster(none, small), _poster(every, small)
             reported = await _alternate([lambda: _callers(1, by_none), lambda: _callers(1, by_all)])
-    return api, rss, dict(zip(("none", "all"), reported, strict=True))
+    return api, lean, rss, dict(zip(("none", "all"), reported, strict=True))
 
 
 def run(root: Path) -> list[Result]:
@@ -392,7 +424,7 @@ def run(root: Path) -> list[Result]:
     inner = {b.manifest.name: asyncio.run(_runner(b)) for b in bundles}
     hop = asyncio.run(_thread_hop())
     http = asyncio.run(_bare_http(root))
-    api, rss, by_report = asyncio.run(_with_agents(root, bundles))
+    api, lean, rss, by_report = asyncio.run(_with_agents(root, bundles))
     floor = rss_of(floor_code(MODELS), SETTLE_S)
     same = f"{THREADS} interpreter threads, {INTERPRETERS} interpreter, on every side"
     results = [
@@ -444,15 +476,30 @@ def run(root: Path) -> list[Result]:
                 Result(f"  {where}, {CALLERS} callers, p99", loaded[2], None, "us"),
             ]
         (_, raw_p50, _), (_, api_p50, _), _ = api[name]
-        results.append(
+        (lean_raw, lean_raw_p50, _), (rate, p50, _) = lean[name]
+        results += [
             Result(
                 "  local API overhead, 1 caller, p50",
                 api_p50 - raw_p50,
                 None,
                 "us",
                 f"= local API p50 - bare p50 ({api_p50:,.0f} - {raw_p50:,.0f} us)",
-            )
-        )
+            ),
+            Result(
+                "  local API, lean client, 1 caller",
+                rate,
+                lean_raw,
+                "inf/s",
+                "raw = bare loop, in alternating rounds; the client: leanhttp.py",
+            ),
+            Result(
+                "  local API overhead, lean client, 1 caller, p50",
+                p50 - lean_raw_p50,
+                None,
+                "us",
+                f"= p50 - bare p50 ({p50:,.0f} - {lean_raw_p50:,.0f} us)",
+            ),
+        ]
     none, every = by_report["none"][1], by_report["all"][1]
     results += [
         Result(
