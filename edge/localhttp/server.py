@@ -187,6 +187,14 @@ class _Connection(asyncio.Protocol):
         self._stopped = True
         self._pending.clear()  # no one to answer; a handler under way still finishes
 
+    def eof_received(self) -> bool:
+        """The client has sent all it will (a half-close): answer what it asked, then close."""
+        self._stopped = True  # a request cut short by the end is not answered
+        if not self._pending and not self._answering:
+            return False  # nothing owed: asyncio closes the connection
+        self._closing = True
+        return True  # keep the connection open to write the answers
+
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return
@@ -324,7 +332,7 @@ class _Connection(asyncio.Protocol):
                 transport = self._transport
                 if transport is None or transport.is_closing():
                     return
-                close = not pending.keep_alive or self._closing
+                close = not pending.keep_alive or (self._closing and not self._pending)
                 self._write(transport, answer, pending.head, close)
                 if close:
                     self._stopped = True

@@ -318,3 +318,19 @@ async def test_close_lets_an_answer_under_way_finish_and_stops_listening(
     assert (status, json.loads(body), headers["connection"]) == (200, {"slow": "7"}, "close")
     await asyncio.wait_for(closing, 30)
     assert await closed(reader)
+
+
+async def test_a_client_that_half_closes_gets_every_answer_it_asked_for(served: Served) -> None:
+    served.handlers.release.clear()
+    reader, writer = await served.connect()
+    writer.write(request("POST", "/v1/slow/1") + request("GET", "/v1/status") * 2)
+    await asyncio.wait_for(served.handlers.started.wait(), 30)
+    writer.write_eof()  # all it will send, while its first answer is under way
+    deadline = asyncio.get_running_loop().time() + 30
+    while not any(c._closing for c in served.server._connections):  # it has seen the end
+        assert asyncio.get_running_loop().time() < deadline, "the end never reached the server"
+        await asyncio.sleep(0.01)
+    served.handlers.release.set()
+    statuses = [(await answer(reader))[0] for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    assert await closed(reader)
