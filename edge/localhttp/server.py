@@ -162,6 +162,12 @@ class _Connection(asyncio.Protocol):
         self._closing = False  # answer what was read, then close
         self._stopped = False  # nothing more is read from this connection
         self._last_active = time.monotonic()
+        # httptools hands over a header only once it is whole, and keeps a partial one
+        # in a buffer of its own with no bound: a head still incomplete after a whole
+        # read is counted here (only reads that began and ended in the same head).
+        self._in_head = True
+        self._completed = 0  # requests read whole on this connection
+        self._partial_head = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -199,6 +205,7 @@ class _Connection(asyncio.Protocol):
         if self._stopped:
             return
         self._last_active = time.monotonic()
+        in_head, completed = self._in_head, self._completed
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -206,6 +213,10 @@ class _Connection(asyncio.Protocol):
             self._refuse_now(error(400, "bad_request", "protocol upgrades are not served here"))
         except httptools.HttpParserError as exc:
             self._refuse_now(error(400, "bad_request", f"malformed HTTP request: {exc}"))
+        if in_head and self._in_head and completed == self._completed and not self._stopped:
+            self._partial_head += len(data)
+            if self._partial_head > MAX_HEAD_BYTES:
+                self._refuse_now(_head_too_large())
         if self._pending and not self._answering:
             self._answering = True
             asyncio.get_running_loop().create_task(self._answer_pending(), name="local-api.answer")
@@ -216,13 +227,15 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_url(self, url: bytes) -> None:
+        if self._stopped or self._count_head(len(url)):
+            return
         self._url += url
-        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
+        if self._stopped or self._count_head(len(name) + len(value)):
+            return
         if len(self._headers) >= MAX_HEADERS:
-            self._refuse(error(431, "headers_too_large", f"more than {MAX_HEADERS} headers"))
+            self._refuse_now(error(431, "headers_too_large", f"more than {MAX_HEADERS} headers"))
             return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
@@ -230,7 +243,8 @@ class _Connection(asyncio.Protocol):
         self._headers[key] = text if known is None else f"{known}, {text}"
 
     def on_headers_complete(self) -> None:
-        if self._refused is not None:
+        self._in_head, self._partial_head = False, 0
+        if self._stopped or self._refused is not None:
             return
         try:
             url = httptools.parse_url(self._url)
@@ -273,6 +287,8 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True  # what comes next is the next request's head
+        self._completed += 1
         if self._stopped:
             return
         method = self._parser.get_method().decode("latin-1")
@@ -301,12 +317,14 @@ class _Connection(asyncio.Protocol):
 
     # answering
 
-    def _count_head(self, size: int) -> None:
+    def _count_head(self, size: int) -> bool:
+        """Count `size` more bytes of the head; refuse it at once (and say so) when that
+        takes it over the bound: nothing of a head that long is kept or read further."""
         self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES and self._refused is None:
-            self._refuse(
-                error(431, "headers_too_large", f"request head over {MAX_HEAD_BYTES} bytes")
-            )
+        if self._head_bytes <= MAX_HEAD_BYTES:
+            return False
+        self._refuse_now(_head_too_large())
+        return True
 
     def _refuse(self, answer: Response) -> None:
         """Answer this request with `answer` once it has been read, then close."""
@@ -403,6 +421,10 @@ class _Connection(asyncio.Protocol):
     def quiet_since(self, since: float) -> bool:
         """Whether nothing has been read or answered since `since`, with no answer owed."""
         return not self._answering and not self._pending and self._last_active < since
+
+
+def _head_too_large() -> Response:
+    return error(431, "headers_too_large", f"request head over {MAX_HEAD_BYTES} bytes")
 
 
 def _too_large(limit: int) -> Response:

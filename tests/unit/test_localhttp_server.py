@@ -220,6 +220,9 @@ async def test_a_chunked_body_is_put_together(served: Served) -> None:
             431,
             "headers_too_large",
         ),
+        # A head that never ends is refused once it is over the bound, not read on.
+        (b"GET /v1/status HTTP/1.1\r\nX-Endless: " + b"a" * 40_000, 431, "headers_too_large"),
+        (b"GET /v1/status HTTP/1.1\r\n" + b"X-Same: 1\r\n" * 10_000, 431, "headers_too_large"),
         (
             b"GET /v1/status HTTP/1.1\r\n"
             + b"".join(b"X-%d: 1\r\n" % i for i in range(101))
