@@ -5,10 +5,13 @@ background event loop."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 import ssl
+import statistics
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -130,6 +133,12 @@ class SensorProgram:
         self.flagged = 0
         self.failed = 0
         self.last = "-"
+        self._waits: collections.deque[float] = collections.deque(maxlen=200)  # seconds
+
+    @property
+    def wait_p50_ms(self) -> float | None:
+        """The median of this program's last 200 waits for an answer (None before one)."""
+        return statistics.median(self._waits) * 1000 if self._waits else None
 
     def _reading(self) -> np.ndarray:
         make = SENSORS[self.model]
@@ -146,6 +155,7 @@ class SensorProgram:
             while True:
                 body = msgspec.msgpack.encode({"input": self._reading().astype("<f4").tobytes()})
                 with contextlib.suppress(aiohttp.ClientError):
+                    asked = time.perf_counter()
                     async with session.post(
                         f"http://agent/v1/infer/{self.model}",
                         data=body,
@@ -153,6 +163,7 @@ class SensorProgram:
                     ) as response:
                         answer = msgspec.msgpack.decode(await response.read())
                         if response.status == 200:
+                            self._waits.append(time.perf_counter() - asked)
                             self.inferences += 1
                             self.flagged += answer["recorded"] is not None
                             self.last = f"{answer['label']} {answer['confidence']:.2f}"

@@ -169,6 +169,7 @@ def local_inference(devices: list[Device]) -> str:
             "FLAGGED (RECORDED)",
             "ERRORS",
             "LAST ANSWER",
+            "ANSWER P50",
             "TASKS",
             "POLICY",
         )
@@ -183,6 +184,7 @@ def local_inference(devices: list[Device]) -> str:
                 str(s.flagged),
                 str(s.failed),
                 s.last,
+                "-" if s.wait_p50_ms is None else f"{s.wait_p50_ms:.2f} ms",
                 d.tasks,
                 d.policy,
             )
@@ -192,6 +194,8 @@ def local_inference(devices: list[Device]) -> str:
     return (
         "local inference (works with the link cut too) and hub tasks (done/running/queued):\n"
         + "\n".join(lines)
+        + "\nANSWER P50: the sensor program's own wait for an answer over the local API (Unix "
+        "socket, msgpack; median of its last 200), recorded answers included"
         + "\nPOLICY: the version of the hub-signed policy the agent runs (a layer's change makes "
         "a new one; the agent checks its signature and keeps the last good one offline)"
     )

@@ -91,6 +91,15 @@ def test_demo_shows_three_agents_online_and_stops_everything(short_dir: Path) ->
     assert verdict.group(1) == verdict.group(2)
     assert int(verdict.group(1).replace(",", "")) > 100
     assert "POLICY: the version of the hub-signed policy the agent runs" in done.stdout
+    # Each sensor program's median wait for a local answer, in the inference table.
+    waits = re.findall(
+        r"^(pump-station|camera-gate|line-3-gateway)\s+\S+\s+\d+\s+\d+\s+\d+\s+\S+ [\d.]+"
+        r"\s+([\d.]+) ms",
+        done.stdout,
+        re.MULTILINE,
+    )
+    assert {name for name, _ in waits} == {"pump-station", "camera-gate", "line-3-gateway"}
+    assert all(float(ms) > 0 for _, ms in waits)
     during_cut = re.findall(
         r"^(pump-station|camera-gate)\s+CUT\s+(\d+)\s+(\d+)", done.stdout, re.MULTILINE
     )
