@@ -5,6 +5,7 @@ against a bare read of the same devices' rows (what a pass cannot do without).""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -45,7 +46,8 @@ async def _run(folder: Path) -> list[Result]:
         one = await _submissions(store, 1)
         burst = await _submissions(store, 2000)
         together = await _together(store, 20)
-        await store.run(_busy)
+        ghost = await _unplaceable(store)
+        await store.run(_busy)  # (ends every task so far, the unplaceable one too)
         busy = await _submissions(store, 1)
         busy_bare = await _bare_reads(store)
     finally:
@@ -74,6 +76,13 @@ async def _run(folder: Path) -> list[Result]:
             "subm./s",
             f"all 20 answered in {together * 1000:.0f} ms (grouped at the leader); "
             "raw = submissions one after another",
+        ),
+        Result(
+            "allocation: a pass with one task for a model no device has, idle fleet",
+            1 / ghost,
+            1 / bare,
+            "passes/s",
+            f"{ghost * 1000:.1f} ms a pass (the task stays queued); raw as above",
         ),
         Result(
             "allocation: one task submitted, busy fleet",
@@ -151,6 +160,20 @@ async def _submissions(store: HubStore, count: int) -> float:
         times.append(time.perf_counter() - start)
         if len(assigned) != count:
             raise RuntimeError(f"{len(assigned)} of {count} tasks assigned")
+    return statistics.median(times)
+
+
+async def _unplaceable(store: HubStore) -> float:
+    """Median seconds of a pass that finds one queued task for a model no device has."""
+    (task,) = _tasks(1)
+    await store.create_tasks([dataclasses.replace(task, model="ghost")], now=time.time())
+    times = []
+    for _ in range(TRIES):
+        start = time.perf_counter()
+        assigned, _ = await store.allocate(now=time.time(), settings=SETTINGS, plan=allocation.plan)
+        times.append(time.perf_counter() - start)
+        if assigned:
+            raise RuntimeError(f"a task for a model no device has went to {assigned}")
     return statistics.median(times)
 
 

@@ -222,3 +222,37 @@ async def test_a_pass_reads_only_devices_with_room_and_an_explanation_sees_them_
     # ...while a waiting task's explanation still sees it (as full).
     candidates, _ = await store.task_fleet(now=now, settings=SETTINGS)
     assert sorted(c.device_id for c in candidates) == ["dev-free", "dev-full", "dev-inbox"]
+
+
+async def test_a_short_queue_reads_only_devices_naming_its_models(store: HubStore) -> None:
+    now = time.time()
+    await online(store, "dev-m")  # reports model "m"
+    odd = [{"name": "a_b%c\\é", "version": "1", "sha256": "", "state": "ready", "error": ""}]
+    look_alike = [{"name": "axb%c\\é", "version": "1", "sha256": "", "state": "ready", "error": ""}]
+    await store.record_presence(
+        [
+            HelloSeen("dev-odd", "c", now, "generic", "1", 1.0, {}, "rt", odd, 1),
+            HelloSeen("dev-look-alike", "c", now, "generic", "1", 1.0, {}, "rt", look_alike, 1),
+        ]
+    )
+
+    async def read(needed: set[str] | None) -> list[str]:
+        def unit(db: Sql) -> list[Candidate]:
+            with db.snapshot():
+                return leases._candidates(db, now, SETTINGS, with_room_only=True, needed=needed)
+
+        return sorted(c.device_id for c in await store.run(unit))
+
+    assert await read(None) == ["dev-look-alike", "dev-m", "dev-odd"]
+    assert await read({"ghost"}) == []  # no device has it: none is read
+    assert await read({"m"}) == ["dev-m"]
+    # LIKE's own characters and a non-ASCII one in a name match only themselves (SQLite's
+    # LIKE ignores ASCII case: a look-alike would only be read, never wrongly left out).
+    assert await read({"a_b%c\\é"}) == ["dev-odd"]
+    assert await read({"ghost", "m", "a_b%c\\é"}) == ["dev-m", "dev-odd"]
+
+    # A pass with a task for a model nobody has still places the runnable one beside it.
+    ghost = dataclasses.replace(new("tsk-ghost", priority=9), model="ghost")
+    await store.create_tasks([ghost, new("tsk-m", priority=0)], now=now)
+    assigned, _ = await store.allocate(now=now, settings=SETTINGS, plan=plan)
+    assert [(a.task_id, a.device_id) for a in assigned] == [("tsk-m", "dev-m")]
