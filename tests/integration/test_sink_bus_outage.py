@@ -146,7 +146,18 @@ async def test_a_bus_killed_mid_drain_gets_every_event_once_in_order_after_resta
             cursor = await hook_cursor(reader)
             return cursor.position == written[-1] and await count() >= len(written)
 
-        await eventually(all_there, timeout=180, what="every event after the restart")
+        try:
+            await eventually(all_there, timeout=180, what="every event after the restart")
+        except AssertionError as exc:
+            # Once under the whole suite (RabbitMQ, 2026-12-06), not since alone: say
+            # where the drain stood, with the hub's own account of its sink.
+            cursor = await hook_cursor(reader)
+            logs = sorted(tmp_path.glob("hub-*.log"))
+            tail = logs[-1].read_text()[-4000:] if logs else "no hub log"
+            raise AssertionError(
+                f"{exc}: cursor {cursor}, {await count()} of {len(written)} on the bus, "
+                f"last written {written[-1]}; the hub's log ends:\n{tail}"
+            ) from exc
         received = await everything()
         cursor = await hook_cursor(reader)
 
