@@ -30,14 +30,12 @@ does not, and is what a candidate is judged on (edge/inference/shadow.py).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +44,7 @@ import numpy as np
 from edge.inference.interpreters import MAKING, Interpreter, ModelFault, make_interpreter
 from edge.inference.runtime import Runtime
 from edge.inference.tensors import Prepared, dequantize, prepare_input
+from edge.inference.workers import Workers
 from outpost.modelbundle import Bundle, BundleError, Manifest, check_model_file
 
 # A model whose inferences take less than this (recent average) runs inline.
@@ -110,7 +109,7 @@ class ModelRunner:
         self._count = interpreters
         self._queue_limit = queue_limit
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._executor: ThreadPoolExecutor | None = None
+        self._workers: Workers | None = None
         self._outstanding = 0  # running + waiting; touched only on the event loop
         # The running average of an inference's own work (input preparation and the
         # interpreter), wherever it ran; unknown (inf) means not inline.
@@ -148,9 +147,9 @@ class ModelRunner:
             self._make_interpreters()
             self.self_test()
             self._work_s = self._time_sample()
-        self._executor = ThreadPoolExecutor(
-            max_workers=self._count,
-            thread_name_prefix=f"infer-{self.manifest.name}",
+        self._workers = Workers(
+            self._count,
+            f"infer-{self.manifest.name}",
             initializer=_lowest_priority if self.background else None,
         )
 
@@ -214,7 +213,7 @@ class ModelRunner:
         Raises `InputError` for a bad input, `ModelBusy` when the queue is full and
         `ModelFault` when the interpreter fails.
         """
-        if self._executor is None:
+        if self._workers is None:
             raise ModelFault(f"{self.manifest.name} is not loaded")
         if self._outstanding >= self._count + self._queue_limit:
             raise ModelBusy(
@@ -227,17 +226,16 @@ class ModelRunner:
             return done
         self._outstanding += 1
         try:
-            loop = asyncio.get_running_loop()
             if self._prepare_here(value):
                 began = time.perf_counter()
                 prepared = prepare_input(value, dtype, self.manifest.input)
                 preparing = time.perf_counter() - began
-                done = await loop.run_in_executor(
-                    self._executor, self._run_timed, prepared, preparing, time.perf_counter()
+                done = await self._workers.submit(
+                    self._run_timed, prepared, preparing, time.perf_counter()
                 )
             else:
-                done = await loop.run_in_executor(
-                    self._executor, self._prepare_and_run, value, dtype, time.perf_counter()
+                done = await self._workers.submit(
+                    self._prepare_and_run, value, dtype, time.perf_counter()
                 )
         finally:
             self._outstanding -= 1
@@ -253,7 +251,7 @@ class ModelRunner:
     async def infer_tensor(self, tensor: Any) -> Inference:
         """Run an input another runner prepared for the same input spec, on a worker
         thread (`ModelBusy` when the queue is full, `ModelFault` if it fails)."""
-        if self._executor is None:
+        if self._workers is None:
             raise ModelFault(f"{self.manifest.name} is not loaded")
         if self._outstanding >= self._count + self._queue_limit:
             raise ModelBusy(f"{self.manifest.name} has {self._outstanding} requests waiting")
@@ -263,8 +261,8 @@ class ModelRunner:
             return done
         self._outstanding += 1
         try:
-            done = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.run_blocking, Prepared(tensor, 0), time.perf_counter()
+            done = await self._workers.submit(
+                self.run_blocking, Prepared(tensor, 0), time.perf_counter()
             )
         finally:
             self._outstanding -= 1
@@ -371,9 +369,9 @@ class ModelRunner:
         yield run
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._workers is not None:
+            self._workers.shutdown()
+            self._workers = None
 
 
 def _lowest_priority() -> None:
