@@ -32,9 +32,12 @@ class Workers:
         self._initializer = initializer
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._shut = False
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run `fn(*args)` on a worker; a future of the running loop for its outcome."""
+        if self._shut:
+            raise RuntimeError(f"{self._name}: the workers are shut down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if not self._threads:  # an inline model may never need them
@@ -49,6 +52,7 @@ class Workers:
 
     def shutdown(self) -> None:
         """Let the jobs already given finish, then stop the threads (blocking)."""
+        self._shut = True
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
@@ -60,6 +64,9 @@ class Workers:
             self._initializer()
         while (job := self._jobs.get()) is not None:
             loop, future, fn, args = job
+            if future.cancelled():  # its caller gave up before it started: skip it
+                del job, future, fn, args
+                continue
             try:
                 result, error = fn(*args), None
             except BaseException as exc:  # the caller's to handle, as an executor does

@@ -38,9 +38,13 @@ async def test_a_cancelled_caller_leaves_the_workers_serving() -> None:
     release = threading.Event()
     try:
         held = workers.submit(release.wait, 30)
+        ran: list[int] = []
+        skipped = workers.submit(ran.append, 1)  # waits behind the held job
         held.cancel()
-        release.set()  # the job ends after its caller gave up: its outcome is dropped
+        skipped.cancel()  # before it started: it never runs
+        release.set()  # the held job ends after its caller gave up: its outcome is dropped
         assert await asyncio.wait_for(workers.submit(_name_and, 1), 30) == ("infer-c_0", 1)
+        assert ran == []
     finally:
         workers.shutdown()
 
@@ -55,3 +59,5 @@ async def test_shutdown_lets_the_jobs_already_given_finish() -> None:
     await asyncio.to_thread(workers.shutdown)
     assert done == [0, 1, 2]
     await asyncio.gather(*later)
+    with pytest.raises(RuntimeError, match="shut down"):
+        workers.submit(int)
