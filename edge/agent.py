@@ -52,6 +52,8 @@ from outpost.settings import parse_broker_url
 
 logger = logging.getLogger(__name__)
 
+READY_RETRY_S = 5.0  # between tries to tell the launcher this version came up
+
 
 class Agent:
     """One device: store, local API and link to its hub."""
@@ -192,13 +194,10 @@ class Agent:
             await updater.load()  # before the report renames the launcher's word
             await self._report_rollback(telemetry)
             self.ready.set()
-            # For the launcher (systemd/outpost-launch): this version came up.
-            await asyncio.to_thread(
-                files.replace, self.paths.root / "ready", __version__.encode(), files.PRIVATE
-            )
             self.notifier.ready(await status.line())
             await supervise(
                 {
+                    "agent.ready": self._announce_ready(),
                     "agent.watchdog": self.notifier.keep_alive(),
                     "agent.status": self.notifier.report(status.line),
                     "agent.metrics": telemetry.rollups(),
@@ -249,6 +248,25 @@ class Agent:
         for handler in logging.getLogger().handlers:
             handler.addFilter(masking)
             stack.callback(handler.removeFilter, masking)
+
+    async def _announce_ready(self) -> None:
+        """Tell the launcher (systemd/outpost-launch) this version came up: the `ready`
+        file. A full or failing disk must not stop an agent that serves (it died here
+        once, on a disk filled as it started): it says so and tries again until the file
+        is written, and the launcher's own deadline decides meanwhile."""
+        while True:
+            try:
+                await asyncio.to_thread(
+                    files.replace, self.paths.root / "ready", __version__.encode(), files.PRIVATE
+                )
+                return
+            except OSError as exc:
+                logger.error(
+                    "cannot tell the launcher this agent is ready (%s); trying again in %g s",
+                    exc.strerror or exc,
+                    READY_RETRY_S,
+                )
+                await asyncio.sleep(READY_RETRY_S)  # the disk's own time to recover
 
     def _open_store(self) -> AgentStore:
         """Open the store with the settings' bounds, encrypted if the profile says so."""

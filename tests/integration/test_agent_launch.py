@@ -159,6 +159,35 @@ async def test_the_agent_marks_itself_ready_and_reports_a_rollback(
     assert "agent 9.9.9 did not come up" in agent.output()
 
 
+async def test_an_agent_that_cannot_write_its_ready_marker_serves_and_writes_it_later(
+    enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    """A full or failing disk as the agent starts (here: a folder where the marker goes)
+    is said in the log and tried again; the agent serves meanwhile, as it must."""
+    paths, _ = await enroll_device()
+    blocker = paths.root / "ready"
+    blocker.mkdir()
+    agent = agents(paths)
+
+    async def said() -> bool:
+        assert agent.process.poll() is None, agent.output()
+        return "cannot tell the launcher this agent is ready" in agent.output()
+
+    await eventually(said, timeout=30, what="the failed marker in the log")
+    client = LocalClient(paths.socket)
+    try:
+        assert (await client.status())["uptime_s"] > 0  # serving all the while
+    finally:
+        await client.close()
+    blocker.rmdir()
+
+    async def ready() -> bool:
+        assert agent.process.poll() is None, agent.output()
+        return blocker.is_file() and blocker.read_text() == __version__
+
+    await eventually(ready, timeout=30, what="the ready marker, once it can be written")
+
+
 async def test_a_rolled_back_agent_runs_on_a_store_the_newer_one_migrated(
     enroll_device: Enroller, agents: Callable[..., AgentProcess]
 ) -> None:
