@@ -11,8 +11,8 @@ from tests.support import REPO
 HEAVY = ["aiohttp", "aiomqtt", "sqlite3", "numpy", "cryptography"]
 
 
-def _modules_after(code: str) -> set[str]:
-    """Top-level modules loaded in a fresh interpreter after running `code`."""
+def _all_modules_after(code: str) -> set[str]:
+    """Every module (by its full name) loaded in a fresh interpreter after running `code`."""
     done = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
         capture_output=True,
@@ -20,7 +20,12 @@ def _modules_after(code: str) -> set[str]:
         check=True,
         cwd=REPO,
     )
-    return {name.split(".")[0] for name in done.stdout.split()}
+    return set(done.stdout.split())
+
+
+def _modules_after(code: str) -> set[str]:
+    """Top-level modules loaded in a fresh interpreter after running `code`."""
+    return {name.split(".")[0] for name in _all_modules_after(code)}
 
 
 def test_the_command_line_imports_no_daemon_library() -> None:
@@ -50,18 +55,7 @@ def test_the_daemon_imports_no_command_line_or_date_library_for_its_store() -> N
 def test_the_daemon_leaves_key_formats_and_courier_bundles_until_they_are_used() -> None:
     """cryptography's general key loader (SSH, RSA, DSA, EC formats) and the courier's
     sealing hold about 1.5 MiB of a device's memory; the daemon needs neither to run."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import edge.cli\nedge.cli._daemon()\nimport sys; print(' '.join(sys.modules))",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-    )
-    loaded = set(done.stdout.split())
+    loaded = _all_modules_after("import edge.cli\nedge.cli._daemon()")
 
     assert "edge.agent" in loaded
     assert "cryptography.hazmat.primitives.asymmetric.ed25519" in loaded  # it verifies with it
@@ -72,18 +66,7 @@ def test_the_daemon_leaves_key_formats_and_courier_bundles_until_they_are_used()
 def test_the_daemon_serves_its_local_api_without_aiohttp_s_server() -> None:
     """The local API is edge/localhttp/ on httptools: aiohttp's server package (its
     application, router, middlewares: 1.4 MiB resident, measured) stays out of the agent."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import edge.cli\nedge.cli._daemon()\nimport sys; print(' '.join(sys.modules))",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-    )
-    loaded = set(done.stdout.split())
+    loaded = _all_modules_after("import edge.cli\nedge.cli._daemon()")
 
     assert "httptools" in loaded
     assert not {"aiohttp.web", "aiohttp.web_app", "aiohttp.web_protocol"} & loaded
