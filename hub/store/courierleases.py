@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from hub.store.leases import Assigned, Candidate, Queued, queued_tasks
+from hub.store.candidates import Candidate
+from hub.store.leases import Assigned, Queued, queued_tasks
 from hub.store.sql import Sql
 from hub.store.tasks import record_events
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from hub.store import audit, certs, devices, events, leases, tokens
 from hub.store.audit import AuditEntry
+from hub.store.candidates import Candidate
 from hub.store.certs import IssuedCert, RenewalState, RevokedCert
 from hub.store.devices import (
     Device,
@@ -19,7 +20,7 @@ from hub.store.devices import (
 )
 from hub.store.engine import Engine
 from hub.store.events import DeviceEvent
-from hub.store.leases import Candidate, Known
+from hub.store.leases import Known
 from hub.store.leases import Settings as TaskSettings
 from hub.store.tokens import ApiTokenRecord
 

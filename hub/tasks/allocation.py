@@ -27,7 +27,8 @@ import heapq
 import json
 import zlib
 
-from hub.store.leases import Candidate, Queued
+from hub.store.candidates import Candidate
+from hub.store.leases import Queued
 
 W_FREE, W_CPU, W_HEAT, W_SLOW = 1.0, 0.5, 0.5, 0.3
 HEAT_FROM_C, HEAT_FULL_C = 60.0, 85.0

@@ -9,7 +9,8 @@ import time
 from typing import Final
 
 from hub.store import HubStore, Task, TaskSettings
-from hub.store.leases import Candidate, Known, Queued
+from hub.store.candidates import Candidate
+from hub.store.leases import Known, Queued
 from hub.tasks.allocation import matches
 
 FLEET_FRESH_S: Final = 1.0  # a reason may be this old: it is advice, not a decision

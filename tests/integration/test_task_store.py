@@ -13,8 +13,15 @@ from typing import Any
 import msgpack
 import pytest
 
-from hub.store import HeartbeatSeen, HelloSeen, HubStore, NewTask, TaskSettings, Upload, leases
-from hub.store.leases import Candidate
+from hub.store import (
+    HeartbeatSeen,
+    HelloSeen,
+    HubStore,
+    NewTask,
+    TaskSettings,
+    Upload,
+)
+from hub.store.candidates import Candidate, read_candidates
 from hub.store.sql import Sql
 from hub.tasks.allocation import plan
 from outpost import wire
@@ -205,7 +212,7 @@ async def test_a_pass_reads_only_devices_with_room_and_an_explanation_sees_them_
 
         def unit(db: Sql) -> list[Candidate]:
             with db.snapshot():
-                return leases._candidates(db, now, settings, with_room_only=with_room_only)
+                return read_candidates(db, now, settings, with_room_only=with_room_only)
 
         found = await store.run(unit)
         return sorted((c.device_id, c.held, c.concurrency, c.slots) for c in found)
@@ -239,7 +246,7 @@ async def test_a_short_queue_reads_only_devices_naming_its_models(store: HubStor
     async def read(needed: set[str] | None) -> list[str]:
         def unit(db: Sql) -> list[Candidate]:
             with db.snapshot():
-                return leases._candidates(db, now, SETTINGS, with_room_only=True, needed=needed)
+                return read_candidates(db, now, SETTINGS, with_room_only=True, needed=needed)
 
         return sorted(c.device_id for c in await store.run(unit))
 

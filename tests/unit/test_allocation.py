@@ -10,7 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from hub.store.leases import Candidate, Queued
+from hub.store.candidates import Candidate
+from hub.store.leases import Queued
 from hub.tasks.allocation import matches, plan, score
 
 VIB = ("vibration-anomaly", "1.0.0")

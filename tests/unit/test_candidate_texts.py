@@ -1,4 +1,4 @@
-"""The allocation pass's reading of each online device's JSON texts (hub/store/leases.py):
+"""The allocation pass's reading of each online device's JSON texts (hub/store/candidates.py):
 the same values as parsing each text whole, which it did before."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hub.store.leases import _labels_of, _load_of, _ready_models_of
+from hub.store.candidates import _labels_of, _load_of, _ready_models_of
 
 
 def _load_as_before(text: str | None) -> tuple[Any, Any]:

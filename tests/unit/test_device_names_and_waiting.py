@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hub.store import Task
-from hub.store.leases import Candidate, Known
+from hub.store.candidates import Candidate
+from hub.store.leases import Known
 from hub.tasks import waiting
 from outpost import devicenames
 
