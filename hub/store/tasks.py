@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from hub.store import outbox
 from hub.store.sql import Sql
 
@@ -333,10 +331,6 @@ def finish(
         (state, now, now, state, detail, task_id),
     )
     record_events(db, [(task_id, now, state, device_id, attempt, detail)])
-
-
-def unpack_input(data: bytes) -> Any:
-    return msgspec.msgpack.decode(data)
 
 
 def requeue(

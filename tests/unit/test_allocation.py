@@ -11,8 +11,9 @@ import msgspec
 import pytest
 
 from hub.store.candidates import Candidate
-from hub.store.leases import Queued
+from hub.store.leases import Assigned, Queued
 from hub.tasks.allocation import matches, plan, score
+from outpost import wire
 
 VIB = ("vibration-anomaly", "1.0.0")
 
@@ -151,3 +152,45 @@ def test_tasks_naming_devices_go_to_those_devices_only() -> None:
 
     # The operator chose each device: it is asked even without the model, and will say.
     assert chosen == [(f"tsk-{n}", f"dev-{n:02d}") for n in range(0, 30, 3)]
+
+
+def _assigned(stored_input: bytes) -> Assigned:
+    return Assigned(
+        device_id="dev-1",
+        task_id="tsk-1",
+        attempt=1,
+        model="vibration-anomaly",
+        version="",
+        input=stored_input,
+        dtype="int8",
+        priority=0,
+        deadline=1_000.0,
+        lease_s=30.0,
+    )
+
+
+def test_an_assignment_carries_its_stored_input_as_the_device_decodes_it() -> None:
+    """The hub splices the input as it packed it at submission into the message; the
+    device decodes the same nested lists (or bytes) the operator submitted."""
+    for given in ([[1, -2, 3], [4, 5, -6]], b"\x01\x02\xff"):
+        payload = wire.encode(
+            "tasks", wire.Tasks(tasks=[_assigned(msgspec.msgpack.encode(given)).message(10.0)])
+        )
+        (task,) = wire.decode(payload, kinds=wire.DOWN_KINDS).body.tasks
+        assert (task.input, task.deadline_in_s) == (given, 990.0)
+
+
+def test_a_stored_input_that_breaks_the_contract_is_refused_as_it_is_sent() -> None:
+    """Spliced, the input is not walked as the message is made: the check before it
+    leaves still refuses one nested deeper than the contract allows (say a row written
+    to the database by hand), and the same input one level shallower goes."""
+    deep: Any = 0
+    for _ in range(wire.MAX_INPUT_DEPTH + 1):
+        deep = [deep]
+    with pytest.raises(wire.EncodeError, match="nests deeper"):
+        wire.encode(
+            "tasks", wire.Tasks(tasks=[_assigned(msgspec.msgpack.encode(deep)).message(0.0)])
+        )
+    wire.encode(
+        "tasks", wire.Tasks(tasks=[_assigned(msgspec.msgpack.encode(deep[0])).message(0.0)])
+    )
