@@ -60,9 +60,12 @@ class AgentProcess:
         log: Path,
         env: dict[str, str] | None = None,
         wrapper: str | None = None,
+        log_level: str = "debug",
     ) -> None:
         """`env` is added to the environment; `wrapper` names a module that runs the
-        agent's module (`python -m WRAPPER edge.cli ...`, e.g. tests.sandbox)."""
+        agent's module (`python -m WRAPPER edge.cli ...`, e.g. tests.sandbox); `log_level`
+        is debug for tests (their logs explain a failure), info (as deployed) for the
+        benchmarks, whose figures a debug line per request would move."""
         self.log = log
         self._log_file = log.open("wb")
         self.process = subprocess.Popen(
@@ -77,7 +80,7 @@ class AgentProcess:
                 "--heartbeat-interval",
                 str(heartbeat_interval),
                 "--log-level",
-                "debug",
+                log_level,
             ],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

@@ -53,7 +53,9 @@ async def _ours(root: Path, settings: str) -> tuple[float, float]:
             await enroll(await mint_token(hub), device, PROFILES / "x86-gateway.toml")
             device.config.write_text(settings)
             await hub.parts.broker.stop()
-            agent = AgentProcess(device.root, heartbeat_interval=5, log=root / "agent.log")
+            agent = AgentProcess(
+                device.root, heartbeat_interval=5, log=root / "agent.log", log_level="info"
+            )
             while not device.socket.exists():
                 await asyncio.sleep(0.05)  # the benchmark's own wait for the socket
             client = LocalClient(device.socket)

@@ -42,7 +42,11 @@ async def _agent_rss(root: Path) -> tuple[float, float]:
             identity = await enroll(await mint_token(hub), device, PROFILES / "raspberry-pi-4.toml")
             enroll_ms = (time.perf_counter() - start) * 1000
             agent = AgentProcess(
-                device.root, heartbeat_interval=0.5, log=root / "agent.log", env=SERVICE_ENV
+                device.root,
+                heartbeat_interval=0.5,
+                log=root / "agent.log",
+                env=SERVICE_ENV,
+                log_level="info",
             )
             while not await device_online(hub, identity.device_id):
                 await asyncio.sleep(0.05)  # the benchmark's own poll of the registry

@@ -401,7 +401,9 @@ async def _with_agents(
         async with running_hub(root / "hub") as hub:
             quiet, device_id = await _device(hub, root / "device", "none", bundles)
             recorder, _ = await _device(hub, root / "recorder", "all", bundles)
-            agent = AgentProcess(quiet.root, heartbeat_interval=1.0, log=root / "agent.log")
+            agent = AgentProcess(
+                quiet.root, heartbeat_interval=1.0, log=root / "agent.log", log_level="info"
+            )
             agents.callback(agent.stop)
             while not await device_online(hub, device_id):
                 await asyncio.sleep(0.05)  # the benchmark's own poll of the registry
@@ -418,7 +420,9 @@ async def _with_agents(
         # of recording an answer in the store, not of uploading it, and the hub's intake
         # does not share this process's event loop with the callers.
         small = next(b for b in bundles if b.manifest.name == SMALL)
-        second = AgentProcess(recorder.root, heartbeat_interval=1.0, log=root / "recorder.log")
+        second = AgentProcess(
+            recorder.root, heartbeat_interval=1.0, log=root / "recorder.log", log_level="info"
+        )
         agents.callback(second.stop)
         await _models_ready(recorder.socket, names)
         await asyncio.sleep(SETTLE_S)

@@ -168,7 +168,9 @@ async def _drain(root: Path, backlog: list[Row], trickle: list[Row], offer: list
             async with observer.connected():  # its session keeps what comes while it is away
                 pass
             await hub.parts.broker.stop()  # the backlog is made offline
-            agent = AgentProcess(device.root, heartbeat_interval=5, log=root / "agent.log")
+            agent = AgentProcess(
+                device.root, heartbeat_interval=5, log=root / "agent.log", log_level="info"
+            )
             while not device.socket.exists():
                 await asyncio.sleep(0.05)  # the benchmark's own wait for the socket
             client = LocalClient(device.socket)

@@ -90,7 +90,9 @@ async def _rollout(root: Path) -> tuple[float, float, float, float, float]:
                 device = DevicePaths(root / f"device-{n}")
                 await enroll(await mint_token(hub), device, PROFILES / "raspberry-pi-4.toml")
                 ModelDirectory(device.models).install(VIBRATION)
-                agents.append(AgentProcess(device.root, log=root / f"agent-{n}.log"))
+                agents.append(
+                    AgentProcess(device.root, log=root / f"agent-{n}.log", log_level="info")
+                )
                 devices.append(device)
             for device in devices:  # every agent connected before the clock starts
                 identity = Identity.load(device)

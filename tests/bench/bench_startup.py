@@ -56,6 +56,7 @@ async def _start(device: DevicePaths, log: Path) -> tuple[float, AgentProcess]:
             heartbeat_interval=10.0,
             log=log,
             env={**SERVICE_ENV, "NOTIFY_SOCKET": str(notify)},
+            log_level="info",
         )
         try:
             while True:

@@ -122,7 +122,12 @@ async def _end_to_end(root: Path, agents: int) -> EndToEnd:
                 directory = ModelDirectory(device.models)
                 directory.install(SHIPPED_MODELS[0])
                 started.append(
-                    AgentProcess(device.root, heartbeat_interval=1.0, log=root / f"agent-{n}.log")
+                    AgentProcess(
+                        device.root,
+                        heartbeat_interval=1.0,
+                        log=root / f"agent-{n}.log",
+                        log_level="info",
+                    )
                 )
             while sum(d.online and d.task_slots > 0 for d in await store.devices()) < agents:
                 await asyncio.sleep(0.05)  # the benchmark's own poll of the registry
