@@ -224,13 +224,14 @@ asyncio.run(main())
 """
 
 
-async def _bare_http(root: Path) -> tuple[Figures, Figures, Figures]:
+async def _bare_http(root: Path) -> tuple[Figures, Figures, Figures, Figures]:
     """The floor under the local API: a server on a Unix socket reading the body and
     answering fixed bytes the size of an answer, asked by the same client the local API
     figures use, with the vibration model's body. aiohttp's server in this process
     (client and server on one event loop: no wake-up of another process per call) and
     in a process of its own, as the agent is; and the bare httptools protocol
-    (BARE_PROTOCOL) in a process of its own."""
+    (BARE_PROTOCOL) in a process of its own, asked by that client and by the lean one
+    (leanhttp.py): the floor under the lean client's figures."""
     answer = msgpack.packb(
         {"model": SMALL, "version": "1.0.0", "label": "normal", "confidence": 0.99,
          "scores": {"normal": 0.99, "imbalance": 0.0, "looseness": 0.0,
@@ -254,14 +255,19 @@ async def _bare_http(root: Path) -> tuple[Figures, Figures, Figures]:
             (inside,) = await _alternate([lambda: _callers(1, _poster(session, small))])
     finally:
         await runner.cleanup()
-    own = await _apart(root / "bare-http-apart.sock", BARE_SERVER, answer, small)
-    lean = await _apart(root / "bare-protocol-apart.sock", BARE_PROTOCOL, answer, small)
-    return inside, own, lean
+    own, _ = await _apart(root / "bare-http-apart.sock", BARE_SERVER, answer, small)
+    bare, lean = await _apart(
+        root / "bare-protocol-apart.sock", BARE_PROTOCOL, answer, small, lean_too=True
+    )
+    assert lean is not None
+    return inside, own, bare, lean
 
 
-async def _apart(socket: Path, code: str, answer: bytes, small: Bundle) -> Figures:
+async def _apart(
+    socket: Path, code: str, answer: bytes, small: Bundle, *, lean_too: bool = False
+) -> tuple[Figures, Figures | None]:
     """`code`'s server (`python -c CODE SOCKET ANSWER_HEX`) in a process of its own, asked
-    by one caller."""
+    by one caller; `lean_too`: also by one lean client, in alternating rounds."""
     server = subprocess.Popen([sys.executable, "-c", code, str(socket), answer.hex()])
     try:
         deadline = time.monotonic() + 30
@@ -270,8 +276,26 @@ async def _apart(socket: Path, code: str, answer: bytes, small: Bundle) -> Figur
                 raise RuntimeError(f"the bare server for {socket.name} did not start")
             await asyncio.sleep(0.05)  # waiting for it to listen
         async with _session(socket) as session:
-            (figures,) = await _alternate([lambda: _callers(1, _poster(session, small))])
-            return figures
+            rounds = [lambda: _callers(1, _poster(session, small))]
+            if not lean_too:
+                (figures,) = await _alternate(rounds)
+                return figures, None
+            request = leanhttp.post(
+                f"/v1/infer/{SMALL}",
+                msgpack.packb({"input": _real_input(small)}),
+                "application/msgpack",
+            )
+            connection = await leanhttp.connect(socket)
+
+            async def call() -> None:
+                status, body = await connection.call(request)
+                assert status == 200, body
+
+            try:
+                figures, lean = await _alternate([*rounds, lambda: _callers(1, call)])
+            finally:
+                connection.close()
+            return figures, lean
     finally:
         server.terminate()
         server.wait(10)
@@ -467,6 +491,14 @@ def run(root: Path) -> list[Result]:
             "httptools and answers fixed bytes: the floor of a local API call",
         ),
         Result(
+            "bare httptools protocol round trip, lean client, own process, p50",
+            http[3][1],
+            None,
+            "us",
+            f"{http[3][0]:,.0f}/s; the same server asked by the lean client (leanhttp.py): "
+            "the floor under the lean client's local API figures (two processes woken a call)",
+        ),
+        Result(
             "bare aiohttp round trip over a Unix socket, server in this process, p50",
             http[0][1],
             None,
@@ -491,6 +523,7 @@ def run(root: Path) -> list[Result]:
             ]
         (_, raw_p50, _), (_, api_p50, _), _ = api[name]
         (lean_raw, lean_raw_p50, _), (rate, p50, _) = lean[name]
+        floor = http[3][1]  # the lean client's round trip to the bare protocol, SMALL's body
         results += [
             Result(
                 "  local API overhead, 1 caller, p50",
@@ -511,7 +544,13 @@ def run(root: Path) -> list[Result]:
                 p50 - lean_raw_p50,
                 None,
                 "us",
-                f"= p50 - bare p50 ({p50:,.0f} - {lean_raw_p50:,.0f} us)",
+                f"= p50 - bare p50 ({p50:,.0f} - {lean_raw_p50:,.0f} us)"
+                + (
+                    f"; of it {p50 - lean_raw_p50 - floor:,.0f} us above the bare protocol's "
+                    f"round trip with the same body ({floor:,.0f} us)"
+                    if name == SMALL
+                    else ""
+                ),
             ),
         ]
     none, every = by_report["none"][1], by_report["all"][1]
