@@ -79,13 +79,14 @@ class Interpreter:
         self._output = output_index
         self._pool = pool  # the interpreter's threads beside the caller (None: unknown)
 
-    def run(self, tensor: np.ndarray) -> tuple[np.ndarray, float | None]:
-        """Its raw output, and the CPU seconds that took on every thread it ran on."""
-        before = self._cpu_s()
+    def run(self, tensor: np.ndarray, count_cpu: bool = True) -> tuple[np.ndarray, float | None]:
+        """Its raw output, and the CPU seconds that took on every thread it ran on (None
+        when not `count_cpu`, or unknown)."""
+        before = self._cpu_s() if count_cpu else None
         self._interpreter.set_tensor(self._input, tensor)
         self._interpreter.invoke()
         out: np.ndarray = self._interpreter.get_tensor(self._output)
-        after = self._cpu_s()
+        after = self._cpu_s() if before is not None else None
         cpu = None if before is None or after is None else max(0.0, after - before)
         return out.reshape(-1), cpu
 

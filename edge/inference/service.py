@@ -117,7 +117,9 @@ class InferenceService:
         logger.info("model %s %s runs in shadow", name, version)
 
     def runner(self, name: str) -> ModelRunner:
-        """Return the runner of `name`; raise `NotAllowed`, `UnknownModel` or `ModelUnavailable`."""
+        """Return the runner of `name`, counting its answers' CPU time only while a
+        candidate is in shadow for it; raise `NotAllowed`, `UnknownModel` or
+        `ModelUnavailable`."""
         return self._usable(name)[1]
 
     def _usable(self, name: str) -> tuple[Slot, ModelRunner]:
@@ -129,6 +131,8 @@ class InferenceService:
             raise UnknownModel(f"no model {name!r} is installed (installed: {known})")
         if slot.runner is None:
             raise ModelUnavailable(f"model {name!r} is installed but not usable: {slot.error}")
+        # Its answers' CPU time is read only while a candidate is compared against them.
+        slot.runner.count_cpu = self.shadows.candidate(name) is not None
         return slot, slot.runner
 
     async def infer(

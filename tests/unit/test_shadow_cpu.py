@@ -8,7 +8,10 @@ Figures are asserted as ratios of the same work on one machine, never as speeds.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,10 +21,14 @@ from typing import Any
 
 import pytest
 
+from edge.inference.directory import ModelDirectory
+from edge.inference.reporting import Reporting
 from edge.inference.runner import ModelRunner
 from edge.inference.runtime import Runtime, choose_runtime
+from edge.inference.service import InferenceService
 from edge.inference.tensors import Prepared, prepare_input
 from edge.rollup import Tally
+from edge.store import STREAMS, AgentStore, Bounds
 from outpost.modelbundle import read_bundle
 from tests.support import SHIPPED_MODELS
 
@@ -142,3 +149,39 @@ def test_an_interpreters_own_threads_are_counted(runtime: Runtime) -> None:
 
 def _prepared(runner: ModelRunner) -> Prepared:
     return prepare_input(_sample(runner), "int8", runner.manifest.input)
+
+
+async def test_a_live_model_counts_cpu_only_while_a_candidate_is_compared(tmp_path: Path) -> None:
+    """Reading the CPU clocks costs more than a small model's inference, and only a
+    shadow comparison uses the reading: a live answer carries it while a candidate is
+    in shadow for its model (every compared pair has both sides), and not before or
+    after."""
+    name = read_bundle(VIBRATION).manifest.name
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(VIBRATION)
+    candidate = tmp_path / "candidate"
+    shutil.copytree(VIBRATION, candidate)
+    manifest = json.loads((candidate / "model.json").read_text())
+    (candidate / "model.json").write_text(json.dumps({**manifest, "version": "9.9.9"}))
+    directory.install(candidate, activate=False)
+    store = AgentStore(tmp_path / "store.db", {s: Bounds(0, 0, 0) for s in STREAMS})
+    await store.start()
+    service = InferenceService(directory, store, reporting=Reporting("none"))
+    await service.start()
+    value = read_bundle(VIBRATION).sample.input  # type: ignore[union-attr]
+    try:
+        alone = await service.infer(name, value, "int8")
+        await service.shadow(name, "9.9.9")
+        service.shadows.sample_share = 1.0
+        compared = [await service.infer(name, value, "int8") for _ in range(5)]
+        while service.shadows._running:  # the comparisons run after each answer
+            await asyncio.sleep(0.001)
+        await service.shadows.drop(name)
+        after = await service.infer(name, value, "int8")
+        (section,) = service.tally.take_shadow().values()
+    finally:
+        await service.close()
+        await store.close()
+    assert (alone.inference.cpu_ms, after.inference.cpu_ms) == (None, None)
+    assert all(o.inference.cpu_ms is not None for o in compared)
+    assert section["cpu_count"] == section["count"] == 5
