@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +22,6 @@ import aiohttp
 import msgpack
 import numpy as np
 import psutil
-from aiohttp import web
 
 from edge.enroll import enroll
 from edge.identity import DevicePaths
@@ -36,8 +32,10 @@ from edge.inference.workers import Workers
 from hub.app import Hub
 from outpost.modelbundle import Bundle, read_bundle
 from tests.bench import leanhttp
+from tests.bench.apifloor import bare_http, client_session, poster, real_input
 from tests.bench.bench_footprint import LIBRARIES
 from tests.bench.common import Result, rss_of, running_hub
+from tests.bench.rounds import ROUND_S, Call, Figures, Round, alternate, callers
 from tests.support import (
     PROFILES,
     REPO,
@@ -47,9 +45,6 @@ from tests.support import (
     mint_token,
 )
 
-DURATION_S = 2.0  # per figure, in ROUNDS rounds
-ROUNDS = 5
-ROUND_S = DURATION_S / ROUNDS
 SETTLE_S = 3.0
 CALLERS = 4  # concurrent callers in the "under load" figures
 # Interpreter threads and interpreters per model on every side: the bare loop, the
@@ -71,38 +66,6 @@ def floor_code(models: Sequence[Path]) -> str:
         f"i{n} = Interpreter(model_path={str(p / 'model.tflite')!r}); i{n}.allocate_tensors()"
         for n, p in enumerate(models)
     )
-
-
-Figures = tuple[float, float, float]  # per second, p50 and p99 in microseconds
-Round = tuple[list[float], float]  # latencies (s) and the round's length (s)
-Call = Callable[[], Awaitable[object]]
-
-
-class Rounds:
-    """The rounds of one figure: its rate is the median round's, p50 and p99 are over
-    every call of every round."""
-
-    def __init__(self) -> None:
-        self.rates: list[float] = []
-        self.latencies: list[float] = []
-
-    def add(self, measured: Round) -> None:
-        latencies, seconds = measured
-        self.rates.append(len(latencies) / seconds)
-        self.latencies += latencies
-
-    def figures(self) -> Figures:
-        ordered = sorted(self.latencies)
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-        return statistics.median(self.rates), statistics.median(ordered) * 1e6, p99 * 1e6
-
-
-def _real_input(bundle: Bundle) -> bytes:
-    """The sample as a local program sends it: real values, float32 bytes."""
-    assert bundle.sample is not None
-    spec = bundle.manifest.input
-    real = (np.array(bundle.sample.input, np.float32) - spec.zero_point) * spec.scale
-    return real.astype("<f4").tobytes()
 
 
 class BareLoop:
@@ -130,30 +93,6 @@ class BareLoop:
         return latencies, time.perf_counter() - start
 
 
-async def _callers(count: int, call: Call) -> Round:
-    """`count` callers, each making one call after another for ROUND_S."""
-    latencies: list[float] = []
-    start = time.perf_counter()
-
-    async def caller() -> None:
-        while time.perf_counter() - start < ROUND_S:
-            t = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - t)
-
-    await asyncio.gather(*(caller() for _ in range(count)))
-    return latencies, time.perf_counter() - start
-
-
-async def _alternate(calls: Sequence[Callable[[], Awaitable[Round]]]) -> list[Figures]:
-    """ROUNDS rounds of each of `calls`, taken in turn; their figures in that order."""
-    rounds = [Rounds() for _ in calls]
-    for _ in range(ROUNDS):
-        for measure, into in zip(calls, rounds, strict=True):
-            into.add(await measure())
-    return [r.figures() for r in rounds]
-
-
 async def _against_bare(bundle: Bundle, call: Call) -> tuple[Figures, Figures, Figures]:
     """The bare loop, then `call` from 1 caller and from CALLERS, in alternating rounds."""
     bare = BareLoop(bundle)
@@ -161,8 +100,8 @@ async def _against_bare(bundle: Bundle, call: Call) -> tuple[Figures, Figures, F
     async def bare_round() -> Round:
         return bare.round()
 
-    raw, alone, loaded = await _alternate(
-        [bare_round, lambda: _callers(1, call), lambda: _callers(CALLERS, call)]
+    raw, alone, loaded = await alternate(
+        [bare_round, lambda: callers(1, call), lambda: callers(CALLERS, call)]
     )
     return raw, alone, loaded
 
@@ -174,131 +113,15 @@ async def _thread_hop() -> tuple[Figures, Figures]:
     workers = Workers(1, "bench-hop")
     try:
         with ThreadPoolExecutor(1) as executor:
-            runner, executor_hop = await _alternate(
+            runner, executor_hop = await alternate(
                 [
-                    lambda: _callers(1, lambda: workers.submit(int)),
-                    lambda: _callers(1, lambda: loop.run_in_executor(executor, int)),
+                    lambda: callers(1, lambda: workers.submit(int)),
+                    lambda: callers(1, lambda: loop.run_in_executor(executor, int)),
                 ]
             )
     finally:
         workers.shutdown()
     return runner, executor_hop
-
-
-# A bare aiohttp server answering the local API's path with fixed bytes, run as
-# `python -c BARE_SERVER SOCKET ANSWER_HEX` in a process of its own.
-BARE_SERVER = """
-import sys
-from aiohttp import web
-answer = bytes.fromhex(sys.argv[2])
-async def handler(request):
-    await request.read()
-    return web.Response(body=answer, content_type="application/msgpack")
-app = web.Application()
-app.router.add_post("/v1/infer/{model}", handler)
-web.run_app(app, path=sys.argv[1], print=None, access_log=None)
-"""
-# The leanest server a Python agent could run: an asyncio protocol that parses with
-# httptools (as the agent's own server, edge/localhttp/, does) and answers fixed bytes,
-# with no routing, limits or handler; run as `python -c BARE_PROTOCOL SOCKET ANSWER_HEX`.
-BARE_PROTOCOL = """
-import asyncio, sys, httptools
-answer = bytes.fromhex(sys.argv[2])
-head = "HTTP/1.1 200 OK\\r\\nContent-Type: application/msgpack\\r\\nContent-Length: %d\\r\\n\\r\\n"
-reply = (head % len(answer)).encode() + answer
-class Bare(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.parser, self.body = transport, httptools.HttpRequestParser(self), []
-    def data_received(self, data):
-        self.parser.feed_data(data)
-    def on_body(self, body):
-        self.body.append(body)
-    def on_message_complete(self):
-        b"".join(self.body)
-        self.body = []
-        self.transport.write(reply)
-async def main():
-    await asyncio.get_running_loop().create_unix_server(Bare, sys.argv[1])
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
-
-
-async def _bare_http(root: Path) -> tuple[Figures, Figures, Figures, Figures]:
-    """The floor under the local API: a server on a Unix socket reading the body and
-    answering fixed bytes the size of an answer, asked by the same client the local API
-    figures use, with the vibration model's body. aiohttp's server in this process
-    (client and server on one event loop: no wake-up of another process per call) and
-    in a process of its own, as the agent is; and the bare httptools protocol
-    (BARE_PROTOCOL) in a process of its own, asked by that client and by the lean one
-    (leanhttp.py): the floor under the lean client's figures."""
-    answer = msgpack.packb(
-        {"model": SMALL, "version": "1.0.0", "label": "normal", "confidence": 0.99,
-         "scores": {"normal": 0.99, "imbalance": 0.0, "looseness": 0.0,
-                    "bearing_fault": 0.01},
-         "latency_ms": 0.02, "queued_ms": 0.0, "clipped": 0, "recorded": None}
-    )  # fmt: skip
-
-    async def handler(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=answer, content_type="application/msgpack")
-
-    app = web.Application()
-    app.router.add_post("/v1/infer/{model}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    socket = root / "bare-http.sock"
-    await web.UnixSite(runner, str(socket)).start()
-    small = next(read_bundle(p) for p in MODELS if p.parent.name == SMALL)
-    try:
-        async with _session(socket) as session:
-            (inside,) = await _alternate([lambda: _callers(1, _poster(session, small))])
-    finally:
-        await runner.cleanup()
-    own, _ = await _apart(root / "bare-http-apart.sock", BARE_SERVER, answer, small)
-    bare, lean = await _apart(
-        root / "bare-protocol-apart.sock", BARE_PROTOCOL, answer, small, lean_too=True
-    )
-    assert lean is not None
-    return inside, own, bare, lean
-
-
-async def _apart(
-    socket: Path, code: str, answer: bytes, small: Bundle, *, lean_too: bool = False
-) -> tuple[Figures, Figures | None]:
-    """`code`'s server (`python -c CODE SOCKET ANSWER_HEX`) in a process of its own, asked
-    by one caller; `lean_too`: also by one lean client, in alternating rounds."""
-    server = subprocess.Popen([sys.executable, "-c", code, str(socket), answer.hex()])
-    try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"the bare server for {socket.name} did not start")
-            await asyncio.sleep(0.05)  # waiting for it to listen
-        async with _session(socket) as session:
-            rounds = [lambda: _callers(1, _poster(session, small))]
-            if not lean_too:
-                (figures,) = await _alternate(rounds)
-                return figures, None
-            request = leanhttp.post(
-                f"/v1/infer/{SMALL}",
-                msgpack.packb({"input": _real_input(small)}),
-                "application/msgpack",
-            )
-            connection = await leanhttp.connect(socket)
-
-            async def call() -> None:
-                status, body = await connection.call(request)
-                assert status == 200, body
-
-            try:
-                figures, lean = await _alternate([*rounds, lambda: _callers(1, call)])
-            finally:
-                connection.close()
-            return figures, lean
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 async def _runner(bundle: Bundle) -> tuple[Figures, Figures, Figures]:
@@ -312,25 +135,11 @@ async def _runner(bundle: Bundle) -> tuple[Figures, Figures, Figures]:
         queue_limit=CALLERS,
     )
     await asyncio.to_thread(runner.load)
-    data = _real_input(bundle)
+    data = real_input(bundle)
     try:
         return await _against_bare(bundle, lambda: runner.infer(data, "float32"))
     finally:
         runner.close()
-
-
-def _poster(session: aiohttp.ClientSession, bundle: Bundle) -> Call:
-    """One local program's call: the sample posted as msgpack, the answer read."""
-    body = msgpack.packb({"input": _real_input(bundle)})
-    url = f"http://agent/v1/infer/{bundle.manifest.name}"
-    headers = {"Content-Type": "application/msgpack"}
-
-    async def call() -> None:
-        async with session.post(url, data=body, headers=headers) as response:
-            assert response.status == 200, await response.text()
-            await response.read()
-
-    return call
 
 
 async def _lean_against_bare(bundle: Bundle, socket: Path) -> tuple[Figures, Figures]:
@@ -338,7 +147,7 @@ async def _lean_against_bare(bundle: Bundle, socket: Path) -> tuple[Figures, Fig
     bare = BareLoop(bundle)
     request = leanhttp.post(
         f"/v1/infer/{bundle.manifest.name}",
-        msgpack.packb({"input": _real_input(bundle)}),
+        msgpack.packb({"input": real_input(bundle)}),
         "application/msgpack",
     )
     connection = await leanhttp.connect(socket)
@@ -351,15 +160,10 @@ async def _lean_against_bare(bundle: Bundle, socket: Path) -> tuple[Figures, Fig
         assert status == 200, body
 
     try:
-        raw, lean = await _alternate([bare_round, lambda: _callers(1, call)])
+        raw, lean = await alternate([bare_round, lambda: callers(1, call)])
     finally:
         connection.close()
     return raw, lean
-
-
-def _session(socket: Path) -> aiohttp.ClientSession:
-    """A client of the local API (in this process: it shares the cores with the agent)."""
-    return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket), limit=CALLERS))
 
 
 def _profile(folder: Path) -> Path:
@@ -435,9 +239,9 @@ async def _with_agents(
             await asyncio.sleep(SETTLE_S)
             rss = psutil.Process(agent.process.pid).memory_info().rss / 2**20
             api, lean = {}, {}
-            async with _session(quiet.socket) as session:
+            async with client_session(quiet.socket, CALLERS) as session:
                 for b in bundles:
-                    api[b.manifest.name] = await _against_bare(b, _poster(session, b))
+                    api[b.manifest.name] = await _against_bare(b, poster(session, b))
             for b in bundles:
                 lean[b.manifest.name] = await _lean_against_bare(b, quiet.socket)
         # With the hub gone neither agent sends its records: the difference is the cost
@@ -450,9 +254,12 @@ async def _with_agents(
         agents.callback(second.stop)
         await _models_ready(recorder.socket, names)
         await asyncio.sleep(SETTLE_S)
-        async with _session(quiet.socket) as none, _session(recorder.socket) as every:
-            by_none, by_all = _poster(none, small), _poster(every, small)
-            reported = await _alternate([lambda: _callers(1, by_none), lambda: _callers(1, by_all)])
+        async with (
+            client_session(quiet.socket, CALLERS) as none,
+            client_session(recorder.socket, CALLERS) as every,
+        ):
+            by_none, by_all = poster(none, small), poster(every, small)
+            reported = await alternate([lambda: callers(1, by_none), lambda: callers(1, by_all)])
     return api, lean, rss, dict(zip(("none", "all"), reported, strict=True))
 
 
@@ -460,9 +267,10 @@ def run(root: Path) -> list[Result]:
     bundles = [read_bundle(p) for p in MODELS]
     inner = {b.manifest.name: asyncio.run(_runner(b)) for b in bundles}
     hop = asyncio.run(_thread_hop())
-    http = asyncio.run(_bare_http(root))
+    http = asyncio.run(bare_http(root, next(b for b in bundles if b.manifest.name == SMALL)))
     api, lean, rss, by_report = asyncio.run(_with_agents(root, bundles))
     floor = rss_of(floor_code(MODELS), SETTLE_S)
+    lean_floor = http[3][1]  # the lean client's round trip to the bare protocol, SMALL's body
     same = f"{THREADS} interpreter threads, {INTERPRETERS} interpreter, on every side"
     results = [
         Result(
@@ -523,7 +331,6 @@ def run(root: Path) -> list[Result]:
             ]
         (_, raw_p50, _), (_, api_p50, _), _ = api[name]
         (lean_raw, lean_raw_p50, _), (rate, p50, _) = lean[name]
-        floor = http[3][1]  # the lean client's round trip to the bare protocol, SMALL's body
         results += [
             Result(
                 "  local API overhead, 1 caller, p50",
@@ -546,8 +353,8 @@ def run(root: Path) -> list[Result]:
                 "us",
                 f"= p50 - bare p50 ({p50:,.0f} - {lean_raw_p50:,.0f} us)"
                 + (
-                    f"; of it {p50 - lean_raw_p50 - floor:,.0f} us above the bare protocol's "
-                    f"round trip with the same body ({floor:,.0f} us)"
+                    f"; of it {p50 - lean_raw_p50 - lean_floor:,.0f} us above the bare protocol's "
+                    f"round trip with the same body ({lean_floor:,.0f} us)"
                     if name == SMALL
                     else ""
                 ),
