@@ -23,7 +23,8 @@ answer's own work (wherever it ran).
 
 Each answer carries two timings of the same section (set_tensor + invoke + get_tensor):
 its wall time (`latency_ms`, what the caller waited) and the CPU time the threads that
-ran it spent on it (`cpu_ms`, what it cost). A shadow candidate runs at the lowest
+ran it spent on it (`cpu_ms`, what it cost; read only while a candidate is in shadow
+for the model, see `count_cpu`). A shadow candidate runs at the lowest
 priority, so on a busy machine its wall time grows with the wait for a CPU; its CPU time
 does not, and is what a candidate is judged on (edge/inference/shadow.py).
 """
