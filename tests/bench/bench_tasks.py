@@ -51,7 +51,11 @@ ONE_AT_A_TIME = 100  # tasks submitted one after another's result, for the idle 
 # device recorded (one clock: all run on this machine).
 PHASES = (
     ("submitted", "the POST answered: the task and its assignment committed (synced)"),
-    ("started", "the device began it: the assignment published, received, put in its inbox"),
+    (
+        "started",
+        "the device began it: the assignment published and received (a task that finds "
+        "a free slot starts its inference as the inbox's write begins)",
+    ),
     ("finished", "the device's result made: the inference, and the inbox's write"),
     (
         "stored",
