@@ -174,7 +174,9 @@ async def test_a_live_model_counts_cpu_only_while_a_candidate_is_compared(tmp_pa
         await service.shadow(name, "9.9.9")
         service.shadows.sample_share = 1.0
         compared = [await service.infer(name, value, "int8") for _ in range(5)]
+        deadline = time.monotonic() + 60
         while service.shadows._running:  # the comparisons run after each answer
+            assert time.monotonic() < deadline, "the shadow comparisons did not end in 60 s"
             await asyncio.sleep(0.001)
         await service.shadows.drop(name)
         after = await service.infer(name, value, "int8")
