@@ -42,6 +42,23 @@ def poster(session: aiohttp.ClientSession, bundle: Bundle) -> Call:
     return call
 
 
+async def lean_poster(socket: Path, bundle: Bundle) -> tuple[leanhttp.LeanConnection, Call]:
+    """One lean client's connection to `socket` and its call: `bundle`'s sample posted
+    as msgpack, a 200 answer expected. The caller closes the connection."""
+    request = leanhttp.post(
+        f"/v1/infer/{bundle.manifest.name}",
+        msgpack.packb({"input": real_input(bundle)}),
+        "application/msgpack",
+    )
+    connection = await leanhttp.connect(socket)
+
+    async def call() -> None:
+        status, body = await connection.call(request)
+        assert status == 200, body
+
+    return connection, call
+
+
 def client_session(socket: Path, limit: int) -> aiohttp.ClientSession:
     """A client of the local API (in this process: it shares the cores with the agent)."""
     return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket), limit=limit))
@@ -141,17 +158,7 @@ async def _apart(
             if not lean_too:
                 (figures,) = await alternate(rounds)
                 return figures, None
-            request = leanhttp.post(
-                f"/v1/infer/{small.manifest.name}",
-                msgpack.packb({"input": real_input(small)}),
-                "application/msgpack",
-            )
-            connection = await leanhttp.connect(socket)
-
-            async def call() -> None:
-                status, body = await connection.call(request)
-                assert status == 200, body
-
+            connection, call = await lean_poster(socket, small)
             try:
                 figures, lean = await alternate([*rounds, lambda: callers(1, call)])
             finally:

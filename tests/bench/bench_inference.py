@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
-import msgpack
 import numpy as np
 import psutil
 
@@ -31,8 +30,7 @@ from edge.inference.runtime import choose_runtime
 from edge.inference.workers import Workers
 from hub.app import Hub
 from outpost.modelbundle import Bundle, read_bundle
-from tests.bench import leanhttp
-from tests.bench.apifloor import bare_http, client_session, poster, real_input
+from tests.bench.apifloor import bare_http, client_session, lean_poster, poster, real_input
 from tests.bench.bench_footprint import LIBRARIES
 from tests.bench.common import Result, rss_of, running_hub
 from tests.bench.rounds import ROUND_S, Call, Figures, Round, alternate, callers
@@ -145,19 +143,10 @@ async def _runner(bundle: Bundle) -> tuple[Figures, Figures, Figures]:
 async def _lean_against_bare(bundle: Bundle, socket: Path) -> tuple[Figures, Figures]:
     """The bare loop, then one caller with the lean client (leanhttp.py), alternating."""
     bare = BareLoop(bundle)
-    request = leanhttp.post(
-        f"/v1/infer/{bundle.manifest.name}",
-        msgpack.packb({"input": real_input(bundle)}),
-        "application/msgpack",
-    )
-    connection = await leanhttp.connect(socket)
+    connection, call = await lean_poster(socket, bundle)
 
     async def bare_round() -> Round:
         return bare.round()
-
-    async def call() -> None:
-        status, body = await connection.call(request)
-        assert status == 200, body
 
     try:
         raw, lean = await alternate([bare_round, lambda: callers(1, call)])
