@@ -144,6 +144,6 @@ async def test_the_server_answers_any_bytes_with_whole_answers_and_goes_on(
         deadline = loop.time() + 30
         while server._connections:  # every connection the fuzz opened is gone
             assert loop.time() < deadline, f"{len(server._connections)} connections held"
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # a poll with a deadline
     finally:
         await server.close()

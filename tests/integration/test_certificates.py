@@ -56,7 +56,7 @@ async def until(moment: float) -> None:
     # Polled on the wall clock certificates use, not slept in one go: a virtual machine's
     # clock may be stepped back meanwhile, and the hub judges expiry by that clock.
     while time.time() < moment:
-        await asyncio.sleep(min(0.2, moment - time.time()))
+        await asyncio.sleep(min(0.2, moment - time.time()))  # time must pass: a poll till then
 
 
 async def holds(value: bool) -> bool:

@@ -292,7 +292,7 @@ async def test_a_good_release_is_swapped_in_while_the_old_version_serves(device:
     async def keep_asking() -> None:
         while not stop.is_set():
             answered.append(await device.infer(VIBRATION))
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the asker's pace: yield once, so the swap goes on too
 
     asking = asyncio.create_task(keep_asking())
     gate.set()

@@ -498,9 +498,12 @@ async def test_publishing_acks_never_raises_and_counts_what_did_not_go() -> None
 async def test_acks_go_out_in_order_without_waiting_and_at_most_a_window_at_once() -> None:
     confirmed = asyncio.Event()  # the broker's PUBACKs, held back until the test says
     started: list[str] = []
+    window_full = asyncio.Event()  # two publishes started
 
     async def slow_broker(topic: str, payload: bytes) -> None:
         started.append(topic)
+        if len(started) == 2:
+            window_full.set()
         await confirmed.wait()
 
     counts: collections.Counter[str] = collections.Counter()
@@ -511,8 +514,7 @@ async def test_acks_go_out_in_order_without_waiting_and_at_most_a_window_at_once
 
     await downlinks.send([first, second])  # returns with both unconfirmed
     third_sent = asyncio.create_task(downlinks.send([third]))
-    while len(started) < 2:
-        await asyncio.sleep(0)  # let the publishes start
+    await asyncio.wait_for(window_full.wait(), 30)  # the publishes started
     assert not third_sent.done()  # the window is full: the ingest waits
     assert started == [first[0], second[0]]
 

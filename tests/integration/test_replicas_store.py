@@ -133,7 +133,7 @@ async def test_consecutive_batches_on_two_replicas_move_one_mark_without_a_gap(
             marks.append(applied.hwm)
             if not applied.gap:
                 return
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the device's resend, at once: yield to the other sends
 
     await asyncio.gather(
         *(send((a, b)[i % 2], u) for i, u in enumerate(uploads)),

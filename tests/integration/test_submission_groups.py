@@ -17,6 +17,7 @@ from hub.store import HubStore
 from hub.tasks.dispatcher import Dispatcher
 from tests.databases import BACKENDS, database
 from tests.integration.test_task_store import new, online
+from tests.support import eventually
 
 TASKS = 40
 
@@ -51,9 +52,14 @@ async def leading(store: HubStore) -> tuple[Dispatcher, list[str]]:
 
 async def run_while(dispatcher: Dispatcher, work: Callable[[], Awaitable[Any]]) -> Any:
     loop = asyncio.create_task(dispatcher.run())
+
+    async def leads() -> bool:
+        assert not loop.done(), loop
+        return dispatcher._running
+
     try:
-        await asyncio.sleep(0)
-        assert dispatcher._running  # leading: submissions go through the group
+        # Leading: submissions go through the group.
+        await eventually(leads, timeout=30, every=0.01, what="the dispatcher's loop to run")
         return await work()
     finally:
         loop.cancel()
@@ -72,7 +78,7 @@ async def test_submissions_at_once_share_one_transaction_and_each_task_is_queued
         )
         async with asyncio.timeout(30):  # the assignments are sent after the answer
             while not sent:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # a poll with a deadline (the timeout above)
 
     await run_while(dispatcher, submit_all)
 

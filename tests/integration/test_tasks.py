@@ -246,7 +246,7 @@ async def freeze_holding_unfinished(member: Member, timeout: float = 30) -> set[
         if held:
             return held
         member.agent.signal(signal.SIGCONT)
-        await asyncio.sleep(0.01)  # let it take more work before freezing it again
+        await asyncio.sleep(0.01)  # a poll with a deadline: let it take more work meanwhile
     raise AssertionError(f"the agent never held an unfinished task when frozen in {timeout} s")
 
 

@@ -30,7 +30,7 @@ async def test_a_cancel_that_lands_as_the_event_is_set_still_cancels() -> None:
                 loops += 1
 
         task = asyncio.create_task(waiter())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # yield once: the waiter's first step reaches its wait
         event.set()
         task.cancel()  # in the same step as the set: the race wait_for loses
         with pytest.raises(asyncio.CancelledError):
@@ -47,7 +47,7 @@ async def test_supervise_raises_the_failure_itself_and_stops_the_siblings() -> N
             sibling_stopped.set()
 
     async def failing() -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # yield once: it fails mid-run, not in its first step
         raise ConnectionError("link lost")
 
     with pytest.raises(ConnectionError, match="link lost"):

@@ -332,7 +332,7 @@ async def test_a_client_that_half_closes_gets_every_answer_it_asked_for(served: 
     deadline = asyncio.get_running_loop().time() + 30
     while not any(c._closing for c in served.server._connections):  # it has seen the end
         assert asyncio.get_running_loop().time() < deadline, "the end never reached the server"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a poll with a deadline
     served.handlers.release.set()
     statuses = [(await answer(reader))[0] for _ in range(3)]
     assert statuses == [200, 200, 200]

@@ -121,7 +121,7 @@ async def run_loop(
     log: list[tuple[str, float]] = []
     attempts = iter(outcomes)
 
-    async def fake_sleep(seconds: float) -> None:
+    async def fake_sleep(seconds: float) -> None:  # time is faked, as unit tests may
         log.append(("sleep", seconds))
         if sum(1 for kind, _ in log if kind == "sleep") == sleeps:
             raise Stop

@@ -16,7 +16,7 @@ async def test_asks_coalesce_until_taken() -> None:
     wanted.add(["a", "c"])
     assert await asyncio.wait_for(taking, 1) == ["a", "b", "c"]
     again = asyncio.ensure_future(wanted.take())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # let it wait again: nothing asked since
     assert not again.done()  # taken ones are forgotten
     wanted.add(["d"])
     assert await asyncio.wait_for(again, 1) == ["d"]
