@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
 import sqlite3
@@ -29,13 +28,14 @@ from typing import Any, TypeVar
 import msgspec
 
 from edge.store import confirmed, inbox, streams, wear
-from edge.store.appends import Confirm, Pending, Then, fail, settle
+from edge.store.appends import Confirm, Pending, Then, fail, settle, store_group
 from edge.store.cipher import RecordCipher
 from edge.store.durable import Durability, sync_file
 from edge.store.errors import READ_ERRORS, StoreReadError, StoreWriteError, StreamFullError
 from edge.store.recovery import open_store
-from edge.store.stats import fill_of, read_stats
+from edge.store.stats import read_stats
 from edge.store.streams import STREAMS, Appended, Bounds, Refused
+from edge.store.tail import Tail
 from outpost.sqlite import Database, SerialDatabase, StoreClosedError, soft_state
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 MAX_GROUP_RECORDS = 5000  # appends committed together, at most
+# Streams whose newest records the uploader reads from memory (`tail`): not metrics, whose
+# older records a full stream rolls up in place, inside the append that made room.
+TAILED = frozenset(STREAMS) - {"metrics"}
 
 EXPIRE_EVERY_S = 60.0
 
@@ -95,9 +98,15 @@ class AgentStore:
         self._closing = False
         self._last_expire = 0.0
         self._wear = wear.Unrecorded()
+        self._tail = Tail()  # changed on the writer thread only, in step with the file
         self._db.run_sync(lambda _: self._wear.meter.start())  # on the writer thread, as later
         self.appended = asyncio.Event()  # set whenever new records are on the disk
         self.path = path
+
+    @property
+    def tail_hits(self) -> int:
+        """Reads of records answered from memory, not from the file (see `tail`)."""
+        return self._tail.hits
 
     def set_bounds(self, bounds: dict[str, Bounds]) -> None:
         """New bounds from policy; the next commit uses them."""
@@ -204,25 +213,14 @@ class AgentStore:
         now = time.time()
         # One producer that waits for the disk makes the whole group's commit a synced one.
         unsynced = all(item.confirm == "written" for item in group)
-        with contextlib.ExitStack() as stack:
-            if unsynced:
-                stack.enter_context(soft_state(db))
-            with db.conn:
-                db.conn.execute("BEGIN IMMEDIATE")
-                self._wear.record(db)
-                outcomes: list[Appended | Refused] = []
-                for item in group:
-                    outcome = streams.append(
-                        db, item.stream, item.bodies, self._bounds[item.stream], self._cipher, now
-                    )
-                    if item.then is not None and isinstance(outcome, Appended):
-                        item.then(db)
-                    outcomes.append(outcome)
-                if expire:
-                    streams.expire(db, self._bounds, now)
-                # Read inside the transaction (a failing read fails it, before anything
-                # is confirmed), written once it is durable, before anyone is told.
-                numbering = confirmed.current(db)
+        if expire:  # forgotten before the file changes: no read sees a copy it outdated
+            self._tail.forget(s for s in TAILED if s in self._bounds and self._bounds[s].max_age_s)
+        outcomes, numbering = store_group(
+            db, group, self._bounds, self._cipher, now, expire, unsynced, self._wear
+        )
+        for item, outcome in zip(group, outcomes, strict=True):
+            if item.stream in TAILED and isinstance(outcome, Appended):
+                self._tail.added(item.stream, outcome.first_seq, now, item.bodies)
         self._generation += 1
         if unsynced:
             self._durable.unsynced(self._generation, numbering)
@@ -312,7 +310,11 @@ class AgentStore:
         self, stream: str, after_seq: int, *, max_records: int, max_bytes: int
     ) -> list[tuple[int, float, bytes]]:
         """The next records after `after_seq` that are on the disk, bodies as stored
-        (msgpack): what is sent."""
+        (msgpack): what is sent. From memory when it holds them (`tail`), else the file."""
+        through = self._durable.limit(stream)
+        rows = self._tail.batch(stream, after_seq, through, max_records, max_bytes)
+        if rows is not None:
+            return rows
         return await self._read(self._read_batch, stream, after_seq, max_records, max_bytes)
 
     def readable_through(self, stream: str) -> int:
@@ -332,6 +334,9 @@ class AgentStore:
     def _acknowledge(self, db: Database, stream: str, hwm: int) -> int:
         # Not synced, and nobody waits for its sync: an acknowledgement a power cut
         # takes back only sends those records again, which the hub takes as duplicates.
+        # The copy in memory first: a mark that renumbers (past every number given)
+        # leaves none of it, so no read meets old numbers once the file has new ones.
+        self._tail.acknowledged(stream, hwm)
         with soft_state(db), db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
             before = confirmed.current(db)[stream].last
@@ -350,6 +355,7 @@ class AgentStore:
         return await self._write(self._align, stream, hub_hwm)
 
     def _align(self, db: Database, stream: str, hub_hwm: int) -> int:
+        self._tail.forget([stream])  # renumbered: its copy goes before the file changes
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
             shift = streams.align(db, stream, hub_hwm, self._cipher)
@@ -388,12 +394,4 @@ class AgentStore:
 
     def _stats(self, db: Database) -> dict[str, Any]:
         self._wear.read_now()
-        stats = read_stats(db)
-        counters = stats["counters"]
-        counters["wear.bytes"] = counters.get("wear.bytes", 0) + self._wear.bytes
-        counters["wear.records"] = counters.get("wear.records", 0) + self._wear.records
-        records = counters["wear.records"]
-        stats["bytes_written_per_record"] = counters["wear.bytes"] / records if records else 0.0
-        for name, fill in stats["streams"].items():
-            fill["fill"] = fill_of(self._bounds.get(name), fill["records"], fill["bytes"])
-        return stats
+        return read_stats(db, self._wear, self._bounds)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from edge.store.streams import Appended, Refused
-from outpost.sqlite import Database
+from edge.store import confirmed, streams
+from edge.store.cipher import RecordCipher
+from edge.store.streams import Appended, Bounds, Refused
+from edge.store.wear import Unrecorded
+from outpost.sqlite import Database, soft_state
 
 # When a producer is answered:
 # - "synced": once its records are on the disk (the WAL fsynced): they survive a power cut.
@@ -40,3 +44,37 @@ def settle(done: asyncio.Future[Appended | Refused], outcome: Appended | Refused
 def fail(done: asyncio.Future[Appended | Refused], error: Exception) -> None:
     if not done.done():
         done.set_exception(error)
+
+
+def store_group(
+    db: Database,
+    group: list[Pending],
+    bounds: dict[str, Bounds],
+    cipher: RecordCipher | None,
+    now: float,
+    expire: bool,
+    unsynced: bool,
+    wear: Unrecorded,
+) -> tuple[list[Appended | Refused], confirmed.Marks]:
+    """Store `group` in one transaction (synced unless `unsynced`), each append's `then`
+    with it; return each append's outcome and the numbering the commit left (writer
+    thread)."""
+    with contextlib.ExitStack() as stack:
+        if unsynced:
+            stack.enter_context(soft_state(db))
+        with db.conn:
+            db.conn.execute("BEGIN IMMEDIATE")
+            wear.record(db)
+            outcomes: list[Appended | Refused] = []
+            for item in group:
+                outcome = streams.append(
+                    db, item.stream, item.bodies, bounds[item.stream], cipher, now
+                )
+                if item.then is not None and isinstance(outcome, Appended):
+                    item.then(db)
+                outcomes.append(outcome)
+            if expire:
+                streams.expire(db, bounds, now)
+            # Read inside the transaction (a failing read fails it, before anything is
+            # confirmed), written once it is durable, before anyone is told.
+            return outcomes, confirmed.current(db)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge.store.streams import Bounds
+from edge.store.wear import Unrecorded
 from outpost.sqlite import Database
 
 
@@ -21,7 +22,9 @@ def fill_of(bounds: Bounds | None, records: int, size: int) -> float:
     return min(1.0, max(shares, default=0.0))
 
 
-def read_stats(db: Database) -> dict[str, Any]:
+def read_stats(db: Database, unrecorded: Unrecorded, bounds: dict[str, Bounds]) -> dict[str, Any]:
+    """Each stream's fill and every counter, with the wear measured and not yet recorded
+    in them (`unrecorded`, read on the writer thread)."""
     counters = {r["name"]: r["value"] for r in db.execute("SELECT * FROM counters").fetchall()}
     fill = {}
     for r in db.execute("SELECT * FROM streams").fetchall():
@@ -36,6 +39,10 @@ def read_stats(db: Database) -> dict[str, Any]:
             "acked_seq": r["acked_seq"],
             "last_seq": r["next_seq"] - 1,
         }
-    records = counters.get("wear.records", 0)
-    per_record = counters.get("wear.bytes", 0) / records if records else 0.0
+    counters["wear.bytes"] = counters.get("wear.bytes", 0) + unrecorded.bytes
+    counters["wear.records"] = counters.get("wear.records", 0) + unrecorded.records
+    records = counters["wear.records"]
+    per_record = counters["wear.bytes"] / records if records else 0.0
+    for name, stream in fill.items():
+        stream["fill"] = fill_of(bounds.get(name), stream["records"], stream["bytes"])
     return {"streams": fill, "counters": counters, "bytes_written_per_record": per_record}
