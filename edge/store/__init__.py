@@ -30,7 +30,7 @@ import msgspec
 from edge.store import confirmed, inbox, streams, wear
 from edge.store.appends import Confirm, Pending, Then, fail, settle, store_group
 from edge.store.cipher import RecordCipher
-from edge.store.durable import Durability, sync_file
+from edge.store.durable import LAZY_SYNC_S, Durability, sync_file
 from edge.store.errors import READ_ERRORS, StoreReadError, StoreWriteError, StreamFullError
 from edge.store.recovery import open_store
 from edge.store.stats import read_stats
@@ -344,7 +344,7 @@ class AgentStore:
             numbering = confirmed.current(db)
         self._generation += 1
         if numbering[stream].last == before:
-            self._durable.unsynced(self._generation, numbering)
+            self._durable.unsynced(self._generation, numbering, within_s=LAZY_SYNC_S)
         else:  # renumbered past a mark beyond its own numbers (rare): synced at once
             sync_file(f"{self.path}-wal")
             self._durable.synced(self._generation, numbering)

@@ -206,6 +206,37 @@ def test_the_sync_thread_skips_a_commit_a_synced_one_took_to_the_disk(
     assert synced == [str(tmp_path / "store.db-wal")]
 
 
+def test_a_lazy_commit_waits_its_own_delay_and_a_sooner_one_takes_it_along(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An acknowledgement's commit is synced within a second, not 10 ms (its loss only
+    sends records again): until then, a commit that must be on the disk sooner (an
+    answer's record) takes it along with its own sync."""
+    synced = threading.Event()
+    monkeypatch.setattr(edge.store.durable, "sync_file", lambda path: synced.set())
+    marks = confirmed.MarkFile(tmp_path / "store.db.confirmed")
+    numbering = {s: confirmed.Mark(0, 0) for s in STREAMS}
+    durable = edge.store.durable.Durability(
+        str(tmp_path / "store.db-wal"), marks, numbering, lambda: None, delay_s=0.0
+    )
+    try:
+        durable.unsynced(1, numbering, within_s=3600.0)  # longer than any wait below
+        # The thread gathers for the lazy one's delay: no sync in a while. (A bounded
+        # wait that should time out: the proof of "not yet" a test can give.)
+        assert not synced.wait(0.2)
+        assert durable.limit("results") == 0
+        later = {**numbering, "results": confirmed.Mark(1, 0)}
+        durable.unsynced(2, later)  # due at once: the thread wakes and syncs both
+        assert synced.wait(DEADLINE_S)
+        deadline = time.monotonic() + DEADLINE_S
+        while durable.limit("results") != 1:  # settled just after the sync returns
+            assert time.monotonic() < deadline
+            time.sleep(0.001)  # a poll with a deadline
+    finally:
+        durable.close()
+        marks.close()
+
+
 _WRITER = r"""
 import asyncio, sys, threading
 from pathlib import Path
