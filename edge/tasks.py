@@ -13,20 +13,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
 from edge.store import AgentStore, StoreReadError, StoreWriteError, StreamFullError
 from edge.store.inbox import InboxTask, PutOutcome, finish
+from edge.taskword import Notify, TaskWord
 from outpost import backoff, schema, wire
 from outpost.aio import cancel_until_done, supervise, taken
 
 logger = logging.getLogger(__name__)
 
-Updates = list[wire.TaskUpdate]
-Notify = Callable[[Updates], Awaitable[None]]
 if TYPE_CHECKING:  # the runner's module (numpy) is imported once a model loads
     from edge.inference.runner import Inference, ModelRunner
 
@@ -55,7 +54,6 @@ class TaskRunner:
         self._inference = inference
         self.slots = slots
         self._capacity = inbox_capacity
-        self._notify = notify
         self.allowed_models: frozenset[str] = frozenset()  # empty: any (set by policy)
         # Why new work is refused now (CPU or temperature over the policy's caps), or None.
         self.overloaded: Callable[[], str | None] = lambda: None
@@ -72,7 +70,7 @@ class TaskRunner:
         self._puts = 0
         self._serving = False  # the claim loop runs: assignments may start at once
         self._runs: set[asyncio.Task[None]] = set()
-        self._telling: set[asyncio.Task[None]] = set()  # updates waiting for the disk
+        self._word = TaskWord(notify)  # what the hub hears, once on the disk
         self.done = 0  # tasks run to an end, succeeded or failed
         self.failed = 0
 
@@ -172,36 +170,18 @@ class TaskRunner:
             inference.add_done_callback(taken)  # its outcome is not wanted
         self._work.set()
         if on_disk is None:
-            await self._notify(updates)
+            await self._word.notify(updates)
         else:
-            self._tell_once_on_disk(on_disk, updates)
+            self._word.once_on_disk(on_disk, updates)
 
     async def _put(
         self, wanted: list[InboxTask], start: int
     ) -> tuple[list[PutOutcome], asyncio.Future[None] | None]:
         """Put the assignments in the inbox; with some starting at once, answered when
-        committed, with the future of its sync (see `_tell_once_on_disk`)."""
+        committed, with the future of its sync (see `TaskWord`)."""
         if start:
             return await self._store.inbox_put_written(wanted, capacity=self._capacity, start=start)
         return await self._store.inbox_put_many(wanted, capacity=self._capacity), None
-
-    def _tell_once_on_disk(self, on_disk: asyncio.Future[None], updates: Updates) -> None:
-        """Tell the hub of assignments once the inbox holding them is on the disk (an
-        accepted task the hub does not hear of is given again after its accept timeout;
-        one it heard of, only after its lease): in the background, so that the session
-        takes its next message meanwhile, and usually with the result's synced commit,
-        which has the put's with it."""
-
-        async def tell() -> None:
-            await on_disk
-            try:
-                await self._notify(updates)
-            except Exception as exc:  # the hub lapses or hears of them by their results
-                logger.warning("task updates not sent: %s", exc)
-
-        telling = asyncio.create_task(tell(), name="agent.task-updates")
-        self._telling.add(telling)
-        telling.add_done_callback(self._telling.discard)
 
     def _infer_early(self, tasks: list[InboxTask]) -> dict[str, Early]:
         """Begin the inferences of the tasks the inbox is about to take as running, while
@@ -289,7 +269,7 @@ class TaskRunner:
                     await self._work.wait()
                     continue
                 with contextlib.suppress(Exception):  # telling the hub is best effort
-                    await self._notify(
+                    await self._word.notify(
                         [
                             wire.TaskUpdate(task_id=t.task_id, attempt=t.attempt, state="running")
                             for t in claimed.tasks
@@ -299,8 +279,9 @@ class TaskRunner:
                     self._start(task, counted=False)
         finally:
             self._serving = False
-            for run in [*self._runs, *self._telling]:
+            for run in list(self._runs):
                 await cancel_until_done(run)
+            await self._word.close()
 
     def _start(self, task: InboxTask, *, counted: bool, early: Early | None = None) -> None:
         """Run `task` beside the others (`counted`: its slot is in `running` already;
@@ -365,6 +346,7 @@ class TaskRunner:
         attempt = max(task.attempt, self._attempts.pop(task.task_id, 0))
         body["attempt"] = attempt
         while True:
+            self._word.answering(task.task_id)  # the result tells the hub of it
             try:
                 await self._store.append(
                     "results", [body], then=partial(_finish, task.task_id, attempt)
@@ -373,6 +355,7 @@ class TaskRunner:
             except (StreamFullError, StoreWriteError) as exc:
                 # Kept in the inbox (running) until there is room: nothing is lost.
                 logger.warning("result of %s waits: %s", task.task_id, exc.reason)
+                self._word.answering(task.task_id, appending=False)
                 await asyncio.sleep(FULL_RETRY_S)
         self.done += 1
         self._attempts.pop(task.task_id, None)  # a newer attempt noted while it was saved
