@@ -10,8 +10,9 @@ else (a backlog after days offline, a resend from the hub's mark) is read from t
 The writer thread is the only one that changes the database and the only one that
 changes this copy, each time in step with the database: records are added once their
 transaction committed, and whatever changes records other than by appending them
-(renumbering, a roll-up, an expiry) forgets the stream's copy first. Readers still stop
-at what is on the disk (`through`), as a read of the file does.
+(renumbering, an expiry) forgets the stream's copy first. The metrics stream is not kept
+here: a full one rolls its older records up in place, inside the very append that made
+room. Readers still stop at what is on the disk (`through`), as a read of the file does.
 """
 
 from __future__ import annotations
