@@ -140,7 +140,8 @@ if [ "$TEST_TOOLS" = 1 ] && ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null
     apt_install libfaketime
 fi
 
-# 8. nats-server (JetStream) and RabbitMQ for tests/integration/test_sink_buses.py:
+# 8. nats-server (JetStream) and RabbitMQ for tests/integration/test_sink_nats.py,
+#    test_sink_rabbitmq.py and test_sink_bus_tls.py:
 #    tests/buses.py starts throwaway servers of its own, on free loopback ports in
 #    temporary folders, and never uses the service a package runs. Both packages start a
 #    system service when installed (RabbitMQ's takes the standard AMQP port and an epmd):

@@ -1,7 +1,8 @@
 """Sinks under faults, with the hub as a real child process: killed with kill -9
 mid-drain and started again, no event is lost and, once deduplicated by id, each arrives
 once and in order, on a webhook, NATS JetStream and RabbitMQ (a stalled receiver:
-test_sink_webhook.py; a bus stopped and restarted: test_sink_buses.py)."""
+test_sink_webhook.py; a bus stopped and restarted: test_sink_nats.py and
+test_sink_rabbitmq.py)."""
 
 from __future__ import annotations
 
