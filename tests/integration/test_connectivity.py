@@ -27,8 +27,8 @@ from hub.app import Hub
 from tests.api_client import ApiClient
 from tests.checker import Checker, RecordVerdict, TaskVerdict, held_records
 from tests.conftest import Enroller
+from tests.integration.tasks_support import INPUT, VIB, Member, submit, tasks_of, vib, wait_ready
 from tests.integration.test_store_forward import wait_socket, write_agent_settings
-from tests.integration.test_tasks import INPUT, VIB, Member, submit, tasks_of, vib, wait_ready
 from tests.linkproxy import LinkProxy, Shape
 from tests.local_api import LocalClient
 from tests.support import SHIPPED_MODELS, AgentProcess

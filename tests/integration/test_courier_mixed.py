@@ -25,13 +25,13 @@ from hub.app import Hub
 from tests.api_client import ApiClient
 from tests.checker import Checker, held_records
 from tests.conftest import Enroller
+from tests.integration.tasks_support import submit, tasks_of, vib
 from tests.integration.test_courier import (
     cli,
     held_on_device,
     offline_agent,
     proxy,  # noqa: F401 - the fixture
 )
-from tests.integration.test_tasks import submit, tasks_of, vib
 from tests.linkproxy import LinkProxy
 from tests.support import AgentProcess
 

@@ -1,5 +1,6 @@
 """The hub's task store on a real SQLite file and a real PostgreSQL database: allocation
-passes, device updates and results, without a broker (the end-to-end runs are in test_tasks.py)."""
+passes, device updates and results, without a broker (the end-to-end runs are in
+test_task_allocation.py and test_task_faults.py)."""
 
 from __future__ import annotations
 

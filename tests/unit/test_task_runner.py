@@ -2,7 +2,8 @@
 batched, and which attempt a result carries when the hub gave its task again mid-run.
 
 The model is a stand-in whose answers wait for the test (the runner's bookkeeping is
-under test here; the real interpreter runs tasks in tests/integration/test_tasks.py).
+under test here; the real interpreter runs tasks in
+tests/integration/test_task_allocation.py).
 """
 
 from __future__ import annotations
