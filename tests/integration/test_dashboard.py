@@ -7,7 +7,8 @@ The browser's calls block: they run in a thread, the hub runs in this test's loo
 
 Screenshots go to $OUTPOST_TEST_ARTIFACTS (default: test-artifacts/ in the checkout,
 git-ignored), one PNG per view, named after the view and the width.
-test_dashboard_actions.py uses the helpers of this module.
+test_dashboard_viewer.py and test_dashboard_actions.py (and their dashboard_support.py)
+use the helpers of this module.
 """
 
 from __future__ import annotations

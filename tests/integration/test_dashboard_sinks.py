@@ -1,7 +1,7 @@
 """The dashboard's Sinks panel in a real headless Chromium, against a real hub whose
 webhook sink posts to a real local HTTP receiver: the sink shown healthy while the
 receiver takes the events, then failing with the receiver's answer while it says 503.
-(A hub without sinks hides the panel: test_dashboard_actions.py.)"""
+(A hub without sinks hides the panel: test_dashboard_viewer.py.)"""
 
 from __future__ import annotations
 
