@@ -9,7 +9,6 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from edge.store import AgentStore, Bounds, RecordCipher, streams
@@ -91,6 +90,5 @@ async def test_every_read_from_memory_is_what_the_file_holds(
         # The memory answered most reads (the test would prove nothing otherwise), and
         # the file the rest.
         assert READS / 4 < store.tail_hits < READS
-        assert [msgspec.msgpack.decode(b) for _, _, b in answer]  # bodies as appended
     finally:
         await store.close()
