@@ -110,7 +110,7 @@ async def dashboard(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[D
             await api.close()
 
 
-async def _seed(
+async def seed_device(
     hub: Hub,
     name: str,
     labels: dict[str, str],
@@ -163,13 +163,13 @@ async def _seed(
     return device_id
 
 
-async def _api(dash: Dashboard, method: str, path: str, body: Any = None) -> Any:
+async def api_call(dash: Dashboard, method: str, path: str, body: Any = None) -> Any:
     reply = await dash.api.call(method, path, token=dash.admin, body=body)
     assert reply.status < 300, (method, path, reply.status, reply.body)
     return reply.body
 
 
-def _shown_actions(driver: WebDriver) -> list[str]:
+def shown_actions(driver: WebDriver) -> list[str]:
     """The action controls a person could see and use now."""
     found = driver.execute_script(
         "return [...document.querySelectorAll('[data-action]')]"
@@ -178,11 +178,11 @@ def _shown_actions(driver: WebDriver) -> list[str]:
     return [str(a) for a in found]
 
 
-def _choose(driver: WebDriver, select_id: str, value: str) -> None:
+def choose(driver: WebDriver, select_id: str, value: str) -> None:
     Select(driver.find_element(By.ID, select_id)).select_by_value(value)
 
 
-def _fits(driver: WebDriver, width: int) -> None:
+def fits(driver: WebDriver, width: int) -> None:
     """The page is `width` wide and nothing in it is wider: no sideways scrolling."""
     wait(driver).until(
         lambda d: d.execute_script("return window.innerWidth") == width, f"width {width}"

@@ -27,12 +27,12 @@ from tests.integration.dashboard_support import (
     MODEL,
     NEW_VERSION,
     Dashboard,
-    _api,
-    _choose,
-    _fits,
-    _seed,
-    _shown_actions,
+    api_call,
+    choose,
     dashboard,
+    fits,
+    seed_device,
+    shown_actions,
 )
 from tests.integration.test_dashboard import (
     DESKTOP,
@@ -62,7 +62,7 @@ async def _audited(dash: Dashboard, action: str, subject: str, **detail: Any) ->
     the entry is written as the answer goes out)."""
 
     async def found() -> dict[str, Any]:
-        page = await _api(dash, "GET", "/api/v1/audit?limit=50")
+        page = await api_call(dash, "GET", "/api/v1/audit?limit=50")
         for entry in page["items"]:
             if (
                 entry["action"] == action
@@ -92,7 +92,7 @@ def _operator_cancels(driver: WebDriver, task_id: str, waiting: str, dismiss: bo
     wait(driver).until(lambda d: text_of(d, f"{task} td.why") == waiting, "why waiting")
     assert text_of(driver, f"{task} td.state") == "queued"
     # An operator may cancel tasks, nothing an admin does.
-    assert set(_shown_actions(driver)) == {"cancel-task"}
+    assert set(shown_actions(driver)) == {"cancel-task"}
     click(driver, f"{task} button[data-action='cancel-task']")
     if dismiss:  # changed their mind: nothing is sent
         wait(driver).until(ec.visibility_of_element_located((By.ID, "confirm")))
@@ -113,17 +113,17 @@ async def test_an_operator_cancels_a_task_after_confirming(dash: Dashboard) -> N
     )
     assert submitted.status == 202, submitted.body
     (task_id,) = submitted.body["ids"]
-    before = await _api(dash, "GET", f"/api/v1/tasks/{task_id}")
+    before = await api_call(dash, "GET", f"/api/v1/tasks/{task_id}")
     assert before["waiting"], before  # why it waits, as the page must show it
 
     browser = dash.browser
     await asyncio.to_thread(viewport, browser, *DESKTOP)
     await asyncio.to_thread(open_signed_in, browser, dash.url, dash.operator)
     await asyncio.to_thread(_operator_cancels, browser, task_id, before["waiting"], True)
-    assert (await _api(dash, "GET", f"/api/v1/tasks/{task_id}"))["state"] == "queued"
+    assert (await api_call(dash, "GET", f"/api/v1/tasks/{task_id}"))["state"] == "queued"
 
     await asyncio.to_thread(_operator_cancels, browser, task_id, before["waiting"], False)
-    after = await _api(dash, "GET", f"/api/v1/tasks/{task_id}")
+    after = await api_call(dash, "GET", f"/api/v1/tasks/{task_id}")
     assert after["state"] == "cancelled", after
     await _audited(dash, "task.cancel", "otto", task=task_id)
     problems = await asyncio.to_thread(console_problems, browser)
@@ -133,7 +133,7 @@ async def test_an_operator_cancels_a_task_after_confirming(dash: Dashboard) -> N
 def _admin_renames_and_relabels(driver: WebDriver, device_id: str) -> None:
     click(driver, row(device_id))
     wait(driver).until(lambda d: "fa-pump-1" in text_of(d, "#device-title"))
-    assert {"edit-device", "revoke-device", "start-rollout"} <= set(_shown_actions(driver))
+    assert {"edit-device", "revoke-device", "start-rollout"} <= set(shown_actions(driver))
     click(driver, "#device-edit")
     wait(driver).until(ec.visibility_of_element_located((By.ID, "edit-dialog")))
     name = driver.find_element(By.ID, "edit-name")
@@ -175,19 +175,19 @@ def _admin_revokes(driver: WebDriver, device_id: str) -> None:
 
 
 async def test_an_admin_renames_relabels_and_revokes_a_device(dash: Dashboard) -> None:
-    renamed = await _seed(dash.hub, "fa-pump-1", {"site": "fa-mill", "line": "1"})
-    revoked = await _seed(dash.hub, "fa-pump-2", {"site": "fa-mill"})
+    renamed = await seed_device(dash.hub, "fa-pump-1", {"site": "fa-mill", "line": "1"})
+    revoked = await seed_device(dash.hub, "fa-pump-2", {"site": "fa-mill"})
 
     browser = dash.browser
     await asyncio.to_thread(viewport, browser, *DESKTOP)
     await asyncio.to_thread(open_signed_in, browser, dash.url, dash.admin)
     await asyncio.to_thread(_admin_renames_and_relabels, browser, renamed)
-    device = await _api(dash, "GET", "/api/v1/devices/fa-pump-one")  # by its new name
+    device = await api_call(dash, "GET", "/api/v1/devices/fa-pump-one")  # by its new name
     assert (device["id"], device["labels"]) == (renamed, {"site": "fa-mill", "group": "east"})
     await _audited(dash, "device.update", "ada", device=renamed, name="fa-pump-one")
 
     await asyncio.to_thread(_admin_revokes, browser, revoked)
-    device = await _api(dash, "GET", f"/api/v1/devices/{revoked}")
+    device = await api_call(dash, "GET", f"/api/v1/devices/{revoked}")
     assert (device["revoked"], device["revoked_by"]) == (True, "ada")
     await _audited(dash, "device.revoke", "ada", device_id=revoked)
     problems = await asyncio.to_thread(console_problems, browser)
@@ -201,7 +201,7 @@ def _admin_starts_rollout(driver: WebDriver) -> None:
     wait(driver).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, f"#ro-model option[value='{option}']")
     )
-    _choose(driver, "ro-model", option)
+    choose(driver, "ro-model", option)
     driver.find_element(By.ID, "ro-selector").send_keys("site=fr-plant")
     canary = driver.find_element(By.ID, "ro-canary")
     canary.clear()
@@ -226,7 +226,7 @@ def _admin_halts_rollout(driver: WebDriver, rollout_id: int) -> None:
 
 async def test_an_admin_starts_and_halts_a_rollout(dash: Dashboard) -> None:
     for name in ("fr-press-1", "fr-press-2"):
-        await _seed(dash.hub, name, {"site": "fr-plant"})
+        await seed_device(dash.hub, name, {"site": "fr-plant"})
 
     browser = dash.browser
     await asyncio.to_thread(viewport, browser, *DESKTOP)
@@ -234,7 +234,7 @@ async def test_an_admin_starts_and_halts_a_rollout(dash: Dashboard) -> None:
     await asyncio.to_thread(_admin_starts_rollout, browser)
 
     async def started() -> dict[str, Any]:
-        rollouts = (await _api(dash, "GET", "/api/v1/rollouts"))["items"]
+        rollouts = (await api_call(dash, "GET", "/api/v1/rollouts"))["items"]
         return next((dict(r) for r in rollouts if r["selector"] == {"site": "fr-plant"}), {})
 
     rollout = await eventually(started, timeout=API_WAIT_S, what="the roll-out")
@@ -247,14 +247,14 @@ async def test_an_admin_starts_and_halts_a_rollout(dash: Dashboard) -> None:
     await _audited(dash, "rollout.start", "ada", selector={"site": "fr-plant"})
 
     await asyncio.to_thread(_admin_halts_rollout, browser, rollout["id"])
-    halted = await _api(dash, "GET", f"/api/v1/rollouts/{rollout['id']}")
+    halted = await api_call(dash, "GET", f"/api/v1/rollouts/{rollout['id']}")
     assert halted["state"] == "halted", halted
     assert "wrong build" in halted["reason"], halted
     await _audited(dash, "rollout.halt", "ada", rollout=str(rollout["id"]), reason="wrong build")
     # The admin's view at a phone's width: the audit log and the actions fit too.
-    await asyncio.to_thread(_fits, browser, DESKTOP[0])
+    await asyncio.to_thread(fits, browser, DESKTOP[0])
     await asyncio.to_thread(viewport, browser, *PHONE)
-    await asyncio.to_thread(_fits, browser, PHONE[0])
+    await asyncio.to_thread(fits, browser, PHONE[0])
     await asyncio.to_thread(screenshot, browser, "dashboard-admin-phone")
     problems = await asyncio.to_thread(console_problems, browser)
     assert not problems, problems

@@ -28,12 +28,12 @@ from tests.integration.dashboard_support import (
     MODEL,
     NEW_VERSION,
     Dashboard,
-    _api,
-    _choose,
-    _fits,
-    _seed,
-    _shown_actions,
+    api_call,
+    choose,
     dashboard,
+    fits,
+    seed_device,
+    shown_actions,
 )
 from tests.integration.test_dashboard import (
     DESKTOP,
@@ -98,24 +98,24 @@ def _viewer_finds_devices(driver: WebDriver, ids: dict[str, str]) -> None:
     )
     assert marks[0] != marks[1], marks
 
-    _choose(driver, "f-state", "offline")
+    choose(driver, "f-state", "offline")
     wait(driver).until(lambda d: _rows(d) == [hot], "state filter")
-    _choose(driver, "f-state", "")
-    _choose(driver, "f-site", "fv-south")
+    choose(driver, "f-state", "")
+    choose(driver, "f-site", "fv-south")
     wait(driver).until(lambda d: sorted(_rows(d)) == sorted([south, revoked]), "site filter")
-    _choose(driver, "f-site", "")
-    _choose(driver, "f-group", "fv-b")
+    choose(driver, "f-site", "")
+    choose(driver, "f-group", "fv-b")
     wait(driver).until(lambda d: _rows(d) == [south], "group filter")
-    _choose(driver, "f-group", "")
+    choose(driver, "f-group", "")
     # Sorted by CPU without groups: the busiest first.
     click(driver, "#f-bysite")
-    _choose(driver, "f-sort", "cpu")
+    choose(driver, "f-sort", "cpu")
     wait(driver).until(lambda d: _rows(d)[:2] == [hot, south], "sort by CPU")
     # The choices are in the address (to bookmark or share), never the token.
     assert "sort=cpu" in driver.current_url
     assert "q=fv-" in driver.current_url
     click(driver, "#f-bysite")
-    _choose(driver, "f-sort", "name")
+    choose(driver, "f-sort", "name")
 
 
 def _chart_ticks_are_times(driver: WebDriver) -> None:
@@ -140,14 +140,14 @@ def _viewer_sees_no_action(driver: WebDriver, device_id: str, task_id: str) -> N
     wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#rollouts .rollout"))
     click(driver, row(device_id))
     wait(driver).until(ec.visibility_of_element_located((By.ID, "device")))
-    assert _shown_actions(driver) == []
+    assert shown_actions(driver) == []
     assert not driver.find_element(By.ID, "audit-section").is_displayed()
 
 
 def _usable_on_a_phone(driver: WebDriver) -> None:
     """At 360 px nothing is wider than the screen and no two tiles overlap."""
     viewport(driver, *PHONE)
-    _fits(driver, PHONE[0])
+    fits(driver, PHONE[0])
     overlaps = driver.execute_script(
         "const r = [...document.querySelectorAll('.tile, .charts figure')]"
         ".map(e => e.getBoundingClientRect());"
@@ -163,21 +163,23 @@ def _usable_on_a_phone(driver: WebDriver) -> None:
 async def test_a_viewer_finds_devices_sees_stale_figures_and_no_action(dash: Dashboard) -> None:
     hub = dash.hub
     ids = {
-        "fv-pump-1": await _seed(hub, "fv-pump-1", {"site": "fv-north", "group": "fv-a"}),
-        "fv-pump-2": await _seed(
+        "fv-pump-1": await seed_device(hub, "fv-pump-1", {"site": "fv-north", "group": "fv-a"}),
+        "fv-pump-2": await seed_device(
             hub, "fv-pump-2", {"site": "fv-north"}, state="offline", cpu=99.0, backlog=1234
         ),
-        "fv-gate": await _seed(hub, "fv-gate", {"site": "fv-south", "group": "fv-b"}, cpu=50.0),
-        "fv-old": await _seed(hub, "fv-old", {"site": "fv-south"}, state="offline", cpu=5.0),
+        "fv-gate": await seed_device(
+            hub, "fv-gate", {"site": "fv-south", "group": "fv-b"}, cpu=50.0
+        ),
+        "fv-old": await seed_device(hub, "fv-old", {"site": "fv-south"}, state="offline", cpu=5.0),
     }
-    await _api(dash, "POST", f"/api/v1/devices/{ids['fv-old']}/revoke")
-    queued = await _api(
+    await api_call(dash, "POST", f"/api/v1/devices/{ids['fv-old']}/revoke")
+    queued = await api_call(
         dash,
         "POST",
         "/api/v1/tasks",
         {"model": "fv-absent", "input": [[1.0]], "wait_for_model": True},
     )
-    await _api(
+    await api_call(
         dash,
         "POST",
         "/api/v1/rollouts",
@@ -190,7 +192,7 @@ async def test_a_viewer_finds_devices_sees_stale_figures_and_no_action(dash: Das
     await asyncio.to_thread(_chart_ticks_are_times, browser)
     await asyncio.to_thread(_viewer_finds_devices, browser, ids)
     await asyncio.to_thread(_viewer_sees_no_action, browser, ids["fv-gate"], queued["ids"][0])
-    await asyncio.to_thread(_fits, browser, DESKTOP[0])
+    await asyncio.to_thread(fits, browser, DESKTOP[0])
     await asyncio.to_thread(screenshot, browser, "dashboard-viewer-desktop")
     await asyncio.to_thread(_usable_on_a_phone, browser)
     await asyncio.to_thread(screenshot, browser, "dashboard-viewer-phone")
@@ -220,8 +222,8 @@ async def test_a_hub_without_sinks_shows_no_sinks_panel(dash: Dashboard) -> None
 
 
 async def test_a_shadow_rollout_shows_live_beside_candidate(dash: Dashboard) -> None:
-    device_id = await _seed(dash.hub, "fs-press", {"site": "fs-plant"})
-    started = await _api(
+    device_id = await seed_device(dash.hub, "fs-press", {"site": "fs-plant"})
+    started = await api_call(
         dash,
         "POST",
         "/api/v1/rollouts",
