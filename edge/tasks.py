@@ -19,22 +19,24 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
 from edge.store import AgentStore, StoreReadError, StoreWriteError, StreamFullError
-from edge.store.inbox import InboxTask, PutOutcome, finish
+from edge.store.inbox import InboxTask, finish
+from edge.taskresult import Put, put_with_result, result_record
 from edge.taskword import Notify, TaskWord
 from outpost import backoff, schema, wire
 from outpost.aio import cancel_until_done, supervise, taken
 
 logger = logging.getLogger(__name__)
 
-if TYPE_CHECKING:  # the runner's module (numpy) is imported once a model loads
-    from edge.inference.runner import Inference, ModelRunner
+if TYPE_CHECKING:
+    from edge.taskresult import Early
 
-    # A task's inference begun while the inbox took it: the runner it runs on, and when
-    # it began (time.time()).
-    Early = tuple[ModelRunner, asyncio.Future[Inference], float]
 FULL_RETRY_S = 2.0  # a full results stream: try the append again after this long
 CLAIM_RETRY_S = 1.0  # after a surprise, claims start again after this long
 CLAIM_RETRY_CAP_S = 30.0  # a failing disk: claims back off up to this
+# How long a lone assignment that starts at once waits for its inference before its put:
+# one that ends by then is put with its result, one commit where there were two (a put
+# and its round trip take about a millisecond; a longer inference overlaps the put).
+INLINE_WAIT_S = 0.002
 # A refusal's reason quotes exception texts (a model's load failure, a disk error) of any
 # length: cut here, where it is made, to what the wire carries.
 REASON_LIMIT = schema.max_len(wire.TaskUpdate, "reason")
@@ -77,7 +79,7 @@ class TaskRunner:
     async def run(self) -> None:
         """Recover the inbox, then run up to `slots` tasks at once until cancelled."""
         try:
-            again = await self._store.inbox_recover()
+            again = await self._store.inbox.recover()
         except StoreWriteError as exc:  # they stay as they are until a start can write
             logger.warning("tasks interrupted by the last stop not recovered: %s", exc.reason)
             again = 0
@@ -117,21 +119,22 @@ class TaskRunner:
         self.running += start  # held while the put runs, so no claim takes them too
         started: list[InboxTask] = []
         early: dict[str, Early] = {}
-        on_disk: asyncio.Future[None] | None = None  # None: the put was synced
+        put = Put([], None, {})
         if wanted:  # one transaction for the whole message
             full = f"full: {self._capacity} tasks held"
-            put = asyncio.ensure_future(self._put(wanted, start))
             early = self._infer_early(wanted[:start])
             try:
-                outcomes, on_disk = await put
+                put = await self._put(wanted, start, early)
             except StoreWriteError as exc:  # not on disk, so not accepted: the hub moves on
-                outcomes, full = ["full"] * len(wanted), f"full: {exc.reason}"
+                put.outcomes, full = ["full"] * len(wanted), f"full: {exc.reason}"
             except BaseException:
                 self.running -= start  # nothing started: the slots are free again
                 for _, inference, _ in early.values():
                     inference.cancel()
                 raise
-            for task, outcome in zip(wanted, outcomes, strict=True):
+            for task, outcome in zip(wanted, put.outcomes, strict=True):
+                if task.task_id in put.finished:
+                    continue  # ended already: its result tells the hub
                 if outcome in ("accepted", "started"):
                     self._attempts[task.task_id] = task.attempt
                 if outcome == "started":
@@ -144,6 +147,8 @@ class TaskRunner:
         running = {t.task_id for t in started}
         updates = []
         for a in body.tasks:
+            if a.task_id in put.finished:
+                continue
             reason = wire.clip(reasons[a.task_id] or "", REASON_LIMIT)
             state: Literal["accepted", "rejected", "running"] = "rejected" if reason else "accepted"
             if reason:
@@ -164,24 +169,39 @@ class TaskRunner:
             self.queued += waiting
             self._maybe_pending = True
         self._puts += 1
+        for task_id, record in put.finished.items():
+            early.pop(task_id, None)
+            self._ended(record)
         for task in started:
-            self._start(task, counted=True, early=early.pop(task.task_id, None))
+            made = put.records.get(task.task_id)
+            self._start(task, counted=True, early=early.pop(task.task_id, None), record=made)
         for _, inference, _ in early.values():  # not taken after all: its answer is dropped
             inference.add_done_callback(taken)  # its outcome is not wanted
         self._work.set()
-        if on_disk is None:
+        if not updates:
+            return
+        if put.on_disk is None:
             await self._word.notify(updates)
         else:
-            self._word.once_on_disk(on_disk, updates)
+            self._word.once_on_disk(put.on_disk, updates)
 
-    async def _put(
-        self, wanted: list[InboxTask], start: int
-    ) -> tuple[list[PutOutcome], asyncio.Future[None] | None]:
+    async def _put(self, wanted: list[InboxTask], start: int, early: dict[str, Early]) -> Put:
         """Put the assignments in the inbox; with some starting at once, answered when
-        committed, with the future of its sync (see `TaskWord`)."""
+        committed, with the future of its sync (see `TaskWord`). A lone assignment that
+        starts at once, whose inference ends within `INLINE_WAIT_S`, goes in with its
+        result instead: one synced commit, where a put and then a result were two."""
+        if start == 1 and len(wanted) == 1 and (begun := early.get(wanted[0].task_id)):
+            done, _ = await asyncio.wait([begun[1]], timeout=INLINE_WAIT_S)
+            if done:
+                return await put_with_result(
+                    self._store, self._inference, wanted[0], begun, self._capacity
+                )
         if start:
-            return await self._store.inbox_put_written(wanted, capacity=self._capacity, start=start)
-        return await self._store.inbox_put_many(wanted, capacity=self._capacity), None
+            outcomes, on_disk = await self._store.inbox.put_written(
+                wanted, capacity=self._capacity, start=start
+            )
+            return Put(outcomes, on_disk)
+        return Put(await self._store.inbox.put_many(wanted, capacity=self._capacity), None)
 
     def _infer_early(self, tasks: list[InboxTask]) -> dict[str, Early]:
         """Begin the inferences of the tasks the inbox is about to take as running, while
@@ -200,7 +220,7 @@ class TaskRunner:
 
     async def cancel(self, body: wire.Cancel) -> None:
         try:
-            outcome = await self._store.inbox_cancel(body.task_id, body.attempt)
+            outcome = await self._store.inbox.cancel(body.task_id, body.attempt)
         except StoreWriteError as exc:  # it runs on; its result will come back late
             outcome = f"not cancelled: {exc.reason}"
         logger.info("task %s cancelled by the hub: %s", body.task_id, outcome)
@@ -245,7 +265,7 @@ class TaskRunner:
                     continue
                 puts = self._puts
                 try:
-                    claimed = await self._store.inbox_claim_many(free)
+                    claimed = await self._store.inbox.claim_many(free)
                     failures = 0
                 except (StoreWriteError, StoreReadError) as exc:  # a failing disk: wait
                     wait = backoff.delay(failures, cap=CLAIM_RETRY_CAP_S, base=2.0) + 1.0
@@ -283,18 +303,28 @@ class TaskRunner:
                 await cancel_until_done(run)
             await self._word.close()
 
-    def _start(self, task: InboxTask, *, counted: bool, early: Early | None = None) -> None:
+    def _start(
+        self,
+        task: InboxTask,
+        *,
+        counted: bool,
+        early: Early | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> None:
         """Run `task` beside the others (`counted`: its slot is in `running` already;
-        `early`: its inference, begun while the inbox took it)."""
+        `early`: its inference, begun while the inbox took it; `record`: its result,
+        made already)."""
         if not counted:
             self.running += 1
-        run = asyncio.create_task(self._run_one(task, early), name="agent.task")
+        run = asyncio.create_task(self._run_one(task, early, record), name="agent.task")
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
 
-    async def _run_one(self, task: InboxTask, early: Early | None) -> None:
+    async def _run_one(
+        self, task: InboxTask, early: Early | None, record: dict[str, Any] | None
+    ) -> None:
         try:
-            await self._run(task, early)
+            await self._run(task, early, record)
         except Exception:  # a surprise in one task: not the agent's end
             logger.exception("task %s: its run failed", task.task_id)
         finally:
@@ -303,43 +333,10 @@ class TaskRunner:
             self.running -= 1
             self._work.set()
 
-    async def _run(self, task: InboxTask, early: Early | None = None) -> None:
-        started = time.time() if early is None else early[2]
-        body: dict[str, Any] = {
-            "kind": "task",
-            "task_id": task.task_id,
-            "attempt": task.attempt,
-            "model": task.model,
-            "started_at": started,
-        }
-        try:
-            if early is None:
-                runner = self._inference.runner(task.model)
-                answer = await runner.infer(task.input, task.dtype)
-            else:
-                runner, inference, _ = early
-                answer = await inference
-            labels = runner.manifest.labels
-            m = runner.manifest
-            self._inference.shadows.after(
-                task.model, m.version, task.input, task.dtype, answer, m.input
-            )
-        except Exception as exc:  # a bad input, a broken model: the task fails, with why
-            body.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:512])
-            self.failed += 1
-            self._inference.tally.error("task_failed")
-        else:
-            body.update(
-                status="succeeded",
-                version=runner.manifest.version,
-                label=answer.label,
-                confidence=round(answer.confidence, 6),
-                scores={
-                    label: round(s, 6) for label, s in zip(labels, answer.scores, strict=False)
-                },
-                latency_ms=round(answer.latency_ms, 3),
-            )
-        body["finished_at"] = time.time()
+    async def _run(
+        self, task: InboxTask, early: Early | None = None, record: dict[str, Any] | None = None
+    ) -> None:
+        body = record if record is not None else await result_record(self._inference, task, early)
         # The hub may have given this task again while it ran (a lapsed lease): the
         # inbox then holds the newer attempt, which is the one the result must carry.
         # Every attempt the inbox took went through `assign`, which noted it here.
@@ -357,12 +354,18 @@ class TaskRunner:
                 logger.warning("result of %s waits: %s", task.task_id, exc.reason)
                 self._word.answering(task.task_id, appending=False)
                 await asyncio.sleep(FULL_RETRY_S)
-        self.done += 1
+        self._ended(body)
         self._attempts.pop(task.task_id, None)  # a newer attempt noted while it was saved
+
+    def _ended(self, record: dict[str, Any]) -> None:
+        """A task's result is stored."""
+        self.done += 1
+        if record["status"] == "failed":
+            self.failed += 1
 
     async def _refresh_depth(self) -> None:
         try:
-            self.queued, _ = await self._store.inbox_depth()
+            self.queued, _ = await self._store.inbox.depth()
         except StoreReadError as exc:  # a gauge: the last value stands until the next look
             logger.warning("task queue depth not read: %s", exc.reason)
 

@@ -27,11 +27,28 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from edge.store import confirmed, inbox, streams, wear
-from edge.store.appends import Confirm, Pending, Then, fail, settle, store_group
+from edge.store import confirmed, streams, wear
+from edge.store.appends import (
+    Confirm,
+    Declined,
+    First,
+    Outcome,
+    Pending,
+    Then,
+    fail,
+    settle,
+    store_group,
+)
 from edge.store.cipher import RecordCipher
 from edge.store.durable import LAZY_SYNC_S, Durability, sync_file
-from edge.store.errors import READ_ERRORS, StoreReadError, StoreWriteError, StreamFullError
+from edge.store.errors import (
+    READ_ERRORS,
+    AppendDeclined,
+    StoreReadError,
+    StoreWriteError,
+    StreamFullError,
+)
+from edge.store.inboxcalls import StoreInbox
 from edge.store.recovery import open_store
 from edge.store.stats import read_stats
 from edge.store.streams import STREAMS, Appended, Bounds, Refused
@@ -102,6 +119,9 @@ class AgentStore:
         self._db.run_sync(lambda _: self._wear.meter.start())  # on the writer thread, as later
         self.appended = asyncio.Event()  # set whenever new records are on the disk
         self.path = path
+        self.inbox = StoreInbox(
+            self._write, self._read, self._unsynced_commit, self._durable.when_settled
+        )
 
     @property
     def tail_hits(self) -> int:
@@ -150,20 +170,22 @@ class AgentStore:
         *,
         then: Then | None = None,
         confirm: Confirm = "synced",
+        first: First | None = None,
     ) -> Appended:
         """Store records; return their sequence numbers once they are on disk (or, with
         `confirm="written"`, once committed to the file: see `Confirm`).
 
         `then` runs in the same transaction when the records are stored (a task leaves
-        the inbox exactly when its result enters the results stream)."""
+        the inbox exactly when its result enters the results stream); `first` runs in it
+        before them, and only if it answers True are they stored (else `AppendDeclined`)."""
         if stream not in STREAMS:
             raise ValueError(f"unknown stream {stream!r} (streams: {', '.join(STREAMS)})")
         if self._closing:
             raise StoreClosedError("the store is closed")
         packed = [msgspec.msgpack.encode(b) for b in bodies]
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[Appended | Refused] = loop.create_future()
-        self._queue.append(Pending(stream, packed, done, then, confirm))
+        done: asyncio.Future[Outcome] = loop.create_future()
+        self._queue.append(Pending(stream, packed, done, then, confirm, first))
         if not self._drain_due:
             self._drain_due = True
             self._db.submit(self._drain, loop)
@@ -176,6 +198,8 @@ class AgentStore:
             raise StoreWriteError(exc) from exc
         if isinstance(outcome, Refused):
             raise StreamFullError(stream, outcome.reason)
+        if isinstance(outcome, Declined):
+            raise AppendDeclined(stream)
         return outcome
 
     def _drain(self, db: Database, loop: asyncio.AbstractEventLoop) -> None:
@@ -208,7 +232,7 @@ class AgentStore:
         db: Database,
         group: list[Pending],
         expire: bool,
-    ) -> tuple[list[Appended | Refused], bool]:
+    ) -> tuple[list[Outcome], bool]:
         """Commit `group`; return each append's outcome, and whether the commit was synced."""
         now = time.time()
         # One producer that waits for the disk makes the whole group's commit a synced one.
@@ -248,52 +272,12 @@ class AgentStore:
         except READ_ERRORS as exc:
             raise StoreReadError(exc) from exc
 
-    # ---------------------------------------------------------------- task inbox
-
-    async def inbox_put(self, task: inbox.InboxTask, *, capacity: int) -> inbox.PutOutcome:
-        return await self._write(inbox.put, task, capacity, time.time())
-
-    async def inbox_put_many(
-        self, tasks: list[inbox.InboxTask], *, capacity: int, start: int = 0
-    ) -> list[inbox.PutOutcome]:
-        return await self._write(inbox.put_many, tasks, capacity, time.time(), start)
-
-    async def inbox_put_written(
-        self, tasks: list[inbox.InboxTask], *, capacity: int, start: int
-    ) -> tuple[list[inbox.PutOutcome], asyncio.Future[None]]:
-        """`inbox_put_many`, answered once committed, before the disk has it, with a
-        future done once it has. For assignments that start at once: their results'
-        synced commit takes the put to the disk with it (one sync where there were two),
-        and the sync thread does within milliseconds if they take longer."""
-        outcomes, generation = await self._write(self._put_written, tasks, capacity, start)
-        return outcomes, self._durable.when_settled(generation)
-
-    def _put_written(
-        self, db: Database, tasks: list[inbox.InboxTask], capacity: int, start: int
-    ) -> tuple[list[inbox.PutOutcome], int]:
-        with soft_state(db):
-            outcomes = inbox.put_many(db, tasks, capacity, time.time(), start)
+    def _unsynced_commit(self, db: Database, within_s: float | None = None) -> int:
+        """A commit just made without a sync, left to the sync thread (writer thread):
+        its generation, whose `when_settled` is done once it is on the disk."""
         self._generation += 1
-        self._durable.unsynced(self._generation, confirmed.current(db))
-        return outcomes, self._generation
-
-    async def inbox_attempt(self, task_id: str) -> int | None:
-        return await self._read(inbox.attempt_of, task_id)
-
-    async def inbox_claim(self) -> tuple[inbox.InboxTask | None, list[inbox.InboxTask]]:
-        return await self._write(inbox.claim, time.time())
-
-    async def inbox_claim_many(self, limit: int) -> inbox.Claimed:
-        return await self._write(inbox.claim_many, time.time(), limit)
-
-    async def inbox_cancel(self, task_id: str, attempt: int) -> str:
-        return await self._write(inbox.cancel, task_id, attempt)
-
-    async def inbox_recover(self) -> int:
-        return await self._write(inbox.recover)
-
-    async def inbox_depth(self) -> tuple[int, int]:
-        return await self._read(inbox.depth)
+        self._durable.unsynced(self._generation, confirmed.current(db), within_s=within_s)
+        return self._generation
 
     # ---------------------------------------------------------------- uploader
 

@@ -25,23 +25,35 @@ Confirm = Literal["synced", "written"]
 
 # Work done in the transaction that commits an append, only if the append is stored.
 Then = Callable[[Database], None]
+# Work done first in that transaction; the records are stored only if it answers True
+# (its own writes commit either way): a task put in the inbox and its result, at once.
+First = Callable[[Database], bool]
+
+
+@dataclass(frozen=True)
+class Declined:
+    """An append whose `first` answered no: none of its records were stored."""
+
+
+Outcome = Appended | Refused | Declined
 
 
 @dataclass
 class Pending:
     stream: str
     bodies: list[bytes]
-    done: asyncio.Future[Appended | Refused]
+    done: asyncio.Future[Outcome]
     then: Then | None = None
     confirm: Confirm = "synced"
+    first: First | None = None
 
 
-def settle(done: asyncio.Future[Appended | Refused], outcome: Appended | Refused) -> None:
+def settle(done: asyncio.Future[Outcome], outcome: Outcome) -> None:
     if not done.done():  # a producer that gave up waiting (cancelled) is not answered
         done.set_result(outcome)
 
 
-def fail(done: asyncio.Future[Appended | Refused], error: Exception) -> None:
+def fail(done: asyncio.Future[Outcome], error: Exception) -> None:
     if not done.done():
         done.set_exception(error)
 
@@ -55,9 +67,9 @@ def store_group(
     expire: bool,
     unsynced: bool,
     wear: Unrecorded,
-) -> tuple[list[Appended | Refused], confirmed.Marks]:
-    """Store `group` in one transaction (synced unless `unsynced`), each append's `then`
-    with it; return each append's outcome and the numbering the commit left (writer
+) -> tuple[list[Outcome], confirmed.Marks]:
+    """Store `group` in one transaction (synced unless `unsynced`), each append's `first`
+    and `then` with it; return each append's outcome and the numbering the commit left (writer
     thread)."""
     with contextlib.ExitStack() as stack:
         if unsynced:
@@ -65,9 +77,12 @@ def store_group(
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
             wear.record(db)
-            outcomes: list[Appended | Refused] = []
+            outcomes: list[Outcome] = []
             for item in group:
-                outcome = streams.append(
+                if item.first is not None and not item.first(db):
+                    outcomes.append(Declined())
+                    continue
+                outcome: Outcome = streams.append(
                     db, item.stream, item.bodies, bounds[item.stream], cipher, now
                 )
                 if item.then is not None and isinstance(outcome, Appended):

@@ -16,6 +16,10 @@ class StreamFullError(Exception):
         self.reason = reason
 
 
+class AppendDeclined(Exception):
+    """An append's `first` answered no: nothing of it was stored (see `appends.First`)."""
+
+
 class StoreWriteError(Exception):
     """The store could not write (disk full, I/O error): nothing of the change was stored."""
 

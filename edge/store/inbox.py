@@ -52,13 +52,20 @@ def put_many(
     `start` new ones go in as running (claimed as they are put: the caller runs them)."""
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
-        outcomes: list[PutOutcome] = []
-        for task in tasks:
-            outcome = _put(db, task, capacity, now, running=start > 0)
-            if outcome == "started":
-                start -= 1
-            outcomes.append(outcome)
-        return outcomes
+        return put_within(db, tasks, capacity, now, start)
+
+
+def put_within(
+    db: Database, tasks: list[InboxTask], capacity: int, now: float, start: int = 0
+) -> list[PutOutcome]:
+    """`put_many` inside a transaction the caller holds (the one that stores a result)."""
+    outcomes: list[PutOutcome] = []
+    for task in tasks:
+        outcome = _put(db, task, capacity, now, running=start > 0)
+        if outcome == "started":
+            start -= 1
+        outcomes.append(outcome)
+    return outcomes
 
 
 def put(db: Database, task: InboxTask, capacity: int, now: float) -> PutOutcome:

@@ -147,7 +147,7 @@ async def test_an_inbox_put_answered_once_written_reaches_the_disk_with_the_next
     await store.start()
     try:
         outcomes, on_disk = await asyncio.wait_for(
-            store.inbox_put_written([_task("t-1")], capacity=10, start=1), DEADLINE_S
+            store.inbox.put_written([_task("t-1")], capacity=10, start=1), DEADLINE_S
         )
         assert outcomes == ["started"]
         await asyncio.to_thread(held.entered.wait, DEADLINE_S)  # its sync is held
@@ -166,7 +166,7 @@ async def test_an_inbox_put_alone_reaches_the_disk_with_the_sync_that_follows(
     store = AgentStore(tmp_path / "store.db", UNBOUNDED)
     await store.start()
     try:
-        _, on_disk = await store.inbox_put_written([_task("t-1")], capacity=10, start=1)
+        _, on_disk = await store.inbox.put_written([_task("t-1")], capacity=10, start=1)
         await asyncio.to_thread(held.entered.wait, DEADLINE_S)
         assert not on_disk.done()
         held.release()

@@ -233,7 +233,7 @@ async def test_tasks_accepted_before_a_crash_run_after_the_restart(
         for task_id in [*ids, short]:
             task = await hub.parts.store.task(task_id)
             assert task is not None
-            await store.inbox_put(
+            await store.inbox.put(
                 InboxTask(
                     task_id=task_id,
                     attempt=task.attempt,
@@ -247,7 +247,7 @@ async def test_tasks_accepted_before_a_crash_run_after_the_restart(
                 ),
                 capacity=10,
             )
-        await store.inbox_claim()  # running when the power went
+        await store.inbox.claim()  # running when the power went
     finally:
         await store.close()
 

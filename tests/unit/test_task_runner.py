@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -102,6 +102,11 @@ async def store(tmp_path: Path) -> AsyncIterator[AgentStore]:
     await opened.close()
 
 
+def ready_to_start(runner: TaskRunner) -> Callable[[], bool]:
+    """Whether an assignment that finds a free slot would start at once."""
+    return lambda: runner._serving and not runner._maybe_pending
+
+
 @contextlib.asynccontextmanager
 async def running(runner: TaskRunner) -> AsyncIterator[None]:
     task = asyncio.create_task(runner.run())
@@ -175,7 +180,7 @@ async def test_a_task_given_again_while_it_runs_reports_the_newer_attempt(
 
     (result,) = await _results(store)
     assert (result["task_id"], result["attempt"]) == ("t-1", 2)
-    assert await store.inbox_depth() == (0, 0)
+    assert await store.inbox.depth() == (0, 0)
 
 
 async def test_an_assignment_that_finds_a_free_slot_and_nothing_pending_starts_at_once(
@@ -213,18 +218,19 @@ async def test_an_assignment_that_finds_a_free_slot_and_nothing_pending_starts_a
     assert [(u.task_id, u.state) for batch in sent[1:] for u in batch] == [("t-2", "running")]
     results = await _results(store)
     assert sorted(r["task_id"] for r in results) == ["t-0", "t-1", "t-2"]
-    assert await store.inbox_depth() == (0, 0)
+    assert await store.inbox.depth() == (0, 0)
 
 
 async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
     store: AgentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its inference begins before the inbox's write has committed (an inference changes
-    nothing); its result is recorded after, in the transaction that ends it in the inbox."""
+    nothing); one that outlasts `INLINE_WAIT_S` lets the write go ahead, and its result
+    is recorded after, in the transaction that ends it in the inbox."""
     model = _GatedModel()
     put_done: list[bool] = []
     inbox_held_at_infer: list[bool] = []
-    put_written = store.inbox_put_written
+    put_written = store.inbox.put_written
 
     async def put_and_note(*args: Any, **kwargs: Any) -> Any:
         outcome = await put_written(*args, **kwargs)
@@ -237,7 +243,7 @@ async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
         inbox_held_at_infer.append(bool(put_done))
         return await gated(data, dtype)
 
-    monkeypatch.setattr(store, "inbox_put_written", put_and_note)
+    monkeypatch.setattr(store.inbox, "put_written", put_and_note)
     monkeypatch.setattr(model, "infer", infer_and_note)
 
     async def notify(updates: list[wire.TaskUpdate]) -> None:
@@ -252,7 +258,10 @@ async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
         await _until(lambda: runner.done == 1, "the first task done")
         put_done.clear()
         inbox_held_at_infer.clear()
+        model.gate = asyncio.Event()  # this inference ends only once the put did
         await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))  # a free slot: starts
+        await _until(lambda: put_done, "the inbox's write")
+        model.gate.set()
         await _until(lambda: runner.done == 2, "the second task done")
 
     assert put_done == [True]
@@ -262,30 +271,26 @@ async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
         ("t-0", "succeeded"),
         ("t-1", "succeeded"),
     ]
-    assert await store.inbox_depth() == (0, 0)
+    assert await store.inbox.depth() == (0, 0)
 
 
-@pytest.mark.parametrize("answered", [True, False], ids=["with-its-result", "still-running"])
 async def test_the_hub_hears_of_a_task_that_started_at_once_only_once_it_is_on_the_disk(
-    store: AgentStore, monkeypatch: pytest.MonkeyPatch, answered: bool
+    store: AgentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The inbox takes it without a sync of its own (its result's synced commit, or the
     sync that follows within milliseconds, takes it to the disk); the hub, which gives
     an assignment no one accepted to another device after its accept timeout, hears of
-    it only once it is there. A task whose result is being appended by then is not
-    worth a word: its result tells the hub."""
+    it only once it is there."""
     model = _GatedModel()
-    if answered:
-        model.gate.set()
     on_disk: list[asyncio.Future[None]] = []
-    put_written = store.inbox_put_written
+    put_written = store.inbox.put_written
 
     async def put_and_keep(*args: Any, **kwargs: Any) -> Any:
         outcomes, done = await put_written(*args, **kwargs)
         on_disk.append(done)
         return outcomes, done
 
-    monkeypatch.setattr(store, "inbox_put_written", put_and_keep)
+    monkeypatch.setattr(store.inbox, "put_written", put_and_keep)
     told: list[tuple[str, bool]] = []
 
     async def notify(updates: list[wire.TaskUpdate]) -> None:
@@ -295,16 +300,90 @@ async def test_the_hub_hears_of_a_task_that_started_at_once_only_once_it_is_on_t
         store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
     )
     async with running(runner):
-        await _until(lambda: runner._serving, "the claim loop serving")
+        await _until(ready_to_start(runner), "the claim loop serving, the inbox seen empty")
         await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))
-        if not answered:
-            await _until(lambda: told, "the hub told")
-            model.gate.set()
+        await _until(lambda: told, "the hub told")
+        model.gate.set()
         await _until(lambda: runner.done == 1, "the task done")
         await _until(lambda: not runner._word._telling, "the word decided")
 
-    assert told == ([] if answered else [("running", True)])
+    assert told == [("running", True)]
     assert len(on_disk) == 1
     assert on_disk[0].done()
     (result,) = await _results(store)
     assert (result["task_id"], result["status"]) == ("t-1", "succeeded")
+
+
+async def test_a_lone_task_whose_inference_ends_at_once_goes_in_with_its_result(
+    store: AgentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its put and its result are one synced commit (no write of the inbox alone), the
+    hub hears of it by its result only, and the inbox keeps it as done: the same
+    assignment given again is a redelivery, accepted and not run twice."""
+    model = _GatedModel()
+    model.gate.set()
+    puts: list[str] = []
+    put_written = store.inbox.put_written
+
+    async def put_and_note(*args: Any, **kwargs: Any) -> Any:
+        puts.append("written")
+        return await put_written(*args, **kwargs)
+
+    monkeypatch.setattr(store.inbox, "put_written", put_and_note)
+    told: list[tuple[str, str]] = []
+
+    async def notify(updates: list[wire.TaskUpdate]) -> None:
+        told.extend((u.task_id, u.state) for u in updates)
+
+    runner = TaskRunner(
+        store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
+    )
+    async with running(runner):
+        await _until(ready_to_start(runner), "the claim loop serving, the inbox seen empty")
+        await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))
+        assert runner.done == 1  # stored before `assign` returned
+        assert (runner.running, told, puts) == (0, [], [])
+        await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))  # given again
+
+    assert told == [("t-1", "accepted")]
+    assert runner.done == 1
+    (result,) = await _results(store)
+    assert (result["task_id"], result["attempt"], result["status"]) == ("t-1", 1, "succeeded")
+    assert await store.inbox.depth() == (0, 0)
+
+
+async def test_a_lone_task_whose_result_finds_the_stream_full_runs_on_until_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The put commits without its result: the task is in the inbox as running, the hub
+    hears "running", and its result is appended once the stream has room."""
+    monkeypatch.setattr("edge.tasks.FULL_RETRY_S", 0.02)
+    one = Bounds(1, 0, 0)
+    store = AgentStore(tmp_path / "store.db", {"results": one, "events": one, "metrics": one})
+    await store.start()
+    try:
+        filler = (await store.append("results", [{"kind": "filler"}])).last_seq
+        model = _GatedModel()
+        model.gate.set()
+        told: list[tuple[str, str]] = []
+
+        async def notify(updates: list[wire.TaskUpdate]) -> None:
+            told.extend((u.task_id, u.state) for u in updates)
+
+        runner = TaskRunner(
+            store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
+        )
+        async with running(runner):
+            await _until(ready_to_start(runner), "the claim loop serving, the inbox seen empty")
+            await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))
+            assert told == [("t-1", "running")]
+            assert await store.inbox.depth() == (0, 1)
+            assert runner.done == 0
+            await store.acknowledge("results", filler)  # room for one
+            await _until(lambda: runner.done == 1, "the result stored")
+
+        (result,) = await _results(store)
+        assert (result["task_id"], result["status"]) == ("t-1", "succeeded")
+        assert await store.inbox.depth() == (0, 0)
+    finally:
+        await store.close()
