@@ -10,7 +10,6 @@ Up to `slots` tasks run at once, so the device never runs more than its profile 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -186,8 +185,9 @@ class TaskRunner:
             self._word.once_on_disk(put.on_disk, updates)
 
     async def _put(self, wanted: list[InboxTask], start: int, early: dict[str, Early]) -> Put:
-        """Put the assignments in the inbox; with some starting at once, answered when
-        committed, with the future of its sync (see `TaskWord`). A lone assignment that
+        """Put the assignments in the inbox, answered once committed, with the future of
+        its sync (the hub hears of them once that is done: see `TaskWord`; usually a
+        result's synced commit takes the put to the disk first). A lone assignment that
         starts at once, whose inference ends within `INLINE_WAIT_S`, goes in with its
         result instead: one synced commit, where a put and then a result were two."""
         if start == 1 and len(wanted) == 1 and (begun := early.get(wanted[0].task_id)):
@@ -196,12 +196,10 @@ class TaskRunner:
                 return await put_with_result(
                     self._store, self._inference, wanted[0], begun, self._capacity
                 )
-        if start:
-            outcomes, on_disk = await self._store.inbox.put_written(
-                wanted, capacity=self._capacity, start=start
-            )
-            return Put(outcomes, on_disk)
-        return Put(await self._store.inbox.put_many(wanted, capacity=self._capacity), None)
+        outcomes, on_disk = await self._store.inbox.put_written(
+            wanted, capacity=self._capacity, start=start
+        )
+        return Put(outcomes, on_disk)
 
     def _infer_early(self, tasks: list[InboxTask]) -> dict[str, Early]:
         """Begin the inferences of the tasks the inbox is about to take as running, while
@@ -288,13 +286,12 @@ class TaskRunner:
                 if not claimed.tasks:
                     await self._work.wait()
                     continue
-                with contextlib.suppress(Exception):  # telling the hub is best effort
-                    await self._word.notify(
-                        [
-                            wire.TaskUpdate(task_id=t.task_id, attempt=t.attempt, state="running")
-                            for t in claimed.tasks
-                        ]
-                    )
+                self._word.once_running(
+                    [
+                        wire.TaskUpdate(task_id=t.task_id, attempt=t.attempt, state="running")
+                        for t in claimed.tasks
+                    ]
+                )
                 for task in claimed.tasks:
                     self._start(task, counted=False)
         finally:

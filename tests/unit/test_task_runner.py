@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import pytest
 
+import edge.taskword
 from edge.inference.service import InferenceService
 from edge.store import AgentStore, Bounds
 from edge.tasks import TaskRunner
@@ -129,8 +130,11 @@ async def _results(store: AgentStore) -> list[dict[str, Any]]:
 
 
 async def test_no_more_tasks_run_at_once_than_the_slots_and_each_claim_reports_once(
-    store: AgentStore,
+    store: AgentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Every task is told accepted once its put is on the disk; a claim tells "running"
+    once, for the tasks it took that still run after `RUNNING_WORD_AFTER_S`, and
+    nothing for those whose result is on its way by then."""
     model = _GatedModel()
     sent: list[list[wire.TaskUpdate]] = []
 
@@ -140,23 +144,26 @@ async def test_no_more_tasks_run_at_once_than_the_slots_and_each_claim_reports_o
     runner = TaskRunner(
         store, cast(InferenceService, model), slots=2, inbox_capacity=10, notify=notify
     )
+    monkeypatch.setattr(edge.taskword, "RUNNING_WORD_AFTER_S", 0.01)
     async with running(runner):
         await runner.assign(wire.Tasks(tasks=[_assignment(f"t-{n}") for n in range(5)]))
         await _until(lambda: model.running == 2, "two tasks running")
         assert (runner.running, runner.queued) == (2, 3)
+        await _until(lambda: len(sent) == 2, "accepted, then the first claim's running")
+        # The later claims' words are due long after their results are appended.
+        monkeypatch.setattr(edge.taskword, "RUNNING_WORD_AFTER_S", 1.0)
         model.gate.set()
         await _until(lambda: runner.done == 5, "every task done")
+        await _until(lambda: not runner._word._telling, "every word decided")
         assert model.most == 2
 
     results = await _results(store)
     assert sorted(r["task_id"] for r in results) == [f"t-{n}" for n in range(5)]
     assert all(r["status"] == "succeeded" and r["attempt"] == 1 for r in results)
-    accepted, *claims = sent
+    accepted, claimed = sent
     assert [u.state for u in accepted] == ["accepted"] * 5
-    # Running is told once per claim, for every task it took: the first claim took both
-    # slots at once.
-    assert [u.state for claim in claims for u in claim] == ["running"] * 5
-    assert len(claims[0]) == 2
+    # The first claim took both slots at once; the later ones ended before their word.
+    assert [(u.task_id, u.state) for u in claimed] == [("t-0", "running"), ("t-1", "running")]
 
 
 async def test_a_task_given_again_while_it_runs_reports_the_newer_attempt(
@@ -184,8 +191,9 @@ async def test_a_task_given_again_while_it_runs_reports_the_newer_attempt(
 
 
 async def test_an_assignment_that_finds_a_free_slot_and_nothing_pending_starts_at_once(
-    store: AgentStore,
+    store: AgentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(edge.taskword, "RUNNING_WORD_AFTER_S", 1.0)  # past its result
     model = _GatedModel()
     sent: list[list[wire.TaskUpdate]] = []
 
@@ -213,9 +221,11 @@ async def test_an_assignment_that_finds_a_free_slot_and_nothing_pending_starts_a
         assert (runner.running, runner.queued) == (1, 1)
         model.gate.set()
         await _until(lambda: runner.done == 3, "every task done")
+        await _until(lambda: not runner._word._telling, "every word decided")
         assert model.most == 1
 
-    assert [(u.task_id, u.state) for batch in sent[1:] for u in batch] == [("t-2", "running")]
+    # t-2's claim said nothing: its result was on its way before its word was due.
+    assert [(u.task_id, u.state) for batch in sent[1:] for u in batch] == []
     results = await _results(store)
     assert sorted(r["task_id"] for r in results) == ["t-0", "t-1", "t-2"]
     assert await store.inbox.depth() == (0, 0)
