@@ -118,7 +118,7 @@ class TaskRunner:
         self.running += start  # held while the put runs, so no claim takes them too
         started: list[InboxTask] = []
         early: dict[str, Early] = {}
-        put = Put([], None, {})
+        put = Put([], None)
         if wanted:  # one transaction for the whole message
             full = f"full: {self._capacity} tasks held"
             early = self._infer_early(wanted[:start])
