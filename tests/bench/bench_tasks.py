@@ -56,7 +56,11 @@ PHASES = (
         "the device began it: the assignment published and received (a task that finds "
         "a free slot starts its inference as the inbox's write begins)",
     ),
-    ("finished", "the device's result made: the inference, and the inbox's write"),
+    (
+        "finished",
+        "the device's result made: the inference, and the inbox's write (a lone task whose "
+        "inference ends within 2 ms goes into the inbox with its result, after this)",
+    ),
     (
         "stored",
         "the result stored at the hub: recorded on the device (synced), uploaded, stored (synced)",
