@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
 from edge.store import AgentStore, StoreReadError, StoreWriteError, StreamFullError
-from edge.store.inbox import InboxTask, finish
+from edge.store.inbox import Claimed, InboxTask, claim_within, finish
 from edge.taskresult import Put, put_with_result, result_record
 from edge.taskword import Notify, TaskWord
 from outpost import backoff, schema, wire
@@ -275,23 +275,10 @@ class TaskRunner:
                     logger.exception("task claims: retrying in %.0f s", CLAIM_RETRY_S)
                     await asyncio.sleep(CLAIM_RETRY_S)
                     continue
-                self.queued = claimed.pending
-                self._maybe_pending = claimed.pending > 0 or self._puts != puts
-                for stale in claimed.stale:
-                    logger.info(
-                        "dropped %s: its deadline or lease passed before it ran", stale.task_id
-                    )
-                    self._inference.tally.error("task_dropped")
-                    self._attempts.pop(stale.task_id, None)
+                self._took(claimed, puts)
                 if not claimed.tasks:
                     await self._work.wait()
                     continue
-                self._word.once_running(
-                    [
-                        wire.TaskUpdate(task_id=t.task_id, attempt=t.attempt, state="running")
-                        for t in claimed.tasks
-                    ]
-                )
                 for task in claimed.tasks:
                     self._start(task, counted=False)
         finally:
@@ -299,6 +286,24 @@ class TaskRunner:
             for run in list(self._runs):
                 await cancel_until_done(run)
             await self._word.close()
+
+    def _took(self, claimed: Claimed, puts: int) -> None:
+        """Note what a claim took (`puts`: assignments taken before it began): what is
+        still pending, the stale tasks it dropped; the hub hears of the tasks it started
+        once they have run a while (`TaskWord.once_running`)."""
+        self.queued = claimed.pending
+        self._maybe_pending = claimed.pending > 0 or self._puts != puts
+        for stale in claimed.stale:
+            logger.info("dropped %s: its deadline or lease passed before it ran", stale.task_id)
+            self._inference.tally.error("task_dropped")
+            self._attempts.pop(stale.task_id, None)
+        if claimed.tasks:
+            self._word.once_running(
+                [
+                    wire.TaskUpdate(task_id=t.task_id, attempt=t.attempt, state="running")
+                    for t in claimed.tasks
+                ]
+            )
 
     def _start(
         self,
@@ -320,30 +325,42 @@ class TaskRunner:
     async def _run_one(
         self, task: InboxTask, early: Early | None, record: dict[str, Any] | None
     ) -> None:
+        following: list[InboxTask] = []
         try:
-            await self._run(task, early, record)
+            following = await self._run(task, early, record)
         except Exception:  # a surprise in one task: not the agent's end
             logger.exception("task %s: its run failed", task.task_id)
         finally:
-            # Counted free here, before the wake-up: the run's task leaves `runs` only in
-            # a done callback, which the woken claim loop may run before.
-            self.running -= 1
-            self._work.set()
+            if following:  # the slot goes to the task its result's transaction claimed
+                self._start(following[0], counted=True)
+            else:
+                # Counted free here, before the wake-up: the run's task leaves `runs`
+                # only in a done callback, which the woken claim loop may run before.
+                self.running -= 1
+                self._work.set()
 
     async def _run(
         self, task: InboxTask, early: Early | None = None, record: dict[str, Any] | None = None
-    ) -> None:
+    ) -> list[InboxTask]:
+        """Run `task` and store its result; return the pending task the result's
+        transaction claimed for the slot it frees (none if none waits): a claim of its
+        own was another transaction and trip to the store's thread for every task of a
+        busy device."""
         body = record if record is not None else await result_record(self._inference, task, early)
         # The hub may have given this task again while it ran (a lapsed lease): the
         # inbox then holds the newer attempt, which is the one the result must carry.
         # Every attempt the inbox took went through `assign`, which noted it here.
         attempt = max(task.attempt, self._attempts.pop(task.task_id, 0))
         body["attempt"] = attempt
+        claimed: list[Claimed] = []  # filled in the transaction, if it claims
         while True:
             self._word.answering(task.task_id)  # the result tells the hub of it
+            puts = self._puts
+            claimed.clear()  # a transaction rolled back claimed nothing
+            box = claimed if self._maybe_pending else None
             try:
                 await self._store.append(
-                    "results", [body], then=partial(_finish, task.task_id, attempt)
+                    "results", [body], then=partial(_finish, task.task_id, attempt, box)
                 )
                 break
             except (StreamFullError, StoreWriteError) as exc:
@@ -351,8 +368,12 @@ class TaskRunner:
                 logger.warning("result of %s waits: %s", task.task_id, exc.reason)
                 self._word.answering(task.task_id, appending=False)
                 await asyncio.sleep(FULL_RETRY_S)
+        following = claimed[0].tasks if claimed else []
+        if claimed:
+            self._took(claimed[0], puts)
         self._ended(body)
         self._attempts.pop(task.task_id, None)  # a newer attempt noted while it was saved
+        return following
 
     def _ended(self, record: dict[str, Any]) -> None:
         """A task's result is stored."""
@@ -370,5 +391,9 @@ class TaskRunner:
         return wire.TaskLoad(queued=self.queued, running=self.running)
 
 
-def _finish(task_id: str, attempt: int, db: Any) -> None:
+def _finish(task_id: str, attempt: int, claimed: list[Claimed] | None, db: Any) -> None:
+    """A task's result is stored: it leaves the inbox, and (`claimed`) the next pending
+    task takes its slot, in the same transaction."""
     finish(db, task_id, attempt)
+    if claimed is not None:
+        claimed[:] = [claim_within(db, time.time(), 1)]

@@ -147,30 +147,34 @@ def claim_many(db: Database, now: float, limit: int) -> Claimed:
     back, to be dropped again. The next synced commit takes it to the disk."""
     with soft_state(db), db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
-        stale = [
-            _task(r)
-            for r in db.execute(
-                """SELECT * FROM inbox
-                   WHERE state = 'pending' AND (deadline <= ? OR lease_until <= ?)""",
-                (now, now),
-            ).fetchall()
-        ]
-        if stale:
-            db.conn.executemany(
-                "DELETE FROM inbox WHERE task_id = ?", [(t.task_id,) for t in stale]
-            )
-        rows = db.execute(
-            """SELECT * FROM inbox WHERE state = 'pending'
-               ORDER BY priority DESC, deadline, received_at LIMIT ?""",
-            (limit,),
+        return claim_within(db, now, limit)
+
+
+def claim_within(db: Database, now: float, limit: int) -> Claimed:
+    """`claim_many` inside a transaction the caller holds (the one that stores the
+    result of the task whose slot it fills)."""
+    stale = [
+        _task(r)
+        for r in db.execute(
+            """SELECT * FROM inbox
+               WHERE state = 'pending' AND (deadline <= ? OR lease_until <= ?)""",
+            (now, now),
         ).fetchall()
-        if rows:
-            db.conn.executemany(
-                "UPDATE inbox SET state = 'running', started_at = ? WHERE task_id = ?",
-                [(now, r["task_id"]) for r in rows],
-            )
-        (pending,) = db.execute("SELECT COUNT(*) FROM inbox WHERE state = 'pending'").fetchone()
-        return Claimed([_task(r) for r in rows], stale, pending)
+    ]
+    if stale:
+        db.conn.executemany("DELETE FROM inbox WHERE task_id = ?", [(t.task_id,) for t in stale])
+    rows = db.execute(
+        """SELECT * FROM inbox WHERE state = 'pending'
+           ORDER BY priority DESC, deadline, received_at LIMIT ?""",
+        (limit,),
+    ).fetchall()
+    if rows:
+        db.conn.executemany(
+            "UPDATE inbox SET state = 'running', started_at = ? WHERE task_id = ?",
+            [(now, r["task_id"]) for r in rows],
+        )
+    (pending,) = db.execute("SELECT COUNT(*) FROM inbox WHERE state = 'pending'").fetchone()
+    return Claimed([_task(r) for r in rows], stale, pending)
 
 
 def attempt_of(db: Database, task_id: str) -> int | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import pytest
 
 import edge.taskword
@@ -160,10 +161,63 @@ async def test_no_more_tasks_run_at_once_than_the_slots_and_each_claim_reports_o
     results = await _results(store)
     assert sorted(r["task_id"] for r in results) == [f"t-{n}" for n in range(5)]
     assert all(r["status"] == "succeeded" and r["attempt"] == 1 for r in results)
-    accepted, claimed = sent
-    assert [u.state for u in accepted] == ["accepted"] * 5
-    # The first claim took both slots at once; the later ones ended before their word.
-    assert [(u.task_id, u.state) for u in claimed] == [("t-0", "running"), ("t-1", "running")]
+    # Two messages, in either order (the put's sync and the claim's delay race): every
+    # task accepted; the first claim took both slots at once, and the tasks that came
+    # later ended before their word was due.
+    words = sorted(([(u.task_id, u.state) for u in batch] for batch in sent), key=len)
+    assert words == [
+        [("t-0", "running"), ("t-1", "running")],
+        [(f"t-{n}", "accepted") for n in range(5)],
+    ]
+
+
+async def test_a_result_hands_its_slot_to_the_next_pending_task_in_its_own_transaction(
+    store: AgentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction that stores a result also claims the next pending task, in the
+    order claims run them (priority, then deadline): no claim of its own per task."""
+    model = _GatedModel()
+    claims: list[int] = []
+    claim_many = store.inbox.claim_many
+
+    async def counted_claim(limit: int) -> Any:
+        claims.append(limit)
+        return await claim_many(limit)
+
+    monkeypatch.setattr(store.inbox, "claim_many", counted_claim)
+    order: list[str] = []
+    gated = model.infer
+
+    async def infer_in_order(data: Any, dtype: str) -> _Answer:
+        order.append(str(data))
+        return await gated(data, dtype)
+
+    monkeypatch.setattr(model, "infer", infer_in_order)
+
+    async def notify(updates: list[wire.TaskUpdate]) -> None:
+        pass
+
+    runner = TaskRunner(
+        store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
+    )
+    # t-3 is the most urgent of those waiting: it runs after the one running (the
+    # first put, with its slot free), before t-1 and t-2.
+    tasks = [
+        msgspec.structs.replace(_assignment(f"t-{n}"), input=[n], priority=9 if n == 3 else 0)
+        for n in range(4)
+    ]
+    async with running(runner):
+        await runner.assign(wire.Tasks(tasks=tasks))
+        await _until(lambda: model.running == 1, "one task running")
+        before = len(claims)
+        model.gate.set()
+        await _until(lambda: runner.done == 4, "every task done")
+        assert len(claims) == before  # the others came with the results before them
+        assert (runner.running, runner.queued, model.most) == (0, 0, 1)
+
+    assert order == ["[3]", "[0]", "[1]", "[2]"]
+    assert sorted(r["task_id"] for r in await _results(store)) == [f"t-{n}" for n in range(4)]
+    assert await store.inbox.depth() == (0, 0)
 
 
 async def test_a_task_given_again_while_it_runs_reports_the_newer_attempt(
