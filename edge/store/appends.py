@@ -69,8 +69,8 @@ def store_group(
     wear: Unrecorded,
 ) -> tuple[list[Outcome], confirmed.Marks]:
     """Store `group` in one transaction (synced unless `unsynced`), each append's `first`
-    and `then` with it; return each append's outcome and the numbering the commit left (writer
-    thread)."""
+    and `then` with it; return each append's outcome and the numbering the commit left
+    (writer thread)."""
     with contextlib.ExitStack() as stack:
         if unsynced:
             stack.enter_context(soft_state(db))
