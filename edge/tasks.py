@@ -282,9 +282,9 @@ class TaskRunner:
                 for task in claimed.tasks:
                     self._start(task, counted=False)
         finally:
-            self._serving = False
-            for run in list(self._runs):
-                await cancel_until_done(run)
+            self._serving = False  # no run hands its slot on from here (see recover)
+            while self._runs:  # a run may have started another meanwhile: until none
+                await cancel_until_done(self._runs.pop())
             await self._word.close()
 
     def _took(self, claimed: Claimed, puts: int) -> None:
@@ -331,7 +331,7 @@ class TaskRunner:
         except Exception:  # a surprise in one task: not the agent's end
             logger.exception("task %s: its run failed", task.task_id)
         finally:
-            if following:  # the slot goes to the task its result's transaction claimed
+            if following and self._serving:  # the slot goes to the task its result took
                 self._start(following[0], counted=True)
             else:
                 # Counted free here, before the wake-up: the run's task leaves `runs`
