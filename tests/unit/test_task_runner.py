@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, cast
 import msgspec
 import pytest
 
+import edge.store.durable
 import edge.taskword
 from edge.inference.service import InferenceService
 from edge.store import AgentStore, Bounds
@@ -376,6 +378,51 @@ async def test_the_hub_hears_of_a_task_that_started_at_once_only_once_it_is_on_t
     assert on_disk[0].done()
     (result,) = await _results(store)
     assert (result["task_id"], result["status"]) == ("t-1", "succeeded")
+
+
+async def test_a_claimed_task_is_told_running_only_once_its_put_is_on_the_disk(
+    store: AgentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pending task's put is committed without a sync of its own; its claim's
+    "running" is due after `RUNNING_WORD_AFTER_S`, but waits for that sync (slow flash,
+    or a failing one): a power cut before it leaves no task, which the hub, told
+    "running", would hold until its lease."""
+    gate, entered = threading.Event(), threading.Event()
+    real_sync = edge.store.durable.sync_file
+
+    def held_sync(path: str) -> None:
+        entered.set()
+        gate.wait()
+        real_sync(path)
+
+    monkeypatch.setattr(edge.store.durable, "sync_file", held_sync)
+    monkeypatch.setattr(edge.taskword, "RUNNING_WORD_AFTER_S", 0.0)
+    model = _GatedModel()
+    told: list[tuple[str, str]] = []
+
+    async def notify(updates: list[wire.TaskUpdate]) -> None:
+        told.extend((u.task_id, u.state) for u in updates)
+
+    runner = TaskRunner(
+        store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
+    )
+    try:
+        async with running(runner):
+            # At start the inbox may hold pending tasks: the task goes in pending, and
+            # the claim loop claims it.
+            await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))
+            await _until(model.started.is_set, "the task claimed and running")
+            await _until(entered.is_set, "the put's sync under way")
+            for _ in range(20):  # the word, were it not held, goes within a few turns
+                await asyncio.sleep(0)
+            assert told == []
+            gate.set()
+            await _until(lambda: len(told) == 2, "both words, once the put is on the disk")
+            assert sorted(told) == [("t-1", "accepted"), ("t-1", "running")]
+            model.gate.set()
+            await _until(lambda: runner.done == 1, "the task done")
+    finally:
+        gate.set()
 
 
 async def test_a_lone_task_whose_inference_ends_at_once_goes_in_with_its_result(
