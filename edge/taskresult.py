@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edge.inference.service import InferenceService
+from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
 from edge.store import AgentStore, StreamFullError, inbox
 from edge.store.errors import AppendDeclined
-from edge.store.inbox import InboxTask, PutOutcome, finish
+from edge.store.inbox import Claimed, InboxTask, PutOutcome, attempt_of, claim_within, finish
 from outpost.sqlite import Database
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,22 @@ if TYPE_CHECKING:  # the runner's module (numpy) is imported once a model loads
     # A task's inference begun while the inbox took it: the runner it runs on, and when
     # it began (time.time()).
     Early = tuple[ModelRunner, asyncio.Future[Inference], float]
+
+
+def infer_early(service: InferenceService, tasks: list[InboxTask]) -> dict[str, Early]:
+    """Begin the inferences of the tasks the inbox is about to take as running, while
+    its write commits: an answer is only recorded once its task is in the inbox, and
+    an inference changes nothing, so nothing waits for the disk but the result."""
+    early: dict[str, Early] = {}
+    began = time.time()
+    for task in tasks:
+        try:
+            runner = service.runner(task.model)
+        except (NotAllowed, UnknownModel, ModelUnavailable):
+            continue  # unusable now: its run says so, as it would have
+        inference = asyncio.ensure_future(runner.infer(task.input, task.dtype))
+        early[task.task_id] = (runner, inference, began)
+    return early
 
 
 async def result_record(
@@ -103,3 +119,24 @@ async def put_with_result(
         logger.warning("result of %s waits: %s", task.task_id, exc.reason)
         return Put(put, None, records={task.task_id: record})
     return Put(put, None, finished={task.task_id: record})
+
+
+class Superseded(Exception):
+    """The inbox holds a newer attempt of the task than its result carries."""
+
+    def __init__(self, attempt: int) -> None:
+        super().__init__(f"attempt {attempt} is held")
+        self.attempt = attempt
+
+
+def finish_run(task_id: str, attempt: int, claimed: list[Claimed] | None, db: Any) -> None:
+    """A task's result is stored: it leaves the inbox, and (`claimed`) the next pending
+    task takes its slot, in the same transaction. Rolled back if the hub gave the task
+    again meanwhile (its lease lapsed while the result waited for room): the result
+    must carry the newer attempt, which the inbox holds for this run."""
+    held = attempt_of(db, task_id)
+    if held is not None and held > attempt:
+        raise Superseded(held)
+    finish(db, task_id, attempt)
+    if claimed is not None:
+        claimed[:] = [claim_within(db, time.time(), 1)]

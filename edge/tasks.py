@@ -16,10 +16,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
+from edge.inference.service import InferenceService
 from edge.store import AgentStore, StoreReadError, StoreWriteError, StreamFullError
-from edge.store.inbox import Claimed, InboxTask, claim_within, finish
-from edge.taskresult import Put, put_with_result, result_record
+from edge.store.inbox import Claimed, InboxTask
+from edge.taskrefusal import refusal
+from edge.taskresult import Put, Superseded, finish_run, infer_early, put_with_result, result_record
 from edge.taskword import Notify, TaskWord
 from outpost import backoff, schema, wire
 from outpost.aio import cancel_until_done, supervise, taken
@@ -70,7 +71,9 @@ class TaskRunner:
         self._maybe_pending = True
         self._puts = 0
         self._serving = False  # the claim loop runs: assignments may start at once
+        self._stopped = False  # the claim loop ended: nothing starts any more
         self._runs: set[asyncio.Task[None]] = set()
+        self._assigning: set[asyncio.Task[None]] = set()
         self._word = TaskWord(notify)  # what the hub hears, once on the disk
         self.done = 0  # tasks run to an end, succeeded or failed
         self.failed = 0
@@ -90,9 +93,19 @@ class TaskRunner:
 
     async def assign(self, body: wire.Tasks) -> None:
         """Accept or reject each assignment; accepted ones are in the inbox (on disk)
-        before the hub hears so."""
+        before the hub hears so. Carried through if the caller is cancelled (a lost
+        link): a put may commit after that, and its tasks must run (see run's stop)."""
+        assigning = asyncio.create_task(self._assign(body), name="agent.task-assign")
+        self._assigning.add(assigning)
+        assigning.add_done_callback(self._assigning.discard)
+        await asyncio.shield(assigning)
+
+    async def _assign(self, body: wire.Tasks) -> None:
         now = time.time()
-        reasons = {a.task_id: self._refusal(a) for a in body.tasks}
+        busy = self.overloaded()
+        reasons = {
+            a.task_id: refusal(a, self._inference, self.allowed_models, busy) for a in body.tasks
+        }
         wanted = [
             InboxTask(
                 task_id=a.task_id,
@@ -121,7 +134,7 @@ class TaskRunner:
         put = Put([], None)
         if wanted:  # one transaction for the whole message
             full = f"full: {self._capacity} tasks held"
-            early = self._infer_early(wanted[:start])
+            early = infer_early(self._inference, wanted[:start])
             try:
                 put = await self._put(wanted, start, early)
             except StoreWriteError as exc:  # not on disk, so not accepted: the hub moves on
@@ -143,6 +156,11 @@ class TaskRunner:
                 elif outcome == "superseded":
                     reasons[task.task_id] = "superseded: a newer attempt of this task is held"
         self.running -= start - len(started)
+        if self._stopped:  # the agent stops: the next start runs what the inbox holds
+            self.running -= len(started)
+            for _, inference, _ in early.values():
+                inference.cancel()
+            return
         running = {t.task_id for t in started}
         updates = []
         for a in body.tasks:
@@ -201,21 +219,6 @@ class TaskRunner:
         )
         return Put(outcomes, on_disk)
 
-    def _infer_early(self, tasks: list[InboxTask]) -> dict[str, Early]:
-        """Begin the inferences of the tasks the inbox is about to take as running, while
-        its write commits: an answer is only recorded once its task is in the inbox, and
-        an inference changes nothing, so nothing waits for the disk but the result."""
-        early: dict[str, Early] = {}
-        began = time.time()
-        for task in tasks:
-            try:
-                runner = self._inference.runner(task.model)
-            except (NotAllowed, UnknownModel, ModelUnavailable):
-                continue  # unusable now: its run says so, as it would have
-            inference = asyncio.ensure_future(runner.infer(task.input, task.dtype))
-            early[task.task_id] = (runner, inference, began)
-        return early
-
     async def cancel(self, body: wire.Cancel) -> None:
         try:
             outcome = await self._store.inbox.cancel(body.task_id, body.attempt)
@@ -224,24 +227,6 @@ class TaskRunner:
         logger.info("task %s cancelled by the hub: %s", body.task_id, outcome)
         self._attempts.pop(body.task_id, None)
         await self._refresh_depth()
-
-    def _refusal(self, a: wire.Assignment) -> str | None:
-        if a.deadline_in_s <= 0:
-            return "expired: its deadline has passed"
-        if self.allowed_models and a.model not in self.allowed_models:
-            return f"not_allowed: policy does not allow {a.model}"
-        busy = self.overloaded()
-        if busy:
-            return f"full: {busy}"  # momentary: the hub asks again later
-        try:
-            runner = self._inference.runner(a.model)
-        except UnknownModel:
-            return f"unknown_model: {a.model} is not installed"
-        except ModelUnavailable as exc:
-            return f"model_unavailable: {exc}"
-        if a.version and a.version != runner.manifest.version:
-            return f"version_mismatch: {a.model} is at {runner.manifest.version}, not {a.version}"
-        return None
 
     async def _claim_loop(self) -> None:
         """Claim pending tasks for the free slots, each claim one transaction for as many
@@ -283,6 +268,9 @@ class TaskRunner:
                     self._start(task, counted=False)
         finally:
             self._serving = False  # no run hands its slot on from here (see recover)
+            self._stopped = True  # nor does an assignment start one
+            while self._assigning:
+                await cancel_until_done(self._assigning.pop())
             while self._runs:  # a run may have started another meanwhile: until none
                 await cancel_until_done(self._runs.pop())
             await self._word.close()
@@ -297,6 +285,10 @@ class TaskRunner:
             logger.info("dropped %s: its deadline or lease passed before it ran", stale.task_id)
             self._inference.tally.error("task_dropped")
             self._attempts.pop(stale.task_id, None)
+        for task_id in claimed.damaged:  # the hub gives it again after its lease
+            logger.warning("dropped %s: its input in the store does not decode", task_id)
+            self._inference.tally.error("task_dropped")
+            self._attempts.pop(task_id, None)
         if claimed.tasks:
             self._word.once_running(
                 [
@@ -351,19 +343,26 @@ class TaskRunner:
         # inbox then holds the newer attempt, which is the one the result must carry.
         # Every attempt the inbox took went through `assign`, which noted it here.
         attempt = max(task.attempt, self._attempts.pop(task.task_id, 0))
-        body["attempt"] = attempt
         claimed: list[Claimed] = []  # filled in the transaction, if it claims
+        hand_on = True
         while True:
+            body["attempt"] = attempt
             self._word.answering(task.task_id)  # the result tells the hub of it
             puts = self._puts
             claimed.clear()  # a transaction rolled back claimed nothing
-            box = claimed if self._maybe_pending else None
+            box = claimed if hand_on and self._maybe_pending else None
             try:
                 await self._store.append(
-                    "results", [body], then=partial(_finish, task.task_id, attempt, box)
+                    "results", [body], then=partial(finish_run, task.task_id, attempt, box)
                 )
                 break
             except (StreamFullError, StoreWriteError) as exc:
+                if isinstance(exc.__cause__, Superseded):  # given again as it waited
+                    attempt = exc.__cause__.attempt
+                    continue
+                if box is not None and isinstance(exc, StoreWriteError):
+                    hand_on = False  # the claim may be what failed: the result goes first
+                    continue
                 # Kept in the inbox (running) until there is room: nothing is lost.
                 logger.warning("result of %s waits: %s", task.task_id, exc.reason)
                 self._word.answering(task.task_id, appending=False)
@@ -389,11 +388,3 @@ class TaskRunner:
 
     def load(self) -> wire.TaskLoad:
         return wire.TaskLoad(queued=self.queued, running=self.running)
-
-
-def _finish(task_id: str, attempt: int, claimed: list[Claimed] | None, db: Any) -> None:
-    """A task's result is stored: it leaves the inbox, and (`claimed`) the next pending
-    task takes its slot, in the same transaction."""
-    finish(db, task_id, attempt)
-    if claimed is not None:
-        claimed[:] = [claim_within(db, time.time(), 1)]

@@ -15,7 +15,7 @@ earliest deadline; one whose deadline or lease has passed is dropped instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
@@ -129,6 +129,7 @@ class Claimed:
     tasks: list[InboxTask]
     stale: list[InboxTask]
     pending: int  # still pending after this claim
+    damaged: list[str] = field(default_factory=list)  # dropped: their input does not decode
 
 
 def claim(db: Database, now: float) -> tuple[InboxTask | None, list[InboxTask]]:
@@ -153,28 +154,51 @@ def claim_many(db: Database, now: float, limit: int) -> Claimed:
 def claim_within(db: Database, now: float, limit: int) -> Claimed:
     """`claim_many` inside a transaction the caller holds (the one that stores the
     result of the task whose slot it fills)."""
-    stale = [
-        _task(r)
-        for r in db.execute(
+    damaged: list[str] = []
+    stale = _readable(
+        db.execute(
             """SELECT * FROM inbox
                WHERE state = 'pending' AND (deadline <= ? OR lease_until <= ?)""",
             (now, now),
-        ).fetchall()
-    ]
-    if stale:
-        db.conn.executemany("DELETE FROM inbox WHERE task_id = ?", [(t.task_id,) for t in stale])
-    rows = db.execute(
-        """SELECT * FROM inbox WHERE state = 'pending'
-           ORDER BY priority DESC, deadline, received_at LIMIT ?""",
-        (limit,),
-    ).fetchall()
-    if rows:
+        ).fetchall(),
+        damaged,
+    )
+    _delete(db, [t.task_id for t in stale] + damaged)
+    unreadable = len(damaged)
+    tasks = _readable(
+        db.execute(
+            """SELECT * FROM inbox WHERE state = 'pending'
+               ORDER BY priority DESC, deadline, received_at LIMIT ?""",
+            (limit,),
+        ).fetchall(),
+        damaged,
+    )
+    if tasks:
         db.conn.executemany(
             "UPDATE inbox SET state = 'running', started_at = ? WHERE task_id = ?",
-            [(now, r["task_id"]) for r in rows],
+            [(now, t.task_id) for t in tasks],
         )
+    _delete(db, damaged[unreadable:])
     (pending,) = db.execute("SELECT COUNT(*) FROM inbox WHERE state = 'pending'").fetchone()
-    return Claimed([_task(r) for r in rows], stale, pending)
+    return Claimed(tasks, stale, pending, damaged)
+
+
+def _delete(db: Database, task_ids: list[str]) -> None:
+    if task_ids:
+        db.conn.executemany("DELETE FROM inbox WHERE task_id = ?", [(t,) for t in task_ids])
+
+
+def _readable(rows: list[Any], damaged: list[str]) -> list[InboxTask]:
+    """The tasks of `rows`, but for those whose stored input does not decode (a damaged
+    page), noted in `damaged`: dropped, not left to fail every claim, and the result
+    transactions that claim with them."""
+    tasks = []
+    for row in rows:
+        try:
+            tasks.append(_task(row))
+        except (ValueError, RecursionError):
+            damaged.append(row["task_id"])
+    return tasks
 
 
 def attempt_of(db: Database, task_id: str) -> int | None:

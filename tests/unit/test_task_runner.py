@@ -9,10 +9,8 @@ tests/integration/test_task_allocation.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,75 +23,16 @@ from edge.inference.service import InferenceService
 from edge.store import AgentStore, Bounds
 from edge.tasks import TaskRunner
 from outpost import wire
-from outpost.aio import cancel_until_done
-
-DEADLINE_S = 30.0
-UNBOUNDED = Bounds(0, 0, 0)
-
-
-@dataclass
-class _Answer:
-    label: str = "normal"
-    confidence: float = 1.0
-    scores: tuple[float, ...] = (1.0,)
-    latency_ms: float = 0.1
-
-
-@dataclass
-class _Manifest:
-    version: str = "1.0.0"
-    labels: tuple[str, ...] = ("normal",)
-    input: Any = None
-
-
-class _Tally:
-    def error(self, reason: str) -> None:
-        pass
-
-
-class _Shadows:
-    def after(self, *args: Any) -> None:
-        pass
-
-
-@dataclass
-class _GatedModel:
-    """Answers only when the test opens the gate; counts how many wait at once."""
-
-    gate: asyncio.Event = field(default_factory=asyncio.Event)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    running: int = 0
-    most: int = 0
-    manifest: _Manifest = field(default_factory=_Manifest)
-    tally: _Tally = field(default_factory=_Tally)
-    shadows: _Shadows = field(default_factory=_Shadows)
-
-    def runner(self, name: str) -> _GatedModel:
-        return self
-
-    async def infer(self, data: Any, dtype: str) -> _Answer:
-        self.running += 1
-        self.most = max(self.most, self.running)
-        self.started.set()
-        try:
-            await self.gate.wait()
-        finally:
-            self.running -= 1
-        return _Answer()
-
-
-def _assignment(task_id: str, attempt: int = 1) -> wire.Assignment:
-    return wire.Assignment(
-        task_id=task_id,
-        attempt=attempt,
-        model="gated",
-        version="",
-        input=[1, 2, 3],
-        dtype="int8",
-        priority=0,
-        deadline_in_s=600,
-        lease_s=600,
-    )
+from tests.unit.taskrunner_doubles import (
+    UNBOUNDED,
+    Answer,
+    GatedModel,
+    assignment,
+    ready_to_start,
+    running,
+    stored_results,
+    until,
+)
 
 
 @pytest.fixture
@@ -106,39 +45,13 @@ async def store(tmp_path: Path) -> AsyncIterator[AgentStore]:
     await opened.close()
 
 
-def ready_to_start(runner: TaskRunner) -> Callable[[], bool]:
-    """Whether an assignment that finds a free slot would start at once."""
-    return lambda: runner._serving and not runner._maybe_pending
-
-
-@contextlib.asynccontextmanager
-async def running(runner: TaskRunner) -> AsyncIterator[None]:
-    task = asyncio.create_task(runner.run())
-    try:
-        yield
-    finally:
-        await cancel_until_done(task)
-
-
-async def _until(check: Any, what: str) -> None:
-    async with asyncio.timeout(DEADLINE_S):
-        while not check():
-            await asyncio.sleep(0.01)  # a poll with a deadline
-    assert check(), what
-
-
-async def _results(store: AgentStore) -> list[dict[str, Any]]:
-    rows = await store.batch("results", 0, max_records=100, max_bytes=1 << 20)
-    return [body for _, _, body in rows]
-
-
 async def test_no_more_tasks_run_at_once_than_the_slots_and_each_claim_reports_once(
     store: AgentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every task is told accepted once its put is on the disk; a claim tells "running"
     once, for the tasks it took that still run after `RUNNING_WORD_AFTER_S`, and
     nothing for those whose result is on its way by then."""
-    model = _GatedModel()
+    model = GatedModel()
     sent: list[list[wire.TaskUpdate]] = []
 
     async def notify(updates: list[wire.TaskUpdate]) -> None:
@@ -149,18 +62,18 @@ async def test_no_more_tasks_run_at_once_than_the_slots_and_each_claim_reports_o
     )
     monkeypatch.setattr(edge.taskword, "RUNNING_WORD_AFTER_S", 0.01)
     async with running(runner):
-        await runner.assign(wire.Tasks(tasks=[_assignment(f"t-{n}") for n in range(5)]))
-        await _until(lambda: model.running == 2, "two tasks running")
+        await runner.assign(wire.Tasks(tasks=[assignment(f"t-{n}") for n in range(5)]))
+        await until(lambda: model.running == 2, "two tasks running")
         assert (runner.running, runner.queued) == (2, 3)
-        await _until(lambda: len(sent) == 2, "accepted, then the first claim's running")
+        await until(lambda: len(sent) == 2, "accepted, then the first claim's running")
         # The later claims' words are due long after their results are appended.
         monkeypatch.setattr(edge.taskword, "RUNNING_WORD_AFTER_S", 1.0)
         model.gate.set()
-        await _until(lambda: runner.done == 5, "every task done")
-        await _until(lambda: not runner._word._telling, "every word decided")
+        await until(lambda: runner.done == 5, "every task done")
+        await until(lambda: not runner._word._telling, "every word decided")
         assert model.most == 2
 
-    results = await _results(store)
+    results = await stored_results(store)
     assert sorted(r["task_id"] for r in results) == [f"t-{n}" for n in range(5)]
     assert all(r["status"] == "succeeded" and r["attempt"] == 1 for r in results)
     # Two messages, in either order (the put's sync and the claim's delay race): every
@@ -178,7 +91,7 @@ async def test_a_result_hands_its_slot_to_the_next_pending_task_in_its_own_trans
 ) -> None:
     """The transaction that stores a result also claims the next pending task, in the
     order claims run them (priority, then deadline): no claim of its own per task."""
-    model = _GatedModel()
+    model = GatedModel()
     claims: list[int] = []
     claim_many = store.inbox.claim_many
 
@@ -190,7 +103,7 @@ async def test_a_result_hands_its_slot_to_the_next_pending_task_in_its_own_trans
     order: list[str] = []
     gated = model.infer
 
-    async def infer_in_order(data: Any, dtype: str) -> _Answer:
+    async def infer_in_order(data: Any, dtype: str) -> Answer:
         order.append(str(data))
         return await gated(data, dtype)
 
@@ -205,27 +118,27 @@ async def test_a_result_hands_its_slot_to_the_next_pending_task_in_its_own_trans
     # t-3 is the most urgent of those waiting: it runs after the one running (the
     # first put, with its slot free), before t-1 and t-2.
     tasks = [
-        msgspec.structs.replace(_assignment(f"t-{n}"), input=[n], priority=9 if n == 3 else 0)
+        msgspec.structs.replace(assignment(f"t-{n}"), input=[n], priority=9 if n == 3 else 0)
         for n in range(4)
     ]
     async with running(runner):
         await runner.assign(wire.Tasks(tasks=tasks))
-        await _until(lambda: model.running == 1, "one task running")
+        await until(lambda: model.running == 1, "one task running")
         before = len(claims)
         model.gate.set()
-        await _until(lambda: runner.done == 4, "every task done")
+        await until(lambda: runner.done == 4, "every task done")
         assert len(claims) == before  # the others came with the results before them
         assert (runner.running, runner.queued, model.most) == (0, 0, 1)
 
     assert order == ["[3]", "[0]", "[1]", "[2]"]
-    assert sorted(r["task_id"] for r in await _results(store)) == [f"t-{n}" for n in range(4)]
+    assert sorted(r["task_id"] for r in await stored_results(store)) == [f"t-{n}" for n in range(4)]
     assert await store.inbox.depth() == (0, 0)
 
 
 async def test_a_task_given_again_while_it_runs_reports_the_newer_attempt(
     store: AgentStore,
 ) -> None:
-    model = _GatedModel()
+    model = GatedModel()
 
     async def notify(updates: list[wire.TaskUpdate]) -> None:
         pass
@@ -234,14 +147,14 @@ async def test_a_task_given_again_while_it_runs_reports_the_newer_attempt(
         store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
     )
     async with running(runner):
-        await runner.assign(wire.Tasks(tasks=[_assignment("t-1", attempt=1)]))
-        await _until(model.started.is_set, "the first attempt running")
+        await runner.assign(wire.Tasks(tasks=[assignment("t-1", attempt=1)]))
+        await until(model.started.is_set, "the first attempt running")
         # Its lease lapsed at the hub, which gave it again: the run carries on.
-        await runner.assign(wire.Tasks(tasks=[_assignment("t-1", attempt=2)]))
+        await runner.assign(wire.Tasks(tasks=[assignment("t-1", attempt=2)]))
         model.gate.set()
-        await _until(lambda: runner.done == 1, "the task done")
+        await until(lambda: runner.done == 1, "the task done")
 
-    (result,) = await _results(store)
+    (result,) = await stored_results(store)
     assert (result["task_id"], result["attempt"]) == ("t-1", 2)
     assert await store.inbox.depth() == (0, 0)
 
@@ -250,7 +163,7 @@ async def test_an_assignment_that_finds_a_free_slot_and_nothing_pending_starts_a
     store: AgentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(edge.taskword, "RUNNING_WORD_AFTER_S", 1.0)  # past its result
-    model = _GatedModel()
+    model = GatedModel()
     sent: list[list[wire.TaskUpdate]] = []
 
     async def notify(updates: list[wire.TaskUpdate]) -> None:
@@ -261,28 +174,28 @@ async def test_an_assignment_that_finds_a_free_slot_and_nothing_pending_starts_a
     )
     async with running(runner):
         model.gate.set()
-        await runner.assign(wire.Tasks(tasks=[_assignment("t-0")]))
-        await _until(lambda: runner.done == 1, "the first task done")
+        await runner.assign(wire.Tasks(tasks=[assignment("t-0")]))
+        await until(lambda: runner.done == 1, "the first task done")
         model.gate = asyncio.Event()
         sent.clear()
         # One slot free, nothing pending: the first goes in running and runs; the
         # second waits for the slot, as a claim takes it.
-        await runner.assign(wire.Tasks(tasks=[_assignment("t-1"), _assignment("t-2")]))
-        await _until(lambda: model.running == 1, "one task running")
-        await _until(lambda: sent, "the hub told, once the inbox is on the disk")
+        await runner.assign(wire.Tasks(tasks=[assignment("t-1"), assignment("t-2")]))
+        await until(lambda: model.running == 1, "one task running")
+        await until(lambda: sent, "the hub told, once the inbox is on the disk")
         assert [(u.task_id, u.state) for u in sent[0]] == [
             ("t-1", "running"),
             ("t-2", "accepted"),
         ]
         assert (runner.running, runner.queued) == (1, 1)
         model.gate.set()
-        await _until(lambda: runner.done == 3, "every task done")
-        await _until(lambda: not runner._word._telling, "every word decided")
+        await until(lambda: runner.done == 3, "every task done")
+        await until(lambda: not runner._word._telling, "every word decided")
         assert model.most == 1
 
     # t-2's claim said nothing: its result was on its way before its word was due.
     assert [(u.task_id, u.state) for batch in sent[1:] for u in batch] == []
-    results = await _results(store)
+    results = await stored_results(store)
     assert sorted(r["task_id"] for r in results) == ["t-0", "t-1", "t-2"]
     assert await store.inbox.depth() == (0, 0)
 
@@ -293,7 +206,7 @@ async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
     """Its inference begins before the inbox's write has committed (an inference changes
     nothing); one that outlasts `INLINE_WAIT_S` lets the write go ahead, and its result
     is recorded after, in the transaction that ends it in the inbox."""
-    model = _GatedModel()
+    model = GatedModel()
     put_done: list[bool] = []
     inbox_held_at_infer: list[bool] = []
     put_written = store.inbox.put_written
@@ -305,7 +218,7 @@ async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
 
     gated = model.infer
 
-    async def infer_and_note(data: Any, dtype: str) -> _Answer:
+    async def infer_and_note(data: Any, dtype: str) -> Answer:
         inbox_held_at_infer.append(bool(put_done))
         return await gated(data, dtype)
 
@@ -320,19 +233,19 @@ async def test_a_task_that_starts_at_once_is_inferred_while_the_inbox_takes_it(
     )
     async with running(runner):
         model.gate.set()
-        await runner.assign(wire.Tasks(tasks=[_assignment("t-0")]))  # pending: claimed
-        await _until(lambda: runner.done == 1, "the first task done")
+        await runner.assign(wire.Tasks(tasks=[assignment("t-0")]))  # pending: claimed
+        await until(lambda: runner.done == 1, "the first task done")
         put_done.clear()
         inbox_held_at_infer.clear()
         model.gate = asyncio.Event()  # this inference ends only once the put did
-        await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))  # a free slot: starts
-        await _until(lambda: put_done, "the inbox's write")
+        await runner.assign(wire.Tasks(tasks=[assignment("t-1")]))  # a free slot: starts
+        await until(lambda: put_done, "the inbox's write")
         model.gate.set()
-        await _until(lambda: runner.done == 2, "the second task done")
+        await until(lambda: runner.done == 2, "the second task done")
 
     assert put_done == [True]
     assert inbox_held_at_infer == [False]
-    results = await _results(store)
+    results = await stored_results(store)
     assert [(r["task_id"], r["status"]) for r in results] == [
         ("t-0", "succeeded"),
         ("t-1", "succeeded"),
@@ -347,7 +260,7 @@ async def test_the_hub_hears_of_a_task_that_started_at_once_only_once_it_is_on_t
     sync that follows within milliseconds, takes it to the disk); the hub, which gives
     an assignment no one accepted to another device after its accept timeout, hears of
     it only once it is there."""
-    model = _GatedModel()
+    model = GatedModel()
     on_disk: list[asyncio.Future[None]] = []
     put_written = store.inbox.put_written
 
@@ -366,17 +279,17 @@ async def test_the_hub_hears_of_a_task_that_started_at_once_only_once_it_is_on_t
         store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
     )
     async with running(runner):
-        await _until(ready_to_start(runner), "the claim loop serving, the inbox seen empty")
-        await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))
-        await _until(lambda: told, "the hub told")
+        await until(ready_to_start(runner), "the claim loop serving, the inbox seen empty")
+        await runner.assign(wire.Tasks(tasks=[assignment("t-1")]))
+        await until(lambda: told, "the hub told")
         model.gate.set()
-        await _until(lambda: runner.done == 1, "the task done")
-        await _until(lambda: not runner._word._telling, "the word decided")
+        await until(lambda: runner.done == 1, "the task done")
+        await until(lambda: not runner._word._telling, "the word decided")
 
     assert told == [("running", True)]
     assert len(on_disk) == 1
     assert on_disk[0].done()
-    (result,) = await _results(store)
+    (result,) = await stored_results(store)
     assert (result["task_id"], result["status"]) == ("t-1", "succeeded")
 
 
@@ -397,7 +310,7 @@ async def test_a_claimed_task_is_told_running_only_once_its_put_is_on_the_disk(
 
     monkeypatch.setattr(edge.store.durable, "sync_file", held_sync)
     monkeypatch.setattr(edge.taskword, "RUNNING_WORD_AFTER_S", 0.0)
-    model = _GatedModel()
+    model = GatedModel()
     told: list[tuple[str, str]] = []
 
     async def notify(updates: list[wire.TaskUpdate]) -> None:
@@ -410,17 +323,17 @@ async def test_a_claimed_task_is_told_running_only_once_its_put_is_on_the_disk(
         async with running(runner):
             # At start the inbox may hold pending tasks: the task goes in pending, and
             # the claim loop claims it.
-            await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))
-            await _until(model.started.is_set, "the task claimed and running")
-            await _until(entered.is_set, "the put's sync under way")
+            await runner.assign(wire.Tasks(tasks=[assignment("t-1")]))
+            await until(model.started.is_set, "the task claimed and running")
+            await until(entered.is_set, "the put's sync under way")
             for _ in range(20):  # the word, were it not held, goes within a few turns
                 await asyncio.sleep(0)
             assert told == []
             gate.set()
-            await _until(lambda: len(told) == 2, "both words, once the put is on the disk")
+            await until(lambda: len(told) == 2, "both words, once the put is on the disk")
             assert sorted(told) == [("t-1", "accepted"), ("t-1", "running")]
             model.gate.set()
-            await _until(lambda: runner.done == 1, "the task done")
+            await until(lambda: runner.done == 1, "the task done")
     finally:
         gate.set()
 
@@ -431,7 +344,7 @@ async def test_a_lone_task_whose_inference_ends_at_once_goes_in_with_its_result(
     """Its put and its result are one synced commit (no write of the inbox alone), the
     hub hears of it by its result only, and the inbox keeps it as done: the same
     assignment given again is a redelivery, accepted and not run twice."""
-    model = _GatedModel()
+    model = GatedModel()
     model.gate.set()
     puts: list[str] = []
     put_written = store.inbox.put_written
@@ -450,15 +363,15 @@ async def test_a_lone_task_whose_inference_ends_at_once_goes_in_with_its_result(
         store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
     )
     async with running(runner):
-        await _until(ready_to_start(runner), "the claim loop serving, the inbox seen empty")
-        await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))
+        await until(ready_to_start(runner), "the claim loop serving, the inbox seen empty")
+        await runner.assign(wire.Tasks(tasks=[assignment("t-1")]))
         assert runner.done == 1  # stored before `assign` returned
         assert (runner.running, told, puts) == (0, [], [])
-        await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))  # given again
+        await runner.assign(wire.Tasks(tasks=[assignment("t-1")]))  # given again
 
     assert told == [("t-1", "accepted")]
     assert runner.done == 1
-    (result,) = await _results(store)
+    (result,) = await stored_results(store)
     assert (result["task_id"], result["attempt"], result["status"]) == ("t-1", 1, "succeeded")
     assert await store.inbox.depth() == (0, 0)
 
@@ -474,7 +387,7 @@ async def test_a_lone_task_whose_result_finds_the_stream_full_runs_on_until_ther
     await store.start()
     try:
         filler = (await store.append("results", [{"kind": "filler"}])).last_seq
-        model = _GatedModel()
+        model = GatedModel()
         model.gate.set()
         told: list[tuple[str, str]] = []
 
@@ -485,15 +398,15 @@ async def test_a_lone_task_whose_result_finds_the_stream_full_runs_on_until_ther
             store, cast(InferenceService, model), slots=1, inbox_capacity=10, notify=notify
         )
         async with running(runner):
-            await _until(ready_to_start(runner), "the claim loop serving, the inbox seen empty")
-            await runner.assign(wire.Tasks(tasks=[_assignment("t-1")]))
+            await until(ready_to_start(runner), "the claim loop serving, the inbox seen empty")
+            await runner.assign(wire.Tasks(tasks=[assignment("t-1")]))
             assert told == [("t-1", "running")]
             assert await store.inbox.depth() == (0, 1)
             assert runner.done == 0
             await store.acknowledge("results", filler)  # room for one
-            await _until(lambda: runner.done == 1, "the result stored")
+            await until(lambda: runner.done == 1, "the result stored")
 
-        (result,) = await _results(store)
+        (result,) = await stored_results(store)
         assert (result["task_id"], result["status"]) == ("t-1", "succeeded")
         assert await store.inbox.depth() == (0, 0)
     finally:
