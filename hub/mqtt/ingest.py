@@ -27,6 +27,7 @@ from hub.store import (
     PresenceEvent,
     Upload,
     courier,
+    database_failed,
 )
 from hub.store.modelstats import Folded
 from hub.tasks.dispatcher import Dispatcher
@@ -177,7 +178,12 @@ class Ingest:
                 now=now,
                 settings=self._dispatcher.settings,
             )
-        except Exception:
+        except Exception as exc:
+            if len(updates) > 1 and not database_failed(exc):  # as for uploads: apart
+                logger.exception("applying task updates of %d devices failed", len(updates))
+                for one in updates:
+                    await self._apply_task_updates([one], now)
+                return
             self.outcomes[("task_state", "error")] += len(updates)
             logger.exception("applying task updates from %d devices failed", len(updates))
             return
@@ -238,15 +244,25 @@ class Ingest:
     ) -> None:
         """Store every upload of the batch in one transaction; ack only what it holds.
 
-        No one-by-one retry as for presence: validated uploads cannot make the SQL fail,
-        so a failure is the database's (locked, read-only, full), which every retry would
-        meet again after the busy timeout. The devices resend what was not acked.
+        Should the values of one device's upload fail the SQL (the store checks what it
+        binds, but a device sends what it likes), each device's uploads are stored apart,
+        so the others' are acked. Not when the database itself failed (locked, read-only,
+        full): every retry would meet that again. The devices resend what was not acked.
         """
         try:
             outcome = await self._store.apply_uploads(
                 [Upload.of(device_id, body) for device_id, body, _ in uploads], now=now
             )
-        except Exception:
+        except Exception as exc:
+            devices = list(dict.fromkeys(device_id for device_id, _, _ in uploads))
+            if len(devices) > 1 and not database_failed(exc):
+                logger.exception(
+                    "storing %d record batches failed; storing each device's apart", len(uploads)
+                )
+                for device in devices:
+                    mine = [u for u in uploads if u[0] == device]
+                    await self._store_uploads(mine, now, acks)
+                return
             for _, _, kind in uploads:
                 self.outcomes[(kind, "error")] += 1
             logger.exception("storing %d record batches failed; acking none of them", len(uploads))

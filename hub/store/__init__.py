@@ -27,7 +27,14 @@ from hub.store.devices import (
     NameTakenError,
     PresenceEvent,
 )
-from hub.store.engine import Engine, FencedEngine, PublishingEngine, open_engine, retries
+from hub.store.engine import (
+    Engine,
+    FencedEngine,
+    PublishingEngine,
+    database_failed,
+    open_engine,
+    retries,
+)
 from hub.store.events import DeviceEvent
 from hub.store.facade_fleet import FleetStore
 from hub.store.facade_models import ModelStore
@@ -74,6 +81,7 @@ __all__ = [
     "TokenRefusedError",
     "Upload",
     "UploadOutcome",
+    "database_failed",
 ]
 
 T = TypeVar("T")

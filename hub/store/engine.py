@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,16 @@ def open_engine(url: str | Path, *, busy_timeout_ms: int = 5000, pool_size: int 
             raise
         return AsyncPostgres(engine, pool_size)
     return SqliteEngine(sqlite_path(url), busy_timeout_ms=busy_timeout_ms)
+
+
+def database_failed(exc: BaseException) -> bool:
+    """Whether `exc` is the database's own failure (down, locked, full, read-only), which
+    every unit of work meets alike, rather than one that the values of a statement
+    caused (a number out of range, a character a back-end cannot hold)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    psycopg = sys.modules.get("psycopg")  # imported only by a PostgreSQL engine
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def retries(engine: Engine) -> int:

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import msgspec
 
 from hub.store.modelstats import BINS, MAX_MODELS, MAX_NAME, STREAMS
+from hub.store.sql import storable_text
 from outpost import rollup
 
 Stats = dict[str, Any]  # one model version's checked counts, in the roll-up's shape
@@ -98,7 +99,7 @@ def _names_fit(key: str) -> bool:
     if len(key) > 2 * MAX_NAME:
         return False
     name, version = rollup.split_model_key(key)
-    return bool(name) and len(name) <= MAX_NAME and len(version) <= MAX_NAME
+    return bool(name) and len(name) <= MAX_NAME and len(version) <= MAX_NAME and storable_text(key)
 
 
 def _models(value: Any) -> dict[str, Stats]:

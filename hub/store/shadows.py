@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.store.rollouts import announce
-from hub.store.sql import Sql
+from hub.store.sql import Sql, storable_text
 from outpost import rollup
 
 DEFAULT_CRITERIA: dict[str, float] = {
@@ -61,6 +61,8 @@ def fold(db: Sql, device_id: str, section: Any, now: float) -> None:
         name, candidate = rollup.split_model_key(key)
         if not isinstance(stats, dict) or not isinstance(stats.get("live"), str):
             continue
+        if not storable_text(key) or not storable_text(stats["live"]):
+            continue  # no roll-out is named so; binding it fails on one back-end
         if not db.execute(
             "SELECT 1 FROM rollouts WHERE name = ? AND version = ? AND state = 'shadow'",
             (name, candidate),

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hub.store.leases import Settings
-from hub.store.sql import Sql
+from hub.store.sql import Sql, storable_text
 from hub.store.tasks import HELD, move, requeue
 
 
@@ -48,6 +48,9 @@ def _update(
 ) -> list[tuple[str, str]]:
     outcomes = []
     for u in updates:
+        if not storable_text(u.task_id):  # no task has such an id; binding it fails on one
+            outcomes.append((u.task_id, "stale"))  # back-end the whole batch of devices
+            continue
         row = db.execute(
             "SELECT state, device_id, attempt, excluded, target FROM tasks WHERE task_id = ?",
             (u.task_id,),
@@ -82,4 +85,5 @@ def _reject(
     settings: Settings,
 ) -> None:
     full = {**dict(row), "device_id": device_id, "attempt": attempt}
-    requeue(db, task_id, full, now, settings.max_attempts, "rejected", reason or "no reason")
+    why = reason.replace("\x00", "\ufffd") or "no reason"  # as the result's error text
+    requeue(db, task_id, full, now, settings.max_attempts, "rejected", why)

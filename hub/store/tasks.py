@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.store import outbox
-from hub.store.sql import Sql
+from hub.store.sql import INT64_MAX, Sql, storable_text
 
 TERMINAL = ("succeeded", "failed", "expired", "cancelled")
 HELD = ("assigned", "accepted", "running")  # states in which a device holds the task
@@ -179,7 +179,11 @@ def apply_result(db: Sql, device_id: str, body: dict[str, Any], now: float) -> s
     first valid result ends the task. Anything else is recorded as late.
     """
     task_id, attempt = body.get("task_id"), body.get("attempt")
-    if not isinstance(task_id, str) or not isinstance(attempt, int):
+    if not isinstance(task_id, str) or not isinstance(attempt, int) or isinstance(attempt, bool):
+        return "malformed"
+    # Bound as the wire bounds an update's (`TaskId`, `Attempt`): a value a back-end cannot
+    # store would fail the transaction it shares with every upload of its batch.
+    if len(task_id) > MAX_TASK_ID or not storable_text(task_id) or not 1 <= attempt <= INT64_MAX:
         return "malformed"
     row = db.execute(
         "SELECT state, device_id, attempt FROM tasks WHERE task_id = ?", (task_id,)
@@ -203,7 +207,7 @@ def apply_result(db: Sql, device_id: str, body: dict[str, Any], now: float) -> s
         k: body.get(k)
         for k in ("label", "confidence", "scores", "latency_ms", "started_at", "finished_at")
     }
-    error = str(body.get("error") or "")[:512]
+    error = str(body.get("error") or "")[:512].replace("\x00", "\ufffd")
     db.execute(
         "UPDATE tasks SET result = ?, error = ? WHERE task_id = ?",
         (json.dumps(result), error, task_id),
@@ -222,6 +226,8 @@ def apply_result(db: Sql, device_id: str, body: dict[str, Any], now: float) -> s
 # ------------------------------------------------------------------------- internals
 
 _NUMBER = (int, float)
+MAX_TASK_ID = 40  # the wire's `TaskId`
+MAX_NUMBER = 1e15  # a result's numbers: times in seconds, latencies in ms, scores
 
 
 def _result_problem(body: dict[str, Any]) -> str:
@@ -230,8 +236,8 @@ def _result_problem(body: dict[str, Any]) -> str:
         return "status must be succeeded or failed"
     for key in ("confidence", "latency_ms", "started_at", "finished_at"):
         value = body.get(key)
-        if value is not None and (not isinstance(value, _NUMBER) or isinstance(value, bool)):
-            return f"{key} must be a number"
+        if value is not None and not _finite_number(value):
+            return f"{key} must be a finite number"
     for key in ("label", "error"):
         if body.get(key) is not None and not isinstance(body[key], str):
             return f"{key} must be a string"
@@ -239,10 +245,18 @@ def _result_problem(body: dict[str, Any]) -> str:
     if scores is not None and not (
         isinstance(scores, dict)
         and len(scores) <= 1000
-        and all(isinstance(k, str) and isinstance(v, _NUMBER) for k, v in scores.items())
+        and all(isinstance(k, str) and _finite_number(v) for k, v in scores.items())
     ):
-        return "scores must map labels to numbers"
+        return "scores must map labels to finite numbers"
     return ""
+
+
+def _finite_number(value: Any) -> bool:
+    return (
+        isinstance(value, _NUMBER)
+        and not isinstance(value, bool)
+        and -MAX_NUMBER <= value <= MAX_NUMBER  # NaN compares false: refused too
+    )
 
 
 _COLUMNS = """seq, task_id, state, model, version, dtype, priority, deadline, lease_s, target,
