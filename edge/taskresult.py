@@ -124,8 +124,9 @@ async def put_with_result(
 class Superseded(Exception):
     """The inbox holds a newer attempt of the task than its result carries."""
 
-    def __init__(self, attempt: int) -> None:
-        super().__init__(f"attempt {attempt} is held")
+    def __init__(self, task_id: str, attempt: int) -> None:
+        super().__init__(f"attempt {attempt} of {task_id} is held")
+        self.task_id = task_id
         self.attempt = attempt
 
 
@@ -136,7 +137,7 @@ def finish_run(task_id: str, attempt: int, claimed: list[Claimed] | None, db: An
     must carry the newer attempt, which the inbox holds for this run."""
     held = attempt_of(db, task_id)
     if held is not None and held > attempt:
-        raise Superseded(held)
+        raise Superseded(task_id, held)
     finish(db, task_id, attempt)
     if claimed is not None:
         claimed[:] = [claim_within(db, time.time(), 1)]

@@ -357,8 +357,9 @@ class TaskRunner:
                 )
                 break
             except (StreamFullError, StoreWriteError) as exc:
-                if isinstance(exc.__cause__, Superseded):  # given again as it waited
-                    attempt = exc.__cause__.attempt
+                cause = exc.__cause__
+                if isinstance(cause, Superseded) and cause.task_id == task.task_id:
+                    attempt = cause.attempt  # given again as it waited
                     continue
                 if box is not None and isinstance(exc, StoreWriteError):
                     hand_on = False  # the claim may be what failed: the result goes first

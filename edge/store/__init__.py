@@ -215,17 +215,28 @@ class AgentStore:
             expire = time.monotonic() - self._last_expire > EXPIRE_EVERY_S
             if expire:
                 self._last_expire = time.monotonic()
-            try:
-                outcomes, synced = self._commit(db, group, expire)
-            except Exception as exc:
-                logger.exception("committing %d records failed", count)
+            self._commit_and_tell(db, group, expire, loop)
+
+    def _commit_and_tell(
+        self, db: Database, group: list[Pending], expire: bool, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Commit `group` and answer each producer; should the commit fail, each append
+        again alone, so that what failed it (one append's values, its `first` or `then`)
+        fails only that append's producer (writer thread)."""
+        try:
+            outcomes, synced = self._commit(db, group, expire)
+        except Exception as exc:
+            if len(group) > 1:
                 for item in group:
-                    loop.call_soon_threadsafe(fail, item.done, exc)
-                continue
-            for item, outcome in zip(group, outcomes, strict=True):
-                loop.call_soon_threadsafe(settle, item.done, outcome)
-            if synced:  # else the sync thread says so once they are on the disk
-                loop.call_soon_threadsafe(self.appended.set)
+                    self._commit_and_tell(db, [item], expire, loop)
+                return
+            logger.exception("committing %d records failed", len(group[0].bodies))
+            loop.call_soon_threadsafe(fail, group[0].done, exc)
+            return
+        for item, outcome in zip(group, outcomes, strict=True):
+            loop.call_soon_threadsafe(settle, item.done, outcome)
+        if synced:  # else the sync thread says so once they are on the disk
+            loop.call_soon_threadsafe(self.appended.set)
 
     def _commit(
         self,
@@ -239,6 +250,7 @@ class AgentStore:
         unsynced = all(item.confirm == "written" for item in group)
         if expire:  # forgotten before the file changes: no read sees a copy it outdated
             self._tail.forget(s for s in TAILED if s in self._bounds and self._bounds[s].max_age_s)
+        changes = db.conn.total_changes
         outcomes, numbering = store_group(
             db, group, self._bounds, self._cipher, now, expire, unsynced, self._wear
         )
@@ -246,22 +258,25 @@ class AgentStore:
             if item.stream in TAILED and isinstance(outcome, Appended):
                 self._tail.added(item.stream, outcome.first_seq, now, item.bodies)
         self._generation += 1
+        synced = not unsynced and db.conn.total_changes != changes
         if unsynced:
             self._durable.unsynced(self._generation, numbering)
-        else:
+        elif synced:
             self._durable.synced(self._generation, numbering)
+        # Else a commit that wrote nothing (every append declined): SQLite wrote no frame
+        # to its log and so synced nothing, and earlier commits wait for their own sync.
         stored = sum(
             len(i.bodies) for i, o in zip(group, outcomes, strict=True) if isinstance(o, Appended)
         )
         self._wear.committed(sum(len(b) for i in group for b in i.bodies), stored)
-        return outcomes, not unsynced
+        return outcomes, synced
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a writing `fn` on the writer thread; a full or failing disk (even a delete
         needs room in the WAL) raises `StoreWriteError`, which callers survive."""
         try:
             return await self._db.run(fn, *args)
-        except READ_ERRORS as exc:  # a renumbering reads records too
+        except (*READ_ERRORS, OSError) as exc:  # a renumbering reads records, and syncs
             raise StoreWriteError(exc, "change") from exc
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -340,12 +355,14 @@ class AgentStore:
 
     def _align(self, db: Database, stream: str, hub_hwm: int) -> int:
         self._tail.forget([stream])  # renumbered: its copy goes before the file changes
+        changes = db.conn.total_changes
         with db.conn:
             db.conn.execute("BEGIN IMMEDIATE")
             shift = streams.align(db, stream, hub_hwm, self._cipher)
             numbering = confirmed.current(db)
-        self._generation += 1
-        self._durable.synced(self._generation, numbering)
+        if db.conn.total_changes != changes:  # else no sync: a stream aligned already
+            self._generation += 1
+            self._durable.synced(self._generation, numbering)
         return shift
 
     async def adopt_numbering(self, stream: str) -> bool:

@@ -2,8 +2,10 @@
 
 States: queued -> assigned -> accepted -> running -> succeeded | failed | expired |
 cancelled. `attempt` is the fencing token: each assignment increments it, and only a
-result (or update) carrying the current attempt, while the lease is current, counts.
-Everything else is recorded as late and changes nothing: the first valid result wins.
+result (or update) carrying the current attempt counts, until the allocation pass finds
+its lease lapsed and takes the task back (then the attempt moves on; a result that comes
+before that pass still ends the task, which no other device holds yet). Everything else
+is recorded as late and changes nothing: the first valid result wins.
 
 Each function runs on the store's worker thread as one unit of work; the allocation pass
 sweeps, plans with a pure function it is given and writes the plan, all in

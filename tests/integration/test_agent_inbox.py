@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.store import AgentStore, Bounds, StreamFullError, inbox
+from edge.store import AgentStore, Bounds, StoreWriteError, StreamFullError, inbox
 from edge.store.errors import AppendDeclined
 from edge.store.inbox import InboxTask, finish
 from outpost.sqlite import Database
@@ -268,3 +268,40 @@ async def test_only_the_newest_tombstones_are_kept(
 
     assert await store.inbox.put(task("tsk-1"), capacity=10) == "accepted"  # forgotten
     assert await store.inbox.put(task("tsk-2"), capacity=10) == "duplicate"
+
+
+async def test_an_append_whose_hook_fails_fails_alone_not_the_group_it_shared(
+    store: AgentStore,
+) -> None:
+    """Appends queued together share one transaction; one whose `then` fails (a task
+    whose inbox holds a newer attempt, say) is retried alone with the others, so that only
+    its producer hears of the failure."""
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def busy(db: Database) -> None:  # the store's thread, held until all three are queued
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+
+    def refuse(db: Database) -> None:
+        raise RuntimeError("refused in its transaction")
+
+    holding = asyncio.create_task(store._write(busy))
+    appends = [
+        asyncio.create_task(store.append("results", [{"n": 1}])),
+        asyncio.create_task(store.append("results", [{"n": 2}], then=refuse)),
+        asyncio.create_task(store.append("events", [{"n": 3}])),
+    ]
+    async with asyncio.timeout(30):
+        while len(store._queue) < 3:  # each append queued behind the held thread
+            await asyncio.sleep(0.01)  # a poll with a deadline
+    gate.set()
+    await holding
+    first, refused, events = await asyncio.gather(*appends, return_exceptions=True)
+
+    assert isinstance(refused, StoreWriteError)
+    assert isinstance(refused.__cause__, RuntimeError)
+    assert not isinstance(first, BaseException)
+    assert not isinstance(events, BaseException)
+    assert (first.first_seq, events.first_seq) == (1, 1)
+    rows = await store.batch("results", 0, max_records=10, max_bytes=1 << 20)
+    assert [body for _, _, body in rows] == [{"n": 1}]

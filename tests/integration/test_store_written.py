@@ -23,6 +23,7 @@ import pytest
 
 import edge.store.durable
 from edge.store import STREAMS, AgentStore, Bounds, confirmed
+from edge.store.errors import AppendDeclined
 from edge.store.inbox import InboxTask
 from tests.support import REPO
 
@@ -118,6 +119,31 @@ async def test_a_synced_append_waits_for_sqlites_own_sync(tmp_path: Path, held: 
         grouped = await asyncio.wait_for(asyncio.gather(written, synced), DEADLINE_S)
         assert [alone.first_seq] + [a.first_seq for a in grouped] == [1, 2, 3]
         assert not held.entered.is_set(), "a synced commit took the unsynced path"
+    finally:
+        held.release()
+        await store.close()
+
+
+async def test_a_commit_that_writes_nothing_takes_nothing_to_the_disk(
+    tmp_path: Path, held: HeldSync
+) -> None:
+    """A synced commit takes every commit before it to the disk, as SQLite syncs its log
+    with it; one that wrote nothing (a stream aligned already, an append declined) adds
+    nothing to the log, and SQLite syncs nothing: a written record stays unsent."""
+    path = tmp_path / "store.db"
+    store = AgentStore(path, UNBOUNDED)
+    await store.start()
+    try:
+        await store.align("results", 0)  # aligns: a write, synced by SQLite
+        written = await store.append("results", [{"n": 1}], confirm="written")
+        await store.align("results", 0)  # aligned already: writes nothing
+        with pytest.raises(AppendDeclined):
+            await store.append("events", [{"x": 1}], first=lambda db: False)
+        assert await _records(store) == []
+        assert _last_marked(path) == 0, "the mark ran ahead of the disk"
+        held.release()
+        await _until_records(store, [written.first_seq])
+        assert held.done == [f"{path}-wal"]
     finally:
         held.release()
         await store.close()
