@@ -60,7 +60,7 @@ def courier_routes(desk: Callable[[], CourierDesk]) -> list[Route]:
         from outpost.courier.sealing import BundleError
 
         limit = request.query.get("max_records", str(MAX_RECORDS))
-        if not limit.isdigit() or int(limit) < 1:
+        if not (limit.isascii() and limit.isdigit()) or int(limit) < 1:  # "²" is a digit
             return _refused(f"max_records must be a whole number from 1, got {limit!r}", 400)
         try:
             sealed, counts, more = await desk().export(int(limit))

@@ -144,7 +144,10 @@ def verify(public: ed25519.Ed25519PublicKey, signed: Signed) -> tuple[AgentManif
     except msgspec.ValidationError as exc:
         raise ReleaseFileError(f"agent release: {exc}") from exc
     check_manifest(manifest)
-    return manifest, float(body["issued_at"])
+    issued_at = body["issued_at"]
+    if not isinstance(issued_at, int | float) or isinstance(issued_at, bool):
+        raise ReleaseFileError(f"agent release: issued_at must be a number, got {issued_at!r}")
+    return manifest, float(issued_at)
 
 
 def write_signed(folder: Path, signed: Signed) -> None:

@@ -14,6 +14,14 @@ from urllib.parse import unquote
 import httptools
 
 from edge.localhttp.messages import Request, Response, error
+from edge.localhttp.refusals import (
+    MAX_HEAD_BYTES,
+    crowded,
+    head_too_large,
+    loopback,
+    misdirected,
+    too_large,
+)
 from edge.localhttp.routes import Route
 
 if TYPE_CHECKING:
@@ -21,7 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 32 * 1024  # the request line and headers
 MAX_HEADERS = 100
 MAX_PIPELINED = 16  # requests read ahead of their answers before reading pauses
 DISCARD_BYTES = 64 << 20  # of a refused body read and dropped before the connection closes
@@ -51,19 +58,24 @@ class Pending:
 class Connection(asyncio.Protocol):
     """One client connection: its parser, the request being read, the answers owed."""
 
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: HttpServer, *, tcp: bool = False) -> None:
         self._server = server
+        self._tcp = tcp  # the Host must then be a loopback name
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._pending: deque[Pending] = deque()
         self._answering = False
-        self._paused = False
+        self._paused = False  # reading, while MAX_PIPELINED answers are owed
+        self._backlogged = False  # the client does not take its answers (the write buffer)
+        self._drained = asyncio.Event()
         self._closing = False  # answer what was read, then close
         self._stopped = False  # nothing more is read from this connection
         self._last_active = time.monotonic()
+        self._request_began: float | None = None  # the first byte of a request not yet whole
         # httptools hands over a header only once it is whole, and keeps a partial one
-        # in a buffer of its own with no bound: a head still incomplete after a whole
-        # read is counted here (only reads that began and ended in the same head).
+        # in a buffer of its own with no bound: a head (or a chunked body's trailer
+        # fields, after its last chunk's size line) still incomplete after a whole read
+        # is counted here (only reads that began and ended in the same head).
         self._in_head = True
         self._completed = 0  # requests read whole on this connection
         self._partial_head = 0
@@ -86,11 +98,40 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        if self._server.crowded():
+            self._stopped = True
+            self._write(transport, crowded(), head_only=False, close=True)
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.forget(self)
         self._stopped = True
         self._pending.clear()  # no one to answer; a handler under way still finishes
+        self._drained.set()  # an answer waiting for room: nothing more is written
+
+    def pause_writing(self) -> None:
+        """The client does not read its answers as fast as they come: read no more of its
+        requests until it has (pipelined answers would pile up in memory unsent)."""
+        self._backlogged = True
+        self._drained.clear()
+        self._hold_reading()
+
+    def resume_writing(self) -> None:
+        self._backlogged = False
+        self._last_active = time.monotonic()
+        self._drained.set()
+        self._release_reading()
+
+    def _hold_reading(self) -> None:
+        if not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _release_reading(self) -> None:
+        if self._paused and not self._backlogged and len(self._pending) < MAX_PIPELINED // 2:
+            self._paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
 
     def eof_received(self) -> bool:
         """The client has sent all it will (a half-close): answer what it asked, then close."""
@@ -115,15 +156,17 @@ class Connection(asyncio.Protocol):
         if in_head and self._in_head and completed == self._completed and not self._stopped:
             self._partial_head += len(data)
             if self._partial_head > MAX_HEAD_BYTES:
-                self._refuse_now(_head_too_large())
+                self._refuse_now(head_too_large())
         if self._pending and not self._answering:
             self._answering = True
             asyncio.get_running_loop().create_task(self._answer_pending(), name="local-api.answer")
-        if len(self._pending) >= MAX_PIPELINED and not self._paused and self._transport:
-            self._paused = True
-            self._transport.pause_reading()
+        if len(self._pending) >= MAX_PIPELINED:
+            self._hold_reading()
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._request_began = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         if self._stopped or self._count_head(len(url)):
@@ -145,6 +188,9 @@ class Connection(asyncio.Protocol):
         self._in_head, self._partial_head = False, 0
         if self._stopped or self._refused is not None:
             return
+        if self._tcp and not loopback(self._headers.get("host")):
+            self._refuse(misdirected())
+            return
         try:
             url = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
@@ -164,15 +210,19 @@ class Connection(asyncio.Protocol):
         expects = self._headers.get("expect", "").lower() == "100-continue"
         if declared.isdigit() and int(declared) > limit:
             if expects:  # the client waits to hear before it sends: no body to drop
-                self._refuse_now(_too_large(limit))
+                self._refuse_now(too_large(limit))
             else:
-                self._refuse(_too_large(limit))
+                self._refuse(too_large(limit))
         elif expects and self._transport is not None and not self._pending and not self._answering:
             # (With answers owed, a 100 would jump their queue: the client's own wait
             # for it runs out, and it sends the body anyway.)
             self._transport.write(_CONTINUE)
 
+    def on_chunk_header(self) -> None:
+        self._in_head = True  # a chunk's size line; after the last one, trailer fields
+
     def on_body(self, body: bytes) -> None:
+        self._in_head, self._partial_head = False, 0
         if self._stopped:
             return
         self._body_size += len(body)
@@ -181,12 +231,14 @@ class Connection(asyncio.Protocol):
                 self._refuse_now(self._refused)
             return
         if self._body_size > self._limit:
-            self._refuse(_too_large(self._limit))
+            self._refuse(too_large(self._limit))
             return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         self._in_head = True  # what comes next is the next request's head
+        self._partial_head = 0
+        self._request_began = None
         self._completed += 1
         if self._stopped:
             return
@@ -222,7 +274,7 @@ class Connection(asyncio.Protocol):
         self._head_bytes += size
         if self._head_bytes <= MAX_HEAD_BYTES:
             return False
-        self._refuse_now(_head_too_large())
+        self._refuse_now(head_too_large())
         return True
 
     def _refuse(self, answer: Response) -> None:
@@ -241,11 +293,10 @@ class Connection(asyncio.Protocol):
         try:
             while self._pending:
                 pending = self._pending.popleft()
-                if self._paused and len(self._pending) < MAX_PIPELINED // 2:
-                    self._paused = False
-                    if self._transport is not None:
-                        self._transport.resume_reading()
+                self._release_reading()
                 answer = pending.refused or await self._run(pending)
+                if self._backlogged:  # the answers before it are not taken yet
+                    await self._drained.wait()
                 transport = self._transport
                 if transport is None or transport.is_closing():
                     return
@@ -317,17 +368,15 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def quiet_since(self, since: float) -> bool:
-        """Whether nothing has been read or answered since `since`, with no answer owed."""
+    def stale_since(self, since: float) -> bool:
+        """Whether the connection is due to close: nothing read or answered since `since`
+        with no answer owed, a request begun before `since` and not yet whole (a client
+        that trickles its bytes), or answers not taken since then."""
+        if self._request_began is not None and self._request_began < since:
+            return True
+        if self._backlogged:
+            return self._last_active < since
         return not self._answering and not self._pending and self._last_active < since
-
-
-def _head_too_large() -> Response:
-    return error(431, "headers_too_large", f"request head over {MAX_HEAD_BYTES} bytes")
-
-
-def _too_large(limit: int) -> Response:
-    return error(413, "too_large", f"body over the limit of {limit} bytes")
 
 
 def _unquote(segment: str) -> str:

@@ -19,7 +19,14 @@ What a client may rely on:
 - the local API's JSON error shape for what the server itself refuses: an unknown path
   (404, listing the paths), a wrong method (405, with `Allow`), a malformed request
   (400), a head over MAX_HEAD_BYTES (431);
-- a connection idle, or stuck mid-request, for KEEPALIVE_S is closed (one sweep, below).
+- a connection idle, or stuck mid-request, for KEEPALIVE_S is closed (one sweep, below),
+  as is one whose request is not whole KEEPALIVE_S after its first byte (a client that
+  trickles), or whose client has not taken its answers for that long; reading pauses
+  while a client does not take its answers;
+- at most MAX_CONNECTIONS open at once (a new one past it is answered 503 and closed);
+- over TCP (loopback only), a Host header that names anything but localhost, 127.0.0.1
+  or [::1] is answered 421: a browser page whose name was re-pointed at the device
+  (DNS rebinding) reaches nothing.
 
 The parsing and answering of one connection is connection.py's.
 """
@@ -35,6 +42,7 @@ from edge.localhttp.connection import Connection
 from edge.localhttp.routes import Routes
 
 KEEPALIVE_S = 75.0  # aiohttp's default, which local programs were written against
+MAX_CONNECTIONS = 256  # open at once; past it a new one is answered 503 and closed
 SHUTDOWN_S = 10.0  # for answers under way when the server stops
 
 
@@ -60,7 +68,7 @@ class HttpServer:
     async def serve_tcp(self, host: str, port: int) -> None:
         """Serve on `host`:`port` as well."""
         loop = asyncio.get_running_loop()
-        self._servers.append(await loop.create_server(self._connection, host, port))
+        self._servers.append(await loop.create_server(self._tcp_connection, host, port))
         self._sweep_idle()
 
     async def close(self) -> None:
@@ -80,10 +88,17 @@ class HttpServer:
         for server in self._servers:
             await server.wait_closed()
 
-    def _connection(self) -> Connection:
-        connection = Connection(self)
+    def _connection(self, *, tcp: bool = False) -> Connection:
+        connection = Connection(self, tcp=tcp)
         self._connections.add(connection)
         return connection
+
+    def _tcp_connection(self) -> Connection:
+        return self._connection(tcp=True)
+
+    def crowded(self) -> bool:
+        """Whether more connections are open than MAX_CONNECTIONS (the newest counted)."""
+        return len(self._connections) > MAX_CONNECTIONS
 
     def forget(self, connection: Connection) -> None:
         """Drop a connection that ended (its own call, from connection_lost)."""
@@ -105,9 +120,9 @@ class HttpServer:
         a timer re-armed on every request."""
         while True:
             await asyncio.sleep(self.keepalive_s / 5)
-            quiet_since = time.monotonic() - self.keepalive_s
+            since = time.monotonic() - self.keepalive_s
             for connection in list(self._connections):
-                if connection.quiet_since(quiet_since):
+                if connection.stale_since(since):
                     connection.abort()
 
     def date(self) -> str:
