@@ -75,8 +75,10 @@ class PolicyPublisher:
             else:
                 published.append((item.device_id, item.version))
                 logger.debug("policy version %d published for %s", item.version, item.device_id)
-        if published:
-            await self._store.mark_policy_published(published)
+        if published and (behind := await self._store.mark_policy_published(published)):
+            # Sent after a newer version of theirs: the broker keeps ours. Theirs again.
+            logger.info("policy of %d devices sent again: a newer one went first", len(behind))
+            self.request(behind)
         return published
 
     async def _send(self, item: ToPublish, now: float) -> None:

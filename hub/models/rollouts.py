@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from hub.fleet.wanted import Wanted
 from hub.store import Advanced, HubStore, Rollout, agentrollouts, shadows
+from hub.store.leadership import NotLeaderError
 from outpost import wire
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,15 @@ class RolloutService:
         their samples, and tell their devices (their shadow goes; a promoted one's
         canaries get the version)."""
         while True:
-            for j in await store.run(shadows.judge, time.time()):
+            try:
+                judged = await store.run(shadows.judge, time.time())
+            except NotLeaderError as exc:  # the leadership loop stops this loop next
+                logger.info("shadow roll-outs not judged: %s", exc)
+                judged = []
+            except Exception:  # a database that failed now (restarted, locked): not the hub's end
+                logger.exception("shadow roll-outs: could not judge them; trying again")
+                judged = []
+            for j in judged:
                 logger.info("roll-out %d: %s", j.rollout_id, j.reason)
                 self.request(j.devices, force=True)
             await asyncio.sleep(every_s)

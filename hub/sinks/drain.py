@@ -99,9 +99,17 @@ class Drain:
 
     async def run(self) -> None:
         name = self.config.name
-        cursor = await self._store.run(outbox.open_cursor, name, time.time())
-        position = cursor.position
         retry = Reconnect(cap=RETRY_CAP_S, spread=1.0, seed=name)
+        while True:  # the database away at start: this sink waits, not the hub's end
+            try:
+                cursor = await self._store.run(outbox.open_cursor, name, time.time())
+                break
+            except Exception as exc:
+                wait = retry.next_delay()
+                logger.warning("sink %s: no cursor yet: %s (next try in %.1f s)", name, exc, wait)
+                await asyncio.sleep(wait)  # the sink's back-off, not a synchronisation
+        retry.reset()
+        position = cursor.position
         sink: Sink | None = None
         try:
             while True:

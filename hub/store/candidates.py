@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, cast
 
 import msgspec
 
-from hub.store.sql import Sql
+from hub.store.sql import Sql, marks
 
 if TYPE_CHECKING:
     from hub.store.leases import Settings
@@ -53,11 +53,13 @@ def read_candidates(
     *,
     with_room_only: bool = False,
     needed: set[str] | None = None,
+    named: set[str] | None = None,
 ) -> list[Candidate]:
     """Online devices that take tasks; with `with_room_only`, only those holding fewer
     tasks than they may (all a pass can use: in a busy fleet, a few of many); with
     `needed` (model names), only those whose reported models name one of them (in any state: the
-    planner checks which are ready)."""
+    planner checks which are ready), and those `named` (a task names the device: it is
+    given it whatever it reports, and says if it cannot run it)."""
     concurrency_params = [settings.max_slots, settings.max_slots]
     slots_params = [*concurrency_params, settings.prefetch] * 2  # _CONCURRENCY + ?, twice
     params: list[object] = [*concurrency_params, *slots_params]
@@ -67,8 +69,12 @@ def read_candidates(
         params += slots_params
     if needed is not None:
         patterns = sorted({p for name in needed for p in _naming(name)})
-        where += " AND (" + " OR ".join(["d.models LIKE ? ESCAPE '\\'"] * len(patterns)) + ")"
-        params += patterns
+        ids = sorted(named or ())
+        alternatives = ["d.models LIKE ? ESCAPE '\\'"] * len(patterns)
+        if ids:
+            alternatives.append(f"d.device_id IN ({marks(len(ids))})")
+        where += " AND (" + " OR ".join(alternatives) + ")"
+        params += [*patterns, *ids]
     out = []
     stale_s = settings.stale_after_heartbeats
     # Rows unpacked by position: a pass reads every online device with room, and each

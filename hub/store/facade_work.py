@@ -130,9 +130,9 @@ class WorkStore:
         and any not yet published."""
         return await self._db.run(policies.refresh, device_ids, now)
 
-    async def mark_policy_published(self, published: list[tuple[str, int]]) -> None:
-        """(device id, version) pairs sent."""
-        await self._db.run(policies.mark_published, published)
+    async def mark_policy_published(self, published: list[tuple[str, int]]) -> list[str]:
+        """(device id, version) pairs sent; the devices to send their newer version again."""
+        return await self._db.run(policies.mark_published, published)
 
     async def device_policy(self, device_id: str) -> Effective | None:
         return await self._db.run(policies.effective, device_id)

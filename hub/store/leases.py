@@ -129,7 +129,8 @@ def _allocate(
     # 130 ms, twice a second. A longer queue is a busy fleet's, where the pass reads
     # only the few devices with room anyway.
     needed = {q.model for q in head} if len(head) <= SHORT_QUEUE else None
-    candidates = read_candidates(db, now, settings, with_room_only=True, needed=needed)
+    named = {str(q.target["device"]) for q in head if q.target.get("device")}
+    candidates = read_candidates(db, now, settings, with_room_only=True, needed=needed, named=named)
     assigned: list[Assigned] = []
     passed = scanned = 0  # queued tasks looked at and left queued; all looked at
     # Page through the queue in priority order until the devices are full: tasks no

@@ -164,15 +164,30 @@ def refresh(db: Sql, device_ids: list[str] | None, now: float) -> list[ToPublish
     return out
 
 
-def mark_published(db: Sql, published: list[tuple[str, int]]) -> None:
-    """These (device, version)s went out; a newer version made meanwhile stays unsent.
+def mark_published(db: Sql, published: list[tuple[str, int]]) -> list[str]:
+    """These (device, version)s went out; return the devices whose version had moved on.
+
+    A newer version made meanwhile may have gone out before this one (two refreshes at
+    once, on one replica or two): the broker then keeps the older one, retained. Its
+    newer version is marked unsent again, for the caller to send once more, last.
     Not synced to disk: a mark lost in a crash only sends that policy again."""
+    behind = []
     with db.soft(), db.write():
         for device_id, version in published:
+            row = db.execute(
+                "SELECT version FROM device_policy WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            if row is not None and row["version"] > version:
+                db.execute(
+                    "UPDATE device_policy SET published = 0 WHERE device_id = ?", (device_id,)
+                )
+                behind.append(device_id)
+                continue
             db.execute(
                 "UPDATE device_policy SET published = 1 WHERE device_id = ? AND version = ?",
                 (device_id, version),
             )
+    return behind
 
 
 def report(db: Sql, device_id: str, applied: int, rejected: int, reason: str, now: float) -> None:

@@ -81,6 +81,27 @@ async def test_unplaceable_tasks_do_not_hide_runnable_ones_behind_them(store: Hu
     ]
 
 
+async def test_a_task_naming_a_device_that_reports_none_of_its_models_is_given_it(
+    store: HubStore,
+) -> None:
+    """The operator chose the device; it says whether it can run the task. A short
+    queue's pass read only devices that report a queued model, so the task waited until
+    the queue grew long."""
+    now = time.time()
+    await store.record_presence(
+        [
+            HelloSeen("dev-n", "c", now, "generic", "1", 1.0, {}, "rt", [], 1),
+            HeartbeatSeen("dev-n", "c", now, 1.0, {"cpu_percent": 5.0}),
+        ]
+    )
+    await online(store, "dev-a")  # reports the model: read either way
+    await store.create_tasks([new("tsk-named", target={"device": "dev-n"})], now=now)
+
+    assigned, _ = await store.allocate(now=time.time(), settings=SETTINGS, plan=plan)
+
+    assert [(a.task_id, a.device_id) for a in assigned] == [("tsk-named", "dev-n")]
+
+
 async def test_a_full_device_is_asked_again_and_a_refusing_one_is_not(store: HubStore) -> None:
     await online(store, "dev-a")
     await store.create_tasks(
