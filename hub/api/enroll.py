@@ -33,7 +33,14 @@ class EnrollRequest(Struct, frozen=True):
 
     token: Annotated[str, Meta(max_length=4096, description="one-time bootstrap token")]
     csr: Annotated[str, Meta(max_length=16384, description="PEM certificate signing request")]
-    profile: Annotated[str, Meta(max_length=64, description="name of the device's profile")]
+    profile: Annotated[
+        str,
+        Meta(
+            max_length=64,
+            pattern=r"^[^\x00-\x1f\x7f]*$",  # kept, logged and shown: no control characters
+            description="name of the device's profile",
+        ),
+    ]
     name: Annotated[
         str,
         Meta(

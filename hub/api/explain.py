@@ -63,7 +63,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         ref, seq = data.pop("device", None), data.pop("seq", None)
         if not isinstance(ref, str):
             raise bad_field("body.device", "a stored result needs the device's id or name")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
             raise bad_field("body.seq", "a stored result needs its seq, an integer from 1")
         for key in ("model", "version", "input", "dtype"):
             if key in data:

@@ -7,6 +7,7 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import (
     Annotated,
@@ -26,6 +27,9 @@ from outpost.schema import Struct
 T = TypeVar("T")
 R = TypeVar("R")
 MAX_BODY = web.AppKey("max_body", int)
+# A JSON string's NUL, written as its escape (raw control characters are not JSON): an
+# even run of backslashes before it is escaped backslashes, an odd one escapes it.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 
@@ -79,7 +83,10 @@ async def read(request: web.Request, max_bytes: int | None = None) -> bytes:
 def decode(cls: type[T], raw: bytes, where: str = "body") -> T:
     """Decode JSON `raw` into `cls`, checked as it is parsed (msgspec, in one pass): 400
     naming the field that is wrong. JSON has no NaN or infinity, and numbers out of a
-    field's range (or of a double's) are refused."""
+    field's range (or of a double's) are refused; so is a NUL character in a string,
+    which PostgreSQL's text cannot hold (the same request answers alike on both)."""
+    if _NUL_ESCAPE.search(raw):
+        raise bad_field(where, "strings may not hold a NUL character (\\u0000)")
     try:
         return msgspec.json.decode(raw, type=cls, strict=True)
     except msgspec.ValidationError as exc:
@@ -136,9 +143,23 @@ def decode_cursor(request: web.Request, kind: type[Any]) -> Any:
         value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))["after"]
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise bad_field("query.cursor", "cursor is not one this API returned") from exc
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, kind) or isinstance(value, bool) or not _storable(value):
         raise bad_field("query.cursor", "cursor is not one this API returned")
     return value
+
+
+def _storable(value: Any) -> bool:
+    """Whether a key from a cursor can be bound on both back-ends: a 64-bit integer, or
+    text with no NUL and no lone surrogate."""
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return "\x00" not in value
+    return True
 
 
 def page(found: Sequence[R], size: int, out: Callable[[R], T], key: Callable[[R], Any]) -> Page[T]:

@@ -22,6 +22,7 @@ from hub.api.errors import ApiError
 from hub.api.params import Page
 from hub.monitoring.metrics import HubMetrics
 from hub.store import AuditEntry, HubStore
+from outpost import wire
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Answers of an enrollment or renewal route that count as a failed login from the address.
 BOOTSTRAP_REFUSALS = frozenset({401, 403, 422})
+MAX_AUDITED_PATH = 512  # characters of a request's path the audit log keeps
 VERIFIED_CACHE = 1024  # tokens whose signature was checked, kept to skip re-checking
 PRINCIPAL = web.RequestKey("principal", Principal)
 DEVICE = web.RequestKey("device", str)  # the device id of a "device" route's caller
@@ -95,6 +97,7 @@ class Guard:
             started = time.perf_counter()
             status = 500
             try:
+                _no_nul(request)
                 if route.access == "device":
                     await self._authorise_device(request)
                 elif route.access == "bootstrap":
@@ -117,7 +120,9 @@ class Guard:
                     series = self.metrics.http_seconds.labels(route.method, route.path, str(status))
                     timed[status] = series
                 series.observe(time.perf_counter() - started)
-                if route.method in MUTATING:
+                # Not the answers to an address held off for failing too often: each
+                # cost a row, and a client with no token could write them without end.
+                if route.method in MUTATING and status != 429:
                     await self._audit(request, route, status)
 
         return guarded
@@ -213,7 +218,7 @@ class Guard:
             ),
             role=principal.role if principal else None,
             method=route.method,
-            path=request.path,
+            path=wire.clip(request.path, MAX_AUDITED_PATH),
             action=route.action or route.summary,
             status=status,
             detail=json.dumps(detail, sort_keys=True),
@@ -224,6 +229,15 @@ class Guard:
             logger.exception(
                 "could not write the audit entry for %s %s", route.method, request.path
             )
+
+
+def _no_nul(request: web.Request) -> None:
+    """400 for a NUL character in the path or the query, which PostgreSQL's text cannot
+    hold: a lookup with one failed there (500) and answered on SQLite."""
+    if "\x00" in request.path or any(
+        "\x00" in key or "\x00" in value for key, value in request.query.items()
+    ):
+        raise ApiError(400, "bad_request", "the path or query holds a NUL character (%00)")
 
 
 # What a handler wants the audit log to keep about a mutation (never a secret).
