@@ -45,6 +45,8 @@ def open_store(paths: HubPaths, config: HubConfig | None = None) -> Iterator[Hub
 
     config = config or load_config(paths.root)
     store = HubStore(config.database(paths.database))
+    if config.sinks:  # a command's changes reach the sinks as the running hub's do
+        store.publish_events()
     try:
         yield store
     finally:

@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hub.sinks.base import Sink
-from hub.sinks.config import SinkConfig
+from hub.sinks.config import SinkConfig, shown
 from hub.sinks.drain import Bounds, Drain
 from hub.store import HubStore, outbox
 from hub.store.outbox import SinkCursor
@@ -81,7 +81,7 @@ async def statuses(store: HubStore, configs: list[SinkConfig]) -> list[SinkStatu
             SinkStatus(
                 name=config.name,
                 kind=config.kind,
-                url=config.url,
+                url=shown(config.url),  # a viewer sees no credential a webhook's URL carries
                 state=cursor.state if cursor else "unknown",
                 error=cursor.error if cursor else "",
                 position=position,

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from hub.sinks.base import CONTENT_TYPE, Event, EventRefusedError, SinkError
-from hub.sinks.config import SinkConfig, plain_only, read_secret, tls_context
+from hub.sinks.config import SinkConfig, plain_only, read_secret, shown, tls_context
 
 RETRY_LATER = frozenset({408, 429})
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -41,7 +41,7 @@ class WebhookSink:
         if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in LOOPBACK):
             raise ValueError(
                 f"sink {config.name}: url must be https:// (http:// only to a loopback "
-                f"address), got {config.url!r}"
+                f"address), got {shown(config.url)!r}"
             )
         if not config.credentials_file:
             raise ValueError(
@@ -50,6 +50,7 @@ class WebhookSink:
             )
         self.name = config.name
         self._url = config.url
+        self._shown = shown(config.url)  # in messages: no user, password or query in it
         self._secret = read_secret(config.credentials_file, f"sink {config.name}").encode()
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         self._session: aiohttp.ClientSession | None = None
@@ -84,11 +85,11 @@ class WebhookSink:
                     status = response.status
                     text = (await response.text())[:200] if status >= 300 else ""
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise SinkError(f"POST {self._url} failed: {exc or type(exc).__name__}") from exc
+                raise SinkError(f"POST {self._shown} failed: {exc or type(exc).__name__}") from exc
             if 200 <= status < 300:
                 continue
             if status in RETRY_LATER or status >= 500:
-                raise SinkError(f"POST {self._url} answered {status}: {text}")
+                raise SinkError(f"POST {self._shown} answered {status}: {text}")
             raise EventRefusedError(event, f"answered {status}: {text}")
 
     async def close(self) -> None:

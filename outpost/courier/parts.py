@@ -112,7 +112,7 @@ def read_part(path: Path) -> Part:
         raw = path.read_bytes()
     except OSError as exc:
         raise BundleError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    part, _ = _parse(raw, str(path), alone=True)
+    part, _ = _parse(raw, str(path), alone=True, at=0)
     return Part(path, part.header, part.data)
 
 
@@ -120,8 +120,9 @@ def parts_of(blob: bytes, name: str) -> list[Part]:
     """The parts in `blob`, one part file's bytes after another (an upload of several
     part files at once), each checked whole."""
     found: list[Part] = []
-    while blob:
-        part, blob = _parse(blob, f"{name} (part {len(found) + 1} in it)", alone=False)
+    at = 0
+    while at < len(blob):  # by offset: a copy of the rest after each part was quadratic
+        part, at = _parse(blob, f"{name} (part {len(found) + 1} in it)", alone=False, at=at)
         found.append(part)
     if not found:
         raise BundleError(f"{name}: empty")
@@ -136,16 +137,17 @@ def as_part(sealed: bytes, name: str) -> bytes:
     return MARK + struct.pack(">I", len(header_bytes)) + header_bytes + sealed + END
 
 
-def _parse(raw: bytes, name: str, *, alone: bool) -> tuple[Part, bytes]:
-    """The part at the start of `raw`, and what follows it (nothing when `alone`)."""
-    if not raw.startswith(MARK):
-        if MARK.startswith(raw):  # empty, or cut within the mark
-            raise BundleError(f"{name}: cut short ({len(raw)} bytes): written only in part?")
+def _parse(raw: bytes, name: str, *, alone: bool, at: int) -> tuple[Part, int]:
+    """The part at offset `at` of `raw`, and the offset after it (nothing may follow it
+    when `alone`). Offsets below are from `at`."""
+    if not raw.startswith(MARK, at):
+        if MARK.startswith(raw[at : at + len(MARK)]):  # empty, or cut within the mark
+            raise BundleError(f"{name}: cut short ({len(raw) - at} bytes): written only in part?")
         raise BundleError(f"{name}: not a part of an Outpost bundle")
-    start = len(MARK) + 4
+    start = at + len(MARK) + 4
     if len(raw) < start:
-        raise BundleError(f"{name}: cut short ({len(raw)} bytes): written only in part?")
-    (size,) = struct.unpack(">I", raw[len(MARK) : start])
+        raise BundleError(f"{name}: cut short ({len(raw) - at} bytes): written only in part?")
+    (size,) = struct.unpack(">I", raw[start - 4 : start])
     if size > MAX_HEADER_BYTES:
         raise BundleError(f"{name}: its header is malformed")
     if len(raw) < start + size:
@@ -161,8 +163,8 @@ def _parse(raw: bytes, name: str, *, alone: bool) -> tuple[Part, bytes]:
     if not whole:
         raise BundleError(
             f"{name}: part {header.index} of {header.count} is cut short or padded "
-            f"({len(raw):,} bytes, {end:,} expected): the stick was removed while it "
-            "was written? Export it again."
+            f"({len(raw) - at:,} bytes, {end - at:,} expected): the stick was removed while "
+            "it was written? Export it again."
         )
     data = raw[start + size : end - len(END)]
     if hashlib.sha256(data).hexdigest() != header.sha256:
@@ -170,7 +172,7 @@ def _parse(raw: bytes, name: str, *, alone: bool) -> tuple[Part, bytes]:
             f"{name}: part {header.index} of {header.count} does not match its checksum: "
             "changed or damaged since it was written"
         )
-    return Part(Path(name), header, data), raw[end:]
+    return Part(Path(name), header, data), end
 
 
 def find_parts(paths: Iterable[Path]) -> list[Path]:
