@@ -349,7 +349,8 @@ async def test_path_tricks_in_a_download_serve_nothing_outside_the_releases(
             # encoded: sent as written, with no dot segments resolved by the client.
             async with session.get(yarl.URL(f"{base}/{trick}", encoded=True), ssl=device) as got:
                 body = await got.read()
-                assert got.status == 404, (trick, got.status)
+                # A NUL is refused before any route looks (400); the rest find nothing.
+                assert got.status == (400 if "%00" in trick else 404), (trick, got.status)
                 assert b"SECRET-" not in body, trick
                 assert body != wheel, trick
 
