@@ -135,9 +135,9 @@ def finish_run(task_id: str, attempt: int, claimed: list[Claimed] | None, db: An
     task takes its slot, in the same transaction. Rolled back if the hub gave the task
     again meanwhile (its lease lapsed while the result waited for room): the result
     must carry the newer attempt, which the inbox holds for this run."""
-    held = attempt_of(db, task_id)
-    if held is not None and held > attempt:
-        raise Superseded(task_id, held)
-    finish(db, task_id, attempt)
+    if not finish(db, task_id, attempt):  # the usual case costs no read of the attempt
+        held = attempt_of(db, task_id)
+        if held is not None and held > attempt:
+            raise Superseded(task_id, held)
     if claimed is not None:
         claimed[:] = [claim_within(db, time.time(), 1)]

@@ -24,7 +24,7 @@ from outpost.sqlite import Database, soft_state
 Confirm = Literal["synced", "written"]
 
 # Work done in the transaction that commits an append, only if the append is stored.
-Then = Callable[[Database], None]
+Then = Callable[[Database], object]  # what it returns is not used
 # Work done first in that transaction; the records are stored only if it answers True
 # (its own writes commit either way): a task put in the inbox and its result, at once.
 First = Callable[[Database], bool]

@@ -207,13 +207,14 @@ def attempt_of(db: Database, task_id: str) -> int | None:
     return int(row["attempt"]) if row else None
 
 
-def finish(db: Database, task_id: str, attempt: int) -> None:
+def finish(db: Database, task_id: str, attempt: int) -> bool:
     """Mark a task whose result was appended done (inside that append's transaction),
-    keeping the newest `DONE_KEPT` tombstones (and at most `DONE_SLACK` more)."""
-    db.execute(
+    keeping the newest `DONE_KEPT` tombstones (and at most `DONE_SLACK` more); whether
+    the inbox held it at that attempt."""
+    held = db.execute(
         "UPDATE inbox SET state = 'done', input = X'' WHERE task_id = ? AND attempt = ?",
         (task_id, attempt),
-    )
+    ).rowcount
     # Trimmed in steps of DONE_SLACK: sorting every tombstone to drop the oldest one
     # was a tenth of the agent's time per task. Counting them walks the index.
     (done,) = db.execute("SELECT COUNT(*) FROM inbox WHERE state = 'done'").fetchone()
@@ -223,6 +224,7 @@ def finish(db: Database, task_id: str, attempt: int) -> None:
                    WHERE state = 'done' ORDER BY received_at DESC LIMIT -1 OFFSET ?)""",
             (DONE_KEPT,),
         )
+    return held > 0
 
 
 def cancel(db: Database, task_id: str, attempt: int) -> str:

@@ -27,6 +27,7 @@ from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, Route
 from outpost.modelbundle import MANIFEST_FILE, SAMPLE_FILE
+from outpost.schema import INT64_MAX
 
 if TYPE_CHECKING:
     from edge.inference.runner import ModelRunner
@@ -63,7 +64,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         ref, seq = data.pop("device", None), data.pop("seq", None)
         if not isinstance(ref, str):
             raise bad_field("body.device", "a stored result needs the device's id or name")
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= INT64_MAX:
             raise bad_field("body.seq", "a stored result needs its seq, an integer from 1")
         for key in ("model", "version", "input", "dtype"):
             if key in data:

@@ -22,7 +22,7 @@ from msgspec import Meta
 
 from hub.api.errors import ApiError, bad_field
 from outpost import schema
-from outpost.schema import Struct
+from outpost.schema import INT64_MAX, Struct
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -152,7 +152,7 @@ def _storable(value: Any) -> bool:
     """Whether a key from a cursor can be bound on both back-ends: a 64-bit integer, or
     text with no NUL and no lone surrogate."""
     if isinstance(value, int):
-        return -(2**63) <= value < 2**63
+        return -INT64_MAX - 1 <= value <= INT64_MAX
     if isinstance(value, str):
         try:
             value.encode()

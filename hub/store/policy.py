@@ -174,19 +174,17 @@ def mark_published(db: Sql, published: list[tuple[str, int]]) -> list[str]:
     behind = []
     with db.soft(), db.write():
         for device_id, version in published:
-            row = db.execute(
-                "SELECT version FROM device_policy WHERE device_id = ?", (device_id,)
-            ).fetchone()
-            if row is not None and row["version"] > version:
-                db.execute(
-                    "UPDATE device_policy SET published = 0 WHERE device_id = ?", (device_id,)
-                )
-                behind.append(device_id)
-                continue
-            db.execute(
+            if db.execute(
                 "UPDATE device_policy SET published = 1 WHERE device_id = ? AND version = ?",
                 (device_id, version),
-            )
+            ).rowcount:
+                continue  # the usual case: no read of the version first
+            moved_on = db.execute(
+                "UPDATE device_policy SET published = 0 WHERE device_id = ? AND version > ?",
+                (device_id, version),
+            ).rowcount
+            if moved_on:
+                behind.append(device_id)
     return behind
 
 

@@ -28,14 +28,17 @@ T = TypeVar("T")
 
 # Values bound in one `IN (...)` read: well under every back-end's parameter limit.
 BIND_CHUNK = 500
-# The largest integer both back-ends store (SQLite's INTEGER, PostgreSQL's BIGINT).
-INT64_MAX = 2**63 - 1
 
 
 def storable_text(value: str) -> bool:
     """Whether a text from a device can be bound as it is: PostgreSQL's text holds no NUL
     character (SQLite's does, so one back-end would take what the other fails on)."""
     return "\x00" not in value
+
+
+def without_nul(value: str) -> str:
+    """A free text from a device (an error, a reason), its NUL characters replaced."""
+    return value.replace("\x00", "\ufffd")
 
 
 def chunked(items: Sequence[T], size: int = BIND_CHUNK) -> Iterator[Sequence[T]]:

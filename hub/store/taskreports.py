@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hub.store.leases import Settings
-from hub.store.sql import Sql, storable_text
+from hub.store.sql import Sql, storable_text, without_nul
 from hub.store.tasks import HELD, move, requeue
 
 
@@ -85,5 +85,5 @@ def _reject(
     settings: Settings,
 ) -> None:
     full = {**dict(row), "device_id": device_id, "attempt": attempt}
-    why = reason.replace("\x00", "\ufffd") or "no reason"  # as the result's error text
+    why = without_nul(reason) or "no reason"  # as the result's error text
     requeue(db, task_id, full, now, settings.max_attempts, "rejected", why)

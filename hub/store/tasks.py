@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.store import outbox
-from hub.store.sql import INT64_MAX, Sql, storable_text
+from hub.store.sql import Sql, storable_text, without_nul
+from outpost import schema, wire
+from outpost.schema import INT64_MAX
 
 TERMINAL = ("succeeded", "failed", "expired", "cancelled")
 HELD = ("assigned", "accepted", "running")  # states in which a device holds the task
@@ -209,7 +211,7 @@ def apply_result(db: Sql, device_id: str, body: dict[str, Any], now: float) -> s
         k: body.get(k)
         for k in ("label", "confidence", "scores", "latency_ms", "started_at", "finished_at")
     }
-    error = str(body.get("error") or "")[:512].replace("\x00", "\ufffd")
+    error = without_nul(str(body.get("error") or "")[:512])
     db.execute(
         "UPDATE tasks SET result = ?, error = ? WHERE task_id = ?",
         (json.dumps(result), error, task_id),
@@ -228,7 +230,7 @@ def apply_result(db: Sql, device_id: str, body: dict[str, Any], now: float) -> s
 # ------------------------------------------------------------------------- internals
 
 _NUMBER = (int, float)
-MAX_TASK_ID = 40  # the wire's `TaskId`
+MAX_TASK_ID = schema.max_len(wire.TaskUpdate, "task_id")  # as the wire bounds an update's
 MAX_NUMBER = 1e15  # a result's numbers: times in seconds, latencies in ms, scores
 
 
