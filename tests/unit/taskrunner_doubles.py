@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edge.store import AgentStore, Bounds
@@ -107,3 +108,14 @@ async def until(check: Any, what: str) -> None:
 async def stored_results(store: AgentStore) -> list[dict[str, Any]]:
     rows = await store.batch("results", 0, max_records=100, max_bytes=1 << 20)
     return [body for _, _, body in rows]
+
+
+@contextlib.asynccontextmanager
+async def agent_store(path: Path, bounds: Bounds = UNBOUNDED) -> AsyncIterator[AgentStore]:
+    """A started agent store at `path`, every stream within `bounds`; closed after."""
+    opened = AgentStore(path, {"results": bounds, "events": bounds, "metrics": bounds})
+    await opened.start()
+    try:
+        yield opened
+    finally:
+        await opened.close()

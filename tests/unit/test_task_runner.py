@@ -24,9 +24,9 @@ from edge.store import AgentStore, Bounds
 from edge.tasks import TaskRunner
 from outpost import wire
 from tests.unit.taskrunner_doubles import (
-    UNBOUNDED,
     Answer,
     GatedModel,
+    agent_store,
     assignment,
     ready_to_start,
     running,
@@ -37,12 +37,8 @@ from tests.unit.taskrunner_doubles import (
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[AgentStore]:
-    opened = AgentStore(
-        tmp_path / "store.db", {"results": UNBOUNDED, "events": UNBOUNDED, "metrics": UNBOUNDED}
-    )
-    await opened.start()
-    yield opened
-    await opened.close()
+    async with agent_store(tmp_path / "store.db") as opened:
+        yield opened
 
 
 async def test_no_more_tasks_run_at_once_than_the_slots_and_each_claim_reports_once(
@@ -382,10 +378,7 @@ async def test_a_lone_task_whose_result_finds_the_stream_full_runs_on_until_ther
     """The put commits without its result: the task is in the inbox as running, the hub
     hears "running", and its result is appended once the stream has room."""
     monkeypatch.setattr("edge.tasks.FULL_RETRY_S", 0.02)
-    one = Bounds(1, 0, 0)
-    store = AgentStore(tmp_path / "store.db", {"results": one, "events": one, "metrics": one})
-    await store.start()
-    try:
+    async with agent_store(tmp_path / "store.db", Bounds(1, 0, 0)) as store:
         filler = (await store.append("results", [{"kind": "filler"}])).last_seq
         model = GatedModel()
         model.gate.set()
@@ -409,5 +402,3 @@ async def test_a_lone_task_whose_result_finds_the_stream_full_runs_on_until_ther
         (result,) = await stored_results(store)
         assert (result["task_id"], result["status"]) == ("t-1", "succeeded")
         assert await store.inbox.depth() == (0, 0)
-    finally:
-        await store.close()

@@ -24,8 +24,8 @@ from edge.tasks import TaskRunner
 from outpost import wire
 from outpost.aio import cancel_until_done
 from tests.unit.taskrunner_doubles import (
-    UNBOUNDED,
     GatedModel,
+    agent_store,
     assignment,
     ready_to_start,
     running,
@@ -36,12 +36,8 @@ from tests.unit.taskrunner_doubles import (
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[AgentStore]:
-    opened = AgentStore(
-        tmp_path / "store.db", {"results": UNBOUNDED, "events": UNBOUNDED, "metrics": UNBOUNDED}
-    )
-    await opened.start()
-    yield opened
-    await opened.close()
+    async with agent_store(tmp_path / "store.db") as opened:
+        yield opened
 
 
 def _runner(store: AgentStore, model: GatedModel, told: list[tuple[str, str]]) -> TaskRunner:
@@ -193,10 +189,7 @@ async def test_a_task_given_again_while_its_result_waits_for_room_ends_with_the_
     newer attempt for the run it holds: the result carries it, and the task leaves the
     inbox (it stayed held as running, and later attempts were accepted and never run)."""
     monkeypatch.setattr("edge.tasks.FULL_RETRY_S", 0.02)
-    one = Bounds(1, 0, 0)
-    store = AgentStore(tmp_path / "store.db", {"results": one, "events": one, "metrics": one})
-    await store.start()
-    try:
+    async with agent_store(tmp_path / "store.db", Bounds(1, 0, 0)) as store:
         filler = (await store.append("results", [{"kind": "filler"}])).last_seq
         model = GatedModel()
         model.gate.set()
@@ -211,5 +204,3 @@ async def test_a_task_given_again_while_its_result_waits_for_room_ends_with_the_
         ((task_id, attempt),) = [(r["task_id"], r["attempt"]) for r in await stored_results(store)]
         assert (task_id, attempt) == ("t-1", 2)
         assert await store.inbox.depth() == (0, 0)
-    finally:
-        await store.close()
