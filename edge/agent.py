@@ -102,7 +102,13 @@ class Agent:
             # Task and model states go out through whichever connection is up, if any.
             outbox = Outbox(device_id)
             uploader = Uploader(store, device_id, self.config.sync)
-            deployer = Deployer(self.paths, self.identity.hub_url, inference, outbox.model_state)
+            deployer = Deployer(
+                self.paths,
+                self.identity.hub_url,
+                inference,
+                outbox.model_state,
+                device_id=self.identity.device_id,
+            )
             tasks = TaskRunner(
                 store,
                 inference,

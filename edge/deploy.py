@@ -25,7 +25,7 @@ from edge.deployfetch import RETRY_CAP_S, ReleaseFetcher, ReleaseRefused
 from edge.deploystate import DeployStates, Key, Record
 from edge.identity import DevicePaths
 from edge.inference.service import InferenceService
-from outpost import release, signing, wire
+from outpost import offerseal, release, signing, wire
 from outpost.modelbundle import BundleError, Manifest
 from outpost.signing import Signed
 
@@ -46,9 +46,11 @@ class Deployer:
         service: InferenceService,
         report: Report,
         *,
+        device_id: str,
         retry_cap: float = RETRY_CAP_S,
     ) -> None:
         self._paths = paths
+        self._device_id = device_id  # what an offer's seal must name
         self._service = service
         self._slots = service.slots
         self._directory = service.directory
@@ -59,6 +61,7 @@ class Deployer:
         self._state_file = self._directory.root / STATE_FILE
         self._states: DeployStates | None = None
         self._loading = asyncio.Lock()
+        self._offering = asyncio.Lock()  # offers taken one at a time, in the order they came
         self._saving = asyncio.Lock()  # one writer of the state file at a time
         self._key: ed25519.Ed25519PublicKey | None = None
         self._pending: dict[str, release.Release] = {}  # by model name: the newest offer wins
@@ -70,7 +73,12 @@ class Deployer:
 
     async def offer(self, releases: wire.ModelReleases) -> None:
         """Take the hub's list of releases; queue those not yet handled (never waits for
-        a download). A release refused by its signature is reported at once."""
+        a download). A release refused by its signature is reported at once; an offer
+        whose seal is refused, or older than one taken, is ignored as a whole."""
+        async with self._offering:
+            await self._offer(releases)
+
+    async def _offer(self, releases: wire.ModelReleases) -> None:
         states = await self._loaded()
         try:
             key = await self._public_key()
@@ -79,6 +87,8 @@ class Deployer:
             for signed in releases.releases:
                 detail = f"the hub's signing key is unusable: {exc}"
                 await self._refuse_unverified(states, signed.document, detail, final=False)
+            return
+        if not await self._in_order(states, key, releases):
             return
         # Each list is the whole of what the hub wants: a queued release it no longer
         # names is dropped (the one in progress finishes).
@@ -104,6 +114,45 @@ class Deployer:
                 # it after a halted one) waits on the word.
                 await self._send(record)
         await self._offer_shadows(key, releases.shadows)
+
+    async def _in_order(
+        self, states: DeployStates, key: ed25519.Ed25519PublicKey, offer: wire.ModelReleases
+    ) -> bool:
+        """Whether to take this offer: its seal is the hub's, for this device, for these
+        lists, and numbered no lower than the last taken (see outpost/offerseal.py). An
+        unsealed one is taken only until a sealed one was: from a hub that seals none."""
+        if offer.seal is None:
+            if states.offer_seq:
+                logger.warning(
+                    "model releases ignored: the offer is not sealed, and this device took "
+                    "sealed ones (up to number %d): replayed, or from a hub that seals none",
+                    states.offer_seq,
+                )
+                return False
+            return True
+        try:
+            seal = offerseal.verify(
+                key,
+                Signed(offer.seal.document, offer.seal.signature),
+                self._device_id,
+                [r.document for r in offer.releases],
+                [r.document for r in offer.shadows],
+            )
+        except offerseal.SealError as exc:
+            logger.warning("model releases ignored: %s", exc)
+            return False
+        if seal.seq < states.offer_seq:
+            logger.warning(
+                "model releases ignored: offer %d is older than offer %d, taken already "
+                "(replayed, or overtaken on its way)",
+                seal.seq,
+                states.offer_seq,
+            )
+            return False
+        if seal.seq > states.offer_seq:
+            states.offer_seq = seal.seq
+            await self._save(states)  # before acting on it: a restart must not go back
+        return True
 
     async def _offer_shadows(
         self, key: ed25519.Ed25519PublicKey, shadows: list[wire.SignedRelease]
@@ -244,13 +293,16 @@ class Deployer:
         """Keep a release's new state on disk, then report it."""
         states = await self._loaded()
         states.put(record)
+        await self._save(states)
+        await self._send(record)
+
+    async def _save(self, states: DeployStates) -> None:
         data = states.dump()
         async with self._saving:
             try:
                 await asyncio.to_thread(deploystate.write, self._state_file, data)
             except OSError as exc:  # a full disk must not stop the roll-out; reported anyway
                 logger.error("deploy states not saved: %s", exc)
-        await self._send(record)
 
     async def _send(self, record: Record) -> None:
         try:

@@ -62,8 +62,10 @@ class Record:
 class DeployStates:
     """The records, oldest first; the newest of each model is its current one."""
 
-    def __init__(self, records: list[Record] | None = None) -> None:
+    def __init__(self, records: list[Record] | None = None, offer_seq: int = 0) -> None:
         self._records = list(records or [])
+        # The number of the newest sealed offer taken (outpost/offerseal.py); 0: none yet.
+        self.offer_seq = offer_seq
 
     def find(self, key: Key) -> Record | None:
         return next((r for r in self._records if r.key == key), None)
@@ -108,7 +110,11 @@ class DeployStates:
         return [newest[name] for name in sorted(newest)]
 
     def dump(self) -> bytes:
-        body = {"format": FORMAT, "releases": [asdict(r) for r in self._records]}
+        body = {
+            "format": FORMAT,
+            "releases": [asdict(r) for r in self._records],
+            "offer_seq": self.offer_seq,  # an agent from before seals ignores it
+        }
         return json.dumps(body, indent=1, sort_keys=True).encode()
 
     def save(self, path: Path) -> None:
@@ -134,7 +140,13 @@ class DeployStates:
             logger.error("deploy states %s: no list of releases, starting afresh", path)
             return cls()
         records = [r for r in map(_record, releases) if r is not None]
-        return cls(records)
+        offer_seq = body.get("offer_seq", 0)
+        if isinstance(offer_seq, bool) or not isinstance(offer_seq, int) or offer_seq < 0:
+            logger.error(
+                "deploy states %s: offer_seq %r is not a number, taken as 0", path, offer_seq
+            )
+            offer_seq = 0
+        return cls(records, offer_seq)
 
 
 def write(path: Path, data: bytes) -> None:

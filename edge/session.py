@@ -180,6 +180,7 @@ class Session:
             task_inbox=self._config.task_inbox,
             compression=list(self._config.sync.compression),
             store=await self._unaligned_store(),
+            sealed_offers=True,  # edge/deploy.py checks each offer's seal
         )
         payload = wire.encode("hello", hello)
 

@@ -215,7 +215,7 @@ class Hub:
         dispatcher = Dispatcher(leader_store, self.config, outbound.publish, queue=store)
         signing_key = await asyncio.to_thread(load_signing_key, self.paths)
         policies = PolicyPublisher(store, signing_key, outbound.publish_retained)
-        rollouts = RolloutService(store, outbound.publish_retained)
+        rollouts = RolloutService(store, outbound.publish_retained, signing_key)
         shelf = ModelShelf(self.paths.models, store, signing_key)
 
         async def greeted(device_ids: list[str]) -> None:

@@ -15,8 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from hub.models.releases import ModelShelf
+from hub.models.rollouts import sealed_offer
 from hub.store import HubStore, courierleases
 from hub.store import courier as registry
+from hub.store.offers import Offer
 from hub.tasks import allocation
 from outpost import policy, release, wire
 from outpost.courier import content, sealing
@@ -145,7 +147,9 @@ class HubBundles:
     ) -> tuple[wire.ModelReleases | None, list[content.ModelFile]]:
         """The releases the device should run (as the roll-outs would send them), and
         the file of each it does not report holding (by name, version and sha256)."""
-        desired = (await self._store.desired_releases_of([device_id])).get(device_id, [])
+        now = time.time()
+        offer = (await self._store.offers_of([device_id], now=now))[device_id]
+        desired = offer.releases
         if not desired:
             return None, []
         held = {(m.get("name"), m.get("version"), m.get("sha256")) for m in has}
@@ -159,8 +163,9 @@ class HubBundles:
                 raise BundleError(f"model {m.name} {m.version} has no file on this hub")
             data = await asyncio.to_thread(path.read_bytes)
             files.append(content.ModelFile(m.name, m.version, m.sha256, data))
-        signed = [wire.SignedRelease(document=d, signature=s) for d, s in desired]
-        return wire.ModelReleases(releases=signed), files
+        # No shadows: their files do not travel, and a site without a link has nowhere
+        # to download them from.
+        return sealed_offer(self._key, Offer(device_id, offer.seq, desired, []), now), files
 
     async def _policy(self, device_id: str, now: float) -> wire.SignedPolicy | None:
         # The current effective policy, given its version first if it changed.

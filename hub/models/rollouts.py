@@ -16,10 +16,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from hub.fleet.wanted import Wanted
 from hub.store import Advanced, HubStore, Rollout, agentrollouts, shadows
 from hub.store.leadership import NotLeaderError
-from outpost import wire
+from hub.store.offers import Offer
+from outpost import offerseal, wire
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +32,12 @@ SHADOW_JUDGE_S = 2.0  # how often shadow roll-outs are looked at (cheap when non
 
 
 class RolloutService:
-    def __init__(self, store: HubStore, publish: PublishRetained) -> None:
+    def __init__(
+        self, store: HubStore, publish: PublishRetained, key: ed25519.Ed25519PrivateKey
+    ) -> None:
         self._store = store
         self._publish = publish
+        self._key = key  # seals each offer (outpost/offerseal.py)
         self._wanted = Wanted()
         self._forced: set[str] = set()
 
@@ -167,25 +173,17 @@ class RolloutService:
         while True:
             wanted = list(await self._wanted.take())
             forced, self._forced = self._forced, set()  # no await since the take: in step
-            try:
-                # One store call for them all: a ramp of hellos asks for every new device.
-                desired = await self._store.desired_releases_of(wanted)
-            except Exception as exc:  # their next hellos ask again
-                logger.warning("model releases for %d devices not read: %s", len(wanted), exc)
-                continue
-            try:
-                shadowing = await self._store.run(shadows.desired_shadows_of, wanted)
-            except Exception as exc:  # their next hellos ask again
-                logger.warning("shadows for %d devices not read: %s", len(wanted), exc)
-                continue
-            due = [
-                (d, releases, shadowing.get(d, []))
-                for d, releases in desired.items()
-                if releases or d in forced or d in shadowing
-            ]
-            for first in range(0, len(due), SEND_AT_ONCE):
-                chunk = due[first : first + SEND_AT_ONCE]
-                await asyncio.gather(*(self._send(d, r, s) for d, r, s in chunk))
+            for first in range(0, len(wanted), SEND_AT_ONCE):
+                # One store call per chunk: a ramp of hellos asks for every new device,
+                # and the offers' numbers are taken in order with what they offer.
+                chunk = wanted[first : first + SEND_AT_ONCE]
+                try:
+                    read = await self._store.offers_of(chunk, now=time.time())
+                except Exception as exc:  # their next hellos ask again
+                    logger.warning("model releases for %d devices not read: %s", len(chunk), exc)
+                    continue
+                due = [o for d, o in read.items() if o.releases or o.shadows or d in forced]
+                await asyncio.gather(*(self._send(o) for o in due))
             try:
                 agent = await self._store.run(agentrollouts.desired_agent_of, wanted)
             except Exception as exc:  # their next hellos ask again
@@ -204,17 +202,30 @@ class RolloutService:
         except Exception as exc:  # its next hello asks again
             logger.warning("agent release for %s not sent: %s", device_id, exc)
 
-    async def _send(
-        self,
-        device_id: str,
-        releases: list[tuple[bytes, bytes]],
-        shadowing: list[tuple[bytes, bytes]],
-    ) -> None:
-        body = wire.ModelReleases(
-            releases=[wire.SignedRelease(document=d, signature=s) for d, s in releases],
-            shadows=[wire.SignedRelease(document=d, signature=s) for d, s in shadowing],
-        )
+    async def _send(self, offer: Offer) -> None:
+        body = sealed_offer(self._key, offer, time.time())
+        topic = wire.down_topic(offer.device_id, "models")
         try:
-            await self._publish(wire.down_topic(device_id, "models"), wire.encode("models", body))
+            await self._publish(topic, wire.encode("models", body))
         except Exception as exc:  # its next hello asks again
-            logger.warning("model releases for %s not sent: %s", device_id, exc)
+            logger.warning("model releases for %s not sent: %s", offer.device_id, exc)
+
+
+def sealed_offer(key: ed25519.Ed25519PrivateKey, offer: Offer, now: float) -> wire.ModelReleases:
+    """The offer as sent, sealed if the device checks seals (its number is not 0)."""
+    seal = None
+    if offer.seq:
+        signed = offerseal.sign(
+            key,
+            offer.device_id,
+            offer.seq,
+            [d for d, _ in offer.releases],
+            [d for d, _ in offer.shadows],
+            now,
+        )
+        seal = wire.OfferSeal(document=signed.document, signature=signed.signature)
+    return wire.ModelReleases(
+        releases=[wire.SignedRelease(document=d, signature=s) for d, s in offer.releases],
+        shadows=[wire.SignedRelease(document=d, signature=s) for d, s in offer.shadows],
+        seal=seal,
+    )

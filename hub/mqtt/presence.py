@@ -28,6 +28,7 @@ def presence_event(
             models=[schema.dump(m) for m in body.models],
             task_slots=body.task_slots,
             task_inbox=body.task_inbox,
+            sealed_offers=body.sealed_offers,
         )
     if isinstance(body, wire.Heartbeat):
         return HeartbeatSeen(

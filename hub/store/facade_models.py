@@ -7,7 +7,7 @@ past a few hundred lines; each method runs its SQL module's function on the engi
 
 from __future__ import annotations
 
-from hub.store import catalog, modelfiles, rollouts
+from hub.store import catalog, modelfiles, offers, rollouts
 from hub.store.catalog import StoredModel
 from hub.store.engine import Engine
 from hub.store.rollouts import Advanced, Rollout
@@ -100,6 +100,11 @@ class ModelStore:
         self, device_ids: list[str]
     ) -> dict[str, list[tuple[bytes, bytes]]]:
         return await self._db.run(rollouts.desired_releases_of, device_ids)
+
+    async def offers_of(self, device_ids: list[str], *, now: float) -> dict[str, offers.Offer]:
+        """What each device should run and shadow, numbered for the seal of those that
+        check one (hub/store/offers.py)."""
+        return await self._db.run(offers.offers_of, device_ids, now)
 
     async def halt_rollout(self, rollout_id: int, reason: str, *, now: float) -> Advanced | None:
         """Halt a roll-out in progress; None if there is no such roll-out."""

@@ -35,6 +35,7 @@ class HelloSeen:
     models: list[dict[str, Any]] = field(default_factory=list)
     task_slots: int = 0
     task_inbox: int = 0
+    sealed_offers: bool = False  # it checks the seal on its offers of model releases
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ PresenceEvent = HelloSeen | HeartbeatSeen | ConnectionLost
 
 _HELLO = """INSERT INTO devices (device_id, name, profile, labels, online, conn, last_seen,
                last_heartbeat, heartbeat_interval, agent_version, capabilities, runtime, models,
-               task_slots, task_inbox)
-           VALUES (?, ?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               task_slots, task_inbox, sealed_offers)
+           VALUES (?, ?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (device_id) DO UPDATE SET
                profile = excluded.profile, conn = excluded.conn,
                -- a revoked device that still got through (the broker's CRL not yet
@@ -75,7 +76,8 @@ _HELLO = """INSERT INTO devices (device_id, name, profile, labels, online, conn,
                heartbeat_interval = excluded.heartbeat_interval,
                agent_version = excluded.agent_version, capabilities = excluded.capabilities,
                runtime = excluded.runtime, models = excluded.models,
-               task_slots = excluded.task_slots, task_inbox = excluded.task_inbox"""
+               task_slots = excluded.task_slots, task_inbox = excluded.task_inbox,
+               sealed_offers = excluded.sealed_offers"""
 # A heartbeat takes the device's connection only when it brings the device online.
 # While online, the connection is the latest hello's: a heartbeat of an older one that
 # arrives after it (from another replica, or a slow queue) must not take it back, or the
@@ -226,6 +228,7 @@ def _hello_values(e: HelloSeen) -> tuple[Any, ...]:
         json.dumps(e.models, sort_keys=True),
         e.task_slots,
         e.task_inbox,
+        int(e.sealed_offers),
     )
 
 

@@ -21,7 +21,7 @@ from hub.store.sql import Sql
 from outpost.modelbundle import MODEL_FILE
 
 # Rows the migrations themselves write: replaced by the source's, not counted as data.
-SEEDED = {"policy_seq", "leadership"}
+SEEDED = {"policy_seq", "offer_seq", "leadership"}
 # Not data: the migration ledger, SQLite's own bookkeeping, who leads right now.
 SKIPPED = {"_migrations", "sqlite_sequence", "leadership", "model_files"}
 BATCH = 1000

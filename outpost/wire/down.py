@@ -121,10 +121,25 @@ class SignedRelease(Struct, frozen=True):
     signature: Signature
 
 
-class ModelReleases(Struct, frozen=True):
+class OfferSeal(Struct, frozen=True):
+    """The hub's seal on one offer of releases (see `outpost/offerseal.py`)."""
+
+    document: Annotated[
+        bytes,
+        Meta(
+            max_length=8192,
+            description="msgpack: device_id, seq, issued_at, and the sha256 of each "
+            "release and shadow document offered, in order",
+        ),
+    ]
+    signature: Signature
+
+
+class ModelReleases(Struct, frozen=True, omit_defaults=True):
     """The models the hub wants the device to run, one release per model name (retained on
     `down/models`): the device installs and activates each it does not run yet. Models
-    not named are left as they are."""
+    not named are left as they are. Encoded without the fields left at their default, so
+    an agent from before `seal` reads every offer a hub makes it (it gets no seal)."""
 
     releases: Annotated[
         list[SignedRelease], Meta(max_length=MAX_RELEASES, description="the releases")
@@ -137,6 +152,13 @@ class ModelReleases(Struct, frozen=True):
             "never serving), one per model name",
         ),
     ] = []
+    seal: Annotated[
+        OfferSeal | None,
+        Meta(
+            description="the hub's seal, for a device whose hello said `sealed_offers`: "
+            "this offer, for this device, and its place in the order of offers"
+        ),
+    ] = None
 
 
 class AgentRelease(Struct, frozen=True):

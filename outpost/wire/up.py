@@ -98,6 +98,13 @@ class Hello(Struct, frozen=True, omit_defaults=True):
             "a courier bundle, its ack says so (`numbered_by`)",
         ),
     ] = ""
+    sealed_offers: Annotated[
+        bool,
+        Meta(
+            description="it takes only sealed offers of model releases once it has had "
+            "one (`models.seal`): the hub seals every offer it makes the device"
+        ),
+    ] = False
 
 
 class TaskLoad(Struct, frozen=True):

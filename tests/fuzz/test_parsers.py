@@ -29,8 +29,9 @@ from hub.access import apitokens
 from hub.config import SECTION as HUB_SECTION
 from hub.config import HubConfig
 from hub.fleet import bootstrap
-from outpost import modelbundle, policy, release, schema, settings, signing, wire
+from outpost import modelbundle, offerseal, policy, release, schema, settings, signing, wire
 from outpost.modelbundle import BundleError
+from outpost.offerseal import SealError
 from outpost.policy import PolicyError
 from outpost.release import ReleaseError
 from outpost.settings import SettingsError
@@ -281,6 +282,28 @@ def test_release_verify_raw_documents(raw: bytes, choice: int) -> None:
     count("release.verify")
     signed = signed_variants({"manifest": MANIFEST}, raw, choice)
     refuses_only(ReleaseError, lambda: release.verify(PUBLIC, signed))
+
+
+SEAL_BODY = {
+    "device_id": DEVICE,
+    "seq": 5,
+    "issued_at": 1.7e9,
+    "releases": offerseal.digests([b"doc"]),
+    "shadows": [],
+}
+
+
+@given(
+    st.dictionaries(st.sampled_from([*SEAL_BODY, "other"]), VALUES, min_size=0, max_size=5).map(
+        lambda changes: {**SEAL_BODY, **changes}
+    ),
+    st.binary(max_size=256),
+    st.integers(0, 2),
+)
+def test_offerseal_verify(body: dict[str, Any], raw: bytes, choice: int) -> None:
+    count("offerseal.verify")
+    signed = signed_variants(body, raw, choice)
+    refuses_only(SealError, lambda: offerseal.verify(PUBLIC, signed, DEVICE, [b"doc"], []))
 
 
 @given(

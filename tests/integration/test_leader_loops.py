@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hub.models.rollouts import RolloutService
 from hub.store import HubStore
@@ -43,7 +44,9 @@ async def test_the_shadow_judge_goes_on_after_a_failed_unit_and_a_refused_fence(
         raise AssertionError("nothing to publish: no shadow roll-out")
 
     judging = asyncio.create_task(
-        RolloutService(store, publish).judge_shadows(store.fenced(fence), every_s=0.01)
+        RolloutService(store, publish, ed25519.Ed25519PrivateKey.generate()).judge_shadows(
+            store.fenced(fence), every_s=0.01
+        )
     )
     try:
         async with asyncio.timeout(DEADLINE_S):

@@ -38,6 +38,7 @@ from tests.support import SHIPPED_MODELS, eventually, free_port
 VIBRATION, SURFACE = "vibration-anomaly", "surface-defect"
 FOLDERS = {VIBRATION: SHIPPED_MODELS[0], SURFACE: SHIPPED_MODELS[1]}
 UNBOUNDED = Bounds(0, 0, 0)
+DEVICE = "dev-1"
 
 
 # ------------------------------------------------------------------- the fake hub
@@ -137,7 +138,7 @@ class Device:
     async def start_deployer(self) -> Deployer:
         await self.stop_deployer()
         self.deployer = Deployer(
-            self.paths, self.hub_url, self.service, self.report, retry_cap=0.05
+            self.paths, self.hub_url, self.service, self.report, device_id=DEVICE, retry_cap=0.05
         )
         self.task = asyncio.create_task(self.deployer.run(), name="test.deployer")
         return self.deployer

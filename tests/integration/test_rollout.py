@@ -5,14 +5,20 @@ every device keeps serving the version it had."""
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
 from hub.app import Hub
+from hub.fleet.enrollment import load_signing_key
+from hub.models.rollouts import sealed_offer
+from outpost import tls, wire
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.databases import hub_backend  # noqa: F401 - each test on SQLite and PostgreSQL
@@ -57,14 +63,16 @@ def _serving(models: list[dict[str, Any]]) -> str | None:
     )
 
 
-async def _start(api: ApiClient, token: str, share: float) -> dict[str, Any]:
+async def _start(
+    api: ApiClient, token: str, share: float, version: str = "1.1.0"
+) -> dict[str, Any]:
     reply = await api.call(
         "POST",
         "/api/v1/rollouts",
         token=token,
         body={
             "model": "vibration-anomaly",
-            "version": "1.1.0",
+            "version": version,
             "selector": {"site": "mill"},
             "canary_share": share,
         },
@@ -147,3 +155,70 @@ async def test_a_canary_that_refuses_the_model_halts_the_rollout(
         if canary["device"] in p.read_text()
     )
     assert not list((canary_paths.models / ".downloads").glob("*"))  # partial removed
+
+
+async def test_an_older_offer_sent_again_does_not_take_a_device_back(
+    hub: Hub, api: ApiClient, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    """Whoever can publish on a device's `down/models` (a broker the fleet does not
+    trust) replays the offer of 1.1.0 after the device moved on to 1.2.0: the agent
+    ignores it, by the offer's seal, and keeps serving 1.2.0."""
+    paths, identity = await enroll_device("generic", {"site": "mill"})
+    ModelDirectory(paths.models).install(VIBRATION)
+    agent = agents(paths)
+    device_id = identity.device_id
+    admin = await api.token("admin")
+
+    async def serving(version: str) -> bool:
+        device = await hub.parts.store.device(device_id)
+        return device is not None and device.online and _serving(device.models) == version
+
+    await eventually(lambda: serving("1.0.0"), timeout=30, what="the agent online with 1.0.0")
+    replayed = b""
+    for version in ("1.1.0", "1.2.0"):
+        model, manifest, sample = bundle_parts(VIBRATION, version=version)
+        assert (await upload(hub, admin, model, manifest, sample)).status == 201
+        await _start(api, admin, 1.0, version=version)
+        await eventually(
+            functools.partial(serving, version), timeout=60, what=f"the device serving {version}"
+        )
+        if not replayed:
+            replayed = await _offer_now(hub, device_id)  # an offer of 1.1.0
+
+    assert wire.decode(replayed, kinds=wire.DOWN_KINDS).body.seal is not None
+    async with _hub_client(hub) as broker:  # as a broker could, the offer kept retained
+        await broker.publish(wire.down_topic(device_id, "models"), replayed, qos=1, retain=True)
+
+    def since_1_2_0() -> str:
+        return agent.log.read_text(errors="replace").split(
+            "model vibration-anomaly 1.2.0 active (release deployed)"
+        )[-1]
+
+    async def settled() -> bool:  # the agent ignored the offer, or went back to 1.1.0
+        after = since_1_2_0()
+        return "taken already" in after or "vibration-anomaly 1.1.0 active" in after
+
+    await eventually(settled, timeout=30, what="the agent to handle the replayed offer")
+    assert "model releases ignored: offer" in since_1_2_0()
+    assert "vibration-anomaly 1.1.0 active" not in since_1_2_0()
+    assert await serving("1.2.0")
+
+
+def _hub_client(hub: Hub) -> aiomqtt.Client:
+    p = hub.paths
+    return aiomqtt.Client(
+        "127.0.0.1",
+        hub.config.mqtt_port,
+        identifier="outpost-hub-test",
+        tls_context=tls.client_context(p.ca_cert, p.client_cert, p.client_key),
+        protocol=aiomqtt.ProtocolVersion.V5,
+        timeout=30,
+    )
+
+
+async def _offer_now(hub: Hub, device_id: str) -> bytes:
+    """The offer the hub makes the device now, sealed with the hub's key and numbered as
+    it would send it: what the broker keeps retained on the device's `down/models`."""
+    key = load_signing_key(hub.paths)
+    offer = (await hub.parts.store.offers_of([device_id], now=time.time()))[device_id]
+    return wire.encode("models", sealed_offer(key, offer, time.time()))

@@ -492,3 +492,29 @@ def test_a_hello_names_its_store_only_when_it_has_one() -> None:
 
     assert "store" not in plain
     assert msgpack.unpackb(wire.encode("hello", named))["body"]["store"] == "ab12"
+
+
+def test_an_offer_is_sealed_only_for_a_device_that_checks_seals() -> None:
+    """An agent from before seals (which refuses unknown keys) reads every offer a hub
+    makes it: the hub seals none for it, and an unsealed offer carries no `seal` key (nor
+    `shadows`, when there are none); a hub from before them reads every hello of an agent
+    whose `sealed_offers` is off."""
+    release = wire.SignedRelease(document=b"doc", signature=b"s" * 64)
+    plain = msgpack.unpackb(wire.encode("models", wire.ModelReleases(releases=[release])))
+    assert plain["body"] == {"releases": [{"document": b"doc", "signature": b"s" * 64}]}
+
+    seal = wire.OfferSeal(document=b"seal", signature=b"t" * 64)
+    sealed = wire.ModelReleases(releases=[release], seal=seal)
+    decoded = wire.decode(wire.encode("models", sealed), kinds=wire.DOWN_KINDS)
+    assert decoded.body == sealed
+
+    hello = Hello(
+        conn="c1",
+        agent_version="1.0.0",
+        profile="generic",
+        heartbeat_interval=10.0,
+        capabilities=Capabilities(cores=2, memory_bytes=1, disk_bytes=1, accelerator="", arch="x"),
+    )
+    assert "sealed_offers" not in msgpack.unpackb(wire.encode("hello", hello))["body"]
+    checking = msgspec.structs.replace(hello, sealed_offers=True)
+    assert msgpack.unpackb(wire.encode("hello", checking))["body"]["sealed_offers"] is True

@@ -38,4 +38,5 @@ MIGRATIONS: list[Migration] = [
     ("021_agent_release_files", fleet.m021_agent_release_files),
     ("022_shadow_rollouts", models.m022_shadow_rollouts),
     ("023_task_sweeps", work.m023_task_sweeps),
+    ("024_sealed_offers", models.m024_sealed_offers),
 ]

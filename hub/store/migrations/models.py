@@ -132,3 +132,13 @@ def m022_shadow_rollouts(db: Sql) -> None:
             PRIMARY KEY (model, candidate, live, device_id)
         )"""
     )
+
+
+def m024_sealed_offers(db: Sql) -> None:
+    # Offers of model releases are sealed (outpost/offerseal.py) for the devices that
+    # check seals, numbered by one counter for the fleet: a device takes none older than
+    # the last it took. `offer_seq` never goes back, not even past a restore from an
+    # older backup: each new number is at least the clock's milliseconds.
+    db.execute("ALTER TABLE devices ADD COLUMN sealed_offers INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE TABLE offer_seq (value INTEGER NOT NULL)")
+    db.execute("INSERT INTO offer_seq (value) VALUES (0)")
