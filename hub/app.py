@@ -247,6 +247,7 @@ class Hub:
             leader_store,
             source=self.config.hub_url,
             keep_s=self.config.sink_keep_s,
+            dead_letters_keep_s=self.config.sink_dead_letters_keep_s,
             bounds=Bounds(self.config.sink_max_lag_events, self.config.sink_max_lag_s),
         )
         metrics.registry.register(sinks.collector)

@@ -148,6 +148,15 @@ class HubConfig(LimitSettings, frozen=True):
             description="seconds delivered events stay in the outbox, for `sinks replay`",
         ),
     ] = 86400.0
+    sink_dead_letters_keep_s: Annotated[
+        float,
+        Meta(
+            ge=3600,
+            le=366 * 86400,
+            description="seconds a sink's dead letters (events its receiver refused for "
+            "good) are kept; each sink keeps its newest 10,000 at most",
+        ),
+    ] = 30 * 86400.0
     sink_max_lag_events: Annotated[
         int,
         Meta(

@@ -22,6 +22,7 @@ from hub.store.outbox import SinkCursor
 logger = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 60.0
+DEAD_LETTERS_PER_SINK = 10_000  # the newest kept; older ones go (and after their keep)
 STATUS_EVERY_S = 5.0  # /metrics shows the sinks as of at most this long ago
 
 
@@ -109,10 +110,12 @@ class SinkService:
         source: str,
         keep_s: float,
         bounds: Bounds,
+        dead_letters_keep_s: float = 30 * 86400.0,
     ) -> None:
         self.configs = configs
         self._store = store
         self._keep_s = keep_s
+        self._dead_letters_keep_s = dead_letters_keep_s
         self.drains = [Drain(c, store, make_sink, source=source, bounds=bounds) for c in configs]
         self.collector = SinkCollector()
 
@@ -144,6 +147,14 @@ class SinkService:
                     gone = await self._store.run(outbox.prune, names, self._keep_s, time.time())
                     if gone:
                         logger.debug("outbox: %d delivered events pruned", gone)
+                    gone = await self._store.run(
+                        outbox.prune_dead_letters,
+                        self._dead_letters_keep_s,
+                        DEAD_LETTERS_PER_SINK,
+                        time.time(),
+                    )
+                    if gone:
+                        logger.info("sinks: %d dead letters past their keep pruned", gone)
             except Exception as exc:  # the database is away: the next round tries again
                 logger.warning("sink upkeep failed: %s", exc)
             await asyncio.sleep(STATUS_EVERY_S)  # a period, not a synchronisation

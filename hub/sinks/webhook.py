@@ -6,7 +6,9 @@ Headers: `Content-Type: application/cloudevents+json`, `ce-id` (the dedupe key),
 the body's bytes under the secret (docs/sinks.md shows how a receiver checks it).
 
 A 2xx answer delivers the event. 408, 429, 5xx, a timeout or a refused connection mean
-"later": the drain retries with back-off. Any other 4xx refuses that event for good: it
+"later": the drain retries with back-off. 401, 403, 404, 405, 407 and 410 turn the hub
+itself away (a secret or URL out of date), not this event: the sink fails, retried at the
+slowest pace, and its events wait for it. Any other 4xx refuses that event for good: it
 goes to the dead-letter table and the next one is sent.
 """
 
@@ -24,6 +26,9 @@ from hub.sinks.base import CONTENT_TYPE, Event, EventRefusedError, SinkError
 from hub.sinks.config import SinkConfig, plain_only, read_secret, shown, tls_context
 
 RETRY_LATER = frozenset({408, 429})
+# Answers about the receiver's door, not the event: were they dead letters, a receiver
+# whose secret was rotated would have every event the hub sends thrown away.
+REFUSES_THE_HUB = frozenset({401, 403, 404, 405, 407, 410})
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
@@ -90,6 +95,12 @@ class WebhookSink:
                 continue
             if status in RETRY_LATER or status >= 500:
                 raise SinkError(f"POST {self._shown} answered {status}: {text}")
+            if status in REFUSES_THE_HUB:
+                raise SinkError(
+                    f"POST {self._shown} answered {status}: the receiver turns the hub away "
+                    f"(check the sink's url and secret); its events wait: {text}",
+                    permanent=True,
+                )
             raise EventRefusedError(event, f"answered {status}: {text}")
 
     async def close(self) -> None:

@@ -283,3 +283,18 @@ def prune(db: Sql, sinks: Sequence[str], keep_s: float, now: float) -> int:
         return db.execute(
             "DELETE FROM outbox WHERE id <= ? AND at < ?", (low, now - keep_s)
         ).rowcount
+
+
+def prune_dead_letters(db: Sql, keep_s: float, per_sink: int, now: float) -> int:
+    """Delete dead letters older than `keep_s`, and all but each sink's newest
+    `per_sink`: a receiver that refuses everything must not grow the database forever."""
+    with db.write():
+        gone = db.execute("DELETE FROM sink_dead_letters WHERE at < ?", (now - keep_s,)).rowcount
+        for (sink,) in db.execute("SELECT DISTINCT sink FROM sink_dead_letters").fetchall():
+            gone += db.execute(
+                """DELETE FROM sink_dead_letters WHERE sink = ? AND id <= (
+                       SELECT id FROM sink_dead_letters WHERE sink = ?
+                       ORDER BY id DESC LIMIT 1 OFFSET ?)""",
+                (sink, sink, per_sink),
+            ).rowcount
+    return int(gone)
