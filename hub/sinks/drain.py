@@ -50,9 +50,13 @@ class Bounds:
     max_age_s: float
 
 
-def event_id(outbox_id: int) -> str:
-    """The event's CloudEvents id: its outbox id, the dedupe key on every bus."""
-    return f"evt-{outbox_id}"
+def event_id(row: OutboxEvent) -> str:
+    """The event's CloudEvents id, the dedupe key on every bus: its outbox id, and the
+    millisecond it happened. The outbox id alone would name new events as old ones after
+    the database is restored from an older backup (its numbering goes back with it), and
+    a consumer that drops ids it has seen would drop them; the time keeps them apart,
+    while an event sent again after a crash keeps its id."""
+    return f"evt-{row.id}-{round(row.at * 1000)}"
 
 
 def as_event(row: OutboxEvent, source: str) -> Event:
@@ -60,7 +64,7 @@ def as_event(row: OutboxEvent, source: str) -> Event:
         timespec="milliseconds"
     )
     return Event(
-        id=event_id(row.id),
+        id=event_id(row),
         type=row.type,
         source=source,
         subject=row.subject,
@@ -164,16 +168,17 @@ class Drain:
     async def _deliver(self, sink: Sink, position: int, rows: list[OutboxEvent]) -> int:
         """Publish what the sink takes of `rows`; the cursor's new position."""
         await self._refresh_labels(rows)
-        chosen = [as_event(r, self._source) for r in rows if self._wants(r)]
+        wanted = [r for r in rows if self._wants(r)]
+        chosen = [as_event(r, self._source) for r in wanted]
         try:
             if chosen:
                 await sink.publish(chosen)
         except EventRefusedError as refused:
-            number = int(refused.event.id.removeprefix("evt-"))
-            before = [e for e in chosen if int(e.id.removeprefix("evt-")) < number]
+            row = next(r for r, e in zip(wanted, chosen, strict=True) if e.id == refused.event.id)
+            number = row.id
+            before = [r for r in wanted if r.id < number]
             if number - 1 > position:
                 await self._advance(position, number - 1, len(before))
-            row = next(r for r in rows if r.id == number)
             await self._store.run(
                 outbox.dead_letter,
                 self.config.name,

@@ -39,6 +39,11 @@ def make_events(count: int, *, first: int = 1, size: int = 0) -> list[Event]:
     return out
 
 
+def outbox_number(event_id: str) -> int:
+    """The outbox number an event id names (`evt-<number>-<ms>`, see hub/sinks/drain.py)."""
+    return int(event_id.split("-")[1])
+
+
 def credentials(tmp_path: Path, user: str, password: str) -> str:
     path = tmp_path / f"bus-{uuid.uuid4().hex[:8]}.creds"
     path.write_text(f"{user}:{password}\n")

@@ -22,7 +22,6 @@ from aiohttp import web
 
 from hub.initialise import initialise
 from hub.paths import HubPaths
-from hub.sinks import drain
 from hub.store import Device, HubStore, outbox
 from tests.buses import (
     AmqpCollector,
@@ -34,6 +33,7 @@ from tests.buses import (
     read_stream,
     stream_count,
 )
+from tests.integration.sink_bus_support import outbox_number
 from tests.integration.test_sink_webhook import SECRET, Receiver
 from tests.replicaset import Replica, current_leader, fleet_broker, replica_folder
 from tests.soak import HubProcess
@@ -268,11 +268,11 @@ async def test_kill_9_mid_drain_to_a_bus_loses_nothing_and_keeps_order(
         await hub.start()
         written = await writer
 
-        wanted = [drain.event_id(i) for i in written]
-        missing: list[str] = []
+        wanted = list(written)
+        missing: list[int] = []
 
         async def all_there() -> bool:
-            held = {m.id for m in await seen()}
+            held = {outbox_number(m.id) for m in await seen()}
             missing[:] = [i for i in wanted if i not in held]
             return not missing
 
@@ -286,7 +286,7 @@ async def test_kill_9_mid_drain_to_a_bus_loses_nothing_and_keeps_order(
         received = await seen()
 
     assert at_kill < len(written), "the drain ended before the kill"
-    assert [m.id for m in once_each(received)] == [drain.event_id(i) for i in written]
+    assert [outbox_number(m.id) for m in once_each(received)] == written
     by_device = collections.defaultdict(list)
     for message in once_each(received):
         body = json.loads(message.body)

@@ -77,7 +77,7 @@ class Receiver:
         return web.Response(status=204)
 
     def ids(self) -> list[int]:
-        return [int(e["id"].removeprefix("evt-")) for e in self.accepted]
+        return [int(e["id"].split("-")[1]) for e in self.accepted]  # evt-<outbox id>-<ms>
 
 
 @pytest.fixture
