@@ -179,22 +179,30 @@ class Drain:
             before = [r for r in wanted if r.id < number]
             if number - 1 > position:
                 await self._advance(position, number - 1, len(before))
-            await self._store.run(
-                outbox.dead_letter,
-                self.config.name,
-                refused.event.id,
-                row,
-                refused.event.body().decode(),
-                refused.reason,
-                time.time(),
+            event, reason = refused.event, refused.reason
+            moved = await self._store.run(
+                lambda db: outbox.dead_letter(
+                    db,
+                    self.config.name,
+                    event.id,
+                    row,
+                    event.body().decode(),
+                    reason,
+                    time.time(),
+                    frm=number - 1,
+                )
             )
             logger.warning(
                 "sink %s refused %s for good (%s): kept in its dead letters",
                 self.config.name,
-                refused.event.id,
-                refused.reason,
+                event.id,
+                reason,
             )
-            return number
+            if moved:
+                return number
+            # A replay moved the cursor meanwhile: go on from where it is now.
+            cursor = await self._store.run(outbox.open_cursor, self.config.name, time.time())
+            return cursor.position
         return await self._advance(position, rows[-1].id, len(chosen))
 
     async def _advance(self, position: int, to: int, delivered: int) -> int:

@@ -218,9 +218,19 @@ def set_state(db: Sql, sink: str, state: str, error: str, now: float, *, retried
 
 
 def dead_letter(
-    db: Sql, sink: str, event_id: str, event: OutboxEvent, body: str, reason: str, now: float
-) -> None:
-    """Keep an event the sink refused for good, and move the cursor past it."""
+    db: Sql,
+    sink: str,
+    event_id: str,
+    event: OutboxEvent,
+    body: str,
+    reason: str,
+    now: float,
+    *,
+    frm: int,
+) -> bool:
+    """Keep an event the sink refused for good, and move the cursor past it from `frm`
+    (the event before it); False, the cursor left where it is, if it is no longer at
+    `frm`: a replay moved it meanwhile, and must not be undone."""
     with db.write():
         db.execute(
             """INSERT INTO sink_dead_letters (sink, event_id, at, type, subject, body, reason)
@@ -228,12 +238,15 @@ def dead_letter(
             (sink, event_id, now, event.type, event.subject, body, reason[:500]),
         )
         db.execute(
-            """UPDATE sink_cursors SET position = MAX(position, ?),
-                   dead_lettered = dead_lettered + 1, updated_at = ? WHERE sink = ?"""
-            if db.dialect == "sqlite"
-            else """UPDATE sink_cursors SET position = GREATEST(position, ?),
-                   dead_lettered = dead_lettered + 1, updated_at = ? WHERE sink = ?""",
-            (event.id, now, sink),
+            "UPDATE sink_cursors SET dead_lettered = dead_lettered + 1 WHERE sink = ?", (sink,)
+        )
+        return (
+            db.execute(
+                """UPDATE sink_cursors SET position = ?, updated_at = ?
+                   WHERE sink = ? AND position = ?""",
+                (event.id, now, sink, frm),
+            ).rowcount
+            == 1
         )
 
 

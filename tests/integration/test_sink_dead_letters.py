@@ -162,7 +162,9 @@ async def test_dead_letters_are_pruned_by_age_and_by_count(store: HubStore) -> N
         at = now - 7200 if n < 2 else now  # two of "old" refused two hours ago
         await store.run(outbox.open_cursor, sink, now)
         await store.run(
-            outbox.dead_letter, sink, f"evt-{event_id}", rows[event_id], "{}", "422", at
+            lambda db, s=sink, e=event_id, a=at: outbox.dead_letter(
+                db, s, f"evt-{e}", rows[e], "{}", "422", a, frm=e - 1
+            )
         )
 
     assert await store.run(outbox.prune_dead_letters, 86_400.0, 100, now) == 0
@@ -172,3 +174,30 @@ async def test_dead_letters_are_pruned_by_age_and_by_count(store: HubStore) -> N
     busy = await letters(store, "busy")
     assert [r["event_id"] for r in old] == [f"evt-{i}" for i in reversed(ids[2:4])]
     assert [r["event_id"] for r in busy] == [f"evt-{i}" for i in reversed(ids[7:])]
+
+
+async def test_a_dead_letter_does_not_undo_a_replay(store: HubStore) -> None:
+    """The drain refused event 5 while an operator's replay moved the cursor back to 0:
+    the letter is kept, and the cursor stays where the replay put it."""
+    ids = await write(store, 6)
+    row = next(e for e in await store.run(outbox.after, 0, 100) if e.id == ids[4])
+    await store.run(outbox.open_cursor, "hook", time.time())
+
+    def place(db: Sql, position: int) -> None:
+        with db.write():
+            db.execute("UPDATE sink_cursors SET position = ? WHERE sink = 'hook'", (position,))
+
+    def refuse(db: Sql) -> bool:
+        return outbox.dead_letter(
+            db, "hook", f"evt-{row.id}", row, "{}", "422", time.time(), frm=row.id - 1
+        )
+
+    await store.run(place, 0)  # the replay, after the drain read its chunk
+    assert await store.run(refuse) is False
+    found = await cursor(store)
+    assert (found.position, found.dead_lettered) == (0, 1)
+    assert len(await letters(store, "hook")) == 1
+    # The control: with the cursor where the drain left it, it moves past the event.
+    await store.run(place, row.id - 1)
+    assert await store.run(refuse) is True
+    assert (await cursor(store)).position == row.id
