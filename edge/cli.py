@@ -214,13 +214,22 @@ def _models_list(args: argparse.Namespace) -> int:
 
     directory = ModelDirectory(_enrolled(args.data).models)
     entries = directory.entries()
-    if not entries:
+    serving = {e.name for e in entries}
+    # Installed, none active: shadow candidates, or `install --no-activate` of a new model.
+    candidates = [
+        (p.name, directory.versions(p.name))
+        for p in (sorted(directory.root.iterdir()) if directory.root.is_dir() else [])
+        if p.is_dir() and p.name not in serving and directory.versions(p.name)
+    ]
+    if not entries and not candidates:
         print("no models installed")
     for e in entries:
         state = e.error or (e.bundle.manifest.sha256[:16] + "..." if e.bundle else "")
         others = [v for v in directory.versions(e.name) if v != e.version]
         kept = f" (also kept: {', '.join(others)})" if others else ""
         print(f"{e.name} {e.version}{kept}  {state}")
+    for name, versions in candidates:
+        print(f"{name} none active (installed: {', '.join(versions)})")
     return 0
 
 

@@ -100,8 +100,10 @@ class ReleaseFetcher:
         try:
             await asyncio.to_thread(_assemble, folder, part, offered)
             await asyncio.to_thread(self._directory.install, folder, activate=False)
-        except (BundleError, OSError) as exc:
+        except BundleError as exc:
             raise ReleaseRefused(f"not installed: {exc}") from exc
+        except OSError as exc:  # the device's disk (full), not the release: tried again
+            raise ReleaseRefused(f"not installed: {exc}", final=False) from exc
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 

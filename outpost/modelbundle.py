@@ -33,6 +33,9 @@ T = TypeVar("T")
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 VERSION_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}")
+# A model's folder holds its versions and the file naming the active one (the device's
+# model directory, edge/inference/directory.py): no version may take that file's name.
+RESERVED_VERSIONS = frozenset({"active"})
 
 
 class BundleError(ValueError):
@@ -85,6 +88,10 @@ class Manifest(Struct, frozen=True):
             raise schema.SchemaError("name", f"must match {NAME_PATTERN.pattern}")
         if not VERSION_PATTERN.fullmatch(self.version):
             raise schema.SchemaError("version", f"must match {VERSION_PATTERN.pattern}")
+        if self.version in RESERVED_VERSIONS:
+            raise schema.SchemaError(
+                "version", f"{self.version!r} is reserved (the name of a file beside versions)"
+            )
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
             raise schema.SchemaError("sha256", "must be 64 lowercase hex digits")
         if not self.labels or len(set(self.labels)) != len(self.labels):

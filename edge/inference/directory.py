@@ -1,7 +1,8 @@
 """The device's model directory: installed models by name and version, one active each.
 
     models/<name>/<version>/{model.tflite, model.json, sample.json}
-    models/<name>/active        the active version (absent: the highest installed)
+    models/<name>/active        the active version (absent: the highest installed;
+                                empty: none, the versions are only candidates)
 
 A version folder is complete or absent: it is copied under a temporary name and renamed
 into place, and the `active` file is replaced atomically, so a crash mid-install leaves
@@ -52,7 +53,9 @@ class ModelDirectory:
         if not folder.is_dir():
             return []
         found = [
-            p.name for p in folder.iterdir() if p.is_dir() and VERSION_PATTERN.fullmatch(p.name)
+            p.name
+            for p in folder.iterdir()
+            if p.is_dir() and VERSION_PATTERN.fullmatch(p.name) and p.name != ACTIVE_FILE
         ]
         return sorted(found, key=version_key)
 
@@ -60,7 +63,12 @@ class ModelDirectory:
         try:
             chosen = (self.root / name / ACTIVE_FILE).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            chosen = ""
+            chosen = None
+        except (OSError, UnicodeDecodeError) as exc:  # damaged: the highest serves
+            logger.error("model %s: its active file is unreadable: %s", name, exc)
+            chosen = None
+        if chosen == "":
+            return None  # only candidates installed (a shadow): nothing serves
         versions = self.versions(name)
         if chosen in versions:
             return chosen
@@ -115,13 +123,17 @@ class ModelDirectory:
         else:
             staging = home / f".{version}.partial"
             shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
-            for file_name in BUNDLE_FILES:
-                if (source / file_name).exists():
-                    shutil.copyfile(source / file_name, staging / file_name)
-            read_bundle(staging)  # the copy is whole before it gets its real name
-            files.sync_tree(staging)
-            staging.rename(target)
+            try:
+                staging.mkdir()
+                for file_name in BUNDLE_FILES:
+                    if (source / file_name).exists():
+                        shutil.copyfile(source / file_name, staging / file_name)
+                read_bundle(staging)  # the copy is whole before it gets its real name
+                files.sync_tree(staging)
+                staging.rename(target)
+            except BaseException:  # a full disk: the half copy must not keep it full
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             files.sync_tree(home)
             logger.info("installed model %s %s", name, version)
         if activate:
@@ -160,12 +172,13 @@ class ModelDirectory:
 
     def _pin_active(self, name: str) -> None:
         """Write down the version that is active by default (the highest), so that
-        installing a higher one without activating it does not change which one runs."""
+        installing a higher one without activating it does not change which one runs;
+        for a model with none yet, that none is (a shadow candidate must not serve after
+        a restart)."""
         if (self.root / name / ACTIVE_FILE).exists():
             return
         current = self.active(name)
-        if current is not None:
-            files.replace(self.root / name / ACTIVE_FILE, f"{current}\n".encode())
+        files.replace(self.root / name / ACTIVE_FILE, f"{current or ''}\n".encode())
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:

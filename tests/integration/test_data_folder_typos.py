@@ -86,3 +86,9 @@ async def test_models_commands_take_an_enrolled_folder(enroll_device) -> None:
     listed = _run("edge.cli", ["models", "list"], paths.root)
     assert listed.returncode == 0, listed.stderr
     assert "vibration-anomaly 1.0.0" in listed.stdout
+    surface = REPO / "models" / "surface-defect" / "1.0.0"
+    done = _run("edge.cli", ["models", "install", "--no-activate", str(surface)], paths.root)
+    assert done.returncode == 0, done.stderr
+    listed = _run("edge.cli", ["models", "list"], paths.root)
+    assert "surface-defect none active (installed: 1.0.0)" in listed.stdout
+    assert "vibration-anomaly 1.0.0" in listed.stdout

@@ -27,13 +27,27 @@ def test_installing_a_higher_version_unactivated_keeps_the_default_active(
     tmp_path: Path,
 ) -> None:
     directory = ModelDirectory(tmp_path / "models")
-    directory.install(SHIPPED_MODELS[0], activate=False)  # no `active` file: the highest runs
-    assert not (directory.root / NAME / "active").exists()
+    directory.install(SHIPPED_MODELS[0])
+    (directory.root / NAME / "active").unlink()  # installed by hand: the highest runs
+    assert directory.active(NAME) == "1.0.0"
 
     directory.install(version_of(tmp_path, "2.0.0"), activate=False)
 
     assert directory.active(NAME) == "1.0.0"
     assert directory.versions(NAME) == ["1.0.0", "2.0.0"]
+
+
+def test_the_first_version_installed_unactivated_does_not_serve(tmp_path: Path) -> None:
+    """A shadow candidate of a model the device does not serve yet: only a candidate,
+    at the next start too, until something activates it."""
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0], activate=False)
+    directory.install(version_of(tmp_path, "2.0.0"), activate=False)
+
+    assert directory.active(NAME) is None
+    assert directory.entries() == []
+    directory.set_active(NAME, "2.0.0")
+    assert [e.version for e in directory.entries()] == ["2.0.0"]
 
 
 def test_set_active_needs_an_installed_version(tmp_path: Path) -> None:
