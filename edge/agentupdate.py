@@ -155,6 +155,12 @@ class AgentUpdater:
                 logger.error("agent %s not installed: %s", manifest.version, exc)
                 await self._send(manifest.version, "failed", str(exc))
                 continue
+            except (OSError, download.DiskFull) as exc:
+                # The device's disk (full, say), not the release: said, and tried again
+                # when the hub offers it again, not the end of the agent.
+                logger.error("agent %s not installed: %s", manifest.version, exc)
+                await self._send(manifest.version, "failed", f"not installed: {exc}", final=False)
+                continue
             logger.warning("agent %s installed and switched to: restarting", manifest.version)
             raise RestartRequested(manifest.version)
 
@@ -230,9 +236,11 @@ class AgentUpdater:
                 )  # fmt: skip
                 await asyncio.sleep(wait)
 
-    async def _send(self, version: str, state: wire.DeployState, detail: str) -> None:
-        report = wire.ModelState(ROLLOUT_NAME, version, state, detail[-512:])
-        if state == "failed" and version != "?":
+    async def _send(
+        self, version: str, state: wire.DeployState, detail: str, *, final: bool = True
+    ) -> None:
+        report = wire.ModelState(ROLLOUT_NAME, version, state, detail[-512:], final)
+        if state == "failed" and final and version != "?":
             self._states[version] = report
         try:
             await self._report(report)

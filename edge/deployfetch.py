@@ -122,6 +122,8 @@ class ReleaseFetcher:
             except download.DownloadRefused as exc:
                 await asyncio.to_thread(part.unlink, missing_ok=True)
                 raise ReleaseRefused(f"the hub refused the download: {exc}") from exc
+            except download.DiskFull as exc:  # said, not retried for ever: tried again
+                raise ReleaseRefused(f"not downloaded: {exc}", final=False) from exc
             except download.WrongSize as exc:
                 await asyncio.to_thread(part.unlink, missing_ok=True)
                 raise ReleaseRefused(

@@ -10,6 +10,7 @@ the disk.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 import ssl
@@ -31,6 +32,15 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 class DownloadError(Exception):
     """The attempt failed in a way a later attempt can overcome (network, 5xx, 429)."""
+
+
+class DiskFull(Exception):
+    """The device's own disk refused the file (full, over quota, read-only): asking the
+    server again does not help until someone makes room."""
+
+
+# The local file's errors that no retry overcomes by itself.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class DownloadRefused(Exception):
@@ -66,7 +76,12 @@ async def fetch(url: str, part: Path, size: int, context: ssl.SSLContext) -> boo
             start = await _start(response, part, have, size)
             await _receive(response, part, start, size)
             return start > 0
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except OSError as exc:
+        if exc.errno in _DISK_ERRNOS:
+            raise DiskFull(f"{part.parent}: {exc.strerror or exc}") from exc
+        got = await asyncio.to_thread(_size_of, part)
+        raise DownloadError(f"{type(exc).__name__}: {exc} (have {got} of {size} bytes)") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
         got = await asyncio.to_thread(_size_of, part)
         raise DownloadError(f"{type(exc).__name__}: {exc} (have {got} of {size} bytes)") from exc
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from packaging.version import Version
 
-from outpost import agentrelease
+from outpost import agentrelease, files
 from outpost.agentrelease import AgentManifest, ReleaseFileError
 
 COMPLETE = ".complete"  # written last into a release folder: it was installed whole
@@ -107,7 +108,10 @@ def install(
             [str(venv / "bin" / "outpost-agent"), "selfcheck", "--data", str(data)],
             "the new version's selfcheck",
         )
-        (folder / COMPLETE).write_text(manifest.version + "\n")
+        # On the disk before it is called whole: a power cut after the switch must not
+        # leave `current` naming empty files (the launcher could not even start them).
+        os.sync()
+        files.replace(folder / COMPLETE, (manifest.version + "\n").encode(), files.PUBLIC)
     except (InstallError, OSError) as exc:
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, say
@@ -151,6 +155,7 @@ def _link(link: Path, target: Path) -> None:
     staging.unlink(missing_ok=True)
     staging.symlink_to(target)
     os.replace(staging, link)  # atomic: the link is the old or the new, never neither
+    files.sync_dir(link.parent)
 
 
 def _step(argv: list[str], what: str) -> None:
@@ -167,14 +172,6 @@ def _step(argv: list[str], what: str) -> None:
         raise InstallError(f"not installed: {what} failed:\n{said}")
 
 
-def version_key(version: str) -> tuple[int, ...]:
-    """A version's numeric parts, for ordering (`1.10.0` after `1.9.2`)."""
-    out = []
-    for part in version.split("."):
-        digits = ""
-        for ch in part:
-            if not ch.isdigit():
-                break
-            digits += ch
-        out.append(int(digits or 0))
-    return tuple(out)
+def version_key(version: str) -> Version:
+    """A version, for ordering as pip does (`outpost.agentrelease.version_order`)."""
+    return agentrelease.version_order(version)

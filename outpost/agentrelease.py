@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from msgspec import Meta
+from packaging.version import InvalidVersion, Version
 
 from outpost import signing
 from outpost.signing import Signed
@@ -32,6 +33,7 @@ PLATFORMS: Final = ("x86_64", "aarch64", "armv7l")
 # name no model can have (model names start with a letter or a digit).
 ROLLOUT_NAME: Final = "@agent"
 VERSION = Annotated[str, Meta(pattern=r"^[0-9]+(\.[0-9]+){1,3}([a-z0-9.+-]{0,32})$")]
+MAX_VERSION_LENGTH: Final = 32  # wire.Hello's agent_version, a roll-out's version
 _VERSION = VERSION
 _NAME = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.whl$")]
 _SHA256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
@@ -91,7 +93,28 @@ def read_folder(folder: Path) -> AgentManifest:
     return manifest
 
 
+def version_order(version: str) -> Version:
+    """A release version as pip orders it (PEP 440: 0.3.0rc1 before 0.3.0, 0.3.0.dev1
+    before 0.3.0rc1, 1.10 after 1.9); `ReleaseFileError` for one pip could not install."""
+    try:
+        return Version(version)
+    except InvalidVersion as exc:
+        raise ReleaseFileError(f"version {version!r} is not a PEP 440 version") from exc
+
+
 def check_manifest(manifest: AgentManifest) -> None:
+    for field in ("version", "min_agent_version", "min_hub_version"):
+        value = getattr(manifest, field)
+        if len(value) > MAX_VERSION_LENGTH:  # a hello and a roll-out carry at most this
+            raise ReleaseFileError(
+                f"manifest: {field} {value!r} is longer than {MAX_VERSION_LENGTH} characters"
+            )
+        version_order(value)
+    if version_order(manifest.min_agent_version) > version_order(manifest.version):
+        raise ReleaseFileError(
+            f"manifest: min_agent_version {manifest.min_agent_version} is newer than the "
+            f"release itself ({manifest.version}): no agent could ever update to it"
+        )
     unknown = sorted(set(manifest.platforms) - set(PLATFORMS))
     if unknown:
         raise ReleaseFileError(f"manifest: unknown platforms {unknown} (known: {PLATFORMS})")

@@ -22,7 +22,7 @@ def write_new(path: Path, data: bytes, mode: int = PRIVATE) -> None:
         os.link(tmp, path)  # atomic, and fails if `path` exists
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    sync_dir(path.parent)
 
 
 def replace(path: Path, data: bytes, mode: int = PUBLIC) -> None:
@@ -34,7 +34,7 @@ def replace(path: Path, data: bytes, mode: int = PUBLIC) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    sync_dir(path.parent)
 
 
 def _temporary(path: Path) -> Path:
@@ -65,10 +65,11 @@ def sync_tree(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    _fsync_dir(folder)
+    sync_dir(folder)
 
 
-def _fsync_dir(directory: Path) -> None:
+def sync_dir(directory: Path) -> None:
+    """Flush a folder's entries (a rename or a new link in it) to disk."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

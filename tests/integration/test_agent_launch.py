@@ -89,6 +89,32 @@ def test_a_version_that_hangs_before_ready_is_rolled_back(tmp_path: Path) -> Non
     assert os.readlink(prefix / "current") == f"releases/{GOOD}"
 
 
+def test_a_version_whose_agent_cannot_even_be_started_is_rolled_back(tmp_path: Path) -> None:
+    """A power cut right after the switch left the new agent's file empty: starting it
+    fails (exec format error) before any process runs, and counts as a failed start."""
+    prefix, data = folders(tmp_path, "exit 0")
+    (prefix / "releases" / "2.0.0" / "venv" / "bin" / "outpost-agent").write_bytes(b"")
+
+    codes = supervise(prefix, data)
+
+    assert codes == [1, 1, 1, 0]
+    report = json.loads((data / "rolled-back.json").read_text())
+    assert report["reason"].startswith("could not be started: ")
+    assert os.readlink(prefix / "current") == f"releases/{GOOD}"
+    assert (data / "ready").read_text() == GOOD
+
+
+def test_no_rollback_to_a_previous_version_that_holds_no_agent(tmp_path: Path) -> None:
+    prefix, data = folders(tmp_path, "exit 3")
+    (prefix / "releases" / GOOD / "venv" / "bin" / "outpost-agent").unlink()
+
+    codes = supervise(prefix, data)
+
+    assert codes == [1] * 6  # systemd's start limit ends it; nothing better to run
+    assert os.readlink(prefix / "current") == "releases/2.0.0"
+    assert not (data / "rolled-back.json").exists()
+
+
 def test_a_version_that_comes_up_stays(tmp_path: Path) -> None:
     prefix, data = folders(tmp_path, 'printf 2.0.0 > "$3/ready"; exit 0')
 

@@ -1,0 +1,108 @@
+"""The agent's self-update when versions are odd or the device's disk is full: versions
+are ordered as pip orders them (a release candidate before its release), a manifest no
+agent could take is refused where it is checked, and a full disk is reported as a
+failure the release may get past, without ending the updater."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from edge import agentupdate, selfupdate
+from edge.agentupdate import AgentUpdater
+from edge.identity import DevicePaths
+from outpost import agentrelease, wire
+from outpost.agentrelease import AgentFile, AgentManifest, ReleaseFileError
+from tests.support import eventually
+
+KEY = ed25519.Ed25519PrivateKey.generate()
+
+
+def manifest(version: str = "0.2.0", min_agent: str = "0.1.0") -> AgentManifest:
+    wheel = AgentFile(f"outpost-{version}-py3-none-any.whl", "ab" * 32, 10, "any")
+    return AgentManifest(version, "3.11", ["x86_64"], [wheel], "0.1.0", min_agent)
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        ("0.3.0rc1", "0.3.0"),
+        ("0.3.0rc1", "0.3.0rc2"),
+        ("0.3.0.dev1", "0.3.0rc1"),
+        ("0.3.0.dev1", "0.3.0"),
+        ("1.9", "1.10"),
+        ("1.2", "1.2.1"),
+    ],
+)
+def test_versions_are_ordered_as_pip_orders_them(older: str, newer: str) -> None:
+    assert selfupdate.version_key(older) < selfupdate.version_key(newer)
+    assert selfupdate.version_key("1.2.0") == selfupdate.version_key("1.2")
+
+
+@pytest.mark.parametrize(
+    ("changes", "refusal"),
+    [
+        ({"version": "1.0.0." + "1" * 30}, "longer than 32"),
+        ({"version": "1.0.0-x-y-z"}, "not a PEP 440 version"),
+        ({"min_agent_version": "0.3.0"}, "no agent could ever update to it"),
+    ],
+)
+def test_a_manifest_no_agent_could_take_is_refused(changes: dict[str, str], refusal: str) -> None:
+    agentrelease.check_manifest(manifest())  # the control
+    with pytest.raises(ReleaseFileError, match=refusal):
+        agentrelease.check_manifest(msgspec.structs.replace(manifest(), **changes))
+
+
+async def test_a_full_disk_is_reported_and_the_updater_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = DevicePaths(tmp_path / "device")
+    paths.identity_dir.mkdir(parents=True)
+    paths.hub_signing_pub.write_bytes(
+        KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    reports: list[wire.ModelState] = []
+
+    async def report(state: wire.ModelState) -> None:
+        reports.append(state)
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(agentupdate, "_prepare", full)
+    updater = AgentUpdater(
+        paths, "https://hub.invalid", report, prefix=tmp_path / "opt", running="0.1.0",
+        machine="x86_64",
+    )  # fmt: skip
+    signed = agentrelease.sign(KEY, manifest(), time.time())
+    offer = wire.AgentOffer(release=wire.AgentRelease(signed.document, signed.signature))
+    running = asyncio.create_task(updater.run())
+    try:
+        await updater.offer(offer)
+
+        async def failed() -> wire.ModelState | None:
+            return next((r for r in reports if r.state == "failed"), None)
+
+        found = await eventually(failed, timeout=10, what="the failure reported")
+        assert found is not None
+        assert (found.version, found.final) == ("0.2.0", False)
+        assert "No space left" in found.detail
+        assert not running.done()  # the agent goes on
+        assert updater.states() == []  # not a refusal to repeat after each hello
+
+        reports.clear()
+        await updater.offer(offer)  # offered again (the next hello): tried again
+        await eventually(failed, timeout=10, what="the second try reported")
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
