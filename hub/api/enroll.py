@@ -5,6 +5,7 @@ certificate renewal, where a CSR signed with the device's key is the credential.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Annotated
 
 from aiohttp import web
@@ -144,7 +145,8 @@ def routes(ctx: ApiContext) -> list[Route]:
         except RenewalRefusedError as exc:
             logger.warning("renewal refused: %s", exc)
             request[AUDIT_DETAIL] = {"device": exc.device_id, "refused": str(exc)}
-            raise ApiError(exc.status, "renewal_refused", str(exc)) from exc
+            headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else None
+            raise ApiError(exc.status, "renewal_refused", str(exc), headers=headers) from exc
         request[AUDIT_DETAIL] = {
             "device": renewed.device_id,
             "serial": renewed.serial,

@@ -34,10 +34,14 @@ DAY_S = 86400.0
 class RenewalRefusedError(ValueError):
     """A renewal was refused; the message says why and is safe to show the device."""
 
-    def __init__(self, status: int, message: str, *, device_id: str = "") -> None:
+    def __init__(
+        self, status: int, message: str, *, device_id: str = "", retry_after: float = 0.0
+    ) -> None:
         super().__init__(message)
-        self.status = status  # 403: not allowed; 422: the request itself is malformed
+        # 403: not allowed; 422: the request itself is malformed; 429: not now (held)
+        self.status = status
         self.device_id = device_id
+        self.retry_after = retry_after  # 429: seconds until it may ask again
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,16 @@ class Renewals:
                 f"certificate serial {serial} was not issued to {device_id} by this hub",
                 device_id=device_id,
             )
+        if state.held_until is not None and state.held_until > now:
+            # A new serial would not be in the CRL that holds the device off: it would
+            # be back in at once, and flooding again.
+            raise RenewalRefusedError(
+                429,
+                f"{device_id} is held off for flooding until {_when(state.held_until)}; "
+                "it may renew after that",
+                device_id=device_id,
+                retry_after=state.held_until - now,
+            )
         self._check_grace(presented, state.latest_not_after or 0.0, now, device_id)
 
         issued = pki.issue(
@@ -125,7 +139,7 @@ class Renewals:
         )
         if not await self._store.record_renewal(record):
             raise RenewalRefusedError(
-                403, f"{device_id} was revoked while renewing", device_id=device_id
+                403, f"{device_id} was revoked or held off while renewing", device_id=device_id
             )
         logger.info(
             "renewed the certificate of %s (serial %s, valid until %s)",

@@ -58,7 +58,9 @@ class FloodHolds:
         self._broker = broker
         self._clock = clock
         self.holds_total = 0  # holds since the hub started (for /metrics)
-        self.held: dict[str, float] = {}  # device -> when its hold ends, as the CRL lists
+        self.held: dict[str, float] = {}  # device -> when its hold ends, in the registry
+        # The devices the CRL last written lists as held; None: not written by us yet.
+        self._listed: set[str] | None = None
         self._dropped_at_hold: dict[str, int] = {}  # the intake's total at each hold
 
     def over_threshold(self) -> list[str]:
@@ -76,30 +78,46 @@ class FloodHolds:
         ]
 
     async def run(self) -> None:
-        """Run until cancelled. The CRL written at the hub's start lists the holds that
-        were in force then; this lets them go when they end."""
-        self.held = await self._store.holds(self._clock())
+        """Run until cancelled: the first check writes the CRL as the holds are then (one
+        may have ended since the hub's start wrote it), each later one when they change."""
         while True:
             await asyncio.sleep(CHECK_S)
             try:
                 await self.check()
-            except Exception:  # a locked database, a broker restarting: next second
+            except Exception:  # a locked database, a CRL it could not write: next second
                 logger.exception("could not judge or update device holds")
 
     async def check(self) -> None:
         for device_id in self.over_threshold():
             await self.hold(device_id)
-        now = self._clock()
-        held = await self._store.holds(now)
-        if held.keys() != self.held.keys():  # a hold ended (or another process's began)
-            ended = sorted(self.held.keys() - held.keys())
-            self.held = held
-            await revocation.write_crl(self._paths, self._store, self._config)
-            await self._reload()
-            for device_id in ended:
-                logger.warning("%s is no longer held off: it may connect again", device_id)
+        held = await self._store.holds(self._clock())
+        self.held = held
+        if self._listed is not None and held.keys() == self._listed:
+            return
+        # A hold ended, began (here or on another replica), or the last write failed.
+        listed = self._listed if self._listed is not None else set()
+        began, ended = sorted(held.keys() - listed), sorted(listed - held.keys())
+        await revocation.write_crl(self._paths, self._store, self._config)
+        reloaded = await self._reload()
+        self._listed = set(held)  # only once written: a failed write is tried again
+        for device_id in began:  # after the reload: it cannot reconnect once it is gone
+            ended_session = await sessions.take_over(
+                self._paths, self._config, self._store, device_id
+            )
+            logger.warning(
+                "%s is held off until %s: its certificates are on hold in the CRL%s; its "
+                "session %s",
+                device_id,
+                time.strftime("%H:%M:%S", time.localtime(held[device_id])),
+                "" if reloaded else " (the broker did not confirm reading it)",
+                "was ended" if ended_session else "could not be taken over",
+            )
+        for device_id in ended:
+            logger.warning("%s is no longer held off: it may connect again", device_id)
 
     async def hold(self, device_id: str) -> None:
+        """Hold a device off in the registry; the check that follows lists it in the CRL
+        and ends its session."""
         seen = next((t for t in self._intake.throttled() if t.device_id == device_id), None)
         recent = seen.recent if seen else 0
         if seen is not None:
@@ -110,20 +128,13 @@ class FloodHolds:
             return  # unknown to the registry (its CN names no device) or revoked
         self.held[device_id] = until
         self.holds_total += 1
-        await revocation.write_crl(self._paths, self._store, self._config)
-        reloaded = await self._reload()
-        # After the reload: the device cannot reconnect once its session is gone.
-        ended = await sessions.take_over(self._paths, self._config, self._store, device_id)
         logger.warning(
-            "held %s off for %.0f s: about %d of its messages were dropped over its budget "
-            "in the last minute (device_hold_drops %d); its certificates are on hold in the "
-            "CRL%s; its session %s",
+            "holding %s off for %.0f s: about %d of its messages were dropped over its "
+            "budget in the last minute (device_hold_drops %d)",
             device_id,
             self._config.device_hold_s,
             recent,
             self._config.device_hold_drops,
-            "" if reloaded else " (the broker did not confirm reading it)",
-            "was ended" if ended else "could not be taken over",
         )
 
     async def _reload(self) -> bool:

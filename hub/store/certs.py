@@ -42,6 +42,7 @@ class RenewalState:
     device: Device | None
     presented: IssuedCert | None  # the presented serial, if it was issued to this device
     latest_not_after: float | None  # the end of the device's newest certificate
+    held_until: float | None = None  # held off for flooding until then (hub/mqtt/holds.py)
 
 
 @dataclass(frozen=True)
@@ -61,19 +62,25 @@ def renewal_state(db: Sql, device_id: str, serial: str) -> RenewalState:
     (latest,) = db.execute(
         "SELECT MAX(not_after) FROM device_certs WHERE device_id = ?", (device_id,)
     ).fetchone()
+    held = db.execute("SELECT held_until FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     return RenewalState(
-        get_device(db, device_id), IssuedCert.from_row(row) if row else None, latest
+        get_device(db, device_id),
+        IssuedCert.from_row(row) if row else None,
+        latest,
+        held["held_until"] if held else None,
     )
 
 
 def record_renewal(db: Sql, cert: IssuedCert) -> bool:
     """Record a renewed certificate as the device's current one; False (and nothing
-    written) if the device was revoked or removed meanwhile."""
+    written) if the device was revoked, held off or removed meanwhile (a held device's
+    new serial would not be in the CRL that holds it off)."""
     with db.write():
         updated = db.execute(
             """UPDATE devices SET cert_serial = ?, cert_not_before = ?, cert_not_after = ?
-               WHERE device_id = ? AND revoked_at IS NULL""",
-            (cert.serial, cert.not_before, cert.not_after, cert.device_id),
+               WHERE device_id = ? AND revoked_at IS NULL
+                 AND (held_until IS NULL OR held_until <= ?)""",
+            (cert.serial, cert.not_before, cert.not_after, cert.device_id, cert.issued_at),
         ).rowcount
         if not updated:
             return False

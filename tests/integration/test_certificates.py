@@ -282,6 +282,36 @@ async def test_renewal_refusals_name_what_was_wrong(
     )
 
 
+async def test_a_device_held_off_for_flooding_cannot_renew_until_the_hold_ends(
+    hub: Hub, enroll_device: Enroller
+) -> None:
+    """Its new serial would not be in the CRL that holds it off: it would be back in."""
+    paths, identity = await enroll_device()
+    body = {"certificate": paths.cert.read_text(), "csr": make_csr(load_device_key(paths)).decode()}
+    now = time.time()
+    assert await hub.parts.store.hold_device(identity.device_id, now=now, until=now + 600)
+    context = ssl.create_default_context(cafile=str(hub.paths.ca_cert))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{hub.config.hub_url}/api/v1/enroll/renew", data=json.dumps(body), ssl=context
+        ) as response,
+    ):
+        status, reply = response.status, await response.json()
+        retry_after = int(response.headers["Retry-After"])
+    assert status == 429
+    assert "held off for flooding" in reply["error"]["message"]
+    assert 500 < retry_after <= 600
+    device = await hub.parts.store.device(identity.device_id)
+    assert device is not None
+    assert device.cert_serial == serial_of(paths)  # nothing issued
+
+    # The control: once the hold is over, the same request renews.
+    assert await hub.parts.store.hold_device(identity.device_id, now=now, until=now - 1)
+    got, reply = await post_renew(hub, body)
+    assert got == 200, reply
+
+
 # ------------------------------------------------------------------- revocation
 
 

@@ -14,12 +14,14 @@ import contextlib
 import re
 import ssl
 import time
+from typing import Any
 
 import aiomqtt
 import pytest
 
 from edge.identity import DevicePaths
 from hub.app import Hub
+from hub.fleet import revocation
 from outpost import tls, wire
 from outpost.aio import taken
 from tests.api_client import ApiClient
@@ -181,3 +183,38 @@ async def test_a_device_cannot_end_the_hubs_link_or_another_devices_session(
     finally:
         await _leave(first)
     assert ended, "a second connection with A's certificate left the first one open"
+
+
+async def test_a_hold_whose_crl_write_failed_once_still_ends(
+    hub: Hub, enroll_device: Enroller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CRL write as the hold ends fails once (a locked database, a full disk): the
+    next check writes it again, and the device is let in; before, the holds were
+    counted as written and the device stayed refused until some other CRL write."""
+    paths, identity = await enroll_device()
+    now = time.time()
+    assert await hub.parts.store.hold_device(identity.device_id, now=now, until=now + 600)
+
+    async def refused() -> bool:  # a connection, not a TLS probe: quick either way
+        return not await _connects(hub, paths)
+
+    await eventually(refused, timeout=30, what="the held device refused")
+    assert "REVOKED" in (await _refusal(hub, paths)).upper()
+    real = revocation.write_crl
+    failures: list[float] = []
+
+    async def fails_once(*args: Any, **kwargs: Any) -> None:
+        if not failures:
+            failures.append(time.time())
+            raise OSError(28, "No space left on device")
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(revocation, "write_crl", fails_once)
+    # The hold ends now (its time moved back): the check after writes the CRL, and fails.
+    assert await hub.parts.store.hold_device(identity.device_id, now=now, until=time.time())
+
+    async def let_in() -> bool:
+        return await _connects(hub, paths)
+
+    await eventually(let_in, timeout=60, what="the device let in after its hold")
+    assert failures, "the CRL write never failed: the test proved nothing"
