@@ -50,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:
         print(f"outpost-agent: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `| head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # a data folder it cannot use (a file, read-only): named
+        logger.debug("the error in full", exc_info=True)
+        print(f"outpost-agent: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
     p.add_argument("--broker", help="override the broker, mqtts://HOST:PORT")
-    p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument(
+        "--log-level", type=str.lower, choices=logs.LOG_LEVELS, help="debug, info, warning or error"
+    )
     p.add_argument("--log-format", choices=logs.LOG_FORMATS, help="json, text or auto")
     p.set_defaults(func=_run)
 

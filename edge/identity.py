@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, Field, asdict, dataclass, fields
 from pathlib import Path
 
 from outpost import files
@@ -122,7 +122,27 @@ class Identity:
             raise NotEnrolledError(
                 f"{paths.root} holds no enrollment: run `outpost-agent enroll` first"
             ) from exc
+        except ValueError as exc:  # not JSON, or not UTF-8 (UnicodeDecodeError is one)
+            raise NotEnrolledError(
+                f"{paths.identity} is damaged ({exc}): restore it from a backup, or enroll "
+                "this device again with a new bootstrap token"
+            ) from exc
         # Keys a later version wrote are left alone: an agent rolled back to this version
         # still reads its identity.
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        if not isinstance(data, dict) or not {f.name for f in fields(cls) if _required(f)} <= set(
+            data
+        ):
+            raise NotEnrolledError(
+                f"{paths.identity} is damaged (not the map of an enrollment): restore it "
+                "from a backup, or enroll this device again with a new bootstrap token"
+            )
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise NotEnrolledError(f"{paths.identity} is damaged ({exc})") from exc
+
+
+def _required(f: Field[object]) -> bool:
+    """A dataclass field without a default."""
+    return bool(f.default is MISSING and f.default_factory is MISSING)

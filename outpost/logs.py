@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 LogFormat = Literal["auto", "json", "text"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "text")
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
 # What a secret looks like in text: a bearer token, a JWT (three base64url parts, the
 # first the encoding of '{"'), a PEM private key block.

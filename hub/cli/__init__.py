@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `| head`: the reader left; nothing more to say
+        _quiet_stdout()
+        return 1
     except Exception as exc:
         status = _user_error(exc)
         if status is None:
@@ -49,7 +52,7 @@ def _user_error(exc: Exception) -> int | None:
 
     if isinstance(exc, RemoteError):
         return 1
-    if isinstance(exc, FileNotFoundError | ValueError):
+    if isinstance(exc, OSError | ValueError):  # a file or folder it cannot use: named
         return 2
     from hub.api.server import PortInUseError
     from hub.broker.managed import BrokerStartError
@@ -67,6 +70,12 @@ def _user_error(exc: Exception) -> int | None:
         BrokerCrlError,
     )
     return 2 if isinstance(exc, mistakes) else None
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that its flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def __getattr__(name: str) -> Any:

@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-port", type=int, help="port of the managed broker's listener")
     p.add_argument("--web-host", help="address of the HTTPS endpoint")
     p.add_argument("--web-port", type=int, help="port of the HTTPS endpoint")
-    p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument(
+        "--log-level", type=str.lower, choices=logs.LOG_LEVELS, help="debug, info, warning or error"
+    )
     p.add_argument("--log-format", choices=logs.LOG_FORMATS, help="json, text or auto")
     p.add_argument("--db", metavar="URL", help="database URL (db_url): postgresql://... or a path")
     p.add_argument(

@@ -83,7 +83,7 @@ def set_policy(args: argparse.Namespace) -> int:
             document = json.load(f)
     except OSError as exc:
         raise ValueError(f"cannot read {args.file}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{args.file} is not JSON: {exc}") from exc
     selector: dict[str, str] = {}
     for item in args.selector:
@@ -91,6 +91,16 @@ def set_policy(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--selector {item!r}: write KEY=VALUE")
         selector[key] = value
+    if args.device and selector:
+        raise ValueError(
+            "--device and --selector both given: a layer is a device's override or a "
+            "group's, not both"
+        )
+    if args.layer == "fleet" and (args.device or selector or args.rank):
+        raise ValueError(
+            "the layer named fleet applies to every device: it takes no --device, "
+            "--selector or --rank (name another layer for a device's override or a group)"
+        )
     if args.layer == "fleet":
         body: dict[str, Any] = {"scope": "fleet", "document": document}
     elif args.device:

@@ -4,6 +4,7 @@ how they find it): devices, models, roll-outs, tasks, policy, audit."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from hub.cli.lazy import command
@@ -143,7 +144,9 @@ def _tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="queue it even if no device has the model yet",
     )
     t.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    t.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
+    t.add_argument(
+        "--timeout", type=_seconds, default=60.0, help="seconds --wait waits (default 60)"
+    )
     t.set_defaults(func=command("hub.cli.tasks:submit"))
     t = _action(group, "list", "tasks, newest first, with why queued ones wait")
     t.add_argument(
@@ -247,3 +250,14 @@ def parse_share(text: str) -> float:
     if not 0 <= share <= 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0% and 100%")
     return share
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse names the flag when it is not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value

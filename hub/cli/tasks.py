@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from typing import Any
+from urllib.parse import quote
 
 from hub.cli import remote, tables
 
@@ -60,6 +61,8 @@ def _body(args: argparse.Namespace) -> Any:
                 text = f.read()
         except OSError as exc:
             raise ValueError(f"cannot read {args.file}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{args.file} is not JSON text (UTF-8): {exc}") from exc
     return _json(text, args.file)
 
 
@@ -76,7 +79,7 @@ async def _wait(client: remote.Client, ids: list[str], within_s: float) -> list[
     while True:
         for task_id in ids:
             if task_id not in done:
-                task = await client.get(f"/api/v1/tasks/{task_id}")
+                task = await client.get(f"/api/v1/tasks/{quote(task_id, safe='')}")
                 if task["state"] in ENDED:
                     done[task_id] = task
         if len(done) == len(ids):
@@ -135,7 +138,7 @@ async def _render_list(client: remote.Client, tasks: list[dict[str, Any]]) -> st
 
 def show_task(args: argparse.Namespace) -> int:
     async def show(client: remote.Client) -> int:
-        task = await client.get(f"/api/v1/tasks/{args.id}")
+        task = await client.get(f"/api/v1/tasks/{quote(args.id, safe='')}")
         if args.json:
             remote.show_json(task)
             return 0
@@ -173,7 +176,7 @@ def show_task(args: argparse.Namespace) -> int:
 
 def cancel_task(args: argparse.Namespace) -> int:
     async def cancel(client: remote.Client) -> int:
-        task = await client.call("POST", f"/api/v1/tasks/{args.id}/cancel")
+        task = await client.call("POST", f"/api/v1/tasks/{quote(args.id, safe='')}/cancel")
         if args.json:
             remote.show_json(task)
         else:

@@ -15,6 +15,8 @@ from hub.fleet.labels import parse_selector
 from hub.paths import HubPaths
 from outpost import tls
 
+MAX_ENROLL_TTL_S = 30 * 86400
+
 
 def enroll_token(args: argparse.Namespace) -> int:
     """Record a one-time bootstrap token and print it."""
@@ -22,6 +24,11 @@ def enroll_token(args: argparse.Namespace) -> int:
     config = load_config(args.data, args.config)
     labels = parse_selector(args.label, "--label")
     ttl = args.ttl if args.ttl is not None else config.enroll_token_ttl
+    if ttl > MAX_ENROLL_TTL_S:  # the bound of the enroll_token_ttl setting
+        raise ValueError(
+            f"--ttl {args.ttl:g} s: a bootstrap token lives at most 30 days (a stolen one "
+            "enrolls a device until it expires); make a new one when it is needed"
+        )
     token, claims = bootstrap.mint(
         load_token_key(paths),
         hub_url=config.hub_url,

@@ -1,0 +1,130 @@
+"""A careless user's mistakes with both command lines (child processes, as a user runs
+them; a real hub where the command talks to one): each is refused with a message that
+names what was wrong and a non-zero exit, never a traceback, and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hub.app import Hub
+from hub.paths import HubPaths
+from tests.api_client import ApiClient
+from tests.integration.test_cli_remote import Ran, run
+from tests.support import REPO
+
+
+def cli(module: str, *argv: str) -> Ran:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    return Ran(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def hub_settings() -> str:
+    return "api_rate_per_s = 1e6\napi_rate_burst = 100000\n"
+
+
+async def test_a_fleet_layer_with_device_or_selector_flags_is_refused_and_kept(
+    hub: Hub, api: ApiClient, tmp_path: Path
+) -> None:
+    admin_file = tmp_path / "admin.token"
+    admin_file.write_text(await api.token("admin", subject="alice"))
+    as_admin = ("--hub", hub.config.hub_url, "--token-file", str(admin_file), "--ca",
+                str(hub.paths.ca_cert))  # fmt: skip
+    fleet, one = tmp_path / "fleet.json", tmp_path / "one.json"
+    fleet.write_text(json.dumps({"heartbeat_interval": 30, "log_level": "info"}))
+    one.write_text(json.dumps({"log_level": "debug"}))
+    assert (await run("hub.cli", "policy", "set", "fleet", str(fleet), *as_admin)).code == 0
+
+    meant_for_one = await run(
+        "hub.cli", "policy", "set", "fleet", str(one), "--device", "pump-1", *as_admin
+    )
+    both = await run(
+        "hub.cli", "policy", "set", "pumps", str(one), "--device", "pump-1", "--selector",
+        "site=north", *as_admin,
+    )  # fmt: skip
+
+    assert meant_for_one.code == 2
+    assert "applies to every device" in meant_for_one.err
+    assert both.code == 2
+    assert "--device and --selector both given" in both.err
+    shown = await run("hub.cli", "policy", "show", "fleet", "--json", *as_admin)
+    assert shown.json()["document"] == {"heartbeat_interval": 30, "log_level": "info"}
+
+
+async def test_a_task_id_is_only_ever_a_task_id(hub: Hub, api: ApiClient, tmp_path: Path) -> None:
+    """Ids that read as paths reach the task routes as ids, not as other routes."""
+    admin_file = tmp_path / "admin.token"
+    admin_file.write_text(await api.token("admin", subject="alice"))
+    as_admin = ("--hub", hub.config.hub_url, "--token-file", str(admin_file), "--ca",
+                str(hub.paths.ca_cert))  # fmt: skip
+
+    shown = await run("hub.cli", "tasks", "show", "../devices", *as_admin)
+    cancelled = await run("hub.cli", "tasks", "cancel", "../rollouts/1/halt?", *as_admin)
+
+    assert (shown.code, cancelled.code) == (1, 1)
+    assert "no task" in shown.err.lower() or "not found" in shown.err.lower(), shown.err
+    assert "cancelled" not in cancelled.out
+
+
+@pytest.mark.parametrize("module", ["hub.cli", "edge.cli"])
+def test_a_log_level_that_is_no_level_is_a_usage_error(module: str, tmp_path: Path) -> None:
+    ran = cli(module, "run", "--data", str(tmp_path), "--log-level", "chatty")
+    assert ran.code == 2
+    assert "--log-level: invalid choice: 'chatty'" in ran.err
+
+
+def test_folders_that_cannot_be_used_are_named_not_a_traceback(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+
+    hub_init = cli("hub.cli", "init", "--data", str(a_file / "sub"))
+    agent_renew = cli("edge.cli", "renew", "--data", str(a_file))
+
+    assert hub_init.code == 2
+    assert "a-file" in hub_init.err
+    assert agent_renew.code == 2
+    assert "a-file" in agent_renew.err
+
+
+def test_a_damaged_identity_is_named(tmp_path: Path) -> None:
+    identity = tmp_path / "agent" / "identity" / "identity.json"
+    identity.parent.mkdir(parents=True)
+    identity.write_bytes(b"\xdc\xff not json")
+
+    ran = cli("edge.cli", "renew", "--data", str(tmp_path / "agent"))
+
+    assert ran.code == 2
+    assert "identity.json is damaged" in ran.err
+
+
+def test_a_bootstrap_token_lives_at_most_30_days(hub_paths: HubPaths) -> None:
+    refused = cli("hub.cli", "enroll-token", "--data", str(hub_paths.root), "--ttl", "31d")
+    allowed = cli("hub.cli", "enroll-token", "--data", str(hub_paths.root), "--ttl", "30d")
+
+    assert refused.code == 2
+    assert "at most 30 days" in refused.err
+    assert allowed.code == 0, allowed.err
+
+
+def test_output_to_a_reader_that_left_ends_quietly(hub_paths: HubPaths) -> None:
+    """`| head -1` closing its end first: no BrokenPipeError traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hub.cli", "enroll-token", "--data", str(hub_paths.root)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()  # before the child has even imported: it writes into nothing
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1
+    assert "Traceback" not in err, err
+    assert "BrokenPipe" not in err, err
