@@ -28,7 +28,7 @@ def desired_agent_of(db: Sql, device_ids: list[str]) -> dict[str, tuple[bytes, b
                    SELECT MAX(r2.id) FROM rollouts r2
                    JOIN rollout_devices d ON d.rollout_id = r2.id
                    WHERE r2.name = ? AND d.device_id = ?
-                     AND d.state NOT IN ('waiting', 'superseded')
+                     AND d.released_at IS NOT NULL
                      AND r2.state != 'halted'
                )""",
             (AGENT, device_id),

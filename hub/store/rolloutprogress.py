@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 
 from hub.store import outbox
-from hub.store.sql import Sql
+from hub.store.sql import Sql, chunked, marks
 
 IN_PROGRESS = ("canary", "rolling")
 # A device's row ends `active`, `failed`, `rolled_back`, or `superseded` (a newer roll-out
@@ -22,6 +22,8 @@ IN_PROGRESS = ("canary", "rolling")
 TERMINAL = ("active", "failed", "rolled_back", "superseded")
 FAILED = ("failed", "rolled_back")
 UNRELEASED = ("waiting", "superseded")
+# Not ended yet: what a newer roll-out of the model takes from an older one.
+OPEN = ("waiting", "released", "downloading", "blocked")
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,23 @@ def advance(db: Sql, rollout_id: int, now: float) -> Advanced:
             d = failed[0]
             state = "halted"
             reason = f"canary {d['device_id']} {d['state'].replace('_', ' ')}: {d['detail']}"
-        elif all(d["state"] == "active" for d in canary):
+        elif canary and all(d["state"] == "superseded" for d in canary):
+            # Nothing proved the version yet: the next device waiting becomes the canary.
+            waiting = sorted(
+                d["device_id"] for d in devices if d["stage"] == "rest" and d["state"] == "waiting"
+            )
+            if waiting:
+                released = waiting[:1]
+                db.execute(
+                    """UPDATE rollout_devices SET stage = 'canary', state = 'released',
+                           released_at = ?, updated_at = ?
+                       WHERE rollout_id = ? AND device_id = ?""",
+                    (now, now, rollout_id, released[0]),
+                )
+            else:
+                state = "superseded"
+                reason = "every device was taken by a newer roll-out of the model"
+        elif all(d["state"] in ("active", "superseded") for d in canary):
             released = [
                 d["device_id"] for d in devices if d["stage"] == "rest" and d["state"] == "waiting"
             ]
@@ -85,6 +103,31 @@ def advance(db: Sql, rollout_id: int, now: float) -> Advanced:
             announce(db, rollout_id, state, reason, now)
     halted_now = state == "halted" and row["state"] != "halted"
     return Advanced(rollout_id, released, state, reason, halted_now)
+
+
+def take_over(db: Sql, rollout_id: int, name: str, device_ids: list[str], now: float) -> list[int]:
+    """Roll-out `rollout_id` takes these devices from the older roll-outs of model `name`
+    still in progress: their rows not ended yet (waiting, or released and not yet
+    active) end `superseded`, since each device is given only its newest roll-out's
+    release and would never report on the older one. The older roll-outs' ids, for the
+    caller to `advance` once its own rows are in."""
+    older = [
+        r["id"]
+        for r in db.execute(
+            """SELECT id FROM rollouts
+               WHERE name = ? AND id != ? AND state IN ('canary', 'rolling')""",
+            (name, rollout_id),
+        )
+    ]
+    for old in older:
+        for chunk in chunked(device_ids):
+            db.execute(
+                "UPDATE rollout_devices SET state = 'superseded', detail = ?, updated_at = ?"  # noqa: S608 - placeholders only
+                f" WHERE rollout_id = ? AND state IN ({marks(len(OPEN))})"
+                f" AND device_id IN ({marks(len(chunk))})",
+                (f"taken by roll-out {rollout_id}", now, old, *OPEN, *chunk),
+            )
+    return older
 
 
 def announce(db: Sql, rollout_id: int, state: str, reason: str, now: float) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from hub.store.catalog import get_model
 from hub.store.devices import Device
-from hub.store.rolloutprogress import Advanced, advance, announce
+from hub.store.rolloutprogress import Advanced, advance, announce, take_over
 from hub.store.rolloutreports import (
     drop_device,
     reconcile_inventory,
@@ -151,23 +151,9 @@ def create_rollout(
         older = (
             []  # a shadow takes no device from anyone until it is promoted
             if shadow
-            else [
-                r["id"]
-                for r in db.execute(
-                    """SELECT id FROM rollouts
-                       WHERE name = ? AND id != ? AND state IN ('canary', 'rolling')""",
-                    (name, rollout_id),
-                )
-            ]
+            else take_over(db, rollout_id, name, [d.device_id for d in targets], now)
         )
         for i, device in enumerate(targets):
-            for old in older:  # the older roll-out will not release this device now
-                db.execute(
-                    """UPDATE rollout_devices SET state = 'superseded', detail = ?,
-                           updated_at = ?
-                       WHERE rollout_id = ? AND device_id = ? AND state = 'waiting'""",
-                    (f"taken by roll-out {rollout_id}", now, old, device.device_id),
-                )
             canary = i < canaries
             released = canary and not shadow
             db.execute(
@@ -241,13 +227,15 @@ def desired_releases_of(db: Sql, device_ids: list[str]) -> dict[str, list[tuple[
 
 
 def _desired(db: Sql, device_id: str) -> list[Row]:
+    # Every roll-out that gave the device its release counts (released_at), a superseded
+    # one too: after a halt of the newer one, the device goes back to it.
     return db.execute(
         """SELECT m.name, m.document, m.signature FROM models m
            JOIN rollouts r ON r.name = m.name AND r.version = m.version
            WHERE r.id IN (
                SELECT MAX(r2.id) FROM rollouts r2
                JOIN rollout_devices d ON d.rollout_id = r2.id
-               WHERE d.device_id = ? AND d.state NOT IN ('waiting', 'superseded')
+               WHERE d.device_id = ? AND d.released_at IS NOT NULL
                  AND r2.state NOT IN ('halted', 'shadow')
                GROUP BY r2.name
            )

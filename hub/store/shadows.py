@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hub.store.rollouts import announce
+from hub.store.rolloutprogress import advance, announce, take_over
 from hub.store.sql import Sql, storable_text
 from outpost import rollup
 
@@ -200,16 +200,7 @@ def _decide(db: Sql, rollout_id: int, found: dict[str, Any], now: float) -> Judg
     reason = f"promoted from shadow {figures}"
     row = db.execute("SELECT name FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
     # As a roll-out started now would: older ones of the model no longer release these.
-    for old in db.execute(
-        """SELECT id FROM rollouts WHERE name = ? AND id != ? AND state IN ('canary', 'rolling')""",
-        (row["name"], rollout_id),
-    ).fetchall():
-        db.execute(
-            """UPDATE rollout_devices SET state = 'superseded', detail = ?, updated_at = ?
-               WHERE rollout_id = ? AND state = 'waiting'
-                 AND device_id IN (SELECT device_id FROM rollout_devices WHERE rollout_id = ?)""",
-            (f"taken by roll-out {rollout_id}", now, old["id"], rollout_id),
-        )
+    older = take_over(db, rollout_id, row["name"], devices, now)
     released = [
         r["device_id"]
         for r in db.execute(
@@ -230,6 +221,8 @@ def _decide(db: Sql, rollout_id: int, found: dict[str, Any], now: float) -> Judg
         (reason, now, rollout_id),
     )
     announce(db, rollout_id, "promoted", reason, now)
+    for old in older:  # one may have ended with these devices gone from it
+        advance(db, old, now)
     return Judged(rollout_id, "canary", reason, released, devices)
 
 

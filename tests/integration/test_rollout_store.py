@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hub.store import Device, HubStore, RolloutRefusedError, StoredModel
+from hub.store.sql import Sql
 from tests.databases import BACKENDS, database
 
 
@@ -107,26 +108,53 @@ async def test_a_newer_rollout_takes_the_devices_it_targets(store: HubStore) -> 
     await _model(store, "1")
     await _model(store, "2")
     first = await _start(store, "1", 0.0)  # ids[0] canary; ids[1], ids[2] waiting
-    second = await _start(store, "2", 0.0)  # ids[0] canary of 2; the rest waiting on it
+    second = await _start(store, "2", 0.0)  # takes all three: ids[0] its canary
     old = await store.rollout(first)
     assert old is not None
-    assert old.state == "canary"  # its canary still counts
+    # Each device is given only its newest roll-out's release: none would ever report
+    # on the old one, which ends rather than waiting for ever.
     assert [(d.device_id, d.state) for d in old.devices] == [
-        (ids[0], "released"),
+        (ids[0], "superseded"),
         (ids[1], "superseded"),
         (ids[2], "superseded"),
     ]
+    assert old.state == "superseded"
     assert await store.desired_releases(ids[0]) == [(b"doc 2", b"sig")]  # newest wins
-    # The old canary's report completes the old roll-out without releasing anyone.
-    (moved,) = [
-        m
-        for m in await store.record_model_state(ids[0], "m", "1", "active", "", now=time.time())
-        if m.rollout_id == first
-    ]
-    assert (moved.state, moved.released) == ("completed", [])
     new = await store.rollout(second)
     assert new is not None
     assert [d.state for d in new.devices] == ["released", "waiting", "waiting"]
+
+
+async def test_a_rollout_whose_canary_was_taken_picks_another_and_goes_on(
+    store: HubStore,
+) -> None:
+    ids = await _devices(store, 3, {"site": "y"})
+
+    def relabel(db: Sql) -> None:
+        with db.write():
+            db.execute(
+                "UPDATE devices SET labels = ? WHERE device_id = ?", ('{"site": "x"}', ids[0])
+            )
+
+    await store.run(relabel)
+    await _model(store, "1")
+    await _model(store, "2")
+    first = await _start(store, "1", 0.0)  # every device; ids[0] its canary
+    await _start(store, "2", 0.0, site="x")  # a hot fix takes ids[0] before it ran 1
+    old = await store.rollout(first)
+    assert old is not None
+    assert old.state == "canary"
+    assert [(d.device_id, d.stage, d.state) for d in old.devices] == [
+        (ids[0], "canary", "superseded"),
+        (ids[1], "canary", "released"),  # the next device waiting, now its canary
+        (ids[2], "rest", "waiting"),
+    ]
+    assert await store.desired_releases(ids[1]) == [(b"doc 1", b"sig")]
+
+    moved = await store.record_model_state(ids[1], "m", "1", "active", "", now=time.time())
+    assert [(m.rollout_id, m.state, m.released) for m in moved] == [(first, "rolling", [ids[2]])]
+    moved = await store.record_model_state(ids[2], "m", "1", "active", "", now=time.time())
+    assert [(m.rollout_id, m.state) for m in moved] == [(first, "completed")]
 
 
 async def test_a_halted_rollout_stops_delivering_its_release(store: HubStore) -> None:
