@@ -205,8 +205,16 @@ class RolloutService:
     async def _send(self, offer: Offer) -> None:
         body = sealed_offer(self._key, offer, time.time())
         topic = wire.down_topic(offer.device_id, "models")
+        payload = wire.encode("models", body)
+        if len(payload) > wire.MAX_PAYLOAD_BYTES:  # the agent would refuse all of it
+            logger.error(
+                "model releases for %s not sent: %d bytes, over the %d a device takes "
+                "(roll-outs are sized when they start; samples must be smaller)",
+                offer.device_id, len(payload), wire.MAX_PAYLOAD_BYTES,
+            )  # fmt: skip
+            return
         try:
-            await self._publish(topic, wire.encode("models", body))
+            await self._publish(topic, payload)
         except Exception as exc:  # its next hello asks again
             logger.warning("model releases for %s not sent: %s", offer.device_id, exc)
 

@@ -119,11 +119,10 @@ def create_rollout(
         for d in targets:
             if name == AGENT:
                 break  # an agent release travels alone, on down/agent
-            others = [r["document"] for r in _desired(db, d.device_id) if r["name"] != name]
-            total = sum(map(len, others)) + len(document)
+            total = _offer_bytes(db, d.device_id, name, shadow=shadow) + len(document)
             if total > DEVICE_RELEASES_MAX_BYTES:
                 raise RolloutRefusedError(
-                    f"{d.device_id} would hold {total} bytes of releases, over "
+                    f"{d.device_id} would hold {total} bytes of releases and shadows, over "
                     f"{DEVICE_RELEASES_MAX_BYTES} (they travel in one message): use "
                     "smaller samples"
                 )
@@ -174,6 +173,21 @@ def create_rollout(
     rollout = get_rollout(db, rollout_id)
     assert rollout is not None
     return rollout
+
+
+def _offer_bytes(db: Sql, device_id: str, name: str, *, shadow: bool) -> int:
+    """The bytes of the signed documents the device's offer holds beside a new one of
+    model `name`: every release (but `name`'s, which a staged roll-out replaces; a shadow
+    runs beside it) and every shadow but `name`'s (one per model)."""
+    releases = [r["document"] for r in _desired(db, device_id) if shadow or r["name"] != name]
+    shadows = db.execute(
+        """SELECT m.document FROM rollouts r
+           JOIN rollout_devices d ON d.rollout_id = r.id
+           JOIN models m ON m.name = r.name AND m.version = r.version
+           WHERE d.device_id = ? AND r.state = 'shadow' AND r.name != ?""",
+        (device_id, name),
+    ).fetchall()
+    return sum(len(d) for d in releases) + sum(len(r["document"]) for r in shadows)
 
 
 def _release_document(db: Sql, name: str, version: str) -> bytes:

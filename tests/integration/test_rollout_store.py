@@ -223,6 +223,29 @@ async def test_releases_a_device_holds_must_fit_one_message(store: HubStore) -> 
         )
 
 
+async def test_a_shadow_counts_the_live_release_it_runs_beside(store: HubStore) -> None:
+    """The offer carries the live release and the candidate together: over the bound,
+    the agent would refuse the whole message and take no release at all."""
+    await _devices(store, 1, {})
+    big = b"x" * (150 * 1024)
+    for version in ("1", "2"):
+        assert await store.add_model(
+            StoredModel("a", version, "ab" * 32, 10, {}, big, b"sig", 1.0, "t")
+        )
+    await store.create_rollout(
+        name="a", version="1", selector={}, canary_share=1.0, by="t", now=time.time()
+    )
+    with pytest.raises(RolloutRefusedError, match="would hold 307200 bytes of releases"):
+        await store.create_rollout(
+            name="a", version="2", selector={}, canary_share=1.0, by="t", now=time.time(),
+            mode="shadow",
+        )  # fmt: skip
+    # The control: a staged roll-out of it replaces the live release, and fits.
+    await store.create_rollout(
+        name="a", version="2", selector={}, canary_share=1.0, by="t", now=time.time()
+    )
+
+
 async def test_refusals(store: HubStore) -> None:
     await _devices(store, 1, {"site": "a"})
     with pytest.raises(RolloutRefusedError, match="no model m 1 was uploaded"):
