@@ -16,16 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge import deploystate
+from edge import deploystate, offerorder
 from edge.deployfetch import RETRY_CAP_S, ReleaseFetcher, ReleaseRefused
 from edge.deploystate import DeployStates, Key, Record
 from edge.identity import DevicePaths
 from edge.inference.service import InferenceService
-from outpost import offerseal, release, signing, wire
+from outpost import release, signing, wire
 from outpost.modelbundle import BundleError, Manifest
 from outpost.signing import Signed
 
@@ -67,6 +68,10 @@ class Deployer:
         self._pending: dict[str, release.Release] = {}  # by model name: the newest offer wins
         self._shadow_pending: dict[str, release.Release] = {}  # candidates to shadow, by name
         self._current: Key | None = None
+        # The releases of the newest offer taken, by model name (None: none taken yet):
+        # what is still wanted when a download ends.
+        self._offered: dict[str, release.Release] | None = None
+        self._fetching: asyncio.Task[Path] | None = None  # the current release's download
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ public
@@ -91,16 +96,22 @@ class Deployer:
         if not await self._in_order(states, key, releases):
             return
         # Each list is the whole of what the hub wants: a queued release it no longer
-        # names is dropped (the one in progress finishes).
+        # names is dropped, and so is the download of the one in progress (one a
+        # download already brought is not activated: see `_deploy`).
         self._pending.clear()
+        verified = []
         for signed in releases.releases:
             try:
-                offered = release.verify(key, Signed(signed.document, signed.signature))
+                verified.append(release.verify(key, Signed(signed.document, signed.signature)))
             except release.ReleaseError as exc:
                 await self._refuse_unverified(states, signed.document, str(exc))
-                continue
+        self._offered = {o.manifest.name: o for o in verified}
+        current, fetching = self._current, self._fetching
+        if current is not None and fetching is not None and not self._wanted_key(current):
+            fetching.cancel()
+        for offered in verified:
             m = offered.manifest
-            triple = (m.name, m.version, m.sha256)
+            triple = _key(m)
             if triple == self._current:
                 continue
             action = states.decide(triple, self._slots.serving(m.name))
@@ -118,41 +129,12 @@ class Deployer:
     async def _in_order(
         self, states: DeployStates, key: ed25519.Ed25519PublicKey, offer: wire.ModelReleases
     ) -> bool:
-        """Whether to take this offer: its seal is the hub's, for this device, for these
-        lists, and numbered no lower than the last taken (see outpost/offerseal.py). An
-        unsealed one is taken only until a sealed one was: from a hub that seals none."""
-        if offer.seal is None:
-            if states.offer_seq:
-                logger.warning(
-                    "model releases ignored: the offer is not sealed, and this device took "
-                    "sealed ones (up to number %d): replayed, or from a hub that seals none",
-                    states.offer_seq,
-                )
-                return False
-            return True
-        try:
-            seal = offerseal.verify(
-                key,
-                Signed(offer.seal.document, offer.seal.signature),
-                self._device_id,
-                [r.document for r in offer.releases],
-                [r.document for r in offer.shadows],
-            )
-        except offerseal.SealError as exc:
-            logger.warning("model releases ignored: %s", exc)
-            return False
-        if seal.seq < states.offer_seq:
-            logger.warning(
-                "model releases ignored: offer %d is older than offer %d, taken already "
-                "(replayed, or overtaken on its way)",
-                seal.seq,
-                states.offer_seq,
-            )
-            return False
-        if seal.seq > states.offer_seq:
-            states.offer_seq = seal.seq
+        """Whether to take this offer, by its seal (edge/offerorder.py); a number newer
+        than the last taken is kept before the offer is acted on."""
+        take, newer = offerorder.judge(offer, states, key, self._device_id)
+        if newer:
             await self._save(states)  # before acting on it: a restart must not go back
-        return True
+        return take
 
     async def _offer_shadows(
         self, key: ed25519.Ed25519PublicKey, shadows: list[wire.SignedRelease]
@@ -210,6 +192,7 @@ class Deployer:
                     await self._set(_record(m, "failed", f"{type(exc).__name__}: {exc}"))
                 finally:
                     self._current = None
+                await self._requeue(m.name)
         finally:
             self._slots.on_rollback = None
 
@@ -241,7 +224,10 @@ class Deployer:
         installed = await asyncio.to_thread(self._installed, m)
         if not installed:
             await self._set(_record(m, "downloading"))
-            await self._fetcher.install(offered)
+            part = await self._download(offered)
+            await self._fetcher.install_downloaded(offered, part)
+        if not self._wanted(m):  # the hub withdrew it while it came (a halted roll-out)
+            raise ReleaseRefused("no longer offered by the hub: not activated", final=False)
         try:
             # What it replaced is what it falls back to: read at the swap, not before
             # the download (a roll-back may have happened meanwhile).
@@ -253,6 +239,45 @@ class Deployer:
         previous = before if before is not None and before != m.version else ""
         await self._set(_record(m, "active", previous=previous))
         logger.info("model %s %s active (release deployed)", m.name, m.version)
+
+    async def _download(self, offered: release.Release) -> Path:
+        """The release's checked file; `ReleaseRefused` if an offer without it stopped
+        the download (a partial file stays, to resume if it is offered again)."""
+        fetch = asyncio.create_task(self._fetcher.download(offered), name="deploy.download")
+        self._fetching = fetch
+        try:
+            return await fetch
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # the deployer itself stops
+                raise
+            raise ReleaseRefused(
+                "no longer offered by the hub: its download stopped", final=False
+            ) from None
+        finally:
+            self._fetching = None
+
+    def _wanted(self, m: Manifest) -> bool:
+        """Whether the newest offer taken still names this release."""
+        return self._wanted_key(_key(m))
+
+    def _wanted_key(self, key: Key) -> bool:
+        if self._offered is None:
+            return True
+        offered = self._offered.get(key[0])
+        return offered is not None and _key(offered.manifest) == key
+
+    async def _requeue(self, name: str) -> None:
+        """After a deploy of model `name`: if the newest offer names another release of
+        it that does not serve (it was skipped while the old one served, the deploy in
+        progress then changed what serves), queue that one."""
+        offered = self._offered.get(name) if self._offered else None
+        if offered is None or name in self._pending:
+            return
+        states = await self._loaded()
+        m = offered.manifest
+        if states.decide(_key(m), self._slots.serving(name)) == "deploy":
+            self._pending[name] = offered
 
     async def _shadow(self, offered: release.Release) -> None:
         """Install a candidate without activating it, and run it in shadow."""
@@ -346,6 +371,10 @@ def _record(
     previous: str = "",
 ) -> Record:
     return Record(m.name, m.version, m.sha256, state, detail, final, previous)
+
+
+def _key(m: Manifest) -> Key:
+    return (m.name, m.version, m.sha256)
 
 
 def _claimed(document: bytes) -> tuple[str, str]:

@@ -75,6 +75,11 @@ class ReleaseFetcher:
     async def install(self, offered: release.Release) -> None:
         """Download the release's model file (or finish the one staged), check it and
         install its bundle beside the serving version; `ReleaseRefused` says why not."""
+        await self.install_downloaded(offered, await self.download(offered))
+
+    async def download(self, offered: release.Release) -> Path:
+        """The release's model file, whole and checked against the signed manifest (a
+        download cancelled meanwhile resumes where it stopped next time)."""
         m = offered.manifest
         part = self._downloads / f"{m.name}@{m.version}.{m.sha256[:16]}.part"
         await asyncio.to_thread(_discard_others, self._downloads, m.name, part)
@@ -96,6 +101,11 @@ class ReleaseFetcher:
                 raise ReleaseRefused(
                     f"the download does not match the signed manifest: {again}"
                 ) from again
+        return part
+
+    async def install_downloaded(self, offered: release.Release, part: Path) -> None:
+        """Install the checked file's bundle beside the serving version."""
+        m = offered.manifest
         folder = self._downloads / f"{m.name}@{m.version}.bundle"
         try:
             await asyncio.to_thread(_assemble, folder, part, offered)

@@ -6,6 +6,7 @@ the name of the `active` file is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import shutil
 from pathlib import Path
@@ -86,3 +87,48 @@ def test_a_version_named_like_the_active_file_is_refused() -> None:
         schema.load(Manifest, {**manifest.to_dict(), "version": "active"}, "manifest")
     renamed = msgspec.structs.replace(manifest, version="active2")  # the control
     assert renamed.version == "active2"
+
+
+async def test_a_release_withdrawn_while_it_downloads_is_not_activated(
+    device: Device,  # noqa: F811 - the fixture
+) -> None:
+    """The hub halts the roll-out of 1.0.1 while the device downloads it: its offer
+    names 1.0.0 again. The download stops, 1.0.1 is not activated, 1.0.0 serves."""
+    gate = asyncio.Event()
+    device.server.serve(VIBRATION, "1.0.1", gate=gate)
+    old = device.release(VIBRATION, "1.0.0")
+    await device.offer(old)
+    await device.state(VIBRATION, "1.0.0", "active")
+    await device.offer(device.release(VIBRATION, "1.0.1"))
+    await device.state(VIBRATION, "1.0.1", "downloading")
+
+    await device.offer(old)  # the halt
+    stopped = await device.state(VIBRATION, "1.0.1", "failed")
+    gate.set()
+
+    assert stopped.final is False  # offered again later, it is tried again
+    assert "no longer offered" in stopped.detail
+    assert device.service.slots.serving(VIBRATION) == "1.0.0"
+    assert device.directory.active(VIBRATION) == "1.0.0"
+    # The control: offered again, it downloads (resuming) and serves.
+    await device.offer(device.release(VIBRATION, "1.0.1"))
+    await device.state(VIBRATION, "1.0.1", "active")
+    assert device.service.slots.serving(VIBRATION) == "1.0.1"
+
+
+async def test_a_download_that_cannot_finish_does_not_hold_back_a_newer_release(
+    device: Device,  # noqa: F811 - the fixture
+) -> None:
+    """The link to the hub is gone while 1.0.1 downloads; a courier bundle brings the
+    hub's newer wish, 1.0.2, with its file: the stuck download gives way to it."""
+    device.server.serve(VIBRATION, "1.0.1", errors=[503] * 100_000)
+    await device.offer(device.release(VIBRATION, "1.0.1"))
+    await device.state(VIBRATION, "1.0.1", "downloading")
+    data = (FOLDERS[VIBRATION] / "model.tflite").read_bytes()
+    sha = read_bundle(FOLDERS[VIBRATION]).manifest.sha256
+    await device.deployer.stage(VIBRATION, "1.0.2", sha, data)
+
+    await device.offer(device.release(VIBRATION, "1.0.2"))
+
+    await device.state(VIBRATION, "1.0.2", "active")
+    assert device.service.slots.serving(VIBRATION) == "1.0.2"
