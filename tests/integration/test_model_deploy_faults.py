@@ -126,6 +126,7 @@ async def test_a_download_that_cannot_finish_does_not_hold_back_a_newer_release(
     await device.state(VIBRATION, "1.0.1", "downloading")
     data = (FOLDERS[VIBRATION] / "model.tflite").read_bytes()
     sha = read_bundle(FOLDERS[VIBRATION]).manifest.sha256
+    assert device.deployer is not None
     await device.deployer.stage(VIBRATION, "1.0.2", sha, data)
 
     await device.offer(device.release(VIBRATION, "1.0.2"))
