@@ -124,6 +124,7 @@ class Agent:
                 tasks=tasks,
                 uploader=uploader,
             )
+            tuning.on_allowed_models = deployer.allowed_models_changed
             policy = PolicyKeeper(
                 device_id, self.paths.hub_signing_pub, self.paths.policy, tuning.apply
             )

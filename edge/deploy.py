@@ -192,7 +192,7 @@ class Deployer:
                     await self._set(_record(m, "failed", f"{type(exc).__name__}: {exc}"))
                 finally:
                     self._current = None
-                await self._requeue(m.name)
+                await self._requeue(m)
         finally:
             self._slots.on_rollback = None
 
@@ -200,6 +200,21 @@ class Deployer:
         """A release's model file carried by courier bundle (edge/courier.py), kept where
         a finished download would be (see `ReleaseFetcher.stage`)."""
         await self._fetcher.stage(name, version, sha256, data)
+
+    def allowed_models_changed(self) -> None:
+        """The policy allows other models now: the newest offer's releases it held back
+        (`failed`, `final` false) are tried again at once, not at the next hello."""
+        if self._offered is None or self._states is None:
+            return
+        allowed = self._service.allowed_models
+        for name, offered in self._offered.items():
+            key = _key(offered.manifest)
+            if name in self._pending or key == self._current or (allowed and name not in allowed):
+                continue
+            record = self._states.find(key)
+            if record is not None and record.state == "failed" and not record.final:
+                self._pending[name] = offered
+                self._wake.set()
 
     def queued(self) -> list[tuple[str, str]]:
         """(name, version) of each release waiting its turn, in order."""
@@ -267,12 +282,13 @@ class Deployer:
         offered = self._offered.get(key[0])
         return offered is not None and _key(offered.manifest) == key
 
-    async def _requeue(self, name: str) -> None:
-        """After a deploy of model `name`: if the newest offer names another release of
-        it that does not serve (it was skipped while the old one served, the deploy in
-        progress then changed what serves), queue that one."""
+    async def _requeue(self, done: Manifest) -> None:
+        """After a deploy of `done`: if the newest offer names another release of its
+        model that does not serve (it was skipped while the old one served, and the
+        deploy then changed what serves), queue that one."""
+        name = done.name
         offered = self._offered.get(name) if self._offered else None
-        if offered is None or name in self._pending:
+        if offered is None or name in self._pending or _key(offered.manifest) == _key(done):
             return
         states = await self._loaded()
         m = offered.manifest

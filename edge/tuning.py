@@ -7,6 +7,7 @@ is the one step that hands the result to the running parts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from edge import effective
@@ -43,6 +44,9 @@ class Tuning:
         self.metrics_interval = config.metrics_interval
         self.caps = effective.Caps()  # no cap until a policy says
         self.shadow_cpu_max_percent = 80.0  # policy shadow.cpu_max_percent
+        # Told when the models the policy allows change (edge/deploy.py: a release the
+        # policy held back is tried again at once, not at the next hello).
+        self.on_allowed_models: Callable[[], None] | None = None
 
     def apply(self, p: policy.Policy, sets: dict[str, Any]) -> None:
         """Run on a verified policy's fields over the agent's own settings."""
@@ -53,8 +57,11 @@ class Tuning:
         self._masker.set_rules(e.mask_drop, e.mask_hash)
         self.caps = e.caps
         self._inference.reporting = e.reporting
+        changed = e.allowed_models != self._inference.allowed_models
         self._inference.allowed_models = e.allowed_models
         self._tasks.allowed_models = e.allowed_models
+        if changed and self.on_allowed_models is not None:
+            self.on_allowed_models()
         self._uploader.set_pacing(e.rate_bytes_per_s, e.sync_windows)
         self._store.set_bounds(e.bounds)
         self._inference.shadows.sample_share = p.shadow.sample_share

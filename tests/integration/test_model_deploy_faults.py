@@ -133,3 +133,22 @@ async def test_a_download_that_cannot_finish_does_not_hold_back_a_newer_release(
 
     await device.state(VIBRATION, "1.0.2", "active")
     assert device.service.slots.serving(VIBRATION) == "1.0.2"
+
+
+async def test_a_release_the_policy_held_back_is_tried_when_the_policy_allows_it(
+    device: Device,  # noqa: F811 - the fixture
+) -> None:
+    """At once, not at the next hello (which may be weeks away on a steady link)."""
+    device.server.serve(SURFACE, "1.0.0")
+    device.service.allowed_models = frozenset({VIBRATION})
+    await device.offer(device.release(SURFACE, "1.0.0"))
+    await device.state(SURFACE, "1.0.0", "failed")
+    assert device.deployer is not None
+    device.deployer.allowed_models_changed()  # the control: still not allowed
+    assert device.deployer.queued() == []
+    assert device.history(SURFACE) == [("1.0.0", "failed")]  # not tried again
+
+    device.service.allowed_models = frozenset()  # a new policy, as Tuning.apply sets it
+    device.deployer.allowed_models_changed()
+
+    await device.state(SURFACE, "1.0.0", "active")
