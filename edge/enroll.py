@@ -167,8 +167,10 @@ async def _fetch_ca(hub_url: str) -> bytes:
             if response.status != 200:
                 raise EnrollError(f"the hub answered {response.status} for its CA")
             return await response.read()
-    except aiohttp.ClientError as exc:
-        raise EnrollError(f"cannot reach the hub at {hub_url}: {exc}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise EnrollError(
+            f"cannot reach the hub at {hub_url}: {str(exc) or type(exc).__name__}"
+        ) from exc
 
 
 async def _post_csr(
@@ -182,12 +184,20 @@ async def _post_csr(
             aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session,
             session.post(f"{hub_url}/api/v1/enroll", json=body, ssl=context) as response,
         ):
-            reply = await response.json(content_type=None)
-            if response.status != 201:
-                message = reply.get("error", {}).get("message", response.reason)
-                raise EnrollError(f"the hub refused enrollment ({response.status}): {message}")
-    except aiohttp.ClientError as exc:
-        raise EnrollError(f"enrollment request to {hub_url} failed: {exc}") from exc
+            status, reason = response.status, response.reason or ""
+            try:
+                reply = await response.json(content_type=None)
+            except ValueError:  # a proxy's HTML page, say
+                reply = None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # A timeout may come after the hub took the token: a new one is then needed.
+        raise EnrollError(
+            f"enrollment request to {hub_url} failed: {str(exc) or type(exc).__name__}"
+        ) from exc
+    if status != 201:
+        error = reply.get("error") if isinstance(reply, dict) else None
+        message = error.get("message", reason) if isinstance(error, dict) else reason
+        raise EnrollError(f"the hub refused enrollment ({status}): {message}")
     if not isinstance(reply, dict):
         raise EnrollError("the hub's reply is not a JSON object")
     return reply
@@ -203,7 +213,7 @@ def check_certificate(
         cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
     except (ValueError, TypeError, InvalidSignature) as exc:  # another CA's, or garbage
         raise EnrollError(
-            f"the hub returned an invalid certificate: {exc or type(exc).__name__}"
+            f"the hub returned an invalid certificate: {str(exc) or type(exc).__name__}"
         ) from exc
     mine = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

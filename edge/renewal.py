@@ -131,7 +131,7 @@ async def _post(hub_url: str, ca_pem: bytes, body: dict[str, str]) -> dict[str, 
                 reply = None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise RenewalError(
-            f"cannot reach the hub at {hub_url}: {exc or type(exc).__name__}"
+            f"cannot reach the hub at {hub_url}: {str(exc) or type(exc).__name__}"
         ) from exc
     if status == 200 and isinstance(reply, dict):
         return reply

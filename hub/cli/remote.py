@@ -164,7 +164,7 @@ class Client:
             ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RemoteError(
-                f"cannot reach the hub at {self._hub.url}: {exc or type(exc).__name__}"
+                f"cannot reach the hub at {self._hub.url}: {str(exc) or type(exc).__name__}"
             ) from exc
         try:
             answer = json.loads(text) if text else None

@@ -177,7 +177,7 @@ class NatsSink:
             raise
         except (nats.errors.Error, OSError) as exc:
             await self.close()
-            raise SinkError(f"{self._where}: {exc or type(exc).__name__}") from exc
+            raise SinkError(f"{self._where}: {str(exc) or type(exc).__name__}") from exc
         self._window = WINDOW if pipelines(stream) else 1
         logger.info(
             "sink %s: connected to %s, stream %s (%s)",
@@ -277,7 +277,7 @@ class NatsSink:
                         await self._acked(*pending.popleft())
                     raise EventRefusedError(event, f"larger than the server takes: {exc}") from exc
                 except (nats.errors.Error, OSError) as exc:
-                    raise SinkError(f"{self._where}: {exc or type(exc).__name__}") from exc
+                    raise SinkError(f"{self._where}: {str(exc) or type(exc).__name__}") from exc
                 pending.append((event, ack))
             while pending:
                 await self._acked(*pending.popleft())

@@ -90,7 +90,9 @@ class WebhookSink:
                     status = response.status
                     text = (await response.text())[:200] if status >= 300 else ""
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise SinkError(f"POST {self._shown} failed: {exc or type(exc).__name__}") from exc
+                raise SinkError(
+                    f"POST {self._shown} failed: {str(exc) or type(exc).__name__}"
+                ) from exc
             if 200 <= status < 300:
                 continue
             if status in RETRY_LATER or status >= 500:
