@@ -202,6 +202,12 @@ class Agent:
             await self._report_rollback(telemetry)
             self.ready.set()
             self.notifier.ready(await status.line())
+            renewer = CertRenewer(
+                self.paths,
+                on_renewed=self.refusals.renewed,
+                on_refused=self.refusals.renewal_refused,
+            )
+            self.refusals.on_expired = renewer.urge
             await supervise(
                 {
                     "agent.ready": self._announce_ready(),
@@ -211,11 +217,7 @@ class Agent:
                     "agent.tasks": tasks.run(),
                     "agent.deployer": deployer.run(),
                     "agent.updater": updater.run(),
-                    "agent.cert-renewer": CertRenewer(
-                        self.paths,
-                        on_renewed=self.refusals.renewed,
-                        on_refused=self.refusals.renewal_refused,
-                    ).run(),
+                    "agent.cert-renewer": renewer.run(),
                     "agent.mqtt-link": run_forever(
                         session.make_client,
                         session.run,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final, Self
 
 import aiomqtt
@@ -102,6 +103,7 @@ class Refusals:
         self._renewal_refusal: str | None = None  # the hub's reason, until a renewal
         self._message = ""
         self._retry_at: float | None = None
+        self.on_expired: Callable[[], None] | None = None  # CertRenewer.urge
 
     # ------------------------------------------------------------ the link's hooks
 
@@ -139,6 +141,8 @@ class Refusals:
             return False
         if kind == EXPIRED and self._renewal_refusal is not None:
             kind = PAST_GRACE
+        if kind == EXPIRED and self.on_expired is not None:
+            self.on_expired()  # the renewer renews now, whatever this device's clock says
         self._retry_at = time.time() + self._retry_s
         self._enter(kind, expired_at)
         await wait_event(self._renewed, self._retry_s)

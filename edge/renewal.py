@@ -22,6 +22,7 @@ import aiohttp
 
 from edge.identity import DevicePaths, Identity
 from outpost import backoff, files, tls
+from outpost.aio import wait_event
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -164,7 +165,16 @@ class CertRenewer:
         self._retry_cap = retry_cap
         self._refused_retry = refused_retry
         self._announced: tuple[float, float] | None = None
+        self._urged = asyncio.Event()  # the broker says the certificate expired: renew now
         self.renewals = 0
+        self.looks = 0  # times it judged whether to renew
+
+    def urge(self) -> None:
+        """The broker refused the certificate as expired: renew at once, whatever this
+        device's clock says (one that runs behind thinks it is not due yet, and would
+        wait out the hub's grace period, then be locked out). The hub judges expiry by
+        its own clock, so an early request is harmless."""
+        self._urged.set()
 
     async def run(self) -> NoReturn:
         attempt = 0
@@ -185,15 +195,25 @@ class CertRenewer:
             else:
                 attempt = 0
             if wait > 0:
-                await asyncio.sleep(wait)
+                await wait_event(self._urged, wait)  # a sleep, cut short by `urge`
 
     async def _step(self) -> float:
-        """Renew if due; return how long to sleep before looking again (0: look now)."""
+        """Renew if due (or urged); return how long to sleep before looking again (0:
+        look now)."""
+        self.looks += 1
+        urged = self._urged.is_set()
+        self._urged.clear()
         identity = await asyncio.to_thread(Identity.load, self._paths)
         window = await asyncio.to_thread(cert_window, self._paths, identity)
         now = time.time()
         due = renew_at(*window)
-        if due > now:
+        if urged and due > now:
+            logger.warning(
+                "the broker says the certificate expired, this device's clock says not until "
+                "%s: is the clock behind? renewing now",
+                _when(window[1]),
+            )
+        elif due > now:
             if window != self._announced:
                 self._announced = window
                 logger.info(

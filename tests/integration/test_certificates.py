@@ -6,6 +6,7 @@ renew."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import ssl
@@ -21,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edge import renewal
 from edge.enroll import load_device_key, make_csr
 from edge.identity import DevicePaths, Identity
 from edge.renewal import RenewalRefusedError, renew
@@ -223,6 +225,46 @@ async def test_outpost_agent_renew_renews_at_once(hub: Hub, enroll_device: Enrol
     device = await hub.parts.store.device(identity.device_id)
     assert device is not None
     assert device.cert_serial == serial_of(paths)
+
+
+async def test_the_brokers_word_that_it_expired_renews_whatever_the_device_clock_says(
+    hub: Hub, enroll_device: Enroller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A board without a clock, back on a network without NTP: its clock runs so far
+    behind that its certificate is not due for renewal by it, while the broker, by the
+    hub's clock, refuses it as expired. The link's word (`urge`) renews at once."""
+    paths, _ = await enroll_device()
+    first_serial = serial_of(paths)
+
+    class Behind:  # the device's clock, as the renewer reads it: a year behind
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        @staticmethod
+        def time() -> float:
+            return time.time() - 365 * 86400
+
+    monkeypatch.setattr(renewal, "time", Behind())
+    renewer = renewal.CertRenewer(paths)
+    running = asyncio.create_task(renewer.run())
+    try:
+
+        async def looked() -> bool:
+            return renewer.looks >= 1
+
+        await eventually(looked, timeout=30, what="its first look")
+        assert renewer.renewals == 0  # the control: by its clock, not due
+
+        renewer.urge()
+
+        async def renewed() -> bool:
+            return renewer.renewals == 1 and serial_of(paths) != first_serial
+
+        await eventually(renewed, timeout=30, what="the renewal the broker's word asked for")
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 async def test_the_grace_period_counts_from_the_newest_certificate_expiry(

@@ -137,6 +137,28 @@ async def test_an_expired_certificate_waits_for_its_renewal_not_for_retry_s(
     assert await asyncio.wait_for(waiting, 5) is True
 
 
+async def test_the_brokers_expired_alert_asks_for_a_renewal_now(tmp_path: Path) -> None:
+    """Even when this device's clock says the certificate is good for an hour more (a
+    clock behind): the broker's clock is the one that counts."""
+    link = LinkState(logging.getLogger("test"), "broker link")
+    refusals = refusal.Refusals(link, device(tmp_path, not_after=time.time() + 3600), 600)
+    urged: list[bool] = []
+    refusals.on_expired = lambda: urged.append(True)
+    refusals.new_attempt()
+    revoked = "[SSL: SSLV3_ALERT_CERTIFICATE_REVOKED] sslv3 alert certificate revoked"
+    expired = "[SSL: SSLV3_ALERT_CERTIFICATE_EXPIRED] sslv3 alert certificate expired"
+
+    first = asyncio.create_task(refusals.after_failure(aiomqtt.MqttError(revoked)))
+    await eventually(lambda: asyncio.sleep(0, link.state == refusal.REVOKED), what="revoked")
+    assert urged == []  # the control: a revocation asks for nothing
+    first.cancel()
+    refusals.new_attempt()
+    second = asyncio.create_task(refusals.after_failure(aiomqtt.MqttError(expired)))
+    await eventually(lambda: asyncio.sleep(0, link.state == refusal.EXPIRED), what="expired")
+    assert urged == [True]
+    second.cancel()
+
+
 async def test_a_refused_renewal_of_an_expired_certificate_means_enrolling_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
