@@ -31,6 +31,7 @@ from hub.store.rolloutreports import (
 )
 from hub.store.sql import Row, Sql
 from outpost.agentrelease import ROLLOUT_NAME as AGENT
+from outpost.agentrelease import ReleaseFileError, version_order
 
 __all__ = [
     "Advanced",
@@ -155,14 +156,22 @@ def create_rollout(
         for i, device in enumerate(targets):
             canary = i < canaries
             released = canary and not shadow
+            state = "shadowing" if shadow else "released" if released else "waiting"
+            detail = ""
+            if name == AGENT and (runs := _agent_runs(device, version)):
+                # An agent takes only a newer version: one that runs this or a newer
+                # one would never report on it, and hold the roll-out up for ever.
+                state, detail = runs
+                released = state == "active"
             db.execute(
-                """INSERT INTO rollout_devices (rollout_id, device_id, stage, state,
-                       released_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)""",
+                """INSERT INTO rollout_devices (rollout_id, device_id, stage, state, detail,
+                       released_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)""",
                 (
                     rollout_id,
                     device.device_id,
                     "canary" if canary else "rest",
-                    "shadowing" if shadow else "released" if released else "waiting",
+                    state,
+                    detail,
                     now if released else None,
                     now,
                 ),
@@ -170,9 +179,28 @@ def create_rollout(
         for old in older:
             advance(db, old, now)
         announce(db, rollout_id, "started", "", now)
+        if name == AGENT:
+            advance(db, rollout_id, now)  # its canaries may all run the version already
     rollout = get_rollout(db, rollout_id)
     assert rollout is not None
     return rollout
+
+
+def _agent_runs(device: Device, version: str) -> tuple[str, str] | None:
+    """A device's row of an agent roll-out of `version`, when its agent (as its last
+    hello named it) runs that version (active) or a newer one (superseded); else None."""
+    if not device.agent_version:
+        return None
+    try:
+        running = version_order(device.agent_version)
+    except ReleaseFileError:  # a version pip could not read: its hello is the judge
+        return None
+    wanted = version_order(version)
+    if running == wanted:
+        return "active", "runs it already"
+    if running > wanted:
+        return "superseded", f"runs {device.agent_version}, newer"
+    return None
 
 
 def _offer_bytes(db: Sql, device_id: str, name: str, *, shadow: bool) -> int:

@@ -13,6 +13,7 @@ import pytest
 
 from hub.store import Device, HubStore, RolloutRefusedError, StoredModel, agentrollouts
 from hub.store import agentreleases as registry
+from hub.store.sql import Sql
 from outpost.agentrelease import ROLLOUT_NAME as AGENT
 from tests.databases import BACKENDS, database
 
@@ -196,3 +197,37 @@ async def test_an_agent_rollout_that_cannot_start_is_refused(store: HubStore) ->
         )  # fmt: skip
     assert await store.rollouts() == []
     assert await _desired(store, ids) == {}
+
+
+async def test_devices_that_run_the_version_or_a_newer_one_hold_no_rollout_up(
+    store: HubStore,
+) -> None:
+    """An agent takes only a newer version, so a device that runs this one (or a newer
+    one) would never report on it: it counts as active (or superseded) from the start."""
+    ids = await _devices(store, 3)
+    runs = {ids[0]: "0.3.0", ids[1]: "0.4.0", ids[2]: "0.3.0rc1"}
+
+    def say_versions(db: Sql) -> None:
+        with db.write():
+            for device_id, version in runs.items():
+                db.execute(
+                    "UPDATE devices SET agent_version = ? WHERE device_id = ?",
+                    (version, device_id),
+                )
+
+    await store.run(say_versions)
+    await _release(store, "0.3.0")
+
+    rollout = await store.create_rollout(
+        name=AGENT, version="0.3.0", selector={}, canary_share=0.5, by="t", now=time.time()
+    )
+
+    found = await store.rollout(rollout.id)
+    assert found is not None
+    assert [(d.device_id, d.stage, d.state) for d in found.devices] == [
+        (ids[0], "canary", "active"),
+        (ids[1], "canary", "superseded"),
+        (ids[2], "rest", "released"),  # the canaries ran it: the rest get it at once
+    ]
+    assert found.state == "rolling"
+    assert await _desired(store, ids) == {ids[0]: signed("0.3.0"), ids[2]: signed("0.3.0")}
