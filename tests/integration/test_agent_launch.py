@@ -115,6 +115,22 @@ def test_no_rollback_to_a_previous_version_that_holds_no_agent(tmp_path: Path) -
     assert not (data / "rolled-back.json").exists()
 
 
+def test_no_rollback_back_to_the_version_it_was_rolled_back_from(tmp_path: Path) -> None:
+    """After going back from 2.0.0, starts of 1.0.0 that fail too (a slow boot, say) must
+    not swing to 2.0.0 again: it is known not to come up."""
+    prefix, data = folders(tmp_path, "exit 3")
+    assert supervise(prefix, data) == [1, 1, 1, 0]  # back to 1.0.0
+    good = prefix / "releases" / GOOD / "venv" / "bin" / "outpost-agent"
+    good.write_text("#!/bin/sh\nexit 4\n")  # now it fails to start as well
+
+    codes = supervise(prefix, data)
+
+    assert codes == [1] * 6
+    assert os.readlink(prefix / "current") == f"releases/{GOOD}"
+    state = json.loads((data / "launch-state.json").read_text())
+    assert state["rolled_back_from"] == ["2.0.0"]
+
+
 def test_a_version_that_comes_up_stays(tmp_path: Path) -> None:
     prefix, data = folders(tmp_path, 'printf 2.0.0 > "$3/ready"; exit 0')
 
@@ -123,7 +139,7 @@ def test_a_version_that_comes_up_stays(tmp_path: Path) -> None:
     assert not (data / "rolled-back.json").exists()
     # A good start leaves no failure counted against the version.
     state = json.loads((data / "launch-state.json").read_text())
-    assert state == {"failures": 0, "version": "2.0.0"}
+    assert state == {"failures": 0, "rolled_back_from": [], "version": "2.0.0"}
 
 
 def test_the_agent_gets_two_malloc_arenas_unless_told_otherwise(tmp_path: Path) -> None:
@@ -161,6 +177,7 @@ def test_an_agent_that_switched_to_a_new_release_is_restarted_into_it_at_once(
     assert not (data / "rolled-back.json").exists()
     assert json.loads((data / "launch-state.json").read_text()) == {
         "failures": 0,
+        "rolled_back_from": [],
         "version": "2.0.0",
     }
 
