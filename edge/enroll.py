@@ -190,9 +190,10 @@ async def _post_csr(
             except ValueError:  # a proxy's HTML page, say
                 reply = None
     except (aiohttp.ClientError, TimeoutError) as exc:
-        # A timeout may come after the hub took the token: a new one is then needed.
+        # The hub may have taken the token already: it answers the same key again.
         raise EnrollError(
-            f"enrollment request to {hub_url} failed: {str(exc) or type(exc).__name__}"
+            f"enrollment request to {hub_url} failed: {str(exc) or type(exc).__name__}; "
+            "run the same enroll again (the token still works for this device's key)"
         ) from exc
     if status != 201:
         error = reply.get("error") if isinstance(reply, dict) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -15,7 +16,7 @@ from hub.config import HubConfig
 from hub.courier.keys import ensure_bundle_key
 from hub.fleet import bootstrap, pki
 from hub.paths import HubPaths
-from hub.store import Device, HubStore, TokenRefusedError, courier
+from hub.store import Device, HubStore, IssuedCert, TokenRefusedError, courier
 from outpost.courier.sealing import public_pem
 
 logger = logging.getLogger(__name__)
@@ -74,12 +75,18 @@ class Enrollment:
         except pki.CsrError as exc:
             raise BadCsrError(str(exc)) from exc
         now = time.time()
+        key_sha256 = hashlib.sha256(
+            public_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        ).hexdigest()
         try:
-            labels = await self._store.consume_enroll_token(claims.jti, now=now)
+            consumed = await self._store.consume_enroll_token(
+                claims.jti, now=now, key_sha256=key_sha256, device_id="dev-" + secrets.token_hex(6)
+            )
         except TokenRefusedError as exc:
             raise BadTokenError(f"bootstrap token refused: {exc}") from exc
-
-        device_id = "dev-" + secrets.token_hex(6)
+        device_id, labels = consumed.device_id, consumed.labels
         issued = pki.issue(
             self._ca_key,
             self._ca_cert,
@@ -87,26 +94,41 @@ class Enrollment:
             public_key=public_key,
             days=self._config.device_cert_days,
         )
-        named = await self._store.add_device(
-            Device(
-                device_id=device_id,
-                profile=profile,
-                labels=labels,
-                online=False,
-                last_seen=None,
-                last_heartbeat=None,
-                heartbeat_interval=None,
-                agent_version=None,
-                capabilities={},
-                load={},
-                enrolled_at=now,
-                cert_serial=format(issued.serial, "x"),
-                cert_not_before=issued.not_before.timestamp(),
-                cert_not_after=issued.not_after.timestamp(),
-                name=name,
-            )
+        cert = IssuedCert(
+            serial=format(issued.serial, "x"),
+            device_id=device_id,
+            not_before=issued.not_before.timestamp(),
+            not_after=issued.not_after.timestamp(),
+            issued_at=now,
+            reason="enroll",
         )
-        await self._store.bind_enroll_token(claims.jti, device_id)
+        existing = await self._store.device(device_id) if consumed.again else None
+        if existing is not None:
+            # The same device (its key) asking again: its first answer was lost.
+            if not await self._store.record_renewal(cert):
+                raise BadTokenError("bootstrap token refused: its device was revoked")
+            named = existing.name
+            logger.info("enrolled %s again: its first answer was lost", device_id)
+        else:
+            named = await self._store.add_device(
+                Device(
+                    device_id=device_id,
+                    profile=profile,
+                    labels=labels,
+                    online=False,
+                    last_seen=None,
+                    last_heartbeat=None,
+                    heartbeat_interval=None,
+                    agent_version=None,
+                    capabilities={},
+                    load={},
+                    enrolled_at=now,
+                    cert_serial=cert.serial,
+                    cert_not_before=cert.not_before,
+                    cert_not_after=cert.not_after,
+                    name=name,
+                )
+            )
         if isinstance(public_key, ec.EllipticCurvePublicKey):  # hub bundles go to it
             await self._store.run(courier.remember_key, device_id, public_pem(public_key).decode())
         logger.info("enrolled %s as %s (profile %s, labels %s)", device_id, named, profile, labels)

@@ -42,12 +42,12 @@ class FleetStore:
     ) -> None:
         self._db.run_sync(tokens.add_enroll_token, jti, now, expires_at, labels)
 
-    async def consume_enroll_token(self, jti: str, *, now: float) -> dict[str, str]:
-        """Mark the token used and return its labels, or raise `TokenRefusedError`."""
-        return await self._db.run(tokens.consume_enroll_token, jti, now)
-
-    async def bind_enroll_token(self, jti: str, device_id: str) -> None:
-        await self._db.run(tokens.bind_enroll_token, jti, device_id)
+    async def consume_enroll_token(
+        self, jti: str, *, now: float, key_sha256: str, device_id: str
+    ) -> tokens.Consumed:
+        """Use the token up for this key and device (or find the device it enrolled for
+        the same key before), or raise `TokenRefusedError`."""
+        return await self._db.run(tokens.consume_enroll_token, jti, now, key_sha256, device_id)
 
     # ------------------------------------------------------------ API tokens
 

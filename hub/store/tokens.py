@@ -21,24 +21,42 @@ def add_enroll_token(
     )
 
 
-def consume_enroll_token(db: Sql, jti: str, now: float) -> dict[str, str]:
+@dataclass(frozen=True)
+class Consumed:
+    """A bootstrap token taken: the labels it gives, and the device it enrolls."""
+
+    labels: dict[str, str]
+    device_id: str
+    again: bool  # the same device asking again (its first answer was lost)
+
+
+def consume_enroll_token(
+    db: Sql, jti: str, now: float, key_sha256: str, device_id: str
+) -> Consumed:
+    """Use the token up for the key `key_sha256`, enrolling `device_id`; or, if it was
+    used for that same key and has not expired, the device it enrolled then (the answer
+    was lost: a timeout, a cut link, Ctrl-C before it was saved). Another key, or a
+    token past its time, is refused with `TokenRefusedError`."""
     with db.write():
         row = db.execute(
-            "SELECT expires_at, labels, used_at FROM enroll_tokens WHERE jti = ?", (jti,)
+            """SELECT expires_at, labels, used_at, device_id, key_sha256 FROM enroll_tokens
+               WHERE jti = ?""",
+            (jti,),
         ).fetchone()
         if row is None:
             raise TokenRefusedError("unknown token (not issued by this hub)")
-        if row["used_at"] is not None:
-            raise TokenRefusedError("token already used")
         if row["expires_at"] <= now:
-            raise TokenRefusedError("token expired")
-        db.execute("UPDATE enroll_tokens SET used_at = ? WHERE jti = ?", (now, jti))
-    labels: dict[str, str] = json.loads(row["labels"])
-    return labels
-
-
-def bind_enroll_token(db: Sql, jti: str, device_id: str) -> None:
-    db.execute("UPDATE enroll_tokens SET device_id = ? WHERE jti = ?", (device_id, jti))
+            raise TokenRefusedError("token already used" if row["used_at"] else "token expired")
+        labels: dict[str, str] = json.loads(row["labels"])
+        if row["used_at"] is not None:
+            if row["key_sha256"] != key_sha256 or not row["device_id"]:
+                raise TokenRefusedError("token already used")
+            return Consumed(labels, row["device_id"], again=True)
+        db.execute(
+            "UPDATE enroll_tokens SET used_at = ?, key_sha256 = ?, device_id = ? WHERE jti = ?",
+            (now, key_sha256, device_id, jti),
+        )
+    return Consumed(labels, device_id, again=False)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from edge.enroll import EnrollError, enroll
+from edge.enroll import EnrollError, _device_key, enroll
 from edge.identity import DevicePaths, Identity
 from hub.app import Hub
 from hub.initialise import AlreadyInitialisedError, initialise
@@ -93,6 +93,53 @@ async def test_reused_token_is_refused(hub: Hub, tmp_path: Any) -> None:
 
     assert len(await hub.parts.store.devices()) == 1
     assert not DevicePaths(tmp_path / "second").identity.exists()
+
+
+async def test_an_answer_lost_on_its_way_is_given_again_to_the_same_key_only(
+    hub: Hub, tmp_path: Any
+) -> None:
+    """The device's first try got no answer (a timeout, a cut link, Ctrl-C before it
+    saved it) after the hub took the token: the same token and the same key (the agent
+    keeps its key) enroll the same device again; another key is refused."""
+    token = await mint_token(hub, labels={"site": "north"})
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = {"token": token, "csr": _csr(key), "profile": "generic"}
+    first_status, first = await _post_enroll(hub, body)  # the answer the device never got
+    assert first_status == 201, first
+
+    again_status, again = await _post_enroll(hub, body)
+    thief_status, thief = await _post_enroll(
+        hub, {**body, "csr": _csr(ec.generate_private_key(ec.SECP256R1()))}
+    )
+
+    assert again_status == 201, again
+    assert again["device_id"] == first["device_id"]
+    assert again["name"] == first["name"]
+    cert = x509.load_pem_x509_certificate(again["certificate"].encode())
+    assert cert.public_key() == key.public_key()
+    assert (thief_status, "already used" in thief["error"]["message"]) == (401, True)
+    devices = await hub.parts.store.devices()
+    assert [d.device_id for d in devices] == [first["device_id"]]
+    assert devices[0].labels == {"site": "north"}
+    assert devices[0].cert_serial == format(cert.serial_number, "x")
+
+
+async def test_an_interrupted_agent_enrollment_is_finished_by_running_it_again(
+    hub: Hub, tmp_path: Any
+) -> None:
+    token = await mint_token(hub)
+    paths = DevicePaths(tmp_path / "device")
+    paths.identity_dir.mkdir(parents=True)
+    key = _device_key(paths)  # the key the agent made and kept
+    status, first = await _post_enroll(
+        hub, {"token": token, "csr": _csr(key), "profile": "generic"}
+    )
+    assert status == 201  # ... and then the agent was stopped before it saved anything
+
+    identity = await enroll(token, paths, PROFILES / "generic.toml")
+
+    assert identity.device_id == first["device_id"]
+    assert len(await hub.parts.store.devices()) == 1
 
 
 async def test_expired_token_is_refused_by_agent_and_hub(hub: Hub, tmp_path: Any) -> None:

@@ -39,4 +39,5 @@ MIGRATIONS: list[Migration] = [
     ("022_shadow_rollouts", models.m022_shadow_rollouts),
     ("023_task_sweeps", work.m023_task_sweeps),
     ("024_sealed_offers", models.m024_sealed_offers),
+    ("025_enroll_retry", fleet.m025_enroll_retry),
 ]

@@ -168,3 +168,9 @@ def m021_agent_release_files(db: Sql) -> None:
             PRIMARY KEY (version, name)
         )"""
     )
+
+
+def m025_enroll_retry(db: Sql) -> None:
+    # The key a bootstrap token enrolled (the sha256 of its SubjectPublicKeyInfo): the
+    # same device asking again with it, its first answer lost, is answered again.
+    db.execute("ALTER TABLE enroll_tokens ADD COLUMN key_sha256 TEXT")
