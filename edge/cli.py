@@ -19,7 +19,7 @@ from edge.identity import DevicePaths, Identity, NotEnrolledError
 from edge.profile import ProfileError, find_profile, load_profile
 from outpost import __version__, devicenames, heap, logs, settings
 from outpost.aio import cancel_until_done
-from outpost.datalock import AlreadyRunningError
+from outpost.datalock import AlreadyRunningError, DataLock
 from outpost.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -262,6 +262,8 @@ def _do_enroll(args: argparse.Namespace, enroll: Any) -> int:
             token = args.token_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot read {args.token_file}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{args.token_file} holds no token (not text): {exc}") from exc
     if args.name is not None:
         try:
             name = devicenames.check(args.name, "--name")
@@ -270,7 +272,11 @@ def _do_enroll(args: argparse.Namespace, enroll: Any) -> int:
     else:
         name = devicenames.from_hostname(socket.gethostname())
     profile = find_profile(args.profile)
-    identity = asyncio.run(enroll(token, DevicePaths(args.data), profile, name))
+    args.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # One enrollment of a folder at a time (and none while its agent runs): two at once
+    # would enroll two devices and keep one identity.
+    with DataLock.acquire(args.data, "outpost-agent enroll"):
+        identity = asyncio.run(enroll(token, DevicePaths(args.data), profile, name))
     print(f"enrolled as {identity.name} ({identity.device_id}); broker {identity.broker_url}")
     return 0
 

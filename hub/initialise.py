@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -23,18 +24,31 @@ class AlreadyInitialisedError(RuntimeError):
 
 
 def initialise(paths: HubPaths, *, server_names: list[str], fleet_name: str = "Outpost") -> None:
-    """Create the CA, server and hub-client certificates, and the signing keys."""
+    """Create the CA, server and hub-client certificates, and the signing keys: made
+    whole in a folder aside and renamed into place, so an init cut short (Ctrl-C, a full
+    disk) leaves no half-made `pki/` that a second init would refuse to touch."""
     if paths.root.exists() and not paths.root.is_dir():
         raise AlreadyInitialisedError(
             f"{paths.root} is a file, not a folder: choose another --data"
         )
-    if paths.ca_key.exists() or paths.ca_cert.exists():
+    if paths.pki.exists():
         raise AlreadyInitialisedError(
-            f"{paths.root} is already initialised (found {paths.ca_key.name}); "
+            f"{paths.root} is already initialised (found {paths.pki.name}/); "
             "refusing to overwrite its keys"
         )
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths.pki.mkdir(exist_ok=True, mode=0o700)
+    staging = HubPaths(paths.root / ".init.partial")
+    shutil.rmtree(staging.root, ignore_errors=True)  # left by an init cut short
+    staging.root.mkdir(mode=0o700)
+    _make_pki(staging, server_names, fleet_name)
+    files.sync_tree(staging.pki)
+    staging.pki.rename(paths.pki)
+    files.sync_dir(paths.root)
+    shutil.rmtree(staging.root, ignore_errors=True)
+
+
+def _make_pki(paths: HubPaths, server_names: list[str], fleet_name: str) -> None:
+    paths.pki.mkdir(mode=0o700)
 
     ca_key, ca_cert = pki.make_ca(f"{fleet_name} fleet CA")
     files.write_new(paths.ca_key, pki.key_pem(ca_key))

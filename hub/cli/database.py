@@ -23,7 +23,11 @@ def init(args: argparse.Namespace) -> int:
         if paths.config.exists():
             raise ValueError(f"{paths.config} exists: set db_url in it instead of --db")
         open_engine(args.db).close()  # reachable, and its schema made, before any key
-    initialise(paths, server_names=args.san)
+    if paths.root.exists() and not paths.root.is_dir():
+        raise ValueError(f"{paths.root} is a file, not a folder: choose another --data")
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with DataLock.acquire(paths.root, "outpost-hub init"):  # two inits at once: one wins
+        initialise(paths, server_names=args.san)
     print(f"initialised {paths.root}")
     if args.db is not None:
         # A JSON string is a TOML basic string.

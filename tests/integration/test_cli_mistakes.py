@@ -8,10 +8,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hub.app import Hub
+from hub.fleet import pki
+from hub.initialise import initialise
 from hub.paths import HubPaths
 from tests.api_client import ApiClient
 from tests.integration.test_cli_remote import Ran, run
@@ -128,3 +131,60 @@ def test_output_to_a_reader_that_left_ends_quietly(hub_paths: HubPaths) -> None:
     assert process.wait(timeout=120) == 1
     assert "Traceback" not in err, err
     assert "BrokenPipe" not in err, err
+
+
+def test_an_init_cut_short_leaves_nothing_a_second_init_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or a full disk) halfway through the keys: nothing half-made is left in
+    place, and init run again makes a whole hub."""
+    paths = HubPaths(tmp_path / "hub")
+    real_issue = pki.issue
+    calls: list[int] = []
+
+    def cut_short(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # after the CA and the server certificate's key
+            raise KeyboardInterrupt
+        return real_issue(*args, **kwargs)
+
+    monkeypatch.setattr(pki, "issue", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        initialise(paths, server_names=[])
+    monkeypatch.setattr(pki, "issue", real_issue)
+    assert not paths.pki.exists()
+
+    ran = cli("hub.cli", "init", "--data", str(paths.root))
+
+    assert ran.code == 0, ran.err
+    assert {"ca.crt", "ca.key", "token.key"} <= {p.name for p in paths.pki.iterdir()}
+    assert not (paths.root / ".init.partial").exists()
+
+
+def test_two_inits_at_once_make_one_hub(tmp_path: Path) -> None:
+    folder = tmp_path / "hub"
+    argv = [sys.executable, "-m", "hub.cli", "init", "--data", str(folder)]
+    started = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        for _ in range(2)
+    ]
+    done = [(p.wait(timeout=120), p.communicate()) for p in started]
+    codes = sorted(code for code, _ in done)
+    errors = "".join(err for _, (_, err) in done)
+
+    assert codes == [0, 2], errors  # one made it; the other was refused by name
+    assert "Traceback" not in errors
+    assert "outpost-hub init" in errors or "already initialised" in errors
+
+
+def test_a_token_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    binary = tmp_path / "token.bin"
+    binary.write_bytes(b"\xdc\xff\xfe")
+
+    ran = cli(
+        "edge.cli", "enroll", "--token-file", str(binary), "--data", str(tmp_path / "agent"),
+        "--profile", "generic",
+    )  # fmt: skip
+
+    assert ran.code == 2
+    assert "holds no token" in ran.err
