@@ -18,7 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import msgspec
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge import deploystate, offerorder
@@ -111,7 +110,7 @@ class Deployer:
             fetching.cancel()
         for offered in verified:
             m = offered.manifest
-            triple = _key(m)
+            triple = deploystate.key_of(m)
             if triple == self._current:
                 continue
             action = states.decide(triple, self._slots.serving(m.name))
@@ -186,10 +185,12 @@ class Deployer:
                     await self._deploy(offered)
                 except ReleaseRefused as exc:
                     logger.warning("model %s %s refused: %s", m.name, m.version, exc)
-                    await self._set(_record(m, "failed", str(exc), final=exc.final))
+                    await self._set(deploystate.record_of(m, "failed", str(exc), final=exc.final))
                 except Exception as exc:  # one release's surprise must not stop the rest
                     logger.exception("model %s %s: deploy failed", m.name, m.version)
-                    await self._set(_record(m, "failed", f"{type(exc).__name__}: {exc}"))
+                    await self._set(
+                        deploystate.record_of(m, "failed", f"{type(exc).__name__}: {exc}")
+                    )
                 finally:
                     self._current = None
                 await self._requeue(m)
@@ -208,7 +209,7 @@ class Deployer:
             return
         allowed = self._service.allowed_models
         for name, offered in self._offered.items():
-            key = _key(offered.manifest)
+            key = deploystate.key_of(offered.manifest)
             if name in self._pending or key == self._current or (allowed and name not in allowed):
                 continue
             record = self._states.find(key)
@@ -238,7 +239,7 @@ class Deployer:
             )
         installed = await asyncio.to_thread(self._installed, m)
         if not installed:
-            await self._set(_record(m, "downloading"))
+            await self._set(deploystate.record_of(m, "downloading"))
             part = await self._download(offered)
             await self._fetcher.install_downloaded(offered, part)
         if not self._wanted(m):  # the hub withdrew it while it came (a halted roll-out)
@@ -252,8 +253,13 @@ class Deployer:
                 await asyncio.to_thread(self._remove, m)
             raise ReleaseRefused(f"not activated: {exc}") from exc
         previous = before if before is not None and before != m.version else ""
-        await self._set(_record(m, "active", previous=previous))
+        await self._set(deploystate.record_of(m, "active", previous=previous))
         logger.info("model %s %s active (release deployed)", m.name, m.version)
+        # Older versions go, but the fallback, a shadow's candidate and the newest few.
+        keep = {m.version, previous, self._service.shadows.versions().get(m.name, "")}
+        gone = await asyncio.to_thread(self._directory.prune, m.name, keep)
+        if gone:
+            logger.info("model %s: versions %s removed (not needed)", m.name, ", ".join(gone))
 
     async def _download(self, offered: release.Release) -> Path:
         """The release's checked file; `ReleaseRefused` if an offer without it stopped
@@ -274,13 +280,13 @@ class Deployer:
 
     def _wanted(self, m: Manifest) -> bool:
         """Whether the newest offer taken still names this release."""
-        return self._wanted_key(_key(m))
+        return self._wanted_key(deploystate.key_of(m))
 
     def _wanted_key(self, key: Key) -> bool:
         if self._offered is None:
             return True
         offered = self._offered.get(key[0])
-        return offered is not None and _key(offered.manifest) == key
+        return offered is not None and deploystate.key_of(offered.manifest) == key
 
     async def _requeue(self, done: Manifest) -> None:
         """After a deploy of `done`: if the newest offer names another release of its
@@ -288,11 +294,15 @@ class Deployer:
         deploy then changed what serves), queue that one."""
         name = done.name
         offered = self._offered.get(name) if self._offered else None
-        if offered is None or name in self._pending or _key(offered.manifest) == _key(done):
+        if (
+            offered is None
+            or name in self._pending
+            or deploystate.key_of(offered.manifest) == deploystate.key_of(done)
+        ):
             return
         states = await self._loaded()
         m = offered.manifest
-        if states.decide(_key(m), self._slots.serving(name)) == "deploy":
+        if states.decide(deploystate.key_of(m), self._slots.serving(name)) == "deploy":
             self._pending[name] = offered
 
     async def _shadow(self, offered: release.Release) -> None:
@@ -323,7 +333,7 @@ class Deployer:
     async def _refuse_unverified(
         self, states: DeployStates, document: bytes, detail: str, *, final: bool = True
     ) -> None:
-        name, version = _claimed(document)
+        name, version = deploystate.claimed(document)
         logger.warning("model release %s %s refused: %s", name or "?", version or "?", detail)
         # Reported, not kept: an unverified document must not become the model's current
         # record (it could name any version). The retained list comes again on every
@@ -376,33 +386,3 @@ class Deployer:
 
 
 # ---------------------------------------------------------------- blocking helpers
-
-
-def _record(
-    m: Manifest,
-    state: wire.DeployState,
-    detail: str = "",
-    *,
-    final: bool = True,
-    previous: str = "",
-) -> Record:
-    return Record(m.name, m.version, m.sha256, state, detail, final, previous)
-
-
-def _key(m: Manifest) -> Key:
-    return (m.name, m.version, m.sha256)
-
-
-def _claimed(document: bytes) -> tuple[str, str]:
-    """The name and version an unverified release claims, for the report only."""
-    try:
-        body = msgspec.msgpack.decode(document)
-        manifest = body.get("manifest") if isinstance(body, dict) else None
-        name = manifest.get("name") if isinstance(manifest, dict) else None
-        version = manifest.get("version") if isinstance(manifest, dict) else None
-    except (ValueError, TypeError, RecursionError):
-        return "", ""
-    return (
-        name[:64] if isinstance(name, str) else "",
-        version[:32] if isinstance(version, str) else "",
-    )

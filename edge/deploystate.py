@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import msgspec
+
 from outpost import files, wire
+from outpost.modelbundle import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +176,34 @@ def _record(item: Any) -> Record | None:
         logger.warning("deploy states: dropped a damaged record: %r", item)
         return None
     return Record(**item)
+
+
+def record_of(
+    m: Manifest,
+    state: wire.DeployState,
+    detail: str = "",
+    *,
+    final: bool = True,
+    previous: str = "",
+) -> Record:
+    """A release's record, from its signed manifest."""
+    return Record(m.name, m.version, m.sha256, state, detail, final, previous)
+
+
+def key_of(m: Manifest) -> Key:
+    return (m.name, m.version, m.sha256)
+
+
+def claimed(document: bytes) -> tuple[str, str]:
+    """The name and version an unverified release claims, for the report only."""
+    try:
+        body = msgspec.msgpack.decode(document)
+        manifest = body.get("manifest") if isinstance(body, dict) else None
+        name = manifest.get("name") if isinstance(manifest, dict) else None
+        version = manifest.get("version") if isinstance(manifest, dict) else None
+    except (ValueError, TypeError, RecursionError):
+        return "", ""
+    return (
+        name[:64] if isinstance(name, str) else "",
+        version[:32] if isinstance(version, str) else "",
+    )

@@ -30,6 +30,7 @@ from outpost.modelbundle import (
 logger = logging.getLogger(__name__)
 
 ACTIVE_FILE = "active"
+KEEP_NEWEST = 3  # versions of a model kept beside the active one and its fallback
 BUNDLE_FILES = (MODEL_FILE, "model.json", "sample.json")
 
 
@@ -169,6 +170,24 @@ class ModelDirectory:
             logger.info("removed model %s %s", name, version)
         if home.is_dir() and not self.versions(name):
             shutil.rmtree(home, ignore_errors=True)
+
+    def prune(self, name: str, keep: set[str], newest: int = KEEP_NEWEST) -> list[str]:
+        """Remove the versions of `name` beyond those in `keep`, the active one and the
+        `newest` highest (blocking): a device that has seen years of roll-outs must not
+        fill its disk with them. The versions removed."""
+        versions = self.versions(name)
+        kept = keep | set(versions[-newest:]) | {self.active(name) or ""}
+        gone = []
+        for version in versions:
+            if version in kept:
+                continue
+            try:
+                self.remove(name, version)
+            except (BundleError, OSError) as exc:
+                logger.warning("model %s %s not pruned: %s", name, version, exc)
+                continue
+            gone.append(version)
+        return gone
 
     def _pin_active(self, name: str) -> None:
         """Write down the version that is active by default (the highest), so that

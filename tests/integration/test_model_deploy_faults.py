@@ -152,3 +152,17 @@ async def test_a_release_the_policy_held_back_is_tried_when_the_policy_allows_it
     device.deployer.allowed_models_changed()
 
     await device.state(SURFACE, "1.0.0", "active")
+
+
+async def test_old_versions_go_once_a_new_one_is_active(
+    device: Device,  # noqa: F811 - the fixture
+) -> None:
+    for patch in range(1, 6):
+        version = f"1.0.{patch}"
+        device.server.serve(VIBRATION, version)
+        await device.offer(device.release(VIBRATION, version))
+        await device.state(VIBRATION, version, "active")
+
+    # The active one, its fallback and the newest few stay; the rest went.
+    assert device.directory.versions(VIBRATION) == ["1.0.3", "1.0.4", "1.0.5"]
+    assert device.service.slots.serving(VIBRATION) == "1.0.5"

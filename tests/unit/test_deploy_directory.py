@@ -97,3 +97,19 @@ def test_entry_names_a_folder_whose_manifest_disagrees(tmp_path: Path) -> None:
     assert entry.bundle is None
     assert "not the folder's vibration-anomaly 1.0.1" in entry.error
     assert directory.entry(NAME, "1.0.0").bundle is not None
+
+
+def test_prune_keeps_the_active_one_what_is_asked_and_the_newest_few(tmp_path: Path) -> None:
+    """A device that has seen years of roll-outs does not keep every version."""
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0])  # 1.0.0
+    for version in ("1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0"):
+        directory.install(version_of(tmp_path, version), activate=False)
+    directory.set_active(NAME, "1.2.0")
+
+    gone = directory.prune(NAME, keep={"1.0.0"}, newest=2)
+
+    assert gone == ["1.1.0", "1.3.0"]
+    assert directory.versions(NAME) == ["1.0.0", "1.2.0", "1.4.0", "1.5.0"]
+    assert directory.active(NAME) == "1.2.0"
+    assert directory.prune(NAME, keep={"1.0.0"}, newest=2) == []  # nothing more to take
