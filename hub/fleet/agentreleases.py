@@ -24,6 +24,8 @@ from outpost import agentrelease, files
 from outpost.agentrelease import AgentManifest, ReleaseFileError
 from outpost.signing import Signed
 
+STALE_UPLOAD_S = 600.0  # a version's folder with no listed release, older: left by a cut upload
+
 
 class AgentReleaseExistsError(ReleaseFileError):
     """That version was taken already: a version is never replaced."""
@@ -51,7 +53,7 @@ class AgentShelf:
         # Reading and hashing tens of MiB: off the event loop (the API's too).
         manifest = await asyncio.to_thread(agentrelease.read_folder, folder)
         target = self._root / manifest.version
-        if target.exists():
+        if target.exists() and not await self._left_by_a_cut_upload(target, manifest.version):
             raise AgentReleaseExistsError(f"agent release {manifest.version} exists already")
         # Each upload copies into a folder of its own; the version is then claimed by
         # making its folder, which only one of several uploads at once can do.
@@ -88,6 +90,25 @@ class AgentShelf:
             if claimed:
                 await asyncio.to_thread(shutil.rmtree, target, True)
         return manifest
+
+    async def _left_by_a_cut_upload(self, target: Path, version: str) -> bool:
+        """Whether the version's folder is what an upload killed before its row was
+        written left (no release of it listed, and untouched for `STALE_UPLOAD_S`, so no
+        upload is filling it now): removed, so the version can be uploaded again."""
+        listed = await self._store.run(registry.all_releases)
+        if any(r.version == version for r in listed):
+            return False
+        try:
+            age = time.time() - (await asyncio.to_thread(target.stat)).st_mtime
+        except FileNotFoundError:
+            return True
+        if age < STALE_UPLOAD_S:
+            raise AgentReleaseExistsError(
+                f"agent release {version} is being uploaded (or an upload of it was cut "
+                f"short less than {STALE_UPLOAD_S // 60:.0f} minutes ago): try again later"
+            )
+        await asyncio.to_thread(shutil.rmtree, target, True)
+        return True
 
     @property
     def shared(self) -> bool:

@@ -19,7 +19,9 @@ from edge.inference.directory import ModelDirectory
 from edge.inference.runner import ModelRunner
 from edge.inference.runtime import choose_runtime
 from hub.app import Hub
-from outpost import release
+from hub.models.rollouts import SEND_AT_ONCE, sealed_offer
+from hub.store import HelloSeen, HubStore, StoredModel
+from outpost import release, wire
 from outpost.modelbundle import read_bundle
 from tests.api_client import ApiClient
 from tests.bench.common import Result, median_time, per_second, running_hub
@@ -50,6 +52,62 @@ def _verify_rates() -> tuple[float, float]:
         per_second(VERIFY_ROUNDS, median_time(ours, repeat=3)),
         per_second(VERIFY_ROUNDS, median_time(bare, repeat=3)),
     )
+
+
+OFFER_DEVICES = 1000
+
+
+def _offer_rates(root: Path) -> tuple[float, float]:
+    """Offers made per second for devices that check seals (numbered in a write
+    transaction, each sealed with the hub's key) vs the plain read of what each should
+    run that offers were before seals, on a SQLite hub with a roll-out to all of them."""
+    store = HubStore(root / "offers.db")
+    key = ed25519.Ed25519PrivateKey.generate()
+    try:
+        now = time.time()
+        hellos = [
+            HelloSeen(f"dev-offer{n:05d}", "c", now, "generic", "1", 10.0, {}, sealed_offers=True)
+            for n in range(OFFER_DEVICES)
+        ]
+        asyncio.run(store.record_presence(hellos))
+        bundle = read_bundle(VIBRATION)
+        assert bundle.sample is not None
+        signed = release.sign(key, bundle.manifest, bundle.sample, now)
+        model = StoredModel(
+            bundle.manifest.name, bundle.manifest.version, bundle.manifest.sha256,
+            bundle.manifest.size, bundle.manifest.to_dict(), signed.document, signed.signature,
+            now, "bench",
+        )  # fmt: skip
+        assert asyncio.run(store.add_model(model))
+        rollout = store.create_rollout(
+            name=model.name, version=model.version, selector={}, canary_share=1.0, by="bench",
+            now=now,
+        )  # fmt: skip
+        asyncio.run(rollout)
+        ids = [h.device_id for h in hellos]
+        chunks = [ids[i : i + SEND_AT_ONCE] for i in range(0, len(ids), SEND_AT_ONCE)]
+
+        def ours() -> None:
+            for chunk in chunks:
+                offers = asyncio.run(store.offers_of(chunk, now=time.time()))
+                for offer in offers.values():
+                    wire.encode("models", sealed_offer(key, offer, time.time()))
+
+        def bare() -> None:
+            for chunk in chunks:
+                desired = asyncio.run(store.desired_releases_of(chunk))
+                for releases in desired.values():
+                    body = wire.ModelReleases(
+                        releases=[wire.SignedRelease(document=d, signature=s) for d, s in releases]
+                    )
+                    wire.encode("models", body)
+
+        return (
+            per_second(OFFER_DEVICES, median_time(ours, repeat=3)),
+            per_second(OFFER_DEVICES, median_time(bare, repeat=3)),
+        )
+    finally:
+        store.close()
 
 
 def _bare_load(folder: Path) -> None:
@@ -133,9 +191,17 @@ async def _rollout(root: Path) -> tuple[float, float, float, float, float]:
 
 def run(root: Path) -> list[Result]:
     ours, bare = _verify_rates()
+    offers, plain = _offer_rates(root)
     upload_s, bare_load, canary_s, total_s, bare_fetch = asyncio.run(_rollout(root))
     return [
         Result("model release verify (signature + schema)", ours, bare, "/s", "bare: Ed25519"),
+        Result(
+            f"offers sealed and encoded, {OFFER_DEVICES:,} devices",
+            offers,
+            plain,
+            "/s",
+            "bare: the unsealed read and encode",
+        ),
         Result(
             "model upload, checked (load + sample) and signed",
             upload_s * 1000,

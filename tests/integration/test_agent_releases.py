@@ -6,9 +6,11 @@ never replaces a version; a signed release verifies with that key and no other."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -98,6 +100,29 @@ async def test_a_built_release_is_taken_signed_and_never_replaced(
     listed = run("-m", "hub.cli", "agent-releases", "list", "--data", hub.root)
     assert manifest.version in listed.stdout
     assert "aarch64,x86_64" in listed.stdout
+
+
+def test_a_version_an_upload_cut_short_left_can_be_uploaded_again(
+    built: Path, hub: HubPaths
+) -> None:
+    """The upload was killed after it claimed the version's folder, before its row: the
+    version was neither listed nor uploadable. A folder left that way is taken back once
+    no upload can be filling it."""
+    manifest = agentrelease.read_folder(built)
+    left = hub.agent_releases / manifest.version
+    left.mkdir(parents=True)
+    (left / "half.whl").write_bytes(b"half")
+
+    recent = upload(hub, built)
+    assert recent.returncode == 2
+    assert "is being uploaded" in recent.stderr  # the control: it may be under way
+    long_ago = time.time() - 3600
+    os.utime(left, (long_ago, long_ago))
+
+    taken = upload(hub, built)
+
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert sorted(p.name for p in left.iterdir()) == [f.name for f in manifest.files]
 
 
 @pytest.mark.parametrize(
