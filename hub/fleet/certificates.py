@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 DAY_S = 86400.0
 
 
+RENEW_SPACING_S = 3600.0  # at most one renewal per device per hour (less for short lives)
+
+
 class RenewalRefusedError(ValueError):
     """A renewal was refused; the message says why and is safe to show the device."""
 
@@ -121,6 +124,20 @@ class Renewals:
                 retry_after=state.held_until - now,
             )
         self._check_grace(presented, state.latest_not_after or 0.0, now, device_id)
+        # Each renewal adds a serial to every CRL that lists the device later: a device
+        # that renews in a loop (it is not trusted to behave) must not grow them without
+        # bound. An agent renews at two thirds of a certificate's life.
+        spacing = min(RENEW_SPACING_S, self._config.device_cert_days * DAY_S / 3)
+        last = state.latest_renewal_at
+        if last is not None and now - last < spacing:
+            wait = last + spacing - now
+            raise RenewalRefusedError(
+                429,
+                f"{device_id} renewed its certificate {now - last:.0f} s ago; it may renew "
+                f"again in {wait:.0f} s",
+                device_id=device_id,
+                retry_after=wait,
+            )
 
         issued = pki.issue(
             self._ca_key,

@@ -43,6 +43,7 @@ class RenewalState:
     presented: IssuedCert | None  # the presented serial, if it was issued to this device
     latest_not_after: float | None  # the end of the device's newest certificate
     held_until: float | None = None  # held off for flooding until then (hub/mqtt/holds.py)
+    latest_renewal_at: float | None = None  # when its last renewal was issued
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,17 @@ def renewal_state(db: Sql, device_id: str, serial: str) -> RenewalState:
     (latest,) = db.execute(
         "SELECT MAX(not_after) FROM device_certs WHERE device_id = ?", (device_id,)
     ).fetchone()
+    (latest_renewal,) = db.execute(
+        "SELECT MAX(issued_at) FROM device_certs WHERE device_id = ? AND reason = 'renew'",
+        (device_id,),
+    ).fetchone()
     held = db.execute("SELECT held_until FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     return RenewalState(
         get_device(db, device_id),
         IssuedCert.from_row(row) if row else None,
         latest,
         held["held_until"] if held else None,
+        latest_renewal,
     )
 
 

@@ -354,6 +354,22 @@ async def test_a_device_held_off_for_flooding_cannot_renew_until_the_hold_ends(
     assert got == 200, reply
 
 
+async def test_a_device_renews_at_most_once_an_hour(hub: Hub, enroll_device: Enroller) -> None:
+    """Each renewal adds a serial every later CRL of the device lists: one that renews
+    in a loop must not grow them without bound (an agent renews at 2/3 of 90 days)."""
+    paths, identity = await enroll_device()
+    body = {"certificate": paths.cert.read_text(), "csr": make_csr(load_device_key(paths)).decode()}
+
+    first, _ = await post_renew(hub, body)  # the control: right after enrollment, it may
+    again, reply = await post_renew(hub, body)
+
+    assert first == 200
+    assert again == 429
+    assert "renewed its certificate" in reply["error"]["message"]
+    certs = await hub.parts.store.device_certs(identity.device_id)
+    assert [c.reason for c in certs] == ["enroll", "renew"]
+
+
 # ------------------------------------------------------------------- revocation
 
 

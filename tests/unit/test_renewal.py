@@ -142,7 +142,12 @@ async def run_renewer(
 ) -> list[float]:
     sleeps = Sleeps(limit)
     monkeypatch.setattr(renewal, "renew", hub.renew)
-    monkeypatch.setattr(asyncio, "sleep", sleeps)  # the renewer's only sleeps
+
+    async def pause(event: asyncio.Event, seconds: float) -> bool:
+        await sleeps(seconds)
+        return False
+
+    monkeypatch.setattr(renewal, "wait_event", pause)  # the renewer's only sleeps
     with pytest.raises(asyncio.CancelledError):
         await renewer.run()
     return sleeps.waits
