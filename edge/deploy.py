@@ -383,6 +383,3 @@ class Deployer:
             self._directory.remove(m.name, m.version)
         except (BundleError, OSError) as exc:
             logger.error("model %s %s: refused version not removed: %s", m.name, m.version, exc)
-
-
-# ---------------------------------------------------------------- blocking helpers
