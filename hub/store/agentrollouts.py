@@ -18,7 +18,8 @@ from outpost.agentrelease import ROLLOUT_NAME as AGENT
 
 def desired_agent_of(db: Sql, device_ids: list[str]) -> dict[str, tuple[bytes, bytes]]:
     """The signed agent release (document, signature) each device should run, for the
-    devices that have one."""
+    devices that have one: not one that failed or rolled back on it (offered again, it
+    would be installed again, or switched to without a selfcheck, and fail again)."""
     out: dict[str, tuple[bytes, bytes]] = {}
     for device_id in device_ids:
         row = db.execute(
@@ -29,6 +30,7 @@ def desired_agent_of(db: Sql, device_ids: list[str]) -> dict[str, tuple[bytes, b
                    JOIN rollout_devices d ON d.rollout_id = r2.id
                    WHERE r2.name = ? AND d.device_id = ?
                      AND d.released_at IS NOT NULL
+                     AND d.state NOT IN ('failed', 'rolled_back')
                      AND r2.state != 'halted'
                )""",
             (AGENT, device_id),

@@ -231,3 +231,23 @@ async def test_devices_that_run_the_version_or_a_newer_one_hold_no_rollout_up(
     ]
     assert found.state == "rolling"
     assert await _desired(store, ids) == {ids[0]: signed("0.3.0"), ids[2]: signed("0.3.0")}
+
+
+async def test_a_release_that_failed_on_a_device_is_not_offered_to_it_again(
+    store: HubStore,
+) -> None:
+    ids = await _devices(store, 3)
+    await _release(store, "0.3.0")
+    await _release(store, "0.4.0")
+    await _start(store, "0.3.0", 1.0)  # every device runs 0.3.0 after this one
+    for device_id in ids:
+        await store.record_model_state(device_id, AGENT, "0.3.0", "active", "", now=time.time())
+    assert await _start(store, "0.4.0", 0.3) == [ids[0]]
+    await store.record_model_state(ids[0], AGENT, "0.4.0", "active", "", now=time.time())
+    # In the rest stage, ids[1] rolls back (the roll-out goes on, with a failure).
+    await store.record_model_state(ids[1], AGENT, "0.4.0", "rolled_back", "no", now=time.time())
+
+    desired = await _desired(store, ids)
+
+    assert desired[ids[1]] == signed("0.3.0")  # what it runs again; never 0.4.0 again
+    assert desired[ids[2]] == signed("0.4.0")  # the control
