@@ -141,9 +141,9 @@ class Hub:
                 pool_size=self.config.db_pool_size,
             )
             stack.callback(store.close)
-            await revocation.prepare(self.paths, self.config, store)  # the broker's CRL
+            held = await revocation.prepare(self.paths, self.config, store)  # the broker's CRL
             broker = await self._start_broker(stack)
-            self._parts = parts = await self._start_parts(stack, store, broker)
+            self._parts = parts = await self._start_parts(stack, store, broker, held)
             self.ready.set()
             replica = self.config.replica_id
             logger.info(
@@ -199,7 +199,11 @@ class Hub:
         return broker
 
     async def _start_parts(
-        self, stack: contextlib.AsyncExitStack, store: HubStore, broker: BrokerSupervisor | None
+        self,
+        stack: contextlib.AsyncExitStack,
+        store: HubStore,
+        broker: BrokerSupervisor | None,
+        held: set[str],
     ) -> HubParts:
         """Make the fleet's services, start the web endpoint, and make the MQTT link."""
         replica = self.config.replica_id
@@ -240,7 +244,7 @@ class Hub:
             on_rollups=metrics.inferences.add,
         )
         intake = DeviceIntake(Budget.of(self.config), dropped=metrics.messages)
-        holds = FloodHolds(self.paths, self.config, store, intake, broker=broker)
+        holds = FloodHolds(self.paths, self.config, store, intake, broker=broker, listed=held)
         metrics.fleet.holds = lambda: (holds.holds_total, len(holds.held))
         sinks = SinkService(
             self.config.sinks,

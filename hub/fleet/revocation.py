@@ -171,13 +171,15 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-async def prepare(paths: HubPaths, config: HubConfig, store: HubStore) -> None:
+async def prepare(paths: HubPaths, config: HubConfig, store: HubStore) -> set[str]:
     """Write the CRL before the broker starts (Mosquitto will not start without it); an
     external broker gets its copy and is told to re-read it (holds may have ended while
-    the hub was down)."""
+    the hub was down). The devices held as the CRL was made (read just before: one
+    that changes meanwhile makes the holds' first check write it again)."""
+    held = set(await store.holds(time.time()))
     listed = await write_crl(paths, store, config)
     if config.managed_broker:
-        return
+        return held
     if config.broker_reload_command:
         await reload_external(config)
     if not config.broker_crl_path or not config.broker_reload_command:
@@ -187,6 +189,7 @@ async def prepare(paths: HubPaths, config: HubConfig, store: HubStore) -> None:
             config.broker_crl_path or crl_file(paths),
             listed,
         )
+    return held
 
 
 async def reload_external(config: HubConfig) -> bool:

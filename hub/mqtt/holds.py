@@ -49,6 +49,7 @@ class FloodHolds:
         intake: DeviceIntake,
         *,
         broker: BrokerSupervisor | None,
+        listed: set[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._paths = paths
@@ -59,8 +60,9 @@ class FloodHolds:
         self._clock = clock
         self.holds_total = 0  # holds since the hub started (for /metrics)
         self.held: dict[str, float] = {}  # device -> when its hold ends, in the registry
-        # The devices the CRL last written lists as held; None: not written by us yet.
-        self._listed: set[str] | None = None
+        # The devices the CRL last written lists as held (at the hub's start: as
+        # revocation.prepare wrote it); None: unknown, the first check writes it.
+        self._listed: set[str] | None = listed
         self._dropped_at_hold: dict[str, int] = {}  # the intake's total at each hold
 
     def over_threshold(self) -> list[str]:
@@ -78,8 +80,8 @@ class FloodHolds:
         ]
 
     async def run(self) -> None:
-        """Run until cancelled: the first check writes the CRL as the holds are then (one
-        may have ended since the hub's start wrote it), each later one when they change."""
+        """Run until cancelled: each check writes the CRL when the holds differ from what
+        it lists (one may have ended since the hub's start wrote it)."""
         while True:
             await asyncio.sleep(CHECK_S)
             try:

@@ -468,7 +468,7 @@ async def test_the_agent_behind_the_launcher_speaks_for_the_unit(
             launcher.wait(10)
         listener.close()
     state = json.loads((paths.root / "launch-state.json").read_text())
-    assert state == {"failures": 0, "version": __version__}
+    assert state == {"failures": 0, "rolled_back_from": [], "version": __version__}
     assert not (paths.root / "rolled-back.json").exists()
 
 

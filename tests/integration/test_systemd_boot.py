@@ -423,7 +423,7 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
             noted = json.loads(launch_state.read_text())
         except (OSError, ValueError):  # not yet, or being replaced
             return False
-        return bool(noted == {"failures": 0, "version": __version__})
+        return bool(noted == {"failures": 0, "rolled_back_from": [], "version": __version__})
 
     machine.wait_for(start_noted, "the launcher's note of a good start", timeout=60)
     for unit in ("outpost-hub", "outpost-agent"):
