@@ -60,6 +60,10 @@ class _Refused(Exception):
     """This release will not be installed; the message says why."""
 
 
+class _Withdrawn(Exception):
+    """The hub no longer names the release being installed; the message says so."""
+
+
 def side_by_side_prefix(python_prefix: str = sys.prefix) -> Path | None:
     """PREFIX when this interpreter is PREFIX/releases/<version>/venv; else None."""
     venv = Path(python_prefix)
@@ -94,6 +98,9 @@ class AgentUpdater:
         self._refused: set[str] = set()  # versions refused for good: not tried again
         self._states: dict[str, wire.ModelState] = {}  # by version: what went wrong
         self._wake = asyncio.Event()
+        # The version the hub's newest offer names (None: none): an update under way
+        # that it no longer names (a halted roll-out) is not switched to.
+        self._wanted: str | None = None
 
     async def load(self) -> None:
         """Learn from the launcher which version it rolled back from, if it did: that one
@@ -119,6 +126,7 @@ class AgentUpdater:
         """Take the hub's word on which agent to run (never waits for a download)."""
         if body.release is None:
             self._pending = None  # the hub no longer names one (a halted roll-out)
+            self._wanted = None
             return
         signed = Signed(body.release.document, body.release.signature)
         try:
@@ -129,6 +137,7 @@ class AgentUpdater:
             await self._send("?", "failed", f"refused: {exc}")
             return
         version = manifest.version
+        self._wanted = version
         if selfupdate.version_key(version) <= selfupdate.version_key(self._running):
             return  # what runs is as new (its hello says so): nothing to do
         if version in self._refused:
@@ -154,6 +163,10 @@ class AgentUpdater:
                 self._refused.add(manifest.version)
                 logger.error("agent %s not installed: %s", manifest.version, exc)
                 await self._send(manifest.version, "failed", str(exc))
+                continue
+            except _Withdrawn as exc:  # a halted roll-out: not this release's fault
+                logger.warning("agent %s not switched to: %s", manifest.version, exc)
+                await self._send(manifest.version, "failed", str(exc), final=False)
                 continue
             except (OSError, download.DiskFull) as exc:
                 # The device's disk (full, say), not the release: said, and tried again
@@ -189,14 +202,21 @@ class AgentUpdater:
             checked = await asyncio.to_thread(
                 selfupdate.check_release, folder, key, running=self._running, machine=self._machine
             )
+            self._check_wanted(version)
             await asyncio.to_thread(
                 selfupdate.install, folder, checked, prefix=self._prefix, data=self._paths.root
             )
+            self._check_wanted(version)
             await asyncio.to_thread(selfupdate.switch, self._prefix, version)
         except selfupdate.InstallError as exc:
             raise _Refused(str(exc)) from exc
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    def _check_wanted(self, version: str) -> None:
+        """`_Withdrawn` if the hub's newest offer no longer names `version`."""
+        if self._wanted != version:
+            raise _Withdrawn(f"no longer offered by the hub (it names {self._wanted or 'none'})")
 
     async def _fetch(self, version: str, entry: agentrelease.AgentFile, files: Path) -> None:
         """One file of the release, whole and matching the manifest, in `files`."""

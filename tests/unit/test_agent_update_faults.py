@@ -106,3 +106,58 @@ async def test_a_full_disk_is_reported_and_the_updater_goes_on(
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
+
+
+async def test_an_update_the_hub_withdraws_while_it_downloads_is_not_switched_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A halted roll-out: the hub's offer names no release any more while the device
+    still downloads it. It is not installed over the running version."""
+    paths = DevicePaths(tmp_path / "device")
+    paths.identity_dir.mkdir(parents=True)
+    paths.hub_signing_pub.write_bytes(
+        KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    reports: list[wire.ModelState] = []
+    switched: list[str] = []
+    fetching, go_on = asyncio.Event(), asyncio.Event()
+
+    async def report(state: wire.ModelState) -> None:
+        reports.append(state)
+
+    async def slow_fetch(self: AgentUpdater, version: str, entry: object, files: Path) -> None:
+        fetching.set()
+        await go_on.wait()
+
+    monkeypatch.setattr(AgentUpdater, "_fetch", slow_fetch)
+    monkeypatch.setattr(selfupdate, "check_release", lambda *a, **k: manifest())
+    monkeypatch.setattr(selfupdate, "install", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(selfupdate, "switch", lambda prefix, version: switched.append(version))
+    updater = AgentUpdater(
+        paths, "https://hub.invalid", report, prefix=tmp_path / "opt", running="0.1.0",
+        machine="x86_64",
+    )  # fmt: skip
+    signed = agentrelease.sign(KEY, manifest(), time.time())
+    offer = wire.AgentOffer(release=wire.AgentRelease(signed.document, signed.signature))
+    running = asyncio.create_task(updater.run())
+    try:
+        await updater.offer(offer)
+        await asyncio.wait_for(fetching.wait(), 10)
+        await updater.offer(wire.AgentOffer(release=None))  # the halt
+        go_on.set()
+
+        async def withdrawn() -> wire.ModelState | None:
+            return next((r for r in reports if r.state == "failed"), None)
+
+        found = await eventually(withdrawn, timeout=10, what="the withdrawal reported")
+        assert found is not None
+        assert "no longer offered" in found.detail
+        assert found.final is False
+        assert switched == []
+        assert not running.done()
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
