@@ -244,6 +244,13 @@ class Deployer:
             await self._fetcher.install_downloaded(offered, part)
         if not self._wanted(m):  # the hub withdrew it while it came (a halted roll-out)
             raise ReleaseRefused("no longer offered by the hub: not activated", final=False)
+        serving = self._slots.serving(m.name)
+        if serving is not None and serving != m.version:
+            # Kept before the swap: a crash between the swap and the "active" record must
+            # not lose what it falls back to (after it, this version serves already).
+            states = await self._loaded()
+            states.put(deploystate.record_of(m, "downloading", previous=serving))
+            await self._save(states)
         try:
             # What it replaced is what it falls back to: read at the swap, not before
             # the download (a roll-back may have happened meanwhile).
@@ -253,6 +260,10 @@ class Deployer:
                 await asyncio.to_thread(self._remove, m)
             raise ReleaseRefused(f"not activated: {exc}") from exc
         previous = before if before is not None and before != m.version else ""
+        if not previous and (kept := (await self._loaded()).find(deploystate.key_of(m))):
+            previous = kept.previous  # swapped before a crash: what it replaced then
+            if previous:
+                self._slots.arm_rollback(m.name, m.version, previous)
         await self._set(deploystate.record_of(m, "active", previous=previous))
         logger.info("model %s %s active (release deployed)", m.name, m.version)
         # Older versions go, but the fallback, a shadow's candidate and the newest few.

@@ -14,6 +14,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from edge.deploy import STATE_FILE, Deployer
+from edge.deploystate import DeployStates, Record
 from edge.inference.reporting import Reporting
 from edge.inference.service import InferenceService
 from outpost import schema, wire
@@ -166,3 +168,45 @@ async def test_old_versions_go_once_a_new_one_is_active(
     # The active one, its fallback and the newest few stay; the rest went.
     assert device.directory.versions(VIBRATION) == ["1.0.3", "1.0.4", "1.0.5"]
     assert device.service.slots.serving(VIBRATION) == "1.0.5"
+
+
+async def test_a_crash_right_after_the_swap_keeps_what_the_version_falls_back_to(
+    device: Device,  # noqa: F811 - the fixture
+) -> None:
+    """Killed after the swap wrote `active`, before the "active" record: at the restart
+    the new version serves already, and the retained offer must still know what it
+    replaced, or a version that keeps faulting is never rolled back."""
+    device.server.serve(VIBRATION, "1.0.1")
+    offered = device.release(VIBRATION, "1.0.1")
+    real_set = Deployer._set
+
+    async def killed_at_the_record(self: Deployer, record: Record) -> None:
+        if record.state == "active":
+            raise asyncio.CancelledError  # the process ends here
+        await real_set(self, record)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Deployer, "_set", killed_at_the_record)
+        await device.offer(offered)
+
+        async def swapped() -> bool:
+            return device.directory.active(VIBRATION) == "1.0.1"
+
+        await eventually(swapped, timeout=10, what="the swap")
+        await device.stop_deployer()
+    await device.service.close()
+    device.service = InferenceService(device.directory, device.store, reporting=Reporting("none"))
+    await device.service.start()
+    assert device.service.slots.serving(VIBRATION) == "1.0.1"
+    await device.start_deployer()
+
+    await device.offer(offered)  # the retained offer, at the reconnection
+
+    await device.state(VIBRATION, "1.0.1", "active")
+    kept = DeployStates.load(device.paths.models / STATE_FILE).find_version(VIBRATION, "1.0.1")
+    assert kept is not None
+    assert (kept.state, kept.previous) == ("active", "1.0.0")
+    slot = device.service.slots.get(VIBRATION)
+    assert slot is not None
+    assert slot.runner is not None
+    assert slot.runner.watch.fallback == "1.0.0"
