@@ -90,6 +90,12 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
 
 
 async def post_renew(hub: Hub, body: dict[str, Any]) -> tuple[int, Any]:
+    status, reply, _ = await post_renew_answer(hub, body)
+    return status, reply
+
+
+async def post_renew_answer(hub: Hub, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+    """The renewal route's status, JSON body and headers."""
     context = ssl.create_default_context(cafile=str(hub.paths.ca_cert))
     async with (
         aiohttp.ClientSession() as session,
@@ -97,7 +103,7 @@ async def post_renew(hub: Hub, body: dict[str, Any]) -> tuple[int, Any]:
             f"{hub.config.hub_url}/api/v1/enroll/renew", data=json.dumps(body), ssl=context
         ) as response,
     ):
-        return response.status, await response.json()
+        return response.status, await response.json(), dict(response.headers)
 
 
 def device_context(paths: DevicePaths) -> ssl.SSLContext:
@@ -332,15 +338,8 @@ async def test_a_device_held_off_for_flooding_cannot_renew_until_the_hold_ends(
     body = {"certificate": paths.cert.read_text(), "csr": make_csr(load_device_key(paths)).decode()}
     now = time.time()
     assert await hub.parts.store.hold_device(identity.device_id, now=now, until=now + 600)
-    context = ssl.create_default_context(cafile=str(hub.paths.ca_cert))
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{hub.config.hub_url}/api/v1/enroll/renew", data=json.dumps(body), ssl=context
-        ) as response,
-    ):
-        status, reply = response.status, await response.json()
-        retry_after = int(response.headers["Retry-After"])
+    status, reply, headers = await post_renew_answer(hub, body)
+    retry_after = int(headers["Retry-After"])
     assert status == 429
     assert "held off for flooding" in reply["error"]["message"]
     assert 500 < retry_after <= 600

@@ -74,9 +74,7 @@ async def test_a_shadow_candidate_of_a_model_not_served_never_serves_after_a_res
     await eventually(shadowing, timeout=10, what="the candidate run in shadow")
     await device.deployer.offer(wire.ModelReleases(releases=[]))  # the shadow stopped
     await device.stop_deployer()
-    await device.service.close()
-    device.service = InferenceService(device.directory, device.store, reporting=Reporting("none"))
-    await device.service.start()
+    await restart_service(device)
 
     assert device.service.slots.serving(SURFACE) is None
     assert SURFACE not in [m.name for m in device.service.inventory()]
@@ -194,9 +192,7 @@ async def test_a_crash_right_after_the_swap_keeps_what_the_version_falls_back_to
 
         await eventually(swapped, timeout=10, what="the swap")
         await device.stop_deployer()
-    await device.service.close()
-    device.service = InferenceService(device.directory, device.store, reporting=Reporting("none"))
-    await device.service.start()
+    await restart_service(device)
     assert device.service.slots.serving(VIBRATION) == "1.0.1"
     await device.start_deployer()
 
@@ -210,3 +206,10 @@ async def test_a_crash_right_after_the_swap_keeps_what_the_version_falls_back_to
     assert slot is not None
     assert slot.runner is not None
     assert slot.runner.watch.fallback == "1.0.0"
+
+
+async def restart_service(on: Device) -> None:
+    """The inference service closed and started again, as the agent's restart does."""
+    await on.service.close()
+    on.service = InferenceService(on.directory, on.store, reporting=Reporting("none"))
+    await on.service.start()

@@ -6,10 +6,10 @@ PostgreSQL database), against a real HTTP receiver."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,15 +18,14 @@ import pytest
 from aiohttp import web
 
 from hub.sinks import drain
-from hub.sinks.config import SinkConfig
-from hub.sinks.drain import Bounds, Drain
-from hub.sinks.service import make_sink
+from hub.sinks.drain import Bounds
 from hub.store import HubStore, outbox
 from hub.store.sql import Sql
 from tests.databases import BACKENDS, database
+from tests.integration import test_sink_bounds as bounds_test
 from tests.support import eventually, free_port
 
-FAR = 10**9
+NO_BOUNDS = Bounds(max_events=10**9, max_age_s=10**9)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -76,28 +75,9 @@ async def receiving(answer: int) -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-@contextlib.asynccontextmanager
-async def draining(store: HubStore, tmp_path: Path, url: str) -> AsyncIterator[None]:
-    secret = tmp_path / "hook.secret"
-    secret.write_text("s3cret-for-the-dead-letters-test")
-    config = SinkConfig(name="hook", kind="webhook", url=url, credentials_file=str(secret))
-    await store.run(outbox.open_cursor, "hook", time.time())
-
-    def to_start(db: Sql) -> None:
-        with db.write():
-            db.execute("UPDATE sink_cursors SET position = 0 WHERE sink = 'hook'")
-
-    await store.run(to_start)
-    bounds = Bounds(max_events=FAR, max_age_s=FAR)
-    task = asyncio.create_task(
-        Drain(config, store, make_sink, source="https://hub.test", bounds=bounds).run()
-    )
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def draining(store: HubStore, tmp_path: Path, url: str) -> AbstractAsyncContextManager[None]:
+    """The webhook sink's drain running from the outbox's start (test_sink_bounds.py's)."""
+    return bounds_test.draining(store, bounds_test.webhook(tmp_path, url), NO_BOUNDS)
 
 
 async def letters(store: HubStore, sink: str) -> list[Any]:

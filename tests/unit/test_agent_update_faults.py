@@ -25,6 +25,18 @@ from tests.support import eventually
 KEY = ed25519.Ed25519PrivateKey.generate()
 
 
+def device(tmp_path: Path) -> DevicePaths:
+    """A device's data folder holding the hub's signing key, as enrollment leaves it."""
+    paths = DevicePaths(tmp_path / "device")
+    paths.identity_dir.mkdir(parents=True)
+    paths.hub_signing_pub.write_bytes(
+        KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return paths
+
+
 def manifest(version: str = "0.2.0", min_agent: str = "0.1.0") -> AgentManifest:
     wheel = AgentFile(f"outpost-{version}-py3-none-any.whl", "ab" * 32, 10, "any")
     return AgentManifest(version, "3.11", ["x86_64"], [wheel], "0.1.0", min_agent)
@@ -63,13 +75,7 @@ def test_a_manifest_no_agent_could_take_is_refused(changes: dict[str, str], refu
 async def test_a_full_disk_is_reported_and_the_updater_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    paths = DevicePaths(tmp_path / "device")
-    paths.identity_dir.mkdir(parents=True)
-    paths.hub_signing_pub.write_bytes(
-        KEY.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    paths = device(tmp_path)
     reports: list[wire.ModelState] = []
 
     async def report(state: wire.ModelState) -> None:
@@ -113,13 +119,7 @@ async def test_an_update_the_hub_withdraws_while_it_downloads_is_not_switched_to
 ) -> None:
     """A halted roll-out: the hub's offer names no release any more while the device
     still downloads it. It is not installed over the running version."""
-    paths = DevicePaths(tmp_path / "device")
-    paths.identity_dir.mkdir(parents=True)
-    paths.hub_signing_pub.write_bytes(
-        KEY.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    paths = device(tmp_path)
     reports: list[wire.ModelState] = []
     switched: list[str] = []
     fetching, go_on = asyncio.Event(), asyncio.Event()

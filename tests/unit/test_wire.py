@@ -479,14 +479,19 @@ def test_an_ack_names_its_store_only_when_it_has_one() -> None:
     assert decoded.body == named
 
 
-def test_a_hello_names_its_store_only_when_it_has_one() -> None:
-    hello = Hello(
+def _plain_hello() -> Hello:
+    """A hello with every field that may be left out at its default."""
+    return Hello(
         conn="c1",
         agent_version="1.0.0",
         profile="generic",
         heartbeat_interval=10.0,
         capabilities=Capabilities(cores=2, memory_bytes=1, disk_bytes=1, accelerator="", arch="x"),
     )
+
+
+def test_a_hello_names_its_store_only_when_it_has_one() -> None:
+    hello = _plain_hello()
     plain = msgpack.unpackb(wire.encode("hello", hello))["body"]
     named = msgspec.structs.replace(hello, store="ab12")
 
@@ -508,13 +513,7 @@ def test_an_offer_is_sealed_only_for_a_device_that_checks_seals() -> None:
     decoded = wire.decode(wire.encode("models", sealed), kinds=wire.DOWN_KINDS)
     assert decoded.body == sealed
 
-    hello = Hello(
-        conn="c1",
-        agent_version="1.0.0",
-        profile="generic",
-        heartbeat_interval=10.0,
-        capabilities=Capabilities(cores=2, memory_bytes=1, disk_bytes=1, accelerator="", arch="x"),
-    )
+    hello = _plain_hello()
     assert "sealed_offers" not in msgpack.unpackb(wire.encode("hello", hello))["body"]
     checking = msgspec.structs.replace(hello, sealed_offers=True)
     assert msgpack.unpackb(wire.encode("hello", checking))["body"]["sealed_offers"] is True
