@@ -178,7 +178,9 @@ class RolloutService:
                 # and the offers' numbers are taken in order with what they offer.
                 chunk = wanted[first : first + SEND_AT_ONCE]
                 try:
-                    read = await self._store.offers_of(chunk, now=time.time())
+                    read = await self._store.offers_of(
+                        chunk, now=time.time(), always=frozenset(forced)
+                    )
                 except Exception as exc:  # their next hellos ask again
                     logger.warning("model releases for %d devices not read: %s", len(chunk), exc)
                     continue

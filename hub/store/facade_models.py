@@ -101,10 +101,12 @@ class ModelStore:
     ) -> dict[str, list[tuple[bytes, bytes]]]:
         return await self._db.run(rollouts.desired_releases_of, device_ids)
 
-    async def offers_of(self, device_ids: list[str], *, now: float) -> dict[str, offers.Offer]:
+    async def offers_of(
+        self, device_ids: list[str], *, now: float, always: frozenset[str] = frozenset()
+    ) -> dict[str, offers.Offer]:
         """What each device should run and shadow, numbered for the seal of those that
-        check one (hub/store/offers.py)."""
-        return await self._db.run(offers.offers_of, device_ids, now)
+        check one; `always`: numbered even with nothing to offer (hub/store/offers.py)."""
+        return await self._db.run(offers.offers_of, device_ids, now, always)
 
     async def halt_rollout(self, rollout_id: int, reason: str, *, now: float) -> Advanced | None:
         """Halt a roll-out in progress; None if there is no such roll-out."""

@@ -10,6 +10,12 @@ broker can take it back to an older one.
 The numbers are taken first, in the transaction that then reads what to offer: the
 counter's row stays locked until the commit, so an offer read later always carries a
 higher number (on PostgreSQL each later statement sees what committed before it).
+
+Most hellos come from devices no roll-out ever named (a ramp, a reconnect storm): they
+have nothing to offer, so they are sorted out first, without the lock, which would
+otherwise make every replica's hellos wait on one row. A roll-out that names a device
+later asks for its offer after it commits (`ReleasePublisher.request`), so nothing is
+missed.
 """
 
 from __future__ import annotations
@@ -31,17 +37,43 @@ class Offer:
     shadows: list[Signed]
 
 
-def offers_of(db: Sql, device_ids: list[str], now: float) -> dict[str, Offer]:
-    """The offer for each of these devices, numbered where the device checks seals."""
+def offers_of(
+    db: Sql, device_ids: list[str], now: float, always: frozenset[str] = frozenset()
+) -> dict[str, Offer]:
+    """The offer for each of these devices, numbered where the device checks seals.
+
+    A device no roll-out names gets an empty offer with no number (seq 0), unless it is
+    one of `always`: those are numbered even with nothing to offer, as an empty offer
+    that replaces a retained one must be sealed for the device to take it."""
+    named = _in_rollouts(db, device_ids) | (always & set(device_ids))
+    offers = {d: Offer(d, 0, [], []) for d in device_ids}
+    if not named:
+        return offers
+    wanted = sorted(named)
     with db.write():
-        sealed = sorted(_sealed(db, device_ids))
+        sealed = sorted(_sealed(db, wanted))
         numbers: dict[str, int] = {}
         if sealed:
             last = _take_numbers(db, len(sealed), now)
             numbers = dict(zip(sealed, range(last - len(sealed) + 1, last + 1), strict=True))
-        releases = desired_releases_of(db, device_ids)
-        shadows = desired_shadows_of(db, device_ids)
-    return {d: Offer(d, numbers.get(d, 0), releases[d], shadows.get(d, [])) for d in device_ids}
+        releases = desired_releases_of(db, wanted)
+        shadows = desired_shadows_of(db, wanted)
+    for d in wanted:
+        offers[d] = Offer(d, numbers.get(d, 0), releases[d], shadows.get(d, []))
+    return offers
+
+
+def _in_rollouts(db: Sql, device_ids: list[str]) -> set[str]:
+    """The devices some roll-out names (released or waiting): only they can have an offer."""
+    found: set[str] = set()
+    for chunk in chunked(sorted(set(device_ids))):
+        rows = db.execute(
+            "SELECT DISTINCT device_id FROM rollout_devices"  # noqa: S608 - placeholders only
+            f" WHERE device_id IN ({marks(len(chunk))})",
+            tuple(chunk),
+        ).fetchall()
+        found.update(r["device_id"] for r in rows)
+    return found
 
 
 def _sealed(db: Sql, device_ids: list[str]) -> set[str]:
