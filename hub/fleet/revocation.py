@@ -1,6 +1,6 @@
 """Device revocation: the registry marks the device, a CRL signed by the fleet CA lists
-every certificate it was ever issued, the broker re-reads the CRL, and the device's open
-connection is taken over and closed.
+every certificate it was ever issued (until a month after each expired), the broker
+re-reads the CRL, and the device's open connection is taken over and closed.
 
 Mosquitto checks the CRL only when a client connects (a SIGHUP reloads it but keeps open
 connections), so the hub also takes the device's session over (hub/mqtt/sessions.py).
@@ -150,7 +150,7 @@ def current_crl(paths: HubPaths, store: HubStore) -> tuple[bytes, int]:
     the CA's files and the registry)."""
     ca_key, ca_cert = pki.load_ca(paths.ca_key.read_bytes(), paths.ca_cert.read_bytes())
     now = time.time()
-    revoked = store.revoked_certs_sync() + store.held_certs_sync(now)
+    revoked = store.revoked_certs_sync(now) + store.held_certs_sync(now)
     return build_crl(ca_key, ca_cert, revoked, now=now), len(revoked)
 
 

@@ -138,23 +138,33 @@ def device_certs(db: Sql, device_id: str) -> list[IssuedCert]:
     return [IssuedCert.from_row(r) for r in rows]
 
 
-def revoked_certs(db: Sql) -> list[RevokedCert]:
-    """Every certificate ever issued to a revoked device, for the CRL."""
+# A certificate that expired this long ago leaves the CRL (RFC 5280 5.1.2.6 allows it once
+# it expires): every broker refuses it for its date already, unless its clock is over a
+# month behind. Without this the list only grows, by every certificate a revoked device
+# was ever issued, for the CA's whole life.
+EXPIRED_LISTED_S = 30 * 86400.0
+
+
+def revoked_certs(db: Sql, now: float) -> list[RevokedCert]:
+    """Every certificate issued to a revoked device and not long expired, for the CRL."""
     rows = db.execute(
         """SELECT c.serial, d.revoked_at FROM device_certs c
            JOIN devices d ON d.device_id = c.device_id
-           WHERE d.revoked_at IS NOT NULL ORDER BY c.serial"""
+           WHERE d.revoked_at IS NOT NULL AND c.not_after > ? ORDER BY c.serial""",
+        (now - EXPIRED_LISTED_S,),
     ).fetchall()
     return [RevokedCert(r["serial"], r["revoked_at"]) for r in rows]
 
 
 def held_certs(db: Sql, now: float) -> list[RevokedCert]:
-    """Every certificate of every device held off at `now` (and not revoked)."""
+    """Every certificate of every device held off at `now` (and not revoked), but those
+    long expired."""
     rows = db.execute(
         """SELECT c.serial, d.held_at FROM device_certs c
            JOIN devices d ON d.device_id = c.device_id
-           WHERE d.revoked_at IS NULL AND d.held_until > ? ORDER BY c.serial""",
-        (now,),
+           WHERE d.revoked_at IS NULL AND d.held_until > ? AND c.not_after > ?
+           ORDER BY c.serial""",
+        (now, now - EXPIRED_LISTED_S),
     ).fetchall()
     return [RevokedCert(r["serial"], r["held_at"], held=True) for r in rows]
 

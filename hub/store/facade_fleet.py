@@ -183,12 +183,13 @@ class FleetStore:
     async def device_certs(self, device_id: str) -> list[IssuedCert]:
         return await self._db.run(certs.device_certs, device_id)
 
-    def revoked_certs_sync(self) -> list[RevokedCert]:
-        """Every certificate of every revoked device (blocking: for the CRL writer's thread)."""
-        return self._db.run_sync(certs.revoked_certs)
+    def revoked_certs_sync(self, now: float) -> list[RevokedCert]:
+        """Every certificate of every revoked device, but those long expired at `now`
+        (blocking: for the CRL writer's thread)."""
+        return self._db.run_sync(certs.revoked_certs, now)
 
     def held_certs_sync(self, now: float) -> list[RevokedCert]:
-        """Every certificate of every device held off at `now` (blocking, as above)."""
+        """Every certificate of every device held off at `now`, as above (blocking)."""
         return self._db.run_sync(certs.held_certs, now)
 
     async def hold_device(self, device_id: str, *, now: float, until: float) -> bool:
