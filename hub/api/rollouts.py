@@ -120,9 +120,6 @@ class RolloutOut(Struct, frozen=True):
 
     @classmethod
     def of(cls, r: Rollout, shadow: dict[str, Any] | None = None) -> RolloutOut:
-        counts: dict[str, int] = {}
-        for d in r.devices:
-            counts[d.state] = counts.get(d.state, 0) + 1
         return cls(
             r.id,
             "agent" if r.name == AGENT else "model",
@@ -132,7 +129,7 @@ class RolloutOut(Struct, frozen=True):
             r.canary_share,
             r.state,
             r.reason,
-            counts,
+            r.counts,
             r.created_at,
             r.created_by,
             r.updated_at,

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from hub.store.catalog import get_model
 from hub.store.devices import Device
@@ -81,9 +82,10 @@ class Rollout:
     created_at: float
     created_by: str
     updated_at: float
-    devices: list[RolloutDevice]
+    devices: list[RolloutDevice]  # empty as listed (`list_rollouts`): `counts` says
     mode: str = "staged"  # or shadow: judged first on a candidate run beside the live one
     criteria: dict[str, float] | None = None  # a shadow roll-out's (shadows.py)
+    counts: dict[str, int] = field(default_factory=dict)  # devices by state
 
 
 def create_rollout(
@@ -252,8 +254,18 @@ def get_rollout(db: Sql, rollout_id: int) -> Rollout | None:
 
 
 def list_rollouts(db: Sql, limit: int = 100) -> list[Rollout]:
+    """The newest roll-outs, each with its devices counted by state but not listed."""
     rows = db.execute("SELECT * FROM rollouts ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-    return [_rollout(r, []) for r in rows]
+    counts: dict[int, dict[str, int]] = {r["id"]: {} for r in rows}
+    if rows:
+        for c in db.execute(
+            """SELECT rollout_id, state, COUNT(*) AS n FROM rollout_devices
+               WHERE rollout_id >= ? GROUP BY rollout_id, state""",
+            (rows[-1]["id"],),
+        ):
+            if c["rollout_id"] in counts:
+                counts[c["rollout_id"]][c["state"]] = c["n"]
+    return [_rollout(r, [], counts[r["id"]]) for r in rows]
 
 
 def desired_releases(db: Sql, device_id: str) -> list[tuple[bytes, bytes]]:
@@ -305,7 +317,9 @@ def halt(db: Sql, rollout_id: int, reason: str, now: float) -> Advanced | None:
     return Advanced(rollout_id, [], "halted", reason, halted_now=True)
 
 
-def _rollout(row: Row, devices: list[RolloutDevice]) -> Rollout:
+def _rollout(
+    row: Row, devices: list[RolloutDevice], counts: dict[str, int] | None = None
+) -> Rollout:
     return Rollout(
         id=row["id"],
         name=row["name"],
@@ -320,4 +334,5 @@ def _rollout(row: Row, devices: list[RolloutDevice]) -> Rollout:
         devices=devices,
         mode=row["mode"],
         criteria=json.loads(row["criteria"] or "{}") or None,
+        counts=dict(Counter(d.state for d in devices)) if counts is None else counts,
     )

@@ -596,6 +596,8 @@ async def test_the_cli_refuses_agent_and_model_together_or_neither_in_one_line(
         VERSION,
         "alice",
     )
+    # Counted as listed too, not only in GET /api/v1/rollouts/{id}.
+    assert sum(rollout["counts"].values()) == len(ids), rollout["counts"]
     assert set(await desired_agent(hub, ids)) == set(ids)
 
 
