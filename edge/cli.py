@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from edge.config import SECTION, AgentConfig
 from edge.identity import DevicePaths, Identity, NotEnrolledError
+from edge.inference.runtime import RUNTIMES
 from edge.profile import ProfileError, find_profile, load_profile
-from outpost import __version__, devicenames, heap, logs, settings
+from outpost import __version__, datafolders, devicenames, heap, logs, settings
 from outpost.aio import cancel_until_done
 from outpost.datalock import AlreadyRunningError, DataLock
 from outpost.sdnotify import Notifier
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--token-file", type=Path, help="file holding the token (keeps it out of the process list)"
     )
-    p.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    _data(p)
     p.add_argument(
         "--profile",
         required=True,
@@ -90,11 +91,11 @@ def _parser() -> argparse.ArgumentParser:
         help="renew the device certificate now (the daemon does it by itself at two thirds "
         "of its life)",
     )
-    p.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    _data(p)
     p.set_defaults(func=_renew)
 
     p = sub.add_parser("run", help="run the agent daemon")
-    p.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    _data(p)
     p.add_argument(
         "--config",
         type=Path,
@@ -114,13 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         "install", help="install model bundle folders (model.tflite, model.json, sample.json)"
     )
     m.add_argument("bundles", type=Path, nargs="+", help="bundle folders, e.g. models/x/1.0.0")
-    m.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    _data(m)
     m.add_argument(
         "--no-activate", action="store_true", help="install without making it the active version"
     )
     m.set_defaults(func=_models_install)
     m = models.add_parser("list", help="list installed models and their active versions")
-    m.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    _data(m)
     m.set_defaults(func=_models_list)
 
     p = sub.add_parser(
@@ -128,9 +129,12 @@ def _parser() -> argparse.ArgumentParser:
         help="check that this install can run on the data folder, touching nothing: "
         "imports, the store migrated on a copy, every model's sample (exit 1 if not)",
     )
-    p.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    _data(p)
     p.add_argument(
-        "--runtime", default="auto", help="inference runtime to load models on (default auto)"
+        "--runtime",
+        default="auto",
+        choices=("auto", *RUNTIMES),
+        help="inference runtime to load models on (default auto)",
     )
     p.set_defaults(func=_selfcheck)
 
@@ -142,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         "export",
         help="write what the hub has not acknowledged, signed and encrypted for the hub",
     )
-    b.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    _data(b)
     b.add_argument("--to", type=Path, required=True, help="folder to write the parts in")
     b.add_argument("--max-size", default="1G", help="largest part file, e.g. 100M, 4G (default 1G)")
     b.add_argument(
@@ -154,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.set_defaults(func=_bundle_export)
     b = bundles.add_parser("import", help="apply the hub's bundle for this device (acks, policy)")
-    b.add_argument("--data", type=Path, required=True, help="the agent's data folder")
+    _data(b)
     b.add_argument("paths", type=Path, nargs="+", help="part files, or folders holding them")
     b.set_defaults(func=_bundle_import)
     return parser
@@ -191,6 +195,12 @@ def _bundle_import(args: argparse.Namespace) -> int:
         return bundlecli.import_(args.data, args.paths)
     except bundlecli.BundleCliError as exc:
         raise CliError(str(exc)) from exc
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", type=datafolders.argument, required=True, help="the agent's data folder"
+    )
 
 
 def _enrolled(data: Path) -> DevicePaths:
@@ -256,6 +266,8 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _do_enroll(args: argparse.Namespace, enroll: Any) -> int:
+    if problem := datafolders.agent_folder_problem(args.data):
+        raise CliError(problem)
     token = args.token
     if args.token_file is not None:
         try:

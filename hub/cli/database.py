@@ -10,7 +10,7 @@ from hub.initialise import initialise
 from hub.paths import HubPaths
 from hub.store.engine import describe, is_postgres, open_engine, sqlite_path
 from hub.store.transfer import copy_sqlite_to_postgres
-from outpost import files, tls
+from outpost import datafolders, files, tls
 from outpost.datalock import DataLock
 
 
@@ -25,6 +25,8 @@ def init(args: argparse.Namespace) -> int:
         open_engine(args.db).close()  # reachable, and its schema made, before any key
     if paths.root.exists() and not paths.root.is_dir():
         raise ValueError(f"{paths.root} is a file, not a folder: choose another --data")
+    if problem := datafolders.hub_folder_problem(paths.root):
+        raise ValueError(problem)
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     with DataLock.acquire(paths.root, "outpost-hub init"):  # two inits at once: one wins
         initialise(paths, server_names=args.san)

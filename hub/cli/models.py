@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -152,7 +151,7 @@ async def _follow(client: remote.Client, rollout_id: int, args: argparse.Namespa
 
 def render_rollout(r: dict[str, Any], names: dict[str, str]) -> str:
     """A roll-out's headline, counts and devices."""
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(r["counts"].items())) or "no devices"
+    counts = tables.counts(r["counts"], none="no devices")
     head = (
         f"roll-out {r['id']}: {_released(r)} to {tables.labels(r['selector'])}, "
         f"canary {r['canary_share']:.0%}: {r['state'].upper()}"
@@ -223,7 +222,7 @@ def list_rollouts(args: argparse.Namespace) -> int:
                 r["version"],
                 tables.labels(r["selector"]),
                 r["state"],
-                json.dumps(r["counts"], sort_keys=True),
+                tables.counts(r["counts"]),
                 tables.when(r["created_at"]),
             )
             for r in rollouts

@@ -10,7 +10,7 @@ from hub.access.roles import ROLES
 from hub.broker.kinds import DEFAULT_LISTEN, KINDS
 from hub.cli import remote_parser
 from hub.cli.lazy import command
-from outpost import __version__, durations, logs
+from outpost import __version__, datafolders, durations, logs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,7 +263,7 @@ def _size(text: str) -> int:
 
 
 def _data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, required=True, help="the hub's data folder")
+    p.add_argument("--data", type=datafolders.argument, required=True, help="the hub's data folder")
 
 
 def _config(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from hub.cli.lazy import command
+from outpost import datafolders
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -232,7 +233,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     where.add_argument(
         "--data",
-        type=Path,
+        type=datafolders.argument,
         help="on the hub machine: its data folder (gives the URL, the CA and, without "
         "--token-file, a short admin session)",
     )

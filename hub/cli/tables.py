@@ -36,3 +36,8 @@ def when(at: float | None) -> str:
 
 def labels(values: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(values.items())) or "-"
+
+
+def counts(by_state: dict[str, int], none: str = "-") -> str:
+    """How many devices are in each state: "2 active, 1 waiting" (`none` for none)."""
+    return ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()) if n) or none

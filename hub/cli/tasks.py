@@ -29,7 +29,17 @@ def submit(args: argparse.Namespace) -> int:
             else:
                 print("\n".join(ids))
             return 0
-        ended = await _wait(client, ids, args.timeout)
+        try:
+            ended = await _wait(client, ids, args.timeout)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            # Ctrl-C stops the waiting, not the tasks: say which they are, to follow them.
+            print("\n".join(ids))
+            print(
+                f"\nstopped waiting; the {len(ids)} task(s) above go on (see one with "
+                "`outpost-hub tasks show ID`)",
+                file=sys.stderr,
+            )
+            return 130
         if args.json:
             remote.show_json(ended)
         else:

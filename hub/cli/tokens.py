@@ -52,7 +52,7 @@ def create_token(args: argparse.Namespace) -> int:
     token, principal = apitokens.mint(
         load_token_key(paths),
         role=args.role,
-        subject=args.subject or getpass.getuser(),
+        subject=getpass.getuser() if args.subject is None else args.subject,
         ttl=args.ttl if args.ttl is not None else default_ttl,
         kind=kind,
     )

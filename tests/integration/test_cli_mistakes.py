@@ -4,7 +4,9 @@ names what was wrong and a non-zero exit, never a traceback, and changes nothing
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from hub.initialise import initialise
 from hub.paths import HubPaths
 from tests.api_client import ApiClient
 from tests.integration.test_cli_remote import Ran, run
-from tests.support import REPO
+from tests.support import REPO, eventually
 
 
 def cli(module: str, *argv: str) -> Ran:
@@ -78,11 +80,53 @@ async def test_a_task_id_is_only_ever_a_task_id(hub: Hub, api: ApiClient, tmp_pa
     assert "cancelled" not in cancelled.out
 
 
+async def test_ctrl_c_while_waiting_names_the_tasks_that_go_on(
+    hub: Hub, api: ApiClient, tmp_path: Path
+) -> None:
+    """Ctrl-C stops `tasks submit --wait` waiting, not the task: its id is printed, as the
+    only way to follow it, and it stays queued on the hub."""
+    admin = await api.token("admin", subject="alice")
+    (tmp_path / "admin.token").write_text(admin)
+    waiting = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub.cli", "tasks", "submit", "-", "--wait",
+        "--hub", hub.config.hub_url, "--token-file", str(tmp_path / "admin.token"),
+        "--ca", str(hub.paths.ca_cert),
+        cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert waiting.stdin is not None
+    waiting.stdin.write(json.dumps({"model": "no-such-model", "input": [[1.0]],
+                                    "wait_for_model": True}).encode())  # fmt: skip
+    waiting.stdin.close()
+
+    async def submitted() -> list[Any]:
+        listed = await api.call("GET", "/api/v1/tasks", token=admin)
+        return list(listed.body["items"])
+
+    (task,) = await eventually(submitted, timeout=60, what="the task submitted")
+    waiting.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(waiting.communicate(), 60)
+
+    assert waiting.returncode == 130, err
+    assert "Traceback" not in err.decode()
+    assert out.decode().split() == [task["id"]]
+    assert "stopped waiting; the 1 task(s) above go on" in err.decode()
+    shown = await api.call("GET", f"/api/v1/tasks/{task['id']}", token=admin)
+    assert shown.body["state"] == "queued"
+
+
 @pytest.mark.parametrize("module", ["hub.cli", "edge.cli"])
 def test_a_log_level_that_is_no_level_is_a_usage_error(module: str, tmp_path: Path) -> None:
     ran = cli(module, "run", "--data", str(tmp_path), "--log-level", "chatty")
     assert ran.code == 2
     assert "--log-level: invalid choice: 'chatty'" in ran.err
+
+
+def test_a_runtime_that_is_none_is_a_usage_error(tmp_path: Path) -> None:
+    ran = cli("edge.cli", "selfcheck", "--data", str(tmp_path), "--runtime", "onnx")
+    assert ran.code == 2
+    assert "--runtime: invalid choice: 'onnx'" in ran.err
+    assert "'tflite-runtime'" in ran.err  # what it could have been
 
 
 def test_folders_that_cannot_be_used_are_named_not_a_traceback(tmp_path: Path) -> None:
@@ -96,6 +140,41 @@ def test_folders_that_cannot_be_used_are_named_not_a_traceback(tmp_path: Path) -
     assert "a-file" in hub_init.err
     assert agent_renew.code == 2
     assert "a-file" in agent_renew.err
+
+
+def test_neither_tool_makes_its_folder_in_the_other_s(hub_paths: HubPaths, tmp_path: Path) -> None:
+    agent_folder = tmp_path / "agent"
+    (agent_folder / "identity").mkdir(parents=True)
+    (agent_folder / "identity" / "identity.json").write_text("{}")
+    hub_before = sorted(p.name for p in hub_paths.root.iterdir())
+
+    enrolled = cli(
+        "edge.cli", "enroll", "--data", str(hub_paths.root), "--token", "t", "--profile", "x"
+    )
+    initialised = cli("hub.cli", "init", "--data", str(agent_folder))
+    own_folder = cli("hub.cli", "init", "--data", str(tmp_path / "hub2"))
+
+    assert enrolled.code == 2
+    assert "is a hub's data folder (it holds pki/ca.key)" in enrolled.err
+    assert sorted(p.name for p in hub_paths.root.iterdir()) == hub_before
+    assert initialised.code == 2
+    assert "is an agent's data folder" in initialised.err
+    assert sorted(p.name for p in agent_folder.iterdir()) == ["identity"]
+    assert own_folder.code == 0, own_folder.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("edge.cli", "models", "list", "--data", ""),
+        ("hub.cli", "token", "list", "--data", ""),
+        ("hub.cli", "devices", "list", "--data", " "),
+    ],
+)
+def test_an_empty_data_folder_is_a_usage_error_not_the_current_one(argv: tuple[str, ...]) -> None:
+    ran = cli(*argv)
+    assert ran.code == 2
+    assert "--data: an empty path: give the data folder" in ran.err
 
 
 def test_a_damaged_identity_is_named(tmp_path: Path) -> None:
@@ -115,6 +194,18 @@ def test_a_bootstrap_token_lives_at_most_30_days(hub_paths: HubPaths) -> None:
 
     assert refused.code == 2
     assert "at most 30 days" in refused.err
+    assert allowed.code == 0, allowed.err
+
+
+def test_an_empty_token_subject_is_refused_not_replaced(hub_paths: HubPaths) -> None:
+    """An empty --subject (an unset variable in a script) is a mistake, not "me"."""
+    made = ("hub.cli", "token", "create", "--data", str(hub_paths.root), "--role", "viewer")
+    refused = cli(*made, "--subject", "")
+    allowed = cli(*made, "--subject", "grafana")
+
+    assert refused.code == 2
+    assert "subject must be 1-64" in refused.err
+    assert refused.out == ""
     assert allowed.code == 0, allowed.err
 
 

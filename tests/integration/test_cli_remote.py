@@ -233,6 +233,12 @@ async def test_the_operators_day_through_the_cli(
     assert "dev-south0000001" in progress.out
     halted = await cli("rollouts", "halt", rollout_id, "--reason", "wrong site", *as_admin)
     halted_again = await cli("rollouts", "halt", rollout_id, *as_admin)
+    listed_rollouts = await cli("rollouts", "list", *as_viewer)
+    assert listed_rollouts.code == 0, listed_rollouts.err
+    row = listed_rollouts.out.splitlines()[1].split()
+    assert row[:5] == [rollout_id, VIB, "1.1.0", "site=south", "halted"], row
+    assert row[5] == "1", row  # "1 <state>"
+    assert "{" not in listed_rollouts.out  # not JSON
     assert halted.code == 0, halted.err
     assert "halted by alice: wrong site" in halted.out
     assert halted_again.code == 1
