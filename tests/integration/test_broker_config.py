@@ -345,8 +345,8 @@ async def _register(store: HubStore, device_id: str) -> None:
             load={},
             enrolled_at=time.time(),
             cert_serial=device_id.encode().hex(),
-            cert_not_before=1.0,
-            cert_not_after=2.0,
+            cert_not_before=time.time(),
+            cert_not_after=time.time() + 86400,  # a CRL lists it
         )
     )
 

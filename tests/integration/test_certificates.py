@@ -554,6 +554,6 @@ def _device(device_id: str, serial: str) -> Device:
         load={},
         enrolled_at=time.time(),
         cert_serial=serial,
-        cert_not_before=1.0,
-        cert_not_after=2.0,
+        cert_not_before=time.time(),
+        cert_not_after=time.time() + 86400,  # a CRL lists it
     )
