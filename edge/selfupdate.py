@@ -10,6 +10,8 @@ step (a refused file, pip, a full disk, the selfcheck) removes the half-made fol
 says why.
 
     layout: PREFIX/releases/<version>/venv, PREFIX/current -> releases/<version>
+
+Only the versions `current` and `previous` name are kept: a switch removes the others.
 """
 
 from __future__ import annotations
@@ -131,7 +133,26 @@ def switch(prefix: Path, version: str) -> Installed:
     if before is not None:
         _link(prefix / "previous", before)
     _link(current, Path("releases") / version)
+    # Only what the launcher may start stays: this version and the one it falls back to.
+    # Each release is a whole venv (tens of MB): kept, they would fill a small device's
+    # card one update at a time.
+    prune(prefix, keep={version} | ({before.name} if before is not None else set()))
     return Installed(version, folder, before.name if before is not None else None)
+
+
+def prune(prefix: Path, keep: set[str]) -> list[str]:
+    """Remove every release folder in PREFIX/releases but those of `keep` (half-made ones
+    too); the versions removed. A folder that cannot be removed is left, and tried again
+    at the next update."""
+    releases = prefix / "releases"
+    removed = []
+    for folder in sorted(releases.iterdir()) if releases.is_dir() else []:
+        if folder.name in keep or not folder.is_dir() or folder.is_symlink():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder.name)
+    return removed
 
 
 def roll_back(prefix: Path) -> str:

@@ -161,3 +161,27 @@ async def test_an_update_the_hub_withdraws_while_it_downloads_is_not_switched_to
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
+
+
+def test_a_switch_keeps_only_the_new_release_and_the_one_it_falls_back_to(
+    tmp_path: Path,
+) -> None:
+    """Each release is a whole venv: after a switch, older ones and a half-made one are
+    removed, so a device's card does not fill one update at a time."""
+    prefix = tmp_path / "opt"
+    for version in ("0.1.0", "0.2.0", "0.3.0"):
+        (prefix / "releases" / version / "venv").mkdir(parents=True)
+        (prefix / "releases" / version / selfupdate.COMPLETE).write_text(version)
+    (prefix / "releases" / "0.2.5" / "venv").mkdir(parents=True)  # an install cut short
+    (prefix / "current").symlink_to(Path("releases") / "0.2.0")
+    (prefix / "previous").symlink_to(Path("releases") / "0.1.0")
+
+    installed = selfupdate.switch(prefix, "0.3.0")
+
+    assert installed.previous == "0.2.0"
+    assert sorted(p.name for p in (prefix / "releases").iterdir()) == ["0.2.0", "0.3.0"]
+    assert (prefix / "current").resolve() == (prefix / "releases" / "0.3.0").resolve()
+    assert (prefix / "previous").resolve() == (prefix / "releases" / "0.2.0").resolve()
+    # A roll-back still has its version to go to.
+    assert selfupdate.roll_back(prefix) == "0.2.0"
+    assert (prefix / "current" / "venv").is_dir()
