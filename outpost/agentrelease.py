@@ -34,6 +34,9 @@ PLATFORMS: Final = ("x86_64", "aarch64", "armv7l")
 ROLLOUT_NAME: Final = "@agent"
 VERSION = Annotated[str, Meta(pattern=r"^[0-9]+(\.[0-9]+){1,3}([a-z0-9.+-]{0,32})$")]
 MAX_VERSION_LENGTH: Final = 32  # wire.Hello's agent_version, a roll-out's version
+# The first version that updates itself: the oldest a release can be for (an older agent
+# takes no release at all), and what a build names unless told otherwise.
+FIRST_SELF_UPDATING: Final = "0.1.0"
 _VERSION = VERSION
 _NAME = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.whl$")]
 _SHA256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]

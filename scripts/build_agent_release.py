@@ -26,7 +26,15 @@ from pathlib import Path
 import msgspec
 
 from outpost import __version__, agentrelease
-from outpost.agentrelease import ANY, FILES, PLATFORMS, AgentFile, AgentManifest, write_manifest
+from outpost.agentrelease import (
+    ANY,
+    FILES,
+    PLATFORMS,
+    AgentFile,
+    AgentManifest,
+    ReleaseFileError,
+    write_manifest,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = "3.11"
@@ -56,7 +64,12 @@ def profile_platforms() -> list[str]:
 
 
 def build(
-    out: Path, platforms: list[str], *, dependencies: bool, version: str = __version__
+    out: Path,
+    platforms: list[str],
+    *,
+    dependencies: bool,
+    version: str = __version__,
+    min_agent_version: str = agentrelease.FIRST_SELF_UPDATING,
 ) -> AgentManifest:
     files = out / FILES
     files.mkdir(parents=True)
@@ -85,10 +98,25 @@ def build(
         platforms=platforms,
         files=sorted(entries, key=lambda e: (e.name, e.platform)),
         min_hub_version=__version__,
-        min_agent_version=__version__,
+        min_agent_version=min_agent_version,
     )
     write_manifest(out, manifest)
     return manifest
+
+
+def _check_min_agent(min_agent: str, version: str) -> None:
+    """Refuse a --min-agent-version that is no version, or newer than the release
+    (no agent could ever update to it), before the build."""
+    try:
+        oldest = agentrelease.version_order(min_agent)
+        release = agentrelease.version_order(version)
+    except ReleaseFileError as exc:
+        raise BuildError(f"--min-agent-version {min_agent!r}: {exc}") from exc
+    if oldest > release:
+        raise BuildError(
+            f"--min-agent-version {min_agent} is newer than the release ({version}): "
+            "no agent could ever update to it"
+        )
 
 
 def _dependencies(wheel: Path, platform: str, files: Path, have: set[str]) -> list[AgentFile]:
@@ -159,17 +187,33 @@ def main(argv: list[str] | None = None) -> int:
         default=__version__,
         help=f"the release's version (default this checkout's, {__version__})",
     )
+    parser.add_argument(
+        "--min-agent-version",
+        default=agentrelease.FIRST_SELF_UPDATING,
+        help="the oldest agent that may update to it (default "
+        f"{agentrelease.FIRST_SELF_UPDATING}, the first that updates itself)",
+    )
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"--out {args.out} is not empty")
     platforms = sorted(set(args.platform or profile_platforms()))
+    # Checked before the build, which takes a while.
     try:
-        msgspec.convert(args.version, agentrelease.VERSION)  # checked before the build
-        manifest = build(
-            args.out, platforms, dependencies=not args.no_dependencies, version=args.version
-        )
+        msgspec.convert(args.version, agentrelease.VERSION)
     except msgspec.ValidationError as exc:
         parser.error(f"--version {args.version!r}: not a version ({exc})")
+    try:
+        _check_min_agent(args.min_agent_version, args.version)
+    except BuildError as exc:
+        parser.error(str(exc))
+    try:
+        manifest = build(
+            args.out,
+            platforms,
+            dependencies=not args.no_dependencies,
+            version=args.version,
+            min_agent_version=args.min_agent_version,
+        )
     except BuildError as exc:
         print(f"build-agent-release: error: {exc}", file=sys.stderr)
         return 1

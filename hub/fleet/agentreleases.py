@@ -20,7 +20,7 @@ from hub.paths import HubPaths
 from hub.store import HubStore
 from hub.store import agentreleases as registry
 from hub.store.agentreleases import StoredAgentRelease
-from outpost import agentrelease, files
+from outpost import __version__, agentrelease, files
 from outpost.agentrelease import AgentManifest, ReleaseFileError
 from outpost.signing import Signed
 
@@ -52,6 +52,13 @@ class AgentShelf:
         now = time.time() if now is None else now
         # Reading and hashing tens of MiB: off the event loop (the API's too).
         manifest = await asyncio.to_thread(agentrelease.read_folder, folder)
+        if agentrelease.version_order(manifest.min_hub_version) > agentrelease.version_order(
+            __version__
+        ):
+            raise ReleaseFileError(
+                f"agent release {manifest.version} needs a hub from {manifest.min_hub_version}"
+                f" on to roll it out; this hub is {__version__}: upgrade the hub first"
+            )
         target = self._root / manifest.version
         if target.exists() and not await self._left_by_a_cut_upload(target, manifest.version):
             raise AgentReleaseExistsError(f"agent release {manifest.version} exists already")

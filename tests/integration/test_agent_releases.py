@@ -102,6 +102,19 @@ async def test_a_built_release_is_taken_signed_and_never_replaced(
     assert "aarch64,x86_64" in listed.stdout
 
 
+def test_a_build_may_update_every_agent_that_updates_itself_unless_told(
+    built: Path, tmp_path: Path
+) -> None:
+    """By default an agent from the first self-updating version on may take the release:
+    not only agents of the release's own version, which it could never update."""
+    assert agentrelease.read_folder(built).min_agent_version == agentrelease.FIRST_SELF_UPDATING
+    newer = run("-m", "scripts.build_agent_release", "--out", tmp_path / "r", "--version",
+                "2.0.0", "--min-agent-version", "3.0.0", "--no-dependencies")  # fmt: skip
+    assert newer.returncode == 2
+    assert "--min-agent-version 3.0.0 is newer than the release (2.0.0)" in newer.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_version_an_upload_cut_short_left_can_be_uploaded_again(
     built: Path, hub: HubPaths
 ) -> None:
@@ -133,6 +146,7 @@ def test_a_version_an_upload_cut_short_left_can_be_uploaded_again(
         ("missing", "cannot read"),
         ("platform", "unknown platforms ['sparc']"),
         ("no-manifest", "no manifest.json"),
+        ("newer-hub", "needs a hub from 9.0.0 on to roll it out; this hub is"),
     ],
 )
 def test_a_spoilt_release_folder_is_refused_and_nothing_is_kept(
@@ -151,6 +165,10 @@ def test_a_spoilt_release_folder_is_refused_and_nothing_is_kept(
     elif spoil == "platform":
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest["platforms"] = ["sparc"]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    elif spoil == "newer-hub":
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["min_hub_version"] = "9.0.0"
         (folder / "manifest.json").write_text(json.dumps(manifest))
     else:
         (folder / "manifest.json").unlink()
