@@ -37,7 +37,9 @@ folder on the hub machine. The rest (`devices`, `models`, `rollouts`, `tasks`, `
   is minted for `cli:<your user>` and recorded, so the audit log names who acted.
 
 They print tables, or the API's JSON with `--json`; a refusal prints the API's message
-and exits 1; a mistake on the command line exits 2. `outpost-agent` runs on a device.
+and exits 1, as does a hub that cannot be reached; a mistake on the command line (a
+malformed `--hub` URL, no hub or token given, a CA or token file that cannot be used)
+exits 2. `outpost-agent` runs on a device.
 """
 
 

@@ -48,10 +48,10 @@ def _user_error(exc: Exception) -> int | None:
     """The exit status of an error the user can act on (its message says how): 1 for a
     refusal by a running hub, 2 for a mistake or a state of the data folder; None for a
     bug, which keeps its traceback. Imported here: only a failing command pays for them."""
-    from hub.cli.remote import RemoteError
+    from hub.cli.remote import RemoteError, RemoteUsageError
 
     if isinstance(exc, RemoteError):
-        return 1
+        return 2 if isinstance(exc, RemoteUsageError) else 1
     if isinstance(exc, OSError | ValueError):  # a file or folder it cannot use: named
         return 2
     from hub.api.server import PortInUseError

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -42,6 +43,12 @@ class RemoteError(Exception):
         self.status = status
 
 
+class RemoteUsageError(RemoteError):
+    """The command was called wrong: a flag, or a file it names (which hub, its URL, the
+    CA, the token file). It exits 2, as any command-line mistake does; a hub that cannot
+    be reached or refuses exits 1."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A hub's API and the credentials to call it."""
@@ -53,7 +60,7 @@ class Endpoint:
 
 def endpoint(args: argparse.Namespace) -> Endpoint:
     """Where the hub is and how to call it, from the flags, the environment and the data
-    folder; RemoteError saying what is missing."""
+    folder; RemoteUsageError saying what is missing or wrong."""
     data: Path | None = args.data
     if data is not None:
         check_initialised(data)
@@ -61,10 +68,29 @@ def endpoint(args: argparse.Namespace) -> Endpoint:
     if not url and data is not None:
         url = load_config(data).hub_url
     if not url:
-        raise RemoteError("which hub? give --hub https://HOST:PORT, or --data on the hub machine")
-    if not url.startswith("https://"):
-        raise RemoteError(f"--hub must be an https:// URL, got {url!r}")
+        raise RemoteUsageError(
+            "which hub? give --hub https://HOST:PORT, or --data on the hub machine"
+        )
+    _check_url(url)
     return Endpoint(url.rstrip("/"), _trust(args.ca, data), _token(args.token_file, data))
+
+
+def _check_url(url: str) -> None:
+    """Refuse a hub URL that could not be called, naming what is wrong with it (else the
+    call fails with what the HTTP client makes of it)."""
+    if not url.startswith("https://"):
+        raise RemoteUsageError(f"--hub must be an https:// URL, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - read for its check: a port out of range raises
+    except ValueError as exc:
+        raise RemoteUsageError(f"--hub {url!r} is not a URL: {exc}") from exc
+    if any(c.isspace() for c in url):
+        raise RemoteUsageError(f"--hub {url!r} holds a space: give https://HOST:PORT")
+    if not parts.hostname:
+        raise RemoteUsageError(f"--hub {url!r} names no host: give https://HOST:PORT")
+    if parts.query or parts.fragment:
+        raise RemoteUsageError(f"--hub {url!r}: give https://HOST:PORT, without ? or #")
 
 
 def _trust(ca: Path | None, data: Path | None) -> ssl.SSLContext:
@@ -74,7 +100,7 @@ def _trust(ca: Path | None, data: Path | None) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(cafile=str(ca) if ca else None)
     except (OSError, ssl.SSLError) as exc:
-        raise RemoteError(f"cannot use {ca} as the CA certificate: {exc}") from exc
+        raise RemoteUsageError(f"cannot use {ca} as the CA certificate: {exc}") from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
@@ -86,17 +112,17 @@ def _token(token_file: Path | None, data: Path | None) -> str:
         try:
             token = token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise RemoteError(f"cannot read the token file {token_file}: {exc}") from exc
+            raise RemoteUsageError(f"cannot read the token file {token_file}: {exc}") from exc
         if not token:
-            raise RemoteError(f"the token file {token_file} is empty")
+            raise RemoteUsageError(f"the token file {token_file} is empty")
         if not _TOKEN.fullmatch(token):
-            raise RemoteError(
+            raise RemoteUsageError(
                 f"the token file {token_file} holds no API token (one line of three base64url "
                 "parts joined by dots, as `outpost-hub token create` prints it)"
             )
         return token
     if data is None:
-        raise RemoteError(
+        raise RemoteUsageError(
             "who is asking? give --token-file FILE (a token from `outpost-hub token create`), "
             "or --data on the hub machine"
         )
@@ -161,6 +187,11 @@ class Client:
             raise RemoteError(
                 f"the hub at {self._hub.url} presents a certificate this CA does not vouch "
                 f"for ({exc.certificate_error}): give its fleet CA with --ca"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:  # its text shows the SSL context's repr
+            raise RemoteError(
+                f"cannot reach the hub at {self._hub.url}: "
+                + (os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error))
             ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RemoteError(

@@ -209,7 +209,7 @@ def test_wrong_files_where_folders_databases_and_tokens_belong_are_named(tmp_pat
     assert "is a file, not a hub data folder" in list_on_file.stderr
     assert damaged.returncode == 2
     assert "hub.db is not a usable SQLite database" in damaged.stderr
-    assert remote.returncode == 1
+    assert remote.returncode == 2  # the token file named is no token: a usage mistake
     assert "holds no API token (one line of three base64url parts" in remote.stderr
     assert agent.returncode == 2
     assert "the bootstrap token is not a token" in agent.stderr

@@ -296,13 +296,32 @@ async def test_remote_commands_say_what_is_missing(hub: Hub, tmp_path: Path) -> 
         "hub.cli", "devices", "list", "--hub", hub.config.hub_url, "--token-file", str(empty),
         "--ca", str(REPO / "pyproject.toml"),
     )  # fmt: skip
-    assert nowhere.code == 1
+    # Mistakes in the command line, or in the files it names: exit 2, as any usage error.
+    assert nowhere.code == 2
     assert "which hub?" in nowhere.err
-    assert no_token.code == 1
+    assert no_token.code == 2
     assert "who is asking?" in no_token.err
-    assert empty_token.code == 1
+    assert empty_token.code == 2
     assert "is empty" in empty_token.err
-    assert not_https.code == 1
+    assert not_https.code == 2
     assert "must be an https:// URL" in not_https.err
-    assert wrong_ca.code == 1
+    assert wrong_ca.code == 2
     assert "cannot use" in wrong_ca.err
+    for url, said in (
+        ("https://", "names no host"),
+        ("https://127.0.0.1:99999", "is not a URL: Port out of range"),
+        ("https://[::1", "is not a URL: Invalid IPv6 URL"),
+        ("https://hub example", "holds a space"),
+        ("https://127.0.0.1:8443/?x=1", "without ? or #"),
+    ):
+        malformed = await run("hub.cli", "tasks", "list", "--hub", url, "--token-file", str(empty))
+        assert malformed.code == 2, (url, malformed.err)
+        assert said in malformed.err, (url, malformed.err)
+    # A hub that is not there is no usage mistake (exit 1), and is said plainly.
+    token = tmp_path / "some.token"
+    token.write_text("aaa.bbb.ccc\n")
+    closed = await run("hub.cli", "tasks", "list", "--hub", "https://127.0.0.1:1",
+                       "--token-file", str(token))  # fmt: skip
+    assert closed.code == 1
+    assert "cannot reach the hub at https://127.0.0.1:1: Connection refused" in closed.err
+    assert "SSLContext" not in closed.err
