@@ -57,10 +57,12 @@ def _verify_rates() -> tuple[float, float]:
 OFFER_DEVICES = 1000
 
 
-def _offer_rates(root: Path) -> tuple[float, float]:
+def _offer_rates(root: Path) -> tuple[float, float, float, float]:
     """Offers made per second for devices that check seals (numbered in a write
     transaction, each sealed with the hub's key) vs the plain read of what each should
-    run that offers were before seals, on a SQLite hub with a roll-out to all of them."""
+    run that offers were before seals, on a SQLite hub with a roll-out to all of them;
+    then the same for as many devices no roll-out names (a ramp of hellos: nothing to
+    offer, so no number and no lock)."""
     store = HubStore(root / "offers.db")
     key = ed25519.Ed25519PrivateKey.generate()
     try:
@@ -84,27 +86,41 @@ def _offer_rates(root: Path) -> tuple[float, float]:
             now=now,
         )  # fmt: skip
         asyncio.run(rollout)
-        ids = [h.device_id for h in hellos]
-        chunks = [ids[i : i + SEND_AT_ONCE] for i in range(0, len(ids), SEND_AT_ONCE)]
+        later = [
+            HelloSeen(f"dev-later{n:05d}", "c", now, "generic", "1", 10.0, {}, sealed_offers=True)
+            for n in range(OFFER_DEVICES)
+        ]
+        asyncio.run(store.record_presence(later))  # after the roll-out: none names them
 
-        def ours() -> None:
+        def chunked(hellos: list[HelloSeen]) -> list[list[str]]:
+            ids = [h.device_id for h in hellos]
+            return [ids[i : i + SEND_AT_ONCE] for i in range(0, len(ids), SEND_AT_ONCE)]
+
+        def ours(chunks: list[list[str]]) -> None:
             for chunk in chunks:
                 offers = asyncio.run(store.offers_of(chunk, now=time.time()))
                 for offer in offers.values():
-                    wire.encode("models", sealed_offer(key, offer, time.time()))
+                    if offer.releases or offer.shadows:  # as the publisher sends
+                        wire.encode("models", sealed_offer(key, offer, time.time()))
 
-        def bare() -> None:
+        def bare(chunks: list[list[str]]) -> None:
             for chunk in chunks:
                 desired = asyncio.run(store.desired_releases_of(chunk))
                 for releases in desired.values():
-                    body = wire.ModelReleases(
-                        releases=[wire.SignedRelease(document=d, signature=s) for d, s in releases]
-                    )
-                    wire.encode("models", body)
+                    if releases:
+                        body = wire.ModelReleases(
+                            releases=[
+                                wire.SignedRelease(document=d, signature=s) for d, s in releases
+                            ]
+                        )
+                        wire.encode("models", body)
 
+        named, unnamed = chunked(hellos), chunked(later)
         return (
-            per_second(OFFER_DEVICES, median_time(ours, repeat=3)),
-            per_second(OFFER_DEVICES, median_time(bare, repeat=3)),
+            per_second(OFFER_DEVICES, median_time(lambda: ours(named), repeat=3)),
+            per_second(OFFER_DEVICES, median_time(lambda: bare(named), repeat=3)),
+            per_second(OFFER_DEVICES, median_time(lambda: ours(unnamed), repeat=3)),
+            per_second(OFFER_DEVICES, median_time(lambda: bare(unnamed), repeat=3)),
         )
     finally:
         store.close()
@@ -191,7 +207,7 @@ async def _rollout(root: Path) -> tuple[float, float, float, float, float]:
 
 def run(root: Path) -> list[Result]:
     ours, bare = _verify_rates()
-    offers, plain = _offer_rates(root)
+    offers, plain, nothing, nothing_plain = _offer_rates(root)
     upload_s, bare_load, canary_s, total_s, bare_fetch = asyncio.run(_rollout(root))
     return [
         Result("model release verify (signature + schema)", ours, bare, "/s", "bare: Ed25519"),
@@ -201,6 +217,13 @@ def run(root: Path) -> list[Result]:
             plain,
             "/s",
             "bare: the unsealed read and encode",
+        ),
+        Result(
+            f"offers for hellos of {OFFER_DEVICES:,} devices no roll-out names",
+            nothing,
+            nothing_plain,
+            "/s",
+            "bare: the same unsealed read",
         ),
         Result(
             "model upload, checked (load + sample) and signed",
