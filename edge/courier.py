@@ -160,6 +160,8 @@ class CourierDesk:
             if header.fleet != keys.fleet:
                 raise BundleError("this bundle is from another fleet's hub")
             sealing.verify(opened, keys.hub_signing, "hub bundle")
+            if header.to != self._device_id:  # unseal checks it against the clear one too
+                raise BundleError(f"this hub bundle was signed for {header.to}, not this device")
             log = await asyncio.to_thread(self._log)
             if header.id in log.imported:
                 raise BundleError(
@@ -168,7 +170,7 @@ class CourierDesk:
                 )
             try:
                 carried = content.decode_hub(opened.body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
                 raise BundleError(f"the hub bundle's content is malformed: {exc}") from exc
             # A bundle made before one applied here already (carried out of order) still
             # holds marks (cumulative: a lower one changes nothing) and tasks leased to

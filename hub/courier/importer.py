@@ -166,7 +166,7 @@ class BundleImporter:
             )
         try:
             carried = await asyncio.to_thread(content.decode_device, opened.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise BundleError(f"bundle of {device_id}: its content is malformed: {exc}") from exc
         outcome = ImportOutcome(device_id, header.id, header.created_at)
         if carried.history is not None:

@@ -157,8 +157,15 @@ def unseal(sealed: bytes, key: ec.EllipticCurvePrivateKey) -> Opened:
         inner_bytes = _decompress(compressed)
         inner = msgspec.msgpack.decode(inner_bytes, type=_Inner)
         header = msgspec.msgpack.decode(inner.header, type=Header)
-    except (msgspec.DecodeError, msgspec.ValidationError, zstd.ZstdError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, zstd.ZstdError, RecursionError) as exc:
         raise BundleError(f"the bundle's content is malformed: {exc}") from exc
+    if header.to != outer.to:
+        # The signed content of a bundle for someone else, encrypted again to this
+        # recipient (by whoever could decrypt it): its marks and tasks are not ours.
+        raise BundleError(
+            f"the bundle is sealed for {outer.to} but signed for {header.to}: it was "
+            "taken from another's bundle"
+        )
     # The caller picks the key to verify with from the header (and certificate).
     return Opened(header, inner.body, inner.cert, inner.header, inner.sig)
 
@@ -185,7 +192,8 @@ def _outer(sealed: bytes) -> tuple[_Outer, bytes, bytes]:
     outer_bytes = sealed[start : start + size]
     try:
         outer = msgspec.msgpack.decode(outer_bytes, type=_Outer)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        # RecursionError: an unknown field nested thousands deep, skipped by recursion.
         raise BundleError(f"the bundle's outer header is malformed: {exc}") from exc
     if outer.v != VERSION:
         raise BundleError(f"bundle format {outer.v} is not one this version reads ({VERSION})")

@@ -556,3 +556,57 @@ def test_a_public_key_round_trips_through_pem() -> None:
 )
 def test_a_key_that_is_not_p256_is_refused(pem: bytes, words: str) -> None:
     assert words in refused(lambda: sealing.load_public_pem(pem, "the hub's key"))
+
+
+# ------------------------------------------------------------- re-addressed and hostile
+
+
+def test_a_bundle_signed_for_another_and_sealed_again_to_this_recipient_is_refused() -> None:
+    """Whoever can open device A's hub bundle (A itself, compromised) can encrypt its
+    signed content again to device B, whose public key is in its certificate: the
+    signature still verifies, so the signed addressee must match the sealed one."""
+    other, other_key = "dev-courier02", OTHER_P256  # device A
+    for_a = sealing.seal(
+        DOWN.header(to=other), SMALL_BODY, signer=HUB_SIGNING, recipient=other_key.public_key()
+    )
+    opened_by_a = sealing.unseal(for_a, other_key)
+    to_b = encrypt(zstd.compress(inner(opened_by_a)), DEVICE_KEY.public_key(), DEVICE_ID)
+
+    said = refused(lambda: sealing.unseal(to_b, DEVICE_KEY))
+
+    assert said == (
+        f"the bundle is sealed for {DEVICE_ID} but signed for {other}: it was taken from "
+        "another's bundle"
+    )
+    # The control: the same content sealed for B itself opens and verifies.
+    opened = sealing.unseal(DOWN.seal(SMALL_BODY), DEVICE_KEY)
+    sealing.verify(opened, DOWN.public, "hub bundle")
+
+
+DEEP = b"\x91" * 3000 + b"\xc0"  # [[[ ... nil ... ]]], 3,000 deep: skipping it recurses
+
+
+def _with_deep_unknown_field(value: msgspec.Struct) -> bytes:
+    encoded = msgspec.msgpack.encode(value)
+    assert 0x80 <= encoded[0] <= 0x8E  # a fixmap: one more entry, an unknown one
+    return bytes([encoded[0] + 1]) + encoded[1:] + msgspec.msgpack.encode("zz") + DEEP
+
+
+def test_headers_nested_thousands_deep_are_refused_as_malformed() -> None:
+    """An unknown field is skipped by recursion: nested deep enough it raised
+    RecursionError (a traceback in both CLIs), in headers anyone can write."""
+    outer = _with_deep_unknown_field(sealing._Outer(1, "hub", b"\x04" + b"\0" * 64, b"\0" * 12))
+    deep_outer = sealing.MAGIC + struct.pack(">I", len(outer)) + outer + b"\0" * 32
+    deep_header = encrypt(
+        zstd.compress(
+            msgspec.msgpack.encode(
+                {"header": _with_deep_unknown_field(UP.header()), "body": b"", "sig": b"s"}
+            )
+        ),
+        HUB_BUNDLE.public_key(),
+        "hub",
+    )
+
+    assert "outer header is malformed" in refused(lambda: sealing.addressee(deep_outer))
+    assert "content is malformed" in refused(lambda: sealing.unseal(deep_header, HUB_BUNDLE))
+    assert sealing.unseal(UP.seal(SMALL_BODY), HUB_BUNDLE).body == SMALL_BODY  # the control
