@@ -75,8 +75,10 @@ class Part:
 
 
 def write_parts(sealed: bytes, folder: Path, stem: str, max_size: int) -> list[Path]:
-    """Write `sealed` into `folder` as `stem.NNN-of-MMM.opb` files of at most `max_size`
-    bytes each; return their paths."""
+    """Write `sealed` into `folder` as `stem-HASH.NNN-of-MMM.opb` files of at most
+    `max_size` bytes each; return their paths. HASH, the start of the bundle's sha256,
+    keeps two bundles whose stems match (made in the same second) from overwriting each
+    other's parts."""
     if max_size < MIN_PART_BYTES:
         raise ValueError(f"--max-size must be at least {MIN_PART_BYTES // 1024} KiB")
     chunk = max_size - _OVERHEAD
@@ -94,7 +96,7 @@ def write_parts(sealed: bytes, folder: Path, stem: str, max_size: int) -> list[P
             len(sealed),
         )
         header_bytes = msgspec.msgpack.encode(header)
-        path = folder / f"{stem}.{number:03d}-of-{len(pieces):03d}{SUFFIX}"
+        path = folder / f"{stem}-{digest[:8]}.{number:03d}-of-{len(pieces):03d}{SUFFIX}"
         # Staged, synced and renamed (with the folder synced): a part with its final name
         # was written whole.
         files.replace(
@@ -154,7 +156,8 @@ def _parse(raw: bytes, name: str, *, alone: bool, at: int) -> tuple[Part, int]:
         raise BundleError(f"{name}: cut short in its header: written only in part?")
     try:
         header = msgspec.msgpack.decode(raw[start : start + size], type=PartHeader)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        # RecursionError: an unknown field nested thousands deep, skipped by recursion.
         raise BundleError(f"{name}: its header is malformed: {exc}") from exc
     if header.index > header.count:
         raise BundleError(f"{name}: its header is malformed: part {header.index} of {header.count}")

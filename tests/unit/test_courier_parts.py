@@ -74,7 +74,8 @@ def test_parts_round_trip(tmp_path: Path, size: int, max_size: int, count: int) 
 
     paths = parts.write_parts(sealed, tmp_path / "out", "dev-1.bundle", max_size)
 
-    names = [f"dev-1.bundle.{n:03d}-of-{count:03d}{SUFFIX}" for n in range(1, count + 1)]
+    stem = f"dev-1.bundle-{hashlib.sha256(sealed).hexdigest()[:8]}"
+    names = [f"{stem}.{n:03d}-of-{count:03d}{SUFFIX}" for n in range(1, count + 1)]
     assert [p.name for p in paths] == names
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names  # no .tmp left
     assert all(p.stat().st_size <= max_size for p in paths)
@@ -321,9 +322,12 @@ def test_parts_of_two_bundles_in_one_folder_make_two_bundles(tmp_path: Path) -> 
 
     bundles = parts.assemble([tmp_path])
 
+    def short(sealed: bytes) -> str:
+        return hashlib.sha256(sealed).hexdigest()[:8]
+
     assert sorted(bundles) == [
-        (f"dev-1.bundle.001-of-002{SUFFIX}", first),
-        (f"dev-2.bundle.001-of-001{SUFFIX}", second),
+        (f"dev-1.bundle-{short(first)}.001-of-002{SUFFIX}", first),
+        (f"dev-2.bundle-{short(second)}.001-of-001{SUFFIX}", second),
     ]
 
 
@@ -408,3 +412,28 @@ def test_parse_size_refuses(text: str, words: str) -> None:
 def test_parse_size_refuses_a_number_too_large_for_a_float() -> None:
     with pytest.raises(ValueError, match="--max-size"):
         parts.parse_size("9" * 400)
+
+
+def test_a_part_header_nested_thousands_deep_is_refused_as_malformed(tmp_path: Path) -> None:
+    """An unknown field is skipped by recursion: nested deep enough, it raised
+    RecursionError (a traceback in both CLIs) from a header anyone can write."""
+    encoded = msgspec.msgpack.encode(PartHeader("0" * 64, 1, 1, 0, "0" * 64, 0))
+    deep = bytes([encoded[0] + 1]) + encoded[1:] + msgspec.msgpack.encode("zz")
+    deep += b"\x91" * 3000 + b"\xc0"
+    assert len(deep) <= parts.MAX_HEADER_BYTES
+    path = tmp_path / f"x.001-of-001{SUFFIX}"
+    path.write_bytes(MARK + struct.pack(">I", len(deep)) + deep + parts.END)
+
+    assert "its header is malformed" in refused(lambda: parts.assemble([path]))
+
+
+def test_two_bundles_with_one_stem_keep_their_own_parts(tmp_path: Path) -> None:
+    """Two bundles for one device written in the same second (the stem names the second)
+    each keep their parts: before, the second overwrote the first's."""
+    first, second = data(500, seed=1), data(500, seed=2)
+
+    stem = "outpost-hub-for-dev-1-20261206T120000Z"
+    parts.write_parts(first, tmp_path, stem, MIN_PART_BYTES)
+    parts.write_parts(second, tmp_path, stem, MIN_PART_BYTES)
+
+    assert sorted(sealed for _, sealed in parts.assemble([tmp_path])) == sorted([first, second])
