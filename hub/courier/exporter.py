@@ -18,6 +18,7 @@ from hub.models.releases import ModelShelf
 from hub.models.rollouts import sealed_offer
 from hub.store import HubStore, courierleases
 from hub.store import courier as registry
+from hub.store.leases import Assigned
 from hub.store.offers import Offer
 from hub.tasks import allocation
 from outpost import policy, release, wire
@@ -89,12 +90,18 @@ class HubBundles:
             wire.Ack(stream, marks.get((device_id, stream), 0), gap=stream in gaps)
             for stream in wire.STREAMS
         ]
-        tasks = await self._tasks(device_id, now, lease_s, max_tasks)
+        # Everything that may refuse the bundle comes before the tasks are leased, and a
+        # seal that fails gives them back: leased in a bundle never made, nobody could
+        # deliver them until the lease lapsed, days on.
         releases, files = await self._releases(device_id, device.models)
+        signed_policy = await self._policy(device_id, now)
+        numbered_by = await self._store.run(registry.numbering, device_id)
+        leased = await self._lease(device_id, now, lease_s, max_tasks)
+        tasks = [a.message(now) for a in leased]
         carried = content.HubContent(
             acks=acks,
-            policy=await self._policy(device_id, now),
-            numbered_by=await self._store.run(registry.numbering, device_id),
+            policy=signed_policy,
+            numbered_by=numbered_by,
             certificate=certificate.decode(),
             note=note,
             tasks=tasks,
@@ -111,9 +118,15 @@ class HubBundles:
             id=secrets.token_hex(16),
             created_at=now,
         )
-        sealed = await asyncio.to_thread(
-            sealing.seal, header, content.encode(carried), signer=self._key, recipient=recipient
-        )
+        try:
+            sealed = await asyncio.to_thread(
+                sealing.seal, header, content.encode(carried), signer=self._key, recipient=recipient
+            )
+        except BundleError as exc:
+            if leased:
+                why = f"the courier bundle carrying it was not made: {exc}"
+                await self._store.run(courierleases.give_back, leased, time.time(), why)
+            raise
         return Exported(device_id, sealed, tasks=len(tasks))
 
     async def export(
@@ -134,13 +147,12 @@ class HubBundles:
                 out.append(Exported(device_id, b"", str(exc)))
         return out
 
-    async def _tasks(
+    async def _lease(
         self, device_id: str, now: float, lease_s: float, limit: int
-    ) -> list[wire.Assignment]:
-        leased = await self._store.run(
+    ) -> list[Assigned]:
+        return await self._store.run(
             courierleases.lease, device_id, now, lease_s, limit, allocation.matches
         )
-        return [a.message(now) for a in leased]
 
     async def _releases(
         self, device_id: str, has: list[dict[str, Any]]

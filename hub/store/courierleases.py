@@ -80,3 +80,17 @@ def _lease(db: Sql, task_id: str, device_id: str, now: float, lease_s: float) ->
         deadline=row["deadline"],
         lease_s=lease_s,
     )
+
+
+def give_back(db: Sql, leased: list[Assigned], now: float, why: str) -> None:
+    """Put tasks leased for a bundle that was then not made back in the queue: no device
+    holds them. Their attempt numbers stay used (fencing tokens are never reused)."""
+    with db.write():
+        for a in leased:
+            back = db.execute(
+                """UPDATE tasks SET state = 'queued', lease_expires = NULL, updated_at = ?
+                   WHERE task_id = ? AND state = 'accepted' AND device_id = ? AND attempt = ?""",
+                (now, a.task_id, a.device_id, a.attempt),
+            ).rowcount
+            if back:
+                record_events(db, [(a.task_id, now, "requeued", a.device_id, a.attempt, why)])

@@ -9,7 +9,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from hub.app import Hub
+from hub.courier.desk import open_desk
+from outpost.courier import sealing
+from outpost.courier.sealing import BundleError
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.integration.test_courier import (
@@ -21,7 +26,12 @@ from tests.integration.test_courier import (
 from tests.integration.test_sink_webhook import INPUT, VIB
 from tests.integration.test_store_forward import hub_records
 from tests.linkproxy import LinkProxy
-from tests.support import AgentProcess, eventually
+from tests.model_upload import bundle_parts, upload
+from tests.support import SHIPPED_MODELS, AgentProcess, eventually
+
+
+def model_folder(name: str) -> Path:
+    return next(Path(f) for f in SHIPPED_MODELS if Path(f).parent.name == name)
 
 
 async def states_of(hub: Hub, task_ids: list[str]) -> list[tuple[str, str | None]]:
@@ -191,3 +201,60 @@ async def test_an_admin_imports_by_api_and_an_ack_is_refused_at_the_hub(
     assert "not for the hub" in reply.error["message"]
     assert len(hub_records(hub, device_id)) == 5
     assert agent.process.poll() is None
+
+
+async def test_a_bundle_that_cannot_be_made_leaves_its_tasks_queued(
+    hub: Hub,
+    api: ApiClient,
+    enroll_device: Enroller,
+    agents: Callable[..., AgentProcess],
+    proxy: LinkProxy,  # noqa: F811 - the fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Leased into a bundle never written, tasks sat accepted for the whole lease (7
+    days) with nobody to deliver them. A release whose file this hub lacks refuses the
+    bundle before any lease; a seal that fails gives the leases back."""
+    paths, device_id, _, client = await offline_agent(enroll_device, agents, proxy, models=True)
+    await client.close()
+    assert cli("agent", "bundle", "export", "--data", paths.root, "--to",
+               tmp_path / "1").returncode == 0  # fmt: skip
+    assert cli("hub", "bundle", "import", "--data", hub.paths.root,
+               tmp_path / "1").returncode == 0  # fmt: skip
+    admin = await api.token("admin")
+    model, manifest, sample = bundle_parts(model_folder(VIB), version="1.1.0")
+    assert (await upload(hub, admin, model, manifest, sample)).status == 201
+    started = await api.call(
+        "POST", "/api/v1/rollouts", token=admin,
+        body={"model": VIB, "version": "1.1.0", "selector": {}, "canary_share": 1.0},
+    )  # fmt: skip
+    assert started.status == 201, started.body
+    task = {"model": VIB, "input": INPUT, "dtype": "int8", "target": {"device": device_id}}
+    submitted = await api.call("POST", "/api/v1/tasks", token=admin, body={"tasks": [task] * 2})
+    assert submitted.status == 202, submitted.body
+    ids = submitted.body["ids"]
+    (model_file,) = (hub.paths.models / VIB / "1.1.0").glob("*.tflite")
+    kept = model_file.read_bytes()
+    model_file.unlink()  # the release's file gone from this hub's disk
+
+    no_file = cli("hub", "bundle", "export", "--data", hub.paths.root, "--device", device_id,
+                  "--to", tmp_path / "to-site")  # fmt: skip
+
+    assert "not exported" in no_file.stdout, no_file.stdout + no_file.stderr
+    assert not list((tmp_path / "to-site").glob("*.opb"))
+    assert await states_of(hub, ids) == [("queued", None)] * 2
+
+    model_file.write_bytes(kept)
+    desk = open_desk(hub.paths, hub.parts.store, hub.config)
+
+    def too_big(*args: object, **kwargs: object) -> bytes:
+        raise BundleError("the bundle would hold 1,073,741,825 bytes, over 1,073,741,824")
+
+    monkeypatch.setattr(sealing, "seal", too_big)
+    with pytest.raises(BundleError, match="would hold"):
+        await desk.exporter.bundle_for(device_id)
+    assert [state for state, _ in await states_of(hub, ids)] == ["queued"] * 2
+    monkeypatch.undo()
+    made = await desk.exporter.bundle_for(device_id)  # the control: now it is made
+    assert made.tasks == 2
+    assert [state for state, _ in await states_of(hub, ids)] == ["accepted"] * 2
