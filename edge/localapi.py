@@ -43,6 +43,7 @@ from edge.localhttp import (
 )
 from edge.masking import Masker
 from edge.store import STREAMS, AgentStore, StoreWriteError, StreamFullError
+from outpost import wire
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,11 @@ class LocalApi:
         logger.debug("%d records for %s", len(records), stream, extra={"record": records[0]})
         if self._masker is not None and self._masker.active:
             records = [self._masker.mask(r) for r in records]  # before anything is stored
+        packed = _packed(records)
+        if isinstance(packed, Response):
+            return packed
         try:
-            appended = await self._store.append(stream, records)
+            appended = await self._store.append(stream, packed)
         except StreamFullError as exc:
             logger.warning("refused %d %s: %s", len(records), stream, exc.reason)
             return error(507, "stream_full", exc.reason)
@@ -355,3 +359,25 @@ def _listening_socket(path: Path) -> socket.socket:
         raise
     listener.setblocking(False)
     return listener
+
+
+def _packed(records: list[dict[str, Any]]) -> list[msgspec.Raw] | Response:
+    """Each record packed as it is stored and sent, or the refusal of the first that
+    could never be sent: stored, it would hold its whole stream up (the hub refuses the
+    batch, and the device would send it again for ever)."""
+    packed = []
+    for index, record in enumerate(records):
+        try:
+            body = msgspec.msgpack.encode(record)
+        except (OverflowError, TypeError) as exc:  # an integer beyond 64 bits, say
+            return error(400, "bad_field", f"body.records[{index}]: {exc}")
+        problem = wire.record_problem(body)
+        if problem is not None:
+            too_large = len(body) > wire.MAX_RECORD_BYTES
+            return error(
+                413 if too_large else 400,
+                "too_large" if too_large else "bad_field",
+                f"body.records[{index}]: {problem}",
+            )
+        packed.append(msgspec.Raw(body))  # packed once: the store writes these bytes
+    return packed

@@ -20,7 +20,7 @@ from edge.batchsize import BatchBudget
 from edge.config import Sync
 from edge.pacing import ByteRate, parse_windows, seconds_until_open
 from edge.store import AgentStore, StoreReadError, StoreWriteError
-from outpost import wire
+from outpost import schema, wire
 from outpost.aio import wait_event
 from outpost.wire import packing
 
@@ -65,6 +65,7 @@ class Uploader:
         self._in_flight: list[_InFlight] = []
         # Kept across connections: what the link carried is the best guess for the next.
         self.budget = BatchBudget(sync.batch_bytes, sync.in_flight, sync.ack_timeout_s)
+        self.unsendable = 0  # stored records the hub would refuse, left out of batches
         # Publishes handed to the client and not yet confirmed by the broker: the next
         # batch is read and encoded meanwhile. The first failure ends `run`, as an
         # awaited publish's would.
@@ -153,7 +154,9 @@ class Uploader:
                 asyncio.ensure_future(self._store.appended.wait()),
             ]
             timeout = IDLE_CHECK_S
-            if self._hold_until:
+            if self._hold_until and len(self._in_flight) < self._sync.in_flight:
+                # A short batch lingers: look again when it is due. With the window full
+                # only an ack lets a batch go, and a hold that lapsed would only spin.
                 timeout = min(timeout, max(0.0, self._hold_until - time.monotonic()))
             try:
                 await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -267,6 +270,22 @@ class Uploader:
             return True
         return False
 
+    def _sendable(
+        self, stream: wire.Stream, rows: list[tuple[int, float, bytes]]
+    ) -> list[tuple[int, float, bytes]]:
+        """The rows the hub can take. A record it would refuse (stored before the local
+        API checked records, or by hand) is left out of the batch, which still covers its
+        number: sent, it would fail the whole batch, and the stream would never move."""
+        kept = []
+        for row in rows:
+            problem = wire.record_problem(row[2])
+            if problem is None:
+                kept.append(row)
+            else:
+                self.unsendable += 1
+                logger.error("%s %d can never be sent (%s): left out", stream, row[0], problem)
+        return kept
+
     async def _read_ahead(self) -> bool:
         """Read the batch that goes next if it is a full one; whether one was read."""
         for stream in wire.STREAMS:
@@ -302,14 +321,14 @@ class Uploader:
         after: int,
         rows: list[tuple[int, float, bytes]],
     ) -> None:
-        body = wire.Records(
-            stream=stream,
-            from_seq=after + 1,
-            to_seq=rows[-1][0],
-            seqs=[r[0] for r in rows],
-            ts=[r[1] for r in rows],
-            bodies=[r[2] for r in rows],
-        )
+        to_seq = rows[-1][0]
+        if any(len(r[2]) > wire.MAX_RECORD_BYTES for r in rows):
+            rows = self._sendable(stream, rows)
+        try:
+            body = _records(stream, after, to_seq, rows)  # checks every body, as the hub will
+        except schema.SchemaError:
+            rows = self._sendable(stream, rows)
+            body = _records(stream, after, to_seq, rows)
         topic, packed = self._topic, False
         if self._packer is None:
             payload = wire.encode("records", body)
@@ -364,3 +383,16 @@ class Uploader:
             self._sent = dict(self._acked)
             self._in_flight.clear()
             self.budget.stalled()
+
+
+def _records(
+    stream: wire.Stream, after: int, to_seq: int, rows: list[tuple[int, float, bytes]]
+) -> wire.Records:
+    return wire.Records(
+        stream=stream,
+        from_seq=after + 1,
+        to_seq=to_seq,
+        seqs=[r[0] for r in rows],
+        ts=[r[1] for r in rows],
+        bodies=[r[2] for r in rows],
+    )

@@ -73,6 +73,7 @@ from outpost.wire.up import (
     MAX_BATCH_RECORDS,
     MAX_ENCODINGS,
     MAX_MODELS,
+    MAX_RECORD_BYTES,
     STREAMS,
     Capabilities,
     ConnId,
@@ -96,6 +97,7 @@ from outpost.wire.up import (
     TaskLoad,
     TaskState,
     TaskUpdate,
+    record_problem,
 )
 
 __all__ = [
@@ -107,6 +109,7 @@ __all__ = [
     "MAX_INPUT_DEPTH",
     "MAX_MODELS",
     "MAX_PAYLOAD_BYTES",
+    "MAX_RECORD_BYTES",
     "MAX_RELEASES",
     "MAX_TASK_BATCH",
     "STREAMS",
@@ -164,5 +167,6 @@ __all__ = [
     "encode",
     "new_message_id",
     "parse_topic",
+    "record_problem",
     "up_topic",
 ]

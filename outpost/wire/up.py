@@ -11,7 +11,7 @@ from msgspec import Meta
 
 from outpost import schema
 from outpost.schema import FINITE, INT64_MAX, INT64_MIN, Struct
-from outpost.wire.contract import MAX_TASK_BATCH, Attempt, TaskId
+from outpost.wire.contract import MAX_PAYLOAD_BYTES, MAX_TASK_BATCH, Attempt, TaskId
 
 # Each body is declared once, with its bounds: msgspec checks them as it decodes, and
 # `encode` checks what it sends the same way.
@@ -223,6 +223,21 @@ MAX_BATCH_RECORDS: Final = 1000
 Seq = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 # A stored record's body: a msgpack map with string keys, checked by decoding it whole.
 _RECORD_BODY: Final = msgspec.msgpack.Decoder(dict[str, Any])
+# The most one record may take, packed: alone in a batch, with the batch's own fields, it
+# still fits one message. A larger one could never be sent, and would hold its stream up.
+MAX_RECORD_BYTES: Final = MAX_PAYLOAD_BYTES - 1024
+
+
+def record_problem(packed: bytes) -> str | None:
+    """Why a stored record's body (msgpack) could never travel in a batch; None if it
+    can: a map with string keys at the top, at most `MAX_RECORD_BYTES`."""
+    if len(packed) > MAX_RECORD_BYTES:
+        return f"{len(packed):,} bytes packed, over the {MAX_RECORD_BYTES:,} a record may hold"
+    try:
+        _RECORD_BODY.decode(packed)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        return f"not a map with text keys ({exc})"
+    return None
 
 
 class Records(Struct, frozen=True):
