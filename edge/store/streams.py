@@ -202,16 +202,26 @@ def _delete_oldest(db: Database, stream: str, count: int, counter: str) -> None:
 
 
 def expire(db: Database, bounds: dict[str, Bounds], now: float) -> None:
-    """Drop records older than their stream's age limit, counting them as expired."""
+    """Drop records older than their stream's age limit, counting them as expired.
+
+    By their time, not their number: after the clock stepped back, a record numbered
+    later may be the older one, and the fresh records numbered before it stay."""
     for stream, limit in bounds.items():
         if not limit.max_age_s:
             continue
-        (n,) = db.execute(
-            "SELECT COUNT(*) FROM records WHERE stream = ? AND ts < ?",
-            (stream, now - limit.max_age_s),
+        cutoff = now - limit.max_age_s
+        n, size = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM records"
+            " WHERE stream = ? AND ts < ?",
+            (stream, cutoff),
         ).fetchone()
         if n:
-            _delete_oldest(db, stream, n, f"expired.{stream}")
+            db.execute("DELETE FROM records WHERE stream = ? AND ts < ?", (stream, cutoff))
+            db.execute(
+                "UPDATE streams SET records = records - ?, bytes = bytes - ? WHERE stream = ?",
+                (n, size, stream),
+            )
+            bump(db, f"expired.{stream}", n)
 
 
 def read_batch(
@@ -235,13 +245,26 @@ def read_batch(
     ).fetchall()
     out: list[tuple[int, float, bytes]] = []
     size = 0
+    damaged: list[int] = []
     for seq, ts, body in rows:
         if cipher is not None:
-            body = cipher.open(stream, seq, body)
+            try:
+                body = cipher.open(stream, seq, body)
+            except InvalidTag:
+                damaged.append(seq)
+                continue
         if out and size + len(body) > max_bytes:
             break
         out.append((seq, ts, body))
         size += len(body)
+    if damaged and not out:
+        # Nothing here opens: a key that is not this store's (every record would be
+        # left out, then deleted at the ack), or damage alone so far. The stream waits.
+        raise InvalidTag(f"{stream} {damaged[0]}..{damaged[-1]} does not decrypt")
+    for seq in damaged:
+        # Beside records that open, it is damage, not the wrong key: left out of the
+        # batch, which still covers its number, rather than hold the stream up for good.
+        logger.error("%s record %d is damaged (it does not decrypt): left out", stream, seq)
     return out
 
 
