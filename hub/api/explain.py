@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, Route
@@ -97,15 +98,9 @@ def routes(ctx: ApiContext) -> list[Route]:
         from edge.inference.tensors import InputError
         from outpost.explain import BudgetError
 
-        raw = await request.content.read(MAX_BODY_BYTES + 1)
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, "too_large", f"over {MAX_BODY_BYTES} bytes")
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise bad_field("body", f"not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise bad_field("body", "must be a JSON object")
+        # The whole body (content.read(n) gave what had arrived so far), checked as every
+        # other body is: a NUL or a lone surrogate is a 400, not a 500 from the database.
+        data = params.decode(dict[str, Any], await params.read(request, MAX_BODY_BYTES))
         stored = await stored_input(data) if "device" in data or "seq" in data else {}
         name, version = data.pop("model", None), data.pop("version", None)
         if not isinstance(name, str):

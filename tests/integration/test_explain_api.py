@@ -256,3 +256,38 @@ async def test_the_hub_explains_a_stored_result_only_when_its_input_left_the_dev
         "bytes": 96 * 96,
     }
     assert (typo.status, typo.body["error"]["details"]["field"]) == (400, "query.inputs")
+
+
+@pytest.mark.parametrize("size", [200_000, 3_000_000])
+async def test_the_hub_reads_an_explain_body_whole(api: ApiClient, size: int) -> None:
+    """It read what had arrived so far: a valid body of a few MB, sent in pieces, was
+    refused as "not JSON". Under the 4 MiB limit it is read whole (here: no such model)."""
+    token = await api.token("operator")
+    body = {"model": "no-such-model", "version": "1.0.0", "input": [0.0] * (size // 5)}
+    reply = await api.call(
+        "POST", "/api/v1/explain", token=token, raw=json.dumps(body).encode(),
+        content_type="application/json",
+    )  # fmt: skip
+    assert reply.status == 404, (reply.status, reply.body)
+    assert reply.error["message"] == "no model no-such-model 1.0.0 on this hub"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"model": "\\ud800", "version": "1.0.0", "input": [0]}', "body"),
+        (b'{"device": "\\ud800", "seq": 1}', "body"),
+        (b'{"model": "a\\u0000b", "version": "1.0.0", "input": [0]}', "body"),
+        (b"[1, 2]", "body"),
+    ],
+)
+async def test_an_explain_body_is_checked_as_every_body_is(
+    api: ApiClient, raw: bytes, field: str
+) -> None:
+    """A lone surrogate reached the database (a 500), a NUL the model lookup (a 404)."""
+    token = await api.token("operator")
+    reply = await api.call(
+        "POST", "/api/v1/explain", token=token, raw=raw, content_type="application/json"
+    )
+    assert reply.status == 400, (reply.status, reply.body)
+    assert reply.error["details"]["field"] == field
