@@ -35,6 +35,8 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Answers of an enrollment or renewal route that count as a failed login from the address.
 BOOTSTRAP_REFUSALS = frozenset({401, 403, 422})
 MAX_AUDITED_PATH = 512  # characters of a request's path the audit log keeps
+MAX_AUDITED_TEXT = 512  # characters of each text in an audit entry's detail
+MAX_AUDITED_ITEMS = 100  # items of each list in it
 VERIFIED_CACHE = 1024  # tokens whose signature was checked, kept to skip re-checking
 PRINCIPAL = web.RequestKey("principal", Principal)
 DEVICE = web.RequestKey("device", str)  # the device id of a "device" route's caller
@@ -144,15 +146,17 @@ class Guard:
             self.auth_failures.allow(address)
             raise
         request[PRINCIPAL] = principal
+        # The rate first: refused for its role, a request still costs an audit row, and
+        # a viewer's token could otherwise send admin routes 403s without end.
+        subject = f"sub:{principal.subject}"
+        if not self.per_subject.allow(subject):
+            raise _too_many(self.per_subject.retry_after(subject))
         if not principal.may(role):
             raise ApiError(
                 403,
                 "forbidden",
                 f"this route needs the {role} role; the token has {principal.role}",
             )
-        subject = f"sub:{principal.subject}"
-        if not self.per_subject.allow(subject):
-            raise _too_many(self.per_subject.retry_after(subject))
 
     async def _authorise_device(self, request: web.Request) -> None:
         """The caller is an enrolled, unrevoked device: the TLS layer verified its
@@ -221,7 +225,7 @@ class Guard:
             path=wire.clip(request.path, MAX_AUDITED_PATH),
             action=route.action or route.summary,
             status=status,
-            detail=json.dumps(detail, sort_keys=True),
+            detail=json.dumps(_clipped(detail), sort_keys=True),
         )
         try:
             await self.store.audit(entry)
@@ -229,6 +233,20 @@ class Guard:
             logger.exception(
                 "could not write the audit entry for %s %s", route.method, request.path
             )
+
+
+def _clipped(value: Any) -> Any:
+    """An audit detail with each text cut to `MAX_AUDITED_TEXT` characters and each list
+    to `MAX_AUDITED_ITEMS` items: a caller's 4 MB model name is not kept whole, row by
+    row (what it was is still plain)."""
+    if isinstance(value, str):
+        return wire.clip(value, MAX_AUDITED_TEXT)
+    if isinstance(value, dict):
+        return {wire.clip(str(k), MAX_AUDITED_TEXT): _clipped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        kept = [_clipped(v) for v in value[:MAX_AUDITED_ITEMS]]
+        return kept + ([f"…[{len(value)} items]"] if len(value) > MAX_AUDITED_ITEMS else [])
+    return value
 
 
 def _no_nul(request: web.Request) -> None:

@@ -3,6 +3,8 @@ refused enrollments and refused renewals included."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.api_client import ApiClient
@@ -47,3 +49,37 @@ async def test_refused_enrollments_cool_the_address_down(api: ApiClient) -> None
     assert limited.error["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
     assert health.status == 200, "a public route needs no login and is not cooled down"
+
+
+async def test_a_subject_refused_for_its_role_is_rate_limited_too(api: ApiClient) -> None:
+    """Its rate was taken after the role check: a viewer's token could send admin routes
+    403s without end, each an audit row."""
+    prober = await api.token("viewer", subject="prober")
+    admin = await api.token("admin", subject="admin")
+
+    statuses = [
+        (await api.call("POST", "/api/v1/enroll-tokens", token=prober, body={})).status
+        for _ in range(8)
+    ]
+    allowed = await api.call("POST", "/api/v1/enroll-tokens", token=admin, body={})
+
+    assert statuses[:5] == [403] * 5
+    assert statuses[5:] == [429] * 3
+    assert allowed.status == 201, allowed.body  # the same request, by a role that may
+    entries = await api.hub.parts.store.audit_log(before=None, limit=100)
+    assert [e.status for e in entries if e.subject == "prober"] == [403] * 5
+
+
+async def test_an_audit_entry_keeps_a_bounded_detail(api: ApiClient) -> None:
+    """The path is clipped; a detail copied from the body was kept whole (a 300,000
+    character model name, up to 4 MiB a request)."""
+    token = await api.token("operator", subject="big")
+    body = {"model": "m" * 300_000, "version": "1.0.0", "input": [0]}
+
+    reply = await api.call("POST", "/api/v1/explain", token=token, body=body)
+
+    assert reply.status == 404, reply.body
+    (entry,) = [e for e in await api.hub.parts.store.audit_log(before=None, limit=10)
+                if e.subject == "big"]  # fmt: skip
+    assert len(entry.detail) < 1000
+    assert json.loads(entry.detail)["model"].endswith("m…[300000 chars]")
