@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hub.app import Hub
+from hub.store import shadows
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.support import REPO, AgentProcess, add_device, eventually
@@ -402,3 +404,49 @@ async def test_the_summary_counts_revoked_devices_apart_from_offline_ones(
         "dev-revoked01": (False, True, "carol"),
         "dev-offline01": (False, False, None),
     }
+
+
+async def test_the_snapshot_is_strict_json_whatever_a_device_reports(
+    hub: Hub, api: ApiClient
+) -> None:
+    """A shadow's latency ratio from a device's roll-up (finite sums: 1e308 ms over
+    0.001 ms) is infinite: the snapshot held the bare token `Infinity`, and the page's
+    JSON.parse failed on every frame while that roll-out was among the newest."""
+    now = time.time()
+
+    def seed(db: Any) -> None:  # a shadow roll-out of m 2.0.0 beside live 1.0.0 on dev-x
+        with db.write():
+            db.execute(
+                """INSERT INTO rollouts (name, version, selector, canary_share, state,
+                       created_at, created_by, updated_at, mode, criteria)
+                   VALUES ('m', '2.0.0', '{}', 0.1, 'shadow', ?, 't', ?, 'shadow', '{}')""",
+                (now, now),
+            )
+            (rollout_id,) = db.execute("SELECT MAX(id) FROM rollouts").fetchone()
+            db.execute(
+                """INSERT INTO rollout_devices (rollout_id, device_id, stage, state, updated_at)
+                   VALUES (?, 'dev-x', 'canary', 'released', ?)""",
+                (rollout_id, now),
+            )
+            comparison = {
+                "live": "1.0.0",
+                "count": 10,
+                "agree": 10,
+                "live_latency_sum_ms": 0.001,
+                "candidate_latency_sum_ms": 1e308,
+            }
+            shadows.fold(db, "dev-x", {"m@2.0.0": comparison}, now)  # as a roll-up is
+
+    await hub.parts.store.run(seed)
+    token = await api.token("viewer")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with api._session.get(api.url + "/api/v1/stream", headers=headers,
+                                ssl=api._context) as response:  # fmt: skip
+        text = await response.text()
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    snapshot = json.loads(text, parse_constant=refuse)  # as strict as a browser's
+    (shown,) = [r for r in snapshot["rollouts"] if r["model"] == "m"]
+    assert shown["shadow"]["latency_ratio"] is None
