@@ -71,7 +71,7 @@ def routes(ctx: ApiContext) -> list[Route]:
             )
         staging = await asyncio.to_thread(ctx.agents.staging)
         try:
-            await _read_release(request, staging)
+            await params.multipart(_read_release(request, staging))
             try:
                 manifest = await ctx.agents.accept(staging, by=request[PRINCIPAL].subject)
             except AgentReleaseExistsError as exc:

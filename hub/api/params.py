@@ -8,7 +8,7 @@ import binascii
 import contextlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import (
     Annotated,
     Any,
@@ -78,6 +78,15 @@ async def read(request: web.Request, max_bytes: int | None = None) -> bytes:
     if len(raw) > limit:
         raise too_large
     return raw
+
+
+async def multipart(reading: Awaitable[T]) -> T:
+    """Await a handler's reading of a multipart body: aiohttp's reader raises ValueError
+    for a body it cannot read (no boundary, cut short), a 400 naming the body."""
+    try:
+        return await reading
+    except ValueError as exc:
+        raise bad_field("body", f"not a readable multipart/form-data body: {exc}") from exc
 
 
 def decode(cls: type[T], raw: bytes, where: str = "body") -> T:

@@ -75,7 +75,7 @@ def _model_routes(ctx: ApiContext) -> list[Route]:
             )
         staging = await asyncio.to_thread(Staging, ctx.models.root, MAX_MODEL_BYTES)
         try:
-            sha256, docs = await _read_upload(request, staging)
+            sha256, docs = await params.multipart(_read_upload(request, staging))
         except BaseException:
             await asyncio.to_thread(staging.discard)
             raise

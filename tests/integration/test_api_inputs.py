@@ -100,3 +100,25 @@ async def test_mutations_refused_while_an_address_is_held_off_are_not_audited_on
     refused = [e for e in entries if e.path.startswith("/api/v1/tasks/xxxx")]
     assert [e.status for e in refused] == [401] * 3  # the failed logins, not the 429s
     assert all(len(e.path) <= 512 for e in refused)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/models", "/api/v1/agent-releases"])
+@pytest.mark.parametrize(
+    ("content_type", "raw"),
+    [
+        ("multipart/form-data", b"x"),  # no boundary
+        ("multipart/form-data; boundary=", b"x"),  # an empty one
+        (  # a body cut short inside its first part
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="manifest"\r\n\r\n{"a"',
+        ),
+    ],
+)
+async def test_a_multipart_upload_that_cannot_be_read_is_a_400(
+    api: ApiClient, path: str, content_type: str, raw: bytes
+) -> None:
+    """aiohttp's reader raised ValueError: a 500 (and nothing staged was left)."""
+    token = await api.token("admin")
+    reply = await api.call("POST", path, token=token, raw=raw, content_type=content_type)
+    assert reply.status == 400, (reply.status, reply.body)
+    assert reply.error["details"]["field"].startswith("body"), reply.body  # or its part
