@@ -15,7 +15,7 @@ from hub.api.models import DeviceOut
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.fleet import labels
 from hub.fleet.revocation import UnknownDeviceError
-from hub.store import DeviceEvent, NameTakenError
+from hub.store import DeviceEvent, NameTakenError, TooManyLabelsError
 from outpost import devicenames as names
 from outpost import schema
 from outpost.schema import Struct
@@ -120,10 +120,16 @@ def routes(ctx: ApiContext) -> list[Route]:
             request[AUDIT_DETAIL]["name"] = patch.name
         try:
             device = await ctx.store.update_device(
-                device_id, labels=patch.labels, name=patch.name, now=time.time()
+                device_id,
+                labels=patch.labels,
+                name=patch.name,
+                now=time.time(),
+                max_labels=labels.MAX_LABELS,
             )
         except NameTakenError as exc:
             raise ApiError(409, "name_taken", str(exc), field="body.name") from exc
+        except TooManyLabelsError as exc:
+            raise bad_field("body.labels", str(exc)) from exc
         if device is None:
             raise ApiError(404, "not_found", f"no device {device_id!r}")
         if patch.labels:

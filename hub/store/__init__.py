@@ -26,6 +26,7 @@ from hub.store.devices import (
     ListedDevice,
     NameTakenError,
     PresenceEvent,
+    TooManyLabelsError,
 )
 from hub.store.engine import (
     Engine,
@@ -79,6 +80,7 @@ __all__ = [
     "TaskSettings",
     "ToPublish",
     "TokenRefusedError",
+    "TooManyLabelsError",
     "Upload",
     "UploadOutcome",
     "database_failed",

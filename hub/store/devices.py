@@ -32,6 +32,7 @@ __all__ = [
     "ListedDevice",
     "NameTakenError",
     "PresenceEvent",
+    "TooManyLabelsError",
     "add_device",
     "all_devices",
     "expire_silent",
@@ -50,6 +51,10 @@ __all__ = [
 
 class NameTakenError(ValueError):
     """Another device already has the name asked for."""
+
+
+class TooManyLabelsError(ValueError):
+    """The labels merged would be more than a device may carry (nothing changed)."""
 
 
 @dataclass(frozen=True)
@@ -265,16 +270,25 @@ def update_device(
     changes: dict[str, str | None],
     name: str | None,
     now: float,
+    max_labels: int | None,
 ) -> Device | None:
     """Merge label `changes` into the device's labels (None deletes a label) and rename it
     if `name` is given; None if there is no such device, NameTakenError if another device
-    has that name (and nothing changed)."""
+    has that name, TooManyLabelsError if it would carry over `max_labels` labels (and
+    nothing changed)."""
     with db.write():
         row = db.execute(
             "SELECT labels, name FROM devices WHERE device_id = ?", (device_id,)
         ).fetchone()
         if row is None:
             return None
+        merged = {**json.loads(row["labels"]), **changes}
+        count = sum(1 for value in merged.values() if value is not None)
+        if max_labels is not None and count > max_labels:
+            raise TooManyLabelsError(
+                f"the device would carry {count} labels, over the {max_labels} allowed: "
+                "remove some (a null value removes a label)"
+            )
         if name is not None and name != row["name"]:
             if db.execute("SELECT 1 FROM devices WHERE name = ?", (name,)).fetchone():
                 raise NameTakenError(f"another device is named {name!r}")

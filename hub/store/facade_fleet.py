@@ -140,9 +140,11 @@ class FleetStore:
         labels: dict[str, str | None],
         name: str | None = None,
         now: float,
+        max_labels: int | None = None,
     ) -> Device | None:
-        """Change labels and/or the name; NameTakenError if another device has the name."""
-        return await self._db.run(devices.update_device, device_id, labels, name, now)
+        """Change labels and/or the name; NameTakenError if another device has the name,
+        TooManyLabelsError if it would carry over `max_labels` labels (None: no cap)."""
+        return await self._db.run(devices.update_device, device_id, labels, name, now, max_labels)
 
     async def fleet_models(self) -> set[tuple[str, str]]:
         """(name, version) of every model an unrevoked device reports."""

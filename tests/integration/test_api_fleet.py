@@ -359,3 +359,25 @@ async def test_a_device_is_renamed_and_reached_by_its_name(hub: Hub, api: ApiCli
     assert older.body["next_cursor"] is None
     assert unknown.status == 404
     assert "press-9" in unknown.error["message"]
+
+
+async def test_labels_are_capped_across_patches(hub: Hub, api: ApiClient) -> None:
+    """Each patch was checked alone: two of 32 labels left a device with 64."""
+    admin = await api.token("admin")
+    await add_device(hub, "dev-label003", labels={})
+    path = "/api/v1/devices/dev-label003"
+    first = {"labels": {f"a{n}": "x" for n in range(32)}}
+    more = {f"b{n}": "x" for n in range(16)}
+
+    assert (await api.call("PATCH", path, token=admin, body=first)).status == 200
+    refused = await api.call("PATCH", path, token=admin, body={"labels": more})
+    # The same labels, with as many removed, are taken.
+    swapped = {"labels": {**more, **{f"a{n}": None for n in range(16)}}}
+    taken = await api.call("PATCH", path, token=admin, body=swapped)
+
+    assert refused.status == 400, refused.body
+    assert refused.error["details"]["field"] == "body.labels"
+    assert "would carry 48 labels, over the 32 allowed" in refused.error["message"]
+    assert taken.status == 200, taken.body
+    assert len(taken.body["labels"]) == 32
+    assert set(more) <= set(taken.body["labels"])
