@@ -89,10 +89,26 @@ def build_app(ctx: ApiContext, routes: list[Route]) -> web.Application:
     # The largest body any route takes; each route's own limit is checked in `params.read`.
     largest = max(config.api_max_body_bytes, config.api_max_task_body_bytes)
     app = web.Application(middlewares=[errors_as_json], client_max_size=largest)
+    app.on_response_prepare.append(_security_headers)
     app[MAX_BODY] = config.api_max_body_bytes
     for route in routes:
         app.router.add_route(route.method, route.path, guard.wrap(route))
     return app
+
+
+# On every answer that does not set its own: an API key or bootstrap token in a body is
+# never kept by a cache, no answer is read as another type than it says, and a browser
+# that reached the hub once keeps to HTTPS (the API is served on nothing else).
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Strict-Transport-Security": "max-age=31536000",
+}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 class WebServer:

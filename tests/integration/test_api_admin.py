@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from edge.enroll import enroll
 from edge.identity import DevicePaths
 from hub.app import Hub
@@ -96,3 +98,24 @@ async def test_refused_mutations_are_audited_too(api: ApiClient) -> None:
     assert (newest["subject"].startswith("anonymous@"), newest["status"]) == (True, 401)
     assert (older["subject"], older["role"], older["status"]) == ("bob", "viewer", 403)
     assert audit.body["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/api/v1/tokens", {"subject": "ci", "role": "viewer"}, 201),  # an API key
+        ("POST", "/api/v1/enroll-tokens", {}, 201),  # a bootstrap token
+        ("GET", "/api/v1/devices/%3Cscript%3E", None, 404),  # an error echoing the path
+    ],
+)
+async def test_api_answers_are_neither_cached_nor_sniffed(
+    api: ApiClient, method: str, path: str, body: object, status: int
+) -> None:
+    """Only the dashboard's own files carried these: a new API key's answer could be kept
+    by a cache, and an error echoing the path read as HTML."""
+    reply = await api.call(method, path, token=await api.token("admin"), body=body)
+
+    assert reply.status == status, reply.body
+    assert reply.headers["Cache-Control"] == "no-store"
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+    assert reply.headers["Strict-Transport-Security"] == "max-age=31536000"
