@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 from edge.identity import DevicePaths
 from edge.localhttp import OCTETS, Request, Response, Route, error, json_response, post
 from edge.parts import AgentParts
+from outpost.courier import MAX_HUB_BUNDLE_BYTES
 
 if TYPE_CHECKING:
     from edge.courier import CourierDesk
     from outpost import wire
 
-MAX_IMPORT_BYTES = 256 << 20
+MAX_IMPORT_BYTES = MAX_HUB_BUNDLE_BYTES
 
 
 class CourierRoutes:

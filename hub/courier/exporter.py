@@ -22,7 +22,7 @@ from hub.store.leases import Assigned
 from hub.store.offers import Offer
 from hub.tasks import allocation
 from outpost import policy, release, wire
-from outpost.courier import content, sealing
+from outpost.courier import MAX_HUB_BUNDLE_BYTES, content, sealing
 from outpost.courier.sealing import BundleError, Header
 from outpost.signing import Signed
 
@@ -122,6 +122,12 @@ class HubBundles:
             sealed = await asyncio.to_thread(
                 sealing.seal, header, content.encode(carried), signer=self._key, recipient=recipient
             )
+            if len(sealed) > MAX_HUB_BUNDLE_BYTES:  # the device would refuse all of it
+                raise BundleError(
+                    f"the bundle for {device_id} would be {len(sealed):,} bytes, over the "
+                    f"{MAX_HUB_BUNDLE_BYTES:,} a device imports: its model files make it "
+                    "so (roll out fewer or smaller models to it by bundle)"
+                )
         except BundleError as exc:
             if leased:
                 why = f"the courier bundle carrying it was not made: {exc}"

@@ -3,3 +3,7 @@
 `sealing` signs and encrypts a bundle's content; `parts` splits it into files of a
 bounded size that each verify on their own; `content` is what each direction carries.
 """
+
+# The largest hub bundle (sealed) a device takes: its agent holds it in memory, through
+# its local API. The hub makes none larger (hub/courier/exporter.py).
+MAX_HUB_BUNDLE_BYTES = 256 << 20

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hub.app import Hub
+from hub.courier import exporter
 from hub.courier.desk import open_desk
 from outpost.courier import sealing
 from outpost.courier.sealing import BundleError
@@ -252,6 +253,12 @@ async def test_a_bundle_that_cannot_be_made_leaves_its_tasks_queued(
 
     monkeypatch.setattr(sealing, "seal", too_big)
     with pytest.raises(BundleError, match="would hold"):
+        await desk.exporter.bundle_for(device_id)
+    assert [state for state, _ in await states_of(hub, ids)] == ["queued"] * 2
+    monkeypatch.undo()
+    # One a device would refuse whole (over what its agent imports) is not made either.
+    monkeypatch.setattr(exporter, "MAX_HUB_BUNDLE_BYTES", 4096)
+    with pytest.raises(BundleError, match="over the 4,096 a device imports"):
         await desk.exporter.bundle_for(device_id)
     assert [state for state, _ in await states_of(hub, ids)] == ["queued"] * 2
     monkeypatch.undo()
