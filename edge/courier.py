@@ -25,8 +25,8 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from edge import renewal
-from edge.identity import DevicePaths, Identity
+from edge import couriercerts
+from edge.identity import DevicePaths
 from edge.parts import AgentParts
 from edge.store import StoreReadError
 from outpost import __version__, files, release, signing, tls, wire
@@ -102,7 +102,9 @@ class CourierDesk:
                     f"{self._paths.hub_bundle_pub}"
                 )
             batches, counts, more = await self._unacknowledged(max_records)
-            csr = await asyncio.to_thread(self._renewal_csr, keys)
+            csr = await asyncio.to_thread(
+                couriercerts.renewal_csr, self._paths, keys.device, self._device_id
+            )
             beat = None
             if self.heartbeat is not None:
                 try:
@@ -177,6 +179,17 @@ class CourierDesk:
             # this device; its releases, gap flags and certificate are out of date, and
             # would roll back what the newer bundle set (offers have no version order).
             older = header.created_at < log.newest_made
+            renewed = None
+            if carried.certificate and not older:
+                # Checked before anything is applied: a refused certificate refuses the
+                # bundle whole, not after its marks, policy and tasks went in unlogged.
+                renewed = await asyncio.to_thread(
+                    couriercerts.check,
+                    self._paths,
+                    carried.certificate.encode(),
+                    keys.device,
+                    self._device_id,
+                )
             store = self._parts.store
             before = await store.cursors()
             mine = await store.store_id()
@@ -222,9 +235,9 @@ class CourierDesk:
                 await self._parts.deployer.offer(carried.releases)  # deployed in turn
                 releases = f"{len(carried.releases.releases)} offered"
             certificate = "none"
-            if carried.certificate and not older:
+            if renewed is not None:
                 certificate = await asyncio.to_thread(
-                    self._install_certificate, carried.certificate.encode(), keys
+                    couriercerts.install, self._paths, carried.certificate.encode(), renewed
                 )
             if carried.note:
                 logger.warning("the hub's bundle says: %s", carried.note)
@@ -299,37 +312,6 @@ class CourierDesk:
                 counts[stream] += len(rows)
                 after = covered_from = last
         return batches, counts, more
-
-    def _renewal_csr(self, keys: Keys) -> str:
-        """A CSR for the device key once the certificate is in the last third of its life
-        (when the daemon would renew over HTTPS), else ""."""
-        identity = Identity.load(self._paths)
-        not_before, not_after = renewal.cert_window(self._paths, identity)
-        if time.time() < renewal.renew_at(not_before, not_after):
-            return ""
-        # Here, not at the top: enrollment's x509 and JWT code costs the agent about
-        # 1.2 MiB resident from its start, for a courier export that may never come.
-        from edge.enroll import make_csr
-
-        return make_csr(keys.device, self._device_id).decode()
-
-    def _install_certificate(self, pem: bytes, keys: Keys) -> str:
-        """Check a renewed certificate as the HTTPS renewal does, then keep it (the MQTT
-        link's TLS context reloads it by itself)."""
-        from edge.enroll import EnrollError, check_certificate  # see _renewal_csr
-
-        try:
-            cert = check_certificate(
-                pem, self._paths.ca_cert.read_bytes(), keys.device, self._device_id
-            )
-        except EnrollError as exc:
-            raise BundleError(
-                f"the renewed certificate in the hub's bundle is refused: {exc}"
-            ) from exc
-        window = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
-        renewal.save_certificate(self._paths, pem, window)
-        logger.info("certificate renewed by bundle, valid until %s", _utc(window[1]))
-        return f"renewed, valid until {_utc(window[1])}"
 
     def _log(self) -> CourierLog:
         try:
