@@ -21,6 +21,7 @@ Everything is held in memory: a bundle is bounded by `MAX_CONTENT_BYTES`.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import sys
@@ -159,6 +160,8 @@ def unseal(sealed: bytes, key: ec.EllipticCurvePrivateKey) -> Opened:
         header = msgspec.msgpack.decode(inner.header, type=Header)
     except (msgspec.DecodeError, msgspec.ValidationError, zstd.ZstdError, RecursionError) as exc:
         raise BundleError(f"the bundle's content is malformed: {exc}") from exc
+    if not math.isfinite(header.created_at):  # NaN passes every comparison of age
+        raise BundleError(f"the bundle's time is not a time: {header.created_at}")
     if header.to != outer.to:
         # The signed content of a bundle for someone else, encrypted again to this
         # recipient (by whoever could decrypt it): its marks and tasks are not ours.

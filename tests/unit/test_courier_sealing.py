@@ -610,3 +610,10 @@ def test_headers_nested_thousands_deep_are_refused_as_malformed() -> None:
     assert "outer header is malformed" in refused(lambda: sealing.addressee(deep_outer))
     assert "content is malformed" in refused(lambda: sealing.unseal(deep_header, HUB_BUNDLE))
     assert sealing.unseal(UP.seal(SMALL_BODY), HUB_BUNDLE).body == SMALL_BODY  # the control
+
+
+@pytest.mark.parametrize("when", [float("nan"), float("inf"), float("-inf")])
+def test_a_bundle_whose_time_is_no_time_is_refused(when: float) -> None:
+    """NaN passed both the hub's too-old and too-new checks."""
+    said = refused(lambda: sealing.unseal(UP.seal(SMALL_BODY, created_at=when), HUB_BUNDLE))
+    assert said.startswith("the bundle's time is not a time")
