@@ -336,10 +336,14 @@ async def _checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subjec
     if item.target.device and item.target.selector:
         raise bad_field(f"{where}.target", "give a device or a selector, not both")
     if item.target.device:
-        device_id = await ctx.store.resolve_device(item.target.device)
-        if device_id is None:
+        device = await ctx.store.find_device(item.target.device)
+        if device is None:
             raise bad_field(f"{where}.target.device", f"no device {item.target.device!r}")
-        target = {"device": device_id}
+        if device.revoked_at is not None:  # it would wait, queued, until its deadline
+            raise bad_field(
+                f"{where}.target.device", f"{item.target.device!r} is revoked: it runs no task"
+            )
+        target = {"device": device.device_id}
     elif item.target.selector:
         try:
             labels.check(item.target.selector, f"{where}.target.selector")

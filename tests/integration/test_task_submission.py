@@ -14,6 +14,7 @@ from hub.app import Hub
 from tests.api_client import ApiClient
 from tests.databases import hub_backend  # noqa: F401 - each test on both back-ends
 from tests.integration.tasks_support import TASK_HUB_SETTINGS, VIB, submit, vib
+from tests.support import add_device
 
 
 @pytest.fixture
@@ -104,3 +105,27 @@ async def test_a_task_no_device_could_run_is_refused_unless_it_may_wait(
     assert [t["waiting"] for t in newest.body["items"]] == [f"no device has the model {VIB}", ""]
     assert unknown.status == 400
     assert "no state 'done'" in unknown.error["message"]
+
+
+async def test_a_task_for_a_revoked_device_is_refused(hub: Hub, api: ApiClient) -> None:
+    """It was queued (202) for a device that will never run it, until its deadline."""
+    await add_device(hub, "dev-revoked0001")
+    await add_device(hub, "dev-kept000001")
+    admin = await api.token("admin")
+    assert (
+        await api.call("POST", "/api/v1/devices/dev-revoked0001/revoke", token=admin)
+    ).status == 200
+    wait = {"wait_for_model": True}
+
+    refused = await api.call(
+        "POST", "/api/v1/tasks", token=admin,
+        body=vib(target={"device": "dev-revoked0001"}, **wait),
+    )  # fmt: skip
+    taken = await api.call(
+        "POST", "/api/v1/tasks", token=admin, body=vib(target={"device": "dev-kept000001"}, **wait)
+    )
+
+    assert refused.status == 400, refused.body
+    assert refused.error["details"]["field"] == "body.target.device"
+    assert "'dev-revoked0001' is revoked: it runs no task" in refused.error["message"]
+    assert taken.status == 202, taken.body
