@@ -86,10 +86,12 @@ export function pairs(labels, skip = []) {
     .map(([k, v]) => `${k}=${v}`);
 }
 
-/** Parse "key=value" items (split by commas or new lines); throws naming a bad item. */
+/** Parse "key=value" items, split by new lines, or by commas that start a next "key=":
+ * a value may hold a comma ("k=a,b" is one label). Throws naming a bad item. */
 export function parsePairs(text) {
   const out = {};
-  for (const item of text.split(/[\n,]/).map((s) => s.trim()).filter(Boolean)) {
+  const items = text.split(/\n|,(?=\s*[A-Za-z0-9][A-Za-z0-9_.-]*\s*=)/);
+  for (const item of items.map((s) => s.trim()).filter(Boolean)) {
     const eq = item.indexOf("=");
     if (eq <= 0) throw new Error(`"${item}" is not key=value`);
     out[item.slice(0, eq).trim()] = item.slice(eq + 1).trim();

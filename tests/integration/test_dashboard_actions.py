@@ -141,12 +141,12 @@ def _admin_renames_and_relabels(driver: WebDriver, device_id: str) -> None:
     name.send_keys("fa-pump-one")
     labels = driver.find_element(By.ID, "edit-labels")
     labels.clear()
-    labels.send_keys("site=fa-mill\ngroup=east")
+    labels.send_keys("site=fa-mill\ngroup=east,west")  # a value may hold a comma
     click(driver, "#edit-continue")
     _confirm(
         driver,
         "rename fa-pump-1 to fa-pump-one",
-        "add the label group=east",
+        "add the label group=east,west",
         "remove the label line=1",
     )
     # The open view follows: its new name, and the change in its event log.
@@ -183,7 +183,10 @@ async def test_an_admin_renames_relabels_and_revokes_a_device(dash: Dashboard) -
     await asyncio.to_thread(open_signed_in, browser, dash.url, dash.admin)
     await asyncio.to_thread(_admin_renames_and_relabels, browser, renamed)
     device = await api_call(dash, "GET", "/api/v1/devices/fa-pump-one")  # by its new name
-    assert (device["id"], device["labels"]) == (renamed, {"site": "fa-mill", "group": "east"})
+    assert (device["id"], device["labels"]) == (
+        renamed,
+        {"site": "fa-mill", "group": "east,west"},
+    )
     await _audited(dash, "device.update", "ada", device=renamed, name="fa-pump-one")
 
     await asyncio.to_thread(_admin_revokes, browser, revoked)
