@@ -102,6 +102,8 @@ def _from_lists(value: Any, dtype: str) -> np.ndarray:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:  # ragged nesting
         raise InputError("bad_shape", f"input is not a rectangular array: {exc}") from exc
+    if array.size == 0:  # numpy makes an empty list a float array: said as fractions
+        raise InputError("bad_shape", f"input holds no numbers (its shape is {array.shape})")
     kind = array.dtype.kind
     if kind not in "iuf":
         found = "true/false" if kind == "b" else "non-numeric"

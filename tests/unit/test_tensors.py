@@ -97,6 +97,8 @@ def test_bytes_input_in_c_order(dtype: str, data: bytes) -> None:
         (np.array([0, 0, 0, 0, 0, 0, 0, np.nan], "<f4").tobytes(), "float32", "bad_input", "NaN"),
         ({"x": 1}, "float32", "bad_input", "must be a list of numbers, got dict"),
         (None, "float32", "bad_input", "got null"),
+        ([], "int8", "bad_shape", "input holds no numbers (its shape is (0,))"),
+        ([[]], "float32", "bad_shape", "input holds no numbers"),
     ],
 )
 def test_a_bad_input_is_refused_with_a_reason(
