@@ -33,6 +33,7 @@ SYNC_DELAY_S = 0.01
 # commit takes it to the disk first: a task's result, say. At 10 ms its sync came in the
 # middle of the next task's synced commit on an online device, 4 tasks in 10 (measured).
 LAZY_SYNC_S = 1.0
+SYNC_RETRY_S = 1.0  # after a failed sync, the next try
 
 
 def sync_file(path: str) -> None:
@@ -64,6 +65,7 @@ class Durability:
         self._limit = {stream: mark.last for stream, mark in numbering.items()}
         self._pending: tuple[int, Marks] | None = None
         self._due = 0.0  # when the pending commits must be synced (time.monotonic())
+        self._failing = False  # the last sync failed (logged once until one succeeds)
         self._closing = False
         self._thread: threading.Thread | None = None
         # Futures of callers waiting for a generation to be on the disk, with their loops.
@@ -155,10 +157,21 @@ class Durability:
             try:
                 sync_file(self._wal)
             except OSError as exc:
-                # Not settled: the records stay on the device until a later sync (this
-                # thread's or a synced commit's) gets them on the disk.
-                logger.error("could not sync the store's log %s: %s", self._wal, exc)
+                # Not settled: tried again in a while, whether or not more commits come
+                # (an idle device's waiters, a task's "accepted", would wait for ever).
+                if not self._failing:
+                    logger.error("could not sync the store's log %s: %s", self._wal, exc)
+                self._failing = True
+                with self._lock:
+                    # A later pending commit covers this one, and comes with its own due
+                    # time; closing, there is no later try (the close would never end).
+                    if self._pending is None and not self._closing:
+                        self._pending = (generation, numbering)
+                        self._due = time.monotonic() + SYNC_RETRY_S
                 continue
+            if self._failing:
+                logger.warning("the store's log %s syncs again", self._wal)
+                self._failing = False
             self._settle(generation, numbering)
             self._on_synced()
 

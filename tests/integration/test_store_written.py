@@ -311,3 +311,49 @@ async def test_a_written_record_survives_kill_9_before_its_sync(tmp_path: Path) 
     assert store.set_aside is None, "the store was taken for damaged"
     assert [(seq, body) for seq, _, body in rows] == [(1, {"n": "answered"})]
     assert after.first_seq == 2, "a number was given twice"
+
+
+def test_a_failed_sync_is_tried_again_with_no_later_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync that failed (EIO) dropped its commit: on an idle device nothing synced it
+    again, and what waited for it (a task's "accepted") waited for ever. It is tried
+    again in a second; a close while it keeps failing still ends."""
+    calls: list[str] = []
+
+    def failing_twice(path: str) -> None:
+        calls.append(path)
+        if len(calls) <= 2:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(edge.store.durable, "sync_file", failing_twice)
+    monkeypatch.setattr(edge.store.durable, "SYNC_RETRY_S", 0.05)
+    marks = confirmed.MarkFile(tmp_path / "store.db.confirmed")
+    numbering = {s: confirmed.Mark(0, 0) for s in STREAMS}
+    durable = edge.store.durable.Durability(
+        str(tmp_path / "store.db-wal"), marks, numbering, lambda: None, delay_s=0.0
+    )
+    try:
+        durable.unsynced(1, {**numbering, "results": confirmed.Mark(1, 0)})  # and no more
+        deadline = time.monotonic() + DEADLINE_S
+        while durable.limit("results") != 1:
+            assert time.monotonic() < deadline, f"not settled after {len(calls)} syncs"
+            time.sleep(0.001)  # a poll with a deadline
+        assert len(calls) == 3
+    finally:
+        durable.close()
+        marks.close()
+
+    def failing(path: str) -> None:
+        calls.append(path)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(edge.store.durable, "sync_file", failing)
+    again = confirmed.MarkFile(tmp_path / "store.db.confirmed")
+    durable = edge.store.durable.Durability(
+        str(tmp_path / "store.db-wal"), again, numbering, lambda: None, delay_s=3600.0
+    )
+    durable.unsynced(2, numbering)
+    durable.close()  # its one try at the close fails: it ends all the same
+    again.close()
+    assert len(calls) == 4
