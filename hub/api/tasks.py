@@ -17,6 +17,7 @@ from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.fleet import labels
 from hub.store import NewTask, Task
 from hub.store.tasks import TERMINAL
+from outpost import wire
 from outpost.schema import FINITE, Struct
 
 STATES = ("queued", "assigned", "accepted", "running", *TERMINAL)
@@ -332,6 +333,9 @@ async def _checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subjec
             f"{where}.input",
             f"input is {len(packed)} bytes packed, over the limit of {config.task_max_input_bytes}",
         )
+    problem = _input_problem(item.input)
+    if problem is not None:  # else queued, to fail on a device (or not even be sent)
+        raise bad_field(f"{where}.input", f"input {problem}")
     target: dict[str, Any] = {}
     if item.target.device and item.target.selector:
         raise bad_field(f"{where}.target", "give a device or a selector, not both")
@@ -374,3 +378,23 @@ async def _checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subjec
         target=target,
         submitted_by=subject,
     )
+
+
+def _input_problem(value: list[Any]) -> str | None:
+    """Why a task's input is not a rectangular array of numbers as nested lists, at most
+    `wire.MAX_INPUT_DEPTH` deep (an assignment nested deeper cannot be sent); None if it
+    is one. Walked a level at a time: no recursion for a caller to exhaust."""
+    level: list[Any] = [value]
+    for _ in range(wire.MAX_INPUT_DEPTH):
+        if all(type(v) is list for v in level):
+            lengths = {len(v) for v in level}
+            if 0 in lengths:
+                return "holds an empty list"
+            if len(lengths) > 1:
+                return "is not rectangular: lists at one level differ in length"
+            level = [x for v in level for x in v]
+        elif all(type(v) in (int, float) for v in level):
+            return None
+        else:
+            return "must hold numbers only (no text, true/false, null or maps), in lists"
+    return f"nests deeper than {wire.MAX_INPUT_DEPTH} levels"

@@ -22,7 +22,7 @@ from hub.mqtt.acks import Publish
 from hub.store import Assigned, HubStore, NewTask, TaskSettings
 from hub.store.leadership import NotLeaderError
 from hub.tasks import allocation
-from outpost import wire
+from outpost import schema, wire
 from outpost.aio import wait_event
 
 logger = logging.getLogger(__name__)
@@ -169,6 +169,11 @@ class Dispatcher:
         by_device: dict[str, list[list[wire.Assignment]]] = collections.defaultdict(list)
         sizes: dict[str, int] = collections.defaultdict(int)
         for a in assigned:
+            try:
+                message = a.message(now)
+            except schema.SchemaError as exc:  # queued before the API checked its input
+                logger.error("task %s cannot be sent to %s: %s", a.task_id, a.device_id, exc)
+                continue  # not accepted in time: it lapses, and fails after its attempts
             chunks = by_device[a.device_id]
             size = len(a.input) + 256
             if (
@@ -179,11 +184,13 @@ class Dispatcher:
                 chunks.append([])
                 sizes[a.device_id] = 0
             sizes[a.device_id] += size
-            chunks[-1].append(a.message(now))
+            chunks[-1].append(message)
         for device_id, chunks in by_device.items():
             for chunk in chunks:
-                payload = wire.encode("tasks", wire.Tasks(tasks=chunk))
+                # Encoded in the try: one chunk that cannot be (a task queued before the
+                # API checked inputs) must not keep the next ones from being sent.
                 try:
+                    payload = wire.encode("tasks", wire.Tasks(tasks=chunk))
                     await self._publish(wire.down_topic(device_id, "tasks"), payload)
                 except Exception as exc:
                     # Not accepted in time, so back to the queue: nothing else to do here.
