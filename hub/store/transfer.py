@@ -90,7 +90,7 @@ def _copy(
         if held != expected or count != expected:
             raise DatabaseUrlError(f"{table}: {expected} rows read but {held} stored; rolled back")
         copied.append(Copied(table, held))
-    _move_identities_past(db)
+    _move_identities_past(db, _sqlite_sequences(source))
     if models is not None:
         copied.append(Copied("(model files)", _copy_model_files(db, models)))
     return copied
@@ -128,8 +128,22 @@ def _read(
     return columns, batches()
 
 
-def _move_identities_past(db: Sql) -> None:
-    """Identity columns were given the source's values: start their sequences after them."""
+def _sqlite_sequences(source: sqlite3.Connection) -> dict[str, int]:
+    """The highest id each AUTOINCREMENT table of the source ever gave (rows since deleted
+    included): what its sequence on PostgreSQL must start past."""
+    try:
+        return {
+            name: int(seq) for name, seq in source.execute("SELECT name, seq FROM sqlite_sequence")
+        }
+    except sqlite3.OperationalError:  # no AUTOINCREMENT table was ever written
+        return {}
+
+
+def _move_identities_past(db: Sql, given: dict[str, int]) -> None:
+    """Identity columns were given the source's values: start their sequences after them,
+    and after every id the source ever gave. The sinks' delivered events are deleted
+    from the outbox, whose cursors stay at their ids: a sequence that started after
+    the rows left would number new events below a cursor, never to be delivered."""
     rows = db.execute(
         """SELECT table_name, column_name FROM information_schema.columns
            WHERE table_schema = current_schema()
@@ -138,5 +152,6 @@ def _move_identities_past(db: Sql) -> None:
     for table, column in rows:
         db.execute(
             f"""SELECT setval(pg_get_serial_sequence('{table}', '{column}'),
-                       COALESCE(MAX({column}), 0) + 1, false) FROM {table}"""  # noqa: S608
+                       GREATEST(COALESCE(MAX({column}), 0), ?) + 1, false) FROM {table}""",  # noqa: S608
+            (given.get(table, 0),),
         )

@@ -15,7 +15,7 @@ import psycopg
 from hub.access.apitokens import grant_record, mint
 from hub.fleet.enrollment import load_token_key
 from hub.paths import HubPaths
-from hub.store import AuditEntry, Device, HubStore, Layer, NewTask, StoredModel, Upload
+from hub.store import AuditEntry, Device, HubStore, Layer, NewTask, StoredModel, Upload, outbox
 from outpost.modelbundle import MODEL_FILE
 from tests.support import REPO
 
@@ -200,3 +200,45 @@ def test_database_mistakes_are_one_line_naming_the_database(tmp_path: Path) -> N
     assert "hub.replica_id" in lone_replica.stderr
     for done in (scheme, refused, lone_replica):
         assert "Traceback" not in done.stderr
+
+
+def test_events_after_a_migrate_reach_a_sink_whose_delivered_events_were_pruned(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Each sequence started after the ids of the rows copied, not after every id the
+    SQLite hub gave: with the delivered events pruned from the outbox, new events were
+    numbered 1.. again, below the sink's cursor, and never delivered."""
+    data = tmp_path / "hub"
+    assert _run("init", "--data", str(data)).returncode == 0
+    paths = HubPaths(data)
+
+    async def before() -> int:
+        store = HubStore(paths.database)
+        store.publish_events()
+        try:
+            now = time.time()
+            await store.run(
+                outbox.emit_many, [("test", f"dev-{n}", {"n": n}, now) for n in range(5)]
+            )
+            cursor = await store.run(outbox.open_cursor, "bus", now)  # all 5 delivered
+            assert await store.run(outbox.prune, ["bus"], 0.0, now + 1) == 5  # as upkeep does
+            return cursor.position
+        finally:
+            store.close()
+
+    assert asyncio.run(before()) == 5
+    moved = _run("db", "migrate", "--data", str(data), "--to", pg_url)
+    assert moved.returncode == 0, moved.stderr
+
+    async def after() -> list[outbox.OutboxEvent]:
+        store = HubStore(pg_url)
+        store.publish_events()
+        try:
+            await store.run(outbox.emit_many, [("test", "dev-x", {"new": True}, time.time())])
+            position = await store.run(outbox.position_of, "bus")
+            assert position == 5
+            return await store.run(outbox.after, position, 100)
+        finally:
+            store.close()
+
+    assert [e.data for e in asyncio.run(after())] == [{"new": True}]
