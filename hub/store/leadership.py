@@ -31,8 +31,18 @@ class Lease:
     remaining_s: float
 
 
+# A claim takes milliseconds. A replica frozen inside one (after its UPDATE, before its
+# commit: a stalled VM, SIGSTOP) holds the row's lock, and PostgreSQL would keep its
+# transaction open for ever: the others could never take over. Its session is ended once
+# idle this long in the claim, and no claim waits longer than this for the lock.
+CLAIM_STALL_S = 2
+
+
 def claim(db: Sql, holder: str, ttl_s: float) -> Lease | None:
     """Renew the lease if `holder` has it, take it over if it lapsed; else None."""
+    if db.dialect == "postgresql":
+        db.execute(f"SET LOCAL idle_in_transaction_session_timeout = '{CLAIM_STALL_S}s'")
+        db.execute(f"SET LOCAL lock_timeout = '{CLAIM_STALL_S}s'")
     now = db.clock()
     row = db.execute(
         f"SELECT holder, epoch, expires_at - {now} AS remaining FROM leadership WHERE name = ?",  # noqa: S608 - the clock is an expression of ours

@@ -1,0 +1,56 @@
+"""A leader frozen inside its lease renewal (a stalled VM, SIGSTOP between its UPDATE and
+its COMMIT) held the lease row's lock, and PostgreSQL kept its transaction open for
+ever: no other replica could take over. Real PostgreSQL, two stores as two replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from hub.leadership import Leadership
+from hub.store import HubStore
+from hub.store import leadership as lease
+
+FROZEN_FOR_S = 60.0  # longer than any wait below: only its session's end frees the lock
+
+
+@pytest.fixture
+async def replicas(pg_url: str) -> AsyncIterator[list[HubStore]]:
+    opened = [HubStore(pg_url, pool_size=3) for _ in range(2)]
+    yield opened
+    for store in opened:
+        store.close()
+
+
+async def test_a_leader_frozen_inside_its_renewal_is_taken_over(
+    replicas: list[HubStore],
+) -> None:
+    a, b = replicas
+    resume, frozen = threading.Event(), threading.Event()
+    assert await b.run(lease.claim, "replica-b@1", 3.0) is not None  # b leads
+
+    def renew_then_freeze(db: Any) -> Any:
+        renewed = lease.claim(db, "replica-b@1", 3.0)  # its UPDATE holds the row's lock
+        frozen.set()
+        resume.wait(FROZEN_FOR_S)  # stopped before its COMMIT
+        return renewed
+
+    b_unit = asyncio.create_task(b.run(renew_then_freeze))
+    assert await asyncio.to_thread(frozen.wait, 30)
+    leader = Leadership(a, "replica-a", elect=True)
+    running = asyncio.create_task(leader.run())
+    try:
+        deadline = time.monotonic() + 30  # its lease lapses 3 s on; the lock goes 2 s idle
+        while not leader.leading:
+            assert time.monotonic() < deadline, "no replica leads while b is frozen"
+            await asyncio.sleep(0.05)  # a poll with a deadline
+    finally:
+        resume.set()
+        running.cancel()
+        outcomes = await asyncio.gather(running, b_unit, return_exceptions=True)
+    assert isinstance(outcomes[1], Exception)  # b's session was ended under it
