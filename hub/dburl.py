@@ -4,7 +4,6 @@ postgresql://...; read without loading the store (hub/store/engine.py opens them
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
 
 class DatabaseUrlError(ValueError):
@@ -12,18 +11,22 @@ class DatabaseUrlError(ValueError):
 
 
 def is_postgres(url: str) -> bool:
-    return urlsplit(url).scheme in ("postgresql", "postgres")
+    scheme, found, _ = url.partition("://")
+    return bool(found) and scheme in ("postgresql", "postgres")
 
 
 def describe(url: str | Path) -> str:
     """The database for a log line or an error: a URL without its password or options."""
     if isinstance(url, Path) or "://" not in url:
         return str(url)
-    parts = urlsplit(url)
-    host = parts.hostname or "local socket"
-    port = f":{parts.port}" if parts.port else ""
-    user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+    # Taken apart by hand: urlsplit raises for libpq's failover form (host:port,host:port)
+    # and a broken [IPv6] host, and this must name any URL it is given, password left out.
+    scheme, _, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    shown_path = (slash + path).partition("?")[0]
+    return f"{scheme}://{user + '@' if user else ''}{hosts or 'local socket'}{shown_path}"
 
 
 def sqlite_path(url: str | Path) -> Path:

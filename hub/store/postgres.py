@@ -203,6 +203,12 @@ class PostgresEngine:
         except psycopg.OperationalError as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             raise DatabaseUnavailableError(reason) from None
+        except psycopg.ProgrammingError:
+            # A URL libpq cannot parse: its message quotes the bad part, which may be the
+            # password. Said without it (the caller names the database, password left out).
+            raise DatabaseUnavailableError(
+                "the URL cannot be parsed (check its percent-escapes and [IPv6] hosts)"
+            ) from None
         self.retries = 0  # units run again after a conflict, for metrics
         self._retries_lock = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(

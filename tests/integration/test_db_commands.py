@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgpack
 import psycopg
@@ -48,6 +49,27 @@ def test_init_with_a_postgres_database_keeps_the_registry_there(
         row = conn.execute("SELECT labels FROM enroll_tokens").fetchone()
     assert row is not None
     assert row[0] == '{"site": "north"}'
+
+
+def test_init_takes_libpqs_failover_url_and_names_a_broken_one_without_its_password(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """host:port,host:port (libpq's failover form) crashed naming the database, after the
+    schema and keys were made; a URL libpq cannot parse printed its password."""
+    parts = urlsplit(pg_url)
+    host = f"{parts.hostname}:{parts.port}"
+    failover = f"postgresql://{parts.username}@{host},{host}{parts.path}"
+    broken = f"postgresql://{parts.username}:s3cret%zz@{host}{parts.path}"
+
+    made = _run("init", "--data", str(tmp_path / "a"), "--db", failover)
+    refused = _run("init", "--data", str(tmp_path / "b"), "--db", broken)
+
+    assert made.returncode == 0, made.stderr
+    assert f"database: postgresql://{parts.username}@{host},{host}" in made.stdout
+    assert refused.returncode == 2, refused.stderr
+    assert "the URL cannot be parsed" in refused.stderr
+    assert "s3cret" not in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 async def _fill(store: HubStore, paths: HubPaths) -> None:
