@@ -125,7 +125,7 @@ class PostgresSql:
         yield
 
     def json_text(self, column: str) -> str:
-        return f"({column}::jsonb ->> ?)"
+        return f"({_jsonb(column)} ->> ?)"
 
     def json_path(self, key: str) -> str:
         return key
@@ -134,16 +134,32 @@ class PostgresSql:
         return "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 
     def json_number(self, column: str, key: str) -> str:
-        value = f"({column}::jsonb -> '{key}')"
+        value = f"({_jsonb(column)} -> '{key}')"
         return f"CASE WHEN jsonb_typeof({value}) = 'number' THEN ({value})::float8 END"
+
+
+def _jsonb(column: str) -> str:
+    """A JSON text column as jsonb, which refuses the escape \\u0000 that a device's text
+    (a result's label) may hold: the read failed, and with it the dashboard's snapshot."""
+    return f"replace({column}, '\\u0000', '')::jsonb"
 
 
 def _adapt(params: Sequence[Any]) -> Sequence[Any]:
     # Truth values are integers in the schema (as on SQLite); PostgreSQL will not
-    # compare a boolean with a bigint.
-    if any(isinstance(p, bool) for p in params):
-        return [int(p) if isinstance(p, bool) else p for p in params]
+    # compare a boolean with a bigint. Its text cannot hold a NUL, which SQLite stores:
+    # a device's hello naming its agent "1.0\0" failed the whole presence batch, and a
+    # SQLite hub holding one could not be moved (db migrate). It becomes U+FFFD.
+    if any(isinstance(p, bool) or (isinstance(p, str) and "\x00" in p) for p in params):
+        return [_adapted(p) for p in params]
     return params
+
+
+def _adapted(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    return value
 
 
 _DDL = re.compile(r"^\s*(CREATE|ALTER)\s+TABLE\b", re.IGNORECASE)
