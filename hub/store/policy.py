@@ -120,8 +120,12 @@ def refresh(db: Sql, device_ids: list[str] | None, now: float) -> list[ToPublish
     with db.write():
         every = layers(db)
         held_sql = "SELECT device_id, version, digest, published FROM device_policy"
+        # Not revoked devices: they never apply a policy again, and a version given to
+        # one would count as drift (and keep its alert firing) for good.
         if device_ids is None:
-            rows = db.execute("SELECT device_id, labels FROM devices").fetchall()
+            rows = db.execute(
+                "SELECT device_id, labels FROM devices WHERE revoked_at IS NULL"
+            ).fetchall()
             held = {r["device_id"]: r for r in db.execute(held_sql)}
         else:
             rows, held = [], {}
@@ -129,7 +133,9 @@ def refresh(db: Sql, device_ids: list[str] | None, now: float) -> list[ToPublish
             for chunk in chunked(sorted(set(device_ids))):
                 among = f" WHERE device_id IN ({marks(len(chunk))})"
                 rows += db.execute(
-                    "SELECT device_id, labels FROM devices" + among,  # noqa: S608 - placeholders only
+                    "SELECT device_id, labels FROM devices"  # noqa: S608 - placeholders only
+                    + among
+                    + " AND revoked_at IS NULL",
                     chunk,
                 ).fetchall()
                 held |= {r["device_id"]: r for r in db.execute(held_sql + among, chunk)}
@@ -263,9 +269,11 @@ def effective(db: Sql, device_id: str) -> Effective | None:
 
 
 def drift(db: Sql) -> int:
-    """Devices whose applied version lags the one the hub published."""
+    """Devices (not revoked) whose applied version lags the one the hub published."""
     (n,) = db.execute(
-        "SELECT COUNT(*) FROM device_policy WHERE published = 1 AND applied_version < version"
+        """SELECT COUNT(*) FROM device_policy p JOIN devices d ON d.device_id = p.device_id
+           WHERE p.published = 1 AND p.applied_version < p.version
+             AND d.revoked_at IS NULL"""
     ).fetchone()
     return int(n)
 

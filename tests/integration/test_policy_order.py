@@ -85,3 +85,25 @@ async def test_a_policy_sent_after_a_newer_one_is_followed_by_the_newer_again(
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_a_revoked_device_gets_no_new_version_and_is_no_drift(store: HubStore) -> None:
+    """It never applies a policy again: a version given to it counted as drift for good,
+    and OutpostPolicyDrift never cleared after the next fleet-wide change."""
+    now = time.time()
+    await store.record_presence(
+        [
+            HelloSeen("dev-kept", "c1", now, "default", "1.0", 10.0, {}),
+            HelloSeen("dev-gone", "c2", now, "default", "1.0", 10.0, {}),
+        ]
+    )
+    await store.revoke_device("dev-gone", now=now, by="op")
+    await store.put_policy_layer(
+        Layer("fleet", "fleet", {}, None, 0, {"heartbeat_interval": 30.0}, now, "op")
+    )
+
+    given = await store.refresh_policies(None, now=now)
+    await store.mark_policy_published([(p.device_id, p.version) for p in given])
+
+    assert [p.device_id for p in given] == ["dev-kept"]
+    assert await store.policy_drift() == 1  # dev-kept has not applied it yet; dev-gone is out
