@@ -41,23 +41,25 @@ LOCAL = "holds no API token (one line of three base64url parts joined by dots"
 
 
 @pytest.mark.parametrize(
-    ("content", "said"),
+    ("content", "said", "status"),
     [
-        ("garbage\n", LOCAL),  # refused before it leaves the machine
-        ("two\nlines.of.text\n", LOCAL),
-        ("a.b.c", apitokens.MALFORMED),  # token-shaped: the hub says what is wrong
-        ("eyJ.eyJ.sig\n", apitokens.MALFORMED),
+        # Refused before it leaves the machine: a usage mistake, exit 2.
+        ("garbage\n", LOCAL, 2),
+        ("two\nlines.of.text\n", LOCAL, 2),
+        # Token-shaped: the hub says what is wrong, a refusal, exit 1.
+        ("a.b.c", apitokens.MALFORMED, 1),
+        ("eyJ.eyJ.sig\n", apitokens.MALFORMED, 1),
     ],
 )
 async def test_a_file_without_a_token_says_so(
-    hub: Hub, tmp_path: Path, content: str, said: str
+    hub: Hub, tmp_path: Path, content: str, said: str, status: int
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(content)
 
     code, err = await devices_with(hub, token_file)
 
-    assert code == 1
+    assert code == status
     assert said in err
     assert "Not enough segments" not in err
     assert "Traceback" not in err
