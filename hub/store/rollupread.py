@@ -59,9 +59,9 @@ def read(body: bytes) -> Checked | None:
             kept[key] = {
                 "count": stats.count,
                 "latency_ms": stats.latency_ms,
-                "latency_sum_ms": stats.latency_sum_ms,
+                "latency_sum_ms": _latency_sum(stats.latency_sum_ms, stats.count),
                 "confidence": stats.confidence,
-                "confidence_sum": stats.confidence_sum,
+                "confidence_sum": _confidence_sum(stats.confidence_sum, stats.count),
                 "labels": stats.labels,
             }
     # Unknown reasons fold into "other", as the loose reader folds them.
@@ -112,7 +112,8 @@ def _models(value: Any) -> dict[str, Stats]:
             break
         if not isinstance(key, str) or not isinstance(stats, dict) or not _names_fit(key):
             continue
-        if rollup.count(stats.get("count")) == 0:
+        count = rollup.count(stats.get("count"))
+        if count == 0:
             continue
         labels = rollup.counts_of(stats.get("labels"))[: rollup.MAX_LABELS]
         latency = [(le, n) for le, n in rollup.counts_of(stats.get("latency_ms"))]
@@ -121,12 +122,28 @@ def _models(value: Any) -> dict[str, Stats]:
         kept[key] = {
             "count": stats["count"],
             "latency_ms": {le: n for le, n in latency if le in _BUCKETS},
-            "latency_sum_ms": rollup.number(stats.get("latency_sum_ms")),
+            "latency_sum_ms": _latency_sum(rollup.number(stats.get("latency_sum_ms")), count),
             "confidence": bins + [0] * (BINS - len(bins)),
-            "confidence_sum": rollup.number(stats.get("confidence_sum")),
+            "confidence_sum": _confidence_sum(rollup.number(stats.get("confidence_sum")), count),
             "labels": {label[:MAX_NAME]: n for label, n in labels},
         }
     return kept
+
+
+# The slowest inference a roll-up may report on average: the last latency bucket's edge
+# is far below it. One device's sums feed its model's fleet-wide series in /metrics, which
+# a sum of 1.7e308 ms made +Inf for good, and a negative one ran backwards.
+MAX_MEAN_LATENCY_MS = 3_600_000.0
+
+
+def _latency_sum(value: float, count: int) -> float:
+    """A reported latency sum, within 0 and `MAX_MEAN_LATENCY_MS` per inference."""
+    return min(max(value, 0.0), count * MAX_MEAN_LATENCY_MS)
+
+
+def _confidence_sum(value: float, count: int) -> float:
+    """A reported confidence sum, within 0 and 1 per inference."""
+    return min(max(value, 0.0), float(count))
 
 
 def _errors(value: Any) -> dict[str, int]:
