@@ -25,6 +25,7 @@ from edge.agentupdate import (
 from edge.config import AgentConfig
 from edge.courierapi import CourierRoutes
 from edge.deploy import Deployer
+from edge.effective import task_budget
 from edge.identity import DevicePaths, Identity
 from edge.inference.directory import ModelDirectory
 from edge.inference.reporting import Reporting
@@ -109,11 +110,23 @@ class Agent:
                 outbox.model_state,
                 device_id=self.identity.device_id,
             )
+            policy = PolicyKeeper(
+                device_id,
+                self.paths.hub_signing_pub,
+                self.paths.policy,
+                lambda checked, sets: tuning.apply(checked, sets),  # made below, before load
+            )
+            kept = await asyncio.to_thread(policy.kept)
+            budget = task_budget(
+                self.profile.budgets.max_concurrent_tasks,
+                self.config.task_inbox,
+                kept[0].raw if kept else {},
+            )
             tasks = TaskRunner(
                 store,
                 inference,
-                slots=self.profile.budgets.max_concurrent_tasks,
-                inbox_capacity=self.config.task_inbox,
+                slots=budget.slots,
+                inbox_capacity=budget.inbox,
                 notify=outbox.task_states,
             )
             tuning = Tuning(
@@ -125,9 +138,6 @@ class Agent:
                 uploader=uploader,
             )
             tuning.on_allowed_models = deployer.allowed_models_changed
-            policy = PolicyKeeper(
-                device_id, self.paths.hub_signing_pub, self.paths.policy, tuning.apply
-            )
             await asyncio.to_thread(policy.load)  # the kept policy applies before anything runs
             updater = AgentUpdater(
                 self.paths,
@@ -149,7 +159,7 @@ class Agent:
                 self.paths,
                 device_id,
                 parts,
-                task_slots=self.profile.budgets.max_concurrent_tasks,
+                task_slots=tasks.slots,
             )
             api.add(courier.routes())
             await api.start(self.paths.socket, self.config.local_port)

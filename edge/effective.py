@@ -42,9 +42,34 @@ class Caps:
 
 
 @dataclass(frozen=True)
+class TaskBudget:
+    """How many tasks the agent runs at once, and holds at most (running and waiting):
+    said in its hello, and the hub gives it no more. Set at the start (the runner's
+    slots are its worker count), from the kept policy if there is one."""
+
+    slots: int
+    inbox: int  # 0: no limit said
+
+
+def task_budget(profile_slots: int, config_inbox: int, sets: dict[str, Any]) -> TaskBudget:
+    """From the kept policy's fields `sets` (empty: none kept): its `tasks.concurrency`
+    (0: the profile's budget), and its `tasks.prefetch`, if it sets one, as the tasks
+    held beyond those run, within the agent's own `task_inbox` if that is set. A policy
+    that sets no prefetch leaves it to the hub's `task_prefetch`."""
+    tasks = sets.get("tasks")
+    given = tasks if isinstance(tasks, dict) else {}
+    concurrency, prefetch = given.get("concurrency"), given.get("prefetch")
+    slots = concurrency if isinstance(concurrency, int) and concurrency > 0 else profile_slots
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool):
+        return TaskBudget(slots, config_inbox)
+    ahead = slots + prefetch
+    return TaskBudget(slots, min(config_inbox, ahead) if config_inbox else ahead)
+
+
+@dataclass(frozen=True)
 class Effective:
-    """What a policy changes in a running agent. Task concurrency is not here: it
-    applies at the next start; the prefetch is the hub's."""
+    """What a policy changes in a running agent. Task concurrency and prefetch are not
+    here: they apply at the next start (`task_budget`)."""
 
     heartbeat_interval: float
     metrics_interval: float

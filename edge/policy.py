@@ -40,8 +40,18 @@ class PolicyKeeper:
 
     def load(self) -> None:
         """Apply the policy kept on disk, if any (blocking: call from a thread at start)."""
-        if not self._stored.exists():
+        found = self.kept()
+        if found is None:
             return
+        issued, signed = found
+        self._use(issued, signed)
+        logger.info("policy version %d applied (from %s)", issued.version, self._stored)
+
+    def kept(self) -> tuple[policy.Issued, policy.Signed] | None:
+        """The policy kept on disk, checked but not applied; None if there is none, or it
+        is refused (blocking). What applies only at a start reads it before `load`."""
+        if not self._stored.exists():
+            return None
         try:
             kept = msgspec.msgpack.decode(self._stored.read_bytes())
             signed = policy.Signed(kept["document"], kept["signature"])
@@ -50,9 +60,8 @@ class PolicyKeeper:
             # Not ours, damaged or tampered with: run on the settings file until the hub
             # sends a valid one (it does on connect: the policy is retained).
             logger.error("stored policy %s refused: %s", self._stored, exc)
-            return
-        self._use(issued, signed)
-        logger.info("policy version %d applied (from %s)", issued.version, self._stored)
+            return None
+        return issued, signed
 
     def receive(self, body: wire.SignedPolicy) -> bool:
         """Handle a policy from the hub; True if it was applied."""

@@ -176,8 +176,8 @@ class Session:
             capabilities=self._capabilities,
             runtime=parts.inference.runtime_label,
             models=self._telemetry.models_for_hello(),
-            task_slots=self._profile.budgets.max_concurrent_tasks,
-            task_inbox=self._config.task_inbox,
+            task_slots=parts.tasks.slots,
+            task_inbox=parts.tasks.capacity,
             compression=list(self._config.sync.compression),
             store=await self._unaligned_store(),
             sealed_offers=True,  # edge/deploy.py checks each offer's seal

@@ -55,7 +55,7 @@ class TaskRunner:
         self._store = store
         self._inference = inference
         self.slots = slots
-        self._capacity = inbox_capacity
+        self.capacity = inbox_capacity  # held at most, running and waiting (0: no limit)
         self.allowed_models: frozenset[str] = frozenset()  # empty: any (set by policy)
         # Why new work is refused now (CPU or temperature over the policy's caps), or None.
         self.overloaded: Callable[[], str | None] = lambda: None
@@ -133,7 +133,7 @@ class TaskRunner:
         early: dict[str, Early] = {}
         put = Put([], None)
         if wanted:  # one transaction for the whole message
-            full = f"full: {self._capacity} tasks held"
+            full = f"full: {self.capacity} tasks held"
             early = infer_early(self._inference, wanted[:start])
             try:
                 put = await self._put(wanted, start, early)
@@ -212,10 +212,10 @@ class TaskRunner:
             done, _ = await asyncio.wait([begun[1]], timeout=INLINE_WAIT_S)
             if done:
                 return await put_with_result(
-                    self._store, self._inference, wanted[0], begun, self._capacity
+                    self._store, self._inference, wanted[0], begun, self.capacity
                 )
         outcomes, on_disk = await self._store.inbox.put_written(
-            wanted, capacity=self._capacity, start=start
+            wanted, capacity=self.capacity, start=start
         )
         return Put(outcomes, on_disk)
 

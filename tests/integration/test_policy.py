@@ -163,3 +163,52 @@ async def test_a_bad_layer_is_refused_naming_the_field(
     assert (
         await api.call("PUT", "/api/v1/policy/layers/fleet", token=operator, body=good)
     ).status == 403
+
+
+async def test_a_policys_task_concurrency_and_prefetch_apply_at_the_next_start(
+    hub: Hub, api: ApiClient, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    """Checked, signed and reported applied, then never read: the agent ran (and said it
+    ran) its profile's budget after any number of starts."""
+    paths, identity = await enroll_device("x86-gateway")  # its profile: 4 tasks at once
+    device_id = identity.device_id
+    admin = await api.token("admin")
+    document = {"tasks": {"concurrency": 1, "prefetch": 0}}
+    reply = await api.call(
+        "PUT", "/api/v1/policy/layers/one", token=admin,
+        body={"scope": "device", "device": device_id, "document": document},
+    )  # fmt: skip
+    assert reply.status == 200, reply.body
+    first = agents(paths)
+
+    async def applied() -> bool:
+        found = (await api.call("GET", f"/api/v1/devices/{device_id}/policy", token=admin)).body
+        return bool(found["version"] > 0 and found["applied_version"] == found["version"])
+
+    await eventually(applied, timeout=30, what="the policy applied")
+    device = await hub.parts.store.device(device_id)
+    assert device is not None
+    assert device.task_slots == 4  # this start's budget: the policy came after it began
+    first.stop()
+
+    async def offline() -> bool:
+        found = await hub.parts.store.device(device_id)
+        return bool(found and not found.online)
+
+    await eventually(offline, timeout=30, what="the first agent gone")
+    second = agents(paths)
+
+    async def back() -> bool:
+        found = await hub.parts.store.device(device_id)
+        return bool(found and found.online and second.process.poll() is None)
+
+    await eventually(back, timeout=30, what="the agent back")
+
+    def inbox(db: Any) -> int:
+        row = db.execute("SELECT task_inbox FROM devices WHERE device_id = ?", (device_id,))
+        return int(row.fetchone()[0])
+
+    device = await hub.parts.store.device(device_id)
+    assert device is not None
+    assert device.task_slots == 1  # the policy's concurrency
+    assert await hub.parts.store.run(inbox) == 1  # one run, none ahead

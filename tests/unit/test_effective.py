@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge.config import AgentConfig
-from edge.effective import Caps, resolve
+from edge.effective import Caps, TaskBudget, resolve, task_budget
 from edge.store import Bounds
 from outpost import policy, wire
 
@@ -66,3 +66,12 @@ def test_caps_refuse_over_the_line_with_the_reason_and_never_on_an_unknown_load(
     assert caps.refusal(load(91.0)) == "CPU at 91 %, over the policy's 80 %"
     assert caps.refusal(load(10.0, 75.0)) == "at 75 C, over the policy's 70 C"
     assert Caps().refusal(load(100.0, 99.0)) is None
+
+
+def test_a_task_budget_comes_from_the_kept_policy_only_where_it_sets_one() -> None:
+    assert task_budget(4, 0, {}) == TaskBudget(4, 0)  # no policy kept
+    assert task_budget(4, 0, {"tasks": {"concurrency": 0}}) == TaskBudget(4, 0)  # the profile's
+    assert task_budget(4, 0, {"tasks": {"concurrency": 2}}) == TaskBudget(2, 0)
+    assert task_budget(4, 0, {"tasks": {"prefetch": 3}}) == TaskBudget(4, 7)
+    assert task_budget(4, 5, {"tasks": {"concurrency": 2, "prefetch": 10}}) == TaskBudget(2, 5)
+    assert task_budget(4, 0, {"log_level": "debug"}) == TaskBudget(4, 0)  # sets no tasks
