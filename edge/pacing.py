@@ -7,6 +7,7 @@ import datetime as dt
 import time
 from collections.abc import Callable
 
+from outpost.aio import wait_event
 from outpost.windows import Window, parse_windows
 
 __all__ = ["ByteRate", "Window", "parse_windows", "seconds_until_open"]
@@ -34,15 +35,35 @@ class ByteRate:
         self._clock = clock
         self._tokens = float(bytes_per_s)  # one second's worth of burst
         self._updated = clock()
+        self._retuned = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # of the send that waits
+
+    def retune(self, bytes_per_s: int) -> None:
+        """A new cap (0: none), for the send waiting now too: a cap of 1 byte/s set by
+        mistake put a batch to sleep for hours, and lifting it changed nothing until
+        then. Callable from any thread (a policy is applied from one)."""
+        self._rate = bytes_per_s
+        self._tokens = min(self._tokens, float(bytes_per_s))
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._retuned.set)
 
     async def take(self, size: int) -> None:
         """Wait until `size` bytes may go (no wait when uncapped)."""
         if not self._rate:
             return
+        self._refill()
+        self._tokens -= size
+        self._loop = asyncio.get_running_loop()
+        while self._tokens < 0 and self._rate:
+            # Pacing, not synchronisation: the wait is the cap itself, cut short by a
+            # new cap, against which the bytes still owed are then measured.
+            self._retuned.clear()
+            await wait_event(self._retuned, -self._tokens / self._rate)
+            self._refill()
+        if not self._rate:
+            self._tokens = 0.0  # uncapped: nothing owed if a cap comes back
+
+    def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(float(self._rate), self._tokens + (now - self._updated) * self._rate)
         self._updated = now
-        self._tokens -= size
-        if self._tokens < 0:
-            # Pacing, not synchronisation: the wait is the cap itself.
-            await asyncio.sleep(-self._tokens / self._rate)

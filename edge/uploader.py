@@ -106,7 +106,7 @@ class Uploader:
 
     def set_pacing(self, rate_bytes_per_s: int, windows: list[str]) -> None:
         """New pacing from policy (windows already validated)."""
-        self._rate = ByteRate(rate_bytes_per_s)
+        self._rate.retune(rate_bytes_per_s)  # the send waiting on the old cap too
         self._windows = parse_windows(windows)
 
     async def run(self, publish: Publish, ask_marks: Callable[[], Awaitable[None]]) -> None:

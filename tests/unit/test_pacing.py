@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -54,13 +55,32 @@ async def test_cap_spreads_bytes_over_time(monkeypatch: pytest.MonkeyPatch) -> N
     slept: list[float] = []
     rate = ByteRate(1000, clock=lambda: clock[0])
 
-    async def fake_sleep(seconds: float) -> None:  # time is faked, as unit tests may
+    async def fake_wait(event: asyncio.Event, seconds: float) -> bool:  # time is faked
         slept.append(seconds)
         clock[0] += seconds
+        return False  # the whole wait: no new cap
 
-    monkeypatch.setattr("edge.pacing.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("edge.pacing.wait_event", fake_wait)
     for _ in range(10):
         await rate.take(500)
 
     # 5000 bytes at 1000 B/s with a one-second burst: about 4 s of waiting.
     assert sum(slept) == pytest.approx(4.0)
+
+
+async def test_a_cap_lifted_or_raised_reaches_the_send_waiting_on_it() -> None:
+    """A cap of 1 byte/s set by mistake put a batch to sleep for hours; the policy that
+    lifted it changed nothing until then. A new cap now cuts the wait short, from any
+    thread (a policy is applied from one)."""
+    rate = ByteRate(1)
+    waiting = asyncio.create_task(rate.take(10_000))  # 10,000 s at 1 byte/s
+    await asyncio.sleep(0)  # it waits
+    assert not waiting.done()
+    await asyncio.to_thread(rate.retune, 0)  # lifted
+    await asyncio.wait_for(waiting, 10)
+
+    raised = ByteRate(1)
+    waiting = asyncio.create_task(raised.take(10_000))
+    await asyncio.sleep(0)
+    raised.retune(1_000_000)  # raised: the 10,000 bytes owed take 10 ms now
+    await asyncio.wait_for(waiting, 10)
