@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from typing import Any
 
 from edge import sysinfo
 from edge.agentupdate import (
@@ -45,6 +46,7 @@ from edge.telemetry import Telemetry
 from edge.tuning import Tuning
 from edge.uploader import Uploader
 from outpost import __version__, files, logs
+from outpost import policy as outpost_policy
 from outpost.aio import supervise
 from outpost.datalock import DataLock
 from outpost.mqtt import LinkState, run_forever
@@ -110,11 +112,17 @@ class Agent:
                 outbox.model_state,
                 device_id=self.identity.device_id,
             )
+            loop = asyncio.get_running_loop()
+
+            def apply_on_loop(checked: outpost_policy.Policy, sets: dict[str, Any]) -> None:
+                # Verified and kept on disk in a worker thread, applied on the loop: the
+                # settings it changes wake waiters there (a deploy's, an upload's). Queued
+                # before the thread's own result, so it is applied when the caller resumes.
+                # (`tuning` is made below, before any policy is loaded.)
+                loop.call_soon_threadsafe(tuning.apply, checked, sets)
+
             policy = PolicyKeeper(
-                device_id,
-                self.paths.hub_signing_pub,
-                self.paths.policy,
-                lambda checked, sets: tuning.apply(checked, sets),  # made below, before load
+                device_id, self.paths.hub_signing_pub, self.paths.policy, apply_on_loop
             )
             kept = await asyncio.to_thread(policy.kept)
             budget = task_budget(

@@ -250,8 +250,8 @@ class Session:
             elif isinstance(body, wire.Welcome):
                 self._welcomed(body)
             elif isinstance(body, wire.SignedPolicy):
-                # Verifying and writing it to disk block: off the loop. Applying only
-                # sets plain attributes, so it may run there too.
+                # Verifying and writing it to disk block: off the loop; the agent applies
+                # it on the loop (edge/agent.py), before this call returns here.
                 await asyncio.to_thread(parts.policy.receive, body)
 
     def _welcomed(self, welcome: wire.Welcome) -> None:
