@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -27,7 +28,7 @@ from hub.models.releases import ModelShelf
 from hub.models.rollouts import RolloutService
 from hub.monitoring.metrics import HubMetrics
 from hub.monitoring.replicametrics import ReplicaCollector
-from hub.mqtt.acks import LinkDownError
+from hub.mqtt.acks import LinkDownError, Publish
 from hub.mqtt.holds import FloodHolds
 from hub.mqtt.ingest import Ingest
 from hub.mqtt.intake import Budget, DeviceIntake
@@ -95,6 +96,15 @@ class _Outbound:
 
     async def publish_retained(self, topic: str, payload: bytes) -> None:
         await self._attached().publish(topic, payload, retain=True)
+
+    def expiring(self, seconds: float) -> Publish:
+        """A publish whose message the broker drops if not delivered within `seconds`."""
+        expiry_s = max(1, math.ceil(seconds))
+
+        async def publish(topic: str, payload: bytes) -> None:
+            await self._attached().publish(topic, payload, expiry_s=expiry_s)
+
+        return publish
 
     def _attached(self) -> HubLink:
         if self.link is None:
@@ -216,7 +226,10 @@ class Hub:
         leader_store = store.fenced(leadership.fence)
         metrics = HubMetrics(broker_restarts=lambda: broker.restarts if broker else 0)
         outbound = _Outbound()
-        dispatcher = Dispatcher(leader_store, self.config, outbound.publish, queue=store)
+        # An assignment not delivered by the time the hub counts it lapsed (a link down,
+        # a device's session queueing it) would run work the hub gave back: dropped.
+        tasks_out = outbound.expiring(self.config.task_accept_timeout_s)
+        dispatcher = Dispatcher(leader_store, self.config, tasks_out, queue=store)
         signing_key = await asyncio.to_thread(load_signing_key, self.paths)
         policies = PolicyPublisher(store, signing_key, outbound.publish_retained)
         rollouts = RolloutService(store, outbound.publish_retained, signing_key)

@@ -128,12 +128,20 @@ class HubLink:
             backoff_cap=RECONNECT_CAP_S,
         )
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish QoS 1 through the live connection; `LinkDownError` if none."""
+    async def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, expiry_s: int = 0
+    ) -> None:
+        """Publish QoS 1 through the live connection; `LinkDownError` if none. With
+        `expiry_s`, the broker drops the message if it is not delivered within that long
+        (MQTT 5 message expiry): a device's session may keep it for a day."""
         client = self.client
         if client is None:
             raise LinkDownError("the hub is not connected to the broker")
-        await client.publish(topic, payload, qos=1, retain=retain)
+        properties = None
+        if expiry_s:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.MessageExpiryInterval = expiry_s
+        await client.publish(topic, payload, qos=1, retain=retain, properties=properties)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self.client = client
