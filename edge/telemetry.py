@@ -72,7 +72,12 @@ class Telemetry:
     async def heartbeats(self, conn: str, send: SendBeat) -> None:
         """Send a heartbeat every interval, for the life of connection `conn`."""
         while True:
-            await asyncio.sleep(self._tuning.heartbeat_interval)
+            # Looked at again each second, as the metrics loop does: a policy that shortens
+            # the interval (or whose applying the hub waits to hear of) does not wait out
+            # the old one, up to a day.
+            last = time.monotonic()
+            while (left := last + self._tuning.heartbeat_interval - time.monotonic()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(min(left, 1.0))
             try:
                 beat = await self.heartbeat(conn, models=self._models_if_changed())
             except (OSError, StoreReadError) as exc:  # a failing disk must not end the link
@@ -169,8 +174,7 @@ class Telemetry:
         try:
             while True:
                 # Looked at again every second: a policy that shortens the interval
-                # applies now, not after the longer wait already begun. (A poll, not an
-                # Event: policies are applied on a worker thread.)
+                # applies now, not after the longer wait already begun.
                 while (wait := window.due_in(self._tuning.metrics_interval)) > 0:  # noqa: ASYNC110
                     await asyncio.sleep(min(wait, 1.0))
                 record = await measure()

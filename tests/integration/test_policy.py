@@ -14,7 +14,7 @@ from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.databases import hub_backend  # noqa: F401 - each test on SQLite and PostgreSQL
 from tests.integration.test_store_forward import hub_records, wait_socket
-from tests.support import AgentProcess, eventually
+from tests.support import AgentProcess, device_online, eventually
 
 
 @pytest.fixture
@@ -212,3 +212,34 @@ async def test_a_policys_task_concurrency_and_prefetch_apply_at_the_next_start(
     assert device is not None
     assert device.task_slots == 1  # the policy's concurrency
     assert await hub.parts.store.run(inbox) == 1  # one run, none ahead
+
+
+async def test_a_shorter_heartbeat_interval_applies_now(
+    hub: Hub, api: ApiClient, enroll_device: Enroller, agents: Callable[..., AgentProcess]
+) -> None:
+    """The heartbeat loop waited out the interval it began with (120 s here): the hub
+    did not even hear the policy was applied until then."""
+    paths, identity = await enroll_device("generic")
+    device_id = identity.device_id
+    admin = await api.token("admin")
+    agents(paths, heartbeat_interval=120.0)
+
+    async def online() -> bool:
+        return await device_online(hub, device_id)
+
+    await eventually(online, timeout=20, what="the agent online")
+    reply = await api.call(
+        "PUT",
+        "/api/v1/policy/layers/one",
+        token=admin,
+        body={"scope": "device", "device": device_id, "document": {"heartbeat_interval": 1}},
+    )
+    assert reply.status == 200, reply.body
+
+    async def applied() -> dict[str, Any]:
+        found = (await api.call("GET", f"/api/v1/devices/{device_id}/policy", token=admin)).body
+        ok = found["version"] > 0 and found["applied_version"] == found["version"]
+        return found if ok else {}
+
+    # Heartbeats every second from now on: the first one says the policy runs.
+    await eventually(applied, timeout=15, what="a heartbeat saying the policy is applied")
