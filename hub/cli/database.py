@@ -48,7 +48,7 @@ def migrate(args: argparse.Namespace) -> int:
         raise ValueError(f"--to {describe(args.target)}: give a postgresql:// URL")
     # A hub writing meanwhile would leave its newest records behind.
     with DataLock.acquire(paths.root, "outpost-hub db migrate"):
-        copied = copy_sqlite_to_postgres(source, args.target, paths.models)
+        copied = copy_sqlite_to_postgres(source, args.target, paths.models, paths.agent_releases)
     for c in copied:
         print(f"{c.table:<18} {c.rows:>10} rows")
     print(f"copied {source} into {describe(args.target)}")

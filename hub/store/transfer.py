@@ -38,10 +38,15 @@ class Copied:
 
 
 def copy_sqlite_to_postgres(
-    source: Path, target_url: str, models: Path | None = None
+    source: Path,
+    target_url: str,
+    models: Path | None = None,
+    agent_releases: Path | None = None,
 ) -> list[Copied]:
     """Copy every table of the hub database `source` into the PostgreSQL `target_url`,
-    and each model's file from the folder `models` (name/version/model.tflite)."""
+    each model's file from the folder `models` (name/version/model.tflite), and each
+    agent release's files from `agent_releases` (version/NAME): on PostgreSQL every
+    replica serves them from the database, the data folder's copies being one's own."""
     if not source.is_file():
         raise TransferRefusedError(f"{source} does not exist: nothing to migrate")
     # The source is migrated to the newest schema first, as a hub start would.
@@ -52,7 +57,9 @@ def copy_sqlite_to_postgres(
         source_db = sqlite3.connect(f"file:{source}?mode=ro", uri=True, check_same_thread=False)
         with contextlib.closing(source_db) as conn:
             tables = _tables(conn)
-            return target.run_sync(_copy, conn, tables, describe(target_url), models)
+            return target.run_sync(
+                _copy, conn, tables, describe(target_url), models, agent_releases
+            )
     finally:
         target.close()
 
@@ -65,7 +72,12 @@ def _tables(conn: sqlite3.Connection) -> list[str]:
 
 
 def _copy(
-    db: Sql, source: sqlite3.Connection, tables: list[str], target: str, models: Path | None
+    db: Sql,
+    source: sqlite3.Connection,
+    tables: list[str],
+    target: str,
+    models: Path | None,
+    agent_releases: Path | None,
 ) -> list[Copied]:
     for table in tables:
         if table in SEEDED:
@@ -93,6 +105,26 @@ def _copy(
     _move_identities_past(db, _sqlite_sequences(source))
     if models is not None:
         copied.append(Copied("(model files)", _copy_model_files(db, models)))
+    if agent_releases is not None:
+        copied.append(Copied("(agent files)", _copy_agent_files(db, agent_releases)))
+    return copied
+
+
+def _copy_agent_files(db: Sql, folder: Path) -> int:
+    copied = 0
+    for (version,) in db.execute("SELECT version FROM agent_releases").fetchall():
+        release = folder / version
+        if not release.is_dir():
+            raise TransferRefusedError(
+                f"agent release {version}: its files ({release}) are missing; nothing was copied"
+            )
+        for path in sorted(p for p in release.iterdir() if p.suffix == ".whl" and p.is_file()):
+            db.execute(
+                "INSERT INTO agent_release_files (version, name, content) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (version, path.name, path.read_bytes()),
+            )
+            copied += 1
     return copied
 
 

@@ -12,11 +12,15 @@ from urllib.parse import urlsplit
 
 import msgpack
 import psycopg
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hub.access.apitokens import grant_record, mint
+from hub.fleet.agentreleases import AgentShelf
 from hub.fleet.enrollment import load_token_key
 from hub.paths import HubPaths
 from hub.store import AuditEntry, Device, HubStore, Layer, NewTask, StoredModel, Upload, outbox
+from hub.store import agentreleases as registry
+from hub.store.agentreleases import StoredAgentRelease
 from outpost.modelbundle import MODEL_FILE
 from tests.support import REPO
 
@@ -264,3 +268,45 @@ def test_events_after_a_migrate_reach_a_sink_whose_delivered_events_were_pruned(
             store.close()
 
     assert [e.data for e in asyncio.run(after())] == [{"new": True}]
+
+
+def test_agent_release_files_come_along_with_db_migrate(tmp_path: Path, pg_url: str) -> None:
+    """Its rows moved, its files did not: every replica listed the release, and none but
+    the one holding the old data folder could serve it to a device."""
+    data = tmp_path / "hub"
+    assert _run("init", "--data", str(data)).returncode == 0
+    paths = HubPaths(data)
+    wheel = b"PK\x03\x04 a wheel" * 100
+    folder = paths.agent_releases / "9.9.9"
+    folder.mkdir(parents=True)
+    (folder / "outpost-9.9.9-py3-none-any.whl").write_bytes(wheel)
+
+    async def before() -> None:
+        store = HubStore(paths.database)
+        try:
+            assert await store.run(
+                registry.add,
+                StoredAgentRelease("9.9.9", "{}", b"doc", b"sig", time.time(), "t"),
+            )
+        finally:
+            store.close()
+
+    asyncio.run(before())
+    moved = _run("db", "migrate", "--data", str(data), "--to", pg_url)
+    assert moved.returncode == 0, moved.stderr
+
+    async def after() -> Path | None:
+        # Another replica, with its own data folder: it serves the release from the database.
+        other = HubPaths(tmp_path / "replica-b")
+        other.root.mkdir()
+        store = HubStore(pg_url)
+        try:
+            shelf = AgentShelf(other, store, ed25519.Ed25519PrivateKey.generate())
+            assert [r.version for r in await shelf.releases()] == ["9.9.9"]
+            return await shelf.local_file("9.9.9", "outpost-9.9.9-py3-none-any.whl")
+        finally:
+            store.close()
+
+    served = asyncio.run(after())
+    assert served is not None, "a listed agent release whose file no replica can serve"
+    assert served.read_bytes() == wheel
