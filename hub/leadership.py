@@ -75,7 +75,7 @@ class Leadership:
                 started = self._clock()
                 was = self.leading
                 try:
-                    claimed = await self._store.run(lease.claim, self.holder, self._lease_s)
+                    claimed = await self._store.run_apart(lease.claim, self.holder, self._lease_s)
                 except Exception as exc:  # the database is away: lead until the lease ends
                     logger.warning("could not renew the leadership lease: %s", exc)
                 else:
@@ -97,7 +97,9 @@ class Leadership:
             if self._elect and self.leading:
                 self._valid_until = 0.0
                 try:
-                    await asyncio.shield(self._store.run(lease.release, self.holder, self.epoch))
+                    await asyncio.shield(
+                        self._store.run_apart(lease.release, self.holder, self.epoch)
+                    )
                 except Exception as exc:  # others take over when the lease lapses
                     logger.debug("could not give up the lease: %s", exc)
 

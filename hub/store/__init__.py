@@ -115,6 +115,10 @@ class HubStore(FleetStore, WorkStore, ModelStore):
         """Run a unit of work of the hub's own (leadership, ...) on the store's engine."""
         return await self._db.run(fn, *args)
 
+    async def run_apart(self, fn: Callable[..., T], *args: Any) -> T:
+        """The same, on a connection and thread no other unit takes (engine.py)."""
+        return await self._db.run_apart(fn, *args)
+
     def close(self) -> None:
         self._db.close()
 

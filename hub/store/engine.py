@@ -45,6 +45,11 @@ class Engine(Protocol):
         """The same, blocking (for CLIs and threads, not the event loop)."""
         ...
 
+    async def run_apart(self, fn: Callable[..., T], *args: Any) -> T:
+        """`run`, on a connection and thread of its own that no other unit takes: for
+        what must not queue behind units waiting on a lock (the leadership lease)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -115,6 +120,9 @@ class SqliteEngine:
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         return self._serial.run_sync(fn, *args)
 
+    async def run_apart(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._serial.run(fn, *args)  # one replica, one thread: nothing to wait on
+
     def close(self) -> None:
         self._serial.close()
 
@@ -127,6 +135,7 @@ class AsyncPostgres:
     def __init__(self, engine: Any, threads: int) -> None:
         self.engine = engine
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hub-pg")
+        self._apart = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-pg-apart")
         self._closed = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -142,11 +151,19 @@ class AsyncPostgres:
         result: T = self._executor.submit(self.engine.call, fn, *args).result()
         return result
 
+    async def run_apart(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        loop = asyncio.get_running_loop()
+        result: T = await loop.run_in_executor(self._apart, self.engine.call_apart, fn, *args)
+        return result
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._executor.shutdown(wait=True)
+        self._apart.shutdown(wait=True)
         self.engine.close()
 
 
@@ -164,6 +181,10 @@ class FencedEngine:
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         result: T = self._engine.run_sync(_after_fence, self._fence, fn, *args)
+        return result
+
+    async def run_apart(self, fn: Callable[..., T], *args: Any) -> T:
+        result: T = await self._engine.run_apart(_after_fence, self._fence, fn, *args)
         return result
 
     def close(self) -> None:
@@ -185,6 +206,10 @@ class PublishingEngine:
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         result: T = self._engine.run_sync(_publishing, fn, *args)
+        return result
+
+    async def run_apart(self, fn: Callable[..., T], *args: Any) -> T:
+        result: T = await self._engine.run_apart(_publishing, fn, *args)
         return result
 
     def close(self) -> None:

@@ -237,12 +237,33 @@ class PostgresEngine:
             open=False,
         )
         self._pool.open(wait=True, timeout=30)
+        # One connection apart, for what must not wait behind units held up on a lock
+        # (the leadership lease: its renewal queued behind them, and the lease lapsed).
+        self._apart: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=1,
+            kwargs={"autocommit": True},
+            configure=_configure,
+            name=f"{name}-pg-apart",
+            open=False,
+        )
+        self._apart.open(wait=True, timeout=30)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(sql, *args)` in one transaction, again while it loses to a conflict."""
+        return self._call(self._pool, fn, *args)
+
+    def call_apart(self, fn: Callable[..., T], *args: Any) -> T:
+        """`call`, on the connection apart."""
+        return self._call(self._apart, fn, *args)
+
+    def _call(
+        self, pool: ConnectionPool[psycopg.Connection[Any]], fn: Callable[..., T], *args: Any
+    ) -> T:
         for attempt in range(MAX_ATTEMPTS):
             try:
-                with self._pool.connection() as conn, conn.transaction():
+                with pool.connection() as conn, conn.transaction():
                     return fn(PostgresSql(conn), *args)
             except RETRYABLE:
                 if attempt == MAX_ATTEMPTS - 1:
@@ -260,6 +281,7 @@ class PostgresEngine:
             yield conn
 
     def close(self) -> None:
+        self._apart.close()
         self._pool.close()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hub.leadership import Leadership
-from hub.store import HubStore
+from hub.store import HeartbeatSeen, HelloSeen, HubStore
 from hub.store import leadership as lease
 
 FROZEN_FOR_S = 60.0  # longer than any wait below: only its session's end frees the lock
@@ -54,3 +54,48 @@ async def test_a_leader_frozen_inside_its_renewal_is_taken_over(
         running.cancel()
         outcomes = await asyncio.gather(running, b_unit, return_exceptions=True)
     assert isinstance(outcomes[1], Exception)  # b's session was ended under it
+
+
+async def test_units_waiting_on_a_frozen_replicas_locks_do_not_cost_the_leader_its_lease(
+    replicas: list[HubStore],
+) -> None:
+    """A frozen replica held a device's row; the leader's units for that device waited on
+    its lock and took every thread of its pool, and the lease's renewal queued behind
+    them: the leader stopped leading within seconds. The lease has its own connection."""
+    a, b = replicas
+    now = time.time()
+    await a.record_presence([HelloSeen("dev-1", "c", now, "generic", "1", 1.0, {}, "rt", [], 0, 0)])
+    leader = Leadership(a, "replica-a", elect=True)
+    running = asyncio.create_task(leader.run())
+    resume, frozen = threading.Event(), threading.Event()
+
+    def touch_then_freeze(db: Any) -> None:
+        db.execute("UPDATE devices SET last_seen = ? WHERE device_id = 'dev-1'", (now,))
+        frozen.set()
+        resume.wait(FROZEN_FOR_S)
+
+    waiting: list[asyncio.Task[Any]] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not leader.leading:
+            assert time.monotonic() < deadline, "a never led"
+            await asyncio.sleep(0.05)  # a poll with a deadline
+        waiting.append(asyncio.create_task(b.run(touch_then_freeze)))
+        assert await asyncio.to_thread(frozen.wait, 30)
+        # dev-1's heartbeats reach a (a shared subscription): each waits on the lock.
+        waiting += [
+            asyncio.create_task(
+                a.record_presence([HeartbeatSeen("dev-1", "c", time.time(), 1.0, {})])
+            )
+            for _ in range(3)  # as many as a's pool has threads
+        ]
+        lost = False
+        until = time.monotonic() + 6.0  # two lease lengths: measured, not a sync point
+        while time.monotonic() < until:
+            lost = lost or not leader.leading
+            await asyncio.sleep(0.05)
+        assert not lost, "a stopped leading while its units waited on b's lock"
+    finally:
+        resume.set()
+        running.cancel()
+        await asyncio.gather(running, *waiting, return_exceptions=True)
