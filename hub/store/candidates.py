@@ -62,8 +62,8 @@ def read_candidates(
     given it whatever it reports, and says if it cannot run it)."""
     concurrency_params = [settings.max_slots, settings.max_slots]
     slots_params = [*concurrency_params, settings.prefetch] * 2  # _CONCURRENCY + ?, twice
-    params: list[object] = [*concurrency_params, *slots_params]
-    where = "d.online = 1 AND d.task_slots > 0"
+    params: list[object] = [*concurrency_params, *slots_params, now]
+    where = "d.online = 1 AND d.task_slots > 0 AND d.busy_until <= ?"
     if with_room_only:
         where += f" AND {_HELD} < ({_SLOTS})"
         params += slots_params

@@ -14,6 +14,9 @@ from hub.store.leases import Settings
 from hub.store.sql import Sql, storable_text, without_nul
 from hub.store.tasks import HELD, move, requeue
 
+# How long a device that answered "full" is offered no task.
+BUSY_BACKOFF_S = 2.0
+
 
 def update(
     db: Sql,
@@ -87,3 +90,10 @@ def _reject(
     full = {**dict(row), "device_id": device_id, "attempt": attempt}
     why = without_nul(reason) or "no reason"  # as the result's error text
     requeue(db, task_id, full, now, settings.max_attempts, "rejected", why)
+    if why.startswith("full"):
+        # Its momentary state: asked again, but not before it has had a moment (and, as
+        # over its CPU cap, a heartbeat's fresher load), not in a loop at once.
+        db.execute(
+            "UPDATE devices SET busy_until = ? WHERE device_id = ?",
+            (now + BUSY_BACKOFF_S, device_id),
+        )

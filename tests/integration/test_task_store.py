@@ -24,6 +24,7 @@ from hub.store import (
 )
 from hub.store.candidates import Candidate, read_candidates
 from hub.store.sql import Sql
+from hub.store.taskreports import BUSY_BACKOFF_S
 from hub.tasks.allocation import plan
 from outpost import wire
 from tests.databases import BACKENDS, database
@@ -116,7 +117,9 @@ async def test_a_full_device_is_asked_again_and_a_refusing_one_is_not(store: Hub
     assert task is not None
     assert (task.state, task.excluded) == ("queued", [])
 
-    again, _ = await store.allocate(now=time.time(), settings=SETTINGS, plan=plan)
+    # Asked again once it has had a moment (`BUSY_BACKOFF_S`): a full device is busy now.
+    later = time.time() + BUSY_BACKOFF_S + 0.1
+    again, _ = await store.allocate(now=later, settings=SETTINGS, plan=plan)
     b = again[0]
     refused = wire.TaskUpdate(
         task_id=b.task_id, attempt=b.attempt, state="rejected", reason="unknown_model: m"
@@ -285,3 +288,32 @@ async def test_a_short_queue_reads_only_devices_naming_its_models(store: HubStor
     await store.create_tasks([ghost, new("tsk-m", priority=0)], now=now)
     assigned, _ = await store.allocate(now=now, settings=SETTINGS, plan=plan)
     assert [(a.task_id, a.device_id) for a in assigned] == [("tsk-m", "dev-m")]
+
+
+async def test_a_device_that_answered_full_is_offered_nothing_for_a_moment(
+    store: HubStore,
+) -> None:
+    """It was asked again at once: a task named to a busy device bounced as fast as the
+    round trip went (76 attempts in 4 s, each a commit and two messages) until its
+    deadline. Now it waits out `BUSY_BACKOFF_S`; a full device costs no attempt."""
+    await online(store, "dev-busy")
+    await online(store, "dev-idle")
+    now = time.time()
+    await store.create_tasks([new("tsk-0000000000000001", target={"device": "dev-busy"})], now=now)
+    (first,) = (await store.allocate(now=now, settings=SETTINGS, plan=plan))[0]
+    assert first.device_id == "dev-busy"
+
+    refusal = wire.TaskUpdate(
+        task_id=first.task_id, attempt=first.attempt, state="rejected", reason="full: CPU at 99 %"
+    )
+    await store.task_updates("dev-busy", [refusal], now=now, settings=SETTINGS)
+
+    def candidates(at: float) -> Any:
+        return lambda db: [c.device_id for c in read_candidates(db, at, SETTINGS)]
+
+    assert await store.run(candidates(now + 0.1)) == ["dev-idle"]  # busy: left out
+    assert (await store.allocate(now=now + 0.1, settings=SETTINGS, plan=plan))[0] == []
+    later = now + BUSY_BACKOFF_S + 0.1
+    assert sorted(await store.run(candidates(later))) == ["dev-busy", "dev-idle"]
+    (again,) = (await store.allocate(now=later, settings=SETTINGS, plan=plan))[0]
+    assert (again.device_id, again.task_id) == ("dev-busy", first.task_id)

@@ -40,4 +40,5 @@ MIGRATIONS: list[Migration] = [
     ("023_task_sweeps", work.m023_task_sweeps),
     ("024_sealed_offers", models.m024_sealed_offers),
     ("025_enroll_retry", fleet.m025_enroll_retry),
+    ("026_device_busy", work.m026_device_busy),
 ]

@@ -125,3 +125,9 @@ def m023_task_sweeps(db: Sql) -> None:
     # every task in flight: 41 ms a pass with 150,000 of them (25,000 busy devices).
     db.execute("CREATE INDEX tasks_deadline ON tasks (state, deadline)")
     db.execute("CREATE INDEX tasks_lease ON tasks (state, lease_expires)")
+
+
+def m026_device_busy(db: Sql) -> None:
+    # Until when a device that answered "full" is offered no task: asked again at once,
+    # it was asked in a loop until the task's deadline (76 times in 4 s), each a commit.
+    db.execute("ALTER TABLE devices ADD COLUMN busy_until REAL NOT NULL DEFAULT 0")
