@@ -383,7 +383,8 @@ def requeue(
     )
     record_events(db, [(task_id, now, event, row["device_id"], row["attempt"], detail)])
     # A full device does not use up attempts: the deadline bounds how long it may bounce.
-    if not retry_here and (row["attempt"] >= max_attempts or (only and event == "rejected")):
+    # (The attempt number, the fencing token, counts every assignment, full ones too.)
+    if not retry_here and (_spent(db, task_id) >= max_attempts or (only and event == "rejected")):
         why = f"{event} on attempt {row['attempt']} ({row['device_id']}): {detail}"
         finish(db, task_id, "failed", now, row["device_id"], row["attempt"], why)
         return "failed"
@@ -391,3 +392,13 @@ def requeue(
         "UPDATE tasks SET state = 'queued', updated_at = ? WHERE task_id = ?", (now, task_id)
     )
     return "requeued"
+
+
+def _spent(db: Sql, task_id: str) -> int:
+    """The attempts a task used up: each lapse and rejection, but a device's "full"."""
+    (n,) = db.execute(
+        """SELECT COUNT(*) FROM task_events WHERE task_id = ?
+           AND state IN ('lapsed', 'rejected') AND detail NOT LIKE 'full%'""",
+        (task_id,),
+    ).fetchone()
+    return int(n)

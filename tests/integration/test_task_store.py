@@ -317,3 +317,26 @@ async def test_a_device_that_answered_full_is_offered_nothing_for_a_moment(
     assert sorted(await store.run(candidates(later))) == ["dev-busy", "dev-idle"]
     (again,) = (await store.allocate(now=later, settings=SETTINGS, plan=plan))[0]
     assert (again.device_id, again.task_id) == ("dev-busy", first.task_id)
+
+
+async def test_full_bounces_use_up_no_attempt(store: HubStore) -> None:
+    """Each assignment adds one to the attempt number (the fencing token), and the cap
+    compared that: after three "full" bounces, the first real lapse failed the task."""
+    await online(store, "dev-a")
+    now = time.time()
+    await store.create_tasks([new("tsk-0000000000000001")], now=now)
+    for _ in range(SETTINGS.max_attempts):  # momentarily busy, three times
+        (a,), _ = await store.allocate(now=now, settings=SETTINGS, plan=plan)
+        full = wire.TaskUpdate(
+            task_id=a.task_id, attempt=a.attempt, state="rejected", reason="full: cpu 97 %"
+        )
+        await store.task_updates("dev-a", [full], now=now, settings=SETTINGS)
+        now += BUSY_BACKOFF_S + 0.1
+    (a,), _ = await store.allocate(now=now, settings=SETTINGS, plan=plan)
+    # Its one real attempt is not accepted in time (the message was lost, say).
+    await store.allocate(now=now + SETTINGS.accept_timeout_s + 1, settings=SETTINGS, plan=plan)
+
+    task = await store.task("tsk-0000000000000001")
+    assert task is not None
+    assert task.state in ("queued", "assigned"), (task.error, [e.state for e in task.events])
+    assert task.attempt >= SETTINGS.max_attempts + 1  # the token still only grows
