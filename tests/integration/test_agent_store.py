@@ -163,7 +163,7 @@ async def test_sealed_bodies_are_unreadable_on_disk_and_bound_to_their_place(
         _one, two = (r[0] for r in db.execute("SELECT body FROM records ORDER BY seq"))
         db.execute("UPDATE records SET body = ? WHERE seq = 1", (two,))
     reopened = make_store(cipher=True)
-    with pytest.raises(StoreReadError, match="results 1..1 does not decrypt") as refused:
+    with pytest.raises(StoreReadError, match=r"results 1\.\.1 does not decrypt") as refused:
         await reopened.batch("results", 0, max_records=1, max_bytes=1 << 20)
     assert isinstance(refused.value.__cause__, InvalidTag)
     # Beside a record that opens, it is damage, not the wrong key: left out of the batch.
