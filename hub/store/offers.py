@@ -65,23 +65,20 @@ def offers_of(
 
 def _in_rollouts(db: Sql, device_ids: list[str]) -> set[str]:
     """The devices some roll-out names (released or waiting): only they can have an offer."""
-    found: set[str] = set()
-    for chunk in chunked(sorted(set(device_ids))):
-        rows = db.execute(
-            "SELECT DISTINCT device_id FROM rollout_devices"  # noqa: S608 - placeholders only
-            f" WHERE device_id IN ({marks(len(chunk))})",
-            tuple(chunk),
-        ).fetchall()
-        found.update(r["device_id"] for r in rows)
-    return found
+    return _among(db, device_ids, "SELECT DISTINCT device_id FROM rollout_devices WHERE")
 
 
 def _sealed(db: Sql, device_ids: list[str]) -> set[str]:
+    return _among(db, device_ids, "SELECT device_id FROM devices WHERE sealed_offers = 1 AND")
+
+
+def _among(db: Sql, device_ids: list[str], select: str) -> set[str]:
+    """The ids `select` (a fixed query ending in WHERE or AND) finds among `device_ids`,
+    asked a chunk at a time (PostgreSQL bounds a statement's parameters)."""
     found: set[str] = set()
     for chunk in chunked(sorted(set(device_ids))):
         rows = db.execute(
-            "SELECT device_id FROM devices WHERE sealed_offers = 1"  # noqa: S608 - placeholders only
-            f" AND device_id IN ({marks(len(chunk))})",
+            f"{select} device_id IN ({marks(len(chunk))})",
             tuple(chunk),
         ).fetchall()
         found.update(r["device_id"] for r in rows)
