@@ -229,7 +229,8 @@ def finish(db: Database, task_id: str, attempt: int) -> bool:
 
 def cancel(db: Database, task_id: str, attempt: int) -> str:
     """Drop a cancelled task unless it is running or done: dropped, running, done or
-    unknown."""
+    unknown. A dropped one leaves a tombstone, as a finished one does: the same
+    assignment delivered again (QoS 1) is then a duplicate, not a task to run."""
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")
         row = db.execute(
@@ -239,7 +240,7 @@ def cancel(db: Database, task_id: str, attempt: int) -> str:
             return "unknown"
         if row["state"] in ("running", "done"):
             return str(row["state"])
-        db.execute("DELETE FROM inbox WHERE task_id = ?", (task_id,))
+        db.execute("UPDATE inbox SET state = 'done', input = X'' WHERE task_id = ?", (task_id,))
         return "dropped"
 
 

@@ -305,3 +305,17 @@ async def test_an_append_whose_hook_fails_fails_alone_not_the_group_it_shared(
     assert (first.first_seq, events.first_seq) == (1, 1)
     rows = await store.batch("results", 0, max_records=10, max_bytes=1 << 20)
     assert [body for _, _, body in rows] == [{"n": 1}]
+
+
+async def test_an_assignment_delivered_again_after_its_cancel_does_not_run(
+    store: AgentStore,
+) -> None:
+    """A cancel deleted the pending task: the same assignment redelivered (QoS 1) was
+    taken as new and run, and the hub recorded its result as late."""
+    await store.inbox.put(task("tsk-a"), capacity=2)
+    assert await store.inbox.cancel("tsk-a", 1) == "dropped"
+
+    assert await store.inbox.put(task("tsk-a"), capacity=2) == "duplicate"
+    assert (await store.inbox.claim())[0] is None
+    assert await store.inbox.depth() == (0, 0)
+    assert await store.inbox.put(task("tsk-b"), capacity=1) == "accepted"  # holds no room
