@@ -31,6 +31,7 @@ class InferenceTotals:
         self.errors: collections.Counter[str] = collections.Counter(
             dict.fromkeys((*rollup.ERROR_REASONS, rollup.OTHER), 0)
         )
+        self._shown: dict[str, None] = {}  # names exported on their own, for good
 
     def add(self, folded: Folded) -> None:
         for name, totals in folded.models.items():
@@ -41,8 +42,22 @@ class InferenceTotals:
             self.errors[reason if reason in self.errors else rollup.OTHER] += n
 
     def folded(self) -> dict[str, ModelTotals]:
-        """The `MAX_MODELS` most used models, the rest summed under "other"."""
-        return fold_models(self.models, lambda t: t.count, _sum_totals)
+        """Up to `MAX_MODELS` models on their own, the rest summed under "other".
+
+        A model once shown on its own stays so: were the top models re-ranked at each
+        scrape, one climbing out of "other" would take its buckets and sums with it, and
+        those counters of "other" would fall (a reset to Prometheus, 99 to 0 in the
+        review's probe). So "other" only ever gains members, and only ever grows."""
+        for name in sorted(self.models, key=lambda n: (-self.models[n].count, n)):
+            if len(self._shown) >= MAX_MODELS:
+                break
+            if name != rollup.OTHER:
+                self._shown.setdefault(name)
+        kept = {name: self.models[name] for name in self._shown}
+        rest = [t for name, t in self.models.items() if name not in self._shown]
+        if rest:
+            kept[rollup.OTHER] = _sum_totals(rest)
+        return kept
 
 
 class ModelCollector(Collector):
