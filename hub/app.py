@@ -229,7 +229,9 @@ class Hub:
         # An assignment not delivered by the time the hub counts it lapsed (a link down,
         # a device's session queueing it) would run work the hub gave back: dropped.
         tasks_out = outbound.expiring(self.config.task_accept_timeout_s)
-        dispatcher = Dispatcher(leader_store, self.config, tasks_out, queue=store)
+        dispatcher = Dispatcher(
+            leader_store, self.config, tasks_out, queue=store, cancels=outbound.publish
+        )
         signing_key = await asyncio.to_thread(load_signing_key, self.paths)
         policies = PolicyPublisher(store, signing_key, outbound.publish_retained)
         rollouts = RolloutService(store, outbound.publish_retained, signing_key)

@@ -34,13 +34,22 @@ MAX_GROUP_TASKS = 5000  # a group of waiting submissions stops growing past this
 
 class Dispatcher:
     def __init__(
-        self, store: HubStore, config: HubConfig, publish: Publish, *, queue: HubStore
+        self,
+        store: HubStore,
+        config: HubConfig,
+        publish: Publish,
+        *,
+        queue: HubStore,
+        cancels: Publish | None = None,
     ) -> None:
         """`store`: the view fenced by leadership, for passes; `queue`: the store itself,
-        where a replica that does not lead queues what is submitted to it."""
+        where a replica that does not lead queues what is submitted to it; `cancels`:
+        how cancels go, if not as assignments do (those expire; a cancel may wait for
+        its device to come back)."""
         self._store = store
         self._queue = queue
         self._publish = publish
+        self._cancels = cancels or publish
         # One message carries assignments up to this many bytes of input: what a device
         # may send, the hub may send too (and the broker takes about four times that).
         self._message_bytes = config.max_payload_bytes - TASK_ENVELOPE_BYTES
@@ -199,6 +208,6 @@ class Dispatcher:
     async def send_cancel(self, device_id: str, task_id: str, attempt: int) -> None:
         payload = wire.encode("cancel", wire.Cancel(task_id=task_id, attempt=attempt))
         try:
-            await self._publish(wire.down_topic(device_id, "cancel"), payload)
+            await self._cancels(wire.down_topic(device_id, "cancel"), payload)
         except Exception as exc:  # the device's result will be recorded as late anyway
             logger.warning("could not tell %s that %s is cancelled: %s", device_id, task_id, exc)
