@@ -29,6 +29,12 @@ def submit(args: argparse.Namespace) -> int:
             else:
                 print("\n".join(ids))
             return 0
+        print(
+            f"submitted {len(ids)} task(s); waiting for them to end (Ctrl-C stops the "
+            "waiting, not the tasks)",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             ended = await _wait(client, ids, args.timeout)
         except (KeyboardInterrupt, asyncio.CancelledError):

@@ -20,7 +20,7 @@ from hub.initialise import initialise
 from hub.paths import HubPaths
 from tests.api_client import ApiClient
 from tests.integration.test_cli_remote import Ran, run
-from tests.support import REPO, eventually
+from tests.support import REPO
 
 
 def cli(module: str, *argv: str) -> Ran:
@@ -99,13 +99,15 @@ async def test_ctrl_c_while_waiting_names_the_tasks_that_go_on(
                                     "wait_for_model": True}).encode())  # fmt: skip
     waiting.stdin.close()
 
-    async def submitted() -> list[Any]:
-        listed = await api.call("GET", "/api/v1/tasks", token=admin)
-        return list(listed.body["items"])
-
-    (task,) = await eventually(submitted, timeout=60, what="the task submitted")
+    # Interrupted once it waits (it says so): the task stored on the hub is not yet
+    # enough, as the answer with its id may still be on its way to the command.
+    assert waiting.stderr is not None
+    said = await asyncio.wait_for(waiting.stderr.readline(), 60)
+    assert said.startswith(b"submitted 1 task(s); waiting for them to end"), said
     waiting.send_signal(signal.SIGINT)
     out, err = await asyncio.wait_for(waiting.communicate(), 60)
+    listed = await api.call("GET", "/api/v1/tasks", token=admin)
+    (task,) = listed.body["items"]
 
     assert waiting.returncode == 130, err
     assert "Traceback" not in err.decode()
