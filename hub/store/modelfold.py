@@ -112,11 +112,13 @@ def _write_hours(db: Sql, hourly: dict[tuple[str, str, int, str], Stats]) -> Non
                     "confidence_sum": 0.0,  # not kept by the hour: the bins are
                 }
                 _merge_checked(before, hourly[key])
-                if len(before["labels"]) > rollup.MAX_LABELS:  # ever new labels
-                    before["labels"] = dict(
-                        sorted(before["labels"].items(), key=lambda kv: -kv[1])[: rollup.MAX_LABELS]
-                    )
                 hourly[key] = before
+    for stats in hourly.values():
+        # Ever new labels, from the row kept or from several roll-ups of this batch (a
+        # row made new here was left uncapped): the most counted stay.
+        if len(stats["labels"]) > rollup.MAX_LABELS:
+            ranked = sorted(stats["labels"].items(), key=lambda kv: -kv[1])
+            stats["labels"] = dict(ranked[: rollup.MAX_LABELS])
     db.executemany(
         """INSERT INTO model_stats
                (model, version, hour, device_id, count, confidence, labels, latency,
