@@ -14,7 +14,7 @@ from collections.abc import Callable
 from hub.store.candidates import Candidate
 from hub.store.leases import Assigned, Queued, queued_tasks
 from hub.store.sql import Sql
-from hub.store.tasks import record_events
+from hub.store.taskmoves import record_events
 
 Fits = Callable[[Queued, Candidate], bool]  # hub/tasks/allocation.py's `matches`
 

@@ -20,7 +20,8 @@ import msgspec
 
 from hub.store.candidates import Candidate, read_candidates
 from hub.store.sql import Sql
-from hub.store.tasks import NewTask, finish, insert, record_events, requeue
+from hub.store.taskmoves import finish, record_events, requeue
+from hub.store.tasks import NewTask, insert
 from outpost import wire
 
 MAX_SCAN = 20_000  # queued tasks one allocation pass may look at

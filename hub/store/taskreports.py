@@ -12,10 +12,8 @@ from typing import Any
 
 from hub.store.leases import Settings
 from hub.store.sql import Sql, storable_text, without_nul
-from hub.store.tasks import HELD, move, requeue
-
-# How long a device that answered "full" is offered no task.
-BUSY_BACKOFF_S = 2.0
+from hub.store.taskmoves import move, requeue
+from hub.store.tasks import HELD
 
 
 def update(
@@ -90,10 +88,3 @@ def _reject(
     full = {**dict(row), "device_id": device_id, "attempt": attempt}
     why = without_nul(reason) or "no reason"  # as the result's error text
     requeue(db, task_id, full, now, settings.max_attempts, "rejected", why)
-    if why.startswith("full"):
-        # Its momentary state: asked again, but not before it has had a moment (and, as
-        # over its CPU cap, a heartbeat's fresher load), not in a loop at once.
-        db.execute(
-            "UPDATE devices SET busy_until = ? WHERE device_id = ?",
-            (now + BUSY_BACKOFF_S, device_id),
-        )

@@ -24,7 +24,7 @@ from hub.store import (
 )
 from hub.store.candidates import Candidate, read_candidates
 from hub.store.sql import Sql
-from hub.store.taskreports import BUSY_BACKOFF_S
+from hub.store.taskmoves import BUSY_BACKOFF_S
 from hub.tasks.allocation import plan
 from outpost import wire
 from tests.databases import BACKENDS, database
