@@ -30,7 +30,7 @@ from edge.identity import DevicePaths
 from edge.parts import AgentParts
 from edge.store import StoreReadError
 from outpost import __version__, files, release, signing, tls, wire
-from outpost.courier import content, history, sealing
+from outpost.courier import content, history, sealing, utc
 from outpost.courier.sealing import BundleError, Header
 from outpost.modelbundle import Manifest
 from outpost.signing import Signed
@@ -168,7 +168,7 @@ class CourierDesk:
             if header.id in log.imported:
                 raise BundleError(
                     f"hub bundle {header.id[:12]} was imported here already, at "
-                    f"{_utc(log.imported[header.id])}: nothing applied again"
+                    f"{utc(log.imported[header.id])}: nothing applied again"
                 )
             try:
                 carried = content.decode_hub(opened.body)
@@ -251,7 +251,7 @@ class CourierDesk:
                         log.resend_from.pop(ack.stream, None)
             await asyncio.to_thread(self._keep_log, log)
             forgotten = {s: after[s][0] - before[s][0] for s in after if after[s][0] > before[s][0]}
-            logger.info("hub bundle %s imported (made %s)", header.id[:12], _utc(header.created_at))
+            logger.info("hub bundle %s imported (made %s)", header.id[:12], utc(header.created_at))
             return {
                 "bundle": header.id,
                 "made_at": header.created_at,
@@ -373,7 +373,3 @@ def _matching_files(
         else:
             good.append(carried_file)
     return good, refused
-
-
-def _utc(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge import renewal
 from edge.identity import DevicePaths, Identity
+from outpost.courier import utc
 from outpost.courier.sealing import BundleError
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,7 @@ def install(paths: DevicePaths, pem: bytes, window: tuple[float, float]) -> str:
     would be swapped for one that expires sooner. What was done, for the operator."""
     current = renewal.cert_window(paths, Identity.load(paths))
     if current[1] >= window[1]:
-        return f"kept the one here, valid until {_utc(current[1])} (as long or longer)"
+        return f"kept the one here, valid until {utc(current[1])} (as long or longer)"
     renewal.save_certificate(paths, pem, window)
-    logger.info("certificate renewed by bundle, valid until %s", _utc(window[1]))
-    return f"renewed, valid until {_utc(window[1])}"
-
-
-def _utc(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+    logger.info("certificate renewed by bundle, valid until %s", utc(window[1]))
+    return f"renewed, valid until {utc(window[1])}"
