@@ -204,6 +204,20 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.row_factory = _row_factory
 
 
+def _opened_pool(url: str, size: int, name: str) -> ConnectionPool[psycopg.Connection[Any]]:
+    pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True},
+        configure=_configure,
+        name=name,
+        open=False,
+    )
+    pool.open(wait=True, timeout=30)
+    return pool
+
+
 class PostgresEngine:
     """Units of work on a pool of connections, each in one retried SERIALIZABLE
     transaction, awaited from asyncio on a matching pool of threads."""
@@ -227,28 +241,10 @@ class PostgresEngine:
             ) from None
         self.retries = 0  # units run again after a conflict, for metrics
         self._retries_lock = threading.Lock()
-        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=pool_size,
-            kwargs={"autocommit": True},
-            configure=_configure,
-            name=f"{name}-pg",
-            open=False,
-        )
-        self._pool.open(wait=True, timeout=30)
+        self._pool = _opened_pool(url, pool_size, f"{name}-pg")
         # One connection apart, for what must not wait behind units held up on a lock
         # (the leadership lease: its renewal queued behind them, and the lease lapsed).
-        self._apart: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=1,
-            kwargs={"autocommit": True},
-            configure=_configure,
-            name=f"{name}-pg-apart",
-            open=False,
-        )
-        self._apart.open(wait=True, timeout=30)
+        self._apart = _opened_pool(url, 1, f"{name}-pg-apart")
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(sql, *args)` in one transaction, again while it loses to a conflict."""
