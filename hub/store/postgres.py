@@ -44,6 +44,12 @@ MAX_ATTEMPTS = 30  # a unit that loses 30 conflicts in a row is reported, not re
 RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 # Any number: the key of the session-level advisory lock replicas take to migrate.
 MIGRATION_LOCK_KEY = 0x6F75_7470_6F73_7401
+# A unit takes milliseconds between its statements. A replica frozen inside one (a
+# stalled VM, SIGSTOP) keeps its row locks, and PostgreSQL would keep its transaction
+# open for ever: every replica's units touching those rows would wait on it, taking
+# their pools' threads one by one. Its session is ended once idle this long in a unit,
+# which frees the locks; a thawed replica sees that unit fail, and its pool reconnects.
+UNIT_STALL_S = 15
 
 
 class DatabaseUnavailableError(ConnectionError):
@@ -199,6 +205,7 @@ def translate(sql: str) -> str:
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(f"SET idle_in_transaction_session_timeout = '{UNIT_STALL_S}s'")
     conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
     conn.adapters.register_loader("numeric", _NumberLoader)
     conn.row_factory = _row_factory

@@ -79,6 +79,9 @@ def _copy(
     models: Path | None,
     agent_releases: Path | None,
 ) -> list[Copied]:
+    # One long transaction by an operator, not a replica's unit: between its statements
+    # it reads the source and the files, which may take longer than a unit's bound.
+    db.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
     for table in tables:
         if table in SEEDED:
             continue

@@ -1,4 +1,4 @@
-"""A leader frozen inside its lease renewal (a stalled VM, SIGSTOP between its UPDATE and
+"""A replica frozen inside a unit of work. A leader frozen inside its lease renewal (a stalled VM, SIGSTOP between its UPDATE and
 its COMMIT) held the lease row's lock, and PostgreSQL kept its transaction open for
 ever: no other replica could take over. Real PostgreSQL, two stores as two replicas."""
 
@@ -99,3 +99,33 @@ async def test_units_waiting_on_a_frozen_replicas_locks_do_not_cost_the_leader_i
         resume.set()
         running.cancel()
         await asyncio.gather(running, *waiting, return_exceptions=True)
+
+
+async def test_a_replica_frozen_inside_any_unit_frees_its_row_locks(
+    replicas: list[HubStore],
+) -> None:
+    """Not only the lease: a replica frozen inside any unit held a device's row for as
+    long as it stayed frozen, and every unit for that device waited behind it. Its session
+    is ended once idle too long in a unit; the thawed replica's unit fails, and its next
+    one runs on a fresh connection."""
+    a, b = replicas
+    now = time.time()
+    await a.record_presence([HelloSeen("dev-1", "c", now, "generic", "1", 1.0, {}, "rt", [], 0, 0)])
+    resume, frozen = threading.Event(), threading.Event()
+
+    def touch_then_freeze(db: Any) -> None:
+        db.execute("UPDATE devices SET last_seen = ? WHERE device_id = 'dev-1'", (now,))
+        frozen.set()
+        resume.wait(FROZEN_FOR_S)
+
+    b_unit = asyncio.create_task(b.run(touch_then_freeze))
+    try:
+        assert await asyncio.to_thread(frozen.wait, 30)
+        beat = HeartbeatSeen("dev-1", "c", time.time(), 1.0, {})
+        # Frozen for 60 s; the unit's bound (15 s) ends its session well before.
+        await asyncio.wait_for(a.record_presence([beat]), timeout=FROZEN_FOR_S - 10)
+    finally:
+        resume.set()
+        (outcome,) = await asyncio.gather(b_unit, return_exceptions=True)
+    assert isinstance(outcome, Exception)  # b's session was ended under it
+    assert await b.run(lambda db: db.execute("SELECT 1").fetchone()[0]) == 1
