@@ -1,6 +1,7 @@
-"""A replica frozen inside a unit of work. A leader frozen inside its lease renewal (a stalled VM, SIGSTOP between its UPDATE and
-its COMMIT) held the lease row's lock, and PostgreSQL kept its transaction open for
-ever: no other replica could take over. Real PostgreSQL, two stores as two replicas."""
+"""A replica frozen inside a unit of work (a stalled VM, SIGSTOP between an UPDATE and
+its COMMIT) held its rows' locks, and PostgreSQL kept its transaction open for ever: a
+frozen leader's lease could not be taken over, and units for its rows waited on it.
+Real PostgreSQL, two stores as two replicas."""
 
 from __future__ import annotations
 
