@@ -215,20 +215,30 @@ class Reports:
 
     Versions only move forward: a device never applies an older version than it runs,
     so a lower one is a stale heartbeat (QoS 1 redelivers one the hub handled but had
-    not acknowledged when it was killed), not news."""
+    not acknowledged when it was killed), not news.
+
+    A device that runs a version above what the hub gave it means the hub's database was
+    restored from an older backup: the device would refuse every version the counter
+    gives until it passed the device's own. So the fleet's counter is moved past every
+    version a device reports, and such a device's policy is marked changed, for its next
+    refresh (its next hello, or any change of policy) to give it a version it takes."""
 
     def __init__(self, db: Sql, device_ids: Iterable[str]) -> None:
         self._db = db
         self._known: dict[str, tuple[int, int]] = {}
+        self._given: dict[str, int] = {}  # the version the hub holds for each
         ids = sorted(set(device_ids))
         for chunk in chunked(ids):
             for row in db.execute(
-                "SELECT device_id, applied_version, rejected_version FROM device_policy "  # noqa: S608 - only placeholders
-                f"WHERE device_id IN ({marks(len(chunk))})",
+                "SELECT device_id, applied_version, rejected_version, version "  # noqa: S608 - only placeholders
+                f"FROM device_policy WHERE device_id IN ({marks(len(chunk))})",
                 chunk,
             ).fetchall():
                 self._known[row[0]] = (row[1], row[2])
+                self._given[row[0]] = row[3]
         self._updates: list[tuple[object, ...]] = []
+        self._highest = 0  # of the versions reported
+        self._ahead: set[str] = set()  # devices running a version the hub never gave
 
     def add(
         self, device_id: str, applied: int, rejected: int, reason: str, now: float
@@ -243,11 +253,24 @@ class Reports:
                 news.append((device_id, now, "policy_refused", f"version {rejected}: {reason}"))
             self._known[device_id] = (max(known[0], applied), max(known[1], rejected))
         self._updates.append((rejected, reason, applied, applied, rejected, rejected, device_id))
+        self._highest = max(self._highest, applied, rejected)
+        if applied > self._given.get(device_id, applied):
+            self._ahead.add(device_id)
         return news
 
     def write(self) -> None:
         self._db.executemany(_REPORTED, self._updates)
         self._updates = []
+        if self._highest and _counter(self._db) < self._highest:
+            self._db.execute(
+                "UPDATE policy_seq SET value = ? WHERE value < ?", (self._highest, self._highest)
+            )
+        if self._ahead:
+            self._db.executemany(
+                "UPDATE device_policy SET digest = '', published = 0 WHERE device_id = ?",
+                [(device_id,) for device_id in sorted(self._ahead)],
+            )
+            self._ahead = set()
 
 
 def effective(db: Sql, device_id: str) -> Effective | None:
@@ -276,6 +299,11 @@ def drift(db: Sql) -> int:
              AND d.revoked_at IS NULL"""
     ).fetchone()
     return int(n)
+
+
+def _counter(db: Sql) -> int:
+    (value,) = db.execute("SELECT value FROM policy_seq").fetchone()
+    return int(value)
 
 
 def _take_versions(db: Sql, count: int) -> int:

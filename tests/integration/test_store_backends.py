@@ -4,7 +4,8 @@ A hub with no devices yet: the overview and a policy refresh of no devices answe
 nothing rather than failing (PostgreSQL refuses the empty `IN ()` that SQLite takes: the
 live dashboard of a new PostgreSQL hub once showed nothing at all, every snapshot
 failing). Roll-ups folded into the statistics: JSON columns written, read back and
-merged within the hour."""
+merged within the hour. Policy versions after the database was restored from an older
+backup."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from hub.store import Device, HubStore, Upload
+from hub.store import Device, HeartbeatSeen, HelloSeen, HubStore, Upload
+from hub.store.policy import Layer
 from tests.databases import BACKENDS, database
 
 
@@ -91,3 +93,55 @@ async def test_roll_ups_fold_into_statistics_and_merge_within_the_hour(store: Hu
     assert (second.count, second.labels) == (10, {"normal": 7, "imbalance": 3})
     assert await store.device_errors("dev-0001", since=now - 3600) == {"busy": 8}
     assert await store.device_errors("dev-0002", since=now - 3600) == {"busy": 2}
+
+
+def _fleet_layer(interval_s: int) -> Layer:
+    document = {"heartbeat_interval_s": interval_s}
+    return Layer("fleet", "fleet", {}, None, 0, document, time.time(), "t")
+
+
+async def test_policy_versions_pass_what_devices_run_after_a_restore(store: HubStore) -> None:
+    """A database restored from an older backup gave versions its devices had already
+    passed, and each device refused them ("older than the applied version") until the
+    counter caught up: policy changes silently stopped reaching the fleet."""
+    now = time.time()
+    for device_id in ("dev-a", "dev-b"):
+        await store.record_presence(
+            [HelloSeen(device_id, "c", now, "generic", "1", 1.0, {}, "rt", [], 0, 0)]
+        )
+    await store.put_policy_layer(_fleet_layer(10))
+    given = await store.refresh_policies(None, now=now)
+    await store.mark_policy_published([(p.device_id, p.version) for p in given])
+    assert sorted(p.version for p in given) == [1, 2]
+    # The backup's hub gave 1 and 2; the devices run versions 40 and 41 from before.
+    ran = {"dev-a": 40, "dev-b": 41}
+    await store.record_presence(
+        [
+            HeartbeatSeen(
+                d, "c", now, 1.0, {}, policy={"version": v, "rejected_version": 0, "reason": ""}
+            )
+            for d, v in ran.items()
+        ]
+    )
+    again = await store.refresh_policies(["dev-a"], now=now)  # dev-a's next hello
+    assert [(p.device_id, p.version > 41) for p in again] == [("dev-a", True)]
+    await store.put_policy_layer(_fleet_layer(20))  # and any change of policy
+    changed = await store.refresh_policies(None, now=now)
+    assert {p.device_id for p in changed} == {"dev-a", "dev-b"}
+    assert min(p.version for p in changed) > max(p.version for p in again)
+    # A device in step is not marked: nothing to send again.
+    await store.mark_policy_published([(p.device_id, p.version) for p in changed])
+    await store.record_presence(
+        [
+            HeartbeatSeen(
+                p.device_id,
+                "c",
+                now,
+                1.0,
+                {},
+                policy={"version": p.version, "rejected_version": 0, "reason": ""},
+            )
+            for p in changed
+        ]
+    )
+    assert await store.refresh_policies(None, now=now) == []
