@@ -12,8 +12,6 @@ HUB_CLIENT_CN = "outpost-hub"
 HUB_LINK_CN = "outpost-hub-link"
 # Replicas share a broker: each links under a CN of its own, `outpost-hub-link-<id>`.
 REPLICA_LINK_PREFIX = f"{HUB_LINK_CN}-"
-# Replicas split device messages through one MQTT 5 shared subscription group.
-SHARE_GROUP = "outpost-hub"
 
 
 def link_cn(replica_id: str) -> str:

@@ -23,9 +23,10 @@ from cryptography import x509
 from hub.broker.kinds import DEFAULT_LISTEN as DEFAULT_LISTEN  # re-exported
 from hub.broker.kinds import KINDS as KINDS
 from hub.broker.mosquittoconf import MAX_INFLIGHT, BrokerFiles, acl_text, render_config
+from hub.broker.sharegroup import share_group
 from hub.config import HubConfig, check_replica_id
 from hub.fleet.revocation import current_crl
-from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, SHARE_GROUP, HubPaths, link_cn
+from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, HubPaths, link_cn
 from hub.store import HubStore
 from outpost import files, tls
 from outpost.wire import TOPIC_PREFIX, UP_KINDS, UP_WILDCARD
@@ -93,10 +94,11 @@ def write(paths: HubPaths, config: HubConfig, store: HubStore, request: Request)
         SERVER_KEY: (paths.server_key.read_bytes(), files.PRIVATE),
         CRL: (pem, files.PUBLIC),
     }
+    group = share_group(paths)
     render = _RENDERERS[request.kind]
-    for name, text in render(out, config, request).items():
+    for name, text in render(out, config, request, group).items():
         contents[name] = (text.encode(), files.PRIVATE)
-    contents[README] = (_readme(paths, out, request).encode(), files.PRIVATE)
+    contents[README] = (_readme(paths, out, request, group).encode(), files.PRIVATE)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     written = []
     for name, (data, mode) in contents.items():
@@ -118,7 +120,7 @@ def _check_folder(out: Path, *, force: bool) -> None:
 # ------------------------------------------------------------------------ Mosquitto
 
 
-def mosquitto_files(out: Path, config: HubConfig, request: Request) -> dict[str, str]:
+def mosquitto_files(out: Path, config: HubConfig, request: Request, group: str) -> dict[str, str]:
     """mosquitto.conf and its ACL: the managed broker's, with paths in `out`."""
     where = BrokerFiles(
         folder=out,
@@ -216,7 +218,7 @@ authorization {{
 """
 
 
-def emqx_files(out: Path, config: HubConfig, request: Request) -> dict[str, str]:
+def emqx_files(out: Path, config: HubConfig, request: Request, group: str) -> dict[str, str]:
     """emqx.conf (a fragment to merge into EMQX's configuration) and acl.conf."""
     max_packet_bytes = config.max_payload_bytes * 4 + 1024  # as hub/broker/mosquittoconf.py's
     conf = EMQX_CONF.format(
@@ -225,16 +227,16 @@ def emqx_files(out: Path, config: HubConfig, request: Request) -> dict[str, str]
         cert=out / SERVER_CERT,
         key=out / SERVER_KEY,
         crl=CRL,
-        group=SHARE_GROUP,
+        group=group,
         up=UP_WILDCARD,
         max_packet_kb=-(-max_packet_bytes // 1024),
         max_inflight=MAX_INFLIGHT,
         acl=out / "acl.conf",
     )
-    return {"emqx.conf": conf, "acl.conf": emqx_acl(request.replicas)}
+    return {"emqx.conf": conf, "acl.conf": emqx_acl(request.replicas, group)}
 
 
-def emqx_acl(replicas: Sequence[str]) -> str:
+def emqx_acl(replicas: Sequence[str], group: str) -> str:
     """EMQX's file authorization rules (Erlang terms), first match wins, deny by default."""
     hubs = [HUB_LINK_CN, HUB_CLIENT_CN, *(link_cn(r) for r in replicas)]
     down = f"{TOPIC_PREFIX}/+/down/#"
@@ -243,7 +245,7 @@ def emqx_acl(replicas: Sequence[str]) -> str:
         "%% Checked only against EMQX 5's documentation (access-control/authz/file.html).",
         "%%",
         "%% The hub: its link, its certificate on disk, and each replica's link. EMQX",
-        f"%% authorizes a shared subscription ($share/{SHARE_GROUP}/{UP_WILDCARD}) by its",
+        f"%% authorizes a shared subscription ($share/{group}/{UP_WILDCARD}) by its",
         "%% topic filter alone, so the rule names the filter (a rule naming $share/...",
         "%% would never match: emqx_channel:do_check_sub_authzs2 checks",
         "%% emqx_topic:get_shared_real_topic of the subscription).",
@@ -263,7 +265,7 @@ def emqx_acl(replicas: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_RENDERERS: Final[dict[str, Callable[[Path, HubConfig, Request], dict[str, str]]]] = {
+_RENDERERS: Final[dict[str, Callable[[Path, HubConfig, Request, str], dict[str, str]]]] = {
     "mosquitto": mosquitto_files,
     "emqx": emqx_files,
 }
@@ -272,7 +274,7 @@ _RENDERERS: Final[dict[str, Callable[[Path, HubConfig, Request], dict[str, str]]
 # --------------------------------------------------------------------------- README
 
 
-def _readme(paths: HubPaths, out: Path, request: Request) -> str:
+def _readme(paths: HubPaths, out: Path, request: Request, group: str) -> str:
     replicas = ", ".join(request.replicas) or "none (a single hub, replica_id empty)"
     server = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
     names = ", ".join(_server_names(server)) or "none"
@@ -285,7 +287,9 @@ Listener: {request.listen.bind} (mutual TLS only; the certificate's CN is the us
 and the client id)
 Replicas allowed the hub's rights (ACL): {replicas}.
   Each replica links with the CN {link_cn("<id>")} and subscribes to
-  $share/{SHARE_GROUP}/{UP_WILDCARD}. A replica not listed here gets no device
+  $share/{group}/{UP_WILDCARD} (the group's name is derived
+  from the hub's signing key: a device that knew it could join the group, and the
+  broker would drop the messages it chose for it). A replica not listed here gets no device
   message; worse, Mosquitto still counts it in the share group and drops the messages
   it would have given it. List every replica: run this command again with all of them
   and --force, then reload the broker.

@@ -13,13 +13,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from hub.broker.sharegroup import shared_topic
 from hub.config import HubConfig
 from hub.fleet import throwaway
 from hub.mqtt import sessions
 from hub.mqtt.acks import LinkDownError
 from hub.mqtt.ingest import Ingest
 from hub.mqtt.intake import DeviceIntake, queue_type
-from hub.paths import HUB_CLIENT_CN, SHARE_GROUP, HubPaths, link_cn
+from hub.paths import HUB_CLIENT_CN, HubPaths, link_cn
 from outpost import tls, wire
 from outpost.mqtt import NODELAY, LinkState, run_forever
 
@@ -86,6 +87,7 @@ class HubLink:
         self._ingest = ingest
         self.state = LinkState(logger, "hub link")
         self.client: aiomqtt.Client | None = None
+        self._topic = wire.UP_WILDCARD  # a replica's: the group's (`run`)
         # Between the broker and the ingest; it outlives each connection, so budgets
         # and the messages already taken from the broker survive a reconnect.
         self.intake = intake
@@ -94,6 +96,9 @@ class HubLink:
         # Minting and loading certificates reads files: keep it off the event loop.
         replica = self._config.replica_id
         context = await asyncio.to_thread(_link_context, self._paths, link_cn(replica))
+        # Replicas share the devices' messages: each reaches exactly one of them.
+        if replica:
+            self._topic = await asyncio.to_thread(shared_topic, self._paths, wire.UP_WILDCARD)
         host, port = self._config.broker_address
         if not replica:
             await self._end_legacy_session(host, port)
@@ -149,11 +154,7 @@ class HubLink:
             # No retained messages at subscribe (retain handling 2): the hub's session
             # keeps what was sent while it was away, and a retained copy would be
             # replayed at every start (a device may retain anything on its topics).
-            # Replicas share the devices' messages: each reaches exactly one of them.
-            topic = wire.UP_WILDCARD
-            if self._config.replica_id:
-                topic = f"$share/{SHARE_GROUP}/{topic}"
-            await client.subscribe(topic, options=SubscribeOptions(qos=1, retainHandling=2))
+            await client.subscribe(self._topic, options=SubscribeOptions(qos=1, retainHandling=2))
             messages = client.messages
             async for message in messages:
                 await self._ingest.handle_batch(await take_batch(message, messages))

@@ -20,16 +20,16 @@ import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hub.broker.managed import find_program
+from hub.broker.sharegroup import share_group, shared_topic
 from hub.cli import main
 from hub.config import HubConfig
 from hub.fleet import revocation, throwaway
-from hub.paths import SHARE_GROUP, HubPaths, link_cn
+from hub.paths import HubPaths, link_cn
 from hub.store import Device, HubStore
 from outpost import schema, wire
 from tests.integration.test_broker_security import CONNECT
 from tests.support import REPO, eventually, free_port
 
-SHARED = f"$share/{SHARE_GROUP}/{wire.UP_WILDCARD}"
 REPLICAS = ("r1", "r2")  # passed to --replica; "r9" is not
 START_TIMEOUT_S = 30.0  # generous: the suite must pass on a machine 5x slower
 DELIVERY_TIMEOUT_S = 30.0
@@ -159,6 +159,11 @@ def _heartbeat(device: str) -> str:
     return wire.up_topic(device, "heartbeat")
 
 
+def _shared(paths: HubPaths) -> str:
+    """The replicas' subscription: their group's, named from the hub's signing key."""
+    return shared_topic(paths, wire.UP_WILDCARD)
+
+
 # ------------------------------------------------------------- shared subscription
 
 
@@ -175,8 +180,8 @@ async def test_each_device_message_reaches_exactly_one_of_two_replicas(
         }
         inbox1 = await stack.enter_async_context(_receiving(r1))
         inbox2 = await stack.enter_async_context(_receiving(r2))
-        await _subscribe(r1, SHARED)
-        await _subscribe(r2, SHARED)
+        await _subscribe(r1, _shared(hub_paths))
+        await _subscribe(r2, _shared(hub_paths))
 
         for payload, topic in sent.items():
             await _publish(clients[topic.split("/")[3]], topic, payload)
@@ -219,7 +224,7 @@ async def test_a_device_writes_only_its_own_up_topics(broker: Broker, hub_paths:
         _client(broker, hub_paths, "dev-a") as a,
         _receiving(replica) as inbox,
     ):
-        await _subscribe(replica, SHARED)
+        await _subscribe(replica, _shared(hub_paths))
         # A writes into B's topic first, then into its own: the replica gets A's own in
         # order, so B's would have arrived before it.
         await _publish(a, _heartbeat("dev-b"), b"forged by A")
@@ -275,7 +280,7 @@ async def test_only_a_listed_replica_gets_device_messages(
         _client(broker, hub_paths, "dev-a") as device,
         _receiving(link) as inbox,
     ):
-        await _subscribe(link, SHARED)
+        await _subscribe(link, _shared(hub_paths))
         await _subscribe(link, wire.down_topic(cn, "#"))
         await _publish(device, _heartbeat("dev-a"), b"beat")
         # Queued after the heartbeat: when it arrives, the heartbeat would have.
@@ -287,6 +292,43 @@ async def test_only_a_listed_replica_gets_device_messages(
 
     expected = [(_heartbeat("dev-a"), b"beat")] if listed else []
     assert inbox.messages == [*expected, (own_down, b"done")]
+
+
+@pytest.mark.parametrize("knows_the_name", [False, True])
+async def test_a_device_cannot_join_the_replicas_group_by_guessing_its_name(
+    broker: Broker, hub_paths: HubPaths, knows_the_name: bool
+) -> None:
+    """Mosquitto grants any subscription and checks deliveries alone: a device that
+    joined the replicas' group (named `outpost-hub` once, for all to guess) was chosen
+    for its share of every device's messages, which the broker then dropped. The name
+    now comes from the hub's signing key; a guess makes a group of the device's own.
+    Knowing the name (the control) it would still take its share."""
+    group = share_group(hub_paths) if knows_the_name else "outpost-hub"
+    cn = link_cn("r1")
+    own_down = wire.down_topic(cn, "marker")
+    async with (
+        _client(broker, hub_paths, cn) as link,
+        _client(broker, hub_paths, link_cn("r2")) as other,
+        _client(broker, hub_paths, "dev-a") as spy,
+        _client(broker, hub_paths, "dev-b") as device,
+        _receiving(link) as inbox,
+    ):
+        await _subscribe(link, _shared(hub_paths))
+        await _subscribe(link, wire.down_topic(cn, "#"))
+        await _subscribe(spy, f"$share/{group}/{wire.UP_WILDCARD}")
+        for n in range(20):
+            await _publish(device, _heartbeat("dev-b"), b"beat-%d" % n)
+        await _publish(other, own_down, b"done")  # after the beats, as above
+
+        await eventually(
+            lambda: _has(inbox, own_down), timeout=DELIVERY_TIMEOUT_S, what="the marker"
+        )
+
+    beats = inbox.payloads(_heartbeat("dev-b"))
+    if knows_the_name:
+        assert 0 < len(beats) < 20, "the control: a member that knows the name takes a share"
+    else:
+        assert beats == [b"beat-%d" % n for n in range(20)]
 
 
 async def _has(inbox: Inbox, topic: str) -> bool:
