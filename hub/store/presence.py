@@ -63,15 +63,18 @@ class ConnectionLost:
 
 PresenceEvent = HelloSeen | HeartbeatSeen | ConnectionLost
 
+# A revoked device that still got through (the broker's CRL not yet reloaded, an external
+# broker) is never online: it gets no work; nor is one held off for flooding, whose
+# messages queued before its session ended come after the hold. (No comment inside the
+# SQL: `translate` would take its apostrophe for a quote.)
 _HELLO = """INSERT INTO devices (device_id, name, profile, labels, online, conn, last_seen,
                last_heartbeat, heartbeat_interval, agent_version, capabilities, runtime, models,
                task_slots, task_inbox, sealed_offers)
            VALUES (?, ?, ?, '{}', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (device_id) DO UPDATE SET
                profile = excluded.profile, conn = excluded.conn,
-               -- a revoked device that still got through (the broker's CRL not yet
-               -- reloaded, an external broker) is never online: it gets no work
-               online = CASE WHEN devices.revoked_at IS NULL THEN 1 ELSE 0 END,
+               online = CASE WHEN devices.revoked_at IS NULL
+                   AND (devices.held_until IS NULL OR devices.held_until <= ?) THEN 1 ELSE 0 END,
                last_seen = excluded.last_seen, last_heartbeat = excluded.last_heartbeat,
                heartbeat_interval = excluded.heartbeat_interval,
                agent_version = excluded.agent_version, capabilities = excluded.capabilities,
@@ -82,7 +85,8 @@ _HELLO = """INSERT INTO devices (device_id, name, profile, labels, online, conn,
 # While online, the connection is the latest hello's: a heartbeat of an older one that
 # arrives after it (from another replica, or a slow queue) must not take it back, or the
 # older connection's will would then mark a connected device offline.
-_HEARTBEAT = """UPDATE devices SET online = CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END,
+_HEARTBEAT = """UPDATE devices SET online = CASE WHEN revoked_at IS NULL
+                   AND (held_until IS NULL OR held_until <= ?) THEN 1 ELSE 0 END,
                conn = CASE WHEN online = 1 AND conn IS NOT NULL THEN conn ELSE ? END,
                last_seen = ?,
                last_heartbeat = ?,
@@ -98,7 +102,7 @@ class _Row:
 
     online: bool
     conn: str | None
-    revoked: bool
+    barred: bool  # revoked, or held off for flooding: never online, whatever it sends
 
 
 def record_presence(db: Sql, seen: list[PresenceEvent]) -> list[bool]:
@@ -128,12 +132,13 @@ def record_presence(db: Sql, seen: list[PresenceEvent]) -> list[bool]:
     with db.soft(), db.write():
         rows: dict[str, _Row] = {}
         for chunk in chunked(sorted({e.device_id for e in seen})):
-            for device_id, online, conn, revoked_at in db.execute(
-                "SELECT device_id, online, conn, revoked_at FROM devices "  # noqa: S608 - only placeholders
+            for device_id, online, conn, revoked_at, held_until in db.execute(
+                "SELECT device_id, online, conn, revoked_at, held_until FROM devices "  # noqa: S608 - only placeholders
                 f"WHERE device_id IN ({marks(len(chunk))}){lock}",
                 chunk,
             ).fetchall():
-                rows[device_id] = _Row(bool(online), conn, revoked_at is not None)
+                held = held_until is not None and held_until > seen[0].now
+                rows[device_id] = _Row(bool(online), conn, revoked_at is not None or held)
         writes = _Writes(db)
         news: list[tuple[str, float, events.Kind, str]] = []
         reports = policy_store.Reports(
@@ -143,15 +148,15 @@ def record_presence(db: Sql, seen: list[PresenceEvent]) -> list[bool]:
             row = rows.get(event.device_id)
             was_online = row is not None and row.online
             # A revoked device that still got through is never online: no "online" event.
-            revoked = row is not None and row.revoked
+            revoked = row is not None and row.barred
             match event:
                 case HelloSeen():
                     writes.add(_HELLO, _hello_values(event))
                     if row is None:
                         rows[event.device_id] = _Row(True, event.conn, False)
                     else:
-                        row.online, row.conn = not row.revoked, event.conn
-                    changed.append(not was_online)
+                        row.online, row.conn = not row.barred, event.conn
+                    changed.append(not was_online and not revoked)
                     if not was_online and not revoked:
                         news.append((event.device_id, event.now, "online", _agent(event)))
                 case HeartbeatSeen():
@@ -170,8 +175,8 @@ def record_presence(db: Sql, seen: list[PresenceEvent]) -> list[bool]:
                     if row is not None:
                         if not (row.online and row.conn is not None):
                             row.conn = event.conn
-                        row.online = not row.revoked
-                    changed.append(row is not None and not was_online)
+                        row.online = not row.barred
+                    changed.append(row is not None and not was_online and not revoked)
                 case ConnectionLost():
                     # Only the current connection's will counts: the will of an older
                     # connection can arrive after the device has already reconnected.
@@ -229,11 +234,13 @@ def _hello_values(e: HelloSeen) -> tuple[Any, ...]:
         e.task_slots,
         e.task_inbox,
         int(e.sealed_offers),
+        e.now,  # a hold lapsed by now
     )
 
 
 def _heartbeat_values(e: HeartbeatSeen) -> tuple[Any, ...]:
     return (
+        e.now,  # a hold lapsed by now
         e.conn,
         e.now,
         e.now,

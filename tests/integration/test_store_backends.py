@@ -145,3 +145,26 @@ async def test_policy_versions_pass_what_devices_run_after_a_restore(store: HubS
         ]
     )
     assert await store.refresh_policies(None, now=now) == []
+
+
+async def test_a_held_device_stays_offline_until_its_hold_ends(store: HubStore) -> None:
+    """A hold marked the device offline, but its messages queued before the session
+    ended came after and set it online again: work could go to a device held off."""
+    now = time.time()
+    hello = HelloSeen("dev-h", "c", now, "generic", "1", 1.0, {}, "rt", [], 1, 0)
+    assert await store.record_presence([hello]) == [True]
+    assert await store.hold_device("dev-h", now=now, until=now + 60)
+    queued = [
+        HeartbeatSeen("dev-h", "c", now + 1, 1.0, {}),
+        HelloSeen("dev-h", "c2", now + 2, "generic", "1", 1.0, {}, "rt", [], 1, 0),
+    ]
+    assert await store.record_presence(queued) == [False, False]
+    held = await store.device("dev-h")
+    assert held is not None
+    assert not held.online
+    # Once the hold has ended, the same messages bring it online (the control).
+    later = HeartbeatSeen("dev-h", "c2", now + 61, 1.0, {})
+    assert await store.record_presence([later]) == [True]
+    back = await store.device("dev-h")
+    assert back is not None
+    assert back.online
