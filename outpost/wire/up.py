@@ -260,7 +260,10 @@ class Records(Struct, frozen=True):
         ),
     ]
     ts: Annotated[
-        list[float],
+        # Finite: SQLite stores a NaN as NULL, which `ts NOT NULL` refuses, so a batch
+        # holding one failed at every resend and its stream never moved (PostgreSQL
+        # stored it: the back-ends disagreed).
+        list[Annotated[float, Meta(ge=-FINITE, le=FINITE)]],
         Meta(
             max_length=MAX_BATCH_RECORDS,
             description="when the device wrote each record, epoch seconds",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import re
 from typing import Any
@@ -297,6 +298,31 @@ def test_kind_not_in_the_given_table_is_refused() -> None:
             "heartbeat.body.load.cpu_percent",
         ),
         ("heartbeat", {**schema.dump(HEARTBEAT), "heartbeat_interval": 0}, "heartbeat.body"),
+        # A NaN write time: SQLite stored it as NULL and refused the batch at every resend.
+        (
+            "records",
+            {
+                "stream": "results",
+                "from_seq": 1,
+                "to_seq": 1,
+                "seqs": [1],
+                "ts": [math.nan],
+                "bodies": [b"\x80"],
+            },
+            "records.body.ts[0]",
+        ),
+        (
+            "records",
+            {
+                "stream": "results",
+                "from_seq": 1,
+                "to_seq": 1,
+                "seqs": [1],
+                "ts": [math.inf],
+                "bodies": [b"\x80"],
+            },
+            "records.body.ts[0]",
+        ),
     ],
 )
 def test_body_not_matching_its_schema_is_refused(kind: str, body: Any, where: str) -> None:
