@@ -91,8 +91,8 @@ def _rollouts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="first run it beside the live version on sampled inputs, never serving; "
         "promoted to a staged roll-out if it meets the criteria below, else stopped",
     )
-    r.add_argument("--agreement-min", type=float, metavar="SHARE", help="with --shadow (0.97)")
-    r.add_argument("--latency-ratio-max", type=float, metavar="X", help="with --shadow (1.2)")
+    r.add_argument("--agreement-min", type=_fraction, metavar="SHARE", help="with --shadow (0.97)")
+    r.add_argument("--latency-ratio-max", type=_ratio, metavar="X", help="with --shadow (1.2)")
     r.add_argument("--min-samples", type=int, metavar="N", help="with --shadow (500)")
     r.add_argument(
         "--selector",
@@ -241,24 +241,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_share(text: str) -> float:
-    """`10%`, `10` or `0.1` as a share in [0, 1]."""
-    try:
-        share = float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
-        if not text.endswith("%") and share > 1:
-            share /= 100  # `--canary 10` means 10 %
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share: write 10%, or 0.1") from None
+    """`10%`, `10` or `0.1` as a share in [0, 1]: a bare number above 1 is a percentage,
+    one below 1 a fraction, and a bare 1 is refused (1 %, or all of them?)."""
+    bare = not text.endswith("%")
+    value = _number(text.removesuffix("%"))
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share: write 10%, or 0.1")
+    if bare and value == 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is ambiguous: write 1% or 100%")
+    share = value / 100 if not bare or value > 1 else value
     if not 0 <= share <= 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0% and 100%")
     return share
 
 
+def _fraction(text: str) -> float:
+    """A finite number from 0 to 1 (argparse names the flag when it is not)."""
+    value = _number(text)
+    if not 0 <= value <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _ratio(text: str) -> float:
+    """A positive, finite ratio (argparse names the flag when it is not)."""
+    value = _number(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
 def _seconds(text: str) -> float:
     """A positive, finite number of seconds (argparse names the flag when it is not)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
