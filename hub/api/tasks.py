@@ -16,9 +16,9 @@ from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.fleet import labels
 from hub.store import NewTask, Task
-from hub.store.tasks import TERMINAL
+from hub.store.tasks import MAX_DEADLINE_S, TERMINAL
 from outpost import wire
-from outpost.schema import FINITE, Struct
+from outpost.schema import Struct
 
 STATES = ("queued", "assigned", "accepted", "running", *TERMINAL)
 
@@ -55,7 +55,7 @@ class TaskIn(Struct, frozen=True):
             float,
             Meta(
                 ge=0.1,
-                le=FINITE,
+                le=MAX_DEADLINE_S,
                 description="seconds from now until it expires (default: the hub's)",
             ),
         ]

@@ -31,7 +31,10 @@ def when(at: float | None) -> str:
     """A local date and time, `-` for None."""
     if at is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    except (OverflowError, OSError, ValueError):  # past what the platform's clock shows
+        return f"{at:.0f} (epoch s)"
 
 
 def labels(values: dict[str, str]) -> str:

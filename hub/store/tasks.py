@@ -27,6 +27,9 @@ from outpost.schema import INT64_MAX
 
 TERMINAL = ("succeeded", "failed", "expired", "cancelled")
 HELD = ("assigned", "accepted", "running")  # states in which a device holds the task
+# A task's deadline, at most: a year and a day. One a thousand years out was taken, and
+# every listing of it then failed on a date past what the platform's clock can show.
+MAX_DEADLINE_S = 366 * 86400
 LATENCY_WEIGHT = 0.2  # weight of the newest result in a device's latency average
 
 

@@ -29,6 +29,8 @@ def hub_settings() -> str:
         ({"model": VIB, "input": "x"}, "body.input", "non-empty list"),
         ({"model": VIB, "input": [[1.0] * 20_000] * 1}, "body.input", "over the limit"),
         ({"model": VIB, "input": [[1]], "priority": 10}, "body.priority", "at most 9"),
+        # A year and a day at most: a thousand years was taken, and broke every listing.
+        ({"model": VIB, "input": [[1]], "deadline_s": 1e300}, "body.deadline_s", "at most 316"),
         ({"model": VIB, "input": [[1]], "colour": "red"}, "body.colour", "unknown key"),
         (
             {"model": VIB, "input": [[1]], "target": {"device": "dev-x", "selector": {"a": "b"}}},
