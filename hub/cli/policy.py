@@ -8,7 +8,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from hub.cli import remote, tables
+from hub.cli import jsontext, remote, tables
 
 
 def show_policy(args: argparse.Namespace) -> int:
@@ -80,11 +80,12 @@ def set_policy(args: argparse.Namespace) -> int:
     """Write a layer: the policy fields from a JSON file, and where it applies."""
     try:
         with open(args.file, encoding="utf-8") as f:
-            document = json.load(f)
+            text = f.read()
     except OSError as exc:
         raise ValueError(f"cannot read {args.file}: {exc.strerror}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{args.file} is not JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{args.file} is not JSON text (UTF-8): {exc}") from exc
+    document = jsontext.parse(text, args.file)
     selector: dict[str, str] = {}
     for item in args.selector:
         key, sep, value = item.partition("=")

@@ -11,7 +11,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from hub.cli import remote, tables
+from hub.cli import jsontext, remote, tables
 
 WAIT_EVERY_S = 0.2
 ENDED = ("succeeded", "failed", "expired", "cancelled")
@@ -61,7 +61,7 @@ def _body(args: argparse.Namespace) -> Any:
             raise ValueError("give a task file, or --model and --input, not both")
         if args.input is None:
             raise ValueError("--model needs --input (the model input as JSON)")
-        body: dict[str, Any] = {"model": args.model, "input": _json(args.input, "--input")}
+        body: dict[str, Any] = {"model": args.model, "input": jsontext.parse(args.input, "--input")}
         if args.device:
             body["target"] = {"device": args.device}
         if args.wait_for_model:
@@ -79,14 +79,7 @@ def _body(args: argparse.Namespace) -> Any:
             raise ValueError(f"cannot read {args.file}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:
             raise ValueError(f"{args.file} is not JSON text (UTF-8): {exc}") from exc
-    return _json(text, args.file)
-
-
-def _json(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where} is not JSON: {exc}") from exc
+    return jsontext.parse(text, args.file)
 
 
 async def _wait(client: remote.Client, ids: list[str], within_s: float) -> list[dict[str, Any]]:
