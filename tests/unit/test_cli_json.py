@@ -25,7 +25,7 @@ def test_json_is_read_whole() -> None:
     ],
 )
 def test_what_json_cannot_hold_is_refused_naming_where(text: str, said: str) -> None:
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ValueError, match=r"^here is not JSON") as refused:
         parse(text, "here")
     assert said in str(refused.value)
 
