@@ -94,6 +94,21 @@ def retries(engine: Engine) -> int:
     return int(getattr(inner, "retries", 0))
 
 
+# What SQLite says when it may not open or write the file: the folder or the disk, not
+# the database (a read-only data folder was reported as "not a usable database", which
+# invites a needless restore from backup).
+_CANNOT_WRITE = ("unable to open database file", "attempt to write a readonly database")
+
+
+def _unusable(path: Path, exc: sqlite3.DatabaseError) -> DatabaseUrlError:
+    if isinstance(exc, sqlite3.OperationalError) and str(exc) in _CANNOT_WRITE:
+        return DatabaseUrlError(
+            f"cannot open {path} to write it ({exc}): its folder must exist and be writable "
+            "by this user, on a disk mounted read-write; the database itself was not read"
+        )
+    return DatabaseUrlError(f"{path} is not a usable SQLite database: {exc}")
+
+
 class SqliteEngine:
     """The embedded default: every unit of work on one thread, one file."""
 
@@ -105,13 +120,13 @@ class SqliteEngine:
         try:
             db = open_database(path, synchronous="FULL", busy_timeout_ms=busy_timeout_ms)
         except sqlite3.DatabaseError as exc:  # a damaged file, or another kind of file
-            raise DatabaseUrlError(f"{path} is not a usable SQLite database: {exc}") from exc
+            raise _unusable(path, exc) from exc
         sql = SqliteSql(db.conn)
         try:
             migrate_sqlite(sql, MIGRATIONS)
         except sqlite3.DatabaseError as exc:  # it may only show at the first read
             db.conn.close()
-            raise DatabaseUrlError(f"{path} is not a usable SQLite database: {exc}") from exc
+            raise _unusable(path, exc) from exc
         self._serial = SerialDatabase(sql, "hub", close=db.conn.close)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
