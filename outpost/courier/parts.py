@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
+import stat
 import struct
 from collections import defaultdict
 from collections.abc import Iterable
@@ -109,12 +111,27 @@ def write_parts(sealed: bytes, folder: Path, stem: str, max_size: int) -> list[P
 
 
 def read_part(path: Path) -> Part:
-    """One part, checked whole; `BundleError` saying what is wrong with it."""
+    """One part, checked whole; `BundleError` saying what is wrong with it.
+
+    Its header is read first, and the rest only if the file is as long as the header
+    says: a file named by mistake (a disk image, /dev/zero) was read whole into memory
+    before it could be refused."""
+    name = str(path)
     try:
-        raw = path.read_bytes()
+        # Not blocking: a FIFO named by mistake would wait for a writer for ever.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            size = os.fstat(f.fileno())
+            if not stat.S_ISREG(size.st_mode):
+                raise BundleError(f"{name}: not a regular file, so not a part of a bundle")
+            raw = f.read(len(MARK) + 4 + MAX_HEADER_BYTES)
+            header, data_at = _head(raw, name, at=0)
+            end = data_at + header.size + len(END)
+            if size.st_size != end:
+                raise _cut(name, header, size.st_size, end)
+            raw += f.read(end - len(raw))
     except OSError as exc:
         raise BundleError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    part, _ = _parse(raw, str(path), alone=True, at=0)
+    part, _ = _parse(raw, name, alone=True, at=0)
     return Part(path, part.header, part.data)
 
 
@@ -141,7 +158,31 @@ def as_part(sealed: bytes, name: str) -> bytes:
 
 def _parse(raw: bytes, name: str, *, alone: bool, at: int) -> tuple[Part, int]:
     """The part at offset `at` of `raw`, and the offset after it (nothing may follow it
-    when `alone`). Offsets below are from `at`."""
+    when `alone`)."""
+    header, data_at = _head(raw, name, at=at)
+    end = data_at + header.size + len(END)
+    whole = raw[end - len(END) : end] == END and (len(raw) == end or not alone)
+    if not whole:
+        raise _cut(name, header, len(raw) - at, end - at)
+    data = raw[data_at : end - len(END)]
+    if hashlib.sha256(data).hexdigest() != header.sha256:
+        raise BundleError(
+            f"{name}: part {header.index} of {header.count} does not match its checksum: "
+            "changed or damaged since it was written"
+        )
+    return Part(Path(name), header, data), end
+
+
+def _cut(name: str, header: PartHeader, size: int, expected: int) -> BundleError:
+    return BundleError(
+        f"{name}: part {header.index} of {header.count} is cut short or padded "
+        f"({size:,} bytes, {expected:,} expected): the stick was removed while "
+        "it was written? Export it again."
+    )
+
+
+def _head(raw: bytes, name: str, *, at: int) -> tuple[PartHeader, int]:
+    """The header of the part at offset `at` of `raw`, and the offset of its data."""
     if not raw.startswith(MARK, at):
         if MARK.startswith(raw[at : at + len(MARK)]):  # empty, or cut within the mark
             raise BundleError(f"{name}: cut short ({len(raw) - at} bytes): written only in part?")
@@ -161,21 +202,7 @@ def _parse(raw: bytes, name: str, *, alone: bool, at: int) -> tuple[Part, int]:
         raise BundleError(f"{name}: its header is malformed: {exc}") from exc
     if header.index > header.count:
         raise BundleError(f"{name}: its header is malformed: part {header.index} of {header.count}")
-    end = start + size + header.size + len(END)
-    whole = raw[end - len(END) : end] == END and (len(raw) == end or not alone)
-    if not whole:
-        raise BundleError(
-            f"{name}: part {header.index} of {header.count} is cut short or padded "
-            f"({len(raw) - at:,} bytes, {end - at:,} expected): the stick was removed while "
-            "it was written? Export it again."
-        )
-    data = raw[start + size : end - len(END)]
-    if hashlib.sha256(data).hexdigest() != header.sha256:
-        raise BundleError(
-            f"{name}: part {header.index} of {header.count} does not match its checksum: "
-            "changed or damaged since it was written"
-        )
-    return Part(Path(name), header, data), end
+    return header, start + size
 
 
 def find_parts(paths: Iterable[Path]) -> list[Path]:

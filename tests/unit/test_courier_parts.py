@@ -4,9 +4,11 @@ missing or doubled is named on import."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import shutil
 import struct
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -437,3 +439,31 @@ def test_two_bundles_with_one_stem_keep_their_own_parts(tmp_path: Path) -> None:
     parts.write_parts(second, tmp_path, stem, MIN_PART_BYTES)
 
     assert sorted(sealed for _, sealed in parts.assemble([tmp_path])) == sorted([first, second])
+
+
+def test_a_part_padded_by_a_gigabyte_is_refused_before_it_is_read(
+    small_part: tuple[Path, bytes],
+) -> None:
+    """A file named by mistake (a disk image, say) was read whole into memory first."""
+    path, _ = small_part
+    with path.open("r+b") as f:
+        f.truncate(1 << 30)  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        reason = refused(lambda: parts.read_part(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reason.startswith(f"{path}: part 1 of 1 is cut short or padded")
+    assert peak < 16 << 20
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_file_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    """/dev/zero took gigabytes before anything was said; a FIFO waited for ever."""
+    path = Path("/dev/zero")
+    if kind == "fifo":
+        path = tmp_path / f"b.001-of-001{SUFFIX}"
+        os.mkfifo(path)
+    reason = refused(lambda: parts.read_part(path))
+    assert reason == f"{path}: not a regular file, so not a part of a bundle"
