@@ -191,6 +191,7 @@ class HubConfig(LimitSettings, frozen=True):
         check_log_level(self.log_level, "log_level")
         if self.broker:
             parse_broker_url(self.broker, "broker")
+        self._check_addresses()
         if self.replica_id:
             check_replica_id(self.replica_id, "replica_id")
         self._check_external_broker_settings()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from hub.config_endpoints import host_problem
 from hub.courier.keys import ensure_bundle_key
 from hub.fleet import pki
 from hub.paths import HUB_CLIENT_CN, HubPaths
@@ -23,10 +26,38 @@ class AlreadyInitialisedError(RuntimeError):
     """The data folder already holds a fleet CA; init never overwrites keys."""
 
 
+def server_name(text: str) -> str:
+    """`text` as the server certificate names it: an IP address, or a DNS name (a
+    non-ASCII one in its IDNA form, as Python's TLS sends it), else `ValueError`.
+    Checked before init writes anything: a wrong name is only undone by a new CA."""
+    if "://" in text:
+        host = urlsplit(text).hostname or "HOST"
+        raise ValueError(f"{text!r} is a URL: give its host name alone, such as {host!r}")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        if address.is_unspecified:  # where to listen, never where to connect
+            raise ValueError(f"{text!r} is no address a device can connect to")
+        return str(address)
+    # A wildcard covers one label, *.example.org; the rest is a name like any other.
+    wildcard, name = ("*.", text[2:]) if text.startswith("*.") else ("", text)
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{text!r} is not a valid DNS name") from None
+    if problem := host_problem(name):
+        raise ValueError(f"{text!r}: {problem}")
+    return wildcard + name
+
+
 def initialise(paths: HubPaths, *, server_names: list[str], fleet_name: str = "Outpost") -> None:
     """Create the CA, server and hub-client certificates, and the signing keys: made
     whole in a folder aside and renamed into place, so an init cut short (Ctrl-C, a full
     disk) leaves no half-made `pki/` that a second init would refuse to touch."""
+    server_names = [server_name(n) for n in server_names]  # before anything is written
     if paths.root.exists() and not paths.root.is_dir():
         raise AlreadyInitialisedError(
             f"{paths.root} is a file, not a folder: choose another --data"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub.config_endpoints import host_problem
 from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, HubPaths, link_cn
 from outpost import files
 from outpost.wire import TOPIC_PREFIX, UP_KINDS
@@ -103,6 +104,10 @@ def render_config(
     max_connections: int = -1,
 ) -> str:
     """Return a mosquitto.conf naming the files `where` (checking the CRL if `crl`)."""
+    # The settings refuse such a host already; checked again where it is written, since
+    # a space or line break in it would add words or lines of its own (a listener).
+    if problem := host_problem(host):
+        raise ValueError(f"listener address {host!r}: {problem}")
     return "\n".join(
         [
             header,

@@ -31,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--san",
         action="append",
         default=[],
+        type=_server_name,
         metavar="NAME",
-        help="extra DNS name or IP of the hub's server certificate (repeatable)",
+        help="extra DNS name or IP address of the hub's server certificate, the one devices "
+        "connect to (repeatable)",
     )
     p.set_defaults(func=command("hub.cli.database:init"))
 
@@ -240,6 +242,15 @@ def _duration(text: str) -> float:
 
     try:
         return durations.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _server_name(text: str) -> str:
+    from hub.initialise import server_name
+
+    try:
+        return server_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 

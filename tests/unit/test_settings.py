@@ -46,6 +46,7 @@ def test_hub_file_is_loaded(tmp_path: Path) -> None:
         "[hub]\n"
         "mqtt_port = 18883\n"
         "web_host = '0.0.0.0'\n"
+        "public_url = 'https://hub.example.org'\n"  # every interface: devices need this
         "device_cert_days = 30\n"
         "log_level = 'debug'\n",
     )
