@@ -25,6 +25,7 @@ from hub.broker.kinds import KINDS as KINDS
 from hub.broker.mosquittoconf import MAX_INFLIGHT, BrokerFiles, acl_text, render_config
 from hub.broker.sharegroup import share_group
 from hub.config import HubConfig, check_replica_id
+from hub.config_endpoints import host_problem
 from hub.fleet.revocation import current_crl
 from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, HubPaths, link_cn
 from hub.store import HubStore
@@ -58,6 +59,8 @@ class Listen:
             raise BrokerConfigError(
                 f"--listen {text!r}: give HOST:PORT, e.g. {DEFAULT_LISTEN} or [::]:8883"
             )
+        if problem := host_problem(host):  # it goes into the broker's configuration as is
+            raise BrokerConfigError(f"--listen {text!r}: {host!r}: {problem}")
         return cls(host, int(port))
 
     @property
