@@ -559,7 +559,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--kind", "hivemq"], "invalid choice: 'hivemq'"),
         (["--kind", "mosquitto", "--listen", "8883"], "--listen '8883': give HOST:PORT"),
         (["--kind", "mosquitto", "--listen", "host:99999"], "give HOST:PORT"),
-        (["--kind", "mosquitto", "--listen", "a b:8883"], "'a b': neither an IP address nor"),
+        (["--kind", "mosquitto", "--listen", "a b:8883"], "--listen 'a b:8883': 'a b': neither"),
         (["--kind", "mosquitto", "--replica", "r 1"], "--replica: 'r 1': use letters"),
         (["--kind", "mosquitto"], "is not empty: give an empty or new folder, or --force"),
     ],
