@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from hub.store import Device, HeartbeatSeen, HelloSeen, HubStore, Upload
+from hub.store import Device, HeartbeatSeen, HelloSeen, HubStore, PresenceEvent, Upload
 from hub.store.policy import Layer
 from tests.databases import BACKENDS, database
 
@@ -154,7 +154,7 @@ async def test_a_held_device_stays_offline_until_its_hold_ends(store: HubStore) 
     hello = HelloSeen("dev-h", "c", now, "generic", "1", 1.0, {}, "rt", [], 1, 0)
     assert await store.record_presence([hello]) == [True]
     assert await store.hold_device("dev-h", now=now, until=now + 60)
-    queued = [
+    queued: list[PresenceEvent] = [
         HeartbeatSeen("dev-h", "c", now + 1, 1.0, {}),
         HelloSeen("dev-h", "c2", now + 2, "generic", "1", 1.0, {}, "rt", [], 1, 0),
     ]
