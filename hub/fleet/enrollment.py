@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -87,6 +88,8 @@ class Enrollment:
         except TokenRefusedError as exc:
             raise BadTokenError(f"bootstrap token refused: {exc}") from exc
         device_id, labels = consumed.device_id, consumed.labels
+        if consumed.again and consumed.certificate_pem is not None:
+            return await self._answer_again(device_id, consumed.certificate_pem.encode())
         issued = pki.issue(
             self._ca_key,
             self._ca_cert,
@@ -104,7 +107,8 @@ class Enrollment:
         )
         existing = await self._store.device(device_id) if consumed.again else None
         if existing is not None:
-            # The same device (its key) asking again: its first answer was lost.
+            # The same device (its key) asking again: its first answer was lost, before
+            # the hub kept it (a hub from before it did, or one stopped in between).
             if not await self._store.record_renewal(cert):
                 raise BadTokenError("bootstrap token refused: its device was revoked")
             named = existing.name
@@ -129,18 +133,35 @@ class Enrollment:
                     name=name,
                 )
             )
+        await self._store.keep_enroll_answer(claims.jti, issued.pem.decode())
         if isinstance(public_key, ec.EllipticCurvePublicKey):  # hub bundles go to it
             await self._store.run(courier.remember_key, device_id, public_pem(public_key).decode())
         logger.info("enrolled %s as %s (profile %s, labels %s)", device_id, named, profile, labels)
+        return self._enrolled(device_id, issued.pem, issued.not_after.timestamp(), named)
+
+    async def _answer_again(self, device_id: str, certificate_pem: bytes) -> Enrolled:
+        """The answer a lost first one gave: the same certificate, not one more."""
+        existing = await self._store.device(device_id)
+        if existing is None or existing.revoked_at is not None:
+            raise BadTokenError("bootstrap token refused: its device was revoked")
+        issued = x509.load_pem_x509_certificate(certificate_pem)
+        logger.info("enrolled %s again: its first answer was lost", device_id)
+        return self._enrolled(
+            device_id, certificate_pem, issued.not_valid_after_utc.timestamp(), existing.name
+        )
+
+    def _enrolled(
+        self, device_id: str, certificate_pem: bytes, not_after: float, name: str
+    ) -> Enrolled:
         return Enrolled(
             device_id=device_id,
-            certificate_pem=issued.pem,
+            certificate_pem=certificate_pem,
             ca_pem=self.ca_pem,
             signing_public_pem=self._signing_public_pem,
             bundle_public_pem=self._bundle_public_pem,
             broker_url=self._config.device_broker_url,
-            not_after=issued.not_after.timestamp(),
-            name=named,
+            not_after=not_after,
+            name=name,
         )
 
 

@@ -49,6 +49,10 @@ class FleetStore:
         the same key before), or raise `TokenRefusedError`."""
         return await self._db.run(tokens.consume_enroll_token, jti, now, key_sha256, device_id)
 
+    async def keep_enroll_answer(self, jti: str, certificate_pem: str) -> None:
+        """Keep what the token's enrollment issued, for the same device asking again."""
+        await self._db.run(tokens.keep_enroll_answer, jti, certificate_pem)
+
     # ------------------------------------------------------------ API tokens
 
     async def add_api_token(self, record: ApiTokenRecord) -> None:

@@ -28,6 +28,7 @@ class Consumed:
     labels: dict[str, str]
     device_id: str
     again: bool  # the same device asking again (its first answer was lost)
+    certificate_pem: str | None = None  # what the first answer gave, when `again`
 
 
 def consume_enroll_token(
@@ -39,8 +40,8 @@ def consume_enroll_token(
     token past its time, is refused with `TokenRefusedError`."""
     with db.write():
         row = db.execute(
-            """SELECT expires_at, labels, used_at, device_id, key_sha256 FROM enroll_tokens
-               WHERE jti = ?""",
+            """SELECT expires_at, labels, used_at, device_id, key_sha256, certificate_pem
+               FROM enroll_tokens WHERE jti = ?""",
             (jti,),
         ).fetchone()
         if row is None:
@@ -51,12 +52,24 @@ def consume_enroll_token(
         if row["used_at"] is not None:
             if row["key_sha256"] != key_sha256 or not row["device_id"]:
                 raise TokenRefusedError("token already used")
-            return Consumed(labels, row["device_id"], again=True)
+            return Consumed(
+                labels, row["device_id"], again=True, certificate_pem=row["certificate_pem"]
+            )
         db.execute(
             "UPDATE enroll_tokens SET used_at = ?, key_sha256 = ?, device_id = ? WHERE jti = ?",
             (now, key_sha256, device_id, jti),
         )
     return Consumed(labels, device_id, again=False)
+
+
+def keep_enroll_answer(db: Sql, jti: str, certificate_pem: str) -> None:
+    """Keep the certificate the token's enrollment issued, for the same device asking
+    again: before, each ask issued one more, with no spacing (unlike renewals), every
+    one of them listed in the CRL once the device was revoked."""
+    db.execute(
+        "UPDATE enroll_tokens SET certificate_pem = ? WHERE jti = ? AND certificate_pem IS NULL",
+        (certificate_pem, jti),
+    )
 
 
 @dataclass(frozen=True)

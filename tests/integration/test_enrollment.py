@@ -124,6 +124,25 @@ async def test_an_answer_lost_on_its_way_is_given_again_to_the_same_key_only(
     assert devices[0].cert_serial == format(cert.serial_number, "x")
 
 
+async def test_asking_again_gets_the_same_certificate_not_one_more(hub: Hub) -> None:
+    """Each ask issued one more certificate, with no spacing (renewals have one): a
+    device looping on its token could grow the hub's certificates, and the CRL once it
+    was revoked, without bound. The first answer is kept and given again."""
+    token = await mint_token(hub)
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = {"token": token, "csr": _csr(key), "profile": "generic"}
+    answers = [await _post_enroll(hub, body) for _ in range(5)]
+
+    assert [status for status, _ in answers] == [201] * 5
+    assert {answer["certificate"] for _, answer in answers} == {answers[0][1]["certificate"]}
+    device_id = answers[0][1]["device_id"]
+    assert len(await hub.parts.store.device_certs(device_id)) == 1
+    # Revoked since: the same ask is refused, as a renewal would be.
+    assert await hub.parts.store.revoke_device(device_id, by="t", now=time.time())
+    status, refused = await _post_enroll(hub, body)
+    assert (status, "revoked" in refused["error"]["message"]) == (401, True)
+
+
 async def test_an_interrupted_agent_enrollment_is_finished_by_running_it_again(
     hub: Hub, tmp_path: Any
 ) -> None:

@@ -41,4 +41,5 @@ MIGRATIONS: list[Migration] = [
     ("024_sealed_offers", models.m024_sealed_offers),
     ("025_enroll_retry", fleet.m025_enroll_retry),
     ("026_device_busy", work.m026_device_busy),
+    ("027_enroll_answer", fleet.m027_enroll_answer),
 ]

@@ -174,3 +174,9 @@ def m025_enroll_retry(db: Sql) -> None:
     # The key a bootstrap token enrolled (the sha256 of its SubjectPublicKeyInfo): the
     # same device asking again with it, its first answer lost, is answered again.
     db.execute("ALTER TABLE enroll_tokens ADD COLUMN key_sha256 TEXT")
+
+
+def m027_enroll_answer(db: Sql) -> None:
+    # The certificate a bootstrap token's enrollment issued: the same device asking
+    # again (its first answer lost) gets that one back, not a new one each time.
+    db.execute("ALTER TABLE enroll_tokens ADD COLUMN certificate_pem TEXT")
