@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge import download, selfupdate
 from edge.identity import DevicePaths
-from outpost import __version__, agentrelease, backoff, signing, tls, wire
+from outpost import __version__, agentrelease, backoff, files, signing, tls, wire
 from outpost.agentrelease import ROLLOUT_NAME, AgentManifest, ReleaseFileError
 from outpost.signing import Signed
 
@@ -46,6 +46,11 @@ EXIT_RESTART = 75
 # agent renames it once it reported it (edge/agent.py).
 ROLLED_BACK = "rolled-back.json"
 ROLLED_BACK_REPORTED = "rolled-back.reported.json"
+# Versions refused for good (a bad signature, a file that does not match, not for this
+# machine), kept across restarts: the broker's retained offer may name one long after,
+# and each start downloaded and refused it again. The newest ones, at most this many.
+REFUSED = "agent-refused.json"
+MAX_REFUSED_KEPT = 32
 
 
 class RestartRequested(Exception):
@@ -105,7 +110,9 @@ class AgentUpdater:
     async def load(self) -> None:
         """Learn from the launcher which version it rolled back from, if it did: that one
         is reported after every hello and never installed again (the hub's retained
-        offer may still name it when this version connects)."""
+        offer may still name it when this version connects); and which versions were
+        refused for good before."""
+        self._refused.update(await asyncio.to_thread(_read_refused, self._paths.root / REFUSED))
         for name in (ROLLED_BACK, ROLLED_BACK_REPORTED):
             try:
                 raw = await asyncio.to_thread((self._paths.root / name).read_text)
@@ -160,7 +167,7 @@ class AgentUpdater:
             try:
                 await self._update(signed, manifest)
             except _Refused as exc:
-                self._refused.add(manifest.version)
+                await self._refuse_for_good(manifest.version)
                 logger.error("agent %s not installed: %s", manifest.version, exc)
                 await self._send(manifest.version, "failed", str(exc))
                 continue
@@ -176,6 +183,16 @@ class AgentUpdater:
                 continue
             logger.warning("agent %s installed and switched to: restarting", manifest.version)
             raise RestartRequested(manifest.version)
+
+    async def _refuse_for_good(self, version: str) -> None:
+        self._refused.add(version)
+        path = self._paths.root / REFUSED
+        try:
+            before = await asyncio.to_thread(_read_refused, path)
+            kept = [*(v for v in before if v != version), version][-MAX_REFUSED_KEPT:]
+            await asyncio.to_thread(files.replace, path, json.dumps(kept).encode())
+        except OSError as exc:  # a full disk: refused in memory still, until a restart
+            logger.warning("could not keep agent %s as refused: %s", version, exc)
 
     async def _update(self, signed: Signed, manifest: AgentManifest) -> None:
         version = manifest.version
@@ -266,6 +283,20 @@ class AgentUpdater:
             await self._report(report)
         except Exception:  # best effort: a refused release is refused again on its next offer
             logger.exception("agent update state %s %s not reported", version, state)
+
+
+def _read_refused(path: Path) -> list[str]:
+    """The versions refused for good, oldest first ([] if none or unreadable)."""
+    try:
+        kept = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:  # damaged: they are refused again when offered
+        logger.warning(
+            "%s cannot be read (%s): agent versions refused before are forgotten", path, exc
+        )
+        return []
+    return [v for v in kept if isinstance(v, str)] if isinstance(kept, list) else []
 
 
 def _hub_key(paths: DevicePaths) -> ed25519.Ed25519PublicKey:

@@ -185,3 +185,53 @@ def test_a_switch_keeps_only_the_new_release_and_the_one_it_falls_back_to(
     # A roll-back still has its version to go to.
     assert selfupdate.roll_back(prefix) == "0.2.0"
     assert (prefix / "current" / "venv").is_dir()
+
+
+async def test_a_release_refused_for_good_is_not_fetched_again_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker's retained offer may name a release the device refused (its selfcheck
+    failed) long after: each start downloaded it again, tens of MiB on a metered link,
+    then refused it again. Refusals are kept in the data folder."""
+    paths = device(tmp_path)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    reports: list[wire.ModelState] = []
+    fetched: list[str] = []
+
+    async def report(state: wire.ModelState) -> None:
+        reports.append(state)
+
+    async def fetch(self: AgentUpdater, version: str, entry: object, files: Path) -> None:
+        fetched.append(version)
+
+    def install(*args: object, **kwargs: object) -> Path:
+        raise selfupdate.InstallError("its selfcheck failed")
+
+    monkeypatch.setattr(AgentUpdater, "_fetch", fetch)
+    monkeypatch.setattr(selfupdate, "check_release", lambda *a, **k: manifest())
+    monkeypatch.setattr(selfupdate, "install", install)
+    signed = agentrelease.sign(KEY, manifest(), time.time())
+    offer = wire.AgentOffer(release=wire.AgentRelease(signed.document, signed.signature))
+
+    async def failed() -> wire.ModelState | None:
+        return next((r for r in reports if r.state == "failed"), None)
+
+    for life in range(2):  # the agent, then the same agent after a restart
+        updater = AgentUpdater(
+            paths, "https://hub.invalid", report, prefix=tmp_path / "opt", running="0.1.0",
+            machine="x86_64",
+        )  # fmt: skip
+        await updater.load()
+        running = asyncio.create_task(updater.run())
+        try:
+            reports.clear()
+            await updater.offer(offer)
+            found = await eventually(failed, timeout=10, what=f"the refusal in life {life}")
+            assert found is not None
+            assert (found.version, found.final) == ("0.2.0", True)
+        finally:
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+    assert fetched == ["0.2.0"]  # once, in the first life only
+    assert "refused before" in found.detail
