@@ -8,20 +8,26 @@ the inference service to load, self-test and swap it in. Every step that can ref
 leaves the previous version serving. What became of each release is reported (and kept
 on disk, see `deploystate.py`); a version that then fails in use is rolled back by the
 inference service and reported `rolled_back`. The download and install, file work that
-knows nothing of states, are in `deployfetch.py`.
+knows nothing of states, are in `deployfetch.py`; the keeping and reporting of states in
+`deployrecord.py`.
+
+A shadow candidate (run beside the live version, never serving) is brought in the same
+worker, when no live release waits: its download gives way to a live release queued
+meanwhile (to resume later), and stops when the hub no longer names it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge import deploystate, offerorder
-from edge.deployfetch import RETRY_CAP_S, ReleaseFetcher, ReleaseRefused
+from edge.deployfetch import RETRY_CAP_S, ReleaseFetcher, ReleaseRefused, Withdrawn
+from edge.deployrecord import Recorder, Report
 from edge.deploystate import DeployStates, Key, Record
 from edge.identity import DevicePaths
 from edge.inference.service import InferenceService
@@ -30,8 +36,6 @@ from outpost.modelbundle import BundleError, Manifest
 from outpost.signing import Signed
 
 logger = logging.getLogger(__name__)
-
-Report = Callable[[wire.ModelState], Awaitable[None]]
 
 STATE_FILE = ".deploy-states.json"
 
@@ -54,15 +58,11 @@ class Deployer:
         self._service = service
         self._slots = service.slots
         self._directory = service.directory
-        self._report = report
         self._fetcher = ReleaseFetcher(
             paths, hub_url.rstrip("/"), service.directory, retry_cap=retry_cap
         )
-        self._state_file = self._directory.root / STATE_FILE
-        self._states: DeployStates | None = None
-        self._loading = asyncio.Lock()
+        self._recorder = Recorder(self._directory.root / STATE_FILE, report)
         self._offering = asyncio.Lock()  # offers taken one at a time, in the order they came
-        self._saving = asyncio.Lock()  # one writer of the state file at a time
         self._key: ed25519.Ed25519PublicKey | None = None
         self._pending: dict[str, release.Release] = {}  # by model name: the newest offer wins
         self._shadow_pending: dict[str, release.Release] = {}  # candidates to shadow, by name
@@ -70,7 +70,10 @@ class Deployer:
         # The releases of the newest offer taken, by model name (None: none taken yet):
         # what is still wanted when a download ends.
         self._offered: dict[str, release.Release] | None = None
-        self._fetching: asyncio.Task[Path] | None = None  # the current release's download
+        # The same for the shadow candidates (None: no offer taken yet).
+        self._shadows_offered: dict[str, release.Release] | None = None
+        self._shadowing: Key | None = None  # the candidate the worker brings in
+        self._fetching: asyncio.Task[Path] | None = None  # the download under way, if any
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ public
@@ -83,31 +86,28 @@ class Deployer:
             await self._offer(releases)
 
     async def _offer(self, releases: wire.ModelReleases) -> None:
-        states = await self._loaded()
+        states = await self._recorder.loaded()
         try:
             key = await self._public_key()
         except (OSError, ValueError) as exc:
             logger.error("model releases not checked: no usable hub key: %s", exc)
             for signed in releases.releases:
                 detail = f"the hub's signing key is unusable: {exc}"
-                await self._refuse_unverified(states, signed.document, detail, final=False)
+                await self._recorder.refuse_unverified(signed.document, detail, final=False)
             return
         if not await self._in_order(states, key, releases):
             return
         # Each list is the whole of what the hub wants: a queued release it no longer
         # names is dropped, and so is the download of the one in progress (one a
-        # download already brought is not activated: see `_deploy`).
+        # download already brought is not activated: see `_deploy`), at the end.
         self._pending.clear()
         verified = []
         for signed in releases.releases:
             try:
                 verified.append(release.verify(key, Signed(signed.document, signed.signature)))
             except release.ReleaseError as exc:
-                await self._refuse_unverified(states, signed.document, str(exc))
+                await self._recorder.refuse_unverified(signed.document, str(exc))
         self._offered = {o.manifest.name: o for o in verified}
-        current, fetching = self._current, self._fetching
-        if current is not None and fetching is not None and not self._wanted_key(current):
-            fetching.cancel()
         for offered in verified:
             m = offered.manifest
             triple = deploystate.key_of(m)
@@ -117,13 +117,16 @@ class Deployer:
             if action == "deploy":
                 self._pending[m.name] = offered
                 self._wake.set()
+            elif action == "mark_rolled_back":
+                await self._mark_rolled_back(triple)
             elif action == "report" and (record := states.find(triple)) is not None:
-                await self._send(record)  # refused before: the hub must issue a new version
+                await self._recorder.send(record)  # refused before: the hub must issue anew
             elif (record := states.find(triple)) is not None:
                 # Already active: say so again, a roll-out of this version (say back to
                 # it after a halted one) waits on the word.
-                await self._send(record)
+                await self._recorder.send(record)
         await self._offer_shadows(key, releases.shadows)
+        self._stop_if_unwanted()
 
     async def _in_order(
         self, states: DeployStates, key: ed25519.Ed25519PublicKey, offer: wire.ModelReleases
@@ -132,7 +135,7 @@ class Deployer:
         than the last taken is kept before the offer is acted on."""
         take, newer = offerorder.judge(offer, states, key, self._device_id)
         if newer:
-            await self._save(states)  # before acting on it: a restart must not go back
+            await self._recorder.save()  # before acting on it: a restart must not go back
         return take
 
     async def _offer_shadows(
@@ -148,6 +151,7 @@ class Deployer:
                 logger.warning("shadow release refused: %s", exc)
                 continue
             wanted[offered.manifest.name] = offered
+        self._shadows_offered = wanted
         shadowing = self._service.shadows.versions()
         for name, version in shadowing.items():
             if name not in wanted or wanted[name].manifest.version != version:
@@ -160,13 +164,28 @@ class Deployer:
         if self._shadow_pending:
             self._wake.set()
 
+    def _unwanted(self) -> bool:
+        """Whether the download under way (or about to start) is to stop: the newest
+        offer no longer names its release, or, a shadow candidate's, a live release
+        waits (a halt back to the old version must not wait on a hub that cannot serve
+        the candidate). Its partial file stays, to resume later."""
+        if self._shadowing is not None:
+            return bool(self._pending) or not self._shadow_wanted(self._shadowing)
+        return self._current is not None and not self._wanted_key(self._current)
+
+    def _stop_if_unwanted(self) -> None:
+        if self._fetching is not None and self._unwanted():
+            self._fetching.cancel()
+
     async def run(self) -> None:
         """Deploy queued releases one at a time, until cancelled."""
-        states = await self._loaded()
+        states = await self._recorder.loaded()
         for record in states.latest():
-            if record.state == "active" and record.previous:
+            if states.decide(record.key, self._slots.serving(record.name)) == "mark_rolled_back":
+                await self._mark_rolled_back(record.key)
+            elif record.state == "active" and record.previous:
                 self._slots.arm_rollback(record.name, record.version, record.previous)
-        self._slots.on_rollback = self._rolled_back
+        self._slots.on_rollback = self._recorder.rolled_back
         try:
             while True:
                 if not self._pending and self._shadow_pending:
@@ -205,17 +224,18 @@ class Deployer:
     def allowed_models_changed(self) -> None:
         """The policy allows other models now: the newest offer's releases it held back
         (`failed`, `final` false) are tried again at once, not at the next hello."""
-        if self._offered is None or self._states is None:
+        if self._offered is None or (states := self._recorder.states) is None:
             return
         allowed = self._service.allowed_models
         for name, offered in self._offered.items():
             key = deploystate.key_of(offered.manifest)
             if name in self._pending or key == self._current or (allowed and name not in allowed):
                 continue
-            record = self._states.find(key)
+            record = states.find(key)
             if record is not None and record.state == "failed" and not record.final:
                 self._pending[name] = offered
                 self._wake.set()
+        self._stop_if_unwanted()
 
     def queued(self) -> list[tuple[str, str]]:
         """(name, version) of each release waiting its turn, in order."""
@@ -223,7 +243,8 @@ class Deployer:
 
     def states(self) -> list[wire.ModelState]:
         """The current state of each model's latest release (sent again after hello)."""
-        return [r.message() for r in self._states.latest()] if self._states else []
+        states = self._recorder.states
+        return [r.message() for r in states.latest()] if states else []
 
     # ---------------------------------------------------------------- the steps
 
@@ -237,7 +258,7 @@ class Deployer:
                 f"{m.name} is not allowed by policy (allowed: {', '.join(sorted(allowed))})",
                 final=False,  # a later policy may allow it: try again when offered again
             )
-        installed = await asyncio.to_thread(self._installed, m)
+        installed = await self._fetcher.installed(m)
         if not installed:
             await self._set(deploystate.record_of(m, "downloading"))
             part = await self._download(offered)
@@ -248,19 +269,22 @@ class Deployer:
         if serving is not None and serving != m.version:
             # Kept before the swap: a crash between the swap and the "active" record must
             # not lose what it falls back to (after it, this version serves already).
-            states = await self._loaded()
+            states = await self._recorder.loaded()
             states.put(deploystate.record_of(m, "downloading", previous=serving))
-            await self._save(states)
+            await self._recorder.save()
         try:
             # What it replaced is what it falls back to: read at the swap, not before
             # the download (a roll-back may have happened meanwhile).
             before = await self._slots.activate(m.name, m.version)
         except (ModelFault, BundleError) as exc:
             if not installed:  # ours: a refused version must not load at the next start
-                await asyncio.to_thread(self._remove, m)
-            raise ReleaseRefused(f"not activated: {exc}") from exc
+                await self._fetcher.remove(m)
+            # The local copy's fault (it went bad since it was checked), not the
+            # release's: the next offer checks it again, and downloads it if need be.
+            damaged = isinstance(exc, BundleError) or isinstance(exc.__cause__, BundleError)
+            raise ReleaseRefused(f"not activated: {exc}", final=not damaged) from exc
         previous = before if before is not None and before != m.version else ""
-        if not previous and (kept := (await self._loaded()).find(deploystate.key_of(m))):
+        if not previous and (kept := (await self._recorder.loaded()).find(deploystate.key_of(m))):
             previous = kept.previous  # swapped before a crash: what it replaced then
             if previous:
                 self._slots.arm_rollback(m.name, m.version, previous)
@@ -273,9 +297,13 @@ class Deployer:
             logger.info("model %s: versions %s removed (not needed)", m.name, ", ".join(gone))
 
     async def _download(self, offered: release.Release) -> Path:
-        """The release's checked file; `ReleaseRefused` if an offer without it stopped
-        the download (a partial file stays, to resume if it is offered again)."""
-        fetch = asyncio.create_task(self._fetcher.download(offered), name="deploy.download")
+        """The release's checked file; `Withdrawn` if the download was stopped (a partial
+        file stays, to resume if it is wanted again)."""
+        if self._unwanted():  # stopped before it started (an offer came meanwhile)
+            raise Withdrawn()
+        fetch = asyncio.create_task(
+            self._fetcher.download(offered, self._all_wanted()), name="deploy.download"
+        )
         self._fetching = fetch
         try:
             return await fetch
@@ -283,21 +311,25 @@ class Deployer:
             me = asyncio.current_task()
             if me is not None and me.cancelling():  # the deployer itself stops
                 raise
-            raise ReleaseRefused(
-                "no longer offered by the hub: its download stopped", final=False
-            ) from None
+            raise Withdrawn() from None
         finally:
             self._fetching = None
+
+    def _all_wanted(self) -> list[Manifest]:
+        """Every release the newest offer names, live or shadow (their partials stay)."""
+        named = [*(self._offered or {}).values(), *(self._shadows_offered or {}).values()]
+        return [o.manifest for o in named]
 
     def _wanted(self, m: Manifest) -> bool:
         """Whether the newest offer taken still names this release."""
         return self._wanted_key(deploystate.key_of(m))
 
     def _wanted_key(self, key: Key) -> bool:
-        if self._offered is None:
-            return True
-        offered = self._offered.get(key[0])
-        return offered is not None and deploystate.key_of(offered.manifest) == key
+        return deploystate.names(self._offered, key)
+
+    def _shadow_wanted(self, key: Key) -> bool:
+        """Whether the newest offer taken still names this shadow candidate."""
+        return deploystate.names(self._shadows_offered, key)
 
     async def _requeue(self, done: Manifest) -> None:
         """After a deploy of `done`: if the newest offer names another release of its
@@ -311,7 +343,7 @@ class Deployer:
             or deploystate.key_of(offered.manifest) == deploystate.key_of(done)
         ):
             return
-        states = await self._loaded()
+        states = await self._recorder.loaded()
         m = offered.manifest
         if states.decide(deploystate.key_of(m), self._slots.serving(name)) == "deploy":
             self._pending[name] = offered
@@ -319,78 +351,43 @@ class Deployer:
     async def _shadow(self, offered: release.Release) -> None:
         """Install a candidate without activating it, and run it in shadow."""
         m = offered.manifest
+        key = self._shadowing = deploystate.key_of(m)
         try:
-            if not await asyncio.to_thread(self._installed, m):
-                await self._fetcher.install(offered)
-            await self._service.shadow(m.name, m.version)
+            if not await self._fetcher.installed(m):
+                part = await self._download(offered)
+                await self._fetcher.install_downloaded(offered, part)
+            # The hub may have stopped the shadow roll-out while it came, or while it
+            # loads: then it must not start, nor stay.
+            if self._shadow_wanted(key):
+                await self._service.shadow(m.name, m.version)
+            shadows = self._service.shadows
+            if not self._shadow_wanted(key) and shadows.candidate(m.name) == m.version:
+                await shadows.drop(m.name)
+        except Withdrawn:
+            if self._shadow_wanted(key):  # it gave way to a live release: its turn comes again
+                logger.info("model %s %s: shadow download set aside", m.name, m.version)
+                self._shadow_pending.setdefault(m.name, offered)
         except Exception as exc:  # the live version is untouched; the hub sees no samples
             logger.warning("model %s %s not run in shadow: %s", m.name, m.version, exc)
+        finally:
+            self._shadowing = None
 
     # ------------------------------------------------------------- bookkeeping
 
-    async def _rolled_back(self, name: str, bad: str, restored: str, reason: str) -> None:
-        """The inference service gave up `bad` for `restored`: say so, and remember."""
-        states = await self._loaded()
-        found = states.find_version(name, bad)
-        record = Record(
-            name=name,
-            version=bad,
-            sha256=found.sha256 if found else "",
-            state="rolled_back",
-            detail=f"{reason}; {restored} serves again",
-        )
-        await self._set(record)
-
-    async def _refuse_unverified(
-        self, states: DeployStates, document: bytes, detail: str, *, final: bool = True
-    ) -> None:
-        name, version = deploystate.claimed(document)
-        logger.warning("model release %s %s refused: %s", name or "?", version or "?", detail)
-        # Reported, not kept: an unverified document must not become the model's current
-        # record (it could name any version). The retained list comes again on every
-        # connect, and is refused again.
-        await self._send(Record(name, version, "", "failed", detail, final))
+    async def _mark_rolled_back(self, key: Key) -> None:
+        """Record a roll-back found done (the version an activation replaced serves
+        again) whose own record was lost: killed before it was kept, or unheard."""
+        record = (await self._recorder.loaded()).find(key)
+        if record is not None:
+            detail = f"found rolled back to {record.previous}; the reason was not kept"
+            await self._set(replace(record, state="rolled_back", detail=detail, final=True))
 
     async def _set(self, record: Record) -> None:
         """Keep a release's new state on disk, then report it."""
-        states = await self._loaded()
-        states.put(record)
-        await self._save(states)
-        await self._send(record)
-
-    async def _save(self, states: DeployStates) -> None:
-        data = states.dump()
-        async with self._saving:
-            try:
-                await asyncio.to_thread(deploystate.write, self._state_file, data)
-            except OSError as exc:  # a full disk must not stop the roll-out; reported anyway
-                logger.error("deploy states not saved: %s", exc)
-
-    async def _send(self, record: Record) -> None:
-        try:
-            await self._report(record.message())
-        except Exception:  # reporting is best effort: states are sent again after hello
-            logger.exception("model state of %s %s not reported", record.name, record.version)
-
-    async def _loaded(self) -> DeployStates:
-        async with self._loading:
-            if self._states is None:
-                self._states = await asyncio.to_thread(DeployStates.load, self._state_file)
-            return self._states
+        await self._recorder.set(record)
 
     async def _public_key(self) -> ed25519.Ed25519PublicKey:
         if self._key is None:
             pem = await asyncio.to_thread(self._paths.hub_signing_pub.read_bytes)
             self._key = signing.load_public_pem(pem, str(self._paths.hub_signing_pub))
         return self._key
-
-    def _installed(self, m: Manifest) -> bool:
-        """Whether this exact release is installed already (blocking)."""
-        entry = self._directory.entry(m.name, m.version)
-        return entry.bundle is not None and entry.bundle.manifest.sha256 == m.sha256
-
-    def _remove(self, m: Manifest) -> None:
-        try:
-            self._directory.remove(m.name, m.version)
-        except (BundleError, OSError) as exc:
-            logger.error("model %s %s: refused version not removed: %s", m.name, m.version, exc)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from edge import download
@@ -26,6 +27,7 @@ from outpost.modelbundle import (
     SAMPLE_FILE,
     BundleError,
     Manifest,
+    check_model_file,
     file_sha256,
 )
 
@@ -41,6 +43,14 @@ class ReleaseRefused(Exception):
     def __init__(self, detail: str, *, final: bool = True) -> None:
         super().__init__(detail)
         self.final = final
+
+
+class Withdrawn(ReleaseRefused):
+    """The download stopped: the hub's newest offer no longer names the release, or (a
+    shadow candidate's) a live release goes first."""
+
+    def __init__(self) -> None:
+        super().__init__("no longer offered by the hub: its download stopped", final=False)
 
 
 class ReleaseFetcher:
@@ -64,7 +74,7 @@ class ReleaseFetcher:
         """A release's model file carried by courier bundle (edge/courier.py), kept where
         a finished download would be: the deploy then checks it against the signed
         manifest (size, sha256) and installs it exactly as a downloaded one."""
-        part = self._downloads / f"{name}@{version}.{sha256[:16]}.part"
+        part = self._downloads / _part_name(name, version, sha256)
 
         def keep() -> None:
             self._downloads.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -72,17 +82,40 @@ class ReleaseFetcher:
 
         await asyncio.to_thread(keep)
 
-    async def install(self, offered: release.Release) -> None:
-        """Download the release's model file (or finish the one staged), check it and
-        install its bundle beside the serving version; `ReleaseRefused` says why not."""
-        await self.install_downloaded(offered, await self.download(offered))
+    async def installed(self, m: Manifest) -> bool:
+        """Whether this exact release is installed, its model file whole: a copy that
+        went bad on disk (bit rot, a write the file system lost) is downloaded again,
+        and the install puts the new file in its place."""
 
-    async def download(self, offered: release.Release) -> Path:
+        def check() -> bool:
+            entry = self._directory.entry(m.name, m.version)
+            if entry.bundle is None or entry.bundle.manifest.sha256 != m.sha256:
+                return False
+            try:
+                check_model_file(entry.bundle.model_path, m)
+            except BundleError as exc:
+                logger.error("model %s %s: installed copy damaged: %s", m.name, m.version, exc)
+                return False
+            return True
+
+        return await asyncio.to_thread(check)
+
+    async def remove(self, m: Manifest) -> None:
+        """Delete a refused version, so that it does not load at the next start."""
+        try:
+            await asyncio.to_thread(self._directory.remove, m.name, m.version)
+        except (BundleError, OSError) as exc:
+            logger.error("model %s %s: refused version not removed: %s", m.name, m.version, exc)
+
+    async def download(self, offered: release.Release, wanted: Iterable[Manifest] = ()) -> Path:
         """The release's model file, whole and checked against the signed manifest (a
-        download cancelled meanwhile resumes where it stopped next time)."""
+        download cancelled meanwhile resumes where it stopped next time). Partial
+        downloads of the model's other releases go, but those still `wanted` (a shadow
+        candidate's, set aside while a live release of the model came first)."""
         m = offered.manifest
-        part = self._downloads / f"{m.name}@{m.version}.{m.sha256[:16]}.part"
-        await asyncio.to_thread(_discard_others, self._downloads, m.name, part)
+        part = self._part(m)
+        spared = {part, *(self._part(w) for w in wanted)}
+        await asyncio.to_thread(_discard_others, self._downloads, m.name, spared)
         resumed = await self._download(m, part)
         try:
             await asyncio.to_thread(_check, part, m)
@@ -113,9 +146,15 @@ class ReleaseFetcher:
         except BundleError as exc:
             raise ReleaseRefused(f"not installed: {exc}") from exc
         except OSError as exc:  # the device's disk (full), not the release: tried again
+            # The checked file goes back where the retry looks for it, not out with the
+            # folder: on a metered link a full disk must not cost the download again.
+            await asyncio.to_thread(_put_back, folder / MODEL_FILE, part)
             raise ReleaseRefused(f"not installed: {exc}", final=False) from exc
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+
+    def _part(self, m: Manifest) -> Path:
+        return self._downloads / _part_name(m.name, m.version, m.sha256)
 
     async def _download(self, m: Manifest, part: Path) -> bool:
         """Complete `part`, retrying (with back-off) until it is whole or refused; return
@@ -178,12 +217,26 @@ def _assemble(folder: Path, part: Path, offered: release.Release) -> None:
     (folder / SAMPLE_FILE).write_text(sample + "\n", encoding="utf-8")
 
 
-def _discard_others(downloads: Path, name: str, keep: Path) -> None:
+def _part_name(name: str, version: str, sha256: str) -> str:
+    return f"{name}@{version}.{sha256[:16]}.part"
+
+
+def _put_back(assembled: Path, part: Path) -> None:
+    """Return an assembled bundle's model file to its partial download's name."""
+    try:
+        os.replace(assembled, part)
+    except FileNotFoundError:  # never moved: it is at `part` still
+        pass
+    except OSError as exc:  # a rename needs no room; anything else: download again
+        logger.warning("%s not kept for the retry: %s", assembled, exc)
+
+
+def _discard_others(downloads: Path, name: str, keep: set[Path]) -> None:
     """Drop partial downloads of other releases of this model (superseded)."""
     if not downloads.is_dir():
         return
     for other in downloads.glob(f"{name}@*"):
-        if other == keep:
+        if other in keep:
             continue
         if other.is_dir():
             shutil.rmtree(other, ignore_errors=True)

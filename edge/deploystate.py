@@ -4,10 +4,11 @@ what to report.
 
 The broker redelivers the retained release list on every reconnect; `decide` is the rule
 that makes that harmless: a release already active is skipped, one that failed (for a
-reason the same release cannot overcome) is only reported again, anything else is
-deployed. A release is the triple (name, version, sha256 of the model file): the hub
-must give a new model a new version, and a bad signature is kept apart from a good one
-of the same version (its sha256 is "", as nothing it claims can be trusted).
+reason the same release cannot overcome) is only reported again, one found rolled back
+is marked so, anything else is deployed. A release is the triple (name, version, sha256
+of the model file): the hub must give a new model a new version, and a bad signature is
+kept apart from a good one of the same version (its sha256 is "", as nothing it claims
+can be trusted).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from outpost import files, wire
+from outpost import files, release, wire
 from outpost.modelbundle import Manifest
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ FORMAT: Final = 1
 # enough that the file stays small on a device that has seen years of roll-outs.
 KEEP_PER_MODEL: Final = 8
 
-Action = Literal["deploy", "skip", "report"]
+Action = Literal["deploy", "skip", "report", "mark_rolled_back"]
 Key = tuple[str, str, str]  # name, version, sha256
 
 
@@ -84,9 +85,16 @@ class DeployStates:
         if record is None:
             return "deploy"
         if record.state == "active":
+            if serving == record.version:
+                return "skip"
+            if record.previous and serving == record.previous:
+                # What it replaced serves again: a roll-back whose own record was lost
+                # (killed between the switch of `active` and the record, or nobody
+                # listening). Deploying it again would bring back a version that failed.
+                return "mark_rolled_back"
             # Active once, but something else may serve now (replaced by hand): deploy
             # again, which costs no download when the version is still installed.
-            return "skip" if serving == record.version else "deploy"
+            return "deploy"
         if record.state in ("failed", "rolled_back") and record.final:
             return "report"
         return "deploy"  # interrupted while downloading, or refused for a passing reason
@@ -192,6 +200,15 @@ def record_of(
 
 def key_of(m: Manifest) -> Key:
     return (m.name, m.version, m.sha256)
+
+
+def names(offered: dict[str, release.Release] | None, key: Key) -> bool:
+    """Whether an offer's releases by name (None: no offer taken yet, all wanted) name
+    the release `key`."""
+    if offered is None:
+        return True
+    named = offered.get(key[0])
+    return named is not None and key_of(named.manifest) == key
 
 
 def claimed(document: bytes) -> tuple[str, str]:

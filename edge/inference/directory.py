@@ -12,6 +12,7 @@ the previous state. Earlier versions stay, so a roll-back is a change of `active
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from outpost.modelbundle import (
     VERSION_PATTERN,
     Bundle,
     BundleError,
+    check_model_file,
     read_bundle,
 )
 
@@ -121,6 +123,7 @@ class ModelDirectory:
                     f"{name} {version} is installed with another sha256 "
                     f"({installed.manifest.sha256}); give the new model a new version"
                 )
+            _repair(installed, source)
         else:
             staging = home / f".{version}.partial"
             shutil.rmtree(staging, ignore_errors=True)
@@ -198,6 +201,27 @@ class ModelDirectory:
             return
         current = self.active(name)
         files.replace(self.root / name / ACTIVE_FILE, f"{current or ''}\n".encode())
+
+
+def _repair(installed: Bundle, source: Path) -> None:
+    """Put the checked model file in place of an installed copy that went bad on disk
+    (the same release: its manifest and sample are the same). The file is replaced
+    whole, in place: the version's folder, which `active` may name, never goes away."""
+    try:
+        check_model_file(installed.model_path, installed.manifest)
+        return
+    except BundleError as exc:
+        m = installed.manifest
+        logger.warning("model %s %s: %s; the copy is replaced", m.name, m.version, exc)
+    fresh = installed.folder / f".{MODEL_FILE}.partial"
+    try:
+        shutil.copyfile(source / MODEL_FILE, fresh)
+        files.sync_tree(installed.folder)
+        os.replace(fresh, installed.model_path)
+    except BaseException:  # a full disk: the half copy must not keep it full
+        fresh.unlink(missing_ok=True)
+        raise
+    files.sync_dir(installed.folder)
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:

@@ -43,7 +43,7 @@ async def test_a_full_disk_while_installing_leaves_no_half_copy_and_is_tried_aga
         return real(source, target)
 
     monkeypatch.setattr(shutil, "copyfile", full_disk)
-    device.server.serve(VIBRATION, "1.0.1")
+    served = device.server.serve(VIBRATION, "1.0.1")
     offered = device.release(VIBRATION, "1.0.1")
     await device.offer(offered)
     failed = await device.state(VIBRATION, "1.0.1", "failed")
@@ -58,6 +58,8 @@ async def test_a_full_disk_while_installing_leaves_no_half_copy_and_is_tried_aga
     await device.offer(offered)  # the hub's offer, as at the next hello
     await device.state(VIBRATION, "1.0.1", "active")
     assert device.service.slots.serving(VIBRATION) == "1.0.1"
+    assert served.ranges == [None]  # the checked file was kept: not downloaded again
+    assert device.leftovers() == []
 
 
 async def test_a_shadow_candidate_of_a_model_not_served_never_serves_after_a_restart(

@@ -23,6 +23,9 @@ def record(version: str, state: str, sha: str = SHA_A, **kw: object) -> Record:
         (None, "1.0.0", "deploy"),  # never seen
         (record("1.1", "active"), "1.1", "skip"),  # the retained list again
         (record("1.1", "active"), "1.0.0", "deploy"),  # active once, something else serves now
+        # What it replaced serves: rolled back, the record lost (a kill right after it).
+        (record("1.1", "active", previous="1.0.0"), "1.0.0", "mark_rolled_back"),
+        (record("1.1", "active", previous="0.9"), "1.0.0", "deploy"),  # the control
         (record("1.1", "failed", detail="bad sha"), "1.0.0", "report"),
         (record("1.1", "rolled_back"), "1.0.0", "report"),
         (record("1.1", "failed", final=False), "1.0.0", "deploy"),  # e.g. policy said no
