@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,19 +126,25 @@ class ModelDirectory:
                 )
             _repair(installed, source)
         else:
-            staging = home / f".{version}.partial"
-            shutil.rmtree(staging, ignore_errors=True)
+            # A folder of its own: two installs at once (the agent's deploy beside
+            # `outpost-agent models install`) shared one, and one deleted the other's.
+            staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=home))
             try:
-                staging.mkdir()
+                staging.chmod(0o755)  # as mkdir made it (mkdtemp gives 0700)
                 for file_name in BUNDLE_FILES:
                     if (source / file_name).exists():
                         shutil.copyfile(source / file_name, staging / file_name)
                 read_bundle(staging)  # the copy is whole before it gets its real name
                 files.sync_tree(staging)
-                staging.rename(target)
-            except BaseException:  # a full disk: the half copy must not keep it full
+                try:
+                    staging.rename(target)
+                except OSError:
+                    if not target.is_dir():
+                        raise
+                    # Another install got there first: the same model, or refused above.
+                    return self.install(source, activate=activate)
+            finally:  # a full disk: the half copy must not keep it full
                 shutil.rmtree(staging, ignore_errors=True)
-                raise
             files.sync_tree(home)
             logger.info("installed model %s %s", name, version)
         if activate:

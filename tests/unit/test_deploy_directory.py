@@ -3,8 +3,10 @@ without changing it, switch the active version, remove a refused one."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,24 @@ def test_prune_keeps_the_active_one_what_is_asked_and_the_newest_few(tmp_path: P
     assert directory.versions(NAME) == ["1.0.0", "1.2.0", "1.4.0", "1.5.0"]
     assert directory.active(NAME) == "1.2.0"
     assert directory.prune(NAME, keep={"1.0.0"}, newest=2) == []  # nothing more to take
+
+
+def test_two_installs_at_once_both_end_with_the_model_installed(tmp_path: Path) -> None:
+    """Two installs of one version at once (the agent's deploy beside `outpost-agent
+    models install`) shared one staging folder: one deleted the other's half copy and
+    failed with "cannot read .../.1.0.0.partial/model.tflite"."""
+    directory = ModelDirectory(tmp_path / "models")
+    source = version_of(tmp_path, "1.0.0")
+    barrier = threading.Barrier(4)
+
+    def install() -> str:
+        barrier.wait()
+        return directory.install(source).manifest.version
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        done = [pool.submit(install) for _ in range(4)]
+        assert [f.result(timeout=60) for f in done] == ["1.0.0"] * 4
+    assert directory.versions(NAME) == ["1.0.0"]
+    assert directory.active(NAME) == "1.0.0"
+    assert [p.name for p in (directory.root / NAME).iterdir() if p.name.startswith(".")] == []
+    assert oct((directory.root / NAME / "1.0.0").stat().st_mode & 0o777) == "0o755"
