@@ -16,6 +16,11 @@ When the hold ends the hub writes the CRL without it and the broker re-reads it;
 device may connect again (an agent refused as revoked retries every `refused_retry_s`).
 A device revoked meanwhile stays listed as revoked. Holds are in the database, so a hub
 that restarts keeps them, and a `device revoke` beside it writes a CRL that keeps them.
+
+Drops while the hub catches up do not count (hub/mqtt/intake.py): the broker then
+hands over at wire speed what honest devices sent while the hub was away or its event
+loop was held, and the intake drops it as if they had sent it that fast. The beat that
+lets the intake see such a stall comes from here, on the loop it watches.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from hub.store import HubStore
 logger = logging.getLogger(__name__)
 
 CHECK_S = 1.0
+# The intake's beat: well within its STALL_S, and apart from the checks, whose store and
+# broker calls may take seconds without the event loop being held.
+BEAT_S = 0.5
 
 
 class FloodHolds:
@@ -74,14 +82,25 @@ class FloodHolds:
         return [
             t.device_id
             for t in self._intake.throttled()
-            if t.recent >= threshold
+            if t.counted >= threshold
             and t.dropped - self._dropped_at_hold.get(t.device_id, 0) >= threshold
             and t.device_id not in self.held
         ]
 
     async def run(self) -> None:
-        """Run until cancelled: each check writes the CRL when the holds differ from what
-        it lists (one may have ended since the hub's start wrote it)."""
+        """Run until cancelled: beat for the intake, and judge; each check writes the CRL
+        when the holds differ from what it lists (one may have ended since the hub's
+        start wrote it)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._beat(), name="hub.mqtt.holds.beat")
+            await self._judge()
+
+    async def _beat(self) -> None:
+        while True:
+            self._intake.beat()
+            await asyncio.sleep(BEAT_S)
+
+    async def _judge(self) -> None:
         while True:
             await asyncio.sleep(CHECK_S)
             try:
@@ -121,7 +140,7 @@ class FloodHolds:
         """Hold a device off in the registry; the check that follows lists it in the CRL
         and ends its session."""
         seen = next((t for t in self._intake.throttled() if t.device_id == device_id), None)
-        recent = seen.recent if seen else 0
+        counted = seen.counted if seen else 0
         if seen is not None:
             self._dropped_at_hold[device_id] = seen.dropped
         now = self._clock()
@@ -135,7 +154,7 @@ class FloodHolds:
             "budget in the last minute (device_hold_drops %d)",
             device_id,
             self._config.device_hold_s,
-            recent,
+            counted,
             self._config.device_hold_drops,
         )
 

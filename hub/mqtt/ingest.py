@@ -6,8 +6,9 @@ than the SQL); if that call fails, each is retried on its own so that one bad me
 cannot sink its neighbours. Record uploads of the batch are stored in one more call, in
 one durable transaction, and only then acknowledged; hellos are answered with the
 device's marks, and those that offer batch encodings with the ones this hub accepts
-(`welcome`). A `packed` batch is decompressed within the payload limit and then handled
-as a `records` one. Nothing a device sends stops the next message.
+(`welcome`). A `packed` batch is decompressed within the size its frame declares (what
+the intake charged for it: hub/mqtt/charge.py) and then handled as a `records` one.
+Nothing a device sends stops the next message.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
+from hub.mqtt import charge
 from hub.mqtt.acks import AckSet, Downlinks, Publish
 from hub.mqtt.presence import presence_event
 from hub.mqtt.rejections import RejectionLog
@@ -318,10 +320,11 @@ class Ingest:
     def _unpack(self, topic: str, body: wire.Packed) -> wire.Records | None:
         """The batch a `packed` message holds, or None once refused and counted (the
         device sends it again after its ack timeout: nothing is lost)."""
+        # No more than the intake charged: a frame that holds more than it declares is
+        # refused once past that, not decompressed to the payload limit.
+        limit = charge.unpacked_size(body.data, self._max_payload_bytes)
         try:
-            return packing.unpack(
-                body, accepts=self._compression, max_bytes=self._max_payload_bytes
-            )
+            return packing.unpack(body, accepts=self._compression, max_bytes=limit)
         except wire.WireError as exc:
             self._refused(topic, "packed", exc.reason, str(exc))
             return None

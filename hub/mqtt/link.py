@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable
-from typing import Any, NoReturn, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, Protocol, cast
 
 import aiomqtt
+from paho.mqtt import client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hub.broker.sharegroup import shared_topic
 from hub.config import HubConfig
 from hub.fleet import throwaway
-from hub.mqtt import sessions
+from hub.mqtt import charge, sessions
 from hub.mqtt.acks import LinkDownError
 from hub.mqtt.ingest import Ingest
 from hub.mqtt.intake import DeviceIntake, queue_type
@@ -41,8 +43,9 @@ RECONNECT_CAP_S = 10.0
 # Messages applied per store call: large enough to amortise the thread hop, small
 # enough that a batch never holds the event loop for long.
 MAX_BATCH = 500
-# And payload bytes: a batch's records are stored in one transaction. Agents' record
-# batches reach 200 KiB plain (edge/batchsize.py), about 30 KB compressed: 4 MiB is
+# And bytes, as the intake charges them (hub/mqtt/charge.py: a compressed batch at its
+# decompressed size): a batch's records are checked on the event loop and stored in one
+# transaction. Agents' record batches reach 200 KiB plain (edge/batchsize.py): 4 MiB is
 # about a hundred thousand records, half a second of the hub's store.
 MAX_BATCH_BYTES = 4 << 20
 # The link's certificate outlives any run of the hub (the CA's own expiry bounds it).
@@ -58,22 +61,26 @@ class Queued(Protocol):
     def __anext__(self) -> Awaitable[aiomqtt.Message]: ...
 
 
-async def take_batch(first: aiomqtt.Message, messages: Queued) -> list[tuple[str, Any]]:
+async def take_batch(
+    first: aiomqtt.Message, messages: Queued, *, payload_limit: int
+) -> list[tuple[str, Any]]:
     """`first` and what else is already queued, up to `MAX_BATCH` messages and about
-    `MAX_BATCH_BYTES` of payload: one store call for them all."""
+    `MAX_BATCH_BYTES` of cost (hub/mqtt/charge.py, for an ingest that refuses what
+    passes `payload_limit`): one store call for them all."""
     batch = [(first.topic.value, first.payload)]
-    size = _size(first.payload)
+    size = _cost(first, payload_limit)
     for _ in range(min(len(messages), MAX_BATCH - 1)):
         if size >= MAX_BATCH_BYTES:
             break
         queued = await anext(messages)
         batch.append((queued.topic.value, queued.payload))
-        size += _size(queued.payload)
+        size += _cost(queued, payload_limit)
     return batch
 
 
-def _size(payload: Any) -> int:
-    return len(payload) if isinstance(payload, bytes | bytearray) else 0
+def _cost(message: aiomqtt.Message, payload_limit: int) -> int:
+    _, kind = charge.device_and_kind(message.topic.value)
+    return charge.cost(kind, message.payload, payload_limit)
 
 
 class HubLink:
@@ -123,6 +130,8 @@ class HubLink:
             # flight at once: aiomqtt's default (warn past 10 pending calls) logged about
             # three warnings per connecting device during a ramp, of nothing wrong.
             client.pending_calls_threshold = PENDING_CALLS_WARNING
+            if not replica:  # a replica keeps no session: the broker replays nothing
+                _on_resumed(client, self.intake.catch_up)
             return client
 
         await run_forever(
@@ -156,8 +165,10 @@ class HubLink:
             # replayed at every start (a device may retain anything on its topics).
             await client.subscribe(self._topic, options=SubscribeOptions(qos=1, retainHandling=2))
             messages = client.messages
+            limit = self._config.max_payload_bytes
             async for message in messages:
-                await self._ingest.handle_batch(await take_batch(message, messages))
+                batch = await take_batch(message, messages, payload_limit=limit)
+                await self._ingest.handle_batch(batch)
         finally:
             self.client = None
 
@@ -174,6 +185,29 @@ class HubLink:
         failure = await sessions.connect_and_leave(host, port, HUB_CLIENT_CN, context)
         if failure is not None:
             logger.debug("could not end the legacy hub session: %s", failure)
+
+
+def _on_resumed(client: aiomqtt.Client, resumed: Callable[[], None]) -> None:
+    """Call `resumed` when the broker accepts `client` with the session it kept (CONNACK
+    session present): what it queued meanwhile comes next, at wire speed. aiomqtt does
+    not pass the flag on, so this wraps its paho callback, which runs before the
+    broker's first message is read (the CONNACK precedes it on the socket)."""
+    paho = client._client  # aiomqtt keeps the paho client it drives here
+    # aiomqtt's, for paho's callback API version 2 (which aiomqtt asks for).
+    on_connect = cast(mqtt.CallbackOnConnect_v2, paho.on_connect)
+
+    def on_connect_resumed(
+        paho_client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if not code.is_failure and flags.session_present:
+            resumed()
+        on_connect(paho_client, userdata, flags, code, properties)
+
+    paho.on_connect = on_connect_resumed
 
 
 def _link_context(paths: HubPaths, cn: str) -> ssl.SSLContext:
