@@ -234,4 +234,6 @@ async def test_a_release_refused_for_good_is_not_fetched_again_after_a_restart(
             with pytest.raises(asyncio.CancelledError):
                 await running
     assert fetched == ["0.2.0"]  # once, in the first life only
-    assert "refused before" in found.detail
+    last = await failed()
+    assert last is not None
+    assert "refused before" in last.detail
