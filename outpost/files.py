@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 PRIVATE = 0o600
 PUBLIC = 0o644
+
+# Writers of one path in this process take turns. They share one temporary name, kept
+# fixed so that the next write finds and removes what a crash left; two at once would
+# unlink or rename each other's half-written file (a hub replica caching one model for
+# two downloads). Other processes are kept out of a data folder by its lock (datalock.py).
+# Locks by stripe, not one per path: a process writing new paths for years (parts,
+# exports) keeps no lock per path; two paths on one stripe merely wait a write's time.
+_TURNS = tuple(threading.Lock() for _ in range(64))
 
 
 def write_new(path: Path, data: bytes, mode: int = PRIVATE) -> None:
@@ -16,30 +25,36 @@ def write_new(path: Path, data: bytes, mode: int = PRIVATE) -> None:
     cut mid-write leaves no short file at `path` (a short key would be read as a key).
     The mode is set at creation (no window in which a key is readable by others).
     """
-    tmp = _temporary(path)
-    try:
-        _write_synced(tmp, data, mode)
-        os.link(tmp, path)  # atomic, and fails if `path` exists
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _turn(path):
+        tmp = _temporary(path)
+        try:
+            _write_synced(tmp, data, mode)
+            os.link(tmp, path)  # atomic, and fails if `path` exists
+        finally:
+            tmp.unlink(missing_ok=True)
     sync_dir(path.parent)
 
 
 def replace(path: Path, data: bytes, mode: int = PUBLIC) -> None:
     """Atomically replace (or create) `path` with `data`."""
-    tmp = _temporary(path)
-    try:
-        _write_synced(tmp, data, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _turn(path):
+        tmp = _temporary(path)
+        try:
+            _write_synced(tmp, data, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     sync_dir(path.parent)
+
+
+def _turn(path: Path) -> threading.Lock:
+    return _TURNS[hash(os.path.abspath(path)) % len(_TURNS)]
 
 
 def _temporary(path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)  # left by a crash: only ever ours
+    tmp.unlink(missing_ok=True)  # left by a crash: only ever ours (we hold the path's turn)
     return tmp
 
 

@@ -76,10 +76,12 @@ class AgentShelf:
                 ) from exc
             claimed = True
             await asyncio.to_thread(_move_files, staging, target)
-            if self.shared:  # before the row: a listed release always has its files
-                for entry in manifest.files:
-                    content = await asyncio.to_thread((target / entry.name).read_bytes)
-                    await self._store.run(registry.put_file, manifest.version, entry.name, content)
+            # Replicas keep the files in the database, written with the release row: a
+            # listed release always has them, and only the bytes its manifest names.
+            kept = [
+                (entry.name, await asyncio.to_thread((target / entry.name).read_bytes))
+                for entry in (manifest.files if self.shared else [])
+            ]
             signed = agentrelease.sign(self._key, manifest, now)
             stored = StoredAgentRelease(
                 manifest.version,
@@ -89,7 +91,7 @@ class AgentShelf:
                 now,
                 by,
             )
-            if not await self._store.run(registry.add, stored):  # another replica's
+            if not await self._store.run(registry.add, stored, kept):  # another replica's
                 raise AgentReleaseExistsError(f"agent release {manifest.version} exists already")
             claimed = False  # listed, with its files: kept
         finally:

@@ -21,7 +21,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hub.store import HubStore, StoredModel
+from hub.store import HubStore, StoredModel, modelfiles
 from outpost import files, release, schema
 from outpost.modelbundle import (
     MANIFEST_FILE,
@@ -101,12 +101,22 @@ class ModelShelf:
 
     async def local_file(self, name: str, version: str) -> Path | None:
         """The model's file on this replica's disk, copied from the database first if
-        another replica took the upload; None if neither has it."""
+        another replica took the upload; None if neither has it.
+
+        A copy is kept only if it is the file the catalogue's release names: bytes of
+        another file under the version would be refused by every device, for good.
+        """
         path = self.model_file(name, version)
         if path.exists() or not self.shared:
             return path if path.exists() else None
+        stored = await self._store.model(name, version)
         content = await self._store.model_file(name, version)
-        if content is None:
+        if stored is None or content is None:
+            return None
+        if await asyncio.to_thread(_sha256, content) != stored.sha256:
+            logger.error(
+                "model %s %s: the database's copy is not the file its release names", name, version
+            )
             return None
         await asyncio.to_thread(self._cache, path, content)
         return path
@@ -176,14 +186,21 @@ class ModelShelf:
             uploaded_at=time.time(),
             uploaded_by=by,
         )
-        await asyncio.to_thread(self._place, staging.folder, manifest)
         if self.shared:
-            content = await asyncio.to_thread(
-                self.model_file(manifest.name, manifest.version).read_bytes
-            )
-            await self._store.put_model_file(manifest.name, manifest.version, content)
-        if not await self._store.add_model(stored):  # another hub on the same database
-            raise ModelExistsError(_exists(manifest))
+            # The row first, with the file, in one transaction; then the folder. An upload
+            # that loses the version to another replica places nothing, and the copy the
+            # other replicas cache is always the file the release names.
+            content = await asyncio.to_thread((staging.folder / MODEL_FILE).read_bytes)
+            if not await self._store.run(modelfiles.add_model_with_file, stored, content):
+                raise ModelExistsError(_exists(manifest))
+            await asyncio.to_thread(self._place, staging.folder, manifest)
+        else:
+            # One hub: its disk holds the only copy, so the file is placed before the row
+            # (a listed model always has its file).
+            await asyncio.to_thread(self._place, staging.folder, manifest)
+            if not await self._store.add_model(stored):
+                await asyncio.to_thread(shutil.rmtree, self.root / manifest.name / manifest.version)
+                raise ModelExistsError(_exists(manifest))
         logger.info("model %s %s accepted (%d bytes)", manifest.name, manifest.version, stored.size)
         return Checked(stored, runtime)
 
@@ -220,6 +237,10 @@ class ModelShelf:
         files.sync_tree(folder)
         folder.rename(target)
         files.sync_tree(home)
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
 
 
 def _exists(manifest: Manifest) -> str:

@@ -3,6 +3,7 @@ with replicas on PostgreSQL, its files."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hub.store.sql import Sql
@@ -18,13 +19,24 @@ class StoredAgentRelease:
     uploaded_by: str
 
 
-def add(db: Sql, release: StoredAgentRelease) -> bool:
-    """Record a release; False if that version is there already."""
+def add(db: Sql, release: StoredAgentRelease, files: Sequence[tuple[str, bytes]] = ()) -> bool:
+    """Record a release with its files (name, content), which replicas keep here; False
+    if that version is there already, and then nothing is written.
+
+    The version's file rows are replaced in the same transaction: rows left by an upload
+    cut short before its release row (a rebuilt wheel has other bytes) must never be
+    served under the manifest this release signs.
+    """
     with db.write():
         if db.execute(
             "SELECT 1 FROM agent_releases WHERE version = ?", (release.version,)
         ).fetchone():
             return False
+        db.execute("DELETE FROM agent_release_files WHERE version = ?", (release.version,))
+        db.executemany(
+            "INSERT INTO agent_release_files (version, name, content) VALUES (?, ?, ?)",
+            [(release.version, name, content) for name, content in files],
+        )
         db.execute(
             "INSERT INTO agent_releases (version, manifest, document, signature, uploaded_at,"
             " uploaded_by) VALUES (?, ?, ?, ?, ?, ?)",
@@ -43,7 +55,9 @@ def all_releases(db: Sql) -> list[StoredAgentRelease]:
 
 
 def put_file(db: Sql, version: str, name: str, content: bytes) -> None:
-    """Keep a release's file in the database (replicas share it; migration 021)."""
+    """Keep a release's file alone (migration 021), if no row has it yet: what an upload
+    cut short before its release row leaves, for tests. An upload writes its files with
+    its release row (`add`)."""
     with db.write():
         db.execute(
             "INSERT INTO agent_release_files (version, name, content) VALUES (?, ?, ?)"

@@ -45,22 +45,27 @@ class StoredModel:
 def add_model(db: Sql, m: StoredModel) -> bool:
     """Store a model; False if that name and version exist (a version is immutable)."""
     with db.write():
-        added = db.execute(
-            """INSERT INTO models (name, version, sha256, size, manifest, document,
-                   signature, uploaded_at, uploaded_by)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
-            (
-                m.name,
-                m.version,
-                m.sha256,
-                m.size,
-                json.dumps(m.manifest, sort_keys=True),
-                m.document,
-                m.signature,
-                m.uploaded_at,
-                m.uploaded_by,
-            ),
-        ).rowcount
+        return insert_model(db, m)
+
+
+def insert_model(db: Sql, m: StoredModel) -> bool:
+    """`add_model` inside a transaction the caller holds (modelfiles.py adds the file)."""
+    added = db.execute(
+        """INSERT INTO models (name, version, sha256, size, manifest, document,
+               signature, uploaded_at, uploaded_by)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+        (
+            m.name,
+            m.version,
+            m.sha256,
+            m.size,
+            json.dumps(m.manifest, sort_keys=True),
+            m.document,
+            m.signature,
+            m.uploaded_at,
+            m.uploaded_by,
+        ),
+    ).rowcount
     return added == 1
 
 

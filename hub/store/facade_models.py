@@ -24,9 +24,6 @@ class ModelStore:
         """Store an uploaded model; False if its name and version exist."""
         return await self._db.run(catalog.add_model, model)
 
-    async def put_model_file(self, name: str, version: str, content: bytes) -> None:
-        await self._db.run(modelfiles.put_model_file, name, version, content)
-
     async def model_file(self, name: str, version: str) -> bytes | None:
         """A model's file as kept in the database (replicas only), or None."""
         return await self._db.run(modelfiles.get_model_file, name, version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +172,31 @@ def test_replace_cut_short_keeps_the_old_content(
         files.replace(path, b"new content")
     assert path.read_bytes() == b"old"
     assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_writers_of_one_path_at_once_each_install_a_whole_file(tmp_path: Path) -> None:
+    # Two downloads on a hub replica cache one model at once: neither may fail, and what
+    # lies at the path is always one writer's whole file (a request serves it meanwhile).
+    contents = [bytes([i]) * (8 << 20) for i in range(4)]
+    path = tmp_path / "model.tflite"
+    start = threading.Barrier(len(contents))
+    failed: list[BaseException] = []
+
+    def write(data: bytes) -> None:
+        start.wait()
+        try:
+            files.replace(path, data, files.PRIVATE)
+            assert path.read_bytes() in contents
+        except BaseException as exc:
+            failed.append(exc)
+
+    for _ in range(3):
+        writers = [threading.Thread(target=write, args=(c,)) for c in contents]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+    assert failed == []
+    assert path.read_bytes() in contents
+    assert mode_of(path) == files.PRIVATE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
