@@ -10,9 +10,16 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 from msgspec import Meta
 
-from outpost.schema import Struct
+from outpost.schema import SchemaError, Struct
 
 Kind = Literal["nats", "rabbitmq", "webhook"]
+# Each kind's URL schemes (plain, TLS) and the form an error shows. The webhook's rule on
+# plain http (loopback only) is its sink's: such a sink is shown failed, not refused.
+URL_FORMS: dict[str, tuple[tuple[str, str], str]] = {
+    "nats": (("nats", "tls"), "nats://HOST:PORT (tls://HOST:PORT for TLS)"),
+    "rabbitmq": (("amqp", "amqps"), "amqp://HOST:PORT/VHOST (amqps://... for TLS)"),
+    "webhook": (("http", "https"), "https:// (http:// only to a loopback address)"),
+}
 
 
 class SinkConfig(Struct, frozen=True):
@@ -85,14 +92,50 @@ class SinkConfig(Struct, frozen=True):
         Meta(max_length=1024, description="TLS: the private key (PEM) of cert_file"),
     ] = ""
 
+    def __post_init__(self) -> None:
+        # A URL no sink can use is refused as hub.toml loads, naming the sink: found
+        # later, it would only fail the sink (a bad port used to break every sink's
+        # status, as shown() raised).
+        problem = url_problem(self.kind, self.url)
+        if problem:
+            raise SchemaError("url", f"sink {self.name}: {problem}")
+
+
+def url_problem(kind: str, url: str) -> str:
+    """What makes `url` unusable for a sink of `kind` (unparsable, a scheme of another
+    kind, no host, a port outside 1-65535), or "" if nothing does."""
+    schemes, form = URL_FORMS[kind]
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # parsed lazily: raises for "8443x" or 99999
+    except ValueError as exc:
+        return f"url {shown(url)!r} does not parse ({exc})"
+    if parts.scheme not in schemes:
+        return f"url must be {form}, got {shown(url)!r}"
+    if not parts.hostname:
+        return f"url {shown(url)!r} names no host"
+    if port == 0:
+        return f"url {shown(url)!r}: port 0 cannot be connected to (use 1-65535)"
+    return ""
+
 
 def shown(url: str) -> str:
-    """`url` without any user or password in it, for messages and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    """`url` without any user, password, query or fragment in it, for messages and logs;
+    any string at all (an API lists sinks with it, and a receiver's Location is shown)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:  # a bad port or bracket: the rest as written, credentials still out
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            scheme, rest = "", url
+        rest = rest.split("?", 1)[0].split("#", 1)[0]
+        # Everything up to the last @ may be a password (even one holding a '/').
+        return f"{scheme}{sep}{rest.rpartition('@')[2]}"
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = f"{host}:{port}" if port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 

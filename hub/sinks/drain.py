@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from hub.sinks.base import Event, EventRefusedError, Sink, SinkError
 from hub.sinks.config import SinkConfig
+from hub.sinks.selection import Selection
 from hub.store import HubStore, outbox
 from hub.store.outbox import OutboxEvent
 from outpost.aio import wait_event
@@ -32,11 +33,6 @@ BATCH = 500  # events read at once
 # sent again (a bus's batch of acks is still worth having).
 CHUNK = 100
 IDLE_POLL_S = 0.25  # an idle drain looks again this often (or when woken)
-LABELS_FRESH_S = 5.0  # devices' labels, for selectors, are read again this often
-# An event of a device missing from the labels read is a new device's if it is at most
-# this much older than the read (its transaction may commit after the read; replicas'
-# clocks differ): the labels are read again rather than the event dropped.
-NEW_DEVICE_S = 60.0
 BOUNDS_EVERY_S = 10.0  # how often a drain checks that it is within its lag bounds
 RETRY_CAP_S = 60.0
 FAILED_RETRY_S = 300.0  # a sink whose configuration is refused (bad credentials)
@@ -91,9 +87,7 @@ class Drain:
         self._source = source
         self._bounds = bounds
         self._wake = asyncio.Event()
-        self._labels: dict[str, dict[str, str]] = {}
-        self._labels_at = float("-inf")
-        self._labels_read = float("-inf")  # wall clock, to compare with events' times
+        self._selection = Selection(store, config.selector)
         self._bounds_at = float("-inf")
         self._state = ""
 
@@ -103,6 +97,9 @@ class Drain:
 
     async def run(self) -> None:
         name = self.config.name
+        # The same drain runs again on each leadership term; meanwhile another replica
+        # may have written this sink's state, so the first state of a run is written.
+        self._state = ""
         retry = Reconnect(cap=RETRY_CAP_S, spread=1.0, seed=name)
         while True:  # the database away at start: this sink waits, not the hub's end
             try:
@@ -123,8 +120,10 @@ class Drain:
                     # the outbox grow without limit for it.
                     position = await self._within_bounds(position)
                     if sink is None:
-                        sink = self._make_sink(self.config)
-                        await sink.start()
+                        sink = await self._started()
+                        if sink is None:
+                            await asyncio.sleep(FAILED_RETRY_S)  # the slowest pace
+                            continue
                         retry.reset()
                     rows = await self._store.run(outbox.after, position, BATCH)
                     if not rows:
@@ -151,10 +150,6 @@ class Drain:
                         await sink.close()
                         sink = None
                     await asyncio.sleep(wait)  # the sink's back-off, not a synchronisation
-                except ValueError as exc:  # a configuration the sink cannot be made with
-                    logger.error("sink %s cannot start: %s", name, exc)
-                    await self._set_state("failed", str(exc))
-                    await asyncio.sleep(FAILED_RETRY_S)
                 except Exception as exc:  # the database away, a lost lease: this sink waits
                     wait = retry.next_delay()
                     logger.warning(
@@ -165,10 +160,39 @@ class Drain:
             if sink is not None:
                 await sink.close()
 
+    async def _started(self) -> Sink | None:
+        """The sink made and started; None (its state failed) for a configuration it
+        cannot be made with. A ValueError means that here only: from publish, it is a
+        fault of the moment (the loop's back-off), not a reason to wait 5 minutes."""
+        try:
+            sink = self._make_sink(self.config)
+        except ValueError as exc:
+            await self._cannot_start(exc)
+            return None
+        try:
+            await sink.start()
+        except ValueError as exc:
+            await sink.close()
+            await self._cannot_start(exc)
+            return None
+        except BaseException:  # SinkError (the loop's back-off), a cancel: no half-open sink
+            await sink.close()
+            raise
+        return sink
+
+    async def _cannot_start(self, exc: ValueError) -> None:
+        logger.error("sink %s cannot start: %s", self.config.name, exc)
+        await self._set_state("failed", str(exc))
+
     async def _deliver(self, sink: Sink, position: int, rows: list[OutboxEvent]) -> int:
         """Publish what the sink takes of `rows`; the cursor's new position."""
-        await self._refresh_labels(rows)
-        wanted = [r for r in rows if self._wants(r)]
+        types = self.config.types
+        judged = await self._selection.judge(rows)
+        wanted = [
+            r
+            for r, selected in zip(rows, judged, strict=True)
+            if selected and any(fnmatch.fnmatchcase(r.type, p) for p in types)
+        ]
         chosen = [as_event(r, self._source) for r in wanted]
         try:
             if chosen:
@@ -215,31 +239,6 @@ class Drain:
         # Someone moved the cursor meanwhile (a replay): go on from where it is now.
         cursor = await self._store.run(outbox.open_cursor, self.config.name, time.time())
         return cursor.position
-
-    def _wants(self, row: OutboxEvent) -> bool:
-        if not any(fnmatch.fnmatchcase(row.type, p) for p in self.config.types):
-            return False
-        selector = self.config.selector
-        if not selector or not row.subject:
-            return True  # fleet-wide events (a roll-out's progress) pass every selector
-        labels = self._labels.get(row.subject, {})
-        return all(labels.get(k) == v for k, v in selector.items())
-
-    async def _refresh_labels(self, rows: list[OutboxEvent]) -> None:
-        if not self.config.selector:
-            return
-        # A device new since the last read (its enrollment is among `rows`) would be
-        # judged without its labels, and its events dropped: read them again at once.
-        # Events of devices unknown for longer (removed since) do not trigger a read.
-        unknown = any(
-            r.subject and r.subject not in self._labels and r.at > self._labels_read - NEW_DEVICE_S
-            for r in rows
-        )
-        if not unknown and time.monotonic() - self._labels_at < LABELS_FRESH_S:
-            return
-        self._labels_read = time.time()
-        self._labels = await self._store.run(outbox.device_labels)
-        self._labels_at = time.monotonic()
 
     async def _within_bounds(self, position: int) -> int:
         """Skip, counted, what is beyond the sink's bounds (by count, then by age)."""

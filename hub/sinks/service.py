@@ -138,26 +138,35 @@ class SinkService:
 
     async def _upkeep(self) -> None:
         pruned_at = time.monotonic()
-        names = [c.name for c in self.configs]
         while True:
+            # Apart: whatever keeps the figures from being read must not keep the outbox
+            # from being pruned, nor the reverse.
             try:
                 self.collector.statuses = await statuses(self._store, self.configs)
-                if time.monotonic() - pruned_at > PRUNE_EVERY_S:
-                    pruned_at = time.monotonic()
-                    gone = await self._store.run(outbox.prune, names, self._keep_s, time.time())
-                    if gone:
-                        logger.debug("outbox: %d delivered events pruned", gone)
-                    gone = await self._store.run(
-                        outbox.prune_dead_letters,
-                        self._dead_letters_keep_s,
-                        DEAD_LETTERS_PER_SINK,
-                        time.time(),
-                    )
-                    if gone:
-                        logger.info("sinks: %d dead letters past their keep pruned", gone)
             except Exception as exc:  # the database is away: the next round tries again
-                logger.warning("sink upkeep failed: %s", exc)
+                logger.warning("sink upkeep: cannot read the sinks' states: %s", exc)
+            if time.monotonic() - pruned_at > PRUNE_EVERY_S:
+                pruned_at = time.monotonic()
+                try:
+                    await self._prune()
+                except Exception as exc:  # the database is away: the next round tries again
+                    logger.warning("sink upkeep: cannot prune the outbox: %s", exc)
             await asyncio.sleep(STATUS_EVERY_S)  # a period, not a synchronisation
+
+    async def _prune(self) -> None:
+        """Drop delivered events past their keep, and dead letters past theirs."""
+        names = [c.name for c in self.configs]
+        gone = await self._store.run(outbox.prune, names, self._keep_s, time.time())
+        if gone:
+            logger.debug("outbox: %d delivered events pruned", gone)
+        gone = await self._store.run(
+            outbox.prune_dead_letters,
+            self._dead_letters_keep_s,
+            DEAD_LETTERS_PER_SINK,
+            time.time(),
+        )
+        if gone:
+            logger.info("sinks: %d dead letters past their keep pruned", gone)
 
 
 class SinkCollector(Collector):

@@ -8,8 +8,10 @@ the body's bytes under the secret (docs/sinks.md shows how a receiver checks it)
 A 2xx answer delivers the event. 408, 429, 5xx, a timeout or a refused connection mean
 "later": the drain retries with back-off. 401, 403, 404, 405, 407 and 410 turn the hub
 itself away (a secret or URL out of date), not this event: the sink fails, retried at the
-slowest pace, and its events wait for it. Any other 4xx refuses that event for good: it
-goes to the dead-letter table and the next one is sent.
+slowest pace, and its events wait for it. So does a redirect (3xx), never followed: a
+301/302/303 would turn the POST into a GET whose 200 looks like a delivery, and a 307/308
+would send the signed body wherever the receiver says, plain http included. Any other 4xx
+refuses that event for good: it goes to the dead-letter table and the next one is sent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import hmac
 import ssl
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -30,6 +32,10 @@ RETRY_LATER = frozenset({408, 429})
 # whose secret was rotated would have every event the hub sends thrown away.
 REFUSES_THE_HUB = frozenset({401, 403, 404, 405, 407, 410})
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+# Bytes of an error answer read for the sink's error: enough for a reason, and a receiver
+# answering megabytes (or never ending its body) costs no more.
+ANSWER_BYTES = 1024
+ANSWER_CHARS = 200  # of it shown
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -85,16 +91,27 @@ class WebhookSink:
                 headers["ce-subject"] = event.subject
             try:
                 async with self._session.post(
-                    self._url, data=body, headers=headers, ssl=self._ssl
+                    self._url, data=body, headers=headers, ssl=self._ssl, allow_redirects=False
                 ) as response:
                     status = response.status
-                    text = (await response.text())[:200] if status >= 300 else ""
+                    location = response.headers.get("Location", "")
+                    text = await answer_text(response) if status >= 300 else ""
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise SinkError(
                     f"POST {self._shown} failed: {str(exc) or type(exc).__name__}"
                 ) from exc
             if 200 <= status < 300:
                 continue
+            if 300 <= status < 400:
+                # Where it points is shown without credentials or query: it may carry a
+                # token of the receiver's (a sign-in page's state).
+                where = shown(urljoin(self._url, location)) if location else "nowhere"
+                raise SinkError(
+                    f"POST {self._shown} answered {status}, a redirect to {where}: the "
+                    "receiver turns the hub away (redirects are not followed: set the "
+                    "sink's url to where events go); its events wait",
+                    permanent=True,
+                )
             if status in RETRY_LATER or status >= 500:
                 raise SinkError(f"POST {self._shown} answered {status}: {text}")
             if status in REFUSES_THE_HUB:
@@ -109,3 +126,19 @@ class WebhookSink:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def answer_text(response: aiohttp.ClientResponse) -> str:
+    """The start of an error answer's body as text, whatever its bytes: a receiver's
+    Latin-1 page or unknown charset must not fail the sink instead of this answer."""
+    body = b""
+    while len(body) < ANSWER_BYTES:
+        chunk = await response.content.read(ANSWER_BYTES - len(body))
+        if not chunk:
+            break
+        body += chunk
+    try:
+        text = body.decode(response.charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = body.decode("utf-8", errors="replace")
+    return " ".join(text.split())[:ANSWER_CHARS]

@@ -68,6 +68,19 @@ async def test_sinks_that_cannot_deliver_say_why_and_the_hub_goes_on(
         ('name = "k"\nkind = "kafka"\nurl = "kafka://x"\n', "hub.sinks[0].kind: must be one of"),
         ('name = "Bad Name"\nkind = "nats"\nurl = "nats://x"\n', "hub.sinks[0].name"),
         ('name = "n"\nkind = "nats"\n', "hub.sinks[0].url: required key is missing"),
+        (
+            'name = "typo"\nkind = "webhook"\nurl = "https://hooks.example.com:8443x/in"\n',
+            "hub.sinks[0].url: sink typo: url 'https://hooks.example.com:8443x/in' does not "
+            "parse (Port could not be cast to integer value as '8443x')",
+        ),
+        (
+            'name = "far"\nkind = "rabbitmq"\nurl = "amqp://rabbit:99999/"\n',
+            "hub.sinks[0].url: sink far: url 'amqp://rabbit:99999/' does not parse (Port out",
+        ),
+        (
+            'name = "v6"\nkind = "nats"\nurl = "nats://[::1"\n',
+            "hub.sinks[0].url: sink v6: url 'nats://[::1' does not parse (Invalid IPv6 URL)",
+        ),
     ],
 )
 def test_a_mistaken_sink_is_refused_at_start_naming_the_key(
