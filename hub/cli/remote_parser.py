@@ -21,7 +21,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _sinks(sub)
     p = sub.add_parser("audit", help="the audit log, newest first (admin)")
     add_arguments(p)
-    p.add_argument("--limit", type=int, default=50, help="entries to show (default 50)")
+    p.add_argument("--limit", type=_page, default=50, help="entries to show (default 50)")
     p.set_defaults(func=command("hub.cli.audit:show_audit"))
 
 
@@ -47,7 +47,7 @@ def _devices(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.set_defaults(func=command("hub.cli.devices:list_devices"))
     d = _action(group, "show", "one device: state, load, models, store and latest events")
     d.add_argument("device", metavar="DEVICE", help="its name or id")
-    d.add_argument("--events", type=int, default=10, help="latest events to show (default 10)")
+    d.add_argument("--events", type=_page, default=10, help="latest events to show (default 10)")
     d.set_defaults(func=command("hub.cli.devices:show_device"))
     d = _action(group, "label", "set labels (KEY=VALUE) or remove them (KEY-)")
     d.add_argument("device", metavar="DEVICE", help="its name or id")
@@ -155,7 +155,7 @@ def _tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     t.add_argument("--device", help="only tasks of this device (name or id)")
     t.add_argument("--model", help="only tasks for this model")
-    t.add_argument("--limit", type=int, default=50, help="tasks to show (default 50)")
+    t.add_argument("--limit", type=_page, default=50, help="tasks to show (default 50)")
     t.set_defaults(func=command("hub.cli.tasks:list_tasks"))
     t = _action(group, "show", "one task: state, why it waits, result, every event")
     t.add_argument("id", metavar="TASK")
@@ -197,7 +197,7 @@ def _sinks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(func=command("hub.cli.sinks:list_sinks"))
     s = _action(group, "dead-letters", "events a sink refused for good, newest first")
     s.add_argument("sink", metavar="SINK")
-    s.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    s.add_argument("--limit", type=_page, default=50, help="how many (default 50)")
     s.set_defaults(func=command("hub.cli.sinks:dead_letters"))
     s = _action(group, "replay", "deliver a sink's kept events again from a time on")
     s.add_argument("sink", metavar="SINK")
@@ -260,6 +260,22 @@ def _fraction(text: str) -> float:
     value = _number(text)
     if not 0 <= value <= 1:  # NaN too
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
+# The most one page of the API holds (hub/api/params.py's MAX_LIMIT, which a test holds
+# this to): not imported, as the parser loads nothing of the hub's server.
+MAX_PAGE = 500
+
+
+def _page(text: str) -> int:
+    """How many to show: a whole number from 1 to `MAX_PAGE` (argparse names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_PAGE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_PAGE}")
     return value
 
 

@@ -7,8 +7,9 @@ import argparse
 
 import pytest
 
+from hub.api.params import MAX_LIMIT
 from hub.cli import main
-from hub.cli.remote_parser import parse_share
+from hub.cli.remote_parser import MAX_PAGE, parse_share
 
 
 @pytest.mark.parametrize(
@@ -42,3 +43,26 @@ def test_a_rollout_start_with_such_a_value_is_a_usage_error(
         main(["rollouts", "start", "m", "1.0.0", "--hub", "https://127.0.0.1:1", *flags])
     assert ended.value.code == 2
     assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["audit", "--limit", "-5"], "argument --limit: '-5' is not a whole number from 1 to 500"),
+        (["tasks", "list", "--limit", "501"], "argument --limit: '501' is not a whole number"),
+        (["sinks", "dead-letters", "s", "--limit", "x"], "argument --limit: 'x' is not a whole"),
+        (["devices", "show", "d", "--events", "-3"], "argument --events: '-3' is not a whole"),
+    ],
+)
+def test_a_page_size_the_api_would_refuse_is_a_usage_error(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hub refused it (exit 1), naming `query.limit` for --events."""
+    with pytest.raises(SystemExit) as ended:
+        main([*argv, "--hub", "https://127.0.0.1:1"])
+    assert ended.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_the_page_size_bound_is_the_apis() -> None:
+    assert MAX_PAGE == MAX_LIMIT
