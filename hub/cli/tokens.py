@@ -13,7 +13,7 @@ from hub.fleet import bootstrap
 from hub.fleet.enrollment import load_token_key
 from hub.fleet.labels import parse_selector
 from hub.paths import HubPaths
-from outpost import tls
+from outpost import durations, tls
 
 MAX_ENROLL_TTL_S = 30 * 86400
 
@@ -24,11 +24,13 @@ def enroll_token(args: argparse.Namespace) -> int:
     config = load_config(args.data, args.config)
     labels = parse_selector(args.label, "--label")
     ttl = args.ttl if args.ttl is not None else config.enroll_token_ttl
-    if ttl > MAX_ENROLL_TTL_S:  # the bound of the enroll_token_ttl setting
+    if ttl > MAX_ENROLL_TTL_S:  # the bounds of the enroll_token_ttl setting
         raise ValueError(
-            f"--ttl {args.ttl:g} s: a bootstrap token lives at most 30 days (a stolen one "
-            "enrolls a device until it expires); make a new one when it is needed"
+            f"--ttl {durations.describe(ttl)}: a bootstrap token lives at most 30 days (a "
+            "stolen one enrolls a device until it expires); make a new one when it is needed"
         )
+    if ttl < 1:  # it would be expired when minted (its times are whole seconds)
+        raise ValueError(f"--ttl {durations.describe(ttl)}: a bootstrap token lives 1 s at least")
     token, claims = bootstrap.mint(
         load_token_key(paths),
         hub_url=config.hub_url,

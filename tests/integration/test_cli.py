@@ -168,6 +168,9 @@ def test_token_command_mistakes_name_what_is_accepted(tmp_path: Path) -> None:
         "hub.cli", "token", "create", "--data", data, "--role", "admin", "--ttl", "2d"
     )
     enroll_year = _run("hub.cli", "enroll-token", "--data", data, "--ttl", "1year")
+    # A token that would be expired when minted, and one past the bound (said readably).
+    enroll_instant = _run("hub.cli", "enroll-token", "--data", data, "--ttl", "0.1s")
+    enroll_months = _run("hub.cli", "enroll-token", "--data", data, "--ttl", "60d")
 
     for done in (year, enroll_year):
         assert done.returncode == 2
@@ -176,7 +179,11 @@ def test_token_command_mistakes_name_what_is_accepted(tmp_path: Path) -> None:
         )
     assert long_session.returncode == 2
     assert "at most 12h, got 2d (an api-key may last up to 366d)" in long_session.stderr
-    for done in (year, long_session, enroll_year):
+    assert enroll_instant.returncode == 2
+    assert "--ttl 0.1s: a bootstrap token lives 1 s at least" in enroll_instant.stderr
+    assert enroll_months.returncode == 2
+    assert "--ttl 60d: a bootstrap token lives at most 30 days" in enroll_months.stderr
+    for done in (year, long_session, enroll_year, enroll_instant, enroll_months):
         assert "Traceback" not in done.stderr
 
 
