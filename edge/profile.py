@@ -74,9 +74,10 @@ class DeviceProfile(Struct, frozen=True):
 
     profile: Annotated[ProfileInfo, Meta(description="identity of the profile")]
     capabilities: Annotated[ProfileCapabilities, Meta(description="what the hardware offers")]
-    budgets: Annotated[Budgets, Meta(description="resource budgets of the agent")]
-    thermal: Annotated[Thermal, Meta(description="thermal limits")]
-    runtime: Annotated[Runtime, Meta(description="inference runtime settings")]
+    # Tables whose every key has a default may be left out whole (settings.md says so).
+    budgets: Annotated[Budgets, Meta(description="resource budgets of the agent")] = Budgets()
+    thermal: Annotated[Thermal, Meta(description="thermal limits")] = Thermal()
+    runtime: Annotated[Runtime, Meta(description="inference runtime settings")] = Runtime()
 
     def __post_init__(self) -> None:
         if self.thermal.throttle_c >= self.thermal.stop_c:

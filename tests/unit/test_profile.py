@@ -122,6 +122,13 @@ def test_optional_tables_take_defaults() -> None:
     assert profile.capabilities.accelerator == "none"
     assert profile.budgets.max_concurrent_tasks == 1
     assert profile.thermal.throttle_c < profile.thermal.stop_c
+    # Left out whole, as settings.md allows (every key of theirs has a default).
+    bare = parse_profile('[profile]\nname = "m"\n[capabilities]\ncores = 1\nmemory_mb = 64\n', "x")
+    assert (bare.budgets, bare.thermal, bare.runtime) == (
+        profile.budgets,
+        profile.thermal,
+        profile.runtime,
+    )
 
 
 # ---------------------------------------------------------------------------- refusals
