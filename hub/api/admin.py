@@ -183,6 +183,16 @@ def routes(ctx: ApiContext) -> list[Route]:
             raise ApiError(409, "conflict", f"token {jti!r} is already revoked")
         return web.json_response({"jti": jti, "revoked": True})
 
+    async def revoke_enroll_token(request: web.Request) -> web.Response:
+        jti = request.match_info["jti"]
+        request[AUDIT_DETAIL] = {"jti": jti}
+        outcome = await ctx.store.revoke_enroll_token(jti, now=time.time())
+        if outcome == "unknown":
+            raise ApiError(404, "not_found", f"no bootstrap token {jti!r}")
+        if outcome == "already revoked":
+            raise ApiError(409, "conflict", f"bootstrap token {jti!r} is already revoked")
+        return web.json_response({"jti": jti, "revoked": True})
+
     async def audit_log(request: web.Request) -> web.Response:
         size = params.limit(request)
         found = await ctx.store.audit_log(before=params.decode_cursor(request, int), limit=size + 1)
@@ -207,6 +217,17 @@ def routes(ctx: ApiContext) -> list[Route]:
             body=EnrollTokenRequest,
             response=EnrollTokenOut,
             status=201,
+        ),
+        Route(
+            "POST",
+            "/api/v1/enroll-tokens/{jti}/revoke",
+            "admin",
+            revoke_enroll_token,
+            "Revoke a bootstrap token before its time",
+            "admin",
+            action="enroll-token.revoke",
+            params=(Param("jti", "path", "token id"),),
+            errors=(404, 409),
         ),
         Route(
             "GET",

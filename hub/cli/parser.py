@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a long-lived key for automation (up to 366 days) instead of a session",
     )
     t.set_defaults(func=command("hub.cli.tokens:create_token"))
-    t = token.add_parser("revoke", help="revoke a token by its id (jti)")
+    t = token.add_parser("revoke", help="revoke an API token or a bootstrap token by its id (jti)")
     _data(t)
     t.add_argument("jti")
     t.set_defaults(func=command("hub.cli.tokens:revoke_token"))

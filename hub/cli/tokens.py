@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import sys
 import time
 
 from hub.access import apitokens
+from hub.cli import tables
 from hub.cli.datafolder import load_config, open_store
 from hub.fleet import bootstrap
 from hub.fleet.enrollment import load_token_key
@@ -43,6 +45,12 @@ def enroll_token(args: argparse.Namespace) -> int:
             claims.jti, now=time.time(), expires_at=claims.expires_at, labels=labels
         )
     print(token)
+    # Beside the token, not in it (stdout holds the token alone, for scripts).
+    print(
+        f"bootstrap token {claims.jti}, one use until {tables.when(claims.expires_at)}; "
+        f"revoke it with: outpost-hub token revoke --data {args.data} {claims.jti}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -65,12 +73,16 @@ def create_token(args: argparse.Namespace) -> int:
 
 
 def revoke_token(args: argparse.Namespace) -> int:
-    """Revoke an API token by its id."""
+    """Revoke an API token, or a bootstrap token, by its id."""
+    what = "API token"
     with open_store(HubPaths(args.data)) as store:
         outcome = store.revoke_api_token_sync(args.jti, now=time.time())
+        if outcome == "unknown":
+            what = "bootstrap token"
+            outcome = store.revoke_enroll_token_sync(args.jti, now=time.time())
     if outcome != "revoked":
         raise ValueError(f"cannot revoke {args.jti!r}: {outcome}")
-    print(f"revoked {args.jti}")
+    print(f"revoked {what} {args.jti}")
     return 0
 
 

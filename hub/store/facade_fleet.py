@@ -49,6 +49,13 @@ class FleetStore:
         the same key before), or raise `TokenRefusedError`."""
         return await self._db.run(tokens.consume_enroll_token, jti, now, key_sha256, device_id)
 
+    async def revoke_enroll_token(self, jti: str, *, now: float) -> str:
+        """Revoke a bootstrap token: "revoked", "already revoked" or "unknown"."""
+        return await self._db.run(tokens.revoke_enroll_token, jti, now)
+
+    def revoke_enroll_token_sync(self, jti: str, *, now: float) -> str:
+        return self._db.run_sync(tokens.revoke_enroll_token, jti, now)
+
     async def keep_enroll_answer(self, jti: str, certificate_pem: str) -> None:
         """Keep what the token's enrollment issued, for the same device asking again."""
         await self._db.run(tokens.keep_enroll_answer, jti, certificate_pem)

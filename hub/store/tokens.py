@@ -40,12 +40,14 @@ def consume_enroll_token(
     token past its time, is refused with `TokenRefusedError`."""
     with db.write():
         row = db.execute(
-            """SELECT expires_at, labels, used_at, device_id, key_sha256, certificate_pem
-               FROM enroll_tokens WHERE jti = ?""",
+            """SELECT expires_at, labels, used_at, device_id, key_sha256, certificate_pem,
+                   revoked_at FROM enroll_tokens WHERE jti = ?""",
             (jti,),
         ).fetchone()
         if row is None:
             raise TokenRefusedError("unknown token (not issued by this hub)")
+        if row["revoked_at"] is not None:
+            raise TokenRefusedError("token revoked")
         if row["expires_at"] <= now:
             raise TokenRefusedError("token already used" if row["used_at"] else "token expired")
         labels: dict[str, str] = json.loads(row["labels"])
@@ -60,6 +62,20 @@ def consume_enroll_token(
             (now, key_sha256, device_id, jti),
         )
     return Consumed(labels, device_id, again=False)
+
+
+def revoke_enroll_token(db: Sql, jti: str, now: float) -> str:
+    """Revoke a bootstrap token: "revoked", "already revoked" or "unknown". A used one
+    too: its device keeps its certificate, but the token's window for a device asking
+    again (its answer lost) ends."""
+    with db.write():
+        row = db.execute("SELECT revoked_at FROM enroll_tokens WHERE jti = ?", (jti,)).fetchone()
+        if row is None:
+            return "unknown"
+        if row["revoked_at"] is not None:
+            return "already revoked"
+        db.execute("UPDATE enroll_tokens SET revoked_at = ? WHERE jti = ?", (now, jti))
+    return "revoked"
 
 
 def keep_enroll_answer(db: Sql, jti: str, certificate_pem: str) -> None:

@@ -69,6 +69,14 @@ def test_enroll_token_carries_url_pin_and_labels(tmp_path: Path) -> None:
     assert 1790 <= claims["exp"] - claims["iat"] <= 1800
     assert bad.returncode == 2
     assert "--label: expected KEY=VALUE" in bad.stderr
+    # Its id is said beside it, with how to revoke it; revoked, it is refused again.
+    assert f"revoke it with: outpost-hub token revoke --data {data} {claims['jti']}" in (
+        done.stderr
+    )
+    revoked = _run("hub.cli", "token", "revoke", "--data", str(data), claims["jti"])
+    twice = _run("hub.cli", "token", "revoke", "--data", str(data), claims["jti"])
+    assert (revoked.returncode, revoked.stdout) == (0, f"revoked bootstrap token {claims['jti']}\n")
+    assert (twice.returncode, "already revoked" in twice.stderr) == (2, True)
 
 
 def test_agent_errors_are_clear(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from edge.enroll import EnrollError, _device_key, enroll
 from edge.identity import DevicePaths, Identity
 from hub.app import Hub
 from hub.initialise import AlreadyInitialisedError, initialise
+from tests.api_client import ApiClient
 from tests.support import PROFILES, mint_token
 
 
@@ -282,3 +283,34 @@ def test_init_refuses_to_overwrite_and_keeps_keys_private(tmp_path: Any) -> None
     server = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "hub.example" in names.get_values_for_type(x509.DNSName)
+
+
+async def test_a_bootstrap_token_revoked_before_its_time_enrolls_nothing(
+    hub: Hub, api: ApiClient
+) -> None:
+    """A leaked token could not be revoked: it enrolled a device until it expired (up to
+    30 days). Revoked through the API (or `outpost-hub token revoke`), it is refused;
+    one not revoked still enrolls (the control)."""
+    admin = await api.token("admin")
+    leaked = await api.call("POST", "/api/v1/enroll-tokens", token=admin, body={"ttl_s": 3600})
+    kept = await api.call("POST", "/api/v1/enroll-tokens", token=admin, body={"ttl_s": 3600})
+    assert (leaked.status, kept.status) == (201, 201)
+    path = f"/api/v1/enroll-tokens/{leaked.body['jti']}/revoke"
+
+    revoked = await api.call("POST", path, token=admin)
+    again = await api.call("POST", path, token=admin)
+    unknown = await api.call("POST", "/api/v1/enroll-tokens/nope/revoke", token=admin)
+    as_viewer = await api.call("POST", path, token=await api.token("viewer"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    refused_status, refused = await _post_enroll(
+        hub, {"token": leaked.body["token"], "csr": _csr(key), "profile": "generic"}
+    )
+    enrolled_status, _ = await _post_enroll(
+        hub, {"token": kept.body["token"], "csr": _csr(key), "profile": "generic"}
+    )
+
+    assert (revoked.status, revoked.body) == (200, {"jti": leaked.body["jti"], "revoked": True})
+    assert (again.status, unknown.status, as_viewer.status) == (409, 404, 403)
+    assert refused_status == 401
+    assert refused["error"]["message"] == "bootstrap token refused: token revoked"
+    assert enrolled_status == 201

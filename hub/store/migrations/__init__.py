@@ -42,4 +42,5 @@ MIGRATIONS: list[Migration] = [
     ("025_enroll_retry", fleet.m025_enroll_retry),
     ("026_device_busy", work.m026_device_busy),
     ("027_enroll_answer", fleet.m027_enroll_answer),
+    ("028_enroll_token_revocation", fleet.m028_enroll_token_revocation),
 ]

@@ -180,3 +180,8 @@ def m027_enroll_answer(db: Sql) -> None:
     # The certificate a bootstrap token's enrollment issued: the same device asking
     # again (its first answer lost) gets that one back, not a new one each time.
     db.execute("ALTER TABLE enroll_tokens ADD COLUMN certificate_pem TEXT")
+
+
+def m028_enroll_token_revocation(db: Sql) -> None:
+    # A bootstrap token revoked before its time (leaked, or no longer wanted).
+    db.execute("ALTER TABLE enroll_tokens ADD COLUMN revoked_at REAL")
