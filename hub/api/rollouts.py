@@ -82,9 +82,14 @@ class RolloutDeviceOut(Struct, frozen=True):
     stage: Annotated[str, Meta(description="canary or rest")]
     state: Annotated[
         str,
-        Meta(description="waiting, released, downloading, active, failed or rolled_back"),
+        Meta(
+            description="waiting, released, downloading, blocked (cannot take it yet), "
+            "active, failed, rolled_back, superseded (a newer roll-out took the device), "
+            "withdrawn (the device was revoked: neither a failure nor a success), or "
+            "shadowing"
+        ),
     ]
-    detail: Annotated[str, Meta(description="why it failed or rolled back")]
+    detail: Annotated[str, Meta(description="why it failed, rolled back or was withdrawn")]
     released_at: Annotated[float | None, Meta(description="when it was given the release")]
     updated_at: Annotated[float, Meta(description="last change, epoch seconds")]
 

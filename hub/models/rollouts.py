@@ -22,6 +22,8 @@ from hub.fleet.wanted import Wanted
 from hub.store import Advanced, HubStore, Rollout, agentrollouts, shadows
 from hub.store.leadership import NotLeaderError
 from hub.store.offers import Offer
+from hub.store.rolloutprogress import FAILED
+from hub.store.rollouts import given_to
 from outpost import offerseal, wire
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,10 @@ class RolloutService:
             now=time.time(),
             final=report.final,
         )
+        if report.state in FAILED and report.final:
+            # The hub no longer names a release that failed on the device for good: its
+            # retained offer must not either, or a restarted agent takes it up again.
+            self.request([device_id], force=True)
         await self._moved(moved)
 
     async def on_inventory(self, inventories: list[tuple[str, list[wire.ModelInfo]]]) -> None:
@@ -173,6 +179,13 @@ class RolloutService:
         while True:
             wanted = list(await self._wanted.take())
             forced, self._forced = self._forced, set()  # no await since the take: in step
+            try:
+                # Offers go out for these even when empty: a halt made by another process
+                # (a CLI beside the running hub) is then withdrawn at the next hello.
+                given = await self._store.run(given_to, wanted)
+            except Exception as exc:  # their next hellos ask again
+                logger.warning("roll-outs of %d devices not read: %s", len(wanted), exc)
+                continue
             for first in range(0, len(wanted), SEND_AT_ONCE):
                 # One store call per chunk: a ramp of hellos asks for every new device,
                 # and the offers' numbers are taken in order with what they offer.
@@ -184,14 +197,20 @@ class RolloutService:
                 except Exception as exc:  # their next hellos ask again
                     logger.warning("model releases for %d devices not read: %s", len(chunk), exc)
                     continue
-                due = [o for d, o in read.items() if o.releases or o.shadows or d in forced]
+                due = [
+                    o
+                    for d, o in read.items()
+                    if o.releases or o.shadows or d in forced or d in given.models
+                ]
                 await asyncio.gather(*(self._send(o) for o in due))
             try:
                 agent = await self._store.run(agentrollouts.desired_agent_of, wanted)
             except Exception as exc:  # their next hellos ask again
                 logger.warning("agent releases for %d devices not read: %s", len(wanted), exc)
                 continue
-            offers = [(d, agent.get(d)) for d in wanted if d in agent or d in forced]
+            offers = [
+                (d, agent.get(d)) for d in wanted if d in agent or d in forced or d in given.agent
+            ]
             for first in range(0, len(offers), SEND_AT_ONCE):
                 batch = offers[first : first + SEND_AT_ONCE]
                 await asyncio.gather(*(self._offer_agent(d, signed) for d, signed in batch))

@@ -16,11 +16,15 @@ from hub.store import outbox
 from hub.store.sql import Sql, chunked, marks
 
 IN_PROGRESS = ("canary", "rolling")
-# A device's row ends `active`, `failed`, `rolled_back`, or `superseded` (a newer roll-out
-# of the model took the device before this one released it). `blocked`: the device
-# cannot take the model yet (its policy does not allow it), and may later.
-TERMINAL = ("active", "failed", "rolled_back", "superseded")
+# A device's row ends `active`, `failed`, `rolled_back`, `superseded` (a newer roll-out
+# of the model took the device before this one released it) or `withdrawn` (the device
+# was revoked: it says nothing about the release, so it neither fails the roll-out nor
+# proves it). `blocked`: the device cannot take the model yet (its policy does not allow
+# it), and may later.
+TERMINAL = ("active", "failed", "rolled_back", "superseded", "withdrawn")
 FAILED = ("failed", "rolled_back")
+# Ended without a word on the release: a canary stage goes on without such a canary.
+GONE = ("superseded", "withdrawn")
 UNRELEASED = ("waiting", "superseded")
 # Not ended yet: what a newer roll-out of the model takes from an older one.
 OPEN = ("waiting", "released", "downloading", "blocked")
@@ -54,7 +58,7 @@ def advance(db: Sql, rollout_id: int, now: float) -> Advanced:
             d = failed[0]
             state = "halted"
             reason = f"canary {d['device_id']} {d['state'].replace('_', ' ')}: {d['detail']}"
-        elif canary and all(d["state"] == "superseded" for d in canary):
+        elif canary and all(d["state"] in GONE for d in canary):
             # Nothing proved the version yet: the next device waiting becomes the canary.
             waiting = sorted(
                 d["device_id"] for d in devices if d["stage"] == "rest" and d["state"] == "waiting"
@@ -67,10 +71,12 @@ def advance(db: Sql, rollout_id: int, now: float) -> Advanced:
                        WHERE rollout_id = ? AND device_id = ?""",
                     (now, now, rollout_id, released[0]),
                 )
-            else:
+            elif all(d["state"] == "superseded" for d in devices):
                 state = "superseded"
                 reason = "every device was taken by a newer roll-out of the model"
-        elif all(d["state"] in ("active", "superseded") for d in canary):
+            else:
+                state = "rolling"  # no device is left to prove it on: it ends below
+        elif all(d["state"] in ("active", *GONE) for d in canary):
             released = [
                 d["device_id"] for d in devices if d["stage"] == "rest" and d["state"] == "waiting"
             ]

@@ -10,8 +10,8 @@ rolloutprogress.py.
 from __future__ import annotations
 
 from hub.store import events
-from hub.store.rolloutprogress import Advanced, advance
-from hub.store.sql import Sql
+from hub.store.rolloutprogress import TERMINAL, Advanced, advance
+from hub.store.sql import Sql, marks
 
 
 def record_state(
@@ -35,9 +35,11 @@ def record_state(
         ids = [
             r["id"]
             for r in db.execute(
+                # A withdrawn device's report (sent before it was revoked) changes
+                # nothing: it may no longer fail or prove the roll-out.
                 """SELECT r.id FROM rollouts r JOIN rollout_devices d ON d.rollout_id = r.id
                    WHERE r.name = ? AND r.version = ? AND d.device_id = ?
-                     AND d.state NOT IN ('waiting', 'superseded')""",
+                     AND d.state NOT IN ('waiting', 'superseded', 'withdrawn')""",
                 (name, version, device_id),
             )
         ]
@@ -100,10 +102,9 @@ def reconcile_inventory(
                         """SELECT r.id FROM rollouts r
                            JOIN rollout_devices d ON d.rollout_id = r.id
                            WHERE r.name = ? AND r.version = ? AND d.device_id = ?
-                             AND r.state IN ('canary', 'rolling')
-                             AND d.state NOT IN ('waiting', 'active', 'failed',
-                                                 'rolled_back', 'superseded')""",
-                        (name, version, device_id),
+                             AND r.state IN ('canary', 'rolling') AND d.state != 'waiting'"""  # noqa: S608 - placeholders only
+                        f" AND d.state NOT IN ({marks(len(TERMINAL))})",
+                        (name, version, device_id, *TERMINAL),
                     )
                 ]
                 for rollout_id in ids:
@@ -118,21 +119,25 @@ def reconcile_inventory(
 
 
 def drop_device(db: Sql, device_id: str, reason: str, now: float) -> list[Advanced]:
-    """A device leaves every roll-out in progress (revoked): its open rows fail with the
-    reason, so no roll-out waits on it; what each roll-out did then is returned. Runs
-    inside the caller's transaction."""
+    """A device leaves every roll-out in progress (revoked): its open rows end
+    `withdrawn` with the reason, so no roll-out waits on it; what each roll-out did then
+    is returned. Runs inside the caller's transaction.
+
+    Not `failed`: a device lost or stolen says nothing about the release, and a failed
+    canary would halt a healthy roll-out (and give its other canaries back what they ran
+    before)."""
     ids = [
         r["rollout_id"]
         for r in db.execute(
             """SELECT d.rollout_id FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id
-               WHERE d.device_id = ? AND r.state IN ('canary', 'rolling')
-                 AND d.state NOT IN ('active', 'failed', 'rolled_back', 'superseded')""",
-            (device_id,),
+               WHERE d.device_id = ? AND r.state IN ('canary', 'rolling')"""  # noqa: S608 - placeholders only
+            f" AND d.state NOT IN ({marks(len(TERMINAL))})",
+            (device_id, *TERMINAL),
         )
     ]
     for rollout_id in ids:
         db.execute(
-            """UPDATE rollout_devices SET state = 'failed', detail = ?, updated_at = ?
+            """UPDATE rollout_devices SET state = 'withdrawn', detail = ?, updated_at = ?
                WHERE rollout_id = ? AND device_id = ?""",
             (reason, now, rollout_id, device_id),
         )

@@ -30,7 +30,7 @@ from hub.store.rolloutreports import (
     record_state,
     withdraw_device,
 )
-from hub.store.sql import Row, Sql
+from hub.store.sql import Row, Sql, chunked, marks
 from outpost.agentrelease import ROLLOUT_NAME as AGENT
 from outpost.agentrelease import ReleaseFileError, version_order
 
@@ -45,6 +45,7 @@ __all__ = [
     "desired_releases_of",
     "drop_device",
     "get_rollout",
+    "given_to",
     "halt",
     "list_rollouts",
     "reconcile_inventory",
@@ -64,7 +65,9 @@ class RolloutRefusedError(ValueError):
 class RolloutDevice:
     device_id: str
     stage: str  # canary | rest
-    state: str  # waiting | released | downloading | active | failed | rolled_back
+    # waiting | released | downloading | blocked | active | failed | rolled_back |
+    # superseded | withdrawn (revoked) | shadowing: rolloutprogress.py says which end
+    state: str
     detail: str
     released_at: float | None
     updated_at: float
@@ -129,10 +132,20 @@ def create_rollout(
                     f"{DEVICE_RELEASES_MAX_BYTES} (they travel in one message): use "
                     "smaller samples"
                 )
+        # An agent takes only a newer version: a device that runs this one or a newer
+        # one would never report on it, and hold the roll-out up for ever. Its row ends
+        # at once (active, or superseded), in the rest stage: having never updated, it
+        # proves nothing, so the canaries are among the devices that still need it.
+        ended = {
+            d.device_id: runs
+            for d in targets
+            if name == AGENT and (runs := _agent_runs(d, version)) is not None
+        }
         # Canaries: online devices first (they can answer soon), then by id, so the
         # choice is predictable.
-        targets.sort(key=lambda d: (not d.online, d.device_id))
-        canaries = max(1, math.ceil(canary_share * len(targets)))
+        targets.sort(key=lambda d: (d.device_id in ended, not d.online, d.device_id))
+        needing = len(targets) - len(ended)
+        canaries = max(1, math.ceil(canary_share * needing)) if needing else 0
         (rollout_id,) = db.execute(
             """INSERT INTO rollouts (name, version, selector, canary_share, state,
                    created_at, created_by, updated_at, mode, criteria)
@@ -160,10 +173,8 @@ def create_rollout(
             released = canary and not shadow
             state = "shadowing" if shadow else "released" if released else "waiting"
             detail = ""
-            if name == AGENT and (runs := _agent_runs(device, version)):
-                # An agent takes only a newer version: one that runs this or a newer
-                # one would never report on it, and hold the roll-out up for ever.
-                state, detail = runs
+            if device.device_id in ended:
+                state, detail = ended[device.device_id]
                 released = state == "active"
             db.execute(
                 """INSERT INTO rollout_devices (rollout_id, device_id, stage, state, detail,
@@ -182,7 +193,7 @@ def create_rollout(
             advance(db, old, now)
         announce(db, rollout_id, "started", "", now)
         if name == AGENT:
-            advance(db, rollout_id, now)  # its canaries may all run the version already
+            advance(db, rollout_id, now)  # every device may run the version already
     rollout = get_rollout(db, rollout_id)
     assert rollout is not None
     return rollout
@@ -282,7 +293,10 @@ def desired_releases_of(db: Sql, device_ids: list[str]) -> dict[str, list[tuple[
 
 def _desired(db: Sql, device_id: str) -> list[Row]:
     # Every roll-out that gave the device its release counts (released_at), a superseded
-    # one too: after a halt of the newer one, the device goes back to it.
+    # one too: after a halt of the newer one, the device goes back to it. Not one whose
+    # release failed or rolled back on the device (as agentrollouts.py): the device
+    # never retries a failed release, so offered it again it would keep serving what it
+    # does and report the failure, rather than the version before.
     return db.execute(
         """SELECT m.name, m.document, m.signature FROM models m
            JOIN rollouts r ON r.name = m.name AND r.version = m.version
@@ -290,12 +304,40 @@ def _desired(db: Sql, device_id: str) -> list[Row]:
                SELECT MAX(r2.id) FROM rollouts r2
                JOIN rollout_devices d ON d.rollout_id = r2.id
                WHERE d.device_id = ? AND d.released_at IS NOT NULL
+                 AND d.state NOT IN ('failed', 'rolled_back')
                  AND r2.state NOT IN ('halted', 'shadow')
                GROUP BY r2.name
            )
            ORDER BY m.name""",
         (device_id,),
     ).fetchall()
+
+
+@dataclass(frozen=True)
+class Given:
+    """Devices a roll-out ever gave something, so that their retained offers may name it."""
+
+    models: set[str]  # a model release, or a candidate to run in shadow (on down/models)
+    agent: set[str]  # an agent release (on down/agent)
+
+
+def given_to(db: Sql, device_ids: list[str]) -> Given:
+    """Which of these devices a roll-out ever gave something. Their offers go out even
+    when empty: what the database no longer names (after a halt or a failure, recorded
+    by this process or by another one on the database) must leave the broker's retained
+    offer too. Others are left alone, most hellos being theirs."""
+    given = Given(set(), set())
+    for chunk in chunked(sorted(set(device_ids))):
+        rows = db.execute(
+            """SELECT DISTINCT d.device_id, CASE WHEN r.name = ? THEN 1 ELSE 0 END AS agent
+               FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id
+               WHERE (d.released_at IS NOT NULL OR r.mode = 'shadow')"""  # noqa: S608 - placeholders only
+            f" AND d.device_id IN ({marks(len(chunk))})",
+            (AGENT, *chunk),
+        ).fetchall()
+        for r in rows:
+            (given.agent if r["agent"] else given.models).add(r["device_id"])
+    return given
 
 
 def halt(db: Sql, rollout_id: int, reason: str, now: float) -> Advanced | None:

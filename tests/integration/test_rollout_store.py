@@ -198,13 +198,68 @@ async def test_a_revoked_device_no_longer_holds_a_rollout_up(store: HubStore) ->
     assert await store.revoke_device(ids[1], now=time.time(), by="test") is not None
     rollout = await store.rollout(rid)
     assert rollout is not None
-    assert (rollout.state, rollout.reason) == ("completed", "1 of 2 devices failed")
-    assert rollout.devices[1].detail == "device revoked"
+    assert (rollout.state, rollout.reason) == ("completed", "")  # withdrawn, not failed
+    assert (rollout.devices[1].state, rollout.devices[1].detail) == ("withdrawn", "device revoked")
+    assert rollout.counts == {"active": 1, "withdrawn": 1}
     # A new roll-out leaves it out.
     again = await store.create_rollout(
         name="m", version="1", selector={}, canary_share=1.0, by="t", now=time.time()
     )
     assert [d.device_id for d in again.devices] == [ids[0]]
+
+
+async def test_revoking_a_canary_neither_halts_nor_proves_the_rollout(store: HubStore) -> None:
+    """A device lost or stolen says nothing about the release: its rows end `withdrawn`,
+    and the canary stage goes on with the canaries left (or the next device waiting)."""
+    ids = await _devices(store, 5, {})
+    await _model(store, "1")
+    rid = await _start(store, "1", 0.4)  # canaries ids[0], ids[1]
+    await store.record_model_state(ids[0], "m", "1", "active", "", now=time.time())
+
+    assert await store.revoke_device(ids[1], now=time.time(), by="test") is not None
+
+    rollout = await store.rollout(rid)
+    assert rollout is not None
+    assert (rollout.state, rollout.reason) == ("rolling", "")
+    assert [(d.device_id, d.state) for d in rollout.devices] == [
+        (ids[0], "active"),
+        (ids[1], "withdrawn"),
+        (ids[2], "released"),
+        (ids[3], "released"),
+        (ids[4], "released"),
+    ]
+    assert await store.desired_releases(ids[0]) == [(b"doc 1", b"sig")]  # not taken back
+    # A report it sent before it was revoked changes nothing any more.
+    await store.record_model_state(ids[1], "m", "1", "failed", "late", now=time.time())
+    rollout = await store.rollout(rid)
+    assert rollout is not None
+    assert (rollout.state, rollout.devices[1].state) == ("rolling", "withdrawn")
+
+    # Through the API's path (withdraw_device) too; a stage whose only canary is revoked
+    # makes the next device waiting its canary rather than releasing the rest unproven.
+    await _model(store, "2")
+    second = await _start(store, "2", 0.0)  # ids[0] its canary
+    moved = await store.drop_from_rollouts(ids[0], "device revoked", now=time.time())
+    assert [(m.rollout_id, m.state, m.released) for m in moved] == [(second, "canary", [ids[2]])]
+
+
+async def test_a_halt_never_gives_a_device_back_a_release_it_failed(store: HubStore) -> None:
+    ids = await _devices(store, 2, {})
+    for version in ("2", "3"):
+        await _model(store, version)
+    await _start(store, "2", 0.5)
+    await store.record_model_state(ids[0], "m", "2", "active", "", now=time.time())
+    (moved,) = await store.record_model_state(ids[1], "m", "2", "failed", "s", now=time.time())
+    assert moved.state == "completed"
+    # ids[1] failed 2 for good and serves what it had; a failed release is never retried.
+    assert await store.desired_releases(ids[1]) == []
+    second = await _start(store, "3", 1.0)
+    await store.record_model_state(ids[1], "m", "3", "active", "", now=time.time())
+    (moved,) = await store.record_model_state(ids[0], "m", "3", "failed", "x", now=time.time())
+    assert (moved.rollout_id, moved.state) == (second, "halted")
+
+    assert await store.desired_releases(ids[0]) == [(b"doc 2", b"sig")]  # the control
+    assert await store.desired_releases(ids[1]) == []  # not 2 again
 
 
 async def test_releases_a_device_holds_must_fit_one_message(store: HubStore) -> None:

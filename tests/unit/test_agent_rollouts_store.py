@@ -13,6 +13,7 @@ import pytest
 
 from hub.store import Device, HubStore, RolloutRefusedError, StoredModel, agentrollouts
 from hub.store import agentreleases as registry
+from hub.store.presence import HelloSeen
 from hub.store.sql import Sql
 from outpost.agentrelease import ROLLOUT_NAME as AGENT
 from tests.databases import BACKENDS, database
@@ -203,7 +204,8 @@ async def test_devices_that_run_the_version_or_a_newer_one_hold_no_rollout_up(
     store: HubStore,
 ) -> None:
     """An agent takes only a newer version, so a device that runs this one (or a newer
-    one) would never report on it: it counts as active (or superseded) from the start."""
+    one) would never report on it: it counts as active (or superseded) from the start,
+    in the rest stage (it proves nothing about updating to it)."""
     ids = await _devices(store, 3)
     runs = {ids[0]: "0.3.0", ids[1]: "0.4.0", ids[2]: "0.3.0rc1"}
 
@@ -225,12 +227,53 @@ async def test_devices_that_run_the_version_or_a_newer_one_hold_no_rollout_up(
     found = await store.rollout(rollout.id)
     assert found is not None
     assert [(d.device_id, d.stage, d.state) for d in found.devices] == [
-        (ids[0], "canary", "active"),
-        (ids[1], "canary", "superseded"),
-        (ids[2], "rest", "released"),  # the canaries ran it: the rest get it at once
+        (ids[2], "canary", "released"),  # the one device that has to update
+        (ids[0], "rest", "active"),
+        (ids[1], "rest", "superseded"),
     ]
-    assert found.state == "rolling"
+    assert found.state == "canary"
     assert await _desired(store, ids) == {ids[0]: signed("0.3.0"), ids[2]: signed("0.3.0")}
+
+    moved = await store.record_model_state(ids[2], AGENT, "0.3.0", "active", "", now=1.0)
+    assert [m.state for m in moved] == ["completed"]
+
+
+async def test_the_canaries_are_devices_that_have_to_update(store: HubStore) -> None:
+    """A roll-out tried again after a halt, on a fleet where one device already runs the
+    version: the canary gate waits for a device that updates, never passing on one that
+    did not (which would release the fleet unproven)."""
+    ids = await _devices(store, 10)
+    now = time.time()
+    await store.record_presence(
+        [
+            HelloSeen(d, f"c{i}", now, "generic", "2.0.0" if i == 0 else "1.0.0", 5.0, {})
+            for i, d in enumerate(ids)
+        ]
+    )
+    await _release(store, "2.0.0")
+
+    canaries = await _start(store, "2.0.0", 0.1)
+
+    assert canaries == [ids[1]]  # ceil(0.1 * 9) among the 9 that have to update
+    found = await store.rollouts()
+    assert found[0].state == "canary"
+    assert sorted(await _desired(store, ids)) == ids[:2]  # ids[0] runs it; ids[1] the canary
+    moved = await store.reconcile_inventory([(ids[1], [(AGENT, "2.0.0")])], now=time.time())
+    assert [(m.state, m.released) for m in moved] == [("rolling", ids[2:])]
+
+
+async def test_an_agent_rollout_nobody_has_to_take_ends_at_once(store: HubStore) -> None:
+    ids = await _devices(store, 2)
+    now = time.time()
+    await store.record_presence(
+        [HelloSeen(d, f"c{i}", now, "generic", "2.0.0", 5.0, {}) for i, d in enumerate(ids)]
+    )
+    await _release(store, "2.0.0")
+
+    assert await _start(store, "2.0.0", 0.5) == []
+
+    (found,) = await store.rollouts()
+    assert (found.state, found.counts) == ("completed", {"active": 2})
 
 
 async def test_a_release_that_failed_on_a_device_is_not_offered_to_it_again(
