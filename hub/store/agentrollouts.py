@@ -12,8 +12,41 @@ Each function runs on the store's worker thread as one unit of work.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+
+from hub.store.devices import Device
 from hub.store.sql import Sql
 from outpost.agentrelease import ROLLOUT_NAME as AGENT
+from outpost.agentrelease import ReleaseFileError, version_order
+
+
+def unfit(db: Sql, version: str, devices: Iterable[Device]) -> dict[str, str]:
+    """The devices that cannot take agent release `version`, each with why: another
+    machine than its platforms, or an agent older than its `min_agent_version` (as their
+    last hellos said). Such a device refuses it for good, which halted the roll-out when
+    it was a canary; a device whose hello said neither is given its chance."""
+    row = db.execute("SELECT manifest FROM agent_releases WHERE version = ?", (version,)).fetchone()
+    if row is None:
+        return {}
+    manifest = json.loads(row["manifest"])
+    platforms: list[str] = manifest.get("platforms", [])
+    oldest: str = manifest.get("min_agent_version", "")
+    out = {}
+    for d in devices:
+        arch = str(d.capabilities.get("arch", ""))
+        if arch and platforms and arch not in platforms:
+            out[d.device_id] = f"its machine is {arch}; the release is for {', '.join(platforms)}"
+        elif oldest and d.agent_version and _older(d.agent_version, oldest):
+            out[d.device_id] = f"runs agent {d.agent_version}; it updates {oldest} or newer"
+    return out
+
+
+def _older(running: str, oldest: str) -> bool:
+    try:
+        return version_order(running) < version_order(oldest)
+    except ReleaseFileError:  # a version pip cannot read: its own check is the judge
+        return False
 
 
 def desired_agent_of(db: Sql, device_ids: list[str]) -> dict[str, tuple[bytes, bytes]]:

@@ -21,6 +21,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from hub.store import agentrollouts
 from hub.store.catalog import get_model
 from hub.store.devices import Device
 from hub.store.rolloutprogress import Advanced, advance, announce, take_over
@@ -122,6 +123,14 @@ def create_rollout(
         ]
         if not targets:
             raise RolloutRefusedError(f"the selector {selector} matches no enrolled device")
+        left_out = agentrollouts.unfit(db, version, targets) if name == AGENT else {}
+        if left_out:  # never part of it: said when it starts (the sinks' event)
+            targets = [d for d in targets if d.device_id not in left_out]
+            if not targets:
+                raise RolloutRefusedError(
+                    f"no device the selector {selector} matches can take agent {version}: "
+                    + _said(left_out)
+                )
         for d in targets:
             if name == AGENT:
                 break  # an agent release travels alone, on down/agent
@@ -191,7 +200,7 @@ def create_rollout(
             )
         for old in older:
             advance(db, old, now)
-        announce(db, rollout_id, "started", "", now)
+        announce(db, rollout_id, "started", f"left out: {_said(left_out)}" if left_out else "", now)
         if name == AGENT:
             advance(db, rollout_id, now)  # every device may run the version already
     rollout = get_rollout(db, rollout_id)
@@ -214,6 +223,12 @@ def _agent_runs(device: Device, version: str) -> tuple[str, str] | None:
     if running > wanted:
         return "superseded", f"runs {device.agent_version}, newer"
     return None
+
+
+def _said(why: dict[str, str], most: int = 5) -> str:
+    """Devices and why, the first `most` of them."""
+    shown = "; ".join(f"{d} ({reason})" for d, reason in sorted(why.items())[:most])
+    return shown + (f"; and {len(why) - most} more" if len(why) > most else "")
 
 
 def _offer_bytes(db: Sql, device_id: str, name: str, *, shadow: bool) -> int:

@@ -294,3 +294,56 @@ async def test_a_release_that_failed_on_a_device_is_not_offered_to_it_again(
 
     assert desired[ids[1]] == signed("0.3.0")  # what it runs again; never 0.4.0 again
     assert desired[ids[2]] == signed("0.4.0")  # the control
+
+
+async def test_devices_that_cannot_take_the_release_are_left_out(store: HubStore) -> None:
+    """A device of another machine, or one too old to update to it, refuses the release
+    for good: as a canary it halted an otherwise healthy roll-out. Such devices are left
+    out (said in the started event); a device whose hello said neither takes part."""
+    ids = await _devices(store, 4)
+    now = time.time()
+    arm = {"arch": "aarch64"}
+    x86 = {"arch": "x86_64"}
+    await store.record_presence(
+        [
+            HelloSeen(ids[0], "c0", now, "generic", "1.0.0", 5.0, arm),  # another machine
+            HelloSeen(ids[1], "c1", now, "generic", "0.1.0", 5.0, x86),  # too old
+            HelloSeen(ids[2], "c2", now, "generic", "1.0.0", 5.0, x86),  # takes it
+        ]  # ids[3] never said hello: its own check is the judge
+    )
+    manifest = '{"platforms": ["x86_64"], "min_agent_version": "0.5.0"}'
+    document, signature = signed("2.0.0")
+    release = registry.StoredAgentRelease("2.0.0", manifest, document, signature, 1.0, "t")
+    assert await store.run(registry.add, release)
+
+    rollout = await store.create_rollout(
+        name=AGENT, version="2.0.0", selector={}, canary_share=0.5, by="t", now=now
+    )
+
+    assert sorted(d.device_id for d in rollout.devices) == [ids[2], ids[3]]
+    unfit = await store.run(agentrollouts.unfit, "2.0.0", await store.devices())
+    assert unfit == {
+        ids[0]: "its machine is aarch64; the release is for x86_64",
+        ids[1]: "runs agent 0.1.0; it updates 0.5.0 or newer",
+    }
+
+
+async def test_a_release_no_selected_device_can_take_is_refused(store: HubStore) -> None:
+    (device,) = await _devices(store, 1)
+    now = time.time()
+    await store.record_presence(
+        [HelloSeen(device, "c0", now, "generic", "1.0.0", 5.0, {"arch": "armv7l"})]
+    )
+    manifest = '{"platforms": ["x86_64", "aarch64"], "min_agent_version": "0.1.0"}'
+    document, signature = signed("2.0.0")
+    release = registry.StoredAgentRelease("2.0.0", manifest, document, signature, 1.0, "t")
+    assert await store.run(registry.add, release)
+
+    with pytest.raises(RolloutRefusedError) as refused:
+        await store.create_rollout(
+            name=AGENT, version="2.0.0", selector={}, canary_share=0.5, by="t", now=now
+        )
+    assert str(refused.value) == (
+        "no device the selector {} matches can take agent 2.0.0: "
+        f"{device} (its machine is armv7l; the release is for x86_64, aarch64)"
+    )
