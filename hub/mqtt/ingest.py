@@ -232,11 +232,17 @@ class Ingest:
             return
         try:
             changed = await self._store.record_presence([e for _, e in presence])
-        except Exception:
-            logger.exception(
-                "storing a batch of %d messages failed; retrying one by one", len(presence)
-            )
-            await self._one_by_one(presence)
+        except Exception as exc:
+            if len(presence) > 1 and not database_failed(exc):  # as for uploads: apart
+                logger.exception(
+                    "storing a batch of %d messages failed; retrying one by one", len(presence)
+                )
+                await self._one_by_one(presence)
+                return
+            # The database itself (locked, down): each alone would fail alike, as slowly.
+            for kind, _ in presence:
+                self.outcomes[(kind, "error")] += 1
+            logger.exception("storing a batch of %d messages failed", len(presence))
             return
         for (kind, event), flipped in zip(presence, changed, strict=True):
             self._accepted(kind, event, flipped)

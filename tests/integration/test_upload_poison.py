@@ -184,3 +184,43 @@ async def test_a_device_whose_upload_fails_the_sql_leaves_the_others_stored_and_
         assert calls == [["dev-a", "dev-bad", "dev-c"]]
         assert acked == []
     assert ("dev-bad", "events") not in marks
+
+
+async def test_presence_the_database_cannot_take_is_not_tried_again_one_by_one(
+    tmp_path: Path,
+) -> None:
+    """A locked (or down) database failed the presence batch, and the ingest then tried
+    each heartbeat alone: each waited the whole busy timeout again, with a traceback
+    each, while every other device's acks waited behind them."""
+    path = tmp_path / "hub.db"
+    store = HubStore(path, busy_timeout_ms=200)
+    calls = 0
+    record = store.record_presence
+
+    async def counted(events: Any) -> list[bool]:
+        nonlocal calls
+        calls += 1
+        return await record(events)
+
+    store.record_presence = counted  # type: ignore[method-assign]
+    ingest = Ingest(store, max_payload_bytes=1 << 20)
+    beats = [_beat(f"dev-{n:012x}") for n in range(10)]
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        await ingest.handle_batch(beats)
+        locker.execute("ROLLBACK")
+        assert calls == 1
+        assert ingest.outcomes[("heartbeat", "error")] == 10
+        # The control: with the database free again, the same beats are stored.
+        await ingest.handle_batch(beats)
+        assert ingest.outcomes[("heartbeat", "accepted")] == 10
+    finally:
+        locker.close()
+        store.close()
+
+
+def _beat(device_id: str) -> tuple[str, bytes]:
+    load = wire.Load(cpu_percent=1, memory_percent=1, disk_percent=1, rss_bytes=1)
+    body = wire.Heartbeat(conn="c", uptime_s=1.0, heartbeat_interval=10.0, load=load)
+    return wire.up_topic(device_id, "heartbeat"), wire.encode("heartbeat", body)
