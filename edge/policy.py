@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ class PolicyKeeper:
         self._digest = ""
         self.rejected_version = 0
         self.reason = ""
+        # One policy at a time: MQTT and a courier bundle hand them over from their own
+        # threads, and two at once both passed the version check, then both were kept and
+        # applied in either order (an older one last, kept for the next start).
+        self._receiving = threading.Lock()
 
     def load(self) -> None:
         """Apply the policy kept on disk, if any (blocking: call from a thread at start)."""
@@ -65,6 +70,10 @@ class PolicyKeeper:
 
     def receive(self, body: wire.SignedPolicy) -> bool:
         """Handle a policy from the hub; True if it was applied."""
+        with self._receiving:
+            return self._receive(body)
+
+    def _receive(self, body: wire.SignedPolicy) -> bool:
         signed = policy.Signed(body.document, body.signature)
         try:
             issued = policy.verify(self._key, signed, self._device_id)

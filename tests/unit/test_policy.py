@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import threading
 from pathlib import Path
 
 import msgpack
@@ -182,3 +183,49 @@ def test_a_policy_that_cannot_be_kept_on_disk_is_refused_then_taken_when_it_come
     assert k.current is not None
     assert k.current.version == 2
     assert msgpack.unpackb((tmp_path / "policy.signed").read_bytes())["document"]
+
+
+def test_two_policies_handed_over_at_once_are_taken_one_after_the_other(
+    keeper: tuple[PolicyKeeper, list[policy.Policy]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MQTT and a courier bundle hand policies over from their own threads: both passed
+    the version check, then both were kept and applied, the older one possibly last (and
+    kept on disk for the next start)."""
+    k, applied = keeper
+    assert k.receive(signed(4, {"heartbeat_interval": 4.0}))
+    newer_writing, older_writing = threading.Event(), threading.Event()
+    real_replace = files.replace
+
+    def replace(path: Path, data: bytes, mode: int = files.PUBLIC) -> None:
+        if threading.current_thread().name == "newer":
+            newer_writing.set()
+            # The fault's timing: the older one is given the time to reach its write
+            # too, which it does only if nothing keeps it out meanwhile.
+            older_writing.wait(2.0)
+        else:
+            older_writing.set()
+        real_replace(path, data, mode)
+
+    monkeypatch.setattr("edge.policy.files.replace", replace)
+    results: dict[int, bool] = {}
+    newer = threading.Thread(
+        target=lambda: results.__setitem__(6, k.receive(signed(6, {"heartbeat_interval": 6.0}))),
+        name="newer",
+    )
+    newer.start()
+    assert newer_writing.wait(30)  # past its version check
+    older = threading.Thread(
+        target=lambda: results.__setitem__(5, k.receive(signed(5, {"heartbeat_interval": 5.0}))),
+        name="older",
+    )
+    older.start()
+    newer.join(30)
+    older.join(30)
+
+    assert results == {6: True, 5: False}
+    assert [p.heartbeat_interval for p in applied] == [4.0, 6.0]
+    kept = k.kept()
+    assert kept is not None
+    assert kept[0].version == 6
