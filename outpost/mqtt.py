@@ -56,6 +56,10 @@ class Refusals(Protocol):
         ...
 
 
+# How long a connection must stay up for the link to count as back (see `run_forever`).
+STABLE_S: Final = 60.0
+
+
 async def run_forever(
     make_client: Callable[[], aiomqtt.Client],
     session: Callable[[aiomqtt.Client], Awaitable[None]],
@@ -66,6 +70,7 @@ async def run_forever(
     backoff_spread: float = 0.0,
     backoff_seed: str | None = None,
     refusals: Refusals | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> NoReturn:
     """Connect with a fresh client, run `session`, and on any link error start over.
 
@@ -73,15 +78,19 @@ async def run_forever(
     data. The first attempt is made at once; waits between later ones come from
     `backoff.Reconnect` (the first retry of an outage spread over `backoff_spread`
     seconds, then capped exponential jitter), except after a refusal that `refusals`
-    recognises: it then waits as it sees fit.
+    recognises: it then waits as it sees fit. An outage begins afresh only after a
+    connection that stayed up `STABLE_S`: one the broker accepts and drops at once (two
+    agents on one device id, a cloned SD card, taking each other's session over) backed
+    off no further than the first retry's spread, reconnecting every few seconds for ever.
     """
     mqttprops.lighten()  # every message read pays for paho's Properties otherwise
     retry = backoff.Reconnect(cap=backoff_cap, spread=backoff_spread, seed=backoff_seed)
     while True:
         client = make_client()
+        connected_at: float | None = None
         try:
             async with client:
-                retry.reset()
+                connected_at = clock()
                 link.set("connected", f"to {address}")
                 await session(client)
                 raise aiomqtt.MqttError("session ended")
@@ -90,4 +99,6 @@ async def run_forever(
                 retry.reset()  # it waited already; a later passing error starts afresh
                 continue
             link.set("disconnected", str(exc) or type(exc).__name__)
+        if connected_at is not None and clock() - connected_at >= STABLE_S:
+            retry.reset()  # the link was back: this is a new outage
         await asyncio.sleep(retry.next_delay())

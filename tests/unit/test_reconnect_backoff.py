@@ -115,11 +115,16 @@ class FakeClient:
 
 
 async def run_loop(
-    monkeypatch: pytest.MonkeyPatch, outcomes: list[bool], sleeps: int
+    monkeypatch: pytest.MonkeyPatch,
+    outcomes: list[bool],
+    sleeps: int,
+    session_s: float = mqtt.STABLE_S,
 ) -> list[tuple[str, float]]:
-    """Run `run_forever` as the agent does; `outcomes[i]`: attempt i connects."""
+    """Run `run_forever` as the agent does; `outcomes[i]`: attempt i connects, and a
+    session lasts `session_s` (on a clock faked as time is)."""
     log: list[tuple[str, float]] = []
     attempts = iter(outcomes)
+    now = 0.0
 
     async def fake_sleep(seconds: float) -> None:  # time is faked, as unit tests may
         log.append(("sleep", seconds))
@@ -127,7 +132,9 @@ async def run_loop(
             raise Stop
 
     async def session(client: Any) -> None:
+        nonlocal now
         log.append(("session", 0.0))
+        now += session_s
 
     def make_client() -> Any:
         return FakeClient(log, refuse=not next(attempts))
@@ -143,6 +150,7 @@ async def run_loop(
             backoff_cap=60.0,
             backoff_spread=10.0,
             backoff_seed="dev-0007",
+            clock=lambda: now,
         )
     return log
 
@@ -169,6 +177,19 @@ async def test_the_loop_sleeps_what_the_policy_says(monkeypatch: pytest.MonkeyPa
         "connect",
         "session",
     ]
+
+
+async def test_a_link_that_drops_as_soon_as_it_connects_backs_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two agents on one device id (a cloned SD card) take each other's session over the
+    moment they connect: each CONNACK started the back-off afresh, so they reconnected
+    within the first retry's spread, every few seconds, for ever."""
+    log = await run_loop(monkeypatch, [True] * 8, sleeps=8, session_s=1.0)
+    reference = backoff.Reconnect(cap=60.0, spread=10.0, seed="dev-0007")
+    assert [seconds for kind, seconds in log if kind == "sleep"] == [
+        reference.next_delay() for _ in range(8)
+    ]  # one outage: no reset between the short sessions
 
 
 # ---------------------------------------------------------------------------- the setting
