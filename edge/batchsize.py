@@ -13,9 +13,18 @@ nor below `FLOOR_BYTES` (a single record larger than the budget still goes, alon
 
 The budget counts plain record bytes, as the store reads them; how fast acks return
 already reflects compression, the link and the hub.
+
+It also says how long to wait for an ack before resending the window (`patience_s`):
+`ack_timeout_s` while acks come, twice as long (with jitter) after each stall in a row,
+up to `MAX_PATIENCE_S`. A hub that stays silent with the broker up (its replicas down,
+its database failing over) got the whole window again every `ack_timeout_s` from every
+device, for as long as it lasted: about 88 MB a day per device on a metered link, and
+a fleet's duplicates queued at the broker for the hub's return.
 """
 
 from __future__ import annotations
+
+import random
 
 START_BYTES = 64 * 1024  # a first batch as large as the earlier fixed default
 FLOOR_BYTES = 4 * 1024
@@ -23,6 +32,7 @@ FLOOR_BYTES = 4 * 1024
 # window: even a full window of batches twice as large then stays under half the timeout.
 _QUICK_SHARE = 0.25
 _SLOW_SHARE = 0.5  # shrink when a batch waited over this share of the ack timeout
+MAX_PATIENCE_S = 600.0  # the longest wait for an ack before the window goes again
 
 
 class BatchBudget:
@@ -34,6 +44,9 @@ class BatchBudget:
         self._quick_s = ack_timeout_s * _QUICK_SHARE / in_flight
         self._slow_s = ack_timeout_s * _SLOW_SHARE
         self.bytes = min(START_BYTES, ceiling)
+        self._ack_timeout_s = ack_timeout_s
+        self.patience_s = ack_timeout_s
+        self._random = random.Random()  # noqa: S311 - jitter, not cryptography
 
     def full(self, plain_bytes: int, records: int, batch_records: int) -> bool:
         """Whether a batch of this size tells anything about a larger one: it used at
@@ -44,11 +57,15 @@ class BatchBudget:
         """Batches acknowledged together: how long each waited, and whether it was full."""
         if not waits:
             return
+        self.patience_s = self._ack_timeout_s  # the hub answers again
         if max(wait for wait, _ in waits) > self._slow_s:
             self.bytes = max(self._floor, self.bytes // 2)
         elif any(full for _, full in waits) and all(wait < self._quick_s for wait, _ in waits):
             self.bytes = min(self.ceiling, self.bytes * 2)
 
     def stalled(self) -> None:
-        """No ack came within the timeout: the window is resent, in smaller batches."""
+        """No ack came within the patience: the window is resent, in smaller batches, and
+        the next resend waits longer (devices that lost one hub together drift apart)."""
         self.bytes = max(self._floor, self.bytes // 4)
+        grown = self.patience_s * 2 * self._random.uniform(1.0, 1.25)
+        self.patience_s = max(self._ack_timeout_s, min(MAX_PATIENCE_S, grown))

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import msgspec
 
-from edge.batchsize import BatchBudget
+from edge.batchsize import MAX_PATIENCE_S, BatchBudget
 from edge.config import Sync
 from edge.pacing import ByteRate, parse_windows, seconds_until_open
 from edge.store import AgentStore, StoreReadError, StoreWriteError
@@ -170,14 +170,16 @@ class Uploader:
         The hub answers every hello with its mark for each stream; `on_ack` aligns.
         """
         self._aligned = await self._until_read(self._store.aligned)
+        patience = self._sync.ack_timeout_s  # longer at each ask, as resends (batchsize.py)
         while not self._aligned.issuperset(wire.STREAMS):
             self._progress.clear()
-            if not await wait_event(self._progress, self._sync.ack_timeout_s):
+            if not await wait_event(self._progress, patience):
                 logger.warning(
                     "the hub has not said where %s stand; asking again",
                     ", ".join(sorted(set(wire.STREAMS) - self._aligned)),
                 )
                 await ask_marks()
+                patience = min(MAX_PATIENCE_S, patience * 2)
 
     async def on_ack(self, ack: wire.Ack) -> None:
         """Apply the hub's acknowledgement: delete what it holds; resend after a gap."""
@@ -375,10 +377,10 @@ class Uploader:
         if not self._in_flight:
             return
         oldest = min(f.sent_at for f in self._in_flight)
-        if time.monotonic() - oldest > self._sync.ack_timeout_s:
+        if time.monotonic() - oldest > self.budget.patience_s:
             logger.warning(
                 "no acknowledgement for %.0f s; resending from the last ack",
-                self._sync.ack_timeout_s,
+                self.budget.patience_s,
             )
             self._sent = dict(self._acked)
             self._in_flight.clear()

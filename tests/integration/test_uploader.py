@@ -319,3 +319,34 @@ async def test_batches_shrink_while_acks_are_slow(store: AgentStore) -> None:
     first, second = (plain_bytes(b) for b in link.sent[:2])
     assert first > 60 * 1024
     assert second <= 32 * 1024 < second + 1100
+
+
+async def test_a_silent_hub_gets_the_window_again_less_and_less_often(tmp_path: Path) -> None:
+    """The broker takes every publish and no ack ever comes (the hub's replicas down):
+    the window went again every ack_timeout_s for as long as that lasted."""
+    store = AgentStore(tmp_path / "store.db", {s: UNBOUNDED for s in wire.STREAMS})
+    await store.start()
+    try:
+        await store.append("results", [{"n": n} for n in range(20)])
+        uploader = Uploader(store, "dev-000000000001", Sync(ack_timeout_s=0.5, in_flight=4))
+        for stream in wire.STREAMS:
+            await uploader.on_ack(wire.Ack(stream=stream, hwm=0))
+        firsts: list[int] = []
+
+        async def publish(topic: str, payload: bytes) -> None:  # taken, never acked
+            body = wire.decode(payload, kinds=wire.UP_KINDS).body
+            if body.from_seq == 1:
+                firsts.append(1)
+
+        async def ask() -> None:
+            pass
+
+        running = asyncio.create_task(uploader.run(publish, ask))
+        await asyncio.sleep(6.0)  # the hub's silence, the fault itself
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        # Sent, then again after 0.5 s, 1-1.25 s, 2-3.1 s: 4 times at most in 6 s (every
+        # 0.5 s, with the uploader's 1 s look, it went 6 times).
+        assert 2 <= len(firsts) <= 4
+    finally:
+        await store.close()

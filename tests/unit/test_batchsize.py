@@ -3,7 +3,9 @@ slow, quartered after a stall, within its floor and the configured ceiling."""
 
 from __future__ import annotations
 
-from edge.batchsize import FLOOR_BYTES, START_BYTES, BatchBudget
+import itertools
+
+from edge.batchsize import FLOOR_BYTES, MAX_PATIENCE_S, START_BYTES, BatchBudget
 
 KIB = 1024
 
@@ -69,3 +71,19 @@ def test_no_acked_batch_changes_nothing() -> None:
     b = budget()
     b.acked([])
     assert b.bytes == 64 * KIB
+
+
+def test_the_wait_for_an_ack_grows_while_the_hub_stays_silent_and_resets_on_an_ack() -> None:
+    """A hub silent with the broker up got every device's window again every
+    ack_timeout_s, for as long as it lasted (88 MB a day per device)."""
+    budget = BatchBudget(200 * 1024, 4, 15.0)
+    assert budget.patience_s == 15.0
+    waits = []
+    for _ in range(12):
+        budget.stalled()
+        waits.append(budget.patience_s)
+    assert all(b > a for a, b in itertools.pairwise(waits[:5]))  # doubling, jittered
+    assert 30.0 <= waits[0] <= 37.5
+    assert waits[-1] == MAX_PATIENCE_S
+    budget.acked([(1.0, False)])
+    assert budget.patience_s == 15.0
