@@ -38,7 +38,13 @@ class Sync(SyncTunables, frozen=True):
         int, Meta(ge=1, le=64, description="upload messages sent but not acknowledged")
     ] = 4
     ack_timeout_s: Annotated[
-        float, Meta(ge=0.5, le=FINITE, description="resend unacknowledged batches after this long")
+        float,
+        Meta(
+            ge=0.5,
+            le=FINITE,
+            description="resend unacknowledged batches after this long (each resend in a row "
+            "waits twice as long, up to 10 min)",
+        ),
     ] = 15.0
     linger_ms: Annotated[
         float,
