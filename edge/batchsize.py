@@ -18,8 +18,8 @@ It also says how long to wait for an ack before resending the window (`patience_
 `ack_timeout_s` while acks come, twice as long (with jitter) after each stall in a row,
 up to `MAX_PATIENCE_S`. A hub that stays silent with the broker up (its replicas down,
 its database failing over) got the whole window again every `ack_timeout_s` from every
-device, for as long as it lasted: about 88 MB a day per device on a metered link, and
-a fleet's duplicates queued at the broker for the hub's return.
+device, for as long as it lasted: the same bytes over a metered link all day, and a
+fleet's duplicates queued at the broker for the hub's return.
 """
 
 from __future__ import annotations

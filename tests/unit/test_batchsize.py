@@ -75,7 +75,7 @@ def test_no_acked_batch_changes_nothing() -> None:
 
 def test_the_wait_for_an_ack_grows_while_the_hub_stays_silent_and_resets_on_an_ack() -> None:
     """A hub silent with the broker up got every device's window again every
-    ack_timeout_s, for as long as it lasted (88 MB a day per device)."""
+    ack_timeout_s, for as long as it lasted."""
     budget = BatchBudget(200 * 1024, 4, 15.0)
     assert budget.patience_s == 15.0
     waits = []
