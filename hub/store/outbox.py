@@ -270,14 +270,18 @@ def skip_to(db: Sql, sink: str, position: int, overflowed: int, now: float) -> N
 
 def rewind(db: Sql, sink: str, at: float, now: float) -> int | None:
     """Send a sink every kept event from `at` on again; the new position, or None if
-    there is no such sink."""
+    there is no such sink. A replay only ever moves the cursor back: from a time after
+    the events the sink has yet to get (a time in the future, say), it moved the cursor
+    past them, and they were never delivered, nor counted as skipped."""
     with db.write():
-        position = first_at_or_after(db, at) - 1
+        back_to = first_at_or_after(db, at) - 1
         changed = db.execute(
-            "UPDATE sink_cursors SET position = ?, updated_at = ? WHERE sink = ?",
-            (position, now, sink),
+            """UPDATE sink_cursors SET updated_at = ?,
+                   position = CASE WHEN position > ? THEN ? ELSE position END
+               WHERE sink = ?""",
+            (now, back_to, back_to, sink),
         ).rowcount
-    return position if changed else None
+        return position_of(db, sink) if changed else None
 
 
 def prune(db: Sql, sinks: Sequence[str], keep_s: float, now: float) -> int:
