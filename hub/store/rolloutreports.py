@@ -130,7 +130,7 @@ def drop_device(db: Sql, device_id: str, reason: str, now: float) -> list[Advanc
         r["rollout_id"]
         for r in db.execute(
             """SELECT d.rollout_id FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id
-               WHERE d.device_id = ? AND r.state IN ('canary', 'rolling')"""  # noqa: S608 - placeholders only
+               WHERE d.device_id = ? AND r.state IN ('shadow', 'canary', 'rolling')"""  # noqa: S608 - placeholders only
             f" AND d.state NOT IN ({marks(len(TERMINAL))})",
             (device_id, *TERMINAL),
         )

@@ -192,7 +192,7 @@ def _decide(db: Sql, rollout_id: int, found: dict[str, Any], now: float) -> Judg
         )
         db.execute(
             """UPDATE rollout_devices SET state = 'superseded', detail = 'stopped in shadow',
-                   updated_at = ? WHERE rollout_id = ?""",
+                   updated_at = ? WHERE rollout_id = ? AND state != 'withdrawn'""",
             (now, rollout_id),
         )
         announce(db, rollout_id, "stopped", reason, now)
@@ -204,16 +204,19 @@ def _decide(db: Sql, rollout_id: int, found: dict[str, Any], now: float) -> Judg
     released = [
         r["device_id"]
         for r in db.execute(
-            "SELECT device_id FROM rollout_devices WHERE rollout_id = ? AND stage = 'canary'",
+            """SELECT device_id FROM rollout_devices
+               WHERE rollout_id = ? AND stage = 'canary' AND state != 'withdrawn'""",
             (rollout_id,),
         )
     ]
+    # A device revoked while it ran the candidate stays withdrawn: released again, it
+    # would hold the roll-out up (or, a canary, never report).
     db.execute(
         """UPDATE rollout_devices SET
                state = CASE stage WHEN 'canary' THEN 'released' ELSE 'waiting' END,
                released_at = CASE stage WHEN 'canary' THEN ? ELSE NULL END,
                detail = '', updated_at = ?
-           WHERE rollout_id = ?""",
+           WHERE rollout_id = ? AND state != 'withdrawn'""",
         (now, now, rollout_id),
     )
     db.execute(
@@ -221,6 +224,7 @@ def _decide(db: Sql, rollout_id: int, found: dict[str, Any], now: float) -> Judg
         (reason, now, rollout_id),
     )
     announce(db, rollout_id, "promoted", reason, now)
+    released += advance(db, rollout_id, now).released  # every canary revoked: a new one
     for old in older:  # one may have ended with these devices gone from it
         advance(db, old, now)
     return Judged(rollout_id, "canary", reason, released, devices)

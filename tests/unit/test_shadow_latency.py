@@ -177,3 +177,40 @@ async def test_a_verdict_names_unequal_thread_counts(store: HubStore) -> None:
     assert found["live"]["threads"] == {"3": SAMPLES}
     (judged,) = await store.run(shadows.judge, time.time())
     assert "latency ratio 0.80 (CPU time, live on 3 threads, candidate on 1)" in judged.reason
+
+
+async def test_a_device_revoked_while_in_shadow_stays_out_when_it_is_promoted(
+    store: HubStore,
+) -> None:
+    """Revoking left a shadow roll-out's rows as they were, and promotion then released
+    every row: a revoked canary held the roll-out up for good (it never reports)."""
+    rollout_id = await _shadow_rollout(store, 1.2)  # dev-1, the canary
+    await store.add_device(
+        Device(
+            device_id="dev-2", profile="generic", labels={"site": "s"}, online=True,
+            last_seen=None, last_heartbeat=None, heartbeat_interval=None, agent_version=None,
+            capabilities={}, load={}, enrolled_at=1.0, cert_serial="02", cert_not_before=1.0,
+            cert_not_after=2.0,
+        )
+    )  # fmt: skip
+    await store.run(_join, rollout_id, "dev-2")
+    await _fold(store, _compared([(_answer(0.25, 0.24), _answer(0.25, 0.24))] * SAMPLES))
+    assert await store.revoke_device("dev-1", now=time.time(), by="t") is not None
+
+    (judged,) = await store.run(shadows.judge, time.time())
+
+    assert judged.state == "canary", judged.reason
+    assert judged.released == ["dev-2"]  # the canary in the revoked one's place
+    rollout = await store.rollout(rollout_id)
+    assert rollout is not None
+    states = {d.device_id: (d.stage, d.state) for d in rollout.devices}
+    assert states == {"dev-1": ("canary", "withdrawn"), "dev-2": ("canary", "released")}
+
+
+def _join(db: Any, rollout_id: int, device_id: str) -> None:
+    """A second device in the shadow roll-out, in its rest stage."""
+    db.execute(
+        """INSERT INTO rollout_devices (rollout_id, device_id, stage, state, detail,
+               released_at, updated_at) VALUES (?, ?, 'rest', 'shadowing', '', NULL, ?)""",
+        (rollout_id, device_id, time.time()),
+    )
