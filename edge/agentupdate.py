@@ -109,9 +109,9 @@ class AgentUpdater:
 
     async def load(self) -> None:
         """Learn from the launcher which version it rolled back from, if it did: that one
-        is reported after every hello and never installed again (the hub's retained
-        offer may still name it when this version connects); and which versions were
-        refused for good before."""
+        is reported after every hello and refused for good, kept with the refusals as
+        the next rollback's report replaces its file (the hub's retained offer may still
+        name it when this version connects); and which versions were refused before."""
         self._refused.update(await asyncio.to_thread(_read_refused, self._paths.root / REFUSED))
         for name in (ROLLED_BACK, ROLLED_BACK_REPORTED):
             try:
@@ -120,10 +120,12 @@ class AgentUpdater:
                 bad, reason = str(report["from"]), str(report.get("reason", ""))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            self._refused.add(bad)
+            # Kept with the refusals: the next rollback's report is renamed over this
+            # one, and this version must stay refused all the same.
+            if bad not in self._refused:
+                await self._refuse_for_good(bad)
             detail = f"did not come up ({reason}); {self._running} runs again"
             self._states[bad] = wire.ModelState(ROLLOUT_NAME, bad, "rolled_back", detail[-512:])
-            return
 
     def states(self) -> list[wire.ModelState]:
         """The reports the hub must hear again after each hello (the failed ones)."""
@@ -175,11 +177,12 @@ class AgentUpdater:
                 logger.warning("agent %s not switched to: %s", manifest.version, exc)
                 await self._send(manifest.version, "failed", str(exc), final=False)
                 continue
-            except (OSError, download.DiskFull) as exc:
+            except (OSError, download.DiskFull, selfupdate.DiskError) as exc:
                 # The device's disk (full, say), not the release: said, and tried again
                 # when the hub offers it again, not the end of the agent.
-                logger.error("agent %s not installed: %s", manifest.version, exc)
-                await self._send(manifest.version, "failed", f"not installed: {exc}", final=False)
+                said = str(exc).removeprefix("not installed: ")
+                logger.error("agent %s not installed: %s", manifest.version, said)
+                await self._send(manifest.version, "failed", f"not installed: {said}", final=False)
                 continue
             logger.warning("agent %s installed and switched to: restarting", manifest.version)
             raise RestartRequested(manifest.version)
@@ -225,6 +228,8 @@ class AgentUpdater:
             )
             self._check_wanted(version)
             await asyncio.to_thread(selfupdate.switch, self._prefix, version)
+        except selfupdate.DiskError:
+            raise  # the device's, not the release's: tried again (run)
         except selfupdate.InstallError as exc:
             raise _Refused(str(exc)) from exc
         finally:

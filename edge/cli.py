@@ -370,8 +370,10 @@ async def _serve(agent: Agent) -> int:
     except asyncio.CancelledError:
         logger.info("agent stopped")
     except RestartRequested as exc:
-        # The launcher starts PREFIX/current, now the new version, at once.
-        agent.notifier.stopping()
+        # The launcher starts PREFIX/current, now the new version, at once, in the same
+        # service. No STOPPING=1: systemd (NotifyAccess=all) would take the service for
+        # stopping, ignore the new version's READY=1 and kill both after TimeoutStopSec.
+        agent.notifier.status(f"restarting into agent {exc.version}")
         logger.warning("%s", exc)
         return EXIT_RESTART
     return 0

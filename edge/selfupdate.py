@@ -7,7 +7,8 @@ checked and installed under PREFIX/releases/<version>/venv, the new version's ow
 PREFIX/current (a symlink) move to it, atomically; PREFIX/previous keeps what it
 pointed at, for `roll_back`. The running version is never touched: a failure at any
 step (a refused file, pip, a full disk, the selfcheck) removes the half-made folder and
-says why.
+says why: `DiskError` when the device's disk was at fault, which a later try may get
+past, else `InstallError`.
 
     layout: PREFIX/releases/<version>/venv, PREFIX/current -> releases/<version>
 
@@ -36,6 +37,16 @@ PIP_TIMEOUT_S = 1800.0
 
 class InstallError(RuntimeError):
     """The release was not installed; the message says why. The running one is as it was."""
+
+
+class DiskError(InstallError):
+    """The device's disk (full, failing) stopped the install, not the release: it may
+    install once there is room, so it is not refused for good."""
+
+
+# What pip, the venv module and the selfcheck print when they meet a full disk: ENOSPC
+# (errno 28) from the kernel, SQLITE_FULL from the store's copy the selfcheck migrates.
+DISK_FULL_SAID = ("[Errno 28]", "No space left on device", "database or disk is full")
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,7 @@ def install(
     except (InstallError, OSError) as exc:
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, say
-            raise InstallError(f"not installed: {exc.strerror or exc}") from exc
+            raise DiskError(f"not installed: {exc.strerror or exc}") from exc
         raise
     return folder
 
@@ -190,7 +201,8 @@ def _step(argv: list[str], what: str) -> None:
         raise InstallError(f"not installed: {what} took over {PIP_TIMEOUT_S:g} s") from exc
     if done.returncode != 0:
         said = (done.stdout + done.stderr).strip()[-2000:]
-        raise InstallError(f"not installed: {what} failed:\n{said}")
+        failed = DiskError if any(s in said for s in DISK_FULL_SAID) else InstallError
+        raise failed(f"not installed: {what} failed:\n{said}")
 
 
 def version_key(version: str) -> Version:

@@ -1,20 +1,29 @@
 """The launcher's rollback (systemd/outpost-launch), with the test's loop standing in
 for systemd's Restart=on-failure: a new version that exits, or hangs, before it is
-ready fails its starts; after --attempts of them `current` goes back to `previous`, the
-reason is written for the agent to report, and the previous version comes up. A version
-that comes up is never rolled back. And the real agent writes the ready marker the
-launcher waits for, and reports a rollback it finds."""
+ready, or dies within its trial once ready, fails its starts; after --attempts of them
+`current` goes back to `previous`, the reason is written for the agent to report, and the
+previous version comes up. A version that comes up and stays is never rolled back, nor
+is a version rolled back to itself; a power cut midway through a rollback loses nothing,
+and a launcher that cannot write its state lets a running agent be. And the real agent
+writes the ready marker the launcher waits for, and reports a rollback it finds."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
+import importlib.util
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
 
 from edge.store.recovery import open_store
 from outpost import __version__
@@ -45,10 +54,14 @@ def folders(tmp_path: Path, new_body: str) -> tuple[Path, Path]:
     return prefix, data
 
 
+def arguments(prefix: Path, data: Path, deadline: float = 30) -> list[str]:
+    return ["--prefix", str(prefix), "--data", str(data), "--deadline", str(deadline),
+            "--attempts", "3"]  # fmt: skip
+
+
 def launch(prefix: Path, data: Path, deadline: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(LAUNCH), "--prefix", str(prefix), "--data", str(data),
-         "--deadline", str(deadline), "--attempts", "3"],
+        [sys.executable, str(LAUNCH), *arguments(prefix, data, deadline)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
@@ -122,6 +135,137 @@ def test_no_rollback_back_to_the_version_it_was_rolled_back_from(tmp_path: Path)
     assert supervise(prefix, data) == [1, 1, 1, 0]  # back to 1.0.0
     good = prefix / "releases" / GOOD / "venv" / "bin" / "outpost-agent"
     good.write_text("#!/bin/sh\nexit 4\n")  # now it fails to start as well
+
+    codes = supervise(prefix, data)
+
+    assert codes == [1] * 6
+    assert os.readlink(prefix / "current") == f"releases/{GOOD}"
+    state = json.loads((data / "launch-state.json").read_text())
+    assert state["rolled_back_from"] == ["2.0.0"]
+
+
+# A stand-in that stays until the launcher took it for ready: its state file, replaced
+# (a new inode) once it saw the marker, then exits 3, as a version whose first connect
+# raises would.
+DIES_ONCE_READY = (
+    'before=$(ls -i "$3/launch-state.json" 2>/dev/null); printf 2.0.0 > "$3/ready"\n'
+    'while [ "$(ls -i "$3/launch-state.json" 2>/dev/null)" = "$before" ]; do sleep 0.05; done\n'
+    "exit 3"
+)
+
+
+def test_a_version_that_dies_soon_after_it_is_ready_is_rolled_back(tmp_path: Path) -> None:
+    """Ready (store and local API up) is not yet up for good: a version that dies within
+    its trial (by default minutes) counts a failure as one that never came up does."""
+    prefix, data = folders(tmp_path, DIES_ONCE_READY)
+
+    codes = supervise(prefix, data)
+
+    assert codes == [1, 1, 1, 0]
+    report = json.loads((data / "rolled-back.json").read_text())
+    assert (report["from"], report["to"], report["failures"]) == ("2.0.0", GOOD, 3)
+    assert report["reason"] == "exited with status 3 within 120 s of being ready"
+    assert os.readlink(prefix / "current") == f"releases/{GOOD}"
+    assert (data / "ready").read_text() == GOOD
+
+
+def test_failures_are_forgotten_once_a_version_ran_its_trial(tmp_path: Path) -> None:
+    prefix, data = folders(tmp_path, 'printf 2.0.0 > "$3/ready"; exec sleep 600')
+    state = {"failures": 2, "rolled_back_from": [], "version": "2.0.0"}
+    (data / "launch-state.json").write_text(json.dumps(state))
+    log = tmp_path / "launch.log"
+    with log.open("wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, str(LAUNCH), *arguments(prefix, data), "--trial", "1"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while json.loads((data / "launch-state.json").read_text())["failures"] != 0:
+            assert launcher.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "failures still counted after 60 s"
+            time.sleep(0.05)  # a poll with a deadline
+        os.killpg(launcher.pid, signal.SIGTERM)
+        launcher.wait(30)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait(10)
+    assert os.readlink(prefix / "current") == "releases/2.0.0"
+    assert not (data / "rolled-back.json").exists()
+
+
+def test_a_launcher_that_cannot_write_its_state_lets_a_ready_agent_run(tmp_path: Path) -> None:
+    """A full disk (here: a folder where the staging file goes) once the agent is ready:
+    said, and the launcher waits for the agent as ever, rather than dying and leaving it
+    to be killed with the unit."""
+    prefix, data = folders(tmp_path, 'printf 2.0.0 > "$3/ready"; exit 0')
+    (data / "launch-state.json.new").mkdir()
+
+    done = launch(prefix, data)
+
+    assert done.returncode == 0, done.stderr  # the agent's own status
+    assert "Traceback" not in done.stderr
+    assert "outpost-launch: cannot write" in done.stderr
+
+
+def test_no_rollback_of_a_version_to_itself(tmp_path: Path) -> None:
+    """Killed inside selfupdate.switch, between its two links: `previous` and `current`
+    both name the running version. Its failed starts are counted, and nothing is rolled
+    back (nor reported as rolled back: it would be the agent's own version)."""
+    prefix, data = tmp_path / "opt", tmp_path / "data"
+    data.mkdir()
+    release(prefix, GOOD, "exit 3")
+    (prefix / "current").symlink_to(f"releases/{GOOD}")
+    (prefix / "previous").symlink_to(f"releases/{GOOD}")
+
+    codes = supervise(prefix, data)
+
+    assert codes == [1] * 6
+    assert not (data / "rolled-back.json").exists()
+    assert os.readlink(prefix / "current") == f"releases/{GOOD}"
+    assert "not rolling back" in launch(prefix, data).stderr
+
+
+def load_launcher() -> ModuleType:
+    """The launcher as a module of this process, to cut a rollback short inside it."""
+    loader = importlib.machinery.SourceFileLoader("outpost_launch", str(LAUNCH))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_a_power_cut_during_a_rollback_keeps_the_version_rolled_back_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut right after the swap: what the launcher knows (the version not to come back
+    to) is on the disk already. When the previous version then fails its starts too (a
+    slow boot, say), `current` does not swing back to the one that did not come up."""
+    prefix, data = folders(tmp_path, "exit 3")
+    launcher = load_launcher()
+    real_swap = launcher._swap
+
+    class PowerCut(Exception):
+        pass
+
+    def swap(current: Path, previous: Path) -> None:
+        real_swap(current, previous)
+        raise PowerCut
+
+    monkeypatch.setattr(launcher, "_swap", swap)
+    # This process's own signal handlers stay as they are.
+    stays = SimpleNamespace(signal=lambda *args: None, SIGTERM=signal.SIGTERM, SIGINT=signal.SIGINT)
+    monkeypatch.setattr(launcher, "signal", stays)
+    args = arguments(prefix, data)
+    assert launcher.main(args) == 1
+    assert launcher.main(args) == 1
+    with pytest.raises(PowerCut):
+        launcher.main(args)  # the third failure: rolled back, and the power is cut
+    assert os.readlink(prefix / "current") == f"releases/{GOOD}"
+    good = prefix / "releases" / GOOD / "venv" / "bin" / "outpost-agent"
+    good.write_text("#!/bin/sh\nexit 4\n")  # 1.0.0 now fails to start as well
 
     codes = supervise(prefix, data)
 

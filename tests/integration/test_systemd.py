@@ -5,7 +5,10 @@ unit runs it (READY=1 once its local API answers, WATCHDOG=1 within the interval
 STOPPING=1 and a prompt exit on SIGTERM with nothing it confirmed lost), also from
 behind the launcher the agent's unit starts (systemd/outpost-launch: root's, outside
 what the agent may write, Python 3.8 and the standard library only), which hands it the
-watchdog and counts no failure when it is stopped while the agent starts."""
+watchdog and counts no failure when it is stopped while the agent starts. An agent that
+exits 75 to be restarted into a new release says no STOPPING=1 (systemd would take the
+running service for stopping, ignore the new READY=1 and kill it), and while the new
+version starts the launcher pings the watchdog for it."""
 
 from __future__ import annotations
 
@@ -25,9 +28,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from edge import cli
+from edge.agent import Agent
+from edge.agentupdate import EXIT_RESTART, RestartRequested
 from edge.inference.directory import ModelDirectory
 from edge.profile import load_profile
 from edge.store import AgentStore
@@ -35,12 +42,13 @@ from hub.app import Hub
 from hub.broker.managed import pid_file
 from hub.cli import load_config
 from hub.paths import HubPaths
-from outpost import __version__
+from outpost import __version__, heap
+from outpost.sdnotify import Notifier, address
 from tests import sandbox
 from tests.conftest import Enroller
 from tests.integration.test_local_inference import sample_of
 from tests.integration.test_store_forward import produce, wait_socket
-from tests.support import PROFILES, REPO, SHIPPED_MODELS, AgentProcess
+from tests.support import PROFILES, REPO, SHIPPED_MODELS, AgentProcess, eventually
 
 SYSTEMD = REPO / "systemd"
 UNITS = sorted(SYSTEMD.glob("*.service"))
@@ -470,6 +478,83 @@ async def test_the_agent_behind_the_launcher_speaks_for_the_unit(
     state = json.loads((paths.root / "launch-state.json").read_text())
     assert state == {"failures": 0, "rolled_back_from": [], "version": __version__}
     assert not (paths.root / "rolled-back.json").exists()
+
+
+async def test_an_agent_restarting_into_a_new_release_does_not_say_stopping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The agent's last words before exit 75 (edge/cli.py's `_serve`): a STATUS= line,
+    not STOPPING=1. The service goes on running: the launcher starts the new version in
+    it at once, and that version's READY=1 and WATCHDOG=1 must still count."""
+    listener = NotifyListener()
+
+    class Switched:
+        """An agent whose updater just switched `current` to 2.0.0."""
+
+        notifier = Notifier(address(listener.name))
+
+        async def run(self) -> None:
+            raise RestartRequested("2.0.0")
+
+    monkeypatch.setattr(heap, "settle", lambda: 0)  # no gc.freeze of the test's own heap
+    try:
+        code = await cli._serve(cast(Agent, Switched()))
+        said = await listener.until("STATUS", timeout=10)
+    finally:
+        Switched.notifier.close()
+        listener.close()
+    assert code == EXIT_RESTART
+    assert said == {"STATUS": "restarting into agent 2.0.0"}
+    assert all("STOPPING" not in fields for _, fields in listener.received)
+
+
+async def test_the_launcher_pings_the_watchdog_while_a_new_version_starts(
+    tmp_path: Path,
+) -> None:
+    """After exit 75 the service is running with its watchdog armed, and the new version
+    pings only once ready (its store, models, local API up: tens of seconds on a Pi):
+    the launcher, the main process, pings for it meanwhile."""
+    prefix, data = tmp_path / "opt", tmp_path / "data"
+    data.mkdir()
+    new_link = prefix / "current.new"
+    switch = f'ln -sfn releases/2.0.0 "{new_link}"; mv -T "{new_link}" "{prefix}/current"'
+    stand_in_release(prefix, "1.0.0", f'printf 1.0.0 > "$3/ready"; {switch}; exit 75')
+    # 2.0.0 comes up once the test says so: slow, however long the test watches it.
+    go = tmp_path / "go"
+    body = f'while [ ! -e "{go}" ]; do sleep 0.05; done; printf 2.0.0 > "$3/ready"; exec sleep 600'
+    bin_dir = prefix / "releases" / "2.0.0" / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "outpost-agent").write_text(f"#!/bin/sh\n{body}\n")
+    (bin_dir / "outpost-agent").chmod(0o755)
+    listener = NotifyListener()
+    watchdog_s = 3.0
+    log = tmp_path / "launch.log"
+    launcher = start_launcher(
+        prefix, data, log,
+        {"NOTIFY_SOCKET": listener.name, "WATCHDOG_USEC": str(int(watchdog_s * 1e6))},
+    )  # fmt: skip
+    try:
+        await listener.until("WATCHDOG", timeout=30)  # 1.0.0 came and went meanwhile
+        for _ in range(3):  # longer than the watchdog, and within it each time
+            await listener.until("WATCHDOG", timeout=watchdog_s)
+        assert listener.senders == {launcher.pid}
+        assert not (data / "ready").exists()  # 2.0.0 still starting
+        pings = [at for at, fields in listener.received if "WATCHDOG" in fields]
+        assert max(b - a for a, b in itertools.pairwise(pings)) < watchdog_s
+        go.touch()
+
+        async def ready() -> bool:
+            assert launcher.poll() is None, log.read_text()
+            marker = data / "ready"
+            return marker.exists() and marker.read_text() == "2.0.0"
+
+        await eventually(ready, timeout=30, what="2.0.0 ready")
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait(10)
+        listener.close()
+    assert "restarting into the new current" in log.read_text()
 
 
 def test_a_stop_while_the_agent_starts_is_no_failure(tmp_path: Path) -> None:

@@ -183,7 +183,10 @@ def wheelhouse() -> Path:
 class Machine:
     """A copy of the cached root, booted by systemd-nspawn as a child of this process."""
 
-    def __init__(self, base: Path, wheels: Path, workdir: Path) -> None:
+    def __init__(
+        self, base: Path, wheels: Path, workdir: Path, binds: tuple[str, ...] = ()
+    ) -> None:
+        """`binds`: more `--bind=` and `--bind-ro=` options for systemd-nspawn."""
         self.root = workdir / "root"
         subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(self.root)], check=True)
         self.console = workdir / "console.log"
@@ -201,6 +204,7 @@ class Machine:
                     "--console=read-only",
                     f"--bind-ro={REPO}:/src",
                     f"--bind-ro={wheels}:/wheels",
+                    *binds,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=console,

@@ -1,14 +1,20 @@
 """The agent's self-update when versions are odd or the device's disk is full: versions
 are ordered as pip orders them (a release candidate before its release), a manifest no
-agent could take is refused where it is checked, and a full disk is reported as a
-failure the release may get past, without ending the updater."""
+agent could take is refused where it is checked, and a full disk, while downloading or
+installing, is reported as a failure the release may get past, without ending the
+updater and without refusing the release for good. Every version the launcher rolled
+back from stays refused, not only the newest."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import json
+import os
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 import pytest
@@ -18,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from edge import agentupdate, selfupdate
 from edge.agentupdate import AgentUpdater
 from edge.identity import DevicePaths
-from outpost import agentrelease, wire
+from outpost import agentrelease, files, wire
 from outpost.agentrelease import AgentFile, AgentManifest, ReleaseFileError
 from tests.support import eventually
 
@@ -237,3 +243,106 @@ async def test_a_release_refused_for_good_is_not_fetched_again_after_a_restart(
     last = await failed()
     assert last is not None
     assert "refused before" in last.detail
+
+
+async def test_a_full_disk_while_installing_is_no_refusal_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The venv and wheels went in; the disk fills as the install is marked whole."""
+    paths = device(tmp_path)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    reports: list[wire.ModelState] = []
+
+    async def report(state: wire.ModelState) -> None:
+        reports.append(state)
+
+    async def fetch(self: AgentUpdater, version: str, entry: object, files: Path) -> None:
+        pass
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(AgentUpdater, "_fetch", fetch)
+    monkeypatch.setattr(selfupdate, "check_release", lambda *a, **k: manifest())
+    monkeypatch.setattr(selfupdate, "_step", lambda *a, **k: None)  # venv, pip, selfcheck
+    monkeypatch.setattr(os, "sync", lambda: None)
+    # outpost.files as selfupdate sees it, but for `replace`, which marks the install whole.
+    stub = SimpleNamespace(replace=full, sync_dir=files.sync_dir, PUBLIC=files.PUBLIC)
+    monkeypatch.setattr("edge.selfupdate.files", stub)
+    updater = AgentUpdater(
+        paths, "https://hub.invalid", report, prefix=tmp_path / "opt", running="0.1.0",
+        machine="x86_64",
+    )  # fmt: skip
+    await updater.load()
+    signed = agentrelease.sign(KEY, manifest(), time.time())
+    offer = wire.AgentOffer(release=wire.AgentRelease(signed.document, signed.signature))
+
+    async def failed() -> wire.ModelState | None:
+        return next((r for r in reports if r.state == "failed"), None)
+
+    running = asyncio.create_task(updater.run())
+    try:
+        await updater.offer(offer)
+        found = await eventually(failed, timeout=10, what="the failure reported")
+        assert found is not None
+        assert (found.version, found.final) == ("0.2.0", False)
+        assert found.detail == "not installed: No space left on device"
+        assert updater.states() == []
+        assert not (paths.root / agentupdate.REFUSED).exists()
+
+        reports.clear()
+        await updater.offer(offer)  # room again by the next offer: tried again
+        found = await eventually(failed, timeout=10, what="the second try reported")
+        assert found is not None
+        assert "refused before" not in found.detail
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    assert not (tmp_path / "opt" / "releases" / "0.2.0").exists()
+
+
+@pytest.mark.parametrize(
+    ("said", "disk"),
+    [
+        ("ERROR: Could not install packages due to an OSError: [Errno 28] No space left", True),
+        ("store: cannot be read or migrated: database or disk is full", True),
+        ("store: after migrating a copy, quick_check: wrong # of entries", False),
+        ("ERROR: No matching distribution found for outpost==0.2.0", False),
+    ],
+)
+def test_a_step_that_failed_for_want_of_space_says_so(said: str, disk: bool) -> None:
+    """pip (and the selfcheck) run as processes: their output tells a full disk, which a
+    later try may get past, from a release that will not install."""
+    program = f"import sys; print({said!r}, file=sys.stderr); sys.exit(1)"
+    with pytest.raises(selfupdate.InstallError, match="installing its wheels") as failed:
+        selfupdate._step([sys.executable, "-c", program], "installing its wheels")
+    assert isinstance(failed.value, selfupdate.DiskError) is disk
+
+
+async def test_every_version_rolled_back_from_stays_refused(tmp_path: Path) -> None:
+    """2.0.0 was rolled back from and reported; later 2.1.0 was too, and its report is
+    renamed over 2.0.0's: both stay refused, across restarts."""
+    paths = device(tmp_path)
+    (paths.root / agentupdate.ROLLED_BACK_REPORTED).write_text(json.dumps({"from": "2.0.0"}))
+    rolled = {"from": "2.1.0", "reason": "exited with status 3 before it was ready"}
+    (paths.root / agentupdate.ROLLED_BACK).write_text(json.dumps(rolled))
+
+    async def report(state: wire.ModelState) -> None:
+        pass
+
+    def updater() -> AgentUpdater:
+        return AgentUpdater(paths, "https://hub.invalid", report, prefix=None, running="1.0.0")
+
+    first = updater()
+    await first.load()
+    assert {"2.0.0", "2.1.0"} <= first._refused
+    assert "2.1.0" in [s.version for s in first.states() if s.state == "rolled_back"]
+    # The agent reported 2.1.0's rollback (edge/agent.py): its file replaces 2.0.0's.
+    (paths.root / agentupdate.ROLLED_BACK).replace(paths.root / agentupdate.ROLLED_BACK_REPORTED)
+
+    again = updater()
+    await again.load()
+    assert {"2.0.0", "2.1.0"} <= again._refused
+    kept = json.loads((paths.root / agentupdate.REFUSED).read_text())
+    assert {"2.0.0", "2.1.0"} <= set(kept)
