@@ -219,9 +219,9 @@ class Reports:
 
     A device that runs a version above what the hub gave it means the hub's database was
     restored from an older backup: the device would refuse every version the counter
-    gives until it passed the device's own. So the fleet's counter is moved past every
-    version a device reports, and such a device's policy is marked changed, for its next
-    refresh (its next hello, or any change of policy) to give it a version it takes."""
+    gives until it passed the device's own. So the fleet's counter is moved up to such a
+    version (at most `MAX_FLOOR`), and the device's policy is marked changed, for its
+    next refresh (its next hello, or any change of policy) to give it a version it takes."""
 
     def __init__(self, db: Sql, device_ids: Iterable[str]) -> None:
         self._db = db
@@ -253,19 +253,21 @@ class Reports:
                 news.append((device_id, now, "policy_refused", f"version {rejected}: {reason}"))
             self._known[device_id] = (max(known[0], applied), max(known[1], rejected))
         self._updates.append((rejected, reason, applied, applied, rejected, rejected, device_id))
-        self._highest = max(self._highest, applied, rejected)
         if applied > self._given.get(device_id, applied):
             self._ahead.add(device_id)
+            if applied <= MAX_FLOOR:  # a device's word, bounded: see MAX_FLOOR
+                self._highest = max(self._highest, applied)
         return news
 
     def write(self) -> None:
         self._db.executemany(_REPORTED, self._updates)
         self._updates = []
-        if self._highest and _counter(self._db) < self._highest:
-            self._db.execute(
-                "UPDATE policy_seq SET value = ? WHERE value < ?", (self._highest, self._highest)
-            )
-        if self._ahead:
+        if self._ahead:  # else applied <= given <= counter: nothing to read
+            if self._highest and _counter(self._db) < self._highest:
+                self._db.execute(
+                    "UPDATE policy_seq SET value = ? WHERE value < ?",
+                    (self._highest, self._highest),
+                )
             self._db.executemany(
                 "UPDATE device_policy SET digest = '', published = 0 WHERE device_id = ?",
                 [(device_id,) for device_id in sorted(self._ahead)],
@@ -299,6 +301,13 @@ def drift(db: Sql) -> int:
              AND d.revoked_at IS NULL"""
     ).fetchone()
     return int(n)
+
+
+# The highest version a device's report may move the fleet's counter to. A device's
+# word is not proof (one reporting 2**63 - 1 left no version to give, and every refresh
+# failed for the whole fleet); bounded so, the counter keeps room for ever, and every
+# version stays exact for JSON readers.
+MAX_FLOOR = 2**53
 
 
 def _counter(db: Sql) -> int:

@@ -147,6 +147,29 @@ async def test_policy_versions_pass_what_devices_run_after_a_restore(store: HubS
     assert await store.refresh_policies(None, now=now) == []
 
 
+async def test_a_device_claiming_the_last_version_cannot_stop_policy_for_the_fleet(
+    store: HubStore,
+) -> None:
+    """The counter followed any version a device reported: one claiming 2**63 - 1 left
+    no version to give, and every refresh failed, for every device."""
+    now = time.time()
+    for device_id in ("dev-a", "dev-b"):
+        await store.record_presence(
+            [HelloSeen(device_id, "c", now, "generic", "1", 1.0, {}, "rt", [], 0, 0)]
+        )
+    await store.put_policy_layer(_fleet_layer(10))
+    given = await store.refresh_policies(None, now=now)
+    await store.mark_policy_published([(p.device_id, p.version) for p in given])
+    claim = {"version": 2**63 - 1, "rejected_version": 2**63 - 1, "reason": ""}
+    await store.record_presence([HeartbeatSeen("dev-a", "c", now, 1.0, {}, policy=claim)])
+
+    await store.put_policy_layer(_fleet_layer(20))
+    changed = await store.refresh_policies(None, now=now)
+
+    assert {p.device_id for p in changed} == {"dev-a", "dev-b"}
+    assert max(p.version for p in changed) < 2**53 + 10
+
+
 async def test_a_held_device_stays_offline_until_its_hold_ends(store: HubStore) -> None:
     """A hold marked the device offline, but its messages queued before the session
     ended came after and set it online again: work could go to a device held off."""
