@@ -185,8 +185,10 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-# A label of a host name (RFC 1123): letters, digits and -, neither first nor last.
-_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# A label of a host name (RFC 1123): letters, digits and -, neither first nor last; and
+# _, which names that resolve carry (a Docker Compose service, mqtt_broker). What would
+# break a URL or a line of mosquitto.conf (a space, /, ?, #, @) stays out.
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 def host_problem(host: str) -> str | None:
@@ -204,9 +206,9 @@ def host_problem(host: str) -> str | None:
         except UnicodeError:
             return "not a valid host name"
         return f"not ASCII: write it as {ascii_form!r} (its IDNA form)"
-    labels = host.split(".")
-    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        return "neither an IP address nor a host name (letters, digits and -, between dots)"
+    labels = host.removesuffix(".").split(".")  # a fully qualified name's last dot
+    if len(host) > 254 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "neither an IP address nor a host name (letters, digits, - and _, between dots)"
     if labels[-1].isdigit():  # 10.0.0.256: a mistyped address, not a name
         return "not a valid IP address"
     return None

@@ -115,7 +115,17 @@ def test_a_listener_address_that_is_no_host_is_refused(key: str, host: str, said
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1", "::1", "localhost", "hub-1.site.example", "HUB.local", "fe80::1%eth0"]
+    "host",
+    [
+        "127.0.0.1",
+        "::1",
+        "localhost",
+        "hub-1.site.example",
+        "HUB.local",
+        "fe80::1%eth0",
+        "mqtt_broker",  # a Docker Compose service: names that resolve may carry _
+        "hub.example.org.",  # fully qualified, its last dot written
+    ],
 )
 def test_a_listener_address_that_is_a_host_is_accepted(host: str) -> None:
     config = loaded({"mqtt_host": host, "web_host": host})
