@@ -89,7 +89,9 @@ class Enrollment:
             raise BadTokenError(f"bootstrap token refused: {exc}") from exc
         device_id, labels = consumed.device_id, consumed.labels
         if consumed.again and consumed.certificate_pem is not None:
-            return await self._answer_again(device_id, consumed.certificate_pem.encode())
+            kept = await self._answer_again(device_id, consumed.certificate_pem.encode(), now)
+            if kept is not None:
+                return kept
         issued = pki.issue(
             self._ca_key,
             self._ca_cert,
@@ -139,16 +141,22 @@ class Enrollment:
         logger.info("enrolled %s as %s (profile %s, labels %s)", device_id, named, profile, labels)
         return self._enrolled(device_id, issued.pem, issued.not_after.timestamp(), named)
 
-    async def _answer_again(self, device_id: str, certificate_pem: bytes) -> Enrolled:
-        """The answer a lost first one gave: the same certificate, not one more."""
+    async def _answer_again(
+        self, device_id: str, certificate_pem: bytes, now: float
+    ) -> Enrolled | None:
+        """The answer a lost first one gave: the same certificate, not one more; None
+        when it is no longer the device's (renewed or expired since, or the device
+        removed), for a new one to be issued as before."""
         existing = await self._store.device(device_id)
-        if existing is None or existing.revoked_at is not None:
+        if existing is not None and existing.revoked_at is not None:
             raise BadTokenError("bootstrap token refused: its device was revoked")
         issued = x509.load_pem_x509_certificate(certificate_pem)
+        serial = format(issued.serial_number, "x")
+        not_after = issued.not_valid_after_utc.timestamp()
+        if existing is None or existing.cert_serial != serial or not_after <= now:
+            return None
         logger.info("enrolled %s again: its first answer was lost", device_id)
-        return self._enrolled(
-            device_id, certificate_pem, issued.not_valid_after_utc.timestamp(), existing.name
-        )
+        return self._enrolled(device_id, certificate_pem, not_after, existing.name)
 
     def _enrolled(
         self, device_id: str, certificate_pem: bytes, not_after: float, name: str

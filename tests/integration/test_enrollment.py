@@ -285,6 +285,35 @@ def test_init_refuses_to_overwrite_and_keeps_keys_private(tmp_path: Any) -> None
     assert "hub.example" in names.get_values_for_type(x509.DNSName)
 
 
+async def test_asking_again_after_a_renewal_gets_no_stale_certificate(hub: Hub) -> None:
+    """The kept first answer is given again only while it is the device's certificate:
+    renewed since, the device asking again would have got a superseded one."""
+    token = await mint_token(hub)
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = {"token": token, "csr": _csr(key), "profile": "generic"}
+    _, first = await _post_enroll(hub, body)
+    context = ssl.create_default_context(cafile=str(hub.paths.ca_cert))
+    renewal = {"certificate": first["certificate"], "csr": _csr(key)}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{hub.config.hub_url}/api/v1/enroll/renew",
+            data=json.dumps(renewal).encode(),
+            ssl=context,
+        ) as renewed,
+    ):
+        assert renewed.status == 200, await renewed.text()
+
+    status, again = await _post_enroll(hub, body)
+
+    assert status == 201, again
+    assert again["certificate"] != first["certificate"]
+    device = await hub.parts.store.device(first["device_id"])
+    assert device is not None
+    served = x509.load_pem_x509_certificate(again["certificate"].encode())
+    assert device.cert_serial == format(served.serial_number, "x")
+
+
 async def test_a_bootstrap_token_revoked_before_its_time_enrolls_nothing(
     hub: Hub, api: ApiClient
 ) -> None:
