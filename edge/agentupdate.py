@@ -62,7 +62,12 @@ class RestartRequested(Exception):
 
 
 class _Refused(Exception):
-    """This release will not be installed; the message says why."""
+    """This release will not be installed; the message says why. `kept`: remembered
+    across restarts (the release's own fault), or only until the next start."""
+
+    def __init__(self, message: str, *, kept: bool = True) -> None:
+        super().__init__(message)
+        self.kept = kept
 
 
 class _Withdrawn(Exception):
@@ -169,7 +174,10 @@ class AgentUpdater:
             try:
                 await self._update(signed, manifest)
             except _Refused as exc:
-                await self._refuse_for_good(manifest.version)
+                if exc.kept:
+                    await self._refuse_for_good(manifest.version)
+                else:
+                    self._refused.add(manifest.version)  # until a restart
                 logger.error("agent %s not installed: %s", manifest.version, exc)
                 await self._send(manifest.version, "failed", str(exc))
                 continue
@@ -177,9 +185,9 @@ class AgentUpdater:
                 logger.warning("agent %s not switched to: %s", manifest.version, exc)
                 await self._send(manifest.version, "failed", str(exc), final=False)
                 continue
-            except (OSError, download.DiskFull, selfupdate.DiskError) as exc:
-                # The device's disk (full, say), not the release: said, and tried again
-                # when the hub offers it again, not the end of the agent.
+            except (OSError, download.DiskFull, selfupdate.DeviceError) as exc:
+                # The device (its disk full, a step timed out), not the release: said, and
+                # tried again when the hub offers it again, not the end of the agent.
                 said = str(exc).removeprefix("not installed: ")
                 logger.error("agent %s not installed: %s", manifest.version, said)
                 await self._send(manifest.version, "failed", f"not installed: {said}", final=False)
@@ -199,11 +207,12 @@ class AgentUpdater:
 
     async def _update(self, signed: Signed, manifest: AgentManifest) -> None:
         version = manifest.version
-        if self._prefix is None:
+        if self._prefix is None:  # this agent's way of running, not the release's fault
             raise _Refused(
                 f"this agent runs from {sys.prefix}, not PREFIX/releases/<version>/venv: "
                 "it was not installed side by side (scripts/install-agent.sh does), so it "
-                "cannot update itself; update it by hand"
+                "cannot update itself; update it by hand",
+                kept=False,
             )
         if self._machine not in manifest.platforms:
             raise _Refused(
@@ -228,7 +237,7 @@ class AgentUpdater:
             )
             self._check_wanted(version)
             await asyncio.to_thread(selfupdate.switch, self._prefix, version)
-        except selfupdate.DiskError:
+        except selfupdate.DeviceError:
             raise  # the device's, not the release's: tried again (run)
         except selfupdate.InstallError as exc:
             raise _Refused(str(exc)) from exc

@@ -39,7 +39,13 @@ class InstallError(RuntimeError):
     """The release was not installed; the message says why. The running one is as it was."""
 
 
-class DiskError(InstallError):
+class DeviceError(InstallError):
+    """The device stopped the install, not the release (a step that timed out on a busy
+    board, or was killed, say for want of memory): it may install later, so it is not
+    refused for good."""
+
+
+class DiskError(DeviceError):
     """The device's disk (full, failing) stopped the install, not the release: it may
     install once there is room, so it is not refused for good."""
 
@@ -198,11 +204,15 @@ def _step(argv: list[str], what: str) -> None:
             argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False, env=env
         )
     except subprocess.TimeoutExpired as exc:
-        raise InstallError(f"not installed: {what} took over {PIP_TIMEOUT_S:g} s") from exc
+        raise DeviceError(f"not installed: {what} took over {PIP_TIMEOUT_S:g} s") from exc
     if done.returncode != 0:
         said = (done.stdout + done.stderr).strip()[-2000:]
-        failed = DiskError if any(s in said for s in DISK_FULL_SAID) else InstallError
-        raise failed(f"not installed: {what} failed:\n{said}")
+        failed: type[InstallError] = InstallError
+        if any(s in said for s in DISK_FULL_SAID):
+            failed = DiskError
+        elif done.returncode < 0:  # killed by a signal (the kernel's OOM killer, say)
+            failed = DeviceError
+        raise failed(f"not installed: {what} failed (status {done.returncode}):\n{said}")
 
 
 def version_key(version: str) -> Version:

@@ -346,3 +346,58 @@ async def test_every_version_rolled_back_from_stays_refused(tmp_path: Path) -> N
     assert {"2.0.0", "2.1.0"} <= again._refused
     kept = json.loads((paths.root / agentupdate.REFUSED).read_text())
     assert {"2.0.0", "2.1.0"} <= set(kept)
+
+
+@pytest.mark.parametrize(
+    ("script", "kind"),
+    [
+        ("import time; time.sleep(30)", selfupdate.DeviceError),  # past PIP_TIMEOUT_S
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", selfupdate.DeviceError),
+        ("import sys; sys.exit('no such distribution')", selfupdate.InstallError),
+    ],
+)
+def test_a_step_the_device_stopped_is_told_from_one_the_release_failed(
+    script: str, kind: type[selfupdate.InstallError], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pip step that timed out on a busy board, or was killed (for want of memory),
+    refused the release for good, kept across restarts: the hub cannot issue the same
+    version again, so the device never took it."""
+    monkeypatch.setattr(selfupdate, "PIP_TIMEOUT_S", 1.0)
+    with pytest.raises(selfupdate.InstallError) as failed:
+        selfupdate._step([sys.executable, "-c", script], "the step")
+    assert type(failed.value) is kind
+
+
+async def test_an_agent_not_installed_side_by_side_is_refused_until_a_restart_only(
+    tmp_path: Path,
+) -> None:
+    """Refused because of how this agent runs, not the release: kept on disk, the
+    version stayed refused once the agent was installed side by side."""
+    paths = device(tmp_path)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    reports: list[wire.ModelState] = []
+
+    async def report(state: wire.ModelState) -> None:
+        reports.append(state)
+
+    updater = AgentUpdater(
+        paths, "https://hub.invalid", report, prefix=None, running="0.1.0", machine="x86_64"
+    )
+    signed = agentrelease.sign(KEY, manifest(), time.time())
+    running = asyncio.create_task(updater.run())
+    try:
+        await updater.offer(
+            wire.AgentOffer(release=wire.AgentRelease(signed.document, signed.signature))
+        )
+
+        async def failed() -> wire.ModelState | None:
+            return next((r for r in reports if r.state == "failed"), None)
+
+        found = await eventually(failed, timeout=10, what="the refusal")
+        assert found is not None
+        assert "not installed side by side" in found.detail
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    assert not (paths.root / agentupdate.REFUSED).exists()
