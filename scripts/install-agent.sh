@@ -417,12 +417,15 @@ else
         "$OPT_REL $OPT_REL/releases ($why): noted in ${PENDING#"$PREFIX"}"
 fi
 
-# The profile's budgets as the unit's limits (the unit's own suit a Raspberry Pi 4).
+# The profile's budgets as the unit's limits (the unit's own suit a Raspberry Pi 4), read
+# as the agent reads them: a profile may leave [budgets] out, for its defaults.
 budgets=$("$VENV/bin/python" -c '
-import sys, tomllib
-budgets = tomllib.load(open(sys.argv[1], "rb"))["budgets"]
-print("MemoryMax=%dM" % budgets["memory_max_mb"])
-print("CPUQuota=%d%%" % budgets["cpu_quota_percent"])
+import sys
+from pathlib import Path
+from edge.profile import load_profile
+budgets = load_profile(Path(sys.argv[1])).budgets
+print("MemoryMax=%dM" % budgets.memory_max_mb)
+print("CPUQuota=%d%%" % budgets.cpu_quota_percent)
 ' "$DATA/profile.toml") || die "cannot read the budgets of $DATA/profile.toml"
 install -d -m 0755 "$DROPIN_DIR"
 printf '%s\n' "# Written by scripts/install-agent.sh from the device profile's [budgets]" \
