@@ -109,8 +109,8 @@ def start(
 ) -> ReplicaHub:
     step("starting a throwaway PostgreSQL (initdb + pg_ctl, loopback only)")
     database = ThrowawayPostgres()
-    database.start()
     try:
+        database.start()  # inside: a Ctrl-C while it starts stops what it started
         url = database.new_database()
         source = data / "hub"
         run(str(bin_dir / "outpost-hub"), "init", "--data", str(source), "--db", url)

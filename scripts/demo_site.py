@@ -80,7 +80,7 @@ class Producer:
     """A program on a device: posts a few results a second to the agent's local API."""
 
     def __init__(self, socket: Path, name: str, log: Path) -> None:
-        self._socket = socket
+        self.socket = socket
         self._name = name
         self.log = log  # one line per batch the agent confirmed: `confirmed FIRST-LAST`
         self.confirmed = 0
@@ -89,7 +89,7 @@ class Producer:
 
     async def run(self) -> None:
         rng = random.Random(self._name)  # noqa: S311 - made-up sensor readings
-        connector = aiohttp.UnixConnector(path=str(self._socket))
+        connector = aiohttp.UnixConnector(path=str(self.socket))
         async with aiohttp.ClientSession(connector=connector) as session:
             n = 0
             while not self.stopped:
@@ -111,7 +111,7 @@ class Producer:
                 await asyncio.sleep(1)  # the sensor's own pace
 
     async def status(self) -> dict[str, Any]:
-        connector = aiohttp.UnixConnector(path=str(self._socket))
+        connector = aiohttp.UnixConnector(path=str(self.socket))
         async with (
             aiohttp.ClientSession(connector=connector) as session,
             session.get("http://agent/v1/status") as response,

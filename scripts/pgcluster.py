@@ -11,8 +11,10 @@ the package creates.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -20,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
 import psycopg
 
 from scripts.ports import free_port
@@ -52,6 +55,7 @@ class ThrowawayPostgres:
         self.folder = Path(tempfile.mkdtemp(prefix="outpost-pg-"))
         self.data = self.folder / "data"
         self.port = free_port()
+        self._launched = False
         self._as_root = os.geteuid() == 0
         if self._as_root:
             shutil.chown(self.folder, "postgres", "postgres")
@@ -62,11 +66,25 @@ class ThrowawayPostgres:
             command = ["runuser", "-u", "postgres", "--", *command]
         # A session of its own: a terminal's Ctrl-C (SIGINT to the whole foreground
         # group) must not shut the server down under the program that started it.
-        done = subprocess.run(
-            command, capture_output=True, text=True, cwd=self.folder, start_new_session=True
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.folder,
+            start_new_session=True,
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[:2])} failed:\n{done.stdout}\n{done.stderr}")
+        try:
+            stdout, stderr = process.communicate()
+        except BaseException:
+            # Interrupted: the whole group, as killing `runuser` alone leaves its command
+            # running (a server pg_ctl launched has a session of its own: `stop` ends it).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:2])} failed:\n{stdout}\n{stderr}")
 
     def start(self) -> None:
         self._run(
@@ -92,6 +110,7 @@ class ThrowawayPostgres:
         )
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._launched = True  # from here on a server may run: `stop` looks for it
         self._run(
             [
                 _binary("pg_ctl"),
@@ -128,7 +147,27 @@ class ThrowawayPostgres:
         return self.url(name)
 
     def stop(self) -> None:
+        """Stop the server if one runs, whatever state `start` got to (a Ctrl-C in
+        `pg_ctl -w start` kills pg_ctl, not the server it launched), and delete the
+        folder."""
         try:
-            self._run([_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"])
+            if self._launched and self._server_may_run():
+                self._run([_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"])
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _server_may_run(self) -> bool:
+        """Whether a server of this cluster runs or is still starting: its pid file,
+        once it wrote one; before that, while a process of this data folder (the server,
+        or a `pg_ctl` that outlived its `runuser`) lives, until the file appears."""
+        deadline = time.monotonic() + 30
+        while not (self.data / "postmaster.pid").exists():
+            starting = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if str(self.data) in " ".join(p.info["cmdline"] or [])
+            ]
+            if not starting or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)  # polling for the starting server's pid file
+        return True

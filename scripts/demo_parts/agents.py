@@ -3,12 +3,14 @@ started, and the programs on each device that use its local API."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.cli import MAX_SOCKET_PATH
 from scripts.demo_parts.plan import AGENTS, BIN, HEARTBEAT_S, REPO, SENSOR_MODEL, SHIPPED_MODELS
 from scripts.demo_parts.processes import run, step
 from scripts.demo_site import Background, Producer, SensorProgram, SiteLink
@@ -21,12 +23,29 @@ class Device:
     site: str
     producer: Producer
     sensor: SensorProgram
+    agent: subprocess.Popen[bytes]
+    log: Path
     tasks: str = "-"
     tasks_done: int = 0
     policy: str = "-"
 
 
 Agent = tuple[str, str, dict[str, str]]  # name, profile, labels
+
+
+def socket_too_long(data: Path, names: list[str]) -> str | None:
+    """Why the agents' local API sockets could not live under `data`, if they could not
+    (an agent refuses a Unix socket path past the kernel's limit, with its staging name)."""
+    longest = max(names, key=len)
+    socket = data.absolute() / "agents" / longest / "agent.sock"
+    size = len(os.fsencode(socket)) + len(".new")
+    if size <= MAX_SOCKET_PATH:
+        return None
+    return (
+        f"{data} is too long a path: the agents serve on Unix sockets in it ({socket} and its "
+        f"staging name take {size} bytes, at most {MAX_SOCKET_PATH}); give --data a shorter "
+        "folder, such as /tmp/outpost-demo"
+    )
 
 
 def start_site_links(
@@ -90,35 +109,35 @@ def start_agents(
         )
         step(f"{name}: " + "; ".join(installed.splitlines()[:-1]))
         link = links[labels["site"]]
-        children.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "outpost-agent"),
-                    "run",
-                    "--data",
-                    str(agent_dir),
-                    "--heartbeat-interval",
-                    str(HEARTBEAT_S),
-                    "--broker",
-                    f"mqtts://127.0.0.1:{link.port}",
-                ],
-                stdout=(logs / f"{name}.log").open("wb"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches only the demo, which stops this
-                cwd=REPO,
-            )
+        log = logs / f"{name}.log"
+        agent = subprocess.Popen(
+            [
+                str(BIN / "outpost-agent"),
+                "run",
+                "--data",
+                str(agent_dir),
+                "--heartbeat-interval",
+                str(HEARTBEAT_S),
+                "--broker",
+                f"mqtts://127.0.0.1:{link.port}",
+            ],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only the demo, which stops this
+            cwd=REPO,
         )
+        children.append(agent)
         producer = Producer(agent_dir / "agent.sock", name, logs / f"{name}-producer.log")
         sensor = SensorProgram(agent_dir / "agent.sock", SENSOR_MODEL[name], len(devices))
         device_id = out.split("(", 1)[1].split(")", 1)[0]  # "enrolled as NAME (ID); ..."
-        devices.append(Device(name, device_id, labels["site"], producer, sensor))
+        devices.append(Device(name, device_id, labels["site"], producer, sensor, agent, log))
     return devices
 
 
 def start_programs(devices: list[Device], background: Background) -> None:
     """Once each agent's socket is there: its device's producer and sensor program."""
     for device in devices:
-        wait_socket(device.producer)
+        wait_socket(device)
         background.spawn(device.producer.run())
         background.spawn(device.sensor.run())
     step("a program on each device posts 5 results a second to its agent's local API")
@@ -128,9 +147,17 @@ def start_programs(devices: list[Device], background: Background) -> None:
     )
 
 
-def wait_socket(producer: Producer) -> None:
+def wait_socket(device: Device) -> None:
+    """Wait for the agent's local API socket; if the agent exits first, say why (its log
+    does)."""
+    socket = device.producer.socket
     deadline = time.monotonic() + 20
-    while not Path(producer._socket).exists():
+    while not socket.exists():
+        if device.agent.poll() is not None:
+            sys.exit(
+                f"demo: {device.name}'s agent exited (code {device.agent.returncode}); "
+                f"its log ({device.log}):\n{device.log.read_text(errors='replace')[-2000:]}"
+            )
         if time.monotonic() > deadline:
-            sys.exit(f"demo: {producer._socket} never appeared; see demo-data/logs")
+            sys.exit(f"demo: {socket} never appeared within 20 s; see {device.log}")
         time.sleep(0.1)  # polling for the agent's socket

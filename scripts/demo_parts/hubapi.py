@@ -90,15 +90,20 @@ class HubApi:
                 states = {s.labels["state"]: int(s.value) for s in family.samples}
         return states
 
-    def message_counts(self) -> tuple[int, int]:
-        accepted = rejected = 0
+    def message_counts(self) -> tuple[int, int, int]:
+        """Device messages the hub accepted, refused as a gap (the agent resends from the
+        hub's mark) and rejected otherwise, from its /metrics."""
+        accepted = gaps = rejected = 0
         for family in text_string_to_metric_families(self.get("/metrics").decode()):
             if family.name != "outpost_hub_messages":
                 continue
             for sample in family.samples:
                 if sample.name.endswith("_total"):
-                    if sample.labels["outcome"] == "accepted":
+                    outcome = sample.labels["outcome"]
+                    if outcome == "accepted":
                         accepted += int(sample.value)
+                    elif outcome == "gap":
+                        gaps += int(sample.value)
                     else:
                         rejected += int(sample.value)
-        return accepted, rejected
+        return accepted, gaps, rejected

@@ -8,22 +8,31 @@ After a while the north site's link is cut: its agents go offline and keep every
 their stores; when the link returns they drain it, and the hub ends up with every result
 exactly once. The fleet table refreshes until Ctrl-C (or --duration), then every process
 the demo started is stopped, and the demo checks that every result a producer was
-confirmed is held by the hub exactly once (exit 1 if not).
+confirmed is held by the hub exactly once (exit 1 if not; 130 if stopped before it could
+say, 2 on a usage error).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 from scripts import demo_replicas
-from scripts.demo_parts.agents import Device, start_agents, start_programs, start_site_links
+from scripts.demo_parts.agents import (
+    Device,
+    socket_too_long,
+    start_agents,
+    start_programs,
+    start_site_links,
+)
+from scripts.demo_parts.agentupdate import NAME as UPDATER_NAME
 from scripts.demo_parts.agentupdate import AgentUpdate
 from scripts.demo_parts.bus import Consumer, sink_settings, start_nats
 from scripts.demo_parts.courier import Courier
@@ -52,8 +61,18 @@ from scripts.demo_parts.verdict import verdict
 from scripts.demo_parts.view import show_fleet
 from scripts.demo_site import Background, SiteLink
 
+# The folder `./scripts/demo` was run from (it changes to the checkout first): a relative
+# --data names a folder there, as the user meant.
+CALLER_DIR = "OUTPOST_CALLER_DIR"
+# What `./scripts/demo` asks before it sets up: with this set, the arguments are checked
+# (usage errors exit 2), the setup.sh option they need is printed, and nothing runs.
+SETUP_QUERY = "OUTPOST_SETUP_QUERY"
+# A closed terminal (SIGHUP), `kill` (SIGTERM) and Ctrl-\ (SIGQUIT) stop the demo as
+# Ctrl-C does: its children run in sessions of their own, so nothing else stops them.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
-def arguments() -> argparse.Namespace:
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--duration",
@@ -70,14 +89,13 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--cut-at",
         type=float,
-        default=CUT_AT_S,
-        help="seconds into the fleet view when the north link is cut",
+        help=f"seconds into the fleet view when the north link is cut (default {CUT_AT_S:g})",
     )
     parser.add_argument(
         "--cut-for",
         type=float,
-        default=CUT_FOR_S,
-        help="seconds the north link stays cut (longer until the fleet view has shown it twice)",
+        help=f"seconds the north link stays cut (default {CUT_FOR_S:g}; longer until the fleet "
+        "view has shown it twice)",
     )
     parser.add_argument(
         "--sinks",
@@ -116,7 +134,33 @@ def arguments() -> argparse.Namespace:
         help="run the hub as this many replicas (2 or more) on a throwaway PostgreSQL and "
         f"one Mosquitto, and kill the leader {demo_replicas.KILL_AT_S:.0f} s in",
     )
+    return parser
+
+
+def arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, checked: a mistake exits 2 naming the option, before anything runs."""
     args = parser.parse_args()
+    if not (math.isfinite(args.duration) and args.duration >= 0):
+        parser.error(
+            f"argument --duration: {args.duration:g}: give 0 (run until Ctrl-C) or more seconds"
+        )
+    cut_asked = args.cut_at is not None or args.cut_for is not None
+    args.cut_at = CUT_AT_S if args.cut_at is None else args.cut_at
+    args.cut_for = CUT_FOR_S if args.cut_for is None else args.cut_for
+    if not (math.isfinite(args.cut_for) and args.cut_for > 0):
+        parser.error(f"argument --cut-for: {args.cut_for:g}: give more than 0 seconds")
+    if not (math.isfinite(args.cut_at) and args.cut_at >= 0):
+        parser.error(f"argument --cut-at: {args.cut_at:g}: give 0 or more seconds")
+    # A run shorter than the default timeline simply has no outage; one asked for must fit.
+    if cut_asked and args.duration and args.cut_at >= args.duration:
+        parser.error(
+            f"argument --cut-at: {args.cut_at:g} s is not within --duration {args.duration:g} s: "
+            "the link would never be cut"
+        )
+    args.data = Path(os.environ.get(CALLER_DIR) or os.getcwd()) / args.data
+    names = [name for name, _, _ in [*AGENTS, COURIER_AGENT]] + [UPDATER_NAME]
+    if too_long := socket_too_long(args.data, names):
+        parser.error(f"argument --data: {too_long}")
     if args.replicas == 1 or args.replicas < 0:
         parser.error("--replicas: give 2 or more (0, the default, runs one hub)")
     if args.sinks and args.replicas:
@@ -136,21 +180,31 @@ def arguments() -> argparse.Namespace:
 MARKER = ".outpost-demo"
 
 
+class RefusedFolder(Exception):
+    """The --data folder cannot be the demo's: the message says why."""
+
+
 def fresh_data_folder(data: Path) -> None:
     """Wipe a data folder an earlier demo made and make it afresh; refuse to touch any
     other folder that holds something (a mistyped --data must not delete a user's files)."""
-    if data.exists():
-        made_by_demo = (data / MARKER).exists() or all(  # or by a demo before the marker
-            (data / part).is_dir() for part in ("hub", "agents", "logs")
-        )
-        if not data.is_dir() or (any(data.iterdir()) and not made_by_demo):
-            sys.exit(
-                f"demo: {data} is not a folder an earlier demo made (it has no {MARKER}): "
-                "refusing to delete it; give --data a new or empty folder"
+    try:
+        if data.exists():
+            made_by_demo = (data / MARKER).exists() or all(  # or by a demo before the marker
+                (data / part).is_dir() for part in ("hub", "agents", "logs")
             )
-        shutil.rmtree(data)
-    data.mkdir(parents=True)
-    (data / MARKER).write_text("made by scripts/demo.py; deleted by its next run\n")
+            if not data.is_dir() or (any(data.iterdir()) and not made_by_demo):
+                raise RefusedFolder(
+                    f"{data} is not a folder an earlier demo made (it has no {MARKER}): "
+                    "refusing to delete it; give --data a new or empty folder"
+                )
+            shutil.rmtree(data)
+        data.mkdir(parents=True)
+        (data / MARKER).write_text("made by scripts/demo.py; deleted by its next run\n")
+    except OSError as exc:  # a file on the way, no permission, a read-only disk
+        raise RefusedFolder(
+            f"{data}: cannot make the demo's folder there ({exc.strerror or exc}); "
+            "give --data a new or empty folder"
+        ) from exc
 
 
 def restore_links(links: dict[str, SiteLink], bg: Background) -> None:
@@ -186,9 +240,16 @@ def close(
 
 
 def main() -> int:
-    args = arguments()
+    usage = parser()
+    args = arguments(usage)
+    if os.environ.get(SETUP_QUERY):
+        print("--postgres" if args.replicas else "--nats" if args.sinks else "")
+        return 0
     data: Path = args.data
-    fresh_data_folder(data)
+    try:
+        fresh_data_folder(data)
+    except RefusedFolder as exc:
+        usage.error(f"argument --data: {exc}")
     logs = data / "logs"
     logs.mkdir(parents=True)
     hub_dir = data / "hub"
@@ -203,11 +264,14 @@ def main() -> int:
     updater: AgentUpdate | None = None
     agents = [*AGENTS, COURIER_AGENT] if args.courier else AGENTS
     ok = True
+    judged = False  # whether the verdict was reached: stopped before it, the demo exits 130
 
     def stop(signum: int = 0, frame: FrameType | None = None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # as `nohup` leaves SIGHUP
+            signal.signal(signum, stop)
     try:
         if args.replicas:
             replicated = demo_replicas.start(
@@ -283,14 +347,22 @@ def main() -> int:
             acts_ok &= outcome.ok
             acts.append(outcome.verdict)
         ok = close(api, devices, links, background, courier, acts) and acts_ok
+        judged = True
     except KeyboardInterrupt:
         print()
         if api is not None and devices and background is not None:
             try:
                 ok = close(api, devices, links, background, courier)
+                judged = True
             except KeyboardInterrupt:
                 step("the verdict was skipped (Ctrl-C again)")
+        else:
+            step("stopped before the fleet ran: no verdict")
     finally:
+        # Stopping is bounded (each process gets 10 s, then SIGKILL): another Ctrl-C here
+        # would leave processes running, so it is ignored until everything has stopped.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         if updater is not None:
             updater.stop()
         stopped = stop_all(children)
@@ -298,4 +370,6 @@ def main() -> int:
         if replicated is not None:
             replicated.stop()
             step("stopped the throwaway PostgreSQL")
+    if not judged:
+        return 130
     return 0 if ok else 1

@@ -74,8 +74,14 @@ def verdict(api: HubApi, devices: list[Device], courier: Courier | None = None) 
         name = courier.name
         carried = f" ({len(set(confirmed[name]) & set(held[name])):,} of them by courier bundle)"
     if not any(missing.values()) and not any(doubled.values()):
-        return True, f"every confirmed result arrived exactly once: {once:,} of {total:,}{carried}"
+        return True, (
+            f"every confirmed result arrived exactly once: {once:,} of {total:,}{carried} "
+            "(the producers' results, checked by number)"
+        )
     problems = [f"{len(m)} missing on {name}" for name, m in missing.items() if m] + [
         f"{len(d)} doubled on {name}" for name, d in doubled.items() if d
     ]
-    return False, f"NOT every confirmed result arrived exactly once: {', '.join(problems)}"
+    return False, (
+        "NOT every confirmed result arrived exactly once (the producers' results, checked "
+        f"by number): {', '.join(problems)}"
+    )

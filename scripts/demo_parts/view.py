@@ -78,7 +78,7 @@ def show_fleet(
                         "its link"
                     )
         table = render_fleet(fleet, now=time.time())
-        accepted, rejected = api.message_counts()
+        accepted, gaps, rejected = api.message_counts()
         alive = sum(c.poll() is None for c in children)
         if tty:
             print("\x1b[H\x1b[2J", end="")
@@ -89,7 +89,10 @@ def show_fleet(
         print(table)
         if cut and not cut.up:
             frames_cut += 1
-        print(f"hub /metrics: {accepted} device messages accepted, {rejected} rejected")
+        print(
+            f"hub /metrics: {accepted} device messages accepted, {rejected} rejected"
+            + (f", {gaps} record batches refused as a gap ({GAP})" if gaps else "")
+        )
         states = api.task_states()
         print(
             f"tasks ({feeder.submitted} submitted): "
@@ -108,6 +111,22 @@ def show_fleet(
         time.sleep(1)  # the demo's refresh period
 
 
+# Why a batch is refused as a gap, which the demo's replicas show (a device's batches may
+# reach different replicas, and one can be stored before the batch before it).
+GAP = (
+    "it came ahead of a batch not yet stored, as when two replicas each get one of a "
+    "device's batches; the agent resends from the hub's mark, nothing is lost"
+)
+# Under the store-and-forward table: what its counts are, and why they need not add up.
+STORE_NOTES = (
+    "RECORDS CONFIRMED: every record the agent confirmed to its device's programs: the "
+    "producer's results, the flagged answers and the finished tasks' results (the closing "
+    "verdict checks the producer's, number by number)\n"
+    "a record on its way counts both WAITING ON DEVICE and HELD BY HUB until the hub's "
+    "acknowledgement reaches the agent (while a link is cut, until it is back)"
+)
+
+
 def store_and_forward(
     api: HubApi, devices: list[Device], links: dict[str, SiteLink], background: Background
 ) -> str:
@@ -115,7 +134,7 @@ def store_and_forward(
         (
             "AGENT",
             "SITE LINK",
-            "RESULTS CONFIRMED",
+            "RECORDS CONFIRMED",
             "WAITING ON DEVICE",
             "HELD BY HUB",
             "ON THE LINK (PER RECORD, VS PLAIN MSGPACK; BATCH BUDGET)",
@@ -144,7 +163,7 @@ def store_and_forward(
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "store and forward:\n" + "\n".join(lines)
+    return "store and forward:\n" + "\n".join(lines) + "\n" + STORE_NOTES
 
 
 def link_bytes(sync: dict[str, Any]) -> str:

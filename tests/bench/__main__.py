@@ -1,12 +1,13 @@
 """Run the benchmarks and print Outpost's figures next to the raw limits measured in the
 same run: `./scripts/bench` (all), `./scripts/bench codec store` or `--only codec store`
-(those), `--quick` (the ones that take seconds), `--list`, `--json FILE`.
+(those), `--quick` (codec, store and api: about a minute), `--list`, `--json FILE`.
 
 Each benchmark runs in a process of its own, in a new session, with a deadline: one that
 hangs is killed with everything it started, reported as timed out, and the rest still
-run. Progress goes to stderr as each starts and ends; the table to stdout. The exit
-status is 1 if any benchmark failed or timed out. tests/bench/README.md says what each
-figure means.
+run. Ctrl-C (or SIGTERM, SIGHUP) kills the running one the same way, writes what was
+measured so far to --json and exits 130. Progress goes to stderr as each starts and ends;
+the table to stdout. The exit status is 1 if any benchmark failed or timed out, 2 on a
+usage error. tests/bench/README.md says what each figure means.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import psutil
@@ -54,28 +56,47 @@ BENCHMARKS: dict[str, tuple[str, float]] = {
     "agent_update": ("an agent release rolled out: install, restart, downtime vs bare", 900),
     "capacity": ("devices one hub holds, from outside with the fleet simulator", 7200),
 }
-# The benchmarks that take seconds, for a developer's loop.
+# The benchmarks that take about a minute together, for a developer's loop.
 QUICK = ("codec", "store", "api")
+# The folder `./scripts/bench` was run from (it changes to the checkout before running
+# this): a relative --json names a file there, as the user meant.
+CALLER_DIR = "OUTPOST_CALLER_DIR"
+# What `./scripts/bench` asks before it sets up: with this set, the arguments are checked
+# (usage errors exit 2), the setup.sh options they need are printed, and nothing runs.
+SETUP_QUERY = "OUTPOST_SETUP_QUERY"
+
+
+class Interrupted(Exception):
+    """Ctrl-C, SIGTERM or SIGHUP: the running benchmark was killed; stop the run."""
 
 
 def main() -> int:
-    args = _parser().parse_args()
+    parser = _parser()
+    args = parser.parse_args()
+    chosen = [*args.names, *args.only] or (list(QUICK) if args.quick else list(BENCHMARKS))
+    deadlines = dict(args.deadline)
+    named = [name for name in deadlines if name]
+    if unknown := [name for name in [*chosen, *named] if name not in BENCHMARKS]:
+        parser.error(
+            f"no benchmark named {', '.join(unknown)}; "
+            f"choose from {', '.join(BENCHMARKS)} (--list says what each measures)"
+        )
+    if args.quick and (slow := [name for name in chosen if name not in QUICK]):
+        parser.error(
+            f"--quick runs only {', '.join(QUICK)}, not {', '.join(slow)}: leave out --quick "
+            "to run the benchmarks you named in full"
+        )
+    if args.json is not None:
+        args.json = _json_path(parser, args.json)
+    if os.environ.get(SETUP_QUERY):
+        print("--postgres" if "capacity" in chosen and not args.list else "")
+        return 0
     if args.list:
         width = max(map(len, BENCHMARKS))
         for name, (about, deadline) in BENCHMARKS.items():
             quick = " (quick)" if name in QUICK else ""
             print(f"{name:<{width}}  {about}; deadline {deadline:.0f} s{quick}")
         return 0
-    chosen = [*args.names, *args.only] or (list(QUICK) if args.quick else list(BENCHMARKS))
-    deadlines = dict(args.deadline)
-    named = [name for name in deadlines if name]
-    if unknown := [name for name in [*chosen, *named] if name not in BENCHMARKS]:
-        print(
-            f"bench: no benchmark named {', '.join(unknown)}; "
-            f"choose from {', '.join(BENCHMARKS)} (--list says what each measures)",
-            file=sys.stderr,
-        )
-        return 2
     report: dict[str, Any] = {
         "commit": _commit(),
         "host": {
@@ -90,14 +111,43 @@ def main() -> int:
     print(f"# {host['machine']}, {host['cores']} cores, Python {host['python']}", flush=True)
     print(HEADER, flush=True)
     failed = False
+    # A closed terminal (SIGHUP) or a `kill` (SIGTERM) stops the run as Ctrl-C does:
+    # otherwise the benchmark, in a session of its own, would run on with nobody to stop it.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     for name in chosen:
         deadline = deadlines.get(name) or deadlines.get("") or BENCHMARKS[name][1]
-        outcome = _run_one(name, deadline)
+        try:
+            outcome = _run_one(name, deadline)
+        except Interrupted:
+            report["benchmarks"].append(
+                {"name": name, "status": "interrupted", "seconds": None, "results": []}
+            )
+            if args.json:
+                _write_json(args.json, report)
+            return 130
         failed |= outcome["status"] != "ok"
         report["benchmarks"].append(outcome)
         if args.json:  # written after each, so a long run leaves what it measured
             _write_json(args.json, report)
     return 1 if failed else 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _json_path(parser: argparse.ArgumentParser, given: Path) -> Path:
+    """--json as the user meant it (relative to where they ran the command), checked
+    before anything runs: a run of minutes must not end in a file it cannot write."""
+    path = Path(os.environ.get(CALLER_DIR) or os.getcwd()) / given
+    if path.is_dir():
+        parser.error(f"argument --json: {given} is a folder; give a file name")
+    if not path.parent.is_dir():
+        parser.error(f"argument --json: {given}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        parser.error(f"argument --json: {given}: the folder {path.parent} is not writable")
+    return path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,9 +157,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (all)")
-    parser.add_argument("--only", nargs="+", default=[], metavar="NAME", help="the same")
+    parser.add_argument(
+        "--only", nargs="+", action="extend", default=[], metavar="NAME", help="the same"
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and stop")
-    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"only {', '.join(QUICK)} (about a minute)"
+    )
     parser.add_argument(
         "--json", type=Path, metavar="FILE", help="also write every figure, the commit and host"
     )
@@ -153,6 +207,15 @@ def _run_one(name: str, deadline: float) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             _kill_group(child)
             code = None
+        except KeyboardInterrupt:
+            # Ctrl-C reaches only this process (the child has a session of its own): kill
+            # the child with what it started before its folder goes, and ignore another
+            # Ctrl-C meanwhile, which would leave them running.
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)
+            _kill_group(child)
+            print(f"==> {name}: interrupted", file=sys.stderr, flush=True)
+            raise Interrupted from None
         seconds = round(time.monotonic() - start, 1)
         results = json.loads(out.read_text()) if out.exists() else []
     for row in results:
@@ -169,17 +232,21 @@ def _run_one(name: str, deadline: float) -> dict[str, Any]:
 
 
 def _kill_group(child: subprocess.Popen[bytes]) -> None:
-    """Stop the child and everything it started: SIGTERM, then SIGKILL after 10 s."""
+    """Stop the child and everything it started: SIGTERM, then SIGKILL to what is left of
+    its process group after 10 s."""
     for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(child.pid, sig)
         except ProcessLookupError:
             return
-        try:
-            child.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            child.poll()  # reap the child; the group lives on while what it started does
+            try:
+                os.killpg(child.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)  # polling for the group to empty
 
 
 def _ratio(row: dict[str, Any]) -> float | None:
@@ -208,4 +275,7 @@ def _write_json(path: Path, report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # between two benchmarks: none of theirs is left running
+        sys.exit(130)

@@ -1,15 +1,19 @@
 """`./scripts/bench` as a tool: it lists what it has, refuses a name it does not know,
-writes machine-readable figures, and kills a benchmark that passes its deadline with
-everything that benchmark started."""
+writes machine-readable figures, and kills a benchmark that passes its deadline, or is
+interrupted, with everything that benchmark started."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support import REPO
 
@@ -87,3 +91,107 @@ def test_a_benchmark_past_its_deadline_is_killed_with_what_it_started(tmp_path: 
         if any("outpost-bench-drain-" in part for part in p.info["cmdline"] or [])
     ]
     assert leftovers == []  # the hub, its broker and the agent went with it
+
+
+def _ours(marker: Path) -> list[list[str]]:
+    """The command lines of live processes that name `marker` (a test's own folder)."""
+    return [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline", "status"])
+        if p.info["status"] != psutil.STATUS_ZOMBIE
+        and any(str(marker) in part for part in p.info["cmdline"] or [])
+    ]
+
+
+@pytest.mark.parametrize(
+    ("signum", "whole_group", "names"),
+    [
+        (signal.SIGINT, True, ["codec", "api"]),  # a terminal's Ctrl-C
+        (signal.SIGTERM, False, ["api"]),
+        (signal.SIGHUP, False, ["api"]),  # the terminal closed
+    ],
+)
+def test_an_interrupted_run_kills_the_benchmark_and_keeps_what_was_measured(
+    tmp_path: Path, signum: signal.Signals, whole_group: bool, names: list[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    err = tmp_path / "stderr"
+    work = tmp_path / "tmp"  # the benchmarks' folders, so this test knows its own
+    work.mkdir()
+    with err.open("wb") as sink:
+        bench_run = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench", "--only", *names, "--json", str(out)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env={**os.environ, "TMPDIR": str(work)},
+            start_new_session=True,  # its own group, as a terminal gives a command
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "==> api: started" not in err.read_text() or not _ours(work):
+                assert bench_run.poll() is None, err.read_text()
+                assert time.monotonic() < deadline, err.read_text()
+                time.sleep(0.1)  # a poll with a deadline
+            if whole_group:
+                os.killpg(bench_run.pid, signum)
+            else:
+                bench_run.send_signal(signum)
+            code = bench_run.wait(timeout=60)
+        finally:
+            if bench_run.poll() is None:
+                os.killpg(bench_run.pid, signal.SIGKILL)
+    # Checked at once: the harness returns only once the benchmark's group is gone.
+    leftovers = _ours(work)
+    text = err.read_text()
+
+    assert code == 130, text
+    assert "==> api: interrupted" in text
+    assert "Traceback" not in text
+    assert leftovers == []
+    report = json.loads(out.read_text())
+    assert [b["status"] for b in report["benchmarks"]] == ["ok"] * (len(names) - 1) + [
+        "interrupted"
+    ]
+
+
+def test_json_names_a_file_where_the_user_is_and_a_bad_one_is_refused_first(
+    tmp_path: Path,
+) -> None:
+    def from_elsewhere(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tests.bench", *args],
+            cwd=REPO,
+            env={**os.environ, "OUTPOST_CALLER_DIR": str(tmp_path)},  # as scripts/bench sets
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    missing = from_elsewhere("--json", "no/such/x.json", "codec")
+    folder = from_elsewhere("--json", str(tmp_path), "codec")
+    relative = from_elsewhere("--json", "x.json", "codec")
+
+    for refused in (missing, folder):
+        assert refused.returncode == 2, refused.stderr
+        assert "argument --json" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert refused.stdout == ""  # refused before anything ran
+    assert f"the folder {tmp_path / 'no' / 'such'} does not exist" in missing.stderr
+    assert "is a folder; give a file name" in folder.stderr
+    assert relative.returncode == 0, relative.stderr
+    assert json.loads((tmp_path / "x.json").read_text())["benchmarks"][0]["name"] == "codec"
+
+
+def test_only_given_twice_runs_both_and_quick_refuses_a_slow_one() -> None:
+    both = bench("--only", "codec", "--only", "store")
+    quick_drain = bench("--quick", "drain")
+
+    assert both.returncode == 0, both.stderr
+    assert "==> codec: ok" in both.stderr
+    assert "==> store: ok" in both.stderr
+    assert quick_drain.returncode == 2
+    assert "--quick runs only codec, store, api, not drain" in quick_drain.stderr
+    assert quick_drain.stdout == ""

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support import REPO
@@ -272,10 +273,135 @@ def test_demo_refuses_to_wipe_a_folder_it_did_not_make(short_dir: Path) -> None:
         check=False,
     )
 
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr  # a usage error
+    assert "argument --data: " in done.stderr
     assert "is not a folder an earlier demo made" in done.stderr
     assert "Traceback" not in done.stderr
     assert (precious / "chapter-1.tex").read_text() == "months of work"
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        (["--duration", "-5"], "argument --duration: -5"),
+        (["--duration", "nan"], "argument --duration: nan"),
+        (["--cut-for", "-1"], "argument --cut-for: -1"),
+        (["--cut-at", "-2"], "argument --cut-at: -2"),
+        (["--cut-at", "30", "--duration", "20"], "argument --cut-at: 30 s is not within"),
+        (["--cut-for", "5", "--duration", "10"], "argument --cut-at: 12 s is not within"),
+        (["--data", "/etc/passwd/x"], "argument --data: /etc/passwd/x: cannot make"),
+        (
+            ["--data", "d" * 100],
+            "is too long a path: the agents serve on Unix sockets",
+        ),  # the agents' sockets: too long
+    ],
+)
+def test_demo_refuses_a_bad_argument_before_it_starts_anything(
+    short_dir: Path, given: list[str], named: str
+) -> None:
+    data = ["--data", str(short_dir / "demo")] if "--data" not in given else []
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), *data, *given],
+        cwd=short_dir,  # a relative --data is made here, if at all
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert named in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""  # nothing started
+    assert not (short_dir / "demo").exists()
+
+
+def test_a_relative_data_folder_is_where_the_user_ran_the_demo(short_dir: Path) -> None:
+    (short_dir / "README.md").write_text("a file, as the checkout has one too")
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "--data", "README.md/demo"],
+        cwd=REPO,  # as ./scripts/demo runs it, naming where the user was
+        env={**os.environ, "OUTPOST_CALLER_DIR": str(short_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"argument --data: {short_dir / 'README.md' / 'demo'}: cannot make" in done.stderr
+
+
+def _start_demo(short_dir: Path, out: Path, *args: str) -> subprocess.Popen[bytes]:
+    with out.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "scripts" / "demo.py"), *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, as a terminal gives a command
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+
+def _wait_for(demo: subprocess.Popen[bytes], out: Path, text: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in out.read_text(errors="replace"):
+        assert demo.poll() is None, out.read_text(errors="replace")
+        assert time.monotonic() < deadline, f"no {text!r} within {seconds} s"
+        time.sleep(0.1)  # a poll with a deadline
+
+
+@pytest.mark.timeout(300)
+def test_a_closed_terminal_and_ctrl_c_while_stopping_leave_nothing_running(
+    short_dir: Path,
+) -> None:
+    """SIGHUP (the terminal closed) stops the demo as Ctrl-C does, and Ctrl-C pressed
+    again and again while it stops neither prints a traceback nor leaves processes."""
+    data = short_dir / "demo"
+    out = short_dir / "demo.out"
+    demo = _start_demo(short_dir, out, "--data", str(data))
+    try:
+        _wait_for(demo, out, "Outpost fleet at", 90)
+        demo.send_signal(signal.SIGHUP)
+        _wait_for(demo, out, "the producers stop", 60)
+        deadline = time.monotonic() + 120
+        while demo.poll() is None:  # Ctrl-C, again and again, until it has stopped
+            assert time.monotonic() < deadline, "the demo did not stop"
+            os.killpg(demo.pid, signal.SIGINT)
+            time.sleep(0.2)  # the pace of an impatient user, not a synchronisation
+        code = demo.wait()
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    text = out.read_text(errors="replace")
+    leftovers = _mine(data)  # at once: the demo returns once its processes are gone
+
+    assert "Traceback" not in text, text[-3000:]
+    assert "stopped 4 processes" in text
+    assert leftovers == []
+    # The verdict was given (0) or skipped by a Ctrl-C (130), never a silent success.
+    assert code == (130 if "the verdict was skipped" in text else 0), text[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_before_the_fleet_runs_exits_130_and_stops_what_started(short_dir: Path) -> None:
+    data = short_dir / "demo"
+    out = short_dir / "demo.out"
+    demo = _start_demo(short_dir, out, "--data", str(data))
+    try:
+        _wait_for(demo, out, "enrolled as", 90)
+        os.killpg(demo.pid, signal.SIGINT)
+        code = demo.wait(timeout=60)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    text = out.read_text(errors="replace")
+
+    assert code == 130, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert "stopped before the fleet ran: no verdict" in text
+    assert _mine(data) == []
 
 
 @pytest.mark.timeout(180)
@@ -413,3 +539,54 @@ def test_demo_with_a_shadow_rollout_and_an_explanation(short_dir: Path) -> None:
     png = (data / f"explanation-camera-gate-{explained.group(1)}.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "every confirmed result arrived exactly once" in done.stdout
+
+
+def _mine(marker: Path) -> list[str]:
+    """Live processes whose command line names `marker` (a test's own folder)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        line = " ".join(p.info["cmdline"] or [])
+        if p.info["status"] != psutil.STATUS_ZOMBIE and str(marker) in line:
+            found.append(line)
+    return found
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_while_postgresql_starts_leaves_no_server_or_folder(short_dir: Path) -> None:
+    """A Ctrl-C during `initdb` or `pg_ctl -w start` kills the command (as root, the
+    `runuser` in front of it), not the server it launched: the demo must stop what runs
+    and delete the cluster's folder all the same."""
+    work = short_dir / "tmp"  # the throwaway cluster's folder, so this test knows its own
+    work.mkdir()
+    for folder in (short_dir, work):  # as root, the server runs as `postgres`
+        folder.chmod(0o755)
+    command = [sys.executable, str(REPO / "scripts" / "demo.py"), "--replicas", "2"]
+    demo = subprocess.Popen(
+        [*command, "--data", str(short_dir / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TMPDIR": str(work)},
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # Interrupted while pg_ctl starts the server, or while initdb runs its bootstrap
+        # server (it writes a postmaster.pid too).
+        while not (
+            any("pg_ctl" in line and " start" in line for line in _mine(work))
+            or list(work.glob("outpost-pg-*/data/postmaster.pid"))
+        ):
+            assert demo.poll() is None, demo.communicate()[0]
+            assert time.monotonic() < deadline, "pg_ctl start never ran"
+            time.sleep(0.02)  # a poll with a deadline
+        os.killpg(demo.pid, signal.SIGINT)
+        out, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    text = out.decode(errors="replace")
+
+    assert "Traceback" not in text, text
+    assert _mine(work) == [], text  # no PostgreSQL server left running
+    assert list(work.iterdir()) == [], text  # nor its folder
