@@ -113,7 +113,7 @@ class Deployer:
             triple = deploystate.key_of(m)
             if triple == self._current:
                 continue
-            action = states.decide(triple, self._slots.serving(m.name))
+            action = await self._decide(states, triple)
             if action == "deploy":
                 self._pending[m.name] = offered
                 self._wake.set()
@@ -181,7 +181,7 @@ class Deployer:
         """Deploy queued releases one at a time, until cancelled."""
         states = await self._recorder.loaded()
         for record in states.latest():
-            if states.decide(record.key, self._slots.serving(record.name)) == "mark_rolled_back":
+            if await self._decide(states, record.key) == "mark_rolled_back":
                 await self._mark_rolled_back(record.key)
             elif record.state == "active" and record.previous:
                 self._slots.arm_rollback(record.name, record.version, record.previous)
@@ -345,7 +345,7 @@ class Deployer:
             return
         states = await self._recorder.loaded()
         m = offered.manifest
-        if states.decide(deploystate.key_of(m), self._slots.serving(name)) == "deploy":
+        if await self._decide(states, deploystate.key_of(m)) == "deploy":
             self._pending[name] = offered
 
     async def _shadow(self, offered: release.Release) -> None:
@@ -374,9 +374,15 @@ class Deployer:
 
     # ------------------------------------------------------------- bookkeeping
 
+    async def _decide(self, states: DeployStates, key: Key) -> deploystate.Action:
+        """What to do with a release, by what serves and the directory's word of a
+        roll-back (edge/inference/directory.py)."""
+        rolled_back = await asyncio.to_thread(self._directory.rolled_back, key[0])
+        return states.decide(key, self._slots.serving(key[0]), rolled_back=rolled_back)
+
     async def _mark_rolled_back(self, key: Key) -> None:
-        """Record a roll-back found done (the version an activation replaced serves
-        again) whose own record was lost: killed before it was kept, or unheard."""
+        """Record a roll-back found done (the model directory says so) whose own record
+        was lost: killed before it was kept, or unheard."""
         record = (await self._recorder.loaded()).find(key)
         if record is not None:
             detail = f"found rolled back to {record.previous}; the reason was not kept"

@@ -4,11 +4,11 @@ what to report.
 
 The broker redelivers the retained release list on every reconnect; `decide` is the rule
 that makes that harmless: a release already active is skipped, one that failed (for a
-reason the same release cannot overcome) is only reported again, one found rolled back
-is marked so, anything else is deployed. A release is the triple (name, version, sha256
-of the model file): the hub must give a new model a new version, and a bad signature is
-kept apart from a good one of the same version (its sha256 is "", as nothing it claims
-can be trusted).
+reason the same release cannot overcome) is only reported again, one the model directory
+says was rolled back is marked so, anything else is deployed. A release is the triple
+(name, version, sha256 of the model file): the hub must give a new model a new version,
+and a bad signature is kept apart from a good one of the same version (its sha256 is "",
+as nothing it claims can be trusted).
 """
 
 from __future__ import annotations
@@ -79,21 +79,24 @@ class DeployStates:
         found = [r for r in self._records if (r.name, r.version) == (name, version)]
         return found[-1] if found else None
 
-    def decide(self, key: Key, serving: str | None) -> Action:
-        """What to do with an offered release, given the version that serves now."""
+    def decide(self, key: Key, serving: str | None, *, rolled_back: str) -> Action:
+        """What to do with an offered release, given the version that serves now and the
+        one the model directory says a roll-back gave up ("" if none)."""
         record = self.find(key)
         if record is None:
             return "deploy"
         if record.state == "active":
             if serving == record.version:
                 return "skip"
-            if record.previous and serving == record.previous:
-                # What it replaced serves again: a roll-back whose own record was lost
-                # (killed between the switch of `active` and the record, or nobody
-                # listening). Deploying it again would bring back a version that failed.
+            if record.previous and serving == record.previous and rolled_back == record.version:
+                # A roll-back whose own record was lost (killed between the switch of
+                # `active` and the record, or nobody listening). Deploying it again would
+                # bring back a version that failed. Only on the directory's word: what it
+                # replaced serves too after an operator's `models install` of it.
                 return "mark_rolled_back"
-            # Active once, but something else may serve now (replaced by hand): deploy
-            # again, which costs no download when the version is still installed.
+            # Active once, but something else serves now (replaced by hand, or a data
+            # folder from before the roll-back's word): deploy again, which costs no
+            # download when the version is still installed.
             return "deploy"
         if record.state in ("failed", "rolled_back") and record.final:
             return "report"

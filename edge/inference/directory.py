@@ -3,10 +3,14 @@
     models/<name>/<version>/{model.tflite, model.json, sample.json}
     models/<name>/active        the active version (absent: the highest installed;
                                 empty: none, the versions are only candidates)
+    models/<name>/rolled-back   the version a roll-back gave up, while no activation
+                                came since (absent: none, or a data folder from before)
 
 A version folder is complete or absent: it is copied under a temporary name and renamed
 into place, and the `active` file is replaced atomically, so a crash mid-install leaves
 the previous state. Earlier versions stay, so a roll-back is a change of `active`.
+Staging folders a killed install left are removed by the next install or start
+(staging.py).
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.inference import staging
 from outpost import files
 from outpost.modelbundle import (
     MODEL_FILE,
@@ -33,6 +37,7 @@ from outpost.modelbundle import (
 logger = logging.getLogger(__name__)
 
 ACTIVE_FILE = "active"
+ROLLED_BACK_FILE = "rolled-back"
 KEEP_NEWEST = 3  # versions of a model kept beside the active one and its fallback
 BUNDLE_FILES = (MODEL_FILE, "model.json", "sample.json")
 
@@ -114,6 +119,7 @@ class ModelDirectory:
         name, version = bundle.manifest.name, bundle.manifest.version
         home = self.root / name
         home.mkdir(parents=True, exist_ok=True)
+        staging.sweep(home)  # what an install killed before left, model-sized
         if not activate:
             self._pin_active(name)
         target = home / version
@@ -128,34 +134,66 @@ class ModelDirectory:
         else:
             # A folder of its own: two installs at once (the agent's deploy beside
             # `outpost-agent models install`) shared one, and one deleted the other's.
-            staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=home))
-            try:
-                staging.chmod(0o755)  # as mkdir made it (mkdtemp gives 0700)
+            with staging.staging(home, version) as copy:
                 for file_name in BUNDLE_FILES:
                     if (source / file_name).exists():
-                        shutil.copyfile(source / file_name, staging / file_name)
-                read_bundle(staging)  # the copy is whole before it gets its real name
-                files.sync_tree(staging)
+                        shutil.copyfile(source / file_name, copy / file_name)
+                read_bundle(copy)  # the copy is whole before it gets its real name
+                files.sync_tree(copy)
                 try:
-                    staging.rename(target)
+                    copy.rename(target)
                 except OSError:
                     if not target.is_dir():
                         raise
                     # Another install got there first: the same model, or refused above.
                     return self.install(source, activate=activate)
-            finally:  # a full disk: the half copy must not keep it full
-                shutil.rmtree(staging, ignore_errors=True)
             files.sync_tree(home)
             logger.info("installed model %s %s", name, version)
         if activate:
-            files.replace(home / ACTIVE_FILE, f"{version}\n".encode())
+            self._activate(name, version)
         return read_bundle(target, verify=False)
 
     def set_active(self, name: str, version: str) -> None:
         """Make an installed version the active one (blocking)."""
         if version not in self.versions(name):
             raise BundleError(f"{name} {version} is not installed")
-        files.replace(self.root / name / ACTIVE_FILE, f"{version}\n".encode())
+        self._activate(name, version)
+
+    def roll_back(self, name: str, bad: str, fallback: str) -> None:
+        """Make `fallback` active again in place of `bad`, which failed in use (blocking).
+
+        Word of it is written first, then `active`: after a kill that loses the roll-back's
+        record, the deployer must tell this from an operator's `models install` of the
+        same fallback (which deploys `bad` again, as the hub still wants it).
+        """
+        if fallback not in self.versions(name):
+            raise BundleError(f"{name} {fallback} is not installed")
+        home = self.root / name
+        files.replace(home / ROLLED_BACK_FILE, f"{bad}\n".encode())
+        files.replace(home / ACTIVE_FILE, f"{fallback}\n".encode())
+
+    def rolled_back(self, name: str) -> str:
+        """The version the last roll-back of `name` gave up, if no activation came since
+        (blocking); "" if none."""
+        try:
+            return (self.root / name / ROLLED_BACK_FILE).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return ""
+        except (OSError, UnicodeDecodeError) as exc:  # as if none: the release is deployed
+            logger.error("model %s: its rolled-back file is unreadable: %s", name, exc)
+            return ""
+
+    def sweep(self) -> list[str]:
+        """Remove what killed installs and removals left in every model's folder
+        (blocking); return the folders removed, as `name/folder`."""
+        if not self.root.is_dir():
+            return []
+        return [
+            f"{home.name}/{gone}"
+            for home in sorted(self.root.iterdir())
+            if home.is_dir() and NAME_PATTERN.fullmatch(home.name)
+            for gone in staging.sweep(home)
+        ]
 
     def remove(self, name: str, version: str) -> None:
         """Delete an installed version that the `active` file does not name (blocking);
@@ -198,6 +236,17 @@ class ModelDirectory:
                 continue
             gone.append(version)
         return gone
+
+    def _activate(self, name: str, version: str) -> None:
+        """Write `version` into `active`, then drop word of a roll-back: this activation,
+        not a roll-back, chose it. In that order: a kill between leaves the word beside
+        the new version, which the deployer only reads while the fallback serves."""
+        home = self.root / name
+        files.replace(home / ACTIVE_FILE, f"{version}\n".encode())
+        marker = home / ROLLED_BACK_FILE
+        if marker.exists():
+            marker.unlink(missing_ok=True)
+            files.sync_dir(home)
 
     def _pin_active(self, name: str) -> None:
         """Write down the version that is active by default (the highest), so that

@@ -75,6 +75,9 @@ class ModelSlots:
         """Load every installed model; a model that fails is reported, the rest serve."""
 
         def scan() -> dict[str, Slot]:
+            # What killed installs left goes at each start, not only at the next install
+            # of the same model, which may never come.
+            self._directory.sweep()
             return {
                 e.name: Slot(e, self._directory.versions(e.name), error=e.error)
                 for e in self._directory.entries()
@@ -250,7 +253,8 @@ class ModelSlots:
                 logger.error("model %s: cannot roll back to %s: %s", name, fallback, exc)
                 return
             try:
-                await asyncio.to_thread(self._directory.set_active, name, fallback)
+                # Marked as a roll-back on disk: its report may be lost (a kill next).
+                await asyncio.to_thread(self._directory.roll_back, name, bad, fallback)
             except (OSError, BundleError) as exc:
                 # Serving it regardless beats serving a failing model; after a restart
                 # the `active` file's version (the failing one) would load again.

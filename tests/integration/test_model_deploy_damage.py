@@ -1,7 +1,8 @@
 """A device's model deployment after its own state was damaged (the same real HTTPS
 server, model directory and interpreter as test_model_deploy.py): an installed model
 file that went bad on disk is downloaded again, not refused for good; a roll-back whose
-record a kill lost is not undone by the hub's retained offer."""
+record a kill lost is not undone by the hub's retained offer, while the version a release
+replaced, put back by hand, is no roll-back."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from edge.deploy import STATE_FILE
 from edge.deploystate import DeployStates
 from edge.inference.runner import ModelFault
 from edge.inference.swap import ModelSlots
+from outpost import wire
 from tests.integration.test_model_deploy import (  # noqa: F401 - the fixture
+    FOLDERS,
     VIBRATION,
     Device,
     device,
@@ -100,6 +103,7 @@ async def test_a_roll_back_whose_record_was_lost_is_not_undone_after_a_restart(
 
     await eventually(rolled_back, timeout=10, what="the roll-back to 1.0.0")
     assert device.directory.active(VIBRATION) == "1.0.0"
+    assert device.directory.rolled_back(VIBRATION) == "1.0.1"  # the word the record lost
     await device.stop_deployer()
     await restart_service(device)  # the agent starts again
     deployer = await device.start_deployer()
@@ -117,3 +121,34 @@ async def test_a_roll_back_whose_record_was_lost_is_not_undone_after_a_restart(
     kept = DeployStates.load(device.paths.models / STATE_FILE).find_version(VIBRATION, "1.0.1")
     assert kept is not None
     assert kept.state == "rolled_back"
+
+
+async def test_the_replaced_version_put_back_by_hand_is_no_roll_back(
+    device: Device,  # noqa: F811 - the fixture
+) -> None:
+    """An operator stops the agent and installs the version a release replaced (what
+    `outpost-agent models install` calls): it serves as after a roll-back whose record
+    was lost, but the release is deployed again, not reported rolled back (final: a
+    failure to the hub, and a canary's halt)."""
+    device.server.serve(VIBRATION, "1.0.1")
+    offer = device.release(VIBRATION, "1.0.1")
+    await device.offer(offer)
+    await device.state(VIBRATION, "1.0.1", "active")
+    await device.stop_deployer()
+
+    device.directory.install(FOLDERS[VIBRATION], activate=True)  # 1.0.0, by hand
+    await restart_service(device)
+    assert device.service.slots.serving(VIBRATION) == "1.0.0"
+    device.reports.clear()
+    await device.start_deployer()
+    await device.offer(offer)  # the hub's retained wish, redelivered at connect
+
+    async def told() -> wire.ModelState | None:
+        return next(iter(device.reports), None)
+
+    first = await eventually(told, timeout=10, what="a report of 1.0.1")
+    assert first is not None
+    assert (first.version, first.state, first.detail) == ("1.0.1", "active", "")
+    assert device.service.slots.serving(VIBRATION) == "1.0.1"
+    assert await device.infer(VIBRATION) == "1.0.1"
+    assert device.server.requests == [(VIBRATION, "1.0.1")]  # still installed: no download

@@ -136,3 +136,30 @@ def test_two_installs_at_once_both_end_with_the_model_installed(tmp_path: Path) 
     assert directory.active(NAME) == "1.0.0"
     assert [p.name for p in (directory.root / NAME).iterdir() if p.name.startswith(".")] == []
     assert oct((directory.root / NAME / "1.0.0").stat().st_mode & 0o777) == "0o755"
+
+
+def test_a_roll_back_leaves_word_that_only_another_activation_takes_away(
+    tmp_path: Path,
+) -> None:
+    """The deployer tells a roll-back from an operator's `models install` of the same
+    version by this word: both make the version a release replaced active again."""
+    directory = ModelDirectory(tmp_path / "models")
+    source = {v: version_of(tmp_path, v) for v in ("1.0.0", "1.0.1", "1.0.2")}
+    directory.install(source["1.0.0"])
+    directory.install(source["1.0.1"])
+    assert directory.rolled_back(NAME) == ""
+
+    directory.roll_back(NAME, "1.0.1", "1.0.0")
+    assert (directory.active(NAME), directory.rolled_back(NAME)) == ("1.0.0", "1.0.1")
+    directory.install(source["1.0.2"], activate=False)  # a candidate
+    assert directory.rolled_back(NAME) == "1.0.1"
+
+    directory.install(source["1.0.0"])  # by hand, the version serving
+    assert (directory.active(NAME), directory.rolled_back(NAME)) == ("1.0.0", "")
+
+    directory.roll_back(NAME, "1.0.1", "1.0.0")
+    directory.set_active(NAME, "1.0.2")  # a deploy
+    assert (directory.active(NAME), directory.rolled_back(NAME)) == ("1.0.2", "")
+    with pytest.raises(BundleError, match="not installed"):
+        directory.roll_back(NAME, "1.0.2", "0.9")
+    assert (directory.active(NAME), directory.rolled_back(NAME)) == ("1.0.2", "")

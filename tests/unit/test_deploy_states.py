@@ -18,25 +18,31 @@ def record(version: str, state: str, sha: str = SHA_A, **kw: object) -> Record:
 
 
 @pytest.mark.parametrize(
-    ("kept", "serving", "action"),
+    ("kept", "serving", "rolled_back", "action"),
     [
-        (None, "1.0.0", "deploy"),  # never seen
-        (record("1.1", "active"), "1.1", "skip"),  # the retained list again
-        (record("1.1", "active"), "1.0.0", "deploy"),  # active once, something else serves now
-        # What it replaced serves: rolled back, the record lost (a kill right after it).
-        (record("1.1", "active", previous="1.0.0"), "1.0.0", "mark_rolled_back"),
-        (record("1.1", "active", previous="0.9"), "1.0.0", "deploy"),  # the control
-        (record("1.1", "failed", detail="bad sha"), "1.0.0", "report"),
-        (record("1.1", "rolled_back"), "1.0.0", "report"),
-        (record("1.1", "failed", final=False), "1.0.0", "deploy"),  # e.g. policy said no
-        (record("1.1", "downloading"), "1.0.0", "deploy"),  # interrupted: resume
-        (record("1.1", "failed", sha=SHA_B), "1.0.0", "deploy"),  # other bytes, other release
-        (record("1.1", "failed", sha=""), "1.0.0", "deploy"),  # a bad signature's claim
+        (None, "1.0.0", "", "deploy"),  # never seen
+        (record("1.1", "active"), "1.1", "", "skip"),  # the retained list again
+        # Active once, something else serves now.
+        (record("1.1", "active"), "1.0.0", "", "deploy"),
+        # What it replaced serves, and the directory says a roll-back gave 1.1 up: the
+        # roll-back's own record was lost (a kill right after it).
+        (record("1.1", "active", previous="1.0.0"), "1.0.0", "1.1", "mark_rolled_back"),
+        # What it replaced serves, but no roll-back put it back: an operator's `models
+        # install` of 1.0.0, or a data folder from before the word was written.
+        (record("1.1", "active", previous="1.0.0"), "1.0.0", "", "deploy"),
+        (record("1.1", "active", previous="1.0.0"), "1.0.0", "1.2", "deploy"),  # not 1.1's
+        (record("1.1", "active", previous="0.9"), "1.0.0", "1.1", "deploy"),  # the control
+        (record("1.1", "failed", detail="bad sha"), "1.0.0", "", "report"),
+        (record("1.1", "rolled_back"), "1.0.0", "1.1", "report"),
+        (record("1.1", "failed", final=False), "1.0.0", "", "deploy"),  # e.g. policy said no
+        (record("1.1", "downloading"), "1.0.0", "", "deploy"),  # interrupted: resume
+        (record("1.1", "failed", sha=SHA_B), "1.0.0", "", "deploy"),  # other bytes
+        (record("1.1", "failed", sha=""), "1.0.0", "", "deploy"),  # a bad signature's claim
     ],
 )
-def test_decide(kept: Record | None, serving: str, action: str) -> None:
+def test_decide(kept: Record | None, serving: str, rolled_back: str, action: str) -> None:
     states = DeployStates([kept] if kept else [])
-    assert states.decide(("vib", "1.1", SHA_A), serving) == action
+    assert states.decide(("vib", "1.1", SHA_A), serving, rolled_back=rolled_back) == action
 
 
 def test_the_newest_record_of_a_model_is_its_current_one() -> None:
@@ -59,8 +65,8 @@ def test_a_new_active_version_retires_the_old_active_record_but_not_failures() -
     states.put(record("1.3", "active"))
 
     assert states.find(("vib", "1.1", SHA_A)) is None
-    assert states.decide(("vib", "1.2", SHA_A), "1.3") == "report"
-    assert states.decide(("vib", "1.3", SHA_A), "1.3") == "skip"
+    assert states.decide(("vib", "1.2", SHA_A), "1.3", rolled_back="") == "report"
+    assert states.decide(("vib", "1.3", SHA_A), "1.3", rolled_back="") == "skip"
 
 
 def test_only_the_last_few_records_of_a_model_are_kept() -> None:
@@ -84,7 +90,7 @@ def test_states_survive_a_restart(tmp_path: Path) -> None:
 
     again = DeployStates.load(path)
     assert again.latest() == states.latest()
-    assert again.decide(("vib", "1.1", SHA_A), "1.2") == "report"
+    assert again.decide(("vib", "1.1", SHA_A), "1.2", rolled_back="") == "report"
     assert again.find(("vib", "1.1", SHA_A)) == record("1.1", "failed", detail="sha256 differs")
 
 
