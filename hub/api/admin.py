@@ -127,6 +127,15 @@ class WhoAmI(Struct, frozen=True):
     expires_at: Annotated[float, Meta(description="epoch seconds")]
 
 
+def _revoked(jti: str, what: str, outcome: str) -> web.Response:
+    """The answer to a revocation: "revoked", "unknown" (404) or "already revoked" (409)."""
+    if outcome == "unknown":
+        raise ApiError(404, "not_found", f"no {what} {jti!r}")
+    if outcome == "already revoked":
+        raise ApiError(409, "conflict", f"{what} {jti!r} is already revoked")
+    return web.json_response({"jti": jti, "revoked": True})
+
+
 def routes(ctx: ApiContext) -> list[Route]:
     async def create_enroll_token(request: web.Request) -> web.Response:
         body = await params.json_body(request, EnrollTokenRequest)
@@ -176,22 +185,13 @@ def routes(ctx: ApiContext) -> list[Route]:
     async def revoke_token(request: web.Request) -> web.Response:
         jti = request.match_info["jti"]
         request[AUDIT_DETAIL] = {"jti": jti}
-        outcome = await ctx.tokens.revoke(jti, now=time.time())
-        if outcome == "unknown":
-            raise ApiError(404, "not_found", f"no token {jti!r}")
-        if outcome == "already revoked":
-            raise ApiError(409, "conflict", f"token {jti!r} is already revoked")
-        return web.json_response({"jti": jti, "revoked": True})
+        return _revoked(jti, "token", await ctx.tokens.revoke(jti, now=time.time()))
 
     async def revoke_enroll_token(request: web.Request) -> web.Response:
         jti = request.match_info["jti"]
         request[AUDIT_DETAIL] = {"jti": jti}
         outcome = await ctx.store.revoke_enroll_token(jti, now=time.time())
-        if outcome == "unknown":
-            raise ApiError(404, "not_found", f"no bootstrap token {jti!r}")
-        if outcome == "already revoked":
-            raise ApiError(409, "conflict", f"bootstrap token {jti!r} is already revoked")
-        return web.json_response({"jti": jti, "revoked": True})
+        return _revoked(jti, "bootstrap token", outcome)
 
     async def audit_log(request: web.Request) -> web.Response:
         size = params.limit(request)
