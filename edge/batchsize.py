@@ -16,10 +16,11 @@ already reflects compression, the link and the hub.
 
 It also says how long to wait for an ack before resending the window (`patience_s`):
 `ack_timeout_s` while acks come, twice as long (with jitter) after each stall in a row,
-up to `MAX_PATIENCE_S`. A hub that stays silent with the broker up (its replicas down,
-its database failing over) got the whole window again every `ack_timeout_s` from every
-device, for as long as it lasted: the same bytes over a metered link all day, and a
-fleet's duplicates queued at the broker for the hub's return.
+up to `MAX_PATIENCE_S`, and back to `ack_timeout_s` at any word from the hub (`heard`).
+A hub that stays silent with the broker up (its replicas down, its database failing
+over) got the whole window again every `ack_timeout_s` from every device, for as long
+as it lasted: the same bytes over a metered link all day, and a fleet's duplicates
+queued at the broker for the hub's return.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ FLOOR_BYTES = 4 * 1024
 # window: even a full window of batches twice as large then stays under half the timeout.
 _QUICK_SHARE = 0.25
 _SLOW_SHARE = 0.5  # shrink when a batch waited over this share of the ack timeout
-MAX_PATIENCE_S = 600.0  # the longest wait for an ack before the window goes again
+# The longest wait for an ack before the window goes again. Not longer: once the hub is
+# back, what was sent meanwhile may be gone (replicas keep no broker session), and only
+# the next resend brings it.
+MAX_PATIENCE_S = 120.0
 
 
 class BatchBudget:
@@ -62,6 +66,10 @@ class BatchBudget:
             self.bytes = max(self._floor, self.bytes // 2)
         elif any(full for _, full in waits) and all(wait < self._quick_s for wait, _ in waits):
             self.bytes = min(self.ceiling, self.bytes * 2)
+
+    def heard(self) -> None:
+        """The hub answered (an ack of any kind): it is back, so is the usual patience."""
+        self.patience_s = self._ack_timeout_s
 
     def stalled(self) -> None:
         """No ack came within the patience: the window is resent, in smaller batches, and

@@ -43,7 +43,7 @@ class Sync(SyncTunables, frozen=True):
             ge=0.5,
             le=FINITE,
             description="resend unacknowledged batches after this long (each resend in a row "
-            "waits twice as long, up to 10 min)",
+            "waits twice as long, up to 2 min)",
         ),
     ] = 15.0
     linger_ms: Annotated[

@@ -170,7 +170,7 @@ class Uploader:
         The hub answers every hello with its mark for each stream; `on_ack` aligns.
         """
         self._aligned = await self._until_read(self._store.aligned)
-        patience = self._sync.ack_timeout_s  # longer at each ask, as resends (batchsize.py)
+        patience = self._sync.ack_timeout_s  # longer at each ask, as resends (batchsize)
         while not self._aligned.issuperset(wire.STREAMS):
             self._progress.clear()
             if not await wait_event(self._progress, patience):
@@ -179,10 +179,11 @@ class Uploader:
                     ", ".join(sorted(set(wire.STREAMS) - self._aligned)),
                 )
                 await ask_marks()
-                patience = min(MAX_PATIENCE_S, patience * 2)
+                patience = max(self._sync.ack_timeout_s, min(MAX_PATIENCE_S, patience * 2))
 
     async def on_ack(self, ack: wire.Ack) -> None:
         """Apply the hub's acknowledgement: delete what it holds; resend after a gap."""
+        self.budget.heard()
         stream = ack.stream
         if stream not in self._aligned:
             try:
