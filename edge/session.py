@@ -165,7 +165,7 @@ class Session:
     async def run(self, client: aiomqtt.Client) -> None:
         """Say hello on a new connection, then serve it until it ends."""
         parts = self._parts
-        parts.uploader.compress_with(None)  # plain until the hub accepts an encoding again
+        parts.uploader.encoder.compress_with(None)  # plain until the hub accepts an encoding again
         await client.subscribe(wire.down_topic(self._identity.device_id, "#"), qos=1)
         await client.publish(self._topic("status"), self._status(online=True), qos=1, retain=True)
         hello = wire.Hello(
@@ -261,7 +261,7 @@ class Session:
             logger.debug("ignored a welcome for connection %s", welcome.conn)
             return
         encoding = packing.choose(self._config.sync.compression, welcome.compression)
-        self._parts.uploader.compress_with(encoding)
+        self._parts.uploader.encoder.compress_with(encoding)
         logger.info("upload batches on this connection: %s", encoding or "plain")
 
     def _topic(self, kind: str) -> str:

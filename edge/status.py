@@ -35,6 +35,7 @@ class Status:
         """Return what the local API's /v1/status shows."""
         parts = self._parts
         current = parts.policy.current
+        encoder = parts.uploader.encoder
         return {
             "device_id": self._device_id,
             "version": __version__,  # the agent's: after an update, which one runs
@@ -48,14 +49,14 @@ class Status:
             "tasks": {**schema.dump(parts.tasks.load()), "done": parts.tasks.done},
             "store": await self._store_stats(),
             "sync": {
-                "bytes_sent": parts.uploader.bytes_sent,
+                "bytes_sent": encoder.bytes_sent,
                 # the same batches plain (msgpack): bytes_sent / plain_bytes is what
                 # compression saved on the link
-                "plain_bytes": parts.uploader.plain_bytes,
-                "records_sent": parts.uploader.records_sent,
+                "plain_bytes": encoder.plain_bytes,
+                "records_sent": encoder.records_sent,
                 # the batch encoding the hub accepted on this connection (None: plain)
-                "compression": parts.uploader.encoding,
-                "packed_batches": parts.uploader.packed_batches,
+                "compression": encoder.encoding,
+                "packed_batches": encoder.packed_batches,
                 # how many plain bytes the next batch may take: grows while the link
                 # acknowledges quickly, up to the batch_bytes setting (edge/batchsize.py)
                 "batch_bytes": parts.uploader.budget.bytes,

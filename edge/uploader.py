@@ -1,7 +1,6 @@
 """Drain the store to the hub: oldest first, results before events before metrics, in
 bounded batches with a bounded number in flight, deleting only what the hub acknowledged.
-Batches go compressed (`packed`) once the hub has accepted an encoding on the connection
-of the moment, and only when that makes them smaller.
+How a batch is encoded (plain or packed) is `edge.batchencoder`'s business.
 """
 
 from __future__ import annotations
@@ -14,15 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import msgspec
-
+from edge.batchencoder import BatchEncoder, Row
 from edge.batchsize import MAX_PATIENCE_S, BatchBudget
 from edge.config import Sync
 from edge.pacing import ByteRate, parse_windows, seconds_until_open
 from edge.store import AgentStore, StoreReadError, StoreWriteError
-from outpost import schema, wire
+from outpost import wire
 from outpost.aio import wait_event
-from outpost.wire import packing
 
 T = TypeVar("T")
 
@@ -47,7 +44,7 @@ class _Ahead:
 
     stream: wire.Stream
     after: int
-    rows: list[tuple[int, float, bytes]]
+    rows: list[Row]
 
 
 class Uploader:
@@ -55,8 +52,6 @@ class Uploader:
 
     def __init__(self, store: AgentStore, device_id: str, sync: Sync) -> None:
         self._store = store
-        self._topic = wire.up_topic(device_id, "records")
-        self._packed_topic = wire.up_topic(device_id, "packed")
         self._sync = sync
         self._windows = parse_windows(sync.windows)
         self._rate = ByteRate(sync.rate_bytes_per_s)
@@ -65,7 +60,6 @@ class Uploader:
         self._in_flight: list[_InFlight] = []
         # Kept across connections: what the link carried is the best guess for the next.
         self.budget = BatchBudget(sync.batch_bytes, sync.in_flight, sync.ack_timeout_s)
-        self.unsendable = 0  # stored records the hub would refuse, left out of batches
         # Publishes handed to the client and not yet confirmed by the broker: the next
         # batch is read and encoded meanwhile. The first failure ends `run`, as an
         # awaited publish's would.
@@ -77,32 +71,7 @@ class Uploader:
         self._progress = asyncio.Event()
         self._aligned: set[str] = set()
         self._last_read_error = ""
-        self._packers: dict[str, packing.Packer] = {}  # one context per encoding, kept
-        self._packer: packing.Packer | None = None  # None: plain batches
-        self.bytes_sent = 0
-        self.plain_bytes = 0  # what the same batches would have been, plain
-        self.records_sent = 0
-        self.packed_batches = 0
-        # A plain message's size beyond its body (to a byte or two: message ids grow).
-        empty = wire.Records(stream="results", from_seq=1, to_seq=1, seqs=[], ts=[], bodies=[])
-        self._envelope_bytes = len(wire.encode("records", empty)) - len(
-            msgspec.msgpack.encode(empty)
-        )
-
-    @property
-    def encoding(self) -> str | None:
-        """The encoding batches go in on this connection (None: plain)."""
-        return self._packer.encoding if self._packer is not None else None
-
-    def compress_with(self, encoding: str | None) -> None:
-        """Pack batches with `encoding` from now on (None: send them plain). Set to None
-        before each hello: a connection starts plain until the hub accepts one."""
-        if encoding is None:
-            self._packer = None
-            return
-        if (packer := self._packers.get(encoding)) is None:
-            packer = self._packers[encoding] = packing.Packer(encoding)
-        self._packer = packer
+        self.encoder = BatchEncoder(device_id)  # plain or packed; counts what went
 
     def set_pacing(self, rate_bytes_per_s: int, windows: list[str]) -> None:
         """New pacing from policy (windows already validated)."""
@@ -264,7 +233,7 @@ class Uploader:
                 continue
             ahead, self._ahead = self._ahead, None
             if ahead is not None and (ahead.stream, ahead.after) == (stream, after):
-                rows: list[tuple[int, float, bytes]] | None = ahead.rows
+                rows: list[Row] | None = ahead.rows
             else:
                 rows = await self._read(stream, after)  # None: unreadable, this stream waits
             if not rows:
@@ -272,22 +241,6 @@ class Uploader:
             await self._send(publish, stream, after, rows)
             return True
         return False
-
-    def _sendable(
-        self, stream: wire.Stream, rows: list[tuple[int, float, bytes]]
-    ) -> list[tuple[int, float, bytes]]:
-        """The rows the hub can take. A record it would refuse (stored before the local
-        API checked records, or by hand) is left out of the batch, which still covers its
-        number: sent, it would fail the whole batch, and the stream would never move."""
-        kept = []
-        for row in rows:
-            problem = wire.record_problem(row[2])
-            if problem is None:
-                kept.append(row)
-            else:
-                self.unsendable += 1
-                logger.error("%s %d can never be sent (%s): left out", stream, row[0], problem)
-        return kept
 
     async def _read_ahead(self) -> bool:
         """Read the batch that goes next if it is a full one; whether one was read."""
@@ -305,7 +258,7 @@ class Uploader:
             return True
         return False
 
-    async def _read(self, stream: wire.Stream, after: int) -> list[tuple[int, float, bytes]] | None:
+    async def _read(self, stream: wire.Stream, after: int) -> list[Row] | None:
         try:
             return await self._store.batch_packed(
                 stream,
@@ -322,47 +275,20 @@ class Uploader:
         publish: Publish,
         stream: wire.Stream,
         after: int,
-        rows: list[tuple[int, float, bytes]],
+        rows: list[Row],
     ) -> None:
-        to_seq = rows[-1][0]
-        if any(len(r[2]) > wire.MAX_RECORD_BYTES for r in rows):
-            rows = self._sendable(stream, rows)
-        try:
-            body = _records(stream, after, to_seq, rows)  # checks every body, as the hub will
-        except schema.SchemaError:
-            rows = self._sendable(stream, rows)
-            body = _records(stream, after, to_seq, rows)
-        topic, packed = self._topic, False
-        if self._packer is None:
-            payload = wire.encode("records", body)
-            plain = len(payload)
-        else:
-            # On the event loop: a full batch packs in well under a millisecond, less than
-            # a hop to a worker thread and back would take. Not encoded plain first (that
-            # checked the batch as the hub will, the costliest step of a send): making
-            # `body` checked the records (order, each body a map), and the rest holds by
-            # construction (numbers from the store, at most `batch_records` of them).
-            smaller = self._packer.pack(body)
-            plain = len(msgspec.msgpack.encode(body)) + self._envelope_bytes
-            if packed := len(smaller) < plain:
-                topic, payload = self._packed_topic, smaller
-            else:
-                payload = wire.encode("records", body)
-                plain = len(payload)
-        await self._rate.take(len(payload))
-        self._sent[stream] = body.to_seq
+        batch = self.encoder.encode(stream, after, rows)
+        await self._rate.take(len(batch.payload))
+        self._sent[stream] = batch.to_seq
         self._last_batch[stream] = time.monotonic()
-        full = self.budget.full(sum(len(r[2]) for r in rows), len(rows), self._sync.batch_records)
-        self._in_flight.append(_InFlight(stream, body.to_seq, time.monotonic(), full))
+        full = self.budget.full(batch.body_bytes, batch.rows, self._sync.batch_records)
+        self._in_flight.append(_InFlight(stream, batch.to_seq, time.monotonic(), full))
         # Not awaited here: the broker's PUBACK takes a round trip, in which the next
         # batch is read and encoded. Publishes go out in the order they are started.
-        pending = asyncio.ensure_future(publish(topic, payload))
+        pending = asyncio.ensure_future(publish(batch.topic, batch.payload))
         self._publishing.add(pending)
         pending.add_done_callback(self._published)
-        self.bytes_sent += len(payload)
-        self.plain_bytes += plain
-        self.records_sent += len(rows)
-        self.packed_batches += packed
+        self.encoder.count(batch)
 
     def _published(self, done: asyncio.Future[None]) -> None:
         self._publishing.discard(done)
@@ -386,16 +312,3 @@ class Uploader:
             self._sent = dict(self._acked)
             self._in_flight.clear()
             self.budget.stalled()
-
-
-def _records(
-    stream: wire.Stream, after: int, to_seq: int, rows: list[tuple[int, float, bytes]]
-) -> wire.Records:
-    return wire.Records(
-        stream=stream,
-        from_seq=after + 1,
-        to_seq=to_seq,
-        seqs=[r[0] for r in rows],
-        ts=[r[1] for r in rows],
-        bodies=[r[2] for r in rows],
-    )

@@ -137,7 +137,7 @@ async def test_a_stored_record_the_hub_would_refuse_is_left_out_and_its_stream_m
     assert [b.from_seq for b in batches] == [1] + [b.to_seq + 1 for b in batches[:-1]]
     assert [s for b in batches for s in b.seqs] == [1, 4]
     assert [msgpack.unpackb(body) for b in batches for body in b.bodies] == [{"n": 1}, {"n": 4}]
-    assert uploader.unsendable == 2
+    assert uploader.encoder.unsendable == 2
 
 
 async def test_a_full_window_with_a_lingering_stream_idles(store: AgentStore) -> None:
