@@ -12,7 +12,9 @@ PUBLIC = 0o644
 # Writers of one path in this process take turns. They share one temporary name, kept
 # fixed so that the next write finds and removes what a crash left; two at once would
 # unlink or rename each other's half-written file (a hub replica caching one model for
-# two downloads). Other processes are kept out of a data folder by its lock (datalock.py).
+# two downloads). Other processes are kept out of a data folder by its lock (datalock.py),
+# or, where a command runs beside the daemon, take turns of their own (a model's `active`
+# file: edge/inference/directory.py).
 # Locks by stripe, not one per path: a process writing new paths for years (parts,
 # exports) keeps no lock per path; two paths on one stripe merely wait a write's time.
 _TURNS = tuple(threading.Lock() for _ in range(64))

@@ -15,10 +15,13 @@ Staging folders a killed install left are removed by the next install or start
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,8 +172,9 @@ class ModelDirectory:
         if fallback not in self.versions(name):
             raise BundleError(f"{name} {fallback} is not installed")
         home = self.root / name
-        files.replace(home / ROLLED_BACK_FILE, f"{bad}\n".encode())
-        files.replace(home / ACTIVE_FILE, f"{fallback}\n".encode())
+        with _turn(home):
+            files.replace(home / ROLLED_BACK_FILE, f"{bad}\n".encode())
+            files.replace(home / ACTIVE_FILE, f"{fallback}\n".encode())
 
     def rolled_back(self, name: str) -> str:
         """The version the last roll-back of `name` gave up, if no activation came since
@@ -242,21 +246,39 @@ class ModelDirectory:
         not a roll-back, chose it. In that order: a kill between leaves the word beside
         the new version, which the deployer only reads while the fallback serves."""
         home = self.root / name
-        files.replace(home / ACTIVE_FILE, f"{version}\n".encode())
-        marker = home / ROLLED_BACK_FILE
-        if marker.exists():
-            marker.unlink(missing_ok=True)
-            files.sync_dir(home)
+        with _turn(home):
+            files.replace(home / ACTIVE_FILE, f"{version}\n".encode())
+            marker = home / ROLLED_BACK_FILE
+            if marker.exists():
+                marker.unlink(missing_ok=True)
+                files.sync_dir(home)
 
     def _pin_active(self, name: str) -> None:
         """Write down the version that is active by default (the highest), so that
         installing a higher one without activating it does not change which one runs;
         for a model with none yet, that none is (a shadow candidate must not serve after
         a restart)."""
-        if (self.root / name / ACTIVE_FILE).exists():
-            return
-        current = self.active(name)
-        files.replace(self.root / name / ACTIVE_FILE, f"{current or ''}\n".encode())
+        home = self.root / name
+        with _turn(home):
+            if (home / ACTIVE_FILE).exists():
+                return
+            current = self.active(name)
+            files.replace(home / ACTIVE_FILE, f"{current or ''}\n".encode())
+
+
+@contextlib.contextmanager
+def _turn(home: Path) -> Iterator[None]:
+    """Writers of a model's `active` and `rolled-back` files take turns, across
+    processes: `outpost-agent models install` runs beside the agent's deployer, and
+    both write through the same fixed temporary names (outpost/files.py keeps out
+    only the threads of one process). An flock on the model's folder, held for the
+    write's time; the kernel lets go of it whatever kills the holder."""
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _repair(installed: Bundle, source: Path) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from edge.inference.directory import ModelDirectory
 from outpost.modelbundle import BundleError
-from tests.support import SHIPPED_MODELS
+from tests.support import REPO, SHIPPED_MODELS
 
 NAME = "vibration-anomaly"
 
@@ -163,3 +165,31 @@ def test_a_roll_back_leaves_word_that_only_another_activation_takes_away(
     with pytest.raises(BundleError, match="not installed"):
         directory.roll_back(NAME, "1.0.2", "0.9")
     assert (directory.active(NAME), directory.rolled_back(NAME)) == ("1.0.2", "")
+
+
+def test_two_processes_switching_the_active_version_take_turns(tmp_path: Path) -> None:
+    """`outpost-agent models install` beside the running agent's deployer: both write
+    the model's `active` file, through the same temporary name."""
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0])
+    directory.install(version_of(tmp_path, "2.0.0"), activate=False)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from edge.inference.directory import ModelDirectory\n"
+        "d = ModelDirectory(Path(sys.argv[1]))\n"
+        "for i in range(300):\n"
+        "    d.set_active(sys.argv[2], ('1.0.0', '2.0.0')[i % 2])\n"
+    )
+    root = str(directory.root)
+    other = subprocess.Popen(
+        [sys.executable, "-c", script, root, NAME], cwd=REPO, stderr=subprocess.PIPE
+    )
+    try:
+        for i in range(300):
+            directory.set_active(NAME, ("2.0.0", "1.0.0")[i % 2])
+    finally:
+        _, err = other.communicate(timeout=120)
+    assert other.returncode == 0, err.decode()
+    assert directory.active(NAME) in {"1.0.0", "2.0.0"}
+    assert not list((directory.root / NAME).glob(".*.tmp"))
