@@ -55,7 +55,7 @@ from outpost.settings import parse_broker_url
 
 logger = logging.getLogger(__name__)
 
-READY_RETRY_S = 5.0  # between tries to tell the launcher this version came up
+LAUNCHER_RETRY_S = 5.0  # between tries to tell the launcher this version came up
 
 
 class Agent:
@@ -228,7 +228,8 @@ class Agent:
             self.refusals.on_expired = renewer.urge
             await supervise(
                 {
-                    "agent.ready": self._announce_ready(),
+                    "agent.ready": self._tell_launcher("ready"),
+                    "agent.reached": self._tell_launcher("reached", after=session.welcomed),
                     "agent.watchdog": self.notifier.keep_alive(),
                     "agent.status": self.notifier.report(status.line),
                     "agent.metrics": telemetry.rollups(),
@@ -276,24 +277,28 @@ class Agent:
             handler.addFilter(masking)
             stack.callback(handler.removeFilter, masking)
 
-    async def _announce_ready(self) -> None:
-        """Tell the launcher (systemd/outpost-launch) this version came up: the `ready`
-        file. A full or failing disk must not stop an agent that serves (it died here
-        once, on a disk filled as it started): it says so and tries again until the file
-        is written, and the launcher's own deadline decides meanwhile."""
+    async def _tell_launcher(self, what: str, after: asyncio.Event | None = None) -> None:
+        """Tell the launcher (systemd/outpost-launch) this version came up (`ready`), or
+        reached the hub (`reached`, once `after` is set): a file naming the version. A
+        full or failing disk must not stop an agent that serves (it died here once, on a
+        disk filled as it started): it says so and tries again until the file is
+        written, and the launcher's own deadline decides meanwhile."""
+        if after is not None:
+            await after.wait()
         while True:
             try:
                 await asyncio.to_thread(
-                    files.replace, self.paths.root / "ready", __version__.encode(), files.PRIVATE
+                    files.replace, self.paths.root / what, __version__.encode(), files.PRIVATE
                 )
                 return
             except OSError as exc:
                 logger.error(
-                    "cannot tell the launcher this agent is ready (%s); trying again in %g s",
+                    "cannot tell the launcher this agent is %s (%s); trying again in %g s",
+                    what,
                     exc.strerror or exc,
-                    READY_RETRY_S,
+                    LAUNCHER_RETRY_S,
                 )
-                await asyncio.sleep(READY_RETRY_S)  # the disk's own time to recover
+                await asyncio.sleep(LAUNCHER_RETRY_S)  # the disk's own time to recover
 
     def _open_store(self) -> AgentStore:
         """Open the store with the settings' bounds, encrypted if the profile says so."""

@@ -122,6 +122,7 @@ class Session:
         self._telemetry = telemetry
         self._outbox = outbox
         self._conn = ""  # the id of the latest connection, carried by its will
+        self.welcomed = asyncio.Event()  # set once the hub first answered a hello
 
     def make_client(self) -> aiomqtt.Client:
         """Make the client of the next connection, with a will of its own."""
@@ -260,6 +261,7 @@ class Session:
         if welcome.conn != self._conn:
             logger.debug("ignored a welcome for connection %s", welcome.conn)
             return
+        self.welcomed.set()
         encoding = packing.choose(self._config.sync.compression, welcome.compression)
         self._parts.uploader.encoder.compress_with(encoding)
         logger.info("upload batches on this connection: %s", encoding or "plain")

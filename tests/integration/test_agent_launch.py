@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ GOOD = "1.0.0"
 def release(prefix: Path, version: str, body: str) -> None:
     """A stand-in release whose `outpost-agent` runs `body` (a shell script)."""
     bin_dir = prefix / "releases" / version / "venv" / "bin"
-    bin_dir.mkdir(parents=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
     agent = bin_dir / "outpost-agent"
     agent.write_text(f"#!/bin/sh\n# $1 = run, $2 = --data, $3 = DATA\n{body}\n")
     agent.chmod(0o755)
@@ -321,9 +322,121 @@ def test_an_agent_that_switched_to_a_new_release_is_restarted_into_it_at_once(
     assert not (data / "rolled-back.json").exists()
     assert json.loads((data / "launch-state.json").read_text()) == {
         "failures": 0,
+        "must_reach": True,  # it exited before the hub welcomed it: still to prove
         "rolled_back_from": [],
         "version": "2.0.0",
     }
+
+
+def updating_to(tmp_path: Path, new_body: str) -> tuple[Path, Path]:
+    """1.0.0 runs, updates to 2.0.0 as the agent's updater does (previous and current
+    moved, exit 75), and on a later start (after a roll-back) comes up and stays."""
+    prefix, data = folders(tmp_path, new_body)
+    (prefix / "current").unlink()
+    (prefix / "current").symlink_to(f"releases/{GOOD}")
+    switch = (
+        f'ln -sfn releases/{GOOD} "{prefix}/previous"; ln -sfn releases/2.0.0 "{prefix}/current"'
+    )
+    release(
+        prefix,
+        GOOD,
+        f'printf {GOOD} > "$3/ready"\n'
+        f'if [ ! -e "$3/updated" ]; then touch "$3/updated"; {switch}; exit 75; fi\n'
+        f'printf {GOOD} > "$3/reached"; exit 0',
+    )
+    return prefix, data
+
+
+def reach_arguments(prefix: Path, data: Path) -> list[str]:
+    return [*arguments(prefix, data), "--trial", "1", "--reach", "2"]
+
+
+def test_an_updated_version_that_never_reaches_the_hub_is_rolled_back(tmp_path: Path) -> None:
+    """It comes up, passes its trial, and serves; but its link never works (an MQTT
+    session that fails and retries rather than raises). The hub sent the update over
+    that link minutes before, so the version is to blame: stopped, and rolled back."""
+    prefix, data = updating_to(tmp_path, 'printf 2.0.0 > "$3/ready"; exec sleep 600')
+
+    done = subprocess.run(
+        [sys.executable, str(LAUNCH), *reach_arguments(prefix, data)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 1, done.stderr  # systemd restarts it: into 1.0.0
+    assert "agent 2.0.0 did not reach the hub within 2 s of being ready" in done.stderr
+    assert os.readlink(prefix / "current") == f"releases/{GOOD}"
+    report = json.loads((data / "rolled-back.json").read_text())
+    assert (report["from"], report["to"]) == ("2.0.0", GOOD)
+    assert report["reason"] == "did not reach the hub within 2 s of being ready"
+    assert supervise(prefix, data) == [0]  # 1.0.0 comes up, reaches the hub, stays
+    state = json.loads((data / "launch-state.json").read_text())
+    assert state["rolled_back_from"] == ["2.0.0"]
+
+
+def run_until(
+    prefix: Path, data: Path, tmp_path: Path, done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """Run the launcher until its state file satisfies `done`; that state."""
+    log = tmp_path / "launch.log"
+    with log.open("wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, str(LAUNCH), *reach_arguments(prefix, data)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            path = data / "launch-state.json"
+            state = json.loads(path.read_text()) if path.exists() else {}
+            if state.get("version") == "2.0.0" and done(state):
+                break
+            assert launcher.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"state still {state} after 60 s"
+            time.sleep(0.05)  # a poll with a deadline
+        assert launcher.poll() is None, log.read_text()  # the version serves on
+        os.killpg(launcher.pid, signal.SIGTERM)
+        launcher.wait(30)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait(10)
+    return state
+
+
+def test_an_updated_version_that_reaches_the_hub_stays(tmp_path: Path) -> None:
+    body = 'printf 2.0.0 > "$3/ready"; printf 2.0.0 > "$3/reached"; exec sleep 600'
+    prefix, data = updating_to(tmp_path, body)
+
+    state = run_until(prefix, data, tmp_path, lambda s: "must_reach" not in s)
+
+    assert state["failures"] == 0
+    assert os.readlink(prefix / "current") == "releases/2.0.0"
+    assert not (data / "rolled-back.json").exists()
+
+
+def test_an_updated_version_with_nothing_to_go_back_to_serves_on(tmp_path: Path) -> None:
+    prefix, data = updating_to(tmp_path, 'printf 2.0.0 > "$3/ready"; exec sleep 600')
+    (prefix / "releases" / GOOD / "venv" / "bin" / "outpost-agent").unlink()
+
+    # 1.0.0 is gone: started straight into 2.0.0, as after the update and a reboot.
+    (prefix / "current").unlink()
+    (prefix / "current").symlink_to("releases/2.0.0")
+    (data / "launch-state.json").write_text(
+        json.dumps({"version": "2.0.0", "failures": 0, "must_reach": True})
+    )
+    state = run_until(prefix, data, tmp_path, lambda s: "must_reach" not in s)
+
+    assert os.readlink(prefix / "current") == "releases/2.0.0"
+    assert not (data / "rolled-back.json").exists()
+    assert state["failures"] == 0
+
+
+def test_a_version_started_by_hand_need_not_reach_the_hub(tmp_path: Path) -> None:
+    prefix, data = folders(tmp_path, 'printf 2.0.0 > "$3/ready"; exec sleep 600')
+
+    state = run_until(prefix, data, tmp_path, lambda s: s.get("failures") == 0)
+
+    assert "must_reach" not in state
 
 
 async def test_the_agent_marks_itself_ready_and_reports_a_rollback(
@@ -342,6 +455,13 @@ async def test_the_agent_marks_itself_ready_and_reports_a_rollback(
 
     await eventually(ready, timeout=30, what="the ready marker")
     assert not (paths.root / "rolled-back.json").exists()
+
+    async def reached() -> bool:  # once the hub answered its hello
+        assert agent.process.poll() is None, agent.output()
+        marker = paths.root / "reached"
+        return marker.exists() and marker.read_text() == __version__
+
+    await eventually(reached, timeout=60, what="the reached marker")
     assert (paths.root / "rolled-back.reported.json").exists()
     assert "agent 9.9.9 did not come up" in agent.output()
 
