@@ -569,8 +569,7 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
     assert any(event["msg"] == "agent stopped" for event in events), events
 
     # --- a release that will not start: the launcher goes back, as systemd runs it ----
-    # A fresh start-rate count: this test started the unit often in five minutes; an
-    # update's starts (three of the new version, one of the previous) fit in the burst.
+    # Three failed starts of the new version, 15 s apart (RestartSec=), then the previous.
     machine.run("systemctl", "reset-failed", "outpost-agent")
     machine.run("bash", "-c", INSTALL_BROKEN)
     machine.run("systemctl", "start", "--no-block", "outpost-agent")
