@@ -192,10 +192,15 @@ def _add_device(db: Sql, d: Device) -> str:
 
 def free_name(db: Sql, base: str) -> str:
     """`base`, or the first of `base-2`, `base-3`, ... that no device has."""
+    # Every numbered candidate starts with this stem (up to `base-9999999`): a long base
+    # is cut shorter the longer its number grows, and what the cut leaves at its end
+    # ('.', '_', '-') is stripped. Matched by LIKE ('_' matches any character: more
+    # rows, no fewer) and then exactly, below.
+    stem = base[: names.MAX_LENGTH - 8].rstrip("._-")
     taken = {
         r["name"]
         for r in db.execute(
-            "SELECT name FROM devices WHERE name = ? OR name LIKE ?", (base, base[:50] + "-%")
+            "SELECT name FROM devices WHERE name = ? OR name LIKE ?", (base, stem + "%")
         )
     }
     candidate, n = base, 1

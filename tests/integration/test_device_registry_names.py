@@ -87,6 +87,25 @@ async def test_names_are_unique_and_stand_for_the_id(store: HubStore) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "base",
+    [
+        "conveyorbeltvisioninspectioncameraunitwestwingfloor2",  # 52 characters
+        "a" * 63,  # the longest: each numbered one is cut to fit
+        "a" * 58 + "-" * 4 + "b",  # cut before a run of '-', which is stripped too
+    ],
+)
+async def test_a_long_name_asked_by_many_devices_numbers_them_all(
+    store: HubStore, base: str
+) -> None:
+    """Devices imaged alike ask for their (long) host name: each gets one of its own."""
+    now = time.time()
+    got = [await store.add_device(enrolled(f"dev-0000000000{i:02x}", base, now)) for i in range(12)]
+    assert len(set(got)) == 12
+    assert got[0] == base
+    assert all(len(name) <= 63 for name in got)
+
+
 async def test_the_event_log_follows_presence_renewal_policy_models_and_revocation(
     store: HubStore,
 ) -> None:
