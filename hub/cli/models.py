@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from hub.cli import remote, tables
+from hub.fleet.labels import parse_selector
 
 BUNDLE_FILES = {"model": "model.tflite", "manifest": "model.json", "sample": "sample.json"}
 FOLLOW_EVERY_S = 1.0
@@ -74,12 +75,7 @@ def list_models(args: argparse.Namespace) -> int:
 
 def start_rollout(args: argparse.Namespace) -> int:
     """Start a staged roll-out, then follow it (unless --no-follow)."""
-    selector: dict[str, str] = {}
-    for item in args.selector:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--selector {item!r}: write KEY=VALUE")
-        selector[key] = value
+    selector = parse_selector(args.selector, "--selector")
 
     if args.agent and (args.model or args.version):
         raise ValueError("give --agent VERSION alone, or MODEL VERSION, not both")

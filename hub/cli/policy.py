@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from hub.cli import jsontext, remote, tables
+from hub.fleet.labels import parse_selector
 
 
 def show_policy(args: argparse.Namespace) -> int:
@@ -86,12 +87,7 @@ def set_policy(args: argparse.Namespace) -> int:
     except UnicodeDecodeError as exc:
         raise ValueError(f"{args.file} is not JSON text (UTF-8): {exc}") from exc
     document = jsontext.parse(text, args.file)
-    selector: dict[str, str] = {}
-    for item in args.selector:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--selector {item!r}: write KEY=VALUE")
-        selector[key] = value
+    selector = parse_selector(args.selector, "--selector")
     if args.device and selector:
         raise ValueError(
             "--device and --selector both given: a layer is a device's override or a "

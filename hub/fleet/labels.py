@@ -27,12 +27,21 @@ def check(labels: Mapping[str, str | None], where: str) -> None:
 
 
 def parse_selector(items: list[str], where: str) -> dict[str, str]:
-    """Parse ``key=value`` strings (command line, query string) into checked labels."""
-    labels = {}
+    """Parse ``key=value`` strings (command line, query string) into checked labels.
+
+    A key given twice is refused: the selector is an AND of its terms, so `site=north`
+    and `site=south` would match nothing, yet kept as a map only the last would count
+    (and a roll-out would reach devices nobody asked for)."""
+    labels: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"{where}: expected KEY=VALUE, got {item!r}")
+        if key in labels and labels[key] != value:
+            raise ValueError(
+                f"{where}: {key!r} is given twice ({labels[key]!r} and {value!r}); a device "
+                "has one value per label, so give each key once"
+            )
         labels[key] = value
     check(labels, where)
     return labels

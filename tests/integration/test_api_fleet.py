@@ -105,6 +105,13 @@ async def test_bad_query_parameters_name_the_parameter(api: ApiClient) -> None:
         reply = await api.call("GET", "/api/v1/devices", token=token, params=params)
         assert reply.status == 400, (params, reply.body)
         assert reply.error["details"]["field"] == field, (params, reply.body)
+    # Terms are ANDed: a key twice with two values would match nothing, not the last.
+    both = [("label", "site=north"), ("label", "site=south")]
+    reply = await api.call("GET", "/api/v1/devices", token=token, params=both)
+    assert reply.status == 400, reply.body
+    assert "'site' is given twice" in reply.error["message"], reply.body
+    again = [("label", "site=north"), ("label", "site=north")]
+    assert (await api.call("GET", "/api/v1/devices", token=token, params=again)).status == 200
 
 
 async def test_read_a_device(hub: Hub, api: ApiClient) -> None:

@@ -60,6 +60,9 @@ def test_enroll_token_carries_url_pin_and_labels(tmp_path: Path) -> None:
         "hub.cli", "enroll-token", "--data", str(data), "--ttl", "30m", "--label", "site=north"
     )
     bad = _run("hub.cli", "enroll-token", "--data", str(data), "--label", "no-equals-sign")
+    twice = _run(
+        "hub.cli", "enroll-token", "--data", str(data), "--label", "a=1", "--label", "a=2"
+    )
 
     assert done.returncode == 0, done.stderr
     claims = jwt.decode(done.stdout.strip(), options={"verify_signature": False})
@@ -69,6 +72,7 @@ def test_enroll_token_carries_url_pin_and_labels(tmp_path: Path) -> None:
     assert 1790 <= claims["exp"] - claims["iat"] <= 1800
     assert bad.returncode == 2
     assert "--label: expected KEY=VALUE" in bad.stderr
+    assert (twice.returncode, "'a' is given twice" in twice.stderr) == (2, True), twice.stderr
     # Its id is said beside it, with how to revoke it; revoked, it is refused again.
     assert f"revoke it with: outpost-hub token revoke --data {data} {claims['jti']}" in (
         done.stderr

@@ -221,6 +221,12 @@ async def test_the_operators_day_through_the_cli(
     assert "lacks model.tflite, model.json, sample.json" in not_bundle.err
     assert [(m["name"], m["version"]) for m in models.json()] == [(VIB, "1.1.0")]
 
+    ambiguous = await cli(
+        "rollouts", "start", VIB, "1.1.0", "--selector", "site=south", "--selector",
+        "site=north", "--no-follow", *as_admin,
+    )  # fmt: skip
+    assert ambiguous.code == 2
+    assert "--selector: 'site' is given twice" in ambiguous.err
     started = await cli(
         "rollouts", "start", VIB, "1.1.0", "--selector", "site=south", "--canary", "100%",
         "--no-follow", *as_admin,
