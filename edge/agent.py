@@ -40,7 +40,8 @@ from edge.refusal import Refusals
 from edge.renewal import CertRenewer, ClientTls
 from edge.session import MQTT_LOGGER, Outbox, Session
 from edge.status import Status
-from edge.store import AgentStore, Bounds, RecordCipher
+from edge.store import AgentStore, Bounds
+from edge.store.keyfile import open_keyed
 from edge.tasks import TaskRunner
 from edge.telemetry import Telemetry
 from edge.tuning import Tuning
@@ -307,12 +308,14 @@ class Agent:
             name: Bounds(s.max_records, s.max_bytes, s.max_age_s)
             for name, s in (("results", b.results), ("events", b.events), ("metrics", b.metrics))
         }
-        cipher = (
-            RecordCipher.from_key_file(self.paths.store_key)
-            if self.profile.runtime.encrypt_store
-            else None
+        # A store holding records sealed under a key that is not in store.key is not
+        # opened (StoreKeyError: its message says what to do), rather than lose them.
+        return open_keyed(
+            self.paths.store,
+            bounds,
+            self.paths.store_key,
+            encrypt=self.profile.runtime.encrypt_store,
         )
-        return AgentStore(self.paths.store, bounds, cipher)
 
     def _inference_service(self, store: AgentStore) -> InferenceService:
         """Make the inference service the settings and the profile describe."""

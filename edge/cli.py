@@ -352,6 +352,7 @@ def _daemon() -> type[Agent]:
 
 async def _serve(agent: Agent) -> int:
     from edge.agentupdate import EXIT_RESTART, RestartRequested  # imported with the daemon
+    from edge.store.errors import StoreKeyError
 
     task = asyncio.current_task()
     assert task is not None
@@ -369,6 +370,8 @@ async def _serve(agent: Agent) -> int:
         await agent.run()
     except asyncio.CancelledError:
         logger.info("agent stopped")
+    except StoreKeyError as exc:  # store.key lost or replaced: said, nothing touched
+        raise CliError(str(exc)) from exc
     except RestartRequested as exc:
         # The launcher starts PREFIX/current, now the new version, at once, in the same
         # service. No STOPPING=1: systemd (NotifyAccess=all) would take the service for

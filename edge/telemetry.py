@@ -164,8 +164,9 @@ class Telemetry:
             """Store the roll-up; return False if the disk refused it."""
             try:
                 await store.append("metrics", [record])
-            except StreamFullError:  # metrics roll up; never refused
-                pass
+            except StreamFullError as exc:  # only one larger than the whole stream's bound
+                logger.warning("metrics roll-up not recorded: %s", exc.reason)
+                return False
             except StoreWriteError as exc:  # a full or failing disk must not stop the agent
                 logger.warning("metrics roll-up not recorded: %s", exc.reason)
                 return False

@@ -21,13 +21,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
-from edge.store import confirmed, streams, wear
+from edge.store import confirmed, sealing, wear
 from edge.store.appends import (
     Confirm,
     Declined,
@@ -40,10 +40,10 @@ from edge.store.appends import (
     store_group,
 )
 from edge.store.cipher import RecordCipher
-from edge.store.durable import LAZY_SYNC_S, Durability, sync_file
+from edge.store.durable import Durability, sync_file
 from edge.store.errors import (
-    READ_ERRORS,
     AppendDeclined,
+    StoreKeyError,
     StoreReadError,
     StoreWriteError,
     StreamFullError,
@@ -53,10 +53,10 @@ from edge.store.recovery import open_store
 from edge.store.stats import read_stats
 from edge.store.streams import STREAMS, Appended, Bounds, Refused
 from edge.store.tail import Tail
-from outpost.sqlite import Database, SerialDatabase, StoreClosedError, soft_state
+from edge.store.uploads import StoreUploads
+from outpost.sqlite import Database, SerialDatabase, StoreClosedError
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 __all__ = [
     "STREAMS",
@@ -64,6 +64,7 @@ __all__ = [
     "Appended",
     "Bounds",
     "RecordCipher",
+    "StoreKeyError",
     "StoreReadError",
     "StoreWriteError",
     "StreamFullError",
@@ -77,12 +78,20 @@ TAILED = frozenset(STREAMS) - {"metrics"}
 EXPIRE_EVERY_S = 60.0
 
 
-class AgentStore:
+class AgentStore(StoreUploads):
     """One writer thread, fed by a group-committing queue."""
 
     def __init__(
-        self, path: Path, bounds: dict[str, Bounds], cipher: RecordCipher | None = None
+        self,
+        path: Path,
+        bounds: dict[str, Bounds],
+        cipher: RecordCipher | None = None,
+        *,
+        former: RecordCipher | None = None,
     ) -> None:
+        """Open the store at `path`, its bodies sealed under `cipher` (None: plain);
+        `former` is the key records may be sealed under when encryption was switched
+        off (see `sealing`, whose `StoreKeyError` this raises)."""
         opened = open_store(path, cipher)
         # Where a damaged predecessor went, and (if its numbering was recorded) how many
         # confirmed records per stream the hub was not known to hold: an event in the
@@ -91,6 +100,7 @@ class AgentStore:
         self.lost = opened.lost
         wal = f"{path}-wal"
         try:
+            sealing.settle(opened.db, path, cipher, former)
             if os.path.exists(wal):
                 # Commits a killed agent left unsynced are on the disk before anything
                 # (the mark, an upload) takes them as durable.
@@ -99,7 +109,7 @@ class AgentStore:
             self._durable = Durability(
                 wal, self._marks, confirmed.current(opened.db), self._on_synced
             )
-        except (OSError, sqlite3.Error):
+        except (OSError, sqlite3.Error, StoreKeyError):
             opened.db.conn.close()
             raise
         self._generation = 0  # of the numbering each commit leaves (writer thread only)
@@ -223,9 +233,12 @@ class AgentStore:
         """Commit `group` and answer each producer; should the commit fail, each append
         again alone, so that what failed it (one append's values, its `first` or `then`)
         fails only that append's producer (writer thread)."""
+        unsynced = all(item.confirm == "written" for item in group)
+        changes = db.conn.total_changes
+        now = time.time()
         try:
-            outcomes, synced = self._commit(db, group, expire)
-        except Exception as exc:
+            outcomes, numbering = self._commit(db, group, expire, unsynced, now)
+        except Exception as exc:  # raised before or by the commit: nothing was stored
             if len(group) > 1:
                 for item in group:
                     self._commit_and_tell(db, [item], expire, loop)
@@ -233,32 +246,45 @@ class AgentStore:
             logger.exception("committing %d records failed", len(group[0].bodies))
             loop.call_soon_threadsafe(fail, group[0].done, exc)
             return
-        for item, outcome in zip(group, outcomes, strict=True):
-            loop.call_soon_threadsafe(settle, item.done, outcome)
-        if synced:  # else the sync thread says so once they are on the disk
-            loop.call_soon_threadsafe(self.appended.set)
+        # Committed: whatever fails from here on must not store the group again.
+        synced = not unsynced and db.conn.total_changes != changes
+        try:
+            self._after_commit(group, outcomes, numbering, now, unsynced=unsynced, synced=synced)
+        except Exception:
+            logger.exception("bookkeeping after committing %d appends failed", len(group))
+        try:
+            for item, outcome in zip(group, outcomes, strict=True):
+                loop.call_soon_threadsafe(settle, item.done, outcome)
+            if synced:  # else the sync thread says so once they are on the disk
+                loop.call_soon_threadsafe(self.appended.set)
+        except RuntimeError:  # the loop closed: nobody is waiting for an answer
+            logger.warning("%d appends committed after the event loop closed", len(group))
 
     def _commit(
-        self,
-        db: Database,
-        group: list[Pending],
-        expire: bool,
-    ) -> tuple[list[Outcome], bool]:
-        """Commit `group`; return each append's outcome, and whether the commit was synced."""
-        now = time.time()
-        # One producer that waits for the disk makes the whole group's commit a synced one.
-        unsynced = all(item.confirm == "written" for item in group)
+        self, db: Database, group: list[Pending], expire: bool, unsynced: bool, now: float
+    ) -> tuple[list[Outcome], confirmed.Marks]:
+        """Commit `group` (synced unless every producer waits only for `written`); return
+        each append's outcome and the numbering the commit left."""
         if expire:  # forgotten before the file changes: no read sees a copy it outdated
             self._tail.forget(s for s in TAILED if s in self._bounds and self._bounds[s].max_age_s)
-        changes = db.conn.total_changes
-        outcomes, numbering = store_group(
-            db, group, self._bounds, self._cipher, now, expire, unsynced, self._wear
-        )
+        return store_group(db, group, self._bounds, self._cipher, now, expire, unsynced, self._wear)
+
+    def _after_commit(
+        self,
+        group: list[Pending],
+        outcomes: list[Outcome],
+        numbering: confirmed.Marks,
+        now: float,
+        *,
+        unsynced: bool,
+        synced: bool,
+    ) -> None:
+        """Record what a group's commit stored: in memory (`tail`), for the uploader and
+        the mark (`durable`), and in the wear counters."""
         for item, outcome in zip(group, outcomes, strict=True):
             if item.stream in TAILED and isinstance(outcome, Appended):
                 self._tail.added(item.stream, outcome.first_seq, now, item.bodies)
         self._generation += 1
-        synced = not unsynced and db.conn.total_changes != changes
         if unsynced:
             self._durable.unsynced(self._generation, numbering)
         elif synced:
@@ -269,23 +295,6 @@ class AgentStore:
             len(i.bodies) for i, o in zip(group, outcomes, strict=True) if isinstance(o, Appended)
         )
         self._wear.committed(sum(len(b) for i in group for b in i.bodies), stored)
-        return outcomes, synced
-
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a writing `fn` on the writer thread; a full or failing disk (even a delete
-        needs room in the WAL) raises `StoreWriteError`, which callers survive."""
-        try:
-            return await self._db.run(fn, *args)
-        except (*READ_ERRORS, OSError) as exc:  # a renumbering reads records, and syncs
-            raise StoreWriteError(exc, "change") from exc
-
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a reading `fn` on the store's thread; a failing disk or a damaged record
-        raises `StoreReadError`, which callers survive (they look again later)."""
-        try:
-            return await self._db.run(fn, *args)
-        except READ_ERRORS as exc:
-            raise StoreReadError(exc) from exc
 
     def _unsynced_commit(self, db: Database, within_s: float | None = None) -> int:
         """A commit just made without a sync, left to the sync thread (writer thread):
@@ -293,101 +302,6 @@ class AgentStore:
         self._generation += 1
         self._durable.unsynced(self._generation, confirmed.current(db), within_s=within_s)
         return self._generation
-
-    # ---------------------------------------------------------------- uploader
-
-    async def batch(
-        self, stream: str, after_seq: int, *, max_records: int, max_bytes: int
-    ) -> list[tuple[int, float, Any]]:
-        """The next records after `after_seq`: (seq, ts, body)."""
-        rows = await self.batch_packed(
-            stream, after_seq, max_records=max_records, max_bytes=max_bytes
-        )
-        return [(seq, ts, msgspec.msgpack.decode(body)) for seq, ts, body in rows]
-
-    async def batch_packed(
-        self, stream: str, after_seq: int, *, max_records: int, max_bytes: int
-    ) -> list[tuple[int, float, bytes]]:
-        """The next records after `after_seq` that are on the disk, bodies as stored
-        (msgpack): what is sent. From memory when it holds them (`tail`), else the file."""
-        through = self._durable.limit(stream)
-        rows = self._tail.batch(stream, after_seq, through, max_records, max_bytes)
-        if rows is not None:
-            return rows
-        return await self._read(self._read_batch, stream, after_seq, max_records, max_bytes)
-
-    def readable_through(self, stream: str) -> int:
-        """The highest number of `stream` that `batch` may return: on the disk (no hop)."""
-        return self._durable.limit(stream)
-
-    def _read_batch(
-        self, db: Database, stream: str, after: int, records: int, size: int
-    ) -> list[tuple[int, float, bytes]]:
-        through = self._durable.limit(stream)  # read now: a sync may have moved it
-        return streams.read_batch(db, stream, after, records, size, self._cipher, through)
-
-    async def acknowledge(self, stream: str, hwm: int) -> int:
-        """The hub holds everything of `stream` up to `hwm`: forget it."""
-        return await self._write(self._acknowledge, stream, hwm)
-
-    def _acknowledge(self, db: Database, stream: str, hwm: int) -> int:
-        # Not synced, and nobody waits for its sync: an acknowledgement a power cut
-        # takes back only sends those records again, which the hub takes as duplicates.
-        # The copy in memory first: a mark that renumbers (past every number given)
-        # leaves none of it, so no read meets old numbers once the file has new ones.
-        self._tail.acknowledged(stream, hwm)
-        with soft_state(db), db.conn:
-            db.conn.execute("BEGIN IMMEDIATE")
-            before = confirmed.current(db)[stream].last
-            deleted = streams.acknowledge(db, stream, hwm, self._cipher)
-            numbering = confirmed.current(db)
-        self._generation += 1
-        if numbering[stream].last == before:
-            self._durable.unsynced(self._generation, numbering, within_s=LAZY_SYNC_S)
-        else:  # renumbered past a mark beyond its own numbers (rare): synced at once
-            sync_file(f"{self.path}-wal")
-            self._durable.synced(self._generation, numbering)
-        return deleted
-
-    async def align(self, stream: str, hub_hwm: int) -> int:
-        """Renumber a fresh stream after the hub's mark (see `streams.align`)."""
-        return await self._write(self._align, stream, hub_hwm)
-
-    def _align(self, db: Database, stream: str, hub_hwm: int) -> int:
-        self._tail.forget([stream])  # renumbered: its copy goes before the file changes
-        changes = db.conn.total_changes
-        with db.conn:
-            db.conn.execute("BEGIN IMMEDIATE")
-            shift = streams.align(db, stream, hub_hwm, self._cipher)
-            numbering = confirmed.current(db)
-        if db.conn.total_changes != changes:  # else no sync: a stream aligned already
-            self._generation += 1
-            self._durable.synced(self._generation, numbering)
-        return shift
-
-    async def adopt_numbering(self, stream: str) -> bool:
-        """Align `stream` as it is numbered (see `streams.adopt_numbering`)."""
-        return await self._write(self._adopt_numbering, stream)
-
-    def _adopt_numbering(self, db: Database, stream: str) -> bool:
-        with db.conn:
-            db.conn.execute("BEGIN IMMEDIATE")
-            return streams.adopt_numbering(db, stream)
-
-    async def store_id(self) -> str:
-        """This store's random id (a store made anew gets another)."""
-        return await self._read(streams.store_id)
-
-    async def aligned(self) -> set[str]:
-        """Streams whose numbering already follows the hub's."""
-        return await self._read(streams.aligned_streams)
-
-    async def cursors(self) -> dict[str, tuple[int, int]]:
-        """Per stream: (acknowledged seq, last assigned seq)."""
-        rows = await self._read(
-            lambda db: db.execute("SELECT stream, acked_seq, next_seq FROM streams").fetchall()
-        )
-        return {r["stream"]: (r["acked_seq"], r["next_seq"] - 1) for r in rows}
 
     async def stats(self) -> dict[str, Any]:
         """Fill of each stream and every counter (evictions, roll-ups, refusals, wear)."""

@@ -104,15 +104,26 @@ class Durability:
             if sooner:
                 self._due = due
             self._pending = (generation, numbering)  # a later one covers an earlier one
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="agent-store-sync", daemon=True
-                )
-                self._thread.start()
+            started = self._thread is not None or self._start_thread()
             # Woken only when it waits for work or must sync sooner: while it gathers
             # commits a wake-up would only take the GIL to wait again.
             if sooner:
                 self._lock.notify_all()
+        if not started:
+            # No thread to sync them (too many threads, say): synced here, now, rather
+            # than left waiting for one. The next unsynced commit tries the thread again.
+            self._sync_pending()
+
+    def _start_thread(self) -> bool:
+        """Start the sync thread (lock held); False if it could not be started."""
+        thread = threading.Thread(target=self._run, name="agent-store-sync", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": a process out of threads
+            logger.error("could not start the store's sync thread (%s): syncing inline", exc)
+            return False
+        self._thread = thread  # only a started thread: `close` joins it
+        return True
 
     def close(self) -> None:
         """Sync what is pending, then stop the thread."""
@@ -122,6 +133,8 @@ class Durability:
             thread = self._thread
         if thread is not None:
             thread.join()
+        else:  # no thread ever started: what an inline sync left is synced now
+            self._sync_pending()
 
     def _settle(self, generation: int, numbering: Marks) -> None:
         with self._lock:
@@ -151,29 +164,36 @@ class Durability:
                 # they are all pending). A sooner one moves `_due` and wakes this wait.
                 while not self._closing and (left := self._due - time.monotonic()) > 0:
                     self._lock.wait(left)
-                (generation, numbering), self._pending = self._pending, None
-                if generation <= self._settled:
-                    continue  # a synced commit took it to the disk meanwhile
-            try:
-                sync_file(self._wal)
-            except OSError as exc:
-                # Not settled: tried again in a while, whether or not more commits come
-                # (an idle device's waiters, a task's "accepted", would wait for ever).
-                if not self._failing:
-                    logger.error("could not sync the store's log %s: %s", self._wal, exc)
-                self._failing = True
-                with self._lock:
-                    # A later pending commit covers this one, and comes with its own due
-                    # time; closing, there is no later try (the close would never end).
-                    if self._pending is None and not self._closing:
-                        self._pending = (generation, numbering)
-                        self._due = time.monotonic() + SYNC_RETRY_S
-                continue
-            if self._failing:
-                logger.warning("the store's log %s syncs again", self._wal)
-                self._failing = False
-            self._settle(generation, numbering)
-            self._on_synced()
+            self._sync_pending()
+
+    def _sync_pending(self) -> None:
+        """Sync the WAL for the pending commits, if any, and settle them."""
+        with self._lock:
+            if self._pending is None:
+                return
+            (generation, numbering), self._pending = self._pending, None
+            if generation <= self._settled:
+                return  # a synced commit took it to the disk meanwhile
+        try:
+            sync_file(self._wal)
+        except OSError as exc:
+            # Not settled: tried again in a while, whether or not more commits come
+            # (an idle device's waiters, a task's "accepted", would wait for ever).
+            if not self._failing:
+                logger.error("could not sync the store's log %s: %s", self._wal, exc)
+            self._failing = True
+            with self._lock:
+                # A later pending commit covers this one, and comes with its own due
+                # time; closing, there is no later try (the close would never end).
+                if self._pending is None and not self._closing:
+                    self._pending = (generation, numbering)
+                    self._due = time.monotonic() + SYNC_RETRY_S
+            return
+        if self._failing:
+            logger.warning("the store's log %s syncs again", self._wal)
+            self._failing = False
+        self._settle(generation, numbering)
+        self._on_synced()
 
 
 def _resolve(done: asyncio.Future[None]) -> None:

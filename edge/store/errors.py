@@ -45,3 +45,9 @@ class StoreReadError(Exception):
 # What a damaged record or page raises when read: SQLite's errors, msgpack's (all
 # ValueErrors), and an encrypted body whose tag does not verify.
 READ_ERRORS = (sqlite3.Error, ValueError, RecursionError, InvalidTag)
+
+
+class StoreKeyError(Exception):
+    """The store holds sealed records that the key given cannot open (store.key lost or
+    replaced, or encryption switched off without it): it is not opened, rather than
+    have those records dropped as damage. The message says what the operator can do."""

@@ -7,9 +7,12 @@ event saying what was set aside and how many confirmed records may be lost with 
 to the hub like any event), and counts them (`lost.<stream>`, `set_aside`).
 
 The swap survives a crash at any point: the successor is built whole under another name
-(`store.db.successor`), then the old file is moved aside and the successor moved in. A
-successor found beside a store at start was never moved in and is discarded; one found
-instead of a store is moved in.
+(`store.db.successor`); then the swap is recorded (`store.db.swap`, naming where the old
+files go) before the old files are moved aside (its log first) and the successor moved
+in. At start, a successor without a recorded swap was never moved in and is discarded;
+with one, the swap is finished: whatever of the old files is still in place joins the
+rest aside, then the successor moves in. A database is never left beside another's log,
+which SQLite would replay into it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from edge.store import confirmed, streams
+from edge.store import confirmed, counters, streams
 from edge.store.cipher import RecordCipher
 from edge.store.migrations import MIGRATIONS
 from outpost.sqlite import Database, migrate, open_database
@@ -33,6 +36,9 @@ from outpost.sqlite import Database, migrate, open_database
 logger = logging.getLogger(__name__)
 
 SUFFIXES = ("", "-wal", "-shm")
+# The order files are moved in: the database last, so that a crash part way never leaves
+# a database in place without its log, nor (worse) a log in place without its database.
+MOVE_ORDER = ("-wal", "-shm", "")
 EVENT = "store.set_aside"
 _ANY = streams.Bounds(0, 0, 0)
 
@@ -62,6 +68,8 @@ def open_store(path: Path, cipher: RecordCipher | None = None) -> Opened:
     _finish_swap(path)
     marks = confirmed.read(confirmed.path_for(path))
     if not path.exists():
+        if _left_beside(path):  # a log without its database: never replayed into a new one
+            return _replace(path, marks, None, "the store file is missing (its log is not)", cipher)
         if marks is None or not any(m.last for m in marks.values()):
             return Opened(_open_checked(path))  # a new device
         return _replace(path, marks, None, "the store file is missing", cipher)
@@ -136,7 +144,7 @@ def _replace(
     acked = {s: max((m[s].acked for m in known), default=0) for s in streams.STREAMS}
     lost = {s: last[s] - min(acked[s], last[s]) for s in streams.STREAMS} if marks else None
     size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
-    aside = _aside_name(path) if path.exists() else None
+    aside = _aside_name(path) if path.exists() or _left_beside(path) else None
     event: dict[str, Any] = {
         "event": EVENT,
         "reason": reason,
@@ -147,10 +155,12 @@ def _replace(
     }
     successor = _successor(path)
     _build(successor, last, lost, event, cipher)
+    _record_swap(path, aside)
     if aside is not None:
         _move(path, aside)
     _move(successor, path)
     _sync_dir(path.parent)
+    _swap_record(path).unlink()
     if aside is not None:
         logger.error(
             "the store %s is damaged (%s): moved it (%d bytes, with any unsent records in it) "
@@ -199,8 +209,8 @@ def _build(
             streams.seed(db, last)
             for stream, n in (lost or {}).items():
                 if n:
-                    streams.bump(db, f"lost.{stream}", n)
-            streams.bump(db, "set_aside")
+                    counters.bump(db, f"lost.{stream}", n)
+            counters.bump(db, "set_aside")
             body = msgspec.msgpack.encode(event)
             streams.append(db, "events", [body], _ANY, cipher, time.time())
     finally:
@@ -210,14 +220,41 @@ def _build(
 def _finish_swap(path: Path) -> None:
     """Complete or undo a swap that a crash interrupted (see the module's doc)."""
     successor = _successor(path)
+    record = _swap_record(path)
     if not successor.exists():
+        record.unlink(missing_ok=True)  # the swap was complete
         return
-    if path.exists():  # the old store was never moved aside: build again from scratch
+    if not record.exists():  # built, never recorded: nothing was moved; build again
         for suffix in SUFFIXES:
             Path(f"{successor}{suffix}").unlink(missing_ok=True)
         return
+    aside_name = record.read_text(encoding="utf-8").strip()
+    if aside_name:
+        _move(path, path.with_name(aside_name))  # whatever of the old store is still here
+    else:
+        _move(path, _aside_name(path))  # nothing was to be moved: anything here is stray
     _move(successor, path)
     _sync_dir(path.parent)
+    record.unlink()
+
+
+def _record_swap(path: Path, aside: Path | None) -> None:
+    """Record, durably, that a swap begins and where the old files go."""
+    record = _swap_record(path)
+    with open(record, "w", encoding="utf-8") as out:
+        out.write(aside.name if aside is not None else "")
+        out.flush()
+        os.fsync(out.fileno())
+    _sync_dir(path.parent)
+
+
+def _left_beside(path: Path) -> bool:
+    """Whether a log (or its index) of a store is here without the store."""
+    return not path.exists() and any(Path(f"{path}{s}").exists() for s in SUFFIXES[1:])
+
+
+def _swap_record(path: Path) -> Path:
+    return path.with_name(f"{path.name}.swap")
 
 
 def _successor(path: Path) -> Path:
@@ -236,7 +273,7 @@ def _aside_name(path: Path) -> Path:
 
 def _move(source: Path, target: Path) -> None:
     """Rename a database with its -wal and -shm (its WAL holds its newest commits)."""
-    for suffix in SUFFIXES:
+    for suffix in MOVE_ORDER:
         moved = Path(f"{source}{suffix}")
         if moved.exists():
             moved.rename(Path(f"{target}{suffix}"))

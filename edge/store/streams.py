@@ -8,20 +8,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import msgspec
 from cryptography.exceptions import InvalidTag
 
+from edge.store import sent
 from edge.store.cipher import RecordCipher
-from outpost import rollup as rollup_record  # `rollup` is also a function here
+from edge.store.counters import bump
+from edge.store.rollup import rollup
 from outpost.schema import INT64_MAX
 from outpost.sqlite import Database
 
 logger = logging.getLogger(__name__)
 
 STREAMS = ("results", "events", "metrics")
-ROLLUP_GROUP = 10  # metrics records merged into one when the stream is full
 
 
 @dataclass(frozen=True)
@@ -48,14 +47,6 @@ class Refused:
     reason: str
 
 
-def bump(db: Database, name: str, by: int = 1) -> None:
-    db.execute(
-        "INSERT INTO counters (name, value) VALUES (?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-        (name, by),
-    )
-
-
 def append(
     db: Database,
     stream: str,
@@ -74,6 +65,15 @@ def append(
                 f"the {stream} stream is full ({row['records']} records, {row['bytes']} bytes "
                 f"waiting for the hub; limits {bounds.max_records} records, "
                 f"{bounds.max_bytes} bytes): refusing new work until it drains"
+            )
+        if _over(bounds, len(bodies), size):
+            # It would not fit in an empty stream: making room would drop every stored
+            # metric and still leave the stream over its bounds.
+            bump(db, "refused.metrics", len(bodies))
+            return Refused(
+                f"the metrics append ({len(bodies)} records, {size} bytes) is larger than "
+                f"the metrics stream may hold (limits {bounds.max_records} records, "
+                f"{bounds.max_bytes} bytes): send it in smaller appends"
             )
         _make_room(db, bounds, len(bodies), size, cipher)
         row = db.execute("SELECT * FROM streams WHERE stream = ?", (stream,)).fetchone()
@@ -102,88 +102,14 @@ def _over(bounds: Bounds, records: int, size: int) -> bool:
 def _make_room(
     db: Database, bounds: Bounds, records: int, size: int, cipher: RecordCipher | None
 ) -> None:
-    """Roll up the oldest metrics, then evict the oldest, until `records`/`size` fit."""
-    rollup(db, cipher)
+    """Roll up the oldest metrics not yet handed out for upload, then evict the oldest,
+    until `records`/`size` fit (which they do in an empty stream: see `append`)."""
+    rollup(db, cipher, after_seq=sent.mark(db, "metrics"))
     row = db.execute("SELECT records, bytes FROM streams WHERE stream = 'metrics'").fetchone()
     while _over(bounds, row["records"] + records, row["bytes"] + size) and row["records"]:
         excess = max(1, row["records"] + records - (bounds.max_records or row["records"]))
         _delete_oldest(db, "metrics", max(excess, row["records"] // 10), "evicted.metrics")
         row = db.execute("SELECT records, bytes FROM streams WHERE stream = 'metrics'").fetchone()
-
-
-def rollup(db: Database, cipher: RecordCipher | None) -> int:
-    """Merge the oldest half of the not-yet-rolled metrics, `ROLLUP_GROUP` at a time,
-    into records holding count, mean, min and max of each numeric field."""
-    (total,) = db.execute(
-        "SELECT COUNT(*) FROM records WHERE stream = 'metrics' AND rolled = 0"
-    ).fetchone()
-    rows = db.execute(
-        "SELECT seq, ts, body FROM records WHERE stream = 'metrics' AND rolled = 0 "
-        "ORDER BY seq LIMIT ?",
-        ((total // 2) // ROLLUP_GROUP * ROLLUP_GROUP,),
-    ).fetchall()
-    merged = 0
-    for start in range(0, len(rows), ROLLUP_GROUP):
-        group = rows[start : start + ROLLUP_GROUP]
-        bodies = [_unpack(r, cipher) for r in group]
-        last = group[-1]["seq"]
-        summary = msgspec.msgpack.encode(_summarise(bodies, group[0]["ts"], group[-1]["ts"]))
-        stored = cipher.seal("metrics", last, summary) if cipher else summary
-        seqs = [r["seq"] for r in group]
-        freed = sum(len(r["body"]) for r in group)
-        db.conn.executemany(
-            "DELETE FROM records WHERE stream = 'metrics' AND seq = ?", [(s,) for s in seqs[:-1]]
-        )
-        db.execute(
-            "UPDATE records SET body = ?, rolled = 1 WHERE stream = 'metrics' AND seq = ?",
-            (stored, last),
-        )
-        db.execute(
-            "UPDATE streams SET records = records - ?, bytes = bytes - ? + ? "
-            "WHERE stream = 'metrics'",
-            (len(group) - 1, freed, len(stored)),
-        )
-        merged += len(group)
-    if merged:
-        bump(db, "rolled_up.metrics", merged)
-    return merged
-
-
-def _summarise(bodies: list[dict[str, Any]], first_ts: float, last_ts: float) -> dict[str, Any]:
-    # The agent's own roll-ups merge into one roll-up (counts add up, nothing the hub
-    # folds is lost); other records become count, mean, min and max of their numbers.
-    rollups = [b for b in bodies if b.get("kind") == rollup_record.KIND]
-    others = [b for b in bodies if b.get("kind") != rollup_record.KIND]
-    merged = rollup_record.merge(rollups) if rollups else {}
-    if not others:
-        return merged
-    return {**_numbers(others, first_ts, last_ts), **merged}
-
-
-def _numbers(bodies: list[dict[str, Any]], first_ts: float, last_ts: float) -> dict[str, Any]:
-    numeric: dict[str, list[float]] = {}
-    for body in bodies:
-        for key, value in body.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                numeric.setdefault(key, []).append(value)
-    return {
-        "rollup": {"count": len(bodies), "from_ts": first_ts, "to_ts": last_ts},
-        "mean": {k: sum(v) / len(v) for k, v in numeric.items()},
-        "min": {k: min(v) for k, v in numeric.items()},
-        "max": {k: max(v) for k, v in numeric.items()},
-    }
-
-
-def _unpack(row: Any, cipher: RecordCipher | None) -> dict[str, Any]:
-    try:
-        body = cipher.open("metrics", row["seq"], row["body"]) if cipher else row["body"]
-        value = msgspec.msgpack.decode(body)
-    except (ValueError, RecursionError, InvalidTag):
-        # A damaged record adds nothing to the roll-up it is merged into; failing here
-        # would fail every append to a full metrics stream, for good.
-        logger.warning("metrics record %d is damaged: left out of its roll-up", row["seq"])
-        return {}
-    return value if isinstance(value, dict) else {"value": value}
 
 
 def _delete_oldest(db: Database, stream: str, count: int, counter: str) -> None:

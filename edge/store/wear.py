@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from edge.store import streams
+from edge.store import counters
 from outpost.sqlite import Database
 
 _IO = Path("/proc/thread-self/io")
@@ -87,6 +87,6 @@ class Unrecorded:
         most that second of counts, which the bytes always could. `final`: everything
         counted, bytes or not (the store closes)."""
         if self.bytes or (final and self.records):
-            streams.bump(db, "wear.bytes", self.bytes)
-            streams.bump(db, "wear.records", self.records)
+            counters.bump(db, "wear.bytes", self.bytes)
+            counters.bump(db, "wear.records", self.records)
             self.bytes = self.records = 0

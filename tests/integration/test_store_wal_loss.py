@@ -180,10 +180,12 @@ async def test_a_swap_interrupted_by_a_crash_is_finished_at_the_next_open(
     first = AgentStore(path, UNBOUNDED)
     await first.close()
     assert first.set_aside is not None
-    # Undo the last step of the swap: the successor back under its building name.
+    # Undo the last step of the swap: the successor back under its building name, and
+    # the record of the swap under way (naming where the old store went) back in place.
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             Path(f"{path}{suffix}").rename(Path(f"{path}.successor{suffix}"))
+    Path(f"{path}.swap").write_text(first.set_aside.name)
 
     again = AgentStore(path, UNBOUNDED)
     await again.start()
