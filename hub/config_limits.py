@@ -162,6 +162,9 @@ class LimitSettings(EndpointSettings, frozen=True):
         Meta(
             ge=1,
             le=INT64_MAX,
-            description="failed authentications per minute from one address before 429",
+            description=(
+                "failed authentications per minute from one address before its failing "
+                "requests get 429 (credentials that verify still pass)"
+            ),
         ),
     ] = 30

@@ -37,10 +37,6 @@ class RateLimiter:
         bucket.tokens -= cost
         return True
 
-    def exhausted(self, key: str) -> bool:
-        """Whether the key's bucket is empty, without taking from it."""
-        return self._refill(key).tokens < 1.0
-
     def retry_after(self, key: str) -> int:
         """Whole seconds until the key may try again."""
         missing = max(0.0, 1.0 - self._refill(key).tokens)

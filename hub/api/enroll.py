@@ -11,6 +11,7 @@ from typing import Annotated
 from aiohttp import web
 from msgspec import Meta
 
+from hub.access.ratelimit import RateLimiter
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError
@@ -21,6 +22,17 @@ from outpost import devicenames as names
 from outpost.schema import Struct
 
 logger = logging.getLogger(__name__)
+# Refusals said in the log, per address: a failing address's requests still reach the
+# handler (only its failures are held off, by the guard), so junk from one address must
+# not fill the log. Every refusal is still answered.
+_SAID = RateLimiter(rate=0.2, burst=5)
+
+
+def _say_refused(request: web.Request, what: str, exc: Exception) -> None:
+    if _SAID.allow(f"ip:{request.remote}"):
+        logger.warning("%s refused: %s", what, exc)
+    else:
+        logger.debug("%s refused: %s", what, exc)
 
 
 class Health(Struct, frozen=True):
@@ -113,7 +125,7 @@ def routes(ctx: ApiContext) -> list[Route]:
                 token=body.token, csr_pem=body.csr.encode(), profile=body.profile, name=body.name
             )
         except EnrollmentRefusedError as exc:
-            logger.warning("enrollment refused: %s", exc)
+            _say_refused(request, "enrollment", exc)
             request[AUDIT_DETAIL] = {"refused": str(exc)}
             status = 401 if isinstance(exc, BadTokenError) else 422
             raise ApiError(status, "enrollment_refused", str(exc)) from exc
@@ -143,7 +155,7 @@ def routes(ctx: ApiContext) -> list[Route]:
                 certificate_pem=body.certificate.encode(), csr_pem=body.csr.encode()
             )
         except RenewalRefusedError as exc:
-            logger.warning("renewal refused: %s", exc)
+            _say_refused(request, "renewal", exc)
             request[AUDIT_DETAIL] = {"device": exc.device_id, "refused": str(exc)}
             headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else None
             raise ApiError(exc.status, "renewal_refused", str(exc), headers=headers) from exc

@@ -32,6 +32,9 @@ MAX_BODY = web.AppKey("max_body", int)
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+# Digits a `limit` may have: enough for leading zeros, few enough that int() never meets
+# Python's 4,300-digit cap (a ValueError, hence a 500) nor parses a megabyte of them.
+MAX_LIMIT_DIGITS = 9
 
 
 class Page(Struct, Generic[T], frozen=True):
@@ -124,7 +127,8 @@ def limit(request: web.Request) -> int:
     if text is None:
         return DEFAULT_LIMIT
     # isascii: str.isdigit() also holds for digits int() refuses, such as "²".
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
+    digits = text.isascii() and text.isdigit() and len(text) <= MAX_LIMIT_DIGITS
+    if not digits or not 1 <= int(text) <= MAX_LIMIT:
         raise bad_field("query.limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(text)
 
@@ -150,7 +154,8 @@ def decode_cursor(request: web.Request, kind: type[Any]) -> Any:
         return None
     try:
         value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))["after"]
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as exc:
+        # RecursionError: JSON nested too deeply for the parser ("[[[[..."); never ours.
         raise bad_field("query.cursor", "cursor is not one this API returned") from exc
     if not isinstance(value, kind) or isinstance(value, bool) or not _storable(value):
         raise bad_field("query.cursor", "cursor is not one this API returned")

@@ -102,9 +102,8 @@ class Guard:
                 _no_nul(request)
                 if route.access == "device":
                     await self._authorise_device(request)
-                elif route.access == "bootstrap":
-                    self._not_cooling_down(request)
-                elif route.access != "public":
+                elif route.access != "public" and route.access != "bootstrap":
+                    # The handler checks a bootstrap route's credential, in its body.
                     await self._authorise(request, route.access)
                 response = await route.handler(request)
                 status = response.status
@@ -112,9 +111,13 @@ class Guard:
             except ApiError as exc:
                 status = exc.status
                 if route.access == "bootstrap" and status in BOOTSTRAP_REFUSALS:
-                    # A refused token or proof of possession counts as a failed login:
-                    # guessing tokens, or making the hub check junk CSRs, is throttled.
-                    self.auth_failures.allow(f"ip:{request.remote}")
+                    # A refused token or proof of possession counts as a failed login. The
+                    # handler checked it first: a good one from a shared address enrolls
+                    # or renews, however often its neighbours fail.
+                    held_off = self._failed_login(request)
+                    if held_off is not None:
+                        status = held_off.status
+                        raise held_off from exc
                 raise
             finally:
                 series = timed.get(status)
@@ -129,21 +132,30 @@ class Guard:
 
         return guarded
 
-    def _not_cooling_down(self, request: web.Request) -> None:
-        """Refuse an address that failed too often of late, before any work for it."""
+    def _failed_login(self, request: web.Request) -> ApiError | None:
+        """Count a refused credential against its address; once the address has failed
+        too often of late, the 429 to answer instead of the refusal.
+
+        Only failing credentials are held off, never the address as a whole: behind a
+        NAT or the TLS-passthrough ingress, everyone shares it, and a stranger's junk
+        tokens must not lock out valid ones. Guessing stays hopeless either way (tokens
+        are 256-bit signed secrets); the hold-off bounds the refusals and the audit rows
+        they cost.
+        """
         address = f"ip:{request.remote}"
-        if self.auth_failures.exhausted(address):
-            raise _too_many(self.auth_failures.retry_after(address))
+        if self.auth_failures.allow(address):
+            return None
+        return _too_many(self.auth_failures.retry_after(address))
 
     async def _authorise(self, request: web.Request, role: Role) -> None:
         """Authenticate, then check role and rate; the principal is recorded on the
         request as soon as it is known, so a refusal is audited under its name."""
-        self._not_cooling_down(request)
-        address = f"ip:{request.remote}"
         try:
             principal = await self._authenticate(request)
-        except ApiError:
-            self.auth_failures.allow(address)
+        except ApiError as exc:
+            held_off = self._failed_login(request)
+            if held_off is not None:
+                raise held_off from exc
             raise
         request[PRINCIPAL] = principal
         # The rate first: refused for its role, a request still costs an audit row, and
@@ -161,14 +173,13 @@ class Guard:
     async def _authorise_device(self, request: web.Request) -> None:
         """The caller is an enrolled, unrevoked device: the TLS layer verified its
         certificate against the fleet CA; the registry says whether it may still act."""
-        self._not_cooling_down(request)
-        address = f"ip:{request.remote}"
         peer = request.transport.get_extra_info("peercert") if request.transport else None
         subject = dict(item[0] for item in (peer or {}).get("subject", ()))
         device_id = subject.get("commonName", "")
         device = await self.store.device(device_id) if device_id else None
         if device is None or device.revoked_at is not None:
-            self.auth_failures.allow(address)
+            if held_off := self._failed_login(request):
+                raise held_off
             if not device_id:
                 raise ApiError(
                     401, "unauthenticated", "this route needs a device certificate (mutual TLS)"

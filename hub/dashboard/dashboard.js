@@ -18,6 +18,7 @@ import { initTasks, tasksSnapshot } from "./tasks.js";
 import { $, AuthError, TOKEN_KEY, api, clock, problem } from "./util.js";
 
 const CERT_WARN_S = 14 * 86400;
+const RETRY_CAP_MS = 60000; // the longest wait between two sign-in tries, Retry-After too
 
 function setStatus(text, kind) {
   const status = $("status");
@@ -27,7 +28,11 @@ function setStatus(text, kind) {
 
 // ------------------------------------------------------------------ sign-in
 
+// Bumped by every sign-in and sign-out: a sign-in still retrying gives up when it changes.
+let attempt = 0;
+
 function showSignIn(message) {
+  attempt += 1;
   stop();
   sessionStorage.removeItem(TOKEN_KEY);
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
@@ -43,14 +48,37 @@ function showSignIn(message) {
   $("token").focus();
 }
 
+/** Sign in with `token`. Only a refusal of the token (401: AuthError) forgets it: any
+ * other answer (429, 5xx) or no answer at all (the hub restarting, the network down) is
+ * retried, capped and jittered, the token kept, until the hub says yes or no. */
 async function signIn(token) {
+  attempt += 1;
+  const mine = attempt;
   sessionStorage.setItem(TOKEN_KEY, token);
-  const response = await api("/api/v1/whoami"); // AuthError if refused
-  if (!response.ok) throw new AuthError(await problem(response));
-  const who = await response.json();
+  let who = null;
+  for (let failures = 1; !who; failures += 1) {
+    let response = null;
+    let why = null;
+    let refused = null;
+    try {
+      response = await api("/api/v1/whoami"); // AuthError if the token is refused
+      if (response.ok) who = await response.json();
+      else why = await problem(response);
+    } catch (error) {
+      if (error instanceof AuthError) refused = error;
+      else why = error.message || String(error); // no answer (fetch failed), or not JSON
+    }
+    if (mine !== attempt) return; // signed out, or in with another token, meanwhile
+    if (refused) throw refused;
+    if (why !== null) {
+      await waitToRetry(why, failures, response && response.headers.get("Retry-After"));
+      if (mine !== attempt) return;
+    }
+  }
   $("who").textContent = `${who.subject} (${who.role})`;
   setRole(who.role);
   $("signin").hidden = true;
+  $("signin-error").textContent = "";
   $("app").hidden = false;
   $("signout").hidden = false;
   ensureCharts();
@@ -59,6 +87,18 @@ async function signIn(token) {
     status: setStatus,
     refused: (message) => showSignIn(`Signed out: ${message}`),
   });
+}
+
+/** Say why the hub did not answer yes or no, and wait before asking again: its
+ * Retry-After if it gave one, else a jittered back-off (as stream.js does). */
+async function waitToRetry(why, failures, retryAfter) {
+  setStatus(`retrying (${why})`, "retrying");
+  $("signout").hidden = false; // a way out while it retries
+  if (!$("signin").hidden) $("signin-error").textContent = `Not signed in yet: ${why}; retrying…`;
+  const asked = Number(retryAfter) * 1000;
+  const backoff = Math.random() * Math.min(10000, 500 * 2 ** failures);
+  const delay = Math.min(RETRY_CAP_MS, asked > 0 ? asked + Math.random() * 1000 : backoff);
+  await new Promise((resolve) => setTimeout(resolve, delay));
 }
 
 $("signin-form").addEventListener("submit", async (event) => {

@@ -1,7 +1,7 @@
 """The models' series in the hub's metrics: inferences, latency and confidence histograms,
 and errors by reason, summed from the devices' metric roll-ups as the hub first stores
-them (see hub/monitoring/metrics.py); and the cap that keeps the model label's values bounded (the
-`MAX_MODELS` most common model names, the rest folded into "other").
+them (see hub/monitoring/metrics.py); and the cap that keeps the model label's values
+bounded (the `MAX_MODELS` most used model names, the rest folded into "other").
 """
 
 from __future__ import annotations
@@ -21,43 +21,60 @@ MAX_MODELS = 20  # model label values exported; the rest of the models count as 
 # Model names the counters remember: beyond this many, new names count as "other" at
 # once, so devices reporting ever new names cannot grow the hub's memory.
 MAX_TRACKED_MODELS = 500
+# How many times the least used shown model's inferences a model must have run to take
+# its place: two models neck and neck do not swap series at every roll-up.
+OVERTAKE_FACTOR = 1.5
 
 
 class InferenceTotals:
-    """Inferences per model name and errors by reason, summed over stored roll-ups."""
+    """Inferences per model name and errors by reason, summed over stored roll-ups.
+
+    The exported series are counters: each may only grow while the hub runs. So a roll-up
+    is added to a series as it comes, to its model's own if that model is shown, else to
+    "other", and nothing ever moves between series: a model that climbs into the
+    `MAX_MODELS` most used gets a series of its own from then on (its earlier counts stay
+    in "other"), and one it overtakes stops being exported, its later counts going to
+    "other". Ranked once for good, the first names seen (20 made-up ones a device sent
+    after a hub start) kept the fleet's real models in "other" until a restart.
+    """
 
     def __init__(self) -> None:
-        self.models: dict[str, ModelTotals] = {}
+        self.models: dict[str, ModelTotals] = {}  # per name since the hub started: ranks
         self.errors: collections.Counter[str] = collections.Counter(
             dict.fromkeys((*rollup.ERROR_REASONS, rollup.OTHER), 0)
         )
-        self._shown: dict[str, None] = {}  # names exported on their own, for good
+        self._series: dict[str, ModelTotals] = {}  # by label value: what is exported
+        self._shown: set[str] = set()  # names whose counts go to a series of their own
 
     def add(self, folded: Folded) -> None:
         for name, totals in folded.models.items():
             if name not in self.models and len(self.models) >= MAX_TRACKED_MODELS:
                 name = rollup.OTHER
             self.models.setdefault(name, ModelTotals()).add(totals)
+            if name != rollup.OTHER and name not in self._shown:
+                self._rank(name)
+            label = name if name in self._shown else rollup.OTHER
+            self._series.setdefault(label, ModelTotals()).add(totals)
         for reason, n in folded.errors.items():
             self.errors[reason if reason in self.errors else rollup.OTHER] += n
 
-    def folded(self) -> dict[str, ModelTotals]:
-        """Up to `MAX_MODELS` models on their own, the rest summed under "other".
+    def _rank(self, name: str) -> None:
+        """Show `name` on its own if it is among the `MAX_MODELS` most used, in place of
+        the least used shown one if it ran `OVERTAKE_FACTOR` times as many inferences."""
+        if len(self._shown) >= MAX_MODELS:
+            least = min(self._shown, key=lambda n: (self.models[n].count, n))
+            if self.models[name].count <= OVERTAKE_FACTOR * self.models[least].count:
+                return
+            self._shown.discard(least)
+        self._shown.add(name)
 
-        A model once shown on its own stays so: were the top models re-ranked at each
-        scrape, one climbing out of "other" would take its buckets and sums with it, and
-        those counters of "other" would fall (a reset to Prometheus, 99 to 0 in the
-        review's probe). So "other" only ever gains members, and only ever grows."""
-        for name in sorted(self.models, key=lambda n: (-self.models[n].count, n)):
-            if len(self._shown) >= MAX_MODELS:
-                break
-            if name != rollup.OTHER:
-                self._shown.setdefault(name)
-        kept = {name: self.models[name] for name in self._shown}
-        rest = [t for name, t in self.models.items() if name not in self._shown]
-        if rest:
-            kept[rollup.OTHER] = _sum_totals(rest)
-        return kept
+    def folded(self) -> dict[str, ModelTotals]:
+        """Up to `MAX_MODELS` models on their own and "other": the series to export.
+
+        A model shown again after it was overtaken resumes its series where it stopped:
+        a counter never falls."""
+        labels = [*self._shown, rollup.OTHER]
+        return {label: self._series[label] for label in labels if label in self._series}
 
 
 class ModelCollector(Collector):
@@ -119,13 +136,6 @@ def _confidence_buckets(t: ModelTotals) -> list[tuple[str, float]]:
         out.append((f"{(i + 1) / rollup.CONFIDENCE_BINS:.1f}", running))
     out.append(("+Inf", running))
     return out
-
-
-def _sum_totals(parts: list[ModelTotals]) -> ModelTotals:
-    total = ModelTotals()
-    for part in parts:
-        total.add(part)
-    return total
 
 
 def fold_models(

@@ -60,6 +60,14 @@ class Folder:
                 totals.add_counts(stats)
             for reason, n in errors.items():
                 folded.errors[reason] = folded.errors.get(reason, 0) + n
+            # The device's latest health before the window's cut: a store fill is news
+            # whatever its clock says. Stamped before the window (a clock far behind, or
+            # a late delivery), it is ordered as the window's start: after every fill the
+            # window holds, and still moving on with the hub's clock.
+            health_ts = max(ts, now - WINDOW_S)
+            latest = self._latest.get(device_id)
+            if latest is None or health_ts >= latest[0]:
+                self._latest[device_id] = (health_ts, checked)
             if hour < oldest:
                 continue  # counted, but older than the statistics keep
             folded.added_hours = True
@@ -74,9 +82,6 @@ class Folder:
                 hour_errors = self._errors.setdefault((device_id, hour), {})
                 for reason, n in errors.items():
                     hour_errors[reason] = hour_errors.get(reason, 0) + n
-            latest = self._latest.get(device_id)
-            if latest is None or ts >= latest[0]:
-                self._latest[device_id] = (ts, checked)
 
     def write(self, db: Sql) -> None:
         """Add what the batch's roll-ups hold to the statistics."""
@@ -115,10 +120,8 @@ def _write_hours(db: Sql, hourly: dict[tuple[str, str, int, str], Stats]) -> Non
                 hourly[key] = before
     for stats in hourly.values():
         # Ever new labels, from the row kept or from several roll-ups of this batch (a
-        # row made new here was left uncapped): the most counted stay.
-        if len(stats["labels"]) > rollup.MAX_LABELS:
-            ranked = sorted(stats["labels"].items(), key=lambda kv: -kv[1])
-            stats["labels"] = dict(ranked[: rollup.MAX_LABELS])
+        # row made new here was left uncapped): the most counted stay, the rest "other".
+        stats["labels"] = rollupread.capped_labels(stats["labels"])
     db.executemany(
         """INSERT INTO model_stats
                (model, version, hour, device_id, count, confidence, labels, latency,
@@ -170,7 +173,7 @@ def _write_errors(db: Sql, errors: dict[tuple[str, int], dict[str, int]]) -> Non
 
 def _write_health(db: Sql, latest: dict[str, tuple[float, rollupread.Checked]]) -> None:
     """Keep each device's newest roll-up's store fill and task depths (an older one than
-    the statistics hold changes nothing)."""
+    the table holds changes nothing)."""
     db.executemany(
         """INSERT INTO device_health (device_id, ts, store, tasks) VALUES (?, ?, ?, ?)
            ON CONFLICT (device_id) DO UPDATE SET

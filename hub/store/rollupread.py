@@ -95,6 +95,23 @@ def read_loosely(body: bytes) -> Checked | None:
     )
 
 
+def capped_labels(labels: dict[str, int]) -> dict[str, int]:
+    """`labels` in at most `rollup.MAX_LABELS` keys: the most counted stay, the rest's
+    counts go to "other", as an agent folds them (edge/rollup.py). Dropped, they were
+    gone: the counts no longer summed to the inferences, and drift's label PSI compared
+    distributions that had lost different shares of their mass."""
+    if len(labels) <= rollup.MAX_LABELS:
+        return labels
+    ranked = sorted(
+        ((label, n) for label, n in labels.items() if label != rollup.OTHER),
+        key=lambda item: -item[1],
+    )
+    kept = dict(ranked[: rollup.MAX_LABELS - 1])
+    dropped = sum(n for _, n in ranked[rollup.MAX_LABELS - 1 :])
+    kept[rollup.OTHER] = labels.get(rollup.OTHER, 0) + dropped
+    return kept
+
+
 def _names_fit(key: str) -> bool:
     if len(key) > 2 * MAX_NAME:
         return False
@@ -115,7 +132,10 @@ def _models(value: Any) -> dict[str, Stats]:
         count = rollup.count(stats.get("count"))
         if count == 0:
             continue
-        labels = rollup.counts_of(stats.get("labels"))[: rollup.MAX_LABELS]
+        labels: dict[str, int] = {}
+        for label, n in rollup.counts_of(stats.get("labels")):
+            cut = label[:MAX_NAME]  # two long labels may cut alike: their counts add
+            labels[cut] = labels.get(cut, 0) + n
         latency = [(le, n) for le, n in rollup.counts_of(stats.get("latency_ms"))]
         given = stats.get("confidence")
         bins = [rollup.count(n) for n in given[:BINS]] if isinstance(given, list) else []
@@ -125,7 +145,7 @@ def _models(value: Any) -> dict[str, Stats]:
             "latency_sum_ms": _latency_sum(rollup.number(stats.get("latency_sum_ms")), count),
             "confidence": bins + [0] * (BINS - len(bins)),
             "confidence_sum": _confidence_sum(rollup.number(stats.get("confidence_sum")), count),
-            "labels": {label[:MAX_NAME]: n for label, n in labels},
+            "labels": capped_labels(labels),
         }
     return kept
 

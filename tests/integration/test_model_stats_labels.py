@@ -52,4 +52,31 @@ async def test_an_hour_made_from_several_roll_ups_keeps_at_most_max_labels(
 
     kept = json.loads(await store.run(fold))
     assert len(kept) == rollup.MAX_LABELS
-    assert set(kept) == set(first)  # the most counted
+    assert set(kept) - {rollup.OTHER} <= set(first)  # the most counted
+    assert sum(kept.values()) == 3 * rollup.MAX_LABELS  # the rest in "other"
+
+
+def _fold_one(db: Any, folder: Folder, row: tuple[int, float, bytes]) -> None:
+    folder.add(db, "dev-1", [row])
+    folder.write(db)
+
+
+async def test_label_counts_beyond_the_cap_add_to_other(store: HubStore) -> None:
+    """A 200-class model, two roll-ups of one hour in two batches: the hub kept the 64
+    most counted labels and dropped the rest's counts (the labels summed to 137 of 200
+    inferences) instead of adding them to "other", as the agent does."""
+    now = time.time()
+    halves = [{f"class-{n}": 1 for n in range(0, 100)}, {f"class-{n}": 1 for n in range(100, 200)}]
+    for seq, half in enumerate(halves, start=1):
+        capped = dict(list(half.items())[: rollup.MAX_LABELS - 1])  # as the agent caps them
+        capped[rollup.OTHER] = len(half) - len(capped)
+        await store.run(_fold_one, Folder(now=now), (seq, now, _labelled(capped)))
+
+    count, labels = await store.run(
+        lambda db: db.execute("SELECT count, labels FROM model_stats").fetchone()
+    )
+    kept = json.loads(labels)
+    assert count == 200
+    assert len(kept) == rollup.MAX_LABELS
+    assert sum(kept.values()) == count
+    assert kept[rollup.OTHER] == 200 - (rollup.MAX_LABELS - 1)
