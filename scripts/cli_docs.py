@@ -25,9 +25,10 @@ Generated from the parsers by `python -m scripts.cli_docs`; do not edit by hand.
 command answers `--help` with the same text.
 
 `outpost-hub` runs and administers a hub. Its first commands (`init`, `run`,
-`enroll-token`, `token`, `device revoke`, `db`, `broker-config`) work on the hub's data
-folder on the hub machine. The rest (`devices`, `models`, `rollouts`, `tasks`, `policy`,
-`audit`) talk to a running hub over its HTTPS API, as any client would:
+`enroll-token`, `token`, `device revoke`, `db`, `broker-config`, `bundle`,
+`agent-releases`) work on the hub's data folder on the hub machine. The rest (`devices`,
+`models`, `rollouts`, `tasks`, `policy`, `sinks`, `audit`) talk to a running hub over its
+HTTPS API, as any client would:
 
 - where: `--hub https://HOST:PORT` (or `OUTPOST_HUB`), or `--data DIR` on the hub machine;
 - trust: `--ca FILE` (or `OUTPOST_CA`; the hub's fleet CA, `pki/ca.crt` in its data folder),

@@ -280,13 +280,18 @@ relink() {
     ln -sfn "$2" "$OPT/$1.install"
     mv -T "$OPT/$1.install" "$OPT/$1"
 }
-# Whether version $1 is newer than $2 (their numeric parts, as edge/selfupdate.py orders).
+# Whether version $1 is newer than $2 as PEP 440 orders them (0.1.0+site1 after 0.1.0,
+# 1.0.0rc1 before 1.0.0), as edge/selfupdate.py and the hub do. Run by the release's own
+# venv, built above, which has `packaging` (an outpost dependency). A version it cannot
+# read is not newer: the agent never updated itself to one (the hub refuses it).
 newer() {
-    "$PYTHON" - "$1" "$2" <<'EOF'
-import re, sys
-def key(version):
-    return tuple(int(re.match(r"\d*", part).group() or 0) for part in version.split("."))
-sys.exit(key(sys.argv[1]) <= key(sys.argv[2]))
+    "$VENV/bin/python" - "$1" "$2" <<'EOF'
+import sys
+from packaging.version import InvalidVersion, Version
+try:
+    sys.exit(not Version(sys.argv[1]) > Version(sys.argv[2]))
+except InvalidVersion:
+    sys.exit(1)
 EOF
 }
 

@@ -73,7 +73,10 @@ def routes(ctx: ApiContext) -> list[Route]:
         try:
             await params.multipart(_read_release(request, staging))
             try:
-                manifest = await ctx.agents.accept(staging, by=request[PRINCIPAL].subject)
+                # Staged once: the upload's folder is the shelf's, its files are moved.
+                manifest = await ctx.agents.accept(
+                    staging, by=request[PRINCIPAL].subject, staged=True
+                )
             except AgentReleaseExistsError as exc:
                 raise ApiError(409, "conflict", str(exc)) from exc
             except ReleaseFileError as exc:

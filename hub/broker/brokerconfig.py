@@ -332,6 +332,10 @@ Hub:   in hub.toml of every replica (or the single hub):
        so that each `outpost-hub device revoke` (and the API's) rewrites the CRL here
        and Mosquitto re-reads it; the hub then proves that the broker refuses the
        device's certificates as revoked.
+       Under systemd/outpost-hub.service (user outpost, ProtectSystem=strict,
+       NoNewPrivileges) the hub may write this folder only if a drop-in lists it in
+       ReadWritePaths=, and may neither run `systemctl reload` nor signal a broker of
+       another user: docs/scale-out.md (step 4) shows a reload that works.
 """
 
 

@@ -47,8 +47,15 @@ class AgentShelf:
         self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
         return Path(tempfile.mkdtemp(".upload", ".agent-", self._root))
 
-    async def accept(self, folder: Path, *, by: str, now: float | None = None) -> AgentManifest:
-        """Check, copy and sign a release folder; `ReleaseFileError` saying why not."""
+    async def accept(
+        self, folder: Path, *, by: str, now: float | None = None, staged: bool = False
+    ) -> AgentManifest:
+        """Check, copy and sign a release folder; `ReleaseFileError` saying why not.
+
+        `staged`: the folder is one of this shelf's `staging()` folders (an API upload),
+        on the same file system: its files are moved, not copied, so the release takes
+        its size on disk once while it is taken, not twice. The caller removes the
+        folder either way."""
         now = time.time() if now is None else now
         # Reading and hashing tens of MiB: off the event loop (the API's too).
         manifest = await asyncio.to_thread(agentrelease.read_folder, folder)
@@ -67,7 +74,7 @@ class AgentShelf:
         staging = Path(await asyncio.to_thread(self.staging))
         claimed = False
         try:
-            await asyncio.to_thread(_stage, folder, manifest, staging)
+            await asyncio.to_thread(_stage, folder, manifest, staging, staged)
             try:
                 await asyncio.to_thread(target.mkdir, 0o700)
             except FileExistsError as exc:
@@ -153,11 +160,16 @@ class AgentShelf:
             await asyncio.to_thread(shutil.copyfile, path, dest / agentrelease.FILES / path.name)
 
 
-def _stage(folder: Path, manifest: AgentManifest, staging: Path) -> None:
-    """Copy the release's files into the empty folder `staging`, each checked again."""
+def _stage(folder: Path, manifest: AgentManifest, staging: Path, move: bool) -> None:
+    """Copy (or move) the release's files into the empty folder `staging`, each checked
+    again there: what is signed is what was checked, whatever changed `folder` since."""
     for entry in manifest.files:
-        shutil.copyfile(folder / agentrelease.FILES / entry.name, staging / entry.name)
-        agentrelease.check_file(staging / entry.name, entry)
+        source, staged = folder / agentrelease.FILES / entry.name, staging / entry.name
+        if move:
+            source.rename(staged)
+        else:
+            shutil.copyfile(source, staged)
+        agentrelease.check_file(staged, entry)
 
 
 def _move_files(staging: Path, target: Path) -> None:

@@ -196,6 +196,17 @@ async def test_install_enrolls_and_uninstall_keeps_data(hub: Hub, tmp_path: Path
     assert "kept /opt/outpost/current -> releases/99.0.0" in out
     assert _links(root) == ("releases/99.0.0", f"releases/{__version__}")
 
+    # Newer as PEP 440 orders versions (the agent's and the hub's order), not only by
+    # numbers: a local version of this release (+site1) is newer, and stays current.
+    local = f"{__version__}+site1"
+    _agent_release(root, local)
+    (root / OPT / "current").unlink()
+    (root / OPT / "current").symlink_to(f"releases/{local}")
+    code, out = await _script(*_install_args(root, None, "--no-systemctl"))
+    assert code == 0, out
+    assert f"kept /opt/outpost/current -> releases/{local}" in out
+    assert _links(root) == (f"releases/{local}", f"releases/{__version__}")
+
     # Again, over an older version: this one becomes current, the older one previous.
     _agent_release(root, "0.0.1")
     (root / OPT / "current").unlink()

@@ -23,6 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub.api import enroll
+from hub.api.agentreleases import MAX_UPLOAD_BYTES
 from hub.api.context import ApiContext
 from hub.cli import _parser, load_config  # _parser: the real flags, not a copy of them
 from hub.initialise import initialise
@@ -43,8 +44,6 @@ NOT_APPLIED = {
     "hub-hpa-ingest-lag.yaml",
     "prometheus-adapter-rules.yaml",
 }
-# What a Deployment adds to its name for a pod: -<pod-template-hash, up to 10>-<5>.
-POD_NAME_SUFFIX = "-" + "b" * 10 + "-" + "x" * 5
 
 Doc = dict[str, Any]
 
@@ -79,13 +78,24 @@ def _one(name: str, kind: str) -> Doc:
     return doc
 
 
-def _deployment() -> Doc:
-    return _one("hub-deployment.yaml", "Deployment")
+def _statefulset() -> Doc:
+    return _one("hub-statefulset.yaml", "StatefulSet")
 
 
 def _hub_container() -> Doc:
-    (container,) = _deployment()["spec"]["template"]["spec"]["containers"]
+    (container,) = _statefulset()["spec"]["template"]["spec"]["containers"]
     return cast(Doc, container)
+
+
+def _hpas() -> list[Doc]:
+    return [_one(f"hub-hpa-{n}.yaml", "HorizontalPodAutoscaler") for n in ("cpu", "ingest-lag")]
+
+
+def _pod_names() -> list[str]:
+    """Every name a hub pod can have: a StatefulSet's <name>-<ordinal>, the ordinals
+    0 .. replicas - 1, up to the largest count an HPA may scale it to."""
+    most = max(hpa["spec"]["maxReplicas"] for hpa in _hpas())
+    return [f"{_statefulset()['metadata']['name']}-{n}" for n in range(most)]
 
 
 def _hub_toml() -> str:
@@ -127,7 +137,7 @@ def test_the_folder_has_every_file_it_should() -> None:
     assert {p.name for p in DEPLOY.iterdir()} == {
         "README.md",
         "kustomization.yaml",
-        "hub-deployment.yaml",
+        "hub-statefulset.yaml",
         "hub-service.yaml",
         "hub-configmap.yaml",
         "hub-secret.example.yaml",
@@ -154,13 +164,14 @@ def test_every_manifest_validates_strictly(version: str) -> None:
     assert sorted(checked) == [
         "ConfigMap",
         "ConfigMap",
-        "Deployment",
         "HorizontalPodAutoscaler",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "Secret",
         "Secret",
         "Service",
+        "Service",
+        "StatefulSet",
     ]
 
 
@@ -184,9 +195,9 @@ def _mount_without_path(d: Doc) -> None:
     "breakage",
     [_probe_period_as_text, _misspelt_probe_field, _unknown_spec_field, _mount_without_path],
 )
-def test_the_validator_refuses_a_broken_deployment(breakage: Callable[[Doc], None]) -> None:
+def test_the_validator_refuses_a_broken_statefulset(breakage: Callable[[Doc], None]) -> None:
     """The negative control: the check above can fail."""
-    broken = copy.deepcopy(_deployment())
+    broken = copy.deepcopy(_statefulset())
     breakage(broken)
     for version in KUBERNETES_VERSIONS:
         with pytest.raises(kubernetes_validate.ValidationError):
@@ -200,7 +211,7 @@ def test_the_kustomization_applies_the_hub_and_nothing_else() -> None:
     listed = set(kustomization["resources"])
     assert all((DEPLOY / name).is_file() for name in listed)
     assert {p.name for p in DEPLOY.glob("*.yaml")} - listed == {"kustomization.yaml"} | NOT_APPLIED
-    # Two HPAs on one Deployment fight; the placeholders must never overwrite real Secrets.
+    # Two HPAs on one StatefulSet fight; the placeholders must never overwrite real Secrets.
     kinds = [d["kind"] for name in listed for d in _load(name)]
     assert kinds.count("HorizontalPodAutoscaler") == 1
     assert "Secret" not in kinds
@@ -235,16 +246,16 @@ def test_the_probes_hit_the_public_health_route_over_https(tmp_path: Path) -> No
     assert (health.method, health.access) == ("GET", "public")
 
 
-def test_the_hpas_scale_the_hub_deployment() -> None:
-    deployment = _deployment()
-    hpas = [_one(f"hub-hpa-{n}.yaml", "HorizontalPodAutoscaler") for n in ("cpu", "ingest-lag")]
+def test_the_hpas_scale_the_hub_statefulset() -> None:
+    statefulset = _statefulset()
+    hpas = _hpas()
     for hpa in hpas:
         assert hpa["spec"]["scaleTargetRef"] == {
-            "apiVersion": deployment["apiVersion"],
-            "kind": "Deployment",
-            "name": deployment["metadata"]["name"],
+            "apiVersion": statefulset["apiVersion"],
+            "kind": "StatefulSet",
+            "name": statefulset["metadata"]["name"],
         }
-        assert hpa["spec"]["minReplicas"] == deployment["spec"]["replicas"] >= 2
+        assert hpa["spec"]["minReplicas"] == statefulset["spec"]["replicas"] >= 2
         assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
     # One name: applying the one replaces the other rather than adding a second.
     assert hpas[0]["metadata"]["name"] == hpas[1]["metadata"]["name"]
@@ -277,7 +288,7 @@ def test_the_custom_metric_is_one_the_hub_exports() -> None:
 
 
 def test_the_pki_secret_is_mounted_read_only_where_the_hub_reads_it(tmp_path: Path) -> None:
-    spec = _deployment()["spec"]["template"]["spec"]
+    spec = _statefulset()["spec"]["template"]["spec"]
     container = _hub_container()
     (volume,) = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == PKI_SECRET]
     assert volume["secret"]["defaultMode"] == 0o400
@@ -299,13 +310,12 @@ def test_the_pki_secret_is_mounted_read_only_where_the_hub_reads_it(tmp_path: Pa
 
 
 def test_the_command_line_and_hub_toml_make_a_replica(tmp_path: Path) -> None:
-    deployment = _deployment()
     container = _hub_container()
     assert container["command"] == ["outpost-hub"]
     (db_secret,) = [
         d for d in _load("hub-secret.example.yaml") if d["metadata"]["name"] == "outpost-hub-db"
     ]
-    longest_pod_name = deployment["metadata"]["name"] + POD_NAME_SUFFIX
+    longest_pod_name = max(_pod_names(), key=len)
     args = _expanded_args(
         container,
         {"POD_NAME": longest_pod_name, "OUTPOST_HUB_DB_URL": db_secret["stringData"]["url"]},
@@ -338,7 +348,7 @@ def test_the_command_line_and_hub_toml_make_a_replica(tmp_path: Path) -> None:
 
 
 def test_the_hub_runs_locked_down() -> None:
-    spec = _deployment()["spec"]["template"]["spec"]
+    spec = _statefulset()["spec"]["template"]["spec"]
     container = _hub_container()
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
@@ -350,29 +360,66 @@ def test_the_hub_runs_locked_down() -> None:
     assert "add" not in security["capabilities"]
     for bound in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][bound]), bound
-    # Every path the hub writes is a volume: the data folder (lock, CRL), models, /tmp.
+    # Every path the hub writes is a volume: the data folder (lock, CRL), models, agent
+    # releases, /tmp.
     paths = HubPaths(Path(_flag(container["args"], "--data")))
     writable = {Path(m["mountPath"]) for m in container["volumeMounts"] if not m.get("readOnly")}
     tmp = Path("/tmp")  # noqa: S108 (the container's, not a file this test makes)
-    assert writable == {paths.root, paths.models, tmp}
+    assert writable == {paths.root, paths.models, paths.agent_releases, tmp}
 
 
 def test_the_selectors_find_the_hub_pods() -> None:
-    deployment = _deployment()
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert _matches(deployment["spec"]["selector"]["matchLabels"], labels)
-    service = _one("hub-service.yaml", "Service")
-    assert _matches(service["spec"]["selector"], labels)
-    (port,) = service["spec"]["ports"]
-    assert port["targetPort"] in {p["name"] for p in _hub_container()["ports"]}
+    statefulset = _statefulset()
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert _matches(statefulset["spec"]["selector"]["matchLabels"], labels)
+    services = {d["metadata"]["name"]: d for d in _load("hub-service.yaml")}
+    for service in services.values():
+        assert _matches(service["spec"]["selector"], labels)
+        (port,) = service["spec"]["ports"]
+        assert port["targetPort"] in {p["name"] for p in _hub_container()["ports"]}
+    # The StatefulSet's governing Service exists, headless.
+    assert services[statefulset["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
     pdb = _one("hub-pdb.yaml", "PodDisruptionBudget")
     assert _matches(pdb["spec"]["selector"]["matchLabels"], labels)
     assert pdb["spec"]["minAvailable"] == 1
     # The replicas are spread: anti-affinity to their own pods, per node.
-    affinity = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    affinity = statefulset["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
     terms = [
         t["podAffinityTerm"] for t in affinity["preferredDuringSchedulingIgnoredDuringExecution"]
     ]
     node_terms = [t for t in terms if t["topologyKey"] == "kubernetes.io/hostname"]
     assert node_terms
     assert all(_matches(t["labelSelector"]["matchLabels"], labels) for t in node_terms)
+
+
+# --- disk ----------------------------------------------------------------------------------
+
+_QUANTITY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+
+
+def _bytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"([0-9]+)([KMG]i)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * _QUANTITY[unit]
+
+
+def _empty_dir_limits() -> dict[Path, int]:
+    """The sizeLimit of the emptyDir mounted at each path of the hub container."""
+    volumes = {v["name"]: v for v in _statefulset()["spec"]["template"]["spec"]["volumes"]}
+    return {
+        Path(m["mountPath"]): _bytes(volumes[m["name"]]["emptyDir"]["sizeLimit"])
+        for m in _hub_container()["volumeMounts"]
+        if "emptyDir" in volumes[m["name"]]
+    }
+
+
+def test_agent_releases_have_room_for_the_largest_upload() -> None:
+    """An upload is staged in agent-releases/ and taken there (one copy at a time: the
+    API's folder is moved, not copied); past its emptyDir's sizeLimit the kubelet evicts
+    the pod. The data folder (lock, CRL) is small; releases get a volume of their own."""
+    paths = HubPaths(Path(_flag(_hub_container()["args"], "--data")))
+    limits = _empty_dir_limits()
+    assert limits[paths.agent_releases] > MAX_UPLOAD_BYTES
+    assert limits[paths.models] > 0
+    # Every emptyDir at its limit fits the pod's ephemeral storage limit.
+    limit = _hub_container()["resources"]["limits"]["ephemeral-storage"]
+    assert sum(limits.values()) <= _bytes(limit)
