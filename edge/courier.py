@@ -208,7 +208,10 @@ class CourierDesk:
                 current = self._parts.policy.current
                 version = current.version if current else 0
                 policy = f"version {version} applied" if applied else f"version {version} kept"
-            tasks = carried.tasks
+            # Their deadline and lease count from the bundle's making, not from now: the
+            # days on the stick are gone at the hub too.
+            age = max(0.0, time.time() - header.created_at)
+            tasks, overdue = still_due(carried.tasks, age)
             for first in range(0, len(tasks), wire.MAX_TASK_BATCH):
                 # As from MQTT: each is checked, kept in the inbox (on disk), then run.
                 await self._parts.tasks.assign(
@@ -263,9 +266,10 @@ class CourierDesk:
                 "certificate": certificate,
                 "note": carried.note,
                 "tasks": len(tasks),
+                "tasks_overdue": overdue,
                 "models": [f"{f.name} {f.version}" for f in staged],
                 "models_refused": refused_files,
-                "lease_s": carried.lease_s,
+                "lease_s": max(0.0, carried.lease_s - age),  # what is left of it
             }
 
     async def _unacknowledged(
@@ -340,6 +344,20 @@ class CourierLog(msgspec.Struct):
     # When the newest hub bundle applied here was made: an older one carried in after it
     # changes no releases, gap flags or certificate.
     newest_made: float = 0.0
+
+
+def still_due(tasks: list[wire.Assignment], age: float) -> tuple[list[wire.Assignment], int]:
+    """The tasks of a hub bundle made `age` seconds ago with their deadline and lease
+    shortened by that (the hub counts both from the bundle's making), and how many ran
+    out meanwhile (left out: the hub puts them back in its queue). A bundle dated ahead
+    of this device's clock counts as made now."""
+    age = max(0.0, age)
+    due = [
+        msgspec.structs.replace(t, deadline_in_s=t.deadline_in_s - age, lease_s=t.lease_s - age)
+        for t in tasks
+        if t.deadline_in_s > age and t.lease_s > age
+    ]
+    return due, len(tasks) - len(due)
 
 
 def _matching_files(

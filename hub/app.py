@@ -17,6 +17,7 @@ from hub.broker import limits
 from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
 from hub.courier.desk import CourierDesk, open_desk
+from hub.courier.importer import Tally
 from hub.fleet import revocation
 from hub.fleet.agentreleases import AgentShelf
 from hub.fleet.certificates import Renewals
@@ -352,13 +353,15 @@ class Hub:
             revoker=revocation.Revoker(self.paths, self.config, store, broker=broker),
             intake=intake,
             holds=holds,
-            courier=self._courier_desk(store),
+            courier=self._courier_desk(store, metrics),
         )
 
-    def _courier_desk(self, store: HubStore) -> CourierDesk | BundleError:
-        """The courier desk, or why there is none (the API's import says so)."""
+    def _courier_desk(self, store: HubStore, metrics: HubMetrics) -> CourierDesk | BundleError:
+        """The courier desk, or why there is none (the API's import says so). What its
+        imports store is counted in the metrics, as the ingest's is."""
+        tally = Tally(metrics.records_stored, metrics.task_results, metrics.inferences.add)
         try:
-            return open_desk(self.paths, store, self.config)
+            return open_desk(self.paths, store, self.config, tally)
         except BundleError as exc:
             return exc
 

@@ -15,11 +15,13 @@ from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError
 from hub.api.routing import AUDIT_DETAIL, Route
+from hub.courier.desk import CourierDesk
 from outpost.courier import parts
 from outpost.courier.sealing import BundleError
 from outpost.schema import Struct
 
 MAX_BUNDLE_BYTES = 1 << 30
+BUSY_RETRY_S = 10  # what a courier's client is told to wait while another import runs
 OCTETS = "application/octet-stream"
 
 
@@ -60,12 +62,31 @@ class ImportedOut(Struct, frozen=True):
 
 
 def routes(ctx: ApiContext) -> list[Route]:
+    # One import at a time, from reading the upload on: each holds up to 1 GiB and
+    # decrypts and decompresses it before its signature can be checked (the bundle key
+    # is public), so several at once would take the hub's memory. Bundles are rare (a
+    # courier's visit): the next is refused with Retry-After rather than queued, since
+    # waiting uploads would be held in memory too.
+    importing = asyncio.Lock()
+
     async def import_bundle(request: web.Request) -> web.Response:
         if request.content_type != OCTETS:
             raise ApiError(415, "unsupported_media_type", f"send the part files as {OCTETS}")
         desk = ctx.courier
         if isinstance(desk, BundleError):
             raise ApiError(503, "unavailable", str(desk))
+        if importing.locked():
+            raise ApiError(
+                503,
+                "busy",
+                "another bundle is being imported: this hub imports one at a time; send "
+                f"this one again in {BUSY_RETRY_S} s",
+                headers={"Retry-After": str(BUSY_RETRY_S)},
+            )
+        async with importing:
+            return await _import(request, desk)
+
+    async def _import(request: web.Request, desk: CourierDesk) -> web.Response:
         blob = await _read(request)
         try:
             found = await asyncio.to_thread(parts.parts_of, blob, "the upload")  # checksums

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hub.cli.datafolder import load_config, open_store
@@ -40,6 +41,10 @@ def import_bundles(args: argparse.Namespace) -> int:
                 refused += 1
                 print(f"{name}: refused: {exc}")
                 continue
+            except Exception as exc:  # whatever it is, one bundle must not stop the rest
+                refused += 1
+                print(f"{name}: not imported, it failed: {type(exc).__name__}: {exc}")
+                continue
             print(f"{name}: imported: {outcome.summary()}")
             if outcome.ack_problem:
                 refused += 1
@@ -51,17 +56,25 @@ def import_bundles(args: argparse.Namespace) -> int:
 
 
 def export_bundles(args: argparse.Namespace) -> int:
-    """Write a bundle for each device named or selected: marks and policy."""
+    """Write a bundle for each device named or selected: marks and policy, and tasks
+    leased to it. A device chosen by selector or by default that is online over MQTT
+    now is leased nothing: its tasks reach it over MQTT, and a bundle it never sees
+    would hold them for the lease (days). Named with --device, it is leased tasks."""
     paths = HubPaths(args.data)
     selector = parse_selector(args.selector, "--selector")
     config = load_config(args.data, args.config)
     with open_store(paths, config) as store:
         desk = open_desk(paths, store, config)
-        device_ids = asyncio.run(_chosen(store, args.device, selector))
-        if not device_ids:
+        chosen = asyncio.run(_chosen(store, args.device, selector))
+        if not chosen.device_ids:
             raise ValueError("no device matches: check --device or --selector")
         made = asyncio.run(
-            desk.exporter.export(device_ids, lease_s=args.lease, max_tasks=max(0, args.tasks))
+            desk.exporter.export(
+                chosen.device_ids,
+                lease_s=args.lease,
+                max_tasks=max(0, args.tasks),
+                lease_to=chosen.lease_to,
+            )
         )
     failed = 0
     for exported in made:
@@ -70,25 +83,43 @@ def export_bundles(args: argparse.Namespace) -> int:
             print(f"{exported.device_id}: not exported: {exported.reason}")
             continue
         leased = f" ({exported.tasks} tasks leased)" if exported.tasks else ""
+        if exported.device_id not in chosen.lease_to:
+            leased = (
+                " (online over MQTT now: no tasks leased; name it with --device to lease it "
+                "tasks by bundle)"
+            )
         for path in _write(args.to, exported.device_id, exported.sealed, args.max_size):
             print(f"{exported.device_id}{leased}: {path}")
     return 1 if failed else 0
 
 
-async def _chosen(store: HubStore, names: list[str], selector: dict[str, str]) -> list[str]:
-    chosen = []
+@dataclass(frozen=True)
+class Chosen:
+    device_ids: list[str]
+    lease_to: frozenset[str]  # those whose bundles lease tasks
+
+
+async def _chosen(store: HubStore, names: list[str], selector: dict[str, str]) -> Chosen:
+    """The devices named, then those the selector (or, with neither, the default:
+    every unrevoked device) picks; tasks are leased to those named and to the others
+    that are offline."""
+    named = []
     for name in names:
         found = await store.resolve_device(name)
         if found is None:
             raise ValueError(f"no device named {name!r}")
-        chosen.append(found)
+        named.append(found)
+    picked, online = [], set()
     if selector or not names:
         for device in await store.devices():
             if device.revoked_at is None and all(
                 device.labels.get(k) == v for k, v in selector.items()
             ):
-                chosen.append(device.device_id)
-    return list(dict.fromkeys(chosen))
+                picked.append(device.device_id)
+                if device.online:
+                    online.add(device.device_id)
+    device_ids = list(dict.fromkeys(named + picked))
+    return Chosen(device_ids, frozenset(named) | frozenset(picked).difference(online))
 
 
 def _write(folder: Path, device_id: str, sealed: bytes, max_size: int) -> list[Path]:

@@ -193,7 +193,10 @@ def _bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="devices with this label (repeatable; default: every device)",
+        help=(
+            "devices with this label (repeatable; default: every device); devices online "
+            "over MQTT are leased no tasks unless named with --device"
+        ),
     )
     _max_size(b)
     _leases(b)

@@ -9,8 +9,9 @@ from cryptography import x509
 
 from hub.config import HubConfig
 from hub.courier.exporter import HubBundles
-from hub.courier.importer import BundleImporter
+from hub.courier.importer import BundleImporter, Tally
 from hub.courier.keys import ensure_bundle_key, load_bundle_key
+from hub.courier.signer import SignerCheck
 from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import load_signing_key
 from hub.models.releases import ModelShelf
@@ -26,9 +27,12 @@ class CourierDesk:
     exporter: HubBundles
 
 
-def open_desk(paths: HubPaths, store: HubStore, config: HubConfig) -> CourierDesk:
+def open_desk(
+    paths: HubPaths, store: HubStore, config: HubConfig, tally: Tally | None = None
+) -> CourierDesk:
     """Blocking (reads keys): call off the event loop. `BundleError` if the data folder
-    has no bundle key and none can be made."""
+    has no bundle key and none can be made. On the running hub, `tally` is its metrics'
+    counters of what was stored (none on the command line)."""
     if not ensure_bundle_key(paths):
         raise BundleError(
             f"this hub has no bundle key ({paths.bundle_key}) and cannot make one there: "
@@ -42,9 +46,13 @@ def open_desk(paths: HubPaths, store: HubStore, config: HubConfig) -> CourierDes
     importer = BundleImporter(
         store,
         bundle_key=load_bundle_key(paths),
-        ca_cert=x509.load_pem_x509_certificate(ca_pem),
+        signer=SignerCheck(
+            store, x509.load_pem_x509_certificate(ca_pem), config.device_cert_grace_days
+        ),
         fleet=fleet,
         exporter=exporter,
         renewals=Renewals.load(paths, config, store),
+        max_attempts=config.task_max_attempts,
+        tally=tally,
     )
     return CourierDesk(importer, exporter)

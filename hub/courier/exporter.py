@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,12 +143,15 @@ class HubBundles:
         now: float | None = None,
         lease_s: float = DEFAULT_LEASE_S,
         max_tasks: int = DEFAULT_MAX_TASKS,
+        lease_to: Collection[str] | None = None,
     ) -> list[Exported]:
+        """A bundle for each device; only those in `lease_to` (None: all) lease tasks."""
         out = []
         for device_id in device_ids:
+            limit = max_tasks if lease_to is None or device_id in lease_to else 0
             try:
                 out.append(
-                    await self.bundle_for(device_id, now=now, lease_s=lease_s, max_tasks=max_tasks)
+                    await self.bundle_for(device_id, now=now, lease_s=lease_s, max_tasks=limit)
                 )
             except BundleError as exc:
                 out.append(Exported(device_id, b"", str(exc)))

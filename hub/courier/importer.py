@@ -1,6 +1,7 @@
 """Import a device's courier bundle: decrypt it with the hub's bundle key, check who made
-it (a certificate of this fleet's CA naming an enrolled, unrevoked device, whose key
-signed it), for whom, when, and that it was not imported before; then store its records
+it (a certificate of this fleet's CA that the hub issued to an enrolled, unrevoked
+device, not expired past the renewal grace period, whose key signed it: signer.py), for
+whom, when, and that it was not imported before; then store its records
 exactly as MQTT uploads are stored (`apply_uploads`: the same high-water-mark dedupe, the
 same task-result rules), note the device as heard of, and answer with a bundle for the
 device: its marks and its policy (exporter.py).
@@ -15,17 +16,19 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hub.courier.exporter import DEFAULT_LEASE_S, DEFAULT_MAX_TASKS, HubBundles, renewed_pending
+from hub.courier.signer import SignerCheck, ec_key
 from hub.fleet.certificates import RenewalRefusedError, Renewals
-from hub.store import HubStore, Upload
+from hub.store import HubStore, Upload, courierleases
 from hub.store import courier as registry
+from hub.store.modelstats import Folded
 from outpost.courier import content, sealing
 from outpost.courier.sealing import BundleError
 
@@ -34,6 +37,16 @@ logger = logging.getLogger(__name__)
 MAX_AGE_S = 365 * 86400.0  # a bundle older than this is refused as stale
 FUTURE_SLACK_S = 3600.0  # a device clock this far ahead is tolerated
 BATCHES_PER_TRANSACTION = 100  # of up to 1,000 records: one durable commit each
+
+
+@dataclass(frozen=True)
+class Tally:
+    """The running hub's counts of what uploads stored (its /metrics): an import adds to
+    them as the MQTT ingest does, so a site served by courier counts alike."""
+
+    stored: Counter[str]  # new records, by stream
+    task_results: Counter[str]  # by outcome
+    rollups: Callable[[Folded], None]  # what newly stored metric roll-ups add
 
 
 @dataclass
@@ -99,17 +112,21 @@ class BundleImporter:
         store: HubStore,
         *,
         bundle_key: ec.EllipticCurvePrivateKey,
-        ca_cert: x509.Certificate,
+        signer: SignerCheck,
         fleet: str,
         exporter: HubBundles,
         renewals: Renewals,
+        max_attempts: int,
+        tally: Tally | None = None,
     ) -> None:
         self._renewals = renewals
         self._store = store
         self._key = bundle_key
-        self._ca = ca_cert
+        self._signer = signer
         self._fleet = fleet
         self._exporter = exporter
+        self._max_attempts = max_attempts  # a task's, as the allocation pass counts them
+        self._tally = tally  # None: no running hub counts (the command line)
 
     async def import_bundle(
         self,
@@ -142,13 +159,14 @@ class BundleImporter:
             raise BundleError(f"a {header.kind} bundle for {header.to} is not a device's bundle")
         if header.fleet != self._fleet:
             raise BundleError("this bundle is from another fleet (its CA is not this hub's)")
-        cert = self._check_certificate(opened.cert, device_id)
-        await asyncio.to_thread(sealing.verify, opened, _ec_key(cert), f"bundle of {device_id}")
+        cert = self._signer.certificate(opened.cert, device_id)
+        await asyncio.to_thread(sealing.verify, opened, ec_key(cert), f"bundle of {device_id}")
         device = await self._store.device(device_id)
         if device is None:
             raise BundleError(f"{device_id} is not enrolled at this hub")
         if device.revoked_at is not None:
             raise BundleError(f"{device_id} was revoked: its bundles are refused")
+        await self._signer.check_current(cert, device_id, now)
         if header.created_at > now + FUTURE_SLACK_S:
             raise BundleError(
                 f"bundle of {device_id} is dated in the future ({_ago(header.created_at, now)}): "
@@ -175,6 +193,9 @@ class BundleImporter:
         # its records are stored as any (the marks drop what is held), but what it says
         # the device runs, how it does, and its renewal request are out of date.
         outcome.outdated = device.last_seen is not None and header.created_at < device.last_seen
+        # What the allocation pass would have done by now, had it run (the hub stopped
+        # while the stick travelled): a result after its lease counts as late.
+        await self._store.run(courierleases.end_lapsed, device_id, now, self._max_attempts)
         await self._store_records(device_id, carried, outcome, now)
         detail = (
             f"bundle {header.id[:12]} made {_ago(header.created_at, now)}: "
@@ -238,22 +259,6 @@ class BundleImporter:
         logger.info("imported %s", detail)
         return outcome
 
-    def _check_certificate(self, pem: bytes, device_id: str) -> x509.Certificate:
-        try:
-            cert = x509.load_pem_x509_certificate(pem)
-        except ValueError as exc:
-            raise BundleError(f"bundle of {device_id}: it carries no readable certificate") from exc
-        try:
-            cert.verify_directly_issued_by(self._ca)
-        except (ValueError, TypeError, InvalidSignature) as exc:
-            raise BundleError(
-                f"bundle of {device_id}: its certificate was not issued by this fleet's CA"
-            ) from exc
-        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        if not names or names[0].value != device_id:
-            raise BundleError(f"bundle signed as {device_id} carries another device's certificate")
-        return cert
-
     async def _store_records(
         self, device_id: str, carried: content.DeviceContent, outcome: ImportOutcome, now: float
     ) -> None:
@@ -279,13 +284,20 @@ class BundleImporter:
                 [Upload.of(device_id, b) for b in chunk], now=now
             )
             outcome.task_results.update(applied.task_results)
+            stored: Counter[str] = Counter()
             for batch, result in zip(chunk, applied.applied, strict=True):
                 if result.gap:  # the hub lacks numbers before it: the device sends again
                     if batch.stream not in outcome.gaps:
                         outcome.gaps.append(batch.stream)
                     continue
-                outcome.stored[batch.stream] += result.stored
+                stored[batch.stream] += result.stored
                 outcome.repeated += len(batch.seqs) - result.stored
+            outcome.stored.update(stored)
+            if self._tally is not None:  # as each commit goes in, as the ingest counts
+                self._tally.stored.update(stored)
+                self._tally.task_results.update(applied.task_results)
+                if applied.rollups.rollups:
+                    self._tally.rollups(applied.rollups)
 
 
 def _inventory(carried: content.DeviceContent) -> registry.Inventory:
@@ -317,15 +329,8 @@ def _supersedes(presented: x509.Certificate, pending: x509.Certificate) -> bool:
     )
 
 
-def _ec_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
-    key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise BundleError("the bundle's certificate does not hold an EC key")
-    return key
-
-
 def _public_pem(cert: x509.Certificate) -> str:
-    return sealing.public_pem(_ec_key(cert)).decode()
+    return sealing.public_pem(ec_key(cert)).decode()
 
 
 def _ago(at: float, now: float) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from hub.store.candidates import Candidate
 from hub.store.leases import Assigned, Queued, queued_tasks
 from hub.store.sql import Sql
-from hub.store.taskmoves import record_events
+from hub.store.taskmoves import finish, record_events, requeue
 
 Fits = Callable[[Queued, Candidate], bool]  # hub/tasks/allocation.py's `matches`
 
@@ -94,3 +94,25 @@ def give_back(db: Sql, leased: list[Assigned], now: float, why: str) -> None:
             ).rowcount
             if back:
                 record_events(db, [(a.task_id, now, "requeued", a.device_id, a.attempt, why)])
+
+
+def end_lapsed(db: Sql, device_id: str, now: float, max_attempts: int) -> int:
+    """Do for the tasks `device_id` holds what the hub's allocation pass does for every
+    device's (hub/store/leases.py): end those past their deadline, and put back in the
+    queue those whose lease ran out; how many. Run before a device bundle's results are
+    applied, so that a result that comes after its lease counts as late, as at a
+    running hub (whose pass runs every second), also when the hub was stopped meanwhile
+    and no pass ran."""
+    with db.write():
+        rows = db.execute(
+            """SELECT task_id, state, device_id, attempt, excluded, target, deadline
+               FROM tasks WHERE device_id = ? AND state IN ('assigned', 'accepted', 'running')
+                   AND (deadline <= ? OR lease_expires <= ?)""",
+            (device_id, now, now),
+        ).fetchall()
+        for row in rows:
+            if row["deadline"] <= now:
+                finish(db, row["task_id"], "expired", now, device_id, row["attempt"], "deadline")
+            else:
+                requeue(db, row["task_id"], row, now, max_attempts, "lapsed", "lease lapsed")
+    return len(rows)

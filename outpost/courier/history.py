@@ -35,12 +35,13 @@ class History(msgspec.Struct, frozen=True):
     def describe(self) -> str:
         hours = (self.until - self.since) / 3600
         when = (
-            f"{_utc(self.since)} to {_utc(self.until)} ({hours:.1f} h)"
+            f"{_utc(self.since)} to {_utc(self.until)} ({_number(hours, 1)} h)"
             if hours >= 0.05
             else f"at {_utc(self.until)}"
         )
         load = (
-            f", CPU {self.cpu_min:.0f}-{self.cpu_max:.0f}% (mean {self.cpu_mean:.0f}%)"
+            f", CPU {_number(self.cpu_min, 0)}-{_number(self.cpu_max, 0)}% "
+            f"(mean {_number(self.cpu_mean, 0)}%)"
             if self.cpu_mean is not None
             else ""
         )
@@ -84,5 +85,17 @@ def summarise(batches: Iterable[Records]) -> History | None:
     )
 
 
+def _number(value: float | None, decimals: int) -> str:
+    """A device's number, shown short whatever its size (it is the device's word)."""
+    if value is not None and abs(value) < 1e9:
+        return f"{value:.{decimals}f}"
+    return f"{value:.3g}" if value is not None else "?"
+
+
 def _utc(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+    """`at` as a date; a time no calendar holds (a device's record times are its word:
+    1e300 is valid on the wire) as the number it is, not an error ending the import."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+    except (OverflowError, OSError, ValueError):
+        return f"{at:.6g} s (not a date)"

@@ -45,6 +45,14 @@ else:
 MAGIC: Final = b"OUTPOST-BUNDLE/1\n"
 VERSION: Final = 1
 MAX_CONTENT_BYTES: Final = 1 << 30  # decompressed; AES-GCM in one call takes < 2 GiB
+# A bundle is decrypted and decompressed before its signature can be checked, and the
+# hub's bundle key is public: a few KB of zstd could make the hub inflate 1 GiB. Its
+# content may be up to `FREE_CONTENT_BYTES` whatever it compresses to (100,000 records,
+# an export's default, hold 20-100 MiB), and past that at most `MAX_RATIO` times its
+# compressed size (records compress 4-30 times; a bundle that would need more is
+# refused when it is made, saying to export fewer records).
+FREE_CONTENT_BYTES: Final = 128 << 20
+MAX_RATIO: Final = 128
 ZSTD_LEVEL: Final = 3
 _INFO: Final = b"outpost courier bundle v1"
 ADDRESSEE: Final = "^(hub|dev-[0-9a-z-]{1,60})$"
@@ -119,6 +127,13 @@ def seal(
             f"the bundle would hold {len(inner):,} bytes, over {MAX_CONTENT_BYTES:,}: "
             "export fewer records per bundle (--max-records)"
         )
+    compressed = zstd.compress(inner, ZSTD_LEVEL)
+    if len(inner) > content_limit(len(compressed)):
+        raise BundleError(
+            f"the bundle would hold {len(inner):,} bytes that compress to {len(compressed):,}, "
+            f"over {MAX_RATIO} times as many (its recipient would refuse it, as it refuses "
+            "a decompression bomb): export fewer records per bundle (--max-records)"
+        )
     ephemeral = ec.generate_private_key(ec.SECP256R1())
     epk = ephemeral.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
@@ -126,9 +141,7 @@ def seal(
     outer = _Outer(VERSION, header.to, epk, os.urandom(12))
     outer_bytes = msgspec.msgpack.encode(outer)
     key = _key(ephemeral.exchange(ec.ECDH(), recipient), epk, header.to)
-    ciphertext = AESGCM(key).encrypt(
-        outer.nonce, zstd.compress(inner, ZSTD_LEVEL), MAGIC + outer_bytes
-    )
+    ciphertext = AESGCM(key).encrypt(outer.nonce, compressed, MAGIC + outer_bytes)
     return MAGIC + struct.pack(">I", len(outer_bytes)) + outer_bytes + ciphertext
 
 
@@ -213,12 +226,23 @@ def _key(shared: bytes, epk: bytes, to: str) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=epk, info=_INFO + to.encode()).derive(shared)
 
 
+def content_limit(compressed: int) -> int:
+    """The most content a bundle of `compressed` bytes (zstd) may decompress to."""
+    return min(MAX_CONTENT_BYTES, max(FREE_CONTENT_BYTES, MAX_RATIO * compressed))
+
+
 def _decompress(data: bytes) -> bytes:
+    """`data` decompressed, stopping at `content_limit` (nothing past it is made)."""
+    limit = content_limit(len(data))
     decompressor = zstd.ZstdDecompressor()
-    out = decompressor.decompress(data, max_length=MAX_CONTENT_BYTES)
+    out = decompressor.decompress(data, max_length=limit)
     if not decompressor.eof:
-        if len(out) >= MAX_CONTENT_BYTES:
-            raise BundleError(f"the bundle's content is over {MAX_CONTENT_BYTES:,} bytes")
+        if len(out) >= limit:
+            raise BundleError(
+                f"the bundle's content is over {limit:,} bytes, from {len(data):,} compressed "
+                f"(at most {FREE_CONTENT_BYTES:,}, or {MAX_RATIO} times the compressed size, "
+                f"up to {MAX_CONTENT_BYTES:,}): refused unread, as a decompression bomb"
+            )
         raise BundleError("the bundle's content is malformed: its compressed data is cut short")
     return out
 

@@ -508,7 +508,7 @@ def test_content_over_the_limit_is_not_unsealed(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(sealing, "MAX_CONTENT_BYTES", size - 1)
     reason = refused(lambda: sealing.unseal(sealed, DEVICE_KEY))
-    assert reason == f"the bundle's content is over {size - 1:,} bytes"
+    assert reason.startswith(f"the bundle's content is over {size - 1:,} bytes")
 
     monkeypatch.setattr(sealing, "MAX_CONTENT_BYTES", size)
     assert sealing.unseal(sealed, DEVICE_KEY).body == body
@@ -523,7 +523,41 @@ def test_a_compression_bomb_is_refused_at_the_limit(monkeypatch: pytest.MonkeyPa
         lambda: sealing.unseal(encrypt(bomb, HUB_BUNDLE.public_key(), "hub"), HUB_BUNDLE)
     )
 
-    assert reason == f"the bundle's content is over {1 << 20:,} bytes"
+    assert reason.startswith(f"the bundle's content is over {1 << 20:,} bytes")
+
+
+def test_a_small_bomb_is_refused_before_it_is_inflated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundle key is public, and a bundle is decompressed before its signature can
+    be checked: past `FREE_CONTENT_BYTES`, content may be at most `MAX_RATIO` times its
+    compressed size, so a few KB cannot make the hub inflate a GiB (as they did)."""
+    # A few KB buy the free size at most, whatever they hold, far below the 1 GiB cap.
+    assert sealing.content_limit(32_970) == sealing.FREE_CONTENT_BYTES < sealing.MAX_CONTENT_BYTES
+    monkeypatch.setattr(sealing, "FREE_CONTENT_BYTES", 1 << 20)
+    bomb = zstd.compress(bytes(64 << 20))
+    assert len(bomb) * sealing.MAX_RATIO < 64 << 20
+    limit = max(1 << 20, len(bomb) * sealing.MAX_RATIO)
+
+    reason = refused(
+        lambda: sealing.unseal(encrypt(bomb, HUB_BUNDLE.public_key(), "hub"), HUB_BUNDLE)
+    )
+
+    assert reason.startswith(f"the bundle's content is over {limit:,} bytes, from {len(bomb):,}")
+    assert "decompression bomb" in reason
+
+
+def test_content_that_compresses_too_well_past_the_free_size_is_not_sealed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sender learns it at once (export fewer records), not the recipient on import."""
+    monkeypatch.setattr(sealing, "FREE_CONTENT_BYTES", 64 << 10)
+    reason = refused(lambda: UP.seal(bytes(1 << 20)))
+    assert "over 128 times as many" in reason
+    assert "--max-records" in reason
+
+    varied = os.urandom(1 << 20)  # what does not compress, past the free size, goes
+    assert sealing.unseal(UP.seal(varied), HUB_BUNDLE).body == varied
+    small = bytes(60 << 10)  # nor does the ratio count under it
+    assert sealing.unseal(UP.seal(small), HUB_BUNDLE).body == small
 
 
 # ------------------------------------------------------------------------------- keys
