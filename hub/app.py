@@ -184,6 +184,9 @@ class Hub:
                     "hub.models.shadows": leadership.while_leading(
                         lambda: parts.rollouts.judge_shadows(parts.leader_store)
                     ),
+                    "hub.models.catch-up": leadership.while_leading(
+                        lambda: parts.rollouts.catch_up(parts.leader_store)
+                    ),
                     "hub.watchdog": self.notifier.keep_alive(),
                     "hub.status": self._tell_systemd(parts),
                 }

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hub.fleet.wanted import Wanted
-from hub.store import Advanced, HubStore, Rollout, agentrollouts, shadows
+from hub.store import Advanced, HubStore, Rollout, agentrollouts, rolloutprogress, shadows
 from hub.store.leadership import NotLeaderError
 from hub.store.offers import Offer
 from hub.store.rolloutprogress import FAILED
@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 PublishRetained = Callable[[str, bytes], Awaitable[None]]
 SEND_AT_ONCE = 200  # releases in flight together
 SHADOW_JUDGE_S = 2.0  # how often shadow roll-outs are looked at (cheap when none)
+# How often the leader looks for roll-out moves made by other processes, and how far back
+# past its last look: a move is stamped before its transaction commits, and replicas'
+# clocks differ by a little.
+CATCH_UP_S = 10.0
+CATCH_UP_MARGIN_S = 30.0
 
 
 class RolloutService:
@@ -42,6 +47,7 @@ class RolloutService:
         self._key = key  # seals each offer (outpost/offerseal.py)
         self._wanted = Wanted()
         self._forced: set[str] = set()
+        self._asked: dict[str, float] = {}  # when this process last asked to send each
 
     async def start_rollout(
         self,
@@ -126,6 +132,47 @@ class RolloutService:
                 self.request([d.device_id for d in rollout.devices], force=True)
         return moved
 
+    async def catch_up(self, store: HubStore, *, every_s: float = CATCH_UP_S) -> None:
+        """As the leader (on its fenced `store`): send devices what roll-outs did without
+        this process. A release or halt made elsewhere (`outpost-hub device revoke`
+        beside the running hub moves the roll-outs its device was in; another replica's
+        send lost with it) reaches connected devices here, not only at their next hello.
+        Each move is sent once: those seen already are remembered for the margin."""
+        seen: dict[tuple[int, str, bool], float] = {}
+        since = time.time() - CATCH_UP_MARGIN_S
+        while True:
+            await asyncio.sleep(every_s)
+            now = time.time()
+            try:
+                moved = await store.run(rolloutprogress.moved_since, since - CATCH_UP_MARGIN_S)
+            except NotLeaderError as exc:  # the leadership loop stops this loop next
+                logger.info("roll-out moves not read: %s", exc)
+                continue
+            except Exception:  # a database that failed now: not the hub's end
+                logger.exception("roll-out moves: could not read them; trying again")
+                continue
+            released: list[str] = []
+            halted: list[str] = []
+            for rollout_id, device_id, when, is_halt in moved:
+                key = (rollout_id, device_id, is_halt)
+                # Moves this process made are sent already (it asked after the commit).
+                if key not in seen and self._asked.get(device_id, 0.0) < when:
+                    (halted if is_halt else released).append(device_id)
+                seen[key] = when
+            if released or halted:
+                logger.info(
+                    "roll-outs moved elsewhere: sending %d devices their releases",
+                    len(released) + len(halted),
+                )
+                self.request(released)
+                self.request(halted, force=True)
+            since = now
+            forgotten = since - 2 * CATCH_UP_MARGIN_S
+            for key in [k for k, when in seen.items() if when < forgotten]:
+                del seen[key]
+            for device_id in [d for d, when in self._asked.items() if when < forgotten]:
+                del self._asked[device_id]
+
     async def judge_shadows(self, store: HubStore, *, every_s: float = SHADOW_JUDGE_S) -> None:
         """As the leader (on its fenced `store`): decide the shadow roll-outs that have
         their samples, and tell their devices (their shadow goes; a promoted one's
@@ -174,6 +221,8 @@ class RolloutService:
         if force:
             self._forced.update(device_ids)
         self._wanted.add(device_ids)
+        now = time.time()
+        self._asked.update(dict.fromkeys(device_ids, now))
 
     async def run(self) -> None:
         while True:

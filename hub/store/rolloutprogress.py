@@ -111,6 +111,31 @@ def advance(db: Sql, rollout_id: int, now: float) -> Advanced:
     return Advanced(rollout_id, released, state, reason, halted_now)
 
 
+def moved_since(db: Sql, since: float) -> list[tuple[int, str, float, bool]]:
+    """What roll-outs did to devices after `since` (wall clock), whichever process did it
+    (a CLI beside the running hub, another replica): (roll-out, device, when, halted) for
+    each device released since, and for each device released by a roll-out halted since
+    (`halted`: to be sent what replaces the release, even an empty offer). Only roll-outs
+    in progress or changed since are read: a few, however long the fleet's history."""
+    rows = db.execute(
+        """SELECT r.id, d.device_id, d.released_at, r.updated_at, r.state = 'halted' AS halted
+           FROM rollouts r JOIN rollout_devices d ON d.rollout_id = r.id
+           WHERE (r.state IN ('canary', 'rolling', 'shadow') OR r.updated_at > ?)
+             AND d.released_at IS NOT NULL
+             AND (d.released_at > ? OR (r.state = 'halted' AND r.updated_at > ?))""",
+        (since, since, since),
+    ).fetchall()
+    return [
+        (
+            r["id"],
+            r["device_id"],
+            r["updated_at"] if r["halted"] else r["released_at"],
+            bool(r["halted"]),
+        )
+        for r in rows
+    ]
+
+
 def take_over(db: Sql, rollout_id: int, name: str, device_ids: list[str], now: float) -> list[int]:
     """Roll-out `rollout_id` takes these devices from the older roll-outs of model `name`
     still in progress: their rows not ended yet (waiting, or released and not yet
