@@ -7,10 +7,10 @@ import contextlib
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Coroutine
 from typing import Any
 
+from hub import liveness
 from hub.api.context import ApiContext
 from hub.api.server import WebServer
 from hub.broker import limits
@@ -47,9 +47,6 @@ from outpost.datalock import DataLock
 from outpost.sdnotify import Notifier
 
 logger = logging.getLogger(__name__)
-
-LIVENESS_PERIOD_S = 1.0
-EVENT_PRUNE_PERIOD_S = 600.0  # device event logs trimmed (store/events.py) this often
 
 
 class HubNotRunningError(RuntimeError):
@@ -174,7 +171,9 @@ class Hub:
                     "hub.mqtt-link": parts.link.run(),
                     "hub.leadership": leadership.run(),
                     "hub.liveness": leadership.while_leading(
-                        lambda: self._liveness(parts.leader_store)
+                        lambda: liveness.sweep(
+                            parts.leader_store, self.config.offline_after_heartbeats
+                        )
                     ),
                     "hub.mqtt.holds": parts.holds.run(),
                     "hub.tasks.dispatcher": leadership.while_leading(parts.dispatcher.run),
@@ -367,25 +366,3 @@ class Hub:
             return open_desk(self.paths, store, self.config, tally)
         except BundleError as exc:
             return exc
-
-    async def _liveness(self, store: HubStore) -> None:
-        """Mark devices offline whose heartbeats stopped without a last will (a cut link);
-        now and then, trim each device's event log to its newest events."""
-        pruned_at = time.monotonic()
-        while True:
-            await asyncio.sleep(LIVENESS_PERIOD_S)
-            if time.monotonic() - pruned_at > EVENT_PRUNE_PERIOD_S:
-                pruned_at = time.monotonic()
-                try:
-                    await store.prune_device_events()
-                except Exception as exc:  # next period
-                    logger.warning("could not trim the device event logs: %s", exc)
-            try:
-                silent = await store.expire_silent(
-                    now=time.time(), intervals=self.config.offline_after_heartbeats
-                )
-            except Exception as exc:  # a locked or read-only database: try next period
-                logger.warning("could not sweep for silent devices: %s", exc)
-                continue
-            for device_id in silent:
-                logger.info("%s offline (no heartbeat)", device_id)

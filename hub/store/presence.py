@@ -252,6 +252,12 @@ def _heartbeat_values(e: HeartbeatSeen) -> tuple[Any, ...]:
     )
 
 
+def slowest_heartbeat(db: Sql) -> float:
+    """The longest heartbeat interval of the devices online now (0.0: none online)."""
+    row = db.execute("SELECT MAX(heartbeat_interval) FROM devices WHERE online = 1").fetchone()
+    return float(row[0] or 0.0)
+
+
 def expire_silent(db: Sql, now: float, intervals: float) -> list[str]:
     with db.write():
         rows = db.execute(
