@@ -8,9 +8,11 @@ application/msgpack`); answers come in the request's format (or as `Accept` asks
 - `POST /v1/records/{stream}` answers only once the records are on disk: that answer is
   the agent's promise that the hub will get them exactly once.
 - `POST /v1/infer/{model}` runs a model on a worker thread and answers with its label,
-  confidence, scores and latency; the reporting rules decide whether it is recorded.
+  confidence, scores and latency; the reporting rules decide whether it is recorded. A
+  body larger than the model's input could need is refused unread (edge/localbody.py).
 - `POST /v1/explain/{model}` says what in one input the model's answer rests on
-  (edge/inference/explaining.py), within a budget of model calls.
+  (edge/inference/explaining.py), within a budget of model calls; one at a time on a
+  thread of their own, a few waiting, more refused (429).
 - `GET /v1/models` and `GET /v1/status` say what the agent has and how it is doing.
 """
 
@@ -23,13 +25,21 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from edge.inference.service import InferenceService, ModelUnavailable, NotAllowed, UnknownModel
+from edge.localbody import (
+    DECODE_INLINE_BYTES,
+    BadRequest,
+    body_of,
+    check_input_body,
+    decoded,
+    infer_request,
+    tensor_request,
+)
 from edge.localhttp import (
-    JSON,
     MSGPACK,
     HttpServer,
     Request,
@@ -43,22 +53,18 @@ from edge.localhttp import (
 )
 from edge.masking import Masker
 from edge.store import STREAMS, AgentStore, StoreWriteError, StreamFullError
-from outpost import wire
+from outpost import rollup, wire
+
+if TYPE_CHECKING:
+    from edge.inference.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
 MAX_RECORDS = 1000
-INFER_KEYS = frozenset({"input", "dtype", "context"})
-MAX_CONTEXT_BYTES = 4096
-# Bodies above this are decoded on a worker thread: a 4 MiB JSON document takes tens of
-# milliseconds to parse, long enough to hold up every other request and the MQTT session.
-DECODE_INLINE_BYTES = 64 * 1024
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+# Record kinds only the agent writes, by stream, with what they are for: the hub acts on
+# them as the agent's word (it ends tasks on "task" results, and folds "rollup" metrics
+# into the fleet's metrics, model statistics and drift), so a program may not send them.
+RESERVED_KINDS = {"results": ("task", "tasks"), "metrics": (rollup.KIND, "the agent's roll-ups")}
 
 
 def _answer(request: Request, data: dict[str, Any], status: int = 200) -> Response:
@@ -114,25 +120,29 @@ class LocalApi:
             await self._server.close()
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        """The request's body as a map, or a `_BadRequest` saying what is wrong with it."""
-        return await _decoded(_body_of(request), request.content_type)
+        """The request's body as a map, or a `BadRequest` saying what is wrong with it."""
+        return await decoded(body_of(request), request.content_type)
 
-    async def _infer_body(self, request: Request) -> tuple[Any, str, dict[str, Any] | None]:
-        """An inference's input, dtype and context, or a `_BadRequest`.
+    async def _infer_body(
+        self, request: Request, name: str, runner: ModelRunner
+    ) -> tuple[Any, str, dict[str, Any] | None]:
+        """An inference's input, dtype and context, or a `BadRequest` (`ModelBusy` when the
+        model's queue is full before a large body is decoded).
 
-        A msgpack body whose input is the tensor's bytes (a camera frame, as the docs
-        advise) is decoded here on the event loop whatever its size: that is a copy of
-        the bytes, microseconds, where a hop to a thread and back costs 70 to 120 µs
-        (the bench's no-op round trip). Any other body takes the general path (`_body`)."""
-        raw, kind = _body_of(request), request.content_type
+        A msgpack body whose input is the tensor's bytes is decoded here on the event loop
+        (`tensor_request`), as is any small body; a large one on a worker thread, holding
+        a place in the model's queue meanwhile."""
+        raw, kind = body_of(request), request.content_type
+        check_input_body(request, name, runner.manifest.input.shape)
         if kind == MSGPACK:
-            try:
-                tensor = _TENSOR_BODY.decode(raw)
-            except msgspec.DecodeError:  # not that shape: the general path says what is wrong
-                pass
-            else:
-                return _infer_request(msgspec.structs.asdict(tensor))
-        return _infer_request(await _decoded(raw, kind))
+            tensor = tensor_request(raw)
+            if tensor is not None:
+                return tensor
+        if len(raw) <= DECODE_INLINE_BYTES:
+            return infer_request(await decoded(raw, kind))
+        with self._inference.decoding(name):
+            data = await decoded(raw, kind)
+        return infer_request(data)
 
     async def _append(self, request: Request) -> Response:
         stream = request.params["stream"]
@@ -142,7 +152,7 @@ class LocalApi:
             )
         try:
             data = await self._body(request)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
         records = data.get("records")
         if not isinstance(records, list) or not records or len(records) > MAX_RECORDS:
@@ -151,9 +161,17 @@ class LocalApi:
             )
         if not all(isinstance(r, dict) for r in records):
             return error(400, "bad_field", "body.records: every record must be a map")
-        if stream == "results" and any(r.get("kind") == "task" for r in records):
-            # The hub ends tasks on such records: only the agent's task runner writes them.
-            return error(400, "bad_field", "body.records: kind 'task' is reserved for tasks")
+        reserved = RESERVED_KINDS.get(stream)
+        if reserved is not None:
+            kind, what = reserved
+            for index, record in enumerate(records):
+                if record.get("kind") == kind:
+                    return error(
+                        400,
+                        "bad_field",
+                        f"body.records[{index}].kind: {kind!r} is reserved for {what} "
+                        f"on the {stream} stream",
+                    )
         # The first record goes to the debug log as a field: the log's own masking (the
         # policy's rules, see Agent.run) hides what must not be written.
         logger.debug("%d records for %s", len(records), stream, extra={"record": records[0]})
@@ -183,12 +201,13 @@ class LocalApi:
 
         name = request.params["model"]
         try:
-            self._inference.runner(name)  # unknown or broken: say so before the body's faults
-            value, dtype, context = await self._infer_body(request)
+            # Unknown or broken: say so before the body's faults.
+            runner = self._inference.runner(name)
+            value, dtype, context = await self._infer_body(request, name, runner)
             if context and self._masker is not None and self._masker.active:
                 context = self._masker.mask(context)
             outcome = await self._inference.infer(name, value, dtype, context)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             self._inference.tally.error("bad_request")
             return error(exc.status, exc.code, exc.message)
         except UnknownModel as exc:
@@ -228,18 +247,24 @@ class LocalApi:
         return _answer(request, answer)
 
     async def _explain(self, request: Request) -> Response:
-        """An attribution of one input (edge/inference/explaining.py), on a worker thread."""
-        from edge.inference.explaining import ExplainRequestError, explain_blocking
+        """An attribution of one input (edge/inference/explaining.py), on the explanations'
+        own thread, one at a time: a body is decoded only once its turn has come."""
+        from edge.inference.explaining import ExplainBusy, ExplainRequestError
         from edge.inference.runner import ModelFault
         from edge.inference.tensors import InputError
         from outpost.explain import BudgetError
 
         name = request.params["model"]
+        explanations = self._inference.explanations
         try:
             runner = self._inference.runner(name)
-            data = await self._body(request)
-            answer = await asyncio.to_thread(explain_blocking, runner, data)
-        except _BadRequest as exc:
+            body_of(request)  # a wrong format or size is said at once, not after a wait
+            check_input_body(request, name, runner.manifest.input.shape)
+            async with explanations.turn():
+                data = await self._body(request)
+                runner = self._inference.runner(name)  # the live one, after the wait
+                answer = await explanations.run(runner, data)
+        except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
         except UnknownModel as exc:
             return error(404, "unknown_model", str(exc))
@@ -247,6 +272,8 @@ class LocalApi:
             return error(403, "not_allowed", str(exc))
         except ModelUnavailable as exc:
             return error(503, "model_unavailable", str(exc))
+        except ExplainBusy as exc:
+            return error(429, "busy", str(exc), **{"Retry-After": "5"})
         except ExplainRequestError as exc:
             return error(400, "bad_field", str(exc))
         except BudgetError as exc:
@@ -266,79 +293,6 @@ class LocalApi:
 
     async def _get_status(self, request: Request) -> Response:
         return _answer(request, {**(await self._status()), "time": time.time()})
-
-
-def _body_of(request: Request) -> bytes:
-    """The request's body, or a `_BadRequest` when it is neither JSON nor msgpack."""
-    kind = request.content_type
-    if kind not in (JSON, MSGPACK):
-        raise _BadRequest(415, "unsupported_media_type", f"send {JSON} or {MSGPACK}, not {kind}")
-    return request.body
-
-
-def _packed_size(value: Any) -> int:
-    """Its msgpack size; a value msgpack cannot hold (a huge integer) counts as too big."""
-    try:
-        return len(msgspec.msgpack.encode(value))
-    except (OverflowError, ValueError, TypeError):
-        return MAX_CONTEXT_BYTES + 1
-
-
-async def _decoded(raw: bytes, kind: str) -> dict[str, Any]:
-    """A body as a map, decoded on a worker thread when large; or a `_BadRequest`."""
-    try:
-        if len(raw) > DECODE_INLINE_BYTES:
-            data = await asyncio.to_thread(_decode, raw, kind)
-        else:
-            data = _decode(raw, kind)
-    except (ValueError, TypeError) as exc:
-        raise _BadRequest(400, "bad_body", f"body is not valid {kind}: {exc}") from exc
-    except RecursionError as exc:
-        raise _BadRequest(400, "bad_body", "body is nested too deeply") from exc
-    if not isinstance(data, dict):
-        raise _BadRequest(400, "bad_body", "body must be a map")
-    return data
-
-
-class _TensorBody(msgspec.Struct, forbid_unknown_fields=True):
-    """An inference request whose input is the tensor's bytes (see `_infer_body`)."""
-
-    input: bytes
-    dtype: str = "float32"
-    context: dict[str, Any] | None = None
-
-
-_TENSOR_BODY = msgspec.msgpack.Decoder(_TensorBody)
-
-
-def _decode(raw: bytes, kind: str) -> Any:
-    if kind == MSGPACK:
-        return msgspec.msgpack.decode(raw)
-    # msgspec, not the json module: 15 times faster on a small input, 4 times on a 96x96
-    # image's lists; like json, a ValueError when malformed and a RecursionError when
-    # nested too deeply; unlike it, NaN and Infinity, which are not JSON, are refused.
-    return msgspec.json.decode(raw)
-
-
-def _infer_request(data: dict[str, Any]) -> tuple[Any, str, dict[str, Any] | None]:
-    unknown = sorted(str(k) for k in data.keys() - INFER_KEYS)
-    if unknown:
-        raise _BadRequest(
-            400, "bad_field", f"body.{unknown[0]}: unknown key (known: context, dtype, input)"
-        )
-    if "input" not in data:
-        raise _BadRequest(400, "bad_field", "body.input is required: the model's input tensor")
-    dtype = data.get("dtype", "float32")
-    if not isinstance(dtype, str):
-        raise _BadRequest(400, "bad_dtype", "body.dtype must be a string: float32 or int8")
-    context = data.get("context")
-    if context is not None and (
-        not isinstance(context, dict) or _packed_size(context) > MAX_CONTEXT_BYTES
-    ):
-        raise _BadRequest(
-            400, "bad_field", f"body.context must be a map of at most {MAX_CONTEXT_BYTES} bytes"
-        )
-    return data["input"], dtype, context
 
 
 def _listening_socket(path: Path) -> socket.socket:

@@ -1,13 +1,61 @@
-"""A client of an agent's local API over its Unix socket, for tests and benchmarks."""
+"""A client of an agent's local API over its Unix socket, for tests and benchmarks; and
+the local API itself in the test's process (`local_api`), on a real store with the
+shipped models on the real interpreter."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgpack
+
+from edge.inference.directory import ModelDirectory
+from edge.inference.service import InferenceService
+from edge.localapi import LocalApi
+from edge.store import AgentStore, Bounds
+from outpost import wire
+from tests.support import SHIPPED_MODELS
+
+
+@dataclass(frozen=True)
+class Served:
+    """A local API in this process: its socket, inference service and store."""
+
+    socket: Path
+    service: InferenceService
+    store: AgentStore
+
+
+@contextlib.asynccontextmanager
+async def local_api(
+    folder: Path, max_body_bytes: int = 4 << 20, **service: Any
+) -> AsyncIterator[Served]:
+    """The local API on `folder`/api.sock, with the shipped models installed and loaded
+    (`service`: InferenceService's keyword arguments)."""
+    store = AgentStore(folder / "store.db", {s: Bounds(0, 0, 0) for s in wire.STREAMS})
+    await store.start()
+    directory = ModelDirectory(folder / "models")
+    for model in SHIPPED_MODELS:
+        directory.install(model)
+    inference = InferenceService(directory, store, **service)
+
+    async def status() -> dict[str, Any]:
+        return {}
+
+    api = LocalApi(store, inference, status, max_body_bytes)
+    try:
+        await inference.start()
+        await api.start(folder / "api.sock")
+        yield Served(folder / "api.sock", inference, store)
+    finally:
+        await api.stop()
+        await inference.close()
+        await store.close()
 
 
 class LocalClient:

@@ -32,9 +32,7 @@ does not, and is what a candidate is judged on (edge/inference/shadow.py).
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,8 +42,8 @@ import numpy as np
 
 from edge.inference.interpreters import MAKING, Interpreter, ModelFault, make_interpreter
 from edge.inference.runtime import Runtime
-from edge.inference.tensors import Prepared, dequantize, prepare_input
-from edge.inference.workers import Workers
+from edge.inference.tensors import Prepared, check_nesting, dequantize, prepare_input
+from edge.inference.workers import Workers, lowest_priority
 from outpost.modelbundle import Bundle, BundleError, Manifest, check_model_file
 
 # A model whose inferences take less than this (recent average) runs inline.
@@ -112,6 +110,7 @@ class ModelRunner:
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._workers: Workers | None = None
         self._outstanding = 0  # running + waiting; touched only on the event loop
+        self._decoding = 0  # requests whose body is still being decoded (`hold_place`)
         # The running average of an inference's own work (input preparation and the
         # interpreter), wherever it ran; unknown (inf) means not inline.
         self._work_s = float("inf")
@@ -156,7 +155,7 @@ class ModelRunner:
         self._workers = Workers(
             self._count,
             f"infer-{self.manifest.name}",
-            initializer=_lowest_priority if self.background else None,
+            initializer=lowest_priority if self.background else None,
         )
 
     def _make_interpreters(self) -> None:
@@ -208,6 +207,26 @@ class ModelRunner:
             times.append(time.perf_counter() - started)
         return sorted(times)[len(times) // 2]
 
+    def _check_room(self) -> None:
+        """Raise `ModelBusy` when the requests running, waiting and being decoded fill the
+        workers and the queue."""
+        held = self._outstanding + self._decoding
+        if held >= self._count + self._queue_limit:
+            raise ModelBusy(
+                f"{self.manifest.name} has {held} requests in progress or waiting "
+                f"(limit {self._count + self._queue_limit}); retry shortly"
+            )
+
+    def hold_place(self) -> None:
+        """Count a request whose body is being decoded against the queue's bound, or raise
+        `ModelBusy`: a burst is refused before its bodies become Python objects. Give the
+        place back (`release_place`) before calling `infer`."""
+        self._check_room()
+        self._decoding += 1
+
+    def release_place(self) -> None:
+        self._decoding -= 1
+
     @property
     def inline(self) -> bool:
         """Whether the next request, arriving now, would run on the event loop."""
@@ -221,11 +240,7 @@ class ModelRunner:
         """
         if self._workers is None:
             raise ModelFault(f"{self.manifest.name} is not loaded")
-        if self._outstanding >= self._count + self._queue_limit:
-            raise ModelBusy(
-                f"{self.manifest.name} has {self._outstanding} requests in progress or "
-                f"waiting (limit {self._count + self._queue_limit}); retry shortly"
-            )
+        self._check_room()
         if self.inline:  # no one holds an interpreter: one is free, without waiting
             done = self._prepare_and_run(value, dtype, time.perf_counter())
             self.served += 1
@@ -240,6 +255,9 @@ class ModelRunner:
                     self._run_timed, prepared, preparing, time.perf_counter()
                 )
             else:
+                # A wrong nesting is refused here, not after its wait in the queue: a few
+                # microseconds, along the first elements only (see `check_nesting`).
+                check_nesting(value, self.manifest.input)
                 done = await self._workers.submit(
                     self._prepare_and_run, value, dtype, time.perf_counter()
                 )
@@ -259,8 +277,7 @@ class ModelRunner:
         thread (`ModelBusy` when the queue is full, `ModelFault` if it fails)."""
         if self._workers is None:
             raise ModelFault(f"{self.manifest.name} is not loaded")
-        if self._outstanding >= self._count + self._queue_limit:
-            raise ModelBusy(f"{self.manifest.name} has {self._outstanding} requests waiting")
+        self._check_room()
         if self.inline:
             done = self.run_blocking(Prepared(tensor, 0), time.perf_counter())
             self.served += 1
@@ -378,12 +395,3 @@ class ModelRunner:
         if self._workers is not None:
             self._workers.shutdown()
             self._workers = None
-
-
-def _lowest_priority() -> None:
-    """Run this thread at nice 19: Linux schedules threads one by one, so a background
-    runner's interpreter takes only CPU time the live path leaves (lowering one's own
-    priority needs no privilege)."""
-    # Not Linux, or refused: it then competes as an equal.
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)

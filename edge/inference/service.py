@@ -10,11 +10,14 @@ swaps and roll-backs, are `swap.py`'s; which answers become records, `reporting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from edge.inference.directory import ModelDirectory
+from edge.inference.explaining import ExplainBusy, Explanations
 from edge.inference.reporting import Outcome, Reporter, Reporting
 from edge.inference.runtime import Preference, RuntimeChoice
 from edge.inference.shadow import Shadows
@@ -72,6 +75,8 @@ class InferenceService:
         self._store = store
         self._rng = random.Random()  # noqa: S311  # sampling, not secrecy
         self._explaining: asyncio.Task[None] | None = None
+        # Local API requests and flagged results alike: one at a time, on their own thread.
+        self.explanations = Explanations()
         self._loading = Loading(num_threads, interpreters, queue_limit, fault_limit)
         self.shadows = Shadows(self.tally)  # shadow roll-outs' candidates
 
@@ -88,6 +93,7 @@ class InferenceService:
         """Stop every model's runner."""
         await self.shadows.close()
         await self.slots.close()
+        self.explanations.close()
 
     async def shadow(self, name: str, version: str) -> None:
         """Load the installed `version` of `name` as its shadow candidate (it never
@@ -135,6 +141,25 @@ class InferenceService:
         slot.runner.count_cpu = self.shadows.candidate(name) is not None
         return slot, slot.runner
 
+    @contextlib.contextmanager
+    def decoding(self, name: str) -> Iterator[None]:
+        """Hold a place in `name`'s queue while a request's body is decoded (a large one
+        takes a worker thread): raise `ModelBusy` when the queue is full, as `infer` would,
+        before the body becomes Python objects."""
+        from edge.inference.runner import ModelBusy
+
+        slot, runner = self._usable(name)
+        try:
+            runner.hold_place()
+        except ModelBusy:
+            slot.refused += 1
+            self.tally.error("busy")  # as the runner counts a refusal of its own
+            raise
+        try:
+            yield
+        finally:
+            runner.release_place()
+
     async def infer(
         self, name: str, value: Any, dtype: str = "float32", context: dict[str, Any] | None = None
     ) -> Outcome:
@@ -169,15 +194,14 @@ class InferenceService:
         )
 
     async def _explain(self, runner: ModelRunner, value: Any, dtype: str, seq: int) -> None:
-        from edge.inference.explaining import explain_blocking
-
         try:
-            found = await asyncio.to_thread(
-                explain_blocking, runner, {"input": value, "dtype": dtype}
-            )
+            async with self.explanations.turn():
+                found = await self.explanations.run(runner, {"input": value, "dtype": dtype})
             await self._store.append(
                 "events", [{"event": "explanation", "result_seq": seq, **found}]
             )
+        except ExplainBusy:  # the local API's callers keep the explanations busy: shed it
+            logger.info("flagged result %d not explained: explanations are busy", seq)
         except Exception as exc:  # an explanation is extra: its failure is only logged
             logger.warning("flagged result %d not explained: %s", seq, exc)
 

@@ -49,11 +49,42 @@ def prepare_input(value: Any, dtype: str, spec: TensorSpec) -> Prepared:
     if isinstance(value, bytes | bytearray | memoryview):
         array = _from_bytes(bytes(value), dtype, want)
     else:
+        check_nesting(value, spec)
         array = _from_lists(value, dtype)
     array = _fit_shape(array, want)
     if dtype == "int8":
         return Prepared(array.astype(np.int8), 0)
     return quantize(array, spec)
+
+
+def check_nesting(value: Any, spec: TensorSpec) -> None:
+    """Refuse nested lists that cannot be the model's input, before numpy reads them.
+
+    Only the lengths along the first elements are looked at (value, value[0], ...): a few
+    steps whatever the input's size, where numpy takes ~100 ms, holding the GIL, to turn a
+    list of 1.5 million numbers into an array, only for its shape to be refused. Those
+    lengths are the input's shape if it is rectangular. When they hold no more values than
+    the model's input, numpy is left to read it and say precisely what is wrong (ragged,
+    empty, not numbers): a few values, or a ragged input's, which the local API's body
+    limit bounds."""
+    if not isinstance(value, list):
+        return  # `prepare_input` says what it is
+    nesting: list[int] = []
+    while isinstance(value, list):
+        nesting.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    found, want = tuple(nesting), tuple(spec.shape)
+    # An empty level counts as one: a million empty lists are no more the input than a
+    # million numbers.
+    if (
+        found == want
+        or (1, *found) == want
+        or math.prod(max(n, 1) for n in found) <= math.prod(want)
+    ):
+        return
+    raise InputError("bad_shape", _shape_mismatch(found, want))
 
 
 def quantize(values: np.ndarray, spec: TensorSpec) -> Prepared:
@@ -125,10 +156,12 @@ def _fit_shape(array: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
         return array
     if (1, *array.shape) == want:  # the batch dimension may be left out
         return array.reshape(want)
-    raise InputError(
-        "bad_shape",
-        f"input shape {list(array.shape)} does not match the model's input {list(want)}"
-        + (f" (or {list(want[1:])} without the batch dimension)" if want[:1] == (1,) else ""),
+    raise InputError("bad_shape", _shape_mismatch(array.shape, want))
+
+
+def _shape_mismatch(shape: tuple[int, ...], want: tuple[int, ...]) -> str:
+    return f"input shape {list(shape)} does not match the model's input {list(want)}" + (
+        f" (or {list(want[1:])} without the batch dimension)" if want[:1] == (1,) else ""
     )
 
 

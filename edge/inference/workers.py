@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -50,13 +51,15 @@ class Workers:
         self._jobs.put((loop, future, fn, args))
         return future
 
-    def shutdown(self) -> None:
-        """Let the jobs already given finish, then stop the threads (blocking)."""
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Let the jobs already given finish, then stop the threads; with `wait`, block
+        until they have (without, a long job does not hold up the caller)."""
         self._shut = True
         for _ in self._threads:
             self._jobs.put(None)
-        for thread in self._threads:
-            thread.join()
+        if wait:
+            for thread in self._threads:
+                thread.join()
         self._threads = []
 
     def _work(self) -> None:
@@ -83,3 +86,12 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def lowest_priority() -> None:
+    """Run this thread at nice 19: Linux schedules threads one by one, so a background
+    runner's interpreter takes only CPU time the live path leaves (lowering one's own
+    priority needs no privilege)."""
+    # Not Linux, or refused: it then competes as an equal.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)

@@ -7,13 +7,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import httptools
 
-from edge.localhttp.messages import Request, Response, error
+from edge.localhttp.messages import Request, Response, answer_head, error
 from edge.localhttp.refusals import (
     MAX_HEAD_BYTES,
     crowded,
@@ -21,6 +20,7 @@ from edge.localhttp.refusals import (
     loopback,
     misdirected,
     too_large,
+    unrouted,
 )
 from edge.localhttp.routes import Route
 
@@ -33,7 +33,6 @@ MAX_HEADERS = 100
 MAX_PIPELINED = 16  # requests read ahead of their answers before reading pauses
 DISCARD_BYTES = 64 << 20  # of a refused body read and dropped before the connection closes
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 class Pending:
@@ -73,12 +72,14 @@ class Connection(asyncio.Protocol):
         self._last_active = time.monotonic()
         self._request_began: float | None = None  # the first byte of a request not yet whole
         # httptools hands over a header only once it is whole, and keeps a partial one
-        # in a buffer of its own with no bound: a head (or a chunked body's trailer
-        # fields, after its last chunk's size line) still incomplete after a whole read
-        # is counted here (only reads that began and ended in the same head).
+        # in a buffer of its own with no bound: the line a head (or a chunked body's
+        # trailer fields, after its last chunk's size line) is still in, as far as it
+        # has been received, is counted here.
         self._in_head = True
-        self._completed = 0  # requests read whole on this connection
         self._partial_head = 0
+        # Bytes received after MAX_PIPELINED requests were read ahead, not yet parsed;
+        # reading is paused while there are any: at most one read's worth.
+        self._unparsed = b""
         self._reset()
 
     def _reset(self) -> None:
@@ -87,6 +88,7 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
+        self._declared = 0  # the body's Content-Length, once the head is read
         self._limit = 0
         self._route: Route | None = None
         self._methods: dict[str, Route] | None = None
@@ -107,6 +109,7 @@ class Connection(asyncio.Protocol):
         self._server.forget(self)
         self._stopped = True
         self._pending.clear()  # no one to answer; a handler under way still finishes
+        self._unparsed = b""
         self._drained.set()  # an answer waiting for room: nothing more is written
 
     def pause_writing(self) -> None:
@@ -128,13 +131,18 @@ class Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _release_reading(self) -> None:
-        if self._paused and not self._backlogged and len(self._pending) < MAX_PIPELINED // 2:
+        if self._backlogged or len(self._pending) >= MAX_PIPELINED // 2:
+            return
+        if self._unparsed:  # what was received already comes before more is read
+            self._parse_received(b"")
+        if self._paused and not self._unparsed and len(self._pending) < MAX_PIPELINED // 2:
             self._paused = False
             if self._transport is not None:
                 self._transport.resume_reading()
 
     def eof_received(self) -> bool:
-        """The client has sent all it will (a half-close): answer what it asked, then close."""
+        """The client has sent all it will (a half-close): answer what it asked, then close.
+        (Not called while received bytes wait unparsed: reading is paused then.)"""
         self._stopped = True  # a request cut short by the end is not answered
         if not self._pending and not self._answering:
             return False  # nothing owed: asyncio closes the connection
@@ -145,23 +153,55 @@ class Connection(asyncio.Protocol):
         if self._stopped:
             return
         self._last_active = time.monotonic()
-        in_head, completed = self._in_head, self._completed
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # llhttp stops at an Upgrade or a CONNECT; this server switches to nothing.
-            self._refuse_now(error(400, "bad_request", "protocol upgrades are not served here"))
-        except httptools.HttpParserError as exc:
-            self._refuse_now(error(400, "bad_request", f"malformed HTTP request: {exc}"))
-        if in_head and self._in_head and completed == self._completed and not self._stopped:
-            self._partial_head += len(data)
-            if self._partial_head > MAX_HEAD_BYTES:
-                self._refuse_now(head_too_large())
+        self._parse_received(data)
+
+    def _parse_received(self, data: bytes) -> None:
+        """Parse what is left of earlier reads, then `data`, until MAX_PIPELINED requests
+        wait; keep the rest, reading no more, until they are answered. (A whole read at
+        once, up to 256 KiB, could queue thousands of small requests.)"""
+        received = (self._unparsed + data if data else self._unparsed) if self._unparsed else data
+        start, size, view = 0, len(received), None
+        while start < size and not self._stopped and len(self._pending) < MAX_PIPELINED:
+            # A piece: the rest of the body under way, or else up to the first empty line
+            # (a head's end; a chunked body ends with one too): it completes two requests
+            # at most. A GET read whole is one piece; a POST two, its body in the second.
+            body_left = self._declared - self._body_size  # 0 in a head; <= 0 if chunked
+            if body_left > 0:
+                end = start + body_left
+            elif (end := received.find(b"\r\n\r\n", start) + 4) == 3:  # none
+                end = size
+            if end >= size:
+                end = size
+                if start == 0:  # the usual case: no copy, no view
+                    self._parse(received, received, 0, size)
+                    start = size
+                    break
+            if view is None:
+                view = memoryview(received)
+            self._parse(received, view[start:end], start, end)
+            start = end
+        self._unparsed = received[start:] if start < size and not self._stopped else b""
         if self._pending and not self._answering:
             self._answering = True
             asyncio.get_running_loop().create_task(self._answer_pending(), name="local-api.answer")
-        if len(self._pending) >= MAX_PIPELINED:
+        if self._unparsed or len(self._pending) >= MAX_PIPELINED:
             self._hold_reading()
+
+    def _parse(self, received: bytes, piece: bytes | memoryview, start: int, end: int) -> None:
+        """Parse `piece` (`received`[start:end]). If it ends in a head, count the line it
+        ends in (what httptools holds of it), and refuse the head past MAX_HEAD_BYTES."""
+        try:
+            self._parser.feed_data(piece)
+        except httptools.HttpParserUpgrade:
+            self._stopped = True  # refused as its head ended (`on_headers_complete`)
+        except httptools.HttpParserError as exc:
+            self._refuse_now(error(400, "bad_request", f"malformed HTTP request: {exc}"))
+        if self._request_began is None or not self._in_head or self._stopped:
+            return  # (no request under way: the piece ended with one)
+        last = received.rfind(b"\n", start, end)  # a line's end: what came before is handed over
+        self._partial_head = end - last - 1 if last >= 0 else self._partial_head + end - start
+        if self._partial_head > MAX_HEAD_BYTES:
+            self._refuse_now(head_too_large())
 
     # httptools callbacks
 
@@ -186,7 +226,14 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._partial_head = False, 0
+        declared = self._headers.get("content-length", "")
+        self._declared = int(declared) if declared.isdigit() else 0
         if self._stopped or self._refused is not None:
+            return
+        if self._parser.should_upgrade():
+            # An Upgrade or a CONNECT (this server switches to nothing), refused as its head
+            # ends: llhttp stops only once it has completed it, which would then be run.
+            self._refuse_now(error(400, "bad_request", "protocol upgrades are not served here"))
             return
         if self._tcp and not loopback(self._headers.get("host")):
             self._refuse(misdirected())
@@ -206,9 +253,8 @@ class Connection(asyncio.Protocol):
         if self._route is not None and self._route.max_body is not None:
             limit = self._route.max_body
         self._limit = limit
-        declared = self._headers.get("content-length", "")
         expects = self._headers.get("expect", "").lower() == "100-continue"
-        if declared.isdigit() and int(declared) > limit:
+        if self._declared > limit:
             if expects:  # the client waits to hear before it sends: no body to drop
                 self._refuse_now(too_large(limit))
             else:
@@ -239,7 +285,6 @@ class Connection(asyncio.Protocol):
         self._in_head = True  # what comes next is the next request's head
         self._partial_head = 0
         self._request_began = None
-        self._completed += 1
         if self._stopped:
             return
         method = self._parser.get_method().decode("latin-1")
@@ -247,7 +292,7 @@ class Connection(asyncio.Protocol):
         raw_path = (url.path or b"/").decode("latin-1") if url else "/"
         request = Request(
             method,
-            "/".join(_unquote(s) for s in raw_path.split("/")),
+            "/".join(unquote(s) if "%" in s else s for s in raw_path.split("/")),
             (url.query or b"").decode("latin-1") if url else "",
             self._headers,
             b"".join(self._body),
@@ -313,41 +358,17 @@ class Connection(asyncio.Protocol):
     async def _run(self, pending: Pending) -> Response:
         request, route = pending.request, pending.route
         if route is None:
-            return self._unrouted(request, pending.methods)
+            return unrouted(request, pending.methods, self._server.routes)
         try:
             return await route.handler(request)
         except Exception:
             logger.exception("local API %s %s failed", request.method, request.path)
             return error(500, "internal", f"{request.method} {request.path} failed; see the log")
 
-    def _unrouted(self, request: Request, methods: dict[str, Route] | None) -> Response:
-        if methods is None:
-            paths = ", ".join(self._server.routes.listing())
-            return error(404, "not_found", f"no such path: {request.path}; paths: {paths}")
-        allowed = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
-        return error(
-            405,
-            "method_not_allowed",
-            f"{request.method} is not allowed on {request.path}; use {allowed}",
-            Allow=allowed,
-        )
-
     def _write(
         self, transport: asyncio.Transport, answer: Response, head_only: bool, close: bool
     ) -> None:
-        status = answer.status
-        lines = [
-            f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
-            f"Content-Type: {answer.content_type}\r\n"
-            f"Content-Length: {len(answer.body)}\r\n"
-            f"Date: {self._server.date()}\r\n"
-        ]
-        if answer.headers:
-            lines += [f"{name}: {value}\r\n" for name, value in answer.headers.items()]
-        if close:
-            lines.append("Connection: close\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = answer_head(answer, self._server.date(), close)
         if head_only:
             transport.write(head)
         elif len(answer.body) < 64 * 1024:
@@ -377,7 +398,3 @@ class Connection(asyncio.Protocol):
         if self._backlogged:
             return self._last_active < since
         return not self._answering and not self._pending and self._last_active < since
-
-
-def _unquote(segment: str) -> str:
-    return unquote(segment) if "%" in segment else segment

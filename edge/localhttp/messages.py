@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -11,6 +12,7 @@ JSON = "application/json"
 MSGPACK = "application/msgpack"
 # What a request without a Content-Type is taken to be (RFC 9110, 8.3).
 OCTETS = "application/octet-stream"
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 class Request:
@@ -72,3 +74,20 @@ def error(status: int, code: str, message: str, **headers: str) -> Response:
     """The local API's error shape: a code a program can test and a message a person can read."""
     body = {"error": {"code": code, "message": message, "details": {}}}
     return json_response(body, status, headers or None)
+
+
+def answer_head(answer: Response, date: str, close: bool) -> bytes:
+    """The status line and header fields `answer` is sent with."""
+    status = answer.status
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+        f"Content-Type: {answer.content_type}\r\n"
+        f"Content-Length: {len(answer.body)}\r\n"
+        f"Date: {date}\r\n"
+    ]
+    if answer.headers:
+        lines += [f"{name}: {value}\r\n" for name, value in answer.headers.items()]
+    if close:
+        lines.append("Connection: close\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")

@@ -1,10 +1,12 @@
 """What the local API's server refuses by itself, before any handler: a head too large,
 a body over its limit, a request over TCP that names another host, a connection past
-the server's bound; each answered in the local API's JSON error shape."""
+the server's bound, a path or method it does not serve; each answered in the local API's
+JSON error shape."""
 
 from __future__ import annotations
 
-from edge.localhttp.messages import Response, error
+from edge.localhttp.messages import Request, Response, error
+from edge.localhttp.routes import Route, Routes
 
 MAX_HEAD_BYTES = 32 * 1024  # the request line and headers
 # Hosts a request over TCP may name (loopback only): a page a browser on the device
@@ -38,3 +40,17 @@ def head_too_large() -> Response:
 
 def too_large(limit: int) -> Response:
     return error(413, "too_large", f"body over the limit of {limit} bytes")
+
+
+def unrouted(request: Request, methods: dict[str, Route] | None, routes: Routes) -> Response:
+    """404 naming the paths there are, or 405 naming the methods `request`'s path takes."""
+    if methods is None:
+        paths = ", ".join(routes.listing())
+        return error(404, "not_found", f"no such path: {request.path}; paths: {paths}")
+    allowed = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+    return error(
+        405,
+        "method_not_allowed",
+        f"{request.method} is not allowed on {request.path}; use {allowed}",
+        Allow=allowed,
+    )
