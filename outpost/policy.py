@@ -13,13 +13,14 @@ from __future__ import annotations
 import copy
 import hashlib
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from msgspec import Meta
 
-from outpost import schema, signing
-from outpost.schema import Struct
+from outpost import schema, signing, wire
+from outpost.schema import INT64_MAX, Struct
 from outpost.signing import Signed as Signed  # re-exported: part of this API
 from outpost.tunables import Tunables
 
@@ -139,9 +140,15 @@ def is_set(document: dict[str, Any], dotted: str) -> bool:
     return True
 
 
-def check_layer(layer: dict[str, Any], where: str) -> None:
-    """Refuse a layer with an unknown field or a bad value, naming it."""
-    load(merge(layer), where)
+def check_layer(layer: dict[str, Any], where: str) -> dict[str, Any]:
+    """The layer as it is to be stored and signed: the fields it sets, each value as
+    declared (an integer in a float field becomes a float: JSON has integers beyond the
+    64 bits msgpack encodes, and one such, stored, failed every later refresh of the
+    fleet's policies). Refuse a layer with an unknown field or a bad value, naming it."""
+    declared = _as_declared(layer, schema.dump(load(merge(layer), where)))
+    if problem := _encoding_problem(declared):
+        raise PolicyError(f"{where}: {problem}")
+    return declared
 
 
 def load(document: dict[str, Any], where: str = "policy") -> Policy:
@@ -153,6 +160,54 @@ def load(document: dict[str, Any], where: str = "policy") -> Policy:
 
 def digest(document: dict[str, Any]) -> str:
     return hashlib.sha256(signing.canonical(document)).hexdigest()
+
+
+def _max_length(cls: type[msgspec.Struct], field: str) -> int:
+    """The bound on a bytes field of a declaration (a bug of this module if none)."""
+    info = msgspec.inspect.type_info(cls)
+    declared = (
+        [f.type for f in info.fields if f.name == field]
+        if isinstance(info, msgspec.inspect.StructType)
+        else []
+    )
+    found = declared[0] if declared else None
+    if isinstance(found, msgspec.inspect.Metadata):  # a description beside the bound
+        found = found.type
+    if not isinstance(found, msgspec.inspect.BytesType) or found.max_length is None:
+        raise TypeError(f"{cls.__name__}.{field} is not declared as bounded bytes")
+    return found.max_length
+
+
+# The signed document a device reads at most (`SignedPolicy.document`, declared in
+# outpost/wire/down.py): read off the declaration, so the two cannot differ.
+MAX_SIGNED_BYTES: Final = _max_length(wire.SignedPolicy, "document")
+
+
+def undeliverable(device_id: str, document: dict[str, Any]) -> str:
+    """Why `device_id` could not receive `document` signed ("" when it can): the signed
+    body must encode, and fit in what a device reads, whatever version and issue time it
+    carries (measured with the largest of each; msgpack gives them a fixed width)."""
+    if problem := _encoding_problem(document):
+        return problem
+    size = signed_size(device_id, document)
+    if size > MAX_SIGNED_BYTES:
+        return f"signed, it is {size} bytes, over the {MAX_SIGNED_BYTES} a device reads"
+    return ""
+
+
+def signed_size(device_id: str, document: dict[str, Any]) -> int:
+    """Bytes of the signed body carrying `document` to `device_id` at the largest
+    version and issue time."""
+    body = {"device_id": device_id, "version": INT64_MAX, "issued_at": 0.0, "policy": document}
+    return len(signing.canonical(body))
+
+
+def _encoding_problem(document: dict[str, Any]) -> str:
+    try:
+        signing.canonical(document)
+    except OverflowError as exc:  # msgpack: "can't serialize ints < -2**63 or > 2**64 - 1"
+        return f"cannot be signed: {exc}"
+    return ""
 
 
 # ------------------------------------------------------------------ signed envelope
@@ -199,6 +254,18 @@ def verify(public: ed25519.Ed25519PublicKey, signed: Signed, device_id: str) -> 
     # The document sets some fields; checked as a whole on top of the defaults.
     checked = load(merge(body["policy"]))
     return Issued(device_id, body["version"], float(issued_at), checked, body["policy"])
+
+
+def _as_declared(layer: dict[str, Any], checked: dict[str, Any]) -> dict[str, Any]:
+    """The fields `layer` sets, with their values from `checked` (the layer loaded as
+    declared, over the defaults)."""
+    out: dict[str, Any] = {}
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(checked[key], dict):
+            out[key] = _as_declared(value, checked[key])
+        else:
+            out[key] = checked[key]
+    return out
 
 
 def _merge_into(target: dict[str, Any], layer: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
 from hub.fleet import labels
 from hub.store import Layer
+from hub.store.policy import undeliverable_with
 from outpost import policy
 from outpost.schema import Struct
 
@@ -63,7 +64,20 @@ class DevicePolicyOut(Struct, frozen=True):
     applied_version: Annotated[int, Meta(description="version the device reports it runs")]
     rejected_version: Annotated[int, Meta(description="last version the device refused (0: none)")]
     reason: Annotated[str, Meta(description="why it refused it")]
-    drift: Annotated[bool, Meta(description="the device runs an older version than published")]
+    undeliverable: Annotated[
+        str,
+        Meta(
+            description="why the hub cannot send it this version (its signed policy is "
+            "larger than a device reads): empty when it can"
+        ),
+    ]
+    drift: Annotated[
+        bool,
+        Meta(
+            description="the device runs an older version than the one published, or than "
+            "the one the hub cannot send it"
+        ),
+    ]
     layers: Annotated[list[str], Meta(description="layers applied, in merge order")]
     effective: Annotated[
         dict[str, Any],
@@ -96,20 +110,25 @@ def routes(ctx: ApiContext) -> list[Route]:
         if body.scope == "device" and device_id is None:
             raise bad_field("body.device", f"no device {body.device!r}")
         try:
-            policy.check_layer(body.document, "body.document")
+            document = policy.check_layer(body.document, "body.document")
         except policy.PolicyError as exc:
             raise bad_field("body.document", str(exc)) from exc
-        request[AUDIT_DETAIL] = {"layer": name, "scope": body.scope, "document": body.document}
+        request[AUDIT_DETAIL] = {"layer": name, "scope": body.scope, "document": document}
         layer = Layer(
             name=name,
             scope=body.scope,
             selector=body.selector if body.scope == "group" else {},
             device_id=device_id,
             rank=body.rank,
-            document=body.document,
+            document=document,
             updated_at=time.time(),
             updated_by=request[PRINCIPAL].subject,
         )
+        # Refused before it is stored: a policy too large for a device never reaches it.
+        if found := await ctx.store.run(undeliverable_with, layer):
+            device, why = found
+            whose = f"device {device}'s merged policy" if device else "the layer alone"
+            raise bad_field("body.document", f"{whose} could not be sent: {why}")
         await ctx.store.put_policy_layer(layer)
         await ctx.policies.refresh()
         return params.answer(LayerOut.of(layer))
@@ -133,7 +152,9 @@ def routes(ctx: ApiContext) -> list[Route]:
             applied_version=found.applied_version,
             rejected_version=found.rejected_version,
             reason=found.reason,
-            drift=found.published and found.applied_version < found.version,
+            undeliverable=found.undeliverable,
+            drift=(found.published or bool(found.undeliverable))
+            and found.applied_version < found.version,
             layers=found.layers,
             effective=found.document,
         )

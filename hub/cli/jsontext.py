@@ -16,6 +16,8 @@ def parse(text: str, where: str) -> Any:
         return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except ValueError as exc:  # JSONDecodeError is one
         raise ValueError(f"{where} is not JSON: {exc}") from None
+    except RecursionError:  # Python's reader recurses once per level of nesting
+        raise ValueError(f"{where} is not JSON this reader takes: nested too deeply") from None
 
 
 def _no_constant(name: str) -> Any:

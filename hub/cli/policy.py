@@ -27,8 +27,11 @@ def show_policy(args: argparse.Namespace) -> int:
                 if found["rejected_version"]
                 else ""
             )
+            sent = (
+                f"not sent: {found['undeliverable']}" if found.get("undeliverable") else "published"
+            )
             print(
-                f"{args.device}: version {found['version']} published, {found['applied_version']} "
+                f"{args.device}: version {found['version']} {sent}, {found['applied_version']} "
                 f"applied{drift}{refused}\n  layers {', '.join(found['layers']) or 'none'}\n"
                 + json.dumps(found["effective"], indent=2, sort_keys=True)
             )

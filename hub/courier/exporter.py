@@ -193,7 +193,7 @@ class HubBundles:
         # The current effective policy, given its version first if it changed.
         await self._store.refresh_policies([device_id], now=now)
         effective = await self._store.device_policy(device_id)
-        if effective is None or not effective.version:
+        if effective is None or not effective.version or effective.undeliverable:
             return None
         signed = policy.sign(self._key, device_id, effective.version, now, effective.document)
         return wire.SignedPolicy(document=signed.document, signature=signed.signature)

@@ -61,6 +61,15 @@ class PolicyPublisher:
         """Send these; return the (device, version)s that went out."""
         # In flight together, then one store call: one at a time, a ramp of new devices
         # waited a broker round trip and a store call per device for its policy.
+        for item in items:
+            if item.undeliverable:  # once, with its new version: hellos do not send it again
+                logger.warning(
+                    "policy %d for %s not sent: %s",
+                    item.version,
+                    item.device_id,
+                    item.undeliverable,
+                )
+        items = [item for item in items if not item.undeliverable]
         results = await asyncio.gather(
             *(self._send(item, now) for item in items), return_exceptions=True
         )

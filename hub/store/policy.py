@@ -3,10 +3,16 @@
 Layers: `fleet` (one, applies to all), groups (a label selector and a rank; applied in
 rank order, then name), and device overrides, merged in that order (`outpost.policy`).
 Versions come from one counter that only grows, so a device's version only grows too.
+
+A device's `published` is 0 until its version is sent, then 1; `UNDELIVERABLE` marks a
+version the hub cannot send (its signed document would be over what a device reads, or
+would not encode): it is not sent, counts as drift, and `Effective.undeliverable` says
+why, until a change of layers gives the device a version it can take.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +47,7 @@ class Effective:
     rejected_version: int
     reason: str
     published: bool
+    undeliverable: str  # why the hub cannot send this version ("" when it can)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,10 @@ class ToPublish:
     device_id: str
     version: int
     document: dict[str, Any]
+    undeliverable: str = ""  # not to be sent: why (reported once, with its new version)
+
+
+UNDELIVERABLE = -1  # device_policy.published of a version the hub cannot send
 
 
 def put_layer(db: Sql, layer: Layer) -> None:
@@ -139,35 +150,83 @@ def refresh(db: Sql, device_ids: list[str] | None, now: float) -> list[ToPublish
                     chunk,
                 ).fetchall()
                 held |= {r["device_id"]: r for r in db.execute(held_sql + among, chunk)}
-        changed: list[tuple[int, str, str, dict[str, Any]]] = []  # (place in out, ...)
+        changed: list[tuple[int, str, str, dict[str, Any], str]] = []  # (place in out, ...)
         for r in rows:
-            chosen = resolve(every, r["device_id"], json.loads(r["labels"]))
+            device_id = r["device_id"]
+            chosen = resolve(every, device_id, json.loads(r["labels"]))
             document = policy.overlay(*(x.document for x in chosen))
-            digest = policy.digest(document)
-            mine = held.get(r["device_id"])
+            digest = _digest(document)
+            mine = held.get(device_id)
             if mine is not None and mine["digest"] == digest:
-                if not mine["published"]:
-                    out.append(ToPublish(r["device_id"], mine["version"], document))
+                # An undeliverable one only once it can be sent (a hub that reads larger
+                # documents now), not signed again at every hello.
+                if mine["published"] == 0 or (
+                    mine["published"] == UNDELIVERABLE
+                    and not policy.undeliverable(device_id, document)
+                ):
+                    out.append(ToPublish(device_id, mine["version"], document))
                 continue
-            changed.append((len(out), r["device_id"], digest, document))
-            out.append(ToPublish(r["device_id"], 0, document))  # numbered below
+            why = policy.undeliverable(device_id, document)
+            changed.append((len(out), device_id, digest, document, why))
+            out.append(ToPublish(device_id, 0, document, why))  # numbered below
         if changed:
             last = _take_versions(db, len(changed))
             first = last - len(changed) + 1
             db.executemany(
                 """INSERT INTO device_policy (device_id, version, digest, document, published,
-                       issued_at) VALUES (?, ?, ?, ?, 0, ?)
+                       issued_at) VALUES (?, ?, ?, ?, ?, ?)
                    ON CONFLICT (device_id) DO UPDATE SET version = excluded.version,
-                       digest = excluded.digest, document = excluded.document, published = 0,
-                       issued_at = excluded.issued_at""",
+                       digest = excluded.digest, document = excluded.document,
+                       published = excluded.published, issued_at = excluded.issued_at""",
                 [
-                    (device_id, first + n, digest, json.dumps(document), now)
-                    for n, (_, device_id, digest, document) in enumerate(changed)
+                    (
+                        device_id,
+                        first + n,
+                        digest,
+                        json.dumps(document),
+                        UNDELIVERABLE if why else 0,
+                        now,
+                    )
+                    for n, (_, device_id, digest, document, why) in enumerate(changed)
                 ],
             )
-            for n, (place, device_id, _, document) in enumerate(changed):
-                out[place] = ToPublish(device_id, first + n, document)
+            for n, (place, device_id, _, document, why) in enumerate(changed):
+                out[place] = ToPublish(device_id, first + n, document, why)
     return out
+
+
+def _digest(document: dict[str, Any]) -> str:
+    """`policy.digest`, or for a document that does not encode (a layer stored before
+    layers were checked for it), one of its JSON text: refreshing the rest of the fleet
+    must not fail on it."""
+    try:
+        return policy.digest(document)
+    except OverflowError:
+        text = json.dumps(document, sort_keys=True)
+        return "json:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def undeliverable_with(db: Sql, layer: Layer) -> tuple[str, str] | None:
+    """A device whose policy, were `layer` written (in place of the layer of its name),
+    could not be sent to it, and why; None when every device it applies to can take
+    theirs. A layer that applies to none now is measured on its own."""
+    with db.snapshot():
+        every = [x for x in layers(db) if x.name != layer.name] + [layer]
+        devices = db.execute(
+            "SELECT device_id, labels FROM devices WHERE revoked_at IS NULL"
+        ).fetchall()
+    applied = False
+    for r in devices:
+        chosen = resolve(every, r["device_id"], json.loads(r["labels"]))
+        if all(x is not layer for x in chosen):
+            continue
+        applied = True
+        document = policy.overlay(*(x.document for x in chosen))
+        if why := policy.undeliverable(r["device_id"], document):
+            return r["device_id"], why
+    if not applied and (why := policy.undeliverable("", layer.document)):
+        return "", why
+    return None
 
 
 def mark_published(db: Sql, published: list[tuple[str, int]]) -> list[str]:
@@ -186,8 +245,9 @@ def mark_published(db: Sql, published: list[tuple[str, int]]) -> list[str]:
             ).rowcount:
                 continue  # the usual case: no read of the version first
             moved_on = db.execute(
-                "UPDATE device_policy SET published = 0 WHERE device_id = ? AND version > ?",
-                (device_id, version),
+                """UPDATE device_policy SET published = 0
+                   WHERE device_id = ? AND version > ? AND published <> ?""",
+                (device_id, version, UNDELIVERABLE),
             ).rowcount
             if moved_on:
                 behind.append(device_id)
@@ -281,6 +341,12 @@ def effective(db: Sql, device_id: str) -> Effective | None:
         return None
     chosen = resolve(layers(db), device_id, json.loads(device["labels"]))
     row = db.execute("SELECT * FROM device_policy WHERE device_id = ?", (device_id,)).fetchone()
+    undeliverable = ""
+    if row is not None and row["published"] == UNDELIVERABLE:
+        undeliverable = (
+            policy.undeliverable(device_id, json.loads(row["document"]))
+            or "not sent yet"  # it fits since (a later release): its next refresh sends it
+        )
     return Effective(
         device_id=device_id,
         version=row["version"] if row else 0,
@@ -289,15 +355,17 @@ def effective(db: Sql, device_id: str) -> Effective | None:
         applied_version=row["applied_version"] if row else 0,
         rejected_version=row["rejected_version"] if row else 0,
         reason=row["reason"] if row else "",
-        published=bool(row["published"]) if row else False,
+        published=bool(row and row["published"] == 1),
+        undeliverable=undeliverable,
     )
 
 
 def drift(db: Sql) -> int:
-    """Devices (not revoked) whose applied version lags the one the hub published."""
+    """Devices (not revoked) whose applied version lags the one the hub published, or
+    the one it could not send them."""
     (n,) = db.execute(
         """SELECT COUNT(*) FROM device_policy p JOIN devices d ON d.device_id = p.device_id
-           WHERE p.published = 1 AND p.applied_version < p.version
+           WHERE p.published <> 0 AND p.applied_version < p.version
              AND d.revoked_at IS NULL"""
     ).fetchone()
     return int(n)

@@ -42,3 +42,21 @@ def test_commands_refuse_it_as_a_usage_error(
     assert "--input is not JSON: NaN is no JSON number" in capsys.readouterr().err
     assert main(["policy", "set", *remote, "fleet", str(policy)]) == 2
     assert f"{policy} is not JSON: Infinity is no JSON number" in capsys.readouterr().err
+
+
+def test_json_nested_too_deeply_is_refused_naming_where() -> None:
+    # Python's reader raised RecursionError, which the commands showed as a traceback.
+    with pytest.raises(ValueError, match=r"^here is not JSON this reader takes: nested too deep"):
+        parse('{"masking": ' + "[" * 100_000 + "]" * 100_000 + "}", "here")
+
+
+def test_a_deeply_nested_policy_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "t.token"
+    token.write_text("tok\n")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    remote = ["--hub", "https://127.0.0.1:1", "--token-file", str(token)]
+    assert main(["policy", "set", *remote, "fleet", str(deep)]) == 2
+    assert f"{deep} is not JSON this reader takes: nested too deeply" in capsys.readouterr().err

@@ -229,3 +229,32 @@ def test_two_policies_handed_over_at_once_are_taken_one_after_the_other(
     kept = k.kept()
     assert kept is not None
     assert kept[0].version == 6
+
+
+def test_a_layer_is_kept_as_declared_an_integer_in_a_float_field_a_float() -> None:
+    # JSON has integers beyond the 64 bits msgpack encodes: stored as given, one could
+    # never be signed.
+    layer = {"bounds": {"metrics": {"max_age_s": 10**23}}, "sync": {}, "tasks": {"prefetch": 3}}
+    checked = policy.check_layer(layer, "body.document")
+    assert checked == {
+        "bounds": {"metrics": {"max_age_s": 1e23}},
+        "sync": {},
+        "tasks": {"prefetch": 3},
+    }
+    assert isinstance(checked["bounds"]["metrics"]["max_age_s"], float)
+    policy.digest(checked)  # it encodes
+
+
+def test_the_size_a_policy_is_measured_at_is_what_a_device_reads() -> None:
+    assert policy.MAX_SIGNED_BYTES == 65536  # SignedPolicy.document in outpost/wire/down.py
+    key = ed25519.Ed25519PrivateKey.generate()
+    document = {"allowed_models": ["vibration-anomaly"], "heartbeat_interval": 5.0}
+    measured = policy.signed_size("dev-1", document)
+    for version, issued_at in ((1, 0.0), (2**53, 1.8e9), (2**63 - 1, 1.5)):
+        signed = policy.sign(key, "dev-1", version, issued_at, document)
+        assert len(signed.document) <= measured
+    assert len(policy.sign(key, "dev-1", 2**63 - 1, 1.5, document).document) == measured
+    assert policy.undeliverable("dev-1", document) == ""
+    big = {"allowed_models": ["m" * 70_000]}
+    assert policy.undeliverable("dev-1", big).startswith("signed, it is 70")
+    assert policy.undeliverable("dev-1", {"x": 10**23}).startswith("cannot be signed")
