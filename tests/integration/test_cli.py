@@ -60,9 +60,7 @@ def test_enroll_token_carries_url_pin_and_labels(tmp_path: Path) -> None:
         "hub.cli", "enroll-token", "--data", str(data), "--ttl", "30m", "--label", "site=north"
     )
     bad = _run("hub.cli", "enroll-token", "--data", str(data), "--label", "no-equals-sign")
-    twice = _run(
-        "hub.cli", "enroll-token", "--data", str(data), "--label", "a=1", "--label", "a=2"
-    )
+    twice = _run("hub.cli", "enroll-token", "--data", str(data), "--label", "a=1", "--label", "a=2")
 
     assert done.returncode == 0, done.stderr
     claims = jwt.decode(done.stdout.strip(), options={"verify_signature": False})
