@@ -158,9 +158,13 @@ class ModelDirectory:
 
     def set_active(self, name: str, version: str) -> None:
         """Make an installed version the active one (blocking)."""
-        if version not in self.versions(name):
+        home = self.root / name
+        if not home.is_dir():
             raise BundleError(f"{name} {version} is not installed")
-        self._activate(name, version)
+        with _turn(home):  # checked and written in one turn: see `remove`
+            if version not in self.versions(name):
+                raise BundleError(f"{name} {version} is not installed")
+            self._write_active(home, version)
 
     def roll_back(self, name: str, bad: str, fallback: str) -> None:
         """Make `fallback` active again in place of `bad`, which failed in use (blocking).
@@ -207,17 +211,26 @@ class ModelDirectory:
         half version that `versions` would list.
         """
         home = self.root / name
-        try:
-            chosen = (home / ACTIVE_FILE).read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            chosen = ""
-        if chosen == version:
-            raise BundleError(f"{name} {version} is the active version; activate another first")
         target = home / version
-        if target.is_dir():
-            doomed = home / f".{version}.removing"
-            shutil.rmtree(doomed, ignore_errors=True)
-            target.rename(doomed)
+        doomed = home / f".{version}.removing"
+        removed = False
+        if home.is_dir():
+            # Checked and taken out of sight in one turn: an activation of this version
+            # by another process (set_active checks in its turn) cannot land between.
+            with _turn(home):
+                try:
+                    chosen = (home / ACTIVE_FILE).read_text(encoding="utf-8").strip()
+                except FileNotFoundError:
+                    chosen = ""
+                if chosen == version:
+                    raise BundleError(
+                        f"{name} {version} is the active version; activate another first"
+                    )
+                if target.is_dir():
+                    shutil.rmtree(doomed, ignore_errors=True)
+                    target.rename(doomed)
+                    removed = True
+        if removed:
             shutil.rmtree(doomed, ignore_errors=True)
             logger.info("removed model %s %s", name, version)
         if home.is_dir() and not self.versions(name):
@@ -247,11 +260,16 @@ class ModelDirectory:
         the new version, which the deployer only reads while the fallback serves."""
         home = self.root / name
         with _turn(home):
-            files.replace(home / ACTIVE_FILE, f"{version}\n".encode())
-            marker = home / ROLLED_BACK_FILE
-            if marker.exists():
-                marker.unlink(missing_ok=True)
-                files.sync_dir(home)
+            self._write_active(home, version)
+
+    @staticmethod
+    def _write_active(home: Path, version: str) -> None:
+        """`_activate`'s writes, in a turn the caller holds."""
+        files.replace(home / ACTIVE_FILE, f"{version}\n".encode())
+        marker = home / ROLLED_BACK_FILE
+        if marker.exists():
+            marker.unlink(missing_ok=True)
+            files.sync_dir(home)
 
     def _pin_active(self, name: str) -> None:
         """Write down the version that is active by default (the highest), so that

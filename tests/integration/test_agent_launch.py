@@ -373,6 +373,32 @@ def test_an_updated_version_that_never_reaches_the_hub_is_rolled_back(tmp_path: 
     assert state["rolled_back_from"] == ["2.0.0"]
 
 
+def test_an_updated_version_that_dies_before_reaching_the_hub_is_rolled_back(
+    tmp_path: Path,
+) -> None:
+    """Past its trial and before --reach, every run: each run's wait for the hub starts
+    afresh, so its exits count, until it has reached the hub."""
+    prefix, data = updating_to(tmp_path, 'printf 2.0.0 > "$3/ready"; sleep 2; exit 1')
+    assert launch_with(prefix, data, "--trial", "1").returncode == 1  # 1.0.0, then 2.0.0
+
+    codes = [launch_with(prefix, data, "--trial", "1").returncode for _ in range(3)]
+
+    assert codes[-1] == 0, codes  # 1.0.0 again, which reaches the hub and stays
+    report = json.loads((data / "rolled-back.json").read_text())
+    assert (report["from"], report["to"], report["failures"]) == ("2.0.0", GOOD, 3)
+    assert report["reason"] in (
+        "exited with status 1 before it reached the hub",
+        "exited with status 1 within 1 s of being ready",  # a machine slow to see it
+    )
+
+
+def launch_with(prefix: Path, data: Path, *more: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(LAUNCH), *arguments(prefix, data), *more],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
 def run_until(
     prefix: Path, data: Path, tmp_path: Path, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:

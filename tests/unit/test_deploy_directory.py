@@ -4,6 +4,7 @@ without changing it, switch the active version, remove a refused one."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import shutil
 import subprocess
@@ -193,3 +194,42 @@ def test_two_processes_switching_the_active_version_take_turns(tmp_path: Path) -
     assert other.returncode == 0, err.decode()
     assert directory.active(NAME) in {"1.0.0", "2.0.0"}
     assert not list((directory.root / NAME).glob(".*.tmp"))
+
+
+def test_a_version_is_never_removed_between_an_activations_check_and_its_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent prunes a version while `outpost-agent models install` (or a deploy in
+    another process) activates it: each checks and acts in one turn, so the active file
+    never names a version that was removed meanwhile."""
+    directory = ModelDirectory(tmp_path / "models")
+    directory.install(SHIPPED_MODELS[0])
+    directory.install(version_of(tmp_path, "3.0.0"), activate=False)
+    checked, go_on = threading.Event(), threading.Event()
+    listed = ModelDirectory.versions
+
+    def versions(self: ModelDirectory, name: str) -> list[str]:
+        found = listed(self, name)
+        if threading.current_thread().name == "activator":  # checked: held there
+            checked.set()
+            go_on.wait(30)
+        return found
+
+    monkeypatch.setattr(ModelDirectory, "versions", versions)
+    activator = threading.Thread(
+        target=directory.set_active, args=(NAME, "3.0.0"), name="activator"
+    )
+    activator.start()
+    assert checked.wait(30)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        removal = pool.submit(directory.remove, NAME, "3.0.0")
+        # In turns, the removal waits for the activation; without, it is done at once.
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            removal.result(timeout=2)
+        go_on.set()
+        activator.join(30)
+        refused = removal.exception(timeout=30)
+
+    assert isinstance(refused, BundleError)  # it is the active version now
+    assert directory.active(NAME) == "3.0.0"
+    assert "3.0.0" in listed(directory, NAME)
