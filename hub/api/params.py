@@ -35,6 +35,7 @@ MAX_LIMIT = 500
 # Digits a `limit` may have: enough for leading zeros, few enough that int() never meets
 # Python's 4,300-digit cap (a ValueError, hence a 500) nor parses a megabyte of them.
 MAX_LIMIT_DIGITS = 9
+_SELECTOR = b'"selector"'  # bodies holding one are checked for repeated keys
 
 
 class Page(Struct, Generic[T], frozen=True):
@@ -99,6 +100,8 @@ def decode(cls: type[T], raw: bytes, where: str = "body") -> T:
     which PostgreSQL's text cannot hold (the same request answers alike on both)."""
     if _NUL_ESCAPE.search(raw):
         raise bad_field(where, "strings may not hold a NUL character (\\u0000)")
+    if _SELECTOR in raw:
+        _refuse_repeated_keys(raw, where)
     try:
         return msgspec.json.decode(raw, type=cls, strict=True)
     except msgspec.ValidationError as exc:
@@ -111,6 +114,24 @@ def decode(cls: type[T], raw: bytes, where: str = "body") -> T:
         with contextlib.suppress(RecursionError):  # too deep to name: say which map
             error = schema.name_entries(error, cls, msgspec.json.decode(raw), where)
     raise bad_field(error.path, str(error))
+
+
+def _refuse_repeated_keys(raw: bytes, where: str) -> None:
+    """400 for a JSON object that names a key twice. Decoders keep the last one, so a
+    selector {"site": "north", "site": "south"} meant nothing, or both, and matched every
+    south device (a roll-out reached devices nobody asked for). Only bodies that carry a
+    selector are read twice for it: the check costs Python's parser."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in found:
+                raise bad_field(where, f"an object names {key!r} twice; give each key once")
+            found[key] = value
+        return found
+
+    with contextlib.suppress(ValueError, RecursionError):  # msgspec says what is wrong
+        json.loads(raw, object_pairs_hook=unique)
 
 
 def is_object_with(raw: bytes, key: str) -> bool:

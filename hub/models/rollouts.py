@@ -36,6 +36,7 @@ SHADOW_JUDGE_S = 2.0  # how often shadow roll-outs are looked at (cheap when non
 # clocks differ by a little.
 CATCH_UP_S = 10.0
 CATCH_UP_MARGIN_S = 30.0
+MADE_KEPT = 100_000  # moves remembered past it are pruned as they are added
 
 
 class RolloutService:
@@ -47,7 +48,9 @@ class RolloutService:
         self._key = key  # seals each offer (outpost/offerseal.py)
         self._wanted = Wanted()
         self._forced: set[str] = set()
-        self._asked: dict[str, float] = {}  # when this process last asked to send each
+        # Moves this process made and asked to send, (roll-out, device, halt) -> when:
+        # the catch-up leaves them; any other move it finds, it sends.
+        self._made: dict[tuple[int, str, bool], float] = {}
 
     async def start_rollout(
         self,
@@ -78,6 +81,7 @@ class RolloutService:
                 "roll-out %d of %s %s in shadow on %d devices", rollout.id, name, version,
                 len(shadowing),
             )  # fmt: skip
+            self._made_here(rollout.id, shadowing, halted=False)
             self.request(shadowing)
             return rollout
         canaries = [d.device_id for d in rollout.devices if d.state == "released"]
@@ -89,6 +93,7 @@ class RolloutService:
             len(rollout.devices),
             ", ".join(canaries),
         )
+        self._made_here(rollout.id, canaries, halted=False)
         self.request(canaries)
         return rollout
 
@@ -129,7 +134,9 @@ class RolloutService:
             await self._moved([moved])
             rollout = await self._store.rollout(rollout_id)
             if moved.halted_now and rollout is not None and rollout.mode == "shadow":
-                self.request([d.device_id for d in rollout.devices], force=True)
+                everyone = [d.device_id for d in rollout.devices]
+                self._made_here(rollout_id, everyone, halted=True)
+                self.request(everyone, force=True)
         return moved
 
     async def catch_up(self, store: HubStore, *, every_s: float = CATCH_UP_S) -> None:
@@ -137,7 +144,9 @@ class RolloutService:
         this process. A release or halt made elsewhere (`outpost-hub device revoke`
         beside the running hub moves the roll-outs its device was in; another replica's
         send lost with it) reaches connected devices here, not only at their next hello.
-        Each move is sent once: those seen already are remembered for the margin."""
+        Each move found is sent once (those seen are remembered for the margin); those
+        this process made itself were sent when it made them. A move another replica
+        made and sent is sent again: an offer given twice changes nothing."""
         seen: dict[tuple[int, str, bool], float] = {}
         since = time.time() - CATCH_UP_MARGIN_S
         while True:
@@ -155,8 +164,7 @@ class RolloutService:
             halted: list[str] = []
             for rollout_id, device_id, when, is_halt in moved:
                 key = (rollout_id, device_id, is_halt)
-                # Moves this process made are sent already (it asked after the commit).
-                if key not in seen and self._asked.get(device_id, 0.0) < when:
+                if key not in seen and key not in self._made:
                     (halted if is_halt else released).append(device_id)
                 seen[key] = when
             if released or halted:
@@ -170,8 +178,8 @@ class RolloutService:
             forgotten = since - 2 * CATCH_UP_MARGIN_S
             for key in [k for k, when in seen.items() if when < forgotten]:
                 del seen[key]
-            for device_id in [d for d, when in self._asked.items() if when < forgotten]:
-                del self._asked[device_id]
+            for key in [k for k, when in self._made.items() if when < forgotten]:
+                del self._made[key]
 
     async def judge_shadows(self, store: HubStore, *, every_s: float = SHADOW_JUDGE_S) -> None:
         """As the leader (on its fenced `store`): decide the shadow roll-outs that have
@@ -188,6 +196,8 @@ class RolloutService:
                 judged = []
             for j in judged:
                 logger.info("roll-out %d: %s", j.rollout_id, j.reason)
+                self._made_here(j.rollout_id, j.devices, halted=False)
+                self._made_here(j.rollout_id, j.devices, halted=True)
                 self.request(j.devices, force=True)
             await asyncio.sleep(every_s)
 
@@ -206,6 +216,7 @@ class RolloutService:
                 rollout = await self._store.rollout(m.rollout_id)
                 if rollout is not None:
                     released = [d.device_id for d in rollout.devices if d.released_at]
+                    self._made_here(m.rollout_id, released, halted=True)
                     self.request(released, force=True)
             if m.released:
                 logger.info(
@@ -213,7 +224,17 @@ class RolloutService:
                     m.rollout_id,
                     len(m.released),
                 )
+                self._made_here(m.rollout_id, m.released, halted=False)
                 self.request(m.released)
+
+    def _made_here(self, rollout_id: int, device_ids: list[str], *, halted: bool) -> None:
+        """These devices are sent what roll-out `rollout_id` did to them (a release, or
+        a halt) by this process: the catch-up need not send it again."""
+        now = time.time()
+        self._made.update(dict.fromkeys(((rollout_id, d, halted) for d in device_ids), now))
+        if len(self._made) > MADE_KEPT:  # a replica that never leads prunes them here
+            forgotten = now - 2 * CATCH_UP_MARGIN_S
+            self._made = {k: when for k, when in self._made.items() if when >= forgotten}
 
     def request(self, device_ids: list[str], *, force: bool = False) -> None:
         """Send these devices their releases soon, from `run` (callers never wait on it);
@@ -221,8 +242,6 @@ class RolloutService:
         if force:
             self._forced.update(device_ids)
         self._wanted.add(device_ids)
-        now = time.time()
-        self._asked.update(dict.fromkeys(device_ids, now))
 
     async def run(self) -> None:
         while True:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -53,3 +54,18 @@ def test_a_cursor_this_api_returned_still_reads() -> None:
     cursor = params.encode_cursor("dev-0001")
 
     assert params.decode_cursor(_query(cursor=cursor), str) == "dev-0001"
+
+
+def test_a_body_whose_selector_names_a_key_twice_is_refused() -> None:
+    """Decoders keep the last of two equal keys: {"site": "north", "site": "south"} would
+    select every south device. The same key once, and other bodies, decode as ever."""
+    twice = b'{"selector": {"site": "north", "site": "south"}, "mode": "staged"}'
+    once = b'{"selector": {"site": "north"}, "mode": "staged"}'
+
+    with pytest.raises(ApiError) as refused:
+        params.decode(dict[str, Any], twice)
+
+    assert refused.value.status == 400
+    assert "'site' twice" in refused.value.message
+    assert params.decode(dict[str, Any], once) == {"selector": {"site": "north"}, "mode": "staged"}
+    assert params.decode(dict[str, Any], b'{"a": 1}') == {"a": 1}
