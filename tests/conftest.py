@@ -23,7 +23,24 @@ from outpost.aio import cancel_until_done
 from tests.api_client import ApiClient
 from tests.buses import ThrowawayNats, ThrowawayRabbit
 from tests.postgres import ThrowawayPostgres
+from tests.schedule import known_durations, long_first
 from tests.support import PROFILES, AgentProcess, free_port, mint_token
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests first, spread over the workers (see tests/schedule.py)."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    items[:] = long_first(items, workers, known_durations(), _shared_by)
+
+
+def _shared_by(item: pytest.Item) -> str:
+    """The module, for a test that uses a fixture built once per module; else the test."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is not None:
+        for definitions in info.name2fixturedefs.values():
+            if any(d.scope in ("module", "package") for d in definitions):
+                return item.nodeid.split("::")[0]
+    return item.nodeid
 
 
 @pytest.fixture(autouse=True)
