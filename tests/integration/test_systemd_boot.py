@@ -9,9 +9,9 @@ What is checked, in the booted root:
   /opt/outpost/current (-> releases/<version>) its child, whose READY=1 and STATUS=
   systemd takes (NotifyAccess=all), and the ready marker names the version;
 - a frozen agent (SIGSTOP to the launcher's child) is killed by the watchdog
-  (WatchdogSec=30s as shipped, shortened to 5 s by a drop-in for the test; the launcher
-  hands the agent the watchdog) and restarted: NRestarts grows, a new MainPID,
-  "Watchdog timeout" in the journal;
+  (WatchdogSec=30s as shipped, shortened to 5 s by a drop-in for the test, and
+  RestartSec=15s to 1 s; the launcher hands the agent the watchdog) and restarted:
+  NRestarts grows, a new MainPID, "Watchdog timeout" in the journal;
 - the hub and its Mosquitto run with the LimitNOFILE= systemd could give them (below);
   `systemctl show` holds the units' MemoryMax=, CPUQuota= and TasksMax= (the agent's
   from the profile's drop-in that scripts/install-agent.sh writes);
@@ -482,17 +482,19 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
         f"{AGENT_VENV}/bin/outpost-agent", "models", "install", "--data", AGENT_DATA,
         "/opt/outpost/test-model",
     )  # fmt: skip
-    # The watchdog, shortened for the test (30 s as shipped; `systemctl show` above
-    # read the shipped unit): the same mechanism, 25 s less waiting for it below.
+    # The watchdog and the pause before a restart, shortened for the test (30 s and 15 s
+    # as shipped): the same mechanism, a minute less waiting for it below.
+    assert machine.show("outpost-agent", "RestartUSec")["RestartUSec"] == "15s"
     machine.run(
         "bash", "-c",
-        "printf '[Service]\\nWatchdogSec=5s\\n' > "
-        "/etc/systemd/system/outpost-agent.service.d/zz-test-watchdog.conf "
+        "printf '[Service]\\nWatchdogSec=5s\\nRestartSec=1s\\n' > "
+        "/etc/systemd/system/outpost-agent.service.d/zz-test-timers.conf "
         "&& systemctl daemon-reload",
     )  # fmt: skip
     machine.run("systemctl", "restart", "outpost-agent")
     # (shown for the running service: after the restart)
-    assert machine.show("outpost-agent", "WatchdogUSec")["WatchdogUSec"] == "5s"
+    shown = machine.show("outpost-agent", "WatchdogUSec", "RestartUSec")
+    assert shown == {"WatchdogUSec": "5s", "RestartUSec": "1s"}, shown
     launcher_pid, agent_pid = agent_processes(machine)
     for pid in (launcher_pid, agent_pid):  # the launcher lives under the same rules
         status = machine.run("cat", f"/proc/{pid}/status")
@@ -569,7 +571,7 @@ async def _exercise(machine: Machine, tmp_path: Path) -> None:
     assert any(event["msg"] == "agent stopped" for event in events), events
 
     # --- a release that will not start: the launcher goes back, as systemd runs it ----
-    # Three failed starts of the new version, 15 s apart (RestartSec=), then the previous.
+    # Three failed starts of the new version, RestartSec= apart, then the previous.
     machine.run("systemctl", "reset-failed", "outpost-agent")
     machine.run("bash", "-c", INSTALL_BROKEN)
     machine.run("systemctl", "start", "--no-block", "outpost-agent")
