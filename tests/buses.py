@@ -199,7 +199,9 @@ class ThrowawayNats:
 class ThrowawayRabbit:
     """One RabbitMQ node with one administrator (`user`, `password`) on vhost `/`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, config: str = "") -> None:
+        """`config`: more rabbitmq.conf lines (e.g. `max_message_size = 4096`)."""
+        self._config = config
         self.folder = Path(tempfile.mkdtemp(prefix="outpost-rabbit-"))
         self.port = free_port()
         self.user = "outpost"
@@ -291,7 +293,7 @@ class ThrowawayRabbit:
             "ssl_options.verify = verify_peer\n"
             "ssl_options.fail_if_no_peer_cert = true\n"
             "log.console = false\n"
-            "log.file.level = info\n"
+            "log.file.level = info\n" + self._config
         )
         env = self._environment()
         output = (self.folder / "console.log").open("wb")

@@ -34,7 +34,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from yarl import URL
 
-from hub.sinks.base import CONTENT_TYPE, Event, SinkError
+from hub.sinks.base import CONTENT_TYPE, Event, EventRefusedError, SinkError
 from hub.sinks.config import SinkConfig, check_bus_url, shown, user_password
 
 logger = logging.getLogger(__name__)
@@ -125,9 +125,7 @@ class RabbitSink:
             raise SinkError(f"{self._where}: cannot connect: {what}") from exc
         self._connection = connection
         try:
-            async with asyncio.timeout(self._timeout):  # opening a channel has no timeout
-                channel, self._exchange = await self._declare(connection)
-                underlay = await channel.get_underlay_channel()
+            await self._open_channel(connection)
         except SinkError:
             await self.close()
             raise
@@ -136,8 +134,6 @@ class RabbitSink:
             raise SinkError(
                 f"{self._where}: exchange {self._exchange_name} not declared: {describe(exc)}"
             ) from exc
-        if isinstance(underlay, aiormq.Channel):
-            self._confirms = underlay.confirmations
         logger.info(
             "sink %s: connected to %s, exchange %s", self.name, self._where, self._exchange_name
         )
@@ -205,6 +201,14 @@ class RabbitSink:
                     await self._exchange.publish(message, event.topic(), mandatory=False)
             except aiormq.exceptions.DeliveryError as exc:
                 raise SinkError(f"{self._where}: the broker nacked {event.id}") from exc
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                # The one precondition of basic.publish: the message's size against the
+                # broker's max_message_size. Sent again it would close the channel again,
+                # forever: refused for good, on a new channel for the events after it.
+                await self._reopen(exc)
+                raise EventRefusedError(
+                    event, f"larger than the broker takes: {describe(exc)}"
+                ) from exc
             except TimeoutError as exc:
                 raise SinkError(
                     f"{self._where}: {event.id} not confirmed within {self._timeout:g} s"
@@ -220,6 +224,23 @@ class RabbitSink:
                     raise
                 self._read_orphans()
                 raise SinkError(f"{self._where}: connection closed") from exc
+
+    async def _open_channel(self, connection: AbstractConnection) -> None:
+        """The channel publishes go on, and the exchange on it."""
+        async with asyncio.timeout(self._timeout):  # opening a channel has no timeout
+            channel, self._exchange = await self._declare(connection)
+            underlay = await channel.get_underlay_channel()
+        if isinstance(underlay, aiormq.Channel):
+            self._confirms = underlay.confirmations
+
+    async def _reopen(self, cause: BaseException) -> None:
+        """A new channel on the same connection, after the broker closed the last one."""
+        if self._connection is None:
+            raise SinkError(f"{self._where}: {describe(cause)}") from cause
+        try:
+            await self._open_channel(self._connection)
+        except (*CHANNEL_FAILURES, TimeoutError) as exc:
+            raise SinkError(f"{self._where}: no channel after {describe(cause)}") from exc
 
     def _read_orphans(self) -> None:
         """Read the failure of every confirm the lost connection left. aiormq makes a

@@ -2,7 +2,8 @@
 ids, bodies and routing keys, persistent and stamped with their time; publishing them
 again keeps their ids; a relay in front of the node that goes silent or refuses every
 connection is a SinkError within timeout_s, and publishing works again once it is back;
-a node of its own, really stopped and started, keeps every event it confirmed; refused
+a node of its own, really stopped and started, keeps every event it confirmed; an event
+larger than a node's max_message_size is refused alone; refused
 credentials, or an exchange of another kind, are a permanent SinkError that says so; an
 unreachable URL is a SinkError naming it; a mistaken URL is refused at once. (Over TLS:
 test_sink_bus_tls.py.)"""
@@ -15,7 +16,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from hub.sinks.base import CONTENT_TYPE, SinkError
+from hub.sinks.base import CONTENT_TYPE, EventRefusedError, SinkError
 from hub.sinks.config import SinkConfig
 from hub.sinks.rabbitmq import RabbitSink
 from tests.buses import AmqpCollector, ThrowawayRabbit, once_each
@@ -171,6 +172,31 @@ async def test_rabbitmq_stopped_and_restarted_keeps_what_it_confirmed(tmp_path: 
             while (message := await queue.get(no_ack=True, fail=False)) is not None:
                 ids.append(message.message_id)
     assert ids == [f"evt-{n}" for n in range(1, 11)]
+
+
+async def test_rabbitmq_event_larger_than_the_node_takes_is_refused_alone(
+    tmp_path: Path,
+) -> None:
+    """A node whose max_message_size is below one event closes the channel on it, every
+    time: that event is refused for good (the drain dead-letters it), and the events
+    around it go through the same sink, on a new channel."""
+    with ThrowawayRabbit(config="max_message_size = 4096\n") as node:
+        async with AmqpCollector(node.url(), "outpost") as collector:
+            sink = RabbitSink(rabbit_config(node, tmp_path, "outpost"))
+            await sink.start()
+            try:
+                big = make_events(1, first=4, size=8000)
+                with pytest.raises(EventRefusedError) as refused:
+                    await sink.publish(make_events(3) + big + make_events(1, first=5))
+                # The drain goes on from the next event, on the same sink.
+                await sink.publish(make_events(2, first=5))
+            finally:
+                await sink.close()
+            got = await collector.wait_for(5)
+    assert refused.value.event.id == "evt-4"
+    assert "larger than the broker takes" in refused.value.reason
+    assert "max size 4096" in refused.value.reason  # the broker's own words
+    assert [m.id for m in got] == ["evt-1", "evt-2", "evt-3", "evt-5", "evt-6"]
 
 
 async def test_rabbitmq_refused_credentials_are_a_permanent_error(
