@@ -27,6 +27,7 @@ from tests.schedule import known_durations, long_first
 from tests.support import PROFILES, AgentProcess, free_port, mint_token
 
 
+@pytest.hookimpl(trylast=True)  # after -k, -m and --deselect took out what is not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The longest tests first, spread over the workers (see tests/schedule.py)."""
     workers = int(getattr(config, "workerinput", {}).get("workercount", 1))

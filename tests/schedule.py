@@ -6,9 +6,10 @@ tests from the end of another's share. A test of two or three minutes that happe
 late in a share starts when the others are nearly done, and the run waits minutes for it
 with a core idle. So the known long tests (their times from a run, in `durations.json`)
 are dealt out, longest first, to the worker with the least work so far, and put at the
-front of that worker's share (the long tests of a module that share a module-scoped
-fixture, together); everything else keeps its order, so a module's tests stay together
-and its fixtures are built once.
+front of that worker's share (a module's tests that share a module-scoped fixture move
+together); everything else keeps its order, so a module's tests stay together and its
+fixtures are built once. Other `--dist` modes split differently: the order does them
+no harm and no good.
 
 Refresh the times after a run with `--junitxml=FILE`: `python -m tests.schedule FILE`.
 """
@@ -60,24 +61,27 @@ def long_first(
     durations: dict[str, float],
     unit: Callable[[Item], str] = lambda item: item.nodeid,
 ) -> list[Item]:
-    """The same items, the long ones dealt to the front of each worker's share. Long
-    items of the same `unit` (a module whose tests share a module-scoped fixture) go to
-    the same worker, so that fixture is built once."""
+    """The same items, the long ones dealt to the front of each worker's share. Items of
+    the same `unit` (a module's tests that share a module-scoped fixture) move together,
+    in their order, when one of them is long: the fixture is built once, by one worker."""
     if workers < 2:
         return items  # one process takes as long in any order
     units: dict[str, list[Item]] = {}
     for item in items:
-        if durations.get(item.nodeid, 0.0) >= LONG:
-            units.setdefault(unit(item), []).append(item)
-    seconds = {key: sum(durations[i.nodeid] for i in group) for key, group in units.items()}
+        units.setdefault(unit(item), []).append(item)
+    seconds = {
+        key: sum(durations.get(item.nodeid, 0.0) for item in group)
+        for key, group in units.items()
+        if any(durations.get(item.nodeid, 0.0) >= LONG for item in group)
+    }
     # Longest first to the least loaded: within 4/3 of the best split.
     heads: list[list[Item]] = [[] for _ in range(workers)]
     loads = [0.0] * workers
-    for key in sorted(units, key=lambda key: -seconds[key]):
+    for key in sorted(seconds, key=lambda key: -seconds[key]):
         least = loads.index(min(loads))
-        heads[least] += sorted(units[key], key=lambda item: -durations[item.nodeid])
+        heads[least] += units[key]
         loads[least] += seconds[key]
-    chosen = {id(item) for group in units.values() for item in group}
+    chosen = {id(item) for key in seconds for item in units[key]}
     rest = iter([item for item in items if id(item) not in chosen])
     ordered: list[Item] = []
     for head, size in zip(heads, share_sizes(len(items), workers), strict=True):
@@ -88,17 +92,21 @@ def long_first(
 
 
 def refresh(junit: Path) -> None:
-    """Write the times of the tests that took `LONG` seconds or more in a junit report."""
-    times: dict[str, float] = {}
+    """Take the times of a junit report's tests: those of `LONG` seconds or more are
+    kept, those under it dropped; the tests it did not run keep their times."""
+    times = known_durations()
     # pytest's own report of a run on this machine, not input from outside
     for case in ET.parse(junit).iter("testcase"):  # noqa: S314
         module = (case.get("classname") or "").replace(".", "/") + ".py"
+        nodeid = f"{module}::{case.get('name')}"
         seconds = float(case.get("time") or 0)
         if seconds >= LONG:
-            times[f"{module}::{case.get('name')}"] = round(seconds, 1)
+            times[nodeid] = round(seconds, 1)
+        else:
+            times.pop(nodeid, None)
     ranked = dict(sorted(times.items(), key=lambda kv: -kv[1]))
     DURATIONS.write_text(json.dumps(ranked, indent=1) + "\n")
-    print(f"{len(ranked)} tests of {LONG:g} s or more written to {DURATIONS}")
+    print(f"{len(ranked)} tests of {LONG:g} s or more in {DURATIONS}")
 
 
 if __name__ == "__main__":

@@ -72,8 +72,9 @@ class SinkError(Exception):
 
 
 class EventRefusedError(Exception):
-    """The bus refused one event for good (a webhook's 4xx other than 408 and 429): the
-    drain moves it to the dead-letter table and goes on with the next."""
+    """The bus refused one event for good (a webhook's 4xx other than 408 and 429; an
+    event larger than a NATS server or stream, or a RabbitMQ node, takes): the drain
+    moves it to the dead-letter table and goes on with the next."""
 
     def __init__(self, event: Event, reason: str) -> None:
         super().__init__(reason)
