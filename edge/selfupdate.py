@@ -117,12 +117,9 @@ def install(
         venv = folder / "venv"
         # The venv is made where it stays: its scripts name their interpreter by path.
         _step([python, "-m", "venv", str(venv)], "making its venv")
-        # --no-compile: not every module of every wheel compiled (numpy's tests, say), 26
-        # MiB and half the install's time on the device; the selfcheck below imports what
-        # the agent runs, and that is compiled then, into this folder the agent owns.
         _step(
             [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-index",
-             "--no-cache-dir", "--no-compile", "--disable-pip-version-check", "-q",
+             "--no-cache-dir", "--disable-pip-version-check", "-q",
              "--find-links", str(release / agentrelease.FILES), f"outpost=={manifest.version}"],
             "installing its wheels (no package index)",
         )  # fmt: skip
