@@ -98,8 +98,20 @@ class Relay:
     def __init__(self, host: str, port: int) -> None:
         self._host, self._port = host, port
         self.received = 0
+        self._serving: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """End the connections still handed on (a device keeps its connection alive):
+        left to asyncio.run's end, their tasks were destroyed pending, with an error."""
+        for task in self._serving:
+            task.cancel()
+        await asyncio.gather(*self._serving, return_exceptions=True)
 
     async def serve(self, device_r: asyncio.StreamReader, device_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
         try:
             hub_r, hub_w = await asyncio.open_connection(self._host, self._port)
         except OSError:
@@ -283,6 +295,7 @@ async def _update(root: Path, releases: dict[str, Path]) -> dict[str, list[float
             for device in devices:
                 await device.launcher.stop()
                 device.server.close()
+                await device.relay.close()
             await api.close()
     progress = {d["device"]: d for d in body["devices"]}
     offer_s, active_s = [], []
