@@ -37,11 +37,13 @@ Item = TypeVar("Item", bound=_Item)
 
 
 def known_durations() -> dict[str, float]:
+    """The times in `durations.json`; none if it is missing or damaged (the run takes
+    longer then, never fails for it)."""
     try:
         durations = json.loads(DURATIONS.read_text())
-    except (OSError, ValueError):
+        return {str(k): float(v) for k, v in durations.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
         return {}
-    return {str(k): float(v) for k, v in durations.items()}
 
 
 def share_sizes(count: int, workers: int) -> list[int]:
@@ -112,4 +114,7 @@ def refresh(junit: Path) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m tests.schedule JUNIT_XML")
-    refresh(Path(sys.argv[1]))
+    try:
+        refresh(Path(sys.argv[1]))
+    except (OSError, ET.ParseError, ValueError) as exc:
+        sys.exit(f"tests.schedule: cannot read {sys.argv[1]} as a junit report: {exc}")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import pytest
+
+from tests import schedule
 from tests.schedule import long_first, share_sizes
 
 
@@ -48,3 +52,13 @@ def test_a_module_sharing_a_fixture_moves_whole_when_one_of_its_tests_is_long() 
     # 70 s: the longest unit, whole and in its order (m1, short, between its long ones).
     assert [c.nodeid for c in ordered[:3]] == ["m0", "m1", "m2"]
     assert [ordered[10].nodeid, ordered[20].nodeid] == ["t9", "t10"]
+
+
+def test_damaged_times_are_no_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    damaged = tmp_path / "durations.json"
+    monkeypatch.setattr(schedule, "DURATIONS", damaged)
+    for text in ("{not json", '["a"]', '{"t": "slow"}', '{"t": null}'):
+        damaged.write_text(text)
+        assert schedule.known_durations() == {}
+    damaged.write_text('{"t": 7}')
+    assert schedule.known_durations() == {"t": 7.0}
