@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -446,6 +447,36 @@ async def test_the_same_offer_twice_deploys_once(device: Device) -> None:
         ("1.0.1", "active"),
     ]
     assert device.server.requests == [(VIBRATION, "1.0.1"), (SURFACE, "1.0.0")]
+
+
+async def test_an_offer_while_the_deploy_finishes_hears_active(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The deployer prunes older versions after the "active" report; an offer that comes
+    # meanwhile (a reconnect) must hear the word again, as any later offer does.
+    pruning, pruned = threading.Event(), threading.Event()
+    prune = device.directory.prune
+
+    def held_prune(name: str, keep: set[str]) -> list[str]:
+        pruning.set()
+        pruned.wait(10)
+        return prune(name, keep)
+
+    monkeypatch.setattr(device.directory, "prune", held_prune)
+    device.server.serve(VIBRATION, "1.0.1")
+    offer = device.release(VIBRATION, "1.0.1")
+    await device.offer(offer)
+    assert await asyncio.to_thread(pruning.wait, 10)
+    assert device.history(VIBRATION)[-1] == ("1.0.1", "active")
+
+    await device.offer(offer)
+    pruned.set()
+    assert device.history(VIBRATION) == [
+        ("1.0.1", "downloading"),
+        ("1.0.1", "active"),
+        ("1.0.1", "active"),
+    ]
+    assert device.server.requests == [(VIBRATION, "1.0.1")]
 
 
 async def test_a_failed_release_is_not_retried_after_a_restart(device: Device) -> None:
