@@ -182,11 +182,17 @@ async def test_policy_versions_from_two_replicas_are_never_reused(
 
 async def test_a_leader_that_lost_its_lease_is_fenced_out(replicas: list[HubStore]) -> None:
     a, b = replicas
-    first = await a.run(lease.claim, "replica-a", 0.5)
+    # A lease long enough that no stall of a slow machine ends it before it is meant to.
+    first = await a.run(lease.claim, "replica-a", 30)
     assert first is not None
-    assert await b.run(lease.claim, "replica-b", 0.5) is None  # a leads
+    assert await b.run(lease.claim, "replica-b", 30) is None  # a leads
     fenced_a = a.fenced(lambda db: lease.check_fence(db, "replica-a", first.epoch))
     assert await fenced_a.task_counts() == {}  # the leader's work goes through
+
+    # a's renewals stop coming (paused): its lease, renewed one last time, lapses.
+    renewed = await a.run(lease.claim, "replica-a", 0.1)
+    assert renewed is not None
+    assert renewed.epoch == first.epoch
 
     deadline = time.monotonic() + 30
     while (second := await b.run(lease.claim, "replica-b", 30)) is None:
