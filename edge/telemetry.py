@@ -7,7 +7,6 @@ No MQTT here: the session hands `heartbeats` the way to send one on its connecti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,13 +19,17 @@ from edge.parts import AgentParts
 from edge.store import StoreReadError, StoreWriteError, StreamFullError
 from edge.sysinfo import LoadSampler
 from edge.tuning import Tuning
-from outpost import wire
+from outpost import aio, wire
 from outpost.sqlite import StoreClosedError
 
 logger = logging.getLogger(__name__)
 
 # The model inventory rides a heartbeat again after this long even when unchanged.
 MODELS_REFRESH_S = 60.0
+
+# How long a stop waits for the last roll-up (stats, the store's append, the window's
+# file): milliseconds on a quiet disk, and a small part of systemd's 30 s to stop.
+LAST_WINDOW_S = 5.0
 
 SendBeat = Callable[[wire.Heartbeat], Awaitable[None]]
 
@@ -172,6 +175,11 @@ class Telemetry:
                 return False
             return True
 
+        async def close_window() -> None:
+            record = await measure()
+            if record is not None and await keep(record):
+                await asyncio.to_thread(window.forget)
+
         try:
             while True:
                 # Looked at again every second: a policy that shortens the interval
@@ -190,14 +198,20 @@ class Telemetry:
                 await asyncio.to_thread(window.save)
         except asyncio.CancelledError:
             # The agent stops: supervise cancels this task before `run` closes the store,
-            # so the partial window can still be written. Best effort: the shutdown
-            # cancels again after a while, and the kept window then stays for the next
-            # start to close out, as after a kill (a record already queued is committed
-            # when the store closes).
-            with contextlib.suppress(StoreClosedError):  # the shutdown went on without it
-                record = await measure()
-                if record is not None and await keep(record):
-                    await asyncio.to_thread(window.forget)
+            # so the partial window can still be written, through the shutdown's further
+            # cancels (a slow disk's stats and append outlast the half second between
+            # them). Past `LAST_WINDOW_S` the kept window stays for the next start to
+            # close out, as after a kill, without the counts of its end.
+            try:
+                await aio.finish_within(close_window(), LAST_WINDOW_S)
+            except StoreClosedError:
+                pass  # the shutdown went on without it
+            except TimeoutError:
+                logger.warning(
+                    "the last metrics window was not written within %g s: the next start "
+                    "closes it without its counts",
+                    LAST_WINDOW_S,
+                )
             raise
 
 

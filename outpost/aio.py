@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How long a stop waits for `supervise`'s children to end, however often it is asked
+# again: well within systemd's TimeoutStopSec (30 s) for the units' whole stop.
+STOP_GRACE_S = 10.0
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -44,13 +50,36 @@ async def cancel_until_done(task: asyncio.Task[Any], *, every: float = 0.5) -> N
         await asyncio.wait({task}, timeout=every)
 
 
+async def finish_within(aw: Awaitable[T], seconds: float) -> T:
+    """Await `aw` to its end though the calling task is cancelled meanwhile, for at most
+    `seconds`: a last write on the way out must not be cut by the shutdown's next cancel
+    (`cancel_until_done` asks again every half second, and a slow disk takes longer).
+    Its own error is raised as itself; `TimeoutError` if it ran out of time (it is then
+    cancelled). For an `except CancelledError` clause, which raises the cancel after."""
+    task = asyncio.ensure_future(aw)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not task.done() and (left := deadline - loop.time()) > 0:
+        try:
+            await asyncio.wait({task}, timeout=left)
+        except asyncio.CancelledError:
+            continue  # the shutdown asking again: the write goes on
+    if not task.done():
+        task.cancel()
+        task.add_done_callback(taken)
+        raise TimeoutError(f"not finished within {seconds:g} s")
+    return task.result()
+
+
 async def supervise(children: dict[str, Coroutine[Any, Any, None]]) -> None:
     """Run `children` (by task name) until one fails or the caller is cancelled.
 
-    The first failure is raised as itself, not in a group; others are logged as warnings. On the way
-    out every child is cancelled until it has finished: not a TaskGroup, which cancels
-    each child once, so that a child whose cancel a library swallowed cannot hold a
-    shutdown forever.
+    The first failure is raised as itself, not in a group; others are logged as warnings.
+    On the way out every child is cancelled until it has finished: not a TaskGroup, which
+    cancels each child once, so that a child whose cancel a library swallowed cannot hold
+    a shutdown forever. The caller's own further cancels (a stop asks again every half
+    second) wait for that, up to `STOP_GRACE_S`: a child's last write (the agent's final
+    metrics roll-up) must not be cut off, nor run on after the caller closed its store.
     """
     tasks = [asyncio.create_task(coro, name=name) for name, coro in children.items()]
     first: BaseException | None = None
@@ -61,11 +90,19 @@ async def supervise(children: dict[str, Coroutine[Any, Any, None]]) -> None:
                 first = task.exception()
                 raise first  # type: ignore[misc]
     finally:
+        try:
+            await finish_within(_cancel_each(tasks), STOP_GRACE_S)
+        except TimeoutError:
+            running = ", ".join(t.get_name() for t in tasks if not t.done())
+            logger.warning("%s still running %g s into the stop: left", running, STOP_GRACE_S)
         for task in tasks:
-            await cancel_until_done(task)
-        for task in tasks:
-            error = None if task.cancelled() else task.exception()
+            error = None if not task.done() or task.cancelled() else task.exception()
             if error is not None and error is not first:
                 # Often the same fault seen twice (a lost link ends every reader of it):
                 # the caller reports the first; these are context.
                 logger.warning("%s also ended: %r", task.get_name(), error)
+
+
+async def _cancel_each(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:  # in order: a child may need those after it until it has ended
+        await cancel_until_done(task)
