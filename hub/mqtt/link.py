@@ -18,7 +18,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from hub.broker.sharegroup import shared_topic
 from hub.config import HubConfig
 from hub.fleet import throwaway
-from hub.mqtt import charge, sessions
+from hub.mqtt import charge, listing, sessions
 from hub.mqtt.acks import LinkDownError
 from hub.mqtt.ingest import Ingest
 from hub.mqtt.intake import DeviceIntake, queue_type
@@ -107,7 +107,10 @@ class HubLink:
         if replica:
             self._topic = await asyncio.to_thread(shared_topic, self._paths, wire.UP_WILDCARD)
         host, port = self._config.broker_address
-        if not replica:
+        if replica:  # one the broker's ACL does not name must stay out of the group
+            cn = link_cn(replica)
+            await listing.until_listed(host, port, replica, cn, context, self.state)
+        else:
             await self._end_legacy_session(host, port)
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = REPLICA_SESSION_EXPIRY_S if replica else SESSION_EXPIRY_S

@@ -1,0 +1,154 @@
+"""A hub replica proves the broker's ACL lists it before it joins the devices' shared
+subscription (hub/mqtt/listing.py), on a real Mosquitto started with the files
+`outpost-hub broker-config` wrote for replicas r1 and r2."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from hub.config import HubConfig
+from hub.mqtt import listing
+from hub.mqtt.ingest import Ingest
+from hub.mqtt.intake import DeviceIntake
+from hub.mqtt.link import HubLink
+from hub.paths import HubPaths, link_cn
+from hub.store import HubStore
+from outpost import wire
+from outpost.aio import cancel_until_done
+from outpost.mqtt import LinkState
+from tests.integration.test_broker_config import (  # noqa: F401 - fixtures used by name
+    Broker,
+    _broker_config,
+    _client,
+    _context,
+    _has,
+    _heartbeat,
+    _publish,
+    _receiving,
+    _shared,
+    _subscribe,
+    broker,
+    generated,
+)
+from tests.support import eventually, free_port
+
+HOST = "127.0.0.1"
+
+
+@pytest.mark.parametrize(("replica", "listed"), [("r1", True), ("r9", False)])
+async def test_only_a_replica_the_acl_names_is_listed(
+    broker: Broker,  # noqa: F811 - the fixture
+    hub_paths: HubPaths,
+    replica: str,
+    listed: bool,
+) -> None:
+    cn = link_cn(replica)
+    # The refused probe's wait is shortened: nothing would come back however long.
+    wait = {} if listed else {"timeout_s": 1.0}
+    context = _context(hub_paths, cn)
+    assert await listing.is_listed(HOST, broker.port, cn, context, **wait) is listed
+
+
+async def test_an_unlisted_replica_waits_and_says_why_until_the_broker_lists_it(
+    broker: Broker,  # noqa: F811 - the fixture
+    hub_paths: HubPaths,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cn = link_cn("r9")
+    link = LinkState(logging.getLogger("test.listing"), "hub link")
+    context = _context(hub_paths, cn)
+    waiting = asyncio.create_task(
+        listing.until_listed(
+            HOST, broker.port, "r9", cn, context, link, retry_s=0.2, probe_timeout_s=1.0
+        )
+    )
+    try:
+        await eventually(_in(link, "unlisted"), timeout=30, what="the refusal")
+        assert not waiting.done()
+        assert not link.connected.is_set()
+        (said,) = [r for r in caplog.records if r.name == "test.listing"]
+        assert said.levelno == logging.ERROR
+        assert "does not list replica r9" in said.getMessage()
+        assert "outpost-hub broker-config --replica r9" in said.getMessage()
+
+        # The operator's fix, as the message says: the files again with every replica
+        # named, and the broker reloaded (Mosquitto reads its ACL again on SIGHUP).
+        replicas = ("--replica", "r1", "--replica", "r2", "--replica", "r9")
+        listen = ("--listen", f"{HOST}:{broker.port}")
+        code = _broker_config(
+            hub_paths.root, broker.out, "--kind", "mosquitto", "--force", *listen, *replicas
+        )
+        assert code == 0
+        broker.process.send_signal(signal.SIGHUP)
+        await asyncio.wait_for(waiting, timeout=60)
+    finally:
+        await cancel_until_done(waiting)
+
+
+async def test_an_unlisted_replica_takes_no_share_of_the_devices_messages(
+    broker: Broker,  # noqa: F811 - the fixture
+    hub_paths: HubPaths,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hazard itself: r9, unlisted, runs its real link beside r1 (a listed replica's
+    subscription, made by the test); every heartbeat still reaches r1."""
+    monkeypatch.setattr(listing, "PROBE_TIMEOUT_S", 1.0)  # nothing comes back anyway
+    config = HubConfig(
+        replica_id="r9",
+        broker=f"mqtts://{HOST}:{broker.port}",
+        db_url="postgresql://replicas.example/outpost",  # the link never reads it
+    )
+    store = await asyncio.to_thread(HubStore, hub_paths.database)
+    ingest = Ingest(store, max_payload_bytes=config.max_payload_bytes)
+    link = HubLink(hub_paths, config, ingest, DeviceIntake())
+    running = asyncio.create_task(link.run())
+    cn = link_cn("r1")
+    own_down = wire.down_topic(cn, "marker")
+    try:
+        await eventually(_in(link.state, "unlisted"), timeout=30, what="r9 refused")
+        async with (
+            _client(broker, hub_paths, cn) as r1,
+            _client(broker, hub_paths, "dev-a") as device,
+            _receiving(r1) as inbox,
+        ):
+            await _subscribe(r1, _shared(hub_paths))
+            await _subscribe(r1, wire.down_topic(cn, "#"))
+            for n in range(20):
+                await _publish(device, _heartbeat("dev-a"), b"beat-%d" % n)
+            await _publish(r1, own_down, b"done")  # queued after the beats
+            await eventually(lambda: _has(inbox, own_down), timeout=30, what="the marker")
+        assert inbox.payloads(_heartbeat("dev-a")) == [b"beat-%d" % n for n in range(20)]
+        assert link.state.state == "unlisted"
+    finally:
+        await cancel_until_done(running)
+        store.close()
+
+
+async def test_a_broker_out_of_reach_is_a_link_down_not_a_refusal(
+    hub_paths: HubPaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    cn = link_cn("r1")
+    link = LinkState(logging.getLogger("test.listing"), "hub link")
+    port = free_port()  # nothing listens there
+    waiting = asyncio.create_task(
+        listing.until_listed(HOST, port, "r1", cn, _context(hub_paths, cn), link)
+    )
+    try:
+        await eventually(_in(link, "disconnected"), timeout=30, what="a failure")
+        assert not waiting.done()
+        (said,) = [r for r in caplog.records if r.name == "test.listing"]
+        assert f"{HOST}:{port}" in said.getMessage()
+    finally:
+        await cancel_until_done(waiting)
+
+
+def _in(link: LinkState, state: str) -> Callable[[], Awaitable[bool]]:
+    async def entered() -> bool:
+        return link.state == state
+
+    return entered
