@@ -16,8 +16,24 @@ import pytest
 from hub.leadership import Leadership
 from hub.store import HeartbeatSeen, HelloSeen, HubStore
 from hub.store import leadership as lease
+from tests.support import eventually
 
 FROZEN_FOR_S = 60.0  # longer than any wait below: only its session's end frees the lock
+
+
+def waiting_on_locks(db: Any) -> int:
+    """Sessions of this test's database waiting on a lock."""
+    row = db.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    ).fetchone()
+    return int(row[0])
+
+
+def lease_expiry(db: Any) -> float:
+    """When the lease lapses, by the database's clock: each renewal moves it on."""
+    row = db.execute("SELECT expires_at FROM leadership WHERE name = ?", (lease.LEASE,)).fetchone()
+    return float(row[0])
 
 
 @pytest.fixture
@@ -84,18 +100,31 @@ async def test_units_waiting_on_a_frozen_replicas_locks_do_not_cost_the_leader_i
         waiting.append(asyncio.create_task(b.run(touch_then_freeze)))
         assert await asyncio.to_thread(frozen.wait, 30)
         # dev-1's heartbeats reach a (a shared subscription): each waits on the lock.
-        waiting += [
+        units = [
             asyncio.create_task(
                 a.record_presence([HeartbeatSeen("dev-1", "c", time.time(), 1.0, {})])
             )
             for _ in range(3)  # as many as a's pool has threads
         ]
-        lost = False
-        until = time.monotonic() + 6.0  # two lease lengths: measured, not a sync point
-        while time.monotonic() < until:
-            lost = lost or not leader.leading
-            await asyncio.sleep(0.05)
-        assert not lost, "a stopped leading while its units waited on b's lock"
+        waiting += units
+
+        async def pool_taken() -> bool:
+            return await b.run(waiting_on_locks) >= len(units)
+
+        await eventually(pool_taken, timeout=30, what="a's units waiting on b's lock")
+        # Renewals, not `leading` over a stretch of time: a renewal late on a loaded
+        # machine loses the lease whatever the locks. Queued behind the units, the
+        # renewal would wait until b's session is ended (UNIT_STALL_S, 15 s on), and
+        # the units would be done by the time it went through.
+        seen = [await b.run(lease_expiry)]
+
+        async def renewed_twice() -> bool:
+            if (expiry := await b.run(lease_expiry)) > seen[-1]:
+                seen.append(expiry)
+            return len(seen) > 2
+
+        await eventually(renewed_twice, timeout=30, what="a's lease renewed twice")
+        assert not any(unit.done() for unit in units), "a renewed only after its units"
     finally:
         resume.set()
         running.cancel()
