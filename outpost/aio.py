@@ -54,20 +54,27 @@ async def finish_within(aw: Awaitable[T], seconds: float) -> T:
     """Await `aw` to its end though the calling task is cancelled meanwhile, for at most
     `seconds`: a last write on the way out must not be cut by the shutdown's next cancel
     (`cancel_until_done` asks again every half second, and a slow disk takes longer).
-    Its own error is raised as itself; `TimeoutError` if it ran out of time (it is then
-    cancelled). For an `except CancelledError` clause, which raises the cancel after."""
+
+    Its own error is raised as itself. A cancel that came meanwhile is raised once it
+    has ended (never lost: a one-shot cancel, a timeout's, is not asked again). Out of
+    time, it is cancelled and `TimeoutError` raised: the caller's `Task.cancelling()`
+    still counts any cancel that came."""
     task = asyncio.ensure_future(aw)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
+    cancelled = False
     while not task.done() and (left := deadline - loop.time()) > 0:
         try:
             await asyncio.wait({task}, timeout=left)
         except asyncio.CancelledError:
-            continue  # the shutdown asking again: the write goes on
+            cancelled = True  # the shutdown asking again: the write goes on
     if not task.done():
         task.cancel()
         task.add_done_callback(taken)
         raise TimeoutError(f"not finished within {seconds:g} s")
+    if cancelled:
+        taken(task)
+        raise asyncio.CancelledError
     return task.result()
 
 
@@ -78,8 +85,9 @@ async def supervise(children: dict[str, Coroutine[Any, Any, None]]) -> None:
     On the way out every child is cancelled until it has finished: not a TaskGroup, which
     cancels each child once, so that a child whose cancel a library swallowed cannot hold
     a shutdown forever. The caller's own further cancels (a stop asks again every half
-    second) wait for that, up to `STOP_GRACE_S`: a child's last write (the agent's final
-    metrics roll-up) must not be cut off, nor run on after the caller closed its store.
+    second) wait for that, up to `STOP_GRACE_S`, and are raised after: a child's last
+    write (the agent's final metrics roll-up) must not be cut off. Past the grace, the
+    children still running are cancelled once more and left.
     """
     tasks = [asyncio.create_task(coro, name=name) for name, coro in children.items()]
     first: BaseException | None = None
@@ -90,17 +98,32 @@ async def supervise(children: dict[str, Coroutine[Any, Any, None]]) -> None:
                 first = task.exception()
                 raise first  # type: ignore[misc]
     finally:
-        try:
-            await finish_within(_cancel_each(tasks), STOP_GRACE_S)
-        except TimeoutError:
-            running = ", ".join(t.get_name() for t in tasks if not t.done())
-            logger.warning("%s still running %g s into the stop: left", running, STOP_GRACE_S)
-        for task in tasks:
-            error = None if not task.done() or task.cancelled() else task.exception()
-            if error is not None and error is not first:
-                # Often the same fault seen twice (a lost link ends every reader of it):
-                # the caller reports the first; these are context.
-                logger.warning("%s also ended: %r", task.get_name(), error)
+        await _stop(tasks, first)
+
+
+async def _stop(tasks: list[asyncio.Task[None]], first: BaseException | None) -> None:
+    """End `tasks` for `supervise`; raise a cancel of the caller that came meanwhile."""
+    current = asyncio.current_task()
+    asked = current.cancelling() if current is not None else 0
+    try:
+        await finish_within(_cancel_each(tasks), STOP_GRACE_S)
+    except TimeoutError:
+        left = [task for task in tasks if not task.done()]
+        names = ", ".join(task.get_name() for task in left)
+        logger.warning("%s still running %g s after asked to stop: left", names, STOP_GRACE_S)
+        for task in left:
+            task.cancel()
+            task.add_done_callback(taken)
+    except asyncio.CancelledError:
+        pass  # the caller asked again while they ended: raised below, after the report
+    for task in tasks:
+        error = None if not task.done() or task.cancelled() else task.exception()
+        if error is not None and error is not first:
+            # Often the same fault seen twice (a lost link ends every reader of it):
+            # the caller reports the first; these are context.
+            logger.warning("%s also ended: %r", task.get_name(), error)
+    if current is not None and current.cancelling() > asked:
+        raise asyncio.CancelledError  # the caller's: it wins over a child's failure
 
 
 async def _cancel_each(tasks: list[asyncio.Task[None]]) -> None:

@@ -122,7 +122,7 @@ async def test_a_last_write_that_outlasts_its_bound_is_given_up() -> None:
         finally:
             ended.set()
 
-    with pytest.raises(TimeoutError, match="within 0.05 s"):
+    with pytest.raises(TimeoutError, match=r"within 0\.05 s"):
         await finish_within(hung(), 0.05)
     await asyncio.wait_for(ended.wait(), 5)  # cancelled, not left running
 
@@ -180,7 +180,78 @@ async def test_supervise_leaves_a_child_that_will_not_end_after_its_grace(
     with caplog.at_level(logging.WARNING, logger="outpost.aio"):
         await asyncio.wait_for(cancel_until_done(running, every=0.01), 5)
     assert running.cancelled()
-    assert "deaf still running 0.1 s into the stop" in caplog.text
+    assert "deaf still running 0.1 s after asked to stop" in caplog.text
     (left,) = [t for t in asyncio.all_tasks() if t.get_name() == "deaf"]
     let_go.set()
     await asyncio.wait_for(cancel_until_done(left), 5)
+
+
+async def test_supervise_past_its_grace_still_cancels_the_children_after_the_slow_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aio, "STOP_GRACE_S", 0.1)
+    let_go, later_cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> None:
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                if let_go.is_set():
+                    raise
+
+    async def later() -> None:  # the agent's link, the hub's leadership: after it
+        try:
+            await asyncio.Event().wait()
+        finally:
+            later_cancelled.set()
+
+    running = asyncio.create_task(supervise({"slow": slow(), "later": later()}))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_until_done(running, every=0.01), 5)
+    assert later_cancelled.is_set()
+    (left,) = [t for t in asyncio.all_tasks() if t.get_name() == "slow"]
+    let_go.set()
+    await asyncio.wait_for(cancel_until_done(left), 5)
+
+
+async def test_a_cancel_during_supervises_stop_after_a_failure_is_not_lost() -> None:
+    ending = asyncio.Event()
+
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise ConnectionError("link lost")
+
+    async def slow_to_end() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            ending.set()
+            await finish_within(asyncio.sleep(0.1), 5)
+            raise
+
+    running = asyncio.create_task(supervise({"a": failing(), "b": slow_to_end()}))
+    await ending.wait()  # a failed; supervise is ending b
+    running.cancel()  # once, as a timeout or asyncio.run's last cancel does
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, 5)
+
+
+async def test_a_timeout_around_supervise_still_times_out_while_a_child_ends() -> None:
+    async def failing() -> None:
+        await asyncio.sleep(0.01)
+        raise ConnectionError("link lost")
+
+    async def slow_to_end() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await finish_within(asyncio.sleep(0.2), 5)
+            raise
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await supervise({"a": failing(), "b": slow_to_end()})
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0
