@@ -318,8 +318,9 @@ class Hub:
 
     async def _tell_systemd(self, parts: HubParts) -> None:
         """READY=1 once the MQTT link is up too (store, broker and web endpoint already
-        are); then keep the status line current."""
-        await parts.link.state.connected.wait()
+        are), or a replica waits to be listed in the broker's ACL (restarting it would
+        not help); then keep the status line current."""
+        await parts.link.started()
         self.notifier.ready(await parts.status_line())
         await self.notifier.report(parts.status_line)
 

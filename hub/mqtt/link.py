@@ -98,6 +98,21 @@ class HubLink:
         # Between the broker and the ingest; it outlives each connection, so budgets
         # and the messages already taken from the broker survive a reconnect.
         self.intake = intake
+        self._unlisted = asyncio.Event()  # a replica waits for the broker to list it
+
+    async def started(self) -> None:
+        """Return once the link is connected, or waits for the operator to list this
+        replica in the broker's ACL (hub/mqtt/listing.py): either way the hub has done
+        what it can to start (systemd's READY; the status line says which)."""
+        waits = [
+            asyncio.ensure_future(self.state.connected.wait()),
+            asyncio.ensure_future(self._unlisted.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def run(self) -> NoReturn:
         # Minting and loading certificates reads files: keep it off the event loop.
@@ -109,7 +124,9 @@ class HubLink:
         host, port = self._config.broker_address
         if replica:  # one the broker's ACL does not name must stay out of the group
             cn = link_cn(replica)
-            await listing.until_listed(host, port, replica, cn, context, self.state)
+            await listing.until_listed(
+                host, port, replica, cn, context, self.state, unlisted=self._unlisted
+            )
         else:
             await self._end_legacy_session(host, port)
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
