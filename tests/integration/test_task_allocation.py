@@ -81,6 +81,13 @@ async def test_three_agents_run_300_tasks_each_exactly_once_within_their_concurr
 
     ended = await all_ended(hub, ids, timeout=90)
 
+    # The ingest counts the results once the transaction that ended their tasks has
+    # returned to it: on PostgreSQL another of the store's threads may read them ended
+    # before that.
+    async def counted() -> bool:
+        return hub.parts.metrics.task_results["accepted"] >= 300
+
+    await eventually(counted, timeout=30, what="300 task results counted")
     assert {t.state for t in ended.values()} == {"succeeded"}
     assert all(ended_once(t) for t in ended.values())
     assert all(t.result and t.result["label"] == "bearing_fault" for t in ended.values())
