@@ -6,19 +6,20 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+from hub.models import drift
 from hub.models.driftwatch import fleet_drift
-from hub.store import HubStore
+from hub.store import HubStore, modelstats
 from hub.store.modelstats import encode_json, hour_of
 from hub.store.sql import Sql
 
 DEVICES = 1500
-# A tick of the loop taking this much longer than asked means the loop was held up.
-STALL_S = 0.5
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -52,25 +53,29 @@ def fill(db: Sql, now: float) -> None:
         )
 
 
-async def test_judging_a_large_fleet_does_not_stall_the_loop(store: HubStore) -> None:
+async def test_judging_a_large_fleet_runs_off_the_event_loop(
+    store: HubStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the work runs, not how long the loop waited: a tick's delay measures the
+    # machine's load as much as the hub (a loaded run saw 0.62 s with the work off it).
     now = time.time()
     await store.run(fill, now)
-    worst = 0.0
-    judging = True
+    in_a_loop: dict[str, bool] = {}
 
-    async def tick() -> None:
-        nonlocal worst
-        while judging:
-            asked = time.perf_counter()
-            await asyncio.sleep(0.01)
-            worst = max(worst, time.perf_counter() - asked - 0.01)
+    def watched(step: str, work: Callable[..., T]) -> Callable[..., T]:
+        def run(*args: Any, **kwargs: Any) -> T:
+            try:
+                asyncio.get_running_loop()
+                in_a_loop[step] = True
+            except RuntimeError:  # no event loop runs in this thread
+                in_a_loop[step] = False
+            return work(*args, **kwargs)
 
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0)
-    try:
-        (version,) = await fleet_drift(store, now=now)
-    finally:
-        judging = False
-        await ticker
+        return run
+
+    monkeypatch.setattr(modelstats, "distributions", watched("read", modelstats.distributions))
+    monkeypatch.setattr(drift, "evaluate", watched("judge", drift.evaluate))
+    (version,) = await fleet_drift(store, now=now)
+
     assert len(version.devices) == DEVICES
-    assert worst < STALL_S, f"the event loop was held up {worst:.2f} s by judging drift"
+    assert in_a_loop == {"read": False, "judge": False}
