@@ -67,8 +67,10 @@ async def test_kill_9_marks_the_device_offline_within_seconds(
     async def offline() -> bool:
         return not await device_online(hub, identity.device_id)
 
-    await eventually(offline, timeout=5.0, what="device offline")
-    assert time.monotonic() - killed < 5.0
+    # Within 20 s, on a machine 5x slower too: without the will, the hub would wait
+    # out missed heartbeats of a 60 s interval.
+    await eventually(offline, timeout=20.0, what="device offline")
+    assert time.monotonic() - killed < 20.0
 
 
 async def test_sigterm_stops_the_agent_and_says_goodbye(
