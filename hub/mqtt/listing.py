@@ -34,6 +34,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from hub.mqtt import sessions
 from outpost import backoff, wire
 from outpost.mqtt import LinkState
 
@@ -58,16 +59,7 @@ async def unlisted_because(
     other, as it takes over the session of an old instance of the replica)."""
     topic = wire.down_topic(cn, PROBE_KIND)
     nonce = secrets.token_bytes(16)
-    client = aiomqtt.Client(
-        host,
-        port,
-        identifier=cn,
-        tls_context=context,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=True,
-        timeout=timeout_s,
-        logger=logging.getLogger("mqtt.hub"),
-    )
+    client = sessions.errand_client(host, port, cn, context, timeout_s=timeout_s)
     refused = _refusals(client)
     connected = False
     verdict: list[str | None] = []  # once there is one

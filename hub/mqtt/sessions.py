@@ -50,19 +50,26 @@ async def connect_and_leave(
     """Connect with a clean start and no session expiry, then leave: the session under
     `identifier` (the certificate's CN on the managed broker) ends. None if the broker
     accepted the connection, else what went wrong."""
-    client = aiomqtt.Client(
-        host,
-        port,
-        identifier=identifier,
-        tls_context=context,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=True,
-        timeout=TAKEOVER_TIMEOUT_S,
-        logger=logging.getLogger("mqtt.hub"),
-    )
+    client = errand_client(host, port, identifier, context, timeout_s=TAKEOVER_TIMEOUT_S)
     try:
         async with asyncio.timeout(TAKEOVER_TIMEOUT_S * 2), client:
             pass
     except (aiomqtt.MqttError, ssl.SSLError, OSError, TimeoutError) as exc:
         return str(exc) or type(exc).__name__
     return None
+
+
+def errand_client(
+    host: str, port: int, identifier: str, context: ssl.SSLContext, *, timeout_s: float
+) -> aiomqtt.Client:
+    """An MQTT 5 client for a short errand of the hub's: a clean start, no session kept."""
+    return aiomqtt.Client(
+        host,
+        port,
+        identifier=identifier,
+        tls_context=context,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=True,
+        timeout=timeout_s,
+        logger=logging.getLogger("mqtt.hub"),
+    )
