@@ -111,8 +111,10 @@ class Deployer:
         for offered in verified:
             m = offered.manifest
             triple = deploystate.key_of(m)
-            if triple == self._current and not self._activated(states, triple):
-                continue  # in the worker's hands: it reports how it ends
+            # In the worker's hands, it reports how it ends; once it serves, the worker
+            # only prunes older versions, and the offer is answered as a later one.
+            if triple == self._current and not states.serves(triple, self._slots.serving(m.name)):
+                continue
             action = await self._decide(states, triple)
             if action == "deploy":
                 self._pending[m.name] = offered
@@ -379,16 +381,6 @@ class Deployer:
         roll-back (edge/inference/directory.py)."""
         rolled_back = await asyncio.to_thread(self._directory.rolled_back, key[0])
         return states.decide(key, self._slots.serving(key[0]), rolled_back=rolled_back)
-
-    def _activated(self, states: DeployStates, key: Key) -> bool:
-        """Whether `key` is recorded active and serves: its deploy only tidies up (prunes
-        older versions), and an offer meanwhile is answered as one after it would be."""
-        record = states.find(key)
-        return (
-            record is not None
-            and record.state == "active"
-            and self._slots.serving(key[0]) == key[1]
-        )
 
     async def _mark_rolled_back(self, key: Key) -> None:
         """Record a roll-back found done (the model directory says so) whose own record

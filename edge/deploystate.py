@@ -79,15 +79,20 @@ class DeployStates:
         found = [r for r in self._records if (r.name, r.version) == (name, version)]
         return found[-1] if found else None
 
+    def serves(self, key: Key, serving: str | None) -> bool:
+        """Whether `key` is recorded active and `serving` is its version: deployed."""
+        record = self.find(key)
+        return record is not None and record.state == "active" and serving == record.version
+
     def decide(self, key: Key, serving: str | None, *, rolled_back: str) -> Action:
         """What to do with an offered release, given the version that serves now and the
         one the model directory says a roll-back gave up ("" if none)."""
         record = self.find(key)
         if record is None:
             return "deploy"
+        if self.serves(key, serving):
+            return "skip"
         if record.state == "active":
-            if serving == record.version:
-                return "skip"
             if record.previous and serving == record.previous and rolled_back == record.version:
                 # A roll-back whose own record was lost (killed between the switch of
                 # `active` and the record, or nobody listening). Deploying it again would
