@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from hub import liveness
@@ -88,6 +88,11 @@ class _Outbound:
 
     def __init__(self) -> None:
         self.link: HubLink | None = None
+
+    def link_state(self) -> str:
+        """The link's state: starting, connected, disconnected, or unlisted (a replica
+        the broker's ACL does not name: hub/mqtt/listing.py)."""
+        return "starting" if self.link is None else self.link.state.state
 
     async def publish(self, topic: str, payload: bytes) -> None:
         await self._attached().publish(topic, payload)
@@ -279,6 +284,7 @@ class Hub:
                 conflicts=lambda: store.conflicts,
                 assigned=lambda: dispatcher.outcomes["assigned"],
                 intake_queued=intake.qsize,
+                broker_link=outbound.link_state,
             )
         )
         context = await asyncio.to_thread(
@@ -293,6 +299,7 @@ class Hub:
             agents=AgentShelf(self.paths, store, signing_key),
             intake=intake,
             holds=holds,
+            broker_link=outbound.link_state,
         )
         web = WebServer(self.paths, context)
         await web.start()
@@ -337,6 +344,7 @@ class Hub:
         agents: AgentShelf,
         intake: DeviceIntake,
         holds: FloodHolds,
+        broker_link: Callable[[], str],
     ) -> ApiContext:
         """Load keys and the CA for the web API (reads files: run in a thread)."""
         return ApiContext(
@@ -357,6 +365,7 @@ class Hub:
             intake=intake,
             holds=holds,
             courier=self._courier_desk(store, metrics),
+            broker_link=broker_link,
         )
 
     def _courier_desk(self, store: HubStore, metrics: HubMetrics) -> CourierDesk | BundleError:

@@ -26,6 +26,7 @@ class LinkState:
         self._name = name
         self.connected = asyncio.Event()
         self.state = "starting"
+        self.detail = ""  # what the last `set` said of it
         self.since = time.time()  # when it entered its state (wall clock, for people)
 
     def set(self, state: str, detail: str = "", *, level: int = logging.WARNING) -> None:
@@ -34,6 +35,7 @@ class LinkState:
             self.connected.set()
         else:
             self.connected.clear()
+        self.detail = detail
         if state == self.state:
             self._logger.debug("%s still %s: %s", self._name, state, detail)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -49,6 +50,7 @@ class ApiContext:
     intake: DeviceIntake  # what devices send, before the ingest: who is throttled
     holds: FloodHolds  # devices held off for flooding
     courier: CourierDesk | BundleError  # imports courier bundles; or why it cannot
+    broker_link: Callable[[], str]  # the state of the hub's link to the broker
 
     @functools.cached_property
     def tokens(self) -> TokenStates:

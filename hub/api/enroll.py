@@ -39,6 +39,14 @@ class Health(Struct, frozen=True):
     """The hub answers."""
 
     status: Annotated[str, Meta(description="always ok")]
+    broker_link: Annotated[
+        str,
+        Meta(
+            description="the hub's link to the broker: starting, connected, disconnected, "
+            "or unlisted (a replica the broker's ACL does not name takes no device "
+            "messages; see docs/scale-out.md)"
+        ),
+    ]
 
 
 class EnrollRequest(Struct, frozen=True):
@@ -108,7 +116,7 @@ class RenewedOut(Struct, frozen=True):
 
 def routes(ctx: ApiContext) -> list[Route]:
     async def health(request: web.Request) -> web.Response:
-        return params.answer(Health("ok"))
+        return params.answer(Health("ok", ctx.broker_link()))
 
     async def ca(request: web.Request) -> web.Response:
         return web.Response(body=ctx.enrollment.ca_pem, content_type="application/x-pem-file")

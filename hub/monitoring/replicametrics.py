@@ -1,6 +1,7 @@
 """Series about this hub process as one of several replicas: whether it leads, how often
 its units of work lost a race on the database, the assignments it made and the device
-messages it took from the broker but has not stored yet (the lag an autoscaler reads)."""
+messages it took from the broker but has not stored yet (the lag an autoscaler reads),
+and the state of its link to the broker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+# Every state is a series (0 or 1), so an alert can ask for `state="unlisted"` == 1.
+BROKER_LINK_STATES = ("starting", "connected", "disconnected", "unlisted")
 
 
 class ReplicaCollector(Collector):
@@ -19,11 +23,13 @@ class ReplicaCollector(Collector):
         conflicts: Callable[[], int],
         assigned: Callable[[], int],
         intake_queued: Callable[[], int],
+        broker_link: Callable[[], str],
     ) -> None:
         self._leading = leading
         self._conflicts = conflicts
         self._assigned = assigned
         self._intake_queued = intake_queued
+        self._broker_link = broker_link
 
     def collect(self) -> Iterator[Metric]:
         leader = GaugeMetricFamily(
@@ -52,3 +58,14 @@ class ReplicaCollector(Collector):
         )
         queued.add_metric([], self._intake_queued())
         yield queued
+        link = GaugeMetricFamily(
+            "outpost_hub_broker_link",
+            "1 for the state of this hub process's link to the broker (unlisted: a replica "
+            "the broker's ACL does not name, taking no device messages)",
+            labels=["state"],
+        )
+        current = self._broker_link()
+        known = current in BROKER_LINK_STATES
+        for state in BROKER_LINK_STATES if known else (*BROKER_LINK_STATES, current):
+            link.add_metric([state], 1 if state == current else 0)
+        yield link

@@ -24,6 +24,7 @@ from hub.mqtt.ingest import Ingest
 from hub.mqtt.intake import DeviceIntake, queue_type
 from hub.paths import HUB_CLIENT_CN, HubPaths, link_cn
 from outpost import tls, wire
+from outpost.aio import supervise
 from outpost.mqtt import NODELAY, LinkState, run_forever
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class HubLink:
         # and the messages already taken from the broker survive a reconnect.
         self.intake = intake
         self._unlisted = asyncio.Event()  # a replica waits for the broker to list it
+        self._watch: listing.ListingWatch | None = None  # a replica's, on its live link
 
     async def started(self) -> None:
         """Return once the link is connected, or waits for the operator to list this
@@ -122,11 +124,12 @@ class HubLink:
         if replica:
             self._topic = await asyncio.to_thread(shared_topic, self._paths, wire.UP_WILDCARD)
         host, port = self._config.broker_address
+        relisting = None
         if replica:  # one the broker's ACL does not name must stay out of the group
-            cn = link_cn(replica)
-            await listing.until_listed(
-                host, port, replica, cn, context, self.state, unlisted=self._unlisted
+            relisting = listing.Relisting(
+                host, port, replica, link_cn(replica), context, self.state, unlisted=self._unlisted
             )
+            await relisting.until_listed()
         else:
             await self._end_legacy_session(host, port)
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -150,8 +153,10 @@ class HubLink:
             # flight at once: aiomqtt's default (warn past 10 pending calls) logged about
             # three warnings per connecting device during a ramp, of nothing wrong.
             client.pending_calls_threshold = PENDING_CALLS_WARNING
-            if not replica:  # a replica keeps no session: the broker replays nothing
+            if relisting is None:  # a replica keeps no session: the broker replays nothing
                 _on_resumed(client, self.intake.catch_up)
+            else:  # a broker reloaded without the replica ends the link
+                self._watch = listing.ListingWatch(client, relisting.cn)
             return client
 
         await run_forever(
@@ -160,6 +165,7 @@ class HubLink:
             self.state,
             address=f"{host}:{port}",
             backoff_cap=RECONNECT_CAP_S,
+            refusals=relisting,
         )
 
     async def publish(
@@ -183,14 +189,29 @@ class HubLink:
             # No retained messages at subscribe (retain handling 2): the hub's session
             # keeps what was sent while it was away, and a retained copy would be
             # replayed at every start (a device may retain anything on its topics).
-            await client.subscribe(self._topic, options=SubscribeOptions(qos=1, retainHandling=2))
-            messages = client.messages
-            limit = self._config.max_payload_bytes
-            async for message in messages:
-                batch = await take_batch(message, messages, payload_limit=limit)
-                await self._ingest.handle_batch(batch)
+            granted = await client.subscribe(
+                self._topic, options=SubscribeOptions(qos=1, retainHandling=2)
+            )
+            watch = self._watch
+            if watch is None:
+                await self._take(client)
+            else:
+                watch.check_subscription(granted)
+                await supervise(
+                    {
+                        "hub.link.messages": self._take(client),
+                        "hub.link.listing": watch.until_refused(),
+                    }
+                )
         finally:
             self.client = None
+
+    async def _take(self, client: aiomqtt.Client) -> None:
+        messages = client.messages
+        limit = self._config.max_payload_bytes
+        async for message in messages:
+            batch = await take_batch(message, messages, payload_limit=limit)
+            await self._ingest.handle_batch(batch)
 
     async def _end_legacy_session(self, host: str, port: int) -> None:
         """End the persistent session a hub before `outpost-hub-link` kept under the

@@ -16,8 +16,11 @@ authorized"); the read-back catches one that takes and drops it. Until the probe
 back the replica stays out of the group, its link's state says why (and is its systemd
 status line), and it asks again every `RETRY_S`: the operator's fix (`outpost-hub
 broker-config --replica ID`, then reloading the broker) is taken up without a restart.
-A broker reloaded without a replica while it runs is not noticed: it is asked at start
-only.
+A broker reloaded without a replica while it runs (its files written again, a replica
+left out) is noticed on the link itself (`ListingWatch`): a publish of the replica's that
+the broker refuses as not authorized (a downlink, or the same probe, published every
+`RECHECK_S` when nothing else is), or a subscription it refuses, ends the link, and the
+replica is asked again before it rejoins.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncio
 import logging
 import secrets
 import ssl
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import aiomqtt
@@ -36,16 +40,22 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hub.mqtt import sessions
 from outpost import backoff, wire
+from outpost.aio import wait_event
 from outpost.mqtt import LinkState
 
 logger = logging.getLogger(__name__)
 
 PROBE_KIND = "probe"
+NOT_AUTHORIZED = "Not authorized"  # the MQTT 5 reason (0x87) an ACL's refusal gives
 # How long the probe may take to come back: a loaded broker on a slow machine answers
 # in well under a second. Mosquitto and EMQX refuse it at once (PUBACK "Not
 # authorized"); the wait is for a broker that takes it and drops it.
 PROBE_TIMEOUT_S = 10.0
 RETRY_S = 30.0  # between probes while the broker does not list the replica
+# How often a listed replica's link, idle of downlinks, publishes the probe again: the
+# longest a broker reloaded without it goes unnoticed (its share of device messages
+# dropped meanwhile, and resent by the devices).
+RECHECK_S = 60.0
 RECONNECT_CAP_S = 10.0  # between attempts while the broker cannot be reached
 
 
@@ -60,7 +70,8 @@ async def unlisted_because(
     topic = wire.down_topic(cn, PROBE_KIND)
     nonce = secrets.token_bytes(16)
     client = sessions.errand_client(host, port, cn, context, timeout_s=timeout_s)
-    refused = _refusals(client)
+    refused: list[str] = []  # the probe's PUBACK's reason, if it refused it
+    watch_refusals(client, refused.append)
     connected = False
     verdict: list[str | None] = []  # once there is one
     try:
@@ -96,10 +107,11 @@ async def _came_back(
     return f"the broker took the probe and did not deliver it within {timeout_s:g} s"
 
 
-def _refusals(client: aiomqtt.Client) -> list[str]:
-    """The reasons of the PUBACKs that refuse a publish, as they come: aiomqtt drops
-    them, so this wraps its paho callback (as hub/mqtt/link.py's `_on_resumed` does)."""
-    refused: list[str] = []
+def watch_refusals(client: aiomqtt.Client, on_refused: Callable[[str], None]) -> None:
+    """Pass the reason of each PUBACK that refuses a publish to `on_refused`, as it comes:
+    aiomqtt drops them, so this wraps its paho callback (as hub/mqtt/link.py's
+    `_on_resumed` does). Before the client connects; the callback runs before the
+    refused publish returns."""
     paho = client._client  # aiomqtt keeps the paho client it drives here
     on_publish = cast(mqtt.CallbackOnPublish_v2, paho.on_publish)
 
@@ -111,11 +123,10 @@ def _refusals(client: aiomqtt.Client) -> list[str]:
         properties: Properties,
     ) -> None:
         if code.is_failure:
-            refused.append(str(code))
+            on_refused(str(code))
         on_publish(paho_client, userdata, mid, code, properties)
 
     paho.on_publish = on_publish_checked
-    return refused
 
 
 async def until_listed(
@@ -147,15 +158,128 @@ async def until_listed(
         if why is None:
             return
         reconnect.reset()
-        link.set(
-            "unlisted",
-            f"the broker at {address} does not list replica {replica_id} (certificate CN "
-            f"{cn}) in its ACL: {why}. It may not publish to devices, and would lose its "
-            "share of their messages, so it takes none. Write the broker's files with "
-            f"`outpost-hub broker-config --replica {replica_id}` (every replica named) and "
-            f"reload the broker; asked again every {retry_s:g} s",
-            level=logging.ERROR,
-        )
-        if unlisted is not None:
-            unlisted.set()
+        _say_unlisted(link, address, replica_id, cn, why, retry_s, unlisted)
         await asyncio.sleep(retry_s)
+
+
+def _say_unlisted(
+    link: LinkState,
+    address: str,
+    replica_id: str,
+    cn: str,
+    why: str,
+    retry_s: float,
+    unlisted: asyncio.Event | None,
+) -> None:
+    link.set(
+        "unlisted",
+        f"the broker at {address} does not list replica {replica_id} (certificate CN "
+        f"{cn}) in its ACL: {why}. It may not publish to devices, and would lose its "
+        "share of their messages, so it takes none. Write the broker's files with "
+        f"`outpost-hub broker-config --replica {replica_id}` (every replica named) and "
+        f"reload the broker; asked again every {retry_s:g} s",
+        level=logging.ERROR,
+    )
+    if unlisted is not None:
+        unlisted.set()
+
+
+class Relisting:
+    """A replica's listing, proven before its link first connects (`until_listed`) and
+    again after the link ended because the broker stopped listing it (`after_failure`,
+    the hook `outpost.mqtt.run_forever` calls after each failed connection)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        replica_id: str,
+        cn: str,
+        context: ssl.SSLContext,
+        link: LinkState,
+        *,
+        unlisted: asyncio.Event | None = None,
+        retry_s: float | None = None,
+        probe_timeout_s: float | None = None,
+    ) -> None:
+        self._address = (host, port)
+        self._replica_id = replica_id
+        self.cn = cn
+        self._context = context
+        self._link = link
+        self._unlisted = unlisted
+        self._retry_s = retry_s
+        self._probe_timeout_s = probe_timeout_s
+
+    async def until_listed(self) -> None:
+        host, port = self._address
+        await until_listed(
+            host,
+            port,
+            self._replica_id,
+            self.cn,
+            self._context,
+            self._link,
+            unlisted=self._unlisted,
+            retry_s=self._retry_s,
+            probe_timeout_s=self._probe_timeout_s,
+        )
+
+    async def after_failure(self, error: aiomqtt.MqttError) -> bool:
+        """After `UnlistedError`: say so, wait `retry_s` (a broker that refuses the link
+        what the probe passes must not be asked in a tight loop), then wait for the
+        listing; True (the link reconnects at once). Any other failure: False."""
+        if not isinstance(error, UnlistedError):
+            return False
+        host, port = self._address
+        address = f"{host}:{port}"
+        retry_s = RETRY_S if self._retry_s is None else self._retry_s
+        _say_unlisted(self._link, address, self._replica_id, self.cn, str(error), retry_s, None)
+        await asyncio.sleep(retry_s)
+        await self.until_listed()
+        return True
+
+
+class UnlistedError(aiomqtt.MqttError):
+    """The broker stopped listing the replica while its link ran: the link ends (a
+    link error, so `until_listed` is asked before the next connection)."""
+
+
+class ListingWatch:
+    """Notices, on a replica's live link, that the broker no longer lists it: one of its
+    publishes refused as not authorized (a hub may write every device's `down/#`, so
+    only an ACL that does not name it refuses one), or its subscription refused.
+
+    Made with the link's client, before it connects; `until_refused` runs beside the
+    link's session and raises `UnlistedError`. The probe goes to the replica's own
+    `down` topic, where nobody listens (the link reads only devices' `up`)."""
+
+    def __init__(self, client: aiomqtt.Client, cn: str, *, every_s: float | None = None) -> None:
+        self._client = client
+        self._topic = wire.down_topic(cn, PROBE_KIND)
+        self._every_s = RECHECK_S if every_s is None else every_s
+        self.probes = 0  # published so far
+        self._refused = asyncio.Event()
+        self._why = ""
+        watch_refusals(client, self._saw)
+
+    def _saw(self, reason: str) -> None:
+        if reason == NOT_AUTHORIZED and not self._refused.is_set():
+            self._why = f"the broker refused a publish ({reason})"
+            self._refused.set()
+
+    def check_subscription(self, granted: Sequence[int | ReasonCode]) -> None:
+        """`UnlistedError` if the SUBACK refused the shared subscription (EMQX does for
+        a name its ACL does not allow; Mosquitto grants it and drops the messages)."""
+        for code in granted:
+            if isinstance(code, ReasonCode) and code.is_failure:
+                raise UnlistedError(f"the broker refused the subscription ({code})")
+
+    async def until_refused(self) -> None:
+        """Publish the probe every `every_s` (any publish of the link's refused counts
+        at once); raise `UnlistedError` with why once one is refused."""
+        # A refused probe's PUBACK sets the event before its publish returns.
+        while not await wait_event(self._refused, self._every_s):
+            await self._client.publish(self._topic, b"", qos=1)
+            self.probes += 1
+        raise UnlistedError(self._why)

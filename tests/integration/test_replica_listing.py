@@ -126,6 +126,82 @@ async def test_an_unlisted_replica_takes_no_share_of_the_devices_messages(
         store.close()
 
 
+async def test_a_replica_the_broker_stops_listing_leaves_the_group_until_listed_again(
+    broker: Broker,  # noqa: F811 - the fixture
+    hub_paths: HubPaths,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """r1 runs its real link, listed; the broker's files are written again without it
+    and reloaded (an operator adding a replica and naming only the new one): r1 notices
+    on its live link, leaves the share group (every heartbeat then reaches r2), says
+    why, and rejoins once the files name it again."""
+    monkeypatch.setattr(listing, "RECHECK_S", 0.2)
+    monkeypatch.setattr(listing, "RETRY_S", 0.2)
+    config = HubConfig(
+        replica_id="r1",
+        broker=f"mqtts://{HOST}:{broker.port}",
+        db_url="postgresql://replicas.example/outpost",  # the link never reads it
+    )
+    store = await asyncio.to_thread(HubStore, hub_paths.database)
+    ingest = Ingest(store, max_payload_bytes=config.max_payload_bytes)
+    link = HubLink(hub_paths, config, ingest, DeviceIntake())
+    running = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(link.state.connected.wait(), 30)
+
+        # Listed, its probes pass and the link stays up.
+        watch = link._watch
+        assert watch is not None
+
+        async def probed() -> bool:
+            return watch.probes >= 3
+
+        await eventually(probed, timeout=30, what="three probes")
+        assert link.state.state == "connected"
+
+        _reload(broker, hub_paths, "r2")  # r1 left out
+        await eventually(_in(link.state, "unlisted"), timeout=30, what="the refusal")
+        said = link.state.detail  # as logged (the CLI run above took the log's handlers)
+        assert "does not list replica r1" in said
+        assert "the broker refused a publish (Not authorized)" in said
+        assert "outpost-hub broker-config --replica r1" in said
+
+        cn = link_cn("r2")
+        async with (
+            _client(broker, hub_paths, cn) as r2,
+            _client(broker, hub_paths, "dev-a") as device,
+            _receiving(r2) as inbox,
+        ):
+            await _subscribe(r2, _shared(hub_paths))
+            await _subscribe(r2, wire.down_topic(cn, "#"))
+            for n in range(20):
+                await _publish(device, _heartbeat("dev-a"), b"beat-%d" % n)
+            await _publish(r2, wire.down_topic(cn, "marker"), b"done")  # after the beats
+            await eventually(
+                lambda: _has(inbox, wire.down_topic(cn, "marker")), timeout=30, what="marker"
+            )
+        assert inbox.payloads(_heartbeat("dev-a")) == [b"beat-%d" % n for n in range(20)]
+        assert link.state.state == "unlisted"
+
+        _reload(broker, hub_paths, "r1", "r2")  # the fix
+        await eventually(_in(link.state, "connected"), timeout=60, what="the link back")
+    finally:
+        await cancel_until_done(running)
+        store.close()
+
+
+def _reload(broker: Broker, hub_paths: HubPaths, *replicas: str) -> None:  # noqa: F811
+    """The broker's files written again naming `replicas`, and the broker reloaded
+    (Mosquitto reads its ACL again on SIGHUP)."""
+    named = [arg for replica in replicas for arg in ("--replica", replica)]
+    listen = ("--listen", f"{HOST}:{broker.port}")
+    code = _broker_config(
+        hub_paths.root, broker.out, "--kind", "mosquitto", "--force", *listen, *named
+    )
+    assert code == 0
+    broker.process.send_signal(signal.SIGHUP)
+
+
 async def test_a_broker_out_of_reach_is_a_link_down_not_a_refusal(
     hub_paths: HubPaths, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -324,6 +324,9 @@ async def test_two_replicas_both_allocating_never_give_one_task_to_two_devices(
         expositions = [await api.text("/metrics") for api in apis]
         assigned = [_metric(text, "outpost_hub_tasks_assigned_total") for text in expositions]
         conflicts = [_metric(text, "outpost_hub_db_conflicts_total") for text in expositions]
+        up = 'outpost_hub_broker_link{state="connected"}'
+        links = [_metric(text, up) for text in expositions]
+        healths = [(await api.call("GET", "/api/v1/health"))[1] for api in apis]
     finally:
         for api in apis:
             await api.close()
@@ -339,6 +342,9 @@ async def test_two_replicas_both_allocating_never_give_one_task_to_two_devices(
     assert not anomalies, "\n".join(anomalies[:30])
     # Both replicas allocated (else there was no race).
     assert all(n > 0 for n in assigned), assigned
+    # Both listed by the broker's ACL, their links up (hub/mqtt/listing.py).
+    assert links == [1.0, 1.0]
+    assert [h["broker_link"] for h in healths] == ["connected", "connected"], healths
     print(
         f"\ntwo replicas allocating at once: assignments per replica {assigned}, "
         f"units of work retried after a conflict {conflicts}"
