@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
+import email.utils
 import logging
 import ssl
 import time
@@ -42,7 +44,12 @@ HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
 class RenewalError(RuntimeError):
-    """The certificate was not renewed (network, hub trouble); worth trying again soon."""
+    """The certificate was not renewed (network, hub trouble); worth trying again soon,
+    but not before `retry_after_s` when the hub said how long to wait (Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RenewalRefusedError(RenewalError):
@@ -126,6 +133,7 @@ async def _post(hub_url: str, ca_pem: bytes, body: dict[str, str]) -> dict[str, 
             session.post(url, json=body, ssl=context) as response,
         ):
             status, reason = response.status, response.reason or ""
+            retry_after = retry_after_s(response.headers.get("Retry-After"))
             try:
                 reply = await response.json(content_type=None)
             except ValueError:
@@ -143,7 +151,26 @@ async def _post(hub_url: str, ca_pem: bytes, body: dict[str, str]) -> dict[str, 
         raise RenewalRefusedError(
             status, f"the hub refused to renew the certificate ({status}): {message}"
         )
-    raise RenewalError(f"the hub could not renew the certificate ({status}): {message}")
+    raise RenewalError(
+        f"the hub could not renew the certificate ({status}): {message}", retry_after
+    )
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """A Retry-After header's wait in seconds (delay-seconds or an HTTP date), at most
+    `MAX_SLEEP_S`; None if absent or unreadable (the back-off decides then)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_SLEEP_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; a naive one is read so too
+        when = when.replace(tzinfo=dt.UTC)
+    return min(max(0.0, when.timestamp() - time.time()), MAX_SLEEP_S)
 
 
 class CertRenewer:
@@ -190,6 +217,10 @@ class CertRenewer:
                 # ValueError, TypeError: identity.json or the certificate unreadable or
                 # damaged; a failing disk must not end the agent either.
                 wait = backoff.delay(attempt, cap=self._retry_cap)
+                if isinstance(exc, RenewalError) and exc.retry_after_s is not None:
+                    # The hub's rate limit, or a hold for flooding: asking sooner is
+                    # refused again (and logged again, here and at the hub).
+                    wait = max(wait, exc.retry_after_s)
                 attempt += 1
                 logger.warning("certificate renewal failed: %s; retrying in %.1f s", exc, wait)
             else:

@@ -348,6 +348,11 @@ async def test_a_device_held_off_for_flooding_cannot_renew_until_the_hold_ends(
     assert status == 429
     assert "held off for flooding" in reply["error"]["message"]
     assert 500 < retry_after <= 600
+    # The agent's renewer reads the wait too, and keeps to it (tests/unit/test_renewal.py).
+    with pytest.raises(renewal.RenewalError) as refused:
+        await renew(paths, identity)
+    assert refused.value.retry_after_s is not None
+    assert 500 < refused.value.retry_after_s <= 600
     device = await hub.parts.store.device(identity.device_id)
     assert device is not None
     assert device.cert_serial == serial_of(paths)  # nothing issued

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import email.utils
 import time
 from pathlib import Path
 
@@ -224,6 +225,54 @@ async def test_network_failures_back_off_and_refusals_wait_long(
     assert 0 <= waits[1] <= 1.5
     assert waits[2] == 1234.0
     assert 0 <= waits[3] <= 1.5 * 1.5 * 1.5
+
+
+async def test_the_hubs_retry_after_is_waited_out_and_a_failure_without_it_backs_off(
+    device: DevicePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 429 (renewed within the hour, held off for flooding) says how long: asking
+    sooner is refused again. The control: the same failure without it backs off as
+    usual."""
+    now = time.time()
+    set_window(device, now - 100, now + 1)
+    hub = FakeHub(
+        device,
+        [
+            RenewalError("the hub could not renew the certificate (429)", retry_after_s=420.0),
+            RenewalError("the hub could not renew the certificate (429)"),
+        ],
+    )
+    renewer = CertRenewer(device, retry_cap=5.0, refused_retry=1234.0)
+
+    waits = await run_renewer(monkeypatch, renewer, hub, limit=2)
+
+    assert waits[0] == 420.0
+    assert 0 <= waits[1] <= 1.5
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, None),
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("999999", renewal.MAX_SLEEP_S),  # a hub's mistake does not park renewal for days
+        ("soon", None),
+        ("-5", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date passed: at once
+    ],
+)
+def test_a_retry_after_header_is_read_as_seconds_or_a_date(
+    header: str | None, seconds: float | None
+) -> None:
+    assert renewal.retry_after_s(header) == seconds
+
+
+def test_a_retry_after_date_to_come_is_the_seconds_until_it() -> None:
+    header = email.utils.formatdate(time.time() + 300, usegmt=True)
+    wait = renewal.retry_after_s(header)
+    assert wait is not None
+    assert 290 <= wait <= 300
 
 
 async def test_a_clock_far_ahead_does_not_renew_in_a_loop(
