@@ -98,7 +98,8 @@ def decode(cls: type[T], raw: bytes, where: str = "body") -> T:
     naming the field that is wrong. JSON has no NaN or infinity, and numbers out of a
     field's range (or of a double's) are refused; so is a NUL character in a string,
     which PostgreSQL's text cannot hold (the same request answers alike on both)."""
-    if _NUL_ESCAPE.search(raw):
+    # The plain search first: the pattern's look-behind costs ~60 µs on a 2 KB body.
+    if b"\\u0000" in raw and _NUL_ESCAPE.search(raw):
         raise bad_field(where, "strings may not hold a NUL character (\\u0000)")
     if _SELECTOR in raw:
         _refuse_repeated_keys(raw, where)
