@@ -130,9 +130,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--replicas",
         type=int,
-        default=0,
+        default=None,
         help="run the hub as this many replicas (2 or more) on a throwaway PostgreSQL and "
-        f"one Mosquitto, and kill the leader {demo_replicas.KILL_AT_S:.0f} s in",
+        f"one Mosquitto, and kill the leader {demo_replicas.KILL_AT_S:.0f} s in (left "
+        "out: one hub)",
     )
     return parser
 
@@ -161,8 +162,9 @@ def arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
     names = [name for name, _, _ in [*AGENTS, COURIER_AGENT]] + [UPDATER_NAME]
     if too_long := socket_too_long(args.data, names):
         parser.error(f"argument --data: {too_long}")
-    if args.replicas == 1 or args.replicas < 0:
-        parser.error("--replicas: give 2 or more (0, the default, runs one hub)")
+    if args.replicas is not None and args.replicas < 2:
+        parser.error(f"--replicas: give 2 or more, not {args.replicas} (leave it out for one hub)")
+    args.replicas = args.replicas or 0  # 0: one hub
     if args.sinks and args.replicas:
         parser.error("--sinks runs with one hub: leave out --replicas")
     if args.courier and args.replicas:

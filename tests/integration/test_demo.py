@@ -290,6 +290,8 @@ def test_demo_refuses_to_wipe_a_folder_it_did_not_make(short_dir: Path) -> None:
         (["--cut-at", "30", "--duration", "20"], "argument --cut-at: 30 s is not within"),
         (["--cut-for", "5", "--duration", "10"], "argument --cut-at: 12 s is not within"),
         (["--data", "/etc/passwd/x"], "argument --data: /etc/passwd/x: cannot make"),
+        (["--replicas", "0"], "--replicas: give 2 or more, not 0"),  # not "one hub" quietly
+        (["--replicas", "1"], "--replicas: give 2 or more, not 1"),
         (
             ["--data", "d" * 100],
             "is too long a path: the agents serve on Unix sockets",
