@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,16 @@ def import_bundles(args: argparse.Namespace) -> int:
     """Import device bundles; write each device's ack bundle to --ack-out (without it,
     no ack is made: nothing is leased to the device and no certificate renewed)."""
     paths = HubPaths(args.data)
+    max_tasks = _task_limit(args.tasks)
     bundles = parts.assemble(args.paths)  # a bad part refuses the lot: nothing stored
     refused = 0
     config = load_config(args.data, args.config)
     with open_store(paths, config) as store:
+        if args.ack_out is not None:
+            # Before the first import: an import leases tasks into its ack and records
+            # the bundle, so its import again is refused; an ack that could not then be
+            # written left those tasks with nobody to carry them until the lease ran out.
+            _writable_folder(args.ack_out, "--ack-out")
         desk = open_desk(paths, store, config)
         for name, sealed in bundles:
             try:
@@ -33,7 +40,7 @@ def import_bundles(args: argparse.Namespace) -> int:
                     desk.importer.import_bundle(
                         sealed,
                         lease_s=args.lease,
-                        max_tasks=max(0, args.tasks),
+                        max_tasks=max_tasks,
                         answer=args.ack_out is not None,
                     )
                 )
@@ -61,6 +68,7 @@ def export_bundles(args: argparse.Namespace) -> int:
     now is leased nothing: its tasks reach it over MQTT, and a bundle it never sees
     would hold them for the lease (days). Named with --device, it is leased tasks."""
     paths = HubPaths(args.data)
+    max_tasks = _task_limit(args.tasks)
     selector = parse_selector(args.selector, "--selector")
     config = load_config(args.data, args.config)
     with open_store(paths, config) as store:
@@ -68,11 +76,12 @@ def export_bundles(args: argparse.Namespace) -> int:
         chosen = asyncio.run(_chosen(store, args.device, selector))
         if not chosen.device_ids:
             raise ValueError("no device matches: check --device or --selector")
+        _writable_folder(args.to, "--to")  # before any lease, as for --ack-out
         made = asyncio.run(
             desk.exporter.export(
                 chosen.device_ids,
                 lease_s=args.lease,
-                max_tasks=max(0, args.tasks),
+                max_tasks=max_tasks,
                 lease_to=chosen.lease_to,
             )
         )
@@ -120,6 +129,29 @@ async def _chosen(store: HubStore, names: list[str], selector: dict[str, str]) -
                     online.add(device.device_id)
     device_ids = list(dict.fromkeys(named + picked))
     return Chosen(device_ids, frozenset(named) | frozenset(picked).difference(online))
+
+
+def _task_limit(tasks: int) -> int:
+    """--tasks, refused when negative: read as 0 it leased nothing, silently."""
+    if tasks < 0:
+        raise ValueError(f"--tasks {tasks}: give how many tasks to lease, 0 for none")
+    return tasks
+
+
+def _writable_folder(folder: Path, flag: str) -> None:
+    """Make `folder` if need be and prove a file can be made in it, or say why not."""
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{flag} {folder} is a file: give a folder to write bundles in")
+        folder.mkdir(parents=True, exist_ok=True)
+        # Permission bits do not tell (root ignores them; a read-only mount overrides
+        # them): only a file made there does.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"{flag} {folder}: cannot write bundles there: {exc.strerror or exc}"
+        ) from exc
 
 
 def _write(folder: Path, device_id: str, sealed: bytes, max_size: int) -> list[Path]:

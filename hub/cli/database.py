@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hub.initialise import initialise
+from hub.initialise import AlreadyInitialisedError, initialise
 from hub.paths import HubPaths
 from hub.store.engine import describe, is_postgres, open_engine, sqlite_path
 from hub.store.transfer import copy_sqlite_to_postgres
@@ -17,16 +17,23 @@ from outpost.datalock import DataLock
 def init(args: argparse.Namespace) -> int:
     """Initialise a data folder (and, with `--db`, its PostgreSQL database)."""
     paths = HubPaths(args.data)
+    # Every refusal of the folder comes before the database is touched: a folder refused
+    # after `--db` made its schema left tables behind in a database no hub uses.
+    if paths.root.exists() and not paths.root.is_dir():
+        raise ValueError(f"{paths.root} is a file, not a folder: choose another --data")
+    if problem := datafolders.hub_folder_problem(paths.root):
+        raise ValueError(problem)
+    if paths.pki.exists():  # `initialise` checks again, under the lock (two inits at once)
+        raise AlreadyInitialisedError(
+            f"{paths.root} is already initialised (found {paths.pki.name}/); "
+            "refusing to overwrite its keys"
+        )
     if args.db is not None:
         if not is_postgres(args.db):
             raise ValueError(f"--db {describe(args.db)}: init --db takes a postgresql:// URL")
         if paths.config.exists():
             raise ValueError(f"{paths.config} exists: set db_url in it instead of --db")
         open_engine(args.db).close()  # reachable, and its schema made, before any key
-    if paths.root.exists() and not paths.root.is_dir():
-        raise ValueError(f"{paths.root} is a file, not a folder: choose another --data")
-    if problem := datafolders.hub_folder_problem(paths.root):
-        raise ValueError(problem)
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     with DataLock.acquire(paths.root, "outpost-hub init"):  # two inits at once: one wins
         initialise(paths, server_names=args.san)

@@ -5,18 +5,22 @@ all of it or, on any failure, none of it. The target must hold no data yet (a fr
 database, or one only `init --db` or a replica's start has migrated), so a typo in the
 URL cannot merge two fleets. Counts are compared table by table before the commit.
 Model files go into the database too (the single hub kept them on disk only), so any
-replica can serve a download.
+replica can serve a download. The source is only read, and refused before the target is
+touched unless it is a hub's database: an older hub's is brought to the newest schema in
+a temporary copy, never in place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from hub.store.engine import DatabaseUrlError, describe, open_engine
+from hub.store.migrations import MIGRATIONS
 from hub.store.sql import Sql
 from outpost.modelbundle import MODEL_FILE
 
@@ -25,6 +29,7 @@ SEEDED = {"policy_seq", "offer_seq", "leadership"}
 # Not data: the migration ledger, SQLite's own bookkeeping, who leads right now.
 SKIPPED = {"_migrations", "sqlite_sequence", "leadership", "model_files"}
 BATCH = 1000
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
 
 
 class TransferRefusedError(ValueError):
@@ -47,21 +52,82 @@ def copy_sqlite_to_postgres(
     each model's file from the folder `models` (name/version/model.tflite), and each
     agent release's files from `agent_releases` (version/NAME): on PostgreSQL every
     replica serves them from the database, the data folder's copies being one's own."""
-    if not source.is_file():
-        raise TransferRefusedError(f"{source} does not exist: nothing to migrate")
-    # The source is migrated to the newest schema first, as a hub start would.
-    open_engine(source).close()
-    target = open_engine(target_url)
-    try:
-        # Read on the target's worker thread, inside its transaction.
-        source_db = sqlite3.connect(f"file:{source}?mode=ro", uri=True, check_same_thread=False)
-        with contextlib.closing(source_db) as conn:
-            tables = _tables(conn)
+    with _hub_database(source) as conn:  # refused here: the target not yet touched
+        target = open_engine(target_url)
+        try:
+            # Read on the target's worker thread, inside its transaction.
             return target.run_sync(
-                _copy, conn, tables, describe(target_url), models, agent_releases
+                _copy, conn, _tables(conn), describe(target_url), models, agent_releases
             )
-    finally:
-        target.close()
+        finally:
+            target.close()
+
+
+@contextlib.contextmanager
+def _hub_database(source: Path) -> Iterator[sqlite3.Connection]:
+    """The hub database `source`, opened read-only, at the newest schema; refused
+    (`TransferRefusedError`) when it is not a hub's. Opened as the hub opens it, a
+    file given by mistake was made into a hub database, and an older hub's changed."""
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(contextlib.closing(_open_read_only(source)))
+        if _behind(conn, source):
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="outpost-")))
+            conn = stack.enter_context(contextlib.closing(_updated_copy(conn, scratch)))
+        yield conn
+
+
+def _open_read_only(source: Path) -> sqlite3.Connection:
+    if source.is_dir():
+        raise TransferRefusedError(
+            f"{source} is a folder, not a database: give the hub's database file (its hub.db)"
+        )
+    if not source.exists():
+        raise TransferRefusedError(f"{source} does not exist: nothing to migrate")
+    if not source.is_file():
+        raise TransferRefusedError(f"{source} is not a file: give the hub's database file")
+    with source.open("rb") as file:
+        magic = file.read(len(SQLITE_MAGIC))
+    if magic != SQLITE_MAGIC:  # SQLite would take an empty file for a new database
+        what = "is empty" if not magic else "is not a SQLite database"
+        raise TransferRefusedError(f"{source} {what}: give the hub's database file (its hub.db)")
+    # A URI, so that SQLite can neither write the file nor make it; as_uri quotes what
+    # a path may hold that a URI must not (?, #, %).
+    return sqlite3.connect(
+        f"{source.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+    )
+
+
+def _behind(conn: sqlite3.Connection, source: Path) -> bool:
+    """Whether the hub database `source` lacks migrations this version applies."""
+    try:
+        ledger = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
+        ).fetchone()
+        applied = {r[0] for r in conn.execute("SELECT name FROM _migrations")} if ledger else set()
+    except sqlite3.DatabaseError as exc:  # damaged, or its folder unreadable
+        raise TransferRefusedError(f"{source} cannot be read as a SQLite database: {exc}") from exc
+    known = [name for name, _ in MIGRATIONS]
+    if known[0] not in applied:  # none, or another program's (an agent's store)
+        raise TransferRefusedError(
+            f"{source} is not a hub's database (it has no hub schema): give the hub's "
+            "database file (its hub.db); nothing was copied"
+        )
+    if newer := sorted(applied.difference(known)):
+        raise TransferRefusedError(
+            f"{source} was made by a newer outpost-hub (its schema has {', '.join(newer)}): "
+            "migrate it with that version"
+        )
+    return len(applied) < len(known)
+
+
+def _updated_copy(conn: sqlite3.Connection, scratch: Path) -> sqlite3.Connection:
+    """A copy of `conn`'s database in the folder `scratch`, migrated to the newest schema
+    (as a hub start would migrate the database itself), for the target has that schema."""
+    copy = scratch / "hub.db"
+    with contextlib.closing(sqlite3.connect(copy)) as made:
+        conn.backup(made)
+    open_engine(copy).close()
+    return sqlite3.connect(copy, check_same_thread=False)
 
 
 def _tables(conn: sqlite3.Connection) -> list[str]:

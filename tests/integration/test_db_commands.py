@@ -4,6 +4,9 @@ on PostgreSQL, a SQLite hub's data moved over whole, and clear refusals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +24,11 @@ from hub.paths import HubPaths
 from hub.store import AuditEntry, Device, HubStore, Layer, NewTask, StoredModel, Upload, outbox
 from hub.store import agentreleases as registry
 from hub.store.agentreleases import StoredAgentRelease
+from hub.store.engine import migrate_sqlite
+from hub.store.migrations import MIGRATIONS
+from hub.store.sql import SqliteSql
 from outpost.modelbundle import MODEL_FILE
+from outpost.sqlite import open_database
 from tests.support import REPO
 
 MODEL_BYTES = bytes(range(256)) * 40
@@ -310,3 +317,116 @@ def test_agent_release_files_come_along_with_db_migrate(tmp_path: Path, pg_url: 
     served = asyncio.run(after())
     assert served is not None, "a listed agent release whose file no replica can serve"
     assert served.read_bytes() == wheel
+
+
+def _tables_in(pg_url: str) -> list[str]:
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _beside(path: Path) -> list[str]:
+    """What lies in `path`'s folder beside it (SQLite's -wal, -shm or -journal files)."""
+    return sorted(p.name for p in path.parent.iterdir() if p != path)
+
+
+def test_db_migrate_refuses_a_source_that_is_no_hub_database_and_leaves_it_as_it_was(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The source was opened as a hub opens its database: an empty file or another
+    program's SQLite file was made into a hub database (300 KB, -wal and -shm beside
+    it), 0 rows were copied, and the command said it had migrated."""
+    data = tmp_path / "hub"
+    assert _run("init", "--data", str(data)).returncode == 0
+    empty = tmp_path / "empty" / "empty.db"
+    text = tmp_path / "text" / "notes.db"
+    other = tmp_path / "other" / "other.db"
+    for path in (empty, text, other):
+        path.parent.mkdir()
+    empty.write_bytes(b"")
+    text.write_bytes(b"not a database at all\n" * 50)
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('mine')")
+        conn.commit()
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    cases = [
+        (empty, str(empty), "is empty"),
+        (text, f"sqlite:{text}", "is not a SQLite database"),
+        (other, str(other), "is not a hub's database"),
+    ]
+
+    for source, given, said in cases:
+        before = source.read_bytes()
+        refused = _run("db", "migrate", "--data", str(data), "--from", given, "--to", pg_url)
+
+        assert refused.returncode == 2, (given, refused.stdout, refused.stderr)
+        assert said in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert source.read_bytes() == before  # not made into a hub database
+        assert _beside(source) == []  # no -wal, -shm or -journal left beside it
+    in_folder = _run("db", "migrate", "--data", str(data), "--from", f"sqlite:{folder}",
+                     "--to", pg_url)  # fmt: skip
+    assert in_folder.returncode == 2
+    assert f"{folder} is a folder" in in_folder.stderr
+    assert list(folder.iterdir()) == []
+    assert _tables_in(pg_url) == []  # the target was never touched: no schema made
+
+
+def test_db_migrate_copies_an_older_hubs_database_and_leaves_it_unchanged(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A hub database some migrations behind is brought up to date in a copy: its data
+    arrives in PostgreSQL, the file itself is not written (it was migrated in place)."""
+    data = tmp_path / "hub"
+    assert _run("init", "--data", str(data)).returncode == 0
+    old = tmp_path / "old" / "hub.db"
+    old.parent.mkdir()
+    db = open_database(old, synchronous="FULL")
+    try:
+        migrate_sqlite(SqliteSql(db.conn), MIGRATIONS[:-2])
+        db.conn.execute(
+            "INSERT INTO audit (at, subject, role, method, path, action, status, detail)"
+            " VALUES (1.0, 'alice', 'admin', 'PUT', '/x', 'policy.put', 200, '')"
+        )
+    finally:
+        db.conn.close()
+    before = hashlib.sha256(old.read_bytes()).hexdigest()
+
+    moved = _run("db", "migrate", "--data", str(data), "--from", str(old), "--to", pg_url)
+
+    assert moved.returncode == 0, moved.stderr
+    assert hashlib.sha256(old.read_bytes()).hexdigest() == before
+    with contextlib.closing(sqlite3.connect(f"{old.as_uri()}?mode=ro", uri=True)) as conn:
+        (applied,) = conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()
+    assert applied == len(MIGRATIONS) - 2
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT subject, action FROM audit").fetchall()
+    assert rows == [("alice", "policy.put")]
+
+
+def test_init_with_a_database_refuses_the_folder_before_touching_the_database(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """An initialised folder, or a file, was refused only after `--db` had made every
+    table in PostgreSQL, left behind in a database no hub uses."""
+    data = tmp_path / "hub"
+    assert _run("init", "--data", str(data)).returncode == 0
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine\n")
+
+    again = _run("init", "--data", str(data), "--db", pg_url)
+    on_file = _run("init", "--data", str(a_file), "--db", pg_url)
+
+    assert again.returncode == 2
+    assert "already initialised" in again.stderr
+    assert on_file.returncode == 2
+    assert "is a file, not a folder" in on_file.stderr
+    for done in (again, on_file):
+        assert "Traceback" not in done.stderr
+    assert _tables_in(pg_url) == []
+    assert a_file.read_text() == "mine\n"
+    assert not (data / "hub.toml").exists()  # no db_url written into the initialised one
