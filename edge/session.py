@@ -31,6 +31,7 @@ from edge.tuning import Tuning
 from outpost import __version__, wire
 from outpost.aio import supervise
 from outpost.mqtt import NODELAY
+from outpost.mqttmessages import Messages
 from outpost.wire import packing
 
 logger = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ class Session:
     async def _receive(self, client: aiomqtt.Client) -> None:
         """Hand each message from the hub to the part it is for."""
         parts = self._parts
-        async for message in client.messages:
+        async for message in Messages(client):
             try:
                 _, _, kind = wire.parse_topic(message.topic.value)
                 envelope = wire.decode(message.payload, kinds=wire.DOWN_KINDS, expected_kind=kind)

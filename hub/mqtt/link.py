@@ -26,6 +26,7 @@ from hub.paths import HUB_CLIENT_CN, HubPaths, link_cn
 from outpost import tls, wire
 from outpost.aio import supervise
 from outpost.mqtt import NODELAY, LinkState, run_forever
+from outpost.mqttmessages import Messages
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ PENDING_CALLS_WARNING = 10_000
 
 
 class Queued(Protocol):
-    """What `take_batch` reads: aiomqtt's message iterator (its length is what waits)."""
+    """What `take_batch` reads: the link's messages (outpost/mqttmessages.py; its length is
+    what waits)."""
 
     def __len__(self) -> int: ...
 
@@ -207,7 +209,7 @@ class HubLink:
             self.client = None
 
     async def _take(self, client: aiomqtt.Client) -> None:
-        messages = client.messages
+        messages = Messages(client)
         limit = self._config.max_payload_bytes
         async for message in messages:
             batch = await take_batch(message, messages, payload_limit=limit)
