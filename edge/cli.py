@@ -7,12 +7,13 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edge.config import SECTION, AgentConfig
 from edge.identity import DevicePaths, Identity, NotEnrolledError
@@ -25,6 +26,8 @@ from outpost.sdnotify import Notifier
 
 if TYPE_CHECKING:
     from edge.agent import Agent
+    from edge.inference.directory import ModelDirectory
+    from outpost.modelbundle import Bundle
 
 logger = logging.getLogger("edge")
 
@@ -71,11 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     token = p.add_mutually_exclusive_group(required=True)
     token.add_argument("--token", help="bootstrap token from `outpost-hub enroll-token`")
     token.add_argument(
-        "--token-file", type=Path, help="file holding the token (keeps it out of the process list)"
+        "--token-file",
+        type=datafolders.path("the file holding the token"),
+        help="file holding the token (keeps it out of the process list)",
     )
     _data(p)
     p.add_argument(
         "--profile",
+        type=datafolders.text("a shipped profile's name or a profile file"),
         required=True,
         help="device profile: a shipped profile's name (raspberry-pi-4, ...) or a file",
     )
@@ -98,11 +104,16 @@ def _parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument(
         "--config",
-        type=Path,
+        type=datafolders.path("a settings file"),
         help="settings file (default: agent.toml in the data folder, if present)",
     )
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
-    p.add_argument("--broker", help="override the broker, mqtts://HOST:PORT")
+    p.add_argument(
+        "--broker",
+        # Empty, it would read as not given: the enrolled broker would be used instead.
+        type=datafolders.text("the broker's URL, mqtts://HOST:PORT"),
+        help="override the broker, mqtts://HOST:PORT",
+    )
     p.add_argument(
         "--log-level", type=str.lower, choices=logs.LOG_LEVELS, help="debug, info, warning or error"
     )
@@ -114,7 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     m = models.add_parser(
         "install", help="install model bundle folders (model.tflite, model.json, sample.json)"
     )
-    m.add_argument("bundles", type=Path, nargs="+", help="bundle folders, e.g. models/x/1.0.0")
+    m.add_argument(
+        "bundles",
+        type=datafolders.path("a bundle folder"),
+        nargs="+",
+        help="bundle folders, e.g. models/x/1.0.0",
+    )
     _data(m)
     m.add_argument(
         "--no-activate", action="store_true", help="install without making it the active version"
@@ -147,7 +163,12 @@ def _parser() -> argparse.ArgumentParser:
         help="write what the hub has not acknowledged, signed and encrypted for the hub",
     )
     _data(b)
-    b.add_argument("--to", type=Path, required=True, help="folder to write the parts in")
+    b.add_argument(
+        "--to",
+        type=datafolders.path("the folder to write the parts in"),
+        required=True,
+        help="folder to write the parts in",
+    )
     b.add_argument("--max-size", default="1G", help="largest part file, e.g. 100M, 4G (default 1G)")
     b.add_argument(
         "--max-records",
@@ -159,7 +180,12 @@ def _parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_bundle_export)
     b = bundles.add_parser("import", help="apply the hub's bundle for this device (acks, policy)")
     _data(b)
-    b.add_argument("paths", type=Path, nargs="+", help="part files, or folders holding them")
+    b.add_argument(
+        "paths",
+        type=datafolders.path("a part file or a folder"),
+        nargs="+",
+        help="part files, or folders holding them",
+    )
     b.set_defaults(func=_bundle_import)
     return parser
 
@@ -207,6 +233,8 @@ def _enrolled(data: Path) -> DevicePaths:
     """The paths of an enrolled data folder; a folder that is not one (a typo, say) is
     refused by name rather than created or read as empty. Only `enroll` makes one."""
     paths = DevicePaths(data)
+    if data.exists() and not data.is_dir():
+        raise CliError(f"{data} is a file, not a folder: check --data")
     if not data.is_dir():
         raise CliError(f"{data} does not exist: check --data, or run `outpost-agent enroll`")
     if not paths.identity.exists():
@@ -219,15 +247,51 @@ def _models_install(args: argparse.Namespace) -> int:
     from outpost.modelbundle import BundleError
 
     directory = ModelDirectory(_enrolled(args.data).models)
-    for folder in args.bundles:
+    # All or nothing: a typo in the last folder must not leave the first ones installed
+    # (and, unless --no-activate, serving) behind an error.
+    for bundle in _checked_bundles(directory, args.bundles):
         try:
-            bundle = directory.install(folder, activate=not args.no_activate)
-        except BundleError as exc:
+            installed = directory.install(bundle.folder, activate=not args.no_activate)
+        except BundleError as exc:  # changed since it was checked: said, the rest not done
             raise CliError(str(exc)) from exc
-        m = bundle.manifest
+        m = installed.manifest
         print(f"installed {m.name} {m.version} (sha256 {m.sha256[:16]}..., {m.size} bytes)")
     print("a running agent loads new models when it restarts")
     return 0
+
+
+def _checked_bundles(directory: ModelDirectory, folders: list[Path]) -> list[Bundle]:
+    """Every bundle folder read and its model checked against its manifest, and none that
+    `install` would refuse (another model under an installed name and version, or under
+    one given twice); CliError naming the first that fails."""
+    from outpost.modelbundle import BundleError, read_bundle
+
+    bundles: list[Bundle] = []
+    given: dict[tuple[str, str], Bundle] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            problem = "is a file" if folder.exists() else "does not exist"
+            raise CliError(f"{folder} {problem}: give a bundle folder; nothing was installed")
+        try:
+            bundle = read_bundle(folder)
+        except BundleError as exc:
+            raise CliError(f"{exc}; nothing was installed") from exc
+        name, version = bundle.manifest.name, bundle.manifest.version
+        other = given.get((name, version))
+        if other is None and (directory.root / name / version).exists():
+            installed = directory.entry(name, version)
+            if installed.bundle is None:  # `install` cannot compare with it either
+                raise CliError(f"{installed.error}; nothing was installed")
+            other = installed.bundle
+        if other is not None and other.manifest.sha256 != bundle.manifest.sha256:
+            raise CliError(
+                f"{folder}: {name} {version} is also {other.folder}, another model (sha256 "
+                f"{other.manifest.sha256}); give the new model a new version; nothing was "
+                "installed"
+            )
+        given[name, version] = bundle
+        bundles.append(bundle)
+    return bundles
 
 
 def _models_list(args: argparse.Namespace) -> int:
@@ -254,18 +318,26 @@ def _models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# What edge.enroll says when its request may have reached the hub (the answer was lost):
+# the hub answers the same key again, so the key must stay for that retry.
+RETRY_WITH_KEY = "run the same enroll again"
+
+
 def _enroll(args: argparse.Namespace) -> int:
-    # Imported here: certificate handling and JWTs are needed once, at enrollment, and
-    # the running daemon need not carry them in memory.
-    from edge.enroll import EnrollError, enroll
+    from edge.enroll import EnrollError
 
     try:
-        return _do_enroll(args, enroll)
+        return _do_enroll(args)
     except EnrollError as exc:
         raise CliError(str(exc)) from exc
 
 
-def _do_enroll(args: argparse.Namespace, enroll: Any) -> int:
+def _do_enroll(args: argparse.Namespace) -> int:
+    # Imported here: certificate handling and JWTs are needed once, at enrollment, and
+    # the running daemon need not carry them in memory. `_read_token` is the check
+    # `enroll` makes itself, made here before there is a folder to leave behind.
+    from edge.enroll import EnrollError, _read_token, enroll
+
     if problem := datafolders.agent_folder_problem(args.data):
         raise CliError(problem)
     token = args.token
@@ -284,13 +356,55 @@ def _do_enroll(args: argparse.Namespace, enroll: Any) -> int:
     else:
         name = devicenames.from_hostname(socket.gethostname())
     profile = find_profile(args.profile)
-    args.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    load_profile(profile)  # a broken one refused by name, as `enroll` would, but first
+    _read_token(token)
+    made = _make_folder(args.data)
     # One enrollment of a folder at a time (and none while its agent runs): two at once
     # would enroll two devices and keep one identity.
     with DataLock.acquire(args.data, "outpost-agent enroll"):
-        identity = asyncio.run(enroll(token, DevicePaths(args.data), profile, name))
+        try:
+            identity = asyncio.run(enroll(token, DevicePaths(args.data), profile, name))
+        except EnrollError as exc:
+            # A failed enroll leaves no folder of its making (a key no hub knows, a lock)
+            # behind; one the user had is left as it was. Except when the request may
+            # have reached the hub: it then holds the token for this key, and the retry
+            # the message asks for works only with the same key. (So too after Ctrl-C or
+            # a disk error, which may come after the hub answered: not caught here.)
+            if RETRY_WITH_KEY not in str(exc):
+                _remove(made)
+            raise
     print(f"enrolled as {identity.name} ({identity.device_id}); broker {identity.broker_url}")
     return 0
+
+
+def _make_folder(data: Path) -> Path | None:
+    """Make the data folder and its missing parents (0700); the topmost folder this
+    made, or None if the data folder was there. Made one level at a time, so a folder
+    another process made at the same moment is never taken for this one's."""
+    missing = []
+    for folder in (data, *data.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    made = None
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if folder.is_dir():
+                continue  # made by another process just now: not this one's to remove
+            _remove(made)
+            raise CliError(f"{folder} is a file, not a folder: give --data a folder") from None
+        except OSError as exc:
+            _remove(made)
+            raise CliError(f"cannot make the data folder {folder}: {exc.strerror}") from exc
+        made = made or folder
+    return made
+
+
+def _remove(made: Path | None) -> None:
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def _renew(args: argparse.Namespace) -> int:

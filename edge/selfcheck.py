@@ -3,6 +3,9 @@ data folder, checked without touching it. A new version runs it before it is swi
 to (agent self-update), and an operator may run it any time, with the agent running:
 
 - imports: the agent's own modules and the inference runtime load;
+- identity, device key, certificate, profile: each loads as `run` loads it (the
+  certificate with the key and the CA, into a TLS client context), so a damaged file
+  fails here, named, rather than at the agent's start;
 - store: the store is copied (SQLite's online backup: consistent while the daemon
   writes) and this version's migrations are applied to the copy; a store already
   migrated by a newer agent (names this version does not know) is reported, as this
@@ -22,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.identity import DevicePaths
+from edge.identity import DevicePaths, Identity
 from outpost.sqlite import Database
 
 MODULES = ("edge.agent", "edge.localapi", "edge.session", "edge.store", "edge.courier")
@@ -39,7 +42,15 @@ class Check:
 
 
 def run_checks(paths: DevicePaths, runtime: str = "auto") -> list[Check]:
-    return [check_imports(), check_store(paths.store), *check_models(paths.models, runtime)]
+    return [
+        check_imports(),
+        check_identity(paths),
+        check_device_key(paths),
+        check_certificate(paths),
+        check_profile(paths.profile),
+        check_store(paths.store),
+        *check_models(paths.models, runtime),
+    ]
 
 
 def check_imports() -> Check:
@@ -52,6 +63,60 @@ def check_imports() -> Check:
     if failed:
         return Check("imports", False, "cannot import " + "; ".join(failed))
     return Check("imports", True, f"{len(MODULES)} modules of the agent load")
+
+
+def check_identity(paths: DevicePaths) -> Check:
+    """identity.json read as `run` reads it."""
+    try:
+        identity = Identity.load(paths)  # its errors name the file
+    except OSError as exc:  # NotEnrolledError is one; so is a file it may not read
+        return Check("identity", False, _named(exc, paths.identity))
+    return Check("identity", True, f"{identity.name or identity.device_id} ({paths.identity})")
+
+
+def check_device_key(paths: DevicePaths) -> Check:
+    """The device key loaded as a renewal loads it to sign its request."""
+    from edge.enroll import EnrollError, load_device_key
+
+    try:
+        load_device_key(paths)
+    except (OSError, ValueError, TypeError, EnrollError) as exc:
+        # cryptography: ValueError for a damaged key, TypeError for one with a password.
+        return Check("device key", False, _named(exc, paths.key))
+    return Check("device key", True, f"an EC key ({paths.key})")
+
+
+def check_certificate(paths: DevicePaths) -> Check:
+    """The certificate, its key and the fleet CA made into the TLS client context the
+    agent connects with."""
+    from outpost import tls
+
+    try:
+        tls.client_context(paths.ca_cert, paths.cert, paths.key)
+    except OSError as exc:  # ssl.SSLError is one: a damaged file, or a key not its own
+        files = (paths.cert, paths.key, paths.ca_cert)
+        return Check("certificate", False, _named(exc, *files))
+    return Check("certificate", True, f"a TLS client context loads ({paths.cert})")
+
+
+def check_profile(path: Path) -> Check:
+    """profile.toml read and validated as `run` reads it."""
+    from edge.profile import ProfileError, load_profile
+
+    try:
+        profile = load_profile(path)
+    except ProfileError as exc:  # its message names the file
+        return Check("profile", False, str(exc))
+    return Check("profile", True, f"{profile.name} ({path})")
+
+
+def _named(exc: Exception, *paths: Path) -> str:
+    """`exc`'s message, which may or may not name the file (OpenSSL's "PEM lib" does
+    not), prefixed with `paths` unless it names one of them already."""
+    text = str(exc) or type(exc).__name__
+    if any(str(path) in text for path in paths):
+        return text
+    return f"{', '.join(map(str, paths))}: {text}"
 
 
 def check_store(path: Path) -> Check:

@@ -4,7 +4,6 @@ and, through a running hub's API, manage devices, models, roll-outs, tasks and p
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from hub.access.roles import ROLES
 from hub.broker.kinds import DEFAULT_LISTEN, KINDS
@@ -23,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument(
         "--db",
+        type=datafolders.text("a postgresql:// URL"),
         metavar="URL",
         help="keep the hub's data in this PostgreSQL database (postgresql://USER@HOST:PORT/DB)"
         " instead of hub.db: creates its schema and writes db_url into hub.toml",
@@ -59,18 +59,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the hub (and its managed Mosquitto)")
     _data(p)
     _config(p)
-    p.add_argument("--broker", help="use an external broker mqtts://HOST:PORT")
-    p.add_argument("--mqtt-host", help="address of the managed broker's listener")
+    # Each of these, empty, would read as not given: the default would run instead.
+    p.add_argument(
+        "--broker",
+        type=datafolders.text("the broker's URL, mqtts://HOST:PORT"),
+        help="use an external broker mqtts://HOST:PORT",
+    )
+    p.add_argument(
+        "--mqtt-host",
+        type=datafolders.text("an address"),
+        help="address of the managed broker's listener",
+    )
     p.add_argument("--mqtt-port", type=int, help="port of the managed broker's listener")
-    p.add_argument("--web-host", help="address of the HTTPS endpoint")
+    p.add_argument(
+        "--web-host", type=datafolders.text("an address"), help="address of the HTTPS endpoint"
+    )
     p.add_argument("--web-port", type=int, help="port of the HTTPS endpoint")
     p.add_argument(
         "--log-level", type=str.lower, choices=logs.LOG_LEVELS, help="debug, info, warning or error"
     )
     p.add_argument("--log-format", choices=logs.LOG_FORMATS, help="json, text or auto")
-    p.add_argument("--db", metavar="URL", help="database URL (db_url): postgresql://... or a path")
     p.add_argument(
-        "--replica-id", help="run as this replica of several (replica_id; needs --db and --broker)"
+        "--db",
+        type=datafolders.text("a database URL"),
+        metavar="URL",
+        help="database URL (db_url): postgresql://... or a path",
+    )
+    p.add_argument(
+        "--replica-id",
+        type=datafolders.text("this replica's id"),
+        help="run as this replica of several (replica_id; needs --db and --broker)",
     )
     p.set_defaults(func=command("hub.cli.daemon:run"))
 
@@ -84,10 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--from",
         dest="source",
+        type=datafolders.text("the SQLite database, sqlite:PATH"),
         metavar="sqlite:PATH",
         help="the SQLite database to copy (default: hub.db in the data folder)",
     )
-    m.add_argument("--to", dest="target", required=True, metavar="postgresql://...")
+    m.add_argument(
+        "--to",
+        dest="target",
+        type=datafolders.text("a postgresql:// URL"),
+        required=True,
+        metavar="postgresql://...",
+    )
     m.set_defaults(func=command("hub.cli.database:migrate"))
 
     p = sub.add_parser("token", help="mint, list and revoke API tokens")
@@ -110,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=command("hub.cli.tokens:create_token"))
     t = token.add_parser("revoke", help="revoke an API token or a bootstrap token by its id (jti)")
     _data(t)
-    t.add_argument("jti")
+    t.add_argument("jti", type=datafolders.text("the token's id"))
     t.set_defaults(func=command("hub.cli.tokens:revoke_token"))
     t = token.add_parser("list", help="list issued tokens (ids and grants, never the tokens)")
     _data(t)
@@ -126,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data(d)
     _config(d)
     d.add_argument(
-        "device_id", metavar="DEVICE", help="the device's name or id, e.g. dev-0123456789ab"
+        "device_id",
+        type=datafolders.text("the device's name or id"),
+        metavar="DEVICE",
+        help="the device's name or id, e.g. dev-0123456789ab",
     )
     d.set_defaults(func=command("hub.cli.devices:revoke_device"))
 
@@ -139,12 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     _config(p)
     p.add_argument("--kind", required=True, choices=KINDS, help="the broker")
     p.add_argument(
-        "--out", type=Path, required=True, metavar="DIR", help="folder to write (new or empty)"
+        "--out",
+        type=datafolders.path("the folder to write"),
+        required=True,
+        metavar="DIR",
+        help="folder to write (new or empty)",
     )
     p.add_argument(
         "--replica",
         action="append",
         default=[],
+        type=datafolders.text("a replica's id"),
         metavar="ID",
         help="replica_id of a hub replica sharing the broker (repeatable)",
     )
@@ -171,9 +204,17 @@ def _bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     _data(b)
     _config(b)
-    b.add_argument("paths", type=Path, nargs="+", help="part files, or folders holding them")
     b.add_argument(
-        "--ack-out", type=Path, metavar="DIR", help="write each device's ack bundle here"
+        "paths",
+        type=datafolders.path("a part file or a folder"),
+        nargs="+",
+        help="part files, or folders holding them",
+    )
+    b.add_argument(
+        "--ack-out",
+        type=datafolders.path("the folder for the ack bundles"),
+        metavar="DIR",
+        help="write each device's ack bundle here",
     )
     _max_size(b)
     _leases(b)
@@ -184,9 +225,20 @@ def _bundle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     _data(b)
     _config(b)
-    b.add_argument("--to", type=Path, required=True, metavar="DIR", help="folder to write in")
     b.add_argument(
-        "--device", action="append", default=[], metavar="DEVICE", help="a device (repeatable)"
+        "--to",
+        type=datafolders.path("the folder to write in"),
+        required=True,
+        metavar="DIR",
+        help="folder to write in",
+    )
+    b.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        type=datafolders.text("a device's name or id"),
+        metavar="DEVICE",
+        help="a device (repeatable)",
     )
     b.add_argument(
         "--selector",
@@ -215,7 +267,12 @@ def _agent_release_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     )
     _data(r)
     _config(r)
-    r.add_argument("folder", type=Path, metavar="DIR", help="a folder build-agent-release made")
+    r.add_argument(
+        "folder",
+        type=datafolders.path("a release folder"),
+        metavar="DIR",
+        help="a folder build-agent-release made",
+    )
     r.set_defaults(func=command("hub.cli.agentreleases:upload"))
     r = releases.add_parser("list", help="the agent releases taken")
     _data(r)
@@ -283,6 +340,6 @@ def _data(p: argparse.ArgumentParser) -> None:
 def _config(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
-        type=Path,
+        type=datafolders.path("a settings file"),
         help="settings file (default: hub.toml in the data folder, if present)",
     )

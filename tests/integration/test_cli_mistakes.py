@@ -281,3 +281,36 @@ def test_a_token_file_that_is_not_text_is_named(tmp_path: Path) -> None:
 
     assert ran.code == 2
     assert "holds no token" in ran.err
+
+
+def test_an_empty_output_folder_writes_nothing_into_the_current_one(
+    hub_paths: HubPaths, tmp_path: Path
+) -> None:
+    """`--out "$UNSET"` wrote the broker's keys and configuration where it ran."""
+    here = tmp_path / "here"
+    here.mkdir()
+    argv = ["broker-config", "--data", str(hub_paths.root), "--kind", "mosquitto", "--force"]
+
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.cli", *argv, "--out", ""],
+        capture_output=True, text=True, cwd=here, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "argument --out: an empty path: give the folder to write" in done.stderr
+    assert list(here.iterdir()) == []
+
+
+def test_an_empty_database_url_starts_no_hub(hub_paths: HubPaths) -> None:
+    """`run --db ""` ran a hub on hub.db; `--replica-id ""` one that was no replica."""
+    for argv in (["--db", ""], ["--replica-id", ""], ["--broker", ""]):
+        try:
+            ran = subprocess.run(
+                [sys.executable, "-m", "hub.cli", "run", "--data", str(hub_paths.root), *argv],
+                capture_output=True, text=True, cwd=REPO, timeout=20, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"run {' '.join(argv)}'' started a hub")
+        assert ran.returncode == 2, ran.stderr
+        assert f"argument {argv[0]}: an empty value" in ran.stderr
+    assert not hub_paths.database.exists()

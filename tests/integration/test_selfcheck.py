@@ -1,5 +1,6 @@
 """`outpost-agent selfcheck` on an enrolled device's folder: it passes on a sound one; a
-store migrated by a newer agent and a damaged model fail it, each named; a store at an
+store migrated by a newer agent, a damaged model, and a damaged identity, device key,
+certificate or profile (each of which stops `run`) fail it, each named; a store at an
 older schema passes, saying what it would apply; and it never changes the folder."""
 
 from __future__ import annotations
@@ -9,7 +10,12 @@ import hashlib
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge.identity import DevicePaths
 from edge.inference.directory import ModelDirectory
@@ -57,7 +63,9 @@ async def test_a_sound_folder_passes_and_is_left_as_it_was(enroll_device: Enroll
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok   store: a copy migrates cleanly (already at this version's schema)" in done.stdout
     assert "ok   model vibration-anomaly 1.0.0: loads and gives its sample's answer" in done.stdout
-    assert "selfcheck passed: 4 checks" in done.stdout
+    assert "ok   identity: " in done.stdout
+    assert "ok   certificate: a TLS client context loads" in done.stdout
+    assert "selfcheck passed: 8 checks" in done.stdout
     assert digest(paths.store) == before
 
 
@@ -92,7 +100,64 @@ async def test_a_store_of_a_newer_agent_and_a_damaged_model_fail_it(
     assert "FAIL store: migrated by a newer agent (099_future)" in done.stdout
     assert "FAIL model vibration-anomaly 1.0.0:" in done.stdout
     assert "ok   model surface-defect 1.0.0" in done.stdout
-    assert "selfcheck FAILED: 2 of 4 checks" in done.stdout
+    assert "selfcheck FAILED: 2 of 8 checks" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def another_key() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+# What is done to a sound folder; the FAIL lines it must give, each as its start and
+# the file it names.
+DAMAGES: dict[str, tuple[Callable[[DevicePaths], object], list[tuple[str, str]]]] = {
+    "identity": (
+        lambda p: p.identity.write_text('{"device_id": "dev-1"'),
+        [("FAIL identity: {p.identity} is damaged", "identity.json")],
+    ),
+    "identity-not-a-map": (
+        lambda p: p.identity.write_text("[]"),
+        [("FAIL identity: {p.identity} is damaged (not the map", "identity.json")],
+    ),
+    "device-key": (
+        lambda p: p.key.write_bytes(p.key.read_bytes()[:40]),
+        [("FAIL device key: {p.key}: ", "device.key"), ("FAIL certificate: ", "device.key")],
+    ),
+    "key-of-another-certificate": (
+        lambda p: p.key.write_bytes(another_key()),
+        [("FAIL certificate: ", "device.key")],
+    ),
+    "certificate": (
+        lambda p: p.cert.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n"),
+        [("FAIL certificate: ", "device.crt")],
+    ),
+    "profile": (
+        lambda p: p.profile.write_text("[profile\nname = "),
+        [("FAIL profile: {p.profile}: not valid TOML", "profile.toml")],
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+async def test_a_file_run_cannot_load_fails_it_by_name(
+    enroll_device: Enroller, damage: str
+) -> None:
+    paths, _ = await enroll_device()
+    spoil, expected = DAMAGES[damage]
+    spoil(paths)
+
+    done = selfcheck(paths)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == len(expected), done.stdout
+    for line, (start, file) in zip(failed, expected, strict=True):
+        assert line.startswith(start.format(p=paths)), line
+        assert str(paths.root / "identity" / file) in line or str(paths.root / file) in line
+    assert f"selfcheck FAILED: {len(expected)} of 7 checks" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
 
 
