@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 from hub.cli.lazy import command
 from outpost import datafolders
@@ -46,15 +45,15 @@ def _devices(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = _action(group, "list", "the registry as a table (the default action)")
     d.set_defaults(func=command("hub.cli.devices:list_devices"))
     d = _action(group, "show", "one device: state, load, models, store and latest events")
-    d.add_argument("device", metavar="DEVICE", help="its name or id")
+    d.add_argument("device", type=_ref, metavar="DEVICE", help="its name or id")
     d.add_argument("--events", type=_page, default=10, help="latest events to show (default 10)")
     d.set_defaults(func=command("hub.cli.devices:show_device"))
     d = _action(group, "label", "set labels (KEY=VALUE) or remove them (KEY-)")
-    d.add_argument("device", metavar="DEVICE", help="its name or id")
+    d.add_argument("device", type=_ref, metavar="DEVICE", help="its name or id")
     d.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
     d.set_defaults(func=command("hub.cli.devices:label_device"))
     d = _action(group, "rename", "give a device a new name (unique in the fleet)")
-    d.add_argument("device", metavar="DEVICE", help="its name or id")
+    d.add_argument("device", type=_ref, metavar="DEVICE", help="its name or id")
     d.add_argument("name", metavar="NAME", help="the new name")
     d.set_defaults(func=command("hub.cli.devices:rename_device"))
 
@@ -63,7 +62,12 @@ def _models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("models", help="upload model bundles and list them")
     group = p.add_subparsers(required=True, metavar="ACTION")
     m = _action(group, "upload", "upload a bundle folder (model.tflite, model.json, sample.json)")
-    m.add_argument("folder", type=Path, metavar="DIR", help="e.g. models/vibration-anomaly/1.0.0")
+    m.add_argument(
+        "folder",
+        type=datafolders.path("a model bundle folder"),
+        metavar="DIR",
+        help="e.g. models/vibration-anomaly/1.0.0",
+    )
     m.set_defaults(func=command("hub.cli.models:upload_model"))
     m = _action(group, "list", "the uploaded models")
     m.set_defaults(func=command("hub.cli.models:list_models"))
@@ -138,7 +142,7 @@ def _tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("file", nargs="?", metavar="FILE", help="JSON as POST /api/v1/tasks takes")
     t.add_argument("--model", help="the model to run (instead of a file)")
     t.add_argument("--input", metavar="JSON", help="the model input, e.g. '[[0.1, 0.2]]'")
-    t.add_argument("--device", help="run it on this device (name or id) only")
+    t.add_argument("--device", type=_ref, help="run it on this device (name or id) only")
     t.add_argument(
         "--wait-for-model",
         action="store_true",
@@ -153,15 +157,15 @@ def _tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument(
         "--state", help="queued, assigned, running, succeeded, failed, ... (a,b for several)"
     )
-    t.add_argument("--device", help="only tasks of this device (name or id)")
+    t.add_argument("--device", type=_ref, help="only tasks of this device (name or id)")
     t.add_argument("--model", help="only tasks for this model")
     t.add_argument("--limit", type=_page, default=50, help="tasks to show (default 50)")
     t.set_defaults(func=command("hub.cli.tasks:list_tasks"))
     t = _action(group, "show", "one task: state, why it waits, result, every event")
-    t.add_argument("id", metavar="TASK")
+    t.add_argument("id", type=_ref, metavar="TASK")
     t.set_defaults(func=command("hub.cli.tasks:show_task"))
     t = _action(group, "cancel", "cancel a task that has not ended")
-    t.add_argument("id", metavar="TASK")
+    t.add_argument("id", type=_ref, metavar="TASK")
     t.set_defaults(func=command("hub.cli.tasks:cancel_task"))
 
 
@@ -169,11 +173,13 @@ def _policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("policy", help="show, set and delete policy layers")
     group = p.add_subparsers(required=True, metavar="ACTION")
     s = _action(group, "show", "the layers, one layer, or what a device runs (--device)")
-    s.add_argument("layer", nargs="?", metavar="LAYER")
-    s.add_argument("--device", help="a device's effective policy (name or id)")
+    s.add_argument("layer", nargs="?", type=_ref, metavar="LAYER")
+    s.add_argument("--device", type=_ref, help="a device's effective policy (name or id)")
     s.set_defaults(func=command("hub.cli.policy:show_policy"))
     s = _action(group, "set", "write a layer from a JSON file of policy fields")
-    s.add_argument("layer", metavar="LAYER", help="its name; `fleet` applies to every device")
+    s.add_argument(
+        "layer", type=_ref, metavar="LAYER", help="its name; `fleet` applies to every device"
+    )
     s.add_argument("file", metavar="FILE", help="JSON object of the fields it sets")
     s.add_argument(
         "--selector",
@@ -183,10 +189,10 @@ def _policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="a group layer: devices with these labels",
     )
     s.add_argument("--rank", type=int, default=0, help="a group layer's merge order")
-    s.add_argument("--device", help="a device override: its name or id")
+    s.add_argument("--device", type=_ref, help="a device override: its name or id")
     s.set_defaults(func=command("hub.cli.policy:set_policy"))
     s = _action(group, "delete", "delete a layer")
-    s.add_argument("layer", metavar="LAYER")
+    s.add_argument("layer", type=_ref, metavar="LAYER")
     s.set_defaults(func=command("hub.cli.policy:delete_policy"))
 
 
@@ -196,11 +202,11 @@ def _sinks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = _action(group, "list", "each sink's state, lag and counts")
     s.set_defaults(func=command("hub.cli.sinks:list_sinks"))
     s = _action(group, "dead-letters", "events a sink refused for good, newest first")
-    s.add_argument("sink", metavar="SINK")
+    s.add_argument("sink", type=_ref, metavar="SINK")
     s.add_argument("--limit", type=_page, default=50, help="how many (default 50)")
     s.set_defaults(func=command("hub.cli.sinks:dead_letters"))
     s = _action(group, "replay", "deliver a sink's kept events again from a time on")
-    s.add_argument("sink", metavar="SINK")
+    s.add_argument("sink", type=_ref, metavar="SINK")
     s.add_argument(
         "--from",
         dest="from_time",
@@ -212,6 +218,15 @@ def _sinks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(func=command("hub.cli.sinks:replay"))
 
 
+def _ref(text: str) -> str:
+    """A name or id as given, refused when empty (argparse names the argument): in the
+    URL it would leave its path segment empty, and the hub answer "Not Found", or for a
+    --device filter, be taken for none given."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value: give its name or id")
+    return text
+
+
 def _when(text: str) -> float:
     from hub.cli.sinks import parse_time  # light: no hub code
 
@@ -221,15 +236,24 @@ def _when(text: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags every remote command takes (remote.py reads them)."""
     where = p.add_argument_group("which hub (or set OUTPOST_HUB, OUTPOST_TOKEN_FILE, OUTPOST_CA)")
-    where.add_argument("--hub", metavar="URL", help="the hub's API, https://HOST:PORT")
+    # Empty, each would read as not given: OUTPOST_HUB (or --data) would answer instead.
+    where.add_argument(
+        "--hub",
+        type=datafolders.text("the hub's API, https://HOST:PORT"),
+        metavar="URL",
+        help="the hub's API, https://HOST:PORT",
+    )
     where.add_argument(
         "--token-file",
-        type=Path,
+        type=datafolders.path("the file holding an API token"),
         metavar="FILE",
         help="file holding an API token (from `outpost-hub token create`)",
     )
     where.add_argument(
-        "--ca", type=Path, metavar="FILE", help="CA certificate the hub's is checked against"
+        "--ca",
+        type=datafolders.path("the CA certificate file"),
+        metavar="FILE",
+        help="CA certificate the hub's is checked against",
     )
     where.add_argument(
         "--data",

@@ -38,6 +38,11 @@ HUB = [
     (["agent-releases", "upload", *DATA, ""], "argument DIR: an empty path: give a release folder"),
     (["token", "revoke", *DATA, ""], "argument jti: an empty value"),
     (["device", "revoke", *DATA, ""], "argument DEVICE: an empty value"),
+    # The remote commands: empty, OUTPOST_HUB (or the folder) answered instead.
+    (["models", "upload", ""], "argument DIR: an empty path: give a model bundle folder"),
+    (["devices", "--hub", ""], "argument --hub: an empty value"),
+    (["devices", "--token-file", " "], "argument --token-file: an empty path"),
+    (["devices", "--ca", ""], "argument --ca: an empty path: give the CA certificate file"),
 ]
 
 AGENT = [
