@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -52,7 +54,14 @@ async def enroll(token: str, paths: DevicePaths, profile_file: Path, name: str =
     csr = make_csr(key)
 
     ca_pem = await _fetch_ca(hub_url)
-    if tls.fingerprint(ca_pem) != pin:
+    try:
+        fingerprint = tls.fingerprint(ca_pem)
+    except ValueError as exc:  # another server's page on that address, say
+        raise EnrollError(
+            f"the hub at {hub_url} answered with no CA certificate: is it an Outpost hub, "
+            "and the URL in the token right?"
+        ) from exc
+    if fingerprint != pin:
         raise EnrollError(
             f"the hub at {hub_url} presents a CA whose fingerprint does not match the token; "
             "refusing to enroll (wrong hub, or someone in between)"
@@ -168,16 +177,16 @@ async def _fetch_ca(hub_url: str) -> bytes:
                 raise EnrollError(f"the hub answered {response.status} for its CA")
             return await response.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise EnrollError(
-            f"cannot reach the hub at {hub_url}: {str(exc) or type(exc).__name__}"
-        ) from exc
+        raise EnrollError(f"cannot reach the hub at {hub_url}: {unreached(exc)}") from exc
 
 
 async def _post_csr(
     hub_url: str, ca_pem: bytes, token: str, csr: bytes, profile: str, name: str
 ) -> dict[str, Any]:
-    context = ssl.create_default_context(cadata=ca_pem.decode())
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context = tls.pinned_context(ca_pem, "the CA certificate the hub sent")
+    except ssl.SSLError as exc:
+        raise EnrollError(str(exc)) from exc
     body = {"token": token.strip(), "csr": csr.decode(), "profile": profile, "name": name}
     try:
         async with (
@@ -192,7 +201,7 @@ async def _post_csr(
     except (aiohttp.ClientError, TimeoutError) as exc:
         # The hub may have taken the token already: it answers the same key again.
         raise EnrollError(
-            f"enrollment request to {hub_url} failed: {str(exc) or type(exc).__name__}; "
+            f"enrollment request to {hub_url} failed: {unreached(exc)}; "
             "run the same enroll again (the token still works for this device's key)"
         ) from exc
     if status != 201:
@@ -202,6 +211,23 @@ async def _post_csr(
     if not isinstance(reply, dict):
         raise EnrollError("the hub's reply is not a JSON object")
     return reply
+
+
+def unreached(exc: aiohttp.ClientError | TimeoutError) -> str:
+    """Why the hub could not be asked, in words. aiohttp's own text for a failed connection
+    shows the SSL context's repr and asyncio's "Connect call failed ('127.0.0.1', 8443)";
+    the OS says "Connection refused", the resolver that a name is unknown (os.strerror
+    would call its negative errno "Unknown error -2")."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"its certificate does not verify ({exc.certificate_error})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if isinstance(error, socket.gaierror):
+            return f"cannot resolve the name {exc.host!r} ({error.strerror or error})"
+        if error.errno and not isinstance(error, ssl.SSLError):  # SSL's errno is no OS errno
+            return os.strerror(error.errno)
+        return str(error) or type(error).__name__
+    return str(exc) or type(exc).__name__
 
 
 def check_certificate(

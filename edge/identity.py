@@ -122,6 +122,15 @@ class Identity:
             raise NotEnrolledError(
                 f"{paths.root} holds no enrollment: run `outpost-agent enroll` first"
             ) from exc
+        except NotADirectoryError as exc:  # else "[Errno 20] Not a directory: '.../identity.json'"
+            if not paths.root.is_dir():
+                raise NotEnrolledError(
+                    f"{paths.root} is a file, not a folder: give --data the agent's data "
+                    "folder (where `outpost-agent enroll` was run)"
+                ) from exc
+            raise NotEnrolledError(
+                f"{paths.identity_dir} is a file, not a folder: {paths.root} holds no enrollment"
+            ) from exc
         except ValueError as exc:  # not JSON, or not UTF-8 (UnicodeDecodeError is one)
             raise NotEnrolledError(
                 f"{paths.identity} is damaged ({exc}): restore it from a backup, or enroll "

@@ -87,12 +87,15 @@ async def renew(paths: DevicePaths, identity: Identity) -> Identity:
 
     try:
         key, cert_pem, ca_pem = await asyncio.to_thread(_read, paths)
+        # A CA that is none is named here (tls.TlsFileError, an OSError), not left to
+        # OpenSSL's "no start line: cadata does not contain a certificate".
+        context = tls.pinned_context(ca_pem, f"the CA certificate {paths.ca_cert}")
     except (OSError, ValueError, enroll.EnrollError) as exc:
         raise RenewalError(
             f"cannot read the device identity in {paths.identity_dir}: {exc}"
         ) from exc
     csr = enroll.make_csr(key, identity.device_id)
-    reply = await _post(identity.hub_url, ca_pem, {"certificate": cert_pem, "csr": csr.decode()})
+    reply = await _post(identity.hub_url, context, {"certificate": cert_pem, "csr": csr.decode()})
     new_pem = str(reply.get("certificate", "")).encode()
     try:
         cert = enroll.check_certificate(new_pem, ca_pem, key, identity.device_id)
@@ -123,10 +126,8 @@ def save_certificate(paths: DevicePaths, cert_pem: bytes, window: tuple[float, f
     return identity
 
 
-async def _post(hub_url: str, ca_pem: bytes, body: dict[str, str]) -> dict[str, Any]:
+async def _post(hub_url: str, context: ssl.SSLContext, body: dict[str, str]) -> dict[str, Any]:
     url = f"{hub_url}/api/v1/enroll/renew"
-    context = ssl.create_default_context(cadata=ca_pem.decode())
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         async with (
             aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session,
@@ -139,9 +140,9 @@ async def _post(hub_url: str, ca_pem: bytes, body: dict[str, str]) -> dict[str, 
             except ValueError:
                 reply = None
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise RenewalError(
-            f"cannot reach the hub at {hub_url}: {str(exc) or type(exc).__name__}"
-        ) from exc
+        from edge.enroll import unreached  # loaded already: renew() imported it
+
+        raise RenewalError(f"cannot reach the hub at {hub_url}: {unreached(exc)}") from exc
     if status == 200 and isinstance(reply, dict):
         return reply
     message = reason

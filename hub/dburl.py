@@ -29,6 +29,28 @@ def describe(url: str | Path) -> str:
     return f"{scheme}://{user + '@' if user else ''}{hosts or 'local socket'}{shown_path}"
 
 
+def port_problem(url: str) -> str | None:
+    """What is wrong with a port in a postgresql:// URL's hosts, or None. libpq hands a
+    port that is not a number to the resolver, which answers "Servname not supported for
+    ai_socktype"; this names the port instead."""
+    rest = url.partition("://")[2]
+    hosts = rest.partition("/")[0].partition("?")[0].rpartition("@")[2]
+    for host in hosts.split(","):  # libpq's failover form: host:port,host:port
+        if host.startswith("["):  # [IPv6]:port
+            name, _, after = host.partition("]")
+            name, port = name + "]", after.removeprefix(":")
+        else:
+            name, colon, port = host.rpartition(":")
+            port = port if colon else ""
+        if port and not (port.isascii() and port.isdigit()):
+            shown = port if len(port) <= 20 else port[:20] + "..."
+            return (
+                f"the port {shown!r} of host {name!r} is not a number "
+                "(write postgresql://USER@HOST:PORT/DATABASE)"
+            )
+    return None
+
+
 def sqlite_path(url: str | Path) -> Path:
     if isinstance(url, Path):
         return url

@@ -64,9 +64,11 @@ class Principal:
 def check_request(role: str, subject: str, ttl: float, kind: Kind) -> None:
     """Refuse a role, subject or lifetime out of bounds, naming which (ValueError)."""
     if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {_shown(role)}")
     if not _SUBJECT.fullmatch(subject):
-        raise ValueError(f"subject must be 1-64 of letters, digits and _.@:-, got {subject!r}")
+        raise ValueError(
+            f"subject must be 1-64 of letters, digits and _.@:-, got {_shown(subject)}"
+        )
     limit = API_KEY_TTL_MAX if kind == "api-key" else SESSION_TTL_MAX
     if not 0 < ttl <= limit:
         longer = (
@@ -77,6 +79,14 @@ def check_request(role: str, subject: str, ttl: float, kind: Kind) -> None:
             f"the ttl of {noun} must be positive and at most {describe(limit)}, "
             f"got {describe(ttl)}{longer}"
         )
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A refused value quoted for its message, its start only when long: the error of
+    a 100,000-character subject need not repeat it (nor an audit line, nor a log)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:40]!r}... ({len(value):,} characters)"
 
 
 def mint(

@@ -64,14 +64,27 @@ def label_device(args: argparse.Namespace) -> int:
     """Set labels (KEY=VALUE) or remove them (KEY-) on a device."""
     changes: dict[str, str | None] = {}
     for item in args.labels:
+        change: str | None
         if item.endswith("-") and "=" not in item:
-            changes[item[:-1]] = None
+            key, change = item[:-1], None
         elif "=" in item:
-            key, value = item.split("=", 1)
-            changes[key] = value
+            key, change = item.split("=", 1)
         else:
             raise ValueError(f"label {item!r}: write KEY=VALUE to set it, or KEY- to remove it")
+        # Kept as a map, only the last of two would count, silently (as enroll-token's
+        # --label and --selector refuse it too).
+        if key in changes and changes[key] != change:
+            raise ValueError(
+                f"label {key!r} is given twice ({_change(key, changes[key])} and "
+                f"{_change(key, change)}); give each key once"
+            )
+        changes[key] = change
     return _patch(args, {"labels": changes})
+
+
+def _change(key: str, value: str | None) -> str:
+    """A label change as it was written: KEY=VALUE, or KEY- for a removal."""
+    return f"{key}-" if value is None else f"{key}={value}"
 
 
 def rename_device(args: argparse.Namespace) -> int:

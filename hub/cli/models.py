@@ -13,6 +13,7 @@ import aiohttp
 
 from hub.cli import remote, tables
 from hub.fleet.labels import parse_selector
+from outpost.modelbundle import BundleError, read_bundle
 
 BUNDLE_FILES = {"model": "model.tflite", "manifest": "model.json", "sample": "sample.json"}
 FOLLOW_EVERY_S = 1.0
@@ -28,6 +29,12 @@ def upload_model(args: argparse.Namespace) -> int:
             f"{folder} is not a model bundle folder: it lacks {', '.join(missing)} "
             f"(a bundle holds {', '.join(BUNDLE_FILES.values())})"
         )
+    # Checked here as a device checks it (outpost-agent models install): the hub's answer
+    # to a broken file names its form part ("body.manifest"), not the file.
+    try:
+        read_bundle(folder)
+    except BundleError as exc:
+        raise BundleError(f"{exc}; nothing was uploaded") from exc
 
     async def upload(client: remote.Client) -> int:
         form = aiohttp.FormData()

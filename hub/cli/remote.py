@@ -17,6 +17,7 @@ import getpass
 import json
 import os
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -190,8 +191,7 @@ class Client:
             ) from exc
         except aiohttp.ClientConnectorError as exc:  # its text shows the SSL context's repr
             raise RemoteError(
-                f"cannot reach the hub at {self._hub.url}: "
-                + (os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error))
+                f"cannot reach the hub at {self._hub.url}: {connect_failure(exc)}"
             ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RemoteError(
@@ -220,6 +220,19 @@ class Client:
         """Every device's name by id, for tables that show a device."""
         devices = await self.pages("/api/v1/devices", limit="500")
         return {d["id"]: d.get("name") or d["id"] for d in devices}
+
+
+def connect_failure(exc: aiohttp.ClientConnectorError) -> str:
+    """Why a connection was not made, in words: the OS's for an errno ("Connection
+    refused", not asyncio's "Connect call failed ('127.0.0.1', 1)"), the resolver's for a
+    name (whose negative errno os.strerror calls "Unknown error -2"), OpenSSL's for a
+    handshake (its errno 1 is no EPERM)."""
+    error = exc.os_error
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve the name {exc.host!r} ({error.strerror or error})"
+    if error.errno and not isinstance(error, ssl.SSLError):  # an SSL errno is no OS errno
+        return os.strerror(error.errno)
+    return str(error) or type(error).__name__
 
 
 def _error_message(answer: Any, status: int) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -173,11 +174,32 @@ class Enrollment:
         )
 
 
+class KeyFileError(ValueError):
+    """A key file of the hub's data folder cannot be used; the message names it."""
+
+
 def _load_ed25519(path: Path) -> ed25519.Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # cryptography's own words ("Unable to load PEM file. See https://...
+        # MalformedFraming") name neither the file nor what to do about it. TypeError:
+        # a key encrypted with a password, which the hub never writes.
+        raise KeyFileError(
+            f"{path} is damaged: it holds no readable private key "
+            f"({_first_sentence(exc)}); restore it from a backup of the data folder"
+        ) from exc
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 key")
+        raise KeyFileError(
+            f"{path} is not an Ed25519 key; restore it from a backup of the data folder"
+        )
     return key
+
+
+def _first_sentence(exc: Exception) -> str:
+    """Cryptography's reason without its FAQ link: the text up to the first period."""
+    text = str(exc) or type(exc).__name__
+    return text.split(". ", 1)[0].rstrip(".")
 
 
 def load_signing_key(paths: HubPaths) -> ed25519.Ed25519PrivateKey:

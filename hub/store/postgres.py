@@ -30,6 +30,7 @@ import psycopg.errors
 from psycopg.adapt import Loader
 from psycopg_pool import ConnectionPool
 
+from hub.dburl import port_problem
 from hub.store.sql import Dialect
 
 logger = logging.getLogger(__name__)
@@ -233,13 +234,14 @@ class PostgresEngine:
 
     def __init__(self, url: str, *, pool_size: int = 4, name: str = "hub") -> None:
         self.url = url
+        if problem := port_problem(url):
+            raise DatabaseUnavailableError(problem)
         # One connection first, to fail at once with the server's reason (the pool
         # would retry quietly for its whole timeout).
         try:
             psycopg.connect(url, connect_timeout=10).close()
         except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-            raise DatabaseUnavailableError(reason) from None
+            raise DatabaseUnavailableError(one_line(str(exc)) or repr(exc)) from None
         except psycopg.ProgrammingError:
             # A URL libpq cannot parse: its message quotes the bad part, which may be the
             # password. Said without it (the caller names the database, password left out).
@@ -286,6 +288,17 @@ class PostgresEngine:
     def close(self) -> None:
         self._apart.close()
         self._pool.close()
+
+
+def one_line(message: str) -> str:
+    """libpq's message on one line: its lines ("... failed: Connection refused", then a
+    tab and "Is the server running on that host ...?") joined, every run of spaces and
+    tabs one space. A line ending in a colon introduces the next ("All failures were:")."""
+    lines = [" ".join(line.split()) for line in message.splitlines()]
+    joined = ""
+    for line in filter(None, lines):
+        joined += ("" if not joined else " " if joined.endswith(":") else "; ") + line
+    return joined
 
 
 def advisory_locked(

@@ -89,3 +89,13 @@ def test_a_lifetime_out_of_bounds_names_the_bounds(
     with pytest.raises(ValueError, match="the ttl of") as refused:
         apitokens.check_request("viewer", "alice", ttl, kind)
     assert words in str(refused.value)
+
+
+def test_a_long_subject_is_not_echoed_whole() -> None:
+    with pytest.raises(ValueError, match="subject must be") as refused:
+        apitokens.check_request("viewer", "x " * 50_000, 60, "session")
+    with pytest.raises(ValueError, match=r"got 'a b'$"):  # a short one is, whole
+        apitokens.check_request("viewer", "a b", 60, "session")
+
+    assert "(100,000 characters)" in str(refused.value)
+    assert len(str(refused.value)) < 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub.dburl import describe, is_postgres
+from hub.dburl import describe, is_postgres, port_problem
 
 
 @pytest.mark.parametrize(
@@ -30,3 +30,37 @@ def test_which_urls_are_postgresql() -> None:
     assert is_postgres("postgres://db/hub")
     assert not is_postgres("sqlite:hub.db")
     assert not is_postgres("/var/lib/hub/postgresql.db")
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql://u@h:notaport/x", "the port 'notaport' of host 'h' is not a number"),
+        ("postgresql://u:p@a:5432,b:x2/x", "the port 'x2' of host 'b' is not a number"),
+        ("postgresql://u@[::1]:p/x", "the port 'p' of host '[::1]' is not a number"),
+        ("postgresql://h:" + "9" * 30 + "x/x", "the port '" + "9" * 20 + "...' of host 'h'"),
+    ],
+)
+def test_a_port_that_is_no_number_is_named(url: str, said: str) -> None:
+    """libpq hands it to the resolver, which says "Servname not supported for ai_socktype"."""
+    problem = port_problem(url)
+
+    assert problem is not None
+    assert problem.startswith(said)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:pw@h:5432/x",
+        "postgresql://u:p:w@h/x",  # a colon in the password is no port
+        "postgresql://a:1,b:2/x",
+        "postgresql://u@[::1]:5432/x",
+        "postgresql://u@[::1/x",  # broken, but libpq says so itself
+        "postgresql:///x",
+        "postgresql://h:/x",  # an empty port is libpq's default one
+        "postgresql://h/x?port=5432",
+    ],
+)
+def test_urls_with_number_ports_or_none_pass(url: str) -> None:
+    assert port_problem(url) is None
