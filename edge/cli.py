@@ -318,11 +318,6 @@ def _models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-# What edge.enroll says when its request may have reached the hub (the answer was lost):
-# the hub answers the same key again, so the key must stay for that retry.
-RETRY_WITH_KEY = "run the same enroll again"
-
-
 def _enroll(args: argparse.Namespace) -> int:
     from edge.enroll import EnrollError
 
@@ -334,9 +329,9 @@ def _enroll(args: argparse.Namespace) -> int:
 
 def _do_enroll(args: argparse.Namespace) -> int:
     # Imported here: certificate handling and JWTs are needed once, at enrollment, and
-    # the running daemon need not carry them in memory. `_read_token` is the check
+    # the running daemon need not carry them in memory. `read_token` is the check
     # `enroll` makes itself, made here before there is a folder to leave behind.
-    from edge.enroll import EnrollError, _read_token, enroll
+    from edge.enroll import EnrollError, enroll, read_token
 
     if problem := datafolders.agent_folder_problem(args.data):
         raise CliError(problem)
@@ -357,7 +352,7 @@ def _do_enroll(args: argparse.Namespace) -> int:
         name = devicenames.from_hostname(socket.gethostname())
     profile = find_profile(args.profile)
     load_profile(profile)  # a broken one refused by name, as `enroll` would, but first
-    _read_token(token)
+    read_token(token)
     made = _make_folder(args.data)
     # One enrollment of a folder at a time (and none while its agent runs): two at once
     # would enroll two devices and keep one identity.
@@ -370,7 +365,7 @@ def _do_enroll(args: argparse.Namespace) -> int:
             # have reached the hub: it then holds the token for this key, and the retry
             # the message asks for works only with the same key. (So too after Ctrl-C or
             # a disk error, which may come after the hub answered: not caught here.)
-            if RETRY_WITH_KEY not in str(exc):
+            if not exc.keep_key:
                 _remove(made)
             raise
     print(f"enrolled as {identity.name} ({identity.device_id}); broker {identity.broker_url}")

@@ -34,7 +34,13 @@ HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
 class EnrollError(RuntimeError):
-    """Enrollment failed; the message says why and what to do."""
+    """Enrollment failed; the message says why and what to do. `keep_key`: the request
+    may have reached the hub, which then answers this device's key again: a retry works
+    only with the same key, so it must stay."""
+
+    def __init__(self, message: str, *, keep_key: bool = False) -> None:
+        super().__init__(message)
+        self.keep_key = keep_key
 
 
 async def enroll(token: str, paths: DevicePaths, profile_file: Path, name: str = "") -> Identity:
@@ -47,7 +53,7 @@ async def enroll(token: str, paths: DevicePaths, profile_file: Path, name: str =
     profile = parse_profile(profile_text, str(profile_file))  # refuse it before the hub
     if paths.identity.exists():
         raise EnrollError(f"{paths.root} is already enrolled; use a fresh data folder")
-    hub_url, pin = _read_token(token)
+    hub_url, pin = read_token(token)
 
     paths.identity_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = await asyncio.to_thread(_device_key, paths)
@@ -107,7 +113,7 @@ def _save(
     identity.save(paths)  # last: its presence marks the enrollment complete
 
 
-def _read_token(token: str) -> tuple[str, str]:
+def read_token(token: str) -> tuple[str, str]:
     """Read the hub URL and CA pin from the token (the hub checks its signature)."""
     if not token.strip():
         raise EnrollError(
@@ -202,7 +208,8 @@ async def _post_csr(
         # The hub may have taken the token already: it answers the same key again.
         raise EnrollError(
             f"enrollment request to {hub_url} failed: {unreached(exc)}; "
-            "run the same enroll again (the token still works for this device's key)"
+            "run the same enroll again (the token still works for this device's key)",
+            keep_key=True,
         ) from exc
     if status != 201:
         error = reply.get("error") if isinstance(reply, dict) else None

@@ -419,8 +419,8 @@ def test_bootstrap_token_verify(token: str) -> None:
 
 @given(token_texts())
 def test_agent_reads_bootstrap_token(token: str) -> None:
-    count("edge.enroll._read_token")
-    refuses_only(enroll.EnrollError, lambda: enroll._read_token(token))
+    count("edge.enroll.read_token")
+    refuses_only(enroll.EnrollError, lambda: enroll.read_token(token))
 
 
 # ------------------------------------------------------------------- config and profile
