@@ -24,7 +24,7 @@ from hub.mqtt.ingest import Ingest
 from hub.mqtt.intake import DeviceIntake, queue_type
 from hub.paths import HUB_CLIENT_CN, HubPaths, link_cn
 from outpost import tls, wire
-from outpost.aio import supervise
+from outpost.aio import cancel_until_done
 from outpost.mqtt import NODELAY, LinkState, run_forever
 from outpost.mqttmessages import Messages
 
@@ -191,20 +191,25 @@ class HubLink:
             # No retained messages at subscribe (retain handling 2): the hub's session
             # keeps what was sent while it was away, and a retained copy would be
             # replayed at every start (a device may retain anything on its topics).
+            watch = self._watch
+            if watch is not None:  # before it joins the group: the broker lists it still
+                await watch.probe()
             granted = await client.subscribe(
                 self._topic, options=SubscribeOptions(qos=1, retainHandling=2)
             )
-            watch = self._watch
             if watch is None:
                 await self._take(client)
-            else:
-                watch.check_subscription(granted)
-                await supervise(
-                    {
-                        "hub.link.messages": self._take(client),
-                        "hub.link.listing": watch.until_refused(),
-                    }
-                )
+                return
+            watch.check_subscription(granted)
+            watching = asyncio.create_task(watch.watch(), name="hub.link.listing")
+            try:
+                await self._take(client)  # ends with the connection (the watch may end it)
+            except aiomqtt.MqttError as exc:
+                if watch.refused:
+                    raise listing.UnlistedError(watch.refused) from exc
+                raise
+            finally:
+                await cancel_until_done(watching)
         finally:
             self.client = None
 

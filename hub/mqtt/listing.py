@@ -250,9 +250,14 @@ class ListingWatch:
     publishes refused as not authorized (a hub may write every device's `down/#`, so
     only an ACL that does not name it refuses one), or its subscription refused.
 
-    Made with the link's client, before it connects; `until_refused` runs beside the
-    link's session and raises `UnlistedError`. The probe goes to the replica's own
-    `down` topic, where nobody listens (the link reads only devices' `up`)."""
+    Made with the link's client, before it connects. `probe` proves the listing on the
+    live link before it joins the group; `watch` runs beside the link's reader and, once
+    a publish is refused, ends the connection as a broker would (a DISCONNECT): the
+    reader then stores what the broker had delivered and ends, and the session raises
+    `UnlistedError` (`refused` says why). Cancelling the reader instead dropped a batch
+    half stored and left the rest unread until the replica was listed again. The probe
+    goes to the replica's own `down` topic, where nobody listens (the link reads only
+    devices' `up`)."""
 
     def __init__(self, client: aiomqtt.Client, cn: str, *, every_s: float | None = None) -> None:
         self._client = client
@@ -260,13 +265,21 @@ class ListingWatch:
         self._every_s = RECHECK_S if every_s is None else every_s
         self.probes = 0  # published so far
         self._refused = asyncio.Event()
-        self._why = ""
+        self.refused = ""  # why the broker no longer lists the replica, once it is known
         watch_refusals(client, self._saw)
 
     def _saw(self, reason: str) -> None:
-        if reason == NOT_AUTHORIZED and not self._refused.is_set():
-            self._why = f"the broker refused a publish ({reason})"
+        if reason == NOT_AUTHORIZED and not self.refused:
+            self.refused = f"the broker refused a publish ({reason})"
             self._refused.set()
+
+    async def probe(self) -> None:
+        """Publish the probe; `UnlistedError` if the broker refuses it (its PUBACK's
+        callback runs before the publish returns)."""
+        await self._client.publish(self._topic, b"", qos=1)
+        self.probes += 1
+        if self.refused:
+            raise UnlistedError(self.refused)
 
     def check_subscription(self, granted: Sequence[int | ReasonCode]) -> None:
         """`UnlistedError` if the SUBACK refused the shared subscription (EMQX does for
@@ -275,11 +288,16 @@ class ListingWatch:
             if isinstance(code, ReasonCode) and code.is_failure:
                 raise UnlistedError(f"the broker refused the subscription ({code})")
 
-    async def until_refused(self) -> None:
-        """Publish the probe every `every_s` (any publish of the link's refused counts
-        at once); raise `UnlistedError` with why once one is refused."""
-        # A refused probe's PUBACK sets the event before its publish returns.
+    async def watch(self) -> None:
+        """Probe every `every_s` (any refused publish of the link's counts at once) until
+        the broker refuses one, then end the connection; return then, or once the
+        connection ends otherwise (the reader says how)."""
         while not await wait_event(self._refused, self._every_s):
-            await self._client.publish(self._topic, b"", qos=1)
-            self.probes += 1
-        raise UnlistedError(self._why)
+            try:
+                await self.probe()
+            except UnlistedError:
+                break
+            except aiomqtt.MqttError:  # a publish that timed out, or the link going down
+                if self._client._disconnected.done():
+                    return
+        self._client._client.disconnect()  # aiomqtt keeps the paho client it drives here

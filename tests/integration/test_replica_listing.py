@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
 
 import pytest
 
@@ -188,6 +189,81 @@ async def test_a_replica_the_broker_stops_listing_leaves_the_group_until_listed_
     finally:
         await cancel_until_done(running)
         store.close()
+
+
+class GatedIngest:
+    """Holds its first batch until `gate` opens; keeps what it handled, and any batch
+    a cancel cut short."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.handled: list[bytes] = []
+        self.cut: list[list[bytes]] = []
+        self.calls = 0
+
+    async def handle_batch(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        self.calls += 1
+        payloads = [payload for _, payload in batch]
+        try:
+            if self.calls == 1:
+                await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cut.append(payloads)
+            raise
+        self.handled += payloads
+
+
+async def test_what_a_replica_took_before_it_was_found_unlisted_is_stored_not_dropped(
+    broker: Broker,  # noqa: F811 - the fixture
+    hub_paths: HubPaths,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One batch in the ingest and nine queued behind it when the broker stops listing
+    r1: the link ends as a broker's disconnect would end it, after all ten are stored
+    (the broker acknowledged them to their device: nobody sends them again)."""
+    monkeypatch.setattr(listing, "RECHECK_S", 0.2)
+    monkeypatch.setattr(listing, "RETRY_S", 0.5)
+    config = HubConfig(
+        replica_id="r1",
+        broker=f"mqtts://{HOST}:{broker.port}",
+        db_url="postgresql://replicas.example/outpost",  # the link never reads it
+    )
+    ingest = GatedIngest()
+    intake = DeviceIntake()
+    link = HubLink(hub_paths, config, cast(Ingest, ingest), intake)
+    running = asyncio.create_task(link.run())
+    sent = [b"beat-%d" % n for n in range(10)]
+    try:
+        await asyncio.wait_for(link.state.connected.wait(), 30)
+        async with _client(broker, hub_paths, "dev-a") as device:
+            await _publish(device, _heartbeat("dev-a"), sent[0])
+
+            async def first_held() -> bool:
+                return ingest.calls == 1
+
+            await eventually(first_held, timeout=30, what="the first batch")
+            for payload in sent[1:]:
+                await _publish(device, _heartbeat("dev-a"), payload)
+
+            async def nine_queued() -> bool:
+                return intake.qsize() == 9
+
+            await eventually(nine_queued, timeout=30, what="nine queued")
+        _reload(broker, hub_paths, "r2")  # r1 left out
+        watch = link._watch
+        assert watch is not None
+
+        async def refused() -> bool:
+            return bool(watch.refused)
+
+        await eventually(refused, timeout=30, what="the refusal")  # the batch still held
+        ingest.gate.set()
+        await eventually(_in(link.state, "unlisted"), timeout=30, what="the link ended")
+        assert ingest.cut == []
+        assert sorted(ingest.handled) == sorted(sent)
+        assert intake.qsize() == 0
+    finally:
+        await cancel_until_done(running)
 
 
 def _reload(broker: Broker, hub_paths: HubPaths, *replicas: str) -> None:  # noqa: F811
