@@ -44,6 +44,8 @@ def write_at_once(client: aiomqtt.Client) -> None:
             if not client._disconnected.done():
                 client._disconnected.set_exception(exc)
             return
+        if paho_client.socket() is None:  # the write failed and paho closed the socket
+            return
         if paho_client.want_write():  # the socket took only part: its writer does the rest
             register_write(paho_client, userdata, sock)
 

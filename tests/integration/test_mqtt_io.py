@@ -106,3 +106,36 @@ async def test_messages_are_read_in_order_and_the_end_of_the_connection_ends_the
         async with _client(broker, hub_paths, link_cn("r1")):
             with pytest.raises(aiomqtt.MqttError, match=ENDED):
                 await asyncio.wait_for(waiting, TIMEOUT_S)
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+async def test_a_write_that_fails_ends_the_connection_and_leaves_no_error_in_the_loop(
+    broker: Broker,  # noqa: F811 - the fixture
+    hub_paths: HubPaths,
+    at_once: bool,
+) -> None:
+    """The peer gone as a packet is written: the publish fails as it did with aiomqtt's
+    writer (`at_once` False, the control), and nothing is handed to the loop for a
+    socket paho has closed (an add_writer(-1), logged as an error)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    before = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    device = _client(broker, hub_paths, "dev-a")
+    if at_once:
+        write_at_once(device)
+    try:
+        async with device:
+
+            def broken(data: bytes) -> int:
+                raise BrokenPipeError(32, "Broken pipe")
+
+            device._client._sock.send = broken  # type: ignore[method-assign, union-attr]
+            with pytest.raises(aiomqtt.MqttError):
+                await device.publish(wire.up_topic("dev-a", "heartbeat"), b"x", qos=1, timeout=2)
+            assert device._disconnected.done()
+            for _ in range(5):  # what the write left for the loop runs
+                await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(before)
+    assert errors == []
