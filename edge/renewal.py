@@ -134,7 +134,10 @@ async def _post(hub_url: str, context: ssl.SSLContext, body: dict[str, str]) -> 
             session.post(url, json=body, ssl=context) as response,
         ):
             status, reason = response.status, response.reason or ""
-            retry_after = retry_after_s(response.headers.get("Retry-After"))
+            # Read only for a refusal: a 200 carries the new certificate, whatever else.
+            retry_after = (
+                None if status == 200 else retry_after_s(response.headers.get("Retry-After"))
+            )
             try:
                 reply = await response.json(content_type=None)
             except ValueError:
@@ -163,15 +166,18 @@ def retry_after_s(value: str | None) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²", which isdigit() takes too
         return min(float(value), MAX_SLEEP_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:  # an HTTP date is GMT; a naive one is read so too
+            when = when.replace(tzinfo=dt.UTC)
+        wait = when.timestamp() - time.time()
+    # OverflowError: a zone offset of many digits. From a proxy or a broken hub: the
+    # renewer must go on (its loop ends at anything else).
+    except (TypeError, ValueError, OverflowError):
         return None
-    if when.tzinfo is None:  # an HTTP date is GMT; a naive one is read so too
-        when = when.replace(tzinfo=dt.UTC)
-    return min(max(0.0, when.timestamp() - time.time()), MAX_SLEEP_S)
+    return min(max(0.0, wait), MAX_SLEEP_S)
 
 
 class CertRenewer:

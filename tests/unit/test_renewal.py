@@ -260,6 +260,9 @@ async def test_the_hubs_retry_after_is_waited_out_and_a_failure_without_it_backs
         ("soon", None),
         ("-5", None),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date passed: at once
+        ("\u00b2", None),  # a digit to isdigit(), not to float()
+        ("1 Jan 2020 00:00:00 +99999999999999", None),  # OverflowError, not a dead renewer
+        ("Mon, 01 Jan 2020 00:00:00 +9999", None),
     ],
 )
 def test_a_retry_after_header_is_read_as_seconds_or_a_date(
