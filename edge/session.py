@@ -32,6 +32,7 @@ from outpost import __version__, wire
 from outpost.aio import supervise
 from outpost.mqtt import NODELAY
 from outpost.mqttmessages import Messages
+from outpost.mqttwrite import write_at_once
 from outpost.wire import packing
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class Session:
         )
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
-        return Client(
+        client = Client(
             self._host,
             self._port,
             identifier=self._identity.device_id,
@@ -150,6 +151,8 @@ class Session:
             logger=logging.getLogger(MQTT_LOGGER),
             refused=self._refusals.new_attempt(),
         )
+        write_at_once(client)  # a result's batch leaves as it is published
+        return client
 
     async def _unaligned_store(self) -> str:
         """The store's id while one of its streams is not yet numbered after the hub's

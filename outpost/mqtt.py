@@ -11,7 +11,7 @@ from typing import Final, NoReturn, Protocol
 
 import aiomqtt
 
-from outpost import backoff, mqttprops, mqttwrite
+from outpost import backoff, mqttprops
 
 # Without TCP_NODELAY a TLS record and the broker's delayed ACK wait on each other
 # (Nagle), which caps QoS 1 publishes at a few dozen per second.
@@ -89,7 +89,6 @@ async def run_forever(
     retry = backoff.Reconnect(cap=backoff_cap, spread=backoff_spread, seed=backoff_seed)
     while True:
         client = make_client()
-        mqttwrite.write_at_once(client)
         connected_at: float | None = None
         try:
             async with client:

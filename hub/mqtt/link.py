@@ -27,6 +27,7 @@ from outpost import tls, wire
 from outpost.aio import cancel_until_done
 from outpost.mqtt import NODELAY, LinkState, run_forever
 from outpost.mqttmessages import Messages
+from outpost.mqttwrite import write_at_once
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class HubLink:
             # flight at once: aiomqtt's default (warn past 10 pending calls) logged about
             # three warnings per connecting device during a ramp, of nothing wrong.
             client.pending_calls_threshold = PENDING_CALLS_WARNING
+            write_at_once(client)  # an assignment leaves as it is published
             if relisting is None:  # a replica keeps no session: the broker replays nothing
                 _on_resumed(client, self.intake.catch_up)
             else:  # a broker reloaded without the replica ends the link
