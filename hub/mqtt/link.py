@@ -22,6 +22,7 @@ from hub.mqtt import charge, listing, sessions
 from hub.mqtt.acks import LinkDownError
 from hub.mqtt.ingest import Ingest
 from hub.mqtt.intake import DeviceIntake, queue_type
+from hub.mqtt.readahead import read_all_available
 from hub.paths import HUB_CLIENT_CN, HubPaths, link_cn
 from outpost import tls, wire
 from outpost.aio import cancel_until_done
@@ -157,6 +158,7 @@ class HubLink:
             # three warnings per connecting device during a ramp, of nothing wrong.
             client.pending_calls_threshold = PENDING_CALLS_WARNING
             write_at_once(client)  # an assignment leaves as it is published
+            read_all_available(client)  # every packet waiting, at each wake-up
             if relisting is None:  # a replica keeps no session: the broker replays nothing
                 _on_resumed(client, self.intake.catch_up)
             else:  # a broker reloaded without the replica ends the link

@@ -4,13 +4,26 @@ outpost/mqttmessages.py), on a real Mosquitto started with `broker-config`'s fil
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
+import struct
+import termios
+import time
+from collections.abc import Sequence
+from typing import Any, cast
 
 import aiomqtt
 import pytest
+from paho.mqtt import client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
+from hub.config import HubConfig
+from hub.mqtt.ingest import Ingest
+from hub.mqtt.intake import DeviceIntake
+from hub.mqtt.link import HubLink
 from hub.paths import HubPaths, link_cn
 from outpost import wire
+from outpost.aio import cancel_until_done
 from outpost.mqttmessages import ENDED, Messages
 from outpost.mqttwrite import write_at_once
 from tests.integration.test_broker_config import (  # noqa: F401 - fixtures used by name
@@ -21,6 +34,7 @@ from tests.integration.test_broker_config import (  # noqa: F401 - fixtures used
     broker,
     generated,
 )
+from tests.support import eventually
 
 HOST = "127.0.0.1"
 TIMEOUT_S = 30.0  # generous: the suite must pass on a machine 5x slower
@@ -139,3 +153,67 @@ async def test_a_write_that_fails_ends_the_connection_and_leaves_no_error_in_the
     finally:
         loop.set_exception_handler(before)
     assert errors == []
+
+
+class FirstBatches:
+    """An ingest that keeps the size of each batch it is handed."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def handle_batch(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        self.sizes.append(len(batch))
+
+
+async def test_the_hub_link_reads_every_packet_waiting_at_one_wake_up(
+    broker: Broker,  # noqa: F811 - the fixture
+    hub_paths: HubPaths,
+) -> None:
+    """Fifty heartbeats reach the hub's socket while its event loop is held: at the
+    next wake-up the link reads them all (hub/mqtt/readahead.py) and hands them to the
+    ingest as one batch. paho alone reads one packet a wake-up, a pass of the loop each
+    (the hub's socket held 400-690 KB unread under load)."""
+    config = HubConfig(
+        replica_id="r1",
+        broker=f"mqtts://{HOST}:{broker.port}",
+        db_url="postgresql://replicas.example/outpost",  # the link never reads it
+    )
+    ingest = FirstBatches()
+    link = HubLink(hub_paths, config, cast(Ingest, ingest), DeviceIntake())
+    running = asyncio.create_task(link.run())
+    beats = 50
+    device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-a", protocol=mqtt.MQTTv5)
+    device.tls_set_context(_context(hub_paths, "dev-a"))
+    try:
+        await asyncio.wait_for(link.state.connected.wait(), TIMEOUT_S)
+        assert link.client is not None
+        await asyncio.to_thread(device.connect, HOST, broker.port)
+        device.loop_start()  # its own thread: it sends while this loop is held below
+        topic = wire.up_topic("dev-a", "heartbeat")
+        payload = b"beat" * 64
+        # Held (not awaited): the heartbeats pile up in the link's socket meanwhile.
+        sock = link.client._client.socket()
+        assert sock is not None
+        sent = [device.publish(topic, payload, qos=0) for _ in range(beats)]
+        for info in sent:
+            info.wait_for_publish(TIMEOUT_S)
+        deadline = time.monotonic() + TIMEOUT_S
+        while _unread(sock) < beats * len(payload) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the broker relaying them: a poll, the loop held on purpose
+        assert _unread(sock) >= beats * len(payload)
+
+        async def all_handled() -> bool:
+            return sum(ingest.sizes) == beats
+
+        await eventually(all_handled, timeout=TIMEOUT_S, what="every heartbeat")
+        assert ingest.sizes == [beats]
+    finally:
+        device.loop_stop()
+        device.disconnect()
+        await cancel_until_done(running)
+
+
+def _unread(sock: Any) -> int:
+    """Bytes waiting in `sock`'s receive buffer (TLS records, not yet read)."""
+    (count,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))
+    return int(count)
