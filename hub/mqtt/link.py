@@ -206,6 +206,7 @@ class HubLink:
                 return
             watch.check_subscription(granted)
             watching = asyncio.create_task(watch.watch(), name="hub.link.listing")
+            watching.add_done_callback(_said_if_failed)
             try:
                 await self._take(client)  # ends with the connection (the watch may end it)
             except aiomqtt.MqttError as exc:
@@ -237,6 +238,13 @@ class HubLink:
         failure = await sessions.connect_and_leave(host, port, HUB_CLIENT_CN, context)
         if failure is not None:
             logger.debug("could not end the legacy hub session: %s", failure)
+
+
+def _said_if_failed(watching: asyncio.Task[None]) -> None:
+    """Log a failure of the listing watch (a bug: it ends quietly on a link error): the
+    link goes on unwatched until its next connection."""
+    if not watching.cancelled() and (error := watching.exception()) is not None:
+        logger.error("the broker listing watch stopped: %r", error, exc_info=error)
 
 
 def _on_resumed(client: aiomqtt.Client, resumed: Callable[[], None]) -> None:
