@@ -12,6 +12,22 @@ from hub.cli.lazy import command
 from outpost import __version__, datafolders, durations, logs
 
 
+class _Once(argparse.Action):
+    """Store an option's value, refusing the option a second time (argparse would keep
+    the last without a word)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice: give it once")
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser: every command, its flags and the function that runs it."""
     parser = argparse.ArgumentParser(prog="outpost-hub", description=__doc__)
@@ -119,14 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     token = p.add_subparsers(required=True, metavar="ACTION")
     t = token.add_parser("create", help="print a signed API token")
     _data(t)
-    t.add_argument("--role", required=True, choices=ROLES)
+    # Each once: argparse keeps the last of a repeat, so `--role viewer --role admin`
+    # minted an admin token without a word.
+    t.add_argument("--role", required=True, choices=ROLES, action=_Once)
     t.add_argument(
         "--ttl",
         type=durations.parse,
         default=None,
+        action=_Once,
         help="lifetime such as 15m (default: 15m; an --api-key 90d)",
     )
-    t.add_argument("--subject", default=None, help="who will use it (default: the user name)")
+    t.add_argument(
+        "--subject", default=None, action=_Once, help="who will use it (default: the user name)"
+    )
     t.add_argument(
         "--api-key",
         action="store_true",
