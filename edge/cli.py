@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -21,7 +21,7 @@ from edge.inference.runtime import RUNTIMES
 from edge.profile import ProfileError, find_profile, load_profile
 from outpost import __version__, datafolders, devicenames, heap, logs, settings
 from outpost.aio import cancel_until_done
-from outpost.datalock import AlreadyRunningError, DataLock
+from outpost.datalock import LOCK_NAME, AlreadyRunningError, DataLock
 from outpost.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -366,40 +366,95 @@ def _do_enroll(args: argparse.Namespace) -> int:
             # the message asks for works only with the same key. (So too after Ctrl-C or
             # a disk error, which may come after the hub answered: not caught here.)
             if not exc.keep_key:
-                _remove(made)
+                _remove(args.data, made)
             raise
     print(f"enrolled as {identity.name} ({identity.device_id}); broker {identity.broker_url}")
     return 0
 
 
-def _make_folder(data: Path) -> Path | None:
-    """Make the data folder and its missing parents (0700); the topmost folder this
-    made, or None if the data folder was there. Made one level at a time, so a folder
-    another process made at the same moment is never taken for this one's."""
+def _make_folder(data: Path) -> list[Path]:
+    """Make the data folder and its missing parents (0700); the folders this made,
+    deepest first (none if the data folder was there). Made one level at a time, so a
+    folder another process made at the same moment is never taken for this one's."""
     missing = []
     for folder in (data, *data.parents):
         if folder.is_dir():
             break
         missing.append(folder)
-    made = None
+    made: list[Path] = []
     for folder in reversed(missing):
         try:
             folder.mkdir(mode=0o700)
         except FileExistsError:
             if folder.is_dir():
                 continue  # made by another process just now: not this one's to remove
-            _remove(made)
+            _remove_folders(made)
             raise CliError(f"{folder} is a file, not a folder: give --data a folder") from None
         except OSError as exc:
-            _remove(made)
+            _remove_folders(made)
             raise CliError(f"cannot make the data folder {folder}: {exc.strerror}") from exc
-        made = made or folder
+        made.insert(0, folder)
     return made
 
 
-def _remove(made: Path | None) -> None:
-    if made is not None:
-        shutil.rmtree(made, ignore_errors=True)
+# Open a folder, never through a symlink in its place (O_NOFOLLOW), to remove names in it.
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove(data: Path, made: list[Path]) -> None:
+    """Undo a failed enroll into `data`: the files the enroll writes, if this made the
+    data folder, then the folders this made while they are empty. Nothing else goes:
+    another process may have put its own into a folder this made (a parallel `enroll
+    --data fleet/agent2` that found `fleet/` made by this `--data fleet/agent1`)."""
+    if data not in made:  # the user's folder: left as it was, with the key for a retry
+        return
+    paths = DevicePaths(data)
+    written = [
+        paths.key,
+        paths.cert,
+        paths.ca_cert,
+        paths.hub_signing_pub,
+        paths.hub_bundle_pub,
+        paths.identity,
+    ]
+    try:
+        root = os.open(data, _FOLDER)
+    except OSError:  # gone, or a symlink now: nothing of this enroll's to remove
+        return
+    try:
+        with contextlib.suppress(OSError):
+            folder = os.open(paths.identity_dir.name, _FOLDER, dir_fd=root)
+            try:
+                _unlink(folder, [path.name for path in written])
+            finally:
+                os.close(folder)
+            os.rmdir(paths.identity_dir.name, dir_fd=root)  # only if nothing else is in it
+        # The lock file too, while this process still holds it: no other enroll can be
+        # waiting on it (DataLock.acquire never waits), and left it would keep the
+        # folder this made.
+        _unlink(root, [paths.profile.name, LOCK_NAME])
+    finally:
+        os.close(root)
+    _remove_folders(made)
+
+
+def _unlink(folder: int, names: list[str]) -> None:
+    """Remove `names` (and their temporaries, as outpost/files.py names them) in the
+    open `folder`: a symlink by one of these names is removed, never followed."""
+    for name in names:
+        for each in (name, f".{name}.tmp"):
+            with contextlib.suppress(OSError):  # mostly not there: never written
+                os.unlink(each, dir_fd=folder)
+
+
+def _remove_folders(made: list[Path]) -> None:
+    """Remove the empty folders of `made` (deepest first), stopping at the first that
+    is not: what is in it, and the folders above it, are someone else's."""
+    for folder in made:
+        try:
+            os.rmdir(folder)  # a symlink in its place is refused (ENOTDIR), not followed
+        except OSError:
+            return
 
 
 def _renew(args: argparse.Namespace) -> int:

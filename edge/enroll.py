@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
+# Said whenever the request may have reached the hub: the hub then holds the token for
+# this device's key, and answers that key again.
+RUN_AGAIN = "run the same enroll again (the token still works for this device's key)"
+
 
 class EnrollError(RuntimeError):
     """Enrollment failed; the message says why and what to do. `keep_key`: the request
@@ -59,24 +63,20 @@ async def enroll(token: str, paths: DevicePaths, profile_file: Path, name: str =
     key = await asyncio.to_thread(_device_key, paths)
     csr = make_csr(key)
 
-    ca_pem = await _fetch_ca(hub_url)
-    try:
-        fingerprint = tls.fingerprint(ca_pem)
-    except ValueError as exc:  # another server's page on that address, say
-        raise EnrollError(
-            f"the hub at {hub_url} answered with no CA certificate: is it an Outpost hub, "
-            "and the URL in the token right?"
-        ) from exc
-    if fingerprint != pin:
-        raise EnrollError(
-            f"the hub at {hub_url} presents a CA whose fingerprint does not match the token; "
-            "refusing to enroll (wrong hub, or someone in between)"
-        )
+    ca_pem = pinned_ca(await _fetch_ca(hub_url), hub_url, pin)
     reply = await _post_csr(hub_url, ca_pem, token, csr, profile.name, name)
 
+    # The hub took the request, and may hold the token for this key: whatever is wrong
+    # with its answer, the folder and the key stay for the retry (only this key works).
     cert_pem = str(reply.get("certificate", "")).encode()
     device_id = str(reply.get("device_id", ""))
-    cert = check_certificate(cert_pem, ca_pem, key, device_id)
+    try:
+        cert = check_certificate(cert_pem, ca_pem, key, device_id)
+    except EnrollError as exc:
+        raise EnrollError(f"{exc}; {RUN_AGAIN}", keep_key=True) from exc
+    missing = [field for field in ("broker_url", "signing_public_key") if field not in reply]
+    if missing:
+        raise EnrollError(f"the hub's reply lacks {', '.join(missing)}; {RUN_AGAIN}", keep_key=True)
     identity = Identity(
         device_id=device_id,
         broker_url=str(reply["broker_url"]),
@@ -111,6 +111,35 @@ def _save(
         files.replace(paths.hub_bundle_pub, bundle_pub, files.PUBLIC)
     files.replace(paths.profile, profile, files.PUBLIC)
     identity.save(paths)  # last: its presence marks the enrollment complete
+
+
+def pinned_ca(ca_pem: bytes, hub_url: str, pin: str) -> bytes:
+    """The fleet CA from what the hub's address answered, checked against the token's
+    `pin`, as the PEM to trust and keep; raise `EnrollError` saying what is wrong."""
+    try:
+        certificates = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError as exc:  # another server's page on that address, say
+        raise EnrollError(
+            f"the hub at {hub_url} answered with no CA certificate: is it an Outpost hub, "
+            "and the URL in the token right?"
+        ) from exc
+    # The pin names one certificate. Anything beside it would be trusted unpinned: a
+    # CA appended by someone in between would vouch for his server, for the request
+    # that carries the token and, kept in identity/ca.crt, for every connection after.
+    blocks = ca_pem.count(b"-----BEGIN ")
+    if len(certificates) != 1 or blocks != 1:
+        raise EnrollError(
+            f"the hub at {hub_url} sent {blocks} PEM blocks ({len(certificates)} "
+            "certificates) as its CA, where the token pins one certificate; refusing to "
+            "enroll (someone in between may have added a CA of his own)"
+        )
+    if tls.fingerprint(ca_pem) != pin:
+        raise EnrollError(
+            f"the hub at {hub_url} presents a CA whose fingerprint does not match the token; "
+            "refusing to enroll (wrong hub, or someone in between)"
+        )
+    # Kept as the certificate alone: no text that came around it.
+    return certificates[0].public_bytes(serialization.Encoding.PEM)
 
 
 def read_token(token: str) -> tuple[str, str]:
@@ -207,16 +236,23 @@ async def _post_csr(
     except (aiohttp.ClientError, TimeoutError) as exc:
         # The hub may have taken the token already: it answers the same key again.
         raise EnrollError(
-            f"enrollment request to {hub_url} failed: {unreached(exc)}; "
-            "run the same enroll again (the token still works for this device's key)",
+            f"enrollment request to {hub_url} failed: {unreached(exc)}; {RUN_AGAIN}",
             keep_key=True,
         ) from exc
-    if status != 201:
-        error = reply.get("error") if isinstance(reply, dict) else None
-        message = error.get("message", reason) if isinstance(error, dict) else reason
+    error = reply.get("error") if isinstance(reply, dict) else None
+    message = error.get("message", reason) if isinstance(error, dict) else reason
+    if 400 <= status < 500:  # the hub said no: the token was not taken for this key
         raise EnrollError(f"the hub refused enrollment ({status}): {message}")
+    # Any other answer may follow the hub taking the token: a proxy's 502 when the hub
+    # was slow, a 201 whose body came back unreadable. The key stays for the retry.
+    if status != 201:
+        raise EnrollError(
+            f"the hub (or a proxy before it) failed the enrollment request ({status}): "
+            f"{message}; {RUN_AGAIN}",
+            keep_key=True,
+        )
     if not isinstance(reply, dict):
-        raise EnrollError("the hub's reply is not a JSON object")
+        raise EnrollError(f"the hub's reply is not a JSON object; {RUN_AGAIN}", keep_key=True)
     return reply
 
 

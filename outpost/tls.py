@@ -57,7 +57,11 @@ def server_context(
 
 def pinned_context(ca_pem: bytes, source: str) -> ssl.SSLContext:
     """Return a TLS 1.2+ client context that trusts only the CA certificate `ca_pem`;
-    a TlsFileError naming `source` ("the CA certificate FILE") when it holds none."""
+    a TlsFileError naming `source` ("the CA certificate FILE") when it holds none, or
+    more than one."""
+    # Imported here, as in `fingerprint`: only enrollment and renewal come here.
+    from cryptography import x509
+
     what = f"{source} (damaged, or not a PEM certificate)"
     if not ca_pem.strip():
         # Given no CA, create_default_context would trust the system's: any public CA.
@@ -68,6 +72,21 @@ def pinned_context(ca_pem: bytes, source: str) -> ssl.SSLContext:
     # OpenSSL's "no start line: cadata does not contain a certificate".
     except (UnicodeDecodeError, ssl.SSLError) as exc:
         raise _named(exc, what) from exc
+    # The pin (a fingerprint) names one certificate, and `fingerprint` hashes the first
+    # alone, while OpenSSL trusts every one it loaded: a second CA appended by someone in
+    # between would pass the pin and vouch for his server. Both counts: cryptography's
+    # of the PEM, and OpenSSL's of what it actually trusts.
+    try:
+        certificates = len(x509.load_pem_x509_certificates(ca_pem))
+    except ValueError as exc:  # a damaged block beside one OpenSSL took
+        raise _named(str(exc), what) from exc
+    trusted = context.cert_store_stats()["x509"]
+    if certificates != 1 or trusted != 1:
+        raise _named(
+            f"it holds {max(certificates, trusted)} certificates, and only the one CA "
+            "certificate the fleet is pinned to may be trusted",
+            source,
+        )
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 

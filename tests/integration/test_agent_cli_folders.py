@@ -17,9 +17,12 @@ import jwt
 import pytest
 from aiohttp import web
 
+import edge.enroll
+from edge import cli
 from edge.identity import DevicePaths, Identity
+from hub.fleet import pki
 from outpost import tls
-from tests.integration.test_cli_remote import run
+from tests.integration.test_cli_remote import Ran, run
 from tests.support import REPO, SHIPPED_MODELS, free_port
 from tests.tlsfiles import make_tls_files
 
@@ -163,11 +166,37 @@ def test_models_install_refuses_two_models_under_one_name_and_version(tmp_path: 
     assert not any(paths.models.glob("*/*"))
 
 
-async def test_a_lost_answer_keeps_the_key_the_hub_may_hold_the_token_for(
-    tmp_path: Path,
+def test_a_failed_enroll_removes_nothing_another_put_into_a_folder_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The request reached a hub whose answer was lost: the hub answers the same key
-    again, so the folder and its key stay for the retry the message asks for."""
+    """Two enrolls in parallel (a provisioning script): `--data fleet/agent1` makes
+    `fleet/`, `--data fleet/agent2` finds it there and enrolls. The first one failing
+    removes what it wrote and its own folder, never `fleet/` with the other's key."""
+    fleet = tmp_path / "fleet"  # not there yet: this enroll makes it
+    mine, other = fleet / "agent1", fleet / "agent2"
+
+    async def enroll_fails(token: str, paths: DevicePaths, profile: Path, name: str = "") -> None:
+        paths.identity_dir.mkdir(mode=0o700)
+        paths.key.write_text("this enroll's key")  # as the real one writes, before the hub
+        (other / "identity").mkdir(parents=True)  # meanwhile, the other enroll
+        (other / "identity" / "device.key").write_text("the other's key")
+        raise edge.enroll.EnrollError("the hub refused enrollment (401): token expired")
+
+    monkeypatch.setattr(edge.enroll, "enroll", enroll_fails)
+    code = cli.main(
+        ["enroll", "--data", str(mine), "--token", unreachable_token(), "--profile", "generic"]
+    )
+
+    assert code == 2
+    assert not mine.exists()
+    assert [p.name for p in fleet.iterdir()] == ["agent2"]
+    assert (other / "identity" / "device.key").read_text() == "the other's key"
+
+
+async def _enroll_answered(tmp_path: Path, answer: str) -> tuple[Ran, Path, int]:
+    """`outpost-agent enroll` (a child process) against a hub whose answer to the
+    enrollment request is `answer`; what it said, its data folder, and how many
+    requests reached the hub."""
     files = make_tls_files(tmp_path / "tls")
     ca_pem = files.ca.read_bytes()
     posted: list[dict[str, str]] = []
@@ -175,15 +204,29 @@ async def test_a_lost_answer_keeps_the_key_the_hub_may_hold_the_token_for(
     async def ca(_: web.Request) -> web.Response:
         return web.Response(body=ca_pem)
 
-    async def lose_the_answer(request: web.Request) -> web.Response:
-        posted.append(await request.json())
-        assert request.transport is not None
-        request.transport.close()  # as a dropped link would, before any answer
-        return web.Response(status=500)
+    async def enrollment(request: web.Request) -> web.Response:
+        posted.append(await request.json())  # a hub would have taken the token here
+        if answer == "lost":
+            assert request.transport is not None
+            request.transport.close()  # as a dropped link would, before any answer
+            return web.Response(status=500)
+        if answer == "proxy 502":  # the hub was slow, the proxy before it gave up
+            return web.Response(status=502, text="<html>Bad Gateway</html>")
+        if answer == "cut 201":
+            return web.Response(status=201, text='{"certificate": "-----BEGIN CERT')
+        if answer == "201, another CA's certificate":
+            stranger_key, stranger = pki.make_ca("not the fleet CA")
+            public_key = pki.new_ec_key().public_key()
+            issued = pki.issue(
+                stranger_key, stranger, common_name="dev-1", public_key=public_key, days=1
+            )
+            body = {"certificate": issued.pem.decode(), "device_id": "dev-1"}
+            return web.json_response(body, status=201)
+        return web.json_response({"error": {"message": "token expired"}}, status=401)
 
     app = web.Application()
     app.router.add_get("/api/v1/enroll/ca", ca)
-    app.router.add_post("/api/v1/enroll", lose_the_answer)
+    app.router.add_post("/api/v1/enroll", enrollment)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -194,21 +237,39 @@ async def test_a_lost_answer_keeps_the_key_the_hub_may_hold_the_token_for(
         ssl_context=tls.server_context(files.server_cert, files.server_key),
     )
     await site.start()
-    claims = {
-        "url": f"https://127.0.0.1:{port}",
-        "caf": tls.fingerprint(ca_pem),
-        "exp": time.time() + 600,
-    }
-    token = jwt.encode(claims, "not the hub's key, and long enough for HS256", algorithm="HS256")
     new = tmp_path / "agent"
     try:
         ran = await run(
-            "edge.cli", "enroll", "--data", str(new), "--token", token, "--profile", "generic"
-        )
+            "edge.cli", "enroll", "--data", str(new), "--token",
+            token_for(f"https://127.0.0.1:{port}", tls.fingerprint(ca_pem)),
+            "--profile", "generic",
+        )  # fmt: skip
     finally:
         await runner.cleanup()
+    return ran, new, len(posted)
 
-    assert ran.code == 2
+
+@pytest.mark.parametrize(
+    "answer", ["lost", "proxy 502", "cut 201", "201, another CA's certificate"]
+)
+async def test_an_answer_after_the_request_reached_the_hub_keeps_the_key(
+    tmp_path: Path, answer: str
+) -> None:
+    """The hub may have taken the token for this key whatever came back (a proxy's
+    page, a body cut short, a certificate that does not check): it answers the same key
+    again, so the folder and its key stay for the retry the message asks for."""
+    ran, new, posted = await _enroll_answered(tmp_path, answer)
+
+    assert (ran.code, posted) == (2, 1)
     assert "run the same enroll again" in ran.err
-    assert len(posted) == 1
+    assert "refused" not in ran.err
     assert (new / "identity" / "device.key").exists()
+
+
+async def test_a_refusal_by_the_hub_removes_the_folder_it_made(tmp_path: Path) -> None:
+    ran, new, posted = await _enroll_answered(tmp_path, "refused")
+
+    assert (ran.code, posted) == (2, 1)
+    assert "the hub refused enrollment (401): token expired" in ran.err
+    assert "run the same enroll again" not in ran.err
+    assert not new.exists()

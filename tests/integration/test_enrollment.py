@@ -59,6 +59,11 @@ async def test_enrollment_round_trip(hub: Hub, tmp_path: Any) -> None:
     cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
     ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
     cert.verify_directly_issued_by(ca)
+    # The fleet CA the token pins, and nothing beside it: every later connection trusts
+    # all that identity/ca.crt holds.
+    assert x509.load_pem_x509_certificates(paths.ca_cert.read_bytes()) == [
+        x509.load_pem_x509_certificate(hub.paths.ca_cert.read_bytes())
+    ]
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == identity.device_id
     lifetime_days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
     assert 89 <= lifetime_days <= 91, "default device certificate lifetime is 90 days"

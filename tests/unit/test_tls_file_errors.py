@@ -113,3 +113,18 @@ def test_a_pinned_ca_trusts_only_it(files: TlsFiles) -> None:
     assert len(context.get_ca_certs()) == 1
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert context.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_a_pinned_ca_with_another_beside_it_is_refused(files: TlsFiles) -> None:
+    # The pin (a fingerprint) is of the first certificate alone; the second, trusted
+    # too, would vouch for a server of whoever appended it. Renewal reads the CA from
+    # identity/ca.crt through here as well.
+    both = files.ca.read_bytes() + files.other_ca.read_bytes()
+
+    with pytest.raises(tls.TlsFileError) as raised:
+        tls.pinned_context(both, "the CA certificate /data/identity/ca.crt")
+
+    assert str(raised.value) == (
+        "cannot load the CA certificate /data/identity/ca.crt: it holds 2 certificates, "
+        "and only the one CA certificate the fleet is pinned to may be trusted"
+    )
