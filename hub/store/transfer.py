@@ -13,6 +13,7 @@ a temporary copy, never in place.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -71,9 +72,47 @@ def _hub_database(source: Path) -> Iterator[sqlite3.Connection]:
     with contextlib.ExitStack() as stack:
         conn = stack.enter_context(contextlib.closing(_open_read_only(source)))
         if _behind(conn, source):
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="outpost-")))
-            conn = stack.enter_context(contextlib.closing(_updated_copy(conn, scratch)))
+            temp = Path(tempfile.gettempdir())
+            _check_room(source, temp)
+            try:
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="outpost-")))
+                conn = stack.enter_context(contextlib.closing(_updated_copy(conn, scratch)))
+            except (sqlite3.Error, OSError) as exc:
+                # The temp folder filled up (or its size limit was met) during the copy
+                # or its migration: sqlite3's "disk I/O error" names neither the folder
+                # nor TMPDIR, and the CLI would show it as a traceback.
+                raise TransferRefusedError(
+                    f"{source} is an older hub's database, brought to the newest schema in a "
+                    f"temporary copy in {temp}, and that copy failed: {exc}; make room there "
+                    "or set TMPDIR to a folder with room (the source was not changed)"
+                ) from exc
         yield conn
+
+
+def _check_room(source: Path, temp: Path) -> None:
+    """Refuse before copying when the temp folder `temp` lacks room for a copy of the
+    database `source` (its -wal file included, whose pages the copy holds too)."""
+    wal = source.with_name(source.name + "-wal")
+    needed = source.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    needed += needed // 10 + (1 << 20)  # the migrations grow the copy a little
+    try:
+        free = shutil.disk_usage(temp).free
+    except OSError as exc:
+        raise TransferRefusedError(
+            f"cannot check the room in the temp folder {temp} (set by TMPDIR): "
+            f"{exc.strerror or exc}"
+        ) from exc
+    if free < needed:
+        raise TransferRefusedError(
+            f"{source} is an older hub's database: it is brought to the newest schema in a "
+            f"temporary copy, which needs about {_mb(needed)} free in {temp}, which has "
+            f"{_mb(free)}; make room there or set TMPDIR to a folder with room (the copy is "
+            "removed afterwards; the source is not changed)"
+        )
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MB"
 
 
 def _open_read_only(source: Path) -> sqlite3.Connection:

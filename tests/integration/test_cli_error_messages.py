@@ -6,13 +6,17 @@ error -2", "Not Found [HTTP 404]", psycopg's stray tab)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from hub.app import Hub
 from hub.fleet.enrollment import load_signing_key
 from hub.paths import HubPaths
+from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.integration.test_cli_mistakes import cli
 from tests.integration.test_cli_remote import run
@@ -134,6 +138,57 @@ def test_a_broken_bundle_file_is_named_before_upload(
     assert ran.code == 2
     assert f"{bundle / said}" in ran.err
     assert "nothing was uploaded" in ran.err
+
+
+def _bundle_with(tmp_path: Path, **changed: object) -> Path:
+    """A copy of a shipped bundle, its manifest's fields changed (None: left out)."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(SHIPPED_MODELS[0], bundle)
+    manifest = json.loads((bundle / "model.json").read_text())
+    for field, value in changed.items():
+        if value is None:
+            del manifest[field]
+        else:
+            manifest[field] = value
+    (bundle / "model.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+async def test_a_bundle_without_sha256_and_size_is_uploaded(
+    hub: Hub, api: ApiClient, tmp_path: Path
+) -> None:
+    """docs/operations.md: `sha256` and `size` may be left out; the hub computes them."""
+    bundle = _bundle_with(tmp_path, sha256=None, size=None, version="1.1.0")
+    model = (bundle / "model.tflite").read_bytes()
+    admin_file = tmp_path / "admin.token"
+    admin_file.write_text(await api.token("admin", subject="alice"))
+
+    ran = await run(
+        "hub.cli", "models", "upload", str(bundle), "--hub", hub.config.hub_url,
+        "--token-file", str(admin_file), "--ca", str(hub.paths.ca_cert),
+    )  # fmt: skip
+
+    assert ran.code == 0, ran.err
+    name = json.loads((bundle / "model.json").read_text())["name"]
+    stored = await hub.parts.store.model(name, "1.1.0")
+    assert stored is not None
+    assert (stored.sha256, stored.size) == (hashlib.sha256(model).hexdigest(), len(model))
+
+
+@pytest.mark.parametrize(
+    ("field", "wrong"), [("sha256", "0" * 64), ("size", 12345), ("sha256", "F" * 64)]
+)
+def test_a_wrong_sha256_or_size_is_refused_before_upload(
+    tmp_path: Path, token_file: Path, field: str, wrong: object
+) -> None:
+    bundle = _bundle_with(tmp_path, **{field: wrong})
+
+    ran = cli("hub.cli", "models", "upload", str(bundle), *NO_HUB, "--token-file", str(token_file))
+
+    assert ran.code == 2
+    assert f"{bundle / 'model.json'}: {field} {wrong!r} does not match model.tflite" in ran.err
+    assert "nothing was uploaded" in ran.err
+    assert "cannot reach the hub" not in ran.err  # refused here, the hub never asked
 
 
 def test_a_long_subject_is_not_echoed_whole(hub_paths: HubPaths) -> None:

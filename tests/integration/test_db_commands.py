@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -406,6 +407,47 @@ def test_db_migrate_copies_an_older_hubs_database_and_leaves_it_unchanged(
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute("SELECT subject, action FROM audit").fetchall()
     assert rows == [("alice", "policy.put")]
+
+
+def test_db_migrate_says_when_the_temp_folder_fills_up_and_leaves_no_copy_there(
+    tmp_path: Path,
+) -> None:
+    """An older hub's database is copied into TMPDIR (often a small tmpfs) to be brought
+    up to date: a temp disk that fills up is said in words, naming the folder and TMPDIR,
+    not a traceback of sqlite3's "disk I/O error". A file-size limit of 1 MB on the
+    command stands in for a temp disk with 1 MB free (its check of the free room sees
+    the real disk, so the copy is tried)."""
+    data = tmp_path / "hub"
+    assert _run("init", "--data", str(data)).returncode == 0
+    old = tmp_path / "old" / "hub.db"
+    old.parent.mkdir()
+    db = open_database(old, synchronous="FULL")
+    try:
+        migrate_sqlite(SqliteSql(db.conn), MIGRATIONS[:-1])
+        db.conn.execute("CREATE TABLE filler (b BLOB)")
+        for _ in range(30):
+            db.conn.execute("INSERT INTO filler VALUES (randomblob(100000))")
+        db.conn.commit()
+    finally:
+        db.conn.close()
+    before = hashlib.sha256(old.read_bytes()).hexdigest()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+
+    moved = subprocess.run(
+        ["bash", "-c", 'ulimit -f 1024 && exec "$@"', "-", sys.executable, "-m", "hub.cli",
+         "db", "migrate", "--data", str(data), "--from", str(old),
+         "--to", "postgresql://u:pw@127.0.0.1:1/hub"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
+        env={**os.environ, "TMPDIR": str(temp)},
+    )  # fmt: skip
+
+    assert moved.returncode == 2, moved.stderr
+    assert "Traceback" not in moved.stderr
+    assert f"a temporary copy in {temp}, and that copy failed" in moved.stderr
+    assert "set TMPDIR to a folder with room" in moved.stderr
+    assert list(temp.iterdir()) == []
+    assert hashlib.sha256(old.read_bytes()).hexdigest() == before
 
 
 def test_init_with_a_database_refuses_the_folder_before_touching_the_database(

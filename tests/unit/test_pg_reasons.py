@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from hub.dburl import DatabaseUrlError
+from hub.store.engine import open_engine
 from hub.store.postgres import DatabaseUnavailableError, PostgresEngine, one_line
 from tests.support import free_port
 
@@ -42,3 +44,31 @@ def test_a_port_that_is_no_number_is_named_before_connecting() -> None:
 )  # fmt: skip
 def test_libpq_s_lines_are_joined(message: str, line: str) -> None:
     assert one_line(message) == line
+
+
+@pytest.mark.parametrize("password", ["s3cr?et", "s3cr#et", "s3cr:et"])
+def test_a_password_with_odd_characters_is_used_not_refused_nor_shown(password: str) -> None:
+    """libpq reads 's3cr?et' before the '@' as the password and 1 as the port: the URL is
+    tried (the connection is refused, nothing listens), and no piece of the password is
+    in the error."""
+    port = free_port()
+
+    with pytest.raises(DatabaseUrlError) as refused:
+        open_engine(f"postgresql://hub:{password}@127.0.0.1:{port}/hub")
+
+    said = str(refused.value)
+    assert f"port {port} failed: Connection refused" in said
+    assert "is not a number" not in said
+    assert "s3cr" not in said
+    assert "et@" not in said
+
+
+def test_a_password_with_a_slash_is_not_shown_in_the_refusal() -> None:
+    """An unescaped '/' ends libpq's host list early: it reads host 'hub', port 's3cr'."""
+    with pytest.raises(DatabaseUrlError) as refused:
+        open_engine("postgresql://hub:s3cr/et@127.0.0.1:1/hub")
+
+    said = str(refused.value)
+    assert "is not a number" in said
+    assert "s3cr" not in said
+    assert "et@" not in said
