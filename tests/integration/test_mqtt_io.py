@@ -155,14 +155,18 @@ async def test_a_write_that_fails_ends_the_connection_and_leaves_no_error_in_the
     assert errors == []
 
 
-class FirstBatches:
-    """An ingest that keeps the size of each batch it is handed."""
+class Batches:
+    """An ingest that keeps the payloads of each batch it is handed."""
 
     def __init__(self) -> None:
-        self.sizes: list[int] = []
+        self.batches: list[list[bytes]] = []
 
     async def handle_batch(self, batch: Sequence[tuple[str, bytes]]) -> None:
-        self.sizes.append(len(batch))
+        self.batches.append([payload for _, payload in batch])
+
+    def holding(self, wanted: set[bytes]) -> list[list[bytes]]:
+        """The batches that hold any of `wanted`."""
+        return [b for b in self.batches if wanted.intersection(b)]
 
 
 async def test_the_hub_link_reads_every_packet_waiting_at_one_wake_up(
@@ -171,42 +175,48 @@ async def test_the_hub_link_reads_every_packet_waiting_at_one_wake_up(
 ) -> None:
     """Fifty heartbeats reach the hub's socket while its event loop is held: at the
     next wake-up the link reads them all (hub/mqtt/readahead.py) and hands them to the
-    ingest as one batch. paho alone reads one packet a wake-up, a pass of the loop each
+    ingest in one batch. paho alone reads one packet a wake-up, a pass of the loop each
     (the hub's socket held 400-690 KB unread under load)."""
     config = HubConfig(
         replica_id="r1",
         broker=f"mqtts://{HOST}:{broker.port}",
         db_url="postgresql://replicas.example/outpost",  # the link never reads it
     )
-    ingest = FirstBatches()
+    ingest = Batches()
     link = HubLink(hub_paths, config, cast(Ingest, ingest), DeviceIntake())
     running = asyncio.create_task(link.run())
-    beats = 50
     device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-a", protocol=mqtt.MQTTv5)
     device.tls_set_context(_context(hub_paths, "dev-a"))
+    topic = wire.up_topic("dev-a", "heartbeat")
     try:
-        await asyncio.wait_for(link.state.connected.wait(), TIMEOUT_S)
-        assert link.client is not None
         await asyncio.to_thread(device.connect, HOST, broker.port)
         device.loop_start()  # its own thread: it sends while this loop is held below
-        topic = wire.up_topic("dev-a", "heartbeat")
-        payload = b"beat" * 64
-        # Held (not awaited): the heartbeats pile up in the link's socket meanwhile.
+
+        # Connected is not subscribed (the link probes its listing first): heartbeats
+        # until one comes through.
+        async def subscribed() -> bool:
+            device.publish(topic, b"ready", qos=0)
+            return bool(ingest.holding({b"ready"}))
+
+        await eventually(subscribed, timeout=TIMEOUT_S, every=0.2, what="the subscription")
+        assert link.client is not None
         sock = link.client._client.socket()
         assert sock is not None
-        sent = [device.publish(topic, payload, qos=0) for _ in range(beats)]
-        for info in sent:
+        beats = {b"beat-%02d" % n + b"." * 250 for n in range(50)}
+        # Held (not awaited): the heartbeats pile up in the link's socket meanwhile.
+        for info in [device.publish(topic, beat, qos=0) for beat in sorted(beats)]:
             info.wait_for_publish(TIMEOUT_S)
         deadline = time.monotonic() + TIMEOUT_S
-        while _unread(sock) < beats * len(payload) and time.monotonic() < deadline:
+        while _unread(sock) < 50 * 256 and time.monotonic() < deadline:
             time.sleep(0.01)  # the broker relaying them: a poll, the loop held on purpose
-        assert _unread(sock) >= beats * len(payload)
+        assert _unread(sock) >= 50 * 256
 
         async def all_handled() -> bool:
-            return sum(ingest.sizes) == beats
+            return beats.issubset(p for b in ingest.batches for p in b)
 
         await eventually(all_handled, timeout=TIMEOUT_S, what="every heartbeat")
-        assert ingest.sizes == [beats]
+        (batch,) = ingest.holding(beats)  # one batch, whatever readiness beats came with
+        assert beats.issubset(batch)
     finally:
         device.loop_stop()
         device.disconnect()
