@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -18,16 +16,14 @@ from typing import TYPE_CHECKING
 from edge.config import SECTION, AgentConfig
 from edge.identity import DevicePaths, Identity, NotEnrolledError
 from edge.inference.runtime import RUNTIMES
-from edge.profile import ProfileError, find_profile, load_profile
-from outpost import __version__, datafolders, devicenames, heap, logs, settings
+from edge.profile import ProfileError, load_profile
+from outpost import __version__, datafolders, heap, logs, settings
 from outpost.aio import cancel_until_done
-from outpost.datalock import LOCK_NAME, AlreadyRunningError, DataLock
+from outpost.datalock import AlreadyRunningError
 from outpost.sdnotify import Notifier
 
 if TYPE_CHECKING:
     from edge.agent import Agent
-    from edge.inference.directory import ModelDirectory
-    from outpost.modelbundle import Bundle
 
 logger = logging.getLogger("edge")
 
@@ -249,7 +245,11 @@ def _models_install(args: argparse.Namespace) -> int:
     directory = ModelDirectory(_enrolled(args.data).models)
     # All or nothing: a typo in the last folder must not leave the first ones installed
     # (and, unless --no-activate, serving) behind an error.
-    for bundle in _checked_bundles(directory, args.bundles):
+    try:
+        bundles = directory.installable(args.bundles)
+    except BundleError as exc:
+        raise CliError(f"{exc}; nothing was installed") from exc
+    for bundle in bundles:
         try:
             installed = directory.install(bundle.folder, activate=not args.no_activate)
         except BundleError as exc:  # changed since it was checked: said, the rest not done
@@ -258,40 +258,6 @@ def _models_install(args: argparse.Namespace) -> int:
         print(f"installed {m.name} {m.version} (sha256 {m.sha256[:16]}..., {m.size} bytes)")
     print("a running agent loads new models when it restarts")
     return 0
-
-
-def _checked_bundles(directory: ModelDirectory, folders: list[Path]) -> list[Bundle]:
-    """Every bundle folder read and its model checked against its manifest, and none that
-    `install` would refuse (another model under an installed name and version, or under
-    one given twice); CliError naming the first that fails."""
-    from outpost.modelbundle import BundleError, read_bundle
-
-    bundles: list[Bundle] = []
-    given: dict[tuple[str, str], Bundle] = {}
-    for folder in folders:
-        if not folder.is_dir():
-            problem = "is a file" if folder.exists() else "does not exist"
-            raise CliError(f"{folder} {problem}: give a bundle folder; nothing was installed")
-        try:
-            bundle = read_bundle(folder)
-        except BundleError as exc:
-            raise CliError(f"{exc}; nothing was installed") from exc
-        name, version = bundle.manifest.name, bundle.manifest.version
-        other = given.get((name, version))
-        if other is None and (directory.root / name / version).exists():
-            installed = directory.entry(name, version)
-            if installed.bundle is None:  # `install` cannot compare with it either
-                raise CliError(f"{installed.error}; nothing was installed")
-            other = installed.bundle
-        if other is not None and other.manifest.sha256 != bundle.manifest.sha256:
-            raise CliError(
-                f"{folder}: {name} {version} is also {other.folder}, another model (sha256 "
-                f"{other.manifest.sha256}); give the new model a new version; nothing was "
-                "installed"
-            )
-        given[name, version] = bundle
-        bundles.append(bundle)
-    return bundles
 
 
 def _models_list(args: argparse.Namespace) -> int:
@@ -319,142 +285,15 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    # Imported here: certificate handling and JWTs are needed once, at enrollment, and
+    # the running daemon need not carry them in memory.
+    from edge import enrollcli
     from edge.enroll import EnrollError
 
     try:
-        return _do_enroll(args)
-    except EnrollError as exc:
+        return enrollcli.enroll_folder(args)
+    except (EnrollError, enrollcli.EnrollCliError) as exc:
         raise CliError(str(exc)) from exc
-
-
-def _do_enroll(args: argparse.Namespace) -> int:
-    # Imported here: certificate handling and JWTs are needed once, at enrollment, and
-    # the running daemon need not carry them in memory. `read_token` is the check
-    # `enroll` makes itself, made here before there is a folder to leave behind.
-    from edge.enroll import EnrollError, enroll, read_token
-
-    if problem := datafolders.agent_folder_problem(args.data):
-        raise CliError(problem)
-    token = args.token
-    if args.token_file is not None:
-        try:
-            token = args.token_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise CliError(f"cannot read {args.token_file}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise CliError(f"{args.token_file} holds no token (not text): {exc}") from exc
-    if args.name is not None:
-        try:
-            name = devicenames.check(args.name, "--name")
-        except ValueError as exc:
-            raise CliError(str(exc)) from exc
-    else:
-        name = devicenames.from_hostname(socket.gethostname())
-    profile = find_profile(args.profile)
-    load_profile(profile)  # a broken one refused by name, as `enroll` would, but first
-    read_token(token)
-    made = _make_folder(args.data)
-    # One enrollment of a folder at a time (and none while its agent runs): two at once
-    # would enroll two devices and keep one identity.
-    with DataLock.acquire(args.data, "outpost-agent enroll"):
-        try:
-            identity = asyncio.run(enroll(token, DevicePaths(args.data), profile, name))
-        except EnrollError as exc:
-            # A failed enroll leaves no folder of its making (a key no hub knows, a lock)
-            # behind; one the user had is left as it was. Except when the request may
-            # have reached the hub: it then holds the token for this key, and the retry
-            # the message asks for works only with the same key. (So too after Ctrl-C or
-            # a disk error, which may come after the hub answered: not caught here.)
-            if not exc.keep_key:
-                _remove(args.data, made)
-            raise
-    print(f"enrolled as {identity.name} ({identity.device_id}); broker {identity.broker_url}")
-    return 0
-
-
-def _make_folder(data: Path) -> list[Path]:
-    """Make the data folder and its missing parents (0700); the folders this made,
-    deepest first (none if the data folder was there). Made one level at a time, so a
-    folder another process made at the same moment is never taken for this one's."""
-    missing = []
-    for folder in (data, *data.parents):
-        if folder.is_dir():
-            break
-        missing.append(folder)
-    made: list[Path] = []
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:
-            if folder.is_dir():
-                continue  # made by another process just now: not this one's to remove
-            _remove_folders(made)
-            raise CliError(f"{folder} is a file, not a folder: give --data a folder") from None
-        except OSError as exc:
-            _remove_folders(made)
-            raise CliError(f"cannot make the data folder {folder}: {exc.strerror}") from exc
-        made.insert(0, folder)
-    return made
-
-
-# Open a folder, never through a symlink in its place (O_NOFOLLOW), to remove names in it.
-_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _remove(data: Path, made: list[Path]) -> None:
-    """Undo a failed enroll into `data`: the files the enroll writes, if this made the
-    data folder, then the folders this made while they are empty. Nothing else goes:
-    another process may have put its own into a folder this made (a parallel `enroll
-    --data fleet/agent2` that found `fleet/` made by this `--data fleet/agent1`)."""
-    if data not in made:  # the user's folder: left as it was, with the key for a retry
-        return
-    paths = DevicePaths(data)
-    written = [
-        paths.key,
-        paths.cert,
-        paths.ca_cert,
-        paths.hub_signing_pub,
-        paths.hub_bundle_pub,
-        paths.identity,
-    ]
-    try:
-        root = os.open(data, _FOLDER)
-    except OSError:  # gone, or a symlink now: nothing of this enroll's to remove
-        return
-    try:
-        with contextlib.suppress(OSError):
-            folder = os.open(paths.identity_dir.name, _FOLDER, dir_fd=root)
-            try:
-                _unlink(folder, [path.name for path in written])
-            finally:
-                os.close(folder)
-            os.rmdir(paths.identity_dir.name, dir_fd=root)  # only if nothing else is in it
-        # The lock file too, while this process still holds it: no other enroll can be
-        # waiting on it (DataLock.acquire never waits), and left it would keep the
-        # folder this made.
-        _unlink(root, [paths.profile.name, LOCK_NAME])
-    finally:
-        os.close(root)
-    _remove_folders(made)
-
-
-def _unlink(folder: int, names: list[str]) -> None:
-    """Remove `names` (and their temporaries, as outpost/files.py names them) in the
-    open `folder`: a symlink by one of these names is removed, never followed."""
-    for name in names:
-        for each in (name, f".{name}.tmp"):
-            with contextlib.suppress(OSError):  # mostly not there: never written
-                os.unlink(each, dir_fd=folder)
-
-
-def _remove_folders(made: list[Path]) -> None:
-    """Remove the empty folders of `made` (deepest first), stopping at the first that
-    is not: what is in it, and the folders above it, are someone else's."""
-    for folder in made:
-        try:
-            os.rmdir(folder)  # a symlink in its place is refused (ENOTDIR), not followed
-        except OSError:
-            return
 
 
 def _renew(args: argparse.Namespace) -> int:

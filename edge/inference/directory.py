@@ -115,6 +115,34 @@ class ModelDirectory:
             return Entry(name, version, path, None, error)
         return Entry(name, version, path, bundle)
 
+    def installable(self, folders: list[Path]) -> list[Bundle]:
+        """Every bundle folder read and its model checked against its manifest, and none
+        that `install` would refuse (another model under an installed name and version,
+        or under one given twice): checked before any is installed, so a typo in the last
+        one leaves nothing half done. `BundleError` naming the first that fails."""
+        bundles: list[Bundle] = []
+        given: dict[tuple[str, str], Bundle] = {}
+        for folder in folders:
+            if not folder.is_dir():
+                problem = "is a file" if folder.exists() else "does not exist"
+                raise BundleError(f"{folder} {problem}: give a bundle folder")
+            bundle = read_bundle(folder)
+            name, version = bundle.manifest.name, bundle.manifest.version
+            other = given.get((name, version))
+            if other is None and (self.root / name / version).exists():
+                installed = self.entry(name, version)
+                if installed.bundle is None:  # `install` cannot compare with it either
+                    raise BundleError(installed.error)
+                other = installed.bundle
+            if other is not None and other.manifest.sha256 != bundle.manifest.sha256:
+                raise BundleError(
+                    f"{folder}: {name} {version} is also {other.folder}, another model "
+                    f"(sha256 {other.manifest.sha256}); give the new model a new version"
+                )
+            given[name, version] = bundle
+            bundles.append(bundle)
+        return bundles
+
     def install(self, source: Path, *, activate: bool = True) -> Bundle:
         """Copy a checked bundle folder in (blocking) and make it the active version
         (`activate`), or leave the active version as it is."""
