@@ -129,39 +129,6 @@ def watch_refusals(client: aiomqtt.Client, on_refused: Callable[[str], None]) ->
     paho.on_publish = on_publish_checked
 
 
-async def until_listed(
-    host: str,
-    port: int,
-    replica_id: str,
-    cn: str,
-    context: ssl.SSLContext,
-    link: LinkState,
-    *,
-    unlisted: asyncio.Event | None = None,
-    retry_s: float | None = None,
-    probe_timeout_s: float | None = None,
-) -> None:
-    """Return once the broker lists the replica (`unlisted_because` says None);
-    meanwhile keep `link`'s state saying why it waits, and set `unlisted` once it is
-    known to wait on the operator. The waits are the module's unless given."""
-    retry_s = RETRY_S if retry_s is None else retry_s
-    probe_timeout_s = PROBE_TIMEOUT_S if probe_timeout_s is None else probe_timeout_s
-    reconnect = backoff.Reconnect(cap=RECONNECT_CAP_S)
-    address = f"{host}:{port}"
-    while True:
-        try:
-            why = await unlisted_because(host, port, cn, context, timeout_s=probe_timeout_s)
-        except aiomqtt.MqttError as exc:
-            link.set("disconnected", f"{address}: {str(exc) or type(exc).__name__}")
-            await asyncio.sleep(reconnect.next_delay())
-            continue
-        if why is None:
-            return
-        reconnect.reset()
-        _say_unlisted(link, address, replica_id, cn, why, retry_s, unlisted)
-        await asyncio.sleep(retry_s)
-
-
 def _say_unlisted(
     link: LinkState,
     address: str,
@@ -169,7 +136,6 @@ def _say_unlisted(
     cn: str,
     why: str,
     retry_s: float,
-    unlisted: asyncio.Event | None,
 ) -> None:
     link.set(
         "unlisted",
@@ -180,8 +146,6 @@ def _say_unlisted(
         f"reload the broker; asked again every {retry_s:g} s",
         level=logging.ERROR,
     )
-    if unlisted is not None:
-        unlisted.set()
 
 
 class Relisting:
@@ -212,18 +176,27 @@ class Relisting:
         self._probe_timeout_s = probe_timeout_s
 
     async def until_listed(self) -> None:
+        """Return once the broker lists the replica (`unlisted_because` says None);
+        meanwhile keep the link's state saying why it waits, and set `unlisted` once it
+        is known to wait on the operator. The waits are the module's unless given."""
         host, port = self._address
-        await until_listed(
-            host,
-            port,
-            self._replica_id,
-            self.cn,
-            self._context,
-            self._link,
-            unlisted=self._unlisted,
-            retry_s=self._retry_s,
-            probe_timeout_s=self._probe_timeout_s,
+        probe_timeout_s = (
+            PROBE_TIMEOUT_S if self._probe_timeout_s is None else self._probe_timeout_s
         )
+        reconnect = backoff.Reconnect(cap=RECONNECT_CAP_S)
+        while True:
+            try:
+                why = await unlisted_because(
+                    host, port, self.cn, self._context, timeout_s=probe_timeout_s
+                )
+            except aiomqtt.MqttError as exc:
+                self._link.set("disconnected", f"{host}:{port}: {str(exc) or type(exc).__name__}")
+                await asyncio.sleep(reconnect.next_delay())
+                continue
+            if why is None:
+                return
+            reconnect.reset()
+            await self._wait_unlisted(why, self._unlisted)
 
     async def after_failure(self, error: aiomqtt.MqttError) -> bool:
         """After `UnlistedError`: say so, wait `retry_s` (a broker that refuses the link
@@ -231,18 +204,23 @@ class Relisting:
         listing; True (the link reconnects at once). Any other failure: False."""
         if not isinstance(error, UnlistedError):
             return False
-        host, port = self._address
-        address = f"{host}:{port}"
-        retry_s = RETRY_S if self._retry_s is None else self._retry_s
-        _say_unlisted(self._link, address, self._replica_id, self.cn, str(error), retry_s, None)
-        await asyncio.sleep(retry_s)
+        await self._wait_unlisted(str(error), None)
         await self.until_listed()
         return True
+
+    async def _wait_unlisted(self, why: str, unlisted: asyncio.Event | None) -> None:
+        """Say why the replica waits (and set `unlisted`), then wait `retry_s`."""
+        host, port = self._address
+        retry_s = RETRY_S if self._retry_s is None else self._retry_s
+        _say_unlisted(self._link, f"{host}:{port}", self._replica_id, self.cn, why, retry_s)
+        if unlisted is not None:
+            unlisted.set()
+        await asyncio.sleep(retry_s)
 
 
 class UnlistedError(aiomqtt.MqttError):
     """The broker stopped listing the replica while its link ran: the link ends (a
-    link error, so `until_listed` is asked before the next connection)."""
+    link error, so `Relisting.until_listed` is asked before the next connection)."""
 
 
 class ListingWatch:

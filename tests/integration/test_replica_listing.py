@@ -63,7 +63,7 @@ async def test_an_unlisted_replica_waits_and_says_why_until_the_broker_lists_it(
     link = LinkState(logging.getLogger("test.listing"), "hub link")
     context = _context(hub_paths, cn)
     waiting = asyncio.create_task(
-        listing.until_listed(HOST, broker.port, "r9", cn, context, link, retry_s=0.2)
+        listing.Relisting(HOST, broker.port, "r9", cn, context, link, retry_s=0.2).until_listed()
     )
     try:
         await eventually(_in(link, "unlisted"), timeout=30, what="the refusal")
@@ -292,7 +292,7 @@ async def test_a_broker_out_of_reach_is_a_link_down_not_a_refusal(
     link = LinkState(logging.getLogger("test.listing"), "hub link")
     port = free_port()  # nothing listens there
     waiting = asyncio.create_task(
-        listing.until_listed(HOST, port, "r1", cn, _context(hub_paths, cn), link)
+        listing.Relisting(HOST, port, "r1", cn, _context(hub_paths, cn), link).until_listed()
     )
     try:
         await eventually(_in(link, "disconnected"), timeout=30, what="a failure")
