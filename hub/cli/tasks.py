@@ -109,6 +109,10 @@ def list_tasks(args: argparse.Namespace) -> int:
             if getattr(args, key):
                 query[key] = getattr(args, key)
         page = await client.get("/api/v1/tasks", **query)
+        if not page["items"] and args.device:
+            # None for a device, or no device of that name (a typo): the registry says
+            # which, as every other command naming a device does (404 "no device ...").
+            await client.get(f"/api/v1/devices/{quote(args.device, safe='')}")
         if args.json:
             remote.show_json(page["items"])
         else:

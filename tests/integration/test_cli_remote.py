@@ -200,6 +200,13 @@ async def test_the_operators_day_through_the_cli(
     cancelled = await cli("tasks", "cancel", waiting_id, *as_admin)
     again = await cli("tasks", "cancel", waiting_id, *as_admin)
     listed_tasks = await cli("tasks", "list", "--state", "cancelled", "--json", *as_viewer)
+    # A device with none listed, and a device that is not one (a typo): told apart.
+    none_there = await cli("tasks", "list", "--device", "pump-7", "--state", "failed", *as_viewer)
+    no_such = await cli("tasks", "list", "--device", "pump-8", *as_viewer)
+    assert none_there.code == 0, none_there.err
+    assert no_such.code == 1
+    assert "pump-8" in no_such.err
+    assert "[HTTP 404]" in no_such.err
     assert cancelled.code == 0
     assert f"{waiting_id} cancelled" in cancelled.out
     assert again.code == 1
