@@ -157,7 +157,7 @@ class HubLink:
             # three warnings per connecting device during a ramp, of nothing wrong.
             client.pending_calls_threshold = PENDING_CALLS_WARNING
             # Not outpost/mqttwrite.py's write_at_once, which the agent uses: at the hub's
-            # rate, each packet written as it was queued cost the ingest 9-14 % of its
+            # rate, each packet written as it was queued cost the ingest 7-12 % of its
             # throughput (`./scripts/bench --only ingest`, alternating runs), for 0.3 ms
             # less on a lone task's assignment.
             read_all_available(client)  # every packet waiting, at each wake-up
