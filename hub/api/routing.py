@@ -98,6 +98,7 @@ class Guard:
         async def guarded(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
             status = 500
+            request[ROUTE] = route
             try:
                 _no_nul(request)
                 if route.access == "device":
@@ -127,7 +128,7 @@ class Guard:
                 series.observe(time.perf_counter() - started)
                 # Not the answers to an address held off for failing too often: each
                 # cost a row, and a client with no token could write them without end.
-                if route.method in MUTATING and status != 429:
+                if route.method in MUTATING and status != 429 and not request.get(AUDITED):
                     await self._audit(request, route, status)
 
         return guarded
@@ -222,28 +223,31 @@ class Guard:
         return principal
 
     async def _audit(self, request: web.Request, route: Route, status: int) -> None:
-        principal = request.get(PRINCIPAL)
-        detail = request.get(AUDIT_DETAIL, {})
-        entry = AuditEntry(
-            at=time.time(),
-            subject=principal.subject
-            if principal
-            else (
-                f"device:{request[DEVICE]}" if DEVICE in request else f"anonymous@{request.remote}"
-            ),
-            role=principal.role if principal else None,
-            method=route.method,
-            path=wire.clip(request.path, MAX_AUDITED_PATH),
-            action=route.action or route.summary,
-            status=status,
-            detail=json.dumps(_clipped(detail), sort_keys=True),
-        )
         try:
-            await self.store.audit(entry)
+            await self.store.audit(audit_entry(request, status, route))
         except Exception:  # the answer is already decided; losing it would be worse
             logger.exception(
                 "could not write the audit entry for %s %s", route.method, request.path
             )
+
+
+def audit_entry(request: web.Request, status: int, route: Route | None = None) -> AuditEntry:
+    """The audit entry of `request` answered with `status`: a handler that commits its
+    change with the entry (`AUDITED`) asks for it before the answer is made."""
+    route = route or request[ROUTE]
+    principal = request.get(PRINCIPAL)
+    return AuditEntry(
+        at=time.time(),
+        subject=principal.subject
+        if principal
+        else (f"device:{request[DEVICE]}" if DEVICE in request else f"anonymous@{request.remote}"),
+        role=principal.role if principal else None,
+        method=route.method,
+        path=wire.clip(request.path, MAX_AUDITED_PATH),
+        action=route.action or route.summary,
+        status=status,
+        detail=json.dumps(_clipped(request.get(AUDIT_DETAIL, {})), sort_keys=True),
+    )
 
 
 def _clipped(value: Any) -> Any:
@@ -271,6 +275,10 @@ def _no_nul(request: web.Request) -> None:
 
 # What a handler wants the audit log to keep about a mutation (never a secret).
 AUDIT_DETAIL = web.RequestKey("audit_detail", dict)
+# Set by a handler whose change committed with its request's audit entry (`audit_entry`):
+# one durable commit where there were two, and no change without its entry.
+AUDITED = web.RequestKey("audited", bool)
+ROUTE = web.RequestKey("route", Route)
 
 
 def _unauthenticated(message: str) -> ApiError:

@@ -13,7 +13,7 @@ from msgspec import Meta
 from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
-from hub.api.routing import AUDIT_DETAIL, PRINCIPAL, Param, Route
+from hub.api.routing import AUDIT_DETAIL, AUDITED, PRINCIPAL, Param, Route, audit_entry
 from hub.fleet import labels
 from hub.store import NewTask, Task
 from hub.store.tasks import MAX_DEADLINE_S, TERMINAL
@@ -198,8 +198,9 @@ def routes(ctx: ApiContext) -> list[Route]:
             await _checked(ctx, item, f"body.tasks[{i}]" if batch else "body", now, subject)
             for i, item in enumerate(items)
         ]
-        await ctx.dispatcher.submit(new, now)
         request[AUDIT_DETAIL] = {"tasks": len(new), "first": new[0].task_id}
+        await ctx.dispatcher.submit(new, now, audit_entry(request, 202))
+        request[AUDITED] = True
         return params.answer(TaskIds([t.task_id for t in new]), status=202)
 
     async def explained(tasks: list[Task]) -> list[TaskOut]:

@@ -14,6 +14,7 @@ from hub.store import batches, gauges, leases, modelstats, taskreports, tasks
 from hub.store import overview as glance  # `overview` is also a method name below
 from hub.store import policy as policies
 from hub.store import records as streams  # `records` is also a method name below
+from hub.store.audit import AuditEntry
 from hub.store.batches import UploadOutcome
 from hub.store.engine import Engine
 from hub.store.leases import Assigned
@@ -54,8 +55,11 @@ class WorkStore:
 
     # ------------------------------------------------------------ tasks
 
-    async def create_tasks(self, new: Sequence[NewTask], *, now: float) -> None:
-        await self._db.run(tasks.create, list(new), now)
+    async def create_tasks(
+        self, new: Sequence[NewTask], *, now: float, audits: Sequence[AuditEntry] = ()
+    ) -> None:
+        """Queue `new`, and record `audits` (their submission's entries) in the same commit."""
+        await self._db.run(tasks.create, list(new), now, list(audits))
 
     async def task(self, task_id: str) -> Task | None:
         return await self._db.run(tasks.get, task_id)
@@ -96,10 +100,18 @@ class WorkStore:
         return await self._db.run(leases.allocate, now, settings, plan)
 
     async def create_and_allocate(
-        self, new: Sequence[NewTask], *, now: float, settings: TaskSettings, plan: leases.Plan
+        self,
+        new: Sequence[NewTask],
+        *,
+        now: float,
+        settings: TaskSettings,
+        plan: leases.Plan,
+        audits: Sequence[AuditEntry] = (),
     ) -> tuple[list[Assigned], dict[str, int]]:
         """`create_tasks` and `allocate` in one transaction (see `leases.create_and_allocate`)."""
-        return await self._db.run(leases.create_and_allocate, list(new), now, settings, plan)
+        return await self._db.run(
+            leases.create_and_allocate, list(new), now, settings, plan, list(audits)
+        )
 
     async def task_updates(
         self, device_id: str, updates: Sequence[Any], *, now: float, settings: TaskSettings

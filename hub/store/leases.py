@@ -18,6 +18,8 @@ from typing import Any, cast
 
 import msgspec
 
+from hub.store import audit
+from hub.store.audit import AuditEntry
 from hub.store.candidates import Candidate, read_candidates
 from hub.store.sql import Sql
 from hub.store.taskmoves import finish, record_events, requeue
@@ -104,13 +106,21 @@ def allocate(
 
 
 def create_and_allocate(
-    db: Sql, new: Sequence[NewTask], now: float, settings: Settings, plan: Plan
+    db: Sql,
+    new: Sequence[NewTask],
+    now: float,
+    settings: Settings,
+    plan: Plan,
+    audits: Sequence[AuditEntry] = (),
 ) -> tuple[list[Assigned], dict[str, int]]:
-    """Queue `new` and run an allocation pass, in one transaction: a task submitted while
-    a device has a slot free leaves with its assignment after one durable commit (a pass
-    of its own would cost a second commit and another trip to the store's thread)."""
+    """Queue `new` (recording `audits`, their submissions' entries) and run an allocation
+    pass, in one transaction: a task submitted while a device has a slot free leaves with
+    its assignment after one durable commit (a pass of its own would cost a second
+    commit and another trip to the store's thread, its audit entry a third)."""
     with db.write():
         insert(db, new, now)
+        for entry in audits:
+            audit.record(db, entry)
         return _allocate(db, now, settings, plan)
 
 

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.store import audit
+from hub.store.audit import AuditEntry
 from hub.store.sql import Sql, storable_text, without_nul
 from hub.store.taskmoves import finish, record_events
 from outpost import schema, wire
@@ -82,9 +84,13 @@ class Task:
     events: list[TaskEvent] = field(default_factory=list)
 
 
-def create(db: Sql, tasks: Sequence[NewTask], now: float) -> None:
+def create(
+    db: Sql, tasks: Sequence[NewTask], now: float, audits: Sequence[AuditEntry] = ()
+) -> None:
     with db.write():
         insert(db, tasks, now)
+        for entry in audits:
+            audit.record(db, entry)
 
 
 def insert(db: Sql, tasks: Sequence[NewTask], now: float) -> None:

@@ -16,10 +16,12 @@ import asyncio
 import collections
 import logging
 import time
+from dataclasses import dataclass
 
 from hub.config import TASK_ENVELOPE_BYTES, HubConfig
 from hub.mqtt.acks import Publish
 from hub.store import Assigned, HubStore, NewTask, TaskSettings
+from hub.store.audit import AuditEntry
 from hub.store.leadership import NotLeaderError
 from hub.tasks import allocation
 from outpost import schema, wire
@@ -30,6 +32,17 @@ logger = logging.getLogger(__name__)
 PERIOD_S = 0.5
 MAX_PLAN = 2000  # queued tasks considered per pass
 MAX_GROUP_TASKS = 5000  # a group of waiting submissions stops growing past this many tasks
+
+
+@dataclass(frozen=True)
+class _Submission:
+    """Tasks submitted together, their audit entry, and whether the leader's transaction
+    that took them committed (False: queue them alone)."""
+
+    new: list[NewTask]
+    now: float
+    audits: list[AuditEntry]
+    committed: asyncio.Future[bool]
 
 
 class Dispatcher:
@@ -65,7 +78,7 @@ class Dispatcher:
         self._running = False  # `run` is running: this replica leads
         self._sending: set[asyncio.Task[None]] = set()
         # Submissions waiting for the leader's next transaction, and the task running them.
-        self._submitted: list[tuple[list[NewTask], float, asyncio.Future[bool]]] = []
+        self._submitted: list[_Submission] = []
         self._grouping: asyncio.Task[None] | None = None
         self.outcomes: collections.Counter[str] = collections.Counter()  # assigned, expired...
 
@@ -90,59 +103,66 @@ class Dispatcher:
             for sending in self._sending:
                 sending.cancel()
 
-    async def submit(self, new: list[NewTask], now: float) -> None:
-        """Queue `new`; on the replica that leads, allocate in the same transaction and
-        send what was assigned without waiting for it (the caller is answered once the
-        tasks are durable). A pass that fails does not fail the submission: the tasks
-        are then queued alone. Raises what the store raises if they could not be queued."""
-        if self._running and await self._allocate_with(new, now):
+    async def submit(self, new: list[NewTask], now: float, audit: AuditEntry | None = None) -> None:
+        """Queue `new` (with `audit`, the submission's audit entry, in the same commit); on
+        the replica that leads, allocate in the same transaction and send what was
+        assigned without waiting for it (the caller is answered once the tasks are
+        durable). A pass that fails does not fail the submission: the tasks are then
+        queued alone. Raises what the store raises if they could not be queued."""
+        audits = [audit] if audit else []
+        if self._running and await self._allocate_with(new, now, audits):
             return
-        await self._queue.create_tasks(new, now=now)
+        await self._queue.create_tasks(new, now=now, audits=audits)
         self.wake()
 
-    async def _allocate_with(self, new: list[NewTask], now: float) -> bool:
+    async def _allocate_with(
+        self, new: list[NewTask], now: float, audits: list[AuditEntry]
+    ) -> bool:
         """Queue and allocate `new` together with the other submissions waiting meanwhile:
         whether that transaction committed. Submissions are grouped because a pass reads
         every online device (about 0.2 s at 25,000): one pass per submission would cap
         a large fleet at a few submissions a second, one pass per group does not."""
         waiting: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._submitted.append((new, now, waiting))
+        self._submitted.append(_Submission(new, now, audits, waiting))
         if self._grouping is None:
             self._grouping = asyncio.create_task(self._allocate_submitted(), name="hub.submit")
         return await asyncio.shield(waiting)  # a caller gone does not stop its group
 
     async def _allocate_submitted(self) -> None:
-        group: list[tuple[list[NewTask], float, asyncio.Future[bool]]] = []
+        group: list[_Submission] = []
         try:
             while self._submitted:
                 group = self._take_group()
                 committed = await self._allocate_group(
-                    [task for new, _, _ in group for task in new],
-                    max(now for _, now, _ in group),
+                    [task for s in group for task in s.new],
+                    max(s.now for s in group),
+                    [entry for s in group for entry in s.audits],
                 )
-                for _, _, waiting in group:
-                    waiting.set_result(committed)
+                for s in group:
+                    s.committed.set_result(committed)
         finally:
             self._grouping = None
             # Cancelled (the hub stopping): whether the transaction committed is not
             # known, so the callers are not told to queue their tasks again.
-            for _, _, waiting in group + self._submitted:
-                waiting.cancel()
+            for s in group + self._submitted:
+                s.committed.cancel()
             self._submitted = []
 
-    def _take_group(self) -> list[tuple[list[NewTask], float, asyncio.Future[bool]]]:
+    def _take_group(self) -> list[_Submission]:
         """The submissions waiting longest, up to `MAX_GROUP_TASKS` tasks (at least one)."""
         count = taken = 0
         while taken < len(self._submitted) and (not taken or count < MAX_GROUP_TASKS):
-            count += len(self._submitted[taken][0])
+            count += len(self._submitted[taken].new)
             taken += 1
         group, self._submitted = self._submitted[:taken], self._submitted[taken:]
         return group
 
-    async def _allocate_group(self, tasks: list[NewTask], now: float) -> bool:
+    async def _allocate_group(
+        self, tasks: list[NewTask], now: float, audits: list[AuditEntry]
+    ) -> bool:
         try:
             assigned, swept = await self._store.create_and_allocate(
-                tasks, now=now, settings=self.settings, plan=allocation.plan
+                tasks, now=now, settings=self.settings, plan=allocation.plan, audits=audits
             )
         except NotLeaderError:  # refused before anything was written
             return False

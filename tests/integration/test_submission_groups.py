@@ -5,6 +5,7 @@ real PostgreSQL database: every task once, one bad submission failing alone."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from hub.config import HubConfig
 from hub.store import HubStore
+from hub.store.audit import AuditEntry
 from hub.tasks.dispatcher import Dispatcher
 from tests.databases import BACKENDS, database
 from tests.integration.test_task_store import new, online
@@ -74,7 +76,10 @@ async def test_submissions_at_once_share_one_transaction_and_each_task_is_queued
 
     async def submit_all() -> None:
         await asyncio.gather(
-            *(dispatcher.submit([new(f"tsk-{n:016x}")], time.time()) for n in range(TASKS))
+            *(
+                dispatcher.submit([new(f"tsk-{n:016x}")], time.time(), entry(f"tsk-{n:016x}"))
+                for n in range(TASKS)
+            )
         )
         async with asyncio.timeout(30):  # the assignments are sent after the answer
             while not sent:
@@ -93,6 +98,8 @@ async def test_submissions_at_once_share_one_transaction_and_each_task_is_queued
     assert len(held) == room
     assert dispatcher.outcomes["assigned"] == room
     assert sent == ["outpost/v1/dev/dev-a/down/tasks"]  # in one message
+    # Each submission's audit entry, committed with its task: once each.
+    assert sorted(await audited(store)) == [f"tsk-{n:016x}" for n in range(TASKS)]
 
 
 async def test_a_bad_submission_in_a_group_fails_alone(store: CountingStore) -> None:
@@ -102,9 +109,9 @@ async def test_a_bad_submission_in_a_group_fails_alone(store: CountingStore) -> 
     results = await run_while(
         dispatcher,
         lambda: asyncio.gather(
-            dispatcher.submit([new("tsk-0000000000000001")], time.time()),
-            dispatcher.submit([new("tsk-taken")], time.time()),  # the id is in use
-            dispatcher.submit([new("tsk-0000000000000002")], time.time()),
+            dispatcher.submit([new("tsk-0000000000000001")], time.time(), entry("one")),
+            dispatcher.submit([new("tsk-taken")], time.time(), entry("taken")),  # id in use
+            dispatcher.submit([new("tsk-0000000000000002")], time.time(), entry("two")),
             return_exceptions=True,
         ),
     )
@@ -124,3 +131,35 @@ async def test_a_bad_submission_in_a_group_fails_alone(store: CountingStore) -> 
         "tsk-0000000000000002",
         "tsk-taken",
     ]
+    # The refused one's entry went with its rollback (the API's guard audits its 500).
+    assert sorted(await audited(store)) == ["one", "two"]
+
+
+async def test_a_submission_to_a_replica_that_does_not_lead_is_audited_with_its_tasks(
+    store: CountingStore,
+) -> None:
+    dispatcher, _ = await leading(store)  # its loop not running: queued alone
+
+    await dispatcher.submit([new("tsk-0000000000000003")], time.time(), entry("queued"))
+
+    assert store.transactions == 0
+    assert await store.task("tsk-0000000000000003") is not None
+    assert await audited(store) == ["queued"]
+
+
+def entry(first: str) -> AuditEntry:
+    """A submission's audit entry, named by `first` in its detail."""
+    return AuditEntry(
+        at=time.time(),
+        subject="submitter",
+        role="operator",
+        method="POST",
+        path="/api/v1/tasks",
+        action="task.submit",
+        status=202,
+        detail=json.dumps({"first": first}),
+    )
+
+
+async def audited(store: HubStore) -> list[str]:
+    return [json.loads(e.detail)["first"] for e in await store.audit_log(before=None, limit=100)]

@@ -6,6 +6,7 @@ each saying why it waits."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -143,3 +144,25 @@ async def test_a_task_for_a_revoked_device_is_refused(hub: Hub, api: ApiClient) 
     assert refused.error["details"]["field"] == "body.target.device"
     assert "'dev-revoked0001' is revoked: it runs no task" in refused.error["message"]
     assert taken.status == 202, taken.body
+
+
+async def test_a_submission_is_audited_once_with_its_tasks(hub: Hub, api: ApiClient) -> None:
+    """The accepted submission's entry is written in the tasks' own commit (one synced
+    commit, not two), not again by the guard; a refused one is audited by the guard."""
+    token = await api.token("operator", subject="submitter")
+
+    ids = await submit(api, token, [{**vib(), "wait_for_model": True}] * 2)
+    refused = await api.call("POST", "/api/v1/tasks", token=token, body=vib())
+
+    assert refused.status == 422, refused.body
+    entries = [
+        e
+        for e in await hub.parts.store.audit_log(before=None, limit=10)
+        if e.subject == "submitter"
+    ]
+    assert [(e.action, e.status, e.method, e.path) for e in entries] == [
+        ("task.submit", 422, "POST", "/api/v1/tasks"),
+        ("task.submit", 202, "POST", "/api/v1/tasks"),
+    ]
+    assert json.loads(entries[1].detail) == {"tasks": 2, "first": ids[0]}
+    assert entries[1].role == "operator"
