@@ -100,12 +100,14 @@ class _Outbound:
     async def publish_retained(self, topic: str, payload: bytes) -> None:
         await self._attached().publish(topic, payload, retain=True)
 
-    def expiring(self, seconds: float) -> Publish:
-        """A publish whose message the broker drops if not delivered within `seconds`."""
+    def assignments(self, seconds: float) -> Publish:
+        """How task assignments go: the broker drops one not delivered within `seconds`,
+        and each is written as it is published, ahead of the rest of the request or
+        pass that made it (a device waits for it)."""
         expiry_s = max(1, math.ceil(seconds))
 
         async def publish(topic: str, payload: bytes) -> None:
-            await self._attached().publish(topic, payload, expiry_s=expiry_s)
+            await self._attached().publish(topic, payload, expiry_s=expiry_s, at_once=True)
 
         return publish
 
@@ -236,7 +238,7 @@ class Hub:
         outbound = _Outbound()
         # An assignment not delivered by the time the hub counts it lapsed (a link down,
         # a device's session queueing it) would run work the hub gave back: dropped.
-        tasks_out = outbound.expiring(self.config.task_accept_timeout_s)
+        tasks_out = outbound.assignments(self.config.task_accept_timeout_s)
         dispatcher = Dispatcher(
             leader_store, self.config, tasks_out, queue=store, cancels=outbound.publish
         )

@@ -13,23 +13,41 @@ So when paho asks from the event loop's own thread, not from inside one of its c
 `_packet_queue`) nor from a read (the PUBACKs of the messages a read takes go together
 after it), the packets are written there and then, as the writer would have written
 them, errors included. What the socket does not take at once (a full send buffer) is
-left to aiomqtt's writer as before. The agent's client does this; the hub's does not
+left to aiomqtt's writer as before. The agent's client does this for every packet; the
+hub's only for the publishes made inside `at_once()`, its task assignments
 (hub/mqtt/link.py says why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import aiomqtt
 from paho.mqtt import client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+_MARKED: ContextVar[bool] = ContextVar("outpost_mqtt_write_at_once", default=False)
 
-def write_at_once(client: aiomqtt.Client) -> None:
-    """Make `client` write each packet as paho queues it (see the module's doc). Call on
-    the event loop's thread, before the client connects."""
+
+@contextlib.contextmanager
+def at_once() -> Iterator[None]:
+    """The packets queued inside, by this task, are written at once by a client set up
+    with `write_at_once(client, only_marked=True)`."""
+    token = _MARKED.set(True)
+    try:
+        yield
+    finally:
+        _MARKED.reset(token)
+
+
+def write_at_once(client: aiomqtt.Client, *, only_marked: bool = False) -> None:
+    """Make `client` write each packet as paho queues it (see the module's doc), or with
+    `only_marked` each one queued inside `at_once()`. Call on the event loop's thread,
+    before the client connects."""
     paho = client._client  # aiomqtt keeps the paho client it drives here
     register_write = paho.on_socket_register_write  # aiomqtt's: add_writer, via the loop
     assert register_write is not None
@@ -51,6 +69,7 @@ def write_at_once(client: aiomqtt.Client) -> None:
         in_callback = paho._in_callback_mutex  # held while paho runs a user callback
         if (
             reading
+            or (only_marked and not _MARKED.get())
             or threading.get_ident() != loop_thread
             or not in_callback.acquire(blocking=False)
         ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -24,10 +25,11 @@ from hub.mqtt.ingest import Ingest
 from hub.mqtt.intake import DeviceIntake, queue_type
 from hub.mqtt.readahead import read_all_available
 from hub.paths import HUB_CLIENT_CN, HubPaths, link_cn
-from outpost import tls, wire
+from outpost import mqttwrite, tls, wire
 from outpost.aio import cancel_until_done
 from outpost.mqtt import NODELAY, LinkState, run_forever
 from outpost.mqttmessages import Messages
+from outpost.mqttwrite import write_at_once
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +158,11 @@ class HubLink:
             # flight at once: aiomqtt's default (warn past 10 pending calls) logged about
             # three warnings per connecting device during a ramp, of nothing wrong.
             client.pending_calls_threshold = PENDING_CALLS_WARNING
-            # Not outpost/mqttwrite.py's write_at_once, which the agent uses: at the hub's
-            # rate, each packet written as it was queued cost the ingest 7-12 % of its
-            # throughput (`./scripts/bench --only ingest`, alternating runs), for 0.3 ms
-            # less on a lone task's assignment.
+            # Only task assignments are written as they are queued (`publish(at_once=)`):
+            # every packet written so cost the ingest 7-12 % of its throughput
+            # (`./scripts/bench --only ingest`, alternating runs), and a lone task's
+            # assignment otherwise waits for the rest of the request that made it.
+            write_at_once(client, only_marked=True)
             read_all_available(client)  # every packet waiting, at each wake-up
             if relisting is None:  # a replica keeps no session: the broker replays nothing
                 _on_resumed(client, self.intake.catch_up)
@@ -177,11 +180,19 @@ class HubLink:
         )
 
     async def publish(
-        self, topic: str, payload: bytes, *, retain: bool = False, expiry_s: int = 0
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        expiry_s: int = 0,
+        at_once: bool = False,
     ) -> None:
         """Publish QoS 1 through the live connection; `LinkDownError` if none. With
         `expiry_s`, the broker drops the message if it is not delivered within that long
-        (MQTT 5 message expiry): a device's session may keep it for a day."""
+        (MQTT 5 message expiry): a device's session may keep it for a day. With
+        `at_once`, the packet is written to the socket before this returns to the loop
+        (outpost/mqttwrite.py), not after whatever else is ready."""
         client = self.client
         if client is None:
             raise LinkDownError("the hub is not connected to the broker")
@@ -189,7 +200,8 @@ class HubLink:
         if expiry_s:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.MessageExpiryInterval = expiry_s
-        await client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        with mqttwrite.at_once() if at_once else contextlib.nullcontext():
+            await client.publish(topic, payload, qos=1, retain=retain, properties=properties)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self.client = client
