@@ -53,6 +53,7 @@ def write_at_once(client: aiomqtt.Client, *, only_marked: bool = False) -> None:
     assert register_write is not None
     loop_thread = threading.get_ident()
     read = paho.loop_read
+    publish = paho.publish
     reading = False
 
     def loop_read(max_packets: int = 1) -> MQTTErrorCode:
@@ -65,27 +66,43 @@ def write_at_once(client: aiomqtt.Client, *, only_marked: bool = False) -> None:
         finally:
             reading = False
 
-    def write_now(paho_client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    def may_write_now() -> bool:
+        if reading or (only_marked and not _MARKED.get()) or threading.get_ident() != loop_thread:
+            return False
         in_callback = paho._in_callback_mutex  # held while paho runs a user callback
-        if (
-            reading
-            or (only_marked and not _MARKED.get())
-            or threading.get_ident() != loop_thread
-            or not in_callback.acquire(blocking=False)
-        ):
-            register_write(paho_client, userdata, sock)
-            return
+        if not in_callback.acquire(blocking=False):
+            return False
         in_callback.release()
+        return True
+
+    def write() -> bool:
+        """Write what paho holds, as aiomqtt's writer would; False if that ended the
+        connection."""
         try:
-            paho_client.loop_write()
+            paho.loop_write()
         except Exception as exc:  # as aiomqtt's writer: a broken connection ends it
             if not client._disconnected.done():
                 client._disconnected.set_exception(exc)
-            return
-        if paho_client.socket() is None:  # the write failed and paho closed the socket
-            return
-        if paho_client.want_write():  # the socket took only part: its writer does the rest
+            return False
+        return paho.socket() is not None  # None: the write failed and paho closed it
+
+    def write_now(paho_client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if not may_write_now():
             register_write(paho_client, userdata, sock)
+            return
+        if write() and paho_client.want_write():  # the socket took only part
+            register_write(paho_client, userdata, sock)  # its writer does the rest
+
+    def publish_now(*args: Any, **kwargs: Any) -> mqtt.MQTTMessageInfo:
+        # paho asks for the writer only when none is asked for yet: a publish queued
+        # behind packets already waiting for it (a read's PUBACKs, an unmarked publish)
+        # is written here, with them, in order. What the socket does not take stays for
+        # the writer already asked for.
+        info = publish(*args, **kwargs)
+        if paho.socket() is not None and paho.want_write() and may_write_now():
+            write()
+        return info
 
     paho.on_socket_register_write = write_now
     paho.loop_read = loop_read  # type: ignore[method-assign]
+    paho.publish = publish_now  # type: ignore[method-assign]

@@ -10,7 +10,7 @@ import socket
 import struct
 import termios
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import aiomqtt
@@ -191,50 +191,43 @@ async def test_the_hub_link_reads_every_packet_waiting_at_one_wake_up(
     next wake-up the link reads them all (hub/mqtt/readahead.py) and hands them to the
     ingest in one batch. paho alone reads one packet a wake-up, a pass of the loop each
     (the hub's socket held 400-690 KB unread under load)."""
-    config = HubConfig(
-        replica_id="r1",
-        broker=f"mqtts://{HOST}:{broker.port}",
-        db_url="postgresql://replicas.example/outpost",  # the link never reads it
-    )
     ingest = Batches()
-    link = HubLink(hub_paths, config, cast(Ingest, ingest), DeviceIntake())
-    running = asyncio.create_task(link.run())
     device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-a", protocol=mqtt.MQTTv5)
     device.tls_set_context(_context(hub_paths, "dev-a"))
     topic = wire.up_topic("dev-a", "heartbeat")
-    try:
-        await asyncio.to_thread(device.connect, HOST, broker.port)
-        device.loop_start()  # its own thread: it sends while this loop is held below
+    async with _hub_link(broker, hub_paths, ingest) as link:
+        try:
+            await asyncio.to_thread(device.connect, HOST, broker.port)
+            device.loop_start()  # its own thread: it sends while this loop is held below
 
-        # Connected is not subscribed (the link probes its listing first): heartbeats
-        # until one comes through.
-        async def subscribed() -> bool:
-            device.publish(topic, b"ready", qos=0)
-            return bool(ingest.holding({b"ready"}))
+            # Connected is not subscribed (the link probes its listing first): heartbeats
+            # until one comes through.
+            async def subscribed() -> bool:
+                device.publish(topic, b"ready", qos=0)
+                return bool(ingest.holding({b"ready"}))
 
-        await eventually(subscribed, timeout=TIMEOUT_S, every=0.2, what="the subscription")
-        assert link.client is not None
-        sock = link.client._client.socket()
-        assert sock is not None
-        beats = {b"beat-%02d" % n + b"." * 250 for n in range(50)}
-        # Held (not awaited): the heartbeats pile up in the link's socket meanwhile.
-        for info in [device.publish(topic, beat, qos=0) for beat in sorted(beats)]:
-            info.wait_for_publish(TIMEOUT_S)
-        deadline = time.monotonic() + TIMEOUT_S
-        while _unread(sock) < 50 * 256 and time.monotonic() < deadline:
-            time.sleep(0.01)  # the broker relaying them: a poll, the loop held on purpose
-        assert _unread(sock) >= 50 * 256
+            await eventually(subscribed, timeout=TIMEOUT_S, every=0.2, what="the subscription")
+            assert link.client is not None
+            sock = link.client._client.socket()
+            assert sock is not None
+            beats = {b"beat-%02d" % n + b"." * 250 for n in range(50)}
+            # Held (not awaited): the heartbeats pile up in the link's socket meanwhile.
+            for info in [device.publish(topic, beat, qos=0) for beat in sorted(beats)]:
+                info.wait_for_publish(TIMEOUT_S)
+            deadline = time.monotonic() + TIMEOUT_S
+            while _unread(sock) < 50 * 256 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the broker relaying them: a poll, the loop held on purpose
+            assert _unread(sock) >= 50 * 256
 
-        async def all_handled() -> bool:
-            return beats.issubset(p for b in ingest.batches for p in b)
+            async def all_handled() -> bool:
+                return beats.issubset(p for b in ingest.batches for p in b)
 
-        await eventually(all_handled, timeout=TIMEOUT_S, what="every heartbeat")
-        (batch,) = ingest.holding(beats)  # one batch, whatever readiness beats came with
-        assert beats.issubset(batch)
-    finally:
-        device.loop_stop()
-        device.disconnect()
-        await cancel_until_done(running)
+            await eventually(all_handled, timeout=TIMEOUT_S, what="every heartbeat")
+            (batch,) = ingest.holding(beats)  # one batch, whatever readiness beats came with
+            assert beats.issubset(batch)
+        finally:
+            device.loop_stop()
+            device.disconnect()
 
 
 def _unread(sock: Any) -> int:
@@ -252,30 +245,72 @@ async def test_the_hub_link_writes_at_once_only_what_it_is_asked_to(
     """A task assignment leaves before the rest of the request that made it runs; the
     hub's other packets wait for the loop's writer (at its rate, writing each at once
     cost the ingest 7-12 %)."""
+    topic = wire.down_topic("dev-a", "tasks")
+    device = _client(broker, hub_paths, "dev-a")
+    async with _hub_link(broker, hub_paths) as link, device:
+        await _subscribe(device, topic)
+        paho = await _connected(link)
+        publishing = asyncio.create_task(link.publish(topic, b"work", at_once=at_once))
+        await asyncio.sleep(0)  # the publish queues its packet, then waits for the ack
+        assert paho.want_write() is not at_once
+        await asyncio.wait_for(publishing, TIMEOUT_S)
+        message = await _next(Messages(device))
+        assert (message.topic.value, message.payload) == (topic, b"work")
+
+
+async def test_an_assignment_behind_packets_waiting_for_the_writer_takes_them_along(
+    broker: Broker,  # noqa: F811 - the fixture
+    hub_paths: HubPaths,
+) -> None:
+    """paho asks for the loop's writer only when none is asked for yet: an assignment
+    queued behind another publish (or a read's PUBACKs) waited for it all the same."""
+    topics = [wire.down_topic("dev-a", "cancel"), wire.down_topic("dev-a", "tasks")]
+    device = _client(broker, hub_paths, "dev-a")
+    async with _hub_link(broker, hub_paths) as link, device:
+        for topic in topics:
+            await _subscribe(device, topic)
+        paho = await _connected(link)
+        publishing = [
+            asyncio.create_task(link.publish(topics[0], b"first")),  # asks for the writer
+            asyncio.create_task(link.publish(topics[1], b"work", at_once=True)),
+        ]
+        await asyncio.sleep(0)  # both queued; the loop's writer has not run
+        assert not paho.want_write(), "the assignment waited for the loop's writer"
+        await asyncio.wait_for(asyncio.gather(*publishing), TIMEOUT_S)
+        messages = Messages(device)
+        got = [await _next(messages) for _ in topics]
+        assert [(m.topic.value, m.payload) for m in got] == [
+            (topics[0], b"first"),
+            (topics[1], b"work"),
+        ]  # in order
+
+
+@contextlib.asynccontextmanager
+async def _hub_link(
+    broker: Broker,  # noqa: F811 - the fixture's type
+    hub_paths: HubPaths,
+    ingest: Batches | None = None,
+) -> AsyncIterator[HubLink]:
+    """Replica r1's link to `broker`, running."""
     config = HubConfig(
         replica_id="r1",
         broker=f"mqtts://{HOST}:{broker.port}",
         db_url="postgresql://replicas.example/outpost",  # the link never reads it
     )
-    link = HubLink(hub_paths, config, cast(Ingest, Batches()), DeviceIntake())
+    link = HubLink(hub_paths, config, cast(Ingest, ingest or Batches()), DeviceIntake())
     running = asyncio.create_task(link.run())
-    topic = wire.down_topic("dev-a", "tasks")
-    device = _client(broker, hub_paths, "dev-a")
     try:
-        async with device:
-            await _subscribe(device, topic)
-
-            async def connected() -> bool:
-                return link.client is not None
-
-            await eventually(connected, timeout=TIMEOUT_S, what="the link")
-            assert link.client is not None
-            paho = link.client._client
-            publishing = asyncio.create_task(link.publish(topic, b"work", at_once=at_once))
-            await asyncio.sleep(0)  # the publish queues its packet, then waits for the ack
-            assert paho.want_write() is not at_once
-            await asyncio.wait_for(publishing, TIMEOUT_S)
-            message = await _next(Messages(device))
-            assert (message.topic.value, message.payload) == (topic, b"work")
+        yield link
     finally:
         await cancel_until_done(running)
+
+
+async def _connected(link: HubLink) -> mqtt.Client:
+    """The paho client of `link`, once connected."""
+
+    async def connected() -> bool:
+        return link.client is not None
+
+    await eventually(connected, timeout=TIMEOUT_S, what="the link")
+    assert link.client is not None
+    return link.client._client
