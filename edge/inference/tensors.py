@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from outpost import tensorshape
 from outpost.modelbundle import TensorSpec
 
 INPUT_DTYPES = ("float32", "int8")
@@ -84,7 +85,7 @@ def check_nesting(value: Any, spec: TensorSpec) -> None:
         or math.prod(max(n, 1) for n in found) <= math.prod(want)
     ):
         return
-    raise InputError("bad_shape", _shape_mismatch(found, want))
+    raise InputError("bad_shape", tensorshape.mismatch(found, want))
 
 
 def quantize(values: np.ndarray, spec: TensorSpec) -> Prepared:
@@ -154,15 +155,9 @@ def _from_lists(value: Any, dtype: str) -> np.ndarray:
 def _fit_shape(array: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
     if array.shape == want:
         return array
-    if (1, *array.shape) == want:  # the batch dimension may be left out
+    if tensorshape.fits(array.shape, want):  # the batch dimension may be left out
         return array.reshape(want)
-    raise InputError("bad_shape", _shape_mismatch(array.shape, want))
-
-
-def _shape_mismatch(shape: tuple[int, ...], want: tuple[int, ...]) -> str:
-    return f"input shape {list(shape)} does not match the model's input {list(want)}" + (
-        f" (or {list(want[1:])} without the batch dimension)" if want[:1] == (1,) else ""
-    )
+    raise InputError("bad_shape", tensorshape.mismatch(array.shape, want))
 
 
 def _kind(value: Any) -> str:

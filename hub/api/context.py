@@ -25,6 +25,7 @@ from hub.mqtt.intake import DeviceIntake
 from hub.store import HubStore
 from hub.tasks.dispatcher import Dispatcher
 from hub.tasks.fleetmodels import FleetModels
+from hub.tasks.inputshapes import InputShapes
 from hub.tasks.waiting import Explainer
 from outpost.courier.sealing import BundleError
 
@@ -63,6 +64,12 @@ class ApiContext:
         """The models the fleet has, kept in memory: a task for one no device has is
         refused."""
         return FleetModels(self.store)
+
+    @functools.cached_property
+    def input_shapes(self) -> InputShapes:
+        """The input shapes of the models the hub holds: a task whose input fits none
+        it could run on is refused."""
+        return InputShapes(self.store, self.fleet_models)
 
     @functools.cached_property
     def waiting(self) -> Explainer:

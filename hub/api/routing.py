@@ -275,8 +275,9 @@ def _no_nul(request: web.Request) -> None:
 
 # What a handler wants the audit log to keep about a mutation (never a secret).
 AUDIT_DETAIL = web.RequestKey("audit_detail", dict)
-# Set by a handler whose change committed with its request's audit entry (`audit_entry`):
-# one durable commit where there were two, and no change without its entry.
+# Set by a handler whose change commits with its request's audit entry (`audit_entry`):
+# one durable commit where there were two, and no change without its entry. The guard
+# then writes none of its own.
 AUDITED = web.RequestKey("audited", bool)
 ROUTE = web.RequestKey("route", Route)
 

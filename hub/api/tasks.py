@@ -199,8 +199,15 @@ def routes(ctx: ApiContext) -> list[Route]:
             for i, item in enumerate(items)
         ]
         request[AUDIT_DETAIL] = {"tasks": len(new), "first": new[0].task_id}
-        await ctx.dispatcher.submit(new, now, audit_entry(request, 202))
+        # The entry goes with the tasks' commit. Cancelled meanwhile (the hub stopping),
+        # whether that commit happened is not known here: the guard writes no entry of
+        # its own, and the one committed with the tasks, if they were, is the record.
         request[AUDITED] = True
+        try:
+            await ctx.dispatcher.submit(new, now, audit_entry(request, 202))
+        except Exception:  # rolled back or refused: the guard audits the failure
+            request[AUDITED] = False
+            raise
         return params.answer(TaskIds([t.task_id for t in new]), status=202)
 
     async def explained(tasks: list[Task]) -> list[TaskOut]:
@@ -365,6 +372,9 @@ async def _checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subjec
             f"{'; '.join(has) or 'no models'} (set wait_for_model to queue it anyway)",
             field=f"{where}.model",
         )
+    refusal = await ctx.input_shapes.refusal(item.model, item.version, _shape(item.input))
+    if refusal is not None:
+        raise bad_field(f"{where}.input", refusal)
     deadline_s = item.deadline_s if item.deadline_s is not None else config.task_default_deadline_s
     lease_s = item.lease_s if item.lease_s is not None else config.task_default_lease_s
     return NewTask(
@@ -399,3 +409,13 @@ def _input_problem(value: list[Any]) -> str | None:
         else:
             return "must hold numbers only (no text, true/false, null or maps), in lists"
     return f"nests deeper than {wire.MAX_INPUT_DEPTH} levels"
+
+
+def _shape(value: list[Any]) -> list[int]:
+    """The shape of an input `_input_problem` found rectangular: the lengths along its
+    first elements."""
+    shape = []
+    while type(value) is list:
+        shape.append(len(value))
+        value = value[0]
+    return shape

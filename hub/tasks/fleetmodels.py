@@ -27,7 +27,7 @@ class FleetModels:
         """Whether some device reports `model` (at `version`, if given)."""
         if time.monotonic() - self._read_at < RECHECK_S and self._holds(model, version):
             return True
-        await self._read()
+        await self.refresh()
         return self._holds(model, version)
 
     async def names(self) -> list[str]:
@@ -37,11 +37,15 @@ class FleetModels:
             versions.setdefault(name, []).append(version)
         return [f"{name} ({', '.join(v)})" for name, v in versions.items()]
 
+    def versions(self, model: str) -> set[str]:
+        """The versions of `model` the fleet had when last read (`refresh`)."""
+        return {v for name, v in self._known if name == model}
+
     def _holds(self, model: str, version: str) -> bool:
         if version:
             return (model, version) in self._known
         return any(name == model for name, _ in self._known)
 
-    async def _read(self) -> None:
+    async def refresh(self) -> None:
         self._known = await self._store.fleet_models()
         self._read_at = time.monotonic()

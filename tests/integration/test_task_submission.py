@@ -6,16 +6,26 @@ each saying why it waits."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from typing import Any
 
+import aiohttp
 import pytest
 
 from hub.app import Hub
+from hub.store.catalog import StoredModel
+from hub.store.presence import HelloSeen
+from hub.tasks.fleetmodels import FleetModels
+from hub.tasks.inputshapes import InputShapes
 from tests.api_client import ApiClient
 from tests.databases import hub_backend  # noqa: F401 - each test on both back-ends
 from tests.integration.tasks_support import TASK_HUB_SETTINGS, VIB, submit, vib
-from tests.support import add_device
+from tests.model_upload import bundle_parts
+from tests.model_upload import upload as upload_model
+from tests.support import SHIPPED_MODELS, add_device
 
 
 @pytest.fixture
@@ -166,3 +176,109 @@ async def test_a_submission_is_audited_once_with_its_tasks(hub: Hub, api: ApiCli
     ]
     assert json.loads(entries[1].detail) == {"tasks": 2, "first": ids[0]}
     assert entries[1].role == "operator"
+
+
+async def test_an_input_no_version_the_hub_holds_accepts_is_refused(
+    hub: Hub, api: ApiClient
+) -> None:
+    """It was queued (202), sent, and failed on its device (`bad_shape`). Only what the
+    hub knows is checked: a version it holds no manifest for is left to its device."""
+    admin = await api.token("admin")
+    model, manifest, sample = bundle_parts(SHIPPED_MODELS[0])
+    assert (await upload_model(hub, admin, model, manifest, sample)).status == 201
+    token = await api.token("operator")
+    wait = {"wait_for_model": True}
+    three_axes = [[n % 7, 1, -1] for n in range(128)]  # [128, 3]: no batch dimension
+
+    wrong = await api.call("POST", "/api/v1/tasks", token=token, body=vib(input=[[1]], **wait))
+    batch = await api.call(
+        "POST", "/api/v1/tasks", token=token,
+        body={"tasks": [vib(input=[three_axes], **wait), vib(input=[[[1, 2]]], **wait)]},
+    )  # fmt: skip
+    unknown_version = vib(input=[[1]], version="9.9.9", **wait)
+    accepted = [
+        await api.call("POST", "/api/v1/tasks", token=token, body=body)
+        for body in (vib(**wait), vib(input=three_axes, **wait), unknown_version)
+    ]
+    # A device that reports a version the hub holds no manifest for may run it.
+    await hub.parts.store.record_presence(
+        [HelloSeen("dev-own0000001", "c", time.time(), "generic", "1", 1.0, {}, "rt", [
+            {"name": VIB, "version": "0.9.0", "sha256": "", "state": "ready", "error": ""}
+        ], 1)]
+    )  # fmt: skip
+    beside_own = await api.call("POST", "/api/v1/tasks", token=token, body=vib(input=[[1]]))
+
+    assert wrong.status == 400, wrong.body
+    assert wrong.error["details"]["field"] == "body.input"
+    assert wrong.error["message"] == (
+        "input shape [1, 1] does not match the model's input [1, 128, 3] "
+        "(or [128, 3] without the batch dimension)"
+    )
+    assert batch.status == 400, batch.body
+    assert batch.error["details"]["field"] == "body.tasks[1].input"
+    assert [reply.status for reply in accepted] == [202, 202, 202]
+    assert beside_own.status == 202, beside_own.body
+    assert sum((await hub.parts.store.task_counts()).values()) == 4  # none of the refused
+
+
+async def test_versions_with_different_inputs_are_each_a_fit(hub: Hub) -> None:
+    """An input fits when it fits one version the task may run on; refused, it is told
+    every shape it could have had."""
+    store = hub.parts.store
+    for version, shape in (("1.0.0", [1, 4]), ("2.0.0", [1, 2, 2]), ("3.0.0", [1, 4])):
+        manifest: dict[str, object] = {"name": "m", "version": version, "input": {"shape": shape}}
+        await store.add_model(
+            StoredModel("m", version, "0" * 64, 1, manifest, b"{}", b"", time.time(), "t")
+        )
+    shapes = InputShapes(store, FleetModels(store))
+
+    assert await shapes.refusal("m", "", [4]) is None
+    assert await shapes.refusal("m", "", [2, 2]) is None
+    assert await shapes.refusal("m", "2.0.0", [2, 2]) is None
+    assert await shapes.refusal("m", "1.0.0", [2, 2]) == (
+        "input shape [2, 2] does not match the model's input [1, 4] "
+        "(or [4] without the batch dimension)"
+    )
+    assert await shapes.refusal("m", "", [3]) == (
+        "input shape [3] matches none of m's inputs: [1, 2, 2] (2.0.0); [1, 4] (1.0.0, 3.0.0)"
+    )
+    assert await shapes.refusal("other", "", [3]) is None  # nothing known of it
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["after-commit", "before-commit"])
+async def test_a_submission_cancelled_midway_is_audited_if_and_only_if_it_was_queued(
+    hub: Hub, api: ApiClient, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    """The hub stopping cancels a request while its transaction runs on the store's
+    thread, which may commit all the same: its entry went with it. The guard wrote a
+    500 of its own beside it (a queued task logged as failed, twice)."""
+    dispatcher = hub.parts.dispatcher
+    token = await api.token("operator", subject="submitter")
+
+    def cancelled(store: object, name: str) -> None:
+        run = getattr(store, name)
+
+        async def cancelled_around_it(*args: Any, **kwargs: Any) -> Any:
+            if committed:
+                await run(*args, **kwargs)
+            raise asyncio.CancelledError
+
+        monkeypatch.setattr(store, name, cancelled_around_it)
+
+    cancelled(dispatcher._store, "create_and_allocate")  # on the replica that leads
+    cancelled(dispatcher._queue, "create_tasks")  # on one that does not
+    with contextlib.suppress(aiohttp.ClientError):  # the answer never comes
+        await api.call("POST", "/api/v1/tasks", token=token, body=vib(wait_for_model=True))
+
+    entries = [
+        e
+        for e in await hub.parts.store.audit_log(before=None, limit=10)
+        if e.subject == "submitter"
+    ]
+    counts = await hub.parts.store.task_counts()
+    if committed:
+        assert [(e.action, e.status) for e in entries] == [("task.submit", 202)]
+        assert counts == {"queued": 1}
+    else:
+        assert entries == []
+        assert counts == {}
