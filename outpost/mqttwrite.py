@@ -20,6 +20,7 @@ hub's only for the publishes made inside `at_once()`, its task assignments
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ def write_at_once(client: aiomqtt.Client, *, only_marked: bool = False) -> None:
     register_write = paho.on_socket_register_write  # aiomqtt's: add_writer, via the loop
     assert register_write is not None
     loop_thread = threading.get_ident()
+    loop = asyncio.get_running_loop()
     read = paho.loop_read
     publish = paho.publish
     reading = False
@@ -103,6 +105,16 @@ def write_at_once(client: aiomqtt.Client, *, only_marked: bool = False) -> None:
             write()
         return info
 
+    def unregister_in_turn(paho_client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # aiomqtt adds its writer a loop pass later (`call_soon_threadsafe`) but removes
+        # it at once: a write here that empties paho's queue before a queued add has run
+        # would remove nothing, and the add would then leave a writer with nothing to
+        # write, called on every pass (a core at 100 %) until paho queued a packet
+        # again. Removed in turn, after any add asked for before.
+        fd = sock.fileno()
+        loop.call_soon_threadsafe(loop.remove_writer, fd)
+
     paho.on_socket_register_write = write_now
+    paho.on_socket_unregister_write = unregister_in_turn
     paho.loop_read = loop_read  # type: ignore[method-assign]
     paho.publish = publish_now  # type: ignore[method-assign]

@@ -283,6 +283,10 @@ async def test_an_assignment_behind_packets_waiting_for_the_writer_takes_them_al
             (topics[0], b"first"),
             (topics[1], b"work"),
         ]  # in order
+        # The writer the first asked for, added a pass later, is gone with nothing left
+        # to write: kept, it was called on every pass, a core at 100 %, until the next
+        # packet (the keepalive's, up to a minute later).
+        assert not _writer_registered(paho)
 
 
 @contextlib.asynccontextmanager
@@ -314,3 +318,11 @@ async def _connected(link: HubLink) -> mqtt.Client:
     await eventually(connected, timeout=TIMEOUT_S, what="the link")
     assert link.client is not None
     return link.client._client
+
+
+def _writer_registered(paho: mqtt.Client) -> bool:
+    """Whether the event loop watches `paho`'s socket for writing."""
+    sock = paho.socket()
+    assert sock is not None
+    key = asyncio.get_running_loop()._selector.get_map().get(sock.fileno())  # type: ignore[attr-defined]
+    return key is not None and key.data[1] is not None  # (reader, writer) handles
