@@ -46,6 +46,9 @@ class FleetModels:
             return (model, version) in self._known
         return any(name == model for name, _ in self._known)
 
-    async def refresh(self) -> None:
+    async def refresh(self, older_than_s: float = 0.0) -> None:
+        """Read the fleet's models again, unless read less than `older_than_s` ago."""
+        if older_than_s and time.monotonic() - self._read_at < older_than_s:
+            return
         self._known = await self._store.fleet_models()
         self._read_at = time.monotonic()

@@ -5,7 +5,7 @@ with `bad_shape`, after its wait in the queue.
 Only what the hub knows is checked: the manifests of uploaded models. A task that may
 run on a version the hub holds no manifest for (one installed on a device by hand) is
 accepted as before, to be checked there. Kept in memory like `FleetModels`, and read
-again before a refusal: a version uploaded or reported a moment ago is never missed."""
+again before a refusal unless read a moment ago (`FRESH_S`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from hub.tasks.fleetmodels import FleetModels
 from outpost import tensorshape
 
 RECHECK_S: Final = 1.0
+FRESH_S: Final = 0.1
 
 Shape = tuple[int, ...]
 
@@ -38,8 +39,11 @@ class InputShapes:
             await self._read()
         if self._refusal(model, version, found) is None:
             return None
-        await self._read()
-        await self._fleet.refresh()
+        # Before a refusal, a view older than `FRESH_S` is read again (a refused flood
+        # costs a read each `FRESH_S`, not two a request).
+        if time.monotonic() - self._read_at >= FRESH_S:
+            await self._read()
+        await self._fleet.refresh(older_than_s=FRESH_S)
         return self._refusal(model, version, found)
 
     def _refusal(self, model: str, version: str, found: Sequence[int]) -> str | None:
