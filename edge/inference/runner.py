@@ -15,11 +15,8 @@ runs without the GIL). Nested lists (JSON) take a millisecond or more to convert
 stay on the worker.
 
 One exception: a model that answers faster than a round trip to a worker thread costs
-(a small MLP takes ~5 µs, the hop 20 to 90 µs on a 2-core machine) runs on the event
-loop itself when no other request is using it. The hop would cost more than the work,
-and the loop is held for less time than the hop would take. Whether a model is that
-fast is timed on its sample at load, then followed by a running average of every
-answer's own work (wherever it ran).
+runs on the event loop itself when no other request is using it (edge/inference/
+inlining.py says how that is decided).
 
 Each answer carries two timings of the same section (set_tensor + invoke + get_tensor):
 its wall time (`latency_ms`, what the caller waited) and the CPU time the threads that
@@ -40,17 +37,15 @@ from typing import Any
 
 import numpy as np
 
+from edge.inference.inlining import INLINE_BELOW_S, Inlining
 from edge.inference.interpreters import MAKING, Interpreter, ModelFault, make_interpreter
 from edge.inference.runtime import Runtime
 from edge.inference.tensors import Prepared, check_nesting, dequantize, prepare_input
 from edge.inference.workers import Workers, lowest_priority
 from outpost.modelbundle import Bundle, BundleError, Manifest, check_model_file
 
-# A model whose inferences take less than this (recent average) runs inline.
 __all__ = ["INLINE_BELOW_S", "Inference", "ModelBusy", "ModelFault", "ModelRunner"]
 
-INLINE_BELOW_S = 100e-6
-_INLINE_WEIGHT = 0.05  # of each new answer in the running average
 _WARM_UP_AT_LOAD = 5  # sample runs before timing (the first ones pack weights, fill caches)
 _TIMED_AT_LOAD = 20  # sample runs timed at load
 # Byte tensors of at most this many values are prepared on the event loop (see above):
@@ -101,7 +96,7 @@ class ModelRunner:
         does: a thread hop would cost the live path more than its few microseconds)."""
         self.bundle = bundle
         self.background = background
-        self.inline_below_s = inline_below_s
+        self.inlining = Inlining(inline_below_s)
         self.manifest: Manifest = bundle.manifest
         self._runtime = runtime
         self.num_threads = num_threads  # may drop to 1 at load: see `load`
@@ -111,9 +106,6 @@ class ModelRunner:
         self._workers: Workers | None = None
         self._outstanding = 0  # running + waiting; touched only on the event loop
         self._decoding = 0  # requests whose body is still being decoded (`hold_place`)
-        # The running average of an inference's own work (input preparation and the
-        # interpreter), wherever it ran; unknown (inf) means not inline.
-        self._work_s = float("inf")
         self.served = 0
         self.failed = 0
         # Whether each answer reads the CPU time its threads spent (`cpu_ms`): a system
@@ -143,15 +135,15 @@ class ModelRunner:
                 f"{self.bundle.model_path}: the runtime cannot load it: {exc}"
             ) from exc
         self.self_test()
-        self._work_s = self._time_sample()
-        if self._work_s < self.inline_below_s and self.num_threads > 1:
+        self.inlining.loaded(self._time_sample())
+        if self.inlining.fast_at_load and self.num_threads > 1:
             # It will run inline, and its work is a few microseconds: a pool of threads
             # for it would only add a wake-up of the pool to every call (tens of
             # microseconds when the pool has gone to sleep between calls). One thread.
             self.num_threads = 1
             self._make_interpreters()
             self.self_test()
-            self._work_s = self._time_sample()
+            self.inlining.loaded(self._time_sample())
         self._workers = Workers(
             self._count,
             f"infer-{self.manifest.name}",
@@ -228,9 +220,18 @@ class ModelRunner:
         self._decoding -= 1
 
     @property
+    def inline_below_s(self) -> float:
+        return self.inlining.below_s
+
+    @inline_below_s.setter
+    def inline_below_s(self, seconds: float) -> None:
+        self.inlining.below_s = seconds
+
+    @property
     def inline(self) -> bool:
-        """Whether the next request, arriving now, would run on the event loop."""
-        return self._outstanding == 0 and self._work_s < self.inline_below_s
+        """Whether the next request, arriving now, would run on the event loop (a probe
+        aside: `Inlining.runs_here`)."""
+        return self.inlining.inline(self._outstanding)
 
     async def infer(self, value: Any, dtype: str = "float32") -> Inference:
         """Check and quantize `value`, and run it, on a worker thread.
@@ -241,8 +242,9 @@ class ModelRunner:
         if self._workers is None:
             raise ModelFault(f"{self.manifest.name} is not loaded")
         self._check_room()
-        if self.inline:  # no one holds an interpreter: one is free, without waiting
-            done = self._prepare_and_run(value, dtype, time.perf_counter())
+        here, probe = self.inlining.runs_here(self._outstanding)
+        if here:  # no one holds an interpreter: one is free, without waiting
+            done = self._prepare_and_run(value, dtype, time.perf_counter(), probe=probe)
             self.served += 1
             return done
         self._outstanding += 1
@@ -292,29 +294,27 @@ class ModelRunner:
         self.served += 1
         return done
 
-    def _prepare_and_run(self, value: Any, dtype: str, submitted: float) -> Inference:
+    def _prepare_and_run(
+        self, value: Any, dtype: str, submitted: float, *, probe: bool | None = None
+    ) -> Inference:
+        """`probe`: None on a worker; on the event loop, whether as a probe."""
         # Turning a large nested list into a tensor takes a millisecond or more: it is
         # done here, on the worker (unless the model runs inline), not on the event loop.
         began = time.perf_counter()
         prepared = prepare_input(value, dtype, self.manifest.input)
-        return self._run_timed(prepared, time.perf_counter() - began, submitted)
+        return self._run_timed(prepared, time.perf_counter() - began, submitted, probe=probe)
 
-    def _run_timed(self, prepared: Prepared, preparing: float, submitted: float) -> Inference:
+    def _run_timed(
+        self, prepared: Prepared, preparing: float, submitted: float, *, probe: bool | None = None
+    ) -> Inference:
         """Run `prepared`, and count its work (`preparing` it took, wherever, and the
-        interpreter's) in the average that decides whether the model runs inline."""
+        interpreter's) towards the choice to run the model inline (`probe` as above)."""
         inference = self.run_blocking(prepared, submitted)
-        # Waiting for an interpreter is not work: a busy model is not a slow one. A slow
-        # reading at load (a busy moment) is corrected by the answers that follow. One
-        # answer held up by the scheduler (another process on its core) takes
-        # milliseconds: counted whole, a few a second kept a 20 µs model's average at
-        # 55-93 µs in a loaded agent, now and then over the line and on the workers,
-        # where each hop cost more than the model. So one answer counts for at most
-        # twice the line: enough to push a model that is really slow over it.
-        work = min(preparing + inference.latency_ms / 1000, 2 * self.inline_below_s)
-        if self._work_s == float("inf"):
-            self._work_s = work
+        work = preparing + inference.latency_ms / 1000
+        if probe:
+            self.inlining.probed(work)
         else:
-            self._work_s += (work - self._work_s) * _INLINE_WEIGHT
+            self.inlining.count(work, here=probe is not None)
         return inference
 
     def run_blocking(self, prepared: Prepared, submitted: float) -> Inference:
