@@ -4,8 +4,9 @@
     model.json     the manifest: name, version, sha256, size, labels, tensors, accuracy
     sample.json    an input and the output the model must give for it
 
-Both sides read bundles: the agent installs and runs them, the hub (later) checks and
-signs them. Nothing here imports an inference runtime.
+Both sides read bundles: the agent installs and runs them, the hub checks and signs
+them. `check_upload` is the hub's rule for an uploaded bundle, which `outpost-hub models
+upload` applies too before it sends one. Nothing here imports an inference runtime.
 """
 
 from __future__ import annotations
@@ -40,6 +41,28 @@ RESERVED_VERSIONS = frozenset({"active"})
 
 class BundleError(ValueError):
     """A bundle is unreadable or inconsistent; the message names the file and the fault."""
+
+
+class UploadRefusedError(BundleError):
+    """An upload the hub refuses. `part` is the one at fault (model, manifest or sample,
+    as the upload's form names them), `path` the key inside it ("" for the whole part);
+    the message names both as the hub answers: "manifest.labels: <problem>"."""
+
+    def __init__(self, part: str, path: str, problem: str) -> None:
+        super().__init__(f"{part}.{path}: {problem}" if path else f"{part}: {problem}")
+        self.part = part
+        self.path = path
+        self.problem = problem
+
+
+class ClaimMismatchError(UploadRefusedError):
+    """The manifest gives a `sha256` or `size` (its `path`) that is not the model file's."""
+
+    def __init__(self, field: str, claimed: object, actual: object) -> None:
+        problem = f"{claimed!r} does not match the uploaded file ({actual!r})"
+        super().__init__("manifest", field, problem)
+        self.claimed = claimed
+        self.actual = actual
 
 
 class TensorSpec(Struct, frozen=True):
@@ -174,6 +197,34 @@ def check_model_file(path: Path, manifest: Manifest) -> None:
         raise BundleError(f"{path}: sha256 {digest} differs from the manifest's {manifest.sha256}")
 
 
+def check_upload(
+    size: int, sha256: str, manifest: object, sample: object
+) -> tuple[Manifest, Sample]:
+    """Check an upload by the hub's rule: a model file of `size` bytes hashing to `sha256`
+    (not looked at when the size is refused), with its manifest and sample documents.
+    Unlike a device's bundle, the manifest may leave out `sha256` and `size`: they are the
+    file's, refused only when given and wrong. Returns the manifest (completed) and the
+    sample; raises `UploadRefusedError`."""
+    if size == 0:
+        raise UploadRefusedError("model", "", "the file is empty")
+    if size > MAX_MODEL_BYTES:
+        raise UploadRefusedError("model", "", f"{size} bytes, over the limit of {MAX_MODEL_BYTES}")
+    if isinstance(manifest, dict):  # anything else is refused by the schema below
+        for field, actual in (("sha256", sha256), ("size", size)):
+            claimed = manifest.get(field)
+            if claimed is not None and claimed != actual:
+                raise ClaimMismatchError(field, claimed, actual)
+        manifest = {**manifest, "sha256": sha256, "size": size}
+    return _upload_part(Manifest, manifest, "manifest"), _upload_part(Sample, sample, "sample")
+
+
+def _upload_part(cls: type[T], doc: object, part: str) -> T:
+    try:
+        return schema.load(cls, doc, "")
+    except schema.SchemaError as exc:
+        raise UploadRefusedError(part, exc.path, exc.message) from exc
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -184,12 +235,14 @@ def file_sha256(path: Path) -> str:
 
 def _load(cls: type[T], path: Path) -> T:
     try:
-        return schema.load(cls, _read_json(path), "")
+        return schema.load(cls, read_sidecar(path), "")
     except schema.SchemaError as exc:
         raise BundleError(f"{path}: {exc}") from exc
 
 
-def _read_json(path: Path) -> Any:
+def read_sidecar(path: Path) -> Any:
+    """Read a bundle's JSON file (manifest or sample), refusing (`BundleError`, naming the
+    file) one over MAX_SIDECAR_BYTES or not valid JSON."""
     try:
         if path.stat().st_size > MAX_SIDECAR_BYTES:
             raise BundleError(f"{path}: over {MAX_SIDECAR_BYTES} bytes")

@@ -13,17 +13,17 @@ import aiohttp
 
 from hub.cli import remote, tables
 from hub.fleet.labels import parse_selector
-from outpost import schema
 from outpost.modelbundle import (
     MANIFEST_FILE,
     MAX_MODEL_BYTES,
     MODEL_FILE,
     SAMPLE_FILE,
     BundleError,
-    Manifest,
-    Sample,
-    _read_json,  # its messages (not valid JSON, over the limit) are a device's
+    ClaimMismatchError,
+    UploadRefusedError,
+    check_upload,
     file_sha256,
+    read_sidecar,
 )
 
 BUNDLE_FILES = {"model": "model.tflite", "manifest": "model.json", "sample": "sample.json"}
@@ -43,7 +43,7 @@ def upload_model(args: argparse.Namespace) -> int:
     # Checked here as the hub checks it: the hub's answer to a broken file names its form
     # part ("body.manifest"), not the file.
     try:
-        check_upload(folder)
+        check_bundle_folder(folder)
     except BundleError as exc:
         raise BundleError(f"{exc}; nothing was uploaded") from exc
 
@@ -66,11 +66,10 @@ def upload_model(args: argparse.Namespace) -> int:
     return remote.run(args, upload)
 
 
-def check_upload(folder: Path) -> None:
-    """Refuse (`BundleError`, naming the file) a bundle the hub would refuse by its
-    manifest or sample. The hub's rule (hub/models/releases.py `_accept`), not a device's
-    (read_bundle): the manifest's `sha256` and `size` may be left out, the hub computing
-    them from the model file, and are refused only when given and wrong."""
+def check_bundle_folder(folder: Path) -> None:
+    """Refuse (`BundleError`, naming the file) a bundle the hub would refuse by its model
+    file, manifest or sample: the hub's rule (`modelbundle.check_upload`), not a device's
+    (`read_bundle`), so the manifest's `sha256` and `size` may be left out."""
     model_path, manifest_path = folder / MODEL_FILE, folder / MANIFEST_FILE
     try:
         size = model_path.stat().st_size
@@ -78,30 +77,18 @@ def check_upload(folder: Path) -> None:
         digest = file_sha256(model_path) if 0 < size <= MAX_MODEL_BYTES else ""
     except OSError as exc:
         raise BundleError(f"cannot read {model_path}: {exc.strerror or exc}") from exc
-    if size == 0:
-        raise BundleError(f"{model_path}: the file is empty")
-    if size > MAX_MODEL_BYTES:
-        raise BundleError(f"{model_path}: {size} bytes, over the limit of {MAX_MODEL_BYTES}")
-    metadata = _read_json(manifest_path)
-    if isinstance(metadata, dict):  # anything else is refused by the schema below
-        for field, actual in (("sha256", digest), ("size", size)):
-            claimed = metadata.get(field)
-            if claimed is not None and claimed != actual:
-                raise BundleError(
-                    f"{manifest_path}: {field} {claimed!r} does not match {MODEL_FILE} "
-                    f"({actual!r}); correct it or leave it out (the hub computes it)"
-                )
-        metadata = {**metadata, "sha256": digest, "size": size}
-    _loaded(Manifest, metadata, manifest_path)
-    sample_path = folder / SAMPLE_FILE
-    _loaded(Sample, _read_json(sample_path), sample_path)
-
-
-def _loaded(cls: type[schema.Struct], doc: object, path: Path) -> None:
+    # read_sidecar's refusals (not valid JSON, over the limit) already name the file.
+    manifest, sample = read_sidecar(manifest_path), read_sidecar(folder / SAMPLE_FILE)
     try:
-        schema.load(cls, doc, "")
-    except schema.SchemaError as exc:
-        raise BundleError(f"{path}: {exc}") from exc
+        check_upload(size, digest, manifest, sample)
+    except ClaimMismatchError as exc:
+        raise BundleError(
+            f"{manifest_path}: {exc.path} {exc.claimed!r} does not match {MODEL_FILE} "
+            f"({exc.actual!r}); correct it or leave it out (the hub computes it)"
+        ) from exc
+    except UploadRefusedError as exc:
+        where = f"{exc.path}: " if exc.path else ""
+        raise BundleError(f"{folder / BUNDLE_FILES[exc.part]}: {where}{exc.problem}") from exc
 
 
 def list_models(args: argparse.Namespace) -> int:

@@ -30,6 +30,8 @@ from outpost.modelbundle import (
     BundleError,
     Manifest,
     Sample,
+    UploadRefusedError,
+    check_upload,
     read_bundle,
 )
 
@@ -151,20 +153,9 @@ class ModelShelf:
         sample_doc: dict[str, Any],
         by: str,
     ) -> Checked:
-        if staging.size == 0:
-            raise ModelRefusedError("model: the file is empty")
-        for field, actual in (("sha256", sha256), ("size", staging.size)):
-            claimed = metadata.get(field)
-            if claimed is not None and claimed != actual:
-                raise ModelRefusedError(
-                    f"manifest.{field}: {claimed!r} does not match the uploaded file ({actual!r})"
-                )
         try:
-            manifest = schema.load(
-                Manifest, {**metadata, "sha256": sha256, "size": staging.size}, "manifest"
-            )
-            sample = schema.load(Sample, sample_doc, "sample")
-        except schema.SchemaError as exc:
+            manifest, sample = check_upload(staging.size, sha256, metadata, sample_doc)
+        except UploadRefusedError as exc:
             raise ModelRefusedError(str(exc)) from exc
         if await self._store.model(manifest.name, manifest.version) is not None:
             raise ModelExistsError(_exists(manifest))

@@ -123,7 +123,8 @@ def test_a_label_given_twice_is_refused_not_the_last_kept(
     ("file", "text", "said"),
     [
         ("model.json", '{"name": ', "model.json: not valid JSON"),
-        ("sample.json", "[]", "sample.json: "),
+        ("sample.json", "[]", "sample.json: expected a table, got array"),
+        ("model.tflite", "", "model.tflite: the file is empty"),
     ],
 )
 def test_a_broken_bundle_file_is_named_before_upload(

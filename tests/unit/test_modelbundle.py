@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from outpost.modelbundle import BundleError, read_bundle
+from outpost.modelbundle import (
+    MAX_MODEL_BYTES,
+    BundleError,
+    ClaimMismatchError,
+    UploadRefusedError,
+    check_upload,
+    read_bundle,
+)
 from tests.support import SHIPPED_MODELS
 
 
@@ -93,3 +101,67 @@ def test_an_explain_baseline_is_kept_and_an_unset_one_left_out(bundle_copy: Path
     assert "explain_baseline" not in unset.to_dict()
     assert named.explain_baseline == 0.5
     assert named.to_dict()["explain_baseline"] == 0.5
+
+
+def upload_parts(folder: Path) -> tuple[int, str, dict[str, object], dict[str, object]]:
+    """A shipped bundle as the hub receives it: the model's size and sha256, the manifest
+    without them, the sample."""
+    model = (folder / "model.tflite").read_bytes()
+    manifest = json.loads((folder / "model.json").read_text())
+    del manifest["sha256"], manifest["size"]
+    sample = json.loads((folder / "sample.json").read_text())
+    return len(model), hashlib.sha256(model).hexdigest(), manifest, sample
+
+
+def test_an_upload_without_sha256_and_size_gets_the_files() -> None:
+    size, sha256, manifest, sample = upload_parts(SHIPPED_MODELS[0])
+
+    checked, _ = check_upload(size, sha256, manifest, sample)
+    given, _ = check_upload(size, sha256, {**manifest, "sha256": sha256, "size": size}, sample)
+
+    assert (checked.sha256, checked.size) == (sha256, size)
+    assert checked == given
+
+
+@pytest.mark.parametrize(
+    ("size", "manifest", "sample", "part", "path", "said"),
+    [
+        (0, {}, {}, "model", "", "model: the file is empty"),
+        (MAX_MODEL_BYTES + 1, {}, {}, "model", "", f"model: {MAX_MODEL_BYTES + 1} bytes, over"),
+        (None, {"labels": []}, {}, "manifest", "labels", "manifest.labels: must be a non-empty"),
+        (None, {}, {"tolerance": -1}, "sample", "tolerance", "sample.tolerance: "),
+        (None, {}, [], "sample", "", "sample: expected a table, got array"),
+    ],
+)
+def test_an_upload_refusal_names_the_part_and_key(
+    size: int | None, manifest: dict[str, object], sample: object, part: str, path: str, said: str
+) -> None:
+    real_size, sha256, real_manifest, real_sample = upload_parts(SHIPPED_MODELS[0])
+    if isinstance(sample, dict):
+        sample = {**real_sample, **sample}
+
+    with pytest.raises(UploadRefusedError) as refused:
+        check_upload(
+            real_size if size is None else size, sha256, {**real_manifest, **manifest}, sample
+        )
+
+    assert str(refused.value).startswith(said)
+    assert (refused.value.part, refused.value.path) == (part, path)
+
+
+@pytest.mark.parametrize(("field", "wrong"), [("sha256", "F" * 64), ("size", 12345)])
+def test_a_given_sha256_or_size_must_be_the_files(field: str, wrong: object) -> None:
+    size, sha256, manifest, sample = upload_parts(SHIPPED_MODELS[0])
+
+    with pytest.raises(ClaimMismatchError) as refused:
+        check_upload(size, sha256, {**manifest, field: wrong}, sample)
+
+    actual = {"sha256": sha256, "size": size}[field]
+    assert str(refused.value) == (
+        f"manifest.{field}: {wrong!r} does not match the uploaded file ({actual!r})"
+    )
+    assert (refused.value.path, refused.value.claimed, refused.value.actual) == (
+        field,
+        wrong,
+        actual,
+    )
