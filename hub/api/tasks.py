@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import msgspec
 from aiohttp import web
 from msgspec import Meta
 
@@ -14,80 +12,12 @@ from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.api.routing import AUDIT_DETAIL, AUDITED, PRINCIPAL, Param, Route, audit_entry
-from hub.fleet import labels
-from hub.store import NewTask, Task
-from hub.store.tasks import MAX_DEADLINE_S, TERMINAL
-from outpost import wire
+from hub.api.taskinput import TaskBatchIn, TaskIn, checked
+from hub.store import Task
+from hub.store.tasks import TERMINAL
 from outpost.schema import Struct
 
 STATES = ("queued", "assigned", "accepted", "running", *TERMINAL)
-
-
-class TaskTarget(Struct, frozen=True):
-    """Where a task may run: a named device, devices matching labels, or (both empty)
-    any device that has the model."""
-
-    device: Annotated[str, Meta(max_length=64, description="run on this device only")] = ""
-    selector: Annotated[
-        dict[str, str],
-        Meta(
-            max_length=32,
-            description="run on a device carrying all these labels (and the model)",
-        ),
-    ] = {}
-
-
-class TaskIn(Struct, frozen=True):
-    """One task to run."""
-
-    model: Annotated[str, Meta(max_length=64, description="model name")]
-    input: Annotated[Any, Meta(description="the model input: nested lists of numbers")]
-    version: Annotated[
-        str, Meta(max_length=32, description="model version; empty: the active one")
-    ] = ""
-    dtype: Annotated[
-        Literal["float32", "int8"],
-        Meta(description="float32: real values, quantized on the device; int8: quantized"),
-    ] = "float32"
-    priority: Annotated[int, Meta(ge=0, le=9, description="0 (lowest) to 9 (highest)")] = 5
-    deadline_s: (
-        Annotated[
-            float,
-            Meta(
-                ge=0.1,
-                le=MAX_DEADLINE_S,
-                description="seconds from now until it expires (default: the hub's)",
-            ),
-        ]
-        | None
-    ) = None
-    lease_s: (
-        Annotated[
-            float,
-            Meta(
-                ge=0.1,
-                le=7 * 86400,
-                description="seconds a device has to finish it (default: the hub's)",
-            ),
-        ]
-        | None
-    ) = None
-    target: Annotated[TaskTarget, Meta(description="where it may run (default: any)")] = (
-        msgspec.field(default_factory=TaskTarget)
-    )
-    wait_for_model: Annotated[
-        bool,
-        Meta(
-            description="queue it even if no device has the model yet (one is being "
-            "enrolled or rolled out); otherwise such a task is refused with 422"
-        ),
-    ] = False
-
-
-class TaskBatchIn(Struct, frozen=True):
-    """Several tasks at once."""
-
-    tasks: Annotated[list[TaskIn], Meta(max_length=100_000, description="the tasks")]
 
 
 class TaskIds(Struct, frozen=True):
@@ -177,10 +107,6 @@ class TaskOut(Struct, frozen=True):
         )
 
 
-def new_task_id() -> str:
-    return f"tsk-{secrets.token_hex(8)}"
-
-
 def routes(ctx: ApiContext) -> list[Route]:
     config = ctx.config
 
@@ -195,7 +121,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         now = time.time()
         subject = request[PRINCIPAL].subject
         new = [
-            await _checked(ctx, item, f"body.tasks[{i}]" if batch else "body", now, subject)
+            await checked(ctx, item, f"body.tasks[{i}]" if batch else "body", now, subject)
             for i, item in enumerate(items)
         ]
         request[AUDIT_DETAIL] = {"tasks": len(new), "first": new[0].task_id}
@@ -326,96 +252,3 @@ def routes(ctx: ApiContext) -> list[Route]:
             errors=(404, 409),
         ),
     ]
-
-
-async def _checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subject: str) -> NewTask:
-    config = ctx.config
-    if not isinstance(item.input, list) or not item.input:
-        raise bad_field(f"{where}.input", "input must be a non-empty list of numbers")
-    try:
-        packed = msgspec.msgpack.encode(item.input)
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise bad_field(f"{where}.input", f"input cannot be encoded: {exc}") from exc
-    if len(packed) > config.task_max_input_bytes:
-        raise bad_field(
-            f"{where}.input",
-            f"input is {len(packed)} bytes packed, over the limit of {config.task_max_input_bytes}",
-        )
-    problem = _input_problem(item.input)
-    if problem is not None:  # else queued, to fail on a device (or not even be sent)
-        raise bad_field(f"{where}.input", f"input {problem}")
-    target: dict[str, Any] = {}
-    if item.target.device and item.target.selector:
-        raise bad_field(f"{where}.target", "give a device or a selector, not both")
-    if item.target.device:
-        device = await ctx.store.find_device(item.target.device)
-        if device is None:
-            raise bad_field(f"{where}.target.device", f"no device {item.target.device!r}")
-        if device.revoked_at is not None:  # it would wait, queued, until its deadline
-            raise bad_field(
-                f"{where}.target.device", f"{item.target.device!r} is revoked: it runs no task"
-            )
-        target = {"device": device.device_id}
-    elif item.target.selector:
-        try:
-            labels.check(item.target.selector, f"{where}.target.selector")
-        except ValueError as exc:
-            raise bad_field(f"{where}.target.selector", str(exc)) from exc
-        target = {"selector": item.target.selector}
-    if not item.wait_for_model and not await ctx.fleet_models.has(item.model, item.version):
-        wanted = f"{item.model} {item.version}" if item.version else item.model
-        has = await ctx.fleet_models.names()
-        raise ApiError(
-            422,
-            "unknown_model",
-            f"no enrolled device has the model {wanted}; the fleet has: "
-            f"{'; '.join(has) or 'no models'} (set wait_for_model to queue it anyway)",
-            field=f"{where}.model",
-        )
-    refusal = await ctx.input_shapes.refusal(item.model, item.version, _shape(item.input))
-    if refusal is not None:
-        raise bad_field(f"{where}.input", refusal)
-    deadline_s = item.deadline_s if item.deadline_s is not None else config.task_default_deadline_s
-    lease_s = item.lease_s if item.lease_s is not None else config.task_default_lease_s
-    return NewTask(
-        task_id=new_task_id(),
-        model=item.model,
-        version=item.version,
-        input=packed,
-        dtype=item.dtype,
-        priority=item.priority,
-        deadline=now + deadline_s,
-        lease_s=lease_s,
-        target=target,
-        submitted_by=subject,
-    )
-
-
-def _input_problem(value: list[Any]) -> str | None:
-    """Why a task's input is not a rectangular array of numbers as nested lists, at most
-    `wire.MAX_INPUT_DEPTH` deep (an assignment nested deeper cannot be sent); None if it
-    is one. Walked a level at a time: no recursion for a caller to exhaust."""
-    level: list[Any] = [value]
-    for _ in range(wire.MAX_INPUT_DEPTH):
-        if all(type(v) is list for v in level):
-            lengths = {len(v) for v in level}
-            if 0 in lengths:
-                return "holds an empty list"
-            if len(lengths) > 1:
-                return "is not rectangular: lists at one level differ in length"
-            level = [x for v in level for x in v]
-        elif all(type(v) in (int, float) for v in level):
-            return None
-        else:
-            return "must hold numbers only (no text, true/false, null or maps), in lists"
-    return f"nests deeper than {wire.MAX_INPUT_DEPTH} levels"
-
-
-def _shape(value: list[Any]) -> list[int]:
-    """The shape of an input `_input_problem` found rectangular: the lengths along its
-    first elements."""
-    shape = []
-    while type(value) is list:
-        shape.append(len(value))
-        value = value[0]
-    return shape
