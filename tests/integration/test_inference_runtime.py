@@ -231,7 +231,7 @@ async def test_a_fast_model_read_slow_inline_is_tried_there_again(litert: Runtim
     """A few slow inline answers (a busy machine) put a fast model on its workers. What
     its answers take there, beside a busy event loop, is mostly their wait for the GIL
     (milliseconds for a 20 µs model): counted, they kept it there for good, where each
-    hop cost more than the model. Not counted, a probe now and then finds it fast."""
+    hop cost more than the model. Not counted, its probes bring it back."""
     runner = runner_for(SHIPPED_MODELS[0], litert)
     runner.load()
     sample = runner.bundle.sample
@@ -251,10 +251,12 @@ async def test_a_fast_model_read_slow_inline_is_tried_there_again(litert: Runtim
     runner.run_blocking = spy  # type: ignore[method-assign,assignment]
     try:
         calls = 0
-        while not runner.inline and calls < 10 * PROBE_EVERY:
+        while not runner.inline and calls < 60 * PROBE_EVERY:
             answer = asyncio.create_task(runner.infer(tensor, "int8"))
             await asyncio.sleep(0)  # handed to a worker (or run here, as a probe)
-            busy_until = time.perf_counter() + 0.01  # the loop busy, holding the GIL
+            # The loop busy, holding the GIL past Python's switch interval (5 ms):
+            # the worker, given the GIL in the middle, waits for it again after its invoke.
+            busy_until = time.perf_counter() + 0.01
             while time.perf_counter() < busy_until:
                 pass
             assert (await answer).label == sample.expected.label
@@ -264,9 +266,10 @@ async def test_a_fast_model_read_slow_inline_is_tried_there_again(litert: Runtim
 
     main = threading.main_thread().name
     assert runner.inline, f"never back inline in {calls} calls ({runner.inlining.work_s} s)"
-    assert ran_on[-1] == main  # the probe
-    assert all(name.startswith("infer-") for name in ran_on[:-1])  # the calls before it
-    assert len(ran_on) == PROBE_EVERY
+    here = [n for n, name in enumerate(ran_on, 1) if name == main]
+    assert here[-1] == len(ran_on)  # the probe that brought it back
+    assert len(here) > 1  # one fast probe is not enough
+    assert all(name.startswith("infer-") for name in ran_on if name != main)
 
 
 async def test_a_fast_model_runs_inline_unless_a_request_holds_an_interpreter(
