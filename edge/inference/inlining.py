@@ -41,7 +41,10 @@ class Inlining:
         self._since_probe = 0
 
     def loaded(self, work_s: float) -> None:
-        self.work_s = self.at_load_s = work_s
+        """Its sample's reading at load: the average starts there, capped like an
+        answer's (so a slow moment at load is forgotten as fast as a slow answer)."""
+        self.at_load_s = work_s
+        self.work_s = min(work_s, 2 * self.below_s)
 
     @property
     def fast_at_load(self) -> bool:

@@ -185,7 +185,8 @@ class ModelRunner:
         caller's choice of format, and took 1.1-1.7 ms of `surface-defect`'s 32x32 input
         against its 35 µs invoke, so every model looked too slow to run inline and kept
         its pool of threads. A caller that does send lists is counted by the running
-        average of the inline answers that follow (edge/inference/inlining.py)."""
+        average of the answers that follow (of a model that may be fast, its inline
+        answers only: edge/inference/inlining.py)."""
         sample = self.bundle.sample
         if sample is None:
             return float("inf")

@@ -39,6 +39,7 @@ def test_answers_on_workers_do_not_move_a_model_that_may_be_fast() -> None:
 
     # Read slow at load (a busy moment): judged on its inline answers, so on its probes.
     slowed_at_load = loaded(300e-6)
+    assert slowed_at_load.work_s == 2 * LINE  # capped as an answer is: forgotten as fast
     for _ in range(100):
         slowed_at_load.count(5e-3, here=False)
     probes = 0
