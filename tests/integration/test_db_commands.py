@@ -328,6 +328,21 @@ def _tables_in(pg_url: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+def _older_hub_database(path: Path, *, behind: int, then: list[str]) -> Path:
+    """A hub database at `path` with all but its last `behind` migrations, and the
+    statements `then` run in it."""
+    path.parent.mkdir()
+    db = open_database(path, synchronous="FULL")
+    try:
+        migrate_sqlite(SqliteSql(db.conn), MIGRATIONS[:-behind])
+        for statement in then:
+            db.conn.execute(statement)
+        db.conn.commit()
+    finally:
+        db.conn.close()
+    return path
+
+
 def _beside(path: Path) -> list[str]:
     """What lies in `path`'s folder beside it (SQLite's -wal, -shm or -journal files)."""
     return sorted(p.name for p in path.parent.iterdir() if p != path)
@@ -384,17 +399,14 @@ def test_db_migrate_copies_an_older_hubs_database_and_leaves_it_unchanged(
     arrives in PostgreSQL, the file itself is not written (it was migrated in place)."""
     data = tmp_path / "hub"
     assert _run("init", "--data", str(data)).returncode == 0
-    old = tmp_path / "old" / "hub.db"
-    old.parent.mkdir()
-    db = open_database(old, synchronous="FULL")
-    try:
-        migrate_sqlite(SqliteSql(db.conn), MIGRATIONS[:-2])
-        db.conn.execute(
+    old = _older_hub_database(
+        tmp_path / "old" / "hub.db",
+        behind=2,
+        then=[
             "INSERT INTO audit (at, subject, role, method, path, action, status, detail)"
             " VALUES (1.0, 'alice', 'admin', 'PUT', '/x', 'policy.put', 200, '')"
-        )
-    finally:
-        db.conn.close()
+        ],
+    )
     before = hashlib.sha256(old.read_bytes()).hexdigest()
 
     moved = _run("db", "migrate", "--data", str(data), "--from", str(old), "--to", pg_url)
@@ -419,17 +431,12 @@ def test_db_migrate_says_when_the_temp_folder_fills_up_and_leaves_no_copy_there(
     the real disk, so the copy is tried)."""
     data = tmp_path / "hub"
     assert _run("init", "--data", str(data)).returncode == 0
-    old = tmp_path / "old" / "hub.db"
-    old.parent.mkdir()
-    db = open_database(old, synchronous="FULL")
-    try:
-        migrate_sqlite(SqliteSql(db.conn), MIGRATIONS[:-1])
-        db.conn.execute("CREATE TABLE filler (b BLOB)")
-        for _ in range(30):
-            db.conn.execute("INSERT INTO filler VALUES (randomblob(100000))")
-        db.conn.commit()
-    finally:
-        db.conn.close()
+    old = _older_hub_database(
+        tmp_path / "old" / "hub.db",
+        behind=1,
+        then=["CREATE TABLE filler (b BLOB)"]
+        + ["INSERT INTO filler VALUES (randomblob(100000))"] * 30,
+    )
     before = hashlib.sha256(old.read_bytes()).hexdigest()
     temp = tmp_path / "tmp"
     temp.mkdir()
