@@ -18,7 +18,6 @@ from typing import Any, cast
 
 import msgspec
 
-from hub.store import audit
 from hub.store.audit import AuditEntry
 from hub.store.candidates import Candidate, read_candidates
 from hub.store.sql import Sql
@@ -118,9 +117,7 @@ def create_and_allocate(
     its assignment after one durable commit (a pass of its own would cost a second
     commit and another trip to the store's thread, its audit entry a third)."""
     with db.write():
-        insert(db, new, now)
-        for entry in audits:
-            audit.record(db, entry)
+        insert(db, new, now, audits)
         return _allocate(db, now, settings, plan)
 
 

@@ -88,13 +88,16 @@ def create(
     db: Sql, tasks: Sequence[NewTask], now: float, audits: Sequence[AuditEntry] = ()
 ) -> None:
     with db.write():
-        insert(db, tasks, now)
-        for entry in audits:
-            audit.record(db, entry)
+        insert(db, tasks, now, audits)
 
 
-def insert(db: Sql, tasks: Sequence[NewTask], now: float) -> None:
-    """Queue `tasks` (inside the caller's transaction)."""
+def insert(
+    db: Sql, tasks: Sequence[NewTask], now: float, audits: Sequence[AuditEntry] = ()
+) -> None:
+    """Queue `tasks`, and record `audits` (their submissions' entries), inside the
+    caller's transaction."""
+    for entry in audits:
+        audit.record(db, entry)
     db.executemany(
         """INSERT INTO tasks (task_id, state, model, version, input, dtype, priority,
                deadline, lease_s, target, created_at, updated_at, submitted_by)
