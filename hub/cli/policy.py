@@ -14,6 +14,11 @@ from hub.fleet.labels import parse_selector
 
 def show_policy(args: argparse.Namespace) -> int:
     """Every layer, one layer, or (--device) what one device runs and why."""
+    if args.layer and args.device:
+        raise ValueError(
+            f"layer {args.layer!r} and --device both given: show one layer, or a device's "
+            "effective policy (every layer that applies to it, merged), not both"
+        )
 
     async def show(client: remote.Client) -> int:
         if args.device:

@@ -61,6 +61,11 @@ async def test_a_fleet_layer_with_device_or_selector_flags_is_refused_and_kept(
     assert "applies to every device" in meant_for_one.err
     assert both.code == 2
     assert "--device and --selector both given" in both.err
+    # A layer and a device to show: the device's policy alone would hide the layer asked for.
+    shown_both = await run("hub.cli", "policy", "show", "fleet", "--device", "pump-1", *as_admin)
+    assert shown_both.code == 2
+    assert "layer 'fleet' and --device both given" in shown_both.err
+    assert not shown_both.out
     shown = await run("hub.cli", "policy", "show", "fleet", "--json", *as_admin)
     assert shown.json()["document"] == {"heartbeat_interval": 30, "log_level": "info"}
 
