@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hub.fleet import pki
+from hub.fleet import keyfiles, pki
 from hub.paths import HubPaths
 from outpost import files
 from outpost.courier.sealing import public_pem
@@ -41,7 +40,4 @@ def ensure_bundle_key(paths: HubPaths, *, announce: bool = True) -> bool:
 
 
 def load_bundle_key(paths: HubPaths) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(paths.bundle_key.read_bytes(), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{paths.bundle_key} is not a P-256 key")
-    return key
+    return keyfiles.ec_key(paths.bundle_key)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from hub.config import HubConfig
-from hub.fleet import pki
+from hub.fleet import keyfiles, pki
 from hub.paths import HubPaths
 from hub.store import HubStore, IssuedCert
 
@@ -72,7 +72,7 @@ class Renewals:
     @classmethod
     def load(cls, paths: HubPaths, config: HubConfig, store: HubStore) -> Renewals:
         """Load the CA (reads files: run in a thread)."""
-        key, cert = pki.load_ca(paths.ca_key.read_bytes(), paths.ca_cert.read_bytes())
+        key, cert = keyfiles.fleet_ca(paths.ca_key, paths.ca_cert)
         return cls(key, cert, config, store)
 
     async def renew(

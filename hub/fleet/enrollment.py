@@ -7,16 +7,14 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from hub.config import HubConfig
 from hub.courier.keys import ensure_bundle_key
-from hub.fleet import bootstrap, pki
+from hub.fleet import bootstrap, keyfiles, pki
 from hub.paths import HubPaths
 from hub.store import Device, HubStore, IssuedCert, TokenRefusedError, courier
 from outpost.courier.sealing import public_pem
@@ -56,15 +54,13 @@ class Enrollment:
     def __init__(self, paths: HubPaths, config: HubConfig, store: HubStore) -> None:
         self._config = config
         self._store = store
-        self._ca_key, self._ca_cert = pki.load_ca(
-            paths.ca_key.read_bytes(), paths.ca_cert.read_bytes()
-        )
+        self._ca_key, self._ca_cert = keyfiles.fleet_ca(paths.ca_key, paths.ca_cert)
         self.ca_pem = paths.ca_cert.read_bytes()
         self._signing_public_pem = paths.signing_pub.read_bytes()
         # A data folder made before courier bundles gets its key now (if it can).
         has_key = ensure_bundle_key(paths) and paths.bundle_pub.exists()
         self._bundle_public_pem = paths.bundle_pub.read_bytes() if has_key else b""
-        self._token_public = _load_ed25519(paths.token_key).public_key()
+        self._token_public = keyfiles.ed25519_key(paths.token_key).public_key()
 
     async def enroll(self, *, token: str, csr_pem: bytes, profile: str, name: str = "") -> Enrolled:
         """Check token and CSR, use the token up, issue the certificate, register the device."""
@@ -174,39 +170,11 @@ class Enrollment:
         )
 
 
-class KeyFileError(ValueError):
-    """A key file of the hub's data folder cannot be used; the message names it."""
-
-
-def _load_ed25519(path: Path) -> ed25519.Ed25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        # cryptography's own words ("Unable to load PEM file. See https://...
-        # MalformedFraming") name neither the file nor what to do about it. TypeError:
-        # a key encrypted with a password, which the hub never writes.
-        raise KeyFileError(
-            f"{path} is damaged: it holds no readable private key "
-            f"({_first_sentence(exc)}); restore it from a backup of the data folder"
-        ) from exc
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise KeyFileError(
-            f"{path} is not an Ed25519 key; restore it from a backup of the data folder"
-        )
-    return key
-
-
-def _first_sentence(exc: Exception) -> str:
-    """Cryptography's reason without its FAQ link: the text up to the first period."""
-    text = str(exc) or type(exc).__name__
-    return text.split(". ", 1)[0].rstrip(".")
-
-
 def load_signing_key(paths: HubPaths) -> ed25519.Ed25519PrivateKey:
     """Load the key that signs policy and model manifests."""
-    return _load_ed25519(paths.signing_key)
+    return keyfiles.ed25519_key(paths.signing_key)
 
 
 def load_token_key(paths: HubPaths) -> ed25519.Ed25519PrivateKey:
     """Load the key that signs bootstrap tokens."""
-    return _load_ed25519(paths.token_key)
+    return keyfiles.ed25519_key(paths.token_key)

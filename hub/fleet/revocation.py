@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from hub.broker.managed import BrokerSupervisor, crl_file, reload_running
 from hub.config import HubConfig
-from hub.fleet import pki, revocation_proof
+from hub.fleet import keyfiles, pki, revocation_proof
 from hub.fleet.throwaway import ThrowawayCert
 from hub.mqtt import sessions
 from hub.paths import HubPaths
@@ -148,7 +148,7 @@ def _write_crl(paths: HubPaths, store: HubStore, external: Path | None) -> int:
 def current_crl(paths: HubPaths, store: HubStore) -> tuple[bytes, int]:
     """The CRL as the registry says now, and how many serials it lists (blocking: reads
     the CA's files and the registry)."""
-    ca_key, ca_cert = pki.load_ca(paths.ca_key.read_bytes(), paths.ca_cert.read_bytes())
+    ca_key, ca_cert = keyfiles.fleet_ca(paths.ca_key, paths.ca_cert)
     now = time.time()
     revoked = store.revoked_certs_sync(now) + store.held_certs_sync(now)
     return build_crl(ca_key, ca_cert, revoked, now=now), len(revoked)

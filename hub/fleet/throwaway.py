@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.fleet import pki
+from hub.fleet import keyfiles, pki
 from hub.paths import HubPaths
 from hub.store import HubStore
 from hub.store.certs import IssuedCert
@@ -59,7 +59,7 @@ def _issue(paths: HubPaths, device_id: str, reason: str) -> tuple[ThrowawayCert,
 def mint(paths: HubPaths, common_name: str, *, days: float) -> tuple[ThrowawayCert, pki.Issued]:
     """A certificate for `common_name` from the fleet CA, with a new key (reads the CA's
     files: run in a thread)."""
-    ca_key, ca_cert = pki.load_ca(paths.ca_key.read_bytes(), paths.ca_cert.read_bytes())
+    ca_key, ca_cert = keyfiles.fleet_ca(paths.ca_key, paths.ca_cert)
     key = pki.new_ec_key()
     issued = pki.issue(
         ca_key, ca_cert, common_name=common_name, public_key=key.public_key(), days=days

@@ -47,6 +47,23 @@ def test_a_damaged_hub_key_is_named(hub_paths: HubPaths) -> None:
         load_signing_key(hub_paths)
 
 
+@pytest.mark.parametrize(("name", "holds"), [("ca_key", "private key"), ("ca_cert", "certificate")])
+def test_a_damaged_fleet_ca_file_is_named(
+    hub_paths: HubPaths, tmp_path: Path, name: str, holds: str
+) -> None:
+    damaged: Path = getattr(hub_paths, name)
+    damaged.write_bytes(damaged.read_bytes()[:100])  # cut short, as by a full disk
+
+    # The broker's files hold the CRL, which the CA signs: the CA is read.
+    ran = cli("hub.cli", "broker-config", "--data", str(hub_paths.root), "--kind", "mosquitto",
+              "--out", str(tmp_path / "broker"))  # fmt: skip
+
+    assert ran.code == 2
+    assert f"{damaged} is damaged: it holds no readable {holds}" in ran.err
+    assert "backup of the data folder" in ran.err
+    assert "cryptography.io" not in ran.err
+
+
 @pytest.mark.parametrize("name", ["device.key", "ca.crt", "device.crt"])
 async def test_an_agent_with_a_damaged_identity_file_names_it(
     enroll_device: Enroller, name: str
