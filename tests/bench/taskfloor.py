@@ -1,0 +1,165 @@
+"""The raw limit of one task alone: its path's parts, bare, in the same run.
+
+A task submitted alone crosses, at the least: an HTTPS POST, a synced commit of the task
+(the hub), a relay through the broker to the device, a synced commit of its result (the
+device), a relay back, and a synced commit of the result (the hub). Here those parts run
+with nothing else: a bare aiohttp handler that commits one row and publishes the body,
+a bare device (aiomqtt in its own process, as the agent is) that commits one row and
+publishes a 200-byte result, and the handler's MQTT client committing that as it comes.
+The same broker configuration, TLS and certificates as the hub's; SQLite in WAL with
+`synchronous=FULL`, each database on a thread of its own as the stores keep theirs. No
+inference (the model's invoke is some 10 µs), no validation, no bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import sqlite3
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+import aiomqtt
+from aiohttp import web
+
+from hub.broker.managed import BrokerSupervisor
+from outpost import tls, wire
+from outpost.mqtt import NODELAY
+from tests.bench.common import device_cert, make_hub
+from tests.support import free_port
+
+DEVICE = "dev-floor0000001"
+RESULT = b"r" * 200  # about a vibration result's size on the wire
+
+
+class _Synced:
+    """One SQLite database on a thread of its own: each `commit` a synced transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=path.stem)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS rows (n INTEGER PRIMARY KEY, body BLOB)")
+
+    def _commit(self, body: bytes) -> None:
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("INSERT INTO rows (body) VALUES (?)", (body,))
+
+    async def commit(self, body: bytes) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._commit, body)
+
+    def close(self) -> None:
+        self._thread.shutdown()
+        self._conn.close()
+
+
+def _mqtt(port: int, context: ssl.SSLContext, identifier: str) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=identifier,
+        tls_context=context,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        socket_options=NODELAY,
+    )
+
+
+def _device_main(port: int, ca: Path, cert: Path, key: Path, database: Path) -> None:
+    """The bare device, in its own process: each task in, a synced row, a result out."""
+
+    async def serve() -> None:
+        db = _Synced(database)
+        async with _mqtt(port, tls.client_context(ca, cert, key), DEVICE) as client:
+            await client.subscribe(wire.down_topic(DEVICE, "tasks"), qos=1)
+            await client.publish(wire.up_topic(DEVICE, "hello"), b"", qos=1)
+            async for message in client.messages:
+                await db.commit(bytes(message.payload))
+                await client.publish(wire.up_topic(DEVICE, "records"), RESULT, qos=1)
+
+    asyncio.run(serve())
+
+
+async def one_task_floor(root: Path, count: int) -> list[float]:
+    """Seconds from each POST to its result's commit, `count` tasks one after another."""
+    paths, config = make_hub(root)
+    broker = BrokerSupervisor(
+        paths,
+        program=config.mosquitto,
+        host="127.0.0.1",
+        port=config.mqtt_port,
+        max_packet_bytes=config.max_payload_bytes,
+    )
+    await broker.start()
+    cert, key = device_cert(paths, DEVICE, root / "certs")
+    device = multiprocessing.get_context("spawn").Process(
+        target=_device_main,
+        args=(config.mqtt_port, paths.ca_cert, cert, key, root / "device.db"),
+        daemon=True,
+    )
+    hub_db = _Synced(root / "hub.db")
+    hub_ctx = tls.client_context(paths.ca_cert, paths.client_cert, paths.client_key)
+    runner: web.AppRunner | None = None
+    try:
+        async with _mqtt(config.mqtt_port, hub_ctx, "outpost-hub") as link:
+            await link.subscribe(wire.UP_WILDCARD, qos=1)
+            device.start()
+            stored: asyncio.Queue[float] = asyncio.Queue()
+
+            async def receive() -> None:
+                async for message in link.messages:
+                    if message.topic.value.endswith("/records"):
+                        await hub_db.commit(bytes(message.payload))
+                        stored.put_nowait(time.perf_counter())
+                    else:  # its hello: subscribed
+                        stored.put_nowait(0.0)
+
+            async def submit(request: web.Request) -> web.Response:
+                body = await request.read()
+                json.loads(body)
+                await hub_db.commit(body)
+                # Answered before its PUBACK comes back, as the hub answers.
+                publish = asyncio.ensure_future(
+                    link.publish(wire.down_topic(DEVICE, "tasks"), body, qos=1)
+                )
+                pending.add(publish)
+                publish.add_done_callback(pending.discard)
+                return web.json_response({"ids": ["t"]}, status=202)
+
+            pending: set[asyncio.Future[None]] = set()
+            receiving = asyncio.create_task(receive())
+            await asyncio.wait_for(stored.get(), 60)  # the device subscribed
+            app = web.Application()
+            app.router.add_post("/api/v1/tasks", submit)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            port = free_port()
+            server_ctx = tls.server_context(paths.server_cert, paths.server_key)
+            await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx).start()
+            client_ctx = ssl.create_default_context(cafile=str(paths.ca_cert))
+            body = {"model": "vibration-anomaly", "input": [0] * 64, "dtype": "int8"}
+            took = []
+            async with aiohttp.ClientSession() as session:
+                for _ in range(count):
+                    posted = time.perf_counter()
+                    async with session.post(
+                        f"https://127.0.0.1:{port}/api/v1/tasks", json=body, ssl=client_ctx
+                    ) as reply:
+                        assert reply.status == 202, await reply.text()
+                        await reply.read()
+                    took.append(await asyncio.wait_for(stored.get(), 60) - posted)
+            receiving.cancel()
+            return took
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if device.is_alive():
+            device.kill()
+        device.join(10)
+        hub_db.close()
+        await broker.stop()
