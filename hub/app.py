@@ -18,7 +18,7 @@ from hub.broker.managed import BrokerSupervisor
 from hub.config import HubConfig
 from hub.courier.desk import CourierDesk, open_desk
 from hub.courier.importer import Tally
-from hub.fleet import revocation
+from hub.fleet import keyfiles, revocation
 from hub.fleet.agentreleases import AgentShelf
 from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import Enrollment, load_signing_key, load_token_key
@@ -40,7 +40,6 @@ from hub.sinks.service import SinkService
 from hub.store import HubStore
 from hub.store.engine import describe
 from hub.tasks.dispatcher import Dispatcher
-from outpost import tls
 from outpost.aio import supervise
 from outpost.courier.sealing import BundleError
 from outpost.datalock import DataLock
@@ -354,7 +353,7 @@ class Hub:
             config=self.config,
             enrollment=Enrollment(self.paths, self.config, store),
             token_key=load_token_key(self.paths),
-            ca_fingerprint=tls.fingerprint(self.paths.ca_cert.read_bytes()),
+            ca_fingerprint=keyfiles.ca_fingerprint(self.paths.ca_cert),
             metrics=metrics,
             broker=broker,
             dispatcher=dispatcher,

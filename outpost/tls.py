@@ -10,6 +10,10 @@ import hashlib
 import os
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 class TlsFileError(ssl.SSLError):
@@ -143,7 +147,13 @@ def fingerprint(cert_pem: bytes) -> str:
     """Return ``sha256:<hex>`` of a PEM certificate's DER encoding."""
     # Imported here: the running agent never needs certificate parsing in memory.
     from cryptography import x509
+
+    return fingerprint_of(x509.load_pem_x509_certificate(cert_pem))
+
+
+def fingerprint_of(cert: x509.Certificate) -> str:
+    """Return ``sha256:<hex>`` of a loaded certificate's DER encoding."""
     from cryptography.hazmat.primitives import serialization
 
-    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    der = cert.public_bytes(serialization.Encoding.DER)
     return "sha256:" + hashlib.sha256(der).hexdigest()

@@ -26,10 +26,11 @@ from hub.broker.mosquittoconf import MAX_INFLIGHT, BrokerFiles, acl_text, render
 from hub.broker.sharegroup import share_group
 from hub.config import HubConfig, check_replica_id
 from hub.config_endpoints import host_problem
+from hub.fleet import keyfiles
 from hub.fleet.revocation import current_crl
 from hub.paths import HUB_CLIENT_CN, HUB_LINK_CN, HubPaths, link_cn
 from hub.store import HubStore
-from outpost import files, tls
+from outpost import files
 from outpost.wire import TOPIC_PREFIX, UP_KINDS, UP_WILDCARD
 
 # Each file written, and its mode: certificates and the CRL are public (the broker may
@@ -285,7 +286,7 @@ def _readme(paths: HubPaths, out: Path, request: Request, group: str) -> str:
 Written by `outpost-hub broker-config --kind {request.kind}` on {time.strftime("%Y-%m-%d %H:%M")}
 from the hub data folder {paths.root.absolute()}.
 
-Fleet CA fingerprint: {tls.fingerprint(paths.ca_cert.read_bytes())}
+Fleet CA fingerprint: {keyfiles.ca_fingerprint(paths.ca_cert)}
 Listener: {request.listen.bind} (mutual TLS only; the certificate's CN is the user name
 and the client id)
 Replicas allowed the hub's rights (ACL): {replicas}.

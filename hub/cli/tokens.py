@@ -11,11 +11,11 @@ import time
 from hub.access import apitokens
 from hub.cli import tables
 from hub.cli.datafolder import load_config, open_store
-from hub.fleet import bootstrap
+from hub.fleet import bootstrap, keyfiles
 from hub.fleet.enrollment import load_token_key
 from hub.fleet.labels import parse_selector
 from hub.paths import HubPaths
-from outpost import durations, tls
+from outpost import durations
 
 MAX_ENROLL_TTL_S = 30 * 86400
 
@@ -36,7 +36,7 @@ def enroll_token(args: argparse.Namespace) -> int:
     token, claims = bootstrap.mint(
         load_token_key(paths),
         hub_url=config.hub_url,
-        ca_fingerprint=tls.fingerprint(paths.ca_cert.read_bytes()),
+        ca_fingerprint=keyfiles.ca_fingerprint(paths.ca_cert),
         ttl=ttl,
         labels=labels,
     )

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography import x509
-
 from hub.config import HubConfig
 from hub.courier.exporter import HubBundles
 from hub.courier.importer import BundleImporter, Tally
 from hub.courier.keys import ensure_bundle_key, load_bundle_key
 from hub.courier.signer import SignerCheck
+from hub.fleet import keyfiles
 from hub.fleet.certificates import Renewals
 from hub.fleet.enrollment import load_signing_key
 from hub.models.releases import ModelShelf
@@ -38,17 +37,15 @@ def open_desk(
             f"this hub has no bundle key ({paths.bundle_key}) and cannot make one there: "
             "courier bundles need it"
         )
-    ca_pem = paths.ca_cert.read_bytes()
-    fleet = tls.fingerprint(ca_pem)
+    ca_cert = keyfiles.certificate(paths.ca_cert)
+    fleet = tls.fingerprint_of(ca_cert)
     signing_key = load_signing_key(paths)
     shelf = ModelShelf(paths.models, store, signing_key)
     exporter = HubBundles(store, signing_key=signing_key, fleet=fleet, shelf=shelf)
     importer = BundleImporter(
         store,
         bundle_key=load_bundle_key(paths),
-        signer=SignerCheck(
-            store, x509.load_pem_x509_certificate(ca_pem), config.device_cert_grace_days
-        ),
+        signer=SignerCheck(store, ca_cert, config.device_cert_grace_days),
         fleet=fleet,
         exporter=exporter,
         renewals=Renewals.load(paths, config, store),

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from hub.fleet.pki import CaKey
+from outpost import tls
 
 RESTORE = "restore it from a backup of the data folder"
 
@@ -60,6 +61,11 @@ def certificate(path: Path) -> x509.Certificate:
             f"{path} is damaged: it holds no readable certificate ({_first_sentence(exc)}); "
             f"{RESTORE}"
         ) from exc
+
+
+def ca_fingerprint(path: Path) -> str:
+    """``sha256:<hex>`` of the certificate in `path` (the fleet CA's, which devices pin)."""
+    return tls.fingerprint_of(certificate(path))
 
 
 def fleet_ca(key_path: Path, cert_path: Path) -> tuple[CaKey, x509.Certificate]:

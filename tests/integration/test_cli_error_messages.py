@@ -53,15 +53,23 @@ def test_a_damaged_fleet_ca_file_is_named(
 ) -> None:
     damaged: Path = getattr(hub_paths, name)
     damaged.write_bytes(damaged.read_bytes()[:100])  # cut short, as by a full disk
+    data = ("--data", str(hub_paths.root))
+    # Each reads the CA its own way: the CRL in the broker's files is signed by it, a
+    # bundle names the fleet by it and renews certificates, a token pins its fingerprint
+    # (the certificate's only: the key is not needed for a token).
+    commands = [
+        ("broker-config", *data, "--kind", "mosquitto", "--out", str(tmp_path / "broker")),
+        ("bundle", "export", *data, "--to", str(tmp_path / "bundles")),
+    ]
+    if name == "ca_cert":
+        commands.append(("enroll-token", *data))
+    for command in commands:
+        ran = cli("hub.cli", *command)
 
-    # The broker's files hold the CRL, which the CA signs: the CA is read.
-    ran = cli("hub.cli", "broker-config", "--data", str(hub_paths.root), "--kind", "mosquitto",
-              "--out", str(tmp_path / "broker"))  # fmt: skip
-
-    assert ran.code == 2
-    assert f"{damaged} is damaged: it holds no readable {holds}" in ran.err
-    assert "backup of the data folder" in ran.err
-    assert "cryptography.io" not in ran.err
+        assert ran.code == 2, (command, ran)
+        assert f"{damaged} is damaged: it holds no readable {holds}" in ran.err, command
+        assert "backup of the data folder" in ran.err
+        assert "cryptography.io" not in ran.err
 
 
 @pytest.mark.parametrize("name", ["device.key", "ca.crt", "device.crt"])
