@@ -73,6 +73,7 @@ SIM_TASK_RATE = 100.0  # tasks per second submitted during a step
 BUNDLE = read_bundle(SHIPPED_MODELS[0])
 assert BUNDLE.sample is not None
 INPUT = BUNDLE.sample.input
+ONE = {"model": BUNDLE.manifest.name, "input": INPUT, "dtype": "int8"}  # a task as submitted
 
 
 # ------------------------------------------------------------------ end to end
@@ -142,7 +143,7 @@ async def _end_to_end(root: Path, agents: int) -> EndToEnd:
                 await asyncio.sleep(0.05)  # the benchmark's own poll of the registry
             client = ApiClient(hub)
             token = await client.token("operator", subject="bench")
-            one = {"model": BUNDLE.manifest.name, "input": INPUT, "dtype": "int8"}
+            one = ONE
             # Each result's store is seen as it commits, not by polling the database: a
             # poll every millisecond was a query on the hub's database thread, in the
             # path it measured.
@@ -426,7 +427,7 @@ async def _fleet(root: Path) -> list[dict[str, Any]]:
 def run(root: Path) -> list[Result]:
     results = []
     bare = _bare(TASKS)
-    floor = sorted(asyncio.run(one_task_floor(root / "floor", ONE_AT_A_TIME)))
+    floor = sorted(asyncio.run(one_task_floor(root / "floor", ONE_AT_A_TIME, ONE)))
     floor_note = (
         "raw = the path's parts bare: an HTTPS POST, three synced SQLite commits, the "
         "broker's relays down and up (tests/bench/taskfloor.py)"

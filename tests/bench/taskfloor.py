@@ -14,6 +14,7 @@ inference (the model's invoke is some 10 µs), no validation, no bookkeeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import sqlite3
@@ -21,6 +22,7 @@ import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import aiomqtt
@@ -28,6 +30,7 @@ from aiohttp import web
 
 from hub.broker.managed import BrokerSupervisor
 from outpost import tls, wire
+from outpost.aio import cancel_until_done
 from outpost.mqtt import NODELAY
 from tests.bench.common import device_cert, make_hub
 from tests.support import free_port
@@ -85,8 +88,9 @@ def _device_main(port: int, ca: Path, cert: Path, key: Path, database: Path) -> 
     asyncio.run(serve())
 
 
-async def one_task_floor(root: Path, count: int) -> list[float]:
-    """Seconds from each POST to its result's commit, `count` tasks one after another."""
+async def one_task_floor(root: Path, count: int, body: dict[str, Any]) -> list[float]:
+    """Seconds from each POST of `body` to its result's commit, `count` tasks one after
+    another (on the wall clock, as the product's rows beside it)."""
     paths, config = make_hub(root)
     broker = BrokerSupervisor(
         paths,
@@ -95,71 +99,87 @@ async def one_task_floor(root: Path, count: int) -> list[float]:
         port=config.mqtt_port,
         max_packet_bytes=config.max_payload_bytes,
     )
-    await broker.start()
-    cert, key = device_cert(paths, DEVICE, root / "certs")
-    device = multiprocessing.get_context("spawn").Process(
-        target=_device_main,
-        args=(config.mqtt_port, paths.ca_cert, cert, key, root / "device.db"),
-        daemon=True,
-    )
-    hub_db = _Synced(root / "hub.db")
-    hub_ctx = tls.client_context(paths.ca_cert, paths.client_cert, paths.client_key)
-    runner: web.AppRunner | None = None
-    try:
-        async with _mqtt(config.mqtt_port, hub_ctx, "outpost-hub") as link:
-            await link.subscribe(wire.UP_WILDCARD, qos=1)
-            device.start()
-            stored: asyncio.Queue[float] = asyncio.Queue()
+    async with contextlib.AsyncExitStack() as stack:  # each step undone, last first
+        await broker.start()
+        stack.push_async_callback(broker.stop)
+        cert, key = device_cert(paths, DEVICE, root / "certs")
+        hub_db = _Synced(root / "hub.db")
+        stack.callback(hub_db.close)
+        hub_ctx = tls.client_context(paths.ca_cert, paths.client_cert, paths.client_key)
+        link = await stack.enter_async_context(_mqtt(config.mqtt_port, hub_ctx, "outpost-hub"))
+        await link.subscribe(wire.UP_WILDCARD, qos=1)
+        device = multiprocessing.get_context("spawn").Process(
+            target=_device_main,
+            args=(config.mqtt_port, paths.ca_cert, cert, key, root / "device.db"),
+            daemon=True,
+        )
+        device.start()
+        stack.callback(_stop, device)
+        stored: asyncio.Queue[float] = asyncio.Queue()
 
-            async def receive() -> None:
-                async for message in link.messages:
-                    if message.topic.value.endswith("/records"):
-                        await hub_db.commit(bytes(message.payload))
-                        stored.put_nowait(time.perf_counter())
-                    else:  # its hello: subscribed
-                        stored.put_nowait(0.0)
+        async def receive() -> None:
+            async for message in link.messages:
+                if message.topic.value.endswith("/records"):
+                    await hub_db.commit(bytes(message.payload))
+                    stored.put_nowait(time.time())
+                else:  # its hello: subscribed
+                    stored.put_nowait(0.0)
 
-            async def submit(request: web.Request) -> web.Response:
-                body = await request.read()
-                json.loads(body)
-                await hub_db.commit(body)
-                # Answered before its PUBACK comes back, as the hub answers.
-                publish = asyncio.ensure_future(
-                    link.publish(wire.down_topic(DEVICE, "tasks"), body, qos=1)
-                )
-                pending.add(publish)
-                publish.add_done_callback(pending.discard)
-                return web.json_response({"ids": ["t"]}, status=202)
+        receiving = asyncio.create_task(receive())
+        stack.push_async_callback(cancel_until_done, receiving)
 
-            pending: set[asyncio.Future[None]] = set()
-            receiving = asyncio.create_task(receive())
-            await asyncio.wait_for(stored.get(), 60)  # the device subscribed
-            app = web.Application()
-            app.router.add_post("/api/v1/tasks", submit)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            port = free_port()
-            server_ctx = tls.server_context(paths.server_cert, paths.server_key)
-            await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx).start()
-            client_ctx = ssl.create_default_context(cafile=str(paths.ca_cert))
-            body = {"model": "vibration-anomaly", "input": [0] * 64, "dtype": "int8"}
-            took = []
-            async with aiohttp.ClientSession() as session:
-                for _ in range(count):
-                    posted = time.perf_counter()
-                    async with session.post(
-                        f"https://127.0.0.1:{port}/api/v1/tasks", json=body, ssl=client_ctx
-                    ) as reply:
-                        assert reply.status == 202, await reply.text()
-                        await reply.read()
-                    took.append(await asyncio.wait_for(stored.get(), 60) - posted)
-            receiving.cancel()
-            return took
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        if device.is_alive():
-            device.kill()
-        device.join(10)
-        hub_db.close()
-        await broker.stop()
+        async def next_stored() -> float:
+            """The next commit's time; the receiver's own error if it failed."""
+            getting = asyncio.ensure_future(stored.get())
+            done, _ = await asyncio.wait(
+                {getting, receiving}, timeout=60, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getting in done:
+                return getting.result()
+            await cancel_until_done(getting)
+            if receiving.done():
+                receiving.result()  # raises what ended it
+                raise RuntimeError("the floor's MQTT receiver ended")
+            raise TimeoutError("the floor: no result stored within 60 s")
+
+        pending: set[asyncio.Future[None]] = set()
+
+        async def submit(request: web.Request) -> web.Response:
+            body = await request.read()
+            json.loads(body)
+            await hub_db.commit(body)
+            # Answered before its PUBACK comes back, as the hub answers.
+            publish = asyncio.ensure_future(
+                link.publish(wire.down_topic(DEVICE, "tasks"), body, qos=1)
+            )
+            pending.add(publish)
+            publish.add_done_callback(pending.discard)
+            return web.json_response({"ids": ["t"]}, status=202)
+
+        await next_stored()  # the device's hello: it subscribed
+        app = web.Application()
+        app.router.add_post("/api/v1/tasks", submit)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        port = free_port()
+        server_ctx = tls.server_context(paths.server_cert, paths.server_key)
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx).start()
+        client_ctx = ssl.create_default_context(cafile=str(paths.ca_cert))
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        took = []
+        for _ in range(count):
+            posted = time.time()
+            async with session.post(
+                f"https://127.0.0.1:{port}/api/v1/tasks", json=body, ssl=client_ctx
+            ) as reply:
+                assert reply.status == 202, await reply.text()
+                await reply.read()
+            took.append(await next_stored() - posted)
+        return took
+
+
+def _stop(device: multiprocessing.process.BaseProcess) -> None:
+    if device.is_alive():
+        device.kill()
+    device.join(10)
