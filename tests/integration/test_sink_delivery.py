@@ -225,7 +225,11 @@ async def test_failed_expired_cancelled_and_late_tasks_reach_a_sink(
     enroll_device: Enroller,
     agents: Callable[..., AgentProcess],
 ) -> None:
-    device_id, agent = await start_agent(hub, enroll_device, agents)
+    # Slow heartbeats: paused, it must stay online at the hub until its task is assigned
+    # (at 0.5 s it went offline 1-2 s into the pause, and offline devices get none).
+    device_id, agent = await start_agent(
+        hub, enroll_device, lambda paths: agents(paths, heartbeat_interval=5.0)
+    )
     token = await api.token("operator")
     task = {"model": VIB, "input": INPUT, "dtype": "int8"}
     nowhere = {"selector": {"site": "nowhere"}}

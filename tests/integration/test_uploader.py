@@ -131,8 +131,11 @@ async def test_acks_delete_a_gap_rewinds_and_silence_resends(store: AgentStore) 
 
 
 async def test_a_short_batch_lingers_and_a_full_one_goes_at_once(store: AgentStore) -> None:
-    # Long enough that 29 appends on a slow machine all fall inside it.
-    uploader = Uploader(store, "dev-test00001", Sync(batch_records=10, in_flight=8, linger_ms=2000))
+    # Long enough that each ten appends on a slow, busy machine fall inside it (2 s left
+    # little room); only the last, short batch waits it out.
+    uploader = Uploader(
+        store, "dev-test00001", Sync(batch_records=10, in_flight=8, linger_ms=10_000)
+    )
     link = Wire()
     async with running(uploader, link):
         await align(uploader)
@@ -148,7 +151,7 @@ async def test_a_short_batch_lingers_and_a_full_one_goes_at_once(store: AgentSto
         async def everything() -> bool:
             return sum(len(b.seqs) for b in link.sent) == 30
 
-        await eventually(everything, what="the lingering rest")
+        await eventually(everything, timeout=30, what="the lingering rest")
     # Full batches went as soon as they were full; the last 9 waited for the linger.
     assert [len(b.seqs) for b in link.sent] == [1, 10, 10, 9]
     assert [b.seqs[0] for b in link.sent] == [1, 2, 12, 22]
