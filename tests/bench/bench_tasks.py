@@ -427,10 +427,14 @@ async def _fleet(root: Path) -> list[dict[str, Any]]:
 def run(root: Path) -> list[Result]:
     results = []
     bare = _bare(TASKS)
-    floor = sorted(asyncio.run(one_task_floor(root / "floor", ONE_AT_A_TIME, ONE)))
+    floor_tasks = asyncio.run(one_task_floor(root / "floor", ONE_AT_A_TIME, ONE))
+    floor = sorted(t["stored"] for t in floor_tasks)
+    floor_phases = ", ".join(
+        f"{name} {statistics.median(t[name] for t in floor_tasks) * 1000:.1f}" for name, _ in PHASES
+    )
     floor_note = (
         "raw = the path's parts bare: an HTTPS POST, three synced SQLite commits, the "
-        "broker's relays down and up (tests/bench/taskfloor.py)"
+        f"broker's relays down and up (tests/bench/taskfloor.py), by phase: {floor_phases}"
     )
     for agents in FLEET_SIZES:
         e2e = asyncio.run(_end_to_end(root / f"e2e-{agents}", agents))

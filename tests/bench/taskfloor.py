@@ -36,7 +36,10 @@ from tests.bench.common import device_cert, make_hub
 from tests.support import free_port
 
 DEVICE = "dev-floor0000001"
-RESULT = b"r" * 200  # about a vibration result's size on the wire
+RESULT_BYTES = 200  # about a vibration result's size on the wire
+# Each task's moments, as the bench's PHASES name them: the POST answered, the device
+# had it, the device's commit ended, the hub's commit of the result ended.
+PHASES = ("submitted", "started", "finished", "stored")
 
 
 class _Synced:
@@ -82,15 +85,19 @@ def _device_main(port: int, ca: Path, cert: Path, key: Path, database: Path) -> 
             await client.subscribe(wire.down_topic(DEVICE, "tasks"), qos=1)
             await client.publish(wire.up_topic(DEVICE, "hello"), b"", qos=1)
             async for message in client.messages:
+                started = time.time()
                 await db.commit(bytes(message.payload))
-                await client.publish(wire.up_topic(DEVICE, "records"), RESULT, qos=1)
+                moments = json.dumps([started, time.time()]).encode()
+                result = moments.ljust(RESULT_BYTES)  # its times, padded to a result's size
+                await client.publish(wire.up_topic(DEVICE, "records"), result, qos=1)
 
     asyncio.run(serve())
 
 
-async def one_task_floor(root: Path, count: int, body: dict[str, Any]) -> list[float]:
-    """Seconds from each POST of `body` to its result's commit, `count` tasks one after
-    another (on the wall clock, as the product's rows beside it)."""
+async def one_task_floor(root: Path, count: int, body: dict[str, Any]) -> list[dict[str, float]]:
+    """Seconds from each POST of `body` to the end of each of PHASES, `count` tasks one
+    after another (on the wall clock, as the product's rows beside it and the device's
+    process use)."""
     paths, config = make_hub(root)
     broker = BrokerSupervisor(
         paths,
@@ -115,20 +122,22 @@ async def one_task_floor(root: Path, count: int, body: dict[str, Any]) -> list[f
         )
         device.start()
         stack.callback(_stop, device)
-        stored: asyncio.Queue[float] = asyncio.Queue()
+        stored: asyncio.Queue[tuple[float, float, float]] = asyncio.Queue()
 
         async def receive() -> None:
             async for message in link.messages:
                 if message.topic.value.endswith("/records"):
-                    await hub_db.commit(bytes(message.payload))
-                    stored.put_nowait(time.time())
+                    payload = bytes(message.payload)
+                    await hub_db.commit(payload)
+                    started, finished = json.loads(payload)
+                    stored.put_nowait((started, finished, time.time()))
                 else:  # its hello: subscribed
-                    stored.put_nowait(0.0)
+                    stored.put_nowait((0.0, 0.0, 0.0))
 
         receiving = asyncio.create_task(receive())
         stack.push_async_callback(cancel_until_done, receiving)
 
-        async def next_stored() -> float:
+        async def next_stored() -> tuple[float, float, float]:
             """The next commit's time; the receiver's own error if it failed."""
             getting = asyncio.ensure_future(stored.get())
             done, _ = await asyncio.wait(
@@ -167,7 +176,7 @@ async def one_task_floor(root: Path, count: int, body: dict[str, Any]) -> list[f
         await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx).start()
         client_ctx = ssl.create_default_context(cafile=str(paths.ca_cert))
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        took = []
+        took: list[dict[str, float]] = []
         for _ in range(count):
             posted = time.time()
             async with session.post(
@@ -175,7 +184,9 @@ async def one_task_floor(root: Path, count: int, body: dict[str, Any]) -> list[f
             ) as reply:
                 assert reply.status == 202, await reply.text()
                 await reply.read()
-            took.append(await next_stored() - posted)
+            answered = time.time()
+            moments = (answered, *await next_stored())
+            took.append({name: at - posted for name, at in zip(PHASES, moments, strict=True)})
         return took
 
 
