@@ -108,9 +108,10 @@ async def test_an_identical_candidate_waiting_for_cpu_reads_a_ratio_near_one(
         candidate.close()
     print(f"identical candidate at nice 19, every CPU busy: CPU {cpu:.2f}x, wall {wall:.2f}x")
     # Preemption costs it cold caches, never the wait itself: alone here it read
-    # 0.95-1.07x; a clean-clone run, the other test worker busy beside the spinners,
-    # read 1.65x (its wall time 62x). Twice the live CPU time would be another model.
-    assert 0.67 < cpu < 2.0, (cpu, wall)
+    # 0.95-1.07x, and 1.00-1.87x in other runs, the other test worker busy beside the
+    # spinners (its wall time 48-355x): the wait counted would read as the wall does.
+    assert 0.67 < cpu < 3.0, (cpu, wall)
+    assert cpu < wall / 10, (cpu, wall)
 
 
 async def test_a_candidate_doing_more_work_reads_a_ratio_above_one(
