@@ -2,7 +2,7 @@
 
 Cryptography's own words for a file it cannot read ("Unable to load PEM file. See
 https://... MalformedFraming") name neither the file nor what to do about it; a hub that
-stops with them leaves its operator to guess which of seven key files went bad.
+stops with them leaves its operator to guess which of its key files went bad.
 """
 
 from __future__ import annotations
