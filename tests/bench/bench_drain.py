@@ -79,17 +79,10 @@ async def _ours(root: Path, settings: str) -> tuple[float, float]:
 
 
 async def _bare(root: Path) -> float:
-    from hub.broker.managed import BrokerSupervisor
-    from tests.bench.common import device_cert
+    from tests.bench.common import bare_broker, device_cert
 
     paths, config = make_hub(root / "bare")
-    broker = BrokerSupervisor(
-        paths,
-        program=config.mosquitto,
-        host="127.0.0.1",
-        port=config.mqtt_port,
-        max_packet_bytes=config.max_payload_bytes,
-    )
+    broker = bare_broker(paths, config)
     await broker.start()
     device_id = "dev-drainbench01"
     try:

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import aiomqtt
 
-from hub.broker.managed import BrokerSupervisor
 from outpost import tls, wire
 from outpost.mqtt import NODELAY
 from tests.bench.bench_codec import BEAT
-from tests.bench.common import Result, device_cert, make_hub, per_second, running_hub
+from tests.bench.common import (
+    Result,
+    bare_broker,
+    device_cert,
+    make_hub,
+    per_second,
+    running_hub,
+)
 
 N = 5_000
 WINDOW = 100
@@ -47,13 +53,7 @@ async def _publish_all(client: aiomqtt.Client, topic: str, payloads: list[bytes]
 
 async def _bare(root: Path) -> float:
     paths, config = make_hub(root)
-    broker = BrokerSupervisor(
-        paths,
-        program=config.mosquitto,
-        host="127.0.0.1",
-        port=config.mqtt_port,
-        max_packet_bytes=config.max_payload_bytes,
-    )
+    broker = bare_broker(paths, config)
     await broker.start()
     try:
         cert, key = device_cert(paths, DEVICE, root / "certs")

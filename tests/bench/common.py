@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from hub.app import Hub
+from hub.broker.managed import BrokerSupervisor
 from hub.cli import load_config
 from hub.config import HubConfig
 from hub.fleet import pki
@@ -57,6 +58,18 @@ def make_hub(root: Path) -> tuple[HubPaths, HubConfig]:
         "device_bytes_per_s = 1000000000\ndevice_queue = 1000000\n"
     )
     return paths, load_config(paths.root)
+
+
+def bare_broker(paths: HubPaths, config: HubConfig) -> BrokerSupervisor:
+    """The hub's Mosquitto as the hub would run it (its configuration, TLS and ACL), for a
+    raw limit measured without the hub."""
+    return BrokerSupervisor(
+        paths,
+        program=config.mosquitto,
+        host="127.0.0.1",
+        port=config.mqtt_port,
+        max_packet_bytes=config.max_payload_bytes,
+    )
 
 
 def device_cert(paths: HubPaths, device_id: str, folder: Path) -> tuple[Path, Path]:

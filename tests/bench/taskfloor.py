@@ -28,11 +28,10 @@ import aiohttp
 import aiomqtt
 from aiohttp import web
 
-from hub.broker.managed import BrokerSupervisor
 from outpost import tls, wire
 from outpost.aio import cancel_until_done
 from outpost.mqtt import NODELAY
-from tests.bench.common import device_cert, make_hub
+from tests.bench.common import bare_broker, device_cert, make_hub
 from tests.support import free_port
 
 DEVICE = "dev-floor0000001"
@@ -99,13 +98,7 @@ async def one_task_floor(root: Path, count: int, body: dict[str, Any]) -> list[d
     after another (on the wall clock, as the product's rows beside it and the device's
     process use)."""
     paths, config = make_hub(root)
-    broker = BrokerSupervisor(
-        paths,
-        program=config.mosquitto,
-        host="127.0.0.1",
-        port=config.mqtt_port,
-        max_packet_bytes=config.max_payload_bytes,
-    )
+    broker = bare_broker(paths, config)
     async with contextlib.AsyncExitStack() as stack:  # each step undone, last first
         await broker.start()
         stack.push_async_callback(broker.stop)
