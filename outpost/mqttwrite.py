@@ -13,9 +13,13 @@ So when paho asks from the event loop's own thread, not from inside one of its c
 `_packet_queue`) nor from a read (the PUBACKs of the messages a read takes go together
 after it), the packets are written there and then, as the writer would have written
 them, errors included. What the socket does not take at once (a full send buffer) is
-left to aiomqtt's writer as before. The agent's client does this for every packet; the
-hub's only for the publishes made inside `at_once()`, its task assignments
-(hub/mqtt/link.py says why).
+left to the loop's writer. The agent's client does this for every packet; the hub's
+only for the publishes made inside `at_once()`, its task assignments (hub/mqtt/link.py
+says why).
+
+The writer is added and removed here too, not by aiomqtt: its queued add or remove,
+aimed at the socket's number, could reach another socket given that number after paho
+closed its own (see `register`).
 """
 
 from __future__ import annotations
@@ -50,8 +54,6 @@ def write_at_once(client: aiomqtt.Client, *, only_marked: bool = False) -> None:
     `only_marked` each one queued inside `at_once()`. Call on the event loop's thread,
     before the client connects."""
     paho = client._client  # aiomqtt keeps the paho client it drives here
-    register_write = paho.on_socket_register_write  # aiomqtt's: add_writer, via the loop
-    assert register_write is not None
     loop_thread = threading.get_ident()
     loop = asyncio.get_running_loop()
     read = paho.loop_read
@@ -88,12 +90,31 @@ def write_at_once(client: aiomqtt.Client, *, only_marked: bool = False) -> None:
             return False
         return paho.socket() is not None  # None: the write failed and paho closed it
 
+    def watch(sock: Any) -> None:
+        """Have the loop write what paho holds once `sock` takes it (on the loop's
+        thread), if paho still wants that on this socket."""
+        fd = sock.fileno()
+        if fd >= 0 and paho.socket() is sock and paho.want_write():
+            loop.add_writer(fd, write)
+
+    def register(sock: Any) -> None:
+        # In place of aiomqtt's, which asks the loop with `call_soon_threadsafe` from any
+        # thread, the descriptor's number taken then: asked from the loop's own thread,
+        # the writer is added at once; from the thread that connects, later, and only
+        # if the same socket is still open and wants writing (a queued add or remove
+        # acting on the number alone reached whatever socket had that number by then:
+        # an HTTPS connection the agent's renewal opened, its connect then never seen).
+        if threading.get_ident() == loop_thread:
+            watch(sock)
+        else:
+            loop.call_soon_threadsafe(watch, sock)
+
     def write_now(paho_client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if not may_write_now():
-            register_write(paho_client, userdata, sock)
+            register(sock)
             return
         if write() and paho_client.want_write():  # the socket took only part
-            register_write(paho_client, userdata, sock)  # its writer does the rest
+            register(sock)  # the writer does the rest
 
     def publish_now(*args: Any, **kwargs: Any) -> mqtt.MQTTMessageInfo:
         # paho asks for the writer only when none is asked for yet: a publish queued
@@ -105,16 +126,22 @@ def write_at_once(client: aiomqtt.Client, *, only_marked: bool = False) -> None:
             write()
         return info
 
-    def unregister_in_turn(paho_client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # aiomqtt adds its writer a loop pass later (`call_soon_threadsafe`) but removes
-        # it at once: a write here that empties paho's queue before a queued add has run
-        # would remove nothing, and the add would then leave a writer with nothing to
-        # write, called on every pass (a core at 100 %) until paho queued a packet
-        # again. Removed in turn, after any add asked for before.
+    def unwatch(sock: Any, fd: int) -> None:
+        if fd >= 0 and sock.fileno() == fd:  # still open: the number is still its own
+            loop.remove_writer(fd)
+
+    def unregister(paho_client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Removed at once on the loop's thread (as paho closes a socket: before its
+        # number can be reused), and any add asked for before from another thread then
+        # finds nothing to write and adds nothing: no writer left called on every
+        # pass with nothing to write (a core at 100 %).
         fd = sock.fileno()
-        loop.call_soon_threadsafe(loop.remove_writer, fd)
+        if threading.get_ident() == loop_thread:
+            unwatch(sock, fd)
+        else:
+            loop.call_soon_threadsafe(unwatch, sock, fd)
 
     paho.on_socket_register_write = write_now
-    paho.on_socket_unregister_write = unregister_in_turn
+    paho.on_socket_unregister_write = unregister
     paho.loop_read = loop_read  # type: ignore[method-assign]
     paho.publish = publish_now  # type: ignore[method-assign]

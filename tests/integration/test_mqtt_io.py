@@ -337,3 +337,46 @@ def _writer_registered(paho: mqtt.Client) -> bool:
     assert sock is not None
     key = asyncio.get_running_loop()._selector.get_map().get(sock.fileno())  # type: ignore[attr-defined]
     return key is not None and key.data[1] is not None  # (reader, writer) handles
+
+
+async def test_a_closed_sockets_number_taken_by_a_new_connection_keeps_its_writer(
+    broker: Broker,  # noqa: F811 - the fixture
+    hub_paths: HubPaths,
+) -> None:
+    """paho closes its socket with a writer registered (a read error: the broker's TLS
+    alert refusing an expired certificate), and the agent's next socket (its renewal's
+    HTTPS connection) takes the same number at once. The writer's removal must not reach
+    it: queued for a loop pass later, it removed the new connection's writer, and its
+    connect was never seen (the renewal hung until its 30 s timeout)."""
+    loop = asyncio.get_running_loop()
+    topic = wire.up_topic("dev-a", "heartbeat")
+    device = aiomqtt.Client(
+        HOST,
+        broker.port,
+        identifier="dev-a",
+        tls_context=_context(hub_paths, "dev-a"),
+        protocol=aiomqtt.ProtocolVersion.V5,
+        socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)],
+    )
+    write_at_once(device)
+    with contextlib.suppress(aiomqtt.MqttError):
+        async with device:
+            paho = device._client
+            paho.publish(topic, bytes(100_000), qos=1)
+            assert paho.want_write()  # the writer is registered for the rest
+            sock = paho.socket()
+            assert sock is not None
+            number = sock.fileno()
+            paho._sock_close()  # as paho does on a read error, on the loop's thread
+            new, peer = socket.socketpair()
+            try:
+                assert new.fileno() == number  # the lowest free number: the one let go
+                writable = asyncio.Event()
+                loop.add_writer(new.fileno(), writable.set)
+                try:
+                    await asyncio.wait_for(writable.wait(), TIMEOUT_S)
+                finally:
+                    loop.remove_writer(new.fileno())
+            finally:
+                new.close()
+                peer.close()
