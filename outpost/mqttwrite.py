@@ -104,6 +104,8 @@ def write_at_once(client: aiomqtt.Client, *, only_marked: bool = False) -> None:
         # if the same socket is still open and wants writing (a queued add or remove
         # acting on the number alone reached whatever socket had that number by then:
         # an HTTPS connection the agent's renewal opened, its connect then never seen).
+        if sock is None:  # paho reads its socket twice: closed in between by the loop
+            return
         if threading.get_ident() == loop_thread:
             watch(sock)
         else:
@@ -135,6 +137,12 @@ def write_at_once(client: aiomqtt.Client, *, only_marked: bool = False) -> None:
         # number can be reused), and any add asked for before from another thread then
         # finds nothing to write and adds nothing: no writer left called on every
         # pass with nothing to write (a core at 100 %).
+        # From another thread, a socket paho then closes leaves the number registered
+        # (not removed: it may be another socket's by then); only `connect` on a client
+        # that was connected closes one there, and the agent and the hub make a new
+        # client for each connection.
+        if sock is None:
+            return
         fd = sock.fileno()
         if threading.get_ident() == loop_thread:
             unwatch(sock, fd)
