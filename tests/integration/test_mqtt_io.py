@@ -81,13 +81,9 @@ async def test_a_publish_made_on_the_loop_is_written_before_the_call_returns(
         assert info.rc == 0
 
 
-async def test_what_the_socket_does_not_take_at_once_goes_after_whole(
-    broker: Broker,  # noqa: F811 - the fixture
-    hub_paths: HubPaths,
-) -> None:
-    """A send buffer far smaller than the message: the write takes part of it, and the
-    rest leaves through aiomqtt's writer, in order, after it."""
-    topic = wire.up_topic("dev-a", "heartbeat")
+def _small_buffered(broker: Broker, hub_paths: HubPaths) -> aiomqtt.Client:  # noqa: F811
+    """The agent's client as `dev-a`, with a send buffer far smaller than a big message:
+    a write of one takes only part of it."""
     device = aiomqtt.Client(
         HOST,
         broker.port,
@@ -97,6 +93,17 @@ async def test_what_the_socket_does_not_take_at_once_goes_after_whole(
         socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)],
     )
     write_at_once(device)
+    return device
+
+
+async def test_what_the_socket_does_not_take_at_once_goes_after_whole(
+    broker: Broker,  # noqa: F811 - the fixture
+    hub_paths: HubPaths,
+) -> None:
+    """A send buffer far smaller than the message: the write takes part of it, and the
+    rest leaves through aiomqtt's writer, in order, after it."""
+    topic = wire.up_topic("dev-a", "heartbeat")
+    device = _small_buffered(broker, hub_paths)
     reader = _client(broker, hub_paths, link_cn("r1"))
     big = bytes(range(256)) * 400  # 100 KiB
     async with reader, device:
@@ -350,15 +357,7 @@ async def test_a_closed_sockets_number_taken_by_a_new_connection_keeps_its_write
     connect was never seen (the renewal hung until its 30 s timeout)."""
     loop = asyncio.get_running_loop()
     topic = wire.up_topic("dev-a", "heartbeat")
-    device = aiomqtt.Client(
-        HOST,
-        broker.port,
-        identifier="dev-a",
-        tls_context=_context(hub_paths, "dev-a"),
-        protocol=aiomqtt.ProtocolVersion.V5,
-        socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)],
-    )
-    write_at_once(device)
+    device = _small_buffered(broker, hub_paths)
     with contextlib.suppress(aiomqtt.MqttError):
         async with device:
             paho = device._client
