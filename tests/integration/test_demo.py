@@ -406,32 +406,44 @@ def test_ctrl_c_before_the_fleet_runs_exits_130_and_stops_what_started(short_dir
     assert _mine(data) == []
 
 
-@pytest.mark.timeout(180)
-def test_demo_with_sinks_shows_a_consumer_holding_what_the_hub_delivered(short_dir: Path) -> None:
-    data = short_dir / "demo"
+def _demo(data: Path, *flags: str, timeout: float) -> str:
+    """scripts/demo.py with `flags` into `data`: its output, once it exited 0."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "demo.py"),
-            *("--sinks", "--duration", "16", "--cut-at", "2", "--cut-for", "3"),
-            *("--data", str(data)),
-        ],
+        [sys.executable, str(REPO / "scripts" / "demo.py"), *flags, "--data", str(data)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
-
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+    return done.stdout
+
+
+# The options below compose (each adds its part to one hub's demo); two runs show four of
+# them at once, as a user combining them would see, at half the cost of four runs.
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(660)
+def test_demo_with_sinks_a_shadow_rollout_and_an_explanation(short_dir: Path) -> None:
+    data = short_dir / "demo"
+    out = _demo(
+        data,
+        *("--sinks", "--shadow", "--explain", "--duration", "16", "--cut-at", "2"),
+        *("--cut-for", "3"),
+        timeout=600,
+    )
+
+    # Sinks: a consumer on the bus holds what the hub delivered.
     lines = re.findall(
         r"^events on NATS JetStream \(stream OUTPOST\): a consumer holds ([\d,]+) distinct "
         r"\((\d+) repeats dropped by id\): (.*); hub's sink (\w+), delivered ([\d,]+), "
         r"lag ([\d,]+)$",
-        done.stdout,
+        out,
         re.MULTILINE,
     )
-    assert lines, done.stdout[-3000:]
+    assert lines, out[-3000:]
     held, _, kinds, _, delivered, _ = lines[-1]
     assert int(held.replace(",", "")) > 0
     # The consumer may see a chunk before the hub's cursor counts it (the cursor moves once
@@ -439,108 +451,62 @@ def test_demo_with_sinks_shows_a_consumer_holding_what_the_hub_delivered(short_d
     assert int(held.replace(",", "")) <= int(delivered.replace(",", "")) + 100
     assert "task" in kinds
     assert "record" in kinds
-    assert "every confirmed result arrived exactly once" in done.stdout
+
+    # Shadow: the candidate compared on live inputs, then promoted.
+    compared = re.search(r"shadow comparison over (\d+) inputs: agreement ([\d.]+)", out)
+    assert compared, out[-3000:]
+    assert int(compared.group(1)) >= 40
+    assert float(compared.group(2)) == 1.0  # the same network under a new version
+    assert re.search(r"shadow roll-out \d+: (canary|rolling|completed) \(promoted", out)
+
+    # Explanation: a result explained on the hub, drawn as a PNG.
+    explained = re.search(r"explained camera-gate result (\d+) on the hub", out)
+    assert explained, out[-3000:]
+    png = (data / f"explanation-camera-gate-{explained.group(1)}.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "every confirmed result arrived exactly once" in out
 
 
-@pytest.mark.timeout(210)
-def test_demo_with_a_courier_carries_a_site_with_no_link_by_bundle(short_dir: Path) -> None:
-    data = short_dir / "demo"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "demo.py"),
-            *("--courier", "--duration", "18", "--cut-at", "2", "--cut-for", "3"),
-            *("--data", str(data)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
+@pytest.mark.slow
+@pytest.mark.timeout(660)
+def test_demo_with_a_courier_and_an_agent_update(short_dir: Path) -> None:
+    out = _demo(
+        short_dir / "demo",
+        *("--courier", "--agent-update", "--duration", "18", "--cut-at", "2", "--cut-for", "3"),
+        timeout=600,
     )
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
+    # Courier: a site with no link at all, carried by bundle.
     trips = re.findall(
         r"courier trip (\d+) to mine-shaft \(no link at all\): \d+ bundle part\(s\) carried to "
         r"the hub, which took ([\d,]+) new records",
-        done.stdout,
+        out,
     )
-    assert len(trips) >= 2, done.stdout[-3000:]  # one on the timeline, one at the end
+    assert len(trips) >= 2, out[-3000:]  # one on the timeline, one at the end
     assert sum(int(n.replace(",", "")) for _, n in trips) > 0
     verdict = re.search(
         r"every confirmed result arrived exactly once: ([\d,]+) of ([\d,]+) \(([\d,]+) of them "
         r"by courier bundle\)",
-        done.stdout,
+        out,
     )
-    assert verdict, done.stdout[-3000:]
+    assert verdict, out[-3000:]
     assert verdict.group(1) == verdict.group(2)
     assert int(verdict.group(3).replace(",", "")) > 0
-    last_table = done.stdout.rsplit("Outpost fleet at", 1)[1]
+    last_table = out.rsplit("Outpost fleet at", 1)[1]
     # Never online: heard of by its bundles only.
     via_bundle = r"^mine-shaft\s+dev-\S+\s+raspberry-pi-4\s+offline\s+.*\(via bundle\)"
     assert re.search(via_bundle, last_table, re.MULTILINE), last_table
     assert re.search(r"^mine-shaft\s+none \(courier\)", last_table, re.MULTILINE), last_table
 
-
-@pytest.mark.slow
-@pytest.mark.timeout(660)
-def test_demo_with_an_agent_update_rolls_a_new_agent_out(short_dir: Path) -> None:
-    data = short_dir / "demo"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "demo.py"),
-            *("--agent-update", "--duration", "12", "--cut-at", "2", "--cut-for", "3"),
-            *("--data", str(data)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
+    # Agent update: a release of this checkout rolled out to a device under the launcher.
     updated = re.search(
         r"agent update: roll-out completed in [\d.]+ s; edge-updater runs (\S+) \(was (\S+)\), "
         r"its local API down for (\d+) ms; current -> releases/(\S+)",
-        done.stdout,
+        out,
     )
-    assert updated, done.stdout[-3000:]
+    assert updated, out[-3000:]
     new, old, _, current = updated.groups()
     assert new == current == f"{old}.1"
-    assert "every confirmed result arrived exactly once" in done.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(660)
-def test_demo_with_a_shadow_rollout_and_an_explanation(short_dir: Path) -> None:
-    data = short_dir / "demo"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "demo.py"),
-            *("--shadow", "--explain", "--duration", "12", "--cut-at", "2", "--cut-for", "3"),
-            *("--data", str(data)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    compared = re.search(r"shadow comparison over (\d+) inputs: agreement ([\d.]+)", done.stdout)
-    assert compared, done.stdout[-3000:]
-    assert int(compared.group(1)) >= 40
-    assert float(compared.group(2)) == 1.0  # the same network under a new version
-    assert re.search(r"shadow roll-out \d+: (canary|rolling|completed) \(promoted", done.stdout)
-    explained = re.search(r"explained camera-gate result (\d+) on the hub", done.stdout)
-    assert explained, done.stdout[-3000:]
-    png = (data / f"explanation-camera-gate-{explained.group(1)}.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "every confirmed result arrived exactly once" in done.stdout
 
 
 def _mine(marker: Path) -> list[str]:
