@@ -229,6 +229,39 @@ async def test_a_fast_model_stays_inline_through_answers_held_up_by_the_schedule
         slow.close()
 
 
+async def test_a_shadow_candidate_slow_on_its_tensors_leaves_the_event_loop(
+    litert: Runtime,
+) -> None:
+    """A shadow candidate runs the live model's prepared tensor (`infer_tensor`): its
+    answers count towards its inline choice as `infer`'s do. Uncounted, a candidate
+    timed fast at load stayed on the event loop however slow it ran there."""
+    runner = runner_for(SHIPPED_MODELS[0], litert)
+    runner.load()
+    sample = runner.bundle.sample
+    assert sample is not None
+    tensor = np.asarray(sample.input, np.int8).reshape(runner.manifest.input.shape)
+    runner.inline_below_s = 0.002
+    runner.inlining.loaded(0.0001)  # fast at load
+    assert runner.inlining.inline(outstanding=0)
+    ran_on: list[str] = []
+    original = runner.run_blocking
+
+    def slow(*args: Any) -> Inference:
+        ran_on.append(threading.current_thread().name)
+        return dataclasses.replace(original(*args), latency_ms=4000 * runner.inline_below_s)
+
+    runner.run_blocking = slow  # type: ignore[method-assign,assignment]
+    try:
+        for _ in range(100):
+            assert (await runner.infer_tensor(tensor)).label == sample.expected.label
+    finally:
+        runner.close()
+
+    assert not runner.inline, f"still inline after 100 slow answers ({runner.inlining.work_s} s)"
+    assert ran_on[0] == threading.main_thread().name
+    assert ran_on[-1].startswith("infer-")
+
+
 async def test_a_fast_model_read_slow_inline_is_tried_there_again(litert: Runtime) -> None:
     """A few slow inline answers (a busy machine) put a fast model on its workers. What
     its answers take there, beside a busy event loop, is mostly their wait for the GIL
