@@ -159,6 +159,14 @@ async def test_a_flooding_device_cannot_starve_the_fleet_or_grow_the_hub(tmp_pat
         watching.set()
         await watcher
         assert not offline_seen, f"the honest agent was marked offline at {offline_seen}"
+        # The sampler above can miss a short flip; the hub's event log of the device holds
+        # every one (it says "online" once, when it came).
+        status, events = await api.call("GET", f"/api/v1/devices/{honest}/events?limit=500")
+        assert status == 200, events
+        assert events["next_cursor"] is None, "the device's whole log in one page"
+        kinds = [e["kind"] for e in events["items"]]
+        assert "online" in kinds, events
+        assert "offline" not in kinds, events
 
         # Every record the broker acknowledged to the honest uploader reached the store.
         async def all_stored() -> bool:
