@@ -23,7 +23,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from hub.store.modelstats import Distribution
 
@@ -99,36 +99,76 @@ def compare(
     model: str, version: str, devices: Mapping[str, Distribution], *, min_count: int = MIN_COUNT
 ) -> VersionDrift:
     """Each device of one model version against the typical distribution of the others."""
-    judged_ones = {k: d for k, d in devices.items() if d.count >= min_count}
-    # Every judged device's bins are the labels any judged device names: its own and the
-    # others' together.
-    labels = sorted(set().union(*(d.labels for d in judged_ones.values())))
-    label_shares = {k: shares([d.labels.get(b, 0) for b in labels]) for k, d in judged_ones.items()}
-    confidence_shares = {k: shares(d.confidence) for k, d in judged_ones.items()}
-    by_labels_of = Columns(list(label_shares.values()))
-    by_confidence_of = Columns(list(confidence_shares.values()))
+    judged_ones = sorted(k for k, d in devices.items() if d.count >= min_count)
+    psis: dict[str, tuple[float, float]] = {}
+    if len(judged_ones) >= 2:
+        # Every judged device's bins are the labels any judged device names: its own and
+        # the others' together.
+        labels = sorted(set().union(*(devices[k].labels for k in judged_ones)))
+        by_labels = against_the_others(
+            [[devices[k].labels.get(b, 0) for b in labels] for k in judged_ones]
+        )
+        by_confidence = against_the_others([devices[k].confidence for k in judged_ones])
+        psis = dict(zip(judged_ones, zip(by_labels, by_confidence, strict=True), strict=True))
     judged = []
     for device_id, mine in sorted(devices.items()):
-        if mine.count < min_count or len(judged_ones) < 2:
+        if device_id not in psis:
             judged.append(DeviceDrift(device_id, mine.count, None, None, "insufficient"))
             continue
-        by_labels = psi(
-            [mine.labels.get(b, 0) for b in labels],
-            by_labels_of.reference_without(label_shares[device_id]),
-        )
-        by_confidence = psi(
-            mine.confidence, by_confidence_of.reference_without(confidence_shares[device_id])
-        )
+        labels_psi, confidence_psi = psis[device_id]
         judged.append(
             DeviceDrift(
                 device_id,
                 mine.count,
-                round(by_labels, 6),
-                round(by_confidence, 6),
-                level(max(by_labels, by_confidence)),
+                round(labels_psi, 6),
+                round(confidence_psi, 6),
+                level(max(labels_psi, confidence_psi)),
             )
         )
     return VersionDrift(model, version, judged)
+
+
+def against_the_others(histograms: Sequence[Sequence[int]]) -> list[float]:
+    """Each histogram's `psi` against the `reference` of all the others (two or more, of
+    the same bins): the same numbers as those functions give, rounded to 6 places, in
+    array arithmetic.
+
+    Each column of shares is sorted once and a histogram's leave-one-out median found by
+    its rank in it (`median_without`, for every cell at once). In pure Python this took
+    2.2 s of CPU for 25,000 devices (a /metrics scrape judges drift each time), 0.22 s in
+    numpy, which the hub then loads at its first judgement."""
+    import numpy as np  # here: only a hub that judges drift loads it
+
+    counts = np.asarray(histograms, dtype=float)
+    rows, bins = counts.shape
+    if bins == 0:
+        return [0.0] * rows
+    totals = counts.sum(axis=1, keepdims=True)
+    mine = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    ordered = np.sort(mine, axis=0)
+    rank = np.stack(
+        [np.searchsorted(ordered[:, j], mine[:, j], side="left") for j in range(bins)], axis=1
+    )
+    middle = (rows - 1) // 2
+
+    def at(k: int) -> Any:  # each column's k-th share, the row's own left out
+        return np.take_along_axis(ordered, np.where(k < rank, k, k + 1), axis=0)
+
+    medians = at(middle) if (rows - 1) % 2 == 1 else (at(middle - 1) + at(middle)) / 2
+    reference_total = medians.sum(axis=1, keepdims=True)
+    reference = np.divide(medians, reference_total, out=medians.copy(), where=reference_total > 0)
+    # `psi` normalises both sides again, and compares an empty side as 0.
+    expected_total = reference.sum(axis=1, keepdims=True)
+    p = np.maximum(mine, EPSILON)
+    q = np.maximum(
+        np.divide(
+            reference, expected_total, out=np.zeros_like(reference), where=expected_total > 0
+        ),
+        EPSILON,
+    )
+    psi_of = ((p - q) * np.log(p / q)).sum(axis=1)
+    empty = (totals[:, 0] <= 0) | (expected_total[:, 0] <= 0)
+    return [0.0 if e else float(v) for v, e in zip(psi_of, empty, strict=True)]
 
 
 def shares(counts: Sequence[int]) -> list[float]:
@@ -150,29 +190,10 @@ def normalised(medians: list[float]) -> list[float]:
     return [m / total for m in medians] if total > 0 else medians
 
 
-class Columns:
-    """The devices' shares of each bin, sorted once, so that the reference of every
-    device against all the others costs a look-up per bin, not a median over the fleet:
-    judging n devices is then O(n log n), where rebuilding each one's reference from
-    scratch is O(n^2) (seconds of CPU at a few hundred devices, minutes at thousands)."""
-
-    def __init__(self, shares_by_device: Sequence[Sequence[float]]) -> None:
-        self._columns = [sorted(column) for column in zip(*shares_by_device, strict=True)]
-
-    def reference_without(self, mine: Sequence[float]) -> list[float]:
-        """`reference` over every device but the one whose shares are `mine` (one of
-        those the columns were built from): the same numbers, to the last bit."""
-        return normalised(
-            [
-                median_without(column, share)
-                for column, share in zip(self._columns, mine, strict=True)
-            ]
-        )
-
-
 def median_without(column: Sequence[float], value: float) -> float:
     """`statistics.median` of a sorted column with one element equal to `value` left out
-    (any one: they are alike). The column needs at least two elements."""
+    (any one: they are alike). The column needs at least two elements. What
+    `against_the_others` does for every cell at once, one cell at a time."""
     gone = bisect.bisect_left(column, value)
     n = len(column) - 1
     middle = n // 2

@@ -180,7 +180,9 @@ def _drift_of_a_large_fleet_ms() -> tuple[float, float]:
 def _bare_psi(counts: np.ndarray) -> np.ndarray:
     """Each row's PSI against the per-bin median share of all the other rows, normalised
     (drift.py's definition), in numpy: shares, columns sorted once, each row's
-    leave-one-out median found by its rank in them."""
+    leave-one-out median found by its rank in them. Written apart from the hub's
+    `drift.against_the_others` (which does the same with its edge cases): a floor that
+    called the product's code would measure it against itself."""
     totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     rows, bins = shares.shape
