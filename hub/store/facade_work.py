@@ -157,8 +157,17 @@ class WorkStore:
     async def model_distributions(
         self, *, since: float
     ) -> dict[tuple[str, str], dict[str, modelstats.Distribution]]:
-        """Per (model, version): each unrevoked device's inferences from `since` on."""
-        return await self._db.run(modelstats.distributions, since)
+        """Per (model, version): each unrevoked device's inferences from `since` on.
+
+        Read an hour a unit of work: on SQLite every unit takes the one database thread,
+        and the whole day of a 25,000-device fleet (600,000 rows) took it for 4 s, with
+        the fleet's ingest queued behind; an hour's rows take a 25th of that. Each hour's
+        rows are one snapshot; a roll-up folded between two hours' reads moves a device's
+        day by that roll-up, as reading a minute later would."""
+        sums = modelstats.Sums()
+        for hour in await self._db.run(modelstats.hours_since, since):
+            await self._db.run(modelstats.add_hour, sums, hour)
+        return sums.distributions()
 
     async def device_errors(self, device_id: str, *, since: float) -> dict[str, int]:
         return await self._db.run(modelstats.device_errors, device_id, since)

@@ -98,27 +98,50 @@ def prune(db: Sql, now: float) -> None:
     db.execute("DELETE FROM device_errors WHERE hour < ?", (oldest,))
 
 
-def distributions(db: Sql, since: float) -> dict[tuple[str, str], dict[str, Distribution]]:
-    """Per model version, each unrevoked device's inferences in the hours from `since`."""
-    sums: dict[tuple[str, str], dict[str, tuple[int, list[int], dict[str, int]]]] = {}
+class Sums:
+    """Per model version, each device's inferences summed over the hours added so far."""
+
+    def __init__(self) -> None:
+        self._sums: dict[tuple[str, str], dict[str, tuple[int, list[int], dict[str, int]]]] = {}
+
+    def add(self, rows: list[Any]) -> None:
+        """Rows of (model, version, device_id, count, confidence, labels)."""
+        for model, version, device_id, count, confidence, labels in rows:
+            per_device = self._sums.setdefault((model, version), {})
+            total, bins, label_counts = per_device.get(
+                device_id, (0, [0] * rollup.CONFIDENCE_BINS, {})
+            )
+            for i, n in enumerate(decode_json(confidence)):
+                bins[i] += n
+            for label, n in decode_json(labels).items():
+                label_counts[label] = label_counts.get(label, 0) + n
+            per_device[device_id] = (total + count, bins, label_counts)
+
+    def distributions(self) -> dict[tuple[str, str], dict[str, Distribution]]:
+        return {
+            key: {d: Distribution(*v) for d, v in per_device.items()}
+            for key, per_device in self._sums.items()
+        }
+
+
+def hours_since(db: Sql, since: float) -> list[int]:
+    """The hours from `since` on that hold statistics (by the hour's index)."""
     rows = db.execute(
-        """SELECT model, version, device_id, count, confidence, labels FROM model_stats
-           WHERE hour >= ? AND device_id NOT IN
-               (SELECT device_id FROM devices WHERE revoked_at IS NOT NULL)""",
-        (hour_of(since),),
+        "SELECT DISTINCT hour FROM model_stats WHERE hour >= ? ORDER BY hour", (hour_of(since),)
     ).fetchall()
-    for model, version, device_id, count, confidence, labels in rows:
-        per_device = sums.setdefault((model, version), {})
-        total, bins, label_counts = per_device.get(device_id, (0, [0] * rollup.CONFIDENCE_BINS, {}))
-        for i, n in enumerate(decode_json(confidence)):
-            bins[i] += n
-        for label, n in decode_json(labels).items():
-            label_counts[label] = label_counts.get(label, 0) + n
-        per_device[device_id] = (total + count, bins, label_counts)
-    return {
-        key: {d: Distribution(*v) for d, v in per_device.items()}
-        for key, per_device in sums.items()
-    }
+    return [int(hour) for (hour,) in rows]
+
+
+def add_hour(db: Sql, sums: Sums, hour: int) -> None:
+    """Add each unrevoked device's inferences of `hour` to `sums`."""
+    sums.add(
+        db.execute(
+            """SELECT model, version, device_id, count, confidence, labels FROM model_stats
+               WHERE hour = ? AND device_id NOT IN
+                   (SELECT device_id FROM devices WHERE revoked_at IS NOT NULL)""",
+            (hour,),
+        ).fetchall()
+    )
 
 
 def device_errors(db: Sql, device_id: str, since: float) -> dict[str, int]:

@@ -73,9 +73,33 @@ async def test_judging_a_large_fleet_runs_off_the_event_loop(
 
         return run
 
-    monkeypatch.setattr(modelstats, "distributions", watched("read", modelstats.distributions))
+    monkeypatch.setattr(modelstats, "add_hour", watched("read", modelstats.add_hour))
     monkeypatch.setattr(drift, "evaluate", watched("judge", drift.evaluate))
     (version,) = await fleet_drift(store, now=now)
 
     assert len(version.devices) == DEVICES
     assert in_a_loop == {"read": False, "judge": False}
+
+
+async def test_a_unit_queued_during_the_days_read_waits_for_an_hour_not_the_day(
+    store: HubStore,
+) -> None:
+    """On SQLite every unit of work takes the one database thread: the fleet's day of
+    statistics is read an hour a unit, so ingest queued meanwhile runs between hours
+    (read as one unit, 25,000 devices held it for 4 s)."""
+    now = time.time()
+    for hours_ago in range(3):
+        await store.run(fill, now - hours_ago * 3600)
+    finished: list[str] = []
+
+    async def read() -> None:
+        distributions = await store.model_distributions(since=now - 86400)
+        assert len(distributions[("vibration-anomaly", "1.0.0")]) == DEVICES
+        finished.append("read")
+
+    reading = asyncio.create_task(read())
+    await asyncio.sleep(0)  # the read's first unit is queued
+    await store.run(lambda db: db.execute("SELECT 1").fetchall())  # the unit queued after it
+    finished.append("other unit")
+    await reading
+    assert finished == ["other unit", "read"]
