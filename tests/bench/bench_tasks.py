@@ -231,7 +231,16 @@ class SimDevice:
             socket_options=NODELAY,
             keepalive=60,
         )
-        async with self._client as client:
+        try:
+            await self._serve(self._client, connected)
+        except* aiomqtt.MqttError:
+            # Its link ended: the broker stopped at the end of the run, or the device was
+            # cancelled mid-publish (aiomqtt then raises this, not CancelledError). Raised
+            # on, it surfaced as "unhandled exception during asyncio.run() shutdown".
+            pass
+
+    async def _serve(self, session: aiomqtt.Client, connected: asyncio.Event) -> None:
+        async with session as client:
             await client.subscribe(wire.down_topic(self.device_id, "#"), qos=1)
             hello = wire.Hello(
                 conn="sim",
@@ -371,6 +380,8 @@ async def _ended(runs: list[asyncio.Task[None]], seconds: float = 10.0) -> None:
         await asyncio.wait(pending, timeout=seconds)
         for run in pending:
             run.cancel()
+    if pending := [run for run in runs if not run.done()]:
+        await asyncio.wait(pending, timeout=seconds)  # the last cancel's effect
     for run in runs:
         taken(run)
 
