@@ -177,7 +177,7 @@ async def _agent_version(api: ApiClient, token: str, device_id: str) -> str | No
     return reply.body["agent_version"] if reply.body["online"] else None
 
 
-async def test_an_agent_release_rolls_out_and_the_device_restarts_into_it(
+async def test_a_release_rolls_out_then_one_that_will_not_come_up_is_rolled_back(
     hub: Hub,
     api: ApiClient,
     enroll_device: Enroller,
@@ -185,6 +185,8 @@ async def test_an_agent_release_rolls_out_and_the_device_restarts_into_it(
     tmp_path: Path,
     launched: list[Launched],
 ) -> None:
+    """One device through both: OLD to NEW, then NEW to BAD and back. (Two tests, each
+    with its own device installing OLD first, cost the suite a venv and an agent more.)"""
     admin = await api.token("admin")
     paths, device_id, prefix, runner = await _running_old(
         releases, enroll_device, tmp_path, launched
@@ -193,24 +195,29 @@ async def test_an_agent_release_rolls_out_and_the_device_restarts_into_it(
     async def on(version: str) -> bool:
         return await _agent_version(api, admin, device_id) == version
 
+    async def rollout(version: str, until: str) -> dict[str, Any]:
+        """Upload `version` and roll it out to the device; the roll-out once `until`."""
+        uploaded = await agent_releases.upload(hub, admin, releases[version])
+        assert uploaded.status == 201, uploaded.body
+        assert uploaded.body["version"] == version
+        started = await api.call(
+            "POST", "/api/v1/rollouts", token=admin, body={"agent": version, "canary_share": 1.0}
+        )
+        assert started.status == 201, started.body
+        assert started.body["kind"] == "agent"
+
+        async def reached() -> dict[str, Any]:
+            reply = await api.call("GET", f"/api/v1/rollouts/{started.body['id']}", token=admin)
+            body: dict[str, Any] = reply.body
+            if until == "completed":
+                assert body["state"] not in ("halted", "superseded"), body
+            return body if body["state"] == until else {}
+
+        return await eventually(reached, timeout=UPDATE_S, every=0.5, what=f"{version} {until}")
+
+    # A good release: downloaded, installed beside the running one, switched to.
     await eventually(lambda: on(OLD), timeout=UPDATE_S, what=f"{OLD} online")
-    uploaded = await agent_releases.upload(hub, admin, releases[NEW])
-    assert uploaded.status == 201, uploaded.body
-    assert uploaded.body["version"] == NEW
-
-    started = await api.call(
-        "POST", "/api/v1/rollouts", token=admin, body={"agent": NEW, "canary_share": 1.0}
-    )
-    assert started.status == 201, started.body
-    assert started.body["kind"] == "agent"
-
-    async def completed() -> dict[str, Any]:
-        reply = await api.call("GET", f"/api/v1/rollouts/{started.body['id']}", token=admin)
-        body: dict[str, Any] = reply.body
-        assert body["state"] not in ("halted", "superseded"), body
-        return body if body["state"] == "completed" else {}
-
-    done = await eventually(completed, timeout=UPDATE_S, every=0.5, what="the roll-out")
+    done = await rollout(NEW, "completed")
     assert [(d["device"], d["state"]) for d in done["devices"]] == [(device_id, "active")]
     assert await on(NEW)
     assert os.readlink(prefix / "current") == f"releases/{NEW}"
@@ -222,41 +229,17 @@ async def test_an_agent_release_rolls_out_and_the_device_restarts_into_it(
         (paths.root / "agent-update").iterdir()
     )  # the downloads went once installed
 
+    # A release that installs (its selfcheck passes) but exits before it is ready: the
+    # launcher goes back to NEW after its attempts, NEW tells the hub, the roll-out halts.
+    rollbacks = runner.codes.count(1)
+    halted = await rollout(BAD, "halted")
+    assert f"canary {device_id} rolled back" in halted["reason"], halted
+    assert "exited with status 3 before it was ready" in halted["reason"], halted
+    assert os.readlink(prefix / "current") == f"releases/{NEW}"
+    await eventually(lambda: on(NEW), timeout=UPDATE_S, what=f"{NEW} back online")
+    assert runner.codes.count(1) > rollbacks, runner.codes  # the launcher's rollback exit
 
-async def test_a_release_that_will_not_come_up_is_rolled_back_and_halts_the_rollout(
-    hub: Hub,
-    api: ApiClient,
-    enroll_device: Enroller,
-    releases: dict[str, Path],
-    tmp_path: Path,
-    launched: list[Launched],
-) -> None:
-    admin = await api.token("admin")
-    _, device_id, prefix, runner = await _running_old(releases, enroll_device, tmp_path, launched)
-
-    async def on(version: str) -> bool:
-        return await _agent_version(api, admin, device_id) == version
-
-    await eventually(lambda: on(OLD), timeout=UPDATE_S, what=f"{OLD} online")
-    assert (await agent_releases.upload(hub, admin, releases[BAD])).status == 201
-    started = await api.call(
-        "POST", "/api/v1/rollouts", token=admin, body={"agent": BAD, "canary_share": 1.0}
-    )
-    assert started.status == 201, started.body
-
-    async def halted() -> dict[str, Any]:
-        reply = await api.call("GET", f"/api/v1/rollouts/{started.body['id']}", token=admin)
-        body: dict[str, Any] = reply.body
-        return body if body["state"] == "halted" else {}
-
-    done = await eventually(halted, timeout=UPDATE_S, every=0.5, what="the halt")
-    assert f"canary {device_id} rolled back" in done["reason"], done
-    assert "exited with status 3 before it was ready" in done["reason"], done
-    assert os.readlink(prefix / "current") == f"releases/{OLD}"
-    await eventually(lambda: on(OLD), timeout=UPDATE_S, what=f"{OLD} back online")
-    assert runner.codes.count(1) >= 1, runner.codes  # the launcher's rollback exit
-
-    # The old version stays: the retained offer that named BAD is refused, not retried.
-    await eventually(lambda: on(OLD), timeout=10, what="still OLD")
-    assert os.readlink(prefix / "current") == f"releases/{OLD}"
+    # NEW stays: the retained offer that named BAD is refused, not retried.
+    await eventually(lambda: on(NEW), timeout=10, what=f"still {NEW}")
+    assert os.readlink(prefix / "current") == f"releases/{NEW}"
     assert runner.output().count(f"agent {BAD} installed and switched to") == 1
