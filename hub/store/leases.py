@@ -149,8 +149,15 @@ def _allocate(
     # time per task. Pages then grow, for tasks that fit no device.
     free = sum(max(0, c.slots - c.held) for c in candidates)
     size = min(settings.max_plan, max(FIRST_PAGE_PER_SLOT * free, FIRST_PAGE_MIN))
+    # The head read above is the first page when it holds one (or the whole queue): a
+    # pass runs after every result batch, and read again, the same rows were fetched and
+    # decoded twice in every pass of a busy fleet.
+    page: list[Queued] | None = (
+        head[:size] if len(head) <= SHORT_QUEUE or size <= len(head) else None
+    )
     while scanned < MAX_SCAN and any(c.held < c.slots for c in candidates):
-        page = queued_tasks(db, now, size, passed)
+        if page is None:
+            page = queued_tasks(db, now, size, passed)
         size = min(settings.max_plan, size * 2)
         if not page:
             break
@@ -168,6 +175,7 @@ def _allocate(
             ]
         passed += len(page) - len(chosen)  # the chosen ones left the queue
         scanned += len(page)
+        page = None
     return assigned, swept
 
 
