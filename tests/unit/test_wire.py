@@ -543,3 +543,55 @@ def test_an_offer_is_sealed_only_for_a_device_that_checks_seals() -> None:
     assert "sealed_offers" not in msgpack.unpackb(wire.encode("hello", hello))["body"]
     checking = msgspec.structs.replace(hello, sealed_offers=True)
     assert msgpack.unpackb(wire.encode("hello", checking))["body"]["sealed_offers"] is True
+
+
+def _nesting(value: Any) -> int:
+    """Levels of lists and maps in `value`, by the plain recursive definition."""
+    if type(value) is list:
+        return 1 + max((_nesting(v) for v in value), default=0)
+    if type(value) is dict:
+        return 1 + max((_nesting(v) for v in value.values()), default=0)
+    return 0
+
+
+def _random_input(rng: random.Random, levels: int) -> Any:
+    pick = rng.random()
+    if levels == 0 or pick < 0.25:
+        return rng.choice([1, -2.5, "s", None, True, b"x"])
+    if pick < 0.7:
+        return [_random_input(rng, levels - 1) for _ in range(rng.randint(0, 4))]
+    return {str(n): _random_input(rng, levels - 1) for n in range(rng.randint(0, 4))}
+
+
+def test_an_assignments_input_nested_past_the_limit_is_refused_exactly() -> None:
+    """The level-by-level check of an input's nesting agrees with the recursive
+    definition on random lists and maps (mixed, ragged, empty), on both sides of the
+    limit; rectangular inputs included (the usual shape, on its fast path)."""
+    rng = random.Random(20261207)
+    limit = wire.MAX_INPUT_DEPTH
+    inputs = [_random_input(rng, rng.randint(1, limit + 3)) for _ in range(3000)]
+    for depth in (limit - 1, limit, limit + 1):
+        row: Any = [1, 2, 3]
+        for _ in range(depth - 1):
+            row = [row, row]
+        inputs.append(row)
+    refused = accepted = 0
+    for value in inputs:
+        if type(value) not in (list, dict):
+            continue
+        if _nesting(value) > limit:
+            with pytest.raises(schema.SchemaError, match="nests deeper"):
+                wire.Assignment(
+                    task_id="t", attempt=1, model="m", input=value, priority=0,
+                    deadline_in_s=1, lease_s=1,
+                )  # fmt: skip
+            refused += 1
+        else:
+            wire.Assignment(
+                task_id="t", attempt=1, model="m", input=value, priority=0,
+                deadline_in_s=1, lease_s=1,
+            )  # fmt: skip
+            accepted += 1
+    # Both sides of the limit were tried.
+    assert refused > 50
+    assert accepted > 50
