@@ -103,9 +103,14 @@ class Sums:
 
     def __init__(self) -> None:
         self._sums: dict[tuple[str, str], dict[str, tuple[int, list[int], dict[str, int]]]] = {}
+        self._hours: set[int] = set()
 
-    def add(self, rows: list[Any]) -> None:
-        """Rows of (model, version, device_id, count, confidence, labels)."""
+    def add(self, hour: int, rows: list[Any]) -> None:
+        """`hour`'s rows of (model, version, device_id, count, confidence, labels); an hour
+        given again is not added twice (a unit of work retried after it ran)."""
+        if hour in self._hours:
+            return
+        self._hours.add(hour)
         for model, version, device_id, count, confidence, labels in rows:
             per_device = self._sums.setdefault((model, version), {})
             total, bins, label_counts = per_device.get(
@@ -116,6 +121,14 @@ class Sums:
             for label, n in decode_json(labels).items():
                 label_counts[label] = label_counts.get(label, 0) + n
             per_device[device_id] = (total + count, bins, label_counts)
+
+    def drop(self, devices: set[str]) -> None:
+        """Leave `devices` out of every model version's sums (and a version only they ran)."""
+        for key, per_device in list(self._sums.items()):
+            for device_id in devices & per_device.keys():
+                del per_device[device_id]
+            if not per_device:
+                del self._sums[key]
 
     def distributions(self) -> dict[tuple[str, str], dict[str, Distribution]]:
         return {
@@ -135,13 +148,20 @@ def hours_since(db: Sql, since: float) -> list[int]:
 def add_hour(db: Sql, sums: Sums, hour: int) -> None:
     """Add each unrevoked device's inferences of `hour` to `sums`."""
     sums.add(
+        hour,
         db.execute(
             """SELECT model, version, device_id, count, confidence, labels FROM model_stats
                WHERE hour = ? AND device_id NOT IN
                    (SELECT device_id FROM devices WHERE revoked_at IS NOT NULL)""",
             (hour,),
-        ).fetchall()
+        ).fetchall(),
     )
+
+
+def revoked_devices(db: Sql) -> set[str]:
+    """Every revoked device's id."""
+    rows = db.execute("SELECT device_id FROM devices WHERE revoked_at IS NOT NULL").fetchall()
+    return {device_id for (device_id,) in rows}
 
 
 def device_errors(db: Sql, device_id: str, since: float) -> dict[str, int]:

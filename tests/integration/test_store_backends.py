@@ -17,8 +17,18 @@ from typing import Any
 import msgspec
 import pytest
 
-from hub.store import Device, HeartbeatSeen, HelloSeen, HubStore, PresenceEvent, Upload
+from hub.store import (
+    Device,
+    HeartbeatSeen,
+    HelloSeen,
+    HubStore,
+    PresenceEvent,
+    Upload,
+    certs,
+    modelstats,
+)
 from hub.store.policy import Layer
+from hub.store.sql import Sql
 from tests.databases import BACKENDS, database
 
 
@@ -93,6 +103,44 @@ async def test_roll_ups_fold_into_statistics_and_merge_within_the_hour(store: Hu
     assert (second.count, second.labels) == (10, {"normal": 7, "imbalance": 3})
     assert await store.device_errors("dev-0001", since=now - 3600) == {"busy": 8}
     assert await store.device_errors("dev-0002", since=now - 3600) == {"busy": 2}
+
+
+async def test_a_device_revoked_while_the_day_is_read_is_left_out_whole(
+    store: HubStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The day's statistics are read an hour a unit of work. A device revoked between two
+    hours' reads is left out of the whole day, as if read after: not kept with the hours
+    read before, judged (and in the others' reference) after its revocation."""
+    now = time.time()
+    devices = ("dev-0001", "dev-0002", "dev-0003")
+    for n, device_id in enumerate(devices):
+        blank: tuple[Any, ...] = (False, None, None, None, None, {}, {}, 1.0, f"0{n}", 1.0, 2.0)
+        await store.add_device(Device(device_id, "generic", {}, *blank))
+    for seq, at in enumerate((now - 3600, now), start=1):
+        batch = [Upload(d, "metrics", seq, seq, [(seq, at, _rollup(50, 10))]) for d in devices]
+        assert (await store.apply_uploads(batch, now=now)).rollups.rollups == 3
+    read = modelstats.add_hour
+    hours: list[int] = []
+
+    def add_hour_then_revoke(db: Sql, sums: modelstats.Sums, hour: int) -> None:
+        read(db, sums, hour)
+        hours.append(hour)
+        if len(hours) == 1:  # between the first hour's read and the second's
+            certs.revoke_device(db, "dev-0003", now, "test")
+
+    monkeypatch.setattr(modelstats, "add_hour", add_hour_then_revoke)
+    found = await store.model_distributions(since=now - 7200)
+    assert len(hours) == 2  # the day was read in two units, the revocation between them
+    seen = found[("vibration-anomaly", "1.0.0")]
+    assert {d: s.count for d, s in seen.items()} == {"dev-0001": 120, "dev-0002": 120}
+
+    # Read again whole, the day is the same: nothing of it depended on the moment.
+    monkeypatch.setattr(modelstats, "add_hour", read)
+    again = await store.model_distributions(since=now - 7200)
+    assert {d: s.count for d, s in again[("vibration-anomaly", "1.0.0")].items()} == {
+        "dev-0001": 120,
+        "dev-0002": 120,
+    }
 
 
 def _fleet_layer(interval_s: int) -> Layer:

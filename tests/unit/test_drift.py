@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from hub.models import drift
-from hub.store.modelstats import Distribution
+from hub.store.modelstats import Distribution, Sums
 
 
 def test_psi_of_identical_histograms_is_zero() -> None:
@@ -101,3 +102,19 @@ def test_a_version_on_one_device_has_nothing_to_compare_with() -> None:
     only = Distribution(500, conf(0, 0, 0, 0, 0, 0, 0, 0, 0, 500), {"ok": 500})
     (result,) = drift.evaluate({("m", "1"): {"a": only}})
     assert result.devices[0].level == "insufficient"
+
+
+def test_an_hour_summed_twice_counts_once_and_a_dropped_device_leaves_no_version() -> None:
+    """The day is summed an hour a unit of work; a unit run again (a retried transaction)
+    must not add its hour twice; devices dropped after (revoked meanwhile) leave nothing,
+    not even a model version only they ran."""
+    sums = Sums()
+    bins = [0] * 8 + [1, 9]
+    row = ("m", "1", "dev-1", 10, json.dumps(bins), '{"a": 10}')
+    sums.add(5, [row, ("solo", "1", "dev-2", 4, json.dumps([4] + [0] * 9), '{"b": 4}')])
+    sums.add(5, [row])  # the same hour again
+    sums.add(6, [row])
+    summed = sums.distributions()[("m", "1")]["dev-1"]
+    assert summed == Distribution(20, [0] * 8 + [2, 18], {"a": 20})
+    sums.drop({"dev-2"})
+    assert set(sums.distributions()) == {("m", "1")}
