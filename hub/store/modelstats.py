@@ -146,13 +146,13 @@ def hours_since(db: Sql, since: float) -> list[int]:
 
 
 def add_hour(db: Sql, sums: Sums, hour: int) -> None:
-    """Add each unrevoked device's inferences of `hour` to `sums`."""
+    """Add each device's inferences of `hour` to `sums` (revoked ones are dropped once the
+    day is read: `revoked_devices`)."""
     sums.add(
         hour,
         db.execute(
             """SELECT model, version, device_id, count, confidence, labels FROM model_stats
-               WHERE hour = ? AND device_id NOT IN
-                   (SELECT device_id FROM devices WHERE revoked_at IS NOT NULL)""",
+               WHERE hour = ?""",
             (hour,),
         ).fetchall(),
     )
