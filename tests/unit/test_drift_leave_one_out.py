@@ -4,7 +4,6 @@ reference from the others, and a leave-one-out median equals statistics.median's
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from collections.abc import Mapping
 
@@ -64,15 +63,6 @@ def test_the_fast_judgement_is_the_naive_one_to_the_last_bit(seed: int) -> None:
     assert drift.compare("m", "1", fleet, min_count=50) == naive_compare(
         "m", "1", fleet, min_count=50
     )
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_a_median_without_one_element_is_the_median_of_the_rest(seed: int) -> None:
-    rnd = random.Random(seed)
-    column = sorted(rnd.choice([0.0, 0.25, 0.5, rnd.random()]) for _ in range(rnd.randint(2, 30)))
-    for gone in range(len(column)):
-        rest = column[:gone] + column[gone + 1 :]
-        assert drift.median_without(column, column[gone]) == statistics.median(rest)
 
 
 def test_judging_grows_with_the_fleet_not_with_its_square() -> None:
