@@ -287,6 +287,38 @@ def test_a_version_that_comes_up_stays(tmp_path: Path) -> None:
     assert state == {"failures": 0, "rolled_back_from": [], "version": "2.0.0"}
 
 
+def test_a_version_that_exits_just_after_it_is_ready_is_no_failed_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher reads the marker, the agent writes it and exits, then the launcher
+    sees the exit: the version was ready (a loaded machine once made this a failed start,
+    so a version that came up and left cleanly could be rolled back)."""
+    prefix, data = folders(tmp_path, 'printf 2.0.0 > "$3/ready"; exit 0')
+    launcher = load_launcher()
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen, real_read = launcher.subprocess.Popen, launcher._read_text
+
+    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    def read_before_the_write(path: Path) -> str:
+        if path.name == "ready" and started and started[0].returncode is None:
+            started[0].wait()  # the marker is written and the agent gone ...
+            return ""  # ... after this read
+        return str(real_read(path))
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", popen)
+    monkeypatch.setattr(launcher, "_read_text", read_before_the_write)
+    stays = SimpleNamespace(signal=lambda *args: None, SIGTERM=signal.SIGTERM, SIGINT=signal.SIGINT)
+    monkeypatch.setattr(launcher, "signal", stays)
+
+    assert launcher.main(arguments(prefix, data)) == 0
+    assert [p.returncode for p in started] == [0]  # one start, the agent gone cleanly
+    state = json.loads((data / "launch-state.json").read_text())
+    assert state == {"failures": 0, "rolled_back_from": [], "version": "2.0.0"}
+
+
 def test_the_agent_gets_two_malloc_arenas_unless_told_otherwise(tmp_path: Path) -> None:
     body = f'printf "%s" "$MALLOC_ARENA_MAX" > "$3/arenas"; printf {GOOD} > "$3/ready"; exit 0'
     prefix, data = folders(tmp_path, body.replace(GOOD, "2.0.0"))
