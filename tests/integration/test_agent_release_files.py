@@ -26,7 +26,9 @@ VERSION = "0.97.0"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("release") / VERSION
-    return agent_releases.build(out, VERSION, "x86_64", dependencies=False)
+    return agent_releases.of_this_checkout(
+        tmp_path_factory, out, VERSION, ("x86_64",), dependencies=False
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

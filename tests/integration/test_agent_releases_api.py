@@ -54,7 +54,9 @@ def hub_settings() -> str:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One release of this checkout, the outpost wheel alone (no index needed)."""
     out = tmp_path_factory.mktemp("agent-release") / VERSION
-    return agent_releases.build(out, VERSION, "x86_64", dependencies=False)
+    return agent_releases.of_this_checkout(
+        tmp_path_factory, out, VERSION, ("x86_64",), dependencies=False
+    )
 
 
 def parts_of(folder: Path) -> list[Part]:

@@ -1,8 +1,8 @@
 """An agent release rolled out end to end, with real parts: releases built from this
-checkout (scripts/build_agent_release.py, every dependency wheel), uploaded over the
-API, rolled out by the hub to a real agent that runs under the real launcher
-(systemd/outpost-launch) from a side-by-side install, the test's loop standing in for
-systemd's Restart=on-failure.
+checkout (scripts/build_agent_release.py, every dependency wheel; the run's one build,
+renumbered: tests/agent_releases.py), uploaded over the API, rolled out by the hub to a
+real agent that runs under the real launcher (systemd/outpost-launch) from a side-by-side
+install, the test's loop standing in for systemd's Restart=on-failure.
 
 - A good release: the agent downloads it with its certificate, checks it, installs it
   beside the running one, switches, exits to be restarted into it; the new version's
@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
-import platform
-import shutil
 import subprocess
 import sys
-import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +29,6 @@ from edge import selfupdate
 from edge.identity import DevicePaths
 from hub.app import Hub
 from outpost import agentrelease
-from outpost.agentrelease import AgentFile
 from tests import agent_releases
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
@@ -42,7 +37,6 @@ from tests.support import REPO, eventually
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 OLD, NEW, BAD = "0.98.0", "0.99.0", "0.99.1"
-MACHINE = platform.machine()
 LAUNCH = REPO / "systemd" / "outpost-launch"
 # Installing a release (a venv, ~40 wheels, the new version's selfcheck) and restarting
 # take tens of seconds here: minutes on a slow machine.
@@ -51,53 +45,25 @@ UPDATE_S = 300.0
 
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Release folders OLD and NEW built from this checkout, and BAD: NEW's files with
-    an outpost wheel whose agent exits before it is ready (its selfcheck passes)."""
+    """Release folders OLD and NEW of this checkout, and BAD: NEW with an outpost wheel
+    whose agent exits before it is ready (its selfcheck passes)."""
     root = tmp_path_factory.mktemp("agent-releases")
     for version in (OLD, NEW):
-        agent_releases.build(root / version, version, MACHINE)
-    _broken(root / NEW, root / BAD)
+        agent_releases.of_this_checkout(tmp_path_factory, root / version, version)
+    agent_releases.renumbered(root / NEW, root / BAD, BAD, patch=_exits_before_ready)
     return {v: root / v for v in (OLD, NEW, BAD)}
 
 
-def _broken(good: Path, bad: Path) -> None:
-    manifest = agentrelease.read_folder(good)
-    (bad / agentrelease.FILES).mkdir(parents=True)
-    entries = []
-    for entry in manifest.files:
-        source = good / agentrelease.FILES / entry.name
-        if not entry.name.startswith("outpost-"):
-            shutil.copyfile(source, bad / agentrelease.FILES / entry.name)
-            entries.append(entry)
-            continue
-        name = entry.name.replace(NEW, BAD)
-        target = bad / agentrelease.FILES / name
-        with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
-            for item in src.infolist():
-                data = src.read(item)
-                if item.filename == "edge/agent.py":
-                    data = data.replace(
-                        b'        """Run until cancelled: open the store, serve the local API, '
-                        b'connect forever."""\n',
-                        b'        """A broken build."""\n        raise SystemExit(3)\n',
-                    )
-                    assert b"SystemExit(3)" in data
-                if item.filename == "outpost/__init__.py" or ".dist-info/" in item.filename:
-                    data = data.replace(NEW.encode(), BAD.encode())  # its version, throughout
-                dst.writestr(item.filename.replace(NEW, BAD), data)
-        body = target.read_bytes()
-        entries.append(AgentFile(name, hashlib.sha256(body).hexdigest(), len(body), entry.platform))
-    agentrelease.write_manifest(
-        bad,
-        agentrelease.AgentManifest(
-            version=BAD,
-            python=manifest.python,
-            platforms=manifest.platforms,
-            files=sorted(entries, key=lambda e: e.name),
-            min_hub_version=manifest.min_hub_version,
-            min_agent_version=manifest.min_agent_version,
-        ),
+def _exits_before_ready(name: str, data: bytes) -> bytes:
+    if name != "edge/agent.py":
+        return data
+    broken = data.replace(
+        b'        """Run until cancelled: open the store, serve the local API, '
+        b'connect forever."""\n',
+        b'        """A broken build."""\n        raise SystemExit(3)\n',
     )
+    assert b"SystemExit(3)" in broken
+    return broken
 
 
 class Launched:

@@ -15,7 +15,6 @@ import platform
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,9 +30,8 @@ from hub.initialise import initialise
 from hub.paths import HubPaths
 from hub.store import HubStore
 from outpost import __version__, agentrelease
-from tests import disks
+from tests import agent_releases, disks
 from tests.conftest import Enroller
-from tests.support import REPO
 
 NEW = "0.99.0"
 MACHINE = platform.machine()
@@ -43,13 +41,7 @@ MACHINE = platform.machine()
 def received(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, HubPaths]:
     """The release as a device receives it from a hub, and that hub's folder."""
     root = tmp_path_factory.mktemp("selfupdate")
-    built = root / "built"
-    done = subprocess.run(
-        [sys.executable, "-m", "scripts.build_agent_release", "--out", str(built),
-         "--platform", MACHINE, "--version", NEW],
-        capture_output=True, text=True, cwd=REPO, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    built = agent_releases.of_this_checkout(tmp_path_factory, root / "built", NEW)
     hub = HubPaths(root / "hub")
     initialise(hub, server_names=[])
 

@@ -125,7 +125,9 @@ async def test_a_replica_caches_no_copy_but_the_file_its_release_names(
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("agent-release") / AGENT_VERSION
-    return agent_releases.build(out, AGENT_VERSION, "x86_64", dependencies=False)
+    return agent_releases.of_this_checkout(
+        tmp_path_factory, out, AGENT_VERSION, ("x86_64",), dependencies=False
+    )
 
 
 async def test_an_agent_release_replaces_file_rows_left_by_a_cut_upload(
