@@ -231,6 +231,7 @@ class Background:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 
@@ -239,7 +240,16 @@ class Background:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        """Run a coroutine on the background loop, held until it ends: the loop keeps
+        only weak references to its tasks, so one that waits on nothing else (the bus
+        consumer) was collected mid-run ("Task was destroyed but it is pending!")."""
+
+        def start() -> None:
+            task = self.loop.create_task(coroutine)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self.loop.call_soon_threadsafe(start)
 
     def call(self, fn: Any) -> None:
         self.loop.call_soon_threadsafe(fn)

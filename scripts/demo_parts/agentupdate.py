@@ -42,29 +42,47 @@ class Outcome:
 
 
 class AgentUpdate:
-    def __init__(self, data: Path, hub_dir: Path, logs: Path, mqtt_port: int) -> None:
+    def __init__(self, data: Path, logs: Path) -> None:
         self._folder = data / "agent-update"
-        self._hub_dir = hub_dir
         self._logs = logs
-        self._mqtt_port = mqtt_port
         self._agent_dir = data / "agents" / NAME
         self._prefix = self._folder / "opt-outpost"
+        self._builds: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._hub_dir = Path()
+        self._mqtt_port = 0
         self._launcher: subprocess.Popen[bytes] | None = None
         self._stopping = False
         self.device_id = ""
 
-    def start(self) -> None:
-        """Build both releases, enroll the device, install the running version side by
-        side and start it under the launcher."""
+    def build(self) -> None:
+        """Start building both releases (the outpost wheel and every wheel it needs:
+        seconds each) while the hub and the fleet come up."""
         self._folder.mkdir(parents=True)
         for version in (__version__, NEW):
-            run(sys.executable, "-m", "scripts.build_agent_release", "--out",
-                str(self._folder / version), "--version", version,
-                "--platform", os.uname().machine)  # fmt: skip
+            with (self._logs / f"build-agent-release-{version}.log").open("wb") as log:
+                build = subprocess.Popen(
+                    [sys.executable, "-m", "scripts.build_agent_release", "--out",
+                     str(self._folder / version), "--version", version,
+                     "--platform", os.uname().machine],
+                    stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                )  # fmt: skip
+            self._builds.append((version, build))
+        step(f"agent update: building releases {__version__} and {NEW} of this checkout "
+             "while the fleet comes up")  # fmt: skip
+
+    def start(self, hub_dir: Path, mqtt_port: int) -> None:
+        """Once both releases are built: enroll the device, install the running version
+        side by side and start it under the launcher."""
+        for version, build in self._builds:
+            if build.wait() != 0:
+                log = self._logs / f"build-agent-release-{version}.log"
+                sys.exit(f"demo: building the agent release {version} failed:\n"
+                         f"{log.read_text(errors='replace').strip()[-2000:]}")  # fmt: skip
         step(f"agent update: built releases {__version__} and {NEW} of this checkout "
              "(the outpost wheel and every wheel it needs)")  # fmt: skip
+        self._hub_dir, self._mqtt_port = hub_dir, mqtt_port
         labels = [a for k, v in LABELS.items() for a in ("--label", f"{k}={v}")]
-        token = run(str(BIN / "outpost-hub"), "enroll-token", "--data", str(self._hub_dir),
+        token = run(str(BIN / "outpost-hub"), "enroll-token", "--data", str(hub_dir),
                     "--ttl", "10m", *labels)  # fmt: skip
         self._agent_dir.mkdir(parents=True)
         token_file = self._agent_dir / "bootstrap.token"
@@ -100,6 +118,10 @@ class AgentUpdate:
 
     def stop(self) -> None:
         self._stopping = True
+        for _, build in self._builds:
+            if build.poll() is None:  # stopped while it built
+                build.kill()
+                build.wait()
         if self._launcher is not None and self._launcher.poll() is None:
             self._launcher.terminate()
             try:

@@ -275,6 +275,9 @@ def main() -> int:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # as `nohup` leaves SIGHUP
             signal.signal(signum, stop)
     try:
+        if args.agent_update:
+            updater = AgentUpdate(data, logs)
+            updater.build()
         if args.replicas:
             replicated = demo_replicas.start(
                 data, logs, args.replicas, children, run, step, BIN, wait_healthy
@@ -300,9 +303,8 @@ def main() -> int:
             name = COURIER_AGENT[0]
             courier = Courier(data, hub_dir, data / "agents" / name, name)
             step(f"{name} is at a site with no link at all: a courier carries its bundles")
-        if args.agent_update:
-            updater = AgentUpdate(data, hub_dir, logs, mqtt_port)
-            updater.start()
+        if updater is not None:
+            updater.start(hub_dir, mqtt_port)
         start_programs(devices, background)
         api, feeder, rollout = start_operations(data, hub_dir, web_port, background)
         step("fleet (refreshing every second; Ctrl-C stops everything)")

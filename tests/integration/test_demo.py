@@ -417,6 +417,7 @@ def _demo(data: Path, *flags: str, timeout: float) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+    assert "Task was destroyed" not in done.stdout + done.stderr  # a background task lost
     return done.stdout
 
 
