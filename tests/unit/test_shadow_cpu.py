@@ -110,8 +110,10 @@ async def test_an_identical_candidate_waiting_for_cpu_reads_a_ratio_near_one(
     # Preemption costs it cold caches, never the wait itself: alone here it read
     # 0.95-1.07x, and 1.00-1.87x in other runs, the other test worker busy beside the
     # spinners (its wall time 48-355x): the wait counted would read as the wall does.
+    # In a whole run the live side waits for a CPU too (three other workers at its own
+    # priority), which brought the wall ratio down to 9.4x once: hence a third of it.
     assert 0.67 < cpu < 3.0, (cpu, wall)
-    assert cpu < wall / 10, (cpu, wall)
+    assert cpu < wall / 3, (cpu, wall)
 
 
 async def test_a_candidate_doing_more_work_reads_a_ratio_above_one(
