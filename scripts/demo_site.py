@@ -247,7 +247,14 @@ class Background:
         def start() -> None:
             task = self.loop.create_task(coroutine)
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(ended)
+
+        def ended(task: asyncio.Task[Any]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled():
+                # Retrieved, as run_coroutine_threadsafe did: a part that fails shows in
+                # the demo's figures and verdict, not as a traceback over the fleet table.
+                task.exception()
 
         self.loop.call_soon_threadsafe(start)
 
