@@ -5,9 +5,11 @@ it: what it runs, the roll-out and the downtime are printed."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -65,6 +67,7 @@ class AgentUpdate:
                      str(self._folder / version), "--version", version,
                      "--platform", os.uname().machine],
                     stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                    start_new_session=True,  # its pip children stop with it (stop())
                 )  # fmt: skip
             self._builds.append((version, build))
         step(f"agent update: building releases {__version__} and {NEW} of this checkout "
@@ -119,8 +122,9 @@ class AgentUpdate:
     def stop(self) -> None:
         self._stopping = True
         for _, build in self._builds:
-            if build.poll() is None:  # stopped while it built
-                build.kill()
+            if build.poll() is None:  # stopped while it built: the script and its pip
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(build.pid, signal.SIGKILL)
                 build.wait()
         if self._launcher is not None and self._launcher.poll() is None:
             self._launcher.terminate()

@@ -406,6 +406,33 @@ def test_ctrl_c_before_the_fleet_runs_exits_130_and_stops_what_started(short_dir
     assert _mine(data) == []
 
 
+@pytest.mark.timeout(180)
+def test_a_stop_while_the_agent_releases_build_leaves_no_build_running(short_dir: Path) -> None:
+    """SIGTERM to the demo alone (as `kill` or a service manager sends it, not a
+    terminal's Ctrl-C to the whole group) while `--agent-update` builds its releases:
+    the build scripts and the pip each runs go with it."""
+    data = short_dir / "demo"
+    out = short_dir / "demo.out"
+    demo = _start_demo(short_dir, out, "--agent-update", "--data", str(data))
+    try:
+        _wait_for(demo, out, "while the fleet comes up", 60)
+        deadline = time.monotonic() + 60
+        while not any(" pip " in line for line in _mine(data)):  # a build's pip has started
+            assert demo.poll() is None, out.read_text(errors="replace")
+            assert time.monotonic() < deadline, _mine(data)
+            time.sleep(0.05)  # a poll with a deadline
+        demo.send_signal(signal.SIGTERM)
+        code = demo.wait(timeout=60)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    text = out.read_text(errors="replace")
+
+    assert code == 130, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert _mine(data) == []
+
+
 def _demo(data: Path, *flags: str, timeout: float) -> str:
     """scripts/demo.py with `flags` into `data`: its output, once it exited 0."""
     done = subprocess.run(
