@@ -3,6 +3,7 @@ north site's link is cut and restored, its backlog drains, and everything stops.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -242,7 +243,7 @@ def test_ctrl_c_on_the_demo_gives_the_verdict_then_stops_everything(short_dir: P
             # inherit that.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
-        try:
+        with _killed_at_the_end(demo):
             deadline = time.monotonic() + 90
             while "Outpost fleet at" not in out.read_text(errors="replace"):
                 assert demo.poll() is None, out.read_text(errors="replace")
@@ -250,9 +251,6 @@ def test_ctrl_c_on_the_demo_gives_the_verdict_then_stops_everything(short_dir: P
                 time.sleep(0.2)  # a poll with a deadline
             os.killpg(demo.pid, signal.SIGINT)
             code = demo.wait(timeout=120)
-        finally:
-            if demo.poll() is None:
-                os.killpg(demo.pid, signal.SIGKILL)
     text = out.read_text(errors="replace")
     assert code == 0, text[-3000:]
     assert "Traceback" not in text
@@ -335,6 +333,17 @@ def test_a_relative_data_folder_is_where_the_user_ran_the_demo(short_dir: Path) 
     assert f"argument --data: {short_dir / 'README.md' / 'demo'}: cannot make" in done.stderr
 
 
+@contextlib.contextmanager
+def _killed_at_the_end(demo: subprocess.Popen[bytes]) -> Iterator[None]:
+    """The demo's whole group killed on the way out if it is still running: a failed
+    assertion must leave no fleet behind."""
+    try:
+        yield
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+
+
 def _start_demo(short_dir: Path, out: Path, *args: str) -> subprocess.Popen[bytes]:
     with out.open("wb") as sink:
         return subprocess.Popen(
@@ -363,7 +372,7 @@ def test_a_closed_terminal_and_ctrl_c_while_stopping_leave_nothing_running(
     data = short_dir / "demo"
     out = short_dir / "demo.out"
     demo = _start_demo(short_dir, out, "--data", str(data))
-    try:
+    with _killed_at_the_end(demo):
         _wait_for(demo, out, "Outpost fleet at", 90)
         demo.send_signal(signal.SIGHUP)
         _wait_for(demo, out, "the producers stop", 60)
@@ -373,9 +382,6 @@ def test_a_closed_terminal_and_ctrl_c_while_stopping_leave_nothing_running(
             os.killpg(demo.pid, signal.SIGINT)
             time.sleep(0.2)  # the pace of an impatient user, not a synchronisation
         code = demo.wait()
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
     text = out.read_text(errors="replace")
     leftovers = _mine(data)  # at once: the demo returns once its processes are gone
 
@@ -391,13 +397,10 @@ def test_ctrl_c_before_the_fleet_runs_exits_130_and_stops_what_started(short_dir
     data = short_dir / "demo"
     out = short_dir / "demo.out"
     demo = _start_demo(short_dir, out, "--data", str(data))
-    try:
+    with _killed_at_the_end(demo):
         _wait_for(demo, out, "enrolled as", 90)
         os.killpg(demo.pid, signal.SIGINT)
         code = demo.wait(timeout=60)
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
     text = out.read_text(errors="replace")
 
     assert code == 130, text[-3000:]
@@ -414,7 +417,7 @@ def test_a_stop_while_the_agent_releases_build_leaves_no_build_running(short_dir
     data = short_dir / "demo"
     out = short_dir / "demo.out"
     demo = _start_demo(short_dir, out, "--agent-update", "--data", str(data))
-    try:
+    with _killed_at_the_end(demo):
         _wait_for(demo, out, "while the fleet comes up", 60)
         deadline = time.monotonic() + 60
         while not any(" pip " in line for line in _mine(data)):  # a build's pip has started
@@ -423,9 +426,6 @@ def test_a_stop_while_the_agent_releases_build_leaves_no_build_running(short_dir
             time.sleep(0.05)  # a poll with a deadline
         demo.send_signal(signal.SIGTERM)
         code = demo.wait(timeout=60)
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
     text = out.read_text(errors="replace")
 
     assert code == 130, text[-3000:]
@@ -555,7 +555,7 @@ def test_ctrl_c_while_postgresql_starts_leaves_no_server_or_folder(short_dir: Pa
         start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    try:
+    with _killed_at_the_end(demo):
         deadline = time.monotonic() + 120
         # Interrupted while pg_ctl starts the server, or while initdb runs its bootstrap
         # server (it writes a postmaster.pid too).
@@ -568,9 +568,6 @@ def test_ctrl_c_while_postgresql_starts_leaves_no_server_or_folder(short_dir: Pa
             time.sleep(0.02)  # a poll with a deadline
         os.killpg(demo.pid, signal.SIGINT)
         out, _ = demo.communicate(timeout=120)
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
     text = out.decode(errors="replace")
 
     assert "Traceback" not in text, text
