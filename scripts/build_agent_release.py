@@ -88,7 +88,7 @@ def build(
             "building the outpost wheel",
         )
     (wheel,) = sorted(files.glob("outpost-*.whl"))
-    entries = [_entry(wheel, ANY)]
+    entries = [file_entry(wheel, ANY)]
     if dependencies:
         for platform in platforms:
             entries += _dependencies(wheel, platform, files, {e.name for e in entries})
@@ -140,7 +140,7 @@ def _dependencies(wheel: Path, platform: str, files: Path, have: set[str]) -> li
             target = files / found.name
             if not target.exists():
                 found.replace(target)
-            out.append(_entry(target, ANY if pure else platform))
+            out.append(file_entry(target, ANY if pure else platform))
             have.add(found.name)
         return out
 
@@ -160,7 +160,8 @@ def _set_version(source: Path, version: str) -> None:
         path.write_text(text.replace(old, new, 1))
 
 
-def _entry(path: Path, platform: str) -> AgentFile:
+def file_entry(path: Path, platform: str) -> AgentFile:
+    """The manifest's entry for the file at `path`: its name, sha256 and size."""
     data = path.read_bytes()
     return AgentFile(path.name, hashlib.sha256(data).hexdigest(), len(data), platform)
 

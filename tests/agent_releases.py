@@ -29,7 +29,7 @@ import pytest
 
 from hub.app import Hub
 from outpost import agentrelease
-from outpost.agentrelease import AgentFile
+from scripts.build_agent_release import file_entry
 from tests.api_client import Reply
 from tests.support import REPO
 
@@ -100,10 +100,7 @@ def renumbered(
         if entry.name.startswith("outpost-"):
             target = out / agentrelease.FILES / entry.name.replace(manifest.version, version)
             _rewrite_wheel(path, target, manifest.version, version, patch)
-            body = target.read_bytes()
-            entries.append(
-                AgentFile(target.name, hashlib.sha256(body).hexdigest(), len(body), entry.platform)
-            )
+            entries.append(file_entry(target, entry.platform))
         elif dependencies:
             shutil.copyfile(path, out / agentrelease.FILES / entry.name)  # a test may spoil its own
             entries.append(entry)
