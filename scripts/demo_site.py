@@ -5,6 +5,7 @@ background event loop."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import random
@@ -201,7 +202,8 @@ class TaskFeeder:
         cams = [
             {
                 "model": "surface-defect",
-                "input": np.round(i, 3).tolist(),
+                # An image goes as the tensor's bytes (float32, C order), not as lists.
+                "input_b64": base64.b64encode(np.asarray(i, "<f4").tobytes()).decode(),
                 "priority": 7,
                 "deadline_s": 120,
                 "lease_s": 30,

@@ -117,13 +117,9 @@ def dequantize(raw: np.ndarray, spec: TensorSpec) -> list[float]:
 
 def _from_bytes(data: bytes, dtype: str, want: tuple[int, ...]) -> np.ndarray:
     item = np.dtype("<f4") if dtype == "float32" else np.dtype(np.int8)
-    count = math.prod(want)
-    if len(data) != count * item.itemsize:
-        raise InputError(
-            "bad_shape",
-            f"input is {len(data)} bytes; the model takes {count} {dtype} values "
-            f"({count * item.itemsize} bytes, shape {list(want)})",
-        )
+    found = tensorshape.Flat(len(data), dtype)
+    if not tensorshape.fits(found, want):
+        raise InputError("bad_shape", tensorshape.mismatch(found, want))
     return np.frombuffer(data, item).reshape(want)
 
 

@@ -3,6 +3,7 @@ into a task to queue (each refusal naming its field), before anything is written
 
 from __future__ import annotations
 
+import binascii
 import secrets
 from typing import Annotated, Any, Literal
 
@@ -14,7 +15,7 @@ from hub.api.errors import ApiError, bad_field
 from hub.fleet import labels
 from hub.store import NewTask
 from hub.store.tasks import MAX_DEADLINE_S
-from outpost import wire
+from outpost import tensorshape, wire
 from outpost.schema import Struct
 
 
@@ -36,7 +37,17 @@ class TaskIn(Struct, frozen=True):
     """One task to run."""
 
     model: Annotated[str, Meta(max_length=64, description="model name")]
-    input: Annotated[Any, Meta(description="the model input: nested lists of numbers")]
+    input: Annotated[
+        Any,
+        Meta(description="the model input: nested lists of numbers (or give input_b64)"),
+    ] = None
+    input_b64: Annotated[
+        str,
+        Meta(
+            description="the model input as the tensor's bytes in C order, base64: "
+            "float32 little-endian, or int8 (dtype); instead of input"
+        ),
+    ] = ""
     version: Annotated[
         str, Meta(max_length=32, description="model version; empty: the active one")
     ] = ""
@@ -91,20 +102,7 @@ def new_task_id() -> str:
 
 async def checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subject: str) -> NewTask:
     config = ctx.config
-    if not isinstance(item.input, list) or not item.input:
-        raise bad_field(f"{where}.input", "input must be a non-empty list of numbers")
-    try:
-        packed = msgspec.msgpack.encode(item.input)
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise bad_field(f"{where}.input", f"input cannot be encoded: {exc}") from exc
-    if len(packed) > config.task_max_input_bytes:
-        raise bad_field(
-            f"{where}.input",
-            f"input is {len(packed)} bytes packed, over the limit of {config.task_max_input_bytes}",
-        )
-    problem = _input_problem(item.input)
-    if problem is not None:  # else queued, to fail on a device (or not even be sent)
-        raise bad_field(f"{where}.input", f"input {problem}")
+    packed, found, field = _input(item, where, config.task_max_input_bytes)
     target: dict[str, Any] = {}
     if item.target.device and item.target.selector:
         raise bad_field(f"{where}.target", "give a device or a selector, not both")
@@ -133,9 +131,9 @@ async def checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subject
             f"{'; '.join(has) or 'no models'} (set wait_for_model to queue it anyway)",
             field=f"{where}.model",
         )
-    refusal = await ctx.input_shapes.refusal(item.model, item.version, _shape(item.input))
+    refusal = await ctx.input_shapes.refusal(item.model, item.version, found)
     if refusal is not None:
-        raise bad_field(f"{where}.input", refusal)
+        raise bad_field(field, refusal)
     deadline_s = item.deadline_s if item.deadline_s is not None else config.task_default_deadline_s
     lease_s = item.lease_s if item.lease_s is not None else config.task_default_lease_s
     return NewTask(
@@ -150,6 +148,46 @@ async def checked(ctx: ApiContext, item: TaskIn, where: str, now: float, subject
         target=target,
         submitted_by=subject,
     )
+
+
+def _input(item: TaskIn, where: str, max_bytes: int) -> tuple[bytes, tensorshape.Found, str]:
+    """The input as it is stored and sent (msgpack: nested lists, or the tensor's bytes),
+    what is known of its shape, and the field it came in; refused with that field named
+    when it cannot be a model's input."""
+    if item.input is not None and item.input_b64:
+        raise bad_field(f"{where}.input", "give input or input_b64, not both")
+    if item.input_b64:
+        field = f"{where}.input_b64"
+        try:
+            value: Any = binascii.a2b_base64(item.input_b64, strict_mode=True)
+        except binascii.Error as exc:
+            raise bad_field(field, f"input_b64 is not base64: {exc}") from exc
+        width = tensorshape.ITEM_BYTES[item.dtype]
+        if not value or len(value) % width:
+            raise bad_field(
+                field,
+                f"input_b64 holds {len(value)} bytes: not a whole number of {item.dtype} "
+                f"values ({width} bytes each), or none",
+            )
+        found: tensorshape.Found = tensorshape.Flat(len(value), item.dtype)
+    else:
+        field, value = f"{where}.input", item.input
+        if not isinstance(value, list) or not value:
+            raise bad_field(field, "input must be a non-empty list of numbers (or give input_b64)")
+    try:
+        packed = msgspec.msgpack.encode(value)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise bad_field(field, f"input cannot be encoded: {exc}") from exc
+    if len(packed) > max_bytes:
+        raise bad_field(
+            field, f"input is {len(packed)} bytes packed, over the limit of {max_bytes}"
+        )
+    if isinstance(value, list):
+        problem = _input_problem(value)
+        if problem is not None:  # else queued, to fail on a device (or not even be sent)
+            raise bad_field(field, f"input {problem}")
+        found = _shape(value)  # rectangular, as just checked
+    return packed, found, field
 
 
 def _input_problem(value: list[Any]) -> str | None:

@@ -137,11 +137,22 @@ def _tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         group,
         "submit",
         'submit a task (or {"tasks": [...]}) from a JSON file or stdin (-), or one built '
-        "from --model and --input",
+        "from --model and --input (or --input-file)",
     )
     t.add_argument("file", nargs="?", metavar="FILE", help="JSON as POST /api/v1/tasks takes")
     t.add_argument("--model", help="the model to run (instead of a file)")
     t.add_argument("--input", metavar="JSON", help="the model input, e.g. '[[0.1, 0.2]]'")
+    t.add_argument(
+        "--input-file",
+        metavar="PATH",
+        help="the model input as a file of the tensor's bytes in C order (float32 "
+        "little-endian, or int8 with --dtype int8), instead of --input",
+    )
+    t.add_argument(
+        "--dtype",
+        choices=("float32", "int8"),
+        help="float32: real values, quantized on the device (the default); int8: quantized",
+    )
     t.add_argument("--device", type=_ref, help="run it on this device (name or id) only")
     t.add_argument(
         "--wait-for-model",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import sys
 import time
@@ -59,14 +60,16 @@ def _body(args: argparse.Namespace) -> Any:
     if args.model is not None:
         if args.file is not None:
             raise ValueError("give a task file, or --model and --input, not both")
-        if args.input is None:
-            raise ValueError("--model needs --input (the model input as JSON)")
-        body: dict[str, Any] = {"model": args.model, "input": jsontext.parse(args.input, "--input")}
+        body: dict[str, Any] = {"model": args.model, **_input(args)}
+        if args.dtype:
+            body["dtype"] = args.dtype
         if args.device:
             body["target"] = {"device": args.device}
         if args.wait_for_model:
             body["wait_for_model"] = True
         return body
+    if args.input is not None or args.input_file is not None or args.dtype is not None:
+        raise ValueError("--input, --input-file and --dtype go with --model, not with a task file")
     if args.file is None:
         raise ValueError("give a task file (- for stdin), or --model and --input")
     if args.file == "-":
@@ -80,6 +83,24 @@ def _body(args: argparse.Namespace) -> Any:
         except UnicodeDecodeError as exc:
             raise ValueError(f"{args.file} is not JSON text (UTF-8): {exc}") from exc
     return jsontext.parse(text, args.file)
+
+
+def _input(args: argparse.Namespace) -> dict[str, Any]:
+    """The task's input field: --input's JSON as it is, or --input-file's bytes in base64."""
+    if args.input is not None and args.input_file is not None:
+        raise ValueError("give --input or --input-file, not both")
+    if args.input_file is not None:
+        try:
+            with open(args.input_file, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ValueError(f"cannot read --input-file {args.input_file}: {exc.strerror}") from exc
+        if not data:
+            raise ValueError(f"--input-file {args.input_file} is empty: it holds no input")
+        return {"input_b64": base64.b64encode(data).decode("ascii")}
+    if args.input is None:
+        raise ValueError("--model needs --input (the model input as JSON) or --input-file")
+    return {"input": jsontext.parse(args.input, "--input")}
 
 
 async def _wait(client: remote.Client, ids: list[str], within_s: float) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ again before a refusal unless read a moment ago (`FRESH_S`)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Final
 
 from hub.store import HubStore
@@ -32,9 +31,10 @@ class InputShapes:
         self._shapes: dict[str, dict[str, Shape]] = {}
         self._read_at = float("-inf")
 
-    async def refusal(self, model: str, version: str, found: Sequence[int]) -> str | None:
-        """Why an input of shape `found` fits no version a task for `model` (at `version`,
-        if given) may run on, or None if it fits one or one is not known here."""
+    async def refusal(self, model: str, version: str, found: tensorshape.Found) -> str | None:
+        """Why an input of shape `found` (or of its bytes) fits no version a task for
+        `model` (at `version`, if given) may run on, or None if it fits one or one is not
+        known here."""
         if time.monotonic() - self._read_at >= RECHECK_S:
             await self._read()
         if self._refusal(model, version, found) is None:
@@ -46,7 +46,7 @@ class InputShapes:
         await self._fleet.refresh(older_than_s=FRESH_S)
         return self._refusal(model, version, found)
 
-    def _refusal(self, model: str, version: str, found: Sequence[int]) -> str | None:
+    def _refusal(self, model: str, version: str, found: tensorshape.Found) -> str | None:
         held = self._shapes.get(model, {})
         versions = {version} if version else set(held) | self._fleet.versions(model)
         if not versions or not versions <= held.keys():
@@ -60,7 +60,7 @@ class InputShapes:
             f"{list(want)} ({', '.join(sorted(v for v in versions if held[v] == want))})"
             for want in wanted
         )
-        return f"input shape {list(found)} matches none of {model}'s inputs: {each}"
+        return f"{tensorshape.described(found)} matches none of {model}'s inputs: {each}"
 
     async def _read(self) -> None:
         shapes: dict[str, dict[str, Shape]] = {}

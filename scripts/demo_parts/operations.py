@@ -52,7 +52,8 @@ def start_operations(
     background.spawn(feeder.run())
     step(
         "an operator program submits 20 tasks every 2 s (POST /api/v1/tasks): 16 "
-        "vibration windows for any device with the model, 4 images for the cameras"
+        "vibration windows for any device with the model, 4 images for the cameras (as the "
+        "tensor's bytes, input_b64)"
     )
     step(f"a viewer token for the API is in {token_file}; try:")
     print(

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import ssl
@@ -74,6 +75,12 @@ BUNDLE = read_bundle(SHIPPED_MODELS[0])
 assert BUNDLE.sample is not None
 INPUT = BUNDLE.sample.input
 ONE = {"model": BUNDLE.manifest.name, "input": INPUT, "dtype": "int8"}  # a task as submitted
+# The same task with its input as the tensor's bytes (no nested lists on the way).
+ONE_AS_BYTES = {
+    "model": BUNDLE.manifest.name,
+    "input_b64": base64.b64encode(np.array(INPUT, np.int8).tobytes()).decode(),
+    "dtype": "int8",
+}
 
 
 # ------------------------------------------------------------------ end to end
@@ -97,6 +104,7 @@ def _bare(count: int) -> float:
 @dataclass(frozen=True)
 class EndToEnd:
     rate: float  # tasks/s under a batch of TASKS
+    rate_as_bytes: float  # the same, a second batch, each input as the tensor's bytes
     p50: float  # seconds from submission to the stored result, under that batch
     p99: float
     alone: list[float]  # the same for each task submitted alone (after the last ended)
@@ -169,28 +177,36 @@ async def _end_to_end(root: Path, agents: int) -> EndToEnd:
                     if (await store.task_counts()).get("succeeded", 0) > n:
                         break  # else another stream's upload (metrics, events)
                 timed.append((reply.body["ids"][0], posted, answered, stored_at[0]))
-            body = {"tasks": [one] * TASKS}
-            start = time.perf_counter()
-            reply = await client.call("POST", "/api/v1/tasks", token=token, body=body)
-            assert reply.status == 202, reply.body
-            while (await store.task_counts()).get("succeeded", 0) < TASKS + ONE_AT_A_TIME:
-                await asyncio.sleep(0.02)  # the benchmark's own poll
-            seconds = time.perf_counter() - start
-            await client.close()
+            seconds = await _batch(client, token, store, one, ONE_AT_A_TIME)
             done = await store.tasks_page(states=["succeeded"], limit=TASKS + ONE_AT_A_TIME)
             latency = sorted((t.finished_at or 0) - t.created_at for t in done[ONE_AT_A_TIME:])
-            p99 = _p99(latency)
+            as_bytes = await _batch(client, token, store, ONE_AS_BYTES, TASKS + ONE_AT_A_TIME)
+            await client.close()
             alone = [stored - posted for _, posted, _, stored in timed]
             return EndToEnd(
                 TASKS / seconds,
+                TASKS / as_bytes,
                 statistics.median(latency),
-                p99,
+                _p99(latency),
                 alone,
                 await _phases(store, timed),
             )
         finally:
             for agent in started:
                 agent.stop()
+
+
+async def _batch(
+    client: ApiClient, token: str, store: Any, one: dict[str, Any], succeeded: int
+) -> float:
+    """Seconds from submitting TASKS copies of `one` at once until all succeeded (with
+    `succeeded` before them)."""
+    start = time.perf_counter()
+    reply = await client.call("POST", "/api/v1/tasks", token=token, body={"tasks": [one] * TASKS})
+    assert reply.status == 202, reply.body
+    while (await store.task_counts()).get("succeeded", 0) < succeeded + TASKS:
+        await asyncio.sleep(0.02)  # the benchmark's own poll
+    return time.perf_counter() - start
 
 
 def _p99(ordered: list[float]) -> float:
@@ -462,6 +478,14 @@ def run(root: Path) -> list[Result]:
                 bare,
                 "tasks/s",
                 f"raw = the same {TASKS} inferences in a bare invoke loop",
+            ),
+            Result(
+                f"tasks end to end, {agents} agent(s), input as the tensor's bytes",
+                e2e.rate_as_bytes,
+                bare,
+                "tasks/s",
+                f"raw = the same; {TASKS} more tasks, submitted once the first {TASKS} "
+                "ended, each with `input_b64` instead of nested lists",
             ),
             Result(
                 f"  submit to result stored, p50, {agents} agent(s)", e2e.p50 * 1000, None, "ms"

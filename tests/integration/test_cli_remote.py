@@ -180,6 +180,29 @@ async def test_the_operators_day_through_the_cli(
     assert "pump-7" in done.out
     assert EXPECTED in done.out
 
+    # The same input as a file of the tensor's bytes; that file given wrongly, named.
+    tensor = tmp_path / "window.int8"
+    tensor.write_bytes(bytes(v & 0xFF for row in INPUT[0] for v in row))
+    from_bytes = await cli(
+        "tasks", "submit", "--model", VIB, "--input-file", str(tensor), "--dtype", "int8",
+        "--wait", *as_admin,
+    )  # fmt: skip
+    assert from_bytes.code == 0, from_bytes.err + from_bytes.out
+    assert EXPECTED in from_bytes.out
+    (tmp_path / "empty").write_bytes(b"")
+    for wrong, said in (
+        (("--input", "[[1]]", "--input-file", str(tensor)), "not both"),
+        (("--input-file", str(tmp_path / "empty")), "is empty"),
+        (("--input-file", str(tmp_path / "missing")), "cannot read --input-file"),
+    ):
+        mistake = await cli("tasks", "submit", "--model", VIB, *wrong, *as_admin)
+        assert mistake.code == 2, mistake.err
+        assert said in mistake.err
+        assert "Traceback" not in mistake.err
+    with_file = await cli("tasks", "submit", str(task_file), "--dtype", "int8", *as_admin)
+    assert with_file.code == 2
+    assert "go with --model" in with_file.err
+
     typo = await cli(
         "tasks", "submit", "--model", "vibration-anomoly", "--input", "[[1]]", *as_admin
     )

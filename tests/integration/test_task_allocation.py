@@ -12,20 +12,24 @@ test_task_faults.py; submissions refused and listed: test_task_submission.py.)
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import signal
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
 from hub.app import Hub
 from hub.tasks import allocation
+from outpost.modelbundle import read_bundle
 from tests.api_client import ApiClient
 from tests.conftest import Enroller
 from tests.databases import hub_backend, hub_sql  # noqa: F401 - each test on both back-ends
 from tests.integration.tasks_support import (
+    INPUT,
     TASK_HUB_SETTINGS,
     VIB,
     Starter,
@@ -38,7 +42,7 @@ from tests.integration.tasks_support import (
     vib,
 )
 from tests.integration.test_store_forward import hub_records
-from tests.support import AgentProcess, eventually
+from tests.support import SHIPPED_MODELS, AgentProcess, eventually
 
 
 @pytest.fixture
@@ -123,6 +127,43 @@ async def test_a_device_lacking_the_model_rejects_and_the_task_moves_on(
     assert all(e.device_id == lacking.device_id for e in rejected)
     assert all("unknown_model" in e.detail for e in rejected)
     assert all(lacking.device_id in t.excluded for t in ended.values() if t.attempt > 1)
+
+
+async def test_an_input_given_as_the_tensors_bytes_runs_as_the_same_input_in_lists(
+    hub: Hub, api: ApiClient, start_member: Starter
+) -> None:
+    """`input_b64` carries the tensor's bytes end to end (no nested lists on the way):
+    int8 as they are, float32 quantized on the device; bytes that fit no input the device
+    has fail there, naming their size (the hub holds no manifest of these models)."""
+    member = await start_member("generic")
+    token = await api.token("operator")
+    spec = read_bundle(SHIPPED_MODELS[0]).manifest.input
+    int8 = np.array(INPUT, np.int8)
+    real = ((int8.astype(np.float32) - spec.zero_point) * spec.scale).astype("<f4")
+    as_bytes = {
+        "int8": vib(input=None, input_b64=base64.b64encode(int8.tobytes()).decode()),
+        "float32": vib(
+            input=None, dtype="float32", input_b64=base64.b64encode(real.tobytes()).decode()
+        ),
+        "short": vib(input=None, input_b64=base64.b64encode(int8.tobytes()[:-3]).decode()),
+    }
+    ids = await submit(api, token, [vib(), *as_bytes.values()])
+
+    ended = await all_ended(hub, ids)
+
+    lists, int8_bytes, float32_bytes, short = (ended[i] for i in ids)
+    for task in (lists, int8_bytes, float32_bytes):
+        assert task.state == "succeeded", task.error
+        assert task.device_id == member.device_id
+        assert task.result is not None
+    answers = [(t.result or {}).get("scores") for t in (lists, int8_bytes, float32_bytes)]
+    assert answers[0]
+    assert answers == [answers[0]] * 3
+    assert int8_bytes.input_bytes < lists.input_bytes  # 384 bytes, not 384 msgpack ints
+    assert short.state == "failed"
+    assert f"input is {int8.size - 3} bytes; the model takes {int8.size} int8 values" in (
+        short.error
+    )
 
 
 async def test_a_task_submitted_while_a_device_has_a_slot_free_leaves_assigned(

@@ -7,6 +7,7 @@ each saying why it waits."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -20,6 +21,7 @@ from hub.store.catalog import StoredModel
 from hub.store.presence import HelloSeen
 from hub.tasks.fleetmodels import FleetModels
 from hub.tasks.inputshapes import InputShapes
+from outpost.tensorshape import Flat
 from tests.api_client import ApiClient
 from tests.databases import hub_backend  # noqa: F401 - each test on both back-ends
 from tests.integration.tasks_support import TASK_HUB_SETTINGS, VIB, submit, vib
@@ -65,7 +67,15 @@ def hub_settings() -> str:
         ({"model": VIB, "input": [[1], [2, 3]]}, "body.input", "is not rectangular"),
         ({"model": VIB, "input": [[]]}, "body.input", "holds an empty list"),
         ({"model": VIB, "input": [[1], "2"]}, "body.input", "numbers only"),
-        ({"tasks": [vib(), {"model": VIB}]}, "body.tasks[1].input", "required"),
+        ({"tasks": [vib(wait_for_model=True), {"model": VIB}]}, "body.tasks[1].input", "non-empty"),
+        ({"model": VIB, "input_b64": "AAAA!"}, "body.input_b64", "not base64"),
+        ({"model": VIB, "input_b64": "AAA="}, "body.input_b64", "2 bytes: not a whole"),
+        ({"model": VIB, "input_b64": "AAAA", "input": [[1]]}, "body.input", "not both"),
+        (
+            {"model": VIB, "input_b64": base64.b64encode(bytes(200_000)).decode()},
+            "body.input_b64",
+            "over the limit",
+        ),
         ({"tasks": []}, "body.tasks", "submit 1 to"),
     ],
 )
@@ -206,6 +216,14 @@ async def test_an_input_no_version_the_hub_holds_accepts_is_refused(
             {"name": VIB, "version": "0.9.0", "sha256": "", "state": "ready", "error": ""}
         ], 1)]
     )  # fmt: skip
+    as_bytes = [
+        await api.call("POST", "/api/v1/tasks", token=token, body=body)
+        for body in (
+            vib(input=None, input_b64=base64.b64encode(bytes(383)).decode(), **wait),
+            vib(input=None, input_b64=base64.b64encode(bytes(384)).decode(), **wait),
+            vib(input=None, dtype="float32", input_b64=base64.b64encode(bytes(1536)).decode()),
+        )
+    ]
     beside_own = await api.call("POST", "/api/v1/tasks", token=token, body=vib(input=[[1]]))
 
     assert wrong.status == 400, wrong.body
@@ -217,8 +235,14 @@ async def test_an_input_no_version_the_hub_holds_accepts_is_refused(
     assert batch.status == 400, batch.body
     assert batch.error["details"]["field"] == "body.tasks[1].input"
     assert [reply.status for reply in accepted] == [202, 202, 202]
+    assert as_bytes[0].status == 400, as_bytes[0].body
+    assert as_bytes[0].error["details"]["field"] == "body.input_b64"
+    assert as_bytes[0].error["message"] == (
+        "input is 383 bytes; the model takes 384 int8 values (384 bytes, shape [1, 128, 3])"
+    )
+    assert [reply.status for reply in as_bytes[1:]] == [202, 202]
     assert beside_own.status == 202, beside_own.body
-    assert sum((await hub.parts.store.task_counts()).values()) == 4  # none of the refused
+    assert sum((await hub.parts.store.task_counts()).values()) == 6  # none of the refused
 
 
 async def test_versions_with_different_inputs_are_each_a_fit(hub: Hub) -> None:
@@ -243,6 +267,16 @@ async def test_versions_with_different_inputs_are_each_a_fit(hub: Hub) -> None:
         "input shape [3] matches none of m's inputs: [1, 2, 2] (2.0.0); [1, 4] (1.0.0, 3.0.0)"
     )
     assert await shapes.refusal("other", "", [3]) is None  # nothing known of it
+    # The tensor's bytes fit a shape of as many values.
+    assert await shapes.refusal("m", "", Flat(16, "float32")) is None
+    assert await shapes.refusal("m", "1.0.0", Flat(4, "int8")) is None
+    assert await shapes.refusal("m", "1.0.0", Flat(4, "float32")) == (
+        "input is 4 bytes; the model takes 4 float32 values (16 bytes, shape [1, 4])"
+    )
+    assert await shapes.refusal("m", "", Flat(12, "float32")) == (
+        "input of 12 bytes (3 float32 values) matches none of m's inputs: "
+        "[1, 2, 2] (2.0.0); [1, 4] (1.0.0, 3.0.0)"
+    )
 
 
 @pytest.mark.parametrize("committed", [True, False], ids=["after-commit", "before-commit"])
