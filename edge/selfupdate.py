@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from outpost import agentrelease, files
 from outpost.agentrelease import AgentManifest, ReleaseFileError
@@ -115,14 +115,23 @@ def install(
     try:
         folder.mkdir(parents=True)
         venv = folder / "venv"
+        new_python = str(venv / "bin" / "python")
+        wanted = [f"outpost=={manifest.version}"]
+        options = ["install", "--no-index", "--no-cache-dir", "--disable-pip-version-check",
+                   "-q", "--find-links", str(release / agentrelease.FILES)]  # fmt: skip
         # The venv is made where it stays: its scripts name their interpreter by path.
-        _step([python, "-m", "venv", str(venv)], "making its venv")
-        _step(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-index",
-             "--no-cache-dir", "--disable-pip-version-check", "-q",
-             "--find-links", str(release / agentrelease.FILES), f"outpost=={manifest.version}"],
-            "installing its wheels (no package index)",
-        )  # fmt: skip
+        if _ships_pip(manifest) and _can_install_elsewhere(python):
+            # Without ensurepip, which unpacks a copy of pip of its own (over a third of
+            # an install's time): the running version's pip installs into the new venv,
+            # pip's wheel from the release with the rest, so that the new version can
+            # install the next one the same way.
+            _step([python, "-m", "venv", "--without-pip", str(venv)], "making its venv")
+            pip = [python, "-m", "pip", "--python", new_python]
+            wanted.append("pip")
+        else:  # a release built without pip's wheel, or a pip too old for --python
+            _step([python, "-m", "venv", str(venv)], "making its venv")
+            pip = [new_python, "-m", "pip"]
+        _step([*pip, *options, *wanted], "installing its wheels (no package index)")
         _step(
             [str(venv / "bin" / "outpost-agent"), "selfcheck", "--data", str(data)],
             "the new version's selfcheck",
@@ -194,6 +203,23 @@ def _link(link: Path, target: Path) -> None:
     staging.symlink_to(target)
     os.replace(staging, link)  # atomic: the link is the old or the new, never neither
     files.sync_dir(link.parent)
+
+
+def _ships_pip(manifest: AgentManifest) -> bool:
+    return any(entry.name.startswith("pip-") for entry in manifest.files)
+
+
+def _can_install_elsewhere(python: str) -> bool:
+    """Whether `python` has a pip that installs into another interpreter's environment
+    (`pip --python`, pip 22.3 and later)."""
+    try:
+        said = subprocess.run(
+            [python, "-c", "import pip; print(pip.__version__)"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return said.returncode == 0 and Version(said.stdout.strip()) >= Version("22.3")
+    except (OSError, subprocess.TimeoutExpired, InvalidVersion):
+        return False
 
 
 def _step(argv: list[str], what: str) -> None:

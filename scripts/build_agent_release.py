@@ -120,13 +120,15 @@ def _check_min_agent(min_agent: str, version: str) -> None:
 
 
 def _dependencies(wheel: Path, platform: str, files: Path, have: set[str]) -> list[AgentFile]:
-    """The wheels `wheel` needs on `platform`, downloaded beside it."""
+    """The wheels `wheel` needs on `platform`, and pip's (a device's running version
+    installs the next one's venv without ensurepip, pip from the release among the
+    rest), downloaded beside it."""
     with tempfile.TemporaryDirectory() as staging:
         tags = [a for tag in TAGS[platform] for a in ("--platform", tag)]
         _run(
             [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
              *tags, "--python-version", PYTHON, "--implementation", "cp",
-             "-d", staging, str(wheel)],
+             "-d", staging, str(wheel), "pip"],
             f"downloading the wheels for {platform} (a package without a wheel for it "
             "is named above: it would need a build on the device)",
         )  # fmt: skip

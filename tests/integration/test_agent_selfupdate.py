@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ensurepip
 import os
 import platform
 import shutil
@@ -17,6 +18,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -98,10 +100,52 @@ async def test_a_release_is_installed_beside_the_running_one_and_switched_to(
     )  # fmt: skip
     assert version.stdout.strip() == f"outpost-agent {NEW}"
     assert folder == prefix / "releases" / NEW
+    # Made without ensurepip: its pip is the release's, for installing the next one.
+    assert _pip_of(folder) == _shipped_pip(manifest)
 
     assert selfupdate.roll_back(prefix) == __version__
     assert os.readlink(prefix / "current") == f"releases/{__version__}"
     assert os.readlink(prefix / "previous") == f"releases/{NEW}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_a_release_built_without_pips_wheel_installs_with_ensurepips(
+    received: tuple[Path, HubPaths], enroll_device: Enroller, tmp_path: Path
+) -> None:
+    """Releases built before pip's wheel was shipped install as they did (the venv made
+    with ensurepip's pip, which installs the wheels): the new version installs the next."""
+    release, hub = received
+    data = await data_folder(enroll_device)
+    manifest = selfupdate.check_release(release, hub_key(hub), running=__version__)
+    without_pip = msgspec.structs.replace(
+        manifest, files=[e for e in manifest.files if not e.name.startswith("pip-")]
+    )
+    assert without_pip.files != manifest.files
+
+    folder = await asyncio.to_thread(
+        selfupdate.install, release, without_pip, prefix=tmp_path / "opt", data=data
+    )
+
+    assert _pip_of(folder) == ensurepip.version()
+    version = subprocess.run(
+        [str(folder / "venv" / "bin" / "outpost-agent"), "--version"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert version.stdout.strip() == f"outpost-agent {NEW}"
+
+
+def _pip_of(folder: Path) -> str:
+    said = subprocess.run(
+        [str(folder / "venv" / "bin" / "python"), "-c", "import pip; print(pip.__version__)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return said.stdout.strip()
+
+
+def _shipped_pip(manifest: agentrelease.AgentManifest) -> str:
+    (wheel,) = [e.name for e in manifest.files if e.name.startswith("pip-")]
+    return wheel.split("-")[1]
 
 
 @pytest.mark.slow
