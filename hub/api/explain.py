@@ -102,6 +102,12 @@ def routes(ctx: ApiContext) -> list[Route]:
         # other body is: a NUL or a lone surrogate is a 400, not a 500 from the database.
         data = params.decode(dict[str, Any], await params.read(request, MAX_BODY_BYTES))
         stored = await stored_input(data) if "device" in data or "seq" in data else {}
+        input_field = "body.input"
+        if "input_b64" in data:  # the tensor's bytes, as a task's input may be
+            if "input" in data:
+                raise bad_field(input_field, "give input or input_b64, not both")
+            input_field = "body.input_b64"
+            data["input"] = params.base64_bytes(data.pop("input_b64"), input_field)
         name, version = data.pop("model", None), data.pop("version", None)
         if not isinstance(name, str):
             raise bad_field("body.model", "the model's name is required")
@@ -122,7 +128,7 @@ def routes(ctx: ApiContext) -> list[Route]:
         except BudgetError as exc:
             raise ApiError(422, "over_budget", str(exc)) from exc
         except InputError as exc:
-            raise bad_field("body.input", f"{name}: {exc.message}") from exc
+            raise bad_field(input_field, f"{name}: {exc.message}") from exc
         except ModelFault as exc:
             raise ApiError(500, "model_fault", str(exc)) from exc
         if "patch" in answer:  # an image: the heat map over it
@@ -140,7 +146,8 @@ def routes(ctx: ApiContext) -> list[Route]:
             explain,
             "Explain one input with a model release, on the hub: `model`, `version` (default "
             "the newest), then the fields of the agent's POST /v1/explain/{model} (input, "
-            "dtype, target, method, patch, stride, window, budget); or, for a stored "
+            "dtype, target, method, patch, stride, window, budget), the input also as "
+            "`input_b64` (the tensor's bytes in C order, base64); or, for a stored "
             "result that carried its input (policy inference.flagged_inputs), `device` and "
             "`seq` in place of model, version and input; for an image, `png` is the input "
             "with the heat map over it (base64)",

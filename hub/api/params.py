@@ -143,6 +143,17 @@ def is_object_with(raw: bytes, key: str) -> bool:
         return False  # not an object (or not JSON): `decode` says what is wrong
 
 
+def base64_bytes(text: object, field: str) -> bytes:
+    """The bytes a base64 field holds (strictly: no spaces or line breaks, padded), or a
+    400 naming `field`."""
+    if not isinstance(text, str):
+        raise bad_field(field, f"{field.rsplit('.', 1)[-1]} must be base64 text")
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except binascii.Error as exc:
+        raise bad_field(field, f"{field.rsplit('.', 1)[-1]} is not base64: {exc}") from exc
+
+
 def limit(request: web.Request) -> int:
     """The page size: `limit` between 1 and 500 (default 50)."""
     text = request.query.get("limit")

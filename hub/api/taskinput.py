@@ -3,13 +3,13 @@ into a task to queue (each refusal naming its field), before anything is written
 
 from __future__ import annotations
 
-import binascii
 import secrets
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
+from hub.api import params
 from hub.api.context import ApiContext
 from hub.api.errors import ApiError, bad_field
 from hub.fleet import labels
@@ -158,10 +158,7 @@ def _input(item: TaskIn, where: str, max_bytes: int) -> tuple[bytes, tensorshape
         raise bad_field(f"{where}.input", "give input or input_b64, not both")
     if item.input_b64:
         field = f"{where}.input_b64"
-        try:
-            value: Any = binascii.a2b_base64(item.input_b64, strict_mode=True)
-        except binascii.Error as exc:
-            raise bad_field(field, f"input_b64 is not base64: {exc}") from exc
+        value: Any = params.base64_bytes(item.input_b64, field)
         width = tensorshape.ITEM_BYTES[item.dtype]
         if not value or len(value) % width:
             raise bad_field(

@@ -128,6 +128,29 @@ async def test_the_hub_explains_with_the_same_release_and_draws_the_heat_map(
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", png[16:24]) == (96, 96)  # IHDR: the image's size
 
+    # The same image as the tensor's bytes (float32, C order), as a task's input may be.
+    tensor = np.asarray(image[None], "<f4").tobytes()
+    as_bytes = {key: value for key, value in body.items() if key != "input"}
+    same = await api.call(
+        "POST", "/api/v1/explain", token=operator,
+        body={**as_bytes, "input_b64": base64.b64encode(tensor).decode()},
+    )  # fmt: skip
+    assert same.status == 200, same.body
+    assert same.body["attribution"] == answer["attribution"]
+    assert same.body["png"] == answer["png"]
+    for wrong, said in (
+        ({"input_b64": "AAAA!"}, "input_b64 is not base64"),
+        ({"input_b64": base64.b64encode(tensor[:-4]).decode()}, "surface-defect: input is"),
+        ({"input_b64": "AAAA", "input": [[1]]}, "not both"),
+    ):
+        refused = await api.call(
+            "POST", "/api/v1/explain", token=operator, body={**as_bytes, **wrong}
+        )
+        assert refused.status == 400, refused.body
+        assert said in refused.body["error"]["message"]
+        field = "body.input" if "input" in wrong else "body.input_b64"
+        assert refused.body["error"]["details"]["field"] == field
+
 
 async def _policy(api: ApiClient, device_id: str, inference: dict[str, Any]) -> None:
     """Set the device's `inference` policy in a layer of its own and wait until applied."""
