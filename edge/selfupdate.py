@@ -215,19 +215,23 @@ def _can_install_elsewhere(python: str) -> bool:
     try:
         said = subprocess.run(
             [python, "-c", "import pip; print(pip.__version__)"],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True, text=True, timeout=60, check=False, env=_own_env(),
         )  # fmt: skip
         return said.returncode == 0 and Version(said.stdout.strip()) >= Version("22.3")
     except (OSError, subprocess.TimeoutExpired, InvalidVersion):
         return False
 
 
+def _own_env() -> dict[str, str]:
+    """The environment of a step: each interpreter's own code, whatever PYTHONPATH the
+    running agent was given."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
 def _step(argv: list[str], what: str) -> None:
     try:
-        # The new venv's own code, whatever PYTHONPATH the running agent was given.
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False, env=env
+            argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False, env=_own_env()
         )
     except subprocess.TimeoutExpired as exc:
         raise DeviceError(f"not installed: {what} took over {PIP_TIMEOUT_S:g} s") from exc

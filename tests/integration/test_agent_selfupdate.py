@@ -16,6 +16,7 @@ import platform
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -133,6 +134,17 @@ async def test_a_release_built_without_pips_wheel_installs_with_ensurepips(
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert version.stdout.strip() == f"outpost-agent {NEW}"
+
+
+def test_only_a_pip_that_installs_elsewhere_skips_ensurepip(tmp_path: Path) -> None:
+    """The running version's pip installs the new venv's wheels only if it can (pip
+    22.3 and later, `--python`); an interpreter without pip makes its venv as before."""
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True
+    )
+    assert selfupdate._can_install_elsewhere(sys.executable)
+    assert not selfupdate._can_install_elsewhere(str(tmp_path / "bare" / "bin" / "python"))
+    assert not selfupdate._can_install_elsewhere(str(tmp_path / "no-such-python"))
 
 
 def _pip_of(folder: Path) -> str:
