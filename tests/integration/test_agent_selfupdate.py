@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ensurepip
 import os
 import platform
 import shutil
@@ -109,33 +108,6 @@ async def test_a_release_is_installed_beside_the_running_one_and_switched_to(
     assert os.readlink(prefix / "previous") == f"releases/{NEW}"
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-async def test_a_release_built_without_pips_wheel_installs_with_ensurepips(
-    received: tuple[Path, HubPaths], enroll_device: Enroller, tmp_path: Path
-) -> None:
-    """Releases built before pip's wheel was shipped install as they did (the venv made
-    with ensurepip's pip, which installs the wheels): the new version installs the next."""
-    release, hub = received
-    data = await data_folder(enroll_device)
-    manifest = selfupdate.check_release(release, hub_key(hub), running=__version__)
-    without_pip = msgspec.structs.replace(
-        manifest, files=[e for e in manifest.files if not e.name.startswith("pip-")]
-    )
-    assert without_pip.files != manifest.files
-
-    folder = await asyncio.to_thread(
-        selfupdate.install, release, without_pip, prefix=tmp_path / "opt", data=data
-    )
-
-    assert _pip_of(folder) == ensurepip.version()
-    version = subprocess.run(
-        [str(folder / "venv" / "bin" / "outpost-agent"), "--version"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert version.stdout.strip() == f"outpost-agent {NEW}"
-
-
 def test_only_a_pip_that_installs_elsewhere_skips_ensurepip(tmp_path: Path) -> None:
     """The running version's pip installs the new venv's wheels only if it can (pip
     22.3 and later, `--python`); an interpreter without pip makes its venv as before."""
@@ -163,21 +135,43 @@ def _shipped_pip(manifest: agentrelease.AgentManifest) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_a_release_whose_selfcheck_fails_is_removed(
-    received: tuple[Path, HubPaths], enroll_device: Enroller, tmp_path: Path
+    received: tuple[Path, HubPaths],
+    enroll_device: Enroller,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Installed as a release built before pip's wheel was shipped is (its venv made
+    with ensurepip, whose pip installs the wheels), which the selfcheck's run proves
+    whole; the selfcheck refuses, and the folder goes."""
     release, hub = received
     data = await data_folder(enroll_device)
     with contextlib.closing(sqlite3.connect(data / "store.db")) as db, db:
         db.execute("INSERT INTO _migrations (name, applied_at) VALUES ('999_future', 0)")
     prefix = tmp_path / "opt-outpost"
     manifest = selfupdate.check_release(release, hub_key(hub), running=__version__)
+    without_pip = msgspec.structs.replace(
+        manifest, files=[e for e in manifest.files if not e.name.startswith("pip-")]
+    )
+    assert without_pip.files != manifest.files
+    steps: list[list[str]] = []
+    real_step = selfupdate._step
+
+    def step(argv: list[str], what: str) -> None:
+        steps.append(argv)
+        real_step(argv, what)
+
+    monkeypatch.setattr(selfupdate, "_step", step)
 
     with pytest.raises(InstallError, match="the new version's selfcheck failed") as failed:
-        await asyncio.to_thread(selfupdate.install, release, manifest, prefix=prefix, data=data)
+        await asyncio.to_thread(selfupdate.install, release, without_pip, prefix=prefix, data=data)
 
     assert "migrated by a newer agent (999_future)" in str(failed.value)
     assert not (prefix / "releases" / NEW).exists()
     assert not (prefix / "current").exists()
+    venv = str(prefix / "releases" / NEW / "venv")
+    assert steps[0][1:] == ["-m", "venv", venv]  # with ensurepip
+    assert steps[1][:3] == [f"{venv}/bin/python", "-m", "pip"]  # the new venv's own pip
+    assert steps[1][-1] == f"outpost=={NEW}"  # and nothing after it: not pip's wheel
 
 
 def test_bad_releases_are_refused_before_anything_is_installed(
